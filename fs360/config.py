@@ -1,0 +1,80 @@
+"""All of fs360's settings, in one frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+DEFAULT_LOCAL_ONLY_PATTERNS = ("*.part", "*.tmp", "*~", "*.swp", "Thumbs.db", "desktop.ini")
+
+# The documented limits: endpoint -> (requests, window seconds).
+DOCUMENTED_RATE_LIMITS: dict[str, tuple[int, float]] = {
+    "open_session": (30, 3600.0),
+    "put_file": (1200, 60.0),
+    "get_file": (600, 60.0),
+    "get_session": (120, 60.0),
+    "delete_session": (60, 60.0),
+    "create_project": (10, 3600.0),
+    "get_project": (60, 60.0),
+}
+
+DEFAULT_API_URL = "https://360-for-you.com/api/v1"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fs360"
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_url: str = DEFAULT_API_URL
+    # Never printed: repr=False keeps it out of every repr and log line.
+    api_key: str = field(default="", repr=False)
+    ca_bundle: str | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+    workers: int = 4
+    chunk_size: int = 8 * MiB
+    writeback_delay: float = 1.5
+    local_only_patterns: tuple[str, ...] = DEFAULT_LOCAL_ONLY_PATTERNS
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 60.0
+
+    rate_limits_enabled: bool = True
+    # Scales every rate-limit window; tests use < 1 against an emulator scaled alike.
+    rate_window_scale: float = 1.0
+    rate_limits: dict = field(default_factory=lambda: dict(DOCUMENTED_RATE_LIMITS))
+
+    project_poll_interval: float = 5.0
+    # Fraction of the spool disk left free: complete files beyond it are evicted.
+    cache_min_free_fraction: float = 0.10
+    # Caps known before the server says so (0 = unknown); a 413 teaches the real one.
+    max_file_size: int = 0
+    max_session_size: int = 0
+    allowed_extensions: tuple[str, ...] = ()
+
+    # FUSE
+    attr_timeout: float = 1.0
+    allow_other: bool = False
+
+    @property
+    def journal_path(self) -> Path:
+        return self.cache_dir / "journal.sqlite"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.cache_dir / "spool"
+
+    @property
+    def log_path(self) -> Path:
+        return self.cache_dir / "fs360.log"
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)

@@ -1,0 +1,610 @@
+"""The upload engine: sessions, files, the upload queue, workers and projects.
+
+One lock (`self.lock`) guards every record and the queue; helpers whose names
+end in `_locked` need it held. Network I/O always happens with the lock released.
+Every state change is written to the journal in the same step, so a restart
+replays exactly what was promised.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import itertools
+import logging
+import mmap
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from ..api.client import ApiClient
+from ..api.retry import Backoff
+from ..config import Settings
+from ..errors import (ApiError, ExtensionNotAllowed, FileTooLarge, Forbidden, Fs360Error, QuotaExceeded,
+                      RemoteFileNotFound, SessionNotFound, SessionTooLarge, Unauthorized)
+from .journal import Journal
+from .progress import Listeners
+from .projects import ProjectKeeper
+from .records import (COMPLETE, FAILED, INTERRUPTED, LOCAL, LOST, PENDING, QUEUED_STATES, REJECTED, UPLOADING,
+                      WRITING, FileRecord, ProjectRequest, SessionRecord)
+from .spool import Spool
+from .uploader import Cancelled, ServerHoldsOtherFile, send_file
+
+log = logging.getLogger(__name__)
+
+# Renew a session this long before the server would drop it.
+EXPIRY_MARGIN = 3600.0
+# Errors of the account, not of the file: retried slowly, never rejected.
+ACCOUNT_ERRORS = (Unauthorized, Forbidden, QuotaExceeded)
+
+
+@dataclass
+class Caps:
+    """What the server taught us (or the settings said): the caps and the extensions."""
+    file_cap: int = 0
+    session_cap: int = 0
+    allowed_extensions: tuple[str, ...] = ()
+    refused_extensions: tuple[str, ...] = ()
+
+
+class Engine:
+    def __init__(self, settings: Settings, client: ApiClient | None = None):
+        self.settings = settings
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.cache_dir, 0o700)
+        self.client = client or ApiClient(settings)
+        self.journal = Journal(settings.journal_path)
+        self.spool = Spool(settings.spool_dir, settings.cache_min_free_fraction)
+        self.backoff = Backoff(settings.backoff_base, settings.backoff_cap)
+        self.listeners = Listeners()
+        self.lock = threading.RLock()
+        self._wakeup = threading.Condition(self.lock)
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self.sessions: dict[str, SessionRecord] = {}
+        self._files: dict[int, FileRecord] = {}
+        self._sessions_by_id: dict[int, SessionRecord] = {}
+        self._queue: list[tuple[float, int, int, int]] = []  # (due, seq, file id, generation)
+        self._seq = itertools.count()
+        self._session_locks: dict[int, threading.Lock] = {}
+        self.caps = Caps()
+        self.projects = ProjectKeeper(self)
+        self._replay_journal()
+
+    # --- start-up and shut-down ---------------------------------------------------------
+
+    def _replay_journal(self) -> None:
+        learned = self.journal.get_meta("caps", {})
+        self.caps = Caps(
+            file_cap=self.settings.max_file_size or learned.get("file_cap", 0),
+            session_cap=self.settings.max_session_size or learned.get("session_cap", 0),
+            allowed_extensions=tuple(self.settings.allowed_extensions or learned.get("allowed_extensions", ())),
+            refused_extensions=tuple(learned.get("refused_extensions", ())),
+        )
+        for row in self.journal.sessions():
+            session = SessionRecord(id=row["id"], name=row["name"], mode=row["mode"], mtime_ns=row["mtime_ns"],
+                                    upload_id=row["upload_id"], expires_at=row["expires_at"],
+                                    sealed=bool(row["sealed"]))
+            self.sessions[session.name] = session
+            self._sessions_by_id[session.id] = session
+        for row in self.journal.files():
+            session = self._sessions_by_id.get(row["session_id"])
+            if session is None:
+                self.journal.delete_file(row["id"])
+                continue
+            record = FileRecord(
+                id=row["id"], session_id=row["session_id"], name=row["name"], mode=row["mode"],
+                mtime_ns=row["mtime_ns"], size=row["size"], uid=row["uid"], gid=row["gid"], state=row["state"],
+                server_received=row["server_received"], upload_id=row["upload_id"], last_error=row["last_error"],
+                attempts=row["attempts"], next_attempt=row["next_attempt"], completed_at=row["completed_at"],
+                evicted=bool(row["evicted"]), unlinked=bool(row["unlinked"]))
+            record.local_only = record.state == LOCAL
+            self._files[record.id] = record
+            if record.unlinked:
+                session.unlinked.append(record)
+            else:
+                session.files[record.name] = record
+            if record.state == WRITING:
+                # The mount stopped while a program was writing it: its data may be
+                # partial, so it is never uploaded as if it were whole.
+                self._set_state_locked(record, INTERRUPTED,
+                                       last_error="the mount stopped while this file was being written; "
+                                                  "copy it again")
+            elif record.state in (PENDING, UPLOADING, FAILED):
+                record.needs_resync = True
+                if record.state == UPLOADING:
+                    self._set_state_locked(record, PENDING)
+                self._enqueue_locked(record, 0.0)
+        for row in self.journal.projects():
+            session = self._sessions_by_id.get(row["session_id"])
+            if session is not None:
+                session.project = ProjectRequest(
+                    options=json.loads(row["options"]), state=row["state"], name=row["name"],
+                    status=row["status"], record=json.loads(row["record"]), last_error=row["last_error"],
+                    attempts=row["attempts"], next_attempt=0.0)
+
+    def start(self) -> "Engine":
+        for index in range(self.settings.workers):
+            self._spawn(self._worker_loop, f"fs360-upload-{index}")
+        self._spawn(self._maintenance_loop, "fs360-maintenance")
+        return self
+
+    def _spawn(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stops the workers after their current chunk; unfinished work stays in the journal."""
+        with self.lock:
+            self._stopping = True
+            self._wakeup.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads.clear()
+        self.client.close()
+        self.journal.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def wait_idle(self, timeout: float | None = None, poll: float = 0.2, on_tick=None) -> bool:
+        """Waits until no file is queued or uploading; returns whether that happened."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self.lock:
+                busy = [f for f in self._files.values() if f.state in (PENDING, UPLOADING, FAILED)]
+            if on_tick is not None:
+                on_tick(busy)
+            if not busy:
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    def create_session_locked(self, name: str, mode: int) -> SessionRecord:
+        now_ns = time.time_ns()
+        session_id = self.journal.insert_session(dict(name=name, upload_id=None, expires_at=None, mode=mode,
+                                                      mtime_ns=now_ns, sealed=0))
+        session = SessionRecord(id=session_id, name=name, mode=mode, mtime_ns=now_ns)
+        self.sessions[name] = session
+        self._sessions_by_id[session_id] = session
+        return session
+
+    def rename_session_locked(self, session: SessionRecord, new_name: str) -> None:
+        del self.sessions[session.name]
+        session.name = new_name
+        self.sessions[new_name] = session
+        self.journal.update_session(session.id, name=new_name)
+
+    def discard_session_locked(self, session: SessionRecord) -> None:
+        """rmdir: forget the session and its spool; the server session is deleted in the background."""
+        for record in list(session.files.values()) + session.unlinked:
+            record.generation += 1
+            self.spool.remove(record.id)
+            self._files.pop(record.id, None)
+        del self.sessions[session.name]
+        del self._sessions_by_id[session.id]
+        self.journal.delete_session(session.id)
+        if session.upload_id:
+            upload_id = session.upload_id
+            threading.Thread(target=self._delete_remote_session, args=(upload_id,), daemon=True,
+                             name="fs360-delete-session").start()
+
+    def _delete_remote_session(self, upload_id: str) -> None:
+        for attempt in range(1, 6):
+            try:
+                self.client.delete_session(upload_id)
+                return
+            except Fs360Error as exc:
+                if not exc.retryable:
+                    log.warning("could not delete server session: %s", exc)
+                    return
+                time.sleep(self.backoff.delay(attempt, exc))
+        log.warning("gave up deleting a server session; it expires by itself")
+
+    def set_session_attrs_locked(self, session: SessionRecord, mode: int | None = None,
+                                 mtime_ns: int | None = None) -> None:
+        if mode is not None:
+            session.mode = mode
+        if mtime_ns is not None:
+            session.mtime_ns = mtime_ns
+        self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns)
+
+    def _remote_session(self, session: SessionRecord) -> str:
+        """The session's upload_id, opening one (POST /uploads) when it has none or it is about to expire."""
+        with self.lock:
+            guard = self._session_locks.setdefault(session.id, threading.Lock())
+        with guard:
+            with self.lock:
+                if session.upload_id and (session.expires_at or 0) - EXPIRY_MARGIN > time.time():
+                    return session.upload_id
+                stale = session.upload_id
+            if stale:
+                self.session_lost(session, stale)
+            opened = self.client.open_session()
+            with self.lock:
+                session.upload_id = opened.upload_id
+                session.expires_at = time.time() + opened.expires_in_seconds
+                self.journal.update_session(session.id, upload_id=session.upload_id, expires_at=session.expires_at)
+                self.listeners.emit("session_opened", session=session)
+                return session.upload_id
+
+    def session_lost(self, session: SessionRecord, dead_upload_id: str) -> None:
+        """The server lost the session (404 or expiry): every file goes again from the spool."""
+        with self.lock:
+            if session.upload_id != dead_upload_id:
+                return  # somebody already handled it
+            log.warning("session %r: the server no longer has upload session; sending its files again",
+                        session.name)
+            session.upload_id = None
+            session.expires_at = None
+            self.journal.update_session(session.id, upload_id=None, expires_at=None)
+            for record in session.unlinked:
+                self._files.pop(record.id, None)
+                self.journal.delete_file(record.id)
+                self.spool.remove(record.id)
+            session.unlinked.clear()
+            for record in session.files.values():
+                if record.local_only or record.state in (WRITING, INTERRUPTED):
+                    continue
+                record.server_received = 0
+                record.upload_id = None
+                if record.state == UPLOADING:
+                    # Its worker meets the 404 itself and puts it back in the queue.
+                    self.journal.update_file(record.id, server_received=0, upload_id=None)
+                    continue
+                if record.evicted:
+                    self._set_state_locked(record, LOST, last_error="the server lost this file and the local copy "
+                                                                    "was already dropped: copy it again")
+                    continue
+                self._set_state_locked(record, PENDING, last_error="", attempts=0)
+                self._enqueue_locked(record, 0.0)
+            if session.project is not None and session.project.state == "created":
+                pass  # the project exists already; nothing to send again for it
+            self._wakeup.notify_all()
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def file(self, file_id: int) -> FileRecord | None:
+        return self._files.get(file_id)
+
+    def session_of(self, record: FileRecord) -> SessionRecord:
+        return self._sessions_by_id[record.session_id]
+
+    def create_file_locked(self, session: SessionRecord, name: str, mode: int, uid: int, gid: int,
+                           local_only: bool) -> FileRecord:
+        now_ns = time.time_ns()
+        state = LOCAL if local_only else WRITING
+        values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
+                      state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
+                      completed_at=0, evicted=0, unlinked=0)
+        file_id = self.journal.insert_file(values)
+        self.spool.create(file_id)
+        record = FileRecord(id=file_id, session_id=session.id, name=name, mode=mode, mtime_ns=now_ns, uid=uid,
+                            gid=gid, state=state, local_only=local_only)
+        self._files[file_id] = record
+        session.files[name] = record
+        return record
+
+    def open_for_write_locked(self, record: FileRecord) -> None:
+        """A writer opened it: any pending upload is cancelled until the last close."""
+        record.open_writers += 1
+        if record.local_only:
+            return
+        record.generation += 1
+        if record.state != WRITING:
+            self._set_state_locked(record, WRITING, last_error="", attempts=0)
+
+    def close_writer_locked(self, record: FileRecord, size: int) -> None:
+        record.open_writers = max(0, record.open_writers - 1)
+        record.size = size
+        if record.open_writers or record.unlinked or record.id not in self._files:
+            self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns)
+            return
+        if record.local_only:
+            self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns)
+            return
+        self.queue_upload_locked(record)
+
+    def queue_upload_locked(self, record: FileRecord) -> None:
+        """The file is closed and its name final: upload it after the write-back delay."""
+        record.generation += 1
+        self._set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
+                               attempts=0)
+        self._enqueue_locked(record, self.settings.writeback_delay)
+        self.listeners.emit("file_pending", file=record)
+
+    def rename_file_locked(self, record: FileRecord, target: SessionRecord, new_name: str, local_only: bool) -> None:
+        source = self.session_of(record)
+        replaced = target.files.get(new_name)
+        if replaced is not None and replaced is not record:
+            self.remove_file_locked(replaced)
+        del source.files[record.name]
+        record.name = new_name
+        record.session_id = target.id
+        target.files[new_name] = record
+        self.journal.update_file(record.id, name=new_name, session_id=target.id)
+        was_local = record.local_only
+        record.local_only = local_only
+        if was_local and not local_only:
+            if record.open_writers:
+                self._set_state_locked(record, WRITING)
+            else:
+                self.queue_upload_locked(record)
+        elif not was_local and local_only:
+            record.generation += 1
+            self._set_state_locked(record, LOCAL, last_error="")
+        elif record.state in QUEUED_STATES:
+            # A rename right after close (rsync, GIO): wait the delay again from now.
+            record.generation += 1
+            self._enqueue_locked(record, self.settings.writeback_delay)
+
+    def remove_file_locked(self, record: FileRecord) -> None:
+        """unlink: a file the server may hold is remembered (the session cannot drop it)."""
+        session = self.session_of(record)
+        session.files.pop(record.name, None)
+        record.generation += 1
+        if record.may_be_on_server and not record.local_only:
+            record.unlinked = True
+            session.unlinked.append(record)
+            self.journal.update_file(record.id, unlinked=1)
+            self.spool.remove(record.id)
+            record.evicted = True
+            self.journal.update_file(record.id, evicted=1)
+        else:
+            self._files.pop(record.id, None)
+            self.journal.delete_file(record.id)
+            self.spool.remove(record.id)
+        self._wakeup.notify_all()
+
+    def set_file_attrs_locked(self, record: FileRecord, **attrs) -> None:
+        for key, value in attrs.items():
+            setattr(record, key, value)
+        self.journal.update_file(record.id, **attrs)
+
+    def _set_state_locked(self, record: FileRecord, state: str, **extra) -> None:
+        record.state = state
+        for key, value in extra.items():
+            setattr(record, key, value)
+        self.journal.update_file(record.id, state=state, **extra)
+
+    def learn_locked(self, **changes) -> None:
+        for key, value in changes.items():
+            setattr(self.caps, key, value)
+        self.journal.set_meta("caps", dict(file_cap=self.caps.file_cap, session_cap=self.caps.session_cap,
+                                           allowed_extensions=list(self.caps.allowed_extensions),
+                                           refused_extensions=list(self.caps.refused_extensions)))
+
+    # --- the queue and the workers ---------------------------------------------------------------
+
+    def _enqueue_locked(self, record: FileRecord, delay: float) -> None:
+        due = time.monotonic() + delay
+        heapq.heappush(self._queue, (due, next(self._seq), record.id, record.generation))
+        self._wakeup.notify()
+
+    def _next_job_locked(self) -> FileRecord | None:
+        """Waits for a due, still valid queue entry; None when stopping."""
+        while not self._stopping:
+            now = time.monotonic()
+            if self._queue and self._queue[0][0] <= now:
+                _, _, file_id, generation = heapq.heappop(self._queue)
+                record = self._files.get(file_id)
+                if record is None or record.generation != generation or record.state not in QUEUED_STATES \
+                        or record.unlinked or record.open_writers:
+                    continue
+                return record
+            timeout = (self._queue[0][0] - now) if self._queue else None
+            self._wakeup.wait(timeout)
+        return None
+
+    def _worker_loop(self) -> None:
+        # One reusable page-aligned buffer per worker: kernel copies into it are fast.
+        buffer = mmap.mmap(-1, max(self.settings.chunk_size, mmap.PAGESIZE))
+        try:
+            while True:
+                with self.lock:
+                    record = self._next_job_locked()
+                    if record is None:
+                        return
+                    generation = record.generation
+                    self._set_state_locked(record, UPLOADING)
+                    self.listeners.emit("file_uploading", file=record)
+                try:
+                    self._upload(record, generation, buffer)
+                except Exception:  # a bug must not kill a worker; the file goes on later
+                    log.exception("unexpected error while uploading %r", record.name)
+                    with self.lock:
+                        self._retry_later_locked(record, generation, Fs360Error("internal error (see the log)"))
+        finally:
+            buffer.close()
+
+    def _upload(self, record: FileRecord, generation: int, buffer) -> None:
+        session = self.session_of(record)
+        try:
+            upload_id = self._remote_session(session)
+            start = self._resume_offset(record, upload_id)
+            with self.lock:
+                if record.generation != generation:
+                    raise Cancelled()
+                if record.upload_id != upload_id:
+                    record.upload_id = upload_id
+                    self.journal.update_file(record.id, upload_id=upload_id)
+            fd = os.open(self.spool.path(record.id), os.O_RDONLY)
+            try:
+                final = send_file(self.client, upload_id, record.name, fd, record.size, start, buffer,
+                                  self.settings.chunk_size,
+                                  on_progress=lambda received: self._progress(record, received),
+                                  should_stop=lambda: self._stopping or record.generation != generation)
+            finally:
+                os.close(fd)
+        except Cancelled:
+            with self.lock:
+                if record.state == UPLOADING and record.generation == generation:
+                    # Shutting down: the journal keeps it queued for the next mount.
+                    self._set_state_locked(record, PENDING)
+            return
+        except SessionNotFound:
+            with self.lock:
+                dead = record.upload_id or session.upload_id
+            if dead:
+                self.session_lost(session, dead)
+            with self.lock:
+                if record.generation == generation and record.state == UPLOADING:
+                    record.server_received, record.upload_id = 0, None
+                    self._set_state_locked(record, PENDING, server_received=0, upload_id=None)
+                    self._enqueue_locked(record, 0.0)
+            return
+        except Fs360Error as exc:
+            with self.lock:
+                self._settle_error_locked(record, generation, exc)
+            return
+        except OSError as exc:
+            with self.lock:
+                if record.generation == generation:
+                    self._set_state_locked(record, REJECTED, last_error=f"cannot read the spooled data: {exc}")
+            return
+        with self.lock:
+            record.server_received = final.received
+            if record.unlinked or record.generation != generation:
+                self.journal.update_file(record.id, server_received=final.received)
+                return
+            self._set_state_locked(record, COMPLETE, server_received=final.received, completed_at=time.time(),
+                                   last_error="")
+            self.listeners.emit("file_complete", file=record)
+            self._wakeup.notify_all()
+
+    def _resume_offset(self, record: FileRecord, upload_id: str) -> int:
+        """Before any retry the server is asked where the file stands; a first try starts at 0."""
+        if not (record.needs_resync or record.attempts or record.server_received or record.upload_id):
+            return 0
+        try:
+            progress = self.client.file_status(upload_id, record.name)
+        except RemoteFileNotFound:
+            received = 0
+        else:
+            if progress.total != record.size and progress.received > 0:
+                raise ServerHoldsOtherFile(
+                    f"the server already holds a different file named {record.name!r}", status=409)
+            received = progress.received
+        with self.lock:
+            record.needs_resync = False
+            record.server_received = received
+            if received == 0 and record.upload_id is not None:
+                record.upload_id = None  # the server holds nothing: the file may change again
+            self.journal.update_file(record.id, server_received=received, upload_id=record.upload_id)
+        return received
+
+    def _progress(self, record: FileRecord, received: int) -> None:
+        with self.lock:
+            sent = received - record.server_received
+            record.server_received = received
+            if sent > 0:
+                record.rate.add(sent)
+            self.journal.update_file(record.id, server_received=received)
+        self.listeners.emit("bytes_sent", file=record, received=received)
+
+    def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
+        if record.generation != generation:
+            return
+        if exc.retryable or isinstance(exc, ACCOUNT_ERRORS):
+            self._retry_later_locked(record, generation, exc)
+            return
+        if isinstance(exc, FileTooLarge) and isinstance(exc.fields.get("limit"), int):
+            self.learn_locked(file_cap=exc.fields["limit"])
+        elif isinstance(exc, SessionTooLarge) and isinstance(exc.fields.get("limit"), int):
+            self.learn_locked(session_cap=exc.fields["limit"])
+        elif isinstance(exc, ExtensionNotAllowed):
+            allowed = exc.fields.get("allowed")
+            refused = exc.fields.get("extension")
+            changes = {}
+            if isinstance(allowed, list) and all(isinstance(a, str) for a in allowed):
+                changes["allowed_extensions"] = tuple(a.lower().lstrip(".") for a in allowed)
+            if isinstance(refused, str):
+                changes["refused_extensions"] = tuple(sorted(set(self.caps.refused_extensions) | {refused.lower()}))
+            self.learn_locked(**changes)
+        if record.server_received == 0:
+            record.upload_id = None
+        self._set_state_locked(record, REJECTED, last_error=str(exc), upload_id=record.upload_id)
+        self.listeners.emit("file_rejected", file=record, error=exc)
+        log.warning("%s: refused by the server: %s", record.name, exc)
+
+    def _retry_later_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
+        if record.generation != generation or record.unlinked or record.id not in self._files:
+            return
+        attempts = record.attempts + 1
+        delay = self.backoff.delay(attempts, exc)
+        if isinstance(exc, ACCOUNT_ERRORS):
+            delay = max(delay, self.settings.backoff_cap)
+        record.needs_resync = True
+        self._set_state_locked(record, FAILED, attempts=attempts, last_error=str(exc),
+                               next_attempt=time.time() + delay)
+        self._enqueue_locked(record, delay)
+        self.listeners.emit("file_failed", file=record, error=exc)
+        log.info("%s: %s; retry %d in %.1f s", record.name, exc, attempts, delay)
+
+    # --- projects and housekeeping ---------------------------------------------------------------
+
+    def request_project_locked(self, session: SessionRecord, options: dict) -> None:
+        self.projects.request_locked(session, options)
+        self._wakeup.notify_all()
+
+    def cancel_project_locked(self, session: SessionRecord) -> bool:
+        return self.projects.cancel_locked(session)
+
+    def seal_locked(self, session: SessionRecord) -> None:
+        session.sealed = True
+        self.journal.update_session(session.id, sealed=1)
+
+    def _maintenance_loop(self) -> None:
+        while True:
+            with self.lock:
+                if self._stopping:
+                    return
+                self._wakeup.wait(0.5)
+                if self._stopping:
+                    return
+            try:
+                self.projects.step()
+                self.evict_if_needed()
+            except Exception:
+                log.exception("unexpected error in housekeeping")
+
+    def evict_if_needed(self) -> int:
+        """Frees spool space: complete files' data goes, oldest first; unsent data never does."""
+        need = self.spool.bytes_to_free()
+        if need <= 0:
+            return 0
+        with self.lock:
+            candidates = sorted((f for f in self._files.values()
+                                 if f.state == COMPLETE and not f.evicted and not f.open_writers),
+                                key=lambda f: f.completed_at)
+            freed = 0
+            for record in candidates:
+                if freed >= need:
+                    break
+                self.drop_spool_locked(record)
+                freed += record.size
+            return freed
+
+    def drop_spool_locked(self, record: FileRecord) -> None:
+        self.spool.remove(record.id)
+        record.evicted = True
+        self.journal.update_file(record.id, evicted=1)
+
+    # --- status -------------------------------------------------------------------------------------
+
+    def files_of(self, session: SessionRecord) -> list[FileRecord]:
+        return list(session.files.values())
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            out: dict[str, int] = {}
+            for record in self._files.values():
+                out[record.state] = out.get(record.state, 0) + 1
+            return out

@@ -1,0 +1,172 @@
+"""The journal: sessions, files and project requests in SQLite (WAL).
+
+Each state change is one transaction. WAL with synchronous=NORMAL survives any
+kill of the process; after a power loss the last transactions may be missing,
+which is safe because every upload asks the server for its offset before it
+goes on (the server is the truth).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    upload_id TEXT,
+    expires_at REAL,
+    mode INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sealed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL DEFAULT 0,
+    gid INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    server_received INTEGER NOT NULL DEFAULT 0,
+    upload_id TEXT,
+    last_error TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    completed_at REAL NOT NULL DEFAULT 0,
+    evicted INTEGER NOT NULL DEFAULT 0,
+    unlinked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS files_by_session ON files(session_id);
+CREATE TABLE IF NOT EXISTS projects (
+    session_id INTEGER PRIMARY KEY,
+    options TEXT NOT NULL,
+    state TEXT NOT NULL,
+    name TEXT,
+    status INTEGER NOT NULL DEFAULT 0,
+    record TEXT NOT NULL DEFAULT '{}',
+    last_error TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", "state", "server_received",
+                "upload_id", "last_error", "attempts", "next_attempt", "completed_at", "evicted", "unlinked")
+SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed")
+PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt")
+
+
+class Journal:
+    """One connection, one lock: writes are small and the lock makes each one atomic."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, args=()) -> int:
+        with self._lock:
+            cursor = self._db.execute(sql, args)
+            return cursor.lastrowid
+
+    def _read(self, sql: str, args=()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- sessions ------------------------------------------------------------------
+
+    def insert_session(self, values: dict) -> int:
+        return self._write(f"INSERT INTO sessions ({','.join(SESSION_COLUMNS)}) VALUES "
+                           f"({','.join('?' * len(SESSION_COLUMNS))})", [values[c] for c in SESSION_COLUMNS])
+
+    def update_session(self, session_id: int, **values) -> None:
+        self._update("sessions", "id", session_id, SESSION_COLUMNS, values)
+
+    def delete_session(self, session_id: int) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM files WHERE session_id=?", (session_id,))
+            self._db.execute("DELETE FROM projects WHERE session_id=?", (session_id,))
+            self._db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
+            self._db.execute("COMMIT")
+
+    def sessions(self) -> list[sqlite3.Row]:
+        return self._read("SELECT * FROM sessions ORDER BY id")
+
+    # --- files -----------------------------------------------------------------------
+
+    def insert_file(self, values: dict) -> int:
+        return self._write(f"INSERT INTO files ({','.join(FILE_COLUMNS)}) VALUES "
+                           f"({','.join('?' * len(FILE_COLUMNS))})", [values[c] for c in FILE_COLUMNS])
+
+    def update_file(self, file_id: int, **values) -> None:
+        self._update("files", "id", file_id, FILE_COLUMNS, values)
+
+    def delete_file(self, file_id: int) -> None:
+        self._write("DELETE FROM files WHERE id=?", (file_id,))
+
+    def files(self) -> list[sqlite3.Row]:
+        return self._read("SELECT * FROM files ORDER BY id")
+
+    # --- projects --------------------------------------------------------------------
+
+    def upsert_project(self, session_id: int, values: dict) -> None:
+        cols = ("session_id",) + PROJECT_COLUMNS
+        row = [session_id] + [_column_value(values[c]) for c in PROJECT_COLUMNS]
+        self._write(f"INSERT OR REPLACE INTO projects ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})", row)
+
+    def update_project(self, session_id: int, **values) -> None:
+        self._update("projects", "session_id", session_id, PROJECT_COLUMNS, values)
+
+    def delete_project(self, session_id: int) -> None:
+        self._write("DELETE FROM projects WHERE session_id=?", (session_id,))
+
+    def projects(self) -> list[sqlite3.Row]:
+        return self._read("SELECT * FROM projects")
+
+    # --- meta (what the server taught us: caps, allowed extensions) ---------------------
+
+    def get_meta(self, key: str, default=None):
+        rows = self._read("SELECT value FROM meta WHERE key=?", (key,))
+        return json.loads(rows[0]["value"]) if rows else default
+
+    def set_meta(self, key: str, value) -> None:
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def _update(self, table: str, key: str, key_value, allowed: tuple, values: dict) -> None:
+        if not values:
+            return
+        unknown = set(values) - set(allowed)
+        if unknown:
+            raise ValueError(f"unknown columns for {table}: {sorted(unknown)}")
+        assignments = ",".join(f"{c}=?" for c in values)
+        self._write(f"UPDATE {table} SET {assignments} WHERE {key}=?",
+                    [_column_value(v) for v in values.values()] + [key_value])
+
+
+def _column_value(value):
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value

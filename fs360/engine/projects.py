@@ -1,0 +1,226 @@
+"""Project requests: wait for every file, POST /projects once, poll to 100.
+
+Runs on the engine's housekeeping thread. Polls are paced by the client's
+pacer and cached (cachetools) so that no project is asked more often than the
+poll interval, however many status reads there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from cachetools import TTLCache
+
+from ..errors import ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound
+from .records import (COMPLETE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, PENDING, REJECTED,
+                      ProjectRequest, SessionRecord)
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+PROJECT_PAGE = "https://360-for-you.com/projects/{name}"
+
+
+class ProjectKeeper:
+    def __init__(self, engine: "Engine"):
+        self.engine = engine
+        interval = max(engine.settings.project_poll_interval, 0.01)
+        self._recent_polls: TTLCache = TTLCache(maxsize=4096, ttl=interval)
+        # Sessions whose POST may have reached the server without our hearing back.
+        self._maybe_created: set[int] = set()
+
+    def request_locked(self, session: SessionRecord, options: dict) -> None:
+        session.project = ProjectRequest(options=options)
+        self.engine.journal.upsert_project(session.id, vars_of(session.project))
+
+    def cancel_locked(self, session: SessionRecord) -> bool:
+        """unlink .create: possible until the POST is sent."""
+        project = session.project
+        if project is None:
+            return True
+        if project.state in (P_CREATED, P_READY):
+            return False
+        session.project = None
+        session.notice = ""
+        self.engine.journal.delete_project(session.id)
+        return True
+
+    def blocking_reason_locked(self, session: SessionRecord) -> str:
+        """Why the project cannot be created yet ('' when it can)."""
+        project = session.project
+        if project is not None and "download_link" in project.options:
+            return ""
+        if session.unlinked:
+            names = ", ".join(sorted(f.name for f in session.unlinked))
+            return (f"the server holds files deleted from this folder ({names}) and cannot drop one file: "
+                    f"remove the folder to discard the whole session")
+        files = [f for f in session.files.values() if not f.local_only]
+        if not files:
+            return "no files to make a project of yet"
+        blocked = [f for f in files if f.state in (REJECTED, LOST, INTERRUPTED)]
+        if blocked:
+            return "; ".join(f"{f.name}: {f.state} ({f.last_error}); delete it to go on" for f in blocked)
+        waiting = [f for f in files if f.state != COMPLETE]
+        if waiting:
+            return f"waiting for {len(waiting)} file(s) to finish uploading"
+        return ""
+
+    def step(self) -> None:
+        engine = self.engine
+        with engine.lock:
+            due_create, due_poll = [], []
+            now = time.time()
+            for session in list(engine.sessions.values()):
+                project = session.project
+                if project is None:
+                    continue
+                if project.state == P_WAITING:
+                    session.notice = self.blocking_reason_locked(session)
+                    if not session.notice and project.next_attempt <= now:
+                        due_create.append(session)
+                elif project.state == P_CREATED and project.name not in self._recent_polls \
+                        and project.next_attempt <= now:
+                    due_poll.append(session)
+        for session in due_create:
+            self._create(session)
+        for session in due_poll:
+            self._poll(session)
+
+    def _create(self, session: SessionRecord) -> None:
+        engine = self.engine
+        with engine.lock:
+            project = session.project
+            if project is None or project.state != P_WAITING:
+                return
+            body = {"title": session.name,
+                    **{k: v for k, v in project.options.items() if not k.startswith("_")}}
+            if "download_link" not in project.options:
+                body["upload_id"] = session.upload_id
+                if not session.upload_id:
+                    return
+            upload_id = session.upload_id
+        try:
+            created = None
+            if upload_id and session.id in self._maybe_created:
+                created = self._find_existing(upload_id)
+            if created is None:
+                created = engine.client.create_project(body)
+        except SessionNotFound:
+            if upload_id:
+                engine.session_lost(session, upload_id)
+            return
+        except ProjectCreationFailed as exc:
+            self._recheck_files(session, upload_id)
+            self._retry_later(session, exc)
+            return
+        except Fs360Error as exc:
+            if exc.retryable:
+                self._maybe_created.add(session.id)
+                self._retry_later(session, exc)
+            else:
+                self._fail(session, exc)
+            return
+        self._maybe_created.discard(session.id)
+        with engine.lock:
+            if session.project is not project:
+                return
+            project.state, project.name, project.status = P_CREATED, created.name, created.status
+            project.last_error, project.attempts = "", 0
+            engine.journal.update_project(session.id, state=P_CREATED, name=created.name, status=created.status,
+                                          last_error="", attempts=0)
+            engine.seal_locked(session)
+            # The project holds the data now: the spool can let it go.
+            for record in session.files.values():
+                if record.state == COMPLETE and not record.evicted:
+                    engine.drop_spool_locked(record)
+        engine.listeners.emit("project_created", session=session)
+        log.info("session %r: project %s created", session.name, created.name)
+
+    def _find_existing(self, upload_id: str):
+        """After a POST whose answer was lost: the project is usually named after the session."""
+        try:
+            return self.engine.client.project_status(upload_id)
+        except ApiError:
+            return None
+
+    def _recheck_files(self, session: SessionRecord, upload_id: str | None) -> None:
+        """The server says a file is incomplete: believe it and send that file again."""
+        if not upload_id:
+            return
+        try:
+            remote = {f.name: f for f in self.engine.client.session_status(upload_id)}
+        except Fs360Error:
+            return
+        engine = self.engine
+        with engine.lock:
+            for record in session.files.values():
+                if record.local_only or record.state != COMPLETE:
+                    continue
+                held = remote.get(record.name)
+                if held is None or not held.complete:
+                    if record.evicted:
+                        engine._set_state_locked(record, LOST, last_error="the server does not have this file "
+                                                                          "complete: copy it again")
+                    else:
+                        record.needs_resync = True
+                        engine._set_state_locked(record, PENDING, last_error="")
+                        engine._enqueue_locked(record, 0.0)
+
+    def _poll(self, session: SessionRecord) -> None:
+        engine = self.engine
+        project = session.project
+        if project is None or project.name is None:
+            return
+        try:
+            result = engine.client.project_status(project.name)
+        except Fs360Error as exc:
+            self._retry_later(session, exc)
+            return
+        self._recent_polls[project.name] = result.status
+        with engine.lock:
+            project.status = result.status
+            project.last_error, project.attempts = "", 0
+            if result.status >= 100:
+                project.state, project.record = P_READY, result.record
+                engine.journal.update_project(session.id, state=P_READY, status=100, record=result.record,
+                                              last_error="", attempts=0)
+            else:
+                engine.journal.update_project(session.id, status=result.status, last_error="", attempts=0)
+        engine.listeners.emit("project_status", session=session, status=result.status)
+
+    def _retry_later(self, session: SessionRecord, exc: Fs360Error) -> None:
+        engine = self.engine
+        with engine.lock:
+            project = session.project
+            if project is None:
+                return
+            project.attempts += 1
+            project.last_error = str(exc)
+            project.next_attempt = time.time() + engine.backoff.delay(project.attempts, exc)
+            engine.journal.update_project(session.id, attempts=project.attempts, last_error=project.last_error,
+                                          next_attempt=project.next_attempt)
+
+    def _fail(self, session: SessionRecord, exc: Fs360Error) -> None:
+        engine = self.engine
+        with engine.lock:
+            project = session.project
+            if project is None:
+                return
+            project.state, project.last_error = P_FAILED, str(exc)
+            engine.journal.update_project(session.id, state=P_FAILED, last_error=project.last_error)
+        log.warning("session %r: project creation refused: %s", session.name, exc)
+
+
+def vars_of(project: ProjectRequest) -> dict:
+    return {"options": project.options, "state": project.state, "name": project.name, "status": project.status,
+            "record": project.record, "last_error": project.last_error, "attempts": project.attempts,
+            "next_attempt": project.next_attempt}
+
+
+def project_page(name: str) -> str:
+    return PROJECT_PAGE.format(name=name)
+

@@ -1,0 +1,104 @@
+"""The engine's in-memory records of sessions, files and project requests.
+
+They mirror the journal; the engine changes them only with its lock held and
+writes each change through to the journal in the same step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+# File states (semantics.md, "File states") plus three of fs360's own:
+#   local        a scratch name that is never uploaded (dot-files, *.part, ...)
+#   interrupted  the mount stopped while the file was open for writing: copy it again
+#   lost         the server lost the session and the spool no longer holds the data
+WRITING, PENDING, UPLOADING, COMPLETE, FAILED, REJECTED = "writing", "pending", "uploading", "complete", "failed", "rejected"
+LOCAL, INTERRUPTED, LOST = "local", "interrupted", "lost"
+QUEUED_STATES = (PENDING, FAILED)
+
+# Project request states.
+P_WAITING, P_CREATED, P_READY, P_FAILED = "waiting", "created", "ready", "failed"
+
+
+class RateMeter:
+    """Bytes per second over the last few seconds."""
+
+    def __init__(self, window: float = 5.0):
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, nbytes: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, nbytes))
+        while self._samples and self._samples[0][0] < now - self.window:
+            self._samples.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        recent = [(t, n) for t, n in self._samples if t >= now - self.window]
+        if not recent:
+            return 0.0
+        span = max(now - recent[0][0], 0.5)
+        return sum(n for _, n in recent) / span
+
+
+@dataclass(eq=False)
+class FileRecord:
+    id: int
+    session_id: int
+    name: str
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    uid: int = 0
+    gid: int = 0
+    state: str = WRITING
+    server_received: int = 0
+    # The server session a PUT of this file went to: set, the server may hold bytes of it.
+    upload_id: str | None = None
+    last_error: str = ""
+    attempts: int = 0
+    next_attempt: float = 0.0
+    completed_at: float = 0.0
+    evicted: bool = False
+    unlinked: bool = False
+    # Memory only.
+    local_only: bool = False
+    open_writers: int = 0
+    generation: int = 0
+    needs_resync: bool = False
+    rate: RateMeter = field(default_factory=RateMeter)
+
+    @property
+    def may_be_on_server(self) -> bool:
+        """True when the server may hold bytes of it: it can then never change."""
+        return self.server_received > 0 or self.state in (UPLOADING, COMPLETE) or self.upload_id is not None
+
+
+@dataclass(eq=False)
+class ProjectRequest:
+    options: dict
+    state: str = P_WAITING
+    name: str | None = None
+    status: int = 0
+    record: dict = field(default_factory=dict)
+    last_error: str = ""
+    attempts: int = 0
+    next_attempt: float = 0.0
+
+
+@dataclass(eq=False)
+class SessionRecord:
+    id: int
+    name: str
+    mode: int
+    mtime_ns: int
+    upload_id: str | None = None
+    expires_at: float | None = None
+    sealed: bool = False
+    files: dict[str, FileRecord] = field(default_factory=dict)      # listed in the folder
+    unlinked: list[FileRecord] = field(default_factory=list)         # gone from the folder, held by the server
+    project: ProjectRequest | None = None
+    notice: str = ""   # what stops the project, for status

@@ -1,0 +1,43 @@
+"""The spool: one local file per mounted file, named by the file's id.
+
+Naming by id (not by path) lets renames touch only the journal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class Spool:
+    def __init__(self, directory: Path, min_free_fraction: float = 0.10):
+        self.directory = directory
+        self.min_free_fraction = min_free_fraction
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+    def path(self, file_id: int) -> Path:
+        return self.directory / str(file_id)
+
+    def create(self, file_id: int) -> None:
+        fd = os.open(self.path(file_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+
+    def remove(self, file_id: int) -> None:
+        try:
+            os.unlink(self.path(file_id))
+        except FileNotFoundError:
+            pass
+
+    def exists(self, file_id: int) -> bool:
+        return self.path(file_id).exists()
+
+    def disk_usage(self) -> os.statvfs_result:
+        return os.statvfs(self.directory)
+
+    def bytes_to_free(self) -> int:
+        """How much must go for the disk to keep its free fraction (0 when fine)."""
+        st = self.disk_usage()
+        total = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize
+        return max(0, int(total * self.min_free_fraction) - free)

@@ -1,0 +1,85 @@
+"""Sends one spooled file: one whole-file PUT up to a chunk, else sequential chunks.
+
+The caller says where to start (the server's `received`, asked for before any
+retry). On 409 we go on from the body's `received`. The file is never read whole
+into memory: each chunk is read into the worker's one page-aligned buffer.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..api.client import ApiClient, FileProgress
+from ..errors import ApiError, MalformedResponse, NonContiguousChunk
+
+
+class Cancelled(Exception):
+    """The file changed hands (unlinked, session lost, shutting down) between chunks."""
+
+
+class ServerHoldsOtherFile(ApiError):
+    """The server has a file of this name with another size: ours cannot go there."""
+    code = "name_taken_on_server"
+
+
+# A server that answers without moving forward this many times running is broken.
+MAX_STALLS = 5
+
+
+def read_exactly(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise OSError(f"the spool file is shorter than expected (at byte {offset + done})")
+        done += n
+
+
+def send_file(client: ApiClient, upload_id: str, name: str, fd: int, size: int, start: int,
+              buffer, chunk_size: int, on_progress, should_stop) -> FileProgress:
+    """Uploads bytes start..size-1 of the spool file `fd`; returns the final server state."""
+    view = memoryview(buffer)
+    if start == 0 and size <= chunk_size:
+        read_exactly(fd, view[:size], 0)
+        progress = client.put(upload_id, name, view[:size], 0, size, whole=True)
+        _check_total(progress, size, name)
+        on_progress(progress.received)
+        if not progress.complete:
+            raise MalformedResponse(f"{name}: a whole-file PUT left the file incomplete")
+        return progress
+
+    offset, stalls = start, 0
+    progress = FileProgress(start, size, start == size)
+    while offset < size:
+        if should_stop():
+            raise Cancelled()
+        n = min(chunk_size, size - offset)
+        read_exactly(fd, view[:n], offset)
+        try:
+            progress = client.put(upload_id, name, view[:n], offset, size)
+        except NonContiguousChunk as exc:
+            new_offset = exc.received
+            if not 0 <= new_offset <= size:
+                raise MalformedResponse(f"{name}: 409 with an impossible received {new_offset}") from None
+        else:
+            _check_total(progress, size, name)
+            new_offset = progress.received
+        stalls = stalls + 1 if new_offset <= offset else 0
+        if stalls >= MAX_STALLS:
+            raise MalformedResponse(f"{name}: the server does not move past byte {offset}")
+        offset = new_offset
+        on_progress(offset)
+    if not progress.complete:
+        # We got here through a 409 that said everything is there: confirm it.
+        progress = client.file_status(upload_id, name)
+        _check_total(progress, size, name)
+        if not progress.complete:
+            raise MalformedResponse(f"{name}: the server says {progress.received} of {size} after the last chunk")
+    return progress
+
+
+def _check_total(progress: FileProgress, size: int, name: str) -> None:
+    if progress.total != size:
+        raise ServerHoldsOtherFile(
+            f"the server already holds a different file named {name!r} ({progress.total} bytes, ours {size})",
+            status=409)

@@ -1,0 +1,669 @@
+"""The mount's path model: every filesystem operation of semantics.md, without FUSE.
+
+The FUSE adapter (`fuse_ops.py`) only translates calls into these methods and
+`Fs360Error`s into errnos, so everything here is tested without a mount.
+Open files are tracked by handle: a handle holds its record, so it follows the
+file through renames.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..config import Settings
+from ..engine.engine import Engine
+from ..engine.records import P_CREATED, P_READY, P_WAITING, FileRecord, SessionRecord
+from ..errors import (AccessDenied, AlreadyExists, FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
+                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, QuotaWouldPass)
+from . import status as status_files
+from .names import (CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, check_file_name, check_session_name, extension_of,
+                    is_local_only)
+
+# .create holds a JSON object of project fields: anything bigger is not one.
+MAX_CREATE_BYTES = 64 * 1024
+XATTRS = ("user.fs360.state", "user.fs360.received", "user.fs360.error")
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+
+@dataclass(eq=False)
+class FileHandle:
+    record: FileRecord
+    fd: int
+    writable: bool
+    append: bool
+
+
+@dataclass(eq=False)
+class MarkerHandle:
+    """An open `.create`: written into memory, acted on at close (flush)."""
+    session: SessionRecord
+    writable: bool
+    data: bytearray = field(default_factory=bytearray)
+    dirty: bool = False
+
+
+@dataclass(eq=False)
+class SnapshotHandle:
+    """An open `status`: rendered once at open, so one read sees one consistent state."""
+    content: bytes
+
+
+class MountModel:
+    def __init__(self, engine: Engine, settings: Settings, uid: int | None = None, gid: int | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.mounted_at_ns = time.time_ns()
+        self._handles: dict[int, FileHandle | MarkerHandle | SnapshotHandle] = {}
+        self._next_fh = itertools.count(1)
+        self._handles_lock = threading.Lock()
+        # Sessions with a .create being written but not yet accepted: it must be listed meanwhile.
+        self._markers_open: dict[int, int] = {}
+
+    # --- path resolution --------------------------------------------------------------------
+
+    @staticmethod
+    def _split(path: str) -> list[str]:
+        return [p for p in path.split("/") if p]
+
+    def _session(self, name: str) -> SessionRecord:
+        session = self.engine.sessions.get(name)
+        if session is None:
+            raise NotFound(f"no session {name!r}")
+        return session
+
+    def _file(self, session: SessionRecord, name: str) -> FileRecord:
+        record = session.files.get(name)
+        if record is None:
+            raise NotFound(f"no file {name!r}")
+        return record
+
+    def _marker_listed(self, session: SessionRecord) -> bool:
+        project = session.project
+        return (project is not None and not project.options.get("_marker_removed")) \
+            or self._markers_open.get(session.id, 0) > 0
+
+    # --- attributes ---------------------------------------------------------------------------
+
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        if fh is not None:
+            handle = self._handles.get(fh)
+            if isinstance(handle, FileHandle):
+                with self.engine.lock:
+                    return self._file_attrs(handle.record)
+        parts = self._split(path)
+        with self.engine.lock:
+            if not parts:
+                return self._dir_attrs(0o755, self.mounted_at_ns, nlink=2 + len(self.engine.sessions))
+            if len(parts) == 1:
+                if parts[0] == ROOT_STATUS:
+                    return self._virtual_attrs(0o444)
+                session = self._session(parts[0])
+                return self._dir_attrs(session.mode, session.mtime_ns)
+            if len(parts) > 2:
+                raise NotFound(path)
+            session = self._session(parts[0])
+            name = parts[1]
+            if name in STATUS_NAMES:
+                return self._virtual_attrs(0o444, session.mtime_ns)
+            if name == CREATE_MARKER:
+                if not self._marker_listed(session):
+                    raise NotFound(path)
+                mode = 0o444 if session.sealed else 0o644
+                size = len(self._marker_text(session))
+                return self._virtual_attrs(mode, session.mtime_ns, size=size)
+            return self._file_attrs(self._file(session, name))
+
+    def _dir_attrs(self, mode: int, mtime_ns: int, nlink: int = 2) -> dict:
+        return {"st_mode": stat.S_IFDIR | (mode & 0o7777), "st_nlink": nlink, "st_uid": self.uid,
+                "st_gid": self.gid, "st_size": 4096, "st_mtime": mtime_ns, "st_ctime": mtime_ns,
+                "st_atime": mtime_ns}
+
+    def _virtual_attrs(self, mode: int, mtime_ns: int | None = None, size: int = 0) -> dict:
+        now = mtime_ns or time.time_ns()
+        # Status files are served with direct_io: their size is read to EOF, not from here.
+        return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": self.uid, "st_gid": self.gid,
+                "st_size": size, "st_mtime": now, "st_ctime": now, "st_atime": now}
+
+    @staticmethod
+    def _file_attrs(record: FileRecord) -> dict:
+        return {"st_mode": stat.S_IFREG | (record.mode & 0o7777), "st_nlink": 1, "st_uid": record.uid,
+                "st_gid": record.gid, "st_size": record.size, "st_blocks": (record.size + 511) // 512,
+                "st_mtime": record.mtime_ns, "st_ctime": record.mtime_ns, "st_atime": record.mtime_ns}
+
+    def readdir(self, path: str) -> list[tuple[str, dict]]:
+        parts = self._split(path)
+        with self.engine.lock:
+            if not parts:
+                entries = [(ROOT_STATUS, self._virtual_attrs(0o444))]
+                entries += [(name, self._dir_attrs(s.mode, s.mtime_ns)) for name, s in self.engine.sessions.items()]
+                return entries
+            if len(parts) != 1:
+                raise NotADirectory(path)
+            if parts[0] == ROOT_STATUS:
+                raise NotADirectory(path)
+            session = self._session(parts[0])
+            entries = [(name, self._virtual_attrs(0o444)) for name in STATUS_NAMES]
+            if self._marker_listed(session):
+                entries.append((CREATE_MARKER, self._virtual_attrs(0o644)))
+            entries += [(name, self._file_attrs(record)) for name, record in session.files.items()]
+            return entries
+
+    def statfs(self) -> dict:
+        st = self.engine.spool.disk_usage()
+        return {"f_bsize": st.f_bsize, "f_frsize": st.f_frsize, "f_blocks": st.f_blocks, "f_bfree": st.f_bfree,
+                "f_bavail": st.f_bavail, "f_files": st.f_files, "f_ffree": st.f_ffree, "f_favail": st.f_favail,
+                "f_namemax": 255}
+
+    # --- folders -------------------------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int) -> None:
+        parts = self._split(path)
+        if len(parts) != 1:
+            raise NotPermitted("the server takes flat names only: send an archive for a tree")
+        name = parts[0]
+        check_session_name(name)
+        with self.engine.lock:
+            if name == ROOT_STATUS or name in self.engine.sessions:
+                raise AlreadyExists(name)
+            self.engine.create_session_locked(name, mode & 0o7777)
+
+    def rmdir(self, path: str) -> None:
+        parts = self._split(path)
+        with self.engine.lock:
+            if len(parts) != 1:
+                if len(parts) == 2:
+                    self._session(parts[0])
+                    raise NotADirectory(path)
+                raise NotFound(path)
+            if parts[0] == ROOT_STATUS:
+                raise NotADirectory(path)
+            session = self._session(parts[0])
+            if session.files or self._marker_listed(session):
+                raise NotEmpty(f"{parts[0]} still lists files")
+            if any(isinstance(h, FileHandle) and h.record.session_id == session.id for h in self._handles.values()):
+                raise NotEmpty(f"{parts[0]} has open files")
+            self.engine.discard_session_locked(session)
+
+    # --- creating and opening -------------------------------------------------------------------
+
+    def create(self, path: str, mode: int, flags: int, uid: int | None = None, gid: int | None = None) -> int:
+        parts = self._split(path)
+        if len(parts) == 1:
+            raise NotPermitted("only folders live at the root")
+        if len(parts) != 2:
+            raise NotFound(path)
+        name = parts[1]
+        with self.engine.lock:
+            session = self._session(parts[0])
+            if name in STATUS_NAMES:
+                raise AccessDenied("status files are read-only")
+            if name == CREATE_MARKER:
+                return self._open_marker_locked(session, writable=True, truncate=True)
+            check_file_name(name)
+            if session.sealed:
+                raise AccessDenied("the project is created: the session is sealed")
+            existing = session.files.get(name)
+            if existing is not None:
+                # A create racing another: behave like open with O_TRUNC.
+                return self._open_file_locked(existing, flags | os.O_TRUNC)
+            local_only = is_local_only(name, self.settings.local_only_patterns)
+            if not local_only:
+                self._check_uploadable_name_locked(session, name)
+            record = self.engine.create_file_locked(session, name, mode & 0o7777,
+                                                    self.uid if uid is None else uid,
+                                                    self.gid if gid is None else gid, local_only)
+            return self._open_file_locked(record, flags | os.O_RDWR)
+
+    def _check_uploadable_name_locked(self, session: SessionRecord, name: str) -> None:
+        if any(f.name == name for f in session.unlinked):
+            raise AccessDenied(f"the server holds a deleted file named {name!r}: the name cannot be used again")
+        ext = extension_of(name)
+        caps = self.engine.caps
+        if ext in caps.refused_extensions or (caps.allowed_extensions and ext not in caps.allowed_extensions):
+            raise NotPermitted(f"the server refuses the extension {ext!r}")
+
+    def open(self, path: str, flags: int) -> int:
+        parts = self._split(path)
+        writing = bool(flags & WRITE_FLAGS) or bool(flags & os.O_TRUNC)
+        with self.engine.lock:
+            if not parts:
+                raise IsADirectory(path)
+            if parts == [ROOT_STATUS]:
+                if writing:
+                    raise AccessDenied("status is read-only")
+                snaps = [status_files.snapshot_session(s, self.engine) for s in self.engine.sessions.values()]
+                return self._new_handle(SnapshotHandle(status_files.render_root(snaps)))
+            if len(parts) == 1:
+                self._session(parts[0])
+                raise IsADirectory(path)
+            if len(parts) != 2:
+                raise NotFound(path)
+            session = self._session(parts[0])
+            name = parts[1]
+            if name in STATUS_NAMES:
+                if writing:
+                    raise AccessDenied("status files are read-only")
+                snapshot = status_files.snapshot_session(session, self.engine)
+                render = status_files.render_json if name == "status.json" else status_files.render_text
+                return self._new_handle(SnapshotHandle(render(snapshot)))
+            if name == CREATE_MARKER:
+                if not self._marker_listed(session):
+                    raise NotFound(path)
+                return self._open_marker_locked(session, writable=writing, truncate=bool(flags & os.O_TRUNC))
+            return self._open_file_locked(self._file(session, name), flags)
+
+    def _open_file_locked(self, record: FileRecord, flags: int) -> int:
+        writing = bool(flags & WRITE_FLAGS) or bool(flags & os.O_TRUNC)
+        if writing:
+            self._check_mutable_locked(record)
+        elif record.evicted or not self.engine.spool.exists(record.id):
+            raise AccessDenied("only the server holds this file's data now")
+        try:
+            fd = os.open(self.engine.spool.path(record.id), os.O_RDWR if writing else os.O_RDONLY)
+        except FileNotFoundError:
+            raise AccessDenied("only the server holds this file's data now") from None
+        if writing:
+            self.engine.open_for_write_locked(record)
+            if flags & os.O_TRUNC and record.size:
+                os.ftruncate(fd, 0)
+                record.size = 0
+                record.mtime_ns = time.time_ns()
+        return self._new_handle(FileHandle(record, fd, writing, bool(flags & os.O_APPEND)))
+
+    def _check_mutable_locked(self, record: FileRecord) -> None:
+        if record.local_only:
+            return
+        session = self.engine.session_of(record)
+        if session.sealed:
+            raise AccessDenied("the project is created: the session is sealed")
+        if record.may_be_on_server:
+            raise AccessDenied(f"the server holds bytes of {record.name!r}: it cannot be changed")
+
+    def _new_handle(self, handle) -> int:
+        with self._handles_lock:
+            fh = next(self._next_fh)
+            self._handles[fh] = handle
+        return fh
+
+    def is_snapshot(self, fh: int) -> bool:
+        return isinstance(self._handles.get(fh), (SnapshotHandle, MarkerHandle))
+
+    def _handle(self, fh: int):
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise InvalidArgument(f"unknown file handle {fh}")
+        return handle
+
+    # --- reading and writing --------------------------------------------------------------------
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        handle = self._handle(fh)
+        if isinstance(handle, FileHandle):
+            return os.pread(handle.fd, size, offset)
+        content = handle.content if isinstance(handle, SnapshotHandle) else bytes(handle.data)
+        return content[offset:offset + size]
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        handle = self._handle(fh)
+        if isinstance(handle, MarkerHandle):
+            if not handle.writable:
+                raise AccessDenied(".create is read-only")
+            end = offset + len(data)
+            if end > MAX_CREATE_BYTES:
+                raise FileTooBig(f".create holds a JSON object of at most {MAX_CREATE_BYTES} bytes")
+            if len(handle.data) < end:
+                handle.data.extend(b"\0" * (end - len(handle.data)))
+            handle.data[offset:end] = data
+            handle.dirty = True
+            return len(data)
+        if not isinstance(handle, FileHandle) or not handle.writable:
+            raise AccessDenied("not open for writing")
+        record = handle.record
+        if handle.append:
+            offset = record.size
+        end = offset + len(data)
+        if end > record.size:
+            self._check_growth(record, end)
+        written = self._pwrite(handle.fd, data, offset)
+        with self.engine.lock:
+            if offset + written > record.size:
+                record.size = offset + written
+            record.mtime_ns = time.time_ns()
+        return written
+
+    def _check_growth(self, record: FileRecord, new_size: int) -> None:
+        if record.local_only:
+            return
+        caps = self.engine.caps
+        if caps.file_cap and new_size > caps.file_cap:
+            raise FileTooBig(f"the server takes files up to {caps.file_cap} bytes")
+        if caps.session_cap:
+            with self.engine.lock:
+                session = self.engine.session_of(record)
+                total = sum(f.size for f in session.files.values() if not f.local_only and f is not record)
+            if total + new_size > caps.session_cap:
+                raise QuotaWouldPass(f"the session would pass the server's cap of {caps.session_cap} bytes")
+
+    def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        try:
+            return os.pwrite(fd, data, offset)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+        # The disk is full: drop uploaded data we still keep, then try once more.
+        if self.engine.evict_if_needed() > 0:
+            try:
+                return os.pwrite(fd, data, offset)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+        raise NoSpace("the spool disk is full")
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        handle = self._handles.get(fh) if fh is not None else None
+        if isinstance(handle, MarkerHandle):
+            del handle.data[length:]
+            handle.dirty = True
+            return
+        with self.engine.lock:
+            if isinstance(handle, FileHandle):
+                record = handle.record
+            else:
+                parts = self._split(path)
+                if len(parts) != 2:
+                    if parts == [ROOT_STATUS]:
+                        raise AccessDenied("status is read-only")
+                    raise IsADirectory(path)
+                session = self._session(parts[0])
+                if parts[1] in STATUS_NAMES:
+                    raise AccessDenied("status files are read-only")
+                if parts[1] == CREATE_MARKER:
+                    # `> .create` truncates by path before opening: the open handle does the work.
+                    if session.sealed:
+                        raise AccessDenied(".create is read-only once the project exists")
+                    return
+                record = self._file(session, parts[1])
+            if length == record.size:
+                return
+            self._check_mutable_locked(record)
+        if length > record.size:
+            self._check_growth(record, length)
+        try:
+            os.truncate(self.engine.spool.path(record.id), length)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise NoSpace("the spool disk is full") from None
+            raise
+        with self.engine.lock:
+            record.size = length
+            record.mtime_ns = time.time_ns()
+            if not record.open_writers and not record.local_only:
+                # Changed with no writer open (truncate -s): queue it again.
+                self.engine.queue_upload_locked(record)
+            else:
+                self.engine.journal.update_file(record.id, size=length, mtime_ns=record.mtime_ns)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        handle = self._handle(fh)
+        if not isinstance(handle, FileHandle) or not handle.writable:
+            raise AccessDenied("not open for writing")
+        if mode != 0:
+            raise NotSupported("only plain fallocate is supported")
+        end = offset + length
+        if end > handle.record.size:
+            self._check_growth(handle.record, end)
+        try:
+            os.posix_fallocate(handle.fd, offset, length)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise NoSpace("the spool disk is full") from None
+            raise
+        with self.engine.lock:
+            handle.record.size = max(handle.record.size, end)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._handle(fh)
+        if isinstance(handle, FileHandle):
+            (os.fdatasync if datasync else os.fsync)(handle.fd)
+
+    def flush(self, fh: int) -> None:
+        """close(): a written .create is accepted here, so an invalid one fails the close."""
+        handle = self._handles.get(fh)
+        if isinstance(handle, MarkerHandle) and handle.dirty:
+            self._accept_marker(handle)
+
+    def release(self, fh: int) -> None:
+        with self._handles_lock:
+            handle = self._handles.pop(fh, None)
+        if isinstance(handle, FileHandle):
+            try:
+                os.close(handle.fd)
+            finally:
+                if handle.writable:
+                    with self.engine.lock:
+                        self.engine.close_writer_locked(handle.record, handle.record.size)
+        elif isinstance(handle, MarkerHandle) and handle.writable:
+            with self.engine.lock:
+                count = self._markers_open.get(handle.session.id, 1) - 1
+                if count > 0:
+                    self._markers_open[handle.session.id] = count
+                else:
+                    self._markers_open.pop(handle.session.id, None)
+
+    # --- .create -------------------------------------------------------------------------------
+
+    def _open_marker_locked(self, session: SessionRecord, writable: bool, truncate: bool) -> int:
+        project = session.project
+        if writable and (session.sealed or (project is not None and project.state in (P_CREATED, P_READY))):
+            raise AccessDenied("the project is created: .create is read-only")
+        handle = MarkerHandle(session, writable)
+        if not truncate:
+            handle.data.extend(self._marker_text(session))
+        if writable:
+            self._markers_open[session.id] = self._markers_open.get(session.id, 0) + 1
+            if truncate:
+                handle.dirty = True  # an empty .create is a valid request too
+        return self._new_handle(handle)
+
+    @staticmethod
+    def _marker_text(session: SessionRecord) -> bytes:
+        project = session.project
+        if project is None:
+            return b""
+        shown = {k: v for k, v in project.options.items() if not k.startswith("_")}
+        return (json.dumps(shown) + "\n").encode() if shown else b""
+
+    def _accept_marker(self, handle: MarkerHandle) -> None:
+        text = bytes(handle.data).strip(b"\0 \t\r\n")
+        if text:
+            try:
+                options = json.loads(text.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise InvalidArgument(".create must be empty or a JSON object") from None
+            if not isinstance(options, dict):
+                raise InvalidArgument(".create must be empty or a JSON object")
+        else:
+            options = {}
+        options.pop("upload_id", None)  # the mount names the session itself
+        if "privacy_mode" in options and options["privacy_mode"] not in (0, 1, 2):
+            raise InvalidArgument("privacy_mode must be 0, 1 or 2")
+        with self.engine.lock:
+            session = handle.session
+            if self.engine.sessions.get(session.name) is not session:
+                raise NotFound("the session was removed")
+            project = session.project
+            if session.sealed or (project is not None and project.state in (P_CREATED, P_READY)):
+                raise AccessDenied("the project is created already")
+            self.engine.request_project_locked(session, options)
+            handle.dirty = False
+
+    # --- renaming and removing -----------------------------------------------------------------
+
+    def rename(self, old: str, new: str) -> None:
+        src, dst = self._split(old), self._split(new)
+        with self.engine.lock:
+            if len(src) == 1:
+                self._rename_session_locked(src, dst)
+                return
+            if len(src) != 2:
+                raise NotFound(old)
+            session = self._session(src[0])
+            if src[1] in STATUS_NAMES or src[1] == CREATE_MARKER:
+                raise NotPermitted(f"{src[1]} cannot be renamed")
+            record = self._file(session, src[1])
+            if len(dst) != 2:
+                raise NotPermitted("files live inside session folders only")
+            target = self._session(dst[0])
+            name = dst[1]
+            if name in STATUS_NAMES or name == CREATE_MARKER:
+                raise NotPermitted(f"{name} is reserved")
+            check_file_name(name)
+            if record is target.files.get(name):
+                return
+            if not record.local_only or session is not target:
+                self._check_mutable_locked(record)
+            if target.sealed:
+                raise AccessDenied("the project is created: the session is sealed")
+            replaced = target.files.get(name)
+            if replaced is not None:
+                self._check_mutable_locked(replaced)
+                if replaced.open_writers:
+                    # Its writer's handle still points at the old record: fine, it becomes orphaned.
+                    pass
+            local_only = is_local_only(name, self.settings.local_only_patterns)
+            if not local_only:
+                self._check_uploadable_name_locked(target, name)
+            self.engine.rename_file_locked(record, target, name, local_only)
+
+    def _rename_session_locked(self, src: list[str], dst: list[str]) -> None:
+        if src[0] == ROOT_STATUS:
+            raise NotPermitted("status cannot be renamed")
+        session = self._session(src[0])
+        if len(dst) != 1:
+            raise NotPermitted("sessions live at the root only")
+        name = dst[0]
+        check_session_name(name)
+        if name == session.name:
+            return
+        if name == ROOT_STATUS:
+            raise NotPermitted("status is reserved")
+        other = self.engine.sessions.get(name)
+        if other is not None:
+            if other.files or self._marker_listed(other):
+                raise NotEmpty(f"{name} is not empty")
+            self.engine.discard_session_locked(other)
+        self.engine.rename_session_locked(session, name)
+
+    def unlink(self, path: str) -> None:
+        parts = self._split(path)
+        with self.engine.lock:
+            if len(parts) == 1:
+                if parts[0] == ROOT_STATUS:
+                    return  # a no-op that succeeds, so rm -r of the mount works
+                self._session(parts[0])
+                raise IsADirectory(path)
+            if len(parts) != 2:
+                raise NotFound(path)
+            session = self._session(parts[0])
+            name = parts[1]
+            if name in STATUS_NAMES:
+                return
+            if name == CREATE_MARKER:
+                self._unlink_marker_locked(session)
+                return
+            self.engine.remove_file_locked(self._file(session, name))
+
+    def _unlink_marker_locked(self, session: SessionRecord) -> None:
+        if not self._marker_listed(session):
+            raise NotFound(CREATE_MARKER)
+        project = session.project
+        if project is None:
+            return
+        if project.state in (P_WAITING, "failed"):
+            self.engine.cancel_project_locked(session)
+            return
+        # The project exists and stays; the marker just leaves the listing so rm -r works.
+        project.options["_marker_removed"] = True
+        self.engine.journal.update_project(session.id, options=project.options)
+
+    # --- metadata -----------------------------------------------------------------------------------
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._set_attrs(path, mode=mode & 0o7777)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        attrs = {}
+        if uid != -1 and uid != 0xFFFFFFFF:
+            attrs["uid"] = uid
+        if gid != -1 and gid != 0xFFFFFFFF:
+            attrs["gid"] = gid
+        self._set_attrs(path, **attrs)
+
+    def utimens(self, path: str, mtime_ns: int | None) -> None:
+        self._set_attrs(path, mtime_ns=time.time_ns() if mtime_ns is None else mtime_ns)
+
+    def _set_attrs(self, path: str, **attrs) -> None:
+        if not attrs:
+            return
+        parts = self._split(path)
+        with self.engine.lock:
+            if not parts or parts == [ROOT_STATUS]:
+                return
+            session = self._session(parts[0])
+            if len(parts) == 1:
+                self.engine.set_session_attrs_locked(session, mode=attrs.get("mode"), mtime_ns=attrs.get("mtime_ns"))
+                return
+            if len(parts) != 2:
+                raise NotFound(path)
+            if parts[1] in STATUS_NAMES or parts[1] == CREATE_MARKER:
+                return  # accepted; these have no metadata of their own
+            self.engine.set_file_attrs_locked(self._file(session, parts[1]), **attrs)
+
+    # --- extended attributes -----------------------------------------------------------------------
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        if name not in XATTRS:
+            raise NoAttribute(name)
+        parts = self._split(path)
+        with self.engine.lock:
+            if len(parts) != 2:
+                raise NoAttribute(name)
+            session = self._session(parts[0])
+            record = session.files.get(parts[1])
+            if record is None:
+                raise NoAttribute(name)
+            if name == "user.fs360.state":
+                return record.state.encode()
+            if name == "user.fs360.received":
+                return str(record.server_received).encode()
+            return record.last_error.encode("utf-8", "surrogateescape")
+
+    def listxattr(self, path: str) -> list[str]:
+        parts = self._split(path)
+        with self.engine.lock:
+            if len(parts) == 2 and parts[0] in self.engine.sessions and \
+                    parts[1] in self.engine.sessions[parts[0]].files:
+                return list(XATTRS)
+        return []
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int) -> None:
+        raise NotSupported("fs360's attributes are read-only")
+
+    def removexattr(self, path: str, name: str) -> None:
+        raise NotSupported("fs360's attributes are read-only")
+
+    # --- for tests and the CLI ---------------------------------------------------------------------
+
+    def file_state(self, session: str, name: str) -> str:
+        with self.engine.lock:
+            return self._file(self._session(session), name).state
+

@@ -1,0 +1,140 @@
+"""The `status` and `status.json` files: a consistent snapshot, rendered from memory."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ..engine.projects import project_page
+from ..engine.records import COMPLETE, P_READY, SessionRecord
+
+BAR_WIDTH = 20
+
+
+def snapshot_session(session: SessionRecord, engine) -> dict:
+    """Needs engine.lock held: reads the records in one consistent step."""
+    now = time.time()
+    files = []
+    for record in sorted(session.files.values(), key=lambda f: f.name):
+        rate = record.rate.rate()
+        remaining = max(0, record.size - record.server_received)
+        files.append({
+            "name": record.name,
+            "state": record.state,
+            "size": record.size,
+            "sent": record.server_received,
+            "rate": round(rate),
+            "eta_seconds": round(remaining / rate) if rate > 0 and record.state != COMPLETE else None,
+            "error": record.last_error or None,
+            "attempts": record.attempts,
+            "next_attempt_in": round(max(0.0, record.next_attempt - now), 1) if record.state == "failed" else None,
+            "local_only": record.local_only,
+        })
+    project = session.project
+    project_info = None
+    if project is not None:
+        project_info = {
+            "state": project.state,
+            "name": project.name,
+            "status": project.status,
+            "url": project_page(project.name) if project.name and project.state == P_READY else None,
+            "error": project.last_error or None,
+            "waiting_for": session.notice or None,
+            "title": project.record.get("title") if project.record else None,
+        }
+    uploadable = [f for f in files if not f["local_only"]]
+    return {
+        "session": session.name,
+        "upload_id": session.upload_id,
+        "expires_at": _iso(session.expires_at) if session.expires_at else None,
+        "sealed": session.sealed,
+        "files": files,
+        "deleted_but_held_by_server": sorted(f.name for f in session.unlinked),
+        "totals": {
+            "files": len(uploadable),
+            "complete": sum(1 for f in uploadable if f["state"] == COMPLETE),
+            "bytes": sum(f["size"] for f in uploadable),
+            "sent": sum(f["sent"] for f in uploadable),
+            "rate": sum(f["rate"] for f in uploadable),
+        },
+        "project": project_info,
+        "generated_at": _iso(now),
+    }
+
+
+def render_json(snapshot: dict) -> bytes:
+    return (json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+
+
+def render_text(snapshot: dict) -> bytes:
+    lines = [f"session   {snapshot['session']}"]
+    lines.append(f"upload_id {snapshot['upload_id'] or '(not opened yet)'}"
+                 + (f"  expires {snapshot['expires_at']}" if snapshot["expires_at"] else ""))
+    totals = snapshot["totals"]
+    lines.append(f"files     {totals['complete']}/{totals['files']} complete, "
+                 f"{human_bytes(totals['sent'])} of {human_bytes(totals['bytes'])} sent"
+                 + (f", {human_bytes(totals['rate'])}/s" if totals["rate"] else ""))
+    project = snapshot["project"]
+    if project is not None:
+        if project["state"] == "waiting":
+            lines.append(f"project   requested; {project['waiting_for'] or 'creating'}")
+        elif project["state"] == "failed":
+            lines.append(f"project   FAILED: {project['error']} (remove .create and drop a new one)")
+        else:
+            lines.append(f"project   {project['name']}: {'ready' if project['status'] >= 100 else 'processing'} "
+                         f"{bar(project['status'], 100)} {project['status']}%"
+                         + (f"  {project['url']}" if project["url"] else ""))
+        if project["error"] and project["state"] != "failed":
+            lines.append(f"          last error: {project['error']}")
+    if snapshot["deleted_but_held_by_server"]:
+        lines.append("held      deleted here but held by the server (it cannot drop one file; "
+                     "remove the folder to discard the session): " + ", ".join(snapshot["deleted_but_held_by_server"]))
+    lines.append("")
+    for f in snapshot["files"]:
+        if f["local_only"]:
+            lines.append(f"  {f['name']}  local only ({human_bytes(f['size'])}), never uploaded")
+            continue
+        line = (f"  {f['name']}  {f['state']:<10} {bar(f['sent'], f['size'])} "
+                f"{human_bytes(f['sent'])}/{human_bytes(f['size'])}")
+        if f["rate"]:
+            line += f"  {human_bytes(f['rate'])}/s"
+        if f["eta_seconds"] is not None:
+            line += f"  eta {f['eta_seconds']}s"
+        lines.append(line)
+        if f["error"]:
+            retry = f", retry {f['attempts']} in {f['next_attempt_in']}s" if f["next_attempt_in"] is not None else ""
+            lines.append(f"      error: {f['error']}{retry}")
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+def render_root(snapshots: list[dict]) -> bytes:
+    if not snapshots:
+        return b"no sessions: make a folder and copy files into it\n"
+    lines = []
+    for snap in snapshots:
+        totals = snap["totals"]
+        project = snap["project"]
+        what = ""
+        if project is not None:
+            what = f"  project {project['name'] or '(waiting)'} {project['status']}%"
+        lines.append(f"{snap['session']}: {totals['complete']}/{totals['files']} files complete, "
+                     f"{human_bytes(totals['sent'])}/{human_bytes(totals['bytes'])}{what}")
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+def bar(done: int, total: int) -> str:
+    fraction = 1.0 if total <= 0 else min(1.0, done / total)
+    filled = int(fraction * BAR_WIDTH)
+    return "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
