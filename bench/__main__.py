@@ -1,0 +1,17 @@
+"""scripts/bench [quick|full] [workload...] | emulator [...] | engine [...]"""
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "emulator":
+        from . import emulator_bench
+        return emulator_bench.main(argv[1:])
+    if argv and argv[0] == "engine":
+        from . import engine_bench
+        return engine_bench.main(argv[1:])
+    from . import mount_bench
+    return mount_bench.main(argv)
+
+
+sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,158 @@
+"""Local emulator of the 360-for-you upload API (see docs in ``server.py``).
+
+Standalone: stdlib only, imports nothing else from fs360.
+
+    python -m fs360.emulator --port 8360 --data-dir /tmp/emu
+
+The first stdout line is the base URL (``http://HOST:PORT/api/v1``).  Runs
+until SIGINT/SIGTERM, then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+
+__all__ = ["main", "build_parser"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _parse_key(spec: str):
+    key, sep, scopes = spec.partition(":")
+    if not key:
+        raise argparse.ArgumentTypeError(f"bad --key {spec!r}")
+    if not sep:
+        return key, {"projects:write", "projects:read"}
+    return key, {s.strip() for s in scopes.split(",") if s.strip()}
+
+
+def _positive_int(v):
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .server import DEFAULT_EXTENSIONS, GiB
+
+    p = argparse.ArgumentParser(prog="fs360 emulator", description="Local emulator of the 360-for-you upload API.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8360, help="0 = a free port")
+    p.add_argument("--data-dir", help="state directory (default: a temporary one, removed at exit)")
+    p.add_argument("--key", action="append", type=_parse_key, default=[],
+                   help="API key, repeatable: sk_x (both scopes) or sk_y:projects:read[,projects:write]")
+    p.add_argument("--processing-seconds", type=float, default=10.0)
+    p.add_argument("--no-rate-limits", action="store_true")
+    p.add_argument("--rate-window-scale", type=float, default=1.0)
+    p.add_argument("--discard", action="store_true", help="keep only sizes and a running sha256")
+    p.add_argument("--no-sha256", action="store_true",
+                   help="with --discard: do not keep a running sha256 (sha256 stays null; fastest ingest)")
+    p.add_argument("--max-file-size", type=_positive_int, default=100 * GiB)
+    p.add_argument("--max-session-size", type=_positive_int, default=500 * GiB)
+    p.add_argument("--allowed-extensions", default=",".join(DEFAULT_EXTENSIONS))
+    p.add_argument("--session-lifetime", type=float, default=259200.0)
+    p.add_argument("--fault", help="fault spec JSON (see fs360.emulator.faults)")
+    p.add_argument("--seed", type=int, default=None, help="seed for generated ids")
+    p.add_argument("--quota-exceeded", action="store_true", help="402 on POST /uploads and POST /projects")
+    p.add_argument("--tariff-forbids-upload", action="store_true", help="403 tariff_forbids_upload on POST /uploads")
+    p.add_argument("--project-tariff", action="store_true", help="403 tariff on POST /projects")
+    p.add_argument("--project-name-collision", action="store_true", help="project name differs from upload_id")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--log", action="store_true", help="log each request to stderr (never the key)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .faults import FaultSpecError, parse_spec
+    from .server import make_server
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.rate_window_scale <= 0:
+        parser.error("--rate-window-scale must be > 0")
+    faults = None
+    if args.fault:
+        try:
+            faults = parse_spec(json.loads(args.fault))
+        except (ValueError, FaultSpecError) as e:
+            parser.error(f"--fault: {e}")
+    exts = [e.strip().lower().lstrip(".") for e in args.allowed_extensions.split(",") if e.strip()]
+    tmp = None
+    data_dir = args.data_dir
+    if not data_dir:
+        tmp = data_dir = tempfile.mkdtemp(prefix="fs360-emulator-")
+    os.makedirs(data_dir, exist_ok=True)
+    keys = dict(args.key) if args.key else {"sk_local_demo": {"projects:write", "projects:read"}}
+
+    cfg = argparse.Namespace(
+        host=args.host, port=args.port, data_dir=data_dir, keys=keys,
+        processing_seconds=args.processing_seconds, rate_limits=not args.no_rate_limits,
+        rate_window_scale=args.rate_window_scale, discard=args.discard, sha256=not args.no_sha256,
+        max_file_size=args.max_file_size, max_session_size=args.max_session_size,
+        allowed_extensions=exts, session_lifetime=args.session_lifetime, faults=faults,
+        seed=args.seed, quota_exceeded=args.quota_exceeded,
+        tariff_forbids_upload=args.tariff_forbids_upload, project_tariff=args.project_tariff,
+        project_name_collision=args.project_name_collision,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, quiet=args.quiet, log=args.log,
+    )
+    try:
+        srv, emu = make_server(cfg)
+    except OSError as e:
+        print(f"emulator: cannot start: {e}", file=sys.stderr)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 1
+
+    stopping = []
+
+    def _on_signal(signum, frame):
+        if not stopping:  # raise once; a second signal during shutdown is ignored
+            stopping.append(signum)
+            raise _Stop()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {}
+    try:
+        if in_main:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                old[s] = signal.signal(s, _on_signal)
+        host, port = srv.server_address[:2]
+        scheme = "https" if args.tls_cert else "http"
+        shown = f"[{host}]" if ":" in host else host
+        print(f"{scheme}://{shown}:{port}/api/v1", flush=True)
+        if not args.quiet:
+            print(f"emulator: data dir {data_dir}{' (discard mode)' if args.discard else ''}",
+                  file=sys.stderr, flush=True)
+        srv.serve_forever(poll_interval=0.2)
+    except (_Stop, KeyboardInterrupt):
+        pass
+    finally:
+        stopping.append(0)
+        try:
+            srv.server_close()
+        except Exception:
+            pass
+        emu.store.close()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if in_main:
+            for s, h in old.items():
+                try:
+                    signal.signal(s, h)
+                except Exception:
+                    pass
+    return 0

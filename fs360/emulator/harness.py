@@ -1,0 +1,175 @@
+"""Start/stop an emulator subprocess for tests and benchmarks.
+
+    with EmulatorProcess(args=["--processing-seconds", "0"]) as emu:
+        requests.post(emu.base_url + "/uploads",
+                      headers={"Authorization": f"Bearer {emu.api_key}"})
+        emu.files(); emu.stats(); emu.violations()
+        emu.set_faults([{"endpoint": "put_file", "kind": "error_503", "count": 1}])
+        emu.restart()          # same data dir, same port
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+
+class EmulatorError(RuntimeError):
+    pass
+
+
+class EmulatorProcess:
+    def __init__(self, data_dir=None, *, args=(), key="sk_local_demo", env=None):
+        self._own_dir = data_dir is None
+        self.data_dir = str(data_dir) if data_dir is not None else tempfile.mkdtemp(prefix="fs360-emu-")
+        self.args = list(args)
+        self.api_key = key
+        self.env = env
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.base_url: str | None = None
+        self.root_url: str | None = None
+        self._stderr_path = os.path.join(tempfile.gettempdir(), f"fs360-emu-stderr-{os.getpid()}-{id(self)}.log")
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> "EmulatorProcess":
+        if self.proc is not None and self.proc.poll() is None:
+            raise EmulatorError("emulator already running")
+        cmd = [sys.executable, "-m", "fs360.emulator", "--port", str(self.port), "--data-dir", self.data_dir,
+               "--quiet", *self.args]
+        env = dict(os.environ)
+        if self.env:
+            env.update(self.env)
+        stderr = open(self._stderr_path, "wb")
+        deadline = time.monotonic() + 15
+        for attempt in range(50):  # the port may still be held briefly after a kill
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=env)
+            line = self._first_line(deadline)
+            if line:
+                break
+            self.proc.wait(timeout=5)
+            if time.monotonic() >= deadline or self.port == 0:
+                stderr.close()
+                raise EmulatorError(f"emulator failed to start: {self._stderr()}")
+            time.sleep(0.2)
+        stderr.close()
+        self.base_url = line.strip()
+        self.root_url = self.base_url[: -len("/api/v1")]
+        self.port = int(self.root_url.rsplit(":", 1)[1])
+        return self
+
+    def _first_line(self, deadline) -> str:
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        buf = b""
+        try:
+            while time.monotonic() < deadline:
+                if sel.select(timeout=max(0.01, deadline - time.monotonic())):
+                    ch = os.read(self.proc.stdout.fileno(), 4096)
+                    if not ch:
+                        return ""
+                    buf += ch
+                    if b"\n" in buf:
+                        return buf.split(b"\n", 1)[0].decode()
+            self.proc.kill()
+            self.proc.wait()
+            raise EmulatorError(f"emulator did not start within 15 s: {self._stderr()}")
+        finally:
+            sel.close()
+
+    def _stderr(self) -> str:
+        try:
+            with open(self._stderr_path, "rb") as f:
+                return f.read().decode(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    @property
+    def stderr_text(self) -> str:
+        return self._stderr()
+
+    def stop(self, sig=signal.SIGTERM, timeout=10) -> None:
+        p = self.proc
+        if p is None:
+            return
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p.stdout:
+            p.stdout.close()
+        self.returncode = p.returncode
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        try:
+            os.unlink(self._stderr_path)
+        except OSError:
+            pass
+
+    # -- introspection ------------------------------------------------------------
+    def _call(self, method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.root_url + "/_emulator" + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raise EmulatorError(f"{method} /_emulator{path}: {e.code} {e.read()[:500]!r}") from None
+
+    def files(self) -> list[dict]:
+        return self._call("GET", "/files")
+
+    def stats(self) -> dict:
+        return self._call("GET", "/stats")
+
+    def violations(self) -> list[dict]:
+        return self._call("GET", "/violations")
+
+    def projects(self) -> list[dict]:
+        return self._call("GET", "/projects")
+
+    def set_faults(self, rules: list[dict], seed: int = 1) -> None:
+        self._call("POST", "/faults", {"seed": seed, "rules": rules})
+
+    def faults(self) -> dict:
+        return self._call("GET", "/faults")
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/faults")
+
+    def expire(self, upload_id: str) -> None:
+        self._call("POST", f"/expire/{upload_id}")
+
+    def set_flags(self, **flags) -> None:
+        self._call("POST", "/flags", flags)
+
+    def reset(self, data: bool = False) -> None:
+        self._call("POST", "/reset", {"data": data})

@@ -1,0 +1,1293 @@
+"""The emulator's HTTP server: every endpoint of api.md Part A with the Part B
+choices, plus the ``/_emulator`` introspection API.
+
+Choices made where api.md is silent (all deliberately strict):
+
+Requests and routing
+- API paths live under ``/api/v1``; introspection under ``/_emulator`` (no auth).
+- Unknown path: 404 ``not_found``; known path, wrong method: 405
+  ``method_not_allowed`` (with ``Allow``).  Routing happens before auth.
+- Order of checks for every API request: route, auth (401 ``unauthorized`` /
+  403 ``insufficient_scope``), rate limit (429), injected faults, then the
+  endpoint's own validation.
+- Malformed HTTP (bad request line, bad/duplicate ``Content-Length``, HTTP/0.9,
+  too many or too long headers): a JSON 400 ``bad_request`` (414 / 431 for
+  over-long lines / headers) and the connection is closed.
+- A request body that the endpoint does not consume is read and discarded when
+  it is at most 64 MiB (keep-alive preserved); otherwise (or when the client
+  waits for ``100 Continue`` that was never sent, or the body is chunked) the
+  response carries ``Connection: close`` and the server reads and drops what
+  the client still sends for a short while before closing (lingering close), so
+  the client sees the response instead of a reset.
+- Idle connections time out after 60 s.
+
+PUT /uploads/{id}/{filename}
+- Check order: upload_id syntax (400 ``invalid_upload_id``), session alive
+  (404 ``upload_session_not_found``), filename (400 ``invalid_filename``),
+  extension (415), ``Content-Type`` (400 ``invalid_content_type`` unless it is
+  ``application/octet-stream``, parameters ignored), framing (411
+  ``length_required`` for any PUT without ``Content-Length``, chunked ones
+  included), ``Content-Range`` syntax (400 ``invalid_content_range``), body
+  length (400 ``chunk_length_mismatch``), per-file cap (413 ``file_too_large``),
+  per-session cap (413 ``session_too_large``: the announced total plus the
+  totals of the session's other files), then the per-file rules below.
+- A file record exists from the first PUT that passes the header checks above
+  (even if its body then fails); its total is fixed from then on.
+- Duplicate name: a PUT to a name whose file is already complete is "ignored":
+  200 with the existing file's status, nothing changes (its body is read and
+  dropped), whatever its ``Content-Range``.  A PUT to an existing incomplete
+  name continues that file (same name = same file); a different total there is
+  400 ``invalid_content_range``.
+- A PUT whose body ends early (client closed / 60 s timeout) commits nothing:
+  ``received`` is not advanced (bytes that were already written beyond
+  ``received`` are garbage that the next PUT overwrites).
+- A zero-byte whole-file PUT creates a complete empty file.
+- A raw ``/`` inside the filename part of the URL is part of the name and is
+  stripped by flattening like ``%2F``.
+
+Other endpoints
+- ``GET /uploads/{id}`` and ``GET /uploads/{id}/{name}`` on an unknown/expired
+  session: 404 ``upload_session_not_found``; unknown file: 404
+  ``file_not_found``.  They need the ``projects:write`` scope.
+- ``DELETE /uploads/{id}``: 200 ``{"deleted": true}`` even when unknown; a
+  malformed id is 400 ``invalid_upload_id``.  Projects made from the session
+  are kept.
+- Session lifetime is fixed at creation (activity does not extend it).  An
+  expired session is purged when next touched.
+- ``POST /projects``: body must be a JSON object (400 ``invalid_json``);
+  bodies over 1 MiB: 413 ``request_too_large``.  Then: neither/both of
+  ``upload_id``/``download_link`` (400), ``upload_id`` not a valid id (400
+  ``invalid_upload_id``), ``download_link`` not an http(s) URL string (400
+  ``invalid_download_link``), ``privacy_mode`` not 0/1/2 (400
+  ``invalid_privacy_mode``, default 0), ``title`` not a string (400
+  ``invalid_title``); then flags: 403 ``tariff``, 402
+  ``storage_quota_exceeded``; then 404 ``upload_session_not_found``; an empty
+  session or any incomplete file: 400 ``project_creation_failed``.
+- A second ``POST /projects`` for the same upload_id is idempotent: 201 with the
+  same project name and its current status (counted in ``create_count`` of
+  ``GET /_emulator/projects``).
+- Project ``name`` is the upload_id; with the ``project_name_collision`` flag
+  it is ``<upload_id>-<4 random chars>``.  A download_link project gets a random
+  8-character name and lists the URL's last path segment as its one file.
+- ``GET /projects/{name}``: 404 ``project_not_found`` when unknown; needs
+  ``projects:read``.  Status = floor(100 * elapsed / processing_seconds)
+  capped at 100 (wall clock, so it continues over restarts).  The ready record
+  uses integer 0/1 for flags, ISO-8601 UTC strings for ``created``/``updated``,
+  ``errors`` null (or a message for an unreadable zip), ``coord_unit`` "m"
+  unless given, ``public_project`` = 1 when ``privacy_mode`` is 0,
+  ``setups_count`` = number of image/360-video files, ``size`` = bytes
+  uploaded, and ``files``: the names, a stored ``.zip`` replaced by its member
+  names (directories left out).
+
+Rate limits, stats and violations are in memory (reset by a restart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import mmap
+import os
+import queue
+import random
+import re
+import secrets
+import socket
+import ssl
+import string
+import sys
+import threading
+import time
+import unicodedata
+import zipfile
+from collections import deque
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from .faults import ENDPOINTS, FaultSet, FaultSpecError
+from .store import Store
+
+API_PREFIX = "/api/v1"
+EMU_PREFIX = "/_emulator"
+SCOPE_WRITE = "projects:write"
+SCOPE_READ = "projects:read"
+
+RATE_LIMITS = {  # endpoint -> (limit, window seconds)
+    "open_session": (30, 3600.0),
+    "put_file": (1200, 60.0),
+    "get_file": (600, 60.0),
+    "get_session": (120, 60.0),
+    "delete_session": (60, 60.0),
+    "create_project": (10, 3600.0),
+    "get_project": (60, 60.0),
+}
+
+EXT_GROUPS = {
+    "images": "jpg jpeg png tif tiff webp heic heif dng",
+    "pointclouds": "e57 las laz ply pts ptx xyz pcd rcp rcs fls lgs",
+    "cad": "ifc dwg dxf rvt nwd nwc skp obj fbx glb gltf stl dae",
+    "splats": "splat spz ksplat",
+    "video": "mp4 mov insv insp 360 mkv",
+    "archives": "zip 7z rar",
+}
+DEFAULT_EXTENSIONS = [e for g in EXT_GROUPS.values() for e in g.split()]
+_IMAGES = set(EXT_GROUPS["images"].split())
+_VIDEO = set(EXT_GROUPS["video"].split())
+_POINTS = set(EXT_GROUPS["pointclouds"].split())
+_MESH = {"glb", "gltf", "fbx", "obj", "stl", "dae", "skp"}
+_SPLATS = set(EXT_GROUPS["splats"].split())
+
+UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9]{4,64}\Z")
+CR_RE = re.compile(r"bytes[ ]+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)\Z")
+ID_ALPHABET = string.ascii_letters + string.digits
+
+GiB = 1 << 30
+DRAIN_LIMIT = 64 << 20
+JSON_BODY_LIMIT = 1 << 20
+SEG = 2 << 20  # body read segment size (page-aligned mmap buffers)
+NBUF = 2  # buffers per connection: one is read into while the other is hashed
+SOCKET_TIMEOUT = 60.0
+
+REASONS = {
+    100: "Continue", 200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
+    402: "Payment Required", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    409: "Conflict", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+    415: "Unsupported Media Type", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+}
+
+HTML_ERROR = (
+    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>"
+    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n"
+)
+
+
+class Abort(Exception):
+    """Close the connection right away (reset when rst=True), no response."""
+
+    def __init__(self, rst=True):
+        super().__init__()
+        self.rst = rst
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def flatten_name(raw: str):
+    """Percent-decode and flatten a URL filename segment. Returns name or None."""
+    try:
+        b = unquote_to_bytes(raw.encode("latin-1"))
+        name = b.decode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        return None
+    name = "".join(c for c in name if c not in "/\\" and unicodedata.category(c) != "Cc")
+    if name in ("", ".", "..") or len(name.encode("utf-8")) > 255:
+        return None
+    return name
+
+
+def extension_of(name: str) -> str:
+    if "." not in name:
+        return ""
+    return name.rpartition(".")[2].lower()
+
+
+# --------------------------------------------------------------------------
+# hashing pipeline
+class _HashWorker:
+    """One thread that runs sha256 updates in submission order (hashlib drops
+    the GIL for large buffers, so hashing overlaps the next socket read)."""
+
+    def __init__(self):
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        t = threading.Thread(target=self._run, name="emulator-hash", daemon=True)
+        t.start()
+
+    def _run(self):
+        while True:
+            h, mv, ev = self.q.get()
+            try:
+                h.update(mv)
+            except Exception:
+                pass
+            finally:
+                ev.set()
+
+    def submit(self, h, mv) -> threading.Event:
+        ev = threading.Event()
+        self.q.put((h, mv, ev))
+        return ev
+
+
+class _FileHash:
+    __slots__ = ("h", "upto", "last")
+
+    def __init__(self):
+        self.h = hashlib.sha256()
+        self.upto = 0
+        self.last = None  # Event of the last submitted update
+
+
+class _Buf:
+    __slots__ = ("mm", "mv", "ev")
+
+    def __init__(self, size):
+        self.mm = mmap.mmap(-1, size)
+        self.mv = memoryview(self.mm)
+        self.ev = None
+
+
+class RateLimiter:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.windows: dict = {}
+
+    def check(self, key: str, endpoint: str, scale: float):
+        limit, window = RATE_LIMITS[endpoint]
+        window *= scale
+        now = time.monotonic()
+        with self.lock:
+            dq = self.windows.get((key, endpoint))
+            if dq is None:
+                dq = self.windows[(key, endpoint)] = deque()
+            while dq and dq[0] <= now - window:
+                dq.popleft()
+            if len(dq) >= limit:
+                return max(1, math.ceil(dq[0] + window - now))
+            dq.append(now)
+            return None
+
+    def reset(self):
+        with self.lock:
+            self.windows.clear()
+
+
+# --------------------------------------------------------------------------
+class Emulator:
+    """All state shared by the request handlers."""
+
+    FLAG_DEFAULTS = {
+        "quota_exceeded": False,
+        "tariff_forbids_upload": False,
+        "project_tariff": False,
+        "project_name_collision": False,
+    }
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.store = Store(cfg.data_dir, cfg.discard)
+        self.discard = cfg.discard
+        self.keys = cfg.keys
+        self.allowed = list(cfg.allowed_extensions)
+        self.allowed_set = set(self.allowed)
+        self.flags_lock = threading.Lock()
+        self.flags = dict(self.FLAG_DEFAULTS)
+        self.flags.update(
+            quota_exceeded=cfg.quota_exceeded,
+            tariff_forbids_upload=cfg.tariff_forbids_upload,
+            project_tariff=cfg.project_tariff,
+            project_name_collision=cfg.project_name_collision,
+            max_file_size=cfg.max_file_size,
+            max_session_size=cfg.max_session_size,
+            rate_limits=cfg.rate_limits,
+            rate_window_scale=cfg.rate_window_scale,
+            processing_seconds=cfg.processing_seconds,
+            session_lifetime=cfg.session_lifetime,
+        )
+        self.initial_flags = dict(self.flags)
+        self.rate = RateLimiter()
+        self.faults = FaultSet(cfg.faults)
+        self.rng = random.Random(cfg.seed) if cfg.seed is not None else None
+        self.rng_lock = threading.Lock()
+        self.stats_lock = threading.Lock()
+        self.stats: dict[str, int] = {}
+        self.violations: list[dict] = []
+        self.file_locks: dict = {}
+        self.file_locks_lock = threading.Lock()
+        self.after409: dict = {}  # (upload_id, name) -> received given in the 409
+        self.hashes: dict[int, _FileHash] = {}
+        self.hasher = _HashWorker()
+        self.log = cfg.log and not cfg.quiet
+
+    # -- helpers ----------------------------------------------------------
+    def flag(self, name):
+        with self.flags_lock:
+            return self.flags[name]
+
+    def new_id(self, n=8) -> str:
+        with self.rng_lock:
+            if self.rng is not None:
+                return "".join(self.rng.choice(ID_ALPHABET) for _ in range(n))
+        return "".join(secrets.choice(ID_ALPHABET) for _ in range(n))
+
+    def count(self, method, endpoint, status):
+        k = f"{method} {endpoint} {status}"
+        with self.stats_lock:
+            self.stats[k] = self.stats.get(k, 0) + 1
+
+    def violation(self, kind, upload_id, name, detail):
+        with self.stats_lock:
+            self.violations.append(
+                {"kind": kind, "upload_id": upload_id, "name": name, "detail": detail, "time": time.time()}
+            )
+
+    def file_lock(self, key) -> threading.Lock:
+        with self.file_locks_lock:
+            lk = self.file_locks.get(key)
+            if lk is None:
+                lk = self.file_locks[key] = threading.Lock()
+            return lk
+
+    def live_session(self, upload_id):
+        row = self.store.session(upload_id)
+        if row is None:
+            return None
+        if row["expires_at"] <= time.time():
+            self.purge(upload_id)
+            return None
+        return row
+
+    def purge(self, upload_id):
+        for fid in self.store.purge_session(upload_id):
+            self.hashes.pop(fid, None)
+        with self.file_locks_lock:
+            for k in [k for k in self.after409 if k[0] == upload_id]:
+                self.after409.pop(k, None)
+
+    def file_sha256(self, row):
+        """sha256 of a complete file, computing it from the blob if needed."""
+        if not row["complete"]:
+            return None
+        if row["sha256"]:
+            return row["sha256"]
+        if self.discard:
+            return None
+        h = hashlib.sha256()
+        try:
+            with open(self.store.blob_path(row["id"]), "rb") as f:
+                left = row["total"]
+                while left > 0:
+                    b = f.read(min(left, 8 << 20))
+                    if not b:
+                        break
+                    h.update(b)
+                    left -= len(b)
+        except FileNotFoundError:
+            if row["total"] != 0:
+                return None
+        hx = h.hexdigest()
+        self.store.run("UPDATE files SET sha256=? WHERE id=?", (hx, row["id"]))
+        return hx
+
+    def project_status(self, prow) -> int:
+        ps = prow["processing_seconds"]
+        if ps <= 0:
+            return 100
+        el = time.time() - prow["created"]
+        if el <= 0:
+            return 0
+        return min(100, int(el * 100 / ps))
+
+
+# --------------------------------------------------------------------------
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fs360-emulator"
+    timeout = SOCKET_TIMEOUT
+    emu: Emulator = None  # set on the subclass made by make_server
+
+    # -- plumbing -----------------------------------------------------------
+    def setup(self):
+        super().setup()
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self._plain = not isinstance(self.connection, ssl.SSLSocket)
+        if not self._plain:
+            self.connection.do_handshake()
+        self._bufs = None
+
+    def log_message(self, fmt, *args):  # never log by default
+        if self.emu is not None and self.emu.log:
+            sys.stderr.write("emulator: %s\n" % (fmt % args))
+
+    def handle(self):
+        try:
+            super().handle()
+        except Exception:
+            pass
+
+    def handle_expect_100(self):
+        self._expect = True
+        return True
+
+    def send_error(self, code, message=None, explain=None):
+        err = {400: "bad_request", 414: "uri_too_long", 431: "headers_too_large"}.get(code, "bad_request")
+        self.close_connection = True
+        try:
+            self._write_response(code, json.dumps({"error": err}).encode(), "application/json", close=True)
+        except OSError:
+            pass
+
+    def handle_one_request(self):
+        self._expect = False
+        self._dropped = False
+        self._trickle = 0.0
+        self._linger = False
+        self._body_left = 0
+        self._chunked = False
+        self._content_length = None
+        self._endpoint = None
+        self.command = ""
+        self.request_version = "HTTP/1.1"
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = ""
+                self.send_error(414)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                self.close_connection = True
+                return
+            if self.request_version == "HTTP/0.9":
+                self.send_error(400)
+                return
+            self.dispatch()
+            if self._linger:
+                self._lingering_close()
+        except Abort as a:
+            self._abort(a.rst)
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
+            self.close_connection = True
+        except Exception as e:  # never a traceback; keep serving
+            if self.emu.log:
+                import traceback
+
+                traceback.print_exc()
+            self.close_connection = True
+            try:
+                self._write_response(500, b'{"error":"internal_error"}', "application/json", close=True)
+            except Exception:
+                pass
+            del e
+
+    def _abort(self, rst=True):
+        self.close_connection = True
+        if rst:
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            except OSError:
+                pass
+        self.server.mark_aborted(self.connection)
+
+    def _lingering_close(self):
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(2.0)
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                if not self.connection.recv(1 << 16):
+                    break
+        except OSError:
+            pass
+
+    # -- body handling --------------------------------------------------------
+    def _parse_framing(self) -> bool:
+        """Sets _content_length/_chunked. Returns False (after a 400) when bad."""
+        te = self.headers.get_all("Transfer-Encoding") or []
+        if te:
+            if any(t.strip().lower() not in ("chunked", "identity") for t in ",".join(te).split(",")):
+                self._bad_framing()
+                return False
+            if any(t.strip().lower() == "chunked" for t in ",".join(te).split(",")):
+                self._chunked = True
+                return True
+        cls = self.headers.get_all("Content-Length") or []
+        vals = {v.strip() for v in cls}
+        if len(vals) > 1:
+            self._bad_framing()
+            return False
+        if vals:
+            v = vals.pop()
+            if not v.isdigit() or len(v) > 19:
+                self._bad_framing()
+                return False
+            self._content_length = int(v)
+            self._body_left = self._content_length
+        return True
+
+    def _bad_framing(self):
+        self.close_connection = True
+        self._body_left = 0
+        self.respond(400, {"error": "bad_request"})
+
+    def _send_continue(self):
+        if self._expect:
+            self._expect = False
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _read_into(self, mv) -> int:
+        """Read exactly len(mv) body bytes (fewer only at EOF/timeout)."""
+        n = len(mv)
+        got = 0
+        rf = self.rfile
+        try:
+            if self._plain and n > 65536:
+                # take what the buffered reader already holds, then read the
+                # socket directly, waiting for the whole segment per syscall
+                pk = rf.peek(1)
+                if pk:
+                    got = rf.readinto(mv[: min(len(pk), n)]) or 0
+                    if got == 0:
+                        n = 0
+                sock = self.connection
+                while got < n:
+                    r = sock.recv_into(mv[got:], n - got, socket.MSG_WAITALL)
+                    if not r:
+                        break
+                    got += r
+            while got < n:
+                r = rf.readinto(mv[got:])
+                if not r:
+                    break
+                got += r
+        except (TimeoutError, OSError):
+            pass
+        self._body_left -= got
+        return got
+
+    def _read_small_body(self):
+        """Whole body (<= 1 MiB) as bytes, or None after responding."""
+        if self._chunked:
+            self._send_continue()
+            data = bytearray()
+            while True:
+                line = self.rfile.readline(1024)
+                if not line:
+                    raise Abort(False)
+                try:
+                    size = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    self.close_connection = True
+                    self._chunked = False
+                    self.respond(400, {"error": "bad_request"})
+                    return None
+                if size == 0:
+                    while True:  # trailers
+                        t = self.rfile.readline(65537)
+                        if t in (b"\r\n", b"\n", b""):
+                            break
+                    break
+                if len(data) + size > JSON_BODY_LIMIT:
+                    self.close_connection = True
+                    self.respond(413, {"error": "request_too_large"})
+                    return None
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise Abort(False)
+                data += chunk
+                self.rfile.readline(3)
+            self._chunked = False
+            return bytes(data)
+        n = self._content_length or 0
+        if n > JSON_BODY_LIMIT:
+            self.respond(413, {"error": "request_too_large"})
+            return None
+        if n:
+            self._send_continue()
+        data = self.rfile.read(n) if n else b""
+        self._body_left = 0
+        if len(data) < n:
+            raise Abort(False)
+        return data
+
+    def _settle_body(self):
+        """Before a response: drop an unconsumed body or plan a close."""
+        if self._chunked:
+            self.close_connection = True
+            self._linger = True
+            return
+        if self._body_left <= 0:
+            return
+        if self._expect or self._body_left > DRAIN_LIMIT:
+            self.close_connection = True
+            self._linger = True
+            return
+        buf = self._buffers()[0]
+        while self._body_left > 0:
+            n = min(self._body_left, len(buf.mv))
+            if buf.ev is not None:
+                buf.ev.wait()
+            if self._read_into(buf.mv[:n]) < n:
+                raise Abort(False)
+
+    def _buffers(self):
+        if self._bufs is None:
+            self._bufs = [_Buf(SEG) for _ in range(NBUF)]
+        return self._bufs
+
+    # -- responses --------------------------------------------------------------
+    def _write_response(self, status, body: bytes, ctype, close, headers=()):
+        lines = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+            "Server: fs360-emulator",
+            f"Content-Type: {ctype}",
+            f"Content-Length: {len(body)}",
+            "Connection: close" if close else "Connection: keep-alive",
+        ]
+        for k, v in headers:
+            lines.append(f"{k}: {v}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if self.command == "HEAD":
+            body = b""
+        if self._trickle > 0 and body:
+            self.wfile.write(head)
+            step = self._trickle / len(body)
+            for i in range(len(body)):
+                time.sleep(step)
+                self.wfile.write(body[i : i + 1])
+        else:
+            self.wfile.write(head + body)
+
+    def respond(self, status, obj=None, *, raw=None, ctype="application/json", headers=()):
+        self._settle_body()
+        if self._dropped:  # drop_response fault: the work is done, the answer is never sent
+            self.emu.count(self.command, self._endpoint, "dropped")
+            raise Abort(False)
+        if self._endpoint is not None:
+            self.emu.count(self.command, self._endpoint, status)
+        body = raw if raw is not None else json.dumps(obj, separators=(",", ":")).encode()
+        self._write_response(status, body, ctype, self.close_connection, headers)
+        if self.emu.log:
+            self.log_message('"%s %s" %s', self.command, self.path.split("?")[0][:200], status)
+
+    def error(self, status, code, **extra):
+        d = {"error": code}
+        d.update(extra)
+        self.respond(status, d)
+
+    # -- dispatch ---------------------------------------------------------------
+    def dispatch(self):
+        if not self._parse_framing():
+            return
+        path = self.path
+        if not path.startswith("/"):
+            try:
+                path = urlsplit(path).path or "/"
+            except ValueError:
+                path = "/"
+        path = path.split("?", 1)[0].split("#", 1)[0]
+        m = self.command
+        if path == EMU_PREFIX or path.startswith(EMU_PREFIX + "/"):
+            return self.introspect(m, path[len(EMU_PREFIX) :])
+        if not path.startswith(API_PREFIX + "/"):
+            return self.error(404, "not_found")
+        rest = path[len(API_PREFIX) + 1 :]
+        parts = rest.split("/", 2)
+        route = None  # (endpoint, allowed methods, method->handler)
+        if parts == ["uploads"]:
+            route = {"POST": ("open_session", self.open_session, ())}
+        elif len(parts) == 2 and parts[0] == "uploads" and parts[1]:
+            route = {
+                "GET": ("get_session", self.get_session, (parts[1],)),
+                "DELETE": ("delete_session", self.delete_session, (parts[1],)),
+            }
+        elif len(parts) == 3 and parts[0] == "uploads" and parts[1]:
+            route = {
+                "PUT": ("put_file", self.put_file, (parts[1], parts[2])),
+                "GET": ("get_file", self.get_file, (parts[1], parts[2])),
+            }
+        elif parts == ["projects"]:
+            route = {"POST": ("create_project", self.create_project, ())}
+        elif len(parts) == 2 and parts[0] == "projects" and parts[1]:
+            route = {"GET": ("get_project", self.get_project, (parts[1],))}
+        if route is None:
+            return self.error(404, "not_found")
+        if m not in route:
+            return self.respond(405, {"error": "method_not_allowed"}, headers=[("Allow", ", ".join(route))])
+        endpoint, fn, args = route[m]
+        self._endpoint = endpoint
+        emu = self.emu
+        # auth
+        auth = self.headers.get("Authorization", "")
+        scheme, _, key = auth.strip().partition(" ")
+        key = key.strip()
+        scopes = emu.keys.get(key) if scheme.lower() == "bearer" and key else None
+        if scopes is None:
+            return self.error(401, "unauthorized")
+        need = SCOPE_READ if endpoint == "get_project" else SCOPE_WRITE
+        if need not in scopes:
+            return self.error(403, "insufficient_scope")
+        # rate limit
+        if emu.flag("rate_limits"):
+            ra = emu.rate.check(key, endpoint, emu.flag("rate_window_scale"))
+            if ra is not None:
+                return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", str(ra))])
+        # faults
+        d = emu.faults.decide(endpoint)
+        if d.latency:
+            time.sleep(d.latency)
+        self._trickle = d.trickle
+        k = d.kind
+        if k is not None and k != "drop_response":
+            return self.apply_fault(k, d, endpoint, args)
+        if k == "drop_response":
+            self._dropped = True
+        fn(*args)
+
+    def apply_fault(self, k, d, endpoint, args):
+        self.emu.count(self.command, endpoint, "fault:" + k)
+        if k in ("error_500", "error_502", "error_503"):
+            return self.respond(int(k[-3:]), {"error": "internal_error"})
+        if k == "rate_limit_burst":
+            return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", str(d.retry_after))])
+        if k == "html_error":
+            return self.respond(502, raw=HTML_ERROR, ctype="text/html; charset=utf-8")
+        if k == "invalid_json":
+            return self.respond(200, raw=b'{"received": 12, "total": <html>not json')
+        if k == "cut_body":
+            if endpoint == "put_file" and self._body_left > 0 and not self._chunked:
+                self._send_continue()
+                n = min(self._body_left // 2, 1 << 20)
+                if n:
+                    self._read_into(self._buffers()[0].mv[:n])
+            raise Abort(True)
+        if k == "received_gt_total":
+            total = self._fault_total(endpoint, args)
+            return self.respond(200, {"received": total + 1, "total": total, "complete": True})
+        if k == "missing_fields":
+            body = {
+                "open_session": {"expires_in_seconds": self.emu.flag("session_lifetime")},
+                "put_file": {"total": self._fault_total(endpoint, args)},
+                "get_file": {"total": self._fault_total(endpoint, args)},
+                "get_session": {"files": []},
+                "delete_session": {},
+                "create_project": {"status": 0, "message": "processing_started"},
+                "get_project": {"name": args[0] if args else ""},
+            }[endpoint]
+            return self.respond(200, body)
+        return self.respond(500, {"error": "internal_error"})
+
+    def _fault_total(self, endpoint, args):
+        if endpoint == "put_file":
+            cr = self.headers.get("Content-Range")
+            if cr:
+                mm = CR_RE.match(cr.strip())
+                if mm and mm.group(3) != "*":
+                    return int(mm.group(3))
+            return self._content_length or 0
+        name = flatten_name(args[1]) if len(args) > 1 else None
+        if name and UPLOAD_ID_RE.match(args[0]):
+            row = self.emu.store.one("SELECT total FROM files WHERE upload_id=? AND name=?", (args[0], name))
+            if row:
+                return row["total"]
+        return 0
+
+    # -- API endpoints -------------------------------------------------------------
+    def open_session(self):
+        emu = self.emu
+        if emu.flag("quota_exceeded"):
+            return self.error(402, "storage_quota_exceeded")
+        if emu.flag("tariff_forbids_upload"):
+            return self.error(403, "tariff_forbids_upload")
+        lifetime = emu.flag("session_lifetime")
+        now = time.time()
+        for _ in range(100):
+            uid = emu.new_id()
+            if emu.store.session(uid) is None and emu.store.one("SELECT 1 FROM projects WHERE name=?", (uid,)) is None:
+                break
+        emu.store.run("INSERT INTO sessions (upload_id, created, expires_at) VALUES (?,?,?)", (uid, now, now + lifetime))
+        self.respond(201, {"upload_id": uid, "expires_in_seconds": int(lifetime) if lifetime == int(lifetime) else lifetime})
+
+    def _session_or_error(self, upload_id):
+        if not UPLOAD_ID_RE.match(upload_id):
+            self.error(400, "invalid_upload_id")
+            return None
+        s = self.emu.live_session(upload_id)
+        if s is None:
+            self.error(404, "upload_session_not_found")
+        return s
+
+    def get_session(self, upload_id):
+        if self._session_or_error(upload_id) is None:
+            return
+        rows = self.emu.store.all("SELECT * FROM files WHERE upload_id=? ORDER BY id", (upload_id,))
+        with self.emu.file_locks_lock:
+            for r in rows:
+                self.emu.after409.pop((upload_id, r["name"]), None)
+        files = [
+            {"name": r["name"], "received": r["received"], "total": r["total"], "complete": bool(r["complete"])}
+            for r in rows
+        ]
+        self.respond(200, {"upload_id": upload_id, "files": files})
+
+    def delete_session(self, upload_id):
+        if not UPLOAD_ID_RE.match(upload_id):
+            return self.error(400, "invalid_upload_id")
+        self.emu.purge(upload_id)
+        self.respond(200, {"deleted": True})
+
+    def get_file(self, upload_id, raw_name):
+        if self._session_or_error(upload_id) is None:
+            return
+        name = flatten_name(raw_name)
+        if name is None:
+            return self.error(400, "invalid_filename")
+        row = self.emu.store.one("SELECT * FROM files WHERE upload_id=? AND name=?", (upload_id, name))
+        if row is None:
+            return self.error(404, "file_not_found")
+        with self.emu.file_locks_lock:
+            self.emu.after409.pop((upload_id, name), None)
+        self.respond(200, {"received": row["received"], "total": row["total"], "complete": bool(row["complete"])})
+
+    def put_file(self, upload_id, raw_name):
+        emu = self.emu
+        store = emu.store
+        if self._session_or_error(upload_id) is None:
+            return
+        name = flatten_name(raw_name)
+        if name is None:
+            return self.error(400, "invalid_filename")
+        ext = extension_of(name)
+        if ext not in emu.allowed_set:
+            return self.error(415, "extension_not_allowed", extension=ext, allowed=list(emu.allowed))
+        ctype = self.headers.get("Content-Type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "application/octet-stream":
+            return self.error(400, "invalid_content_type")
+        if self._chunked or self._content_length is None:
+            return self.error(411, "length_required")
+        length = self._content_length
+        cr = self.headers.get_all("Content-Range")
+        if cr is None:
+            start, end, total = 0, length - 1, length
+        else:
+            mm = CR_RE.match(cr[0].strip()) if len(cr) == 1 else None
+            if mm is None or mm.group(3) == "*":
+                return self.error(400, "invalid_content_range")
+            start, end, total = int(mm.group(1)), int(mm.group(2)), int(mm.group(3))
+            if start > end or end >= total:
+                return self.error(400, "invalid_content_range")
+            if length != end - start + 1:
+                return self.error(400, "chunk_length_mismatch")
+        max_file = emu.flag("max_file_size")
+        if total > max_file:
+            return self.error(413, "file_too_large", limit=max_file)
+        key = (upload_id, name)
+        lock = emu.file_lock(key)
+        if not lock.acquire(blocking=False):
+            emu.violation("concurrent_put", upload_id, name, f"PUT bytes {start}-{end}/{total} while another PUT to the file was in flight")
+            lock.acquire()
+        try:
+            self._put_locked(upload_id, name, key, start, end, total, length)
+        finally:
+            lock.release()
+
+    def _put_locked(self, upload_id, name, key, start, end, total, length):
+        emu = self.emu
+        store = emu.store
+        if emu.live_session(upload_id) is None:  # deleted/expired while waiting
+            return self.error(404, "upload_session_not_found")
+        row = store.one("SELECT * FROM files WHERE upload_id=? AND name=?", (upload_id, name))
+        if row is None or not row["complete"]:
+            max_sess = emu.flag("max_session_size")
+            other = store.one(
+                "SELECT COALESCE(SUM(total),0) FROM files WHERE upload_id=? AND name<>?", (upload_id, name)
+            )[0]
+            if other + total > max_sess:
+                return self.error(413, "session_too_large", limit=max_sess)
+        if row is None:
+            try:
+                store.run(
+                    "INSERT INTO files (upload_id, name, total, created) VALUES (?,?,?,?)",
+                    (upload_id, name, total, time.time()),
+                )
+            except Exception:
+                pass
+            row = store.one("SELECT * FROM files WHERE upload_id=? AND name=?", (upload_id, name))
+        fid = row["id"]
+        store.run("UPDATE files SET put_count=put_count+1 WHERE id=?", (fid,))
+        with emu.file_locks_lock:
+            given = emu.after409.pop(key, None)
+        if given is not None and start != given:
+            emu.violation(
+                "gap_after_409", upload_id, name,
+                f"PUT starts at {start} after a 409 that said received={given} (no GET in between)",
+            )
+        received = row["received"]
+        if row["complete"]:
+            return self.respond(200, {"received": received, "total": row["total"], "complete": True})
+        if row["total"] != total:
+            return self.error(400, "invalid_content_range")
+        if start > received:
+            with emu.file_locks_lock:
+                emu.after409[key] = received
+            return self.error(409, "non_contiguous_chunk", received=received)
+
+        # -- accept the body --
+        fh = emu.hashes.get(fid)
+        if fh is None and received == 0 and emu.discard and emu.cfg.sha256:
+            fh = emu.hashes[fid] = _FileHash()
+        hash_ok = fh is not None and fh.upto == received
+        h = None
+        if hash_ok:
+            if fh.last is not None:
+                fh.last.wait()
+            h = fh.h.copy()
+        last_ev = None
+        fd = -1 if emu.discard else store.open_blob(fid)
+        try:
+            self._send_continue()
+            bufs = self._buffers()
+            off = start
+            left = length
+            i = 0
+            while left > 0:
+                buf = bufs[i % len(bufs)]
+                i += 1
+                if buf.ev is not None:
+                    buf.ev.wait()
+                    buf.ev = None
+                n = min(left, SEG)
+                mv = buf.mv[:n]
+                if self._read_into(mv) < n:
+                    raise Abort(False)  # short body: nothing committed
+                if fd >= 0:
+                    if off < received and h is not None:
+                        ov = min(n, received - off)
+                        if os.pread(fd, ov, off) != mv[:ov]:
+                            h = None  # overwritten with different bytes
+                    w = 0
+                    while w < n:
+                        w += os.pwrite(fd, mv[w:], off + w)
+                if h is not None and off + n > received:
+                    lo = max(0, received - off)
+                    last_ev = buf.ev = emu.hasher.submit(h, mv[lo:])
+                off += n
+                left -= n
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        new_received = max(received, end + 1)
+        overlap = max(0, min(end + 1, received) - start)
+        complete = new_received == total
+        sha = None
+        if h is not None:
+            fh.h = h
+            fh.upto = new_received
+            if last_ev is not None:
+                fh.last = last_ev
+            if complete:
+                if fh.last is not None:
+                    fh.last.wait()
+                sha = fh.h.hexdigest()
+                emu.hashes.pop(fid, None)
+        else:
+            emu.hashes.pop(fid, None)
+        store.run(
+            "UPDATE files SET received=?, complete=?, overwritten=overwritten+?, sha256=COALESCE(?, sha256) WHERE id=?",
+            (new_received, 1 if complete else 0, overlap, sha, fid),
+        )
+        self.respond(200, {"received": new_received, "total": total, "complete": complete})
+
+    def create_project(self):
+        emu = self.emu
+        body = self._read_small_body()
+        if body is None:
+            return
+        try:
+            req = json.loads(body.decode("utf-8")) if body.strip() else None
+        except (UnicodeDecodeError, ValueError):
+            req = None
+        if not isinstance(req, dict):
+            return self.error(400, "invalid_json")
+        uid = req.get("upload_id")
+        link = req.get("download_link")
+        if uid is None and link is None:
+            return self.error(400, "upload_id_or_download_link_required")
+        if uid is not None and link is not None:
+            return self.error(400, "provide_either_upload_id_or_download_link")
+        if uid is not None and (not isinstance(uid, str) or not UPLOAD_ID_RE.match(uid)):
+            return self.error(400, "invalid_upload_id")
+        if link is not None and (
+            not isinstance(link, str) or not re.match(r"https?://[^\s/]+", link) or len(link) > 4096
+        ):
+            return self.error(400, "invalid_download_link")
+        pm = req.get("privacy_mode", 0)
+        if isinstance(pm, bool) or pm not in (0, 1, 2):
+            return self.error(400, "invalid_privacy_mode")
+        title = req.get("title")
+        if title is not None and not isinstance(title, str):
+            return self.error(400, "invalid_title")
+        if emu.flag("project_tariff"):
+            return self.error(403, "tariff")
+        if emu.flag("quota_exceeded"):
+            return self.error(402, "storage_quota_exceeded")
+        now = time.time()
+        files: list[str] = []
+        errors = None
+        size = 0
+        if uid is not None:
+            if emu.live_session(uid) is None:
+                return self.error(404, "upload_session_not_found")
+            existing = emu.store.one("SELECT * FROM projects WHERE upload_id=?", (uid,))
+            if existing is not None:
+                emu.store.run("UPDATE projects SET create_count=create_count+1 WHERE id=?", (existing["id"],))
+                return self.respond(
+                    201,
+                    {"name": existing["name"], "status": emu.project_status(existing), "message": "processing_started"},
+                )
+            rows = emu.store.all("SELECT * FROM files WHERE upload_id=? ORDER BY id", (uid,))
+            if not rows or any(not r["complete"] for r in rows):
+                return self.error(400, "project_creation_failed")
+            for r in rows:
+                size += r["total"]
+                if extension_of(r["name"]) == "zip" and not emu.discard:
+                    try:
+                        with zipfile.ZipFile(emu.store.blob_path(r["id"])) as z:
+                            files.extend(n for n in z.namelist() if not n.endswith("/"))
+                        continue
+                    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError):
+                        errors = f"could not unpack {r['name']}"
+                files.append(r["name"])
+            name = uid
+            if emu.flag("project_name_collision"):
+                name = f"{uid}-{emu.new_id(4)}"
+        else:
+            try:
+                seg = urlsplit(link).path.rstrip("/").rsplit("/", 1)[-1]
+                seg = flatten_name(seg) or ""
+            except ValueError:
+                seg = ""
+            files = [seg] if seg else []
+            name = emu.new_id()
+        while emu.store.one("SELECT 1 FROM projects WHERE name=?", (name,)) is not None:
+            name = f"{uid or 'p'}-{emu.new_id(4)}"
+        exts = [extension_of(f) for f in files]
+        ps = float(emu.flag("processing_seconds"))
+        record = {
+            "title": title if title is not None else f"Project {name}",
+            "size": size,
+            "privacy_mode": pm,
+            "public_project": 1 if pm == 0 else 0,
+            "setups_count": sum(1 for e in exts if e in _IMAGES or e in _VIDEO),
+            "views": 0,
+            "errors": errors,
+            "epsg": req.get("epsg"),
+            "proj4": req.get("proj4"),
+            "coord_unit": req.get("coord_unit", "m"),
+            "potree": int(any(e in _POINTS for e in exts)),
+            "glb": int(any(e in _MESH for e in exts)),
+            "obj": int(any(e == "obj" for e in exts)),
+            "ifc": int(any(e == "ifc" for e in exts)),
+            "kml": 0,
+            "pdf": 0,
+            "geotiff": 0,
+            "threedgs": int(any(e in _SPLATS for e in exts)),
+            "video360": int(any(e in _VIDEO for e in exts)),
+            "files": files,
+            "upload_id": uid,
+            "download_link": link,
+        }
+        emu.store.run(
+            "INSERT INTO projects (name, upload_id, download_link, title, privacy_mode, created, processing_seconds, record)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (name, uid, link, record["title"], pm, now, ps, json.dumps(record)),
+        )
+        prow = emu.store.one("SELECT * FROM projects WHERE name=?", (name,))
+        self.respond(201, {"name": name, "status": emu.project_status(prow), "message": "processing_started"})
+
+    def get_project(self, name_raw):
+        try:
+            name = unquote_to_bytes(name_raw.encode("latin-1")).decode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            return self.error(404, "project_not_found")
+        prow = self.emu.store.one("SELECT * FROM projects WHERE name=?", (name,))
+        if prow is None:
+            return self.error(404, "project_not_found")
+        st = self.emu.project_status(prow)
+        if st < 100:
+            return self.respond(200, {"name": name, "status": st})
+        rec = json.loads(prow["record"])
+        out = {
+            "id": prow["id"],
+            "name": name,
+            "title": prow["title"],
+            "status": 100,
+            "created": _iso(prow["created"]),
+            "updated": _iso(prow["created"] + max(0.0, prow["processing_seconds"])),
+        }
+        out.update(rec)
+        self.respond(200, out)
+
+    # -- introspection -------------------------------------------------------------
+    def introspect(self, m, sub):
+        emu = self.emu
+        self._endpoint = None
+        sub = sub.rstrip("/")
+
+        def body_json():
+            b = self._read_small_body()
+            if b is None:
+                return Abort
+            if not b.strip():
+                return None
+            try:
+                return json.loads(b.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                self.error(400, "invalid_json")
+                return Abort
+
+        if sub == "/files" and m == "GET":
+            rows = emu.store.all("SELECT * FROM files ORDER BY id")
+            out = [
+                {
+                    "upload_id": r["upload_id"],
+                    "name": r["name"],
+                    "received": r["received"],
+                    "total": r["total"],
+                    "complete": bool(r["complete"]),
+                    "sha256": emu.file_sha256(r),
+                    "overwritten_bytes": r["overwritten"],
+                    "put_count": r["put_count"],
+                }
+                for r in rows
+            ]
+            return self.respond(200, out)
+        if sub == "/stats" and m == "GET":
+            with emu.stats_lock:
+                return self.respond(200, {"requests": dict(emu.stats), "violations": list(emu.violations)})
+        if sub == "/violations" and m == "GET":
+            with emu.stats_lock:
+                return self.respond(200, list(emu.violations))
+        if sub == "/projects" and m == "GET":
+            rows = emu.store.all("SELECT * FROM projects ORDER BY id")
+            return self.respond(
+                200,
+                [
+                    {"name": r["name"], "upload_id": r["upload_id"], "download_link": r["download_link"],
+                     "title": r["title"], "status": emu.project_status(r), "create_count": r["create_count"]}
+                    for r in rows
+                ],
+            )
+        if sub == "/faults":
+            if m == "GET":
+                return self.respond(200, emu.faults.describe())
+            if m == "DELETE":
+                emu.faults = FaultSet(None)
+                return self.respond(200, {"faults": "cleared"})
+            if m == "POST":
+                spec = body_json()
+                if spec is Abort:
+                    return
+                try:
+                    emu.faults = FaultSet(spec)
+                except FaultSpecError as e:
+                    return self.error(400, "invalid_faults", detail=str(e))
+                return self.respond(200, emu.faults.describe())
+        if sub == "/flags":
+            if m == "GET":
+                with emu.flags_lock:
+                    return self.respond(200, dict(emu.flags))
+            if m == "POST":
+                d = body_json()
+                if d is Abort:
+                    return
+                if not isinstance(d, dict):
+                    return self.error(400, "invalid_flags", detail="expected a JSON object")
+                err = None
+                with emu.flags_lock:
+                    for k, v in d.items():
+                        if k not in emu.flags:
+                            err = f"unknown flag {k!r}; known: {sorted(emu.flags)}"
+                            break
+                        old = emu.flags[k]
+                        if isinstance(old, bool):
+                            if not isinstance(v, bool):
+                                err = f"flag {k!r} must be a boolean"
+                                break
+                        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                            err = f"flag {k!r} must be a non-negative number"
+                            break
+                    if err is None:
+                        emu.flags.update(d)
+                        out = dict(emu.flags)
+                if err:
+                    return self.error(400, "invalid_flags", detail=err)
+                return self.respond(200, out)
+        if sub.startswith("/expire/") and m == "POST":
+            uid = sub[len("/expire/") :]
+            if emu.store.session(uid) is None:
+                return self.error(404, "upload_session_not_found")
+            emu.store.run("UPDATE sessions SET expires_at=? WHERE upload_id=?", (time.time() - 1, uid))
+            return self.respond(200, {"expired": True})
+        if sub == "/reset" and m == "POST":
+            d = body_json()
+            if d is Abort:
+                return
+            with emu.stats_lock:
+                emu.stats.clear()
+                emu.violations.clear()
+            emu.rate.reset()
+            emu.faults = FaultSet(None)
+            with emu.flags_lock:
+                emu.flags = dict(emu.initial_flags)
+            if isinstance(d, dict) and d.get("data"):
+                emu.store.wipe()
+                emu.hashes.clear()
+            return self.respond(200, {"reset": True})
+        if sub == "/health" and m == "GET":
+            return self.respond(200, {"ok": True, "discard": emu.discard})
+        known = {"/files", "/stats", "/violations", "/projects", "/faults", "/flags", "/reset", "/health"}
+        if sub in known or sub.startswith("/expire/"):
+            return self.error(405, "method_not_allowed")
+        return self.error(404, "not_found")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, addr, handler, ssl_ctx=None):
+        self._aborted = set()
+        self._aborted_lock = threading.Lock()
+        super().__init__(addr, handler)
+        if ssl_ctx is not None:
+            self.socket = ssl_ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def mark_aborted(self, sock):
+        with self._aborted_lock:
+            self._aborted.add(sock)
+
+    def shutdown_request(self, request):
+        with self._aborted_lock:
+            aborted = request in self._aborted
+            self._aborted.discard(request)
+        if not aborted:
+            try:
+                request.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self.close_request(request)
+
+    def handle_error(self, request, client_address):
+        pass  # never print tracebacks
+
+
+def make_server(cfg):
+    emu = Emulator(cfg)
+    handler = type("BoundHandler", (Handler,), {"emu": emu})
+    ctx = None
+    if cfg.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    srv = Server((cfg.host, cfg.port), handler, ctx)
+    return srv, emu

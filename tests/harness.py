@@ -1,0 +1,208 @@
+"""Test helpers shared by every suite: a real mount driven over real HTTP.
+
+`Mount` starts `fs360 mount` (the daemon, as a user would) against an emulator,
+and at the end fails the test if the mount logged any ERROR or traceback that
+the test did not declare expected (the ratarmount way: no silent errors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fs360.emulator.harness import EmulatorProcess
+
+PYTHON = sys.executable
+FAST_EMULATOR_ARGS = ["--processing-seconds", "1", "--no-rate-limits"]
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_random(path, size: int, seed: int | None = None) -> str:
+    """Writes `size` pseudo-random bytes; returns their sha256."""
+    digest = hashlib.sha256()
+    rng_block = hashlib.sha256(str(seed if seed is not None else path).encode()).digest() * 32768  # 1 MiB
+    with open(path, "wb") as f:
+        remaining, counter = size, 0
+        while remaining:
+            block = (counter.to_bytes(8, "little") + rng_block)[: min(remaining, len(rng_block))]
+            f.write(block)
+            digest.update(block)
+            remaining -= len(block)
+            counter += 1
+    return digest.hexdigest()
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def is_mounted(mountpoint) -> bool:
+    target = str(mountpoint)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == target for line in f if len(line.split()) > 1)
+
+
+class Mount:
+    """A real fs360 mount in its own daemon process."""
+
+    def __init__(self, tmp_path: Path, emulator: EmulatorProcess, *, extra_args=(), writeback_delay=0.3,
+                 name="mnt", cache_dir: Path | None = None, env=None, rate_limits=False):
+        self.mountpoint = tmp_path / name
+        self.mountpoint.mkdir(exist_ok=True)
+        self.cache_dir = cache_dir or tmp_path / f"{name}-cache"
+        self.emulator = emulator
+        self.extra_args = list(extra_args)
+        self.writeback_delay = writeback_delay
+        self.rate_limits = rate_limits
+        self.env = env
+        # Log lines (regexes) a test expects to see at ERROR level.
+        self.expected_errors: list[str] = []
+        self._log_offset = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.cache_dir / "fs360.log"
+
+    def command(self) -> list[str]:
+        cmd = [PYTHON, "-m", "fs360.cli", "mount", str(self.mountpoint), "--api-url", self.emulator.base_url,
+               "--cache-dir", str(self.cache_dir), "--writeback-delay", str(self.writeback_delay),
+               "--poll-interval", "0.3", "--log-level", "debug", *self.extra_args]
+        if not self.rate_limits:
+            cmd.append("--no-rate-limits")
+        return cmd
+
+    def start(self) -> "Mount":
+        env = dict(os.environ, FS360_API_KEY=self.emulator.api_key)
+        if self.env:
+            env.update(self.env)
+        result = subprocess.run(self.command(), env=env, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise AssertionError(f"mount failed ({result.returncode}): {result.stderr}{result.stdout}")
+        assert is_mounted(self.mountpoint), "fs360 mount returned 0 but nothing is mounted"
+        return self
+
+    @property
+    def pid(self) -> int:
+        return int((self.cache_dir / "lock").read_text().strip())
+
+    def unmount(self, wait: bool = False, timeout: float = 120) -> None:
+        if not is_mounted(self.mountpoint):
+            return
+        cmd = [PYTHON, "-m", "fs360.cli", "unmount", str(self.mountpoint)]
+        if wait:
+            cmd += ["--wait", "--timeout", str(timeout)]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60)
+        if result.returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+            raise AssertionError(f"unmount failed: {result.stderr}")
+
+    def kill(self) -> None:
+        """SIGKILL the daemon, as a crash would, and clear the dead mount."""
+        pid = self.pid
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not _alive(pid), 10, what="the daemon to die")
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        wait_until(lambda: not is_mounted(self.mountpoint), 10, what="the dead mount to go")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        try:
+            self.unmount()
+        finally:
+            if is_mounted(self.mountpoint):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        if exc[0] is None:
+            self.assert_no_logged_errors()
+
+    def logged_errors(self) -> list[str]:
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        bad = [line for line in lines if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")]
+        return [line for line in bad if not any(re.search(p, line) for p in self.expected_errors)]
+
+    def assert_no_logged_errors(self) -> None:
+        errors = self.logged_errors()
+        assert not errors, "the mount logged errors:\n" + "\n".join(errors[:20])
+
+    # --- reading the mount's own view ---------------------------------------------------------
+
+    def session(self, name: str) -> Path:
+        return self.mountpoint / name
+
+    def status_json(self, session: str) -> dict:
+        with open(self.mountpoint / session / "status.json", encoding="utf-8", errors="surrogateescape") as f:
+            return json.load(f)
+
+    def file_states(self, session: str) -> dict[str, str]:
+        return {f["name"]: f["state"] for f in self.status_json(session)["files"]}
+
+    def wait_settled(self, session: str, timeout: float = 120) -> dict[str, str]:
+        """Waits until no file of the session is writing, pending or uploading."""
+        def settled():
+            states = self.file_states(session)
+            if all(s in ("complete", "rejected", "local", "lost", "interrupted") for s in states.values()):
+                return states or {"": ""}
+            return None
+        return wait_until(settled, timeout, 0.2, what=f"session {session} to settle")
+
+    def wait_project(self, session: str, timeout: float = 120) -> dict:
+        def ready():
+            project = self.status_json(session)["project"]
+            return project if project and project["state"] in ("ready", "failed") else None
+        return wait_until(ready, timeout, 0.2, what=f"the project of {session}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def remote_files(emulator: EmulatorProcess, upload_id: str | None = None) -> dict[str, dict]:
+    """The emulator's files by name (of one session, or of all when there is one)."""
+    files = emulator.files()
+    if upload_id is not None:
+        files = [f for f in files if f["upload_id"] == upload_id]
+    return {f["name"]: f for f in files}
+
+
+def assert_uploaded(emulator: EmulatorProcess, upload_id: str, expected: dict[str, str]) -> None:
+    """Every name complete on the emulator with the expected sha256, and nothing else there."""
+    remote = remote_files(emulator, upload_id)
+    for name, sha in expected.items():
+        assert name in remote, f"{name!r} never reached the server (it has {sorted(remote)[:20]})"
+        assert remote[name]["complete"], f"{name!r} is incomplete on the server: {remote[name]}"
+        assert remote[name]["sha256"] == sha, f"{name!r} differs on the server"
+    extra = set(remote) - set(expected)
+    assert not extra, f"unexpected names reached the server: {sorted(extra)[:20]}"
+    assert emulator.violations() == [], f"protocol violations: {emulator.violations()[:5]}"
