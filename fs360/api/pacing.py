@@ -12,42 +12,52 @@ import time
 
 
 class TokenBucket:
-    def __init__(self, limit: int, window: float, margin: float = 0.95):
+    """Capacity B, refill r per second, B + r*W = `margin` of the limit.
+
+    Tokens are taken on credit: the caller is told how long to wait for its token,
+    so the send times follow the refill schedule exactly. `_stamp` is the time up
+    to which tokens have been accounted; a 429 moves it into the future, so no
+    token accrues while the server asked us to wait and no burst follows the pause.
+    """
+
+    def __init__(self, limit: int, window: float, margin: float = 0.95, clock=time.monotonic):
+        self._clock = clock
         budget = max(1.0, limit * margin)
         self.capacity = max(1.0, float(int(budget * 0.05)))
         self.rate = max(budget - self.capacity, 0.5) / window  # tokens per second
         self._tokens = self.capacity
-        self._stamp = time.monotonic()
-        self._blocked_until = 0.0
+        self._stamp = clock()
         self._lock = threading.Lock()
 
     def _refill_locked(self, now: float) -> None:
         """Needs self._lock held."""
-        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
+        if now > self._stamp:
+            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
 
     def reserve(self) -> float:
         """Takes a token, possibly on credit; returns how long the caller must wait first."""
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             self._refill_locked(now)
             self._tokens -= 1.0
-            wait = 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-            return max(wait, self._blocked_until - now)
+            return (self._stamp - now) + max(0.0, -self._tokens) / self.rate
 
     def block_for(self, seconds: float) -> None:
-        """A 429 said to wait: nobody sends on this endpoint until then."""
+        """A 429 said to wait: nobody sends on this endpoint until then, and no token accrues meanwhile."""
         with self._lock:
-            self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
+            now = self._clock()
+            self._refill_locked(now)
             self._tokens = min(self._tokens, 0.0)
+            self._stamp = max(self._stamp, now + seconds)
 
 
 class Pacer:
     def __init__(self, limits: dict[str, tuple[int, float]], enabled: bool = True, window_scale: float = 1.0,
-                 sleep=time.sleep):
+                 sleep=time.sleep, clock=time.monotonic):
         self.enabled = enabled
         self._sleep = sleep
-        self._buckets = {name: TokenBucket(n, w * window_scale) for name, (n, w) in limits.items()}
+        self._buckets = {name: TokenBucket(n, w * window_scale, clock=clock) for name, (n, w) in limits.items()}
 
     def acquire(self, endpoint: str) -> float:
         """Blocks until a request to `endpoint` may go; returns the seconds waited."""

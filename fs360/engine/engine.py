@@ -69,12 +69,16 @@ class Engine:
         self._seq = itertools.count()
         self._session_locks: dict[int, threading.Lock] = {}
         self.caps = Caps()
+        # Files a worker is sending right now: never handed to a second worker.
+        self._busy: set[int] = set()
+        self._deferred: set[int] = set()
         self.projects = ProjectKeeper(self)
-        self._replay_journal()
+        with self.lock:
+            self._replay_journal_locked()
 
     # --- start-up and shut-down ---------------------------------------------------------
 
-    def _replay_journal(self) -> None:
+    def _replay_journal_locked(self) -> None:
         learned = self.journal.get_meta("caps", {})
         self.caps = Caps(
             file_cap=self.settings.max_file_size or learned.get("file_cap", 0),
@@ -238,8 +242,8 @@ class Engine:
     def session_lost(self, session: SessionRecord, dead_upload_id: str) -> None:
         """The server lost the session (404 or expiry): every file goes again from the spool."""
         with self.lock:
-            if session.upload_id != dead_upload_id:
-                return  # somebody already handled it
+            if session.upload_id != dead_upload_id or self._sessions_by_id.get(session.id) is not session:
+                return  # somebody already handled it, or the session was discarded (rmdir)
             log.warning("session %r: the server no longer has upload session; sending its files again",
                         session.name)
             session.upload_id = None
@@ -398,6 +402,12 @@ class Engine:
                 if record is None or record.generation != generation or record.state not in QUEUED_STATES \
                         or record.unlinked or record.open_writers:
                     continue
+                if record.id in self._busy:
+                    # Its previous upload is still between chunks: queue it again when that one ends,
+                    # so one file never has two PUTs in flight.
+                    self._deferred.add(record.id)
+                    continue
+                self._busy.add(record.id)
                 return record
             timeout = (self._queue[0][0] - now) if self._queue else None
             self._wakeup.wait(timeout)
@@ -421,11 +431,21 @@ class Engine:
                     log.exception("unexpected error while uploading %r", record.name)
                     with self.lock:
                         self._retry_later_locked(record, generation, Fs360Error("internal error (see the log)"))
+                finally:
+                    with self.lock:
+                        self._busy.discard(record.id)
+                        if record.id in self._deferred:
+                            self._deferred.discard(record.id)
+                            self._enqueue_locked(record, 0.0)
         finally:
-            buffer.close()
+            try:
+                buffer.close()
+            except BufferError:
+                pass  # a view of it is still referenced (a traceback, a request): the GC frees it
 
     def _upload(self, record: FileRecord, generation: int, buffer) -> None:
         session = self.session_of(record)
+        upload_id = None
         try:
             upload_id = self._remote_session(session)
             start = self._resume_offset(record, upload_id)
@@ -450,10 +470,10 @@ class Engine:
                     self._set_state_locked(record, PENDING)
             return
         except SessionNotFound:
-            with self.lock:
-                dead = record.upload_id or session.upload_id
-            if dead:
-                self.session_lost(session, dead)
+            # Only the session this worker talked to is dead; the session may already have a new one
+            # (another worker met the 404 first), which must not be dropped.
+            if upload_id:
+                self.session_lost(session, upload_id)
             with self.lock:
                 if record.generation == generation and record.state == UPLOADING:
                     record.server_received, record.upload_id = 0, None
@@ -470,6 +490,11 @@ class Engine:
                     self._set_state_locked(record, REJECTED, last_error=f"cannot read the spooled data: {exc}")
             return
         with self.lock:
+            if session.upload_id != upload_id and record.generation == generation and not record.unlinked:
+                # The session was lost while this file went to it: send it again to the new one.
+                self._set_state_locked(record, PENDING, server_received=0, upload_id=None)
+                self._enqueue_locked(record, 0.0)
+                return
             record.server_received = final.received
             if record.unlinked or record.generation != generation:
                 self.journal.update_file(record.id, server_received=final.received)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROJECT_PAGE = "https://360-for-you.com/projects/{name}"
+# Option key (never sent: "_" keys are ours) naming the upload_id a POST /projects was sent for.
+POSTED_KEY = "_posted_upload_id"
 
 
 class ProjectKeeper:
@@ -103,11 +105,20 @@ class ProjectKeeper:
                 if not session.upload_id:
                     return
             upload_id = session.upload_id
+            # Set (and journaled) before the POST is sent: after a lost answer or a restart we ask
+            # whether the project exists before POSTing again, so it is created once.
+            posted = project.options.get(POSTED_KEY)
         try:
             created = None
-            if upload_id and session.id in self._maybe_created:
+            if upload_id and (session.id in self._maybe_created or posted == upload_id):
                 created = self._find_existing(upload_id)
             if created is None:
+                with engine.lock:
+                    if session.project is not project:
+                        return
+                    if upload_id:
+                        project.options[POSTED_KEY] = upload_id
+                        engine.journal.update_project(session.id, options=project.options)
                 created = engine.client.create_project(body)
         except SessionNotFound:
             if upload_id:

@@ -1,0 +1,310 @@
+"""The upload engine over real HTTP against the emulator with its faults on.
+
+Every test ends with the same proof: each file on the emulator has the sha256 of
+its source and the emulator saw zero protocol violations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fs360.engine.engine import Engine
+from fs360.engine.records import COMPLETE, P_READY
+from fs360.errors import RateLimited
+from tests.harness import FAST_EMULATOR_ARGS, write_random
+from tests.integration.engine_runner import queue_files
+
+KiB = 1024
+CHUNK = 64 * KiB
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_sources(directory: Path, sizes: dict[str, int]) -> dict[str, str]:
+    """Writes pseudo-random files; returns name -> sha256."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return {name: write_random(directory / name, size, seed=name) for name, size in sizes.items()}
+
+
+# Multi-chunk files (several chunks each), one exact chunk, small whole-file PUTs, an empty file.
+MIXED = {"a.jpg": 5 * CHUNK + 123, "b.las": 9 * CHUNK, "c.e57": 3 * CHUNK + 1, "d.png": CHUNK,
+         "e.tif": 1000, "f.jpg": 17, "g.jpg": 0}
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def assert_uploaded(emulator, expected: dict[str, str], upload_id: str | None = None):
+    """Every expected file is complete on the emulator with its sha256; no protocol violation."""
+    files = [f for f in emulator.files() if upload_id is None or f["upload_id"] == upload_id]
+    by_name = {}
+    for f in files:
+        assert f["name"] not in by_name, f"{f['name']} uploaded twice in one check: {files}"
+        by_name[f["name"]] = f
+    assert sorted(by_name) == sorted(expected)
+    for name, digest in expected.items():
+        assert by_name[name]["complete"], by_name[name]
+        assert by_name[name]["sha256"] == digest, name
+    assert emulator.violations() == []
+    return by_name
+
+
+def run_engine(settings, src: Path, expected: dict, session="s", project=None, timeout=60.0) -> Engine:
+    engine = Engine(settings).start()
+    queue_files(engine, session, {name: src / name for name in expected}, project=project)
+    assert engine.wait_idle(timeout=timeout, poll=0.05), engine.counts()
+    return engine
+
+
+def fired(emulator) -> list[int]:
+    return [rule["fired"] for rule in emulator.faults()["rules"]]
+
+
+# --- resume after each kind of failure ---------------------------------------------------------
+
+@pytest.mark.parametrize("rules", [
+    pytest.param([{"endpoint": "put_file", "kind": "cut_body", "probability": 0.3, "count": 8}], id="cut_body"),
+    pytest.param([{"endpoint": "put_file", "kind": "drop_response", "probability": 0.3, "count": 8},
+                  {"endpoint": "get_file", "kind": "drop_response", "probability": 0.3, "count": 2}],
+                 id="drop_response"),
+    pytest.param([{"endpoint": "*", "kind": "error_500", "probability": 0.2, "count": 10},
+                  {"endpoint": "*", "kind": "error_502", "probability": 0.2, "count": 10},
+                  {"endpoint": "*", "kind": "error_503", "probability": 0.3, "count": 10}], id="5xx_storm"),
+    pytest.param([{"endpoint": "put_file", "kind": "invalid_json", "probability": 0.15, "count": 4},
+                  {"endpoint": "put_file", "kind": "html_error", "probability": 0.15, "count": 4},
+                  {"endpoint": "put_file", "kind": "received_gt_total", "probability": 0.15, "count": 4},
+                  {"endpoint": "put_file", "kind": "missing_fields", "probability": 0.15, "count": 4},
+                  {"endpoint": "get_file", "kind": "invalid_json", "probability": 0.3, "count": 2},
+                  {"endpoint": "get_file", "kind": "received_gt_total", "probability": 0.3, "count": 2},
+                  {"endpoint": "get_file", "kind": "missing_fields", "probability": 0.3, "count": 2},
+                  {"endpoint": "open_session", "kind": "missing_fields", "count": 1},
+                  {"endpoint": "open_session", "kind": "invalid_json", "count": 1}], id="malformed"),
+])
+def test_resumes_after_faults(emulator, settings_for, tmp_path, rules):
+    src = tmp_path / "src"
+    expected = make_sources(src, MIXED)
+    emulator.set_faults(rules, seed=7)
+    engine = run_engine(settings_for(emulator, chunk_size=CHUNK, workers=3), src, expected)
+    try:
+        assert engine.counts() == {COMPLETE: len(expected)}
+    finally:
+        engine.stop()
+    assert sum(fired(emulator)) > 0, "no fault fired: the test proved nothing"
+    by_name = assert_uploaded(emulator, expected)
+    # Resumed, never restarted from 0: at most one chunk sent twice per fault that hit the file.
+    total_faults = sum(fired(emulator))
+    for f in by_name.values():
+        assert f["overwritten_bytes"] <= CHUNK * total_faults
+    # No spin: a bounded number of PUTs for the chunks there are plus one retry per fault.
+    chunks = sum(max(1, -(-size // CHUNK)) for size in MIXED.values())
+    puts = sum(f["put_count"] for f in by_name.values())
+    assert puts <= chunks + total_faults
+
+
+def test_drop_response_resumes_without_resending(emulator, settings_for, tmp_path):
+    """A PUT whose answer was lost after the server kept the data: GET, then go on past it."""
+    src = tmp_path / "src"
+    expected = make_sources(src, {"big.las": 10 * CHUNK})
+    emulator.set_faults([{"endpoint": "put_file", "kind": "drop_response", "probability": 0.5, "count": 4}], seed=3)
+    engine = run_engine(settings_for(emulator, chunk_size=CHUNK, workers=1), src, expected)
+    engine.stop()
+    assert fired(emulator) == [4]
+    by_name = assert_uploaded(emulator, expected)
+    assert by_name["big.las"]["overwritten_bytes"] == 0
+    assert emulator.stats()["requests"].get("GET get_file 200", 0) >= 4
+
+
+def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    expected = make_sources(src, {"a.jpg": 3 * CHUNK, "b.jpg": 100})
+    emulator.set_faults([{"endpoint": "put_file", "kind": "rate_limit_burst", "burst": 3, "retry_after": 2,
+                          "count": 1}])
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK, workers=2, rate_limits_enabled=True))
+    waits = []
+
+    def on_event(event, **details):
+        error = details.get("error")
+        if event == "file_failed" and isinstance(error, RateLimited):
+            waits.append((error.retry_after, details["file"].next_attempt - time.time()))
+
+    engine.listeners.add(on_event)
+    engine.start()
+    queue_files(engine, "s", {name: src / name for name in expected})
+    assert engine.wait_idle(timeout=60, poll=0.05)
+    engine.stop()
+    assert emulator.stats()["requests"].get("PUT put_file 429") == 3
+    assert waits, "no 429 reached the engine"
+    for retry_after, planned in waits:
+        assert retry_after == 2
+        assert planned >= 1.9  # the retry is planned no earlier than the server said
+    assert_uploaded(emulator, expected)
+
+
+# --- session expiry ------------------------------------------------------------------------------
+
+def test_session_expiry_resends_everything_and_project_completes(emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    expected = make_sources(src, MIXED)
+    # Slow PUTs so the session can be expired while files are still going.
+    emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.02}])
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK, workers=2)).start()
+    try:
+        session = queue_files(engine, "expiring", {name: src / name for name in expected})
+        first = wait_for(lambda: [f for f in emulator.files() if f["complete"]]
+                         and [f for f in emulator.files() if not f["complete"] and f["received"]],
+                         30, "an upload in mid-flight")
+        old_id = first[0]["upload_id"]
+        emulator.expire(old_id)
+        with engine.lock:
+            engine.request_project_locked(session, {"privacy_mode": 1})
+        wait_for(lambda: session.project.state == P_READY, 60, "the project to be ready")
+        new_id = session.upload_id
+        assert new_id and new_id != old_id
+        assert engine.counts() == {COMPLETE: len(expected)}
+    finally:
+        engine.stop()
+    assert_uploaded(emulator, expected, new_id)
+    assert not [f for f in emulator.files() if f["upload_id"] == old_id]
+    projects = emulator.projects()
+    assert len(projects) == 1 and projects[0]["name"] == session.project.name
+
+
+def test_project_is_posted_once_when_its_answer_is_lost(emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    expected = make_sources(src, {"a.jpg": 1000, "b.jpg": 2 * CHUNK})
+    emulator.set_faults([{"endpoint": "create_project", "kind": "drop_response", "count": 1},
+                         {"endpoint": "get_project", "kind": "error_503", "count": 2}])
+    settings = settings_for(emulator, chunk_size=CHUNK)
+    engine = run_engine(settings, src, expected, session="proj", project={"title": "T"})
+    session = engine.sessions["proj"]
+    wait_for(lambda: session.project.state == P_READY, 30, "the project to be ready")
+    engine.stop()
+    projects = emulator.projects()
+    assert len(projects) == 1
+    assert projects[0]["create_count"] == 1  # POSTed once: the lost answer was found by a GET
+    requests = emulator.stats()["requests"]
+    assert sum(n for k, n in requests.items() if k.startswith("POST create_project")) == 1
+    assert_uploaded(emulator, expected)
+
+
+def test_project_request_survives_restart(emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    expected = make_sources(src, {"a.jpg": 3 * CHUNK})
+    settings = settings_for(emulator, chunk_size=CHUNK)
+    engine = Engine(settings)  # not started: the request is only journaled
+    queue_files(engine, "later", {"a.jpg": src / "a.jpg"}, project={})
+    engine.stop()
+    engine = Engine(settings).start()
+    try:
+        session = engine.sessions["later"]
+        assert session.project is not None
+        wait_for(lambda: session.project.state == P_READY, 30, "the project to be ready")
+        assert session.sealed
+        assert session.project.name == session.upload_id
+    finally:
+        engine.stop()
+    assert_uploaded(emulator, expected)
+    assert [p["create_count"] for p in emulator.projects()] == [1]
+
+
+# --- pacing ----------------------------------------------------------------------------------------
+
+def test_pacing_holds_1500_puts_under_the_limit(emulator_factory, settings_for, tmp_path):
+    """1,500 small whole-file PUTs against the documented 1200/min with no 429.
+
+    Both the emulator (--rate-window-scale 0.1) and the engine
+    (Settings(rate_window_scale=0.1)) scale every rate window to a tenth, so the
+    1200 PUTs a minute become 1200 per 6 s and the test takes seconds, not minutes.
+    """
+    emulator = emulator_factory("--rate-window-scale", "0.1", "--processing-seconds", "1")
+    src = tmp_path / "src"
+    src.mkdir()
+    expected = {}
+    for i in range(1500):
+        data = i.to_bytes(4, "little") * 4
+        (src / f"f{i:04d}.jpg").write_bytes(data)
+        expected[f"f{i:04d}.jpg"] = hashlib.sha256(data).hexdigest()
+    settings = settings_for(emulator, rate_limits_enabled=True, rate_window_scale=0.1, workers=4,
+                            writeback_delay=0.0)
+    engine = run_engine(settings, src, expected, timeout=100)
+    engine.stop()
+    requests = emulator.stats()["requests"]
+    assert not [k for k in requests if k.endswith(" 429")], requests
+    assert requests.get("PUT put_file 200") == 1500
+    assert_uploaded(emulator, expected)
+
+
+# --- SIGKILL and restart -----------------------------------------------------------------------
+
+def test_sigkill_mid_upload_then_restart_resends_at_most_one_chunk(emulator, tmp_path):
+    src = tmp_path / "src"
+    expected = make_sources(src, {f"k{i}.las": (12 + i) * CHUNK + i for i in range(4)} | {"s.jpg": 500})
+    cache = tmp_path / "runner-cache"
+    emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.03}])
+    cmd = [sys.executable, "-m", "tests.integration.engine_runner", "--url", emulator.base_url,
+           "--cache", str(cache), "--src", str(src), "--chunk-size", str(CHUNK), "--workers", "4"]
+    env = dict(os.environ, FS360_API_KEY=emulator.api_key)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len([f for f in emulator.files() if 0 < f["received"] < f["total"]]) >= 2,
+                 30, "uploads in mid-flight")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    before = {f["name"]: f for f in emulator.files()}
+    assert any(not f["complete"] for f in before.values())
+    emulator.clear_faults()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "DONE" in done.stdout
+    by_name = assert_uploaded(emulator, expected)
+    for name, f in by_name.items():
+        assert f["overwritten_bytes"] <= CHUNK, (name, f)
+
+
+def test_restart_marks_writing_interrupted_and_resumes_queued_from_server(emulator, settings_for, tmp_path):
+    """Journal replay: a file open for writing at the stop is `interrupted`, never uploaded; a queued
+    file half on the server goes on from the server's received (nothing sent twice)."""
+    src = tmp_path / "src"
+    expected = make_sources(src, {"half.las": 8 * CHUNK})
+    settings = settings_for(emulator, chunk_size=CHUNK, workers=1)
+    engine = Engine(settings)
+    session = queue_files(engine, "s", {"half.las": src / "half.las"})
+    with engine.lock:
+        writing = engine.create_file_locked(session, "open.jpg", 0o644, 0, 0, local_only=False)
+        engine.open_for_write_locked(writing)
+    # Half of the file reaches the server, then the engine stops without a word to the journal.
+    emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.05}])
+    engine.start()
+    wait_for(lambda: [f for f in emulator.files() if f["received"] >= 3 * CHUNK], 30, "half an upload")
+    engine.stop()
+    emulator.clear_faults()
+    engine = Engine(settings).start()
+    try:
+        assert engine.sessions["s"].files["open.jpg"].state == "interrupted"
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert engine.sessions["s"].files["half.las"].state == COMPLETE
+        assert engine.sessions["s"].files["open.jpg"].state == "interrupted"
+    finally:
+        engine.stop()
+    by_name = assert_uploaded(emulator, expected)
+    assert by_name["half.las"]["overwritten_bytes"] == 0

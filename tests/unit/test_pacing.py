@@ -1,0 +1,111 @@
+"""Backoff and the token buckets, on a simulated clock (no sleeping, no timing)."""
+
+import random
+from collections import deque
+
+import pytest
+
+from fs360.api.pacing import Pacer, TokenBucket
+from fs360.api.retry import Backoff, is_retryable
+from fs360.config import DOCUMENTED_RATE_LIMITS
+from fs360.errors import ApiError, RateLimited, ServerError, TransportError
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+# --- backoff --------------------------------------------------------------------------------------
+
+def test_backoff_doubles_to_a_cap_with_jitter():
+    backoff = Backoff(base=0.5, cap=60.0, rng=random.Random(1))
+    for attempt in range(1, 20):
+        ceiling = min(60.0, 0.5 * 2 ** (attempt - 1))
+        delays = [backoff.delay(attempt, ServerError()) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
+        assert len(set(delays)) > 100, "no jitter"
+    assert max(backoff.delay(50) for _ in range(100)) <= 60.0
+
+
+def test_backoff_honours_retry_after():
+    backoff = Backoff(base=0.5, cap=2.0, rng=random.Random(2))
+    for retry_after in (1.0, 5.0, 120.0):
+        delays = [backoff.delay(1, RateLimited(retry_after=retry_after)) for _ in range(100)]
+        assert all(retry_after <= d <= retry_after * 1.1 + 1e-9 for d in delays)
+
+
+def test_retryable():
+    assert is_retryable(TransportError()) and is_retryable(ServerError()) and is_retryable(RateLimited())
+    assert not is_retryable(ApiError(code="invalid_filename")) and not is_retryable(ValueError())
+
+
+# --- token buckets ----------------------------------------------------------------------------------
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The largest number of send times in any half-open window (t - window, t] (the server's)."""
+    best, recent = 0, deque()
+    for t in sorted(times):
+        recent.append(t)
+        while recent[0] <= t - window:
+            recent.popleft()
+        best = max(best, len(recent))
+    return best
+
+
+@pytest.mark.parametrize("endpoint", sorted(DOCUMENTED_RATE_LIMITS))
+@pytest.mark.parametrize("pattern", ["greedy", "bursts"])
+def test_bucket_never_passes_95_percent_in_any_window(endpoint, pattern):
+    limit, window = DOCUMENTED_RATE_LIMITS[endpoint]
+    clock = Clock()
+    bucket = TokenBucket(limit, window, clock=clock)
+    rng = random.Random(hash((endpoint, pattern)) & 0xFFFF)
+    sends = []
+    # Callers arrive (several at once, from many threads); each sends when its reserve() says.
+    for _ in range(limit * 4):
+        if pattern == "greedy":
+            clock.now += rng.uniform(0, window / limit / 4)
+        elif rng.random() < 0.02:
+            clock.now += rng.uniform(0, window * 1.5)  # idle, then a burst
+        sends.append(clock.now + bucket.reserve())
+    assert max_in_window(sends, window) <= int(limit * 0.95)
+    # ...and it does not starve: over the long run it uses most of the budget.
+    if pattern == "greedy":
+        assert max_in_window(sends, window) >= int(limit * 0.9)
+
+
+def test_bucket_after_a_429_sends_nothing_until_retry_after_and_no_burst_follows():
+    limit, window = 1200, 60.0
+    clock = Clock()
+    bucket = TokenBucket(limit, window, clock=clock)
+    sends = [clock.now + bucket.reserve() for _ in range(10)]
+    bucket.block_for(30.0)
+    blocked_until = clock.now + 30.0
+    for _ in range(limit * 2):
+        clock.now += 0.01
+        sends.append(clock.now + bucket.reserve())
+    after = [t for t in sends[10:]]
+    assert min(after) >= blocked_until
+    assert max_in_window(sends, window) <= int(limit * 0.95)
+
+
+def test_pacer_sleeps_the_reserved_time_and_can_be_disabled():
+    clock = Clock()
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock.now += seconds
+
+    pacer = Pacer({"put_file": (100, 60.0)}, sleep=sleep, clock=clock)
+    for _ in range(50):
+        pacer.acquire("put_file")
+    assert slept and sum(slept) > 0
+    assert Pacer({"put_file": (1, 60.0)}, enabled=False, sleep=sleep).acquire("put_file") == 0.0
+    pacer.rate_limited("put_file", 5.0)
+    before = clock.now
+    pacer.acquire("put_file")
+    assert clock.now - before >= 5.0
