@@ -15,7 +15,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs /dev/fuse and fusermount3")
     for item in items:
-        if "fuse" in item.keywords or "/fuse/" in str(item.fspath) or "/reliability/" in str(item.fspath):
+        if "fuse" in item.keywords or any(d in str(item.fspath) for d in ("/fuse/", "/reliability/", "/cli/")):
             item.add_marker(skip)
 
 

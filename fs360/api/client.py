@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -77,6 +77,7 @@ class ApiClient:
         self.pacer = pacer or Pacer(settings.rate_limits, settings.rate_limits_enabled,
                                     settings.rate_window_scale)
         self._local = threading.local()
+        self._host = urlsplit(self.base_url).netloc
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -112,7 +113,7 @@ class ApiClient:
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:
             self.close()  # the connection may be half-dead: start clean
-            raise TransportError(f"{method} {endpoint}: {_short(exc)}") from None
+            raise TransportError(f"cannot reach {self._host}: {_short(exc)}") from None
         except requests.exceptions.RequestException as exc:
             self.close()
             raise TransportError(f"{method} {endpoint}: {_short(exc)}") from None
@@ -226,6 +227,32 @@ def _retry_after(value: str | None) -> float:
 
 
 def _short(exc: BaseException) -> str:
-    """An exception's message without anything that could carry headers (and so the key)."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+    """A readable cause for a transport error, with nothing that could carry headers (and so the key)."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__ or (seen.args[0] if seen.args and
+                                                        isinstance(seen.args[0], BaseException) else None)
+    text = " ".join(str(e) for e in chain).lower()
+    for needle, reason in _TRANSPORT_REASONS:
+        if needle in text:
+            return reason
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timed out"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first[:200]
+
+
+# Substrings of urllib3/socket messages, and what they mean to a user.
+_TRANSPORT_REASONS = (
+    ("connection refused", "connection refused (is the server running?)"),
+    ("name or service not known", "unknown host name"),
+    ("temporary failure in name resolution", "the host name cannot be resolved now"),
+    ("connection reset", "connection reset by the server"),
+    ("connection aborted", "connection closed by the server"),
+    ("remotedisconnected", "connection closed by the server without an answer"),
+    ("network is unreachable", "network unreachable"),
+    ("read timed out", "timed out waiting for the server"),
+    ("connect timeout", "timed out connecting to the server"),
+    ("certificate verify failed", "certificate verify failed"),
+)

@@ -1,0 +1,132 @@
+"""The `fs360` command as a user runs it: mount errors at once, --local, status, unmount --wait, demo."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import PYTHON, is_mounted, wait_until, write_random
+
+pytestmark = pytest.mark.fuse
+
+
+def run_fs360(*args, env=None, timeout=120):
+    full_env = dict(os.environ)
+    for name in ("FS360_API_KEY", "API_KEY"):
+        full_env.pop(name, None)
+    full_env.update(env or {})
+    return subprocess.run([PYTHON, "-m", "fs360.cli", *args], env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_wrong_key_is_reported_before_mount_returns(tmp_path, emulator):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_fs360("mount", str(mountpoint), "--api-url", emulator.base_url, "--cache-dir",
+                       str(tmp_path / "cache"), env={"FS360_API_KEY": "sk_wrong_key"})
+    assert result.returncode == 2
+    assert "key was refused" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "sk_wrong_key" not in result.stderr
+    assert not is_mounted(mountpoint)
+
+
+def test_a_wrong_url_is_reported_before_mount_returns(tmp_path, emulator):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_fs360("mount", str(mountpoint), "--api-url", emulator.root_url + "/not-the-api",
+                       "--cache-dir", str(tmp_path / "cache"), env={"FS360_API_KEY": emulator.api_key})
+    assert result.returncode == 2
+    assert "does not answer like the 360-for-you API" in result.stderr
+    assert not is_mounted(mountpoint)
+    # Nothing listens there: a connection error, reported as such.
+    result = run_fs360("mount", str(mountpoint), "--api-url", "http://127.0.0.1:9/api/v1",
+                       "--cache-dir", str(tmp_path / "cache"), env={"FS360_API_KEY": emulator.api_key})
+    assert result.returncode == 2
+    assert "cannot reach 127.0.0.1:9: connection refused" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_key_at_all_is_a_clear_error(tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_fs360("mount", str(mountpoint), "--api-url", "http://127.0.0.1:9/api/v1")
+    assert result.returncode == 2
+    assert "no API key" in result.stderr
+
+
+def test_the_key_file_option_is_read_and_not_passed_on(tmp_path, emulator):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    key_file = tmp_path / "key"
+    key_file.write_text(emulator.api_key + "\n")
+    cache = tmp_path / "cache"
+    result = run_fs360("mount", str(mountpoint), "--api-url", emulator.base_url, "--cache-dir", str(cache),
+                       "--api-key-file", str(key_file), "--no-rate-limits")
+    assert result.returncode == 0, result.stderr
+    try:
+        pid = int((cache / "lock").read_text())
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        assert emulator.api_key.encode() not in cmdline
+        assert b"--api-key-file" not in cmdline
+    finally:
+        assert run_fs360("unmount", str(mountpoint)).returncode == 0
+    assert not is_mounted(mountpoint)
+
+
+def test_local_mount_status_and_unmount_wait(tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    cache = tmp_path / "cache"
+    result = run_fs360("mount", "--local", str(mountpoint), "--cache-dir", str(cache), "--writeback-delay", "0.2",
+                       "--emulator-arg=--processing-seconds=1")
+    assert result.returncode == 0, result.stderr
+    try:
+        session = mountpoint / "Survey"
+        session.mkdir()
+        write_random(session / "a.jpg", 3 * 1024 * 1024)
+        write_random(session / "b.las", 100_000)
+        shown = run_fs360("status", str(mountpoint))
+        assert shown.returncode == 0
+        assert "Survey" in shown.stdout and "a.jpg" in shown.stdout
+        waited = run_fs360("unmount", "--wait", str(mountpoint))
+        assert waited.returncode == 0, waited.stderr
+        assert "0 file(s) to go" in waited.stderr
+        assert not is_mounted(mountpoint)
+    finally:
+        if is_mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)])
+    # The files were complete before --wait returned: a new mount shows them so.
+    result = run_fs360("mount", "--local", str(mountpoint), "--cache-dir", str(cache))
+    assert result.returncode == 0, result.stderr
+    try:
+        import json
+        snap = json.loads((mountpoint / "Survey" / "status.json").read_text())
+        assert {f["name"]: f["state"] for f in snap["files"]} == {"a.jpg": "complete", "b.las": "complete"}
+    finally:
+        assert run_fs360("unmount", str(mountpoint)).returncode == 0
+
+
+def test_a_second_mount_on_the_same_cache_dir_is_refused(tmp_path, emulator):
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    cache = tmp_path / "cache"
+    env = {"FS360_API_KEY": emulator.api_key}
+    assert run_fs360("mount", str(first), "--api-url", emulator.base_url, "--cache-dir", str(cache),
+                     env=env).returncode == 0
+    try:
+        result = run_fs360("mount", str(second), "--api-url", emulator.base_url, "--cache-dir", str(cache), env=env)
+        assert result.returncode == 2
+        assert "another fs360 mount uses the cache dir" in result.stderr
+        assert not is_mounted(second)
+    finally:
+        run_fs360("unmount", str(first))
+
+
+def test_demo_runs_to_a_ready_project():
+    result = run_fs360("demo", timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "demo complete: the project is ready" in result.stdout
+    assert "refused as expected" in result.stdout
