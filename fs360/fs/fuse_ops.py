@@ -8,9 +8,12 @@ otherwise turn it into EINVAL).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
+import itertools
 import logging
+import threading
 
 import mfusepy
 
@@ -45,11 +48,108 @@ def _printable(args) -> tuple:
     return tuple(a if isinstance(a, (str, int)) else type(a).__name__ for a in args)
 
 
+# Names of the extended attributes the model answers; any other is ENODATA at once.
+OWN_XATTR_PREFIX = "user.fs360."
+OWN_XATTR_PREFIX_BYTES = OWN_XATTR_PREFIX.encode()
+FUSE_READDIR_PLUS = 1
+FUSE_FILL_DIR_PLUS = 2
+# fuse_common.h (libfuse 3): connection capabilities.
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+KEEP_MTIME = "keep"  # utimens: the mtime is not to change (UTIME_OMIT)
+FUSE_CAP_READDIRPLUS = 1 << 13
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
+
+
+class _Fuse(mfusepy.FUSE):
+    """mfusepy with a real readdirplus: a listing gives the kernel every entry's attributes.
+
+    mfusepy hands libfuse only the mode of each entry, and libfuse drops the attributes
+    of entries buffered at offset 0 anyway (it replies with ino 0, "ignore the stat"),
+    so `ls -l` of a folder would cost a lookup round trip per file. Here a READDIRPLUS
+    is answered with explicit offsets and the full stat of each entry (FUSE_FILL_DIR_PLUS),
+    which the kernel caches for attr_timeout / entry_timeout. The listing is taken once
+    per opendir, at offset 0, and later calls page through that same snapshot.
+    """
+
+    _pinned_threads: set[int] = set()
+
+    def _wrapper(self, func, *args, **kwargs):
+        # libfuse's worker threads are not Python threads: for each callback ctypes makes a
+        # Python thread state and throws it away afterwards, which costs more than most
+        # operations themselves. One extra PyGILState_Ensure per worker thread keeps its
+        # thread state alive (the thread states of workers libfuse retires are leaked: a few).
+        native = threading.get_native_id()
+        if native not in self._pinned_threads:
+            self._pinned_threads.add(native)
+            ctypes.pythonapi.PyGILState_Ensure()
+
+        @functools.wraps(func)
+        def call(*a, **kw):
+            # An errno raised on purpose (EACCES, ENOENT, ENOTSUP, ...) is an answer, not a
+            # failure: return it without mfusepy's debug traceback. `translated` has logged it.
+            try:
+                return func(*a, **kw)
+            except mfusepy.FuseOSError as exc:
+                if isinstance(exc.errno, int) and exc.errno > 0:
+                    return -exc.errno
+                raise
+        return super()._wrapper(call, *args, **kwargs)
+
+    def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
+        if not flags & FUSE_READDIR_PLUS or not hasattr(self.operations, "listing"):
+            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        entries = self.operations.listing(decoded, fip.contents.fh, offset)
+        # Offsets: "." is 1, ".." is 2, entry i is i + 3; a call resumes after `offset`.
+        index = offset
+        while index < len(entries) + 2:
+            if index < 2:
+                name, st, fill_flags = (b".", b"..")[index], None, 0
+            else:
+                name, attrs = entries[index - 2]
+                st = mfusepy.c_stat()
+                mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
+                fill_flags = FUSE_FILL_DIR_PLUS
+                name = name.encode(self.encoding, self.errors)
+            if filler(buf, name, st, index + 1, fill_flags) != 0:
+                break  # the reply is full: the kernel asks again from the last offset it got
+            index += 1
+        return 0
+
+    def utimens_fuse_3(self, path, buf, fip):
+        # mfusepy folds tv_nsec into one number, so UTIME_NOW / UTIME_OMIT (what `touch`
+        # and `touch -a` send) would become bogus times: read the timespec here instead.
+        if not buf:
+            mtime = None
+        else:
+            spec = buf.contents.modtime
+            if spec.tv_nsec == UTIME_OMIT:
+                mtime = KEEP_MTIME
+            elif spec.tv_nsec == UTIME_NOW:
+                mtime = None
+            else:
+                mtime = spec.tv_sec * 10**9 + spec.tv_nsec
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.utimens(decoded, (None, mtime))
+
+    def getxattr(self, path, name, value, size, *args):
+        # The kernel asks for security.capability before every write() (FUSE never marks an
+        # inode S_NOSEC) and `ls -l` asks for ACLs and the SELinux label of every file: those
+        # are answered here, before mfusepy decodes anything, raises or logs.
+        if not name.startswith(OWN_XATTR_PREFIX_BYTES):
+            return -errno.ENODATA
+        return super().getxattr(path, name, value, size, *args)
+
+
 class Fs360Operations(mfusepy.Operations):
     use_ns = True
 
     def __init__(self, model: MountModel, on_init=None, on_destroy=None):
         self.model = model
+        self._listings: dict[int, list] = {}
+        self._listings_lock = threading.Lock()
+        self._dir_handles = itertools.count(1)
         self._on_init = on_init
         self._on_destroy = on_destroy
 
@@ -62,6 +162,10 @@ class Fs360Operations(mfusepy.Operations):
             config.hard_remove = 1
         if conn_info is not None and hasattr(conn_info, "max_write"):
             conn_info.max_write = 1024 * 1024
+            if conn_info.capable & FUSE_CAP_READDIRPLUS:
+                # Always READDIRPLUS, not only for the first page of a listing ("auto"): ls -l of
+                # a big folder then needs no lookup per file.
+                conn_info.want = (conn_info.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
         if self._on_init:
             self._on_init()
 
@@ -76,6 +180,26 @@ class Fs360Operations(mfusepy.Operations):
     @translated
     def readdir(self, path, fh):
         return [".", ".."] + [(name, attrs, 0) for name, attrs in self.model.readdir(path)]
+
+    def opendir(self, path):
+        with self._listings_lock:
+            return next(self._dir_handles)
+
+    def releasedir(self, path, fh):
+        with self._listings_lock:
+            self._listings.pop(fh, None)
+        return 0
+
+    @translated
+    def listing(self, path, fh, offset):
+        """(name, attrs) of a folder for readdirplus: a fresh snapshot at offset 0, then the same one."""
+        with self._listings_lock:
+            entries = self._listings.get(fh) if offset else None
+        if entries is None:
+            entries = self.model.readdir(path)
+            with self._listings_lock:
+                self._listings[fh] = entries
+        return entries
 
     @translated
     def statfs(self, path):
@@ -155,10 +279,21 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def utimens(self, path, times=None):
-        self.model.utimens(path, times[1] if times else None)
+        """times: None or (atime, mtime) in ns; mtime None = now, KEEP_MTIME = unchanged (atime is not kept)."""
+        mtime = times[1] if times else None
+        if mtime is KEEP_MTIME:
+            return
+        self.model.utimens(path, mtime)
+
+    def getxattr(self, path, name, position=0):
+        # The kernel asks for security.capability before every write() and ls -l asks
+        # for ACLs and SELinux labels of every file: answer those without a lock or a log line.
+        if not name.startswith(OWN_XATTR_PREFIX):
+            raise mfusepy.FuseOSError(errno.ENODATA)
+        return self._getxattr(path, name)
 
     @translated
-    def getxattr(self, path, name, position=0):
+    def _getxattr(self, path, name):
         return self.model.getxattr(path, name)
 
     @translated
@@ -198,4 +333,4 @@ def mount(model: MountModel, mountpoint: str, foreground: bool = True, allow_oth
                    default_permissions=True, hard_remove=True)
     if allow_other:
         options["allow_other"] = True
-    mfusepy.FUSE(Fs360Operations(model, on_init, on_destroy), mountpoint, raw_fi=True, **options)
+    _Fuse(Fs360Operations(model, on_init, on_destroy), mountpoint, raw_fi=True, **options)

@@ -29,6 +29,9 @@ from .names import (CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, check_file_name, c
 # .create holds a JSON object of project fields: anything bigger is not one.
 MAX_CREATE_BYTES = 64 * 1024
 XATTRS = ("user.fs360.state", "user.fs360.received", "user.fs360.error")
+# Advertised I/O size: cp, stdio and Python size their buffers by it, so their
+# writes reach the mount as 1 MiB requests (the kernel's max_write) instead of 128 KiB.
+IO_BLOCK_SIZE = 1024 * 1024
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 
@@ -137,6 +140,7 @@ class MountModel:
     def _file_attrs(record: FileRecord) -> dict:
         return {"st_mode": stat.S_IFREG | (record.mode & 0o7777), "st_nlink": 1, "st_uid": record.uid,
                 "st_gid": record.gid, "st_size": record.size, "st_blocks": (record.size + 511) // 512,
+                "st_blksize": IO_BLOCK_SIZE,
                 "st_mtime": record.mtime_ns, "st_ctime": record.mtime_ns, "st_atime": record.mtime_ns}
 
     def readdir(self, path: str) -> list[tuple[str, dict]]:
@@ -153,7 +157,9 @@ class MountModel:
             session = self._session(parts[0])
             entries = [(name, self._virtual_attrs(0o444)) for name in STATUS_NAMES]
             if self._marker_listed(session):
-                entries.append((CREATE_MARKER, self._virtual_attrs(0o644)))
+                entries.append((CREATE_MARKER, self._virtual_attrs(0o444 if session.sealed else 0o644,
+                                                                   session.mtime_ns,
+                                                                   size=len(self._marker_text(session)))))
             entries += [(name, self._file_attrs(record)) for name, record in session.files.items()]
             return entries
 
@@ -256,8 +262,10 @@ class MountModel:
                 render = status_files.render_json if name == "status.json" else status_files.render_text
                 return self._new_handle(SnapshotHandle(render(snapshot)))
             if name == CREATE_MARKER:
-                if not self._marker_listed(session):
+                if not self._marker_listed(session) and not writing:
                     raise NotFound(path)
+                # Opening an unlisted .create for writing is creating it: the kernel sends an open,
+                # not a create, when it still caches the entry of a marker refused a moment ago.
                 return self._open_marker_locked(session, writable=writing, truncate=bool(flags & os.O_TRUNC))
             return self._open_file_locked(self._file(session, name), flags)
 

@@ -1,0 +1,61 @@
+"""Metadata through the kernel: touch, chmod, xattrs, and the listing's attributes."""
+
+import errno
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.harness import write_random
+
+
+def test_touch_variants_and_chmod(tmp_path, mount):
+    session = mount.mountpoint / "meta"
+    session.mkdir()
+    target = session / "a.jpg"
+    write_random(target, 1000)
+    subprocess.run(["touch", "-m", "-d", "2001-02-03 04:05:06.5 UTC", str(target)], check=True)
+    assert os.stat(target).st_mtime_ns == 981173106_500000000
+    subprocess.run(["touch", "-a", str(target)], check=True)   # UTIME_OMIT for mtime: unchanged
+    assert os.stat(target).st_mtime_ns == 981173106_500000000
+    before = time.time_ns()
+    subprocess.run(["touch", str(target)], check=True)         # UTIME_NOW
+    assert os.stat(target).st_mtime_ns >= before - 10**9
+    os.chmod(target, 0o600)
+    assert os.stat(target).st_mode & 0o7777 == 0o600
+
+
+def test_xattrs_through_the_kernel(tmp_path, mount):
+    session = mount.mountpoint / "x"
+    session.mkdir()
+    target = session / "a.jpg"
+    write_random(target, 5000)
+    mount.wait_settled("x")
+    assert os.getxattr(target, "user.fs360.state") == b"complete"
+    assert os.getxattr(target, "user.fs360.received") == b"5000"
+    assert os.getxattr(target, "user.fs360.error") == b""
+    assert {"user.fs360.state", "user.fs360.received", "user.fs360.error"} <= set(os.listxattr(target))
+    with pytest.raises(OSError) as info:
+        os.setxattr(target, "user.fs360.state", b"x")
+    assert info.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as info:
+        os.getxattr(target, "security.capability")
+    assert info.value.errno == errno.ENODATA
+    # After a refused setxattr the kernel still asks for the own attributes.
+    assert os.getxattr(target, "user.fs360.state") == b"complete"
+
+
+def test_listing_attributes_match_stat(tmp_path, mount):
+    """readdirplus hands the kernel the same attributes getattr gives."""
+    session = mount.mountpoint / "ls"
+    session.mkdir()
+    for i in range(300):
+        (session / f"f{i:03d}.part").write_bytes(b"x" * i)
+    out = subprocess.run(["ls", "-ln", "--time-style=+%s", str(session)], check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    sizes = {line.split()[-1]: int(line.split()[4]) for line in out[1:]}
+    assert {f"f{i:03d}.part": i for i in range(300)}.items() <= sizes.items()
+    assert {"status", "status.json"} <= set(sizes)
+    for entry in os.scandir(session):
+        assert entry.stat().st_size == os.stat(entry.path).st_size

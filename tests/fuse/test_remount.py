@@ -1,0 +1,46 @@
+"""Unmount in the middle of uploads: the next mount on the same cache dir finishes them."""
+
+from __future__ import annotations
+
+from tests.harness import Mount, assert_uploaded, remote_files, wait_until, write_random
+
+MiB = 1024 * 1024
+SLOW_PUTS = [{"endpoint": "put_file", "kind": "latency", "seconds": 0.3, "probability": 1}]
+
+
+def test_unmount_mid_upload_then_remount_finishes(tmp_path, emulator):
+    cache = tmp_path / "cache"
+    sources = {"big.e57": 12 * MiB + 5, "small.jpg": 200_000}
+    emulator.set_faults(SLOW_PUTS)
+    first = Mount(tmp_path, emulator, cache_dir=cache, extra_args=["--chunk-size", "1M"]).start()
+    try:
+        (first.mountpoint / "s").mkdir()
+        expected = {name: write_random(first.mountpoint / "s" / name, size) for name, size in sources.items()}
+        wait_until(lambda: remote_files(emulator).get("big.e57", {}).get("received", 0) > 0, 30,
+                   what="the first chunk of big.e57")
+    finally:
+        first.unmount()
+    first.assert_no_logged_errors()
+    assert not remote_files(emulator)["big.e57"]["complete"]
+    emulator.clear_faults()
+    with Mount(tmp_path, emulator, cache_dir=cache) as second:
+        assert second.wait_settled("s") == {name: "complete" for name in sources}
+        assert_uploaded(emulator, second.status_json("s")["upload_id"], expected)
+        # The spool still serves reads after the restart.
+        assert (second.mountpoint / "s" / "small.jpg").stat().st_size == sources["small.jpg"]
+
+
+def test_unmount_wait_waits_for_the_queue(tmp_path, emulator):
+    emulator.set_faults(SLOW_PUTS)
+    mount = Mount(tmp_path, emulator, extra_args=["--chunk-size", "1M"]).start()
+    try:
+        (mount.mountpoint / "w").mkdir()
+        sha = write_random(mount.mountpoint / "w" / "scan.las", 6 * MiB + 1)
+        upload_id_path = mount.mountpoint / "w" / "status.json"
+        assert upload_id_path.exists()
+    finally:
+        mount.unmount(wait=True, timeout=120)
+    mount.assert_no_logged_errors()
+    (remote,) = emulator.files()
+    assert remote["name"] == "scan.las" and remote["complete"] and remote["sha256"] == sha
+    assert_uploaded(emulator, remote["upload_id"], {"scan.las": sha})

@@ -1,0 +1,212 @@
+"""Real tools on a real mount: every file lands complete, under the name the user gave it.
+
+For each tool the emulator must end up holding exactly the expected names (no
+rsync `.name.XXXXXX`, no GIO `.goutputstream-*`, no `*.part`), each complete with
+the sha256 of its source, and the mount must log no error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import zipfile
+
+import pytest
+
+from tests.harness import assert_uploaded, sha256_of, write_random
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+def all_remote_names(emulator) -> set[str]:
+    return {f["name"] for f in emulator.files()}
+
+
+def put_count(emulator) -> int:
+    return sum(n for key, n in emulator.stats()["requests"].items() if key.startswith("PUT "))
+
+
+def settle_and_check(mount, emulator, session: str, expected: dict[str, str]) -> str:
+    """Waits for the session, then checks the server holds exactly `expected` (name -> sha256)."""
+    states = mount.wait_settled(session)
+    assert states == {name: "complete" for name in expected}, states
+    upload_id = mount.status_json(session)["upload_id"]
+    assert upload_id, "the session never opened on the server"
+    assert_uploaded(emulator, upload_id, expected)
+    # No temporary or scratch name reached the server in any session either.
+    assert all_remote_names(emulator) == set(expected), sorted(all_remote_names(emulator))
+    return upload_id
+
+
+def make_sources(directory, sizes: dict[str, int]) -> dict[str, str]:
+    directory.mkdir(exist_ok=True)
+    return {name: write_random(directory / name, size, seed=hash(name) & 0xFFFF) for name, size in sizes.items()}
+
+
+def run(*cmd, **kwargs):
+    return subprocess.run(list(cmd), check=True, capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def test_cp_one_file_cp_r_folder_and_cp_a_attributes(tmp_path, mount, emulator):
+    src = tmp_path / "src"
+    # One file beyond the 8 MiB chunk size goes through chunked PUTs.
+    expected = make_sources(src, {"big.e57": 9 * MiB + 123, "a.jpg": 300 * KiB, "b.las": 1 * MiB + 1})
+    (mount.mountpoint / "one").mkdir()
+    run("cp", str(src / "big.e57"), str(mount.mountpoint / "one") + "/")
+    settle_and_check(mount, emulator, "one", {"big.e57": expected["big.e57"]})
+    # Files advertise a 1 MiB I/O size, so cp writes in 1 MiB requests.
+    assert os.stat(mount.mountpoint / "one" / "big.e57").st_blksize == MiB
+
+    run("cp", "-r", str(src), str(mount.mountpoint / "tree"))
+    tree_id = mount.wait_settled("tree") and mount.status_json("tree")["upload_id"]
+    assert_uploaded(emulator, tree_id, expected)
+
+    os.chmod(src / "a.jpg", 0o640)
+    os.utime(src / "a.jpg", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    (mount.mountpoint / "kept").mkdir()
+    run("cp", "-a", str(src / "a.jpg"), str(mount.mountpoint / "kept" / "a.jpg"))
+    st = os.stat(mount.mountpoint / "kept" / "a.jpg")
+    assert st.st_mode & 0o7777 == 0o640
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    kept_id = mount.wait_settled("kept") and mount.status_json("kept")["upload_id"]
+    assert_uploaded(emulator, kept_id, {"a.jpg": expected["a.jpg"]})
+    # Still remembered once the upload is complete.
+    st = os.stat(mount.mountpoint / "kept" / "a.jpg")
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, 1_600_000_000_123_456_789)
+    assert all_remote_names(emulator) == set(expected)
+
+
+def test_rsync_a_temp_file_rename_and_rerun_sends_nothing(tmp_path, mount, emulator):
+    src = tmp_path / "src"
+    expected = make_sources(src, {"s1.las": 2 * MiB + 5, "s2.jpg": 40 * KiB, "s3.e57": 700 * KiB})
+    (mount.mountpoint / "site").mkdir()
+    run("rsync", "-a", f"{src}/", f"{mount.mountpoint}/site/")
+    settle_and_check(mount, emulator, "site", expected)
+    for name in expected:
+        assert os.stat(mount.mountpoint / "site" / name).st_mtime_ns // 10**9 == \
+            os.stat(src / name).st_mtime_ns // 10**9
+
+    puts = put_count(emulator)
+    result = run("rsync", "-a", "--itemize-changes", "--stats", f"{src}/", f"{mount.mountpoint}/site/")
+    assert "Number of regular files transferred: 0" in result.stdout, result.stdout
+    assert not [line for line in result.stdout.splitlines() if line.startswith((">f", "<f", "cf"))], result.stdout
+    assert put_count(emulator) == puts
+    assert mount.wait_settled("site") == {name: "complete" for name in expected}
+
+
+def test_rsync_inplace(tmp_path, mount, emulator):
+    src = tmp_path / "src"
+    expected = make_sources(src, {"in1.las": 3 * MiB, "in2.ply": 10 * KiB})
+    (mount.mountpoint / "inplace").mkdir()
+    run("rsync", "-a", "--inplace", f"{src}/", f"{mount.mountpoint}/inplace/")
+    settle_and_check(mount, emulator, "inplace", expected)
+
+
+def test_tar_extract_flat(tmp_path, mount, emulator):
+    src = tmp_path / "src"
+    expected = make_sources(src, {"t1.jpg": 200 * KiB, "t2.obj": 1 * MiB + 7, "t3.xyz": 5})
+    archive = tmp_path / "flat.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in expected:
+            tar.add(src / name, arcname=name)
+    (mount.mountpoint / "tar").mkdir()
+    run("tar", "-xf", str(archive), "-C", str(mount.mountpoint / "tar"))
+    settle_and_check(mount, emulator, "tar", expected)
+
+
+def test_unzip_flat_members(tmp_path, mount, emulator):
+    src = tmp_path / "src"
+    expected = make_sources(src, {"z1.png": 123 * KiB, "z2.las": 2 * MiB})
+    archive = tmp_path / "flat.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in expected:
+            z.write(src / name, arcname=name)
+    (mount.mountpoint / "zip").mkdir()
+    run("unzip", "-q", str(archive), "-d", str(mount.mountpoint / "zip"))
+    settle_and_check(mount, emulator, "zip", expected)
+
+
+def test_dd_conv_fsync(tmp_path, mount, emulator):
+    src = tmp_path / "dd.las"
+    sha = write_random(src, 5 * MiB + 333)
+    (mount.mountpoint / "dd").mkdir()
+    run("dd", f"if={src}", f"of={mount.mountpoint}/dd/dd.las", "bs=1M", "conv=fsync", "status=none")
+    settle_and_check(mount, emulator, "dd", {"dd.las": sha})
+
+
+def test_gio_copy_new_file(tmp_path, mount, emulator):
+    src = tmp_path / "g.jpg"
+    sha = write_random(src, 600 * KiB)
+    (mount.mountpoint / "gio").mkdir()
+    run("gio", "copy", str(src), str(mount.mountpoint / "gio" / "g.jpg"), env=dict(os.environ, GIO_USE_VFS="local"))
+    settle_and_check(mount, emulator, "gio", {"g.jpg": sha})
+
+
+def test_gio_copy_replaces_a_pending_file(tmp_path, mount_factory, emulator):
+    # A long write-back delay keeps the first copy pending while gio replaces it
+    # (gio opens the target, writes .goutputstream-XXXXXX and renames it over).
+    mount = mount_factory(emulator, writeback_delay=4.0)
+    first, second = tmp_path / "v1.jpg", tmp_path / "v2.jpg"
+    write_random(first, 100 * KiB, seed=1)
+    sha2 = write_random(second, 150 * KiB, seed=2)
+    env = dict(os.environ, GIO_USE_VFS="local")
+    (mount.mountpoint / "gio").mkdir()
+    target = mount.mountpoint / "gio" / "photo.jpg"
+    run("gio", "copy", str(first), str(target), env=env)
+    assert mount.file_states("gio") == {"photo.jpg": "pending"}
+    run("gio", "copy", str(second), str(target), env=env)
+    assert sha256_of(target) == sha2
+    settle_and_check(mount, emulator, "gio", {"photo.jpg": sha2})
+    # The first version never went out: one whole-file PUT in all.
+    assert [f["put_count"] for f in emulator.files()] == [1]
+
+
+def test_shutil_copytree_creates_the_session(tmp_path, mount, emulator):
+    src = tmp_path / "survey"
+    expected = make_sources(src, {"p1.jpg": 64 * KiB, "p2.jpg": 65 * KiB, "cloud.laz": 1 * MiB + 3})
+    shutil.copytree(src, mount.mountpoint / "survey")
+    settle_and_check(mount, emulator, "survey", expected)
+    for name in expected:
+        assert os.stat(mount.mountpoint / "survey" / name).st_mtime_ns == os.stat(src / name).st_mtime_ns
+
+
+def test_shell_redirection_truncate_append_and_cat(tmp_path, mount_factory, emulator):
+    # `>>` reopens the file while it is pending: a longer delay keeps it pending meanwhile.
+    mount = mount_factory(emulator, writeback_delay=2.0)
+    a, b = tmp_path / "a.xyz", tmp_path / "b.xyz"
+    a.write_bytes(b"1 2 3\n" * 1000)
+    b.write_bytes(b"4 5 6\n" * 2000)
+    (mount.mountpoint / "sh").mkdir()
+    script = ('set -e; cd "$1"; echo hello > note.xyz; echo world >> note.xyz; '
+              'cat "$2" "$3" > both.xyz; echo first > over.xyz; echo second > over.xyz')
+    run("bash", "-c", script, "sh", str(mount.mountpoint / "sh"), str(a), str(b))
+    both = tmp_path / "both"
+    both.write_bytes(a.read_bytes() + b.read_bytes())
+    note = tmp_path / "note"
+    note.write_bytes(b"hello\nworld\n")
+    over = tmp_path / "over"
+    over.write_bytes(b"second\n")
+    assert (mount.mountpoint / "sh" / "note.xyz").read_bytes() == b"hello\nworld\n"
+    settle_and_check(mount, emulator, "sh", {"note.xyz": sha256_of(note), "both.xyz": sha256_of(both),
+                                             "over.xyz": sha256_of(over)})
+
+
+@pytest.mark.parametrize("tool", ["cp", "rsync"])
+def test_scratch_names_never_reach_the_server(tmp_path, mount, emulator, tool):
+    """Dot-files and *.part / *.tmp / *~ copied in stay local; the rest uploads."""
+    src = tmp_path / "src"
+    expected = make_sources(src, {"real.jpg": 10 * KiB})
+    make_sources(src, {".hidden.jpg": 10, "partial.jpg.part": 10, "scratch.tmp": 10, "backup.jpg~": 10})
+    (mount.mountpoint / "mixed").mkdir()
+    if tool == "cp":
+        run("cp", "-r", f"{src}/.", f"{mount.mountpoint}/mixed/")
+    else:
+        run("rsync", "-a", f"{src}/", f"{mount.mountpoint}/mixed/")
+    states = mount.wait_settled("mixed")
+    assert states["real.jpg"] == "complete"
+    assert {name: s for name, s in states.items() if name != "real.jpg"} == {
+        ".hidden.jpg": "local", "partial.jpg.part": "local", "scratch.tmp": "local", "backup.jpg~": "local"}
+    assert_uploaded(emulator, mount.status_json("mixed")["upload_id"], expected)

@@ -1,0 +1,563 @@
+"""The path model without FUSE: MountModel over a real Engine against a real emulator.
+
+Index: semantics.md row -> test (unit tests here; `fuse:` = tests/fuse/...)
+
+Sessions
+  mkdir: local, POST /uploads only at the first ready file .... test_mkdir_is_local_until_a_file_is_ready
+  rename (local, title default) .............................. test_rename_session_is_local
+  rmdir ENOTEMPTY / discards + DELETE /uploads ................ test_rmdir_not_empty, test_unlink_server_held_then_rmdir_discards
+  files or links at the root EPERM ........................... test_root_takes_folders_only, test_adapter_links_and_nodes_eperm
+Files inside a session
+  create/open/write/truncate/fallocate/O_APPEND/offsets ...... test_spool_serves_any_write_pattern
+  last close -> pending -> complete .......................... test_close_makes_pending_then_complete
+  reopen for write while pending cancels, re-queues ......... test_reopen_while_pending_cancels_and_requeues
+  write/truncate/rename onto server-held EACCES .............. test_server_held_file_is_immutable
+  rename local-only (within, between, replace target) ........ test_rename_local_files
+  unlink local-only cancels its upload ....................... test_unlink_pending_cancels
+  unlink server-held: remembered, .create refused, EACCES ... test_unlink_server_held_then_rmdir_discards
+  mkdir inside a session EPERM ............................... test_nested_mkdir_eperm
+  chmod/chown/utimens remembered, survive restart ............ test_metadata_survives_restart
+  read from spool, EACCES once dropped ....................... test_read_served_then_eacces_after_drop
+  fsync ....................................................... test_spool_serves_any_write_pattern
+  statfs = spool disk ........................................ test_statfs_is_spool_disk
+  xattrs read-only, setxattr ENOTSUP ......................... test_xattrs
+  dot-files / default patterns local; rename to visible ..... test_scratch_names_stay_local, test_rename_scratch_to_visible_queues
+.create
+  empty / JSON object / invalid -> EINVAL at close ........... test_create_marker_validation, fuse:test_create.py
+  waits for every file, then POST /projects .................. fuse:test_create.py::test_create_with_json_options
+  refused while the server holds a deleted file .............. test_unlink_server_held_then_rmdir_discards
+  unlink .create before the request cancels .................. test_unlink_marker_cancels
+  sealed: .create read-only, new files EACCES ................ test_sealed_session
+status / status.json
+  EACCES for write, unlink no-op, stay listed ................ test_status_files_read_only
+Errors a writing program sees
+  ENOSPC spool full .......................................... test_enospc_on_a_full_spool
+  EFBIG (learned from 413 / configured) ...................... test_efbig_learned_from_413, test_efbig_configured
+  EDQUOT session cap ......................................... test_edquot_session_cap
+  EPERM extension refused at create (learned from 415) ...... test_eperm_extension_learned_from_415
+  EACCES sealed / server-held ................................ test_sealed_session, test_server_held_file_is_immutable
+  EPERM nested folder / non-folder at root ................... test_nested_mkdir_eperm, test_root_takes_folders_only
+  ENAMETOOLONG > 255 bytes ................................... test_name_errors
+  EINVAL control chars / non-UTF-8 / bad .create ............. test_name_errors, test_create_marker_validation
+  EIO unexpected internal error (adapter wrapper) ............ test_translated_wrapper_eio_and_errnos
+Unmount / restart
+  unfinished uploads resume on a new mount ................... fuse:test_remount.py
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import subprocess
+
+import mfusepy
+import pytest
+
+from fs360.engine.engine import Engine
+from fs360.errors import Fs360Error
+from fs360.fs.fuse_ops import Fs360Operations, translated
+from fs360.fs.model import MountModel
+from tests.harness import wait_until
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def errno_of(call, *args, **kwargs) -> int:
+    with pytest.raises(Fs360Error) as info:
+        call(*args, **kwargs)
+    return info.value.errno
+
+
+def write_file(model: MountModel, path: str, data: bytes, mode: int = 0o644) -> None:
+    fh = model.create(path, mode, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        if data:
+            model.write(fh, data, 0)
+        model.flush(fh)
+    finally:
+        model.release(fh)
+
+
+def read_all(model: MountModel, path: str) -> bytes:
+    fh = model.open(path, os.O_RDONLY)
+    try:
+        out, offset = b"", 0
+        while chunk := model.read(fh, 65536, offset):
+            out += chunk
+            offset += len(chunk)
+        return out
+    finally:
+        model.release(fh)
+
+
+def names(model: MountModel, folder: str = "/") -> set[str]:
+    return {name for name, _ in model.readdir(folder)}
+
+
+def wait_state(model: MountModel, session: str, name: str, state: str, timeout: float = 30) -> None:
+    wait_until(lambda: model.file_state(session, name) == state, timeout, 0.02, what=f"{name} to be {state}")
+
+
+def requests(emulator, prefix: str) -> int:
+    return sum(n for key, n in emulator.stats()["requests"].items() if key.startswith(prefix))
+
+
+@pytest.fixture
+def make_model(settings_for):
+    made = []
+
+    def make(emulator, start=True, **changes) -> MountModel:
+        engine = Engine(settings_for(emulator, **changes))
+        if start:
+            engine.start()
+        made.append(engine)
+        return MountModel(engine, engine.settings)
+
+    yield make
+    for engine in made:
+        if not engine.stopping:
+            engine.stop(5)
+
+
+@pytest.fixture
+def model(emulator, make_model):
+    return make_model(emulator)
+
+
+@pytest.fixture
+def idle(emulator, make_model):
+    """An engine that never uploads: for rules where the server does not matter."""
+    return make_model(emulator, start=False)
+
+
+# --- sessions ----------------------------------------------------------------------------------------
+
+def test_mkdir_is_local_until_a_file_is_ready(model, emulator):
+    model.mkdir("/site", 0o755)
+    model.mkdir("/empty", 0o755)
+    assert {"site", "empty", "status"} <= names(model)
+    assert requests(emulator, "POST open_session") == 0
+    fh = model.create("/site/a.jpg", 0o644, os.O_WRONLY)
+    model.write(fh, b"x" * 10, 0)
+    assert requests(emulator, "POST open_session") == 0  # still being written
+    model.release(fh)
+    wait_state(model, "site", "a.jpg", "complete")
+    assert requests(emulator, "POST open_session") == 1  # one for "site", none for "empty"
+    assert errno_of(model.mkdir, "/site", 0o755) == errno.EEXIST
+
+
+def test_rename_session_is_local(model, emulator):
+    model.mkdir("/New Folder", 0o755)
+    write_file(model, "/New Folder/a.jpg", b"abc")
+    model.rename("/New Folder", "/Survey 2024")
+    assert "Survey 2024" in names(model) and "New Folder" not in names(model)
+    wait_state(model, "Survey 2024", "a.jpg", "complete")
+    assert {f["name"] for f in emulator.files()} == {"a.jpg"}
+
+
+def test_rmdir_not_empty(idle):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"1")
+    assert errno_of(idle.rmdir, "/s") == errno.ENOTEMPTY
+    idle.unlink("/s/a.jpg")
+    idle.rmdir("/s")
+    assert "s" not in names(idle)
+
+
+def test_root_takes_folders_only(idle):
+    assert errno_of(idle.create, "/file.jpg", 0o644, os.O_WRONLY) == errno.EPERM
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"1")
+    assert errno_of(idle.rename, "/s/a.jpg", "/a.jpg") == errno.EPERM
+
+
+def test_adapter_links_and_nodes_eperm(idle):
+    ops = Fs360Operations(idle)
+    for call, args in ((ops.symlink, ("/link", "/s")), (ops.link, ("/hard", "/s")), (ops.mknod, ("/node", 0, 0))):
+        with pytest.raises(mfusepy.FuseOSError) as info:
+            call(*args)
+        assert info.value.errno == errno.EPERM
+
+
+def test_nested_mkdir_eperm(idle):
+    idle.mkdir("/s", 0o755)
+    assert errno_of(idle.mkdir, "/s/sub", 0o755) == errno.EPERM
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+def test_spool_serves_any_write_pattern(idle):
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/f.las", 0o644, os.O_RDWR)
+    idle.write(fh, b"world", 6)            # a hole first
+    idle.write(fh, b"hello ", 0)
+    idle.fallocate(fh, 0, 0, 20)
+    idle.truncate("/s/f.las", 11, fh)
+    idle.fsync(fh, False)
+    idle.release(fh)
+    fh = idle.open("/s/f.las", os.O_WRONLY | os.O_APPEND)
+    idle.write(fh, b"!", 0)                 # O_APPEND: at the end whatever the offset
+    idle.release(fh)
+    assert read_all(idle, "/s/f.las") == b"hello world!"
+    assert idle.getattr("/s/f.las")["st_size"] == 12
+    idle.truncate("/s/f.las", 5)            # truncate -s, no writer open
+    assert read_all(idle, "/s/f.las") == b"hello"
+    assert idle.file_state("s", "f.las") == "pending"
+
+
+def test_close_makes_pending_then_complete(model, emulator):
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY)
+    model.write(fh, b"data", 0)
+    assert model.file_state("s", "a.jpg") == "writing"
+    model.release(fh)
+    assert model.file_state("s", "a.jpg") in ("pending", "uploading", "complete")
+    wait_state(model, "s", "a.jpg", "complete")
+    assert model.getxattr("/s/a.jpg", "user.fs360.received") == b"4"
+
+
+def test_reopen_while_pending_cancels_and_requeues(emulator, make_model):
+    model = make_model(emulator, writeback_delay=1.0)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"first")
+    assert model.file_state("s", "a.jpg") == "pending"
+    fh = model.open("/s/a.jpg", os.O_WRONLY | os.O_TRUNC)
+    assert model.file_state("s", "a.jpg") == "writing"
+    model.write(fh, b"second version", 0)
+    model.release(fh)
+    wait_state(model, "s", "a.jpg", "complete")
+    (remote,) = emulator.files()
+    assert remote["total"] == len(b"second version") and remote["put_count"] == 1
+
+
+def test_server_held_file_is_immutable(model):
+    model.mkdir("/s", 0o755)
+    model.mkdir("/t", 0o755)
+    write_file(model, "/s/a.jpg", b"abc")
+    wait_state(model, "s", "a.jpg", "complete")
+    assert errno_of(model.open, "/s/a.jpg", os.O_WRONLY) == errno.EACCES
+    assert errno_of(model.open, "/s/a.jpg", os.O_RDWR) == errno.EACCES
+    assert errno_of(model.truncate, "/s/a.jpg", 0) == errno.EACCES
+    assert errno_of(model.rename, "/s/a.jpg", "/s/b.jpg") == errno.EACCES
+    assert errno_of(model.rename, "/s/a.jpg", "/t/a.jpg") == errno.EACCES
+    write_file(model, "/s/new.jpg", b"zz")
+    model.rename("/s/new.jpg", "/s/other.jpg")
+    # Rename onto a server-held target: the target cannot be replaced.
+    assert errno_of(model.rename, "/s/other.jpg", "/s/a.jpg") == errno.EACCES
+    assert read_all(model, "/s/a.jpg") == b"abc"  # reading is fine
+
+
+def test_rename_local_files(idle):
+    idle.mkdir("/s", 0o755)
+    idle.mkdir("/t", 0o755)
+    write_file(idle, "/s/a.jpg", b"A")
+    write_file(idle, "/s/b.jpg", b"B")
+    idle.rename("/s/a.jpg", "/s/c.jpg")
+    assert names(idle, "/s") >= {"c.jpg", "b.jpg"} and "a.jpg" not in names(idle, "/s")
+    idle.rename("/s/c.jpg", "/t/c.jpg")
+    assert "c.jpg" in names(idle, "/t") and "c.jpg" not in names(idle, "/s")
+    idle.rename("/t/c.jpg", "/s/b.jpg")      # replaces a local-only target (POSIX)
+    assert read_all(idle, "/s/b.jpg") == b"A"
+    assert "c.jpg" not in names(idle, "/t")
+
+
+def test_unlink_pending_cancels(emulator, make_model):
+    model = make_model(emulator, writeback_delay=0.5)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"gone")
+    write_file(model, "/s/b.jpg", b"kept")
+    model.unlink("/s/a.jpg")
+    assert "a.jpg" not in names(model, "/s")
+    wait_state(model, "s", "b.jpg", "complete")
+    assert {f["name"] for f in emulator.files()} == {"b.jpg"}
+
+
+def test_unlink_server_held_then_rmdir_discards(model, emulator):
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"held")
+    wait_state(model, "s", "a.jpg", "complete")
+    upload_id = model.engine.sessions["s"].upload_id
+    model.unlink("/s/a.jpg")
+    assert "a.jpg" not in names(model, "/s")
+    assert errno_of(model.create, "/s/a.jpg", 0o644, os.O_WRONLY) == errno.EACCES
+    status = json.loads(read_all(model, "/s/status.json"))
+    assert status["deleted_but_held_by_server"] == ["a.jpg"]
+    text = read_all(model, "/s/status").decode()
+    assert "a.jpg" in text and "remove the folder" in text
+    # .create is accepted but not acted on while the server holds the deleted file.
+    write_file(model, "/s/.create", b"")
+    wait_until(lambda: "a.jpg" in (model.engine.sessions["s"].notice or ""), 10, 0.05, what="the notice")
+    assert requests(emulator, "POST create_project") == 0
+    assert "a.jpg" in json.loads(read_all(model, "/s/status.json"))["project"]["waiting_for"]
+    model.unlink("/s/.create")
+    model.rmdir("/s")
+    assert "s" not in names(model)
+    wait_until(lambda: requests(emulator, "DELETE delete_session 200") == 1, 10, 0.05, what="DELETE /uploads")
+    assert upload_id not in {f["upload_id"] for f in emulator.files()}
+
+
+def test_metadata_survives_restart(emulator, make_model):
+    model = make_model(emulator, start=False)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"meta")
+    model.chmod("/s/a.jpg", 0o600)
+    model.chown("/s/a.jpg", 1234, 5678)
+    model.utimens("/s/a.jpg", 1_500_000_000_000_000_001)
+    model.engine.stop(5)
+    again = make_model(emulator, start=False)
+    attrs = again.getattr("/s/a.jpg")
+    assert attrs["st_mode"] & 0o7777 == 0o600
+    assert (attrs["st_uid"], attrs["st_gid"]) == (1234, 5678)
+    assert attrs["st_mtime"] == 1_500_000_000_000_000_001
+    assert attrs["st_size"] == 4
+
+
+def test_read_served_then_eacces_after_drop(model):
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"spooled")
+    wait_state(model, "s", "a.jpg", "complete")
+    assert read_all(model, "/s/a.jpg") == b"spooled"
+    with model.engine.lock:
+        model.engine.drop_spool_locked(model.engine.sessions["s"].files["a.jpg"])
+    assert errno_of(model.open, "/s/a.jpg", os.O_RDONLY) == errno.EACCES
+    assert model.getattr("/s/a.jpg")["st_size"] == 7  # still listed with its size
+
+
+def test_statfs_is_spool_disk(idle):
+    st = os.statvfs(idle.engine.settings.spool_dir)
+    got = idle.statfs()
+    assert (got["f_blocks"], got["f_frsize"]) == (st.f_blocks, st.f_frsize)
+    assert abs(got["f_bavail"] - st.f_bavail) < 1024
+
+
+def test_xattrs(model):
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"xattr")
+    wait_state(model, "s", "a.jpg", "complete")
+    assert set(model.listxattr("/s/a.jpg")) == {"user.fs360.state", "user.fs360.received", "user.fs360.error"}
+    assert model.getxattr("/s/a.jpg", "user.fs360.state") == b"complete"
+    assert model.getxattr("/s/a.jpg", "user.fs360.received") == b"5"
+    assert model.getxattr("/s/a.jpg", "user.fs360.error") == b""
+    assert errno_of(model.getxattr, "/s/a.jpg", "user.other") == errno.ENODATA
+    assert errno_of(model.setxattr, "/s/a.jpg", "user.fs360.state", b"x", 0) == errno.ENOTSUP
+    assert errno_of(model.setxattr, "/s/a.jpg", "user.mine", b"x", 0) == errno.ENOTSUP
+    assert errno_of(model.removexattr, "/s/a.jpg", "user.fs360.state") == errno.ENOTSUP
+
+
+def test_scratch_names_stay_local(model, emulator):
+    model.mkdir("/s", 0o755)
+    scratch = [".rsync.jpg.AbC123", ".goutputstream-XYZ", ".~lock.a.jpg#", ".DS_Store", "a.part", "b.tmp",
+               "c.jpg~", "d.swp", "Thumbs.db", "desktop.ini"]
+    for name in scratch:
+        write_file(model, f"/s/{name}", b"scratch")
+    write_file(model, "/s/real.jpg", b"real")
+    wait_state(model, "s", "real.jpg", "complete")
+    for name in scratch:
+        assert model.file_state("s", name) == "local"
+        assert read_all(model, f"/s/{name}") == b"scratch"
+    assert {f["name"] for f in emulator.files()} == {"real.jpg"}
+
+
+def test_rename_scratch_to_visible_queues(model, emulator):
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/.a.jpg.XyZ", b"rsync data")
+    assert model.file_state("s", ".a.jpg.XyZ") == "local"
+    model.rename("/s/.a.jpg.XyZ", "/s/a.jpg")
+    wait_state(model, "s", "a.jpg", "complete")
+    assert [(f["name"], f["received"]) for f in emulator.files()] == [("a.jpg", 10)]
+
+
+# --- .create ---------------------------------------------------------------------------------------------
+
+def test_create_marker_validation(idle):
+    idle.mkdir("/s", 0o755)
+    for bad in (b"{not json", b"[1, 2]", b"42", b'"title"', b"\xff\xfe", b'{"privacy_mode": 7}'):
+        fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
+        idle.write(fh, bad, 0)
+        assert errno_of(idle.flush, fh) == errno.EINVAL, bad
+        idle.release(fh)
+        assert idle.engine.sessions["s"].project is None, bad
+        assert ".create" not in names(idle, "/s")
+    write_file(idle, "/s/.create", b'{"title": "T", "privacy_mode": 1}')
+    assert idle.engine.sessions["s"].project.options == {"title": "T", "privacy_mode": 1}
+    assert ".create" in names(idle, "/s")
+    assert json.loads(read_all(idle, "/s/.create")) == {"title": "T", "privacy_mode": 1}
+
+
+def test_unlink_marker_cancels(idle):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/.create", b"")
+    assert idle.engine.sessions["s"].project is not None
+    idle.unlink("/s/.create")
+    assert idle.engine.sessions["s"].project is None
+    assert ".create" not in names(idle, "/s")
+
+
+def test_sealed_session(model, emulator):
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"x")
+    write_file(model, "/s/.create", b"")
+    wait_until(lambda: model.engine.sessions["s"].sealed, 30, 0.05, what="the project")
+    assert errno_of(model.create, "/s/b.jpg", 0o644, os.O_WRONLY) == errno.EACCES
+    assert errno_of(model.open, "/s/.create", os.O_WRONLY) == errno.EACCES
+    assert model.getattr("/s/.create")["st_mode"] & 0o777 == 0o444
+    assert dict(model.readdir("/s"))[".create"]["st_mode"] & 0o777 == 0o444
+    assert errno_of(model.rename, "/s/a.jpg", "/s/c.jpg") == errno.EACCES
+    assert requests(emulator, "POST create_project 201") == 1
+
+
+# --- status files -------------------------------------------------------------------------------------------
+
+def test_status_files_read_only(idle):
+    idle.mkdir("/s", 0o755)
+    for path in ("/status", "/s/status", "/s/status.json"):
+        assert errno_of(idle.open, path, os.O_WRONLY) == errno.EACCES
+        assert errno_of(idle.open, path, os.O_RDWR | os.O_TRUNC) == errno.EACCES
+        assert errno_of(idle.truncate, path, 0) == errno.EACCES
+        idle.unlink(path)  # a no-op that succeeds
+    assert errno_of(idle.create, "/s/status", 0o644, os.O_WRONLY) == errno.EACCES
+    assert {"status", "status.json"} <= names(idle, "/s")
+    assert "status" in names(idle)
+    assert json.loads(read_all(idle, "/s/status.json"))["session"] == "s"
+    assert read_all(idle, "/s/status").startswith(b"session   s")
+    idle.rmdir("/s")  # status files do not make a folder non-empty
+
+
+# --- the errno table ------------------------------------------------------------------------------------------
+
+def test_name_errors(idle):
+    idle.mkdir("/s", 0o755)
+    assert errno_of(idle.create, "/s/" + "a" * 252 + ".jpg", 0o644, os.O_WRONLY) == errno.ENAMETOOLONG
+    assert errno_of(idle.create, "/s/" + "é" * 126 + ".jpg", 0o644, os.O_WRONLY) == errno.ENAMETOOLONG
+    write_file(idle, "/s/" + "a" * 251 + ".jpg", b"")  # exactly 255 bytes is fine
+    assert errno_of(idle.mkdir, "/" + "d" * 256, 0o755) == errno.ENAMETOOLONG
+    assert errno_of(idle.create, "/s/tab\there.jpg", 0o644, os.O_WRONLY) == errno.EINVAL
+    assert errno_of(idle.create, "/s/bell\x07.jpg", 0o644, os.O_WRONLY) == errno.EINVAL
+    assert errno_of(idle.create, "/s/back\\slash.jpg", 0o644, os.O_WRONLY) == errno.EINVAL
+    non_utf8 = b"caf\xe9.jpg".decode("utf-8", "surrogateescape")
+    assert errno_of(idle.create, "/s/" + non_utf8, 0o644, os.O_WRONLY) == errno.EINVAL
+    assert errno_of(idle.mkdir, "/new\nline", 0o755) == errno.EINVAL
+    write_file(idle, "/s/ok.jpg", b"")
+    assert errno_of(idle.rename, "/s/ok.jpg", "/s/bad\x01.jpg") == errno.EINVAL
+
+
+def test_enospc_on_a_full_spool(tmp_path, emulator, make_model):
+    spool_disk = tmp_path / "small"
+    spool_disk.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(spool_disk)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {result.stderr.decode().strip()}")
+    try:
+        model = make_model(emulator, start=False, cache_dir=spool_disk / "cache")
+        model.mkdir("/s", 0o755)
+        fh = model.create("/s/big.las", 0o644, os.O_WRONLY)
+        block = b"\0" * (256 * 1024)
+        with pytest.raises(Fs360Error) as info:
+            for i in range(16):
+                model.write(fh, block, i * len(block))
+        assert info.value.errno == errno.ENOSPC
+        # The journal shares the disk: free it before the close writes to the journal.
+        model.truncate("/s/big.las", 0, fh)
+        model.release(fh)
+        model.engine.stop(5)
+    finally:
+        subprocess.run(["umount", "-l", str(spool_disk)], capture_output=True)
+
+
+def test_efbig_learned_from_413(emulator_factory, make_model):
+    emulator = emulator_factory("--no-rate-limits", "--max-file-size", "1000")
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/huge.jpg", b"x" * 2000)
+    wait_state(model, "s", "huge.jpg", "rejected")
+    assert model.engine.caps.file_cap == 1000
+    assert model.getxattr("/s/huge.jpg", "user.fs360.error")  # the reason is shown
+    fh = model.create("/s/next.jpg", 0o644, os.O_WRONLY)
+    model.write(fh, b"y" * 1000, 0)  # up to the cap is fine
+    assert errno_of(model.write, fh, b"y", 1000) == errno.EFBIG
+    model.release(fh)
+    fh = model.create("/s/third.jpg", 0o644, os.O_WRONLY)
+    assert errno_of(model.truncate, "/s/third.jpg", 1001, fh) == errno.EFBIG
+    assert errno_of(model.fallocate, fh, 0, 0, 1001) == errno.EFBIG
+    model.release(fh)
+
+
+def test_efbig_configured(emulator, make_model):
+    model = make_model(emulator, start=False, max_file_size=100)
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY)
+    assert errno_of(model.write, fh, b"z" * 101, 0) == errno.EFBIG
+    model.release(fh)
+    write_file(model, "/s/.scratch", b"z" * 101)  # local-only files are not capped
+
+
+def test_edquot_session_cap(emulator, make_model):
+    model = make_model(emulator, start=False, max_session_size=1000)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"a" * 600)
+    fh = model.create("/s/b.jpg", 0o644, os.O_WRONLY)
+    model.write(fh, b"b" * 400, 0)
+    assert errno_of(model.write, fh, b"b", 400) == errno.EDQUOT
+    model.release(fh)
+
+
+def test_eperm_extension_learned_from_415(emulator, make_model):
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/notes.docx", b"refused")
+    wait_state(model, "s", "notes.docx", "rejected")
+    assert "docx" in model.engine.caps.refused_extensions
+    assert errno_of(model.create, "/s/other.docx", 0o644, os.O_WRONLY) == errno.EPERM
+    assert errno_of(model.create, "/s/other.DOCX", 0o644, os.O_WRONLY) == errno.EPERM
+    # The 415 also taught the allowed list: another unknown extension is refused too.
+    assert errno_of(model.create, "/s/x.exe", 0o644, os.O_WRONLY) == errno.EPERM
+    write_file(model, "/s/fine.jpg", b"ok")
+    write_file(model, "/s/.scratch.docx", b"local scratch is never checked")
+    # Renaming scratch to a refused name is refused too.
+    assert errno_of(model.rename, "/s/.scratch.docx", "/s/scratch.docx") == errno.EPERM
+
+
+def test_translated_wrapper_eio_and_errnos(caplog):
+    class Ops:
+        @translated
+        def boom(self, path):
+            raise RuntimeError("a bug")
+
+        @translated
+        def denied(self, path):
+            from fs360.errors import AccessDenied
+            raise AccessDenied("no")
+
+        @translated
+        def disk(self, path):
+            raise OSError(errno.ENOSPC, "full")
+
+    with caplog.at_level(logging.ERROR, logger="fs360.fs.fuse_ops"):
+        with pytest.raises(mfusepy.FuseOSError) as info:
+            Ops().boom("/s/a.jpg")
+    assert info.value.errno == errno.EIO
+    assert any("a bug" in (r.exc_text or "") or "RuntimeError" in (r.exc_text or "") or r.exc_info
+               for r in caplog.records)
+    with pytest.raises(mfusepy.FuseOSError) as info:
+        Ops().denied("/x")
+    assert info.value.errno == errno.EACCES
+    with pytest.raises(mfusepy.FuseOSError) as info:
+        Ops().disk("/x")
+    assert info.value.errno == errno.ENOSPC
+
+
+def test_marker_refused_then_written_again_by_open(idle):
+    """After a refused .create the kernel may still cache its entry and send open(O_WRONLY), not create."""
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
+    idle.write(fh, b"{bad", 0)
+    assert errno_of(idle.flush, fh) == errno.EINVAL
+    idle.release(fh)
+    assert errno_of(idle.open, "/s/.create", os.O_RDONLY) == errno.ENOENT
+    fh = idle.open("/s/.create", os.O_WRONLY | os.O_TRUNC)
+    idle.write(fh, b'{"title": "again"}', 0)
+    idle.flush(fh)
+    idle.release(fh)
+    assert idle.engine.sessions["s"].project.options == {"title": "again"}
