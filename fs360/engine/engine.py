@@ -597,6 +597,7 @@ class Engine:
             try:
                 self.projects.step()
                 self.evict_if_needed()
+                self.journal.restore_reserve()
             except Exception:
                 log.exception("unexpected error in housekeeping")
 

@@ -9,10 +9,18 @@ goes on (the server is the truth).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 from pathlib import Path
+
+from ..errors import NoSpace
+
+log = logging.getLogger(__name__)
+
+# Enough for thousands of journal changes (a WAL frame is one 4 KiB page).
+RESERVE_BYTES = 4 * 1024 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -79,6 +87,10 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+        # Space held back for the journal alone: when the disk fills up (the spool
+        # shares it), the journal gives this back and can still record every change.
+        self._reserve = path.with_name(path.name + ".reserve")
+        self.restore_reserve()
 
     def close(self) -> None:
         with self._lock:
@@ -86,8 +98,49 @@ class Journal:
 
     def _write(self, sql: str, args=()) -> int:
         with self._lock:
-            cursor = self._db.execute(sql, args)
-            return cursor.lastrowid
+            return self._with_room_locked(lambda: self._db.execute(sql, args).lastrowid)
+
+    def _with_room_locked(self, operation):
+        """Needs self._lock held. Runs `operation`; on a full disk, frees the reserve and runs it again."""
+        try:
+            return operation()
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc).lower():
+                raise
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if not self._release_reserve():
+                raise NoSpace("the cache disk is full: the journal cannot record the change") from None
+            log.warning("the cache disk is full: the journal uses its reserve")
+            return operation()
+
+    def _release_reserve(self) -> bool:
+        try:
+            os.unlink(self._reserve)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def restore_reserve(self) -> None:
+        """Puts the reserve back once there is room again (called by housekeeping)."""
+        if self._reserve.exists():
+            return
+        st = os.statvfs(self._reserve.parent)
+        # A small disk gets a small reserve: 1/16 of it, at most RESERVE_BYTES.
+        size = min(RESERVE_BYTES, st.f_blocks * st.f_frsize // 16)
+        if size <= 0 or st.f_bavail * st.f_frsize < 2 * size:
+            return
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError:
+            os.close(fd)
+            self._release_reserve()
+            return
+        os.close(fd)
 
     def _read(self, sql: str, args=()) -> list[sqlite3.Row]:
         with self._lock:
@@ -104,11 +157,13 @@ class Journal:
 
     def delete_session(self, session_id: int) -> None:
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM files WHERE session_id=?", (session_id,))
-            self._db.execute("DELETE FROM projects WHERE session_id=?", (session_id,))
-            self._db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
-            self._db.execute("COMMIT")
+            def delete():
+                self._db.execute("BEGIN")
+                self._db.execute("DELETE FROM files WHERE session_id=?", (session_id,))
+                self._db.execute("DELETE FROM projects WHERE session_id=?", (session_id,))
+                self._db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
+                self._db.execute("COMMIT")
+            self._with_room_locked(delete)
 
     def sessions(self) -> list[sqlite3.Row]:
         return self._read("SELECT * FROM sessions ORDER BY id")
