@@ -123,6 +123,9 @@ def serve(settings: Settings, mountpoint: str, *, ready=None, embedded: Embedded
           foreground: bool = True) -> int:
     """Runs the mount until it is unmounted. `ready(error_or_None)` is called once."""
     reported = threading.Event()
+    # FUSE callbacks are short and a program waits on each one; with upload workers
+    # busy in Python, the default 5 ms GIL switch interval would queue every callback.
+    sys.setswitchinterval(0.0005)
 
     def report(error: str | None) -> None:
         if not reported.is_set():

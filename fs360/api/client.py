@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
@@ -78,6 +79,11 @@ class ApiClient:
                                     settings.rate_window_scale)
         self._local = threading.local()
         self._host = urlsplit(self.base_url).netloc
+        self._proxies = requests.utils.get_environ_proxies(self.base_url)
+        if settings.ca_bundle is None:
+            env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if env_bundle:
+                self._verify = env_bundle
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -85,6 +91,10 @@ class ApiClient:
             session = requests.Session()
             session.headers.update(self._auth)
             session.verify = self._verify
+            # The environment (proxies, CA bundle variables) is read once, not on every request:
+            # requests would otherwise scan os.environ for each of thousands of PUTs.
+            session.trust_env = False
+            session.proxies = self._proxies
             # Retries are ours (they re-read the server's offset first), never urllib3's.
             adapter = requests.adapters.HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=1)
             session.mount("http://", adapter)

@@ -223,6 +223,8 @@ class Engine:
     def _remote_session(self, session: SessionRecord) -> str:
         """The session's upload_id, opening one (POST /uploads) when it has none or it is about to expire."""
         with self.lock:
+            if session.upload_id and (session.expires_at or 0) - EXPIRY_MARGIN > time.time():
+                return session.upload_id
             guard = self._session_locks.setdefault(session.id, threading.Lock())
         with guard:
             with self.lock:
@@ -423,7 +425,8 @@ class Engine:
                     if record is None:
                         return
                     generation = record.generation
-                    self._set_state_locked(record, UPLOADING)
+                    # Journaled with the upload_id just before the first PUT (see _upload).
+                    record.state = UPLOADING
                     self.listeners.emit("file_uploading", file=record)
                 try:
                     self._upload(record, generation, buffer)
@@ -452,9 +455,9 @@ class Engine:
             with self.lock:
                 if record.generation != generation:
                     raise Cancelled()
-                if record.upload_id != upload_id:
-                    record.upload_id = upload_id
-                    self.journal.update_file(record.id, upload_id=upload_id)
+                # One write before the first PUT: from here the server may hold bytes of it.
+                record.upload_id = upload_id
+                self.journal.update_file(record.id, state=UPLOADING, upload_id=upload_id)
             fd = os.open(self.spool.path(record.id), os.O_RDONLY)
             try:
                 final = send_file(self.client, upload_id, record.name, fd, record.size, start, buffer,
@@ -531,7 +534,8 @@ class Engine:
             record.server_received = received
             if sent > 0:
                 record.rate.add(sent)
-            self.journal.update_file(record.id, server_received=received)
+            if received < record.size:  # the last one is journaled with the file's completion
+                self.journal.update_file(record.id, server_received=received)
         self.listeners.emit("bytes_sent", file=record, received=received)
 
     def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:

@@ -158,7 +158,9 @@ class Fs360Operations(mfusepy.Operations):
             # Remembered metadata is stable for a second; ls -l of 10,000 files stays in cache.
             config.attr_timeout = self.model.settings.attr_timeout
             config.entry_timeout = self.model.settings.attr_timeout
-            config.negative_timeout = 0.0
+            # Every name change passes through here, so "no such file" may be cached too:
+            # cp, rsync and tar stat each target before creating it.
+            config.negative_timeout = self.model.settings.attr_timeout
             config.hard_remove = 1
         if conn_info is not None and hasattr(conn_info, "max_write"):
             conn_info.max_write = 1024 * 1024
