@@ -354,19 +354,17 @@ class Engine:
     def remove_file_locked(self, record: FileRecord) -> None:
         """unlink: a file the server may hold is remembered (the session cannot drop it)."""
         session = self.session_of(record)
+        # The spool file goes first: on a full disk, that is what makes room for the journal.
+        self.spool.remove(record.id)
+        if record.may_be_on_server and not record.local_only:
+            self.journal.update_file(record.id, unlinked=1, evicted=1)
+            record.unlinked = record.evicted = True
+            session.unlinked.append(record)
+        else:
+            self.journal.delete_file(record.id)
+            self._files.pop(record.id, None)
         session.files.pop(record.name, None)
         record.generation += 1
-        if record.may_be_on_server and not record.local_only:
-            record.unlinked = True
-            session.unlinked.append(record)
-            self.journal.update_file(record.id, unlinked=1)
-            self.spool.remove(record.id)
-            record.evicted = True
-            self.journal.update_file(record.id, evicted=1)
-        else:
-            self._files.pop(record.id, None)
-            self.journal.delete_file(record.id)
-            self.spool.remove(record.id)
         self._wakeup.notify_all()
 
     def set_file_attrs_locked(self, record: FileRecord, **attrs) -> None:
@@ -375,10 +373,11 @@ class Engine:
         self.journal.update_file(record.id, **attrs)
 
     def _set_state_locked(self, record: FileRecord, state: str, **extra) -> None:
+        # Journal first: if it cannot record the change, memory does not pretend it happened.
+        self.journal.update_file(record.id, state=state, **extra)
         record.state = state
         for key, value in extra.items():
             setattr(record, key, value)
-        self.journal.update_file(record.id, state=state, **extra)
 
     def learn_locked(self, **changes) -> None:
         for key, value in changes.items():
