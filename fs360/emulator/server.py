@@ -106,7 +106,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from .faults import ENDPOINTS, FaultSet, FaultSpecError
+from .faults import FaultSet, FaultSpecError
 from .store import Store
 
 API_PREFIX = "/api/v1"
@@ -850,7 +850,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def put_file(self, upload_id, raw_name):
         emu = self.emu
-        store = emu.store
         if self._session_or_error(upload_id) is None:
             return
         name = flatten_name(raw_name)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..config import Settings
-from ..errors import (ApiError, ExtensionNotAllowed, FileTooLarge, Forbidden, Fs360Error, QuotaExceeded,
+from ..errors import (ExtensionNotAllowed, FileTooLarge, Forbidden, Fs360Error, QuotaExceeded,
                       RemoteFileNotFound, SessionNotFound, SessionTooLarge, Unauthorized)
 from .journal import Journal
 from .progress import Listeners
@@ -59,7 +59,10 @@ class Engine:
         self.backoff = Backoff(settings.backoff_base, settings.backoff_cap)
         self.listeners = Listeners()
         self.lock = threading.RLock()
-        self._wakeup = threading.Condition(self.lock)
+        # Two conditions on the one lock: a queued file must wake a worker, never just
+        # the housekeeping thread (one shared condition lost such wake-ups).
+        self._work_ready = threading.Condition(self.lock)
+        self._wakeup = threading.Condition(self.lock)  # housekeeping: projects, eviction
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self.sessions: dict[str, SessionRecord] = {}
@@ -143,6 +146,7 @@ class Engine:
         """Stops the workers after their current chunk; unfinished work stays in the journal."""
         with self.lock:
             self._stopping = True
+            self._work_ready.notify_all()
             self._wakeup.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -391,7 +395,7 @@ class Engine:
     def _enqueue_locked(self, record: FileRecord, delay: float) -> None:
         due = time.monotonic() + delay
         heapq.heappush(self._queue, (due, next(self._seq), record.id, record.generation))
-        self._wakeup.notify()
+        self._work_ready.notify()
 
     def _next_job_locked(self) -> FileRecord | None:
         """Waits for a due, still valid queue entry; None when stopping."""
@@ -411,7 +415,7 @@ class Engine:
                 self._busy.add(record.id)
                 return record
             timeout = (self._queue[0][0] - now) if self._queue else None
-            self._wakeup.wait(timeout)
+            self._work_ready.wait(timeout)
         return None
 
     def _worker_loop(self) -> None:

@@ -50,6 +50,8 @@ class MarkerHandle:
     writable: bool
     data: bytearray = field(default_factory=bytearray)
     dirty: bool = False
+    # A write failed: the marker is not whole, so close() must not accept it.
+    broken: bool = False
 
 
 @dataclass(eq=False)
@@ -327,6 +329,7 @@ class MountModel:
                 raise AccessDenied(".create is read-only")
             end = offset + len(data)
             if end > MAX_CREATE_BYTES:
+                handle.broken = True
                 raise FileTooBig(f".create holds a JSON object of at most {MAX_CREATE_BYTES} bytes")
             if len(handle.data) < end:
                 handle.data.extend(b"\0" * (end - len(handle.data)))
@@ -446,6 +449,8 @@ class MountModel:
     def flush(self, fh: int) -> None:
         """close(): a written .create is accepted here, so an invalid one fails the close."""
         handle = self._handles.get(fh)
+        if isinstance(handle, MarkerHandle) and handle.broken:
+            raise InvalidArgument(".create was not written whole: not accepted")
         if isinstance(handle, MarkerHandle) and handle.dirty:
             self._accept_marker(handle)
 

@@ -2,11 +2,10 @@
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.harness import PYTHON, is_mounted, wait_until, write_random
+from tests.harness import PYTHON, is_mounted, write_random
 
 pytestmark = pytest.mark.fuse
 

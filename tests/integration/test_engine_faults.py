@@ -19,7 +19,7 @@ import pytest
 from fs360.engine.engine import Engine
 from fs360.engine.records import COMPLETE, P_READY
 from fs360.errors import RateLimited
-from tests.harness import FAST_EMULATOR_ARGS, write_random
+from tests.harness import write_random
 from tests.integration.engine_runner import queue_files
 
 KiB = 1024

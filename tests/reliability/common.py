@@ -1,0 +1,131 @@
+"""Shared pieces of the reliability suite.
+
+Sizes: CI sizes by default; `FS360_CHAOS=1` (scripts/chaos) scales every
+scenario up. The one end-of-scenario check is `assert_accounted`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from fs360.emulator.harness import EmulatorProcess
+from tests.harness import Mount
+
+MiB = 1024 * 1024
+KiB = 1024
+CHAOS = os.environ.get("FS360_CHAOS", "") not in ("", "0")
+NOTES = "/tmp/fs360-notes/reliability-helper.md"
+
+# States in which a file that did not reach the server must be listed, with a reason.
+UNFINISHED_STATES = ("failed", "rejected", "interrupted", "lost")
+
+
+def pick(ci, chaos):
+    """The CI value, or the chaos value under FS360_CHAOS=1."""
+    return chaos if CHAOS else ci
+
+
+def assert_accounted(mount: Mount, emulator: EmulatorProcess, written: dict[str, dict[str, str]], *,
+                     violations_before: list | None = None) -> None:
+    """The check that ends every scenario.
+
+    `written` is {session: {name: sha256 of the source}} for every file the test
+    wrote into the mount (and did not delete itself). Each one is either complete
+    on the emulator, in the session's current upload session, with that sha256
+    (and `complete` in status.json), or listed in status.json as
+    failed/rejected/interrupted/lost with a non-empty reason. A file the server
+    holds complete with other bytes is always a failure. The emulator must record
+    no protocol violation (`violations_before`: those read before an emulator
+    restart, which clears them).
+    """
+    problems = []
+    remote = emulator.files()
+    for session, files in written.items():
+        status = mount.status_json(session)
+        upload_id = status["upload_id"]
+        listed = {f["name"]: f for f in status["files"]}
+        mine = {f["name"]: f for f in remote if upload_id is not None and f["upload_id"] == upload_id}
+        for name, sha in files.items():
+            entry = listed.get(name)
+            held = mine.get(name)
+            if held is not None and held["complete"] and held["sha256"] != sha:
+                problems.append(f"{session}/{name}: complete on the server with OTHER bytes "
+                                f"(sha {held['sha256']}, source {sha})")
+                continue
+            if held is not None and held["complete"]:
+                if entry is None or entry["state"] != "complete":
+                    problems.append(f"{session}/{name}: complete on the server but status.json says "
+                                    f"{entry and entry['state']!r}")
+                continue
+            if entry is None:
+                problems.append(f"{session}/{name}: not complete on the server ({held}) and not in status.json")
+            elif entry["state"] not in UNFINISHED_STATES:
+                problems.append(f"{session}/{name}: status.json says {entry['state']!r} but the server has "
+                                f"{held and {k: held[k] for k in ('received', 'total', 'complete')}} "
+                                f"in upload {upload_id}")
+            elif not (entry.get("error") or "").strip():
+                problems.append(f"{session}/{name}: {entry['state']} without a reason in status.json")
+    violations = list(violations_before or []) + emulator.violations()
+    if violations:
+        problems.append(f"protocol violations: {violations[:5]}")
+    assert not problems, "not every file is accounted for:\n  " + "\n  ".join(problems[:30])
+
+
+def complete_names(mount: Mount, session: str) -> set[str]:
+    return {name for name, state in mount.file_states(session).items() if state == "complete"}
+
+
+def settle(mount: Mount, session: str, timeout: float | None = None) -> dict[str, str]:
+    """Waits until nothing is writing/pending/uploading/failed (the harness's definition)."""
+    try:
+        return mount.wait_settled(session, timeout=timeout or pick(120, 900))
+    except AssertionError as exc:
+        try:
+            files = mount.status_json(session)["files"]
+        except (OSError, ValueError) as read_error:
+            files = f"(status.json unreadable: {read_error})"
+        raise AssertionError(f"{exc}; files: {files}") from None
+
+
+def run_bounded(cmd: list[str], what: str, hang_after: float = 5.0) -> tuple[subprocess.CompletedProcess, float]:
+    """Runs a tool against the mount. `hang_after` only detects a hang: it is never a performance bound."""
+    started = time.monotonic()
+    try:
+        result = subprocess.run(cmd, capture_output=True, timeout=hang_after)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{what} did not complete within {hang_after} s: the mount hangs") from None
+    return result, time.monotonic() - started
+
+
+def total_requests(emulator: EmulatorProcess, endpoint: str | None = None) -> int:
+    counts = emulator.stats()["requests"]
+    return sum(n for key, n in counts.items() if endpoint is None or key.split()[1] == endpoint)
+
+
+def daemon_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+class body_failure_owns_log_check:
+    """For xfail-marked scenarios: when the body already failed, the harness's teardown log check
+    must not turn the expected failure into a teardown ERROR. On success nothing changes: the
+    teardown still fails the test on any unexpected logged ERROR."""
+
+    def __init__(self, get_mounts):
+        self.get_mounts = get_mounts
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            for mount in self.get_mounts():
+                mount.expected_errors.append(".*")
+        return False
