@@ -114,7 +114,10 @@ EMU_PREFIX = "/_emulator"
 SCOPE_WRITE = "projects:write"
 SCOPE_READ = "projects:read"
 
-RATE_LIMITS = {  # endpoint -> (limit, window seconds)
+# The server's own copy of api.md's table (endpoint -> (limit, window seconds)). Kept apart from
+# the client's fs360.config on purpose: the emulator stands for a foreign server, so a client
+# bug in its table must not be mirrored here.
+RATE_LIMITS = {
     "open_session": (30, 3600.0),
     "put_file": (1200, 60.0),
     "get_file": (600, 60.0),
