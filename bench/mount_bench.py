@@ -104,11 +104,9 @@ def wait_complete(emulator: EmulatorProcess, daemon: Daemon, session: str, count
     while time.monotonic() < deadline:
         if upload_id is None:
             upload_id = daemon.upload_id(session)
-        if upload_id:
-            done = sum(1 for f in emulator.files() if f["upload_id"] == upload_id and f["complete"])
-            if done >= count:
-                return time.monotonic()
-        time.sleep(0.02)
+        if upload_id and emulator.progress(upload_id)["complete"] >= count:
+            return time.monotonic()
+        time.sleep(0.05)
     raise RuntimeError(f"{session}: not complete within {timeout} s")
 
 

@@ -144,6 +144,10 @@ class EmulatorProcess:
         except urllib.error.HTTPError as e:
             raise EmulatorError(f"{method} /_emulator{path}: {e.code} {e.read()[:500]!r}") from None
 
+    def progress(self, upload_id: str) -> dict:
+        """{"files", "complete", "received"} of one session: counts only, cheap to poll."""
+        return self._call("GET", f"/progress/{upload_id}")
+
     def files(self) -> list[dict]:
         return self._call("GET", "/files")
 

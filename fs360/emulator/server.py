@@ -971,7 +971,12 @@ class Handler(BaseHTTPRequestHandler):
                         w += os.pwrite(fd, mv[w:], off + w)
                 if h is not None and off + n > received:
                     lo = max(0, received - off)
-                    last_ev = buf.ev = emu.hasher.submit(h, mv[lo:])
+                    if length <= SEG:
+                        # One segment: hashing it here (tens of microseconds for small files)
+                        # beats a hand-off to the hash thread and back.
+                        h.update(mv[lo:])
+                    else:
+                        last_ev = buf.ev = emu.hasher.submit(h, mv[lo:])
                 off += n
                 left -= n
         finally:
@@ -1163,6 +1168,13 @@ class Handler(BaseHTTPRequestHandler):
                 for r in rows
             ]
             return self.respond(200, out)
+        if sub.startswith("/progress/") and m == "GET":
+            # Counts only: cheap enough to poll while a benchmark runs.
+            upload_id = sub[len("/progress/"):]
+            row = emu.store.one(
+                "SELECT COUNT(*), COALESCE(SUM(complete), 0), COALESCE(SUM(received), 0) FROM files WHERE upload_id=?",
+                (upload_id,))
+            return self.respond(200, {"upload_id": upload_id, "files": row[0], "complete": row[1], "received": row[2]})
         if sub == "/stats" and m == "GET":
             with emu.stats_lock:
                 return self.respond(200, {"requests": dict(emu.stats), "violations": list(emu.violations)})
@@ -1248,7 +1260,7 @@ class Handler(BaseHTTPRequestHandler):
         if sub == "/health" and m == "GET":
             return self.respond(200, {"ok": True, "discard": emu.discard})
         known = {"/files", "/stats", "/violations", "/projects", "/faults", "/flags", "/reset", "/health"}
-        if sub in known or sub.startswith("/expire/"):
+        if sub in known or sub.startswith(("/expire/", "/progress/")):
             return self.error(405, "method_not_allowed")
         return self.error(404, "not_found")
 

@@ -149,6 +149,7 @@ def test_full_flow_with_resume(api, emu):
     f = efile(emu, uid, "scan.e57")
     assert f["sha256"] == hashlib.sha256(data).hexdigest()
     assert f["put_count"] == 3 and f["overwritten_bytes"] == 0
+    assert emu.progress(uid) == {"upload_id": uid, "files": 2, "complete": 2, "received": total + 11}
     r = api.project({"upload_id": uid, "title": "My scan", "privacy_mode": 2})
     assert r.status_code == 201
     assert r.json() == {"name": uid, "status": 0, "message": "processing_started"}
