@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import MiB, Settings, default_cache_dir
+from .config import DEFAULT_LOCAL_ONLY_PATTERNS, MiB, Settings, default_cache_dir
 from .fs.status import bar, human_bytes
 
 KEY_ENV_VARS = ("FS360_API_KEY", "API_KEY")
@@ -120,7 +120,6 @@ def read_api_key(args) -> str:
 def settings_from_args(args, api_key: str) -> Settings:
     cache_dir = (args.cache_dir or default_cache_dir()).resolve()
     extra = tuple(args.local_only)
-    from .config import DEFAULT_LOCAL_ONLY_PATTERNS
     kwargs = dict(
         api_key=api_key, cache_dir=cache_dir, workers=max(1, args.workers), chunk_size=args.chunk_size,
         writeback_delay=args.writeback_delay, local_only_patterns=DEFAULT_LOCAL_ONLY_PATTERNS + extra,
@@ -169,7 +168,7 @@ def _serve_here(args, settings: Settings, mountpoint: str) -> int:
         else:
             print(f"fs360: mounted {mountpoint}", file=sys.stderr)
 
-    return serve(settings, mountpoint, ready=ready, embedded=embedded, foreground=args.foreground)
+    return serve(settings, mountpoint, ready=ready, embedded=embedded)
 
 
 def _spawn_daemon(args, settings: Settings, mountpoint: str) -> int:
@@ -241,11 +240,7 @@ def cmd_unmount(args) -> int:
 
 
 def _daemon_pid(mountpoint: str) -> int | None:
-    """The daemon's pid, from the cache dir lock it holds (found through status.json)."""
-    for line in Path("/proc/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 1 and _unescape(fields[1]) == mountpoint:
-            break
+    """The daemon serving `mountpoint`: the fs360 process whose arguments name it."""
     try:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -376,7 +371,6 @@ def render_status(mountpoint: str) -> str:
 
 
 def cmd_demo(args) -> int:
-    from .fs.status import human_bytes as hb
     work = Path(tempfile.mkdtemp(prefix="fs360-demo-"))
     mountpoint = work / "mnt"
     mountpoint.mkdir()
@@ -396,7 +390,7 @@ def cmd_demo(args) -> int:
         samples = {"facade-001.jpg": 6 * MiB, "facade-002.jpg": 6 * MiB, "site.e57": 20 * MiB,
                    "notes.ifc": 300 * 1024}
         for name, size in samples.items():
-            print(f"== writing {name} ({hb(size)})")
+            print(f"== writing {name} ({human_bytes(size)})")
             with open(session / name, "wb") as f:
                 remaining = size
                 while remaining:

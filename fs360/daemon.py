@@ -119,8 +119,7 @@ def lock_cache_dir(settings: Settings):
     return handle
 
 
-def serve(settings: Settings, mountpoint: str, *, ready=None, embedded: EmbeddedEmulator | None = None,
-          foreground: bool = True) -> int:
+def serve(settings: Settings, mountpoint: str, *, ready=None, embedded: EmbeddedEmulator | None = None) -> int:
     """Runs the mount until it is unmounted. `ready(error_or_None)` is called once."""
     reported = threading.Event()
     # FUSE callbacks are short and a program waits on each one; with upload workers

@@ -632,9 +632,6 @@ class Engine:
 
     # --- status -------------------------------------------------------------------------------------
 
-    def files_of(self, session: SessionRecord) -> list[FileRecord]:
-        return list(session.files.values())
-
     def counts(self) -> dict[str, int]:
         with self.lock:
             out: dict[str, int] = {}
