@@ -120,13 +120,9 @@ class ApiClient:
             # A certificate problem will not fix itself: report it, do not spin.
             raise ApiError(f"TLS verification failed for {self.base_url}: {_short(exc)}",
                            status=0, code="tls_error") from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                requests.exceptions.ChunkedEncodingError) as exc:
+        except requests.exceptions.RequestException as exc:
             self.close()  # the connection may be half-dead: start clean
             raise TransportError(f"cannot reach {self._host}: {_short(exc)}") from None
-        except requests.exceptions.RequestException as exc:
-            self.close()
-            raise TransportError(f"{method} {endpoint}: {_short(exc)}") from None
         return self._translate(endpoint, response, content)
 
     def _translate(self, endpoint: str, response: requests.Response, content: bytes) -> dict:

@@ -129,7 +129,8 @@ class Engine:
                 session.project = ProjectRequest(
                     options=json.loads(row["options"]), state=row["state"], name=row["name"],
                     status=row["status"], record=json.loads(row["record"]), last_error=row["last_error"],
-                    attempts=row["attempts"], next_attempt=0.0)
+                    attempts=row["attempts"], next_attempt=0.0, posted_upload_id=row["posted_upload_id"],
+                    marker_hidden=bool(row["marker_hidden"]))
 
     def start(self) -> "Engine":
         for index in range(self.settings.workers):
@@ -224,16 +225,25 @@ class Engine:
             session.mtime_ns = mtime_ns
         self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns)
 
+    @staticmethod
+    def _live_upload_id_locked(session: SessionRecord) -> str | None:
+        """Needs self.lock held. The session's upload_id unless it is missing or about to expire."""
+        if session.upload_id and (session.expires_at or 0) - EXPIRY_MARGIN > time.time():
+            return session.upload_id
+        return None
+
     def _remote_session(self, session: SessionRecord) -> str:
         """The session's upload_id, opening one (POST /uploads) when it has none or it is about to expire."""
         with self.lock:
-            if session.upload_id and (session.expires_at or 0) - EXPIRY_MARGIN > time.time():
-                return session.upload_id
+            live = self._live_upload_id_locked(session)
+            if live:
+                return live
             guard = self._session_locks.setdefault(session.id, threading.Lock())
-        with guard:
+        with guard:  # one POST /uploads per session, however many workers get here
             with self.lock:
-                if session.upload_id and (session.expires_at or 0) - EXPIRY_MARGIN > time.time():
-                    return session.upload_id
+                live = self._live_upload_id_locked(session)
+                if live:
+                    return live
                 stale = session.upload_id
             if stale:
                 self.session_lost(session, stale)
@@ -275,14 +285,9 @@ class Engine:
                     continue
                 self._set_state_locked(record, PENDING, last_error="", attempts=0)
                 self._enqueue_locked(record, 0.0)
-            if session.project is not None and session.project.state == "created":
-                pass  # the project exists already; nothing to send again for it
             self._wakeup.notify_all()
 
     # --- files ---------------------------------------------------------------------------------
-
-    def file(self, file_id: int) -> FileRecord | None:
-        return self._files.get(file_id)
 
     def session_of(self, record: FileRecord) -> SessionRecord:
         return self._sessions_by_id[record.session_id]
@@ -314,13 +319,10 @@ class Engine:
     def close_writer_locked(self, record: FileRecord, size: int) -> None:
         record.open_writers = max(0, record.open_writers - 1)
         record.size = size
-        if record.open_writers or record.unlinked or record.id not in self._files:
+        if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
             self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns)
-            return
-        if record.local_only:
-            self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns)
-            return
-        self.queue_upload_locked(record)
+        else:
+            self.queue_upload_locked(record)
 
     def queue_upload_locked(self, record: FileRecord) -> None:
         """The file is closed and its name final: upload it after the write-back delay."""
@@ -482,7 +484,6 @@ class Engine:
                 self.session_lost(session, upload_id)
             with self.lock:
                 if record.generation == generation and record.state == UPLOADING:
-                    record.server_received, record.upload_id = 0, None
                     self._set_state_locked(record, PENDING, server_received=0, upload_id=None)
                     self._enqueue_locked(record, 0.0)
             return
@@ -560,9 +561,9 @@ class Engine:
             if isinstance(refused, str):
                 changes["refused_extensions"] = tuple(sorted(set(self.caps.refused_extensions) | {refused.lower()}))
             self.learn_locked(**changes)
-        if record.server_received == 0:
-            record.upload_id = None
-        self._set_state_locked(record, REJECTED, last_error=str(exc), upload_id=record.upload_id)
+        # Refused outright: unless earlier chunks got through, the server holds nothing of it.
+        upload_id = record.upload_id if record.server_received else None
+        self._set_state_locked(record, REJECTED, last_error=str(exc), upload_id=upload_id)
         self.listeners.emit("file_rejected", file=record, error=exc)
         log.warning("%s: refused by the server: %s", record.name, exc)
 

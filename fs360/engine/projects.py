@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from cachetools import TTLCache
 
 from ..errors import ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound
+from .journal import PROJECT_COLUMNS
 from .records import (COMPLETE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, PENDING, REJECTED,
                       ProjectRequest, SessionRecord)
 
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROJECT_PAGE = "https://360-for-you.com/projects/{name}"
-# Option key (never sent: "_" keys are ours) naming the upload_id a POST /projects was sent for.
-POSTED_KEY = "_posted_upload_id"
 
 
 class ProjectKeeper:
@@ -32,8 +31,6 @@ class ProjectKeeper:
         self.engine = engine
         interval = max(engine.settings.project_poll_interval, 0.01)
         self._recent_polls: TTLCache = TTLCache(maxsize=4096, ttl=interval)
-        # Sessions whose POST may have reached the server without our hearing back.
-        self._maybe_created: set[int] = set()
 
     def request_locked(self, session: SessionRecord, options: dict) -> None:
         session.project = ProjectRequest(options=options)
@@ -98,27 +95,23 @@ class ProjectKeeper:
             project = session.project
             if project is None or project.state != P_WAITING:
                 return
-            body = {"title": session.name,
-                    **{k: v for k, v in project.options.items() if not k.startswith("_")}}
+            body = {"title": session.name, **project.options}
             if "download_link" not in project.options:
                 body["upload_id"] = session.upload_id
                 if not session.upload_id:
                     return
             upload_id = session.upload_id
-            # Set (and journaled) before the POST is sent: after a lost answer or a restart we ask
-            # whether the project exists before POSTing again, so it is created once.
-            posted = project.options.get(POSTED_KEY)
+            posted_before = upload_id is not None and project.posted_upload_id == upload_id
         try:
-            created = None
-            if upload_id and (session.id in self._maybe_created or posted == upload_id):
-                created = self._find_existing(upload_id)
+            created = self._find_existing(upload_id) if posted_before else None
             if created is None:
                 with engine.lock:
                     if session.project is not project:
                         return
                     if upload_id:
-                        project.options[POSTED_KEY] = upload_id
-                        engine.journal.update_project(session.id, options=project.options)
+                        # Journaled before sending, so the project is created once whatever happens next.
+                        engine.journal.update_project(session.id, posted_upload_id=upload_id)
+                        project.posted_upload_id = upload_id
                 created = engine.client.create_project(body)
         except SessionNotFound:
             if upload_id:
@@ -130,12 +123,10 @@ class ProjectKeeper:
             return
         except Fs360Error as exc:
             if exc.retryable:
-                self._maybe_created.add(session.id)
                 self._retry_later(session, exc)
             else:
                 self._fail(session, exc)
             return
-        self._maybe_created.discard(session.id)
         with engine.lock:
             if session.project is not project:
                 return
@@ -227,9 +218,7 @@ class ProjectKeeper:
 
 
 def vars_of(project: ProjectRequest) -> dict:
-    return {"options": project.options, "state": project.state, "name": project.name, "status": project.status,
-            "record": project.record, "last_error": project.last_error, "attempts": project.attempts,
-            "next_attempt": project.next_attempt}
+    return {column: getattr(project, column) for column in PROJECT_COLUMNS}
 
 
 def project_page(name: str) -> str:

@@ -87,6 +87,11 @@ class ProjectRequest:
     last_error: str = ""
     attempts: int = 0
     next_attempt: float = 0.0
+    # The upload_id a POST /projects was sent for (journaled before sending): after a lost
+    # answer or a restart, the engine asks whether the project exists before POSTing again.
+    posted_upload_id: str | None = None
+    # `unlink .create` after the project exists: the project stays, the marker leaves the listing.
+    marker_hidden: bool = False
 
 
 @dataclass(eq=False)

@@ -49,8 +49,7 @@ def _printable(args) -> tuple:
 
 
 # Names of the extended attributes the model answers; any other is ENODATA at once.
-OWN_XATTR_PREFIX = "user.fs360."
-OWN_XATTR_PREFIX_BYTES = OWN_XATTR_PREFIX.encode()
+OWN_XATTR_PREFIX_BYTES = b"user.fs360."
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
 # fuse_common.h (libfuse 3): connection capabilities.
@@ -287,15 +286,9 @@ class Fs360Operations(mfusepy.Operations):
             return
         self.model.utimens(path, mtime)
 
-    def getxattr(self, path, name, position=0):
-        # The kernel asks for security.capability before every write() and ls -l asks
-        # for ACLs and SELinux labels of every file: answer those without a lock or a log line.
-        if not name.startswith(OWN_XATTR_PREFIX):
-            raise mfusepy.FuseOSError(errno.ENODATA)
-        return self._getxattr(path, name)
-
     @translated
-    def _getxattr(self, path, name):
+    def getxattr(self, path, name, position=0):
+        # Foreign names never get here: _Fuse.getxattr answers them before decoding.
         return self.model.getxattr(path, name)
 
     @translated

@@ -93,7 +93,7 @@ class MountModel:
 
     def _marker_listed(self, session: SessionRecord) -> bool:
         project = session.project
-        return (project is not None and not project.options.get("_marker_removed")) \
+        return (project is not None and not project.marker_hidden) \
             or self._markers_open.get(session.id, 0) > 0
 
     # --- attributes ---------------------------------------------------------------------------
@@ -492,8 +492,7 @@ class MountModel:
         project = session.project
         if project is None:
             return b""
-        shown = {k: v for k, v in project.options.items() if not k.startswith("_")}
-        return (json.dumps(shown) + "\n").encode() if shown else b""
+        return (json.dumps(project.options) + "\n").encode() if project.options else b""
 
     def _accept_marker(self, handle: MarkerHandle) -> None:
         text = bytes(handle.data).strip(b"\0 \t\r\n")
@@ -605,8 +604,8 @@ class MountModel:
             self.engine.cancel_project_locked(session)
             return
         # The project exists and stays; the marker just leaves the listing so rm -r works.
-        project.options["_marker_removed"] = True
-        self.engine.journal.update_project(session.id, options=project.options)
+        self.engine.journal.update_project(session.id, marker_hidden=1)
+        project.marker_hidden = True
 
     # --- metadata -----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ Files inside a session
   refused while the server holds a deleted file .............. test_unlink_server_held_then_rmdir_discards
   unlink .create before the request cancels .................. test_unlink_marker_cancels
   sealed: .create read-only, new files EACCES ................ test_sealed_session
+  sealed: unlink .create hides it, rm -r works (decision) .... test_rm_r_of_a_sealed_session
 status / status.json
   EACCES for write, unlink no-op, stay listed ................ test_status_files_read_only
 Errors a writing program sees
@@ -405,6 +406,28 @@ def test_sealed_session(model, emulator):
     assert model.getattr("/s/.create")["st_mode"] & 0o777 == 0o444
     assert dict(model.readdir("/s"))[".create"]["st_mode"] & 0o777 == 0o444
     assert errno_of(model.rename, "/s/a.jpg", "/s/c.jpg") == errno.EACCES
+    assert requests(emulator, "POST create_project 201") == 1
+
+
+def test_rm_r_of_a_sealed_session(emulator, make_model):
+    """After the project exists, unlinking .create only hides it (so rm -r can empty the folder);
+    the hidden marker survives a restart, and the project is not touched."""
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"x")
+    write_file(model, "/s/.create", b'{"title": "kept"}')
+    wait_until(lambda: model.engine.sessions["s"].sealed, 30, 0.05, what="the project")
+    assert json.loads(read_all(model, "/s/.create")) == {"title": "kept"}
+    model.unlink("/s/.create")
+    assert ".create" not in names(model, "/s")
+    assert errno_of(model.rmdir, "/s") == errno.ENOTEMPTY  # a.jpg is still listed
+    model.engine.stop(5)
+    again = make_model(emulator, start=False)
+    assert ".create" not in names(again, "/s")
+    assert again.engine.sessions["s"].project.state in ("created", "ready")
+    again.unlink("/s/a.jpg")
+    again.rmdir("/s")
+    assert "s" not in names(again)
     assert requests(emulator, "POST create_project 201") == 1
 
 
