@@ -547,10 +547,8 @@ class MountModel:
                 raise AccessDenied("the project is created: the session is sealed")
             replaced = target.files.get(name)
             if replaced is not None:
+                # An open writer of the replaced file keeps its handle, on a record no longer listed.
                 self._check_mutable_locked(replaced)
-                if replaced.open_writers:
-                    # Its writer's handle still points at the old record: fine, it becomes orphaned.
-                    pass
             local_only = is_local_only(name, self.settings.local_only_patterns)
             if not local_only:
                 self._check_uploadable_name_locked(target, name)
