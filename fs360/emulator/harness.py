@@ -38,7 +38,10 @@ class EmulatorProcess:
         self.proc: subprocess.Popen | None = None
         self.base_url: str | None = None
         self.root_url: str | None = None
-        self._stderr_path = os.path.join(tempfile.gettempdir(), f"fs360-emu-stderr-{os.getpid()}-{id(self)}.log")
+        self.returncode: int | None = None
+        # Kept with the data (so it goes with it) and appended across restarts, so a crash
+        # of an earlier run stays visible to `stderr_text`.
+        self._stderr_path = os.path.join(self.data_dir, "emulator-stderr.log")
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> "EmulatorProcess":
@@ -49,7 +52,8 @@ class EmulatorProcess:
         env = dict(os.environ)
         if self.env:
             env.update(self.env)
-        stderr = open(self._stderr_path, "wb")
+        os.makedirs(self.data_dir, exist_ok=True)
+        stderr = open(self._stderr_path, "ab")
         deadline = time.monotonic() + 15
         for attempt in range(50):  # the port may still be held briefly after a kill
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=env)
@@ -127,10 +131,6 @@ class EmulatorProcess:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-        try:
-            os.unlink(self._stderr_path)
-        except OSError:
-            pass
 
     # -- introspection ------------------------------------------------------------
     def _call(self, method, path, body=None):

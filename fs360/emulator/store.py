@@ -50,9 +50,8 @@ CREATE INDEX IF NOT EXISTS projects_upload ON projects (upload_id);
 
 
 class Store:
-    def __init__(self, data_dir: str, discard: bool):
+    def __init__(self, data_dir: str):
         self.data_dir = data_dir
-        self.discard = discard
         self.blob_dir = os.path.join(data_dir, "blobs")
         os.makedirs(self.blob_dir, exist_ok=True)
         self.lock = threading.Lock()
