@@ -1,5 +1,7 @@
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +43,27 @@ def emulator_factory(tmp_path):
 
 
 @pytest.fixture
+def tmpfs(tmp_path):
+    """tmpfs(size) -> a directory on a tmpfs of that size (e.g. "32m"), unmounted at teardown.
+    Request it before mount_factory, so the mounts using it go first."""
+    made = []
+
+    def make(size: str) -> Path:
+        target = tmp_path / f"tmpfs-{len(made)}"
+        target.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(target)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
+        made.append(target)
+        return target
+
+    yield make
+    for target in made:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.fixture
 def settings_for(tmp_path):
     """Settings of an engine talking to `emulator`, in a private cache dir."""
     def make(emulator, **changes) -> Settings:
@@ -52,14 +75,41 @@ def settings_for(tmp_path):
     return make
 
 
-@pytest.fixture
-def mount(tmp_path, emulator):
-    with Mount(tmp_path, emulator) as m:
-        yield m
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test item, so fixtures can see whether the body failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+def close_mounts(request, mounts: list[Mount]) -> None:
+    """Unmounts every mount (all of them, whatever fails), then fails the test on any ERROR they
+    logged, unless the body already failed: its own failure is the one to read."""
+    failures = []
+    for m in mounts:
+        try:
+            m.close()
+        except AssertionError as exc:
+            failures.append(exc)
+    body = getattr(request.node, "report_call", None)
+    if body is not None and body.failed:
+        return
+    if failures:
+        raise failures[0]
+    for m in mounts:
+        m.assert_no_logged_errors()
 
 
 @pytest.fixture
-def mount_factory(tmp_path):
+def mount(request, tmp_path, emulator):
+    m = Mount(tmp_path, emulator).start()
+    yield m
+    close_mounts(request, [m])
+
+
+@pytest.fixture
+def mount_factory(request, tmp_path):
     made = []
 
     def make(emulator, **kwargs) -> Mount:
@@ -68,5 +118,4 @@ def mount_factory(tmp_path):
         return m.start()
 
     yield make
-    for m in made:
-        m.__exit__(None, None, None)
+    close_mounts(request, made)

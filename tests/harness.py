@@ -121,7 +121,7 @@ class Mount:
         """SIGKILL the daemon, as a crash would, and clear the dead mount."""
         pid = self.pid
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not _alive(pid), 10, what="the daemon to die")
+        wait_until(lambda: not pid_alive(pid), 10, what="the daemon to die")
         subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
         wait_until(lambda: not is_mounted(self.mountpoint), 10, what="the dead mount to go")
 
@@ -129,13 +129,17 @@ class Mount:
         return self.start()
 
     def __exit__(self, *exc):
+        self.close()
+        if exc[0] is None:
+            self.assert_no_logged_errors()
+
+    def close(self) -> None:
+        """Unmounts; whatever fails, nothing stays mounted."""
         try:
             self.unmount()
         finally:
             if is_mounted(self.mountpoint):
                 subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
-        if exc[0] is None:
-            self.assert_no_logged_errors()
 
     def logged_errors(self) -> list[str]:
         if not self.log_path.exists():
@@ -176,7 +180,7 @@ class Mount:
         return wait_until(ready, timeout, 0.2, what=f"the project of {session}")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -196,9 +200,12 @@ def remote_files(emulator: EmulatorProcess, upload_id: str | None = None) -> dic
     return {f["name"]: f for f in files}
 
 
-def assert_uploaded(emulator: EmulatorProcess, upload_id: str, expected: dict[str, str]) -> None:
-    """Every name complete on the emulator with the expected sha256, and nothing else there."""
-    remote = remote_files(emulator, upload_id)
+def assert_uploaded(emulator: EmulatorProcess, upload_id: str | None, expected: dict[str, str]) -> dict[str, dict]:
+    """Every name complete on the emulator with the expected sha256, nothing else there (in that
+    session, or anywhere when upload_id is None), no name twice, and no protocol violation."""
+    files = [f for f in emulator.files() if upload_id is None or f["upload_id"] == upload_id]
+    remote = {f["name"]: f for f in files}
+    assert len(remote) == len(files), f"a name reached the server twice: {sorted(f['name'] for f in files)}"
     for name, sha in expected.items():
         assert name in remote, f"{name!r} never reached the server (it has {sorted(remote)[:20]})"
         assert remote[name]["complete"], f"{name!r} is incomplete on the server: {remote[name]}"
@@ -206,3 +213,15 @@ def assert_uploaded(emulator: EmulatorProcess, upload_id: str, expected: dict[st
     extra = set(remote) - set(expected)
     assert not extra, f"unexpected names reached the server: {sorted(extra)[:20]}"
     assert emulator.violations() == [], f"protocol violations: {emulator.violations()[:5]}"
+    return remote
+
+
+def make_sources(directory, sizes: dict[str, int]) -> dict[str, str]:
+    """Pseudo-random files (the same bytes every run); returns name -> sha256."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return {name: write_random(Path(directory) / name, size, seed=name) for name, size in sizes.items()}
+
+
+def request_count(emulator: EmulatorProcess, prefix: str = "") -> int:
+    """Requests the emulator counted whose "METHOD endpoint status" key starts with `prefix`."""
+    return sum(n for key, n in emulator.stats()["requests"].items() if key.startswith(prefix))

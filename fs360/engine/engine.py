@@ -578,7 +578,7 @@ class Engine:
         self._set_state_locked(record, FAILED, attempts=attempts, last_error=str(exc),
                                next_attempt=time.time() + delay)
         self._enqueue_locked(record, delay)
-        self.listeners.emit("file_failed", file=record, error=exc)
+        self.listeners.emit("file_failed", file=record, error=exc, retry_in=delay)
         log.info("%s: %s; retry %d in %.1f s", record.name, exc, attempts, delay)
 
     # --- projects and housekeeping ---------------------------------------------------------------

@@ -15,7 +15,7 @@ class Listeners:
 
     def add(self, callback) -> None:
         """`callback(event: str, **details)`; events: session_opened, file_pending, file_uploading,
-        bytes_sent, file_complete, file_failed, file_rejected, project_created, project_status."""
+        bytes_sent, file_complete, file_failed (with retry_in seconds), file_rejected, project_created, project_status."""
         with self._lock:
             self._callbacks.append(callback)
 

@@ -15,7 +15,7 @@ import zipfile
 
 import pytest
 
-from tests.harness import assert_uploaded, sha256_of, write_random
+from tests.harness import assert_uploaded, make_sources, request_count, sha256_of, write_random
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -23,10 +23,6 @@ MiB = 1024 * 1024
 
 def all_remote_names(emulator) -> set[str]:
     return {f["name"] for f in emulator.files()}
-
-
-def put_count(emulator) -> int:
-    return sum(n for key, n in emulator.stats()["requests"].items() if key.startswith("PUT "))
 
 
 def settle_and_check(mount, emulator, session: str, expected: dict[str, str]) -> str:
@@ -39,11 +35,6 @@ def settle_and_check(mount, emulator, session: str, expected: dict[str, str]) ->
     # No temporary or scratch name reached the server in any session either.
     assert all_remote_names(emulator) == set(expected), sorted(all_remote_names(emulator))
     return upload_id
-
-
-def make_sources(directory, sizes: dict[str, int]) -> dict[str, str]:
-    directory.mkdir(exist_ok=True)
-    return {name: write_random(directory / name, size, seed=hash(name) & 0xFFFF) for name, size in sizes.items()}
 
 
 def run(*cmd, **kwargs):
@@ -89,11 +80,11 @@ def test_rsync_a_temp_file_rename_and_rerun_sends_nothing(tmp_path, mount, emula
         assert os.stat(mount.mountpoint / "site" / name).st_mtime_ns // 10**9 == \
             os.stat(src / name).st_mtime_ns // 10**9
 
-    puts = put_count(emulator)
+    puts = request_count(emulator, "PUT ")
     result = run("rsync", "-a", "--itemize-changes", "--stats", f"{src}/", f"{mount.mountpoint}/site/")
     assert "Number of regular files transferred: 0" in result.stdout, result.stdout
     assert not [line for line in result.stdout.splitlines() if line.startswith((">f", "<f", "cf"))], result.stdout
-    assert put_count(emulator) == puts
+    assert request_count(emulator, "PUT ") == puts
     assert mount.wait_settled("site") == {name: "complete" for name in expected}
 
 

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from fs360.emulator.harness import EmulatorProcess
+from tests.harness import wait_until
 
 KEYS = ["--key", "sk_local_demo", "--key", "sk_read:projects:read", "--key", "sk_write:projects:write"]
 OCTET = "application/octet-stream"
@@ -76,11 +77,10 @@ def emu(tmp_path_factory):
 
 @pytest.fixture
 def api(emu):
-    emu.set_flags(quota_exceeded=False, tariff_forbids_upload=False, project_tariff=False,
-                  project_name_collision=False, max_file_size=100 << 30, max_session_size=500 << 30,
-                  processing_seconds=0)
-    emu.clear_faults()
-    return Api(emu)
+    emu.reset()  # the start-up flags, no faults, fresh stats and violations
+    yield Api(emu)
+    crashes = [v["detail"] for v in emu.violations() if v["kind"] == "emulator_internal_error"]
+    assert not crashes, crashes[0]
 
 
 def efile(emu, uid, name):
@@ -118,7 +118,8 @@ def test_open_session_quota_and_tariff(api, emu):
 
 
 def test_full_flow_with_resume(api, emu):
-    emu.set_flags(processing_seconds=1.5)
+    # Long enough that the first GET below surely sees processing, short enough to poll to 100.
+    emu.set_flags(processing_seconds=4)
     uid = api.open()
     data = os.urandom(2_500_000)
     total = len(data)
@@ -156,14 +157,11 @@ def test_full_flow_with_resume(api, emu):
     r = api.get_project(uid)
     assert r.status_code == 200
     assert set(r.json()) == {"name", "status"} and r.json()["status"] < 100
-    deadline = time.time() + 10
-    while time.time() < deadline:
+    def ready():
         body = api.get_project(uid).json()
-        if body["status"] == 100:
-            break
-        assert set(body) == {"name", "status"} and 0 <= body["status"] < 100
-        time.sleep(0.1)
-    assert body["status"] == 100
+        assert body["status"] == 100 or (set(body) == {"name", "status"} and 0 <= body["status"] < 100)
+        return body if body["status"] == 100 else None
+    body = wait_until(ready, 60, 0.1, what="the project to reach 100")
     for k in ("id", "name", "title", "status", "created", "updated", "size", "privacy_mode", "public_project",
               "setups_count", "views", "errors", "epsg", "proj4", "coord_unit", "potree", "glb", "obj", "ifc",
               "kml", "pdf", "geotiff", "threedgs", "video360", "files"):
@@ -426,6 +424,7 @@ def test_fault_probability_is_seeded(api, emu):
 
 def test_violations(api, emu):
     before = len(emu.violations())
+    assert before == 0  # the fixture's reset
     uid = api.open()
     data = os.urandom(2000)
     # gap after 409: the client ignores the received of the 409
@@ -441,18 +440,19 @@ def test_violations(api, emu):
     assert api.put(uid, "v.jpg", data[:1000], (0, 999, 2000)).json()["received"] == 1000
     assert len(emu.violations()) == before + 1
     # concurrent PUTs: the first one's body is held back on a raw socket
+    puts_before = efile(emu, uid, "v.jpg")["put_count"]
     host, port = emu.root_url.split("//")[1].split(":")
     s = socket.create_connection((host, int(port)))
     s.sendall((f"PUT /api/v1/uploads/{uid}/v.jpg HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_local_demo\r\n"
                f"Content-Type: {OCTET}\r\nContent-Range: bytes 1000-1499/2000\r\nContent-Length: 500\r\n\r\n").encode()
               + data[1000:1200])
-    time.sleep(0.3)
+    # put_count moves when a PUT holds the file: then the second one must wait for it.
+    wait_until(lambda: efile(emu, uid, "v.jpg")["put_count"] == puts_before + 1, 10, 0.02,
+               what="the first PUT to hold the file")
     result = {}
     t = threading.Thread(target=lambda: result.update(r=api.put(uid, "v.jpg", data[1000:], (1000, 1999, 2000))))
     t.start()
-    deadline = time.time() + 10
-    while time.time() < deadline and len(emu.violations()) == before + 1:
-        time.sleep(0.05)
+    wait_until(lambda: len(emu.violations()) == before + 2, 10, 0.02, what="the concurrent_put violation")
     assert t.is_alive()  # served after the first one
     s.sendall(data[1200:1500])
     resp = s.recv(4096)
@@ -550,8 +550,8 @@ def test_robustness_raw_requests(api, emu):
 
 
 def test_rate_limits(tmp_path):
-    # 30 POST /uploads per hour, windows scaled by 0.001 -> 30 per 3.6 s
-    with EmulatorProcess(tmp_path / "rl", args=["--rate-window-scale", "0.001"]) as emu:
+    # 30 POST /uploads per hour: the 31st within the hour is refused.
+    with EmulatorProcess(tmp_path / "rl") as emu:
         api = Api(emu)
         codes = [api.s.post(api.base + "/uploads", headers=api.h()) for _ in range(31)]
         assert [r.status_code for r in codes[:30]] == [201] * 30
@@ -560,7 +560,6 @@ def test_rate_limits(tmp_path):
         ra = r.headers["Retry-After"]
         assert ra.isdigit() and int(ra) >= 1
         assert emu.stats()["requests"]["POST open_session 429"] == 1
-        # per key: another key has its own window
         # other endpoints are counted separately
         uid = codes[0].json()["upload_id"]
         assert api.get_session(uid).status_code == 200
@@ -589,10 +588,13 @@ def test_restart_continues_upload(tmp_path):
         assert api.put(uid, "s.las", data[off:], (off, total - 1, total)).json()["complete"] is True
         assert efile(emu, uid, "s.las")["sha256"] == hashlib.sha256(data).hexdigest()
         name = api.project({"upload_id": uid}).json()["name"]
-        st = api.get_project(name).json()["status"]
-        emu.restart()
+        ready_at = time.time() + 3  # --processing-seconds 3
+        # Processing follows the wall clock, also while the emulator is down.
+        emu.stop()
+        time.sleep(max(0.0, ready_at + 0.2 - time.time()))
+        emu.start()
         api = Api(emu)
-        assert api.get_project(name).json()["status"] >= st
+        assert api.get_project(name).json()["status"] == 100
         emu.stop()
         assert emu.returncode == 0
         assert "Traceback" not in emu.stderr_text

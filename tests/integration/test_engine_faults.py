@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 from fs360.engine.engine import Engine
 from fs360.engine.records import COMPLETE, P_READY
 from fs360.errors import RateLimited
-from tests.harness import write_random
+from tests.harness import assert_uploaded, make_sources, wait_until
 from tests.integration.engine_runner import queue_files
 
 KiB = 1024
@@ -27,40 +26,9 @@ CHUNK = 64 * KiB
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_sources(directory: Path, sizes: dict[str, int]) -> dict[str, str]:
-    """Writes pseudo-random files; returns name -> sha256."""
-    directory.mkdir(parents=True, exist_ok=True)
-    return {name: write_random(directory / name, size, seed=name) for name, size in sizes.items()}
-
-
 # Multi-chunk files (several chunks each), one exact chunk, small whole-file PUTs, an empty file.
 MIXED = {"a.jpg": 5 * CHUNK + 123, "b.las": 9 * CHUNK, "c.e57": 3 * CHUNK + 1, "d.png": CHUNK,
          "e.tif": 1000, "f.jpg": 17, "g.jpg": 0}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def assert_uploaded(emulator, expected: dict[str, str], upload_id: str | None = None):
-    """Every expected file is complete on the emulator with its sha256; no protocol violation."""
-    files = [f for f in emulator.files() if upload_id is None or f["upload_id"] == upload_id]
-    by_name = {}
-    for f in files:
-        assert f["name"] not in by_name, f"{f['name']} uploaded twice in one check: {files}"
-        by_name[f["name"]] = f
-    assert sorted(by_name) == sorted(expected)
-    for name, digest in expected.items():
-        assert by_name[name]["complete"], by_name[name]
-        assert by_name[name]["sha256"] == digest, name
-    assert emulator.violations() == []
-    return by_name
 
 
 def run_engine(settings, src: Path, expected: dict, session="s", project=None, timeout=60.0) -> Engine:
@@ -104,7 +72,7 @@ def test_resumes_after_faults(emulator, settings_for, tmp_path, rules):
     finally:
         engine.stop()
     assert sum(fired(emulator)) > 0, "no fault fired: the test proved nothing"
-    by_name = assert_uploaded(emulator, expected)
+    by_name = assert_uploaded(emulator, None, expected)
     # Resumed, never restarted from 0: at most one chunk sent twice per fault that hit the file.
     total_faults = sum(fired(emulator))
     for f in by_name.values():
@@ -123,7 +91,7 @@ def test_drop_response_resumes_without_resending(emulator, settings_for, tmp_pat
     engine = run_engine(settings_for(emulator, chunk_size=CHUNK, workers=1), src, expected)
     engine.stop()
     assert fired(emulator) == [4]
-    by_name = assert_uploaded(emulator, expected)
+    by_name = assert_uploaded(emulator, None, expected)
     assert by_name["big.las"]["overwritten_bytes"] == 0
     assert emulator.stats()["requests"].get("GET get_file 200", 0) >= 4
 
@@ -139,7 +107,7 @@ def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
     def on_event(event, **details):
         error = details.get("error")
         if event == "file_failed" and isinstance(error, RateLimited):
-            waits.append((error.retry_after, details["file"].next_attempt - time.time()))
+            waits.append((error.retry_after, details["retry_in"]))
 
     engine.listeners.add(on_event)
     engine.start()
@@ -150,8 +118,8 @@ def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
     assert waits, "no 429 reached the engine"
     for retry_after, planned in waits:
         assert retry_after == 2
-        assert planned >= 1.9  # the retry is planned no earlier than the server said
-    assert_uploaded(emulator, expected)
+        assert planned >= retry_after  # the retry is planned no earlier than the server said
+    assert_uploaded(emulator, None, expected)
 
 
 # --- session expiry ------------------------------------------------------------------------------
@@ -164,20 +132,20 @@ def test_session_expiry_resends_everything_and_project_completes(emulator, setti
     engine = Engine(settings_for(emulator, chunk_size=CHUNK, workers=2)).start()
     try:
         session = queue_files(engine, "expiring", {name: src / name for name in expected})
-        first = wait_for(lambda: [f for f in emulator.files() if f["complete"]]
+        first = wait_until(lambda: [f for f in emulator.files() if f["complete"]]
                          and [f for f in emulator.files() if not f["complete"] and f["received"]],
-                         30, "an upload in mid-flight")
+                         30, what="an upload in mid-flight")
         old_id = first[0]["upload_id"]
         emulator.expire(old_id)
         with engine.lock:
             engine.request_project_locked(session, {"privacy_mode": 1})
-        wait_for(lambda: session.project.state == P_READY, 60, "the project to be ready")
+        wait_until(lambda: session.project.state == P_READY, 60, what="the project to be ready")
         new_id = session.upload_id
         assert new_id and new_id != old_id
         assert engine.counts() == {COMPLETE: len(expected)}
     finally:
         engine.stop()
-    assert_uploaded(emulator, expected, new_id)
+    assert_uploaded(emulator, new_id, expected)
     assert not [f for f in emulator.files() if f["upload_id"] == old_id]
     projects = emulator.projects()
     assert len(projects) == 1 and projects[0]["name"] == session.project.name
@@ -191,14 +159,14 @@ def test_project_is_posted_once_when_its_answer_is_lost(emulator, settings_for, 
     settings = settings_for(emulator, chunk_size=CHUNK)
     engine = run_engine(settings, src, expected, session="proj", project={"title": "T"})
     session = engine.sessions["proj"]
-    wait_for(lambda: session.project.state == P_READY, 30, "the project to be ready")
+    wait_until(lambda: session.project.state == P_READY, 30, what="the project to be ready")
     engine.stop()
     projects = emulator.projects()
     assert len(projects) == 1
     assert projects[0]["create_count"] == 1  # POSTed once: the lost answer was found by a GET
     requests = emulator.stats()["requests"]
     assert sum(n for k, n in requests.items() if k.startswith("POST create_project")) == 1
-    assert_uploaded(emulator, expected)
+    assert_uploaded(emulator, None, expected)
 
 
 def test_project_request_survives_restart(emulator, settings_for, tmp_path):
@@ -212,12 +180,12 @@ def test_project_request_survives_restart(emulator, settings_for, tmp_path):
     try:
         session = engine.sessions["later"]
         assert session.project is not None
-        wait_for(lambda: session.project.state == P_READY, 30, "the project to be ready")
+        wait_until(lambda: session.project.state == P_READY, 30, what="the project to be ready")
         assert session.sealed
         assert session.project.name == session.upload_id
     finally:
         engine.stop()
-    assert_uploaded(emulator, expected)
+    assert_uploaded(emulator, None, expected)
     assert [p["create_count"] for p in emulator.projects()] == [1]
 
 
@@ -245,7 +213,7 @@ def test_pacing_holds_1500_puts_under_the_limit(emulator_factory, settings_for, 
     requests = emulator.stats()["requests"]
     assert not [k for k in requests if k.endswith(" 429")], requests
     assert requests.get("PUT put_file 200") == 1500
-    assert_uploaded(emulator, expected)
+    assert_uploaded(emulator, None, expected)
 
 
 # --- SIGKILL and restart -----------------------------------------------------------------------
@@ -260,8 +228,8 @@ def test_sigkill_mid_upload_then_restart_resends_at_most_one_chunk(emulator, tmp
     env = dict(os.environ, FS360_API_KEY=emulator.api_key)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: len([f for f in emulator.files() if 0 < f["received"] < f["total"]]) >= 2,
-                 30, "uploads in mid-flight")
+        wait_until(lambda: len([f for f in emulator.files() if 0 < f["received"] < f["total"]]) >= 2,
+                 30, what="uploads in mid-flight")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -276,7 +244,7 @@ def test_sigkill_mid_upload_then_restart_resends_at_most_one_chunk(emulator, tmp
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DONE" in done.stdout
-    by_name = assert_uploaded(emulator, expected)
+    by_name = assert_uploaded(emulator, None, expected)
     for name, f in by_name.items():
         assert f["overwritten_bytes"] <= CHUNK, (name, f)
 
@@ -295,7 +263,7 @@ def test_restart_marks_writing_interrupted_and_resumes_queued_from_server(emulat
     # Half of the file reaches the server, then the engine stops without a word to the journal.
     emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.05}])
     engine.start()
-    wait_for(lambda: [f for f in emulator.files() if f["received"] >= 3 * CHUNK], 30, "half an upload")
+    wait_until(lambda: [f for f in emulator.files() if f["received"] >= 3 * CHUNK], 30, what="half an upload")
     engine.stop()
     emulator.clear_faults()
     engine = Engine(settings).start()
@@ -306,5 +274,5 @@ def test_restart_marks_writing_interrupted_and_resumes_queued_from_server(emulat
         assert engine.sessions["s"].files["open.jpg"].state == "interrupted"
     finally:
         engine.stop()
-    by_name = assert_uploaded(emulator, expected)
+    by_name = assert_uploaded(emulator, None, expected)
     assert by_name["half.las"]["overwritten_bytes"] == 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 from fs360.emulator.harness import EmulatorProcess
 from tests.harness import Mount
@@ -16,8 +15,6 @@ from tests.harness import Mount
 MiB = 1024 * 1024
 KiB = 1024
 CHAOS = os.environ.get("FS360_CHAOS", "") not in ("", "0")
-NOTES = "/tmp/fs360-notes/reliability-helper.md"
-
 # States in which a file that did not reach the server must be listed, with a reason.
 UNFINISHED_STATES = ("failed", "rejected", "interrupted", "lost")
 
@@ -73,10 +70,6 @@ def assert_accounted(mount: Mount, emulator: EmulatorProcess, written: dict[str,
     assert not problems, "not every file is accounted for:\n  " + "\n  ".join(problems[:30])
 
 
-def complete_names(mount: Mount, session: str) -> set[str]:
-    return {name for name, state in mount.file_states(session).items() if state == "complete"}
-
-
 def settle(mount: Mount, session: str, timeout: float | None = None) -> dict[str, str]:
     """Waits until nothing is writing/pending/uploading/failed (the harness's definition)."""
     try:
@@ -89,43 +82,9 @@ def settle(mount: Mount, session: str, timeout: float | None = None) -> dict[str
         raise AssertionError(f"{exc}; files: {files}") from None
 
 
-def run_bounded(cmd: list[str], what: str, hang_after: float = 5.0) -> tuple[subprocess.CompletedProcess, float]:
+def run_bounded(cmd: list[str], what: str, hang_after: float = 5.0) -> subprocess.CompletedProcess:
     """Runs a tool against the mount. `hang_after` only detects a hang: it is never a performance bound."""
-    started = time.monotonic()
     try:
-        result = subprocess.run(cmd, capture_output=True, timeout=hang_after)
+        return subprocess.run(cmd, capture_output=True, timeout=hang_after)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"{what} did not complete within {hang_after} s: the mount hangs") from None
-    return result, time.monotonic() - started
-
-
-def total_requests(emulator: EmulatorProcess, endpoint: str | None = None) -> int:
-    counts = emulator.stats()["requests"]
-    return sum(n for key, n in counts.items() if endpoint is None or key.split()[1] == endpoint)
-
-
-def daemon_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split()[2] != "Z"
-
-
-class body_failure_owns_log_check:
-    """For xfail-marked scenarios: when the body already failed, the harness's teardown log check
-    must not turn the expected failure into a teardown ERROR. On success nothing changes: the
-    teardown still fails the test on any unexpected logged ERROR."""
-
-    def __init__(self, get_mounts):
-        self.get_mounts = get_mounts
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            for mount in self.get_mounts():
-                mount.expected_errors.append(".*")
-        return False

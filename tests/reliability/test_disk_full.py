@@ -6,56 +6,55 @@ import errno
 import os
 
 
-from tests.harness import wait_until, write_random
+from tests.harness import pid_alive, wait_until, write_random
 
-from .common import MiB, body_failure_owns_log_check, assert_accounted, daemon_alive, pick, run_bounded, settle
+from .common import MiB, assert_accounted, pick, run_bounded, settle
 
 
 def test_spool_disk_full_gives_enospc_and_recovers(small_tmpfs, tmp_path, emulator, mount_factory):
     # The write-back delay keeps the first files pending (unevictable) while the disk fills.
     mount = mount_factory(emulator, cache_dir=small_tmpfs / "cache", writeback_delay=3.0)
-    with body_failure_owns_log_check(lambda: [mount]):
-        session = "full"
-        folder = mount.mountpoint / session
-        folder.mkdir()
-        written = {}
-        for i in range(2):
-            written[f"early-{i}.jpg"] = write_random(folder / f"early-{i}.jpg", 5 * MiB + i, seed=f"early{i}")
+    session = "full"
+    folder = mount.mountpoint / session
+    folder.mkdir()
+    written = {}
+    for i in range(2):
+        written[f"early-{i}.jpg"] = write_random(folder / f"early-{i}.jpg", 5 * MiB + i, seed=f"early{i}")
 
-        # A writer that wants more than the disk has: ENOSPC, not EIO, not a hang.
-        hog = folder / "hog.e57"
-        block = os.urandom(MiB)
-        fd = os.open(hog, os.O_WRONLY | os.O_CREAT, 0o644)
-        error = None
+    # A writer that wants more than the disk has: ENOSPC, not EIO, not a hang.
+    hog = folder / "hog.e57"
+    block = os.urandom(MiB)
+    fd = os.open(hog, os.O_WRONLY | os.O_CREAT, 0o644)
+    error = None
+    try:
+        for _ in range(64):
+            os.write(fd, block)
+    except OSError as exc:
+        error = exc
+    finally:
         try:
-            for _ in range(64):
-                os.write(fd, block)
+            os.close(fd)
         except OSError as exc:
-            error = exc
-        finally:
-            try:
-                os.close(fd)
-            except OSError as exc:
-                error = error or exc
-        assert error is not None, "64 MiB fit on a 32 MiB tmpfs?"
-        assert error.errno == errno.ENOSPC, f"expected ENOSPC, got {error!r}"
-        # The user cleans up the partial file at once.
-        os.unlink(hog)
+            error = error or exc
+    assert error is not None, "64 MiB fit on a 32 MiB tmpfs?"
+    assert error.errno == errno.ENOSPC, f"expected ENOSPC, got {error!r}"
+    # The user cleans up the partial file at once.
+    os.unlink(hog)
 
-        # The daemon is up and answers.
-        assert daemon_alive(mount.pid)
-        result, _ = run_bounded(["ls", "-l", str(folder)], "ls while the disk is full")
-        assert result.returncode == 0, result.stderr
-        result, _ = run_bounded(["cat", str(folder / "status")], "status while the disk is full")
-        assert result.returncode == 0, result.stderr
+    # The daemon is up and answers.
+    assert pid_alive(mount.pid)
+    result = run_bounded(["ls", "-l", str(folder)], "ls while the disk is full")
+    assert result.returncode == 0, result.stderr
+    result = run_bounded(["cat", str(folder / "status")], "status while the disk is full")
+    assert result.returncode == 0, result.stderr
 
-        # Files written before the disk filled still complete.
-        wait_until(lambda: all(mount.file_states(session).get(n) == "complete" for n in written), pick(60, 120),
-                   0.2, what="the early files to complete")
+    # Files written before the disk filled still complete.
+    wait_until(lambda: all(mount.file_states(session).get(n) == "complete" for n in written), pick(60, 120),
+               0.2, what="the early files to complete")
 
-        # Space is back: a new write of a size that did not fit before succeeds and uploads.
-        written["after.jpg"] = write_random(folder / "after.jpg", 12 * MiB, seed="after")
-        states = settle(mount, session)
-        assert states == {n: "complete" for n in written}, states
-        assert_accounted(mount, emulator, {session: written})
-        assert daemon_alive(mount.pid)
+    # Space is back: a new write of a size that did not fit before succeeds and uploads.
+    written["after.jpg"] = write_random(folder / "after.jpg", 12 * MiB, seed="after")
+    states = settle(mount, session)
+    assert states == {n: "complete" for n in written}, states
+    assert_accounted(mount, emulator, {session: written})
+    assert pid_alive(mount.pid)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.harness import write_random
 
-from .common import KiB, MiB, assert_accounted, body_failure_owns_log_check, pick, settle
+from .common import KiB, MiB, assert_accounted, pick, settle
 
 
 def _errno_of(action) -> int | None:
@@ -103,36 +103,34 @@ def test_invalid_and_huge_create_markers(tmp_path, emulator, mount_factory):
 
 def test_huge_create_marker_is_refused(tmp_path, emulator, mount_factory):
     mount = mount_factory(emulator)
-    with body_failure_owns_log_check(lambda: [mount]):
-        written = {}
-        session = "huge"
-        (mount.mountpoint / session).mkdir()
-        written[session] = {"one.jpg": write_random(mount.mountpoint / session / "one.jpg", 5000, seed="huge")}
-        fd = os.open(mount.mountpoint / session / ".create", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            huge = b'{"title": "' + b"x" * (80 * KiB) + b'"}'
-            assert _errno_of(lambda: os.write(fd, huge)) == errno.EFBIG
-        finally:
-            _errno_of(lambda: os.close(fd))
-        assert mount.status_json(session)["project"] is None, "a huge .create was accepted"
-        settle(mount, session)
-        assert_accounted(mount, emulator, written)
-        assert mount.status_json(session)["project"] is None, "a huge .create was accepted after all"
+    written = {}
+    session = "huge"
+    (mount.mountpoint / session).mkdir()
+    written[session] = {"one.jpg": write_random(mount.mountpoint / session / "one.jpg", 5000, seed="huge")}
+    fd = os.open(mount.mountpoint / session / ".create", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        huge = b'{"title": "' + b"x" * (80 * KiB) + b'"}'
+        assert _errno_of(lambda: os.write(fd, huge)) == errno.EFBIG
+    finally:
+        _errno_of(lambda: os.close(fd))
+    assert mount.status_json(session)["project"] is None, "a huge .create was accepted"
+    settle(mount, session)
+    assert_accounted(mount, emulator, written)
+    assert mount.status_json(session)["project"] is None, "a huge .create was accepted after all"
 
 
 def test_create_marker_fixed_right_after_a_refused_one(tmp_path, emulator, mount_factory):
     mount = mount_factory(emulator)
-    with body_failure_owns_log_check(lambda: [mount]):
-        session = "retry"
-        (mount.mountpoint / session).mkdir()
-        written = {session: {"one.jpg": write_random(mount.mountpoint / session / "one.jpg", 5000, seed="r")}}
-        marker = mount.mountpoint / session / ".create"
-        assert _write_marker(marker, b"{oops") == errno.EINVAL
-        # The user fixes it at once, as `echo '{}' > .create` would.
-        assert _write_marker(marker, b'{"title": "fixed"}') is None
-        settle(mount, session)
-        assert mount.wait_project(session)["state"] == "ready"
-        assert_accounted(mount, emulator, written)
+    session = "retry"
+    (mount.mountpoint / session).mkdir()
+    written = {session: {"one.jpg": write_random(mount.mountpoint / session / "one.jpg", 5000, seed="r")}}
+    marker = mount.mountpoint / session / ".create"
+    assert _write_marker(marker, b"{oops") == errno.EINVAL
+    # The user fixes it at once, as `echo '{}' > .create` would.
+    assert _write_marker(marker, b'{"title": "fixed"}') is None
+    settle(mount, session)
+    assert mount.wait_project(session)["state"] == "ready"
+    assert_accounted(mount, emulator, written)
 
 
 def test_file_cap_learned_from_413(tmp_path, emulator_factory, mount_factory):
@@ -260,9 +258,8 @@ def test_no_files_at_the_root_and_no_nesting(tmp_path, emulator, mount_factory, 
 
 def test_refused_operations_log_no_traceback_at_debug(tmp_path, emulator, mount_factory):
     mount = mount_factory(emulator)  # the harness's default: --log-level debug
-    with body_failure_owns_log_check(lambda: [mount]):
-        (mount.mountpoint / "s").mkdir()
-        assert _errno_of(lambda: (mount.mountpoint / "loose.jpg").write_bytes(b"x")) == errno.EPERM
-        assert _errno_of(lambda: (mount.mountpoint / "s" / "bad\x01.jpg").write_bytes(b"x")) == errno.EINVAL
-        mount.unmount()
-        mount.assert_no_logged_errors()
+    (mount.mountpoint / "s").mkdir()
+    assert _errno_of(lambda: (mount.mountpoint / "loose.jpg").write_bytes(b"x")) == errno.EPERM
+    assert _errno_of(lambda: (mount.mountpoint / "s" / "bad\x01.jpg").write_bytes(b"x")) == errno.EINVAL
+    mount.unmount()
+    mount.assert_no_logged_errors()

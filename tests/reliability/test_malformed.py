@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from tests.harness import write_random
+from tests.harness import pid_alive, request_count, write_random
 
-from .common import MiB, assert_accounted, daemon_alive, pick, settle, total_requests
+from .common import MiB, assert_accounted, pick, settle
 
 MALFORMED = [
     {"endpoint": "put_file", "kind": "invalid_json", "count": 2},
@@ -37,14 +37,14 @@ def test_malformed_responses_neither_crash_nor_spin(tmp_path, emulator, mount_fa
     states = settle(mount, session, timeout=pick(120, 300))
     fired = {(r["endpoint"], r["kind"]): r["fired"] for r in emulator.faults()["rules"]}
     assert_accounted(mount, emulator, {session: written})
-    assert daemon_alive(mount.pid), "the daemon died"
+    assert pid_alive(mount.pid), "the daemon died"
     # Every malformed answer is retryable: each file ends complete after backoff.
     assert states == {n: "complete" for n in written}, mount.status_json(session)["files"]
     assert all(fired.values()), f"some faults never fired, the test proves less than it says: {fired}"
 
     # Bounded: 6 files (4 PUTs for the chunked one), 17 faults, each costing at most a GET and a PUT.
-    requests = total_requests(emulator)
+    requests = request_count(emulator)
     assert requests < 60, f"{requests} requests for 6 files: {emulator.stats()['requests']}"
     # Nothing spins once the work is done.
     time.sleep(3)
-    assert total_requests(emulator) == requests, emulator.stats()["requests"]
+    assert request_count(emulator) == requests, emulator.stats()["requests"]

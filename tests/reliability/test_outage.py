@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from tests.harness import remote_files, wait_until, write_random
+from tests.harness import pid_alive, remote_files, wait_until, write_random
 
-from .common import MiB, assert_accounted, daemon_alive, pick, run_bounded, settle
+from .common import MiB, assert_accounted, pick, run_bounded, settle
 
 
 def test_server_down_then_back_uploads_resume_mount_stays_responsive(tmp_path, emulator_factory, mount_factory):
@@ -31,15 +31,16 @@ def test_server_down_then_back_uploads_resume_mount_stays_responsive(tmp_path, e
     # A file written while the server is away is staged like any other.
     name = "during-outage.jpg"
     written[name] = write_random(mount.mountpoint / session / name, 300 * 1024, seed="during")
-    while time.monotonic() - started < down_for:
-        result, _ = run_bounded(["ls", "-la", str(mount.mountpoint / session)], "ls of the session")
+    # Probe for the whole outage, and at least five rounds however slow the machine is.
+    while probes < 5 or time.monotonic() - started < down_for:
+        result = run_bounded(["ls", "-la", str(mount.mountpoint / session)], "ls of the session")
         assert result.returncode == 0, result.stderr
         assert name.encode() in result.stdout
-        result, _ = run_bounded(["cat", str(mount.mountpoint / session / "status")], "reading status")
+        result = run_bounded(["cat", str(mount.mountpoint / session / "status")], "reading status")
         assert result.returncode == 0 and b"session" in result.stdout, result.stderr
-        result, _ = run_bounded(["cat", str(mount.mountpoint / "status")], "reading the root status")
+        result = run_bounded(["cat", str(mount.mountpoint / "status")], "reading the root status")
         assert result.returncode == 0, result.stderr
-        result, _ = run_bounded(["stat", str(mount.mountpoint / session / name)], "stat of a file")
+        result = run_bounded(["stat", str(mount.mountpoint / session / name)], "stat of a file")
         assert result.returncode == 0, result.stderr
         status = mount.status_json(session)
         if any(f["state"] == "failed" and f["error"] for f in status["files"]):
@@ -47,9 +48,10 @@ def test_server_down_then_back_uploads_resume_mount_stays_responsive(tmp_path, e
         assert not any(f["state"] == "complete" for f in status["files"] if f["name"] == name)
         probes += 1
         time.sleep(0.25)
-    assert probes >= 5
-    assert saw_failed_with_reason, "status never showed a failed file with its reason while the server was down"
-    assert daemon_alive(mount.pid)
+    if not saw_failed_with_reason:
+        wait_until(lambda: any(f["state"] == "failed" and f["error"] for f in mount.status_json(session)["files"]),
+                   down_for, 0.2, what="status to show a failed file with its reason while the server is down")
+    assert pid_alive(mount.pid)
 
     emulator.start()  # same data dir, same port
     states = settle(mount, session, timeout=pick(120, 400))

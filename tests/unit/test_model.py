@@ -51,7 +51,6 @@ import errno
 import json
 import logging
 import os
-import subprocess
 
 import mfusepy
 import pytest
@@ -60,7 +59,7 @@ from fs360.engine.engine import Engine
 from fs360.errors import Fs360Error
 from fs360.fs.fuse_ops import Fs360Operations, translated
 from fs360.fs.model import MountModel
-from tests.harness import wait_until
+from tests.harness import request_count, wait_until
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -101,10 +100,6 @@ def wait_state(model: MountModel, session: str, name: str, state: str, timeout: 
     wait_until(lambda: model.file_state(session, name) == state, timeout, 0.02, what=f"{name} to be {state}")
 
 
-def requests(emulator, prefix: str) -> int:
-    return sum(n for key, n in emulator.stats()["requests"].items() if key.startswith(prefix))
-
-
 @pytest.fixture
 def make_model(settings_for):
     made = []
@@ -139,13 +134,13 @@ def test_mkdir_is_local_until_a_file_is_ready(model, emulator):
     model.mkdir("/site", 0o755)
     model.mkdir("/empty", 0o755)
     assert {"site", "empty", "status"} <= names(model)
-    assert requests(emulator, "POST open_session") == 0
+    assert request_count(emulator, "POST open_session") == 0
     fh = model.create("/site/a.jpg", 0o644, os.O_WRONLY)
     model.write(fh, b"x" * 10, 0)
-    assert requests(emulator, "POST open_session") == 0  # still being written
+    assert request_count(emulator, "POST open_session") == 0  # still being written
     model.release(fh)
     wait_state(model, "site", "a.jpg", "complete")
-    assert requests(emulator, "POST open_session") == 1  # one for "site", none for "empty"
+    assert request_count(emulator, "POST open_session") == 1  # one for "site", none for "empty"
     assert errno_of(model.mkdir, "/site", 0o755) == errno.EEXIST
 
 
@@ -290,12 +285,12 @@ def test_unlink_server_held_then_rmdir_discards(model, emulator):
     # .create is accepted but not acted on while the server holds the deleted file.
     write_file(model, "/s/.create", b"")
     wait_until(lambda: "a.jpg" in (model.engine.sessions["s"].notice or ""), 10, 0.05, what="the notice")
-    assert requests(emulator, "POST create_project") == 0
+    assert request_count(emulator, "POST create_project") == 0
     assert "a.jpg" in json.loads(read_all(model, "/s/status.json"))["project"]["waiting_for"]
     model.unlink("/s/.create")
     model.rmdir("/s")
     assert "s" not in names(model)
-    wait_until(lambda: requests(emulator, "DELETE delete_session 200") == 1, 10, 0.05, what="DELETE /uploads")
+    wait_until(lambda: request_count(emulator, "DELETE delete_session 200") == 1, 10, 0.05, what="DELETE /uploads")
     assert upload_id not in {f["upload_id"] for f in emulator.files()}
 
 
@@ -406,7 +401,7 @@ def test_sealed_session(model, emulator):
     assert model.getattr("/s/.create")["st_mode"] & 0o777 == 0o444
     assert dict(model.readdir("/s"))[".create"]["st_mode"] & 0o777 == 0o444
     assert errno_of(model.rename, "/s/a.jpg", "/s/c.jpg") == errno.EACCES
-    assert requests(emulator, "POST create_project 201") == 1
+    assert request_count(emulator, "POST create_project 201") == 1
 
 
 def test_rm_r_of_a_sealed_session(emulator, make_model):
@@ -428,7 +423,7 @@ def test_rm_r_of_a_sealed_session(emulator, make_model):
     again.unlink("/s/a.jpg")
     again.rmdir("/s")
     assert "s" not in names(again)
-    assert requests(emulator, "POST create_project 201") == 1
+    assert request_count(emulator, "POST create_project 201") == 1
 
 
 # --- status files -------------------------------------------------------------------------------------------
@@ -466,28 +461,21 @@ def test_name_errors(idle):
     assert errno_of(idle.rename, "/s/ok.jpg", "/s/bad\x01.jpg") == errno.EINVAL
 
 
-def test_enospc_on_a_full_spool(tmp_path, emulator, make_model):
-    spool_disk = tmp_path / "small"
-    spool_disk.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(spool_disk)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs: {result.stderr.decode().strip()}")
-    try:
-        model = make_model(emulator, start=False, cache_dir=spool_disk / "cache")
-        model.mkdir("/s", 0o755)
-        fh = model.create("/s/big.las", 0o644, os.O_WRONLY)
-        block = b"\0" * (256 * 1024)
-        with pytest.raises(Fs360Error) as info:
-            for i in range(16):
-                model.write(fh, block, i * len(block))
-        assert info.value.errno == errno.ENOSPC
-        # The journal shares the full disk: its reserve lets the close still be recorded.
-        model.release(fh)
-        rows = {row["name"]: row["state"] for row in model.engine.journal.files()}
-        assert rows == {"big.las": "pending"}
-        model.engine.stop(5)
-    finally:
-        subprocess.run(["umount", "-l", str(spool_disk)], capture_output=True)
+def test_enospc_on_a_full_spool(tmpfs, emulator, make_model):
+    spool_disk = tmpfs("2m")
+    model = make_model(emulator, start=False, cache_dir=spool_disk / "cache")
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/big.las", 0o644, os.O_WRONLY)
+    block = b"\0" * (256 * 1024)
+    with pytest.raises(Fs360Error) as info:
+        for i in range(16):
+            model.write(fh, block, i * len(block))
+    assert info.value.errno == errno.ENOSPC
+    # The journal shares the full disk: its reserve lets the close still be recorded.
+    model.release(fh)
+    rows = {row["name"]: row["state"] for row in model.engine.journal.files()}
+    assert rows == {"big.las": "pending"}
+    model.engine.stop(5)
 
 
 def test_efbig_learned_from_413(emulator_factory, make_model):
