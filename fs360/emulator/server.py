@@ -150,8 +150,8 @@ ID_ALPHABET = string.ascii_letters + string.digits
 GiB = 1 << 30
 DRAIN_LIMIT = 64 << 20
 JSON_BODY_LIMIT = 1 << 20
-SEG = 2 << 20  # body read segment size (page-aligned mmap buffers)
-NBUF = 2  # buffers per connection: one is read into while the other is hashed
+SEG = 1 << 20  # body read segment size (page-aligned mmap buffers)
+NBUF = 8  # buffers per connection: a whole 8 MiB chunk can arrive while the body worker still drains the last one
 SOCKET_TIMEOUT = 60.0
 
 REASONS = {
@@ -174,6 +174,16 @@ class Abort(Exception):
     def __init__(self, rst=True):
         super().__init__()
         self.rst = rst
+
+
+def _stderr(text: str) -> None:
+    """A line for the operator; a stderr that cannot be written (say, on the
+    emulator's own full disk) must not cost the client its response."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _iso(t: float) -> str:
@@ -200,48 +210,119 @@ def extension_of(name: str) -> str:
 
 
 # --------------------------------------------------------------------------
-# hashing pipeline
-class _HashWorker:
-    """One thread that runs sha256 updates in submission order (hashlib drops
-    the GIL for large buffers, so hashing overlaps the next socket read)."""
+# body pipeline
+class _Op:
+    """One piece of body work handed to the _BodyWorker; wait() re-raises its error."""
+
+    __slots__ = ("fn", "args", "done", "error")
+
+    def __init__(self, fn, args):
+        self.fn = fn
+        self.args = args
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def wait(self):
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class _BodyWorker:
+    """A connection's second thread: it runs the body work of its PUTs (sha256
+    updates, blob writes) in submission order.  Both drop the GIL on large
+    buffers, so the work on one segment overlaps the socket read of the next,
+    and because the order is kept, a PUT does not wait for the previous PUT's
+    work before it starts reading."""
 
     def __init__(self):
         self.q: queue.SimpleQueue = queue.SimpleQueue()
-        t = threading.Thread(target=self._run, name="emulator-hash", daemon=True)
+        t = threading.Thread(target=self._run, name="emulator-body", daemon=True)
         t.start()
+
+    def stop(self):
+        """Ends the thread once the work already submitted is done."""
+        self.q.put(None)
 
     def _run(self):
         while True:
-            h, mv, ev = self.q.get()
+            op = self.q.get()
+            if op is None:
+                return
             try:
-                h.update(mv)
-            except Exception:
-                pass
+                op.fn(*op.args)
+            except BaseException as e:  # handed to whoever waits on the op
+                op.error = e
             finally:
-                ev.set()
+                op.done.set()
 
-    def submit(self, h, mv) -> threading.Event:
-        ev = threading.Event()
-        self.q.put((h, mv, ev))
-        return ev
+    def submit(self, fn, *args) -> _Op:
+        op = _Op(fn, args)
+        self.q.put(op)
+        return op
 
 
-class _FileHash:
-    __slots__ = ("h", "upto", "last")
+class StorageError(Exception):
+    """The emulator's own disk failed (full, gone): a 500, never a hung client."""
+
+
+def _pwrite_all(fd, mv, off):
+    try:
+        w = 0
+        while w < len(mv):
+            w += os.pwrite(fd, mv[w:], off + w)
+    except OSError as e:
+        raise StorageError(f"{e.strerror or e}") from None
+
+
+class _RunningHash:
+    """sha256 of a --discard file's first `upto` bytes, kept while its chunks
+    arrive in order.  Everything but `h` belongs to the handler holding the
+    file's lock; `h` is replaced by body-worker ops, or inline once settled."""
+
+    __slots__ = ("h", "upto", "last", "last_worker")
 
     def __init__(self):
         self.h = hashlib.sha256()
         self.upto = 0
-        self.last = None  # Event of the last submitted update
+        self.last: _Op | None = None  # the commit of the newest PUT ...
+        self.last_worker: _BodyWorker | None = None  # ... queued on this worker
+
+    def settled(self):
+        """Wait until no body-worker op of this file is pending."""
+        if self.last is not None:
+            self.last.wait()
+        self.last = self.last_worker = None
+
+
+class _PutHash:
+    """The hash of one PUT in progress: a fork of the file's hash that becomes
+    the file's hash only if the whole body arrives (a cut body leaves no trace)."""
+
+    __slots__ = ("h",)
+
+    def fork(self, rh):
+        self.h = rh.h.copy()
+
+    def update(self, mv):
+        self.h.update(mv)
+
+    def commit(self, rh):
+        rh.h = self.h
 
 
 class _Buf:
-    __slots__ = ("mm", "mv", "ev")
+    __slots__ = ("mm", "mv", "op")
 
     def __init__(self, size):
         self.mm = mmap.mmap(-1, size)
         self.mv = memoryview(self.mm)
-        self.ev = None
+        self.op: _Op | None = None  # body work still reading this buffer
+
+    def settle(self):
+        op, self.op = self.op, None
+        if op is not None:
+            op.wait()
 
 
 class RateLimiter:
@@ -304,8 +385,7 @@ class Emulator:
         self.file_locks: dict = {}
         self.file_locks_lock = threading.Lock()
         self.after409: dict = {}  # (upload_id, name) -> received given in the 409
-        self.hashes: dict[int, _FileHash] = {}
-        self.hasher = _HashWorker()
+        self.hashes: dict[int, _RunningHash] = {}
         self.log = cfg.log and not cfg.quiet
 
     # -- helpers ----------------------------------------------------------
@@ -407,10 +487,18 @@ class Handler(BaseHTTPRequestHandler):
         if not self._plain:
             self.connection.do_handshake()
         self._bufs = None
+        self._worker = None
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            if self._worker is not None:
+                self._worker.stop()
 
     def log_message(self, fmt, *args):  # never log by default
         if self.emu is not None and self.emu.log:
-            sys.stderr.write("emulator: %s\n" % (fmt % args))
+            _stderr("emulator: %s\n" % (fmt % args))
 
     def handle(self):
         try:
@@ -466,7 +554,7 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:  # a bug of the emulator: keep serving, but never hide it
             # stderr and the violations list make every test that checks either fail.
             detail = traceback.format_exc()
-            sys.stderr.write(detail)
+            _stderr(detail)
             self.emu.violation("emulator_internal_error", None, None, detail[-2000:])
             if self._endpoint:
                 self.emu.count(self.command, self._endpoint, 500)
@@ -620,10 +708,9 @@ class Handler(BaseHTTPRequestHandler):
             self._linger = True
             return
         buf = self._buffers()[0]
+        buf.settle()
         while self._body_left > 0:
             n = min(self._body_left, len(buf.mv))
-            if buf.ev is not None:
-                buf.ev.wait()
             if self._read_into(buf.mv[:n]) < n:
                 raise Abort(False)
 
@@ -631,6 +718,12 @@ class Handler(BaseHTTPRequestHandler):
         if self._bufs is None:
             self._bufs = [_Buf(SEG) for _ in range(NBUF)]
         return self._bufs
+
+    def _body_worker(self):
+        """This connection's body worker, started for its first body of several segments."""
+        if self._worker is None:
+            self._worker = _BodyWorker()
+        return self._worker
 
     # -- responses --------------------------------------------------------------
     def _write_response(self, status, body: bytes, ctype, close, headers=()):
@@ -923,75 +1016,95 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(409, "non_contiguous_chunk", received=received)
 
         # -- accept the body --
-        fh = emu.hashes.get(fid)
-        if fh is None and received == 0 and emu.discard and emu.cfg.sha256:
-            fh = emu.hashes[fid] = _FileHash()
-        hash_ok = fh is not None and fh.upto == received
-        h = None
-        if hash_ok:
-            if fh.last is not None:
-                fh.last.wait()
-            h = fh.h.copy()
-        last_ev = None
-        fd = -1 if emu.discard else store.open_blob(fid)
+        rh = emu.hashes.get(fid)
+        if rh is None and received == 0 and emu.discard and emu.cfg.sha256:
+            rh = emu.hashes[fid] = _RunningHash()
+        if rh is not None and rh.upto != received:  # a gap the hash cannot cover
+            emu.hashes.pop(fid, None)
+            rh = None
+        # A body of one segment is handled inline (worker None): a hand-off to the
+        # body worker and back costs more than the work for small files.
+        worker = None if length <= SEG else self._body_worker()
+        put_hash = None
+        if rh is not None:
+            put_hash = _PutHash()
+            if worker is not None and rh.last_worker is worker:
+                worker.submit(put_hash.fork, rh)  # queued behind the previous PUT's commit
+            else:  # inline, or the previous PUT came on another connection
+                rh.settled()
+                put_hash.fork(rh)
+        try:
+            self._accept_body(fid, start, length, received, put_hash, worker)
+        except StorageError as e:
+            _stderr(f"emulator: cannot store a chunk of {name!r}: {e}\n")
+            return self.error(500, "storage_error")
+        new_received = max(received, end + 1)
+        overlap = max(0, min(end + 1, received) - start)
+        complete = new_received == total
+        sha = None
+        if put_hash is not None:
+            if worker is None:
+                put_hash.commit(rh)
+            else:
+                rh.last = worker.submit(put_hash.commit, rh)
+                rh.last_worker = worker
+            rh.upto = new_received
+            if complete:
+                rh.settled()
+                sha = rh.h.hexdigest()
+                emu.hashes.pop(fid, None)
+        store.run(
+            "UPDATE files SET received=?, complete=?, overwritten=overwritten+?, sha256=COALESCE(?, sha256) WHERE id=?",
+            (new_received, 1 if complete else 0, overlap, sha, fid),
+        )
+        self.respond(200, {"received": new_received, "total": total, "complete": complete})
+
+    def _accept_body(self, fid, start, length, received, put_hash, worker):
+        """Read the body into the buffers and hand each segment to the blob and
+        the running hash, through `worker` or inline if it is None.  Returns
+        once every byte is written."""
+        try:
+            fd = -1 if self.emu.discard else self.emu.store.open_blob(fid)
+        except OSError as e:
+            raise StorageError(f"{e.strerror or e}") from None
+        bufs = self._buffers()
         try:
             self._send_continue()
-            bufs = self._buffers()
             off = start
             left = length
             i = 0
             while left > 0:
                 buf = bufs[i % len(bufs)]
                 i += 1
-                if buf.ev is not None:
-                    buf.ev.wait()
-                    buf.ev = None
+                buf.settle()
                 n = min(left, SEG)
                 mv = buf.mv[:n]
                 if self._read_into(mv) < n:
                     raise Abort(False)  # short body: nothing committed
                 if fd >= 0:
-                    if off < received and h is not None:
-                        ov = min(n, received - off)
-                        if os.pread(fd, ov, off) != mv[:ov]:
-                            h = None  # overwritten with different bytes
-                    w = 0
-                    while w < n:
-                        w += os.pwrite(fd, mv[w:], off + w)
-                if h is not None and off + n > received:
-                    lo = max(0, received - off)
-                    if length <= SEG:
-                        # One segment: hashing it here (tens of microseconds for small files)
-                        # beats a hand-off to the hash thread and back.
-                        h.update(mv[lo:])
+                    if worker is None:
+                        _pwrite_all(fd, mv, off)
                     else:
-                        last_ev = buf.ev = emu.hasher.submit(h, mv[lo:])
+                        buf.op = worker.submit(_pwrite_all, fd, mv, off)
+                if put_hash is not None and off + n > received:
+                    lo = max(0, received - off)  # overlapping bytes are already hashed
+                    if worker is None:
+                        put_hash.update(mv[lo:])
+                    else:
+                        buf.op = worker.submit(put_hash.update, mv[lo:])
                 off += n
                 left -= n
+            if fd >= 0:
+                for buf in bufs:  # every byte is written before it is acknowledged
+                    buf.settle()
         finally:
             if fd >= 0:
+                for buf in bufs:  # no write may outlive the descriptor
+                    try:
+                        buf.settle()
+                    except StorageError:
+                        pass
                 os.close(fd)
-        new_received = max(received, end + 1)
-        overlap = max(0, min(end + 1, received) - start)
-        complete = new_received == total
-        sha = None
-        if h is not None:
-            fh.h = h
-            fh.upto = new_received
-            if last_ev is not None:
-                fh.last = last_ev
-            if complete:
-                if fh.last is not None:
-                    fh.last.wait()
-                sha = fh.h.hexdigest()
-                emu.hashes.pop(fid, None)
-        else:
-            emu.hashes.pop(fid, None)
-        store.run(
-            "UPDATE files SET received=?, complete=?, overwritten=overwritten+?, sha256=COALESCE(?, sha256) WHERE id=?",
-            (new_received, 1 if complete else 0, overlap, sha, fid),
-        )
-        self.respond(200, {"received": new_received, "total": total, "complete": complete})
 
     def create_project(self):
         emu = self.emu

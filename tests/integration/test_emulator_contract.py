@@ -617,6 +617,66 @@ def test_discard_mode_keeps_sha256(tmp_path):
         assert os.listdir(os.path.join(emu.data_dir, "blobs")) == []
 
 
+def _cut_put(emu, uid, name, data, start, total, sent):
+    """A PUT of data[start:] whose connection dies after `sent` body bytes."""
+    host, port = emu.root_url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall((f"PUT /api/v1/uploads/{uid}/{name} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_local_demo\r\n"
+                   f"Content-Type: {OCTET}\r\nContent-Range: bytes {start}-{len(data) - 1}/{total}\r\n"
+                   f"Content-Length: {len(data) - start}\r\n\r\n").encode() + data[start:start + sent])
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b""  # no answer to a cut body
+
+
+@pytest.mark.parametrize("mode", ["discard", "storing"])
+def test_body_pipeline_keeps_bytes_and_hash(tmp_path, mode):
+    """Chunks of several body segments go through each connection's body worker:
+    a body cut in the middle leaves no trace, chunks of one file may come on
+    different connections, overlap, or be small enough to be handled inline, and
+    the stored bytes (or the running sha256 in --discard) are still exact."""
+    data = os.urandom(11_000_000)
+    total = len(data)
+    args = ["--no-rate-limits"] + (["--discard"] if mode == "discard" else [])
+    with EmulatorProcess(tmp_path / "p", args=args) as emu:
+        first, second = Api(emu), Api(emu)  # two sessions: two keep-alive connections
+        uid = first.open()
+        assert first.put(uid, "p.las", data[:3_500_000], (0, 3_499_999, total)).json()["received"] == 3_500_000
+        _cut_put(emu, uid, "p.las", data, 3_500_000, total, sent=2_200_000)
+        assert second.get_file(uid, "p.las").json()["received"] == 3_500_000
+        r = second.put(uid, "p.las", data[3_500_000:7_000_000], (3_500_000, 6_999_999, total))
+        assert r.json()["received"] == 7_000_000
+        # overlapping the bytes already there (same content), on the first connection again
+        r = first.put(uid, "p.las", data[5_000_000:10_900_000], (5_000_000, 10_899_999, total))
+        assert r.json()["received"] == 10_900_000
+        r = second.put(uid, "p.las", data[10_900_000:], (10_900_000, total - 1, total))  # one segment: inline
+        assert r.json() == {"received": total, "total": total, "complete": True}
+        f = efile(emu, uid, "p.las")
+        assert f["sha256"] == hashlib.sha256(data).hexdigest()
+        assert f["overwritten_bytes"] == 2_000_000
+        assert emu.violations() == []
+    assert "Traceback" not in emu.stderr_text
+
+
+def test_full_disk_of_the_emulator_is_a_500(tmpfs, tmp_path):
+    """The emulator's own disk filling up is the server's fault: a JSON 500, the
+    connection and the emulator go on, and nothing past the failure is counted."""
+    data = os.urandom(6 << 20)
+    total = len(data)
+    data_dir = tmp_path / "full"
+    data_dir.mkdir()
+    (data_dir / "blobs").symlink_to(tmpfs("4m"))  # only the file bytes run out of room
+    with EmulatorProcess(data_dir, args=["--no-rate-limits"]) as emu:
+        api = Api(emu)
+        uid = api.open()
+        assert api.put(uid, "f.las", data[: 2 << 20], (0, (2 << 20) - 1, total)).json()["received"] == 2 << 20
+        r = api.put(uid, "f.las", data[2 << 20 :], (2 << 20, total - 1, total))
+        assert (r.status_code, r.json()) == (500, {"error": "storage_error"})
+        assert api.get_file(uid, "f.las").json() == {"received": 2 << 20, "total": total, "complete": False}
+        assert [v["kind"] for v in emu.violations()] == []
+        assert "cannot store a chunk of 'f.las'" in emu.stderr_text
+    assert "Traceback" not in emu.stderr_text
+
+
 def test_tls(tmp_path):
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     import subprocess
