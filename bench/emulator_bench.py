@@ -13,9 +13,10 @@ Content-Range on the same connection (curl --config with one block per chunk):
   to the emulator's data dir in 1 MiB os.pwrite calls, no network at all.  On
   these VMs the first touch of memory the host has taken back is slow (page
   cache writes swing from about 500 MB/s to several GB/s), while memory freed
-  a moment ago is fast again.  So the file write runs just before storing, and
-  its file is flushed to disk (untimed) and kept until storing is done: storing
-  neither reuses its pages nor competes with its write-back.
+  a moment ago is fast again.  So both run on memory the host has taken back:
+  before each, the page cache is flushed and the benchmark waits a few seconds
+  (free-page reporting hands freed memory back after about 2 s).  This is the
+  worst case for both, and neither profits from the other's pages.
 
 Each mode runs --runs times (default 3), interleaved, because these machines
 have slow and fast phases; the verdict is on the median.  MB = 10**6 bytes.
@@ -51,6 +52,7 @@ BASELINE_OF = {SINK: SINK, "discard": SINK, "discard-nohash": SINK, FILE_WRITE: 
 MODES = (SINK, "discard", "discard-nohash", FILE_WRITE, "storing")
 API_KEY = "sk_local_demo"
 FILE_WRITE_NAME = "file-write.bin"
+MEMORY_SETTLE_SECONDS = 4.0
 
 
 def _open_session(emu) -> str:
@@ -117,7 +119,6 @@ def _emulator(mode: str, data_dir: str, size: int):
 
 
 def _file_write_run(size: int, chunk_file: str, workdir: str) -> dict:
-    """Leaves its file in place (see the docstring); run() removes it."""
     buf = mmap.mmap(-1, 1 << 20)
     with open(chunk_file, "rb") as f:
         f.readinto(buf)
@@ -128,9 +129,9 @@ def _file_write_run(size: int, chunk_file: str, workdir: str) -> dict:
             os.pwrite(fd, memoryview(buf)[: min(len(buf), size - off)], off)
         seconds = time.perf_counter() - t0
         complete = os.fstat(fd).st_size == size
-        os.fsync(fd)
     finally:
         os.close(fd)
+        os.unlink(os.path.join(workdir, FILE_WRITE_NAME))
     return {"mode": FILE_WRITE, "bytes": size, "seconds": seconds, "mb_s": size / seconds / 1e6,
             "connections": 0, "complete": complete}
 
@@ -151,7 +152,15 @@ def _write_curl_config(path: str, url: str, size: int, chunk: int, chunk_file: s
             f.write('silent\nshow-error\nfail\nwrite-out = "%{num_connects}\\n"\n')
 
 
+def _settle_memory() -> None:
+    """Flush dirty pages and give freed memory time to go back to the host."""
+    os.sync()
+    time.sleep(MEMORY_SETTLE_SECONDS)
+
+
 def _one_run(mode: str, size: int, chunk: int, chunk_file: str, workdir: str) -> dict:
+    if mode in (FILE_WRITE, "storing"):
+        _settle_memory()
     if mode == FILE_WRITE:
         return _file_write_run(size, chunk_file, workdir)
     data_dir = os.path.join(workdir, f"data-{mode.replace(' ', '-')}")
@@ -194,7 +203,6 @@ def run(report=print, size_mib: int = 2048, chunk_mib: int = 8, runs: int = 3) -
                 results[mode].append(res)
                 report(f"run {round_no} {mode:14s}: {res['bytes'] / 1e6:6.0f} MB in {res['seconds']:5.2f} s = "
                        f"{res['mb_s']:5.0f} MB/s  (connections: {res['connections']}, complete: {res['complete']})")
-            os.unlink(os.path.join(workdir, FILE_WRITE_NAME))
         medians = {mode: statistics.median(r["mb_s"] for r in rs) for mode, rs in results.items()}
         for mode in MODES:
             runs_text = ", ".join(f"{r['mb_s']:.0f}" for r in results[mode])
