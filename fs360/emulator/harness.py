@@ -53,19 +53,20 @@ class EmulatorProcess:
         if self.env:
             env.update(self.env)
         os.makedirs(self.data_dir, exist_ok=True)
-        stderr = open(self._stderr_path, "ab")
         deadline = time.monotonic() + 15
-        for attempt in range(50):  # the port may still be held briefly after a kill
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=env)
-            line = self._first_line(deadline)
-            if line:
-                break
-            self.proc.wait(timeout=5)
-            if time.monotonic() >= deadline or self.port == 0:
-                stderr.close()
-                raise EmulatorError(f"emulator failed to start: {self._stderr()}")
-            time.sleep(0.2)
-        stderr.close()
+        with open(self._stderr_path, "ab") as stderr:
+            for attempt in range(50):  # the port may still be held briefly after a kill
+                self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
+                                             env=env)
+                line = self._first_line(deadline)
+                if line:
+                    break
+                self.proc.wait(timeout=5)
+                if time.monotonic() >= deadline or self.port == 0:
+                    break
+                time.sleep(0.2)
+        if not line:
+            raise EmulatorError(f"emulator failed to start: {self._stderr()}")
         self.base_url = line.strip()
         self.root_url = self.base_url[: -len("/api/v1")]
         self.port = int(self.root_url.rsplit(":", 1)[1])

@@ -391,6 +391,7 @@ class Emulator:
         self.file_locks_lock = threading.Lock()
         self.after409: dict = {}  # (upload_id, name) -> received given in the 409
         self.hashes: dict[int, _RunningHash] = {}
+        self.projects_lock = threading.Lock()
         self.log = cfg.log and not cfg.quiet
 
     # -- helpers ----------------------------------------------------------
@@ -431,12 +432,18 @@ class Emulator:
             return None
         return row
 
-    def purge(self, upload_id):
-        for fid in self.store.purge_session(upload_id):
-            self.hashes.pop(fid, None)
+    def purge(self, upload_id=None):
+        """Forget a session (or, with None, every session and project) with its
+        in-memory file state."""
+        if upload_id is None:
+            self.store.wipe()
+            self.hashes.clear()
+        else:
+            for fid in self.store.purge_session(upload_id):
+                self.hashes.pop(fid, None)
         with self.file_locks_lock:
             for table in (self.after409, self.file_locks):
-                for k in [k for k in table if k[0] == upload_id]:
+                for k in [k for k in table if upload_id is None or k[0] == upload_id]:
                     del table[k]
 
     def file_sha256(self, row):
@@ -632,16 +639,16 @@ class Handler(BaseHTTPRequestHandler):
         rf = self.rfile
         try:
             if self._plain and n > 65536:
-                # take what the buffered reader already holds, then read the
-                # socket directly, waiting for the whole segment per syscall
+                # Take what the buffered reader already holds, then read the socket
+                # directly into the segment, skipping the reader's 8 KiB copies.
+                # (MSG_WAITALL would do nothing: a socket with a timeout is
+                # non-blocking underneath, so each recv returns what has arrived.)
                 pk = rf.peek(1)
                 if pk:
-                    got = rf.readinto(mv[: min(len(pk), n)]) or 0
-                    if got == 0:
-                        n = 0
+                    got = rf.readinto(mv[: min(len(pk), n)])
                 sock = self.connection
                 while got < n:
-                    r = sock.recv_into(mv[got:], n - got, socket.MSG_WAITALL)
+                    r = sock.recv_into(mv[got:], n - got)
                     if not r:
                         break
                     got += r
@@ -860,7 +867,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_continue()
                 n = min(self._body_left // 2, 1 << 20)
                 if n:
-                    self._read_into(self._buffers()[0].mv[:n])
+                    buf = self._buffers()[0]
+                    buf.settle()  # the body worker may still be hashing the last PUT out of it
+                    self._read_into(buf.mv[:n])
             raise Abort(True)
         if k == "received_gt_total":
             total = self._fault_total(endpoint, args)
@@ -983,11 +992,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(413, "file_too_large", limit=max_file)
         key = (upload_id, name)
         lock = emu.file_lock(key)
-        if not lock.acquire(blocking=False):
+        waited = not lock.acquire(blocking=False)
+        if waited:
             emu.violation("concurrent_put", upload_id, name, f"PUT bytes {start}-{end}/{total} while another PUT to the file was in flight")
             lock.acquire()
         try:
-            status, body = self._put_locked(upload_id, name, key, start, end, total, length)
+            if waited and emu.live_session(upload_id) is None:  # deleted/expired while waiting
+                status, body = 404, _error_body("upload_session_not_found")
+            else:
+                status, body = self._put_locked(upload_id, name, key, start, end, total, length)
         finally:
             lock.release()
         # Answered only once the file is free again: a client that sends the next
@@ -998,19 +1011,15 @@ class Handler(BaseHTTPRequestHandler):
         """Does the PUT with the file's lock held; returns the answer (status, body)."""
         emu = self.emu
         store = emu.store
-        if emu.live_session(upload_id) is None:  # deleted/expired while waiting
-            return 404, _error_body("upload_session_not_found")
         row = store.one("SELECT * FROM files WHERE upload_id=? AND name=?", (upload_id, name))
         if row is None:
             # A file's total is fixed when it is created: the session cap is checked once, here.
-            max_sess = emu.flag("max_session_size")
-            other = store.one("SELECT COALESCE(SUM(total),0) FROM files WHERE upload_id=?", (upload_id,))[0]
-            if other + total > max_sess:
-                return 413, _error_body("session_too_large", limit=max_sess)
             # The per-file lock held by put_file makes this the only creator of (upload_id, name).
-            store.run("INSERT INTO files (upload_id, name, total, created) VALUES (?,?,?,?)",
-                      (upload_id, name, total, time.time()))
-            row = store.one("SELECT * FROM files WHERE upload_id=? AND name=?", (upload_id, name))
+            max_sess = emu.flag("max_session_size")
+            fid = store.create_file(upload_id, name, total, max_sess)
+            if fid is None:
+                return 413, _error_body("session_too_large", limit=max_sess)
+            row = {"id": fid, "received": 0, "complete": 0, "total": total}
         fid = row["id"]
         store.run("UPDATE files SET put_count=put_count+1 WHERE id=?", (fid,))
         with emu.file_locks_lock:
@@ -1038,8 +1047,10 @@ class Handler(BaseHTTPRequestHandler):
             emu.hashes.pop(fid, None)
             rh = None
         # A body of one segment is handled inline (worker None): a hand-off to the
-        # body worker and back costs more than the work for small files.
-        worker = None if length <= SEG else self._body_worker()
+        # body worker and back costs more than the work for small files.  With
+        # neither a blob nor a hash there is no body work at all.
+        has_work = not emu.discard or rh is not None
+        worker = self._body_worker() if length > SEG and has_work else None
         put_hash = None
         if rh is not None:
             put_hash = _PutHash()
@@ -1101,7 +1112,7 @@ class Handler(BaseHTTPRequestHandler):
                         _pwrite_all(fd, mv, off)
                     else:
                         buf.op = worker.submit(_pwrite_all, fd, mv, off)
-                if put_hash is not None and off + n > received:
+                elif put_hash is not None and off + n > received:  # a running hash is kept only in --discard
                     lo = max(0, received - off)  # overlapping bytes are already hashed
                     if worker is None:
                         put_hash.update(mv[lo:])
@@ -1154,23 +1165,28 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(403, "tariff")
         if emu.flag("quota_exceeded"):
             return self.error(402, "storage_quota_exceeded")
+        with emu.projects_lock:  # one project per upload_id, even for two POSTs at once
+            status, answer = self._create_project_locked(req, uid, link, pm, title)
+        self.respond(status, answer)
+
+    def _create_project_locked(self, req, uid, link, pm, title):
+        """Creates (or finds) the project with projects_lock held; returns the answer (status, body)."""
+        emu = self.emu
         now = time.time()
         files: list[str] = []
         errors = None
         size = 0
         if uid is not None:
             if emu.live_session(uid) is None:
-                return self.error(404, "upload_session_not_found")
+                return 404, _error_body("upload_session_not_found")
             existing = emu.store.one("SELECT * FROM projects WHERE upload_id=?", (uid,))
             if existing is not None:
                 emu.store.run("UPDATE projects SET create_count=create_count+1 WHERE id=?", (existing["id"],))
-                return self.respond(
-                    201,
-                    {"name": existing["name"], "status": emu.project_status(existing), "message": "processing_started"},
-                )
+                return 201, {"name": existing["name"], "status": emu.project_status(existing),
+                             "message": "processing_started"}
             rows = emu.store.all("SELECT * FROM files WHERE upload_id=? ORDER BY id", (uid,))
             if not rows or any(not r["complete"] for r in rows):
-                return self.error(400, "project_creation_failed")
+                return 400, _error_body("project_creation_failed")
             for r in rows:
                 size += r["total"]
                 if extension_of(r["name"]) == "zip" and not emu.discard:
@@ -1225,8 +1241,8 @@ class Handler(BaseHTTPRequestHandler):
             " VALUES (?,?,?,?,?,?,?,?)",
             (name, uid, link, record["title"], pm, now, ps, json.dumps(record)),
         )
-        prow = emu.store.one("SELECT * FROM projects WHERE name=?", (name,))
-        self.respond(201, {"name": name, "status": emu.project_status(prow), "message": "processing_started"})
+        status = emu.project_status({"created": now, "processing_seconds": ps})
+        return 201, {"name": name, "status": status, "message": "processing_started"}
 
     def get_project(self, name_raw):
         try:
@@ -1371,8 +1387,7 @@ class Handler(BaseHTTPRequestHandler):
             with emu.flags_lock:
                 emu.flags = dict(emu.initial_flags)
             if isinstance(d, dict) and d.get("data"):
-                emu.store.wipe()
-                emu.hashes.clear()
+                emu.purge()
             return self.respond(200, {"reset": True})
         if sub == "/health" and m == "GET":
             return self.respond(200, {"ok": True, "discard": emu.discard})

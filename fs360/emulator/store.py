@@ -13,6 +13,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -103,6 +104,17 @@ class Store:
     # -- sessions --------------------------------------------------------
     def session(self, upload_id):
         return self.one("SELECT * FROM sessions WHERE upload_id=?", (upload_id,))
+
+    def create_file(self, upload_id, name, total, session_cap) -> int | None:
+        """A new file's id, or None when the session's totals would pass session_cap.
+        One lock hold, so two new files of one session cannot both slip under the cap."""
+        with self.lock:
+            other = self.db.execute("SELECT COALESCE(SUM(total),0) FROM files WHERE upload_id=?",
+                                    (upload_id,)).fetchone()[0]
+            if other + total > session_cap:
+                return None
+            return self.db.execute("INSERT INTO files (upload_id, name, total, created) VALUES (?,?,?,?)",
+                                   (upload_id, name, total, time.time())).lastrowid
 
     def purge_session(self, upload_id) -> list[int]:
         """Delete a session, its file rows and blobs. Returns the file ids."""
