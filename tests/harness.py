@@ -31,6 +31,16 @@ def sha256_of(path) -> str:
     return digest.hexdigest()
 
 
+def write_marker(path, text: bytes) -> None:
+    """Writes a .create marker; raises what close() raises when the marker is refused."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if text:
+            os.write(fd, text)
+    finally:
+        os.close(fd)  # close() is where .create is accepted or refused
+
+
 def write_random(path, size: int, seed: int | None = None) -> str:
     """Writes `size` pseudo-random bytes; returns their sha256."""
     digest = hashlib.sha256()
@@ -67,14 +77,13 @@ class Mount:
     """A real fs360 mount in its own daemon process."""
 
     def __init__(self, tmp_path: Path, emulator: EmulatorProcess, *, extra_args=(), writeback_delay=0.3,
-                 name="mnt", cache_dir: Path | None = None, env=None, rate_limits=False):
+                 name="mnt", cache_dir: Path | None = None, env=None):
         self.mountpoint = tmp_path / name
         self.mountpoint.mkdir(exist_ok=True)
         self.cache_dir = cache_dir or tmp_path / f"{name}-cache"
         self.emulator = emulator
         self.extra_args = list(extra_args)
         self.writeback_delay = writeback_delay
-        self.rate_limits = rate_limits
         self.env = env
         # Log lines (regexes) a test expects to see at ERROR level.
         self.expected_errors: list[str] = []
@@ -87,9 +96,7 @@ class Mount:
     def command(self) -> list[str]:
         cmd = [PYTHON, "-m", "fs360.cli", "mount", str(self.mountpoint), "--api-url", self.emulator.base_url,
                "--cache-dir", str(self.cache_dir), "--writeback-delay", str(self.writeback_delay),
-               "--poll-interval", "0.3", "--log-level", "debug", *self.extra_args]
-        if not self.rate_limits:
-            cmd.append("--no-rate-limits")
+               "--poll-interval", "0.3", "--log-level", "debug", "--no-rate-limits", *self.extra_args]
         return cmd
 
     def start(self) -> "Mount":
@@ -153,9 +160,6 @@ class Mount:
         assert not errors, "the mount logged errors:\n" + "\n".join(errors[:20])
 
     # --- reading the mount's own view ---------------------------------------------------------
-
-    def session(self, name: str) -> Path:
-        return self.mountpoint / name
 
     def status_json(self, session: str) -> dict:
         with open(self.mountpoint / session / "status.json", encoding="utf-8", errors="surrogateescape") as f:

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.harness import wait_until, write_random
+from tests.harness import wait_until, write_marker, write_random
 
 
 def server_project(emulator, name: str) -> dict:
@@ -17,15 +17,6 @@ def server_project(emulator, name: str) -> dict:
                                      headers={"Authorization": f"Bearer {emulator.api_key}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
-
-
-def write_marker(path, text: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        if text:
-            os.write(fd, text)
-    finally:
-        os.close(fd)  # close() is where .create is accepted or refused
 
 
 def test_empty_create_makes_the_project_and_seals(tmp_path, mount, emulator):

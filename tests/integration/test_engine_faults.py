@@ -18,7 +18,7 @@ import pytest
 from fs360.engine.engine import Engine
 from fs360.engine.records import COMPLETE, P_READY
 from fs360.errors import RateLimited
-from tests.harness import assert_uploaded, make_sources, wait_until
+from tests.harness import assert_uploaded, make_sources, request_count, wait_until
 from tests.integration.engine_runner import queue_files
 
 KiB = 1024
@@ -93,7 +93,7 @@ def test_drop_response_resumes_without_resending(emulator, settings_for, tmp_pat
     assert fired(emulator) == [4]
     by_name = assert_uploaded(emulator, None, expected)
     assert by_name["big.las"]["overwritten_bytes"] == 0
-    assert emulator.stats()["requests"].get("GET get_file 200", 0) >= 4
+    assert request_count(emulator, "GET get_file 200") >= 4
 
 
 def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
@@ -114,7 +114,7 @@ def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
     queue_files(engine, "s", {name: src / name for name in expected})
     assert engine.wait_idle(timeout=60, poll=0.05)
     engine.stop()
-    assert emulator.stats()["requests"].get("PUT put_file 429") == 3
+    assert request_count(emulator, "PUT put_file 429") == 3
     assert waits, "no 429 reached the engine"
     for retry_after, planned in waits:
         assert retry_after == 2
@@ -164,8 +164,7 @@ def test_project_is_posted_once_when_its_answer_is_lost(emulator, settings_for, 
     projects = emulator.projects()
     assert len(projects) == 1
     assert projects[0]["create_count"] == 1  # POSTed once: the lost answer was found by a GET
-    requests = emulator.stats()["requests"]
-    assert sum(n for k, n in requests.items() if k.startswith("POST create_project")) == 1
+    assert request_count(emulator, "POST create_project") == 1
     assert_uploaded(emulator, None, expected)
 
 

@@ -82,7 +82,7 @@ def settle(mount: Mount, session: str, timeout: float | None = None) -> dict[str
         raise AssertionError(f"{exc}; files: {files}") from None
 
 
-def run_bounded(cmd: list[str], what: str, hang_after: float = 5.0) -> subprocess.CompletedProcess:
+def run_bounded(cmd: list[str], what: str, hang_after: float = 30.0) -> subprocess.CompletedProcess:
     """Runs a tool against the mount. `hang_after` only detects a hang: it is never a performance bound."""
     try:
         return subprocess.run(cmd, capture_output=True, timeout=hang_after)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tests.harness import write_random
+from tests.harness import write_marker, write_random
 
 from .common import KiB, MiB, assert_accounted, pick, settle
 
@@ -72,10 +72,8 @@ BAD_MARKERS = [b"{not json", b"[1, 2, 3]", b'"a string"', b"\xff\xfe{}", b'{"pri
 
 
 def _write_marker(marker, content: bytes) -> int | None:
-    """Writes .create; returns the errno of close() (None when it succeeded)."""
-    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.write(fd, content)
-    return _errno_of(lambda: os.close(fd))
+    """Writes .create; returns the errno it was refused with (None when accepted)."""
+    return _errno_of(lambda: write_marker(marker, content))
 
 
 def test_invalid_and_huge_create_markers(tmp_path, emulator, mount_factory):

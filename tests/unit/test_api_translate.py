@@ -4,6 +4,7 @@ Real `requests.Response` objects are built and passed through `ApiClient._transl
 (no network, nothing mocked).
 """
 
+import errno
 import json
 
 import pytest
@@ -74,8 +75,8 @@ def test_non_contiguous_carries_received(client):
     assert info.value.received == 8388608 and info.value.retryable
 
 
-@pytest.mark.parametrize("code,cls,errno_", [("file_too_large", E.FileTooLarge, E.FileTooLarge.errno),
-                                              ("session_too_large", E.SessionTooLarge, E.SessionTooLarge.errno)])
+@pytest.mark.parametrize("code,cls,errno_", [("file_too_large", E.FileTooLarge, errno.EFBIG),
+                                              ("session_too_large", E.SessionTooLarge, errno.EDQUOT)])
 def test_too_large_carries_limit(client, code, cls, errno_):
     with pytest.raises(cls) as info:
         translate(client, response(413, {"error": code, "limit": 1024}))

@@ -215,7 +215,7 @@ def test_close_makes_pending_then_complete(model, emulator):
 
 
 def test_reopen_while_pending_cancels_and_requeues(emulator, make_model):
-    model = make_model(emulator, writeback_delay=1.0)
+    model = make_model(emulator, start=False)  # nothing goes out before the reopen
     model.mkdir("/s", 0o755)
     write_file(model, "/s/a.jpg", b"first")
     assert model.file_state("s", "a.jpg") == "pending"
@@ -223,6 +223,7 @@ def test_reopen_while_pending_cancels_and_requeues(emulator, make_model):
     assert model.file_state("s", "a.jpg") == "writing"
     model.write(fh, b"second version", 0)
     model.release(fh)
+    model.engine.start()
     wait_state(model, "s", "a.jpg", "complete")
     (remote,) = emulator.files()
     assert remote["total"] == len(b"second version") and remote["put_count"] == 1
@@ -260,12 +261,13 @@ def test_rename_local_files(idle):
 
 
 def test_unlink_pending_cancels(emulator, make_model):
-    model = make_model(emulator, writeback_delay=0.5)
+    model = make_model(emulator, start=False)  # nothing goes out before the unlink
     model.mkdir("/s", 0o755)
     write_file(model, "/s/a.jpg", b"gone")
     write_file(model, "/s/b.jpg", b"kept")
     model.unlink("/s/a.jpg")
     assert "a.jpg" not in names(model, "/s")
+    model.engine.start()
     wait_state(model, "s", "b.jpg", "complete")
     assert {f["name"] for f in emulator.files()} == {"b.jpg"}
 
