@@ -240,15 +240,17 @@ def cmd_unmount(args) -> int:
 
 
 def _daemon_pid(mountpoint: str) -> int | None:
-    """The daemon serving `mountpoint`: the fs360 process whose arguments name it."""
+    """The daemon serving `mountpoint`: the `fs360 mount` process whose arguments name it
+    (run as `python -m fs360.cli` or as the `fs360` script; never this process itself)."""
     try:
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
                 try:
                     cmd = (entry / "cmdline").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if b"fs360.cli" in b" ".join(cmd) and mountpoint.encode() in cmd:
+                runs_fs360 = b"fs360.cli" in cmd or any(os.path.basename(arg) == b"fs360" for arg in cmd[:2])
+                if runs_fs360 and b"mount" in cmd and mountpoint.encode() in cmd:
                     return int(entry.name)
     except OSError:
         return None

@@ -166,7 +166,7 @@ def serve(settings: Settings, mountpoint: str, *, ready=None, embedded: Embedded
     signal.signal(signal.SIGTERM, on_signal)
     code = 0
     try:
-        fuse_mount(model, mountpoint, foreground=True, allow_other=settings.allow_other,
+        fuse_mount(model, mountpoint, allow_other=settings.allow_other,
                    on_init=on_init, on_destroy=on_destroy)
     except Exception as exc:  # mfusepy raises RuntimeError when the mount fails
         log.error("FUSE failed for %s: %s", mountpoint, exc)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
@@ -73,17 +72,16 @@ class ApiClient:
     def __init__(self, settings: Settings, pacer: Pacer | None = None):
         self.base_url = settings.api_url.rstrip("/")
         self._auth = {"Authorization": f"Bearer {settings.api_key}"}
-        self._verify: bool | str = settings.ca_bundle or True
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self.pacer = pacer or Pacer(settings.rate_limits, settings.rate_limits_enabled,
                                     settings.rate_window_scale)
         self._local = threading.local()
         self._host = urlsplit(self.base_url).netloc
-        self._proxies = requests.utils.get_environ_proxies(self.base_url)
-        if settings.ca_bundle is None:
-            env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if env_bundle:
-                self._verify = env_bundle
+        # requests' own reading of the environment (proxies, no_proxy, CA bundle variables),
+        # done once here; an explicit --ca-bundle wins over the variables.
+        env = requests.Session().merge_environment_settings(self.base_url, {}, None, settings.ca_bundle or True, None)
+        self._proxies: dict = env["proxies"]
+        self._verify: bool | str = env["verify"]
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)

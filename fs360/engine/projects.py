@@ -108,7 +108,7 @@ class ProjectKeeper:
                 with engine.lock:
                     if session.project is not project:
                         return
-                    if upload_id:
+                    if upload_id and not posted_before:
                         # Journaled before sending, so the project is created once whatever happens next.
                         engine.journal.update_project(session.id, posted_upload_id=upload_id)
                         project.posted_upload_id = upload_id
@@ -118,6 +118,11 @@ class ProjectKeeper:
                 engine.session_lost(session, upload_id)
             return
         except ProjectCreationFailed as exc:
+            # A definite refusal: nothing was created, so the next try needs no lookup first.
+            with engine.lock:
+                if session.project is project and upload_id and project.posted_upload_id == upload_id:
+                    engine.journal.update_project(session.id, posted_upload_id=None)
+                    project.posted_upload_id = None
             self._recheck_files(session, upload_id)
             self._retry_later(session, exc)
             return

@@ -18,7 +18,7 @@ import threading
 import mfusepy
 
 from ..errors import Fs360Error, errno_of
-from .model import MountModel
+from .model import XATTRS, MountModel
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,13 @@ def _printable(args) -> tuple:
     return tuple(a if isinstance(a, (str, int)) else type(a).__name__ for a in args)
 
 
-# Names of the extended attributes the model answers; any other is ENODATA at once.
-OWN_XATTR_PREFIX_BYTES = b"user.fs360."
+# The extended attributes the model answers; any other is ENODATA at once.
+OWN_XATTRS = frozenset(name.encode() for name in XATTRS)
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
-# fuse_common.h (libfuse 3): connection capabilities.
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
-KEEP_MTIME = "keep"  # utimens: the mtime is not to change (UTIME_OMIT)
+# fuse_common.h (libfuse 3): connection capabilities.
 FUSE_CAP_READDIRPLUS = 1 << 13
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 
@@ -82,18 +81,7 @@ class _Fuse(mfusepy.FUSE):
         if native not in self._pinned_threads:
             self._pinned_threads.add(native)
             ctypes.pythonapi.PyGILState_Ensure()
-
-        @functools.wraps(func)
-        def call(*a, **kw):
-            # An errno raised on purpose (EACCES, ENOENT, ENOTSUP, ...) is an answer, not a
-            # failure: return it without mfusepy's debug traceback. `translated` has logged it.
-            try:
-                return func(*a, **kw)
-            except mfusepy.FuseOSError as exc:
-                if isinstance(exc.errno, int) and exc.errno > 0:
-                    return -exc.errno
-                raise
-        return super()._wrapper(call, *args, **kwargs)
+        return super()._wrapper(func, *args, **kwargs)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         if not flags & FUSE_READDIR_PLUS or not hasattr(self.operations, "listing"):
@@ -124,8 +112,8 @@ class _Fuse(mfusepy.FUSE):
         else:
             spec = buf.contents.modtime
             if spec.tv_nsec == UTIME_OMIT:
-                mtime = KEEP_MTIME
-            elif spec.tv_nsec == UTIME_NOW:
+                return 0  # the mtime stays; the atime is not kept at all
+            if spec.tv_nsec == UTIME_NOW:
                 mtime = None
             else:
                 mtime = spec.tv_sec * 10**9 + spec.tv_nsec
@@ -136,7 +124,7 @@ class _Fuse(mfusepy.FUSE):
         # The kernel asks for security.capability before every write() (FUSE never marks an
         # inode S_NOSEC) and `ls -l` asks for ACLs and the SELinux label of every file: those
         # are answered here, before mfusepy decodes anything, raises or logs.
-        if not name.startswith(OWN_XATTR_PREFIX_BYTES):
+        if name not in OWN_XATTRS:
             return -errno.ENODATA
         return super().getxattr(path, name, value, size, *args)
 
@@ -280,11 +268,8 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def utimens(self, path, times=None):
-        """times: None or (atime, mtime) in ns; mtime None = now, KEEP_MTIME = unchanged (atime is not kept)."""
-        mtime = times[1] if times else None
-        if mtime is KEEP_MTIME:
-            return
-        self.model.utimens(path, mtime)
+        """times: None or (atime, mtime) in ns; mtime None = now (atime is not kept)."""
+        self.model.utimens(path, times[1] if times else None)
 
     @translated
     def getxattr(self, path, name, position=0):
@@ -321,10 +306,12 @@ class Fs360Operations(mfusepy.Operations):
         return 0
 
 
-def mount(model: MountModel, mountpoint: str, foreground: bool = True, allow_other: bool = False,
-          on_init=None, on_destroy=None) -> None:
+def mount(model: MountModel, mountpoint: str, allow_other: bool = False, on_init=None, on_destroy=None) -> None:
     """Runs the FUSE loop until unmounted (blocks)."""
-    options = dict(foreground=foreground, nothreads=False, fsname="fs360", subtype="fs360",
+    # mfusepy logs every errno a callback returns, with a traceback, at debug level; an errno
+    # is an answer here (translated() has logged the ones worth logging).
+    mfusepy.log.setLevel(logging.INFO)
+    options = dict(foreground=True, nothreads=False, fsname="fs360", subtype="fs360",
                    default_permissions=True, hard_remove=True)
     if allow_other:
         options["allow_other"] = True

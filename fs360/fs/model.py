@@ -117,15 +117,19 @@ class MountModel:
                 raise NotFound(path)
             session = self._session(parts[0])
             name = parts[1]
-            if name in STATUS_NAMES:
-                return self._virtual_attrs(0o444, session.mtime_ns)
-            if name == CREATE_MARKER:
-                if not self._marker_listed(session):
-                    raise NotFound(path)
-                mode = 0o444 if session.sealed else 0o644
-                size = len(self._marker_text(session))
-                return self._virtual_attrs(mode, session.mtime_ns, size=size)
+            if name == CREATE_MARKER and not self._marker_listed(session):
+                raise NotFound(path)
+            if name in STATUS_NAMES or name == CREATE_MARKER:
+                return self._virtual_entry_attrs_locked(session, name)
             return self._file_attrs(self._file(session, name))
+
+    def _virtual_entry_attrs_locked(self, session, name: str) -> dict:
+        """Attributes of a session's status file or .create, the same for getattr and
+        a listing (the kernel caches both). Needs engine.lock held."""
+        if name == CREATE_MARKER:
+            mode = 0o444 if session.sealed else 0o644
+            return self._virtual_attrs(mode, session.mtime_ns, size=len(self._marker_text(session)))
+        return self._virtual_attrs(0o444, session.mtime_ns)
 
     def _dir_attrs(self, mode: int, mtime_ns: int, nlink: int = 2) -> dict:
         return {"st_mode": stat.S_IFDIR | (mode & 0o7777), "st_nlink": nlink, "st_uid": self.uid,
@@ -157,11 +161,8 @@ class MountModel:
             if parts[0] == ROOT_STATUS:
                 raise NotADirectory(path)
             session = self._session(parts[0])
-            entries = [(name, self._virtual_attrs(0o444)) for name in STATUS_NAMES]
-            if self._marker_listed(session):
-                entries.append((CREATE_MARKER, self._virtual_attrs(0o444 if session.sealed else 0o644,
-                                                                   session.mtime_ns,
-                                                                   size=len(self._marker_text(session)))))
+            names = list(STATUS_NAMES) + ([CREATE_MARKER] if self._marker_listed(session) else [])
+            entries = [(name, self._virtual_entry_attrs_locked(session, name)) for name in names]
             entries += [(name, self._file_attrs(record)) for name, record in session.files.items()]
             return entries
 

@@ -575,3 +575,15 @@ def test_marker_refused_then_written_again_by_open(idle):
     idle.flush(fh)
     idle.release(fh)
     assert idle.engine.sessions["s"].project.options == {"title": "again"}
+
+
+def test_listing_gives_the_attributes_getattr_gives(idle):
+    """The kernel caches what a listing hands over (readdirplus): `ls -l` and `stat`
+    must show the same, the virtual entries included."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"abc")
+    write_file(idle, "/s/.create", b'{"title": "t"}')
+    listed = dict(idle.readdir("/s"))
+    assert {"status", "status.json", ".create", "a.jpg"} <= set(listed)
+    for name, attrs in listed.items():
+        assert attrs == idle.getattr(f"/s/{name}"), name
