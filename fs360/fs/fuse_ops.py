@@ -81,7 +81,18 @@ class _Fuse(mfusepy.FUSE):
         if native not in self._pinned_threads:
             self._pinned_threads.add(native)
             ctypes.pythonapi.PyGILState_Ensure()
-        return super()._wrapper(func, *args, **kwargs)
+
+        @functools.wraps(func)
+        def call(*a, **kw):
+            # An errno raised on purpose (EACCES, ENOENT, ENOTSUP, ...) is an answer, not a
+            # failure: return it without mfusepy's debug traceback. `translated` has logged it.
+            try:
+                return func(*a, **kw)
+            except mfusepy.FuseOSError as exc:
+                if isinstance(exc.errno, int) and exc.errno > 0:
+                    return -exc.errno
+                raise
+        return super()._wrapper(call, *args, **kwargs)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         if not flags & FUSE_READDIR_PLUS or not hasattr(self.operations, "listing"):
@@ -308,9 +319,6 @@ class Fs360Operations(mfusepy.Operations):
 
 def mount(model: MountModel, mountpoint: str, allow_other: bool = False, on_init=None, on_destroy=None) -> None:
     """Runs the FUSE loop until unmounted (blocks)."""
-    # mfusepy logs every errno a callback returns, with a traceback, at debug level; an errno
-    # is an answer here (translated() has logged the ones worth logging).
-    mfusepy.log.setLevel(logging.INFO)
     options = dict(foreground=True, nothreads=False, fsname="fs360", subtype="fs360",
                    default_permissions=True, hard_remove=True)
     if allow_other:
