@@ -85,7 +85,7 @@ def _serve_bare_sink(listener: socket.socket, received: list[int]) -> None:
             pending = pending[taken:]
             left = length - taken
             while left > 0:
-                got = conn.recv_into(buf, min(left, len(buf)), socket.MSG_WAITALL)
+                got = conn.recv_into(buf, min(left, len(buf)))
                 if not got:
                     return
                 left -= got
