@@ -105,7 +105,8 @@ class Engine:
                 mtime_ns=row["mtime_ns"], size=row["size"], uid=row["uid"], gid=row["gid"], state=row["state"],
                 server_received=row["server_received"], upload_id=row["upload_id"], last_error=row["last_error"],
                 attempts=row["attempts"], next_attempt=row["next_attempt"], completed_at=row["completed_at"],
-                evicted=bool(row["evicted"]), unlinked=bool(row["unlinked"]))
+                evicted=bool(row["evicted"]), unlinked=bool(row["unlinked"]), server_name=row["server_name"],
+                sha256=row["sha256"])
             record.local_only = record.state == LOCAL
             self._files[record.id] = record
             if record.unlinked:
@@ -298,7 +299,7 @@ class Engine:
         state = LOCAL if local_only else WRITING
         values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
                       state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
-                      completed_at=0, evicted=0, unlinked=0)
+                      completed_at=0, evicted=0, unlinked=0, server_name=None, sha256=None)
         file_id = self.journal.insert_file(values)
         self.spool.create(file_id)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=mode, mtime_ns=now_ns, uid=uid,

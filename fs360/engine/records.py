@@ -64,6 +64,10 @@ class FileRecord:
     completed_at: float = 0.0
     evicted: bool = False
     unlinked: bool = False
+    # The exact name the server holds (or will hold) this file under; see fs/names.py.
+    server_name: str | None = None
+    # sha256 of the content handed to the upload (hex); lets an identical re-copy be a no-op.
+    sha256: str | None = None
     # Memory only.
     local_only: bool = False
     open_writers: int = 0
