@@ -53,6 +53,9 @@ class Settings:
     rate_limits: dict = field(default_factory=lambda: dict(DOCUMENTED_RATE_LIMITS))
 
     project_poll_interval: float = 5.0
+    # privacy_mode of a project whose .create names none: 2 private (the vendor's client's
+    # default), 1 anyone with the link, 0 public. The server's own default may be public.
+    default_privacy: int = 2
     # Fraction of the spool disk left free: complete files beyond it are evicted.
     cache_min_free_fraction: float = 0.10
     # Caps known before the server says so (0 = unknown); a 413 teaches the real one.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from cachetools import TTLCache
 
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROJECT_PAGE = "https://360-for-you.com/projects/{name}"
+# The API is served under {server}/api/v1 and a project's page is {server}/projects/{name}
+# (api.md Part C; self-hosted servers exist, so the server is the one --api-url names).
+API_PATH_SUFFIX = "/api/v1"
 
 
 class ProjectKeeper:
@@ -95,7 +98,7 @@ class ProjectKeeper:
             project = session.project
             if project is None or project.state != P_WAITING:
                 return
-            body = {"title": session.name, **project.options}
+            body = {"title": session.name, "privacy_mode": engine.settings.default_privacy, **project.options}
             if "download_link" not in project.options:
                 body["upload_id"] = session.upload_id
                 if not session.upload_id:
@@ -159,7 +162,7 @@ class ProjectKeeper:
         if not upload_id:
             return
         try:
-            remote = {f.name: f for f in self.engine.client.session_status(upload_id)}
+            remote = {f.name.lower(): f for f in self.engine.client.session_status(upload_id)}
         except Fs360Error:
             return
         engine = self.engine
@@ -167,7 +170,7 @@ class ProjectKeeper:
             for record in session.files.values():
                 if record.local_only or record.state != COMPLETE:
                     continue
-                held = remote.get(record.name)
+                held = remote.get((record.server_name or "").lower())
                 if held is None or not held.complete:
                     if record.evicted:
                         engine._set_state_locked(record, LOST, last_error="the server does not have this file "
@@ -226,6 +229,10 @@ def vars_of(project: ProjectRequest) -> dict:
     return {column: getattr(project, column) for column in PROJECT_COLUMNS}
 
 
-def project_page(name: str) -> str:
-    return PROJECT_PAGE.format(name=name)
+def project_page(api_url: str, name: str) -> str:
+    """The project's page on the server that `api_url` points at."""
+    parts = urlsplit(api_url)
+    path = parts.path.rstrip("/")
+    server_path = path[: -len(API_PATH_SUFFIX)] if path.endswith(API_PATH_SUFFIX) else ""
+    return urlunsplit((parts.scheme, parts.netloc, f"{server_path}/projects/{name}", "", ""))
 

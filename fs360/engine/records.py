@@ -111,3 +111,8 @@ class SessionRecord:
     unlinked: list[FileRecord] = field(default_factory=list)         # gone from the folder, held by the server
     project: ProjectRequest | None = None
     notice: str = ""   # what stops the project, for status
+    # Memory only. Lower-cased server name -> the record it is chosen for (listed or unlinked).
+    server_names: dict[str, FileRecord] = field(default_factory=dict)
+    # Lower-cased names the server is known to hold bytes of in `upload_id`; None: not known
+    # yet (a session from the journal), asked once before the first PUT of a new file.
+    remote_names: set[str] | None = None
