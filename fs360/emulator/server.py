@@ -102,14 +102,18 @@ import sys
 import threading
 import time
 import traceback
-import unicodedata
 import zipfile
 from collections import deque
 from datetime import datetime, timezone
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from .faults import FaultSet, FaultSpecError
+from .faults import ENDPOINTS, FaultSet, FaultSpecError
+from .profiles import (  # noqa: F401  (DEFAULT_EXTENSIONS and EXT_GROUPS: imported from here by callers)
+    DEFAULT_EXTENSIONS, EXT_GROUPS, IMAGES, MESH, POINTS, PROFILES, RECORD_OWN, SPLATS, VIDEO, extension_of,
+    flatten_name,
+)
 from .store import Store
 
 API_PREFIX = "/api/v1"
@@ -128,22 +132,8 @@ RATE_LIMITS = {
     "delete_session": (60, 60.0),
     "create_project": (10, 3600.0),
     "get_project": (60, 60.0),
+    "list_projects": (60, 60.0),  # not in api.md's table (vendor profile only): as polling a project
 }
-
-EXT_GROUPS = {
-    "images": "jpg jpeg png tif tiff webp heic heif dng",
-    "pointclouds": "e57 las laz ply pts ptx xyz pcd rcp rcs fls lgs",
-    "cad": "ifc dwg dxf rvt nwd nwc skp obj fbx glb gltf stl dae",
-    "splats": "splat spz ksplat",
-    "video": "mp4 mov insv insp 360 mkv",
-    "archives": "zip 7z rar",
-}
-DEFAULT_EXTENSIONS = [e for g in EXT_GROUPS.values() for e in g.split()]
-_IMAGES = set(EXT_GROUPS["images"].split())
-_VIDEO = set(EXT_GROUPS["video"].split())
-_POINTS = set(EXT_GROUPS["pointclouds"].split())
-_MESH = {"glb", "gltf", "fbx", "obj", "stl", "dae", "skp"}
-_SPLATS = set(EXT_GROUPS["splats"].split())
 
 UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9]{4,64}\Z")
 CR_RE = re.compile(r"bytes[ ]+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)\Z")
@@ -157,17 +147,37 @@ NBUF = 8  # segments per connection: a whole 8 MiB chunk can arrive while the bo
 SOCKET_TIMEOUT = 60.0
 
 REASONS = {
-    100: "Continue", 200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
+    100: "Continue", 200: "OK", 201: "Created", 307: "Temporary Redirect", 400: "Bad Request", 401: "Unauthorized",
     402: "Payment Required", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
     409: "Conflict", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
     415: "Unsupported Media Type", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
+ACCOUNT_STATUSES = (401, 402, 403)
+STREAM_BLOCK = 1 << 16  # huge_body is written in blocks of this size from one buffer
 
-HTML_ERROR = (
-    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>"
-    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n"
-)
+
+def html_error_page(status: int) -> bytes:
+    """The page a reverse proxy in front of the API answers with."""
+    title = f"{status} {REASONS.get(status, 'Error')}"
+    return (f"<!DOCTYPE html>\n<html><head><title>{title}</title></head>"
+            f"<body><center><h1>{title}</h1></center><hr><center>nginx</center></body></html>\n").encode()
+
+
+def _padding_json(size: int):
+    """`size` bytes of what looks like an answer ({"received":0,"padding":"xxx…"}; only x's when
+    `size` is too small for that), as blocks of one shared buffer."""
+    head, tail = b'{"received":0,"padding":"', b'"}'
+    if size < len(head) + len(tail):
+        head = tail = b""
+    fill = memoryview(b"x" * STREAM_BLOCK)
+    yield head
+    left = size - len(head) - len(tail)
+    while left > 0:
+        n = min(left, STREAM_BLOCK)
+        yield fill[:n]
+        left -= n
+    yield tail
 
 
 class Abort(Exception):
@@ -194,25 +204,6 @@ def _error_body(code: str, **extra) -> dict:
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def flatten_name(raw: str):
-    """Percent-decode and flatten a URL filename segment. Returns name or None."""
-    try:
-        b = unquote_to_bytes(raw.encode("latin-1"))
-        name = b.decode("utf-8")
-    except (UnicodeDecodeError, UnicodeEncodeError):
-        return None
-    name = "".join(c for c in name if c not in "/\\" and unicodedata.category(c) != "Cc")
-    if name in ("", ".", "..") or len(name.encode("utf-8")) > 255:
-        return None
-    return name
-
-
-def extension_of(name: str) -> str:
-    if "." not in name:
-        return ""
-    return name.rpartition(".")[2].lower()
 
 
 # --------------------------------------------------------------------------
@@ -361,6 +352,7 @@ class Emulator:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.profile = PROFILES[getattr(cfg, "profile", "default")]()
         self.store = Store(cfg.data_dir)
         self.discard = cfg.discard
         self.keys = cfg.keys
@@ -393,6 +385,9 @@ class Emulator:
         self.hashes: dict[int, _RunningHash] = {}
         self.projects_lock = threading.Lock()
         self.log = cfg.log and not cfg.quiet
+        # A runtime account fault: {"status", "error", "endpoints"} or None (see /_emulator/account).
+        self.account_lock = threading.Lock()
+        self.account = None
 
     # -- helpers ----------------------------------------------------------
     def flag(self, name):
@@ -424,13 +419,38 @@ class Emulator:
             return lk
 
     def live_session(self, upload_id):
+        """The session's row, or None when it is unknown or expired (then purged).
+        Every API request to a session comes through here: with idle expiry
+        (vendor profile) this is where its clock restarts."""
         row = self.store.session(upload_id)
         if row is None:
             return None
-        if row["expires_at"] <= time.time():
+        now = time.time()
+        if row["expires_at"] <= now:
             self.purge(upload_id)
             return None
+        if self.profile.idle_expiry:
+            self.store.run("UPDATE sessions SET expires_at=? WHERE upload_id=?",
+                           (now + self.flag("session_lifetime"), upload_id))
         return row
+
+    def account_fault(self, endpoint):
+        """The runtime account fault's (status, error) when it covers `endpoint`, else None."""
+        with self.account_lock:
+            a = self.account
+        if a is None or (a["endpoints"] is not None and endpoint not in a["endpoints"]):
+            return None
+        return a["status"], a["error"]
+
+    def discard_projects_of(self, upload_id):
+        """Vendor DELETE /uploads/{id}: the projects made from the session that are
+        not ready yet lose their input; their status stays where it was."""
+        with self.projects_lock:
+            for prow in self.store.all("SELECT * FROM projects WHERE upload_id=? AND discarded_status IS NULL",
+                                       (upload_id,)):
+                st = self.project_status(prow)
+                if st < 100:
+                    self.store.run("UPDATE projects SET discarded_status=? WHERE id=?", (st, prow["id"]))
 
     def purge(self, upload_id=None):
         """Forget a session (or, with None, every session and project) with its
@@ -472,6 +492,8 @@ class Emulator:
         return hx
 
     def project_status(self, prow) -> int:
+        if "discarded_status" in prow.keys() and prow["discarded_status"] is not None:
+            return prow["discarded_status"]
         ps = prow["processing_seconds"]
         if ps <= 0:
             return 100
@@ -533,7 +555,9 @@ class Handler(BaseHTTPRequestHandler):
     def handle_one_request(self):
         self._expect = False
         self._dropped = False
-        self._trickle = 0.0
+        self._trickle = 0.0  # trickle fault: the body spread over this many seconds
+        self._drip = 0.0  # slow_loris fault: seconds between two bytes of the body
+        self._extra_fields = False
         self._linger = False
         self._body_left = 0
         self._chunked = False
@@ -746,39 +770,58 @@ class Handler(BaseHTTPRequestHandler):
         return self._worker
 
     # -- responses --------------------------------------------------------------
-    def _write_response(self, status, body: bytes, ctype, close, headers=()):
+    def _head(self, status, ctype, length, close, headers=()) -> bytes:
         lines = [
             f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
             "Server: fs360-emulator",
             f"Content-Type: {ctype}",
-            f"Content-Length: {len(body)}",
+            f"Content-Length: {length}",
             "Connection: close" if close else "Connection: keep-alive",
         ]
         for k, v in headers:
             lines.append(f"{k}: {v}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _write_response(self, status, body: bytes, ctype, close, headers=()):
+        head = self._head(status, ctype, len(body), close, headers)
         if self.command == "HEAD":
             body = b""
-        if self._trickle > 0 and body:
+        step = self._drip or (self._trickle / len(body) if self._trickle > 0 and body else 0.0)
+        if step > 0 and body:
+            # A thread per connection: the sleeps hold up only this client.
             self.wfile.write(head)
-            step = self._trickle / len(body)
             for i in range(len(body)):
                 time.sleep(step)
                 self.wfile.write(body[i : i + 1])
         else:
             self.wfile.write(head + body)
 
-    def respond(self, status, obj=None, *, raw=None, ctype="application/json", headers=()):
+    def _before_response(self, status):
+        """What every answer does first: drop the unread body, count it (or drop it)."""
         self._settle_body()
         if self._dropped:  # drop_response fault: the work is done, the answer is never sent
             self.emu.count(self.command, self._endpoint, "dropped")
             raise Abort(False)
         if self._endpoint is not None:
             self.emu.count(self.command, self._endpoint, status)
+
+    def respond(self, status, obj=None, *, raw=None, ctype="application/json", headers=()):
+        self._before_response(status)
+        if self._extra_fields and status >= 400 and isinstance(obj, dict) and "error" in obj:
+            obj = {**obj, "message": f"{REASONS.get(status, 'Error')}: {obj['error']}",
+                   "detail": f"the server refused this {self.command} request ({status})"}
         body = raw if raw is not None else json.dumps(obj, separators=(",", ":")).encode()
         self._write_response(status, body, ctype, self.close_connection, headers)
         if self.emu.log:
             self.log_message('"%s %s" %s', self.command, self.path.split("?")[0][:200], status)
+
+    def respond_stream(self, status, length, blocks, ctype="application/json"):
+        """An answer of `length` bytes written block by block: never whole in memory."""
+        self._before_response(status)
+        self.wfile.write(self._head(status, ctype, length, self.close_connection))
+        if self.command != "HEAD":
+            for block in blocks:
+                self.wfile.write(block)
 
     def error(self, status, code, **extra):
         self.respond(status, _error_body(code, **extra))
@@ -787,14 +830,9 @@ class Handler(BaseHTTPRequestHandler):
     def dispatch(self):
         if not self._parse_framing():
             return
-        path = self.path
-        if not path.startswith("/"):
-            try:
-                path = urlsplit(path).path or "/"
-            except ValueError:
-                path = "/"
-        path = path.split("?", 1)[0].split("#", 1)[0]
+        path = self._request_path()
         m = self.command
+        emu = self.emu
         if path == EMU_PREFIX or path.startswith(EMU_PREFIX + "/"):
             return self.introspect(m, path[len(EMU_PREFIX) :])
         if not path.startswith(API_PREFIX + "/"):
@@ -816,6 +854,8 @@ class Handler(BaseHTTPRequestHandler):
             }
         elif parts == ["projects"]:
             route = {"POST": ("create_project", self.create_project, ())}
+            if emu.profile.list_projects:
+                route["GET"] = ("list_projects", self.list_projects, ())
         elif len(parts) == 2 and parts[0] == "projects" and parts[1]:
             route = {"GET": ("get_project", self.get_project, (parts[1],))}
         if route is None:
@@ -824,15 +864,16 @@ class Handler(BaseHTTPRequestHandler):
             return self.respond(405, {"error": "method_not_allowed"}, headers=[("Allow", ", ".join(route))])
         endpoint, fn, args = route[m]
         self._endpoint = endpoint
-        emu = self.emu
         # auth
         auth = self.headers.get("Authorization", "")
         scheme, _, key = auth.strip().partition(" ")
         key = key.strip()
-        scopes = emu.keys.get(key) if scheme.lower() == "bearer" and key else None
+        if scheme.lower() != "bearer" or not key:
+            return self.error(401, emu.profile.missing_key_error)
+        scopes = emu.keys.get(key)
         if scopes is None:
-            return self.error(401, "unauthorized")
-        need = SCOPE_READ if endpoint == "get_project" else SCOPE_WRITE
+            return self.error(401, emu.profile.unknown_key_error)
+        need = SCOPE_READ if endpoint in ("get_project", "list_projects") else SCOPE_WRITE
         if need not in scopes:
             return self.error(403, "insufficient_scope")
         # rate limit
@@ -840,11 +881,17 @@ class Handler(BaseHTTPRequestHandler):
             ra = emu.rate.check(key, endpoint, emu.flag("rate_window_scale"))
             if ra is not None:
                 return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", str(ra))])
-        # faults
+        # faults: the modifiers first, then the account, then a terminal fault
         d = emu.faults.decide(endpoint)
         if d.latency:
             time.sleep(d.latency)
         self._trickle = d.trickle
+        self._extra_fields = d.extra_fields
+        if d.rollback is not None:
+            self._rollback_received(args, d.rollback)
+        account = emu.account_fault(endpoint)
+        if account is not None:
+            return self.error(*account)
         k = d.kind
         if k is not None and k != "drop_response":
             return self.apply_fault(k, d, endpoint, args)
@@ -852,14 +899,42 @@ class Handler(BaseHTTPRequestHandler):
             self._dropped = True
         fn(*args)
 
+    def _request_path(self) -> str:
+        """The request target's path, without query or fragment."""
+        path = self.path
+        if not path.startswith("/"):
+            try:
+                path = urlsplit(path).path or "/"
+            except ValueError:
+                path = "/"
+        return path.split("?", 1)[0].split("#", 1)[0]
+
     def apply_fault(self, k, d, endpoint, args):
         self.emu.count(self.command, endpoint, "fault:" + k)
+        rule = d.rule
         if k in ("error_500", "error_502", "error_503"):
             return self.respond(int(k[-3:]), {"error": "internal_error"})
         if k == "rate_limit_burst":
             return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", str(d.retry_after))])
+        if k == "retry_after_none":
+            return self.respond(429, {"error": "rate_limited"})
+        if k == "retry_after_date":
+            when = formatdate(time.time() + rule["retry_after"], usegmt=True)
+            return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", when)])
+        if k == "retry_after_huge":
+            return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", str(rule["retry_after"]))])
         if k == "html_error":
-            return self.respond(502, raw=HTML_ERROR, ctype="text/html; charset=utf-8")
+            status = rule["status"]
+            return self.respond(status, raw=html_error_page(status), ctype="text/html; charset=utf-8")
+        if k == "slow_loris":
+            answer = b'{"error":"internal_error"}'
+            n = max(len(answer), int(rule["duration"] / rule["seconds"]))
+            self._trickle, self._drip = 0.0, rule["seconds"]
+            return self.respond(503, raw=b" " * (n - len(answer)) + answer)  # JSON whitespace in front
+        if k == "huge_body":
+            return self.respond_stream(200, rule["size"], _padding_json(rule["size"]))
+        if k == "redirect":
+            return self.respond(307, raw=b"", ctype="text/html", headers=[("Location", self._redirect_to(rule))])
         if k == "invalid_json":
             return self.respond(200, raw=b'{"received": 12, "total": <html>not json')
         if k == "cut_body":
@@ -883,9 +958,32 @@ class Handler(BaseHTTPRequestHandler):
                 "delete_session": {},
                 "create_project": {"status": 0, "message": "processing_started"},
                 "get_project": {"name": args[0] if args else ""},
+                "list_projects": {},
             }[endpoint]
             return self.respond(200, body)
         return self.respond(500, {"error": "internal_error"})
+
+    def _redirect_to(self, rule) -> str:
+        """The redirect fault's Location: the rule's, or this emulator's sink under another host name."""
+        path = self.path if self.path.startswith("/") else self._request_path()
+        loc = rule["location"]
+        if loc is None:
+            host, port = self.server.server_address[:2]
+            other = "localhost" if host == "127.0.0.1" else "127.0.0.1"
+            scheme = "http" if self._plain else "https"
+            return f"{scheme}://{other}:{port}{EMU_PREFIX}/redirected{path}"
+        return loc.replace("{path}", path)
+
+    def _rollback_received(self, args, fraction):
+        """rollback_received fault: the server loses the tail of an incomplete file."""
+        emu = self.emu
+        upload_id, raw_name = args
+        name = emu.profile.flatten(raw_name)
+        if name is None or not UPLOAD_ID_RE.match(upload_id):
+            return
+        # One statement, no file lock: a PUT racing with it may win, as on a real server.
+        emu.store.run("UPDATE files SET received=CAST(received * ? AS INTEGER) WHERE upload_id=? AND name=?"
+                      " AND complete=0", (fraction, upload_id, name))
 
     def _fault_total(self, endpoint, args):
         if endpoint == "put_file":
@@ -895,7 +993,7 @@ class Handler(BaseHTTPRequestHandler):
                 if mm and mm.group(3) != "*":
                     return int(mm.group(3))
             return self._content_length or 0
-        name = flatten_name(args[1]) if len(args) > 1 else None
+        name = self.emu.profile.flatten(args[1]) if len(args) > 1 else None
         if name and UPLOAD_ID_RE.match(args[0]):
             row = self.emu.store.one("SELECT total FROM files WHERE upload_id=? AND name=?", (args[0], name))
             if row:
@@ -916,7 +1014,7 @@ class Handler(BaseHTTPRequestHandler):
             if emu.store.session(uid) is None and emu.store.one("SELECT 1 FROM projects WHERE name=?", (uid,)) is None:
                 break
         emu.store.run("INSERT INTO sessions (upload_id, created, expires_at) VALUES (?,?,?)", (uid, now, now + lifetime))
-        self.respond(201, {"upload_id": uid, "expires_in_seconds": int(lifetime) if lifetime == int(lifetime) else lifetime})
+        self.respond(201, {"upload_id": uid, "expires_in_seconds": emu.profile.expires_in(lifetime)})
 
     def _session_or_error(self, upload_id):
         if not UPLOAD_ID_RE.match(upload_id):
@@ -943,13 +1041,15 @@ class Handler(BaseHTTPRequestHandler):
     def delete_session(self, upload_id):
         if not UPLOAD_ID_RE.match(upload_id):
             return self.error(400, "invalid_upload_id")
+        if self.emu.profile.delete_discards_projects:
+            self.emu.discard_projects_of(upload_id)
         self.emu.purge(upload_id)
         self.respond(200, {"deleted": True})
 
     def get_file(self, upload_id, raw_name):
         if self._session_or_error(upload_id) is None:
             return
-        name = flatten_name(raw_name)
+        name = self.emu.profile.flatten(raw_name)
         if name is None:
             return self.error(400, "invalid_filename")
         row = self.emu.store.one("SELECT * FROM files WHERE upload_id=? AND name=?", (upload_id, name))
@@ -963,7 +1063,7 @@ class Handler(BaseHTTPRequestHandler):
         emu = self.emu
         if self._session_or_error(upload_id) is None:
             return
-        name = flatten_name(raw_name)
+        name = self.emu.profile.flatten(raw_name)
         if name is None:
             return self.error(400, "invalid_filename")
         ext = extension_of(name)
@@ -1203,7 +1303,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             try:
                 seg = urlsplit(link).path.rstrip("/").rsplit("/", 1)[-1]
-                seg = flatten_name(seg) or ""
+                seg = emu.profile.flatten(seg) or ""
             except ValueError:
                 seg = ""
             files = [seg] if seg else []
@@ -1217,25 +1317,27 @@ class Handler(BaseHTTPRequestHandler):
             "size": size,
             "privacy_mode": pm,
             "public_project": 1 if pm == 0 else 0,
-            "setups_count": sum(1 for e in exts if e in _IMAGES or e in _VIDEO),
+            "setups_count": sum(1 for e in exts if e in IMAGES or e in VIDEO),
             "views": 0,
             "errors": errors,
             "epsg": req.get("epsg"),
             "proj4": req.get("proj4"),
             "coord_unit": req.get("coord_unit", "m"),
-            "potree": int(any(e in _POINTS for e in exts)),
-            "glb": int(any(e in _MESH for e in exts)),
+            "potree": int(any(e in POINTS for e in exts)),
+            "glb": int(any(e in MESH for e in exts)),
             "obj": int(any(e == "obj" for e in exts)),
             "ifc": int(any(e == "ifc" for e in exts)),
             "kml": 0,
             "pdf": 0,
             "geotiff": 0,
-            "threedgs": int(any(e in _SPLATS for e in exts)),
-            "video360": int(any(e in _VIDEO for e in exts)),
+            "threedgs": int(any(e in SPLATS for e in exts)),
+            "video360": int(any(e in VIDEO for e in exts)),
             "files": files,
             "upload_id": uid,
             "download_link": link,
         }
+        if emu.profile.pass_through_options:
+            record.update((k, v) for k, v in req.items() if k not in record and k not in RECORD_OWN)
         emu.store.run(
             "INSERT INTO projects (name, upload_id, download_link, title, privacy_mode, created, processing_seconds, record)"
             " VALUES (?,?,?,?,?,?,?,?)",
@@ -1253,6 +1355,8 @@ class Handler(BaseHTTPRequestHandler):
         if prow is None:
             return self.error(404, "project_not_found")
         st = self.emu.project_status(prow)
+        if prow["discarded_status"] is not None:  # its session was deleted before it was ready
+            return self.respond(200, {"name": name, "status": st, "deleted": True, "errors": 1})
         if st < 100:
             return self.respond(200, {"name": name, "status": st})
         rec = json.loads(prow["record"])
@@ -1265,7 +1369,17 @@ class Handler(BaseHTTPRequestHandler):
             "updated": _iso(prow["created"] + max(0.0, prow["processing_seconds"])),
         }
         out.update(rec)
-        self.respond(200, out)
+        self.respond(200, self.emu.profile.ready_record(out))
+
+    def list_projects(self):
+        emu = self.emu
+        rows = emu.store.all("SELECT * FROM projects ORDER BY id")
+        self.respond(200, {"projects": [
+            {"name": r["name"], "title": r["title"], "status": emu.project_status(r),
+             "privacy_mode": r["privacy_mode"], "created": _iso(r["created"]),
+             "deleted": r["discarded_status"] is not None}
+            for r in rows
+        ]})
 
     # -- introspection -------------------------------------------------------------
     def introspect(self, m, sub):
@@ -1310,7 +1424,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.respond(200, {"upload_id": upload_id, "files": row[0], "complete": row[1], "received": row[2]})
         if sub == "/stats" and m == "GET":
             with emu.stats_lock:
-                return self.respond(200, {"requests": dict(emu.stats), "violations": list(emu.violations)})
+                requests = dict(emu.stats)
+                violations = list(emu.violations)
+            endpoints: dict[str, int] = {}  # "METHOD endpoint" -> count, whatever the answer
+            for k, n in requests.items():
+                ep = k.rsplit(" ", 1)[0]
+                endpoints[ep] = endpoints.get(ep, 0) + n
+            return self.respond(200, {"requests": requests, "endpoints": endpoints, "violations": violations})
         if sub == "/violations" and m == "GET":
             with emu.stats_lock:
                 return self.respond(200, list(emu.violations))
@@ -1320,7 +1440,8 @@ class Handler(BaseHTTPRequestHandler):
                 200,
                 [
                     {"name": r["name"], "upload_id": r["upload_id"], "download_link": r["download_link"],
-                     "title": r["title"], "status": emu.project_status(r), "create_count": r["create_count"]}
+                     "title": r["title"], "status": emu.project_status(r), "create_count": r["create_count"],
+                     "discarded": r["discarded_status"] is not None}
                     for r in rows
                 ],
             )
@@ -1369,6 +1490,31 @@ class Handler(BaseHTTPRequestHandler):
                 if err:
                     return self.error(400, "invalid_flags", detail=err)
                 return self.respond(200, out)
+        if sub == "/sessions" and m == "GET":
+            now = time.time()
+            rows = emu.store.all("SELECT * FROM sessions ORDER BY created")
+            return self.respond(200, [
+                {"upload_id": r["upload_id"], "created": r["created"], "expires_at": r["expires_at"],
+                 "expires_in": r["expires_at"] - now}
+                for r in rows
+            ])
+        if sub == "/account":
+            if m == "GET":
+                with emu.account_lock:
+                    return self.respond(200, {"account": emu.account})
+            if m in ("POST", "DELETE"):
+                d = body_json() if m == "POST" else None
+                if d is Abort:
+                    return
+                try:
+                    account = parse_account_fault(d)
+                except ValueError as e:
+                    return self.error(400, "invalid_account", detail=str(e))
+                with emu.account_lock:
+                    emu.account = account
+                return self.respond(200, {"account": account})
+        if sub.startswith("/redirected/"):
+            return self.redirected(m, sub[len("/redirected"):])
         if sub.startswith("/expire/") and m == "POST":
             uid = sub[len("/expire/") :]
             if emu.store.session(uid) is None:
@@ -1384,17 +1530,59 @@ class Handler(BaseHTTPRequestHandler):
                 emu.violations.clear()
             emu.rate.reset()
             emu.faults = FaultSet(None)
+            with emu.account_lock:
+                emu.account = None
             with emu.flags_lock:
                 emu.flags = dict(emu.initial_flags)
             if isinstance(d, dict) and d.get("data"):
                 emu.purge()
             return self.respond(200, {"reset": True})
         if sub == "/health" and m == "GET":
-            return self.respond(200, {"ok": True, "discard": emu.discard})
-        known = {"/files", "/stats", "/violations", "/projects", "/faults", "/flags", "/reset", "/health"}
+            return self.respond(200, {"ok": True, "discard": emu.discard, "profile": emu.profile.name})
+        known = {"/files", "/stats", "/violations", "/projects", "/faults", "/flags", "/reset", "/health", "/sessions",
+                 "/account"}
         if sub in known or sub.startswith(("/expire/", "/progress/")):
             return self.error(405, "method_not_allowed")
         return self.error(404, "not_found")
+
+
+    def redirected(self, m, path):
+        """The sink a followed redirect fault lands on: it answers 200 (for a file: complete,
+        though nothing is stored) and records that a client trusted another host."""
+        emu = self.emu
+        sent = "with" if self.headers.get("Authorization") else "without"
+        emu.violation("redirect_followed", None, None,
+                      f"{m} {path[:200]} followed a redirect to another host, {sent} the Authorization header")
+        emu.count(m, "redirected", 200)
+        parts = path[len(API_PREFIX) + 1:].split("/", 2) if path.startswith(API_PREFIX + "/") else []
+        if len(parts) == 3 and parts[0] == "uploads" and m in ("PUT", "GET"):
+            total = self._fault_total("put_file" if m == "PUT" else "get_file", (parts[1], parts[2]))
+            return self.respond(200, {"received": total, "total": total, "complete": True})
+        return self.respond(200, {"redirected": True})
+
+
+def parse_account_fault(d):
+    """A runtime account fault from its JSON ({} or null clears it); raises ValueError."""
+    if d is None or d == {}:
+        return None
+    if not isinstance(d, dict):
+        raise ValueError("expected a JSON object")
+    unknown = set(d) - {"status", "error", "endpoints"}
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    status = d.get("status")
+    if status not in ACCOUNT_STATUSES or isinstance(status, bool):
+        raise ValueError(f"status must be one of {list(ACCOUNT_STATUSES)}")
+    error = d.get("error")
+    if not isinstance(error, str) or not error:
+        raise ValueError("error must be a non-empty string")
+    eps = d.get("endpoints")
+    if eps == "*":
+        eps = None
+    if eps is not None:
+        if not isinstance(eps, list) or not eps or any(e not in ENDPOINTS for e in eps):
+            raise ValueError(f"endpoints must be '*' or a list of {list(ENDPOINTS)}")
+    return {"status": status, "error": error, "endpoints": eps}
 
 
 class Server(ThreadingHTTPServer):
