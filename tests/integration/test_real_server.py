@@ -177,3 +177,33 @@ def test_removing_a_session_with_a_project_sends_no_delete(profiled_emulator, se
 ])
 def test_project_page_follows_the_api_url(api_url, page):
     assert project_page(api_url, "Bx0") == page
+
+
+@pytest.mark.parametrize("status, code", [(403, "tariff_does_not_allow_api"), (403, "some_code_nobody_documented"),
+                                          (402, "storage_quota_exceeded"), (401, "invalid_api_key")])
+def test_account_errors_leave_files_failed_never_rejected(profiled_emulator, settings_for, tmp_path, status, code):
+    """Any 401/402/403 is about the account: files wait as failed with the reason, retry
+    slowly, and complete once the account is fixed."""
+    emulator = profiled_emulator
+    src = tmp_path / "src"
+    sources = make_sources(src, {"a.jpg": 3000, "b.las": 200_000})
+    emulator.set_account(status, code, endpoints=["put_file"])
+    engine = start_engine(settings_for(emulator, chunk_size=64 * 1024))
+    try:
+        queue_files(engine, "s", {name: src / name for name in sources})
+
+        def all_failed():
+            with engine.lock:
+                records = list(engine.sessions["s"].files.values())
+                return all(r.state == "failed" and r.attempts >= 1 for r in records) and records
+        records = wait_until(all_failed, 30, what="both files to fail on the account error")
+        assert all(str(status) in r.last_error for r in records), [r.last_error for r in records]
+        assert engine.counts().get("rejected", 0) == 0
+        emulator.clear_account()
+        assert engine.wait_idle(timeout=60, poll=0.05)
+        assert engine.counts() == {COMPLETE: 2}
+        with engine.lock:
+            upload_id = engine.sessions["s"].upload_id
+    finally:
+        engine.stop()
+    assert_uploaded(emulator, upload_id, sources)
