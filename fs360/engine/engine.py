@@ -30,6 +30,7 @@ from .records import (COMPLETE, FAILED, INTERRUPTED, LOCAL, LOST, P_CREATED, P_R
                       REJECTED, UPLOADING, WRITING, FileRecord, ProjectRequest, SessionRecord)
 from .server_names import deduplicated, server_name_for
 from .spool import Spool
+from .transfer_pool import TransferJob, TransferProcesses
 from .uploader import Cancelled, ServerHoldsOtherFile, send_file
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class Engine:
         self._seq = itertools.count()
         self._session_locks: dict[int, threading.Lock] = {}
         self.caps = Caps()
+        # The HTTP of uploads in worker processes, off this interpreter's GIL (or in the worker threads).
+        self.transfers = TransferProcesses(settings, self.client.pacer, settings.workers) \
+            if settings.upload_processes else None
         # Files a worker is sending right now: never handed to a second worker.
         self._busy: set[int] = set()
         self._deferred: set[int] = set()
@@ -155,6 +159,8 @@ class Engine:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        if self.transfers is not None:
+            self.transfers.close()
         self.client.close()
         self.journal.close()
 
@@ -254,7 +260,7 @@ class Engine:
             opened = self.client.open_session()
             with self.lock:
                 session.upload_id = opened.upload_id
-                session.remote_names = set()  # a new session holds nothing
+                session.remote_names = {}  # a new session holds nothing
                 session.expires_at = time.time() + opened.expires_in_seconds
                 self.journal.update_session(session.id, upload_id=session.upload_id, expires_at=session.expires_at)
                 self.listeners.emit("session_opened", session=session)
@@ -509,10 +515,14 @@ class Engine:
                 self.journal.update_file(record.id, state=UPLOADING, upload_id=upload_id)
             fd = os.open(self.spool.path(record.id), os.O_RDONLY)
             try:
-                final = send_file(self.client, upload_id, record.server_name, fd, record.size, start, buffer,
-                                  self.settings.chunk_size,
-                                  on_progress=lambda received: self._progress(record, received),
-                                  should_stop=lambda: self._stopping or record.generation != generation)
+                on_progress = lambda received: self._progress(record, received)  # noqa: E731
+                should_stop = lambda: self._stopping or record.generation != generation  # noqa: E731
+                if self.transfers is not None:
+                    job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size)
+                    final = self.transfers.send_file(job, fd, on_progress, should_stop)
+                else:
+                    final = send_file(self.client, upload_id, record.server_name, fd, record.size, start, buffer,
+                                      self.settings.chunk_size, on_progress, should_stop)
             finally:
                 os.close(fd)
         except Cancelled:
@@ -577,27 +587,29 @@ class Engine:
         return received
 
     def _ensure_name_free_on_server(self, record: FileRecord, session: SessionRecord, upload_id: str) -> None:
-        """Before the first PUT of a file, its server name must not hold bytes already: that
-        would be another file's (a resume would merge two files into one). Such a name is
-        a conflict: the file takes the next free name instead."""
+        """Before the first PUT of a file, its server name must not hold another file's bytes
+        (a resume would merge two files into one): such a name is a conflict, and the file
+        takes the next free name instead."""
         with self.lock:
-            if record.upload_id == upload_id:
-                return  # bytes of it may be there: those are its own, resumed from `received`
             held = session.remote_names if session.upload_id == upload_id else None
         if held is None:
             # A session from the journal: ask once what it holds (one request per session).
-            held = {f.name.lower() for f in self.client.session_status(upload_id) if f.received > 0}
+            listing = self.client.session_status(upload_id)
             with self.lock:
+                ours = {r.server_name.lower(): r for r in session.server_names.values()
+                        if r.upload_id == upload_id and r.server_name}
+                held = {f.name.lower(): ours.get(f.name.lower()) for f in listing if f.received > 0}
                 if session.upload_id == upload_id:
                     session.remote_names = held
         with self.lock:
-            if record.server_name is None or record.server_name.lower() in held:
+            owner = held.get(record.server_name.lower(), record) if record.server_name else None
+            if owner is not record:
                 taken_by = record.server_name
-                self._choose_server_name_locked(record, session, avoid=held)
+                self._choose_server_name_locked(record, session, avoid=set(held))
                 if taken_by:
-                    log.warning("%s: the server already holds a file named %s; sending it as %s",
+                    log.warning("%s: the server already holds another file named %s; sending it as %s",
                                 record.name, taken_by, record.server_name)
-            held.add(record.server_name.lower())
+            held[record.server_name.lower()] = record
 
     def _progress(self, record: FileRecord, received: int) -> None:
         with self.lock:

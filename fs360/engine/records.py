@@ -113,6 +113,7 @@ class SessionRecord:
     notice: str = ""   # what stops the project, for status
     # Memory only. Lower-cased server name -> the record it is chosen for (listed or unlinked).
     server_names: dict[str, FileRecord] = field(default_factory=dict)
-    # Lower-cased names the server is known to hold bytes of in `upload_id`; None: not known
-    # yet (a session from the journal), asked once before the first PUT of a new file.
-    remote_names: set[str] | None = None
+    # Lower-cased names the server may hold bytes of in `upload_id`, with the record they are
+    # ours for (None: not ours); None: not known yet (a session from the journal), asked once
+    # before the first PUT of a file there.
+    remote_names: dict[str, FileRecord | None] | None = None
