@@ -928,7 +928,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.respond(status, raw=html_error_page(status), ctype="text/html; charset=utf-8")
         if k == "slow_loris":
             answer = b'{"error":"internal_error"}'
-            n = max(len(answer), int(rule["duration"] / rule["seconds"]))
+            n = max(len(answer), round(rule["duration"] / rule["seconds"]))
             self._trickle, self._drip = 0.0, rule["seconds"]
             return self.respond(503, raw=b" " * (n - len(answer)) + answer)  # JSON whitespace in front
         if k == "huge_body":
