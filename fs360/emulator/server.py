@@ -102,6 +102,15 @@ def _padding_json(size: int):
     yield tail
 
 
+def _slow_json(n: int, answer: bytes, step: float):
+    """`answer` behind JSON whitespace, `n` bytes in all, one byte every `step` seconds.
+    A thread per connection: the sleeps hold up only this client."""
+    pad = n - len(answer)
+    for i in range(n):
+        time.sleep(step)
+        yield b" " if i < pad else answer[i - pad : i - pad + 1]
+
+
 class Abort(Exception):
     """Close the connection right away (reset when rst=True), no response."""
 
@@ -477,8 +486,7 @@ class Handler(BaseHTTPRequestHandler):
     def handle_one_request(self):
         self._expect = False
         self._dropped = False
-        self._trickle = 0.0  # trickle fault: the body spread over this many seconds
-        self._drip = 0.0  # slow_loris fault: seconds between two bytes of the body
+        self._trickle = 0.0
         self._extra_fields = False
         self._linger = False
         self._body_left = 0
@@ -708,10 +716,9 @@ class Handler(BaseHTTPRequestHandler):
         head = self._head(status, ctype, len(body), close, headers)
         if self.command == "HEAD":
             body = b""
-        step = self._drip or (self._trickle / len(body) if self._trickle > 0 and body else 0.0)
-        if step > 0 and body:
-            # A thread per connection: the sleeps hold up only this client.
+        if self._trickle > 0 and body:
             self.wfile.write(head)
+            step = self._trickle / len(body)
             for i in range(len(body)):
                 time.sleep(step)
                 self.wfile.write(body[i : i + 1])
@@ -803,7 +810,10 @@ class Handler(BaseHTTPRequestHandler):
             ra = emu.rate.check(key, endpoint, emu.flag("rate_window_scale"))
             if ra is not None:
                 return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", str(ra))])
-        # faults: the modifiers first, then the account, then a terminal fault
+        account = emu.account_fault(endpoint)
+        if account is not None:
+            return self.error(*account)
+        # faults: the modifiers first, then a terminal one
         d = emu.faults.decide(endpoint)
         if d.latency:
             time.sleep(d.latency)
@@ -811,9 +821,6 @@ class Handler(BaseHTTPRequestHandler):
         self._extra_fields = d.extra_fields
         if d.rollback is not None:
             self._rollback_received(args, d.rollback)
-        account = emu.account_fault(endpoint)
-        if account is not None:
-            return self.error(*account)
         k = d.kind
         if k is not None and k != "drop_response":
             return self.apply_fault(k, d, endpoint, args)
@@ -851,8 +858,7 @@ class Handler(BaseHTTPRequestHandler):
         if k == "slow_loris":
             answer = b'{"error":"internal_error"}'
             n = max(len(answer), round(rule["duration"] / rule["seconds"]))
-            self._trickle, self._drip = 0.0, rule["seconds"]
-            return self.respond(503, raw=b" " * (n - len(answer)) + answer)  # JSON whitespace in front
+            return self.respond_stream(503, n, _slow_json(n, answer, rule["seconds"]))
         if k == "huge_body":
             return self.respond_stream(200, rule["size"], _padding_json(rule["size"]))
         if k == "redirect":
