@@ -21,8 +21,8 @@ Format (the same for ``--fault JSON`` and ``POST /_emulator/faults``)::
 A bare list of rules is accepted too (seed 1).
 
 Rules are evaluated in order for every API request (never for ``/_emulator``).
-``latency`` and ``trickle`` are *modifiers*: when they fire they apply and the
-evaluation goes on.  Every other kind is *terminal*: the first one that fires
+``latency``, ``trickle``, ``rollback_received`` and ``extra_fields`` are
+*modifiers*: when they fire they apply and the evaluation goes on.  Every other kind is *terminal*: the first one that fires
 decides the request.  Each rule rolls its own die from one RNG seeded with
 ``seed``, so a given sequence of requests sees the same faults on every run.
 
@@ -41,23 +41,23 @@ connection stays usable):
   same endpoint get 429 ``rate_limited`` with ``Retry-After: retry_after``.
 - ``invalid_json``: 200 with ``Content-Type: application/json`` and a body that
   is not JSON.
-- ``html_error``: 502 with an HTML page (``Content-Type: text/html``).
+- ``html_error``: ``status`` (default 502: 413, 500, 502, 503 or 504) with a
+  proxy's HTML page (``Content-Type: text/html``).
 - ``received_gt_total``: only for ``put_file`` / ``get_file`` (ignored on other
   endpoints): 200 ``{"received": total + 1, "total": total, "complete": true}``;
   the work is NOT done (a PUT's bytes are discarded).
 - ``missing_fields``: 200 JSON lacking the endpoint's key field(s)
   (``received``/``complete`` for files, ``upload_id`` for sessions, ``name``
   for projects, ``status`` for project polls, ``deleted`` for delete).
-
 - ``retry_after_none``: 429 ``rate_limited`` without a ``Retry-After`` header.
 - ``retry_after_date``: 429 ``rate_limited`` whose ``Retry-After`` is an
   HTTP-date ``retry_after`` seconds ahead.
 - ``retry_after_huge``: 429 ``rate_limited`` with ``Retry-After: retry_after``
   (default 86400).
 - ``slow_loris``: the status line and headers at once, then the body (a JSON
-  503 ``internal_error`` padded in front with spaces to ``duration / seconds``
-  bytes) one byte every ``seconds``: a client whose timeout is per read never
-  finishes.  Other connections are served meanwhile (a thread per connection).
+  503 ``internal_error`` padded in front with spaces to ``round(duration /
+  seconds)`` bytes, made as it goes) one byte every ``seconds`` (at least
+  0.001): a client whose timeout is per read never finishes.  Other connections are served meanwhile (a thread per connection).
 - ``huge_body``: 200 with a ``Content-Length: size`` body that looks like JSON
   (``{"received":0,"padding":"xxx…"}``, junk when ``size`` is too small for
   that), streamed from one small buffer.
@@ -67,8 +67,6 @@ connection stays usable):
   answers every request 200, a PUT or GET of a file ``complete: true`` without
   storing anything, and records a ``redirect_followed`` violation.  A
   ``{path}`` in ``location`` is replaced by the request's path.
-- ``html_error``: ``status`` (default 502) with a proxy's HTML page
-  (``Content-Type: text/html``).
 
 Modifiers: ``latency`` sleeps ``seconds`` before the request is handled;
 ``trickle`` sends the response body a byte at a time spread over ``seconds``;
@@ -77,7 +75,8 @@ bytes of the file first: an incomplete file's ``received`` drops to
 ``floor(received * fraction)`` (complete files are final and stay as they are),
 so the PUT that follows may get a 409 and the client must resync;
 ``extra_fields`` adds ``message`` and ``detail`` strings to the request's error
-body (whatever error it gets: a fault's or the endpoint's own).
+body (a fault's or the endpoint's own; auth, rate-limit and account errors come
+before the faults and stay plain).
 """
 
 from __future__ import annotations
@@ -205,8 +204,8 @@ def parse_spec(spec) -> dict:
                 raise FaultSpecError(f"html_error status must be one of {list(HTML_STATUSES)}")
         if kind == "slow_loris":
             rule["duration"] = _num(r, "duration", 300.0, float, 0.0, 86400.0)
-            if rule["seconds"] <= 0:
-                raise FaultSpecError("slow_loris needs seconds > 0")
+            if rule["seconds"] < 0.001:
+                raise FaultSpecError("slow_loris needs seconds >= 0.001")
         if kind == "huge_body":
             rule["size"] = _num(r, "size", 300_000_000, int, 0, 1 << 40)
         if kind == "redirect":

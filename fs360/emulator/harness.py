@@ -35,6 +35,13 @@ class EmulatorProcess:
         self._own_dir = data_dir is None
         self.data_dir = str(data_dir) if data_dir is not None else tempfile.mkdtemp(prefix="fs360-emu-")
         self.args = list(args)
+        # The profile the emulator runs ("default" or "vendor"), as its arguments say.
+        self.profile = "default"
+        for i, a in enumerate(self.args):
+            if a == "--profile" and i + 1 < len(self.args):
+                self.profile = self.args[i + 1]
+            elif a.startswith("--profile="):
+                self.profile = a.split("=", 1)[1]
         self.api_key = key
         self.env = env
         self.port = 0

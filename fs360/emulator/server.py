@@ -1,87 +1,9 @@
 """The emulator's HTTP server: every endpoint of api.md Part A with the Part B
-choices, plus the ``/_emulator`` introspection API.
+choices (or, with ``--profile vendor``, Part C's), plus the ``/_emulator``
+introspection API.
 
-Choices made where api.md is silent (all deliberately strict):
-
-Requests and routing
-- API paths live under ``/api/v1``; introspection under ``/_emulator`` (no auth).
-- Unknown path: 404 ``not_found``; known path, wrong method: 405
-  ``method_not_allowed`` (with ``Allow``).  Routing happens before auth.
-- Order of checks for every API request: route, auth (401 ``unauthorized`` /
-  403 ``insufficient_scope``), rate limit (429), injected faults, then the
-  endpoint's own validation.
-- Malformed HTTP (bad request line, bad/duplicate ``Content-Length``, HTTP/0.9,
-  too many or too long headers): a JSON 400 ``bad_request`` (414 / 431 for
-  over-long lines / headers) and the connection is closed.
-- A request body that the endpoint does not consume is read and discarded when
-  it is at most 64 MiB (keep-alive preserved); otherwise (or when the client
-  waits for ``100 Continue`` that was never sent, or the body is chunked) the
-  response carries ``Connection: close`` and the server reads and drops what
-  the client still sends for a short while before closing (lingering close), so
-  the client sees the response instead of a reset.
-- Idle connections time out after 60 s.
-
-PUT /uploads/{id}/{filename}
-- Check order: upload_id syntax (400 ``invalid_upload_id``), session alive
-  (404 ``upload_session_not_found``), filename (400 ``invalid_filename``),
-  extension (415), ``Content-Type`` (400 ``invalid_content_type`` unless it is
-  ``application/octet-stream``, parameters ignored), framing (411
-  ``length_required`` for any PUT without ``Content-Length``, chunked ones
-  included), ``Content-Range`` syntax (400 ``invalid_content_range``), body
-  length (400 ``chunk_length_mismatch``), per-file cap (413 ``file_too_large``),
-  per-session cap (413 ``session_too_large``: the announced total plus the
-  totals of the session's other files), then the per-file rules below.
-- A file record exists from the first PUT that passes the header checks above
-  (even if its body then fails); its total is fixed from then on.
-- Duplicate name: a PUT to a name whose file is already complete is "ignored":
-  200 with the existing file's status, nothing changes (its body is read and
-  dropped), whatever its ``Content-Range``.  A PUT to an existing incomplete
-  name continues that file (same name = same file); a different total there is
-  400 ``invalid_content_range``.
-- A PUT whose body ends early (client closed / 60 s timeout) commits nothing:
-  ``received`` is not advanced (bytes that were already written beyond
-  ``received`` are garbage that the next PUT overwrites).
-- The emulator's own disk failing (full, gone) while it stores a body: 500
-  ``storage_error``, a line on stderr, and nothing committed, as above.
-- A zero-byte whole-file PUT creates a complete empty file.
-- A raw ``/`` inside the filename part of the URL is part of the name and is
-  stripped by flattening like ``%2F``.
-
-Other endpoints
-- ``GET /uploads/{id}`` and ``GET /uploads/{id}/{name}`` on an unknown/expired
-  session: 404 ``upload_session_not_found``; unknown file: 404
-  ``file_not_found``.  They need the ``projects:write`` scope.
-- ``DELETE /uploads/{id}``: 200 ``{"deleted": true}`` even when unknown; a
-  malformed id is 400 ``invalid_upload_id``.  Projects made from the session
-  are kept.
-- Session lifetime is fixed at creation (activity does not extend it).  An
-  expired session is purged when next touched.
-- ``POST /projects``: body must be a JSON object (400 ``invalid_json``);
-  bodies over 1 MiB: 413 ``request_too_large``.  Then: neither/both of
-  ``upload_id``/``download_link`` (400), ``upload_id`` not a valid id (400
-  ``invalid_upload_id``), ``download_link`` not an http(s) URL string (400
-  ``invalid_download_link``), ``privacy_mode`` not 0/1/2 (400
-  ``invalid_privacy_mode``, default 0), ``title`` not a string (400
-  ``invalid_title``); then flags: 403 ``tariff``, 402
-  ``storage_quota_exceeded``; then 404 ``upload_session_not_found``; an empty
-  session or any incomplete file: 400 ``project_creation_failed``.
-- A second ``POST /projects`` for the same upload_id is idempotent: 201 with the
-  same project name and its current status (counted in ``create_count`` of
-  ``GET /_emulator/projects``).
-- Project ``name`` is the upload_id; with the ``project_name_collision`` flag
-  it is ``<upload_id>-<4 random chars>``.  A download_link project gets a random
-  8-character name and lists the URL's last path segment as its one file.
-- ``GET /projects/{name}``: 404 ``project_not_found`` when unknown; needs
-  ``projects:read``.  Status = floor(100 * elapsed / processing_seconds)
-  capped at 100 (wall clock, so it continues over restarts).  The ready record
-  uses integer 0/1 for flags, ISO-8601 UTC strings for ``created``/``updated``,
-  ``errors`` null (or a message for an unreadable zip), ``coord_unit`` "m"
-  unless given, ``public_project`` = 1 when ``privacy_mode`` is 0,
-  ``setups_count`` = number of image/360-video files, ``size`` = bytes
-  uploaded, and ``files``: the names, a stored ``.zip`` replaced by its member
-  names (directories left out).
-
-Rate limits, stats and violations are in memory (reset by a restart).
+Every choice made where api.md is silent, the profiles, the faults and the
+introspection API are written down in doc/EMULATOR.md; keep it in step.
 """
 
 from __future__ import annotations
@@ -178,6 +100,15 @@ def _padding_json(size: int):
         yield fill[:n]
         left -= n
     yield tail
+
+
+def _slow_json(n: int, answer: bytes, step: float):
+    """`answer` behind JSON whitespace, `n` bytes in all, one byte every `step` seconds.
+    A thread per connection: the sleeps hold up only this client."""
+    pad = n - len(answer)
+    for i in range(n):
+        time.sleep(step)
+        yield b" " if i < pad else answer[i - pad : i - pad + 1]
 
 
 class Abort(Exception):
@@ -555,8 +486,7 @@ class Handler(BaseHTTPRequestHandler):
     def handle_one_request(self):
         self._expect = False
         self._dropped = False
-        self._trickle = 0.0  # trickle fault: the body spread over this many seconds
-        self._drip = 0.0  # slow_loris fault: seconds between two bytes of the body
+        self._trickle = 0.0
         self._extra_fields = False
         self._linger = False
         self._body_left = 0
@@ -786,10 +716,9 @@ class Handler(BaseHTTPRequestHandler):
         head = self._head(status, ctype, len(body), close, headers)
         if self.command == "HEAD":
             body = b""
-        step = self._drip or (self._trickle / len(body) if self._trickle > 0 and body else 0.0)
-        if step > 0 and body:
-            # A thread per connection: the sleeps hold up only this client.
+        if self._trickle > 0 and body:
             self.wfile.write(head)
+            step = self._trickle / len(body)
             for i in range(len(body)):
                 time.sleep(step)
                 self.wfile.write(body[i : i + 1])
@@ -881,7 +810,10 @@ class Handler(BaseHTTPRequestHandler):
             ra = emu.rate.check(key, endpoint, emu.flag("rate_window_scale"))
             if ra is not None:
                 return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", str(ra))])
-        # faults: the modifiers first, then the account, then a terminal fault
+        account = emu.account_fault(endpoint)
+        if account is not None:
+            return self.error(*account)
+        # faults: the modifiers first, then a terminal one
         d = emu.faults.decide(endpoint)
         if d.latency:
             time.sleep(d.latency)
@@ -889,9 +821,6 @@ class Handler(BaseHTTPRequestHandler):
         self._extra_fields = d.extra_fields
         if d.rollback is not None:
             self._rollback_received(args, d.rollback)
-        account = emu.account_fault(endpoint)
-        if account is not None:
-            return self.error(*account)
         k = d.kind
         if k is not None and k != "drop_response":
             return self.apply_fault(k, d, endpoint, args)
@@ -928,9 +857,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.respond(status, raw=html_error_page(status), ctype="text/html; charset=utf-8")
         if k == "slow_loris":
             answer = b'{"error":"internal_error"}'
-            n = max(len(answer), int(rule["duration"] / rule["seconds"]))
-            self._trickle, self._drip = 0.0, rule["seconds"]
-            return self.respond(503, raw=b" " * (n - len(answer)) + answer)  # JSON whitespace in front
+            n = max(len(answer), round(rule["duration"] / rule["seconds"]))
+            return self.respond_stream(503, n, _slow_json(n, answer, rule["seconds"]))
         if k == "huge_body":
             return self.respond_stream(200, rule["size"], _padding_json(rule["size"]))
         if k == "redirect":
