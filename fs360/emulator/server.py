@@ -91,6 +91,8 @@ class Handler(UploadEndpoints, ProjectEndpoints, FaultReplies, Introspection, Fr
             ra = emu.rate.check(key, endpoint, emu.flag("rate_window_scale"))
             if ra is not None:
                 return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", str(ra))])
+        # A runtime account fault is about the account, like auth: it comes before the faults
+        # and uses up none of their rules.
         account = emu.account_fault(endpoint)
         if account is not None:
             return self.error(*account)
