@@ -12,7 +12,6 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 
 from fs360.emulator.harness import EmulatorError, EmulatorProcess
 from tests.integration.test_emulator_contract import KEYS, Api, efile
