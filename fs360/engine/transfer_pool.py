@@ -110,7 +110,7 @@ class TransferProcesses:
         # Nothing of the daemon's environment that could matter, and never the key.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FS360_", "API_KEY", "NOTIFY_SOCKET"))}
         try:
-            process = subprocess.Popen([sys.executable, "-m", __name__, str(child_end.fileno())],
+            process = subprocess.Popen([sys.executable, "-m", "fs360.engine.upload_worker", str(child_end.fileno())],
                                        pass_fds=(child_end.fileno(),), env=env, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, start_new_session=True)
         finally:
@@ -236,7 +236,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _worker_main(fd: int) -> int:
+def worker_main(fd: int) -> int:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a foreground mount is the daemon's to handle
     conn = Connection(fd)
@@ -274,6 +274,3 @@ def _ask(conn: Connection, question: tuple):
     conn.send(question)
     return conn.recv()
 
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(int(sys.argv[1])))

@@ -17,6 +17,14 @@ from tests.harness import FAST_EMULATOR_ARGS, assert_uploaded, make_sources, req
 from tests.integration.engine_runner import queue_files
 
 
+def server_project(emulator, name: str) -> dict:
+    """The project's record as the API serves it."""
+    from fs360.api.client import ApiClient
+    from fs360.config import Settings
+    client = ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False))
+    return client.project_status(name).record
+
+
 def start_engine(settings) -> Engine:
     return Engine(settings).start()
 
@@ -139,9 +147,11 @@ def test_projects_are_private_unless_create_says_otherwise(profiled_emulator, se
                      for s in engine.sessions.values()}
     finally:
         engine.stop()
-    by_title = {p["title"]: p for p in emulator.projects()}
-    assert by_title["private"]["privacy_mode"] == 2
-    assert by_title["linked"]["privacy_mode"] == 1
+    records = {p["title"]: server_project(emulator, p["name"]) for p in emulator.projects()}
+    assert records["private"]["privacy_mode"] == 2
+    assert records["linked"]["privacy_mode"] == 1
+    if emulator.profile == "vendor":  # the default profile's record keeps only its own columns
+        assert records["linked"]["coordinate_system"] == "EPSG:25832"
     # The page is on the server --api-url names, not on 360-for-you.com.
     root = emulator.base_url[: -len("/api/v1")]
     assert pages["private"].startswith(root + "/projects/")
