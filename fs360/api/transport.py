@@ -63,16 +63,12 @@ class Deadline:
             if self._connection is not None:
                 _shutdown(self._connection)
 
-    def finish(self) -> None:
-        """The call is over: the watchdog leaves its connection alone from now on."""
+    def finish(self):
+        """The call is over: the watchdog leaves its connection alone from now on. Returns that connection."""
         with self._lock:
             self.finished = True
-
-    def close_connection(self) -> None:
-        """From the calling thread, after `finish`: the connection is never used again."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
+            connection, self._connection = self._connection, None
+            return connection
 
 
 def _shutdown(connection) -> None:
@@ -219,10 +215,11 @@ class Exchange:
 
     def __exit__(self, *exc_info) -> None:
         _current.deadline = None
-        self.deadline.finish()
+        connection = self.deadline.finish()
         if not self._complete or self.deadline.expired:
             # Abandoned midway or cut by the watchdog: this connection must never carry another request.
             # Closed here, so when the call returns no byte of this request can still go out.
             if self.response is not None:
                 self.response.close()
-            self.deadline.close_connection()
+            if connection is not None:
+                connection.close()

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -313,6 +314,40 @@ def test_a_declared_oversize_answer_is_dropped_unread():
         with pytest.raises(E.ResponseTooLarge):
             make_client(server).file_status("u1", "a.jpg")
         assert MAX_RESPONSE_BYTES < 300 * 1024 * 1024
+
+
+def test_a_compressed_bomb_is_dropped_without_filling_memory():
+    """Sent gzip although the client asks for none: 300 MB of zeros in a few hundred KB."""
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip format
+    body = b"".join(bomb.compress(bytes(1024 * 1024)) for _ in range(300)) + bomb.flush()
+
+    def respond(conn, request):
+        request.read_body()
+        conn.sendall(answer(200, body, headers=["Content-Encoding: gzip", "Content-Type: application/json"]))
+        return True
+
+    with RawServer(respond) as server:
+        client = make_client(server, request_deadline=60.0)
+        before = rss_kib("VmRSS")
+        error = None
+        try:
+            client.file_status("u1", "a.jpg")
+        except E.Fs360Error as exc:
+            error = exc
+        growth_mib = (rss_kib("VmRSS") - before) / 1024
+        assert growth_mib < 50, f"RSS grew by {growth_mib:.0f} MiB"
+        assert isinstance(error, E.ResponseTooLarge)
+
+
+def test_answers_read_to_the_end_keep_the_connection_alive():
+    """Reading the body in pieces must still hand the connection back for the next request."""
+    with RawServer(canned(PROGRESS, answer(404, {"error": "file_not_found"}), PROGRESS)) as server:
+        client = make_client(server)
+        client.file_status("u1", "a.jpg")
+        with pytest.raises(E.RemoteFileNotFound):
+            client.file_status("u1", "b.jpg")
+        client.file_status("u1", "a.jpg")
+        assert server.connections == 1 and len(server.requests) == 3
 
 
 # --- redirects ------------------------------------------------------------------------------------
