@@ -173,7 +173,10 @@ class ApiClient:
                 response = exchange.send(self._session(), method, self.base_url + path,
                                          timeout=self._timeout, **kwargs)
                 content = exchange.read(_RESPONSE_CAPS.get(endpoint, MAX_RESPONSE_BYTES))
-        except _TRANSPORT_EXCEPTIONS as exc:
+        except Exception as exc:
+            # Once the watchdog cut the socket, whatever the reader raised is the deadline's doing.
+            if not (exchange.expired or isinstance(exc, _TRANSPORT_EXCEPTIONS)):
+                raise
             self.close()  # the connection may be half-dead: start clean
             raise self._transport_error(endpoint, exc, exchange) from None
         if exchange.expired or content is None:
@@ -184,7 +187,6 @@ class ApiClient:
     def _transport_error(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:
         """The error for an exchange without a usable answer: cut at its deadline, too large, or failed."""
         if exchange.expired:
-            # Whatever the cut socket made the reader raise, the cause is the deadline.
             return DeadlineExceeded(f"{endpoint}: the server at {self._host} did not answer within "
                                     f"{exchange.deadline.seconds:g} s")
         if exc is None:

@@ -17,6 +17,7 @@ an oversized answer means to fs360.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import socket
@@ -45,18 +46,18 @@ class Deadline:
         self.expired = False  # set once by the watchdog: nothing read on this request is trusted then
         self.finished = False
         self._connection = None
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # the watchdog shuts down under it; a handle is dropped under it
 
     def attach(self, connection) -> None:
         """Called from the calling thread by the connection the request uses (maybe before it connects)."""
-        with self._lock:
+        with self.lock:
             self._connection = connection
             if self.expired:
                 _shutdown(connection)
 
     def expire(self) -> None:
         """Called from the watchdog thread at the deadline."""
-        with self._lock:
+        with self.lock:
             if self.finished:
                 return
             self.expired = True
@@ -65,21 +66,19 @@ class Deadline:
 
     def finish(self):
         """The call is over: the watchdog leaves its connection alone from now on. Returns that connection."""
-        with self._lock:
+        with self.lock:
             self.finished = True
             connection, self._connection = self._connection, None
             return connection
 
 
 def _shutdown(connection) -> None:
-    sock = getattr(connection, "sock", None)
-    sock = getattr(sock, "socket", sock)  # urllib3's TLS-in-TLS wrapper holds the real socket
-    if isinstance(sock, socket.socket):
+    handle = getattr(connection, "shutdown_handle", None)
+    if handle is not None:
         try:
-            # socket.socket's own shutdown: an SSLSocket's would drop its TLS state under the reader.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            handle.shutdown(socket.SHUT_RDWR)
         except OSError:
-            pass  # already closed or never connected
+            pass  # already closed by its peer
 
 
 class _Watchdog:
@@ -122,21 +121,44 @@ _watchdog = _Watchdog()
 
 
 class _ReportsToDeadline:
-    """Mixed into urllib3's connections: tells the thread's current deadline which connection it uses."""
+    """Mixed into urllib3's connections: tells the thread's current deadline which connection it uses.
+
+    `shutdown_handle` is a second descriptor of the connection's TCP socket. TLS
+    wrapping detaches the first one (and a handshake can stall too); shutting
+    down through either ends the connection for every reader and writer, and this
+    one cannot be closed and reused under the watchdog's feet.
+    """
+
+    shutdown_handle: socket.socket | None = None
 
     def _report(self) -> None:
         deadline = getattr(_current, "deadline", None)
         if deadline is not None:
             deadline.attach(self)
 
-    def connect(self) -> None:
-        self._report()  # before: a TLS handshake can stall too
-        super().connect()
-        self._report()  # after: the socket exists now, and the deadline may have passed meanwhile
+    def _new_conn(self):
+        sock = super()._new_conn()
+        self._drop_shutdown_handle()
+        self.shutdown_handle = sock.dup()
+        self._report()  # the deadline may have passed while connecting
+        return sock
 
     def request(self, *args, **kwargs):
         self._report()  # a reused keep-alive connection does not connect again
         return super().request(*args, **kwargs)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._drop_shutdown_handle()
+
+    def _drop_shutdown_handle(self) -> None:
+        deadline = getattr(_current, "deadline", None)
+        with deadline.lock if deadline is not None else contextlib.nullcontext():
+            handle, self.shutdown_handle = self.shutdown_handle, None
+        if handle is not None:
+            handle.close()
 
 
 class _HTTPConnection(_ReportsToDeadline, urllib3.connection.HTTPConnection):

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import zlib
@@ -49,12 +52,13 @@ class Request:
 class RawServer:
     """Answers each request with `respond(conn, request)`; a false return closes the connection."""
 
-    def __init__(self, respond):
+    def __init__(self, respond, tls: ssl.SSLContext | None = None, handshake: bool = True):
         self._respond = respond
+        self._tls, self._handshake = tls, handshake
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/api/v1"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/api/v1"
         self.requests: list[Request] = []
         self.connections = 0
         self.stopped = threading.Event()
@@ -95,6 +99,17 @@ class RawServer:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(SERVER_PATIENCE)
+        if self._tls is not None:
+            if not self._handshake:
+                self.stopped.wait(SERVER_PATIENCE)  # accepts, then never says a word of TLS
+                conn.close()
+                return
+            try:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
+            self._open.append(conn)
         rfile = conn.makefile("rb")
         try:
             while not self.stopped.is_set():
@@ -260,6 +275,56 @@ def test_the_put_deadline_grows_with_its_body():
     client = ApiClient(Settings(api_key=API_KEY, request_deadline=120.0, min_upload_rate=64 * 1024))
     assert client.deadline_for(0) == 120.0
     assert client.deadline_for(8 * 1024 * 1024) == 120.0 + 128.0
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI to make a self-signed certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                           "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a certificate: {made.stderr[-300:]}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return str(cert), context
+
+
+@pytest.mark.timeout(DEADLINE_TEST_TIMEOUT)
+def test_slow_headers_over_tls_end_at_the_deadline(certificate):
+    cafile, context = certificate
+
+    def respond(conn, request):
+        request.read_body()
+        trickle(conn, b"HTTP/1.1 200 OK\r\nX-Slow: ", server.stopped)
+        return False
+
+    with RawServer(respond, tls=context) as server:
+        client = make_client(server, ca_bundle=cafile)
+        with pytest.raises(E.DeadlineExceeded):  # not a TLS error: the cut socket is the deadline's doing
+            client.file_status("u1", "a.jpg")
+        assert connections_to(server.port) == 0
+
+
+@pytest.mark.timeout(DEADLINE_TEST_TIMEOUT)
+def test_a_stalled_tls_handshake_ends_at_the_deadline(certificate):
+    cafile, context = certificate
+    with RawServer(None, tls=context, handshake=False) as server:
+        client = make_client(server, ca_bundle=cafile, connect_timeout=SERVER_PATIENCE)
+        with pytest.raises(E.DeadlineExceeded):
+            client.file_status("u1", "a.jpg")
+        assert connections_to(server.port) == 0
+
+
+def test_an_untrusted_certificate_is_a_tls_error(certificate):
+    _, context = certificate
+    with RawServer(canned(PROGRESS), tls=context) as server:
+        with pytest.raises(E.TlsError) as info:
+            make_client(server).check_credentials()
+        assert "TLS" in str(info.value) and info.value.retryable
 
 
 # --- bounded bodies -------------------------------------------------------------------------------
