@@ -7,7 +7,8 @@ the socket of any request still running at its deadline, which wakes the worker
 whatever it is blocked in (connect, TLS handshake, sending, headers, body).
 
 The socket is found through urllib3 connection classes that tell the calling
-thread's current `Deadline` which connection it uses. `shutdown()` is safe from
+thread's current `Deadline` which connection it uses, and keep a second
+descriptor of their TCP socket to shut it down with. `shutdown()` is safe from
 another thread where `close()` is not (the descriptor could be reused); the
 calling thread then closes the connection itself, before its call returns.
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
+import os
 import socket
 import threading
 import time
@@ -28,8 +31,10 @@ import requests
 import urllib3.connection
 import urllib3.connectionpool
 
-# The API's answers are a few hundred bytes; a listing of a large session or of a
-# user's projects is the largest, and stays well below this.
+log = logging.getLogger(__name__)
+
+# The API's answers are a few hundred bytes; anything past this is not the API's
+# (listings, which grow with the session, get their own cap from the client).
 MAX_RESPONSE_BYTES = 1024 * 1024
 READ_PIECE = 64 * 1024
 
@@ -86,8 +91,13 @@ class _Watchdog:
 
     def __init__(self, clock=time.monotonic):
         self._clock = clock
-        self._heap: list[tuple[float, int, Deadline]] = []
         self._order = itertools.count()
+        self._start_afresh()
+        # A forked child has no watchdog thread (only the forking thread survives a fork).
+        os.register_at_fork(after_in_child=self._start_afresh)
+
+    def _start_afresh(self) -> None:
+        self._heap: list[tuple[float, int, Deadline]] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -114,7 +124,11 @@ class _Watchdog:
 
     def _run(self) -> None:
         while True:
-            self._next_expired().expire()
+            deadline = self._next_expired()
+            try:
+                deadline.expire()
+            except Exception:  # the one watchdog must outlive any surprise
+                log.exception("could not cut a request at its deadline")
 
 
 _watchdog = _Watchdog()
@@ -199,7 +213,8 @@ class DeadlineAdapter(requests.adapters.HTTPAdapter):
 
 
 class Exchange:
-    """One request under `deadline`: `send` it, `read` the body, then always `end` it (in `finally`)."""
+    """One request under a deadline, as a context manager: `send` it, `read` the body; leaving it
+    closes the connection unless the answer was read whole in time."""
 
     def __init__(self, seconds: float):
         self.deadline = Deadline(seconds)
