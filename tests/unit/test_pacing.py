@@ -8,7 +8,7 @@ import pytest
 from fs360.api.pacing import PACED_WITH, Pacer, TokenBucket
 from fs360.api.retry import Backoff
 from fs360.config import DOCUMENTED_RATE_LIMITS
-from fs360.errors import ApiError, RateLimited, ServerError, TransportError
+from fs360.errors import RateLimited, ServerError
 
 
 class Clock:
@@ -46,11 +46,6 @@ def test_backoff_without_a_definite_wait_backs_off_like_a_server_error():
         delays = [backoff.delay(attempt, RateLimited(retry_after=None)) for _ in range(100)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
     assert RateLimited().retry_after is None
-
-
-def test_retry_policy_lives_on_the_classes():
-    assert TransportError().retryable and ServerError().retryable and RateLimited().retryable
-    assert not ApiError(code="invalid_filename").retryable
 
 
 # --- token buckets ----------------------------------------------------------------------------------
