@@ -48,6 +48,11 @@ class Settings:
     read_timeout: float = 60.0
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
+    # --- request deadlines (a server that trickles must not hold a worker) ---
+    # Every request ends within this many seconds, whatever the per-read timeouts say...
+    request_deadline: float = 120.0
+    # ...plus, for a PUT, the time its body takes at this floor rate (bytes per second).
+    min_upload_rate: float = 64 * 1024
 
     rate_limits_enabled: bool = True
     # Scales every rate-limit window; tests use < 1 against an emulator scaled alike.
