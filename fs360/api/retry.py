@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from ..errors import RateLimited
+from ..errors import AccountError, RateLimited
 
 
 class Backoff:
@@ -15,6 +15,9 @@ class Backoff:
 
     def delay(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait before try number `attempt + 1` (attempt counts from 1)."""
+        if isinstance(error, AccountError):
+            # The account, not the request, is wrong: try again slowly, until somebody fixes it.
+            return self.cap
         if isinstance(error, RateLimited) and error.retry_after is not None:
             # The server said when; a little jitter keeps workers from waking together.
             return error.retry_after + self._rng.uniform(0, min(1.0, error.retry_after * 0.1))

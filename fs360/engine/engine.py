@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..config import Settings
-from ..errors import (ExtensionNotAllowed, FileTooLarge, Forbidden, Fs360Error, QuotaExceeded,
-                      RemoteFileNotFound, SessionNotFound, SessionTooLarge, Unauthorized)
+from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, RemoteFileNotFound,
+                      ServerHoldsOtherFile, SessionNotFound, SessionTooLarge)
 from .journal import Journal
 from .progress import Listeners
 from .projects import ProjectKeeper
@@ -31,12 +31,10 @@ from .records import (COMPLETE, FAILED, INTERRUPTED, LOCAL, LOST, P_CREATED, P_R
 from .server_names import deduplicated, server_name_for
 from .spool import Spool
 from .transfer_pool import TransferJob, TransferProcesses
-from .uploader import Cancelled, ServerHoldsOtherFile, send_file
+from .uploader import send_file
 
 log = logging.getLogger(__name__)
 
-# Errors of the account, not of the file: retried slowly, never rejected.
-ACCOUNT_ERRORS = (Unauthorized, Forbidden, QuotaExceeded)
 
 
 @dataclass
@@ -625,7 +623,7 @@ class Engine:
     def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
         if record.generation != generation:
             return
-        if exc.retryable or isinstance(exc, ACCOUNT_ERRORS):
+        if exc.retryable or isinstance(exc, AccountError):
             self._retry_later_locked(record, generation, exc)
             return
         if isinstance(exc, FileTooLarge) and isinstance(exc.fields.get("limit"), int):
@@ -652,8 +650,6 @@ class Engine:
             return
         attempts = record.attempts + 1
         delay = self.backoff.delay(attempts, exc)
-        if isinstance(exc, ACCOUNT_ERRORS):
-            delay = max(delay, self.settings.backoff_cap)
         record.needs_resync = True
         self._set_state_locked(record, FAILED, attempts=attempts, last_error=str(exc),
                                next_attempt=time.time() + delay)

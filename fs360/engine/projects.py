@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cachetools import TTLCache
 
-from ..errors import ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound
+from ..errors import AccountError, ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound
 from .journal import PROJECT_COLUMNS
 from .records import (COMPLETE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, PENDING, REJECTED,
                       ProjectRequest, SessionRecord)
@@ -120,13 +120,16 @@ class ProjectKeeper:
             if upload_id:
                 engine.session_lost(session, upload_id)
             return
-        except ProjectCreationFailed as exc:
+        except (ProjectCreationFailed, AccountError) as exc:
             # A definite refusal: nothing was created, so the next try needs no lookup first.
             with engine.lock:
                 if session.project is project and upload_id and project.posted_upload_id == upload_id:
                     engine.journal.update_project(session.id, posted_upload_id=None)
                     project.posted_upload_id = None
-            self._recheck_files(session, upload_id)
+            if isinstance(exc, ProjectCreationFailed):
+                self._recheck_files(session, upload_id)
+            # An account error (a plan's project limit, a quota, a key) can be fixed without a new
+            # .create: retried slowly, like the files.
             self._retry_later(session, exc)
             return
         except Fs360Error as exc:

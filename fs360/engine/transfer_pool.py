@@ -42,8 +42,8 @@ from multiprocessing.reduction import recv_handle, send_handle
 
 from ..api.client import ApiClient, FileProgress
 from ..config import Settings
-from ..errors import Fs360Error, TransportError
-from .uploader import Cancelled, send_file
+from ..errors import Cancelled, Fs360Error, TransportError
+from .uploader import send_file
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,10 @@ class TransferProcesses:
         return [w.process.pid for w in self._all if w.alive()]
 
     def _silence_limit(self, job: TransferJob) -> float:
-        deadline = getattr(self._settings, "request_deadline", self._settings.read_timeout)
-        rate = getattr(self._settings, "min_upload_rate", 0) or 0
-        body = job.chunk_size / rate if rate else 0.0
-        return self._settings.connect_timeout + deadline + body + SILENCE_MARGIN
+        # The worker's own request deadline (ApiClient.deadline_for), plus a margin.
+        settings = self._settings
+        body = job.chunk_size / settings.min_upload_rate if settings.min_upload_rate else 0.0
+        return settings.request_deadline + body + SILENCE_MARGIN
 
     def _start_worker(self) -> "_Worker":
         if self._closed:

@@ -10,16 +10,7 @@ from __future__ import annotations
 import os
 
 from ..api.client import ApiClient, FileProgress
-from ..errors import ApiError, MalformedResponse, NonContiguousChunk
-
-
-class Cancelled(Exception):
-    """The file changed hands (unlinked, session lost, shutting down) between chunks."""
-
-
-class ServerHoldsOtherFile(ApiError):
-    """The server has a file of this name with another size: ours cannot go there."""
-    code = "name_taken_on_server"
+from ..errors import Cancelled, MalformedResponse, NonContiguousChunk, ServerHoldsOtherFile
 
 
 # A server that answers without moving forward this many times running is broken.

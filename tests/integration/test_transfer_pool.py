@@ -11,8 +11,7 @@ import pytest
 from fs360.api.client import ApiClient
 from fs360.api.pacing import Pacer
 from fs360.engine.transfer_pool import TransferJob, TransferProcesses
-from fs360.engine.uploader import Cancelled
-from fs360.errors import ExtensionNotAllowed, TransportError
+from fs360.errors import Cancelled, ExtensionNotAllowed, TransportError
 from tests.harness import assert_uploaded, make_sources, wait_until
 
 CHUNK = 64 * 1024
