@@ -485,8 +485,7 @@ class Engine:
                     self._upload(record, generation, buffer)
                 except Exception:  # a bug must not kill a worker; the file goes on later
                     log.exception("unexpected error while uploading %r", record.name)
-                    with self.lock:
-                        self._retry_later_locked(record, generation, Fs360Error("internal error (see the log)"))
+                    self._retry_after_bug(record, generation)
                 finally:
                     with self.lock:
                         self._busy.discard(record.id)
@@ -498,6 +497,18 @@ class Engine:
                 buffer.close()
             except BufferError:
                 pass  # a view of it is still referenced (a traceback, a request): the GC frees it
+
+    def _retry_after_bug(self, record: FileRecord, generation: int) -> None:
+        """Settles a file whose upload ended in an unexpected error; if even that fails, the file
+        is retried from memory: nothing ends a worker."""
+        with self.lock:
+            try:
+                self._retry_later_locked(record, generation, Fs360Error("internal error (see the log)"))
+            except Exception:
+                log.exception("cannot settle %r; retrying it from memory", record.name)
+                if record.generation == generation and record.id in self._files and not record.unlinked:
+                    record.state, record.needs_resync = FAILED, True
+                    self._enqueue_locked(record, self.settings.backoff_cap)
 
     def _upload(self, record: FileRecord, generation: int, buffer) -> None:
         session = self.session_of(record)

@@ -100,6 +100,10 @@ class Journal:
         # Space held back for the journal alone: when the disk fills up (the spool
         # shares it), the journal gives this back and can still record every change.
         self._reserve = path.with_name(path.name + ".reserve")
+        # Row updates the full disk refused even with the reserve gone: (table, key column,
+        # key) -> the columns to set. Kept in memory, written once there is room again.
+        self._behind: dict[tuple[str, str, object], dict] = {}
+        self._behind_lock = threading.Lock()  # taken alone, never around _lock
         self.restore_reserve()
 
     def _add_missing_columns_locked(self) -> None:
@@ -138,7 +142,10 @@ class Journal:
             return False
 
     def restore_reserve(self) -> None:
-        """Puts the reserve back once there is room again (called by housekeeping)."""
+        """Puts the reserve back once there is room again, and writes what waited for room
+        (called by housekeeping)."""
+        if self._behind:
+            self._write_behind()
         if self._reserve.exists():
             return
         st = os.statvfs(self._reserve.parent)
@@ -225,14 +232,39 @@ class Journal:
         self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def _update(self, table: str, key: str, key_value, allowed: tuple, values: dict) -> None:
-        if not values:
-            return
+        """Sets columns of one row. On a disk too full even for the reserve, the change waits in
+        memory and is written once there is room: an upload worker settling an error must
+        never fail for the journal (the state it records is still right in memory)."""
         unknown = set(values) - set(allowed)
         if unknown:
             raise ValueError(f"unknown columns for {table}: {sorted(unknown)}")
+        row = (table, key, key_value)
+        with self._behind_lock:
+            waiting = self._behind.pop(row, None)
+        if waiting:
+            values = {**waiting, **values}  # the newest value of each column wins
+        if not values:
+            return
         assignments = ",".join(f"{c}=?" for c in values)
-        self._write(f"UPDATE {table} SET {assignments} WHERE {key}=?",
-                    [_column_value(v) for v in values.values()] + [key_value])
+        try:
+            self._write(f"UPDATE {table} SET {assignments} WHERE {key}=?",
+                        [_column_value(v) for v in values.values()] + [key_value])
+        except NoSpace:
+            with self._behind_lock:
+                if not self._behind:
+                    log.warning("the cache disk is full: journal changes wait in memory until there is room")
+                self._behind[row] = {**values, **self._behind.get(row, {})}
+
+    def _write_behind(self) -> None:
+        with self._behind_lock:
+            rows = list(self._behind)
+        for row in rows:
+            # An update with no new values: it takes and writes what waited for that row.
+            self._update(*row, (), {})
+            with self._behind_lock:
+                if row in self._behind:
+                    return  # still full: try again at the next round
+        log.info("the cache disk has room again: the journal caught up")
 
 
 def _column_value(value):
