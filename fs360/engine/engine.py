@@ -35,6 +35,9 @@ from .uploader import send_file
 
 log = logging.getLogger(__name__)
 
+# Seconds between journal commits of one file's upload progress.
+PROGRESS_JOURNAL_INTERVAL = 0.5
+
 
 
 @dataclass
@@ -634,7 +637,11 @@ class Engine:
             if sent > 0:
                 record.rate.add(sent)
                 record.attempts = 0  # progress: the next error backs off from the start again
-            if received < record.size:  # the last one is journaled with the file's completion
+            # A few commits a second at most, never one per chunk: the journal's offset is only a
+            # hint (every resume asks the server), and the last one goes with the completion.
+            now = time.monotonic()
+            if received < record.size and now - record.progress_journaled_at >= PROGRESS_JOURNAL_INTERVAL:
+                record.progress_journaled_at = now
                 self.journal.update_file(record.id, server_received=received)
         self.listeners.emit("bytes_sent", file=record, received=received)
 

@@ -82,6 +82,7 @@ class FileRecord:
     open_writers: int = 0
     generation: int = 0
     needs_resync: bool = False
+    progress_journaled_at: float = 0.0  # monotonic time of the last journaled progress
     rate: RateMeter = field(default_factory=RateMeter)
 
     @property

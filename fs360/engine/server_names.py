@@ -48,6 +48,11 @@ def server_name_for(name: str) -> str:
     stem = _server_safe(stem).strip("._-") or FALLBACK_STEM
     limit = MAX_NAME_BYTES - SUFFIX_ROOM - (len(ext) + 1 if ext else 0)
     stem = stem[:limit].rstrip("._-") or FALLBACK_STEM
+    if not ext:
+        # Transliteration can bring a dot of its own ("0˙A" → "0.A"): what follows the last
+        # dot is then the extension the server sees, and lower-cases.
+        stem, ext = split_extension(stem)
+        ext = ext.lower()
     return f"{stem}.{ext}" if ext else stem
 
 
