@@ -23,6 +23,7 @@ from ..api.retry import Backoff
 from ..config import Settings
 from ..errors import (ExtensionNotAllowed, FileTooLarge, Forbidden, Fs360Error, QuotaExceeded,
                       RemoteFileNotFound, SessionNotFound, SessionTooLarge, Unauthorized)
+from .gate import TransferGate  # ops: bwlimit/pause
 from .journal import Journal
 from .progress import Listeners
 from .projects import ProjectKeeper
@@ -58,6 +59,7 @@ class Engine:
         self.spool = Spool(settings.spool_dir, settings.cache_min_free_fraction)
         self.backoff = Backoff(settings.backoff_base, settings.backoff_cap)
         self.listeners = Listeners()
+        self.gate = TransferGate(settings.bwlimit)  # ops: bwlimit and pause, shared by all workers
         self.lock = threading.RLock()
         # Two conditions on the one lock: a queued file must wake a worker, never just
         # the housekeeping thread (one shared condition lost such wake-ups).
@@ -468,7 +470,8 @@ class Engine:
                 final = send_file(self.client, upload_id, record.name, fd, record.size, start, buffer,
                                   self.settings.chunk_size,
                                   on_progress=lambda received: self._progress(record, received),
-                                  should_stop=lambda: self._stopping or record.generation != generation)
+                                  should_stop=lambda: self._stopping or record.generation != generation,
+                                  gate=self.gate)  # ops: bwlimit/pause before each PUT
             finally:
                 os.close(fd)
         except Cancelled:

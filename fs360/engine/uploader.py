@@ -36,11 +36,13 @@ def read_exactly(fd: int, view: memoryview, offset: int) -> None:
 
 
 def send_file(client: ApiClient, upload_id: str, name: str, fd: int, size: int, start: int,
-              buffer, chunk_size: int, on_progress, should_stop) -> FileProgress:
+              buffer, chunk_size: int, on_progress, should_stop, gate=None) -> FileProgress:
     """Uploads bytes start..size-1 of the spool file `fd`; returns the final server state."""
     view = memoryview(buffer)
     if start == 0 and size <= chunk_size:
         read_exactly(fd, view[:size], 0)
+        if gate is not None and not gate.wait_turn(size, should_stop):  # ops: bwlimit/pause
+            raise Cancelled()
         progress = client.put(upload_id, name, view[:size], 0, size, whole=True)
         _check_total(progress, size, name)
         on_progress(progress.received)
@@ -55,6 +57,8 @@ def send_file(client: ApiClient, upload_id: str, name: str, fd: int, size: int, 
             raise Cancelled()
         n = min(chunk_size, size - offset)
         read_exactly(fd, view[:n], offset)
+        if gate is not None and not gate.wait_turn(n, should_stop):  # ops: bwlimit/pause
+            raise Cancelled()
         try:
             progress = client.put(upload_id, name, view[:n], offset, size)
         except NonContiguousChunk as exc:
