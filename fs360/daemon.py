@@ -383,22 +383,28 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
             threading.Thread(target=_report_status, args=(engine, reporter, stop_reports),
                              name="fs360-status", daemon=True).start()
 
+    destroyed = threading.Event()
+
     def on_destroy():
+        destroyed.set()
         log.info("unmounting %s: unfinished uploads stay in the journal", mountpoint)
         reporter.stopping()
 
-    # fusermount -u ends the FUSE loop; SIGTERM/SIGINT/SIGHUP ask for the same.
-    def on_signal(signum, frame):
-        reporter.stopping()
-        subprocess.run(["fusermount3", "-u", "-z", mountpoint], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-
+    # SIGTERM, SIGINT and SIGHUP are left to libfuse (mfusepy resets SIGINT for it): its
+    # handlers end the loop, which unmounts. A Python handler would never run: the main
+    # thread stays inside fuse_main, and Python runs handlers only in the main thread.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
+        signal.signal(signum, signal.SIG_DFL)
     code = 0
     try:
         fuse_mount(model, mountpoint, allow_other=settings.allow_other,
                    on_init=on_init, on_destroy=on_destroy)
+    except RuntimeError as exc:
+        # libfuse returns 8 when a signal ended the loop: after destroy, an orderly unmount.
+        if not (destroyed.is_set() and exc.args == (8,)):
+            log.error("FUSE failed for %s: %s", mountpoint, exc)
+            reporter.ready(f"mounting {mountpoint} failed: {exc}")
+            code = 1
     except Exception as exc:  # mfusepy raises RuntimeError when the mount fails
         log.error("FUSE failed for %s: %s", mountpoint, exc)
         reporter.ready(f"mounting {mountpoint} failed: {exc}")
