@@ -381,7 +381,12 @@ def cmd_status(args) -> int:
 def render_mount(mountpoint: str) -> str:
     """The mount's own status files' renderers, over the snapshots it publishes."""
     snapshots = read_status(mountpoint)
-    parts = [f"== {mountpoint}\n", render_root(snapshots).decode("utf-8", "replace")]
+    try:
+        info = control.request(mountpoint, {"cmd": "info"}, timeout=2)
+        header = f"== {mountpoint} (bwlimit {info['bwlimit']}{', paused' if info['paused'] else ''})\n"
+    except (OSError, ValueError, KeyError):
+        header = f"== {mountpoint}\n"
+    parts = [header, render_root(snapshots).decode("utf-8", "replace")]
     for snapshot in snapshots:
         parts.append("\n" + render_text(snapshot).decode("utf-8", "replace"))
     return "".join(parts) + "\n"
