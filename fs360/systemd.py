@@ -56,7 +56,6 @@ def unit_text() -> str:
 # Settings come from ~/.config/fs360/config.toml; the key from the credential below.
 [Unit]
 Description=fs360 upload mount at %f
-Documentation=man:fusermount3(1)
 After=network-online.target
 Wants=network-online.target
 
