@@ -20,6 +20,12 @@ def fs360_env(tmp_path, **extra) -> dict:
     return env
 
 
+def harness_runtime() -> dict:
+    """The runtime dir that `tests.harness.Mount` daemons (started with this process's
+    environment) register in, for a CLI run through run_fs360 to find them."""
+    return {"XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", "")}
+
+
 def run_fs360(tmp_path, *args, env=None, timeout=120):
     return subprocess.run([PYTHON, "-m", "fs360.cli", *args], env=fs360_env(tmp_path, **(env or {})),
                           capture_output=True, text=True, timeout=timeout)

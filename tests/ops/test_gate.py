@@ -10,7 +10,7 @@ import pytest
 from fs360.engine.gate import TransferGate, parse_bwlimit, parse_rate, rate_at
 from tests.harness import assert_uploaded, remote_files, request_count, wait_until, write_random
 
-from .common import run_fs360
+from .common import harness_runtime, run_fs360
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -77,23 +77,16 @@ def test_bwlimit_changes_at_run_time(tmp_path, emulator, mount_factory):
     (mount.mountpoint / "s").mkdir()
     sha = write_random(mount.mountpoint / "s" / "a.e57", 4 * MiB)
     wait_until(lambda: remote_files(emulator).get("a.e57"), 60, 0.05, what="the first chunk")
-    refused = run_fs360(tmp_path, "set", str(mount.mountpoint), "bwlimit=lots", env=_runtime_env())
+    refused = run_fs360(tmp_path, "set", str(mount.mountpoint), "bwlimit=lots", env=harness_runtime())
     assert refused.returncode == 2 and "not a rate" in refused.stderr
-    refused = run_fs360(tmp_path, "set", str(mount.mountpoint), "workers=9", env=_runtime_env())
+    refused = run_fs360(tmp_path, "set", str(mount.mountpoint), "workers=9", env=harness_runtime())
     assert refused.returncode == 2 and "only bwlimit" in refused.stderr
     # At 64 KiB/s the file would need a minute; lifted, it completes within the wait below.
-    changed = run_fs360(tmp_path, "set", str(mount.mountpoint), "bwlimit=off", env=_runtime_env())
+    changed = run_fs360(tmp_path, "set", str(mount.mountpoint), "bwlimit=off", env=harness_runtime())
     assert changed.returncode == 0, changed.stderr
     assert "bwlimit off" in changed.stdout
     mount.wait_settled("s", timeout=30)
     assert_uploaded(emulator, None, {"a.e57": sha})
-
-
-def _runtime_env() -> dict:
-    """The harness's daemons register in this process's runtime dir: the CLI must look there."""
-    import os
-    return {"XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"]} if "XDG_RUNTIME_DIR" in os.environ else \
-        {"XDG_RUNTIME_DIR": ""}
 
 
 @pytest.mark.fuse
@@ -105,7 +98,7 @@ def test_pause_stops_puts_keeps_the_mount_writable_and_resume_loses_nothing(tmp_
     expected = {"a.e57": write_random(session / "a.e57", 4 * MiB)}
     wait_until(lambda: remote_files(emulator).get("a.e57", {}).get("received", 0) >= 2 * chunk, 60, 0.02,
                what="the upload to be under way")
-    paused = run_fs360(tmp_path, "pause", str(mount.mountpoint), env=_runtime_env())
+    paused = run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime())
     assert paused.returncode == 0, paused.stderr
     assert "paused" in paused.stdout
     # The mount keeps taking files; workers take them up and stop at the gate.
@@ -115,13 +108,13 @@ def test_pause_stops_puts_keeps_the_mount_writable_and_resume_loses_nothing(tmp_
                what="the new files to reach the paused workers")
     assert (mount.mountpoint / "status").read_text().startswith("paused")
     assert (session / "status").read_text().startswith("paused")
-    assert "paused" in run_fs360(tmp_path, "status", env=_runtime_env()).stdout
+    assert "paused" in run_fs360(tmp_path, "status", env=harness_runtime()).stdout
     remote = remote_files(emulator)
     assert not any(f"n{i}.jpg" in remote for i in range(3)), "a PUT went out while paused"
     received = remote["a.e57"]["received"]
     assert received < 4 * MiB and received % chunk == 0
     assert request_count(emulator, "PUT ") == received // chunk
-    resumed = run_fs360(tmp_path, "resume", str(mount.mountpoint), env=_runtime_env())
+    resumed = run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime())
     assert resumed.returncode == 0, resumed.stderr
     assert mount.wait_settled("s", timeout=60) == {name: "complete" for name in expected}
     assert_uploaded(emulator, None, expected)
