@@ -47,10 +47,15 @@ def credential_key() -> str | None:
         return None
 
 
-def unit_text() -> str:
-    # %I is the unescaped instance: the unit is named with `systemd-escape --path`,
-    # so "fs360@mnt-360.service" mounts /mnt/360 (paths with "-" escape as \x2d).
-    command = f"{sys.executable} -m fs360.cli"
+# The command in contrib/fs360@.service: where `pipx install .` puts the script.
+PIPX_COMMAND = "%h/.local/bin/fs360"
+
+
+def unit_text(command: str | None = None) -> str:
+    """The unit template; `command` defaults to this installation's interpreter.
+    %f is the unescaped instance with a leading "/": the instance is named with
+    `systemd-escape --path`, so "fs360@mnt-360.service" mounts /mnt/360."""
+    command = command or f"{sys.executable} -m fs360.cli"
     return f"""# fs360: mount the 360-for-you upload API at a directory (user unit template).
 # Enable with: fs360 install-unit MOUNTPOINT   (or: systemctl --user enable --now fs360@$(systemd-escape --path MOUNTPOINT))
 # Settings come from ~/.config/fs360/config.toml; the key from the credential below.

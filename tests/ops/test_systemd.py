@@ -117,3 +117,11 @@ def test_unit_template_and_install_unit(tmp_path):
     assert "--user enable fs360@mnt-360.service" in log.read_text()
     missing = run_fs360(tmp_path, "install-unit", "/mnt/360", env={"PATH": str(tmp_path / "empty")})
     assert missing.returncode == 0 and "systemctl is missing: not enabled" in missing.stdout
+
+
+def test_the_shipped_unit_is_the_generated_one():
+    from pathlib import Path
+
+    from fs360.systemd import PIPX_COMMAND
+    shipped = Path(__file__).resolve().parents[2] / "contrib" / "fs360@.service"
+    assert shipped.read_text() == unit_text(PIPX_COMMAND)
