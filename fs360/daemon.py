@@ -376,7 +376,10 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
 
     def on_init():
         engine.start()
-        registered.append(control.register(mountpoint, settings.cache_dir))
+        try:
+            registered.append(control.register(mountpoint, settings.cache_dir))
+        except OSError as exc:  # the mount works; only pause/set/unmount's pid lookup will not
+            log.warning("cannot register %s in the runtime dir: %s", mountpoint, exc)
         log.info("mounted %s (api %s, cache %s)", mountpoint, settings.api_url, settings.cache_dir)
         reporter.ready(None)
         if reporter.wants_status:
