@@ -84,7 +84,10 @@ def launch(settings: Settings, mountpoint: str, foreground: bool) -> int:
             process.wait(60)
             raise LaunchError(first[len("error "):] if first.startswith("error ")
                               else f"the mount process exited ({process.returncode})")
-        os.listdir(mountpoint)  # answered by the daemon: the mount is up, not just registered
+        try:
+            os.listdir(mountpoint)  # answered by the daemon: the mount is up, not just registered
+        except OSError as exc:
+            raise LaunchError(f"{mountpoint} was mounted but does not answer: {exc.strerror}") from None
         if not foreground:
             print(f"fs360: mounted {mountpoint} (log: {settings.log_path})")
             return 0
