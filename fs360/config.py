@@ -39,6 +39,8 @@ class Settings:
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     workers: int = 4
+    # Run the HTTP of uploads in one worker process per worker (off the daemon's GIL).
+    upload_processes: bool = True
     chunk_size: int = 8 * MiB
     writeback_delay: float = 1.5
     local_only_patterns: tuple[str, ...] = DEFAULT_LOCAL_ONLY_PATTERNS
@@ -47,6 +49,11 @@ class Settings:
     read_timeout: float = 60.0
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
+    # --- request deadlines (a server that trickles must not hold a worker) ---
+    # Every request ends within this many seconds, whatever the per-read timeouts say...
+    request_deadline: float = 120.0
+    # ...plus, for a PUT, the time its body takes at this floor rate (bytes per second).
+    min_upload_rate: float = 64 * 1024
 
     rate_limits_enabled: bool = True
     # Scales every rate-limit window; tests use < 1 against an emulator scaled alike.
@@ -54,6 +61,9 @@ class Settings:
     rate_limits: dict = field(default_factory=lambda: dict(DOCUMENTED_RATE_LIMITS))
 
     project_poll_interval: float = 5.0
+    # privacy_mode of a project whose .create names none: 2 private (the vendor's client's
+    # default), 1 anyone with the link, 0 public. The server's own default may be public.
+    default_privacy: int = 2
     # Fraction of the spool disk left free: complete files beyond it are evicted.
     cache_min_free_fraction: float = 0.10
     # Caps known before the server says so (0 = unknown); a 413 teaches the real one.
@@ -67,8 +77,6 @@ class Settings:
 
     # --- the command line and the daemon's process life (cli.py, daemon.py) ---
     log_level: str = "info"
-    # Privacy of projects whose .create does not say: 2 private, 1 link, 0 public.
-    default_privacy: int = 2
     # rsync/rclone-like limit for all uploads together: "10M", "500k", "off" or a
     # timetable "08:00,5M 18:00,off" (see engine/gate.py).
     bwlimit: str = "off"

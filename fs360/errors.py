@@ -1,9 +1,10 @@
-"""Every error fs360 raises, with its retry policy and its errno, in one place.
+"""Every error fs360 raises, with its retry policy, its errno and its reason, in one place.
 
-Each class says whether the operation that raised it may be retried (`retryable`)
-and which errno a program writing to the mount sees (`errno`). The FUSE adapter
-turns any `Fs360Error` into its errno; anything else becomes EIO and is logged.
-The reasons for each errno choice stand in `ERRNO_TABLE` below, the one table.
+Each class says whether the operation that raised it may be retried soon
+(`retryable`), which errno a program writing to the mount sees (`errno`) and why,
+in words a user can act on (`reason`). The FUSE adapter turns any `Fs360Error`
+into its errno; anything else becomes EIO and is logged. `ERRNO_TABLE`, the
+documented table, is read off the classes.
 """
 
 from __future__ import annotations
@@ -12,19 +13,24 @@ import errno as _errno
 
 
 class Fs360Error(Exception):
-    """Base class. `retryable` says whether trying again may succeed."""
+    """Base class. `retryable` says whether trying again soon may succeed."""
 
     retryable = False
     errno = _errno.EIO
     code = "internal_error"
+    reason = "unexpected internal error: logged with its cause"
 
     def __init__(self, message: str = "", **fields):
         super().__init__(message or self.code)
         self.fields = fields
 
-    @property
-    def message(self) -> str:
-        return str(self)
+
+class Cancelled(Exception):
+    """The file changed hands (unlinked, session lost, shutting down) between chunks.
+
+    A signal, not an error: deliberately not an `Fs360Error`, so that no
+    `except Fs360Error` can take it for a failure of the upload.
+    """
 
 
 # --- transport and server errors (from the API client) -------------------------
@@ -33,36 +39,72 @@ class TransportError(Fs360Error):
     """The request did not get a usable answer: connection refused or cut, timeout."""
     retryable = True
     code = "network_error"
+    reason = "the server could not be reached or did not answer: retried with backoff"
+
+
+class DeadlineExceeded(TransportError):
+    """The whole request (send, headers, body) did not end within its deadline; its connection is closed."""
+    code = "deadline_exceeded"
+    reason = "the server did not answer within the request's deadline: retried on a new connection"
+
+
+class ResponseTooLarge(TransportError):
+    """The answer's body passed the client's cap: the API's answers are small, so it is not the API's."""
+    code = "response_too_large"
+    reason = "the server's answer was far larger than any API answer: retried on a new connection"
 
 
 class ServerError(Fs360Error):
-    """5xx: the server failed; retried with backoff."""
+    """5xx, or an error page that is not the API's JSON (a proxy's 413 or 502): retried with backoff."""
     retryable = True
     code = "server_error"
+    reason = "the server (or a proxy in front of it) failed: retried with backoff"
 
     def __init__(self, message="", status: int = 500, **fields):
         super().__init__(message, **fields)
         self.status = status
 
 
+class Redirected(ServerError):
+    """3xx: fs360 never follows a redirect (the key must not go elsewhere); retried slowly, never final."""
+    code = "redirected"
+    reason = "the server redirected the request elsewhere: check --api-url"
+
+    def __init__(self, message="", status: int = 302, location: str = "", **fields):
+        super().__init__(message, status=status, **fields)
+        self.location = location
+
+
+class TlsError(ServerError):
+    """The server's certificate was not accepted. Final at mount; while mounted retried slowly, never final."""
+    code = "tls_error"
+    reason = "the server's TLS certificate was not accepted: check --ca-bundle and --api-url"
+
+    def __init__(self, message="", status: int = 0, **fields):
+        super().__init__(message, status=status, **fields)
+
+
 class MalformedResponse(Fs360Error):
     """A 2xx whose body is not the documented JSON (HTML page, missing fields, lies)."""
     retryable = True
     code = "malformed_response"
+    reason = "the server's answer is not the documented JSON: retried with backoff"
 
 
 class RateLimited(Fs360Error):
-    """429: wait `retry_after` seconds, then retry."""
+    """429: wait `retry_after` seconds, or back off like a server error when the server did not say."""
     retryable = True
     code = "rate_limited"
+    reason = "the server's rate limit was reached: retried after the wait it asked for"
 
-    def __init__(self, message="", retry_after: float = 1.0, **fields):
+    def __init__(self, message="", retry_after: float | None = None, **fields):
         super().__init__(message, **fields)
         self.retry_after = retry_after
 
 
 class ApiError(Fs360Error):
-    """A documented 4xx refusal; `code` is the server's error code, `status` its HTTP status."""
+    """A 4xx refusal; `code` is the server's error code, `status` its HTTP status."""
+    reason = "the server refused the operation"
 
     def __init__(self, message="", status: int = 400, code: str = "", **fields):
         super().__init__(message or code, **fields)
@@ -71,182 +113,242 @@ class ApiError(Fs360Error):
             self.code = code
 
 
-class Unauthorized(ApiError):
-    """401: the key is missing or unknown. Not retried: the user must fix the key."""
+# --- account errors: 401, 402 and 403, whatever the code -------------------------
+
+_NEW_KEY = ("make a new API key with both scopes projects:read and projects:write on your profile page "
+            "and remount with it")
+_PLAN_FORBIDS_API = "your plan does not allow uploads through the API: upgrade it"
+
+
+class AccountError(ApiError):
+    """About the account or its key, never about one file.
+
+    Not `retryable`: trying again soon cannot help, the user must act on `reason`.
+    The engine keeps the files, retries slowly and never rejects them for it.
+    """
+    errno = _errno.EACCES
+    code = "account_refused"
+    reason = "the server refuses this account or its API key: see your profile page"
+
+    def __init__(self, message="", status: int = 403, code: str = "", reason: str = "", **fields):
+        if reason:
+            self.reason = reason
+        super().__init__(message or self.reason, status=status, code=code, **fields)
+
+
+class Unauthorized(AccountError):
+    """401: the key is missing, unknown or revoked."""
     code = "unauthorized"
-    errno = _errno.EACCES
+    reason = f"the API key was refused: {_NEW_KEY}"
 
 
-class Forbidden(ApiError):
-    """403: the key lacks a scope, or the tariff forbids the operation."""
-    code = "insufficient_scope"
-    errno = _errno.EACCES
-
-
-class QuotaExceeded(ApiError):
+class QuotaExceeded(AccountError):
     """402: the account's storage quota is used up."""
     code = "storage_quota_exceeded"
     errno = _errno.EDQUOT
+    reason = "your account's storage quota is used up: free space (delete projects) or upgrade your plan"
 
+
+class Forbidden(AccountError):
+    """403: the key lacks a scope, or the plan or the account's state forbids the operation."""
+    code = "insufficient_scope"
+    reason = ("the server refuses this account the operation: check on your profile page that the API key "
+              "has both scopes projects:read and projects:write and that your plan allows API uploads")
+
+
+# What to do, by the server's code; the class (by HTTP status) gives the default.
+ACCOUNT_REASONS: dict[str, str] = {
+    "unauthorized": Unauthorized.reason,
+    "invalid_api_key": Unauthorized.reason,
+    "missing_bearer_token": f"the server got no API key: {_NEW_KEY}",
+    "insufficient_scope": ("the API key lacks a scope: make a key with both scopes projects:read and "
+                           "projects:write on your profile page and remount with it"),
+    "tariff_does_not_allow_api": _PLAN_FORBIDS_API,
+    "tariff_forbids_upload": _PLAN_FORBIDS_API,
+    "tariff": _PLAN_FORBIDS_API,
+    "project_limit_reached": "your plan's project limit is reached: delete a project or upgrade your plan",
+    "email_not_verified": "your account's e-mail address is not verified: verify it, then uploads go on",
+    "storage_quota_exceeded": QuotaExceeded.reason,
+}
+
+# The HTTP status decides the class; the code only picks the reason.
+ACCOUNT_ERROR_BY_STATUS: dict[int, type[AccountError]] = {401: Unauthorized, 402: QuotaExceeded, 403: Forbidden}
+
+
+# --- refusals about one file or session ----------------------------------------
 
 class SessionNotFound(ApiError):
     """404 upload_session_not_found: the session expired or was deleted."""
     code = "upload_session_not_found"
+    reason = "the server session expired or was deleted: a new one is opened"
 
 
 class RemoteFileNotFound(ApiError):
     """404 file_not_found: the server holds no byte of this file yet."""
     code = "file_not_found"
+    reason = "the server holds no byte of this file yet"
 
 
 class NonContiguousChunk(ApiError):
     """409: our offset was ahead of the server's; `received` says where to go on."""
     code = "non_contiguous_chunk"
     retryable = True
+    reason = "the server holds fewer bytes than sent: the upload goes on from there"
 
     @property
     def received(self) -> int:
         return int(self.fields.get("received", 0))
 
 
+class ServerHoldsOtherFile(ApiError):
+    """The server has a file of this name with another size: ours cannot go there."""
+    code = "name_taken_on_server"
+    reason = "the server already holds a different file of this name in the session"
+
+
 class FileTooLarge(ApiError):
     """413 file_too_large: the per-file cap, `limit` bytes."""
     code = "file_too_large"
     errno = _errno.EFBIG
+    reason = "the server's per-file cap, as it said"
 
 
 class SessionTooLarge(ApiError):
     """413 session_too_large: the per-session cap, `limit` bytes."""
     code = "session_too_large"
     errno = _errno.EDQUOT
+    reason = "the server's per-session cap, as it said"
 
 
 class ExtensionNotAllowed(ApiError):
     """415: the server refuses this extension; `allowed` lists what it takes."""
     code = "extension_not_allowed"
     errno = _errno.EPERM
+    reason = "the server refuses this extension: refused at create"
 
 
 class InvalidFilenameRemote(ApiError):
     """400 invalid_filename: the server refused the name."""
     code = "invalid_filename"
     errno = _errno.EINVAL
+    reason = "the server refused the name"
 
 
 class ProjectCreationFailed(ApiError):
     """400 project_creation_failed: a file of the session is not complete."""
     code = "project_creation_failed"
     retryable = True  # we wait for the files, then try again
+    reason = "a file of the session is not complete on the server: sent again, then retried"
 
 
 # --- filesystem errors (from the path model) -----------------------------------
 
 class FsError(Fs360Error):
     """An operation on the mount that the contract refuses."""
+    reason = "the mount refuses the operation"
 
 
 class NotFound(FsError):
     errno = _errno.ENOENT
     code = "not_found"
+    reason = "no such session or file"
 
 
 class AlreadyExists(FsError):
     errno = _errno.EEXIST
     code = "exists"
+    reason = "O_EXCL on an existing name, or mkdir of an existing session"
 
 
 class NotPermitted(FsError):
     errno = _errno.EPERM
     code = "not_permitted"
+    reason = "nested folders and non-folders at the root have no upload meaning"
 
 
 class AccessDenied(FsError):
     errno = _errno.EACCES
     code = "access_denied"
+    reason = "the server holds bytes of it, or the session is sealed: it cannot change"
 
 
 class NameTooLong(FsError):
     errno = _errno.ENAMETOOLONG
     code = "name_too_long"
+    reason = "the server takes names up to 255 bytes"
 
 
 class InvalidName(FsError):
     errno = _errno.EINVAL
     code = "invalid_name"
+    reason = "the server would refuse the name (control characters, empty after flattening)"
 
 
 class InvalidArgument(FsError):
     errno = _errno.EINVAL
     code = "invalid_argument"
+    reason = "invalid .create content, or an argument the operation cannot take"
 
 
 class NotEmpty(FsError):
     errno = _errno.ENOTEMPTY
     code = "not_empty"
+    reason = "rmdir of a session that still lists files (POSIX)"
 
 
 class IsADirectory(FsError):
     errno = _errno.EISDIR
     code = "is_a_directory"
+    reason = "a file operation on a session folder"
 
 
 class NotADirectory(FsError):
     errno = _errno.ENOTDIR
     code = "not_a_directory"
+    reason = "a folder operation on a file"
 
 
 class NoSpace(FsError):
     errno = _errno.ENOSPC
     code = "no_space"
+    reason = "the spool disk is full: nothing can be staged"
 
 
 class FileTooBig(FsError):
     errno = _errno.EFBIG
     code = "file_too_large"
+    reason = "past the server's per-file cap (learned from a 413 or configured)"
 
 
 class QuotaWouldPass(FsError):
     errno = _errno.EDQUOT
     code = "session_too_large"
+    reason = "the session would pass the server's session cap"
 
 
 class NotSupported(FsError):
     errno = _errno.ENOTSUP
     code = "not_supported"
+    reason = "setxattr: fs360's attributes are read-only"
 
 
 class NoAttribute(FsError):
     errno = _errno.ENODATA
     code = "no_attribute"
+    reason = "getxattr of an attribute fs360 does not have"
 
 
-# The errno a writing program sees, and why. The classes above carry the same
-# numbers; this table is the documentation and is checked against them by a test.
-ERRNO_TABLE: dict[type[Fs360Error], tuple[int, str]] = {
-    NoSpace: (_errno.ENOSPC, "the spool disk is full: nothing can be staged"),
-    FileTooBig: (_errno.EFBIG, "past the server's per-file cap (learned from a 413 or configured)"),
-    FileTooLarge: (_errno.EFBIG, "the server's per-file cap, as it said"),
-    QuotaWouldPass: (_errno.EDQUOT, "the session would pass the server's session cap"),
-    SessionTooLarge: (_errno.EDQUOT, "the server's per-session cap, as it said"),
-    QuotaExceeded: (_errno.EDQUOT, "the account's storage quota is used up"),
-    ExtensionNotAllowed: (_errno.EPERM, "the server refuses this extension: refused at create"),
-    NotPermitted: (_errno.EPERM, "nested folders and non-folders at the root have no upload meaning"),
-    AccessDenied: (_errno.EACCES, "the server holds bytes of it, or the session is sealed: it cannot change"),
-    Unauthorized: (_errno.EACCES, "the API key is missing or unknown"),
-    Forbidden: (_errno.EACCES, "the API key lacks the scope, or the tariff forbids it"),
-    NameTooLong: (_errno.ENAMETOOLONG, "the server takes names up to 255 bytes"),
-    InvalidName: (_errno.EINVAL, "the server would refuse the name (control characters, empty after flattening)"),
-    InvalidFilenameRemote: (_errno.EINVAL, "the server refused the name"),
-    InvalidArgument: (_errno.EINVAL, "invalid .create content, or an argument the operation cannot take"),
-    NotFound: (_errno.ENOENT, "no such session or file"),
-    AlreadyExists: (_errno.EEXIST, "O_EXCL on an existing name, or mkdir of an existing session"),
-    NotEmpty: (_errno.ENOTEMPTY, "rmdir of a session that still lists files (POSIX)"),
-    IsADirectory: (_errno.EISDIR, "a file operation on a session folder"),
-    NotADirectory: (_errno.ENOTDIR, "a folder operation on a file"),
-    NotSupported: (_errno.ENOTSUP, "setxattr: fs360's attributes are read-only"),
-    NoAttribute: (_errno.ENODATA, "getxattr of an attribute fs360 does not have"),
-    Fs360Error: (_errno.EIO, "unexpected internal error: logged with its cause"),
-}
+def _classes_under(base: type[Fs360Error]) -> list[type[Fs360Error]]:
+    found = [base]
+    for sub in base.__subclasses__():
+        if sub.__module__ == __name__:
+            found += _classes_under(sub)
+    return found
+
+
+# The errno a writing program sees, and why: read off the classes, so there is one copy.
+ERRNO_TABLE: dict[type[Fs360Error], tuple[int, str]] = {cls: (cls.errno, cls.reason)
+                                                        for cls in _classes_under(Fs360Error)}
 
 
 def errno_of(exc: BaseException) -> int:
@@ -258,12 +360,12 @@ def errno_of(exc: BaseException) -> int:
     return _errno.EIO
 
 
-# The server's error codes, mapped to our classes, used by the client's one translator.
+# The server's error codes, mapped to our classes, used by the client's one translator
+# (after the HTTP status: a 401, 402 or 403 is an account error whatever its code).
 API_ERROR_CLASSES: dict[str, type[ApiError]] = {
-    "unauthorized": Unauthorized,
-    "insufficient_scope": Forbidden,
-    "tariff_forbids_upload": Forbidden,
-    "tariff": Forbidden,
+    **{code: Unauthorized for code in ("unauthorized", "invalid_api_key", "missing_bearer_token")},
+    **{code: Forbidden for code in ("insufficient_scope", "tariff_does_not_allow_api", "tariff_forbids_upload",
+                                    "tariff", "project_limit_reached", "email_not_verified")},
     "storage_quota_exceeded": QuotaExceeded,
     "upload_session_not_found": SessionNotFound,
     "file_not_found": RemoteFileNotFound,

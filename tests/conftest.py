@@ -28,6 +28,17 @@ def emulator(tmp_path):
         yield emu
 
 
+@pytest.fixture(params=["default", "vendor"], ids=["default", "vendor"])
+def profiled_emulator(request, tmp_path):
+    """Like `emulator`, once per profile: api.md Part B ("default") and Part C ("vendor",
+    `--profile vendor`). The profile's name is in `.profile` (EmulatorProcess reads it from its args)."""
+    profile = request.param
+    args = FAST_EMULATOR_ARGS + (["--profile", "vendor"] if profile == "vendor" else [])
+    with EmulatorProcess(tmp_path / f"emulator-{profile}-data", args=args) as emu:
+        assert emu.profile == profile
+        yield emu
+
+
 @pytest.fixture
 def emulator_factory(tmp_path):
     started = []

@@ -1,31 +1,70 @@
 """One method per endpoint of the upload API, returning small dataclasses.
 
-Every answer goes through `_translate`, the one place where HTTP statuses, the
-server's error codes and transport exceptions become fs360 errors.
+Every answer goes through `_translate` and every transport failure through
+`_transport_error`: the one place where HTTP statuses, the server's error codes
+and transport exceptions become fs360 errors. Each error class carries its own
+retry policy (`retryable`); the engine decides from the class alone.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import math
 import threading
+import time
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
+import urllib3
 
 from ..config import Settings
-from ..errors import (API_ERROR_CLASSES, ApiError, MalformedResponse, RateLimited, ServerError,
-                      TransportError, Unauthorized)
+from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
+                      DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
+                      ServerError, TlsError, TransportError)
 from .pacing import Pacer
+from .retry import Backoff
+from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange
 
 log = logging.getLogger(__name__)
+
+# A Retry-After is honoured up to this; a longer one is waited in steps of it.
+MAX_RETRY_AFTER = 3600.0
+# ...and from this, so a "0" does not turn into a busy loop.
+MIN_RETRY_AFTER = 0.5
+
+# Listings grow with the session or the account: allowed more than a single answer.
+LISTING_RESPONSE_BYTES = 32 * 1024 * 1024
+_RESPONSE_CAPS = {"get_session": LISTING_RESPONSE_BYTES, "list_projects": LISTING_RESPONSE_BYTES}
+
+# The key check at mount: a few quick tries, so a passing hiccup does not fail the mount
+# and a dead server does not hold it for minutes.
+CREDENTIAL_CHECK_ATTEMPTS = 3
+CREDENTIAL_CHECK_DEADLINE = 30.0
+CREDENTIAL_CHECK_MAX_WAIT = 5.0
+
+# Errors that end the key check at mount at once: retrying cannot fix them, the user must.
+_FINAL_AT_MOUNT = (AccountError, Redirected, TlsError)
+
+# How the API refuses a session that does not exist: the probe's proof that the key works.
+_NO_SUCH_SESSION_CODES = ("upload_session_not_found", "invalid_upload_id")
+
+# The API's own list of projects may come bare or wrapped in an object under one of these.
+_PROJECT_LIST_KEYS = ("projects", "data", "items", "results")
+
+# Exceptions of an HTTP exchange that mean "no usable answer" (requests wraps most of them).
+_TRANSPORT_EXCEPTIONS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                         http.client.HTTPException, OSError)
 
 
 @dataclass(frozen=True)
 class UploadSession:
     upload_id: str
-    expires_in_seconds: int
+    expires_in_seconds: float
 
 
 @dataclass(frozen=True)
@@ -66,6 +105,13 @@ def _file_progress(body) -> FileProgress:
     return FileProgress(received, total, complete)
 
 
+def _seconds(value) -> float:
+    """A JSON number of seconds (259200 or 259200.0): not a bool, not negative, NaN or infinite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise MalformedResponse(f"open_session: expires_in_seconds {value!r} is not a number of seconds")
+    return float(value)
+
+
 class ApiClient:
     """Thread-safe: each thread gets its own keep-alive `requests.Session`."""
 
@@ -73,6 +119,8 @@ class ApiClient:
         self.base_url = settings.api_url.rstrip("/")
         self._auth = {"Authorization": f"Bearer {settings.api_key}"}
         self._timeout = (settings.connect_timeout, settings.read_timeout)
+        self._deadline_floor = settings.request_deadline
+        self._min_upload_rate = settings.min_upload_rate
         self.pacer = pacer or Pacer(settings.rate_limits, settings.rate_limits_enabled,
                                     settings.rate_window_scale)
         self._local = threading.local()
@@ -88,13 +136,15 @@ class ApiClient:
         if session is None:
             session = requests.Session()
             session.headers.update(self._auth)
+            # The answers are tiny JSON: a compressed one could only be a bomb.
+            session.headers["Accept-Encoding"] = "identity"
             session.verify = self._verify
             # The environment (proxies, CA bundle variables) is read once, not on every request:
             # requests would otherwise scan os.environ for each of thousands of PUTs.
             session.trust_env = False
             session.proxies = self._proxies
             # Retries are ours (they re-read the server's offset first), never urllib3's.
-            adapter = requests.adapters.HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=1)
+            adapter = DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=1)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             self._local.session = session
@@ -106,60 +156,106 @@ class ApiClient:
             session.close()
             self._local.session = None
 
+    def deadline_for(self, body_bytes: int) -> float:
+        """The whole request's time limit: the floor, plus the body's time at the floor upload rate."""
+        return self._deadline_floor + body_bytes / self._min_upload_rate
+
     # --- the one translator ----------------------------------------------------
 
-    def _request(self, endpoint: str, method: str, path: str, **kwargs) -> dict:
+    def _request(self, endpoint: str, method: str, path: str, *, expect=dict, deadline: float | None = None,
+                 **kwargs):
         self.pacer.acquire(endpoint)
-        url = self.base_url + path
+        data = kwargs.get("data")
+        exchange = Exchange(deadline or self.deadline_for(len(data) if data is not None else 0))
+        content = None
         try:
-            response = self._session().request(method, url, timeout=self._timeout, **kwargs)
-            content = response.content
-        except requests.exceptions.SSLError as exc:
-            # A certificate problem will not fix itself: report it, do not spin.
-            raise ApiError(f"TLS verification failed for {self.base_url}: {_short(exc)}",
-                           status=0, code="tls_error") from None
-        except requests.exceptions.RequestException as exc:
+            with exchange:
+                response = exchange.send(self._session(), method, self.base_url + path,
+                                         timeout=self._timeout, **kwargs)
+                content = exchange.read(_RESPONSE_CAPS.get(endpoint, MAX_RESPONSE_BYTES))
+        except Exception as exc:
+            # Once the watchdog cut the socket, whatever the reader raised is the deadline's doing.
+            if not (exchange.expired or isinstance(exc, _TRANSPORT_EXCEPTIONS)):
+                raise
             self.close()  # the connection may be half-dead: start clean
-            raise TransportError(f"cannot reach {self._host}: {_short(exc)}") from None
-        return self._translate(endpoint, response, content)
+            raise self._transport_error(endpoint, exc, exchange) from None
+        if exchange.expired or content is None:
+            self.close()
+            raise self._transport_error(endpoint, None, exchange)
+        return self._translate(endpoint, response, content, expect)
 
-    def _translate(self, endpoint: str, response: requests.Response, content: bytes) -> dict:
+    def _transport_error(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:
+        """The error for an exchange without a usable answer: cut at its deadline, too large, or failed."""
+        if exchange.expired:
+            return DeadlineExceeded(f"{endpoint}: the server at {self._host} did not answer within "
+                                    f"{exchange.deadline.seconds:g} s")
+        if exc is None:
+            return ResponseTooLarge(f"{endpoint}: the server at {self._host} sent an answer larger than "
+                                    f"any API answer; dropped")
+        if isinstance(exc, requests.exceptions.SSLError):
+            # Final at mount; while mounted retried slowly, so no file is refused for it.
+            return TlsError(f"TLS verification failed for {self.base_url}: {_short(exc)}")
+        return TransportError(f"cannot reach {self._host}: {_short(exc)}")
+
+    def _translate(self, endpoint: str, response: requests.Response, content: bytes, expect=dict):
         status = response.status_code
         try:
             body = json.loads(content) if content else None
         except ValueError:
             body = None
         if 200 <= status < 300:
-            if not isinstance(body, dict):
-                raise MalformedResponse(f"{endpoint}: HTTP {status} with a body that is not a JSON object")
+            if not isinstance(body, expect):
+                raise MalformedResponse(f"{endpoint}: HTTP {status} with a body that is not the expected JSON")
             return body
-        code = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), str) else ""
-        extra = {k: v for k, v in body.items() if k != "error"} if isinstance(body, dict) else {}
+        if 300 <= status < 400:
+            target = _printable(urljoin(response.url or self.base_url + "/", response.headers.get("Location", "")))
+            raise Redirected(f"{endpoint}: the server redirected to {target or '(nowhere)'}; fs360 does not "
+                             f"follow redirects: check --api-url", status=status, location=target)
+        error = body if isinstance(body, dict) else {}
+        code = error["error"] if isinstance(error.get("error"), str) else ""
+        fields = {k: v for k, v in error.items() if k != "error"}
+        said = _server_says(fields)
+        if status in ACCOUNT_ERROR_BY_STATUS:
+            # About the account whatever the code: the status picks the class, the code the advice.
+            raise _account_error(ACCOUNT_ERROR_BY_STATUS[status], status, code, said, fields)
         if status == 429:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-            self.pacer.rate_limited(endpoint, retry_after)
-            raise RateLimited(f"{endpoint}: rate limited, retry after {retry_after:g} s", retry_after=retry_after)
-        if status >= 500:
-            raise ServerError(f"{endpoint}: HTTP {status}" + (f" {code}" if code else ""), status=status)
-        if status == 401:
-            raise Unauthorized("the API key was refused (401 unauthorized)", status=401, code=code or "unauthorized")
+            raise self._rate_limited(endpoint, response.headers.get("Retry-After"), said)
+        if status >= 500 or not code:
+            # A failing server, or an answer without the API's error code: a proxy's HTML 413 or 502,
+            # a gateway's JSON. Not the API's verdict on the file, so never a final refusal.
+            kind = "an error code" if isinstance(body, dict) else "a JSON body"
+            raise _with_fields(ServerError(f"{endpoint}: HTTP {status}" + (f" {code}" if code else
+                                                                           f" without {kind}") + said,
+                                           status=status), fields)
         cls = API_ERROR_CLASSES.get(code, ApiError)
-        detail = f"{endpoint}: HTTP {status} {code or 'without an error code'}"
-        if "limit" in extra:
-            detail += f" (limit {extra['limit']} bytes)"
-        if "extension" in extra:
-            detail += f" (extension {extra['extension']!r})"
-        raise cls(detail, status=status, code=code or f"http_{status}", **extra)
+        if issubclass(cls, AccountError):
+            raise _account_error(cls, status, code, said, fields)
+        detail = f"{endpoint}: HTTP {status} {code}"
+        if isinstance(fields.get("limit"), int):
+            detail += f" (limit {fields['limit']} bytes)"
+        if isinstance(fields.get("extension"), str):
+            detail += f" (extension {_printable(fields['extension'])!r})"
+        raise _with_fields(cls(detail + said, status=status, code=code), fields)
+
+    def _rate_limited(self, endpoint: str, header: str | None, said: str) -> RateLimited:
+        asked = _retry_after(header)
+        if asked is None:
+            # No usable wait: the caller backs off exponentially, and the pacer is not told a made-up one.
+            return RateLimited(f"{endpoint}: rate limited (HTTP 429) without a usable Retry-After; "
+                               f"backing off{said}", retry_after=None)
+        wait = min(max(asked, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
+        self.pacer.rate_limited(endpoint, wait)
+        capped = f" (the server asked for {asked:.0f} s)" if asked > MAX_RETRY_AFTER else ""
+        return RateLimited(f"{endpoint}: rate limited, retry after {wait:g} s{capped}{said}", retry_after=wait)
 
     # --- endpoints ---------------------------------------------------------------
 
     def open_session(self) -> UploadSession:
         body = self._request("open_session", "POST", "/uploads")
         upload_id = _require(body, "upload_id", str)
-        expires = body.get("expires_in_seconds", 259200)
-        if not upload_id or not isinstance(expires, int) or isinstance(expires, bool):
-            raise MalformedResponse("open_session: invalid upload_id or expires_in_seconds")
-        return UploadSession(upload_id, expires)
+        if not upload_id:
+            raise MalformedResponse("open_session: empty upload_id")
+        return UploadSession(upload_id, _seconds(body.get("expires_in_seconds", 259200)))
 
     def put(self, upload_id: str, name: str, data, start: int, total: int, whole: bool = False) -> FileProgress:
         """Sends `data` (bytes-like) as bytes start..start+len-1 of a file of `total` bytes."""
@@ -196,38 +292,109 @@ class ApiClient:
             raise MalformedResponse(f"get_project: status {status} outside 0..100")
         return Project(_require(body, "name", str), status, body)
 
-    def check_credentials(self) -> None:
-        """Raises at once if the URL is not the API or the key is refused.
+    def list_projects(self, deadline: float | None = None) -> list:
+        """`GET /projects` (not in the guide, the vendor's "test connection"): the key's projects."""
+        body = self._request("list_projects", "GET", "/projects", expect=(list, dict), deadline=deadline)
+        if isinstance(body, list):
+            return body
+        for key in _PROJECT_LIST_KEYS:
+            if isinstance(body.get(key), list):
+                return body[key]
+        raise MalformedResponse("list_projects: the answer holds no list of projects")
 
-        Asks for a session that does not exist: a good key gets a JSON 404, a bad
-        one a 401; anything else means the URL is wrong. Costs no upload session.
+    # --- the key check at mount ----------------------------------------------------
+
+    def check_credentials(self) -> None:
+        """Raises at once if the URL is not the API or the key is refused; retries a server that hiccups.
+
+        Account errors (401, 402, 403), redirects, TLS failures and answers that are
+        not the API's are final at once. A 5xx, a 429 or no answer is tried
+        `CREDENTIAL_CHECK_ATTEMPTS` times, then reported with its cause.
         """
-        try:
-            self._request("get_session", "GET", "/uploads/fs360credentialcheck")
-        except ApiError as exc:
-            if isinstance(exc, Unauthorized) or exc.status == 403:
+        backoff = Backoff(base=1.0, cap=CREDENTIAL_CHECK_MAX_WAIT)
+        for attempt in range(1, CREDENTIAL_CHECK_ATTEMPTS + 1):
+            try:
+                self._check_credentials_once()
+                return
+            except _FINAL_AT_MOUNT:
                 raise
-            if exc.status == 404 and exc.code == "upload_session_not_found":
+            except (TransportError, RateLimited, ServerError) as exc:
+                if attempt == CREDENTIAL_CHECK_ATTEMPTS:
+                    raise TransportError(f"the server at {self._host} did not answer properly "
+                                         f"({attempt} attempts): {exc}") from None
+                time.sleep(min(backoff.delay(attempt, exc), CREDENTIAL_CHECK_MAX_WAIT))
+
+    def _check_credentials_once(self) -> None:
+        deadline = min(self._deadline_floor, CREDENTIAL_CHECK_DEADLINE)
+        not_the_api = f"{self.base_url} does not answer like the 360-for-you API"
+        try:
+            try:
+                self.list_projects(deadline=deadline)
                 return
-            if exc.status in (400, 404) and exc.code in ("invalid_upload_id", "upload_session_not_found"):
-                return
-            raise ApiError(f"{self.base_url} does not answer like the 360-for-you API ({exc})",
-                           status=exc.status, code="not_the_api") from None
+            except (ApiError, ServerError) as exc:
+                if isinstance(exc, _FINAL_AT_MOUNT) or getattr(exc, "status", 0) >= 500:
+                    raise
+            # Any other 4xx: a server without GET /projects. The older probe decides: it asks for a
+            # session that does not exist; a working key gets the API's own refusal of that session,
+            # a bad one a 401, and a wrong URL something else (a 404 page, the site's own JSON).
+            try:
+                self._request("get_session", "GET", "/uploads/fs360credentialcheck", deadline=deadline)
+            except (ApiError, ServerError) as exc:
+                if isinstance(exc, _FINAL_AT_MOUNT) or exc.status >= 500:
+                    raise
+                if exc.code not in _NO_SUCH_SESSION_CODES:
+                    raise ApiError(f"{not_the_api} ({exc})", status=exc.status, code="not_the_api") from None
         except MalformedResponse:
-            raise ApiError(f"{self.base_url} does not answer like the 360-for-you API",
-                           code="not_the_api") from None
+            raise ApiError(not_the_api, code="not_the_api") from None
 
 
 def _file_path(upload_id: str, name: str) -> str:
     return f"/uploads/{quote(upload_id, safe='')}/{quote(name, safe='')}"
 
 
-def _retry_after(value: str | None) -> float:
+def _with_fields(exc: Fs360Error, fields: dict) -> Fs360Error:
+    """The server's extra fields on the error; set after construction, so no field name can clash."""
+    exc.fields.update(fields)
+    return exc
+
+
+def _account_error(cls: type[AccountError], status: int, code: str, said: str, fields: dict) -> AccountError:
+    reason = ACCOUNT_REASONS.get(code, cls.reason)
+    return _with_fields(cls(f"{reason} (HTTP {status} {code or 'without an error code'}){said}",
+                            status=status, code=code, reason=reason), fields)
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Server-supplied text made safe for one log line."""
+    cleaned = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "…"
+
+
+def _server_says(fields: dict) -> str:
+    """The server's own words (`message`, `detail`) to end an error message with, if it gave any."""
+    words = [_printable(fields[k]) for k in ("message", "detail") if isinstance(fields.get(k), str)]
+    words = [w for w in words if w]
+    return f": the server says {'; '.join(words)!r}" if words else ""
+
+
+def _retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After in seconds (a number, or an HTTP date), or None when it gives no usable wait."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
     try:
-        seconds = float(value) if value is not None else 1.0
+        seconds = float(value)
     except ValueError:
-        seconds = 1.0  # an HTTP date or garbage: a second, then ask again
-    return min(max(seconds, 0.5), 3600.0)
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)  # HTTP dates are GMT
+        seconds = max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+    if not 0 <= seconds < math.inf:
+        return None
+    return seconds
 
 
 def _short(exc: BaseException) -> str:

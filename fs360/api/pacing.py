@@ -10,6 +10,9 @@ from __future__ import annotations
 import threading
 import time
 
+# Endpoints the documentation gives no limit for, paced with the bucket of a documented one.
+PACED_WITH = {"list_projects": "get_project"}
+
 
 class TokenBucket:
     """Capacity B, refill r per second, B + r*W = `margin` of the limit.
@@ -59,9 +62,12 @@ class Pacer:
         self._sleep = sleep
         self._buckets = {name: TokenBucket(n, w * window_scale, clock=clock) for name, (n, w) in limits.items()}
 
+    def _bucket(self, endpoint: str) -> TokenBucket | None:
+        return self._buckets.get(PACED_WITH.get(endpoint, endpoint))
+
     def acquire(self, endpoint: str) -> float:
         """Blocks until a request to `endpoint` may go; returns the seconds waited."""
-        bucket = self._buckets.get(endpoint)
+        bucket = self._bucket(endpoint)
         if not self.enabled or bucket is None:
             return 0.0
         wait = bucket.reserve()
@@ -70,6 +76,7 @@ class Pacer:
         return wait
 
     def rate_limited(self, endpoint: str, retry_after: float) -> None:
-        bucket = self._buckets.get(endpoint)
+        """A 429 with a definite wait: nobody sends on `endpoint` for `retry_after` seconds."""
+        bucket = self._bucket(endpoint)
         if bucket is not None:
             bucket.block_for(retry_after)

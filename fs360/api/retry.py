@@ -1,10 +1,10 @@
-"""Backoff for retryable errors: doubles up to a cap, jittered, honours Retry-After."""
+"""Backoff for retryable errors: doubles up to a cap, jittered, honours a definite Retry-After."""
 
 from __future__ import annotations
 
 import random
 
-from ..errors import Fs360Error, RateLimited
+from ..errors import AccountError, RateLimited
 
 
 class Backoff:
@@ -15,13 +15,14 @@ class Backoff:
 
     def delay(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait before try number `attempt + 1` (attempt counts from 1)."""
-        if isinstance(error, RateLimited):
+        if isinstance(error, AccountError):
+            # The account, not the request, is wrong: try again slowly, until somebody fixes it.
+            return self.cap
+        if isinstance(error, RateLimited) and error.retry_after is not None:
             # The server said when; a little jitter keeps workers from waking together.
             return error.retry_after + self._rng.uniform(0, min(1.0, error.retry_after * 0.1))
+        # A 429 that did not say when backs off like any server error: retrying every
+        # second would keep the limit tripped.
         ceiling = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
         # "Equal jitter": never less than half the step, so a storm still backs off.
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-
-
-def is_retryable(error: BaseException) -> bool:
-    return isinstance(error, Fs360Error) and error.retryable

@@ -1,4 +1,4 @@
-"""Local emulator of the 360-for-you upload API (see docs in ``server.py``).
+"""Local emulator of the 360-for-you upload API (see doc/EMULATOR.md).
 
 Standalone: stdlib only, imports nothing else from fs360.
 
@@ -43,9 +43,12 @@ def _positive_int(v):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .server import DEFAULT_EXTENSIONS, GiB
+    from .profiles import PROFILES
+    from .server import GiB
 
     p = argparse.ArgumentParser(prog="fs360 emulator", description="Local emulator of the 360-for-you upload API.")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                   help="default: api.md Part B; vendor: every Part C behaviour of the real service at once")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8360, help="0 = a free port")
     p.add_argument("--data-dir", help="state directory (default: a temporary one, removed at exit)")
@@ -59,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --discard: do not keep a running sha256 (sha256 stays null; fastest ingest)")
     p.add_argument("--max-file-size", type=_positive_int, default=100 * GiB)
     p.add_argument("--max-session-size", type=_positive_int, default=500 * GiB)
-    p.add_argument("--allowed-extensions", default=",".join(DEFAULT_EXTENSIONS))
+    p.add_argument("--allowed-extensions", default=None,
+                   help="comma-separated (default: the profile's list, see doc/EMULATOR.md)")
     p.add_argument("--session-lifetime", type=float, default=259200.0)
     p.add_argument("--fault", help="fault spec JSON (see fs360.emulator.faults)")
     p.add_argument("--seed", type=int, default=None, help="seed for generated ids")
@@ -76,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .faults import FaultSpecError, parse_spec
+    from .profiles import PROFILES
     from .server import make_server
 
     parser = build_parser()
@@ -93,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             faults = parse_spec(json.loads(args.fault))
         except (ValueError, FaultSpecError) as e:
             parser.error(f"--fault: {e}")
-    exts = [e.strip().lower().lstrip(".") for e in args.allowed_extensions.split(",") if e.strip()]
+    if args.allowed_extensions is None:
+        exts = list(PROFILES[args.profile].extensions)
+    else:
+        exts = [e.strip().lower().lstrip(".") for e in args.allowed_extensions.split(",") if e.strip()]
     tmp = None
     data_dir = args.data_dir
     if not data_dir:
@@ -102,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = dict(args.key) if args.key else {"sk_local_demo": {"projects:write", "projects:read"}}
 
     cfg = argparse.Namespace(
-        host=args.host, port=args.port, data_dir=data_dir, keys=keys,
+        profile=args.profile, host=args.host, port=args.port, data_dir=data_dir, keys=keys,
         processing_seconds=args.processing_seconds, rate_limits=not args.no_rate_limits,
         rate_window_scale=args.rate_window_scale, discard=args.discard, sha256=not args.no_sha256,
         max_file_size=args.max_file_size, max_session_size=args.max_session_size,
@@ -138,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(f"{scheme}://{shown}:{port}/api/v1", flush=True)
         if not args.quiet:
-            print(f"emulator: data dir {data_dir}{' (discard mode)' if args.discard else ''}",
+            print(f"emulator: data dir {data_dir}{' (discard mode)' if args.discard else ''}"
+                  f", profile {args.profile}",
                   file=sys.stderr, flush=True)
         srv.serve_forever(poll_interval=0.2)
     except (_Stop, KeyboardInterrupt):

@@ -8,15 +8,21 @@ Format (the same for ``--fault JSON`` and ``POST /_emulator/faults``)::
          "probability": 0.1,            # default 1.0
          "count": 3,                    # optional: fires at most this many times
          "seconds": 2.0,                # latency / trickle duration (default 1.0)
-         "retry_after": 2,              # rate_limit_burst: Retry-After value (default 1)
-         "burst": 5}                    # rate_limit_burst: how many requests get 429 (default 1)
+         "retry_after": 2,              # rate_limit_burst / retry_after_date: seconds (default 1;
+                                        #   retry_after_huge: 86400)
+         "burst": 5,                    # rate_limit_burst: how many requests get 429 (default 1)
+         "status": 504,                 # html_error: 413, 500, 502, 503 or 504 (default 502)
+         "duration": 300,               # slow_loris: how long the answer takes in all (default 300)
+         "size": 300000000,             # huge_body: body bytes (default 300 MB)
+         "location": "http://...",      # redirect: the Location (default: see below)
+         "fraction": 0.5}               # rollback_received: received goes back to this share (default 0)
     ]}
 
 A bare list of rules is accepted too (seed 1).
 
 Rules are evaluated in order for every API request (never for ``/_emulator``).
-``latency`` and ``trickle`` are *modifiers*: when they fire they apply and the
-evaluation goes on.  Every other kind is *terminal*: the first one that fires
+``latency``, ``trickle``, ``rollback_received`` and ``extra_fields`` are
+*modifiers*: when they fire they apply and the evaluation goes on.  Every other kind is *terminal*: the first one that fires
 decides the request.  Each rule rolls its own die from one RNG seeded with
 ``seed``, so a given sequence of requests sees the same faults on every run.
 
@@ -35,16 +41,42 @@ connection stays usable):
   same endpoint get 429 ``rate_limited`` with ``Retry-After: retry_after``.
 - ``invalid_json``: 200 with ``Content-Type: application/json`` and a body that
   is not JSON.
-- ``html_error``: 502 with an HTML page (``Content-Type: text/html``).
+- ``html_error``: ``status`` (default 502: 413, 500, 502, 503 or 504) with a
+  proxy's HTML page (``Content-Type: text/html``).
 - ``received_gt_total``: only for ``put_file`` / ``get_file`` (ignored on other
   endpoints): 200 ``{"received": total + 1, "total": total, "complete": true}``;
   the work is NOT done (a PUT's bytes are discarded).
 - ``missing_fields``: 200 JSON lacking the endpoint's key field(s)
   (``received``/``complete`` for files, ``upload_id`` for sessions, ``name``
   for projects, ``status`` for project polls, ``deleted`` for delete).
+- ``retry_after_none``: 429 ``rate_limited`` without a ``Retry-After`` header.
+- ``retry_after_date``: 429 ``rate_limited`` whose ``Retry-After`` is an
+  HTTP-date ``retry_after`` seconds ahead.
+- ``retry_after_huge``: 429 ``rate_limited`` with ``Retry-After: retry_after``
+  (default 86400).
+- ``slow_loris``: the status line and headers at once, then the body (a JSON
+  503 ``internal_error`` padded in front with spaces to ``round(duration /
+  seconds)`` bytes, made as it goes) one byte every ``seconds`` (at least
+  0.001): a client whose timeout is per read never finishes.  Other connections are served meanwhile (a thread per connection).
+- ``huge_body``: 200 with a ``Content-Length: size`` body that looks like JSON
+  (``{"received":0,"padding":"xxx…"}``, junk when ``size`` is too small for
+  that), streamed from one small buffer.
+- ``redirect``: 307 with ``Location: location``.  By default the location is
+  the same path on this emulator's ``/_emulator/redirected`` sink under another
+  host name (``localhost`` for ``127.0.0.1`` and the other way round); the sink
+  answers every request 200, a PUT or GET of a file ``complete: true`` without
+  storing anything, and records a ``redirect_followed`` violation.  A
+  ``{path}`` in ``location`` is replaced by the request's path.
 
 Modifiers: ``latency`` sleeps ``seconds`` before the request is handled;
-``trickle`` sends the response body a byte at a time spread over ``seconds``.
+``trickle`` sends the response body a byte at a time spread over ``seconds``;
+``rollback_received`` (``put_file`` / ``get_file`` only) makes the server lose
+bytes of the file first: an incomplete file's ``received`` drops to
+``floor(received * fraction)`` (complete files are final and stay as they are),
+so the PUT that follows may get a 409 and the client must resync;
+``extra_fields`` adds ``message`` and ``detail`` strings to the request's error
+body (a fault's or the endpoint's own; auth, rate-limit and account errors come
+before the faults and stay plain).
 """
 
 from __future__ import annotations
@@ -60,9 +92,10 @@ ENDPOINTS = (
     "delete_session",
     "create_project",
     "get_project",
+    "list_projects",
 )
 
-MODIFIER_KINDS = ("latency", "trickle")
+MODIFIER_KINDS = ("latency", "trickle", "rollback_received", "extra_fields")
 TERMINAL_KINDS = (
     "error_500",
     "error_502",
@@ -74,9 +107,18 @@ TERMINAL_KINDS = (
     "html_error",
     "received_gt_total",
     "missing_fields",
+    "retry_after_none",
+    "retry_after_date",
+    "retry_after_huge",
+    "slow_loris",
+    "huge_body",
+    "redirect",
 )
 KINDS = MODIFIER_KINDS + TERMINAL_KINDS
-FILE_ONLY_KINDS = ("received_gt_total",)
+FILE_ONLY_KINDS = ("received_gt_total", "rollback_received")
+HTML_STATUSES = (413, 500, 502, 503, 504)
+RULE_FIELDS = {"endpoint", "kind", "probability", "count", "seconds", "retry_after", "burst", "status", "duration",
+               "size", "location", "fraction"}
 
 
 class FaultSpecError(ValueError):
@@ -84,13 +126,16 @@ class FaultSpecError(ValueError):
 
 
 class Decision:
-    __slots__ = ("latency", "trickle", "kind", "retry_after")
+    __slots__ = ("latency", "trickle", "kind", "retry_after", "rule", "rollback", "extra_fields")
 
     def __init__(self):
         self.latency = 0.0
         self.trickle = 0.0
         self.kind = None
         self.retry_after = 1
+        self.rule = None  # the terminal rule that fired: its own fields (status, size, ...)
+        self.rollback = None  # rollback_received: the share of `received` that stays
+        self.extra_fields = False
 
 
 def _num(rule, key, default, typ, lo=None, hi=None):
@@ -133,7 +178,7 @@ def parse_spec(spec) -> dict:
     for r in rules_in:
         if not isinstance(r, dict):
             raise FaultSpecError("each rule must be an object")
-        extra = set(r) - {"endpoint", "kind", "probability", "count", "seconds", "retry_after", "burst"}
+        extra = set(r) - RULE_FIELDS
         if extra:
             raise FaultSpecError(f"unknown rule fields: {sorted(extra)}")
         ep = r.get("endpoint", "*")
@@ -142,17 +187,38 @@ def parse_spec(spec) -> dict:
         kind = r.get("kind")
         if kind not in KINDS:
             raise FaultSpecError(f"unknown kind {kind!r}; one of {list(KINDS)}")
-        rules.append(
-            {
-                "endpoint": ep,
-                "kind": kind,
-                "probability": _num(r, "probability", 1.0, float, 0.0, 1.0),
-                "count": _num(r, "count", None, int, 0),
-                "seconds": _num(r, "seconds", 1.0, float, 0.0, 3600.0),
-                "retry_after": _num(r, "retry_after", 1, int, 1, 86400),
-                "burst": _num(r, "burst", 1, int, 1, 1_000_000),
-            }
-        )
+        rule = {
+            "endpoint": ep,
+            "kind": kind,
+            "probability": _num(r, "probability", 1.0, float, 0.0, 1.0),
+            "count": _num(r, "count", None, int, 0),
+            "seconds": _num(r, "seconds", 1.0, float, 0.0, 3600.0),
+            "retry_after": _num(r, "retry_after", 86400 if kind == "retry_after_huge" else 1, int, 1, 86400),
+            "burst": _num(r, "burst", 1, int, 1, 1_000_000),
+        }
+        # Fields of the newer kinds appear in a rule only when it is of that kind, so
+        # the rules of the older kinds read back exactly as before.
+        if kind == "html_error":
+            rule["status"] = _num(r, "status", 502, int)
+            if rule["status"] not in HTML_STATUSES:
+                raise FaultSpecError(f"html_error status must be one of {list(HTML_STATUSES)}")
+        if kind == "slow_loris":
+            rule["duration"] = _num(r, "duration", 300.0, float, 0.0, 86400.0)
+            if rule["seconds"] < 0.001:
+                raise FaultSpecError("slow_loris needs seconds >= 0.001")
+        if kind == "huge_body":
+            rule["size"] = _num(r, "size", 300_000_000, int, 0, 1 << 40)
+        if kind == "redirect":
+            loc = r.get("location")
+            if loc is not None and (not isinstance(loc, str) or not loc or any(c in loc for c in "\r\n")):
+                raise FaultSpecError("location must be a one-line string")
+            rule["location"] = loc
+        if kind == "rollback_received":
+            rule["fraction"] = _num(r, "fraction", 0.0, float, 0.0, 1.0)
+        unused = set(r) & (RULE_FIELDS - set(rule))
+        if unused:
+            raise FaultSpecError(f"fields {sorted(unused)} do not apply to kind {kind!r}")
+        rules.append(rule)
     return {"seed": seed, "rules": rules}
 
 
@@ -201,7 +267,14 @@ class FaultSet:
                 if k == "trickle":
                     d.trickle = r["seconds"]
                     continue
+                if k == "rollback_received":
+                    d.rollback = r["fraction"]
+                    continue
+                if k == "extra_fields":
+                    d.extra_fields = True
+                    continue
                 d.kind = k
+                d.rule = r
                 if k == "rate_limit_burst":
                     d.retry_after = r["retry_after"]
                     self.bursts[endpoint] = [r["burst"] - 1, r["retry_after"]]

@@ -5,7 +5,10 @@
                       headers={"Authorization": f"Bearer {emu.api_key}"})
         emu.files(); emu.stats(); emu.violations()
         emu.set_faults([{"endpoint": "put_file", "kind": "error_503", "count": 1}])
+        emu.set_account(403, "tariff_does_not_allow_api"); emu.clear_account()
         emu.restart()          # same data dir, same port
+
+    EmulatorProcess(args=["--profile", "vendor"])  # api.md Part C (doc/EMULATOR.md)
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ class EmulatorProcess:
         self._own_dir = data_dir is None
         self.data_dir = str(data_dir) if data_dir is not None else tempfile.mkdtemp(prefix="fs360-emu-")
         self.args = list(args)
+        # The profile the emulator runs ("default" or "vendor"), as its arguments say.
+        self.profile = "default"
+        for i, a in enumerate(self.args):
+            if a == "--profile" and i + 1 < len(self.args):
+                self.profile = self.args[i + 1]
+            elif a.startswith("--profile="):
+                self.profile = a.split("=", 1)[1]
         self.api_key = key
         self.env = env
         self.port = 0
@@ -178,3 +188,26 @@ class EmulatorProcess:
 
     def reset(self, data: bool = False) -> None:
         self._call("POST", "/reset", {"data": data})
+
+    def health(self) -> dict:
+        """{"ok", "discard", "profile"}."""
+        return self._call("GET", "/health")
+
+    def sessions(self) -> list[dict]:
+        """Every stored session: {"upload_id", "created", "expires_at", "expires_in"} (epoch seconds)."""
+        return self._call("GET", "/sessions")
+
+    def set_account(self, status: int, error: str, endpoints: list[str] | None = None) -> None:
+        """From now on every request to `endpoints` (None: all) that passes auth gets
+        `status` {"error": error}: an account problem (401/402/403) switched on at run time."""
+        self._call("POST", "/account", {"status": status, "error": error, "endpoints": endpoints})
+
+    def clear_account(self) -> None:
+        self._call("DELETE", "/account")
+
+    def account(self) -> dict | None:
+        return self._call("GET", "/account")["account"]
+
+    def endpoint_counts(self) -> dict[str, int]:
+        """Requests per "METHOD endpoint" (e.g. "DELETE delete_session"), whatever their answer."""
+        return self.stats()["endpoints"]

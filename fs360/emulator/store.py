@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS projects (
     created REAL NOT NULL,
     processing_seconds REAL NOT NULL,
     record TEXT NOT NULL,
-    create_count INTEGER NOT NULL DEFAULT 1
+    create_count INTEGER NOT NULL DEFAULT 1,
+    discarded_status INTEGER
 );
 CREATE INDEX IF NOT EXISTS projects_upload ON projects (upload_id);
 """
@@ -66,6 +67,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        # A data dir from before discarded_status (the vendor profile's DELETE) gets the column.
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(projects)")}
+        if "discarded_status" not in cols:
+            self.db.execute("ALTER TABLE projects ADD COLUMN discarded_status INTEGER")
 
     # -- generic helpers -------------------------------------------------
     def all(self, sql, args=()):

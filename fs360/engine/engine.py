@@ -21,23 +21,21 @@ from dataclasses import dataclass
 from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..config import Settings
-from ..errors import (ExtensionNotAllowed, FileTooLarge, Forbidden, Fs360Error, QuotaExceeded,
-                      RemoteFileNotFound, SessionNotFound, SessionTooLarge, Unauthorized)
+from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, RemoteFileNotFound,
+                      ServerHoldsOtherFile, SessionNotFound, SessionTooLarge)
 from .gate import TransferGate  # ops: bwlimit/pause
 from .journal import Journal
 from .progress import Listeners
 from .projects import ProjectKeeper
-from .records import (COMPLETE, FAILED, INTERRUPTED, LOCAL, LOST, PENDING, QUEUED_STATES, REJECTED, UPLOADING,
-                      WRITING, FileRecord, ProjectRequest, SessionRecord)
+from .records import (COMPLETE, FAILED, INTERRUPTED, LOCAL, LOST, P_CREATED, P_READY, PENDING, QUEUED_STATES,
+                      REJECTED, UPLOADING, WRITING, FileRecord, ProjectRequest, SessionRecord)
+from .server_names import deduplicated, server_name_for
 from .spool import Spool
-from .uploader import Cancelled, ServerHoldsOtherFile, send_file
+from .transfer_pool import TransferJob, TransferProcesses
+from .uploader import send_file
 
 log = logging.getLogger(__name__)
 
-# Renew a session this long before the server would drop it.
-EXPIRY_MARGIN = 3600.0
-# Errors of the account, not of the file: retried slowly, never rejected.
-ACCOUNT_ERRORS = (Unauthorized, Forbidden, QuotaExceeded)
 
 
 @dataclass
@@ -74,6 +72,9 @@ class Engine:
         self._seq = itertools.count()
         self._session_locks: dict[int, threading.Lock] = {}
         self.caps = Caps()
+        # The HTTP of uploads in worker processes, off this interpreter's GIL (or in the worker threads).
+        self.transfers = TransferProcesses(settings, self.client.pacer, settings.workers) \
+            if settings.upload_processes else None
         # Files a worker is sending right now: never handed to a second worker.
         self._busy: set[int] = set()
         self._deferred: set[int] = set()
@@ -107,13 +108,16 @@ class Engine:
                 mtime_ns=row["mtime_ns"], size=row["size"], uid=row["uid"], gid=row["gid"], state=row["state"],
                 server_received=row["server_received"], upload_id=row["upload_id"], last_error=row["last_error"],
                 attempts=row["attempts"], next_attempt=row["next_attempt"], completed_at=row["completed_at"],
-                evicted=bool(row["evicted"]), unlinked=bool(row["unlinked"]))
+                evicted=bool(row["evicted"]), unlinked=bool(row["unlinked"]), server_name=row["server_name"],
+                sha256=row["sha256"])
             record.local_only = record.state == LOCAL
             self._files[record.id] = record
             if record.unlinked:
                 session.unlinked.append(record)
             else:
                 session.files[record.name] = record
+            if record.server_name:
+                session.server_names[record.server_name.lower()] = record
             if record.state == WRITING:
                 # The mount stopped while a program was writing it: its data may be
                 # partial, so it is never uploaded as if it were whole.
@@ -155,6 +159,8 @@ class Engine:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        if self.transfers is not None:
+            self.transfers.close()
         self.client.close()
         self.journal.close()
 
@@ -202,10 +208,20 @@ class Engine:
         del self.sessions[session.name]
         del self._sessions_by_id[session.id]
         self.journal.delete_session(session.id)
-        if session.upload_id:
-            upload_id = session.upload_id
-            threading.Thread(target=self._delete_remote_session, args=(upload_id,), daemon=True,
-                             name="fs360-delete-session").start()
+        if session.upload_id and not self._project_may_use_locked(session, session.upload_id):
+            self._delete_remote_session_later(session.upload_id)
+
+    @staticmethod
+    def _project_may_use_locked(session: SessionRecord, upload_id: str) -> bool:
+        """Whether a project was (or may have been) made from `upload_id`: a DELETE of the
+        session may then discard the project's input on the real server (api.md Part C)."""
+        project = session.project
+        return project is not None and (project.state in (P_CREATED, P_READY)
+                                        or project.posted_upload_id == upload_id)
+
+    def _delete_remote_session_later(self, upload_id: str) -> None:
+        threading.Thread(target=self._delete_remote_session, args=(upload_id,), daemon=True,
+                         name="fs360-delete-session").start()
 
     def _delete_remote_session(self, upload_id: str) -> None:
         for attempt in range(1, 6):
@@ -227,31 +243,24 @@ class Engine:
             session.mtime_ns = mtime_ns
         self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns)
 
-    @staticmethod
-    def _live_upload_id_locked(session: SessionRecord) -> str | None:
-        """Needs self.lock held. The session's upload_id unless it is missing or about to expire."""
-        if session.upload_id and (session.expires_at or 0) - EXPIRY_MARGIN > time.time():
-            return session.upload_id
-        return None
-
     def _remote_session(self, session: SessionRecord) -> str:
-        """The session's upload_id, opening one (POST /uploads) when it has none or it is about to expire."""
+        """The session's upload_id, opening one (POST /uploads) when it has none.
+
+        A session is used for as long as the server answers for it, whatever its stated
+        expiry (the real server may count that from the last request): it is replaced only
+        after a 404 says it is gone (`session_lost`)."""
         with self.lock:
-            live = self._live_upload_id_locked(session)
-            if live:
-                return live
+            if session.upload_id:
+                return session.upload_id
             guard = self._session_locks.setdefault(session.id, threading.Lock())
         with guard:  # one POST /uploads per session, however many workers get here
             with self.lock:
-                live = self._live_upload_id_locked(session)
-                if live:
-                    return live
-                stale = session.upload_id
-            if stale:
-                self.session_lost(session, stale)
+                if session.upload_id:
+                    return session.upload_id
             opened = self.client.open_session()
             with self.lock:
                 session.upload_id = opened.upload_id
+                session.remote_names = {}  # a new session holds nothing
                 session.expires_at = time.time() + opened.expires_in_seconds
                 self.journal.update_session(session.id, upload_id=session.upload_id, expires_at=session.expires_at)
                 self.listeners.emit("session_opened", session=session)
@@ -266,8 +275,13 @@ class Engine:
                         session.name)
             session.upload_id = None
             session.expires_at = None
+            session.remote_names = None
             self.journal.update_session(session.id, upload_id=None, expires_at=None)
+            if not self._project_may_use_locked(session, dead_upload_id):
+                # Idempotent: if the server still has it somewhere, it stops using the account's quota.
+                self._delete_remote_session_later(dead_upload_id)
             for record in session.unlinked:
+                self._release_server_name_locked(record)
                 self._files.pop(record.id, None)
                 self.journal.delete_file(record.id)
                 self.spool.remove(record.id)
@@ -300,13 +314,15 @@ class Engine:
         state = LOCAL if local_only else WRITING
         values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
                       state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
-                      completed_at=0, evicted=0, unlinked=0)
+                      completed_at=0, evicted=0, unlinked=0, server_name=None, sha256=None)
         file_id = self.journal.insert_file(values)
         self.spool.create(file_id)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=mode, mtime_ns=now_ns, uid=uid,
                             gid=gid, state=state, local_only=local_only)
         self._files[file_id] = record
         session.files[name] = record
+        if not local_only:
+            self._choose_server_name_locked(record, session)
         return record
 
     def open_for_write_locked(self, record: FileRecord) -> None:
@@ -358,6 +374,7 @@ class Engine:
             # A rename right after close (rsync, GIO): wait the delay again from now.
             record.generation += 1
             self._enqueue_locked(record, self.settings.writeback_delay)
+        self._rechoose_server_name_locked(record, source)
 
     def remove_file_locked(self, record: FileRecord) -> None:
         """unlink: a file the server may hold is remembered (the session cannot drop it)."""
@@ -371,6 +388,7 @@ class Engine:
         else:
             self.journal.delete_file(record.id)
             self._files.pop(record.id, None)
+            self._release_server_name_locked(record, session)
         session.files.pop(record.name, None)
         record.generation += 1
         self._wakeup.notify_all()
@@ -379,6 +397,35 @@ class Engine:
         for key, value in attrs.items():
             setattr(record, key, value)
         self.journal.update_file(record.id, **attrs)
+
+    # --- server names (see server_names.py) -------------------------------------------------
+
+    def _choose_server_name_locked(self, record: FileRecord, session: SessionRecord,
+                                   avoid: set[str] = frozenset()) -> None:
+        """Gives `record` the server name of its local name, de-duplicated in its session
+        against every other file's name and `avoid` (names the server already holds)."""
+        self._release_server_name_locked(record, session)
+        taken = set(session.server_names) | avoid
+        chosen = deduplicated(server_name_for(record.name), taken)
+        session.server_names[chosen.lower()] = record
+        if chosen != record.server_name:
+            record.server_name = chosen
+            self.journal.update_file(record.id, server_name=chosen)
+
+    def _release_server_name_locked(self, record: FileRecord, session: SessionRecord | None = None) -> None:
+        session = session or self._sessions_by_id.get(record.session_id)
+        if session is not None and record.server_name \
+                and session.server_names.get(record.server_name.lower()) is record:
+            del session.server_names[record.server_name.lower()]
+
+    def _rechoose_server_name_locked(self, record: FileRecord, source: SessionRecord) -> None:
+        """After a rename: a file nothing of which was sent takes the name of its new local name."""
+        if record.may_be_on_server and record.server_name:
+            return  # frozen: the server may hold bytes under it
+        self._release_server_name_locked(record, source)
+        if record.local_only:
+            return
+        self._choose_server_name_locked(record, self.session_of(record))
 
     def _set_state_locked(self, record: FileRecord, state: str, **extra) -> None:
         # Journal first: if it cannot record the change, memory does not pretend it happened.
@@ -458,6 +505,7 @@ class Engine:
         upload_id = None
         try:
             upload_id = self._remote_session(session)
+            self._ensure_name_free_on_server(record, session, upload_id)
             start = self._resume_offset(record, upload_id)
             with self.lock:
                 if record.generation != generation:
@@ -467,11 +515,16 @@ class Engine:
                 self.journal.update_file(record.id, state=UPLOADING, upload_id=upload_id)
             fd = os.open(self.spool.path(record.id), os.O_RDONLY)
             try:
-                final = send_file(self.client, upload_id, record.name, fd, record.size, start, buffer,
-                                  self.settings.chunk_size,
-                                  on_progress=lambda received: self._progress(record, received),
-                                  should_stop=lambda: self._stopping or record.generation != generation,
-                                  gate=self.gate)  # ops: bwlimit/pause before each PUT
+                on_progress = lambda received: self._progress(record, received)  # noqa: E731
+                should_stop = lambda: self._stopping or record.generation != generation  # noqa: E731
+                on_progress, should_stop = self.gate.gated(record.size, start, self.settings.chunk_size,
+                                                           on_progress, should_stop)  # ops: bwlimit/pause
+                if self.transfers is not None:
+                    job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size)
+                    final = self.transfers.send_file(job, fd, on_progress, should_stop)
+                else:
+                    final = send_file(self.client, upload_id, record.server_name, fd, record.size, start, buffer,
+                                      self.settings.chunk_size, on_progress, should_stop)
             finally:
                 os.close(fd)
         except Cancelled:
@@ -519,13 +572,13 @@ class Engine:
         if not (record.needs_resync or record.attempts or record.server_received or record.upload_id):
             return 0
         try:
-            progress = self.client.file_status(upload_id, record.name)
+            progress = self.client.file_status(upload_id, record.server_name)
         except RemoteFileNotFound:
             received = 0
         else:
             if progress.total != record.size and progress.received > 0:
                 raise ServerHoldsOtherFile(
-                    f"the server already holds a different file named {record.name!r}", status=409)
+                    f"the server already holds a different file named {record.server_name!r}", status=409)
             received = progress.received
         with self.lock:
             record.needs_resync = False
@@ -535,12 +588,38 @@ class Engine:
             self.journal.update_file(record.id, server_received=received, upload_id=record.upload_id)
         return received
 
+    def _ensure_name_free_on_server(self, record: FileRecord, session: SessionRecord, upload_id: str) -> None:
+        """Before the first PUT of a file, its server name must not hold another file's bytes
+        (a resume would merge two files into one): such a name is a conflict, and the file
+        takes the next free name instead."""
+        with self.lock:
+            held = session.remote_names if session.upload_id == upload_id else None
+        if held is None:
+            # A session from the journal: ask once what it holds (one request per session).
+            listing = self.client.session_status(upload_id)
+            with self.lock:
+                ours = {r.server_name.lower(): r for r in session.server_names.values()
+                        if r.upload_id == upload_id and r.server_name}
+                held = {f.name.lower(): ours.get(f.name.lower()) for f in listing if f.received > 0}
+                if session.upload_id == upload_id:
+                    session.remote_names = held
+        with self.lock:
+            owner = held.get(record.server_name.lower(), record) if record.server_name else None
+            if owner is not record:
+                taken_by = record.server_name
+                self._choose_server_name_locked(record, session, avoid=set(held))
+                if taken_by:
+                    log.warning("%s: the server already holds another file named %s; sending it as %s",
+                                record.name, taken_by, record.server_name)
+            held[record.server_name.lower()] = record
+
     def _progress(self, record: FileRecord, received: int) -> None:
         with self.lock:
             sent = received - record.server_received
             record.server_received = received
             if sent > 0:
                 record.rate.add(sent)
+                record.attempts = 0  # progress: the next error backs off from the start again
             if received < record.size:  # the last one is journaled with the file's completion
                 self.journal.update_file(record.id, server_received=received)
         self.listeners.emit("bytes_sent", file=record, received=received)
@@ -548,7 +627,7 @@ class Engine:
     def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
         if record.generation != generation:
             return
-        if exc.retryable or isinstance(exc, ACCOUNT_ERRORS):
+        if exc.retryable or isinstance(exc, AccountError):
             self._retry_later_locked(record, generation, exc)
             return
         if isinstance(exc, FileTooLarge) and isinstance(exc.fields.get("limit"), int):
@@ -575,8 +654,6 @@ class Engine:
             return
         attempts = record.attempts + 1
         delay = self.backoff.delay(attempts, exc)
-        if isinstance(exc, ACCOUNT_ERRORS):
-            delay = max(delay, self.settings.backoff_cap)
         record.needs_resync = True
         self._set_state_locked(record, FAILED, attempts=attempts, last_error=str(exc),
                                next_attempt=time.time() + delay)

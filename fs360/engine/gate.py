@@ -1,7 +1,9 @@
 """The gate every upload passes before each PUT: a bandwidth limit and a pause switch.
 
 One gate per engine, shared by all workers, so the limit is for all uploads
-together (as rsync's and rclone's `--bwlimit`). The limit is a pacing of PUT
+together. It waits inside the `should_stop()` that `send_file` asks before each
+PUT (see `gated`): that question is answered in the daemon whether the PUT goes
+out from a worker thread or from an upload process, so both are gated alike (as rsync's and rclone's `--bwlimit`). The limit is a pacing of PUT
 starts: a PUT of n bytes may start once the previous ones' bytes have had their
 time at the current rate. Idle time earns no credit, so a transfer never
 bursts above the limit after a pause.
@@ -104,3 +106,19 @@ class TransferGate:
                     self._next_free = now + nbytes / rate
                     return True
                 self._cond.wait(min(POLL_SECONDS, self._next_free - now))
+
+    def gated(self, size: int, start: int, chunk_size: int, on_progress, should_stop):
+        """(on_progress, should_stop) for send_file: the new should_stop() waits for the
+        turn of the PUT about to go (a chunk, or the whole file), knowing where the file
+        stands from on_progress; it is true, without waiting, when the old one is."""
+        sent = start
+
+        def progress(received: int) -> None:
+            nonlocal sent
+            sent = received
+            on_progress(received)
+
+        def stop() -> bool:
+            return should_stop() or not self.wait_turn(min(chunk_size, size - sent), should_stop)
+
+        return progress, stop

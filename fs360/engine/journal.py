@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS files (
     next_attempt REAL NOT NULL DEFAULT 0,
     completed_at REAL NOT NULL DEFAULT 0,
     evicted INTEGER NOT NULL DEFAULT 0,
-    unlinked INTEGER NOT NULL DEFAULT 0
+    unlinked INTEGER NOT NULL DEFAULT 0,
+    server_name TEXT,
+    sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS files_by_session ON files(session_id);
 CREATE TABLE IF NOT EXISTS projects (
@@ -69,7 +71,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", "state", "server_received",
-                "upload_id", "last_error", "attempts", "next_attempt", "completed_at", "evicted", "unlinked")
+                "upload_id", "last_error", "attempts", "next_attempt", "completed_at", "evicted", "unlinked",
+                "server_name", "sha256")
+# Columns added after the first release: (table, column, SQL type). A journal of an
+# older build gets them at open, so its sessions resume instead of failing.
+ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"))
 SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",
                    "posted_upload_id", "marker_hidden")
@@ -90,10 +96,17 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns_locked()
         # Space held back for the journal alone: when the disk fills up (the spool
         # shares it), the journal gives this back and can still record every change.
         self._reserve = path.with_name(path.name + ".reserve")
         self.restore_reserve()
+
+    def _add_missing_columns_locked(self) -> None:
+        for table, column, sql_type in ADDED_COLUMNS:
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
 
     def close(self) -> None:
         with self._lock:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from cachetools import TTLCache
 
-from ..errors import ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound
+from ..errors import AccountError, ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound
 from .journal import PROJECT_COLUMNS
 from .records import (COMPLETE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, PENDING, REJECTED,
                       ProjectRequest, SessionRecord)
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROJECT_PAGE = "https://360-for-you.com/projects/{name}"
+# The API is served under {server}/api/v1 and a project's page is {server}/projects/{name}
+# (api.md Part C; self-hosted servers exist, so the server is the one --api-url names).
+API_PATH_SUFFIX = "/api/v1"
 
 
 class ProjectKeeper:
@@ -95,7 +98,7 @@ class ProjectKeeper:
             project = session.project
             if project is None or project.state != P_WAITING:
                 return
-            body = {"title": session.name, **project.options}
+            body = {"title": session.name, "privacy_mode": engine.settings.default_privacy, **project.options}
             if "download_link" not in project.options:
                 body["upload_id"] = session.upload_id
                 if not session.upload_id:
@@ -117,13 +120,16 @@ class ProjectKeeper:
             if upload_id:
                 engine.session_lost(session, upload_id)
             return
-        except ProjectCreationFailed as exc:
+        except (ProjectCreationFailed, AccountError) as exc:
             # A definite refusal: nothing was created, so the next try needs no lookup first.
             with engine.lock:
                 if session.project is project and upload_id and project.posted_upload_id == upload_id:
                     engine.journal.update_project(session.id, posted_upload_id=None)
                     project.posted_upload_id = None
-            self._recheck_files(session, upload_id)
+            if isinstance(exc, ProjectCreationFailed):
+                self._recheck_files(session, upload_id)
+            # An account error (a plan's project limit, a quota, a key) can be fixed without a new
+            # .create: retried slowly, like the files.
             self._retry_later(session, exc)
             return
         except Fs360Error as exc:
@@ -159,7 +165,7 @@ class ProjectKeeper:
         if not upload_id:
             return
         try:
-            remote = {f.name: f for f in self.engine.client.session_status(upload_id)}
+            remote = {f.name.lower(): f for f in self.engine.client.session_status(upload_id)}
         except Fs360Error:
             return
         engine = self.engine
@@ -167,7 +173,7 @@ class ProjectKeeper:
             for record in session.files.values():
                 if record.local_only or record.state != COMPLETE:
                     continue
-                held = remote.get(record.name)
+                held = remote.get((record.server_name or "").lower())
                 if held is None or not held.complete:
                     if record.evicted:
                         engine._set_state_locked(record, LOST, last_error="the server does not have this file "
@@ -226,6 +232,10 @@ def vars_of(project: ProjectRequest) -> dict:
     return {column: getattr(project, column) for column in PROJECT_COLUMNS}
 
 
-def project_page(name: str) -> str:
-    return PROJECT_PAGE.format(name=name)
+def project_page(api_url: str, name: str) -> str:
+    """The project's page on the server that `api_url` points at."""
+    parts = urlsplit(api_url)
+    path = parts.path.rstrip("/")
+    server_path = path[: -len(API_PATH_SUFFIX)] if path.endswith(API_PATH_SUFFIX) else ""
+    return urlunsplit((parts.scheme, parts.netloc, f"{server_path}/projects/{name}", "", ""))
 

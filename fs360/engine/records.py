@@ -64,6 +64,10 @@ class FileRecord:
     completed_at: float = 0.0
     evicted: bool = False
     unlinked: bool = False
+    # The exact name the server holds (or will hold) this file under; see fs/names.py.
+    server_name: str | None = None
+    # sha256 of the content handed to the upload (hex); lets an identical re-copy be a no-op.
+    sha256: str | None = None
     # Memory only.
     local_only: bool = False
     open_writers: int = 0
@@ -107,3 +111,9 @@ class SessionRecord:
     unlinked: list[FileRecord] = field(default_factory=list)         # gone from the folder, held by the server
     project: ProjectRequest | None = None
     notice: str = ""   # what stops the project, for status
+    # Memory only. Lower-cased server name -> the record it is chosen for (listed or unlinked).
+    server_names: dict[str, FileRecord] = field(default_factory=dict)
+    # Lower-cased names the server may hold bytes of in `upload_id`, with the record they are
+    # ours for (None: not ours); None: not known yet (a session from the journal), asked once
+    # before the first PUT of a file there.
+    remote_names: dict[str, FileRecord | None] | None = None

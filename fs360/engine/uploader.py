@@ -10,16 +10,7 @@ from __future__ import annotations
 import os
 
 from ..api.client import ApiClient, FileProgress
-from ..errors import ApiError, MalformedResponse, NonContiguousChunk
-
-
-class Cancelled(Exception):
-    """The file changed hands (unlinked, session lost, shutting down) between chunks."""
-
-
-class ServerHoldsOtherFile(ApiError):
-    """The server has a file of this name with another size: ours cannot go there."""
-    code = "name_taken_on_server"
+from ..errors import Cancelled, MalformedResponse, NonContiguousChunk, ServerHoldsOtherFile
 
 
 # A server that answers without moving forward this many times running is broken.
@@ -36,13 +27,13 @@ def read_exactly(fd: int, view: memoryview, offset: int) -> None:
 
 
 def send_file(client: ApiClient, upload_id: str, name: str, fd: int, size: int, start: int,
-              buffer, chunk_size: int, on_progress, should_stop, gate=None) -> FileProgress:
+              buffer, chunk_size: int, on_progress, should_stop) -> FileProgress:
     """Uploads bytes start..size-1 of the spool file `fd`; returns the final server state."""
     view = memoryview(buffer)
     if start == 0 and size <= chunk_size:
-        read_exactly(fd, view[:size], 0)
-        if gate is not None and not gate.wait_turn(size, should_stop):  # ops: bwlimit/pause
+        if should_stop():  # ops: asked before every PUT, as before each chunk (bwlimit/pause wait in it)
             raise Cancelled()
+        read_exactly(fd, view[:size], 0)
         progress = client.put(upload_id, name, view[:size], 0, size, whole=True)
         _check_total(progress, size, name)
         on_progress(progress.received)
@@ -57,8 +48,6 @@ def send_file(client: ApiClient, upload_id: str, name: str, fd: int, size: int, 
             raise Cancelled()
         n = min(chunk_size, size - offset)
         read_exactly(fd, view[:n], offset)
-        if gate is not None and not gate.wait_turn(n, should_stop):  # ops: bwlimit/pause
-            raise Cancelled()
         try:
             progress = client.put(upload_id, name, view[:n], offset, size)
         except NonContiguousChunk as exc:

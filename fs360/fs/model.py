@@ -28,7 +28,7 @@ from .names import (CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, check_file_name, c
 
 # .create holds a JSON object of project fields: anything bigger is not one.
 MAX_CREATE_BYTES = 64 * 1024
-XATTRS = ("user.fs360.state", "user.fs360.received", "user.fs360.error")
+XATTRS = ("user.fs360.state", "user.fs360.received", "user.fs360.error", "user.fs360.server_name")
 # Advertised I/O size: cp, stdio and Python size their buffers by it, so their
 # writes reach the mount as 1 MiB requests (the kernel's max_write) instead of 128 KiB.
 IO_BLOCK_SIZE = 1024 * 1024
@@ -656,6 +656,10 @@ class MountModel:
                 return record.state.encode()
             if name == "user.fs360.received":
                 return str(record.server_received).encode()
+            if name == "user.fs360.server_name":
+                if record.local_only or not record.server_name:
+                    raise NoAttribute(name)  # never uploaded: it has no server name
+                return record.server_name.encode()
             return record.last_error.encode("utf-8", "surrogateescape")
 
     def listxattr(self, path: str) -> list[str]:

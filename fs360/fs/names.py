@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import fnmatch
 
+from ..engine.server_names import MAX_NAME_BYTES, server_name_for, split_extension
 from ..errors import InvalidName, NameTooLong
 
 CREATE_MARKER = ".create"
 STATUS_NAMES = ("status", "status.json")
 ROOT_STATUS = "status"
-MAX_NAME_BYTES = 255
 
 
 def check_file_name(name: str) -> None:
-    """Raises unless the server would store `name` exactly as given."""
+    """Raises unless `name` can be a file of the mount (UTF-8, at most 255 bytes, no C0 controls)."""
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
@@ -21,12 +21,11 @@ def check_file_name(name: str) -> None:
         raise InvalidName(f"name is not valid UTF-8: {name.encode('utf-8', 'surrogateescape')!r}") from None
     if len(encoded) > MAX_NAME_BYTES:
         raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
+    # Any other character is fine: the file goes to the server under a safe name of its own.
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidName("name has control characters, which the server strips")
-    if "\\" in name:
-        raise InvalidName("name has a backslash, which the server strips")
+        raise InvalidName("name has control characters")
     if name in ("", ".", ".."):
-        raise InvalidName("name is empty after flattening")
+        raise InvalidName("not a file name")
 
 
 def check_session_name(name: str) -> None:
@@ -50,8 +49,5 @@ def is_local_only(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def extension_of(name: str) -> str:
-    """The last suffix, lower-case, without the dot ('' when none): what the server checks."""
-    base = name.rsplit("/", 1)[-1]
-    if "." not in base.lstrip("."):
-        return ""
-    return base.rsplit(".", 1)[-1].lower()
+    """The extension the server will check for a local file `name` ('' when none)."""
+    return split_extension(server_name_for(name))[1]

@@ -9,6 +9,7 @@ from ..engine.projects import project_page
 from ..engine.records import COMPLETE, P_READY, SessionRecord
 
 BAR_WIDTH = 20
+PRIVACY_NAMES = {2: "private (owner and invited users)", 1: "anyone with the link", 0: "public"}
 PAUSED_LINE = "paused: uploads wait (fs360 resume MOUNTPOINT)"
 
 
@@ -21,6 +22,7 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
         remaining = max(0, record.size - record.server_received)
         files.append({
             "name": record.name,
+            "server_name": None if record.local_only else record.server_name,
             "state": record.state,
             "size": record.size,
             "sent": record.server_received,
@@ -34,14 +36,22 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
     project = session.project
     project_info = None
     if project is not None:
+        record = project.record or {}
+        errors = record.get("errors")
         project_info = {
             "state": project.state,
             "name": project.name,
             "status": project.status,
-            "url": project_page(project.name) if project.name and project.state == P_READY else None,
+            "url": project_page(engine.settings.api_url, project.name)
+            if project.name and project.state == P_READY else None,
             "error": project.last_error or None,
             "waiting_for": session.notice or None,
-            "title": project.record.get("title") if project.record else None,
+            "title": record.get("title"),
+            "privacy_mode": project.options.get("privacy_mode", engine.settings.default_privacy),
+            # Processing errors the server counted (an integer in the published record).
+            "processing_errors": errors if isinstance(errors, int) and not isinstance(errors, bool) else None,
+            # The ready record exactly as the server sent it.
+            "record": record or None,
         }
     uploadable = [f for f in files if not f["local_only"]]
     return {
@@ -88,6 +98,9 @@ def render_text(snapshot: dict) -> bytes:
             lines.append(f"project   {project['name']}: {'ready' if project['status'] >= 100 else 'processing'} "
                          f"{bar(project['status'], 100)} {project['status']}%"
                          + (f"  {project['url']}" if project["url"] else ""))
+            if project["processing_errors"]:
+                lines.append(f"          {project['processing_errors']} processing error(s): see the project page")
+        lines.append(f"          privacy: {PRIVACY_NAMES.get(project['privacy_mode'], project['privacy_mode'])}")
         if project["error"] and project["state"] != "failed":
             lines.append(f"          last error: {project['error']}")
     if snapshot["deleted_but_held_by_server"]:
@@ -98,7 +111,8 @@ def render_text(snapshot: dict) -> bytes:
         if f["local_only"]:
             lines.append(f"  {f['name']}  local only ({human_bytes(f['size'])}), never uploaded")
             continue
-        line = (f"  {f['name']}  {f['state']:<10} {bar(f['sent'], f['size'])} "
+        shown = f["name"] if f["server_name"] in (None, f["name"]) else f"{f['name']} → {f['server_name']}"
+        line = (f"  {shown}  {f['state']:<10} {bar(f['sent'], f['size'])} "
                 f"{human_bytes(f['sent'])}/{human_bytes(f['size'])}")
         if f["rate"]:
             line += f"  {human_bytes(f['rate'])}/s"

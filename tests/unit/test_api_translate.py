@@ -6,11 +6,16 @@ Real `requests.Response` objects are built and passed through `ApiClient._transl
 
 import errno
 import json
+import math
 
 import pytest
 import requests
 
-from fs360.api.client import ApiClient, _file_progress
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+from fs360.api.client import MAX_RETRY_AFTER, ApiClient, _file_progress, _retry_after, _seconds
+from fs360.api.pacing import Pacer
 from fs360.config import Settings
 from fs360 import errors as E
 
@@ -23,21 +28,21 @@ def response(status: int, body=None, raw: bytes | None = None, headers=None) -> 
     return r
 
 
+def client_for(pacer=None):
+    return ApiClient(Settings(api_url="http://127.0.0.1:9/api/v1", api_key="sk_test_never_printed"), pacer)
+
+
 @pytest.fixture
 def client():
-    return ApiClient(Settings(api_url="http://127.0.0.1:9/api/v1", api_key="sk_test_never_printed"))
+    return client_for()
 
 
 def translate(client, resp, endpoint="put_file"):
     return client._translate(endpoint, resp, resp.content)
 
 
-# status, code, expected class, retryable, errno
+# status, code, expected class, retryable
 TABLE = [
-    (402, "storage_quota_exceeded", E.QuotaExceeded, False),
-    (403, "tariff_forbids_upload", E.Forbidden, False),
-    (403, "tariff", E.Forbidden, False),
-    (403, "insufficient_scope", E.Forbidden, False),
     (400, "invalid_upload_id", E.ApiError, False),
     (400, "invalid_filename", E.InvalidFilenameRemote, False),
     (400, "invalid_content_range", E.ApiError, False),
@@ -59,14 +64,40 @@ def test_documented_codes(client, status, code, cls, retryable):
     assert type(exc) is cls
     assert exc.code == code and exc.status == status
     assert exc.retryable is retryable
-    assert E.errno_of(exc) == E.ERRNO_TABLE[next(c for c in cls.__mro__ if c in E.ERRNO_TABLE)][0]
 
 
-def test_unauthorized(client):
-    with pytest.raises(E.Unauthorized) as info:
-        translate(client, response(401, {"error": "unauthorized"}))
-    assert not info.value.retryable
-    assert "sk_test" not in str(info.value)
+# status, code (None: an HTML page), class, words of the advice
+ACCOUNT = [
+    (401, "unauthorized", E.Unauthorized, "make a new API key with both scopes"),
+    (401, "missing_bearer_token", E.Unauthorized, "make a new API key with both scopes"),
+    (401, "invalid_api_key", E.Unauthorized, "make a new API key with both scopes"),
+    (401, "key_revoked_yesterday", E.Unauthorized, "make a new API key with both scopes"),
+    (401, None, E.Unauthorized, "make a new API key with both scopes"),
+    (403, "insufficient_scope", E.Forbidden, "both scopes projects:read and projects:write"),
+    (403, "tariff_does_not_allow_api", E.Forbidden, "upgrade"),
+    (403, "tariff_forbids_upload", E.Forbidden, "upgrade"),
+    (403, "tariff", E.Forbidden, "upgrade"),
+    (403, "project_limit_reached", E.Forbidden, "project limit"),
+    (403, "email_not_verified", E.Forbidden, "verify"),
+    (403, "account_suspended_for_review", E.Forbidden, "profile page"),
+    (403, None, E.Forbidden, "profile page"),
+    (402, "storage_quota_exceeded", E.QuotaExceeded, "free space"),
+    (402, "payment_required", E.QuotaExceeded, "free space"),
+    (403, "storage_quota_exceeded", E.Forbidden, "free space"),  # the status picks the class, the code the advice
+    (400, "invalid_api_key", E.Unauthorized, "make a new API key"),  # an account code on another status
+]
+
+
+@pytest.mark.parametrize("status,code,cls,advice", ACCOUNT, ids=[f"{t[0]}-{t[1]}" for t in ACCOUNT])
+def test_account_errors_whatever_the_code(client, status, code, cls, advice):
+    resp = response(status, {"error": code}) if code else response(status, raw=b"<html>Forbidden</html>")
+    with pytest.raises(E.AccountError) as info:
+        translate(client, resp)
+    exc = info.value
+    assert type(exc) is cls and exc.status == status and not exc.retryable
+    assert advice in exc.reason and advice in str(exc)
+    assert exc.code == (code or cls.code)
+    assert "sk_test" not in str(exc)
 
 
 def test_non_contiguous_carries_received(client):
@@ -91,12 +122,54 @@ def test_extension_carries_extension_and_allowed(client):
     assert info.value.fields["allowed"] == ["jpg", "las"]
 
 
-@pytest.mark.parametrize("header,expected", [("7", 7.0), ("0", 0.5), (None, 1.0), ("garbage", 1.0),
-                                             ("99999", 3600.0)])
+@pytest.mark.parametrize("header,expected", [("7", 7.0), ("0", 0.5), (" 12 ", 12.0), ("99999", 3600.0),
+                                             (None, None), ("", None), ("garbage", None), ("-3", None),
+                                             ("nan", None), ("inf", None)])
 def test_rate_limited_reads_retry_after(client, header, expected):
     with pytest.raises(E.RateLimited) as info:
         translate(client, response(429, {"error": "rate_limited"}, headers={"Retry-After": header} if header else {}))
     assert info.value.retry_after == expected and info.value.retryable
+
+
+def test_rate_limited_huge_wait_is_capped_and_said(client):
+    with pytest.raises(E.RateLimited) as info:
+        translate(client, response(429, {"error": "rate_limited"}, headers={"Retry-After": "99999"}))
+    assert info.value.retry_after == MAX_RETRY_AFTER
+    assert "retry after 3600 s" in str(info.value) and "99999" in str(info.value)
+
+
+def test_retry_after_http_date():
+    now = datetime(2026, 11, 29, 12, 0, 0, tzinfo=timezone.utc)
+    assert _retry_after("Sun, 29 Nov 2026 12:02:00 GMT", now=now) == 120.0
+    assert _retry_after("Sun, 29 Nov 2026 12:02:00 -0000", now=now) == 120.0  # naive: GMT
+    assert _retry_after("Sun, 29 Nov 2026 11:00:00 GMT", now=now) == 0.0      # past: go now
+    assert _retry_after("Sun, 32 Nov 2026 25:00:00 GMT", now=now) is None
+
+
+def test_rate_limited_with_a_date_waits_until_then(client):
+    in_two_minutes = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=120), usegmt=True)
+    with pytest.raises(E.RateLimited) as info:
+        translate(client, response(429, {"error": "rate_limited"}, headers={"Retry-After": in_two_minutes}))
+    assert 100 <= info.value.retry_after <= 121
+    assert f"retry after {info.value.retry_after:g} s" in str(info.value)
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize("header,blocked", [("30", True), (None, False), ("soon", False)])
+def test_pacer_is_told_only_a_definite_wait(header, blocked):
+    slept = []
+    pacer = Pacer({"put_file": (1200, 60.0)}, sleep=slept.append, clock=Clock())
+    with pytest.raises(E.RateLimited):
+        translate(client_for(pacer), response(429, {"error": "rate_limited"},
+                                              headers={"Retry-After": header} if header else {}))
+    pacer.acquire("put_file")
+    assert (sum(slept) >= 30.0) is blocked
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
@@ -106,9 +179,49 @@ def test_server_errors_retryable(client, status):
     assert info.value.retryable and info.value.status == status
 
 
-def test_html_error_page_is_a_server_error(client):
-    with pytest.raises(E.ServerError):
-        translate(client, response(502, raw=b"<html><body>Bad gateway</body></html>"))
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirect_is_never_followed_and_names_the_target(client, status):
+    resp = response(status, raw=b"", headers={"Location": "http://other:1234/api/v1/uploads"})
+    with pytest.raises(E.Redirected) as info:
+        translate(client, resp)
+    exc = info.value
+    assert exc.location == "http://other:1234/api/v1/uploads" and exc.status == status
+    assert "http://other:1234/api/v1/uploads" in str(exc) and "--api-url" in str(exc)
+    assert exc.retryable and not isinstance(exc, E.ApiError)
+
+
+def test_relative_redirect_is_resolved_and_control_characters_dropped(client):
+    resp = response(302, raw=b"", headers={"Location": "/login?next=x\x1b[31m"})
+    resp.url = "http://127.0.0.1:9/api/v1/uploads"
+    with pytest.raises(E.Redirected) as info:
+        translate(client, resp)
+    assert info.value.location.startswith("http://127.0.0.1:9/login?next=x") and "\x1b" not in str(info.value)
+
+
+def test_extra_fields_enrich_the_message(client):
+    body = {"error": "invalid_filename", "message": "Name has\na bad character", "detail": "position 3"}
+    with pytest.raises(E.InvalidFilenameRemote) as info:
+        translate(client, response(400, body))
+    assert "Name has a bad character" in str(info.value) and "position 3" in str(info.value)
+    assert info.value.fields["message"] == "Name has\na bad character"
+
+
+def test_hostile_field_names_cannot_break_the_translator(client):
+    body = {"error": "file_not_found", "status": "x", "code": 5, "reason": [], "message": {"nested": 1}}
+    with pytest.raises(E.RemoteFileNotFound) as info:
+        translate(client, response(404, body))
+    assert info.value.status == 404 and info.value.code == "file_not_found" and info.value.fields["code"] == 5
+
+
+@pytest.mark.parametrize("value,expected", [(259200, 259200.0), (259200.0, 259200.0), (0, 0.0), (1.5, 1.5)])
+def test_expires_in_seconds_takes_any_json_number(value, expected):
+    assert _seconds(value) == expected and isinstance(_seconds(value), float)
+
+
+@pytest.mark.parametrize("value", [True, False, -1, -0.5, math.nan, math.inf, "259200", None, [1]])
+def test_expires_in_seconds_refuses_what_is_not_a_duration(value):
+    with pytest.raises(E.MalformedResponse):
+        _seconds(value)
 
 
 @pytest.mark.parametrize("raw", [b'{"received": 12, "total": <html>', b"[1, 2]", b"", b"<html></html>"])
@@ -128,10 +241,21 @@ def test_impossible_file_states_are_malformed(body):
         _file_progress(body)
 
 
-def test_unknown_4xx_is_a_final_api_error(client):
+def test_unknown_coded_4xx_is_a_final_api_error(client):
     with pytest.raises(E.ApiError) as info:
-        translate(client, response(418, {"nothing": 1}))
-    assert type(info.value) is E.ApiError and info.value.code == "http_418" and not info.value.retryable
+        translate(client, response(418, {"error": "teapot"}))
+    assert type(info.value) is E.ApiError and info.value.code == "teapot" and not info.value.retryable
+
+
+@pytest.mark.parametrize("status,raw", [(413, b"<html><body>413 Request Entity Too Large</body></html>"),
+                                        (413, b'{"message": "Request Too Long"}'),
+                                        (418, b'{"nothing": 1}'), (404, b"Not Found"), (400, b""),
+                                        (502, b"<html>Bad Gateway</html>"), (504, b"<html>Gateway Time-out</html>")])
+def test_error_without_the_apis_code_is_transient(client, status, raw):
+    """A proxy's page or a gateway's JSON is not the API's verdict: a file is never refused for it."""
+    with pytest.raises(E.ServerError) as info:
+        translate(client, response(status, raw=raw))
+    assert info.value.retryable and info.value.status == status and not isinstance(info.value, E.ApiError)
 
 
 def test_settings_repr_hides_the_key(client):

@@ -3,7 +3,8 @@
 import pytest
 
 from fs360.emulator.faults import FaultSet, FaultSpecError, parse_spec
-from fs360.emulator.server import RateLimiter, extension_of, flatten_name
+from fs360.emulator.profiles import Profile, VendorProfile
+from fs360.emulator.server import RateLimiter, extension_of, flatten_name, parse_account_fault
 
 
 @pytest.mark.parametrize(
@@ -66,3 +67,71 @@ def test_rate_limiter_sliding_window():
     assert ra is not None and 3590 <= ra <= 3600
     assert rl.check("other", "create_project", 1.0) is None
     assert rl.check("k", "get_project", 1.0) is None
+
+
+@pytest.mark.parametrize(
+    "raw,want",
+    [
+        ("scan%201.e57", "scan_1.e57"),
+        ("scan_1.e57", "scan_1.e57"),
+        ("Scan.E57", "Scan.e57"),
+        ("%D0%A4%D0%BE%D1%82%D0%BE.jpg", "jpg"),  # Фото.jpg: nothing of the stem is ASCII
+        ("%D0%A4%D0%BE%D1%82%D0%BE", None),
+        ("..%2F..%2Fetc%2Fpasswd.TXT", "etc_passwd.txt"),
+        ("dir/a.jpg", "dir_a.jpg"),
+        ("caf%C3%A9.jpg", "cafe.jpg"),
+        ("a%09b%00c.las", "a_bc.las"),
+        ("_x_.las", "x_.las"),
+        ("x.", "x"),
+        ("%2E%2E", None),
+        ("%FF.jpg", None),
+        ("a" * 251 + ".jpg", "a" * 251 + ".jpg"),
+        ("a" * 252 + ".jpg", None),
+    ],
+)
+def test_vendor_flatten(raw, want):
+    assert VendorProfile().flatten(raw) == want
+
+
+def test_profiles_differ_only_where_documented():
+    default, vendor = Profile(), VendorProfile()
+    assert default.flatten("scan%201.e57") == "scan 1.e57"
+    assert (default.expires_in(259200.0), type(default.expires_in(259200.0))) == (259200, int)
+    assert default.expires_in(1.5) == 1.5
+    assert (vendor.expires_in(259200), type(vendor.expires_in(259200))) == (259200.0, float)
+    rec = {"potree": 1, "glb": 0, "public_project": 1, "errors": None, "proj4": None, "updated": "2026-01-01T00:00:00Z"}
+    assert default.ready_record(dict(rec)) == rec
+    out = vendor.ready_record(dict(rec))
+    assert out["potree"] is True and out["glb"] is False and out["kml"] is False and out["public_project"] is True
+    assert (out["errors"], out["proj4"], out["deleted"], out["redirect"], out["last_usage"]) == (
+        0, "", False, None, "2026-01-01T00:00:00Z")
+    assert vendor.ready_record(dict(rec, errors="could not unpack a.zip"))["errors"] == 1
+
+
+def test_new_fault_kinds_spec_and_decisions():
+    spec = parse_spec([{"kind": "html_error", "status": 504}, {"kind": "slow_loris", "seconds": 0.5},
+                       {"kind": "huge_body"}, {"kind": "redirect"}, {"kind": "retry_after_huge"},
+                       {"kind": "rollback_received", "fraction": 0.25}])
+    status, loris, huge, redirect, huge_ra, rollback = spec["rules"]
+    assert status["status"] == 504 and loris["duration"] == 300.0 and huge["size"] == 300_000_000
+    assert redirect["location"] is None and huge_ra["retry_after"] == 86400 and rollback["fraction"] == 0.25
+    assert "status" not in parse_spec([{"kind": "error_503"}])["rules"][0]  # older kinds read back as before
+    with pytest.raises(FaultSpecError):
+        parse_spec([{"kind": "latency", "size": 3}])
+    fs = FaultSet([{"endpoint": "put_file", "kind": "rollback_received", "fraction": 0.5},
+                   {"endpoint": "put_file", "kind": "extra_fields"},
+                   {"endpoint": "put_file", "kind": "html_error", "status": 413}])
+    d = fs.decide("put_file")
+    assert (d.rollback, d.extra_fields, d.kind, d.rule["status"]) == (0.5, True, "html_error", 413)
+    d = fs.decide("get_session")  # rollback_received is for files only
+    assert (d.rollback, d.kind) == (None, None)
+
+
+def test_account_fault_spec():
+    assert parse_account_fault({}) is None and parse_account_fault(None) is None
+    assert parse_account_fault({"status": 403, "error": "email_not_verified", "endpoints": "*"}) == {
+        "status": 403, "error": "email_not_verified", "endpoints": None}
+    for bad in ({"status": 404, "error": "x"}, {"status": True, "error": "x"}, {"status": 402, "error": ""},
+                {"status": 402, "error": "x", "endpoints": []}, {"status": 402, "error": "x", "why": 1}):
+        with pytest.raises(ValueError):
+            parse_account_fault(bad)

@@ -5,10 +5,10 @@ from collections import deque
 
 import pytest
 
-from fs360.api.pacing import Pacer, TokenBucket
-from fs360.api.retry import Backoff, is_retryable
+from fs360.api.pacing import PACED_WITH, Pacer, TokenBucket
+from fs360.api.retry import Backoff
 from fs360.config import DOCUMENTED_RATE_LIMITS
-from fs360.errors import ApiError, RateLimited, ServerError, TransportError
+from fs360.errors import RateLimited, ServerError
 
 
 class Clock:
@@ -38,9 +38,14 @@ def test_backoff_honours_retry_after():
         assert all(retry_after <= d <= retry_after * 1.1 + 1e-9 for d in delays)
 
 
-def test_retryable():
-    assert is_retryable(TransportError()) and is_retryable(ServerError()) and is_retryable(RateLimited())
-    assert not is_retryable(ApiError(code="invalid_filename")) and not is_retryable(ValueError())
+def test_backoff_without_a_definite_wait_backs_off_like_a_server_error():
+    """A 429 without a usable Retry-After must not retry every second forever."""
+    backoff = Backoff(base=0.5, cap=60.0, rng=random.Random(3))
+    for attempt in (1, 4, 8, 20):
+        ceiling = min(60.0, 0.5 * 2 ** (attempt - 1))
+        delays = [backoff.delay(attempt, RateLimited(retry_after=None)) for _ in range(100)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
+    assert RateLimited().retry_after is None
 
 
 # --- token buckets ----------------------------------------------------------------------------------
@@ -109,3 +114,20 @@ def test_pacer_sleeps_the_reserved_time_and_can_be_disabled():
     before = clock.now
     pacer.acquire("put_file")
     assert clock.now - before >= 5.0
+
+
+def test_list_projects_draws_on_the_get_project_bucket():
+    """GET /projects has no documented limit: it is paced with, and blocked with, the project polls."""
+    assert PACED_WITH["list_projects"] in DOCUMENTED_RATE_LIMITS
+    clock = Clock()
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock.now += seconds
+
+    pacer = Pacer({"get_project": (60, 60.0)}, sleep=sleep, clock=clock)
+    pacer.rate_limited("get_project", 7.0)
+    before = clock.now
+    pacer.acquire("list_projects")
+    assert clock.now - before >= 7.0

@@ -1,0 +1,262 @@
+"""The HTTP exchange under an overall deadline, with a bounded answer.
+
+requests' timeouts bound each socket operation, not the request: a server that
+sends one byte every few seconds, or reads our body that slowly, holds a worker
+forever. Here every request gets a `Deadline`; one watchdog thread shuts down
+the socket of any request still running at its deadline, which wakes the worker
+whatever it is blocked in (connect, TLS handshake, sending, headers, body).
+
+The socket is found through urllib3 connection classes that tell the calling
+thread's current `Deadline` which connection it uses, and keep a second
+descriptor of their TCP socket to shut it down with. `shutdown()` is safe from
+another thread where `close()` is not (the descriptor could be reused); the
+calling thread then closes the connection itself, before its call returns.
+
+Only the mechanism lives here; the client decides what an expired deadline or
+an oversized answer means to fs360.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+
+import requests
+import urllib3.connection
+import urllib3.connectionpool
+
+log = logging.getLogger(__name__)
+
+# The API's answers are a few hundred bytes; anything past this is not the API's
+# (listings, which grow with the session, get their own cap from the client).
+MAX_RESPONSE_BYTES = 1024 * 1024
+READ_PIECE = 64 * 1024
+
+# The calling thread's current deadline, for the connection classes below to find.
+_current = threading.local()
+
+
+class Deadline:
+    """One request's time limit and the connection it runs on."""
+
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self.seconds = seconds
+        self.at = clock() + seconds
+        self.expired = False  # set once by the watchdog: nothing read on this request is trusted then
+        self.finished = False
+        self._connection = None
+        self.lock = threading.Lock()  # the watchdog shuts down under it; a handle is dropped under it
+
+    def attach(self, connection) -> None:
+        """Called from the calling thread by the connection the request uses (maybe before it connects)."""
+        with self.lock:
+            self._connection = connection
+            if self.expired:
+                _shutdown(connection)
+
+    def expire(self) -> None:
+        """Called from the watchdog thread at the deadline."""
+        with self.lock:
+            if self.finished:
+                return
+            self.expired = True
+            if self._connection is not None:
+                _shutdown(self._connection)
+
+    def finish(self):
+        """The call is over: the watchdog leaves its connection alone from now on. Returns that connection."""
+        with self.lock:
+            self.finished = True
+            connection, self._connection = self._connection, None
+            return connection
+
+
+def _shutdown(connection) -> None:
+    handle = getattr(connection, "shutdown_handle", None)
+    if handle is not None:
+        try:
+            handle.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by its peer
+
+
+class _Watchdog:
+    """One thread for all deadlines: a heap ordered by time, finished entries dropped lazily."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._order = itertools.count()
+        self._start_afresh()
+        # A forked child has no watchdog thread (only the forking thread survives a fork).
+        os.register_at_fork(after_in_child=self._start_afresh)
+
+    def _start_afresh(self) -> None:
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: Deadline) -> None:
+        with self._wake:
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fs360-deadlines", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _next_expired(self) -> Deadline:
+        with self._wake:
+            while True:
+                while self._heap and self._heap[0][2].finished:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._wake.wait()
+                    continue
+                wait = self._heap[0][0] - self._clock()
+                if wait <= 0:
+                    return heapq.heappop(self._heap)[2]
+                self._wake.wait(wait)
+
+    def _run(self) -> None:
+        while True:
+            deadline = self._next_expired()
+            try:
+                deadline.expire()
+            except Exception:  # the one watchdog must outlive any surprise
+                log.exception("could not cut a request at its deadline")
+
+
+_watchdog = _Watchdog()
+
+
+class _ReportsToDeadline:
+    """Mixed into urllib3's connections: tells the thread's current deadline which connection it uses.
+
+    `shutdown_handle` is a second descriptor of the connection's TCP socket. TLS
+    wrapping detaches the first one (and a handshake can stall too); shutting
+    down through either ends the connection for every reader and writer, and this
+    one cannot be closed and reused under the watchdog's feet.
+    """
+
+    shutdown_handle: socket.socket | None = None
+
+    def _report(self) -> None:
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.attach(self)
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        self._drop_shutdown_handle()
+        self.shutdown_handle = sock.dup()
+        self._report()  # the deadline may have passed while connecting
+        return sock
+
+    def request(self, *args, **kwargs):
+        self._report()  # a reused keep-alive connection does not connect again
+        return super().request(*args, **kwargs)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._drop_shutdown_handle()
+
+    def _drop_shutdown_handle(self) -> None:
+        deadline = getattr(_current, "deadline", None)
+        with deadline.lock if deadline is not None else contextlib.nullcontext():
+            handle, self.shutdown_handle = self.shutdown_handle, None
+        if handle is not None:
+            handle.close()
+
+
+class _HTTPConnection(_ReportsToDeadline, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_ReportsToDeadline, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPConnectionPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOL_CLASSES = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+
+class DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections report to the current deadline.
+
+    Behind a SOCKS proxy urllib3 uses its own connection classes: there the
+    deadline is still checked between pieces of the body, but cannot cut a stall.
+    """
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _POOL_CLASSES
+        return manager
+
+
+class Exchange:
+    """One request under a deadline, as a context manager: `send` it, `read` the body; leaving it
+    closes the connection unless the answer was read whole in time."""
+
+    def __init__(self, seconds: float):
+        self.deadline = Deadline(seconds)
+        self.response: requests.Response | None = None
+        self._complete = False
+
+    def __enter__(self) -> "Exchange":
+        _current.deadline = self.deadline
+        _watchdog.watch(self.deadline)
+        return self
+
+    def send(self, session: requests.Session, method: str, url: str, **kwargs) -> requests.Response:
+        # stream=True: the body is ours to read, in pieces, up to a cap.
+        self.response = session.request(method, url, stream=True, allow_redirects=False, **kwargs)
+        return self.response
+
+    def read(self, limit: int = MAX_RESPONSE_BYTES) -> bytes | None:
+        """The body, or None if it is longer than `limit` bytes (then nothing more is read)."""
+        response = self.response
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return None
+        pieces, size = [], 0
+        for piece in response.iter_content(READ_PIECE):
+            size += len(piece)
+            if size > limit or self.deadline.expired:
+                return None
+            pieces.append(piece)
+        self._complete = not self.deadline.expired
+        return b"".join(pieces)
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline.expired
+
+    def __exit__(self, *exc_info) -> None:
+        _current.deadline = None
+        connection = self.deadline.finish()
+        if not self._complete or self.deadline.expired:
+            # Abandoned midway or cut by the watchdog: this connection must never carry another request.
+            # Closed here, so when the call returns no byte of this request can still go out.
+            if self.response is not None:
+                self.response.close()
+            if connection is not None:
+                connection.close()

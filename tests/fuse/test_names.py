@@ -1,0 +1,32 @@
+"""Names through a real mount, on both emulator profiles: the local name stays as written,
+the server gets a name its flattening leaves unchanged, and no two files share one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.harness import assert_uploaded, make_sources
+
+
+def test_cp_of_colliding_and_non_ascii_names(profiled_emulator, mount_factory, tmp_path):
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    src = tmp_path / "src"
+    local = ["scan 1.e57", "scan_1.e57", "Фото.JPG", "ab.jpg", "a\u0085b.jpg", "plan.ifc "]
+    sources = make_sources(src, {name: 30_000 for name in local})  # one size: merging would hide
+    session = mount.mountpoint / "Site A"
+    session.mkdir()
+    subprocess.run(["cp", *[str(src / name) for name in local], str(session)], check=True)
+    assert sorted(os.listdir(session)) == sorted(local + ["status", "status.json"])
+    states = mount.wait_settled("Site A")
+    assert set(states.values()) == {"complete"}, states
+    snapshot = mount.status_json("Site A")
+    mapping = {f["name"]: f["server_name"] for f in snapshot["files"]}
+    assert mapping["Фото.JPG"] == "Foto.jpg"
+    assert mapping["plan.ifc "] == "plan.ifc"
+    assert len({n.lower() for n in mapping.values()}) == len(local)
+    for name in local:
+        assert os.getxattr(session / name, "user.fs360.server_name").decode() == mapping[name]
+    assert "Фото.JPG → Foto.jpg" in (session / "status").read_text()
+    assert_uploaded(emulator, snapshot["upload_id"], {mapping[name]: sources[name] for name in local})
