@@ -7,7 +7,6 @@ file and mount(8) options in settings_file.py, the demo in demo.py.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -20,8 +19,8 @@ from .fs.status import bar, human_bytes, render_root, render_text
 
 BUSY_STATES = ("writing", "pending", "uploading", "failed")
 PRIVACY = {"private": 2, "link": 1, "public": 0}
-# Mount flags that are not settings a user keeps in a file.
-NOT_CONFIG_KEYS = {"mountpoint", "func", "emulator_arg", "rate_window_scale", "help"}
+# Mount flags that are not settings a user keeps in a file (-f is how a mount is run, e.g. by systemd).
+NOT_CONFIG_KEYS = {"mountpoint", "func", "emulator_arg", "rate_window_scale", "help", "foreground"}
 HELPER_PATH = "/sbin/mount.fuse.fs360"
 
 
@@ -285,7 +284,7 @@ def cmd_mount_helper(args) -> int:
 
 def cmd_unmount(args) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
-    if mountpoint not in fs360_mounts():
+    if mountpoint not in control.fs360_mounts():
         raise CliError(f"{mountpoint} is not an fs360 mount")
     if args.wait:
         if not wait_for_queue(mountpoint, args.timeout):
@@ -306,38 +305,11 @@ def _wait_pid_gone(pid: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def _unescape(field: str) -> str:
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def fs360_mounts() -> list[str]:
-    out = []
-    for line in Path("/proc/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == "fuse.fs360":
-            out.append(_unescape(fields[1]))
-    return out
-
-
-def read_status(mountpoint: str) -> list[dict]:
-    snapshots = []
-    for entry in sorted(os.listdir(mountpoint)):
-        path = os.path.join(mountpoint, entry)
-        if entry == "status" or not os.path.isdir(path):
-            continue
-        try:
-            with open(os.path.join(path, "status.json"), encoding="utf-8", errors="surrogateescape") as f:
-                snapshots.append(json.load(f))
-        except (OSError, ValueError):
-            continue
-    return snapshots
-
-
 def wait_for_queue(mountpoint: str, timeout: float | None) -> bool:
     deadline = None if timeout is None else time.monotonic() + timeout
     interactive = sys.stderr.isatty()
     while True:
-        snapshots = read_status(mountpoint)
+        snapshots = control.read_status(mountpoint)
         busy = [f for s in snapshots for f in s["files"] if not f["local_only"] and f["state"] in BUSY_STATES]
         total = sum(f["size"] for s in snapshots for f in s["files"] if not f["local_only"])
         sent = sum(f["sent"] for s in snapshots for f in s["files"] if not f["local_only"])
@@ -364,7 +336,7 @@ def wait_for_queue(mountpoint: str, timeout: float | None) -> bool:
 
 
 def cmd_status(args) -> int:
-    mounts = [os.path.abspath(args.mountpoint)] if args.mountpoint else fs360_mounts()
+    mounts = [os.path.abspath(args.mountpoint)] if args.mountpoint else control.fs360_mounts()
     if not mounts:
         raise CliError("no fs360 mount is up")
     while True:
@@ -380,7 +352,7 @@ def cmd_status(args) -> int:
 
 def render_mount(mountpoint: str) -> str:
     """The mount's own status files' renderers, over the snapshots it publishes."""
-    snapshots = read_status(mountpoint)
+    snapshots = control.read_status(mountpoint)
     try:
         info = control.request(mountpoint, {"cmd": "info"}, timeout=2)
         header = f"== {mountpoint} (bwlimit {info['bwlimit']}{', paused' if info['paused'] else ''})\n"

@@ -153,3 +153,35 @@ class ControlServer:
             os.unlink(self.cache_dir / SOCKET_NAME)
         except OSError:
             pass
+
+
+# --- reading a mount -------------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def fs360_mounts() -> list[str]:
+    """Every fs360 mountpoint, from /proc/mounts."""
+    out = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "fuse.fs360":
+            out.append(_unescape(fields[1]))
+    return out
+
+
+def read_status(mountpoint: str) -> list[dict]:
+    """The status.json snapshot of every session the mount publishes."""
+    snapshots = []
+    for entry in sorted(os.listdir(mountpoint)):
+        path = os.path.join(mountpoint, entry)
+        if entry == "status" or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, "status.json"), encoding="utf-8", errors="surrogateescape") as f:
+                snapshots.append(json.load(f))
+        except (OSError, ValueError):
+            continue
+    return snapshots
