@@ -102,6 +102,18 @@ class RateLimited(Fs360Error):
         self.retry_after = retry_after
 
 
+class WaitForRateLimit(Fs360Error):
+    """Not sent: the endpoint's documented budget is used up until `retry_after` seconds from
+    now. The caller takes other work meanwhile and comes back then (it is not a failure)."""
+    retryable = True
+    code = "waiting_for_rate_limit"
+    reason = "the server's documented rate limit: fs360 waits its turn instead of tripping a 429"
+
+    def __init__(self, message="", retry_after: float = 0.0, **fields):
+        super().__init__(message, **fields)
+        self.retry_after = retry_after
+
+
 class ApiError(Fs360Error):
     """A 4xx refusal; `code` is the server's error code, `status` its HTTP status."""
     reason = "the server refused the operation"

@@ -25,7 +25,7 @@ import urllib3
 from ..config import Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
                       DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
-                      ServerError, TlsError, TransportError)
+                      ServerError, TlsError, TransportError, WaitForRateLimit)
 from .pacing import Pacer
 from .retry import Backoff
 from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange
@@ -163,8 +163,16 @@ class ApiClient:
     # --- the one translator ----------------------------------------------------
 
     def _request(self, endpoint: str, method: str, path: str, *, expect=dict, deadline: float | None = None,
-                 **kwargs):
-        self.pacer.acquire(endpoint)
+                 wait: bool = True, **kwargs):
+        """One exchange. With wait=False an endpoint out of its rate budget raises WaitForRateLimit
+        at once instead of sleeping: for callers that have other work to do meanwhile."""
+        if wait:
+            self.pacer.acquire(endpoint)
+        else:
+            seconds = self.pacer.try_acquire(endpoint)
+            if seconds > 0:
+                raise WaitForRateLimit(f"{endpoint}: the documented rate limit is used up for {seconds:.0f} s",
+                                       retry_after=seconds)
         data = kwargs.get("data")
         exchange = Exchange(deadline or self.deadline_for(len(data) if data is not None else 0))
         content = None
@@ -250,8 +258,8 @@ class ApiClient:
 
     # --- endpoints ---------------------------------------------------------------
 
-    def open_session(self) -> UploadSession:
-        body = self._request("open_session", "POST", "/uploads")
+    def open_session(self, wait: bool = True) -> UploadSession:
+        body = self._request("open_session", "POST", "/uploads", wait=wait)
         upload_id = _require(body, "upload_id", str)
         if not upload_id:
             raise MalformedResponse("open_session: empty upload_id")
@@ -281,8 +289,8 @@ class ApiClient:
     def delete_session(self, upload_id: str) -> None:
         self._request("delete_session", "DELETE", f"/uploads/{quote(upload_id, safe='')}")
 
-    def create_project(self, fields: dict) -> Project:
-        body = self._request("create_project", "POST", "/projects", json=fields)
+    def create_project(self, fields: dict, wait: bool = True) -> Project:
+        body = self._request("create_project", "POST", "/projects", json=fields, wait=wait)
         return Project(_require(body, "name", str), int(_require(body, "status", int)), body)
 
     def project_status(self, name: str) -> Project:

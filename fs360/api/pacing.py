@@ -1,58 +1,73 @@
-"""Client-side pacing: one token bucket per endpoint, shared by all threads.
+"""Client-side pacing: one sliding window per endpoint, shared by all threads.
 
-The server counts requests in a sliding window. A bucket of capacity B refilled
-at r per second lets through at most B + r*W requests in any window W, so B and r
-are chosen with B + r*W <= 95% of the limit: a burst can never trip a 429.
+The server counts requests in a sliding window of W seconds. Each endpoint here
+keeps the times of its last `allowed` sends, `allowed` being 95% of the documented
+limit: a send may go once the oldest of them is a full window old. So a burst uses
+the whole budget at once (28 new sessions open together; only the 29th waits), and
+no window ever holds more than 95% of the limit, whatever the pattern.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
-# Endpoints the documentation gives no limit for, paced with the bucket of a documented one.
+# Endpoints the documentation gives no limit for, paced with the window of a documented one.
 PACED_WITH = {"list_projects": "get_project"}
+# The share of a documented limit used: the rest absorbs the skew between our send times
+# and the server's arrival times.
+MARGIN = 0.95
+EPSILON = 1e-3
 
 
-class TokenBucket:
-    """Capacity B, refill r per second, B + r*W = `margin` of the limit.
+class SlidingWindow:
+    """At most `allowed` send times in any window (t - W, t], as the server counts them.
 
-    Tokens are taken on credit: the caller is told how long to wait for its token,
-    so the send times follow the refill schedule exactly. `_stamp` is the time up
-    to which tokens have been accounted; a 429 moves it into the future, so no
-    token accrues while the server asked us to wait and no burst follows the pause.
+    Sends may be booked ahead (`reserve`): the caller is told how long to wait, so
+    concurrent callers queue in order. A 429 closes the endpoint until its wait is over.
     """
 
-    def __init__(self, limit: int, window: float, margin: float = 0.95, clock=time.monotonic):
+    def __init__(self, limit: int, window: float, margin: float = MARGIN, clock=time.monotonic):
         self._clock = clock
-        budget = max(1.0, limit * margin)
-        self.capacity = max(1.0, float(int(budget * 0.05)))
-        self.rate = max(budget - self.capacity, 0.5) / window  # tokens per second
-        self._tokens = self.capacity
-        self._stamp = clock()
+        self.window = window
+        self.allowed = max(1, int(limit * margin))
+        self._sends: deque[float] = deque(maxlen=self.allowed)  # nondecreasing
+        self._closed_until = float("-inf")
         self._lock = threading.Lock()
 
-    def _refill_locked(self, now: float) -> None:
-        """Needs self._lock held."""
-        if now > self._stamp:
-            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
+    def _earliest_locked(self, now: float) -> float:
+        """Needs self._lock held. The first time a new send may go."""
+        earliest = max(now, self._closed_until)
+        if self._sends:
+            earliest = max(earliest, self._sends[-1])
+            if len(self._sends) == self.allowed:
+                # Just past the window: the oldest send must have left it (float sums are inexact).
+                earliest = max(earliest, self._sends[0] + self.window + EPSILON)
+        return earliest
 
     def reserve(self) -> float:
-        """Takes a token, possibly on credit; returns how long the caller must wait first."""
+        """Books the first free send time; returns how long the caller must wait for it."""
         with self._lock:
             now = self._clock()
-            self._refill_locked(now)
-            self._tokens -= 1.0
-            return (self._stamp - now) + max(0.0, -self._tokens) / self.rate
+            at = self._earliest_locked(now)
+            self._sends.append(at)
+            return at - now
+
+    def try_reserve(self) -> float:
+        """Books a send now if one may go now (returns 0); else books nothing and returns the wait."""
+        with self._lock:
+            now = self._clock()
+            wait = self._earliest_locked(now) - now
+            if wait <= 0:
+                self._sends.append(now)
+                return 0.0
+            return wait
 
     def block_for(self, seconds: float) -> None:
-        """A 429 said to wait: nobody sends on this endpoint until then, and no token accrues meanwhile."""
+        """A 429 said to wait: nobody sends on this endpoint until then."""
         with self._lock:
-            now = self._clock()
-            self._refill_locked(now)
-            self._tokens = min(self._tokens, 0.0)
-            self._stamp = max(self._stamp, now + seconds)
+            self._closed_until = max(self._closed_until, self._clock() + seconds)
 
 
 class Pacer:
@@ -60,23 +75,31 @@ class Pacer:
                  sleep=time.sleep, clock=time.monotonic):
         self.enabled = enabled
         self._sleep = sleep
-        self._buckets = {name: TokenBucket(n, w * window_scale, clock=clock) for name, (n, w) in limits.items()}
+        self._windows = {name: SlidingWindow(n, w * window_scale, clock=clock) for name, (n, w) in limits.items()}
 
-    def _bucket(self, endpoint: str) -> TokenBucket | None:
-        return self._buckets.get(PACED_WITH.get(endpoint, endpoint))
+    def _window(self, endpoint: str) -> SlidingWindow | None:
+        return self._windows.get(PACED_WITH.get(endpoint, endpoint))
 
     def acquire(self, endpoint: str) -> float:
         """Blocks until a request to `endpoint` may go; returns the seconds waited."""
-        bucket = self._bucket(endpoint)
-        if not self.enabled or bucket is None:
+        window = self._window(endpoint)
+        if not self.enabled or window is None:
             return 0.0
-        wait = bucket.reserve()
+        wait = window.reserve()
         if wait > 0:
             self._sleep(wait)
         return wait
 
+    def try_acquire(self, endpoint: str) -> float:
+        """0 when a request to `endpoint` may go now (and it is counted); else the seconds until
+        one may, with nothing counted: the caller does other work meanwhile instead of sleeping."""
+        window = self._window(endpoint)
+        if not self.enabled or window is None:
+            return 0.0
+        return window.try_reserve()
+
     def rate_limited(self, endpoint: str, retry_after: float) -> None:
         """A 429 with a definite wait: nobody sends on `endpoint` for `retry_after` seconds."""
-        bucket = self._bucket(endpoint)
-        if bucket is not None:
-            bucket.block_for(retry_after)
+        window = self._window(endpoint)
+        if window is not None:
+            window.block_for(retry_after)

@@ -22,13 +22,13 @@ from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..config import Settings
 from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, RemoteFileNotFound,
-                      ServerHoldsOtherFile, SessionNotFound, SessionTooLarge)
+                      ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
 from .gate import TransferGate  # ops: bwlimit/pause
 from .journal import Journal
 from .progress import Listeners
 from .projects import ProjectKeeper
 from .records import (COMPLETE, FAILED, INTERRUPTED, LOCAL, LOST, P_CREATED, P_READY, PENDING, QUEUED_STATES,
-                      REJECTED, UPLOADING, WRITING, FileRecord, ProjectRequest, SessionRecord)
+                      REJECTED, UPLOADING, WRITING, FileRecord, ProjectRequest, SessionRecord, duration_text)
 from .server_names import deduplicated, server_name_for
 from .spool import Spool
 from .transfer_pool import TransferJob, TransferProcesses
@@ -257,7 +257,8 @@ class Engine:
             with self.lock:
                 if session.upload_id:
                     return session.upload_id
-            opened = self.client.open_session()
+            # Never sleeps on the pacer: out of budget, the file goes back to the queue (see _upload).
+            opened = self.client.open_session(wait=False)
             with self.lock:
                 session.upload_id = opened.upload_id
                 session.remote_names = {}  # a new session holds nothing
@@ -533,6 +534,12 @@ class Engine:
                     # Shutting down: the journal keeps it queued for the next mount.
                     self._set_state_locked(record, PENDING)
             return
+        except WaitForRateLimit as exc:
+            # No new session may be opened yet: this worker takes a file of an open session
+            # meanwhile, and this one comes back when the budget allows.
+            with self.lock:
+                self._wait_for_rate_limit_locked(record, generation, exc)
+            return
         except SessionNotFound:
             # Only the session this worker talked to is dead; the session may already have a new one
             # (another worker met the 404 first), which must not be dropped.
@@ -649,6 +656,14 @@ class Engine:
         self.listeners.emit("file_rejected", file=record, error=exc)
         log.warning("%s: refused by the server: %s", record.name, exc)
 
+    def _wait_for_rate_limit_locked(self, record: FileRecord, generation: int, exc: WaitForRateLimit) -> None:
+        if record.generation != generation or record.unlinked or record.id not in self._files:
+            return
+        self._set_state_locked(record, PENDING, next_attempt=time.time() + exc.retry_after,
+                               last_error=f"waiting for the server's rate limit: the next new session "
+                                          f"in {duration_text(exc.retry_after)}")
+        self._enqueue_locked(record, exc.retry_after)
+
     def _retry_later_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
         if record.generation != generation or record.unlinked or record.id not in self._files:
             return
@@ -719,3 +734,4 @@ class Engine:
             for record in self._files.values():
                 out[record.state] = out.get(record.state, 0) + 1
             return out
+

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cachetools import TTLCache
 
-from ..errors import AccountError, ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound
+from ..errors import AccountError, ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound, WaitForRateLimit
 from .journal import PROJECT_COLUMNS
 from .records import (COMPLETE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, PENDING, REJECTED,
-                      ProjectRequest, SessionRecord)
+                      ProjectRequest, SessionRecord, duration_text)
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -115,17 +115,20 @@ class ProjectKeeper:
                         # Journaled before sending, so the project is created once whatever happens next.
                         engine.journal.update_project(session.id, posted_upload_id=upload_id)
                         project.posted_upload_id = upload_id
-                created = engine.client.create_project(body)
+                created = engine.client.create_project(body, wait=False)
         except SessionNotFound:
             if upload_id:
                 engine.session_lost(session, upload_id)
             return
-        except (ProjectCreationFailed, AccountError) as exc:
-            # A definite refusal: nothing was created, so the next try needs no lookup first.
+        except (ProjectCreationFailed, AccountError, WaitForRateLimit) as exc:
+            # Not created (refused, or not sent at all), so the next try needs no lookup first.
             with engine.lock:
                 if session.project is project and upload_id and project.posted_upload_id == upload_id:
                     engine.journal.update_project(session.id, posted_upload_id=None)
                     project.posted_upload_id = None
+            if isinstance(exc, WaitForRateLimit):
+                self._wait_for_rate_limit(session, exc)
+                return
             if isinstance(exc, ProjectCreationFailed):
                 self._recheck_files(session, upload_id)
             # An account error (a plan's project limit, a quota, a key) can be fixed without a new
@@ -204,6 +207,19 @@ class ProjectKeeper:
             else:
                 engine.journal.update_project(session.id, status=result.status, last_error="", attempts=0)
         engine.listeners.emit("project_status", session=session, status=result.status)
+
+    def _wait_for_rate_limit(self, session: SessionRecord, exc: WaitForRateLimit) -> None:
+        """The POST was not sent: it goes when the budget allows, with no attempt counted."""
+        engine = self.engine
+        with engine.lock:
+            project = session.project
+            if project is None:
+                return
+            project.next_attempt = time.time() + exc.retry_after
+            project.last_error = (f"waiting for the server's rate limit: the project is requested in "
+                                  f"{duration_text(exc.retry_after)}")
+            engine.journal.update_project(session.id, last_error=project.last_error,
+                                          next_attempt=project.next_attempt)
 
     def _retry_later(self, session: SessionRecord, exc: Fs360Error) -> None:
         engine = self.engine

@@ -22,6 +22,15 @@ QUEUED_STATES = (PENDING, FAILED)
 P_WAITING, P_CREATED, P_READY, P_FAILED = "waiting", "created", "ready", "failed"
 
 
+def duration_text(seconds: float) -> str:
+    """'45 s', '3 min', '2.0 h': how long a wait is, for status."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class RateMeter:
     """Bytes per second over the last few seconds."""
 

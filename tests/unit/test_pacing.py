@@ -1,11 +1,11 @@
-"""Backoff and the token buckets, on a simulated clock (no sleeping, no timing)."""
+"""Backoff and the sliding windows, on a simulated clock (no sleeping, no timing)."""
 
 import random
 from collections import deque
 
 import pytest
 
-from fs360.api.pacing import PACED_WITH, Pacer, TokenBucket
+from fs360.api.pacing import PACED_WITH, Pacer, SlidingWindow
 from fs360.api.retry import Backoff
 from fs360.config import DOCUMENTED_RATE_LIMITS
 from fs360.errors import RateLimited, ServerError
@@ -48,7 +48,7 @@ def test_backoff_without_a_definite_wait_backs_off_like_a_server_error():
     assert RateLimited().retry_after is None
 
 
-# --- token buckets ----------------------------------------------------------------------------------
+# --- sliding windows ----------------------------------------------------------------------------------
 
 def max_in_window(times: list[float], window: float) -> int:
     """The largest number of send times in any half-open window (t - window, t] (the server's)."""
@@ -63,10 +63,10 @@ def max_in_window(times: list[float], window: float) -> int:
 
 @pytest.mark.parametrize("endpoint", sorted(DOCUMENTED_RATE_LIMITS))
 @pytest.mark.parametrize("pattern", ["greedy", "bursts"])
-def test_bucket_never_passes_95_percent_in_any_window(endpoint, pattern):
+def test_window_never_passes_95_percent_in_any_window(endpoint, pattern):
     limit, window = DOCUMENTED_RATE_LIMITS[endpoint]
     clock = Clock()
-    bucket = TokenBucket(limit, window, clock=clock)
+    bucket = SlidingWindow(limit, window, clock=clock)
     rng = random.Random(f"{endpoint}/{pattern}")  # the same draws every run
     sends = []
     # Callers arrive (several at once, from many threads); each sends when its reserve() says.
@@ -82,10 +82,10 @@ def test_bucket_never_passes_95_percent_in_any_window(endpoint, pattern):
         assert max_in_window(sends, window) >= int(limit * 0.9)
 
 
-def test_bucket_after_a_429_sends_nothing_until_retry_after_and_no_burst_follows():
+def test_window_after_a_429_sends_nothing_until_retry_after():
     limit, window = 1200, 60.0
     clock = Clock()
-    bucket = TokenBucket(limit, window, clock=clock)
+    bucket = SlidingWindow(limit, window, clock=clock)
     sends = [clock.now + bucket.reserve() for _ in range(10)]
     bucket.block_for(30.0)
     blocked_until = clock.now + 30.0
@@ -97,6 +97,30 @@ def test_bucket_after_a_429_sends_nothing_until_retry_after_and_no_burst_follows
     assert max_in_window(sends, window) <= int(limit * 0.95)
 
 
+def test_a_burst_uses_the_whole_budget_at_once_and_only_the_next_waits():
+    """28 new folders open at once (95% of 30 an hour); the 29th waits for the first to age out."""
+    clock = Clock()
+    pacer = Pacer(DOCUMENTED_RATE_LIMITS, clock=clock, sleep=lambda s: None)
+    assert [pacer.try_acquire("open_session") for _ in range(28)] == [0.0] * 28
+    clock.now += 600
+    assert pacer.try_acquire("open_session") == pytest.approx(3000.0, abs=0.01)
+    assert pacer.try_acquire("open_session") == pytest.approx(3000.0, abs=0.01)  # nothing was booked by asking
+    clock.now += 3000.01
+    assert pacer.try_acquire("open_session") == 0.0
+    # Other endpoints are not held up by one that is out of budget.
+    assert pacer.try_acquire("put_file") == 0.0
+
+
+def test_try_acquire_respects_a_429_and_books_nothing_while_closed():
+    clock = Clock()
+    pacer = Pacer({"create_project": (10, 3600.0)}, clock=clock, sleep=lambda s: None)
+    pacer.rate_limited("create_project", 120.0)
+    assert pacer.try_acquire("create_project") == pytest.approx(120.0, abs=0.01)
+    clock.now += 120
+    assert [pacer.try_acquire("create_project") for _ in range(9)] == [0.0] * 9
+    assert pacer.try_acquire("create_project") > 0
+
+
 def test_pacer_sleeps_the_reserved_time_and_can_be_disabled():
     clock = Clock()
     slept = []
@@ -106,7 +130,7 @@ def test_pacer_sleeps_the_reserved_time_and_can_be_disabled():
         clock.now += seconds
 
     pacer = Pacer({"put_file": (100, 60.0)}, sleep=sleep, clock=clock)
-    for _ in range(50):
+    for _ in range(150):
         pacer.acquire("put_file")
     assert slept and sum(slept) > 0
     assert Pacer({"put_file": (1, 60.0)}, enabled=False, sleep=sleep).acquire("put_file") == 0.0
