@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -74,6 +75,17 @@ class Settings:
     attr_timeout: float = 1.0
     allow_other: bool = False
 
+    # --- the command line and the daemon's process life (cli.py, daemon.py) ---
+    log_level: str = "info"
+    # rsync/rclone-like limit for all uploads together: "10M", "500k", "off" or a
+    # timetable "08:00,5M 18:00,off" (see engine/gate.py).
+    bwlimit: str = "off"
+    # Desktop notices (notify-send) when a project is ready or a file fails for good.
+    desktop_notify: bool = True
+    # `mount --local`: the daemon starts an emulator with these arguments.
+    local_emulator: bool = False
+    emulator_args: tuple[str, ...] = ()
+
     @property
     def journal_path(self) -> Path:
         return self.cache_dir / "journal.sqlite"
@@ -88,3 +100,32 @@ class Settings:
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
+
+    # The daemon gets its settings as one JSON document (key included) over a pipe:
+    # every field reaches it, and nothing has to be rebuilt into an argv.
+    def to_json(self) -> str:
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            values[f.name] = value
+        return json.dumps(values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        values = json.loads(text)
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        defaults = cls()
+        for name, value in values.items():
+            default = getattr(defaults, name)
+            if isinstance(default, Path) and value is not None:
+                values[name] = Path(value)
+            elif isinstance(default, tuple) and value is not None:
+                values[name] = tuple(value)
+            elif name == "rate_limits":
+                values[name] = {k: tuple(v) for k, v in value.items()}
+        return cls(**values)

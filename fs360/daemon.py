@@ -1,32 +1,192 @@
-"""The mount's process: logging, the optional embedded emulator, the engine and FUSE.
+"""The mount's process life: launching the daemon, and the daemon itself.
 
-`fs360 mount` starts this in a child process (the key goes through the
-environment, never the command line) and returns once the child reports the
-mount ready through a pipe, or reports its error.
+`fs360 mount` (cli.py) builds one `Settings` and calls `launch()`, which starts
+`python -m fs360.cli _serve MOUNTPOINT --report-fd N` with the settings as JSON
+on its stdin (key included) and an environment without the key: the daemon
+never has the key in its argv or in `/proc/PID/environ`. The daemon answers
+on the report pipe: `ok` or `error REASON` once, then (foreground only)
+`status LINE` every few seconds and `stopping` at the end.
+
+In the foreground (`-f`, e.g. under systemd) the same child serves the mount and
+the foreground process supervises it: it relays SIGTERM/SIGINT/SIGHUP, turns
+the report lines into sd_notify messages, and returns the child's exit code.
+Why a child and not serving in place: the environment a process was started
+with stays readable in `/proc/PID/environ` whatever it unsets later, so a key
+given as `FS360_API_KEY` (e.g. `Environment=` in a unit) would stay there; and
+only the main process may notify systemd under the default NotifyAccess=main.
 """
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import fcntl
 import logging
 import logging.handlers
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from . import control
 from .api.client import ApiClient
 from .config import Settings
 from .engine.engine import Engine
 from .errors import Fs360Error
+from .fs import status as status_files
 from .fs.fuse_ops import mount as fuse_mount
 from .fs.model import MountModel
+from .systemd import Notifier
 
 log = logging.getLogger("fs360")
 
-LOCAL_KEY = "sk_local_demo"
+# Where a key may come from in the environment; never passed on to the daemon.
+KEY_ENV_VARS = ("FS360_API_KEY", "API_KEY")
+# Also kept from the daemon: only the foreground process talks to systemd.
+SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY", "WATCHDOG_USEC", "WATCHDOG_PID")
+STATUS_INTERVAL = 3.0
+PR_SET_PDEATHSIG = 1
+
+
+class LaunchError(Exception):
+    """The daemon could not mount; the message says why (never holds the key)."""
+
+
+# --- the launching side ------------------------------------------------------------------
+
+
+def launch(settings: Settings, mountpoint: str, foreground: bool) -> int:
+    """Starts the daemon; returns once it is mounted (background) or has ended (foreground)."""
+    read_end, write_end = os.pipe()
+    env = {k: v for k, v in os.environ.items() if k not in KEY_ENV_VARS + SUPERVISOR_ONLY_ENV}
+    command = [sys.executable, "-m", "fs360.cli", "_serve", mountpoint, "--report-fd", str(write_end)]
+    if foreground:
+        command.append("--foreground")
+    quiet = None if foreground else subprocess.DEVNULL
+    process = subprocess.Popen(command, env=env, pass_fds=(write_end,), stdin=subprocess.PIPE, stdout=quiet,
+                               stderr=quiet, start_new_session=True,
+                               preexec_fn=_end_with_parent if foreground else None)
+    os.close(write_end)
+    try:
+        process.stdin.write(settings.to_json().encode())
+        process.stdin.close()
+    except BrokenPipeError:
+        pass  # it died at once: the report pipe says nothing and its exit code tells
+    notifier = Notifier() if foreground else Notifier("")
+    if foreground:
+        _relay_signals(process, notifier)
+    with os.fdopen(read_end, encoding="utf-8", errors="replace") as reports:
+        first = reports.readline().strip()
+        if first != "ok":
+            process.wait(60)
+            raise LaunchError(first[len("error "):] if first.startswith("error ")
+                              else f"the mount process exited ({process.returncode})")
+        try:
+            os.listdir(mountpoint)  # answered by the daemon: the mount is up, not just registered
+        except OSError as exc:
+            raise LaunchError(f"{mountpoint} was mounted but does not answer: {exc.strerror}") from None
+        if not foreground:
+            print(f"fs360: mounted {mountpoint} (log: {settings.log_path})")
+            return 0
+        print(f"fs360: mounted {mountpoint}", file=sys.stderr)
+        notifier.send("READY=1", f"STATUS=mounted {mountpoint}", f"MAINPID={os.getpid()}")
+        for line in reports:
+            kind, _, text = line.rstrip("\n").partition(" ")
+            if kind == "status":
+                notifier.send(f"STATUS={text}")
+            elif kind == "stopping":
+                notifier.send("STOPPING=1")
+    return process.wait()
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: if the foreground process dies, the daemon gets SIGTERM and unmounts."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _relay_signals(process: subprocess.Popen, notifier: Notifier) -> None:
+    def relay(signum, frame):
+        notifier.send("STOPPING=1")
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # the daemon unmounts; its exit ends our loop
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, relay)
+
+
+# --- the daemon side ---------------------------------------------------------------------
+
+
+class Reporter:
+    """The daemon's half of the report pipe (or stderr, when serve() runs without one)."""
+
+    def __init__(self, fd: int | None, keep_open: bool):
+        self.pipe = os.fdopen(fd, "w", encoding="utf-8", errors="replace") if fd is not None else None
+        self.keep_open = keep_open
+        self._lock = threading.Lock()
+        self.reported = False
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            if self.pipe is None:
+                return
+            try:
+                self.pipe.write(line.replace("\n", " ") + "\n")
+                self.pipe.flush()
+            except (OSError, ValueError):
+                self.pipe = None  # the launcher has gone: nobody to tell
+
+    def ready(self, error: str | None) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        if self.pipe is None and error:
+            print(f"fs360: {error}", file=sys.stderr)
+        self._send("ok" if error is None else f"error {error}")
+        if not self.keep_open or error is not None:
+            self.close()
+
+    def status(self, line: str) -> None:
+        self._send(f"status {line}")
+
+    def stopping(self) -> None:
+        self._send("stopping")
+
+    @property
+    def wants_status(self) -> bool:
+        return self.pipe is not None and self.keep_open
+
+    def close(self) -> None:
+        with self._lock:
+            if self.pipe is not None:
+                try:
+                    self.pipe.close()
+                except OSError:
+                    pass
+                self.pipe = None
+
+
+def child_main(argv: list[str]) -> int:
+    """`fs360 _serve MOUNTPOINT --report-fd N [--foreground]`, settings JSON on stdin."""
+    parser = argparse.ArgumentParser(prog="fs360 _serve")
+    parser.add_argument("mountpoint")
+    parser.add_argument("--report-fd", type=int, required=True)
+    parser.add_argument("--foreground", action="store_true")
+    args = parser.parse_args(argv)
+    settings = Settings.from_json(sys.stdin.read())
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    reporter = Reporter(args.report_fd, keep_open=args.foreground)
+    try:
+        setup_logging(settings, settings.log_level, to_stderr=args.foreground)
+    except OSError as exc:
+        reporter.ready(f"cannot write the log in {settings.cache_dir}: {exc.strerror}")
+        return 2
+    return serve(settings, args.mountpoint, reporter)
 
 
 class SecretFilter(logging.Filter):
@@ -105,77 +265,164 @@ class EmbeddedEmulator:
 
 
 def lock_cache_dir(settings: Settings):
-    """One mount per cache dir: two engines on one journal would send files twice."""
+    """One mount per cache dir: two engines on one journal would send files twice.
+    Opened without O_TRUNC and rewritten only once the lock is ours, so a refused
+    second mount leaves the running daemon's pid in place."""
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.cache_dir, 0o700)
-    handle = open(settings.cache_dir / "lock", "w")
+    fd = os.open(settings.cache_dir / control.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    handle = os.fdopen(fd, "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise Fs360Error(f"another fs360 mount uses the cache dir {settings.cache_dir}") from None
+    handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
 
 
-def serve(settings: Settings, mountpoint: str, *, ready=None, embedded: EmbeddedEmulator | None = None) -> int:
-    """Runs the mount until it is unmounted. `ready(error_or_None)` is called once."""
-    reported = threading.Event()
+def control_handler(engine: Engine):
+    """The answers of the control socket: pause, resume, set bwlimit=…, info."""
+    def handle(request: dict) -> dict:
+        command = request.get("cmd")
+        if command in ("pause", "resume"):
+            engine.gate.set_paused(command == "pause")
+            log.info("uploads %s", "paused" if command == "pause" else "resumed")
+        elif command == "set":
+            for key, value in request.get("values", {}).items():
+                if key != "bwlimit":
+                    return {"ok": False, "error": f"{key} cannot be changed at run time (only bwlimit)"}
+                try:
+                    engine.gate.set_bwlimit(str(value))
+                except ValueError as exc:
+                    return {"ok": False, "error": str(exc)}
+                log.info("bwlimit set to %s", value)
+        elif command != "info":
+            return {"ok": False, "error": f"unknown command {command!r}"}
+        return {"ok": True, "pid": os.getpid(), "paused": engine.gate.paused, "bwlimit": engine.gate.bwlimit}
+    return handle
+
+
+def summary(engine: Engine) -> str:
+    with engine.lock:
+        snapshots = [status_files.snapshot_session(s, engine) for s in engine.sessions.values()]
+    return status_files.summary_line(snapshots)
+
+
+def _report_status(engine: Engine, reporter: Reporter, stop: threading.Event) -> None:
+    while not stop.wait(STATUS_INTERVAL):
+        reporter.status(summary(engine))
+
+
+class DesktopNotices:
+    """notify-send when a project is ready or a file fails for good; silent without a
+    session bus or notify-send. A listener of the engine, so the engine knows nothing of it."""
+
+    def __init__(self, engine: Engine, mountpoint: str):
+        self.mountpoint = mountpoint
+        self.told: set = set()
+        self.command = shutil.which("notify-send") if os.environ.get("DBUS_SESSION_BUS_ADDRESS") else None
+        if self.command:
+            engine.listeners.add(self.on_event)
+
+    def on_event(self, event: str, **details) -> None:
+        if event == "project_status" and details["status"] >= 100:
+            session = details["session"]
+            if ("project", session.id) not in self.told:
+                self.told.add(("project", session.id))
+                self.show(f"fs360: {session.name} is ready", f"The project of {session.name} is ready.")
+        elif event == "file_rejected":
+            record = details["file"]
+            self.show(f"fs360: {record.name} was not uploaded", f"{details['error']} ({self.mountpoint})",
+                      urgency="critical")
+
+    def show(self, title: str, body: str, urgency: str = "normal") -> None:
+        try:
+            subprocess.Popen([self.command, "--app-name=fs360", f"--urgency={urgency}", title, body],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError as exc:
+            log.warning("notify-send failed: %s", exc)
+
+
+def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None) -> int:
+    """Runs the mount until it is unmounted; `reporter.ready(error_or_None)` is told once."""
+    reporter = reporter or Reporter(None, keep_open=False)
     # FUSE callbacks are short and a program waits on each one; with upload workers
     # busy in Python, the default 5 ms GIL switch interval would queue every callback.
     sys.setswitchinterval(0.0005)
-
-    def report(error: str | None) -> None:
-        if not reported.is_set():
-            reported.set()
-            if ready is not None:
-                ready(error)
-
-    engine = None
-    lock = None
+    engine = lock = embedded = server = None
     try:
         lock = lock_cache_dir(settings)
-        if embedded is not None:
+        if settings.local_emulator:
+            embedded = EmbeddedEmulator(settings.cache_dir / "emulator", list(settings.emulator_args))
             settings = settings.with_(api_url=embedded.start())
             log.info("embedded emulator at %s", settings.api_url)
         client = ApiClient(settings)
         client.check_credentials()
         engine = Engine(settings, client)
         model = MountModel(engine, settings)
+        server = control.ControlServer(settings.cache_dir, control_handler(engine))
     except (Fs360Error, OSError) as exc:
         log.error("cannot mount: %s", exc)
-        report(str(exc))
+        reporter.ready(str(exc))
+        if engine:
+            engine.stop()
         if embedded:
             embedded.stop()
         return 2
+    if settings.desktop_notify:
+        DesktopNotices(engine, mountpoint)
+    stop_reports = threading.Event()
+    registered = []
 
     def on_init():
         engine.start()
+        try:
+            registered.append(control.register(mountpoint, settings.cache_dir))
+        except OSError as exc:  # the mount works; only pause/set/unmount's pid lookup will not
+            log.warning("cannot register %s in the runtime dir: %s", mountpoint, exc)
         log.info("mounted %s (api %s, cache %s)", mountpoint, settings.api_url, settings.cache_dir)
-        report(None)
+        reporter.ready(None)
+        if reporter.wants_status:
+            threading.Thread(target=_report_status, args=(engine, reporter, stop_reports),
+                             name="fs360-status", daemon=True).start()
+
+    destroyed = threading.Event()
 
     def on_destroy():
+        destroyed.set()
         log.info("unmounting %s: unfinished uploads stay in the journal", mountpoint)
+        reporter.stopping()
 
-    # fusermount -u ends the FUSE loop; SIGTERM/SIGINT ask for the same.
-    def on_signal(signum, frame):
-        subprocess.run(["fusermount3", "-u", "-z", mountpoint], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-
-    signal.signal(signal.SIGTERM, on_signal)
+    # SIGTERM, SIGINT and SIGHUP are left to libfuse (mfusepy resets SIGINT for it): its
+    # handlers end the loop, which unmounts. A Python handler would never run: the main
+    # thread stays inside fuse_main, and Python runs handlers only in the main thread.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
     code = 0
     try:
         fuse_mount(model, mountpoint, allow_other=settings.allow_other,
                    on_init=on_init, on_destroy=on_destroy)
+    except RuntimeError as exc:
+        # libfuse returns 8 when a signal ended the loop: after destroy, an orderly unmount.
+        if not (destroyed.is_set() and exc.args == (8,)):
+            log.error("FUSE failed for %s: %s", mountpoint, exc)
+            reporter.ready(f"mounting {mountpoint} failed: {exc}")
+            code = 1
     except Exception as exc:  # mfusepy raises RuntimeError when the mount fails
         log.error("FUSE failed for %s: %s", mountpoint, exc)
-        report(f"mounting {mountpoint} failed: {exc}")
+        reporter.ready(f"mounting {mountpoint} failed: {exc}")
         code = 1
     finally:
+        stop_reports.set()
+        for entry in registered:
+            entry.unlink(missing_ok=True)
+        server.close()
         engine.stop()
         if embedded:
             embedded.stop()
-        if lock:
-            lock.close()
+        lock.close()
+        reporter.close()
     return code

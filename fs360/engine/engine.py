@@ -23,6 +23,7 @@ from ..api.retry import Backoff
 from ..config import Settings
 from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, RemoteFileNotFound,
                       ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
+from .gate import TransferGate  # ops: bwlimit/pause
 from .journal import Journal
 from .progress import Listeners
 from .projects import ProjectKeeper
@@ -59,6 +60,7 @@ class Engine:
         self.spool = Spool(settings.spool_dir, settings.cache_min_free_fraction)
         self.backoff = Backoff(settings.backoff_base, settings.backoff_cap)
         self.listeners = Listeners()
+        self.gate = TransferGate(settings.bwlimit)  # ops: bwlimit and pause, shared by all workers
         self.lock = threading.RLock()
         # Two conditions on the one lock: a queued file must wake a worker, never just
         # the housekeeping thread (one shared condition lost such wake-ups).
@@ -530,6 +532,8 @@ class Engine:
             try:
                 on_progress = lambda received: self._progress(record, received)  # noqa: E731
                 should_stop = lambda: self._stopping or record.generation != generation  # noqa: E731
+                on_progress, should_stop = self.gate.gated(record.size, start, self.settings.chunk_size,
+                                                           on_progress, should_stop)  # ops: bwlimit/pause
                 if self.transfers is not None:
                     job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size)
                     final = self.transfers.send_file(job, fd, on_progress, should_stop)

@@ -31,6 +31,8 @@ def send_file(client: ApiClient, upload_id: str, name: str, fd: int, size: int, 
     """Uploads bytes start..size-1 of the spool file `fd`; returns the final server state."""
     view = memoryview(buffer)
     if start == 0 and size <= chunk_size:
+        if should_stop():  # ops: asked before every PUT, as before each chunk (bwlimit/pause wait in it)
+            raise Cancelled()
         read_exactly(fd, view[:size], 0)
         progress = client.put(upload_id, name, view[:size], 0, size, whole=True)
         _check_total(progress, size, name)

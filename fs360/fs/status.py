@@ -10,6 +10,7 @@ from ..engine.records import COMPLETE, P_READY, SessionRecord
 
 BAR_WIDTH = 20
 PRIVACY_NAMES = {2: "private (owner and invited users)", 1: "anyone with the link", 0: "public"}
+PAUSED_LINE = "paused: uploads wait (fs360 resume MOUNTPOINT)"
 
 
 def snapshot_session(session: SessionRecord, engine) -> dict:
@@ -68,6 +69,7 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
             "rate": sum(f["rate"] for f in uploadable),
         },
         "project": project_info,
+        "paused": engine.gate.paused,  # ops: fs360 pause
         "generated_at": _iso(now),
     }
 
@@ -78,6 +80,8 @@ def render_json(snapshot: dict) -> bytes:
 
 def render_text(snapshot: dict) -> bytes:
     lines = [f"session   {snapshot['session']}"]
+    if snapshot.get("paused"):  # ops: fs360 pause
+        lines.insert(0, PAUSED_LINE)
     lines.append(f"upload_id {snapshot['upload_id'] or '(not opened yet)'}"
                  + (f"  expires {snapshot['expires_at']}" if snapshot["expires_at"] else ""))
     totals = snapshot["totals"]
@@ -124,7 +128,7 @@ def render_text(snapshot: dict) -> bytes:
 def render_root(snapshots: list[dict]) -> bytes:
     if not snapshots:
         return b"no sessions: make a folder and copy files into it\n"
-    lines = []
+    lines = [PAUSED_LINE] if any(s.get("paused") for s in snapshots) else []  # ops: fs360 pause
     for snap in snapshots:
         totals = snap["totals"]
         project = snap["project"]
@@ -152,3 +156,15 @@ def human_bytes(n: float) -> str:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def summary_line(snapshots: list[dict]) -> str:
+    """One line for all sessions (systemd's STATUS=): files by state, bytes, rate."""
+    files = [f for snap in snapshots for f in snap["files"] if not f["local_only"]]
+    count = {state: sum(1 for f in files if f["state"] == state) for state in ("uploading", "pending", "failed")}
+    rate = sum(f["rate"] for f in files)
+    line = (f"{count['uploading']} uploading, {count['pending']} pending, {count['failed']} failed, "
+            f"{sum(1 for f in files if f['state'] == COMPLETE)}/{len(files)} complete, "
+            f"{human_bytes(sum(f['sent'] for f in files))}/{human_bytes(sum(f['size'] for f in files))}"
+            f", {human_bytes(rate)}/s")
+    return ("paused; " if any(s.get("paused") for s in snapshots) else "") + line

@@ -60,6 +60,7 @@ def test_the_key_file_option_is_read_and_not_passed_on(tmp_path, emulator):
     mountpoint.mkdir()
     key_file = tmp_path / "key"
     key_file.write_text(emulator.api_key + "\n")
+    key_file.chmod(0o600)
     cache = tmp_path / "cache"
     result = run_fs360("mount", str(mountpoint), "--api-url", emulator.base_url, "--cache-dir", str(cache),
                        "--api-key-file", str(key_file), "--no-rate-limits")

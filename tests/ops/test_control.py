@@ -1,0 +1,26 @@
+"""The control channel on its own: a private socket, reachable however long the cache path."""
+
+from __future__ import annotations
+
+import stat
+
+from fs360 import control
+
+
+def test_control_socket_is_private_and_works_past_the_sun_path_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    cache = tmp_path / ("deep-" * 12) / ("er-" * 10) / "cache"
+    cache.mkdir(parents=True)
+    assert len(str(cache / control.SOCKET_NAME)) > 108
+    seen = []
+    server = control.ControlServer(cache, lambda request: seen.append(request) or {"ok": True, "echo": request})
+    try:
+        assert stat.S_IMODE((cache / control.SOCKET_NAME).stat().st_mode) == 0o600
+        control.register("/mnt/somewhere", cache)
+        assert control.cache_dir_of("/mnt/somewhere") == cache
+        assert control.request("/mnt/somewhere", {"cmd": "info"}) == {"ok": True, "echo": {"cmd": "info"}}
+        assert seen == [{"cmd": "info"}]
+    finally:
+        server.close()
+    assert not (cache / control.SOCKET_NAME).exists()
+    assert control.cache_dir_of("/mnt/elsewhere") is None

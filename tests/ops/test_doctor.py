@@ -1,0 +1,89 @@
+"""`fs360 doctor`: one line per check, the fix for each failure, exit 1 when any fails."""
+
+from __future__ import annotations
+
+from .common import run_fs360
+
+
+def lines_of(result) -> dict[str, str]:
+    out = {}
+    for line in result.stdout.splitlines():
+        verdict, _, rest = line.partition(" ")
+        name = rest.split(":", 1)[0].strip()
+        out[name] = line
+    return out
+
+
+def test_a_healthy_setup(tmp_path, emulator):
+    result = run_fs360(tmp_path, "doctor", "--api-url", emulator.base_url, "--cache-dir", str(tmp_path / "cache"),
+                       env={"FS360_API_KEY": emulator.api_key})
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = lines_of(result)
+    for name in ("/dev/fuse", "fusermount3", "cache dir", "key", "clock"):
+        assert checks[name].startswith("ok"), checks
+    assert emulator.api_key not in result.stdout
+
+
+def test_a_bad_key_and_an_unwritable_cache_dir(tmp_path, emulator):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_fs360(tmp_path, "doctor", "--api-url", emulator.base_url, "--cache-dir", str(blocker / "cache"),
+                       env={"FS360_API_KEY": "sk_wrong"})
+    assert result.returncode == 1
+    checks = lines_of(result)
+    assert checks["cache dir"].startswith("FAIL") and "fix:" in checks["cache dir"]
+    assert checks["key"].startswith("FAIL") and "refused" in checks["key"] and "fix:" in checks["key"]
+    assert checks["clock"].startswith("ok")
+    assert "sk_wrong" not in result.stdout
+
+
+def test_a_wrong_url(tmp_path, emulator):
+    result = run_fs360(tmp_path, "doctor", "--api-url", "http://127.0.0.1:9/api/v1", "--cache-dir",
+                       str(tmp_path / "cache"), env={"FS360_API_KEY": emulator.api_key})
+    assert result.returncode == 1
+    checks = lines_of(result)
+    assert checks["key"].startswith("FAIL") and "connection refused" in checks["key"]
+    assert checks["clock"].startswith("FAIL") and "fix:" in checks["clock"]
+    assert checks["cache dir"].startswith("ok")
+
+
+def test_no_key_and_allow_other(tmp_path):
+    result = run_fs360(tmp_path, "doctor", "--api-url", "http://127.0.0.1:9/api/v1", "-o", "allow_other")
+    assert result.returncode == 1
+    assert "FAIL key: no API key" in result.stdout
+
+
+def test_clock_skew_is_measured_from_the_date_header(tmp_path):
+    import email.utils
+    import http.server
+    import threading
+    import time
+
+    from fs360.config import Settings
+    from fs360.doctor import _clock
+
+    offset = {"seconds": 0.0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response_only(404)
+            self.send_header("Date", email.utils.formatdate(time.time() + offset["seconds"], usegmt=True))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = Settings(api_url=f"http://127.0.0.1:{server.server_address[1]}/api/v1")
+        assert _clock(settings).ok
+        offset["seconds"] = -600
+        skewed = _clock(settings)
+        assert not skewed.ok and "ntp" in skewed.fix
+        # The Date header counts whole seconds.
+        assert skewed.detail in ("local clock is +600 s off the server's", "local clock is +601 s off the server's")
+    finally:
+        server.shutdown()
+        server.server_close()

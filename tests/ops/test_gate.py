@@ -1,0 +1,123 @@
+"""--bwlimit and pause/resume: the TransferGate, alone and behind a real mount."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fs360.engine.gate import TransferGate, parse_bwlimit, parse_rate, rate_at
+from tests.harness import assert_uploaded, remote_files, request_count, wait_until, write_random
+
+from .common import harness_runtime, run_fs360
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+def test_rates_and_timetables_parse_like_rsync_and_rclone():
+    assert parse_rate("10M") == 10 * MiB and parse_rate("500k") == 500 * KiB and parse_rate("2.5M") == 2.5 * MiB
+    assert parse_rate("100") == 100 * KiB and parse_rate("800b") == 800 and parse_rate("1GiB") == 1024 * MiB
+    assert parse_rate("off") is None and parse_rate("0") is None
+    table = parse_bwlimit("18:00,off 08:00,5M 12:30,1M")
+    assert table == [(480, 5 * MiB), (750, MiB), (1080, None)]
+    assert rate_at(table, 7 * 60) is None          # before 08:00: yesterday's 18:00 entry
+    assert rate_at(table, 9 * 60) == 5 * MiB
+    assert rate_at(table, 13 * 60) == MiB
+    assert rate_at(table, 23 * 60) is None
+    for bad in ("fast", "25:00,1M", "08:00,lots", "8M/h"):
+        with pytest.raises(ValueError):
+            parse_bwlimit(bad)
+
+
+def test_pause_blocks_until_resume_or_stop():
+    gate = TransferGate("off")
+    gate.set_paused(True)
+    passed = threading.Event()
+    stop = threading.Event()
+    results = []
+
+    def worker():
+        results.append(gate.wait_turn(1000, stop.is_set))
+        passed.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert not passed.wait(0.3)  # a state that must hold, not a delay to wait out
+    gate.set_paused(False)
+    assert passed.wait(5) and results == [True]
+    gate.set_paused(True)
+    passed.clear()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    stop.set()
+    assert passed.wait(5) and results == [True, False]
+    with pytest.raises(ValueError):
+        gate.set_bwlimit("nonsense")
+    assert gate.bwlimit == "off"
+
+
+@pytest.mark.fuse
+def test_bwlimit_holds_a_transfer_to_its_rate(tmp_path, emulator, mount_factory):
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "256k", "--bwlimit", "2M"], writeback_delay=0.1)
+    (mount.mountpoint / "s").mkdir()
+    size = 8 * MiB
+    sha = write_random(mount.mountpoint / "s" / "big.e57", size)
+    first = wait_until(lambda: remote_files(emulator).get("big.e57"), 60, 0.01, what="the first chunk")
+    started, received_then = time.monotonic(), first["received"]
+    wait_until(lambda: remote_files(emulator)["big.e57"]["complete"], 60, 0.01, what="the transfer")
+    rate = (size - received_then) / (time.monotonic() - started)
+    assert 0.8 <= rate / (2 * MiB) <= 1.2, f"{rate / MiB:.2f} MiB/s under a 2 MiB/s limit"
+    assert_uploaded(emulator, None, {"big.e57": sha})
+
+
+@pytest.mark.fuse
+def test_bwlimit_changes_at_run_time(tmp_path, emulator, mount_factory):
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "256k", "--bwlimit", "64k"], writeback_delay=0.1)
+    (mount.mountpoint / "s").mkdir()
+    sha = write_random(mount.mountpoint / "s" / "a.e57", 4 * MiB)
+    wait_until(lambda: remote_files(emulator).get("a.e57"), 60, 0.05, what="the first chunk")
+    refused = run_fs360(tmp_path, "set", str(mount.mountpoint), "bwlimit=lots", env=harness_runtime())
+    assert refused.returncode == 2 and "not a rate" in refused.stderr
+    refused = run_fs360(tmp_path, "set", str(mount.mountpoint), "workers=9", env=harness_runtime())
+    assert refused.returncode == 2 and "only bwlimit" in refused.stderr
+    # At 64 KiB/s the file would need a minute; lifted, it completes within the wait below.
+    changed = run_fs360(tmp_path, "set", str(mount.mountpoint), "bwlimit=off", env=harness_runtime())
+    assert changed.returncode == 0, changed.stderr
+    assert "bwlimit off" in changed.stdout
+    mount.wait_settled("s", timeout=30)
+    assert_uploaded(emulator, None, {"a.e57": sha})
+
+
+@pytest.mark.fuse
+def test_pause_stops_puts_keeps_the_mount_writable_and_resume_loses_nothing(tmp_path, emulator, mount_factory):
+    chunk = 256 * KiB
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "256k", "--bwlimit", "1M"], writeback_delay=0.1)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    expected = {"a.e57": write_random(session / "a.e57", 4 * MiB)}
+    wait_until(lambda: remote_files(emulator).get("a.e57", {}).get("received", 0) >= 2 * chunk, 60, 0.02,
+               what="the upload to be under way")
+    paused = run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime())
+    assert paused.returncode == 0, paused.stderr
+    assert "paused" in paused.stdout
+    # The mount keeps taking files; workers take them up and stop at the gate.
+    for i in range(3):
+        expected[f"n{i}.jpg"] = write_random(session / f"n{i}.jpg", 100_000 + i)
+    wait_until(lambda: all(mount.file_states("s")[f"n{i}.jpg"] == "uploading" for i in range(3)), 30,
+               what="the new files to reach the paused workers")
+    assert (mount.mountpoint / "status").read_text().startswith("paused")
+    assert (session / "status").read_text().startswith("paused")
+    assert "paused" in run_fs360(tmp_path, "status", env=harness_runtime()).stdout
+    remote = remote_files(emulator)
+    assert not any(f"n{i}.jpg" in remote for i in range(3)), "a PUT went out while paused"
+    received = remote["a.e57"]["received"]
+    assert received < 4 * MiB and received % chunk == 0
+    assert request_count(emulator, "PUT ") == received // chunk
+    resumed = run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime())
+    assert resumed.returncode == 0, resumed.stderr
+    assert mount.wait_settled("s", timeout=60) == {name: "complete" for name in expected}
+    assert_uploaded(emulator, None, expected)
+    # Every chunk sent exactly once: 16 chunks of a.e57, one whole-file PUT for each small file.
+    assert request_count(emulator, "PUT ") == 4 * MiB // chunk + 3
+    assert not (session / "status").read_text().startswith("paused")
