@@ -9,8 +9,8 @@ from fs360.engine.records import COMPLETE
 from tests.harness import assert_uploaded, make_sources, request_count, wait_until
 from tests.integration.engine_runner import queue_files
 
-# The hour windows become 36 s on both sides; the minute windows 0.6 s.
-SCALE = "0.01"
+# The hour windows become 18 s on both sides; the minute windows 0.3 s.
+SCALE = "0.005"
 
 
 def test_five_new_folders_open_at_once(emulator_factory, settings_for, tmp_path):
