@@ -189,11 +189,24 @@ class ArchiveReader:
         if offset < 0:
             raise ValueError("negative offset")
         n = max(0, min(len(view), self.size - offset))
-        behind = max(0, min(n, self._stream_pos - offset))
-        if behind:
-            self._read_produced(offset, view[:behind])
-        if behind < n:
-            self._read_ahead(offset + behind, view[behind:n])
+        done = 0
+        while done < n:
+            position = offset + done
+            index = self._segment_at(position)
+            segment = self._segments[index]
+            take = min(n - done, segment.end - position)
+            if position < self._stream_pos:
+                take = min(take, self._stream_pos - position)  # then go on with the library, in step
+            part = view[done:done + take]
+            if position == self._stream_pos or (segment.member is None and position > self._stream_pos):
+                self._from_library(position, part)
+            elif segment.member is None:
+                start = position - segment.start
+                part[:] = self._records[index][start:start + take]
+            else:
+                # Data away from where the library is: straight from the spool file.
+                self._pread(segment.member, part, position - segment.start)
+            done += take
         return n
 
     def read_exactly(self, view, offset: int) -> None:
@@ -253,25 +266,9 @@ class ArchiveReader:
     def _segment_at(self, offset: int) -> int:
         return bisect.bisect_right(self._starts, offset) - 1
 
-    # -- bytes already produced: records kept, data read again from the spool file ---------
+    # -- bytes from the library, in order ------------------------------------------------------
 
-    def _read_produced(self, offset: int, view: memoryview) -> None:
-        done = 0
-        while done < len(view):
-            position = offset + done
-            index = self._segment_at(position)
-            segment = self._segments[index]
-            take = min(len(view) - done, segment.end - position)
-            if segment.member is None:
-                start = position - segment.start
-                view[done:done + take] = self._records[index][start:start + take]
-            else:
-                self._pread(segment.member, view[done:done + take], position - segment.start)
-            done += take
-
-    # -- bytes ahead: from the library, in order ----------------------------------------------
-
-    def _read_ahead(self, offset: int, view: memoryview) -> None:
+    def _from_library(self, offset: int, view: memoryview) -> None:
         while self._stream_pos < offset:  # skipping: a fresh reader resuming deep in the archive
             if not self._carry:
                 self._carry = self._next_block()
@@ -329,9 +326,14 @@ class ArchiveReader:
 
     def _crc(self, index: int) -> int:
         if index not in self._crcs:
-            crc = 0
-            for chunk in self._chunks(index):
-                crc = zlib.crc32(chunk, crc)
+            size = self._members[index].size
+            buffer = memoryview(bytearray(min(BLOCK_SIZE, size)))  # one buffer: no page faults per block
+            crc = offset = 0
+            while offset < size:
+                part = buffer[:min(len(buffer), size - offset)]
+                self._pread(index, part, offset)
+                crc = zlib.crc32(part, crc)
+                offset += len(part)
             self._crcs[index] = crc
         return self._crcs[index]
 
