@@ -11,7 +11,7 @@ import subprocess
 import zipfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fs360.engine.archive import (
@@ -277,3 +277,44 @@ def test_a_sparse_file_over_4_gib_makes_a_zip64_archive_readable_around_the_boun
         assert [i.filename for i in infos] == ["Scans/huge.e57", "Scans/z.txt"]
         assert infos[0].file_size == big_size and infos[1].header_offset > 0xFFFFFFFF
         assert z.read("Scans/z.txt") == b"after the big one"
+
+
+component = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"), min_size=1, max_size=12) \
+    .filter(lambda c: c not in (".", ".."))
+
+
+@st.composite
+def trees(draw):
+    """Random small trees: nested paths with any characters, empty files and empty folders."""
+    paths = draw(st.lists(st.lists(component, min_size=1, max_size=3).map("/".join), min_size=1, max_size=8,
+                          unique=True))
+    try:
+        archive_names(paths)
+    except ValueError:  # a path that is also a folder of another: not a tree
+        assume(False)
+    tree = {}
+    for path in paths:
+        if draw(st.booleans()) and not any(other.startswith(path + "/") for other in paths):
+            tree[path] = draw(st.binary(max_size=3000))
+        elif not any(other.startswith(path + "/") for other in paths):
+            tree[path + "/"] = None
+    return tree
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=trees(), force_zip64=st.booleans(), data=st.data())
+def test_any_tree_gives_an_archive_of_the_planned_size_that_reads_back(tmp_path, tree, force_zip64, data):
+    shutil.rmtree(tmp_path / "spool", ignore_errors=True)
+    members = spool(tmp_path, tree)
+    reader = ArchiveReader(members, force_zip64=force_zip64)
+    archive = whole(reader)
+    assert len(archive) == reader.size
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        assert z.namelist() == sorted(reader.names.values())
+        for local, content in tree.items():
+            if content is not None:
+                assert z.read(reader.names[local]) == content
+    offset = data.draw(st.integers(0, len(archive)), label="offset")
+    buffer = bytearray(data.draw(st.integers(0, 5000), label="length"))
+    n = ArchiveReader(members, force_zip64=force_zip64).read_at(offset, buffer)
+    assert bytes(buffer[:n]) == archive[offset:offset + len(buffer)]
