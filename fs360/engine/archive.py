@@ -25,13 +25,18 @@ the same archive with every member empty (built by the library too) plus the
 members' sizes. That empty "twin" also gives the layout (where each entry's header
 and data lie), so data bytes are read straight from the spool file at their offset.
 
-Cost of reading: the CRC-32 of a member goes in its header, so each member is read
-once for its CRC just before its header is produced, then again (page cache) as its
-data streams out. Bytes already produced by a reader (headers, central directory)
-are kept, and data is read again from its spool file, so a reader seeks backwards
-for free. A fresh reader asked for an offset deep in the archive must first run the
-library over every member before it (the central directory needs all their CRCs):
-that costs a read of those members, about what the first upload read.
+Cost of reading: an entry's CRC-32 goes in its local header, so a file is read once
+for its CRC just before its header is produced, and once more (from the page cache:
+it was just read) as its data goes through the library. Data away from the
+library's position (an upload gone back to the server's `received`, or a fresh
+reader resuming mid-archive) is read straight from its spool file, and ZIP records
+already produced are kept, so those reads cost nothing extra. The one real cost is
+a fresh reader (new process, restart) resuming deep in the archive: the next entry
+header, and the central directory, need the library to have run over every member
+before them (their CRCs), which reads them once more. Measured for a 2 GiB tree of
+16 files resumed at 90%: first chunk within 15 ms; the last 10% then took 1.3 s
+with the files in the page cache, 4.1 s with them evicted, against 0.15 s for a
+reader in step (a whole 2 GiB archive: 1.4 s cached, 2.0 s evicted).
 """
 
 from __future__ import annotations
@@ -116,11 +121,13 @@ def archive_names(paths: Iterable[str]) -> dict[str, str]:
             taken.add(chosen.lower())
             component[f"{parent}/{name}" if parent else name] = chosen
 
-    def mapped(local: str) -> str:
-        parent, _, _ = local.rpartition("/")
-        return (mapped(parent) + "/" if parent else "") + component[local]
+    def mapped(path: str) -> str:
+        local = path.removesuffix("/")
+        parts = local.split("/")
+        names = [component["/".join(parts[:depth])] for depth in range(1, len(parts) + 1)]
+        return "/".join(names) + ("/" if kinds[local] else "")
 
-    return {path: mapped(path.rstrip("/")) + ("/" if kinds[path.rstrip("/")] else "") for path in requested}
+    return {path: mapped(path) for path in requested}
 
 
 def _components(path: str) -> list[str]:
