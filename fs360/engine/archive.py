@@ -178,7 +178,7 @@ class ArchiveReader:
         self._segments = self._layout(twin)
         self._starts = [s.start for s in self._segments]
         self.size: int = len(twin) + data_total
-        if (self._segments[-1].end if self._segments else 0) != self.size:
+        if self._segments[-1].end != self.size:
             raise AssertionError("archive layout does not add up to its size")
 
         self._stream: Iterator[bytes] | None = None
@@ -186,6 +186,7 @@ class ArchiveReader:
         self._carry = memoryview(b"")      # produced by the library, not consumed yet
         self._produced = 0                 # archive offset up to which the library has produced
         self._records: dict[int, bytearray] = {}  # segment index → its ZIP record bytes so far
+        self._closed = False
 
     # -- the public reading interface ---------------------------------------------------------
 
@@ -195,6 +196,8 @@ class ArchiveReader:
         view = memoryview(view).cast("B")
         if offset < 0:
             raise ValueError("negative offset")
+        if self._closed:
+            raise ValueError("read from a closed ArchiveReader")
         n = max(0, min(len(view), self.size - offset))
         done = 0
         while done < n:
@@ -222,6 +225,8 @@ class ArchiveReader:
             raise OSError(f"the archive is shorter than expected (at byte {self.size})")
 
     def close(self) -> None:
+        """Closes the spool files it opened (never an fd it was given); reading then fails."""
+        self._closed = True
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -234,10 +239,6 @@ class ArchiveReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def entries(self) -> list[tuple[str, int]]:
-        """(name inside the archive, size) of every entry, in archive order."""
-        return [(name, m.size) for name, m in zip(self._entry_names, self._members)]
 
     # -- layout ----------------------------------------------------------------------------
 

@@ -318,3 +318,13 @@ def test_any_tree_gives_an_archive_of_the_planned_size_that_reads_back(tmp_path,
     buffer = bytearray(data.draw(st.integers(0, 5000), label="length"))
     n = ArchiveReader(members, force_zip64=force_zip64).read_at(offset, buffer)
     assert bytes(buffer[:n]) == archive[offset:offset + len(buffer)]
+
+
+def test_a_closed_reader_closes_what_it_opened_and_reads_no_more(tmp_path):
+    reader = ArchiveReader(spool(tmp_path, TREE))
+    whole(reader)
+    opened = set(os.listdir("/proc/self/fd"))
+    reader.close()
+    assert len(set(os.listdir("/proc/self/fd"))) < len(opened)
+    with pytest.raises(ValueError):
+        reader.read_at(0, bytearray(10))
