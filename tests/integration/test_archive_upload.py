@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+import pytest
+
 from fs360.api.client import ApiClient
 from fs360.config import Settings
 from fs360.engine.archive import ArchiveMember, ArchiveReader
@@ -54,23 +56,25 @@ def send_archive(client: ApiClient, upload_id: str, reader: ArchiveReader, start
     return offset
 
 
-def test_an_interrupted_archive_upload_resumes_and_the_project_lists_the_tree(profiled_emulator, tmp_path):
+@pytest.mark.parametrize("force_zip64", [False, True], ids=["zip32", "zip64"])
+def test_an_interrupted_archive_upload_resumes_and_the_project_lists_the_tree(profiled_emulator, tmp_path,
+                                                                              force_zip64):
     emulator = profiled_emulator
     client = ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False))
     members = spooled_tree(tmp_path)
-    with ArchiveReader(members) as local:
+    with ArchiveReader(members, force_zip64=force_zip64) as local:
         expected = bytearray(local.size)
         assert local.read_at(0, expected) == local.size
         names = local.names
     upload_id = client.open_session().upload_id
 
-    with ArchiveReader(members) as first:
+    with ArchiveReader(members, force_zip64=force_zip64) as first:
         assert first.size > 4 * CHUNK
         stopped_at = send_archive(client, upload_id, first, 0, max_chunks=3)
     received = client.file_status(upload_id, ARCHIVE_NAME).received
     assert received == stopped_at == 3 * CHUNK
 
-    with ArchiveReader(members) as resumed:  # a new process: nothing of the first reader is left
+    with ArchiveReader(members, force_zip64=force_zip64) as resumed:  # a new process: nothing of the first reader is left
         assert send_archive(client, upload_id, resumed, received) == resumed.size
     status = client.file_status(upload_id, ARCHIVE_NAME)
     assert status.complete and status.total == len(expected)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fs360.engine.archive import (
-    FILE_MODE, DIRECTORY_MODE, ArchiveMember, ArchiveReader, ArchiveSourceChanged, archive_names,
+    DIRECTORY_MODE, FILE_MODE, MAX_OPEN_FILES, ArchiveMember, ArchiveReader, ArchiveSourceChanged, archive_names,
 )
 from fs360.engine.server_names import server_name_for
 
@@ -328,3 +328,16 @@ def test_a_closed_reader_closes_what_it_opened_and_reads_no_more(tmp_path):
     assert len(set(os.listdir("/proc/self/fd"))) < len(opened)
     with pytest.raises(ValueError):
         reader.read_at(0, bytearray(10))
+
+
+def test_a_tree_of_many_files_never_holds_many_spool_files_open(tmp_path):
+    many = {f"Scans/{n:03d} scan.jpg": bytes([n]) * n for n in range(60)}
+    reader = ArchiveReader(spool(tmp_path, many))
+    before = len(os.listdir("/proc/self/fd"))
+    archive = whole(reader)
+    buffer = bytearray(50_000)
+    for offset in range(0, reader.size, 997):  # back and forth over every member's data
+        reader.read_at(reader.size - offset, buffer)
+    assert len(os.listdir("/proc/self/fd")) - before <= MAX_OPEN_FILES
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        assert z.read("Scans/059_scan.jpg") == bytes([59]) * 59
