@@ -82,9 +82,9 @@ def test_the_same_tree_gives_the_same_bytes_whatever_the_order_given(tmp_path):
 
 
 def test_the_size_is_known_before_any_spool_file_exists(tmp_path):
-    later = {path: content for path, content in TREE.items()}
-    members = [ArchiveMember(m.path, str(tmp_path / "later" / os.path.basename(str(m.source))), m.size)
-               if m.source else m for m in spool(tmp_path, later)]
+    """Planning reads no data: the sources point where the files will only be later."""
+    members = [ArchiveMember(m.path, str(tmp_path / "later" / os.path.basename(m.source)), m.size)
+               if m.source else m for m in spool(tmp_path, TREE)]
     reader = ArchiveReader(members)
     planned = reader.size
     shutil.copytree(tmp_path / "spool", tmp_path / "later")
