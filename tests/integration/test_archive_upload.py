@@ -74,7 +74,8 @@ def test_an_interrupted_archive_upload_resumes_and_the_project_lists_the_tree(pr
     received = client.file_status(upload_id, ARCHIVE_NAME).received
     assert received == stopped_at == 3 * CHUNK
 
-    with ArchiveReader(members, force_zip64=force_zip64) as resumed:  # a new process: nothing of the first reader is left
+    # A new reader, as in a new process: nothing of the first one is left.
+    with ArchiveReader(members, force_zip64=force_zip64) as resumed:
         assert send_archive(client, upload_id, resumed, received) == resumed.size
     status = client.file_status(upload_id, ARCHIVE_NAME)
     assert status.complete and status.total == len(expected)

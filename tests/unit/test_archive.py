@@ -115,7 +115,8 @@ def test_names_follow_the_server_rules_per_component(tmp_path):
 
 
 def test_clashing_names_are_deduplicated_within_their_folder_only():
-    names = archive_names(["a/scan 1.jpg", "a/scan_1.jpg", "a/SCAN_1.JPG", "b/scan 1.jpg", "Фото/x.jpg", "Foto/y.jpg"])
+    names = archive_names(["a/scan 1.jpg", "a/scan_1.jpg", "a/SCAN_1.JPG", "b/scan 1.jpg",
+                           "Фото/x.jpg", "Foto/y.jpg"])
     assert names["a/scan_1.jpg"] == "a/scan_1.jpg"  # already server-safe: keeps its name
     # The others in a fixed order (code points), the server's case-insensitive way.
     assert names["a/SCAN_1.JPG"] == "a/SCAN_1_2.jpg"
