@@ -28,7 +28,7 @@ from .progress import Listeners
 from .projects import ProjectKeeper
 from .records import (COMPLETE, FAILED, INTERRUPTED, LOCAL, LOST, PENDING, QUEUED_STATES, REJECTED, UPLOADING,
                       WRITING, FileRecord, ProjectRequest, SessionRecord)
-from .spool import Spool
+from .spool import RunningDigest, Spool
 from .uploader import Cancelled, ServerHoldsOtherFile, send_file
 
 log = logging.getLogger(__name__)
@@ -308,20 +308,35 @@ class Engine:
         session.files[name] = record
         return record
 
-    def open_for_write_locked(self, record: FileRecord) -> None:
-        """A writer opened it: any pending upload is cancelled until the last close."""
+    def open_for_write_locked(self, record: FileRecord, rewrite: bool = False) -> None:
+        """A writer opened it: any pending upload is cancelled until the last close.
+
+        `rewrite`: the content starts again from byte 0 (O_TRUNC, or an empty file), so an
+        earlier failure no longer matters. Otherwise an `interrupted` file stays unfinished:
+        appending to a partial file does not make it whole."""
         record.open_writers += 1
+        if rewrite:
+            record.unfinished = ""
+            record.digest = RunningDigest()
+        elif record.state == INTERRUPTED and not record.unfinished:
+            record.unfinished = record.last_error or "an earlier write of this file did not finish"
         if record.local_only:
             return
         record.generation += 1
         if record.state != WRITING:
             self._set_state_locked(record, WRITING, last_error="", attempts=0)
 
-    def close_writer_locked(self, record: FileRecord, size: int) -> None:
+    def close_writer_locked(self, record: FileRecord, size: int, unfinished: str = "") -> None:
+        """A writer closed it. `unfinished`: why that writer did not finish (a failed write,
+        a dying process): the file is then never uploaded as it is."""
         record.open_writers = max(0, record.open_writers - 1)
         record.size = size
+        if unfinished and not record.unfinished:
+            record.unfinished = unfinished
         if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
             self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns)
+        elif record.unfinished:
+            self._interrupt_locked(record)
         else:
             self.queue_upload_locked(record)
 
@@ -329,7 +344,7 @@ class Engine:
         """The file is closed and its name final: upload it after the write-back delay."""
         record.generation += 1
         self._set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                               attempts=0)
+                               attempts=0, sha256=self.content_sha256(record))
         self._enqueue_locked(record, self.settings.writeback_delay)
         self.listeners.emit("file_pending", file=record)
 
@@ -348,6 +363,8 @@ class Engine:
         if was_local and not local_only:
             if record.open_writers:
                 self._set_state_locked(record, WRITING)
+            elif record.unfinished:
+                self._interrupt_locked(record)
             else:
                 self.queue_upload_locked(record)
         elif not was_local and local_only:
@@ -392,6 +409,48 @@ class Engine:
         self.journal.set_meta("caps", dict(file_cap=self.caps.file_cap, session_cap=self.caps.session_cap,
                                            allowed_extensions=list(self.caps.allowed_extensions),
                                            refused_extensions=list(self.caps.refused_extensions)))
+
+    def _interrupt_locked(self, record: FileRecord) -> None:
+        record.generation += 1
+        self._set_state_locked(record, INTERRUPTED, size=record.size, mtime_ns=record.mtime_ns,
+                               last_error=record.unfinished)
+        log.warning("%s: not uploaded: %s", record.name, record.unfinished)
+
+    def content_sha256(self, record: FileRecord) -> str | None:
+        """sha256 of the spooled content: from the running digest when the file was written
+        front to back, else by reading the spool file once (None when it is gone)."""
+        digest = record.digest.hexdigest(record.size) if record.digest is not None else None
+        if digest is not None:
+            return digest
+        try:
+            record.digest = RunningDigest.of_file(self.spool.path(record.id))
+        except OSError:
+            return None
+        return record.digest.hexdigest(record.size)
+
+    def refuse_change_locked(self, record: FileRecord) -> str:
+        """A different content for a name the server holds: say why, in status and the log."""
+        reason = f"the server already holds a different {record.name}; it cannot be replaced"
+        if record.last_error != reason:
+            self.journal.update_file(record.id, last_error=reason)
+            record.last_error = reason
+        log.warning("%s", reason)
+        return reason
+
+    def keep_identical_locked(self, held: FileRecord, copy: FileRecord | None = None, mode: int | None = None,
+                              mtime_ns: int | None = None) -> None:
+        """An identical re-copy of a file the server holds: the new data is dropped (the local
+        `copy`, if any), the record stays as it is and takes the copy's mode and mtime."""
+        if copy is not None:
+            self.remove_file_locked(copy)
+            mode, mtime_ns = copy.mode, copy.mtime_ns
+        changes = {"last_error": ""}
+        if mode is not None:
+            changes["mode"] = mode
+        if mtime_ns is not None:
+            changes["mtime_ns"] = mtime_ns
+        self.set_file_attrs_locked(held, **changes)
+        held.ctime_ns = time.time_ns()
 
     # --- the queue and the workers ---------------------------------------------------------------
 

@@ -9,9 +9,11 @@ file through renames.
 from __future__ import annotations
 
 import errno
+import contextlib
 import itertools
 import json
 import os
+import signal
 import stat
 import threading
 import time
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from ..config import Settings
 from ..engine.engine import Engine
 from ..engine.records import P_CREATED, P_READY, P_WAITING, FileRecord, SessionRecord
+from ..engine.spool import RunningDigest
 from ..errors import (AccessDenied, AlreadyExists, FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
                       NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, QuotaWouldPass)
 from . import status as status_files
@@ -33,14 +36,70 @@ XATTRS = ("user.fs360.state", "user.fs360.received", "user.fs360.error")
 # writes reach the mount as 1 MiB requests (the kernel's max_write) instead of 128 KiB.
 IO_BLOCK_SIZE = 1024 * 1024
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+# libfuse renames a file unlinked while open to this prefix and unlinks it at its last release.
+HIDDEN_PREFIX = ".fuse_hidden"
+# Status files are rendered at getattr too (for their size); this long a render is reused.
+STATUS_SIZE_TTL = 1.0
+PF_EXITING = 0x4
+
+
+def exit_reason(pid: int) -> str:
+    """Why process `pid` is ending abnormally ("" when it is not, or it cannot be told).
+
+    Called at the FUSE flush, which the closing task sends synchronously: a task that is
+    exiting closes its files after its exit code is set, so /proc shows the signal that
+    killed it, or a non-zero exit status, while the close is in flight.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    # Fields after the command name (which may hold spaces and parentheses); field 3 is index 0.
+    fields = text[text.rindex(b")") + 2:].split()
+    try:
+        flags, exit_code = int(fields[9 - 3]), int(fields[52 - 3])
+    except (IndexError, ValueError):
+        return ""
+    if not flags & PF_EXITING:
+        return ""
+    if exit_code & 0x7F:
+        try:
+            name = signal.Signals(exit_code & 0x7F).name
+        except ValueError:
+            name = f"signal {exit_code & 0x7F}"
+        return f"the writer was killed by {name} before it finished; copy it again"
+    if exit_code >> 8:
+        return f"the writer exited with status {exit_code >> 8} while writing it; copy it again"
+    return ""
+
+
+@dataclass(eq=False)
+class ContentCheck:
+    """An O_TRUNC open of a file the server holds: the new content is compared, never stored.
+
+    Re-running a copy rewrites every file with the same bytes; that is accepted (the server
+    already holds them). The first byte that differs is refused: the server cannot replace it.
+    """
+    expected_size: int
+    expected_sha256: str
+    digest: RunningDigest = field(default_factory=RunningDigest)
+    size: int = 0
+    differs: bool = False
 
 
 @dataclass(eq=False)
 class FileHandle:
     record: FileRecord
+    # The spool file (-1 for a check of a server-held file whose spool copy is gone).
     fd: int
     writable: bool
     append: bool
+    # A write or truncate through this handle failed: the file is not whole.
+    failure: str = ""
+    # The process that closed it was dying (killed, or exiting non-zero).
+    writer_died: str = ""
+    check: ContentCheck | None = None
 
 
 @dataclass(eq=False)
@@ -70,6 +129,10 @@ class MountModel:
         self._handles: dict[int, FileHandle | MarkerHandle | SnapshotHandle] = {}
         self._next_fh = itertools.count(1)
         self._handles_lock = threading.Lock()
+        # Files unlinked while open, under the name libfuse gave them: (session id, name) -> record.
+        self._hidden: dict[tuple[int, str], FileRecord] = {}
+        # Rendered status files by (session name or "", file name): (monotonic time, content).
+        self._status_cache: dict[tuple[str, str], tuple[float, bytes]] = {}
         # Sessions with a .create being written but not yet accepted: it must be listed meanwhile.
         self._markers_open: dict[int, int] = {}
 
@@ -86,10 +149,18 @@ class MountModel:
         return session
 
     def _file(self, session: SessionRecord, name: str) -> FileRecord:
-        record = session.files.get(name)
+        record = session.files.get(name) or self._hidden.get((session.id, name))
         if record is None:
             raise NotFound(f"no file {name!r}")
         return record
+
+    def _listed_locked(self, record: FileRecord) -> bool:
+        """Whether the record still has a name in its folder (not unlinked, not discarded)."""
+        try:
+            session = self.engine.session_of(record)
+        except KeyError:
+            return False
+        return session.files.get(record.name) is record
 
     def _marker_listed(self, session: SessionRecord) -> bool:
         project = session.project
@@ -98,21 +169,22 @@ class MountModel:
 
     # --- attributes ---------------------------------------------------------------------------
 
-    def getattr(self, path: str, fh: int | None = None) -> dict:
-        if fh is not None:
-            handle = self._handles.get(fh)
-            if isinstance(handle, FileHandle):
-                with self.engine.lock:
-                    return self._file_attrs(handle.record)
+    def getattr(self, path: str | None, fh: int | None = None) -> dict:
+        handle = self._handles.get(fh) if fh is not None else None
+        if isinstance(handle, FileHandle):
+            with self.engine.lock:
+                return self._file_attrs(handle.record)
+        if path is None:
+            raise NotFound("no path and no open file")
         parts = self._split(path)
         with self.engine.lock:
             if not parts:
                 return self._dir_attrs(0o755, self.mounted_at_ns, nlink=2 + len(self.engine.sessions))
             if len(parts) == 1:
                 if parts[0] == ROOT_STATUS:
-                    return self._virtual_attrs(0o444)
+                    return self._virtual_attrs(0o444, size=len(self._status_locked(None, ROOT_STATUS)))
                 session = self._session(parts[0])
-                return self._dir_attrs(session.mode, session.mtime_ns)
+                return self._session_attrs(session)
             if len(parts) > 2:
                 raise NotFound(path)
             session = self._session(parts[0])
@@ -129,7 +201,33 @@ class MountModel:
         if name == CREATE_MARKER:
             mode = 0o444 if session.sealed else 0o644
             return self._virtual_attrs(mode, session.mtime_ns, size=len(self._marker_text(session)))
-        return self._virtual_attrs(0o444, session.mtime_ns)
+        return self._virtual_attrs(0o444, session.mtime_ns, size=len(self._status_locked(session, name)))
+
+    def _status_locked(self, session: SessionRecord | None, name: str, fresh: bool = False) -> bytes:
+        """The content of a status file (`session` None: the root one). A render younger than
+        STATUS_SIZE_TTL is reused for getattr and listings, so their size is the real one and
+        `ls -l` of many sessions does not render each of them again; an open always renders."""
+        key = (session.name if session is not None else "", name)
+        now = time.monotonic()
+        cached = self._status_cache.get(key)
+        if not fresh and cached is not None and now - cached[0] < STATUS_SIZE_TTL:
+            return cached[1]
+        if session is None:
+            snaps = [status_files.snapshot_session(s, self.engine) for s in self.engine.sessions.values()]
+            content = status_files.render_root(snaps)
+        else:
+            snapshot = status_files.snapshot_session(session, self.engine)
+            render = status_files.render_json if name == "status.json" else status_files.render_text
+            content = render(snapshot)
+        if len(self._status_cache) > 4 * len(self.engine.sessions) + 8:
+            self._status_cache.clear()  # sessions were renamed or removed: drop the old keys
+        self._status_cache[key] = (now, content)
+        return content
+
+    def _session_attrs(self, session: SessionRecord) -> dict:
+        attrs = self._dir_attrs(session.mode, session.mtime_ns)
+        attrs["st_ctime"] = max(session.ctime_ns, session.mtime_ns)
+        return attrs
 
     def _dir_attrs(self, mode: int, mtime_ns: int, nlink: int = 2) -> dict:
         return {"st_mode": stat.S_IFDIR | (mode & 0o7777), "st_nlink": nlink, "st_uid": self.uid,
@@ -138,23 +236,24 @@ class MountModel:
 
     def _virtual_attrs(self, mode: int, mtime_ns: int | None = None, size: int = 0) -> dict:
         now = mtime_ns or time.time_ns()
-        # Status files are served with direct_io: their size is read to EOF, not from here.
+        # Status files are served with direct_io (read to EOF), but copy tools trust the size.
         return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": self.uid, "st_gid": self.gid,
                 "st_size": size, "st_mtime": now, "st_ctime": now, "st_atime": now}
 
-    @staticmethod
-    def _file_attrs(record: FileRecord) -> dict:
-        return {"st_mode": stat.S_IFREG | (record.mode & 0o7777), "st_nlink": 1, "st_uid": record.uid,
-                "st_gid": record.gid, "st_size": record.size, "st_blocks": (record.size + 511) // 512,
-                "st_blksize": IO_BLOCK_SIZE,
-                "st_mtime": record.mtime_ns, "st_ctime": record.mtime_ns, "st_atime": record.mtime_ns}
+    def _file_attrs(self, record: FileRecord) -> dict:
+        """Needs engine.lock held. A file unlinked while open has no link left (nlink 0)."""
+        return {"st_mode": stat.S_IFREG | (record.mode & 0o7777), "st_nlink": 1 if self._listed_locked(record) else 0,
+                "st_uid": record.uid, "st_gid": record.gid, "st_size": record.size,
+                "st_blocks": (record.size + 511) // 512, "st_blksize": IO_BLOCK_SIZE,
+                "st_mtime": record.mtime_ns, "st_ctime": max(record.ctime_ns, record.mtime_ns),
+                "st_atime": record.mtime_ns}
 
     def readdir(self, path: str) -> list[tuple[str, dict]]:
         parts = self._split(path)
         with self.engine.lock:
             if not parts:
-                entries = [(ROOT_STATUS, self._virtual_attrs(0o444))]
-                entries += [(name, self._dir_attrs(s.mode, s.mtime_ns)) for name, s in self.engine.sessions.items()]
+                entries = [(ROOT_STATUS, self._virtual_attrs(0o444, size=len(self._status_locked(None, ROOT_STATUS))))]
+                entries += [(name, self._session_attrs(s)) for name, s in self.engine.sessions.items()]
                 return entries
             if len(parts) != 1:
                 raise NotADirectory(path)
@@ -198,9 +297,11 @@ class MountModel:
             session = self._session(parts[0])
             if session.files or self._marker_listed(session):
                 raise NotEmpty(f"{parts[0]} still lists files")
-            if any(isinstance(h, FileHandle) and h.record.session_id == session.id for h in self._handles.values()):
-                raise NotEmpty(f"{parts[0]} has open files")
+            # Files unlinked while open do not hold the folder (POSIX): their handles keep
+            # working on the spool file they opened, and their last close finds no record.
             self.engine.discard_session_locked(session)
+            for key in [key for key in self._hidden if key[0] == session.id]:
+                del self._hidden[key]
 
     # --- creating and opening -------------------------------------------------------------------
 
@@ -230,7 +331,15 @@ class MountModel:
             record = self.engine.create_file_locked(session, name, mode & 0o7777,
                                                     self.uid if uid is None else uid,
                                                     self.gid if gid is None else gid, local_only)
+            self._entries_changed_locked(session)
             return self._open_file_locked(record, flags | os.O_RDWR)
+
+    def _entries_changed_locked(self, *sessions: SessionRecord) -> None:
+        """A name came or went: the folder's mtime and ctime change (POSIX)."""
+        now = time.time_ns()
+        for session in sessions:
+            self.engine.set_session_attrs_locked(session, mtime_ns=now)
+            session.ctime_ns = now
 
     def _check_uploadable_name_locked(self, session: SessionRecord, name: str) -> None:
         if any(f.name == name for f in session.unlinked):
@@ -249,8 +358,7 @@ class MountModel:
             if parts == [ROOT_STATUS]:
                 if writing:
                     raise AccessDenied("status is read-only")
-                snaps = [status_files.snapshot_session(s, self.engine) for s in self.engine.sessions.values()]
-                return self._new_handle(SnapshotHandle(status_files.render_root(snaps)))
+                return self._new_handle(SnapshotHandle(self._status_locked(None, ROOT_STATUS, fresh=True)))
             if len(parts) == 1:
                 self._session(parts[0])
                 raise IsADirectory(path)
@@ -261,9 +369,7 @@ class MountModel:
             if name in STATUS_NAMES:
                 if writing:
                     raise AccessDenied("status files are read-only")
-                snapshot = status_files.snapshot_session(session, self.engine)
-                render = status_files.render_json if name == "status.json" else status_files.render_text
-                return self._new_handle(SnapshotHandle(render(snapshot)))
+                return self._new_handle(SnapshotHandle(self._status_locked(session, name, fresh=True)))
             if name == CREATE_MARKER:
                 if not self._marker_listed(session) and not writing:
                     raise NotFound(path)
@@ -274,6 +380,9 @@ class MountModel:
 
     def _open_file_locked(self, record: FileRecord, flags: int) -> int:
         writing = bool(flags & WRITE_FLAGS) or bool(flags & os.O_TRUNC)
+        truncate = bool(flags & os.O_TRUNC)
+        if writing and truncate and self._held_with_known_content(record):
+            return self._open_check_locked(record, bool(flags & os.O_APPEND))
         if writing:
             self._check_mutable_locked(record)
         elif record.evicted or not self.engine.spool.exists(record.id):
@@ -283,12 +392,29 @@ class MountModel:
         except FileNotFoundError:
             raise AccessDenied("only the server holds this file's data now") from None
         if writing:
-            self.engine.open_for_write_locked(record)
-            if flags & os.O_TRUNC and record.size:
+            self.engine.open_for_write_locked(record, rewrite=truncate or record.size == 0)
+            if truncate and record.size:
                 os.ftruncate(fd, 0)
                 record.size = 0
                 record.mtime_ns = time.time_ns()
         return self._new_handle(FileHandle(record, fd, writing, bool(flags & os.O_APPEND)))
+
+    @staticmethod
+    def _held_with_known_content(record: FileRecord) -> bool:
+        """The server may hold it and the journal knows its sha256: a rewrite can be compared."""
+        return not record.local_only and record.may_be_on_server and bool(record.sha256)
+
+    def _open_check_locked(self, record: FileRecord, append: bool) -> int:
+        """O_TRUNC on a file the server holds: the handle only compares what is written
+        (against the spool copy while it exists, and by sha256 at close)."""
+        fd = -1
+        if not record.evicted:
+            try:
+                fd = os.open(self.engine.spool.path(record.id), os.O_RDONLY)
+            except FileNotFoundError:
+                pass
+        check = ContentCheck(record.size, record.sha256)
+        return self._new_handle(FileHandle(record, fd, writable=True, append=append, check=check))
 
     def _check_mutable_locked(self, record: FileRecord) -> None:
         if record.local_only:
@@ -319,6 +445,8 @@ class MountModel:
     def read(self, fh: int, size: int, offset: int) -> bytes:
         handle = self._handle(fh)
         if isinstance(handle, FileHandle):
+            if handle.fd < 0:
+                raise AccessDenied("only the server holds this file's data now")
             return os.pread(handle.fd, size, offset)
         content = handle.content if isinstance(handle, SnapshotHandle) else bytes(handle.data)
         return content[offset:offset + size]
@@ -339,18 +467,58 @@ class MountModel:
             return len(data)
         if not isinstance(handle, FileHandle) or not handle.writable:
             raise AccessDenied("not open for writing")
+        if handle.check is not None:
+            return self._write_compared(handle, data, offset)
         record = handle.record
         if handle.append:
             offset = record.size
-        end = offset + len(data)
-        if end > record.size:
-            self._check_growth(record, end)
-        written = self._pwrite(handle.fd, data, offset)
+        with self._failures_marked(handle):
+            end = offset + len(data)
+            if end > record.size:
+                self._check_growth(record, end)
+            written = self._pwrite(handle.fd, data, offset)
         with self.engine.lock:
             if offset + written > record.size:
                 record.size = offset + written
+            if record.digest is not None:
+                record.digest.add(offset, data[:written])
             record.mtime_ns = time.time_ns()
         return written
+
+    @contextlib.contextmanager
+    def _failures_marked(self, handle: FileHandle):
+        """A write, truncate or fallocate that fails leaves the file short of what the writer
+        meant: its handle is marked, and its close makes the file `interrupted`."""
+        try:
+            yield
+        except (NoSpace, FileTooBig, QuotaWouldPass, OSError) as exc:
+            code = getattr(exc, "errno", None) or errno.EIO
+            handle.failure = (f"a write failed ({errno.errorcode.get(code, code)}: "
+                              f"{getattr(exc, 'strerror', None) or exc}); copy it again")
+            raise
+
+    def _write_compared(self, handle: FileHandle, data: bytes, offset: int) -> int:
+        check = handle.check
+        if handle.append:
+            offset = check.size
+        if not check.differs:
+            end = offset + len(data)
+            same = end <= check.expected_size
+            if same and handle.fd >= 0:
+                same = os.pread(handle.fd, len(data), offset) == data
+            check.digest.add(offset, data)
+            check.size = max(check.size, end)
+            # Without the spool copy only a front-to-back rewrite can be compared (by sha256).
+            check.differs = not same or (handle.fd < 0 and not check.digest.valid)
+        if check.differs:
+            with self.engine.lock:
+                raise AccessDenied(self.engine.refuse_change_locked(handle.record))
+        return len(data)
+
+    @staticmethod
+    def _matches(check: ContentCheck) -> bool:
+        return not check.differs and check.size == check.expected_size \
+            and check.digest.hexdigest(check.size) == check.expected_sha256
 
     def _check_growth(self, record: FileRecord, new_size: int) -> None:
         if record.local_only:
@@ -380,91 +548,141 @@ class MountModel:
                     raise
         raise NoSpace("the spool disk is full")
 
-    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
         handle = self._handles.get(fh) if fh is not None else None
         if isinstance(handle, MarkerHandle):
             del handle.data[length:]
             handle.dirty = True
             return
+        if isinstance(handle, FileHandle) and handle.check is not None:
+            if length != handle.check.size:
+                handle.check.differs = True
+                with self.engine.lock:
+                    raise AccessDenied(self.engine.refuse_change_locked(handle.record))
+            return
         with self.engine.lock:
             if isinstance(handle, FileHandle):
                 record = handle.record
             else:
-                parts = self._split(path)
-                if len(parts) != 2:
-                    if parts == [ROOT_STATUS]:
-                        raise AccessDenied("status is read-only")
-                    raise IsADirectory(path)
-                session = self._session(parts[0])
-                if parts[1] in STATUS_NAMES:
-                    raise AccessDenied("status files are read-only")
-                if parts[1] == CREATE_MARKER:
-                    # `> .create` truncates by path before opening: the open handle does the work.
-                    if session.sealed:
-                        raise AccessDenied(".create is read-only once the project exists")
+                record = self._file_to_truncate_locked(path)
+                if record is None:
                     return
-                record = self._file(session, parts[1])
             if length == record.size:
                 return
             self._check_mutable_locked(record)
-        if length > record.size:
-            self._check_growth(record, length)
-        try:
-            os.truncate(self.engine.spool.path(record.id), length)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise NoSpace("the spool disk is full") from None
-            raise
+        if isinstance(handle, FileHandle):
+            # Through the handle: it works on a file unlinked while open too (its spool file is gone).
+            with self._failures_marked(handle):
+                self._truncate_spool(record, length, lambda: os.ftruncate(handle.fd, length))
+        else:
+            self._truncate_spool(record, length, lambda: os.truncate(self.engine.spool.path(record.id), length))
         with self.engine.lock:
             record.size = length
             record.mtime_ns = time.time_ns()
-            if not record.open_writers and not record.local_only:
+            if length == 0:
+                # Rewritten from 0: whatever was unfinished before is gone with its bytes.
+                record.unfinished = ""
+                record.digest = RunningDigest()
+            elif record.digest is not None:
+                record.digest.valid = record.digest.valid and record.digest.length == length
+            if not record.open_writers and not record.local_only and self._listed_locked(record):
                 # Changed with no writer open (truncate -s): queue it again.
                 self.engine.queue_upload_locked(record)
             else:
                 self.engine.journal.update_file(record.id, size=length, mtime_ns=record.mtime_ns)
 
-    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
-        handle = self._handle(fh)
-        if not isinstance(handle, FileHandle) or not handle.writable:
-            raise AccessDenied("not open for writing")
-        if mode != 0:
-            raise NotSupported("only plain fallocate is supported")
-        end = offset + length
-        if end > handle.record.size:
-            self._check_growth(handle.record, end)
+    def _file_to_truncate_locked(self, path: str) -> FileRecord | None:
+        """The record a truncate by path changes (None: nothing to do)."""
+        parts = self._split(path)
+        if len(parts) != 2:
+            if parts == [ROOT_STATUS]:
+                raise AccessDenied("status is read-only")
+            raise IsADirectory(path)
+        session = self._session(parts[0])
+        if parts[1] in STATUS_NAMES:
+            raise AccessDenied("status files are read-only")
+        if parts[1] == CREATE_MARKER:
+            # `> .create` truncates by path before opening: the open handle does the work.
+            if session.sealed:
+                raise AccessDenied(".create is read-only once the project exists")
+            return None
+        return self._file(session, parts[1])
+
+    def _truncate_spool(self, record: FileRecord, length: int, truncate) -> None:
+        if length > record.size:
+            self._check_growth(record, length)
         try:
-            os.posix_fallocate(handle.fd, offset, length)
+            truncate()
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise NoSpace("the spool disk is full") from None
             raise
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        handle = self._handle(fh)
+        if not isinstance(handle, FileHandle) or not handle.writable or handle.check is not None:
+            raise AccessDenied("not open for writing")
+        if mode != 0:
+            raise NotSupported("only plain fallocate is supported")
+        end = offset + length
+        with self._failures_marked(handle):
+            if end > handle.record.size:
+                self._check_growth(handle.record, end)
+            try:
+                os.posix_fallocate(handle.fd, offset, length)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise NoSpace("the spool disk is full") from None
+                raise
         with self.engine.lock:
-            handle.record.size = max(handle.record.size, end)
+            if end > handle.record.size:
+                handle.record.size = end
+                if handle.record.digest is not None:
+                    handle.record.digest.valid = False  # zeros the digest never saw
 
     def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handle(fh)
-        if isinstance(handle, FileHandle):
+        if isinstance(handle, FileHandle) and handle.fd >= 0:
             (os.fdatasync if datasync else os.fsync)(handle.fd)
 
-    def flush(self, fh: int) -> None:
-        """close(): a written .create is accepted here, so an invalid one fails the close."""
+    def flush(self, fh: int, pid: int | None = None) -> None:
+        """close() by process `pid`: a written .create is accepted here, so an invalid one fails
+        the close; a file closed by a dying writer is remembered as unfinished."""
         handle = self._handles.get(fh)
-        if isinstance(handle, MarkerHandle) and handle.broken:
-            raise InvalidArgument(".create was not written whole: not accepted")
-        if isinstance(handle, MarkerHandle) and handle.dirty:
-            self._accept_marker(handle)
+        if isinstance(handle, MarkerHandle):
+            self._flush_marker(handle)
+        elif isinstance(handle, FileHandle) and handle.writable:
+            reason = exit_reason(pid) if pid else ""
+            if reason and not handle.writer_died:
+                handle.writer_died = reason
+            if handle.check is not None and not handle.writer_died and not self._matches(handle.check):
+                handle.check.differs = True
+                with self.engine.lock:
+                    raise AccessDenied(self.engine.refuse_change_locked(handle.record))
+
+    def _flush_marker(self, handle: MarkerHandle) -> None:
+        try:
+            if handle.broken:
+                raise InvalidArgument(".create was not written whole: not accepted")
+            if handle.dirty:
+                self._accept_marker(handle)
+        except InvalidArgument as exc:
+            with self.engine.lock:
+                handle.session.marker_refused = str(exc)
+            raise
 
     def release(self, fh: int) -> None:
         with self._handles_lock:
             handle = self._handles.pop(fh, None)
         if isinstance(handle, FileHandle):
             try:
-                os.close(handle.fd)
+                if handle.fd >= 0:
+                    os.close(handle.fd)
             finally:
-                if handle.writable:
-                    with self.engine.lock:
-                        self.engine.close_writer_locked(handle.record, handle.record.size)
+                if handle.check is not None:
+                    self._release_check(handle)
+                elif handle.writable:
+                    self._release_writer(handle)
         elif isinstance(handle, MarkerHandle) and handle.writable:
             with self.engine.lock:
                 count = self._markers_open.get(handle.session.id, 1) - 1
@@ -472,6 +690,31 @@ class MountModel:
                     self._markers_open[handle.session.id] = count
                 else:
                     self._markers_open.pop(handle.session.id, None)
+
+    def _release_writer(self, handle: FileHandle) -> None:
+        record = handle.record
+        unfinished = handle.failure or handle.writer_died
+        if not unfinished and record.open_writers == 1 and not record.local_only:
+            # The last writer: a file not written front to back is hashed here, without the lock.
+            self.engine.content_sha256(record)
+        with self.engine.lock:
+            self.engine.close_writer_locked(record, record.size, unfinished)
+
+    def _release_check(self, handle: FileHandle) -> None:
+        """The end of a rewrite of a file the server holds: identical, it takes the new mtime."""
+        if self._matches(handle.check) and not handle.writer_died:
+            with self.engine.lock:
+                if self._listed_locked(handle.record):
+                    self.engine.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
+
+    def release_all(self) -> None:
+        """The kernel is done with the mount (its DESTROY): every file was closed, even those
+        whose last release never reached us (a lazy unmount ends the connection right after
+        the last close). Settles each as closed, so a finished copy is uploaded."""
+        with self._handles_lock:
+            handles = list(self._handles)
+        for fh in handles:
+            self.release(fh)
 
     # --- .create -------------------------------------------------------------------------------
 
@@ -500,8 +743,12 @@ class MountModel:
         if text:
             try:
                 options = json.loads(text.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise InvalidArgument(".create must be empty or a JSON object") from None
+            except json.JSONDecodeError as exc:
+                raise InvalidArgument(f"invalid JSON at line {exc.lineno} column {exc.colno}") from None
+            except UnicodeDecodeError:
+                raise InvalidArgument(".create is not UTF-8 text") from None
+            except (ValueError, RecursionError):
+                raise InvalidArgument("invalid JSON: nested too deep") from None
             if not isinstance(options, dict):
                 raise InvalidArgument(".create must be empty or a JSON object")
         else:
@@ -517,6 +764,7 @@ class MountModel:
             if session.sealed or (project is not None and project.state in (P_CREATED, P_READY)):
                 raise AccessDenied("the project is created already")
             self.engine.request_project_locked(session, options)
+            session.marker_refused = ""
             handle.dirty = False
 
     # --- renaming and removing -----------------------------------------------------------------
@@ -542,11 +790,18 @@ class MountModel:
             check_file_name(name)
             if record is target.files.get(name):
                 return
+            if target is session and name.startswith(HIDDEN_PREFIX):
+                self._hide_locked(record, name)
+                return
+            replaced = target.files.get(name)
+            if replaced is not None and record.local_only and self._held_with_known_content(replaced) \
+                    and not replaced.unlinked:
+                self._replace_held_locked(record, replaced)
+                return
             if not record.local_only or session is not target:
                 self._check_mutable_locked(record)
             if target.sealed:
                 raise AccessDenied("the project is created: the session is sealed")
-            replaced = target.files.get(name)
             if replaced is not None:
                 # An open writer of the replaced file keeps its handle, on a record no longer listed.
                 self._check_mutable_locked(replaced)
@@ -554,6 +809,28 @@ class MountModel:
             if not local_only:
                 self._check_uploadable_name_locked(target, name)
             self.engine.rename_file_locked(record, target, name, local_only)
+            record.ctime_ns = time.time_ns()
+            self._entries_changed_locked(*{session, target})
+
+    def _hide_locked(self, record: FileRecord, hidden_name: str) -> None:
+        """libfuse renames a file unlinked while open to `.fuse_hidden…` and unlinks that name at
+        the last release: for fs360 the unlink happens now (the server-held or not rules of
+        `unlink`), and the open handles keep working on their spool file, reachable by that name."""
+        session = self.engine.session_of(record)
+        self.engine.remove_file_locked(record)
+        record.ctime_ns = time.time_ns()
+        self._hidden[(session.id, hidden_name)] = record
+        self._entries_changed_locked(session)
+
+    def _replace_held_locked(self, copy: FileRecord, held: FileRecord) -> None:
+        """A local scratch file (rsync's `.name.XXXXXX`) renamed onto a name the server holds:
+        a re-run of the same copy is accepted (the copy is dropped), anything else refused."""
+        if copy.open_writers or copy.unfinished or copy.size != held.size \
+                or self.engine.content_sha256(copy) != held.sha256:
+            raise AccessDenied(self.engine.refuse_change_locked(held))
+        session = self.engine.session_of(copy)
+        self.engine.keep_identical_locked(held, copy=copy)
+        self._entries_changed_locked(*{session, self.engine.session_of(held)})
 
     def _rename_session_locked(self, src: list[str], dst: list[str]) -> None:
         if src[0] == ROOT_STATUS:
@@ -591,7 +868,10 @@ class MountModel:
             if name == CREATE_MARKER:
                 self._unlink_marker_locked(session)
                 return
+            if self._hidden.pop((session.id, name), None) is not None:
+                return  # libfuse's last release of a file unlinked while open: gone already
             self.engine.remove_file_locked(self._file(session, name))
+            self._entries_changed_locked(session)
 
     def _unlink_marker_locked(self, session: SessionRecord) -> None:
         if not self._marker_listed(session):
@@ -632,12 +912,15 @@ class MountModel:
             session = self._session(parts[0])
             if len(parts) == 1:
                 self.engine.set_session_attrs_locked(session, mode=attrs.get("mode"), mtime_ns=attrs.get("mtime_ns"))
+                session.ctime_ns = time.time_ns()
                 return
             if len(parts) != 2:
                 raise NotFound(path)
             if parts[1] in STATUS_NAMES or parts[1] == CREATE_MARKER:
                 return  # accepted; these have no metadata of their own
-            self.engine.set_file_attrs_locked(self._file(session, parts[1]), **attrs)
+            record = self._file(session, parts[1])
+            self.engine.set_file_attrs_locked(record, **attrs)
+            record.ctime_ns = time.time_ns()
 
     # --- extended attributes -----------------------------------------------------------------------
 

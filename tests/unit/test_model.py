@@ -473,10 +473,13 @@ def test_enospc_on_a_full_spool(tmpfs, emulator, make_model):
         for i in range(16):
             model.write(fh, block, i * len(block))
     assert info.value.errno == errno.ENOSPC
-    # The journal shares the full disk: its reserve lets the close still be recorded.
+    # The journal shares the full disk: its reserve lets the close still be recorded. The
+    # file is short of what was written: it is interrupted, never uploaded.
     model.release(fh)
-    rows = {row["name"]: row["state"] for row in model.engine.journal.files()}
-    assert rows == {"big.las": "pending"}
+    rows = {row["name"]: (row["state"], row["last_error"]) for row in model.engine.journal.files()}
+    assert list(rows) == ["big.las"]
+    state, reason = rows["big.las"]
+    assert state == "interrupted" and "ENOSPC" in reason, rows
     model.engine.stop(5)
 
 
