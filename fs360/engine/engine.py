@@ -416,6 +416,18 @@ class Engine:
                                last_error=record.unfinished)
         log.warning("%s: not uploaded: %s", record.name, record.unfinished)
 
+    def mark_unfinished_locked(self, record: FileRecord, reason: str) -> None:
+        """A writer that closed the file died right after, of a signal: the file is not whole.
+        Still open or queued, it becomes `interrupted`; once a PUT went out it is too late."""
+        if record.id not in self._files or record.unlinked:
+            return
+        if record.may_be_on_server and not record.local_only:
+            log.warning("%s: its writer died after closing it, but its upload had begun: %s", record.name, reason)
+            return
+        record.unfinished = record.unfinished or reason
+        if not record.local_only and not record.open_writers and record.state != INTERRUPTED:
+            self._interrupt_locked(record)
+
     def content_sha256(self, record: FileRecord) -> str | None:
         """sha256 of the spooled content: from the running digest when the file was written
         front to back, else by reading the spool file once (None when it is gone)."""

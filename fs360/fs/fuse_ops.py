@@ -175,12 +175,14 @@ class Fs360Operations(mfusepy.Operations):
                 # Always READDIRPLUS, not only for the first page of a listing ("auto"): ls -l of
                 # a big folder then needs no lookup per file.
                 conn_info.want = (conn_info.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+        self.model.watch_exits()
         if self._on_init:
             self._on_init()
 
     def destroy(self, path) -> None:
         # The last close of a lazy unmount may come with no release: settle what is still open.
         self.model.release_all()
+        self.model.stop_watching_exits()
         if self._on_destroy:
             self._on_destroy()
 

@@ -26,6 +26,7 @@ from ..engine.spool import RunningDigest
 from ..errors import (AccessDenied, AlreadyExists, FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
                       NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, QuotaWouldPass)
 from . import status as status_files
+from .exits import ExitWatcher
 from .names import (CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, check_file_name, check_session_name, extension_of,
                     is_local_only)
 
@@ -41,6 +42,9 @@ HIDDEN_PREFIX = ".fuse_hidden"
 # Status files are rendered at getattr too (for their size); this long a render is reused.
 STATUS_SIZE_TTL = 1.0
 PF_EXITING = 0x4
+# A writer that dies of a signal this soon after closing a file normally closed it from its
+# signal handler (GNU dd on SIGINT): that file is not finished either.
+DEATH_AFTER_CLOSE_SECONDS = 2.0
 
 
 def exit_reason(pid: int) -> str:
@@ -63,13 +67,18 @@ def exit_reason(pid: int) -> str:
         return ""
     if not flags & PF_EXITING:
         return ""
+    return describe_exit(exit_code)
+
+
+def describe_exit(exit_code: int, signals_only: bool = False) -> str:
+    """The reason to give for a file whose writer ended with `exit_code` (wait status form)."""
     if exit_code & 0x7F:
         try:
             name = signal.Signals(exit_code & 0x7F).name
         except ValueError:
             name = f"signal {exit_code & 0x7F}"
         return f"the writer was killed by {name} before it finished; copy it again"
-    if exit_code >> 8:
+    if exit_code >> 8 and not signals_only:
         return f"the writer exited with status {exit_code >> 8} while writing it; copy it again"
     return ""
 
@@ -131,6 +140,10 @@ class MountModel:
         self._handles_lock = threading.Lock()
         # Files unlinked while open, under the name libfuse gave them: (session id, name) -> record.
         self._hidden: dict[tuple[int, str], FileRecord] = {}
+        # The last file each process closed for writing: pid -> (record, monotonic time of the close).
+        self._last_close: dict[int, tuple[FileRecord, float]] = {}
+        self._last_close_lock = threading.Lock()
+        self._exit_watcher: ExitWatcher | None = None
         # Rendered status files by (session name or "", file name): (monotonic time, content).
         self._status_cache: dict[tuple[str, str], tuple[float, bytes]] = {}
         # Sessions with a .create being written but not yet accepted: it must be listed meanwhile.
@@ -655,6 +668,9 @@ class MountModel:
             reason = exit_reason(pid) if pid else ""
             if reason and not handle.writer_died:
                 handle.writer_died = reason
+            elif pid and handle.check is None and self._exit_watcher is not None:
+                with self._last_close_lock:
+                    self._last_close[pid] = (handle.record, time.monotonic())
             if handle.check is not None and not handle.writer_died and not self._matches(handle.check):
                 handle.check.differs = True
                 with self.engine.lock:
@@ -706,6 +722,29 @@ class MountModel:
             with self.engine.lock:
                 if self._listed_locked(handle.record):
                     self.engine.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
+
+    def watch_exits(self) -> None:
+        """Watches process deaths (when the system lets us), for writers that close a file
+        from their signal handler and then die of that signal."""
+        watcher = ExitWatcher(self._process_exited)
+        if watcher.start():
+            self._exit_watcher = watcher
+
+    def stop_watching_exits(self) -> None:
+        if self._exit_watcher is not None:
+            self._exit_watcher.stop()
+            self._exit_watcher = None
+
+    def _process_exited(self, pid: int, tgid: int, exit_code: int) -> None:
+        with self._last_close_lock:
+            closed = self._last_close.pop(pid, None) or self._last_close.pop(tgid, None)
+        if closed is None:
+            return
+        record, closed_at = closed
+        reason = describe_exit(exit_code, signals_only=True)
+        if reason and time.monotonic() - closed_at < DEATH_AFTER_CLOSE_SECONDS:
+            with self.engine.lock:
+                self.engine.mark_unfinished_locked(record, reason)
 
     def release_all(self) -> None:
         """The kernel is done with the mount (its DESTROY): every file was closed, even those
