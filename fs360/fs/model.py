@@ -85,16 +85,32 @@ def describe_exit(exit_code: int, signals_only: bool = False) -> str:
 
 @dataclass(eq=False)
 class ContentCheck:
-    """An O_TRUNC open of a file the server holds: the new content is compared, never stored.
+    """A file the server holds, opened for writing: what is written is compared, never stored.
 
     Re-running a copy rewrites every file with the same bytes; that is accepted (the server
     already holds them). The first byte that differs is refused: the server cannot replace it.
+    Opened with O_TRUNC (or truncated to 0 later, as GIO does), the new content is compared
+    by sha256 at close; before that, writes in place are compared with the spool copy.
     """
     expected_size: int
     expected_sha256: str
+    rewriting: bool
     digest: RunningDigest = field(default_factory=RunningDigest)
     size: int = 0
     differs: bool = False
+
+    def __post_init__(self):
+        if not self.rewriting:
+            self.size = self.expected_size  # untouched so far: the content is the server's
+
+    def restart(self) -> None:
+        """Truncated to 0: a rewrite from the first byte begins."""
+        self.rewriting, self.size, self.digest = True, 0, RunningDigest()
+
+    def matches(self) -> bool:
+        if self.differs or self.size != self.expected_size:
+            return False
+        return not self.rewriting or self.digest.hexdigest(self.size) == self.expected_sha256
 
 
 @dataclass(eq=False)
@@ -394,8 +410,8 @@ class MountModel:
     def _open_file_locked(self, record: FileRecord, flags: int) -> int:
         writing = bool(flags & WRITE_FLAGS) or bool(flags & os.O_TRUNC)
         truncate = bool(flags & os.O_TRUNC)
-        if writing and truncate and self._held_with_known_content(record):
-            return self._open_check_locked(record, bool(flags & os.O_APPEND))
+        if writing and self._held_with_known_content(record):
+            return self._open_check_locked(record, truncate, bool(flags & os.O_APPEND))
         if writing:
             self._check_mutable_locked(record)
         elif record.evicted or not self.engine.spool.exists(record.id):
@@ -417,8 +433,8 @@ class MountModel:
         """The server may hold it and the journal knows its sha256: a rewrite can be compared."""
         return not record.local_only and record.may_be_on_server and bool(record.sha256)
 
-    def _open_check_locked(self, record: FileRecord, append: bool) -> int:
-        """O_TRUNC on a file the server holds: the handle only compares what is written
+    def _open_check_locked(self, record: FileRecord, truncate: bool, append: bool) -> int:
+        """A file the server holds, opened for writing: the handle only compares what is written
         (against the spool copy while it exists, and by sha256 at close)."""
         fd = -1
         if not record.evicted:
@@ -426,7 +442,7 @@ class MountModel:
                 fd = os.open(self.engine.spool.path(record.id), os.O_RDONLY)
             except FileNotFoundError:
                 pass
-        check = ContentCheck(record.size, record.sha256)
+        check = ContentCheck(record.size, record.sha256, rewriting=truncate)
         return self._new_handle(FileHandle(record, fd, writable=True, append=append, check=check))
 
     def _check_mutable_locked(self, record: FileRecord) -> None:
@@ -519,19 +535,16 @@ class MountModel:
             same = end <= check.expected_size
             if same and handle.fd >= 0:
                 same = os.pread(handle.fd, len(data), offset) == data
-            check.digest.add(offset, data)
-            check.size = max(check.size, end)
+            if check.rewriting:
+                check.digest.add(offset, data)
+                check.size = max(check.size, end)
             # Without the spool copy only a front-to-back rewrite can be compared (by sha256).
-            check.differs = not same or (handle.fd < 0 and not check.digest.valid)
+            check.differs = not same or (handle.fd < 0 and not (check.rewriting and check.digest.valid))
         if check.differs:
             with self.engine.lock:
                 raise AccessDenied(self.engine.refuse_change_locked(handle.record))
         return len(data)
 
-    @staticmethod
-    def _matches(check: ContentCheck) -> bool:
-        return not check.differs and check.size == check.expected_size \
-            and check.digest.hexdigest(check.size) == check.expected_sha256
 
     def _check_growth(self, record: FileRecord, new_size: int) -> None:
         if record.local_only:
@@ -568,7 +581,9 @@ class MountModel:
             handle.dirty = True
             return
         if isinstance(handle, FileHandle) and handle.check is not None:
-            if length != handle.check.size:
+            if length == 0:
+                handle.check.restart()
+            elif length != handle.check.size:
                 handle.check.differs = True
                 with self.engine.lock:
                     raise AccessDenied(self.engine.refuse_change_locked(handle.record))
@@ -671,7 +686,7 @@ class MountModel:
             elif pid and handle.check is None and self._exit_watcher is not None:
                 with self._last_close_lock:
                     self._last_close[pid] = (handle.record, time.monotonic())
-            if handle.check is not None and not handle.writer_died and not self._matches(handle.check):
+            if handle.check is not None and not handle.writer_died and not handle.check.matches():
                 handle.check.differs = True
                 with self.engine.lock:
                     raise AccessDenied(self.engine.refuse_change_locked(handle.record))
@@ -718,7 +733,7 @@ class MountModel:
 
     def _release_check(self, handle: FileHandle) -> None:
         """The end of a rewrite of a file the server holds: identical, it takes the new mtime."""
-        if self._matches(handle.check) and not handle.writer_died:
+        if handle.check.rewriting and handle.check.matches() and not handle.writer_died:
             with self.engine.lock:
                 if self._listed_locked(handle.record):
                     self.engine.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
@@ -864,8 +879,8 @@ class MountModel:
     def _replace_held_locked(self, copy: FileRecord, held: FileRecord) -> None:
         """A local scratch file (rsync's `.name.XXXXXX`) renamed onto a name the server holds:
         a re-run of the same copy is accepted (the copy is dropped), anything else refused."""
-        if copy.open_writers or copy.unfinished or copy.size != held.size \
-                or self.engine.content_sha256(copy) != held.sha256:
+        # The copy may still be open: GIO renames its `.goutputstream-*` before closing it.
+        if copy.unfinished or copy.size != held.size or self.engine.content_sha256(copy) != held.sha256:
             raise AccessDenied(self.engine.refuse_change_locked(held))
         session = self.engine.session_of(copy)
         self.engine.keep_identical_locked(held, copy=copy)
