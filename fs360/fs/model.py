@@ -139,6 +139,39 @@ class MarkerHandle:
 
 
 @dataclass(eq=False)
+class ScratchDir:
+    """A dot-directory inside a session (or any directory below one): local only, like dot-files."""
+    id: int
+    mode: int
+    mtime_ns: int
+    ctime_ns: int = 0
+
+
+# What a path names, resolved once per operation (the way ratarmount and mountpoint-s3 do it).
+ROOT, ROOT_STATUS_FILE, SESSION, STATUS, MARKER, FILE, DIR, MISSING = (
+    "root", "root status", "session", "status", "marker", "file", "dir", "missing")
+
+
+@dataclass(eq=False)
+class Node:
+    kind: str
+    session: SessionRecord | None = None
+    # The path inside the session ("a.jpg", ".rsync-partial/a.jpg"), or the name at the root.
+    name: str = ""
+    record: FileRecord | None = None
+    scratch: ScratchDir | None = None
+
+    @property
+    def parent(self) -> str:
+        """The scratch directory holding it ("" when it sits in the session itself)."""
+        return self.name.rpartition("/")[0]
+
+    @property
+    def basename(self) -> str:
+        return self.name.rpartition("/")[2]
+
+
+@dataclass(eq=False)
 class SnapshotHandle:
     """An open `status`: rendered once at open, so one read sees one consistent state."""
     content: bytes
@@ -164,6 +197,19 @@ class MountModel:
         self._status_cache: dict[tuple[str, str], tuple[float, bytes]] = {}
         # Sessions with a .create being written but not yet accepted: it must be listed meanwhile.
         self._markers_open: dict[int, int] = {}
+        # Scratch directories: session id -> path inside the session -> directory.
+        self._scratch: dict[int, dict[str, ScratchDir]] = {}
+        with engine.lock:
+            self._load_scratch_dirs_locked()
+
+    def _load_scratch_dirs_locked(self) -> None:
+        sessions = {s.id for s in self.engine.sessions.values()}
+        for row in self.engine.journal.dirs():
+            if row["session_id"] not in sessions:
+                self.engine.journal.delete_dir(row["id"])  # its session was discarded
+                continue
+            self._scratch.setdefault(row["session_id"], {})[row["path"]] = ScratchDir(
+                row["id"], row["mode"], row["mtime_ns"], row["mtime_ns"])
 
     # --- path resolution --------------------------------------------------------------------
 
@@ -182,6 +228,49 @@ class MountModel:
         if record is None:
             raise NotFound(f"no file {name!r}")
         return record
+
+    def _resolve_locked(self, path: str) -> Node:
+        """The one place a path is parsed. Raises NotFound when a folder on the way is missing,
+        NotADirectory when a file is on the way."""
+        parts = self._split(path)
+        if not parts:
+            return Node(ROOT)
+        if len(parts) == 1:
+            if parts[0] == ROOT_STATUS:
+                return Node(ROOT_STATUS_FILE, name=ROOT_STATUS)
+            session = self.engine.sessions.get(parts[0])
+            return Node(SESSION if session else MISSING, session, parts[0])
+        session = self._session(parts[0])
+        name = "/".join(parts[1:])
+        node = Node(MISSING, session, name)
+        scratch = self._scratch.get(session.id, {})
+        if node.parent and node.parent not in scratch:
+            if node.parent in session.files or node.parent.partition("/")[0] in STATUS_NAMES:
+                raise NotADirectory(path)
+            raise NotFound(path)
+        if not node.parent and name in STATUS_NAMES:
+            node.kind = STATUS
+        elif not node.parent and name == CREATE_MARKER:
+            node.kind = MARKER
+        elif (record := session.files.get(name) or self._hidden.get((session.id, name))) is not None:
+            node.kind, node.record = FILE, record
+        elif name in scratch:
+            node.kind, node.scratch = DIR, scratch[name]
+        return node
+
+    def _children_locked(self, session: SessionRecord, folder: str) -> list[tuple[str, dict]]:
+        """The files and scratch directories directly in `folder` ("" = the session itself)."""
+        prefix = folder + "/" if folder else ""
+        entries = [(name[len(prefix):], self._file_attrs(record)) for name, record in session.files.items()
+                   if name.startswith(prefix) and "/" not in name[len(prefix):]]
+        entries += [(path[len(prefix):], self._scratch_attrs(scratch))
+                    for path, scratch in self._scratch.get(session.id, {}).items()
+                    if path.startswith(prefix) and "/" not in path[len(prefix):]]
+        return entries
+
+    def _local_only(self, name: str) -> bool:
+        """Anything in a scratch directory, and scratch names (dot-files, *.part, ...)."""
+        return "/" in name or is_local_only(name, self.settings.local_only_patterns)
 
     def _listed_locked(self, record: FileRecord) -> bool:
         """Whether the record still has a name in its folder (not unlinked, not discarded)."""
@@ -205,24 +294,21 @@ class MountModel:
                 return self._file_attrs(handle.record)
         if path is None:
             raise NotFound("no path and no open file")
-        parts = self._split(path)
         with self.engine.lock:
-            if not parts:
+            node = self._resolve_locked(path)
+            if node.kind == ROOT:
                 return self._dir_attrs(0o755, self.mounted_at_ns, nlink=2 + len(self.engine.sessions))
-            if len(parts) == 1:
-                if parts[0] == ROOT_STATUS:
-                    return self._virtual_attrs(0o444, size=len(self._status_locked(None, ROOT_STATUS)))
-                session = self._session(parts[0])
-                return self._session_attrs(session)
-            if len(parts) > 2:
-                raise NotFound(path)
-            session = self._session(parts[0])
-            name = parts[1]
-            if name == CREATE_MARKER and not self._marker_listed(session):
-                raise NotFound(path)
-            if name in STATUS_NAMES or name == CREATE_MARKER:
-                return self._virtual_entry_attrs_locked(session, name)
-            return self._file_attrs(self._file(session, name))
+            if node.kind == ROOT_STATUS_FILE:
+                return self._virtual_attrs(0o444, size=len(self._status_locked(None, ROOT_STATUS)))
+            if node.kind == SESSION:
+                return self._session_attrs(node.session)
+            if node.kind == STATUS or (node.kind == MARKER and self._marker_listed(node.session)):
+                return self._virtual_entry_attrs_locked(node.session, node.name)
+            if node.kind == FILE:
+                return self._file_attrs(node.record)
+            if node.kind == DIR:
+                return self._scratch_attrs(node.scratch)
+            raise NotFound(path)
 
     def _virtual_entry_attrs_locked(self, session, name: str) -> dict:
         """Attributes of a session's status file or .create, the same for getattr and
@@ -258,6 +344,11 @@ class MountModel:
         attrs["st_ctime"] = max(session.ctime_ns, session.mtime_ns)
         return attrs
 
+    def _scratch_attrs(self, scratch: ScratchDir) -> dict:
+        attrs = self._dir_attrs(scratch.mode, scratch.mtime_ns)
+        attrs["st_ctime"] = max(scratch.ctime_ns, scratch.mtime_ns)
+        return attrs
+
     def _dir_attrs(self, mode: int, mtime_ns: int, nlink: int = 2) -> dict:
         return {"st_mode": stat.S_IFDIR | (mode & 0o7777), "st_nlink": nlink, "st_uid": self.uid,
                 "st_gid": self.gid, "st_size": 4096, "st_mtime": mtime_ns, "st_ctime": mtime_ns,
@@ -278,21 +369,22 @@ class MountModel:
                 "st_atime": record.mtime_ns}
 
     def readdir(self, path: str) -> list[tuple[str, dict]]:
-        parts = self._split(path)
         with self.engine.lock:
-            if not parts:
+            node = self._resolve_locked(path)
+            if node.kind == ROOT:
                 entries = [(ROOT_STATUS, self._virtual_attrs(0o444, size=len(self._status_locked(None, ROOT_STATUS))))]
                 entries += [(name, self._session_attrs(s)) for name, s in self.engine.sessions.items()]
                 return entries
-            if len(parts) != 1:
-                raise NotADirectory(path)
-            if parts[0] == ROOT_STATUS:
-                raise NotADirectory(path)
-            session = self._session(parts[0])
-            names = list(STATUS_NAMES) + ([CREATE_MARKER] if self._marker_listed(session) else [])
-            entries = [(name, self._virtual_entry_attrs_locked(session, name)) for name in names]
-            entries += [(name, self._file_attrs(record)) for name, record in session.files.items()]
-            return entries
+            if node.kind == SESSION:
+                session = node.session
+                names = list(STATUS_NAMES) + ([CREATE_MARKER] if self._marker_listed(session) else [])
+                entries = [(name, self._virtual_entry_attrs_locked(session, name)) for name in names]
+                return entries + self._children_locked(session, "")
+            if node.kind == DIR:
+                return self._children_locked(node.session, node.name)
+            if node.kind == MISSING:
+                raise NotFound(path)
+            raise NotADirectory(path)
 
     def statfs(self) -> dict:
         st = self.engine.spool.disk_usage()
@@ -303,72 +395,94 @@ class MountModel:
     # --- folders -------------------------------------------------------------------------------
 
     def mkdir(self, path: str, mode: int) -> None:
-        parts = self._split(path)
-        if len(parts) != 1:
-            raise NotPermitted("the server takes flat names only: send an archive for a tree")
-        name = parts[0]
-        check_session_name(name)
         with self.engine.lock:
-            if name == ROOT_STATUS or name in self.engine.sessions:
-                raise AlreadyExists(name)
-            self.engine.create_session_locked(name, mode & 0o7777)
+            node = self._resolve_locked(path)
+            if node.kind != MISSING:
+                raise AlreadyExists(path)
+            if node.session is None:
+                check_session_name(node.name)
+                self.engine.create_session_locked(node.name, mode & 0o7777)
+                return
+            if not node.parent and not node.basename.startswith("."):
+                raise NotPermitted("the server takes flat names only: only dot-folders (local scratch) "
+                                   "live in a session")
+            check_file_name(node.basename)
+            if node.session.sealed:
+                raise AccessDenied("the project is created: the session is sealed")
+            now = time.time_ns()
+            dir_id = self.engine.journal.insert_dir(node.session.id, node.name, mode & 0o7777, now)
+            self._scratch.setdefault(node.session.id, {})[node.name] = ScratchDir(dir_id, mode & 0o7777, now, now)
+            self._touch_parent_locked(node)
 
     def rmdir(self, path: str) -> None:
-        parts = self._split(path)
         with self.engine.lock:
-            if len(parts) != 1:
-                if len(parts) == 2:
-                    self._session(parts[0])
-                    raise NotADirectory(path)
+            node = self._resolve_locked(path)
+            if node.kind == SESSION:
+                self._discard_session_locked(node.session)
+            elif node.kind == DIR:
+                if self._children_locked(node.session, node.name):
+                    raise NotEmpty(f"{node.name} is not empty")
+                self.engine.journal.delete_dir(node.scratch.id)
+                del self._scratch[node.session.id][node.name]
+                self._touch_parent_locked(node)
+            elif node.kind == MISSING:
                 raise NotFound(path)
-            if parts[0] == ROOT_STATUS:
+            elif node.kind == ROOT:
+                raise NotPermitted("the mount itself")
+            else:
                 raise NotADirectory(path)
-            session = self._session(parts[0])
-            if session.files or self._marker_listed(session):
-                raise NotEmpty(f"{parts[0]} still lists files")
-            # Files unlinked while open do not hold the folder (POSIX): their handles keep
-            # working on the spool file they opened, and their last close finds no record.
-            self.engine.discard_session_locked(session)
-            for key in [key for key in self._hidden if key[0] == session.id]:
-                del self._hidden[key]
+
+    def _discard_session_locked(self, session: SessionRecord) -> None:
+        if session.files or self._marker_listed(session) or self._scratch.get(session.id):
+            raise NotEmpty(f"{session.name} still lists files")
+        # Files unlinked while open do not hold the folder (POSIX): their handles keep
+        # working on the spool file they opened, and their last close finds no record.
+        self.engine.discard_session_locked(session)
+        for key in [key for key in self._hidden if key[0] == session.id]:
+            del self._hidden[key]
+        self._scratch.pop(session.id, None)
+        self.engine.journal.delete_dirs_of(session.id)
 
     # --- creating and opening -------------------------------------------------------------------
 
     def create(self, path: str, mode: int, flags: int, uid: int | None = None, gid: int | None = None) -> int:
-        parts = self._split(path)
-        if len(parts) == 1:
-            raise NotPermitted("only folders live at the root")
-        if len(parts) != 2:
-            raise NotFound(path)
-        name = parts[1]
         with self.engine.lock:
-            session = self._session(parts[0])
-            if name in STATUS_NAMES:
+            node = self._resolve_locked(path)
+            if node.kind in (ROOT, ROOT_STATUS_FILE, SESSION) or node.session is None:
+                raise NotPermitted("only folders live at the root")
+            session = node.session
+            if node.kind == STATUS:
                 raise AccessDenied("status files are read-only")
-            if name == CREATE_MARKER:
+            if node.kind == MARKER:
                 return self._open_marker_locked(session, writable=True, truncate=True)
-            check_file_name(name)
+            if node.kind == DIR:
+                raise IsADirectory(path)
+            check_file_name(node.basename)
             if session.sealed:
                 raise AccessDenied("the project is created: the session is sealed")
-            existing = session.files.get(name)
-            if existing is not None:
+            if node.kind == FILE:
                 # A create racing another: behave like open with O_TRUNC.
-                return self._open_file_locked(existing, flags | os.O_TRUNC)
-            local_only = is_local_only(name, self.settings.local_only_patterns)
+                return self._open_file_locked(node.record, flags | os.O_TRUNC)
+            local_only = self._local_only(node.name)
             if not local_only:
-                self._check_uploadable_name_locked(session, name)
-            record = self.engine.create_file_locked(session, name, mode & 0o7777,
+                self._check_uploadable_name_locked(session, node.name)
+            record = self.engine.create_file_locked(session, node.name, mode & 0o7777,
                                                     self.uid if uid is None else uid,
                                                     self.gid if gid is None else gid, local_only)
-            self._entries_changed_locked(session)
+            self._touch_parent_locked(node)
             return self._open_file_locked(record, flags | os.O_RDWR)
 
-    def _entries_changed_locked(self, *sessions: SessionRecord) -> None:
-        """A name came or went: the folder's mtime and ctime change (POSIX)."""
+    def _touch_parent_locked(self, *nodes: Node) -> None:
+        """A name came or went: its folder's mtime and ctime change (POSIX)."""
         now = time.time_ns()
-        for session in sessions:
-            self.engine.set_session_attrs_locked(session, mtime_ns=now)
-            session.ctime_ns = now
+        for node in nodes:
+            if node.parent:
+                scratch = self._scratch[node.session.id][node.parent]
+                scratch.mtime_ns = scratch.ctime_ns = now
+                self.engine.journal.update_dir(scratch.id, mtime_ns=now)
+            else:
+                self.engine.set_session_attrs_locked(node.session, mtime_ns=now)
+                node.session.ctime_ns = now
 
     def _check_uploadable_name_locked(self, session: SessionRecord, name: str) -> None:
         if any(f.name == name for f in session.unlinked):
@@ -379,33 +493,25 @@ class MountModel:
             raise NotPermitted(f"the server refuses the extension {ext!r}")
 
     def open(self, path: str, flags: int) -> int:
-        parts = self._split(path)
         writing = bool(flags & WRITE_FLAGS) or bool(flags & os.O_TRUNC)
         with self.engine.lock:
-            if not parts:
-                raise IsADirectory(path)
-            if parts == [ROOT_STATUS]:
-                if writing:
-                    raise AccessDenied("status is read-only")
-                return self._new_handle(SnapshotHandle(self._status_locked(None, ROOT_STATUS, fresh=True)))
-            if len(parts) == 1:
-                self._session(parts[0])
-                raise IsADirectory(path)
-            if len(parts) != 2:
-                raise NotFound(path)
-            session = self._session(parts[0])
-            name = parts[1]
-            if name in STATUS_NAMES:
+            node = self._resolve_locked(path)
+            if node.kind in (STATUS, ROOT_STATUS_FILE):
                 if writing:
                     raise AccessDenied("status files are read-only")
-                return self._new_handle(SnapshotHandle(self._status_locked(session, name, fresh=True)))
-            if name == CREATE_MARKER:
-                if not self._marker_listed(session) and not writing:
+                return self._new_handle(SnapshotHandle(self._status_locked(node.session, node.name, fresh=True)))
+            if node.kind == MARKER:
+                if not self._marker_listed(node.session) and not writing:
                     raise NotFound(path)
                 # Opening an unlisted .create for writing is creating it: the kernel sends an open,
                 # not a create, when it still caches the entry of a marker refused a moment ago.
-                return self._open_marker_locked(session, writable=writing, truncate=bool(flags & os.O_TRUNC))
-            return self._open_file_locked(self._file(session, name), flags)
+                return self._open_marker_locked(node.session, writable=writing,
+                                                truncate=bool(flags & os.O_TRUNC))
+            if node.kind == FILE:
+                return self._open_file_locked(node.record, flags)
+            if node.kind == MISSING:
+                raise NotFound(path)
+            raise IsADirectory(path)
 
     def _open_file_locked(self, record: FileRecord, flags: int) -> int:
         writing = bool(flags & WRITE_FLAGS) or bool(flags & os.O_TRUNC)
@@ -621,20 +727,19 @@ class MountModel:
 
     def _file_to_truncate_locked(self, path: str) -> FileRecord | None:
         """The record a truncate by path changes (None: nothing to do)."""
-        parts = self._split(path)
-        if len(parts) != 2:
-            if parts == [ROOT_STATUS]:
-                raise AccessDenied("status is read-only")
-            raise IsADirectory(path)
-        session = self._session(parts[0])
-        if parts[1] in STATUS_NAMES:
+        node = self._resolve_locked(path)
+        if node.kind in (STATUS, ROOT_STATUS_FILE):
             raise AccessDenied("status files are read-only")
-        if parts[1] == CREATE_MARKER:
+        if node.kind == MARKER:
             # `> .create` truncates by path before opening: the open handle does the work.
-            if session.sealed:
+            if node.session.sealed:
                 raise AccessDenied(".create is read-only once the project exists")
             return None
-        return self._file(session, parts[1])
+        if node.kind == FILE:
+            return node.record
+        if node.kind == MISSING:
+            raise NotFound(path)
+        raise IsADirectory(path)
 
     def _truncate_spool(self, record: FileRecord, length: int, truncate) -> None:
         if length > record.size:
@@ -824,108 +929,129 @@ class MountModel:
     # --- renaming and removing -----------------------------------------------------------------
 
     def rename(self, old: str, new: str) -> None:
-        src, dst = self._split(old), self._split(new)
         with self.engine.lock:
-            if len(src) == 1:
+            src, dst = self._resolve_locked(old), self._resolve_locked(new)
+            if src.kind == SESSION:
                 self._rename_session_locked(src, dst)
-                return
-            if len(src) != 2:
+            elif src.kind == DIR:
+                self._rename_scratch_dir_locked(src, dst)
+            elif src.kind == FILE:
+                self._rename_file_locked(src, dst)
+            elif src.kind == MISSING:
                 raise NotFound(old)
-            session = self._session(src[0])
-            if src[1] in STATUS_NAMES or src[1] == CREATE_MARKER:
-                raise NotPermitted(f"{src[1]} cannot be renamed")
-            record = self._file(session, src[1])
-            if len(dst) != 2:
-                raise NotPermitted("files live inside session folders only")
-            target = self._session(dst[0])
-            name = dst[1]
-            if name in STATUS_NAMES or name == CREATE_MARKER:
-                raise NotPermitted(f"{name} is reserved")
-            check_file_name(name)
-            if record is target.files.get(name):
-                return
-            if target is session and name.startswith(HIDDEN_PREFIX):
-                self._hide_locked(record, name)
-                return
-            replaced = target.files.get(name)
-            if replaced is not None and record.local_only and self._held_with_known_content(replaced) \
-                    and not replaced.unlinked:
-                self._replace_held_locked(record, replaced)
-                return
-            if not record.local_only or session is not target:
-                self._check_mutable_locked(record)
-            if target.sealed:
-                raise AccessDenied("the project is created: the session is sealed")
-            if replaced is not None:
-                # An open writer of the replaced file keeps its handle, on a record no longer listed.
-                self._check_mutable_locked(replaced)
-            local_only = is_local_only(name, self.settings.local_only_patterns)
-            if not local_only:
-                self._check_uploadable_name_locked(target, name)
-            self.engine.rename_file_locked(record, target, name, local_only)
-            record.ctime_ns = time.time_ns()
-            self._entries_changed_locked(*{session, target})
+            else:
+                raise NotPermitted(f"{src.name or 'the mount'} cannot be renamed")
 
-    def _hide_locked(self, record: FileRecord, hidden_name: str) -> None:
+    def _rename_file_locked(self, src: Node, dst: Node) -> None:
+        record, session = src.record, src.session
+        if dst.session is None or dst.kind in (ROOT, ROOT_STATUS_FILE, SESSION):
+            raise NotPermitted("files live inside session folders only")
+        if dst.kind in (STATUS, MARKER):
+            raise NotPermitted(f"{dst.name} is reserved")
+        if dst.kind == DIR:
+            raise IsADirectory(dst.name)
+        target, name = dst.session, dst.name
+        check_file_name(dst.basename)
+        if record is target.files.get(name):
+            return
+        if target is session and dst.basename.startswith(HIDDEN_PREFIX):
+            self._hide_locked(src, dst)
+            return
+        replaced = target.files.get(name)
+        if replaced is not None and record.local_only and self._held_with_known_content(replaced):
+            self._replace_held_locked(src, dst)
+            return
+        if not record.local_only or session is not target:
+            self._check_mutable_locked(record)
+        if target.sealed:
+            raise AccessDenied("the project is created: the session is sealed")
+        if replaced is not None:
+            # An open writer of the replaced file keeps its handle, on a record no longer listed.
+            self._check_mutable_locked(replaced)
+        local_only = self._local_only(name)
+        if not local_only:
+            self._check_uploadable_name_locked(target, name)
+        self.engine.rename_file_locked(record, target, name, local_only)
+        record.ctime_ns = time.time_ns()
+        self._touch_parent_locked(src, dst)
+
+    def _rename_scratch_dir_locked(self, src: Node, dst: Node) -> None:
+        """A scratch directory moves, with everything in it, within its session."""
+        session = src.session
+        if dst.session is not session:
+            raise NotPermitted("scratch folders stay in their session")
+        if dst.kind == DIR and dst.name != src.name:
+            if self._children_locked(session, dst.name):
+                raise NotEmpty(dst.name)
+            self.engine.journal.delete_dir(dst.scratch.id)
+            del self._scratch[session.id][dst.name]
+        elif dst.kind != MISSING:
+            raise NotADirectory(dst.name) if dst.kind == FILE else NotPermitted(f"{dst.name} is reserved")
+        if (dst.name + "/").startswith(src.name + "/"):
+            raise InvalidArgument("a folder cannot move into itself")
+        if not dst.parent and not dst.basename.startswith("."):
+            raise NotPermitted("only dot-folders (local scratch) live in a session")
+        check_file_name(dst.basename)
+        prefix = src.name + "/"
+        scratch = self._scratch[session.id]
+        for path in [p for p in scratch if p == src.name or p.startswith(prefix)]:
+            moved = dst.name + path[len(src.name):]
+            scratch[moved] = scratch.pop(path)
+            self.engine.journal.update_dir(scratch[moved].id, path=moved)
+        for name, record in [(n, r) for n, r in session.files.items() if n.startswith(prefix)]:
+            self.engine.rename_file_locked(record, session, dst.name + name[len(src.name):], local_only=True)
+        self._touch_parent_locked(src, dst)
+
+    def _hide_locked(self, src: Node, dst: Node) -> None:
         """libfuse renames a file unlinked while open to `.fuse_hidden…` and unlinks that name at
         the last release: for fs360 the unlink happens now (the server-held or not rules of
         `unlink`), and the open handles keep working on their spool file, reachable by that name."""
-        session = self.engine.session_of(record)
-        self.engine.remove_file_locked(record)
-        record.ctime_ns = time.time_ns()
-        self._hidden[(session.id, hidden_name)] = record
-        self._entries_changed_locked(session)
+        self.engine.remove_file_locked(src.record)
+        src.record.ctime_ns = time.time_ns()
+        self._hidden[(src.session.id, dst.name)] = src.record
+        self._touch_parent_locked(src)
 
-    def _replace_held_locked(self, copy: FileRecord, held: FileRecord) -> None:
+    def _replace_held_locked(self, src: Node, dst: Node) -> None:
         """A local scratch file (rsync's `.name.XXXXXX`) renamed onto a name the server holds:
         a re-run of the same copy is accepted (the copy is dropped), anything else refused."""
+        copy, held = src.record, dst.record
         # The copy may still be open: GIO renames its `.goutputstream-*` before closing it.
         if copy.unfinished or copy.size != held.size or self.engine.content_sha256(copy) != held.sha256:
             raise AccessDenied(self.engine.refuse_change_locked(held))
-        session = self.engine.session_of(copy)
         self.engine.keep_identical_locked(held, copy=copy)
-        self._entries_changed_locked(*{session, self.engine.session_of(held)})
+        self._touch_parent_locked(src, dst)
 
-    def _rename_session_locked(self, src: list[str], dst: list[str]) -> None:
-        if src[0] == ROOT_STATUS:
-            raise NotPermitted("status cannot be renamed")
-        session = self._session(src[0])
-        if len(dst) != 1:
+    def _rename_session_locked(self, src: Node, dst: Node) -> None:
+        session = src.session
+        if dst.session is not None or dst.kind == ROOT:
             raise NotPermitted("sessions live at the root only")
-        name = dst[0]
+        name = dst.name
         check_session_name(name)
         if name == session.name:
             return
-        if name == ROOT_STATUS:
+        if dst.kind == ROOT_STATUS_FILE:
             raise NotPermitted("status is reserved")
         other = self.engine.sessions.get(name)
         if other is not None:
-            if other.files or self._marker_listed(other):
-                raise NotEmpty(f"{name} is not empty")
-            self.engine.discard_session_locked(other)
+            self._discard_session_locked(other)  # NotEmpty unless it is empty (POSIX)
         self.engine.rename_session_locked(session, name)
 
     def unlink(self, path: str) -> None:
-        parts = self._split(path)
         with self.engine.lock:
-            if len(parts) == 1:
-                if parts[0] == ROOT_STATUS:
-                    return  # a no-op that succeeds, so rm -r of the mount works
-                self._session(parts[0])
-                raise IsADirectory(path)
-            if len(parts) != 2:
+            node = self._resolve_locked(path)
+            if node.kind in (ROOT_STATUS_FILE, STATUS):
+                return  # a no-op that succeeds, so rm -r of a session or of the mount works
+            if node.kind == MARKER:
+                self._unlink_marker_locked(node.session)
+            elif node.kind == FILE:
+                if self._hidden.pop((node.session.id, node.name), None) is not None:
+                    return  # libfuse's last release of a file unlinked while open: gone already
+                self.engine.remove_file_locked(node.record)
+                self._touch_parent_locked(node)
+            elif node.kind == MISSING:
                 raise NotFound(path)
-            session = self._session(parts[0])
-            name = parts[1]
-            if name in STATUS_NAMES:
-                return
-            if name == CREATE_MARKER:
-                self._unlink_marker_locked(session)
-                return
-            if self._hidden.pop((session.id, name), None) is not None:
-                return  # libfuse's last release of a file unlinked while open: gone already
-            self.engine.remove_file_locked(self._file(session, name))
-            self._entries_changed_locked(session)
+            else:
+                raise IsADirectory(path)
 
     def _unlink_marker_locked(self, session: SessionRecord) -> None:
         if not self._marker_listed(session):
@@ -959,36 +1085,38 @@ class MountModel:
     def _set_attrs(self, path: str, **attrs) -> None:
         if not attrs:
             return
-        parts = self._split(path)
         with self.engine.lock:
-            if not parts or parts == [ROOT_STATUS]:
-                return
-            session = self._session(parts[0])
-            if len(parts) == 1:
-                self.engine.set_session_attrs_locked(session, mode=attrs.get("mode"), mtime_ns=attrs.get("mtime_ns"))
-                session.ctime_ns = time.time_ns()
-                return
-            if len(parts) != 2:
+            node = self._resolve_locked(path)
+            now = time.time_ns()
+            if node.kind == SESSION:
+                self.engine.set_session_attrs_locked(node.session, mode=attrs.get("mode"),
+                                                     mtime_ns=attrs.get("mtime_ns"))
+                node.session.ctime_ns = now
+            elif node.kind == DIR:
+                scratch = node.scratch
+                scratch.mode = attrs.get("mode", scratch.mode)
+                scratch.mtime_ns = attrs.get("mtime_ns", scratch.mtime_ns)
+                scratch.ctime_ns = now
+                self.engine.journal.update_dir(scratch.id, mode=scratch.mode, mtime_ns=scratch.mtime_ns)
+            elif node.kind == FILE:
+                self.engine.set_file_attrs_locked(node.record, **attrs)
+                node.record.ctime_ns = now
+            elif node.kind == MISSING:
                 raise NotFound(path)
-            if parts[1] in STATUS_NAMES or parts[1] == CREATE_MARKER:
-                return  # accepted; these have no metadata of their own
-            record = self._file(session, parts[1])
-            self.engine.set_file_attrs_locked(record, **attrs)
-            record.ctime_ns = time.time_ns()
+            # The mount, status files and .create have no metadata of their own: accepted.
 
     # --- extended attributes -----------------------------------------------------------------------
 
     def getxattr(self, path: str, name: str) -> bytes:
         if name not in XATTRS:
             raise NoAttribute(name)
-        parts = self._split(path)
         with self.engine.lock:
-            if len(parts) != 2:
+            node = self._resolve_locked(path)
+            if node.kind != FILE:
+                if node.kind == MISSING:
+                    raise NotFound(path)
                 raise NoAttribute(name)
-            session = self._session(parts[0])
-            record = session.files.get(parts[1])
-            if record is None:
-                raise NoAttribute(name)
+            record = node.record
             if name == "user.fs360.state":
                 return record.state.encode()
             if name == "user.fs360.received":
@@ -996,12 +1124,8 @@ class MountModel:
             return record.last_error.encode("utf-8", "surrogateescape")
 
     def listxattr(self, path: str) -> list[str]:
-        parts = self._split(path)
         with self.engine.lock:
-            if len(parts) == 2 and parts[0] in self.engine.sessions and \
-                    parts[1] in self.engine.sessions[parts[0]].files:
-                return list(XATTRS)
-        return []
+            return list(XATTRS) if self._resolve_locked(path).kind == FILE else []
 
     def setxattr(self, path: str, name: str, value: bytes, options: int) -> None:
         raise NotSupported("fs360's attributes are read-only")

@@ -59,6 +59,8 @@ Issue 11: never upload what the writer did not finish
   invalid .create stays visible in status ..................... test_invalid_create_stays_visible_in_status
   status files report their size ............................. test_status_files_report_their_size
   ctime; folder mtime/ctime follow its entries ............... test_ctime_and_folder_times_follow_changes
+  scratch dot-directories: local, journaled, rename in/out ... test_scratch_directories_are_local_and_survive_a_restart,
+                                                                fuse:test_unfinished.py::test_rsync_partial_dir_resumes
 """
 
 from __future__ import annotations
@@ -779,3 +781,41 @@ def test_ctime_and_folder_times_follow_changes(idle):
     assert renamed["st_mtime"] >= after["st_mtime"]
     idle.unlink("/s/b.jpg")
     assert idle.getattr("/s")["st_mtime"] >= renamed["st_mtime"]
+
+
+def test_scratch_directories_are_local_and_survive_a_restart(emulator, make_model, settings_for):
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    assert errno_of(model.mkdir, "/s/sub", 0o755) == errno.EPERM      # trees are a later issue
+    model.mkdir("/s/.rsync-partial", 0o700)
+    model.mkdir("/s/.rsync-partial/deeper", 0o755)                   # any depth below a scratch dir
+    assert errno_of(model.create, "/s/.nowhere/a.jpg", 0o644, os.O_WRONLY) == errno.ENOENT
+    write_file(model, "/s/.rsync-partial/video.mp4", b"partial")
+    write_file(model, "/s/.rsync-partial/deeper/x.las", b"x")
+    write_file(model, "/s/other.jpg", b"o")
+    assert names(model, "/s") == {".rsync-partial", "other.jpg", "status", "status.json"}
+    assert names(model, "/s/.rsync-partial") == {"video.mp4", "deeper"}
+    assert model.getattr("/s/.rsync-partial")["st_mode"] & 0o7777 == 0o700
+    assert model.file_state("s", ".rsync-partial/video.mp4") == "local"
+    assert errno_of(model.rmdir, "/s/.rsync-partial") == errno.ENOTEMPTY
+    assert errno_of(model.rmdir, "/s") == errno.ENOTEMPTY
+    # Out of the scratch dir to a visible name: uploaded; into it: local.
+    model.rename("/s/.rsync-partial/video.mp4", "/s/video.mp4")
+    wait_state(model, "s", "video.mp4", "complete")
+    wait_state(model, "s", "other.jpg", "complete")
+    write_file(model, "/s/late.jpg", b"l")
+    model.rename("/s/late.jpg", "/s/.rsync-partial/late.jpg")
+    assert model.file_state("s", ".rsync-partial/late.jpg") == "local"
+    model.rename("/s/.rsync-partial", "/s/.kept")
+    assert names(model, "/s/.kept/deeper") == {"x.las"}
+    model.engine.stop(5)
+
+    again = make_model(emulator)  # the same cache dir: a remount
+    assert names(again, "/s") == {".kept", "video.mp4", "other.jpg", "status", "status.json"}
+    assert read_all(again, "/s/.kept/deeper/x.las") == b"x"
+    for path in ("/s/.kept/deeper/x.las", "/s/.kept/late.jpg"):
+        again.unlink(path)
+    again.rmdir("/s/.kept/deeper")
+    again.rmdir("/s/.kept")
+    assert again.engine.journal.dirs() == []
+    assert {f["name"] for f in emulator.files()} == {"video.mp4", "other.jpg"}
