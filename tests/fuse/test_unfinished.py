@@ -168,3 +168,26 @@ def test_pjdfstest_unlink_14(tmp_path, emulator, mount_factory):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "not ok" not in result.stdout, result.stdout + result.stderr
     assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") == 7, result.stdout
+
+
+def test_rsync_partial_dir_resumes_and_completes(tmp_path, mount, emulator):
+    sources = make_sources(tmp_path / "src", {"video.mp4": 12 * MiB + 3})
+    (mount.mountpoint / "s").mkdir()
+    dest = f"{mount.mountpoint}/s/"
+    rsync = ["rsync", "-r", "--partial-dir=.rsync-partial", str(tmp_path / "src" / "video.mp4"), dest]
+    # Slowed down so that it is interrupted mid-file, as by Ctrl-C (SIGINT to its process group).
+    slow = subprocess.Popen(rsync[:1] + ["--bwlimit=2m"] + rsync[1:], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def partly_written():
+        return [f for f in mount.status_json("s")["files"] if f["local_only"] and f["size"] >= 2 * MiB]
+    wait_until(partly_written, 60, what="rsync to be half-way")
+    os.killpg(slow.pid, signal.SIGINT)
+    assert slow.wait(30) != 0
+    assert (mount.mountpoint / "s" / ".rsync-partial" / "video.mp4").exists()
+    assert emulator.files() == []
+    resumed = subprocess.run(rsync, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert mount.wait_settled("s") == {"video.mp4": "complete"}
+    assert_uploaded(emulator, mount.status_json("s")["upload_id"], sources)
+    assert sorted(os.listdir(mount.mountpoint / "s")) == ["status", "status.json", "video.mp4"]
