@@ -6,6 +6,7 @@ program still writes, a file unlinked while open (pjdfstest unlink/14).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import assert_uploaded, is_mounted, make_sources, pid_alive, wait_until, write_random
+from tests.harness import (assert_uploaded, is_mounted, make_sources, pid_alive, wait_until, write_marker,
+                           write_random)
 
 MiB = 1024 * 1024
 PJDFSTEST_MIRROR = Path("/work/.mirror/pjd+pjdfstest/repo")
@@ -112,7 +114,6 @@ def test_lazy_unmount_while_writing_completes_after_the_next_mount(tmp_path, emu
     wait_until(lambda: not pid_alive(daemon), 60, what="the daemon to end after the last close")
     again = mount_factory(emulator, cache_dir=cache)
     assert again.wait_settled("s") == {"scan.e57": "complete"}
-    import hashlib
     assert_uploaded(emulator, again.status_json("s")["upload_id"], {"scan.e57": hashlib.sha256(block * 2).hexdigest()})
 
 
@@ -191,3 +192,18 @@ def test_rsync_partial_dir_resumes_and_completes(tmp_path, mount, emulator):
     assert mount.wait_settled("s") == {"video.mp4": "complete"}
     assert_uploaded(emulator, mount.status_json("s")["upload_id"], sources)
     assert sorted(os.listdir(mount.mountpoint / "s")) == ["status", "status.json", "video.mp4"]
+
+
+def test_file_deleted_while_its_session_opens_does_not_block_the_project(tmp_path, mount, emulator):
+    # Nothing of a.jpg was sent while POST /uploads is slow: deleting it leaves nothing behind.
+    emulator.set_faults([{"endpoint": "open_session", "kind": "latency", "seconds": 2.0}])
+    (mount.mountpoint / "s").mkdir()
+    expected = make_sources(mount.mountpoint / "s", {"a.jpg": 1000, "b.jpg": 2000})
+    wait_until(lambda: file_info(mount, "s", "a.jpg").get("state") == "uploading", 30,
+               what="a worker to pick a.jpg up")
+    os.unlink(mount.mountpoint / "s" / "a.jpg")
+    write_marker(mount.mountpoint / "s" / ".create", b"")
+    project = mount.wait_project("s")
+    assert project["state"] == "ready", project
+    assert mount.status_json("s")["deleted_but_held_by_server"] == []
+    assert_uploaded(emulator, mount.status_json("s")["upload_id"], {"b.jpg": expected["b.jpg"]})
