@@ -13,6 +13,7 @@ import errno
 import functools
 import itertools
 import logging
+import os
 import threading
 
 import mfusepy
@@ -228,14 +229,17 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def create(self, path, mode, fi):
-        uid, gid, _ = mfusepy.fuse_get_context()
+        uid, gid, pid = mfusepy.fuse_get_context()
         fi.fh = self.model.create(path, mode, fi.flags, uid, gid)
+        self.model.opened_for_writing(pid)
         self._set_io_mode(fi)
         return 0
 
     @translated
     def open(self, path, fi):
         fi.fh = self.model.open(path, fi.flags)
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            self.model.opened_for_writing(mfusepy.fuse_get_context()[2])
         self._set_io_mode(fi)
         return 0
 

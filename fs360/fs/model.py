@@ -786,8 +786,9 @@ class MountModel:
             self._flush_marker(handle)
         elif isinstance(handle, FileHandle) and handle.writable:
             reason = exit_reason(pid) if pid else ""
-            if reason and not handle.writer_died:
-                handle.writer_died = reason
+            if reason:
+                handle.writer_died = handle.writer_died or reason
+                self.opened_for_writing(pid)  # its death is explained by this file
             elif pid and handle.check is None and self._exit_watcher is not None:
                 with self._last_close_lock:
                     self._last_close[pid] = (handle.record, time.monotonic())
@@ -854,6 +855,12 @@ class MountModel:
         if self._exit_watcher is not None:
             self._exit_watcher.stop()
             self._exit_watcher = None
+
+    def opened_for_writing(self, pid: int) -> None:
+        """Process `pid` went on to write another file (or died holding one): the file it
+        closed before was finished, whatever becomes of the process."""
+        with self._last_close_lock:
+            self._last_close.pop(pid, None)
 
     def _process_exited(self, pid: int, tgid: int, exit_code: int) -> None:
         with self._last_close_lock:
