@@ -8,8 +8,8 @@ file through renames.
 
 from __future__ import annotations
 
-import errno
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..engine.engine import Engine
-from ..engine.records import P_CREATED, P_READY, P_WAITING, FileRecord, SessionRecord
+from ..engine.records import INTERRUPTED, P_CREATED, P_READY, P_WAITING, FileRecord, SessionRecord
 from ..engine.spool import RunningDigest
 from ..errors import (AccessDenied, AlreadyExists, FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
                       NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, QuotaWouldPass)
@@ -651,7 +651,6 @@ class MountModel:
                 raise AccessDenied(self.engine.refuse_change_locked(handle.record))
         return len(data)
 
-
     def _check_growth(self, record: FileRecord, new_size: int) -> None:
         if record.local_only:
             return
@@ -717,9 +716,13 @@ class MountModel:
                 # Rewritten from 0: whatever was unfinished before is gone with its bytes.
                 record.unfinished = ""
                 record.digest = RunningDigest()
-            elif record.digest is not None:
-                record.digest.valid = record.digest.valid and record.digest.length == length
-            if not record.open_writers and not record.local_only and self._listed_locked(record):
+            else:
+                if record.digest is not None:
+                    record.digest.valid = record.digest.valid and record.digest.length == length
+                if record.state == INTERRUPTED:
+                    record.unfinished = record.unfinished or record.last_error  # still partial
+            if not record.open_writers and not record.local_only and not record.unfinished \
+                    and self._listed_locked(record):
                 # Changed with no writer open (truncate -s): queue it again.
                 self.engine.queue_upload_locked(record)
             else:

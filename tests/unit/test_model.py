@@ -845,3 +845,16 @@ def test_death_by_signal_right_after_a_close_interrupts_that_file(idle):
     idle.release(fh)
     idle._process_exited(dead + 5, dead + 5, 0)
     assert idle.file_state("s", "ok.las") == "pending"
+
+
+def test_an_interrupted_file_is_not_made_whole_by_truncating_it(idle):
+    idle.engine.caps.file_cap = 10
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/a.jpg", 0o644, os.O_WRONLY)
+    idle.write(fh, b"abcdef", 0)
+    assert errno_of(idle.write, fh, b"x" * 10, 6) == errno.EFBIG
+    idle.release(fh)
+    idle.truncate("/s/a.jpg", 3)                 # truncate -s 3: still a part of what was meant
+    assert idle.file_state("s", "a.jpg") == "interrupted"
+    idle.truncate("/s/a.jpg", 0)                 # emptied: a new, whole (empty) content
+    assert idle.file_state("s", "a.jpg") == "pending"
