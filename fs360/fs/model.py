@@ -12,6 +12,7 @@ import contextlib
 import errno
 import itertools
 import json
+import logging
 import os
 import signal
 import stat
@@ -29,6 +30,8 @@ from . import status as status_files
 from .exits import ExitWatcher
 from .names import (CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, check_file_name, check_session_name, extension_of,
                     is_local_only)
+
+log = logging.getLogger(__name__)
 
 # .create holds a JSON object of project fields: anything bigger is not one.
 MAX_CREATE_BYTES = 64 * 1024
@@ -882,6 +885,8 @@ class MountModel:
         the last close). Settles each as closed, so a finished copy is uploaded."""
         with self._handles_lock:
             handles = list(self._handles)
+        if handles:
+            log.info("unmounted with %d file(s) whose last release never came: settled as closed", len(handles))
         for fh in handles:
             self.release(fh)
 
