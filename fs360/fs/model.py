@@ -946,6 +946,12 @@ class MountModel:
     def rename(self, old: str, new: str) -> None:
         with self.engine.lock:
             src, dst = self._resolve_locked(old), self._resolve_locked(new)
+            if src.kind in (ROOT_STATUS_FILE, STATUS, MARKER) and dst.basename.startswith(HIDDEN_PREFIX) \
+                    and dst.session is src.session:
+                # libfuse hides an open file it is asked to unlink: for these, the unlink is now.
+                if src.kind == MARKER:
+                    self._unlink_marker_locked(src.session)
+                return
             if src.kind == SESSION:
                 self._rename_session_locked(src, dst)
             elif src.kind == DIR:

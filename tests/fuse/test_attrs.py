@@ -85,3 +85,21 @@ def test_status_files_copy_whole_and_ctime_follows_changes(tmp_path, mount):
     assert os.stat(session / ".draft2").st_ctime_ns > file_before.st_ctime_ns
     assert folder_after.st_mtime_ns > folder_before.st_mtime_ns
     assert folder_after.st_ctime_ns > folder_before.st_ctime_ns
+
+
+def test_unlink_of_open_status_files_and_marker(tmp_path, mount):
+    """libfuse renames an open file it is asked to unlink (no hard_remove): status files and
+    .create follow their unlink rules all the same."""
+    session = mount.mountpoint / "open"
+    session.mkdir()
+    with open(session / "status", "rb") as status, open(mount.mountpoint / "status", "rb"):
+        os.unlink(session / "status")            # a no-op that succeeds
+        os.unlink(mount.mountpoint / "status")
+        assert status.read().startswith(b"session   open")
+    write_random(session / "a.jpg", 100)
+    with open(session / ".create", "wb"):
+        pass
+    with open(session / ".create", "rb"):
+        os.unlink(session / ".create")           # cancels the request
+    assert mount.status_json("open")["project"] is None
+    assert sorted(os.listdir(session)) == ["a.jpg", "status", "status.json"]
