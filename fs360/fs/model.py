@@ -86,6 +86,19 @@ def describe_exit(exit_code: int, signals_only: bool = False) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def spool_limits():
+    """The spool's own limits reach the writer as what they are, not as an internal error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpace("the spool disk is full") from None
+        if exc.errno == errno.EFBIG:
+            raise FileTooBig("larger than the spool's disk takes") from None
+        raise
+
+
 @dataclass(eq=False)
 class ContentCheck:
     """A file the server holds, opened for writing: what is written is compared, never stored.
@@ -669,18 +682,14 @@ class MountModel:
 
     def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
         try:
-            return os.pwrite(fd, data, offset)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-        # The disk is full: drop uploaded data we still keep, then try once more.
-        if self.engine.evict_if_needed() > 0:
-            try:
+            with spool_limits():
                 return os.pwrite(fd, data, offset)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-        raise NoSpace("the spool disk is full")
+        except NoSpace:
+            # The disk is full: drop uploaded data we still keep, then try once more.
+            if self.engine.evict_if_needed() <= 0:
+                raise
+        with spool_limits():
+            return os.pwrite(fd, data, offset)
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
         handle = self._handles.get(fh) if fh is not None else None
@@ -750,12 +759,8 @@ class MountModel:
     def _truncate_spool(self, record: FileRecord, length: int, truncate) -> None:
         if length > record.size:
             self._check_growth(record, length)
-        try:
+        with spool_limits():
             truncate()
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise NoSpace("the spool disk is full") from None
-            raise
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         handle = self._handle(fh)
@@ -767,12 +772,8 @@ class MountModel:
         with self._failures_marked(handle):
             if end > handle.record.size:
                 self._check_growth(handle.record, end)
-            try:
+            with spool_limits():
                 os.posix_fallocate(handle.fd, offset, length)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise NoSpace("the spool disk is full") from None
-                raise
         with self.engine.lock:
             if end > handle.record.size:
                 handle.record.size = end

@@ -858,3 +858,13 @@ def test_an_interrupted_file_is_not_made_whole_by_truncating_it(idle):
     assert idle.file_state("s", "a.jpg") == "interrupted"
     idle.truncate("/s/a.jpg", 0)                 # emptied: a new, whole (empty) content
     assert idle.file_state("s", "a.jpg") == "pending"
+
+
+def test_a_size_past_the_spool_disk_limit_is_efbig(idle):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.las", b"x")
+    assert errno_of(idle.truncate, "/s/a.las", 999_999_999_999_999_999) == errno.EFBIG
+    fh = idle.open("/s/a.las", os.O_WRONLY)
+    assert errno_of(idle.write, fh, b"y", 999_999_999_999_999_999) == errno.EFBIG
+    idle.release(fh)
+    assert idle.file_state("s", "a.las") == "interrupted"
