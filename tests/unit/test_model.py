@@ -48,7 +48,10 @@ Issue 11: never upload what the writer did not finish
   failed write/truncate -> interrupted until rewritten ....... test_failed_write_interrupts_until_rewritten_whole,
                                                                 test_failed_truncate_through_the_handle_interrupts,
                                                                 fuse:test_unfinished.py::test_enospc_copy_is_interrupted
+  a truncate keeps an interrupted file interrupted ........... test_an_interrupted_file_is_not_made_whole_by_truncating_it
+  past the spool disk's size limit: EFBIG ..................... test_a_size_past_the_spool_disk_limit_is_efbig
   dying writer (signal / non-zero exit) -> interrupted ........ test_exit_reason_of_a_live_process_is_empty,
+                                                                test_death_by_signal_right_after_a_close_interrupts_that_file,
                                                                 fuse:test_unfinished.py::test_killed_writer_*
   identical re-copy of a held file: no PUT; different EACCES .. test_identical_rewrite_of_a_held_file_is_accepted_different_refused,
                                                                 test_rename_of_a_scratch_copy_onto_a_held_file,
@@ -57,8 +60,10 @@ Issue 11: never upload what the writer did not finish
   open-but-unlinked file through its handle .................. test_open_unlinked_file_works_through_its_handle,
                                                                 fuse:test_unfinished.py::test_pjdfstest_unlink_14
   invalid .create stays visible in status ..................... test_invalid_create_stays_visible_in_status
-  status files report their size ............................. test_status_files_report_their_size
+  status files report their size ............................. test_status_files_report_their_size,
+                                                                fuse:test_attrs.py::test_status_files_copy_whole_and_ctime_follows_changes
   ctime; folder mtime/ctime follow its entries ............... test_ctime_and_folder_times_follow_changes
+  unlink of an open status file / .create (no hard_remove) ... fuse:test_attrs.py::test_unlink_of_open_status_files_and_marker
   scratch dot-directories: local, journaled, rename in/out ... test_scratch_directories_are_local_and_survive_a_restart,
                                                                 fuse:test_unfinished.py::test_rsync_partial_dir_resumes
 """
