@@ -240,10 +240,14 @@ class MountModel:
         return session
 
     def _file(self, session: SessionRecord, name: str) -> FileRecord:
-        record = session.files.get(name) or self._hidden.get((session.id, name))
+        record = self._lookup_file(session, name)
         if record is None:
             raise NotFound(f"no file {name!r}")
         return record
+
+    def _lookup_file(self, session: SessionRecord, name: str) -> FileRecord | None:
+        """A listed file, or one unlinked while open under the name libfuse hid it by."""
+        return session.files.get(name) or self._hidden.get((session.id, name))
 
     def _resolve_locked(self, path: str) -> Node:
         """The one place a path is parsed. Raises NotFound when a folder on the way is missing,
@@ -268,7 +272,7 @@ class MountModel:
             node.kind = STATUS
         elif not node.parent and name == CREATE_MARKER:
             node.kind = MARKER
-        elif (record := session.files.get(name) or self._hidden.get((session.id, name))) is not None:
+        elif (record := self._lookup_file(session, name)) is not None:
             node.kind, node.record = FILE, record
         elif name in scratch:
             node.kind, node.scratch = DIR, scratch[name]
