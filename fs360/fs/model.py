@@ -667,9 +667,14 @@ class MountModel:
             # Without the spool copy only a front-to-back rewrite can be compared (by sha256).
             check.differs = not same or (handle.fd < 0 and not (check.rewriting and check.digest.valid))
         if check.differs:
-            with self.engine.lock:
-                raise AccessDenied(self.engine.refuse_change_locked(handle.record))
+            self._refuse_change(handle)
         return len(data)
+
+    def _refuse_change(self, handle: FileHandle) -> None:
+        """The rewrite of a file the server holds differs: refused, with the reason kept."""
+        handle.check.differs = True
+        with self.engine.lock:
+            raise AccessDenied(self.engine.refuse_change_locked(handle.record))
 
     def _check_growth(self, record: FileRecord, new_size: int) -> None:
         if record.local_only:
@@ -705,9 +710,7 @@ class MountModel:
             if length == 0:
                 handle.check.restart()
             elif length != handle.check.size:
-                handle.check.differs = True
-                with self.engine.lock:
-                    raise AccessDenied(self.engine.refuse_change_locked(handle.record))
+                self._refuse_change(handle)
             return
         with self.engine.lock:
             if isinstance(handle, FileHandle):
@@ -804,9 +807,7 @@ class MountModel:
                 with self._last_close_lock:
                     self._last_close[pid] = (handle.record, time.monotonic())
             if handle.check is not None and not handle.writer_died and not handle.check.matches():
-                handle.check.differs = True
-                with self.engine.lock:
-                    raise AccessDenied(self.engine.refuse_change_locked(handle.record))
+                self._refuse_change(handle)
 
     def _flush_marker(self, handle: MarkerHandle) -> None:
         try:
