@@ -30,7 +30,7 @@ from .projects import ProjectKeeper
 from .records import (COMPLETE, FAILED, INTERRUPTED, LOCAL, LOST, P_CREATED, P_READY, PENDING, QUEUED_STATES,
                       REJECTED, UPLOADING, WRITING, FileRecord, ProjectRequest, SessionRecord, duration_text)
 from .server_names import deduplicated, server_name_for
-from .spool import Spool
+from .spool import RunningDigest, Spool
 from .transfer_pool import TransferJob, TransferProcesses
 from .uploader import send_file
 
@@ -329,20 +329,35 @@ class Engine:
             self._choose_server_name_locked(record, session)
         return record
 
-    def open_for_write_locked(self, record: FileRecord) -> None:
-        """A writer opened it: any pending upload is cancelled until the last close."""
+    def open_for_write_locked(self, record: FileRecord, rewrite: bool = False) -> None:
+        """A writer opened it: any pending upload is cancelled until the last close.
+
+        `rewrite`: the content starts again from byte 0 (O_TRUNC, or an empty file), so an
+        earlier failure no longer matters. Otherwise an `interrupted` file stays unfinished:
+        appending to a partial file does not make it whole."""
         record.open_writers += 1
+        if rewrite:
+            record.unfinished = ""
+            record.digest = RunningDigest()
+        elif record.state == INTERRUPTED and not record.unfinished:
+            record.unfinished = record.last_error or "an earlier write of this file did not finish"
         if record.local_only:
             return
         record.generation += 1
         if record.state != WRITING:
             self._set_state_locked(record, WRITING, last_error="", attempts=0)
 
-    def close_writer_locked(self, record: FileRecord, size: int) -> None:
+    def close_writer_locked(self, record: FileRecord, size: int, unfinished: str = "") -> None:
+        """A writer closed it. `unfinished`: why that writer did not finish (a failed write,
+        a dying process): the file is then never uploaded as it is."""
         record.open_writers = max(0, record.open_writers - 1)
         record.size = size
+        if unfinished and not record.unfinished:
+            record.unfinished = unfinished
         if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
             self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns)
+        elif record.unfinished:
+            self._interrupt_locked(record)
         else:
             self.queue_upload_locked(record)
 
@@ -350,7 +365,7 @@ class Engine:
         """The file is closed and its name final: upload it after the write-back delay."""
         record.generation += 1
         self._set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                               attempts=0)
+                               attempts=0, sha256=self.content_sha256(record))
         self._enqueue_locked(record, self.settings.writeback_delay)
         self.listeners.emit("file_pending", file=record)
 
@@ -369,6 +384,8 @@ class Engine:
         if was_local and not local_only:
             if record.open_writers:
                 self._set_state_locked(record, WRITING)
+            elif record.unfinished:
+                self._interrupt_locked(record)
             else:
                 self.queue_upload_locked(record)
         elif not was_local and local_only:
@@ -444,6 +461,60 @@ class Engine:
         self.journal.set_meta("caps", dict(file_cap=self.caps.file_cap, session_cap=self.caps.session_cap,
                                            allowed_extensions=list(self.caps.allowed_extensions),
                                            refused_extensions=list(self.caps.refused_extensions)))
+
+    def _interrupt_locked(self, record: FileRecord) -> None:
+        record.generation += 1
+        self._set_state_locked(record, INTERRUPTED, size=record.size, mtime_ns=record.mtime_ns,
+                               last_error=record.unfinished)
+        log.warning("%s: not uploaded: %s", record.name, record.unfinished)
+
+    def mark_unfinished_locked(self, record: FileRecord, reason: str) -> None:
+        """A writer that closed the file died right after, of a signal: the file is not whole.
+        Still open or queued, it becomes `interrupted`; once a PUT went out it is too late."""
+        if record.id not in self._files or record.unlinked:
+            return
+        if record.may_be_on_server and not record.local_only:
+            log.warning("%s: its writer died after closing it, but its upload had begun: %s", record.name, reason)
+            return
+        record.unfinished = record.unfinished or reason
+        if not record.local_only and not record.open_writers and record.state != INTERRUPTED:
+            self._interrupt_locked(record)
+
+    def content_sha256(self, record: FileRecord) -> str | None:
+        """sha256 of the spooled content: from the running digest when the file was written
+        front to back, else by reading the spool file once (None when it is gone)."""
+        digest = record.digest.hexdigest(record.size) if record.digest is not None else None
+        if digest is not None:
+            return digest
+        try:
+            record.digest = RunningDigest.of_file(self.spool.path(record.id))
+        except OSError:
+            return None
+        return record.digest.hexdigest(record.size)
+
+    def refuse_change_locked(self, record: FileRecord) -> str:
+        """A different content for a name the server holds: say why, in status and the log."""
+        reason = f"the server already holds a different {record.name}; it cannot be replaced"
+        if record.last_error != reason:
+            self.journal.update_file(record.id, last_error=reason)
+            record.last_error = reason
+        log.warning("%s", reason)
+        return reason
+
+    def keep_identical_locked(self, held: FileRecord, copy: FileRecord | None = None, mode: int | None = None,
+                              mtime_ns: int | None = None) -> None:
+        """An identical re-copy of a file the server holds: the new data is dropped (the local
+        `copy`, if any), the record stays as it is and takes the copy's mode and mtime."""
+        if copy is not None:
+            self.remove_file_locked(copy)
+            mode, mtime_ns = copy.mode, copy.mtime_ns
+        changes = {"last_error": ""}
+        if mode is not None:
+            changes["mode"] = mode
+        if mtime_ns is not None:
+            changes["mtime_ns"] = mtime_ns
+        self.set_file_attrs_locked(held, **changes)
+        held.ctime_ns = time.time_ns()
 
     # --- the queue and the workers ---------------------------------------------------------------
 
@@ -527,6 +598,7 @@ class Engine:
                     raise Cancelled()
                 # One write before the first PUT: from here the server may hold bytes of it.
                 record.upload_id = upload_id
+                self._claim_server_name_locked(record, session, upload_id)
                 self.journal.update_file(record.id, state=UPLOADING, upload_id=upload_id)
             fd = os.open(self.spool.path(record.id), os.O_RDONLY)
             try:
@@ -632,7 +704,12 @@ class Engine:
                 if taken_by:
                     log.warning("%s: the server already holds another file named %s; sending it as %s",
                                 record.name, taken_by, record.server_name)
-            held[record.server_name.lower()] = record
+
+    @staticmethod
+    def _claim_server_name_locked(record: FileRecord, session: SessionRecord, upload_id: str) -> None:
+        """The first PUT of `record` is about to go: its name holds its bytes from now on."""
+        if session.upload_id == upload_id and session.remote_names is not None:
+            session.remote_names[record.server_name.lower()] = record
 
     def _progress(self, record: FileRecord, received: int) -> None:
         with self.lock:

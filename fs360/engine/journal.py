@@ -70,6 +70,19 @@ CREATE TABLE IF NOT EXISTS projects (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Scratch directories (dot-directories inside a session, at any depth below one): local
+# only, kept so that rsync --partial-dir finds its partial files after a remount.
+DIRS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dirs (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    mode INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    UNIQUE (session_id, path)
+);
+"""
+
 FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", "state", "server_received",
                 "upload_id", "last_error", "attempts", "next_attempt", "completed_at", "evicted", "unlinked",
                 "server_name", "sha256")
@@ -96,6 +109,7 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._db.executescript(DIRS_SCHEMA)
             self._add_missing_columns_locked()
         # Space held back for the journal alone: when the disk fills up (the spool
         # shares it), the journal gives this back and can still record every change.
@@ -205,6 +219,24 @@ class Journal:
 
     def files(self) -> list[sqlite3.Row]:
         return self._read("SELECT * FROM files ORDER BY id")
+
+    # --- scratch directories -----------------------------------------------------------
+
+    def insert_dir(self, session_id: int, path: str, mode: int, mtime_ns: int) -> int:
+        return self._write("INSERT INTO dirs (session_id, path, mode, mtime_ns) VALUES (?, ?, ?, ?)",
+                           (session_id, path, mode, mtime_ns))
+
+    def update_dir(self, dir_id: int, **values) -> None:
+        self._update("dirs", "id", dir_id, ("session_id", "path", "mode", "mtime_ns"), values)
+
+    def delete_dir(self, dir_id: int) -> None:
+        self._write("DELETE FROM dirs WHERE id=?", (dir_id,))
+
+    def delete_dirs_of(self, session_id: int) -> None:
+        self._write("DELETE FROM dirs WHERE session_id=?", (session_id,))
+
+    def dirs(self) -> list[sqlite3.Row]:
+        return self._read("SELECT * FROM dirs ORDER BY path")
 
     # --- projects --------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .spool import RunningDigest
+
 # File states (semantics.md, "File states") plus three of fs360's own:
 #   local        a scratch name that is never uploaded (dot-files, *.part, ...)
 #   interrupted  the mount stopped while the file was open for writing: copy it again
@@ -84,11 +86,22 @@ class FileRecord:
     needs_resync: bool = False
     progress_journaled_at: float = 0.0  # monotonic time of the last journaled progress
     rate: RateMeter = field(default_factory=RateMeter)
+    # Why the content is not whole (a failed write, a writer that died): set, the last
+    # close makes the file `interrupted` instead of queuing it. Cleared by a rewrite from 0.
+    unfinished: str = ""
+    # sha256 of the spool content while it was written front to back (see spool.RunningDigest).
+    digest: "RunningDigest | None" = None
+    # Last change of metadata or content (chmod, chown, rename, write); not journaled.
+    ctime_ns: int = 0
 
     @property
     def may_be_on_server(self) -> bool:
-        """True when the server may hold bytes of it: it can then never change."""
-        return self.server_received > 0 or self.state in (UPLOADING, COMPLETE) or self.upload_id is not None
+        """True when the server may hold bytes of it: it can then never change.
+
+        From the moment a PUT is sent (the worker journals `upload_id` just before it), not
+        from the moment a worker picks the file: a file deleted while its session is being
+        opened is simply gone."""
+        return self.server_received > 0 or self.state == COMPLETE or self.upload_id is not None
 
 
 @dataclass(eq=False)
@@ -127,3 +140,6 @@ class SessionRecord:
     # ours for (None: not ours); None: not known yet (a session from the journal), asked once
     # before the first PUT of a file there.
     remote_names: dict[str, FileRecord | None] | None = None
+    # Memory only: why the last .create was refused (shown in status until a valid one).
+    marker_refused: str = ""
+    ctime_ns: int = 0

@@ -5,6 +5,7 @@ Naming by id (not by path) lets renames touch only the journal.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -41,3 +42,43 @@ class Spool:
         total = st.f_blocks * st.f_frsize
         free = st.f_bavail * st.f_frsize
         return max(0, int(total * self.min_free_fraction) - free)
+
+
+class RunningDigest:
+    """sha256 of a file written front to back, computed as the writes go by.
+
+    Writers like cp, rsync and dd write sequentially: then the digest costs no extra
+    read. Any other write pattern makes it unknown (`None` from `hexdigest`), and the
+    caller reads the spool file once instead (`of_file`).
+    """
+
+    def __init__(self):
+        self._hash = hashlib.sha256()
+        self.length = 0
+        self.valid = True
+
+    def add(self, offset: int, data: bytes) -> None:
+        if not self.valid:
+            return
+        if offset == self.length:
+            self._hash.update(data)
+            self.length += len(data)
+        else:
+            # A rewrite of earlier bytes, or a hole: the running hash no longer says it.
+            self.valid = False
+
+    @classmethod
+    def of_file(cls, path) -> "RunningDigest":
+        """The digest of a whole file, read once."""
+        running = cls()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                running.add(running.length, block)
+        return running
+
+    def hexdigest(self, size: int) -> str | None:
+        """The sha256 of the first `size` bytes when every one of them went through `add`."""
+        if self.valid and self.length == size:
+            return self._hash.hexdigest()
+        return None
+

@@ -13,6 +13,7 @@ import errno
 import functools
 import itertools
 import logging
+import os
 import threading
 
 import mfusepy
@@ -131,6 +132,13 @@ class _Fuse(mfusepy.FUSE):
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         return self.operations.utimens(decoded, (None, mtime))
 
+    def truncate_fuse_3(self, path, length, fip):
+        # mfusepy drops the file handle of ftruncate: pass it on, so a file unlinked while
+        # open is truncated through its handle.
+        fh = fip.contents if fip else None
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.truncate(decoded, length, fh)
+
     def getxattr(self, path, name, value, size, *args):
         # The kernel asks for security.capability before every write() (FUSE never marks an
         # inode S_NOSEC) and `ls -l` asks for ACLs and the SELinux label of every file: those
@@ -159,17 +167,23 @@ class Fs360Operations(mfusepy.Operations):
             # Every name change passes through here, so "no such file" may be cached too:
             # cp, rsync and tar stat each target before creating it.
             config.negative_timeout = self.model.settings.attr_timeout
-            config.hard_remove = 1
+            # No hard_remove: libfuse then renames a file unlinked while open to `.fuse_hidden…`
+            # and keeps a path for it, so fstat of it works (with hard_remove, ESTALE).
+            config.hard_remove = 0
         if conn_info is not None and hasattr(conn_info, "max_write"):
             conn_info.max_write = 1024 * 1024
             if conn_info.capable & FUSE_CAP_READDIRPLUS:
                 # Always READDIRPLUS, not only for the first page of a listing ("auto"): ls -l of
                 # a big folder then needs no lookup per file.
                 conn_info.want = (conn_info.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+        self.model.watch_exits()
         if self._on_init:
             self._on_init()
 
     def destroy(self, path) -> None:
+        # The last close of a lazy unmount may come with no release: settle what is still open.
+        self.model.release_all()
+        self.model.stop_watching_exits()
         if self._on_destroy:
             self._on_destroy()
 
@@ -215,14 +229,17 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def create(self, path, mode, fi):
-        uid, gid, _ = mfusepy.fuse_get_context()
+        uid, gid, pid = mfusepy.fuse_get_context()
         fi.fh = self.model.create(path, mode, fi.flags, uid, gid)
+        self.model.opened_for_writing(pid)
         self._set_io_mode(fi)
         return 0
 
     @translated
     def open(self, path, fi):
         fi.fh = self.model.open(path, fi.flags)
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            self.model.opened_for_writing(mfusepy.fuse_get_context()[2])
         self._set_io_mode(fi)
         return 0
 
@@ -251,7 +268,8 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def flush(self, path, fh):
-        self.model.flush(fh.fh)
+        # The flush is sent by the closing task itself: its pid tells whether it is dying.
+        self.model.flush(fh.fh, mfusepy.fuse_get_context()[2])
 
     @translated
     def release(self, path, fh):
@@ -320,7 +338,7 @@ class Fs360Operations(mfusepy.Operations):
 def mount(model: MountModel, mountpoint: str, allow_other: bool = False, on_init=None, on_destroy=None) -> None:
     """Runs the FUSE loop until unmounted (blocks)."""
     options = dict(foreground=True, nothreads=False, fsname="fs360", subtype="fs360",
-                   default_permissions=True, hard_remove=True)
+                   default_permissions=True)
     if allow_other:
         options["allow_other"] = True
     _Fuse(Fs360Operations(model, on_init, on_destroy), mountpoint, raw_fi=True, **options)

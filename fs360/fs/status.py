@@ -53,6 +53,12 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
             # The ready record exactly as the server sent it.
             "record": record or None,
         }
+    if session.marker_refused:
+        # The last .create written was refused: say why until a valid one is written.
+        if project_info is None:
+            project_info = {"state": "refused", "name": None, "status": 0, "url": None, "waiting_for": None,
+                            "title": None, "error": session.marker_refused}
+        project_info["refused"] = session.marker_refused
     uploadable = [f for f in files if not f["local_only"]]
     return {
         "session": session.name,
@@ -89,7 +95,9 @@ def render_text(snapshot: dict) -> bytes:
                  f"{human_bytes(totals['sent'])} of {human_bytes(totals['bytes'])} sent"
                  + (f", {human_bytes(totals['rate'])}/s" if totals["rate"] else ""))
     project = snapshot["project"]
-    if project is not None:
+    if project is not None and project.get("refused"):
+        lines.append(f"project   refused: {project['refused']} (write a valid .create: empty or a JSON object)")
+    if project is not None and project["state"] != "refused":
         if project["state"] == "waiting":
             lines.append(f"project   requested; {project['waiting_for'] or 'creating'}")
         elif project["state"] == "failed":

@@ -1,6 +1,7 @@
 """Metadata through the kernel: touch, chmod, xattrs, and the listing's attributes."""
 
 import errno
+import json
 import os
 import subprocess
 import time
@@ -59,3 +60,46 @@ def test_listing_attributes_match_stat(tmp_path, mount):
     assert {"status", "status.json"} <= set(sizes)
     for entry in os.scandir(session):  # the attributes the listing handed over, not a fresh getattr
         assert entry.stat().st_size == sizes[entry.name]
+
+
+def test_status_files_copy_whole_and_ctime_follows_changes(tmp_path, mount):
+    session = mount.mountpoint / "st"
+    session.mkdir()
+    target = session / "a.jpg"
+    write_random(target, 1000)
+    mount.wait_settled("st")
+    # Copy tools trust the size getattr gives: it is the real one.
+    subprocess.run(["rsync", str(session / "status.json"), str(tmp_path / "copy.json")], check=True)
+    assert json.loads((tmp_path / "copy.json").read_text())["session"] == "st"
+    subprocess.run(["cp", str(session / "status"), str(tmp_path / "copy.txt")], check=True)
+    assert (tmp_path / "copy.txt").read_text().startswith("session   st\n")
+    # ctime moves with chmod and rename; the folder's mtime and ctime with its entries.
+    before = time.time_ns()
+    os.chmod(target, 0o600)
+    assert os.stat(target).st_ctime_ns >= before
+    scratch = session / ".draft"
+    scratch.write_bytes(b"x")
+    folder_before, file_before = os.stat(session), os.stat(scratch)
+    os.rename(scratch, session / ".draft2")
+    folder_after = os.stat(session)
+    assert os.stat(session / ".draft2").st_ctime_ns > file_before.st_ctime_ns
+    assert folder_after.st_mtime_ns > folder_before.st_mtime_ns
+    assert folder_after.st_ctime_ns > folder_before.st_ctime_ns
+
+
+def test_unlink_of_open_status_files_and_marker(tmp_path, mount):
+    """libfuse renames an open file it is asked to unlink (no hard_remove): status files and
+    .create follow their unlink rules all the same."""
+    session = mount.mountpoint / "open"
+    session.mkdir()
+    with open(session / "status", "rb") as status, open(mount.mountpoint / "status", "rb"):
+        os.unlink(session / "status")            # a no-op that succeeds
+        os.unlink(mount.mountpoint / "status")
+        assert status.read().startswith(b"session   open")
+    write_random(session / "a.jpg", 100)
+    with open(session / ".create", "wb"):
+        pass
+    with open(session / ".create", "rb"):
+        os.unlink(session / ".create")           # cancels the request
+    assert mount.status_json("open")["project"] is None
+    assert sorted(os.listdir(session)) == ["a.jpg", "status", "status.json"]

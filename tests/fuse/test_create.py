@@ -63,10 +63,13 @@ def test_invalid_create_fails_close_with_einval(tmp_path, mount, emulator, text)
         os.close(fd)
     assert info.value.errno == errno.EINVAL
     assert ".create" not in os.listdir(session)
-    assert mount.status_json("bad")["project"] is None
-    # A valid marker afterwards is accepted.
+    # The refusal stays visible until a valid marker is written (the shell ignores close()).
+    project = mount.status_json("bad")["project"]
+    assert project["state"] == "refused" and project["refused"], project
+    assert f"project   refused: {project['refused']}" in (session / "status").read_text()
     write_marker(session / ".create", b"")
-    assert mount.wait_project("bad")["state"] == "ready"
+    project = mount.wait_project("bad")
+    assert project["state"] == "ready" and "refused" not in project
 
 
 def test_unlink_create_before_the_request_cancels_it(tmp_path, mount_factory, emulator):

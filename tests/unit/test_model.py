@@ -43,6 +43,29 @@ Errors a writing program sees
   EIO unexpected internal error (adapter wrapper) ............ test_translated_wrapper_eio_and_errnos
 Unmount / restart
   unfinished uploads resume on a new mount ................... fuse:test_remount.py
+  umount -l while writing: complete after the next mount ..... fuse:test_unfinished.py::test_lazy_unmount_while_writing
+Issue 11: never upload what the writer did not finish
+  failed write/truncate -> interrupted until rewritten ....... test_failed_write_interrupts_until_rewritten_whole,
+                                                                test_failed_truncate_through_the_handle_interrupts,
+                                                                fuse:test_unfinished.py::test_enospc_copy_is_interrupted
+  a truncate keeps an interrupted file interrupted ........... test_an_interrupted_file_is_not_made_whole_by_truncating_it
+  past the spool disk's size limit: EFBIG ..................... test_a_size_past_the_spool_disk_limit_is_efbig
+  dying writer (signal / non-zero exit) -> interrupted ........ test_exit_reason_of_a_live_process_is_empty,
+                                                                test_death_by_signal_right_after_a_close_interrupts_that_file,
+                                                                fuse:test_unfinished.py::test_killed_writer_*
+  identical re-copy of a held file: no PUT; different EACCES .. test_identical_rewrite_of_a_held_file_is_accepted_different_refused,
+                                                                test_rename_of_a_scratch_copy_onto_a_held_file,
+                                                                fuse:test_recopy.py
+  deleted before any PUT: no tombstone ....................... test_deleted_before_any_put_leaves_no_trace
+  open-but-unlinked file through its handle .................. test_open_unlinked_file_works_through_its_handle,
+                                                                fuse:test_unfinished.py::test_pjdfstest_unlink_14
+  invalid .create stays visible in status ..................... test_invalid_create_stays_visible_in_status
+  status files report their size ............................. test_status_files_report_their_size,
+                                                                fuse:test_attrs.py::test_status_files_copy_whole_and_ctime_follows_changes
+  ctime; folder mtime/ctime follow its entries ............... test_ctime_and_folder_times_follow_changes
+  unlink of an open status file / .create (no hard_remove) ... fuse:test_attrs.py::test_unlink_of_open_status_files_and_marker
+  scratch dot-directories: local, journaled, rename in/out ... test_scratch_directories_are_local_and_survive_a_restart,
+                                                                fuse:test_unfinished.py::test_rsync_partial_dir_resumes
 """
 
 from __future__ import annotations
@@ -51,6 +74,7 @@ import errno
 import json
 import logging
 import os
+import signal
 
 import mfusepy
 import pytest
@@ -234,8 +258,11 @@ def test_server_held_file_is_immutable(model):
     model.mkdir("/t", 0o755)
     write_file(model, "/s/a.jpg", b"abc")
     wait_state(model, "s", "a.jpg", "complete")
-    assert errno_of(model.open, "/s/a.jpg", os.O_WRONLY) == errno.EACCES
-    assert errno_of(model.open, "/s/a.jpg", os.O_RDWR) == errno.EACCES
+    # Opening it for writing is fine (a re-copy may write the same bytes); changing it is not.
+    for flags in (os.O_WRONLY, os.O_RDWR):
+        fh = model.open("/s/a.jpg", flags)
+        assert errno_of(model.write, fh, b"x", 1) == errno.EACCES
+        model.release(fh)
     assert errno_of(model.truncate, "/s/a.jpg", 0) == errno.EACCES
     assert errno_of(model.rename, "/s/a.jpg", "/s/b.jpg") == errno.EACCES
     assert errno_of(model.rename, "/s/a.jpg", "/t/a.jpg") == errno.EACCES
@@ -475,10 +502,13 @@ def test_enospc_on_a_full_spool(tmpfs, emulator, make_model):
         for i in range(16):
             model.write(fh, block, i * len(block))
     assert info.value.errno == errno.ENOSPC
-    # The journal shares the full disk: its reserve lets the close still be recorded.
+    # The journal shares the full disk: its reserve lets the close still be recorded. The
+    # file is short of what was written: it is interrupted, never uploaded.
     model.release(fh)
-    rows = {row["name"]: row["state"] for row in model.engine.journal.files()}
-    assert rows == {"big.las": "pending"}
+    rows = {row["name"]: (row["state"], row["last_error"]) for row in model.engine.journal.files()}
+    assert list(rows) == ["big.las"]
+    state, reason = rows["big.las"]
+    assert state == "interrupted" and "ENOSPC" in reason, rows
     model.engine.stop(5)
 
 
@@ -589,3 +619,259 @@ def test_listing_gives_the_attributes_getattr_gives(idle):
     assert {"status", "status.json", ".create", "a.jpg"} <= set(listed)
     for name, attrs in listed.items():
         assert attrs == idle.getattr(f"/s/{name}"), name
+
+
+# --- issue 11: never upload what the writer did not finish; re-copies are no-ops -------------------
+
+def test_failed_write_interrupts_until_rewritten_whole(emulator, make_model):
+    model = make_model(emulator, max_file_size=100)
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY)
+    model.write(fh, b"x" * 60, 0)
+    assert errno_of(model.write, fh, b"x" * 60, 60) == errno.EFBIG
+    model.flush(fh)
+    model.release(fh)
+    assert model.file_state("s", "a.jpg") == "interrupted"
+    assert "EFBIG" in model.getxattr("/s/a.jpg", "user.fs360.error").decode()
+    # Appending does not make a partial file whole ...
+    fh = model.open("/s/a.jpg", os.O_WRONLY | os.O_APPEND)
+    model.write(fh, b"y", 0)
+    model.release(fh)
+    assert model.file_state("s", "a.jpg") == "interrupted"
+    # ... rewriting it from 0 does.
+    write_file(model, "/s/a.jpg", b"z" * 50)
+    wait_state(model, "s", "a.jpg", "complete")
+    assert {f["name"]: f["total"] for f in emulator.files()} == {"a.jpg": 50}
+
+
+def test_failed_truncate_through_the_handle_interrupts(idle):
+    idle.engine.caps.file_cap = 10
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/a.jpg", 0o644, os.O_WRONLY)
+    idle.write(fh, b"abc", 0)
+    assert errno_of(idle.truncate, None, 11, fh) == errno.EFBIG
+    idle.release(fh)
+    assert idle.file_state("s", "a.jpg") == "interrupted"
+
+
+def test_exit_reason_of_a_live_process_is_empty():
+    # A process that is not exiting is never taken for a dying writer (the dying case needs a
+    # real close by an exiting task: tests/fuse/test_unfinished.py).
+    from fs360.fs.model import exit_reason
+    assert exit_reason(os.getpid()) == ""
+    assert exit_reason(2**22 + 12345) == ""  # no such process
+
+
+def test_identical_rewrite_of_a_held_file_is_accepted_different_refused(model, emulator):
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/scan.e57", b"abc" * 1000)
+    wait_state(model, "s", "scan.e57", "complete")
+    puts = request_count(emulator, "PUT")
+    # cp again: O_TRUNC + the same bytes + close.
+    write_file(model, "/s/scan.e57", b"abc" * 1000)
+    assert model.file_state("s", "scan.e57") == "complete"
+    # A different write is refused at once while the spool copy exists ...
+    fh = model.open("/s/scan.e57", os.O_WRONLY | os.O_TRUNC)
+    assert errno_of(model.write, fh, b"abd", 0) == errno.EACCES
+    assert errno_of(model.flush, fh) == errno.EACCES
+    model.release(fh)
+    reason = model.getxattr("/s/scan.e57", "user.fs360.error").decode()
+    assert reason == "the server already holds a different scan.e57; it cannot be replaced"
+    # ... and a shorter one at close.
+    fh = model.open("/s/scan.e57", os.O_WRONLY | os.O_TRUNC)
+    model.write(fh, b"abc", 0)
+    assert errno_of(model.flush, fh) == errno.EACCES
+    model.release(fh)
+    # Once the spool copy is gone, the journal's sha256 still decides.
+    with model.engine.lock:
+        model.engine.drop_spool_locked(model.engine.sessions["s"].files["scan.e57"])
+    write_file(model, "/s/scan.e57", b"abc" * 1000)
+    fh = model.open("/s/scan.e57", os.O_WRONLY | os.O_TRUNC)
+    model.write(fh, b"abc" * 999 + b"abd", 0)
+    assert errno_of(model.flush, fh) == errno.EACCES
+    model.release(fh)
+    assert request_count(emulator, "PUT") == puts
+    assert read_all(model, "/s/status.json")  # still renders
+    assert [f["sha256"] for f in emulator.files()] == [model.engine.sessions["s"].files["scan.e57"].sha256]
+
+
+def test_rename_of_a_scratch_copy_onto_a_held_file(model, emulator):
+    """rsync -r (no -t) again: a `.name.XXXXXX` copy renamed onto the name the server holds."""
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.las", b"same")
+    wait_state(model, "s", "a.las", "complete")
+    puts = request_count(emulator, "PUT")
+    write_file(model, "/s/.a.las.Xy12", b"same", mode=0o600)
+    model.rename("/s/.a.las.Xy12", "/s/a.las")
+    assert names(model, "/s") == {"a.las", "status", "status.json"}
+    assert model.file_state("s", "a.las") == "complete"
+    assert model.getattr("/s/a.las")["st_mode"] & 0o777 == 0o600  # takes the copy's mode
+    write_file(model, "/s/.a.las.Zz34", b"diff")
+    assert errno_of(model.rename, "/s/.a.las.Zz34", "/s/a.las") == errno.EACCES
+    assert "different a.las" in model.getxattr("/s/a.las", "user.fs360.error").decode()
+    assert request_count(emulator, "PUT") == puts
+
+
+def test_deleted_before_any_put_leaves_no_trace(emulator, make_model):
+    """A worker picked the file up but is still opening the session: nothing was sent."""
+    emulator.set_faults([{"endpoint": "open_session", "kind": "latency", "seconds": 2.0}])
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"x")
+    wait_state(model, "s", "a.jpg", "uploading")
+    # (A scratch file keeps the journal from giving the next file a.jpg's old id, which the
+    # engine would hand to the worker still busy with a.jpg: a known engine issue.)
+    write_file(model, "/s/.keep", b"")
+    model.unlink("/s/a.jpg")
+    session = model.engine.sessions["s"]
+    assert session.unlinked == []
+    write_file(model, "/s/a.jpg", b"again")  # the name is free
+    wait_state(model, "s", "a.jpg", "complete")
+    assert {f["name"]: f["total"] for f in emulator.files()} == {"a.jpg": 5}
+
+
+def test_open_unlinked_file_works_through_its_handle(idle):
+    """pjdfstest unlink/14: fstat, ftruncate, read, write of a file unlinked while open."""
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/a.jpg", 0o644, os.O_RDWR)
+    idle.write(fh, b"Hello, World!", 0)
+    idle.rename("/s/a.jpg", "/s/.fuse_hidden0000000100000001")  # what libfuse does on unlink
+    assert names(idle, "/s") == {"status", "status.json"}
+    assert idle.getattr(None, fh)["st_nlink"] == 0
+    assert idle.getattr("/s/.fuse_hidden0000000100000001")["st_size"] == 13
+    idle.truncate(None, 5, fh)
+    idle.write(fh, b"!", 5)
+    assert idle.read(fh, 100, 0) == b"Hello!"
+    idle.release(fh)
+    idle.unlink("/s/.fuse_hidden0000000100000001")
+    idle.rmdir("/s")
+    assert idle.engine.journal.files() == []
+
+
+def test_invalid_create_stays_visible_in_status(idle):
+    from tests.harness import write_marker  # noqa: F401  (the same steps, without a mount)
+    idle.mkdir("/s", 0o755)
+    for text, reason in ((b"not json", "invalid JSON at line 1 column 1"), (b"[1]", "JSON object"),
+                         (b"[" * 60000, "nested too deep")):
+        fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
+        idle.write(fh, text, 0)
+        assert errno_of(idle.flush, fh) == errno.EINVAL
+        idle.release(fh)
+        status = json.loads(read_all(idle, "/s/status.json"))
+        assert reason in status["project"]["refused"]
+        assert f"project   refused: " in read_all(idle, "/s/status").decode()
+    fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
+    idle.flush(fh)
+    idle.release(fh)
+    assert json.loads(read_all(idle, "/s/status.json"))["project"]["state"] == "waiting"
+
+
+def test_status_files_report_their_size(idle):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"x")
+    for path in ("/status", "/s/status", "/s/status.json"):
+        assert idle.getattr(path)["st_size"] == len(read_all(idle, path)) > 0
+
+
+def test_ctime_and_folder_times_follow_changes(idle):
+    idle.mkdir("/s", 0o755)
+    before = idle.getattr("/s")
+    write_file(idle, "/s/a.jpg", b"x")
+    after = idle.getattr("/s")
+    assert after["st_mtime"] > before["st_mtime"] and after["st_ctime"] > before["st_ctime"]
+    idle.utimens("/s/a.jpg", 1_000_000_000)
+    ctime = idle.getattr("/s/a.jpg")["st_ctime"]
+    assert ctime > 1_000_000_000
+    idle.chmod("/s/a.jpg", 0o600)
+    assert idle.getattr("/s/a.jpg")["st_ctime"] >= ctime
+    idle.rename("/s/a.jpg", "/s/b.jpg")
+    renamed = idle.getattr("/s")
+    assert renamed["st_mtime"] >= after["st_mtime"]
+    idle.unlink("/s/b.jpg")
+    assert idle.getattr("/s")["st_mtime"] >= renamed["st_mtime"]
+
+
+def test_scratch_directories_are_local_and_survive_a_restart(emulator, make_model, settings_for):
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    assert errno_of(model.mkdir, "/s/sub", 0o755) == errno.EPERM      # trees are a later issue
+    model.mkdir("/s/.rsync-partial", 0o700)
+    model.mkdir("/s/.rsync-partial/deeper", 0o755)                   # any depth below a scratch dir
+    assert errno_of(model.create, "/s/.nowhere/a.jpg", 0o644, os.O_WRONLY) == errno.ENOENT
+    write_file(model, "/s/.rsync-partial/video.mp4", b"partial")
+    write_file(model, "/s/.rsync-partial/deeper/x.las", b"x")
+    write_file(model, "/s/other.jpg", b"o")
+    assert names(model, "/s") == {".rsync-partial", "other.jpg", "status", "status.json"}
+    assert names(model, "/s/.rsync-partial") == {"video.mp4", "deeper"}
+    assert model.getattr("/s/.rsync-partial")["st_mode"] & 0o7777 == 0o700
+    assert model.file_state("s", ".rsync-partial/video.mp4") == "local"
+    assert errno_of(model.rmdir, "/s/.rsync-partial") == errno.ENOTEMPTY
+    assert errno_of(model.rmdir, "/s") == errno.ENOTEMPTY
+    # Out of the scratch dir to a visible name: uploaded; into it: local.
+    model.rename("/s/.rsync-partial/video.mp4", "/s/video.mp4")
+    wait_state(model, "s", "video.mp4", "complete")
+    wait_state(model, "s", "other.jpg", "complete")
+    write_file(model, "/s/late.jpg", b"l")
+    model.rename("/s/late.jpg", "/s/.rsync-partial/late.jpg")
+    assert model.file_state("s", ".rsync-partial/late.jpg") == "local"
+    model.rename("/s/.rsync-partial", "/s/.kept")
+    assert names(model, "/s/.kept/deeper") == {"x.las"}
+    model.engine.stop(5)
+
+    again = make_model(emulator)  # the same cache dir: a remount
+    assert names(again, "/s") == {".kept", "video.mp4", "other.jpg", "status", "status.json"}
+    assert read_all(again, "/s/.kept/deeper/x.las") == b"x"
+    for path in ("/s/.kept/deeper/x.las", "/s/.kept/late.jpg"):
+        again.unlink(path)
+    again.rmdir("/s/.kept/deeper")
+    again.rmdir("/s/.kept")
+    assert again.engine.journal.dirs() == []
+    assert {f["name"] for f in emulator.files()} == {"video.mp4", "other.jpg"}
+
+
+def test_death_by_signal_right_after_a_close_interrupts_that_file(idle):
+    """GNU dd on SIGINT: it closes its output from the handler, then dies of the signal. The
+    exit events come from the kernel's process connector in a mount; here they are fed in."""
+    idle._exit_watcher = object()  # as if watching
+    idle.mkdir("/s", 0o755)
+    dead, moved_on = 2**22 + 11, 2**22 + 12   # pids of no live process: their flush is not a dying one
+    for name, pid in (("dd.las", dead), ("first.las", moved_on)):
+        fh = idle.create(f"/s/{name}", 0o644, os.O_WRONLY)
+        idle.write(fh, b"part", 0)
+        idle.flush(fh, pid)
+        idle.release(fh)
+    idle.opened_for_writing(moved_on)   # it went on to write another file: first.las was done
+    idle._process_exited(dead, dead, signal.SIGINT)
+    idle._process_exited(moved_on, moved_on, signal.SIGINT)
+    assert idle.file_state("s", "dd.las") == "interrupted"
+    assert "killed by SIGINT" in idle.getxattr("/s/dd.las", "user.fs360.error").decode()
+    assert idle.file_state("s", "first.las") == "pending"
+    # A normal exit says nothing.
+    fh = idle.create("/s/ok.las", 0o644, os.O_WRONLY)
+    idle.flush(fh, dead + 5)
+    idle.release(fh)
+    idle._process_exited(dead + 5, dead + 5, 0)
+    assert idle.file_state("s", "ok.las") == "pending"
+
+
+def test_an_interrupted_file_is_not_made_whole_by_truncating_it(idle):
+    idle.engine.caps.file_cap = 10
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/a.jpg", 0o644, os.O_WRONLY)
+    idle.write(fh, b"abcdef", 0)
+    assert errno_of(idle.write, fh, b"x" * 10, 6) == errno.EFBIG
+    idle.release(fh)
+    idle.truncate("/s/a.jpg", 3)                 # truncate -s 3: still a part of what was meant
+    assert idle.file_state("s", "a.jpg") == "interrupted"
+    idle.truncate("/s/a.jpg", 0)                 # emptied: a new, whole (empty) content
+    assert idle.file_state("s", "a.jpg") == "pending"
+
+
+def test_a_size_past_the_spool_disk_limit_is_efbig(idle):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.las", b"x")
+    assert errno_of(idle.truncate, "/s/a.las", 999_999_999_999_999_999) == errno.EFBIG
+    fh = idle.open("/s/a.las", os.O_WRONLY)
+    assert errno_of(idle.write, fh, b"y", 999_999_999_999_999_999) == errno.EFBIG
+    idle.release(fh)
+    assert idle.file_state("s", "a.las") == "interrupted"

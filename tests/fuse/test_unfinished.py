@@ -1,0 +1,209 @@
+"""Never upload what the writer did not finish (issue 11), with real programs on real mounts.
+
+A writer killed mid-copy, a copy that meets a full cache disk, a lazy unmount while a
+program still writes, a file unlinked while open (pjdfstest unlink/14).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness import (assert_uploaded, is_mounted, make_sources, pid_alive, wait_until, write_marker,
+                           write_random)
+
+MiB = 1024 * 1024
+PJDFSTEST_MIRROR = Path("/work/.mirror/pjd+pjdfstest/repo")
+
+
+def file_info(mount, session: str, name: str) -> dict:
+    return next((f for f in mount.status_json(session)["files"] if f["name"] == name), {})
+
+
+def start_writer(tool: str, path: Path) -> subprocess.Popen:
+    """`tool` copying its stdin into `path`, the only holder of the file (no shell in between)."""
+    if tool == "dd":
+        cmd = ["dd", f"of={path}", "bs=64k", "status=none"]
+    else:
+        cmd = ["sh", "-c", 'exec cat > "$1"', "sh", str(path)]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+@pytest.mark.parametrize("tool", ["dd", "cat"])
+def test_killed_writer_leaves_an_interrupted_file_that_copies_again(tool, sig, tmp_path, mount, emulator):
+    """cat dies with the file open (told at its flush); GNU dd catches SIGINT, closes its output
+    and then dies of the signal (told by its death right after the close)."""
+    sources = make_sources(tmp_path / "src", {"video.mp4": 3 * MiB + 7})
+    session = mount.mountpoint / "shoot"
+    session.mkdir()
+    writer = start_writer(tool, session / "video.mp4")
+    writer.stdin.write((tmp_path / "src" / "video.mp4").read_bytes()[:2 * MiB])
+    writer.stdin.flush()
+    # The writer is blocked reading its pipe once the mount holds what it was given.
+    wait_until(lambda: file_info(mount, "shoot", "video.mp4").get("size", 0) >= 2 * MiB, 30,
+               what=f"{tool} to write 2 MiB")
+    writer.send_signal(sig)
+    assert writer.wait(30) == -sig
+    writer.stdin.close()
+    assert mount.wait_settled("shoot") == {"video.mp4": "interrupted"}
+    assert f"killed by {sig.name}" in file_info(mount, "shoot", "video.mp4")["error"]
+    assert emulator.files() == [], "a partial file reached the server"
+    # It can simply be copied again, to completion.
+    subprocess.run(["cp", str(tmp_path / "src" / "video.mp4"), str(session / "video.mp4")], check=True)
+    assert mount.wait_settled("shoot") == {"video.mp4": "complete"}
+    assert_uploaded(emulator, mount.status_json("shoot")["upload_id"], sources)
+
+
+def test_writer_exiting_non_zero_while_holding_the_file(mount, emulator):
+    (mount.mountpoint / "s").mkdir()
+    path = mount.mountpoint / "s" / "part.las"
+    result = subprocess.run(["sh", "-c", 'exec > "$1"; echo partial; exit 3', "sh", str(path)])
+    assert result.returncode == 3
+    info = wait_until(lambda: file_info(mount, "s", "part.las") if
+                      file_info(mount, "s", "part.las").get("state") not in (None, "writing") else None, 30,
+                      what="part.las to be closed")
+    assert info["state"] == "interrupted" and "status 3" in info["error"], info
+    # A writer that exits 0 while holding the file finished it.
+    subprocess.run(["sh", "-c", 'exec > "$1"; echo whole', "sh", str(path)], check=True)
+    assert mount.wait_settled("s") == {"part.las": "complete"}
+    assert [f["total"] for f in emulator.files()] == [len(b"whole\n")]
+
+
+def test_enospc_copy_is_interrupted_never_uploaded(tmp_path, tmpfs, emulator, mount_factory):
+    cache = tmpfs("40m") / "cache"
+    mount = mount_factory(emulator, cache_dir=cache)
+    source = tmp_path / "big.e57"
+    write_random(source, 60 * MiB)
+    (mount.mountpoint / "s").mkdir()
+    result = subprocess.run(["cp", str(source), str(mount.mountpoint / "s")], capture_output=True, text=True)
+    assert result.returncode != 0 and "No space left" in result.stderr, result
+    assert mount.wait_settled("s") == {"big.e57": "interrupted"}
+    assert "ENOSPC" in file_info(mount, "s", "big.e57")["error"]
+    assert emulator.files() == []
+    os.unlink(mount.mountpoint / "s" / "big.e57")  # gives the disk back for the unmount
+
+
+def test_lazy_unmount_while_writing_completes_after_the_next_mount(tmp_path, emulator, mount_factory):
+    cache = tmp_path / "lazy-cache"
+    mount = mount_factory(emulator, cache_dir=cache)
+    (mount.mountpoint / "s").mkdir()
+    path = mount.mountpoint / "s" / "scan.e57"
+    block = os.urandom(MiB)
+    # Writes one block, waits for a line, writes another, closes and exits 0.
+    writer = subprocess.Popen(
+        ["python3", "-c", "import sys\n"
+         "f = open(sys.argv[1], 'wb'); data = sys.stdin.buffer.read(1 << 20); f.write(data); f.flush()\n"
+         "print('written', flush=True); sys.stdin.readline(); f.write(data); f.close()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    writer.stdin.write(block)
+    writer.stdin.flush()
+    assert writer.stdout.readline().strip() == b"written"
+    daemon = mount.pid
+    subprocess.run(["fusermount3", "-u", "-z", str(mount.mountpoint)], check=True)
+    assert not is_mounted(mount.mountpoint)
+    writer.stdin.write(b"go\n")
+    writer.stdin.close()
+    assert writer.wait(30) == 0
+    wait_until(lambda: not pid_alive(daemon), 60, what="the daemon to end after the last close")
+    again = mount_factory(emulator, cache_dir=cache)
+    assert again.wait_settled("s") == {"scan.e57": "complete"}
+    assert_uploaded(emulator, again.status_json("s")["upload_id"], {"scan.e57": hashlib.sha256(block * 2).hexdigest()})
+
+
+def test_unlink_14_steps_on_a_mount(mount):
+    """The steps of pjdfstest's unlink/14, in Python (the real one runs below when it can be built)."""
+    (mount.mountpoint / "s").mkdir()
+    path = mount.mountpoint / "s" / "n0"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"Hello, World!")
+    os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    os.unlink(path)
+    assert os.fstat(fd).st_nlink == 0
+    os.close(fd)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    os.write(fd, b"Hello,_World!")
+    os.unlink(path)
+    assert os.pread(fd, 13, 0) == b"Hello,_World!"
+    os.ftruncate(fd, 5)
+    assert os.fstat(fd).st_size == 5
+    os.pwrite(fd, b"!", 5)
+    assert os.pread(fd, 100, 0) == b"Hello!"
+    os.close(fd)
+    wait_until(lambda: sorted(os.listdir(mount.mountpoint / "s")) == ["status", "status.json"], 10,
+               what="the hidden name to go")
+    os.rmdir(mount.mountpoint / "s")
+
+
+def build_pjdfstest(directory: Path) -> Path | None:
+    """pjdfstest built from its source (a git dir of pjd/pjdfstest), without autotools."""
+    source = Path(os.environ.get("PJDFSTEST_GIT_DIR", PJDFSTEST_MIRROR))
+    if not source.is_dir() or shutil.which("gcc") is None:
+        return None
+    directory.mkdir()
+    archive = subprocess.run(["git", "--git-dir", str(source), "archive", "HEAD"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
+    (directory / "config.h").touch()
+    have = ["FCHMODAT", "FCHOWNAT", "FSTATAT", "LINKAT", "MKDIRAT", "MKFIFOAT", "MKNODAT", "OPENAT",
+            "POSIX_FALLOCATE", "RENAMEAT", "SYMLINKAT", "UNLINKAT", "UTIMENSAT", "STRUCT_STAT_ST_ATIM",
+            "STRUCT_STAT_ST_MTIM", "STRUCT_STAT_ST_CTIM", "SYS_SYSMACROS_H"]
+    subprocess.run(["gcc", "-O1", "-I.", "-D_GNU_SOURCE", *(f"-DHAVE_{h}" for h in have), "-o", "pjdfstest",
+                    "pjdfstest.c"], cwd=directory, check=True, capture_output=True)
+    return directory
+
+
+def test_pjdfstest_unlink_14(tmp_path, emulator, mount_factory):
+    built = build_pjdfstest(tmp_path / "pjdfstest")
+    if built is None:
+        pytest.skip("pjdfstest's source is not here (set PJDFSTEST_GIT_DIR to a git dir of pjd/pjdfstest)")
+    # A long write-back delay: the test re-creates a name it just closed, before any upload.
+    mount = mount_factory(emulator, writeback_delay=30)
+    result = subprocess.run(["sh", str(built / "tests" / "unlink" / "14.t")], cwd=mount.mountpoint,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "not ok" not in result.stdout, result.stdout + result.stderr
+    assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") == 7, result.stdout
+
+
+def test_rsync_partial_dir_resumes_and_completes(tmp_path, mount, emulator):
+    sources = make_sources(tmp_path / "src", {"video.mp4": 12 * MiB + 3})
+    (mount.mountpoint / "s").mkdir()
+    dest = f"{mount.mountpoint}/s/"
+    rsync = ["rsync", "-r", "--partial-dir=.rsync-partial", str(tmp_path / "src" / "video.mp4"), dest]
+    # Slowed down so that it is interrupted mid-file, as by Ctrl-C (SIGINT to its process group).
+    slow = subprocess.Popen(rsync[:1] + ["--bwlimit=2m"] + rsync[1:], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def partly_written():
+        return [f for f in mount.status_json("s")["files"] if f["local_only"] and f["size"] >= 2 * MiB]
+    wait_until(partly_written, 60, what="rsync to be half-way")
+    os.killpg(slow.pid, signal.SIGINT)
+    assert slow.wait(30) != 0
+    assert (mount.mountpoint / "s" / ".rsync-partial" / "video.mp4").exists()
+    assert emulator.files() == []
+    resumed = subprocess.run(rsync, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert mount.wait_settled("s") == {"video.mp4": "complete"}
+    assert_uploaded(emulator, mount.status_json("s")["upload_id"], sources)
+    assert sorted(os.listdir(mount.mountpoint / "s")) == ["status", "status.json", "video.mp4"]
+
+
+def test_file_deleted_while_its_session_opens_does_not_block_the_project(tmp_path, mount, emulator):
+    # Nothing of a.jpg was sent while POST /uploads is slow: deleting it leaves nothing behind.
+    emulator.set_faults([{"endpoint": "open_session", "kind": "latency", "seconds": 2.0}])
+    (mount.mountpoint / "s").mkdir()
+    expected = make_sources(mount.mountpoint / "s", {"a.jpg": 1000, "b.jpg": 2000})
+    wait_until(lambda: file_info(mount, "s", "a.jpg").get("state") == "uploading", 30,
+               what="a worker to pick a.jpg up")
+    os.unlink(mount.mountpoint / "s" / "a.jpg")
+    write_marker(mount.mountpoint / "s" / ".create", b"")
+    project = mount.wait_project("s")
+    assert project["state"] == "ready", project
+    assert mount.status_json("s")["deleted_but_held_by_server"] == []
+    assert_uploaded(emulator, mount.status_json("s")["upload_id"], {"b.jpg": expected["b.jpg"]})
