@@ -567,7 +567,11 @@ class Engine:
                         self._busy.discard(record.id)
                         if record.id in self._deferred:
                             self._deferred.discard(record.id)
-                            self._enqueue_locked(record, 0.0)
+                            # The journal may have given this id to a new file meanwhile (a deleted
+                            # file's row is reused): the one to queue is whoever has the id now.
+                            current = self._files.get(record.id)
+                            if current is not None:
+                                self._enqueue_locked(current, 0.0)
         finally:
             try:
                 buffer.close()
@@ -589,6 +593,7 @@ class Engine:
     def _upload(self, record: FileRecord, generation: int, buffer) -> None:
         session = self.session_of(record)
         upload_id = None
+        puts_let_go = [0]
         try:
             upload_id = self._remote_session(session)
             self._ensure_name_free_on_server(record, session, upload_id)
@@ -602,10 +607,16 @@ class Engine:
                 self.journal.update_file(record.id, state=UPLOADING, upload_id=upload_id)
             fd = os.open(self.spool.path(record.id), os.O_RDONLY)
             try:
-                on_progress = lambda received: self._progress(record, received)  # noqa: E731
-                should_stop = lambda: self._stopping or record.generation != generation  # noqa: E731
-                on_progress, should_stop = self.gate.gated(record.size, start, self.settings.chunk_size,
-                                                           on_progress, should_stop)  # ops: bwlimit/pause
+                # The gate (bwlimit, pause) waits inside should_stop, asked before every PUT.
+                on_progress, gated_stop = self.gate.gated(
+                    record.size, start, self.settings.chunk_size,
+                    lambda received: self._progress(record, received),
+                    lambda: self._stopping or record.generation != generation)
+
+                def should_stop() -> bool:
+                    stop = gated_stop()
+                    puts_let_go[0] += not stop  # False lets a PUT go: counted for _forget_unsent_locked
+                    return stop
                 if self.transfers is not None:
                     job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size)
                     final = self.transfers.send_file(job, fd, on_progress, should_stop)
@@ -616,6 +627,8 @@ class Engine:
                 os.close(fd)
         except Cancelled:
             with self.lock:
+                if not puts_let_go[0] and upload_id and record.upload_id == upload_id:
+                    self._forget_unsent_locked(record, session)
                 if record.state == UPLOADING and record.generation == generation:
                     # Shutting down: the journal keeps it queued for the next mount.
                     self._set_state_locked(record, PENDING)
@@ -704,6 +717,24 @@ class Engine:
                 if taken_by:
                     log.warning("%s: the server already holds another file named %s; sending it as %s",
                                 record.name, taken_by, record.server_name)
+
+    def _forget_unsent_locked(self, record: FileRecord, session: SessionRecord) -> None:
+        """Cancelled before its first PUT went out: the server holds nothing of it after all, so
+        a file deleted meanwhile leaves no trace and its name is free again."""
+        if record.server_received:
+            return
+        record.upload_id = None
+        if session.remote_names is not None and record.server_name \
+                and session.remote_names.get(record.server_name.lower()) is record:
+            del session.remote_names[record.server_name.lower()]
+        if record.unlinked and record in session.unlinked:
+            session.unlinked.remove(record)
+            self._files.pop(record.id, None)
+            self._release_server_name_locked(record, session)
+            self.journal.delete_file(record.id)
+            self._wakeup.notify_all()
+        elif record.id in self._files:
+            self.journal.update_file(record.id, upload_id=None)
 
     @staticmethod
     def _claim_server_name_locked(record: FileRecord, session: SessionRecord, upload_id: str) -> None:

@@ -217,3 +217,29 @@ def test_account_errors_leave_files_failed_never_rejected(profiled_emulator, set
     finally:
         engine.stop()
     assert_uploaded(emulator, upload_id, sources)
+
+
+def test_a_file_deleted_before_its_first_put_leaves_no_trace(emulator, settings_for, tmp_path):
+    """The worker has marked the file "may be on the server" and waits (here: paused) before its
+    first PUT; the file is deleted: nothing was sent, so no tombstone holds the session back."""
+    src = tmp_path / "src"
+    make_sources(src, {"a.jpg": 3000, "b.jpg": 3000})
+    engine = Engine(settings_for(emulator))
+    engine.gate.set_paused(True)
+    engine.start()
+    try:
+        session = queue_files(engine, "s", {"a.jpg": src / "a.jpg"})
+        record = session.files["a.jpg"]
+        wait_until(lambda: record.upload_id is not None, 20, what="the worker to mark a.jpg before its PUT")
+        with engine.lock:
+            engine.remove_file_locked(record)
+            assert session.unlinked == [record]  # held back while a PUT may have gone out...
+        wait_until(lambda: not session.unlinked, 20, what="the tombstone to go")  # ...until it is sure none did
+        engine.gate.set_paused(False)
+        queue_files(engine, "s", {"a.jpg": src / "b.jpg"}, project={})
+        wait_until(lambda: session.project.state == P_READY, 60, what="the project")
+        assert engine.journal.files()[-1]["server_name"] == "a.jpg"
+    finally:
+        engine.stop()
+    assert request_count(emulator, "PUT put_file") == 1
+    assert [f["name"] for f in emulator.files()] == ["a.jpg"]
