@@ -46,7 +46,8 @@ def assert_accounted(mount: Mount, emulator: EmulatorProcess, written: dict[str,
         mine = {f["name"]: f for f in remote if upload_id is not None and f["upload_id"] == upload_id}
         for name, sha in files.items():
             entry = listed.get(name)
-            held = mine.get(name)
+            # The server holds a file under the name fs360 chose for it (see doc/SEMANTICS.md).
+            held = mine.get((entry or {}).get("server_name") or name)
             if held is not None and held["complete"] and held["sha256"] != sha:
                 problems.append(f"{session}/{name}: complete on the server with OTHER bytes "
                                 f"(sha {held['sha256']}, source {sha})")
