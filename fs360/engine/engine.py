@@ -361,12 +361,12 @@ class Engine:
         else:
             self.queue_upload_locked(record)
 
-    def queue_upload_locked(self, record: FileRecord) -> None:
-        """The file is closed and its name final: upload it after the write-back delay."""
+    def queue_upload_locked(self, record: FileRecord, delay: float | None = None) -> None:
+        """The file is closed and its name final: upload it after the write-back delay (or `delay`)."""
         record.generation += 1
         self._set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
                                attempts=0, sha256=self.content_sha256(record))
-        self._enqueue_locked(record, self.settings.writeback_delay)
+        self._enqueue_locked(record, self.settings.writeback_delay if delay is None else delay)
         self.listeners.emit("file_pending", file=record)
 
     def rename_file_locked(self, record: FileRecord, target: SessionRecord, new_name: str, local_only: bool) -> None:
@@ -387,7 +387,9 @@ class Engine:
             elif record.unfinished:
                 self._interrupt_locked(record)
             else:
-                self.queue_upload_locked(record)
+                # A closed scratch file (rsync's .name.XXXXXX, GIO's .goutputstream-*) renamed to
+                # its final name: the rename is the writer's "done", no delay needed.
+                self.queue_upload_locked(record, delay=0.0)
         elif not was_local and local_only:
             record.generation += 1
             self._set_state_locked(record, LOCAL, last_error="")

@@ -243,3 +243,27 @@ def test_a_file_deleted_before_its_first_put_leaves_no_trace(emulator, settings_
         engine.stop()
     assert request_count(emulator, "PUT put_file") == 1
     assert [f["name"] for f in emulator.files()] == ["a.jpg"]
+
+
+def test_a_scratch_file_renamed_to_its_final_name_uploads_without_the_delay(emulator, settings_for, tmp_path):
+    """rsync's way: write .name.XXXXXX, close, rename to name. With a write-back delay of an
+    hour, only the rename can have started the upload."""
+    src = tmp_path / "src"
+    sources = make_sources(src, {"scan.e57": 50_000})
+    engine = Engine(settings_for(emulator, writeback_delay=3600.0)).start()
+    try:
+        with engine.lock:
+            session = engine.create_session_locked("s", 0o755)
+            record = engine.create_file_locked(session, ".scan.e57.Xa12Bc", 0o644, 0, 0, local_only=True)
+            engine.open_for_write_locked(record, rewrite=True)
+            spool_path = engine.spool.path(record.id)
+        with open(src / "scan.e57", "rb") as f, open(spool_path, "r+b") as out:
+            out.write(f.read())
+        with engine.lock:
+            engine.close_writer_locked(record, 50_000)
+            engine.rename_file_locked(record, session, "scan.e57", local_only=False)
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert record.state == COMPLETE
+    finally:
+        engine.stop()
+    assert_uploaded(emulator, None, sources)
