@@ -82,7 +82,7 @@ def make_sources(directory: Path, count: int, size: int | None, seed: int = 0) -
 
 
 class Daemon:
-    def __init__(self, work: Path, emulator: EmulatorProcess):
+    def __init__(self, work: Path, emulator: EmulatorProcess, extra_args: list[str] = ()):
         self.mountpoint = work / "mnt"
         self.cache = work / "cache"
         self.mountpoint.mkdir(exist_ok=True)
@@ -90,7 +90,7 @@ class Daemon:
         env = dict(os.environ, FS360_API_KEY=emulator.api_key)
         subprocess.run([sys.executable, "-m", "fs360.cli", "mount", str(self.mountpoint), "--api-url",
                         emulator.base_url, "--cache-dir", str(self.cache), "--no-rate-limits",
-                        "--log-level", "warning"], env=env, check=True)
+                        "--log-level", "warning", *extra_args], env=env, check=True)
         self.pid = int((self.cache / "lock").read_text())
 
     def peak_rss(self) -> int:

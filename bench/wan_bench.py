@@ -1,6 +1,7 @@
 """The side by side on a shaped link.
 
-    scripts/bench wan [RATE_MBIT RTT_MS] [--delay fault|forwarder]   (defaults 200, 40, fault)
+    scripts/bench wan [RATE_MBIT RTT_MS] [--delay fault|forwarder] [--writeback-delay SECONDS]
+                      (defaults 200, 40, fault, and the mount's own default write-back delay)
 
 The whole benchmark re-executes itself inside a private network namespace
 (`unshare -n`, then `ip link set lo up`), whose loopback is shaped with a token
@@ -61,31 +62,37 @@ IN_NETNS = "FS360_BENCH_WAN_NETNS"
 DELAY_KINDS = ("fault", "forwarder")
 
 
+def take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value of `name VALUE` in argv (None when absent), and argv without the pair."""
+    if name not in argv:
+        return None, argv
+    at = argv.index(name)
+    return (argv[at + 1] if at + 1 < len(argv) else ""), argv[:at] + argv[at + 2:]
+
+
 def main(argv: list[str]) -> int:
-    delay_by = "fault"
-    if "--delay" in argv:
-        at = argv.index("--delay")
-        delay_by = argv[at + 1] if at + 1 < len(argv) else ""
-        argv = argv[:at] + argv[at + 2:]
+    original = list(argv)
+    delay_by, argv = take_option(argv, "--delay")
+    delay_by = delay_by or "fault"
+    writeback_delay, argv = take_option(argv, "--writeback-delay")
     if delay_by not in DELAY_KINDS:
         print(f"--delay is one of {', '.join(DELAY_KINDS)}", file=sys.stderr)
         return 2
     rate_mbit = float(argv[0]) if len(argv) > 0 else DEFAULT_RATE_MBIT
     rtt_ms = float(argv[1]) if len(argv) > 1 else DEFAULT_RTT_MS
     if os.environ.get(IN_NETNS) != "1":
-        return reexec_in_netns(rate_mbit, rtt_ms, delay_by)
+        return reexec_in_netns(original)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    return run(rate_mbit, rtt_ms, delay_by)
+    mount_args = [] if writeback_delay is None else ["--writeback-delay", writeback_delay]
+    return run(rate_mbit, rtt_ms, delay_by, mount_args)
 
 
-def reexec_in_netns(rate_mbit: float, rtt_ms: float, delay_by: str) -> int:
+def reexec_in_netns(argv: list[str]) -> int:
     if shutil.which("unshare") is None or shutil.which("tc") is None:
         print("scripts/bench wan needs unshare and tc (iproute2)", file=sys.stderr)
         return 2
     env = dict(os.environ, **{IN_NETNS: "1"})
-    command = ["unshare", "-n", "--", sys.executable, "-m", "bench", "wan", str(rate_mbit), str(rtt_ms),
-               "--delay", delay_by]
-    return subprocess.run(command, env=env).returncode
+    return subprocess.run(["unshare", "-n", "--", sys.executable, "-m", "bench", "wan", *argv], env=env).returncode
 
 
 def token_bucket(rate_mbit: float) -> list[str]:
@@ -140,10 +147,10 @@ def link_limit(nbytes: int, rate_mbit: float) -> float:
     return nbytes * 8 / (rate_mbit * 1e6)
 
 
-def run(rate_mbit: float, rtt_ms: float, delay_by: str) -> int:
+def run(rate_mbit: float, rtt_ms: float, delay_by: str, mount_args: list[str]) -> int:
     work = make_work_dir()
     print(f"fs360 benchmark on a shaped link ({rate_mbit:g} Mbit/s, {rtt_ms:g} ms round trip by the {delay_by})"
-          f" in {work}; emulator {' '.join(EMULATOR_ARGS)}", flush=True)
+          f" in {work}; emulator {' '.join(EMULATOR_ARGS)}; mount {' '.join(mount_args) or 'defaults'}", flush=True)
     rows: list[Row] = []
     forwarder = None
     try:
@@ -156,7 +163,7 @@ def run(rate_mbit: float, rtt_ms: float, delay_by: str) -> int:
                 forwarder, port = start_forwarder(emulator.port, rtt_ms / 2000)
                 shape_port(rate_mbit, port)
                 api = DelayedApi(emulator, port)
-            daemon = Daemon(work, api)
+            daemon = Daemon(work, api, mount_args)
             try:
                 for workload, (count, size) in WORKLOADS.items():
                     rows.append(run_sourced_workload(workload, count, size, api, daemon, work))
@@ -168,7 +175,8 @@ def run(rate_mbit: float, rtt_ms: float, delay_by: str) -> int:
             forwarder.kill()
             forwarder.wait()
         shutil.rmtree(work, ignore_errors=True)
-    print_table(rows, rate_mbit, rtt_ms, delay_by, qdisc)
+    print_table(rows, f"{rate_mbit:g} Mbit/s, {rtt_ms:g} ms round trip (--delay {delay_by}"
+                f"{''.join(' ' + a for a in mount_args)})", rate_mbit, qdisc)
     return 0
 
 
@@ -183,9 +191,9 @@ def verdict(value: float, target: float | None) -> str:
     return f"<= {target:.2f} x: {'MET' if value <= target else 'MISSED'}"
 
 
-def print_table(rows: list[Row], rate_mbit: float, rtt_ms: float, delay_by: str, qdisc: str) -> None:
+def print_table(rows: list[Row], title: str, rate_mbit: float, qdisc: str) -> None:
     print()
-    print(f"## fs360 on a shaped link: {rate_mbit:g} Mbit/s, {rtt_ms:g} ms round trip (--delay {delay_by})")
+    print(f"## fs360 on a shaped link: {title}")
     print()
     print("| workload | data | link limit | baseline | fs360 copy returns | fs360 complete |"
           " complete / baseline | target | complete / link limit | target | daemon CPU |")
