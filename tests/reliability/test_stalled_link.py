@@ -60,7 +60,8 @@ def connections_to(port: int) -> list[str]:
         return []
     out = subprocess.run(["ss", "-tnpH", "state", "all", f"( sport = :{port} or dport = :{port} )"],
                          capture_output=True, text=True).stdout
-    return [" ".join(line.split()) for line in out.splitlines() if line.strip()]
+    lines = [" ".join(line.split()) for line in out.splitlines() if line.strip()]
+    return [line for line in lines if not line.startswith(("TIME-WAIT", "LISTEN"))]
 
 
 def run_in_netns() -> dict:
@@ -136,6 +137,12 @@ def netns_unavailable() -> str | None:
     return None
 
 
+# Found by this test (2 of 2 runs): at the end of the stall the client's abandoned PUTs sit in
+# FIN-WAIT-1 with up to 1.5 MB of body still queued (closed gracefully, not aborted), and the
+# server holds other abandoned PUTs whose client socket is gone; either keeps the file's lock
+# on the server when the link returns, and the resynced PUT of that file is a second one.
+@pytest.mark.xfail(reason="issue 12: a resynced PUT after a stall while the abandoned one is still in flight "
+                          "(concurrent_put); remove this mark with the engine's fix", strict=False)
 def test_everything_dropped_for_40_s_mid_upload_every_file_completes_without_violations():
     reason = netns_unavailable()
     if reason:
