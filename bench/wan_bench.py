@@ -42,7 +42,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from fs360.emulator.harness import EmulatorProcess
 
@@ -57,8 +56,7 @@ BASELINE_TARGETS = {"big": 1.10, "eight": 1.05, "small": 0.50}
 LINK_TARGETS = {"small": 1.15}
 # Marks the re-executed process that already runs inside its own namespace.
 IN_NETNS = "FS360_BENCH_WAN_NETNS"
-
-
+# How the round trip is made (see the module's docstring).
 DELAY_KINDS = ("fault", "forwarder")
 
 
