@@ -173,8 +173,10 @@ def run(rate_mbit: float, rtt_ms: float, delay_by: str, mount_args: list[str]) -
             forwarder.kill()
             forwarder.wait()
         shutil.rmtree(work, ignore_errors=True)
+    # The targets are for its link; on another the verdicts would mean nothing.
+    judged = (rate_mbit, rtt_ms) == (DEFAULT_RATE_MBIT, DEFAULT_RTT_MS)
     print_table(rows, f"{rate_mbit:g} Mbit/s, {rtt_ms:g} ms round trip (--delay {delay_by}"
-                f"{''.join(' ' + a for a in mount_args)})", rate_mbit, qdisc)
+                f"{''.join(' ' + a for a in mount_args)})", rate_mbit, qdisc, judged)
     return 0
 
 
@@ -189,7 +191,7 @@ def verdict(value: float, target: float | None) -> str:
     return f"<= {target:.2f} x: {'MET' if value <= target else 'MISSED'}"
 
 
-def print_table(rows: list[Row], title: str, rate_mbit: float, qdisc: str) -> None:
+def print_table(rows: list[Row], title: str, rate_mbit: float, qdisc: str, judged: bool) -> None:
     print()
     print(f"## fs360 on a shaped link: {title}")
     print()
@@ -200,11 +202,13 @@ def print_table(rows: list[Row], title: str, rate_mbit: float, qdisc: str) -> No
         limit = link_limit(row.total, rate_mbit)
         to_baseline = row.complete / row.baseline
         to_link = row.complete / limit
+        baseline_target = BASELINE_TARGETS.get(row.workload) if judged else None
+        link_target = LINK_TARGETS.get(row.workload) if judged else None
         print(f"| {row.workload} | {row.files} x {row.total // row.files / MiB:g} MiB | {limit:.2f} s |"
               f" {row.baseline:.2f} s ({row.baseline / limit:.2f} x link) | {row.copy_returns:.2f} s |"
               f" {row.complete:.2f} s ({mbps(row.total, row.complete):.1f} MB/s) |"
-              f" **{to_baseline:.2f} x** | {verdict(to_baseline, BASELINE_TARGETS.get(row.workload))} |"
-              f" {to_link:.2f} x | {verdict(to_link, LINK_TARGETS.get(row.workload))} | {row.daemon_cpu:.2f} s |")
+              f" **{to_baseline:.2f} x** | {verdict(to_baseline, baseline_target)} |"
+              f" {to_link:.2f} x | {verdict(to_link, link_target)} | {row.daemon_cpu:.2f} s |")
     print()
     print(f"- loopback qdiscs at the end: {qdisc}")
     sys.stdout.flush()
