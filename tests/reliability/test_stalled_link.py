@@ -138,14 +138,13 @@ def netns_unavailable() -> str | None:
     return None
 
 
-# Found by this test (1 to 3 concurrent_put in each of 3 runs): at the end of the stall the
-# client's abandoned PUTs sit in FIN-WAIT-1 with up to 1.9 MB of body still queued (closed
-# gracefully, not aborted), and the server holds abandoned PUTs whose client socket is gone;
-# either keeps the file's lock on the server when the link returns, and the resynced PUT of that
-# file is a second one. With the default timeouts (60 s per read) nothing times out within the
-# 40 s, the connections just resume, and the same run records no violation.
-@pytest.mark.xfail(reason="issue 12: a resynced PUT after a stall while the abandoned one is still in flight "
-                          "(concurrent_put); remove this mark with the engine's fix", strict=False)
+# Found by this test (1 to 3 concurrent_put in each of 3 runs, before the fix): at the end of
+# the stall the client's abandoned PUTs sat in FIN-WAIT-1 with up to 1.9 MB of body still
+# queued (closed gracefully), and the server held abandoned PUTs whose client socket was gone;
+# either kept the file's lock on the server when the link returned, and the resynced PUT of that
+# file was a second one. Now an abandoned request ends with a reset (nothing queued is sent
+# later), and a file whose PUT fs360 gave up on waits `abandoned_upload_quiet` (the default
+# 60 s, the emulator's own idle timeout too) before its next PUT.
 def test_everything_dropped_for_40_s_mid_upload_every_file_completes_without_violations():
     reason = netns_unavailable()
     if reason:
