@@ -124,7 +124,8 @@ def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
 
 # --- session expiry ------------------------------------------------------------------------------
 
-def test_session_expiry_resends_everything_and_project_completes(emulator, settings_for, tmp_path):
+def test_session_expiry_resends_everything_and_project_completes(profiled_emulator, settings_for, tmp_path):
+    emulator = profiled_emulator
     src = tmp_path / "src"
     expected = make_sources(src, MIXED)
     # Slow PUTs so the session can be expired while files are still going.
@@ -151,7 +152,8 @@ def test_session_expiry_resends_everything_and_project_completes(emulator, setti
     assert len(projects) == 1 and projects[0]["name"] == session.project.name
 
 
-def test_project_is_posted_once_when_its_answer_is_lost(emulator, settings_for, tmp_path):
+def test_project_is_posted_once_when_its_answer_is_lost(profiled_emulator, settings_for, tmp_path):
+    emulator = profiled_emulator
     src = tmp_path / "src"
     expected = make_sources(src, {"a.jpg": 1000, "b.jpg": 2 * CHUNK})
     emulator.set_faults([{"endpoint": "create_project", "kind": "drop_response", "count": 1},

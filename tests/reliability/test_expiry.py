@@ -7,7 +7,9 @@ from tests.harness import remote_files, wait_until, write_random
 from .common import MiB, assert_accounted, pick, settle
 
 
-def test_session_expiry_mid_upload_resends_everything_and_creates_the_project(tmp_path, emulator, mount_factory):
+def test_session_expiry_mid_upload_resends_everything_and_creates_the_project(tmp_path, profiled_emulator,
+                                                                              mount_factory):
+    emulator = profiled_emulator
     emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.1}])
     mount = mount_factory(emulator, extra_args=["--chunk-size", "1M"])
     session = "expiring"
