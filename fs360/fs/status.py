@@ -6,7 +6,7 @@ import json
 import time
 
 from ..engine.projects import project_page
-from ..engine.records import COMPLETE, P_READY, SessionRecord
+from ..engine.records import COMPLETE, IN_TREE, P_READY, FileRecord, SessionRecord
 
 BAR_WIDTH = 20
 PRIVACY_NAMES = {2: "private (owner and invited users)", 1: "anyone with the link", 0: "public"}
@@ -16,23 +16,8 @@ PAUSED_LINE = "paused: uploads wait (fs360 resume MOUNTPOINT)"
 def snapshot_session(session: SessionRecord, engine) -> dict:
     """Needs engine.lock held: reads the records in one consistent step."""
     now = time.time()
-    files = []
-    for record in sorted(session.files.values(), key=lambda f: f.name):
-        rate = record.rate.rate()
-        remaining = max(0, record.size - record.server_received)
-        files.append({
-            "name": record.name,
-            "server_name": None if record.local_only else record.server_name,
-            "state": record.state,
-            "size": record.size,
-            "sent": record.server_received,
-            "rate": round(rate),
-            "eta_seconds": round(remaining / rate) if rate > 0 and record.state != COMPLETE else None,
-            "error": record.last_error or None,
-            "attempts": record.attempts,
-            "next_attempt_in": round(max(0.0, record.next_attempt - now), 1) if record.state == "failed" else None,
-            "local_only": record.local_only,
-        })
+    records = sorted(session.files.values(), key=lambda f: f.name)
+    files = [_file_entry(record, now) for record in records + ([session.archive] if session.archive else [])]
     project = session.project
     project_info = None
     if project is not None:
@@ -59,7 +44,8 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
             project_info = {"state": "refused", "name": None, "status": 0, "url": None, "waiting_for": None,
                             "title": None, "error": session.marker_refused}
         project_info["refused"] = session.marker_refused
-    uploadable = [f for f in files if not f["local_only"]]
+    uploads = {id(r) for r in session.uploads()}
+    uploadable = [entry for record, entry in zip(records + [session.archive], files) if id(record) in uploads]
     return {
         "session": session.name,
         "upload_id": session.upload_id,
@@ -67,6 +53,7 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
         "sealed": session.sealed,
         "files": files,
         "deleted_but_held_by_server": sorted(f.name for f in session.unlinked),
+        "tree": _tree_entries(session, engine),
         "totals": {
             "files": len(uploadable),
             "complete": sum(1 for f in uploadable if f["state"] == COMPLETE),
@@ -78,6 +65,43 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
         "paused": engine.gate.paused,  # ops: fs360 pause
         "generated_at": _iso(now),
     }
+
+
+def _file_entry(record: FileRecord, now: float) -> dict:
+    rate = record.rate.rate()
+    remaining = max(0, record.size - record.server_received)
+    entry = {
+        "name": record.name,
+        "server_name": None if record.local_only or record.in_tree else record.server_name,
+        "state": record.state,
+        "size": record.size,
+        "sent": record.server_received,
+        "rate": round(rate),
+        "eta_seconds": round(remaining / rate) if rate > 0 and record.state != COMPLETE else None,
+        "error": record.last_error or None,
+        "attempts": record.attempts,
+        "next_attempt_in": round(max(0.0, record.next_attempt - now), 1) if record.state == "failed" else None,
+        "local_only": record.local_only,
+        "in_tree": record.in_tree,
+    }
+    if record.archive:
+        # The archive is generated, not stored: its sha256 is known once it is uploaded.
+        entry["archive"] = True
+        entry["sha256"] = record.sha256
+    return entry
+
+
+def _tree_entries(session: SessionRecord, engine) -> list[dict]:
+    """One entry per top-level folder of the tree: its file count and size, and the archive it
+    goes up in."""
+    entries: dict[str, dict] = {}
+    archive = engine.archive_server_name_locked(session)
+    for record in session.tree_files():
+        top = record.name.partition("/")[0] + "/"
+        entry = entries.setdefault(top, {"entry": top, "files": 0, "size": 0, "archive": archive})
+        entry["files"] += 1
+        entry["size"] += record.size
+    return [entries[top] for top in sorted(entries)]
 
 
 def render_json(snapshot: dict) -> bytes:
@@ -115,7 +139,13 @@ def render_text(snapshot: dict) -> bytes:
         lines.append("held      deleted here but held by the server (it cannot drop one file; "
                      "remove the folder to discard the session): " + ", ".join(snapshot["deleted_but_held_by_server"]))
     lines.append("")
+    for entry in snapshot["tree"]:
+        lines.append(f"  {entry['entry']} {entry['files']} files, {human_bytes(entry['size'])} → in {entry['archive']}")
     for f in snapshot["files"]:
+        if f["in_tree"]:
+            if f["state"] not in (IN_TREE, COMPLETE):  # a file of the tree that is not whole yet
+                lines.append(f"    {f['name']}  {f['state']}" + (f": {f['error']}" if f["error"] else ""))
+            continue
         if f["local_only"]:
             lines.append(f"  {f['name']}  local only ({human_bytes(f['size'])}), never uploaded")
             continue
@@ -168,7 +198,7 @@ def _iso(ts: float) -> str:
 
 def summary_line(snapshots: list[dict]) -> str:
     """One line for all sessions (systemd's STATUS=): files by state, bytes, rate."""
-    files = [f for snap in snapshots for f in snap["files"] if not f["local_only"]]
+    files = [f for snap in snapshots for f in snap["files"] if not f["local_only"] and not f["in_tree"]]
     count = {state: sum(1 for f in files if f["state"] == state) for state in ("uploading", "pending", "failed")}
     rate = sum(f["rate"] for f in files)
     line = (f"{count['uploading']} uploading, {count['pending']} pending, {count['failed']} failed, "
