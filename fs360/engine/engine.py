@@ -404,8 +404,8 @@ class Engine:
         elif not was_local and local_only:
             record.generation += 1
             self._set_state_locked(record, LOCAL, last_error="")
-        elif (record.state == IN_TREE) != record.in_tree and record.state in QUEUED_STATES + (IN_TREE,):
-            # A closed file moved into the tree, or out of it to the session's top level.
+        elif (record.state == IN_TREE) != record.in_tree and record.state in QUEUED_STATES + (IN_TREE, UPLOADING):
+            # A closed file moved into the tree (its upload, not begun, stops), or out of it.
             self.queue_upload_locked(record)
         elif record.state in QUEUED_STATES:
             # A rename right after close (rsync, GIO): wait the delay again from now.
@@ -901,7 +901,8 @@ class Engine:
         reason = self.tree_refusal_locked(session)
         size = None
         if not reason:
-            size = ArchiveReader(members).size
+            with ArchiveReader(members) as planned:
+                size = planned.size
             reason = self.tree_refusal_locked(session, size)
         if reason:
             raise InvalidArgument(reason)

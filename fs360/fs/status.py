@@ -140,7 +140,8 @@ def render_text(snapshot: dict) -> bytes:
                      "remove the folder to discard the session): " + ", ".join(snapshot["deleted_but_held_by_server"]))
     lines.append("")
     for entry in snapshot["tree"]:
-        lines.append(f"  {entry['entry']} {entry['files']} files, {human_bytes(entry['size'])} → in {entry['archive']}")
+        count = f"{entry['files']} file" + ("s" if entry["files"] != 1 else "")
+        lines.append(f"  {entry['entry']} {count}, {human_bytes(entry['size'])} → in {entry['archive']}")
     for f in snapshot["files"]:
         if f["in_tree"]:
             if f["state"] not in (IN_TREE, COMPLETE):  # a file of the tree that is not whole yet

@@ -92,7 +92,7 @@ def test_cp_r_of_a_tree_then_create_uploads_one_archive(tmp_path, profiled_emula
     assert set(remote_files(emulator)) == {"top.jpg"}
     status = (session / "status").read_text()
     assert f"Scans/ 4 files, 4.0 MiB → in {ARCHIVE}" in status
-    assert f"Panoramas/ 1 files, 2.0 MiB → in {ARCHIVE}" in status
+    assert f"Panoramas/ 1 file, 2.0 MiB → in {ARCHIVE}" in status
 
     write_marker(session / ".create", b"")
     check_project(mount, emulator)
