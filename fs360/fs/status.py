@@ -96,11 +96,11 @@ def _tree_entries(session: SessionRecord, engine) -> list[dict]:
     goes up in."""
     entries: dict[str, dict] = {}
     archive = engine.archive_server_name_locked(session)
-    for record in session.tree_files():
-        top = record.name.partition("/")[0] + "/"
+    for member in engine.archive_members_locked(session):
+        top = member.path.partition("/")[0] + "/"
         entry = entries.setdefault(top, {"entry": top, "files": 0, "size": 0, "archive": archive})
-        entry["files"] += 1
-        entry["size"] += record.size
+        entry["files"] += not member.is_dir
+        entry["size"] += member.size
     return [entries[top] for top in sorted(entries)]
 
 

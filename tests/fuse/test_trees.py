@@ -93,6 +93,7 @@ def test_cp_r_of_a_tree_then_create_uploads_one_archive(tmp_path, profiled_emula
     status = (session / "status").read_text()
     assert f"Scans/ 4 files, 4.0 MiB → in {ARCHIVE}" in status
     assert f"Panoramas/ 1 file, 2.0 MiB → in {ARCHIVE}" in status
+    assert f"Empty Folder/ 0 files, 0 B → in {ARCHIVE}" in status
 
     write_marker(session / ".create", b"")
     check_project(mount, emulator)
