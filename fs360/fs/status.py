@@ -139,11 +139,12 @@ def render_text(snapshot: dict) -> bytes:
         lines.append("held      deleted here but held by the server (it cannot drop one file; "
                      "remove the folder to discard the session): " + ", ".join(snapshot["deleted_but_held_by_server"]))
     lines.append("")
-    for entry in snapshot["tree"]:
+    # .get: `fs360 status` also renders what mounts of an older fs360 publish.
+    for entry in snapshot.get("tree", ()):
         count = f"{entry['files']} file" + ("s" if entry["files"] != 1 else "")
         lines.append(f"  {entry['entry']} {count}, {human_bytes(entry['size'])} → in {entry['archive']}")
     for f in snapshot["files"]:
-        if f["in_tree"]:
+        if f.get("in_tree"):
             if f["state"] not in (IN_TREE, COMPLETE):  # a file of the tree that is not whole yet
                 lines.append(f"    {f['name']}  {f['state']}" + (f": {f['error']}" if f["error"] else ""))
             continue
@@ -199,7 +200,7 @@ def _iso(ts: float) -> str:
 
 def summary_line(snapshots: list[dict]) -> str:
     """One line for all sessions (systemd's STATUS=): files by state, bytes, rate."""
-    files = [f for snap in snapshots for f in snap["files"] if not f["local_only"] and not f["in_tree"]]
+    files = [f for snap in snapshots for f in snap["files"] if not f["local_only"] and not f.get("in_tree")]
     count = {state: sum(1 for f in files if f["state"] == state) for state in ("uploading", "pending", "failed")}
     rate = sum(f["rate"] for f in files)
     line = (f"{count['uploading']} uploading, {count['pending']} pending, {count['failed']} failed, "
