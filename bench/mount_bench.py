@@ -6,7 +6,9 @@ For each workload: the baseline (bench/baseline.py, sequential, straight from
 the source files), then `cp` (or `rsync -a`) into a real fs360 mount, timed when
 the copy returns and when the last file is complete on the server, and a plain
 local `cp` of the same data (the ceiling for "the copy returns"). The daemon's
-peak RSS and the latency of reading `status` during uploads are sampled too.
+CPU seconds per workload (user+sys of the daemon and its upload worker
+processes), the peak RSS of the daemon plus its workers and the latency of
+reading `status` during uploads are sampled too.
 The emulator runs with --discard --no-rate-limits so that neither its disk nor
 the documented rate limits are what is measured.
 """
@@ -14,6 +16,7 @@ the documented rate limits are what is measured.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -29,6 +32,10 @@ from fs360.emulator.harness import EmulatorProcess
 from .baseline import upload_files
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+EMULATOR_ARGS = ["--discard", "--no-rate-limits"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 SIZES = {
     "quick": {"big": (1, 512 * MiB), "eight": (8, 64 * MiB), "small": (500, 100 * 1024), "rsync": (100, None),
@@ -49,6 +56,8 @@ class Row:
     copy_returns: float = 0.0
     complete: float = 0.0
     local_cp: float = 0.0
+    baseline_cpu: float = 0.0  # the baseline client's user+sys (it runs in this process)
+    daemon_cpu: float = 0.0  # the daemon's and its workers' user+sys while fs360 did the workload
     notes: list[str] = field(default_factory=list)
 
 
@@ -73,7 +82,7 @@ def make_sources(directory: Path, count: int, size: int | None, seed: int = 0) -
 
 
 class Daemon:
-    def __init__(self, work: Path, emulator: EmulatorProcess):
+    def __init__(self, work: Path, emulator: EmulatorProcess, extra_args: list[str] = ()):
         self.mountpoint = work / "mnt"
         self.cache = work / "cache"
         self.mountpoint.mkdir(exist_ok=True)
@@ -81,7 +90,7 @@ class Daemon:
         env = dict(os.environ, FS360_API_KEY=emulator.api_key)
         subprocess.run([sys.executable, "-m", "fs360.cli", "mount", str(self.mountpoint), "--api-url",
                         emulator.base_url, "--cache-dir", str(self.cache), "--no-rate-limits",
-                        "--log-level", "warning"], env=env, check=True)
+                        "--log-level", "warning", *extra_args], env=env, check=True)
         self.pid = int((self.cache / "lock").read_text())
 
     def peak_rss(self) -> int:
@@ -90,12 +99,85 @@ class Daemon:
                 return int(line.split()[1]) * 1024
         return 0
 
+    def processes(self) -> list[int]:
+        """The daemon and its children (the upload worker processes, see engine/transfer_pool.py)."""
+        pids = [self.pid]
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                pids += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                pass  # a thread that ended meanwhile
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """user+sys of the daemon, its live children and the children it has reaped."""
+        total = 0
+        for pid in self.processes():
+            try:
+                # Fields after the ")" that ends the command name: utime is the 12th, then stime,
+                # cutime, cstime (reaped workers' time lands in the daemon's cutime/cstime).
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # a worker that just ended: its time is in the daemon's cutime once reaped
+            total += sum(int(v) for v in fields[11:15])
+        return total / CLOCK_TICKS
+
+    def memory_with_workers(self) -> tuple[int, int]:
+        """(RSS, PSS) of the daemon and its worker processes now, each summed. The RSS sum counts
+        the pages they share (the interpreter, libraries) once per process; PSS splits them."""
+        rss = pss = 0
+        for pid in self.processes():
+            try:
+                rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+                        break
+            except OSError:
+                pass  # a worker that just ended
+        return rss, pss
+
     def upload_id(self, session: str) -> str:
         import json
         return json.loads((self.mountpoint / session / "status.json").read_text())["upload_id"]
 
     def close(self) -> None:
         subprocess.run([sys.executable, "-m", "fs360.cli", "unmount", str(self.mountpoint)], check=False)
+
+
+class RssSampler:
+    """Samples the daemon's RSS plus its workers' every `interval` s in a thread; keeps the peak.
+    (VmHWM alone would miss the worker processes, which come and go.)"""
+
+    def __init__(self, daemon: Daemon, interval: float = 0.25):
+        self.daemon = daemon
+        self.interval = interval
+        self.peak = 0  # RSS
+        self.peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss, pss = self.daemon.memory_with_workers()
+                self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
+            except OSError:
+                pass  # the daemon is going away
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wait_complete(emulator: EmulatorProcess, daemon: Daemon, session: str, count: int, timeout: float = 900) -> float:
@@ -115,9 +197,11 @@ def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, 
     row = Row(name, len(sources), sum(p.stat().st_size for p in sources))
     src_dir = sources[0].parent
     # Baseline: the direct client.
+    cpu_before = own_cpu_seconds()
     start = time.monotonic()
     upload_files(emulator.base_url, emulator.api_key, [str(p) for p in sources])
     row.baseline = time.monotonic() - start
+    row.baseline_cpu = own_cpu_seconds() - cpu_before
     # Plain local cp of the same data (same disk).
     local = work / f"local-{name}"
     start = time.monotonic()
@@ -131,6 +215,7 @@ def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, 
     sampler = None
     if status_samples is not None:
         sampler = threading.Thread(target=sample_status, args=(session, status_samples, stop_sampling))
+    daemon_cpu_before = daemon.cpu_seconds()
     start = time.monotonic()
     if sampler:
         sampler.start()
@@ -140,6 +225,7 @@ def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, 
         subprocess.run(["cp", *[str(p) for p in sources], str(session)], check=True)
     row.copy_returns = time.monotonic() - start
     row.complete = wait_complete(emulator, daemon, name, len(sources)) - start
+    row.daemon_cpu = daemon.cpu_seconds() - daemon_cpu_before
     stop_sampling.set()
     if sampler:
         sampler.join()
@@ -185,41 +271,66 @@ def main(argv: list[str]) -> int:
         mode, argv = argv[0], argv[1:]
     chosen = [w for w in argv if w in WORKLOADS] or list(WORKLOADS)
     sizes = SIZES[mode]
-    work = Path(tempfile.mkdtemp(prefix="fs360-bench-", dir=os.environ.get("FS360_BENCH_DIR", "/var/tmp")))
-    print(f"fs360 benchmark ({mode}) in {work}; emulator --discard --no-rate-limits", flush=True)
+    work = make_work_dir()
+    print(f"fs360 benchmark ({mode}) in {work}; emulator {' '.join(EMULATOR_ARGS)}", flush=True)
     rows: list[Row] = []
     status_samples: list[float] = []
     ls_times = None
     peak_rss = 0
+    peak_with_workers = (0, 0)
     try:
-        with EmulatorProcess(work / "emulator", args=["--discard", "--no-rate-limits"]) as emulator:
+        with EmulatorProcess(work / "emulator", args=EMULATOR_ARGS) as emulator:
             daemon = Daemon(work, emulator)
             try:
-                for workload in chosen:
-                    if workload == "ls":
-                        ls_times = run_ls(sizes["ls"], daemon, emulator)
-                        print(f"  ls -l of {sizes['ls']} files: cold {ls_times[0]:.3f} s, warm {ls_times[1]:.3f} s",
-                              flush=True)
-                        continue
-                    count, size = sizes[workload]
-                    sources = make_sources(work / f"src-{workload}", count, size)
-                    row = run_copy_workload(workload, sources, emulator, daemon, work,
-                                            use_rsync=(workload == "rsync"),
-                                            status_samples=status_samples if workload in ("eight", "big") else None)
-                    rows.append(row)
-                    print(f"  {workload}: baseline {row.baseline:.2f} s, copy returns {row.copy_returns:.2f} s, "
-                          f"complete {row.complete:.2f} s, local cp {row.local_cp:.2f} s", flush=True)
-                    shutil.rmtree(work / f"src-{workload}")
+                with RssSampler(daemon) as rss:
+                    for workload in chosen:
+                        if workload == "ls":
+                            ls_times = run_ls(sizes["ls"], daemon, emulator)
+                            print(f"  ls -l of {sizes['ls']} files: cold {ls_times[0]:.3f} s, "
+                                  f"warm {ls_times[1]:.3f} s", flush=True)
+                            continue
+                        count, size = sizes[workload]
+                        rows.append(run_sourced_workload(
+                            workload, count, size, emulator, daemon, work, use_rsync=(workload == "rsync"),
+                            status_samples=status_samples if workload in ("eight", "big") else None))
                 peak_rss = daemon.peak_rss()
+                peak_with_workers = (rss.peak, rss.peak_pss)
             finally:
                 daemon.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_table(mode, rows, status_samples, ls_times, peak_rss)
+    print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers)
     return 0
 
 
-def print_table(mode, rows, status_samples, ls_times, peak_rss) -> None:
+def make_work_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="fs360-bench-", dir=os.environ.get("FS360_BENCH_DIR", "/var/tmp")))
+
+
+def run_sourced_workload(workload: str, count: int, size: int | None, emulator, daemon: Daemon, work: Path,
+                         **options) -> Row:
+    """Makes the workload's source files, runs the side by side, prints one line, removes the sources."""
+    sources = make_sources(work / f"src-{workload}", count, size)
+    try:
+        row = run_copy_workload(workload, sources, emulator, daemon, work, **options)
+    finally:
+        shutil.rmtree(work / f"src-{workload}")
+    print(f"  {workload}: baseline {row.baseline:.2f} s, copy returns {row.copy_returns:.2f} s, "
+          f"complete {row.complete:.2f} s, local cp {row.local_cp:.2f} s, daemon CPU {row.daemon_cpu:.2f} s",
+          flush=True)
+    return row
+
+
+def print_cpu_table(rows: list[Row]) -> None:
+    print("| workload | daemon + workers CPU | per file | per GiB | baseline client CPU (per file) |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row.workload} | {row.daemon_cpu:.2f} s | {1000 * row.daemon_cpu / row.files:.2f} ms |"
+              f" {row.daemon_cpu / (row.total / GiB):.2f} s | {row.baseline_cpu:.2f} s"
+              f" ({1000 * row.baseline_cpu / row.files:.2f} ms) |")
+
+
+def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers) -> None:
     print()
     print(f"## fs360 benchmark, {mode} run")
     print()
@@ -238,7 +349,13 @@ def print_table(mode, rows, status_samples, ls_times, peak_rss) -> None:
               f" {mbps(row.total, row.copy_returns):.0f} vs {mbps(row.total, row.local_cp):.0f} = {copy_pct:.0f}%"
               f"{' ok' if copy_pct >= 25 else ' MISSED'} (target >= 25%) |")
     print()
-    print(f"- daemon peak RSS: {peak_rss / MiB:.1f} MiB (target < 150 MiB){' ok' if peak_rss < 150 * MiB else ' MISSED'}")
+    print_cpu_table(rows)
+    print()
+    print(f"- daemon peak RSS (VmHWM): {peak_rss / MiB:.1f} MiB")
+    peak_rss_sum, peak_pss_sum = peak_with_workers
+    print(f"- daemon + upload worker processes, peak of the summed RSS (sampled every 0.25 s): "
+          f"{peak_rss_sum / MiB:.1f} MiB (target < 200 MiB){' ok' if peak_rss_sum < 200 * MiB else ' MISSED'}; "
+          f"summed PSS (shared pages split): {peak_pss_sum / MiB:.1f} MiB")
     if ls_times:
         print(f"- ls -l of 10,000 files: {ls_times[0]:.3f} s cold, {ls_times[1]:.3f} s warm (target < 1 s)"
               f"{' ok' if ls_times[0] < 1 else ' MISSED'}")

@@ -49,6 +49,9 @@ class Settings:
     read_timeout: float = 60.0
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
+    # After fs360 gave up on a PUT (timeout, deadline) the server may still hold that file's
+    # upload until its own idle timeout: the file's next PUT waits at least this long.
+    abandoned_upload_quiet: float = 60.0
     # --- request deadlines (a server that trickles must not hold a worker) ---
     # Every request ends within this many seconds, whatever the per-read timeouts say...
     request_deadline: float = 120.0

@@ -36,10 +36,16 @@ class Cancelled(Exception):
 # --- transport and server errors (from the API client) -------------------------
 
 class TransportError(Fs360Error):
-    """The request did not get a usable answer: connection refused or cut, timeout."""
+    """The request did not get a usable answer: connection refused or cut, timeout.
+
+    `gave_up_on_upload`: fs360 itself abandoned a PUT (a timeout or the deadline) whose
+    connection the server may not have seen end yet (over a stalled link, the reset that
+    ends it is lost too): the server may still hold that file's upload until its own idle
+    timeout, so the file's next PUT waits (Settings.abandoned_upload_quiet)."""
     retryable = True
     code = "network_error"
     reason = "the server could not be reached or did not answer: retried with backoff"
+    gave_up_on_upload = False
 
 
 class DeadlineExceeded(TransportError):

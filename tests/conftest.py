@@ -79,7 +79,8 @@ def settings_for(tmp_path):
     """Settings of an engine talking to `emulator`, in a private cache dir."""
     def make(emulator, **changes) -> Settings:
         base = dict(api_url=emulator.base_url, api_key=emulator.api_key, cache_dir=tmp_path / "cache",
-                    writeback_delay=0.05, backoff_base=0.05, backoff_cap=1.0, rate_limits_enabled=False,
+                    writeback_delay=0.05, backoff_base=0.05, backoff_cap=1.0, abandoned_upload_quiet=0.5,
+                    rate_limits_enabled=False,
                     project_poll_interval=0.2)
         base.update(changes)
         return Settings(**base)

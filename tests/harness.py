@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,21 @@ def write_random(path, size: int, seed: int | None = None) -> str:
             remaining -= len(block)
             counter += 1
     return digest.hexdigest()
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """(cert, key) of a certificate for 127.0.0.1 made with the openssl CLI; skips the test
+    where that cannot be done."""
+    import pytest
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI to make a self-signed certificate")
+    cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                           "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a certificate: {made.stderr[-300:]}")
+    return cert, key
 
 
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):

@@ -194,6 +194,12 @@ class ApiClient:
 
     def _transport_error(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:
         """The error for an exchange without a usable answer: cut at its deadline, too large, or failed."""
+        error = self._transport_error_of(endpoint, exc, exchange)
+        if endpoint == "put_file" and (exchange.expired or isinstance(exc, requests.exceptions.Timeout)):
+            error.gave_up_on_upload = True
+        return error
+
+    def _transport_error_of(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:
         if exchange.expired:
             return DeadlineExceeded(f"{endpoint}: the server at {self._host} did not answer within "
                                     f"{exchange.deadline.seconds:g} s")

@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -77,9 +78,24 @@ class Deadline:
             return connection
 
 
+# SO_LINGER on, 0 s: closing sends a reset and drops whatever is still queued to send.
+ABORT_ON_CLOSE = struct.pack("ii", 1, 0)
+
+
+def _abort_on_close(handle: socket.socket) -> None:
+    """An abandoned request's connection must end with a reset, not a FIN: after a FIN the
+    kernel still delivers the queued rest of the body once a stalled link comes back, which
+    would complete the abandoned PUT next to the one that replaces it."""
+    try:
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_ON_CLOSE)
+    except OSError:
+        pass
+
+
 def _shutdown(connection) -> None:
     handle = getattr(connection, "shutdown_handle", None)
     if handle is not None:
+        _abort_on_close(handle)
         try:
             handle.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -256,6 +272,9 @@ class Exchange:
         if not self._complete or self.deadline.expired:
             # Abandoned midway or cut by the watchdog: this connection must never carry another request.
             # Closed here, so when the call returns no byte of this request can still go out.
+            handle = getattr(connection, "shutdown_handle", None)
+            if handle is not None:
+                _abort_on_close(handle)
             if self.response is not None:
                 self.response.close()
             if connection is not None:

@@ -823,6 +823,8 @@ class Engine:
             return
         attempts = record.attempts + 1
         delay = self.backoff.delay(attempts, exc)
+        if getattr(exc, "gave_up_on_upload", False):
+            delay = max(delay, self.settings.abandoned_upload_quiet)
         record.needs_resync = True
         self._set_state_locked(record, FAILED, attempts=attempts, last_error=str(exc),
                                next_attempt=time.time() + delay)

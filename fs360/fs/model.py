@@ -1075,7 +1075,8 @@ class MountModel:
 
     def _rename_session_locked(self, src: Node, dst: Node) -> None:
         session = src.session
-        if dst.session is not None or dst.kind == ROOT:
+        # The target is a name at the root: free, or an existing session (replaced if empty).
+        if dst.kind == ROOT or (dst.session is not None and dst.kind != SESSION):
             raise NotPermitted("sessions live at the root only")
         name = dst.name
         check_session_name(name)

@@ -19,7 +19,11 @@ def server_project(emulator, name: str) -> dict:
         return json.load(response)
 
 
-def test_empty_create_makes_the_project_and_seals(tmp_path, mount, emulator):
+def test_empty_create_makes_the_project_and_seals(tmp_path, mount_factory, profiled_emulator):
+    """On both profiles: the vendor's server makes a project public when privacy_mode is absent,
+    so fs360 must send its private default."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
     session = mount.mountpoint / "Plain Title"
     session.mkdir()
     write_random(session / "a.jpg", 20_000)
@@ -28,7 +32,9 @@ def test_empty_create_makes_the_project_and_seals(tmp_path, mount, emulator):
     assert project["state"] == "ready" and project["status"] == 100
     (remote,) = emulator.projects()
     assert remote["title"] == "Plain Title" and remote["status"] == 100
-    assert server_project(emulator, project["name"])["title"] == "Plain Title"
+    record = server_project(emulator, project["name"])
+    assert record["title"] == "Plain Title" and record["privacy_mode"] == 2
+    assert project["privacy_mode"] == 2 and project["url"].startswith(emulator.root_url + "/projects/")
     # Sealed: no new file, .create read-only.
     with pytest.raises(PermissionError):
         (session / "b.jpg").write_bytes(b"late")
@@ -37,7 +43,9 @@ def test_empty_create_makes_the_project_and_seals(tmp_path, mount, emulator):
     assert os.stat(session / ".create").st_mode & 0o777 == 0o444
 
 
-def test_create_with_json_options(tmp_path, mount, emulator):
+def test_create_with_json_options(tmp_path, mount_factory, profiled_emulator):
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
     session = mount.mountpoint / "folder"
     session.mkdir()
     write_random(session / "cloud.las", 3 * 1024 * 1024)

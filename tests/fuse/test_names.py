@@ -3,6 +3,7 @@ the server gets a name its flattening leaves unchanged, and no two files share o
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 
@@ -30,3 +31,24 @@ def test_cp_of_colliding_and_non_ascii_names(profiled_emulator, mount_factory, t
         assert os.getxattr(session / name, "user.fs360.server_name").decode() == mapping[name]
     assert "Фото.JPG → Foto.jpg" in (session / "status").read_text()
     assert_uploaded(emulator, snapshot["upload_id"], {mapping[name]: sources[name] for name in local})
+
+
+def test_renaming_a_session_onto_an_empty_one_replaces_it(emulator, mount_factory, tmp_path):
+    """POSIX rename of a directory onto an empty one (a file manager's "New Folder", renamed)."""
+    mount = mount_factory(emulator)
+    src = tmp_path / "src"
+    sources = make_sources(src, {"a.jpg": 5000})
+    (mount.mountpoint / "New Folder").mkdir()
+    (mount.mountpoint / "Site B").mkdir()
+    subprocess.run(["cp", str(src / "a.jpg"), str(mount.mountpoint / "New Folder")], check=True)
+    os.rename(mount.mountpoint / "New Folder", mount.mountpoint / "Site B")
+    assert sorted(os.listdir(mount.mountpoint)) == ["Site B", "status"]
+    assert mount.wait_settled("Site B") == {"a.jpg": "complete"}
+    (mount.mountpoint / "Other").mkdir()
+    (mount.mountpoint / "Other" / "b.jpg").write_bytes(b"b")
+    try:
+        os.rename(mount.mountpoint / "Site B", mount.mountpoint / "Other")
+        raise AssertionError("renamed onto a folder with files")
+    except OSError as exc:
+        assert exc.errno == errno.ENOTEMPTY
+    assert_uploaded(emulator, mount.status_json("Site B")["upload_id"], sources)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import zlib
@@ -27,6 +25,7 @@ from fs360 import errors as E
 from fs360.api.client import CREDENTIAL_CHECK_ATTEMPTS, MAX_RETRY_AFTER, ApiClient
 from fs360.api.transport import MAX_RESPONSE_BYTES
 from fs360.config import Settings
+from tests.harness import self_signed_certificate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -279,15 +278,7 @@ def test_the_put_deadline_grows_with_its_body():
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI to make a self-signed certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                           "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"openssl cannot make a certificate: {made.stderr[-300:]}")
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     return str(cert), context

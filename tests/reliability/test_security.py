@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fs360.emulator.harness import EmulatorProcess
-from tests.harness import PYTHON, Mount, write_random
+from tests.harness import PYTHON, Mount, self_signed_certificate, write_random
 
 from .common import MiB, assert_accounted, settle
 
@@ -179,14 +179,7 @@ def _emulator_call(emulator: EmulatorProcess, cafile: str, path: str):
 
 
 def test_tls_is_verified(tmp_path, mount_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI to make a self-signed certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                           "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"openssl cannot make a certificate: {made.stderr[-300:]}")
+    cert, key = self_signed_certificate(tmp_path)
     emulator = EmulatorProcess(tmp_path / "emu", args=["--processing-seconds", "1", "--no-rate-limits",
                                                         "--tls-cert", str(cert), "--tls-key", str(key)])
     emulator.start()

@@ -12,11 +12,18 @@ from fs360.errors import RateLimited, ServerError
 
 
 class Clock:
+    """A simulated clock; its `sleep` moves it forward and remembers each wait."""
+
     def __init__(self):
         self.now = 1000.0
+        self.slept: list[float] = []
 
     def __call__(self):
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 # --- backoff --------------------------------------------------------------------------------------
@@ -123,17 +130,11 @@ def test_try_acquire_respects_a_429_and_books_nothing_while_closed():
 
 def test_pacer_sleeps_the_reserved_time_and_can_be_disabled():
     clock = Clock()
-    slept = []
-
-    def sleep(seconds):
-        slept.append(seconds)
-        clock.now += seconds
-
-    pacer = Pacer({"put_file": (100, 60.0)}, sleep=sleep, clock=clock)
+    pacer = Pacer({"put_file": (100, 60.0)}, sleep=clock.sleep, clock=clock)
     for _ in range(150):
         pacer.acquire("put_file")
-    assert slept and sum(slept) > 0
-    assert Pacer({"put_file": (1, 60.0)}, enabled=False, sleep=sleep).acquire("put_file") == 0.0
+    assert clock.slept and sum(clock.slept) > 0
+    assert Pacer({"put_file": (1, 60.0)}, enabled=False, sleep=clock.sleep).acquire("put_file") == 0.0
     pacer.rate_limited("put_file", 5.0)
     before = clock.now
     pacer.acquire("put_file")
@@ -144,13 +145,7 @@ def test_list_projects_draws_on_the_get_project_bucket():
     """GET /projects has no documented limit: it is paced with, and blocked with, the project polls."""
     assert PACED_WITH["list_projects"] in DOCUMENTED_RATE_LIMITS
     clock = Clock()
-    slept = []
-
-    def sleep(seconds):
-        slept.append(seconds)
-        clock.now += seconds
-
-    pacer = Pacer({"get_project": (60, 60.0)}, sleep=sleep, clock=clock)
+    pacer = Pacer({"get_project": (60, 60.0)}, sleep=clock.sleep, clock=clock)
     pacer.rate_limited("get_project", 7.0)
     before = clock.now
     pacer.acquire("list_projects")

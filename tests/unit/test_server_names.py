@@ -1,24 +1,28 @@
 """Server names: every name fs360 sends is one the real server's flattening leaves unchanged.
 
-The oracle is the flattening api.md Part C describes: werkzeug's `secure_filename`
-(the function the vendor's server uses), then the extension lower-cased.
+The oracle is the flattening api.md Part C describes, as the emulator's vendor profile runs
+it: werkzeug's `secure_filename` (the function the vendor's server uses), then the extension
+lower-cased.
 """
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from werkzeug.utils import secure_filename
 
+from fs360.emulator.profiles import VendorProfile
 from fs360.engine.server_names import MAX_NAME_BYTES, deduplicated, server_name_for
 from fs360.fs.names import extension_of
 
+VENDOR = VendorProfile()
+
 
 def vendor_flatten(name: str) -> str:
-    flat = secure_filename(name)
-    stem, dot, ext = flat.rpartition(".")
-    return f"{stem}.{ext.lower()}" if dot and stem else flat
+    """What the vendor's server stores for `name` (its emulator profile runs the server's function)."""
+    return VENDOR.flatten(quote(name, safe=""))
 
 
 @pytest.mark.parametrize("local, server", [

@@ -1,0 +1,113 @@
+"""Engine branches that the flows elsewhere do not reach: a 409 resync, a session lost after the
+spool dropped a file, a refused or link-only project, and which spool copies go first."""
+
+from __future__ import annotations
+
+import os
+
+from fs360.engine.engine import Engine
+from fs360.engine.records import COMPLETE, LOST, P_FAILED, P_READY
+from tests.harness import assert_uploaded, make_sources, request_count, wait_until
+from tests.integration.engine_runner import queue_files
+
+KiB = 1024
+CHUNK = 64 * KiB
+
+
+def test_a_server_that_loses_bytes_is_resynced_by_its_409(emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    sources = make_sources(src, {"scan.e57": 12 * CHUNK + 7})
+    # Before a few PUTs the server forgets half of what it had: our next chunk is past its
+    # `received`, so it answers 409 with the offset to go on from.
+    emulator.set_faults([{"endpoint": "put_file", "kind": "rollback_received", "fraction": 0.5,
+                          "probability": 0.3, "count": 3}], seed=5)
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK)).start()
+    try:
+        queue_files(engine, "s", {"scan.e57": src / "scan.e57"})
+        assert engine.wait_idle(timeout=60, poll=0.05)
+        assert engine.counts() == {COMPLETE: 1}
+    finally:
+        engine.stop()
+    assert request_count(emulator, "PUT put_file 409") >= 1
+    assert_uploaded(emulator, None, sources)
+
+
+def test_a_lost_session_after_the_spool_dropped_a_file_marks_it_lost(emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    sources = make_sources(src, {"old.jpg": 3000, "new.jpg": 4000})
+    engine = Engine(settings_for(emulator)).start()
+    try:
+        session = queue_files(engine, "s", {"old.jpg": src / "old.jpg"})
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        old = session.files["old.jpg"]
+        with engine.lock:
+            engine.drop_spool_locked(old)  # as eviction does for a complete file
+            first = session.upload_id
+        emulator.expire(first)
+        queue_files(engine, "s", {"new.jpg": src / "new.jpg"})  # meets the 404
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert old.state == LOST and "copy it again" in old.last_error
+        assert session.files["new.jpg"].state == COMPLETE
+        second = session.upload_id
+    finally:
+        engine.stop()
+    assert second != first
+    assert_uploaded(emulator, second, {"new.jpg": sources["new.jpg"]})
+
+
+def test_a_refused_project_post_fails_the_project_with_the_reason(emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    make_sources(src, {"a.jpg": 1000})
+    engine = Engine(settings_for(emulator)).start()
+    try:
+        session = queue_files(engine, "s", {"a.jpg": src / "a.jpg"}, project={"title": 5})
+        wait_until(lambda: session.project.state == P_FAILED, 30, what="the refused project")
+        assert "invalid_title" in session.project.last_error
+        assert not session.sealed  # nothing was made: a new .create can follow
+    finally:
+        engine.stop()
+    assert request_count(emulator, "POST create_project 400") == 1
+
+
+def test_a_download_link_project_needs_no_files(emulator, settings_for):
+    engine = Engine(settings_for(emulator)).start()
+    try:
+        with engine.lock:
+            session = engine.create_session_locked("from a link", 0o755)
+            engine.request_project_locked(session, {"download_link": "https://scans.example.org/site.zip"})
+        wait_until(lambda: session.project.state == P_READY, 30, what="the project from a link")
+    finally:
+        engine.stop()
+    (project,) = emulator.projects()
+    assert project["title"] == "from a link"
+    assert request_count(emulator, "POST open_session") == 0
+
+
+def test_eviction_drops_the_oldest_complete_copies_first_and_only_what_is_needed(tmpfs, emulator, settings_for,
+                                                                                 tmp_path):
+    disk = tmpfs("16m")
+    src = tmp_path / "src"
+    names = ["first.jpg", "second.jpg", "third.jpg"]
+    make_sources(src, {name: 2048 * KiB for name in names})
+    engine = Engine(settings_for(emulator, cache_dir=disk / "cache", cache_min_free_fraction=0.10)).start()
+    try:
+        for name in names:  # one after the other: three completion times
+            session = queue_files(engine, "s", {name: src / name})
+            assert engine.wait_idle(timeout=30, poll=0.05)
+        make_sources(src, {"pending.jpg": 1024 * KiB})
+        with engine.lock:
+            record = engine.create_file_locked(session, "pending.jpg", 0o644, 0, 0, local_only=False)
+            engine.open_for_write_locked(record, rewrite=True)  # open: never a candidate
+        with open(engine.spool.path(record.id), "wb") as f:
+            f.write((src / "pending.jpg").read_bytes())
+        # Leave a little less than 10% of the disk free: about one file must go.
+        st = os.statvfs(disk)
+        target_free = int(st.f_blocks * st.f_frsize * 0.10) - 1024 * KiB
+        with open(disk / "filler", "wb") as f:
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - target_free))
+        engine.evict_if_needed()
+        evicted = [name for name in names if session.files[name].evicted]
+        assert evicted == ["first.jpg"], evicted
+        assert not record.evicted and engine.spool.exists(record.id)
+    finally:
+        engine.stop()
