@@ -16,7 +16,8 @@ PAUSED_LINE = "paused: uploads wait (fs360 resume MOUNTPOINT)"
 def snapshot_session(session: SessionRecord, engine) -> dict:
     """Needs engine.lock held: reads the records in one consistent step."""
     now = time.time()
-    records = sorted(session.files.values(), key=lambda f: f.name)
+    # The tree's files are not uploads of their own: they are listed apart, under `tree_files`.
+    records = sorted((f for f in session.files.values() if not f.in_tree), key=lambda f: f.name)
     files = [_file_entry(record, now) for record in records + ([session.archive] if session.archive else [])]
     project = session.project
     project_info = None
@@ -44,8 +45,7 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
             project_info = {"state": "refused", "name": None, "status": 0, "url": None, "waiting_for": None,
                             "title": None, "error": session.marker_refused}
         project_info["refused"] = session.marker_refused
-    uploads = {id(r) for r in session.uploads()}
-    uploadable = [entry for record, entry in zip(records + [session.archive], files) if id(record) in uploads]
+    uploadable = [f for f in files if not f["local_only"]]
     return {
         "session": session.name,
         "upload_id": session.upload_id,
@@ -54,6 +54,8 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
         "files": files,
         "deleted_but_held_by_server": sorted(f.name for f in session.unlinked),
         "tree": _tree_entries(session, engine),
+        "tree_files": [{"name": f.name, "state": f.state, "size": f.size, "error": f.last_error or None}
+                       for f in sorted(session.tree_files(), key=lambda f: f.name)],
         "totals": {
             "files": len(uploadable),
             "complete": sum(1 for f in uploadable if f["state"] == COMPLETE),
@@ -72,7 +74,7 @@ def _file_entry(record: FileRecord, now: float) -> dict:
     remaining = max(0, record.size - record.server_received)
     entry = {
         "name": record.name,
-        "server_name": None if record.local_only or record.in_tree else record.server_name,
+        "server_name": None if record.local_only else record.server_name,
         "state": record.state,
         "size": record.size,
         "sent": record.server_received,
@@ -82,7 +84,6 @@ def _file_entry(record: FileRecord, now: float) -> dict:
         "attempts": record.attempts,
         "next_attempt_in": round(max(0.0, record.next_attempt - now), 1) if record.state == "failed" else None,
         "local_only": record.local_only,
-        "in_tree": record.in_tree,
     }
     if record.archive:
         # The archive is generated, not stored: its sha256 is known once it is uploaded.
@@ -143,11 +144,10 @@ def render_text(snapshot: dict) -> bytes:
     for entry in snapshot.get("tree", ()):
         count = f"{entry['files']} file" + ("s" if entry["files"] != 1 else "")
         lines.append(f"  {entry['entry']} {count}, {human_bytes(entry['size'])} → in {entry['archive']}")
+    for f in snapshot.get("tree_files", ()):
+        if f["state"] != IN_TREE:  # not whole yet (or not any more), with the reason
+            lines.append(f"    {f['name']}  {f['state']}" + (f": {f['error']}" if f["error"] else ""))
     for f in snapshot["files"]:
-        if f.get("in_tree"):
-            if f["state"] not in (IN_TREE, COMPLETE):  # a file of the tree that is not whole yet
-                lines.append(f"    {f['name']}  {f['state']}" + (f": {f['error']}" if f["error"] else ""))
-            continue
         if f["local_only"]:
             lines.append(f"  {f['name']}  local only ({human_bytes(f['size'])}), never uploaded")
             continue
@@ -200,7 +200,7 @@ def _iso(ts: float) -> str:
 
 def summary_line(snapshots: list[dict]) -> str:
     """One line for all sessions (systemd's STATUS=): files by state, bytes, rate."""
-    files = [f for snap in snapshots for f in snap["files"] if not f["local_only"] and not f.get("in_tree")]
+    files = [f for snap in snapshots for f in snap["files"] if not f["local_only"]]
     count = {state: sum(1 for f in files if f["state"] == state) for state in ("uploading", "pending", "failed")}
     rate = sum(f["rate"] for f in files)
     line = (f"{count['uploading']} uploading, {count['pending']} pending, {count['failed']} failed, "

@@ -86,8 +86,9 @@ def test_cp_r_of_a_tree_then_create_uploads_one_archive(tmp_path, profiled_emula
     assert sorted(p.name for p in (session / "Scans").iterdir()) == ["Raw", "scan 1.e57", "Фото 1.JPG"]
     assert (session / "Scans/Raw/deep file.txt").read_bytes() == (source / "Scans/Raw/deep file.txt").read_bytes()
     wait_until(lambda: mount.file_states(SESSION).get("top.jpg") == "complete", 60, what="top.jpg")
-    states = mount.file_states(SESSION)
-    assert all(states[path] == "in tree" for path in TREE), states
+    tree_files = mount.status_json(SESSION)["tree_files"]
+    assert {f["name"]: f["state"] for f in tree_files} == {path: "in tree" for path in TREE}
+    assert set(mount.file_states(SESSION)) == {"top.jpg"}     # the tree's files are no uploads of their own
     # Nothing of the tree is uploaded before .create.
     assert set(remote_files(emulator)) == {"top.jpg"}
     status = (session / "status").read_text()

@@ -247,6 +247,8 @@ def test_tree_files_wait_in_tree_and_survive_a_restart(emulator, make_model):
     assert model.file_state("s", "Scans/a.jpg") == "in tree"
     assert model.file_state("s", "Scans/.partial/b.jpg") == "local"
     assert [f["name"] for f in emulator.files()] == ["top.jpg"]   # nothing of the tree before .create
+    status = read_all(model, "/s/status").decode()
+    assert "    Scans/open.las  writing" in status and "Scans/a.jpg" not in status
     model.release(fh)
     model.engine.stop(5)
 
