@@ -65,7 +65,10 @@ class ProjectKeeper:
             return "no files to make a project of yet"
         blocked = [f for f in files if f.state in (REJECTED, LOST, INTERRUPTED)]
         if blocked:
-            return "; ".join(f"{f.name}: {f.state} ({f.last_error}); delete it to go on" for f in blocked)
+            # The archive is no file of the folder: what undoes it is `rm .create` (it unfreezes the tree).
+            return "; ".join(f"{f.name}: {f.state} ({f.last_error}); "
+                             + ("remove .create, change the tree, then write .create again" if f.archive
+                                else "delete it to go on") for f in blocked)
         waiting = [f for f in files if f.state != COMPLETE]
         if waiting:
             return f"waiting for {len(waiting)} file(s) to finish uploading"

@@ -124,3 +124,22 @@ def test_the_archive_is_what_the_tree_makes(emulator, make_model):
     write_file(model, "/s/.create", b"")
     project_ready(model, "s")
     assert archive_of(model, "s").sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_an_archive_the_server_refuses_says_how_to_go_on(emulator_factory, make_model):
+    """A 413 for the archive (the server's cap was not known at .create): the project waits with the
+    reason, and `rm .create` unfreezes the tree, since the server holds nothing of the archive."""
+    emulator = emulator_factory("--processing-seconds", "1", "--no-rate-limits", "--max-file-size", "200000")
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    model.mkdir("/s/Scans", 0o755)
+    write_file(model, "/s/Scans/a.e57", os.urandom(150_000))
+    write_file(model, "/s/Scans/b.e57", os.urandom(150_000))
+    write_file(model, "/s/.create", b"")
+    session = model.engine.sessions["s"]
+    wait_until(lambda: session.archive.state == "rejected", 30, 0.05, what="the archive to be refused")
+    wait_until(lambda: "remove .create, change the tree" in session.notice, 30, 0.05, what="the reason")
+    model.unlink("/s/.create")
+    model.unlink("/s/Scans/b.e57")
+    write_file(model, "/s/.create", b"")        # the cap is known now; the smaller tree fits
+    assert sorted(project_ready(model, "s")["files"]) == ["Scans/a.e57"]
