@@ -20,7 +20,7 @@ Files inside a session
                                                                 test_create_freezes_the_tree_and_uploads_one_archive,
                                                                 test_create_refuses_a_tree_next_to_an_archive,
                                                                 test_create_refuses_an_unfinished_tree_file,
-                                                                fuse:test_trees.py
+                                                                fuse:test_trees.py, integration:test_tree_engine.py
   chmod/chown/utimens remembered, survive restart ............ test_metadata_survives_restart
   read from spool, EACCES once dropped ....................... test_read_served_then_eacces_after_drop
   fsync ....................................................... test_spool_serves_any_write_pattern
