@@ -47,11 +47,16 @@ def run_demo(keep: bool) -> int:
                     block = os.urandom(min(remaining, MiB))
                     f.write(block)
                     remaining -= len(block)
-        print("== mkdir 'Demo scan/nested' (a tree is refused: the server takes flat names)")
-        try:
-            (session / "nested").mkdir()
-        except OSError as exc:
-            print(f"   refused as expected: {exc.strerror} (send an archive for a tree)")
+        tree = {"Scans/scan 1.e57": 4 * MiB, "Scans/Raw/notes été.txt": 2 * 1024, "Panoramas/pano-001.jpg": 3 * MiB}
+        print("== a tree: " + ", ".join(tree) + ", and an empty folder 'Control'")
+        for path, size in tree.items():
+            (session / path).parent.mkdir(parents=True, exist_ok=True)
+            (session / path).write_bytes(os.urandom(size))
+        (session / "Control").mkdir()
+        print("   its files wait 'in tree': nothing of a tree is uploaded before .create")
+        for line in (session / "status").read_text().splitlines():
+            if "→ in" in line:
+                print(f"   {line.strip()}")
         print('== echo \'{"title": "fs360 demo", "privacy_mode": 1}\' > .create')
         (session / ".create").write_text('{"title": "fs360 demo", "privacy_mode": 1}')
         deadline = time.monotonic() + 180
@@ -67,6 +72,10 @@ def run_demo(keep: bool) -> int:
             time.sleep(1)
         else:
             raise DemoError("the project was not ready within 180 s")
+        archive = [f for f in snap["files"] if f.get("archive")]
+        if archive:
+            print(f"== the tree went up as one archive, {archive[0]['server_name']} (sha256 {archive[0]['sha256']}); "
+                  f"the project lists: {', '.join(project['record'].get('files', []))}")
         print("== cat status")
         print((session / "status").read_text())
         print("== fs360 unmount --wait")

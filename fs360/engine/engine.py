@@ -8,6 +8,7 @@ replays exactly what was promised.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import itertools
@@ -21,24 +22,26 @@ from dataclasses import dataclass
 from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..config import Settings
-from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, RemoteFileNotFound,
-                      ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
+from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, InvalidArgument,
+                      RemoteFileNotFound, ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
+from .archive import ArchiveMember, ArchiveReader
 from .gate import TransferGate  # ops: bwlimit/pause
 from .journal import Journal
 from .progress import Listeners
 from .projects import ProjectKeeper
-from .records import (COMPLETE, FAILED, INTERRUPTED, LOCAL, LOST, P_CREATED, P_READY, PENDING, QUEUED_STATES,
-                      REJECTED, UPLOADING, WRITING, FileRecord, ProjectRequest, SessionRecord, duration_text)
+from .records import (COMPLETE, FAILED, IN_TREE, INTERRUPTED, LOCAL, LOST, P_CREATED, P_READY, PENDING,
+                      QUEUED_STATES, REJECTED, UPLOADING, WRITING, FileRecord, ProjectRequest, SessionRecord,
+                      duration_text, in_scratch_folder)
 from .server_names import deduplicated, server_name_for
 from .spool import RunningDigest, Spool
-from .transfer_pool import TransferJob, TransferProcesses
-from .uploader import send_file
+from .transfer_pool import TransferJob, TransferProcesses, run_job
 
 log = logging.getLogger(__name__)
 
 # Seconds between journal commits of one file's upload progress.
 PROGRESS_JOURNAL_INTERVAL = 0.5
-
+# Top-level names the server unpacks as a session's one archive (api.md).
+ARCHIVE_EXTENSIONS = ("zip", "7z", "rar")
 
 
 @dataclass
@@ -112,10 +115,12 @@ class Engine:
                 server_received=row["server_received"], upload_id=row["upload_id"], last_error=row["last_error"],
                 attempts=row["attempts"], next_attempt=row["next_attempt"], completed_at=row["completed_at"],
                 evicted=bool(row["evicted"]), unlinked=bool(row["unlinked"]), server_name=row["server_name"],
-                sha256=row["sha256"])
+                sha256=row["sha256"], archive=bool(row["archive"]))
             record.local_only = record.state == LOCAL
             self._files[record.id] = record
-            if record.unlinked:
+            if record.archive:
+                session.archive = record
+            elif record.unlinked:
                 session.unlinked.append(record)
             else:
                 session.files[record.name] = record
@@ -204,7 +209,8 @@ class Engine:
 
     def discard_session_locked(self, session: SessionRecord) -> None:
         """rmdir: forget the session and its spool; the server session is deleted in the background."""
-        for record in list(session.files.values()) + session.unlinked:
+        archive = [session.archive] if session.archive is not None else []
+        for record in list(session.files.values()) + session.unlinked + archive:
             record.generation += 1
             self.spool.remove(record.id)
             self._files.pop(record.id, None)
@@ -290,8 +296,8 @@ class Engine:
                 self.journal.delete_file(record.id)
                 self.spool.remove(record.id)
             session.unlinked.clear()
-            for record in session.files.values():
-                if record.local_only or record.state in (WRITING, INTERRUPTED):
+            for record in session.uploads():
+                if record.state in (WRITING, INTERRUPTED):
                     continue
                 record.server_received = 0
                 record.upload_id = None
@@ -318,14 +324,14 @@ class Engine:
         state = LOCAL if local_only else WRITING
         values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
                       state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
-                      completed_at=0, evicted=0, unlinked=0, server_name=None, sha256=None)
+                      completed_at=0, evicted=0, unlinked=0, server_name=None, sha256=None, archive=0)
         file_id = self.journal.insert_file(values)
         self.spool.create(file_id)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=mode, mtime_ns=now_ns, uid=uid,
                             gid=gid, state=state, local_only=local_only)
         self._files[file_id] = record
         session.files[name] = record
-        if not local_only:
+        if not local_only and not record.in_tree:
             self._choose_server_name_locked(record, session)
         return record
 
@@ -362,8 +368,13 @@ class Engine:
             self.queue_upload_locked(record)
 
     def queue_upload_locked(self, record: FileRecord, delay: float | None = None) -> None:
-        """The file is closed and its name final: upload it after the write-back delay (or `delay`)."""
+        """The file is closed and its name final: upload it after the write-back delay (or `delay`).
+        A file of the tree is whole now, and waits for the archive instead."""
         record.generation += 1
+        if record.in_tree:
+            self._set_state_locked(record, IN_TREE, size=record.size, mtime_ns=record.mtime_ns, last_error="",
+                                   attempts=0)
+            return
         self._set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
                                attempts=0, sha256=self.content_sha256(record))
         self._enqueue_locked(record, self.settings.writeback_delay if delay is None else delay)
@@ -393,6 +404,9 @@ class Engine:
         elif not was_local and local_only:
             record.generation += 1
             self._set_state_locked(record, LOCAL, last_error="")
+        elif (record.state == IN_TREE) != record.in_tree and record.state in QUEUED_STATES + (IN_TREE, UPLOADING):
+            # A closed file moved into the tree (its upload, not begun, stops), or out of it.
+            self.queue_upload_locked(record)
         elif record.state in QUEUED_STATES:
             # A rename right after close (rsync, GIO): wait the delay again from now.
             record.generation += 1
@@ -446,7 +460,10 @@ class Engine:
         if record.may_be_on_server and record.server_name:
             return  # frozen: the server may hold bytes under it
         self._release_server_name_locked(record, source)
-        if record.local_only:
+        if record.local_only or record.in_tree:
+            if record.server_name:
+                record.server_name = None  # it goes up inside the archive, under its path
+                self.journal.update_file(record.id, server_name=None)
             return
         self._choose_server_name_locked(record, self.session_of(record))
 
@@ -607,26 +624,35 @@ class Engine:
                 record.upload_id = upload_id
                 self._claim_server_name_locked(record, session, upload_id)
                 self.journal.update_file(record.id, state=UPLOADING, upload_id=upload_id)
-            fd = os.open(self.spool.path(record.id), os.O_RDONLY)
-            try:
-                # The gate (bwlimit, pause) waits inside should_stop, asked before every PUT.
-                on_progress, gated_stop = self.gate.gated(
-                    record.size, start, self.settings.chunk_size,
-                    lambda received: self._progress(record, received),
-                    lambda: self._stopping or record.generation != generation)
+            # The gate (bwlimit, pause) waits inside should_stop, asked before every PUT.
+            on_progress, gated_stop = self.gate.gated(
+                record.size, start, self.settings.chunk_size,
+                lambda received: self._progress(record, received),
+                lambda: self._stopping or record.generation != generation)
 
-                def should_stop() -> bool:
-                    stop = gated_stop()
-                    puts_let_go[0] += not stop  # False lets a PUT go: counted for _forget_unsent_locked
-                    return stop
+            def should_stop() -> bool:
+                stop = gated_stop()
+                puts_let_go[0] += not stop  # False lets a PUT go: counted for _forget_unsent_locked
+                return stop
+            with self.lock:
+                members = tuple(self.archive_members_locked(session)) if record.archive else None
+            job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size,
+                              archive=members)
+            # An archive is read from its members' spool files (by path): no fd of its own.
+            fd = None if record.archive else os.open(self.spool.path(record.id), os.O_RDONLY)
+            try:
                 if self.transfers is not None:
-                    job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size)
                     final = self.transfers.send_file(job, fd, on_progress, should_stop)
                 else:
-                    final = send_file(self.client, upload_id, record.server_name, fd, record.size, start, buffer,
-                                      self.settings.chunk_size, on_progress, should_stop)
+                    final = run_job(self.client, job, fd, buffer, on_progress, should_stop)
             finally:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
+            if record.archive and not record.sha256:
+                try:
+                    self._record_archive_sha256(record, members)
+                except OSError as exc:  # the upload itself is done: only status lacks the sha256
+                    log.warning("%s: cannot compute the archive's sha256: %s", record.name, exc)
         except Cancelled:
             with self.lock:
                 if not puts_let_go[0] and upload_id and record.upload_id == upload_id:
@@ -809,11 +835,111 @@ class Engine:
     # --- projects and housekeeping ---------------------------------------------------------------
 
     def request_project_locked(self, session: SessionRecord, options: dict) -> None:
+        """.create accepted. A session with a tree plans its archive now, or raises
+        InvalidArgument with the reason it cannot (nothing changes then)."""
+        if session.archive is None and "download_link" not in options:
+            members = self.archive_members_locked(session)
+            if members:
+                self._plan_archive_locked(session, members)
         self.projects.request_locked(session, options)
         self._wakeup.notify_all()
 
     def cancel_project_locked(self, session: SessionRecord) -> bool:
-        return self.projects.cancel_locked(session)
+        cancelled = self.projects.cancel_locked(session)
+        archive = session.archive
+        if cancelled and archive is not None and not archive.may_be_on_server:
+            # Nothing of the archive reached the server: the tree may change again.
+            archive.generation += 1
+            self._files.pop(archive.id, None)
+            self._release_server_name_locked(archive, session)
+            self.journal.delete_file(archive.id)
+            session.archive = None
+        return cancelled
+
+    # --- the tree's archive (see archive.py) -----------------------------------------------------
+
+    def archive_members_locked(self, session: SessionRecord) -> list[ArchiveMember]:
+        """The session's tree as archive members: its files, with their spool files as sources,
+        and its empty folders; nothing of dot-folders. The same tree gives the same members,
+        after a restart too (the journal keeps both the files and the folders)."""
+        files = session.tree_files()
+        folders = [row["path"] for row in self.journal.dirs()
+                   if row["session_id"] == session.id and not in_scratch_folder(row["path"])]
+        held = {f.name.rpartition("/")[0] for f in files} | {p.rpartition("/")[0] for p in folders}
+        # A folder holding nothing of the tree at any depth is an entry of its own.
+        nonempty = {"/".join(path.split("/")[:depth]) for path in held if path
+                    for depth in range(1, path.count("/") + 2)}
+        members = [ArchiveMember(f.name, str(self.spool.path(f.id)), f.size) for f in files]
+        members += [ArchiveMember(path + "/") for path in folders if path not in nonempty]
+        return members
+
+    def archive_server_name_locked(self, session: SessionRecord) -> str:
+        """The archive's server name: the session's name, de-duplicated against its top-level files."""
+        if session.archive is not None:
+            return session.archive.server_name
+        return deduplicated(server_name_for(session.name + ".zip"), set(session.server_names))
+
+    def tree_refusal_locked(self, session: SessionRecord, archive_size: int | None = None) -> str:
+        """Why the session's tree cannot go up as its archive ('' when it can, or has no tree)."""
+        tree = session.tree_files()
+        for record in session.uploads():
+            if not record.archive and server_name_for(record.name).rpartition(".")[2] in ARCHIVE_EXTENSIONS:
+                return (f"this folder already has an archive ({record.name}); the server takes one: "
+                        f"remove one of them")
+        unfinished = [f for f in tree if f.open_writers or f.state != IN_TREE]
+        if unfinished:
+            return "; ".join(f"{f.name}: still being written" if f.open_writers or f.state == WRITING
+                             else f"{f.name}: {f.state} ({f.last_error}); delete it or copy it again"
+                             for f in sorted(unfinished, key=lambda f: f.name))
+        cap = self.caps.file_cap
+        if cap and archive_size is not None and archive_size > cap:
+            return (f"the tree makes a {archive_size}-byte archive; the server takes files up to {cap} bytes: "
+                    f"send part of it in another folder")
+        return ""
+
+    def _plan_archive_locked(self, session: SessionRecord, members: list[ArchiveMember]) -> None:
+        """Freezes the tree as one upload of its own. The archive's size is known from the
+        names and sizes alone (no data is read)."""
+        reason = self.tree_refusal_locked(session)
+        size = None
+        if not reason:
+            with ArchiveReader(members) as planned:
+                size = planned.size
+            reason = self.tree_refusal_locked(session, size)
+        if reason:
+            raise InvalidArgument(reason)
+        now_ns = time.time_ns()
+        name = session.name + ".zip"
+        server_name = self.archive_server_name_locked(session)
+        values = dict(session_id=session.id, name=name, size=size, mode=0o644, uid=os.getuid(), gid=os.getgid(),
+                      mtime_ns=now_ns, state=PENDING, server_received=0, upload_id=None, last_error="",
+                      attempts=0, next_attempt=0, completed_at=0, evicted=0, unlinked=0, server_name=server_name,
+                      sha256=None, archive=1)
+        file_id = self.journal.insert_file(values)
+        record = FileRecord(id=file_id, session_id=session.id, name=name, mode=0o644, mtime_ns=now_ns, size=size,
+                            uid=values["uid"], gid=values["gid"], state=PENDING, server_name=server_name,
+                            archive=True)
+        self._files[file_id] = record
+        session.archive = record
+        session.server_names[server_name.lower()] = record
+        self._enqueue_locked(record, 0.0)
+        self.listeners.emit("file_pending", file=record)
+        log.info("session %r: its tree of %d entries goes up as %s (%d bytes)", session.name, len(members),
+                 server_name, size)
+
+    def _record_archive_sha256(self, record: FileRecord, members: tuple[ArchiveMember, ...]) -> None:
+        """The sha256 of the archive as uploaded, for status (read once more, from the spool)."""
+        digest = hashlib.sha256()
+        with ArchiveReader(members) as reader:
+            block = bytearray(1 << 20)
+            offset = 0
+            while offset < reader.size:
+                n = reader.read_at(offset, block)
+                digest.update(memoryview(block)[:n])
+                offset += n
+        with self.lock:
+            record.sha256 = digest.hexdigest()
+            self.journal.update_file(record.id, sha256=record.sha256)
 
     def seal_locked(self, session: SessionRecord) -> None:
         session.sealed = True
@@ -841,7 +967,7 @@ class Engine:
             return 0
         with self.lock:
             candidates = sorted((f for f in self._files.values()
-                                 if f.state == COMPLETE and not f.evicted and not f.open_writers),
+                                 if f.state == COMPLETE and not f.evicted and not f.open_writers and not f.archive),
                                 key=lambda f: f.completed_at)
             freed = 0
             for record in candidates:

@@ -70,8 +70,9 @@ CREATE TABLE IF NOT EXISTS projects (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-# Scratch directories (dot-directories inside a session, at any depth below one): local
-# only, kept so that rsync --partial-dir finds its partial files after a remount.
+# Folders inside a session, at any depth: dot-directories (and what is below them) are local
+# scratch, kept so that rsync --partial-dir finds its partial files after a remount; the
+# others are the session's tree, uploaded as one archive at .create.
 DIRS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirs (
     id INTEGER PRIMARY KEY,
@@ -85,10 +86,12 @@ CREATE TABLE IF NOT EXISTS dirs (
 
 FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", "state", "server_received",
                 "upload_id", "last_error", "attempts", "next_attempt", "completed_at", "evicted", "unlinked",
-                "server_name", "sha256")
+                "server_name", "sha256", "archive")
 # Columns added after the first release: (table, column, SQL type). A journal of an
 # older build gets them at open, so its sessions resume instead of failing.
-ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"))
+# `archive`: the row is the session's tree as one .zip (records.FileRecord.archive).
+ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"),
+                 ("files", "archive", "INTEGER NOT NULL DEFAULT 0"))
 SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",
                    "posted_upload_id", "marker_hidden")

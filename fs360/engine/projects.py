@@ -16,7 +16,7 @@ from cachetools import TTLCache
 
 from ..errors import AccountError, ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound, WaitForRateLimit
 from .journal import PROJECT_COLUMNS
-from .records import (COMPLETE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, PENDING, REJECTED,
+from .records import (COMPLETE, IN_TREE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, PENDING, REJECTED,
                       ProjectRequest, SessionRecord, duration_text)
 
 if TYPE_CHECKING:
@@ -60,12 +60,15 @@ class ProjectKeeper:
             names = ", ".join(sorted(f.name for f in session.unlinked))
             return (f"the server holds files deleted from this folder ({names}) and cannot drop one file: "
                     f"remove the folder to discard the whole session")
-        files = [f for f in session.files.values() if not f.local_only]
+        files = session.uploads()
         if not files:
             return "no files to make a project of yet"
         blocked = [f for f in files if f.state in (REJECTED, LOST, INTERRUPTED)]
         if blocked:
-            return "; ".join(f"{f.name}: {f.state} ({f.last_error}); delete it to go on" for f in blocked)
+            # The archive is no file of the folder: what undoes it is `rm .create` (it unfreezes the tree).
+            return "; ".join(f"{f.name}: {f.state} ({f.last_error}); "
+                             + ("remove .create, change the tree, then write .create again" if f.archive
+                                else "delete it to go on") for f in blocked)
         waiting = [f for f in files if f.state != COMPLETE]
         if waiting:
             return f"waiting for {len(waiting)} file(s) to finish uploading"
@@ -149,9 +152,9 @@ class ProjectKeeper:
             engine.journal.update_project(session.id, state=P_CREATED, name=created.name, status=created.status,
                                           last_error="", attempts=0)
             engine.seal_locked(session)
-            # The project holds the data now: the spool can let it go.
-            for record in session.files.values():
-                if record.state == COMPLETE and not record.evicted:
+            # The project holds the data now (the tree's inside the archive): the spool can let it go.
+            for record in session.uploads() + session.tree_files():
+                if record.state in (COMPLETE, IN_TREE) and not record.evicted and not record.archive:
                     engine.drop_spool_locked(record)
         engine.listeners.emit("project_created", session=session)
         log.info("session %r: project %s created", session.name, created.name)
@@ -173,8 +176,8 @@ class ProjectKeeper:
             return
         engine = self.engine
         with engine.lock:
-            for record in session.files.values():
-                if record.local_only or record.state != COMPLETE:
+            for record in session.uploads():
+                if record.state != COMPLETE:
                     continue
                 held = remote.get((record.server_name or "").lower())
                 if held is None or not held.complete:

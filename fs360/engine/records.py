@@ -16,12 +16,19 @@ from .spool import RunningDigest
 #   local        a scratch name that is never uploaded (dot-files, *.part, ...)
 #   interrupted  the mount stopped while the file was open for writing: copy it again
 #   lost         the server lost the session and the spool no longer holds the data
+#   in tree     a whole file in a folder of the session: never queued on its own, it goes up
+#                inside the session's archive once .create is accepted
 WRITING, PENDING, UPLOADING, COMPLETE, FAILED, REJECTED = "writing", "pending", "uploading", "complete", "failed", "rejected"
-LOCAL, INTERRUPTED, LOST = "local", "interrupted", "lost"
+LOCAL, INTERRUPTED, LOST, IN_TREE = "local", "interrupted", "lost", "in tree"
 QUEUED_STATES = (PENDING, FAILED)
 
 # Project request states.
 P_WAITING, P_CREATED, P_READY, P_FAILED = "waiting", "created", "ready", "failed"
+
+
+def in_scratch_folder(folder: str) -> bool:
+    """Whether a folder path inside a session is (or lies in) a dot-folder: local scratch."""
+    return any(part.startswith(".") for part in folder.split("/"))
 
 
 def duration_text(seconds: float) -> str:
@@ -79,6 +86,9 @@ class FileRecord:
     server_name: str | None = None
     # sha256 of the content handed to the upload (hex); lets an identical re-copy be a no-op.
     sha256: str | None = None
+    # The session's tree as one .zip (engine/archive.py), made at .create: no spool file of
+    # its own, never listed in the folder.
+    archive: bool = False
     # Memory only.
     local_only: bool = False
     open_writers: int = 0
@@ -93,6 +103,11 @@ class FileRecord:
     digest: "RunningDigest | None" = None
     # Last change of metadata or content (chmod, chown, rename, write); not journaled.
     ctime_ns: int = 0
+
+    @property
+    def in_tree(self) -> bool:
+        """A file in a (non-dot) folder of the session: it goes up inside the archive."""
+        return "/" in self.name and not self.local_only
 
     @property
     def may_be_on_server(self) -> bool:
@@ -133,6 +148,8 @@ class SessionRecord:
     files: dict[str, FileRecord] = field(default_factory=dict)      # listed in the folder
     unlinked: list[FileRecord] = field(default_factory=list)         # gone from the folder, held by the server
     project: ProjectRequest | None = None
+    # The tree's archive, planned when .create was accepted: from then on the tree is frozen.
+    archive: FileRecord | None = None
     notice: str = ""   # what stops the project, for status
     # Memory only. Lower-cased server name -> the record it is chosen for (listed or unlinked).
     server_names: dict[str, FileRecord] = field(default_factory=dict)
@@ -143,3 +160,18 @@ class SessionRecord:
     # Memory only: why the last .create was refused (shown in status until a valid one).
     marker_refused: str = ""
     ctime_ns: int = 0
+
+    @property
+    def tree_frozen(self) -> bool:
+        """Once .create is accepted the tree is planned as one archive (or there is none to
+        plan): it can no longer change, since the server cannot replace the archive."""
+        return self.sealed or self.project is not None or self.archive is not None
+
+    def uploads(self) -> list[FileRecord]:
+        """What goes to the server as files of their own: the listed top-level files that are
+        not local scratch, and the tree's archive once planned."""
+        listed = [f for f in self.files.values() if not f.local_only and not f.in_tree]
+        return listed + ([self.archive] if self.archive is not None else [])
+
+    def tree_files(self) -> list[FileRecord]:
+        return [f for f in self.files.values() if f.in_tree]

@@ -8,7 +8,8 @@ that process's questions while it runs:
     parent (engine worker thread)              worker process
     ---------------------------------          --------------------------------
     job (upload_id, name, size, start, ──▶     per PUT, reading the spool file
-         chunk size) + the open spool fd       through the fd it was handed:
+         chunk size) + the open spool fd       through the fd it was handed (an
+         (an archive: its members instead)     archive: from its members' paths):
     pacer.acquire(endpoint)            ◀──▶    ("acquire", endpoint): may it send?
     should_stop()                      ◀──▶    ("should_stop",) between chunks
     on_progress(received)              ◀──     ("progress", received) after a chunk
@@ -26,7 +27,9 @@ can never send a PUT next to the restarted daemon's.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import importlib
 import logging
 import mmap
@@ -43,7 +46,8 @@ from multiprocessing.reduction import recv_handle, send_handle
 from ..api.client import ApiClient, FileProgress
 from ..config import Settings
 from ..errors import Cancelled, Fs360Error, TransportError
-from .uploader import send_file
+from .archive import ArchiveMember, ArchiveReader, ArchiveSourceChanged
+from .uploader import read_exactly, send_file
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,30 @@ class TransferJob:
     size: int
     start: int
     chunk_size: int
+    # A session's tree as one .zip: its members (spool files by path), read through an
+    # ArchiveReader; None for a spool file, which goes with the job as an open fd.
+    archive: tuple[ArchiveMember, ...] | None = None
+
+
+@contextlib.contextmanager
+def job_reader(job: TransferJob, spool_fd: int | None):
+    """`read_exactly(view, offset)` of the job's bytes: its spool file's, or its archive's (the
+    archive is deterministic, so any process rebuilds the same bytes from the same members)."""
+    if job.archive is None:
+        yield functools.partial(read_exactly, spool_fd)
+        return
+    with ArchiveReader(job.archive) as reader:
+        if reader.size != job.size:
+            raise ArchiveSourceChanged(f"the tree makes {reader.size} bytes now, not the {job.size} planned")
+        yield reader.read_exactly
+
+
+def run_job(client: ApiClient, job: TransferJob, spool_fd: int | None, buffer, on_progress,
+            should_stop) -> FileProgress:
+    """`send_file` of one job, in this process."""
+    with job_reader(job, spool_fd) as read:
+        return send_file(client, job.upload_id, job.server_name, read, job.size, job.start, buffer,
+                         job.chunk_size, on_progress, should_stop)
 
 
 class TransferProcesses:
@@ -73,9 +101,9 @@ class TransferProcesses:
         self._all: set[_Worker] = set()
         self._closed = False
 
-    def send_file(self, job: TransferJob, spool_fd: int, on_progress, should_stop) -> FileProgress:
-        """Like uploader.send_file, in a worker process; raises what it would raise. The spool
-        file goes over as an open fd, so a file unlinked meanwhile still reads whole."""
+    def send_file(self, job: TransferJob, spool_fd: int | None, on_progress, should_stop) -> FileProgress:
+        """Like `run_job`, in a worker process; raises what it would raise. The spool file goes
+        over as an open fd, so a file unlinked meanwhile still reads whole (None: an archive)."""
         worker = self._idle.get()
         try:
             if worker is None or not worker.alive():
@@ -162,7 +190,8 @@ class _Worker:
         """Serves the worker until it answers; its error comes back as a value, to be raised."""
         try:
             self.conn.send(job)
-            send_handle(self.conn, spool_fd, self.process.pid)
+            if spool_fd is not None:
+                send_handle(self.conn, spool_fd, self.process.pid)
             while True:
                 if not self.conn.poll(silence_limit):
                     raise _WorkerLost(f"silent for {silence_limit:.0f} s")
@@ -253,20 +282,21 @@ def _serve_jobs(conn: Connection) -> None:
     buffer = None
     while True:
         job: TransferJob = conn.recv()
-        spool = recv_handle(conn)
+        spool = None if job.archive is not None else recv_handle(conn)
         if buffer is None or len(buffer) < job.chunk_size:
             buffer = mmap.mmap(-1, max(job.chunk_size, mmap.PAGESIZE))
         try:
-            result = send_file(client, job.upload_id, job.server_name, spool, job.size, job.start, buffer,
-                               job.chunk_size, on_progress=lambda received: conn.send(("progress", received)),
-                               should_stop=lambda: _ask(conn, ("should_stop",)))
+            result = run_job(client, job, spool, buffer,
+                             on_progress=lambda received: conn.send(("progress", received)),
+                             should_stop=lambda: _ask(conn, ("should_stop",)))
         except (EOFError, BrokenPipeError, ConnectionResetError):
             raise
         except Exception as exc:  # every outcome goes back to the daemon, which settles it
             conn.send(("error", *_portable(exc)))
             continue
         finally:
-            os.close(spool)
+            if spool is not None:
+                os.close(spool)
         conn.send(("done", result))
 
 

@@ -1,4 +1,4 @@
-"""Sends one spooled file: one whole-file PUT up to a chunk, else sequential chunks.
+"""Sends one file: one whole-file PUT up to a chunk, else sequential chunks.
 
 The caller says where to start (the server's `received`, asked for before any
 retry). On 409 we go on from the body's `received`. The file is never read whole
@@ -26,14 +26,16 @@ def read_exactly(fd: int, view: memoryview, offset: int) -> None:
         done += n
 
 
-def send_file(client: ApiClient, upload_id: str, name: str, fd: int, size: int, start: int,
+def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int,
               buffer, chunk_size: int, on_progress, should_stop) -> FileProgress:
-    """Uploads bytes start..size-1 of the spool file `fd`; returns the final server state."""
+    """Uploads bytes start..size-1 of a file; returns the final server state. `read_exactly(view,
+    offset)` fills `view` with the file's bytes from `offset`: a spool file's
+    (`functools.partial(read_exactly, fd)`) or an archive's (`ArchiveReader.read_exactly`)."""
     view = memoryview(buffer)
     if start == 0 and size <= chunk_size:
         if should_stop():  # ops: asked before every PUT, as before each chunk (bwlimit/pause wait in it)
             raise Cancelled()
-        read_exactly(fd, view[:size], 0)
+        read_exactly(view[:size], 0)
         progress = client.put(upload_id, name, view[:size], 0, size, whole=True)
         _check_total(progress, size, name)
         on_progress(progress.received)
@@ -47,7 +49,7 @@ def send_file(client: ApiClient, upload_id: str, name: str, fd: int, size: int, 
         if should_stop():
             raise Cancelled()
         n = min(chunk_size, size - offset)
-        read_exactly(fd, view[:n], offset)
+        read_exactly(view[:n], offset)
         try:
             progress = client.put(upload_id, name, view[:n], offset, size)
         except NonContiguousChunk as exc:

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..engine.engine import Engine
-from ..engine.records import INTERRUPTED, P_CREATED, P_READY, P_WAITING, FileRecord, SessionRecord
+from ..engine.engine import ARCHIVE_EXTENSIONS
+from ..engine.records import (INTERRUPTED, P_CREATED, P_READY, P_WAITING, FileRecord, SessionRecord,
+                              in_scratch_folder)
 from ..engine.spool import RunningDigest
 from ..errors import (AccessDenied, AlreadyExists, FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
                       NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, QuotaWouldPass)
@@ -155,8 +157,9 @@ class MarkerHandle:
 
 
 @dataclass(eq=False)
-class ScratchDir:
-    """A dot-directory inside a session (or any directory below one): local only, like dot-files."""
+class Folder:
+    """A folder inside a session, at any depth: a dot-folder (and all below it) is local scratch;
+    any other is part of the session's tree, which goes up as one archive at .create."""
     id: int
     mode: int
     mtime_ns: int
@@ -172,14 +175,14 @@ ROOT, ROOT_STATUS_FILE, SESSION, STATUS, MARKER, FILE, DIR, MISSING = (
 class Node:
     kind: str
     session: SessionRecord | None = None
-    # The path inside the session ("a.jpg", ".rsync-partial/a.jpg"), or the name at the root.
+    # The path inside the session ("a.jpg", "Scans/a.jpg", ".rsync-partial/a.jpg"), or the name at the root.
     name: str = ""
     record: FileRecord | None = None
-    scratch: ScratchDir | None = None
+    folder: Folder | None = None
 
     @property
     def parent(self) -> str:
-        """The scratch directory holding it ("" when it sits in the session itself)."""
+        """The folder holding it ("" when it sits in the session itself)."""
         return self.name.rpartition("/")[0]
 
     @property
@@ -213,18 +216,18 @@ class MountModel:
         self._status_cache: dict[tuple[str, str], tuple[float, bytes]] = {}
         # Sessions with a .create being written but not yet accepted: it must be listed meanwhile.
         self._markers_open: dict[int, int] = {}
-        # Scratch directories: session id -> path inside the session -> directory.
-        self._scratch: dict[int, dict[str, ScratchDir]] = {}
+        # Folders: session id -> path inside the session -> folder.
+        self._folders: dict[int, dict[str, Folder]] = {}
         with engine.lock:
-            self._load_scratch_dirs_locked()
+            self._load_folders_locked()
 
-    def _load_scratch_dirs_locked(self) -> None:
+    def _load_folders_locked(self) -> None:
         sessions = {s.id for s in self.engine.sessions.values()}
         for row in self.engine.journal.dirs():
             if row["session_id"] not in sessions:
                 self.engine.journal.delete_dir(row["id"])  # its session was discarded
                 continue
-            self._scratch.setdefault(row["session_id"], {})[row["path"]] = ScratchDir(
+            self._folders.setdefault(row["session_id"], {})[row["path"]] = Folder(
                 row["id"], row["mode"], row["mtime_ns"], row["mtime_ns"])
 
     # --- path resolution --------------------------------------------------------------------
@@ -263,8 +266,8 @@ class MountModel:
         session = self._session(parts[0])
         name = "/".join(parts[1:])
         node = Node(MISSING, session, name)
-        scratch = self._scratch.get(session.id, {})
-        if node.parent and node.parent not in scratch:
+        folders = self._folders.get(session.id, {})
+        if node.parent and node.parent not in folders:
             if node.parent in session.files or node.parent.partition("/")[0] in STATUS_NAMES:
                 raise NotADirectory(path)
             raise NotFound(path)
@@ -274,23 +277,37 @@ class MountModel:
             node.kind = MARKER
         elif (record := self._lookup_file(session, name)) is not None:
             node.kind, node.record = FILE, record
-        elif name in scratch:
-            node.kind, node.scratch = DIR, scratch[name]
+        elif name in folders:
+            node.kind, node.folder = DIR, folders[name]
         return node
 
     def _children_locked(self, session: SessionRecord, folder: str) -> list[tuple[str, dict]]:
-        """The files and scratch directories directly in `folder` ("" = the session itself)."""
+        """The files and folders directly in `folder` ("" = the session itself)."""
         prefix = folder + "/" if folder else ""
         entries = [(name[len(prefix):], self._file_attrs(record)) for name, record in session.files.items()
                    if name.startswith(prefix) and "/" not in name[len(prefix):]]
-        entries += [(path[len(prefix):], self._scratch_attrs(scratch))
-                    for path, scratch in self._scratch.get(session.id, {}).items()
+        entries += [(path[len(prefix):], self._folder_attrs(folder))
+                    for path, folder in self._folders.get(session.id, {}).items()
                     if path.startswith(prefix) and "/" not in path[len(prefix):]]
         return entries
 
     def _local_only(self, name: str) -> bool:
-        """Anything in a scratch directory, and scratch names (dot-files, *.part, ...)."""
-        return "/" in name or is_local_only(name, self.settings.local_only_patterns)
+        """Anything in a dot-folder, and scratch names (dot-files, *.part, ...) in any folder."""
+        folder, _, basename = name.rpartition("/")
+        if folder and (in_scratch_folder(folder) or basename == CREATE_MARKER):
+            return True  # .create means something at the session's top level only
+        return is_local_only(basename, self.settings.local_only_patterns)
+
+    @staticmethod
+    def _check_tree_open_locked(session: SessionRecord, folder: str) -> None:
+        """Refuses a change in `folder` (a path inside the session, "" for its top level) when it
+        is part of the tree and .create was accepted: the tree is planned as one archive then."""
+        if not folder or in_scratch_folder(folder) or not session.tree_frozen:
+            return
+        if session.archive is not None:
+            raise AccessDenied(f"the tree goes up as {session.archive.server_name}, planned when .create was "
+                               f"accepted: it cannot change now")
+        raise AccessDenied("the project is requested: the tree can change only before .create")
 
     def _listed_locked(self, record: FileRecord) -> bool:
         """Whether the record still has a name in its folder (not unlinked, not discarded)."""
@@ -327,7 +344,7 @@ class MountModel:
             if node.kind == FILE:
                 return self._file_attrs(node.record)
             if node.kind == DIR:
-                return self._scratch_attrs(node.scratch)
+                return self._folder_attrs(node.folder)
             raise NotFound(path)
 
     def _virtual_entry_attrs_locked(self, session, name: str) -> dict:
@@ -364,9 +381,9 @@ class MountModel:
         attrs["st_ctime"] = max(session.ctime_ns, session.mtime_ns)
         return attrs
 
-    def _scratch_attrs(self, scratch: ScratchDir) -> dict:
-        attrs = self._dir_attrs(scratch.mode, scratch.mtime_ns)
-        attrs["st_ctime"] = max(scratch.ctime_ns, scratch.mtime_ns)
+    def _folder_attrs(self, folder: Folder) -> dict:
+        attrs = self._dir_attrs(folder.mode, folder.mtime_ns)
+        attrs["st_ctime"] = max(folder.ctime_ns, folder.mtime_ns)
         return attrs
 
     def _dir_attrs(self, mode: int, mtime_ns: int, nlink: int = 2) -> dict:
@@ -423,15 +440,13 @@ class MountModel:
                 check_session_name(node.name)
                 self.engine.create_session_locked(node.name, mode & 0o7777)
                 return
-            if not node.parent and not node.basename.startswith("."):
-                raise NotPermitted("the server takes flat names only: only dot-folders (local scratch) "
-                                   "live in a session")
             check_file_name(node.basename)
             if node.session.sealed:
                 raise AccessDenied("the project is created: the session is sealed")
+            self._check_tree_open_locked(node.session, node.name)
             now = time.time_ns()
             dir_id = self.engine.journal.insert_dir(node.session.id, node.name, mode & 0o7777, now)
-            self._scratch.setdefault(node.session.id, {})[node.name] = ScratchDir(dir_id, mode & 0o7777, now, now)
+            self._folders.setdefault(node.session.id, {})[node.name] = Folder(dir_id, mode & 0o7777, now, now)
             self._touch_parent_locked(node)
 
     def rmdir(self, path: str) -> None:
@@ -442,8 +457,9 @@ class MountModel:
             elif node.kind == DIR:
                 if self._children_locked(node.session, node.name):
                     raise NotEmpty(f"{node.name} is not empty")
-                self.engine.journal.delete_dir(node.scratch.id)
-                del self._scratch[node.session.id][node.name]
+                self._check_tree_open_locked(node.session, node.name)
+                self.engine.journal.delete_dir(node.folder.id)
+                del self._folders[node.session.id][node.name]
                 self._touch_parent_locked(node)
             elif node.kind == MISSING:
                 raise NotFound(path)
@@ -453,14 +469,14 @@ class MountModel:
                 raise NotADirectory(path)
 
     def _discard_session_locked(self, session: SessionRecord) -> None:
-        if session.files or self._marker_listed(session) or self._scratch.get(session.id):
+        if session.files or self._marker_listed(session) or self._folders.get(session.id):
             raise NotEmpty(f"{session.name} still lists files")
         # Files unlinked while open do not hold the folder (POSIX): their handles keep
         # working on the spool file they opened, and their last close finds no record.
         self.engine.discard_session_locked(session)
         for key in [key for key in self._hidden if key[0] == session.id]:
             del self._hidden[key]
-        self._scratch.pop(session.id, None)
+        self._folders.pop(session.id, None)
         self.engine.journal.delete_dirs_of(session.id)
 
     # --- creating and opening -------------------------------------------------------------------
@@ -480,6 +496,7 @@ class MountModel:
             check_file_name(node.basename)
             if session.sealed:
                 raise AccessDenied("the project is created: the session is sealed")
+            self._check_tree_open_locked(session, node.parent)
             if node.kind == FILE:
                 # A create racing another: behave like open with O_TRUNC.
                 return self._open_file_locked(node.record, flags | os.O_TRUNC)
@@ -497,9 +514,9 @@ class MountModel:
         now = time.time_ns()
         for node in nodes:
             if node.parent:
-                scratch = self._scratch[node.session.id][node.parent]
-                scratch.mtime_ns = scratch.ctime_ns = now
-                self.engine.journal.update_dir(scratch.id, mtime_ns=now)
+                folder = self._folders[node.session.id][node.parent]
+                folder.mtime_ns = folder.ctime_ns = now
+                self.engine.journal.update_dir(folder.id, mtime_ns=now)
             else:
                 self.engine.set_session_attrs_locked(node.session, mtime_ns=now)
                 node.session.ctime_ns = now
@@ -508,6 +525,9 @@ class MountModel:
         if any(f.name == name for f in session.unlinked):
             raise AccessDenied(f"the server holds a deleted file named {name!r}: the name cannot be used again")
         ext = extension_of(name)
+        if session.archive is not None and "/" not in name and ext in ARCHIVE_EXTENSIONS:
+            raise NotPermitted(f"this folder's tree goes up as {session.archive.server_name}; "
+                               f"the server takes one archive per session")
         caps = self.engine.caps
         if ext in caps.refused_extensions or (caps.allowed_extensions and ext not in caps.allowed_extensions):
             raise NotPermitted(f"the server refuses the extension {ext!r}")
@@ -577,6 +597,8 @@ class MountModel:
         session = self.engine.session_of(record)
         if session.sealed:
             raise AccessDenied("the project is created: the session is sealed")
+        if record.in_tree:
+            self._check_tree_open_locked(session, record.name.rpartition("/")[0])
         if record.may_be_on_server:
             raise AccessDenied(f"the server holds bytes of {record.name!r}: it cannot be changed")
 
@@ -961,7 +983,7 @@ class MountModel:
             if src.kind == SESSION:
                 self._rename_session_locked(src, dst)
             elif src.kind == DIR:
-                self._rename_scratch_dir_locked(src, dst)
+                self._rename_folder_locked(src, dst)
             elif src.kind == FILE:
                 self._rename_file_locked(src, dst)
             elif src.kind == MISSING:
@@ -992,6 +1014,7 @@ class MountModel:
             self._check_mutable_locked(record)
         if target.sealed:
             raise AccessDenied("the project is created: the session is sealed")
+        self._check_tree_open_locked(target, dst.parent)
         if replaced is not None:
             # An open writer of the replaced file keeps its handle, on a record no longer listed.
             self._check_mutable_locked(replaced)
@@ -1002,31 +1025,33 @@ class MountModel:
         record.ctime_ns = time.time_ns()
         self._touch_parent_locked(src, dst)
 
-    def _rename_scratch_dir_locked(self, src: Node, dst: Node) -> None:
-        """A scratch directory moves, with everything in it, within its session."""
+    def _rename_folder_locked(self, src: Node, dst: Node) -> None:
+        """A folder moves, with everything in it, within its session."""
         session = src.session
         if dst.session is not session:
-            raise NotPermitted("scratch folders stay in their session")
+            raise NotPermitted("folders stay in their session")
         if dst.kind == DIR and dst.name != src.name:
             if self._children_locked(session, dst.name):
                 raise NotEmpty(dst.name)
-            self.engine.journal.delete_dir(dst.scratch.id)
-            del self._scratch[session.id][dst.name]
+            self.engine.journal.delete_dir(dst.folder.id)
+            del self._folders[session.id][dst.name]
         elif dst.kind != MISSING:
             raise NotADirectory(dst.name) if dst.kind == FILE else NotPermitted(f"{dst.name} is reserved")
         if (dst.name + "/").startswith(src.name + "/"):
             raise InvalidArgument("a folder cannot move into itself")
-        if not dst.parent and not dst.basename.startswith("."):
-            raise NotPermitted("only dot-folders (local scratch) live in a session")
         check_file_name(dst.basename)
+        self._check_tree_open_locked(session, src.name)
+        self._check_tree_open_locked(session, dst.name)
         prefix = src.name + "/"
-        scratch = self._scratch[session.id]
-        for path in [p for p in scratch if p == src.name or p.startswith(prefix)]:
+        folders = self._folders[session.id]
+        for path in [p for p in folders if p == src.name or p.startswith(prefix)]:
             moved = dst.name + path[len(src.name):]
-            scratch[moved] = scratch.pop(path)
-            self.engine.journal.update_dir(scratch[moved].id, path=moved)
+            folders[moved] = folders.pop(path)
+            self.engine.journal.update_dir(folders[moved].id, path=moved)
         for name, record in [(n, r) for n, r in session.files.items() if n.startswith(prefix)]:
-            self.engine.rename_file_locked(record, session, dst.name + name[len(src.name):], local_only=True)
+            moved = dst.name + name[len(src.name):]
+            # Between a dot-folder and the tree, its files change between local scratch and tree files.
+            self.engine.rename_file_locked(record, session, moved, self._local_only(moved))
         self._touch_parent_locked(src, dst)
 
     def _hide_locked(self, src: Node, dst: Node) -> None:
@@ -1074,6 +1099,8 @@ class MountModel:
             elif node.kind == FILE:
                 if self._hidden.pop((node.session.id, node.name), None) is not None:
                     return  # libfuse's last release of a file unlinked while open: gone already
+                if node.record.in_tree:
+                    self._check_tree_open_locked(node.session, node.parent)
                 self.engine.remove_file_locked(node.record)
                 self._touch_parent_locked(node)
             elif node.kind == MISSING:
@@ -1121,11 +1148,11 @@ class MountModel:
                                                      mtime_ns=attrs.get("mtime_ns"))
                 node.session.ctime_ns = now
             elif node.kind == DIR:
-                scratch = node.scratch
-                scratch.mode = attrs.get("mode", scratch.mode)
-                scratch.mtime_ns = attrs.get("mtime_ns", scratch.mtime_ns)
-                scratch.ctime_ns = now
-                self.engine.journal.update_dir(scratch.id, mode=scratch.mode, mtime_ns=scratch.mtime_ns)
+                folder = node.folder
+                folder.mode = attrs.get("mode", folder.mode)
+                folder.mtime_ns = attrs.get("mtime_ns", folder.mtime_ns)
+                folder.ctime_ns = now
+                self.engine.journal.update_dir(folder.id, mode=folder.mode, mtime_ns=folder.mtime_ns)
             elif node.kind == FILE:
                 self.engine.set_file_attrs_locked(node.record, **attrs)
                 node.record.ctime_ns = now

@@ -6,7 +6,7 @@ import json
 import time
 
 from ..engine.projects import project_page
-from ..engine.records import COMPLETE, P_READY, SessionRecord
+from ..engine.records import COMPLETE, IN_TREE, P_READY, FileRecord, SessionRecord
 
 BAR_WIDTH = 20
 PRIVACY_NAMES = {2: "private (owner and invited users)", 1: "anyone with the link", 0: "public"}
@@ -16,23 +16,9 @@ PAUSED_LINE = "paused: uploads wait (fs360 resume MOUNTPOINT)"
 def snapshot_session(session: SessionRecord, engine) -> dict:
     """Needs engine.lock held: reads the records in one consistent step."""
     now = time.time()
-    files = []
-    for record in sorted(session.files.values(), key=lambda f: f.name):
-        rate = record.rate.rate()
-        remaining = max(0, record.size - record.server_received)
-        files.append({
-            "name": record.name,
-            "server_name": None if record.local_only else record.server_name,
-            "state": record.state,
-            "size": record.size,
-            "sent": record.server_received,
-            "rate": round(rate),
-            "eta_seconds": round(remaining / rate) if rate > 0 and record.state != COMPLETE else None,
-            "error": record.last_error or None,
-            "attempts": record.attempts,
-            "next_attempt_in": round(max(0.0, record.next_attempt - now), 1) if record.state == "failed" else None,
-            "local_only": record.local_only,
-        })
+    # The tree's files are not uploads of their own: they are listed apart, under `tree_files`.
+    records = sorted((f for f in session.files.values() if not f.in_tree), key=lambda f: f.name)
+    files = [_file_entry(record, now) for record in records + ([session.archive] if session.archive else [])]
     project = session.project
     project_info = None
     if project is not None:
@@ -67,6 +53,9 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
         "sealed": session.sealed,
         "files": files,
         "deleted_but_held_by_server": sorted(f.name for f in session.unlinked),
+        "tree": _tree_entries(session, engine),
+        "tree_files": [{"name": f.name, "state": f.state, "size": f.size, "error": f.last_error or None}
+                       for f in sorted(session.tree_files(), key=lambda f: f.name)],
         "totals": {
             "files": len(uploadable),
             "complete": sum(1 for f in uploadable if f["state"] == COMPLETE),
@@ -78,6 +67,42 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
         "paused": engine.gate.paused,  # ops: fs360 pause
         "generated_at": _iso(now),
     }
+
+
+def _file_entry(record: FileRecord, now: float) -> dict:
+    rate = record.rate.rate()
+    remaining = max(0, record.size - record.server_received)
+    entry = {
+        "name": record.name,
+        "server_name": None if record.local_only else record.server_name,
+        "state": record.state,
+        "size": record.size,
+        "sent": record.server_received,
+        "rate": round(rate),
+        "eta_seconds": round(remaining / rate) if rate > 0 and record.state != COMPLETE else None,
+        "error": record.last_error or None,
+        "attempts": record.attempts,
+        "next_attempt_in": round(max(0.0, record.next_attempt - now), 1) if record.state == "failed" else None,
+        "local_only": record.local_only,
+    }
+    if record.archive:
+        # The archive is generated, not stored: its sha256 is known once it is uploaded.
+        entry["archive"] = True
+        entry["sha256"] = record.sha256
+    return entry
+
+
+def _tree_entries(session: SessionRecord, engine) -> list[dict]:
+    """One entry per top-level folder of the tree: its file count and size, and the archive it
+    goes up in."""
+    entries: dict[str, dict] = {}
+    archive = engine.archive_server_name_locked(session)
+    for member in engine.archive_members_locked(session):
+        top = member.path.partition("/")[0] + "/"
+        entry = entries.setdefault(top, {"entry": top, "files": 0, "size": 0, "archive": archive})
+        entry["files"] += not member.is_dir
+        entry["size"] += member.size
+    return [entries[top] for top in sorted(entries)]
 
 
 def render_json(snapshot: dict) -> bytes:
@@ -115,6 +140,13 @@ def render_text(snapshot: dict) -> bytes:
         lines.append("held      deleted here but held by the server (it cannot drop one file; "
                      "remove the folder to discard the session): " + ", ".join(snapshot["deleted_but_held_by_server"]))
     lines.append("")
+    # .get: `fs360 status` also renders what mounts of an older fs360 publish.
+    for entry in snapshot.get("tree", ()):
+        count = f"{entry['files']} file" + ("s" if entry["files"] != 1 else "")
+        lines.append(f"  {entry['entry']} {count}, {human_bytes(entry['size'])} → in {entry['archive']}")
+    for f in snapshot.get("tree_files", ()):
+        if f["state"] != IN_TREE:  # not whole yet (or not any more), with the reason
+            lines.append(f"    {f['name']}  {f['state']}" + (f": {f['error']}" if f["error"] else ""))
     for f in snapshot["files"]:
         if f["local_only"]:
             lines.append(f"  {f['name']}  local only ({human_bytes(f['size'])}), never uploaded")

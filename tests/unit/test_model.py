@@ -15,7 +15,12 @@ Files inside a session
   rename local-only (within, between, replace target) ........ test_rename_local_files
   unlink local-only cancels its upload ....................... test_unlink_pending_cancels
   unlink server-held: remembered, .create refused, EACCES ... test_unlink_server_held_then_rmdir_discards
-  mkdir inside a session EPERM ............................... test_nested_mkdir_eperm
+  mkdir inside a session: a tree, any depth (issue 14) ...... test_tree_folders_behave_like_posix,
+                                                                test_tree_files_wait_in_tree_and_survive_a_restart,
+                                                                test_create_freezes_the_tree_and_uploads_one_archive,
+                                                                test_create_refuses_a_tree_next_to_an_archive,
+                                                                test_create_refuses_an_unfinished_tree_file,
+                                                                fuse:test_trees.py, integration:test_tree_engine.py
   chmod/chown/utimens remembered, survive restart ............ test_metadata_survives_restart
   read from spool, EACCES once dropped ....................... test_read_served_then_eacces_after_drop
   fsync ....................................................... test_spool_serves_any_write_pattern
@@ -37,7 +42,7 @@ Errors a writing program sees
   EDQUOT session cap ......................................... test_edquot_session_cap
   EPERM extension refused at create (learned from 415) ...... test_eperm_extension_learned_from_415
   EACCES sealed / server-held ................................ test_sealed_session, test_server_held_file_is_immutable
-  EPERM nested folder / non-folder at root ................... test_nested_mkdir_eperm, test_root_takes_folders_only
+  EPERM non-folder at root ................................... test_root_takes_folders_only
   ENAMETOOLONG > 255 bytes ................................... test_name_errors
   EINVAL control chars / non-UTF-8 / bad .create ............. test_name_errors, test_create_marker_validation
   EIO unexpected internal error (adapter wrapper) ............ test_translated_wrapper_eio_and_errnos
@@ -201,9 +206,116 @@ def test_adapter_links_and_nodes_eperm(idle):
         assert info.value.errno == errno.EPERM
 
 
-def test_nested_mkdir_eperm(idle):
+# --- trees (issue 14) --------------------------------------------------------------------------------
+
+def test_tree_folders_behave_like_posix(idle):
     idle.mkdir("/s", 0o755)
-    assert errno_of(idle.mkdir, "/s/sub", 0o755) == errno.EPERM
+    idle.mkdir("/s/Scans", 0o755)
+    idle.mkdir("/s/Scans/Raw", 0o700)
+    write_file(idle, "/s/Scans/Raw/a.e57", b"a")
+    assert names(idle, "/s") == {"Scans", "status", "status.json"}
+    assert names(idle, "/s/Scans") == {"Raw"}
+    assert idle.getattr("/s/Scans/Raw")["st_mode"] & 0o7777 == 0o700
+    assert errno_of(idle.mkdir, "/s/Scans", 0o755) == errno.EEXIST
+    assert errno_of(idle.rmdir, "/s/Scans") == errno.ENOTEMPTY
+    assert errno_of(idle.mkdir, "/s/nowhere/x", 0o755) == errno.ENOENT
+    assert errno_of(idle.rename, "/s/Scans", "/s/Scans/Raw/inside") == errno.EINVAL
+    idle.rename("/s/Scans", "/s/Photos")                       # the whole folder moves
+    assert read_all(idle, "/s/Photos/Raw/a.e57") == b"a"
+    assert idle.file_state("s", "Photos/Raw/a.e57") == "in tree"
+    idle.rename("/s/Photos/Raw/a.e57", "/s/a.e57")             # out of the tree: a file of its own
+    assert idle.file_state("s", "a.e57") == "pending"
+    idle.rename("/s/a.e57", "/s/Photos/a.e57")                 # back in: waits for the archive again
+    assert idle.file_state("s", "Photos/a.e57") == "in tree"
+    idle.rmdir("/s/Photos/Raw")
+    assert names(idle, "/s/Photos") == {"a.e57"}
+
+
+def test_tree_files_wait_in_tree_and_survive_a_restart(emulator, make_model):
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    model.mkdir("/s/Scans", 0o755)
+    model.mkdir("/s/Scans/Empty", 0o755)
+    model.mkdir("/s/Scans/.partial", 0o755)
+    fh = model.create("/s/Scans/open.las", 0o644, os.O_WRONLY)
+    model.write(fh, b"part", 0)
+    assert model.file_state("s", "Scans/open.las") == "writing"
+    write_file(model, "/s/Scans/a.jpg", b"jpg")
+    write_file(model, "/s/Scans/.partial/b.jpg", b"partial")
+    write_file(model, "/s/top.jpg", b"top")
+    wait_state(model, "s", "top.jpg", "complete")
+    assert model.file_state("s", "Scans/a.jpg") == "in tree"
+    assert model.file_state("s", "Scans/.partial/b.jpg") == "local"
+    assert [f["name"] for f in emulator.files()] == ["top.jpg"]   # nothing of the tree before .create
+    status = read_all(model, "/s/status").decode()
+    assert "    Scans/open.las  writing" in status and "Scans/a.jpg" not in status
+    model.release(fh)
+    model.engine.stop(5)
+
+    again = make_model(emulator)  # the same cache dir: a remount
+    assert names(again, "/s/Scans") == {"Empty", ".partial", "a.jpg", "open.las"}
+    assert again.file_state("s", "Scans/a.jpg") == "in tree"
+    assert again.file_state("s", "Scans/open.las") == "in tree"
+    assert read_all(again, "/s/Scans/a.jpg") == b"jpg"
+    status = json.loads(read_all(again, "/s/status.json"))
+    assert status["tree"] == [{"entry": "Scans/", "files": 2, "size": 7, "archive": "s.zip"}]
+    assert "  Scans/ 2 files, 7 B → in s.zip" in read_all(again, "/s/status").decode()
+
+
+def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
+    model.mkdir("/Office scan", 0o755)
+    model.mkdir("/Office scan/Scans", 0o755)
+    model.mkdir("/Office scan/Scans/Empty", 0o755)
+    write_file(model, "/Office scan/Scans/Фото 1.JPG", b"photo")
+    write_file(model, "/Office scan/top.jpg", b"top")
+    write_file(model, "/Office scan/.create", b"")
+    # Frozen: the tree cannot change once it is planned as the archive.
+    for call, args in ((model.mkdir, ("/Office scan/Scans/new", 0o755)),
+                       (model.create, ("/Office scan/Scans/new.jpg", 0o644, os.O_WRONLY)),
+                       (model.unlink, ("/Office scan/Scans/Фото 1.JPG",)),
+                       (model.rmdir, ("/Office scan/Scans/Empty",)),
+                       (model.rename, ("/Office scan/Scans", "/Office scan/Other")),
+                       (model.open, ("/Office scan/Scans/Фото 1.JPG", os.O_WRONLY))):
+        assert errno_of(call, *args) == errno.EACCES, call
+    assert errno_of(model.create, "/Office scan/site.zip", 0o644, os.O_WRONLY) == errno.EPERM
+    wait_until(lambda: (model.engine.sessions["Office scan"].project.state == "ready"), 30, 0.05,
+               what="the project")
+    files = {f["name"]: f for f in emulator.files()}
+    assert set(files) == {"top.jpg", "Office_scan.zip"}
+    archive = model.engine.sessions["Office scan"].archive
+    assert files["Office_scan.zip"]["sha256"] == archive.sha256
+    record = model.engine.sessions["Office scan"].project.record
+    assert sorted(record["files"]) == ["Scans/Foto_1.jpg", "top.jpg"]
+
+
+def test_create_refuses_a_tree_next_to_an_archive(idle):
+    idle.mkdir("/s", 0o755)
+    idle.mkdir("/s/Scans", 0o755)
+    write_file(idle, "/s/Scans/a.jpg", b"a")
+    write_file(idle, "/s/site.zip", b"PK")
+    with pytest.raises(Fs360Error) as info:
+        write_file(idle, "/s/.create", b"")
+    assert info.value.errno == errno.EINVAL
+    assert "already has an archive (site.zip)" in str(info.value)
+    assert "site.zip" in idle.engine.sessions["s"].marker_refused
+    idle.unlink("/s/site.zip")
+    write_file(idle, "/s/.create", b"")       # one archive left: accepted
+    assert idle.engine.sessions["s"].archive is not None
+
+
+def test_create_refuses_an_unfinished_tree_file(idle):
+    idle.mkdir("/s", 0o755)
+    idle.mkdir("/s/Scans", 0o755)
+    fh = idle.create("/s/Scans/a.jpg", 0o644, os.O_WRONLY)
+    idle.write(fh, b"a", 0)
+    with pytest.raises(Fs360Error) as info:
+        write_file(idle, "/s/.create", b"")
+    assert info.value.errno == errno.EINVAL and "Scans/a.jpg: still being written" in str(info.value)
+    idle.release(fh)
+    idle.engine.caps.file_cap = 50                # smaller than any archive's records
+    with pytest.raises(Fs360Error) as info:
+        write_file(idle, "/s/.create", b"")
+    assert info.value.errno == errno.EINVAL and "up to 50 bytes" in str(info.value)
 
 
 # --- files ---------------------------------------------------------------------------------------------
@@ -794,7 +906,6 @@ def test_ctime_and_folder_times_follow_changes(idle):
 def test_scratch_directories_are_local_and_survive_a_restart(emulator, make_model, settings_for):
     model = make_model(emulator)
     model.mkdir("/s", 0o755)
-    assert errno_of(model.mkdir, "/s/sub", 0o755) == errno.EPERM      # trees are a later issue
     model.mkdir("/s/.rsync-partial", 0o700)
     model.mkdir("/s/.rsync-partial/deeper", 0o755)                   # any depth below a scratch dir
     assert errno_of(model.create, "/s/.nowhere/a.jpg", 0o644, os.O_WRONLY) == errno.ENOENT

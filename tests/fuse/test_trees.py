@@ -1,0 +1,161 @@
+"""Issue 14: a folder tree copied into a session goes up as one archive when .create is accepted.
+
+Real programs (cp -r, rsync -a) on a real mount against the emulator; the project's file list
+is checked against the tree's mapped paths (`archive_names`, what ArchiveReader.names gives).
+The >4 GiB (ZIP64) case is covered by the archive module's own tests (force_zip64): a mount
+cannot force ZIP64, and a real 4 GiB upload is beyond these tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fs360.engine.archive import archive_names
+from fs360.engine.journal import RESERVE_BYTES
+from tests.harness import make_sources, remote_files, wait_until, write_marker
+
+MiB = 1024 * 1024
+SESSION = "Office scan"
+ARCHIVE = "Office_scan.zip"
+# Three levels, spaces, non-ASCII names, a 0-byte file; "Empty Folder" is made empty below.
+TREE = {
+    "Scans/scan 1.e57": 3 * MiB + 17,
+    "Scans/Фото 1.JPG": 1 * MiB,
+    "Scans/Raw/empty.bin": 0,
+    "Scans/Raw/deep file.txt": 100,
+    "Panoramas/pano été.jpg": 2 * MiB + 3,
+}
+TOP_LEVEL = {"top.jpg": 50_000}
+SLOW_PUTS = [{"endpoint": "put_file", "kind": "latency", "seconds": 0.3, "probability": 1}]
+
+
+def make_tree(root: Path) -> Path:
+    """The scan folder to copy: the tree, a top-level file and an empty folder."""
+    folder = root / SESSION
+    for path, size in TREE.items():
+        make_sources((folder / path).parent, {Path(path).name: size})
+    make_sources(folder, TOP_LEVEL)
+    (folder / "Empty Folder").mkdir()
+    return folder
+
+
+def tree_paths() -> list[str]:
+    return list(TREE) + ["Empty Folder/"]
+
+
+def expected_project_files() -> list[str]:
+    """What the server's ready record lists: the archive's files (not its folders) and the
+    top-level files."""
+    mapped = archive_names(tree_paths())
+    return sorted([name for name in mapped.values() if not name.endswith("/")] + list(TOP_LEVEL))
+
+
+def archive_entry(mount, session: str = SESSION) -> dict:
+    (entry,) = [f for f in mount.status_json(session)["files"] if f.get("archive")]
+    return entry
+
+
+def disk_usage(path: Path) -> int:
+    return sum(os.lstat(os.path.join(d, f)).st_blocks * 512 for d, _, files in os.walk(path) for f in files)
+
+
+def check_project(mount, emulator) -> None:
+    project = mount.wait_project(SESSION)
+    assert project["state"] == "ready", project
+    assert sorted(project["record"]["files"]) == expected_project_files()
+    entry = archive_entry(mount)
+    assert entry["state"] == "complete" and entry["server_name"] == ARCHIVE
+    remote = remote_files(emulator)
+    assert set(remote) == {ARCHIVE, *TOP_LEVEL}
+    assert remote[ARCHIVE]["complete"] and remote[ARCHIVE]["sha256"] == entry["sha256"]
+    assert emulator.violations() == []
+
+
+def test_cp_r_of_a_tree_then_create_uploads_one_archive(tmp_path, profiled_emulator, mount_factory):
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    source = make_tree(tmp_path / "src")
+    subprocess.run(["cp", "-r", str(source), str(mount.mountpoint)], check=True)
+    session = mount.mountpoint / SESSION
+    assert sorted(p.name for p in (session / "Scans").iterdir()) == ["Raw", "scan 1.e57", "Фото 1.JPG"]
+    assert (session / "Scans/Raw/deep file.txt").read_bytes() == (source / "Scans/Raw/deep file.txt").read_bytes()
+    wait_until(lambda: mount.file_states(SESSION).get("top.jpg") == "complete", 60, what="top.jpg")
+    tree_files = mount.status_json(SESSION)["tree_files"]
+    assert {f["name"]: f["state"] for f in tree_files} == {path: "in tree" for path in TREE}
+    assert set(mount.file_states(SESSION)) == {"top.jpg"}     # the tree's files are no uploads of their own
+    # Nothing of the tree is uploaded before .create.
+    assert set(remote_files(emulator)) == {"top.jpg"}
+    status = (session / "status").read_text()
+    assert f"Scans/ 4 files, 4.0 MiB → in {ARCHIVE}" in status
+    assert f"Panoramas/ 1 file, 2.0 MiB → in {ARCHIVE}" in status
+    assert f"Empty Folder/ 0 files, 0 B → in {ARCHIVE}" in status
+
+    write_marker(session / ".create", b"")
+    check_project(mount, emulator)
+
+
+def test_rsync_a_of_a_tree_then_create(tmp_path, emulator, mount_factory):
+    mount = mount_factory(emulator)
+    source = make_tree(tmp_path / "src")
+    subprocess.run(["rsync", "-a", str(source), str(mount.mountpoint)], check=True)
+    session = mount.mountpoint / SESSION
+    # A second run finds everything in place (sizes and mtimes kept) and copies nothing.
+    rerun = subprocess.run(["rsync", "-a", "--itemize-changes", str(source), str(mount.mountpoint)],
+                           check=True, capture_output=True, text=True)
+    assert not [line for line in rerun.stdout.splitlines() if line.startswith(">f")], rerun.stdout
+    assert (session / "Empty Folder").is_dir()
+    write_marker(session / ".create", b"")
+    check_project(mount, emulator)
+    # The project is made: the tree is sealed with the session.
+    with pytest.raises(PermissionError):
+        (session / "Scans" / "late.jpg").write_bytes(b"late")
+
+
+def test_a_killed_daemon_resumes_the_archive_with_at_most_one_chunk_again(tmp_path, emulator, mount_factory):
+    cache = tmp_path / "cache"
+    chunk = 1 * MiB
+    args = ["--chunk-size", "1M"]
+    first = mount_factory(emulator, cache_dir=cache, extra_args=args)
+    source = make_tree(tmp_path / "src")
+    subprocess.run(["cp", "-r", str(source), str(first.mountpoint)], check=True)
+    wait_until(lambda: first.file_states(SESSION).get("top.jpg") == "complete", 60, what="top.jpg")
+    emulator.set_faults(SLOW_PUTS)
+    write_marker(first.mountpoint / SESSION / ".create", b"")
+    wait_until(lambda: remote_files(emulator).get(ARCHIVE, {}).get("received", 0) > chunk, 60,
+               what="two chunks of the archive")
+    tree_bytes = sum(TREE.values()) + sum(TOP_LEVEL.values())
+    # The archive is read from the spooled tree: no second copy of it on disk.
+    assert disk_usage(cache) < tree_bytes + RESERVE_BYTES + MiB
+    first.kill()
+    assert not remote_files(emulator)[ARCHIVE]["complete"]
+    emulator.clear_faults()
+
+    second = mount_factory(emulator, cache_dir=cache, extra_args=args)
+    check_project(second, emulator)
+    assert remote_files(emulator)[ARCHIVE]["overwritten_bytes"] <= chunk
+
+
+def test_a_tree_next_to_an_archive_refuses_create_with_the_reason(tmp_path, emulator, mount_factory):
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "site"
+    (session / "Scans").mkdir(parents=True)
+    (session / "Scans" / "a.jpg").write_bytes(b"a")
+    (session / "site.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    with pytest.raises(OSError) as info:
+        write_marker(session / ".create", b"")
+    assert info.value.errno == errno.EINVAL
+    reason = "this folder already has an archive (site.zip); the server takes one: remove one of them"
+    assert reason in (session / "status").read_text()
+    assert reason in mount.status_json("site")["project"]["refused"]
+    assert ".create" not in os.listdir(session)
+    # Without the tree (rm -r of a folder works like anywhere), the one archive is accepted.
+    shutil.rmtree(session / "Scans")
+    assert sorted(os.listdir(session)) == ["site.zip", "status", "status.json"]
+    write_marker(session / ".create", b"")
+    assert mount.wait_project("site")["state"] == "ready"

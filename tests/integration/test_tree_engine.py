@@ -1,0 +1,145 @@
+"""Issue 14 in the engine, without FUSE: the tree's archive through both upload paths (worker
+processes and in-process), a session lost mid-archive, and `unlink .create` before any PUT."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+
+import pytest
+
+from fs360.engine.engine import Engine
+from fs360.errors import Fs360Error
+from fs360.fs.model import MountModel
+from tests.harness import wait_until
+
+KiB = 1024
+SLOW_PUTS = [{"endpoint": "put_file", "kind": "latency", "seconds": 0.2, "probability": 1}]
+
+
+@pytest.fixture
+def make_model(settings_for):
+    made = []
+
+    def make(emulator, start=True, **changes) -> MountModel:
+        engine = Engine(settings_for(emulator, **changes))
+        if start:
+            engine.start()
+        made.append(engine)
+        return MountModel(engine, engine.settings)
+
+    yield make
+    for engine in made:
+        if not engine.stopping:
+            engine.stop(5)
+
+
+def write_file(model: MountModel, path: str, data: bytes) -> None:
+    fh = model.create(path, 0o644, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        if data:
+            model.write(fh, data, 0)
+        model.flush(fh)
+    finally:
+        model.release(fh)
+
+
+def make_tree(model: MountModel, session: str) -> None:
+    model.mkdir(f"/{session}", 0o755)
+    for folder in ("Scans", "Scans/Raw", "Scans/Empty", "Scans/.partial"):
+        model.mkdir(f"/{session}/{folder}", 0o755)
+    write_file(model, f"/{session}/Scans/scan 1.e57", os.urandom(300 * KiB))
+    write_file(model, f"/{session}/Scans/Raw/zero.bin", b"")
+    write_file(model, f"/{session}/Scans/.partial/half.e57", b"scratch")
+    write_file(model, f"/{session}/top.jpg", b"top")
+
+
+def archive_of(model: MountModel, session: str):
+    return model.engine.sessions[session].archive
+
+
+def project_ready(model: MountModel, session: str) -> dict:
+    def ready():
+        project = model.engine.sessions[session].project
+        return project.record if project is not None and project.state == "ready" else None
+    return wait_until(ready, 60, 0.05, what="the project")
+
+
+@pytest.mark.parametrize("upload_processes", [True, False], ids=["processes", "in-process"])
+def test_the_archive_goes_up_through_either_upload_path(emulator, make_model, upload_processes):
+    model = make_model(emulator, upload_processes=upload_processes, chunk_size=64 * KiB)
+    make_tree(model, "s")
+    write_file(model, "/s/.create", b"")
+    record = project_ready(model, "s")
+    assert sorted(record["files"]) == ["Scans/Raw/zero.bin", "Scans/scan_1.e57", "top.jpg"]
+    archive = archive_of(model, "s")
+    (remote,) = [f for f in emulator.files() if f["name"] == "s.zip"]
+    assert remote["complete"] and remote["sha256"] == archive.sha256 and remote["total"] == archive.size
+    # The tree's spool files go with the project, as complete files' do.
+    assert all(not model.engine.spool.exists(f.id) for f in model.engine.sessions["s"].tree_files())
+
+
+def test_a_session_lost_mid_archive_sends_the_archive_again(emulator, make_model):
+    model = make_model(emulator, chunk_size=64 * KiB)
+    make_tree(model, "s")
+    wait_until(lambda: model.file_state("s", "top.jpg") == "complete", 30, 0.05, what="top.jpg")
+    emulator.set_faults(SLOW_PUTS)
+    write_file(model, "/s/.create", b"")
+    archive = archive_of(model, "s")
+    wait_until(lambda: archive.server_received > 0, 30, 0.05, what="a chunk of the archive")
+    lost = model.engine.sessions["s"].upload_id
+    emulator.expire(lost)
+    emulator.clear_faults()
+    record = project_ready(model, "s")
+    assert model.engine.sessions["s"].upload_id != lost
+    assert sorted(record["files"]) == ["Scans/Raw/zero.bin", "Scans/scan_1.e57", "top.jpg"]
+
+
+def test_unlink_create_before_any_put_unfreezes_the_tree(emulator, make_model):
+    model = make_model(emulator, start=False)  # nothing is sent: the archive stays planned only
+    make_tree(model, "s")
+    write_file(model, "/s/.create", b"")
+    assert archive_of(model, "s") is not None
+    with pytest.raises(Fs360Error) as info:
+        model.mkdir("/s/Scans/more", 0o755)
+    assert info.value.errno == errno.EACCES
+    model.unlink("/s/.create")
+    assert archive_of(model, "s") is None
+    model.mkdir("/s/Scans/more", 0o755)       # the tree may change again
+    assert not any(row["archive"] for row in model.engine.journal.files())
+
+
+def test_the_archive_is_what_the_tree_makes(emulator, make_model):
+    """The archive's sha256 in status is the one of the bytes ArchiveReader makes of the tree."""
+    from fs360.engine.archive import ArchiveReader
+    model = make_model(emulator)
+    make_tree(model, "s")
+    with model.engine.lock:
+        members = model.engine.archive_members_locked(model.engine.sessions["s"])
+    assert sorted(m.path for m in members) == ["Scans/Empty/", "Scans/Raw/zero.bin", "Scans/scan 1.e57"]
+    with ArchiveReader(members) as reader:
+        data = bytearray(reader.size)
+        reader.read_at(0, data)
+    write_file(model, "/s/.create", b"")
+    project_ready(model, "s")
+    assert archive_of(model, "s").sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_an_archive_the_server_refuses_says_how_to_go_on(emulator_factory, make_model):
+    """A 413 for the archive (the server's cap was not known at .create): the project waits with the
+    reason, and `rm .create` unfreezes the tree, since the server holds nothing of the archive."""
+    emulator = emulator_factory("--processing-seconds", "1", "--no-rate-limits", "--max-file-size", "200000")
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    model.mkdir("/s/Scans", 0o755)
+    write_file(model, "/s/Scans/a.e57", os.urandom(150_000))
+    write_file(model, "/s/Scans/b.e57", os.urandom(150_000))
+    write_file(model, "/s/.create", b"")
+    session = model.engine.sessions["s"]
+    wait_until(lambda: session.archive.state == "rejected", 30, 0.05, what="the archive to be refused")
+    wait_until(lambda: "remove .create, change the tree" in session.notice, 30, 0.05, what="the reason")
+    model.unlink("/s/.create")
+    model.unlink("/s/Scans/b.e57")
+    write_file(model, "/s/.create", b"")        # the cap is known now; the smaller tree fits
+    assert sorted(project_ready(model, "s")["files"]) == ["Scans/a.e57"]
