@@ -253,15 +253,17 @@ def test_fifty_concurrent_writers(tmp_path, emulator, mount_factory):
 
 
 @pytest.mark.parametrize("where", ["root", "nested"])
-def test_no_files_at_the_root_and_no_nesting(tmp_path, emulator, mount_factory, where):
+def test_no_files_at_the_root_and_no_links(tmp_path, emulator, mount_factory, where):
+    """Folders may nest inside a session (a tree, sent as one archive), links never."""
     mount = mount_factory(emulator)
     (mount.mountpoint / "s").mkdir()
     if where == "root":
         assert _errno_of(lambda: (mount.mountpoint / "loose.jpg").write_bytes(b"x")) == errno.EPERM
         assert _errno_of(lambda: os.symlink("/etc/passwd", mount.mountpoint / "link")) == errno.EPERM
     else:
-        assert _errno_of(lambda: (mount.mountpoint / "s" / "sub").mkdir()) == errno.EPERM
+        (mount.mountpoint / "s" / "sub").mkdir()
         assert _errno_of(lambda: os.symlink("/etc/passwd", mount.mountpoint / "s" / "link.jpg")) == errno.EPERM
+        assert _errno_of(lambda: os.symlink("/etc/passwd", mount.mountpoint / "s" / "sub" / "l.jpg")) == errno.EPERM
 
 
 def test_refused_operations_log_no_traceback_at_debug(tmp_path, emulator, mount_factory):
