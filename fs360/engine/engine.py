@@ -430,6 +430,17 @@ class Engine:
         record.generation += 1
         self._wakeup.notify_all()
 
+    def server_lacks_file_locked(self, record: FileRecord) -> None:
+        """The server says a file it should hold complete is not: it goes again from the spool,
+        or, when the spool no longer has it, it is lost."""
+        if record.evicted:
+            self._set_state_locked(record, LOST, last_error="the server does not have this file complete: "
+                                                            "copy it again")
+            return
+        record.needs_resync = True
+        self._set_state_locked(record, PENDING, last_error="")
+        self._enqueue_locked(record, 0.0)
+
     def set_file_attrs_locked(self, record: FileRecord, **attrs) -> None:
         for key, value in attrs.items():
             setattr(record, key, value)

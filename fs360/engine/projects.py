@@ -16,7 +16,7 @@ from cachetools import TTLCache
 
 from ..errors import AccountError, ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound, WaitForRateLimit
 from .journal import PROJECT_COLUMNS
-from .records import (COMPLETE, IN_TREE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, PENDING, REJECTED,
+from .records import (COMPLETE, IN_TREE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, REJECTED,
                       ProjectRequest, SessionRecord, duration_text)
 
 if TYPE_CHECKING:
@@ -181,13 +181,7 @@ class ProjectKeeper:
                     continue
                 held = remote.get((record.server_name or "").lower())
                 if held is None or not held.complete:
-                    if record.evicted:
-                        engine._set_state_locked(record, LOST, last_error="the server does not have this file "
-                                                                          "complete: copy it again")
-                    else:
-                        record.needs_resync = True
-                        engine._set_state_locked(record, PENDING, last_error="")
-                        engine._enqueue_locked(record, 0.0)
+                    engine.server_lacks_file_locked(record)
 
     def _poll(self, session: SessionRecord) -> None:
         engine = self.engine

@@ -129,4 +129,4 @@ def test_demo_runs_to_a_ready_project():
     result = run_fs360("demo", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "demo complete: the project is ready" in result.stdout
-    assert "refused as expected" in result.stdout
+    assert "the tree went up as one archive" in result.stdout

@@ -128,8 +128,9 @@ def test_session_expiry_resends_everything_and_project_completes(profiled_emulat
     emulator = profiled_emulator
     src = tmp_path / "src"
     expected = make_sources(src, MIXED)
-    # Slow PUTs so the session can be expired while files are still going.
-    emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.02}])
+    # Slow PUTs so the session can be expired while files are still going (a loaded machine
+    # must still see one file complete while another is half-way).
+    emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.1}])
     engine = Engine(settings_for(emulator, chunk_size=CHUNK, workers=2)).start()
     try:
         session = queue_files(engine, "expiring", {name: src / name for name in expected})
