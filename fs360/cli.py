@@ -184,6 +184,8 @@ def add_mount_options(m: argparse.ArgumentParser) -> None:
     m.add_argument("--bwlimit", default="off", type=_bwlimit,
                    help='all uploads together: 10M, 500k, off, or a timetable "08:00,5M 18:00,off"')
     m.add_argument("--no-notify", action="store_true", help="no desktop notice (notify-send)")
+    m.add_argument("--zip64-archives", action="store_true",
+                   help="always write folder-tree archives in ZIP64 form (else only when needed)")
     m.add_argument("--emulator-arg", action="append", default=[], help=argparse.SUPPRESS)
 
 
@@ -254,7 +256,7 @@ def settings_from_args(args) -> Settings:
         rate_window_scale=args.rate_window_scale, project_poll_interval=args.poll_interval,
         max_file_size=args.max_file_size, allow_other="allow_other" in args.fuse_options,
         log_level=args.log_level, default_privacy=PRIVACY[args.privacy], bwlimit=args.bwlimit,
-        desktop_notify=not args.no_notify, local_emulator=args.local, emulator_args=tuple(args.emulator_arg))
+        desktop_notify=not args.no_notify, archive_zip64=args.zip64_archives, local_emulator=args.local, emulator_args=tuple(args.emulator_arg))
     if args.api_url and not args.local:
         kwargs["api_url"] = args.api_url
     return Settings(**kwargs)

@@ -64,6 +64,9 @@ class Settings:
     rate_limits: dict = field(default_factory=lambda: dict(DOCUMENTED_RATE_LIMITS))
 
     project_poll_interval: float = 5.0
+    # Tree archives always in ZIP64 form (a server whose unpacker wants it; tests of the
+    # form without 4 GiB of data). Otherwise ZIP64 only where the archive needs it.
+    archive_zip64: bool = False
     # privacy_mode of a project whose .create names none: 2 private (the vendor's client's
     # default), 1 anyone with the link, 0 public. The server's own default may be public.
     default_privacy: int = 2

@@ -648,7 +648,7 @@ class Engine:
             with self.lock:
                 members = tuple(self.archive_members_locked(session)) if record.archive else None
             job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size,
-                              archive=members)
+                              archive=members, zip64=self.settings.archive_zip64)
             # An archive is read from its members' spool files (by path): no fd of its own.
             fd = None if record.archive else os.open(self.spool.path(record.id), os.O_RDONLY)
             try:
@@ -914,7 +914,7 @@ class Engine:
         reason = self.tree_refusal_locked(session)
         size = None
         if not reason:
-            with ArchiveReader(members) as planned:
+            with ArchiveReader(members, force_zip64=self.settings.archive_zip64) as planned:
                 size = planned.size
             reason = self.tree_refusal_locked(session, size)
         if reason:
@@ -941,7 +941,7 @@ class Engine:
     def _record_archive_sha256(self, record: FileRecord, members: tuple[ArchiveMember, ...]) -> None:
         """The sha256 of the archive as uploaded, for status (read once more, from the spool)."""
         digest = hashlib.sha256()
-        with ArchiveReader(members) as reader:
+        with ArchiveReader(members, force_zip64=self.settings.archive_zip64) as reader:
             block = bytearray(1 << 20)
             offset = 0
             while offset < reader.size:

@@ -66,6 +66,7 @@ class TransferJob:
     # A session's tree as one .zip: its members (spool files by path), read through an
     # ArchiveReader; None for a spool file, which goes with the job as an open fd.
     archive: tuple[ArchiveMember, ...] | None = None
+    zip64: bool = False  # the archive always in ZIP64 form (Settings.archive_zip64)
 
 
 @contextlib.contextmanager
@@ -75,7 +76,7 @@ def job_reader(job: TransferJob, spool_fd: int | None):
     if job.archive is None:
         yield functools.partial(read_exactly, spool_fd)
         return
-    with ArchiveReader(job.archive) as reader:
+    with ArchiveReader(job.archive, force_zip64=job.zip64) as reader:
         if reader.size != job.size:
             raise ArchiveSourceChanged(f"the tree makes {reader.size} bytes now, not the {job.size} planned")
         yield reader.read_exactly

@@ -2,13 +2,14 @@
 
 Real programs (cp -r, rsync -a) on a real mount against the emulator; the project's file list
 is checked against the tree's mapped paths (`archive_names`, what ArchiveReader.names gives).
-The >4 GiB (ZIP64) case is covered by the archive module's own tests (force_zip64): a mount
-cannot force ZIP64, and a real 4 GiB upload is beyond these tests.
+ZIP64: `--zip64-archives` makes the mount write the archive in ZIP64 form without 4 GiB of
+data; the archive module's own tests read a sparse file over 4 GiB around the boundary.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fs360.engine.archive import archive_names
+from fs360.engine.archive import ArchiveMember, ArchiveReader, archive_names
 from fs360.engine.journal import RESERVE_BYTES
 from tests.harness import make_sources, remote_files, wait_until, write_marker
 
@@ -100,8 +101,26 @@ def test_cp_r_of_a_tree_then_create_uploads_one_archive(tmp_path, profiled_emula
     check_project(mount, emulator)
 
 
-def test_rsync_a_of_a_tree_then_create(tmp_path, emulator, mount_factory):
-    mount = mount_factory(emulator)
+def archive_of(source: Path, zip64: bool) -> str:
+    """sha256 of the archive of the source tree, built here: fs360's is deterministic, so the one it
+    uploaded from its spool must be byte for byte this one."""
+    members = [ArchiveMember(path, source / path, (source / path).stat().st_size) for path in TREE]
+    members.append(ArchiveMember("Empty Folder/"))
+    digest = hashlib.sha256()
+    with ArchiveReader(members, force_zip64=zip64) as reader:
+        block = bytearray(MiB)
+        offset = 0
+        while offset < reader.size:
+            n = reader.read_at(offset, block)
+            digest.update(memoryview(block)[:n])
+            offset += n
+        assert reader.zip64 == zip64
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
+def test_rsync_a_of_a_tree_then_create(tmp_path, emulator, mount_factory, zip64):
+    mount = mount_factory(emulator, extra_args=["--zip64-archives"] if zip64 else [])
     source = make_tree(tmp_path / "src")
     subprocess.run(["rsync", "-a", str(source), str(mount.mountpoint)], check=True)
     session = mount.mountpoint / SESSION
@@ -112,6 +131,7 @@ def test_rsync_a_of_a_tree_then_create(tmp_path, emulator, mount_factory):
     assert (session / "Empty Folder").is_dir()
     write_marker(session / ".create", b"")
     check_project(mount, emulator)
+    assert archive_entry(mount)["sha256"] == archive_of(source, zip64)
     # The project is made: the tree is sealed with the session.
     with pytest.raises(PermissionError):
         (session / "Scans" / "late.jpg").write_bytes(b"late")
