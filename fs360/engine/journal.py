@@ -211,8 +211,23 @@ class Journal:
     # --- files -----------------------------------------------------------------------
 
     def insert_file(self, values: dict) -> int:
-        return self._write(f"INSERT INTO files ({','.join(FILE_COLUMNS)}) VALUES "
-                           f"({','.join('?' * len(FILE_COLUMNS))})", [values[c] for c in FILE_COLUMNS])
+        """A new file row under an id never used before in this journal: a deleted file's id
+        (which SQLite would hand out again) may still be known to an open handle or a worker,
+        whose late writes must not land on a new file's row, nor its reads on a new spool file."""
+        columns = ("id",) + FILE_COLUMNS
+        with self._lock:
+            def insert() -> int:
+                self._db.execute("BEGIN")
+                last = self._db.execute("SELECT value FROM meta WHERE key='last_file_id'").fetchone()
+                highest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]
+                file_id = max(int(last[0]) if last else 0, highest) + 1
+                self._db.execute(f"INSERT INTO files ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})",
+                                 [file_id] + [values[c] for c in FILE_COLUMNS])
+                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_file_id', ?)",
+                                 (str(file_id),))
+                self._db.execute("COMMIT")
+                return file_id
+            return self._with_room_locked(insert)
 
     def update_file(self, file_id: int, **values) -> None:
         self._update("files", "id", file_id, FILE_COLUMNS, values)

@@ -111,3 +111,27 @@ def test_eviction_drops_the_oldest_complete_copies_first_and_only_what_is_needed
         assert not record.evicted and engine.spool.exists(record.id)
     finally:
         engine.stop()
+
+
+def test_a_deleted_files_id_is_never_given_to_a_new_file(emulator, settings_for):
+    """A deleted file's row id must not come back: an open handle or a worker still holding the
+    old record would write its size into the new file's row, or read the new file's spool."""
+    engine = Engine(settings_for(emulator))
+    try:
+        with engine.lock:
+            session = engine.create_session_locked("s", 0o755)
+            first = engine.create_file_locked(session, "a.jpg", 0o644, 0, 0, local_only=False)
+            engine.remove_file_locked(first)
+            second = engine.create_file_locked(session, "b.jpg", 0o644, 0, 0, local_only=False)
+        assert second.id > first.id
+    finally:
+        engine.stop()
+    again = Engine(settings_for(emulator))  # and across a restart, where only the journal remembers
+    try:
+        with again.lock:
+            session = again.sessions["s"]
+            again.remove_file_locked(session.files["b.jpg"])
+            third = again.create_file_locked(session, "c.jpg", 0o644, 0, 0, local_only=False)
+        assert third.id > second.id
+    finally:
+        again.stop()
