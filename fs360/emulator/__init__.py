@@ -11,6 +11,7 @@ until SIGINT/SIGTERM, then exits 0.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import shutil
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         if in_main:
             for s in (signal.SIGINT, signal.SIGTERM):
                 old[s] = signal.signal(s, _on_signal)
+            # A stop that hangs can be asked where every thread is (the harness does, before a kill).
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         host, port = srv.server_address[:2]
         scheme = "https" if args.tls_cert else "http"
         shown = f"[{host}]" if ":" in host else host

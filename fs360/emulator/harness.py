@@ -121,6 +121,9 @@ class EmulatorProcess:
             try:
                 p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                # Where it hangs goes to its stderr log (faulthandler), then it is killed.
+                p.send_signal(signal.SIGUSR1)
+                time.sleep(0.5)
                 p.kill()
                 p.wait()
         if p.stdout:

@@ -115,7 +115,7 @@ class Engine:
                 server_received=row["server_received"], upload_id=row["upload_id"], last_error=row["last_error"],
                 attempts=row["attempts"], next_attempt=row["next_attempt"], completed_at=row["completed_at"],
                 evicted=bool(row["evicted"]), unlinked=bool(row["unlinked"]), server_name=row["server_name"],
-                sha256=row["sha256"], archive=bool(row["archive"]))
+                sha256=row["sha256"], archive=bool(row["archive"]), unfinished=row["unfinished"])
             record.local_only = record.state == LOCAL
             self._files[record.id] = record
             if record.archive:
@@ -324,7 +324,8 @@ class Engine:
         state = LOCAL if local_only else WRITING
         values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
                       state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
-                      completed_at=0, evicted=0, unlinked=0, server_name=None, sha256=None, archive=0)
+                      completed_at=0, evicted=0, unlinked=0, server_name=None, sha256=None, archive=0,
+                      unfinished="")
         file_id = self.journal.insert_file(values)
         self.spool.create(file_id)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=mode, mtime_ns=now_ns, uid=uid,
@@ -343,10 +344,10 @@ class Engine:
         appending to a partial file does not make it whole."""
         record.open_writers += 1
         if rewrite:
-            record.unfinished = ""
+            self._set_unfinished_locked(record, "")
             record.digest = RunningDigest()
         elif record.state == INTERRUPTED and not record.unfinished:
-            record.unfinished = record.last_error or "an earlier write of this file did not finish"
+            self._set_unfinished_locked(record, record.last_error or "an earlier write of this file did not finish")
         if record.local_only:
             return
         record.generation += 1
@@ -359,7 +360,7 @@ class Engine:
         record.open_writers = max(0, record.open_writers - 1)
         record.size = size
         if unfinished and not record.unfinished:
-            record.unfinished = unfinished
+            self._set_unfinished_locked(record, unfinished)
         if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
             self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns)
         elif record.unfinished:
@@ -498,6 +499,14 @@ class Engine:
                                last_error=record.unfinished)
         log.warning("%s: not uploaded: %s", record.name, record.unfinished)
 
+    def _set_unfinished_locked(self, record: FileRecord, reason: str) -> None:
+        """Why the content is not whole ('' once it is written again from byte 0). Journaled: a
+        scratch file or an interrupted one keeps it across a remount, so a rename to its final
+        name can never start uploading a partial file."""
+        if record.unfinished != reason:
+            record.unfinished = reason
+            self.journal.update_file(record.id, unfinished=reason)
+
     def mark_unfinished_locked(self, record: FileRecord, reason: str) -> None:
         """A writer that closed the file died right after, of a signal: the file is not whole.
         Still open or queued, it becomes `interrupted`; once a PUT went out it is too late."""
@@ -506,7 +515,8 @@ class Engine:
         if record.may_be_on_server and not record.local_only:
             log.warning("%s: its writer died after closing it, but its upload had begun: %s", record.name, reason)
             return
-        record.unfinished = record.unfinished or reason
+        if not record.unfinished:
+            self._set_unfinished_locked(record, reason)
         if not record.local_only and not record.open_writers and record.state != INTERRUPTED:
             self._interrupt_locked(record)
 
@@ -925,7 +935,7 @@ class Engine:
         values = dict(session_id=session.id, name=name, size=size, mode=0o644, uid=os.getuid(), gid=os.getgid(),
                       mtime_ns=now_ns, state=PENDING, server_received=0, upload_id=None, last_error="",
                       attempts=0, next_attempt=0, completed_at=0, evicted=0, unlinked=0, server_name=server_name,
-                      sha256=None, archive=1)
+                      sha256=None, archive=1, unfinished="")
         file_id = self.journal.insert_file(values)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=0o644, mtime_ns=now_ns, size=size,
                             uid=values["uid"], gid=values["gid"], state=PENDING, server_name=server_name,

@@ -86,12 +86,14 @@ CREATE TABLE IF NOT EXISTS dirs (
 
 FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", "state", "server_received",
                 "upload_id", "last_error", "attempts", "next_attempt", "completed_at", "evicted", "unlinked",
-                "server_name", "sha256", "archive")
+                "server_name", "sha256", "archive", "unfinished")
 # Columns added after the first release: (table, column, SQL type). A journal of an
 # older build gets them at open, so its sessions resume instead of failing.
 # `archive`: the row is the session's tree as one .zip (records.FileRecord.archive).
+# `unfinished`: why the content is not whole (records.FileRecord.unfinished).
 ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"),
-                 ("files", "archive", "INTEGER NOT NULL DEFAULT 0"))
+                 ("files", "archive", "INTEGER NOT NULL DEFAULT 0"),
+                 ("files", "unfinished", "TEXT NOT NULL DEFAULT ''"))
 SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",
                    "posted_upload_id", "marker_hidden")
