@@ -82,7 +82,6 @@ class MountMachine(RuleBasedStateMachine):
         self.hidden_seq = 0
         self.hidden_in: dict = {}     # reference file unlinked while open -> its session
         self.broken = False           # a step failed: teardown only cleans up
-        self.faults = False
         self._start()
 
     # --- the mount --------------------------------------------------------------------------
@@ -151,6 +150,10 @@ class MountMachine(RuleBasedStateMachine):
         self.ref = Reference(names)
 
     @rule(data=st.data(), name=st.sampled_from(FILE_NAMES), append=st.booleans())
+    def create_another(self, data, name, append):
+        self.create(data, name, append)  # the same rule again: files are what the rest needs
+
+    @rule(data=st.data(), name=st.sampled_from(FILE_NAMES), append=st.booleans())
     def create(self, data, name, append):
         def run():
             session = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="session")
@@ -182,6 +185,11 @@ class MountMachine(RuleBasedStateMachine):
             assert got == want, f"open({mode}) {session}/{name}: errno {got}, the reference says {want}"
             self.fhs[handle] = fh
         self.step(run)
+
+    @precondition(lambda self: self.fhs)
+    @rule(data=st.data(), offset=st.integers(0, 40), payload=st.binary(max_size=16))
+    def write_more(self, data, offset, payload):
+        self.write(data, offset, payload)
 
     @precondition(lambda self: self.fhs)
     @rule(data=st.data(), offset=st.integers(0, 40), payload=st.binary(max_size=16))
@@ -297,8 +305,19 @@ class MountMachine(RuleBasedStateMachine):
                 self.settle()  # "queued at once": it may be uploading already
         self.step(run)
 
-    @precondition(lambda self: self.ref and any(n not in self.ref.sessions for n in NEW_SESSION_NAMES))
-    @rule(data=st.data())
+    @precondition(lambda self: self.ref is not None)
+    @rule(data=st.data(), event=st.sampled_from(["remount", "faults", "rename a session"]))
+    def disturbance(self, data, event):
+        """The rarer events share one rule, so the file operations get most of the steps."""
+        if event == "remount":
+            self.remount()
+        elif event == "faults":
+            self.inject_faults(data.draw(st.sampled_from([0.0, 0.3, 0.6]), label="cut_body"),
+                        data.draw(st.sampled_from([0.0, 0.3]), label="error_503"),
+                        data.draw(st.integers(1, 5), label="seed"))
+        elif any(n not in self.ref.sessions for n in NEW_SESSION_NAMES):
+            self.rename_session(data)
+
     def rename_session(self, data):
         def run():
             old = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="session")
@@ -328,8 +347,6 @@ class MountMachine(RuleBasedStateMachine):
     def time_passes(self):
         self.step(self.settle)
 
-    @precondition(lambda self: self.ref is not None)
-    @rule()
     def remount(self):
         def run():
             self._stop()
@@ -340,9 +357,7 @@ class MountMachine(RuleBasedStateMachine):
             self.settle()
         self.step(run)
 
-    @precondition(lambda self: self.ref is not None)
-    @rule(cut=st.sampled_from([0.0, 0.3, 0.6]), busy=st.sampled_from([0.0, 0.3]), seed=st.integers(1, 5))
-    def faults(self, cut, busy, seed):
+    def inject_faults(self, cut, busy, seed):
         rules = [{"endpoint": "put_file", "kind": "cut_body", "probability": cut},
                  {"endpoint": "put_file", "kind": "error_503", "probability": busy}]
         self.step(lambda: self.emulator.set_faults([r for r in rules if r["probability"]], seed=seed))
