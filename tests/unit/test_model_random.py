@@ -137,8 +137,10 @@ class MountMachine(RuleBasedStateMachine):
         return session, name, self.ref.sessions[session].files[name]
 
     def _pick_handle(self, data):
-        handles = sorted(self.fhs.items(), key=lambda item: item[1])
-        return data.draw(st.sampled_from(handles), label="handle")
+        """(reference handle, model fh); the draw shows as (fh, file name) in a failing case."""
+        by_fh = {fh: handle for handle, fh in self.fhs.items()}
+        fh, _ = data.draw(st.sampled_from(sorted((fh, h.file.name) for fh, h in by_fh.items())), label="handle")
+        return by_fh[fh], fh
 
     # --- rules --------------------------------------------------------------------------------
 
