@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
     run_state_machine_as_test
@@ -438,7 +438,9 @@ def run_machine(emulator, tmp_path, monkeypatch, examples: int, steps: int, dera
     MountMachine.emulator, MountMachine.workdir = emulator, tmp_path
     run_state_machine_as_test(MountMachine, settings=settings(
         max_examples=examples, stateful_step_count=steps, deadline=None, derandomize=derandomize,
-        database=None, suppress_health_check=list(HealthCheck), print_blob=not derandomize))
+        database=None, suppress_health_check=list(HealthCheck), print_blob=not derandomize,
+        # The explain phase traces every line: minutes per failure with an engine running.
+        phases=[p for p in Phase if p != Phase.explain]))
 
 
 def test_random_operations_agree_with_the_reference(emulator, tmp_path, monkeypatch):
