@@ -151,6 +151,65 @@ class MountMachine(RuleBasedStateMachine):
             self.model.mkdir(f"/{name}", 0o755)
         self.ref = Reference(names)
 
+    # --- one operation on both the mount and the reference, compared ---------------------------
+
+    def _create(self, session: str, name: str, append: bool):
+        """create(O_WRONLY|O_CREAT|O_TRUNC): (reference handle, fh), or (None, None) when refused."""
+        try:
+            fh, got = self.model.create(self._path(session, name), 0o644, O_CREATE | (os.O_APPEND if append else 0)), 0
+        except Fs360Error as exc:
+            fh, got = None, exc.errno
+        want, handle = self.ref.create(session, name, append)
+        assert got == want, f"create {session}/{name}: errno {got}, the reference says {want}"
+        if handle is not None:
+            self.fhs[handle] = fh
+        return handle, fh
+
+    def _write(self, handle, fh, offset: int, payload: bytes) -> int:
+        got = errno_of(self.model.write, fh, payload, offset)
+        want = self.ref.write(handle, offset, payload)
+        assert got == want, f"write {handle.file.name}@{offset}: errno {got}, the reference says {want}"
+        return got
+
+    def _close(self, handle, fh, how: str = "close") -> None:
+        """close() by a writer that finished, one "killed" with the file open (the flush comes
+        from a dying pid), or one that "died after close" (GNU dd: closes from its signal
+        handler, then dies of the signal; the exit event is fed in as the kernel would)."""
+        del self.fhs[handle]
+        f = handle.file
+        if how == "died after close":
+            self.model._exit_watcher = object()  # as if the process-events connector watched
+        try:
+            got = errno_of(self.model.flush, fh, DYING_PID if how == "killed" else
+                           DIED_AFTER_CLOSE_PID if how == "died after close" else CLOSING_PID)
+            self.model.release(fh)
+            if how == "died after close":
+                self.model._process_exited(DIED_AFTER_CLOSE_PID, DIED_AFTER_CLOSE_PID, signal.SIGINT)
+        finally:
+            self.model._exit_watcher = None
+        want = self.ref.close(handle, writer_died=how == "killed")
+        if how == "died after close" and handle.check is None and handle.writable:
+            self.ref.died_after_close(f)
+        assert got == want, f"close ({how}) of {f.name}: errno {got}, the reference says {want}"
+        if f.hidden is not None and not f.handles:
+            # libfuse unlinks the hidden name at the last release.
+            session = self.hidden_in.pop(f)
+            self.model.unlink(self._path(session, f.hidden))
+            f.hidden = None
+
+    def _rename(self, session: str, name: str, target: str, new: str) -> int:
+        replaced = self.ref.sessions[target].files.get(new)
+        if replaced is not None and replaced.handles:
+            self._unlink(target, new)  # libfuse hides an open target first
+        got = errno_of(self.model.rename, self._path(session, name), self._path(target, new))
+        want, at_once = self.ref.rename(session, name, target, new)
+        assert got == want, f"rename {session}/{name} -> {target}/{new}: errno {got}, the reference says {want}"
+        if at_once:
+            self.settle()  # "queued at once": it may be uploading already
+        return got
+
+    # --- rules --------------------------------------------------------------------------------
+
     @rule(data=st.data(), name=st.sampled_from(FILE_NAMES), append=st.booleans())
     def create_another(self, data, name, append):
         self.create(data, name, append)  # the same rule again: files are what the rest needs
@@ -159,15 +218,7 @@ class MountMachine(RuleBasedStateMachine):
     def create(self, data, name, append):
         def run():
             session = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="session")
-            flags = O_CREATE | (os.O_APPEND if append else 0)
-            try:
-                fh, got = self.model.create(self._path(session, name), 0o644, flags), 0
-            except Fs360Error as exc:
-                fh, got = None, exc.errno
-            want, handle = self.ref.create(session, name, append)
-            assert got == want, f"create {session}/{name}: errno {got}, the reference says {want}"
-            if handle is not None:
-                self.fhs[handle] = fh
+            self._create(session, name, append)
         self.step(run)
 
     @precondition(lambda self: self.ref and self._files())
@@ -198,9 +249,7 @@ class MountMachine(RuleBasedStateMachine):
     def write(self, data, offset, payload):
         def run():
             handle, fh = self._pick_handle(data)
-            got = errno_of(self.model.write, fh, payload, offset)
-            want = self.ref.write(handle, offset, payload)
-            assert got == want, f"write {handle.file.name}@{offset}: errno {got}, the reference says {want}"
+            self._write(handle, fh, offset, payload)
         self.step(run)
 
     @precondition(lambda self: self.fhs and self._files())
@@ -213,9 +262,39 @@ class MountMachine(RuleBasedStateMachine):
             content = bytes(source.data[:source.size])
             cut = len(content) // 2
             for offset, piece in ((0, content[:cut]), (cut, content[cut:])):
-                got = errno_of(self.model.write, fh, piece, offset)
-                want = self.ref.write(handle, offset, piece)
-                assert got == want, f"copy into {handle.file.name}: errno {got}, the reference says {want}"
+                self._write(handle, fh, offset, piece)
+        self.step(run)
+
+    @precondition(lambda self: self.ref and self._files())
+    @rule(data=st.data(), how=st.sampled_from(["cp", "rsync", "gio"]), same=st.booleans())
+    def copy_again(self, data, how, same):
+        """A copy tool run again onto a file, with the same bytes or others: `cp` rewrites it in
+        place, rsync writes `.name.Xy12` and renames it after close, GIO writes a
+        `.goutputstream-*` and renames it before close (S "accepted when the new content turns
+        out identical ... different content: EACCES")."""
+        def run():
+            session, name, f = self._pick_file(data, sure=True)
+            if f.unsure:
+                return
+            content = bytes(f.data) if same else bytes(f.data) + b"!"
+            if how == "cp":
+                handle, fh = self._create(session, name, False)
+                if handle is not None:
+                    self._write(handle, fh, 0, content)
+                    self._close(handle, fh)
+                return
+            temp = f".{name}.Xy12" if how == "rsync" else ".goutputstream-AB12"
+            handle, fh = self._create(session, temp, False)
+            if handle is None:
+                return
+            self._write(handle, fh, 0, content)
+            if how == "rsync":
+                self._close(handle, fh)
+            refused = self._rename(session, temp, session, name)
+            if how == "gio":
+                self._close(handle, fh)
+            if refused and temp in self.ref.sessions[session].files:
+                self._unlink(session, temp)  # the tool removes its temporary file
         self.step(run)
 
     @precondition(lambda self: self.ref and self._files())
@@ -239,31 +318,9 @@ class MountMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.fhs)
     @rule(data=st.data(), how=st.sampled_from(["close", "killed", "died after close"]))
     def close(self, data, how):
-        """close() of a handle, by a writer that finished, one killed with it open (the flush
-        comes from a dying pid), or GNU dd (closes from its signal handler, then dies)."""
         def run():
             handle, fh = self._pick_handle(data)
-            del self.fhs[handle]
-            f = handle.file
-            if how == "died after close":
-                self.model._exit_watcher = object()  # as if the process-events connector watched
-            try:
-                got = errno_of(self.model.flush, fh, DYING_PID if how == "killed" else
-                               DIED_AFTER_CLOSE_PID if how == "died after close" else CLOSING_PID)
-                self.model.release(fh)
-                if how == "died after close":
-                    self.model._process_exited(DIED_AFTER_CLOSE_PID, DIED_AFTER_CLOSE_PID, signal.SIGINT)
-            finally:
-                self.model._exit_watcher = None
-            want = self.ref.close(handle, writer_died=how == "killed")
-            if how == "died after close" and handle.check is None and handle.writable:
-                self.ref.died_after_close(f)
-            assert got == want, f"close ({how}) of {f.name}: errno {got}, the reference says {want}"
-            if f.hidden is not None and not f.handles:
-                # libfuse unlinks the hidden name at the last release.
-                session = self.hidden_in.pop(f)
-                self.model.unlink(self._path(session, f.hidden))
-                f.hidden = None
+            self._close(handle, fh, how)
         self.step(run)
 
     def _unlink(self, session: str, name: str) -> None:
@@ -297,14 +354,7 @@ class MountMachine(RuleBasedStateMachine):
             target = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="to session")
             if (target, new) == (session, name):
                 return  # the kernel answers a rename onto itself without asking the filesystem
-            replaced = self.ref.sessions[target].files.get(new)
-            if replaced is not None and replaced.handles:
-                self._unlink(target, new)  # libfuse hides an open target first
-            got = errno_of(self.model.rename, self._path(session, name), self._path(target, new))
-            want, at_once = self.ref.rename(session, name, target, new)
-            assert got == want, f"rename {session}/{name} -> {target}/{new}: errno {got}, the reference says {want}"
-            if at_once:
-                self.settle()  # "queued at once": it may be uploading already
+            self._rename(session, name, target, new)
         self.step(run)
 
     @precondition(lambda self: self.ref is not None)
