@@ -123,6 +123,11 @@ SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT = True
 # file open for writing is journaled at close and truncate only, so after a crash the mount
 # shows the size of the last close while the spool holds what was written since.
 CRASHED_SIZE_IS_THE_JOURNALS = True
+# Known product bug (test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed):
+# a file deleted while open loses its journal row, the next new file may get the same row id,
+# and the open file's close or truncate then writes its size into the new file's row (seen
+# after a remount). While True, the random test creates no file while a deleted one is open.
+DELETED_OPEN_FILE_WRITES_A_REUSED_ROW = True
 
 
 class Reference:
