@@ -51,6 +51,9 @@ class File:
     # Unlinked while open: libfuse renamed it to this .fuse_hidden name (D "A file unlinked
     # while open"); the name goes at its last close.
     hidden: str | None = None
+    # After a remount, `unfinished` lives only in the journal's `interrupted` state until an
+    # open or truncate brings it back to memory (see SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT).
+    unfinished_in_state_only: bool = False
 
     @property
     def size(self) -> int:
@@ -114,10 +117,12 @@ class Session:
         return {f.name for f in self.gone}
 
 
-# Known product bug (tests/unit/test_model_random.py::test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount):
-# a scratch file's "unfinished" mark lives in memory only, so after a remount a dot-file whose
-# writer died (or that was open when the mount stopped) uploads when renamed to a visible name.
-# While True, `remount` follows the product, so the random test can look for other bugs.
+# Known product bug (tests/unit/test_model_random.py::test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount
+# and ::test_an_interrupted_file_renamed_away_and_back_after_a_remount_stays_interrupted): the
+# "unfinished" mark lives in memory; the journal keeps it only as the `interrupted` state. So after
+# a remount a dot-file whose writer died (or that was open when the mount stopped) uploads when
+# renamed to a visible name, and so does an interrupted file renamed to a dot-name and back.
+# While True, `remount` and `rename` follow the product, so the random test can look for other bugs.
 SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT = True
 # Known product bug (test_a_file_open_at_a_crash_keeps_the_size_of_its_data): the size of a
 # file open for writing is journaled at close and truncate only, so after a crash the mount
@@ -159,6 +164,7 @@ class Reference:
         # D interrupted: "Only a rewrite from byte 0 (O_TRUNC, or a truncate to 0) makes it
         # uploadable again: appending keeps it interrupted"; engine.open_for_write_locked
         # also counts opening an empty file as a rewrite from 0.
+        f.unfinished_in_state_only = False  # engine.open_for_write_locked: from last_error
         if truncate or f.size == 0:
             f.unfinished = False
         if truncate:
@@ -217,6 +223,7 @@ class Reference:
         else:
             f.data.extend(b"\0" * (length - len(f.data)))
         f.journaled, f.crashed_size = length, None
+        f.unfinished_in_state_only = False  # model.truncate: "still partial", from last_error
         if length == 0:
             f.unfinished = False  # D: a truncate to 0 makes an interrupted file uploadable again
         return 0
@@ -242,7 +249,7 @@ class Reference:
         """D "Unfinished files", the GNU dd row: the writer closed the file, then died of a signal
         within 2 s: interrupted, "unless a PUT of it already went out" (and only while listed)."""
         if f.held is None and f.hidden is None and self.listed(f):
-            f.unfinished = True
+            f.unfinished, f.unfinished_in_state_only = True, False
 
     def listed(self, f: File) -> bool:
         return any(s.files.get(f.name) is f for s in self.sessions.values())
@@ -285,6 +292,8 @@ class Reference:
             del t.files[new]  # S: "replaces a local-only target (POSIX)"
         del s.files[name]
         was_local = f.local
+        if new_local and not was_local and f.unfinished_in_state_only and SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT:
+            f.unfinished = False  # the rename to a scratch name drops the `interrupted` state
         f.name, f.local = new, new_local
         t.files[new] = f
         # S: "A scratch name renamed to its final name is queued at once" (no write-back delay).
@@ -319,6 +328,7 @@ class Reference:
                         f.crashed_size = f.journaled
                 if f.local and SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT:
                     f.unfinished = False
+                f.unfinished_in_state_only = f.unfinished
                 f.handles.clear()
                 f.hidden = None
 
