@@ -61,7 +61,8 @@ class File:
 
     @property
     def unsure(self) -> bool:
-        """Size and bytes disagree after a crash: only unlink or a rewrite from 0 are modelled."""
+        """Size and bytes disagree after a crash: only unlink, a truncate to 0 and, when the size
+        is not 0, an open with O_TRUNC are modelled (the random test does nothing else to it)."""
         return self.crashed_size is not None
 
     @property
@@ -167,7 +168,7 @@ class Reference:
         f.unfinished_in_state_only = False  # engine.open_for_write_locked: from last_error
         if truncate or f.size == 0:
             f.unfinished = False
-        if truncate:
+        if truncate and f.size:  # model._open_file_locked truncates the spool when the size is not 0
             f.data, f.crashed_size = bytearray(), None
         return self._handle(f, True, append)
 
