@@ -12,7 +12,7 @@ Time is a step of its own: the write-back delay is an hour, and `settle` plays "
 passed" by queuing every pending file at once and waiting for the engine to be idle. So
 what may be on the server is known at every step, without a timing assumption.
 
-The normal suite runs 20 derandomized examples of at most 30 steps (a few seconds);
+The normal suite runs 25 derandomized examples of at most 30 steps (a few seconds);
 `scripts/chaos` runs 1000 of at most 50 steps (`FS360_RANDOM_EXAMPLES=N` to change it), with
 random seeds and the upload worker processes. A failure prints the shrunk sequence of steps and,
 in the long run, a `@reproduce_failure` blob.
@@ -510,7 +510,7 @@ def test_random_operations_agree_with_the_reference(emulator, tmp_path, monkeypa
     if LONG:
         run_machine(emulator, tmp_path, monkeypatch, EXAMPLES, 50, derandomize=False)
     else:
-        run_machine(emulator, tmp_path, monkeypatch, 20, 30, derandomize=True)
+        run_machine(emulator, tmp_path, monkeypatch, 25, 30, derandomize=True)
 
 
 # --- product bugs the machine found (minimal reproductions) --------------------------------------
