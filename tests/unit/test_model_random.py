@@ -24,7 +24,6 @@ flags at the top of reference_model.py), so the machine keeps looking for other 
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
