@@ -118,22 +118,17 @@ class Session:
         return {f.name for f in self.gone}
 
 
-# Known product bug (tests/unit/test_model_random.py::test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount
-# and ::test_an_interrupted_file_renamed_away_and_back_after_a_remount_stays_interrupted): the
-# "unfinished" mark lives in memory; the journal keeps it only as the `interrupted` state. So after
-# a remount a dot-file whose writer died (or that was open when the mount stopped) uploads when
-# renamed to a visible name, and so does an interrupted file renamed to a dot-name and back.
-# While True, `remount` and `rename` follow the product, so the random test can look for other bugs.
-SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT = True
+# Fixed (the "unfinished" mark is journaled now): after a remount a dot-file whose writer died,
+# renamed to a visible name, stays interrupted, as does an interrupted file renamed away and back.
+# Kept as a switch for the reference's two code paths; False checks the fixed behaviour.
+SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT = False
 # Known product bug (test_a_file_open_at_a_crash_keeps_the_size_of_its_data): the size of a
 # file open for writing is journaled at close and truncate only, so after a crash the mount
 # shows the size of the last close while the spool holds what was written since.
 CRASHED_SIZE_IS_THE_JOURNALS = True
-# Known product bug (test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed):
-# a file deleted while open loses its journal row, the next new file may get the same row id,
-# and the open file's close or truncate then writes its size into the new file's row (seen
-# after a remount). While True, the random test creates no file while a deleted one is open.
-DELETED_OPEN_FILE_WRITES_A_REUSED_ROW = True
+# Fixed (journal file ids are never reused): a file deleted while open no longer writes its size
+# into a new file's row. False: the random test creates files while a deleted one is open.
+DELETED_OPEN_FILE_WRITES_A_REUSED_ROW = False
 
 
 class Reference:

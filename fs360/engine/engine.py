@@ -129,9 +129,12 @@ class Engine:
             if record.state == WRITING:
                 # The mount stopped while a program was writing it: its data may be
                 # partial, so it is never uploaded as if it were whole.
-                self._set_state_locked(record, INTERRUPTED,
-                                       last_error="the mount stopped while this file was being written; "
-                                                  "copy it again")
+                self._set_unfinished_locked(record, "the mount stopped while this file was being written; "
+                                                    "copy it again")
+                self._set_state_locked(record, INTERRUPTED, last_error=record.unfinished)
+            elif record.state == INTERRUPTED and not record.unfinished:
+                # A journal from before `unfinished` was kept: the state says it all.
+                record.unfinished = record.last_error or "an earlier write of this file did not finish"
             elif record.state in (PENDING, UPLOADING, FAILED):
                 record.needs_resync = True
                 if record.state == UPLOADING:

@@ -527,8 +527,6 @@ def crash(model: MountModel) -> None:
     model.engine.stop(5)
 
 
-@pytest.mark.xfail(strict=True, reason="a scratch file's unfinished mark is memory only: after a remount, "
-                                       "renamed to its final name, the partial file is queued for upload")
 def test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount(emulator, tmp_path, monkeypatch):
     monkeypatch.setattr(model_module, "exit_reason", fake_exit_reason)
     model = idle_model(emulator, tmp_path / "cache")
@@ -544,8 +542,6 @@ def test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount(emulato
     assert model.file_state("s", "a.jpg") == "interrupted"
 
 
-@pytest.mark.xfail(strict=True, reason="after a remount a file's unfinished mark is only its `interrupted` "
-                                       "state, which a rename to a scratch name drops: renamed back, it uploads")
 def test_an_interrupted_file_renamed_away_and_back_after_a_remount_stays_interrupted(emulator, tmp_path):
     model = idle_model(emulator, tmp_path / "cache")
     model.mkdir("/s", 0o755)
@@ -573,8 +569,6 @@ def test_a_file_open_at_a_crash_keeps_the_size_of_its_data(emulator, tmp_path):
     assert model.getattr("/s/a.jpg")["st_size"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="the journal row of a file deleted while open is reused by the next new "
-                                       "file, and the open file's close writes its size into that row")
 def test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed(emulator, tmp_path):
     model = idle_model(emulator, tmp_path / "cache")
     model.mkdir("/s", 0o755)
