@@ -38,6 +38,8 @@ from .transfer_pool import TransferJob, TransferProcesses, run_job
 
 log = logging.getLogger(__name__)
 
+# Why a file open for writing when the mount stopped is not whole (journaled at its first open).
+STOPPED_WHILE_WRITING = "the mount stopped while this file was being written; copy it again"
 # Seconds between journal commits of one file's upload progress.
 PROGRESS_JOURNAL_INTERVAL = 0.5
 # Top-level names the server unpacks as a session's one archive (api.md).
@@ -129,8 +131,7 @@ class Engine:
             if record.state == WRITING:
                 # The mount stopped while a program was writing it: its data may be
                 # partial, so it is never uploaded as if it were whole.
-                self._set_unfinished_locked(record, "the mount stopped while this file was being written; "
-                                                    "copy it again")
+                self._set_unfinished_locked(record, STOPPED_WHILE_WRITING)
                 self._set_state_locked(record, INTERRUPTED, last_error=record.unfinished)
             elif record.state == INTERRUPTED and not record.unfinished:
                 # A journal from before `unfinished` was kept: the state says it all.
@@ -351,6 +352,11 @@ class Engine:
             record.digest = RunningDigest()
         elif record.state == INTERRUPTED and not record.unfinished:
             self._set_unfinished_locked(record, record.last_error or "an earlier write of this file did not finish")
+        if record.open_writers == 1 and not record.unfinished:
+            # Journal only (memory keeps the truth while it is open): should the mount stop before
+            # the last close, the file comes back unfinished. A scratch file has no `writing` state
+            # to say so, and a rename to its final name must never upload it then.
+            self.journal.update_file(record.id, unfinished=STOPPED_WHILE_WRITING)
         if record.local_only:
             return
         record.generation += 1
@@ -364,6 +370,8 @@ class Engine:
         record.size = size
         if unfinished and not record.unfinished:
             self._set_unfinished_locked(record, unfinished)
+        elif not record.open_writers and record.id in self._files:
+            self.journal.update_file(record.id, unfinished=record.unfinished)  # the last close: as it is
         if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
             self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns)
         elif record.unfinished:
