@@ -87,6 +87,27 @@ def settings_for(tmp_path):
     return make
 
 
+@pytest.fixture
+def make_model(settings_for):
+    """make(emulator, start=True, **settings) -> a MountModel over its own Engine (no FUSE),
+    talking to `emulator`; every engine made is stopped at the end."""
+    from fs360.engine.engine import Engine
+    from fs360.fs.model import MountModel
+    made = []
+
+    def make(emulator, start=True, **changes) -> MountModel:
+        engine = Engine(settings_for(emulator, **changes))
+        if start:
+            engine.start()
+        made.append(engine)
+        return MountModel(engine, engine.settings)
+
+    yield make
+    for engine in made:
+        if not engine.stopping:
+            engine.stop(5)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Keeps each phase's report on the test item, so fixtures can see whether the body failed."""

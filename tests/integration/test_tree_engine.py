@@ -9,30 +9,12 @@ import os
 
 import pytest
 
-from fs360.engine.engine import Engine
 from fs360.errors import Fs360Error
 from fs360.fs.model import MountModel
 from tests.harness import wait_until
 
 KiB = 1024
 SLOW_PUTS = [{"endpoint": "put_file", "kind": "latency", "seconds": 0.2, "probability": 1}]
-
-
-@pytest.fixture
-def make_model(settings_for):
-    made = []
-
-    def make(emulator, start=True, **changes) -> MountModel:
-        engine = Engine(settings_for(emulator, **changes))
-        if start:
-            engine.start()
-        made.append(engine)
-        return MountModel(engine, engine.settings)
-
-    yield make
-    for engine in made:
-        if not engine.stopping:
-            engine.stop(5)
 
 
 def write_file(model: MountModel, path: str, data: bytes) -> None:

@@ -84,7 +84,6 @@ import signal
 import mfusepy
 import pytest
 
-from fs360.engine.engine import Engine
 from fs360.errors import Fs360Error
 from fs360.fs.fuse_ops import Fs360Operations, translated
 from fs360.fs.model import MountModel
@@ -127,23 +126,6 @@ def names(model: MountModel, folder: str = "/") -> set[str]:
 
 def wait_state(model: MountModel, session: str, name: str, state: str, timeout: float = 30) -> None:
     wait_until(lambda: model.file_state(session, name) == state, timeout, 0.02, what=f"{name} to be {state}")
-
-
-@pytest.fixture
-def make_model(settings_for):
-    made = []
-
-    def make(emulator, start=True, **changes) -> MountModel:
-        engine = Engine(settings_for(emulator, **changes))
-        if start:
-            engine.start()
-        made.append(engine)
-        return MountModel(engine, engine.settings)
-
-    yield make
-    for engine in made:
-        if not engine.stopping:
-            engine.stop(5)
 
 
 @pytest.fixture
@@ -861,7 +843,6 @@ def test_open_unlinked_file_works_through_its_handle(idle):
 
 
 def test_invalid_create_stays_visible_in_status(idle):
-    from tests.harness import write_marker  # noqa: F401  (the same steps, without a mount)
     idle.mkdir("/s", 0o755)
     for text, reason in ((b"not json", "invalid JSON at line 1 column 1"), (b"[1]", "JSON object"),
                          (b"[" * 60000, "nested too deep")):
@@ -871,7 +852,7 @@ def test_invalid_create_stays_visible_in_status(idle):
         idle.release(fh)
         status = json.loads(read_all(idle, "/s/status.json"))
         assert reason in status["project"]["refused"]
-        assert f"project   refused: " in read_all(idle, "/s/status").decode()
+        assert "project   refused: " in read_all(idle, "/s/status").decode()
     fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
     idle.flush(fh)
     idle.release(fh)
