@@ -12,19 +12,10 @@ import pytest
 from fs360.errors import Fs360Error
 from fs360.fs.model import MountModel
 from tests.harness import wait_until
+from tests.unit.test_model import write_file
 
 KiB = 1024
 SLOW_PUTS = [{"endpoint": "put_file", "kind": "latency", "seconds": 0.2, "probability": 1}]
-
-
-def write_file(model: MountModel, path: str, data: bytes) -> None:
-    fh = model.create(path, 0o644, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        if data:
-            model.write(fh, data, 0)
-        model.flush(fh)
-    finally:
-        model.release(fh)
 
 
 def make_tree(model: MountModel, session: str) -> None:
