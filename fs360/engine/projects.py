@@ -129,13 +129,10 @@ class ProjectKeeper:
                 if session.project is project and upload_id and project.posted_upload_id == upload_id:
                     engine.journal.update_project(session.id, posted_upload_id=None)
                     project.posted_upload_id = None
-            if isinstance(exc, WaitForRateLimit):
-                self._wait_for_rate_limit(session, exc)
-                return
             if isinstance(exc, ProjectCreationFailed):
                 self._recheck_files(session, upload_id)
             # An account error (a plan's project limit, a quota, a key) can be fixed without a new
-            # .create: retried slowly, like the files.
+            # .create: retried slowly, like the files; a rate-limit wait comes back when it ends.
             self._retry_later(session, exc)
             return
         except Fs360Error as exc:
@@ -205,28 +202,23 @@ class ProjectKeeper:
                 engine.journal.update_project(session.id, status=result.status, last_error="", attempts=0)
         engine.listeners.emit("project_status", session=session, status=result.status)
 
-    def _wait_for_rate_limit(self, session: SessionRecord, exc: WaitForRateLimit) -> None:
-        """The POST was not sent: it goes when the budget allows, with no attempt counted."""
-        engine = self.engine
-        with engine.lock:
-            project = session.project
-            if project is None:
-                return
-            project.next_attempt = time.time() + exc.retry_after
-            project.last_error = (f"waiting for the server's rate limit: the project is requested in "
-                                  f"{duration_text(exc.retry_after)}")
-            engine.journal.update_project(session.id, last_error=project.last_error,
-                                          next_attempt=project.next_attempt)
-
     def _retry_later(self, session: SessionRecord, exc: Fs360Error) -> None:
+        """The next try after a backoff; a POST held back by the rate limit (never sent) goes
+        when the budget allows, with no attempt counted."""
         engine = self.engine
         with engine.lock:
             project = session.project
             if project is None:
                 return
-            project.attempts += 1
-            project.last_error = str(exc)
-            project.next_attempt = time.time() + engine.backoff.delay(project.attempts, exc)
+            if isinstance(exc, WaitForRateLimit):
+                delay = exc.retry_after
+                project.last_error = (f"waiting for the server's rate limit: the project is requested in "
+                                      f"{duration_text(delay)}")
+            else:
+                project.attempts += 1
+                delay = engine.backoff.delay(project.attempts, exc)
+                project.last_error = str(exc)
+            project.next_attempt = time.time() + delay
             engine.journal.update_project(session.id, attempts=project.attempts, last_error=project.last_error,
                                           next_attempt=project.next_attempt)
 
