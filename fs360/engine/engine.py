@@ -340,13 +340,17 @@ class Engine:
             self._choose_server_name_locked(record, session)
         return record
 
-    def open_for_write_locked(self, record: FileRecord, rewrite: bool = False) -> None:
+    def open_for_write_locked(self, record: FileRecord, rewrite: bool = False, truncated: bool = False) -> None:
         """A writer opened it: any pending upload is cancelled until the last close.
 
         `rewrite`: the content starts again from byte 0 (O_TRUNC, or an empty file), so an
         earlier failure no longer matters. Otherwise an `interrupted` file stays unfinished:
-        appending to a partial file does not make it whole."""
+        appending to a partial file does not make it whole. `truncated`: its spool file was
+        just cut to 0 (O_TRUNC)."""
         record.open_writers += 1
+        if truncated and record.size:
+            record.size = 0
+            record.mtime_ns = time.time_ns()
         if rewrite:
             self._set_unfinished_locked(record, "")
             record.digest = RunningDigest()
@@ -362,6 +366,22 @@ class Engine:
         record.generation += 1
         if record.state != WRITING:
             self._set_state_locked(record, WRITING, last_error="", attempts=0)
+
+    def wrote_locked(self, record: FileRecord, offset: int, data) -> None:
+        """`data` was written to its spool file at `offset` (memory only until the last close)."""
+        if offset + len(data) > record.size:
+            record.size = offset + len(data)
+        if record.digest is not None:
+            record.digest.add(offset, data)
+        record.mtime_ns = time.time_ns()
+
+    @staticmethod
+    def allocated_locked(record: FileRecord, end: int) -> None:
+        """fallocate grew its spool file to `end` with zeros."""
+        if end > record.size:
+            record.size = end
+            if record.digest is not None:
+                record.digest.valid = False  # zeros the digest never saw
 
     def close_writer_locked(self, record: FileRecord, size: int, unfinished: str = "") -> None:
         """A writer closed it. `unfinished`: why that writer did not finish (a failed write,
@@ -391,6 +411,25 @@ class Engine:
                                attempts=0, sha256=self.content_sha256(record))
         self._enqueue_locked(record, self.settings.writeback_delay if delay is None else delay)
         self.listeners.emit("file_pending", file=record)
+
+    def truncated_locked(self, record: FileRecord, length: int, listed: bool) -> None:
+        """Its spool file was truncated to `length`: with no writer open it is queued again
+        (truncate -s); `listed`: the file is still in its folder."""
+        record.size = length
+        record.mtime_ns = time.time_ns()
+        if length == 0:
+            # Rewritten from 0: whatever was unfinished before is gone with its bytes.
+            record.unfinished = ""
+            record.digest = RunningDigest()
+        else:
+            if record.digest is not None:
+                record.digest.valid = record.digest.valid and record.digest.length == length
+            if record.state == INTERRUPTED:
+                record.unfinished = record.unfinished or record.last_error  # still partial
+        if not record.open_writers and not record.local_only and not record.unfinished and listed:
+            self.queue_upload_locked(record)
+        else:
+            self.journal.update_file(record.id, size=length, mtime_ns=record.mtime_ns)
 
     def rename_file_locked(self, record: FileRecord, target: SessionRecord, new_name: str, local_only: bool) -> None:
         source = self.session_of(record)
@@ -457,6 +496,29 @@ class Engine:
         for key, value in attrs.items():
             setattr(record, key, value)
         self.journal.update_file(record.id, **attrs)
+
+    # --- folders of a session's tree (the path model keeps them; the journal remembers them) --------
+
+    def folder_rows_locked(self) -> list:
+        """Every journaled folder: rows of (id, session_id, path, mode, mtime_ns)."""
+        return self.journal.dirs()
+
+    def add_folder_locked(self, session: SessionRecord, path: str, mode: int, mtime_ns: int) -> int:
+        return self.journal.insert_dir(session.id, path, mode, mtime_ns)
+
+    def update_folder_locked(self, folder_id: int, **values) -> None:
+        self.journal.update_dir(folder_id, **values)
+
+    def remove_folder_locked(self, folder_id: int) -> None:
+        self.journal.delete_dir(folder_id)
+
+    def remove_folders_of_locked(self, session: SessionRecord) -> None:
+        self.journal.delete_dirs_of(session.id)
+
+    def hide_marker_locked(self, session: SessionRecord) -> None:
+        """`unlink .create` after the project exists: the project stays, the marker leaves the listing."""
+        self.journal.update_project(session.id, marker_hidden=1)
+        session.project.marker_hidden = True
 
     # --- server names (see server_names.py) -------------------------------------------------
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ..config import Settings
 from ..engine.engine import Engine
 from ..engine.engine import ARCHIVE_EXTENSIONS
-from ..engine.records import (INTERRUPTED, P_CREATED, P_READY, P_WAITING, FileRecord, SessionRecord,
+from ..engine.records import (P_CREATED, P_READY, P_WAITING, FileRecord, SessionRecord,
                               in_scratch_folder)
 from ..engine.spool import RunningDigest
 from ..errors import (AccessDenied, AlreadyExists, FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
@@ -223,9 +223,9 @@ class MountModel:
 
     def _load_folders_locked(self) -> None:
         sessions = {s.id for s in self.engine.sessions.values()}
-        for row in self.engine.journal.dirs():
+        for row in self.engine.folder_rows_locked():
             if row["session_id"] not in sessions:
-                self.engine.journal.delete_dir(row["id"])  # its session was discarded
+                self.engine.remove_folder_locked(row["id"])  # its session was discarded
                 continue
             self._folders.setdefault(row["session_id"], {})[row["path"]] = Folder(
                 row["id"], row["mode"], row["mtime_ns"], row["mtime_ns"])
@@ -445,7 +445,7 @@ class MountModel:
                 raise AccessDenied("the project is created: the session is sealed")
             self._check_tree_open_locked(node.session, node.name)
             now = time.time_ns()
-            dir_id = self.engine.journal.insert_dir(node.session.id, node.name, mode & 0o7777, now)
+            dir_id = self.engine.add_folder_locked(node.session, node.name, mode & 0o7777, now)
             self._folders.setdefault(node.session.id, {})[node.name] = Folder(dir_id, mode & 0o7777, now, now)
             self._touch_parent_locked(node)
 
@@ -458,7 +458,7 @@ class MountModel:
                 if self._children_locked(node.session, node.name):
                     raise NotEmpty(f"{node.name} is not empty")
                 self._check_tree_open_locked(node.session, node.name)
-                self.engine.journal.delete_dir(node.folder.id)
+                self.engine.remove_folder_locked(node.folder.id)
                 del self._folders[node.session.id][node.name]
                 self._touch_parent_locked(node)
             elif node.kind == MISSING:
@@ -477,7 +477,7 @@ class MountModel:
         for key in [key for key in self._hidden if key[0] == session.id]:
             del self._hidden[key]
         self._folders.pop(session.id, None)
-        self.engine.journal.delete_dirs_of(session.id)
+        self.engine.remove_folders_of_locked(session)
 
     # --- creating and opening -------------------------------------------------------------------
 
@@ -516,7 +516,7 @@ class MountModel:
             if node.parent:
                 folder = self._folders[node.session.id][node.parent]
                 folder.mtime_ns = folder.ctime_ns = now
-                self.engine.journal.update_dir(folder.id, mtime_ns=now)
+                self.engine.update_folder_locked(folder.id, mtime_ns=now)
             else:
                 self.engine.set_session_attrs_locked(node.session, mtime_ns=now)
                 node.session.ctime_ns = now
@@ -567,11 +567,9 @@ class MountModel:
         except FileNotFoundError:
             raise AccessDenied("only the server holds this file's data now") from None
         if writing:
-            self.engine.open_for_write_locked(record, rewrite=truncate or record.size == 0)
             if truncate and record.size:
                 os.ftruncate(fd, 0)
-                record.size = 0
-                record.mtime_ns = time.time_ns()
+            self.engine.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
         return self._new_handle(FileHandle(record, fd, writing, bool(flags & os.O_APPEND)))
 
     @staticmethod
@@ -655,11 +653,7 @@ class MountModel:
                 self._check_growth(record, end)
             written = self._pwrite(handle.fd, data, offset)
         with self.engine.lock:
-            if offset + written > record.size:
-                record.size = offset + written
-            if record.digest is not None:
-                record.digest.add(offset, data[:written])
-            record.mtime_ns = time.time_ns()
+            self.engine.wrote_locked(record, offset, data[:written])
         return written
 
     @contextlib.contextmanager
@@ -751,23 +745,7 @@ class MountModel:
         else:
             self._truncate_spool(record, length, lambda: os.truncate(self.engine.spool.path(record.id), length))
         with self.engine.lock:
-            record.size = length
-            record.mtime_ns = time.time_ns()
-            if length == 0:
-                # Rewritten from 0: whatever was unfinished before is gone with its bytes.
-                record.unfinished = ""
-                record.digest = RunningDigest()
-            else:
-                if record.digest is not None:
-                    record.digest.valid = record.digest.valid and record.digest.length == length
-                if record.state == INTERRUPTED:
-                    record.unfinished = record.unfinished or record.last_error  # still partial
-            if not record.open_writers and not record.local_only and not record.unfinished \
-                    and self._listed_locked(record):
-                # Changed with no writer open (truncate -s): queue it again.
-                self.engine.queue_upload_locked(record)
-            else:
-                self.engine.journal.update_file(record.id, size=length, mtime_ns=record.mtime_ns)
+            self.engine.truncated_locked(record, length, listed=self._listed_locked(record))
 
     def _file_to_truncate_locked(self, path: str) -> FileRecord | None:
         """The record a truncate by path changes (None: nothing to do)."""
@@ -804,10 +782,7 @@ class MountModel:
             with spool_limits():
                 os.posix_fallocate(handle.fd, offset, length)
         with self.engine.lock:
-            if end > handle.record.size:
-                handle.record.size = end
-                if handle.record.digest is not None:
-                    handle.record.digest.valid = False  # zeros the digest never saw
+            self.engine.allocated_locked(handle.record, end)
 
     def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handle(fh)
@@ -1033,7 +1008,7 @@ class MountModel:
         if dst.kind == DIR and dst.name != src.name:
             if self._children_locked(session, dst.name):
                 raise NotEmpty(dst.name)
-            self.engine.journal.delete_dir(dst.folder.id)
+            self.engine.remove_folder_locked(dst.folder.id)
             del self._folders[session.id][dst.name]
         elif dst.kind != MISSING:
             raise NotADirectory(dst.name) if dst.kind == FILE else NotPermitted(f"{dst.name} is reserved")
@@ -1047,7 +1022,7 @@ class MountModel:
         for path in [p for p in folders if p == src.name or p.startswith(prefix)]:
             moved = dst.name + path[len(src.name):]
             folders[moved] = folders.pop(path)
-            self.engine.journal.update_dir(folders[moved].id, path=moved)
+            self.engine.update_folder_locked(folders[moved].id, path=moved)
         for name, record in [(n, r) for n, r in session.files.items() if n.startswith(prefix)]:
             moved = dst.name + name[len(src.name):]
             # Between a dot-folder and the tree, its files change between local scratch and tree files.
@@ -1118,8 +1093,7 @@ class MountModel:
             self.engine.cancel_project_locked(session)
             return
         # The project exists and stays; the marker just leaves the listing so rm -r works.
-        self.engine.journal.update_project(session.id, marker_hidden=1)
-        project.marker_hidden = True
+        self.engine.hide_marker_locked(session)
 
     # --- metadata -----------------------------------------------------------------------------------
 
@@ -1152,7 +1126,7 @@ class MountModel:
                 folder.mode = attrs.get("mode", folder.mode)
                 folder.mtime_ns = attrs.get("mtime_ns", folder.mtime_ns)
                 folder.ctime_ns = now
-                self.engine.journal.update_dir(folder.id, mode=folder.mode, mtime_ns=folder.mtime_ns)
+                self.engine.update_folder_locked(folder.id, mode=folder.mode, mtime_ns=folder.mtime_ns)
             elif node.kind == FILE:
                 self.engine.set_file_attrs_locked(node.record, **attrs)
                 node.record.ctime_ns = now
