@@ -1,4 +1,39 @@
-"""The upload engine: journal, spool, workers, project creation and polling."""
+"""The upload engine: records and their journal, the queue, transfers and housekeeping.
+
+Modules, each behind a small API (`engine.py` only wires them):
+  registry.py      every session/file/folder/project record and its state machine; the only
+                   writer of record state, written through to the journal (journal.py)
+  scheduler.py     the due-time queue: which file is sent next, one upload per file at a time
+  transfer.py      one upload attempt of one file and how its outcome settles the file
+  transfer_pool.py the PUTs of an attempt in worker processes (upload_worker.py), off the GIL
+  housekeeping.py  projects (projects.py), spool eviction, the journal's reserve and checkpoints
+  archive_plan.py  a session's tree as its one archive (archive.py streams it)
+
+Threads
+  FUSE threads (libfuse's)     call the path model, which calls the engine with the state lock
+                               held for short steps: never network, never a wait on the disk
+                               beyond one journal commit
+  fs360-upload-N (workers)     take a due file from the scheduler, run Transfer.attempt: the
+                               network I/O runs with no engine lock held
+  fs360-maintenance            Housekeeping.loop: projects, eviction, reserve, WAL checkpoints
+  fs360-delete-session         short-lived: DELETE of a dead server session, with retries
+  fs360-listeners              delivers progress events (progress.py); emitting only queues
+  transfer_pool's threads      per worker process: its reply reader (see transfer_pool.py)
+
+Lock order (take only rightwards; never leftwards while holding one on the right)
+  Transfer's per-session open guard  ->  the state lock (`engine.lock`, locking.StateLock)
+      ->  Journal._lock  ->  Journal._behind_lock
+  Leaf locks, taken alone and never around another: Listeners._lock, TransferGate's
+  condition, the pacer's lock (api/pacing.py), the transport's lock (api/transport.py).
+  The path model's `_handles_lock` and `_last_close_lock` are taken without the state lock
+  held, or inside it (never the reverse).
+
+The state lock is a plain lock: taking it twice from one thread raises `LockReentered`
+instead of deadlocking. Helpers whose names end in `_locked` need it held. Work that may
+be slow happens outside it: HTTP, listener callbacks, progress commits (journaled by the
+worker after releasing it), WAL checkpoints (on a connection of their own), the archive's
+sha256, rendering status files (the model renders from a snapshot).
+"""
 
 from .engine import Engine
 from .projects import project_page

@@ -8,6 +8,7 @@ goes on (the server is the truth).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # Enough for thousands of journal changes (a WAL frame is one 4 KiB page).
 RESERVE_BYTES = 4 * 1024 * 1024
+# WAL pages after which a commit checkpoints by itself (housekeeping normally does it first).
+AUTOCHECKPOINT_PAGES = 8000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -107,12 +110,16 @@ class Journal:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         os.chmod(path, 0o600)
+        self._path = path
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints run from housekeeping (`checkpoint`), not inside a commit that a caller
+            # holding the engine's state lock waits for; this is only the backstop.
+            self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
             self._db.executescript(SCHEMA)
             self._db.executescript(DIRS_SCHEMA)
             self._add_missing_columns_locked()
@@ -130,6 +137,15 @@ class Journal:
             present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
+
+    def checkpoint(self) -> None:
+        """Copies the WAL into the database on a connection of its own: a PASSIVE checkpoint
+        neither takes this journal's lock nor blocks its writers."""
+        try:
+            with contextlib.closing(sqlite3.connect(str(self._path), timeout=1.0)) as db:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # busy or a full disk: the next round tries again
+            log.debug("journal checkpoint skipped: %s", exc)
 
     def close(self) -> None:
         with self._lock:

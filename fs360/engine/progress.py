@@ -1,8 +1,14 @@
-"""Progress listeners: callbacks told of bytes sent, state changes and errors."""
+"""Progress listeners: callbacks told of bytes sent, state changes and errors.
+
+Events are delivered on a thread of their own, in order: `emit` only queues, so
+the engine may emit with its state lock held, and a slow listener (a desktop
+notice spawns a process) never holds up an upload or a FUSE callback.
+"""
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 log = logging.getLogger(__name__)
@@ -12,22 +18,44 @@ class Listeners:
     def __init__(self):
         self._callbacks: list = []
         self._lock = threading.Lock()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def add(self, callback) -> None:
-        """`callback(event: str, **details)`; events: session_opened, file_pending, file_uploading,
-        bytes_sent, file_complete, file_failed (with retry_in seconds), file_rejected, project_created, project_status."""
+        """`callback(event: str, **details)`; events: session_opened, file_uploading, bytes_sent,
+        file_complete, file_failed (with retry_in seconds), file_rejected, project_created, project_status."""
         with self._lock:
             self._callbacks.append(callback)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._deliver, name="fs360-listeners", daemon=True)
+                self._thread.start()
 
     def remove(self, callback) -> None:
         with self._lock:
             self._callbacks.remove(callback)
 
     def emit(self, event: str, **details) -> None:
+        if self._callbacks:  # nobody listens (the usual case): nothing to queue
+            self._events.put((event, details))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Delivers what is queued, then stops the delivery thread."""
         with self._lock:
-            callbacks = list(self._callbacks)
-        for callback in callbacks:
-            try:
-                callback(event, **details)
-            except Exception:  # a listener's bug must not stop an upload
-                log.exception("progress listener failed on %s", event)
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._events.put(None)
+            thread.join(timeout)
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._events.get()
+            if item is None:
+                return
+            event, details = item
+            with self._lock:
+                callbacks = list(self._callbacks)
+            for callback in callbacks:
+                try:
+                    callback(event, **details)
+                except Exception:  # a listener's bug must not stop an upload
+                    log.exception("progress listener failed on %s", event)

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from cachetools import TTLCache
 
+from ..api.client import ApiClient
+from ..api.retry import Backoff
+from ..config import Settings
 from ..errors import AccountError, ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound, WaitForRateLimit
-from .journal import PROJECT_COLUMNS
+from .locking import StateLock
+from .progress import Listeners
 from .records import (COMPLETE, IN_TREE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, REJECTED,
                       ProjectRequest, SessionRecord, duration_text)
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +32,20 @@ API_PATH_SUFFIX = "/api/v1"
 
 
 class ProjectKeeper:
-    def __init__(self, engine: "Engine"):
-        self.engine = engine
-        interval = max(engine.settings.project_poll_interval, 0.01)
+    def __init__(self, settings: Settings, lock: StateLock, registry: Registry, client: ApiClient,
+                 backoff: Backoff, listeners: Listeners, session_lost: Callable[[SessionRecord, str], None]):
+        self.settings = settings
+        self.lock = lock
+        self.registry = registry
+        self.client = client
+        self.backoff = backoff
+        self.listeners = listeners
+        self.session_lost = session_lost
+        interval = max(settings.project_poll_interval, 0.01)
         self._recent_polls: TTLCache = TTLCache(maxsize=4096, ttl=interval)
 
     def request_locked(self, session: SessionRecord, options: dict) -> None:
-        session.project = ProjectRequest(options=options)
-        self.engine.journal.upsert_project(session.id, vars_of(session.project))
+        self.registry.set_project_locked(session, ProjectRequest(options=options))
 
     def cancel_locked(self, session: SessionRecord) -> bool:
         """unlink .create: possible until the POST is sent."""
@@ -46,9 +54,7 @@ class ProjectKeeper:
             return True
         if project.state in (P_CREATED, P_READY):
             return False
-        session.project = None
-        session.notice = ""
-        self.engine.journal.delete_project(session.id)
+        self.registry.set_project_locked(session, None)
         return True
 
     def blocking_reason_locked(self, session: SessionRecord) -> str:
@@ -75,11 +81,10 @@ class ProjectKeeper:
         return ""
 
     def step(self) -> None:
-        engine = self.engine
-        with engine.lock:
+        with self.lock:
             due_create, due_poll = [], []
             now = time.time()
-            for session in list(engine.sessions.values()):
+            for session in list(self.registry.sessions.values()):
                 project = session.project
                 if project is None:
                     continue
@@ -96,12 +101,11 @@ class ProjectKeeper:
             self._poll(session)
 
     def _create(self, session: SessionRecord) -> None:
-        engine = self.engine
-        with engine.lock:
+        with self.lock:
             project = session.project
             if project is None or project.state != P_WAITING:
                 return
-            body = {"title": session.name, "privacy_mode": engine.settings.default_privacy, **project.options}
+            body = {"title": session.name, "privacy_mode": self.settings.default_privacy, **project.options}
             if "download_link" not in project.options:
                 body["upload_id"] = session.upload_id
                 if not session.upload_id:
@@ -111,24 +115,22 @@ class ProjectKeeper:
         try:
             created = self._find_existing(upload_id) if posted_before else None
             if created is None:
-                with engine.lock:
+                with self.lock:
                     if session.project is not project:
                         return
                     if upload_id and not posted_before:
                         # Journaled before sending, so the project is created once whatever happens next.
-                        engine.journal.update_project(session.id, posted_upload_id=upload_id)
-                        project.posted_upload_id = upload_id
-                created = engine.client.create_project(body, wait=False)
+                        self.registry.update_project_locked(session, posted_upload_id=upload_id)
+                created = self.client.create_project(body, wait=False)
         except SessionNotFound:
             if upload_id:
-                engine.session_lost(session, upload_id)
+                self.session_lost(session, upload_id)
             return
         except (ProjectCreationFailed, AccountError, WaitForRateLimit) as exc:
             # Not created (refused, or not sent at all), so the next try needs no lookup first.
-            with engine.lock:
+            with self.lock:
                 if session.project is project and upload_id and project.posted_upload_id == upload_id:
-                    engine.journal.update_project(session.id, posted_upload_id=None)
-                    project.posted_upload_id = None
+                    self.registry.update_project_locked(session, posted_upload_id=None)
             if isinstance(exc, ProjectCreationFailed):
                 self._recheck_files(session, upload_id)
             # An account error (a plan's project limit, a quota, a key) can be fixed without a new
@@ -141,25 +143,23 @@ class ProjectKeeper:
             else:
                 self._fail(session, exc)
             return
-        with engine.lock:
+        with self.lock:
             if session.project is not project:
                 return
-            project.state, project.name, project.status = P_CREATED, created.name, created.status
-            project.last_error, project.attempts = "", 0
-            engine.journal.update_project(session.id, state=P_CREATED, name=created.name, status=created.status,
-                                          last_error="", attempts=0)
-            engine.seal_locked(session)
+            self.registry.update_project_locked(session, state=P_CREATED, name=created.name,
+                                                status=created.status, last_error="", attempts=0)
+            self.registry.seal_locked(session)
             # The project holds the data now (the tree's inside the archive): the spool can let it go.
             for record in session.uploads() + session.tree_files():
                 if record.state in (COMPLETE, IN_TREE) and not record.evicted and not record.archive:
-                    engine.drop_spool_locked(record)
-        engine.listeners.emit("project_created", session=session)
+                    self.registry.drop_spool_locked(record)
+        self.listeners.emit("project_created", session=session)
         log.info("session %r: project %s created", session.name, created.name)
 
     def _find_existing(self, upload_id: str):
         """After a POST whose answer was lost: the project is usually named after the session."""
         try:
-            return self.engine.client.project_status(upload_id)
+            return self.client.project_status(upload_id)
         except ApiError:
             return None
 
@@ -168,73 +168,63 @@ class ProjectKeeper:
         if not upload_id:
             return
         try:
-            remote = {f.name.lower(): f for f in self.engine.client.session_status(upload_id)}
+            remote = {f.name.lower(): f for f in self.client.session_status(upload_id)}
         except Fs360Error:
             return
-        engine = self.engine
-        with engine.lock:
+        with self.lock:
             for record in session.uploads():
                 if record.state != COMPLETE:
                     continue
                 held = remote.get((record.server_name or "").lower())
                 if held is None or not held.complete:
-                    engine.server_lacks_file_locked(record)
+                    self.registry.server_lacks_file_locked(record)
 
     def _poll(self, session: SessionRecord) -> None:
-        engine = self.engine
         project = session.project
         if project is None or project.name is None:
             return
         try:
-            result = engine.client.project_status(project.name)
+            result = self.client.project_status(project.name)
         except Fs360Error as exc:
             self._retry_later(session, exc)
             return
         self._recent_polls[project.name] = result.status
-        with engine.lock:
-            project.status = result.status
-            project.last_error, project.attempts = "", 0
+        with self.lock:
+            if session.project is not project:
+                return
             if result.status >= 100:
-                project.state, project.record = P_READY, result.record
-                engine.journal.update_project(session.id, state=P_READY, status=100, record=result.record,
-                                              last_error="", attempts=0)
+                self.registry.update_project_locked(session, state=P_READY, status=100, record=result.record,
+                                                    last_error="", attempts=0)
             else:
-                engine.journal.update_project(session.id, status=result.status, last_error="", attempts=0)
-        engine.listeners.emit("project_status", session=session, status=result.status)
+                self.registry.update_project_locked(session, status=result.status, last_error="", attempts=0)
+        self.listeners.emit("project_status", session=session, status=result.status)
 
     def _retry_later(self, session: SessionRecord, exc: Fs360Error) -> None:
         """The next try after a backoff; a POST held back by the rate limit (never sent) goes
         when the budget allows, with no attempt counted."""
-        engine = self.engine
-        with engine.lock:
+        with self.lock:
             project = session.project
             if project is None:
                 return
+            attempts = project.attempts
             if isinstance(exc, WaitForRateLimit):
                 delay = exc.retry_after
-                project.last_error = (f"waiting for the server's rate limit: the project is requested in "
-                                      f"{duration_text(delay)}")
+                last_error = (f"waiting for the server's rate limit: the project is requested in "
+                              f"{duration_text(delay)}")
             else:
-                project.attempts += 1
-                delay = engine.backoff.delay(project.attempts, exc)
-                project.last_error = str(exc)
-            project.next_attempt = time.time() + delay
-            engine.journal.update_project(session.id, attempts=project.attempts, last_error=project.last_error,
-                                          next_attempt=project.next_attempt)
+                attempts += 1
+                delay = self.backoff.delay(attempts, exc)
+                last_error = str(exc)
+            self.registry.update_project_locked(session, attempts=attempts, last_error=last_error,
+                                                next_attempt=time.time() + delay)
 
     def _fail(self, session: SessionRecord, exc: Fs360Error) -> None:
-        engine = self.engine
-        with engine.lock:
+        with self.lock:
             project = session.project
             if project is None:
                 return
-            project.state, project.last_error = P_FAILED, str(exc)
-            engine.journal.update_project(session.id, state=P_FAILED, last_error=project.last_error)
+            self.registry.update_project_locked(session, state=P_FAILED, last_error=str(exc))
         log.warning("session %r: project creation refused: %s", session.name, exc)
-
-
-def vars_of(project: ProjectRequest) -> dict:
-    return {column: getattr(project, column) for column in PROJECT_COLUMNS}
 
 
 def project_page(api_url: str, name: str) -> str:

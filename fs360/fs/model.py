@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..engine.engine import Engine
-from ..engine.engine import ARCHIVE_EXTENSIONS
+from ..engine.archive_plan import ARCHIVE_EXTENSIONS
 from ..engine.records import (P_CREATED, P_READY, P_WAITING, FileRecord, SessionRecord,
                               in_scratch_folder)
 from ..engine.spool import RunningDigest

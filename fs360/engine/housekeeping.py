@@ -1,0 +1,100 @@
+"""Housekeeping: everything the engine does in the background besides sending files.
+
+One thread: project requests (POST once, poll to 100), spool eviction, the
+journal's reserve, write-behind and WAL checkpoints; plus short-lived threads
+that delete dead server sessions. It wakes every half second, or at once when the
+registry nudges it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from ..api.client import ApiClient
+from ..api.retry import Backoff
+from ..errors import Fs360Error
+from .journal import Journal
+from .locking import StateLock
+from .projects import ProjectKeeper
+from .registry import Registry
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+# Seconds between housekeeping rounds when nothing nudges it.
+ROUND_SECONDS = 0.5
+# Seconds between WAL checkpoints (sqlite's own, at commit time, would run under the state lock).
+CHECKPOINT_SECONDS = 5.0
+DELETE_SESSION_ATTEMPTS = 5
+
+
+class Housekeeping:
+    def __init__(self, lock: StateLock, registry: Registry, journal: Journal, spool: Spool, client: ApiClient,
+                 backoff: Backoff, projects: ProjectKeeper, stopping: Callable[[], bool]):
+        self.lock = lock
+        self.registry = registry
+        self.journal = journal
+        self.spool = spool
+        self.client = client
+        self.backoff = backoff
+        self.projects = projects
+        self._stopping = stopping
+        self.wakeup = threading.Condition(lock)
+        self._checkpointed_at = time.monotonic()
+
+    def nudge_locked(self) -> None:
+        self.wakeup.notify_all()
+
+    def loop(self) -> None:
+        while True:
+            with self.lock:
+                if self._stopping():
+                    return
+                self.wakeup.wait(ROUND_SECONDS)
+                if self._stopping():
+                    return
+            try:
+                self.round()
+            except Exception:
+                log.exception("unexpected error in housekeeping")
+
+    def round(self) -> None:
+        self.projects.step()
+        self.evict_if_needed()
+        self.journal.restore_reserve()
+        if time.monotonic() - self._checkpointed_at >= CHECKPOINT_SECONDS:
+            self._checkpointed_at = time.monotonic()
+            self.journal.checkpoint()
+
+    def evict_if_needed(self) -> int:
+        """Frees spool space: complete files' data goes, oldest first; unsent data never does."""
+        need = self.spool.bytes_to_free()
+        if need <= 0:
+            return 0
+        freed = 0
+        with self.lock:
+            for record in self.registry.eviction_candidates_locked():
+                if freed >= need:
+                    break
+                self.registry.drop_spool_locked(record)
+                freed += record.size
+        return freed
+
+    def delete_remote_session_later(self, upload_id: str) -> None:
+        threading.Thread(target=self._delete_remote_session, args=(upload_id,), daemon=True,
+                         name="fs360-delete-session").start()
+
+    def _delete_remote_session(self, upload_id: str) -> None:
+        for attempt in range(1, DELETE_SESSION_ATTEMPTS + 1):
+            try:
+                self.client.delete_session(upload_id)
+                return
+            except Fs360Error as exc:
+                if not exc.retryable:
+                    log.warning("could not delete server session: %s", exc)
+                    return
+                time.sleep(self.backoff.delay(attempt, exc))
+        log.warning("gave up deleting a server session; it expires by itself")

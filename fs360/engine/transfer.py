@@ -1,0 +1,294 @@
+"""One upload attempt of one file, and how its outcome settles the file's state.
+
+An attempt opens the server session if needed (never sleeping on the pacer),
+makes sure the file's server name holds no other file's bytes, asks the server
+where the file stands before any retry, claims the name, then hands the PUTs to a
+transfer process (or runs them in this thread) and settles the outcome: complete,
+queued again (backoff, rate limit, a lost session), or refused with its reason.
+
+The state lock is taken only for short steps between network calls; the
+network I/O itself never runs under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from ..api.client import ApiClient
+from ..api.retry import Backoff
+from ..config import Settings
+from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, RemoteFileNotFound,
+                      ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
+from .archive_plan import TreeArchive
+from .gate import TransferGate
+from .locking import StateLock
+from .progress import Listeners
+from .records import COMPLETE, FAILED, PENDING, REJECTED, UPLOADING, FileRecord, SessionRecord, duration_text
+from .registry import Registry
+from .transfer_pool import TransferJob, TransferProcesses, run_job
+
+log = logging.getLogger(__name__)
+
+# Seconds between journal commits of one file's upload progress.
+PROGRESS_JOURNAL_INTERVAL = 0.5
+
+
+class Transfer:
+    def __init__(self, settings: Settings, lock: StateLock, registry: Registry, tree: TreeArchive,
+                 client: ApiClient, gate: TransferGate, backoff: Backoff, listeners: Listeners,
+                 processes: TransferProcesses | None, session_lost: Callable[[SessionRecord, str], None],
+                 stopping: Callable[[], bool]):
+        self.settings = settings
+        self.lock = lock
+        self.registry = registry
+        self.tree = tree
+        self.client = client
+        self.gate = gate
+        self.backoff = backoff
+        self.listeners = listeners
+        self.processes = processes
+        self.session_lost = session_lost
+        self._stopping = stopping
+        self._session_guards: dict[int, threading.Lock] = {}
+
+    # --- one attempt -----------------------------------------------------------------------
+
+    def attempt(self, record: FileRecord, generation: int, buffer) -> None:
+        """Sends `record` once; whatever happens, its state is settled (nothing raises but bugs)."""
+        session = self.registry.session_of(record)
+        upload_id = None
+        puts_let_go = [0]
+        try:
+            upload_id = self._remote_session(session)
+            self._ensure_name_free_on_server(record, session, upload_id)
+            start = self._resume_offset(record, upload_id)
+            with self.lock:
+                if record.generation != generation:
+                    raise Cancelled()
+                self.registry.claim_server_name_locked(record, session, upload_id)
+            # The gate (bwlimit, pause) waits inside should_stop, asked before every PUT.
+            on_progress, gated_stop = self.gate.gated(
+                record.size, start, self.settings.chunk_size,
+                lambda received: self._progress(record, received),
+                lambda: self._stopping() or record.generation != generation)
+
+            def should_stop() -> bool:
+                stop = gated_stop()
+                puts_let_go[0] += not stop  # False lets a PUT go: counted for forget_unsent_locked
+                return stop
+            with self.lock:
+                members = tuple(self.tree.members_locked(session)) if record.archive else None
+            job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size,
+                              archive=members, zip64=self.settings.archive_zip64)
+            final = self._send(record, job, buffer, on_progress, should_stop)
+            if record.archive and not record.sha256:
+                self._record_archive_sha256(record, members)
+        except Cancelled:
+            with self.lock:
+                if not puts_let_go[0] and upload_id and record.upload_id == upload_id:
+                    self.registry.forget_unsent_locked(record, session)
+                if record.state == UPLOADING and record.generation == generation:
+                    # Shutting down: the journal keeps it queued for the next mount.
+                    self.registry.set_state_locked(record, PENDING)
+            return
+        except WaitForRateLimit as exc:
+            # No new session may be opened yet: this worker takes a file of an open session
+            # meanwhile, and this one comes back when the budget allows.
+            with self.lock:
+                self._wait_for_rate_limit_locked(record, generation, exc)
+            return
+        except SessionNotFound:
+            # Only the session this worker talked to is dead; the session may already have a new one
+            # (another worker met the 404 first), which must not be dropped.
+            if upload_id:
+                self.session_lost(session, upload_id)
+            with self.lock:
+                if record.generation == generation and record.state == UPLOADING:
+                    self.registry.requeue_locked(record, PENDING, 0.0, server_received=0, upload_id=None)
+            return
+        except Fs360Error as exc:
+            with self.lock:
+                self._settle_error_locked(record, generation, exc)
+            return
+        except OSError as exc:
+            with self.lock:
+                if record.generation == generation:
+                    self.registry.set_state_locked(record, REJECTED, last_error=f"cannot read the spooled data: {exc}")
+            return
+        self._settle_sent(record, generation, session, upload_id, final.received)
+
+    def _send(self, record: FileRecord, job: TransferJob, buffer, on_progress, should_stop):
+        # An archive is read from its members' spool files (by path): no fd of its own.
+        fd = None if record.archive else os.open(self.registry.spool.path(record.id), os.O_RDONLY)
+        try:
+            if self.processes is not None:
+                return self.processes.send_file(job, fd, on_progress, should_stop)
+            return run_job(self.client, job, fd, buffer, on_progress, should_stop)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _settle_sent(self, record: FileRecord, generation: int, session: SessionRecord, upload_id: str,
+                     received: int) -> None:
+        with self.lock:
+            if session.upload_id != upload_id and record.generation == generation and not record.unlinked:
+                # The session was lost while this file went to it: send it again to the new one.
+                self.registry.requeue_locked(record, PENDING, 0.0, server_received=0, upload_id=None)
+                return
+            record.server_received = received
+            if record.unlinked or record.generation != generation:
+                self.registry.journal.update_file(record.id, server_received=received)
+                return
+            self.registry.set_state_locked(record, COMPLETE, server_received=received, completed_at=time.time(),
+                                           last_error="")
+            self.registry.nudge()
+        self.listeners.emit("file_complete", file=record)
+
+    def _record_archive_sha256(self, record: FileRecord, members) -> None:
+        try:
+            sha256 = self.tree.sha256(members)
+        except OSError as exc:  # the upload itself is done: only status lacks the sha256
+            log.warning("%s: cannot compute the archive's sha256: %s", record.name, exc)
+            return
+        with self.lock:
+            self.registry.set_file_attrs_locked(record, sha256=sha256)
+
+    # --- before the first PUT ----------------------------------------------------------------
+
+    def _remote_session(self, session: SessionRecord) -> str:
+        """The session's upload_id, opening one (POST /uploads) when it has none.
+
+        A session is used for as long as the server answers for it, whatever its stated
+        expiry (the real server may count that from the last request): it is replaced only
+        after a 404 says it is gone (`session_lost`)."""
+        with self.lock:
+            if session.upload_id:
+                return session.upload_id
+            guard = self._session_guards.setdefault(session.id, threading.Lock())
+        with guard:  # one POST /uploads per session, however many workers get here
+            with self.lock:
+                if session.upload_id:
+                    return session.upload_id
+            # Never sleeps on the pacer: out of budget, the file goes back to the queue (see attempt).
+            opened = self.client.open_session(wait=False)
+            with self.lock:
+                self.registry.session_opened_locked(session, opened.upload_id, opened.expires_in_seconds)
+            self.listeners.emit("session_opened", session=session)
+            return opened.upload_id
+
+    def _ensure_name_free_on_server(self, record: FileRecord, session: SessionRecord, upload_id: str) -> None:
+        """Before the first PUT of a file, its server name must not hold another file's bytes
+        (a resume would merge two files into one): such a name is a conflict, and the file
+        takes the next free name instead."""
+        with self.lock:
+            held = session.remote_names if session.upload_id == upload_id else None
+        if held is None:
+            # A session from the journal: ask once what it holds (one request per session).
+            listing = self.client.session_status(upload_id)
+            with self.lock:
+                ours = {r.server_name.lower(): r for r in session.server_names.values()
+                        if r.upload_id == upload_id and r.server_name}
+                held = {f.name.lower(): ours.get(f.name.lower()) for f in listing if f.received > 0}
+                if session.upload_id == upload_id:
+                    session.remote_names = held
+        with self.lock:
+            owner = held.get(record.server_name.lower(), record) if record.server_name else None
+            if owner is not record:
+                taken_by = record.server_name
+                self.registry.choose_server_name_locked(record, session, avoid=set(held))
+                if taken_by:
+                    log.warning("%s: the server already holds another file named %s; sending it as %s",
+                                record.name, taken_by, record.server_name)
+
+    def _resume_offset(self, record: FileRecord, upload_id: str) -> int:
+        """Before any retry the server is asked where the file stands; a first try starts at 0."""
+        if not (record.needs_resync or record.attempts or record.server_received or record.upload_id):
+            return 0
+        try:
+            progress = self.client.file_status(upload_id, record.server_name)
+        except RemoteFileNotFound:
+            received = 0
+        else:
+            if progress.total != record.size and progress.received > 0:
+                raise ServerHoldsOtherFile(
+                    f"the server already holds a different file named {record.server_name!r}", status=409)
+            received = progress.received
+        with self.lock:
+            self.registry.resynced_locked(record, received)
+        return received
+
+    # --- progress and outcomes ---------------------------------------------------------------
+
+    def _progress(self, record: FileRecord, received: int) -> None:
+        commit = False
+        with self.lock:
+            sent = received - record.server_received
+            record.server_received = received
+            if sent > 0:
+                record.rate.add(sent)
+                record.attempts = 0  # progress: the next error backs off from the start again
+            # A few commits a second at most, never one per chunk: the journal's offset is only a
+            # hint (every resume asks the server), and the last one goes with the completion.
+            now = time.monotonic()
+            if received < record.size and now - record.progress_journaled_at >= PROGRESS_JOURNAL_INTERVAL:
+                record.progress_journaled_at = now
+                commit = True
+        if commit:
+            # Outside the state lock: a commit may wait on the disk, and FUSE callbacks wait on the lock.
+            self.registry.journal.update_file(record.id, server_received=received)
+        self.listeners.emit("bytes_sent", file=record, received=received)
+
+    def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
+        if record.generation != generation:
+            return
+        if exc.retryable or isinstance(exc, AccountError):
+            self.retry_later_locked(record, generation, exc)
+            return
+        self._learn_from_refusal_locked(exc)
+        # Refused outright: unless earlier chunks got through, the server holds nothing of it.
+        upload_id = record.upload_id if record.server_received else None
+        self.registry.set_state_locked(record, REJECTED, last_error=str(exc), upload_id=upload_id)
+        self.listeners.emit("file_rejected", file=record, error=exc)
+        log.warning("%s: refused by the server: %s", record.name, exc)
+
+    def _learn_from_refusal_locked(self, exc: Fs360Error) -> None:
+        """A refusal that states the server's cap or extensions: later files are checked against it."""
+        registry = self.registry
+        if isinstance(exc, FileTooLarge) and isinstance(exc.fields.get("limit"), int):
+            registry.learn_locked(file_cap=exc.fields["limit"])
+        elif isinstance(exc, SessionTooLarge) and isinstance(exc.fields.get("limit"), int):
+            registry.learn_locked(session_cap=exc.fields["limit"])
+        elif isinstance(exc, ExtensionNotAllowed):
+            allowed = exc.fields.get("allowed")
+            refused = exc.fields.get("extension")
+            changes = {}
+            if isinstance(allowed, list) and all(isinstance(a, str) for a in allowed):
+                changes["allowed_extensions"] = tuple(a.lower().lstrip(".") for a in allowed)
+            if isinstance(refused, str):
+                changes["refused_extensions"] = tuple(sorted(set(registry.caps.refused_extensions)
+                                                             | {refused.lower()}))
+            registry.learn_locked(**changes)
+
+    def _wait_for_rate_limit_locked(self, record: FileRecord, generation: int, exc: WaitForRateLimit) -> None:
+        if not self.registry.is_current_locked(record, generation):
+            return
+        self.registry.requeue_locked(record, PENDING, exc.retry_after, next_attempt=time.time() + exc.retry_after,
+                                     last_error=f"waiting for the server's rate limit: the next new session "
+                                                f"in {duration_text(exc.retry_after)}")
+
+    def retry_later_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
+        if not self.registry.is_current_locked(record, generation):
+            return
+        attempts = record.attempts + 1
+        delay = self.backoff.delay(attempts, exc)
+        if getattr(exc, "gave_up_on_upload", False):
+            delay = max(delay, self.settings.abandoned_upload_quiet)
+        record.needs_resync = True
+        self.registry.requeue_locked(record, FAILED, delay, attempts=attempts, last_error=str(exc),
+                                     next_attempt=time.time() + delay)
+        self.listeners.emit("file_failed", file=record, error=exc, retry_in=delay)
+        log.info("%s: %s; retry %d in %.1f s", record.name, exc, attempts, delay)

@@ -1,0 +1,193 @@
+"""The registry alone: records, their state machine and the journal behind them.
+
+No engine, no network, no threads: a real journal and spool in a temporary
+directory, and a list that stands in for the scheduler.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from fs360.config import Settings
+from fs360.engine.journal import Journal
+from fs360.engine.locking import StateLock
+from fs360.engine.records import COMPLETE, INTERRUPTED, LOCAL, P_CREATED, PENDING, WRITING
+from fs360.engine.registry import STOPPED_WHILE_WRITING, Registry
+from fs360.engine.spool import Spool
+
+WRITEBACK = 7.0
+
+
+class Opened:
+    """A registry over the journal in `cache`, with the scheduler's calls recorded."""
+
+    def __init__(self, cache: Path):
+        self.settings = Settings(api_url="http://127.0.0.1:9/api/v1", api_key="k", cache_dir=cache,
+                                 writeback_delay=WRITEBACK)
+        cache.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(self.settings.journal_path)
+        self.scheduled: list[tuple[int, float]] = []
+        self.lock = StateLock()
+        self.registry = Registry(self.settings, self.journal, Spool(self.settings.spool_dir), self.lock,
+                                 lambda record, delay: self.scheduled.append((record.id, delay)))
+        with self.lock:
+            self.registry.replay_locked()
+
+    def close(self):
+        self.journal.close()
+
+
+@pytest.fixture
+def opened(tmp_path):
+    made = []
+
+    def open_() -> Opened:
+        made.append(Opened(tmp_path / "cache"))
+        return made[-1]
+    yield open_
+    for o in made:
+        o.close()
+
+
+def write(registry: Registry, session, name: str, data: bytes, close: bool = True):
+    record = registry.create_file_locked(session, name, 0o644, 0, 0, local_only=name.startswith("."))
+    registry.open_for_write_locked(record, rewrite=True)
+    registry.spool.path(record.id).write_bytes(data)
+    registry.wrote_locked(record, 0, data)
+    if close:
+        registry.close_writer_locked(record, len(data))
+    return record
+
+
+def test_a_closed_file_is_queued_after_the_write_back_delay_and_journaled(opened):
+    """The last close queues the file (pending, with its sha256) after the write-back delay."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        record = write(o.registry, session, "a.jpg", b"abc")
+    assert record.state == PENDING
+    assert o.scheduled == [(record.id, WRITEBACK)]
+    row = o.journal.files()[0]
+    assert (row["state"], row["size"], row["server_name"]) == (PENDING, 3, "a.jpg")
+    assert row["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_replay_queues_unfinished_uploads_for_a_resync_and_interrupts_open_files(opened):
+    """After a restart: a queued or uploading file goes again at once (asking the server first);
+    a file open for writing at the stop comes back interrupted, never uploaded."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        queued = write(o.registry, session, "a.jpg", b"a")
+        sending = write(o.registry, session, "b.jpg", b"b")
+        o.registry.claim_server_name_locked(sending, session, "u1")
+        open_ = write(o.registry, session, "c.jpg", b"c", close=False)
+    o.close()
+    again = opened()
+    files = {r.name: r for r in again.registry.files_locked()}
+    assert sorted(again.scheduled) == sorted([(queued.id, 0.0), (sending.id, 0.0)])
+    assert files["a.jpg"].needs_resync and files["b.jpg"].needs_resync
+    assert files["b.jpg"].state == PENDING and files["b.jpg"].upload_id == "u1"
+    assert files["c.jpg"].state == INTERRUPTED
+    assert files["c.jpg"].unfinished == STOPPED_WHILE_WRITING
+    assert open_.id == files["c.jpg"].id
+
+
+def test_a_scratch_file_renamed_to_its_final_name_is_queued_at_once(opened):
+    """rsync's and GIO's rename is the writer's "done": no write-back delay after it."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        record = write(o.registry, session, ".a.jpg.XyZ12", b"data")
+        assert record.state == LOCAL and o.scheduled == []
+        o.registry.rename_file_locked(record, session, "a.jpg", local_only=False)
+    assert record.state == PENDING and record.server_name == "a.jpg"
+    assert o.scheduled == [(record.id, 0.0)]
+
+
+def test_server_names_are_unique_in_a_session_whatever_the_case(opened):
+    """Two local names that flatten to one server name get names of their own."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        first = write(o.registry, session, "Photo.JPG", b"1")
+        second = write(o.registry, session, "photo.jpg", b"2")
+        third = write(o.registry, session, "Phöto.jpg", b"3")
+    assert (first.server_name, second.server_name, third.server_name) == ("Photo.jpg", "photo_2.jpg",
+                                                                        "Photo_3.jpg")
+
+
+def test_unlink_keeps_a_file_the_server_may_hold_and_forgets_one_it_cannot(opened):
+    """A deleted file whose PUT may have gone out stays known (the session cannot drop it);
+    one never sent leaves nothing behind, and its server name is free again."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        sent = write(o.registry, session, "sent.jpg", b"1")
+        o.registry.claim_server_name_locked(sent, session, "u1")
+        unsent = write(o.registry, session, "unsent.jpg", b"2")
+        o.registry.remove_file_locked(sent)
+        o.registry.remove_file_locked(unsent)
+        reused = write(o.registry, session, "unsent.jpg", b"3")
+    assert session.unlinked == [sent] and sent.unlinked
+    assert [r["name"] for r in o.journal.files()] == ["sent.jpg", "unsent.jpg"]
+    assert reused.server_name == "unsent.jpg" and reused.id != unsent.id
+
+
+def test_a_cancel_before_the_first_put_forgets_the_claim(opened):
+    """A file whose first PUT never went out may change and be deleted without a trace."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        record = write(o.registry, session, "a.jpg", b"1")
+        o.registry.claim_server_name_locked(record, session, "u1")
+        o.registry.remove_file_locked(record)
+        assert session.unlinked == [record]
+        o.registry.forget_unsent_locked(record, session)
+    assert session.unlinked == [] and o.journal.files() == []
+    assert o.registry.file_locked(record.id) is None
+
+
+def test_a_lost_session_sends_everything_again_unless_its_data_is_gone(opened):
+    """After a 404 every file is pending again; a complete file whose spool copy was evicted is
+    lost; the dead server session is returned for deletion unless a project may use it."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        o.registry.session_opened_locked(session, "u1", 3600)
+        kept = write(o.registry, session, "kept.jpg", b"1")
+        evicted = write(o.registry, session, "evicted.jpg", b"2")
+        for record in (kept, evicted):
+            o.registry.claim_server_name_locked(record, session, "u1")
+            o.registry.set_state_locked(record, COMPLETE, server_received=1)
+        o.registry.drop_spool_locked(evicted)
+        o.scheduled.clear()
+        assert o.registry.session_lost_locked(session, "u1") == "u1"
+        assert o.registry.session_lost_locked(session, "u1") is None  # already handled
+    assert kept.state == PENDING and kept.upload_id is None and o.scheduled == [(kept.id, 0.0)]
+    assert evicted.state == "lost"
+    assert session.upload_id is None
+
+
+def test_a_session_a_project_may_use_is_never_returned_for_deletion(opened):
+    """Deleting a session whose project exists may discard the project's input (api.md Part C)."""
+    from fs360.engine.records import ProjectRequest
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        o.registry.session_opened_locked(session, "u1", 3600)
+        o.registry.set_project_locked(session, ProjectRequest(options={}, state=P_CREATED, name="p"))
+        assert o.registry.session_lost_locked(session, "u1") is None
+        assert o.registry.discard_session_locked(session) is None
+
+
+def test_a_writer_opening_a_queued_file_cancels_its_upload(opened):
+    """A new writer bumps the generation (the queued entry goes stale) and the file is writing."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        record = write(o.registry, session, "a.jpg", b"1")
+        generation = record.generation
+        o.registry.open_for_write_locked(record)
+    assert record.state == WRITING and record.generation != generation
+    assert not o.registry.is_current_locked(record, generation)
