@@ -33,6 +33,8 @@ XATTRS = ("user.fs360.state", "user.fs360.received", "user.fs360.error", "user.f
 
 
 class MountModel:
+    """The one object fuse_ops.py and the daemon use: each operation, from path to part."""
+
     def __init__(self, engine: Engine, settings: Settings, uid: int | None = None, gid: int | None = None):
         self.engine = engine
         self.settings = settings
