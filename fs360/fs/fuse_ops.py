@@ -1,6 +1,6 @@
 """The FUSE adapter: mfusepy calls in, MountModel calls out, errnos back.
 
-Thin on purpose: every decision lives in `model.py`. Every operation is wrapped
+Thin on purpose: every decision lives in the path model (`model.py` and its parts). Every operation is wrapped
 so that an fs360 error becomes the errno of the table in `errors.py` and
 anything unexpected becomes EIO, logged with its traceback (mfusepy would
 otherwise turn it into EINVAL).

@@ -11,6 +11,8 @@ from ..engine.records import COMPLETE, IN_TREE, P_READY, FileRecord, SessionReco
 BAR_WIDTH = 20
 PRIVACY_NAMES = {2: "private (owner and invited users)", 1: "anyone with the link", 0: "public"}
 PAUSED_LINE = "paused: uploads wait (fs360 resume MOUNTPOINT)"
+# Status files are rendered at getattr too (for their size); this long a render is reused.
+STATUS_SIZE_TTL = 1.0
 
 
 def snapshot_session(session: SessionRecord, engine) -> dict:
@@ -208,3 +210,31 @@ def summary_line(snapshots: list[dict]) -> str:
             f"{human_bytes(sum(f['sent'] for f in files))}/{human_bytes(sum(f['size'] for f in files))}"
             f", {human_bytes(rate)}/s")
     return ("paused; " if any(s.get("paused") for s in snapshots) else "") + line
+
+
+class RenderedStatus:
+    """The content of the status files. A render younger than STATUS_SIZE_TTL is reused for
+    getattr and listings, so their size is the real one and `ls -l` of many sessions does not
+    render each of them again; an open always renders."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        # Rendered status files by (session name or "", file name): (monotonic time, content).
+        self._cache: dict[tuple[str, str], tuple[float, bytes]] = {}
+
+    def content_locked(self, session: SessionRecord | None, name: str, fresh: bool = False) -> bytes:
+        """The content of status file `name` of `session` (None: the root one). Needs engine.lock held."""
+        key = (session.name if session is not None else "", name)
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if not fresh and cached is not None and now - cached[0] < STATUS_SIZE_TTL:
+            return cached[1]
+        if session is None:
+            content = render_root([snapshot_session(s, self.engine) for s in self.engine.sessions.values()])
+        else:
+            render = render_json if name == "status.json" else render_text
+            content = render(snapshot_session(session, self.engine))
+        if len(self._cache) > 4 * len(self.engine.sessions) + 8:
+            self._cache.clear()  # sessions were renamed or removed: drop the old keys
+        self._cache[key] = (now, content)
+        return content

@@ -751,7 +751,7 @@ def test_failed_truncate_through_the_handle_interrupts(idle):
 def test_exit_reason_of_a_live_process_is_empty():
     # A process that is not exiting is never taken for a dying writer (the dying case needs a
     # real close by an exiting task: tests/fuse/test_unfinished.py).
-    from fs360.fs.model import exit_reason
+    from fs360.fs.exits import exit_reason
     assert exit_reason(os.getpid()) == ""
     assert exit_reason(2**22 + 12345) == ""  # no such process
 

@@ -36,12 +36,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
     run_state_machine_as_test
 
-import fs360.fs.model as model_module
+import fs360.fs.exits as exits_module
 from fs360.config import Settings
 from fs360.engine.engine import Engine
 from fs360.engine.server_names import server_name_for
 from fs360.errors import Fs360Error
-from fs360.fs.model import MountModel, describe_exit
+from fs360.fs.exits import describe_exit
+from fs360.fs.model import MountModel
 from tests.reference_model import DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, PENDING, Reference
 
 EXAMPLES = int(os.environ.get("FS360_RANDOM_EXAMPLES", "0"))
@@ -496,7 +497,7 @@ class MountMachine(RuleBasedStateMachine):
 
 
 def run_machine(emulator, tmp_path, monkeypatch, examples: int, steps: int, derandomize: bool) -> None:
-    monkeypatch.setattr(model_module, "exit_reason", fake_exit_reason)
+    monkeypatch.setattr(exits_module, "exit_reason", fake_exit_reason)
     MountMachine.emulator, MountMachine.workdir = emulator, tmp_path
     run_state_machine_as_test(MountMachine, settings=settings(
         max_examples=examples, stateful_step_count=steps, deadline=None, derandomize=derandomize,
@@ -528,7 +529,7 @@ def crash(model: MountModel) -> None:
 
 
 def test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount(emulator, tmp_path, monkeypatch):
-    monkeypatch.setattr(model_module, "exit_reason", fake_exit_reason)
+    monkeypatch.setattr(exits_module, "exit_reason", fake_exit_reason)
     model = idle_model(emulator, tmp_path / "cache")
     model.mkdir("/s", 0o755)
     fh = model.create("/s/.a.jpg.Xy12", 0o644, O_CREATE)

@@ -1,0 +1,52 @@
+"""The stat attributes of each kind of entry, as getattr and listings return them."""
+
+from __future__ import annotations
+
+import stat
+import time
+
+from ..engine.records import FileRecord, SessionRecord
+from .tree import Folder, is_listed_locked
+
+# Advertised I/O size: cp, stdio and Python size their buffers by it, so their
+# writes reach the mount as 1 MiB requests (the kernel's max_write) instead of 128 KiB.
+IO_BLOCK_SIZE = 1024 * 1024
+
+
+class Attributes:
+    """Folders and virtual files belong to the mount's owner (`uid`, `gid`); files to theirs."""
+
+    def __init__(self, engine, uid: int, gid: int):
+        self.engine = engine
+        self.uid = uid
+        self.gid = gid
+
+    def session(self, session: SessionRecord) -> dict:
+        attrs = self.dir(session.mode, session.mtime_ns)
+        attrs["st_ctime"] = max(session.ctime_ns, session.mtime_ns)
+        return attrs
+
+    def folder(self, folder: Folder) -> dict:
+        attrs = self.dir(folder.mode, folder.mtime_ns)
+        attrs["st_ctime"] = max(folder.ctime_ns, folder.mtime_ns)
+        return attrs
+
+    def dir(self, mode: int, mtime_ns: int, nlink: int = 2) -> dict:
+        return {"st_mode": stat.S_IFDIR | (mode & 0o7777), "st_nlink": nlink, "st_uid": self.uid,
+                "st_gid": self.gid, "st_size": 4096, "st_mtime": mtime_ns, "st_ctime": mtime_ns,
+                "st_atime": mtime_ns}
+
+    def virtual(self, mode: int, mtime_ns: int | None = None, size: int = 0) -> dict:
+        now = mtime_ns or time.time_ns()
+        # Status files are served with direct_io (read to EOF), but copy tools trust the size.
+        return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": self.uid, "st_gid": self.gid,
+                "st_size": size, "st_mtime": now, "st_ctime": now, "st_atime": now}
+
+    def file(self, record: FileRecord) -> dict:
+        """Needs engine.lock held. A file unlinked while open has no link left (nlink 0)."""
+        return {"st_mode": stat.S_IFREG | (record.mode & 0o7777),
+                "st_nlink": 1 if is_listed_locked(self.engine, record) else 0,
+                "st_uid": record.uid, "st_gid": record.gid, "st_size": record.size,
+                "st_blocks": (record.size + 511) // 512, "st_blksize": IO_BLOCK_SIZE,
+                "st_mtime": record.mtime_ns, "st_ctime": max(record.ctime_ns, record.mtime_ns),
+                "st_atime": record.mtime_ns}

@@ -1,0 +1,72 @@
+"""Whether a re-copy of a file the server holds is identical: compared, never stored.
+
+Re-running a copy rewrites every file with the same bytes; that is accepted (the server
+already holds them). The first byte that differs is refused: the server cannot replace it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..engine.records import FileRecord
+from ..engine.spool import RunningDigest
+
+
+def held_with_known_content(record: FileRecord) -> bool:
+    """The server may hold it and the journal knows its sha256: a rewrite can be compared."""
+    return not record.local_only and record.may_be_on_server and bool(record.sha256)
+
+
+def is_identical_copy(engine, copy: FileRecord, held: FileRecord) -> bool:
+    """A finished local copy (rsync's `.name.XXXXXX`) with exactly the bytes the server holds."""
+    return not copy.unfinished and copy.size == held.size and engine.content_sha256(copy) == held.sha256
+
+
+@dataclass(eq=False)
+class ContentCheck:
+    """A file the server holds, opened for writing. Opened with O_TRUNC (or truncated to 0
+    later, as GIO does), the new content is compared by sha256 at close; before that, writes
+    in place are compared with the spool copy."""
+    expected_size: int
+    expected_sha256: str
+    rewriting: bool
+    digest: RunningDigest = field(default_factory=RunningDigest)
+    size: int = 0
+    differs: bool = False
+
+    def __post_init__(self):
+        if not self.rewriting:
+            self.size = self.expected_size  # untouched so far: the content is the server's
+
+    def restart(self) -> None:
+        """Truncated to 0: a rewrite from the first byte begins."""
+        self.rewriting, self.size, self.digest = True, 0, RunningDigest()
+
+    def compare_write(self, spool_fd: int, data: bytes, offset: int) -> bool:
+        """Takes a write at `offset` (`spool_fd` is the spool copy, -1 when it is gone);
+        whether the content still matches."""
+        if not self.differs:
+            end = offset + len(data)
+            same = end <= self.expected_size
+            if same and spool_fd >= 0:
+                same = os.pread(spool_fd, len(data), offset) == data
+            if self.rewriting:
+                self.digest.add(offset, data)
+                self.size = max(self.size, end)
+            # Without the spool copy only a front-to-back rewrite can be compared (by sha256).
+            self.differs = not same or (spool_fd < 0 and not (self.rewriting and self.digest.valid))
+        return not self.differs
+
+    def compare_truncate(self, length: int) -> bool:
+        """Takes a truncate to `length`; whether the content still matches."""
+        if length == 0:
+            self.restart()
+        elif length != self.size:
+            return False
+        return True
+
+    def matches(self) -> bool:
+        if self.differs or self.size != self.expected_size:
+            return False
+        return not self.rewriting or self.digest.hexdigest(self.size) == self.expected_sha256

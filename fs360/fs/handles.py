@@ -1,0 +1,68 @@
+"""Open files by handle number: what each kind of open holds between open and release."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+
+from ..engine.records import FileRecord
+from ..errors import InvalidArgument
+from .content_check import ContentCheck
+
+
+@dataclass(eq=False)
+class FileHandle:
+    """A session's file: it holds its record, so it follows the file through renames."""
+    record: FileRecord
+    # The spool file (-1 for a check of a server-held file whose spool copy is gone).
+    fd: int
+    writable: bool
+    append: bool
+    # A write or truncate through this handle failed: the file is not whole.
+    failure: str = ""
+    # The process that closed it was dying (killed, or exiting non-zero).
+    writer_died: str = ""
+    check: ContentCheck | None = None
+
+
+@dataclass(eq=False)
+class SnapshotHandle:
+    """An open `status`: rendered once at open, so one read sees one consistent state."""
+    content: bytes
+
+
+class HandleTable:
+    """Handle number -> handle; numbers are never reused."""
+
+    def __init__(self):
+        self._handles: dict[int, object] = {}
+        self._next_fh = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def add(self, handle) -> int:
+        with self._lock:
+            fh = next(self._next_fh)
+            self._handles[fh] = handle
+        return fh
+
+    def get(self, fh: int):
+        return self._handles.get(fh)
+
+    def require(self, fh: int):
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise InvalidArgument(f"unknown file handle {fh}")
+        return handle
+
+    def pop(self, fh: int):
+        with self._lock:
+            return self._handles.pop(fh, None)
+
+    def numbers(self) -> list[int]:
+        with self._lock:
+            return list(self._handles)
+
+    def values(self) -> list:
+        with self._lock:
+            return list(self._handles.values())

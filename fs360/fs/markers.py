@@ -1,0 +1,166 @@
+"""`.create`, the marker that requests a session's project: written into memory, its JSON
+checked and accepted (or refused) at close, listed while it is written or the project exists."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..engine.records import P_CREATED, P_READY, P_WAITING, SessionRecord
+from ..errors import AccessDenied, FileTooBig, InvalidArgument, NotFound
+from .handles import HandleTable
+from .names import CREATE_MARKER
+
+# .create holds a JSON object of project fields: anything bigger is not one.
+MAX_CREATE_BYTES = 64 * 1024
+
+
+@dataclass(eq=False)
+class MarkerHandle:
+    """An open `.create`: written into memory, acted on at close (flush)."""
+    session: SessionRecord
+    writable: bool
+    data: bytearray = field(default_factory=bytearray)
+    dirty: bool = False
+    # A write failed: the marker is not whole, so close() must not accept it.
+    broken: bool = False
+
+    @property
+    def content(self) -> bytes:
+        return bytes(self.data)
+
+
+def marker_text(session: SessionRecord) -> bytes:
+    """What `.create` reads: the project's fields as accepted."""
+    project = session.project
+    if project is None:
+        return b""
+    return (json.dumps(project.options) + "\n").encode() if project.options else b""
+
+
+def project_options(data: bytes) -> dict:
+    """The project fields a written `.create` holds; InvalidArgument when it holds none."""
+    text = data.strip(b"\0 \t\r\n")
+    if text:
+        try:
+            options = json.loads(text.decode("utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"invalid JSON at line {exc.lineno} column {exc.colno}") from None
+        except UnicodeDecodeError:
+            raise InvalidArgument(".create is not UTF-8 text") from None
+        except (ValueError, RecursionError):
+            raise InvalidArgument("invalid JSON: nested too deep") from None
+        if not isinstance(options, dict):
+            raise InvalidArgument(".create must be empty or a JSON object")
+    else:
+        options = {}
+    options.pop("upload_id", None)  # the mount names the session itself
+    if "privacy_mode" in options and options["privacy_mode"] not in (0, 1, 2):
+        raise InvalidArgument("privacy_mode must be 0, 1 or 2")
+    return options
+
+
+def project_created(session: SessionRecord) -> bool:
+    project = session.project
+    return session.sealed or (project is not None and project.state in (P_CREATED, P_READY))
+
+
+class Markers:
+    """The sessions' `.create` files, over the engine's project requests."""
+
+    def __init__(self, engine, handles: HandleTable):
+        self.engine = engine
+        self.handles = handles
+        # Sessions with a .create being written but not yet accepted: it must be listed meanwhile.
+        self._open_for_writing: dict[int, int] = {}
+
+    def listed(self, session: SessionRecord) -> bool:
+        project = session.project
+        return (project is not None and not project.marker_hidden) \
+            or self._open_for_writing.get(session.id, 0) > 0
+
+    def mode(self, session: SessionRecord) -> int:
+        return 0o444 if session.sealed else 0o644
+
+    def open_locked(self, session: SessionRecord, writable: bool, truncate: bool) -> int:
+        if writable and project_created(session):
+            raise AccessDenied("the project is created: .create is read-only")
+        handle = MarkerHandle(session, writable)
+        if not truncate:
+            handle.data.extend(marker_text(session))
+        if writable:
+            self._open_for_writing[session.id] = self._open_for_writing.get(session.id, 0) + 1
+            if truncate:
+                handle.dirty = True  # an empty .create is a valid request too
+        return self.handles.add(handle)
+
+    def write(self, handle: MarkerHandle, data: bytes, offset: int) -> int:
+        if not handle.writable:
+            raise AccessDenied(".create is read-only")
+        end = offset + len(data)
+        if end > MAX_CREATE_BYTES:
+            handle.broken = True
+            raise FileTooBig(f".create holds a JSON object of at most {MAX_CREATE_BYTES} bytes")
+        if len(handle.data) < end:
+            handle.data.extend(b"\0" * (end - len(handle.data)))
+        handle.data[offset:end] = data
+        handle.dirty = True
+        return len(data)
+
+    @staticmethod
+    def truncate(handle: MarkerHandle, length: int) -> None:
+        del handle.data[length:]
+        handle.dirty = True
+
+    @staticmethod
+    def check_truncate_by_path(session: SessionRecord) -> None:
+        """`> .create` truncates by path before opening: the open handle does the work."""
+        if session.sealed:
+            raise AccessDenied(".create is read-only once the project exists")
+
+    def flush(self, handle: MarkerHandle) -> None:
+        """close(): a written .create is accepted here, so an invalid one fails the close
+        (and its reason shows in status until a valid one is written)."""
+        try:
+            if handle.broken:
+                raise InvalidArgument(".create was not written whole: not accepted")
+            if handle.dirty:
+                self._accept(handle)
+        except InvalidArgument as exc:
+            with self.engine.lock:
+                handle.session.marker_refused = str(exc)
+            raise
+
+    def _accept(self, handle: MarkerHandle) -> None:
+        options = project_options(bytes(handle.data))
+        with self.engine.lock:
+            session = handle.session
+            if self.engine.sessions.get(session.name) is not session:
+                raise NotFound("the session was removed")
+            if project_created(session):
+                raise AccessDenied("the project is created already")
+            self.engine.request_project_locked(session, options)
+            session.marker_refused = ""
+            handle.dirty = False
+
+    def release(self, handle: MarkerHandle) -> None:
+        if not handle.writable:
+            return
+        with self.engine.lock:
+            count = self._open_for_writing.get(handle.session.id, 1) - 1
+            if count > 0:
+                self._open_for_writing[handle.session.id] = count
+            else:
+                self._open_for_writing.pop(handle.session.id, None)
+
+    def unlink_locked(self, session: SessionRecord) -> None:
+        if not self.listed(session):
+            raise NotFound(CREATE_MARKER)
+        project = session.project
+        if project is None:
+            return
+        if project.state in (P_WAITING, "failed"):
+            self.engine.cancel_project_locked(session)
+            return
+        # The project exists and stays; the marker just leaves the listing so rm -r works.
+        self.engine.hide_marker_locked(session)

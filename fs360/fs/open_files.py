@@ -1,0 +1,238 @@
+"""A session's files while open: opening, reading, writing, truncating, allocating and
+closing them through their spool copy (or, for a file the server holds, a content check)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+
+from ..engine.records import FileRecord
+from ..errors import (AccessDenied, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
+                      QuotaWouldPass)
+from .content_check import ContentCheck, held_with_known_content
+from .exits import WriterExits
+from .handles import FileHandle, HandleTable
+from .markers import Markers
+from .rules import check_growth, check_mutable_locked
+from .tree import FILE, MARKER, MISSING, ROOT_STATUS_FILE, STATUS, SessionTree, is_listed_locked
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+
+def opens_for_writing(flags: int) -> bool:
+    return bool(flags & WRITE_FLAGS) or bool(flags & os.O_TRUNC)
+
+
+@contextlib.contextmanager
+def spool_limits():
+    """The spool's own limits reach the writer as what they are, not as an internal error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpace("the spool disk is full") from None
+        if exc.errno == errno.EFBIG:
+            raise FileTooBig("larger than the spool's disk takes") from None
+        raise
+
+
+@contextlib.contextmanager
+def failures_marked(handle: FileHandle):
+    """A write, truncate or fallocate that fails leaves the file short of what the writer
+    meant: its handle is marked, and its close makes the file `interrupted`."""
+    try:
+        yield
+    except (NoSpace, FileTooBig, QuotaWouldPass, OSError) as exc:
+        code = getattr(exc, "errno", None) or errno.EIO
+        handle.failure = (f"a write failed ({errno.errorcode.get(code, code)}: "
+                          f"{getattr(exc, 'strerror', None) or exc}); copy it again")
+        raise
+
+
+class OpenFiles:
+    def __init__(self, engine, tree: SessionTree, markers: Markers, handles: HandleTable, exits: WriterExits):
+        self.engine = engine
+        self.tree = tree
+        self.markers = markers
+        self.handles = handles
+        self.exits = exits
+
+    def open_locked(self, record: FileRecord, flags: int) -> int:
+        writing = opens_for_writing(flags)
+        truncate = bool(flags & os.O_TRUNC)
+        if writing and held_with_known_content(record):
+            return self._open_check_locked(record, truncate, bool(flags & os.O_APPEND))
+        if writing:
+            check_mutable_locked(self.engine, record)
+        elif record.evicted or not self.engine.spool.exists(record.id):
+            raise AccessDenied("only the server holds this file's data now")
+        try:
+            fd = os.open(self.engine.spool.path(record.id), os.O_RDWR if writing else os.O_RDONLY)
+        except FileNotFoundError:
+            raise AccessDenied("only the server holds this file's data now") from None
+        if writing:
+            if truncate and record.size:
+                os.ftruncate(fd, 0)
+            self.engine.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
+        return self.handles.add(FileHandle(record, fd, writing, bool(flags & os.O_APPEND)))
+
+    def _open_check_locked(self, record: FileRecord, truncate: bool, append: bool) -> int:
+        """A file the server holds, opened for writing: the handle only compares what is written
+        (against the spool copy while it exists, and by sha256 at close)."""
+        fd = -1
+        if not record.evicted:
+            try:
+                fd = os.open(self.engine.spool.path(record.id), os.O_RDONLY)
+            except FileNotFoundError:
+                pass
+        check = ContentCheck(record.size, record.sha256, rewriting=truncate)
+        return self.handles.add(FileHandle(record, fd, writable=True, append=append, check=check))
+
+    # --- reading and writing --------------------------------------------------------------------
+
+    @staticmethod
+    def read(handle: FileHandle, size: int, offset: int) -> bytes:
+        if handle.fd < 0:
+            raise AccessDenied("only the server holds this file's data now")
+        return os.pread(handle.fd, size, offset)
+
+    def write(self, handle: FileHandle, data: bytes, offset: int) -> int:
+        if not handle.writable:
+            raise AccessDenied("not open for writing")
+        if handle.check is not None:
+            if not handle.check.compare_write(handle.fd, data, handle.check.size if handle.append else offset):
+                self._refuse_change(handle)
+            return len(data)
+        record = handle.record
+        if handle.append:
+            offset = record.size
+        with failures_marked(handle):
+            end = offset + len(data)
+            if end > record.size:
+                check_growth(self.engine, record, end)
+            written = self._pwrite(handle.fd, data, offset)
+        with self.engine.lock:
+            self.engine.wrote_locked(record, offset, data[:written])
+        return written
+
+    def _refuse_change(self, handle: FileHandle) -> None:
+        """The rewrite of a file the server holds differs: refused, with the reason kept."""
+        handle.check.differs = True
+        with self.engine.lock:
+            raise AccessDenied(self.engine.refuse_change_locked(handle.record))
+
+    def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        try:
+            with spool_limits():
+                return os.pwrite(fd, data, offset)
+        except NoSpace:
+            # The disk is full: drop uploaded data we still keep, then try once more.
+            if self.engine.evict_if_needed() <= 0:
+                raise
+        with spool_limits():
+            return os.pwrite(fd, data, offset)
+
+    def truncate(self, path: str | None, length: int, handle: FileHandle | None) -> None:
+        """By open handle when there is one, else by path."""
+        if handle is not None and handle.check is not None:
+            if not handle.check.compare_truncate(length):
+                self._refuse_change(handle)
+            return
+        with self.engine.lock:
+            if handle is not None:
+                record = handle.record
+            else:
+                record = self._file_to_truncate_locked(path)
+                if record is None:
+                    return
+            if length == record.size:
+                return
+            check_mutable_locked(self.engine, record)
+        if handle is not None:
+            # Through the handle: it works on a file unlinked while open too (its spool file is gone).
+            with failures_marked(handle):
+                self._truncate_spool(record, length, lambda: os.ftruncate(handle.fd, length))
+        else:
+            self._truncate_spool(record, length, lambda: os.truncate(self.engine.spool.path(record.id), length))
+        with self.engine.lock:
+            self.engine.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
+
+    def _file_to_truncate_locked(self, path: str) -> FileRecord | None:
+        """The record a truncate by path changes (None: nothing to do)."""
+        node = self.tree.resolve_locked(path)
+        if node.kind in (STATUS, ROOT_STATUS_FILE):
+            raise AccessDenied("status files are read-only")
+        if node.kind == MARKER:
+            self.markers.check_truncate_by_path(node.session)
+            return None
+        if node.kind == FILE:
+            return node.record
+        if node.kind == MISSING:
+            raise NotFound(path)
+        raise IsADirectory(path)
+
+    def _truncate_spool(self, record: FileRecord, length: int, truncate) -> None:
+        if length > record.size:
+            check_growth(self.engine, record, length)
+        with spool_limits():
+            truncate()
+
+    def fallocate(self, handle, mode: int, offset: int, length: int) -> None:
+        if not isinstance(handle, FileHandle) or not handle.writable or handle.check is not None:
+            raise AccessDenied("not open for writing")
+        if mode != 0:
+            raise NotSupported("only plain fallocate is supported")
+        end = offset + length
+        with failures_marked(handle):
+            if end > handle.record.size:
+                check_growth(self.engine, handle.record, end)
+            with spool_limits():
+                os.posix_fallocate(handle.fd, offset, length)
+        with self.engine.lock:
+            self.engine.allocated_locked(handle.record, end)
+
+    @staticmethod
+    def fsync(handle: FileHandle, datasync: bool) -> None:
+        if handle.fd >= 0:
+            (os.fdatasync if datasync else os.fsync)(handle.fd)
+
+    # --- closing ----------------------------------------------------------------------------------
+
+    def flush(self, handle: FileHandle, pid: int | None) -> None:
+        """close() by process `pid`: a file closed by a dying writer is remembered as unfinished;
+        a rewrite of a file the server holds that differs fails the close."""
+        if not handle.writable:
+            return
+        reason = self.exits.closed(pid, handle.record, may_die_after=handle.check is None)
+        if reason:
+            handle.writer_died = handle.writer_died or reason
+        if handle.check is not None and not handle.writer_died and not handle.check.matches():
+            self._refuse_change(handle)
+
+    def release(self, handle: FileHandle) -> None:
+        try:
+            if handle.fd >= 0:
+                os.close(handle.fd)
+        finally:
+            if handle.check is not None:
+                self._release_check(handle)
+            elif handle.writable:
+                self._release_writer(handle)
+
+    def _release_writer(self, handle: FileHandle) -> None:
+        record = handle.record
+        unfinished = handle.failure or handle.writer_died
+        if not unfinished and record.open_writers == 1 and not record.local_only:
+            # The last writer: a file not written front to back is hashed here, without the lock.
+            self.engine.content_sha256(record)
+        with self.engine.lock:
+            self.engine.close_writer_locked(record, record.size, unfinished)
+
+    def _release_check(self, handle: FileHandle) -> None:
+        """The end of a rewrite of a file the server holds: identical, it takes the new mtime."""
+        if handle.check.rewriting and handle.check.matches() and not handle.writer_died:
+            with self.engine.lock:
+                if is_listed_locked(self.engine, handle.record):
+                    self.engine.keep_identical_locked(handle.record, mtime_ns=time.time_ns())

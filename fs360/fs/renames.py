@@ -1,0 +1,131 @@
+"""rename(2): of sessions, folders within their session, and files (between sessions too),
+including libfuse's hiding of a file unlinked while open and a re-copy renamed onto its original."""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import AccessDenied, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, NotPermitted
+from .content_check import held_with_known_content, is_identical_copy
+from .markers import Markers
+from .names import check_file_name, check_session_name
+from .rules import check_mutable_locked, check_not_sealed, check_tree_open_locked, check_uploadable_name_locked
+from .tree import DIR, FILE, MARKER, MISSING, ROOT, ROOT_STATUS_FILE, SESSION, STATUS, Node, SessionTree
+
+# libfuse renames a file unlinked while open to this prefix and unlinks it at its last release.
+HIDDEN_PREFIX = ".fuse_hidden"
+
+
+class Renames:
+    def __init__(self, engine, tree: SessionTree, markers: Markers):
+        self.engine = engine
+        self.tree = tree
+        self.markers = markers
+
+    def rename(self, old: str, new: str) -> None:
+        with self.engine.lock:
+            src, dst = self.tree.resolve_locked(old), self.tree.resolve_locked(new)
+            if src.kind in (ROOT_STATUS_FILE, STATUS, MARKER) and dst.basename.startswith(HIDDEN_PREFIX) \
+                    and dst.session is src.session:
+                # libfuse hides an open file it is asked to unlink: for these, the unlink is now.
+                if src.kind == MARKER:
+                    self.markers.unlink_locked(src.session)
+                return
+            if src.kind == SESSION:
+                self._rename_session_locked(src, dst)
+            elif src.kind == DIR:
+                self._rename_folder_locked(src, dst)
+            elif src.kind == FILE:
+                self._rename_file_locked(src, dst)
+            elif src.kind == MISSING:
+                raise NotFound(old)
+            else:
+                raise NotPermitted(f"{src.name or 'the mount'} cannot be renamed")
+
+    def _rename_file_locked(self, src: Node, dst: Node) -> None:
+        record, session = src.record, src.session
+        if dst.session is None or dst.kind in (ROOT, ROOT_STATUS_FILE, SESSION):
+            raise NotPermitted("files live inside session folders only")
+        if dst.kind in (STATUS, MARKER):
+            raise NotPermitted(f"{dst.name} is reserved")
+        if dst.kind == DIR:
+            raise IsADirectory(dst.name)
+        target, name = dst.session, dst.name
+        check_file_name(dst.basename)
+        if record is target.files.get(name):
+            return
+        if target is session and dst.basename.startswith(HIDDEN_PREFIX):
+            self._hide_locked(src, dst)
+            return
+        replaced = target.files.get(name)
+        if replaced is not None and record.local_only and held_with_known_content(replaced):
+            self._replace_held_locked(src, dst)
+            return
+        if not record.local_only or session is not target:
+            check_mutable_locked(self.engine, record)
+        check_not_sealed(target)
+        check_tree_open_locked(target, dst.parent)
+        if replaced is not None:
+            # An open writer of the replaced file keeps its handle, on a record no longer listed.
+            check_mutable_locked(self.engine, replaced)
+        local_only = self.tree.local_only(name)
+        if not local_only:
+            check_uploadable_name_locked(self.engine, target, name)
+        self.engine.rename_file_locked(record, target, name, local_only)
+        record.ctime_ns = time.time_ns()
+        self.tree.touch_parent_locked(src, dst)
+
+    def _rename_folder_locked(self, src: Node, dst: Node) -> None:
+        """A folder moves, with everything in it, within its session."""
+        session = src.session
+        if dst.session is not session:
+            raise NotPermitted("folders stay in their session")
+        if dst.kind == DIR and dst.name != src.name:
+            if not self.tree.is_empty_locked(session, dst.name):
+                raise NotEmpty(dst.name)
+            self.tree.remove_folder_locked(session, dst.name)
+        elif dst.kind != MISSING:
+            raise NotADirectory(dst.name) if dst.kind == FILE else NotPermitted(f"{dst.name} is reserved")
+        if (dst.name + "/").startswith(src.name + "/"):
+            raise InvalidArgument("a folder cannot move into itself")
+        check_file_name(dst.basename)
+        check_tree_open_locked(session, src.name)
+        check_tree_open_locked(session, dst.name)
+        self.tree.move_folder_locked(session, src.name, dst.name)
+        self.tree.touch_parent_locked(src, dst)
+
+    def _hide_locked(self, src: Node, dst: Node) -> None:
+        """libfuse renames a file unlinked while open to `.fuse_hidden…` and unlinks that name at
+        the last release: for fs360 the unlink happens now (the server-held or not rules of
+        `unlink`), and the open handles keep working on their spool file, reachable by that name."""
+        self.engine.remove_file_locked(src.record)
+        src.record.ctime_ns = time.time_ns()
+        self.tree.hide_locked(src.session, dst.name, src.record)
+        self.tree.touch_parent_locked(src)
+
+    def _replace_held_locked(self, src: Node, dst: Node) -> None:
+        """A local scratch file (rsync's `.name.XXXXXX`) renamed onto a name the server holds:
+        a re-run of the same copy is accepted (the copy is dropped), anything else refused."""
+        copy, held = src.record, dst.record
+        # The copy may still be open: GIO renames its `.goutputstream-*` before closing it.
+        if not is_identical_copy(self.engine, copy, held):
+            raise AccessDenied(self.engine.refuse_change_locked(held))
+        self.engine.keep_identical_locked(held, copy=copy)
+        self.tree.touch_parent_locked(src, dst)
+
+    def _rename_session_locked(self, src: Node, dst: Node) -> None:
+        session = src.session
+        # The target is a name at the root: free, or an existing session (replaced if empty).
+        if dst.kind == ROOT or (dst.session is not None and dst.kind != SESSION):
+            raise NotPermitted("sessions live at the root only")
+        name = dst.name
+        check_session_name(name)
+        if name == session.name:
+            return
+        if dst.kind == ROOT_STATUS_FILE:
+            raise NotPermitted("status is reserved")
+        other = self.engine.sessions.get(name)
+        if other is not None:
+            # NotEmpty unless it is empty (POSIX)
+            self.tree.discard_session_locked(other, self.markers.listed(other))
+        self.engine.rename_session_locked(session, name)

@@ -1,0 +1,63 @@
+"""Whether a file may change: sealed sessions, a tree planned as one archive, bytes the
+server holds, and the server's caps and extensions. Each check raises the refusal."""
+
+from __future__ import annotations
+
+from ..engine.archive_plan import ARCHIVE_EXTENSIONS
+from ..engine.records import FileRecord, SessionRecord, in_scratch_folder
+from ..errors import AccessDenied, FileTooBig, NotPermitted, QuotaWouldPass
+from .names import extension_of
+
+
+def check_not_sealed(session: SessionRecord) -> None:
+    if session.sealed:
+        raise AccessDenied("the project is created: the session is sealed")
+
+
+def check_tree_open_locked(session: SessionRecord, folder: str) -> None:
+    """Refuses a change in `folder` (a path inside the session, "" for its top level) when it
+    is part of the tree and .create was accepted: the tree is planned as one archive then."""
+    if not folder or in_scratch_folder(folder) or not session.tree_frozen:
+        return
+    if session.archive is not None:
+        raise AccessDenied(f"the tree goes up as {session.archive.server_name}, planned when .create was "
+                           f"accepted: it cannot change now")
+    raise AccessDenied("the project is requested: the tree can change only before .create")
+
+
+def check_mutable_locked(engine, record: FileRecord) -> None:
+    if record.local_only:
+        return
+    session = engine.session_of(record)
+    check_not_sealed(session)
+    if record.in_tree:
+        check_tree_open_locked(session, record.name.rpartition("/")[0])
+    if record.may_be_on_server:
+        raise AccessDenied(f"the server holds bytes of {record.name!r}: it cannot be changed")
+
+
+def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> None:
+    if any(f.name == name for f in session.unlinked):
+        raise AccessDenied(f"the server holds a deleted file named {name!r}: the name cannot be used again")
+    ext = extension_of(name)
+    if session.archive is not None and "/" not in name and ext in ARCHIVE_EXTENSIONS:
+        raise NotPermitted(f"this folder's tree goes up as {session.archive.server_name}; "
+                           f"the server takes one archive per session")
+    caps = engine.caps
+    if ext in caps.refused_extensions or (caps.allowed_extensions and ext not in caps.allowed_extensions):
+        raise NotPermitted(f"the server refuses the extension {ext!r}")
+
+
+def check_growth(engine, record: FileRecord, new_size: int) -> None:
+    """Takes engine.lock itself (only for the session cap)."""
+    if record.local_only:
+        return
+    caps = engine.caps
+    if caps.file_cap and new_size > caps.file_cap:
+        raise FileTooBig(f"the server takes files up to {caps.file_cap} bytes")
+    if caps.session_cap:
+        with engine.lock:
+            session = engine.session_of(record)
+            total = sum(f.size for f in session.files.values() if not f.local_only and f is not record)
+        if total + new_size > caps.session_cap:
+            raise QuotaWouldPass(f"the session would pass the server's cap of {caps.session_cap} bytes")
