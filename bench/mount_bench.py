@@ -125,17 +125,24 @@ class Daemon:
     def memory_with_workers(self) -> tuple[int, int]:
         """(RSS, PSS) of the daemon and its worker processes now, each summed. The RSS sum counts
         the pages they share (the interpreter, libraries) once per process; PSS splits them."""
-        rss = pss = 0
+        each = self.memory_by_process()
+        return sum(rss for rss, _ in each), sum(pss for _, pss in each)
+
+    def memory_by_process(self) -> list[tuple[int, int]]:
+        """(RSS, PSS) of the daemon, then of each of its worker processes, now."""
+        each = []
         for pid in self.processes():
             try:
-                rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+                rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+                pss = 0
                 for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                     if line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
+                        pss = int(line.split()[1]) * 1024
                         break
             except OSError:
-                pass  # a worker that just ended
-        return rss, pss
+                continue  # a worker that just ended
+            each.append((rss, pss))
+        return each
 
     def upload_id(self, session: str) -> str:
         import json
@@ -154,13 +161,18 @@ class RssSampler:
         self.interval = interval
         self.peak = 0  # RSS
         self.peak_pss = 0
+        self.workload = ""  # set by the caller: which workload runs now
+        self.at_peak: tuple[str, list[tuple[int, int]]] = ("", [])  # the workload and each process at the RSS peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                rss, pss = self.daemon.memory_with_workers()
+                each = self.daemon.memory_by_process()
+                rss, pss = sum(r for r, _ in each), sum(p for _, p in each)
+                if rss > self.peak:
+                    self.at_peak = (self.workload, each)
                 self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             except OSError:
                 pass  # the daemon is going away
@@ -277,13 +289,14 @@ def main(argv: list[str]) -> int:
     status_samples: list[float] = []
     ls_times = None
     peak_rss = 0
-    peak_with_workers = (0, 0)
+    peak_with_workers = (0, 0, ("", []))
     try:
         with EmulatorProcess(work / "emulator", args=EMULATOR_ARGS) as emulator:
             daemon = Daemon(work, emulator)
             try:
                 with RssSampler(daemon) as rss:
                     for workload in chosen:
+                        rss.workload = workload
                         if workload == "ls":
                             ls_times = run_ls(sizes["ls"], daemon, emulator)
                             print(f"  ls -l of {sizes['ls']} files: cold {ls_times[0]:.3f} s, "
@@ -294,7 +307,7 @@ def main(argv: list[str]) -> int:
                             workload, count, size, emulator, daemon, work, use_rsync=(workload == "rsync"),
                             status_samples=status_samples if workload in ("eight", "big") else None))
                 peak_rss = daemon.peak_rss()
-                peak_with_workers = (rss.peak, rss.peak_pss)
+                peak_with_workers = (rss.peak, rss.peak_pss, rss.at_peak)
             finally:
                 daemon.close()
     finally:
@@ -352,10 +365,14 @@ def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_worker
     print_cpu_table(rows)
     print()
     print(f"- daemon peak RSS (VmHWM): {peak_rss / MiB:.1f} MiB")
-    peak_rss_sum, peak_pss_sum = peak_with_workers
+    peak_rss_sum, peak_pss_sum, (peak_workload, each) = peak_with_workers
     print(f"- daemon + upload worker processes, peak of the summed RSS (sampled every 0.25 s): "
           f"{peak_rss_sum / MiB:.1f} MiB (target < 200 MiB){' ok' if peak_rss_sum < 200 * MiB else ' MISSED'}; "
           f"summed PSS (shared pages split): {peak_pss_sum / MiB:.1f} MiB")
+    if each:
+        daemon, workers = each[0], each[1:]
+        print(f"  at the RSS peak ({peak_workload}): daemon {daemon[0] / MiB:.1f} MiB RSS / {daemon[1] / MiB:.1f} PSS; "
+              f"{len(workers)} workers: " + ", ".join(f"{r / MiB:.1f} / {p / MiB:.1f}" for r, p in workers))
     if ls_times:
         print(f"- ls -l of 10,000 files: {ls_times[0]:.3f} s cold, {ls_times[1]:.3f} s warm (target < 1 s)"
               f"{' ok' if ls_times[0] < 1 else ' MISSED'}")

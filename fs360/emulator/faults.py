@@ -7,6 +7,7 @@ Format (the same for ``--fault JSON`` and ``POST /_emulator/faults``)::
          "kind": "error_503",
          "probability": 0.1,            # default 1.0
          "count": 3,                    # optional: fires at most this many times
+         "every": 2,                    # optional: only every 2nd request the rule matches may fire
          "seconds": 2.0,                # latency / trickle duration (default 1.0)
          "retry_after": 2,              # rate_limit_burst / retry_after_date: seconds (default 1;
                                         #   retry_after_huge: 86400)
@@ -19,6 +20,12 @@ Format (the same for ``--fault JSON`` and ``POST /_emulator/faults``)::
     ]}
 
 A bare list of rules is accepted too (seed 1).
+
+``every: n`` makes a rule deterministic in time: of the requests it matches
+(endpoint and kind), only the n-th, 2n-th, ... are considered (then
+``probability`` and ``count`` apply as usual); the others pass it by without
+rolling its die, e.g. a ``rollback_received`` with ``every: 2`` loses bytes
+before every second PUT, so a client sees progress and loss alternate.
 
 Rules are evaluated in order for every API request (never for ``/_emulator``).
 ``latency``, ``trickle``, ``rollback_received`` and ``extra_fields`` are
@@ -117,8 +124,8 @@ TERMINAL_KINDS = (
 KINDS = MODIFIER_KINDS + TERMINAL_KINDS
 FILE_ONLY_KINDS = ("received_gt_total", "rollback_received")
 HTML_STATUSES = (413, 500, 502, 503, 504)
-RULE_FIELDS = {"endpoint", "kind", "probability", "count", "seconds", "retry_after", "burst", "status", "duration",
-               "size", "location", "fraction"}
+RULE_FIELDS = {"endpoint", "kind", "probability", "count", "every", "seconds", "retry_after", "burst", "status",
+               "duration", "size", "location", "fraction"}
 
 
 class FaultSpecError(ValueError):
@@ -196,6 +203,8 @@ def parse_spec(spec) -> dict:
             "retry_after": _num(r, "retry_after", 86400 if kind == "retry_after_huge" else 1, int, 1, 86400),
             "burst": _num(r, "burst", 1, int, 1, 1_000_000),
         }
+        if "every" in r:  # only when given: the rules without it read back exactly as before
+            rule["every"] = _num(r, "every", 1, int, 1, 1_000_000)
         # Fields of the newer kinds appear in a rule only when it is of that kind, so
         # the rules of the older kinds read back exactly as before.
         if kind == "html_error":
@@ -229,6 +238,7 @@ class FaultSet:
         self.spec = parse_spec(spec)
         self.rng = random.Random(self.spec["seed"])
         self.fired = [0] * len(self.spec["rules"])
+        self.matched = [0] * len(self.spec["rules"])  # for `every`
         self.bursts: dict[str, list] = {}
         self.lock = threading.Lock()
 
@@ -257,6 +267,10 @@ class FaultSet:
                     continue
                 if r["count"] is not None and self.fired[i] >= r["count"]:
                     continue
+                if "every" in r:
+                    self.matched[i] += 1
+                    if self.matched[i] % r["every"]:
+                        continue
                 if self.rng.random() >= r["probability"]:
                     continue
                 self.fired[i] += 1

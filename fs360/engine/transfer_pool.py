@@ -40,14 +40,17 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 
 from ..api.client import ApiClient, FileProgress
 from ..config import Settings
 from ..errors import Cancelled, Fs360Error, TransportError
-from .archive import ArchiveMember, ArchiveReader, ArchiveSourceChanged
 from .uploader import read_exactly, send_file
+
+if TYPE_CHECKING:
+    from .archive import ArchiveMember
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ def job_reader(job: TransferJob, spool_fd: int | None):
     if job.archive is None:
         yield functools.partial(read_exactly, spool_fd)
         return
+    # Here, not at the top: stream_zip and zipfile would cost every worker process a few MiB.
+    from .archive import ArchiveReader, ArchiveSourceChanged
     with ArchiveReader(job.archive, force_zip64=job.zip64) as reader:
         if reader.size != job.size:
             raise ArchiveSourceChanged(f"the tree makes {reader.size} bytes now, not the {job.size} planned")
@@ -139,8 +144,8 @@ class TransferProcesses:
         # Nothing of the daemon's environment that could matter, and never the key.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FS360_", "API_KEY", "NOTIFY_SOCKET"))}
         try:
-            process = subprocess.Popen([sys.executable, "-m", "fs360.engine.upload_worker", str(child_end.fileno())],
-                                       pass_fds=(child_end.fileno(),), env=env, stdin=subprocess.DEVNULL,
+            command = [sys.executable, "-I", "-S", _WORKER_SCRIPT, str(child_end.fileno()), *_worker_import_path()]
+            process = subprocess.Popen(command, pass_fds=(child_end.fileno(),), env=env, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, start_new_session=True)
         finally:
             child_end.close()
@@ -154,6 +159,17 @@ class TransferProcesses:
             return
         self._all.discard(worker)
         worker.kill()
+
+
+# The slim entry (see upload_worker.py): a script, so that fs360/engine/__init__.py is not run.
+_WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "upload_worker.py")
+
+
+def _worker_import_path() -> list[str]:
+    """The daemon's import path for a worker started with -I -S: first the root holding this fs360
+    package (so the worker runs the daemon's code), then the rest (site-packages: requests ...)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(_WORKER_SCRIPT)))
+    return [root, *(p for p in sys.path if p and os.path.abspath(p) != root)]
 
 
 class _WorkerLost(Exception):
@@ -285,7 +301,8 @@ def _serve_jobs(conn: Connection) -> None:
         job: TransferJob = conn.recv()
         spool = None if job.archive is not None else recv_handle(conn)
         if buffer is None or len(buffer) < job.chunk_size:
-            buffer = mmap.mmap(-1, max(job.chunk_size, mmap.PAGESIZE))
+            # Private: MADV_DONTNEED below really gives its pages back (a shared one keeps them).
+            buffer = mmap.mmap(-1, max(job.chunk_size, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             result = run_job(client, job, spool, buffer,
                              on_progress=lambda received: conn.send(("progress", received)),
@@ -298,6 +315,9 @@ def _serve_jobs(conn: Connection) -> None:
         finally:
             if spool is not None:
                 os.close(spool)
+            # An idle worker holds no chunk: after a big file, a chunk_size of resident pages
+            # per worker would stay for every small file that follows.
+            buffer.madvise(mmap.MADV_DONTNEED)
         conn.send(("done", result))
 
 

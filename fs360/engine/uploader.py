@@ -15,6 +15,15 @@ from ..errors import Cancelled, MalformedResponse, NonContiguousChunk, ServerHol
 
 # A server that answers without moving forward this many times running is broken.
 MAX_STALLS = 5
+# One attempt's PUTs, beyond twice the file's chunks: a server that loses bytes now and then
+# moves forward in between (no stall), and without a budget could keep an attempt going forever.
+PUT_BUDGET_MARGIN = MAX_STALLS
+
+
+def put_budget(size: int, chunk_size: int) -> int:
+    """The PUTs one attempt may send: every chunk of the file twice over (a rollback to 0 of
+    the whole file on the way included), plus a margin."""
+    return 2 * -(-size // chunk_size) + PUT_BUDGET_MARGIN
 
 
 def read_exactly(fd: int, view: memoryview, offset: int) -> None:
@@ -43,13 +52,19 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
             raise MalformedResponse(f"{name}: a whole-file PUT left the file incomplete")
         return progress
 
-    offset, stalls = start, 0
+    offset, stalls, puts, budget = start, 0, 0, put_budget(size, chunk_size)
     progress = FileProgress(start, size, start == size)
     while offset < size:
+        if puts >= budget:
+            # Retryable: the next attempt starts from what the server says it holds then.
+            raise MalformedResponse(
+                f"{name}: {puts} PUTs in one attempt and the server still holds only {offset} of {size} bytes "
+                f"(it keeps losing what it took); trying again later")
         if should_stop():
             raise Cancelled()
         n = min(chunk_size, size - offset)
         read_exactly(view[:n], offset)
+        puts += 1
         try:
             progress = client.put(upload_id, name, view[:n], offset, size)
         except NonContiguousChunk as exc:
@@ -61,7 +76,8 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
             new_offset = progress.received
         stalls = stalls + 1 if new_offset <= offset else 0
         if stalls >= MAX_STALLS:
-            raise MalformedResponse(f"{name}: the server does not move past byte {offset}")
+            raise MalformedResponse(f"{name}: {stalls} answers running did not move past byte {offset} "
+                                    f"of {size}; trying again later")
         offset = new_offset
         on_progress(offset)
     if not progress.complete:

@@ -1,13 +1,18 @@
-"""Engine branches that the flows elsewhere do not reach: a 409 resync, a session lost after the
-spool dropped a file, a refused or link-only project, and which spool copies go first."""
+"""Engine branches that the flows elsewhere do not reach: a 409 resync, a server that keeps
+losing bytes (the stall limit, the PUT budget), a name the server holds for another file, a
+session lost after the spool dropped a file, a refused or link-only project, and which spool
+copies go first."""
 
 from __future__ import annotations
 
 import os
 
+from fs360.api.client import ApiClient
 from fs360.engine.engine import Engine
-from fs360.engine.records import COMPLETE, LOST, P_FAILED, P_READY
-from tests.harness import assert_uploaded, make_sources, request_count, wait_until
+from fs360.engine.records import COMPLETE, FAILED, LOST, P_FAILED, P_READY, REJECTED
+from fs360.engine.uploader import MAX_STALLS, put_budget
+from fs360.errors import MalformedResponse
+from tests.harness import assert_uploaded, make_sources, request_count, sha256_of, wait_until
 from tests.integration.engine_runner import queue_files
 
 KiB = 1024
@@ -30,6 +35,134 @@ def test_a_server_that_loses_bytes_is_resynced_by_its_409(emulator, settings_for
         engine.stop()
     assert request_count(emulator, "PUT put_file 409") >= 1
     assert_uploaded(emulator, None, sources)
+
+
+def failures_of(engine: Engine) -> list:
+    """The errors of the engine's failed attempts (each then retried), as they come."""
+    failures = []
+    engine.listeners.add(lambda event, **details: failures.append(details["error"])
+                         if event == "file_failed" else None)
+    return failures
+
+
+def test_a_server_that_only_loses_bytes_ends_the_attempt_at_the_stall_limit(emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    sources = make_sources(src, {"scan.e57": 8 * CHUNK + 7})
+    # Before each of the first PUTs the server halves what it holds: after the first chunk every
+    # answer is a 409 further back, never forward. The sixth rollback ends the first attempt at
+    # the stall limit (the first PUT's, on a file not there yet, changes nothing); then none.
+    emulator.set_faults([{"endpoint": "put_file", "kind": "rollback_received", "fraction": 0.5,
+                          "count": MAX_STALLS + 1}])
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK))
+    failures = failures_of(engine)
+    engine.start()
+    try:
+        queue_files(engine, "s", {"scan.e57": src / "scan.e57"})
+        assert engine.wait_idle(timeout=60, poll=0.05)
+        assert engine.counts() == {COMPLETE: 1}
+    finally:
+        engine.stop()
+    assert [type(f) for f in failures] == [MalformedResponse], failures
+    assert f"{MAX_STALLS} answers running did not move past byte" in str(failures[0])
+    assert request_count(emulator, "PUT put_file 409") == MAX_STALLS
+    assert_uploaded(emulator, None, sources)
+
+
+def test_a_server_that_alternately_loses_and_takes_bytes_ends_the_attempt_at_its_put_budget(
+        emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    size = 4 * CHUNK + 7
+    sources = make_sources(src, {"scan.e57": size})
+    budget = put_budget(size, CHUNK)
+    # Before every second PUT the server forgets everything: the odd PUTs move forward (so no
+    # stall is ever counted), the even ones get a 409 back to 0. Without a budget this attempt
+    # would never end; with it, the attempt ends after `budget` PUTs, the next one resumes
+    # from the server's `received` and the rollbacks have stopped by then.
+    rollbacks = budget // 2
+    emulator.set_faults([{"endpoint": "put_file", "kind": "rollback_received", "fraction": 0.0, "every": 2,
+                          "count": rollbacks}])
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK))
+    failures = failures_of(engine)
+    engine.start()
+    try:
+        queue_files(engine, "s", {"scan.e57": src / "scan.e57"})
+        assert engine.wait_idle(timeout=60, poll=0.05)
+        assert engine.counts() == {COMPLETE: 1}
+    finally:
+        engine.stop()
+    assert [type(f) for f in failures] == [MalformedResponse], failures
+    assert f"{budget} PUTs in one attempt" in str(failures[0]) and "keeps losing" in str(failures[0])
+    assert request_count(emulator, "PUT put_file 409") == rollbacks
+    assert_uploaded(emulator, None, sources)
+
+
+def put_other_file(emulator, settings_for, upload_id: str, name: str, path) -> dict:
+    """Another client's complete file under `name` in the same session; its server row."""
+    data = path.read_bytes()
+    ApiClient(settings_for(emulator)).put(upload_id, name, data, 0, len(data), whole=True)
+    (row,) = [f for f in emulator.files() if f["upload_id"] == upload_id and f["name"] == name]
+    return row
+
+
+def test_a_name_the_server_holds_for_another_file_refuses_ours_with_the_reason(emulator, settings_for,
+                                                                               tmp_path):
+    """send_file's check: the first PUT's answer (whole file, or first chunk) has another total."""
+    src, theirs = tmp_path / "src", tmp_path / "theirs"
+    sources = make_sources(src, {"first.jpg": 100, "a.jpg": 4000, "b.las": 3 * CHUNK + 1})
+    make_sources(theirs, {"a.jpg": 3000, "b.las": 5000})
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK)).start()
+    try:
+        session = queue_files(engine, "s", {"first.jpg": src / "first.jpg"})
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        upload_id = session.upload_id
+        others = {name: put_other_file(emulator, settings_for, upload_id, name, theirs / name)
+                  for name in ("a.jpg", "b.las")}
+        queue_files(engine, "s", {"a.jpg": src / "a.jpg", "b.las": src / "b.las"})
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert engine.counts() == {COMPLETE: 1, REJECTED: 2}
+        for name, size in (("a.jpg", 4000), ("b.las", 3 * CHUNK + 1)):
+            record = session.files[name]
+            assert record.state == REJECTED
+            assert (f"already holds a different file named {name!r} ({others[name]['total']} bytes, ours {size})"
+                    in record.last_error), record.last_error
+    finally:
+        engine.stop()
+    # Theirs untouched; ours refused, not merged into theirs under another name.
+    assert_uploaded(emulator, upload_id, {"first.jpg": sources["first.jpg"],
+                                          **{name: sha256_of(theirs / name) for name in others}})
+    assert all(f["overwritten_bytes"] == 0 for f in emulator.files())
+
+
+def test_a_resume_that_finds_another_file_under_the_name_refuses_ours(emulator, settings_for, tmp_path):
+    """_resume_offset's check: the file's first PUT failed; by its retry (here after a restart)
+    another client has put a file of another size under its name."""
+    src, theirs = tmp_path / "src", tmp_path / "theirs"
+    make_sources(src, {"a.jpg": 4000})
+    make_sources(theirs, {"a.jpg": 3000})
+    emulator.set_faults([{"endpoint": "put_file", "kind": "error_503", "count": 1}])
+    # A retry far off: the first engine only gets to the failure.
+    engine = Engine(settings_for(emulator, backoff_base=3600.0, backoff_cap=3600.0)).start()
+    try:
+        session = queue_files(engine, "s", {"a.jpg": src / "a.jpg"})
+        record = session.files["a.jpg"]
+        wait_until(lambda: record.state == FAILED, 30, what="the first PUT to fail")
+        upload_id = record.upload_id
+        assert upload_id and record.server_received == 0
+    finally:
+        engine.stop()
+    other = put_other_file(emulator, settings_for, upload_id, "a.jpg", theirs / "a.jpg")
+    engine = Engine(settings_for(emulator)).start()  # the journal's FAILED file is resynced at once
+    try:
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        record = engine.sessions["s"].files["a.jpg"]
+        assert record.state == REJECTED
+        assert "already holds a different file named 'a.jpg'" in record.last_error, record.last_error
+    finally:
+        engine.stop()
+    assert request_count(emulator, "PUT put_file 200") == 1  # theirs; ours never went there
+    assert_uploaded(emulator, upload_id, {"a.jpg": sha256_of(theirs / "a.jpg")})
+    (after,) = emulator.files()
+    assert after["total"] == other["total"] == 3000 and after["overwritten_bytes"] == 0
 
 
 def test_a_lost_session_after_the_spool_dropped_a_file_marks_it_lost(emulator, settings_for, tmp_path):

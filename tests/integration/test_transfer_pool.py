@@ -141,3 +141,23 @@ def _zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_worker_runs_the_daemons_code_without_the_engine(emulator, settings_for, pool_for, tmp_path):
+    """Four workers sit next to the daemon: each loads what a transfer needs (requests, ssl), not the
+    engine package (journal on sqlite3 ...), and imports fs360 from where the daemon did."""
+    import fs360
+
+    make_sources(tmp_path, {"a.jpg": 10})
+    pool, _ = pool_for(emulator)
+    send(pool, upload_id_of(emulator, settings_for), tmp_path / "a.jpg", "a.jpg")
+    (pid,) = pool.pids()
+    with open(f"/proc/{pid}/maps") as f:
+        libraries = {line.split()[-1].rsplit("/", 1)[-1] for line in f if "/" in line}
+    assert any(name.startswith("_ssl") for name in libraries)  # the check below sees extension modules
+    assert not any(name.startswith("_sqlite3") for name in libraries), sorted(libraries)
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().decode().split("\0")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fs360.__file__)))
+    assert argv[argv.index("-S") + 1] == os.path.join(root, "fs360", "engine", "upload_worker.py")
+    assert argv[argv.index("-S") + 3] == root  # first on its import path
