@@ -35,8 +35,15 @@ worker after releasing it), WAL checkpoints (on a connection of their own), the 
 sha256, rendering status files (the model renders from a snapshot).
 """
 
-from .engine import Engine
-from .projects import project_page
-from .records import FileRecord, ProjectRequest, SessionRecord
+# Loaded on first use: an upload worker process imports only transfer_pool and what it needs
+# (see upload_worker.py), never the journal, sqlite3 or the projects.
+_EXPORTS = {"Engine": ".engine", "FileRecord": ".records", "ProjectRequest": ".records",
+            "SessionRecord": ".records", "project_page": ".projects"}
+__all__ = list(_EXPORTS)
 
-__all__ = ["Engine", "FileRecord", "ProjectRequest", "SessionRecord", "project_page"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

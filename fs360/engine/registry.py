@@ -506,6 +506,17 @@ class Registry:
             session.remote_names[record.server_name.lower()] = record
         self.journal.update_file(record.id, state=UPLOADING, upload_id=upload_id)
 
+    def name_held_by_another_locked(self, record: FileRecord, session: SessionRecord, upload_id: str) -> None:
+        """The server holds another file's bytes under `record`'s server name (and none of ours):
+        the name is marked as not ours, the claim is dropped and the file takes the next free name."""
+        taken = record.server_name.lower()
+        if session.upload_id == upload_id and session.remote_names is not None:
+            session.remote_names[taken] = None
+        record.upload_id = None
+        record.server_received = 0
+        self.journal.update_file(record.id, upload_id=None, server_received=0)
+        self.choose_server_name_locked(record, session, avoid=set(session.remote_names or ()) | {taken})
+
     def forget_unsent_locked(self, record: FileRecord, session: SessionRecord) -> None:
         """Cancelled before its first PUT went out: the server holds nothing of it after all, so
         a file deleted meanwhile leaves no trace and its name is free again."""

@@ -110,6 +110,17 @@ class Transfer:
                 if record.generation == generation and record.state == UPLOADING:
                     self.registry.requeue_locked(record, PENDING, 0.0, server_received=0, upload_id=None)
             return
+        except ServerHoldsOtherFile as exc:
+            with self.lock:
+                if record.server_received == 0 and upload_id and self.registry.is_current_locked(record, generation):
+                    # None of our bytes are under that name (the server holds another total there):
+                    # the file takes the next free name, as if the name had been known taken.
+                    self.registry.name_held_by_another_locked(record, session, upload_id)
+                    self.registry.requeue_locked(record, PENDING, 0.0, last_error="")
+                    log.warning("%s: %s; sending it as %s", record.name, exc, record.server_name)
+                else:
+                    self._settle_error_locked(record, generation, exc)
+            return
         except Fs360Error as exc:
             with self.lock:
                 self._settle_error_locked(record, generation, exc)

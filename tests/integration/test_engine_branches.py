@@ -9,7 +9,7 @@ import os
 
 from fs360.api.client import ApiClient
 from fs360.engine.engine import Engine
-from fs360.engine.records import COMPLETE, FAILED, LOST, P_FAILED, P_READY, REJECTED
+from fs360.engine.records import COMPLETE, FAILED, LOST, P_FAILED, P_READY
 from fs360.engine.uploader import MAX_STALLS, put_budget
 from fs360.errors import MalformedResponse
 from tests.harness import assert_uploaded, make_sources, request_count, sha256_of, wait_until
@@ -104,9 +104,10 @@ def put_other_file(emulator, settings_for, upload_id: str, name: str, path) -> d
     return row
 
 
-def test_a_name_the_server_holds_for_another_file_refuses_ours_with_the_reason(emulator, settings_for,
-                                                                               tmp_path):
-    """send_file's check: the first PUT's answer (whole file, or first chunk) has another total."""
+def test_a_name_the_server_holds_for_another_file_sends_ours_under_the_next_free_name(emulator, settings_for,
+                                                                                      tmp_path):
+    """send_file's check: the first PUT's answer (whole file, or first chunk) has another total.
+    None of our bytes are there, so ours goes under the next free name; theirs is untouched."""
     src, theirs = tmp_path / "src", tmp_path / "theirs"
     sources = make_sources(src, {"first.jpg": 100, "a.jpg": 4000, "b.las": 3 * CHUNK + 1})
     make_sources(theirs, {"a.jpg": 3000, "b.las": 5000})
@@ -119,25 +120,23 @@ def test_a_name_the_server_holds_for_another_file_refuses_ours_with_the_reason(e
                   for name in ("a.jpg", "b.las")}
         queue_files(engine, "s", {"a.jpg": src / "a.jpg", "b.las": src / "b.las"})
         assert engine.wait_idle(timeout=30, poll=0.05)
-        assert engine.counts() == {COMPLETE: 1, REJECTED: 2}
-        for name, size in (("a.jpg", 4000), ("b.las", 3 * CHUNK + 1)):
-            record = session.files[name]
-            assert record.state == REJECTED
-            assert (f"already holds a different file named {name!r} ({others[name]['total']} bytes, ours {size})"
-                    in record.last_error), record.last_error
+        assert engine.counts() == {COMPLETE: 3}
+        assert {n: session.files[n].server_name for n in ("a.jpg", "b.las")} == {"a.jpg": "a_2.jpg",
+                                                                                "b.las": "b_2.las"}
     finally:
         engine.stop()
-    # Theirs untouched; ours refused, not merged into theirs under another name.
-    assert_uploaded(emulator, upload_id, {"first.jpg": sources["first.jpg"],
+    assert_uploaded(emulator, upload_id, {"first.jpg": sources["first.jpg"], "a_2.jpg": sources["a.jpg"],
+                                          "b_2.las": sources["b.las"],
                                           **{name: sha256_of(theirs / name) for name in others}})
     assert all(f["overwritten_bytes"] == 0 for f in emulator.files())
 
 
-def test_a_resume_that_finds_another_file_under_the_name_refuses_ours(emulator, settings_for, tmp_path):
+def test_a_resume_that_finds_another_file_under_the_name_sends_ours_under_the_next_free_name(
+        emulator, settings_for, tmp_path):
     """_resume_offset's check: the file's first PUT failed; by its retry (here after a restart)
     another client has put a file of another size under its name."""
     src, theirs = tmp_path / "src", tmp_path / "theirs"
-    make_sources(src, {"a.jpg": 4000})
+    sources = make_sources(src, {"a.jpg": 4000})
     make_sources(theirs, {"a.jpg": 3000})
     emulator.set_faults([{"endpoint": "put_file", "kind": "error_503", "count": 1}])
     # A retry far off: the first engine only gets to the failure.
@@ -155,14 +154,14 @@ def test_a_resume_that_finds_another_file_under_the_name_refuses_ours(emulator, 
     try:
         assert engine.wait_idle(timeout=30, poll=0.05)
         record = engine.sessions["s"].files["a.jpg"]
-        assert record.state == REJECTED
-        assert "already holds a different file named 'a.jpg'" in record.last_error, record.last_error
+        assert (record.state, record.server_name) == (COMPLETE, "a_2.jpg")
     finally:
         engine.stop()
-    assert request_count(emulator, "PUT put_file 200") == 1  # theirs; ours never went there
-    assert_uploaded(emulator, upload_id, {"a.jpg": sha256_of(theirs / "a.jpg")})
-    (after,) = emulator.files()
-    assert after["total"] == other["total"] == 3000 and after["overwritten_bytes"] == 0
+    assert request_count(emulator, "PUT put_file 200") == 2  # theirs, then ours under its own name
+    assert_uploaded(emulator, upload_id, {"a.jpg": sha256_of(theirs / "a.jpg"), "a_2.jpg": sources["a.jpg"]})
+    after = {f["name"]: f for f in emulator.files()}
+    assert after["a.jpg"]["total"] == other["total"] == 3000
+    assert all(f["overwritten_bytes"] == 0 for f in after.values())
 
 
 def test_a_lost_session_after_the_spool_dropped_a_file_marks_it_lost(emulator, settings_for, tmp_path):
