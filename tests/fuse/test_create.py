@@ -1,15 +1,14 @@
-"""`.create` through a real mount: the project request, its validation, cancelling, sealing."""
+"""`.create` through a real mount, once per emulator profile: the rule's smoke test. Every case of
+the rule (contents, sizes, fields, refusals, rewrites, unlink before and after): tests/unit/test_rule_create.py."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
+import subprocess
 import urllib.request
 
-import pytest
-
-from tests.harness import wait_until, write_marker, write_random
+from tests.harness import write_random
 
 
 def server_project(emulator, name: str) -> dict:
@@ -19,85 +18,53 @@ def server_project(emulator, name: str) -> dict:
         return json.load(response)
 
 
-def test_empty_create_makes_the_project_and_seals(tmp_path, mount_factory, profiled_emulator):
-    """On both profiles: the vendor's server makes a project public when privacy_mode is absent,
-    so fs360 must send its private default."""
+def sh(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script, "sh", *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_create_through_cp_touch_and_echo(tmp_path, mount_factory, profiled_emulator):
+    """cp of an invalid or >64 KiB marker fails (EINVAL, EFBIG) and status says why, and `echo
+    '{json}' > .create` then makes a project with its fields; `touch .create` makes a private project
+    titled by the folder (the vendor's server defaults to public); then the session is sealed and
+    `rm -r` removes it."""
     emulator = profiled_emulator
     mount = mount_factory(emulator)
-    session = mount.mountpoint / "Plain Title"
-    session.mkdir()
-    write_random(session / "a.jpg", 20_000)
-    (session / ".create").touch()
-    project = mount.wait_project("Plain Title")
-    assert project["state"] == "ready" and project["status"] == 100
-    (remote,) = emulator.projects()
-    assert remote["title"] == "Plain Title" and remote["status"] == 100
-    record = server_project(emulator, project["name"])
-    assert record["title"] == "Plain Title" and record["privacy_mode"] == 2
-    assert project["privacy_mode"] == 2 and project["url"].startswith(emulator.root_url + "/projects/")
-    # Sealed: no new file, .create read-only.
-    with pytest.raises(PermissionError):
-        (session / "b.jpg").write_bytes(b"late")
-    with pytest.raises(PermissionError):
-        open(session / ".create", "w").close()
-    assert os.stat(session / ".create").st_mode & 0o777 == 0o444
+    plain, options = mount.mountpoint / "Plain Title", mount.mountpoint / "folder"
+    plain.mkdir()
+    options.mkdir()
+    write_random(plain / "a.jpg", 20_000)
+    write_random(options / "cloud.las", 3 * 1024 * 1024)
+    (tmp_path / "bad.json").write_bytes(b"{broken")
+    (tmp_path / "huge.json").write_bytes(b'{"title": "' + b"x" * (80 * 1024) + b'"}')
 
+    refused = sh('cp "$1" "$2/.create"', tmp_path / "bad.json", options)
+    assert refused.returncode != 0 and "Invalid argument" in refused.stderr, refused
+    assert ".create" not in os.listdir(options)
+    project = mount.status_json("folder")["project"]
+    assert project["state"] == "refused" and "invalid JSON" in project["refused"], project
+    assert f"project   refused: {project['refused']}" in (options / "status").read_text()
+    too_big = sh('cp "$1" "$2/.create"', tmp_path / "huge.json", options)
+    assert too_big.returncode != 0 and "File too large" in too_big.stderr, too_big
+    assert mount.status_json("folder")["project"]["state"] == "refused"
 
-def test_create_with_json_options(tmp_path, mount_factory, profiled_emulator):
-    emulator = profiled_emulator
-    mount = mount_factory(emulator)
-    session = mount.mountpoint / "folder"
-    session.mkdir()
-    write_random(session / "cloud.las", 3 * 1024 * 1024)
-    write_marker(session / ".create", json.dumps({"title": "Bridge survey", "privacy_mode": 1}).encode())
-    assert json.loads((session / ".create").read_text()) == {"title": "Bridge survey", "privacy_mode": 1}
-    project = mount.wait_project("folder")
-    assert project["status"] == 100 and project["url"]
-    record = server_project(emulator, project["name"])
-    assert record["status"] == 100
-    assert record["title"] == "Bridge survey"
-    assert record["privacy_mode"] == 1
-    assert [p["title"] for p in emulator.projects()] == ["Bridge survey"]
+    assert sh('touch "$1/.create"', plain).returncode == 0
+    assert sh('echo \'{"title": "Bridge survey", "privacy_mode": 1}\' > "$1/.create"', options).returncode == 0
+    assert json.loads((options / ".create").read_text()) == {"title": "Bridge survey", "privacy_mode": 1}
+    for session, title, privacy in (("Plain Title", "Plain Title", 2), ("folder", "Bridge survey", 1)):
+        project = mount.wait_project(session)
+        assert project["state"] == "ready" and project["status"] == 100 and "refused" not in project, project
+        assert project["url"].startswith(emulator.root_url + "/projects/")
+        record = server_project(emulator, project["name"])
+        assert (record["title"], record["privacy_mode"], record["status"]) == (title, privacy, 100)
+    assert sorted(p["title"] for p in emulator.projects()) == ["Bridge survey", "Plain Title"]
 
-
-@pytest.mark.parametrize("text", [b"{broken", b"[1, 2]", b'"just a string"'])
-def test_invalid_create_fails_close_with_einval(tmp_path, mount, emulator, text):
-    session = mount.mountpoint / "bad"
-    session.mkdir()
-    write_random(session / "a.jpg", 1000)
-    fd = os.open(session / ".create", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.write(fd, text)
-    with pytest.raises(OSError) as info:
-        os.close(fd)
-    assert info.value.errno == errno.EINVAL
-    assert ".create" not in os.listdir(session)
-    # The refusal stays visible until a valid marker is written (the shell ignores close()).
-    project = mount.status_json("bad")["project"]
-    assert project["state"] == "refused" and project["refused"], project
-    assert f"project   refused: {project['refused']}" in (session / "status").read_text()
-    write_marker(session / ".create", b"")
-    project = mount.wait_project("bad")
-    assert project["state"] == "ready" and "refused" not in project
-
-
-def test_unlink_create_before_the_request_cancels_it(tmp_path, mount_factory, emulator):
-    mount = mount_factory(emulator, writeback_delay=2.0)
-    cancelled, control = mount.mountpoint / "cancelled", mount.mountpoint / "control"
-    cancelled.mkdir()
-    control.mkdir()
-    write_random(cancelled / "a.jpg", 5000)       # pending: the request must wait for it
-    write_marker(cancelled / ".create", b"")
-    assert mount.status_json("cancelled")["project"]["state"] == "waiting"
-    os.unlink(cancelled / ".create")
-    assert ".create" not in os.listdir(cancelled)
-    assert mount.status_json("cancelled")["project"] is None
-    # A second session's project is the witness that the engine has run its project step since.
-    write_random(control / "b.jpg", 5000)
-    write_marker(control / ".create", b"")
-    mount.wait_project("control")
-    mount.wait_settled("cancelled")
-    wait_until(lambda: mount.status_json("control")["project"]["status"] == 100, 30, what="control project")
-    assert [p["upload_id"] for p in emulator.projects()] == [mount.status_json("control")["upload_id"]]
-    assert mount.status_json("cancelled")["project"] is None
-    # The folder can still take files: it is not sealed.
-    (cancelled / "c.jpg").write_bytes(b"more")
+    # Sealed: no new file, .create read-only; rm -r hides the marker and forgets the folder.
+    late = sh('echo late > "$1/b.jpg"', plain)
+    assert late.returncode != 0 and "Permission denied" in late.stderr, late
+    rewrite = sh('echo "{}" > "$1/.create"', plain)
+    assert rewrite.returncode != 0 and "Permission denied" in rewrite.stderr, rewrite
+    assert os.stat(plain / ".create").st_mode & 0o777 == 0o444
+    removed = sh('rm -rf "$1"', plain)
+    assert removed.returncode == 0, removed.stderr
+    assert sorted(os.listdir(mount.mountpoint)) == ["folder", "status"]
+    assert len(emulator.projects()) == 2

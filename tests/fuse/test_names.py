@@ -1,5 +1,6 @@
-"""Names through a real mount, on both emulator profiles: the local name stays as written,
-the server gets a name its flattening leaves unchanged, and no two files share one."""
+"""Names through a real mount, on both emulator profiles: the rule's smoke test. The local name stays
+as written, the server gets a name its flattening leaves unchanged, no two files share one, and bad
+names are refused. Every case of the rule: tests/unit/test_rule_names.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from tests.harness import assert_uploaded, make_sources
 
 
 def test_cp_of_colliding_and_non_ascii_names(profiled_emulator, mount_factory, tmp_path):
+    """cp of colliding and non-ASCII names: each is uploaded under its own server name, shown in
+    status and the xattr; touch, cp and mv onto a name with a control character, non-UTF-8 bytes or
+    more than 255 bytes fail (EINVAL, ENAMETOOLONG)."""
     emulator = profiled_emulator
     mount = mount_factory(emulator)
     src = tmp_path / "src"
@@ -31,6 +35,17 @@ def test_cp_of_colliding_and_non_ascii_names(profiled_emulator, mount_factory, t
         assert os.getxattr(session / name, "user.fs360.server_name").decode() == mapping[name]
     assert "Фото.JPG → Foto.jpg" in (session / "status").read_text()
     assert_uploaded(emulator, snapshot["upload_id"], {mapping[name]: sources[name] for name in local})
+
+    refusals = [(["touch", f"{session}/tab\there.jpg"], "Invalid argument"),
+                (["touch", os.fsencode(session) + b"/caf\xe9.jpg"], "Invalid argument"),
+                (["cp", str(src / "ab.jpg"), f"{session}/{'b' * 252}.jpg"], "File name too long"),
+                (["mkdir", f"{mount.mountpoint}/{'d' * 256}"], "File name too long"),
+                # mv reports a rename's EINVAL as "cannot move ... to a subdirectory of itself".
+                (["mv", f"{session}/ab.jpg", f"{session}/bad\x01.jpg"], "subdirectory of itself")]
+    for command, message in refusals:
+        result = subprocess.run(command, capture_output=True)
+        assert result.returncode != 0 and message in result.stderr.decode(), (command, result)
+    assert sorted(os.listdir(session)) == sorted(local + ["status", "status.json"])
 
 
 def test_renaming_a_session_onto_an_empty_one_replaces_it(emulator, mount_factory, tmp_path):

@@ -163,8 +163,9 @@ def test_pjdfstest_unlink_14(tmp_path, emulator, mount_factory):
     built = build_pjdfstest(tmp_path / "pjdfstest")
     if built is None:
         pytest.skip("pjdfstest's source is not here (set PJDFSTEST_GIT_DIR to a git dir of pjd/pjdfstest)")
-    # A long write-back delay: the test re-creates a name it just closed, before any upload.
-    mount = mount_factory(emulator, writeback_delay=30)
+    # The test re-creates a name it just closed, before any upload: a write-back delay longer than
+    # the run's own 60 s timeout makes that order certain (the test is about the pending window).
+    mount = mount_factory(emulator, writeback_delay=3600)
     result = subprocess.run(["sh", str(built / "tests" / "unlink" / "14.t")], cwd=mount.mountpoint,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "not ok" not in result.stdout, result.stdout + result.stderr

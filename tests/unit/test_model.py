@@ -5,46 +5,45 @@ Index: semantics.md row -> test (unit tests here; `fuse:` = tests/fuse/...)
 Sessions
   mkdir: local, POST /uploads only at the first ready file .... test_mkdir_is_local_until_a_file_is_ready
   rename (local, title default) .............................. test_rename_session_is_local
-  rmdir ENOTEMPTY / discards + DELETE /uploads ................ test_rmdir_not_empty, test_unlink_server_held_then_rmdir_discards
-  files or links at the root EPERM ........................... test_root_takes_folders_only, test_adapter_links_and_nodes_eperm
+  rmdir ENOTEMPTY / discards + DELETE /uploads ................ test_rule_errno.py, test_unlink_server_held_then_rmdir_discards
+  files or links at the root EPERM ........................... test_rule_errno.py (+ fuse:test_errno.py)
 Files inside a session
   create/open/write/truncate/fallocate/O_APPEND/offsets ...... test_spool_serves_any_write_pattern
   last close -> pending -> complete .......................... test_close_makes_pending_then_complete
   reopen for write while pending cancels, re-queues ......... test_reopen_while_pending_cancels_and_requeues
-  write/truncate/rename onto server-held EACCES .............. test_server_held_file_is_immutable
+  write/truncate/rename onto server-held EACCES .............. test_rule_errno.py::test_a_file_the_server_holds_is_eacces_to_change
   rename local-only (within, between, replace target) ........ test_rename_local_files
   unlink local-only cancels its upload ....................... test_unlink_pending_cancels
   unlink server-held: remembered, .create refused, EACCES ... test_unlink_server_held_then_rmdir_discards
   mkdir inside a session: a tree, any depth (issue 14) ...... test_tree_folders_behave_like_posix,
                                                                 test_tree_files_wait_in_tree_and_survive_a_restart,
                                                                 test_create_freezes_the_tree_and_uploads_one_archive,
-                                                                test_create_refuses_a_tree_next_to_an_archive,
-                                                                test_create_refuses_an_unfinished_tree_file,
+                                                                test_rule_create.py (refusals at .create),
                                                                 fuse:test_trees.py, integration:test_tree_engine.py
   chmod/chown/utimens remembered, survive restart ............ test_metadata_survives_restart
   read from spool, EACCES once dropped ....................... test_read_served_then_eacces_after_drop
   fsync ....................................................... test_spool_serves_any_write_pattern
   statfs = spool disk ........................................ test_statfs_is_spool_disk
   xattrs read-only, setxattr ENOTSUP ......................... test_xattrs
-  dot-files / default patterns local; rename to visible ..... test_scratch_names_stay_local, test_rename_scratch_to_visible_queues
+  dot-files / default patterns local; rename to visible ..... test_rule_names.py (+ fuse:test_names.py)
 .create
-  empty / JSON object / invalid -> EINVAL at close ........... test_create_marker_validation, fuse:test_create.py
+  empty / JSON object / invalid -> EINVAL at close ........... test_rule_create.py (+ fuse:test_create.py)
   waits for every file, then POST /projects .................. fuse:test_create.py::test_create_with_json_options
   refused while the server holds a deleted file .............. test_unlink_server_held_then_rmdir_discards
-  unlink .create before the request cancels .................. test_unlink_marker_cancels
-  sealed: .create read-only, new files EACCES ................ test_sealed_session
-  sealed: unlink .create hides it, rm -r works (decision) .... test_rm_r_of_a_sealed_session
+  unlink .create before the request cancels .................. test_rule_create.py
+  sealed: .create read-only, new files EACCES ................ test_rule_create.py
+  sealed: unlink .create hides it, rm -r works (decision) .... test_rule_create.py
 status / status.json
   EACCES for write, unlink no-op, stay listed ................ test_status_files_read_only
 Errors a writing program sees
-  ENOSPC spool full .......................................... test_enospc_on_a_full_spool
-  EFBIG (learned from 413 / configured) ...................... test_efbig_learned_from_413, test_efbig_configured
-  EDQUOT session cap ......................................... test_edquot_session_cap
-  EPERM extension refused at create (learned from 415) ...... test_eperm_extension_learned_from_415
-  EACCES sealed / server-held ................................ test_sealed_session, test_server_held_file_is_immutable
-  EPERM non-folder at root ................................... test_root_takes_folders_only
-  ENAMETOOLONG > 255 bytes ................................... test_name_errors
-  EINVAL control chars / non-UTF-8 / bad .create ............. test_name_errors, test_create_marker_validation
+  ENOSPC spool full .......................................... test_rule_errno.py
+  EFBIG (learned from 413 / configured) ...................... test_rule_errno.py (+ fuse:test_errno.py)
+  EDQUOT session cap ......................................... test_rule_errno.py
+  EPERM extension refused at create (learned from 415) ...... test_rule_errno.py (+ fuse:test_errno.py)
+  EACCES sealed / server-held ................................ test_rule_create.py, test_rule_errno.py
+  EPERM non-folder at root ................................... test_rule_errno.py
+  ENAMETOOLONG > 255 bytes ................................... test_rule_names.py (+ fuse:test_names.py)
+  EINVAL control chars / non-UTF-8 / bad .create ............. test_rule_names.py, test_rule_create.py
   EIO unexpected internal error (adapter wrapper) ............ test_translated_wrapper_eio_and_errnos
 Unmount / restart
   unfinished uploads resume on a new mount ................... fuse:test_remount.py
@@ -64,7 +63,7 @@ Issue 11: never upload what the writer did not finish
   deleted before any PUT: no tombstone ....................... test_deleted_before_any_put_leaves_no_trace
   open-but-unlinked file through its handle .................. test_open_unlinked_file_works_through_its_handle,
                                                                 fuse:test_unfinished.py::test_pjdfstest_unlink_14
-  invalid .create stays visible in status ..................... test_invalid_create_stays_visible_in_status
+  invalid .create stays visible in status ..................... test_rule_create.py
   status files report their size ............................. test_status_files_report_their_size,
                                                                 fuse:test_attrs.py::test_status_files_copy_whole_and_ctime_follows_changes
   ctime; folder mtime/ctime follow its entries ............... test_ctime_and_folder_times_follow_changes
@@ -85,7 +84,7 @@ import mfusepy
 import pytest
 
 from fs360.errors import Fs360Error
-from fs360.fs.fuse_ops import Fs360Operations, translated
+from fs360.fs.fuse_ops import translated
 from fs360.fs.model import MountModel
 from tests.harness import request_count, wait_until
 
@@ -162,30 +161,6 @@ def test_rename_session_is_local(model, emulator):
     assert "Survey 2024" in names(model) and "New Folder" not in names(model)
     wait_state(model, "Survey 2024", "a.jpg", "complete")
     assert {f["name"] for f in emulator.files()} == {"a.jpg"}
-
-
-def test_rmdir_not_empty(idle):
-    idle.mkdir("/s", 0o755)
-    write_file(idle, "/s/a.jpg", b"1")
-    assert errno_of(idle.rmdir, "/s") == errno.ENOTEMPTY
-    idle.unlink("/s/a.jpg")
-    idle.rmdir("/s")
-    assert "s" not in names(idle)
-
-
-def test_root_takes_folders_only(idle):
-    assert errno_of(idle.create, "/file.jpg", 0o644, os.O_WRONLY) == errno.EPERM
-    idle.mkdir("/s", 0o755)
-    write_file(idle, "/s/a.jpg", b"1")
-    assert errno_of(idle.rename, "/s/a.jpg", "/a.jpg") == errno.EPERM
-
-
-def test_adapter_links_and_nodes_eperm(idle):
-    ops = Fs360Operations(idle)
-    for call, args in ((ops.symlink, ("/link", "/s")), (ops.link, ("/hard", "/s")), (ops.mknod, ("/node", 0, 0))):
-        with pytest.raises(mfusepy.FuseOSError) as info:
-            call(*args)
-        assert info.value.errno == errno.EPERM
 
 
 # --- trees (issue 14) --------------------------------------------------------------------------------
@@ -270,36 +245,6 @@ def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
     assert sorted(record["files"]) == ["Scans/Foto_1.jpg", "top.jpg"]
 
 
-def test_create_refuses_a_tree_next_to_an_archive(idle):
-    idle.mkdir("/s", 0o755)
-    idle.mkdir("/s/Scans", 0o755)
-    write_file(idle, "/s/Scans/a.jpg", b"a")
-    write_file(idle, "/s/site.zip", b"PK")
-    with pytest.raises(Fs360Error) as info:
-        write_file(idle, "/s/.create", b"")
-    assert info.value.errno == errno.EINVAL
-    assert "already has an archive (site.zip)" in str(info.value)
-    assert "site.zip" in idle.engine.sessions["s"].marker_refused
-    idle.unlink("/s/site.zip")
-    write_file(idle, "/s/.create", b"")       # one archive left: accepted
-    assert idle.engine.sessions["s"].archive is not None
-
-
-def test_create_refuses_an_unfinished_tree_file(idle):
-    idle.mkdir("/s", 0o755)
-    idle.mkdir("/s/Scans", 0o755)
-    fh = idle.create("/s/Scans/a.jpg", 0o644, os.O_WRONLY)
-    idle.write(fh, b"a", 0)
-    with pytest.raises(Fs360Error) as info:
-        write_file(idle, "/s/.create", b"")
-    assert info.value.errno == errno.EINVAL and "Scans/a.jpg: still being written" in str(info.value)
-    idle.release(fh)
-    idle.engine.caps.file_cap = 50                # smaller than any archive's records
-    with pytest.raises(Fs360Error) as info:
-        write_file(idle, "/s/.create", b"")
-    assert info.value.errno == errno.EINVAL and "up to 50 bytes" in str(info.value)
-
-
 # --- files ---------------------------------------------------------------------------------------------
 
 def test_spool_serves_any_write_pattern(idle):
@@ -345,26 +290,6 @@ def test_reopen_while_pending_cancels_and_requeues(emulator, make_model):
     wait_state(model, "s", "a.jpg", "complete")
     (remote,) = emulator.files()
     assert remote["total"] == len(b"second version") and remote["put_count"] == 1
-
-
-def test_server_held_file_is_immutable(model):
-    model.mkdir("/s", 0o755)
-    model.mkdir("/t", 0o755)
-    write_file(model, "/s/a.jpg", b"abc")
-    wait_state(model, "s", "a.jpg", "complete")
-    # Opening it for writing is fine (a re-copy may write the same bytes); changing it is not.
-    for flags in (os.O_WRONLY, os.O_RDWR):
-        fh = model.open("/s/a.jpg", flags)
-        assert errno_of(model.write, fh, b"x", 1) == errno.EACCES
-        model.release(fh)
-    assert errno_of(model.truncate, "/s/a.jpg", 0) == errno.EACCES
-    assert errno_of(model.rename, "/s/a.jpg", "/s/b.jpg") == errno.EACCES
-    assert errno_of(model.rename, "/s/a.jpg", "/t/a.jpg") == errno.EACCES
-    write_file(model, "/s/new.jpg", b"zz")
-    model.rename("/s/new.jpg", "/s/other.jpg")
-    # Rename onto a server-held target: the target cannot be replaced.
-    assert errno_of(model.rename, "/s/other.jpg", "/s/a.jpg") == errno.EACCES
-    assert read_all(model, "/s/a.jpg") == b"abc"  # reading is fine
 
 
 def test_rename_local_files(idle):
@@ -467,90 +392,6 @@ def test_xattrs(model):
     assert errno_of(model.removexattr, "/s/a.jpg", "user.fs360.state") == errno.ENOTSUP
 
 
-def test_scratch_names_stay_local(model, emulator):
-    model.mkdir("/s", 0o755)
-    scratch = [".rsync.jpg.AbC123", ".goutputstream-XYZ", ".~lock.a.jpg#", ".DS_Store", "a.part", "b.tmp",
-               "c.jpg~", "d.swp", "Thumbs.db", "desktop.ini"]
-    for name in scratch:
-        write_file(model, f"/s/{name}", b"scratch")
-    write_file(model, "/s/real.jpg", b"real")
-    wait_state(model, "s", "real.jpg", "complete")
-    for name in scratch:
-        assert model.file_state("s", name) == "local"
-        assert read_all(model, f"/s/{name}") == b"scratch"
-    assert {f["name"] for f in emulator.files()} == {"real.jpg"}
-
-
-def test_rename_scratch_to_visible_queues(model, emulator):
-    model.mkdir("/s", 0o755)
-    write_file(model, "/s/.a.jpg.XyZ", b"rsync data")
-    assert model.file_state("s", ".a.jpg.XyZ") == "local"
-    model.rename("/s/.a.jpg.XyZ", "/s/a.jpg")
-    wait_state(model, "s", "a.jpg", "complete")
-    assert [(f["name"], f["received"]) for f in emulator.files()] == [("a.jpg", 10)]
-
-
-# --- .create ---------------------------------------------------------------------------------------------
-
-def test_create_marker_validation(idle):
-    idle.mkdir("/s", 0o755)
-    for bad in (b"{not json", b"[1, 2]", b"42", b'"title"', b"\xff\xfe", b'{"privacy_mode": 7}'):
-        fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
-        idle.write(fh, bad, 0)
-        assert errno_of(idle.flush, fh) == errno.EINVAL, bad
-        idle.release(fh)
-        assert idle.engine.sessions["s"].project is None, bad
-        assert ".create" not in names(idle, "/s")
-    write_file(idle, "/s/.create", b'{"title": "T", "privacy_mode": 1}')
-    assert idle.engine.sessions["s"].project.options == {"title": "T", "privacy_mode": 1}
-    assert ".create" in names(idle, "/s")
-    assert json.loads(read_all(idle, "/s/.create")) == {"title": "T", "privacy_mode": 1}
-
-
-def test_unlink_marker_cancels(idle):
-    idle.mkdir("/s", 0o755)
-    write_file(idle, "/s/.create", b"")
-    assert idle.engine.sessions["s"].project is not None
-    idle.unlink("/s/.create")
-    assert idle.engine.sessions["s"].project is None
-    assert ".create" not in names(idle, "/s")
-
-
-def test_sealed_session(model, emulator):
-    model.mkdir("/s", 0o755)
-    write_file(model, "/s/a.jpg", b"x")
-    write_file(model, "/s/.create", b"")
-    wait_until(lambda: model.engine.sessions["s"].sealed, 30, 0.05, what="the project")
-    assert errno_of(model.create, "/s/b.jpg", 0o644, os.O_WRONLY) == errno.EACCES
-    assert errno_of(model.open, "/s/.create", os.O_WRONLY) == errno.EACCES
-    assert model.getattr("/s/.create")["st_mode"] & 0o777 == 0o444
-    assert dict(model.readdir("/s"))[".create"]["st_mode"] & 0o777 == 0o444
-    assert errno_of(model.rename, "/s/a.jpg", "/s/c.jpg") == errno.EACCES
-    assert request_count(emulator, "POST create_project 201") == 1
-
-
-def test_rm_r_of_a_sealed_session(emulator, make_model):
-    """After the project exists, unlinking .create only hides it (so rm -r can empty the folder);
-    the hidden marker survives a restart, and the project is not touched."""
-    model = make_model(emulator)
-    model.mkdir("/s", 0o755)
-    write_file(model, "/s/a.jpg", b"x")
-    write_file(model, "/s/.create", b'{"title": "kept"}')
-    wait_until(lambda: model.engine.sessions["s"].sealed, 30, 0.05, what="the project")
-    assert json.loads(read_all(model, "/s/.create")) == {"title": "kept"}
-    model.unlink("/s/.create")
-    assert ".create" not in names(model, "/s")
-    assert errno_of(model.rmdir, "/s") == errno.ENOTEMPTY  # a.jpg is still listed
-    model.engine.stop(5)
-    again = make_model(emulator, start=False)
-    assert ".create" not in names(again, "/s")
-    assert again.engine.sessions["s"].project.state in ("created", "ready")
-    again.unlink("/s/a.jpg")
-    again.rmdir("/s")
-    assert "s" not in names(again)
-    assert request_count(emulator, "POST create_project 201") == 1
-
-
 # --- status files -------------------------------------------------------------------------------------------
 
 def test_status_files_read_only(idle):
@@ -568,95 +409,7 @@ def test_status_files_read_only(idle):
     idle.rmdir("/s")  # status files do not make a folder non-empty
 
 
-# --- the errno table ------------------------------------------------------------------------------------------
-
-def test_name_errors(idle):
-    idle.mkdir("/s", 0o755)
-    assert errno_of(idle.create, "/s/" + "a" * 252 + ".jpg", 0o644, os.O_WRONLY) == errno.ENAMETOOLONG
-    assert errno_of(idle.create, "/s/" + "é" * 126 + ".jpg", 0o644, os.O_WRONLY) == errno.ENAMETOOLONG
-    write_file(idle, "/s/" + "a" * 251 + ".jpg", b"")  # exactly 255 bytes is fine
-    assert errno_of(idle.mkdir, "/" + "d" * 256, 0o755) == errno.ENAMETOOLONG
-    assert errno_of(idle.create, "/s/tab\there.jpg", 0o644, os.O_WRONLY) == errno.EINVAL
-    assert errno_of(idle.create, "/s/bell\x07.jpg", 0o644, os.O_WRONLY) == errno.EINVAL
-    write_file(idle, "/s/back\\slash.jpg", b"")  # sent as a server name of its own: see test_server_names
-    non_utf8 = b"caf\xe9.jpg".decode("utf-8", "surrogateescape")
-    assert errno_of(idle.create, "/s/" + non_utf8, 0o644, os.O_WRONLY) == errno.EINVAL
-    assert errno_of(idle.mkdir, "/new\nline", 0o755) == errno.EINVAL
-    write_file(idle, "/s/ok.jpg", b"")
-    assert errno_of(idle.rename, "/s/ok.jpg", "/s/bad\x01.jpg") == errno.EINVAL
-
-
-def test_enospc_on_a_full_spool(tmpfs, emulator, make_model):
-    spool_disk = tmpfs("2m")
-    model = make_model(emulator, start=False, cache_dir=spool_disk / "cache")
-    model.mkdir("/s", 0o755)
-    fh = model.create("/s/big.las", 0o644, os.O_WRONLY)
-    block = b"\0" * (256 * 1024)
-    with pytest.raises(Fs360Error) as info:
-        for i in range(16):
-            model.write(fh, block, i * len(block))
-    assert info.value.errno == errno.ENOSPC
-    # The journal shares the full disk: its reserve lets the close still be recorded. The
-    # file is short of what was written: it is interrupted, never uploaded.
-    model.release(fh)
-    rows = {row["name"]: (row["state"], row["last_error"]) for row in model.engine.journal.files()}
-    assert list(rows) == ["big.las"]
-    state, reason = rows["big.las"]
-    assert state == "interrupted" and "ENOSPC" in reason, rows
-    model.engine.stop(5)
-
-
-def test_efbig_learned_from_413(emulator_factory, make_model):
-    emulator = emulator_factory("--no-rate-limits", "--max-file-size", "1000")
-    model = make_model(emulator)
-    model.mkdir("/s", 0o755)
-    write_file(model, "/s/huge.jpg", b"x" * 2000)
-    wait_state(model, "s", "huge.jpg", "rejected")
-    assert model.engine.caps.file_cap == 1000
-    assert model.getxattr("/s/huge.jpg", "user.fs360.error")  # the reason is shown
-    fh = model.create("/s/next.jpg", 0o644, os.O_WRONLY)
-    model.write(fh, b"y" * 1000, 0)  # up to the cap is fine
-    assert errno_of(model.write, fh, b"y", 1000) == errno.EFBIG
-    model.release(fh)
-    fh = model.create("/s/third.jpg", 0o644, os.O_WRONLY)
-    assert errno_of(model.truncate, "/s/third.jpg", 1001, fh) == errno.EFBIG
-    assert errno_of(model.fallocate, fh, 0, 0, 1001) == errno.EFBIG
-    model.release(fh)
-
-
-def test_efbig_configured(emulator, make_model):
-    model = make_model(emulator, start=False, max_file_size=100)
-    model.mkdir("/s", 0o755)
-    fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY)
-    assert errno_of(model.write, fh, b"z" * 101, 0) == errno.EFBIG
-    model.release(fh)
-    write_file(model, "/s/.scratch", b"z" * 101)  # local-only files are not capped
-
-
-def test_edquot_session_cap(emulator, make_model):
-    model = make_model(emulator, start=False, max_session_size=1000)
-    model.mkdir("/s", 0o755)
-    write_file(model, "/s/a.jpg", b"a" * 600)
-    fh = model.create("/s/b.jpg", 0o644, os.O_WRONLY)
-    model.write(fh, b"b" * 400, 0)
-    assert errno_of(model.write, fh, b"b", 400) == errno.EDQUOT
-    model.release(fh)
-
-
-def test_eperm_extension_learned_from_415(emulator, make_model):
-    model = make_model(emulator)
-    model.mkdir("/s", 0o755)
-    write_file(model, "/s/notes.docx", b"refused")
-    wait_state(model, "s", "notes.docx", "rejected")
-    assert "docx" in model.engine.caps.refused_extensions
-    assert errno_of(model.create, "/s/other.docx", 0o644, os.O_WRONLY) == errno.EPERM
-    assert errno_of(model.create, "/s/other.DOCX", 0o644, os.O_WRONLY) == errno.EPERM
-    # The 415 also taught the allowed list: another unknown extension is refused too.
-    assert errno_of(model.create, "/s/x.exe", 0o644, os.O_WRONLY) == errno.EPERM
-    write_file(model, "/s/fine.jpg", b"ok")
-    write_file(model, "/s/.scratch.docx", b"local scratch is never checked")
-    # Renaming scratch to a refused name is refused too.
-    assert errno_of(model.rename, "/s/.scratch.docx", "/s/scratch.docx") == errno.EPERM
+# --- the FUSE adapter ------------------------------------------------------------------------------------------
 
 
 def test_translated_wrapper_eio_and_errnos(caplog):
@@ -686,21 +439,6 @@ def test_translated_wrapper_eio_and_errnos(caplog):
     with pytest.raises(mfusepy.FuseOSError) as info:
         Ops().disk("/x")
     assert info.value.errno == errno.ENOSPC
-
-
-def test_marker_refused_then_written_again_by_open(idle):
-    """After a refused .create the kernel may still cache its entry and send open(O_WRONLY), not create."""
-    idle.mkdir("/s", 0o755)
-    fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
-    idle.write(fh, b"{bad", 0)
-    assert errno_of(idle.flush, fh) == errno.EINVAL
-    idle.release(fh)
-    assert errno_of(idle.open, "/s/.create", os.O_RDONLY) == errno.ENOENT
-    fh = idle.open("/s/.create", os.O_WRONLY | os.O_TRUNC)
-    idle.write(fh, b'{"title": "again"}', 0)
-    idle.flush(fh)
-    idle.release(fh)
-    assert idle.engine.sessions["s"].project.options == {"title": "again"}
 
 
 def test_listing_gives_the_attributes_getattr_gives(idle):
@@ -840,23 +578,6 @@ def test_open_unlinked_file_works_through_its_handle(idle):
     idle.unlink("/s/.fuse_hidden0000000100000001")
     idle.rmdir("/s")
     assert idle.engine.journal.files() == []
-
-
-def test_invalid_create_stays_visible_in_status(idle):
-    idle.mkdir("/s", 0o755)
-    for text, reason in ((b"not json", "invalid JSON at line 1 column 1"), (b"[1]", "JSON object"),
-                         (b"[" * 60000, "nested too deep")):
-        fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
-        idle.write(fh, text, 0)
-        assert errno_of(idle.flush, fh) == errno.EINVAL
-        idle.release(fh)
-        status = json.loads(read_all(idle, "/s/status.json"))
-        assert reason in status["project"]["refused"]
-        assert "project   refused: " in read_all(idle, "/s/status").decode()
-    fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
-    idle.flush(fh)
-    idle.release(fh)
-    assert json.loads(read_all(idle, "/s/status.json"))["project"]["state"] == "waiting"
 
 
 def test_status_files_report_their_size(idle):

@@ -1,0 +1,284 @@
+"""The `.create` rule, as one table against the path model (no FUSE): what a marker may hold,
+how big it may be, which fields pass, what refuses it, how a rewrite or an unlink acts before
+and after the project exists (doc/SEMANTICS.md "`.create`", "Trees", "After the project exists").
+
+The same rule through a real mount with real programs: tests/fuse/test_create.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from fs360.errors import Fs360Error
+from fs360.fs.model import MAX_CREATE_BYTES, MountModel
+from fs360.emulator.harness import EmulatorProcess
+from tests.harness import FAST_EMULATOR_ARGS, wait_until
+from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One emulator for the whole table: rows keep to their own sessions (filter by upload_id)."""
+    with EmulatorProcess(tmp_path_factory.mktemp("emulator"), args=FAST_EMULATOR_ARGS) as emu:
+        yield emu
+
+
+@pytest.fixture
+def idle(server, make_model):
+    """An engine that never uploads: the rule is decided at close(), before any request."""
+    return make_model(server, start=False)
+
+
+@pytest.fixture
+def model(server, make_model):
+    return make_model(server)
+
+
+def write_marker(model: MountModel, session: str, text: bytes) -> int | None:
+    """Writes .create as `cat > .create` would; returns the errno close() gives (None: accepted)."""
+    fh = model.create(f"/{session}/.create", 0o644, os.O_WRONLY)
+    try:
+        if text:
+            model.write(fh, text, 0)
+        try:
+            model.flush(fh)
+        except Fs360Error as exc:
+            return exc.errno
+        return None
+    finally:
+        model.release(fh)
+
+
+def projects_of(server: EmulatorProcess, model: MountModel, session: str) -> list[dict]:
+    upload_id = model.engine.sessions[session].upload_id
+    return [p for p in server.projects() if upload_id is not None and p["upload_id"] == upload_id]
+
+
+# --- what a marker may hold ----------------------------------------------------------------------------
+
+ACCEPTED = [
+    # (marker bytes, the options the project is requested with)
+    (b"", {}),
+    (b"\n", {}),
+    (b"{}", {}),
+    (b'{"title": "T", "privacy_mode": 1}', {"title": "T", "privacy_mode": 1}),
+    (b'{"privacy_mode": 0}', {"privacy_mode": 0}),
+    (b'{"privacy_mode": 2}', {"privacy_mode": 2}),
+    (b'{"title": "x", "coordinate_system": "EPSG:2056"}', {"title": "x", "coordinate_system": "EPSG:2056"}),
+    (b'{"upload_id": "someone-else", "title": "x"}', {"title": "x"}),   # the mount names its session
+    (b'{"title": "padded"}\0\0\n', {"title": "padded"}),                  # trailing NULs and blanks
+]
+
+
+@pytest.mark.parametrize("text, options", ACCEPTED, ids=[repr(t)[:40] for t, _ in ACCEPTED])
+def test_accepted_markers_request_the_project_with_their_fields(idle, text, options):
+    """An empty .create or a JSON object (upload_id dropped, privacy_mode 0-2) is accepted at close()."""
+    idle.mkdir("/s", 0o755)
+    assert write_marker(idle, "s", text) is None
+    assert idle.engine.sessions["s"].project.options == options
+    assert ".create" in names(idle, "/s")
+    listed = read_all(idle, "/s/.create")
+    assert (json.loads(listed) if listed else {}) == options
+    assert json.loads(read_all(idle, "/s/status.json"))["project"]["state"] == "waiting"
+
+
+REFUSED = [
+    # (marker bytes, what status keeps as the reason)
+    (b"{not json", "invalid JSON at line 1 column"),
+    (b"not json", "invalid JSON at line 1 column 1"),
+    (b"{broken", "invalid JSON at line 1 column"),
+    (b"[1, 2]", "JSON object"),
+    (b"[1, 2, 3]", "JSON object"),
+    (b"42", "JSON object"),
+    (b'"title"', "JSON object"),
+    (b'"just a string"', "JSON object"),
+    (b"\xff\xfe", "not UTF-8"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b"[" * 60000, "nested too deep"),
+    (b'{"privacy_mode": 7}', "privacy_mode must be 0, 1 or 2"),
+    (b'{"privacy_mode": "1"}', "privacy_mode must be 0, 1 or 2"),
+]
+
+
+@pytest.mark.parametrize("text, reason", REFUSED, ids=[repr(t)[:30] for t, _ in REFUSED])
+def test_invalid_markers_fail_close_with_einval_and_stay_refused_in_status(idle, text, reason):
+    """Not JSON, not an object, not UTF-8, too deep, or a bad privacy_mode: close() is EINVAL,
+    nothing is requested, .create is not listed, and status keeps the reason."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"a")
+    assert write_marker(idle, "s", text) == errno.EINVAL
+    assert idle.engine.sessions["s"].project is None
+    project = json.loads(read_all(idle, "/s/status.json"))["project"]
+    assert project["state"] == "refused" and reason in project["refused"], project
+    assert f"project   refused: {project['refused']}" in read_all(idle, "/s/status").decode()
+    assert ".create" not in names(idle, "/s")
+    assert errno_of(idle.open, "/s/.create", os.O_RDONLY) == errno.ENOENT
+    # The next valid marker clears the refusal.
+    assert write_marker(idle, "s", b"") is None
+    project = json.loads(read_all(idle, "/s/status.json"))["project"]
+    assert project["state"] == "waiting" and "refused" not in project
+
+
+def test_a_refused_marker_is_never_requested_once_its_files_complete(model, server):
+    """A refused .create stays refused: the engine completes the files and never POSTs a project."""
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"a")
+    assert write_marker(model, "s", b"{oops") == errno.EINVAL
+    model.mkdir("/witness", 0o755)                         # the engine ran its project step since
+    write_file(model, "/witness/w.jpg", b"w")
+    assert write_marker(model, "witness", b"") is None
+    wait_until(lambda: projects_of(server, model, "witness"), 30, 0.05, what="the witness's project")
+    wait_state(model, "s", "a.jpg", "complete")
+    assert projects_of(server, model, "s") == []
+    assert model.engine.sessions["s"].project is None or model.engine.sessions["s"].project.state == "refused"
+
+
+# --- size -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size, accepted", [(MAX_CREATE_BYTES, True), (MAX_CREATE_BYTES + 1, False),
+                                            (80 * 1024, False)])
+def test_a_marker_past_64_kib_fails_the_write_with_efbig_and_close_with_einval(idle, size, accepted):
+    """Up to 64 KiB is read as JSON; one byte more fails that write (EFBIG) and the close (EINVAL)."""
+    idle.mkdir("/s", 0o755)
+    text = b'{"title": "' + b"x" * (size - 13) + b'"}'
+    assert len(text) == size
+    fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
+    if accepted:
+        idle.write(fh, text, 0)
+        idle.flush(fh)
+    else:
+        idle.write(fh, text[:1024], 0)                     # the start fits ...
+        assert errno_of(idle.write, fh, text[1024:], 1024) == errno.EFBIG   # ... the rest does not
+        assert errno_of(idle.flush, fh) == errno.EINVAL
+    idle.release(fh)
+    project = idle.engine.sessions["s"].project
+    assert (project is not None and project.state == "waiting") == accepted
+    if not accepted:
+        assert "not written whole" in json.loads(read_all(idle, "/s/status.json"))["project"]["refused"]
+
+
+# --- rewrites ------------------------------------------------------------------------------------------------
+
+def test_rewriting_the_marker_before_the_request_replaces_the_options(idle):
+    """A second .create before the POST replaces the first one's options."""
+    idle.mkdir("/s", 0o755)
+    assert write_marker(idle, "s", b'{"title": "first"}') is None
+    assert write_marker(idle, "s", b'{"title": "second", "privacy_mode": 0}') is None
+    assert idle.engine.sessions["s"].project.options == {"title": "second", "privacy_mode": 0}
+
+
+def test_a_refused_marker_can_be_written_again_by_open(idle):
+    """After a refused .create the kernel may still cache its entry and send open(O_WRONLY), not create."""
+    idle.mkdir("/s", 0o755)
+    assert write_marker(idle, "s", b"{bad") == errno.EINVAL
+    assert errno_of(idle.open, "/s/.create", os.O_RDONLY) == errno.ENOENT
+    fh = idle.open("/s/.create", os.O_WRONLY | os.O_TRUNC)
+    idle.write(fh, b'{"title": "again"}', 0)
+    idle.flush(fh)
+    idle.release(fh)
+    assert idle.engine.sessions["s"].project.options == {"title": "again"}
+
+
+# --- refusals at .create (trees) --------------------------------------------------------------------------
+
+def tree_next_to_an_archive(model):
+    write_file(model, "/s/Scans/a.jpg", b"a")
+    write_file(model, "/s/site.zip", b"PK")
+    return lambda: model.unlink("/s/site.zip")
+
+
+def tree_file_still_written(model):
+    fh = model.create("/s/Scans/a.jpg", 0o644, os.O_WRONLY)
+    model.write(fh, b"a", 0)
+    return lambda: model.release(fh)
+
+
+def archive_over_the_file_cap(model):
+    write_file(model, "/s/Scans/a.jpg", b"a")
+    model.engine.caps.file_cap = 50                        # smaller than any archive's records
+
+    def lift():
+        model.engine.caps.file_cap = 0
+    return lift
+
+
+TREE_REFUSALS = [
+    (tree_next_to_an_archive, "already has an archive (site.zip)"),
+    (tree_file_still_written, "Scans/a.jpg: still being written"),
+    (archive_over_the_file_cap, "up to 50 bytes"),
+]
+
+
+@pytest.mark.parametrize("setup, reason", TREE_REFUSALS, ids=[s.__name__ for s, _ in TREE_REFUSALS])
+def test_create_refuses_a_tree_it_cannot_send_with_einval(idle, setup, reason):
+    """A tree next to a top-level archive, with a file still open, or larger than the cap: EINVAL
+    with the reason in status; once the cause is gone the same marker is accepted."""
+    idle.mkdir("/s", 0o755)
+    idle.mkdir("/s/Scans", 0o755)
+    undo = setup(idle)
+    with pytest.raises(Fs360Error) as info:
+        write_file(idle, "/s/.create", b"")
+    assert info.value.errno == errno.EINVAL and reason in str(info.value)
+    assert reason in idle.engine.sessions["s"].marker_refused
+    undo()
+    write_file(idle, "/s/.create", b"")
+    assert idle.engine.sessions["s"].archive is not None
+
+
+# --- unlink before and after the request ------------------------------------------------------------------
+
+def test_unlink_before_the_request_cancels_it_for_good(model, server):
+    """rm .create while its files are not done: no project is ever requested, the folder stays open."""
+    model.mkdir("/cancelled", 0o755)
+    fh = model.create("/cancelled/a.jpg", 0o644, os.O_WRONLY)   # held open: the request must wait
+    model.write(fh, b"a" * 5000, 0)
+    assert write_marker(model, "cancelled", b"") is None
+    assert json.loads(read_all(model, "/cancelled/status.json"))["project"]["state"] == "waiting"
+    model.unlink("/cancelled/.create")
+    assert ".create" not in names(model, "/cancelled")
+    assert model.engine.sessions["cancelled"].project is None
+    model.release(fh)
+    model.mkdir("/witness", 0o755)                          # the engine ran its project step since
+    write_file(model, "/witness/b.jpg", b"b")
+    assert write_marker(model, "witness", b"") is None
+    wait_until(lambda: projects_of(server, model, "witness"), 30, 0.05, what="the witness's project")
+    wait_state(model, "cancelled", "a.jpg", "complete")
+    assert projects_of(server, model, "cancelled") == []
+    assert json.loads(read_all(model, "/cancelled/status.json"))["project"] is None
+    write_file(model, "/cancelled/c.jpg", b"more")           # not sealed
+
+
+def test_after_the_project_the_session_is_sealed_and_unlink_only_hides_the_marker(server, make_model):
+    """Once created: new files, renames and .create writes are EACCES, .create is 0444; unlinking it
+    hides it (rm -r works), across a restart, and the project stays (one POST)."""
+    model = make_model(server)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"x")
+    assert write_marker(model, "s", b'{"title": "kept"}') is None
+    wait_until(lambda: model.engine.sessions["s"].sealed, 30, 0.05, what="the project")
+    assert errno_of(model.create, "/s/b.jpg", 0o644, os.O_WRONLY) == errno.EACCES
+    assert errno_of(model.create, "/s/.dotfile", 0o644, os.O_WRONLY) == errno.EACCES
+    assert errno_of(model.open, "/s/.create", os.O_WRONLY) == errno.EACCES
+    assert errno_of(model.rename, "/s/a.jpg", "/s/c.jpg") == errno.EACCES
+    assert model.getattr("/s/.create")["st_mode"] & 0o777 == 0o444
+    assert dict(model.readdir("/s"))[".create"]["st_mode"] & 0o777 == 0o444
+    assert json.loads(read_all(model, "/s/.create")) == {"title": "kept"}
+    upload_id = model.engine.sessions["s"].upload_id
+    (project,) = projects_of(server, model, "s")
+    assert project["title"] == "kept"
+    model.unlink("/s/.create")
+    assert ".create" not in names(model, "/s")
+    assert errno_of(model.rmdir, "/s") == errno.ENOTEMPTY   # a.jpg is still listed
+    model.engine.stop(5)
+
+    again = make_model(server, start=False)                 # the same cache dir: a remount
+    assert ".create" not in names(again, "/s")
+    assert again.engine.sessions["s"].project.state in ("created", "ready")
+    again.unlink("/s/a.jpg")
+    again.rmdir("/s")
+    assert "s" not in names(again)
+    assert [p["upload_id"] for p in server.projects()].count(upload_id) == 1

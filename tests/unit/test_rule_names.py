@@ -1,0 +1,172 @@
+"""The name rule, as one table against the path model (no FUSE): which session and file names are
+EINVAL or ENAMETOOLONG, which are scratch (local, never uploaded), and which server name each
+uploadable file gets, as status, status.json and the xattr show it (doc/SEMANTICS.md "Decisions":
+Names, "Server names"). The mapping function itself: tests/unit/test_server_names.py.
+
+The same rule through a real mount with real programs: tests/fuse/test_names.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from fs360.emulator.harness import EmulatorProcess
+from tests.harness import FAST_EMULATOR_ARGS
+from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
+
+NON_UTF8 = [raw.decode("utf-8", "surrogateescape") for raw in (b"\xff\xfe.jpg", b"caf\xe9.jpg", b"\xc3(.jpg")]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One emulator for the whole table: rows keep to their own sessions (filter by upload_id)."""
+    with EmulatorProcess(tmp_path_factory.mktemp("emulator"), args=FAST_EMULATOR_ARGS) as emu:
+        yield emu
+
+
+@pytest.fixture
+def idle(server, make_model):
+    """An engine that never uploads: names are decided before any request."""
+    model = make_model(server, start=False)
+    model.mkdir("/s", 0o755)
+    return model
+
+
+# --- names the mount refuses ------------------------------------------------------------------------------
+
+BAD_FILE_NAMES = [
+    ("a" * 252 + ".jpg", errno.ENAMETOOLONG),          # 256 bytes
+    ("é" * 126 + ".jpg", errno.ENAMETOOLONG),          # 256 bytes of 2-byte characters
+    ("b" * 300, errno.ENAMETOOLONG),
+    ("tab\there.jpg", errno.EINVAL),
+    ("new\nline.jpg", errno.EINVAL),
+    ("bell\x07.jpg", errno.EINVAL),
+    ("del\x7f.jpg", errno.EINVAL),
+    ("esc\x1b[31m.jpg", errno.EINVAL),
+    ("\x01\x02", errno.EINVAL),
+    *[(name, errno.EINVAL) for name in NON_UTF8],
+]
+
+
+@pytest.mark.parametrize("name, number", BAD_FILE_NAMES, ids=[repr(n)[:24] for n, _ in BAD_FILE_NAMES])
+def test_a_bad_file_name_is_refused_at_create_and_at_rename(idle, name, number):
+    """Longer than 255 bytes: ENAMETOOLONG; a C0 control, DEL or non-UTF-8 byte: EINVAL; for a new
+    file, a rename onto the name, and a folder (tree) of that name alike."""
+    assert errno_of(idle.create, f"/s/{name}", 0o644, os.O_WRONLY) == number
+    write_file(idle, "/s/ok.jpg", b"")
+    assert errno_of(idle.rename, "/s/ok.jpg", f"/s/{name}") == number
+    assert errno_of(idle.mkdir, f"/s/{name}", 0o755) == number
+    assert names(idle, "/s") == {"ok.jpg", "status", "status.json"}
+
+
+BAD_SESSION_NAMES = [
+    ("d" * 256, errno.ENAMETOOLONG),
+    ("new\nline", errno.EINVAL),
+    ("tab\there", errno.EINVAL),
+    (NON_UTF8[1][:-4], errno.EINVAL),
+    ("status", errno.EEXIST),                           # the root's status file
+]
+
+
+@pytest.mark.parametrize("name, number", BAD_SESSION_NAMES, ids=[repr(n)[:24] for n, _ in BAD_SESSION_NAMES])
+def test_a_bad_session_name_is_refused_at_mkdir_and_at_rename(idle, name, number):
+    """Session folders follow the file rules; `status` at the root is taken."""
+    assert errno_of(idle.mkdir, f"/{name}", 0o755) == number
+    if number != errno.EEXIST:
+        assert errno_of(idle.rename, "/s", f"/{name}") == number
+    assert names(idle) == {"s", "status"}
+
+
+GOOD_FILE_NAMES = ["a" * 251 + ".jpg", "é" * 125 + "a.jpg", "back\\slash.jpg", "a\u0085b.jpg", "Фото 1.JPG",
+                   "plan.ifc ", "?.jpg", " lead.jpg", "名前.e57"]
+
+
+@pytest.mark.parametrize("name", GOOD_FILE_NAMES, ids=[repr(n)[:24] for n in GOOD_FILE_NAMES])
+def test_any_other_utf8_name_up_to_255_bytes_is_taken_as_written(idle, name):
+    """Anything else up to exactly 255 bytes is a file, listed under the very name written."""
+    assert len(name.encode()) <= 255
+    write_file(idle, f"/s/{name}", b"x")
+    assert name in names(idle, "/s")
+    assert idle.file_state("s", name) == "pending"
+    assert read_all(idle, f"/s/{name}") == b"x"
+
+
+# --- scratch names ------------------------------------------------------------------------------------------
+
+SCRATCH = [".rsync.jpg.AbC123", ".goutputstream-XYZ", ".~lock.a.jpg#", ".DS_Store", "a.part", "b.tmp", "c.jpg~",
+           "d.swp", "Thumbs.db", "desktop.ini", ".hidden.jpg"]
+
+
+@pytest.mark.parametrize("name", SCRATCH)
+def test_scratch_names_are_local_readable_and_never_checked(idle, name):
+    """Dot-files and the default patterns are `local`: readable, never capped or refused for their
+    extension, and a rename to a visible name queues them."""
+    idle.engine.caps.allowed_extensions = ("jpg",)
+    idle.engine.caps.file_cap = 3
+    write_file(idle, f"/s/{name}", b"scratch")
+    assert idle.file_state("s", name) == "local"
+    assert idle.getxattr(f"/s/{name}", "user.fs360.state") == b"local"
+    assert read_all(idle, f"/s/{name}") == b"scratch"
+    idle.engine.caps.file_cap = 0
+    idle.rename(f"/s/{name}", "/s/visible.jpg")
+    assert idle.file_state("s", "visible.jpg") == "pending"
+
+
+def test_only_visible_names_reach_the_server(server, make_model):
+    """Scratch files stay local while the session's other files upload, under their server names."""
+    model = make_model(server)
+    model.mkdir("/mixed", 0o755)
+    for name in SCRATCH:
+        write_file(model, f"/mixed/{name}", b"scratch")
+    write_file(model, "/mixed/real.jpg", b"real")
+    write_file(model, "/mixed/.a.jpg.XyZ", b"rsync data")
+    model.rename("/mixed/.a.jpg.XyZ", "/mixed/a.jpg")         # rsync's rename: queued, uploaded
+    wait_state(model, "mixed", "real.jpg", "complete")
+    wait_state(model, "mixed", "a.jpg", "complete")
+    assert {name: model.file_state("mixed", name) for name in SCRATCH} == {name: "local" for name in SCRATCH}
+    upload_id = model.engine.sessions["mixed"].upload_id
+    held = {f["name"]: f["received"] for f in server.files() if f["upload_id"] == upload_id}
+    assert held == {"real.jpg": 4, "a.jpg": 10}
+
+
+# --- server names as shown ----------------------------------------------------------------------------------
+
+# Written in this order into one session: (local name, the server name it gets).
+MAPPING = [
+    ("scan 1.e57", "scan_1.e57"),
+    ("scan_1.e57", "scan_1_2.e57"),       # de-duplicated ...
+    ("SCAN_1.e57", "SCAN_1_3.e57"),       # ... case-insensitively
+    ("Фото.JPG", "Foto.jpg"),
+    ("ab.jpg", "ab.jpg"),
+    ("a\u0085b.jpg", "ab_2.jpg"),
+    ("plan.ifc ", "plan.ifc"),
+    ("\\.jpg", "file.jpg"),
+    ("\\\\.jpg", "file_2.jpg"),
+    ("\u0085.jpg", "file_3.jpg"),
+    ("a" * 251 + ".jpg", "a" * 243 + ".jpg"),   # shortened: room for a de-duplicating suffix
+    ("é" * 125 + "a.jpg", "e" * 125 + "a.jpg"),
+]
+
+
+def test_each_file_gets_its_own_server_name_shown_in_status_and_xattr(server, make_model):
+    """Local names stay as written; the server name (flattened, de-duplicated within the session) is
+    in user.fs360.server_name, status.json and status (`local → server`), and is what the server holds."""
+    model = make_model(server)
+    model.mkdir("/Site A", 0o755)
+    for i, (local, _) in enumerate(MAPPING):
+        write_file(model, f"/Site A/{local}", str(i).encode())
+    for local, expected in MAPPING:
+        assert model.getxattr(f"/Site A/{local}", "user.fs360.server_name").decode() == expected, local
+    snapshot = json.loads(read_all(model, "/Site A/status.json"))
+    assert {f["name"]: f["server_name"] for f in snapshot["files"]} == dict(MAPPING)
+    status = read_all(model, "/Site A/status").decode()
+    assert "Фото.JPG → Foto.jpg" in status and "scan_1.e57 → scan_1_2.e57" in status
+    for local, _ in MAPPING:
+        wait_state(model, "Site A", local, "complete")
+    upload_id = model.engine.sessions["Site A"].upload_id
+    held = {f["name"]: f["total"] for f in server.files() if f["upload_id"] == upload_id}
+    assert held == {expected: len(str(i)) for i, (_, expected) in enumerate(MAPPING)}
