@@ -89,9 +89,11 @@ class Markers:
         if not truncate:
             handle.data.extend(marker_text(session))
         if writable:
+            # Opened for writing while it is not listed, it is created (the kernel may still hold
+            # the entry of a refused one, so `touch` opens it without O_CREAT's create): an empty
+            # .create is a valid request too, as is a truncated one.
+            handle.dirty = truncate or not self.listed(session)
             self._open_for_writing[session.id] = self._open_for_writing.get(session.id, 0) + 1
-            if truncate:
-                handle.dirty = True  # an empty .create is a valid request too
         return self.handles.add(handle)
 
     def write(self, handle: MarkerHandle, data: bytes, offset: int) -> int:

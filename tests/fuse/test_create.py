@@ -25,13 +25,15 @@ def sh(script: str, *args) -> subprocess.CompletedProcess:
 def test_create_through_cp_touch_and_echo(tmp_path, mount_factory, profiled_emulator):
     """cp of an invalid or >64 KiB marker fails (EINVAL, EFBIG) and status says why, and `echo
     '{json}' > .create` then makes a project with its fields; `touch .create` makes a private project
-    titled by the folder (the vendor's server defaults to public); then the session is sealed and
-    `rm -r` removes it."""
+    titled by the folder (the vendor's server defaults to public), also right after a refused one
+    (the kernel may still cache its entry); then the session is sealed and `rm -r` removes it."""
     emulator = profiled_emulator
     mount = mount_factory(emulator)
     plain, options = mount.mountpoint / "Plain Title", mount.mountpoint / "folder"
-    plain.mkdir()
-    options.mkdir()
+    again = mount.mountpoint / "again"
+    for folder in (plain, options, again):
+        folder.mkdir()
+    write_random(again / "b.jpg", 1000)
     write_random(plain / "a.jpg", 20_000)
     write_random(options / "cloud.las", 3 * 1024 * 1024)
     (tmp_path / "bad.json").write_bytes(b"{broken")
@@ -48,15 +50,18 @@ def test_create_through_cp_touch_and_echo(tmp_path, mount_factory, profiled_emul
     assert mount.status_json("folder")["project"]["state"] == "refused"
 
     assert sh('touch "$1/.create"', plain).returncode == 0
+    assert sh('cp "$1" "$2/.create"', tmp_path / "bad.json", again).returncode != 0
+    assert sh('touch "$1/.create"', again).returncode == 0
     assert sh('echo \'{"title": "Bridge survey", "privacy_mode": 1}\' > "$1/.create"', options).returncode == 0
     assert json.loads((options / ".create").read_text()) == {"title": "Bridge survey", "privacy_mode": 1}
-    for session, title, privacy in (("Plain Title", "Plain Title", 2), ("folder", "Bridge survey", 1)):
+    for session, title, privacy in (("Plain Title", "Plain Title", 2), ("folder", "Bridge survey", 1),
+                                    ("again", "again", 2)):
         project = mount.wait_project(session)
         assert project["state"] == "ready" and project["status"] == 100 and "refused" not in project, project
         assert project["url"].startswith(emulator.root_url + "/projects/")
         record = server_project(emulator, project["name"])
         assert (record["title"], record["privacy_mode"], record["status"]) == (title, privacy, 100)
-    assert sorted(p["title"] for p in emulator.projects()) == ["Bridge survey", "Plain Title"]
+    assert sorted(p["title"] for p in emulator.projects()) == ["Bridge survey", "Plain Title", "again"]
 
     # Sealed: no new file, .create read-only; rm -r hides the marker and forgets the folder.
     late = sh('echo late > "$1/b.jpg"', plain)
@@ -66,5 +71,5 @@ def test_create_through_cp_touch_and_echo(tmp_path, mount_factory, profiled_emul
     assert os.stat(plain / ".create").st_mode & 0o777 == 0o444
     removed = sh('rm -rf "$1"', plain)
     assert removed.returncode == 0, removed.stderr
-    assert sorted(os.listdir(mount.mountpoint)) == ["folder", "status"]
-    assert len(emulator.projects()) == 2
+    assert sorted(os.listdir(mount.mountpoint)) == ["again", "folder", "status"]
+    assert len(emulator.projects()) == 3

@@ -14,7 +14,8 @@ import os
 import pytest
 
 from fs360.errors import Fs360Error
-from fs360.fs.model import MAX_CREATE_BYTES, MountModel
+from fs360.fs.markers import MAX_CREATE_BYTES
+from fs360.fs.model import MountModel
 from fs360.emulator.harness import EmulatorProcess
 from tests.harness import FAST_EMULATOR_ARGS, wait_until
 from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
@@ -181,6 +182,28 @@ def test_a_refused_marker_can_be_written_again_by_open(idle):
     idle.flush(fh)
     idle.release(fh)
     assert idle.engine.sessions["s"].project.options == {"title": "again"}
+
+
+def test_touch_after_a_refused_marker_requests_the_project(idle):
+    """`touch .create` on the cached entry of a refused marker opens it without O_TRUNC and
+    writes nothing: opening an unlisted .create for writing creates it, an empty request."""
+    idle.mkdir("/s", 0o755)
+    assert write_marker(idle, "s", b"{bad") == errno.EINVAL
+    fh = idle.open("/s/.create", os.O_WRONLY)
+    idle.flush(fh)
+    idle.release(fh)
+    assert idle.engine.sessions["s"].project.options == {}
+    assert idle.engine.sessions["s"].marker_refused == ""
+
+
+def test_opening_a_requested_marker_without_writing_changes_nothing(idle):
+    """An open for writing of a listed .create that writes nothing keeps its fields."""
+    idle.mkdir("/s", 0o755)
+    assert write_marker(idle, "s", b'{"title": "kept"}') is None
+    fh = idle.open("/s/.create", os.O_WRONLY)
+    idle.flush(fh)
+    idle.release(fh)
+    assert idle.engine.sessions["s"].project.options == {"title": "kept"}
 
 
 # --- refusals at .create (trees) --------------------------------------------------------------------------
