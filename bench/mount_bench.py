@@ -122,12 +122,6 @@ class Daemon:
             total += sum(int(v) for v in fields[11:15])
         return total / CLOCK_TICKS
 
-    def memory_with_workers(self) -> tuple[int, int]:
-        """(RSS, PSS) of the daemon and its worker processes now, each summed. The RSS sum counts
-        the pages they share (the interpreter, libraries) once per process; PSS splits them."""
-        each = self.memory_by_process()
-        return sum(rss for rss, _ in each), sum(pss for _, pss in each)
-
     def memory_by_process(self) -> list[tuple[int, int]]:
         """(RSS, PSS) of the daemon, then of each of its worker processes, now."""
         each = []

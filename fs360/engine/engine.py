@@ -107,7 +107,6 @@ class Engine:
     drop_spool_locked = _registry_door("drop_spool_locked")
     archive_members_locked = property(lambda self: self.tree.members_locked)
     archive_server_name_locked = property(lambda self: self.tree.server_name_locked)
-    tree_refusal_locked = property(lambda self: self.tree.refusal_locked)
     evict_if_needed = property(lambda self: self.housekeeping.evict_if_needed)
 
     # --- operations that need more than the registry -----------------------------------------
@@ -193,6 +192,7 @@ class Engine:
     # --- the queue and the workers ---------------------------------------------------------------
 
     def _schedule_locked(self, record: FileRecord, delay: float) -> None:
+        self.lock.assert_held()
         self.scheduler.add_locked(record.id, record.generation, time.monotonic() + delay)
         self._work_ready.notify()
 

@@ -536,6 +536,7 @@ class Registry:
     # --- files: states --------------------------------------------------------------------------
 
     def set_state_locked(self, record: FileRecord, state: str, **extra) -> None:
+        self.lock.assert_held()
         # Journal first: if it cannot record the change, memory does not pretend it happened.
         self.journal.update_file(record.id, state=state, **extra)
         record.state = state

@@ -53,8 +53,5 @@ class Scheduler:
             return True
         return False
 
-    def is_busy_locked(self, file_id: int) -> bool:
-        return file_id in self._busy
-
     def __len__(self) -> int:
         return len(self._heap)

@@ -65,44 +65,51 @@ class MountModel:
             if node.kind == ROOT:
                 return self.attrs.dir(0o755, self.mounted_at_ns, nlink=2 + len(self.engine.sessions))
             if node.kind == ROOT_STATUS_FILE:
-                return self._root_status_attrs_locked()
-            if node.kind == SESSION:
+                attrs = self._root_status_attrs_locked()
+            elif node.kind == SESSION:
                 return self.attrs.session(node.session)
-            if node.kind == STATUS or (node.kind == MARKER and self.markers.listed(node.session)):
-                return self._virtual_entry_attrs_locked(node.session, node.name)
-            if node.kind == FILE:
+            elif node.kind == STATUS or (node.kind == MARKER and self.markers.listed(node.session)):
+                attrs = self._virtual_entry_attrs_locked(node.session, node.name)
+            elif node.kind == FILE:
                 return self.attrs.file(node.record)
-            if node.kind == DIR:
+            elif node.kind == DIR:
                 return self.attrs.folder(node.folder)
-            raise NotFound(path)
+            else:
+                raise NotFound(path)
+        return attrs()  # a status file's size: rendered with the lock released
 
-    def _root_status_attrs_locked(self) -> dict:
-        return self.attrs.virtual(0o444, size=len(self.status.content_locked(None, ROOT_STATUS)))
+    def _root_status_attrs_locked(self):
+        content = self.status.prepare_locked(None, ROOT_STATUS)
+        return lambda: self.attrs.virtual(0o444, size=len(content()))
 
-    def _virtual_entry_attrs_locked(self, session, name: str) -> dict:
-        """Attributes of a session's status file or .create, the same for getattr and
-        a listing (the kernel caches both). Needs engine.lock held."""
+    def _virtual_entry_attrs_locked(self, session, name: str):
+        """Attributes of a session's status file or .create, the same for getattr and a listing
+        (the kernel caches both), as a callable to call without engine.lock (see RenderedStatus)."""
+        mtime_ns = session.mtime_ns
         if name == CREATE_MARKER:
-            return self.attrs.virtual(self.markers.mode(session), session.mtime_ns, size=len(marker_text(session)))
-        return self.attrs.virtual(0o444, session.mtime_ns, size=len(self.status.content_locked(session, name)))
+            attrs = self.attrs.virtual(self.markers.mode(session), mtime_ns, size=len(marker_text(session)))
+            return lambda: attrs
+        content = self.status.prepare_locked(session, name)
+        return lambda: self.attrs.virtual(0o444, mtime_ns, size=len(content()))
 
     def readdir(self, path: str) -> list[tuple[str, dict]]:
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
             if node.kind == ROOT:
-                entries = [(ROOT_STATUS, self._root_status_attrs_locked())]
-                entries += [(name, self.attrs.session(s)) for name, s in self.engine.sessions.items()]
-                return entries
-            if node.kind == SESSION:
+                virtual = [(ROOT_STATUS, self._root_status_attrs_locked())]
+                entries = [(name, self.attrs.session(s)) for name, s in self.engine.sessions.items()]
+            elif node.kind == SESSION:
                 session = node.session
                 names = list(STATUS_NAMES) + ([CREATE_MARKER] if self.markers.listed(session) else [])
-                entries = [(name, self._virtual_entry_attrs_locked(session, name)) for name in names]
-                return entries + self._children_locked(session, "")
-            if node.kind == DIR:
+                virtual = [(name, self._virtual_entry_attrs_locked(session, name)) for name in names]
+                entries = self._children_locked(session, "")
+            elif node.kind == DIR:
                 return self._children_locked(node.session, node.name)
-            if node.kind == MISSING:
+            elif node.kind == MISSING:
                 raise NotFound(path)
-            raise NotADirectory(path)
+            else:
+                raise NotADirectory(path)
+        return [(name, attrs()) for name, attrs in virtual] + entries
 
     def _children_locked(self, session, folder: str) -> list[tuple[str, dict]]:
         files, folders = self.tree.children_locked(session, folder)
@@ -186,19 +193,21 @@ class MountModel:
             if node.kind in (STATUS, ROOT_STATUS_FILE):
                 if writing:
                     raise AccessDenied("status files are read-only")
-                return self._handles.add(SnapshotHandle(self.status.content_locked(node.session, node.name,
-                                                                                   fresh=True)))
-            if node.kind == MARKER:
+                content = self.status.prepare_locked(node.session, node.name, fresh=True)
+            elif node.kind == MARKER:
                 if not self.markers.listed(node.session) and not writing:
                     raise NotFound(path)
                 # Opening an unlisted .create for writing is creating it: the kernel sends an open,
                 # not a create, when it still caches the entry of a marker refused a moment ago.
                 return self.markers.open_locked(node.session, writable=writing, truncate=bool(flags & os.O_TRUNC))
-            if node.kind == FILE:
+            elif node.kind == FILE:
                 return self.files.open_locked(node.record, flags)
-            if node.kind == MISSING:
+            elif node.kind == MISSING:
                 raise NotFound(path)
-            raise IsADirectory(path)
+            else:
+                raise IsADirectory(path)
+        # An open status file is rendered once (one read sees one state), with the lock released.
+        return self._handles.add(SnapshotHandle(content()))
 
     def is_snapshot(self, fh: int) -> bool:
         return isinstance(self._handles.get(fh), (SnapshotHandle, MarkerHandle))
@@ -274,18 +283,6 @@ class MountModel:
         """Process `pid` went on to write another file (or died holding one): the file it
         closed before was finished, whatever becomes of the process."""
         self.exits.opened_for_writing(pid)
-
-    # The tests feed process deaths in as the kernel would, on a model not watching them.
-    @property
-    def _exit_watcher(self):
-        return self.exits.watcher
-
-    @_exit_watcher.setter
-    def _exit_watcher(self, watcher) -> None:
-        self.exits.watcher = watcher
-
-    def _process_exited(self, pid: int, tgid: int, exit_code: int) -> None:
-        self.exits.process_exited(pid, tgid, exit_code)
 
     # --- renaming and removing -----------------------------------------------------------------
 

@@ -215,26 +215,35 @@ def summary_line(snapshots: list[dict]) -> str:
 class RenderedStatus:
     """The content of the status files. A render younger than STATUS_SIZE_TTL is reused for
     getattr and listings, so their size is the real one and `ls -l` of many sessions does not
-    render each of them again; an open always renders."""
+    render each of them again; an open always renders.
+
+    In two steps, so that FUSE callbacks never wait on a render: `prepare_locked` takes the
+    snapshot (with engine.lock held, one consistent state), and the returned callable renders
+    it after the lock is released."""
 
     def __init__(self, engine):
         self.engine = engine
         # Rendered status files by (session name or "", file name): (monotonic time, content).
         self._cache: dict[tuple[str, str], tuple[float, bytes]] = {}
 
-    def content_locked(self, session: SessionRecord | None, name: str, fresh: bool = False) -> bytes:
-        """The content of status file `name` of `session` (None: the root one). Needs engine.lock held."""
+    def prepare_locked(self, session: SessionRecord | None, name: str, fresh: bool = False):
+        """A callable giving the content of status file `name` of `session` (None: the root
+        one). Needs engine.lock held; call the result without it."""
         key = (session.name if session is not None else "", name)
         now = time.monotonic()
         cached = self._cache.get(key)
         if not fresh and cached is not None and now - cached[0] < STATUS_SIZE_TTL:
-            return cached[1]
+            return lambda: cached[1]
         if session is None:
-            content = render_root([snapshot_session(s, self.engine) for s in self.engine.sessions.values()])
+            snapshot, render = [snapshot_session(s, self.engine) for s in self.engine.sessions.values()], render_root
         else:
+            snapshot = snapshot_session(session, self.engine)
             render = render_json if name == "status.json" else render_text
-            content = render(snapshot_session(session, self.engine))
         if len(self._cache) > 4 * len(self.engine.sessions) + 8:
             self._cache.clear()  # sessions were renamed or removed: drop the old keys
-        self._cache[key] = (now, content)
-        return content
+
+        def rendered() -> bytes:
+            content = render(snapshot)
+            self._cache[key] = (now, content)
+            return content
+        return rendered

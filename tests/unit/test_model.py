@@ -645,7 +645,7 @@ def test_scratch_directories_are_local_and_survive_a_restart(emulator, make_mode
 def test_death_by_signal_right_after_a_close_interrupts_that_file(idle):
     """GNU dd on SIGINT: it closes its output from the handler, then dies of the signal. The
     exit events come from the kernel's process connector in a mount; here they are fed in."""
-    idle._exit_watcher = object()  # as if watching
+    idle.exits.watcher = object()  # as if watching
     idle.mkdir("/s", 0o755)
     dead, moved_on = 2**22 + 11, 2**22 + 12   # pids of no live process: their flush is not a dying one
     for name, pid in (("dd.las", dead), ("first.las", moved_on)):
@@ -654,8 +654,8 @@ def test_death_by_signal_right_after_a_close_interrupts_that_file(idle):
         idle.flush(fh, pid)
         idle.release(fh)
     idle.opened_for_writing(moved_on)   # it went on to write another file: first.las was done
-    idle._process_exited(dead, dead, signal.SIGINT)
-    idle._process_exited(moved_on, moved_on, signal.SIGINT)
+    idle.exits.process_exited(dead, dead, signal.SIGINT)
+    idle.exits.process_exited(moved_on, moved_on, signal.SIGINT)
     assert idle.file_state("s", "dd.las") == "interrupted"
     assert "killed by SIGINT" in idle.getxattr("/s/dd.las", "user.fs360.error").decode()
     assert idle.file_state("s", "first.las") == "pending"
@@ -663,7 +663,7 @@ def test_death_by_signal_right_after_a_close_interrupts_that_file(idle):
     fh = idle.create("/s/ok.las", 0o644, os.O_WRONLY)
     idle.flush(fh, dead + 5)
     idle.release(fh)
-    idle._process_exited(dead + 5, dead + 5, 0)
+    idle.exits.process_exited(dead + 5, dead + 5, 0)
     assert idle.file_state("s", "ok.las") == "pending"
 
 

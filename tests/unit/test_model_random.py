@@ -102,7 +102,7 @@ class MountMachine(RuleBasedStateMachine):
 
     def _stop(self) -> None:
         """Like a crash of the daemon: no handle is closed; the spool fds just go."""
-        self.model._exit_watcher = None
+        self.model.exits.watcher = None
         for handle in list(self.model._handles.values()):
             if getattr(handle, "fd", -1) >= 0:
                 os.close(handle.fd)
@@ -191,15 +191,15 @@ class MountMachine(RuleBasedStateMachine):
         del self.fhs[handle]
         f = handle.file
         if how == "died after close":
-            self.model._exit_watcher = object()  # as if the process-events connector watched
+            self.model.exits.watcher = object()  # as if the process-events connector watched
         try:
             got = errno_of(self.model.flush, fh, DYING_PID if how == "killed" else
                            DIED_AFTER_CLOSE_PID if how == "died after close" else CLOSING_PID)
             self.model.release(fh)
             if how == "died after close":
-                self.model._process_exited(DIED_AFTER_CLOSE_PID, DIED_AFTER_CLOSE_PID, signal.SIGINT)
+                self.model.exits.process_exited(DIED_AFTER_CLOSE_PID, DIED_AFTER_CLOSE_PID, signal.SIGINT)
         finally:
-            self.model._exit_watcher = None
+            self.model.exits.watcher = None
         want = self.ref.close(handle, writer_died=how == "killed")
         if how == "died after close" and handle.check is None and handle.writable:
             self.ref.died_after_close(f)

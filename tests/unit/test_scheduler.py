@@ -55,10 +55,9 @@ def test_a_file_being_sent_is_never_handed_to_a_second_worker():
     scheduler.add_locked(1, 0, due=1.0)  # due again (a rename, a retry) while a worker sends it
     scheduler.add_locked(2, 0, due=1.0)
     assert scheduler.take_due_locked(2.0, files.runnable) == (2, None)  # file 1 was skipped, not taken
-    assert scheduler.is_busy_locked(1)
     assert scheduler.finish_locked(1) is True    # it came up meanwhile: the engine queues it again
     assert scheduler.finish_locked(2) is False
-    assert not scheduler.is_busy_locked(1)
+    assert scheduler.finish_locked(1) is False  # done for good: nothing deferred any more
 
 
 def test_the_state_lock_refuses_to_be_taken_twice_by_one_thread():
