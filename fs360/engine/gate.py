@@ -88,6 +88,16 @@ class TransferGate:
         now = time.localtime()
         return rate_at(self._table, now.tm_hour * 60 + now.tm_min)
 
+    def wait_open(self, should_stop) -> bool:
+        """Blocks while paused; False if should_stop() became true first. Asked before a file's
+        first PUT is claimed, so a file waiting out a pause holds no claim and may still change."""
+        with self._cond:
+            while self._paused:
+                if should_stop():
+                    return False
+                self._cond.wait(POLL_SECONDS)
+            return not should_stop()
+
     def wait_turn(self, nbytes: int, should_stop) -> bool:
         """Blocks until `nbytes` may be sent and the gate is open; False if should_stop()
         became true first (the caller then stops without sending)."""

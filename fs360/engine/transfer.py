@@ -66,6 +66,10 @@ class Transfer:
             upload_id = self._remote_session(session)
             self._ensure_name_free_on_server(record, session, upload_id)
             start = self._resume_offset(record, upload_id)
+            cancelled = lambda: self._stopping() or record.generation != generation  # noqa: E731
+            # A pause is waited out before the claim: until a PUT may go, a writer may still change it.
+            if not self.gate.wait_open(cancelled):
+                raise Cancelled()
             with self.lock:
                 if record.generation != generation:
                     raise Cancelled()
@@ -73,8 +77,7 @@ class Transfer:
             # The gate (bwlimit, pause) waits inside should_stop, asked before every PUT.
             on_progress, gated_stop = self.gate.gated(
                 record.size, start, self.settings.chunk_size,
-                lambda received: self._progress(record, received),
-                lambda: self._stopping() or record.generation != generation)
+                lambda received: self._progress(record, received), cancelled)
 
             def should_stop() -> bool:
                 stop = gated_stop()

@@ -15,7 +15,8 @@ import zipfile
 
 import pytest
 
-from tests.harness import assert_uploaded, make_sources, request_count, sha256_of, write_random
+from tests.harness import assert_uploaded, make_sources, request_count, sha256_of, wait_until, write_random
+from tests.ops.common import harness_runtime, run_fs360
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -136,20 +137,24 @@ def test_gio_copy_new_file(tmp_path, mount, emulator):
     settle_and_check(mount, emulator, "gio", {"g.jpg": sha})
 
 
-def test_gio_copy_replaces_a_pending_file(tmp_path, mount_factory, emulator):
-    # A long write-back delay keeps the first copy pending while gio replaces it
-    # (gio opens the target, writes .goutputstream-XXXXXX and renames it over).
-    mount = mount_factory(emulator, writeback_delay=4.0)
+def test_gio_copy_replaces_a_queued_file(tmp_path, mount_factory, emulator):
+    """gio opens the target and writes it again (or renames .goutputstream-XXXXXX over it):
+    a file queued but not sent yet is replaced, and only the last version goes out. Uploads
+    are paused meanwhile, so the first version is certain to be still unsent."""
+    mount = mount_factory(emulator)
     first, second = tmp_path / "v1.jpg", tmp_path / "v2.jpg"
     write_random(first, 100 * KiB, seed=1)
     sha2 = write_random(second, 150 * KiB, seed=2)
     env = dict(os.environ, GIO_USE_VFS="local")
     (mount.mountpoint / "gio").mkdir()
     target = mount.mountpoint / "gio" / "photo.jpg"
+    assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     run("gio", "copy", str(first), str(target), env=env)
-    assert mount.file_states("gio") == {"photo.jpg": "pending"}
+    wait_until(lambda: mount.file_states("gio") == {"photo.jpg": "uploading"}, 30,
+               what="the first version to wait at the paused gate")
     run("gio", "copy", str(second), str(target), env=env)
     assert sha256_of(target) == sha2
+    assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     settle_and_check(mount, emulator, "gio", {"photo.jpg": sha2})
     # The first version never went out: one whole-file PUT in all.
     assert [f["put_count"] for f in emulator.files()] == [1]
@@ -165,8 +170,10 @@ def test_shutil_copytree_creates_the_session(tmp_path, mount, emulator):
 
 
 def test_shell_redirection_truncate_append_and_cat(tmp_path, mount_factory, emulator):
-    # `>>` reopens the file while it is pending: a longer delay keeps it pending meanwhile.
-    mount = mount_factory(emulator, writeback_delay=2.0)
+    """`>`, `>>` and `cat a b >` into the mount. `>>` reopens a closed file, which works until its
+    upload begins: uploads are paused during the script, so none can begin in between."""
+    mount = mount_factory(emulator)
+    assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     a, b = tmp_path / "a.xyz", tmp_path / "b.xyz"
     a.write_bytes(b"1 2 3\n" * 1000)
     b.write_bytes(b"4 5 6\n" * 2000)
@@ -181,6 +188,7 @@ def test_shell_redirection_truncate_append_and_cat(tmp_path, mount_factory, emul
     over = tmp_path / "over"
     over.write_bytes(b"second\n")
     assert (mount.mountpoint / "sh" / "note.xyz").read_bytes() == b"hello\nworld\n"
+    assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     settle_and_check(mount, emulator, "sh", {"note.xyz": sha256_of(note), "both.xyz": sha256_of(both),
                                              "over.xyz": sha256_of(over)})
 

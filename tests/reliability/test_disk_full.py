@@ -7,13 +7,15 @@ import os
 
 
 from tests.harness import pid_alive, wait_until, write_random
+from tests.ops.common import harness_runtime, run_fs360
 
 from .common import MiB, assert_accounted, pick, run_bounded, settle
 
 
 def test_spool_disk_full_gives_enospc_and_recovers(small_tmpfs, tmp_path, emulator, mount_factory):
-    # The write-back delay keeps the first files pending (unevictable) while the disk fills.
-    mount = mount_factory(emulator, cache_dir=small_tmpfs / "cache", writeback_delay=3.0)
+    # Uploads paused: the first files stay unsent (unevictable) while the disk fills.
+    mount = mount_factory(emulator, cache_dir=small_tmpfs / "cache")
+    assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     session = "full"
     folder = mount.mountpoint / session
     folder.mkdir()
@@ -49,6 +51,7 @@ def test_spool_disk_full_gives_enospc_and_recovers(small_tmpfs, tmp_path, emulat
     assert result.returncode == 0, result.stderr
 
     # Files written before the disk filled still complete.
+    assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     wait_until(lambda: all(mount.file_states(session).get(n) == "complete" for n in written), pick(60, 120),
                0.2, what="the early files to complete")
 
