@@ -26,13 +26,7 @@ def test_a_server_that_loses_bytes_is_resynced_by_its_409(emulator, settings_for
     # `received`, so it answers 409 with the offset to go on from.
     emulator.set_faults([{"endpoint": "put_file", "kind": "rollback_received", "fraction": 0.5,
                           "probability": 0.3, "count": 3}], seed=5)
-    engine = Engine(settings_for(emulator, chunk_size=CHUNK)).start()
-    try:
-        queue_files(engine, "s", {"scan.e57": src / "scan.e57"})
-        assert engine.wait_idle(timeout=60, poll=0.05)
-        assert engine.counts() == {COMPLETE: 1}
-    finally:
-        engine.stop()
+    send_scan(emulator, settings_for, src)
     assert request_count(emulator, "PUT put_file 409") >= 1
     assert_uploaded(emulator, None, sources)
 
@@ -45,14 +39,8 @@ def failures_of(engine: Engine) -> list:
     return failures
 
 
-def test_a_server_that_only_loses_bytes_ends_the_attempt_at_the_stall_limit(emulator, settings_for, tmp_path):
-    src = tmp_path / "src"
-    sources = make_sources(src, {"scan.e57": 8 * CHUNK + 7})
-    # Before each of the first PUTs the server halves what it holds: after the first chunk every
-    # answer is a 409 further back, never forward. The sixth rollback ends the first attempt at
-    # the stall limit (the first PUT's, on a file not there yet, changes nothing); then none.
-    emulator.set_faults([{"endpoint": "put_file", "kind": "rollback_received", "fraction": 0.5,
-                          "count": MAX_STALLS + 1}])
+def send_scan(emulator, settings_for, src) -> list:
+    """Uploads src/scan.e57 with an engine until it is complete; the errors of its failed attempts."""
     engine = Engine(settings_for(emulator, chunk_size=CHUNK))
     failures = failures_of(engine)
     engine.start()
@@ -61,7 +49,19 @@ def test_a_server_that_only_loses_bytes_ends_the_attempt_at_the_stall_limit(emul
         assert engine.wait_idle(timeout=60, poll=0.05)
         assert engine.counts() == {COMPLETE: 1}
     finally:
-        engine.stop()
+        engine.stop()  # delivers the last events too
+    return failures
+
+
+def test_a_server_that_only_loses_bytes_ends_the_attempt_at_the_stall_limit(emulator, settings_for, tmp_path):
+    src = tmp_path / "src"
+    sources = make_sources(src, {"scan.e57": 8 * CHUNK + 7})
+    # Before each of the first PUTs the server halves what it holds: after the first chunk every
+    # answer is a 409 further back, never forward. The sixth rollback ends the first attempt at
+    # the stall limit (the first PUT's, on a file not there yet, changes nothing); then none.
+    emulator.set_faults([{"endpoint": "put_file", "kind": "rollback_received", "fraction": 0.5,
+                          "count": MAX_STALLS + 1}])
+    failures = send_scan(emulator, settings_for, src)
     assert [type(f) for f in failures] == [MalformedResponse], failures
     assert f"{MAX_STALLS} answers running did not move past byte" in str(failures[0])
     assert request_count(emulator, "PUT put_file 409") == MAX_STALLS
@@ -81,15 +81,7 @@ def test_a_server_that_alternately_loses_and_takes_bytes_ends_the_attempt_at_its
     rollbacks = budget // 2
     emulator.set_faults([{"endpoint": "put_file", "kind": "rollback_received", "fraction": 0.0, "every": 2,
                           "count": rollbacks}])
-    engine = Engine(settings_for(emulator, chunk_size=CHUNK))
-    failures = failures_of(engine)
-    engine.start()
-    try:
-        queue_files(engine, "s", {"scan.e57": src / "scan.e57"})
-        assert engine.wait_idle(timeout=60, poll=0.05)
-        assert engine.counts() == {COMPLETE: 1}
-    finally:
-        engine.stop()
+    failures = send_scan(emulator, settings_for, src)
     assert [type(f) for f in failures] == [MalformedResponse], failures
     assert f"{budget} PUTs in one attempt" in str(failures[0]) and "keeps losing" in str(failures[0])
     assert request_count(emulator, "PUT put_file 409") == rollbacks

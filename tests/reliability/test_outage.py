@@ -47,7 +47,7 @@ def test_server_down_then_back_uploads_resume_mount_stays_responsive(tmp_path, e
             saw_failed_with_reason = True
         assert not any(f["state"] == "complete" for f in status["files"] if f["name"] == name)
         probes += 1
-        time.sleep(0.25)
+        time.sleep(0.25)  # a user's pace between probes; the outage's length is what bounds the loop
     if not saw_failed_with_reason:
         wait_until(lambda: any(f["state"] == "failed" and f["error"] for f in mount.status_json(session)["files"]),
                    down_for, 0.2, what="status to show a failed file with its reason while the server is down")

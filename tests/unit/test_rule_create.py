@@ -17,15 +17,8 @@ from fs360.errors import Fs360Error
 from fs360.fs.markers import MAX_CREATE_BYTES
 from fs360.fs.model import MountModel
 from fs360.emulator.harness import EmulatorProcess
-from tests.harness import FAST_EMULATOR_ARGS, wait_until
+from tests.harness import wait_until
 from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One emulator for the whole table: rows keep to their own sessions (filter by upload_id)."""
-    with EmulatorProcess(tmp_path_factory.mktemp("emulator"), args=FAST_EMULATOR_ARGS) as emu:
-        yield emu
 
 
 @pytest.fixture
@@ -57,6 +50,15 @@ def write_marker(model: MountModel, session: str, text: bytes) -> int | None:
 def projects_of(server: EmulatorProcess, model: MountModel, session: str) -> list[dict]:
     upload_id = model.engine.sessions[session].upload_id
     return [p for p in server.projects() if upload_id is not None and p["upload_id"] == upload_id]
+
+
+def witness_a_project_step(model: MountModel, server: EmulatorProcess) -> None:
+    """Waits until the engine has run its project step since now: a new session's project
+    is made (so a project that was not requested by then never will be)."""
+    model.mkdir("/witness", 0o755)
+    write_file(model, "/witness/w.jpg", b"w")
+    assert write_marker(model, "witness", b"") is None
+    wait_until(lambda: projects_of(server, model, "witness"), 30, 0.05, what="the witness's project")
 
 
 # --- what a marker may hold ----------------------------------------------------------------------------
@@ -129,10 +131,7 @@ def test_a_refused_marker_is_never_requested_once_its_files_complete(model, serv
     model.mkdir("/s", 0o755)
     write_file(model, "/s/a.jpg", b"a")
     assert write_marker(model, "s", b"{oops") == errno.EINVAL
-    model.mkdir("/witness", 0o755)                         # the engine ran its project step since
-    write_file(model, "/witness/w.jpg", b"w")
-    assert write_marker(model, "witness", b"") is None
-    wait_until(lambda: projects_of(server, model, "witness"), 30, 0.05, what="the witness's project")
+    witness_a_project_step(model, server)
     wait_state(model, "s", "a.jpg", "complete")
     assert projects_of(server, model, "s") == []
     assert model.engine.sessions["s"].project is None or model.engine.sessions["s"].project.state == "refused"
@@ -265,10 +264,7 @@ def test_unlink_before_the_request_cancels_it_for_good(model, server):
     assert ".create" not in names(model, "/cancelled")
     assert model.engine.sessions["cancelled"].project is None
     model.release(fh)
-    model.mkdir("/witness", 0o755)                          # the engine ran its project step since
-    write_file(model, "/witness/b.jpg", b"b")
-    assert write_marker(model, "witness", b"") is None
-    wait_until(lambda: projects_of(server, model, "witness"), 30, 0.05, what="the witness's project")
+    witness_a_project_step(model, server)
     wait_state(model, "cancelled", "a.jpg", "complete")
     assert projects_of(server, model, "cancelled") == []
     assert json.loads(read_all(model, "/cancelled/status.json"))["project"] is None

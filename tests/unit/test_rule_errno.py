@@ -14,23 +14,15 @@ import os
 import mfusepy
 import pytest
 
-from fs360.emulator.harness import EmulatorProcess
 from fs360.errors import Fs360Error
 from fs360.fs.fuse_ops import Fs360Operations
 from fs360.fs.model import MountModel
-from tests.harness import FAST_EMULATOR_ARGS, request_count
+from tests.harness import request_count
 from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
 
 CAP = 100            # max_file_size of the table's mount
 SESSION_CAP = 1000   # max_session_size
 HUGE = 999_999_999_999_999_999   # past what the spool's filesystem allows
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One emulator for the whole table: rows keep to their own sessions (filter by upload_id)."""
-    with EmulatorProcess(tmp_path_factory.mktemp("emulator"), args=FAST_EMULATOR_ARGS) as emu:
-        yield emu
 
 
 @pytest.fixture

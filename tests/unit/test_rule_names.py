@@ -14,18 +14,9 @@ import os
 
 import pytest
 
-from fs360.emulator.harness import EmulatorProcess
-from tests.harness import FAST_EMULATOR_ARGS
 from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
 
 NON_UTF8 = [raw.decode("utf-8", "surrogateescape") for raw in (b"\xff\xfe.jpg", b"caf\xe9.jpg", b"\xc3(.jpg")]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One emulator for the whole table: rows keep to their own sessions (filter by upload_id)."""
-    with EmulatorProcess(tmp_path_factory.mktemp("emulator"), args=FAST_EMULATOR_ARGS) as emu:
-        yield emu
 
 
 @pytest.fixture
