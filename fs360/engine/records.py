@@ -99,6 +99,9 @@ class FileRecord:
     generation: int = 0
     needs_resync: bool = False
     progress_journaled_at: float = 0.0  # monotonic time of the last journaled progress
+    # The journal's `unfinished` says STOPPED_WHILE_WRITING while it is open (memory keeps the
+    # truth): written once per opening, not at every open.
+    stop_journaled: bool = False
     rate: RateMeter = field(default_factory=RateMeter)
     # Why the content is not whole (a failed write, a writer that died): set, the last
     # close makes the file `interrupted` instead of queuing it. Cleared by a rewrite from 0.

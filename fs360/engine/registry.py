@@ -278,20 +278,25 @@ class Registry:
 
     def create_file_locked(self, session: SessionRecord, name: str, mode: int, uid: int, gid: int,
                            local_only: bool) -> FileRecord:
+        """A new file, created to be opened for writing at once (open_for_write_locked): one
+        journal row that already says so, and holds its server name."""
         now_ns = time.time_ns()
         state = LOCAL if local_only else WRITING
+        uploaded_alone = not local_only and "/" not in name  # not scratch, not in the tree
+        server_name = self._free_server_name_locked(name, session) if uploaded_alone else None
         values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
                       state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
-                      completed_at=0, evicted=0, unlinked=0, server_name=None, sha256=None, archive=0,
-                      unfinished="")
+                      completed_at=0, evicted=0, unlinked=0, server_name=server_name, sha256=None, archive=0,
+                      unfinished=STOPPED_WHILE_WRITING)
         file_id = self.journal.insert_file(values)
         self.spool.create(file_id)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=mode, mtime_ns=now_ns, uid=uid,
-                            gid=gid, state=state, local_only=local_only)
+                            gid=gid, state=state, local_only=local_only, server_name=server_name,
+                            stop_journaled=True)
         self._files[file_id] = record
         session.files[name] = record
-        if not local_only and not record.in_tree:
-            self.choose_server_name_locked(record, session)
+        if server_name:
+            session.server_names[server_name.lower()] = record
         return record
 
     def add_archive_locked(self, session: SessionRecord, size: int, server_name: str) -> FileRecord:
@@ -337,11 +342,12 @@ class Registry:
             record.digest = RunningDigest()
         elif record.state == INTERRUPTED and not record.unfinished:
             self.set_unfinished_locked(record, record.last_error or "an earlier write of this file did not finish")
-        if record.open_writers == 1 and not record.unfinished:
+        if record.open_writers == 1 and not record.unfinished and not record.stop_journaled:
             # Journal only (memory keeps the truth while it is open): should the mount stop before
             # the last close, the file comes back unfinished. A scratch file has no `writing` state
             # to say so, and a rename to its final name must never upload it then.
             self.journal.update_file(record.id, unfinished=STOPPED_WHILE_WRITING)
+            record.stop_journaled = True
         if record.local_only:
             return
         record.generation += 1
@@ -372,10 +378,14 @@ class Registry:
         record.size = size
         if unfinished and not record.unfinished:
             self.set_unfinished_locked(record, unfinished)
-        elif not record.open_writers and record.id in self._files:
-            self.journal.update_file(record.id, unfinished=record.unfinished)  # the last close: as it is
+        last_close = not record.open_writers and record.id in self._files
+        if last_close:
+            # The journal's unfinished becomes what memory says (set_unfinished_locked journaled a
+            # reason; '' goes with the row's next write below, or with the queuing).
+            record.stop_journaled = False
         if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
-            self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns)
+            as_is = {"unfinished": record.unfinished} if last_close else {}
+            self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns, **as_is)
         elif record.unfinished:
             self._interrupt_locked(record)
         else:
@@ -404,12 +414,13 @@ class Registry:
         """The file is closed and its name final: upload it after the write-back delay (or `delay`).
         A file of the tree is whole now, and waits for the archive instead."""
         record.generation += 1
+        # Whole (it is queued): `unfinished` '' goes in the same journal write.
         if record.in_tree:
             self.set_state_locked(record, IN_TREE, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                                  attempts=0)
+                                  attempts=0, unfinished="")
             return
         self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                              attempts=0, sha256=self.content_sha256(record))
+                              attempts=0, sha256=self.content_sha256(record), unfinished="")
         self._schedule(record, self.settings.writeback_delay if delay is None else delay)
 
     # --- files: names and removal ----------------------------------------------------------------
@@ -472,12 +483,15 @@ class Registry:
         """Gives `record` the server name of its local name, de-duplicated in its session
         against every other file's name and `avoid` (names the server already holds)."""
         self.release_server_name_locked(record, session)
-        taken = set(session.server_names) | avoid
-        chosen = deduplicated(server_name_for(record.name), taken)
+        chosen = self._free_server_name_locked(record.name, session, avoid)
         session.server_names[chosen.lower()] = record
         if chosen != record.server_name:
             record.server_name = chosen
             self.journal.update_file(record.id, server_name=chosen)
+
+    @staticmethod
+    def _free_server_name_locked(name: str, session: SessionRecord, avoid: set[str] = frozenset()) -> str:
+        return deduplicated(server_name_for(name), set(session.server_names) | avoid)
 
     def release_server_name_locked(self, record: FileRecord, session: SessionRecord | None = None) -> None:
         session = session or self._sessions_by_id.get(record.session_id)
