@@ -220,12 +220,14 @@ def test_account_errors_leave_files_failed_never_rejected(profiled_emulator, set
 
 
 def test_a_file_deleted_before_its_first_put_leaves_no_trace(emulator, settings_for, tmp_path):
-    """The worker has marked the file "may be on the server" and waits (here: paused) before its
-    first PUT; the file is deleted: nothing was sent, so no tombstone holds the session back."""
+    """The worker has marked the file "may be on the server" and waits (here: for its turn under
+    a bandwidth limit whose budget is spent) before its first PUT; the file is deleted: nothing
+    was sent, so no tombstone holds the session back."""
     src = tmp_path / "src"
     make_sources(src, {"a.jpg": 3000, "b.jpg": 3000})
     engine = Engine(settings_for(emulator))
-    engine.gate.set_paused(True)
+    engine.gate.set_bwlimit("1k")
+    assert engine.gate.wait_turn(1 << 30, lambda: False)  # the next PUT's turn is days away
     engine.start()
     try:
         session = queue_files(engine, "s", {"a.jpg": src / "a.jpg"})
@@ -235,7 +237,7 @@ def test_a_file_deleted_before_its_first_put_leaves_no_trace(emulator, settings_
             engine.remove_file_locked(record)
             assert session.unlinked == [record]  # held back while a PUT may have gone out...
         wait_until(lambda: not session.unlinked, 20, what="the tombstone to go")  # ...until it is sure none did
-        engine.gate.set_paused(False)
+        engine.gate.set_bwlimit("off")
         queue_files(engine, "s", {"a.jpg": src / "b.jpg"}, project={})
         wait_until(lambda: session.project.state == P_READY, 60, what="the project")
         assert engine.journal.files()[-1]["server_name"] == "a.jpg"
