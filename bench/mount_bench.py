@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fs360.emulator.harness import EmulatorProcess
@@ -58,7 +58,6 @@ class Row:
     local_cp: float = 0.0
     baseline_cpu: float = 0.0  # the baseline client's user+sys (it runs in this process)
     daemon_cpu: float = 0.0  # the daemon's and its workers' user+sys while fs360 did the workload
-    notes: list[str] = field(default_factory=list)
 
 
 def make_sources(directory: Path, count: int, size: int | None, seed: int = 0) -> list[Path]:
