@@ -33,6 +33,8 @@ from .transfer_pool import TransferJob, TransferProcesses, run_job
 
 log = logging.getLogger(__name__)
 
+# The server's answer to a chunk whose total differs from the file's it holds (api.md Part B).
+INVALID_CONTENT_RANGE = "invalid_content_range"
 # Seconds between journal commits of one file's upload progress.
 PROGRESS_JOURNAL_INTERVAL = 0.5
 
@@ -114,17 +116,15 @@ class Transfer:
                     self.registry.requeue_locked(record, PENDING, 0.0, server_received=0, upload_id=None)
             return
         except ServerHoldsOtherFile as exc:
-            with self.lock:
-                if record.server_received == 0 and upload_id and self.registry.is_current_locked(record, generation):
-                    # None of our bytes are under that name (the server holds another total there):
-                    # the file takes the next free name, as if the name had been known taken.
-                    self.registry.name_held_by_another_locked(record, session, upload_id)
-                    self.registry.requeue_locked(record, PENDING, 0.0, last_error="")
-                    log.warning("%s: %s; sending it as %s", record.name, exc, record.server_name)
-                else:
-                    self._settle_error_locked(record, generation, exc)
+            self._name_taken(record, generation, session, upload_id, exc)
             return
         except Fs360Error as exc:
+            if getattr(exc, "code", "") == INVALID_CONTENT_RANGE and self._another_file_holds_the_name(record, upload_id):
+                # Part B's answer when the name holds an unfinished file of another total.
+                exc = ServerHoldsOtherFile(f"the server holds an unfinished file of another size named "
+                                           f"{record.server_name!r}", status=exc.status)
+                self._name_taken(record, generation, session, upload_id, exc)
+                return
             with self.lock:
                 self._settle_error_locked(record, generation, exc)
             return
@@ -134,6 +134,29 @@ class Transfer:
                     self.registry.set_state_locked(record, REJECTED, last_error=f"cannot read the spooled data: {exc}")
             return
         self._settle_sent(record, generation, session, upload_id, final.received)
+
+    def _name_taken(self, record: FileRecord, generation: int, session: SessionRecord, upload_id: str | None,
+                    exc: ServerHoldsOtherFile) -> None:
+        with self.lock:
+            if record.server_received == 0 and upload_id and self.registry.is_current_locked(record, generation):
+                # None of our bytes are under that name (the server holds another total there):
+                # the file takes the next free name, as if the name had been known taken.
+                self.registry.name_held_by_another_locked(record, session, upload_id)
+                self.registry.requeue_locked(record, PENDING, 0.0, last_error="")
+                log.warning("%s: %s; sending it as %s", record.name, exc, record.server_name)
+            else:
+                self._settle_error_locked(record, generation, exc)
+
+    def _another_file_holds_the_name(self, record: FileRecord, upload_id: str | None) -> bool:
+        """Whether the server holds a file of another total under the name of `record`, none of
+        whose bytes it took (asked after a refusal that may mean just that)."""
+        if record.server_received or not upload_id:
+            return False
+        try:
+            progress = self.client.file_status(upload_id, record.server_name)
+        except Fs360Error:
+            return False
+        return progress.total != record.size
 
     def _send(self, record: FileRecord, job: TransferJob, buffer, on_progress, should_stop):
         # An archive is read from its members' spool files (by path): no fd of its own.

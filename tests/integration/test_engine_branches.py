@@ -156,6 +156,39 @@ def test_a_resume_that_finds_another_file_under_the_name_sends_ours_under_the_ne
     assert all(f["overwritten_bytes"] == 0 for f in after.values())
 
 
+def test_a_name_holding_another_clients_unfinished_file_sends_ours_under_the_next_free_name(
+        emulator, settings_for, tmp_path):
+    """Another client began a file of another size under the name: the server refuses our PUT
+    with 400 invalid_content_range (api.md Part B). Asked, it holds another total there, so ours
+    takes the next free name; the other file is left as it was."""
+    src, theirs = tmp_path / "src", tmp_path / "theirs"
+    sources = make_sources(src, {"first.jpg": 100, "a.jpg": 4000, "b.las": 3 * CHUNK + 1})
+    make_sources(theirs, {"a.jpg": 5000, "b.las": 4 * CHUNK})
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK)).start()
+    try:
+        session = queue_files(engine, "s", {"first.jpg": src / "first.jpg"})
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        upload_id = session.upload_id
+        other_client = ApiClient(settings_for(emulator))
+        for name in ("a.jpg", "b.las"):
+            data = (theirs / name).read_bytes()
+            other_client.put(upload_id, name, data[:1000], 0, len(data))  # begun, never finished
+        queue_files(engine, "s", {"a.jpg": src / "a.jpg", "b.las": src / "b.las"})
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert engine.counts() == {COMPLETE: 3}
+        assert {n: session.files[n].server_name for n in ("a.jpg", "b.las")} == {"a.jpg": "a_2.jpg",
+                                                                                "b.las": "b_2.las"}
+    finally:
+        engine.stop()
+    assert request_count(emulator, "PUT put_file 400") == 2
+    held = {f["name"]: f for f in emulator.files()}
+    assert {n: (held[n]["received"], held[n]["total"]) for n in ("a.jpg", "b.las")} == {
+        "a.jpg": (1000, 5000), "b.las": (1000, 4 * CHUNK)}
+    ours = {"first.jpg": sources["first.jpg"], "a_2.jpg": sources["a.jpg"], "b_2.las": sources["b.las"]}
+    assert {n: (held[n]["complete"], held[n]["sha256"]) for n in ours} == {n: (True, sha) for n, sha in ours.items()}
+    assert set(held) == set(ours) | {"a.jpg", "b.las"} and emulator.violations() == []
+
+
 def test_a_lost_session_after_the_spool_dropped_a_file_marks_it_lost(emulator, settings_for, tmp_path):
     src = tmp_path / "src"
     sources = make_sources(src, {"old.jpg": 3000, "new.jpg": 4000})
