@@ -96,6 +96,25 @@ def put_other_file(emulator, settings_for, upload_id: str, name: str, path) -> d
     return row
 
 
+def send_beside_their_files(emulator, settings_for, src, put_theirs) -> str:
+    """Sends src/first.jpg, lets `put_theirs(upload_id)` put another client's a.jpg and b.las into
+    the same session, then sends ours (src/a.jpg, src/b.las): they must complete under the next
+    free names. Returns the session's upload_id."""
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK)).start()
+    try:
+        session = queue_files(engine, "s", {"first.jpg": src / "first.jpg"})
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        put_theirs(session.upload_id)
+        queue_files(engine, "s", {"a.jpg": src / "a.jpg", "b.las": src / "b.las"})
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert engine.counts() == {COMPLETE: 3}
+        assert {n: session.files[n].server_name for n in ("a.jpg", "b.las")} == {"a.jpg": "a_2.jpg",
+                                                                                "b.las": "b_2.las"}
+        return session.upload_id
+    finally:
+        engine.stop()
+
+
 def test_a_name_the_server_holds_for_another_file_sends_ours_under_the_next_free_name(emulator, settings_for,
                                                                                       tmp_path):
     """send_file's check: the first PUT's answer (whole file, or first chunk) has another total.
@@ -103,20 +122,9 @@ def test_a_name_the_server_holds_for_another_file_sends_ours_under_the_next_free
     src, theirs = tmp_path / "src", tmp_path / "theirs"
     sources = make_sources(src, {"first.jpg": 100, "a.jpg": 4000, "b.las": 3 * CHUNK + 1})
     make_sources(theirs, {"a.jpg": 3000, "b.las": 5000})
-    engine = Engine(settings_for(emulator, chunk_size=CHUNK)).start()
-    try:
-        session = queue_files(engine, "s", {"first.jpg": src / "first.jpg"})
-        assert engine.wait_idle(timeout=30, poll=0.05)
-        upload_id = session.upload_id
-        others = {name: put_other_file(emulator, settings_for, upload_id, name, theirs / name)
-                  for name in ("a.jpg", "b.las")}
-        queue_files(engine, "s", {"a.jpg": src / "a.jpg", "b.las": src / "b.las"})
-        assert engine.wait_idle(timeout=30, poll=0.05)
-        assert engine.counts() == {COMPLETE: 3}
-        assert {n: session.files[n].server_name for n in ("a.jpg", "b.las")} == {"a.jpg": "a_2.jpg",
-                                                                                "b.las": "b_2.las"}
-    finally:
-        engine.stop()
+    others = {}
+    upload_id = send_beside_their_files(emulator, settings_for, src, lambda upload_id: others.update(
+        {name: put_other_file(emulator, settings_for, upload_id, name, theirs / name) for name in ("a.jpg", "b.las")}))
     assert_uploaded(emulator, upload_id, {"first.jpg": sources["first.jpg"], "a_2.jpg": sources["a.jpg"],
                                           "b_2.las": sources["b.las"],
                                           **{name: sha256_of(theirs / name) for name in others}})
@@ -164,22 +172,13 @@ def test_a_name_holding_another_clients_unfinished_file_sends_ours_under_the_nex
     src, theirs = tmp_path / "src", tmp_path / "theirs"
     sources = make_sources(src, {"first.jpg": 100, "a.jpg": 4000, "b.las": 3 * CHUNK + 1})
     make_sources(theirs, {"a.jpg": 5000, "b.las": 4 * CHUNK})
-    engine = Engine(settings_for(emulator, chunk_size=CHUNK)).start()
-    try:
-        session = queue_files(engine, "s", {"first.jpg": src / "first.jpg"})
-        assert engine.wait_idle(timeout=30, poll=0.05)
-        upload_id = session.upload_id
+    def begin_theirs(upload_id: str) -> None:
         other_client = ApiClient(settings_for(emulator))
         for name in ("a.jpg", "b.las"):
             data = (theirs / name).read_bytes()
             other_client.put(upload_id, name, data[:1000], 0, len(data))  # begun, never finished
-        queue_files(engine, "s", {"a.jpg": src / "a.jpg", "b.las": src / "b.las"})
-        assert engine.wait_idle(timeout=30, poll=0.05)
-        assert engine.counts() == {COMPLETE: 3}
-        assert {n: session.files[n].server_name for n in ("a.jpg", "b.las")} == {"a.jpg": "a_2.jpg",
-                                                                                "b.las": "b_2.las"}
-    finally:
-        engine.stop()
+
+    send_beside_their_files(emulator, settings_for, src, begin_theirs)
     assert request_count(emulator, "PUT put_file 400") == 2
     held = {f["name"]: f for f in emulator.files()}
     assert {n: (held[n]["received"], held[n]["total"]) for n in ("a.jpg", "b.las")} == {
