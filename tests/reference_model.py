@@ -122,10 +122,10 @@ class Session:
 # renamed to a visible name, stays interrupted, as does an interrupted file renamed away and back.
 # Kept as a switch for the reference's two code paths; False checks the fixed behaviour.
 SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT = False
-# Known product bug (test_a_file_open_at_a_crash_keeps_the_size_of_its_data): the size of a
-# file open for writing is journaled at close and truncate only, so after a crash the mount
-# shows the size of the last close while the spool holds what was written since.
-CRASHED_SIZE_IS_THE_JOURNALS = True
+# Fixed (test_a_file_open_at_a_crash_keeps_the_size_of_its_data): a file open for writing at a
+# crash came back with the size of its last close; the journal's replay now takes the spool's.
+# Kept as a switch for the reference's two code paths; False checks the fixed behaviour.
+CRASHED_SIZE_IS_THE_JOURNALS = False
 # Fixed (journal file ids are never reused): a file deleted while open no longer writes its size
 # into a new file's row. False: the random test creates files while a deleted one is open.
 DELETED_OPEN_FILE_WRITES_A_REUSED_ROW = False

@@ -105,6 +105,8 @@ class Registry:
                 session.files[record.name] = record
             if record.server_name:
                 session.server_names[record.server_name.lower()] = record
+            if record.state == WRITING or record.unfinished == STOPPED_WHILE_WRITING:
+                self._size_from_spool_locked(record)
             if record.state == WRITING:
                 # The mount stopped while a program was writing it: its data may be
                 # partial, so it is never uploaded as if it were whole.
@@ -126,6 +128,17 @@ class Registry:
                     status=row["status"], record=json.loads(row["record"]), last_error=row["last_error"],
                     attempts=row["attempts"], next_attempt=0.0, posted_upload_id=row["posted_upload_id"],
                     marker_hidden=bool(row["marker_hidden"]))
+
+    def _size_from_spool_locked(self, record: FileRecord) -> None:
+        """A file open for writing when the mount stopped: the journal has the size of its last
+        close (sizes are journaled at close), the spool holds what was written since."""
+        try:
+            size = os.stat(self.spool.path(record.id)).st_size
+        except OSError:
+            return  # deleted while open: nothing is left to size
+        if size != record.size:
+            record.size = size
+            self.journal.update_file(record.id, size=size)
 
     # --- lookups ------------------------------------------------------------------------------
 

@@ -30,7 +30,6 @@ import signal
 import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
@@ -556,8 +555,6 @@ def test_an_interrupted_file_renamed_away_and_back_after_a_remount_stays_interru
     assert model.file_state("s", "a.jpg") == "interrupted"
 
 
-@pytest.mark.xfail(strict=True, reason="the size of a file open for writing is journaled at close and "
-                                       "truncate only: after a crash the mount shows the last close's size")
 def test_a_file_open_at_a_crash_keeps_the_size_of_its_data(emulator, tmp_path):
     model = idle_model(emulator, tmp_path / "cache")
     model.mkdir("/s", 0o755)

@@ -191,3 +191,23 @@ def test_a_writer_opening_a_queued_file_cancels_its_upload(opened):
         o.registry.open_for_write_locked(record)
     assert record.state == WRITING and record.generation != generation
     assert not o.registry.is_current_locked(record, generation)
+
+
+def test_files_open_at_a_stop_come_back_with_the_size_their_spool_holds(opened):
+    """Sizes are journaled at close: a file (or scratch file) still open when the mount stopped
+    comes back with what its spool holds, not the size of its last close."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        visible = write(o.registry, session, "a.jpg", b"abc", close=False)
+        scratch = write(o.registry, session, ".a.jpg.part", b"abcdef")     # closed at 6 bytes...
+        o.registry.open_for_write_locked(scratch)                          # ...then appended to
+        o.registry.spool.path(scratch.id).write_bytes(b"abcdefgh")
+    assert [r["size"] for r in o.journal.files()] == [0, 6]
+    o.close()
+    again = opened()
+    files = {r.name: r for r in again.registry.files_locked()}
+    assert (files["a.jpg"].size, files["a.jpg"].state) == (3, INTERRUPTED)
+    assert (files[".a.jpg.part"].size, files[".a.jpg.part"].unfinished) == (8, STOPPED_WHILE_WRITING)
+    assert [r["size"] for r in again.journal.files()] == [3, 8]
+    assert visible.id == files["a.jpg"].id
