@@ -411,13 +411,13 @@ class Registry:
         record.mtime_ns = time.time_ns()
         if length == 0:
             # Rewritten from 0: whatever was unfinished before is gone with its bytes.
-            record.unfinished = ""
+            self.set_unfinished_locked(record, "")
             record.digest = RunningDigest()
         else:
             if record.digest is not None:
                 record.digest.valid = record.digest.valid and record.digest.length == length
-            if record.state == INTERRUPTED:
-                record.unfinished = record.unfinished or record.last_error  # still partial
+            if record.state == INTERRUPTED and not record.unfinished:
+                self.set_unfinished_locked(record, record.last_error)  # still partial
         if not record.open_writers and not record.local_only and not record.unfinished and listed:
             self.queue_upload_locked(record)
         else:
@@ -617,7 +617,11 @@ class Registry:
         name can never start uploading a partial file."""
         if record.unfinished != reason:
             record.unfinished = reason
-            self.journal.update_file(record.id, unfinished=reason)
+            # Whole again while a writer still has it open: the journal goes on saying "being
+            # written" until the last close, should the mount stop before it.
+            journaled = reason or (STOPPED_WHILE_WRITING if record.open_writers else "")
+            self.journal.update_file(record.id, unfinished=journaled)
+            record.stop_journaled = journaled == STOPPED_WHILE_WRITING
 
     def mark_unfinished_locked(self, record: FileRecord, reason: str) -> None:
         """A writer that closed the file died right after, of a signal: the file is not whole.

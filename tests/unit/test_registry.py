@@ -211,3 +211,39 @@ def test_files_open_at_a_stop_come_back_with_the_size_their_spool_holds(opened):
     assert (files[".a.jpg.part"].size, files[".a.jpg.part"].unfinished) == (8, STOPPED_WHILE_WRITING)
     assert [r["size"] for r in again.journal.files()] == [3, 8]
     assert visible.id == files["a.jpg"].id
+
+
+def test_a_scratch_file_made_whole_by_a_second_writer_is_still_unfinished_after_a_stop(opened):
+    """A scratch file whose writer died is opened to append, then by a second writer with O_TRUNC:
+    whole again in memory, but should the mount stop before the last close, the journal must not
+    say whole, or a rename to its final name after the remount would upload a partial file."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        scratch = write(o.registry, session, ".a.jpg.part", b"abc")
+        o.registry.mark_unfinished_locked(scratch, "the writer was killed by SIGKILL")
+        o.registry.open_for_write_locked(scratch)                  # appending: still unfinished
+        o.registry.open_for_write_locked(scratch, rewrite=True)    # O_TRUNC: whole from byte 0
+        assert scratch.unfinished == ""
+    o.close()
+    again = opened()
+    with again.lock:
+        (record,) = again.registry.files_locked()
+        assert record.unfinished == STOPPED_WHILE_WRITING
+        again.registry.rename_file_locked(record, again.registry.sessions["s"], "a.jpg", local_only=False)
+    assert record.state == INTERRUPTED and again.scheduled == []
+
+
+def test_truncating_a_file_to_zero_while_it_is_open_keeps_the_journal_saying_so(opened):
+    """truncate(0) of an open file makes it whole in memory only; the journal keeps "being written"."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        scratch = write(o.registry, session, ".b.part", b"abc")
+        o.registry.mark_unfinished_locked(scratch, "a write failed")
+        o.registry.open_for_write_locked(scratch)
+        o.registry.truncated_locked(scratch, 0, listed=True)
+    assert o.journal.files()[0]["unfinished"] == STOPPED_WHILE_WRITING
+    with o.lock:
+        o.registry.close_writer_locked(scratch, 0)
+    assert o.journal.files()[0]["unfinished"] == ""
