@@ -68,7 +68,9 @@ class Transfer:
             upload_id = self._remote_session(session)
             self._ensure_name_free_on_server(record, session, upload_id)
             start = self._resume_offset(record, upload_id)
-            cancelled = lambda: self._stopping() or record.generation != generation  # noqa: E731
+
+            def cancelled() -> bool:
+                return self._stopping() or record.generation != generation
             # A pause is waited out before the claim: until a PUT may go, a writer may still change it.
             if not self.gate.wait_open(cancelled):
                 raise Cancelled()
@@ -119,7 +121,7 @@ class Transfer:
             self._name_taken(record, generation, session, upload_id, exc)
             return
         except Fs360Error as exc:
-            if getattr(exc, "code", "") == INVALID_CONTENT_RANGE and self._another_file_holds_the_name(record, upload_id):
+            if exc.code == INVALID_CONTENT_RANGE and self._another_file_holds_the_name(record, upload_id):
                 # Part B's answer when the name holds an unfinished file of another total.
                 exc = ServerHoldsOtherFile(f"the server holds an unfinished file of another size named "
                                            f"{record.server_name!r}", status=exc.status)
