@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ops.common import harness_runtime, run_fs360
 from tests.harness import (assert_uploaded, is_mounted, make_sources, pid_alive, wait_until, write_marker,
                            write_random)
 
@@ -163,9 +164,10 @@ def test_pjdfstest_unlink_14(tmp_path, emulator, mount_factory):
     built = build_pjdfstest(tmp_path / "pjdfstest")
     if built is None:
         pytest.skip("pjdfstest's source is not here (set PJDFSTEST_GIT_DIR to a git dir of pjd/pjdfstest)")
-    # The test re-creates a name it just closed, before any upload: a write-back delay longer than
-    # the run's own 60 s timeout makes that order certain (the test is about the pending window).
-    mount = mount_factory(emulator, writeback_delay=3600)
+    # The test re-creates a name it just closed, before any upload: uploads are paused for the run,
+    # which makes that order certain (the test is about the window before the first PUT).
+    mount = mount_factory(emulator)
+    assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     result = subprocess.run(["sh", str(built / "tests" / "unlink" / "14.t")], cwd=mount.mountpoint,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "not ok" not in result.stdout, result.stdout + result.stderr
