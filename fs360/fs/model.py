@@ -252,22 +252,23 @@ class MountModel:
         elif isinstance(handle, FileHandle):
             self.files.flush(handle, pid)
 
-    def release(self, fh: int) -> None:
+    def release(self, fh: int, at_unmount: bool = False) -> None:
         handle = self._handles.pop(fh)
         if isinstance(handle, FileHandle):
-            self.files.release(handle)
+            (self.files.release_at_unmount if at_unmount else self.files.release)(handle)
         elif isinstance(handle, MarkerHandle):
             self.markers.release(handle)
 
     def release_all(self) -> None:
-        """The kernel is done with the mount (its DESTROY): every file was closed, even those
-        whose last release never reached us (a lazy unmount ends the connection right after
-        the last close). Settles each as closed, so a finished copy is uploaded."""
+        """The kernel is done with the mount (its DESTROY), or the daemon stops, with handles whose
+        release never came: each is settled as its writer left it. One whose writer had closed it
+        is finished (a lazy unmount ends the connection right after the last close) and uploads;
+        one still being written is unfinished (see OpenFiles.release_at_unmount)."""
         handles = self._handles.numbers()
         if handles:
-            log.info("unmounted with %d file(s) whose last release never came: settled as closed", len(handles))
+            log.info("unmounted with %d file(s) whose last release never came", len(handles))
         for fh in handles:
-            self.release(fh)
+            self.release(fh, at_unmount=True)
 
     # --- writers that die ------------------------------------------------------------------------
 

@@ -9,13 +9,14 @@ import os
 import time
 
 from ..engine.records import FileRecord
+from ..engine.registry import STOPPED_WHILE_WRITING
 from ..errors import (AccessDenied, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
                       QuotaWouldPass)
 from .content_check import ContentCheck, held_with_known_content
 from .exits import WriterExits
 from .handles import FileHandle, HandleTable
 from .markers import Markers
-from .rules import check_growth, check_mutable_locked
+from .rules import check_growth, check_growth_locked, check_mutable_locked
 from .tree import FILE, MARKER, MISSING, ROOT_STATUS_FILE, STATUS, SessionTree, is_listed_locked
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
@@ -106,6 +107,7 @@ class OpenFiles:
                 self._refuse_change(handle)
             return len(data)
         record = handle.record
+        handle.closed = False
         if handle.append:
             offset = record.size
         with failures_marked(handle):
@@ -140,22 +142,33 @@ class OpenFiles:
             if not handle.check.compare_truncate(length):
                 self._refuse_change(handle)
             return
-        with self.engine.lock:
-            if handle is not None:
-                record = handle.record
-            else:
+        if handle is None:
+            with self.engine.lock:
                 record = self._file_to_truncate_locked(path)
-                if record is None:
+                if record is None or length == record.size:
                     return
+                check_mutable_locked(self.engine, record)
+                # By path, the file may be closed and queued: all in one step under the lock, so its
+                # upload cannot start between the check and the truncate with the old size.
+                if length > record.size:
+                    check_growth_locked(self.engine, record, length)
+                with spool_limits():
+                    os.truncate(self.engine.spool.path(record.id), length)
+                self.engine.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
+            return
+        record = handle.record
+        with self.engine.lock:
             if length == record.size:
                 return
             check_mutable_locked(self.engine, record)
-        if handle is not None:
-            # Through the handle: it works on a file unlinked while open too (its spool file is gone).
-            with failures_marked(handle):
-                self._truncate_spool(record, length, lambda: os.ftruncate(handle.fd, length))
-        else:
-            self._truncate_spool(record, length, lambda: os.truncate(self.engine.spool.path(record.id), length))
+        handle.closed = False
+        # Through the handle (its writer keeps the file from being queued meanwhile); it works on a
+        # file unlinked while open too (its spool file is gone).
+        with failures_marked(handle):
+            if length > record.size:
+                check_growth(self.engine, record, length)
+            with spool_limits():
+                os.ftruncate(handle.fd, length)
         with self.engine.lock:
             self.engine.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
 
@@ -173,18 +186,13 @@ class OpenFiles:
             raise NotFound(path)
         raise IsADirectory(path)
 
-    def _truncate_spool(self, record: FileRecord, length: int, truncate) -> None:
-        if length > record.size:
-            check_growth(self.engine, record, length)
-        with spool_limits():
-            truncate()
-
     def fallocate(self, handle, mode: int, offset: int, length: int) -> None:
         if not isinstance(handle, FileHandle) or not handle.writable or handle.check is not None:
             raise AccessDenied("not open for writing")
         if mode != 0:
             raise NotSupported("only plain fallocate is supported")
         end = offset + length
+        handle.closed = False
         with failures_marked(handle):
             if end > handle.record.size:
                 check_growth(self.engine, handle.record, end)
@@ -205,6 +213,7 @@ class OpenFiles:
         a rewrite of a file the server holds that differs fails the close."""
         if not handle.writable:
             return
+        handle.closed = True
         reason = self.exits.closed(pid, handle.record, may_die_after=handle.check is None)
         if reason:
             handle.writer_died = handle.writer_died or reason
@@ -220,6 +229,14 @@ class OpenFiles:
                 self._release_check(handle)
             elif handle.writable:
                 self._release_writer(handle)
+
+    def release_at_unmount(self, handle: FileHandle) -> None:
+        """The mount ends with `handle` open (DESTROY with no RELEASE): a writer that had closed it
+        was done with it (a lazy unmount ends the connection right after the last close); one that
+        had not is cut off mid-copy (a SIGTERM, a shutdown), so the file is not whole."""
+        if handle.writable and handle.check is None and not handle.closed:
+            handle.failure = handle.failure or STOPPED_WHILE_WRITING
+        self.release(handle)
 
     def _release_writer(self, handle: FileHandle) -> None:
         record = handle.record

@@ -52,12 +52,23 @@ def check_growth(engine, record: FileRecord, new_size: int) -> None:
     """Takes engine.lock itself (only for the session cap)."""
     if record.local_only:
         return
+    if engine.caps.session_cap:
+        with engine.lock:
+            check_growth_locked(engine, record, new_size)
+    else:
+        check_growth_locked(engine, record, new_size)
+
+
+def check_growth_locked(engine, record: FileRecord, new_size: int) -> None:
+    """Whether `record` may grow to `new_size` under the server's caps; needs engine.lock held
+    when there is a session cap."""
+    if record.local_only:
+        return
     caps = engine.caps
     if caps.file_cap and new_size > caps.file_cap:
         raise FileTooBig(f"the server takes files up to {caps.file_cap} bytes")
     if caps.session_cap:
-        with engine.lock:
-            session = engine.session_of(record)
-            total = sum(f.size for f in session.files.values() if not f.local_only and f is not record)
+        session = engine.session_of(record)
+        total = sum(f.size for f in session.files.values() if not f.local_only and f is not record)
         if total + new_size > caps.session_cap:
             raise QuotaWouldPass(f"the session would pass the server's cap of {caps.session_cap} bytes")

@@ -685,3 +685,21 @@ def test_a_size_past_the_spool_disk_limit_is_efbig(idle):
     assert errno_of(idle.write, fh, b"y", 999_999_999_999_999_999) == errno.EFBIG
     idle.release(fh)
     assert idle.file_state("s", "a.las") == "interrupted"
+
+
+def test_a_mount_ending_with_files_open_uploads_only_those_their_writers_closed(idle):
+    """DESTROY with handles whose RELEASE never came: a file whose writer had closed it (a FLUSH,
+    as before a lazy unmount) is whole and queued; one still being written when the mount ended
+    (SIGTERM, a shutdown) is interrupted, never uploaded; so is one written again after a flush."""
+    idle.mkdir("/s", 0o755)
+    handles = {}
+    for name in ("closed.jpg", "open.jpg", "reopened.jpg"):
+        handles[name] = idle.create(f"/s/{name}", 0o644, os.O_WRONLY)
+        idle.write(handles[name], b"part", 0)
+    idle.flush(handles["closed.jpg"])
+    idle.flush(handles["reopened.jpg"])
+    idle.write(handles["reopened.jpg"], b"more", 4)  # the same descriptor, dup'd before the close
+    idle.release_all()
+    assert {n: idle.file_state("s", n) for n in handles} == {
+        "closed.jpg": "pending", "open.jpg": "interrupted", "reopened.jpg": "interrupted"}
+    assert "mount stopped" in idle.getxattr("/s/open.jpg", "user.fs360.error").decode()
