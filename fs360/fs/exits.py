@@ -99,13 +99,18 @@ class WriterExits:
     def closed(self, pid: int | None, record, may_die_after: bool) -> str:
         """Process `pid` closed `record` written: why the writer is dying ("" when it is not).
         A close by a living writer is remembered when `may_die_after`, for `process_exited`."""
-        reason = exit_reason(pid) if pid else ""
+        reason = self.dying(pid)
         if reason:
             self.opened_for_writing(pid)  # its death is explained by this file
         elif pid and may_die_after and self.watcher is not None:
             with self._lock:
                 self._last_close[pid] = (record, time.monotonic())
         return reason
+
+    @staticmethod
+    def dying(pid: int | None) -> str:
+        """Why the process closing a file is ending abnormally ("" when it is not, or unknown)."""
+        return exit_reason(pid) if pid else ""
 
     def opened_for_writing(self, pid: int) -> None:
         """Process `pid` went on to write another file (or died holding one): the file it

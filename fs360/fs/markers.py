@@ -120,10 +120,14 @@ class Markers:
         if session.sealed:
             raise AccessDenied(".create is read-only once the project exists")
 
-    def flush(self, handle: MarkerHandle) -> None:
+    def flush(self, handle: MarkerHandle, writer_dying: str = "") -> None:
         """close(): a written .create is accepted here, so an invalid one fails the close
-        (and its reason shows in status until a valid one is written)."""
+        (and its reason shows in status until a valid one is written). `writer_dying`: why the
+        closing process is ending abnormally; what it wrote is not taken as a request."""
         try:
+            if writer_dying and handle.dirty:
+                handle.broken = True
+                raise InvalidArgument(f".create was not written whole ({writer_dying}): not accepted")
             if handle.broken:
                 raise InvalidArgument(".create was not written whole: not accepted")
             if handle.dirty:

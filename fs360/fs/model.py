@@ -248,7 +248,7 @@ class MountModel:
         the close; a file closed by a dying writer is remembered as unfinished."""
         handle = self._handles.get(fh)
         if isinstance(handle, MarkerHandle):
-            self.markers.flush(handle)
+            self.markers.flush(handle, self.exits.dying(pid) if handle.writable else "")
         elif isinstance(handle, FileHandle):
             self.files.flush(handle, pid)
 

@@ -205,6 +205,27 @@ def test_opening_a_requested_marker_without_writing_changes_nothing(idle):
     assert idle.engine.sessions["s"].project.options == {"title": "kept"}
 
 
+def test_a_marker_closed_by_a_dying_writer_is_not_a_request(idle, monkeypatch):
+    """`> .create` killed before its JSON is written closes an empty, truncated marker: the close
+    by a dying process is refused (EINVAL, in status), not taken as a request with defaults."""
+    import fs360.fs.exits as exits_module
+    dying = 4242
+    monkeypatch.setattr(exits_module, "exit_reason",
+                        lambda pid: "the writer was killed by SIGKILL before it finished" if pid == dying else "")
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
+    try:
+        assert errno_of(idle.flush, fh, dying) == errno.EINVAL
+    finally:
+        idle.release(fh)
+    session = idle.engine.sessions["s"]
+    assert session.project is None and "SIGKILL" in session.marker_refused
+    fh = idle.create("/s/.create", 0o644, os.O_WRONLY)           # a living writer's is a request
+    idle.flush(fh, os.getpid())
+    idle.release(fh)
+    assert session.project is not None and session.marker_refused == ""
+
+
 # --- refusals at .create (trees) --------------------------------------------------------------------------
 
 def tree_next_to_an_archive(model):
