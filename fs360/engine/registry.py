@@ -368,13 +368,13 @@ class Registry:
             self.set_state_locked(record, WRITING, last_error="", attempts=0)
 
     @staticmethod
-    def wrote_locked(record: FileRecord, offset: int, data) -> None:
-        """`data` was written to its spool file at `offset` (memory only until the last close)."""
-        if offset + len(data) > record.size:
-            record.size = offset + len(data)
-        if record.digest is not None:
-            record.digest.add(offset, data)
+    def wrote_locked(record: FileRecord, end: int) -> RunningDigest | None:
+        """Bytes up to `end` were written to its spool file (memory only until the last close).
+        Returns the running digest for the caller to feed the data to, after the lock is released."""
+        if end > record.size:
+            record.size = end
         record.mtime_ns = time.time_ns()
+        return record.digest
 
     @staticmethod
     def allocated_locked(record: FileRecord, end: int) -> None:
@@ -382,7 +382,7 @@ class Registry:
         if end > record.size:
             record.size = end
             if record.digest is not None:
-                record.digest.valid = False  # zeros the digest never saw
+                record.digest.invalidate()
 
     def close_writer_locked(self, record: FileRecord, size: int, unfinished: str = "") -> None:
         """A writer closed it. `unfinished`: why that writer did not finish (a failed write,
@@ -415,7 +415,7 @@ class Registry:
             record.digest = RunningDigest()
         else:
             if record.digest is not None:
-                record.digest.valid = record.digest.valid and record.digest.length == length
+                record.digest.cut(length)
             if record.state == INTERRUPTED and not record.unfinished:
                 self.set_unfinished_locked(record, record.last_error)  # still partial
         if not record.open_writers and not record.local_only and not record.unfinished and listed:

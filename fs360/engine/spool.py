@@ -6,6 +6,7 @@ Naming by id (not by path) lets renames touch only the journal.
 from __future__ import annotations
 
 import hashlib
+import threading
 import os
 from pathlib import Path
 
@@ -56,15 +57,29 @@ class RunningDigest:
         self._hash = hashlib.sha256()
         self.length = 0
         self.valid = True
+        # Its own lock: writers feed it without the engine's state lock (hashing 1 MiB takes a
+        # millisecond that FUSE callbacks must not wait for).
+        self._lock = threading.Lock()
 
     def add(self, offset: int, data: bytes) -> None:
-        if not self.valid:
-            return
-        if offset == self.length:
-            self._hash.update(data)
-            self.length += len(data)
-        else:
-            # A rewrite of earlier bytes, or a hole: the running hash no longer says it.
+        with self._lock:
+            if not self.valid:
+                return
+            if offset == self.length:
+                self._hash.update(data)
+                self.length += len(data)
+            else:
+                # A rewrite of earlier bytes, or a hole: the running hash no longer says it.
+                self.valid = False
+
+    def cut(self, length: int) -> None:
+        """The file was truncated to `length`: still known only if that is where it stood."""
+        with self._lock:
+            self.valid = self.valid and self.length == length
+
+    def invalidate(self) -> None:
+        """Bytes the digest never saw (zeros from fallocate)."""
+        with self._lock:
             self.valid = False
 
     @classmethod
@@ -78,7 +93,8 @@ class RunningDigest:
 
     def hexdigest(self, size: int) -> str | None:
         """The sha256 of the first `size` bytes when every one of them went through `add`."""
-        if self.valid and self.length == size:
-            return self._hash.hexdigest()
+        with self._lock:
+            if self.valid and self.length == size:
+                return self._hash.hexdigest()
         return None
 

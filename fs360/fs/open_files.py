@@ -116,7 +116,9 @@ class OpenFiles:
                 check_growth(self.engine, record, end)
             written = self._pwrite(handle.fd, data, offset)
         with self.engine.lock:
-            self.engine.wrote_locked(record, offset, data[:written])
+            digest = self.engine.wrote_locked(record, offset + written)
+        if digest is not None:  # hashed with the state lock released
+            digest.add(offset, data if written == len(data) else memoryview(data)[:written])
         return written
 
     def _refuse_change(self, handle: FileHandle) -> None:
