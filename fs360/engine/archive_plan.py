@@ -34,8 +34,7 @@ class TreeArchive:
         and its empty folders; nothing of dot-folders. The same tree gives the same members,
         after a restart too (the journal keeps both the files and the folders)."""
         files = session.tree_files()
-        folders = [row["path"] for row in self.registry.folder_rows_locked()
-                   if row["session_id"] == session.id and not in_scratch_folder(row["path"])]
+        folders = [path for path in self.registry.folder_paths_locked(session) if not in_scratch_folder(path)]
         held = {f.name.rpartition("/")[0] for f in files} | {p.rpartition("/")[0] for p in folders}
         # A folder holding nothing of the tree at any depth is an entry of its own.
         nonempty = {"/".join(path.split("/")[:depth]) for path in held if path

@@ -64,6 +64,9 @@ class Registry:
         self.sessions: dict[str, SessionRecord] = {}
         self._sessions_by_id: dict[int, SessionRecord] = {}
         self._files: dict[int, FileRecord] = {}
+        # Folder id -> (session id, path): the archive plan's view of the folders, kept in memory so
+        # that status renders (which list a tree's entries) never query the journal.
+        self._folders: dict[int, tuple[int, str]] = {}
         self.caps = Caps()
 
     # --- replay -------------------------------------------------------------------------------
@@ -120,6 +123,8 @@ class Registry:
                 if record.state == UPLOADING:
                     self.set_state_locked(record, PENDING)
                 self._schedule(record, 0.0)
+        for row in self.journal.dirs():
+            self._folders[row["id"]] = (row["session_id"], row["path"])
         for row in self.journal.projects():
             session = self._sessions_by_id.get(row["session_id"])
             if session is not None:
@@ -272,20 +277,32 @@ class Registry:
     # --- folders of a session's tree (the path model keeps them; the journal remembers them) --------
 
     def folder_rows_locked(self) -> list:
-        """Every journaled folder: rows of (id, session_id, path, mode, mtime_ns)."""
+        """Every journaled folder: rows of (id, session_id, path, mode, mtime_ns), read once by the
+        path model when it starts."""
         return self.journal.dirs()
 
+    def folder_paths_locked(self, session: SessionRecord) -> list[str]:
+        """The paths of the session's folders, sorted (the same tree gives the same archive)."""
+        return sorted(path for session_id, path in self._folders.values() if session_id == session.id)
+
     def add_folder_locked(self, session: SessionRecord, path: str, mode: int, mtime_ns: int) -> int:
-        return self.journal.insert_dir(session.id, path, mode, mtime_ns)
+        folder_id = self.journal.insert_dir(session.id, path, mode, mtime_ns)
+        self._folders[folder_id] = (session.id, path)
+        return folder_id
 
     def update_folder_locked(self, folder_id: int, **values) -> None:
         self.journal.update_dir(folder_id, **values)
+        if "path" in values and folder_id in self._folders:
+            self._folders[folder_id] = (self._folders[folder_id][0], values["path"])
 
     def remove_folder_locked(self, folder_id: int) -> None:
         self.journal.delete_dir(folder_id)
+        self._folders.pop(folder_id, None)
 
     def remove_folders_of_locked(self, session: SessionRecord) -> None:
         self.journal.delete_dirs_of(session.id)
+        for folder_id in [i for i, (session_id, _) in self._folders.items() if session_id == session.id]:
+            del self._folders[folder_id]
 
     # --- files: writers ------------------------------------------------------------------------
 
