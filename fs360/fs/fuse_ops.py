@@ -12,7 +12,6 @@ import errno
 import functools
 import itertools
 import logging
-import os
 import threading
 
 import mfusepy
@@ -20,6 +19,7 @@ import mfusepy
 from ..errors import Fs360Error, errno_of
 from .mfusepy_overrides import FUSE_CAP_READDIRPLUS, FUSE_CAP_READDIRPLUS_AUTO, Fs360Fuse
 from .model import MountModel
+from .open_files import opens_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class Fs360Operations(mfusepy.Operations):
     @translated
     def open(self, path, fi):
         fi.fh = self.model.open(path, fi.flags)
-        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+        if opens_for_writing(fi.flags):
             self.model.opened_for_writing(mfusepy.fuse_get_context()[2])
         self._set_io_mode(fi)
         return 0

@@ -243,8 +243,10 @@ class OpenFiles:
     def _release_writer(self, handle: FileHandle) -> None:
         record = handle.record
         unfinished = handle.failure or handle.writer_died
-        if not unfinished and record.open_writers == 1 and not record.local_only:
-            # The last writer: a file not written front to back is hashed here, without the lock.
+        if not unfinished and record.open_writers == 1 and not record.local_only and not record.in_tree \
+                and not record.unfinished:
+            # The last writer of a file about to be queued on its own: one not written front to
+            # back is hashed here, without the lock (a tree's file goes up inside the archive).
             self.engine.content_sha256(record)
         with self.engine.lock:
             self.engine.close_writer_locked(record, record.size, unfinished)

@@ -61,8 +61,7 @@ class Renames:
         if replaced is not None and record.local_only and held_with_known_content(replaced):
             self._replace_held_locked(src, dst)
             return
-        if not record.local_only or session is not target:
-            check_mutable_locked(self.engine, record)
+        check_mutable_locked(self.engine, record)  # (a scratch file is always free to move)
         check_not_sealed(target)
         check_tree_open_locked(target, dst.parent)
         if replaced is not None:
