@@ -17,9 +17,10 @@ The normal suite runs 25 derandomized examples of at most 30 steps (a few second
 random seeds and the upload worker processes. A failure prints the shrunk sequence of steps and,
 in the long run, a `@reproduce_failure` blob.
 
-Product bugs the machine found are strict xfails at the end of this file, each a minimal
-reproduction; until they are fixed the reference follows the product in those corners (the
-flags at the top of reference_model.py), so the machine keeps looking for other bugs.
+Product bugs the machine found are regression tests at the end of this file, each a minimal
+reproduction. While a bug was open, a flag in reference_model.py made the reference follow the
+product in that corner (so the machine kept looking for other bugs); all three are fixed and
+their flags False, which makes the reference check the fixed behaviour.
 """
 
 from __future__ import annotations
