@@ -128,17 +128,19 @@ def test_session_expiry_resends_everything_and_project_completes(profiled_emulat
     emulator = profiled_emulator
     src = tmp_path / "src"
     expected = make_sources(src, MIXED)
-    # Slow PUTs so the session can be expired while files are still going (a loaded machine
-    # must still see one file complete while another is half-way).
-    emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.1}])
-    engine = Engine(settings_for(emulator, chunk_size=CHUNK, workers=2)).start()
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK, workers=2))
+    # One PUT a second (the bandwidth gate, 64 KiB/s for 64 KiB chunks): however loaded the
+    # machine, one file is complete while another is half-way for a second or more at a time.
+    engine.gate.set_bwlimit("64k")
+    engine.start()
     try:
         session = queue_files(engine, "expiring", {name: src / name for name in expected})
         first = wait_until(lambda: [f for f in emulator.files() if f["complete"]]
                          and [f for f in emulator.files() if not f["complete"] and f["received"]],
-                         30, what="an upload in mid-flight")
+                         60, what="an upload in mid-flight")
         old_id = first[0]["upload_id"]
         emulator.expire(old_id)
+        engine.gate.set_bwlimit("off")
         with engine.lock:
             engine.request_project_locked(session, {"privacy_mode": 1})
         wait_until(lambda: session.project.state == P_READY, 60, what="the project to be ready")
