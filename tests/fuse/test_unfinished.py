@@ -118,6 +118,36 @@ def test_lazy_unmount_while_writing_completes_after_the_next_mount(tmp_path, emu
     assert_uploaded(emulator, again.status_json("s")["upload_id"], {"scan.e57": hashlib.sha256(block * 2).hexdigest()})
 
 
+def test_a_mount_stopped_while_a_writer_is_mid_copy_never_uploads_the_part(tmp_path, emulator, mount_factory):
+    """The daemon gets SIGTERM (a shutdown, `systemctl stop`) while a program has written half a
+    file and still holds it open: libfuse settles the open handle at DESTROY, and a file whose
+    writer never closed it is interrupted, never uploaded (a lazy unmount after the close, above,
+    is the opposite case)."""
+    cache = tmp_path / "stopped-cache"
+    mount = mount_factory(emulator, cache_dir=cache)
+    (mount.mountpoint / "s").mkdir()
+    path = mount.mountpoint / "s" / "scan.e57"
+    # Writes one block, then waits with the file open until it is killed.
+    writer = subprocess.Popen(
+        ["python3", "-c", "import sys, time\n"
+         "f = open(sys.argv[1], 'wb'); f.write(b'x' * (1 << 20)); f.flush()\n"
+         "print('written', flush=True); time.sleep(3600)", str(path)],
+        stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout.readline().strip() == b"written"
+        daemon = mount.pid
+        os.kill(daemon, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(daemon), 60, what="the daemon to stop")
+    finally:
+        writer.kill()
+        writer.wait(30)
+    subprocess.run(["fusermount3", "-u", "-z", str(mount.mountpoint)], capture_output=True)
+    again = mount_factory(emulator, cache_dir=cache)
+    assert again.file_states("s") == {"scan.e57": "interrupted"}
+    assert "mount stopped" in file_info(again, "s", "scan.e57")["error"]
+    assert emulator.files() == []
+
+
 def test_unlink_14_steps_on_a_mount(mount):
     """The steps of pjdfstest's unlink/14, in Python (the real one runs below when it can be built)."""
     (mount.mountpoint / "s").mkdir()
