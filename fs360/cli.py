@@ -17,7 +17,7 @@ from . import __version__, control
 from .config import DEFAULT_LOCAL_ONLY_PATTERNS, MiB, Settings, default_cache_dir
 from .fs.status import bar, human_bytes, render_root, render_text
 
-BUSY_STATES = ("writing", "pending", "uploading", "failed")
+BUSY_STATES = ("writing", "closed", "pending", "uploading", "failed")
 PRIVACY = {"private": 2, "link": 1, "public": 0}
 # Mount flags that are not settings a user keeps in a file (-f is how a mount is run, e.g. by systemd).
 NOT_CONFIG_KEYS = {"mountpoint", "func", "emulator_arg", "rate_window_scale", "help", "foreground"}

@@ -14,7 +14,7 @@ import logging
 from ..config import Settings
 from ..errors import InvalidArgument
 from .archive import ArchiveMember, ArchiveReader
-from .records import IN_TREE, WRITING, SessionRecord, in_scratch_folder
+from .records import CLOSED, IN_TREE, WRITING, SessionRecord, in_scratch_folder
 from .registry import Registry
 from .server_names import deduplicated, server_name_for
 
@@ -60,7 +60,7 @@ class TreeArchive:
                         f"remove one of them")
         unfinished = [f for f in tree if f.open_writers or f.state != IN_TREE]
         if unfinished:
-            return "; ".join(f"{f.name}: still being written" if f.open_writers or f.state == WRITING
+            return "; ".join(f"{f.name}: still being written" if f.open_writers or f.state in (WRITING, CLOSED)
                              else f"{f.name}: {f.state} ({f.last_error}); delete it or copy it again"
                              for f in sorted(unfinished, key=lambda f: f.name))
         cap = self.registry.caps.file_cap

@@ -25,7 +25,7 @@ from .journal import Journal
 from .locking import StateLock
 from .progress import Listeners
 from .projects import ProjectKeeper
-from .records import FAILED, PENDING, QUEUED_STATES, UPLOADING, FileRecord, SessionRecord
+from .records import CLOSED, FAILED, PENDING, QUEUED_STATES, UPLOADING, FileRecord, SessionRecord
 from .registry import Registry
 from .scheduler import Scheduler
 from .spool import Spool
@@ -99,7 +99,10 @@ class Engine:
     rename_file_locked = _registry_door("rename_file_locked")
     remove_file_locked = _registry_door("remove_file_locked")
     set_file_attrs_locked = _registry_door("set_file_attrs_locked")
-    mark_unfinished_locked = _registry_door("mark_unfinished_locked")
+    writer_exited_locked = _registry_door("writer_exited_locked")
+    writer_failed_locked = _registry_door("writer_failed_locked")
+    await_commit_locked = _registry_door("await_commit_locked")
+    release_held_locked = _registry_door("release_held_locked")
     server_lacks_file_locked = _registry_door("server_lacks_file_locked")
     content_sha256 = _registry_door("content_sha256")
     refuse_change_locked = _registry_door("refuse_change_locked")
@@ -156,7 +159,8 @@ class Engine:
         self._threads.append(thread)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stops the workers after their current chunk; unfinished work stays in the journal."""
+        """Stops the workers after their current chunk; unfinished work stays in the journal, and
+        a file still waiting for its commit point is held at the next mount (see settle_commits)."""
         with self.lock:
             self._stopping = True
             self._work_ready.notify_all()
@@ -171,16 +175,31 @@ class Engine:
         self.client.close()
         self.journal.close()
 
+    def settle_commits(self, timeout: float) -> None:
+        """The mount ends: files waiting for their commit point get it first, within `timeout`
+        (a writer that exits as the mount ends, after a lazy unmount, still decides its file)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                closed = [f for f in self.registry.files_locked() if f.state == CLOSED]
+                for record in closed:
+                    if time.monotonic() - record.closed_at >= self.settings.writeback_delay:
+                        self.registry.commit_locked(record, succeeded=False)
+                if not any(f.state == CLOSED for f in closed):
+                    return
+            time.sleep(0.05)
+
     @property
     def stopping(self) -> bool:
         return self._stopping
 
     def wait_idle(self, timeout: float | None = None, poll: float = 0.2, on_tick=None) -> bool:
-        """Waits until no file is queued or uploading; returns whether that happened."""
+        """Waits until no file is waiting for its commit point, queued or uploading; returns
+        whether that happened."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self.lock:
-                busy = [f for f in self.registry.files_locked() if f.state in (PENDING, UPLOADING, FAILED)]
+                busy = [f for f in self.registry.files_locked() if f.state in (CLOSED, PENDING, UPLOADING, FAILED)]
             if on_tick is not None:
                 on_tick(busy)
             if not busy:
@@ -200,9 +219,15 @@ class Engine:
         self.housekeeping.nudge_locked()
 
     def _runnable_locked(self, file_id: int, generation: int) -> bool:
+        """Whether a due queue entry is an upload to start. A closed file whose write-back delay
+        passed with its writers still running is committed here (queued anew, so not this entry)."""
         record = self.registry.file_locked(file_id)
-        return record is not None and record.generation == generation and record.state in QUEUED_STATES \
-            and not record.unlinked and not record.open_writers
+        if record is None or record.generation != generation or record.unlinked or record.open_writers:
+            return False
+        if record.state == CLOSED:
+            self.registry.commit_locked(record, succeeded=False)
+            return False
+        return record.state in QUEUED_STATES
 
     def _next_job_locked(self) -> FileRecord | None:
         """Waits for a due, still valid queue entry; None when stopping."""

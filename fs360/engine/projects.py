@@ -20,7 +20,7 @@ from ..config import Settings
 from ..errors import AccountError, ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound, WaitForRateLimit
 from .locking import StateLock
 from .progress import Listeners
-from .records import (COMPLETE, IN_TREE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, REJECTED,
+from .records import (COMPLETE, HELD, IN_TREE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, REJECTED,
                       ProjectRequest, SessionRecord, duration_text)
 from .registry import Registry
 
@@ -69,7 +69,7 @@ class ProjectKeeper:
         files = session.uploads()
         if not files:
             return "no files to make a project of yet"
-        blocked = [f for f in files if f.state in (REJECTED, LOST, INTERRUPTED)]
+        blocked = [f for f in files if f.state in (REJECTED, LOST, INTERRUPTED, HELD)]
         if blocked:
             # The archive is no file of the folder: what undoes it is `rm .create` (it unfreezes the tree).
             return "; ".join(f"{f.name}: {f.state} ({f.last_error}); "

@@ -24,8 +24,9 @@ from typing import Callable
 from ..config import Settings
 from .journal import PROJECT_COLUMNS, Journal
 from .locking import StateLock
-from .records import (COMPLETE, FAILED, INTERRUPTED, IN_TREE, LOCAL, LOST, P_CREATED, P_READY, PENDING,
-                      QUEUED_STATES, UPLOADING, WRITING, FileRecord, ProjectRequest, SessionRecord)
+from .records import (CLOSED, COMPLETE, FAILED, HELD, INTERRUPTED, IN_TREE, LOCAL, LOST, P_CREATED, P_READY,
+                      PENDING, QUEUED_STATES, UNFINISHED_STATES, UPLOADING, WRITING, FileRecord, ProjectRequest,
+                      SessionRecord)
 from .server_names import deduplicated, server_name_for
 from .spool import RunningDigest, Spool
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # Why a file open for writing when the mount stopped is not whole (journaled at its first open).
 STOPPED_WHILE_WRITING = "the mount stopped while this file was being written; copy it again"
+# Why a file closed but not yet committed when the mount stopped is held (its writer's exit is unknown).
+STOPPED_BEFORE_COMMIT = ("the mount stopped before the program that wrote it had finished: it may be incomplete; "
+                         "copy it again, or run `fs360 release` on it if you know it is whole")
 
 
 @dataclass
@@ -110,7 +114,14 @@ class Registry:
                 session.server_names[record.server_name.lower()] = record
             if record.state == WRITING or record.unfinished == STOPPED_WHILE_WRITING:
                 self._size_from_spool_locked(record)
-            if record.state == WRITING:
+            if record.state == CLOSED:
+                # Its writers' exits were still awaited: whether they succeeded is unknown.
+                record.unfinished_state = HELD
+                self.set_unfinished_locked(record, STOPPED_BEFORE_COMMIT)
+                self.set_state_locked(record, HELD, last_error=record.unfinished)
+            elif record.state == HELD:
+                record.unfinished_state = HELD
+            elif record.state == WRITING:
                 # The mount stopped while a program was writing it: its data may be
                 # partial, so it is never uploaded as if it were whole.
                 self.set_unfinished_locked(record, STOPPED_WHILE_WRITING)
@@ -233,7 +244,7 @@ class Registry:
             self.spool.remove(record.id)
         session.unlinked.clear()
         for record in session.uploads():
-            if record.state in (WRITING, INTERRUPTED):
+            if record.state in (WRITING, CLOSED) + UNFINISHED_STATES:
                 continue
             record.server_received = 0
             record.upload_id = None
@@ -364,14 +375,19 @@ class Registry:
         appending to a partial file does not make it whole. `truncated`: its spool file was
         just cut to 0 (O_TRUNC)."""
         record.open_writers += 1
+        first_writer = record.open_writers == 1
         if truncated and record.size:
             record.size = 0
             record.mtime_ns = time.time_ns()
         if rewrite:
             self.set_unfinished_locked(record, "")
             record.digest = RunningDigest()
-        elif record.state == INTERRUPTED and not record.unfinished:
+        elif record.state in UNFINISHED_STATES and not record.unfinished:
             self.set_unfinished_locked(record, record.last_error or "an earlier write of this file did not finish")
+        if first_writer:
+            # Appending to an unfinished file may finish it: a writer that then exits 0 makes it whole.
+            record.completing = bool(record.unfinished)
+            record.writer_failure = ""
         if record.open_writers == 1 and not record.unfinished and not record.stop_journaled:
             # Journal only (memory keeps the truth while it is open): should the mount stop before
             # the last close, the file comes back unfinished. A scratch file has no `writing` state
@@ -403,23 +419,89 @@ class Registry:
 
     def close_writer_locked(self, record: FileRecord, size: int, unfinished: str = "") -> None:
         """A writer closed it. `unfinished`: why that writer did not finish (a failed write,
-        a dying process): the file is then never uploaded as it is."""
+        a dying process): the file is then `interrupted`, never uploaded as it is. The last
+        close of a whole file starts its commit point (await_commit_locked)."""
         record.open_writers = max(0, record.open_writers - 1)
         record.size = size
-        if unfinished and not record.unfinished:
-            self.set_unfinished_locked(record, unfinished)
+        if unfinished:
+            self.writer_failed_locked(record, unfinished, INTERRUPTED)
         last_close = not record.open_writers and record.id in self._files
         if last_close:
             # The journal's unfinished becomes what memory says (set_unfinished_locked journaled a
             # reason; '' goes with the row's next write below, or with the queuing).
             record.stop_journaled = False
+            record.closed_at = time.monotonic()
         if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
             as_is = {"unfinished": record.unfinished} if last_close else {}
             self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns, **as_is)
-        elif record.unfinished:
-            self._interrupt_locked(record)
+        elif record.unfinished and not record.completing:
+            self._rest_unfinished_locked(record)
         else:
-            self.queue_upload_locked(record)
+            self.await_commit_locked(record)
+
+    # --- files: the commit point ----------------------------------------------------------------
+    # A file is final when every process that closed it written has exited 0, or, for a writer
+    # that keeps running (a file manager, a shell's redirection), once it stayed closed for the
+    # write-back delay. A writer that exits non-zero or by a signal first leaves it `held`.
+
+    def await_commit_locked(self, record: FileRecord) -> None:
+        """Closed by its last writer (or a closed scratch file renamed to its final name): it is
+        committed once its writers (`record.writers`, filled by the path model) have exited 0,
+        or when the write-back delay has passed."""
+        if record.writers or record.writer_unknown:
+            record.generation += 1
+            self.set_state_locked(record, CLOSED, size=record.size, mtime_ns=record.mtime_ns, last_error="",
+                                  attempts=0, unfinished=record.unfinished)
+            self._schedule(record, self.settings.writeback_delay)
+        else:
+            self.commit_locked(record, succeeded=True)
+
+    def commit_locked(self, record: FileRecord, succeeded: bool) -> None:
+        """The commit point is reached: `succeeded`, every writer exited 0 (which also makes an
+        unfinished file it appended to whole); otherwise the write-back delay passed."""
+        record.writers = None
+        record.writer_unknown = False
+        if record.unfinished and not succeeded:
+            self._rest_unfinished_locked(record)
+            return
+        record.completing = False
+        self.queue_upload_locked(record)
+
+    def writer_exited_locked(self, record: FileRecord, tgid: int, failure: str) -> None:
+        """Process `tgid`, which closed `record` written, exited: `failure` says why it failed
+        ('' when it exited 0). A failure before the commit point holds the file."""
+        was_writer = record.writers is not None and tgid in record.writers
+        if was_writer:
+            record.writers.discard(tgid)
+        if not was_writer or record.id not in self._files or record.unlinked:
+            return
+        if failure:
+            if record.local_only and time.monotonic() - record.closed_at > self.settings.writeback_delay:
+                return  # a scratch file closed long before: a later failure says nothing of it
+            self.writer_failed_locked(record, failure, HELD)
+            if record.state == CLOSED:
+                self._rest_unfinished_locked(record)
+        elif record.state == CLOSED and not record.writers and not record.writer_unknown:
+            self.commit_locked(record, succeeded=True)
+
+    def writer_failed_locked(self, record: FileRecord, reason: str, state: str) -> None:
+        """This writing of the file failed (`reason`): it rests in `state` once closed."""
+        record.completing = False
+        record.unfinished_state = state
+        record.writer_failure = reason
+        if record.unfinished != reason:
+            self.set_unfinished_locked(record, reason)
+
+    def release_held_locked(self, record: FileRecord) -> bool:
+        """`fs360 release`: the user says a held file is whole; it is queued now. False when the
+        file is not held."""
+        if record.state != HELD or record.open_writers:
+            return False
+        record.unfinished_state = INTERRUPTED
+        self.set_unfinished_locked(record, "")
+        self.queue_upload_locked(record)
+        log.info("%s: released by the user; uploading it", record.name)
+        return True
 
     def truncated_locked(self, record: FileRecord, length: int, listed: bool) -> None:
         """Its spool file was truncated to `length`: with no writer open it is queued again
@@ -433,15 +515,16 @@ class Registry:
         else:
             if record.digest is not None:
                 record.digest.cut(length)
-            if record.state == INTERRUPTED and not record.unfinished:
+            if record.state in UNFINISHED_STATES and not record.unfinished:
                 self.set_unfinished_locked(record, record.last_error)  # still partial
         if not record.open_writers and not record.local_only and not record.unfinished and listed:
-            self.queue_upload_locked(record)
+            record.writer_unknown = True  # truncate(1) by path: the commit waits the delay
+            self.await_commit_locked(record)
         else:
             self.journal.update_file(record.id, size=length, mtime_ns=record.mtime_ns)
 
-    def queue_upload_locked(self, record: FileRecord, delay: float | None = None) -> None:
-        """The file is closed and its name final: upload it after the write-back delay (or `delay`).
+    def queue_upload_locked(self, record: FileRecord, delay: float = 0.0) -> None:
+        """The file is committed (see commit_locked) and its name final: upload it after `delay`.
         A file of the tree is whole now, and waits for the archive instead."""
         record.generation += 1
         # Whole (it is queued): `unfinished` '' goes in the same journal write.
@@ -451,7 +534,7 @@ class Registry:
             return
         self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
                               attempts=0, sha256=self.content_sha256(record), unfinished="")
-        self._schedule(record, self.settings.writeback_delay if delay is None else delay)
+        self._schedule(record, delay)
 
     # --- files: names and removal ----------------------------------------------------------------
 
@@ -471,21 +554,25 @@ class Registry:
             if record.open_writers:
                 self.set_state_locked(record, WRITING)
             elif record.unfinished:
-                self._interrupt_locked(record)
+                self._rest_unfinished_locked(record)
             else:
                 # A closed scratch file (rsync's .name.XXXXXX, GIO's .goutputstream-*) renamed to
-                # its final name: the rename is the writer's "done", no delay needed.
-                self.queue_upload_locked(record, delay=0.0)
+                # its final name: committed once its writers and the renamer have exited 0
+                # (rsync --partial renames a partial file and then exits 20).
+                self.await_commit_locked(record)
         elif not was_local and local_only:
             record.generation += 1
             self.set_state_locked(record, LOCAL, last_error="")
         elif (record.state == IN_TREE) != record.in_tree and record.state in QUEUED_STATES + (IN_TREE, UPLOADING):
             # A closed file moved into the tree (its upload, not begun, stops), or out of it.
             self.queue_upload_locked(record)
-        elif record.state in QUEUED_STATES:
-            # A rename right after close (rsync, GIO): wait the delay again from now.
+        elif record.state in QUEUED_STATES or (record.state == UPLOADING and not record.may_be_on_server):
+            # Committed, not sent: an attempt already picked up stops at its claim (it may have
+            # opened the old session, or checked the old name), and the file goes again from here.
             record.generation += 1
-            self._schedule(record, self.settings.writeback_delay)
+            if record.state == UPLOADING:
+                self.set_state_locked(record, PENDING)
+            self._schedule(record, 0.0)
         self._rechoose_server_name_locked(record, source)
 
     def remove_file_locked(self, record: FileRecord) -> None:
@@ -622,9 +709,12 @@ class Registry:
                                            allowed_extensions=list(self.caps.allowed_extensions),
                                            refused_extensions=list(self.caps.refused_extensions)))
 
-    def _interrupt_locked(self, record: FileRecord) -> None:
+    def _rest_unfinished_locked(self, record: FileRecord) -> None:
+        """Not whole (interrupted) or not known to be (held): never uploaded as it is."""
         record.generation += 1
-        self.set_state_locked(record, INTERRUPTED, size=record.size, mtime_ns=record.mtime_ns,
+        record.writers = None
+        record.writer_unknown = False
+        self.set_state_locked(record, record.unfinished_state, size=record.size, mtime_ns=record.mtime_ns,
                               last_error=record.unfinished)
         log.warning("%s: not uploaded: %s", record.name, record.unfinished)
 
@@ -639,19 +729,6 @@ class Registry:
             journaled = reason or (STOPPED_WHILE_WRITING if record.open_writers else "")
             self.journal.update_file(record.id, unfinished=journaled)
             record.stop_journaled = journaled == STOPPED_WHILE_WRITING
-
-    def mark_unfinished_locked(self, record: FileRecord, reason: str) -> None:
-        """A writer that closed the file died right after, of a signal: the file is not whole.
-        Still open or queued, it becomes `interrupted`; once a PUT went out it is too late."""
-        if record.id not in self._files or record.unlinked:
-            return
-        if record.may_be_on_server and not record.local_only:
-            log.warning("%s: its writer died after closing it, but its upload had begun: %s", record.name, reason)
-            return
-        if not record.unfinished:
-            self.set_unfinished_locked(record, reason)
-        if not record.local_only and not record.open_writers and record.state != INTERRUPTED:
-            self._interrupt_locked(record)
 
     # --- identical re-copies ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from ..engine.registry import STOPPED_WHILE_WRITING
 from ..errors import (AccessDenied, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
                       QuotaWouldPass)
 from .content_check import ContentCheck, held_with_known_content
-from .exits import WriterExits
+from .exits import Writers
 from .handles import FileHandle, HandleTable
 from .markers import Markers
 from .rules import check_growth, check_growth_locked, check_mutable_locked
@@ -53,12 +53,12 @@ def failures_marked(handle: FileHandle):
 
 
 class OpenFiles:
-    def __init__(self, engine, tree: SessionTree, markers: Markers, handles: HandleTable, exits: WriterExits):
+    def __init__(self, engine, tree: SessionTree, markers: Markers, handles: HandleTable, writers: Writers):
         self.engine = engine
         self.tree = tree
         self.markers = markers
         self.handles = handles
-        self.exits = exits
+        self.writers = writers
 
     def open_locked(self, record: FileRecord, flags: int) -> int:
         writing = opens_for_writing(flags)
@@ -211,12 +211,16 @@ class OpenFiles:
     # --- closing ----------------------------------------------------------------------------------
 
     def flush(self, handle: FileHandle, pid: int | None) -> None:
-        """close() by process `pid`: a file closed by a dying writer is remembered as unfinished;
-        a rewrite of a file the server holds that differs fails the close."""
+        """close() by process `pid`: a file closed by a dying writer is remembered as unfinished,
+        and a living writer's exit is awaited (the commit point); a rewrite of a file the server
+        holds that differs fails the close."""
         if not handle.writable:
             return
         handle.closed = True
-        reason = self.exits.closed(pid, handle.record, may_die_after=handle.check is None)
+        if handle.check is not None:
+            reason = self.writers.dying(pid)
+        else:
+            reason = self.writers.closed(pid, handle.record)
         if reason:
             handle.writer_died = handle.writer_died or reason
         if handle.check is not None and not handle.writer_died and not handle.check.matches():
@@ -243,6 +247,8 @@ class OpenFiles:
     def _release_writer(self, handle: FileHandle) -> None:
         record = handle.record
         unfinished = handle.failure or handle.writer_died
+        if not handle.closed:
+            record.writer_unknown = True  # no flush said who wrote last: the delay commits it
         if not unfinished and record.open_writers == 1 and not record.local_only and not record.in_tree \
                 and not record.unfinished:
             # The last writer of a file about to be queued on its own: one not written front to

@@ -208,10 +208,10 @@ def test_opening_a_requested_marker_without_writing_changes_nothing(idle):
 def test_a_marker_closed_by_a_dying_writer_is_not_a_request(idle, monkeypatch):
     """`> .create` killed before its JSON is written closes an empty, truncated marker: the close
     by a dying process is refused (EINVAL, in status), not taken as a request with defaults."""
-    import fs360.fs.exits as exits_module
+    import signal
+    from fs360.fs.exits import Closer
     dying = 4242
-    monkeypatch.setattr(exits_module, "exit_reason",
-                        lambda pid: "the writer was killed by SIGKILL before it finished" if pid == dying else "")
+    idle.writers.identify = lambda pid: Closer(pid, "bash", signal.SIGKILL if pid == dying else None)
     idle.mkdir("/s", 0o755)
     fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
     try:
@@ -237,7 +237,7 @@ def tree_next_to_an_archive(model):
 def tree_file_still_written(model):
     fh = model.create("/s/Scans/a.jpg", 0o644, os.O_WRONLY)
     model.write(fh, b"a", 0)
-    return lambda: model.release(fh)
+    return lambda: model.finish_writer(fh, succeeded=True)
 
 
 def archive_over_the_file_cap(model):
