@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("mountpoint")
         p.set_defaults(func=cmd_control, control=name)
 
+    r = sub.add_parser("release", help="upload held files you know are whole (a program failed right "
+                                       "after writing them, e.g. cp of several files where one was missing)")
+    r.add_argument("paths", nargs="+", metavar="PATH", help="held files inside a mount")
+    r.set_defaults(func=cmd_release)
+
     st = sub.add_parser("set", help="change a running mount: fs360 set MOUNTPOINT bwlimit=5M")
     st.add_argument("mountpoint")
     st.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
@@ -386,6 +391,30 @@ def cmd_control(args) -> int:
     state = "paused" if answer["paused"] else "uploading"
     print(f"fs360: {mountpoint}: {state}, bwlimit {answer['bwlimit']}")
     return 0
+
+
+def cmd_release(args) -> int:
+    """Each PATH goes to the daemon of the mount it lies in, as a path from that mount's root."""
+    by_mount: dict[str, list[str]] = {}
+    mounts = sorted(control.fs360_mounts(), key=len, reverse=True)
+    for path in args.paths:
+        absolute = os.path.abspath(path)
+        mountpoint = next((m for m in mounts if absolute.startswith(m.rstrip("/") + "/")), None)
+        if mountpoint is None:
+            raise CliError(f"{path} is not inside an fs360 mount")
+        by_mount.setdefault(mountpoint, []).append(absolute[len(mountpoint.rstrip("/")):])
+    failed = False
+    for mountpoint, paths in by_mount.items():
+        try:
+            answer = control.request(mountpoint, {"cmd": "release", "paths": paths})
+        except OSError as exc:
+            raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+        for line in answer.get("released", []):
+            print(f"fs360: {line}")
+        if not answer.get("ok"):
+            print(f"fs360: {answer.get('error', 'refused')}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 # --- setting up ------------------------------------------------------------------------------

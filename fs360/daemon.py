@@ -287,10 +287,12 @@ def lock_cache_dir(settings: Settings):
     return handle
 
 
-def control_handler(engine: Engine):
-    """The answers of the control socket: pause, resume, set bwlimit=…, info."""
+def control_handler(engine: Engine, model: MountModel):
+    """The answers of the control socket: pause, resume, set bwlimit=…, release, info."""
     def handle(request: dict) -> dict:
         command = request.get("cmd")
+        if command == "release":
+            return release_held(model, request.get("paths"))
         if command in ("pause", "resume"):
             engine.gate.set_paused(command == "pause")
             log.info("uploads %s", "paused" if command == "pause" else "resumed")
@@ -307,6 +309,19 @@ def control_handler(engine: Engine):
             return {"ok": False, "error": f"unknown command {command!r}"}
         return {"ok": True, "pid": os.getpid(), "paused": engine.gate.paused, "bwlimit": engine.gate.bwlimit}
     return handle
+
+
+def release_held(model: MountModel, paths) -> dict:
+    """`fs360 release`: each path (inside the mount, from its root) released, or why not."""
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        return {"ok": False, "error": "release needs a list of paths inside the mount"}
+    done, refused = [], []
+    for path in paths:
+        try:
+            done.append(model.release_held(path))
+        except Fs360Error as exc:
+            refused.append(f"{path.lstrip('/')}: {exc}")
+    return {"ok": not refused, "released": done, "error": "; ".join(refused)}
 
 
 def summary(engine: Engine) -> str:
@@ -367,7 +382,7 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         client.check_credentials()
         engine = Engine(settings, client)
         model = MountModel(engine, settings)
-        server = control.ControlServer(settings.cache_dir, control_handler(engine))
+        server = control.ControlServer(settings.cache_dir, control_handler(engine, model))
     except (Fs360Error, OSError) as exc:
         log.error("cannot mount: %s", exc)
         reporter.ready(str(exc))

@@ -66,7 +66,7 @@ class Transfer:
         puts_let_go = [0]
         try:
             upload_id = self._remote_session(session)
-            self._ensure_name_free_on_server(record, session, upload_id)
+            self._ensure_name_free_on_server(record, generation, session, upload_id)
             start = self._resume_offset(record, upload_id)
 
             def cancelled() -> bool:
@@ -75,8 +75,7 @@ class Transfer:
             if not self.gate.wait_open(cancelled):
                 raise Cancelled()
             with self.lock:
-                if record.generation != generation:
-                    raise Cancelled()
+                self._still_picked_locked(record, generation, session)
                 self.registry.claim_server_name_locked(record, session, upload_id)
             # The gate (bwlimit, pause) waits inside should_stop, asked before every PUT.
             on_progress, gated_stop = self.gate.gated(
@@ -219,7 +218,15 @@ class Transfer:
             self.listeners.emit("session_opened", session=session)
             return opened.upload_id
 
-    def _ensure_name_free_on_server(self, record: FileRecord, session: SessionRecord, upload_id: str) -> None:
+    def _still_picked_locked(self, record: FileRecord, generation: int, session: SessionRecord) -> None:
+        """Before a step that binds the file to `session` (its name there, the claim): a file
+        written again, renamed or moved to another session since it was picked up goes again
+        from the queue (Cancelled), never into the session it left."""
+        if record.generation != generation or self.registry.session_of(record) is not session:
+            raise Cancelled()
+
+    def _ensure_name_free_on_server(self, record: FileRecord, generation: int, session: SessionRecord,
+                                    upload_id: str) -> None:
         """Before the first PUT of a file, its server name must not hold another file's bytes
         (a resume would merge two files into one): such a name is a conflict, and the file
         takes the next free name instead."""
@@ -235,6 +242,7 @@ class Transfer:
                 if session.upload_id == upload_id:
                     session.remote_names = held
         with self.lock:
+            self._still_picked_locked(record, generation, session)
             owner = held.get(record.server_name.lower(), record) if record.server_name else None
             if owner is not record:
                 taken_by = record.server_name
