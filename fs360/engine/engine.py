@@ -98,6 +98,8 @@ class Engine:
     queue_upload_locked = _registry_door("queue_upload_locked")
     rename_file_locked = _registry_door("rename_file_locked")
     remove_file_locked = _registry_door("remove_file_locked")
+    revivable_locked = _registry_door("revivable_locked")
+    relist_locked = _registry_door("relist_locked")
     set_file_attrs_locked = _registry_door("set_file_attrs_locked")
     writer_exited_locked = _registry_door("writer_exited_locked")
     writer_failed_locked = _registry_door("writer_failed_locked")

@@ -590,6 +590,22 @@ class Registry:
         record.generation += 1
         self.nudge()
 
+    def revivable_locked(self, session: SessionRecord, name: str) -> FileRecord | None:
+        """The file of `name` deleted from the folder that the server holds complete, with its
+        sha256 known: a re-run that unlinks first (tar -x, cp --remove-destination) may bring it
+        back by writing the same content again (see relist_locked)."""
+        return next((f for f in session.unlinked if f.name == name and f.state == COMPLETE and f.sha256), None)
+
+    def relist_locked(self, record: FileRecord) -> None:
+        """An unlinked file the server holds is listed in its folder again (its identical re-copy
+        is being compared; a different one unlinks it again)."""
+        session = self.session_of(record)
+        session.unlinked.remove(record)
+        record.unlinked = False
+        session.files[record.name] = record
+        self.journal.update_file(record.id, unlinked=0)
+        self.nudge()
+
     def _forget_file_locked(self, record: FileRecord, session: SessionRecord) -> None:
         self.journal.delete_file(record.id)
         self._files.pop(record.id, None)

@@ -17,6 +17,7 @@ from ..engine.engine import Engine
 from ..errors import (AccessDenied, AlreadyExists, InvalidArgument, IsADirectory, NoAttribute, NotADirectory,
                       NotEmpty, NotFound, NotPermitted, NotSupported)
 from .attrs import Attributes
+from .content_check import held_with_known_content
 from .exits import Writers
 from .handles import FileHandle, HandleTable, SnapshotHandle
 from .markers import MarkerHandle, Markers, marker_text
@@ -172,6 +173,9 @@ class MountModel:
             if node.kind == DIR:
                 raise IsADirectory(path)
             check_file_name(node.basename)
+            if node.kind == FILE and held_with_known_content(node.record):
+                # A re-copy of a file the server holds only compares: fine even once sealed.
+                return self.files.open_locked(node.record, flags | os.O_TRUNC)
             check_not_sealed(session)
             check_tree_open_locked(session, node.parent)
             if node.kind == FILE:
@@ -179,6 +183,9 @@ class MountModel:
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)
             local_only = self.tree.local_only(node.name)
             if not local_only:
+                revivable = self.engine.revivable_locked(session, node.name)
+                if revivable is not None:
+                    return self.files.open_revival_locked(revivable)
                 check_uploadable_name_locked(self.engine, session, node.name)
             record = self.engine.create_file_locked(session, node.name, mode & 0o7777,
                                                     self.uid if uid is None else uid,
@@ -277,13 +284,15 @@ class MountModel:
         once whether it finished: succeeded, the file is final and queued at once; otherwise it
         is `interrupted` with `reason`, never uploaded as it is."""
         handle = self._handles.get(fh)
-        if isinstance(handle, FileHandle) and handle.writable:
-            if not succeeded:
-                handle.failure = handle.failure or reason or "the writer did not finish it; copy it again"
-            handle.closed = True
-        else:
-            self.flush(fh)
-        self.release(fh)
+        try:
+            if isinstance(handle, FileHandle) and handle.writable and handle.check is None:
+                if not succeeded:
+                    handle.failure = handle.failure or reason or "the writer did not finish it; copy it again"
+                handle.closed = True
+            elif succeeded:
+                self.flush(fh)  # a re-copy is compared, a .create accepted, at the close
+        finally:
+            self.release(fh)
 
     # --- writers' exits: the commit point --------------------------------------------------------
 

@@ -79,6 +79,15 @@ class OpenFiles:
             self.engine.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
         return self.handles.add(FileHandle(record, fd, writing, bool(flags & os.O_APPEND)))
 
+    def open_revival_locked(self, record: FileRecord) -> int:
+        """A re-run that deleted a file the server holds creates it again (tar -x, unzip -o,
+        cp --remove-destination, install): it is listed again and what is written is compared;
+        identical, it is the server's file again (no PUT); different, it is refused and deleted."""
+        self.engine.relist_locked(record)
+        fh = self._open_check_locked(record, truncate=True, append=False)
+        self.handles.get(fh).revival = True
+        return fh
+
     def _open_check_locked(self, record: FileRecord, truncate: bool, append: bool) -> int:
         """A file the server holds, opened for writing: the handle only compares what is written
         (against the spool copy while it exists, and by sha256 at close)."""
@@ -258,8 +267,13 @@ class OpenFiles:
             self.engine.close_writer_locked(record, record.size, unfinished)
 
     def _release_check(self, handle: FileHandle) -> None:
-        """The end of a rewrite of a file the server holds: identical, it takes the new mtime."""
-        if handle.check.rewriting and handle.check.matches() and not handle.writer_died:
-            with self.engine.lock:
-                if is_listed_locked(self.engine, handle.record):
-                    self.engine.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
+        """The end of a rewrite of a file the server holds: identical, it takes the new mtime; a
+        revival that is not identical is deleted again (the server still holds the file)."""
+        identical = handle.check.rewriting and handle.check.matches() and not handle.writer_died
+        with self.engine.lock:
+            if not is_listed_locked(self.engine, handle.record):
+                return
+            if identical:
+                self.engine.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
+            elif handle.revival:
+                self.engine.remove_file_locked(handle.record)

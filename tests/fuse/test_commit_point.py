@@ -217,3 +217,34 @@ def test_fs360_release_uploads_a_held_file_the_user_knows_is_whole(tmp_path, emu
     assert_uploaded(emulator, None, sources)
     outside = run_fs360(tmp_path, "release", str(tmp_path / "src" / "a.jpg"), env=harness_runtime())
     assert outside.returncode != 0 and "not inside an fs360 mount" in outside.stderr
+
+
+def test_reruns_that_unlink_first_bring_the_servers_files_back(tmp_path, profiled_emulator, mount_factory):
+    """tar -x, unzip -o, cp --remove-destination and install run twice: the second run deletes each
+    complete file and writes it again. Identical, it is the server's file again: exit 0, no PUT,
+    complete, and .create is not blocked by deleted files."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    src = tmp_path / "src"
+    sources = make_sources(src, {"a.jpg": 300_000, "b.e57": MiB, "c.jpg": 5000, "d.jpg": 7000, "e.jpg": 9000})
+    subprocess.run(["tar", "-cf", str(tmp_path / "t.tar"), "-C", str(src), "a.jpg", "b.e57"], check=True)
+    subprocess.run(["zip", "-jq", str(tmp_path / "z.zip"), str(src / "c.jpg")], check=True)
+    runs = [["tar", "-xf", str(tmp_path / "t.tar"), "-C", str(session)],
+            ["unzip", "-oq", str(tmp_path / "z.zip"), "-d", str(session)],
+            ["cp", "--remove-destination", str(src / "d.jpg"), str(session)],
+            ["install", "-m", "0644", str(src / "e.jpg"), str(session)]]
+    for argv in runs:
+        subprocess.run(argv, check=True)
+    assert mount.wait_settled("s") == {name: "complete" for name in sources}
+    puts = request_count(emulator, "PUT")
+    for argv in runs:
+        again = subprocess.run(argv, capture_output=True, text=True)
+        assert again.returncode == 0, (argv, again.stderr)
+    assert mount.wait_settled("s") == {name: "complete" for name in sources}
+    assert mount.status_json("s")["deleted_but_held_by_server"] == []
+    assert request_count(emulator, "PUT") == puts
+    (session / ".create").write_text('{"title": "re-run"}')
+    assert mount.wait_project("s")["state"] == "ready"
+    assert_uploaded(emulator, None, sources)

@@ -330,7 +330,13 @@ def test_unlink_server_held_then_rmdir_discards(model, emulator):
     upload_id = model.engine.sessions["s"].upload_id
     model.unlink("/s/a.jpg")
     assert "a.jpg" not in names(model, "/s")
-    assert errno_of(model.create, "/s/a.jpg", 0o644, os.O_WRONLY) == errno.EACCES
+    # Another content under its name (the spool copy is gone: compared by sha256 at the close):
+    # refused, and deleted again.
+    fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY)
+    model.write(fh, b"else", 0)
+    assert errno_of(model.flush, fh) == errno.EACCES
+    model.release(fh)
+    assert "a.jpg" not in names(model, "/s")
     status = json.loads(read_all(model, "/s/status.json"))
     assert status["deleted_but_held_by_server"] == ["a.jpg"]
     text = read_all(model, "/s/status").decode()
@@ -345,6 +351,28 @@ def test_unlink_server_held_then_rmdir_discards(model, emulator):
     assert "s" not in names(model)
     wait_until(lambda: request_count(emulator, "DELETE delete_session 200") == 1, 10, 0.05, what="DELETE /uploads")
     assert upload_id not in {f["upload_id"] for f in emulator.files()}
+
+
+def test_a_deleted_file_the_server_holds_comes_back_when_copied_again_identical(model, emulator):
+    """tar -x, unzip -o, cp --remove-destination, install: a re-run unlinks, then creates the same
+    content again. The server's file is listed again: no PUT, complete, .create not blocked."""
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"held")
+    wait_state(model, "s", "a.jpg", "complete")
+    puts = request_count(emulator, "PUT")
+    model.unlink("/s/a.jpg")
+    fh = model.create("/s/a.jpg", 0o600, os.O_WRONLY | os.O_EXCL)
+    model.write(fh, b"he", 0)
+    model.write(fh, b"ld", 2)
+    model.flush(fh)
+    model.release(fh)
+    assert names(model, "/s") == {"a.jpg", "status", "status.json"}
+    assert model.file_state("s", "a.jpg") == "complete"
+    assert json.loads(read_all(model, "/s/status.json"))["deleted_but_held_by_server"] == []
+    write_file(model, "/s/.create", b"")
+    wait_until(lambda: model.engine.sessions["s"].project.state in ("created", "ready"), 20, 0.05,
+               what="the project")
+    assert request_count(emulator, "PUT") == puts
 
 
 def test_metadata_survives_restart(emulator, make_model):
