@@ -3,12 +3,14 @@ checked and accepted (or refused) at close, listed while it is written or the pr
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass, field
 
 from ..engine.records import P_CREATED, P_READY, P_WAITING, SessionRecord
 from ..errors import AccessDenied, FileTooBig, InvalidArgument, NotFound
 from .handles import HandleTable
+from .json_prefix import json_object_prefix_error
 from .names import CREATE_MARKER
 
 # .create holds a JSON object of project fields: anything bigger is not one.
@@ -107,7 +109,25 @@ class Markers:
             handle.data.extend(b"\0" * (end - len(handle.data)))
         handle.data[offset:end] = data
         handle.dirty = True
+        self._check_prefix(handle)
         return len(data)
+
+    def _check_prefix(self, handle: MarkerHandle) -> None:
+        """Refuses the write after which no ending could make .create a JSON object: a shell's
+        `echo '{bad' > .create` then fails (bash ignores errors of close)."""
+        try:
+            # Stripped as project_options strips it when it is read (NUL padding, newlines).
+            text = codecs.getincrementaldecoder("utf-8")().decode(bytes(handle.data).strip(b"\0 \t\r\n"), final=False)
+        except UnicodeDecodeError:
+            reason = ".create is not UTF-8 text"
+        else:
+            reason = json_object_prefix_error(text)
+        if reason:
+            handle.broken = True
+            reason = f"invalid .create: {reason}; write a JSON object, e.g. {{\"title\": \"My project\"}}"
+            with self.engine.lock:
+                handle.session.marker_refused = reason
+            raise InvalidArgument(reason)
 
     @staticmethod
     def truncate(handle: MarkerHandle, length: int) -> None:

@@ -33,16 +33,16 @@ def model(server, make_model):
 
 
 def write_marker(model: MountModel, session: str, text: bytes) -> int | None:
-    """Writes .create as `cat > .create` would; returns the errno close() gives (None: accepted)."""
+    """Writes .create as `cat > .create` would; returns the errno the write or the close gives
+    (None: accepted). A text no ending could make a JSON object fails at its write."""
     fh = model.create(f"/{session}/.create", 0o644, os.O_WRONLY)
     try:
         if text:
             model.write(fh, text, 0)
-        try:
-            model.flush(fh)
-        except Fs360Error as exc:
-            return exc.errno
+        model.flush(fh)
         return None
+    except Fs360Error as exc:
+        return exc.errno
     finally:
         model.release(fh)
 
@@ -90,10 +90,12 @@ def test_accepted_markers_request_the_project_with_their_fields(idle, text, opti
 
 
 REFUSED = [
-    # (marker bytes, what status keeps as the reason)
-    (b"{not json", "invalid JSON at line 1 column"),
-    (b"not json", "invalid JSON at line 1 column 1"),
-    (b"{broken", "invalid JSON at line 1 column"),
+    # (marker bytes, what status keeps as the reason): refused at the write where no ending
+    # could make a JSON object, else at close
+    (b"{not json", "expected a field name in double quotes at line 1 column 2"),
+    (b"not json", "must be a JSON object"),
+    (b"{broken", "expected a field name in double quotes at line 1 column 2"),
+    (b'{"a": 1', "invalid JSON at line 1 column 8"),
     (b"[1, 2]", "JSON object"),
     (b"[1, 2, 3]", "JSON object"),
     (b"42", "JSON object"),
@@ -101,7 +103,8 @@ REFUSED = [
     (b'"just a string"', "JSON object"),
     (b"\xff\xfe", "not UTF-8"),
     (b"\xff\xfe{}", "not UTF-8"),
-    (b"[" * 60000, "nested too deep"),
+    (b"[" * 60000, "must be a JSON object"),
+    (b'{"a": ' + b"[" * 30000, "nested too deep"),
     (b'{"privacy_mode": 7}', "privacy_mode must be 0, 1 or 2"),
     (b'{"privacy_mode": "1"}', "privacy_mode must be 0, 1 or 2"),
 ]
