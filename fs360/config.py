@@ -9,7 +9,11 @@ from pathlib import Path
 
 MiB = 1024 * 1024
 
-DEFAULT_LOCAL_ONLY_PATTERNS = ("*.part", "*.tmp", "*~", "*.swp", "Thumbs.db", "desktop.ini")
+# Scratch files of everyday programs, which the server would refuse anyway: partial downloads
+# (*.part, *.crdownload), editors' swap and lock files (*.swp, ~$name of Office), a database's
+# journal beside it (SQLite's *-journal, *-wal, *-shm), system thumbnails.
+DEFAULT_LOCAL_ONLY_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal",
+                               "*-shm", "Thumbs.db", "desktop.ini")
 
 # The documented limits: endpoint -> (requests, window seconds).
 DOCUMENTED_RATE_LIMITS: dict[str, tuple[int, float]] = {

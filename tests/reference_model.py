@@ -21,7 +21,8 @@ import fnmatch
 from dataclasses import dataclass, field
 
 # S "Names that are never uploaded": dot-files and these default patterns.
-LOCAL_PATTERNS = ("*.part", "*.tmp", "*~", "*.swp", "Thumbs.db", "desktop.ini")
+LOCAL_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal", "*-shm",
+                  "Thumbs.db", "desktop.ini")
 STATUS_NAMES = ("status", "status.json")
 
 WRITING, PENDING, COMPLETE, LOCAL, INTERRUPTED = "writing", "pending", "complete", "local", "interrupted"
@@ -195,6 +196,7 @@ class Reference:
             f.data, f.crashed_size = bytearray(), None
         if not f.writers:
             f.completing = f.unfinished  # D: writers that append and exit 0 make it whole
+            f.unknown_writer = False     # this writing's writers decide
         return self._handle(f, True, append)
 
     @staticmethod
@@ -332,7 +334,7 @@ class Reference:
         if was_local and not new_local and not f.writers:
             # D: a closed scratch file renamed to its final name waits for the renamer's exit
             # (unknown here: the delay commits it); an unfinished one rests.
-            if f.unfinished:
+            if f.unfinished and not f.completing:
                 f.rest()
             else:
                 f.awaiting = f.unknown_writer = True

@@ -58,8 +58,12 @@ class Engine:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self.scheduler = Scheduler()
+        # When closed files whose writers run on are committed (the write-back delay): a clock of
+        # its own, so that busy upload workers never delay a commit.
+        self.commit_clock = Scheduler()
+        self._commit_due = threading.Condition(self.lock)
         self.registry = Registry(settings, self.journal, self.spool, self.lock, self._schedule_locked,
-                                 nudge=self._nudge_locked)
+                                 nudge=self._nudge_locked, schedule_commit=self._schedule_commit_locked)
         self.tree = TreeArchive(settings, self.registry)
         self.projects = ProjectKeeper(settings, self.lock, self.registry, self.client, self.backoff,
                                       self.listeners, self.session_lost)
@@ -153,6 +157,7 @@ class Engine:
         for index in range(self.settings.workers):
             self._spawn(self._worker_loop, f"fs360-upload-{index}")
         self._spawn(self.housekeeping.loop, "fs360-maintenance")
+        self._spawn(self._commit_loop, "fs360-commits")
         return self
 
     def _spawn(self, target, name: str) -> None:
@@ -166,6 +171,7 @@ class Engine:
         with self.lock:
             self._stopping = True
             self._work_ready.notify_all()
+            self._commit_due.notify_all()
             self.housekeeping.nudge_locked()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -221,15 +227,32 @@ class Engine:
         self.housekeeping.nudge_locked()
 
     def _runnable_locked(self, file_id: int, generation: int) -> bool:
-        """Whether a due queue entry is an upload to start. A closed file whose write-back delay
-        passed with its writers still running is committed here (queued anew, so not this entry)."""
         record = self.registry.file_locked(file_id)
-        if record is None or record.generation != generation or record.unlinked or record.open_writers:
-            return False
-        if record.state == CLOSED:
-            self.registry.commit_locked(record, succeeded=False)
-            return False
-        return record.state in QUEUED_STATES
+        return record is not None and record.generation == generation and record.state in QUEUED_STATES \
+            and not record.unlinked and not record.open_writers
+
+    def _schedule_commit_locked(self, record: FileRecord, delay: float) -> None:
+        self.commit_clock.add_locked(record.id, record.generation, time.monotonic() + delay)
+        self._commit_due.notify()
+
+    def _still_closed_locked(self, file_id: int, generation: int) -> bool:
+        record = self.registry.file_locked(file_id)
+        return record is not None and record.generation == generation and record.state == CLOSED \
+            and not record.open_writers
+
+    def _commit_loop(self) -> None:
+        """Commits the closed files whose write-back delay passed with a writer still running."""
+        with self.lock:
+            while not self._stopping:
+                file_id, wait = self.commit_clock.take_due_locked(time.monotonic(), self._still_closed_locked)
+                if file_id is None:
+                    self._commit_due.wait(wait)
+                    continue
+                self.commit_clock.finish_locked(file_id)
+                try:
+                    self.registry.commit_locked(self.registry.file_locked(file_id), succeeded=False)
+                except Exception:  # a journal that cannot take it: it stays closed, held at the next mount
+                    log.exception("cannot commit file %d", file_id)
 
     def _next_job_locked(self) -> FileRecord | None:
         """Waits for a due, still valid queue entry; None when stopping."""

@@ -57,12 +57,15 @@ def project_may_use(session: SessionRecord, upload_id: str) -> bool:
 
 class Registry:
     def __init__(self, settings: Settings, journal: Journal, spool: Spool, lock: StateLock,
-                 schedule: Callable[[FileRecord, float], None], nudge: Callable[[], None] = lambda: None):
+                 schedule: Callable[[FileRecord, float], None], nudge: Callable[[], None] = lambda: None,
+                 schedule_commit: Callable[[FileRecord, float], None] = lambda record, delay: None):
         self.settings = settings
         self.journal = journal
         self.spool = spool
         self.lock = lock
         self._schedule = schedule
+        # The commit clock's door: commit_locked(record, succeeded=False) is due after `delay`.
+        self._schedule_commit = schedule_commit
         # Tells housekeeping that something a project waits for changed (it looks again now).
         self.nudge = nudge
         self.sessions: dict[str, SessionRecord] = {}
@@ -388,6 +391,10 @@ class Registry:
             # Appending to an unfinished file may finish it: a writer that then exits 0 makes it whole.
             record.completing = bool(record.unfinished)
             record.writer_failure = ""
+            # The writers of this new writing decide: earlier ones' late exits no longer do (a
+            # resumed rsync --partial-dir finishes the file while the cut-off run's helpers exit).
+            record.writers = None
+            record.writer_unknown = False
         if record.open_writers == 1 and not record.unfinished and not record.stop_journaled:
             # Journal only (memory keeps the truth while it is open): should the mount stop before
             # the last close, the file comes back unfinished. A scratch file has no `writing` state
@@ -452,7 +459,7 @@ class Registry:
             record.generation += 1
             self.set_state_locked(record, CLOSED, size=record.size, mtime_ns=record.mtime_ns, last_error="",
                                   attempts=0, unfinished=record.unfinished)
-            self._schedule(record, self.settings.writeback_delay)
+            self._schedule_commit(record, self.settings.writeback_delay)
         else:
             self.commit_locked(record, succeeded=True)
 
@@ -553,12 +560,13 @@ class Registry:
         if was_local and not local_only:
             if record.open_writers:
                 self.set_state_locked(record, WRITING)
-            elif record.unfinished:
+            elif record.unfinished and not record.completing:
                 self._rest_unfinished_locked(record)
             else:
                 # A closed scratch file (rsync's .name.XXXXXX, GIO's .goutputstream-*) renamed to
                 # its final name: committed once its writers and the renamer have exited 0
-                # (rsync --partial renames a partial file and then exits 20).
+                # (rsync --partial renames a partial file and then exits 20; rsync --partial-dir
+                # finishes its partial file in place, then renames it).
                 self.await_commit_locked(record)
         elif not was_local and local_only:
             record.generation += 1

@@ -42,33 +42,74 @@ PF_EXITING = 0x4
 MAX_WATCHED_PROCESSES = 4096
 
 
+# How far up a program's own forked helpers are followed (rsync: client, generator, receiver).
+MAX_HELPER_DEPTH = 8
+
+
 @dataclass(frozen=True)
 class Closer:
-    """The process that closed (or renamed) a file: its thread group, its name, and its wait
-    status when it is already exiting (None while it runs)."""
+    """The program whose task closed (or renamed) a file: the thread group whose exit decides,
+    its name, and the task's wait status when it is already exiting (None while it runs)."""
     tgid: int
     name: str
     exiting_status: int | None
 
 
 def closer_of(pid: int) -> Closer | None:
-    """Who task `pid` belongs to, from /proc (None when it cannot be told)."""
+    """Who task `pid` works for, from /proc (None when it cannot be told).
+
+    A program's forked helpers (rsync's receiver and generator: the same command line, no exec
+    of their own) exit with statuses of their own (rsync's receiver 19, on the SIGUSR1 of a
+    normal end): the program's first process decides, so its thread group is the one awaited."""
+    task = _stat(pid)
+    if task is None:
+        return None
+    name, ppid, flags, exit_code = task
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            tgid = int(f.read().split(b"\nTgid:", 1)[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    status = exit_code if flags & PF_EXITING else None
+    program = _program_of(tgid, ppid)
+    if program != tgid and status is not None and not status & 0x7F:
+        status = None  # a helper's own exit status says nothing; its death by a signal does
+    return Closer(program, name, status)
+
+
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(name, parent pid, flags, exit code) of task `pid`."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-        with open(f"/proc/{pid}/status", "rb") as f:
-            status = f.read()
-    except OSError:
-        return None
-    try:
         name = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode(errors="replace")
         # Fields after the command name (which may hold spaces and parentheses); field 3 is index 0.
         fields = stat[stat.rindex(b")") + 2:].split()
-        flags, exit_code = int(fields[9 - 3]), int(fields[52 - 3])
-        tgid = int(status.split(b"\nTgid:", 1)[1].split()[0])
-    except (IndexError, ValueError):
+        return name, int(fields[4 - 3]), int(fields[9 - 3]), int(fields[52 - 3])
+    except (OSError, IndexError, ValueError):
         return None
-    return Closer(tgid, name, exit_code if flags & PF_EXITING else None)
+
+
+def _program_of(tgid: int, ppid: int) -> int:
+    """The first process of the program `tgid` is part of: up its parents while they have the
+    same command line (forked, never exec'd anew)."""
+    try:
+        cmdline = _cmdline(tgid)
+        for _ in range(MAX_HELPER_DEPTH):
+            if ppid <= 1 or _cmdline(ppid) != cmdline:
+                break
+            parent = _stat(ppid)
+            if parent is None:
+                break
+            tgid, ppid = ppid, parent[1]
+    except OSError:
+        pass
+    return tgid
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
 
 
 def failure_of(status: int | None) -> str:

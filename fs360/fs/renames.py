@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from ..errors import AccessDenied, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, NotPermitted
+from ..errors import (AccessDenied, Fs360Error, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound,
+                      NotPermitted)
 from .content_check import held_with_known_content, is_identical_copy
 from .exits import Closer, Writers
 from .markers import Markers
@@ -39,11 +40,21 @@ class Renames:
             elif src.kind == DIR:
                 self._rename_folder_locked(src, dst)
             elif src.kind == FILE:
-                self._rename_file_locked(src, dst, renamer)
+                self._rename_file_with_reason_locked(src, dst, renamer)
             elif src.kind == MISSING:
                 raise NotFound(old)
             else:
                 raise NotPermitted(f"{src.name or 'the mount'} cannot be renamed")
+
+    def _rename_file_with_reason_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
+        """A move to another session that is refused leaves its reason on the file (its
+        user.fs360.error and status): a file manager only shows "permission denied"."""
+        try:
+            self._rename_file_locked(src, dst, renamer)
+        except Fs360Error as exc:
+            if dst.session is not None and dst.session is not src.session and not src.record.local_only:
+                self.engine.set_file_attrs_locked(src.record, last_error=f"not moved to {dst.session.name}: {exc}")
+            raise
 
     def _rename_file_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
         record, session = src.record, src.session

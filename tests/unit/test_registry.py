@@ -29,7 +29,8 @@ class Opened:
         self.scheduled: list[tuple[int, float]] = []
         self.lock = StateLock()
         self.registry = Registry(self.settings, self.journal, Spool(self.settings.spool_dir), self.lock,
-                                 lambda record, delay: self.scheduled.append((record.id, delay)))
+                                 lambda record, delay: self.scheduled.append((record.id, delay)),
+                                 schedule_commit=lambda record, delay: self.scheduled.append((record.id, delay)))
         with self.lock:
             self.registry.replay_locked()
 

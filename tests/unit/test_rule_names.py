@@ -89,7 +89,8 @@ def test_any_other_utf8_name_up_to_255_bytes_is_taken_as_written(idle, name):
 # --- scratch names ------------------------------------------------------------------------------------------
 
 SCRATCH = [".rsync.jpg.AbC123", ".goutputstream-XYZ", ".~lock.a.jpg#", ".DS_Store", "a.part", "b.tmp", "c.jpg~",
-           "d.swp", "Thumbs.db", "desktop.ini", ".hidden.jpg"]
+           "d.swp", "Thumbs.db", "desktop.ini", ".hidden.jpg", "e.jpg.crdownload", "~$report.docx", "data.db-journal",
+           "data.db-wal", "data.db-shm"]
 
 
 @pytest.mark.parametrize("name", SCRATCH)
