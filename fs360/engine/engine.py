@@ -106,6 +106,7 @@ class Engine:
     relist_locked = _registry_door("relist_locked")
     set_file_attrs_locked = _registry_door("set_file_attrs_locked")
     writer_exited_locked = _registry_door("writer_exited_locked")
+    closed_files_locked = _registry_door("closed_files_locked")
     writer_failed_locked = _registry_door("writer_failed_locked")
     await_commit_locked = _registry_door("await_commit_locked")
     release_held_locked = _registry_door("release_held_locked")
@@ -135,8 +136,13 @@ class Engine:
 
     def request_project_locked(self, session: SessionRecord, options: dict) -> None:
         """.create accepted. A session with a tree plans its archive now, or raises
-        InvalidArgument with the reason it cannot (nothing changes then)."""
+        InvalidArgument with the reason it cannot (nothing changes then). Writing .create says
+        the tree is done: its closed files are committed first (a script that writes its files
+        and then .create, in one process that runs on)."""
         if session.archive is None and "download_link" not in options:
+            for record in session.tree_files():
+                if record.state == CLOSED and not record.open_writers:
+                    self.registry.commit_locked(record, succeeded=False)
             self.tree.plan_locked(session)
         self.projects.request_locked(session, options)
         self._nudge_locked()
@@ -189,7 +195,7 @@ class Engine:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
-                closed = [f for f in self.registry.files_locked() if f.state == CLOSED]
+                closed = self.registry.closed_files_locked()
                 for record in closed:
                     if time.monotonic() - record.closed_at >= self.settings.writeback_delay:
                         self.registry.commit_locked(record, succeeded=False)

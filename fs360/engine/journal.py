@@ -89,14 +89,16 @@ CREATE TABLE IF NOT EXISTS dirs (
 
 FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", "state", "server_received",
                 "upload_id", "last_error", "attempts", "next_attempt", "completed_at", "evicted", "unlinked",
-                "server_name", "sha256", "archive", "unfinished")
+                "server_name", "sha256", "archive", "unfinished", "writers")
 # Columns added after the first release: (table, column, SQL type). A journal of an
 # older build gets them at open, so its sessions resume instead of failing.
 # `archive`: the row is the session's tree as one .zip (records.FileRecord.archive).
 # `unfinished`: why the content is not whole (records.FileRecord.unfinished).
+# `writers`: a closed file's awaited writers (engine/processes.py), to resume its commit point.
 ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"),
                  ("files", "archive", "INTEGER NOT NULL DEFAULT 0"),
-                 ("files", "unfinished", "TEXT NOT NULL DEFAULT ''"))
+                 ("files", "unfinished", "TEXT NOT NULL DEFAULT ''"),
+                 ("files", "writers", "TEXT NOT NULL DEFAULT ''"))
 SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",
                    "posted_upload_id", "marker_hidden")

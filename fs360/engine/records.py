@@ -116,10 +116,11 @@ class FileRecord:
     unfinished: str = ""
     # The state an unfinished file rests in (interrupted, or held when it may well be whole).
     unfinished_state: str = INTERRUPTED
-    # The commit point (memory only): the processes (tgids) that closed it written and whose
-    # exit is awaited; whether a writer is unknown (no pid, no watch: only the delay commits);
-    # when the last close came (monotonic); a failure of this writing, reported before that close.
-    writers: set | None = None  # made on first use (10,000 records)
+    # The commit point: the processes that closed it written and whose exit is awaited, as
+    # {tgid: start time} (journaled while closed, see engine/processes.py); whether a writer is
+    # unknown (no pid, no watch: only the delay commits it); when the last close came
+    # (monotonic); a failure of this writing, reported before that close.
+    writers: dict | None = None  # made on first use (10,000 records)
     writer_unknown: bool = False
     closed_at: float = 0.0
     writer_failure: str = ""

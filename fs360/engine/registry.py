@@ -27,6 +27,7 @@ from .locking import StateLock
 from .records import (CLOSED, COMPLETE, FAILED, HELD, INTERRUPTED, IN_TREE, LOCAL, LOST, P_CREATED, P_READY,
                       PENDING, QUEUED_STATES, UNFINISHED_STATES, UPLOADING, WRITING, FileRecord, ProjectRequest,
                       SessionRecord)
+from .processes import all_still_running, writers_from_text, writers_text
 from .server_names import deduplicated, server_name_for
 from .spool import RunningDigest, Spool
 
@@ -118,10 +119,7 @@ class Registry:
             if record.state == WRITING or record.unfinished == STOPPED_WHILE_WRITING:
                 self._size_from_spool_locked(record)
             if record.state == CLOSED:
-                # Its writers' exits were still awaited: whether they succeeded is unknown.
-                record.unfinished_state = HELD
-                self.set_unfinished_locked(record, STOPPED_BEFORE_COMMIT)
-                self.set_state_locked(record, HELD, last_error=record.unfinished)
+                self._resume_commit_locked(record, writers_from_text(row["writers"]))
             elif record.state == HELD:
                 record.unfinished_state = HELD
             elif record.state == WRITING:
@@ -147,6 +145,19 @@ class Registry:
                     status=row["status"], record=json.loads(row["record"]), last_error=row["last_error"],
                     attempts=row["attempts"], next_attempt=0.0, posted_upload_id=row["posted_upload_id"],
                     marker_hidden=bool(row["marker_hidden"]))
+
+    def _resume_commit_locked(self, record: FileRecord, writers: dict[int, int]) -> None:
+        """A file closed but not committed when the mount stopped: while every writer it waited
+        for still runs, it waits on (the path model watches them again); a writer that ended
+        meanwhile ended unseen, so the file is held."""
+        if all_still_running(writers):
+            record.writers = writers
+            record.closed_at = time.monotonic()
+            self._schedule_commit(record, self.settings.writeback_delay)
+            return
+        record.unfinished_state = HELD
+        self.set_unfinished_locked(record, STOPPED_BEFORE_COMMIT)
+        self.set_state_locked(record, HELD, last_error=record.unfinished)
 
     def _size_from_spool_locked(self, record: FileRecord) -> None:
         """A file open for writing when the mount stopped: the journal has the size of its last
@@ -177,6 +188,10 @@ class Registry:
 
     def files_locked(self):
         return self._files.values()
+
+    def closed_files_locked(self) -> list[FileRecord]:
+        """Files waiting for their commit point (after a restart: their writers still run)."""
+        return [f for f in self._files.values() if f.state == CLOSED]
 
     def counts_locked(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -331,7 +346,7 @@ class Registry:
         values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
                       state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
                       completed_at=0, evicted=0, unlinked=0, server_name=server_name, sha256=None, archive=0,
-                      unfinished=STOPPED_WHILE_WRITING)
+                      unfinished=STOPPED_WHILE_WRITING, writers="")
         file_id = self.journal.insert_file(values)
         self.spool.create(file_id)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=mode, mtime_ns=now_ns, uid=uid,
@@ -350,7 +365,7 @@ class Registry:
         values = dict(session_id=session.id, name=name, size=size, mode=0o644, uid=os.getuid(), gid=os.getgid(),
                       mtime_ns=now_ns, state=PENDING, server_received=0, upload_id=None, last_error="",
                       attempts=0, next_attempt=0, completed_at=0, evicted=0, unlinked=0, server_name=server_name,
-                      sha256=None, archive=1, unfinished="")
+                      sha256=None, archive=1, unfinished="", writers="")
         file_id = self.journal.insert_file(values)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=0o644, mtime_ns=now_ns, size=size,
                             uid=values["uid"], gid=values["gid"], state=PENDING, server_name=server_name,
@@ -457,8 +472,11 @@ class Registry:
         or when the write-back delay has passed."""
         if record.writers or record.writer_unknown:
             record.generation += 1
-            self.set_state_locked(record, CLOSED, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                                  attempts=0, unfinished=record.unfinished)
+            # The writers go to the journal in their text form (memory keeps them as a dict).
+            self.journal.update_file(record.id, state=CLOSED, size=record.size, mtime_ns=record.mtime_ns,
+                                     last_error="", attempts=0, unfinished=record.unfinished,
+                                     writers=writers_text(record.writers))
+            record.state, record.last_error, record.attempts = CLOSED, "", 0
             self._schedule_commit(record, self.settings.writeback_delay)
         else:
             self.commit_locked(record, succeeded=True)
@@ -479,7 +497,7 @@ class Registry:
         ('' when it exited 0). A failure before the commit point holds the file."""
         was_writer = record.writers is not None and tgid in record.writers
         if was_writer:
-            record.writers.discard(tgid)
+            del record.writers[tgid]
         if not was_writer or record.id not in self._files or record.unlinked:
             return
         if failure:

@@ -35,6 +35,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from ..engine.processes import started_at
+
 log = logging.getLogger(__name__)
 
 PF_EXITING = 0x4
@@ -53,6 +55,8 @@ class Closer:
     tgid: int
     name: str
     exiting_status: int | None
+    # When the program started (see engine/processes.py): journaled with a closed file.
+    start: int = 0
 
 
 def closer_of(pid: int) -> Closer | None:
@@ -74,7 +78,7 @@ def closer_of(pid: int) -> Closer | None:
     program = _program_of(tgid, ppid)
     if program != tgid and status is not None and not status & 0x7F:
         status = None  # a helper's own exit status says nothing; its death by a signal does
-    return Closer(program, name, status)
+    return Closer(program, name, status, started_at(program) or 0)
 
 
 def _stat(pid: int) -> tuple[str, int, int, int] | None:
@@ -157,6 +161,7 @@ class Writers:
             if watch.start():
                 self.watch = watch
                 log.info("writers' exits are watched with %s", watch.kind)
+                self._watch_again()
                 return
         log.warning("writers' exits cannot be watched here: closed files upload after the write-back "
                     "delay, and a program that fails after closing its file is not told apart")
@@ -165,6 +170,16 @@ class Writers:
         if self.watch is not None:
             self.watch.stop()
             self.watch = None
+
+    def _watch_again(self) -> None:
+        """Files still closed from before a restart (their writers ran on): watched again."""
+        with self.engine.lock:
+            for record in self.engine.closed_files_locked():
+                for tgid, start in list((record.writers or {}).items()):
+                    task = _stat(tgid)
+                    closer = Closer(tgid, task[0] if task else "the writer", None, start)
+                    if not self._watch_locked(closer, record):
+                        record.writer_unknown = True
 
     def dying(self, pid: int | None) -> str:
         """Why the process closing a file is ending abnormally ('' when it is not, or unknown)."""
@@ -199,8 +214,8 @@ class Writers:
             record.writer_unknown = True
             return
         if record.writers is None:
-            record.writers = set()
-        record.writers.add(closer.tgid)
+            record.writers = {}
+        record.writers[closer.tgid] = closer.start
 
     def _watch_locked(self, closer: Closer, record) -> bool:
         with self._lock:

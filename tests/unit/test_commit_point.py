@@ -189,3 +189,21 @@ def test_a_file_closed_at_a_crash_is_held_at_the_next_mount(emulator, make_model
     again = make_model(emulator, start=False, cache_dir=tmp_path / "c")
     assert again.file_state("s", "a.jpg") == "held"
     assert "mount stopped before the program that wrote it had finished" in error_of(again, "/s/a.jpg")
+
+
+def test_a_file_closed_at_a_crash_whose_writer_still_runs_waits_on(emulator, make_model, tmp_path):
+    """The journal keeps each awaited writer with its start time: the very same process still
+    running after the restart is awaited again (here: this test's own process)."""
+    from fs360.engine.processes import started_at
+    model = make_model(emulator, start=False, writeback_delay=86400.0, cache_dir=tmp_path / "c")
+    model.writers.identify = lambda pid: Closer(os.getpid(), "python", None, started_at(os.getpid()))
+    model.writers.watch = FedWatch()
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg")
+    model.engine.journal.close()
+    again = make_model(emulator, start=False, cache_dir=tmp_path / "c")
+    assert again.file_state("s", "a.jpg") == "closed"
+    again.writers.watch = FedWatch()
+    again.writers._watch_again()
+    again.writers.exited(os.getpid(), 0)
+    assert again.file_state("s", "a.jpg") == "pending"

@@ -83,7 +83,7 @@ def test_a_file_whose_writer_runs_on_is_closed_until_its_exit_or_the_delay(opene
         ok, failed, crashed = (write(o.registry, session, name, b"abc", close=False)
                                for name in ("ok.jpg", "failed.jpg", "crashed.jpg"))
         for record, tgid in ((ok, 101), (failed, 102), (crashed, 103)):
-            record.writers = {tgid}
+            record.writers = {tgid: 0}  # no such process (start 0): gone at the next mount
             o.registry.close_writer_locked(record, 3)
         assert [r.state for r in (ok, failed, crashed)] == [CLOSED] * 3
         assert o.scheduled == [(r.id, WRITEBACK) for r in (ok, failed, crashed)]
