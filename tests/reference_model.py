@@ -120,10 +120,17 @@ class Check:
     # What RunningDigest would say: the length written front to back, and whether it still is.
     digest_len: int = 0
     digest_valid: bool = True
+    # D "Identical re-copies", re-runs that delete first: a deleted file the server holds,
+    # created again, is listed again and compared by sha256 only (its spool copy is gone);
+    # unless identical it is deleted again at the close.
+    revival: bool = False
+    written: bytearray = field(default_factory=bytearray)
 
     def matches(self, held: bytes) -> bool:
         if self.differs or self.size != len(held):
             return False
+        if self.revival:
+            return self.digest_valid and bytes(self.written[:self.size]) == held
         return not self.rewriting or (self.digest_valid and self.digest_len == self.size)
 
 
@@ -175,7 +182,11 @@ class Reference:
             return self.open(s.files[name], truncate=True, append=append)
         local = is_local_name(name)
         if not local and name in s.gone_names:
-            return errno.EACCES, None  # S unlink of a held file: "Creating a file of that name again: EACCES"
+            # D: the server's file comes back when written again identical (tar -x twice).
+            gone = next(g for g in s.gone if g.name == name)
+            s.gone.remove(gone)
+            s.files[name] = gone
+            return self._handle(gone, True, append, Check(rewriting=True, size=0, revival=True))
         f = File(name, local)
         s.files[name] = f
         return self._handle(f, True, append)
@@ -214,7 +225,8 @@ class Reference:
                 offset = c.size
             if not c.differs:
                 end = offset + len(data)
-                same = end <= len(f.held) and f.held[offset:end] == data
+                # Without the spool copy (a revival) only the size can be compared at once.
+                same = end <= len(f.held) and (c.revival or f.held[offset:end] == data)
                 if c.rewriting:
                     if c.digest_valid:
                         if offset == c.digest_len:
@@ -222,7 +234,9 @@ class Reference:
                         else:
                             c.digest_valid = False
                     c.size = max(c.size, end)
-                c.differs = not same
+                if c.revival:
+                    c.written[offset:end] = data
+                c.differs = not same or (c.revival and not (c.rewriting and c.digest_valid))
             return errno.EACCES if c.differs else 0
         if h.append:
             offset = len(f.data)
@@ -237,6 +251,7 @@ class Reference:
             c = h.check
             if length == 0:  # GIO truncates to 0: a rewrite from the first byte begins
                 c.rewriting, c.size, c.digest_len, c.digest_valid = True, 0, 0, True
+                c.written = bytearray()
                 return 0
             if length != c.size:
                 c.differs = True
@@ -263,9 +278,14 @@ class Reference:
         f, c = h.file, h.check
         f.handles.discard(h)
         if c is not None:
+            identical = not writer_died and c.matches(f.held)
+            if c.revival and not identical and self.listed(f):
+                s = self.session_of(f)
+                del s.files[f.name]  # deleted again: the server still holds it
+                s.gone.append(f)
             if writer_died:
                 return 0  # the rewrite was not finished: nothing to compare, nothing kept
-            if not c.matches(f.held):
+            if not identical:
                 c.differs = True
                 return errno.EACCES  # D: "at close, a rewrite from byte 0 must have the same size and sha256"
             return 0
@@ -352,9 +372,16 @@ class Reference:
 
     def settle(self, server_name_of) -> None:
         """The writers exited 0, the write-back delay passed and the uploads finished (retrying
-        through any fault): every closed file is committed (an appended unfinished one is whole
-        when its writers are all known), and every pending file is complete, under the server
-        name the mount gave it."""
+        through any fault): every closed file is committed, and every pending file is
+        complete, under the server name the mount gave it."""
+        self.commit()
+        for s, f in self.pending():
+            f.held = bytes(f.data)
+            f.server_name = server_name_of(s.name, f.name)
+
+    def commit(self) -> None:
+        """The writers exited 0 and the write-back delay passed: every closed file is committed
+        (an appended unfinished one is whole when its writers are all known)."""
         for s in self.sessions.values():
             for f in list(s.files.values()) + s.gone:
                 if f.awaiting and not f.writers:
@@ -362,9 +389,6 @@ class Reference:
                         f.unfinished = False
                     f.completing = False
                     f.rest()
-        for s, f in self.pending():
-            f.held = bytes(f.data)
-            f.server_name = server_name_of(s.name, f.name)
 
     def remount(self) -> None:
         """The mount stopped (its handles are gone without a close) and a new one started on the

@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, settings
@@ -102,6 +103,7 @@ class MountMachine(RuleBasedStateMachine):
         self.hidden_seq = 0
         self.hidden_in: dict = {}     # reference file unlinked while open -> its session
         self.broken = False           # a step failed: teardown only cleans up
+        self.paused = False           # uploads picked up wait before their first PUT
         self._start()
 
     # --- the mount --------------------------------------------------------------------------
@@ -422,6 +424,7 @@ class MountMachine(RuleBasedStateMachine):
     def remount(self):
         def run():
             self._stop()
+            self.paused = False
             self.fhs.clear()
             self.ref.remount()
             self._start()
@@ -438,19 +441,61 @@ class MountMachine(RuleBasedStateMachine):
 
     def settle(self) -> None:
         """The writers exit 0 and the write-back delay passes: every closed file is committed,
-        every pending one goes now, and the engine goes idle."""
-        self.model.writers.exited(CLOSING_PID, 0)
+        every pending one goes now (a pause ends), and the engine goes idle."""
+        self._commit()
+        self.engine.gate.set_paused(False)
+        self.paused = False
         with self.engine.lock:
             for session in self.engine.sessions.values():
                 for record in session.files.values():
-                    if record.state == CLOSED:
-                        self.engine.registry.commit_locked(record, succeeded=False)
-                    elif record.state == PENDING:
+                    if record.state == PENDING:
                         self.engine.queue_upload_locked(record, delay=0.0)
         assert self.engine.wait_idle(timeout=120, poll=0.02), f"never idle: {self.engine.counts()}"
         self.ref.settle(self._server_name)
         self.check_listings()
         self.check_server()
+
+    def _closed_files(self) -> bool:
+        """Whether a file waits for its commit point (the reference's `closed`), to be picked up."""
+        return any(f.state == "closed" for s in self.ref.sessions.values() for f in s.files.values())
+
+    def _commit(self) -> None:
+        """The writers exit 0 and the write-back delay passes: every closed file is committed."""
+        self.model.writers.exited(CLOSING_PID, 0)
+        with self.engine.lock:
+            for record in self.engine.registry.closed_files_locked():
+                self.engine.registry.commit_locked(record, succeeded=False)
+
+    @precondition(lambda self: self.ref is not None and not self.paused and self._closed_files())
+    @rule(data=st.data(), move=st.booleans(), new=st.sampled_from(FILE_NAMES))
+    def pick_up_while_paused(self, data, move, new) -> None:
+        """Uploads are paused and the closed files committed: the workers pick files up, open
+        their sessions and wait before the first PUT, while the operations that follow run. The
+        hard part first, when `move`: a file a worker holds moves to another session; it must go
+        up there, never into the session it left (issue 19)."""
+        def run():
+            self.engine.gate.set_paused(True)
+            self.paused = True
+            self._commit()
+            self.ref.commit()
+
+            def picked():
+                with self.engine.lock:
+                    states = [f.state for f in self.engine.registry.files_locked()]
+                return states.count("uploading") >= min(states.count(PENDING) + states.count("uploading"), 2)
+            deadline = time.monotonic() + 30
+            while not picked():
+                assert time.monotonic() < deadline, "the paused workers never picked the files up"
+                time.sleep(0.01)
+            with self.engine.lock:
+                held = sorted((self.engine.session_of(f).name, f.name)
+                              for f in self.engine.registry.files_locked() if f.state == "uploading")
+            if move and held:
+                session, name = data.draw(st.sampled_from(held), label="picked file")
+                target = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="to session")
+                if (target, new) != (session, name):
+                    self._rename(session, name, target, new)
+        self.step(run)
 
     def _status(self, session: str) -> dict:
         import json
@@ -489,7 +534,9 @@ class MountMachine(RuleBasedStateMachine):
             listed = {name for name, _ in self.model.readdir(f"/{s.name}")}
             assert listed == {"status", "status.json"} | set(s.files), f"{s.name} lists {sorted(listed)}"
             status = self._status(s.name)
-            got = {f["name"]: (f["state"], f["size"]) for f in status["files"]}
+            # Paused, a worker may pick any pending file up (and another after a move): the same.
+            picked = (lambda state: PENDING if state == "uploading" else state) if self.paused else (lambda state: state)
+            got = {f["name"]: (picked(f["state"]), f["size"]) for f in status["files"]}
             want = {name: (f.state, f.size) for name, f in s.files.items()}
             assert got == want, f"{s.name}: the mount says {got}, the reference {want}"
             assert status["deleted_but_held_by_server"] == sorted(s.gone_names)
