@@ -75,17 +75,26 @@ class TreeArchive:
         members = self.members_locked(session)
         if not members:
             return
+        size = self.check_locked(session, members)
+        record = self.registry.add_archive_locked(session, size, self.server_name_locked(session))
+        log.info("session %r: its tree of %d entries goes up as %s (%d bytes)", session.name, len(members),
+                 record.server_name, size)
+
+    def check_locked(self, session: SessionRecord, members: list[ArchiveMember] | None = None) -> int:
+        """The size the tree's archive would have; InvalidArgument with the reason it cannot be
+        planned (0 when there is no tree)."""
+        members = self.members_locked(session) if members is None else members
+        if not members:
+            return 0
         reason = self.refusal_locked(session)
-        size = None
+        size = 0
         if not reason:
             with ArchiveReader(members, force_zip64=self.settings.archive_zip64) as planned:
                 size = planned.size
             reason = self.refusal_locked(session, size)
         if reason:
             raise InvalidArgument(reason)
-        record = self.registry.add_archive_locked(session, size, self.server_name_locked(session))
-        log.info("session %r: its tree of %d entries goes up as %s (%d bytes)", session.name, len(members),
-                 record.server_name, size)
+        return size
 
     def sha256(self, members: tuple[ArchiveMember, ...]) -> str:
         """The sha256 of the archive as uploaded, for status (read once more, from the spool;

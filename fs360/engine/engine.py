@@ -140,12 +140,22 @@ class Engine:
         the tree is done: its closed files are committed first (a script that writes its files
         and then .create, in one process that runs on)."""
         if session.archive is None and "download_link" not in options:
-            for record in session.tree_files():
-                if record.state == CLOSED and not record.open_writers:
-                    self.registry.commit_locked(record, succeeded=False)
+            self._commit_tree_locked(session)
             self.tree.plan_locked(session)
         self.projects.request_locked(session, options)
         self._nudge_locked()
+
+    def check_project_request_locked(self, session: SessionRecord) -> None:
+        """Raises InvalidArgument with the reason a .create without options would be refused now
+        (the close of an empty marker, which requests the project only at its last close)."""
+        if session.archive is None:
+            self._commit_tree_locked(session)
+            self.tree.check_locked(session)
+
+    def _commit_tree_locked(self, session: SessionRecord) -> None:
+        for record in session.tree_files():
+            if record.state == CLOSED and not record.open_writers:
+                self.registry.commit_locked(record, succeeded=False)
 
     def cancel_project_locked(self, session: SessionRecord) -> bool:
         cancelled = self.projects.cancel_locked(session)

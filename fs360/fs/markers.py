@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..engine.records import P_CREATED, P_READY, P_WAITING, SessionRecord
-from ..errors import AccessDenied, FileTooBig, InvalidArgument, NotFound
+from ..errors import AccessDenied, FileTooBig, Fs360Error, InvalidArgument, NotFound
 from .handles import HandleTable
 from .json_prefix import json_object_prefix_error
 from .names import CREATE_MARKER
@@ -24,8 +24,9 @@ class MarkerHandle:
     writable: bool
     data: bytearray = field(default_factory=bytearray)
     dirty: bool = False
-    # A write failed: the marker is not whole, so close() must not accept it.
+    # A write failed: the marker is not whole, so close() must not accept it (and why, when known).
     broken: bool = False
+    refusal: str = ""
 
     @property
     def content(self) -> bytes:
@@ -124,10 +125,10 @@ class Markers:
             reason = json_object_prefix_error(text)
         if reason:
             handle.broken = True
-            reason = f"invalid .create: {reason}; write a JSON object, e.g. {{\"title\": \"My project\"}}"
+            handle.refusal = f"invalid .create: {reason}; write a JSON object, e.g. {{\"title\": \"My project\"}}"
             with self.engine.lock:
-                handle.session.marker_refused = reason
-            raise InvalidArgument(reason)
+                handle.session.marker_refused = handle.refusal
+            raise InvalidArgument(handle.refusal)
 
     @staticmethod
     def truncate(handle: MarkerHandle, length: int) -> None:
@@ -149,7 +150,15 @@ class Markers:
                 handle.broken = True
                 raise InvalidArgument(f".create was not written whole ({writer_dying}): not accepted")
             if handle.broken:
-                raise InvalidArgument(".create was not written whole: not accepted")
+                raise InvalidArgument(handle.refusal or ".create was not written whole: not accepted")
+            if handle.dirty and not handle.data:
+                # Nothing written yet: a shell's `> .create` dup()s the descriptor and closes the
+                # first one before the command writes, so an empty marker is only checked here and
+                # requests the project at the last close (release), never with defaults too early.
+                with self.engine.lock:
+                    if not project_created(handle.session):
+                        self.engine.check_project_request_locked(handle.session)
+                return
             if handle.dirty:
                 self._accept(handle)
         except InvalidArgument as exc:
@@ -172,6 +181,12 @@ class Markers:
     def release(self, handle: MarkerHandle) -> None:
         if not handle.writable:
             return
+        if handle.dirty and not handle.data and not handle.broken:
+            try:
+                self._accept(handle)  # `touch .create`, `> .create`: an empty request, at the last close
+            except Fs360Error as exc:
+                with self.engine.lock:
+                    handle.session.marker_refused = str(exc)
         with self.engine.lock:
             count = self._open_for_writing.get(handle.session.id, 1) - 1
             if count > 0:
