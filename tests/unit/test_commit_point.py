@@ -11,8 +11,9 @@ import signal
 
 import pytest
 
-from fs360.fs.exits import Closer
 from fs360.errors import InvalidArgument
+from fs360.fs.exits import Closer
+from tests.fed_writers import feed_writers
 
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 CP, CURL, SHELL, RSYNC = 4_000_001, 4_000_002, 4_000_003, 4_000_004
@@ -20,23 +21,11 @@ KILLED = 4_000_009  # its close comes while it is exiting, killed by SIGKILL
 NAMES = {CP: "cp", CURL: "curl", SHELL: "bash", RSYNC: "rsync", KILLED: "dd"}
 
 
-class FedWatch:
-    """Stands in for the pidfd / netlink watch: every process may be watched."""
-    kind = "fed by the test"
-
-    def watch(self, tgid):
-        return True
-
-    def stop(self):
-        pass
-
-
 @pytest.fixture
 def idle(emulator, make_model):
     """A model whose engine never uploads (a day-long write-back delay), with fed processes."""
     model = make_model(emulator, start=False, writeback_delay=86400.0)
-    model.writers.identify = lambda pid: Closer(pid, NAMES[pid], signal.SIGKILL if pid == KILLED else None)
-    model.writers.watch = FedWatch()
+    feed_writers(model, lambda pid: Closer(pid, NAMES[pid], signal.SIGKILL if pid == KILLED else None))
     return model
 
 
@@ -51,25 +40,19 @@ def error_of(model, path):
     return model.getxattr(path, "user.fs360.error").decode()
 
 
-def test_a_writer_that_exits_0_commits_its_file_at_once(idle):
+@pytest.mark.parametrize("pid, status, state, reason", [
+    (CP, 0, "pending", ""),
+    (CURL, 18 << 8, "held", "curl exited with status 18 right after writing it: it is probably incomplete; "
+                            "copy it again, or run `fs360 release` on it if you know it is whole"),
+    (RSYNC, signal.SIGINT, "held", "rsync was killed by SIGINT right after writing it"),
+], ids=["exit 0: queued at once", "exit 18: held", "SIGINT: held"])
+def test_the_writers_exit_decides(idle, pid, status, state, reason):
     idle.mkdir("/s", 0o755)
-    write_file(idle, "/s/a.jpg")
-    assert idle.file_state("s", "a.jpg") == "closed"
-    idle.writers.exited(CP, 0)
-    assert idle.file_state("s", "a.jpg") == "pending"
-
-
-def test_a_writer_that_fails_right_after_closing_holds_its_file_with_its_name(idle):
-    idle.mkdir("/s", 0o755)
-    write_file(idle, "/s/partial.e57", pid=CURL)
-    idle.writers.exited(CURL, 18 << 8)
-    assert idle.file_state("s", "partial.e57") == "held"
-    reason = error_of(idle, "/s/partial.e57")
-    assert reason.startswith("curl exited with status 18 right after writing it")
-    assert "fs360 release" in reason and "copy it again" in reason
-    write_file(idle, "/s/signalled.e57", pid=RSYNC)
-    idle.writers.exited(RSYNC, signal.SIGINT)
-    assert "rsync was killed by SIGINT" in error_of(idle, "/s/signalled.e57")
+    write_file(idle, "/s/a.e57", pid=pid)
+    assert idle.file_state("s", "a.e57") == "closed"
+    idle.writers.exited(pid, status)
+    assert idle.file_state("s", "a.e57") == state
+    assert error_of(idle, "/s/a.e57").startswith(reason)
 
 
 def test_an_exit_reported_before_the_release_still_decides(idle):
@@ -178,15 +161,19 @@ def test_a_scratch_file_whose_writer_failed_is_held_when_renamed(idle):
     assert idle.file_state("s", "f.jpg") == "held"
 
 
-def test_a_file_closed_at_a_crash_is_held_at_the_next_mount(emulator, make_model, tmp_path):
-    model = make_model(emulator, start=False, writeback_delay=86400.0, cache_dir=tmp_path / "c")
-    model.writers.identify = lambda pid: Closer(pid, "cp", None)
-    model.writers.watch = FedWatch()
+def crashed_while_closed(emulator, make_model, cache, writer: Closer):
+    """A model that closed a.jpg written by `writer`, crashed, and came back on the same cache."""
+    model = make_model(emulator, start=False, writeback_delay=86400.0, cache_dir=cache)
+    feed_writers(model, lambda pid: writer)
     model.mkdir("/s", 0o755)
     write_file(model, "/s/a.jpg")
     assert model.file_state("s", "a.jpg") == "closed"
     model.engine.journal.close()  # a crash: nothing more reaches the journal
-    again = make_model(emulator, start=False, cache_dir=tmp_path / "c")
+    return make_model(emulator, start=False, cache_dir=cache)
+
+
+def test_a_file_closed_at_a_crash_is_held_at_the_next_mount(emulator, make_model, tmp_path):
+    again = crashed_while_closed(emulator, make_model, tmp_path / "c", Closer(CP, "cp", None))
     assert again.file_state("s", "a.jpg") == "held"
     assert "mount stopped before the program that wrote it had finished" in error_of(again, "/s/a.jpg")
 
@@ -195,15 +182,10 @@ def test_a_file_closed_at_a_crash_whose_writer_still_runs_waits_on(emulator, mak
     """The journal keeps each awaited writer with its start time: the very same process still
     running after the restart is awaited again (here: this test's own process)."""
     from fs360.engine.processes import started_at
-    model = make_model(emulator, start=False, writeback_delay=86400.0, cache_dir=tmp_path / "c")
-    model.writers.identify = lambda pid: Closer(os.getpid(), "python", None, started_at(os.getpid()))
-    model.writers.watch = FedWatch()
-    model.mkdir("/s", 0o755)
-    write_file(model, "/s/a.jpg")
-    model.engine.journal.close()
-    again = make_model(emulator, start=False, cache_dir=tmp_path / "c")
+    me = Closer(os.getpid(), "python", None, started_at(os.getpid()))
+    again = crashed_while_closed(emulator, make_model, tmp_path / "c", me)
     assert again.file_state("s", "a.jpg") == "closed"
-    again.writers.watch = FedWatch()
+    feed_writers(again, lambda pid: me)
     again.writers._watch_again()
     again.writers.exited(os.getpid(), 0)
     assert again.file_state("s", "a.jpg") == "pending"

@@ -44,6 +44,7 @@ from fs360.errors import Fs360Error
 from fs360.engine.records import CLOSED
 from fs360.fs.exits import Closer
 from fs360.fs.model import MountModel
+from tests.fed_writers import feed_writers
 from tests.reference_model import DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, PENDING, Reference
 
 EXAMPLES = int(os.environ.get("FS360_RANDOM_EXAMPLES", "0"))
@@ -64,20 +65,8 @@ DIED_AFTER_CLOSE_PID = 2**22 + 9
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
-class FedWatch:
-    """Stands in for the exit watch: every process may be watched; the test feeds the exits."""
-    kind = "fed by the test"
-
-    def watch(self, tgid):
-        return True
-
-    def stop(self):
-        pass
-
-
 def fake_processes(model: MountModel) -> None:
-    model.writers.identify = lambda pid: Closer(pid, "writer", signal.SIGKILL if pid == DYING_PID else None)
-    model.writers.watch = FedWatch()
+    feed_writers(model, lambda pid: Closer(pid, "writer", signal.SIGKILL if pid == DYING_PID else None))
 
 
 def errno_of(call, *args) -> int:
