@@ -26,6 +26,12 @@ WRITING, PENDING, UPLOADING, COMPLETE, FAILED, REJECTED = "writing", "pending", 
 LOCAL, INTERRUPTED, LOST, IN_TREE = "local", "interrupted", "lost", "in tree"
 CLOSED, HELD = "closed", "held"
 QUEUED_STATES = (PENDING, FAILED)
+
+# Why a file open for writing when the mount stopped is not whole (journaled at its first open).
+STOPPED_WHILE_WRITING = "the mount stopped while this file was being written; copy it again"
+# Why a file closed but not yet committed when the mount stopped is held (its writer's exit is unknown).
+STOPPED_BEFORE_COMMIT = ("the mount stopped before the program that wrote it had finished: it may be incomplete; "
+                         "copy it again, or run `fs360 release` on it if you know it is whole")
 # Not whole, or not known to be: never uploaded as they are (their reason is `unfinished`).
 UNFINISHED_STATES = (INTERRUPTED, HELD)
 
