@@ -106,6 +106,8 @@ class Engine:
     relist_locked = _registry_door("relist_locked")
     set_file_attrs_locked = _registry_door("set_file_attrs_locked")
     writer_exited_locked = _registry_door("writer_exited_locked")
+    writer_awaited_locked = _registry_door("writer_awaited_locked")
+    writer_unknown_locked = _registry_door("writer_unknown_locked")
     closed_files_locked = _registry_door("closed_files_locked")
     writer_failed_locked = _registry_door("writer_failed_locked")
     await_commit_locked = _registry_door("await_commit_locked")

@@ -47,6 +47,20 @@ class CommitPoint(RegistryState):
         record.completing = False
         self.queue_upload_locked(record)
 
+    @staticmethod
+    def writer_awaited_locked(record: FileRecord, tgid: int, start: int) -> None:
+        """Process `tgid` (started at `start`) closed `record` written: its exit is awaited."""
+        if record.writers is None:
+            record.writers = {}
+        record.writers[tgid] = start
+
+    @staticmethod
+    def writer_unknown_locked(record: FileRecord, tgid: int | None = None) -> None:
+        """A writer of `record` cannot be watched (no pid, no watch), or process `tgid` ended with
+        an unknown status: only the write-back delay commits the file."""
+        if tgid is None or (record.writers and tgid in record.writers):
+            record.writer_unknown = True
+
     def writer_exited_locked(self, record: FileRecord, tgid: int, failure: str) -> None:
         """Process `tgid`, which closed `record` written, exited: `failure` says why it failed
         ('' when it exited 0). A failure before the commit point holds the file."""

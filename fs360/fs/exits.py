@@ -179,7 +179,7 @@ class Writers:
                     task = _stat(tgid)
                     closer = Closer(tgid, task[0] if task else "the writer", None, start)
                     if not self._watch_locked(closer, record):
-                        record.writer_unknown = True
+                        self.engine.writer_unknown_locked(record)
 
     def dying(self, pid: int | None) -> str:
         """Why the process closing a file is ending abnormally ('' when it is not, or unknown)."""
@@ -211,11 +211,9 @@ class Writers:
         if closer is not None and closer.exiting_status == 0:
             return  # closed by its exit(0): this writer succeeded
         if closer is None or self.watch is None or not self._watch_locked(closer, record):
-            record.writer_unknown = True
+            self.engine.writer_unknown_locked(record)
             return
-        if record.writers is None:
-            record.writers = {}
-        record.writers[closer.tgid] = closer.start
+        self.engine.writer_awaited_locked(record, closer.tgid, closer.start)
 
     def _watch_locked(self, closer: Closer, record) -> bool:
         with self._lock:
@@ -245,7 +243,7 @@ class Writers:
             with self.engine.lock:
                 if status is None:
                     # Unknown: it no longer counts as a writer, and the delay decides.
-                    record.writer_unknown = record.writer_unknown or bool(record.writers and tgid in record.writers)
+                    self.engine.writer_unknown_locked(record, tgid)
                 self.engine.writer_exited_locked(record, tgid, reason)
 
 

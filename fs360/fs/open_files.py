@@ -257,7 +257,8 @@ class OpenFiles:
         record = handle.record
         unfinished = handle.failure or handle.writer_died
         if not handle.closed:
-            record.writer_unknown = True  # no flush said who wrote last: the delay commits it
+            with self.engine.lock:  # no flush said who wrote last: the delay commits it
+                self.engine.writer_unknown_locked(record)
         if not unfinished and record.open_writers == 1 and not record.local_only and not record.in_tree \
                 and not record.unfinished:
             # The last writer of a file about to be queued on its own: one not written front to
