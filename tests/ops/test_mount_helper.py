@@ -14,7 +14,8 @@ from tests.harness import is_mounted, remote_files, wait_until, write_random
 
 from .common import fs360_env, run_fs360
 
-pytestmark = pytest.mark.fuse
+# The helper is one file in /sbin for the whole machine: one xdist worker runs these tests.
+pytestmark = [pytest.mark.fuse, pytest.mark.xdist_group("sbin-mount-helper")]
 
 HELPER = Path("/sbin/mount.fuse.fs360")  # libmount looks for helpers in /sbin only
 
