@@ -8,7 +8,7 @@ import pytest
 
 from fs360.config import Settings
 from fs360.emulator.harness import EmulatorProcess
-from tests.harness import FAST_EMULATOR_ARGS, Mount
+from tests.harness import FAST_EMULATOR_ARGS, FAST_TIMINGS, Mount
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 
@@ -91,9 +91,7 @@ def settings_for(tmp_path):
     """Settings of an engine talking to `emulator`, in a private cache dir."""
     def make(emulator, **changes) -> Settings:
         base = dict(api_url=emulator.base_url, api_key=emulator.api_key, cache_dir=tmp_path / "cache",
-                    writeback_delay=0.05, backoff_base=0.05, backoff_cap=1.0, abandoned_upload_quiet=0.5,
-                    rate_limits_enabled=False,
-                    project_poll_interval=0.2)
+                    writeback_delay=0.05, rate_limits_enabled=False, project_poll_interval=0.2, **FAST_TIMINGS)
         base.update(changes)
         return Settings(**base)
     return make
