@@ -23,8 +23,10 @@ import threading
 __all__ = ["main", "build_parser"]
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """Raised by the SIGINT/SIGTERM handler. Not an Exception: socketserver hands every Exception
+    raised while it accepts a connection to handle_error (which says nothing), so a signal that
+    arrived just then was swallowed and the emulator served on until it was killed."""
 
 
 def _parse_key(spec: str):
