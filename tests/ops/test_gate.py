@@ -134,6 +134,7 @@ def test_bwlimit_changes_at_run_time(tmp_path, emulator, mount_factory):
     assert_uploaded(emulator, None, {"a.e57": sha})
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_pause_stops_puts_keeps_the_mount_writable_and_resume_loses_nothing(tmp_path, emulator, mount_factory):
     chunk = 256 * KiB

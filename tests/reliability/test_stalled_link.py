@@ -157,6 +157,7 @@ def netns_unavailable() -> str | None:
 # file was a second one. Now an abandoned request ends with a reset (nothing queued is sent
 # later), and a file whose PUT fs360 gave up on waits `abandoned_upload_quiet` (the default
 # 60 s, the emulator's own idle timeout too; both SERVER_IDLE_TIMEOUT here) before its next PUT.
+@pytest.mark.slow
 def test_everything_dropped_mid_upload_every_file_completes_without_violations():
     reason = netns_unavailable()
     if reason:

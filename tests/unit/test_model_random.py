@@ -31,6 +31,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
@@ -506,6 +507,7 @@ def run_machine(emulator, tmp_path, monkeypatch, examples: int, steps: int, dera
         phases=[p for p in Phase if p != Phase.explain]))
 
 
+@pytest.mark.slow
 def test_random_operations_agree_with_the_reference(emulator, tmp_path, monkeypatch):
     if LONG:
         run_machine(emulator, tmp_path, monkeypatch, EXAMPLES, 50, derandomize=False)
