@@ -154,7 +154,7 @@ def test_pause_stops_puts_keeps_the_mount_writable_and_resume_loses_nothing(tmp_
                what="the new files to reach the paused workers")
     assert (mount.mountpoint / "status").read_text().startswith("paused")
     assert (session / "status").read_text().startswith("paused")
-    assert "paused" in run_fs360(tmp_path, "status", env=harness_runtime()).stdout
+    assert "paused" in run_fs360(tmp_path, "status", str(mount.mountpoint), env=harness_runtime()).stdout
     remote = remote_files(emulator)
     assert not any(f"n{i}.jpg" in remote for i in range(3)), "a PUT went out while paused"
     # Nothing of n0.jpg was sent: waiting out the pause, it may still be written again.
