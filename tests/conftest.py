@@ -36,11 +36,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
-def emulator(tmp_path):
-    """A fresh emulator without rate limits, projects ready after 1 s."""
-    with EmulatorProcess(tmp_path / "emulator-data", args=FAST_EMULATOR_ARGS) as emu:
+@pytest.fixture(scope="module")
+def module_emulator(tmp_path_factory):
+    """One emulator process per test module (and xdist worker); `emulator` resets it per test."""
+    with EmulatorProcess(tmp_path_factory.mktemp("emulator-data"), args=FAST_EMULATOR_ARGS) as emu:
         yield emu
+
+
+@pytest.fixture
+def emulator(module_emulator):
+    """An emulator as new, without rate limits, projects ready after 1 s: the module's one,
+    running again if a test stopped it, with no data, faults, flags, account or counts left
+    from the tests before."""
+    emu = module_emulator
+    if emu.proc is None or emu.proc.poll() is not None:
+        emu.start()  # the same port: a mount of a test before would find it (none outlives its test)
+    emu.reset(data=True)
+    yield emu
 
 
 @pytest.fixture(params=["default", "vendor"], ids=["default", "vendor"])
