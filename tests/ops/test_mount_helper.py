@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -14,14 +15,26 @@ from tests.harness import is_mounted, remote_files, wait_until, write_random
 
 from .common import fs360_env, run_fs360
 
-# The helper is one file in /sbin for the whole machine: one xdist worker runs these tests.
-pytestmark = [pytest.mark.fuse, pytest.mark.xdist_group("sbin-mount-helper")]
+pytestmark = pytest.mark.fuse
 
 HELPER = Path("/sbin/mount.fuse.fs360")  # libmount looks for helpers in /sbin only
 
 
 @pytest.fixture
-def helper(tmp_path):
+def sbin_held():
+    """The helper is one file in /sbin for the whole machine: a test that installs it holds a lock
+    on /sbin itself until it has put back what was there, so parallel tests (xdist workers, other
+    runs of the suite) take turns."""
+    fd = os.open(HELPER.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@pytest.fixture
+def helper(tmp_path, sbin_held):
     if os.getuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root and mount(8)")
     backup = None
