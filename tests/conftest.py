@@ -48,22 +48,32 @@ def emulator(module_emulator):
     """An emulator as new, without rate limits, projects ready after 1 s: the module's one,
     running again if a test stopped it, with no data, faults, flags, account or counts left
     from the tests before."""
-    emu = module_emulator
+    yield as_new(module_emulator)
+
+
+def as_new(emu: EmulatorProcess) -> EmulatorProcess:
+    """A module's emulator for the next test: running (on its port: no mount of a test before
+    outlives its test) and reset, with its data."""
     if emu.proc is None or emu.proc.poll() is not None:
-        emu.start()  # the same port: a mount of a test before would find it (none outlives its test)
+        emu.start()
     emu.reset(data=True)
-    yield emu
+    return emu
 
 
-@pytest.fixture(params=["default", "vendor"], ids=["default", "vendor"])
-def profiled_emulator(request, tmp_path):
-    """Like `emulator`, once per profile: api.md Part B ("default") and Part C ("vendor",
-    `--profile vendor`). The profile's name is in `.profile` (EmulatorProcess reads it from its args)."""
+@pytest.fixture(scope="module", params=["default", "vendor"], ids=["default", "vendor"])
+def module_profiled_emulator(request, tmp_path_factory):
     profile = request.param
     args = FAST_EMULATOR_ARGS + (["--profile", "vendor"] if profile == "vendor" else [])
-    with EmulatorProcess(tmp_path / f"emulator-{profile}-data", args=args) as emu:
+    with EmulatorProcess(tmp_path_factory.mktemp(f"emulator-{profile}-data"), args=args) as emu:
         assert emu.profile == profile
         yield emu
+
+
+@pytest.fixture
+def profiled_emulator(module_profiled_emulator):
+    """Like `emulator`, once per profile: api.md Part B ("default") and Part C ("vendor",
+    `--profile vendor`). The profile's name is in `.profile` (EmulatorProcess reads it from its args)."""
+    yield as_new(module_profiled_emulator)
 
 
 @pytest.fixture
