@@ -45,7 +45,7 @@ def module_emulator(tmp_path_factory):
 
 @pytest.fixture
 def emulator(module_emulator):
-    """An emulator as new, without rate limits, projects ready after 1 s: the module's one,
+    """An emulator as new, without rate limits, projects ready after 0.3 s: the module's one,
     running again if a test stopped it, with no data, faults, flags, account or counts left
     from the tests before."""
     yield as_new(module_emulator)
