@@ -58,8 +58,12 @@ def rate_at(table: list[tuple[int, float | None]], minute: int) -> float | None:
 
 
 class TransferGate:
-    def __init__(self, bwlimit: str = "off"):
+    def __init__(self, bwlimit: str = "off", clock=time.monotonic, wait=None):
+        """`clock` and `wait(seconds)` (a wait on the gate's condition, lock held) are the
+        gate's time; tests pass a fake clock whose wait moves the clock on."""
         self._cond = threading.Condition()
+        self._clock = clock
+        self._wait = wait or self._cond.wait
         self._table = parse_bwlimit(bwlimit)
         self._spec = bwlimit
         self._paused = False
@@ -95,7 +99,7 @@ class TransferGate:
             while self._paused:
                 if should_stop():
                     return False
-                self._cond.wait(POLL_SECONDS)
+                self._wait(POLL_SECONDS)
             return not should_stop()
 
     def wait_turn(self, nbytes: int, should_stop) -> bool:
@@ -106,16 +110,16 @@ class TransferGate:
                 if should_stop():
                     return False
                 if self._paused:
-                    self._cond.wait(POLL_SECONDS)
+                    self._wait(POLL_SECONDS)
                     continue
                 rate = self.rate_now()
-                now = time.monotonic()
+                now = self._clock()
                 if rate is None:
                     return True
                 if self._next_free <= now:
                     self._next_free = now + nbytes / rate
                     return True
-                self._cond.wait(min(POLL_SECONDS, self._next_free - now))
+                self._wait(min(POLL_SECONDS, self._next_free - now))
 
     def gated(self, size: int, start: int, chunk_size: int, on_progress, should_stop):
         """(on_progress, should_stop) for send_file: the new should_stop() waits for the

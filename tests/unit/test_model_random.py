@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
@@ -552,6 +553,7 @@ def run_machine(emulator, tmp_path, examples: int, steps: int, derandomize: bool
         phases=[p for p in Phase if p != Phase.explain]))
 
 
+@pytest.mark.slow
 def test_random_operations_agree_with_the_reference(emulator, tmp_path):
     if LONG:
         run_machine(emulator, tmp_path, EXAMPLES, 50, derandomize=False)
