@@ -259,6 +259,17 @@ class ProjectCreationFailed(ApiError):
     reason = "a file of the session is not complete on the server: sent again, then retried"
 
 
+# --- the upload's own check (engine/uploader.py) --------------------------------
+
+class SentContentChanged(Fs360Error):
+    """The sha256 of what the upload sent differs from the sha256 journaled when the file was
+    queued: its spool copy changed since (outside fs360, or a bug). Its last chunk is held
+    back, so the server never completes it."""
+    code = "sent_content_changed"
+    reason = ("the data being uploaded no longer matches the file as it was written: never completed "
+              "on the server; copy the file again")
+
+
 # --- filesystem errors (from the path model) -----------------------------------
 
 class FsError(Fs360Error):

@@ -22,7 +22,7 @@ from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..config import Settings
 from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, RemoteFileNotFound,
-                      ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
+                      SentContentChanged, ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
 from .archive_plan import TreeArchive
 from .gate import TransferGate
 from .locking import StateLock
@@ -88,11 +88,12 @@ class Transfer:
                 return stop
             with self.lock:
                 members = tuple(self.tree.members_locked(session)) if record.archive else None
+                sha256 = None if record.archive else record.sha256  # journaled when queued: checked as sent
             job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size,
-                              archive=members, zip64=self.settings.archive_zip64)
-            final = self._send(record, job, buffer, on_progress, should_stop)
+                              archive=members, zip64=self.settings.archive_zip64, sha256=sha256)
+            sent = self._send(record, job, buffer, on_progress, should_stop)
             if record.archive and not record.sha256:
-                self._record_archive_sha256(record, members)
+                self._record_archive_sha256(record, members, sent.sha256)
         except Cancelled:
             with self.lock:
                 if not puts_let_go[0] and upload_id and record.upload_id == upload_id:
@@ -134,7 +135,7 @@ class Transfer:
                 if record.generation == generation:
                     self.registry.set_state_locked(record, REJECTED, last_error=f"cannot read the spooled data: {exc}")
             return
-        self._settle_sent(record, generation, session, upload_id, final.received)
+        self._settle_sent(record, generation, session, upload_id, sent.progress.received)
 
     def _name_taken(self, record: FileRecord, generation: int, session: SessionRecord, upload_id: str | None,
                     exc: ServerHoldsOtherFile) -> None:
@@ -186,9 +187,11 @@ class Transfer:
             self.registry.nudge()
         self.listeners.emit("file_complete", file=record)
 
-    def _record_archive_sha256(self, record: FileRecord, members) -> None:
+    def _record_archive_sha256(self, record: FileRecord, members, sent_sha256: str | None) -> None:
+        """The archive's sha256 for status: of what was sent, or (when this attempt found it
+        complete on the server) read once more."""
         try:
-            sha256 = self.tree.sha256(members)
+            sha256 = sent_sha256 or self.tree.sha256(members)
         except OSError as exc:  # the upload itself is done: only status lacks the sha256
             log.warning("%s: cannot compute the archive's sha256: %s", record.name, exc)
             return
@@ -300,7 +303,10 @@ class Transfer:
         upload_id = record.upload_id if record.server_received else None
         self.registry.set_state_locked(record, REJECTED, last_error=str(exc), upload_id=upload_id)
         self.listeners.emit("file_rejected", file=record, error=exc)
-        log.warning("%s: refused by the server: %s", record.name, exc)
+        if isinstance(exc, SentContentChanged):  # not the server's doing: a changed spool, or a bug
+            log.error("%s: %s", record.name, exc)
+        else:
+            log.warning("%s: refused by the server: %s", record.name, exc)
 
     def _learn_from_refusal_locked(self, exc: Fs360Error) -> None:
         """A refusal that states the server's cap or extensions: later files are checked against it."""
