@@ -15,6 +15,8 @@ import stat
 import tomllib
 from pathlib import Path
 
+from .errors import SettingError
+from .options import CONFIG_KEYS, Option, Origin, option_named
 from .systemd import credential_key
 
 # mount(8) options that are for mount(8), systemd or the kernel's generic flags,
@@ -26,8 +28,8 @@ IGNORED_MOUNT_OPTIONS = {"_netdev", "noauto", "auto", "nofail", "defaults", "rw"
 FUSE_OPTIONS = {"allow_other"}
 
 
-class ConfigError(Exception):
-    pass
+# The config file's errors and the key's: one line each (the schema's SettingError).
+ConfigError = SettingError
 
 
 def config_path() -> Path:
@@ -35,36 +37,45 @@ def config_path() -> Path:
     return Path(base) / "fs360" / "config.toml"
 
 
-def load_config(mountpoint: str, allowed_keys: set[str], path: Path | None = None) -> dict:
-    """The file's values for `mountpoint` (global keys, then its own table); {} without a file."""
+def load_config(mountpoint: str, path: Path | None = None) -> list[tuple[Option, object, Origin]]:
+    """The file's values for `mountpoint`, checked, in the order they apply (the global keys, then
+    its own table); [] without a file. Every other mount's table is checked too, so a typo there
+    is found now and not at that mount. Relative paths are taken from the file's folder."""
     path = path or config_path()
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        return {}
+        return []
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     tables = data.pop("mount", {})
     if not isinstance(tables, dict):
-        raise ConfigError(f"{path}: 'mount' must be a table of [mount.\"/mountpoint\"] tables")
-    values = dict(data)
+        raise ConfigError(f'{path}: mount = {tables!r}: not a table; allowed: [mount."/mountpoint"] tables')
+    values = _checked(data, Origin("file", str(path.parent), str(path)), strict=True)
     for key, table in tables.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: mount.{key} must be a table")
-        if os.path.abspath(os.path.expanduser(key)) == mountpoint:
-            values.update(table)
-    for key, value in values.items():
-        if key not in allowed_keys:
-            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(allowed_keys))})")
-        if not isinstance(value, (str, int, float, bool, list)):
-            raise ConfigError(f"{path}: {key} must be a string, number, boolean or list")
+            raise ConfigError(f'{path}: mount.{key}: not a table; allowed: [mount."/mountpoint"] tables')
+        if not os.path.isabs(os.path.expanduser(key)):
+            raise ConfigError(f'{path}: [mount."{key}"]: not an absolute path; allowed: the absolute path '
+                              f'of a mountpoint')
+        ours = os.path.normpath(os.path.expanduser(key)) == mountpoint
+        checked = _checked(table, Origin("file", str(path.parent), str(path), key), strict=ours)
+        if ours:
+            values += checked
     return values
 
 
-def parse_mount_options(items: list[str]) -> tuple[dict[str, str], list[str]]:
-    """`-o a=1,b,allow_other` -> ({"a": "1", "b": ""}, ["allow_other"]); mount(8)'s own ignored."""
-    values: dict[str, str] = {}
+def _checked(table: dict, origin: Origin, strict: bool) -> list[tuple[Option, object, Origin]]:
+    """Each key of one table checked against the schema (files must exist only when `strict`)."""
+    return [(option, option.check(raw, origin, require_files=strict), origin)
+            for option, raw in ((option_named(key, origin), raw) for key, raw in table.items())]
+
+
+def mount_option_values(items: list[str], origin: Origin) -> tuple[list[tuple[Option, object, Origin]], list[str]]:
+    """`-o a=1,b,allow_other` checked: ([(option, value, origin)], ["allow_other"]); mount(8)'s own ignored.
+    A key without a value is a boolean switched on."""
+    values: list[tuple[Option, object, Origin]] = []
     fuse: list[str] = []
     for item in ",".join(items).split(","):
         item = item.strip()
@@ -73,8 +84,9 @@ def parse_mount_options(items: list[str]) -> tuple[dict[str, str], list[str]]:
         if item in FUSE_OPTIONS:
             fuse.append(item)
             continue
-        key, _, value = item.partition("=")
-        values[key.replace("-", "_")] = value
+        key, _, raw = item.partition("=")
+        option = option_named(key, origin, tuple(k for k in CONFIG_KEYS if k != "options"))
+        values.append((option, option.check(raw, origin), origin))
     return values, fuse
 
 
