@@ -18,6 +18,8 @@ from pathlib import Path
 
 # Layers of dead mounts released at most (each `fs360 mount` after a kill adds none, but be sure).
 MAX_DEAD_LAYERS = 4
+# What a FUSE mount whose daemon is gone answers: ECONNABORTED to a call the end caught, ENOTCONN after.
+DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 @dataclass
@@ -108,11 +110,12 @@ def refusal_reason(mountpoint: str, code, allow_other: bool) -> str:
 
 
 def is_dead_mount(path: str) -> bool:
-    """A FUSE mount whose daemon is gone answers every access with ENOTCONN."""
+    """A FUSE mount whose daemon is gone answers every access with ENOTCONN. statfs, because the
+    kernel always asks the daemon for it (a stat may be answered from its attribute cache)."""
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        return exc.errno in DEAD_MOUNT_ERRNOS
     return False
 
 
@@ -141,17 +144,17 @@ def prepare_mountpoint(mountpoint: str, allow_non_empty: bool) -> tuple[str, str
     """(why fs360 cannot mount at `mountpoint` or '', a note for the user or ''). A dead mount
     left by a daemon that is gone is released first."""
     note = ""
+    if is_dead_mount(mountpoint):
+        problem = release_dead_mount(mountpoint)
+        if problem:
+            return problem, ""
+        note = f"released the dead mount at {mountpoint} (the daemon that mounted it was gone)"
     try:
         os.stat(mountpoint)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return f"{mountpoint} does not exist: make it first (mkdir -p {shlex.quote(mountpoint)})", ""
-        if exc.errno != errno.ENOTCONN:
-            return f"cannot use {mountpoint}: {exc.strerror}", ""
-        problem = release_dead_mount(mountpoint)
-        if problem:
-            return problem, ""
-        note = f"released the dead mount at {mountpoint} (the daemon that mounted it was gone)"
+        return f"cannot use {mountpoint}: {exc.strerror}", ""
     if not os.path.isdir(mountpoint):
         return f"{mountpoint} is not a directory", note
     if os.path.ismount(mountpoint):
