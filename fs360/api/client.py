@@ -299,8 +299,8 @@ class ApiClient:
     def file_status(self, upload_id: str, name: str) -> FileProgress:
         return _file_progress(self._request("get_file", "GET", _file_path(upload_id, name)))
 
-    def session_status(self, upload_id: str) -> list[RemoteFile]:
-        body = self._request("get_session", "GET", f"/uploads/{quote(upload_id, safe='')}")
+    def session_status(self, upload_id: str, wait: bool = True) -> list[RemoteFile]:
+        body = self._request("get_session", "GET", f"/uploads/{quote(upload_id, safe='')}", wait=wait)
         files = _require(body, "files", list)
         out = []
         for entry in files:
