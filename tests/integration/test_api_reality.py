@@ -107,6 +107,19 @@ def test_a_dropped_network_is_said_so_not_blamed_on_the_server():
 # --- projects ----------------------------------------------------------------------------------
 
 
+def project_through_a_fault(emulator, settings, tmp_path, kind: str) -> tuple[str, str, dict]:
+    """Session "office" with one file and .create, its first POST /projects met by fault `kind`:
+    (the project's name, the session's upload_id, the sources' sha256 by name)."""
+    sources = make_sources(tmp_path / "src", {"a.jpg": 5000})
+    engine = Engine(settings).start()
+    try:
+        emulator.set_faults([{"endpoint": "create_project", "kind": kind, "count": 1}])
+        queue_files(engine, "office", {"a.jpg": tmp_path / "src" / "a.jpg"}, project={})
+        return created(engine, "office"), engine.sessions["office"].upload_id, sources
+    finally:
+        engine.stop()
+
+
 def test_a_lost_post_answer_never_makes_a_second_post(profiled_emulator, settings_for, tmp_path):
     """The POST is done and its answer lost. The vendor profile lists projects (GET /projects) and
     names this one apart from its session (a collision): it is found by its title. The default
@@ -114,15 +127,7 @@ def test_a_lost_post_answer_never_makes_a_second_post(profiled_emulator, setting
     emulator = profiled_emulator
     vendor = emulator.profile == "vendor"
     emulator.set_flags(project_name_collision=vendor)
-    sources = make_sources(tmp_path / "src", {"a.jpg": 5000})
-    engine = Engine(settings_for(emulator)).start()
-    try:
-        emulator.set_faults([{"endpoint": "create_project", "kind": "drop_response", "count": 1}])
-        queue_files(engine, "office", {"a.jpg": tmp_path / "src" / "a.jpg"}, project={})
-        name = created(engine, "office")
-        upload_id = engine.sessions["office"].upload_id
-    finally:
-        engine.stop()
+    name, upload_id, sources = project_through_a_fault(emulator, settings_for(emulator), tmp_path, "drop_response")
     assert request_count(emulator, "POST create_project") == 1
     made = [p for p in emulator.projects() if p["upload_id"] == upload_id]
     assert len(made) == 1 and made[0]["create_count"] == 1 and made[0]["name"] == name
@@ -135,82 +140,84 @@ def test_a_project_of_the_same_title_made_before_is_not_taken_for_ours(profiled_
     session's title: fs360 must POST again, not adopt the older one."""
     emulator = profiled_emulator
     older = api(emulator).create_project({"download_link": "https://example.org/old.zip", "title": "office"})
-    sources = make_sources(tmp_path / "src", {"a.jpg": 5000})
-    engine = Engine(settings_for(emulator)).start()
-    try:
-        emulator.set_faults([{"endpoint": "create_project", "kind": "cut_body", "count": 1}])
-        queue_files(engine, "office", {"a.jpg": tmp_path / "src" / "a.jpg"}, project={})
-        name = created(engine, "office")
-        upload_id = engine.sessions["office"].upload_id
-    finally:
-        engine.stop()
+    name, upload_id, sources = project_through_a_fault(emulator, settings_for(emulator), tmp_path, "cut_body")
     assert name != older.name
     assert [p["name"] for p in emulator.projects() if p["upload_id"] == upload_id] == [name]
     assert_uploaded(emulator, upload_id, sources)
 
 
-def test_a_project_the_server_deleted_is_no_longer_polled(settings_for, tmp_path, emulator_factory):
-    """Vendor profile: deleting the session discards its unfinished project (`deleted: true`). A
-    second project, polled meanwhile, shows the keeper went on polling."""
+class Polling:
+    """An engine polling quickly against `emulator`, with a project to watch and, to show the
+    keeper goes on polling, another project it polls five times on request."""
+
+    def __init__(self, emulator, settings_for, tmp_path):
+        self.emulator = emulator
+        self.sources = tmp_path / "src"
+        make_sources(self.sources, {"a.jpg": 3000, "b.jpg": 3000})
+        self.engine = Engine(settings_for(emulator, project_poll_interval=0.05)).start()
+
+    def project(self, session: str, source: str) -> str:
+        queue_files(self.engine, session, {source: self.sources / source}, project={})
+        return created(self.engine, session)
+
+    def polls(self, name: str) -> int:
+        return emulator_project(self.emulator, name)["polls"]
+
+    def another_polled_five_times(self) -> None:
+        other = self.project("other", "b.jpg")
+        wait_until(lambda: self.polls(other) >= 5, 30, 0.05, what="five polls of another project")
+
+
+@pytest.fixture
+def polling(settings_for, tmp_path):
+    made = []
+
+    def make(emulator) -> Polling:
+        made.append(Polling(emulator, settings_for, tmp_path))
+        return made[-1]
+    yield make
+    for each in made:
+        each.engine.stop()
+
+
+def test_a_project_the_server_deleted_is_no_longer_polled(emulator_factory, polling):
+    """Vendor profile: deleting the session discards its unfinished project (`deleted: true`)."""
     emulator = emulator_factory("--profile", "vendor", "--no-rate-limits", "--processing-seconds", "600")
-    make_sources(tmp_path / "src", {"a.jpg": 3000, "b.jpg": 3000})
-    engine = Engine(settings_for(emulator, project_poll_interval=0.05)).start()
-    try:
-        queue_files(engine, "gone", {"a.jpg": tmp_path / "src" / "a.jpg"}, project={})
-        first = created(engine, "gone")
-        wait_until(lambda: emulator_project(emulator, first)["polls"] >= 1, 30, 0.05, what="a first poll")
-        api(emulator).delete_session(engine.sessions["gone"].upload_id)
-        wait_until(lambda: project_of(engine, "gone").state == P_FAILED, 30, 0.05, what="the deletion seen")
-        assert "deleted" in project_of(engine, "gone").last_error
-        polls = emulator_project(emulator, first)["polls"]
-        queue_files(engine, "kept", {"b.jpg": tmp_path / "src" / "b.jpg"}, project={})
-        second = created(engine, "kept")
-        wait_until(lambda: emulator_project(emulator, second)["polls"] >= 5, 30, 0.05, what="five polls of another")
-        assert emulator_project(emulator, first)["polls"] == polls
-        assert project_of(engine, "gone").state == P_FAILED
-    finally:
-        engine.stop()
+    run = polling(emulator)
+    first = run.project("gone", "a.jpg")
+    wait_until(lambda: run.polls(first) >= 1, 30, 0.05, what="a first poll")
+    api(emulator).delete_session(run.engine.sessions["gone"].upload_id)
+    wait_until(lambda: project_of(run.engine, "gone").state == P_FAILED, 30, 0.05, what="the deletion seen")
+    assert "deleted" in project_of(run.engine, "gone").last_error
+    polls = run.polls(first)
+    run.another_polled_five_times()
+    assert run.polls(first) == polls
 
 
-def test_a_project_the_server_no_longer_has_is_no_longer_polled(emulator_factory, settings_for, tmp_path):
+def test_a_project_the_server_no_longer_has_is_no_longer_polled(emulator_factory, polling):
     """A 404 on the poll (the server's data went: here the emulator's, reset) ends the polling."""
     emulator = emulator_factory("--no-rate-limits", "--processing-seconds", "600")
-    make_sources(tmp_path / "src", {"a.jpg": 3000, "b.jpg": 3000})
-    engine = Engine(settings_for(emulator, project_poll_interval=0.05)).start()
-    try:
-        queue_files(engine, "gone", {"a.jpg": tmp_path / "src" / "a.jpg"}, project={})
-        created(engine, "gone")
-        emulator.reset(data=True)
-        wait_until(lambda: project_of(engine, "gone").state == P_FAILED, 30, 0.05, what="the 404 seen")
-        assert "HTTP 404" in project_of(engine, "gone").last_error
-        queue_files(engine, "kept", {"b.jpg": tmp_path / "src" / "b.jpg"}, project={})
-        second = created(engine, "kept")
-        wait_until(lambda: emulator_project(emulator, second)["polls"] >= 5, 30, 0.05, what="five polls of another")
-        assert request_count(emulator, "GET get_project 404") == 1
-    finally:
-        engine.stop()
+    run = polling(emulator)
+    run.project("gone", "a.jpg")
+    emulator.reset(data=True)
+    wait_until(lambda: project_of(run.engine, "gone").state == P_FAILED, 30, 0.05, what="the 404 seen")
+    assert "HTTP 404" in project_of(run.engine, "gone").last_error
+    run.another_polled_five_times()
+    assert request_count(emulator, "GET get_project 404") == 1
 
 
-def test_polling_slows_to_minutes_after_a_quarter_of_an_hour(emulator_factory, settings_for, tmp_path):
+def test_polling_slows_to_minutes_after_a_quarter_of_an_hour(emulator_factory, polling):
     emulator = emulator_factory("--no-rate-limits", "--processing-seconds", "3600")
-    make_sources(tmp_path / "src", {"a.jpg": 3000, "b.jpg": 3000})
-    engine = Engine(settings_for(emulator, project_poll_interval=0.05)).start()
-    try:
-        queue_files(engine, "old", {"a.jpg": tmp_path / "src" / "a.jpg"}, project={})
-        first = created(engine, "old")
-        wait_until(lambda: emulator_project(emulator, first)["polls"] >= 2, 30, 0.05, what="fast polls")
-        with engine.lock:  # its first poll, a quarter of an hour ago
-            session_id = engine.sessions["old"].id
-            engine.projects._polling_since[session_id] -= 15 * 60
-        wait_until(lambda: project_of(engine, "old").next_attempt > 0, 30, 0.05, what="a slow poll")
-        polls = emulator_project(emulator, first)["polls"]
-        queue_files(engine, "new", {"b.jpg": tmp_path / "src" / "b.jpg"}, project={})
-        second = created(engine, "new")
-        wait_until(lambda: emulator_project(emulator, second)["polls"] >= 5, 30, 0.05, what="five polls of another")
-        assert emulator_project(emulator, first)["polls"] == polls
-        assert project_of(engine, "old").state == P_CREATED
-    finally:
-        engine.stop()
+    run = polling(emulator)
+    first = run.project("old", "a.jpg")
+    wait_until(lambda: run.polls(first) >= 2, 30, 0.05, what="fast polls")
+    with run.engine.lock:  # its first poll, a quarter of an hour ago
+        run.engine.projects._polling_since[run.engine.sessions["old"].id] -= 15 * 60
+    wait_until(lambda: project_of(run.engine, "old").next_attempt > 0, 30, 0.05, what="a slow poll")
+    polls = run.polls(first)
+    run.another_polled_five_times()
+    assert run.polls(first) == polls
+    assert project_of(run.engine, "old").state == P_CREATED
 
 
 # --- sessions ----------------------------------------------------------------------------------
