@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from .api.client import ApiClient
+from .api.client import USER_AGENT, ApiClient
 from .config import Settings
 from .errors import Fs360Error
 from .fs.status import human_bytes
@@ -69,7 +69,7 @@ def _key(settings: Settings) -> Check:
 def _clock(settings: Settings) -> Check:
     try:
         response = requests.head(settings.api_url, timeout=(settings.connect_timeout, settings.read_timeout),
-                                 verify=settings.ca_bundle or True)
+                                 verify=settings.ca_bundle or True, headers={"User-Agent": USER_AGENT})
     except requests.RequestException as exc:
         return Check("clock", False, f"cannot reach the server ({type(exc).__name__})", "check --api-url and the network")
     if "Date" not in response.headers:

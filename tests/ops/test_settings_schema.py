@@ -82,6 +82,15 @@ def test_every_bad_setting_is_one_line_naming_its_source(tmp_path, config, flags
     assert not (tmp_path / "cache").exists(), "a refused setting must stop before anything starts"
 
 
+def test_doctor_names_a_bad_setting_as_its_failure(tmp_path):
+    write_config(tmp_path, 'log_level = "verbose"\n')
+    result = run_fs360(tmp_path, "doctor", env={"FS360_API_KEY": "sk_x"})
+    assert result.returncode == 1
+    assert 'FAIL settings: ' in result.stdout and 'log_level = "verbose": unknown value; allowed: debug, info, ' \
+        'warning, error' in result.stdout, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("assignment, said", [
     ("bwlimit=08:00,2M 08:00,off", "set bwlimit=08:00,2M 08:00,off: 08:00 is in the timetable twice"),
     ("bwlimit=lots", "set bwlimit=lots: not a rate"),
