@@ -11,9 +11,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from . import __version__, control
 from .config import DEFAULT_LOCAL_ONLY_PATTERNS, Settings, default_cache_dir
@@ -72,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mount", help="mount the upload API at MOUNTPOINT")
     m.add_argument("mountpoint")
     add_mount_options(m)
-    m.set_defaults(func=cmd_mount, options_parser=m)
+    m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount; unfinished uploads resume at the next mount")
     u.add_argument("mountpoint")
@@ -100,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check this machine and configuration, with a fix for each failure")
     d.add_argument("mountpoint", nargs="?", help="the mount to check the configuration of")
     add_mount_options(d)
-    d.set_defaults(func=cmd_doctor, options_parser=d)
+    d.set_defaults(func=cmd_doctor)
 
     rc = sub.add_parser("recover", help="release MOUNTPOINT if the daemon that mounted it is gone (kill -9, "
                         "a crash); a live mount is left alone")

@@ -116,15 +116,19 @@ class Origin:
     path: str = ""            # the config file
     table: str = ""           # its [mount."/x"] table, "" for the global keys
 
+    def place(self, name: str) -> str:
+        """Where key `name` was written: "FILE: [mount."/x"] name", "-o name", "set name"."""
+        if self.kind == "file":
+            return f"{self.path}: " + (f'[mount."{self.table}"] ' if self.table else "") + name
+        return (f"{self.path}: " if self.path else "") + f"{self.kind} {name}"
+
     def show(self, option: "Option", raw) -> str:
+        """The value as it was written, where it was written."""
         if self.kind == "flag":
             return option.flag if isinstance(raw, bool) else f"{option.flag} {raw}"
         if self.kind == "file":
-            table = f'[mount."{self.table}"] ' if self.table else ""
-            return f"{self.path}: {table}{option.name} = {_toml(raw)}"
-        if self.kind == "set":
-            return f"set {option.name}={raw}"
-        return (f"{self.path}: " if self.path else "") + f"-o {option.name}={raw}"
+            return f"{self.place(option.name)} = {_toml(raw)}"
+        return f"{self.place(option.name)}={raw}"
 
 
 def _toml(value) -> str:
@@ -311,12 +315,8 @@ def option_named(name: str, origin: Origin, keys=CONFIG_KEYS) -> Option:
     """The option a config key, -o or set names; SettingError naming the known ones."""
     key = name.strip().replace("-", "_")
     if key not in keys:
-        if origin.kind == "file":
-            where = f"{origin.path}: " + (f'[mount."{origin.table}"] ' if origin.table else "") + f"{name}"
-        else:
-            where = (f"{origin.path}: " if origin.path else "") + f"{origin.kind} {name}"
         known = sorted(keys) + (["allow_other"] if origin.kind == "-o" else [])
-        raise SettingError(f"{where}: unknown {'key' if origin.kind == 'file' else 'option'}"
+        raise SettingError(f"{origin.place(name)}: unknown {'key' if origin.kind == 'file' else 'option'}"
                            f"{_did_you_mean(key, keys)}; known: {', '.join(known)}")
     return OPTIONS[key]
 

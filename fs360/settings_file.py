@@ -5,7 +5,8 @@ The config file is `$XDG_CONFIG_HOME/fs360/config.toml` (default
 `~/.config/fs360/config.toml`). Its keys are the long mount flags with `_`
 (`api_url`, `api_key_file`, `cache_dir`, `bwlimit`, ...; `options` for `-o`);
 a `[mount."/abs/mountpoint"]` table overrides them for that mountpoint. The
-command line overrides the file.
+command line overrides the file. Every value of every table is checked against the
+schema (options.py); relative paths in the file are taken from its folder.
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ IGNORED_MOUNT_OPTIONS = {"_netdev", "noauto", "auto", "nofail", "defaults", "rw"
 FUSE_OPTIONS = {"allow_other"}
 
 
-# The config file's errors and the key's: one line each (the schema's SettingError).
-ConfigError = SettingError
-
-
 def config_path() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "fs360" / "config.toml"
@@ -48,16 +45,16 @@ def load_config(mountpoint: str, path: Path | None = None) -> list[tuple[Option,
     except FileNotFoundError:
         return []
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise SettingError(f"{path}: {exc}") from None
     tables = data.pop("mount", {})
     if not isinstance(tables, dict):
-        raise ConfigError(f'{path}: mount = {tables!r}: not a table; allowed: [mount."/mountpoint"] tables')
+        raise SettingError(f'{path}: mount = {tables!r}: not a table; allowed: [mount."/mountpoint"] tables')
     values = _checked(data, Origin("file", str(path.parent), str(path)), strict=True)
     for key, table in tables.items():
         if not isinstance(table, dict):
-            raise ConfigError(f'{path}: mount.{key}: not a table; allowed: [mount."/mountpoint"] tables')
+            raise SettingError(f'{path}: mount.{key}: not a table; allowed: [mount."/mountpoint"] tables')
         if not os.path.isabs(os.path.expanduser(key)):
-            raise ConfigError(f'{path}: [mount."{key}"]: not an absolute path; allowed: the absolute path '
+            raise SettingError(f'{path}: [mount."{key}"]: not an absolute path; allowed: the absolute path '
                               f'of a mountpoint')
         ours = os.path.normpath(os.path.expanduser(key)) == mountpoint
         checked = _checked(table, Origin("file", str(path.parent), str(path), key), strict=ours)
@@ -94,9 +91,9 @@ def check_key_file(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except OSError as exc:
-        raise ConfigError(f"cannot read the key file {path}: {exc.strerror}") from None
+        raise SettingError(f"cannot read the key file {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"the key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
+        raise SettingError(f"the key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
                           f"fix it with: chmod 600 {path}")
 
 
@@ -108,9 +105,9 @@ def read_api_key(key_file: str | None, env_names: tuple[str, ...]) -> str:
         try:
             key = path.read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read the key file: {exc.strerror}") from None
+            raise SettingError(f"cannot read the key file: {exc.strerror}") from None
         if not key:
-            raise ConfigError(f"the key file {path} is empty")
+            raise SettingError(f"the key file {path} is empty")
         return key
     key = credential_key()
     if key:
@@ -118,5 +115,5 @@ def read_api_key(key_file: str | None, env_names: tuple[str, ...]) -> str:
     for name in env_names:
         if os.environ.get(name):
             return os.environ[name].strip()
-    raise ConfigError("no API key: set FS360_API_KEY, or give api_key_file (--api-key-file, the config file "
+    raise SettingError("no API key: set FS360_API_KEY, or give api_key_file (--api-key-file, the config file "
                       "or -o api_key_file=FILE), or use --local")

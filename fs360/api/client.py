@@ -434,4 +434,3 @@ def _retry_after(value: str | None, now: datetime | None = None) -> float | None
     if not 0 <= seconds < math.inf:
         return None
     return seconds
-
