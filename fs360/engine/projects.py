@@ -66,6 +66,9 @@ class ProjectKeeper:
         self._posted_at: dict[int, float] = {}
         self._listed_before: dict[int, set[str] | None] = {}
         self._next_session_check: dict[int, float] = {}
+        # After a look that got no answer, none is tried before this (monotonic): a server that
+        # does not answer must not hold housekeeping for one request deadline per session.
+        self._sessions_checkable_at = 0.0
         self._no_project_list = False  # the server answered GET /projects with a 4xx: it has none
 
     def request_locked(self, session: SessionRecord, options: dict) -> None:
@@ -314,22 +317,26 @@ class ProjectKeeper:
         idle session alive and finds one the server lost early (its files go again from the
         spool, or are `lost` with the reason), not only when .create is refused."""
         now = time.monotonic()
+        if now < self._sessions_checkable_at:
+            return
         with self.lock:
             due = [(session, session.upload_id) for session in self.registry.sessions.values()
                    if session.upload_id and not session.sealed
                    and self._next_session_check.get(session.id, 0.0) <= now]
         for session, upload_id in due:
-            wait = SESSION_CHECK_SECONDS
             try:
                 self.client.session_status(upload_id, wait=False)
             except SessionNotFound:
                 self.session_lost(session, upload_id)
-            except WaitForRateLimit as exc:
-                wait = exc.retry_after or SESSION_CHECK_RETRY_SECONDS
             except Fs360Error as exc:
                 log.info("session %r: could not look at its server session: %s", session.name, exc)
-                wait = SESSION_CHECK_RETRY_SECONDS
-            self._next_session_check[session.id] = time.monotonic() + wait
+                if not isinstance(exc, ApiError) or isinstance(exc, AccountError):
+                    # No answer, the account, or the rate budget: the other sessions wait too.
+                    wait = exc.retry_after if isinstance(exc, WaitForRateLimit) and exc.retry_after else \
+                        SESSION_CHECK_RETRY_SECONDS
+                    self._sessions_checkable_at = time.monotonic() + wait
+                    return
+            self._next_session_check[session.id] = time.monotonic() + SESSION_CHECK_SECONDS
 
     def _retry_later(self, session: SessionRecord, exc: Fs360Error) -> None:
         """The next try after a backoff; a POST held back by the rate limit (never sent) goes
