@@ -60,12 +60,12 @@ class ProjectKeeper:
         interval = max(settings.project_poll_interval, 0.01)
         self._recent_polls: TTLCache = TTLCache(maxsize=4096, ttl=interval)
         # Memory only, by session id: when its project was first polled (monotonic), when its POST
-        # was last sent (wall clock) and the projects listed just before, when the session is looked
-        # at next (monotonic).
+        # was last sent (wall clock) and the projects listed just before; by (session id, upload_id):
+        # when that server session is looked at next (monotonic).
         self._polling_since: dict[int, float] = {}
         self._posted_at: dict[int, float] = {}
         self._listed_before: dict[int, set[str] | None] = {}
-        self._next_session_check: dict[int, float] = {}
+        self._next_session_check: dict[tuple[int, str], float] = {}
         # After a look that got no answer, none is tried before this (monotonic): a server that
         # does not answer must not hold housekeeping for one request deadline per session.
         self._sessions_checkable_at = 0.0
@@ -320,9 +320,18 @@ class ProjectKeeper:
         if now < self._sessions_checkable_at:
             return
         with self.lock:
-            due = [(session, session.upload_id) for session in self.registry.sessions.values()
-                   if session.upload_id and not session.sealed
-                   and self._next_session_check.get(session.id, 0.0) <= now]
+            due = []
+            for session in self.registry.sessions.values():
+                if not session.upload_id or session.sealed:
+                    continue
+                key = (session.id, session.upload_id)
+                if key not in self._next_session_check:
+                    # Now for a session from the journal nothing has asked the server about yet
+                    # (remote_names unknown); a day on for one opened, or asked about, meanwhile.
+                    self._next_session_check[key] = now if session.remote_names is None \
+                        else now + SESSION_CHECK_SECONDS
+                if self._next_session_check[key] <= now:
+                    due.append((session, session.upload_id))
         for session, upload_id in due:
             try:
                 self.client.session_status(upload_id, wait=False)
@@ -336,7 +345,7 @@ class ProjectKeeper:
                         SESSION_CHECK_RETRY_SECONDS
                     self._sessions_checkable_at = time.monotonic() + wait
                     return
-            self._next_session_check[session.id] = time.monotonic() + SESSION_CHECK_SECONDS
+            self._next_session_check[(session.id, upload_id)] = time.monotonic() + SESSION_CHECK_SECONDS
 
     def _retry_later(self, session: SessionRecord, exc: Fs360Error) -> None:
         """The next try after a backoff; a POST held back by the rate limit (never sent) goes
