@@ -40,6 +40,8 @@ class Settings:
     # Never printed: repr=False keeps it out of every repr and log line.
     api_key: str = field(default="", repr=False)
     ca_bundle: str | None = None
+    # http:// to a host other than loopback (the key in clear text): only when asked for (a test server).
+    insecure_http: bool = False
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     workers: int = 4

@@ -33,6 +33,13 @@ class Cancelled(Exception):
     """
 
 
+class SettingError(Fs360Error, ValueError):
+    """A setting (flag, config file, -o, fs360 set) is not allowed: the message is one line that
+    names where the value came from and what is allowed."""
+    code = "invalid_setting"
+    reason = "a setting is not allowed: fix it where the message says"
+
+
 # --- transport and server errors (from the API client) -------------------------
 
 class TransportError(Fs360Error):
