@@ -58,9 +58,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     options_parser = getattr(args, "options_parser", None)
     if options_parser is None:
         return args
-    mountpoint = os.path.abspath(args.mountpoint) if args.mountpoint else ""
+    mountpoint = os.path.abspath(args.mountpoint) if getattr(args, "mountpoint", None) else ""
     try:
-        values = load_config(mountpoint, config_keys(options_parser))
+        values = load_config(mountpoint, config_keys(options_parser), webdav=args.func is cmd_serve_webdav)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     if values:
@@ -136,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     ih = sub.add_parser("install-helper", help=f"(root) write {HELPER_PATH} for mount(8) and fstab")
     ih.add_argument("--path", default=HELPER_PATH, help=argparse.SUPPRESS)
     ih.set_defaults(func=cmd_install_helper)
+
+    sv = sub.add_parser("serve", help="serve the sessions over another protocol: fs360 serve webdav")
+    served = sv.add_subparsers(metavar="PROTOCOL")
+    w = served.add_parser("webdav", help="serve the sessions over WebDAV (Windows, macOS, davfs2)")
+    w.add_argument("--addr", default="127.0.0.1:8360",
+                   help="HOST:PORT to listen on (default 127.0.0.1:8360; port 0 picks a free one)")
+    w.add_argument("--password-file", type=_path, help="user:password lines, mode 600: HTTP Basic auth "
+                   "(required, with TLS, off loopback)")
+    w.add_argument("--tls-cert", type=_path, help="TLS certificate (PEM)")
+    w.add_argument("--tls-key", type=_path, help="TLS private key (PEM)")
+    w.add_argument("--empty-put-grace", type=float, default=60.0,
+                   help="seconds an empty PUT waits for the content a second PUT brings (default 60)")
+    add_mount_options(w)
+    w.set_defaults(func=cmd_serve_webdav, options_parser=w)
 
     mh = sub.add_parser("mount-helper")  # hidden (no help=): mount(8) runs it as: none MOUNTPOINT -o OPTIONS
     mh.add_argument("source")
@@ -272,6 +286,19 @@ def cmd_mount(args) -> int:
     settings = settings_from_args(args)
     try:
         return launch(settings, mountpoint, args.foreground)
+    except LaunchError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_serve_webdav(args) -> int:
+    from .daemon import LaunchError, launch
+    settings = settings_from_args(args).with_(
+        webdav_password_file=str(args.password_file) if args.password_file else None,
+        webdav_tls_cert=str(args.tls_cert) if args.tls_cert else None,
+        webdav_tls_key=str(args.tls_key) if args.tls_key else None,
+        webdav_empty_put_grace=args.empty_put_grace)
+    try:
+        return launch(settings, "", args.foreground, webdav=args.addr)
     except LaunchError as exc:
         raise CliError(str(exc)) from None
 

@@ -35,8 +35,9 @@ def config_path() -> Path:
     return Path(base) / "fs360" / "config.toml"
 
 
-def load_config(mountpoint: str, allowed_keys: set[str], path: Path | None = None) -> dict:
-    """The file's values for `mountpoint` (global keys, then its own table); {} without a file."""
+def load_config(mountpoint: str, allowed_keys: set[str], path: Path | None = None, webdav: bool = False) -> dict:
+    """The file's values for `mountpoint` (global keys, then its own table), or for `serve webdav`
+    (global keys, then the [webdav] table); {} without a file."""
     path = path or config_path()
     try:
         with open(path, "rb") as f:
@@ -48,7 +49,12 @@ def load_config(mountpoint: str, allowed_keys: set[str], path: Path | None = Non
     tables = data.pop("mount", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: 'mount' must be a table of [mount.\"/mountpoint\"] tables")
+    webdav_table = data.pop("webdav", {})
+    if not isinstance(webdav_table, dict):
+        raise ConfigError(f"{path}: 'webdav' must be a table ([webdav])")
     values = dict(data)
+    if webdav:
+        values.update(webdav_table)
     for key, table in tables.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: mount.{key} must be a table")
