@@ -104,6 +104,20 @@ class _Fs360Resource:
         self.remove_all_properties(recursive=True)
         self.remove_all_locks(recursive=True)
 
+    def support_recursive_move(self, dest_path):
+        return True
+
+    def move_recursive(self, dest_path):
+        """MOVE to a free name: the mount's rename, of a file, a folder or a session."""
+        with answered():
+            self.model.rename(self.path, dest_path)
+        self._moved_or_copied(dest_path, True, with_children=True)
+        return []
+
+    def _existing_file(self, dest_path: str) -> bool:
+        dest = self.provider.get_resource_inst(dest_path, self.environ)
+        return dest is not None and not dest.is_collection
+
 
 class FileResource(_Fs360Resource, DAVNonCollection):
     def __init__(self, path: str, environ: dict, attrs: dict):
@@ -112,6 +126,7 @@ class FileResource(_Fs360Resource, DAVNonCollection):
         self._content: bytes | None = None  # a status file or .create, rendered once for a GET
         self._reader_fh: int | None = None
         self._writer: BodyWriter | None = None
+        self._moved = False
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -206,6 +221,8 @@ class FileResource(_Fs360Resource, DAVNonCollection):
     # --- deleting, moving, copying: the mount's unlink and rename --------------------------------------
 
     def delete(self):
+        if self._moved:
+            return
         with answered():
             self.model.unlink(self.path)
         self.provider.held.drop(self.path)
@@ -214,25 +231,25 @@ class FileResource(_Fs360Resource, DAVNonCollection):
     def handle_move(self, dest_path):
         """Onto an existing file, one rename: the model decides whether the target may be replaced
         before anything changes (WsgiDAV would delete the target first)."""
-        if self.provider.get_resource_inst(dest_path, self.environ) is None:
+        if not self._existing_file(dest_path):
             return False
-        self.copy_move_single(dest_path, is_move=True)
+        self.move_recursive(dest_path)
         return True
 
     def handle_copy(self, dest_path, *, depth_infinity):
         """Onto an existing file, a rewrite of it (refused when the server holds another content)."""
-        if self.provider.get_resource_inst(dest_path, self.environ) is None:
+        if not self._existing_file(dest_path):
             return False
         self.copy_move_single(dest_path, is_move=False)
         return True
 
     def copy_move_single(self, dest_path, *, is_move):
-        if is_move:
-            with answered():
-                self.model.rename(self.path, dest_path)
-        else:
-            copy_file(self.provider, self.path, dest_path)
-        self._moved_or_copied(dest_path, is_move, with_children=False)
+        if is_move:  # WsgiDAV deletes the source next: it is gone already
+            self.move_recursive(dest_path)
+            self._moved = True
+            return
+        copy_file(self.provider, self.path, dest_path)
+        self._moved_or_copied(dest_path, False, with_children=False)
 
 
 def copy_file(provider: Fs360Provider, source: str, dest: str) -> None:
@@ -283,10 +300,24 @@ class FolderResource(_Fs360Resource, DAVCollection):
         with answered():
             self.model.mkdir(util.join_uri(self.path, name), NEW_FOLDER_MODE)
 
+    def support_recursive_delete(self):
+        return True
+
     def delete(self):
+        """DELETE, and what a MOVE or COPY replaces: `rm -r` through the model, members first.
+        A member refused is reported (207) and keeps its folder."""
+        errors = []
+        for member in self.get_member_list():
+            try:
+                errors += member.delete() or []
+            except DAVError as exc:
+                errors.append((member.get_href(), exc))
+        if errors:
+            return errors
         with answered():
             self.model.rmdir(self.path)
         self._removed()
+        return []
 
     def copy_move_single(self, dest_path, *, is_move):
         """A folder copied member by member (WsgiDAV copies the members): the folder first."""
@@ -294,12 +325,3 @@ class FolderResource(_Fs360Resource, DAVCollection):
             if self.provider.get_resource_inst(dest_path, self.environ) is None:
                 self.model.mkdir(dest_path, NEW_FOLDER_MODE)
         self._moved_or_copied(dest_path, is_move, with_children=False)
-
-    def support_recursive_move(self, dest_path):
-        return True
-
-    def move_recursive(self, dest_path):
-        with answered():
-            self.model.rename(self.path, dest_path)
-        self._moved_or_copied(dest_path, True, with_children=True)
-        return []
