@@ -10,6 +10,7 @@ WsgiDAV's in-memory managers, and the upload state shows as `fs360:` properties.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 
@@ -25,6 +26,7 @@ from .writers import BLOCK, CUT_SHORT, BodyWriter, ContentReader, HeldEmptyFiles
 NAMESPACE = "urn:fs360"
 STATE_PROPERTIES = {f"{{{NAMESPACE}}}{name}": f"user.fs360.{attribute}" for name, attribute in (
     ("state", "state"), ("received", "received"), ("server-name", "server_name"), ("error", "error"))}
+log = logging.getLogger(__name__)
 NEW_FILE_MODE = 0o644
 NEW_FOLDER_MODE = 0o755
 
@@ -185,18 +187,28 @@ class FileResource(_Fs360Resource, DAVNonCollection):
         return self._writer
 
     def end_write(self, *, with_errors):
+        """The commit point: the file is final only when the request ended with its whole body.
+        `with_errors`: reading the body or writing it failed (WsgiDAV answers with that error)."""
         writer, self._writer = self._writer, None
         if writer is None:
             return
+        if with_errors:
+            try:
+                finish(self.model, writer.fh, False, CUT_SHORT)
+            except Exception:  # the request's own error is the answer
+                log.debug("closing the failed PUT of %s", self.path, exc_info=True)
+            return
         expected = expected_length(self.environ)
-        whole = not with_errors and (expected is None or writer.written == expected)
-        if whole and writer.written == 0:
+        if expected is not None and writer.written != expected:
+            with answered():
+                finish(self.model, writer.fh, False, CUT_SHORT)
+            raise DAVError(400, context_info=f"the request's body ended after {writer.written} of its "
+                                             f"{expected} bytes: the file is not taken; send it again")
+        if writer.written == 0:
             self.provider.held.hold(self.path, writer.fh)  # its content may come with the next PUT
             return
         with answered():
-            finish(self.model, writer.fh, whole, "" if whole else CUT_SHORT)
-        if not whole:
-            raise DAVError(400, context_info="the request's body was cut short: the file is not taken")
+            finish(self.model, writer.fh, True)
 
     # --- properties: the upload state, then WsgiDAV's own --------------------------------------------
 

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import Fs360Error
+from .errors import answered
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,11 @@ class BodyWriter:
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            count = self.model.write(self.fh, bytes(view[:BLOCK]), self.written)
-            self.written += count
-            view = view[count:]
+        with answered():  # a refusal (the server holds other bytes, a cap, a full disk) ends the PUT
+            while view:
+                count = self.model.write(self.fh, bytes(view[:BLOCK]), self.written)
+                self.written += count
+                view = view[count:]
 
     def close(self) -> None:
         pass  # the writer ends in end_write, which knows whether the body was whole
@@ -162,7 +164,7 @@ class HeldEmptyFiles:
                 self._arm(path, held)  # the client still holds it: its content may yet come
                 return
             del self._held[path]
-        log.info("%s stayed empty for %.0f s after its empty PUT: final as an empty file", path, self.grace)
+        log.info("%s stayed empty for %g s after its empty PUT: final as an empty file", path, self.grace)
         self._settle(held, True)
 
     def close_all(self) -> None:
