@@ -3,6 +3,7 @@ WebDAV clients on loopback: curl, litmus, davfs2."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -68,6 +69,8 @@ class DavServer:
                                 capture_output=True, timeout=300)
         assert result.returncode == 0, result.stderr.decode(errors="replace")
         body, _, status = result.stdout.decode("utf-8", "replace").rpartition("\n")
+        if int(status) >= 400:
+            body = html.unescape(body)  # WsgiDAV's error pages are HTML: the reason as a user reads it
         if check_status is not None:
             assert int(status) == check_status, f"{args} {path}: {status} {body[-400:]}"
         return int(status), body
