@@ -99,6 +99,7 @@ class ContentReader:
 class Held:
     fh: int
     timer: threading.Timer | None = None
+    rearmed: int = 0  # grace times that passed while the client held a lock on it
 
 
 class HeldEmptyFiles:
@@ -137,6 +138,11 @@ class HeldEmptyFiles:
         held.timer.cancel()
         return held.fh
 
+    def rearmed(self, path: str) -> int:
+        with self._lock:
+            held = self._held.get(path)
+            return held.rearmed if held else 0
+
     def moved(self, old: str, new: str) -> None:
         old, new = old.rstrip("/"), new.rstrip("/")
         with self._lock:
@@ -161,6 +167,7 @@ class HeldEmptyFiles:
             if self._held.get(path) is not held:
                 return  # taken over, moved or dropped meanwhile
             if self.locked(path):
+                held.rearmed += 1
                 self._arm(path, held)  # the client still holds it: its content may yet come
                 return
             del self._held[path]
