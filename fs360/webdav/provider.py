@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import stat
+import threading
 
 from wsgidav import util
 from wsgidav.dav_error import HTTP_FORBIDDEN, DAVError
@@ -36,6 +37,8 @@ class Fs360Provider(DAVProvider):
         super().__init__()
         self.model = model
         self.held = HeldEmptyFiles(model, empty_put_grace, self._locked)
+        self._writing: set[str] = set()  # paths a PUT or COPY is writing
+        self._writing_lock = threading.Lock()
 
     def is_readonly(self) -> bool:
         return False
@@ -52,6 +55,28 @@ class Fs360Provider(DAVProvider):
         if stat.S_ISDIR(attrs["st_mode"]):
             return FolderResource(path, environ, attrs)
         return FileResource(path, environ, attrs)
+
+    def open_writer(self, path: str) -> int:
+        """The one writer of `path` for a PUT or COPY (the held empty file, or a new or truncated
+        one); a second one at once is refused: two bodies written into one file would merge."""
+        with self._writing_lock:
+            if path in self._writing:
+                raise DAVError(409, context_info="another PUT or COPY of this file is still running: "
+                                                 "send it again once that one has ended")
+            self._writing.add(path)
+        try:
+            fh = self.held.take(path)
+            if fh is None:
+                with answered():
+                    fh = self.model.create(path, NEW_FILE_MODE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        except BaseException:
+            self.writer_closed(path)
+            raise
+        return fh
+
+    def writer_closed(self, path: str) -> None:
+        with self._writing_lock:
+            self._writing.discard(path)
 
     def _locked(self, path: str) -> bool:
         return bool(self.lock_manager and self.lock_manager.is_url_locked(util.quote(path)))
@@ -179,11 +204,7 @@ class FileResource(_Fs360Resource, DAVNonCollection):
     # --- writing: one PUT, one writer --------------------------------------------------------------
 
     def begin_write(self, *, content_type=None):
-        fh = self.provider.held.take(self.path)  # an empty file this client created: its content now
-        with answered():
-            if fh is None:
-                fh = self.model.create(self.path, NEW_FILE_MODE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        self._writer = BodyWriter(self.model, fh)
+        self._writer = BodyWriter(self.model, self.provider.open_writer(self.path))
         return self._writer
 
     def end_write(self, *, with_errors):
@@ -192,6 +213,12 @@ class FileResource(_Fs360Resource, DAVNonCollection):
         writer, self._writer = self._writer, None
         if writer is None:
             return
+        try:
+            self._end_write(writer, with_errors)
+        finally:
+            self.provider.writer_closed(self.path)
+
+    def _end_write(self, writer: BodyWriter, with_errors: bool) -> None:
         if with_errors:
             try:
                 finish(self.model, writer.fh, False, CUT_SHORT)
@@ -270,17 +297,16 @@ def copy_file(provider: Fs360Provider, source: str, dest: str) -> None:
     with answered():
         reader = model.open(source, os.O_RDONLY)
         try:
-            fh = provider.held.take(dest)
-            if fh is None:
-                fh = model.create(dest, NEW_FILE_MODE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            writer = BodyWriter(model, fh)
+            writer = BodyWriter(model, provider.open_writer(dest))
             try:
                 while data := model.read(reader, BLOCK, writer.written):
                     writer.write(data)
             except BaseException:
-                finish(model, fh, False, "its COPY failed; copy it again")
+                finish(model, writer.fh, False, "its COPY failed; copy it again")
                 raise
-            finish(model, fh, True)
+            finally:
+                provider.writer_closed(dest)
+            finish(model, writer.fh, True)
         finally:
             model.release(reader)
 

@@ -113,3 +113,22 @@ def test_a_put_in_flight_when_the_server_stops_is_never_uploaded(served, emulato
         sock.close()
     assert state(model, "/S/half.jpg") == "interrupted"
     assert remote_files(emulator) == {}
+
+
+def test_a_second_put_of_a_file_still_receiving_its_body_is_refused(served, emulator):
+    """Two bodies written into one file would merge: the second writer waits its turn (409)."""
+    model, _, url = served()
+    requests.request("MKCOL", url + "S").raise_for_status()
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(b"PUT /S/a.jpg HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"1" * 300_000)
+        wait_until(lambda: requests.request("PROPFIND", url + "S/a.jpg").status_code == 207, 30)
+        second = requests.put(url + "S/a.jpg", data=b"2" * 1000)
+        assert second.status_code == 409 and "still running" in second.text
+        copied = requests.request("COPY", url + "S/status", headers={"Destination": url + "S/a.jpg"})
+        assert copied.status_code == 409
+    wait_until(lambda: state(model, "/S/a.jpg") == "interrupted", 30)
+    assert requests.put(url + "S/a.jpg", data=b"3" * 1000).status_code == 204
+    wait_until(lambda: state(model, "/S/a.jpg") == "complete", 60)
+    assert requests.get(url + "S/a.jpg").content == b"3" * 1000
+    assert {f["name"]: f["total"] for f in emulator.files()} == {"a.jpg": 1000}
