@@ -28,6 +28,7 @@ NAMESPACE = "urn:fs360"
 STATE_PROPERTIES = {f"{{{NAMESPACE}}}{name}": f"user.fs360.{attribute}" for name, attribute in (
     ("state", "state"), ("received", "received"), ("server-name", "server_name"), ("error", "error"))}
 log = logging.getLogger(__name__)
+WIN32_MTIME = "{urn:schemas-microsoft-com:}Win32LastModifiedTime"
 NEW_FILE_MODE = 0o644
 NEW_FOLDER_MODE = 0o755
 
@@ -105,8 +106,14 @@ class _Fs360Resource:
     def get_display_name(self):
         return util.get_uri_name(self.path)
 
+    def set_property_value(self, name, value, *, dry_run=False):
+        """Dead properties are kept (in memory); Windows' Win32LastModifiedTime also sets the mtime."""
+        if name == WIN32_MTIME and value is not None:
+            self.set_last_modified(self.path, value.text, dry_run=dry_run)
+        return super().set_property_value(name, value, dry_run=dry_run)
+
     def set_last_modified(self, dest_path, time_stamp, *, dry_run):
-        """Windows' Win32LastModifiedTime (and X-OC-Mtime) set the mtime, as touch does."""
+        """Win32LastModifiedTime (and X-OC-Mtime) set the mtime, as touch does."""
         seconds = time_stamp if isinstance(time_stamp, int) else util.parse_time_string(time_stamp)
         if seconds is None:
             raise DAVError(HTTP_FORBIDDEN, context_info="not a time")

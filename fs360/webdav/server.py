@@ -107,7 +107,9 @@ def wsgidav_config(provider: Fs360Provider, users: dict[str, str] | None, log_le
                                "default_to_digest": False, "trusted_auth_header": None},
         "simple_dc": {"user_mapping": {"*": {user: {"password": password} for user, password in users.items()}
                                        if users else True}},
-        "hotfixes": {"emulate_win32_lastmod": True},
+        # Off: WsgiDAV's emulation would drop Win32CreationTime and the others; the provider keeps
+        # every Win32 property as a dead one and sets the mtime from Win32LastModifiedTime itself.
+        "hotfixes": {"emulate_win32_lastmod": False},
         "block_size": BLOCK_SIZE,
         "dir_browser": {"enable": True, "response_trailer": "fs360", "show_user": False,
                         "davmount": False, "ms_sharepoint_support": False},

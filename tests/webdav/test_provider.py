@@ -132,3 +132,25 @@ def test_a_second_put_of_a_file_still_receiving_its_body_is_refused(served, emul
     wait_until(lambda: state(model, "/S/a.jpg") == "complete", 60)
     assert requests.get(url + "S/a.jpg").content == b"3" * 1000
     assert {f["name"]: f["total"] for f in emulator.files()} == {"a.jpg": 1000}
+
+
+def test_windows_proppatch_of_win32_times_is_kept_and_sets_the_mtime(served, emulator):
+    model, _, url = served()
+    requests.request("MKCOL", url + "S").raise_for_status()
+    requests.put(url + "S/a.jpg", data=b"a" * 100).raise_for_status()
+    body = ('<?xml version="1.0" encoding="utf-8" ?><D:propertyupdate xmlns:D="DAV:" '
+            'xmlns:Z="urn:schemas-microsoft-com:"><D:set><D:prop>'
+            '<Z:Win32CreationTime>Mon, 02 Mar 2026 10:00:00 GMT</Z:Win32CreationTime>'
+            '<Z:Win32LastModifiedTime>Mon, 02 Mar 2026 11:00:00 GMT</Z:Win32LastModifiedTime>'
+            '<Z:Win32FileAttributes>00000020</Z:Win32FileAttributes>'
+            '</D:prop></D:set></D:propertyupdate>')
+    patched = requests.request("PROPPATCH", url + "S/a.jpg", data=body,
+                               headers={"User-Agent": "Microsoft-WebDAV-MiniRedir/10.0.19045"})
+    assert patched.status_code == 207 and patched.text.count("200 OK") >= 1 and "403" not in patched.text
+    assert model.getattr("/S/a.jpg")["st_mtime"] == 1772449200 * 10**9
+    found = requests.request("PROPFIND", url + "S/a.jpg", headers={"Depth": "0"}).text
+    assert "Mon, 02 Mar 2026 10:00:00 GMT" in found and "00000020" in found
+    # fs360's own properties are read-only.
+    refused = requests.request("PROPPATCH", url + "S/a.jpg", data=body.replace(
+        'xmlns:Z="urn:schemas-microsoft-com:"', 'xmlns:Z="urn:fs360"').replace("Win32CreationTime", "state"))
+    assert refused.status_code == 207 and "403 Forbidden" in refused.text
