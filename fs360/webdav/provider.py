@@ -23,11 +23,12 @@ from ..errors import NoAttribute, NotADirectory, NotFound
 from .errors import answered
 from .writers import BLOCK, CUT_SHORT, BodyWriter, ContentReader, HeldEmptyFiles, expected_length, finish
 
+log = logging.getLogger(__name__)
+
 # The upload state of each file, as live properties (Clark notation: {namespace}name).
 NAMESPACE = "urn:fs360"
 STATE_PROPERTIES = {f"{{{NAMESPACE}}}{name}": f"user.fs360.{attribute}" for name, attribute in (
     ("state", "state"), ("received", "received"), ("server-name", "server_name"), ("error", "error"))}
-log = logging.getLogger(__name__)
 WIN32_MTIME = "{urn:schemas-microsoft-com:}Win32LastModifiedTime"
 NEW_FILE_MODE = 0o644
 NEW_FOLDER_MODE = 0o755
@@ -116,7 +117,7 @@ class _Fs360Resource:
         """Win32LastModifiedTime (and X-OC-Mtime) set the mtime, as touch does."""
         seconds = time_stamp if isinstance(time_stamp, int) else util.parse_time_string(time_stamp)
         if seconds is None:
-            raise DAVError(HTTP_FORBIDDEN, context_info="not a time")
+            raise DAVError(HTTP_FORBIDDEN, context_info=f"{time_stamp!r} is not an HTTP date")
         if not dry_run:
             with answered():
                 self.model.utimens(dest_path, int(seconds) * 10**9)
@@ -158,7 +159,6 @@ class FileResource(_Fs360Resource, DAVNonCollection):
         DAVNonCollection.__init__(self, path, environ)
         self.attrs = attrs
         self._content: bytes | None = None  # a status file or .create, rendered once for a GET
-        self._reader_fh: int | None = None
         self._writer: BodyWriter | None = None
         self._moved = False
 
@@ -166,22 +166,22 @@ class FileResource(_Fs360Resource, DAVNonCollection):
 
     def get_content_length(self):
         if self.environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
-            self._open_for_reading()
+            self._render()
             if self._content is not None:
                 return len(self._content)
         return self.attrs["st_size"]
 
-    def _open_for_reading(self) -> None:
-        """Opened once for a GET: a status file is rendered here, so its length is its content's."""
-        if self._reader_fh is not None or self._content is not None:
+    def _render(self) -> None:
+        """For a GET: a status file or .create is rendered once here, so the length announced is
+        its content's; a file's size is taken afresh."""
+        if self._content is not None:
             return
         with answered():
             fh = self.model.open(self.path, os.O_RDONLY)
-            if not self.model.is_snapshot(fh):
-                self._reader_fh = fh
-                self.attrs = self.model.getattr(None, fh)
-                return
             try:
+                if not self.model.is_snapshot(fh):
+                    self.attrs = self.model.getattr(None, fh)
+                    return
                 parts = []
                 while part := self.model.read(fh, BLOCK, sum(map(len, parts))):
                     parts.append(part)
@@ -190,11 +190,11 @@ class FileResource(_Fs360Resource, DAVNonCollection):
         self._content = b"".join(parts)
 
     def get_content(self):
-        self._open_for_reading()
+        self._render()
         if self._content is not None:
             return io.BytesIO(self._content)
-        fh, self._reader_fh = self._reader_fh, None
-        return ContentReader(self.model, fh)
+        with answered():
+            return ContentReader(self.model, self.model.open(self.path, os.O_RDONLY))
 
     def get_content_type(self):
         return util.guess_mime_type(self.path)

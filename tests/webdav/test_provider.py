@@ -98,6 +98,11 @@ def test_copy_is_one_writer_and_cannot_replace_what_the_server_holds(served, emu
     assert requests.get(url + "S/b.jpg").content == b"b" * 3000
     assert requests.get(url + "S/c.jpg").content == b"a" * 3000
     assert {f["name"]: f["total"] for f in emulator.files()} == {"a.jpg": 3000, "b.jpg": 3000, "c.jpg": 3000}
+    # Reads leave no handle open: HEAD, a GET cut off by a failed precondition, a status file.
+    assert requests.head(url + "S/a.jpg").headers["Content-Length"] == "3000"
+    assert requests.get(url + "S/a.jpg", headers={"If-Match": '"nope"'}).status_code == 412
+    assert requests.get(url + "S/status").status_code == 200
+    assert model._handles.numbers() == []
 
 
 def test_a_put_in_flight_when_the_server_stops_is_never_uploaded(served, emulator):
