@@ -5,6 +5,7 @@ config file's [webdav] table; one cache dir serves one mount or one WebDAV serve
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
@@ -102,4 +103,27 @@ def test_a_mount_and_a_webdav_server_never_share_a_cache_dir(tmp_path, emulator)
         assert f"{refusal} {cache}" in mounted.stderr
     finally:
         dav.stop()
+    assert dav.logged_errors() == []
+
+
+def test_in_the_foreground_it_prints_its_url_first_and_a_sigterm_stops_it(tmp_path, emulator):
+    """As systemd or a terminal runs it: the URL is the first line, and SIGTERM ends it cleanly."""
+    dav = DavServer(tmp_path, emulator)
+    process = subprocess.Popen([*dav.command(), "-f"], env=dav.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "MKCOL", url + "S"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.stdout == "201"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read()
+    assert f"fs360: serving WebDAV at {url}" in stderr and "stopping the WebDAV server" in stderr
+    assert "Traceback" not in stderr
     assert dav.logged_errors() == []

@@ -159,3 +159,26 @@ def test_windows_proppatch_of_win32_times_is_kept_and_sets_the_mtime(served, emu
     refused = requests.request("PROPPATCH", url + "S/a.jpg", data=body.replace(
         'xmlns:Z="urn:schemas-microsoft-com:"', 'xmlns:Z="urn:fs360"').replace("Win32CreationTime", "state"))
     assert refused.status_code == 207 and "403 Forbidden" in refused.text
+
+
+def test_an_empty_create_then_its_content_requests_the_project_once_with_it(served, emulator):
+    """Windows writes .create as it writes any file: empty first, then the JSON."""
+    model, _, url = served()
+    requests.request("MKCOL", url + "S").raise_for_status()
+    requests.put(url + "S/a.jpg", data=b"a" * 100).raise_for_status()
+    assert requests.put(url + "S/.create", data=b"").status_code == 201
+    assert requests.put(url + "S/.create", data=b'{"title": "Office"}').status_code == 204
+    wait_until(lambda: [p.get("title") for p in emulator.projects()] == ["Office"], 60)
+    assert requests.get(url + "S/.create").json() == {"title": "Office"}
+
+
+def test_names_as_windows_and_finder_write_them(served, emulator):
+    model, _, url = served()
+    requests.request("MKCOL", url + "Büro%20Süd").raise_for_status()
+    assert requests.put(url + "B%C3%BCro%20S%C3%BCd/%D0%A4%D0%BE%D1%82%D0%BE%201.JPG", data=b"f" * 10).status_code == 201
+    assert requests.put(url + "B%C3%BCro%20S%C3%BCd/._%D0%A4%D0%BE%D1%82%D0%BE%201.JPG", data=b"x").status_code == 201
+    assert requests.put(url + "B%C3%BCro%20S%C3%BCd/.DS_Store", data=b"x").status_code == 201
+    wait_until(lambda: state(model, "/Büro Süd/Фото 1.JPG") == "complete", 60)
+    assert model.getxattr("/Büro Süd/Фото 1.JPG", "user.fs360.server_name") == b"Foto_1.jpg"
+    assert state(model, "/Büro Süd/.DS_Store") == "local"  # Finder's files stay here
+    assert set(remote_files(emulator)) == {"Foto_1.jpg"}
