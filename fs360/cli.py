@@ -18,7 +18,8 @@ from . import __version__, control
 from .config import DEFAULT_LOCAL_ONLY_PATTERNS, Settings, default_cache_dir
 from .errors import SettingError
 from .fs.status import bar, human_bytes, render_root, render_text
-from .options import MOUNT_OPTIONS, OPTIONS, PRIVACY, Origin, check_api_url, runtime_value, timings
+from .options import (MOUNT_OPTIONS, OPTIONS, PRIVACY, WEBDAV_OPTIONS, Origin, check_api_url, runtime_value,
+                      timings)
 
 BUSY_STATES = ("writing", "closed", "pending", "uploading", "failed")
 HELPER_PATH = "/sbin/mount.fuse.fs360"
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     ih.add_argument("--path", default=HELPER_PATH, help=argparse.SUPPRESS)
     ih.set_defaults(func=cmd_install_helper)
 
+    sv = sub.add_parser("serve", help="serve the sessions over another protocol: fs360 serve webdav")
+    served = sv.add_subparsers(metavar="PROTOCOL")
+    w = served.add_parser("webdav", help="serve the sessions over WebDAV (Windows, macOS, davfs2)")
+    add_mount_options(w, MOUNT_OPTIONS + WEBDAV_OPTIONS)
+    w.set_defaults(func=cmd_serve_webdav, options_parser=w)
+
     mh = sub.add_parser("mount-helper")  # hidden (no help=): mount(8) runs it as: none MOUNTPOINT -o OPTIONS
     mh.add_argument("source")
     mh.add_argument("mountpoint")
@@ -141,10 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_mount_options(parser: argparse.ArgumentParser) -> None:
-    """The options of options.MOUNT_OPTIONS as flags. They are taken as written (no default,
-    no type): `mount_values` checks them with the config file's and -o's, in one schema."""
-    for option in MOUNT_OPTIONS:
+def add_mount_options(parser: argparse.ArgumentParser, options=MOUNT_OPTIONS) -> None:
+    """The options of options.MOUNT_OPTIONS (or `options`) as flags. They are taken as written (no
+    default, no type): `mount_values` checks them with the config file's and -o's, in one schema."""
+    for option in options:
         flags = [option.short, option.flag] if option.short else [option.flag]
         kwargs = dict(dest=option.name, default=argparse.SUPPRESS,
                       help=argparse.SUPPRESS if option.hidden else option.help)
@@ -159,12 +166,13 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
 # --- mount ---------------------------------------------------------------------------------
 
 
-def mount_values(args) -> tuple[dict, list[str]]:
+def mount_values(args, webdav: bool = False) -> tuple[dict, list[str]]:
     """Every mount option's value and the FUSE options (allow_other). Later sources win: the
     defaults, the config file's global keys, the mountpoint's table, the command line's flags,
     then its -o. Each value is checked where it is read (SettingError names its source)."""
     from .settings_file import load_config, mount_option_values
-    values = {o.name: list(o.default) if o.repeatable else o.default for o in MOUNT_OPTIONS}
+    schema = MOUNT_OPTIONS + (WEBDAV_OPTIONS if webdav else ())
+    values = {o.name: list(o.default) if o.repeatable else o.default for o in schema}
     origins: dict[str, Origin] = {}
     fuse: list[str] = []
 
@@ -178,11 +186,12 @@ def mount_values(args) -> tuple[dict, list[str]]:
             values[option.name] = values[option.name] + value if option.repeatable else value
             origins[option.name] = origin
 
-    take(load_config(os.path.abspath(args.mountpoint) if args.mountpoint else ""))
+    mountpoint = getattr(args, "mountpoint", None)
+    take(load_config(os.path.abspath(mountpoint) if mountpoint else "", webdav=webdav))
     given = vars(args)
     flag = Origin("flag")
     take((option, option.check(given[option.name], flag), flag)
-         for option in sorted(MOUNT_OPTIONS, key=lambda o: o.name == "options") if option.name in given)
+         for option in sorted(schema, key=lambda o: o.name == "options") if option.name in given)
     if values["api_url"] and not values["local"]:
         why = check_api_url(values["api_url"], values["insecure_http"])
         if why:
@@ -235,6 +244,20 @@ def cmd_mount(args) -> int:
         raise CliError(problem)
     try:
         return launch(settings, mountpoint, values["foreground"])
+    except LaunchError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_serve_webdav(args) -> int:
+    from .daemon import LaunchError, launch
+    values, fuse = mount_values(args, webdav=True)
+    settings = settings_from_values(values, fuse).with_(
+        webdav_password_file=str(values["password_file"]) if values["password_file"] else None,
+        webdav_tls_cert=str(values["tls_cert"]) if values["tls_cert"] else None,
+        webdav_tls_key=str(values["tls_key"]) if values["tls_key"] else None,
+        webdav_empty_put_grace=values["empty_put_grace"])
+    try:
+        return launch(settings, "", values["foreground"], webdav=values["addr"])
     except LaunchError as exc:
         raise CliError(str(exc)) from None
 

@@ -98,6 +98,15 @@ class Settings:
     local_emulator: bool = False
     emulator_args: tuple[str, ...] = ()
 
+    # --- `fs360 serve webdav` (webdav/) ---
+    # `user:password` lines, mode 0600: HTTP Basic auth (required off loopback, with TLS).
+    webdav_password_file: str | None = None
+    webdav_tls_cert: str | None = None
+    webdav_tls_key: str | None = None
+    # An empty PUT is held back this long (longer while the client locks the file) for the
+    # content a second PUT brings: WebDAV clients create a file empty, then write it.
+    webdav_empty_put_grace: float = 60.0
+
     @property
     def journal_path(self) -> Path:
         return self.cache_dir / "journal.sqlite"

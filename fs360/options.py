@@ -191,6 +191,8 @@ class Option:
             return "an https:// URL (http:// only for a loopback host, or with --insecure-http)"
         if self.kind == "bwlimit":
             return 'a rate (10M, 500k, off) or a timetable "08:00,5M 18:00,off"'
+        if self.kind == "address":
+            return "HOST:PORT, e.g. 127.0.0.1:8360 (port 0: a free one)"
         return "a string or a list of strings"
 
     def check(self, raw, origin: Origin, require_files: bool = True):
@@ -231,6 +233,11 @@ class Option:
             return text
         if kind == "bwlimit":
             parse_bwlimit(text)
+            return text
+        if kind == "address":
+            host, sep, port = text.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError("not HOST:PORT")
             return text
         if kind == "url":
             if not isinstance(raw, str) or urlsplit(text).scheme not in ("http", "https") or not urlsplit(text).netloc:
@@ -309,8 +316,21 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
     # `--timing NAME=SECONDS`: tests scale retry timings of a mount down (production keeps the defaults).
     Option("timing", "list", (), in_config=False, hidden=True),
 )
-OPTIONS = {option.name: option for option in MOUNT_OPTIONS}
-CONFIG_KEYS = tuple(sorted(name for name, option in OPTIONS.items() if option.in_config))
+# `fs360 serve webdav`'s own options: its flags and the keys of the config file's [webdav] table
+# (beside every mount option).
+WEBDAV_OPTIONS: tuple[Option, ...] = (
+    Option("addr", "address", "127.0.0.1:8360",
+           "HOST:PORT to listen on (default 127.0.0.1:8360; port 0 picks a free one)"),
+    Option("password_file", "file", help="user:password lines, mode 600: HTTP Basic auth (required, with TLS, "
+                                         "off loopback)"),
+    Option("tls_cert", "file", help="TLS certificate (PEM)"),
+    Option("tls_key", "file", help="TLS private key (PEM)"),
+    Option("empty_put_grace", "seconds", 60.0, "seconds an empty PUT waits for the content a second PUT brings "
+                                               "(default 60)", low=0, high=3600),
+)
+OPTIONS = {option.name: option for option in MOUNT_OPTIONS + WEBDAV_OPTIONS}
+CONFIG_KEYS = tuple(sorted(option.name for option in MOUNT_OPTIONS if option.in_config))
+WEBDAV_KEYS = tuple(sorted(CONFIG_KEYS + tuple(option.name for option in WEBDAV_OPTIONS)))
 
 
 def option_named(name: str, origin: Origin, keys=CONFIG_KEYS) -> Option:

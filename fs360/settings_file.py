@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import SettingError
-from .options import CONFIG_KEYS, Option, Origin, option_named
+from .options import CONFIG_KEYS, WEBDAV_KEYS, Option, Origin, option_named
 from .systemd import credential_key
 
 # mount(8) options that are for mount(8), systemd or the kernel's generic flags,
@@ -34,10 +34,11 @@ def config_path() -> Path:
     return Path(base) / "fs360" / "config.toml"
 
 
-def load_config(mountpoint: str, path: Path | None = None) -> list[tuple[Option, object, Origin]]:
-    """The file's values for `mountpoint`, checked, in the order they apply (the global keys, then
-    its own table); [] without a file. Every other mount's table is checked too, so a typo there
-    is found now and not at that mount. Relative paths are taken from the file's folder."""
+def load_config(mountpoint: str, path: Path | None = None, webdav: bool = False) -> list[tuple[Option, object, Origin]]:
+    """The file's values for `mountpoint` (or, `webdav`, for `fs360 serve webdav`), checked, in the
+    order they apply (the global keys, then its own table: [mount."/mountpoint"] or [webdav]);
+    [] without a file. Every other table is checked too, so a typo there is found now and not at
+    that mount. Relative paths are taken from the file's folder."""
     path = path or config_path()
     try:
         with open(path, "rb") as f:
@@ -49,7 +50,14 @@ def load_config(mountpoint: str, path: Path | None = None) -> list[tuple[Option,
     tables = data.pop("mount", {})
     if not isinstance(tables, dict):
         raise SettingError(f'{path}: mount = {tables!r}: not a table; allowed: [mount."/mountpoint"] tables')
+    webdav_table = data.pop("webdav", {})
+    if not isinstance(webdav_table, dict):
+        raise SettingError(f"{path}: webdav = {webdav_table!r}: not a table; allowed: a [webdav] table")
     values = _checked(data, Origin("file", str(path.parent), str(path)), strict=True)
+    webdav_values = _checked(webdav_table, Origin("file", str(path.parent), str(path), "webdav"), strict=webdav,
+                             keys=WEBDAV_KEYS)
+    if webdav:
+        values += webdav_values
     for key, table in tables.items():
         if not isinstance(table, dict):
             raise SettingError(f'{path}: mount.{key}: not a table; allowed: [mount."/mountpoint"] tables')
@@ -63,10 +71,10 @@ def load_config(mountpoint: str, path: Path | None = None) -> list[tuple[Option,
     return values
 
 
-def _checked(table: dict, origin: Origin, strict: bool) -> list[tuple[Option, object, Origin]]:
+def _checked(table: dict, origin: Origin, strict: bool, keys=CONFIG_KEYS) -> list[tuple[Option, object, Origin]]:
     """Each key of one table checked against the schema (files must exist only when `strict`)."""
     return [(option, option.check(raw, origin, require_files=strict), origin)
-            for option, raw in ((option_named(key, origin), raw) for key, raw in table.items())]
+            for option, raw in ((option_named(key, origin, keys), raw) for key, raw in table.items())]
 
 
 def mount_option_values(items: list[str], origin: Origin) -> tuple[list[tuple[Option, object, Origin]], list[str]]:

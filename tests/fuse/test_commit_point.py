@@ -9,7 +9,6 @@ Nothing of theirs may ever be complete on the server, on either emulator profile
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import os
 import shutil
@@ -18,13 +17,12 @@ import socketserver
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.harness import assert_uploaded, make_sources, remote_files, request_count, sha256_of, wait_until
+from tests.harness import assert_uploaded, make_sources, remote_files, request_count, wait_until
 from tests.ops.common import harness_runtime, run_fs360
 
 MiB = 1024 * 1024

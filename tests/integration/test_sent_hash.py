@@ -10,7 +10,6 @@ the local copy) still completes an unchanged file.
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 

@@ -16,7 +16,9 @@ LAYERS = ["stdlib-only", "errors", "config", "api", "engine", "fs", "daemon", "c
 # and control.py use nothing of fs360, so any layer may use them.
 SIDE_MODULES = {"systemd": "stdlib-only", "control": "stdlib-only", "fuse_host": "stdlib-only",
                 "options": "config", "settings_file": "config",
-                "doctor": "cli", "demo": "cli", "completion": "cli"}
+                "doctor": "cli", "demo": "cli", "completion": "cli",
+                # The WebDAV server is a second adapter over the path model, beside fs/'s FUSE one.
+                "webdav": "fs"}
 
 
 def top_imports(path: Path) -> list[tuple[str, str]]:

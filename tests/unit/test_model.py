@@ -78,7 +78,6 @@ import errno
 import json
 import logging
 import os
-import signal
 import threading
 
 import mfusepy

@@ -42,7 +42,6 @@ from fs360.config import Settings
 from fs360.engine.engine import Engine
 from fs360.engine.server_names import server_name_for
 from fs360.errors import Fs360Error
-from fs360.engine.records import CLOSED
 from fs360.fs.exits import Closer
 from fs360.fs.model import MountModel
 from tests.fed_writers import feed_writers
