@@ -291,6 +291,8 @@ class MountModel:
                 handle.closed = True
             elif succeeded:
                 self.flush(fh)  # a re-copy is compared, a .create accepted, at the close
+            elif isinstance(handle, MarkerHandle):
+                handle.broken = True  # a .create cut short is never a request
         finally:
             self.release(fh)
 

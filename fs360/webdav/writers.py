@@ -25,22 +25,7 @@ def finish(model, fh: int, succeeded: bool, reason: str = "") -> None:
     """Closes writer `fh`: succeeded, the file is final (queued); otherwise it is held,
     never uploaded, with `reason` in status. Raises the model's refusal of a close (an
     invalid .create, a rewrite of a server-held file that differs)."""
-    finish_writer = getattr(model, "finish_writer", None)
-    if finish_writer is not None:
-        finish_writer(fh, succeeded, reason)
-        return
-    # TODO(finish_writer): until MountModel.finish_writer lands on main, the same by hand.
-    try:
-        if succeeded:
-            model.flush(fh, None)
-        else:
-            handle = model._handles.get(fh)
-            if hasattr(handle, "failure"):
-                handle.failure = reason
-            if hasattr(handle, "broken"):
-                handle.broken = True
-    finally:
-        model.release(fh)
+    model.finish_writer(fh, succeeded, reason)
 
 
 def expected_length(environ: dict) -> int | None:
