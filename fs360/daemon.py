@@ -312,6 +312,8 @@ def control_handler(engine: Engine, model: MountModel):
             return release_held(model, request.get("paths"))
         if command in ("pause", "resume"):
             engine.gate.set_paused(command == "pause")
+            if command == "resume":
+                engine.try_now()  # also ends every wait for a failure shared by all uploads
             log.info("uploads %s", "paused" if command == "pause" else "resumed")
         elif command == "set":
             try:  # the schema `fs360 set` checked with: any client's values are checked alike

@@ -4,13 +4,15 @@ writes of a file's state (journal first). See registry.py."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from ..config import Settings
 from .journal import Journal
 from .locking import StateLock
-from .records import CLOSED, LOST, P_CREATED, P_READY, PENDING, STOPPED_WHILE_WRITING, FileRecord, SessionRecord
+from .records import (CLOSED, LOST, P_CREATED, P_READY, PENDING, QUEUED_STATES, STOPPED_WHILE_WRITING, FileRecord,
+                      SessionRecord)
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,23 @@ class RegistryState:
         """Back to the queue in `state` (pending or failed), due in `delay` seconds."""
         self.set_state_locked(record, state, **extra)
         self._schedule(record, delay)
+
+    def bring_forward_locked(self, own_turn: Callable[[FileRecord], float]) -> None:
+        """A hold on uploads ended: every queued file waiting beyond `own_turn(record)` (the wall
+        time its own backoff allows, 0: none) is due then, and a project waiting after a failure
+        is tried at once."""
+        now = time.time()
+        for record in self._files.values():
+            if record.state in QUEUED_STATES and record.next_attempt > now and not record.unlinked:
+                due = max(now, own_turn(record))
+                if due < record.next_attempt:
+                    record.generation += 1  # its queue entry for later is dropped when it comes up
+                    record.next_attempt = due
+                    self._schedule(record, due - now)
+        for session in self.sessions.values():
+            project = session.project
+            if project is not None and project.last_error and project.next_attempt > now:
+                project.next_attempt = now
 
     def resynced_locked(self, record: FileRecord, received: int) -> None:
         """The server said where the file stands; nothing there: the file may change again."""

@@ -175,8 +175,10 @@ class FileWriters(RegistryState):
             self.set_state_locked(record, IN_TREE, size=record.size, mtime_ns=record.mtime_ns, last_error="",
                                   attempts=0, unfinished="")
             return
+        # The sha256 of its running digest; unknown (not written front to back, no hash made at its
+        # close), the upload hashes it before its first PUT: never a read of the file under the lock.
         self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                              attempts=0, sha256=self.content_sha256(record), unfinished="")
+                              attempts=0, sha256=self.known_sha256(record), unfinished="")
         self._schedule(record, delay)
 
     # --- files: names and removal ----------------------------------------------------------------
@@ -257,10 +259,17 @@ class FileWriters(RegistryState):
 
     # --- identical re-copies ------------------------------------------------------------------
 
+    @staticmethod
+    def known_sha256(record: FileRecord) -> str | None:
+        """sha256 of the spooled content when its running digest knows it (written front to back,
+        or hashed already): never reads the file, so it may be asked with the state lock held."""
+        return record.digest.hexdigest(record.size) if record.digest is not None else None
+
     def content_sha256(self, record: FileRecord) -> str | None:
         """sha256 of the spooled content: from the running digest when the file was written
-        front to back, else by reading the spool file once (None when it is gone)."""
-        digest = record.digest.hexdigest(record.size) if record.digest is not None else None
+        front to back, else by reading the spool file once (None when it is gone). Never with
+        the state lock held: it may read the whole file."""
+        digest = self.known_sha256(record)
         if digest is not None:
             return digest
         try:
@@ -268,6 +277,13 @@ class FileWriters(RegistryState):
         except OSError:
             return None
         return record.digest.hexdigest(record.size)
+
+    def content_hashed_locked(self, record: FileRecord, digest: RunningDigest) -> None:
+        """The upload hashed the spool of a file queued without its sha256 (before any PUT)."""
+        record.digest = digest
+        sha256 = self.known_sha256(record)
+        if sha256 is not None:
+            self.set_file_attrs_locked(record, sha256=sha256)
 
     def refuse_change_locked(self, record: FileRecord) -> str:
         """A different content for a name the server holds: say why, in status and the log."""
