@@ -115,6 +115,8 @@ class Engine:
     release_held_locked = _registry_door("release_held_locked")
     server_lacks_file_locked = _registry_door("server_lacks_file_locked")
     content_sha256 = _registry_door("content_sha256")
+    known_sha256 = _registry_door("known_sha256")
+    others_size_locked = _registry_door("others_size_locked")
     refuse_change_locked = _registry_door("refuse_change_locked")
     keep_identical_locked = _registry_door("keep_identical_locked")
     drop_spool_locked = _registry_door("drop_spool_locked")

@@ -193,6 +193,9 @@ class SessionRecord:
     # Memory only: why the last .create was refused (shown in status until a valid one).
     marker_refused: str = ""
     ctime_ns: int = 0
+    # Memory only: the sizes of its listed files that are not local scratch, kept as they change
+    # (registry_base.resize_locked), so that a write checks the session cap without a sum.
+    listed_bytes: int = 0
 
     @property
     def tree_frozen(self) -> bool:

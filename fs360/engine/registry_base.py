@@ -97,6 +97,44 @@ class RegistryState:
         for key, value in extra.items():
             setattr(record, key, value)
 
+    # --- files: sizes, and their sum per session -------------------------------------------------
+
+    def _counted_in(self, record: FileRecord) -> SessionRecord | None:
+        """The session whose `listed_bytes` holds the record's size: listed there, not scratch."""
+        session = self._sessions_by_id.get(record.session_id)
+        if session is not None and not record.local_only and session.files.get(record.name) is record:
+            return session
+        return None
+
+    def resize_locked(self, record: FileRecord, size: int) -> None:
+        """Every change of a file's size goes through here: its session's sum follows it."""
+        session = self._counted_in(record)
+        if session is not None:
+            session.listed_bytes += size - record.size
+        record.size = size
+
+    def uncount_locked(self, record: FileRecord) -> None:
+        """Before the record leaves its session's listing (or becomes scratch)."""
+        session = self._counted_in(record)
+        if session is not None:
+            session.listed_bytes -= record.size
+
+    def count_locked(self, record: FileRecord) -> None:
+        """After the record joined a session's listing (or stopped being scratch)."""
+        session = self._counted_in(record)
+        if session is not None:
+            session.listed_bytes += record.size
+
+    def others_size_locked(self, record: FileRecord) -> int:
+        """The sizes of the other listed, non-scratch files of the record's session."""
+        session = self.session_of(record)
+        return session.listed_bytes - (record.size if self._counted_in(record) is session else 0)
+
+    def recount_locked(self) -> None:
+        """Every session's sum from scratch (after the replay)."""
+        for session in self.sessions.values():
+            session.listed_bytes = sum(f.size for f in session.files.values() if not f.local_only)
+
     def set_file_attrs_locked(self, record: FileRecord, **attrs) -> None:
         for key, value in attrs.items():
             setattr(record, key, value)

@@ -80,7 +80,7 @@ class FileWriters(RegistryState):
         record.open_writers += 1
         first_writer = record.open_writers == 1
         if truncated and record.size:
-            record.size = 0
+            self.resize_locked(record, 0)
             record.mtime_ns = time.time_ns()
         if rewrite:
             self.set_unfinished_locked(record, "")
@@ -107,20 +107,18 @@ class FileWriters(RegistryState):
         if record.state != WRITING:
             self.set_state_locked(record, WRITING, last_error="", attempts=0)
 
-    @staticmethod
-    def wrote_locked(record: FileRecord, end: int) -> RunningDigest | None:
+    def wrote_locked(self, record: FileRecord, end: int) -> RunningDigest | None:
         """Bytes up to `end` were written to its spool file (memory only until the last close).
         Returns the running digest for the caller to feed the data to, after the lock is released."""
         if end > record.size:
-            record.size = end
+            self.resize_locked(record, end)
         record.mtime_ns = time.time_ns()
         return record.digest
 
-    @staticmethod
-    def allocated_locked(record: FileRecord, end: int) -> None:
+    def allocated_locked(self, record: FileRecord, end: int) -> None:
         """fallocate grew its spool file to `end` with zeros."""
         if end > record.size:
-            record.size = end
+            self.resize_locked(record, end)
             if record.digest is not None:
                 record.digest.invalidate()
 
@@ -129,7 +127,7 @@ class FileWriters(RegistryState):
         a dying process): the file is then `interrupted`, never uploaded as it is. The last
         close of a whole file starts its commit point (await_commit_locked)."""
         record.open_writers = max(0, record.open_writers - 1)
-        record.size = size
+        self.resize_locked(record, size)
         if unfinished:
             self.writer_failed_locked(record, unfinished, INTERRUPTED)
         last_close = not record.open_writers and record.id in self._files
@@ -149,7 +147,7 @@ class FileWriters(RegistryState):
     def truncated_locked(self, record: FileRecord, length: int, listed: bool) -> None:
         """Its spool file was truncated to `length`: with no writer open it is queued again
         (truncate -s); `listed`: the file is still in its folder."""
-        record.size = length
+        self.resize_locked(record, length)
         record.mtime_ns = time.time_ns()
         if length == 0:
             # Rewritten from 0: whatever was unfinished before is gone with its bytes.
@@ -188,6 +186,7 @@ class FileWriters(RegistryState):
         replaced = target.files.get(new_name)
         if replaced is not None and replaced is not record:
             self.remove_file_locked(replaced)
+        self.uncount_locked(record)
         del source.files[record.name]
         record.name = new_name
         record.session_id = target.id
@@ -195,6 +194,7 @@ class FileWriters(RegistryState):
         self.journal.update_file(record.id, name=new_name, session_id=target.id)
         was_local = record.local_only
         record.local_only = local_only
+        self.count_locked(record)
         if was_local and not local_only:
             if record.open_writers:
                 self.set_state_locked(record, WRITING)
@@ -224,6 +224,7 @@ class FileWriters(RegistryState):
     def remove_file_locked(self, record: FileRecord) -> None:
         """unlink: a file the server may hold is remembered (the session cannot drop it)."""
         session = self.session_of(record)
+        self.uncount_locked(record)
         # The spool file goes first: on a full disk, that is what makes room for the journal.
         self.spool.remove(record.id)
         if record.may_be_on_server and not record.local_only:
@@ -249,6 +250,7 @@ class FileWriters(RegistryState):
         session.unlinked.remove(record)
         record.unlinked = False
         session.files[record.name] = record
+        self.count_locked(record)
         self.journal.update_file(record.id, unlinked=0)
         self.nudge()
 

@@ -19,8 +19,10 @@ def held_with_known_content(record: FileRecord) -> bool:
 
 
 def is_identical_copy(engine, copy: FileRecord, held: FileRecord) -> bool:
-    """A finished local copy (rsync's `.name.XXXXXX`) with exactly the bytes the server holds."""
-    return not copy.unfinished and copy.size == held.size and engine.content_sha256(copy) == held.sha256
+    """A finished local copy (rsync's `.name.XXXXXX`) with exactly the bytes the server holds.
+    Asked with the state lock held: the copy's sha256 must be known (renames.py hashes it first,
+    off the lock); one that is not (written again since) does not count as identical."""
+    return not copy.unfinished and copy.size == held.size and engine.known_sha256(copy) == held.sha256
 
 
 @dataclass(eq=False)
