@@ -114,6 +114,9 @@ class Troubles:
         self._account_level = 0
         self._trial_class: str | None = None
         self._listeners: list[Callable[[], None]] = []
+        # Counts the holds that ended: a request held back before one ended, whose caller
+        # settles it only after that end was announced, looks again at once (`ended_since`).
+        self._ended = 0
 
     def on_clear(self, listener: Callable[[], None]) -> None:
         """`listener()` is called (no lock held) whenever a hold ends."""
@@ -151,8 +154,13 @@ class Troubles:
             return
         with self._lock:
             cleared = self._report_locked(ticket, error, self._clock())
+            self._ended += cleared
         if cleared:
             self._tell_listeners()
+
+    def ended_since(self, held: HeldBack) -> bool:
+        """Whether a hold ended after `held` was raised (its wait is then over already)."""
+        return getattr(held, "ended_count", self._ended) != self._ended
 
     def _report_locked(self, ticket: Ticket, error: BaseException | None, now: float) -> bool:
         """Needs self._lock; whether a hold ended."""
@@ -255,6 +263,7 @@ class Troubles:
         with self._lock:
             for hold in list(self._holds.values()) + ([self._account] if self._account else []):
                 hold.until = hold.probe_until = 0.0
+            self._ended += 1
 
     def held_reason(self, endpoint: str) -> tuple[str, float] | None:
         """(the reason, seconds until its next probe) of what holds `endpoint` now, or None."""
@@ -289,7 +298,7 @@ class Troubles:
 
     def _held_back(self, hold: Hold, cls: str, now: float, slow: bool = False) -> HeldBack:
         held = HeldBack(hold.reason, retry_after=self._retry_after(hold, cls, now, slow))
-        held.endpoint = cls
+        held.endpoint, held.ended_count = cls, self._ended
         return held
 
     def _tell_listeners(self) -> None:

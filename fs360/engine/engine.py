@@ -168,18 +168,19 @@ class Engine:
             self.registry.drop_archive_locked(session)  # nothing of it was sent: the tree may change again
         return cancelled
 
-    def bring_forward(self) -> None:
-        """Every retry that waits longer than its own backoff asks goes now: a hold on its kind of
-        request ended (the first success after an outage, the account fixed), or `fs360 resume`."""
+    def bring_forward(self, own_turns: bool = True) -> None:
+        """Every retry that waits longer than its own backoff asks (`own_turns`; else every retry)
+        goes now: a hold on its kind of request ended (the first success after an outage, the
+        account fixed), or `fs360 resume`."""
         with self.lock:
-            self.registry.bring_forward_locked(self.transfer.own_turn)
+            self.registry.bring_forward_locked(self.transfer.own_turn if own_turns else lambda record: 0.0)
             self.housekeeping.nudge_locked()
 
     def try_now(self) -> None:
         """`fs360 resume`: every wait for a failure shared by all uploads ends now (the account is
         checked at once, each held kind of request sends its probe) and every retry goes now."""
         self.client.troubles.resume()
-        self.bring_forward()
+        self.bring_forward(own_turns=False)
 
     def trouble_reasons(self) -> list[str]:
         """What holds uploads back for everyone now (the account, outages, the server's waits)."""

@@ -28,7 +28,7 @@ from typing import Callable
 
 from ..api.client import ApiClient
 from ..api.retry import Backoff
-from ..api.troubles import clock_text, shared_by_all
+from ..api.troubles import clock_text, is_outage, shared_by_all
 from ..config import Settings
 from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, HeldBack,
                       InternalError, NotSent, RemoteFileNotFound, SentContentChanged, ServerHoldsOtherFile,
@@ -408,7 +408,8 @@ class Transfer:
         hold ends (brought forward); no attempt of its own is counted."""
         if not self.registry.is_current_locked(record, generation):
             return
-        delay = max(exc.retry_after, MIN_HELD_WAIT)
+        # Its hold may have ended (and what waited been brought forward) since it was raised.
+        delay = MIN_HELD_WAIT if self.troubles.ended_since(exc) else max(exc.retry_after, MIN_HELD_WAIT)
         self.registry.requeue_locked(record, FAILED, delay, last_error=str(exc), next_attempt=time.time() + delay)
 
     def retry_later_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
@@ -421,10 +422,11 @@ class Transfer:
         if held is not None:
             # Not this file's alone: it shows the one reason of the hold, as every file it holds does.
             reason = held[0]
-            if isinstance(exc, AccountError):
-                delay = held[1]  # the account's probe decides, not this file
-            else:
+            if is_outage(exc):  # its own failure counts too: it goes no sooner than its own backoff
                 self._own_turn[record.id] = time.time() + delay
+            if isinstance(exc, AccountError):
+                delay = held[1]  # the account's probe decides, not this file's backoff
+            else:
                 delay = max(delay, held[1])
         record.needs_resync = True
         self.registry.requeue_locked(record, FAILED, delay, attempts=attempts, last_error=reason,
