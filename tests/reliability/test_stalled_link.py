@@ -43,7 +43,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 # (id, the line's rate, seconds everything is dropped, whether an upload process is killed
-# mid-PUT before the stall, while the link works)
+# mid-PUT before the stall, while the link works, and another as the stall begins)
 SCENARIOS = {
     "40mbit-10s": ("40mbit", 10, False),
     "20mbit-30s": ("20mbit", 30, False),
@@ -131,6 +131,8 @@ def run_in_netns(scenario: str) -> dict:
                 at_stall = {f["name"]: f["received"] for f in emulator.files()}
                 drops_before = loopback_drops()
                 set_loopback_qdisc(DROP_EVERYTHING)
+                if kill_worker:  # its reset is lost too: the server waits for the rest of its body
+                    killed = [killed, kill_one_worker(engine)]
                 time.sleep(stall_seconds)  # nothing, not even the emulator's own control API, passes now
                 drops_during = loopback_drops()  # the qdisc was replaced: its counter started at 0
                 sockets_at_end_of_stall = connections_to(emulator.port)
