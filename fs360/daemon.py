@@ -35,10 +35,12 @@ from . import control
 from .api.client import ApiClient
 from .config import Settings
 from .engine.engine import Engine
-from .errors import Fs360Error
+from .errors import Fs360Error, SettingError
 from .fs import status as status_files
 from .fs.fuse_ops import mount as fuse_mount
 from .fs.model import MountModel
+from .fuse_host import refusal_reason
+from .options import runtime_value
 from .systemd import Notifier
 
 log = logging.getLogger("fs360")
@@ -302,26 +304,40 @@ def lock_cache_dir(settings: Settings):
     return handle
 
 
-def control_handler(engine: Engine):
-    """The answers of the control socket: pause, resume, set bwlimit=…, info."""
+def control_handler(engine: Engine, model: MountModel):
+    """The answers of the control socket: pause, resume, set bwlimit=…, release, info."""
     def handle(request: dict) -> dict:
         command = request.get("cmd")
+        if command == "release":
+            return release_held(model, request.get("paths"))
         if command in ("pause", "resume"):
             engine.gate.set_paused(command == "pause")
             log.info("uploads %s", "paused" if command == "pause" else "resumed")
         elif command == "set":
-            for key, value in request.get("values", {}).items():
-                if key != "bwlimit":
-                    return {"ok": False, "error": f"{key} cannot be changed at run time (only bwlimit)"}
-                try:
-                    engine.gate.set_bwlimit(str(value))
-                except ValueError as exc:
-                    return {"ok": False, "error": str(exc)}
-                log.info("bwlimit set to %s", value)
+            try:  # the schema `fs360 set` checked with: any client's values are checked alike
+                values = dict(runtime_value(str(key), str(value)) for key, value in request.get("values", {}).items())
+            except SettingError as exc:
+                return {"ok": False, "error": str(exc)}
+            if "bwlimit" in values:
+                engine.gate.set_bwlimit(values["bwlimit"])
+                log.info("bwlimit set to %s", values["bwlimit"])
         elif command != "info":
             return {"ok": False, "error": f"unknown command {command!r}"}
         return {"ok": True, "pid": os.getpid(), "paused": engine.gate.paused, "bwlimit": engine.gate.bwlimit}
     return handle
+
+
+def release_held(model: MountModel, paths) -> dict:
+    """`fs360 release`: each path (inside the mount, from its root) released, or why not."""
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        return {"ok": False, "error": "release needs a list of paths inside the mount"}
+    done, refused = [], []
+    for path in paths:
+        try:
+            done.append(model.release_held(path))
+        except Fs360Error as exc:
+            refused.append(f"{path.lstrip('/')}: {exc}")
+    return {"ok": not refused, "released": done, "error": "; ".join(refused)}
 
 
 def summary(engine: Engine) -> str:
@@ -380,7 +396,7 @@ def start_engine(settings: Settings, reporter: Reporter):
         client.check_credentials()
         engine = Engine(settings, client)
         model = MountModel(engine, settings)
-        server = control.ControlServer(settings.cache_dir, control_handler(engine))
+        server = control.ControlServer(settings.cache_dir, control_handler(engine, model))
     except (Fs360Error, OSError) as exc:
         log.error("cannot start: %s", exc)
         reporter.ready(str(exc))
@@ -440,8 +456,11 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
     except RuntimeError as exc:
         # libfuse returns 8 when a signal ended the loop: after destroy, an orderly unmount.
         if not (destroyed.is_set() and exc.args == (8,)):
-            log.error("FUSE failed for %s: %s", mountpoint, exc)
-            reporter.ready(f"mounting {mountpoint} failed: {exc}")
+            # Before init, libfuse refused the mount and says only a number: find the cause.
+            reason = refusal_reason(mountpoint, exc, settings.allow_other) if not reporter.reported \
+                else f"FUSE failed for {mountpoint}: {exc}"
+            log.error("%s", reason)
+            reporter.ready(reason)
             code = 1
     except Exception as exc:  # mfusepy raises RuntimeError when the mount fails
         log.error("FUSE failed for %s: %s", mountpoint, exc)

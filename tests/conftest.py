@@ -1,18 +1,33 @@
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from fs360.config import Settings
 from fs360.emulator.harness import EmulatorProcess
-from tests.harness import FAST_EMULATOR_ARGS, Mount
+from tests.harness import FAST_EMULATOR_ARGS, FAST_TIMINGS, Mount
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 
 
+def pytest_configure(config):
+    """Each test process (each xdist worker too) gets its own runtime, config and cache dirs,
+    inherited by every mount, daemon and CLI it starts: `fs360 status` lists only its own
+    mounts, and no user's config file or cache reaches a test."""
+    private = Path(tempfile.mkdtemp(prefix=f"fs360-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-"))
+    config.add_cleanup(lambda: shutil.rmtree(private, ignore_errors=True))
+    for var, name in (("XDG_RUNTIME_DIR", "run"), ("XDG_CONFIG_HOME", "config"), ("XDG_CACHE_HOME", "cache")):
+        (private / name).mkdir(mode=0o700)
+        os.environ[var] = str(private / name)
+
+
 def pytest_collection_modifyitems(config, items):
+    # The long tests first: in a parallel run they then overlap the many short ones instead of
+    # running alone at the end (a stable sort: the order stays the same otherwise).
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     if FUSE_AVAILABLE:
         return
     skip = pytest.mark.skip(reason="needs /dev/fuse and fusermount3")
@@ -21,22 +36,44 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
-def emulator(tmp_path):
-    """A fresh emulator without rate limits, projects ready after 1 s."""
-    with EmulatorProcess(tmp_path / "emulator-data", args=FAST_EMULATOR_ARGS) as emu:
+@pytest.fixture(scope="module")
+def module_emulator(tmp_path_factory):
+    """One emulator process per test module (and xdist worker); `emulator` resets it per test."""
+    with EmulatorProcess(tmp_path_factory.mktemp("emulator-data"), args=FAST_EMULATOR_ARGS) as emu:
         yield emu
 
 
-@pytest.fixture(params=["default", "vendor"], ids=["default", "vendor"])
-def profiled_emulator(request, tmp_path):
-    """Like `emulator`, once per profile: api.md Part B ("default") and Part C ("vendor",
-    `--profile vendor`). The profile's name is in `.profile` (EmulatorProcess reads it from its args)."""
+@pytest.fixture
+def emulator(module_emulator):
+    """An emulator as new, without rate limits, projects ready after 0.3 s: the module's one,
+    running again if a test stopped it, with no data, faults, flags, account or counts left
+    from the tests before."""
+    yield as_new(module_emulator)
+
+
+def as_new(emu: EmulatorProcess) -> EmulatorProcess:
+    """A module's emulator for the next test: running (on its port: no mount of a test before
+    outlives its test) and reset, with its data."""
+    if emu.proc is None or emu.proc.poll() is not None:
+        emu.start()
+    emu.reset(data=True)
+    return emu
+
+
+@pytest.fixture(scope="module", params=["default", "vendor"], ids=["default", "vendor"])
+def module_profiled_emulator(request, tmp_path_factory):
     profile = request.param
     args = FAST_EMULATOR_ARGS + (["--profile", "vendor"] if profile == "vendor" else [])
-    with EmulatorProcess(tmp_path / f"emulator-{profile}-data", args=args) as emu:
+    with EmulatorProcess(tmp_path_factory.mktemp(f"emulator-{profile}-data"), args=args) as emu:
         assert emu.profile == profile
         yield emu
+
+
+@pytest.fixture
+def profiled_emulator(module_profiled_emulator):
+    """Like `emulator`, once per profile: api.md Part B ("default") and Part C ("vendor",
+    `--profile vendor`). The profile's name is in `.profile` (EmulatorProcess reads it from its args)."""
+    yield as_new(module_profiled_emulator)
 
 
 @pytest.fixture
@@ -79,9 +116,7 @@ def settings_for(tmp_path):
     """Settings of an engine talking to `emulator`, in a private cache dir."""
     def make(emulator, **changes) -> Settings:
         base = dict(api_url=emulator.base_url, api_key=emulator.api_key, cache_dir=tmp_path / "cache",
-                    writeback_delay=0.05, backoff_base=0.05, backoff_cap=1.0, abandoned_upload_quiet=0.5,
-                    rate_limits_enabled=False,
-                    project_poll_interval=0.2)
+                    writeback_delay=0.05, rate_limits_enabled=False, project_poll_interval=0.2, **FAST_TIMINGS)
         base.update(changes)
         return Settings(**base)
     return make

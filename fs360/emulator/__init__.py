@@ -23,8 +23,10 @@ import threading
 __all__ = ["main", "build_parser"]
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """Raised by the SIGINT/SIGTERM handler. Not an Exception: socketserver hands every Exception
+    raised while it accepts a connection to handle_error (which says nothing), so a signal that
+    arrived just then was swallowed and the emulator served on until it was killed."""
 
 
 def _parse_key(spec: str):
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allowed-extensions", default=None,
                    help="comma-separated (default: the profile's list, see doc/EMULATOR.md)")
     p.add_argument("--session-lifetime", type=float, default=259200.0)
+    p.add_argument("--idle-timeout", type=float, default=None,
+                   help="seconds a connection may stay silent before the server drops it (default 60)")
     p.add_argument("--fault", help="fault spec JSON (see fs360.emulator.faults)")
     p.add_argument("--seed", type=int, default=None, help="seed for generated ids")
     p.add_argument("--quota-exceeded", action="store_true", help="402 on POST /uploads and POST /projects")
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tls-cert and --tls-key go together")
     if args.rate_window_scale <= 0:
         parser.error("--rate-window-scale must be > 0")
+    if args.idle_timeout is not None and args.idle_timeout <= 0:
+        parser.error("--idle-timeout must be > 0")
     faults = None
     if args.fault:
         try:
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         tariff_forbids_upload=args.tariff_forbids_upload, project_tariff=args.project_tariff,
         project_name_collision=args.project_name_collision,
         tls_cert=args.tls_cert, tls_key=args.tls_key, quiet=args.quiet, log=args.log,
+        idle_timeout=args.idle_timeout,
     )
     try:
         srv, emu = make_server(cfg)

@@ -114,7 +114,10 @@ class Handler(UploadEndpoints, ProjectEndpoints, FaultReplies, Introspection, Fr
 
 def make_server(cfg):
     emu = Emulator(cfg)
-    handler = type("BoundHandler", (Handler,), {"emu": emu})
+    bound = {"emu": emu}
+    if getattr(cfg, "idle_timeout", None):
+        bound["timeout"] = cfg.idle_timeout  # tests of stalled links scale it down with their stall
+    handler = type("BoundHandler", (Handler,), bound)
     ctx = None
     if cfg.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -125,6 +125,7 @@ def test_a_second_mount_on_the_same_cache_dir_is_refused(tmp_path, emulator):
         run_fs360("unmount", str(first))
 
 
+@pytest.mark.slow
 def test_demo_runs_to_a_ready_project():
     result = run_fs360("demo", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

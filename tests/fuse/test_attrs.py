@@ -8,7 +8,18 @@ import time
 
 import pytest
 
-from tests.harness import write_random
+from fs360.emulator.harness import EmulatorProcess
+from tests.harness import FAST_EMULATOR_ARGS, Mount, write_random
+
+
+@pytest.fixture(scope="module")
+def mount(tmp_path_factory):
+    """One mount for the module: its tests look at local behaviour, each in a session of its own
+    (what they upload is theirs alone), so one start and one unmount serve them all. Its log is
+    checked for errors at the end, as any mount's."""
+    folder = tmp_path_factory.mktemp("attrs")
+    with EmulatorProcess(folder / "emulator", args=FAST_EMULATOR_ARGS) as emulator, Mount(folder, emulator) as m:
+        yield m
 
 
 def test_touch_variants_and_chmod(tmp_path, mount):

@@ -96,6 +96,7 @@ def test_drop_response_resumes_without_resending(emulator, settings_for, tmp_pat
     assert request_count(emulator, "GET get_file 200") >= 4
 
 
+@pytest.mark.slow
 def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
     src = tmp_path / "src"
     expected = make_sources(src, {"a.jpg": 3 * CHUNK, "b.jpg": 100})
@@ -124,14 +125,16 @@ def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
 
 # --- session expiry ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_session_expiry_resends_everything_and_project_completes(profiled_emulator, settings_for, tmp_path):
     emulator = profiled_emulator
     src = tmp_path / "src"
     expected = make_sources(src, MIXED)
     engine = Engine(settings_for(emulator, chunk_size=CHUNK, workers=2))
-    # One PUT a second (the bandwidth gate, 64 KiB/s for 64 KiB chunks): however loaded the
-    # machine, one file is complete while another is half-way for a second or more at a time.
-    engine.gate.set_bwlimit("64k")
+    # Two PUTs a second (the bandwidth gate, 128 KiB/s for 64 KiB chunks): however loaded the
+    # machine, one file is complete while another is half-way for seconds at a time (b.las
+    # alone takes 9 PUTs).
+    engine.gate.set_bwlimit("128k")
     engine.start()
     try:
         session = queue_files(engine, "expiring", {name: src / name for name in expected})
@@ -195,6 +198,7 @@ def test_project_request_survives_restart(emulator, settings_for, tmp_path):
 
 # --- pacing ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pacing_holds_1500_puts_under_the_limit(emulator_factory, settings_for, tmp_path):
     """1,500 small whole-file PUTs against the documented 1200/min with no 429.
 
@@ -288,22 +292,31 @@ TRANSIENT_PUT_FAULTS = ("error_500", "error_502", "error_503", "cut_body", "drop
                         "invalid_json", "missing_fields", "retry_after_none", "rate_limit_burst")
 
 
+@pytest.mark.slow
 def test_backoff_starts_over_once_a_file_makes_progress(emulator, settings_for, tmp_path):
-    """About 3% of PUTs fail, with every transient kind of fault, on one 150 MiB file, with the
-    real backoff (0.5 s doubling to 60 s): each error after progress costs the first step again,
-    so the file completes in a bounded number of PUTs (a backoff that never reset spent 30-60 s
-    on each error after the 7th)."""
+    """About 3% of PUTs fail, with every transient kind of fault, on one file of 600 chunks:
+    each error after progress costs the first step of the backoff again (its attempt count
+    starts over), so the file completes in a bounded number of PUTs (a backoff that never
+    reset, at the real 0.5 s doubling to 60 s, spent 30-60 s on each error after the 7th)."""
     src = tmp_path / "src"
-    chunk = 256 * 1024
+    chunk = 64 * 1024
     chunks = 600
-    expected = make_sources(src, {"scan.e57": chunks * chunk})  # 150 MiB
+    expected = make_sources(src, {"scan.e57": chunks * chunk})
     emulator.set_faults([{"endpoint": "put_file", "kind": kind, "probability": 0.003, "retry_after": 1}
                          for kind in TRANSIENT_PUT_FAULTS], seed=11)
-    engine = run_engine(settings_for(emulator, chunk_size=chunk, workers=1, backoff_base=0.5, backoff_cap=60.0),
-                        src, expected, timeout=240)
+    engine = Engine(settings_for(emulator, chunk_size=chunk, workers=1))
+    attempts = []  # the attempt count each failure was retried with
+    engine.listeners.add(lambda event, **details: attempts.append(details["file"].attempts)
+                         if event == "file_failed" else None)
+    engine.start()
+    queue_files(engine, "s", {"scan.e57": src / "scan.e57"})
+    assert engine.wait_idle(timeout=240, poll=0.05), engine.counts()
     engine.stop()
     fired_by_kind = fired(emulator)
     assert sum(fired_by_kind) >= 10 and sum(1 for n in fired_by_kind if n) >= 6, \
         f"too few faults fired to prove anything: {fired_by_kind}"
     assert_uploaded(emulator, None, expected)
     assert request_count(emulator, "PUT put_file") <= chunks + 2 * sum(fired_by_kind)
+    # Faults that hit a file in a row (no progress between them) step the backoff up; any
+    # progress starts it over. Without the reset the count would climb with every fault.
+    assert len(attempts) >= 10 and max(attempts) <= 3, attempts

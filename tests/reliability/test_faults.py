@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.harness import write_random
 
 from .common import CHAOS, MiB, assert_accounted, pick, settle
@@ -25,6 +27,7 @@ OTHER_FAULTS = [
 ]
 
 
+@pytest.mark.slow
 def test_uploads_survive_a_faulty_server(tmp_path, emulator, mount_factory):
     small_files = pick(58, 297)
     big_files = pick(2, 3)

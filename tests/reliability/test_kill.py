@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.harness import remote_files, wait_until, write_random
 
 from .common import MiB, assert_accounted, pick, settle
@@ -9,6 +11,7 @@ from .common import MiB, assert_accounted, pick, settle
 CHUNK = MiB
 
 
+@pytest.mark.slow
 def test_daemon_killed_three_times_resumes_from_the_server(tmp_path, emulator, mount_factory):
     files = pick(8, 12)
     size = pick(10 * MiB, 48 * MiB)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.harness import pid_alive, request_count, write_random
 
 from .common import MiB, assert_accounted, pick, settle
@@ -21,6 +23,7 @@ MALFORMED = [
 ]
 
 
+@pytest.mark.slow
 def test_malformed_responses_neither_crash_nor_spin(tmp_path, emulator, mount_factory):
     emulator.set_faults(MALFORMED, seed=7)
     mount = mount_factory(emulator, extra_args=["--chunk-size", "1M"])

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.harness import pid_alive, remote_files, wait_until, write_random
 
 from .common import MiB, assert_accounted, pick, run_bounded, settle
 
 
+@pytest.mark.slow
 def test_server_down_then_back_uploads_resume_mount_stays_responsive(tmp_path, emulator_factory, mount_factory):
     emulator = emulator_factory("--processing-seconds", "1", "--no-rate-limits")
-    down_for = pick(8.0, 30.0)
+    down_for = pick(3.0, 30.0)  # test mounts retry within a second (FAST_TIMINGS)
     emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.1}])
     mount = mount_factory(emulator, extra_args=["--chunk-size", "1M"])
     session = "outage"
