@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the sessions over another protocol: fs360 serve webdav")
     served = sv.add_subparsers(metavar="PROTOCOL")
     w = served.add_parser("webdav", help="serve the sessions over WebDAV (Windows, macOS, davfs2)")
-    add_mount_options(w, MOUNT_OPTIONS + WEBDAV_OPTIONS)
-    w.set_defaults(func=cmd_serve_webdav, options_parser=w)
+    add_mount_options(w, WEBDAV_OPTIONS + MOUNT_OPTIONS)
+    w.set_defaults(func=cmd_serve_webdav)
 
     mh = sub.add_parser("mount-helper")  # hidden (no help=): mount(8) runs it as: none MOUNTPOINT -o OPTIONS
     mh.add_argument("source")
@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_mount_options(parser: argparse.ArgumentParser, options=MOUNT_OPTIONS) -> None:
-    """The options of options.MOUNT_OPTIONS (or `options`) as flags. They are taken as written (no
-    default, no type): `mount_values` checks them with the config file's and -o's, in one schema."""
+    """The options of options.MOUNT_OPTIONS as flags. They are taken as written (no default,
+    no type): `mount_values` checks them with the config file's and -o's, in one schema."""
     for option in options:
         flags = [option.short, option.flag] if option.short else [option.flag]
         kwargs = dict(dest=option.name, default=argparse.SUPPRESS,
@@ -169,10 +169,11 @@ def add_mount_options(parser: argparse.ArgumentParser, options=MOUNT_OPTIONS) ->
 def mount_values(args, webdav: bool = False) -> tuple[dict, list[str]]:
     """Every mount option's value and the FUSE options (allow_other). Later sources win: the
     defaults, the config file's global keys, the mountpoint's table, the command line's flags,
-    then its -o. Each value is checked where it is read (SettingError names its source)."""
+    then its -o. Each value is checked where it is read (SettingError names its source).
+    `webdav`: `fs360 serve webdav`'s options too, and the file's [webdav] table for a mountpoint's."""
     from .settings_file import load_config, mount_option_values
-    schema = MOUNT_OPTIONS + (WEBDAV_OPTIONS if webdav else ())
-    values = {o.name: list(o.default) if o.repeatable else o.default for o in schema}
+    options = MOUNT_OPTIONS + (WEBDAV_OPTIONS if webdav else ())
+    values = {o.name: list(o.default) if o.repeatable else o.default for o in options}
     origins: dict[str, Origin] = {}
     fuse: list[str] = []
 
@@ -191,7 +192,7 @@ def mount_values(args, webdav: bool = False) -> tuple[dict, list[str]]:
     given = vars(args)
     flag = Origin("flag")
     take((option, option.check(given[option.name], flag), flag)
-         for option in sorted(schema, key=lambda o: o.name == "options") if option.name in given)
+         for option in sorted(options, key=lambda o: o.name == "options") if option.name in given)
     if values["api_url"] and not values["local"]:
         why = check_api_url(values["api_url"], values["insecure_http"])
         if why:
