@@ -11,24 +11,29 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__, control
-from .config import DEFAULT_LOCAL_ONLY_PATTERNS, MiB, Settings, default_cache_dir
+from .config import DEFAULT_LOCAL_ONLY_PATTERNS, Settings, default_cache_dir
+from .errors import SettingError
 from .fs.status import bar, human_bytes, render_root, render_text
+from .options import (MOUNT_OPTIONS, OPTIONS, PRIVACY, WEBDAV_OPTIONS, Origin, check_api_url, runtime_value,
+                      timings)
 
-BUSY_STATES = ("writing", "pending", "uploading", "failed")
-PRIVACY = {"private": 2, "link": 1, "public": 0}
-# Mount flags that are not settings a user keeps in a file (-f is how a mount is run, e.g. by systemd).
-NOT_CONFIG_KEYS = {"mountpoint", "func", "emulator_arg", "rate_window_scale", "help", "foreground", "timing"}
-# Settings that tests scale down with `--timing NAME=SECONDS` (a hidden option: production keeps its defaults).
-TIMINGS = ("backoff_base", "backoff_cap", "abandoned_upload_quiet", "request_deadline", "connect_timeout",
-           "read_timeout")
+BUSY_STATES = ("writing", "closed", "pending", "uploading", "failed")
 HELPER_PATH = "/sbin/mount.fuse.fs360"
 
 
 class CliError(Exception):
     pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, never the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"fs360: {message} (see: {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,60 +53,26 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except CliError as exc:
+    except (CliError, SettingError) as exc:
         print(f"fs360: {exc}", file=sys.stderr)
         return 2
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parses twice for mount and doctor: the config file's values become the defaults
-    of their options, so whatever the command line says wins."""
-    from .settings_file import ConfigError, load_config
-    args = parser.parse_args(argv)
-    options_parser = getattr(args, "options_parser", None)
-    if options_parser is None:
-        return args
-    mountpoint = os.path.abspath(args.mountpoint) if args.mountpoint else ""
-    try:
-        values = load_config(mountpoint, config_keys(options_parser))
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
-    if values:
-        options_parser.set_defaults(**{key: _as_default(options_parser, key, value) for key, value in values.items()})
-        args = parser.parse_args(argv)
-    return args
-
-
-def config_keys(options_parser: argparse.ArgumentParser) -> set[str]:
-    return {a.dest for a in options_parser._actions if a.option_strings and a.dest not in NOT_CONFIG_KEYS}
-
-
-def _action(options_parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
-    return next(a for a in options_parser._actions if a.dest == dest)
-
-
-def _as_default(options_parser, key: str, value):
-    """A config value as argparse takes a default: strings go through the option's type,
-    lists stay lists for repeatable options."""
-    action = _action(options_parser, key)
-    if isinstance(action, argparse._AppendAction):
-        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-    if isinstance(value, list):
-        raise CliError(f"config key {key} takes one value, not a list")
-    if isinstance(action, argparse._StoreTrueAction):
-        return bool(value)
-    return str(value) if action.type is not None else value
+    """The command line as given: mount options are checked, with the config file's, by
+    `mount_values`."""
+    return parser.parse_args(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fs360", description="Upload to 360-for-you.com by writing files.")
+    parser = Parser(prog="fs360", description="Upload to 360-for-you.com by writing files.")
     parser.add_argument("--version", action="version", version=f"fs360 {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     m = sub.add_parser("mount", help="mount the upload API at MOUNTPOINT")
     m.add_argument("mountpoint")
     add_mount_options(m)
-    m.set_defaults(func=cmd_mount, options_parser=m)
+    m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount; unfinished uploads resume at the next mount")
     u.add_argument("mountpoint")
@@ -121,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("mountpoint")
         p.set_defaults(func=cmd_control, control=name)
 
+    r = sub.add_parser("release", help="upload held files you know are whole (a program failed right "
+                                       "after writing them, e.g. cp of several files where one was missing)")
+    r.add_argument("paths", nargs="+", metavar="PATH", help="held files inside a mount")
+    r.set_defaults(func=cmd_release)
+
     st = sub.add_parser("set", help="change a running mount: fs360 set MOUNTPOINT bwlimit=5M")
     st.add_argument("mountpoint")
     st.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
@@ -129,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check this machine and configuration, with a fix for each failure")
     d.add_argument("mountpoint", nargs="?", help="the mount to check the configuration of")
     add_mount_options(d)
-    d.set_defaults(func=cmd_doctor, options_parser=d)
+    d.set_defaults(func=cmd_doctor)
+
+    rc = sub.add_parser("recover", help="release MOUNTPOINT if the daemon that mounted it is gone (kill -9, "
+                        "a crash); a live mount is left alone")
+    rc.add_argument("mountpoint")
+    rc.set_defaults(func=cmd_recover)
 
     iu = sub.add_parser("install-unit", help="write and enable the systemd user unit for MOUNTPOINT")
     iu.add_argument("mountpoint")
@@ -139,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     ih = sub.add_parser("install-helper", help=f"(root) write {HELPER_PATH} for mount(8) and fstab")
     ih.add_argument("--path", default=HELPER_PATH, help=argparse.SUPPRESS)
     ih.set_defaults(func=cmd_install_helper)
+
+    sv = sub.add_parser("serve", help="serve the sessions over another protocol: fs360 serve webdav")
+    served = sv.add_subparsers(metavar="PROTOCOL")
+    w = served.add_parser("webdav", help="serve the sessions over WebDAV (Windows, macOS, davfs2)")
+    add_mount_options(w, MOUNT_OPTIONS + WEBDAV_OPTIONS)
+    w.set_defaults(func=cmd_serve_webdav, options_parser=w)
 
     mh = sub.add_parser("mount-helper")  # hidden (no help=): mount(8) runs it as: none MOUNTPOINT -o OPTIONS
     mh.add_argument("source")
@@ -161,135 +148,116 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_mount_options(m: argparse.ArgumentParser) -> None:
-    m.add_argument("--api-url", default=None, help="base URL of the API (default: the real service)")
-    m.add_argument("--api-key-file", type=_path, help="file holding the API key, mode 600 "
-                   "(else $CREDENTIALS_DIRECTORY/fs360-api-key, $FS360_API_KEY or $API_KEY)")
-    m.add_argument("--local", action="store_true", help="start an emulator and mount against it (no key needed)")
-    m.add_argument("--cache-dir", type=_path, default=None, help=f"spool and journal (default {default_cache_dir()})")
-    m.add_argument("-f", "--foreground", action="store_true",
-                   help="stay in the foreground, log to stderr, speak sd_notify")
-    m.add_argument("--workers", type=int, default=4)
-    m.add_argument("--chunk-size", type=_size, default=8 * MiB, help="e.g. 8M (default)")
-    m.add_argument("--writeback-delay", type=float, default=1.5, help="seconds a closed file waits (default 1.5)")
-    m.add_argument("--local-only", action="append", default=[], metavar="PATTERN",
-                   help="extra names never uploaded (fnmatch pattern, repeatable)")
-    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="allow_other, or any option as key=value (as in fstab)")
-    m.add_argument("--log-level", default="info")
-    m.add_argument("--ca-bundle", help="CA certificates to verify the server with")
-    m.add_argument("--no-rate-limits", action="store_true", help="no client pacing (emulator without limits)")
-    m.add_argument("--rate-window-scale", type=float, default=1.0, help=argparse.SUPPRESS)
-    m.add_argument("--poll-interval", type=float, default=5.0, help="seconds between project polls")
-    m.add_argument("--max-file-size", type=_size, default=0, help="known per-file cap of the server")
-    m.add_argument("--privacy", choices=sorted(PRIVACY), default="private",
-                   help="of projects whose .create does not say (default private)")
-    m.add_argument("--bwlimit", default="off", type=_bwlimit,
-                   help='all uploads together: 10M, 500k, off, or a timetable "08:00,5M 18:00,off"')
-    m.add_argument("--no-notify", action="store_true", help="no desktop notice (notify-send)")
-    m.add_argument("--zip64-archives", action="store_true",
-                   help="always write folder-tree archives in ZIP64 form (else only when needed)")
-    m.add_argument("--emulator-arg", action="append", default=[], help=argparse.SUPPRESS)
-    m.add_argument("--timing", action="append", default=[], type=_timing, help=argparse.SUPPRESS)
-
-
-def _size(text: str) -> int:
-    units = {"k": 1024, "m": MiB, "g": 1024 * MiB}
-    text = text.strip().lower().rstrip("ib")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def _path(text: str) -> Path:
-    return Path(os.path.expanduser(text))
-
-
-def _timing(text: str) -> tuple[str, float]:
-    name, _, value = text.partition("=")
-    if name not in TIMINGS:
-        raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(TIMINGS)}")
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds")
-    return name, seconds
-
-
-def _bwlimit(text: str) -> str:
-    from .engine.gate import parse_bwlimit
-    try:
-        parse_bwlimit(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def add_mount_options(parser: argparse.ArgumentParser, options=MOUNT_OPTIONS) -> None:
+    """The options of options.MOUNT_OPTIONS (or `options`) as flags. They are taken as written (no
+    default, no type): `mount_values` checks them with the config file's and -o's, in one schema."""
+    for option in options:
+        flags = [option.short, option.flag] if option.short else [option.flag]
+        kwargs = dict(dest=option.name, default=argparse.SUPPRESS,
+                      help=argparse.SUPPRESS if option.hidden else option.help)
+        if option.kind == "bool":
+            parser.add_argument(*flags, action="store_true", **kwargs)
+        elif option.repeatable:
+            parser.add_argument(*flags, action="append", metavar=option.metavar, **kwargs)
+        else:
+            parser.add_argument(*flags, metavar=option.metavar or option.name.upper(), **kwargs)
 
 
 # --- mount ---------------------------------------------------------------------------------
 
 
-def apply_mount_options(args) -> None:
-    """`-o key=value` sets the option `key` as its flag would (fstab's fourth column)."""
-    from .settings_file import parse_mount_options
-    values, fuse = parse_mount_options(args.options)
-    keys = config_keys(args.options_parser) - {"options"}
-    for key, text in values.items():
-        if key not in keys:
-            raise CliError(f"unknown mount option {key!r} (known: allow_other, {', '.join(sorted(keys))})")
-        action = _action(args.options_parser, key)
-        if isinstance(action, argparse._StoreTrueAction):
-            value = text.lower() in ("", "1", "true", "yes", "on")
-        else:
-            try:
-                value = action.type(text) if action.type else text
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise CliError(f"mount option {key}: {exc}") from None
-            if action.choices and value not in action.choices:
-                raise CliError(f"mount option {key} must be one of {', '.join(action.choices)}")
-        if isinstance(action, argparse._AppendAction):
-            value = getattr(args, key) + [value]
-        setattr(args, key, value)
-    args.fuse_options = fuse
+def mount_values(args, webdav: bool = False) -> tuple[dict, list[str]]:
+    """Every mount option's value and the FUSE options (allow_other). Later sources win: the
+    defaults, the config file's global keys, the mountpoint's table, the command line's flags,
+    then its -o. Each value is checked where it is read (SettingError names its source)."""
+    from .settings_file import load_config, mount_option_values
+    schema = MOUNT_OPTIONS + (WEBDAV_OPTIONS if webdav else ())
+    values = {o.name: list(o.default) if o.repeatable else o.default for o in schema}
+    origins: dict[str, Origin] = {}
+    fuse: list[str] = []
+
+    def take(entries) -> None:
+        for option, value, origin in entries:
+            if option.name == "options":  # -o items, from the file or the command line
+                found, fuse_options = mount_option_values(value, replace(origin, kind="-o"))
+                fuse.extend(fuse_options)
+                take(found)
+                continue
+            values[option.name] = values[option.name] + value if option.repeatable else value
+            origins[option.name] = origin
+
+    mountpoint = getattr(args, "mountpoint", None)
+    take(load_config(os.path.abspath(mountpoint) if mountpoint else "", webdav=webdav))
+    given = vars(args)
+    flag = Origin("flag")
+    take((option, option.check(given[option.name], flag), flag)
+         for option in sorted(schema, key=lambda o: o.name == "options") if option.name in given)
+    if values["api_url"] and not values["local"]:
+        why = check_api_url(values["api_url"], values["insecure_http"])
+        if why:
+            raise SettingError(f"{origins['api_url'].show(OPTIONS['api_url'], values['api_url'])}: {why}")
+    return values, fuse
 
 
-def settings_from_args(args) -> Settings:
+def settings_from_values(values: dict, fuse: list[str]) -> Settings:
     from .daemon import KEY_ENV_VARS
-    from .settings_file import ConfigError, read_api_key
-    apply_mount_options(args)
-    if args.local:
+    from .settings_file import read_api_key
+    local = values["local"]
+    if local:
         api_key = os.environ.get("FS360_API_KEY") or "sk_local_demo"
     else:
         try:
-            api_key = read_api_key(args.api_key_file, KEY_ENV_VARS)
-        except ConfigError as exc:
+            api_key = read_api_key(values["api_key_file"], KEY_ENV_VARS)
+        except SettingError as exc:
             raise CliError(str(exc)) from None
-    cache_dir = args.cache_dir or (default_cache_dir() / "local" if args.local else default_cache_dir())
+    cache_dir = values["cache_dir"] or (default_cache_dir() / "local" if local else default_cache_dir())
     kwargs = dict(
-        api_key=api_key, cache_dir=cache_dir.resolve(), workers=max(1, args.workers), chunk_size=args.chunk_size,
-        writeback_delay=args.writeback_delay, local_only_patterns=DEFAULT_LOCAL_ONLY_PATTERNS + tuple(args.local_only),
-        ca_bundle=args.ca_bundle, rate_limits_enabled=not args.no_rate_limits,
-        rate_window_scale=args.rate_window_scale, project_poll_interval=args.poll_interval,
-        max_file_size=args.max_file_size, allow_other="allow_other" in args.fuse_options,
-        log_level=args.log_level, default_privacy=PRIVACY[args.privacy], bwlimit=args.bwlimit,
-        desktop_notify=not args.no_notify, archive_zip64=args.zip64_archives, local_emulator=args.local, emulator_args=tuple(args.emulator_arg))
-    kwargs.update(dict(args.timing))
-    if args.api_url and not args.local:
-        kwargs["api_url"] = args.api_url
+        api_key=api_key, cache_dir=cache_dir.resolve(), workers=values["workers"], chunk_size=values["chunk_size"],
+        writeback_delay=values["writeback_delay"],
+        local_only_patterns=DEFAULT_LOCAL_ONLY_PATTERNS + tuple(values["local_only"]),
+        ca_bundle=str(values["ca_bundle"]) if values["ca_bundle"] else None,
+        rate_limits_enabled=not values["no_rate_limits"], rate_window_scale=values["rate_window_scale"],
+        project_poll_interval=values["poll_interval"], max_file_size=values["max_file_size"],
+        allow_other="allow_other" in fuse, log_level=values["log_level"], default_privacy=PRIVACY[values["privacy"]],
+        bwlimit=values["bwlimit"], desktop_notify=not values["no_notify"], archive_zip64=values["zip64_archives"],
+        local_emulator=local, emulator_args=tuple(values["emulator_arg"]), insecure_http=values["insecure_http"])
+    kwargs.update(timings(values["timing"]))
+    if values["api_url"] and not local:
+        kwargs["api_url"] = values["api_url"]
     return Settings(**kwargs)
+
+
+def settings_from_args(args) -> Settings:
+    return settings_from_values(*mount_values(args))
 
 
 def cmd_mount(args) -> int:
     from .daemon import LaunchError, launch
+    from .fuse_host import prepare_mountpoint
+    values, fuse = mount_values(args)
+    settings = settings_from_values(values, fuse)
     mountpoint = os.path.abspath(args.mountpoint)
-    if not os.path.isdir(mountpoint):
-        raise CliError(f"{mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise CliError(f"{mountpoint} is already a mount point")
-    settings = settings_from_args(args)
+    problem, note = prepare_mountpoint(mountpoint, values["allow_non_empty"])
+    if note:
+        print(f"fs360: {note}", file=sys.stderr)
+    if problem:
+        raise CliError(problem)
     try:
-        return launch(settings, mountpoint, args.foreground)
+        return launch(settings, mountpoint, values["foreground"])
+    except LaunchError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_serve_webdav(args) -> int:
+    from .daemon import LaunchError, launch
+    values, fuse = mount_values(args, webdav=True)
+    settings = settings_from_values(values, fuse).with_(
+        webdav_password_file=str(values["password_file"]) if values["password_file"] else None,
+        webdav_tls_cert=str(values["tls_cert"]) if values["tls_cert"] else None,
+        webdav_tls_key=str(values["tls_key"]) if values["tls_key"] else None,
+        webdav_empty_put_grace=values["empty_put_grace"])
+    try:
+        return launch(settings, "", values["foreground"], webdav=values["addr"])
     except LaunchError as exc:
         raise CliError(str(exc)) from None
 
@@ -393,7 +361,8 @@ def cmd_control(args) -> int:
             key, sep, value = assignment.partition("=")
             if not sep:
                 raise CliError(f"{assignment!r} is not KEY=VALUE (e.g. bwlimit=5M)")
-            values[key.strip()] = value.strip()
+            key, checked = runtime_value(key, value.strip())
+            values[key] = checked
         message["values"] = values
     try:
         answer = control.request(mountpoint, message)
@@ -406,18 +375,62 @@ def cmd_control(args) -> int:
     return 0
 
 
+def cmd_release(args) -> int:
+    """Each PATH goes to the daemon of the mount it lies in, as a path from that mount's root."""
+    by_mount: dict[str, list[str]] = {}
+    mounts = sorted(control.fs360_mounts(), key=len, reverse=True)
+    for path in args.paths:
+        absolute = os.path.abspath(path)
+        mountpoint = next((m for m in mounts if absolute.startswith(m.rstrip("/") + "/")), None)
+        if mountpoint is None:
+            raise CliError(f"{path} is not inside an fs360 mount")
+        by_mount.setdefault(mountpoint, []).append(absolute[len(mountpoint.rstrip("/")):])
+    failed = False
+    for mountpoint, paths in by_mount.items():
+        try:
+            answer = control.request(mountpoint, {"cmd": "release", "paths": paths})
+        except OSError as exc:
+            raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+        for line in answer.get("released", []):
+            print(f"fs360: {line}")
+        if not answer.get("ok"):
+            print(f"fs360: {answer.get('error', 'refused')}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
 # --- setting up ------------------------------------------------------------------------------
 
 
 def cmd_doctor(args) -> int:
     from .doctor import report, run_checks
+    settings, failed = None, None
     try:
-        settings, error = settings_from_args(args), None
-    except CliError as exc:
-        settings, error = None, str(exc)
-    text, healthy = report(run_checks(settings, error))
+        values, fuse = mount_values(args)
+    except SettingError as exc:
+        failed = ("settings", str(exc))
+    else:
+        try:
+            settings = settings_from_values(values, fuse)
+        except CliError as exc:
+            failed = ("key", str(exc))
+    mountpoint = os.path.abspath(args.mountpoint) if args.mountpoint else None
+    text, healthy = report(run_checks(settings, failed, mountpoint))
     sys.stdout.write(text)
     return 0 if healthy else 1
+
+
+def cmd_recover(args) -> int:
+    from .fuse_host import is_dead_mount, release_dead_mount
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not is_dead_mount(mountpoint):
+        print(f"fs360: {mountpoint} is not a dead mount: nothing to do")
+        return 0
+    problem = release_dead_mount(mountpoint)
+    if problem:
+        raise CliError(problem)
+    print(f"fs360: released the dead mount at {mountpoint} (its daemon was gone)")
+    return 0
 
 
 def cmd_install_unit(args) -> int:

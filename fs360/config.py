@@ -9,7 +9,11 @@ from pathlib import Path
 
 MiB = 1024 * 1024
 
-DEFAULT_LOCAL_ONLY_PATTERNS = ("*.part", "*.tmp", "*~", "*.swp", "Thumbs.db", "desktop.ini")
+# Scratch files of everyday programs, which the server would refuse anyway: partial downloads
+# (*.part, *.crdownload), editors' swap and lock files (*.swp, ~$name of Office), a database's
+# journal beside it (SQLite's *-journal, *-wal, *-shm), system thumbnails.
+DEFAULT_LOCAL_ONLY_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal",
+                               "*-shm", "Thumbs.db", "desktop.ini")
 
 # The documented limits: endpoint -> (requests, window seconds).
 DOCUMENTED_RATE_LIMITS: dict[str, tuple[int, float]] = {
@@ -36,6 +40,8 @@ class Settings:
     # Never printed: repr=False keeps it out of every repr and log line.
     api_key: str = field(default="", repr=False)
     ca_bundle: str | None = None
+    # http:// to a host other than loopback (the key in clear text): only when asked for (a test server).
+    insecure_http: bool = False
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     workers: int = 4
@@ -91,6 +97,15 @@ class Settings:
     # `mount --local`: the daemon starts an emulator with these arguments.
     local_emulator: bool = False
     emulator_args: tuple[str, ...] = ()
+
+    # --- `fs360 serve webdav` (webdav/) ---
+    # `user:password` lines, mode 0600: HTTP Basic auth (required off loopback, with TLS).
+    webdav_password_file: str | None = None
+    webdav_tls_cert: str | None = None
+    webdav_tls_key: str | None = None
+    # An empty PUT is held back this long (longer while the client locks the file) for the
+    # content a second PUT brings: WebDAV clients create a file empty, then write it.
+    webdav_empty_put_grace: float = 60.0
 
     @property
     def journal_path(self) -> Path:

@@ -175,7 +175,11 @@ def fs360_mounts() -> list[str]:
 def read_status(mountpoint: str) -> list[dict]:
     """The status.json snapshot of every session the mount publishes."""
     snapshots = []
-    for entry in sorted(os.listdir(mountpoint)):
+    try:
+        entries = sorted(os.listdir(mountpoint))
+    except OSError:  # a dead mount (its daemon is gone): nothing to show
+        return snapshots
+    for entry in entries:
         path = os.path.join(mountpoint, entry)
         if entry == "status" or not os.path.isdir(path):
             continue

@@ -35,10 +35,12 @@ from . import control
 from .api.client import ApiClient
 from .config import Settings
 from .engine.engine import Engine
-from .errors import Fs360Error
+from .errors import Fs360Error, SettingError
 from .fs import status as status_files
 from .fs.fuse_ops import mount as fuse_mount
 from .fs.model import MountModel
+from .fuse_host import refusal_reason
+from .options import runtime_value
 from .systemd import Notifier
 
 log = logging.getLogger("fs360")
@@ -58,8 +60,9 @@ class LaunchError(Exception):
 # --- the launching side ------------------------------------------------------------------
 
 
-def launch(settings: Settings, mountpoint: str, foreground: bool) -> int:
-    """Starts the daemon; returns once it is mounted (background) or has ended (foreground)."""
+def launch(settings: Settings, mountpoint: str, foreground: bool, webdav: str | None = None) -> int:
+    """Starts the daemon; returns once it is mounted (background) or has ended (foreground).
+    `webdav`: the address to serve WebDAV at instead of mounting (its URL is printed first)."""
     read_end, write_end = os.pipe()
     env = {k: v for k, v in os.environ.items() if k not in KEY_ENV_VARS + SUPERVISOR_ONLY_ENV}
     # glibc gives each thread that allocates an arena of its own; the daemon's FUSE threads then
@@ -67,6 +70,8 @@ def launch(settings: Settings, mountpoint: str, foreground: bool) -> int:
     # Its upload worker processes inherit it.
     env.setdefault("MALLOC_ARENA_MAX", "2")
     command = [sys.executable, "-m", "fs360.cli", "_serve", mountpoint, "--report-fd", str(write_end)]
+    if webdav is not None:
+        command += ["--webdav", webdav]
     if foreground:
         command.append("--foreground")
     quiet = None if foreground else subprocess.DEVNULL
@@ -83,20 +88,27 @@ def launch(settings: Settings, mountpoint: str, foreground: bool) -> int:
     if foreground:
         _relay_signals(process, notifier)
     with os.fdopen(read_end, encoding="utf-8", errors="replace") as reports:
-        first = reports.readline().strip()
+        first, _, url = reports.readline().strip().partition(" ")
         if first != "ok":
             process.wait(60)
-            raise LaunchError(first[len("error "):] if first.startswith("error ")
-                              else f"the mount process exited ({process.returncode})")
-        try:
-            os.listdir(mountpoint)  # answered by the daemon: the mount is up, not just registered
-        except OSError as exc:
-            raise LaunchError(f"{mountpoint} was mounted but does not answer: {exc.strerror}") from None
-        if not foreground:
-            print(f"fs360: mounted {mountpoint} (log: {settings.log_path})")
-            return 0
-        print(f"fs360: mounted {mountpoint}", file=sys.stderr)
-        notifier.send("READY=1", f"STATUS=mounted {mountpoint}", f"MAINPID={os.getpid()}")
+            raise LaunchError(url if first == "error" else f"the fs360 process exited ({process.returncode})")
+        if webdav is not None:
+            print(url, flush=True)  # the first line of stdout: what a script or a test reads
+            what = f"serving WebDAV at {url}"
+            if not foreground:
+                print(f"fs360: {what} (pid {process.pid}, log: {settings.log_path})", file=sys.stderr)
+                return 0
+        else:
+            what = f"mounted {mountpoint}"
+            try:
+                os.listdir(mountpoint)  # answered by the daemon: the mount is up, not just registered
+            except OSError as exc:
+                raise LaunchError(f"{mountpoint} was mounted but does not answer: {exc.strerror}") from None
+            if not foreground:
+                print(f"fs360: mounted {mountpoint} (log: {settings.log_path})")
+                return 0
+        print(f"fs360: {what}", file=sys.stderr)
+        notifier.send("READY=1", f"STATUS={what}", f"MAINPID={os.getpid()}")
         for line in reports:
             kind, _, text = line.rstrip("\n").partition(" ")
             if kind == "status":
@@ -143,13 +155,14 @@ class Reporter:
             except (OSError, ValueError):
                 self.pipe = None  # the launcher has gone: nobody to tell
 
-    def ready(self, error: str | None) -> None:
+    def ready(self, error: str | None, detail: str = "") -> None:
+        """`ok [DETAIL]` (a WebDAV server's URL) or `error REASON`, once."""
         if self.reported:
             return
         self.reported = True
         if self.pipe is None and error:
             print(f"fs360: {error}", file=sys.stderr)
-        self._send("ok" if error is None else f"error {error}")
+        self._send(f"ok {detail}".strip() if error is None else f"error {error}")
         if not self.keep_open or error is not None:
             self.close()
 
@@ -179,6 +192,7 @@ def child_main(argv: list[str]) -> int:
     parser.add_argument("mountpoint")
     parser.add_argument("--report-fd", type=int, required=True)
     parser.add_argument("--foreground", action="store_true")
+    parser.add_argument("--webdav", metavar="ADDRESS", help="serve WebDAV at ADDRESS instead of mounting")
     args = parser.parse_args(argv)
     settings = Settings.from_json(sys.stdin.read())
     null = os.open(os.devnull, os.O_RDONLY)
@@ -190,6 +204,8 @@ def child_main(argv: list[str]) -> int:
     except OSError as exc:
         reporter.ready(f"cannot write the log in {settings.cache_dir}: {exc.strerror}")
         return 2
+    if args.webdav is not None:
+        return serve_webdav(settings, args.webdav, reporter)
     return serve(settings, args.mountpoint, reporter)
 
 
@@ -280,33 +296,48 @@ def lock_cache_dir(settings: Settings):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise Fs360Error(f"another fs360 mount uses the cache dir {settings.cache_dir}") from None
+        raise Fs360Error(f"another fs360 mount or WebDAV server uses the cache dir {settings.cache_dir}: "
+                         f"stop it, or give this one another --cache-dir") from None
     handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
 
 
-def control_handler(engine: Engine):
-    """The answers of the control socket: pause, resume, set bwlimit=…, info."""
+def control_handler(engine: Engine, model: MountModel):
+    """The answers of the control socket: pause, resume, set bwlimit=…, release, info."""
     def handle(request: dict) -> dict:
         command = request.get("cmd")
+        if command == "release":
+            return release_held(model, request.get("paths"))
         if command in ("pause", "resume"):
             engine.gate.set_paused(command == "pause")
             log.info("uploads %s", "paused" if command == "pause" else "resumed")
         elif command == "set":
-            for key, value in request.get("values", {}).items():
-                if key != "bwlimit":
-                    return {"ok": False, "error": f"{key} cannot be changed at run time (only bwlimit)"}
-                try:
-                    engine.gate.set_bwlimit(str(value))
-                except ValueError as exc:
-                    return {"ok": False, "error": str(exc)}
-                log.info("bwlimit set to %s", value)
+            try:  # the schema `fs360 set` checked with: any client's values are checked alike
+                values = dict(runtime_value(str(key), str(value)) for key, value in request.get("values", {}).items())
+            except SettingError as exc:
+                return {"ok": False, "error": str(exc)}
+            if "bwlimit" in values:
+                engine.gate.set_bwlimit(values["bwlimit"])
+                log.info("bwlimit set to %s", values["bwlimit"])
         elif command != "info":
             return {"ok": False, "error": f"unknown command {command!r}"}
         return {"ok": True, "pid": os.getpid(), "paused": engine.gate.paused, "bwlimit": engine.gate.bwlimit}
     return handle
+
+
+def release_held(model: MountModel, paths) -> dict:
+    """`fs360 release`: each path (inside the mount, from its root) released, or why not."""
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        return {"ok": False, "error": "release needs a list of paths inside the mount"}
+    done, refused = [], []
+    for path in paths:
+        try:
+            done.append(model.release_held(path))
+        except Fs360Error as exc:
+            refused.append(f"{path.lstrip('/')}: {exc}")
+    return {"ok": not refused, "released": done, "error": "; ".join(refused)}
 
 
 def summary(engine: Engine) -> str:
@@ -350,13 +381,11 @@ class DesktopNotices:
             log.warning("notify-send failed: %s", exc)
 
 
-def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None) -> int:
-    """Runs the mount until it is unmounted; `reporter.ready(error_or_None)` is told once."""
-    reporter = reporter or Reporter(None, keep_open=False)
-    # FUSE callbacks are short and a program waits on each one; with upload workers
-    # busy in Python, the default 5 ms GIL switch interval would queue every callback.
-    sys.setswitchinterval(0.0005)
-    engine = lock = embedded = server = None
+def start_engine(settings: Settings, reporter: Reporter):
+    """What a mount and a WebDAV server share: the cache dir's lock, the embedded emulator,
+    the key checked, the engine (not started), its path model and the control socket.
+    None when it cannot start (the reporter is told why)."""
+    engine = lock = embedded = None
     try:
         lock = lock_cache_dir(settings)
         if settings.local_emulator:
@@ -367,15 +396,30 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         client.check_credentials()
         engine = Engine(settings, client)
         model = MountModel(engine, settings)
-        server = control.ControlServer(settings.cache_dir, control_handler(engine))
+        server = control.ControlServer(settings.cache_dir, control_handler(engine, model))
     except (Fs360Error, OSError) as exc:
-        log.error("cannot mount: %s", exc)
+        log.error("cannot start: %s", exc)
         reporter.ready(str(exc))
         if engine:
             engine.stop()
         if embedded:
             embedded.stop()
+        if lock:
+            lock.close()
+        return None
+    return settings, lock, embedded, engine, model, server
+
+
+def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None) -> int:
+    """Runs the mount until it is unmounted; `reporter.ready(error_or_None)` is told once."""
+    reporter = reporter or Reporter(None, keep_open=False)
+    # FUSE callbacks are short and a program waits on each one; with upload workers
+    # busy in Python, the default 5 ms GIL switch interval would queue every callback.
+    sys.setswitchinterval(0.0005)
+    started = start_engine(settings, reporter)
+    if started is None:
         return 2
+    settings, lock, embedded, engine, model, server = started
     if settings.desktop_notify:
         DesktopNotices(engine, mountpoint)
     stop_reports = threading.Event()
@@ -412,8 +456,11 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
     except RuntimeError as exc:
         # libfuse returns 8 when a signal ended the loop: after destroy, an orderly unmount.
         if not (destroyed.is_set() and exc.args == (8,)):
-            log.error("FUSE failed for %s: %s", mountpoint, exc)
-            reporter.ready(f"mounting {mountpoint} failed: {exc}")
+            # Before init, libfuse refused the mount and says only a number: find the cause.
+            reason = refusal_reason(mountpoint, exc, settings.allow_other) if not reporter.reported \
+                else f"FUSE failed for {mountpoint}: {exc}"
+            log.error("%s", reason)
+            reporter.ready(reason)
             code = 1
     except Exception as exc:  # mfusepy raises RuntimeError when the mount fails
         log.error("FUSE failed for %s: %s", mountpoint, exc)
@@ -430,3 +477,52 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         lock.close()
         reporter.close()
     return code
+
+
+def serve_webdav(settings: Settings, address: str, reporter: Reporter | None = None) -> int:
+    """Serves the path model over WebDAV at `address` until SIGTERM, SIGINT or SIGHUP;
+    `reporter.ready(error_or_None, url)` is told once."""
+    from .webdav.server import WebDavServer
+    reporter = reporter or Reporter(None, keep_open=False)
+    sys.setswitchinterval(0.0005)  # as for FUSE: requests must not queue behind upload workers
+    started = start_engine(settings, reporter)
+    if started is None:
+        return 2
+    settings, lock, embedded, engine, model, control_server = started
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda signum, frame: stop.set())
+    webdav = None
+    try:
+        webdav = WebDavServer(model, settings, address)
+        url = webdav.start()
+    except Fs360Error as exc:
+        log.error("cannot serve WebDAV: %s", exc)
+        reporter.ready(str(exc))
+        webdav = None
+        stop.set()
+    else:
+        engine.start()
+        if settings.desktop_notify:
+            DesktopNotices(engine, url)
+        log.info("serving WebDAV at %s (api %s, cache %s)", url, settings.api_url, settings.cache_dir)
+        reporter.ready(None, url)
+        if reporter.wants_status:
+            threading.Thread(target=_report_status, args=(engine, reporter, stop),
+                             name="fs360-status", daemon=True).start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        reporter.stopping()
+        if webdav is not None:
+            log.info("stopping the WebDAV server: unfinished uploads stay in the journal")
+            webdav.stop()
+        model.release_all()  # PUTs still receiving their body: unfinished, never uploaded
+        control_server.close()
+        engine.stop()
+        if embedded:
+            embedded.stop()
+        lock.close()
+        reporter.close()
+    return 0 if webdav is not None else 2

@@ -4,71 +4,36 @@ with the fix for each failure."""
 from __future__ import annotations
 
 import email.utils
-import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from .api.client import ApiClient
+from .api.client import USER_AGENT, ApiClient
 from .config import Settings
 from .errors import Fs360Error
 from .fs.status import human_bytes
+from .fuse_host import Check, fuse_checks
 
 MIN_FREE_BYTES = 1024 ** 3
 MAX_CLOCK_SKEW = 60.0
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-
-def run_checks(settings: Settings | None, key_error: str | None) -> list[Check]:
-    """`settings` is None when the options themselves are wrong (`key_error` says why)."""
-    checks = [_dev_fuse(), _fusermount()]
+def run_checks(settings: Settings | None, failed: tuple[str, str] | None = None,
+               mountpoint: str | None = None) -> list[Check]:
+    """`settings` is None when the options themselves are wrong: `failed` is (check name, why)."""
+    checks = fuse_checks(settings is not None and settings.allow_other, mountpoint)
     if settings is None:
-        return checks + [Check("key", False, key_error or "no settings", "see the message above")]
-    if settings.allow_other:
-        checks.append(_user_allow_other())
+        name, why = failed or ("settings", "no settings")
+        return checks + [Check(name, False, why)]
     checks.append(_cache_dir(settings.cache_dir))
     if settings.local_emulator:
         return checks
     checks.append(_key(settings))
     checks.append(_clock(settings))
     return checks
-
-
-def _dev_fuse() -> Check:
-    if not os.path.exists("/dev/fuse"):
-        return Check("/dev/fuse", False, "missing", "load the module: modprobe fuse (in a container: --device /dev/fuse)")
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        return Check("/dev/fuse", False, "not readable and writable by you", "chmod 666 /dev/fuse (as root)")
-    return Check("/dev/fuse", True, "present")
-
-
-def _fusermount() -> Check:
-    path = shutil.which("fusermount3")
-    if path is None:
-        return Check("fusermount3", False, "not on PATH", "install the fuse3 package (apt-get install fuse3)")
-    return Check("fusermount3", True, path)
-
-
-def _user_allow_other() -> Check:
-    try:
-        lines = Path("/etc/fuse.conf").read_text().splitlines()
-    except OSError:
-        lines = []
-    if os.getuid() == 0 or any(line.strip() == "user_allow_other" for line in lines):
-        return Check("allow_other", True, "permitted")
-    return Check("allow_other", False, "-o allow_other is asked but /etc/fuse.conf lacks user_allow_other",
-                 "add the line user_allow_other to /etc/fuse.conf (as root)")
 
 
 def _cache_dir(cache_dir: Path) -> Check:
@@ -104,7 +69,7 @@ def _key(settings: Settings) -> Check:
 def _clock(settings: Settings) -> Check:
     try:
         response = requests.head(settings.api_url, timeout=(settings.connect_timeout, settings.read_timeout),
-                                 verify=settings.ca_bundle or True)
+                                 verify=settings.ca_bundle or True, headers={"User-Agent": USER_AGENT})
     except requests.RequestException as exc:
         return Check("clock", False, f"cannot reach the server ({type(exc).__name__})", "check --api-url and the network")
     if "Date" not in response.headers:

@@ -33,6 +33,13 @@ class Cancelled(Exception):
     """
 
 
+class SettingError(Fs360Error, ValueError):
+    """A setting (flag, config file, -o, fs360 set) is not allowed: the message is one line that
+    names where the value came from and what is allowed."""
+    code = "invalid_setting"
+    reason = "a setting is not allowed: fix it where the message says"
+
+
 # --- transport and server errors (from the API client) -------------------------
 
 class TransportError(Fs360Error):
@@ -257,6 +264,17 @@ class ProjectCreationFailed(ApiError):
     code = "project_creation_failed"
     retryable = True  # we wait for the files, then try again
     reason = "a file of the session is not complete on the server: sent again, then retried"
+
+
+# --- the upload's own check (engine/uploader.py) --------------------------------
+
+class SentContentChanged(Fs360Error):
+    """The sha256 of what the upload sent differs from the sha256 journaled when the file was
+    queued: its spool copy changed since (outside fs360, or a bug). Its last chunk is held
+    back, so the server never completes it."""
+    code = "sent_content_changed"
+    reason = ("the data being uploaded no longer matches the file as it was written: never completed "
+              "on the server; copy the file again")
 
 
 # --- filesystem errors (from the path model) -----------------------------------

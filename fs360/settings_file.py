@@ -5,7 +5,8 @@ The config file is `$XDG_CONFIG_HOME/fs360/config.toml` (default
 `~/.config/fs360/config.toml`). Its keys are the long mount flags with `_`
 (`api_url`, `api_key_file`, `cache_dir`, `bwlimit`, ...; `options` for `-o`);
 a `[mount."/abs/mountpoint"]` table overrides them for that mountpoint. The
-command line overrides the file.
+command line overrides the file. Every value of every table is checked against the
+schema (options.py); relative paths in the file are taken from its folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import stat
 import tomllib
 from pathlib import Path
 
+from .errors import SettingError
+from .options import CONFIG_KEYS, WEBDAV_KEYS, Option, Origin, option_named
 from .systemd import credential_key
 
 # mount(8) options that are for mount(8), systemd or the kernel's generic flags,
@@ -26,45 +29,58 @@ IGNORED_MOUNT_OPTIONS = {"_netdev", "noauto", "auto", "nofail", "defaults", "rw"
 FUSE_OPTIONS = {"allow_other"}
 
 
-class ConfigError(Exception):
-    pass
-
-
 def config_path() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "fs360" / "config.toml"
 
 
-def load_config(mountpoint: str, allowed_keys: set[str], path: Path | None = None) -> dict:
-    """The file's values for `mountpoint` (global keys, then its own table); {} without a file."""
+def load_config(mountpoint: str, path: Path | None = None, webdav: bool = False) -> list[tuple[Option, object, Origin]]:
+    """The file's values for `mountpoint` (or, `webdav`, for `fs360 serve webdav`), checked, in the
+    order they apply (the global keys, then its own table: [mount."/mountpoint"] or [webdav]);
+    [] without a file. Every other table is checked too, so a typo there is found now and not at
+    that mount. Relative paths are taken from the file's folder."""
     path = path or config_path()
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        return {}
+        return []
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise SettingError(f"{path}: {exc}") from None
     tables = data.pop("mount", {})
     if not isinstance(tables, dict):
-        raise ConfigError(f"{path}: 'mount' must be a table of [mount.\"/mountpoint\"] tables")
-    values = dict(data)
+        raise SettingError(f'{path}: mount = {tables!r}: not a table; allowed: [mount."/mountpoint"] tables')
+    webdav_table = data.pop("webdav", {})
+    if not isinstance(webdav_table, dict):
+        raise SettingError(f"{path}: webdav = {webdav_table!r}: not a table; allowed: a [webdav] table")
+    values = _checked(data, Origin("file", str(path.parent), str(path)), strict=True)
+    webdav_values = _checked(webdav_table, Origin("file", str(path.parent), str(path), "webdav"), strict=webdav,
+                             keys=WEBDAV_KEYS)
+    if webdav:
+        values += webdav_values
     for key, table in tables.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: mount.{key} must be a table")
-        if os.path.abspath(os.path.expanduser(key)) == mountpoint:
-            values.update(table)
-    for key, value in values.items():
-        if key not in allowed_keys:
-            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(allowed_keys))})")
-        if not isinstance(value, (str, int, float, bool, list)):
-            raise ConfigError(f"{path}: {key} must be a string, number, boolean or list")
+            raise SettingError(f'{path}: mount.{key}: not a table; allowed: [mount."/mountpoint"] tables')
+        if not os.path.isabs(os.path.expanduser(key)):
+            raise SettingError(f'{path}: [mount."{key}"]: not an absolute path; allowed: the absolute path '
+                              f'of a mountpoint')
+        ours = os.path.normpath(os.path.expanduser(key)) == mountpoint
+        checked = _checked(table, Origin("file", str(path.parent), str(path), key), strict=ours)
+        if ours:
+            values += checked
     return values
 
 
-def parse_mount_options(items: list[str]) -> tuple[dict[str, str], list[str]]:
-    """`-o a=1,b,allow_other` -> ({"a": "1", "b": ""}, ["allow_other"]); mount(8)'s own ignored."""
-    values: dict[str, str] = {}
+def _checked(table: dict, origin: Origin, strict: bool, keys=CONFIG_KEYS) -> list[tuple[Option, object, Origin]]:
+    """Each key of one table checked against the schema (files must exist only when `strict`)."""
+    return [(option, option.check(raw, origin, require_files=strict), origin)
+            for option, raw in ((option_named(key, origin, keys), raw) for key, raw in table.items())]
+
+
+def mount_option_values(items: list[str], origin: Origin) -> tuple[list[tuple[Option, object, Origin]], list[str]]:
+    """`-o a=1,b,allow_other` checked: ([(option, value, origin)], ["allow_other"]); mount(8)'s own ignored.
+    A key without a value is a boolean switched on."""
+    values: list[tuple[Option, object, Origin]] = []
     fuse: list[str] = []
     for item in ",".join(items).split(","):
         item = item.strip()
@@ -73,8 +89,9 @@ def parse_mount_options(items: list[str]) -> tuple[dict[str, str], list[str]]:
         if item in FUSE_OPTIONS:
             fuse.append(item)
             continue
-        key, _, value = item.partition("=")
-        values[key.replace("-", "_")] = value
+        key, _, raw = item.partition("=")
+        option = option_named(key, origin, tuple(k for k in CONFIG_KEYS if k != "options"))
+        values.append((option, option.check(raw, origin), origin))
     return values, fuse
 
 
@@ -82,9 +99,9 @@ def check_key_file(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except OSError as exc:
-        raise ConfigError(f"cannot read the key file {path}: {exc.strerror}") from None
+        raise SettingError(f"cannot read the key file {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"the key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
+        raise SettingError(f"the key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
                           f"fix it with: chmod 600 {path}")
 
 
@@ -96,9 +113,9 @@ def read_api_key(key_file: str | None, env_names: tuple[str, ...]) -> str:
         try:
             key = path.read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read the key file: {exc.strerror}") from None
+            raise SettingError(f"cannot read the key file: {exc.strerror}") from None
         if not key:
-            raise ConfigError(f"the key file {path} is empty")
+            raise SettingError(f"the key file {path} is empty")
         return key
     key = credential_key()
     if key:
@@ -106,5 +123,5 @@ def read_api_key(key_file: str | None, env_names: tuple[str, ...]) -> str:
     for name in env_names:
         if os.environ.get(name):
             return os.environ[name].strip()
-    raise ConfigError("no API key: set FS360_API_KEY, or give api_key_file (--api-key-file, the config file "
+    raise SettingError("no API key: set FS360_API_KEY, or give api_key_file (--api-key-file, the config file "
                       "or -o api_key_file=FILE), or use --local")

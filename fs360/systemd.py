@@ -66,6 +66,8 @@ Wants=network-online.target
 
 [Service]
 Type=notify
+# A daemon killed (or crashed) leaves a dead mount behind: released before each start.
+ExecStartPre=-{command} recover %f
 ExecStart={command} mount -f %f
 # The key file stays readable by you only; systemd hands a copy to the service.
 LoadCredential={CREDENTIAL_NAME}:%E/fs360/api-key

@@ -192,7 +192,7 @@ class Mount:
         """Waits until no file of the session is writing, pending or uploading."""
         def settled():
             states = self.file_states(session)
-            if all(s in ("complete", "rejected", "local", "lost", "interrupted") for s in states.values()):
+            if all(s in ("complete", "rejected", "local", "lost", "interrupted", "held") for s in states.values()):
                 return states or {"": ""}
             return None
         return wait_until(settled, timeout, 0.2, what=f"session {session} to settle")

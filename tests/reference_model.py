@@ -4,9 +4,10 @@ The model-based random test (tests/unit/test_model_random.py) runs every operati
 `MountModel` + `Engine` and on this model, and compares what each says: the errno of the
 operation, the listings, sizes and states, and the server's contents once uploads settle.
 
-Time is explicit here: nothing is uploaded until `settle()` says "the write-back delay has
-passed and every queued upload finished". So a file is on the server exactly when it went
-through a settle while pending: `held` is then the bytes the server has, and the file can
+Time is explicit here: nothing is uploaded until `settle()` says "the writers exited 0, the
+write-back delay has passed and every queued upload finished" (D "The commit point": a closed
+file waits for its writer's exit, `closed`). So a file is on the server exactly when it went
+through a settle while closed and whole: `held` is then the bytes the server has, and the file can
 never change again (semantics.md: "open for write, truncate or rename onto a file the
 server already holds bytes of ... EACCES").
 
@@ -20,10 +21,12 @@ import fnmatch
 from dataclasses import dataclass, field
 
 # S "Names that are never uploaded": dot-files and these default patterns.
-LOCAL_PATTERNS = ("*.part", "*.tmp", "*~", "*.swp", "Thumbs.db", "desktop.ini")
+LOCAL_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal", "*-shm",
+                  "Thumbs.db", "desktop.ini")
 STATUS_NAMES = ("status", "status.json")
 
 WRITING, PENDING, COMPLETE, LOCAL, INTERRUPTED = "writing", "pending", "complete", "local", "interrupted"
+CLOSED, HELD = "closed", "held"
 
 
 def is_local_name(name: str) -> bool:
@@ -45,8 +48,16 @@ class File:
     held: bytes | None = None
     # The name the server holds it under, frozen when it was uploaded (D "Server names").
     server_name: str | None = None
-    # Its data may be partial (D "Unfinished files"): never uploaded until rewritten from 0.
+    # Its data may be partial (D "Unfinished files"): never uploaded until rewritten from 0, or
+    # appended to by writers that exit 0. It rests as `unfinished_state` (interrupted or held).
     unfinished: bool = False
+    unfinished_state: str = INTERRUPTED
+    # D "The commit point": closed, its writers' exits awaited (`closed`); `unknown_writer`: one of
+    # them is unknown (a rename or a truncate by path), so only the delay commits it, and an
+    # append does not make an unfinished file whole; `completing`: this writing began unfinished.
+    awaiting: bool = False
+    unknown_writer: bool = False
+    completing: bool = False
     handles: set = field(default_factory=set)
     # Unlinked while open: libfuse renamed it to this .fuse_hidden name (D "A file unlinked
     # while open"); the name goes at its last close.
@@ -79,7 +90,25 @@ class File:
             return COMPLETE
         if self.writers:
             return WRITING
-        return INTERRUPTED if self.unfinished else PENDING
+        if self.awaiting:
+            return CLOSED
+        return self.unfinished_state if self.unfinished else PENDING
+
+    def rest_or_await(self, unknown_writer: bool = False) -> None:
+        """The last writer closed it (or it took its final name): it rests unfinished, or its
+        commit is awaited (registry.close_writer_locked / await_commit_locked)."""
+        if self.unfinished and not self.completing:
+            self.rest()
+        else:
+            self.awaiting = True
+            self.unknown_writer = self.unknown_writer or unknown_writer
+
+    def rest(self) -> None:
+        self.awaiting = self.unknown_writer = False
+
+    def fail(self, state: str) -> None:
+        """This writing failed (registry.writer_failed_locked)."""
+        self.unfinished, self.unfinished_state, self.completing = True, state, False
 
 
 @dataclass(eq=False)
@@ -91,10 +120,17 @@ class Check:
     # What RunningDigest would say: the length written front to back, and whether it still is.
     digest_len: int = 0
     digest_valid: bool = True
+    # D "Identical re-copies", re-runs that delete first: a deleted file the server holds,
+    # created again, is listed again and compared by sha256 only (its spool copy is gone);
+    # unless identical it is deleted again at the close.
+    revival: bool = False
+    written: bytearray = field(default_factory=bytearray)
 
     def matches(self, held: bytes) -> bool:
         if self.differs or self.size != len(held):
             return False
+        if self.revival:
+            return self.digest_valid and bytes(self.written[:self.size]) == held
         return not self.rewriting or (self.digest_valid and self.digest_len == self.size)
 
 
@@ -146,7 +182,11 @@ class Reference:
             return self.open(s.files[name], truncate=True, append=append)
         local = is_local_name(name)
         if not local and name in s.gone_names:
-            return errno.EACCES, None  # S unlink of a held file: "Creating a file of that name again: EACCES"
+            # D: the server's file comes back when written again identical (tar -x twice).
+            gone = next(g for g in s.gone if g.name == name)
+            s.gone.remove(gone)
+            s.files[name] = gone
+            return self._handle(gone, True, append, Check(rewriting=True, size=0, revival=True))
         f = File(name, local)
         s.files[name] = f
         return self._handle(f, True, append)
@@ -165,6 +205,9 @@ class Reference:
             f.unfinished = False
         if truncate and f.size:  # model._open_file_locked truncates the spool when the size is not 0
             f.data, f.crashed_size = bytearray(), None
+        if not f.writers:
+            f.completing = f.unfinished  # D: writers that append and exit 0 make it whole
+            f.unknown_writer = False     # this writing's writers decide
         return self._handle(f, True, append)
 
     @staticmethod
@@ -182,7 +225,8 @@ class Reference:
                 offset = c.size
             if not c.differs:
                 end = offset + len(data)
-                same = end <= len(f.held) and f.held[offset:end] == data
+                # Without the spool copy (a revival) only the size can be compared at once.
+                same = end <= len(f.held) and (c.revival or f.held[offset:end] == data)
                 if c.rewriting:
                     if c.digest_valid:
                         if offset == c.digest_len:
@@ -190,7 +234,9 @@ class Reference:
                         else:
                             c.digest_valid = False
                     c.size = max(c.size, end)
-                c.differs = not same
+                if c.revival:
+                    c.written[offset:end] = data
+                c.differs = not same or (c.revival and not (c.rewriting and c.digest_valid))
             return errno.EACCES if c.differs else 0
         if h.append:
             offset = len(f.data)
@@ -205,6 +251,7 @@ class Reference:
             c = h.check
             if length == 0:  # GIO truncates to 0: a rewrite from the first byte begins
                 c.rewriting, c.size, c.digest_len, c.digest_valid = True, 0, 0, True
+                c.written = bytearray()
                 return 0
             if length != c.size:
                 c.differs = True
@@ -222,6 +269,8 @@ class Reference:
         f.unfinished_in_state_only = False  # model.truncate: "still partial", from last_error
         if length == 0:
             f.unfinished = False  # D: a truncate to 0 makes an interrupted file uploadable again
+        if h is None and not f.writers and not f.local and not f.unfinished and self.listed(f):
+            f.awaiting = f.unknown_writer = True  # truncate(1) by path: the delay commits it
         return 0
 
     def close(self, h: Handle, writer_died: bool = False) -> int:
@@ -229,23 +278,33 @@ class Reference:
         f, c = h.file, h.check
         f.handles.discard(h)
         if c is not None:
+            identical = not writer_died and c.matches(f.held)
+            if c.revival and not identical and self.listed(f):
+                s = self.session_of(f)
+                del s.files[f.name]  # deleted again: the server still holds it
+                s.gone.append(f)
             if writer_died:
                 return 0  # the rewrite was not finished: nothing to compare, nothing kept
-            if not c.matches(f.held):
+            if not identical:
                 c.differs = True
                 return errno.EACCES  # D: "at close, a rewrite from byte 0 must have the same size and sha256"
             return 0
         if writer_died and h.writable:
-            f.unfinished = True  # D "Unfinished files": killed by a signal with the file open
+            f.fail(INTERRUPTED)  # D "Unfinished files": killed by a signal with the file open
         if h.writable:
             f.journaled = f.size
+            if not f.writers and not f.local and self.listed(f):
+                f.rest_or_await()
         return 0
 
     def died_after_close(self, f: File) -> None:
-        """D "Unfinished files", the GNU dd row: the writer closed the file, then died of a signal
-        within 2 s: interrupted, "unless a PUT of it already went out" (and only while listed)."""
+        """D "The commit point": the writer closed the file, then exited by a signal before the
+        commit: held, with the reason (only while listed)."""
         if f.held is None and f.hidden is None and self.listed(f):
-            f.unfinished, f.unfinished_in_state_only = True, False
+            f.fail(HELD)
+            f.unfinished_in_state_only = False
+            if not f.writers:
+                f.rest()
 
     def listed(self, f: File) -> bool:
         return any(s.files.get(f.name) is f for s in self.sessions.values())
@@ -262,28 +321,28 @@ class Reference:
         if f.held is not None:
             s.gone.append(f)
 
-    def rename(self, src: str, name: str, dst: str, new: str) -> tuple[int, bool]:
-        """Returns (errno, queued at once). S rename; D "Identical re-copies" for a scratch copy
+    def rename(self, src: str, name: str, dst: str, new: str) -> int:
+        """Returns the errno. S rename; D "Identical re-copies" for a scratch copy
         renamed onto a held file."""
         s, t = self.sessions[src], self.sessions[dst]
         f = s.files[name]
         if new in STATUS_NAMES:
-            return errno.EPERM, False  # model: "status is reserved"
+            return errno.EPERM  # model: "status is reserved"
         target = t.files.get(new)
         if target is f:
-            return 0, False
+            return 0
         if target is not None and f.local and target.held is not None:
             # D: "Renaming a local scratch file ... onto a name the server holds: identical content
             # (size and sha256) is accepted, the scratch file is dropped; different: EACCES".
             if f.unfinished or bytes(f.data) != target.held:
-                return errno.EACCES, False
+                return errno.EACCES
             del s.files[name]  # dropped; still-open handles keep writing to nothing listed
-            return 0, False
+            return 0
         if f.held is not None or (target is not None and target.held is not None):
-            return errno.EACCES, False  # S: the server cannot rename or replace a file
+            return errno.EACCES  # S: the server cannot rename or replace a file
         new_local = is_local_name(new)
         if not new_local and new in t.gone_names:
-            return errno.EACCES, False  # the name of a deleted file the server holds
+            return errno.EACCES  # the name of a deleted file the server holds
         if target is not None:
             del t.files[new]  # S: "replaces a local-only target (POSIX)"
         del s.files[name]
@@ -292,8 +351,14 @@ class Reference:
             f.unfinished = False  # the rename to a scratch name drops the `interrupted` state
         f.name, f.local = new, new_local
         t.files[new] = f
-        # S: "A scratch name renamed to its final name is queued at once" (no write-back delay).
-        return 0, was_local and not new_local and not f.writers and not f.unfinished
+        if was_local and not new_local and not f.writers:
+            # D: a closed scratch file renamed to its final name waits for the renamer's exit
+            # (unknown here: the delay commits it); an unfinished one rests.
+            if f.unfinished and not f.completing:
+                f.rest()
+            else:
+                f.awaiting = f.unknown_writer = True
+        return 0
 
     def rename_session(self, old: str, new: str) -> None:
         s = self.sessions.pop(old)  # S rename of a session: local only
@@ -306,11 +371,24 @@ class Reference:
         return [(s, f) for s in self.sessions.values() for f in s.files.values() if f.state == PENDING]
 
     def settle(self, server_name_of) -> None:
-        """The write-back delay passed and the uploads finished (retrying through any fault):
-        every pending file is complete, under the server name the mount gave it."""
+        """The writers exited 0, the write-back delay passed and the uploads finished (retrying
+        through any fault): every closed file is committed, and every pending file is
+        complete, under the server name the mount gave it."""
+        self.commit()
         for s, f in self.pending():
             f.held = bytes(f.data)
             f.server_name = server_name_of(s.name, f.name)
+
+    def commit(self) -> None:
+        """The writers exited 0 and the write-back delay passed: every closed file is committed
+        (an appended unfinished one is whole when its writers are all known)."""
+        for s in self.sessions.values():
+            for f in list(s.files.values()) + s.gone:
+                if f.awaiting and not f.writers:
+                    if f.completing and not f.unknown_writer:
+                        f.unfinished = False
+                    f.completing = False
+                    f.rest()
 
     def remount(self) -> None:
         """The mount stopped (its handles are gone without a close) and a new one started on the
@@ -318,8 +396,13 @@ class Reference:
         while open are gone; pending uploads resume (S "The journal ... resumes every upload")."""
         for s in self.sessions.values():
             for f in list(s.files.values()) + s.gone:
+                if f.awaiting:
+                    # D: closed but not committed when the mount stopped: held.
+                    f.unfinished, f.unfinished_state = True, HELD
+                    f.rest()
                 if f.writers:
-                    f.unfinished = True
+                    f.unfinished, f.unfinished_state = True, INTERRUPTED
+                    f.rest()
                     if CRASHED_SIZE_IS_THE_JOURNALS and f.journaled != len(f.data):
                         f.crashed_size = f.journaled
                 if f.local and SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT:

@@ -22,13 +22,15 @@ from urllib.parse import quote, urljoin, urlsplit
 import requests
 import urllib3
 
+from .. import __version__
 from ..config import Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
                       DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
-                      ServerError, TlsError, TransportError, WaitForRateLimit)
+                      ServerError, SettingError, TlsError, TransportError, WaitForRateLimit)
+from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff
-from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange
+from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,17 @@ MIN_RETRY_AFTER = 0.5
 LISTING_RESPONSE_BYTES = 32 * 1024 * 1024
 _RESPONSE_CAPS = {"get_session": LISTING_RESPONSE_BYTES, "list_projects": LISTING_RESPONSE_BYTES}
 
-# The key check at mount: a few quick tries, so a passing hiccup does not fail the mount
-# and a dead server does not hold it for minutes.
+# The key check at mount: a few quick tries, so a passing hiccup does not fail the mount, all
+# within one deadline, so a server that never answers is reported well inside systemd's 90 s
+# start limit (and a user's patience).
 CREDENTIAL_CHECK_ATTEMPTS = 3
-CREDENTIAL_CHECK_DEADLINE = 30.0
+CREDENTIAL_CHECK_DEADLINE = 25.0
 CREDENTIAL_CHECK_MAX_WAIT = 5.0
+# An attempt is not started with less time than this left.
+CREDENTIAL_CHECK_MIN_ATTEMPT = 2.0
+
+# Some firewalls block the User-Agent of HTTP libraries; fs360 says what it is.
+USER_AGENT = f"fs360/{__version__}"
 
 # Errors that end the key check at mount at once: retrying cannot fix them, the user must.
 _FINAL_AT_MOUNT = (AccountError, Redirected, TlsError)
@@ -90,10 +98,12 @@ class Project:
 
 
 def _require(body, key: str, kind: type):
-    if not isinstance(body, dict) or key not in body or not isinstance(body[key], kind) \
-            or (kind is int and isinstance(body[key], bool)):
+    value = body.get(key) if isinstance(body, dict) else None
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # api.md Part C: a number may come as a JSON float (1048576.0)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise MalformedResponse(f"server response lacks a valid {key!r}")
-    return body[key]
+    return value
 
 
 def _file_progress(body) -> FileProgress:
@@ -117,6 +127,9 @@ class ApiClient:
 
     def __init__(self, settings: Settings, pacer: Pacer | None = None):
         self.base_url = settings.api_url.rstrip("/")
+        unsafe = check_api_url(self.base_url, settings.insecure_http)
+        if unsafe:
+            raise SettingError(f"api_url {self.base_url}: {unsafe}")
         self._auth = {"Authorization": f"Bearer {settings.api_key}"}
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._deadline_floor = settings.request_deadline
@@ -136,6 +149,7 @@ class ApiClient:
         if session is None:
             session = requests.Session()
             session.headers.update(self._auth)
+            session.headers["User-Agent"] = USER_AGENT
             # The answers are tiny JSON: a compressed one could only be a bomb.
             session.headers["Accept-Encoding"] = "identity"
             session.verify = self._verify
@@ -206,10 +220,13 @@ class ApiClient:
         if exc is None:
             return ResponseTooLarge(f"{endpoint}: the server at {self._host} sent an answer larger than "
                                     f"any API answer; dropped")
+        reason, connecting = failure_reason(exc)
         if isinstance(exc, requests.exceptions.SSLError):
             # Final at mount; while mounted retried slowly, so no file is refused for it.
-            return TlsError(f"TLS verification failed for {self.base_url}: {_short(exc)}")
-        return TransportError(f"cannot reach {self._host}: {_short(exc)}")
+            return TlsError(f"TLS verification failed for {self.base_url}: {reason}")
+        if connecting:
+            return TransportError(f"cannot reach {self._host}: {reason}")
+        return TransportError(f"{endpoint} to {self._host}: {reason}")
 
     def _translate(self, endpoint: str, response: requests.Response, content: bytes, expect=dict):
         status = response.status_code
@@ -282,8 +299,8 @@ class ApiClient:
     def file_status(self, upload_id: str, name: str) -> FileProgress:
         return _file_progress(self._request("get_file", "GET", _file_path(upload_id, name)))
 
-    def session_status(self, upload_id: str) -> list[RemoteFile]:
-        body = self._request("get_session", "GET", f"/uploads/{quote(upload_id, safe='')}")
+    def session_status(self, upload_id: str, wait: bool = True) -> list[RemoteFile]:
+        body = self._request("get_session", "GET", f"/uploads/{quote(upload_id, safe='')}", wait=wait)
         files = _require(body, "files", list)
         out = []
         for entry in files:
@@ -322,28 +339,36 @@ class ApiClient:
         """Raises at once if the URL is not the API or the key is refused; retries a server that hiccups.
 
         Account errors (401, 402, 403), redirects, TLS failures and answers that are
-        not the API's are final at once. A 5xx, a 429 or no answer is tried
-        `CREDENTIAL_CHECK_ATTEMPTS` times, then reported with its cause.
+        not the API's are final at once. A 5xx, a 429 or no answer is tried up to
+        `CREDENTIAL_CHECK_ATTEMPTS` times, all within `CREDENTIAL_CHECK_DEADLINE`, then
+        reported with its cause.
         """
+        started = time.monotonic()
+        until = started + CREDENTIAL_CHECK_DEADLINE
         backoff = Backoff(base=1.0, cap=CREDENTIAL_CHECK_MAX_WAIT)
         for attempt in range(1, CREDENTIAL_CHECK_ATTEMPTS + 1):
             try:
-                self._check_credentials_once()
+                self._check_credentials_once(until)
                 return
             except _FINAL_AT_MOUNT:
                 raise
             except (TransportError, RateLimited, ServerError) as exc:
-                if attempt == CREDENTIAL_CHECK_ATTEMPTS:
-                    raise TransportError(f"the server at {self._host} did not answer properly "
-                                         f"({attempt} attempts): {exc}") from None
-                time.sleep(min(backoff.delay(attempt, exc), CREDENTIAL_CHECK_MAX_WAIT))
+                wait = min(backoff.delay(attempt, exc), CREDENTIAL_CHECK_MAX_WAIT)
+                if attempt == CREDENTIAL_CHECK_ATTEMPTS or \
+                        time.monotonic() + wait + CREDENTIAL_CHECK_MIN_ATTEMPT > until:
+                    raise TransportError(f"the server at {self._host} did not answer properly ({attempt} "
+                                         f"attempt(s) in {time.monotonic() - started:.0f} s): {exc}") from None
+                time.sleep(wait)
 
-    def _check_credentials_once(self) -> None:
-        deadline = min(self._deadline_floor, CREDENTIAL_CHECK_DEADLINE)
+    def _check_credentials_once(self, until: float) -> None:
         not_the_api = f"{self.base_url} does not answer like the 360-for-you API"
+
+        def deadline() -> float:
+            return min(self._deadline_floor, max(until - time.monotonic(), CREDENTIAL_CHECK_MIN_ATTEMPT))
+
         try:
             try:
-                self.list_projects(deadline=deadline)
+                self.list_projects(deadline=deadline())
                 return
             except (ApiError, ServerError) as exc:
                 if isinstance(exc, _FINAL_AT_MOUNT) or getattr(exc, "status", 0) >= 500:
@@ -352,7 +377,7 @@ class ApiClient:
             # session that does not exist; a working key gets the API's own refusal of that session,
             # a bad one a 401, and a wrong URL something else (a 404 page, the site's own JSON).
             try:
-                self._request("get_session", "GET", "/uploads/fs360credentialcheck", deadline=deadline)
+                self._request("get_session", "GET", "/uploads/fs360credentialcheck", deadline=deadline())
             except (ApiError, ServerError) as exc:
                 if isinstance(exc, _FINAL_AT_MOUNT) or exc.status >= 500:
                     raise
@@ -409,35 +434,3 @@ def _retry_after(value: str | None, now: datetime | None = None) -> float | None
     if not 0 <= seconds < math.inf:
         return None
     return seconds
-
-
-def _short(exc: BaseException) -> str:
-    """A readable cause for a transport error, with nothing that could carry headers (and so the key)."""
-    chain, seen = [], exc
-    while seen is not None and len(chain) < 8:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__ or (seen.args[0] if seen.args and
-                                                        isinstance(seen.args[0], BaseException) else None)
-    text = " ".join(str(e) for e in chain).lower()
-    for needle, reason in _TRANSPORT_REASONS:
-        if needle in text:
-            return reason
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "timed out"
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return first[:200]
-
-
-# Substrings of urllib3/socket messages, and what they mean to a user.
-_TRANSPORT_REASONS = (
-    ("connection refused", "connection refused (is the server running?)"),
-    ("name or service not known", "unknown host name"),
-    ("temporary failure in name resolution", "the host name cannot be resolved now"),
-    ("connection reset", "connection reset by the server"),
-    ("connection aborted", "connection closed by the server"),
-    ("remotedisconnected", "connection closed by the server without an answer"),
-    ("network is unreachable", "network unreachable"),
-    ("read timed out", "timed out waiting for the server"),
-    ("connect timeout", "timed out connecting to the server"),
-    ("certificate verify failed", "certificate verify failed"),
-)

@@ -12,14 +12,17 @@ descriptor of their TCP socket to shut it down with. `shutdown()` is safe from
 another thread where `close()` is not (the descriptor could be reused); the
 calling thread then closes the connection itself, before its call returns.
 
-Only the mechanism lives here; the client decides what an expired deadline or
-an oversized answer means to fs360.
+Only the mechanism lives here (and what a failed exchange's exception says, in
+words: `failure_reason`); the client decides what an expired deadline or an
+oversized answer means to fs360.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
+import http.client
 import itertools
 import logging
 import os
@@ -31,6 +34,7 @@ import time
 import requests
 import urllib3.connection
 import urllib3.connectionpool
+import urllib3.exceptions
 
 log = logging.getLogger(__name__)
 
@@ -279,3 +283,61 @@ class Exchange:
                 self.response.close()
             if connection is not None:
                 connection.close()
+
+
+# --- what a failed exchange says -----------------------------------------------------------------
+
+# Socket errors by errno, as they are: the network's doing, or the server's.
+_ERRNO_REASONS = {
+    errno.ECONNREFUSED: "connection refused (is the server running?)",
+    errno.ENETUNREACH: "the network dropped (network unreachable)",
+    errno.ENETDOWN: "the network dropped (network down)",
+    errno.EHOSTUNREACH: "the network dropped (host unreachable)",
+    errno.ETIMEDOUT: "the network dropped (the connection timed out)",
+    errno.ECONNRESET: "the connection was reset (by the server or on the way)",
+    errno.ECONNABORTED: "the connection was aborted on this machine",
+    errno.EPIPE: "the server closed the connection while fs360 was still sending",
+}
+# Substrings of urllib3/socket messages that carry no errno, and what they mean to a user.
+_TEXT_REASONS = (
+    ("name or service not known", "unknown host name"),
+    ("temporary failure in name resolution", "the host name cannot be resolved now"),
+    ("certificate verify failed", "certificate verify failed"),
+    ("read timed out", "timed out waiting for the server"),
+    ("connect timeout", "timed out connecting to the server"),
+    ("connection aborted", "the connection ended before the answer"),
+)
+
+
+def _causes(exc: BaseException, limit: int = 16) -> list[BaseException]:
+    """`exc` and what it wraps: causes, contexts, urllib3's `reason`, exceptions among its args."""
+    found, todo = [], [exc]
+    while todo and len(found) < limit:
+        seen = todo.pop(0)
+        if not isinstance(seen, BaseException) or any(seen is f for f in found):
+            continue
+        found.append(seen)
+        todo += [seen.__cause__, seen.__context__, getattr(seen, "reason", None)]
+        todo += [a for a in getattr(seen, "args", ()) if isinstance(a, BaseException)]
+    return found
+
+
+def failure_reason(exc: BaseException) -> tuple[str, bool]:
+    """(what went wrong in words, whether it was before a connection existed). Nothing of it
+    can carry headers, so never the key."""
+    causes = _causes(exc)
+    connecting = any(isinstance(c, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
+                     for c in causes)
+    for cause in causes:
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return "the server closed the connection without an answer", False
+        if isinstance(cause, OSError) and cause.errno in _ERRNO_REASONS:
+            return _ERRNO_REASONS[cause.errno], connecting
+    text = " ".join(str(c) for c in causes).lower()
+    for needle, reason in _TEXT_REASONS:
+        if needle in text:
+            return reason, connecting
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timed out", connecting
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first[:200], connecting

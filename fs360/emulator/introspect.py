@@ -128,7 +128,7 @@ class Introspection:
         self.respond(200, [
             {"name": r["name"], "upload_id": r["upload_id"], "download_link": r["download_link"],
              "title": r["title"], "status": emu.project_status(r), "create_count": r["create_count"],
-             "discarded": r["discarded_status"] is not None}
+             "polls": r["poll_count"], "discarded": r["discarded_status"] is not None}
             for r in rows
         ])
 

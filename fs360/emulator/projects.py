@@ -137,6 +137,7 @@ class ProjectEndpoints:
         prow = self.emu.store.one("SELECT * FROM projects WHERE name=?", (name,))
         if prow is None:
             return self.error(404, "project_not_found")
+        self.emu.store.run("UPDATE projects SET poll_count=poll_count+1 WHERE id=?", (prow["id"],))
         st = self.emu.project_status(prow)
         if prow["discarded_status"] is not None:  # its session was deleted before it was ready
             return self.respond(200, {"name": name, "status": st, "deleted": True, "errors": 1})

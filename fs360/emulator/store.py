@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS projects (
     processing_seconds REAL NOT NULL,
     record TEXT NOT NULL,
     create_count INTEGER NOT NULL DEFAULT 1,
-    discarded_status INTEGER
+    discarded_status INTEGER,
+    poll_count INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS projects_upload ON projects (upload_id);
 """
@@ -71,6 +72,8 @@ class Store:
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(projects)")}
         if "discarded_status" not in cols:
             self.db.execute("ALTER TABLE projects ADD COLUMN discarded_status INTEGER")
+        if "poll_count" not in cols:
+            self.db.execute("ALTER TABLE projects ADD COLUMN poll_count INTEGER NOT NULL DEFAULT 0")
 
     # -- generic helpers -------------------------------------------------
     def all(self, sql, args=()):

@@ -14,7 +14,7 @@ import logging
 from ..config import Settings
 from ..errors import InvalidArgument
 from .archive import ArchiveMember, ArchiveReader
-from .records import IN_TREE, WRITING, SessionRecord, in_scratch_folder
+from .records import CLOSED, IN_TREE, WRITING, SessionRecord, in_scratch_folder
 from .registry import Registry
 from .server_names import deduplicated, server_name_for
 
@@ -60,7 +60,7 @@ class TreeArchive:
                         f"remove one of them")
         unfinished = [f for f in tree if f.open_writers or f.state != IN_TREE]
         if unfinished:
-            return "; ".join(f"{f.name}: still being written" if f.open_writers or f.state == WRITING
+            return "; ".join(f"{f.name}: still being written" if f.open_writers or f.state in (WRITING, CLOSED)
                              else f"{f.name}: {f.state} ({f.last_error}); delete it or copy it again"
                              for f in sorted(unfinished, key=lambda f: f.name))
         cap = self.registry.caps.file_cap
@@ -75,17 +75,26 @@ class TreeArchive:
         members = self.members_locked(session)
         if not members:
             return
+        size = self.check_locked(session, members)
+        record = self.registry.add_archive_locked(session, size, self.server_name_locked(session))
+        log.info("session %r: its tree of %d entries goes up as %s (%d bytes)", session.name, len(members),
+                 record.server_name, size)
+
+    def check_locked(self, session: SessionRecord, members: list[ArchiveMember] | None = None) -> int:
+        """The size the tree's archive would have; InvalidArgument with the reason it cannot be
+        planned (0 when there is no tree)."""
+        members = self.members_locked(session) if members is None else members
+        if not members:
+            return 0
         reason = self.refusal_locked(session)
-        size = None
+        size = 0
         if not reason:
             with ArchiveReader(members, force_zip64=self.settings.archive_zip64) as planned:
                 size = planned.size
             reason = self.refusal_locked(session, size)
         if reason:
             raise InvalidArgument(reason)
-        record = self.registry.add_archive_locked(session, size, self.server_name_locked(session))
-        log.info("session %r: its tree of %d entries goes up as %s (%d bytes)", session.name, len(members),
-                 record.server_name, size)
+        return size
 
     def sha256(self, members: tuple[ArchiveMember, ...]) -> str:
         """The sha256 of the archive as uploaded, for status (read once more, from the spool;

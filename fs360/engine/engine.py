@@ -25,7 +25,7 @@ from .journal import Journal
 from .locking import StateLock
 from .progress import Listeners
 from .projects import ProjectKeeper
-from .records import FAILED, PENDING, QUEUED_STATES, UPLOADING, FileRecord, SessionRecord
+from .records import CLOSED, FAILED, PENDING, QUEUED_STATES, UPLOADING, FileRecord, SessionRecord
 from .registry import Registry
 from .scheduler import Scheduler
 from .spool import Spool
@@ -58,8 +58,12 @@ class Engine:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self.scheduler = Scheduler()
+        # When closed files whose writers run on are committed (the write-back delay): a clock of
+        # its own, so that busy upload workers never delay a commit.
+        self.commit_clock = Scheduler()
+        self._commit_due = threading.Condition(self.lock)
         self.registry = Registry(settings, self.journal, self.spool, self.lock, self._schedule_locked,
-                                 nudge=self._nudge_locked)
+                                 nudge=self._nudge_locked, schedule_commit=self._schedule_commit_locked)
         self.tree = TreeArchive(settings, self.registry)
         self.projects = ProjectKeeper(settings, self.lock, self.registry, self.client, self.backoff,
                                       self.listeners, self.session_lost)
@@ -98,8 +102,16 @@ class Engine:
     queue_upload_locked = _registry_door("queue_upload_locked")
     rename_file_locked = _registry_door("rename_file_locked")
     remove_file_locked = _registry_door("remove_file_locked")
+    revivable_locked = _registry_door("revivable_locked")
+    relist_locked = _registry_door("relist_locked")
     set_file_attrs_locked = _registry_door("set_file_attrs_locked")
-    mark_unfinished_locked = _registry_door("mark_unfinished_locked")
+    writer_exited_locked = _registry_door("writer_exited_locked")
+    writer_awaited_locked = _registry_door("writer_awaited_locked")
+    writer_unknown_locked = _registry_door("writer_unknown_locked")
+    closed_files_locked = _registry_door("closed_files_locked")
+    writer_failed_locked = _registry_door("writer_failed_locked")
+    await_commit_locked = _registry_door("await_commit_locked")
+    release_held_locked = _registry_door("release_held_locked")
     server_lacks_file_locked = _registry_door("server_lacks_file_locked")
     content_sha256 = _registry_door("content_sha256")
     refuse_change_locked = _registry_door("refuse_change_locked")
@@ -126,11 +138,26 @@ class Engine:
 
     def request_project_locked(self, session: SessionRecord, options: dict) -> None:
         """.create accepted. A session with a tree plans its archive now, or raises
-        InvalidArgument with the reason it cannot (nothing changes then)."""
+        InvalidArgument with the reason it cannot (nothing changes then). Writing .create says
+        the tree is done: its closed files are committed first (a script that writes its files
+        and then .create, in one process that runs on)."""
         if session.archive is None and "download_link" not in options:
+            self._commit_tree_locked(session)
             self.tree.plan_locked(session)
         self.projects.request_locked(session, options)
         self._nudge_locked()
+
+    def check_project_request_locked(self, session: SessionRecord) -> None:
+        """Raises InvalidArgument with the reason a .create without options would be refused now
+        (the close of an empty marker, which requests the project only at its last close)."""
+        if session.archive is None:
+            self._commit_tree_locked(session)
+            self.tree.check_locked(session)
+
+    def _commit_tree_locked(self, session: SessionRecord) -> None:
+        for record in session.tree_files():
+            if record.state == CLOSED and not record.open_writers:
+                self.registry.commit_locked(record, succeeded=False)
 
     def cancel_project_locked(self, session: SessionRecord) -> bool:
         cancelled = self.projects.cancel_locked(session)
@@ -148,6 +175,7 @@ class Engine:
         for index in range(self.settings.workers):
             self._spawn(self._worker_loop, f"fs360-upload-{index}")
         self._spawn(self.housekeeping.loop, "fs360-maintenance")
+        self._spawn(self._commit_loop, "fs360-commits")
         return self
 
     def _spawn(self, target, name: str) -> None:
@@ -156,10 +184,12 @@ class Engine:
         self._threads.append(thread)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stops the workers after their current chunk; unfinished work stays in the journal."""
+        """Stops the workers after their current chunk; unfinished work stays in the journal, and
+        a file still waiting for its commit point is held at the next mount (see settle_commits)."""
         with self.lock:
             self._stopping = True
             self._work_ready.notify_all()
+            self._commit_due.notify_all()
             self.housekeeping.nudge_locked()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -171,16 +201,31 @@ class Engine:
         self.client.close()
         self.journal.close()
 
+    def settle_commits(self, timeout: float) -> None:
+        """The mount ends: files waiting for their commit point get it first, within `timeout`
+        (a writer that exits as the mount ends, after a lazy unmount, still decides its file)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                closed = self.registry.closed_files_locked()
+                for record in closed:
+                    if time.monotonic() - record.closed_at >= self.settings.writeback_delay:
+                        self.registry.commit_locked(record, succeeded=False)
+                if not any(f.state == CLOSED for f in closed):
+                    return
+            time.sleep(0.05)
+
     @property
     def stopping(self) -> bool:
         return self._stopping
 
     def wait_idle(self, timeout: float | None = None, poll: float = 0.2, on_tick=None) -> bool:
-        """Waits until no file is queued or uploading; returns whether that happened."""
+        """Waits until no file is waiting for its commit point, queued or uploading; returns
+        whether that happened."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self.lock:
-                busy = [f for f in self.registry.files_locked() if f.state in (PENDING, UPLOADING, FAILED)]
+                busy = [f for f in self.registry.files_locked() if f.state in (CLOSED, PENDING, UPLOADING, FAILED)]
             if on_tick is not None:
                 on_tick(busy)
             if not busy:
@@ -203,6 +248,29 @@ class Engine:
         record = self.registry.file_locked(file_id)
         return record is not None and record.generation == generation and record.state in QUEUED_STATES \
             and not record.unlinked and not record.open_writers
+
+    def _schedule_commit_locked(self, record: FileRecord, delay: float) -> None:
+        self.commit_clock.add_locked(record.id, record.generation, time.monotonic() + delay)
+        self._commit_due.notify()
+
+    def _still_closed_locked(self, file_id: int, generation: int) -> bool:
+        record = self.registry.file_locked(file_id)
+        return record is not None and record.generation == generation and record.state == CLOSED \
+            and not record.open_writers
+
+    def _commit_loop(self) -> None:
+        """Commits the closed files whose write-back delay passed with a writer still running."""
+        with self.lock:
+            while not self._stopping:
+                file_id, wait = self.commit_clock.take_due_locked(time.monotonic(), self._still_closed_locked)
+                if file_id is None:
+                    self._commit_due.wait(wait)
+                    continue
+                self.commit_clock.finish_locked(file_id)
+                try:
+                    self.registry.commit_locked(self.registry.file_locked(file_id), succeeded=False)
+                except Exception:  # a journal that cannot take it: it stays closed, held at the next mount
+                    log.exception("cannot commit file %d", file_id)
 
     def _next_job_locked(self) -> FileRecord | None:
         """Waits for a due, still valid queue entry; None when stopping."""

@@ -11,41 +11,13 @@ bursts above the limit after a pause.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 
+from ..options import parse_bwlimit
+
 # How often a waiting worker looks at should_stop() and at a timetable's clock.
 POLL_SECONDS = 0.2
-_UNITS = {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
-
-
-def parse_rate(text: str) -> float | None:
-    """Bytes per second of "10M", "500k", "2.5M", "1G", "800b"; a bare number is KiB/s
-    (as rsync and rclone read it); "off" (or 0) is no limit (None)."""
-    text = text.strip().lower()
-    if text in ("off", "", "0"):
-        return None
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg]?)(?:i?b)?(?:/s)?", text)
-    if not match:
-        raise ValueError(f"not a rate: {text!r} (e.g. 10M, 500k, off)")
-    rate = float(match.group(1)) * _UNITS[match.group(2) or "k"]
-    return rate or None
-
-
-def parse_bwlimit(spec: str) -> list[tuple[int, float | None]]:
-    """A limit, or a timetable "08:00,5M 18:00,off", as [(minute of the day, rate)]."""
-    spec = (spec or "off").strip()
-    if "," not in spec:
-        return [(0, parse_rate(spec))]
-    table = []
-    for entry in spec.split():
-        clock, _, rate = entry.partition(",")
-        match = re.fullmatch(r"(\d{1,2}):(\d{2})", clock)
-        if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
-            raise ValueError(f"not a time of day: {clock!r} (e.g. 08:00,5M 18:00,off)")
-        table.append((int(match.group(1)) * 60 + int(match.group(2)), parse_rate(rate)))
-    return sorted(table)
 
 
 def rate_at(table: list[tuple[int, float | None]], minute: int) -> float | None:

@@ -1,6 +1,7 @@
 """Housekeeping: everything the engine does in the background besides sending files.
 
-One thread: project requests (POST once, poll to 100), spool eviction, the
+One thread: project requests (POST once, poll to 100), a daily look at each
+unfinished session (projects.py), spool eviction, the
 journal's reserve, write-behind and WAL checkpoints; plus short-lived threads
 that delete dead server sessions. It wakes every half second, or at once when the
 registry nudges it.
@@ -63,6 +64,7 @@ class Housekeeping:
 
     def round(self) -> None:
         self.projects.step()
+        self.projects.check_sessions()
         self.evict_if_needed()
         self.journal.restore_reserve()
         if time.monotonic() - self._checkpointed_at >= CHECKPOINT_SECONDS:

@@ -89,14 +89,16 @@ CREATE TABLE IF NOT EXISTS dirs (
 
 FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", "state", "server_received",
                 "upload_id", "last_error", "attempts", "next_attempt", "completed_at", "evicted", "unlinked",
-                "server_name", "sha256", "archive", "unfinished")
+                "server_name", "sha256", "archive", "unfinished", "writers")
 # Columns added after the first release: (table, column, SQL type). A journal of an
 # older build gets them at open, so its sessions resume instead of failing.
 # `archive`: the row is the session's tree as one .zip (records.FileRecord.archive).
 # `unfinished`: why the content is not whole (records.FileRecord.unfinished).
+# `writers`: a closed file's awaited writers (engine/processes.py), to resume its commit point.
 ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"),
                  ("files", "archive", "INTEGER NOT NULL DEFAULT 0"),
-                 ("files", "unfinished", "TEXT NOT NULL DEFAULT ''"))
+                 ("files", "unfinished", "TEXT NOT NULL DEFAULT ''"),
+                 ("files", "writers", "TEXT NOT NULL DEFAULT ''"))
 SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",
                    "posted_upload_id", "marker_hidden")
@@ -156,18 +158,32 @@ class Journal:
             return self._with_room_locked(lambda: self._db.execute(sql, args).lastrowid)
 
     def _with_room_locked(self, operation):
-        """Needs self._lock held. Runs `operation`; on a full disk, frees the reserve and runs it again."""
+        """Needs self._lock held. Runs `operation`; on a full disk, frees the reserve and runs it
+        again. Whatever fails, no transaction is left open (a later write would join it, and
+        never be committed)."""
+        try:
+            return self._rolled_back_on_error_locked(operation)
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc):
+                raise
+        if not self._release_reserve():
+            raise NoSpace("the cache disk is full: the journal cannot record the change")
+        log.warning("the cache disk is full: the journal uses its reserve")
+        try:
+            return self._rolled_back_on_error_locked(operation)
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc):
+                raise
+        raise NoSpace("the cache disk is full even without the journal's reserve: the journal cannot record "
+                      "the change")
+
+    def _rolled_back_on_error_locked(self, operation):
         try:
             return operation()
-        except sqlite3.OperationalError as exc:
-            if "full" not in str(exc).lower():
-                raise
+        except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            if not self._release_reserve():
-                raise NoSpace("the cache disk is full: the journal cannot record the change") from None
-            log.warning("the cache disk is full: the journal uses its reserve")
-            return operation()
+            raise
 
     def _release_reserve(self) -> bool:
         try:
@@ -279,7 +295,12 @@ class Journal:
     def upsert_project(self, session_id: int, values: dict) -> None:
         cols = ("session_id",) + PROJECT_COLUMNS
         row = [session_id] + [_column_value(values[c]) for c in PROJECT_COLUMNS]
-        self._write(f"INSERT OR REPLACE INTO projects ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})", row)
+        sql = f"INSERT OR REPLACE INTO projects ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})"
+        with self._lock:
+            self._with_room_locked(lambda: self._db.execute(sql, row))
+            with self._behind_lock:
+                # Every column is written: an update that waited for room is older, never to be written.
+                self._behind.pop(("projects", "session_id", session_id), None)
 
     def update_project(self, session_id: int, **values) -> None:
         self._update("projects", "session_id", session_id, PROJECT_COLUMNS, values)
@@ -307,21 +328,26 @@ class Journal:
         if unknown:
             raise ValueError(f"unknown columns for {table}: {sorted(unknown)}")
         row = (table, key, key_value)
-        with self._behind_lock:
-            waiting = self._behind.pop(row, None)
-        if waiting:
-            values = {**waiting, **values}  # the newest value of each column wins
-        if not values:
-            return
-        assignments = ",".join(f"{c}=?" for c in values)
-        try:
-            self._write(f"UPDATE {table} SET {assignments} WHERE {key}=?",
-                        [_column_value(v) for v in values.values()] + [key_value])
-        except NoSpace:
+        # One hold of the journal's lock from taking what waited for this row to writing it or
+        # putting it back: another update of the row between the two would be overwritten by
+        # the older values (a `pending` over a newer `stopped while writing`).
+        with self._lock:
             with self._behind_lock:
-                if not self._behind:
-                    log.warning("the cache disk is full: journal changes wait in memory until there is room")
-                self._behind[row] = {**values, **self._behind.get(row, {})}
+                waiting = self._behind.pop(row, None)
+            if waiting:
+                values = {**waiting, **values}  # the newest value of each column wins
+            if not values:
+                return
+            assignments = ",".join(f"{c}=?" for c in values)
+            sql = f"UPDATE {table} SET {assignments} WHERE {key}=?"
+            args = [_column_value(v) for v in values.values()] + [key_value]
+            try:
+                self._with_room_locked(lambda: self._db.execute(sql, args))
+            except NoSpace:
+                with self._behind_lock:
+                    if not self._behind:
+                        log.warning("the cache disk is full: journal changes wait in memory until there is room")
+                    self._behind[row] = values
 
     def _write_behind(self) -> None:
         with self._behind_lock:
@@ -333,6 +359,10 @@ class Journal:
                 if row in self._behind:
                     return  # still full: try again at the next round
         log.info("the cache disk has room again: the journal caught up")
+
+
+def _disk_full(exc: sqlite3.OperationalError) -> bool:
+    return "full" in str(exc).lower()
 
 
 def _column_value(value):

@@ -1,26 +1,32 @@
-"""Project requests: wait for every file, POST /projects once, poll to 100.
+"""Project requests: wait for every file, POST /projects once, poll to 100; and the
+daily look at each unfinished session.
 
 Runs on the engine's housekeeping thread. Polls are paced by the client's
 pacer and cached (cachetools) so that no project is asked more often than the
-poll interval, however many status reads there are.
+poll interval, however many status reads there are. A project is polled at that
+interval for its first 15 minutes, then every few minutes (the vendor's client gives
+up after 15 minutes); a project the server deleted (`deleted: true`, or a 404) is
+no longer polled.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from cachetools import TTLCache
 
-from ..api.client import ApiClient
+from ..api.client import ApiClient, Project
 from ..api.retry import Backoff
 from ..config import Settings
-from ..errors import AccountError, ApiError, Fs360Error, ProjectCreationFailed, SessionNotFound, WaitForRateLimit
+from ..errors import (AccountError, ApiError, Fs360Error, MalformedResponse, ProjectCreationFailed, SessionNotFound,
+                      WaitForRateLimit)
 from .locking import StateLock
 from .progress import Listeners
-from .records import (COMPLETE, IN_TREE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, REJECTED,
+from .records import (COMPLETE, HELD, IN_TREE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, REJECTED,
                       ProjectRequest, SessionRecord, duration_text)
 from .registry import Registry
 
@@ -29,6 +35,16 @@ log = logging.getLogger(__name__)
 # The API is served under {server}/api/v1 and a project's page is {server}/projects/{name}
 # (api.md Part C; self-hosted servers exist, so the server is the one --api-url names).
 API_PATH_SUFFIX = "/api/v1"
+# A project is polled at the poll interval this long after its first poll, then every SLOW_POLL.
+FAST_POLLING_SECONDS = 15 * 60.0
+SLOW_POLL_SECONDS = 5 * 60.0
+# Each unfinished session is looked at once at mount and then this often: the look keeps an idle
+# session alive (its expiry may count from the last request) and finds one the server lost.
+SESSION_CHECK_SECONDS = 24 * 3600.0
+SESSION_CHECK_RETRY_SECONDS = 5 * 60.0
+# After a restart (the list from before the POST is gone), a project listed with our title counts
+# as the one a lost POST made only if it was created after that POST, less this for the two clocks.
+CLOCK_SLACK_SECONDS = 300.0
 
 
 class ProjectKeeper:
@@ -43,6 +59,17 @@ class ProjectKeeper:
         self.session_lost = session_lost
         interval = max(settings.project_poll_interval, 0.01)
         self._recent_polls: TTLCache = TTLCache(maxsize=4096, ttl=interval)
+        # Memory only, by session id: when its project was first polled (monotonic), when its POST
+        # was last sent (wall clock) and the projects listed just before; by (session id, upload_id):
+        # when that server session is looked at next (monotonic).
+        self._polling_since: dict[int, float] = {}
+        self._posted_at: dict[int, float] = {}
+        self._listed_before: dict[int, set[str] | None] = {}
+        self._next_session_check: dict[tuple[int, str], float] = {}
+        # After a look that got no answer, none is tried before this (monotonic): a server that
+        # does not answer must not hold housekeeping for one request deadline per session.
+        self._sessions_checkable_at = 0.0
+        self._no_project_list = False  # the server answered GET /projects with a 4xx: it has none
 
     def request_locked(self, session: SessionRecord, options: dict) -> None:
         self.registry.set_project_locked(session, ProjectRequest(options=options))
@@ -69,7 +96,7 @@ class ProjectKeeper:
         files = session.uploads()
         if not files:
             return "no files to make a project of yet"
-        blocked = [f for f in files if f.state in (REJECTED, LOST, INTERRUPTED)]
+        blocked = [f for f in files if f.state in (REJECTED, LOST, INTERRUPTED, HELD)]
         if blocked:
             # The archive is no file of the folder: what undoes it is `rm .create` (it unfreezes the tree).
             return "; ".join(f"{f.name}: {f.state} ({f.last_error}); "
@@ -113,7 +140,12 @@ class ProjectKeeper:
             upload_id = session.upload_id
             posted_before = upload_id is not None and project.posted_upload_id == upload_id
         try:
-            created = self._find_existing(upload_id) if posted_before else None
+            created = self._find_existing(session, upload_id, body.get("title")) if posted_before else None
+        except Fs360Error as exc:
+            # Whether the lost POST made a project is not known yet: nothing is sent until it is.
+            self._retry_later(session, exc)
+            return
+        try:
             if created is None:
                 with self.lock:
                     if session.project is not project:
@@ -121,6 +153,10 @@ class ProjectKeeper:
                     if upload_id and not posted_before:
                         # Journaled before sending, so the project is created once whatever happens next.
                         self.registry.update_project_locked(session, posted_upload_id=upload_id)
+                if upload_id:
+                    # What is listed now is not ours: a lost answer's project will be the new one.
+                    self._listed_before[session.id] = self._listed_names()
+                self._posted_at[session.id] = time.time()
                 created = self.client.create_project(body, wait=False)
         except SessionNotFound:
             if upload_id:
@@ -156,12 +192,65 @@ class ProjectKeeper:
         self.listeners.emit("project_created", session=session)
         log.info("session %r: project %s created", session.name, created.name)
 
-    def _find_existing(self, upload_id: str):
-        """After a POST whose answer was lost: the project is usually named after the session."""
+    def _find_existing(self, session: SessionRecord, upload_id: str, title) -> Project | None:
+        """After a POST whose answer was lost, the project it made, if any: never a second POST for
+        one that exists. The key's list of projects (api.md Part C) decides: the entry of this
+        session, else the one named after it, else the newest of this title made since the POST
+        (a renamed project). A server without the list is asked for the project named after the
+        session, its usual name. A failure to ask is raised: no POST while it is not known."""
+        listed = None
         try:
-            return self.client.project_status(upload_id)
-        except ApiError:
+            listed = None if self._no_project_list else self.client.list_projects()
+        except (ApiError, MalformedResponse) as exc:
+            if isinstance(exc, AccountError):
+                raise
+            self._no_project_list = True
+        if listed is None:
+            try:  # no list on this server (405, 404): the usual name
+                return self.client.project_status(upload_id)
+            except ApiError as missing:
+                if isinstance(missing, AccountError):
+                    raise
+                return None
+        with self.lock:
+            claimed = {s.project.name for s in self.registry.sessions.values()
+                       if s is not session and s.project is not None and s.project.name}
+        entries = [p for p in listed if isinstance(p, dict) and isinstance(p.get("name"), str) and p["name"]
+                   and p["name"] not in claimed and p.get("deleted") is not True]
+        mine = [p for p in entries if p.get("upload_id") == upload_id] or \
+            [p for p in entries if p["name"] == upload_id]
+        if not mine and isinstance(title, str):
+            mine = sorted((p for p in entries if p.get("title") == title and self._new_since_post(session, p)),
+                          key=lambda p: _created_at(p) or 0.0)
+        if not mine:
             return None
+        found = mine[-1]
+        status = found.get("status")
+        whole = isinstance(status, (int, float)) and not isinstance(status, bool) and 0 <= status <= 100
+        log.info("session %r: the project of the lost POST is %s", session.name, found["name"])
+        return Project(found["name"], int(status) if whole else 0, {})
+
+    def _new_since_post(self, session: SessionRecord, entry: dict) -> bool:
+        """Whether a listed project may be the one this session's last POST made: not listed just
+        before it (or, after a restart, not created before it)."""
+        before = self._listed_before.get(session.id)
+        if before is not None:
+            return entry["name"] not in before
+        posted_at, created_at = self._posted_at.get(session.id), _created_at(entry)
+        return posted_at is None or created_at is None or created_at >= posted_at - CLOCK_SLACK_SECONDS
+
+    def _listed_names(self) -> set[str] | None:
+        """The names of the key's projects now; None on a server without the list, or no answer."""
+        if self._no_project_list:
+            return None
+        try:
+            listed = self.client.list_projects()
+        except (ApiError, MalformedResponse) as exc:
+            self._no_project_list = not isinstance(exc, AccountError)
+            return None
+        except Fs360Error:
+            return None
+        return {p["name"] for p in listed if isinstance(p, dict) and isinstance(p.get("name"), str)}
 
     def _recheck_files(self, session: SessionRecord, upload_id: str | None) -> None:
         """The server says a file is incomplete: believe it and send that file again."""
@@ -183,12 +272,26 @@ class ProjectKeeper:
         project = session.project
         if project is None or project.name is None:
             return
+        first_poll = self._polling_since.setdefault(session.id, time.monotonic())
         try:
             result = self.client.project_status(project.name)
+        except ApiError as exc:
+            if exc.status == 404 and not isinstance(exc, AccountError):
+                self._gone(session, project, f"the server no longer has project {project.name} (HTTP 404 "
+                                             f"{exc.code}): it was deleted")
+            else:
+                self._retry_later(session, exc)
+            return
         except Fs360Error as exc:
             self._retry_later(session, exc)
             return
+        if result.record.get("deleted") is True:
+            self._gone(session, project, f"the server deleted project {project.name} at {result.status}%, "
+                                         f"before it was ready")
+            return
         self._recent_polls[project.name] = result.status
+        # After the first quarter of an hour, a project still processing is asked every few minutes.
+        slow = time.monotonic() - first_poll >= FAST_POLLING_SECONDS
         with self.lock:
             if session.project is not project:
                 return
@@ -196,8 +299,53 @@ class ProjectKeeper:
                 self.registry.update_project_locked(session, state=P_READY, status=100, record=result.record,
                                                     last_error="", attempts=0)
             else:
-                self.registry.update_project_locked(session, status=result.status, last_error="", attempts=0)
+                self.registry.update_project_locked(session, status=result.status, last_error="", attempts=0,
+                                                    next_attempt=time.time() + SLOW_POLL_SECONDS if slow else 0.0)
         self.listeners.emit("project_status", session=session, status=result.status)
+
+    def _gone(self, session: SessionRecord, project, reason: str) -> None:
+        """The server deleted the project: never polled again, the reason shown in status."""
+        with self.lock:
+            if session.project is project:
+                self.registry.update_project_locked(session, state=P_FAILED, last_error=reason)
+        log.warning("session %r: %s", session.name, reason)
+
+    # --- the daily look at each unfinished session -----------------------------------------
+
+    def check_sessions(self) -> None:
+        """One GET /uploads/{id} for each unfinished session, at mount and then daily: it keeps an
+        idle session alive and finds one the server lost early (its files go again from the
+        spool, or are `lost` with the reason), not only when .create is refused."""
+        now = time.monotonic()
+        if now < self._sessions_checkable_at:
+            return
+        with self.lock:
+            due = []
+            for session in self.registry.sessions.values():
+                if not session.upload_id or session.sealed:
+                    continue
+                key = (session.id, session.upload_id)
+                if key not in self._next_session_check:
+                    # Now for a session from the journal nothing has asked the server about yet
+                    # (remote_names unknown); a day on for one opened, or asked about, meanwhile.
+                    self._next_session_check[key] = now if session.remote_names is None \
+                        else now + SESSION_CHECK_SECONDS
+                if self._next_session_check[key] <= now:
+                    due.append((session, session.upload_id))
+        for session, upload_id in due:
+            try:
+                self.client.session_status(upload_id, wait=False)
+            except SessionNotFound:
+                self.session_lost(session, upload_id)
+            except Fs360Error as exc:
+                log.info("session %r: could not look at its server session: %s", session.name, exc)
+                if not isinstance(exc, ApiError) or isinstance(exc, AccountError):
+                    # No answer, the account, or the rate budget: the other sessions wait too.
+                    wait = exc.retry_after if isinstance(exc, WaitForRateLimit) and exc.retry_after else \
+                        SESSION_CHECK_RETRY_SECONDS
+                    self._sessions_checkable_at = time.monotonic() + wait
+                    return
+            self._next_session_check[(session.id, upload_id)] = time.monotonic() + SESSION_CHECK_SECONDS
 
     def _retry_later(self, session: SessionRecord, exc: Fs360Error) -> None:
         """The next try after a backoff; a POST held back by the rate limit (never sent) goes
@@ -225,6 +373,16 @@ class ProjectKeeper:
                 return
             self.registry.update_project_locked(session, state=P_FAILED, last_error=str(exc))
         log.warning("session %r: project creation refused: %s", session.name, exc)
+
+
+def _created_at(entry: dict) -> float | None:
+    """A listed project's creation time (epoch seconds), if it says one fs360 can read."""
+    created = entry.get("created")
+    try:
+        return datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if isinstance(created, str) \
+            else None
+    except ValueError:
+        return None
 
 
 def project_page(api_url: str, name: str) -> str:

@@ -18,9 +18,22 @@ from .spool import RunningDigest
 #   lost         the server lost the session and the spool no longer holds the data
 #   in tree     a whole file in a folder of the session: never queued on its own, it goes up
 #                inside the session's archive once .create is accepted
+#   closed       every writer closed it, and fs360 waits for their exits: the commit point
+#                (a writer that exits 0 queues it at once; the write-back delay otherwise)
+#   held         a writer exited non-zero or by a signal right after writing it: probably
+#                incomplete, never uploaded until `fs360 release` or a successful rewrite
 WRITING, PENDING, UPLOADING, COMPLETE, FAILED, REJECTED = "writing", "pending", "uploading", "complete", "failed", "rejected"
 LOCAL, INTERRUPTED, LOST, IN_TREE = "local", "interrupted", "lost", "in tree"
+CLOSED, HELD = "closed", "held"
 QUEUED_STATES = (PENDING, FAILED)
+
+# Why a file open for writing when the mount stopped is not whole (journaled at its first open).
+STOPPED_WHILE_WRITING = "the mount stopped while this file was being written; copy it again"
+# Why a file closed but not yet committed when the mount stopped is held (its writer's exit is unknown).
+STOPPED_BEFORE_COMMIT = ("the mount stopped before the program that wrote it had finished: it may be incomplete; "
+                         "copy it again, or run `fs360 release` on it if you know it is whole")
+# Not whole, or not known to be: never uploaded as they are (their reason is `unfinished`).
+UNFINISHED_STATES = (INTERRUPTED, HELD)
 
 # Project request states.
 P_WAITING, P_CREATED, P_READY, P_FAILED = "waiting", "created", "ready", "failed"
@@ -103,9 +116,22 @@ class FileRecord:
     # truth): written once per opening, not at every open.
     stop_journaled: bool = False
     rate: RateMeter = field(default_factory=RateMeter)
-    # Why the content is not whole (a failed write, a writer that died): set, the last
-    # close makes the file `interrupted` instead of queuing it. Cleared by a rewrite from 0.
+    # Why the content is not whole (a failed write, a writer that died or failed): set, the
+    # last close never queues the file as it is. Cleared by a rewrite from 0, or by a writer
+    # that reopens it, finishes it and exits 0 (rsync --append, curl -C -).
     unfinished: str = ""
+    # The state an unfinished file rests in (interrupted, or held when it may well be whole).
+    unfinished_state: str = INTERRUPTED
+    # The commit point: the processes that closed it written and whose exit is awaited, as
+    # {tgid: start time} (journaled while closed, see engine/processes.py); whether a writer is
+    # unknown (no pid, no watch: only the delay commits it); when the last close came
+    # (monotonic); a failure of this writing, reported before that close.
+    writers: dict | None = None  # made on first use (10,000 records)
+    writer_unknown: bool = False
+    closed_at: float = 0.0
+    writer_failure: str = ""
+    # The file was unfinished when this writing began (an append to a partial file).
+    completing: bool = False
     # sha256 of the spool content while it was written front to back (see spool.RunningDigest).
     digest: "RunningDigest | None" = None
     # Last change of metadata or content (chmod, chown, rename, write); not journaled.

@@ -22,7 +22,7 @@ from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..config import Settings
 from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, RemoteFileNotFound,
-                      ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
+                      SentContentChanged, ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
 from .archive_plan import TreeArchive
 from .gate import TransferGate
 from .locking import StateLock
@@ -66,7 +66,7 @@ class Transfer:
         puts_let_go = [0]
         try:
             upload_id = self._remote_session(session)
-            self._ensure_name_free_on_server(record, session, upload_id)
+            self._ensure_name_free_on_server(record, generation, session, upload_id)
             start = self._resume_offset(record, upload_id)
 
             def cancelled() -> bool:
@@ -75,8 +75,7 @@ class Transfer:
             if not self.gate.wait_open(cancelled):
                 raise Cancelled()
             with self.lock:
-                if record.generation != generation:
-                    raise Cancelled()
+                self._still_picked_locked(record, generation, session)
                 self.registry.claim_server_name_locked(record, session, upload_id)
             # The gate (bwlimit, pause) waits inside should_stop, asked before every PUT.
             on_progress, gated_stop = self.gate.gated(
@@ -89,11 +88,12 @@ class Transfer:
                 return stop
             with self.lock:
                 members = tuple(self.tree.members_locked(session)) if record.archive else None
+                sha256 = None if record.archive else record.sha256  # journaled when queued: checked as sent
             job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size,
-                              archive=members, zip64=self.settings.archive_zip64)
-            final = self._send(record, job, buffer, on_progress, should_stop)
+                              archive=members, zip64=self.settings.archive_zip64, sha256=sha256)
+            sent = self._send(record, job, buffer, on_progress, should_stop)
             if record.archive and not record.sha256:
-                self._record_archive_sha256(record, members)
+                self._record_archive_sha256(record, members, sent.sha256)
         except Cancelled:
             with self.lock:
                 if not puts_let_go[0] and upload_id and record.upload_id == upload_id:
@@ -135,7 +135,7 @@ class Transfer:
                 if record.generation == generation:
                     self.registry.set_state_locked(record, REJECTED, last_error=f"cannot read the spooled data: {exc}")
             return
-        self._settle_sent(record, generation, session, upload_id, final.received)
+        self._settle_sent(record, generation, session, upload_id, sent.progress.received)
 
     def _name_taken(self, record: FileRecord, generation: int, session: SessionRecord, upload_id: str | None,
                     exc: ServerHoldsOtherFile) -> None:
@@ -187,9 +187,11 @@ class Transfer:
             self.registry.nudge()
         self.listeners.emit("file_complete", file=record)
 
-    def _record_archive_sha256(self, record: FileRecord, members) -> None:
+    def _record_archive_sha256(self, record: FileRecord, members, sent_sha256: str | None) -> None:
+        """The archive's sha256 for status: of what was sent, or (when this attempt found it
+        complete on the server) read once more."""
         try:
-            sha256 = self.tree.sha256(members)
+            sha256 = sent_sha256 or self.tree.sha256(members)
         except OSError as exc:  # the upload itself is done: only status lacks the sha256
             log.warning("%s: cannot compute the archive's sha256: %s", record.name, exc)
             return
@@ -219,7 +221,15 @@ class Transfer:
             self.listeners.emit("session_opened", session=session)
             return opened.upload_id
 
-    def _ensure_name_free_on_server(self, record: FileRecord, session: SessionRecord, upload_id: str) -> None:
+    def _still_picked_locked(self, record: FileRecord, generation: int, session: SessionRecord) -> None:
+        """Before a step that binds the file to `session` (its name there, the claim): a file
+        written again, renamed or moved to another session since it was picked up goes again
+        from the queue (Cancelled), never into the session it left."""
+        if record.generation != generation or self.registry.session_of(record) is not session:
+            raise Cancelled()
+
+    def _ensure_name_free_on_server(self, record: FileRecord, generation: int, session: SessionRecord,
+                                    upload_id: str) -> None:
         """Before the first PUT of a file, its server name must not hold another file's bytes
         (a resume would merge two files into one): such a name is a conflict, and the file
         takes the next free name instead."""
@@ -235,6 +245,7 @@ class Transfer:
                 if session.upload_id == upload_id:
                     session.remote_names = held
         with self.lock:
+            self._still_picked_locked(record, generation, session)
             owner = held.get(record.server_name.lower(), record) if record.server_name else None
             if owner is not record:
                 taken_by = record.server_name
@@ -292,7 +303,10 @@ class Transfer:
         upload_id = record.upload_id if record.server_received else None
         self.registry.set_state_locked(record, REJECTED, last_error=str(exc), upload_id=upload_id)
         self.listeners.emit("file_rejected", file=record, error=exc)
-        log.warning("%s: refused by the server: %s", record.name, exc)
+        if isinstance(exc, SentContentChanged):  # not the server's doing: a changed spool, or a bug
+            log.error("%s: %s", record.name, exc)
+        else:
+            log.warning("%s: refused by the server: %s", record.name, exc)
 
     def _learn_from_refusal_locked(self, exc: Fs360Error) -> None:
         """A refusal that states the server's cap or extensions: later files are checked against it."""

@@ -14,7 +14,9 @@ that process's questions while it runs:
     should_stop()                      ◀──▶    ("should_stop",) between chunks
     on_progress(received)              ◀──     ("progress", received) after a chunk
     pacer.rate_limited(...)            ◀──     ("rate_limited", endpoint, seconds)
-    return / raise                     ◀──     ("done", FileProgress) | ("error", ...)
+    (still alive)                      ◀──     ("reading",) while a resume hashes what
+                                               an earlier attempt sent (uploader.SentDigest)
+    return / raise                     ◀──     ("done", SentFile) | ("error", ...)
 
 So pacing, cancelling, the state machine and the journal stay in the daemon,
 exactly as with an in-process `send_file`; the worker process only moves bytes.
@@ -44,10 +46,10 @@ from typing import TYPE_CHECKING
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 
-from ..api.client import ApiClient, FileProgress
+from ..api.client import ApiClient
 from ..config import Settings
 from ..errors import Cancelled, Fs360Error, TransportError
-from .uploader import read_exactly, send_file
+from .uploader import SentFile, read_exactly, send_file
 
 if TYPE_CHECKING:
     from .archive import ArchiveMember
@@ -70,6 +72,9 @@ class TransferJob:
     # ArchiveReader; None for a spool file, which goes with the job as an open fd.
     archive: tuple[ArchiveMember, ...] | None = None
     zip64: bool = False  # the archive always in ZIP64 form (Settings.archive_zip64)
+    # The sha256 journaled when the file was queued: the PUT that completes the file goes only
+    # if what was sent has it (None: nothing to check against, as for an archive).
+    sha256: str | None = None
 
 
 @contextlib.contextmanager
@@ -88,11 +93,12 @@ def job_reader(job: TransferJob, spool_fd: int | None):
 
 
 def run_job(client: ApiClient, job: TransferJob, spool_fd: int | None, buffer, on_progress,
-            should_stop) -> FileProgress:
+            should_stop, on_reading=lambda: None) -> SentFile:
     """`send_file` of one job, in this process."""
     with job_reader(job, spool_fd) as read:
         return send_file(client, job.upload_id, job.server_name, read, job.size, job.start, buffer,
-                         job.chunk_size, on_progress, should_stop)
+                         job.chunk_size, on_progress, should_stop, expected_sha256=job.sha256,
+                         on_reading=on_reading)
 
 
 class TransferProcesses:
@@ -107,7 +113,7 @@ class TransferProcesses:
         self._all: set[_Worker] = set()
         self._closed = False
 
-    def send_file(self, job: TransferJob, spool_fd: int | None, on_progress, should_stop) -> FileProgress:
+    def send_file(self, job: TransferJob, spool_fd: int | None, on_progress, should_stop) -> SentFile:
         """Like `run_job`, in a worker process; raises what it would raise. The spool file goes
         over as an open fd, so a file unlinked meanwhile still reads whole (None: an archive)."""
         worker = self._idle.get()
@@ -197,7 +203,7 @@ class _Worker:
             log.warning("upload process %d did not end", self.process.pid)
 
     def run(self, job: TransferJob, spool_fd: int, pacer, on_progress, should_stop,
-            silence_limit: float) -> FileProgress:
+            silence_limit: float) -> SentFile:
         outcome = self._converse(job, spool_fd, pacer, on_progress, should_stop, silence_limit)
         if isinstance(outcome, BaseException):
             raise outcome
@@ -222,6 +228,8 @@ class _Worker:
                     on_progress(message[1])
                 elif kind == "rate_limited":
                     pacer.rate_limited(message[1], message[2])
+                elif kind == "reading":
+                    pass  # alive: the poll above starts its silence limit again
                 elif kind == "done":
                     return message[1]
                 elif kind == "error":
@@ -306,7 +314,8 @@ def _serve_jobs(conn: Connection) -> None:
         try:
             result = run_job(client, job, spool, buffer,
                              on_progress=lambda received: conn.send(("progress", received)),
-                             should_stop=lambda: _ask(conn, ("should_stop",)))
+                             should_stop=lambda: _ask(conn, ("should_stop",)),
+                             on_reading=lambda: conn.send(("reading",)))
         except (EOFError, BrokenPipeError, ConnectionResetError):
             raise
         except Exception as exc:  # every outcome goes back to the daemon, which settles it

@@ -3,14 +3,22 @@
 The caller says where to start (the server's `received`, asked for before any
 retry). On 409 we go on from the body's `received`. The file is never read whole
 into memory: each chunk is read into the worker's one page-aligned buffer.
+
+What is sent is hashed (`SentDigest`), and the chunk that completes the file is
+held back unless the sha256 of the whole file as sent equals the one journaled
+when the file was queued: a spool copy changed since (outside fs360, or a bug)
+is never completed on the server (doc/SEMANTICS.md, "What is sent is checked").
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
+from dataclasses import dataclass
 
 from ..api.client import ApiClient, FileProgress
-from ..errors import Cancelled, MalformedResponse, NonContiguousChunk, ServerHoldsOtherFile
+from ..errors import Cancelled, MalformedResponse, NonContiguousChunk, SentContentChanged, ServerHoldsOtherFile
 
 
 # A server that answers without moving forward this many times running is broken.
@@ -35,23 +43,122 @@ def read_exactly(fd: int, view: memoryview, offset: int) -> None:
         done += n
 
 
-def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int,
-              buffer, chunk_size: int, on_progress, should_stop) -> FileProgress:
-    """Uploads bytes start..size-1 of a file; returns the final server state. `read_exactly(view,
-    offset)` fills `view` with the file's bytes from `offset`: a spool file's
-    (`functools.partial(read_exactly, fd)`) or an archive's (`ArchiveReader.read_exactly`)."""
-    view = memoryview(buffer)
-    if start == 0 and size <= chunk_size:
-        if should_stop():  # ops: asked before every PUT, as before each chunk (bwlimit/pause wait in it)
-            raise Cancelled()
-        read_exactly(view[:size], 0)
-        progress = client.put(upload_id, name, view[:size], 0, size, whole=True)
-        _check_total(progress, size, name)
-        on_progress(progress.received)
-        if not progress.complete:
-            raise MalformedResponse(f"{name}: a whole-file PUT left the file incomplete")
-        return progress
+@dataclass(frozen=True)
+class SentFile:
+    """How an upload ended: the server's last word, and the sha256 of the whole file as the
+    server holds it (None when the attempt found it complete and hashed nothing)."""
+    progress: FileProgress
+    sha256: str | None
 
+
+class SentDigest:
+    """The sha256 of the file's bytes [0, position) as the server holds them.
+
+    Bytes this attempt sends are hashed as they go: beside their PUT (in a thread of
+    its own; hashlib releases the GIL on large buffers, as the socket send does), and
+    before it for the chunk that completes the file, which `check` may then hold back.
+    Bytes the server holds from an earlier attempt (a resume after a restart or a
+    retry, a 409 that says it holds more) are hashed from the local copy: they are
+    the same, since a file never changes once a PUT of it went out. A server that
+    rolls back to where the last chunk began costs nothing (the state before it is
+    kept); a rollback further back hashes the local copy again from byte 0."""
+
+    def __init__(self, read_exactly, view: memoryview, on_reading):
+        self._read_exactly = read_exactly
+        self._view = view           # the upload's buffer: also where local bytes are read to
+        self._on_reading = on_reading
+        self._hash = hashlib.sha256()
+        self.position = 0
+        self._before_last = (0, self._hash.copy())
+        self._hashing: threading.Thread | None = None
+
+    def seek(self, offset: int) -> None:
+        """Makes the digest cover exactly [0, offset)."""
+        self.wait()
+        if offset == self.position:
+            return
+        if offset == self._before_last[0]:
+            self.position, self._hash = offset, self._before_last[1].copy()
+            return
+        if offset < self.position:
+            self.position, self._hash = 0, hashlib.sha256()
+        while self.position < offset:
+            part = self._view[:min(len(self._view), offset - self.position)]
+            self._read_exactly(part, self.position)
+            self._hash.update(part)
+            self.position += len(part)
+            self._on_reading()  # a long resume says it is alive (transfer_pool's silence limit)
+
+    def add(self, data: memoryview, beside: bool) -> None:
+        """`data` (the bytes from `position`) goes out: hashed now, or `beside` its PUT."""
+        self.wait()
+        self._before_last = (self.position, self._hash.copy())
+        self.position += len(data)
+        if beside:
+            self._hashing = threading.Thread(target=self._hash.update, args=(data,), name="fs360-sent-digest",
+                                             daemon=True)
+            self._hashing.start()
+        else:
+            self._hash.update(data)
+
+    def wait(self) -> None:
+        """Until the bytes handed to `add` are hashed (before the buffer is read into again)."""
+        if self._hashing is not None:
+            self._hashing.join()
+            self._hashing = None
+
+    def hexdigest(self) -> str:
+        self.wait()
+        return self._hash.hexdigest()
+
+    def check(self, expected: str | None, held_by_server: int) -> None:
+        """Before the PUT that completes the file: raises SentContentChanged unless the whole
+        file as sent has the sha256 `expected` (None: no journaled sha256 to check against)."""
+        sent = self.hexdigest()
+        if expected is None or sent == expected:
+            return
+        on_server = (f"the server keeps its first {held_by_server} bytes, never completed, and cannot drop "
+                     f"them: copy the file again into a new folder (this folder's project cannot be made)"
+                     if held_by_server else "nothing of it was sent: copy it again")
+        raise SentContentChanged(
+            f"the data being uploaded no longer matches the file as it was written (sha256 {sent[:16]}…, "
+            f"written {expected[:16]}…): its spool copy changed outside fs360, or fs360 has a bug (please "
+            f"report it); the last chunk was held back, so the server never completes it; {on_server}")
+
+
+def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int,
+              buffer, chunk_size: int, on_progress, should_stop, expected_sha256: str | None = None,
+              on_reading=lambda: None) -> SentFile:
+    """Uploads bytes start..size-1 of a file; returns how it ended. `read_exactly(view, offset)`
+    fills `view` with the file's bytes from `offset`: a spool file's
+    (`functools.partial(read_exactly, fd)`) or an archive's (`ArchiveReader.read_exactly`).
+    The PUT that completes the file goes only if the whole file as sent has the sha256
+    `expected_sha256` (when given). `on_reading()` is told while bytes an earlier attempt sent
+    are hashed from the local copy."""
+    view = memoryview(buffer)
+    digest = SentDigest(read_exactly, view, on_reading)
+    try:
+        if start == 0 and size <= chunk_size:
+            if should_stop():  # ops: asked before every PUT, as before each chunk (bwlimit/pause wait in it)
+                raise Cancelled()
+            read_exactly(view[:size], 0)
+            digest.add(view[:size], beside=False)
+            digest.check(expected_sha256, 0)
+            progress = client.put(upload_id, name, view[:size], 0, size, whole=True)
+            _check_total(progress, size, name)
+            on_progress(progress.received)
+            if not progress.complete:
+                raise MalformedResponse(f"{name}: a whole-file PUT left the file incomplete")
+            return SentFile(progress, digest.hexdigest())
+        return _send_chunks(client, upload_id, name, read_exactly, size, start, view, chunk_size, on_progress,
+                            should_stop, expected_sha256, digest)
+    finally:
+        digest.wait()  # never return while a thread still reads the buffer
+
+
+def _send_chunks(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int, view,
+                 chunk_size: int, on_progress, should_stop, expected_sha256: str | None,
+                 digest: SentDigest) -> SentFile:
     offset, stalls, puts, budget = start, 0, 0, put_budget(size, chunk_size)
     progress = FileProgress(start, size, start == size)
     while offset < size:
@@ -60,10 +167,15 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
             raise MalformedResponse(
                 f"{name}: {puts} PUTs in one attempt and the server still holds only {offset} of {size} bytes "
                 f"(it keeps losing what it took); trying again later")
+        digest.seek(offset)  # before the gate's turn: a resume may first hash what the server holds
         if should_stop():
             raise Cancelled()
         n = min(chunk_size, size - offset)
         read_exactly(view[:n], offset)
+        last = offset + n == size
+        digest.add(view[:n], beside=not last)
+        if last:
+            digest.check(expected_sha256, offset)
         puts += 1
         try:
             progress = client.put(upload_id, name, view[:n], offset, size)
@@ -86,7 +198,7 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
         _check_total(progress, size, name)
         if not progress.complete:
             raise MalformedResponse(f"{name}: the server says {progress.received} of {size} after the last chunk")
-    return progress
+    return SentFile(progress, digest.hexdigest() if digest.position == size else None)
 
 
 def _check_total(progress: FileProgress, size: int, name: str) -> None:

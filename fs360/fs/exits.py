@@ -1,25 +1,393 @@
-"""Writers that die: telling a file closed by a dying process from a finished one.
+"""The writers of each file and their exits: the eyes of the commit point.
 
-The FUSE flush tells a writer killed in the middle of a write (it closes its files
-while exiting: /proc shows it exiting). Some writers catch the signal, close their
-output, then die by the same signal (GNU dd on SIGINT): their close looks normal, and
-only their death, moments later, says the file was not finished. ExitWatcher listens
-for those deaths on the Linux process-events connector (netlink); it needs
-CAP_NET_ADMIN (a mount run as root); without it, it is simply off.
+A file is final when every process that closed it written has exited 0 (or, for one that
+keeps running, once it stayed closed for the write-back delay: see the registry's commit
+point). At each close of a written file (the FUSE flush, which the closing task sends
+synchronously, so it is alive and its /proc entry readable) the closing process is
+identified by its thread group, and its exit is awaited:
+
+  pidfd + PIDFD_GET_INFO (Linux 6.15+)   one pidfd per writing process, for any user; the
+                                          exit status is read even after the parent reaped it
+  the process-events connector (netlink)  older kernels, when the daemon may (CAP_NET_ADMIN)
+  pidfd and /proc (Linux 5.3+)            the status is read from /proc while the process is a
+                                          zombie; a parent that reaps it first leaves it unknown
+
+An unknown exit never commits a file early: it waits the write-back delay as a writer that
+keeps running does. A process that is already exiting at the close (killed mid-copy: its
+files close after its exit code is set) is told at once by /proc.
+
+Threads and locks: the FUSE threads call `closed` with no lock held (it takes the state lock,
+and inside it `Writers._lock`, a leaf), `joined_locked` with the state lock held. The watch's thread (`fs360-exits`) takes
+`Writers._lock` alone, then the state lock per file: never both at once.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
+import select
 import signal
 import socket
 import struct
 import threading
-import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..engine.processes import started_at
 
 log = logging.getLogger(__name__)
+
+PF_EXITING = 0x4
+# Bounds the pidfds held at once: past it, a writer's exit is unknown (its file waits the delay).
+MAX_WATCHED_PROCESSES = 4096
+
+
+# How far up a program's own forked helpers are followed (rsync: client, generator, receiver).
+MAX_HELPER_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Closer:
+    """The program whose task closed (or renamed) a file: the thread group whose exit decides,
+    its name, and the task's wait status when it is already exiting (None while it runs)."""
+    tgid: int
+    name: str
+    exiting_status: int | None
+    # When the program started (see engine/processes.py): journaled with a closed file.
+    start: int = 0
+
+
+def closer_of(pid: int) -> Closer | None:
+    """Who task `pid` works for, from /proc (None when it cannot be told).
+
+    A program's forked helpers (rsync's receiver and generator: the same command line, no exec
+    of their own) exit with statuses of their own (rsync's receiver 19, on the SIGUSR1 of a
+    normal end): the program's first process decides, so its thread group is the one awaited."""
+    task = _stat(pid)
+    if task is None:
+        return None
+    name, ppid, flags, exit_code = task
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            tgid = int(f.read().split(b"\nTgid:", 1)[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    status = exit_code if flags & PF_EXITING else None
+    program = _program_of(tgid, ppid)
+    if program != tgid and status is not None and not status & 0x7F:
+        status = None  # a helper's own exit status says nothing; its death by a signal does
+    return Closer(program, name, status, started_at(program) or 0)
+
+
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(name, parent pid, flags, exit code) of task `pid`."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        name = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode(errors="replace")
+        # Fields after the command name (which may hold spaces and parentheses); field 3 is index 0.
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return name, int(fields[4 - 3]), int(fields[9 - 3]), int(fields[52 - 3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _program_of(tgid: int, ppid: int) -> int:
+    """The first process of the program `tgid` is part of: up its parents while they have the
+    same command line (forked, never exec'd anew)."""
+    try:
+        cmdline = _cmdline(tgid)
+        for _ in range(MAX_HELPER_DEPTH):
+            if ppid <= 1 or _cmdline(ppid) != cmdline:
+                break
+            parent = _stat(ppid)
+            if parent is None:
+                break
+            tgid, ppid = ppid, parent[1]
+    except OSError:
+        pass
+    return tgid
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def failure_of(status: int | None) -> str:
+    """What a wait status says went wrong ('' for exit 0 or unknown): 'exited with status 18'."""
+    if status is None:
+        return ""
+    if status & 0x7F:
+        try:
+            name = signal.Signals(status & 0x7F).name
+        except ValueError:
+            name = f"signal {status & 0x7F}"
+        return f"was killed by {name}"
+    if status >> 8:
+        return f"exited with status {status >> 8}"
+    return ""
+
+
+def dying_reason(closer: Closer | None) -> str:
+    """Why a file closed by a process that is exiting abnormally is not whole ('' otherwise)."""
+    failure = failure_of(closer.exiting_status) if closer is not None else ""
+    return f"{closer.name} {failure} while writing it; copy it again" if failure else ""
+
+
+def held_reason(name: str, failure: str) -> str:
+    return (f"{name} {failure} right after writing it: it is probably incomplete; copy it again, "
+            f"or run `fs360 release` on it if you know it is whole")
+
+
+class Writers:
+    """Which processes wrote each file, and what their exits say (see the module's docstring).
+    `engine`: the state lock and the registry's commit-point doors."""
+
+    def __init__(self, engine, identify: Callable[[int], "Closer | None"] = None):
+        self.engine = engine
+        # Who a task is (closer_of; tests pass their own, so no real process has to die).
+        self.identify = identify or closer_of
+        self.watch: ExitWatch | None = None
+        self._records: dict[int, list] = {}   # tgid -> records it closed written, exit awaited
+        self._names: dict[int, str] = {}      # tgid -> its command name, for the reasons
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for watch in (PidfdWatch(self.exited, exit_info=True), NetlinkWatch(self.exited),
+                      PidfdWatch(self.exited, exit_info=False)):
+            if watch.start():
+                self.watch = watch
+                log.info("writers' exits are watched with %s", watch.kind)
+                self._watch_again()
+                return
+        log.warning("writers' exits cannot be watched here: closed files upload after the write-back "
+                    "delay, and a program that fails after closing its file is not told apart")
+
+    def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+
+    def _watch_again(self) -> None:
+        """Files still closed from before a restart (their writers ran on): watched again."""
+        with self.engine.lock:
+            for record in self.engine.closed_files_locked():
+                for tgid, start in list((record.writers or {}).items()):
+                    task = _stat(tgid)
+                    closer = Closer(tgid, task[0] if task else "the writer", None, start)
+                    if not self._watch_locked(closer, record):
+                        self.engine.writer_unknown_locked(record)
+
+    def dying(self, pid: int | None) -> str:
+        """Why the process closing a file is ending abnormally ('' when it is not, or unknown)."""
+        return dying_reason(self.identify(pid)) if pid else ""
+
+    def closed(self, pid: int | None, record) -> str:
+        """Process `pid` closed `record` written (a flush). Returns why the file is not whole when
+        that process is dying abnormally; otherwise its exit is awaited by the commit point."""
+        closer = self.identify(pid) if pid else None
+        reason = dying_reason(closer)
+        if not reason:
+            self._await(closer, record)
+        return reason
+
+    def joined_locked(self, closer: Closer | None, record) -> None:
+        """`closer` (closer_of the renaming task) renamed the closed scratch file `record` to its
+        final name: its exit decides too (rsync --partial renames a partial file, then exits 20)."""
+        reason = dying_reason(closer)
+        if reason:
+            self.engine.writer_failed_locked(record, reason, "held")
+        else:
+            self._await_locked(closer, record)
+
+    def _await(self, closer: Closer | None, record) -> None:
+        with self.engine.lock:
+            self._await_locked(closer, record)
+
+    def _await_locked(self, closer: Closer | None, record) -> None:
+        if closer is not None and closer.exiting_status == 0:
+            return  # closed by its exit(0): this writer succeeded
+        if closer is None or self.watch is None or not self._watch_locked(closer, record):
+            self.engine.writer_unknown_locked(record)
+            return
+        self.engine.writer_awaited_locked(record, closer.tgid, closer.start)
+
+    def _watch_locked(self, closer: Closer, record) -> bool:
+        with self._lock:
+            records = self._records.get(closer.tgid)
+            if records is None:
+                if not self.watch.watch(closer.tgid):
+                    return False
+                records = self._records[closer.tgid] = []
+                self._names[closer.tgid] = closer.name
+            elif len(records) >= 64 and len(records) & (len(records) - 1) == 0:
+                # A long-running writer (a file manager): forget files committed meanwhile.
+                records[:] = [r for r in records if r.writers and closer.tgid in r.writers]
+            if record not in records:
+                records.append(record)
+        return True
+
+    def exited(self, tgid: int, status: int | None) -> None:
+        """From the watch's thread: process `tgid` ended with wait status `status` (None: unknown)."""
+        with self._lock:
+            records = self._records.pop(tgid, None)
+            name = self._names.pop(tgid, "the writer")
+        if records is None:
+            return
+        failure = failure_of(status)
+        reason = held_reason(name, failure) if failure else ""
+        for record in records:
+            with self.engine.lock:
+                if status is None:
+                    # Unknown: it no longer counts as a writer, and the delay decides.
+                    self.engine.writer_unknown_locked(record, tgid)
+                self.engine.writer_exited_locked(record, tgid, reason)
+
+
+class ExitWatch:
+    """Calls `on_exit(tgid, wait status or None)` from a thread of its own when a watched
+    process ends."""
+    kind = ""
+
+    def __init__(self, on_exit: Callable[[int, int | None], None]):
+        self._on_exit = on_exit
+
+    def start(self) -> bool:
+        raise NotImplementedError
+
+    def watch(self, tgid: int) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+# PIDFD_GET_INFO = _IOWR(0xFF, 11, struct pidfd_info) with the 64-byte first version of the
+# struct: mask (u64), cgroupid (u64), eleven u32 ids, exit_code (s32) at offset 60.
+PIDFD_GET_INFO = 0xC040FF0B
+PIDFD_INFO_EXIT = 1 << 3
+
+
+def pidfd_exit_status(pidfd: int) -> int | None:
+    """The wait status of a reaped process (Linux 6.15+), None when the kernel cannot say."""
+    info = bytearray(64)
+    struct.pack_into("=Q", info, 0, PIDFD_INFO_EXIT)
+    try:
+        fcntl.ioctl(pidfd, PIDFD_GET_INFO, info)
+    except OSError:
+        return None
+    if not struct.unpack_from("=Q", info, 0)[0] & PIDFD_INFO_EXIT:
+        return None
+    return struct.unpack_from("=i", info, 60)[0]
+
+
+def zombie_status(tgid: int) -> int | None:
+    """The wait status of a process that exited but was not reaped yet (None otherwise)."""
+    try:
+        with open(f"/proc/{tgid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return int(fields[52 - 3]) if fields[0] in (b"Z", b"X") else None
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class PidfdWatch(ExitWatch):
+    """One pidfd per watched process, polled by one thread (a pipe wakes it for new ones)."""
+
+    def __init__(self, on_exit, exit_info: bool):
+        super().__init__(on_exit)
+        self.exit_info = exit_info
+        self.kind = "pidfds and PIDFD_GET_INFO" if exit_info else "pidfds and /proc (exit statuses may be missed)"
+        self._fds: dict[int, int] = {}   # pidfd -> tgid
+        self._lock = threading.Lock()
+        self._poll = select.poll()
+        self._wake_r = self._wake_w = -1
+        self._running = False
+
+    def start(self) -> bool:
+        if not hasattr(os, "pidfd_open"):
+            return False
+        try:
+            probe = os.pidfd_open(os.getpid())
+        except OSError:
+            return False
+        try:
+            if self.exit_info and not self._kernel_reports_exits(probe):
+                return False
+        finally:
+            os.close(probe)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poll.register(self._wake_r, select.POLLIN)
+        self._running = True
+        threading.Thread(target=self._loop, name="fs360-exits", daemon=True).start()
+        return True
+
+    @staticmethod
+    def _kernel_reports_exits(pidfd: int) -> bool:
+        """Whether PIDFD_GET_INFO exists (for a live process it answers without the exit bit)."""
+        try:
+            fcntl.ioctl(pidfd, PIDFD_GET_INFO, bytearray(64))
+        except OSError:
+            return False
+        return True
+
+    def watch(self, tgid: int) -> bool:
+        with self._lock:
+            if len(self._fds) >= MAX_WATCHED_PROCESSES or not self._running:
+                return False
+            try:
+                fd = os.pidfd_open(tgid)
+            except OSError:
+                return False
+            self._fds[fd] = tgid
+            self._poll.register(fd, select.POLLIN)
+        os.write(self._wake_w, b"x")
+        return True
+
+    def stop(self) -> None:
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+        os.write(self._wake_w, b"x")
+
+    def _loop(self) -> None:
+        try:
+            while self._running:
+                for fd, _ in self._poll.poll():
+                    if fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                        continue
+                    self._ended(fd)
+        finally:
+            with self._lock:
+                for fd in self._fds:
+                    os.close(fd)
+                self._fds.clear()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+
+    def _ended(self, fd: int) -> None:
+        with self._lock:
+            tgid = self._fds.pop(fd)
+            self._poll.unregister(fd)
+        # Readable: the process is a zombie, or already reaped (then only the kernel can say).
+        status = zombie_status(tgid)
+        if status is None and self.exit_info:
+            status = pidfd_exit_status(fd)
+        os.close(fd)
+        try:
+            self._on_exit(tgid, status)
+        except Exception:  # one bad exit must not end the watch
+            log.exception("unexpected error while settling the exit of process %d", tgid)
+
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = CN_VAL_PROC = 1
@@ -30,111 +398,15 @@ NLMSG_HEADER = struct.Struct("=IHHII")           # len, type, flags, seq, pid
 CN_MSG_HEADER = struct.Struct("=IIIIHH")         # idx, val, seq, ack, len, flags
 EVENT_HEADER = struct.Struct("=IIQ")             # what, cpu, timestamp_ns
 EXIT_EVENT = struct.Struct("=IIII")              # pid, tgid, exit_code, exit_signal
-PF_EXITING = 0x4
-# A writer that dies of a signal this soon after closing a file normally closed it from its
-# signal handler (GNU dd on SIGINT): that file is not finished either.
-DEATH_AFTER_CLOSE_SECONDS = 2.0
 
 
-def exit_reason(pid: int) -> str:
-    """Why process `pid` is ending abnormally ("" when it is not, or it cannot be told).
-
-    Called at the FUSE flush, which the closing task sends synchronously: a task that is
-    exiting closes its files after its exit code is set, so /proc shows the signal that
-    killed it, or a non-zero exit status, while the close is in flight.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read()
-    except OSError:
-        return ""
-    # Fields after the command name (which may hold spaces and parentheses); field 3 is index 0.
-    fields = text[text.rindex(b")") + 2:].split()
-    try:
-        flags, exit_code = int(fields[9 - 3]), int(fields[52 - 3])
-    except (IndexError, ValueError):
-        return ""
-    if not flags & PF_EXITING:
-        return ""
-    return describe_exit(exit_code)
-
-
-def describe_exit(exit_code: int, signals_only: bool = False) -> str:
-    """The reason to give for a file whose writer ended with `exit_code` (wait status form)."""
-    if exit_code & 0x7F:
-        try:
-            name = signal.Signals(exit_code & 0x7F).name
-        except ValueError:
-            name = f"signal {exit_code & 0x7F}"
-        return f"the writer was killed by {name} before it finished; copy it again"
-    if exit_code >> 8 and not signals_only:
-        return f"the writer exited with status {exit_code >> 8} while writing it; copy it again"
-    return ""
-
-
-class WriterExits:
-    """The closes of files written, against the deaths of the processes that closed them.
-
-    `engine` marks a file unfinished (its `lock` and `mark_unfinished_locked`)."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        # None when deaths are not watched: then no close is remembered.
-        self.watcher: ExitWatcher | None = None
-        # The last file each process closed for writing: pid -> (record, monotonic time of the close).
-        self._last_close: dict[int, tuple[object, float]] = {}
-        self._lock = threading.Lock()
-
-    def watch(self) -> None:
-        """Watches process deaths (when the system lets us)."""
-        watcher = ExitWatcher(self.process_exited)
-        if watcher.start():
-            self.watcher = watcher
-
-    def stop(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
-            self.watcher = None
-
-    def closed(self, pid: int | None, record, may_die_after: bool) -> str:
-        """Process `pid` closed `record` written: why the writer is dying ("" when it is not).
-        A close by a living writer is remembered when `may_die_after`, for `process_exited`."""
-        reason = self.dying(pid)
-        if reason:
-            self.opened_for_writing(pid)  # its death is explained by this file
-        elif pid and may_die_after and self.watcher is not None:
-            with self._lock:
-                self._last_close[pid] = (record, time.monotonic())
-        return reason
-
-    @staticmethod
-    def dying(pid: int | None) -> str:
-        """Why the process closing a file is ending abnormally ("" when it is not, or unknown)."""
-        return exit_reason(pid) if pid else ""
-
-    def opened_for_writing(self, pid: int) -> None:
-        """Process `pid` went on to write another file (or died holding one): the file it
-        closed before was finished, whatever becomes of the process."""
-        with self._lock:
-            self._last_close.pop(pid, None)
-
-    def process_exited(self, pid: int, tgid: int, exit_code: int) -> None:
-        with self._lock:
-            closed = self._last_close.pop(pid, None) or self._last_close.pop(tgid, None)
-        if closed is None:
-            return
-        record, closed_at = closed
-        reason = describe_exit(exit_code, signals_only=True)
-        if reason and time.monotonic() - closed_at < DEATH_AFTER_CLOSE_SECONDS:
-            with self.engine.lock:
-                self.engine.mark_unfinished_locked(record, reason)
-
-
-class ExitWatcher:
-    """Calls `on_exit(pid, tgid, exit_code)` for every process that ends, from its own thread."""
+class NetlinkWatch(ExitWatch):
+    """Every process's end, from the kernel's process-events connector (CAP_NET_ADMIN); only
+    watched thread groups are reported."""
+    kind = "the process-events connector"
 
     def __init__(self, on_exit):
-        self._on_exit = on_exit
+        super().__init__(on_exit)
         self._sock: socket.socket | None = None
 
     def start(self) -> bool:
@@ -144,13 +416,14 @@ class ExitWatcher:
             op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
             body = CN_MSG_HEADER.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
             sock.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), NLMSG_DONE, 0, 0, os.getpid()) + body)
-        except OSError as exc:
-            log.info("process exits are not watched (%s): a writer that closes its file before dying "
-                     "of a signal is not told apart", exc.strerror or exc)
+        except OSError:
             return False
         self._sock = sock
         threading.Thread(target=self._loop, name="fs360-exits", daemon=True).start()
         return True
+
+    def watch(self, tgid: int) -> bool:
+        return self._sock is not None  # every exit comes anyway
 
     def stop(self) -> None:
         sock, self._sock = self._sock, None
@@ -163,7 +436,8 @@ class ExitWatcher:
                 data = self._sock.recv(65536)
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    continue  # events were dropped under load; go on with the next ones
+                    log.warning("process events were dropped under load: some writers' exits are unknown")
+                    continue
                 return  # closed by stop()
             try:
                 self._dispatch(data)
@@ -181,5 +455,6 @@ class ExitWatcher:
                 what = EVENT_HEADER.unpack_from(data, event)[0]
                 if what == PROC_EVENT_EXIT:
                     pid, tgid, exit_code, _ = EXIT_EVENT.unpack_from(data, event + EVENT_HEADER.size)
-                    self._on_exit(pid, tgid, exit_code)
+                    if pid == tgid:  # the thread group's leader: the process's end
+                        self._on_exit(tgid, exit_code)
             offset += (length + 3) & ~3

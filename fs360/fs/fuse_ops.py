@@ -19,7 +19,6 @@ import mfusepy
 from ..errors import Fs360Error, errno_of
 from .mfusepy_overrides import FUSE_CAP_READDIRPLUS, FUSE_CAP_READDIRPLUS_AUTO, Fs360Fuse
 from .model import MountModel
-from .open_files import opens_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +126,14 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def create(self, path, mode, fi):
-        uid, gid, pid = mfusepy.fuse_get_context()
+        uid, gid, _ = mfusepy.fuse_get_context()
         fi.fh = self.model.create(path, mode, fi.flags, uid, gid)
-        self.model.opened_for_writing(pid)
         self._set_io_mode(fi)
         return 0
 
     @translated
     def open(self, path, fi):
         fi.fh = self.model.open(path, fi.flags)
-        if opens_for_writing(fi.flags):
-            self.model.opened_for_writing(mfusepy.fuse_get_context()[2])
         self._set_io_mode(fi)
         return 0
 
@@ -166,7 +162,8 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def flush(self, path, fh):
-        # The flush is sent by the closing task itself: its pid tells whether it is dying.
+        # The flush is sent by the closing task itself: its pid says who the writer is, and
+        # whether it is dying.
         self.model.flush(fh.fh, mfusepy.fuse_get_context()[2])
 
     @translated
@@ -179,7 +176,7 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def rename(self, old, new):
-        self.model.rename(old, new)
+        self.model.rename(old, new, mfusepy.fuse_get_context()[2])
 
     @translated
     def unlink(self, path):

@@ -27,6 +27,9 @@ class FileHandle:
     # Its writer closed it (a FLUSH came) and has not written through it since: whole, as far as
     # this handle goes, even if its RELEASE never arrives (a lazy unmount).
     closed: bool = False
+    # A check of a deleted file the server holds, listed again for a re-copy: unless the copy
+    # is identical, the file is deleted again at the release.
+    revival: bool = False
 
 
 @dataclass(eq=False)

@@ -3,12 +3,14 @@ checked and accepted (or refused) at close, listed while it is written or the pr
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass, field
 
 from ..engine.records import P_CREATED, P_READY, P_WAITING, SessionRecord
-from ..errors import AccessDenied, FileTooBig, InvalidArgument, NotFound
+from ..errors import AccessDenied, FileTooBig, Fs360Error, InvalidArgument, NotFound
 from .handles import HandleTable
+from .json_prefix import json_object_prefix_error
 from .names import CREATE_MARKER
 
 # .create holds a JSON object of project fields: anything bigger is not one.
@@ -22,8 +24,9 @@ class MarkerHandle:
     writable: bool
     data: bytearray = field(default_factory=bytearray)
     dirty: bool = False
-    # A write failed: the marker is not whole, so close() must not accept it.
+    # A write failed: the marker is not whole, so close() must not accept it (and why, when known).
     broken: bool = False
+    refusal: str = ""
 
     @property
     def content(self) -> bytes:
@@ -107,7 +110,25 @@ class Markers:
             handle.data.extend(b"\0" * (end - len(handle.data)))
         handle.data[offset:end] = data
         handle.dirty = True
+        self._check_prefix(handle)
         return len(data)
+
+    def _check_prefix(self, handle: MarkerHandle) -> None:
+        """Refuses the write after which no ending could make .create a JSON object: a shell's
+        `echo '{bad' > .create` then fails (bash ignores errors of close)."""
+        try:
+            # Stripped as project_options strips it when it is read (NUL padding, newlines).
+            text = codecs.getincrementaldecoder("utf-8")().decode(bytes(handle.data).strip(b"\0 \t\r\n"), final=False)
+        except UnicodeDecodeError:
+            reason = ".create is not UTF-8 text"
+        else:
+            reason = json_object_prefix_error(text)
+        if reason:
+            handle.broken = True
+            handle.refusal = f"invalid .create: {reason}; write a JSON object, e.g. {{\"title\": \"My project\"}}"
+            with self.engine.lock:
+                handle.session.marker_refused = handle.refusal
+            raise InvalidArgument(handle.refusal)
 
     @staticmethod
     def truncate(handle: MarkerHandle, length: int) -> None:
@@ -129,7 +150,15 @@ class Markers:
                 handle.broken = True
                 raise InvalidArgument(f".create was not written whole ({writer_dying}): not accepted")
             if handle.broken:
-                raise InvalidArgument(".create was not written whole: not accepted")
+                raise InvalidArgument(handle.refusal or ".create was not written whole: not accepted")
+            if handle.dirty and not handle.data:
+                # Nothing written yet: a shell's `> .create` dup()s the descriptor and closes the
+                # first one before the command writes, so an empty marker is only checked here and
+                # requests the project at the last close (release), never with defaults too early.
+                with self.engine.lock:
+                    if not project_created(handle.session):
+                        self.engine.check_project_request_locked(handle.session)
+                return
             if handle.dirty:
                 self._accept(handle)
         except InvalidArgument as exc:
@@ -152,6 +181,12 @@ class Markers:
     def release(self, handle: MarkerHandle) -> None:
         if not handle.writable:
             return
+        if handle.dirty and not handle.data and not handle.broken:
+            try:
+                self._accept(handle)  # `touch .create`, `> .create`: an empty request, at the last close
+            except Fs360Error as exc:
+                with self.engine.lock:
+                    handle.session.marker_refused = str(exc)
         with self.engine.lock:
             count = self._open_for_writing.get(handle.session.id, 1) - 1
             if count > 0:

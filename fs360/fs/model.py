@@ -14,10 +14,11 @@ import time
 
 from ..config import Settings
 from ..engine.engine import Engine
-from ..errors import (AccessDenied, AlreadyExists, IsADirectory, NoAttribute, NotADirectory,
+from ..errors import (AccessDenied, AlreadyExists, InvalidArgument, IsADirectory, NoAttribute, NotADirectory,
                       NotEmpty, NotFound, NotPermitted, NotSupported)
 from .attrs import Attributes
-from .exits import WriterExits
+from .content_check import held_with_known_content
+from .exits import Writers
 from .handles import FileHandle, HandleTable, SnapshotHandle
 from .markers import MarkerHandle, Markers, marker_text
 from .names import CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, check_file_name, check_session_name
@@ -44,12 +45,12 @@ class MountModel:
         self._handles = HandleTable()
         self.attrs = Attributes(engine, self.uid, self.gid)
         self.status = RenderedStatus(engine)
-        self.exits = WriterExits(engine)
+        self.writers = Writers(engine)
         self.markers = Markers(engine, self._handles)
         with engine.lock:
             self.tree = SessionTree(engine, settings.local_only_patterns)
-        self.files = OpenFiles(engine, self.tree, self.markers, self._handles, self.exits)
-        self.renames = Renames(engine, self.tree, self.markers)
+        self.files = OpenFiles(engine, self.tree, self.markers, self._handles, self.writers)
+        self.renames = Renames(engine, self.tree, self.markers, self.writers)
 
     # --- attributes ---------------------------------------------------------------------------
 
@@ -172,6 +173,9 @@ class MountModel:
             if node.kind == DIR:
                 raise IsADirectory(path)
             check_file_name(node.basename)
+            if node.kind == FILE and held_with_known_content(node.record):
+                # A re-copy of a file the server holds only compares: fine even once sealed.
+                return self.files.open_locked(node.record, flags | os.O_TRUNC)
             check_not_sealed(session)
             check_tree_open_locked(session, node.parent)
             if node.kind == FILE:
@@ -179,6 +183,9 @@ class MountModel:
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)
             local_only = self.tree.local_only(node.name)
             if not local_only:
+                revivable = self.engine.revivable_locked(session, node.name)
+                if revivable is not None:
+                    return self.files.open_revival_locked(revivable)
                 check_uploadable_name_locked(self.engine, session, node.name)
             record = self.engine.create_file_locked(session, node.name, mode & 0o7777,
                                                     self.uid if uid is None else uid,
@@ -248,7 +255,7 @@ class MountModel:
         the close; a file closed by a dying writer is remembered as unfinished."""
         handle = self._handles.get(fh)
         if isinstance(handle, MarkerHandle):
-            self.markers.flush(handle, self.exits.dying(pid) if handle.writable else "")
+            self.markers.flush(handle, self.writers.dying(pid) if handle.writable else "")
         elif isinstance(handle, FileHandle):
             self.files.flush(handle, pid)
 
@@ -272,23 +279,50 @@ class MountModel:
 
     # --- writers that die ------------------------------------------------------------------------
 
+    def finish_writer(self, fh: int, succeeded: bool, reason: str = "") -> None:
+        """Closes handle `fh` of a writer that is not a process (a WebDAV PUT), which knows at
+        once whether it finished: succeeded, the file is final and queued at once; otherwise it
+        is `interrupted` with `reason`, never uploaded as it is."""
+        handle = self._handles.get(fh)
+        try:
+            if isinstance(handle, FileHandle) and handle.writable and handle.check is None:
+                if not succeeded:
+                    handle.failure = handle.failure or reason or "the writer did not finish it; copy it again"
+                handle.closed = True
+            elif succeeded:
+                self.flush(fh)  # a re-copy is compared, a .create accepted, at the close
+            elif isinstance(handle, MarkerHandle):
+                handle.broken = True  # a .create cut short is never a request
+        finally:
+            self.release(fh)
+
+    # --- writers' exits: the commit point --------------------------------------------------------
+
     def watch_exits(self) -> None:
-        """Watches process deaths (when the system lets us), for writers that close a file
-        from their signal handler and then die of that signal."""
-        self.exits.watch()
+        """Watches the exits of the processes that write files (see exits.py)."""
+        self.writers.start()
 
     def stop_watching_exits(self) -> None:
-        self.exits.stop()
+        """The mount ends: files whose writers are still exiting get their commit point first
+        (at most the write-back delay), then the watch stops."""
+        self.engine.settle_commits(self.settings.writeback_delay)
+        self.writers.stop()
 
-    def opened_for_writing(self, pid: int) -> None:
-        """Process `pid` went on to write another file (or died holding one): the file it
-        closed before was finished, whatever becomes of the process."""
-        self.exits.opened_for_writing(pid)
+    def release_held(self, path: str) -> str:
+        """`fs360 release PATH`: the user says a held file is whole; returns what was done."""
+        with self.engine.lock:
+            node = self.tree.resolve_locked(path)
+            if node.kind != FILE:
+                raise NotFound(path) if node.kind == MISSING else InvalidArgument(f"{path} is not a file")
+            if not self.engine.release_held_locked(node.record):
+                raise InvalidArgument(f"{node.name} is not held (it is {node.record.state}): nothing to release")
+            return f"{node.name}: released; it uploads now"
 
     # --- renaming and removing -----------------------------------------------------------------
 
-    def rename(self, old: str, new: str) -> None:
-        self.renames.rename(old, new)
+    def rename(self, old: str, new: str, pid: int | None = None) -> None:
+        """rename(2) by process `pid` (it may commit a scratch file under its final name)."""
+        self.renames.rename(old, new, self.writers.identify(pid) if pid else None)
 
     def unlink(self, path: str) -> None:
         with self.engine.lock:

@@ -13,7 +13,7 @@ from ..engine.registry import STOPPED_WHILE_WRITING
 from ..errors import (AccessDenied, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
                       QuotaWouldPass)
 from .content_check import ContentCheck, held_with_known_content
-from .exits import WriterExits
+from .exits import Writers
 from .handles import FileHandle, HandleTable
 from .markers import Markers
 from .rules import check_growth, check_growth_locked, check_mutable_locked
@@ -53,12 +53,12 @@ def failures_marked(handle: FileHandle):
 
 
 class OpenFiles:
-    def __init__(self, engine, tree: SessionTree, markers: Markers, handles: HandleTable, exits: WriterExits):
+    def __init__(self, engine, tree: SessionTree, markers: Markers, handles: HandleTable, writers: Writers):
         self.engine = engine
         self.tree = tree
         self.markers = markers
         self.handles = handles
-        self.exits = exits
+        self.writers = writers
 
     def open_locked(self, record: FileRecord, flags: int) -> int:
         writing = opens_for_writing(flags)
@@ -78,6 +78,15 @@ class OpenFiles:
                 os.ftruncate(fd, 0)
             self.engine.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
         return self.handles.add(FileHandle(record, fd, writing, bool(flags & os.O_APPEND)))
+
+    def open_revival_locked(self, record: FileRecord) -> int:
+        """A re-run that deleted a file the server holds creates it again (tar -x, unzip -o,
+        cp --remove-destination, install): it is listed again and what is written is compared;
+        identical, it is the server's file again (no PUT); different, it is refused and deleted."""
+        self.engine.relist_locked(record)
+        fh = self._open_check_locked(record, truncate=True, append=False)
+        self.handles.get(fh).revival = True
+        return fh
 
     def _open_check_locked(self, record: FileRecord, truncate: bool, append: bool) -> int:
         """A file the server holds, opened for writing: the handle only compares what is written
@@ -211,12 +220,16 @@ class OpenFiles:
     # --- closing ----------------------------------------------------------------------------------
 
     def flush(self, handle: FileHandle, pid: int | None) -> None:
-        """close() by process `pid`: a file closed by a dying writer is remembered as unfinished;
-        a rewrite of a file the server holds that differs fails the close."""
+        """close() by process `pid`: a file closed by a dying writer is remembered as unfinished,
+        and a living writer's exit is awaited (the commit point); a rewrite of a file the server
+        holds that differs fails the close."""
         if not handle.writable:
             return
         handle.closed = True
-        reason = self.exits.closed(pid, handle.record, may_die_after=handle.check is None)
+        if handle.check is not None:
+            reason = self.writers.dying(pid)
+        else:
+            reason = self.writers.closed(pid, handle.record)
         if reason:
             handle.writer_died = handle.writer_died or reason
         if handle.check is not None and not handle.writer_died and not handle.check.matches():
@@ -243,6 +256,9 @@ class OpenFiles:
     def _release_writer(self, handle: FileHandle) -> None:
         record = handle.record
         unfinished = handle.failure or handle.writer_died
+        if not handle.closed:
+            with self.engine.lock:  # no flush said who wrote last: the delay commits it
+                self.engine.writer_unknown_locked(record)
         if not unfinished and record.open_writers == 1 and not record.local_only and not record.in_tree \
                 and not record.unfinished:
             # The last writer of a file about to be queued on its own: one not written front to
@@ -252,8 +268,13 @@ class OpenFiles:
             self.engine.close_writer_locked(record, record.size, unfinished)
 
     def _release_check(self, handle: FileHandle) -> None:
-        """The end of a rewrite of a file the server holds: identical, it takes the new mtime."""
-        if handle.check.rewriting and handle.check.matches() and not handle.writer_died:
-            with self.engine.lock:
-                if is_listed_locked(self.engine, handle.record):
-                    self.engine.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
+        """The end of a rewrite of a file the server holds: identical, it takes the new mtime; a
+        revival that is not identical is deleted again (the server still holds the file)."""
+        identical = handle.check.rewriting and handle.check.matches() and not handle.writer_died
+        with self.engine.lock:
+            if not is_listed_locked(self.engine, handle.record):
+                return
+            if identical:
+                self.engine.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
+            elif handle.revival:
+                self.engine.remove_file_locked(handle.record)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 
-from ..errors import AccessDenied, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, NotPermitted
+from ..errors import (AccessDenied, Fs360Error, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound,
+                      NotPermitted)
 from .content_check import held_with_known_content, is_identical_copy
+from .exits import Closer, Writers
 from .markers import Markers
 from .names import check_file_name, check_session_name
 from .rules import check_mutable_locked, check_not_sealed, check_tree_open_locked, check_uploadable_name_locked
@@ -17,12 +19,14 @@ HIDDEN_PREFIX = ".fuse_hidden"
 
 
 class Renames:
-    def __init__(self, engine, tree: SessionTree, markers: Markers):
+    def __init__(self, engine, tree: SessionTree, markers: Markers, writers: Writers):
         self.engine = engine
         self.tree = tree
         self.markers = markers
+        self.writers = writers
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, renamer: Closer | None = None) -> None:
+        """`renamer`: the process renaming (closer_of its task), when known."""
         with self.engine.lock:
             src, dst = self.tree.resolve_locked(old), self.tree.resolve_locked(new)
             if src.kind in (ROOT_STATUS_FILE, STATUS, MARKER) and dst.basename.startswith(HIDDEN_PREFIX) \
@@ -36,13 +40,23 @@ class Renames:
             elif src.kind == DIR:
                 self._rename_folder_locked(src, dst)
             elif src.kind == FILE:
-                self._rename_file_locked(src, dst)
+                self._rename_file_with_reason_locked(src, dst, renamer)
             elif src.kind == MISSING:
                 raise NotFound(old)
             else:
                 raise NotPermitted(f"{src.name or 'the mount'} cannot be renamed")
 
-    def _rename_file_locked(self, src: Node, dst: Node) -> None:
+    def _rename_file_with_reason_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
+        """A move to another session that is refused leaves its reason on the file (its
+        user.fs360.error and status): a file manager only shows "permission denied"."""
+        try:
+            self._rename_file_locked(src, dst, renamer)
+        except Fs360Error as exc:
+            if dst.session is not None and dst.session is not src.session and not src.record.local_only:
+                self.engine.set_file_attrs_locked(src.record, last_error=f"not moved to {dst.session.name}: {exc}")
+            raise
+
+    def _rename_file_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
         record, session = src.record, src.session
         if dst.session is None or dst.kind in (ROOT, ROOT_STATUS_FILE, SESSION):
             raise NotPermitted("files live inside session folders only")
@@ -70,6 +84,9 @@ class Renames:
         local_only = self.tree.local_only(name)
         if not local_only:
             check_uploadable_name_locked(self.engine, target, name)
+            if record.local_only and not record.open_writers:
+                # A closed scratch file renamed to its final name: the renamer's exit decides too.
+                self.writers.joined_locked(renamer, record)
         self.engine.rename_file_locked(record, target, name, local_only)
         record.ctime_ns = time.time_ns()
         self.tree.touch_parent_locked(src, dst)

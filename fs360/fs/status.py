@@ -7,6 +7,7 @@ import time
 
 from ..engine.projects import project_page
 from ..engine.records import COMPLETE, IN_TREE, P_READY, FileRecord, SessionRecord
+from ..options import unknown_create_fields
 
 BAR_WIDTH = 20
 PRIVACY_NAMES = {2: "private (owner and invited users)", 1: "anyone with the link", 0: "public"}
@@ -36,6 +37,8 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
             "waiting_for": session.notice or None,
             "title": record.get("title"),
             "privacy_mode": project.options.get("privacy_mode", engine.settings.default_privacy),
+            # Fields of .create fs360 does not know (a typo, mostly): sent as written all the same.
+            "unknown_fields": unknown_create_fields(project.options),
             # Processing errors the server counted (an integer in the published record).
             "processing_errors": errors if isinstance(errors, int) and not isinstance(errors, bool) else None,
             # The ready record exactly as the server sent it.
@@ -136,6 +139,9 @@ def render_text(snapshot: dict) -> bytes:
             if project["processing_errors"]:
                 lines.append(f"          {project['processing_errors']} processing error(s): see the project page")
         lines.append(f"          privacy: {PRIVACY_NAMES.get(project['privacy_mode'], project['privacy_mode'])}")
+        if project.get("unknown_fields"):
+            lines.append(f"          .create: unknown field(s) {', '.join(project['unknown_fields'])}: "
+                         f"sent as written, the server may ignore them")
         if project["error"] and project["state"] != "failed":
             lines.append(f"          last error: {project['error']}")
     if snapshot["deleted_but_held_by_server"]:

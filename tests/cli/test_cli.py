@@ -119,7 +119,7 @@ def test_a_second_mount_on_the_same_cache_dir_is_refused(tmp_path, emulator):
     try:
         result = run_fs360("mount", str(second), "--api-url", emulator.base_url, "--cache-dir", str(cache), env=env)
         assert result.returncode == 2
-        assert "another fs360 mount uses the cache dir" in result.stderr
+        assert "another fs360 mount or WebDAV server uses the cache dir" in result.stderr
         assert not is_mounted(second)
     finally:
         run_fs360("unmount", str(first))

@@ -43,7 +43,10 @@ def test_create_through_cp_touch_and_echo(tmp_path, mount_factory, profiled_emul
     assert refused.returncode != 0 and "Invalid argument" in refused.stderr, refused
     assert ".create" not in os.listdir(options)
     project = mount.status_json("folder")["project"]
-    assert project["state"] == "refused" and "invalid JSON" in project["refused"], project
+    assert project["state"] == "refused" and "invalid .create" in project["refused"], project
+    # bash ignores errors of close(): the refusal comes at the write, so the shell sees it.
+    echoed = sh("echo '{bad' > \"$1/.create\"", options)
+    assert echoed.returncode != 0 and "Invalid argument" in echoed.stderr, echoed
     assert f"project   refused: {project['refused']}" in (options / "status").read_text()
     too_big = sh('cp "$1" "$2/.create"', tmp_path / "huge.json", options)
     assert too_big.returncode != 0 and "File too large" in too_big.stderr, too_big

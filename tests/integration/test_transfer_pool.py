@@ -54,7 +54,7 @@ def send(pool, upload_id, path, name, start=0, on_progress=None, should_stop=lam
     fd = os.open(path, os.O_RDONLY)
     try:
         job = TransferJob(upload_id, name, os.path.getsize(path), start, CHUNK)
-        return pool.send_file(job, fd, on_progress or (lambda received: None), should_stop)
+        return pool.send_file(job, fd, on_progress or (lambda received: None), should_stop).progress
     finally:
         os.close(fd)
 

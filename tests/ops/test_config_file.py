@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fs360.cli import CliError, build_parser, parse, settings_from_args
+from fs360.cli import build_parser, parse, settings_from_args
+from fs360.errors import SettingError
 from tests.harness import is_mounted
 
 from .common import run_fs360
@@ -55,7 +56,7 @@ def test_mount_with_nothing_but_the_mountpoint(tmp_path, emulator):
 def test_the_command_line_overrides_the_file_and_a_mount_table_the_globals(tmp_path, monkeypatch):
     key = key_file(tmp_path, "sk_from_file")
     write_config(tmp_path, f'''
-api_url = "http://global.example/api/v1"
+api_url = "https://global.example/api/v1"
 api_key_file = "{key}"
 workers = 2
 chunk_size = "1M"
@@ -70,7 +71,7 @@ privacy = "link"
 ''')
     plain = settings_for(["mount", str(tmp_path / "plain")], monkeypatch, tmp_path)
     assert (plain.api_url, plain.workers, plain.chunk_size, plain.default_privacy, plain.bwlimit) == \
-        ("http://global.example/api/v1", 2, 1024 * 1024, 0, "5M")
+        ("https://global.example/api/v1", 2, 1024 * 1024, 0, "5M")
     assert plain.api_key == "sk_from_file" and plain.allow_other and "*.bak" in plain.local_only_patterns
     special = settings_for(["mount", str(tmp_path / "special")], monkeypatch, tmp_path)
     assert (special.workers, special.default_privacy, special.chunk_size) == (9, 1, 1024 * 1024)
@@ -91,14 +92,14 @@ def test_no_config_file_means_the_defaults(tmp_path, monkeypatch):
 
 
 def test_an_unknown_key_is_named(tmp_path):
-    write_config(tmp_path, 'api_url = "http://x/api/v1"\nbandwidth = "5M"\n')
+    write_config(tmp_path, 'api_url = "https://x/api/v1"\nbandwidth = "5M"\n')
     (tmp_path / "mnt").mkdir()
     result = run_fs360(tmp_path, "mount", str(tmp_path / "mnt"))
     assert result.returncode == 2
-    assert "unknown key 'bandwidth'" in result.stderr and "bwlimit" in result.stderr
-    write_config(tmp_path, 'api_url = "http://x/api/v1"\n')
+    assert "bandwidth: unknown key" in result.stderr and "bwlimit" in result.stderr
+    write_config(tmp_path, 'api_url = "https://x/api/v1"\n')
     result = run_fs360(tmp_path, "mount", str(tmp_path / "mnt"), "-o", "colour=blue")
-    assert result.returncode == 2 and "unknown mount option 'colour'" in result.stderr
+    assert result.returncode == 2 and "-o colour: unknown option" in result.stderr
 
 
 def test_a_key_file_others_can_read_is_refused_with_the_fix(tmp_path, emulator):
@@ -121,5 +122,5 @@ def test_systemd_credential_is_a_key_source(tmp_path, monkeypatch):
     monkeypatch.setenv("FS360_API_KEY", "sk_env")
     settings = settings_from_args(parse(build_parser(), ["mount", str(tmp_path / "m")]))
     assert settings.api_key == "sk_from_systemd"
-    with pytest.raises(CliError, match="must be one of"):
+    with pytest.raises(SettingError, match="-o privacy=secret: unknown value; allowed: private, link, public"):
         settings_from_args(parse(build_parser(), ["mount", str(tmp_path / "m"), "-o", "privacy=secret"]))

@@ -14,8 +14,11 @@ ROOT = Path(fs360.__file__).parent
 LAYERS = ["stdlib-only", "errors", "config", "api", "engine", "fs", "daemon", "cli"]
 # Modules beside the layers, each in the lowest layer above everything it imports: systemd.py
 # and control.py use nothing of fs360, so any layer may use them.
-SIDE_MODULES = {"systemd": "stdlib-only", "control": "stdlib-only", "settings_file": "config",
-                "doctor": "cli", "demo": "cli", "completion": "cli"}
+SIDE_MODULES = {"systemd": "stdlib-only", "control": "stdlib-only", "fuse_host": "stdlib-only",
+                "options": "config", "settings_file": "config",
+                "doctor": "cli", "demo": "cli", "completion": "cli",
+                # The WebDAV server is a second adapter over the path model, beside fs/'s FUSE one.
+                "webdav": "fs"}
 
 
 def top_imports(path: Path) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import pytest
 from fs360.config import Settings
 from fs360.engine.journal import Journal
 from fs360.engine.locking import StateLock
-from fs360.engine.records import COMPLETE, INTERRUPTED, LOCAL, P_CREATED, PENDING, WRITING
+from fs360.engine.records import CLOSED, COMPLETE, HELD, INTERRUPTED, LOCAL, P_CREATED, PENDING, WRITING
 from fs360.engine.registry import STOPPED_WHILE_WRITING, Registry
 from fs360.engine.spool import Spool
 
@@ -29,7 +29,8 @@ class Opened:
         self.scheduled: list[tuple[int, float]] = []
         self.lock = StateLock()
         self.registry = Registry(self.settings, self.journal, Spool(self.settings.spool_dir), self.lock,
-                                 lambda record, delay: self.scheduled.append((record.id, delay)))
+                                 lambda record, delay: self.scheduled.append((record.id, delay)),
+                                 schedule_commit=lambda record, delay: self.scheduled.append((record.id, delay)))
         with self.lock:
             self.registry.replay_locked()
 
@@ -59,17 +60,46 @@ def write(registry: Registry, session, name: str, data: bytes, close: bool = Tru
     return record
 
 
-def test_a_closed_file_is_queued_after_the_write_back_delay_and_journaled(opened):
-    """The last close queues the file (pending, with its sha256) after the write-back delay."""
+def test_a_closed_file_whose_writers_exited_0_is_queued_at_once_and_journaled(opened):
+    """The commit point: no writer left to wait for, the last close queues the file now
+    (pending, with its sha256)."""
     o = opened()
     with o.lock:
         session = o.registry.create_session_locked("s", 0o755)
         record = write(o.registry, session, "a.jpg", b"abc")
     assert record.state == PENDING
-    assert o.scheduled == [(record.id, WRITEBACK)]
+    assert o.scheduled == [(record.id, 0.0)]
     row = o.journal.files()[0]
     assert (row["state"], row["size"], row["server_name"]) == (PENDING, 3, "a.jpg")
     assert row["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_a_file_whose_writer_runs_on_is_closed_until_its_exit_or_the_delay(opened):
+    """A running writer's file waits, journaled as closed, for the write-back delay; its exit 0
+    commits it at once, a failed exit holds it; a crash meanwhile holds it at the next mount."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        ok, failed, crashed = (write(o.registry, session, name, b"abc", close=False)
+                               for name in ("ok.jpg", "failed.jpg", "crashed.jpg"))
+        for record, tgid in ((ok, 101), (failed, 102), (crashed, 103)):
+            record.writers = {tgid: 0}  # no such process (start 0): gone at the next mount
+            o.registry.close_writer_locked(record, 3)
+        assert [r.state for r in (ok, failed, crashed)] == [CLOSED] * 3
+        assert o.scheduled == [(r.id, WRITEBACK) for r in (ok, failed, crashed)]
+        o.registry.writer_exited_locked(ok, 101, "")
+        o.registry.writer_exited_locked(failed, 102, "curl exited with status 18 right after writing it")
+        o.registry.writer_exited_locked(crashed, 999, "")  # not its writer: nothing changes
+    assert (ok.state, failed.state, crashed.state) == (PENDING, HELD, CLOSED)
+    assert failed.last_error.startswith("curl exited with status 18")
+    o.close()
+    again = opened()
+    states = {r["name"]: r["state"] for r in again.journal.files()}
+    assert states == {"ok.jpg": PENDING, "failed.jpg": HELD, "crashed.jpg": HELD}
+    with again.lock:
+        held = next(r for r in again.registry.files_locked() if r.name == "failed.jpg")
+        assert again.registry.release_held_locked(held)
+    assert held.state == PENDING and held.unfinished == ""
 
 
 def test_replay_queues_unfinished_uploads_for_a_resync_and_interrupts_open_files(opened):
@@ -221,7 +251,7 @@ def test_a_scratch_file_made_whole_by_a_second_writer_is_still_unfinished_after_
     with o.lock:
         session = o.registry.create_session_locked("s", 0o755)
         scratch = write(o.registry, session, ".a.jpg.part", b"abc")
-        o.registry.mark_unfinished_locked(scratch, "the writer was killed by SIGKILL")
+        o.registry.writer_failed_locked(scratch, "the writer was killed by SIGKILL", INTERRUPTED)
         o.registry.open_for_write_locked(scratch)                  # appending: still unfinished
         o.registry.open_for_write_locked(scratch, rewrite=True)    # O_TRUNC: whole from byte 0
         assert scratch.unfinished == ""
@@ -240,7 +270,7 @@ def test_truncating_a_file_to_zero_while_it_is_open_keeps_the_journal_saying_so(
     with o.lock:
         session = o.registry.create_session_locked("s", 0o755)
         scratch = write(o.registry, session, ".b.part", b"abc")
-        o.registry.mark_unfinished_locked(scratch, "a write failed")
+        o.registry.writer_failed_locked(scratch, "a write failed", INTERRUPTED)
         o.registry.open_for_write_locked(scratch)
         o.registry.truncated_locked(scratch, 0, listed=True)
     assert o.journal.files()[0]["unfinished"] == STOPPED_WHILE_WRITING

@@ -33,16 +33,16 @@ def model(server, make_model):
 
 
 def write_marker(model: MountModel, session: str, text: bytes) -> int | None:
-    """Writes .create as `cat > .create` would; returns the errno close() gives (None: accepted)."""
+    """Writes .create as `cat > .create` would; returns the errno the write or the close gives
+    (None: accepted). A text no ending could make a JSON object fails at its write."""
     fh = model.create(f"/{session}/.create", 0o644, os.O_WRONLY)
     try:
         if text:
             model.write(fh, text, 0)
-        try:
-            model.flush(fh)
-        except Fs360Error as exc:
-            return exc.errno
+        model.flush(fh)
         return None
+    except Fs360Error as exc:
+        return exc.errno
     finally:
         model.release(fh)
 
@@ -90,10 +90,12 @@ def test_accepted_markers_request_the_project_with_their_fields(idle, text, opti
 
 
 REFUSED = [
-    # (marker bytes, what status keeps as the reason)
-    (b"{not json", "invalid JSON at line 1 column"),
-    (b"not json", "invalid JSON at line 1 column 1"),
-    (b"{broken", "invalid JSON at line 1 column"),
+    # (marker bytes, what status keeps as the reason): refused at the write where no ending
+    # could make a JSON object, else at close
+    (b"{not json", "expected a field name in double quotes at line 1 column 2"),
+    (b"not json", "must be a JSON object"),
+    (b"{broken", "expected a field name in double quotes at line 1 column 2"),
+    (b'{"a": 1', "invalid JSON at line 1 column 8"),
     (b"[1, 2]", "JSON object"),
     (b"[1, 2, 3]", "JSON object"),
     (b"42", "JSON object"),
@@ -101,7 +103,8 @@ REFUSED = [
     (b'"just a string"', "JSON object"),
     (b"\xff\xfe", "not UTF-8"),
     (b"\xff\xfe{}", "not UTF-8"),
-    (b"[" * 60000, "nested too deep"),
+    (b"[" * 60000, "must be a JSON object"),
+    (b'{"a": ' + b"[" * 30000, "nested too deep"),
     (b'{"privacy_mode": 7}', "privacy_mode must be 0, 1 or 2"),
     (b'{"privacy_mode": "1"}', "privacy_mode must be 0, 1 or 2"),
 ]
@@ -208,10 +211,10 @@ def test_opening_a_requested_marker_without_writing_changes_nothing(idle):
 def test_a_marker_closed_by_a_dying_writer_is_not_a_request(idle, monkeypatch):
     """`> .create` killed before its JSON is written closes an empty, truncated marker: the close
     by a dying process is refused (EINVAL, in status), not taken as a request with defaults."""
-    import fs360.fs.exits as exits_module
+    import signal
+    from fs360.fs.exits import Closer
     dying = 4242
-    monkeypatch.setattr(exits_module, "exit_reason",
-                        lambda pid: "the writer was killed by SIGKILL before it finished" if pid == dying else "")
+    idle.writers.identify = lambda pid: Closer(pid, "bash", signal.SIGKILL if pid == dying else None)
     idle.mkdir("/s", 0o755)
     fh = idle.create("/s/.create", 0o644, os.O_WRONLY)
     try:
@@ -237,7 +240,7 @@ def tree_next_to_an_archive(model):
 def tree_file_still_written(model):
     fh = model.create("/s/Scans/a.jpg", 0o644, os.O_WRONLY)
     model.write(fh, b"a", 0)
-    return lambda: model.release(fh)
+    return lambda: model.finish_writer(fh, succeeded=True)
 
 
 def archive_over_the_file_cap(model):

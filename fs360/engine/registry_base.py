@@ -1,0 +1,153 @@
+"""The registry's shared state and the steps every part of it uses: lookups, and the
+writes of a file's state (journal first). See registry.py."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import Settings
+from .journal import Journal
+from .locking import StateLock
+from .records import CLOSED, LOST, P_CREATED, P_READY, PENDING, STOPPED_WHILE_WRITING, FileRecord, SessionRecord
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Caps:
+    """What the server taught us (or the settings said): the caps and the extensions."""
+    file_cap: int = 0
+    session_cap: int = 0
+    allowed_extensions: tuple[str, ...] = ()
+    refused_extensions: tuple[str, ...] = ()
+
+
+def project_may_use(session: SessionRecord, upload_id: str) -> bool:
+    """Whether a project was (or may have been) made from `upload_id`: a DELETE of the
+    session may then discard the project's input on the real server (api.md Part C)."""
+    project = session.project
+    return project is not None and (project.state in (P_CREATED, P_READY) or project.posted_upload_id == upload_id)
+
+
+class RegistryState:
+    """What every part of the registry shares. The parts (registry_*.py) are mixins of one
+    object, `Registry`: one writer of record state, split by job."""
+
+    def __init__(self, settings: Settings, journal: Journal, spool: Spool, lock: StateLock,
+                 schedule: Callable[[FileRecord, float], None], nudge: Callable[[], None] = lambda: None,
+                 schedule_commit: Callable[[FileRecord, float], None] = lambda record, delay: None):
+        self.settings = settings
+        self.journal = journal
+        self.spool = spool
+        self.lock = lock
+        self._schedule = schedule
+        # The commit clock's door: commit_locked(record, succeeded=False) is due after `delay`.
+        self._schedule_commit = schedule_commit
+        # Tells housekeeping that something a project waits for changed (it looks again now).
+        self.nudge = nudge
+        self.sessions: dict[str, SessionRecord] = {}
+        self._sessions_by_id: dict[int, SessionRecord] = {}
+        self._files: dict[int, FileRecord] = {}
+        # Folder id -> (session id, path): the archive plan's view of the folders, kept in memory so
+        # that status renders (which list a tree's entries) never query the journal.
+        self._folders: dict[int, tuple[int, str]] = {}
+        self.caps = Caps()
+
+    # --- lookups ------------------------------------------------------------------------------
+
+    def session_of(self, record: FileRecord) -> SessionRecord:
+        return self._sessions_by_id[record.session_id]
+
+    def holds_session_locked(self, session: SessionRecord) -> bool:
+        """Whether `session` is still registered (not discarded by rmdir)."""
+        return self._sessions_by_id.get(session.id) is session
+
+    def file_locked(self, file_id: int) -> FileRecord | None:
+        return self._files.get(file_id)
+
+    def is_current_locked(self, record: FileRecord, generation: int) -> bool:
+        """Whether `record` is still registered, listed and unchanged since `generation`."""
+        return record.generation == generation and not record.unlinked and record.id in self._files
+
+    def files_locked(self):
+        return self._files.values()
+
+    def closed_files_locked(self) -> list[FileRecord]:
+        """Files waiting for their commit point (after a restart: their writers still run)."""
+        return [f for f in self._files.values() if f.state == CLOSED]
+
+    def counts_locked(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for record in self._files.values():
+            out[record.state] = out.get(record.state, 0) + 1
+        return out
+
+    # --- files: states --------------------------------------------------------------------------
+
+    def set_state_locked(self, record: FileRecord, state: str, **extra) -> None:
+        self.lock.assert_held()
+        # Journal first: if it cannot record the change, memory does not pretend it happened.
+        self.journal.update_file(record.id, state=state, **extra)
+        record.state = state
+        for key, value in extra.items():
+            setattr(record, key, value)
+
+    def set_file_attrs_locked(self, record: FileRecord, **attrs) -> None:
+        for key, value in attrs.items():
+            setattr(record, key, value)
+        self.journal.update_file(record.id, **attrs)
+
+    def requeue_locked(self, record: FileRecord, state: str, delay: float, **extra) -> None:
+        """Back to the queue in `state` (pending or failed), due in `delay` seconds."""
+        self.set_state_locked(record, state, **extra)
+        self._schedule(record, delay)
+
+    def resynced_locked(self, record: FileRecord, received: int) -> None:
+        """The server said where the file stands; nothing there: the file may change again."""
+        record.needs_resync = False
+        record.server_received = received
+        if received == 0 and record.upload_id is not None:
+            record.upload_id = None
+        self.journal.update_file(record.id, server_received=received, upload_id=record.upload_id)
+
+    def server_lacks_file_locked(self, record: FileRecord) -> None:
+        """The server says a file it should hold complete is not: it goes again from the spool,
+        or, when the spool no longer has it, it is lost."""
+        if record.evicted:
+            self.set_state_locked(record, LOST, last_error="the server does not have this file complete: "
+                                                           "copy it again")
+            return
+        record.needs_resync = True
+        self.requeue_locked(record, PENDING, 0.0, last_error="")
+
+    def learn_locked(self, **changes) -> None:
+        for key, value in changes.items():
+            setattr(self.caps, key, value)
+        self.journal.set_meta("caps", dict(file_cap=self.caps.file_cap, session_cap=self.caps.session_cap,
+                                           allowed_extensions=list(self.caps.allowed_extensions),
+                                           refused_extensions=list(self.caps.refused_extensions)))
+
+    def _rest_unfinished_locked(self, record: FileRecord) -> None:
+        """Not whole (interrupted) or not known to be (held): never uploaded as it is."""
+        record.generation += 1
+        record.writers = None
+        record.writer_unknown = False
+        self.set_state_locked(record, record.unfinished_state, size=record.size, mtime_ns=record.mtime_ns,
+                              last_error=record.unfinished)
+        log.warning("%s: not uploaded: %s", record.name, record.unfinished)
+
+    def set_unfinished_locked(self, record: FileRecord, reason: str) -> None:
+        """Why the content is not whole ('' once it is written again from byte 0). Journaled: a
+        scratch file or an interrupted one keeps it across a remount, so a rename to its final
+        name can never start uploading a partial file."""
+        if record.unfinished != reason:
+            record.unfinished = reason
+            # Whole again while a writer still has it open: the journal goes on saying "being
+            # written" until the last close, should the mount stop before it.
+            journaled = reason or (STOPPED_WHILE_WRITING if record.open_writers else "")
+            self.journal.update_file(record.id, unfinished=journaled)
+            record.stop_journaled = journaled == STOPPED_WHILE_WRITING
+

@@ -1,0 +1,295 @@
+"""The registry's files: created, written, closed, truncated, queued, renamed, removed, and
+identical re-copies of files the server holds (see registry.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from .records import (COMPLETE, INTERRUPTED, IN_TREE, LOCAL, PENDING, QUEUED_STATES,
+                      STOPPED_WHILE_WRITING, UNFINISHED_STATES, UPLOADING, WRITING, FileRecord, SessionRecord)
+from .registry_base import RegistryState
+from .spool import RunningDigest
+
+log = logging.getLogger(__name__)
+
+
+class FileWriters(RegistryState):
+    """Files: from their creation to their queuing, and their names and removal in the folder."""
+
+    # --- files: writers ------------------------------------------------------------------------
+
+    def create_file_locked(self, session: SessionRecord, name: str, mode: int, uid: int, gid: int,
+                           local_only: bool) -> FileRecord:
+        """A new file, created to be opened for writing at once (open_for_write_locked): one
+        journal row that already says so, and holds its server name."""
+        now_ns = time.time_ns()
+        state = LOCAL if local_only else WRITING
+        uploaded_alone = not local_only and "/" not in name  # not scratch, not in the tree
+        server_name = self._free_server_name_locked(name, session) if uploaded_alone else None
+        values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
+                      state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
+                      completed_at=0, evicted=0, unlinked=0, server_name=server_name, sha256=None, archive=0,
+                      unfinished=STOPPED_WHILE_WRITING, writers="")
+        file_id = self.journal.insert_file(values)
+        self.spool.create(file_id)
+        record = FileRecord(id=file_id, session_id=session.id, name=name, mode=mode, mtime_ns=now_ns, uid=uid,
+                            gid=gid, state=state, local_only=local_only, server_name=server_name,
+                            stop_journaled=True)
+        self._files[file_id] = record
+        session.files[name] = record
+        if server_name:
+            session.server_names[server_name.lower()] = record
+        return record
+
+    def add_archive_locked(self, session: SessionRecord, size: int, server_name: str) -> FileRecord:
+        """The session's tree frozen as one upload of its own (see archive_plan.py), queued now."""
+        now_ns = time.time_ns()
+        name = session.name + ".zip"
+        values = dict(session_id=session.id, name=name, size=size, mode=0o644, uid=os.getuid(), gid=os.getgid(),
+                      mtime_ns=now_ns, state=PENDING, server_received=0, upload_id=None, last_error="",
+                      attempts=0, next_attempt=0, completed_at=0, evicted=0, unlinked=0, server_name=server_name,
+                      sha256=None, archive=1, unfinished="", writers="")
+        file_id = self.journal.insert_file(values)
+        record = FileRecord(id=file_id, session_id=session.id, name=name, mode=0o644, mtime_ns=now_ns, size=size,
+                            uid=values["uid"], gid=values["gid"], state=PENDING, server_name=server_name,
+                            archive=True)
+        self._files[file_id] = record
+        session.archive = record
+        session.server_names[server_name.lower()] = record
+        self._schedule(record, 0.0)
+        return record
+
+    def drop_archive_locked(self, session: SessionRecord) -> None:
+        """The archive was planned but nothing of it reached the server: the tree may change again."""
+        archive = session.archive
+        archive.generation += 1
+        self._files.pop(archive.id, None)
+        self.release_server_name_locked(archive, session)
+        self.journal.delete_file(archive.id)
+        session.archive = None
+
+    def open_for_write_locked(self, record: FileRecord, rewrite: bool = False, truncated: bool = False) -> None:
+        """A writer opened it: any pending upload is cancelled until the last close.
+
+        `rewrite`: the content starts again from byte 0 (O_TRUNC, or an empty file), so an
+        earlier failure no longer matters. Otherwise an `interrupted` file stays unfinished:
+        appending to a partial file does not make it whole. `truncated`: its spool file was
+        just cut to 0 (O_TRUNC)."""
+        record.open_writers += 1
+        first_writer = record.open_writers == 1
+        if truncated and record.size:
+            record.size = 0
+            record.mtime_ns = time.time_ns()
+        if rewrite:
+            self.set_unfinished_locked(record, "")
+            record.digest = RunningDigest()
+        elif record.state in UNFINISHED_STATES and not record.unfinished:
+            self.set_unfinished_locked(record, record.last_error or "an earlier write of this file did not finish")
+        if first_writer:
+            # Appending to an unfinished file may finish it: a writer that then exits 0 makes it whole.
+            record.completing = bool(record.unfinished)
+            record.writer_failure = ""
+            # The writers of this new writing decide: earlier ones' late exits no longer do (a
+            # resumed rsync --partial-dir finishes the file while the cut-off run's helpers exit).
+            record.writers = None
+            record.writer_unknown = False
+        if record.open_writers == 1 and not record.unfinished and not record.stop_journaled:
+            # Journal only (memory keeps the truth while it is open): should the mount stop before
+            # the last close, the file comes back unfinished. A scratch file has no `writing` state
+            # to say so, and a rename to its final name must never upload it then.
+            self.journal.update_file(record.id, unfinished=STOPPED_WHILE_WRITING)
+            record.stop_journaled = True
+        if record.local_only:
+            return
+        record.generation += 1
+        if record.state != WRITING:
+            self.set_state_locked(record, WRITING, last_error="", attempts=0)
+
+    @staticmethod
+    def wrote_locked(record: FileRecord, end: int) -> RunningDigest | None:
+        """Bytes up to `end` were written to its spool file (memory only until the last close).
+        Returns the running digest for the caller to feed the data to, after the lock is released."""
+        if end > record.size:
+            record.size = end
+        record.mtime_ns = time.time_ns()
+        return record.digest
+
+    @staticmethod
+    def allocated_locked(record: FileRecord, end: int) -> None:
+        """fallocate grew its spool file to `end` with zeros."""
+        if end > record.size:
+            record.size = end
+            if record.digest is not None:
+                record.digest.invalidate()
+
+    def close_writer_locked(self, record: FileRecord, size: int, unfinished: str = "") -> None:
+        """A writer closed it. `unfinished`: why that writer did not finish (a failed write,
+        a dying process): the file is then `interrupted`, never uploaded as it is. The last
+        close of a whole file starts its commit point (await_commit_locked)."""
+        record.open_writers = max(0, record.open_writers - 1)
+        record.size = size
+        if unfinished:
+            self.writer_failed_locked(record, unfinished, INTERRUPTED)
+        last_close = not record.open_writers and record.id in self._files
+        if last_close:
+            # The journal's unfinished becomes what memory says (set_unfinished_locked journaled a
+            # reason; '' goes with the row's next write below, or with the queuing).
+            record.stop_journaled = False
+            record.closed_at = time.monotonic()
+        if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
+            as_is = {"unfinished": record.unfinished} if last_close else {}
+            self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns, **as_is)
+        elif record.unfinished and not record.completing:
+            self._rest_unfinished_locked(record)
+        else:
+            self.await_commit_locked(record)
+
+    def truncated_locked(self, record: FileRecord, length: int, listed: bool) -> None:
+        """Its spool file was truncated to `length`: with no writer open it is queued again
+        (truncate -s); `listed`: the file is still in its folder."""
+        record.size = length
+        record.mtime_ns = time.time_ns()
+        if length == 0:
+            # Rewritten from 0: whatever was unfinished before is gone with its bytes.
+            self.set_unfinished_locked(record, "")
+            record.digest = RunningDigest()
+        else:
+            if record.digest is not None:
+                record.digest.cut(length)
+            if record.state in UNFINISHED_STATES and not record.unfinished:
+                self.set_unfinished_locked(record, record.last_error)  # still partial
+        if not record.open_writers and not record.local_only and not record.unfinished and listed:
+            record.writer_unknown = True  # truncate(1) by path: the commit waits the delay
+            self.await_commit_locked(record)
+        else:
+            self.journal.update_file(record.id, size=length, mtime_ns=record.mtime_ns)
+
+    def queue_upload_locked(self, record: FileRecord, delay: float = 0.0) -> None:
+        """The file is committed (see commit_locked) and its name final: upload it after `delay`.
+        A file of the tree is whole now, and waits for the archive instead."""
+        record.generation += 1
+        # Whole (it is queued): `unfinished` '' goes in the same journal write.
+        if record.in_tree:
+            self.set_state_locked(record, IN_TREE, size=record.size, mtime_ns=record.mtime_ns, last_error="",
+                                  attempts=0, unfinished="")
+            return
+        self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
+                              attempts=0, sha256=self.content_sha256(record), unfinished="")
+        self._schedule(record, delay)
+
+    # --- files: names and removal ----------------------------------------------------------------
+
+    def rename_file_locked(self, record: FileRecord, target: SessionRecord, new_name: str, local_only: bool) -> None:
+        source = self.session_of(record)
+        replaced = target.files.get(new_name)
+        if replaced is not None and replaced is not record:
+            self.remove_file_locked(replaced)
+        del source.files[record.name]
+        record.name = new_name
+        record.session_id = target.id
+        target.files[new_name] = record
+        self.journal.update_file(record.id, name=new_name, session_id=target.id)
+        was_local = record.local_only
+        record.local_only = local_only
+        if was_local and not local_only:
+            if record.open_writers:
+                self.set_state_locked(record, WRITING)
+            elif record.unfinished and not record.completing:
+                self._rest_unfinished_locked(record)
+            else:
+                # A closed scratch file (rsync's .name.XXXXXX, GIO's .goutputstream-*) renamed to
+                # its final name: committed once its writers and the renamer have exited 0
+                # (rsync --partial renames a partial file and then exits 20; rsync --partial-dir
+                # finishes its partial file in place, then renames it).
+                self.await_commit_locked(record)
+        elif not was_local and local_only:
+            record.generation += 1
+            self.set_state_locked(record, LOCAL, last_error="")
+        elif (record.state == IN_TREE) != record.in_tree and record.state in QUEUED_STATES + (IN_TREE, UPLOADING):
+            # A closed file moved into the tree (its upload, not begun, stops), or out of it.
+            self.queue_upload_locked(record)
+        elif record.state in QUEUED_STATES or (record.state == UPLOADING and not record.may_be_on_server):
+            # Committed, not sent: an attempt already picked up stops at its claim (it may have
+            # opened the old session, or checked the old name), and the file goes again from here.
+            record.generation += 1
+            if record.state == UPLOADING:
+                self.set_state_locked(record, PENDING)
+            self._schedule(record, 0.0)
+        self._rechoose_server_name_locked(record, source)
+
+    def remove_file_locked(self, record: FileRecord) -> None:
+        """unlink: a file the server may hold is remembered (the session cannot drop it)."""
+        session = self.session_of(record)
+        # The spool file goes first: on a full disk, that is what makes room for the journal.
+        self.spool.remove(record.id)
+        if record.may_be_on_server and not record.local_only:
+            self.journal.update_file(record.id, unlinked=1, evicted=1)
+            record.unlinked = record.evicted = True
+            session.unlinked.append(record)
+        else:
+            self._forget_file_locked(record, session)
+        session.files.pop(record.name, None)
+        record.generation += 1
+        self.nudge()
+
+    def revivable_locked(self, session: SessionRecord, name: str) -> FileRecord | None:
+        """The file of `name` deleted from the folder that the server holds complete, with its
+        sha256 known: a re-run that unlinks first (tar -x, cp --remove-destination) may bring it
+        back by writing the same content again (see relist_locked)."""
+        return next((f for f in session.unlinked if f.name == name and f.state == COMPLETE and f.sha256), None)
+
+    def relist_locked(self, record: FileRecord) -> None:
+        """An unlinked file the server holds is listed in its folder again (its identical re-copy
+        is being compared; a different one unlinks it again)."""
+        session = self.session_of(record)
+        session.unlinked.remove(record)
+        record.unlinked = False
+        session.files[record.name] = record
+        self.journal.update_file(record.id, unlinked=0)
+        self.nudge()
+
+    def _forget_file_locked(self, record: FileRecord, session: SessionRecord) -> None:
+        self.journal.delete_file(record.id)
+        self._files.pop(record.id, None)
+        self.release_server_name_locked(record, session)
+
+    # --- identical re-copies ------------------------------------------------------------------
+
+    def content_sha256(self, record: FileRecord) -> str | None:
+        """sha256 of the spooled content: from the running digest when the file was written
+        front to back, else by reading the spool file once (None when it is gone)."""
+        digest = record.digest.hexdigest(record.size) if record.digest is not None else None
+        if digest is not None:
+            return digest
+        try:
+            record.digest = RunningDigest.of_file(self.spool.path(record.id))
+        except OSError:
+            return None
+        return record.digest.hexdigest(record.size)
+
+    def refuse_change_locked(self, record: FileRecord) -> str:
+        """A different content for a name the server holds: say why, in status and the log."""
+        reason = f"the server already holds a different {record.name}; it cannot be replaced"
+        if record.last_error != reason:
+            self.journal.update_file(record.id, last_error=reason)
+            record.last_error = reason
+        log.warning("%s", reason)
+        return reason
+
+    def keep_identical_locked(self, held: FileRecord, copy: FileRecord | None = None, mode: int | None = None,
+                              mtime_ns: int | None = None) -> None:
+        """An identical re-copy of a file the server holds: the new data is dropped (the local
+        `copy`, if any), the record stays as it is and takes the copy's mode and mtime."""
+        if copy is not None:
+            self.remove_file_locked(copy)
+            mode, mtime_ns = copy.mode, copy.mtime_ns
+        changes = {"last_error": ""}
+        if mode is not None:
+            changes["mode"] = mode
+        if mtime_ns is not None:
+            changes["mtime_ns"] = mtime_ns
+        self.set_file_attrs_locked(held, **changes)
+        held.ctime_ns = time.time_ns()
+

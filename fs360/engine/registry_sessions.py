@@ -1,0 +1,152 @@
+"""The registry's sessions, their projects and their tree's folders (see registry.py: the
+state, the lock and the journal are the Registry's)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .journal import PROJECT_COLUMNS
+from .records import CLOSED, LOST, PENDING, UNFINISHED_STATES, UPLOADING, WRITING, ProjectRequest, SessionRecord
+from .registry_base import RegistryState, project_may_use
+
+log = logging.getLogger(__name__)
+
+
+class SessionsAndFolders(RegistryState):
+    """Sessions, the projects requested for them, and the folders of their trees."""
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def create_session_locked(self, name: str, mode: int) -> SessionRecord:
+        now_ns = time.time_ns()
+        session_id = self.journal.insert_session(dict(name=name, upload_id=None, expires_at=None, mode=mode,
+                                                      mtime_ns=now_ns, sealed=0))
+        session = SessionRecord(id=session_id, name=name, mode=mode, mtime_ns=now_ns)
+        self.sessions[name] = session
+        self._sessions_by_id[session_id] = session
+        return session
+
+    def rename_session_locked(self, session: SessionRecord, new_name: str) -> None:
+        del self.sessions[session.name]
+        session.name = new_name
+        self.sessions[new_name] = session
+        self.journal.update_session(session.id, name=new_name)
+
+    def discard_session_locked(self, session: SessionRecord) -> str | None:
+        """rmdir: forgets the session and its spool. Returns the server session to delete (None:
+        none, or a project may use it)."""
+        archive = [session.archive] if session.archive is not None else []
+        for record in list(session.files.values()) + session.unlinked + archive:
+            record.generation += 1
+            self.spool.remove(record.id)
+            self._files.pop(record.id, None)
+        del self.sessions[session.name]
+        del self._sessions_by_id[session.id]
+        self.journal.delete_session(session.id)
+        if session.upload_id and not project_may_use(session, session.upload_id):
+            return session.upload_id
+        return None
+
+    def set_session_attrs_locked(self, session: SessionRecord, mode: int | None = None,
+                                 mtime_ns: int | None = None) -> None:
+        if mode is not None:
+            session.mode = mode
+        if mtime_ns is not None:
+            session.mtime_ns = mtime_ns
+        self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns)
+
+    def session_opened_locked(self, session: SessionRecord, upload_id: str, expires_in: float) -> None:
+        session.upload_id = upload_id
+        session.remote_names = {}  # a new session holds nothing
+        session.expires_at = time.time() + expires_in
+        self.journal.update_session(session.id, upload_id=upload_id, expires_at=session.expires_at)
+
+    def session_lost_locked(self, session: SessionRecord, dead_upload_id: str) -> str | None:
+        """The server lost the session (404 or expiry): every file goes again from the spool.
+        Returns the dead server session to delete (None: nothing to do, or a project may use it)."""
+        if session.upload_id != dead_upload_id or not self.holds_session_locked(session):
+            return None  # somebody already handled it, or the session was discarded (rmdir)
+        log.warning("session %r: the server no longer has upload session; sending its files again", session.name)
+        session.upload_id = None
+        session.expires_at = None
+        session.remote_names = None
+        self.journal.update_session(session.id, upload_id=None, expires_at=None)
+        for record in session.unlinked:
+            self.release_server_name_locked(record)
+            self._files.pop(record.id, None)
+            self.journal.delete_file(record.id)
+            self.spool.remove(record.id)
+        session.unlinked.clear()
+        for record in session.uploads():
+            if record.state in (WRITING, CLOSED) + UNFINISHED_STATES:
+                continue
+            record.server_received = 0
+            record.upload_id = None
+            if record.state == UPLOADING:
+                # Its worker meets the 404 itself and puts it back in the queue.
+                self.journal.update_file(record.id, server_received=0, upload_id=None)
+                continue
+            if record.evicted:
+                self.set_state_locked(record, LOST, last_error="the server lost this file and the local copy "
+                                                               "was already dropped: copy it again")
+                continue
+            self.set_state_locked(record, PENDING, last_error="", attempts=0)
+            self._schedule(record, 0.0)
+        self.nudge()
+        # Idempotent: if the server still has it somewhere, it stops using the account's quota.
+        return None if project_may_use(session, dead_upload_id) else dead_upload_id
+
+    def seal_locked(self, session: SessionRecord) -> None:
+        session.sealed = True
+        self.journal.update_session(session.id, sealed=1)
+
+    # --- projects -----------------------------------------------------------------------------
+
+    def set_project_locked(self, session: SessionRecord, project: ProjectRequest | None) -> None:
+        session.project = project
+        if project is None:
+            session.notice = ""
+            self.journal.delete_project(session.id)
+        else:
+            self.journal.upsert_project(session.id, {c: getattr(project, c) for c in PROJECT_COLUMNS})
+
+    def update_project_locked(self, session: SessionRecord, **values) -> None:
+        self.journal.update_project(session.id, **values)
+        for key, value in values.items():
+            setattr(session.project, key, value)
+
+    def hide_marker_locked(self, session: SessionRecord) -> None:
+        """`unlink .create` after the project exists: the project stays, the marker leaves the listing."""
+        self.update_project_locked(session, marker_hidden=True)
+
+    # --- folders of a session's tree (the path model keeps them; the journal remembers them) --------
+
+    def folder_rows_locked(self) -> list:
+        """Every journaled folder: rows of (id, session_id, path, mode, mtime_ns), read once by the
+        path model when it starts."""
+        return self.journal.dirs()
+
+    def folder_paths_locked(self, session: SessionRecord) -> list[str]:
+        """The paths of the session's folders, sorted (the same tree gives the same archive)."""
+        return sorted(path for session_id, path in self._folders.values() if session_id == session.id)
+
+    def add_folder_locked(self, session: SessionRecord, path: str, mode: int, mtime_ns: int) -> int:
+        folder_id = self.journal.insert_dir(session.id, path, mode, mtime_ns)
+        self._folders[folder_id] = (session.id, path)
+        return folder_id
+
+    def update_folder_locked(self, folder_id: int, **values) -> None:
+        self.journal.update_dir(folder_id, **values)
+        if "path" in values and folder_id in self._folders:
+            self._folders[folder_id] = (self._folders[folder_id][0], values["path"])
+
+    def remove_folder_locked(self, folder_id: int) -> None:
+        self.journal.delete_dir(folder_id)
+        self._folders.pop(folder_id, None)
+
+    def remove_folders_of_locked(self, session: SessionRecord) -> None:
+        self.journal.delete_dirs_of(session.id)
+        for folder_id in [i for i, (session_id, _) in self._folders.items() if session_id == session.id]:
+            del self._folders[folder_id]
+

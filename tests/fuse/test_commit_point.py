@@ -1,0 +1,248 @@
+"""The commit point with real programs (issue 19): a program that fails never uploads its file;
+one that succeeds uploads at once (the write-back delay of these mounts is a minute, so only a
+writer's exit can commit a file here).
+
+rsync, curl, wget, unzip and a Python writer each fail in the way users meet: cut off by a
+signal, by a server that drops the connection, by a damaged archive, by an error after the close.
+Nothing of theirs may ever be complete on the server, on either emulator profile.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.harness import assert_uploaded, make_sources, remote_files, request_count, wait_until
+from tests.ops.common import harness_runtime, run_fs360
+
+MiB = 1024 * 1024
+# Long enough that no file here is committed by the delay: only its writer's exit commits it.
+WINDOW = 60.0
+SETTLED = ("complete", "held", "interrupted", "rejected", "local")
+
+
+def state_of(mount, session: str, name: str) -> dict:
+    return next((f for f in mount.status_json(session)["files"] if f["name"] == name), {})
+
+
+def wait_state(mount, session: str, name: str, states=SETTLED, timeout: float = 60) -> dict:
+    return wait_until(lambda: (lambda f: f if f.get("state") in states else None)(state_of(mount, session, name)),
+                      timeout, 0.1, what=f"{session}/{name} to reach {states}")
+
+
+def wait_exit(proc: subprocess.Popen, timeout: float = 60) -> int:
+    try:
+        return proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def rsync_processes(marker: str) -> list[int]:
+    """The pids of every rsync whose command line holds `marker` (the parent and its children)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"rsync\0") and marker.encode() in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+class CutOffServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """Serves `body` on loopback, announcing all of it and dropping the connection after `cut` bytes."""
+    daemon_threads = True
+
+    def __init__(self, body: bytes, cut: int):
+        self.body, self.cut = body, cut
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(handler):
+                handler.send_response(200)
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                handler.wfile.write(body[:cut])
+                handler.wfile.flush()
+                handler.close_connection = True
+
+            def log_message(handler, *args):
+                pass
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/scan.e57"
+
+
+def damaged_zip(folder: Path) -> Path:
+    """A zip of one member whose stored data has one byte flipped: unzip writes it whole-sized,
+    says "bad CRC" and exits 2."""
+    archive = folder / "damaged.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("photo.jpg", os.urandom(256 * 1024))
+    data = bytearray(archive.read_bytes())
+    data[30 + len("photo.jpg") + 1000] ^= 0xFF  # inside the member's data, after its local header
+    archive.write_bytes(bytes(data))
+    return archive
+
+
+@pytest.fixture
+def slow_source(tmp_path) -> tuple[Path, str]:
+    sources = make_sources(tmp_path / "src", {"big.e57": 24 * MiB})
+    return tmp_path / "src" / "big.e57", sources["big.e57"]
+
+
+def test_failing_programs_never_upload_their_files(tmp_path, profiled_emulator, mount_factory):
+    emulator = profiled_emulator
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    sources = make_sources(tmp_path / "src", {"ok.jpg": 3 * MiB + 1})
+
+    # cp succeeds: uploaded at once, a minute before the write-back delay would have.
+    subprocess.run(["cp", str(tmp_path / "src" / "ok.jpg"), str(session)], check=True)
+    assert wait_state(mount, "s", "ok.jpg")["state"] == "complete"
+
+    # A Python writer that closes its file, then exits 1.
+    script = f"open({str(session / 'py.jpg')!r}, 'wb').write(b'x' * 1000); raise SystemExit(1)"
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 1
+    held = wait_state(mount, "s", "py.jpg")
+    assert held["state"] == "held" and "exited with status 1 right after writing it" in held["error"]
+
+    # curl and wget cut off by a server that drops the connection.
+    body = os.urandom(2 * MiB)
+    server = CutOffServer(body, cut=MiB // 2)
+    try:
+        curl = subprocess.run(["curl", "-sS", "-o", str(session / "curl.e57"), server.url], capture_output=True)
+        assert curl.returncode == 18, curl.stderr
+        if shutil.which("wget"):
+            wget = subprocess.run(["wget", "-q", "--tries=1", "-O", str(session / "wget.e57"), server.url])
+            assert wget.returncode != 0
+    finally:
+        server.shutdown()
+    for name in ("curl.e57", "wget.e57") if shutil.which("wget") else ("curl.e57",):
+        info = wait_state(mount, "s", name)
+        assert info["state"] == "held", info
+        assert name.split(".")[0] in info["error"] and "probably incomplete" in info["error"]
+
+    # unzip of a damaged archive: the member is written, "bad CRC", exit 2.
+    unzip = subprocess.run(["unzip", "-o", str(damaged_zip(tmp_path)), "-d", str(session)], capture_output=True)
+    assert unzip.returncode == 2, unzip.stdout
+    assert wait_state(mount, "s", "photo.jpg")["state"] == "held"
+
+    assert_uploaded(emulator, None, {"ok.jpg": sources["ok.jpg"]})
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_rsync_inplace_cut_off_is_never_uploaded_and_append_finishes_it(how, tmp_path, slow_source, emulator,
+                                                                         mount_factory):
+    source, sha = slow_source
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    marker = f"--log-file-format=cut-{how}"  # tells this test's rsync processes apart
+    rsync = subprocess.Popen(["rsync", "--inplace", "--bwlimit=3000", marker, str(source), str(session)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: state_of(mount, "s", "big.e57").get("size", 0) >= 2 * MiB, 60,
+               what="rsync to write 2 MiB")
+    rsync.send_signal(getattr(signal, how))  # the parent only, as `kill` or a closed terminal would
+    assert wait_exit(rsync) != 0
+    wait_until(lambda: not rsync_processes(marker), 30, what="rsync's children to end")
+    cut = wait_state(mount, "s", "big.e57")
+    assert cut["state"] in ("held", "interrupted"), cut
+    assert cut["size"] < 24 * MiB and "copy it again" in cut["error"]
+    assert not remote_files(emulator), "a partial file reached the server"
+
+    # rsync --append sends the rest to the same file: it is whole and uploads.
+    done = subprocess.run(["rsync", "--append", str(source), str(session)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert wait_state(mount, "s", "big.e57")["state"] == "complete"
+    assert_uploaded(emulator, None, {"big.e57": sha})
+
+
+def test_a_file_moved_to_another_session_at_pick_up_goes_to_that_session(tmp_path, emulator, mount_factory):
+    """Paused, a worker picks the file up and waits before its first PUT (having opened s1's
+    server session): moved to s2 meanwhile, it must be sent into s2's session, never s1's."""
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    sources = make_sources(tmp_path / "src", {"a.jpg": MiB})
+    for name in ("s1", "s2"):
+        (mount.mountpoint / name).mkdir()
+    assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
+    subprocess.run(["cp", str(tmp_path / "src" / "a.jpg"), str(mount.mountpoint / "s1")], check=True)
+    wait_until(lambda: mount.status_json("s1")["upload_id"], 30, what="s1's server session to open at pick-up")
+    assert state_of(mount, "s1", "a.jpg")["state"] == "uploading"
+    os.rename(mount.mountpoint / "s1" / "a.jpg", mount.mountpoint / "s2" / "a.jpg")
+    assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
+    assert wait_state(mount, "s2", "a.jpg")["state"] == "complete"
+    s2 = mount.status_json("s2")["upload_id"]
+    assert_uploaded(emulator, s2, {"a.jpg": sources["a.jpg"]})
+    assert [f["upload_id"] for f in emulator.files()] == [s2]
+
+
+def test_fs360_release_uploads_a_held_file_the_user_knows_is_whole(tmp_path, emulator, mount_factory):
+    """`cp a missing.jpg b dest/` exits 1 though a and b are whole: both held; released, they upload."""
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    sources = make_sources(tmp_path / "src", {"a.jpg": 1000, "b.jpg": 2000})
+    cp = subprocess.run(["cp", str(tmp_path / "src" / "a.jpg"), str(tmp_path / "src" / "missing.jpg"),
+                         str(tmp_path / "src" / "b.jpg"), str(session)], capture_output=True)
+    assert cp.returncode == 1
+    for name in ("a.jpg", "b.jpg"):
+        assert wait_state(mount, "s", name)["state"] == "held"
+    assert "cp exited with status 1" in Path(session / "status").read_text()
+    refused = run_fs360(tmp_path, "release", str(session / "status.json"), env=harness_runtime())
+    assert refused.returncode != 0 and "status.json is not a file" in refused.stderr
+    released = run_fs360(tmp_path, "release", str(session / "a.jpg"), str(session / "b.jpg"),
+                         env=harness_runtime())
+    assert released.returncode == 0, released.stderr
+    for name in ("a.jpg", "b.jpg"):
+        assert wait_state(mount, "s", name)["state"] == "complete"
+    assert_uploaded(emulator, None, sources)
+    outside = run_fs360(tmp_path, "release", str(tmp_path / "src" / "a.jpg"), env=harness_runtime())
+    assert outside.returncode != 0 and "not inside an fs360 mount" in outside.stderr
+
+
+def test_reruns_that_unlink_first_bring_the_servers_files_back(tmp_path, profiled_emulator, mount_factory):
+    """tar -x, unzip -o, cp --remove-destination and install run twice: the second run deletes each
+    complete file and writes it again. Identical, it is the server's file again: exit 0, no PUT,
+    complete, and .create is not blocked by deleted files."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    src = tmp_path / "src"
+    sources = make_sources(src, {"a.jpg": 300_000, "b.e57": MiB, "c.jpg": 5000, "d.jpg": 7000, "e.jpg": 9000})
+    subprocess.run(["tar", "-cf", str(tmp_path / "t.tar"), "-C", str(src), "a.jpg", "b.e57"], check=True)
+    subprocess.run(["zip", "-jq", str(tmp_path / "z.zip"), str(src / "c.jpg")], check=True)
+    runs = [["tar", "-xf", str(tmp_path / "t.tar"), "-C", str(session)],
+            ["unzip", "-oq", str(tmp_path / "z.zip"), "-d", str(session)],
+            ["cp", "--remove-destination", str(src / "d.jpg"), str(session)],
+            ["install", "-m", "0644", str(src / "e.jpg"), str(session)]]
+    for argv in runs:
+        subprocess.run(argv, check=True)
+    assert mount.wait_settled("s") == {name: "complete" for name in sources}
+    puts = request_count(emulator, "PUT")
+    for argv in runs:
+        again = subprocess.run(argv, capture_output=True, text=True)
+        assert again.returncode == 0, (argv, again.stderr)
+    assert mount.wait_settled("s") == {name: "complete" for name in sources}
+    assert mount.status_json("s")["deleted_but_held_by_server"] == []
+    assert request_count(emulator, "PUT") == puts
+    (session / ".create").write_text('{"title": "re-run"}')
+    assert mount.wait_project("s")["state"] == "ready"
+    assert_uploaded(emulator, None, sources)

@@ -1,0 +1,191 @@
+"""The commit point in the path model: a file is final when its writers exited 0, held when one
+failed right after writing it, and committed by the write-back delay when a writer runs on.
+
+The processes are fed in (`Writers.identify` and `Writers.exited`), as /proc and the exit watch
+would report them in a mount: no real process has to die. tests/fuse/test_commit_point.py runs
+the same with real programs.
+"""
+
+import os
+import signal
+
+import pytest
+
+from fs360.errors import InvalidArgument
+from fs360.fs.exits import Closer
+from tests.fed_writers import feed_writers
+
+O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+CP, CURL, SHELL, RSYNC = 4_000_001, 4_000_002, 4_000_003, 4_000_004
+KILLED = 4_000_009  # its close comes while it is exiting, killed by SIGKILL
+NAMES = {CP: "cp", CURL: "curl", SHELL: "bash", RSYNC: "rsync", KILLED: "dd"}
+
+
+@pytest.fixture
+def idle(emulator, make_model):
+    """A model whose engine never uploads (a day-long write-back delay), with fed processes."""
+    model = make_model(emulator, start=False, writeback_delay=86400.0)
+    feed_writers(model, lambda pid: Closer(pid, NAMES[pid], signal.SIGKILL if pid == KILLED else None))
+    return model
+
+
+def write_file(model, path, data=b"data", pid=CP, flags=O_CREATE):
+    fh = model.create(path, 0o644, flags) if flags & os.O_CREAT else model.open(path, flags)
+    model.write(fh, data, 0 if not flags & os.O_APPEND else model.getattr(path)["st_size"])
+    model.flush(fh, pid)
+    model.release(fh)
+
+
+def error_of(model, path):
+    return model.getxattr(path, "user.fs360.error").decode()
+
+
+@pytest.mark.parametrize("pid, status, state, reason", [
+    (CP, 0, "pending", ""),
+    (CURL, 18 << 8, "held", "curl exited with status 18 right after writing it: it is probably incomplete; "
+                            "copy it again, or run `fs360 release` on it if you know it is whole"),
+    (RSYNC, signal.SIGINT, "held", "rsync was killed by SIGINT right after writing it"),
+], ids=["exit 0: queued at once", "exit 18: held", "SIGINT: held"])
+def test_the_writers_exit_decides(idle, pid, status, state, reason):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.e57", pid=pid)
+    assert idle.file_state("s", "a.e57") == "closed"
+    idle.writers.exited(pid, status)
+    assert idle.file_state("s", "a.e57") == state
+    assert error_of(idle, "/s/a.e57").startswith(reason)
+
+
+def test_an_exit_reported_before_the_release_still_decides(idle):
+    """The kernel's RELEASE is asynchronous: a writer may have exited before it arrives."""
+    idle.mkdir("/s", 0o755)
+    for name, pid, status, state in (("ok.jpg", CP, 0, "pending"), ("bad.jpg", CURL, 1 << 8, "held")):
+        fh = idle.create(f"/s/{name}", 0o644, O_CREATE)
+        idle.write(fh, b"x", 0)
+        idle.flush(fh, pid)
+        idle.writers.exited(pid, status)
+        idle.release(fh)
+        assert idle.file_state("s", name) == state
+
+
+def test_every_writer_must_exit_0(idle):
+    idle.mkdir("/s", 0o755)
+    fh1 = idle.create("/s/a.jpg", 0o644, O_CREATE)
+    fh2 = idle.open("/s/a.jpg", os.O_WRONLY)
+    idle.write(fh1, b"ab", 0)
+    idle.flush(fh1, CP)
+    idle.release(fh1)
+    idle.writers.exited(CP, 0)
+    assert idle.file_state("s", "a.jpg") == "writing"
+    idle.flush(fh2, SHELL)
+    idle.release(fh2)
+    assert idle.file_state("s", "a.jpg") == "closed"
+    idle.writers.exited(SHELL, 0)
+    assert idle.file_state("s", "a.jpg") == "pending"
+
+
+def test_a_writer_killed_with_the_file_open_interrupts_it(idle):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/dd.las", pid=KILLED)
+    assert idle.file_state("s", "dd.las") == "interrupted"
+    assert error_of(idle, "/s/dd.las").startswith("dd was killed by SIGKILL while writing it")
+
+
+def test_an_unknown_writer_waits_for_the_delay(emulator, make_model):
+    """No pid (or no watch): only the write-back delay commits the file."""
+    model = make_model(emulator, writeback_delay=0.2)
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(fh, b"data", 0)
+    model.flush(fh, None)
+    model.release(fh)
+    model.engine.wait_idle(30, poll=0.05)
+    assert model.file_state("s", "a.jpg") == "complete"
+    assert {f["name"] for f in emulator.files() if f["complete"]} >= {"a.jpg"}
+
+
+def test_release_uploads_a_held_file_and_refuses_anything_else(idle):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/b.jpg", pid=CURL)
+    idle.writers.exited(CURL, 1 << 8)
+    write_file(idle, "/s/c.jpg")
+    with pytest.raises(InvalidArgument, match="not held"):
+        idle.release_held("/s/c.jpg")
+    assert "released" in idle.release_held("/s/b.jpg")
+    assert idle.file_state("s", "b.jpg") == "pending"
+
+
+def test_a_held_or_interrupted_file_finished_by_a_successful_writer_is_whole(idle):
+    """rsync --append, curl -C -, `cat rest >> f`: appending writer that exits 0."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/held.e57", b"first half", pid=CURL)
+    idle.writers.exited(CURL, 18 << 8)
+    write_file(idle, "/s/cut.e57", b"first half", pid=KILLED)
+    assert (idle.file_state("s", "held.e57"), idle.file_state("s", "cut.e57")) == ("held", "interrupted")
+    for name in ("held.e57", "cut.e57"):
+        write_file(idle, f"/s/{name}", b" and the rest", pid=RSYNC, flags=os.O_WRONLY | os.O_APPEND)
+        assert idle.file_state("s", name) == "closed"
+    idle.writers.exited(RSYNC, 0)
+    assert idle.file_state("s", "held.e57") == idle.file_state("s", "cut.e57") == "pending"
+    assert idle.getattr("/s/held.e57")["st_size"] == len(b"first half and the rest")
+
+
+def test_an_append_whose_writer_fails_again_stays_held(idle):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.e57", b"part", pid=CURL)
+    idle.writers.exited(CURL, 18 << 8)
+    write_file(idle, "/s/a.e57", b"more", pid=RSYNC, flags=os.O_WRONLY | os.O_APPEND)
+    idle.writers.exited(RSYNC, 12 << 8)
+    assert idle.file_state("s", "a.e57") == "held"
+    assert error_of(idle, "/s/a.e57").startswith("rsync exited with status 12")
+
+
+def test_a_scratch_file_renamed_to_its_final_name_waits_for_the_renamer(idle):
+    """rsync --partial, cut off: it renames the partial temp file to the final name, then exits 20."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/.a.e57.XyZ123", pid=RSYNC)
+    write_file(idle, "/s/.b.e57.XyZ456", pid=CP)
+    idle.rename("/s/.a.e57.XyZ123", "/s/a.e57", pid=RSYNC)
+    idle.rename("/s/.b.e57.XyZ456", "/s/b.e57", pid=CP)
+    assert idle.file_state("s", "a.e57") == idle.file_state("s", "b.e57") == "closed"
+    idle.writers.exited(RSYNC, 20 << 8)
+    idle.writers.exited(CP, 0)
+    assert (idle.file_state("s", "a.e57"), idle.file_state("s", "b.e57")) == ("held", "pending")
+
+
+def test_a_scratch_file_whose_writer_failed_is_held_when_renamed(idle):
+    """curl -o f.part cut off, then `mv f.part f` by the user: still held."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/f.part", pid=CURL)
+    idle.writers.exited(CURL, 18 << 8)
+    idle.rename("/s/f.part", "/s/f.jpg", pid=SHELL)
+    assert idle.file_state("s", "f.jpg") == "held"
+
+
+def crashed_while_closed(emulator, make_model, cache, writer: Closer):
+    """A model that closed a.jpg written by `writer`, crashed, and came back on the same cache."""
+    model = make_model(emulator, start=False, writeback_delay=86400.0, cache_dir=cache)
+    feed_writers(model, lambda pid: writer)
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg")
+    assert model.file_state("s", "a.jpg") == "closed"
+    model.engine.journal.close()  # a crash: nothing more reaches the journal
+    return make_model(emulator, start=False, cache_dir=cache)
+
+
+def test_a_file_closed_at_a_crash_is_held_at_the_next_mount(emulator, make_model, tmp_path):
+    again = crashed_while_closed(emulator, make_model, tmp_path / "c", Closer(CP, "cp", None))
+    assert again.file_state("s", "a.jpg") == "held"
+    assert "mount stopped before the program that wrote it had finished" in error_of(again, "/s/a.jpg")
+
+
+def test_a_file_closed_at_a_crash_whose_writer_still_runs_waits_on(emulator, make_model, tmp_path):
+    """The journal keeps each awaited writer with its start time: the very same process still
+    running after the restart is awaited again (here: this test's own process)."""
+    from fs360.engine.processes import started_at
+    me = Closer(os.getpid(), "python", None, started_at(os.getpid()))
+    again = crashed_while_closed(emulator, make_model, tmp_path / "c", me)
+    assert again.file_state("s", "a.jpg") == "closed"
+    feed_writers(again, lambda pid: me)
+    again.writers._watch_again()
+    again.writers.exited(os.getpid(), 0)
+    assert again.file_state("s", "a.jpg") == "pending"

@@ -1,0 +1,107 @@
+"""uploader.SentDigest: the sha256 of a file as the server holds it, followed through every
+way an upload moves (chunks hashed beside their PUT, a resume, a server that rolls back),
+over a real file read the way send_file reads it."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+
+import pytest
+
+from fs360.engine.uploader import SentDigest, read_exactly
+from fs360.errors import SentContentChanged
+
+CHUNK = 4096
+DATA = hashlib.sha256(b"seed").digest() * (10 * CHUNK // 32) + b"tail"  # 10 chunks and a bit
+
+
+@pytest.fixture
+def spool(tmp_path):
+    path = tmp_path / "spool"
+    path.write_bytes(DATA)
+    fd = os.open(path, os.O_RDONLY)
+    yield fd
+    os.close(fd)
+
+
+class Reads:
+    """read_exactly of the spool file, counting the bytes it read."""
+
+    def __init__(self, fd: int):
+        self.read = functools.partial(read_exactly, fd)
+        self.bytes = 0
+
+    def __call__(self, view, offset: int) -> None:
+        self.read(view, offset)
+        self.bytes += len(view)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def send(digest: SentDigest, reads: Reads, view: memoryview, offset: int, beside: bool = True) -> int:
+    """What send_file does for one chunk: position, read, hash beside the PUT. Returns its end."""
+    digest.seek(offset)
+    n = min(CHUNK, len(DATA) - offset)
+    reads(view[:n], offset)
+    digest.add(view[:n], beside=beside)
+    return offset + n
+
+
+def new_digest(spool):
+    reads, alive = Reads(spool), []
+    view = memoryview(bytearray(CHUNK))
+    return SentDigest(reads, view, lambda: alive.append(1)), reads, view, alive
+
+
+def test_chunks_sent_in_order_hash_to_the_file(spool):
+    digest, reads, view, alive = new_digest(spool)
+    offset = 0
+    while offset < len(DATA):
+        offset = send(digest, reads, view, offset)
+    assert digest.hexdigest() == sha(DATA)
+    assert reads.bytes == len(DATA) and not alive  # each byte read once: for its PUT
+
+
+def test_a_resume_hashes_what_the_server_holds_from_the_local_copy(spool):
+    digest, reads, view, alive = new_digest(spool)
+    offset = 7 * CHUNK + 100  # the server's received, from an earlier attempt
+    digest.seek(offset)
+    assert digest.position == offset and len(alive) == 8  # told it is alive while reading
+    while offset < len(DATA):
+        offset = send(digest, reads, view, offset)
+    assert digest.hexdigest() == sha(DATA)
+
+
+def test_a_rollback_to_the_last_chunk_costs_no_read_and_further_back_starts_again(spool):
+    digest, reads, view, _ = new_digest(spool)
+    end = send(digest, reads, view, 0)
+    end = send(digest, reads, view, end)
+    before = reads.bytes
+    digest.seek(CHUNK)  # the server did not take the last chunk (a stall, a 409 at its start)
+    assert reads.bytes == before and digest.position == CHUNK
+    end = send(digest, reads, view, CHUNK)
+    digest.seek(CHUNK // 2)  # it lost more: taken again from the spool, from byte 0
+    assert reads.bytes == before + CHUNK + CHUNK // 2
+    offset = CHUNK // 2
+    while offset < len(DATA):
+        offset = send(digest, reads, view, offset)
+    assert digest.hexdigest() == sha(DATA)
+
+
+def test_the_check_holds_back_a_file_that_is_not_what_was_journaled(spool):
+    digest, reads, view, _ = new_digest(spool)
+    offset = 0
+    while offset < len(DATA):
+        offset = send(digest, reads, view, offset, beside=False)
+    digest.check(sha(DATA), 9 * CHUNK)  # the same: passes
+    digest.check(None, 9 * CHUNK)       # nothing journaled: nothing to check against
+    with pytest.raises(SentContentChanged) as held:
+        digest.check(sha(DATA + b"x"), 9 * CHUNK)
+    assert f"keeps its first {9 * CHUNK} bytes" in str(held.value)
+    with pytest.raises(SentContentChanged) as nothing_sent:
+        digest.check(sha(b"other"), 0)
+    assert "nothing of it was sent: copy it again" in str(nothing_sent.value)

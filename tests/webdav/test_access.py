@@ -1,0 +1,129 @@
+"""Who may reach `fs360 serve webdav`: loopback only by default; any other address needs Basic
+auth (a password file, mode 0600) and TLS; its settings come from the command line or the
+config file's [webdav] table; one cache dir serves one mount or one WebDAV server at a time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tests.harness import PYTHON, Mount, self_signed_certificate
+from tests.webdav.conftest import DavServer
+
+
+def serve(tmp_path, emulator, *args, cache="cache") -> subprocess.CompletedProcess:
+    """`fs360 serve webdav ARGS` that is expected to refuse to start."""
+    env = dict(os.environ, FS360_API_KEY=emulator.api_key, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    return subprocess.run([PYTHON, "-m", "fs360.cli", "serve", "webdav", "--api-url", emulator.base_url,
+                           "--cache-dir", str(tmp_path / cache), "--no-notify", *args],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def password_file(tmp_path, mode=0o600):
+    path = tmp_path / "webdav-users"
+    path.write_text("# user:password\nsurveyor:s3cret pass\n")
+    path.chmod(mode)
+    return path
+
+
+def test_another_address_needs_a_password_file_and_tls(tmp_path, emulator):
+    refused = serve(tmp_path, emulator, "--addr", "0.0.0.0:0")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "0.0.0.0 is not a loopback address: serving it needs --password-file" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    users = password_file(tmp_path)
+    refused = serve(tmp_path, emulator, "--addr", "0.0.0.0:0", "--password-file", str(users))
+    assert refused.returncode == 2 and "--tls-cert/--tls-key (TLS)" in refused.stderr
+
+
+def test_a_password_file_others_can_read_is_refused(tmp_path, emulator):
+    users = password_file(tmp_path, mode=0o644)
+    refused = serve(tmp_path, emulator, "--addr", "127.0.0.1:0", "--password-file", str(users))
+    assert refused.returncode == 2
+    assert f"the password file {users} is readable by others (mode 644); fix it with: chmod 600" in refused.stderr
+
+
+def test_a_bad_address_is_one_clear_line(tmp_path, emulator):
+    refused = serve(tmp_path, emulator, "--addr", "localhost")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == "fs360: --addr 'localhost' is not HOST:PORT (e.g. 127.0.0.1:8360, [::1]:0)"
+
+
+def test_basic_auth_over_tls_from_the_config_files_webdav_table(tmp_path, emulator):
+    """The [webdav] table holds the server's own keys; the global keys apply to it too."""
+    cert, key = self_signed_certificate(tmp_path)
+    users = password_file(tmp_path)
+    config = tmp_path / "config" / "fs360" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'no_rate_limits = true\n[webdav]\npassword_file = "{users}"\ntls_cert = "{cert}"\n'
+                      f'tls_key = "{key}"\n')
+    dav = DavServer(tmp_path, emulator)
+    result = subprocess.run(dav.command(), env=dav.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    url = result.stdout.splitlines()[0]
+    dav.pid = int((dav.cache_dir / "lock").read_text())
+    try:
+        assert url.startswith("https://127.0.0.1:")
+        def status(*args):
+            done = subprocess.run(["curl", "-sS", "--cacert", str(cert), "-o", "/dev/null", "-w", "%{http_code}",
+                                   *args, "-X", "PROPFIND", url], capture_output=True, text=True, timeout=60)
+            return int(done.stdout)
+        assert status() == 401
+        assert status("-u", "surveyor:wrong") == 401
+        assert status("-u", "surveyor:s3cret pass") == 207
+        plain = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url.replace("https", "http")],
+                               capture_output=True, text=True, timeout=60)
+        assert plain.stdout != "207"  # no answer in clear text
+    finally:
+        dav.stop()
+    assert dav.logged_errors() == []
+
+
+@pytest.mark.fuse
+def test_a_mount_and_a_webdav_server_never_share_a_cache_dir(tmp_path, emulator):
+    cache = tmp_path / "shared-cache"
+    refusal = "another fs360 mount or WebDAV server uses the cache dir"  # logged by the refused one
+    mount = Mount(tmp_path, emulator, cache_dir=cache)
+    mount.expected_errors.append(refusal)
+    with mount:
+        refused = serve(tmp_path, emulator, "--addr", "127.0.0.1:0", cache="shared-cache")
+        assert refused.returncode == 2
+        assert f"{refusal} {cache}" in refused.stderr
+    dav = DavServer(tmp_path, emulator, cache_dir=cache).start()
+    dav.expected_errors.append(refusal)
+    (tmp_path / "mnt2").mkdir()
+    try:
+        mounted = subprocess.run([PYTHON, "-m", "fs360.cli", "mount", str(tmp_path / "mnt2"), "--api-url",
+                                  emulator.base_url, "--cache-dir", str(cache)],
+                                 env=dav.env, capture_output=True, text=True, timeout=60)
+        assert mounted.returncode == 2
+        assert f"{refusal} {cache}" in mounted.stderr
+    finally:
+        dav.stop()
+    assert dav.logged_errors() == []
+
+
+def test_in_the_foreground_it_prints_its_url_first_and_a_sigterm_stops_it(tmp_path, emulator):
+    """As systemd or a terminal runs it: the URL is the first line, and SIGTERM ends it cleanly."""
+    dav = DavServer(tmp_path, emulator)
+    process = subprocess.Popen([*dav.command(), "-f"], env=dav.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "MKCOL", url + "S"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.stdout == "201"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read()
+    assert f"fs360: serving WebDAV at {url}" in stderr and "stopping the WebDAV server" in stderr
+    assert "Traceback" not in stderr
+    assert dav.logged_errors() == []
