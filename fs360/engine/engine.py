@@ -87,6 +87,7 @@ class Engine:
     rename_session_locked = _registry_door("rename_session_locked")
     set_session_attrs_locked = _registry_door("set_session_attrs_locked")
     seal_locked = _registry_door("seal_locked")
+    name_refused_locked = _registry_door("name_refused_locked")
     hide_marker_locked = _registry_door("hide_marker_locked")
     folder_rows_locked = _registry_door("folder_rows_locked")
     add_folder_locked = _registry_door("add_folder_locked")

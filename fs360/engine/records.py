@@ -192,6 +192,9 @@ class SessionRecord:
     remote_names: dict[str, FileRecord | None] | None = None
     # Memory only: why the last .create was refused (shown in status until a valid one).
     marker_refused: str = ""
+    # Memory only: names a create or a rename into the folder was refused for, with the reason
+    # (a server that refuses .exe files): a file manager shows only "operation not permitted".
+    refused_names: dict[str, str] = field(default_factory=dict)
     ctime_ns: int = 0
 
     @property

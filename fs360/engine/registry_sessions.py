@@ -97,6 +97,14 @@ class SessionsAndFolders(RegistryState):
         # Idempotent: if the server still has it somewhere, it stops using the account's quota.
         return None if project_may_use(session, dead_upload_id) else dead_upload_id
 
+    @staticmethod
+    def name_refused_locked(session: SessionRecord, name: str, reason: str) -> None:
+        """A file of `name` could not be made in the folder: status shows why (the last 20)."""
+        session.refused_names.pop(name, None)
+        session.refused_names[name] = reason
+        while len(session.refused_names) > 20:
+            session.refused_names.pop(next(iter(session.refused_names)))
+
     def seal_locked(self, session: SessionRecord) -> None:
         session.sealed = True
         self.journal.update_session(session.id, sealed=1)

@@ -14,8 +14,8 @@ import time
 
 from ..config import Settings
 from ..engine.engine import Engine
-from ..errors import (AccessDenied, AlreadyExists, InvalidArgument, IsADirectory, NoAttribute, NotADirectory,
-                      NotEmpty, NotFound, NotPermitted, NotSupported)
+from ..errors import (AccessDenied, AlreadyExists, Fs360Error, InvalidArgument, IsADirectory, NoAttribute,
+                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported)
 from .attrs import Attributes
 from .content_check import held_with_known_content
 from .exits import Writers
@@ -186,7 +186,11 @@ class MountModel:
                 revivable = self.engine.revivable_locked(session, node.name)
                 if revivable is not None:
                     return self.files.open_revival_locked(revivable)
-                check_uploadable_name_locked(self.engine, session, node.name)
+                try:
+                    check_uploadable_name_locked(self.engine, session, node.name)
+                except Fs360Error as exc:
+                    self.engine.name_refused_locked(session, node.name, str(exc))
+                    raise
             record = self.engine.create_file_locked(session, node.name, mode & 0o7777,
                                                     self.uid if uid is None else uid,
                                                     self.gid if gid is None else gid, local_only)

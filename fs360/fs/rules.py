@@ -45,7 +45,10 @@ def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> N
                            f"the server takes one archive per session")
     caps = engine.caps
     if ext in caps.refused_extensions or (caps.allowed_extensions and ext not in caps.allowed_extensions):
-        raise NotPermitted(f"the server refuses the extension {ext!r}")
+        kind = f".{ext} files" if ext else "files without an extension"
+        allowed = sorted(caps.allowed_extensions)
+        takes = f"; it takes {', '.join(allowed[:12])}{', ...' if len(allowed) > 12 else ''}" if allowed else ""
+        raise NotPermitted(f"the server does not take {kind}{takes}: keep it out of this folder")
 
 
 def check_growth(engine, record: FileRecord, new_size: int) -> None:

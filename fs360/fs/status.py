@@ -58,6 +58,7 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
         "sealed": session.sealed,
         "files": files,
         "deleted_but_held_by_server": sorted(f.name for f in session.unlinked),
+        "refused_names": [{"name": name, "reason": reason} for name, reason in session.refused_names.items()],
         "tree": _tree_entries(session, engine),
         "tree_files": [{"name": f.name, "state": f.state, "size": f.size, "error": f.last_error or None}
                        for f in sorted(session.tree_files(), key=lambda f: f.name)],
@@ -144,6 +145,8 @@ def render_text(snapshot: dict) -> bytes:
                          f"sent as written, the server may ignore them")
         if project["error"] and project["state"] != "failed":
             lines.append(f"          last error: {project['error']}")
+    for refused in snapshot.get("refused_names", ()):
+        lines.append(f"refused   {refused['name']}: {refused['reason']}")
     if snapshot["deleted_but_held_by_server"]:
         lines.append("held      deleted here but held by the server (it cannot drop one file; "
                      "remove the folder to discard the session): " + ", ".join(snapshot["deleted_but_held_by_server"]))
