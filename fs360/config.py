@@ -63,6 +63,9 @@ class Settings:
     request_deadline: float = 120.0
     # ...plus, for a PUT, the time its body takes at this floor rate (bytes per second).
     min_upload_rate: float = 64 * 1024
+    # The key check at mount: all its tries end within this many seconds, so a server that never
+    # answers is reported well inside systemd's 90 s start limit (and a user's patience).
+    credential_check_deadline: float = 25.0
 
     rate_limits_enabled: bool = True
     # Scales every rate-limit window; tests use < 1 against an emulator scaled alike.

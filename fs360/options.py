@@ -371,7 +371,7 @@ def unknown_create_fields(options: dict) -> list[str]:
 
 # The settings `--timing NAME=SECONDS` may change (a hidden option of the tests).
 TIMINGS = ("backoff_base", "backoff_cap", "abandoned_upload_quiet", "request_deadline", "connect_timeout",
-           "read_timeout")
+           "read_timeout", "credential_check_deadline")
 
 
 def timings(entries) -> dict[str, float]:

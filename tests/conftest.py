@@ -93,15 +93,18 @@ def emulator_factory(tmp_path):
 @pytest.fixture
 def tmpfs(tmp_path):
     """tmpfs(size) -> a directory on a tmpfs of that size (e.g. "32m"), unmounted at teardown.
-    Request it before mount_factory, so the mounts using it go first."""
+    Request it before mount_factory, so the mounts using it go first. Where no tmpfs can be
+    mounted (not root) the test is skipped, or with `or_plain_dir=True` gets a plain directory."""
     made = []
 
-    def make(size: str) -> Path:
+    def make(size: str, or_plain_dir: bool = False) -> Path:
         target = tmp_path / f"tmpfs-{len(made)}"
         target.mkdir()
         result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(target)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
+            if or_plain_dir:
+                return target
             pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
         made.append(target)
         return target

@@ -44,10 +44,8 @@ LISTING_RESPONSE_BYTES = 32 * 1024 * 1024
 _RESPONSE_CAPS = {"get_session": LISTING_RESPONSE_BYTES, "list_projects": LISTING_RESPONSE_BYTES}
 
 # The key check at mount: a few quick tries, so a passing hiccup does not fail the mount, all
-# within one deadline, so a server that never answers is reported well inside systemd's 90 s
-# start limit (and a user's patience).
+# within one deadline (Settings.credential_check_deadline).
 CREDENTIAL_CHECK_ATTEMPTS = 3
-CREDENTIAL_CHECK_DEADLINE = 25.0
 CREDENTIAL_CHECK_MAX_WAIT = 5.0
 # An attempt is not started with less time than this left.
 CREDENTIAL_CHECK_MIN_ATTEMPT = 2.0
@@ -133,6 +131,7 @@ class ApiClient:
         self._auth = {"Authorization": f"Bearer {settings.api_key}"}
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._deadline_floor = settings.request_deadline
+        self._credential_check_deadline = settings.credential_check_deadline
         self._min_upload_rate = settings.min_upload_rate
         self.pacer = pacer or Pacer(settings.rate_limits, settings.rate_limits_enabled,
                                     settings.rate_window_scale)
@@ -340,11 +339,11 @@ class ApiClient:
 
         Account errors (401, 402, 403), redirects, TLS failures and answers that are
         not the API's are final at once. A 5xx, a 429 or no answer is tried up to
-        `CREDENTIAL_CHECK_ATTEMPTS` times, all within `CREDENTIAL_CHECK_DEADLINE`, then
+        `CREDENTIAL_CHECK_ATTEMPTS` times, all within `credential_check_deadline`, then
         reported with its cause.
         """
         started = time.monotonic()
-        until = started + CREDENTIAL_CHECK_DEADLINE
+        until = started + self._credential_check_deadline
         backoff = Backoff(base=1.0, cap=CREDENTIAL_CHECK_MAX_WAIT)
         for attempt in range(1, CREDENTIAL_CHECK_ATTEMPTS + 1):
             try:
