@@ -80,6 +80,15 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2) or "b"])
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("not HOST:PORT")
+    return host, int(port)
+
+
 def is_loopback_host(host: str) -> bool:
     host = (host or "").strip("[]").lower()
     if host == "localhost" or host.endswith(".localhost"):
@@ -235,9 +244,7 @@ class Option:
             parse_bwlimit(text)
             return text
         if kind == "address":
-            host, sep, port = text.rpartition(":")
-            if not sep or not host or not port.isdigit() or int(port) > 65535:
-                raise ValueError("not HOST:PORT")
+            parse_address(text)
             return text
         if kind == "url":
             if not isinstance(raw, str) or urlsplit(text).scheme not in ("http", "https") or not urlsplit(text).netloc:
