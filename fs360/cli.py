@@ -15,9 +15,6 @@ from pathlib import Path
 
 from . import __version__, control
 from .config import DEFAULT_LOCAL_ONLY_PATTERNS, MiB, Settings, default_cache_dir
-from .fs.status import bar, human_bytes, render_root, render_text
-
-BUSY_STATES = ("writing", "pending", "uploading", "failed")
 PRIVACY = {"private": 2, "link": 1, "public": 0}
 # Mount flags that are not settings a user keeps in a file (-f is how a mount is run, e.g. by systemd).
 NOT_CONFIG_KEYS = {"mountpoint", "func", "emulator_arg", "rate_window_scale", "help", "foreground"}
@@ -100,16 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_mount_options(m)
     m.set_defaults(func=cmd_mount, options_parser=m)
 
-    u = sub.add_parser("unmount", help="unmount; unfinished uploads resume at the next mount")
-    u.add_argument("mountpoint")
-    u.add_argument("--wait", action="store_true", help="wait for the upload queue with a progress bar first")
-    u.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    u = sub.add_parser("unmount", help="unmount; unfinished uploads resume at the next mount",
+                       epilog="exit codes: 0 done; 2 error (not a mount, unmount failed); 3 unmounted, but files "
+                              "were refused, held, interrupted or lost (named, with what to do); 4 gave up "
+                              "waiting (--timeout), still mounted")
+    u.add_argument("mountpoint", help="the fs360 mount to unmount")
+    u.add_argument("--wait", action="store_true",
+                   help="first wait until no file is on its way (one progress line), then sum up")
+    u.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --wait: give up after this many seconds (exit 4, still mounted)")
     u.set_defaults(func=cmd_unmount)
 
-    s = sub.add_parser("status", help="show every session's progress (of every mount, or of MOUNTPOINT)")
-    s.add_argument("mountpoint", nargs="?")
-    s.add_argument("--watch", action="store_true")
-    s.add_argument("--interval", type=float, default=1.0)
+    s = sub.add_parser("status", help="your mounts' progress: a line per mount, or MOUNTPOINT's sessions")
+    s.add_argument("mountpoint", nargs="?", help="show this mount's sessions (default: a line per mount)")
+    s.add_argument("--files", action="store_true", help="with MOUNTPOINT: a row per file instead of per session")
+    s.add_argument("--json", action="store_true",
+                   help="the whole mount as one JSON document (schema: doc/STATUS-JSON.md)")
+    s.add_argument("--watch", action="store_true", help="redraw in place every --interval seconds (Ctrl-C ends)")
+    s.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between redraws with --watch (default 1)")
     s.set_defaults(func=cmd_status)
 
     for name, help_text in (("pause", "uploads stop after their current chunk; the mount keeps taking files"),
@@ -283,20 +289,38 @@ def cmd_mount_helper(args) -> int:
 
 # --- unmount -----------------------------------------------------------------------------------
 
+# `fs360 unmount --wait` exit codes (README, "unmount"): 0 everything reached the server; 2 an
+# error (not an fs360 mount, unmount failed); 3 unmounted, but files need you (refused, held,
+# interrupted, lost, or a refused .create: each named with what to do); 4 gave up waiting
+# (--timeout): still mounted, uploads go on.
+EXIT_NEEDS_YOU = 3
+EXIT_GAVE_UP = 4
+
 
 def cmd_unmount(args) -> int:
-    mountpoint = os.path.abspath(args.mountpoint)
-    if mountpoint not in control.fs360_mounts():
-        raise CliError(f"{mountpoint} is not an fs360 mount")
+    mountpoint = _my_mount(args.mountpoint)
+    final = None
     if args.wait:
-        if not wait_for_queue(mountpoint, args.timeout):
-            raise CliError("gave up waiting; unfinished uploads stay queued for the next mount")
+        started = time.monotonic()
+        final = wait_for_queue(mountpoint, args.timeout)
+        if final is None:
+            print("fs360: gave up waiting; still mounted, uploads go on (unmount without --wait "
+                  "keeps the unfinished ones for the next mount)", file=sys.stderr)
+            return EXIT_GAVE_UP
     pid = control.daemon_pid(mountpoint)
     result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if result.returncode != 0:
         raise CliError(f"unmount failed: {result.stderr.strip()}")
     if pid:
         _wait_pid_gone(pid, 60)
+    if final is not None:
+        from rich.console import Console
+        from .status_view import needs_you_lines, wait_summary
+        console = Console(stderr=True, highlight=False)
+        for line in wait_summary(final, time.monotonic() - started):
+            console.print(line, overflow="fold")
+        print(f"fs360: unmounted {mountpoint}")
+        return EXIT_NEEDS_YOU if needs_you_lines(final) else 0
     print(f"fs360: unmounted {mountpoint}")
     return 0
 
@@ -307,63 +331,98 @@ def _wait_pid_gone(pid: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def wait_for_queue(mountpoint: str, timeout: float | None) -> bool:
+def wait_for_queue(mountpoint: str, timeout: float | None) -> dict | None:
+    """Waits until no file is on its way, drawing one line that fits the terminal (a line every few
+    seconds when stderr is not one); returns the last snapshot, or None past `timeout`."""
+    from rich.console import Console
+    from rich.live import Live
+    from .fs.status import BUSY_STATES
+    from .status_view import wait_line
     deadline = None if timeout is None else time.monotonic() + timeout
-    interactive = sys.stderr.isatty()
-    while True:
-        snapshots = control.read_status(mountpoint)
-        busy = [f for s in snapshots for f in s["files"] if not f["local_only"] and f["state"] in BUSY_STATES]
-        total = sum(f["size"] for s in snapshots for f in s["files"] if not f["local_only"])
-        sent = sum(f["sent"] for s in snapshots for f in s["files"] if not f["local_only"])
-        line = f"{bar(sent, total)} {human_bytes(sent)}/{human_bytes(total)}, {len(busy)} file(s) to go"
-        if any(s.get("paused") for s in snapshots):
-            line += " (paused: fs360 resume)"
-        failing = [f for f in busy if f["state"] == "failed"]
-        if failing:
-            line += f"; retrying {failing[0]['name']}: {failing[0]['error']}"
-        print(("\r" + line[:150].ljust(150)) if interactive else line, end="" if interactive else "\n",
-              file=sys.stderr, flush=True)
-        if not busy:
-            if interactive:
-                print(file=sys.stderr)
-            return True
-        if deadline is not None and time.monotonic() > deadline:
-            if interactive:
-                print(file=sys.stderr)
-            return False
-        time.sleep(0.5 if interactive else 2.0)
+    console = Console(stderr=True, highlight=False)
+    interactive = console.is_terminal
+    last_printed = ""
+    with Live(console=console, auto_refresh=False, transient=True) if interactive else _nothing() as live:
+        while True:
+            doc = _mount_status(mountpoint)
+            line = wait_line(doc, console.width)
+            if live is not None:
+                live.update(line, refresh=True)
+            elif line.plain != last_printed:
+                print(line.plain, file=sys.stderr, flush=True)
+                last_printed = line.plain
+            if not any(doc["totals"]["by_state"].get(state) for state in BUSY_STATES):
+                return doc
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(0.5 if interactive else 2.0)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 # --- status, pause, resume, set ------------------------------------------------------------
 
 
-def cmd_status(args) -> int:
-    mounts = [os.path.abspath(args.mountpoint)] if args.mountpoint else control.fs360_mounts()
-    if not mounts:
-        raise CliError("no fs360 mount is up")
-    while True:
-        text = "".join(render_mount(m) for m in mounts)
-        if args.watch:
-            sys.stdout.write("\x1b[H\x1b[2J" + text)
-            sys.stdout.flush()
-            time.sleep(args.interval)
-        else:
-            sys.stdout.write(text)
-            return 0
+def _my_mount(path: str) -> str:
+    """The absolute mountpoint of one of this user's fs360 mounts, or a CliError saying what it is."""
+    mountpoint = os.path.abspath(path)
+    if mountpoint not in control.fs360_mounts():
+        raise CliError(f"{mountpoint} is not an fs360 mount (mounted: {', '.join(control.fs360_mounts(True)) or 'none'})")
+    if mountpoint not in control.fs360_mounts(mine_only=True):
+        raise CliError(f"{mountpoint} is another user's fs360 mount")
+    return mountpoint
 
 
-def render_mount(mountpoint: str) -> str:
-    """The mount's own status files' renderers, over the snapshots it publishes."""
-    snapshots = control.read_status(mountpoint)
+def _mount_status(mountpoint: str) -> dict:
     try:
-        info = control.request(mountpoint, {"cmd": "info"}, timeout=2)
-        header = f"== {mountpoint} (bwlimit {info['bwlimit']}{', paused' if info['paused'] else ''})\n"
-    except (OSError, ValueError, KeyError):
-        header = f"== {mountpoint}\n"
-    parts = [header, render_root(snapshots).decode("utf-8", "replace")]
-    for snapshot in snapshots:
-        parts.append("\n" + render_text(snapshot).decode("utf-8", "replace"))
-    return "".join(parts) + "\n"
+        return control.mount_status(mountpoint)
+    except OSError as exc:
+        raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+
+
+def cmd_status(args) -> int:
+    import json
+    if args.json and args.watch:
+        raise CliError("--json and --watch do not go together (--json prints one document)")
+    mounts = [_my_mount(args.mountpoint)] if args.mountpoint else control.fs360_mounts(mine_only=True)
+    if not mounts:
+        raise CliError("none of your fs360 mounts is up (fs360 mount MOUNTPOINT)")
+    if args.json:
+        docs = [_mount_status(m) for m in mounts]
+        print(json.dumps(docs[0] if args.mountpoint else {"mounts": docs}, indent=2, ensure_ascii=False))
+        return 0
+    from rich.console import Console
+    console = Console(highlight=False)
+    if not args.watch:
+        console.print(_status_view(args, [_mount_status(m) for m in mounts], None, console.width))
+        return 0
+    from rich.live import Live
+    with Live(console=console, auto_refresh=False, screen=False, vertical_overflow="crop") as live:
+        while True:
+            gone = [m for m in mounts if m not in control.fs360_mounts()]
+            if gone:
+                live.stop()
+                print(f"fs360: {', '.join(gone)} is no longer mounted")
+                return 0
+            try:
+                docs = [control.mount_status(m) for m in mounts]
+            except OSError:
+                continue  # unmounting right now: the next round says so
+            live.update(_status_view(args, docs, console.height, console.width), refresh=True)
+            time.sleep(args.interval)
+
+
+def _status_view(args, docs: list[dict], height: int | None, width: int):
+    from .status_view import files_view, sessions_view, summary_view
+    if not args.mountpoint:
+        return summary_view(docs, width)
+    return (files_view if args.files else sessions_view)(docs[0], height, width)
 
 
 def cmd_control(args) -> int:

@@ -287,10 +287,13 @@ def lock_cache_dir(settings: Settings):
     return handle
 
 
-def control_handler(engine: Engine):
-    """The answers of the control socket: pause, resume, set bwlimit=…, info."""
+def control_handler(engine: Engine, model: MountModel, mountpoint: str):
+    """The answers of the control socket: pause, resume, set bwlimit=…, info, status (the whole
+    mount's snapshot, doc/STATUS-JSON.md)."""
     def handle(request: dict) -> dict:
         command = request.get("cmd")
+        if command == "status":
+            return {"ok": True, "status": dict(model.status.mount_snapshot(), mountpoint=mountpoint)}
         if command in ("pause", "resume"):
             engine.gate.set_paused(command == "pause")
             log.info("uploads %s", "paused" if command == "pause" else "resumed")
@@ -309,15 +312,9 @@ def control_handler(engine: Engine):
     return handle
 
 
-def summary(engine: Engine) -> str:
-    with engine.lock:
-        snapshots = [status_files.snapshot_session(s, engine) for s in engine.sessions.values()]
-    return status_files.summary_line(snapshots)
-
-
-def _report_status(engine: Engine, reporter: Reporter, stop: threading.Event) -> None:
+def _report_status(model: MountModel, reporter: Reporter, stop: threading.Event) -> None:
     while not stop.wait(STATUS_INTERVAL):
-        reporter.status(summary(engine))
+        reporter.status(status_files.summary_line(model.status.mount_snapshot()))
 
 
 class DesktopNotices:
@@ -367,7 +364,7 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         client.check_credentials()
         engine = Engine(settings, client)
         model = MountModel(engine, settings)
-        server = control.ControlServer(settings.cache_dir, control_handler(engine))
+        server = control.ControlServer(settings.cache_dir, control_handler(engine, model, mountpoint))
     except (Fs360Error, OSError) as exc:
         log.error("cannot mount: %s", exc)
         reporter.ready(str(exc))
@@ -390,7 +387,7 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         log.info("mounted %s (api %s, cache %s)", mountpoint, settings.api_url, settings.cache_dir)
         reporter.ready(None)
         if reporter.wants_status:
-            threading.Thread(target=_report_status, args=(engine, reporter, stop_reports),
+            threading.Thread(target=_report_status, args=(model, reporter, stop_reports),
                              name="fs360-status", daemon=True).start()
 
     destroyed = threading.Event()

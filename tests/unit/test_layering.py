@@ -15,7 +15,7 @@ LAYERS = ["stdlib-only", "errors", "config", "api", "engine", "fs", "daemon", "c
 # Modules beside the layers, each in the lowest layer above everything it imports: systemd.py
 # and control.py use nothing of fs360, so any layer may use them.
 SIDE_MODULES = {"systemd": "stdlib-only", "control": "stdlib-only", "settings_file": "config",
-                "doctor": "cli", "demo": "cli", "completion": "cli"}
+                "doctor": "cli", "demo": "cli", "completion": "cli", "status_view": "cli"}
 
 
 def top_imports(path: Path) -> list[tuple[str, str]]:
