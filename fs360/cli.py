@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between redraws with --watch (default 1)")
     s.set_defaults(func=cmd_status)
 
+    w = sub.add_parser("web", help="open the mount's dashboard in the browser (served by the daemon on loopback)")
+    w.add_argument("mountpoint", help="the fs360 mount whose dashboard to open")
+    w.add_argument("--print-url", action="store_true",
+                   help="print the URL (it carries the dashboard's token) instead of opening a browser")
+    w.set_defaults(func=cmd_web)
+
     for name, help_text in (("pause", "uploads stop after their current chunk; the mount keeps taking files"),
                             ("resume", "uploads go on")):
         p = sub.add_parser(name, help=help_text)
@@ -190,6 +196,8 @@ def add_mount_options(m: argparse.ArgumentParser) -> None:
     m.add_argument("--bwlimit", default="off", type=_bwlimit,
                    help='all uploads together: 10M, 500k, off, or a timetable "08:00,5M 18:00,off"')
     m.add_argument("--no-notify", action="store_true", help="no desktop notice (notify-send)")
+    m.add_argument("--web-address", default="127.0.0.1:0", type=_web_address, metavar="HOST:PORT",
+                   help="the dashboard's address, on loopback only (default 127.0.0.1:0, any free port), or off")
     m.add_argument("--zip64-archives", action="store_true",
                    help="always write folder-tree archives in ZIP64 form (else only when needed)")
     m.add_argument("--emulator-arg", action="append", default=[], help=argparse.SUPPRESS)
@@ -205,6 +213,15 @@ def _size(text: str) -> int:
 
 def _path(text: str) -> Path:
     return Path(os.path.expanduser(text))
+
+
+def _web_address(text: str) -> str:
+    from .web.server import parse_address
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _bwlimit(text: str) -> str:
@@ -262,7 +279,8 @@ def settings_from_args(args) -> Settings:
         rate_window_scale=args.rate_window_scale, project_poll_interval=args.poll_interval,
         max_file_size=args.max_file_size, allow_other="allow_other" in args.fuse_options,
         log_level=args.log_level, default_privacy=PRIVACY[args.privacy], bwlimit=args.bwlimit,
-        desktop_notify=not args.no_notify, archive_zip64=args.zip64_archives, local_emulator=args.local, emulator_args=tuple(args.emulator_arg))
+        desktop_notify=not args.no_notify, archive_zip64=args.zip64_archives, local_emulator=args.local, emulator_args=tuple(args.emulator_arg),
+        web_address=args.web_address)
     if args.api_url and not args.local:
         kwargs["api_url"] = args.api_url
     return Settings(**kwargs)
@@ -423,6 +441,23 @@ def _status_view(args, docs: list[dict], height: int | None, width: int):
     if not args.mountpoint:
         return summary_view(docs, width)
     return (files_view if args.files else sessions_view)(docs[0], height, width)
+
+
+def cmd_web(args) -> int:
+    mountpoint = _my_mount(args.mountpoint)
+    try:
+        answer = control.request(mountpoint, {"cmd": "web"})
+    except OSError as exc:
+        raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+    if not answer.get("ok"):
+        raise CliError(answer.get("error", "the daemon has no dashboard"))
+    if args.print_url:
+        print(answer["url"])
+        return 0
+    import webbrowser
+    if not webbrowser.open(answer["url"]):
+        print(f"fs360: no browser found; open {answer['url']}", file=sys.stderr)
+    return 0
 
 
 def cmd_control(args) -> int:

@@ -40,6 +40,8 @@ from .fs import status as status_files
 from .fs.fuse_ops import mount as fuse_mount
 from .fs.model import MountModel
 from .systemd import Notifier
+from .web.metrics import Counters
+from .web.server import Dashboard, parse_address
 
 log = logging.getLogger("fs360")
 
@@ -287,13 +289,18 @@ def lock_cache_dir(settings: Settings):
     return handle
 
 
-def control_handler(engine: Engine, model: MountModel, mountpoint: str):
+def control_handler(engine: Engine, model: MountModel, mountpoint: str, dashboards: list[Dashboard]):
     """The answers of the control socket: pause, resume, set bwlimit=…, info, status (the whole
-    mount's snapshot, doc/STATUS-JSON.md)."""
+    mount's snapshot, doc/STATUS-JSON.md), web (the dashboard's URL with its token)."""
     def handle(request: dict) -> dict:
         command = request.get("cmd")
         if command == "status":
             return {"ok": True, "status": dict(model.status.mount_snapshot(), mountpoint=mountpoint)}
+        if command == "web":
+            if not dashboards:
+                return {"ok": False, "error": "this mount has no dashboard (web_address is off, or its "
+                                              "address was taken: see the log)"}
+            return {"ok": True, "url": dashboards[0].url}
         if command in ("pause", "resume"):
             engine.gate.set_paused(command == "pause")
             log.info("uploads %s", "paused" if command == "pause" else "resumed")
@@ -310,6 +317,27 @@ def control_handler(engine: Engine, model: MountModel, mountpoint: str):
             return {"ok": False, "error": f"unknown command {command!r}"}
         return {"ok": True, "pid": os.getpid(), "paused": engine.gate.paused, "bwlimit": engine.gate.bwlimit}
     return handle
+
+
+def start_dashboard(settings: Settings, engine: Engine, model: MountModel, mountpoint: str,
+                    handle) -> Dashboard | None:
+    """The dashboard on its loopback address, or None (off, or the address is taken: the mount
+    works without it)."""
+    address = parse_address(settings.web_address)
+    if address is None:
+        return None
+
+    def counters() -> Counters:
+        bytes_sent, events = model.status.rates.counters()
+        pacer = engine.client.pacer
+        return Counters(bytes_sent, events, engine.client.requests.snapshot(), pacer.waits, pacer.waited_seconds,
+                        engine.gate.rate_now())
+    try:
+        return Dashboard(address, settings.cache_dir, mountpoint, lambda: model.status.mount_snapshot(history=True),
+                         handle, counters)
+    except OSError as exc:
+        log.warning("no dashboard: cannot listen on %s: %s", settings.web_address, exc.strerror or exc)
+        return None
 
 
 def _report_status(model: MountModel, reporter: Reporter, stop: threading.Event) -> None:
@@ -354,6 +382,7 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
     # busy in Python, the default 5 ms GIL switch interval would queue every callback.
     sys.setswitchinterval(0.0005)
     engine = lock = embedded = server = None
+    dashboards: list[Dashboard] = []
     try:
         lock = lock_cache_dir(settings)
         if settings.local_emulator:
@@ -364,7 +393,8 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         client.check_credentials()
         engine = Engine(settings, client)
         model = MountModel(engine, settings)
-        server = control.ControlServer(settings.cache_dir, control_handler(engine, model, mountpoint))
+        handle = control_handler(engine, model, mountpoint, dashboards)
+        server = control.ControlServer(settings.cache_dir, handle)
     except (Fs360Error, OSError) as exc:
         log.error("cannot mount: %s", exc)
         reporter.ready(str(exc))
@@ -380,6 +410,9 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
 
     def on_init():
         engine.start()
+        dashboard = start_dashboard(settings, engine, model, mountpoint, handle)
+        if dashboard is not None:
+            dashboards.append(dashboard)
         try:
             registered.append(control.register(mountpoint, settings.cache_dir))
         except OSError as exc:  # the mount works; only pause/set/unmount's pid lookup will not
@@ -418,6 +451,8 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         code = 1
     finally:
         stop_reports.set()
+        for dashboard in dashboards:
+            dashboard.close()
         for entry in registered:
             entry.unlink(missing_ok=True)
         server.close()

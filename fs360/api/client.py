@@ -112,6 +112,22 @@ def _seconds(value) -> float:
     return float(value)
 
 
+class RequestCounts:
+    """Requests by (endpoint, HTTP status, or "error" for no answer), for /metrics."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def add(self, endpoint: str, status: str) -> None:
+        with self._lock:
+            self._counts[(endpoint, status)] = self._counts.get((endpoint, status), 0) + 1
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class ApiClient:
     """Thread-safe: each thread gets its own keep-alive `requests.Session`."""
 
@@ -124,6 +140,7 @@ class ApiClient:
         self.pacer = pacer or Pacer(settings.rate_limits, settings.rate_limits_enabled,
                                     settings.rate_window_scale)
         self._local = threading.local()
+        self.requests = RequestCounts()
         self._host = urlsplit(self.base_url).netloc
         # requests' own reading of the environment (proxies, no_proxy, CA bundle variables),
         # done once here; an explicit --ca-bundle wins over the variables.
@@ -186,10 +203,13 @@ class ApiClient:
             if not (exchange.expired or isinstance(exc, _TRANSPORT_EXCEPTIONS)):
                 raise
             self.close()  # the connection may be half-dead: start clean
+            self.requests.add(endpoint, "error")
             raise self._transport_error(endpoint, exc, exchange) from None
         if exchange.expired or content is None:
             self.close()
+            self.requests.add(endpoint, "error")
             raise self._transport_error(endpoint, None, exchange)
+        self.requests.add(endpoint, str(response.status_code))
         return self._translate(endpoint, response, content, expect)
 
     def _transport_error(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:

@@ -104,12 +104,12 @@ class RateHistory:
             del self._buckets[old]
 
     def points(self, wall: float) -> list[tuple[float, float]]:
-        """(bucket start as Unix time, bytes per second) for each bucket of the last hour, the
-        current (unfinished) one left out, empty buckets as 0."""
+        """(bucket start as Unix time, bytes per second) for each bucket of the last hour, empty
+        ones as 0; the current bucket's rate is of what it holds so far."""
         current = int(wall // HISTORY_BUCKET)
         count = int(HISTORY_SPAN // HISTORY_BUCKET)
         return [(key * HISTORY_BUCKET, self._buckets.get(key, 0) / HISTORY_BUCKET)
-                for key in range(current - count, current)]
+                for key in range(current - count + 1, current + 1)]
 
 
 class RateBook:
