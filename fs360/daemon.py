@@ -24,7 +24,6 @@ import fcntl
 import logging
 import logging.handlers
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from .errors import Fs360Error
 from .fs import status as status_files
 from .fs.fuse_ops import mount as fuse_mount
 from .fs.model import MountModel
+from .notices import DesktopNotices, UploadLog
 from .systemd import Notifier
 from .web.metrics import Counters
 from .web.server import Dashboard, parse_address
@@ -345,36 +345,6 @@ def _report_status(model: MountModel, reporter: Reporter, stop: threading.Event)
         reporter.status(status_files.summary_line(model.status.mount_snapshot()))
 
 
-class DesktopNotices:
-    """notify-send when a project is ready or a file fails for good; silent without a
-    session bus or notify-send. A listener of the engine, so the engine knows nothing of it."""
-
-    def __init__(self, engine: Engine, mountpoint: str):
-        self.mountpoint = mountpoint
-        self.told: set = set()
-        self.command = shutil.which("notify-send") if os.environ.get("DBUS_SESSION_BUS_ADDRESS") else None
-        if self.command:
-            engine.listeners.add(self.on_event)
-
-    def on_event(self, event: str, **details) -> None:
-        if event == "project_status" and details["status"] >= 100:
-            session = details["session"]
-            if ("project", session.id) not in self.told:
-                self.told.add(("project", session.id))
-                self.show(f"fs360: {session.name} is ready", f"The project of {session.name} is ready.")
-        elif event == "file_rejected":
-            record = details["file"]
-            self.show(f"fs360: {record.name} was not uploaded", f"{details['error']} ({self.mountpoint})",
-                      urgency="critical")
-
-    def show(self, title: str, body: str, urgency: str = "normal") -> None:
-        try:
-            subprocess.Popen([self.command, "--app-name=fs360", f"--urgency={urgency}", title, body],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError as exc:
-            log.warning("notify-send failed: %s", exc)
-
-
 def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None) -> int:
     """Runs the mount until it is unmounted; `reporter.ready(error_or_None)` is told once."""
     reporter = reporter or Reporter(None, keep_open=False)
@@ -403,8 +373,8 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         if embedded:
             embedded.stop()
         return 2
-    if settings.desktop_notify:
-        DesktopNotices(engine, mountpoint)
+    UploadLog(engine, model.status.rates)
+    notices = DesktopNotices(engine.listeners, mountpoint) if settings.desktop_notify else None
     stop_reports = threading.Event()
     registered = []
 
@@ -457,6 +427,8 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
             entry.unlink(missing_ok=True)
         server.close()
         engine.stop()
+        if notices is not None:
+            notices.close()  # the last batch of refusals, told
         if embedded:
             embedded.stop()
         lock.close()

@@ -25,7 +25,7 @@ import urllib3
 from ..config import Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
                       DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
-                      ServerError, TlsError, TransportError, WaitForRateLimit)
+                      ServerError, TlsError, TransportError, WaitForRateLimit, refusal_in_plain_words)
 from .pacing import Pacer
 from .retry import Backoff
 from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange
@@ -264,12 +264,16 @@ class ApiClient:
         cls = API_ERROR_CLASSES.get(code, ApiError)
         if issubclass(cls, AccountError):
             raise _account_error(cls, status, code, said, fields)
-        detail = f"{endpoint}: HTTP {status} {code}"
-        if isinstance(fields.get("limit"), int):
-            detail += f" (limit {fields['limit']} bytes)"
-        if isinstance(fields.get("extension"), str):
-            detail += f" (extension {_printable(fields['extension'])!r})"
-        raise _with_fields(cls(detail + said, status=status, code=code), fields)
+        # Plain words first (what happened, what to do); the exchange's particulars after them.
+        plain = refusal_in_plain_words(code, {k: _printable_field(v) for k, v in fields.items()})
+        detail = f"HTTP {status} {code}"
+        if plain is None:
+            if isinstance(fields.get("limit"), int):
+                detail += f" (limit {fields['limit']} bytes)"
+            if isinstance(fields.get("extension"), str):
+                detail += f" (extension {_printable(fields['extension'])!r})"
+        message = f"{plain} ({endpoint}: {detail}{said})" if plain else f"{endpoint}: {detail}{said}"
+        raise _with_fields(cls(message, status=status, code=code), fields)
 
     def _rate_limited(self, endpoint: str, header: str | None, said: str) -> RateLimited:
         asked = _retry_after(header)
@@ -402,6 +406,15 @@ def _printable(text: str, limit: int = 200) -> str:
     """Server-supplied text made safe for one log line."""
     cleaned = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
     return cleaned if len(cleaned) <= limit else cleaned[:limit] + "…"
+
+
+def _printable_field(value):
+    """A field of the server's answer, its text (and a list's texts) made safe for one line."""
+    if isinstance(value, str):
+        return _printable(value, 40)
+    if isinstance(value, list):
+        return [_printable(v, 40) if isinstance(v, str) else v for v in value[:100]]
+    return value
 
 
 def _server_says(fields: dict) -> str:

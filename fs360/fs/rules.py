@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..engine.archive_plan import ARCHIVE_EXTENSIONS
 from ..engine.records import FileRecord, SessionRecord, in_scratch_folder
-from ..errors import AccessDenied, FileTooBig, NotPermitted, QuotaWouldPass
+from ..errors import AccessDenied, FileTooBig, NotPermitted, QuotaWouldPass, refusal_in_plain_words
 from .names import extension_of
 
 
@@ -45,7 +45,8 @@ def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> N
                            f"the server takes one archive per session")
     caps = engine.caps
     if ext in caps.refused_extensions or (caps.allowed_extensions and ext not in caps.allowed_extensions):
-        raise NotPermitted(f"the server refuses the extension {ext!r}")
+        raise NotPermitted(refusal_in_plain_words("extension_not_allowed",
+                                                  {"extension": ext, "allowed": list(caps.allowed_extensions)}))
 
 
 def check_growth(engine, record: FileRecord, new_size: int) -> None:
