@@ -412,13 +412,16 @@ def cmd_status(args) -> int:
     if not mounts:
         raise CliError("none of your fs360 mounts is up (fs360 mount MOUNTPOINT)")
     if args.json:
-        docs = [_mount_status(m) for m in mounts]
+        docs = [_mount_status(m) for m in mounts] if args.mountpoint else _every_status(mounts)
         print(json.dumps(docs[0] if args.mountpoint else {"mounts": docs}, indent=2, ensure_ascii=False))
         return 0
     from rich.console import Console
     console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200  # piped or redirected: whole names rather than a terminal's width
     if not args.watch:
-        console.print(_status_view(args, [_mount_status(m) for m in mounts], None, console.width))
+        docs = [_mount_status(mounts[0])] if args.mountpoint else _every_status(mounts)
+        console.print(_status_view(args, docs, None, console.width))
         return 0
     from rich.live import Live
     with Live(console=console, auto_refresh=False, screen=False, vertical_overflow="crop") as live:
@@ -426,14 +429,26 @@ def cmd_status(args) -> int:
             gone = [m for m in mounts if m not in control.fs360_mounts()]
             if gone:
                 live.stop()
-                print(f"fs360: {', '.join(gone)} is no longer mounted")
+                print(f"fs360: no longer mounted: {', '.join(gone)}")
                 return 0
             try:
-                docs = [control.mount_status(m) for m in mounts]
+                docs = [control.mount_status(mounts[0])] if args.mountpoint else _every_status(mounts)
             except OSError:
                 continue  # unmounting right now: the next round says so
             live.update(_status_view(args, docs, console.height, console.width), refresh=True)
             time.sleep(args.interval)
+
+
+def _every_status(mounts: list[str]) -> list[dict]:
+    """Each mount's snapshot; one whose daemon does not answer (a dead mount, or one registered in
+    another runtime dir) is listed with why, so the others still show."""
+    docs = []
+    for mountpoint in mounts:
+        try:
+            docs.append(control.mount_status(mountpoint, timeout=3))
+        except OSError as exc:
+            docs.append({"mountpoint": mountpoint, "error": f"its daemon does not answer ({exc}): fs360 doctor"})
+    return docs
 
 
 def _status_view(args, docs: list[dict], height: int | None, width: int):

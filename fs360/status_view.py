@@ -29,7 +29,7 @@ CHROME_LINES = 4
 
 
 # Columns that keep their width; the others (names, reasons) shrink with an ellipsis.
-FIXED_WIDTHS = {"Files": 7, "State": 11, "Sent": 14, "Rate": 10, "ETA": 6, "Project": 10}
+FIXED_WIDTHS = {"Files": 7, "State": 11, "Sent": 13, "Rate": 8, "ETA": 6, "Project": 10}
 # Narrower than this, the per-file view has no bars and no reason column: the reasons of the
 # files retrying or needing the user follow the table, one line each.
 FILE_BARS_FROM = 120
@@ -73,8 +73,17 @@ def _bar(done: int, total: int) -> ProgressBar | str:
     return ProgressBar(total=total, completed=min(done, total), width=BAR_WIDTH)
 
 
+def short_bytes(n: float) -> str:
+    """'512B', '97.7K', '28.6M', '139G' (powers of 1024, as ls -h): a table's cells stay narrow."""
+    for unit in ("B", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" or n >= 100 else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.0f}T"
+
+
 def _rate(value) -> str:
-    return f"{human_bytes(value)}/s" if value else ""
+    return f"{short_bytes(value)}/s" if value else ""
 
 
 def _eta(value) -> str:
@@ -82,30 +91,27 @@ def _eta(value) -> str:
 
 
 def _sent(done: int, total: int) -> str:
-    """'' for nothing at all; '8.0/28.6 MiB' (one unit when both share it), else '512 KiB/1.2 GiB'."""
-    if total <= 0:
-        return ""
-    done_text, total_text = human_bytes(done), human_bytes(total)
-    if done_text.split()[-1] == total_text.split()[-1]:
-        return f"{done_text.split()[0]}/{total_text}"
-    return f"{done_text}/{total_text}"
+    """'' for nothing at all, else '8.0M/28.6M'."""
+    return f"{short_bytes(done)}/{short_bytes(total)}" if total > 0 else ""
 
 
 def mount_header(doc: dict) -> Text:
-    """One line: the mount, what it does now, its rate, ETA and bandwidth limit."""
+    """One line: what the mount does now, what needs the user, its rate, ETA, bandwidth limit, and
+    last (a long path is what the width cuts) the mountpoint."""
     totals = doc["totals"]
-    text = Text(doc["mountpoint"], style="bold")
     doing = "paused (fs360 resume)" if doc["paused"] else (
         "uploading" if totals["by_state"].get("uploading") else "idle")
-    parts = [doing, f"{totals['complete']}/{totals['files']} files", _sent(totals["sent"], totals["bytes"])]
+    text = Text(doing, style="bold magenta" if doc["paused"] else "bold")
+    parts = [f"{totals['complete']}/{totals['files']} files", _sent(totals["sent"], totals["bytes"])]
+    if totals["need_you"]:
+        parts.append(Text(f"{totals['need_you']} need you", style="bold red"))
     if totals["rate"]:
         parts.append(_rate(totals["rate"]))
     if totals["eta_seconds"]:
         parts.append(f"eta {_eta(totals['eta_seconds'])}")
     if doc["bwlimit"] not in ("off", "", None):
         parts.append(f"bwlimit {doc['bwlimit']}")
-    if totals["need_you"]:
-        parts.append(Text(f"{totals['need_you']} need you", style="bold red"))
+    parts.append(doc["mountpoint"])
     for part in parts:
         text.append(" · ", style="dim")
         text.append(part if isinstance(part, Text) else Text(part))
@@ -117,6 +123,9 @@ def summary_view(docs: list[dict], width: int = 200) -> Table:
     """`fs360 status`: one row per mount."""
     rows = []
     for doc in sorted(docs, key=lambda d: natural_key(d["mountpoint"])):
+        if "error" in doc:
+            rows.append([doc["mountpoint"], "", "", "", "", "", Text("not answering", style="bold red")])
+            continue
         totals = doc["totals"]
         state = Text("paused", style="magenta") if doc["paused"] else Text(
             "uploading" if totals["by_state"].get("uploading") else "idle")
@@ -165,7 +174,7 @@ def sessions_view(doc: dict, height: int | None = None, width: int = 200) -> Gro
             for s in sessions]
     parts = [mount_header(doc), _table(["Session", "Files", "Progress", "Sent", "Rate", "ETA", "Project"], rows, width)]
     if more:
-        parts.append(Text(f"… and {more} more session(s): fs360 status --json {doc['mountpoint']}", style="dim"))
+        parts.append(_one_line(f"… and {more} more session(s): fs360 status --json {doc['mountpoint']}"))
     if not doc["sessions"]:
         parts.append(Text("no sessions: make a folder and copy files into it", style="dim"))
     if height is not None:
@@ -179,7 +188,12 @@ def sessions_view(doc: dict, height: int | None = None, width: int = 200) -> Gro
 def _limited(lines: list[Text], count: int | None, what: str) -> list[Text]:
     if count is None or len(lines) <= count:
         return lines
-    return lines[:count - 1] + [Text(f"  … {len(lines) - count + 1} {what}", style="dim")]
+    return lines[:count - 1] + [_one_line(f"  … {len(lines) - count + 1} {what}")]
+
+
+def _one_line(text: str) -> Text:
+    """A dim note, cut to the width: a view counted in lines must not wrap."""
+    return Text(text, style="dim", no_wrap=True, overflow="ellipsis")
 
 
 def needs_you_lines(doc: dict) -> list[Text]:
@@ -220,8 +234,8 @@ def files_view(doc: dict, height: int | None = None, width: int = 200) -> Group:
     columns = ["File", "State", *(["Progress", "Sent", "Rate", "ETA", "Why"] if wide else ["Sent", "Rate", "ETA"])]
     parts = [mount_header(doc), _table(columns, rows, width)]
     if more:
-        parts.append(Text(f"… and {more} more file(s); the whole list: fs360 status --files "
-                          f"{doc['mountpoint']} | less", style="dim"))
+        parts.append(_one_line(f"… and {more} more file(s); the whole list: fs360 status --files "
+                               f"{doc['mountpoint']} | less"))
     if not entries:
         parts.append(Text("no files yet", style="dim"))
     if height is not None:
