@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__, control
+from .completion import DIRECTORY, FILE, MOUNTS, SHELLS, mark
 from .config import DEFAULT_LOCAL_ONLY_PATTERNS, MiB, Settings, default_cache_dir
 PRIVACY = {"private": 2, "link": 1, "public": 0}
 # Mount flags that are not settings a user keeps in a file (-f is how a mount is run, e.g. by systemd).
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
 
     m = sub.add_parser("mount", help="mount the upload API at MOUNTPOINT")
-    m.add_argument("mountpoint")
+    mark(m.add_argument("mountpoint", help="an empty directory to mount at"), DIRECTORY)
     add_mount_options(m)
     m.set_defaults(func=cmd_mount, options_parser=m)
 
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="exit codes: 0 done; 2 error (not a mount, unmount failed); 3 unmounted, but files "
                               "were refused, held, interrupted or lost (named, with what to do); 4 gave up "
                               "waiting (--timeout), still mounted")
-    u.add_argument("mountpoint", help="the fs360 mount to unmount")
+    mark(u.add_argument("mountpoint", help="the fs360 mount to unmount"), MOUNTS)
     u.add_argument("--wait", action="store_true",
                    help="first wait until no file is on its way (one progress line), then sum up")
     u.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_unmount)
 
     s = sub.add_parser("status", help="your mounts' progress: a line per mount, or MOUNTPOINT's sessions")
-    s.add_argument("mountpoint", nargs="?", help="show this mount's sessions (default: a line per mount)")
+    mark(s.add_argument("mountpoint", nargs="?", help="show this mount's sessions (default: a line per mount)"),
+         MOUNTS)
     s.add_argument("--files", action="store_true", help="with MOUNTPOINT: a row per file instead of per session")
     s.add_argument("--json", action="store_true",
                    help="the whole mount as one JSON document (schema: doc/STATUS-JSON.md)")
@@ -119,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     w = sub.add_parser("web", help="open the mount's dashboard in the browser (served by the daemon on loopback)")
-    w.add_argument("mountpoint", help="the fs360 mount whose dashboard to open")
+    mark(w.add_argument("mountpoint", help="the fs360 mount whose dashboard to open"), MOUNTS)
     w.add_argument("--print-url", action="store_true",
                    help="print the URL (it carries the dashboard's token) instead of opening a browser")
     w.set_defaults(func=cmd_web)
@@ -127,21 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("pause", "uploads stop after their current chunk; the mount keeps taking files"),
                             ("resume", "uploads go on")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("mountpoint")
+        mark(p.add_argument("mountpoint", help=f"the fs360 mount to {name}"), MOUNTS)
         p.set_defaults(func=cmd_control, control=name)
 
     st = sub.add_parser("set", help="change a running mount: fs360 set MOUNTPOINT bwlimit=5M")
-    st.add_argument("mountpoint")
-    st.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    mark(st.add_argument("mountpoint", help="the fs360 mount to change"), MOUNTS)
+    st.add_argument("assignments", nargs="+", metavar="KEY=VALUE", help="what to change: bwlimit=RATE (e.g. 5M, off)")
     st.set_defaults(func=cmd_control, control="set")
 
     d = sub.add_parser("doctor", help="check this machine and configuration, with a fix for each failure")
-    d.add_argument("mountpoint", nargs="?", help="the mount to check the configuration of")
+    mark(d.add_argument("mountpoint", nargs="?", help="the mount to check the configuration of"), DIRECTORY)
     add_mount_options(d)
     d.set_defaults(func=cmd_doctor, options_parser=d)
 
     iu = sub.add_parser("install-unit", help="write and enable the systemd user unit for MOUNTPOINT")
-    iu.add_argument("mountpoint")
+    mark(iu.add_argument("mountpoint", help="the directory the unit mounts at"), DIRECTORY)
     iu.add_argument("--print", action="store_true", help="print the unit instead")
     iu.set_defaults(func=cmd_install_unit)
 
@@ -158,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     mh.add_argument("-N", dest="namespace")
     mh.set_defaults(func=cmd_mount_helper)
 
-    c = sub.add_parser("completion", help="print a shell completion script: fs360 completion bash")
-    c.add_argument("shell", choices=["bash"])
+    c = sub.add_parser("completion", help="print a shell completion script: fs360 completion bash|zsh|fish")
+    c.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     c.set_defaults(func=cmd_completion)
 
     dm = sub.add_parser("demo", help="emulator, mount, sample files, a project: the whole flow")
@@ -172,21 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_mount_options(m: argparse.ArgumentParser) -> None:
     m.add_argument("--api-url", default=None, help="base URL of the API (default: the real service)")
-    m.add_argument("--api-key-file", type=_path, help="file holding the API key, mode 600 "
-                   "(else $CREDENTIALS_DIRECTORY/fs360-api-key, $FS360_API_KEY or $API_KEY)")
+    mark(m.add_argument("--api-key-file", type=_path, help="file holding the API key, mode 600 "
+                        "(else $CREDENTIALS_DIRECTORY/fs360-api-key, $FS360_API_KEY or $API_KEY)"), FILE)
     m.add_argument("--local", action="store_true", help="start an emulator and mount against it (no key needed)")
-    m.add_argument("--cache-dir", type=_path, default=None, help=f"spool and journal (default {default_cache_dir()})")
+    mark(m.add_argument("--cache-dir", type=_path, default=None,
+                        help=f"spool and journal (default {default_cache_dir()})"), DIRECTORY)
     m.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground, log to stderr, speak sd_notify")
-    m.add_argument("--workers", type=int, default=4)
+    m.add_argument("--workers", type=int, default=4, help="files uploaded at once (default 4)")
     m.add_argument("--chunk-size", type=_size, default=8 * MiB, help="e.g. 8M (default)")
     m.add_argument("--writeback-delay", type=float, default=1.5, help="seconds a closed file waits (default 1.5)")
     m.add_argument("--local-only", action="append", default=[], metavar="PATTERN",
                    help="extra names never uploaded (fnmatch pattern, repeatable)")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="allow_other, or any option as key=value (as in fstab)")
-    m.add_argument("--log-level", default="info")
-    m.add_argument("--ca-bundle", help="CA certificates to verify the server with")
+    m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="of the log in the cache dir (default info: a line per uploaded file)")
+    mark(m.add_argument("--ca-bundle", help="CA certificates to verify the server with"), FILE)
     m.add_argument("--no-rate-limits", action="store_true", help="no client pacing (emulator without limits)")
     m.add_argument("--rate-window-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     m.add_argument("--poll-interval", type=float, default=5.0, help="seconds between project polls")
@@ -533,8 +537,8 @@ def cmd_install_helper(args) -> int:
 
 
 def cmd_completion(args) -> int:
-    from .completion import bash_script
-    sys.stdout.write(bash_script(build_parser()))
+    from .completion import script
+    sys.stdout.write(script(build_parser(), args.shell))
     return 0
 
 
