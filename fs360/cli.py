@@ -510,9 +510,20 @@ def cmd_doctor(args) -> int:
         settings, error = settings_from_args(args), None
     except CliError as exc:
         settings, error = None, str(exc)
-    text, healthy = report(run_checks(settings, error))
+    text, healthy = report(run_checks(settings, error, _config_state(args), args.cache_dir or default_cache_dir(),
+                                      args.api_url, os.path.abspath(args.mountpoint) if args.mountpoint else None))
     sys.stdout.write(text)
     return 0 if healthy else 1
+
+
+def _config_state(args) -> tuple[Path, str | None]:
+    """The config file doctor names, and what is wrong with it (None: nothing, or there is none)."""
+    from .settings_file import ConfigError, config_path, load_config
+    try:
+        load_config(os.path.abspath(args.mountpoint) if args.mountpoint else "", config_keys(args.options_parser))
+    except ConfigError as exc:
+        return config_path(), str(exc)
+    return config_path(), None
 
 
 def cmd_install_unit(args) -> int:
