@@ -19,7 +19,6 @@ from .config import DEFAULT_LOCAL_ONLY_PATTERNS, MiB, Settings, default_cache_di
 PRIVACY = {"private": 2, "link": 1, "public": 0}
 # Mount flags that are not settings a user keeps in a file (-f is how a mount is run, e.g. by systemd).
 NOT_CONFIG_KEYS = {"mountpoint", "func", "emulator_arg", "rate_window_scale", "help", "foreground"}
-HELPER_PATH = "/sbin/mount.fuse.fs360"
 
 
 class CliError(Exception):
@@ -147,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     iu.add_argument("--print", action="store_true", help="print the unit instead")
     iu.set_defaults(func=cmd_install_unit)
 
-    ih = sub.add_parser("install-helper", help=f"(root) write {HELPER_PATH} for mount(8) and fstab")
-    ih.add_argument("--path", default=HELPER_PATH, help=argparse.SUPPRESS)
+    ih = sub.add_parser("install-helper", help="(root) write /sbin/mount.fuse.fs360 for mount(8) and fstab")
+    mark(ih.add_argument("--prefix", default="/", help="write PREFIX/sbin/mount.fuse.fs360 (default /)"), DIRECTORY)
+    ih.add_argument("--force", action="store_true", help="replace another installation's helper")
     ih.set_defaults(func=cmd_install_helper)
 
     mh = sub.add_parser("mount-helper")  # hidden (no help=): mount(8) runs it as: none MOUNTPOINT -o OPTIONS
@@ -527,21 +527,27 @@ def _config_state(args) -> tuple[Path, str | None]:
 
 
 def cmd_install_unit(args) -> int:
+    from .settings_file import ConfigError, load_config
     from .systemd import install_unit
-    print(install_unit(os.path.abspath(args.mountpoint), args.print))
+    mountpoint = os.path.abspath(args.mountpoint)
+    try:
+        options = argparse.ArgumentParser()
+        add_mount_options(options)
+        key_file = load_config(mountpoint, config_keys(options)).get("api_key_file")
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    print(install_unit(mountpoint, args.print, os.path.expanduser(key_file) if key_file else None))
     return 0
 
 
 def cmd_install_helper(args) -> int:
-    script = (f"#!/bin/sh\n# mount(8) helper for fs360, written by `fs360 install-helper`.\n"
-              f"# mount -t fuse.fs360 none MOUNTPOINT -o api_url=URL,api_key_file=FILE\n"
-              f"exec {sys.executable} -m fs360.cli mount-helper \"$@\"\n")
-    path = Path(args.path)
+    from .systemd import HelperExists, install_helper
     try:
-        path.write_text(script)
-        path.chmod(0o755)
+        path = install_helper(args.prefix, args.force)
+    except HelperExists as exc:
+        raise CliError(str(exc)) from None
     except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror} (run it as root)") from None
+        raise CliError(f"cannot write {exc.filename}: {exc.strerror} (run it as root)") from None
     print(f"fs360: wrote {path}; fstab line: none /mnt/360 fuse.fs360 "
           "api_url=URL,api_key_file=/root/.config/fs360/api-key,_netdev,nofail 0 0")
     return 0
