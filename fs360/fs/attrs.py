@@ -6,6 +6,7 @@ import stat
 import time
 
 from ..engine.records import FileRecord, SessionRecord
+from .rules import frozen_reason_locked
 from .tree import Folder, is_listed_locked
 
 # Advertised I/O size: cp, stdio and Python size their buffers by it, so their
@@ -43,8 +44,16 @@ class Attributes:
                 "st_size": size, "st_mtime": now, "st_ctime": now, "st_atime": now}
 
     def file(self, record: FileRecord) -> dict:
-        """Needs engine.lock held. A file unlinked while open has no link left (nlink 0)."""
-        return {"st_mode": stat.S_IFREG | (record.mode & 0o7777),
+        """Needs engine.lock held. A file unlinked while open has no link left (nlink 0); one that
+        can no longer change (the server may hold bytes of it, the session is sealed) shows no
+        write permission, as any write would get EACCES."""
+        mode = record.mode & 0o7777
+        try:
+            if mode & 0o222 and frozen_reason_locked(self.engine, record):
+                mode &= ~0o222
+        except KeyError:
+            pass  # its session is gone (removed while the file was open): nothing to protect
+        return {"st_mode": stat.S_IFREG | mode,
                 "st_nlink": 1 if is_listed_locked(self.engine, record) else 0,
                 "st_uid": record.uid, "st_gid": record.gid, "st_size": record.size,
                 "st_blocks": (record.size + 511) // 512, "st_blksize": IO_BLOCK_SIZE,

@@ -14,6 +14,8 @@ import time
 
 from ..config import Settings
 from ..engine.engine import Engine
+from ..engine.projects import project_page
+from ..engine.records import P_READY
 from ..errors import (AccessDenied, AlreadyExists, IsADirectory, NoAttribute, NotADirectory,
                       NotEmpty, NotFound, NotPermitted, NotSupported)
 from .attrs import Attributes
@@ -30,6 +32,8 @@ from .tree import DIR, FILE, MARKER, MISSING, ROOT, ROOT_STATUS_FILE, SESSION, S
 log = logging.getLogger(__name__)
 
 XATTRS = ("user.fs360.state", "user.fs360.received", "user.fs360.error", "user.fs360.server_name")
+# A session folder's: the server's upload session, and the project's page once it is ready.
+SESSION_XATTRS = ("user.fs360.upload_id", "user.fs360.project_url")
 
 
 class MountModel:
@@ -351,11 +355,16 @@ class MountModel:
     # --- extended attributes -----------------------------------------------------------------------
 
     def getxattr(self, path: str, name: str) -> bytes:
-        if name not in XATTRS:
+        if name not in XATTRS + SESSION_XATTRS:
             raise NoAttribute(name)
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
-            if node.kind != FILE:
+            if node.kind == SESSION and name in SESSION_XATTRS:
+                value = dict(zip(SESSION_XATTRS, self._session_xattrs_locked(node.session))).get(name)
+                if not value:
+                    raise NoAttribute(name)  # no server session yet, or no ready project
+                return value.encode()
+            if node.kind != FILE or name not in XATTRS:
                 if node.kind == MISSING:
                     raise NotFound(path)
                 raise NoAttribute(name)
@@ -372,7 +381,16 @@ class MountModel:
 
     def listxattr(self, path: str) -> list[str]:
         with self.engine.lock:
-            return list(XATTRS) if self.tree.resolve_locked(path).kind == FILE else []
+            node = self.tree.resolve_locked(path)
+            if node.kind == SESSION:
+                return [n for n, v in zip(SESSION_XATTRS, self._session_xattrs_locked(node.session)) if v]
+            return list(XATTRS) if node.kind == FILE else []
+
+    def _session_xattrs_locked(self, session) -> tuple[str | None, str | None]:
+        project = session.project
+        url = project_page(self.settings.api_url, project.name) \
+            if project is not None and project.name and project.state == P_READY else None
+        return session.upload_id, url
 
     def setxattr(self, path: str, name: str, value: bytes, options: int) -> None:
         raise NotSupported("fs360's attributes are read-only")
