@@ -167,6 +167,9 @@ class SessionRecord:
     # Memory only: why the last .create was refused (shown in status until a valid one).
     marker_refused: str = ""
     ctime_ns: int = 0
+    # Who made the folder (a shared mount, allow_other); None: the mount's owner.
+    uid: int | None = None
+    gid: int | None = None
 
     @property
     def tree_frozen(self) -> bool:

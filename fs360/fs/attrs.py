@@ -15,27 +15,29 @@ IO_BLOCK_SIZE = 1024 * 1024
 
 
 class Attributes:
-    """Folders and virtual files belong to the mount's owner (`uid`, `gid`); files to theirs."""
+    """Folders belong to whoever made them (a shared mount), else to the mount's owner (`uid`,
+    `gid`), as virtual files do; files to theirs. A folder's link count is 2 and one per folder
+    in it."""
 
     def __init__(self, engine, uid: int, gid: int):
         self.engine = engine
         self.uid = uid
         self.gid = gid
 
-    def session(self, session: SessionRecord) -> dict:
-        attrs = self.dir(session.mode, session.mtime_ns)
+    def session(self, session: SessionRecord, subfolders: int) -> dict:
+        attrs = self.dir(session.mode, session.mtime_ns, 2 + subfolders, session.uid, session.gid)
         attrs["st_ctime"] = max(session.ctime_ns, session.mtime_ns)
         return attrs
 
-    def folder(self, folder: Folder) -> dict:
-        attrs = self.dir(folder.mode, folder.mtime_ns)
+    def folder(self, folder: Folder, subfolders: int) -> dict:
+        attrs = self.dir(folder.mode, folder.mtime_ns, 2 + subfolders, folder.uid, folder.gid)
         attrs["st_ctime"] = max(folder.ctime_ns, folder.mtime_ns)
         return attrs
 
-    def dir(self, mode: int, mtime_ns: int, nlink: int = 2) -> dict:
-        return {"st_mode": stat.S_IFDIR | (mode & 0o7777), "st_nlink": nlink, "st_uid": self.uid,
-                "st_gid": self.gid, "st_size": 4096, "st_mtime": mtime_ns, "st_ctime": mtime_ns,
-                "st_atime": mtime_ns}
+    def dir(self, mode: int, mtime_ns: int, nlink: int = 2, uid: int | None = None, gid: int | None = None) -> dict:
+        return {"st_mode": stat.S_IFDIR | (mode & 0o7777), "st_nlink": nlink,
+                "st_uid": self.uid if uid is None else uid, "st_gid": self.gid if gid is None else gid,
+                "st_size": 4096, "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns}
 
     def virtual(self, mode: int, mtime_ns: int | None = None, size: int = 0) -> dict:
         now = mtime_ns or time.time_ns()

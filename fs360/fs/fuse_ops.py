@@ -119,7 +119,8 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def mkdir(self, path, mode):
-        self.model.mkdir(path, mode)
+        uid, gid, _ = mfusepy.fuse_get_context()
+        self.model.mkdir(path, mode, uid, gid)
 
     @translated
     def rmdir(self, path):
