@@ -219,22 +219,25 @@ def _path(text: str) -> Path:
     return Path(os.path.expanduser(text))
 
 
+def _checked_by(parse):
+    """An argparse type that keeps the text once `parse` accepts it (its ValueError is the message)."""
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return check
+
+
 def _web_address(text: str) -> str:
     from .web.server import parse_address
-    try:
-        parse_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return _checked_by(parse_address)(text)
 
 
 def _bwlimit(text: str) -> str:
     from .engine.gate import parse_bwlimit
-    try:
-        parse_bwlimit(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return _checked_by(parse_bwlimit)(text)
 
 
 # --- mount ---------------------------------------------------------------------------------
@@ -324,7 +327,8 @@ def cmd_unmount(args) -> int:
     final = None
     if args.wait:
         started = time.monotonic()
-        final = wait_for_queue(mountpoint, args.timeout)
+        from .status_view import wait_for_queue
+        final = wait_for_queue(lambda: _mount_status(mountpoint), args.timeout)
         if final is None:
             print("fs360: gave up waiting; still mounted, uploads go on (unmount without --wait "
                   "keeps the unfinished ones for the next mount)", file=sys.stderr)
@@ -351,41 +355,6 @@ def _wait_pid_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and control.pid_running(pid):
         time.sleep(0.05)
-
-
-def wait_for_queue(mountpoint: str, timeout: float | None) -> dict | None:
-    """Waits until no file is on its way, drawing one line that fits the terminal (a line every few
-    seconds when stderr is not one); returns the last snapshot, or None past `timeout`."""
-    from rich.console import Console
-    from rich.live import Live
-    from .fs.status import BUSY_STATES
-    from .status_view import wait_line
-    deadline = None if timeout is None else time.monotonic() + timeout
-    console = Console(stderr=True, highlight=False)
-    interactive = console.is_terminal
-    last_printed = ""
-    with Live(console=console, auto_refresh=False, transient=True) if interactive else _nothing() as live:
-        while True:
-            doc = _mount_status(mountpoint)
-            line = wait_line(doc, console.width)
-            if live is not None:
-                live.update(line, refresh=True)
-            elif line.plain != last_printed:
-                print(line.plain, file=sys.stderr, flush=True)
-                last_printed = line.plain
-            if not any(doc["totals"]["by_state"].get(state) for state in BUSY_STATES):
-                return doc
-            if deadline is not None and time.monotonic() > deadline:
-                return None
-            time.sleep(0.5 if interactive else 2.0)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --- status, pause, resume, set ------------------------------------------------------------
@@ -427,20 +396,14 @@ def cmd_status(args) -> int:
         docs = [_mount_status(mounts[0])] if args.mountpoint else _every_status(mounts)
         console.print(_status_view(args, docs, None, console.width))
         return 0
-    from rich.live import Live
-    with Live(console=console, auto_refresh=False, screen=False, vertical_overflow="crop") as live:
-        while True:
-            gone = [m for m in mounts if m not in control.fs360_mounts()]
-            if gone:
-                live.stop()
-                print(f"fs360: no longer mounted: {', '.join(gone)}")
-                return 0
-            try:
-                docs = [control.mount_status(mounts[0])] if args.mountpoint else _every_status(mounts)
-            except OSError:
-                continue  # unmounting right now: the next round says so
-            live.update(_status_view(args, docs, console.height, console.width), refresh=True)
-            time.sleep(args.interval)
+    from .status_view import watch
+
+    def fetch() -> list[dict]:
+        return [control.mount_status(mounts[0])] if args.mountpoint else _every_status(mounts)
+    gone = watch(console, fetch, lambda docs: _status_view(args, docs, console.height, console.width),
+                 lambda: [m for m in mounts if m not in control.fs360_mounts()], args.interval)
+    print(f"fs360: no longer mounted: {', '.join(gone)}")
+    return 0
 
 
 def _every_status(mounts: list[str]) -> list[dict]:

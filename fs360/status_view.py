@@ -9,6 +9,9 @@ scan_10).
 
 from __future__ import annotations
 
+import sys
+import time
+
 from rich import box
 from rich.console import Group
 from rich.cells import cell_len
@@ -16,7 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .fs.status import NEEDS_YOU_STATES, human_bytes, human_duration, natural_key, shown_state
+from .fs.status import BUSY_STATES, NEEDS_YOU_STATES, human_bytes, human_duration, natural_key, shown_state
 
 STATE_STYLES = {"complete": "green", "uploading": "cyan", "paused": "magenta", "failed": "yellow",
                 "pending": "", "writing": "dim", "closed": "dim", "local": "dim", "in tree": "dim",
@@ -251,7 +254,60 @@ def retrying_lines(doc: dict) -> list[Text]:
             for s in doc["sessions"] for f in s["files"] if f["state"] == "failed"]
 
 
+def watch(console, fetch, render, gone, interval: float) -> list[str]:
+    """`status --watch`: redraws `render(fetch())` in place every `interval` seconds, cut to the
+    terminal's height, until `gone()` names a mount no longer mounted; returns those."""
+    from rich.live import Live
+    with Live(console=console, auto_refresh=False, screen=False, vertical_overflow="crop") as live:
+        while True:
+            ended = gone()
+            if ended:
+                live.stop()
+                return ended
+            try:
+                live.update(render(fetch()), refresh=True)
+            except OSError:
+                pass  # unmounting right now: the next round says so
+            time.sleep(interval)
+
+
 # --- unmount --wait --------------------------------------------------------------------------
+
+
+def wait_for_queue(fetch, timeout: float | None) -> dict | None:
+    """Waits until no file is on its way (`fetch()` gives the mount's snapshot), drawing one line
+    that fits the terminal (a line when it changes, at most every 2 s, when stderr is not one);
+    returns the last snapshot, or None past `timeout`."""
+    from rich.console import Console
+    from rich.live import Live
+    deadline = None if timeout is None else time.monotonic() + timeout
+    console = Console(stderr=True, highlight=False)
+    interactive = console.is_terminal
+    last_printed = ""
+    with Live(console=console, auto_refresh=False, transient=True) if interactive else _Nothing() as live:
+        while True:
+            doc = fetch()
+            line = wait_line(doc, console.width)
+            if live is not None:
+                live.update(line, refresh=True)
+            elif line.plain != last_printed:
+                print(line.plain, file=sys.stderr, flush=True)
+                last_printed = line.plain
+            if not any(doc["totals"]["by_state"].get(state) for state in BUSY_STATES):
+                return doc
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(0.5 if interactive else 2.0)
+
+
+class _Nothing:
+    """A context that gives None: no live display when stderr is not a terminal."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def wait_line(doc: dict, width: int) -> Text:
