@@ -105,7 +105,8 @@ def mount_header(doc: dict) -> Text:
     doing = "paused (fs360 resume)" if doc["paused"] else (
         "uploading" if totals["by_state"].get("uploading") else "idle")
     text = Text(doing, style="bold magenta" if doc["paused"] else "bold")
-    parts = [f"{totals['complete']}/{totals['files']} files", _sent(totals["sent"], totals["bytes"])]
+    parts = [f"{totals['complete']}/{totals['files']} files"] + ([_sent(totals["sent"], totals["bytes"])]
+                                                                 if totals["bytes"] else [])
     if totals["need_you"]:
         parts.append(Text(f"{totals['need_you']} need you", style="bold red"))
     if totals["rate"]:
@@ -175,7 +176,9 @@ def sessions_view(doc: dict, height: int | None = None, width: int = 200) -> Gro
              _bar(s["totals"]["sent"], s["totals"]["bytes"]), _sent(s["totals"]["sent"], s["totals"]["bytes"]),
              _rate(s["totals"]["rate"]), _eta(s["totals"]["eta_seconds"]), _project_cell(s["project"])]
             for s in sessions]
-    parts = [mount_header(doc), _table(["Session", "Files", "Progress", "Sent", "Rate", "ETA", "Project"], rows, width)]
+    parts = [mount_header(doc)]
+    if rows:
+        parts.append(_table(["Session", "Files", "Progress", "Sent", "Rate", "ETA", "Project"], rows, width))
     if more:
         parts.append(_one_line(f"… and {more} more session(s): fs360 status --json {doc['mountpoint']}"))
     if not doc["sessions"]:

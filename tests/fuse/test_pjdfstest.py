@@ -20,6 +20,13 @@ from tests.ops.common import harness_runtime, run_fs360
 SUITES = ("mkdir", "rmdir", "chmod", "chown", "unlink", "rename", "open", "truncate")
 # What fs360 refuses with EPERM: it holds folders and regular files only.
 BY_DESIGN = {"mkfifo", "mknod", "symlink", "link", "bind", "connect"}
+# The test files that make what fs360 refuses (and so fail the checks of it); every other passes whole.
+BY_DESIGN_FILES = {
+    "chmod/00.t", "chmod/01.t", "chmod/04.t", "chmod/06.t", "chmod/07.t", "chmod/11.t", "chown/00.t", "chown/01.t",
+    "chown/04.t", "chown/06.t", "chown/07.t", "mkdir/01.t", "mkdir/07.t", "mkdir/10.t", "open/01.t", "open/06.t",
+    "open/12.t", "open/16.t", "open/17.t", "open/22.t", "open/24.t", "rename/00.t", "rename/09.t", "rename/10.t",
+    "rename/11.t", "rename/12.t", "rename/13.t", "rename/14.t", "rename/20.t", "rename/23.t", "rmdir/01.t",
+    "rmdir/05.t", "rmdir/06.t", "truncate/07.t", "unlink/00.t", "unlink/07.t", "unlink/11.t"}
 TRIED = re.compile(r"^not ok \d+ - tried '(?:-[ug] \S+ )*(?:-- )?(\w+) (.*?)', expected")
 
 
@@ -70,20 +77,23 @@ def test_pjdfstest_on_a_shared_mount(tmp_path, emulator, mount_factory):
     session = mount.mountpoint / "pjdfstest"
     session.mkdir()
     os.chmod(session, 0o777)  # any user may make names in it, as on a shared disk
-    failures, passed, by_design = {}, 0, 0
+    failures, passed, by_design = {}, [], []
     for suite in SUITES:
         for test in sorted((built / "tests" / suite).glob("*.t")):
             result = subprocess.run(["sh", str(test)], cwd=session, capture_output=True, text=True, timeout=600)
+            name = f"{suite}/{test.name}"
             left = unexplained(result.stdout)
             if left:
-                failures[f"{suite}/{test.name}"] = left[:5]
-            elif "not ok" in result.stdout:
-                by_design += 1
+                failures[name] = left[:5]
+            elif any(line.startswith("not ok") and "# TODO" not in line for line in result.stdout.splitlines()):
+                by_design.append(name)
+                if name not in BY_DESIGN_FILES:  # a failure that only looks explained: show it
+                    failures[name] = [line for line in result.stdout.splitlines() if line.startswith("not ok")][:5]
             else:
-                passed += 1
+                passed.append(name)
     assert failures == {}, "\n".join(f"{name}: {lines}" for name, lines in failures.items())
-    # Of pjdfstest's 135 files here (doc/SEMANTICS.md, "What pjdfstest finds"): 98 pass whole.
-    assert passed >= 98 and by_design <= 37, (passed, by_design)
+    # Of pjdfstest's 135 files here (doc/SEMANTICS.md, "What pjdfstest finds"), 98 pass whole.
+    assert len(passed) >= 98 and set(by_design) <= BY_DESIGN_FILES
 
 
 def test_the_classifier_leaves_a_real_failure_in():
