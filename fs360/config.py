@@ -97,6 +97,8 @@ class Settings:
     bwlimit: str = "off"
     # Desktop notices (notify-send) when a project is ready or a file fails for good.
     desktop_notify: bool = True
+    # The dashboard (fs360/web): HOST:PORT on loopback only (port 0: any free one), or "off".
+    web_address: str = "127.0.0.1:0"
     # `mount --local`: the daemon starts an emulator with these arguments.
     local_emulator: bool = False
     emulator_args: tuple[str, ...] = ()

@@ -201,6 +201,8 @@ class Option:
             return "an https:// URL (http:// only for a loopback host, or with --insecure-http)"
         if self.kind == "bwlimit":
             return 'a rate (10M, 500k, off) or a timetable "08:00,5M 18:00,off"'
+        if self.kind == "loopback_address":
+            return "HOST:PORT on loopback (127.0.0.1, ::1, localhost), or off"
         if self.kind == "address":
             return "HOST:PORT, e.g. 127.0.0.1:8360 or [::1]:0 (port 0: a free one)"
         return "a string or a list of strings"
@@ -243,6 +245,10 @@ class Option:
             return text
         if kind == "bwlimit":
             parse_bwlimit(text)
+            return text
+        if kind == "loopback_address":
+            if text.lower() != "off" and not is_loopback_host(parse_address(text)[0]):
+                raise ValueError("not a loopback address")
             return text
         if kind == "address":
             parse_address(text)
@@ -319,6 +325,8 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
     Option("bwlimit", "bwlimit", "off", 'all uploads together: 10M, 500k, off, or a timetable '
            '"08:00,5M 18:00,off"', runtime=True),
     Option("no_notify", "bool", False, "no desktop notice (notify-send)"),
+    Option("web_address", "loopback_address", "127.0.0.1:0", "the dashboard's address, on loopback only (default "
+           "127.0.0.1:0, any free port), or off", metavar="HOST:PORT"),
     Option("zip64_archives", "bool", False, "always write folder-tree archives in ZIP64 form (else only when needed)"),
     Option("emulator_arg", "list", (), in_config=False, hidden=True),
     # `--timing NAME=SECONDS`: tests scale retry timings of a mount down (production keeps the defaults).

@@ -26,7 +26,8 @@ from .. import __version__
 from ..config import Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
                       DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
-                      ServerError, SettingError, TlsError, TransportError, WaitForRateLimit)
+                      ServerError, SettingError, TlsError, TransportError, WaitForRateLimit,
+                      refusal_in_plain_words)
 from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff
@@ -120,6 +121,22 @@ def _seconds(value) -> float:
     return float(value)
 
 
+class RequestCounts:
+    """Requests by (endpoint, HTTP status, or "error" for no answer), for /metrics."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def add(self, endpoint: str, status: str) -> None:
+        with self._lock:
+            self._counts[(endpoint, status)] = self._counts.get((endpoint, status), 0) + 1
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class ApiClient:
     """Thread-safe: each thread gets its own keep-alive `requests.Session`."""
 
@@ -136,6 +153,7 @@ class ApiClient:
         self.pacer = pacer or Pacer(settings.rate_limits, settings.rate_limits_enabled,
                                     settings.rate_window_scale)
         self._local = threading.local()
+        self.requests = RequestCounts()
         self._host = urlsplit(self.base_url).netloc
         # requests' own reading of the environment (proxies, no_proxy, CA bundle variables),
         # done once here; an explicit --ca-bundle wins over the variables.
@@ -199,10 +217,13 @@ class ApiClient:
             if not (exchange.expired or isinstance(exc, _TRANSPORT_EXCEPTIONS)):
                 raise
             self.close()  # the connection may be half-dead: start clean
+            self.requests.add(endpoint, "error")
             raise self._transport_error(endpoint, exc, exchange) from None
         if exchange.expired or content is None:
             self.close()
+            self.requests.add(endpoint, "error")
             raise self._transport_error(endpoint, None, exchange)
+        self.requests.add(endpoint, str(response.status_code))
         return self._translate(endpoint, response, content, expect)
 
     def _transport_error(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:
@@ -260,12 +281,16 @@ class ApiClient:
         cls = API_ERROR_CLASSES.get(code, ApiError)
         if issubclass(cls, AccountError):
             raise _account_error(cls, status, code, said, fields)
-        detail = f"{endpoint}: HTTP {status} {code}"
-        if isinstance(fields.get("limit"), int):
-            detail += f" (limit {fields['limit']} bytes)"
-        if isinstance(fields.get("extension"), str):
-            detail += f" (extension {_printable(fields['extension'])!r})"
-        raise _with_fields(cls(detail + said, status=status, code=code), fields)
+        # Plain words first (what happened, what to do); the exchange's particulars after them.
+        plain = refusal_in_plain_words(code, {k: _printable_field(v) for k, v in fields.items()})
+        detail = f"HTTP {status} {code}"
+        if plain is None:
+            if isinstance(fields.get("limit"), int):
+                detail += f" (limit {fields['limit']} bytes)"
+            if isinstance(fields.get("extension"), str):
+                detail += f" (extension {_printable(fields['extension'])!r})"
+        message = f"{plain} ({endpoint}: {detail}{said})" if plain else f"{endpoint}: {detail}{said}"
+        raise _with_fields(cls(message, status=status, code=code), fields)
 
     def _rate_limited(self, endpoint: str, header: str | None, said: str) -> RateLimited:
         asked = _retry_after(header)
@@ -406,6 +431,15 @@ def _printable(text: str, limit: int = 200) -> str:
     """Server-supplied text made safe for one log line."""
     cleaned = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
     return cleaned if len(cleaned) <= limit else cleaned[:limit] + "…"
+
+
+def _printable_field(value):
+    """A field of the server's answer, its text (and a list's texts) made safe for one line."""
+    if isinstance(value, str):
+        return _printable(value, 40)
+    if isinstance(value, list):
+        return [_printable(v, 40) if isinstance(v, str) else v for v in value[:100]]
+    return value
 
 
 def _server_says(fields: dict) -> str:

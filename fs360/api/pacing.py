@@ -76,6 +76,10 @@ class Pacer:
         self.enabled = enabled
         self._sleep = sleep
         self._windows = {name: SlidingWindow(n, w * window_scale, clock=clock) for name, (n, w) in limits.items()}
+        # For /metrics: how often, and how long in all, a request waited for its budget.
+        self.waits = 0
+        self.waited_seconds = 0.0
+        self._counts_lock = threading.Lock()
 
     def _window(self, endpoint: str) -> SlidingWindow | None:
         return self._windows.get(PACED_WITH.get(endpoint, endpoint))
@@ -87,6 +91,9 @@ class Pacer:
             return 0.0
         wait = window.reserve()
         if wait > 0:
+            with self._counts_lock:
+                self.waits += 1
+                self.waited_seconds += wait
             self._sleep(wait)
         return wait
 

@@ -196,6 +196,9 @@ class SessionRecord:
     # (a server that refuses .exe files): a file manager shows only "operation not permitted".
     refused_names: dict[str, str] = field(default_factory=dict)
     ctime_ns: int = 0
+    # Who made the folder (a shared mount, allow_other); None: the mount's owner.
+    uid: int | None = None
+    gid: int | None = None
 
     @property
     def tree_frozen(self) -> bool:

@@ -18,11 +18,12 @@ class SessionsAndFolders(RegistryState):
 
     # --- sessions -----------------------------------------------------------------------------
 
-    def create_session_locked(self, name: str, mode: int) -> SessionRecord:
+    def create_session_locked(self, name: str, mode: int, uid: int | None = None,
+                              gid: int | None = None) -> SessionRecord:
         now_ns = time.time_ns()
         session_id = self.journal.insert_session(dict(name=name, upload_id=None, expires_at=None, mode=mode,
-                                                      mtime_ns=now_ns, sealed=0))
-        session = SessionRecord(id=session_id, name=name, mode=mode, mtime_ns=now_ns)
+                                                      mtime_ns=now_ns, sealed=0, uid=uid, gid=gid))
+        session = SessionRecord(id=session_id, name=name, mode=mode, mtime_ns=now_ns, uid=uid, gid=gid)
         self.sessions[name] = session
         self._sessions_by_id[session_id] = session
         return session
@@ -49,12 +50,17 @@ class SessionsAndFolders(RegistryState):
         return None
 
     def set_session_attrs_locked(self, session: SessionRecord, mode: int | None = None,
-                                 mtime_ns: int | None = None) -> None:
+                                 mtime_ns: int | None = None, uid: int | None = None, gid: int | None = None) -> None:
         if mode is not None:
             session.mode = mode
         if mtime_ns is not None:
             session.mtime_ns = mtime_ns
-        self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns)
+        if uid is not None:
+            session.uid = uid
+        if gid is not None:
+            session.gid = gid
+        self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns, uid=session.uid,
+                                    gid=session.gid)
 
     def session_opened_locked(self, session: SessionRecord, upload_id: str, expires_in: float) -> None:
         session.upload_id = upload_id
@@ -139,8 +145,9 @@ class SessionsAndFolders(RegistryState):
         """The paths of the session's folders, sorted (the same tree gives the same archive)."""
         return sorted(path for session_id, path in self._folders.values() if session_id == session.id)
 
-    def add_folder_locked(self, session: SessionRecord, path: str, mode: int, mtime_ns: int) -> int:
-        folder_id = self.journal.insert_dir(session.id, path, mode, mtime_ns)
+    def add_folder_locked(self, session: SessionRecord, path: str, mode: int, mtime_ns: int,
+                          uid: int | None = None, gid: int | None = None) -> int:
+        folder_id = self.journal.insert_dir(session.id, path, mode, mtime_ns, uid, gid)
         self._folders[folder_id] = (session.id, path)
         return folder_id
 

@@ -23,10 +23,10 @@ import threading
 
 import mfusepy
 
-from .model import XATTRS
+from .model import SESSION_XATTRS, XATTRS
 
 # The extended attributes the model answers; any other is ENODATA at once.
-OWN_XATTRS = frozenset(name.encode() for name in XATTRS)
+OWN_XATTRS = frozenset(name.encode() for name in XATTRS + SESSION_XATTRS)
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
 UTIME_NOW = (1 << 30) - 1

@@ -569,7 +569,8 @@ def test_rename_of_a_scratch_copy_onto_a_held_file(model, emulator):
     model.rename("/s/.a.las.Xy12", "/s/a.las")
     assert names(model, "/s") == {"a.las", "status", "status.json"}
     assert model.file_state("s", "a.las") == "complete"
-    assert model.getattr("/s/a.las")["st_mode"] & 0o777 == 0o600  # takes the copy's mode
+    # Takes the copy's mode, shown without write permission: the server holds the file.
+    assert model.getattr("/s/a.las")["st_mode"] & 0o777 == 0o400
     write_file(model, "/s/.a.las.Zz34", b"diff")
     assert errno_of(model.rename, "/s/.a.las.Zz34", "/s/a.las") == errno.EACCES
     assert "different a.las" in model.getxattr("/s/a.las", "user.fs360.error").decode()

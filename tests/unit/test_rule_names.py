@@ -171,5 +171,6 @@ def test_a_name_refused_at_create_says_why_in_status(idle):
     assert errno_of(idle.create, "/s/setup.exe", 0o644, os.O_WRONLY) == errno.EPERM
     status = json.loads(read_all(idle, "/s/status.json"))
     assert status["refused_names"] == [{"name": "setup.exe", "reason": "the server does not take .exe files; "
-                                        "it takes e57, jpg: keep it out of this folder"}]
+                                        "allowed: jpg, e57: rename it to a type the server takes, or keep it "
+                                        "out of the session"}]
     assert "refused   setup.exe: the server does not take .exe files" in read_all(idle, "/s/status").decode()
