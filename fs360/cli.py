@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recover", help="release MOUNTPOINT if the daemon that mounted it is gone (kill -9, "
                         "a crash); a live mount is left alone")
-    rc.add_argument("mountpoint")
+    rc.add_argument("mountpoint", help="the mountpoint of the dead mount")
     rc.set_defaults(func=cmd_recover)
 
     iu = sub.add_parser("install-unit", help="write and enable the systemd user unit for MOUNTPOINT")
@@ -181,7 +181,7 @@ def add_mount_options(parser: argparse.ArgumentParser, options=MOUNT_OPTIONS) ->
         else:
             action = parser.add_argument(*flags, metavar=option.metavar or option.name.upper(), **kwargs)
         if option.kind == "choice":
-            action.choices = Suggested(option.choices)
+            action.choices = Suggested(sorted(option.choices))
         elif option.kind in ("file", "path"):
             mark(action, FILE if option.kind == "file" else DIRECTORY)
 

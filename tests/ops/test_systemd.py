@@ -123,7 +123,7 @@ def test_the_unit_clears_a_dead_mount_names_its_documentation_and_the_configured
     text = unit_text()
     assert "After=network-online.target" not in text and "Wants=network" not in text  # no such user unit
     assert "\nDocumentation=" in text and "loginctl enable-linger" in text
-    assert "ExecStartPre=-/bin/sh -c 'ls \"$1\" >/dev/null 2>&1 || fusermount3 -uz \"$1\"' fs360 %f" in text
+    assert "ExecStartPre=-" in text and " recover %f" in text  # releases a dead mount (fs360 recover)
     assert "LoadCredential=fs360-api-key:%E/fs360/api-key" in text
     key = tmp_path / "keys" / "360.key"
     (tmp_path / "config" / "fs360").mkdir(parents=True)
@@ -140,22 +140,6 @@ def test_the_unit_clears_a_dead_mount_names_its_documentation_and_the_configured
     assert f"LoadCredential=fs360-api-key:{key}\n" in unit
     assert f"the key is read from {key}" in installed.stdout
     assert "loginctl enable-linger $USER" in installed.stdout
-
-
-def test_the_shell_clearing_a_dead_mount_leaves_a_live_directory_alone(tmp_path):
-    """The unit's ExecStartPre, run as systemd runs it: on a plain directory nothing happens."""
-    line = next(line for line in unit_text().splitlines() if line.startswith("ExecStartPre=-"))
-    command = line[len("ExecStartPre=-"):].replace("%f", str(tmp_path))
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "fusermount3").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'called'}\n")
-    (fake_bin / "fusermount3").chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}")
-    assert subprocess.run(["/bin/sh", "-c", command.split("'")[1], "fs360", str(tmp_path)], env=env).returncode == 0
-    assert not (tmp_path / "called").exists()
-    gone = tmp_path / "gone"  # what ls cannot read (as a dead mount) is cleared
-    subprocess.run(["/bin/sh", "-c", command.split("'")[1], "fs360", str(gone)], env=env)
-    assert (tmp_path / "called").read_text().split() == ["-uz", str(gone)]
 
 
 def test_the_shipped_unit_is_the_generated_one():
