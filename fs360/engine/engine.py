@@ -114,7 +114,7 @@ class Engine:
     await_commit_locked = _registry_door("await_commit_locked")
     release_held_locked = _registry_door("release_held_locked")
     server_lacks_file_locked = _registry_door("server_lacks_file_locked")
-    content_sha256 = _registry_door("content_sha256")
+    content_digest = _registry_door("content_digest")
     refuse_change_locked = _registry_door("refuse_change_locked")
     keep_identical_locked = _registry_door("keep_identical_locked")
     drop_spool_locked = _registry_door("drop_spool_locked")
