@@ -92,6 +92,8 @@ class Engine:
     folder_rows_locked = _registry_door("folder_rows_locked")
     add_folder_locked = _registry_door("add_folder_locked")
     update_folder_locked = _registry_door("update_folder_locked")
+    touch_session_locked = _registry_door("touch_session_locked")
+    touch_folder_locked = _registry_door("touch_folder_locked")
     remove_folder_locked = _registry_door("remove_folder_locked")
     remove_folders_of_locked = _registry_door("remove_folders_of_locked")
     create_file_locked = _registry_door("create_file_locked")
@@ -200,6 +202,8 @@ class Engine:
             self.transfers.close()
         self.listeners.close()
         self.client.close()
+        with self.lock:
+            self.registry.write_touches_locked()
         self.journal.close()
 
     def settle_commits(self, timeout: float) -> None:
