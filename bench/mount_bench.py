@@ -67,6 +67,7 @@ class Row:
     local_cp: float = 0.0
     baseline_cpu: float = 0.0  # the baseline client's user+sys (it runs in this process)
     daemon_cpu: float = 0.0  # the daemon's and its workers' user+sys while fs360 did the workload
+    local_cp_cpu: float = 0.0  # the local cp's user+sys: one copy of the data into the page cache
 
 
 def make_sources(directory: Path, count: int, size: int | None, seed: int = 0) -> list[Path]:
@@ -194,6 +195,11 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def wait_complete(emulator: EmulatorProcess, daemon: Daemon, session: str, count: int, timeout: float = 900) -> float:
     deadline = time.monotonic() + timeout
     upload_id = None
@@ -218,9 +224,10 @@ def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, 
     row.baseline_cpu = own_cpu_seconds() - cpu_before
     # Plain local cp of the same data (same disk).
     local = work / f"local-{name}"
-    start = time.monotonic()
+    start, children_cpu = time.monotonic(), children_cpu_seconds()
     subprocess.run(["cp", "-r", str(src_dir), str(local)], check=True)
     row.local_cp = time.monotonic() - start
+    row.local_cp_cpu = children_cpu_seconds() - children_cpu
     shutil.rmtree(local)
     # fs360.
     session = daemon.mountpoint / name
@@ -331,14 +338,15 @@ def run_sourced_workload(workload: str, count: int, size: int | None, emulator, 
     finally:
         shutil.rmtree(work / f"src-{workload}")
     print(f"  {workload}: baseline {row.baseline:.2f} s, copy returns {row.copy_returns:.2f} s, "
-          f"complete {row.complete:.2f} s, local cp {row.local_cp:.2f} s, daemon CPU {row.daemon_cpu:.2f} s",
-          flush=True)
+          f"complete {row.complete:.2f} s, local cp {row.local_cp:.2f} s, daemon CPU {row.daemon_cpu:.2f} s; "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
     return row
 
 
 def print_cpu_table(rows: list[Row]) -> None:
-    print("| workload | daemon + workers CPU | per file | per GiB | target | baseline client CPU (per file) |")
-    print("|---|---|---|---|---|---|")
+    print("| workload | daemon + workers CPU | per file | per GiB | target | baseline client CPU (per file) |"
+          " local cp CPU per GiB |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         per_file, per_gib = row.daemon_cpu / row.files, row.daemon_cpu / (row.total / GiB)
         target = "-"
@@ -349,7 +357,7 @@ def print_cpu_table(rows: list[Row]) -> None:
                       f"{' ok' if per_file <= CPU_PER_SMALL_FILE_TARGET else ' MISSED'}")
         print(f"| {row.workload} | {row.daemon_cpu:.2f} s | {1000 * per_file:.2f} ms |"
               f" {per_gib:.2f} s | {target} | {row.baseline_cpu:.2f} s"
-              f" ({1000 * row.baseline_cpu / row.files:.2f} ms) |")
+              f" ({1000 * row.baseline_cpu / row.files:.2f} ms) | {row.local_cp_cpu / (row.total / GiB):.2f} s |")
 
 
 def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers) -> None:
