@@ -10,6 +10,7 @@ import time
 from .records import (COMPLETE, INTERRUPTED, IN_TREE, LOCAL, PENDING, QUEUED_STATES,
                       STOPPED_WHILE_WRITING, UNFINISHED_STATES, UPLOADING, WRITING, FileRecord, SessionRecord)
 from .registry_base import RegistryState
+from .content_digest import is_legacy_digest
 from .spool import RunningDigest
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class FileWriters(RegistryState):
                                   attempts=0, unfinished="")
             return
         self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                              attempts=0, sha256=self.content_sha256(record), unfinished="")
+                              attempts=0, sha256=self.content_digest(record), unfinished="")
         self._schedule(record, delay)
 
     # --- files: names and removal ----------------------------------------------------------------
@@ -257,17 +258,21 @@ class FileWriters(RegistryState):
 
     # --- identical re-copies ------------------------------------------------------------------
 
-    def content_sha256(self, record: FileRecord) -> str | None:
-        """sha256 of the spooled content: from the running digest when the file was written
-        front to back, else by reading the spool file once (None when it is gone)."""
-        digest = record.digest.hexdigest(record.size) if record.digest is not None else None
+    def content_digest(self, record: FileRecord, like: str | None = None) -> str | None:
+        """The digest of the spooled content (content_digest.py), of the kind of `like` (None:
+        the identity hash): from the running digest when the file was written front to back,
+        else by reading the spool file once (None when it is gone)."""
+        running = record.digest if not is_legacy_digest(like) else None
+        digest = running.hexdigest(record.size) if running is not None else None
         if digest is not None:
             return digest
         try:
-            record.digest = RunningDigest.of_file(self.spool.path(record.id))
+            running = RunningDigest.of_file(self.spool.path(record.id), like)
         except OSError:
             return None
-        return record.digest.hexdigest(record.size)
+        if not is_legacy_digest(like):
+            record.digest = running
+        return running.hexdigest(record.size)
 
     def refuse_change_locked(self, record: FileRecord) -> str:
         """A different content for a name the server holds: say why, in status and the log."""

@@ -12,6 +12,12 @@ from .registry_base import RegistryState, project_may_use
 
 log = logging.getLogger(__name__)
 
+# A folder's mtime changes with every name that comes or goes in it (cp -r of 100,000 files):
+# journaled at most once per this many seconds per folder, memory has it exact, housekeeping
+# writes the rest at its next round (every 0.5 s) and the engine at its stop. A crash of the
+# daemon may leave a folder's mtime this much older.
+TOUCH_JOURNAL_SECONDS = 1.0
+
 
 class SessionsAndFolders(RegistryState):
     """Sessions, the projects requested for them, and the folders of their trees."""
@@ -55,12 +61,45 @@ class SessionsAndFolders(RegistryState):
             session.mode = mode
         if mtime_ns is not None:
             session.mtime_ns = mtime_ns
+            self._touches_behind.pop(("sessions", session.id), None)  # never written over later
         if uid is not None:
             session.uid = uid
         if gid is not None:
             session.gid = gid
         self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns, uid=session.uid,
                                     gid=session.gid)
+
+    def touch_session_locked(self, session: SessionRecord, now_ns: int) -> None:
+        """A name came or went at the session's top level: its mtime is now (journaled soon)."""
+        session.mtime_ns = now_ns
+        self._touch_locked(("sessions", session.id), now_ns)
+
+    def touch_folder_locked(self, folder_id: int, now_ns: int) -> None:
+        """A name came or went in a folder of the tree: its mtime is now (journaled soon)."""
+        self._touch_locked(("dirs", folder_id), now_ns)
+
+    def _touch_locked(self, key: tuple[str, int], now_ns: int) -> None:
+        now = time.monotonic()
+        if now - self._touch_journaled_at.get(key, -TOUCH_JOURNAL_SECONDS) < TOUCH_JOURNAL_SECONDS:
+            self._touches_behind[key] = now_ns
+            return
+        self._touches_behind.pop(key, None)
+        self._touch_journaled_at[key] = now
+        self._journal_mtime(key, now_ns)
+
+    def write_touches_locked(self) -> None:
+        """Journals the folder mtimes memory has newer (housekeeping's rounds, the engine's stop)."""
+        behind, self._touches_behind = self._touches_behind, {}
+        now = time.monotonic()
+        for key, mtime_ns in behind.items():
+            self._touch_journaled_at[key] = now
+            self._journal_mtime(key, mtime_ns)
+        if len(self._touch_journaled_at) > len(self.sessions) + len(self._folders) + 1000:
+            self._touch_journaled_at.clear()  # of folders long gone: forgetting only allows a write sooner
+
+    def _journal_mtime(self, key: tuple[str, int], mtime_ns: int) -> None:
+        table, row_id = key
+        (self.journal.update_session if table == "sessions" else self.journal.update_dir)(row_id, mtime_ns=mtime_ns)
 
     def session_opened_locked(self, session: SessionRecord, upload_id: str, expires_in: float) -> None:
         session.upload_id = upload_id
@@ -152,6 +191,8 @@ class SessionsAndFolders(RegistryState):
         return folder_id
 
     def update_folder_locked(self, folder_id: int, **values) -> None:
+        if "mtime_ns" in values:
+            self._touches_behind.pop(("dirs", folder_id), None)  # never written over later
         self.journal.update_dir(folder_id, **values)
         if "path" in values and folder_id in self._folders:
             self._folders[folder_id] = (self._folders[folder_id][0], values["path"])

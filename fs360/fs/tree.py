@@ -166,9 +166,9 @@ class SessionTree:
             if node.parent:
                 folder = self.folders[node.session.id][node.parent]
                 folder.mtime_ns = folder.ctime_ns = now
-                self.engine.update_folder_locked(folder.id, mtime_ns=now)
+                self.engine.touch_folder_locked(folder.id, now)
             else:
-                self.engine.set_session_attrs_locked(node.session, mtime_ns=now)
+                self.engine.touch_session_locked(node.session, now)
                 node.session.ctime_ns = now
 
     def add_folder_locked(self, session: SessionRecord, path: str, mode: int, uid: int | None = None,
