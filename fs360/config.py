@@ -58,10 +58,11 @@ class Settings:
     # After fs360 gave up on a PUT (timeout, deadline) the server may still hold that file's
     # upload until its own idle timeout: the file's next PUT waits at least this long.
     abandoned_upload_quiet: float = 60.0
-    # --- request deadlines (a server that trickles must not hold a worker) ---
-    # Every request ends within this many seconds, whatever the per-read timeouts say...
-    request_deadline: float = 120.0
-    # ...plus, for a PUT, the time its body takes at this floor rate (bytes per second).
+    # --- request deadlines by kind (a server that trickles must not hold a worker) ---
+    # Every request ends within this many seconds, whatever the per-read timeouts say: a small
+    # JSON request within it...
+    request_deadline: float = 30.0
+    # ...a PUT within it plus the time its body takes at this floor rate (bytes per second).
     min_upload_rate: float = 64 * 1024
     # The key check at mount: all its tries end within this many seconds, so a server that never
     # answers is reported well inside systemd's 90 s start limit (and a user's patience).

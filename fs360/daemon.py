@@ -322,6 +322,8 @@ def control_handler(engine: Engine, model: MountModel, mountpoint: str, dashboar
             return {"ok": True, "url": dashboards[0].url}
         if command in ("pause", "resume"):
             engine.gate.set_paused(command == "pause")
+            if command == "resume":
+                engine.try_now()  # also ends every wait for a failure shared by all uploads
             log.info("uploads %s", "paused" if command == "pause" else "resumed")
         elif command == "set":
             try:  # the schema `fs360 set` checked with: any client's values are checked alike

@@ -19,10 +19,19 @@ class Fs360Error(Exception):
     errno = _errno.EIO
     code = "internal_error"
     reason = "unexpected internal error: logged with its cause"
+    endpoint = ""  # the API endpoint whose request raised it (set by the client)
 
     def __init__(self, message: str = "", **fields):
         super().__init__(message or self.code)
         self.fields = fields
+
+
+class InternalError(Fs360Error):
+    """A bug of fs360 while uploading a file (its traceback is in the log): the file is tried
+    again a few times, then it waits for the user (engine/transfer.py)."""
+    retryable = True
+    code = "internal_error"
+    reason = "fs360 failed with an internal error (logged with its traceback): tried again a few times"
 
 
 class Cancelled(Exception):
@@ -115,16 +124,31 @@ class RateLimited(Fs360Error):
         self.retry_after = retry_after
 
 
-class WaitForRateLimit(Fs360Error):
-    """Not sent: the endpoint's documented budget is used up until `retry_after` seconds from
-    now. The caller takes other work meanwhile and comes back then (it is not a failure)."""
+class NotSent(Fs360Error):
+    """The request was not sent: it may go `retry_after` seconds from now. The caller takes
+    other work meanwhile and comes back then; nothing of it counts as a failed attempt."""
     retryable = True
-    code = "waiting_for_rate_limit"
-    reason = "the server's documented rate limit: fs360 waits its turn instead of tripping a 429"
+    code = "not_sent"
+    reason = "not sent yet: fs360 waits its turn"
 
     def __init__(self, message="", retry_after: float = 0.0, **fields):
         super().__init__(message, **fields)
         self.retry_after = retry_after
+
+
+class WaitForRateLimit(NotSent):
+    """Not sent: the endpoint's documented budget is used up until `retry_after` seconds from now."""
+    code = "waiting_for_rate_limit"
+    reason = "the server's documented rate limit: fs360 waits its turn instead of tripping a 429"
+
+
+class HeldBack(NotSent):
+    """Not sent: a failure shared by every request of its kind holds it (the account refused, an
+    endpoint that fails or does not answer, a wait the server asked for: api/troubles.py). The
+    message is the one reason shown on every file it holds; one probe request decides when the
+    wait ends, `fs360 resume` ends it at once."""
+    code = "held_back"
+    reason = "a failure shared by every upload holds it back: one request checks from time to time"
 
 
 class ApiError(Fs360Error):

@@ -26,12 +26,12 @@ from .. import __version__
 from ..config import Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
                       DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
-                      ServerError, SettingError, TlsError, TransportError, WaitForRateLimit,
-                      refusal_in_plain_words)
+                      ServerError, SettingError, TlsError, TransportError, refusal_in_plain_words)
 from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff
-from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange, failure_reason
+from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange, failure_reason, peer_ended
+from .troubles import Admission, Troubles
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ _FINAL_AT_MOUNT = (AccountError, Redirected, TlsError)
 
 # How the API refuses a session that does not exist: the probe's proof that the key works.
 _NO_SUCH_SESSION_CODES = ("upload_session_not_found", "invalid_upload_id")
+# The made-up sessions the key check at mount and the account's probe ask for.
+_CREDENTIAL_CHECK_PATH = "/uploads/fs360credentialcheck"
+_ACCOUNT_CHECK_PATH = "/uploads/fs360accountcheck"
 
 # The API's own list of projects may come bare or wrapped in an object under one of these.
 _PROJECT_LIST_KEYS = ("projects", "data", "items", "results")
@@ -138,9 +141,14 @@ class RequestCounts:
 
 
 class ApiClient:
-    """Thread-safe: each thread gets its own keep-alive `requests.Session`."""
+    """Thread-safe: each thread gets its own keep-alive `requests.Session`.
 
-    def __init__(self, settings: Settings, pacer: Pacer | None = None):
+    Before each request its `admission` is asked (a failure shared by every request of its kind
+    holds it back, then the pacer gives it its turn: api/troubles.py, api/pacing.py), and told
+    how it ended. An upload process passes one that asks the daemon's."""
+
+    def __init__(self, settings: Settings, pacer: Pacer | None = None, troubles: Troubles | None = None,
+                 admission=None):
         self.base_url = settings.api_url.rstrip("/")
         unsafe = check_api_url(self.base_url, settings.insecure_http)
         if unsafe:
@@ -152,6 +160,8 @@ class ApiClient:
         self._min_upload_rate = settings.min_upload_rate
         self.pacer = pacer or Pacer(settings.rate_limits, settings.rate_limits_enabled,
                                     settings.rate_window_scale)
+        self.troubles = troubles or Troubles(settings.backoff_base, settings.backoff_cap)
+        self.admission = admission or Admission(self.pacer, self.troubles)
         self._local = threading.local()
         self.requests = RequestCounts()
         self._host = urlsplit(self.base_url).netloc
@@ -188,22 +198,32 @@ class ApiClient:
             self._local.session = None
 
     def deadline_for(self, body_bytes: int) -> float:
-        """The whole request's time limit: the floor, plus the body's time at the floor upload rate."""
+        """The whole request's time limit by its kind: a small JSON request has the floor (30 s);
+        a PUT the floor plus its body's time at the floor upload rate."""
         return self._deadline_floor + body_bytes / self._min_upload_rate
 
     # --- the one translator ----------------------------------------------------
 
     def _request(self, endpoint: str, method: str, path: str, *, expect=dict, deadline: float | None = None,
-                 wait: bool = True, **kwargs):
+                 wait: bool = True, check: str = "", **kwargs):
         """One exchange. With wait=False an endpoint out of its rate budget raises WaitForRateLimit
-        at once instead of sleeping: for callers that have other work to do meanwhile."""
-        if wait:
-            self.pacer.acquire(endpoint)
-        else:
-            seconds = self.pacer.try_acquire(endpoint)
-            if seconds > 0:
-                raise WaitForRateLimit(f"{endpoint}: the documented rate limit is used up for {seconds:.0f} s",
-                                       retry_after=seconds)
+        at once instead of sleeping: for callers that have other work to do meanwhile. A failure
+        shared by every request of its kind raises HeldBack, unsent. `check`: "account" for the
+        account's probe (let through while the account is held), "mount" for the key check at
+        mount (never held; its outcome decides nothing for later requests)."""
+        passed = self.admission.admit(endpoint, wait=wait, account_probe=check == "account",
+                                      counted=check != "mount")
+        error: BaseException | None = None
+        try:
+            return self._exchange(endpoint, method, path, expect, deadline, **kwargs)
+        except Fs360Error as exc:
+            exc.endpoint = endpoint
+            error = exc
+            raise
+        finally:
+            self.admission.report(passed, error, reached=not getattr(error, "never_connected", False))
+
+    def _exchange(self, endpoint: str, method: str, path: str, expect, deadline: float | None, **kwargs):
         data = kwargs.get("data")
         exchange = Exchange(deadline or self.deadline_for(len(data) if data is not None else 0))
         content = None
@@ -229,7 +249,11 @@ class ApiClient:
     def _transport_error(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:
         """The error for an exchange without a usable answer: cut at its deadline, too large, or failed."""
         error = self._transport_error_of(endpoint, exc, exchange)
-        if endpoint == "put_file" and (exchange.expired or isinstance(exc, requests.exceptions.Timeout)):
+        connected = exchange.expired or exc is None or not failure_reason(exc)[1]
+        error.never_connected = not connected
+        if endpoint == "put_file" and connected and not (exc is not None and peer_ended(exc)):
+            # The server may still be reading this PUT's body (its end went nowhere, or is lost on a
+            # stalled link): the file's next PUT waits until that one is over (engine/transfer.py).
             error.gave_up_on_upload = True
         return error
 
@@ -299,9 +323,10 @@ class ApiClient:
             return RateLimited(f"{endpoint}: rate limited (HTTP 429) without a usable Retry-After; "
                                f"backing off{said}", retry_after=None)
         wait = min(max(asked, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
-        self.pacer.rate_limited(endpoint, wait)
         capped = f" (the server asked for {asked:.0f} s)" if asked > MAX_RETRY_AFTER else ""
-        return RateLimited(f"{endpoint}: rate limited, retry after {wait:g} s{capped}{said}", retry_after=wait)
+        # The wait holds every request of this kind (api/troubles.py), through the outcome report.
+        return RateLimited(f"{endpoint}: rate limited, retry after {wait:g} s{capped}{said}", retry_after=wait,
+                           asked=asked)
 
     # --- endpoints ---------------------------------------------------------------
 
@@ -347,9 +372,10 @@ class ApiClient:
             raise MalformedResponse(f"get_project: status {status} outside 0..100")
         return Project(_require(body, "name", str), status, body)
 
-    def list_projects(self, deadline: float | None = None) -> list:
+    def list_projects(self, deadline: float | None = None, check: str = "") -> list:
         """`GET /projects` (not in the guide, the vendor's "test connection"): the key's projects."""
-        body = self._request("list_projects", "GET", "/projects", expect=(list, dict), deadline=deadline)
+        body = self._request("list_projects", "GET", "/projects", expect=(list, dict), deadline=deadline,
+                             check=check)
         if isinstance(body, list):
             return body
         for key in _PROJECT_LIST_KEYS:
@@ -392,7 +418,7 @@ class ApiClient:
 
         try:
             try:
-                self.list_projects(deadline=deadline())
+                self.list_projects(deadline=deadline(), check="mount")
                 return
             except (ApiError, ServerError) as exc:
                 if isinstance(exc, _FINAL_AT_MOUNT) or getattr(exc, "status", 0) >= 500:
@@ -401,7 +427,7 @@ class ApiClient:
             # session that does not exist; a working key gets the API's own refusal of that session,
             # a bad one a 401, and a wrong URL something else (a 404 page, the site's own JSON).
             try:
-                self._request("get_session", "GET", "/uploads/fs360credentialcheck", deadline=deadline())
+                self._request("get_session", "GET", _CREDENTIAL_CHECK_PATH, deadline=deadline(), check="mount")
             except (ApiError, ServerError) as exc:
                 if isinstance(exc, _FINAL_AT_MOUNT) or exc.status >= 500:
                     raise
@@ -409,6 +435,17 @@ class ApiClient:
                     raise ApiError(f"{not_the_api} ({exc})", status=exc.status, code="not_the_api") from None
         except MalformedResponse:
             raise ApiError(not_the_api, code="not_the_api") from None
+
+
+    def check_account(self) -> None:
+        """The account's probe while it is refused (api/troubles.py): one cheap request, for a
+        session that does not exist. The API's refusal of that session says the account works
+        again; a 401/402/403 (raised) that it is still refused. Never sleeps on the pacer."""
+        try:
+            self._request("get_session", "GET", _ACCOUNT_CHECK_PATH, wait=False, check="account")
+        except ApiError as exc:
+            if isinstance(exc, AccountError):
+                raise
 
 
 def _file_path(upload_id: str, name: str) -> str:

@@ -5,6 +5,10 @@ keeps the times of its last `allowed` sends, `allowed` being 95% of the document
 limit: a send may go once the oldest of them is a full window old. So a burst uses
 the whole budget at once (28 new sessions open together; only the 29th waits), and
 no window ever holds more than 95% of the limit, whatever the pattern.
+
+Only requests that reached the server count: a send that never connected (a refused
+or unreachable port) gives its place back (`unsent`). A 429's `Retry-After` is not
+kept here: it holds that endpoint for everyone in api/troubles.py.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ class SlidingWindow:
     """At most `allowed` send times in any window (t - W, t], as the server counts them.
 
     Sends may be booked ahead (`reserve`): the caller is told how long to wait, so
-    concurrent callers queue in order. A 429 closes the endpoint until its wait is over.
+    concurrent callers queue in order. A booking that never reached the server is given
+    back (`unbook`).
     """
 
     def __init__(self, limit: int, window: float, margin: float = MARGIN, clock=time.monotonic):
@@ -33,12 +38,11 @@ class SlidingWindow:
         self.window = window
         self.allowed = max(1, int(limit * margin))
         self._sends: deque[float] = deque(maxlen=self.allowed)  # nondecreasing
-        self._closed_until = float("-inf")
         self._lock = threading.Lock()
 
     def _earliest_locked(self, now: float) -> float:
         """Needs self._lock held. The first time a new send may go."""
-        earliest = max(now, self._closed_until)
+        earliest = now
         if self._sends:
             earliest = max(earliest, self._sends[-1])
             if len(self._sends) == self.allowed:
@@ -46,28 +50,43 @@ class SlidingWindow:
                 earliest = max(earliest, self._sends[0] + self.window + EPSILON)
         return earliest
 
-    def reserve(self) -> float:
-        """Books the first free send time; returns how long the caller must wait for it."""
+    def book(self) -> tuple[float, float]:
+        """Books the first free send time: (how long the caller must wait for it, that time)."""
         with self._lock:
             now = self._clock()
             at = self._earliest_locked(now)
             self._sends.append(at)
-            return at - now
+            return at - now, at
 
-    def try_reserve(self) -> float:
-        """Books a send now if one may go now (returns 0); else books nothing and returns the wait."""
+    def reserve(self) -> float:
+        """Books the first free send time; returns how long the caller must wait for it."""
+        return self.book()[0]
+
+    def try_book(self) -> tuple[float, float | None]:
+        """Books a send now if one may go now: (0, its time); else books nothing: (the wait, None)."""
         with self._lock:
             now = self._clock()
             wait = self._earliest_locked(now) - now
             if wait <= 0:
                 self._sends.append(now)
-                return 0.0
-            return wait
+                return 0.0, now
+            return wait, None
 
-    def block_for(self, seconds: float) -> None:
-        """A 429 said to wait: nobody sends on this endpoint until then."""
+    def try_reserve(self) -> float:
+        """Books a send now if one may go now (returns 0); else books nothing and returns the wait."""
+        return self.try_book()[0]
+
+    def unbook(self, at: float) -> None:
+        """The send booked at `at` never reached the server: its place is free again."""
         with self._lock:
-            self._closed_until = max(self._closed_until, self._clock() + seconds)
+            try:
+                self._sends.remove(at)
+            except ValueError:
+                pass  # long out of the window (the deque dropped it)
+
+
+# A booked send: the window it counts in and its time (None: nothing was booked).
+Booking = tuple  # (SlidingWindow, float)
 
 
 class Pacer:
@@ -82,31 +101,42 @@ class Pacer:
         self._counts_lock = threading.Lock()
 
     def _window(self, endpoint: str) -> SlidingWindow | None:
-        return self._windows.get(PACED_WITH.get(endpoint, endpoint))
+        window = self._windows.get(PACED_WITH.get(endpoint, endpoint))
+        return window if self.enabled else None
 
     def acquire(self, endpoint: str) -> float:
         """Blocks until a request to `endpoint` may go; returns the seconds waited."""
+        return self.acquire_booking(endpoint)[0]
+
+    def acquire_booking(self, endpoint: str) -> tuple[float, Booking | None]:
+        """Like `acquire`; also returns the booking, for `unsent`."""
         window = self._window(endpoint)
-        if not self.enabled or window is None:
-            return 0.0
-        wait = window.reserve()
+        if window is None:
+            return 0.0, None
+        wait, at = window.book()
         if wait > 0:
             with self._counts_lock:
                 self.waits += 1
                 self.waited_seconds += wait
             self._sleep(wait)
-        return wait
+        return wait, (window, at)
 
     def try_acquire(self, endpoint: str) -> float:
         """0 when a request to `endpoint` may go now (and it is counted); else the seconds until
         one may, with nothing counted: the caller does other work meanwhile instead of sleeping."""
-        window = self._window(endpoint)
-        if not self.enabled or window is None:
-            return 0.0
-        return window.try_reserve()
+        return self.try_acquire_booking(endpoint)[0]
 
-    def rate_limited(self, endpoint: str, retry_after: float) -> None:
-        """A 429 with a definite wait: nobody sends on `endpoint` for `retry_after` seconds."""
+    def try_acquire_booking(self, endpoint: str) -> tuple[float, Booking | None]:
+        """Like `try_acquire`; also returns the booking (None when nothing was booked)."""
         window = self._window(endpoint)
-        if window is not None:
-            window.block_for(retry_after)
+        if window is None:
+            return 0.0, None
+        wait, at = window.try_book()
+        return wait, (window, at) if at is not None else None
+
+    @staticmethod
+    def unsent(booking: Booking | None) -> None:
+        """The request booked never reached the server (it did not connect): it does not count."""
+        if booking is not None:
+            window, at = booking
+            window.unbook(at)

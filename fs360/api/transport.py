@@ -12,6 +12,11 @@ descriptor of their TCP socket to shut it down with. `shutdown()` is safe from
 another thread where `close()` is not (the descriptor could be reused); the
 calling thread then closes the connection itself, before its call returns.
 
+Every connection ends with a reset, never a graceful close (SO_LINGER 0, set when
+it connects): after a FIN the kernel still delivers the queued rest of a body,
+once a stalled link comes back or after the process that sent it died, which
+would complete an abandoned PUT next to the one that replaces it.
+
 Only the mechanism lives here (and what a failed exchange's exception says, in
 words: `failure_reason`); the client decides what an expired deadline or an
 oversized answer means to fs360.
@@ -172,6 +177,9 @@ class _ReportsToDeadline:
 
     def _new_conn(self):
         sock = super()._new_conn()
+        # From the start, not only when abandoned: a process that dies (an upload worker killed
+        # mid-PUT) closes its sockets without asking anybody.
+        _abort_on_close(sock)
         self._drop_shutdown_handle()
         self.shutdown_handle = sock.dup()
         self._report()  # the deadline may have passed while connecting
@@ -320,6 +328,17 @@ def _causes(exc: BaseException, limit: int = 16) -> list[BaseException]:
         todo += [seen.__cause__, seen.__context__, getattr(seen, "reason", None)]
         todo += [a for a in getattr(seen, "args", ()) if isinstance(a, BaseException)]
     return found
+
+
+def peer_ended(exc: BaseException) -> bool:
+    """Whether the other end ended the connection (it reset it, closed it without an answer, or
+    stopped reading): then it is no longer reading what was sent on it."""
+    for cause in _causes(exc):
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return True
+        if isinstance(cause, OSError) and cause.errno in (errno.ECONNRESET, errno.EPIPE):
+            return True
+    return False
 
 
 def failure_reason(exc: BaseException) -> tuple[str, bool]:

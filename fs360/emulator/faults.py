@@ -60,7 +60,7 @@ connection stays usable):
 - ``retry_after_date``: 429 ``rate_limited`` whose ``Retry-After`` is an
   HTTP-date ``retry_after`` seconds ahead.
 - ``retry_after_huge``: 429 ``rate_limited`` with ``Retry-After: retry_after``
-  (default 86400).
+  (default 86400, up to 10**10).
 - ``slow_loris``: the status line and headers at once, then the body (a JSON
   503 ``internal_error`` padded in front with spaces to ``round(duration /
   seconds)`` bytes, made as it goes) one byte every ``seconds`` (at least
@@ -200,7 +200,9 @@ def parse_spec(spec) -> dict:
             "probability": _num(r, "probability", 1.0, float, 0.0, 1.0),
             "count": _num(r, "count", None, int, 0),
             "seconds": _num(r, "seconds", 1.0, float, 0.0, 3600.0),
-            "retry_after": _num(r, "retry_after", 86400 if kind == "retry_after_huge" else 1, int, 1, 86400),
+            # A huge one may be absurd (10**9 s: 31 years), as a misconfigured server's is.
+            "retry_after": _num(r, "retry_after", 86400 if kind == "retry_after_huge" else 1, int, 1,
+                                10**10 if kind == "retry_after_huge" else 86400),
             "burst": _num(r, "burst", 1, int, 1, 1_000_000),
         }
         if "every" in r:  # only when given: the rules without it read back exactly as before

@@ -17,7 +17,6 @@ import time
 from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..config import Settings
-from ..errors import Fs360Error
 from .archive_plan import TreeArchive
 from .gate import TransferGate  # ops: bwlimit/pause
 from .housekeeping import Housekeeping
@@ -70,11 +69,13 @@ class Engine:
         self.housekeeping = Housekeeping(self.lock, self.registry, self.journal, self.spool, self.client,
                                          self.backoff, self.projects, lambda: self._stopping)
         # The HTTP of uploads in worker processes, off this interpreter's GIL (or in the worker threads).
-        self.transfers = TransferProcesses(settings, self.client.pacer, settings.workers) \
+        self.transfers = TransferProcesses(settings, self.client.admission, settings.workers) \
             if settings.upload_processes else None
         self.transfer = Transfer(settings, self.lock, self.registry, self.tree, self.client, self.gate,
                                  self.backoff, self.listeners, self.transfers, self.session_lost,
                                  lambda: self._stopping)
+        # A hold on a kind of request ends (api/troubles.py): what waited for it goes now.
+        self.client.troubles.on_clear(self.bring_forward)
         with self.lock:
             self.registry.replay_locked()
 
@@ -117,6 +118,8 @@ class Engine:
     release_held_locked = _registry_door("release_held_locked")
     server_lacks_file_locked = _registry_door("server_lacks_file_locked")
     content_digest = _registry_door("content_digest")
+    known_digest = _registry_door("known_digest")
+    others_size_locked = _registry_door("others_size_locked")
     refuse_change_locked = _registry_door("refuse_change_locked")
     keep_identical_locked = _registry_door("keep_identical_locked")
     drop_spool_locked = _registry_door("drop_spool_locked")
@@ -167,6 +170,24 @@ class Engine:
         if cancelled and session.archive is not None and not session.archive.may_be_on_server:
             self.registry.drop_archive_locked(session)  # nothing of it was sent: the tree may change again
         return cancelled
+
+    def bring_forward(self, own_turns: bool = True) -> None:
+        """Every retry that waits longer than its own backoff asks (`own_turns`; else every retry)
+        goes now: a hold on its kind of request ended (the first success after an outage, the
+        account fixed), or `fs360 resume`."""
+        with self.lock:
+            self.registry.bring_forward_locked(self.transfer.own_turn if own_turns else lambda record: 0.0)
+            self.housekeeping.nudge_locked()
+
+    def try_now(self) -> None:
+        """`fs360 resume`: every wait for a failure shared by all uploads ends now (the account is
+        checked at once, each held kind of request sends its probe) and every retry goes now."""
+        self.client.troubles.resume()
+        self.bring_forward(own_turns=False)
+
+    def trouble_reasons(self) -> list[str]:
+        """What holds uploads back for everyone now (the account, outages, the server's waits)."""
+        return self.client.troubles.reasons()
 
     def counts(self) -> dict[str, int]:
         with self.lock:
@@ -301,9 +322,9 @@ class Engine:
                 self.listeners.emit("file_uploading", file=record)
                 try:
                     self.transfer.attempt(record, generation, buffer)
-                except Exception:  # a bug must not kill a worker; the file goes on later
+                except Exception as exc:  # a bug must not kill a worker; the file goes on later
                     log.exception("unexpected error while uploading %r", record.name)
-                    self._retry_after_bug(record, generation)
+                    self._retry_after_bug(record, generation, exc)
                 finally:
                     with self.lock:
                         if self.scheduler.finish_locked(record.id) and self.registry.file_locked(record.id):
@@ -315,12 +336,12 @@ class Engine:
             except BufferError:
                 pass  # a view of it is still referenced (a traceback, a request): the GC frees it
 
-    def _retry_after_bug(self, record: FileRecord, generation: int) -> None:
-        """Settles a file whose upload ended in an unexpected error; if even that fails, the file
-        is retried from memory: nothing ends a worker."""
+    def _retry_after_bug(self, record: FileRecord, generation: int, exc: Exception) -> None:
+        """Settles a file whose upload ended in an unexpected error (tried again a few times); if
+        even that fails, the file is retried from memory: nothing ends a worker."""
         with self.lock:
             try:
-                self.transfer.retry_later_locked(record, generation, Fs360Error("internal error (see the log)"))
+                self.transfer.internal_error_locked(record, generation, f"{type(exc).__name__}: {exc}")
             except Exception:
                 log.exception("cannot settle %r; retrying it from memory", record.name)
                 if self.registry.is_current_locked(record, generation):

@@ -1,6 +1,7 @@
 """Housekeeping: everything the engine does in the background besides sending files.
 
-One thread: project requests (POST once, poll to 100), a daily look at each
+One thread: the account's probe while the server refuses it (api/troubles.py),
+project requests (POST once, poll to 100), a daily look at each
 unfinished session (projects.py), spool eviction, the
 journal's reserve, write-behind and WAL checkpoints; plus short-lived threads
 that delete dead server sessions. It wakes every half second, or at once when the
@@ -63,6 +64,7 @@ class Housekeeping:
                 log.exception("unexpected error in housekeeping")
 
     def round(self) -> None:
+        self.check_account()
         self.projects.step()
         self.projects.check_sessions()
         self.evict_if_needed()
@@ -72,6 +74,17 @@ class Housekeeping:
         if time.monotonic() - self._checkpointed_at >= CHECKPOINT_SECONDS:
             self._checkpointed_at = time.monotonic()
             self.journal.checkpoint()
+
+    def check_account(self) -> None:
+        """While the server refuses the account, its one probe request, when it is due (backed
+        off; `fs360 resume` makes it due at once). Its outcome goes to the client's troubles, which
+        end the hold when it passes."""
+        if not self.client.troubles.account_probe_due():
+            return
+        try:
+            self.client.check_account()
+        except Fs360Error as exc:
+            log.info("the account is still refused: %s", exc)
 
     def evict_if_needed(self) -> int:
         """Frees spool space: complete files' data goes, oldest first; unsent data never does."""

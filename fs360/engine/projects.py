@@ -22,8 +22,8 @@ from cachetools import TTLCache
 from ..api.client import ApiClient, Project
 from ..api.retry import Backoff
 from ..config import Settings
-from ..errors import (AccountError, ApiError, Fs360Error, MalformedResponse, ProjectCreationFailed, SessionNotFound,
-                      WaitForRateLimit)
+from ..errors import (AccountError, ApiError, Fs360Error, MalformedResponse, NotSent, ProjectCreationFailed,
+                      SessionNotFound, WaitForRateLimit)
 from .locking import StateLock
 from .progress import Listeners
 from .records import (COMPLETE, HELD, IN_TREE, INTERRUPTED, LOST, P_CREATED, P_FAILED, P_READY, P_WAITING, REJECTED,
@@ -165,7 +165,7 @@ class ProjectKeeper:
             if upload_id:
                 self.session_lost(session, upload_id)
             return
-        except (ProjectCreationFailed, AccountError, WaitForRateLimit) as exc:
+        except (ProjectCreationFailed, AccountError, NotSent) as exc:
             # Not created (refused, or not sent at all), so the next try needs no lookup first.
             with self.lock:
                 if session.project is project and upload_id and project.posted_upload_id == upload_id:
@@ -344,24 +344,24 @@ class ProjectKeeper:
                 log.info("session %r: could not look at its server session: %s", session.name, exc)
                 if not isinstance(exc, ApiError) or isinstance(exc, AccountError):
                     # No answer, the account, or the rate budget: the other sessions wait too.
-                    wait = exc.retry_after if isinstance(exc, WaitForRateLimit) and exc.retry_after else \
+                    wait = exc.retry_after if isinstance(exc, NotSent) and exc.retry_after else \
                         SESSION_CHECK_RETRY_SECONDS
                     self._sessions_checkable_at = time.monotonic() + wait
                     return
             self._next_session_check[(session.id, upload_id)] = time.monotonic() + SESSION_CHECK_SECONDS
 
     def _retry_later(self, session: SessionRecord, exc: Fs360Error) -> None:
-        """The next try after a backoff; a POST held back by the rate limit (never sent) goes
-        when the budget allows, with no attempt counted."""
+        """The next try after a backoff; a request not sent (the rate budget, or a failure shared
+        by every request of its kind: api/troubles.py) goes when it may, with no attempt counted."""
         with self.lock:
             project = session.project
             if project is None:
                 return
             attempts = project.attempts
-            if isinstance(exc, WaitForRateLimit):
+            if isinstance(exc, NotSent):
                 delay = exc.retry_after
                 last_error = (f"waiting for the server's rate limit: the project is requested in "
-                              f"{duration_text(delay)}")
+                              f"{duration_text(delay)}" if isinstance(exc, WaitForRateLimit) else str(exc))
             else:
                 attempts += 1
                 delay = self.backoff.delay(attempts, exc)

@@ -201,6 +201,9 @@ class SessionRecord:
     # Who made the folder (a shared mount, allow_other); None: the mount's owner.
     uid: int | None = None
     gid: int | None = None
+    # Memory only: the sizes of its listed files that are not local scratch, kept as they change
+    # (registry_base.resize_locked), so that a write checks the session cap without a sum.
+    listed_bytes: int = 0
 
     @property
     def tree_frozen(self) -> bool:

@@ -97,6 +97,7 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Regist
                 if record.state == UPLOADING:
                     self.set_state_locked(record, PENDING)
                 self._schedule(record, 0.0)
+        self.recount_locked()
         for row in self.journal.dirs():
             self._folders[row["id"]] = (row["session_id"], row["path"])
         for row in self.journal.projects():
@@ -129,7 +130,7 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Regist
         except OSError:
             return  # deleted while open: nothing is left to size
         if size != record.size:
-            record.size = size
+            record.size = size  # before the sums are made (recount_locked)
             self.journal.update_file(record.id, size=size)
 
     # --- the spool ------------------------------------------------------------------------------

@@ -4,13 +4,15 @@ writes of a file's state (journal first). See registry.py."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from ..config import Settings
 from .journal import Journal
 from .locking import StateLock
-from .records import CLOSED, LOST, P_CREATED, P_READY, PENDING, STOPPED_WHILE_WRITING, FileRecord, SessionRecord
+from .records import (CLOSED, LOST, P_CREATED, P_READY, PENDING, QUEUED_STATES, STOPPED_WHILE_WRITING, FileRecord,
+                      SessionRecord)
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,44 @@ class RegistryState:
         for key, value in extra.items():
             setattr(record, key, value)
 
+    # --- files: sizes, and their sum per session -------------------------------------------------
+
+    def _counted_in(self, record: FileRecord) -> SessionRecord | None:
+        """The session whose `listed_bytes` holds the record's size: listed there, not scratch."""
+        session = self._sessions_by_id.get(record.session_id)
+        if session is not None and not record.local_only and session.files.get(record.name) is record:
+            return session
+        return None
+
+    def resize_locked(self, record: FileRecord, size: int) -> None:
+        """Every change of a file's size goes through here: its session's sum follows it."""
+        session = self._counted_in(record)
+        if session is not None:
+            session.listed_bytes += size - record.size
+        record.size = size
+
+    def uncount_locked(self, record: FileRecord) -> None:
+        """Before the record leaves its session's listing (or becomes scratch)."""
+        session = self._counted_in(record)
+        if session is not None:
+            session.listed_bytes -= record.size
+
+    def count_locked(self, record: FileRecord) -> None:
+        """After the record joined a session's listing (or stopped being scratch)."""
+        session = self._counted_in(record)
+        if session is not None:
+            session.listed_bytes += record.size
+
+    def others_size_locked(self, record: FileRecord) -> int:
+        """The sizes of the other listed, non-scratch files of the record's session."""
+        session = self.session_of(record)
+        return session.listed_bytes - (record.size if self._counted_in(record) is session else 0)
+
+    def recount_locked(self) -> None:
+        """Every session's sum from scratch (after the replay)."""
+        for session in self.sessions.values():
+            session.listed_bytes = sum(f.size for f in session.files.values() if not f.local_only)
+
     def set_file_attrs_locked(self, record: FileRecord, **attrs) -> None:
         for key, value in attrs.items():
             setattr(record, key, value)
@@ -108,6 +148,23 @@ class RegistryState:
         """Back to the queue in `state` (pending or failed), due in `delay` seconds."""
         self.set_state_locked(record, state, **extra)
         self._schedule(record, delay)
+
+    def bring_forward_locked(self, own_turn: Callable[[FileRecord], float]) -> None:
+        """A hold on uploads ended: every queued file waiting beyond `own_turn(record)` (the wall
+        time its own backoff allows, 0: none) is due then, and a project waiting after a failure
+        is tried at once."""
+        now = time.time()
+        for record in self._files.values():
+            if record.state in QUEUED_STATES and record.next_attempt > now and not record.unlinked:
+                due = max(now, own_turn(record))
+                if due < record.next_attempt:
+                    record.generation += 1  # its queue entry for later is dropped when it comes up
+                    record.next_attempt = due
+                    self._schedule(record, due - now)
+        for session in self.sessions.values():
+            project = session.project
+            if project is not None and project.last_error and project.next_attempt > now:
+                project.next_attempt = now
 
     def resynced_locked(self, record: FileRecord, received: int) -> None:
         """The server said where the file stands; nothing there: the file may change again."""

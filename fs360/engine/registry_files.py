@@ -81,7 +81,7 @@ class FileWriters(RegistryState):
         record.open_writers += 1
         first_writer = record.open_writers == 1
         if truncated and record.size:
-            record.size = 0
+            self.resize_locked(record, 0)
             record.mtime_ns = time.time_ns()
         if rewrite:
             self.set_unfinished_locked(record, "")
@@ -108,20 +108,18 @@ class FileWriters(RegistryState):
         if record.state != WRITING:
             self.set_state_locked(record, WRITING, last_error="", attempts=0)
 
-    @staticmethod
-    def wrote_locked(record: FileRecord, end: int) -> RunningDigest | None:
+    def wrote_locked(self, record: FileRecord, end: int) -> RunningDigest | None:
         """Bytes up to `end` were written to its spool file (memory only until the last close).
         Returns the running digest for the caller to feed the data to, after the lock is released."""
         if end > record.size:
-            record.size = end
+            self.resize_locked(record, end)
         record.mtime_ns = time.time_ns()
         return record.digest
 
-    @staticmethod
-    def allocated_locked(record: FileRecord, end: int) -> None:
+    def allocated_locked(self, record: FileRecord, end: int) -> None:
         """fallocate grew its spool file to `end` with zeros."""
         if end > record.size:
-            record.size = end
+            self.resize_locked(record, end)
             if record.digest is not None:
                 record.digest.invalidate()
 
@@ -130,7 +128,7 @@ class FileWriters(RegistryState):
         a dying process): the file is then `interrupted`, never uploaded as it is. The last
         close of a whole file starts its commit point (await_commit_locked)."""
         record.open_writers = max(0, record.open_writers - 1)
-        record.size = size
+        self.resize_locked(record, size)
         if unfinished:
             self.writer_failed_locked(record, unfinished, INTERRUPTED)
         last_close = not record.open_writers and record.id in self._files
@@ -150,7 +148,7 @@ class FileWriters(RegistryState):
     def truncated_locked(self, record: FileRecord, length: int, listed: bool) -> None:
         """Its spool file was truncated to `length`: with no writer open it is queued again
         (truncate -s); `listed`: the file is still in its folder."""
-        record.size = length
+        self.resize_locked(record, length)
         record.mtime_ns = time.time_ns()
         if length == 0:
             # Rewritten from 0: whatever was unfinished before is gone with its bytes.
@@ -176,8 +174,10 @@ class FileWriters(RegistryState):
             self.set_state_locked(record, IN_TREE, size=record.size, mtime_ns=record.mtime_ns, last_error="",
                                   attempts=0, unfinished="")
             return
+        # The sha256 of its running digest; unknown (not written front to back, no hash made at its
+        # close), the upload hashes it before its first PUT: never a read of the file under the lock.
         self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                              attempts=0, sha256=self.content_digest(record), unfinished="")
+                              attempts=0, sha256=self.known_digest(record), unfinished="")
         self._schedule(record, delay)
 
     # --- files: names and removal ----------------------------------------------------------------
@@ -187,6 +187,7 @@ class FileWriters(RegistryState):
         replaced = target.files.get(new_name)
         if replaced is not None and replaced is not record:
             self.remove_file_locked(replaced)
+        self.uncount_locked(record)
         del source.files[record.name]
         record.name = new_name
         record.session_id = target.id
@@ -194,6 +195,7 @@ class FileWriters(RegistryState):
         self.journal.update_file(record.id, name=new_name, session_id=target.id)
         was_local = record.local_only
         record.local_only = local_only
+        self.count_locked(record)
         if was_local and not local_only:
             if record.open_writers:
                 self.set_state_locked(record, WRITING)
@@ -223,6 +225,7 @@ class FileWriters(RegistryState):
     def remove_file_locked(self, record: FileRecord) -> None:
         """unlink: a file the server may hold is remembered (the session cannot drop it)."""
         session = self.session_of(record)
+        self.uncount_locked(record)
         # The spool file goes first: on a full disk, that is what makes room for the journal.
         self.spool.remove(record.id)
         if record.may_be_on_server and not record.local_only:
@@ -248,6 +251,7 @@ class FileWriters(RegistryState):
         session.unlinked.remove(record)
         record.unlinked = False
         session.files[record.name] = record
+        self.count_locked(record)
         self.journal.update_file(record.id, unlinked=0)
         self.nudge()
 
@@ -258,12 +262,21 @@ class FileWriters(RegistryState):
 
     # --- identical re-copies ------------------------------------------------------------------
 
+    @staticmethod
+    def known_digest(record: FileRecord, like: str | None = None) -> str | None:
+        """The content digest (of the kind of `like`) when the running digest knows it (written
+        front to back, or hashed already): never reads the file, so it may be asked with the state
+        lock held (None: unknown, or a legacy sha256 the running digest does not make)."""
+        if is_legacy_digest(like) or record.digest is None:
+            return None
+        return record.digest.hexdigest(record.size)
+
     def content_digest(self, record: FileRecord, like: str | None = None) -> str | None:
         """The digest of the spooled content (content_digest.py), of the kind of `like` (None:
         the identity hash): from the running digest when the file was written front to back,
-        else by reading the spool file once (None when it is gone)."""
-        running = record.digest if not is_legacy_digest(like) else None
-        digest = running.hexdigest(record.size) if running is not None else None
+        else by reading the spool file once (None when it is gone). Never with the state lock
+        held: it may read the whole file."""
+        digest = self.known_digest(record, like)
         if digest is not None:
             return digest
         try:
@@ -273,6 +286,13 @@ class FileWriters(RegistryState):
         if not is_legacy_digest(like):
             record.digest = running
         return running.hexdigest(record.size)
+
+    def content_hashed_locked(self, record: FileRecord, digest: RunningDigest) -> None:
+        """The upload hashed the spool of a file queued without its sha256 (before any PUT)."""
+        record.digest = digest
+        sha256 = self.known_digest(record)
+        if sha256 is not None:
+            self.set_file_attrs_locked(record, sha256=sha256)
 
     def refuse_change_locked(self, record: FileRecord) -> str:
         """A different content for a name the server holds: say why, in status and the log."""

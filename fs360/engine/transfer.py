@@ -1,10 +1,18 @@
 """One upload attempt of one file, and how its outcome settles the file's state.
 
-An attempt opens the server session if needed (never sleeping on the pacer),
-makes sure the file's server name holds no other file's bytes, asks the server
-where the file stands before any retry, claims the name, then hands the PUTs to a
-transfer process (or runs them in this thread) and settles the outcome: complete,
-queued again (backoff, rate limit, a lost session), or refused with its reason.
+An attempt opens the server session if needed (never sleeping on the pacer; one
+request per folder at a time, whose failure the folder's other files share), makes
+sure the file's server name holds no other file's bytes, hashes a file queued without
+its sha256, asks the server where the file stands before any retry (and holds the
+next PUT while an abandoned one may still be read: abandoned.py), claims the name,
+then hands the PUTs to a transfer process (or runs them in this thread) and settles
+the outcome: complete, queued again (backoff, rate limit, a lost session, a failure
+shared by every upload: api/troubles.py), or refused with its reason.
+
+A failure shared by every request of its kind (the account, an endpoint's outage, a
+wait the server asked for) shows the one reason of its hold on every file it holds;
+the file that met it is retried after its own backoff too, the files merely held back
+as soon as the hold ends (`own_turn`, for the engine's bring-forward).
 
 The state lock is taken only for short steps between network calls; the
 network I/O itself never runs under it.
@@ -20,15 +28,19 @@ from typing import Callable
 
 from ..api.client import ApiClient
 from ..api.retry import Backoff
+from ..api.troubles import clock_text, is_outage, shared_by_all
 from ..config import Settings
-from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, RemoteFileNotFound,
-                      SentContentChanged, ServerHoldsOtherFile, SessionNotFound, SessionTooLarge, WaitForRateLimit)
+from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge, Fs360Error, HeldBack,
+                      InternalError, NotSent, RemoteFileNotFound, SentContentChanged, ServerHoldsOtherFile,
+                      SessionNotFound, SessionTooLarge, WaitForRateLimit)
+from .abandoned import AbandonedPuts
 from .archive_plan import TreeArchive
 from .gate import TransferGate
 from .locking import StateLock
 from .progress import Listeners
 from .records import COMPLETE, FAILED, PENDING, REJECTED, UPLOADING, FileRecord, SessionRecord, duration_text
 from .registry import Registry
+from .spool import RunningDigest
 from .transfer_pool import TransferJob, TransferProcesses, run_job
 
 log = logging.getLogger(__name__)
@@ -37,6 +49,11 @@ log = logging.getLogger(__name__)
 INVALID_CONTENT_RANGE = "invalid_content_range"
 # Seconds between journal commits of one file's upload progress.
 PROGRESS_JOURNAL_INTERVAL = 0.5
+# A file whose upload met an internal error (a bug: logged with its traceback) this many times
+# running is tried no more: it is rejected with the reason, and a copy again tries afresh.
+MAX_INTERNAL_ERRORS = 3
+# A held-back file looks again no sooner than this (a hold's wait may be about to end).
+MIN_HELD_WAIT = 0.2
 
 
 class Transfer:
@@ -55,7 +72,16 @@ class Transfer:
         self.processes = processes
         self.session_lost = session_lost
         self._stopping = stopping
+        self.troubles = client.troubles
+        self.abandoned = AbandonedPuts(settings.abandoned_upload_quiet)
         self._session_guards: dict[int, threading.Lock] = {}
+        # By session id: the last failure to open its server session, shared by its files until
+        # its backoff passed: (the error's words, failures running, monotonic time of the next try).
+        self._open_failures: dict[int, tuple[str, int, float]] = {}
+        # By file id: internal errors running; and the wall time its own backoff allows its next
+        # try (a hold's end brings a file forward no earlier than that).
+        self._internal_errors: dict[int, int] = {}
+        self._own_turn: dict[int, float] = {}
 
     # --- one attempt -----------------------------------------------------------------------
 
@@ -67,6 +93,7 @@ class Transfer:
         try:
             upload_id = self._remote_session(session)
             self._ensure_name_free_on_server(record, generation, session, upload_id)
+            self._hash_if_unknown(record, generation, session)
             start = self._resume_offset(record, upload_id)
 
             def cancelled() -> bool:
@@ -108,6 +135,10 @@ class Transfer:
             with self.lock:
                 self._wait_for_rate_limit_locked(record, generation, exc)
             return
+        except HeldBack as exc:
+            with self.lock:
+                self._held_back_locked(record, generation, exc)
+            return
         except SessionNotFound:
             # Only the session this worker talked to is dead; the session may already have a new one
             # (another worker met the 404 first), which must not be dropped.
@@ -119,6 +150,10 @@ class Transfer:
             return
         except ServerHoldsOtherFile as exc:
             self._name_taken(record, generation, session, upload_id, exc)
+            return
+        except InternalError as exc:  # a bug in the upload process, logged with its traceback there
+            with self.lock:
+                self.internal_error_locked(record, generation, exc)
             return
         except Fs360Error as exc:
             if exc.code == INVALID_CONTENT_RANGE and self._another_file_holds_the_name(record, upload_id):
@@ -184,8 +219,14 @@ class Transfer:
                 return
             self.registry.set_state_locked(record, COMPLETE, server_received=received, completed_at=time.time(),
                                            last_error="")
+            self._forget_locked(record)
             self.registry.nudge()
         self.listeners.emit("file_complete", file=record)
+
+    def _forget_locked(self, record: FileRecord) -> None:
+        self._internal_errors.pop(record.id, None)
+        self._own_turn.pop(record.id, None)
+        self.abandoned.forget_locked(record.id)
 
     def _record_archive_sha256(self, record: FileRecord, members, sent_sha256: str | None) -> None:
         """The archive's sha256 for status: of what was sent, or (when this attempt found it
@@ -214,8 +255,22 @@ class Transfer:
             with self.lock:
                 if session.upload_id:
                     return session.upload_id
-            # Never sleeps on the pacer: out of budget, the file goes back to the queue (see attempt).
-            opened = self.client.open_session(wait=False)
+            failed = self._open_failures.get(session.id)
+            if failed is not None and time.monotonic() < failed[2]:
+                # The folder's last try failed: its other files wait for its next one, not a POST each.
+                wait = failed[2] - time.monotonic()
+                raise HeldBack(f"opening this folder's upload session failed: {failed[0]}; it is tried again at "
+                               f"{clock_text(time.time() + wait)}", retry_after=wait)
+            try:
+                # Never sleeps on the pacer: out of budget, the file goes back to the queue (see attempt).
+                opened = self.client.open_session(wait=False)
+            except Fs360Error as exc:
+                if not (isinstance(exc, NotSent) or shared_by_all(exc)):  # those are held for every folder
+                    count = failed[1] + 1 if failed is not None else 1
+                    self._open_failures[session.id] = (str(exc), count,
+                                                       time.monotonic() + self.backoff.delay(count, exc))
+                raise
+            self._open_failures.pop(session.id, None)
             with self.lock:
                 self.registry.session_opened_locked(session, opened.upload_id, opened.expires_in_seconds)
             self.listeners.emit("session_opened", session=session)
@@ -254,8 +309,19 @@ class Transfer:
                     log.warning("%s: the server already holds another file named %s; sending it as %s",
                                 record.name, taken_by, record.server_name)
 
+    def _hash_if_unknown(self, record: FileRecord, generation: int, session: SessionRecord) -> None:
+        """A file queued without its sha256 (not written front to back, and hashing it then would
+        have held the state lock) is hashed here, off the lock, before any byte of it is sent."""
+        if record.archive or record.sha256 or record.may_be_on_server:
+            return
+        digest = RunningDigest.of_file(self.registry.spool.path(record.id))
+        with self.lock:
+            self._still_picked_locked(record, generation, session)
+            self.registry.content_hashed_locked(record, digest)
+
     def _resume_offset(self, record: FileRecord, upload_id: str) -> int:
-        """Before any retry the server is asked where the file stands; a first try starts at 0."""
+        """Before any retry the server is asked where the file stands; a first try starts at 0.
+        After an abandoned PUT the next one waits until that one is surely over (abandoned.py)."""
         if not (record.needs_resync or record.attempts or record.server_received or record.upload_id):
             return 0
         try:
@@ -268,6 +334,7 @@ class Transfer:
                     f"the server already holds a different file named {record.server_name!r}", status=409)
             received = progress.received
         with self.lock:
+            self.abandoned.check_locked(record.id, received)
             self.registry.resynced_locked(record, received)
         return received
 
@@ -295,6 +362,8 @@ class Transfer:
     def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
         if record.generation != generation:
             return
+        if getattr(exc, "gave_up_on_upload", False):
+            self.abandoned.note_locked(record.id, record.server_received)
         if exc.retryable or isinstance(exc, AccountError):
             self.retry_later_locked(record, generation, exc)
             return
@@ -333,15 +402,57 @@ class Transfer:
                                      last_error=f"waiting for the server's rate limit: the next new session "
                                                 f"in {duration_text(exc.retry_after)}")
 
+    def _held_back_locked(self, record: FileRecord, generation: int, exc: HeldBack) -> None:
+        """Not sent: a failure shared by its kind of request, its folder's failed opening, or an
+        abandoned PUT of it holds it. It shows that reason and looks again when told, or when the
+        hold ends (brought forward); no attempt of its own is counted."""
+        if not self.registry.is_current_locked(record, generation):
+            return
+        # Its hold may have ended (and what waited been brought forward) since it was raised.
+        delay = MIN_HELD_WAIT if self.troubles.ended_since(exc) else max(exc.retry_after, MIN_HELD_WAIT)
+        self.registry.requeue_locked(record, FAILED, delay, last_error=str(exc), next_attempt=time.time() + delay)
+
     def retry_later_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
         if not self.registry.is_current_locked(record, generation):
             return
         attempts = record.attempts + 1
         delay = self.backoff.delay(attempts, exc)
-        if getattr(exc, "gave_up_on_upload", False):
-            delay = max(delay, self.settings.abandoned_upload_quiet)
+        reason = str(exc)
+        held = self.troubles.held_reason(exc.endpoint) if exc.endpoint and shared_by_all(exc) else None
+        if held is not None:
+            # Not this file's alone: it shows the one reason of the hold, as every file it holds does.
+            reason = held[0]
+            if is_outage(exc):  # its own failure counts too: it goes no sooner than its own backoff
+                self._own_turn[record.id] = time.time() + delay
+            if isinstance(exc, AccountError):
+                delay = held[1]  # the account's probe decides, not this file's backoff
+            else:
+                delay = max(delay, held[1])
         record.needs_resync = True
-        self.registry.requeue_locked(record, FAILED, delay, attempts=attempts, last_error=str(exc),
+        self.registry.requeue_locked(record, FAILED, delay, attempts=attempts, last_error=reason,
                                      next_attempt=time.time() + delay)
         self.listeners.emit("file_failed", file=record, error=exc, retry_in=delay)
         log.info("%s: %s; retry %d in %.1f s", record.name, exc, attempts, delay)
+
+    def own_turn(self, record: FileRecord) -> float:
+        """The wall time from which the file's own backoff lets it go (0: at once)."""
+        return self._own_turn.get(record.id, 0.0)
+
+    def internal_error_locked(self, record: FileRecord, generation: int, exc: BaseException) -> None:
+        """An upload ended in a bug (already logged with its traceback): tried again, but not for
+        ever; the server may hold part of the file then, so its next PUT waits as after a stall."""
+        if not self.registry.is_current_locked(record, generation):
+            return
+        if record.may_be_on_server:
+            self.abandoned.note_locked(record.id, record.server_received)
+        count = self._internal_errors[record.id] = self._internal_errors.get(record.id, 0) + 1
+        if count < MAX_INTERNAL_ERRORS:
+            self.retry_later_locked(record, generation, InternalError(f"internal error (see the log): {exc}"))
+            return
+        self._forget_locked(record)
+        upload_id = record.upload_id if record.server_received else None
+        self.registry.set_state_locked(
+            record, REJECTED, upload_id=upload_id,
+            last_error=f"fs360 failed {count} times on this file with an internal error ({exc}; its traceback is "
+                       f"in the log: please report it): not tried again; copy the file again to try once more")
+        log.error("%s: not tried again after %d internal errors", record.name, count)

@@ -7,24 +7,31 @@ that process's questions while it runs:
 
     parent (engine worker thread)              worker process
     ---------------------------------          --------------------------------
-    job (upload_id, name, size, start, ──▶     per PUT, reading the spool file
-         chunk size) + the open spool fd       through the fd it was handed (an
-         (an archive: its members instead)     archive: from its members' paths):
-    pacer.acquire(endpoint)            ◀──▶    ("acquire", endpoint): may it send?
+    job (id, upload_id, name, size,    ──▶     per PUT, reading the spool file
+         start, chunk size) + the open         through the fd it was handed (an
+         spool fd (an archive: its             archive: from its members' paths):
+         members instead)
+    admission.admit(endpoint, ...)     ◀──▶    ("admit", endpoint, ...): may it send?
+                                               ("ok",) or ("refused", error): held back
+    admission.report(...)              ◀──     ("outcome", error or None, reached)
     should_stop()                      ◀──▶    ("should_stop",) between chunks
     on_progress(received)              ◀──     ("progress", received) after a chunk
-    pacer.rate_limited(...)            ◀──     ("rate_limited", endpoint, seconds)
     (still alive)                      ◀──     ("reading",) while a resume hashes what
                                                an earlier attempt sent (uploader.SentDigest)
     return / raise                     ◀──     ("done", SentFile) | ("error", ...)
 
-So pacing, cancelling, the state machine and the journal stay in the daemon,
-exactly as with an in-process `send_file`; the worker process only moves bytes.
-The settings (with the key) reach a worker over its socket, never through its
-environment or command line. A worker that dies, or stops answering, is a
-transport error: the engine reads the server's `received` and goes on from there,
-with a new worker. Workers die with the daemon (PR_SET_PDEATHSIG), so an orphan
-can never send a PUT next to the restarted daemon's.
+Every message of the worker carries its job's id. So the troubles and pacing,
+cancelling, the state machine and the journal stay in the daemon, exactly as with
+an in-process `send_file`; the worker process only moves bytes. The settings (with
+the key) reach a worker over its socket, never through its environment or command
+line. A worker that dies, stops answering, or whose conversation broke off for any
+other reason (a daemon-side callback that raised, a message out of turn) is
+discarded, never given another job: a lost one is a transport error after which
+the engine reads the server's `received` and goes on from there, with a new worker
+(its connections end with a reset: api/transport.py). An error the worker does
+not know comes back as an internal error with its traceback, which the daemon
+logs. Workers die with the daemon (PR_SET_PDEATHSIG), so an orphan can never send
+a PUT next to the restarted daemon's.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import contextlib
 import ctypes
 import functools
 import importlib
+import itertools
 import logging
 import mmap
 import os
@@ -41,14 +49,15 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 
 from ..api.client import ApiClient
 from ..config import Settings
-from ..errors import Cancelled, Fs360Error, TransportError
+from ..errors import Cancelled, Fs360Error, InternalError, NotSent, TransportError
 from .uploader import SentFile, read_exactly, send_file
 
 if TYPE_CHECKING:
@@ -59,6 +68,8 @@ log = logging.getLogger(__name__)
 # A worker that says nothing for this long past the request deadline is hung: killed.
 SILENCE_MARGIN = 30.0
 PR_SET_PDEATHSIG = 1
+# Each job's id, carried by every message of its conversation.
+_job_ids = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class TransferJob:
     # The sha256 journaled when the file was queued: the PUT that completes the file goes only
     # if what was sent has it (None: nothing to check against, as for an archive).
     sha256: str | None = None
+    job_id: int = field(default_factory=lambda: next(_job_ids))
 
 
 @contextlib.contextmanager
@@ -104,9 +116,9 @@ def run_job(client: ApiClient, job: TransferJob, spool_fd: int | None, buffer, o
 class TransferProcesses:
     """Worker processes for `send_file`, checked out one per call (at most `count` at once)."""
 
-    def __init__(self, settings: Settings, pacer, count: int):
+    def __init__(self, settings: Settings, admission, count: int):
         self._settings = settings
-        self._pacer = pacer
+        self._admission = admission
         self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
         for _ in range(count):
             self._idle.put(None)  # a slot; its process is started on first use
@@ -120,14 +132,25 @@ class TransferProcesses:
         try:
             if worker is None or not worker.alive():
                 worker = self._start_worker()
-            result = worker.run(job, spool_fd, self._pacer, on_progress, should_stop, self._silence_limit(job))
+            outcome = worker.converse(job, spool_fd, self._admission, on_progress, should_stop,
+                                      self._silence_limit(job))
         except _WorkerLost as lost:
             self._discard(worker)
             worker = None
-            raise TransportError(f"the upload process ended unexpectedly ({lost}); resuming") from None
+            error = TransportError(f"the upload process ended unexpectedly ({lost}); resuming")
+            error.gave_up_on_upload = True  # it may have died mid-PUT: the server may still read that body
+            raise error from None
+        except BaseException:
+            # The conversation broke off midway (a callback here raised): that worker may still be
+            # in it, so it never gets another job.
+            self._discard(worker)
+            worker = None
+            raise
         finally:
             self._idle.put(worker)
-        return result
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def close(self) -> None:
         self._closed = True
@@ -202,15 +225,11 @@ class _Worker:
         except subprocess.TimeoutExpired:
             log.warning("upload process %d did not end", self.process.pid)
 
-    def run(self, job: TransferJob, spool_fd: int, pacer, on_progress, should_stop,
-            silence_limit: float) -> SentFile:
-        outcome = self._converse(job, spool_fd, pacer, on_progress, should_stop, silence_limit)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    def _converse(self, job, spool_fd, pacer, on_progress, should_stop, silence_limit):
-        """Serves the worker until it answers; its error comes back as a value, to be raised."""
+    def converse(self, job: TransferJob, spool_fd: int | None, admission, on_progress, should_stop,
+                 silence_limit: float):
+        """Serves the worker through one job: its SentFile, or its error as a value (to be raised).
+        Anything raised instead means the conversation broke off: the caller discards the worker."""
+        passed = None  # the request the worker was let to send, until it reports how it ended
         try:
             self.conn.send(job)
             if spool_fd is not None:
@@ -219,25 +238,36 @@ class _Worker:
                 if not self.conn.poll(silence_limit):
                     raise _WorkerLost(f"silent for {silence_limit:.0f} s")
                 message = self.conn.recv()
-                kind = message[0]
-                if kind == "acquire":
-                    self.conn.send(pacer.acquire(message[1]))
+                if not isinstance(message, tuple) or len(message) < 2 or message[0] != job.job_id:
+                    raise _WorkerLost(f"a message out of turn: {str(message)[:80]}")
+                kind, args = message[1], message[2:]
+                if kind == "admit":
+                    try:
+                        passed = admission.admit(*args)
+                    except NotSent as exc:  # held back or not its turn: the worker raises it
+                        self.conn.send(("refused", *_portable(exc)))
+                    else:
+                        self.conn.send(("ok",))
+                elif kind == "outcome":
+                    admission.report(passed, _rebuilt(*args[0]) if args[0] else None, args[1])
+                    passed = None
                 elif kind == "should_stop":
                     self.conn.send(bool(should_stop()))
                 elif kind == "progress":
-                    on_progress(message[1])
-                elif kind == "rate_limited":
-                    pacer.rate_limited(message[1], message[2])
+                    on_progress(args[0])
                 elif kind == "reading":
                     pass  # alive: the poll above starts its silence limit again
                 elif kind == "done":
-                    return message[1]
+                    return args[0]
                 elif kind == "error":
-                    return _rebuilt(*message[1:])
+                    return _rebuilt(*args, job=job)
                 else:
                     raise _WorkerLost(f"unknown message {kind!r}")
         except (EOFError, OSError) as exc:
             raise _WorkerLost(type(exc).__name__) from None
+        finally:
+            if passed is not None:  # its outcome will never come: its probe's turn is free again
+                admission.report(passed, NotSent())
 
 
 # --- errors across the process boundary ---------------------------------------------------------
@@ -248,36 +278,56 @@ def _portable(exc: BaseException) -> tuple:
         return ("builtins", "OSError", exc.strerror or str(exc), {"errno": exc.errno})
     if isinstance(exc, (Fs360Error, Cancelled)):
         return (type(exc).__module__, type(exc).__qualname__, str(exc), dict(vars(exc)))
-    # A bug in the worker: the file is retried like after a network error, the cause is logged.
-    return ("fs360.errors", "TransportError", f"upload process error: {type(exc).__name__}: {exc}", {})
+    # A bug: retried a few times (engine/transfer.py), with its traceback in the daemon's log.
+    return ("fs360.errors", "InternalError", f"upload process error: {type(exc).__name__}: {exc}",
+            {"traceback": "".join(traceback.format_exception(exc))})
 
 
-def _rebuilt(module: str, name: str, message: str, attributes: dict) -> BaseException:
+def _rebuilt(module: str, name: str, message: str, attributes: dict, job: TransferJob | None = None) -> BaseException:
     if (module, name) == ("builtins", "OSError"):
         return OSError(attributes.get("errno") or 0, message)
     cls = getattr(importlib.import_module(module), name, None)
     if not (isinstance(cls, type) and issubclass(cls, (Fs360Error, Cancelled))):
-        return TransportError(f"upload process error: {name}: {message}")
+        return InternalError(f"upload process error: {name}: {message}")
     exc = cls.__new__(cls)
     Exception.__init__(exc, message)
     exc.__dict__.update(attributes)
+    if isinstance(exc, InternalError) and attributes.get("traceback"):
+        log.error("%s: %s\n%s", job.server_name if job else "upload", message, attributes["traceback"].rstrip())
     return exc
 
 
 # --- the worker process ---------------------------------------------------------------------------
 
-class _ParentPacer:
-    """The daemon's pacer, asked over the socket: every request is paced where all are counted."""
+class _Conversation:
+    """The worker's side of one job's conversation: every message carries the job's id."""
 
     def __init__(self, conn: Connection):
         self._conn = conn
+        self.job_id = 0
 
-    def acquire(self, endpoint: str) -> float:
-        self._conn.send(("acquire", endpoint))
+    def tell(self, *message) -> None:
+        self._conn.send((self.job_id, *message))
+
+    def ask(self, *question):
+        self.tell(*question)
         return self._conn.recv()
 
-    def rate_limited(self, endpoint: str, retry_after) -> None:
-        self._conn.send(("rate_limited", endpoint, retry_after))
+
+class _ParentAdmission:
+    """The daemon's admission (api/troubles.py), asked over the socket: every request is held
+    back, paced and counted where all are."""
+
+    def __init__(self, conversation: _Conversation):
+        self._conversation = conversation
+
+    def admit(self, endpoint: str, wait: bool = True, account_probe: bool = False, counted: bool = True):
+        answer = self._conversation.ask("admit", endpoint, wait, account_probe, counted)
+        if answer[0] == "refused":
+            raise _rebuilt(*answer[1:])
+
+    def report(self, passed, error: BaseException | None, reached: bool = True) -> None:
+        self._conversation.tell("outcome", _portable(error) if error is not None else None, reached)
 
 
 def _die_with_parent() -> None:
@@ -303,23 +353,25 @@ def worker_main(fd: int) -> int:
 
 def _serve_jobs(conn: Connection) -> None:
     settings: Settings = conn.recv()
-    client = ApiClient(settings, pacer=_ParentPacer(conn))
+    conversation = _Conversation(conn)
+    client = ApiClient(settings, admission=_ParentAdmission(conversation))
     buffer = None
     while True:
         job: TransferJob = conn.recv()
+        conversation.job_id = job.job_id
         spool = None if job.archive is not None else recv_handle(conn)
         if buffer is None or len(buffer) < job.chunk_size:
             # Private: MADV_DONTNEED below really gives its pages back (a shared one keeps them).
             buffer = mmap.mmap(-1, max(job.chunk_size, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             result = run_job(client, job, spool, buffer,
-                             on_progress=lambda received: conn.send(("progress", received)),
-                             should_stop=lambda: _ask(conn, ("should_stop",)),
-                             on_reading=lambda: conn.send(("reading",)))
+                             on_progress=lambda received: conversation.tell("progress", received),
+                             should_stop=lambda: conversation.ask("should_stop"),
+                             on_reading=lambda: conversation.tell("reading"))
         except (EOFError, BrokenPipeError, ConnectionResetError):
             raise
         except Exception as exc:  # every outcome goes back to the daemon, which settles it
-            conn.send(("error", *_portable(exc)))
+            conversation.tell("error", *_portable(exc))
             continue
         finally:
             if spool is not None:
@@ -327,10 +379,5 @@ def _serve_jobs(conn: Connection) -> None:
             # An idle worker holds no chunk: after a big file, a chunk_size of resident pages
             # per worker would stay for every small file that follows.
             buffer.madvise(mmap.MADV_DONTNEED)
-        conn.send(("done", result))
-
-
-def _ask(conn: Connection, question: tuple):
-    conn.send(question)
-    return conn.recv()
+        conversation.tell("done", result)
 

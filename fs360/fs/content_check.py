@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..engine.content_digest import is_legacy_digest
 from ..engine.records import FileRecord
 from ..engine.spool import RunningDigest
 
@@ -20,9 +21,16 @@ def held_with_known_content(record: FileRecord) -> bool:
 
 
 def is_identical_copy(engine, copy: FileRecord, held: FileRecord) -> bool:
-    """A finished local copy (rsync's `.name.XXXXXX`) with exactly the bytes the server holds."""
-    return (not copy.unfinished and copy.size == held.size
-            and engine.content_digest(copy, like=held.sha256) == held.sha256)
+    """A finished local copy (rsync's `.name.XXXXXX`) with exactly the bytes the server holds.
+    Asked with the state lock held: the copy's digest must be known (renames.py hashes it first,
+    off the lock); one that is not (written again since) does not count as identical."""
+    if copy.unfinished or copy.size != held.size:
+        return False
+    if is_legacy_digest(held.sha256):
+        # A journal of an earlier build holds a plain sha256, which no running digest makes: the
+        # copy is read once (under the lock; only for files uploaded before the identity hash).
+        return engine.content_digest(copy, like=held.sha256) == held.sha256
+    return engine.known_digest(copy, like=held.sha256) == held.sha256
 
 
 @dataclass(eq=False)

@@ -27,6 +27,7 @@ class Renames:
 
     def rename(self, old: str, new: str, renamer: Closer | None = None) -> None:
         """`renamer`: the process renaming (closer_of its task), when known."""
+        self._hash_scratch_file(old)
         with self.engine.lock:
             src, dst = self.tree.resolve_locked(old), self.tree.resolve_locked(new)
             if src.kind in (ROOT_STATUS_FILE, STATUS, MARKER) and dst.basename.startswith(HIDDEN_PREFIX) \
@@ -45,6 +46,17 @@ class Renames:
                 raise NotFound(old)
             else:
                 raise NotPermitted(f"{src.name or 'the mount'} cannot be renamed")
+
+    def _hash_scratch_file(self, old: str) -> None:
+        """A scratch file about to be renamed (to its final name, or onto a file the server holds)
+        whose sha256 its writes did not give is hashed now, without the state lock: the rename
+        itself then only compares, and its upload is queued with the sha256 known."""
+        with self.engine.lock:
+            src = self.tree.resolve_locked(old)
+            record = src.record if src.kind == FILE and src.record.local_only else None
+            if record is None or record.open_writers or self.engine.known_digest(record) is not None:
+                return  # (one still written to is hashed at its last close)
+        self.engine.content_digest(record)
 
     def _rename_file_with_reason_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
         """A move to another session that is refused leaves its reason on the file (its

@@ -82,14 +82,12 @@ def check_growth(engine, record: FileRecord, new_size: int) -> None:
 
 def check_growth_locked(engine, record: FileRecord, new_size: int) -> None:
     """Whether `record` may grow to `new_size` under the server's caps; needs engine.lock held
-    when there is a session cap."""
+    when there is a session cap. The session's sum is kept as sizes change (never summed here)."""
     if record.local_only:
         return
     caps = engine.caps
     if caps.file_cap and new_size > caps.file_cap:
         raise FileTooBig(f"the server takes files up to {caps.file_cap} bytes")
     if caps.session_cap:
-        session = engine.session_of(record)
-        total = sum(f.size for f in session.files.values() if not f.local_only and f is not record)
-        if total + new_size > caps.session_cap:
+        if engine.others_size_locked(record) + new_size > caps.session_cap:
             raise QuotaWouldPass(f"the session would pass the server's cap of {caps.session_cap} bytes")

@@ -237,6 +237,9 @@ def test_slow_headers_end_at_the_deadline_on_a_closed_connection_and_the_next_re
         assert connections_to(server.port) == 0
         assert isinstance(info.value, E.TransportError) and info.value.retryable
         assert "did not answer within 1 s" in str(info.value) and no_key_in(info.value)
+        with pytest.raises(E.HeldBack):  # its kind of request waits for one probe now, unsent
+            client.file_status("u1", "a.jpg")
+        client.troubles.resume()
         assert client.file_status("u1", "a.jpg").complete
         assert server.connections == 2
 

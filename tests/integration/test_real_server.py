@@ -192,8 +192,8 @@ def test_project_page_follows_the_api_url(api_url, page):
 @pytest.mark.parametrize("status, code", [(403, "tariff_does_not_allow_api"), (403, "some_code_nobody_documented"),
                                           (402, "storage_quota_exceeded"), (401, "invalid_api_key")])
 def test_account_errors_leave_files_failed_never_rejected(profiled_emulator, settings_for, tmp_path, status, code):
-    """Any 401/402/403 is about the account: files wait as failed with the reason, retry
-    slowly, and complete once the account is fixed."""
+    """Any 401/402/403 is about the account: files wait as failed with its one reason (held for
+    every file: api/troubles.py), are never rejected, and complete once the account is fixed."""
     emulator = profiled_emulator
     src = tmp_path / "src"
     sources = make_sources(src, {"a.jpg": 3000, "b.las": 200_000})
@@ -205,9 +205,10 @@ def test_account_errors_leave_files_failed_never_rejected(profiled_emulator, set
         def all_failed():
             with engine.lock:
                 records = list(engine.sessions["s"].files.values())
-                return all(r.state == "failed" and r.attempts >= 1 for r in records) and records
+                return all(r.state == "failed" and r.last_error for r in records) and records
         records = wait_until(all_failed, 30, what="both files to fail on the account error")
-        assert all(str(status) in r.last_error for r in records), [r.last_error for r in records]
+        assert len({r.last_error for r in records}) == 1 and f"HTTP {status}" in records[0].last_error, \
+            [r.last_error for r in records]
         assert engine.counts().get("rejected", 0) == 0
         emulator.clear_account()
         assert engine.wait_idle(timeout=60, poll=0.05)

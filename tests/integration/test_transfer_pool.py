@@ -10,6 +10,7 @@ import pytest
 
 from fs360.api.client import ApiClient
 from fs360.api.pacing import Pacer
+from fs360.api.troubles import Admission, Troubles
 from fs360.engine.transfer_pool import TransferJob, TransferProcesses
 from fs360.errors import Cancelled, ExtensionNotAllowed, TransportError
 from tests.harness import assert_uploaded, make_sources, wait_until
@@ -25,10 +26,10 @@ class CountingPacer(Pacer):
         self.asked: list[str] = []
         self.lock = threading.Lock()
 
-    def acquire(self, endpoint: str) -> float:
+    def acquire_booking(self, endpoint: str):
         with self.lock:
             self.asked.append(endpoint)
-        return 0.0
+        return 0.0, None
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def pool_for(settings_for):
 
     def make(emulator, count=2):
         pacer = CountingPacer()
-        pool = TransferProcesses(settings_for(emulator), pacer, count)
+        pool = TransferProcesses(settings_for(emulator), Admission(pacer, Troubles()), count)
         made.append(pool)
         return pool, pacer
 

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 from fs360.api.client import MAX_RETRY_AFTER, ApiClient, _file_progress, _retry_after, _seconds
-from fs360.api.pacing import Pacer
 from fs360.config import Settings
 from fs360 import errors as E
 
@@ -152,24 +151,6 @@ def test_rate_limited_with_a_date_waits_until_then(client):
         translate(client, response(429, {"error": "rate_limited"}, headers={"Retry-After": in_two_minutes}))
     assert 100 <= info.value.retry_after <= 121
     assert f"retry after {info.value.retry_after:g} s" in str(info.value)
-
-
-class Clock:
-    now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.mark.parametrize("header,blocked", [("30", True), (None, False), ("soon", False)])
-def test_pacer_is_told_only_a_definite_wait(header, blocked):
-    slept = []
-    pacer = Pacer({"put_file": (1200, 60.0)}, sleep=slept.append, clock=Clock())
-    with pytest.raises(E.RateLimited):
-        translate(client_for(pacer), response(429, {"error": "rate_limited"},
-                                              headers={"Retry-After": header} if header else {}))
-    pacer.acquire("put_file")
-    assert (sum(slept) >= 30.0) is blocked
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])

@@ -531,6 +531,10 @@ class MountMachine(RuleBasedStateMachine):
             assert status["deleted_but_held_by_server"] == sorted(s.gone_names)
             for name, f in s.files.items():
                 assert self.model.getattr(self._path(s.name, name))["st_size"] == f.size
+            # The sum the session cap is checked against, kept as sizes change, is the sum.
+            with self.engine.lock:
+                kept = self.engine.sessions[s.name]
+                assert kept.listed_bytes == sum(r.size for r in kept.files.values() if not r.local_only), s.name
             # D "Server names": flat, unique in the session, frozen once the server holds bytes.
             names = {f["name"]: f["server_name"] for f in status["files"] if not f["local_only"]}
             names.update({g.name + " (deleted)": g.server_name for g in s.gone})

@@ -169,6 +169,40 @@ def test_edquot_past_the_session_cap(server, make_model):
     model.release(fh)
 
 
+def test_the_session_cap_counts_every_listed_file_as_it_changes(server, make_model):
+    """The cap is checked against a sum kept as sizes change (never summed at each write): other
+    writers' growth, renames in, out and to scratch names, deletions and truncates all count."""
+    model = make_model(server, start=False, max_session_size=SESSION_CAP)
+    for folder in ("/s", "/t"):
+        model.mkdir(folder, 0o755)
+    b = model.create("/s/b.jpg", 0o644, os.O_WRONLY)
+    c = model.create("/s/c.jpg", 0o644, os.O_WRONLY)
+    model.write(b, b"b" * 100, 0)
+    model.write(c, b"c" * 300, 0)                               # another writer, at the same time
+    assert errno_of(model.write, b, b"b", 700) == errno.EDQUOT  # 701 + 300 > 1000
+    assert model.write(b, b"b" * 600, 100) == 600               # 700 + 300: exactly the cap
+    model.release(c)
+    model.rename("/s/c.jpg", "/s/.c.jpg.tmp")                   # scratch: no longer counted
+    assert model.write(b, b"b" * 300, 700) == 300
+    model.rename("/s/.c.jpg.tmp", "/s/c.jpg")                   # counted again: over the cap now
+    assert errno_of(model.write, b, b"b", 1000) == errno.EDQUOT
+    model.rename("/s/c.jpg", "/t/c.jpg")                        # moved to another session
+    model.truncate(None, 200, b)
+    d = model.create("/t/d.jpg", 0o644, os.O_WRONLY)
+    model.write(d, b"d" * 600, 0)
+    assert errno_of(model.truncate, "/t/c.jpg", 401) == errno.EDQUOT  # 600 + 401 in /t
+    model.truncate("/t/c.jpg", 400)
+    model.release(d)
+    model.unlink("/t/d.jpg")                                    # nothing of it was sent: gone
+    model.truncate("/t/c.jpg", 1000)
+    assert errno_of(model.write, b, b"b", 1000) == errno.EDQUOT
+    assert model.write(b, b"b" * 800, 200) == 800
+    model.release(b)
+    engine = model.engine
+    with engine.lock:
+        assert {s.name: s.listed_bytes for s in engine.sessions.values()} == {"s": 1000, "t": 1000}
+
+
 def test_links_and_device_nodes_are_eperm_through_the_adapter(world):
     """symlink, link and mknod: EPERM (the FUSE adapter answers them)."""
     ops = Fs360Operations(world)

@@ -1,0 +1,357 @@
+"""Failures shared by every request of a kind, held once for the mount.
+
+A refused account, an endpoint that fails or does not answer, or a wait the server
+asked for (429 with `Retry-After`) is nobody's file's fault: every request it concerns
+would meet it too. So it is held here, and a request it concerns is not sent: `admit`
+raises `HeldBack` with the one reason every held file shows, until one probe request
+(backed off) says the trouble is over:
+
+  the account   a 401, 402 or 403 on any endpoint holds every endpoint. Its probe is
+                one cheap request (`ApiClient.check_account`, run by the engine). When
+                it passes, the endpoint that was refused first sends one request of its
+                own (a trial: a quota may refuse uploads only) before the others go.
+  circuits      one per endpoint class (the pacer's endpoints): a 5xx, no answer, or a
+                429 that does not say how long opens it; while it is open nothing of
+                that class is sent; once its wait is over one request goes (the probe);
+                the first answer closes it, a failure opens it again for longer.
+  server waits  a 429 with `Retry-After` holds that class until then (capped at an hour
+                by the client), then one probe, as for a circuit.
+
+`resume()` (`fs360 resume`) ends every wait at once. Whoever waits (the engine's queue)
+is told when a hold ends (`on_clear`), to bring its waiting retries forward.
+
+Only the mechanism and the words live here; the client reports each request's outcome,
+the engine settles files. A leaf lock: nothing else is taken while it is held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import (AccountError, Fs360Error, HeldBack, NotSent, RateLimited, ServerError, TransportError,
+                      WaitForRateLimit)
+from .pacing import PACED_WITH
+from .retry import Backoff
+
+# What each endpoint class is, in the words of a file's status.
+CLASS_WORDS = {
+    "open_session": "new upload sessions",
+    "put_file": "uploads",
+    "get_file": "upload checks",
+    "get_session": "session checks",
+    "delete_session": "session deletions",
+    "create_project": "project requests",
+    "get_project": "project checks",
+}
+# Classes whose documented budget is per hour (30 and 10): every probe spends it, so their
+# probes (and the account's, which has no budget of its own to protect) start 10 times slower.
+HOURLY_CLASSES = ("open_session", "create_project")
+SLOW_PROBE_FACTOR = 10.0
+# A probe whose outcome never came back (its upload process died) is given up after this long.
+PROBE_LEASE = 300.0
+# What every held reason ends with: how the hold ends.
+HOW_IT_ENDS = "one request checks now and then (fs360 resume: at once)"
+
+
+def endpoint_class(endpoint: str) -> str:
+    return PACED_WITH.get(endpoint, endpoint)
+
+
+def clock_text(wall: float, now: float | None = None) -> str:
+    """'14:05' today, '2026-11-29 14:05' another day: when a wait ends, in local time."""
+    when = time.localtime(wall)
+    today = time.localtime(now if now is not None else time.time())
+    return time.strftime("%H:%M" if when[:3] == today[:3] else "%Y-%m-%d %H:%M", when)
+
+
+@dataclass
+class Hold:
+    reason: str
+    level: int = 0             # failures of its probes in a row: each wait grows with it
+    until: float = 0.0         # monotonic: nothing is sent before this, then one probe
+    probe_until: float = 0.0   # monotonic: a probe is out (its lease) until then
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A request let through: its endpoint class, whether it is its hold's probe, whether it is
+    the account's probe, and whether its outcome counts here at all (the key check at mount)."""
+    endpoint: str
+    probe: bool = False
+    account_probe: bool = False
+    counted: bool = True
+
+
+def is_outage(error: BaseException) -> bool:
+    """A failure of the server or the way to it, not an answer about the request: 5xx (a
+    redirect and a refused certificate too), no answer, or a 429 without a usable wait."""
+    if isinstance(error, RateLimited):
+        return error.retry_after is None
+    return isinstance(error, (ServerError, TransportError))
+
+
+def shared_by_all(error: BaseException) -> bool:
+    """Whether a failure is held for every request of its kind (the account's, an outage, or a
+    wait the server asked for), not only for the request that met it."""
+    return isinstance(error, (AccountError, RateLimited)) or is_outage(error)
+
+
+class Troubles:
+    def __init__(self, backoff_base: float = 0.5, backoff_cap: float = 60.0, clock=time.monotonic,
+                 wall=time.time, rng=None):
+        self._clock = clock
+        self._wall = wall
+        self._backoff = Backoff(backoff_base, backoff_cap, rng=rng)
+        self._slow_backoff = Backoff(backoff_base * SLOW_PROBE_FACTOR, max(backoff_cap, backoff_base), rng=rng)
+        self._lock = threading.Lock()
+        self._holds: dict[str, Hold] = {}
+        self._account: Hold | None = None
+        # Refusals of the account in a row: kept when its probe passes, until the class refused
+        # first (`_trial_class`) answers a request of its own.
+        self._account_level = 0
+        self._trial_class: str | None = None
+        self._listeners: list[Callable[[], None]] = []
+        # Counts the holds that ended: a request held back before one ended, whose caller
+        # settles it only after that end was announced, looks again at once (`ended_since`).
+        self._ended = 0
+
+    def on_clear(self, listener: Callable[[], None]) -> None:
+        """`listener()` is called (no lock held) whenever a hold ends."""
+        self._listeners.append(listener)
+
+    # --- before and after each request -----------------------------------------------------
+
+    def admit(self, endpoint: str, *, account_probe: bool = False, counted: bool = True) -> Ticket:
+        """A ticket for a request to `endpoint`, or HeldBack with the reason that holds it.
+        `account_probe`: the account's own probe, let through while the account is held;
+        `counted=False`: an explicit check whose outcome decides nothing here (never held)."""
+        cls = endpoint_class(endpoint)
+        if not counted:
+            return Ticket(cls, counted=False)
+        with self._lock:
+            now = self._clock()
+            if account_probe:
+                if self._account is not None:
+                    self._account.probe_until = now + PROBE_LEASE
+                return Ticket(cls, account_probe=True)
+            if self._account is not None:
+                raise self._held_back(self._account, cls, now, slow=True)
+            hold = self._holds.get(cls)
+            if hold is None:
+                return Ticket(cls)
+            if now < hold.until or now < hold.probe_until:
+                raise self._held_back(hold, cls, now)
+            hold.probe_until = now + PROBE_LEASE
+            return Ticket(cls, probe=True)
+
+    def report(self, ticket: Ticket, error: BaseException | None) -> None:
+        """How a request let through by `ticket` ended: None (or any answer about the request
+        itself) when the server answered as the API does; the error otherwise."""
+        if not ticket.counted:
+            return
+        with self._lock:
+            cleared = self._report_locked(ticket, error, self._clock())
+            self._ended += cleared
+        if cleared:
+            self._tell_listeners()
+
+    def ended_since(self, held: HeldBack) -> bool:
+        """Whether a hold ended after `held` was raised (its wait is then over already)."""
+        return getattr(held, "ended_count", self._ended) != self._ended
+
+    def _report_locked(self, ticket: Ticket, error: BaseException | None, now: float) -> bool:
+        """Needs self._lock; whether a hold ended."""
+        cls = ticket.endpoint
+        hold = self._holds.get(cls)
+        if isinstance(error, NotSent):  # paced back: nothing happened, the probe's turn is free again
+            if ticket.probe and hold is not None:
+                hold.probe_until = 0.0
+            if ticket.account_probe and self._account is not None:
+                self._account.probe_until = 0.0
+            return False
+        if isinstance(error, AccountError):
+            self._account_refused_locked(ticket, error, now)
+            return False
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            self._server_wait_locked(cls, error.retry_after, error.fields.get("asked"), now)
+            return False
+        if ticket.account_probe:
+            if error is not None and is_outage(error) and self._account is not None:
+                self._account.level += 1  # the check got no answer: the account is as it was
+                self._account.until = now + self._slow_backoff.delay(self._account.level)
+                self._account.probe_until = 0.0
+                return False
+            return self._account_passed_locked(now)
+        if error is not None and is_outage(error):
+            self._outage_locked(ticket, error, hold, now)
+            return False
+        # The server answered: whatever held this class is over.
+        if cls == self._trial_class:
+            self._account_level, self._trial_class = 0, None
+        if hold is not None:
+            del self._holds[cls]
+            return True
+        return False
+
+    def _account_refused_locked(self, ticket: Ticket, error: AccountError, now: float) -> None:
+        account = self._account
+        if account is None or ticket.account_probe:
+            self._account_level += 1
+            account = self._account = account or Hold(reason="")
+            account.level = self._account_level
+            account.until = now + self._slow_backoff.delay(account.level)
+            account.probe_until = 0.0
+        # Else a request already under way when the account was first refused: nothing new.
+        account.reason = (f"{error}. Nothing is sent until it is fixed: {HOW_IT_ENDS}")
+        if not ticket.account_probe:
+            self._trial_class = ticket.endpoint
+            hold = self._holds.get(ticket.endpoint)
+            if hold is not None:
+                hold.probe_until = 0.0
+
+    def _account_passed_locked(self, now: float) -> bool:
+        """The account's probe got an answer that is not a refusal: every endpoint may go, the
+        class refused first through one trial request of its own."""
+        account, self._account = self._account, None
+        if account is None:
+            return False
+        if self._trial_class is not None:
+            trial = self._holds.setdefault(self._trial_class, Hold(reason=account.reason))
+            trial.until = trial.probe_until = 0.0
+        return True
+
+    def _outage_locked(self, ticket: Ticket, error: Fs360Error, hold: Hold | None, now: float) -> None:
+        cls = ticket.endpoint
+        words = CLASS_WORDS.get(cls, cls)
+        if hold is None or ticket.probe:
+            hold = self._holds.setdefault(cls, Hold(reason=""))
+            hold.level += 1
+            hold.until = now + self._delay(cls, hold.level)
+            hold.probe_until = 0.0
+        if isinstance(error, RateLimited):
+            hold.reason = f"the server limits {words} (HTTP 429) without saying for how long: {HOW_IT_ENDS}"
+        else:
+            hold.reason = f"{words} fail: {error}. They wait: {HOW_IT_ENDS}"
+
+    def _server_wait_locked(self, cls: str, seconds: float, asked, now: float) -> None:
+        """A 429 with a usable Retry-After of `seconds` (capped; `asked`: what the server said):
+        nothing of that class goes before then, and then one probe."""
+        words = CLASS_WORDS.get(cls, cls)
+        wall = self._wall()
+        hold = self._holds.setdefault(cls, Hold(reason=""))
+        hold.until = max(hold.until, now + seconds)
+        hold.probe_until = 0.0
+        ends = clock_text(wall + (hold.until - now), wall)
+        if isinstance(asked, (int, float)) and asked > seconds:
+            hold.reason = (f"the server asked to wait {_long_duration(asked)} before more {words} (HTTP 429): "
+                           f"they wait until {ends}, then {HOW_IT_ENDS}")
+        else:
+            hold.reason = f"the server asked to wait until {ends} before more {words} (HTTP 429); then {HOW_IT_ENDS}"
+
+    # --- the account's probe, resume, and what status shows ---------------------------------
+
+    def account_probe_due(self) -> bool:
+        with self._lock:
+            account, now = self._account, self._clock()
+            return account is not None and now >= account.until and now >= account.probe_until
+
+    def resume(self) -> None:
+        """`fs360 resume`: every wait ends now; each hold's next request is its probe."""
+        with self._lock:
+            for hold in list(self._holds.values()) + ([self._account] if self._account else []):
+                hold.until = hold.probe_until = 0.0
+            self._ended += 1
+
+    def held_reason(self, endpoint: str) -> tuple[str, float] | None:
+        """(the reason, seconds until its next probe) of what holds `endpoint` now, or None."""
+        cls = endpoint_class(endpoint)
+        with self._lock:
+            now = self._clock()
+            if self._account is not None:
+                return self._account.reason, self._retry_after(self._account, cls, now, slow=True)
+            hold = self._holds.get(cls)
+            if hold is None:
+                return None
+            return hold.reason, self._retry_after(hold, cls, now)
+
+    def reasons(self) -> list[str]:
+        """Every reason held now, for status: the account's first."""
+        with self._lock:
+            holds = ([self._account] if self._account is not None else []) + list(self._holds.values())
+            return list(dict.fromkeys(hold.reason for hold in holds))
+
+    # --- inside ---------------------------------------------------------------------------------
+
+    def _delay(self, cls: str, level: int, slow: bool = False) -> float:
+        backoff = self._slow_backoff if slow or cls in HOURLY_CLASSES else self._backoff
+        return backoff.delay(max(1, level))
+
+    def _retry_after(self, hold: Hold, cls: str, now: float, slow: bool = False) -> float:
+        """When what waits on `hold` should look again: at the end of its wait, or (its probe out
+        or due) after the next wait's length; the end of the hold brings it forward anyway."""
+        if hold.until > now:
+            return hold.until - now
+        return self._delay(cls, hold.level + 1, slow)
+
+    def _held_back(self, hold: Hold, cls: str, now: float, slow: bool = False) -> HeldBack:
+        held = HeldBack(hold.reason, retry_after=self._retry_after(hold, cls, now, slow))
+        held.endpoint, held.ended_count = cls, self._ended
+        return held
+
+    def _tell_listeners(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
+def _long_duration(seconds: float) -> str:
+    """'2 h', '3 days', '31.7 years': a wait far longer than fs360 waits."""
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    if seconds < 2 * 365 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    return f"{seconds / (365.25 * 86400):.1f} years"
+
+
+@dataclass(frozen=True)
+class Passed:
+    """A request let through: its ticket (troubles) and its booking (pacer)."""
+    ticket: Ticket
+    booking: tuple | None = None
+
+
+class Admission:
+    """What a request asks before it goes and tells after it ended: the troubles (is its kind
+    held?), then the pacer (its turn). One object, so that an upload process can ask the
+    daemon's over its socket (engine/transfer_pool.py) exactly as a thread asks this one."""
+
+    def __init__(self, pacer, troubles: Troubles):
+        self.pacer = pacer
+        self.troubles = troubles
+
+    def admit(self, endpoint: str, wait: bool = True, account_probe: bool = False, counted: bool = True) -> Passed:
+        """Blocks for the request's turn (wait=False: raises WaitForRateLimit instead); raises
+        HeldBack while a shared failure holds its kind."""
+        ticket = self.troubles.admit(endpoint, account_probe=account_probe, counted=counted)
+        try:
+            if wait:
+                return Passed(ticket, self.pacer.acquire_booking(endpoint)[1])
+            seconds, booking = self.pacer.try_acquire_booking(endpoint)
+            if seconds > 0:
+                raise WaitForRateLimit(f"{endpoint}: the documented rate limit is used up for {seconds:.0f} s",
+                                       retry_after=seconds)
+            return Passed(ticket, booking)
+        except BaseException as exc:
+            self.troubles.report(ticket, exc if isinstance(exc, NotSent) else NotSent())
+            raise
+
+    def report(self, passed: Passed, error: BaseException | None, reached: bool = True) -> None:
+        """How it ended; `reached=False`: it never reached the server (it did not connect), so the
+        pacer does not count it."""
+        if not reached:
+            self.pacer.unsent(passed.booking)
+        self.troubles.report(passed.ticket, error)
