@@ -370,8 +370,10 @@ def cmd_status(args) -> int:
         return 0
     from rich.console import Console
     console = Console(highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = 200  # piped or redirected: whole names rather than a terminal's width
+    if not console.is_terminal:
+        # Piped or redirected: whole names rather than a terminal's width (a COLUMNS inherited
+        # from the parent, as under a test runner, says nothing of where the text goes).
+        console.width = 200
     if not args.watch:
         docs = [_mount_status(mounts[0])] if args.mountpoint else _every_status(mounts)
         console.print(_status_view(args, docs, None, console.width))

@@ -102,11 +102,13 @@ def launch(settings: Settings, mountpoint: str, foreground: bool, webdav: str | 
                 return 0
         else:
             what = f"mounted {mountpoint}"
-            try:
-                os.listdir(mountpoint)  # answered by the daemon: the mount is up, not just registered
-            except OSError as exc:
-                raise LaunchError(f"{mountpoint} was mounted but does not answer: {exc.strerror}") from None
             if not foreground:
+                # Answered by the daemon: the mount is up, not just registered. (In the foreground a
+                # signal relayed meanwhile may already be unmounting it: the daemon's exit tells.)
+                try:
+                    os.listdir(mountpoint)
+                except OSError as exc:
+                    raise LaunchError(f"{mountpoint} was mounted but does not answer: {exc.strerror}") from None
                 print(f"fs360: mounted {mountpoint} (log: {settings.log_path})")
                 return 0
         print(f"fs360: {what}", file=sys.stderr)

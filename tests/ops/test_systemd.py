@@ -126,6 +126,9 @@ def test_the_unit_clears_a_dead_mount_names_its_documentation_and_the_configured
     assert "ExecStartPre=-" in text and " recover %f" in text  # releases a dead mount (fs360 recover)
     assert "LoadCredential=fs360-api-key:%E/fs360/api-key" in text
     key = tmp_path / "keys" / "360.key"
+    key.parent.mkdir()
+    key.write_text("sk_test\n")
+    key.chmod(0o600)
     (tmp_path / "config" / "fs360").mkdir(parents=True)
     (tmp_path / "config" / "fs360" / "config.toml").write_text(f'api_key_file = "{key}"\n')
     fake_bin = tmp_path / "bin"
