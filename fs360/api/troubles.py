@@ -73,6 +73,7 @@ class Hold:
     level: int = 0             # failures of its probes in a row: each wait grows with it
     until: float = 0.0         # monotonic: nothing is sent before this, then one probe
     probe_until: float = 0.0   # monotonic: a probe is out (its lease) until then
+    server_wait: bool = False  # a wait the server asked for (429 with Retry-After)
 
 
 @dataclass(frozen=True)
@@ -188,10 +189,11 @@ class Troubles:
         if error is not None and is_outage(error):
             self._outage_locked(ticket, error, hold, now)
             return False
-        # The server answered: whatever held this class is over.
+        # The server answered: whatever held this class is over (a wait the server asked for only
+        # once its probe answers: a request let through before it says nothing of it).
         if cls == self._trial_class:
             self._account_level, self._trial_class = 0, None
-        if hold is not None:
+        if hold is not None and (ticket.probe or not hold.server_wait):
             del self._holds[cls]
             return True
         return False
@@ -228,7 +230,7 @@ class Troubles:
         words = CLASS_WORDS.get(cls, cls)
         if hold is None or ticket.probe:
             hold = self._holds.setdefault(cls, Hold(reason=""))
-            hold.level += 1
+            hold.level, hold.server_wait = hold.level + 1, False
             hold.until = now + self._delay(cls, hold.level)
             hold.probe_until = 0.0
         if isinstance(error, RateLimited):
@@ -243,7 +245,7 @@ class Troubles:
         wall = self._wall()
         hold = self._holds.setdefault(cls, Hold(reason=""))
         hold.until = max(hold.until, now + seconds)
-        hold.probe_until = 0.0
+        hold.probe_until, hold.server_wait = 0.0, True
         ends = clock_text(wall + (hold.until - now), wall)
         if isinstance(asked, (int, float)) and asked > seconds:
             hold.reason = (f"the server asked to wait {_long_duration(asked)} before more {words} (HTTP 429): "

@@ -14,7 +14,9 @@ Threads
                                held for short steps: never network, never a wait on the disk
                                beyond one journal commit
   fs360-upload-N (workers)     take a due file from the scheduler, run Transfer.attempt: the
-                               network I/O runs with no engine lock held
+                               network I/O runs with no engine lock held; a hold on a kind of
+                               request that ends (api/troubles.py) brings waiting files forward
+                               from whichever thread saw it end (it holds no engine lock then)
   fs360-maintenance            Housekeeping.loop: projects, eviction, reserve, WAL checkpoints
   fs360-commits                the commit clock: commits closed files whose write-back delay passed
                                with a writer still running (Engine._commit_loop)
@@ -27,7 +29,8 @@ Lock order (take only rightwards; never leftwards while holding one on the right
       ->  Journal._lock  ->  Journal._behind_lock
   The path model's Writers._lock (fs/exits.py) is taken inside the state lock, never around it.
   Leaf locks, taken alone and never around another: Listeners._lock, TransferGate's
-  condition, the pacer's lock (api/pacing.py), the transport's lock (api/transport.py).
+  condition, the pacer's lock (api/pacing.py), the troubles' lock (api/troubles.py: its
+  listeners are told with it released), the transport's lock (api/transport.py).
   The path model's `_handles_lock` and `_last_close_lock` are taken without the state lock
   held, or inside it (never the reverse).
 

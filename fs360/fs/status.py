@@ -88,6 +88,8 @@ def snapshot_session(session: SessionRecord, engine, rates: RateBook | None = No
         "totals": totals,
         "project": project_info,
         "paused": engine.gate.paused,  # ops: fs360 pause
+        # What holds every upload back now (the account, an outage, a wait the server asked for).
+        "held_back": engine.trouble_reasons(),
         "generated_at": _iso(now),
     }
 
@@ -158,6 +160,7 @@ def render_text(snapshot: dict) -> bytes:
     lines = [f"session   {snapshot['session']}"]
     if snapshot.get("paused"):  # ops: fs360 pause
         lines.insert(0, PAUSED_LINE)
+    lines[:0] = held_back_lines(snapshot)
     lines.append(f"upload_id {snapshot['upload_id'] or '(not opened yet)'}"
                  + (f"  expires {snapshot['expires_at']}" if snapshot["expires_at"] else ""))
     totals = snapshot["totals"]
@@ -220,6 +223,7 @@ def render_root(snapshots: list[dict]) -> bytes:
     if not snapshots:
         return b"no sessions: make a folder and copy files into it\n"
     lines = [PAUSED_LINE] if any(s.get("paused") for s in snapshots) else []  # ops: fs360 pause
+    lines[:0] = held_back_lines(snapshots[0])
     for snap in snapshots:
         totals = snap["totals"]
         project = snap["project"]
@@ -229,6 +233,10 @@ def render_root(snapshots: list[dict]) -> bytes:
         lines.append(f"{snap['session']}: {totals['complete']}/{totals['files']} files complete, "
                      f"{human_bytes(totals['sent'])}/{human_bytes(totals['bytes'])}{what}")
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+def held_back_lines(snapshot: dict) -> list[str]:
+    return [f"held back: {reason}" for reason in snapshot.get("held_back", ())]
 
 
 def bar(done: int, total: int) -> str:

@@ -5,6 +5,7 @@ copies go first."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from fs360.api.client import ApiClient
@@ -291,3 +292,34 @@ def test_a_deleted_files_id_is_never_given_to_a_new_file(emulator, settings_for)
         assert third.id > second.id
     finally:
         again.stop()
+
+
+def test_a_deterministic_bug_keeps_its_traceback_and_stops_after_a_few_tries(emulator, settings_for, tmp_path,
+                                                                             caplog):
+    """An unexpected error in an upload (a bug of fs360; here one injected into the send) is
+    logged with its traceback each time and tried again, but not for ever: after three the file
+    is rejected with the reason, and the engine goes on with the other files."""
+    src = tmp_path / "src"
+    sources = make_sources(src, {"bad.jpg": 100, "good.jpg": 100})
+    engine = Engine(settings_for(emulator))
+    real_send = engine.transfer._send
+
+    def send_with_a_bug(record, *args):
+        if record.name == "bad.jpg":
+            raise KeyError("a bug")
+        return real_send(record, *args)
+    engine.transfer._send = send_with_a_bug
+    engine.start()
+    try:
+        with caplog.at_level(logging.ERROR):
+            queue_files(engine, "s", {name: src / name for name in sources})
+            assert engine.wait_idle(timeout=60, poll=0.05), engine.counts()
+        bad = engine.sessions["s"].files["bad.jpg"]
+        assert (bad.state, engine.sessions["s"].files["good.jpg"].state) == ("rejected", COMPLETE)
+        assert "failed 3 times on this file with an internal error" in bad.last_error
+        assert "copy the file again" in bad.last_error
+    finally:
+        engine.stop()
+    tracebacks = [r for r in caplog.records if r.exc_info and "bad.jpg" in r.getMessage()]
+    assert len(tracebacks) == 3 and all(r.exc_info[0] is KeyError for r in tracebacks)
+    assert_uploaded(emulator, None, {"good.jpg": sources["good.jpg"]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -12,7 +13,7 @@ from fs360.api.client import ApiClient
 from fs360.api.pacing import Pacer
 from fs360.api.troubles import Admission, Troubles
 from fs360.engine.transfer_pool import TransferJob, TransferProcesses
-from fs360.errors import Cancelled, ExtensionNotAllowed, TransportError
+from fs360.errors import Cancelled, ExtensionNotAllowed, InternalError, TransportError
 from tests.harness import assert_uploaded, make_sources, wait_until
 
 CHUNK = 64 * 1024
@@ -112,8 +113,9 @@ def test_a_killed_worker_is_a_transport_error_and_the_next_one_resumes(emulator,
         if len(received) == 2:
             os.kill(pool.pids()[0], signal.SIGKILL)
 
-    with pytest.raises(TransportError):
+    with pytest.raises(TransportError) as info:
         send(pool, upload_id, tmp_path / "video.mp4", "video.mp4", on_progress=kill_after_two)
+    assert info.value.gave_up_on_upload  # it may have died mid-PUT: the file's next one waits for it
     emulator.clear_faults()
     client = ApiClient(settings_for(emulator))
     start = client.file_status(upload_id, "video.mp4").received
@@ -122,6 +124,50 @@ def test_a_killed_worker_is_a_transport_error_and_the_next_one_resumes(emulator,
     assert progress.complete
     (remote,) = assert_uploaded(emulator, upload_id, sources).values()
     assert remote["overwritten_bytes"] <= CHUNK
+
+
+def test_a_conversation_the_daemon_broke_off_discards_its_worker(emulator, settings_for, pool_for, tmp_path):
+    """A daemon-side callback that raises mid-job: that worker may still be in the job, so it is
+    never given another; the next job gets a new one and is not mistaken for the old one."""
+    sources = make_sources(tmp_path, {"a.las": 6 * CHUNK, "b.jpg": 100})
+    pool, _ = pool_for(emulator, count=1)
+    upload_id = upload_id_of(emulator, settings_for)
+    seen = []
+
+    def broken(received):
+        seen.append(received)
+        if len(seen) == 2:
+            raise RuntimeError("a callback of the daemon failed")
+
+    with pytest.raises(RuntimeError):
+        send(pool, upload_id, tmp_path / "a.las", "a.las", on_progress=broken)
+    assert pool.pids() == []  # discarded (killed), not back in the pool mid-conversation
+    assert send(pool, upload_id, tmp_path / "b.jpg", "b.jpg").complete
+    start = ApiClient(settings_for(emulator)).file_status(upload_id, "a.las").received
+    assert send(pool, upload_id, tmp_path / "a.las", "a.las", start=start).complete
+    assert_uploaded(emulator, upload_id, sources)
+
+
+def test_a_bug_in_a_worker_comes_back_as_an_internal_error_with_its_traceback(emulator, settings_for, pool_for,
+                                                                              tmp_path, caplog):
+    """An error the worker does not know (a bug: here a sha256 that is not a string, which the
+    sent-data check trips over) is an internal error, logged in the daemon with its traceback;
+    the conversation ended cleanly, so the worker goes on with the next job."""
+    make_sources(tmp_path, {"a.jpg": 100, "b.jpg": 100})
+    pool, _ = pool_for(emulator, count=1)
+    upload_id = upload_id_of(emulator, settings_for)
+    fd = os.open(tmp_path / "a.jpg", os.O_RDONLY)
+    try:
+        with caplog.at_level(logging.ERROR, logger="fs360.engine.transfer_pool"), pytest.raises(InternalError):
+            pool.send_file(TransferJob(upload_id, "a.jpg", 100, 0, CHUNK, sha256=12345), fd,
+                           lambda received: None, lambda: False)
+    finally:
+        os.close(fd)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Traceback" in logged and "TypeError" in logged, logged
+    (pid,) = pool.pids()
+    assert send(pool, upload_id, tmp_path / "b.jpg", "b.jpg").complete
+    assert pool.pids() == [pid]
 
 
 def test_workers_hold_no_key_and_die_with_the_pool(emulator, settings_for, pool_for, tmp_path):

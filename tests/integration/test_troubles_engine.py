@@ -9,11 +9,15 @@ Requests are counted; time only makes the scenario (an outage of 10 s, the first
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
 
+from fs360.api.client import ApiClient
+from fs360.config import Settings
 from fs360.engine.engine import Engine
+from fs360.errors import TransportError
 from fs360.engine.records import COMPLETE, FAILED
 from tests.harness import assert_uploaded, make_sources, request_count, wait_until
 from tests.integration.engine_runner import queue_files
@@ -210,3 +214,51 @@ def test_a_folder_whose_opening_fails_asks_once_for_all_its_files(emulator, sett
         engine.stop()
     assert_uploaded(emulator, upload_id, sources)
     assert sent(emulator, "POST open_session") == 4
+
+
+def test_a_stalled_endpoint_holds_one_worker_beyond_its_deadline(emulator, settings_for, tmp_path):
+    """PUTs whose answers never come: each ends at its deadline (small here), the first of them
+    opens the uploads' circuit, and from then on one probe at a time waits on that endpoint while
+    the other files wait without a request; new sessions (another endpoint) still open."""
+    sources, paths = thirty_files(tmp_path)
+    engine = engine_for(emulator, settings_for, request_deadline=1.0, min_upload_rate=1e9, backoff_base=1.0,
+                        abandoned_upload_quiet=0.5)
+    try:
+        queue_files(engine, "s", {"first.jpg": paths.pop("scan-00.jpg")})
+        assert engine.wait_idle(timeout=30, poll=0.05)
+        emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 30}])
+        queue_files(engine, "s", paths)
+
+        def one_probe_at_most():
+            records = [r for r in records_of(engine, "s") if r.state != COMPLETE]
+            uploading = sum(r.state == "uploading" for r in records)
+            waiting = sum(r.state == FAILED and "did not answer within 1 s" in r.last_error for r in records)
+            return uploading <= 1 and uploading + waiting == FILES - 1
+        wait_until(one_probe_at_most, 30, what="every file but one probe waiting on the stalled uploads")
+        queue_files(engine, "other", {"another.jpg": paths["scan-01.jpg"]})
+        wait_until(lambda: engine.sessions["other"].upload_id, 30, what="a new session while uploads stall")
+        stalled_puts = sent(emulator, "PUT put_file") - 1
+        emulator.clear_faults()
+        assert engine.wait_idle(timeout=60, poll=0.1), engine.counts()
+    finally:
+        engine.stop()
+    # One per worker in flight when the first deadline passed, then one probe at a time.
+    assert stalled_puts <= 4 + 4, stalled_puts
+    assert len([f for f in emulator.files() if f["complete"]]) == FILES + 1
+
+
+def test_requests_that_never_reached_the_server_do_not_spend_its_budget(settings_for, tmp_path):
+    """A server that is down (a closed port): every try fails to connect, and none of them is
+    counted against the documented 30 sessions an hour."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = Settings(api_url=f"http://127.0.0.1:{port}/api/v1", api_key="sk_test", cache_dir=tmp_path,
+                        rate_limits_enabled=True, connect_timeout=1.0)
+    client = ApiClient(settings)
+    for _ in range(40):
+        with pytest.raises(TransportError) as info:
+            client.open_session(wait=False)
+        assert "connection refused" in str(info.value)
+        client.troubles.resume()  # past the circuit each failure opens: try again at once
+    assert [client.pacer.try_acquire("open_session") for _ in range(28)] == [0.0] * 28

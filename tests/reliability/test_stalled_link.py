@@ -1,4 +1,5 @@
-"""A stalled link: every packet dropped for 10 s mid-upload, then the link comes back.
+"""A stalled link: every packet dropped mid-upload (10 s on a 40 Mbit/s line; 30 s on a 20 Mbit/s
+one, also with an upload worker process killed mid-PUT as the stall begins), then the link comes back.
 
 Issue 12 saw the emulator record `concurrent_put` after a network stall: a
 timed-out PUT's connection still delivered its body while the resynced PUT of the
@@ -18,8 +19,9 @@ asserts on. The test is skipped where `unshare -n` or `tc` is not available.
 The production timings (60 s of server idle timeout and of quiet after an abandoned
 PUT, a stall longer than the client's timeouts and shorter than the server's) are
 scaled down together, in the same order: client read timeout < stall < server idle
-timeout <= quiet period. With no quiet period (ABANDONED_UPLOAD_QUIET = 0) the test
-failed 4 runs of 5 with a concurrent_put.
+timeout <= quiet period (the server's idle timeout is the stall's plus 10 s). With no
+quiet period (ABANDONED_UPLOAD_QUIET = 0) the test failed 4 runs of 5 with a
+concurrent_put.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,18 +42,31 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
-STALL_SECONDS = 10
-# The server drops a silent connection after this long (the emulator's default is 60 s)...
-SERVER_IDLE_TIMEOUT = 20.0
-# ...so a file whose PUT fs360 abandoned waits at least as long before its next PUT.
-ABANDONED_UPLOAD_QUIET = SERVER_IDLE_TIMEOUT
-# Slow enough that every file is still on its way when the stall starts.
-SHAPED = ["tbf", "rate", "40mbit", "burst", "256kb", "latency", "100ms"]
+# (id, the line's rate, seconds everything is dropped, whether an upload process is killed
+# mid-PUT before the stall, while the link works)
+SCENARIOS = {
+    "40mbit-10s": ("40mbit", 10, False),
+    "20mbit-30s": ("20mbit", 30, False),
+    "20mbit-30s-worker-killed": ("20mbit", 30, True),
+}
+# The server drops a silent connection this long after the stall's length (the emulator's
+# default is 60 s, longer than any stall here)...
+SERVER_IDLE_BEYOND_STALL = 10.0
+# ...and a file whose PUT fs360 abandoned waits at least as long before its next PUT.
+
+
+def shaped(rate: str) -> list[str]:
+    """Slow enough that every file is still on its way when the stall starts."""
+    return ["tbf", "rate", rate, "burst", "256kb", "latency", "100ms"]
+
+
 DROP_EVERYTHING = ["tbf", "rate", "8bit", "burst", "10", "limit", "1"]
 FILE_COUNT = 6
 FILE_SIZE = 6 * MiB
-# The stall starts once this much has reached the server (a few chunks into the files).
+# The stall starts once this much has reached the server (a few chunks into the files)...
 STALL_AFTER_BYTES = 10 * MiB
+# ...and a worker is killed (where it is) once this much has: its socket's queue is full then.
+KILL_AFTER_BYTES = 4 * MiB
 RESULT_PREFIX = "STALLED_LINK_RESULT "
 
 
@@ -75,8 +91,9 @@ def connections_to(port: int) -> list[str]:
     return [line for line in lines if not line.startswith(("TIME-WAIT", "LISTEN"))]
 
 
-def run_in_netns() -> dict:
+def run_in_netns(scenario: str) -> dict:
     """Runs inside the private namespace: emulator, engine, stall, restore; returns the result."""
+    rate, stall_seconds, kill_worker = SCENARIOS[scenario]
     from fs360.config import Settings
     from fs360.emulator.harness import EmulatorProcess
     from fs360.engine.engine import Engine
@@ -85,12 +102,13 @@ def run_in_netns() -> dict:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    set_loopback_qdisc(SHAPED)
+    set_loopback_qdisc(shaped(rate))
     work = Path(tempfile.mkdtemp(prefix="fs360-stall-"))
     try:
         sources = work / "src"
         expected = make_sources(sources, {f"scan-{i:02d}.ply": FILE_SIZE + i for i in range(FILE_COUNT)})
-        emulator_args = FAST_EMULATOR_ARGS + ["--idle-timeout", str(SERVER_IDLE_TIMEOUT)]
+        server_idle_timeout = stall_seconds + SERVER_IDLE_BEYOND_STALL
+        emulator_args = FAST_EMULATOR_ARGS + ["--idle-timeout", str(server_idle_timeout)]
         with EmulatorProcess(work / "emulator", args=emulator_args) as emulator:
             # Timeouts much shorter than the stall, so that requests do time out during it and the
             # engine resyncs while the abandoned requests' bytes may still be on their way (with the
@@ -98,20 +116,25 @@ def run_in_netns() -> dict:
             settings = Settings(api_url=emulator.base_url, api_key=emulator.api_key, cache_dir=work / "cache",
                                 chunk_size=2 * MiB, workers=4, writeback_delay=0.0, connect_timeout=1.0,
                                 read_timeout=3.0, request_deadline=8.0, backoff_base=0.2, backoff_cap=2.0,
-                                abandoned_upload_quiet=ABANDONED_UPLOAD_QUIET, rate_limits_enabled=False)
+                                abandoned_upload_quiet=server_idle_timeout, rate_limits_enabled=False)
             engine = Engine(settings)
             queue_files(engine, "stall", {name: sources / name for name in expected})
             engine.start()
             try:
+                killed = None
+                if kill_worker:
+                    wait_until(lambda: sum(f["received"] for f in emulator.files()) >= KILL_AFTER_BYTES, 60, 0.05,
+                               what="uploads under way")
+                    killed = kill_one_worker(engine)
                 wait_until(lambda: sum(f["received"] for f in emulator.files()) >= STALL_AFTER_BYTES, 60, 0.05,
                            what="uploads under way")
                 at_stall = {f["name"]: f["received"] for f in emulator.files()}
                 drops_before = loopback_drops()
                 set_loopback_qdisc(DROP_EVERYTHING)
-                time.sleep(STALL_SECONDS)  # nothing, not even the emulator's own control API, passes now
+                time.sleep(stall_seconds)  # nothing, not even the emulator's own control API, passes now
                 drops_during = loopback_drops()  # the qdisc was replaced: its counter started at 0
                 sockets_at_end_of_stall = connections_to(emulator.port)
-                set_loopback_qdisc(SHAPED)
+                set_loopback_qdisc(shaped(rate))
                 time.sleep(2)
                 sockets_after_restore = connections_to(emulator.port)
                 idle = engine.wait_idle(timeout=240, poll=0.2)
@@ -120,6 +143,7 @@ def run_in_netns() -> dict:
                 engine.stop()
             remote = {f["name"]: f for f in emulator.files()}
             return {
+                "killed_worker": killed,
                 "idle": idle,
                 "counts": counts,
                 "incomplete_at_stall": sum(1 for name in expected if at_stall.get(name, 0) < FILE_SIZE),
@@ -137,12 +161,20 @@ def run_in_netns() -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def kill_one_worker(engine) -> int:
+    """SIGKILLs an upload worker process in the middle of a PUT (every worker is busy then, its
+    socket's queue full on the slow line)."""
+    pid = engine.transfers.pids()[0]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 def netns_unavailable() -> str | None:
     """Why this machine cannot run the test, or None."""
     for tool in ("unshare", "ip", "tc"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
-    probe = ("ip link set lo up && tc qdisc add dev lo root " + " ".join(SHAPED)
+    probe = ("ip link set lo up && tc qdisc add dev lo root " + " ".join(shaped("20mbit"))
              + " && tc qdisc replace dev lo root " + " ".join(DROP_EVERYTHING))
     result = subprocess.run(["unshare", "-n", "sh", "-c", probe], capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
@@ -156,14 +188,19 @@ def netns_unavailable() -> str | None:
 # either kept the file's lock on the server when the link returned, and the resynced PUT of that
 # file was a second one. Now an abandoned request ends with a reset (nothing queued is sent
 # later), and a file whose PUT fs360 gave up on waits `abandoned_upload_quiet` (the default
-# 60 s, the emulator's own idle timeout too; both SERVER_IDLE_TIMEOUT here) before its next PUT.
+# 60 s, the emulator's own idle timeout too; both the stall plus 10 s here) before its next PUT.
+# The killed worker: before the fix its socket closed gracefully, so the kernel kept sending the
+# queued rest of its body once the link was back, while the file's next PUT went; now every
+# connection ends with a reset (SO_LINGER 0, from its connect), and a lost worker counts as a PUT
+# given up without an answer (the file's next one waits until that one surely ended).
 @pytest.mark.slow
-def test_everything_dropped_mid_upload_every_file_completes_without_violations():
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_everything_dropped_mid_upload_every_file_completes_without_violations(scenario):
     reason = netns_unavailable()
     if reason:
         pytest.skip(reason)
-    result = subprocess.run(["unshare", "-n", "--", sys.executable, "-m", "tests.reliability.test_stalled_link"],
-                            cwd=REPO, capture_output=True, text=True, timeout=420,
+    result = subprocess.run(["unshare", "-n", "--", sys.executable, "-m", "tests.reliability.test_stalled_link",
+                             scenario], cwd=REPO, capture_output=True, text=True, timeout=420,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     assert result.returncode == 0 and lines, f"the run in the namespace failed:\n{result.stdout}\n{result.stderr}"
@@ -171,6 +208,7 @@ def test_everything_dropped_mid_upload_every_file_completes_without_violations()
     # The scenario really happened: files were mid-upload and the stall dropped packets.
     assert outcome["incomplete_at_stall"] > 0, outcome
     assert outcome["drops_during_stall"] > 0, outcome
+    assert outcome["killed_worker"] or not SCENARIOS[scenario][2], outcome
     assert outcome["idle"], f"the engine did not settle after the link came back: {outcome['counts']}"
     assert outcome["counts"] == {"complete": len(outcome["files"])}, outcome["counts"]
     bad = {name: f for name, f in outcome["files"].items() if not (f["complete"] and f["sha256_matches"])}
@@ -183,4 +221,4 @@ def test_everything_dropped_mid_upload_every_file_completes_without_violations()
 
 
 if __name__ == "__main__":
-    print(RESULT_PREFIX + json.dumps(run_in_netns()), flush=True)
+    print(RESULT_PREFIX + json.dumps(run_in_netns(sys.argv[1])), flush=True)

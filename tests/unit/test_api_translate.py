@@ -242,3 +242,9 @@ def test_error_without_the_apis_code_is_transient(client, status, raw):
 def test_settings_repr_hides_the_key(client):
     settings = Settings(api_key="sk_secret_value")
     assert "sk_secret_value" not in repr(settings)
+
+
+def test_deadlines_by_kind_of_request(client):
+    """A small JSON request ends within 30 s; a PUT within that plus its body at 64 KiB/s."""
+    assert client.deadline_for(0) == 30.0
+    assert client.deadline_for(8 * 1024 * 1024) == 30.0 + 128.0
