@@ -1,4 +1,4 @@
-"""scripts/bench [quick|full] [workload...] | wan [RATE_MBIT RTT_MS] | emulator [...] | engine [...]"""
+"""scripts/bench [quick|full] [workload...] | wan [RATE_MBIT RTT_MS] | scale [GIB [FILES]] | emulator [...] | engine [...]"""
 
 import sys
 
@@ -10,6 +10,9 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "engine":
         from . import engine_bench
         return engine_bench.main(argv[1:])
+    if argv and argv[0] == "scale":
+        from . import scale_bench
+        return scale_bench.main(argv[1:])
     if argv and argv[0] == "wan":
         from . import wan_bench
         return wan_bench.main(argv[1:])

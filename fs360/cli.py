@@ -15,9 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__, control
+from .completion import DIRECTORY, FILE, MOUNTS, SHELLS, Suggested, mark
 from .config import DEFAULT_LOCAL_ONLY_PATTERNS, Settings, default_cache_dir
 from .errors import SettingError
-from .fs.status import bar, human_bytes, render_root, render_text
 from .options import (MOUNT_OPTIONS, OPTIONS, PRIVACY, WEBDAV_OPTIONS, Origin, check_api_url, runtime_value,
                       timings)
 
@@ -70,26 +70,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
 
     m = sub.add_parser("mount", help="mount the upload API at MOUNTPOINT")
-    m.add_argument("mountpoint")
+    mark(m.add_argument("mountpoint", help="an empty directory to mount at"), DIRECTORY)
     add_mount_options(m)
     m.set_defaults(func=cmd_mount)
 
-    u = sub.add_parser("unmount", help="unmount; unfinished uploads resume at the next mount")
-    u.add_argument("mountpoint")
-    u.add_argument("--wait", action="store_true", help="wait for the upload queue with a progress bar first")
-    u.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    u = sub.add_parser("unmount", help="unmount; unfinished uploads resume at the next mount",
+                       epilog="exit codes: 0 done; 2 error (not a mount, unmount failed); 3 unmounted, but files "
+                              "were refused, held, interrupted or lost (named, with what to do); 4 gave up "
+                              "waiting (--timeout), still mounted")
+    mark(u.add_argument("mountpoint", help="the fs360 mount to unmount"), MOUNTS)
+    u.add_argument("--wait", action="store_true",
+                   help="first wait until no file is on its way (one progress line), then sum up")
+    u.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --wait: give up after this many seconds (exit 4, still mounted)")
     u.set_defaults(func=cmd_unmount)
 
-    s = sub.add_parser("status", help="show every session's progress (of every mount, or of MOUNTPOINT)")
-    s.add_argument("mountpoint", nargs="?")
-    s.add_argument("--watch", action="store_true")
-    s.add_argument("--interval", type=float, default=1.0)
+    s = sub.add_parser("status", help="your mounts' progress: a line per mount, or MOUNTPOINT's sessions")
+    mark(s.add_argument("mountpoint", nargs="?", help="show this mount's sessions (default: a line per mount)"),
+         MOUNTS)
+    s.add_argument("--files", action="store_true", help="with MOUNTPOINT: a row per file instead of per session")
+    s.add_argument("--json", action="store_true",
+                   help="the whole mount as one JSON document (schema: doc/STATUS-JSON.md)")
+    s.add_argument("--watch", action="store_true", help="redraw in place every --interval seconds (Ctrl-C ends)")
+    s.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between redraws with --watch (default 1)")
     s.set_defaults(func=cmd_status)
+
+    w = sub.add_parser("web", help="open the mount's dashboard in the browser (served by the daemon on loopback)")
+    mark(w.add_argument("mountpoint", help="the fs360 mount whose dashboard to open"), MOUNTS)
+    w.add_argument("--print-url", action="store_true",
+                   help="print the URL (it carries the dashboard's token) instead of opening a browser")
+    w.set_defaults(func=cmd_web)
 
     for name, help_text in (("pause", "uploads stop after their current chunk; the mount keeps taking files"),
                             ("resume", "uploads go on")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("mountpoint")
+        mark(p.add_argument("mountpoint", help=f"the fs360 mount to {name}"), MOUNTS)
         p.set_defaults(func=cmd_control, control=name)
 
     r = sub.add_parser("release", help="upload held files you know are whole (a program failed right "
@@ -98,34 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_release)
 
     st = sub.add_parser("set", help="change a running mount: fs360 set MOUNTPOINT bwlimit=5M")
-    st.add_argument("mountpoint")
-    st.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    mark(st.add_argument("mountpoint", help="the fs360 mount to change"), MOUNTS)
+    st.add_argument("assignments", nargs="+", metavar="KEY=VALUE", help="what to change: bwlimit=RATE (e.g. 5M, off)")
     st.set_defaults(func=cmd_control, control="set")
 
     d = sub.add_parser("doctor", help="check this machine and configuration, with a fix for each failure")
-    d.add_argument("mountpoint", nargs="?", help="the mount to check the configuration of")
+    mark(d.add_argument("mountpoint", nargs="?", help="the mount to check the configuration of"), DIRECTORY)
     add_mount_options(d)
     d.set_defaults(func=cmd_doctor)
 
     rc = sub.add_parser("recover", help="release MOUNTPOINT if the daemon that mounted it is gone (kill -9, "
                         "a crash); a live mount is left alone")
-    rc.add_argument("mountpoint")
+    rc.add_argument("mountpoint", help="the mountpoint of the dead mount")
     rc.set_defaults(func=cmd_recover)
 
     iu = sub.add_parser("install-unit", help="write and enable the systemd user unit for MOUNTPOINT")
-    iu.add_argument("mountpoint")
+    mark(iu.add_argument("mountpoint", help="the directory the unit mounts at"), DIRECTORY)
     iu.add_argument("--print", action="store_true", help="print the unit instead")
     iu.set_defaults(func=cmd_install_unit)
 
-    ih = sub.add_parser("install-helper", help=f"(root) write {HELPER_PATH} for mount(8) and fstab")
-    ih.add_argument("--path", default=HELPER_PATH, help=argparse.SUPPRESS)
+    ih = sub.add_parser("install-helper", help="(root) write /sbin/mount.fuse.fs360 for mount(8) and fstab")
+    mark(ih.add_argument("--prefix", default="/", help="write PREFIX/sbin/mount.fuse.fs360 (default /)"), DIRECTORY)
+    ih.add_argument("--force", action="store_true", help="replace another installation's helper")
     ih.set_defaults(func=cmd_install_helper)
 
     sv = sub.add_parser("serve", help="serve the sessions over another protocol: fs360 serve webdav")
     served = sv.add_subparsers(metavar="PROTOCOL")
     w = served.add_parser("webdav", help="serve the sessions over WebDAV (Windows, macOS, davfs2)")
-    add_mount_options(w, MOUNT_OPTIONS + WEBDAV_OPTIONS)
-    w.set_defaults(func=cmd_serve_webdav, options_parser=w)
+    add_mount_options(w, WEBDAV_OPTIONS + MOUNT_OPTIONS)
+    w.set_defaults(func=cmd_serve_webdav)
 
     mh = sub.add_parser("mount-helper")  # hidden (no help=): mount(8) runs it as: none MOUNTPOINT -o OPTIONS
     mh.add_argument("source")
@@ -136,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     mh.add_argument("-N", dest="namespace")
     mh.set_defaults(func=cmd_mount_helper)
 
-    c = sub.add_parser("completion", help="print a shell completion script: fs360 completion bash")
-    c.add_argument("shell", choices=["bash"])
+    c = sub.add_parser("completion", help="print a shell completion script: fs360 completion bash|zsh|fish")
+    c.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     c.set_defaults(func=cmd_completion)
 
     dm = sub.add_parser("demo", help="emulator, mount, sample files, a project: the whole flow")
@@ -149,18 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_mount_options(parser: argparse.ArgumentParser, options=MOUNT_OPTIONS) -> None:
-    """The options of options.MOUNT_OPTIONS (or `options`) as flags. They are taken as written (no
-    default, no type): `mount_values` checks them with the config file's and -o's, in one schema."""
+    """The options of options.MOUNT_OPTIONS as flags. They are taken as written (no default,
+    no type): `mount_values` checks them with the config file's and -o's, in one schema. The
+    completion learns what each takes: files, directories, the choices (offered, not checked here)."""
     for option in options:
         flags = [option.short, option.flag] if option.short else [option.flag]
         kwargs = dict(dest=option.name, default=argparse.SUPPRESS,
                       help=argparse.SUPPRESS if option.hidden else option.help)
         if option.kind == "bool":
             parser.add_argument(*flags, action="store_true", **kwargs)
-        elif option.repeatable:
-            parser.add_argument(*flags, action="append", metavar=option.metavar, **kwargs)
+            continue
+        if option.repeatable:
+            action = parser.add_argument(*flags, action="append", metavar=option.metavar, **kwargs)
         else:
-            parser.add_argument(*flags, metavar=option.metavar or option.name.upper(), **kwargs)
+            action = parser.add_argument(*flags, metavar=option.metavar or option.name.upper(), **kwargs)
+        if option.kind == "choice":
+            action.choices = Suggested(sorted(option.choices))
+        elif option.kind in ("file", "path"):
+            mark(action, FILE if option.kind == "file" else DIRECTORY)
 
 
 # --- mount ---------------------------------------------------------------------------------
@@ -169,10 +192,11 @@ def add_mount_options(parser: argparse.ArgumentParser, options=MOUNT_OPTIONS) ->
 def mount_values(args, webdav: bool = False) -> tuple[dict, list[str]]:
     """Every mount option's value and the FUSE options (allow_other). Later sources win: the
     defaults, the config file's global keys, the mountpoint's table, the command line's flags,
-    then its -o. Each value is checked where it is read (SettingError names its source)."""
+    then its -o. Each value is checked where it is read (SettingError names its source).
+    `webdav`: `fs360 serve webdav`'s options too, and the file's [webdav] table for a mountpoint's."""
     from .settings_file import load_config, mount_option_values
-    schema = MOUNT_OPTIONS + (WEBDAV_OPTIONS if webdav else ())
-    values = {o.name: list(o.default) if o.repeatable else o.default for o in schema}
+    options = MOUNT_OPTIONS + (WEBDAV_OPTIONS if webdav else ())
+    values = {o.name: list(o.default) if o.repeatable else o.default for o in options}
     origins: dict[str, Origin] = {}
     fuse: list[str] = []
 
@@ -191,7 +215,7 @@ def mount_values(args, webdav: bool = False) -> tuple[dict, list[str]]:
     given = vars(args)
     flag = Origin("flag")
     take((option, option.check(given[option.name], flag), flag)
-         for option in sorted(schema, key=lambda o: o.name == "options") if option.name in given)
+         for option in sorted(options, key=lambda o: o.name == "options") if option.name in given)
     if values["api_url"] and not values["local"]:
         why = check_api_url(values["api_url"], values["insecure_http"])
         if why:
@@ -220,7 +244,8 @@ def settings_from_values(values: dict, fuse: list[str]) -> Settings:
         project_poll_interval=values["poll_interval"], max_file_size=values["max_file_size"],
         allow_other="allow_other" in fuse, log_level=values["log_level"], default_privacy=PRIVACY[values["privacy"]],
         bwlimit=values["bwlimit"], desktop_notify=not values["no_notify"], archive_zip64=values["zip64_archives"],
-        local_emulator=local, emulator_args=tuple(values["emulator_arg"]), insecure_http=values["insecure_http"])
+        local_emulator=local, emulator_args=tuple(values["emulator_arg"]), insecure_http=values["insecure_http"],
+        web_address=values["web_address"])
     kwargs.update(timings(values["timing"]))
     if values["api_url"] and not local:
         kwargs["api_url"] = values["api_url"]
@@ -269,20 +294,39 @@ def cmd_mount_helper(args) -> int:
 
 # --- unmount -----------------------------------------------------------------------------------
 
+# `fs360 unmount --wait` exit codes (README, "unmount"): 0 everything reached the server; 2 an
+# error (not an fs360 mount, unmount failed); 3 unmounted, but files need you (refused, held,
+# interrupted, lost, or a refused .create: each named with what to do); 4 gave up waiting
+# (--timeout): still mounted, uploads go on.
+EXIT_NEEDS_YOU = 3
+EXIT_GAVE_UP = 4
+
 
 def cmd_unmount(args) -> int:
-    mountpoint = os.path.abspath(args.mountpoint)
-    if mountpoint not in control.fs360_mounts():
-        raise CliError(f"{mountpoint} is not an fs360 mount")
+    mountpoint = _my_mount(args.mountpoint)
+    final = None
     if args.wait:
-        if not wait_for_queue(mountpoint, args.timeout):
-            raise CliError("gave up waiting; unfinished uploads stay queued for the next mount")
+        started = time.monotonic()
+        from .status_view import wait_for_queue
+        final = wait_for_queue(lambda: _mount_status(mountpoint), args.timeout)
+        if final is None:
+            print("fs360: gave up waiting; still mounted, uploads go on (unmount without --wait "
+                  "keeps the unfinished ones for the next mount)", file=sys.stderr)
+            return EXIT_GAVE_UP
     pid = control.daemon_pid(mountpoint)
     result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if result.returncode != 0:
         raise CliError(f"unmount failed: {result.stderr.strip()}")
     if pid:
         _wait_pid_gone(pid, 60)
+    if final is not None:
+        from rich.console import Console
+        from .status_view import needs_you_lines, wait_summary
+        console = Console(stderr=True, highlight=False)
+        for line in wait_summary(final, time.monotonic() - started):
+            console.print(line, overflow="fold")
+        print(f"fs360: unmounted {mountpoint}")
+        return EXIT_NEEDS_YOU if needs_you_lines(final) else 0
     print(f"fs360: unmounted {mountpoint}")
     return 0
 
@@ -293,63 +337,91 @@ def _wait_pid_gone(pid: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def wait_for_queue(mountpoint: str, timeout: float | None) -> bool:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    interactive = sys.stderr.isatty()
-    while True:
-        snapshots = control.read_status(mountpoint)
-        busy = [f for s in snapshots for f in s["files"] if not f["local_only"] and f["state"] in BUSY_STATES]
-        total = sum(f["size"] for s in snapshots for f in s["files"] if not f["local_only"])
-        sent = sum(f["sent"] for s in snapshots for f in s["files"] if not f["local_only"])
-        line = f"{bar(sent, total)} {human_bytes(sent)}/{human_bytes(total)}, {len(busy)} file(s) to go"
-        if any(s.get("paused") for s in snapshots):
-            line += " (paused: fs360 resume)"
-        failing = [f for f in busy if f["state"] == "failed"]
-        if failing:
-            line += f"; retrying {failing[0]['name']}: {failing[0]['error']}"
-        print(("\r" + line[:150].ljust(150)) if interactive else line, end="" if interactive else "\n",
-              file=sys.stderr, flush=True)
-        if not busy:
-            if interactive:
-                print(file=sys.stderr)
-            return True
-        if deadline is not None and time.monotonic() > deadline:
-            if interactive:
-                print(file=sys.stderr)
-            return False
-        time.sleep(0.5 if interactive else 2.0)
-
-
 # --- status, pause, resume, set ------------------------------------------------------------
 
 
-def cmd_status(args) -> int:
-    mounts = [os.path.abspath(args.mountpoint)] if args.mountpoint else control.fs360_mounts()
-    if not mounts:
-        raise CliError("no fs360 mount is up")
-    while True:
-        text = "".join(render_mount(m) for m in mounts)
-        if args.watch:
-            sys.stdout.write("\x1b[H\x1b[2J" + text)
-            sys.stdout.flush()
-            time.sleep(args.interval)
-        else:
-            sys.stdout.write(text)
-            return 0
+def _my_mount(path: str) -> str:
+    """The absolute mountpoint of one of this user's fs360 mounts, or a CliError saying what it is."""
+    mountpoint = os.path.abspath(path)
+    if mountpoint not in control.fs360_mounts():
+        raise CliError(f"{mountpoint} is not an fs360 mount (mounted: {', '.join(control.fs360_mounts(True)) or 'none'})")
+    if mountpoint not in control.fs360_mounts(mine_only=True):
+        raise CliError(f"{mountpoint} is another user's fs360 mount")
+    return mountpoint
 
 
-def render_mount(mountpoint: str) -> str:
-    """The mount's own status files' renderers, over the snapshots it publishes."""
-    snapshots = control.read_status(mountpoint)
+def _mount_status(mountpoint: str) -> dict:
     try:
-        info = control.request(mountpoint, {"cmd": "info"}, timeout=2)
-        header = f"== {mountpoint} (bwlimit {info['bwlimit']}{', paused' if info['paused'] else ''})\n"
-    except (OSError, ValueError, KeyError):
-        header = f"== {mountpoint}\n"
-    parts = [header, render_root(snapshots).decode("utf-8", "replace")]
-    for snapshot in snapshots:
-        parts.append("\n" + render_text(snapshot).decode("utf-8", "replace"))
-    return "".join(parts) + "\n"
+        return control.mount_status(mountpoint)
+    except OSError as exc:
+        raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+
+
+def cmd_status(args) -> int:
+    import json
+    if args.json and args.watch:
+        raise CliError("--json and --watch do not go together (--json prints one document)")
+    mounts = [_my_mount(args.mountpoint)] if args.mountpoint else control.fs360_mounts(mine_only=True)
+    if not mounts:
+        raise CliError("none of your fs360 mounts is up (fs360 mount MOUNTPOINT)")
+    if args.json:
+        docs = [_mount_status(m) for m in mounts] if args.mountpoint else _every_status(mounts)
+        print(json.dumps(docs[0] if args.mountpoint else {"mounts": docs}, indent=2, ensure_ascii=False))
+        return 0
+    from rich.console import Console
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Piped or redirected: whole names rather than a terminal's width (a COLUMNS inherited
+        # from the parent, as under a test runner, says nothing of where the text goes).
+        console.width = 200
+    if not args.watch:
+        docs = [_mount_status(mounts[0])] if args.mountpoint else _every_status(mounts)
+        console.print(_status_view(args, docs, None, console.width))
+        return 0
+    from .status_view import watch
+
+    def fetch() -> list[dict]:
+        return [control.mount_status(mounts[0])] if args.mountpoint else _every_status(mounts)
+    gone = watch(console, fetch, lambda docs: _status_view(args, docs, console.height, console.width),
+                 lambda: [m for m in mounts if m not in control.fs360_mounts()], args.interval)
+    print(f"fs360: no longer mounted: {', '.join(gone)}")
+    return 0
+
+
+def _every_status(mounts: list[str]) -> list[dict]:
+    """Each mount's snapshot; one whose daemon does not answer (a dead mount, or one registered in
+    another runtime dir) is listed with why, so the others still show."""
+    docs = []
+    for mountpoint in mounts:
+        try:
+            docs.append(control.mount_status(mountpoint, timeout=3))
+        except OSError as exc:
+            docs.append({"mountpoint": mountpoint, "error": f"its daemon does not answer ({exc}): fs360 doctor"})
+    return docs
+
+
+def _status_view(args, docs: list[dict], height: int | None, width: int):
+    from .status_view import files_view, sessions_view, summary_view
+    if not args.mountpoint:
+        return summary_view(docs, width)
+    return (files_view if args.files else sessions_view)(docs[0], height, width)
+
+
+def cmd_web(args) -> int:
+    mountpoint = _my_mount(args.mountpoint)
+    try:
+        answer = control.request(mountpoint, {"cmd": "web"})
+    except OSError as exc:
+        raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+    if not answer.get("ok"):
+        raise CliError(answer.get("error", "the daemon has no dashboard"))
+    if args.print_url:
+        print(answer["url"])
+        return 0
+    import webbrowser
+    if not webbrowser.open(answer["url"]):
+        print(f"fs360: no browser found; open {answer['url']}", file=sys.stderr)
+    return 0
 
 
 def cmd_control(args) -> int:
@@ -415,7 +487,10 @@ def cmd_doctor(args) -> int:
         except CliError as exc:
             failed = ("key", str(exc))
     mountpoint = os.path.abspath(args.mountpoint) if args.mountpoint else None
-    text, healthy = report(run_checks(settings, failed, mountpoint))
+    given = vars(args)
+    cache_dir = Path(given.get("cache_dir") or default_cache_dir())
+    text, healthy = report(run_checks(settings, failed[1] if failed else None, _config_state(mountpoint),
+                                      cache_dir, given.get("api_url"), mountpoint))
     sys.stdout.write(text)
     return 0 if healthy else 1
 
@@ -433,30 +508,42 @@ def cmd_recover(args) -> int:
     return 0
 
 
+def _config_state(mountpoint: str | None) -> tuple[Path, str | None]:
+    """The config file doctor names, and what is wrong with it (None: nothing, or there is none)."""
+    from .settings_file import config_path, load_config
+    try:
+        load_config(mountpoint or "")
+    except SettingError as exc:
+        return config_path(), str(exc)
+    return config_path(), None
+
+
 def cmd_install_unit(args) -> int:
+    from .settings_file import load_config
     from .systemd import install_unit
-    print(install_unit(os.path.abspath(args.mountpoint), args.print))
+    mountpoint = os.path.abspath(args.mountpoint)
+    key_files = [value for option, value, _ in load_config(mountpoint) if option.name == "api_key_file"]
+    key_file = key_files[-1] if key_files else None
+    print(install_unit(mountpoint, args.print, str(key_file) if key_file else None))
     return 0
 
 
 def cmd_install_helper(args) -> int:
-    script = (f"#!/bin/sh\n# mount(8) helper for fs360, written by `fs360 install-helper`.\n"
-              f"# mount -t fuse.fs360 none MOUNTPOINT -o api_url=URL,api_key_file=FILE\n"
-              f"exec {sys.executable} -m fs360.cli mount-helper \"$@\"\n")
-    path = Path(args.path)
+    from .systemd import HelperExists, install_helper
     try:
-        path.write_text(script)
-        path.chmod(0o755)
+        path = install_helper(args.prefix, args.force)
+    except HelperExists as exc:
+        raise CliError(str(exc)) from None
     except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror} (run it as root)") from None
+        raise CliError(f"cannot write {exc.filename}: {exc.strerror} (run it as root)") from None
     print(f"fs360: wrote {path}; fstab line: none /mnt/360 fuse.fs360 "
           "api_url=URL,api_key_file=/root/.config/fs360/api-key,_netdev,nofail 0 0")
     return 0
 
 
 def cmd_completion(args) -> int:
-    from .completion import bash_script
-    sys.stdout.write(bash_script(build_parser()))
+    from .completion import script
+    sys.stdout.write(script(build_parser(), args.shell))
     return 0
 
 

@@ -64,6 +64,9 @@ class Settings:
     request_deadline: float = 30.0
     # ...a PUT within it plus the time its body takes at this floor rate (bytes per second).
     min_upload_rate: float = 64 * 1024
+    # The key check at mount: all its tries end within this many seconds, so a server that never
+    # answers is reported well inside systemd's 90 s start limit (and a user's patience).
+    credential_check_deadline: float = 25.0
 
     rate_limits_enabled: bool = True
     # Scales every rate-limit window; tests use < 1 against an emulator scaled alike.
@@ -95,6 +98,8 @@ class Settings:
     bwlimit: str = "off"
     # Desktop notices (notify-send) when a project is ready or a file fails for good.
     desktop_notify: bool = True
+    # The dashboard (fs360/web): HOST:PORT on loopback only (port 0: any free one), or "off".
+    web_address: str = "127.0.0.1:0"
     # `mount --local`: the daemon starts an emulator with these arguments.
     local_emulator: bool = False
     emulator_args: tuple[str, ...] = ()

@@ -162,30 +162,22 @@ def _unescape(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def fs360_mounts() -> list[str]:
-    """Every fs360 mountpoint, from /proc/mounts."""
+def fs360_mounts(mine_only: bool = False) -> list[str]:
+    """Every fs360 mountpoint, from /proc/mounts; `mine_only`: those mounted by this user (FUSE
+    shows the mounting user as user_id=UID among the options)."""
     out = []
     for line in Path("/proc/mounts").read_text().splitlines():
         fields = line.split()
-        if len(fields) > 2 and fields[2] == "fuse.fs360":
+        if len(fields) > 3 and fields[2] == "fuse.fs360":
+            if mine_only and f"user_id={os.getuid()}" not in fields[3].split(","):
+                continue
             out.append(_unescape(fields[1]))
     return out
 
 
-def read_status(mountpoint: str) -> list[dict]:
-    """The status.json snapshot of every session the mount publishes."""
-    snapshots = []
-    try:
-        entries = sorted(os.listdir(mountpoint))
-    except OSError:  # a dead mount (its daemon is gone): nothing to show
-        return snapshots
-    for entry in entries:
-        path = os.path.join(mountpoint, entry)
-        if entry == "status" or not os.path.isdir(path):
-            continue
-        try:
-            with open(os.path.join(path, "status.json"), encoding="utf-8", errors="surrogateescape") as f:
-                snapshots.append(json.load(f))
-        except (OSError, ValueError):
-            continue
-    return snapshots
+def mount_status(mountpoint: str, timeout: float = 10.0) -> dict:
+    """The whole mount's snapshot (doc/STATUS-JSON.md) from its daemon; OSError if none answers."""
+    answer = request(mountpoint, {"cmd": "status"}, timeout=timeout)
+    if not answer.get("ok") or not isinstance(answer.get("status"), dict):
+        raise OSError(answer.get("error") or "the daemon gave no status (an older fs360? remount it)")
+    return answer["status"]

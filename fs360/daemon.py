@@ -24,7 +24,6 @@ import fcntl
 import logging
 import logging.handlers
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,8 +39,11 @@ from .fs import status as status_files
 from .fs.fuse_ops import mount as fuse_mount
 from .fs.model import MountModel
 from .fuse_host import refusal_reason
+from .notices import DesktopNotices, UploadLog
 from .options import runtime_value
 from .systemd import Notifier
+from .web.metrics import Counters
+from .web.server import Dashboard, parse_address
 
 log = logging.getLogger("fs360")
 
@@ -100,11 +102,13 @@ def launch(settings: Settings, mountpoint: str, foreground: bool, webdav: str | 
                 return 0
         else:
             what = f"mounted {mountpoint}"
-            try:
-                os.listdir(mountpoint)  # answered by the daemon: the mount is up, not just registered
-            except OSError as exc:
-                raise LaunchError(f"{mountpoint} was mounted but does not answer: {exc.strerror}") from None
             if not foreground:
+                # Answered by the daemon: the mount is up, not just registered. (In the foreground a
+                # signal relayed meanwhile may already be unmounting it: the daemon's exit tells.)
+                try:
+                    os.listdir(mountpoint)
+                except OSError as exc:
+                    raise LaunchError(f"{mountpoint} was mounted but does not answer: {exc.strerror}") from None
                 print(f"fs360: mounted {mountpoint} (log: {settings.log_path})")
                 return 0
         print(f"fs360: {what}", file=sys.stderr)
@@ -304,12 +308,20 @@ def lock_cache_dir(settings: Settings):
     return handle
 
 
-def control_handler(engine: Engine, model: MountModel):
-    """The answers of the control socket: pause, resume, set bwlimit=…, release, info."""
+def control_handler(engine: Engine, model: MountModel, mountpoint: str, dashboards: list[Dashboard]):
+    """The answers of the control socket: pause, resume, set bwlimit=…, release, info, status (the
+    whole mount's snapshot, doc/STATUS-JSON.md), web (the dashboard's URL with its token)."""
     def handle(request: dict) -> dict:
         command = request.get("cmd")
         if command == "release":
             return release_held(model, request.get("paths"))
+        if command == "status":
+            return {"ok": True, "status": dict(model.status.mount_snapshot(), mountpoint=mountpoint)}
+        if command == "web":
+            if not dashboards:
+                return {"ok": False, "error": "this mount has no dashboard (web_address is off, or its "
+                                              "address was taken: see the log)"}
+            return {"ok": True, "url": dashboards[0].url}
         if command in ("pause", "resume"):
             engine.gate.set_paused(command == "pause")
             if command == "resume":
@@ -342,50 +354,36 @@ def release_held(model: MountModel, paths) -> dict:
     return {"ok": not refused, "released": done, "error": "; ".join(refused)}
 
 
-def summary(engine: Engine) -> str:
-    with engine.lock:
-        snapshots = [status_files.snapshot_session(s, engine) for s in engine.sessions.values()]
-    return status_files.summary_line(snapshots)
+def start_dashboard(settings: Settings, engine: Engine, model: MountModel, mountpoint: str,
+                    handle) -> Dashboard | None:
+    """The dashboard on its loopback address, or None (off, or the address is taken: the mount
+    works without it)."""
+    address = parse_address(settings.web_address)
+    if address is None:
+        return None
+
+    def counters() -> Counters:
+        bytes_sent, events = model.status.rates.counters()
+        pacer = engine.client.pacer
+        return Counters(bytes_sent, events, engine.client.requests.snapshot(), pacer.waits, pacer.waited_seconds,
+                        engine.gate.rate_now())
+    try:
+        return Dashboard(address, settings.cache_dir, mountpoint, lambda: model.status.mount_snapshot(history=True),
+                         handle, counters)
+    except OSError as exc:
+        log.warning("no dashboard: cannot listen on %s: %s", settings.web_address, exc.strerror or exc)
+        return None
 
 
-def _report_status(engine: Engine, reporter: Reporter, stop: threading.Event) -> None:
+def _report_status(model: MountModel, reporter: Reporter, stop: threading.Event) -> None:
     while not stop.wait(STATUS_INTERVAL):
-        reporter.status(summary(engine))
+        reporter.status(status_files.summary_line(model.status.mount_snapshot()))
 
 
-class DesktopNotices:
-    """notify-send when a project is ready or a file fails for good; silent without a
-    session bus or notify-send. A listener of the engine, so the engine knows nothing of it."""
-
-    def __init__(self, engine: Engine, mountpoint: str):
-        self.mountpoint = mountpoint
-        self.told: set = set()
-        self.command = shutil.which("notify-send") if os.environ.get("DBUS_SESSION_BUS_ADDRESS") else None
-        if self.command:
-            engine.listeners.add(self.on_event)
-
-    def on_event(self, event: str, **details) -> None:
-        if event == "project_status" and details["status"] >= 100:
-            session = details["session"]
-            if ("project", session.id) not in self.told:
-                self.told.add(("project", session.id))
-                self.show(f"fs360: {session.name} is ready", f"The project of {session.name} is ready.")
-        elif event == "file_rejected":
-            record = details["file"]
-            self.show(f"fs360: {record.name} was not uploaded", f"{details['error']} ({self.mountpoint})",
-                      urgency="critical")
-
-    def show(self, title: str, body: str, urgency: str = "normal") -> None:
-        try:
-            subprocess.Popen([self.command, "--app-name=fs360", f"--urgency={urgency}", title, body],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError as exc:
-            log.warning("notify-send failed: %s", exc)
-
-
-def start_engine(settings: Settings, reporter: Reporter):
+def start_engine(settings: Settings, reporter: Reporter, mountpoint: str, dashboards: list[Dashboard]):
     """What a mount and a WebDAV server share: the cache dir's lock, the embedded emulator,
-    the key checked, the engine (not started), its path model and the control socket.
+    the key checked, the engine (not started), its path model and the control socket (its
+    handler answers for `mountpoint`, and gives the first of `dashboards`' URL once one runs).
     None when it cannot start (the reporter is told why)."""
     engine = lock = embedded = None
     try:
@@ -398,7 +396,8 @@ def start_engine(settings: Settings, reporter: Reporter):
         client.check_credentials()
         engine = Engine(settings, client)
         model = MountModel(engine, settings)
-        server = control.ControlServer(settings.cache_dir, control_handler(engine, model))
+        handle = control_handler(engine, model, mountpoint, dashboards)
+        server = control.ControlServer(settings.cache_dir, handle)
     except (Fs360Error, OSError) as exc:
         log.error("cannot start: %s", exc)
         reporter.ready(str(exc))
@@ -409,7 +408,8 @@ def start_engine(settings: Settings, reporter: Reporter):
         if lock:
             lock.close()
         return None
-    return settings, lock, embedded, engine, model, server
+    UploadLog(engine, model.status.rates)
+    return settings, lock, embedded, engine, model, server, handle
 
 
 def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None) -> int:
@@ -418,17 +418,20 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
     # FUSE callbacks are short and a program waits on each one; with upload workers
     # busy in Python, the default 5 ms GIL switch interval would queue every callback.
     sys.setswitchinterval(0.0005)
-    started = start_engine(settings, reporter)
+    dashboards: list[Dashboard] = []
+    started = start_engine(settings, reporter, mountpoint, dashboards)
     if started is None:
         return 2
-    settings, lock, embedded, engine, model, server = started
-    if settings.desktop_notify:
-        DesktopNotices(engine, mountpoint)
+    settings, lock, embedded, engine, model, server, handle = started
+    notices = DesktopNotices(engine.listeners, mountpoint) if settings.desktop_notify else None
     stop_reports = threading.Event()
     registered = []
 
     def on_init():
         engine.start()
+        dashboard = start_dashboard(settings, engine, model, mountpoint, handle)
+        if dashboard is not None:
+            dashboards.append(dashboard)
         try:
             registered.append(control.register(mountpoint, settings.cache_dir))
         except OSError as exc:  # the mount works; only pause/set/unmount's pid lookup will not
@@ -436,7 +439,7 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         log.info("mounted %s (api %s, cache %s)", mountpoint, settings.api_url, settings.cache_dir)
         reporter.ready(None)
         if reporter.wants_status:
-            threading.Thread(target=_report_status, args=(engine, reporter, stop_reports),
+            threading.Thread(target=_report_status, args=(model, reporter, stop_reports),
                              name="fs360-status", daemon=True).start()
 
     destroyed = threading.Event()
@@ -470,10 +473,14 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         code = 1
     finally:
         stop_reports.set()
+        for dashboard in dashboards:
+            dashboard.close()
         for entry in registered:
             entry.unlink(missing_ok=True)
         server.close()
         engine.stop()
+        if notices is not None:
+            notices.close()  # the last batch of refusals, told
         if embedded:
             embedded.stop()
         lock.close()
@@ -487,10 +494,10 @@ def serve_webdav(settings: Settings, address: str, reporter: Reporter | None = N
     from .webdav.server import WebDavServer
     reporter = reporter or Reporter(None, keep_open=False)
     sys.setswitchinterval(0.0005)  # as for FUSE: requests must not queue behind upload workers
-    started = start_engine(settings, reporter)
+    started = start_engine(settings, reporter, "", [])
     if started is None:
         return 2
-    settings, lock, embedded, engine, model, control_server = started
+    settings, lock, embedded, engine, model, control_server, _ = started
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda signum, frame: stop.set())

@@ -1,39 +1,94 @@
 """`fs360 doctor`: is this machine and this configuration ready to mount? One line per check,
-with the fix for each failure."""
+with the fix for each failure; every check runs, whatever an earlier one found."""
 
 from __future__ import annotations
 
 import email.utils
+import errno
+import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import requests
 
+from . import control
 from .api.client import USER_AGENT, ApiClient
 from .config import Settings
 from .errors import Fs360Error
 from .fs.status import human_bytes
-from .fuse_host import Check, fuse_checks
+from .fuse_host import Check, dev_fuse, fusermount, mountpoint_access, user_allow_other
 
 MIN_FREE_BYTES = 1024 ** 3
 MAX_CLOCK_SKEW = 60.0
+# A mountpoint that does not answer a stat within this long is reported as hung.
+STAT_TIMEOUT = 3.0
 
 
-def run_checks(settings: Settings | None, failed: tuple[str, str] | None = None,
-               mountpoint: str | None = None) -> list[Check]:
-    """`settings` is None when the options themselves are wrong: `failed` is (check name, why)."""
-    checks = fuse_checks(settings is not None and settings.allow_other, mountpoint)
+def run_checks(settings: Settings | None, settings_error: str | None, config: tuple[Path, str | None],
+               cache_dir: Path, api_url: str | None, mountpoint: str | None = None) -> list[Check]:
+    """Every check. `settings` is None when the options or the key are wrong (`settings_error`
+    says why): the checks that need no settings still run, on `cache_dir` and `api_url` (None: no
+    server named, so no clock check). `config`: the config file's path and its error, if any.
+    `mountpoint`: the one mount to look at for a dead mount (None: all of yours)."""
+    checks = [_config(*config), dev_fuse(), fusermount(), _dead_mounts(mountpoint)]
+    if mountpoint:
+        checks.append(mountpoint_access(mountpoint))
     if settings is None:
-        name, why = failed or ("settings", "no settings")
-        return checks + [Check(name, False, why)]
+        checks.append(Check("settings", False, settings_error or "no settings",
+                            "see the message (the options, the config file, the key's source)"))
+        checks.append(_cache_dir(cache_dir))
+        if api_url:
+            checks.append(_clock(Settings(api_url=api_url)))
+        return checks
+    if settings.allow_other:
+        checks.append(user_allow_other())
     checks.append(_cache_dir(settings.cache_dir))
     if settings.local_emulator:
-        return checks
+        return checks + [Check("clock", None, "not checked: --local runs the emulator on this machine's own clock")]
     checks.append(_key(settings))
     checks.append(_clock(settings))
     return checks
+
+
+def _config(path: Path, error: str | None) -> Check:
+    if error:
+        return Check("config", False, f"{path}: {error}", "fix that key in the config file")
+    if not path.exists():
+        return Check("config", True, f"no config file at {path} (optional: any mount option as a key)")
+    return Check("config", True, f"read {path}")
+
+
+def _dead_mounts(only: str | None) -> Check:
+    """Your fs360 mounts (or `only` that one) whose daemon is gone ("Transport endpoint is not
+    connected") or hangs."""
+    dead = []
+    for mountpoint in control.fs360_mounts(mine_only=True):
+        if only is not None and mountpoint != only:
+            continue
+        outcome: list = []
+        probe = threading.Thread(target=_stat_into, args=(mountpoint, outcome), daemon=True)
+        probe.start()
+        probe.join(STAT_TIMEOUT)
+        if not outcome:
+            dead.append(f"{mountpoint} (does not answer)")
+        elif outcome[0] == errno.ENOTCONN:
+            dead.append(f"{mountpoint} (its daemon is gone)")
+    if not dead:
+        return Check("dead mounts", True, "none")
+    first = dead[0].split(" (")[0]
+    return Check("dead mounts", False, ", ".join(dead),
+                 f"fusermount3 -uz {first}, then mount it again (unfinished uploads resume)")
+
+
+def _stat_into(path: str, outcome: list) -> None:
+    try:
+        os.stat(path)
+        outcome.append(0)
+    except OSError as exc:
+        outcome.append(exc.errno)
 
 
 def _cache_dir(cache_dir: Path) -> Check:
@@ -73,11 +128,11 @@ def _clock(settings: Settings) -> Check:
     except requests.RequestException as exc:
         return Check("clock", False, f"cannot reach the server ({type(exc).__name__})", "check --api-url and the network")
     if "Date" not in response.headers:
-        return Check("clock", True, "not checked: the server sends no Date header")
+        return Check("clock", None, "not checked: the server sends no Date header")
     try:
         server = email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
     except (TypeError, ValueError):
-        return Check("clock", True, f"not checked: unreadable Date header {response.headers['Date'][:40]!r}")
+        return Check("clock", None, f"not checked: unreadable Date header {response.headers['Date'][:40]!r}")
     skew = time.time() - server
     if abs(skew) > MAX_CLOCK_SKEW:
         return Check("clock", False, f"local clock is {skew:+.0f} s off the server's",
@@ -88,8 +143,9 @@ def _clock(settings: Settings) -> Check:
 def report(checks: list[Check]) -> tuple[str, bool]:
     lines = []
     for check in checks:
-        line = f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}"
-        if not check.ok and check.fix:
+        verdict = "warn" if check.ok is None else "ok  " if check.ok else "FAIL"
+        line = f"{verdict} {check.name}: {check.detail}"
+        if check.ok is False and check.fix:
             line += f" -> fix: {check.fix}"
         lines.append(line)
-    return "\n".join(lines) + "\n", all(c.ok for c in checks)
+    return "\n".join(lines) + "\n", all(c.ok is not False for c in checks)

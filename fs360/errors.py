@@ -398,6 +398,30 @@ class NoAttribute(FsError):
     reason = "getxattr of an attribute fs360 does not have"
 
 
+def refusal_in_plain_words(code: str, fields: dict) -> str | None:
+    """What the server's refusal of one file means and what to do about it, from its code and
+    the fields it sent (`extension`, `allowed`, `limit`); None for a code without advice."""
+    if code == "extension_not_allowed":
+        extension = fields.get("extension")
+        what = (f"the server does not take .{extension} files" if isinstance(extension, str) and extension
+                else "the server does not take files without an extension")
+        allowed = fields.get("allowed")
+        if isinstance(allowed, list) and allowed and all(isinstance(a, str) for a in allowed):
+            shown = [a.lstrip(".") for a in allowed[:12]]
+            what += f"; allowed: {', '.join(shown)}" + (", …" if len(allowed) > 12 else "")
+        return what + ": rename it to a type the server takes, or keep it out of the session"
+    limit = fields.get("limit")
+    limit_text = f" ({limit:,} bytes)" if isinstance(limit, int) and not isinstance(limit, bool) else ""
+    if code == "file_too_large":
+        return f"the file is larger than the server takes per file{limit_text}: split it, or leave it out"
+    if code == "session_too_large":
+        return (f"the session would pass the server's size limit per session{limit_text}: put the rest of "
+                f"the files in another session folder")
+    if code == "invalid_filename":
+        return "the server refused the file's name: rename it (letters, digits, '-', '_' and '.' are safe)"
+    return None
+
+
 def _classes_under(base: type[Fs360Error]) -> list[type[Fs360Error]]:
     found = [base]
     for sub in base.__subclasses__():

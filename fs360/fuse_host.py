@@ -25,7 +25,7 @@ DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 @dataclass
 class Check:
     name: str
-    ok: bool
+    ok: bool | None  # None: a warning (not checked, and why), which leaves the machine healthy
     detail: str
     fix: str = ""
 

@@ -80,6 +80,15 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2) or "b"])
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("not HOST:PORT")
+    return host, int(port)
+
+
 def is_loopback_host(host: str) -> bool:
     host = (host or "").strip("[]").lower()
     if host == "localhost" or host.endswith(".localhost"):
@@ -119,7 +128,8 @@ class Origin:
     def place(self, name: str) -> str:
         """Where key `name` was written: "FILE: [mount."/x"] name", "-o name", "set name"."""
         if self.kind == "file":
-            return f"{self.path}: " + (f'[mount."{self.table}"] ' if self.table else "") + name
+            section = f"[{WEBDAV_TABLE}] " if self.table == WEBDAV_TABLE else f'[mount."{self.table}"] '
+            return f"{self.path}: " + (section if self.table else "") + name
         return (f"{self.path}: " if self.path else "") + f"{self.kind} {name}"
 
     def show(self, option: "Option", raw) -> str:
@@ -151,7 +161,7 @@ def _human_size(n: float) -> str:
 @dataclass(frozen=True)
 class Option:
     name: str                  # the config key; its flag is --name with "-"
-    kind: str                  # bool, int, seconds, size, choice, path, file, url, bwlimit, list
+    kind: str                  # bool, int, seconds, size, choice, path, file, url, bwlimit, address, list
     default: object = None
     help: str = ""
     low: float | None = None
@@ -191,8 +201,10 @@ class Option:
             return "an https:// URL (http:// only for a loopback host, or with --insecure-http)"
         if self.kind == "bwlimit":
             return 'a rate (10M, 500k, off) or a timetable "08:00,5M 18:00,off"'
+        if self.kind == "loopback_address":
+            return "HOST:PORT on loopback (127.0.0.1, ::1, localhost), or off"
         if self.kind == "address":
-            return "HOST:PORT, e.g. 127.0.0.1:8360 (port 0: a free one)"
+            return "HOST:PORT, e.g. 127.0.0.1:8360 or [::1]:0 (port 0: a free one)"
         return "a string or a list of strings"
 
     def check(self, raw, origin: Origin, require_files: bool = True):
@@ -234,10 +246,12 @@ class Option:
         if kind == "bwlimit":
             parse_bwlimit(text)
             return text
+        if kind == "loopback_address":
+            if text.lower() != "off" and not is_loopback_host(parse_address(text)[0]):
+                raise ValueError("not a loopback address")
+            return text
         if kind == "address":
-            host, sep, port = text.rpartition(":")
-            if not sep or not host or not port.isdigit() or int(port) > 65535:
-                raise ValueError("not HOST:PORT")
+            parse_address(text)
             return text
         if kind == "url":
             if not isinstance(raw, str) or urlsplit(text).scheme not in ("http", "https") or not urlsplit(text).netloc:
@@ -311,26 +325,30 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
     Option("bwlimit", "bwlimit", "off", 'all uploads together: 10M, 500k, off, or a timetable '
            '"08:00,5M 18:00,off"', runtime=True),
     Option("no_notify", "bool", False, "no desktop notice (notify-send)"),
+    Option("web_address", "loopback_address", "127.0.0.1:0", "the dashboard's address, on loopback only (default "
+           "127.0.0.1:0, any free port), or off", metavar="HOST:PORT"),
     Option("zip64_archives", "bool", False, "always write folder-tree archives in ZIP64 form (else only when needed)"),
     Option("emulator_arg", "list", (), in_config=False, hidden=True),
     # `--timing NAME=SECONDS`: tests scale retry timings of a mount down (production keeps the defaults).
     Option("timing", "list", (), in_config=False, hidden=True),
 )
-# `fs360 serve webdav`'s own options: its flags and the keys of the config file's [webdav] table
-# (beside every mount option).
+OPTIONS = {option.name: option for option in MOUNT_OPTIONS}
+CONFIG_KEYS = tuple(sorted(name for name, option in OPTIONS.items() if option.in_config))
+
+# --- `fs360 serve webdav`: its own options (flags, and keys of the config file's [webdav] table,
+# where the mount options are keys too) ---
 WEBDAV_OPTIONS: tuple[Option, ...] = (
-    Option("addr", "address", "127.0.0.1:8360",
-           "HOST:PORT to listen on (default 127.0.0.1:8360; port 0 picks a free one)"),
-    Option("password_file", "file", help="user:password lines, mode 600: HTTP Basic auth (required, with TLS, "
-                                         "off loopback)"),
+    Option("addr", "address", "127.0.0.1:8360", "HOST:PORT to listen on (default 127.0.0.1:8360; port 0 "
+           "picks a free one); any other than loopback needs --password-file and TLS"),
+    Option("password_file", "file", help="user:password lines, mode 600: HTTP Basic auth"),
     Option("tls_cert", "file", help="TLS certificate (PEM)"),
     Option("tls_key", "file", help="TLS private key (PEM)"),
-    Option("empty_put_grace", "seconds", 60.0, "seconds an empty PUT waits for the content a second PUT brings "
-                                               "(default 60)", low=0, high=3600),
+    Option("empty_put_grace", "seconds", 60.0, "seconds an empty PUT waits for the content a second PUT "
+           "brings (default 60)", low=0, high=86400),
 )
-OPTIONS = {option.name: option for option in MOUNT_OPTIONS + WEBDAV_OPTIONS}
-CONFIG_KEYS = tuple(sorted(option.name for option in MOUNT_OPTIONS if option.in_config))
-WEBDAV_KEYS = tuple(sorted(CONFIG_KEYS + tuple(option.name for option in WEBDAV_OPTIONS)))
+WEBDAV_TABLE = "webdav"
+WEBDAV_KEYS = tuple(sorted(CONFIG_KEYS + tuple(o.name for o in WEBDAV_OPTIONS)))
+OPTIONS.update({option.name: option for option in WEBDAV_OPTIONS})
 
 
 def option_named(name: str, origin: Origin, keys=CONFIG_KEYS) -> Option:
@@ -361,7 +379,7 @@ def unknown_create_fields(options: dict) -> list[str]:
 
 # The settings `--timing NAME=SECONDS` may change (a hidden option of the tests).
 TIMINGS = ("backoff_base", "backoff_cap", "abandoned_upload_quiet", "request_deadline", "connect_timeout",
-           "read_timeout")
+           "read_timeout", "credential_check_deadline")
 
 
 def timings(entries) -> dict[str, float]:

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import SettingError
-from .options import CONFIG_KEYS, WEBDAV_KEYS, Option, Origin, option_named
+from .options import CONFIG_KEYS, WEBDAV_KEYS, WEBDAV_TABLE, Option, Origin, option_named
 from .systemd import credential_key
 
 # mount(8) options that are for mount(8), systemd or the kernel's generic flags,
@@ -35,10 +35,10 @@ def config_path() -> Path:
 
 
 def load_config(mountpoint: str, path: Path | None = None, webdav: bool = False) -> list[tuple[Option, object, Origin]]:
-    """The file's values for `mountpoint` (or, `webdav`, for `fs360 serve webdav`), checked, in the
-    order they apply (the global keys, then its own table: [mount."/mountpoint"] or [webdav]);
-    [] without a file. Every other table is checked too, so a typo there is found now and not at
-    that mount. Relative paths are taken from the file's folder."""
+    """The file's values for `mountpoint`, checked, in the order they apply (the global keys, then
+    its own table); [] without a file. Every other mount's table is checked too, so a typo there
+    is found now and not at that mount. Relative paths are taken from the file's folder.
+    `webdav`: for `fs360 serve webdav`, the global keys then the [webdav] table."""
     path = path or config_path()
     try:
         with open(path, "rb") as f:
@@ -50,14 +50,12 @@ def load_config(mountpoint: str, path: Path | None = None, webdav: bool = False)
     tables = data.pop("mount", {})
     if not isinstance(tables, dict):
         raise SettingError(f'{path}: mount = {tables!r}: not a table; allowed: [mount."/mountpoint"] tables')
-    webdav_table = data.pop("webdav", {})
-    if not isinstance(webdav_table, dict):
-        raise SettingError(f"{path}: webdav = {webdav_table!r}: not a table; allowed: a [webdav] table")
+    served = data.pop(WEBDAV_TABLE, {})
+    if not isinstance(served, dict):
+        raise SettingError(f"{path}: {WEBDAV_TABLE} = {served!r}: not a table; allowed: a [{WEBDAV_TABLE}] table")
     values = _checked(data, Origin("file", str(path.parent), str(path)), strict=True)
-    webdav_values = _checked(webdav_table, Origin("file", str(path.parent), str(path), "webdav"), strict=webdav,
+    served_values = _checked(served, Origin("file", str(path.parent), str(path), WEBDAV_TABLE), strict=webdav,
                              keys=WEBDAV_KEYS)
-    if webdav:
-        values += webdav_values
     for key, table in tables.items():
         if not isinstance(table, dict):
             raise SettingError(f'{path}: mount.{key}: not a table; allowed: [mount."/mountpoint"] tables')
@@ -68,7 +66,7 @@ def load_config(mountpoint: str, path: Path | None = None, webdav: bool = False)
         checked = _checked(table, Origin("file", str(path.parent), str(path), key), strict=ours)
         if ours:
             values += checked
-    return values
+    return values + served_values if webdav else values
 
 
 def _checked(table: dict, origin: Origin, strict: bool, keys=CONFIG_KEYS) -> list[tuple[Option, object, Origin]]:

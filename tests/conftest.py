@@ -1,7 +1,6 @@
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,13 @@ from tests.harness import FAST_EMULATOR_ARGS, FAST_TIMINGS, Mount
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 
 
-def pytest_configure(config):
+@pytest.fixture(scope="session", autouse=True)
+def private_xdg_dirs(tmp_path_factory):
     """Each test process (each xdist worker too) gets its own runtime, config and cache dirs,
     inherited by every mount, daemon and CLI it starts: `fs360 status` lists only its own
-    mounts, and no user's config file or cache reaches a test."""
-    private = Path(tempfile.mkdtemp(prefix=f"fs360-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-"))
-    config.add_cleanup(lambda: shutil.rmtree(private, ignore_errors=True))
+    mounts, and no user's config file or cache reaches a test. They live in pytest's base
+    temporary dir, which pytest cleans up as it does the tests' own."""
+    private = tmp_path_factory.mktemp("xdg")
     for var, name in (("XDG_RUNTIME_DIR", "run"), ("XDG_CONFIG_HOME", "config"), ("XDG_CACHE_HOME", "cache")):
         (private / name).mkdir(mode=0o700)
         os.environ[var] = str(private / name)
@@ -93,15 +93,18 @@ def emulator_factory(tmp_path):
 @pytest.fixture
 def tmpfs(tmp_path):
     """tmpfs(size) -> a directory on a tmpfs of that size (e.g. "32m"), unmounted at teardown.
-    Request it before mount_factory, so the mounts using it go first."""
+    Request it before mount_factory, so the mounts using it go first. Where no tmpfs can be
+    mounted (not root) the test is skipped, or with `or_plain_dir=True` gets a plain directory."""
     made = []
 
-    def make(size: str) -> Path:
+    def make(size: str, or_plain_dir: bool = False) -> Path:
         target = tmp_path / f"tmpfs-{len(made)}"
         target.mkdir()
         result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(target)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
+            if or_plain_dir:
+                return target
             pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
         made.append(target)
         return target

@@ -26,7 +26,7 @@ from .. import __version__
 from ..config import Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
                       DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
-                      ServerError, SettingError, TlsError, TransportError)
+                      ServerError, SettingError, TlsError, TransportError, refusal_in_plain_words)
 from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff
@@ -45,10 +45,8 @@ LISTING_RESPONSE_BYTES = 32 * 1024 * 1024
 _RESPONSE_CAPS = {"get_session": LISTING_RESPONSE_BYTES, "list_projects": LISTING_RESPONSE_BYTES}
 
 # The key check at mount: a few quick tries, so a passing hiccup does not fail the mount, all
-# within one deadline, so a server that never answers is reported well inside systemd's 90 s
-# start limit (and a user's patience).
+# within one deadline (Settings.credential_check_deadline).
 CREDENTIAL_CHECK_ATTEMPTS = 3
-CREDENTIAL_CHECK_DEADLINE = 25.0
 CREDENTIAL_CHECK_MAX_WAIT = 5.0
 # An attempt is not started with less time than this left.
 CREDENTIAL_CHECK_MIN_ATTEMPT = 2.0
@@ -126,6 +124,22 @@ def _seconds(value) -> float:
     return float(value)
 
 
+class RequestCounts:
+    """Requests by (endpoint, HTTP status, or "error" for no answer), for /metrics."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def add(self, endpoint: str, status: str) -> None:
+        with self._lock:
+            self._counts[(endpoint, status)] = self._counts.get((endpoint, status), 0) + 1
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class ApiClient:
     """Thread-safe: each thread gets its own keep-alive `requests.Session`.
 
@@ -142,12 +156,14 @@ class ApiClient:
         self._auth = {"Authorization": f"Bearer {settings.api_key}"}
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._deadline_floor = settings.request_deadline
+        self._credential_check_deadline = settings.credential_check_deadline
         self._min_upload_rate = settings.min_upload_rate
         self.pacer = pacer or Pacer(settings.rate_limits, settings.rate_limits_enabled,
                                     settings.rate_window_scale)
         self.troubles = troubles or Troubles(settings.backoff_base, settings.backoff_cap)
         self.admission = admission or Admission(self.pacer, self.troubles)
         self._local = threading.local()
+        self.requests = RequestCounts()
         self._host = urlsplit(self.base_url).netloc
         # requests' own reading of the environment (proxies, no_proxy, CA bundle variables),
         # done once here; an explicit --ca-bundle wins over the variables.
@@ -221,10 +237,13 @@ class ApiClient:
             if not (exchange.expired or isinstance(exc, _TRANSPORT_EXCEPTIONS)):
                 raise
             self.close()  # the connection may be half-dead: start clean
+            self.requests.add(endpoint, "error")
             raise self._transport_error(endpoint, exc, exchange) from None
         if exchange.expired or content is None:
             self.close()
+            self.requests.add(endpoint, "error")
             raise self._transport_error(endpoint, None, exchange)
+        self.requests.add(endpoint, str(response.status_code))
         return self._translate(endpoint, response, content, expect)
 
     def _transport_error(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:
@@ -286,12 +305,16 @@ class ApiClient:
         cls = API_ERROR_CLASSES.get(code, ApiError)
         if issubclass(cls, AccountError):
             raise _account_error(cls, status, code, said, fields)
-        detail = f"{endpoint}: HTTP {status} {code}"
-        if isinstance(fields.get("limit"), int):
-            detail += f" (limit {fields['limit']} bytes)"
-        if isinstance(fields.get("extension"), str):
-            detail += f" (extension {_printable(fields['extension'])!r})"
-        raise _with_fields(cls(detail + said, status=status, code=code), fields)
+        # Plain words first (what happened, what to do); the exchange's particulars after them.
+        plain = refusal_in_plain_words(code, {k: _printable_field(v) for k, v in fields.items()})
+        detail = f"HTTP {status} {code}"
+        if plain is None:
+            if isinstance(fields.get("limit"), int):
+                detail += f" (limit {fields['limit']} bytes)"
+            if isinstance(fields.get("extension"), str):
+                detail += f" (extension {_printable(fields['extension'])!r})"
+        message = f"{plain} ({endpoint}: {detail}{said})" if plain else f"{endpoint}: {detail}{said}"
+        raise _with_fields(cls(message, status=status, code=code), fields)
 
     def _rate_limited(self, endpoint: str, header: str | None, said: str) -> RateLimited:
         asked = _retry_after(header)
@@ -367,11 +390,11 @@ class ApiClient:
 
         Account errors (401, 402, 403), redirects, TLS failures and answers that are
         not the API's are final at once. A 5xx, a 429 or no answer is tried up to
-        `CREDENTIAL_CHECK_ATTEMPTS` times, all within `CREDENTIAL_CHECK_DEADLINE`, then
+        `CREDENTIAL_CHECK_ATTEMPTS` times, all within `credential_check_deadline`, then
         reported with its cause.
         """
         started = time.monotonic()
-        until = started + CREDENTIAL_CHECK_DEADLINE
+        until = started + self._credential_check_deadline
         backoff = Backoff(base=1.0, cap=CREDENTIAL_CHECK_MAX_WAIT)
         for attempt in range(1, CREDENTIAL_CHECK_ATTEMPTS + 1):
             try:
@@ -445,6 +468,15 @@ def _printable(text: str, limit: int = 200) -> str:
     """Server-supplied text made safe for one log line."""
     cleaned = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
     return cleaned if len(cleaned) <= limit else cleaned[:limit] + "…"
+
+
+def _printable_field(value):
+    """A field of the server's answer, its text (and a list's texts) made safe for one line."""
+    if isinstance(value, str):
+        return _printable(value, 40)
+    if isinstance(value, list):
+        return [_printable(v, 40) if isinstance(v, str) else v for v in value[:100]]
+    return value
 
 
 def _server_says(fields: dict) -> str:

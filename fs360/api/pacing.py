@@ -95,6 +95,10 @@ class Pacer:
         self.enabled = enabled
         self._sleep = sleep
         self._windows = {name: SlidingWindow(n, w * window_scale, clock=clock) for name, (n, w) in limits.items()}
+        # For /metrics: how often, and how long in all, a request waited for its budget.
+        self.waits = 0
+        self.waited_seconds = 0.0
+        self._counts_lock = threading.Lock()
 
     def _window(self, endpoint: str) -> SlidingWindow | None:
         window = self._windows.get(PACED_WITH.get(endpoint, endpoint))
@@ -111,6 +115,9 @@ class Pacer:
             return 0.0, None
         wait, at = window.book()
         if wait > 0:
+            with self._counts_lock:
+                self.waits += 1
+                self.waited_seconds += wait
             self._sleep(wait)
         return wait, (window, at)
 

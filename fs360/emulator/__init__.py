@@ -52,22 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fs360 emulator", description="Local emulator of the 360-for-you upload API.")
     p.add_argument("--profile", choices=sorted(PROFILES), default="default",
                    help="default: api.md Part B; vendor: every Part C behaviour of the real service at once")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8360, help="0 = a free port")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8360,
+                   help="port to listen on (default 8360; 0: a free one, printed as the first line)")
     p.add_argument("--data-dir", help="state directory (default: a temporary one, removed at exit)")
     p.add_argument("--key", action="append", type=_parse_key, default=[],
                    help="API key, repeatable: sk_x (both scopes) or sk_y:projects:read[,projects:write]")
-    p.add_argument("--processing-seconds", type=float, default=10.0)
-    p.add_argument("--no-rate-limits", action="store_true")
-    p.add_argument("--rate-window-scale", type=float, default=1.0)
+    p.add_argument("--processing-seconds", type=float, default=10.0,
+                   help="seconds a project takes to reach 100%% (default 10)")
+    p.add_argument("--no-rate-limits", action="store_true", help="no documented rate limits (never a 429)")
+    p.add_argument("--rate-window-scale", type=float, default=1.0,
+                   help="multiply every rate limit's window by this (tests shorten an hour)")
     p.add_argument("--discard", action="store_true", help="keep only sizes and a running sha256")
     p.add_argument("--no-sha256", action="store_true",
                    help="with --discard: do not keep a running sha256 (sha256 stays null; fastest ingest)")
-    p.add_argument("--max-file-size", type=_positive_int, default=100 * GiB)
-    p.add_argument("--max-session-size", type=_positive_int, default=500 * GiB)
+    p.add_argument("--max-file-size", type=_positive_int, default=100 * GiB,
+                   help="per-file cap in bytes (413 file_too_large past it; default 100 GiB)")
+    p.add_argument("--max-session-size", type=_positive_int, default=500 * GiB,
+                   help="per-session cap in bytes (413 session_too_large past it; default 500 GiB)")
     p.add_argument("--allowed-extensions", default=None,
                    help="comma-separated (default: the profile's list, see doc/EMULATOR.md)")
-    p.add_argument("--session-lifetime", type=float, default=259200.0)
+    p.add_argument("--session-lifetime", type=float, default=259200.0,
+                   help="seconds an upload session lives (default 259200, three days)")
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="seconds a connection may stay silent before the server drops it (default 60)")
     p.add_argument("--fault", help="fault spec JSON (see fs360.emulator.faults)")
@@ -76,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tariff-forbids-upload", action="store_true", help="403 tariff_forbids_upload on POST /uploads")
     p.add_argument("--project-tariff", action="store_true", help="403 tariff on POST /projects")
     p.add_argument("--project-name-collision", action="store_true", help="project name differs from upload_id")
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; with --tls-key)")
+    p.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    p.add_argument("--quiet", action="store_true", help="print only the base URL")
     p.add_argument("--log", action="store_true", help="log each request to stderr (never the key)")
     return p
 

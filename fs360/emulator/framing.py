@@ -5,6 +5,7 @@ threading server.  It knows nothing of the API: a subclass supplies
 
 from __future__ import annotations
 
+import email.utils
 import json
 import mmap
 import socket
@@ -320,6 +321,8 @@ class FramedHandler(BaseHTTPRequestHandler):
         lines = [
             f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
             "Server: fs360-emulator",
+            # As every origin server with a clock (RFC 9110): `fs360 doctor` checks the clock by it.
+            f"Date: {email.utils.formatdate(usegmt=True)}",
             f"Content-Type: {ctype}",
             f"Content-Length: {length}",
             "Connection: close" if close else "Connection: keep-alive",

@@ -18,13 +18,16 @@ Threads
                                request that ends (api/troubles.py) brings waiting files forward
                                from whichever thread saw it end (it holds no engine lock then)
   fs360-maintenance            Housekeeping.loop: projects, eviction, reserve, WAL checkpoints
+  fs360-commits                the commit clock: commits closed files whose write-back delay passed
+                               with a writer still running (Engine._commit_loop)
   fs360-delete-session         short-lived: DELETE of a dead server session, with retries
   fs360-listeners              delivers progress events (progress.py); emitting only queues
-  transfer_pool's threads      per worker process: its reply reader (see transfer_pool.py)
+  fs360-exits (fs/exits.py)    the writers' exits (pidfds or netlink): takes the state lock per file
 
 Lock order (take only rightwards; never leftwards while holding one on the right)
   Transfer's per-session open guard  ->  the state lock (`engine.lock`, locking.StateLock)
       ->  Journal._lock  ->  Journal._behind_lock
+  The path model's Writers._lock (fs/exits.py) is taken inside the state lock, never around it.
   Leaf locks, taken alone and never around another: Listeners._lock, TransferGate's
   condition, the pacer's lock (api/pacing.py), the troubles' lock (api/troubles.py: its
   listeners are told with it released), the transport's lock (api/transport.py).

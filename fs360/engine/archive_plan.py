@@ -49,7 +49,7 @@ class TreeArchive:
         """The archive's server name: the session's name, de-duplicated against its top-level files."""
         if session.archive is not None:
             return session.archive.server_name
-        return deduplicated(server_name_for(session.name + ".zip"), set(session.server_names))
+        return deduplicated(server_name_for(session.name + ".zip"), session.server_names)
 
     def refusal_locked(self, session: SessionRecord, archive_size: int | None = None) -> str:
         """Why the session's tree cannot go up as its archive ('' when it can, or has no tree)."""

@@ -88,10 +88,13 @@ class Engine:
     rename_session_locked = _registry_door("rename_session_locked")
     set_session_attrs_locked = _registry_door("set_session_attrs_locked")
     seal_locked = _registry_door("seal_locked")
+    name_refused_locked = _registry_door("name_refused_locked")
     hide_marker_locked = _registry_door("hide_marker_locked")
     folder_rows_locked = _registry_door("folder_rows_locked")
     add_folder_locked = _registry_door("add_folder_locked")
     update_folder_locked = _registry_door("update_folder_locked")
+    touch_session_locked = _registry_door("touch_session_locked")
+    touch_folder_locked = _registry_door("touch_folder_locked")
     remove_folder_locked = _registry_door("remove_folder_locked")
     remove_folders_of_locked = _registry_door("remove_folders_of_locked")
     create_file_locked = _registry_door("create_file_locked")
@@ -114,8 +117,8 @@ class Engine:
     await_commit_locked = _registry_door("await_commit_locked")
     release_held_locked = _registry_door("release_held_locked")
     server_lacks_file_locked = _registry_door("server_lacks_file_locked")
-    content_sha256 = _registry_door("content_sha256")
-    known_sha256 = _registry_door("known_sha256")
+    content_digest = _registry_door("content_digest")
+    known_digest = _registry_door("known_digest")
     others_size_locked = _registry_door("others_size_locked")
     refuse_change_locked = _registry_door("refuse_change_locked")
     keep_identical_locked = _registry_door("keep_identical_locked")
@@ -220,6 +223,8 @@ class Engine:
             self.transfers.close()
         self.listeners.close()
         self.client.close()
+        with self.lock:
+            self.registry.write_touches_locked()
         self.journal.close()
 
     def settle_commits(self, timeout: float) -> None:

@@ -69,6 +69,8 @@ class Housekeeping:
         self.projects.check_sessions()
         self.evict_if_needed()
         self.journal.restore_reserve()
+        with self.lock:
+            self.registry.write_touches_locked()
         if time.monotonic() - self._checkpointed_at >= CHECKPOINT_SECONDS:
             self._checkpointed_at = time.monotonic()
             self.journal.checkpoint()

@@ -95,11 +95,16 @@ FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", 
 # `archive`: the row is the session's tree as one .zip (records.FileRecord.archive).
 # `unfinished`: why the content is not whole (records.FileRecord.unfinished).
 # `writers`: a closed file's awaited writers (engine/processes.py), to resume its commit point.
+# `uid`, `gid` of sessions and dirs: who made the folder (on a shared mount, allow_other);
+# NULL: the mount's owner.
 ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"),
                  ("files", "archive", "INTEGER NOT NULL DEFAULT 0"),
                  ("files", "unfinished", "TEXT NOT NULL DEFAULT ''"),
-                 ("files", "writers", "TEXT NOT NULL DEFAULT ''"))
-SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed")
+                 ("files", "writers", "TEXT NOT NULL DEFAULT ''"),
+                 ("sessions", "uid", "INTEGER"), ("sessions", "gid", "INTEGER"),
+                 ("dirs", "uid", "INTEGER"), ("dirs", "gid", "INTEGER"))
+SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed", "uid", "gid")
+DIR_COLUMNS = ("session_id", "path", "mode", "mtime_ns", "uid", "gid")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",
                    "posted_upload_id", "marker_hidden")
 
@@ -224,7 +229,9 @@ class Journal:
 
     def insert_session(self, values: dict) -> int:
         return self._write(f"INSERT INTO sessions ({','.join(SESSION_COLUMNS)}) VALUES "
-                           f"({','.join('?' * len(SESSION_COLUMNS))})", [values[c] for c in SESSION_COLUMNS])
+                           f"({','.join('?' * len(SESSION_COLUMNS))})",
+                           # uid/gid: NULL for a folder made by the mount's owner (see ADDED_COLUMNS).
+                           [values.get(c) if c in ("uid", "gid") else values[c] for c in SESSION_COLUMNS])
 
     def update_session(self, session_id: int, **values) -> None:
         self._update("sessions", "id", session_id, SESSION_COLUMNS, values)
@@ -274,12 +281,13 @@ class Journal:
 
     # --- scratch directories -----------------------------------------------------------
 
-    def insert_dir(self, session_id: int, path: str, mode: int, mtime_ns: int) -> int:
-        return self._write("INSERT INTO dirs (session_id, path, mode, mtime_ns) VALUES (?, ?, ?, ?)",
-                           (session_id, path, mode, mtime_ns))
+    def insert_dir(self, session_id: int, path: str, mode: int, mtime_ns: int, uid: int | None = None,
+                   gid: int | None = None) -> int:
+        return self._write(f"INSERT INTO dirs ({','.join(DIR_COLUMNS)}) VALUES ({','.join('?' * len(DIR_COLUMNS))})",
+                           (session_id, path, mode, mtime_ns, uid, gid))
 
     def update_dir(self, dir_id: int, **values) -> None:
-        self._update("dirs", "id", dir_id, ("session_id", "path", "mode", "mtime_ns"), values)
+        self._update("dirs", "id", dir_id, DIR_COLUMNS, values)
 
     def delete_dir(self, dir_id: int) -> None:
         self._write("DELETE FROM dirs WHERE id=?", (dir_id,))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,9 @@ class Listeners:
 
     def add(self, callback) -> None:
         """`callback(event: str, **details)`; events: session_opened, file_uploading, bytes_sent,
-        file_complete, file_failed (with retry_in seconds), file_rejected, project_created, project_status."""
+        file_complete, file_failed (with retry_in seconds), file_rejected, project_created, project_status.
+        Every event also carries `at`, the monotonic time it was emitted (rates must not depend on
+        when a listener got to it)."""
         with self._lock:
             self._callbacks.append(callback)
             if self._thread is None:
@@ -36,6 +39,7 @@ class Listeners:
 
     def emit(self, event: str, **details) -> None:
         if self._callbacks:  # nobody listens (the usual case): nothing to queue
+            details["at"] = time.monotonic()
             self._events.put((event, details))
 
     def close(self, timeout: float = 5.0) -> None:

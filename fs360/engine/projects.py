@@ -98,10 +98,13 @@ class ProjectKeeper:
             return "no files to make a project of yet"
         blocked = [f for f in files if f.state in (REJECTED, LOST, INTERRUPTED, HELD)]
         if blocked:
+            # One short line (each file's own reason is in status): which files, and what undoes them.
             # The archive is no file of the folder: what undoes it is `rm .create` (it unfreezes the tree).
-            return "; ".join(f"{f.name}: {f.state} ({f.last_error}); "
-                             + ("remove .create, change the tree, then write .create again" if f.archive
-                                else "delete it to go on") for f in blocked)
+            names = ", ".join(f.name for f in blocked[:3]) + (", …" if len(blocked) > 3 else "")
+            todo = ("remove .create, change the tree, then write .create again" if any(f.archive for f in blocked)
+                    else "delete them (or copy them again) to go on")
+            return (f"{len(blocked)} file(s) will not reach the server ({names}; the reasons: fs360 status "
+                    f"--files): {todo}")
         waiting = [f for f in files if f.state != COMPLETE]
         if waiting:
             return f"waiting for {len(waiting)} file(s) to finish uploading"

@@ -101,7 +101,9 @@ class FileRecord:
     unlinked: bool = False
     # The exact name the server holds (or will hold) this file under; see fs/names.py.
     server_name: str | None = None
-    # sha256 of the content handed to the upload (hex); lets an identical re-copy be a no-op.
+    # The content digest of what is handed to the upload (engine/content_digest.py: XXH3-128,
+    # tagged; a journal of an earlier build holds a sha256): lets an identical re-copy be a
+    # no-op, and the upload checks what it sent against it. An archive's is its sha256 (status).
     sha256: str | None = None
     # The session's tree as one .zip (engine/archive.py), made at .create: no spool file of
     # its own, never listed in the folder.
@@ -132,7 +134,7 @@ class FileRecord:
     writer_failure: str = ""
     # The file was unfinished when this writing began (an append to a partial file).
     completing: bool = False
-    # sha256 of the spool content while it was written front to back (see spool.RunningDigest).
+    # The content digest of the spool content while it was written front to back (spool.RunningDigest).
     digest: "RunningDigest | None" = None
     # Last change of metadata or content (chmod, chown, rename, write); not journaled.
     ctime_ns: int = 0
@@ -192,7 +194,13 @@ class SessionRecord:
     remote_names: dict[str, FileRecord | None] | None = None
     # Memory only: why the last .create was refused (shown in status until a valid one).
     marker_refused: str = ""
+    # Memory only: names a create or a rename into the folder was refused for, with the reason
+    # (a server that refuses .exe files): a file manager shows only "operation not permitted".
+    refused_names: dict[str, str] = field(default_factory=dict)
     ctime_ns: int = 0
+    # Who made the folder (a shared mount, allow_other); None: the mount's owner.
+    uid: int | None = None
+    gid: int | None = None
     # Memory only: the sizes of its listed files that are not local scratch, kept as they change
     # (registry_base.resize_locked), so that a write checks the session cap without a sum.
     listed_bytes: int = 0

@@ -53,7 +53,7 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Regist
         for row in self.journal.sessions():
             session = SessionRecord(id=row["id"], name=row["name"], mode=row["mode"], mtime_ns=row["mtime_ns"],
                                     upload_id=row["upload_id"], expires_at=row["expires_at"],
-                                    sealed=bool(row["sealed"]))
+                                    sealed=bool(row["sealed"]), uid=row["uid"], gid=row["gid"])
             self.sessions[session.name] = session
             self._sessions_by_id[session.id] = session
         for row in self.journal.files():

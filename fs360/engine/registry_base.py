@@ -56,6 +56,10 @@ class RegistryState:
         # Folder id -> (session id, path): the archive plan's view of the folders, kept in memory so
         # that status renders (which list a tree's entries) never query the journal.
         self._folders: dict[int, tuple[int, str]] = {}
+        # A folder's mtime as names come and go (see SessionsAndFolders.touch_folder_locked): when
+        # each was last journaled (monotonic), and the ones memory has newer, not yet journaled.
+        self._touch_journaled_at: dict[tuple[str, int], float] = {}
+        self._touches_behind: dict[tuple[str, int], int] = {}
         self.caps = Caps()
 
     # --- lookups ------------------------------------------------------------------------------

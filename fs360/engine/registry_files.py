@@ -10,6 +10,7 @@ import time
 from .records import (COMPLETE, INTERRUPTED, IN_TREE, LOCAL, PENDING, QUEUED_STATES,
                       STOPPED_WHILE_WRITING, UNFINISHED_STATES, UPLOADING, WRITING, FileRecord, SessionRecord)
 from .registry_base import RegistryState
+from .content_digest import is_legacy_digest
 from .spool import RunningDigest
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class FileWriters(RegistryState):
         # The sha256 of its running digest; unknown (not written front to back, no hash made at its
         # close), the upload hashes it before its first PUT: never a read of the file under the lock.
         self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                              attempts=0, sha256=self.known_sha256(record), unfinished="")
+                              attempts=0, sha256=self.known_digest(record), unfinished="")
         self._schedule(record, delay)
 
     # --- files: names and removal ----------------------------------------------------------------
@@ -262,28 +263,34 @@ class FileWriters(RegistryState):
     # --- identical re-copies ------------------------------------------------------------------
 
     @staticmethod
-    def known_sha256(record: FileRecord) -> str | None:
-        """sha256 of the spooled content when its running digest knows it (written front to back,
-        or hashed already): never reads the file, so it may be asked with the state lock held."""
-        return record.digest.hexdigest(record.size) if record.digest is not None else None
+    def known_digest(record: FileRecord, like: str | None = None) -> str | None:
+        """The content digest (of the kind of `like`) when the running digest knows it (written
+        front to back, or hashed already): never reads the file, so it may be asked with the state
+        lock held (None: unknown, or a legacy sha256 the running digest does not make)."""
+        if is_legacy_digest(like) or record.digest is None:
+            return None
+        return record.digest.hexdigest(record.size)
 
-    def content_sha256(self, record: FileRecord) -> str | None:
-        """sha256 of the spooled content: from the running digest when the file was written
-        front to back, else by reading the spool file once (None when it is gone). Never with
-        the state lock held: it may read the whole file."""
-        digest = self.known_sha256(record)
+    def content_digest(self, record: FileRecord, like: str | None = None) -> str | None:
+        """The digest of the spooled content (content_digest.py), of the kind of `like` (None:
+        the identity hash): from the running digest when the file was written front to back,
+        else by reading the spool file once (None when it is gone). Never with the state lock
+        held: it may read the whole file."""
+        digest = self.known_digest(record, like)
         if digest is not None:
             return digest
         try:
-            record.digest = RunningDigest.of_file(self.spool.path(record.id))
+            running = RunningDigest.of_file(self.spool.path(record.id), like)
         except OSError:
             return None
-        return record.digest.hexdigest(record.size)
+        if not is_legacy_digest(like):
+            record.digest = running
+        return running.hexdigest(record.size)
 
     def content_hashed_locked(self, record: FileRecord, digest: RunningDigest) -> None:
         """The upload hashed the spool of a file queued without its sha256 (before any PUT)."""
         record.digest = digest
-        sha256 = self.known_sha256(record)
+        sha256 = self.known_digest(record)
         if sha256 is not None:
             self.set_file_attrs_locked(record, sha256=sha256)
 

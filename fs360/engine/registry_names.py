@@ -3,6 +3,8 @@ the server may hold bytes under it (see server_names.py for the flattening)."""
 
 from __future__ import annotations
 
+from collections import ChainMap
+
 from .records import UPLOADING, FileRecord, SessionRecord
 from .registry_base import RegistryState
 from .server_names import deduplicated, server_name_for
@@ -24,7 +26,8 @@ class ServerNames(RegistryState):
 
     @staticmethod
     def _free_server_name_locked(name: str, session: SessionRecord, avoid: set[str] = frozenset()) -> str:
-        return deduplicated(server_name_for(name), set(session.server_names) | avoid)
+        # Looked up in place: a copy of the session's names for each new file costs O(files) each.
+        return deduplicated(server_name_for(name), ChainMap(session.server_names, dict.fromkeys(avoid)))
 
     def release_server_name_locked(self, record: FileRecord, session: SessionRecord | None = None) -> None:
         session = session or self._sessions_by_id.get(record.session_id)

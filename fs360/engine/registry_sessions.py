@@ -12,17 +12,24 @@ from .registry_base import RegistryState, project_may_use
 
 log = logging.getLogger(__name__)
 
+# A folder's mtime changes with every name that comes or goes in it (cp -r of 100,000 files):
+# journaled at most once per this many seconds per folder, memory has it exact, housekeeping
+# writes the rest at its next round (every 0.5 s) and the engine at its stop. A crash of the
+# daemon may leave a folder's mtime this much older.
+TOUCH_JOURNAL_SECONDS = 1.0
+
 
 class SessionsAndFolders(RegistryState):
     """Sessions, the projects requested for them, and the folders of their trees."""
 
     # --- sessions -----------------------------------------------------------------------------
 
-    def create_session_locked(self, name: str, mode: int) -> SessionRecord:
+    def create_session_locked(self, name: str, mode: int, uid: int | None = None,
+                              gid: int | None = None) -> SessionRecord:
         now_ns = time.time_ns()
         session_id = self.journal.insert_session(dict(name=name, upload_id=None, expires_at=None, mode=mode,
-                                                      mtime_ns=now_ns, sealed=0))
-        session = SessionRecord(id=session_id, name=name, mode=mode, mtime_ns=now_ns)
+                                                      mtime_ns=now_ns, sealed=0, uid=uid, gid=gid))
+        session = SessionRecord(id=session_id, name=name, mode=mode, mtime_ns=now_ns, uid=uid, gid=gid)
         self.sessions[name] = session
         self._sessions_by_id[session_id] = session
         return session
@@ -49,12 +56,50 @@ class SessionsAndFolders(RegistryState):
         return None
 
     def set_session_attrs_locked(self, session: SessionRecord, mode: int | None = None,
-                                 mtime_ns: int | None = None) -> None:
+                                 mtime_ns: int | None = None, uid: int | None = None, gid: int | None = None) -> None:
         if mode is not None:
             session.mode = mode
         if mtime_ns is not None:
             session.mtime_ns = mtime_ns
-        self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns)
+            self._touches_behind.pop(("sessions", session.id), None)  # never written over later
+        if uid is not None:
+            session.uid = uid
+        if gid is not None:
+            session.gid = gid
+        self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns, uid=session.uid,
+                                    gid=session.gid)
+
+    def touch_session_locked(self, session: SessionRecord, now_ns: int) -> None:
+        """A name came or went at the session's top level: its mtime is now (journaled soon)."""
+        session.mtime_ns = now_ns
+        self._touch_locked(("sessions", session.id), now_ns)
+
+    def touch_folder_locked(self, folder_id: int, now_ns: int) -> None:
+        """A name came or went in a folder of the tree: its mtime is now (journaled soon)."""
+        self._touch_locked(("dirs", folder_id), now_ns)
+
+    def _touch_locked(self, key: tuple[str, int], now_ns: int) -> None:
+        now = time.monotonic()
+        if now - self._touch_journaled_at.get(key, -TOUCH_JOURNAL_SECONDS) < TOUCH_JOURNAL_SECONDS:
+            self._touches_behind[key] = now_ns
+            return
+        self._touches_behind.pop(key, None)
+        self._touch_journaled_at[key] = now
+        self._journal_mtime(key, now_ns)
+
+    def write_touches_locked(self) -> None:
+        """Journals the folder mtimes memory has newer (housekeeping's rounds, the engine's stop)."""
+        behind, self._touches_behind = self._touches_behind, {}
+        now = time.monotonic()
+        for key, mtime_ns in behind.items():
+            self._touch_journaled_at[key] = now
+            self._journal_mtime(key, mtime_ns)
+        if len(self._touch_journaled_at) > len(self.sessions) + len(self._folders) + 1000:
+            self._touch_journaled_at.clear()  # of folders long gone: forgetting only allows a write sooner
+
+    def _journal_mtime(self, key: tuple[str, int], mtime_ns: int) -> None:
+        table, row_id = key
+        (self.journal.update_session if table == "sessions" else self.journal.update_dir)(row_id, mtime_ns=mtime_ns)
 
     def session_opened_locked(self, session: SessionRecord, upload_id: str, expires_in: float) -> None:
         session.upload_id = upload_id
@@ -97,6 +142,14 @@ class SessionsAndFolders(RegistryState):
         # Idempotent: if the server still has it somewhere, it stops using the account's quota.
         return None if project_may_use(session, dead_upload_id) else dead_upload_id
 
+    @staticmethod
+    def name_refused_locked(session: SessionRecord, name: str, reason: str) -> None:
+        """A file of `name` could not be made in the folder: status shows why (the last 20)."""
+        session.refused_names.pop(name, None)
+        session.refused_names[name] = reason
+        while len(session.refused_names) > 20:
+            session.refused_names.pop(next(iter(session.refused_names)))
+
     def seal_locked(self, session: SessionRecord) -> None:
         session.sealed = True
         self.journal.update_session(session.id, sealed=1)
@@ -131,12 +184,15 @@ class SessionsAndFolders(RegistryState):
         """The paths of the session's folders, sorted (the same tree gives the same archive)."""
         return sorted(path for session_id, path in self._folders.values() if session_id == session.id)
 
-    def add_folder_locked(self, session: SessionRecord, path: str, mode: int, mtime_ns: int) -> int:
-        folder_id = self.journal.insert_dir(session.id, path, mode, mtime_ns)
+    def add_folder_locked(self, session: SessionRecord, path: str, mode: int, mtime_ns: int,
+                          uid: int | None = None, gid: int | None = None) -> int:
+        folder_id = self.journal.insert_dir(session.id, path, mode, mtime_ns, uid, gid)
         self._folders[folder_id] = (session.id, path)
         return folder_id
 
     def update_folder_locked(self, folder_id: int, **values) -> None:
+        if "mtime_ns" in values:
+            self._touches_behind.pop(("dirs", folder_id), None)  # never written over later
         self.journal.update_dir(folder_id, **values)
         if "path" in values and folder_id in self._folders:
             self._folders[folder_id] = (self._folders[folder_id][0], values["path"])

@@ -5,10 +5,11 @@ Naming by id (not by path) lets renames touch only the journal.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import os
 from pathlib import Path
+
+from .content_digest import hash_like, tagged_hexdigest
 
 
 class Spool:
@@ -46,15 +47,19 @@ class Spool:
 
 
 class RunningDigest:
-    """sha256 of a file written front to back, computed as the writes go by.
+    """The content digest of a file written front to back (content_digest.py), computed as
+    the writes go by.
 
     Writers like cp, rsync and dd write sequentially: then the digest costs no extra
     read. Any other write pattern makes it unknown (`None` from `hexdigest`), and the
-    caller reads the spool file once instead (`of_file`).
+    caller reads the spool file once instead (`of_file`). `like`: a digest to compare with
+    later, whose kind of hash this one takes (None: the identity hash).
     """
 
-    def __init__(self):
-        self._hash = hashlib.sha256()
+    __slots__ = ("_hash", "length", "valid", "_lock")
+
+    def __init__(self, like: str | None = None):
+        self._hash = hash_like(like)
         self.length = 0
         self.valid = True
         # Its own lock: writers feed it without the engine's state lock (hashing 1 MiB takes a
@@ -83,18 +88,18 @@ class RunningDigest:
             self.valid = False
 
     @classmethod
-    def of_file(cls, path) -> "RunningDigest":
+    def of_file(cls, path, like: str | None = None) -> "RunningDigest":
         """The digest of a whole file, read once."""
-        running = cls()
+        running = cls(like)
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 running.add(running.length, block)
         return running
 
     def hexdigest(self, size: int) -> str | None:
-        """The sha256 of the first `size` bytes when every one of them went through `add`."""
+        """The digest of the first `size` bytes when every one of them went through `add`."""
         with self._lock:
             if self.valid and self.length == size:
-                return self._hash.hexdigest()
+                return tagged_hexdigest(self._hash)
         return None
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..api.client import ApiClient, FileProgress
 from ..errors import Cancelled, MalformedResponse, NonContiguousChunk, SentContentChanged, ServerHoldsOtherFile
+from .content_digest import hash_like, tagged_hexdigest
 
 
 # A server that answers without moving forward this many times running is broken.
@@ -63,11 +64,14 @@ class SentDigest:
     rolls back to where the last chunk began costs nothing (the state before it is
     kept); a rollback further back hashes the local copy again from byte 0."""
 
-    def __init__(self, read_exactly, view: memoryview, on_reading):
+    def __init__(self, read_exactly, view: memoryview, on_reading, expected: str | None = None):
         self._read_exactly = read_exactly
         self._view = view           # the upload's buffer: also where local bytes are read to
         self._on_reading = on_reading
-        self._hash = hashlib.sha256()
+        # Checked against a journaled content digest: that digest's hash (XXH3-128 from this
+        # build on, content_digest.py); with none to check, sha256 (an archive's, for status).
+        self._new_hash = (lambda: hash_like(expected)) if expected else hashlib.sha256
+        self._hash = self._new_hash()
         self.position = 0
         self._before_last = (0, self._hash.copy())
         self._hashing: threading.Thread | None = None
@@ -81,7 +85,7 @@ class SentDigest:
             self.position, self._hash = offset, self._before_last[1].copy()
             return
         if offset < self.position:
-            self.position, self._hash = 0, hashlib.sha256()
+            self.position, self._hash = 0, self._new_hash()
         while self.position < offset:
             part = self._view[:min(len(self._view), offset - self.position)]
             self._read_exactly(part, self.position)
@@ -109,7 +113,7 @@ class SentDigest:
 
     def hexdigest(self) -> str:
         self.wait()
-        return self._hash.hexdigest()
+        return tagged_hexdigest(self._hash)
 
     def check(self, expected: str | None, held_by_server: int) -> None:
         """Before the PUT that completes the file: raises SentContentChanged unless the whole
@@ -121,8 +125,8 @@ class SentDigest:
                      f"them: copy the file again into a new folder (this folder's project cannot be made)"
                      if held_by_server else "nothing of it was sent: copy it again")
         raise SentContentChanged(
-            f"the data being uploaded no longer matches the file as it was written (sha256 {sent[:16]}…, "
-            f"written {expected[:16]}…): its spool copy changed outside fs360, or fs360 has a bug (please "
+            f"the data being uploaded no longer matches the file as it was written (digest {sent[:25]}…, "
+            f"written {expected[:25]}…): its spool copy changed outside fs360, or fs360 has a bug (please "
             f"report it); the last chunk was held back, so the server never completes it; {on_server}")
 
 
@@ -136,7 +140,7 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
     `expected_sha256` (when given). `on_reading()` is told while bytes an earlier attempt sent
     are hashed from the local copy."""
     view = memoryview(buffer)
-    digest = SentDigest(read_exactly, view, on_reading)
+    digest = SentDigest(read_exactly, view, on_reading, expected_sha256)
     try:
         if start == 0 and size <= chunk_size:
             if should_stop():  # ops: asked before every PUT, as before each chunk (bwlimit/pause wait in it)

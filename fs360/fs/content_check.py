@@ -7,43 +7,52 @@ already holds them). The first byte that differs is refused: the server cannot r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ..engine.content_digest import is_legacy_digest
 from ..engine.records import FileRecord
 from ..engine.spool import RunningDigest
 
 
 def held_with_known_content(record: FileRecord) -> bool:
-    """The server may hold it and the journal knows its sha256: a rewrite can be compared."""
+    """The server may hold it and the journal knows its content digest (kept in the `sha256`
+    field, see content_digest.py): a rewrite can be compared."""
     return not record.local_only and record.may_be_on_server and bool(record.sha256)
 
 
 def is_identical_copy(engine, copy: FileRecord, held: FileRecord) -> bool:
     """A finished local copy (rsync's `.name.XXXXXX`) with exactly the bytes the server holds.
-    Asked with the state lock held: the copy's sha256 must be known (renames.py hashes it first,
+    Asked with the state lock held: the copy's digest must be known (renames.py hashes it first,
     off the lock); one that is not (written again since) does not count as identical."""
-    return not copy.unfinished and copy.size == held.size and engine.known_sha256(copy) == held.sha256
+    if copy.unfinished or copy.size != held.size:
+        return False
+    if is_legacy_digest(held.sha256):
+        # A journal of an earlier build holds a plain sha256, which no running digest makes: the
+        # copy is read once (under the lock; only for files uploaded before the identity hash).
+        return engine.content_digest(copy, like=held.sha256) == held.sha256
+    return engine.known_digest(copy, like=held.sha256) == held.sha256
 
 
 @dataclass(eq=False)
 class ContentCheck:
     """A file the server holds, opened for writing. Opened with O_TRUNC (or truncated to 0
-    later, as GIO does), the new content is compared by sha256 at close; before that, writes
-    in place are compared with the spool copy."""
+    later, as GIO does), the new content is compared by its digest at close (of the kind of
+    `expected_digest`); before that, writes in place are compared with the spool copy."""
     expected_size: int
-    expected_sha256: str
+    expected_digest: str
     rewriting: bool
-    digest: RunningDigest = field(default_factory=RunningDigest)
+    digest: RunningDigest | None = None
     size: int = 0
     differs: bool = False
 
     def __post_init__(self):
+        self.digest = RunningDigest(like=self.expected_digest)
         if not self.rewriting:
             self.size = self.expected_size  # untouched so far: the content is the server's
 
     def restart(self) -> None:
         """Truncated to 0: a rewrite from the first byte begins."""
-        self.rewriting, self.size, self.digest = True, 0, RunningDigest()
+        self.rewriting, self.size, self.digest = True, 0, RunningDigest(like=self.expected_digest)
 
     def compare_write(self, spool_fd: int, data: bytes, offset: int) -> bool:
         """Takes a write at `offset` (`spool_fd` is the spool copy, -1 when it is gone);
@@ -56,7 +65,7 @@ class ContentCheck:
             if self.rewriting:
                 self.digest.add(offset, data)
                 self.size = max(self.size, end)
-            # Without the spool copy only a front-to-back rewrite can be compared (by sha256).
+            # Without the spool copy only a front-to-back rewrite can be compared (by its digest).
             self.differs = not same or (spool_fd < 0 and not (self.rewriting and self.digest.valid))
         return not self.differs
 
@@ -71,4 +80,4 @@ class ContentCheck:
     def matches(self) -> bool:
         if self.differs or self.size != self.expected_size:
             return False
-        return not self.rewriting or self.digest.hexdigest(self.size) == self.expected_sha256
+        return not self.rewriting or self.digest.hexdigest(self.size) == self.expected_digest

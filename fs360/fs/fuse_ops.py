@@ -118,7 +118,8 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def mkdir(self, path, mode):
-        self.model.mkdir(path, mode)
+        uid, gid, _ = mfusepy.fuse_get_context()
+        self.model.mkdir(path, mode, uid, gid)
 
     @translated
     def rmdir(self, path):
@@ -232,8 +233,10 @@ class Fs360Operations(mfusepy.Operations):
 
 def mount(model: MountModel, mountpoint: str, allow_other: bool = False, on_init=None, on_destroy=None) -> None:
     """Runs the FUSE loop until unmounted (blocks)."""
+    # max_idle_threads given: libfuse 3.12-3.14 otherwise warns "Ignoring invalid max threads value
+    # 4294967295" at every start; as many idle threads as threads keeps its default behaviour.
     options = dict(foreground=True, nothreads=False, fsname="fs360", subtype="fs360",
-                   default_permissions=True)
+                   default_permissions=True, max_threads=10, max_idle_threads=10)
     if allow_other:
         options["allow_other"] = True
     Fs360Fuse(Fs360Operations(model, on_init, on_destroy), mountpoint, raw_fi=True, **options)

@@ -14,8 +14,10 @@ import time
 
 from ..config import Settings
 from ..engine.engine import Engine
-from ..errors import (AccessDenied, AlreadyExists, InvalidArgument, IsADirectory, NoAttribute, NotADirectory,
-                      NotEmpty, NotFound, NotPermitted, NotSupported)
+from ..engine.projects import project_page
+from ..engine.records import P_READY
+from ..errors import (AccessDenied, AlreadyExists, Fs360Error, InvalidArgument, IsADirectory, NoAttribute,
+                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported)
 from .attrs import Attributes
 from .content_check import held_with_known_content
 from .exits import Writers
@@ -30,7 +32,10 @@ from .tree import DIR, FILE, MARKER, MISSING, ROOT, ROOT_STATUS_FILE, SESSION, S
 
 log = logging.getLogger(__name__)
 
+ROOT_ATTRS_KEY = "root_attrs"
 XATTRS = ("user.fs360.state", "user.fs360.received", "user.fs360.error", "user.fs360.server_name")
+# A session folder's: the server's upload session, and the project's page once it is ready.
+SESSION_XATTRS = ("user.fs360.upload_id", "user.fs360.project_url")
 
 
 class MountModel:
@@ -42,6 +47,8 @@ class MountModel:
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.mounted_at_ns = time.time_ns()
+        # The mount's root: its mode and owner, changeable (chmod 1777 for a shared mount), kept.
+        self.root = {"mode": 0o755, "uid": self.uid, "gid": self.gid, **(engine.journal.get_meta(ROOT_ATTRS_KEY) or {})}
         self._handles = HandleTable()
         self.attrs = Attributes(engine, self.uid, self.gid)
         self.status = RenderedStatus(engine)
@@ -64,20 +71,24 @@ class MountModel:
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
             if node.kind == ROOT:
-                return self.attrs.dir(0o755, self.mounted_at_ns, nlink=2 + len(self.engine.sessions))
+                return self._root_attrs_locked()
             if node.kind == ROOT_STATUS_FILE:
                 attrs = self._root_status_attrs_locked()
             elif node.kind == SESSION:
-                return self.attrs.session(node.session)
+                return self.attrs.session(node.session, self.tree.subfolder_count_locked(node.session, ""))
             elif node.kind == STATUS or (node.kind == MARKER and self.markers.listed(node.session)):
                 attrs = self._virtual_entry_attrs_locked(node.session, node.name)
             elif node.kind == FILE:
                 return self.attrs.file(node.record)
             elif node.kind == DIR:
-                return self.attrs.folder(node.folder)
+                return self.attrs.folder(node.folder, self.tree.subfolder_count_locked(node.session, node.name))
             else:
                 raise NotFound(path)
         return attrs()  # a status file's size: rendered with the lock released
+
+    def _root_attrs_locked(self) -> dict:
+        return self.attrs.dir(self.root["mode"], self.mounted_at_ns, 2 + len(self.engine.sessions),
+                              self.root["uid"], self.root["gid"])
 
     def _root_status_attrs_locked(self):
         content = self.status.prepare_locked(None, ROOT_STATUS)
@@ -98,7 +109,8 @@ class MountModel:
             node = self.tree.resolve_locked(path)
             if node.kind == ROOT:
                 virtual = [(ROOT_STATUS, self._root_status_attrs_locked())]
-                entries = [(name, self.attrs.session(s)) for name, s in self.engine.sessions.items()]
+                entries = [(name, self.attrs.session(s, self.tree.subfolder_count_locked(s, "")))
+                           for name, s in self.engine.sessions.items()]
             elif node.kind == SESSION:
                 session = node.session
                 names = list(STATUS_NAMES) + ([CREATE_MARKER] if self.markers.listed(session) else [])
@@ -115,7 +127,8 @@ class MountModel:
     def _children_locked(self, session, folder: str) -> list[tuple[str, dict]]:
         files, folders = self.tree.children_locked(session, folder)
         return [(name, self.attrs.file(record)) for name, record in files] \
-            + [(name, self.attrs.folder(child)) for name, child in folders]
+            + [(name, self.attrs.folder(child, self.tree.subfolder_count_locked(session, f"{folder}/{name}".lstrip("/"))))
+               for name, child in folders]
 
     def statfs(self) -> dict:
         st = self.engine.spool.disk_usage()
@@ -125,19 +138,21 @@ class MountModel:
 
     # --- folders -------------------------------------------------------------------------------
 
-    def mkdir(self, path: str, mode: int) -> None:
+    def mkdir(self, path: str, mode: int, uid: int | None = None, gid: int | None = None) -> None:
+        """A folder made by `uid`/`gid` (another user on a shared mount) belongs to them."""
+        owner = (None if uid == self.uid else uid, None if gid == self.gid else gid)
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
             if node.kind != MISSING:
                 raise AlreadyExists(path)
             if node.session is None:
                 check_session_name(node.name)
-                self.engine.create_session_locked(node.name, mode & 0o7777)
+                self.engine.create_session_locked(node.name, mode & 0o7777, *owner)
                 return
             check_file_name(node.basename)
             check_not_sealed(node.session)
             check_tree_open_locked(node.session, node.name)
-            self.tree.add_folder_locked(node.session, node.name, mode & 0o7777)
+            self.tree.add_folder_locked(node.session, node.name, mode & 0o7777, *owner)
             self.tree.touch_parent_locked(node)
 
     def rmdir(self, path: str) -> None:
@@ -186,7 +201,11 @@ class MountModel:
                 revivable = self.engine.revivable_locked(session, node.name)
                 if revivable is not None:
                     return self.files.open_revival_locked(revivable)
-                check_uploadable_name_locked(self.engine, session, node.name)
+                try:
+                    check_uploadable_name_locked(self.engine, session, node.name)
+                except Fs360Error as exc:
+                    self.engine.name_refused_locked(session, node.name, str(exc))
+                    raise
             record = self.engine.create_file_locked(session, node.name, mode & 0o7777,
                                                     self.uid if uid is None else uid,
                                                     self.gid if gid is None else gid, local_only)
@@ -366,30 +385,37 @@ class MountModel:
             node = self.tree.resolve_locked(path)
             now = time.time_ns()
             if node.kind == SESSION:
-                self.engine.set_session_attrs_locked(node.session, mode=attrs.get("mode"),
-                                                     mtime_ns=attrs.get("mtime_ns"))
+                self.engine.set_session_attrs_locked(node.session, **attrs)
                 node.session.ctime_ns = now
             elif node.kind == DIR:
                 folder = node.folder
-                folder.mode = attrs.get("mode", folder.mode)
-                folder.mtime_ns = attrs.get("mtime_ns", folder.mtime_ns)
+                for key, value in attrs.items():
+                    setattr(folder, key, value)
                 folder.ctime_ns = now
-                self.engine.update_folder_locked(folder.id, mode=folder.mode, mtime_ns=folder.mtime_ns)
+                self.engine.update_folder_locked(folder.id, **attrs)
+            elif node.kind == ROOT:
+                self.root.update((key, value) for key, value in attrs.items() if key != "mtime_ns")
+                self.engine.journal.set_meta(ROOT_ATTRS_KEY, self.root)
             elif node.kind == FILE:
                 self.engine.set_file_attrs_locked(node.record, **attrs)
                 node.record.ctime_ns = now
             elif node.kind == MISSING:
                 raise NotFound(path)
-            # The mount, status files and .create have no metadata of their own: accepted.
+            # Status files and .create have no metadata of their own: accepted.
 
     # --- extended attributes -----------------------------------------------------------------------
 
     def getxattr(self, path: str, name: str) -> bytes:
-        if name not in XATTRS:
+        if name not in XATTRS + SESSION_XATTRS:
             raise NoAttribute(name)
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
-            if node.kind != FILE:
+            if node.kind == SESSION and name in SESSION_XATTRS:
+                value = dict(zip(SESSION_XATTRS, self._session_xattrs_locked(node.session))).get(name)
+                if not value:
+                    raise NoAttribute(name)  # no server session yet, or no ready project
+                return value.encode()
+            if node.kind != FILE or name not in XATTRS:
                 if node.kind == MISSING:
                     raise NotFound(path)
                 raise NoAttribute(name)
@@ -406,7 +432,16 @@ class MountModel:
 
     def listxattr(self, path: str) -> list[str]:
         with self.engine.lock:
-            return list(XATTRS) if self.tree.resolve_locked(path).kind == FILE else []
+            node = self.tree.resolve_locked(path)
+            if node.kind == SESSION:
+                return [n for n, v in zip(SESSION_XATTRS, self._session_xattrs_locked(node.session)) if v]
+            return list(XATTRS) if node.kind == FILE else []
+
+    def _session_xattrs_locked(self, session) -> tuple[str | None, str | None]:
+        project = session.project
+        url = project_page(self.settings.api_url, project.name) \
+            if project is not None and project.name and project.state == P_READY else None
+        return session.upload_id, url
 
     def setxattr(self, path: str, name: str, value: bytes, options: int) -> None:
         raise NotSupported("fs360's attributes are read-only")

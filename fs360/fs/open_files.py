@@ -90,7 +90,7 @@ class OpenFiles:
 
     def _open_check_locked(self, record: FileRecord, truncate: bool, append: bool) -> int:
         """A file the server holds, opened for writing: the handle only compares what is written
-        (against the spool copy while it exists, and by sha256 at close)."""
+        (against the spool copy while it exists, and by its content digest at close)."""
         fd = -1
         if not record.evicted:
             try:
@@ -263,7 +263,7 @@ class OpenFiles:
                 and not record.unfinished:
             # The last writer of a file about to be queued on its own: one not written front to
             # back is hashed here, without the lock (a tree's file goes up inside the archive).
-            self.engine.content_sha256(record)
+            self.engine.content_digest(record)
         with self.engine.lock:
             self.engine.close_writer_locked(record, record.size, unfinished)
 

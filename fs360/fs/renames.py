@@ -54,9 +54,9 @@ class Renames:
         with self.engine.lock:
             src = self.tree.resolve_locked(old)
             record = src.record if src.kind == FILE and src.record.local_only else None
-            if record is None or record.open_writers or self.engine.known_sha256(record) is not None:
+            if record is None or record.open_writers or self.engine.known_digest(record) is not None:
                 return  # (one still written to is hashed at its last close)
-        self.engine.content_sha256(record)
+        self.engine.content_digest(record)
 
     def _rename_file_with_reason_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
         """A move to another session that is refused leaves its reason on the file (its

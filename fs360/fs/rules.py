@@ -5,35 +5,55 @@ from __future__ import annotations
 
 from ..engine.archive_plan import ARCHIVE_EXTENSIONS
 from ..engine.records import FileRecord, SessionRecord, in_scratch_folder
-from ..errors import AccessDenied, FileTooBig, NotPermitted, QuotaWouldPass
+from ..errors import AccessDenied, FileTooBig, NotPermitted, QuotaWouldPass, refusal_in_plain_words
 from .names import extension_of
+
+
+SEALED = "the project is created: the session is sealed"
 
 
 def check_not_sealed(session: SessionRecord) -> None:
     if session.sealed:
-        raise AccessDenied("the project is created: the session is sealed")
+        raise AccessDenied(SEALED)
 
 
 def check_tree_open_locked(session: SessionRecord, folder: str) -> None:
     """Refuses a change in `folder` (a path inside the session, "" for its top level) when it
     is part of the tree and .create was accepted: the tree is planned as one archive then."""
+    reason = _tree_frozen_reason(session, folder)
+    if reason:
+        raise AccessDenied(reason)
+
+
+def _tree_frozen_reason(session: SessionRecord, folder: str) -> str:
     if not folder or in_scratch_folder(folder) or not session.tree_frozen:
-        return
+        return ""
     if session.archive is not None:
-        raise AccessDenied(f"the tree goes up as {session.archive.server_name}, planned when .create was "
-                           f"accepted: it cannot change now")
-    raise AccessDenied("the project is requested: the tree can change only before .create")
+        return (f"the tree goes up as {session.archive.server_name}, planned when .create was "
+                f"accepted: it cannot change now")
+    return "the project is requested: the tree can change only before .create"
+
+
+def frozen_reason_locked(engine, record: FileRecord) -> str:
+    """Why `record` can no longer change ('' when it can): its attributes show it read-only then."""
+    if record.local_only:
+        return ""
+    session = engine.session_of(record)
+    if session.sealed:
+        return SEALED
+    if record.in_tree:
+        reason = _tree_frozen_reason(session, record.name.rpartition("/")[0])
+        if reason:
+            return reason
+    if record.may_be_on_server:
+        return f"the server holds bytes of {record.name!r}: it cannot be changed"
+    return ""
 
 
 def check_mutable_locked(engine, record: FileRecord) -> None:
-    if record.local_only:
-        return
-    session = engine.session_of(record)
-    check_not_sealed(session)
-    if record.in_tree:
-        check_tree_open_locked(session, record.name.rpartition("/")[0])
-    if record.may_be_on_server:
-        raise AccessDenied(f"the server holds bytes of {record.name!r}: it cannot be changed")
+    reason = frozen_reason_locked(engine, record)
+    if reason:
+        raise AccessDenied(reason)
 
 
 def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> None:
@@ -45,7 +65,8 @@ def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> N
                            f"the server takes one archive per session")
     caps = engine.caps
     if ext in caps.refused_extensions or (caps.allowed_extensions and ext not in caps.allowed_extensions):
-        raise NotPermitted(f"the server refuses the extension {ext!r}")
+        raise NotPermitted(refusal_in_plain_words("extension_not_allowed",
+                                                  {"extension": ext, "allowed": list(caps.allowed_extensions)}))
 
 
 def check_growth(engine, record: FileRecord, new_size: int) -> None:

@@ -1,27 +1,46 @@
-"""The `status` and `status.json` files: a consistent snapshot, rendered from memory."""
+"""The `status` and `status.json` files, and the whole mount's snapshot: one consistent state,
+read from memory with the engine's lock held, rendered after it is released.
+
+The mount's snapshot (`RenderedStatus.mount_snapshot`) is what `fs360 status`, `status --json`
+(its schema: doc/STATUS-JSON.md), the dashboard and /metrics show; rates come from the
+progress events (rates.py), not from the records.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from ..engine.projects import project_page
-from ..engine.records import COMPLETE, IN_TREE, P_READY, FileRecord, SessionRecord
+from ..engine.records import COMPLETE, IN_TREE, P_READY, UPLOADING, FileRecord, SessionRecord
 from ..options import unknown_create_fields
+from .rates import RateBook, eta_seconds
 
 BAR_WIDTH = 20
 PRIVACY_NAMES = {2: "private (owner and invited users)", 1: "anyone with the link", 0: "public"}
 PAUSED_LINE = "paused: uploads wait (fs360 resume MOUNTPOINT)"
 # Status files are rendered at getattr too (for their size); this long a render is reused.
 STATUS_SIZE_TTL = 1.0
+# States of a file that is still on its way (unmount --wait waits for them). "closed": closed,
+# waiting for its writer to exit.
+BUSY_STATES = ("writing", "closed", "pending", "uploading", "failed")
+# States that will not reach the server without the user: each has its reason and what to do.
+NEEDS_YOU_STATES = ("rejected", "held", "interrupted", "lost")
+SCHEMA_VERSION = 1
 
 
-def snapshot_session(session: SessionRecord, engine) -> dict:
+def natural_key(name: str) -> list:
+    """scan_2 before scan_10: digit runs compare as numbers (re.split alternates text, digits)."""
+    return [int(part) if index % 2 else part.casefold() for index, part in enumerate(re.split(r"(\d+)", name))]
+
+
+def snapshot_session(session: SessionRecord, engine, rates: RateBook | None = None) -> dict:
     """Needs engine.lock held: reads the records in one consistent step."""
     now = time.time()
     # The tree's files are not uploads of their own: they are listed apart, under `tree_files`.
-    records = sorted((f for f in session.files.values() if not f.in_tree), key=lambda f: f.name)
-    files = [_file_entry(record, now) for record in records + ([session.archive] if session.archive else [])]
+    records = sorted((f for f in session.files.values() if not f.in_tree), key=lambda f: natural_key(f.name))
+    files = [_file_entry(record, now, rates) for record in records + ([session.archive] if session.archive else [])]
     project = session.project
     project_info = None
     if project is not None:
@@ -51,6 +70,10 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
                             "title": None, "error": session.marker_refused}
         project_info["refused"] = session.marker_refused
     uploadable = [f for f in files if not f["local_only"]]
+    session_rate = rates.session_rate(session.id) if rates is not None else None
+    if not any(f["state"] == UPLOADING for f in uploadable):
+        session_rate = None  # nothing is being sent: no rate (the last one would linger)
+    totals = _totals(uploadable, session_rate)
     return {
         "session": session.name,
         "upload_id": session.upload_id,
@@ -58,16 +81,11 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
         "sealed": session.sealed,
         "files": files,
         "deleted_but_held_by_server": sorted(f.name for f in session.unlinked),
+        "refused_names": [{"name": name, "reason": reason} for name, reason in session.refused_names.items()],
         "tree": _tree_entries(session, engine),
         "tree_files": [{"name": f.name, "state": f.state, "size": f.size, "error": f.last_error or None}
-                       for f in sorted(session.tree_files(), key=lambda f: f.name)],
-        "totals": {
-            "files": len(uploadable),
-            "complete": sum(1 for f in uploadable if f["state"] == COMPLETE),
-            "bytes": sum(f["size"] for f in uploadable),
-            "sent": sum(f["sent"] for f in uploadable),
-            "rate": sum(f["rate"] for f in uploadable),
-        },
+                       for f in sorted(session.tree_files(), key=lambda f: natural_key(f.name))],
+        "totals": totals,
         "project": project_info,
         "paused": engine.gate.paused,  # ops: fs360 pause
         # What holds every upload back now (the account, an outage, a wait the server asked for).
@@ -76,17 +94,39 @@ def snapshot_session(session: SessionRecord, engine) -> dict:
     }
 
 
-def _file_entry(record: FileRecord, now: float) -> dict:
-    rate = record.rate.rate()
-    remaining = max(0, record.size - record.server_received)
+def _totals(files: list[dict], rate: float | None) -> dict:
+    """Counts and bytes of uploadable file entries; the ETA is of the bytes still on their way."""
+    by_state: dict[str, int] = {}
+    for f in files:
+        by_state[f["state"]] = by_state.get(f["state"], 0) + 1
+    on_the_way = sum(f["size"] - f["sent"] for f in files if f["state"] in BUSY_STATES)
+    return {
+        "files": len(files),
+        "complete": by_state.get(COMPLETE, 0),
+        "bytes": sum(f["size"] for f in files),
+        "sent": sum(f["sent"] for f in files),
+        "rate": round(rate) if rate else None,
+        "eta_seconds": eta_seconds(on_the_way, rate),
+        "by_state": dict(sorted(by_state.items())),
+        "need_you": sum(by_state.get(state, 0) for state in NEEDS_YOU_STATES),
+    }
+
+
+def mount_totals(sessions: list[dict], rate: float | None) -> dict:
+    """The whole mount's totals, from its sessions' file entries."""
+    return _totals([f for s in sessions for f in s["files"] if not f["local_only"]], rate)
+
+
+def _file_entry(record: FileRecord, now: float, rates: RateBook | None) -> dict:
+    rate = rates.file_rate(record.id) if rates is not None and record.state == UPLOADING else None
     entry = {
         "name": record.name,
         "server_name": None if record.local_only else record.server_name,
         "state": record.state,
         "size": record.size,
         "sent": record.server_received,
-        "rate": round(rate),
-        "eta_seconds": round(remaining / rate) if rate > 0 and record.state != COMPLETE else None,
+        "rate": round(rate) if rate else None,
+        "eta_seconds": eta_seconds(record.size - record.server_received, rate),
         "error": record.last_error or None,
         "attempts": record.attempts,
         "next_attempt_in": round(max(0.0, record.next_attempt - now), 1) if record.state == "failed" else None,
@@ -126,7 +166,8 @@ def render_text(snapshot: dict) -> bytes:
     totals = snapshot["totals"]
     lines.append(f"files     {totals['complete']}/{totals['files']} complete, "
                  f"{human_bytes(totals['sent'])} of {human_bytes(totals['bytes'])} sent"
-                 + (f", {human_bytes(totals['rate'])}/s" if totals["rate"] else ""))
+                 + (f", {human_bytes(totals['rate'])}/s" if totals["rate"] else "")
+                 + (f", eta {human_duration(totals['eta_seconds'])}" if totals.get("eta_seconds") else ""))
     project = snapshot["project"]
     if project is not None and project.get("refused"):
         lines.append(f"project   refused: {project['refused']} (write a valid .create: empty or a JSON object)")
@@ -147,6 +188,8 @@ def render_text(snapshot: dict) -> bytes:
                          f"sent as written, the server may ignore them")
         if project["error"] and project["state"] != "failed":
             lines.append(f"          last error: {project['error']}")
+    for refused in snapshot.get("refused_names", ()):
+        lines.append(f"refused   {refused['name']}: {refused['reason']}")
     if snapshot["deleted_but_held_by_server"]:
         lines.append("held      deleted here but held by the server (it cannot drop one file; "
                      "remove the folder to discard the session): " + ", ".join(snapshot["deleted_but_held_by_server"]))
@@ -163,16 +206,16 @@ def render_text(snapshot: dict) -> bytes:
             lines.append(f"  {f['name']}  local only ({human_bytes(f['size'])}), never uploaded")
             continue
         shown = f["name"] if f["server_name"] in (None, f["name"]) else f"{f['name']} → {f['server_name']}"
-        line = (f"  {shown}  {f['state']:<10} {bar(f['sent'], f['size'])} "
+        line = (f"  {shown}  {shown_state(f, snapshot.get('paused')):<11} {bar(f['sent'], f['size'])} "
                 f"{human_bytes(f['sent'])}/{human_bytes(f['size'])}")
         if f["rate"]:
             line += f"  {human_bytes(f['rate'])}/s"
         if f["eta_seconds"] is not None:
-            line += f"  eta {f['eta_seconds']}s"
+            line += f"  eta {human_duration(f['eta_seconds'])}"
         lines.append(line)
         if f["error"]:
             retry = f", retry {f['attempts']} in {f['next_attempt_in']}s" if f["next_attempt_in"] is not None else ""
-            lines.append(f"      error: {f['error']}{retry}")
+            lines.append(f"      {'why' if f['state'] in NEEDS_YOU_STATES else 'error'}: {f['error']}{retry}")
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
@@ -210,20 +253,40 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
+def human_duration(seconds: float) -> str:
+    """'45s', '3m20s', '2h05m': an ETA or an elapsed time."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def shown_state(entry: dict, paused: bool | None) -> str:
+    """A file's state as a person reads it: an upload held by `fs360 pause` is "paused", not
+    "uploading" with nothing moving."""
+    if paused and entry["state"] in ("uploading", "pending"):
+        return "paused"
+    return entry["state"]
+
+
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def summary_line(snapshots: list[dict]) -> str:
-    """One line for all sessions (systemd's STATUS=): files by state, bytes, rate."""
-    files = [f for snap in snapshots for f in snap["files"] if not f["local_only"]]
-    count = {state: sum(1 for f in files if f["state"] == state) for state in ("uploading", "pending", "failed")}
-    rate = sum(f["rate"] for f in files)
-    line = (f"{count['uploading']} uploading, {count['pending']} pending, {count['failed']} failed, "
-            f"{sum(1 for f in files if f['state'] == COMPLETE)}/{len(files)} complete, "
-            f"{human_bytes(sum(f['sent'] for f in files))}/{human_bytes(sum(f['size'] for f in files))}"
-            f", {human_bytes(rate)}/s")
-    return ("paused; " if any(s.get("paused") for s in snapshots) else "") + line
+def summary_line(snapshot: dict) -> str:
+    """One line for the whole mount (systemd's STATUS=): files by state, bytes, rate."""
+    totals = snapshot["totals"]
+    count = totals["by_state"]
+    line = (f"{count.get('uploading', 0)} uploading, {count.get('pending', 0)} pending, "
+            f"{count.get('failed', 0)} failed, {totals['complete']}/{totals['files']} complete, "
+            f"{human_bytes(totals['sent'])}/{human_bytes(totals['bytes'])}")
+    if totals["rate"]:
+        line += f", {human_bytes(totals['rate'])}/s"
+    if totals["need_you"]:
+        line += f", {totals['need_you']} need you (fs360 status)"
+    return ("paused; " if snapshot["paused"] else "") + line
 
 
 class RenderedStatus:
@@ -237,6 +300,7 @@ class RenderedStatus:
 
     def __init__(self, engine):
         self.engine = engine
+        self.rates = RateBook(engine.listeners)
         # Rendered status files by (session name or "", file name): (monotonic time, content).
         self._cache: dict[tuple[str, str], tuple[float, bytes]] = {}
 
@@ -249,9 +313,9 @@ class RenderedStatus:
         if not fresh and cached is not None and now - cached[0] < STATUS_SIZE_TTL:
             return lambda: cached[1]
         if session is None:
-            snapshot, render = [snapshot_session(s, self.engine) for s in self.engine.sessions.values()], render_root
+            snapshot, render = self._sessions_locked(), render_root
         else:
-            snapshot = snapshot_session(session, self.engine)
+            snapshot = snapshot_session(session, self.engine, self.rates)
             render = render_json if name == "status.json" else render_text
         if len(self._cache) > 4 * len(self.engine.sessions) + 8:
             self._cache.clear()  # sessions were renamed or removed: drop the old keys
@@ -261,3 +325,28 @@ class RenderedStatus:
             self._cache[key] = (now, content)
             return content
         return rendered
+
+    def _sessions_locked(self) -> list[dict]:
+        sessions = sorted(self.engine.sessions.values(), key=lambda s: natural_key(s.name))
+        return [snapshot_session(s, self.engine, self.rates) for s in sessions]
+
+    def mount_snapshot(self, history: bool = False) -> dict:
+        """The whole mount as one document (doc/STATUS-JSON.md); takes engine.lock itself.
+        `history`: with the rate of each HISTORY_BUCKET of the last hour (the dashboard's plot)."""
+        with self.engine.lock:
+            sessions = self._sessions_locked()
+        gate = self.engine.gate
+        uploading = any(f["state"] == UPLOADING for s in sessions for f in s["files"])
+        rate = self.rates.mount_rate() if uploading else None
+        snapshot = {
+            "schema": SCHEMA_VERSION,
+            "generated_at": _iso(time.time()),
+            "paused": gate.paused,
+            "bwlimit": gate.bwlimit,
+            "totals": mount_totals(sessions, rate),
+            "sessions": sessions,
+        }
+        if history:
+            snapshot["rate_history"] = [{"at": _iso(at), "rate": round(value)}
+                                        for at, value in self.rates.history_points()]
+        return snapshot

@@ -8,8 +8,11 @@ import time
 from dataclasses import dataclass
 
 from ..engine.records import FileRecord, SessionRecord, in_scratch_folder
-from ..errors import NotADirectory, NotEmpty, NotFound
+from ..errors import NameTooLong, NotADirectory, NotEmpty, NotFound
 from .names import CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, is_local_only
+
+# Bytes in one name (a path component), as NAME_MAX: a longer one is ENAMETOOLONG, never ENOENT.
+NAME_MAX = 255
 
 # What a path names, resolved once per operation (the way ratarmount and mountpoint-s3 do it).
 ROOT, ROOT_STATUS_FILE, SESSION, STATUS, MARKER, FILE, DIR, MISSING = (
@@ -24,6 +27,9 @@ class Folder:
     mode: int
     mtime_ns: int
     ctime_ns: int = 0
+    # Who made it (a shared mount, allow_other); None: the mount's owner.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(eq=False)
@@ -74,7 +80,7 @@ class SessionTree:
                 self.engine.remove_folder_locked(row["id"])  # its session was discarded
                 continue
             self.folders.setdefault(row["session_id"], {})[row["path"]] = Folder(
-                row["id"], row["mode"], row["mtime_ns"], row["mtime_ns"])
+                row["id"], row["mode"], row["mtime_ns"], row["mtime_ns"], row["uid"], row["gid"])
 
     # --- resolving ------------------------------------------------------------------------------
 
@@ -99,6 +105,9 @@ class SessionTree:
         parts = [p for p in path.split("/") if p]
         if not parts:
             return Node(ROOT)
+        for part in parts:
+            if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
+                raise NameTooLong(f"{part[:40]}…: a name holds at most {NAME_MAX} bytes")
         if len(parts) == 1:
             if parts[0] == ROOT_STATUS:
                 return Node(ROOT_STATUS_FILE, name=ROOT_STATUS)
@@ -132,6 +141,12 @@ class SessionTree:
                    if path.startswith(prefix) and "/" not in path[len(prefix):]]
         return files, folders
 
+    def subfolder_count_locked(self, session: SessionRecord, folder: str) -> int:
+        """How many folders `folder` ("" = the session itself) holds directly: its link count is 2 more."""
+        prefix = folder + "/" if folder else ""
+        return sum(1 for path in self.folders.get(session.id, {})
+                   if path.startswith(prefix) and "/" not in path[len(prefix):])
+
     def is_empty_locked(self, session: SessionRecord, folder: str) -> bool:
         return not any(self.children_locked(session, folder))
 
@@ -151,15 +166,16 @@ class SessionTree:
             if node.parent:
                 folder = self.folders[node.session.id][node.parent]
                 folder.mtime_ns = folder.ctime_ns = now
-                self.engine.update_folder_locked(folder.id, mtime_ns=now)
+                self.engine.touch_folder_locked(folder.id, now)
             else:
-                self.engine.set_session_attrs_locked(node.session, mtime_ns=now)
+                self.engine.touch_session_locked(node.session, now)
                 node.session.ctime_ns = now
 
-    def add_folder_locked(self, session: SessionRecord, path: str, mode: int) -> None:
+    def add_folder_locked(self, session: SessionRecord, path: str, mode: int, uid: int | None = None,
+                          gid: int | None = None) -> None:
         now = time.time_ns()
-        folder_id = self.engine.add_folder_locked(session, path, mode, now)
-        self.folders.setdefault(session.id, {})[path] = Folder(folder_id, mode, now, now)
+        folder_id = self.engine.add_folder_locked(session, path, mode, now, uid, gid)
+        self.folders.setdefault(session.id, {})[path] = Folder(folder_id, mode, now, now, uid, gid)
 
     def remove_folder_locked(self, session: SessionRecord, path: str) -> None:
         folders = self.folders[session.id]

@@ -21,7 +21,7 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 
 from ..errors import NoAttribute, NotADirectory, NotFound
 from .errors import answered
-from .writers import BLOCK, CUT_SHORT, BodyWriter, ContentReader, HeldEmptyFiles, expected_length, finish
+from .writers import BLOCK, CUT_SHORT, BodyWriter, ContentReader, HeldEmptyFiles, expected_length
 
 log = logging.getLogger(__name__)
 
@@ -228,21 +228,21 @@ class FileResource(_Fs360Resource, DAVNonCollection):
     def _end_write(self, writer: BodyWriter, with_errors: bool) -> None:
         if with_errors:
             try:
-                finish(self.model, writer.fh, False, CUT_SHORT)
+                self.model.finish_writer(writer.fh, False, CUT_SHORT)
             except Exception:  # the request's own error is the answer
                 log.debug("closing the failed PUT of %s", self.path, exc_info=True)
             return
         expected = expected_length(self.environ)
         if expected is not None and writer.written != expected:
             with answered():
-                finish(self.model, writer.fh, False, CUT_SHORT)
+                self.model.finish_writer(writer.fh, False, CUT_SHORT)
             raise DAVError(400, context_info=f"the request's body ended after {writer.written} of its "
                                              f"{expected} bytes: the file is not taken; send it again")
         if writer.written == 0:
             self.provider.held.hold(self.path, writer.fh)  # its content may come with the next PUT
             return
         with answered():
-            finish(self.model, writer.fh, True)
+            self.model.finish_writer(writer.fh, True)
 
     # --- properties: the upload state, then WsgiDAV's own --------------------------------------------
 
@@ -309,11 +309,11 @@ def copy_file(provider: Fs360Provider, source: str, dest: str) -> None:
                 while data := model.read(reader, BLOCK, writer.written):
                     writer.write(data)
             except BaseException:
-                finish(model, writer.fh, False, "its COPY failed; copy it again")
+                model.finish_writer(writer.fh, False, "its COPY failed; copy it again")
                 raise
             finally:
                 provider.writer_closed(dest)
-            finish(model, writer.fh, True)
+            model.finish_writer(writer.fh, True)
         finally:
             model.release(reader)
 

@@ -8,7 +8,6 @@ the account.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import stat
 import threading
@@ -20,11 +19,11 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from ..config import Settings
 from ..errors import Fs360Error
+from ..options import is_loopback_host, parse_address
 from .provider import Fs360Provider
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADDRESS = "127.0.0.1:8360"
 # WsgiDAV reads request bodies and writes GET answers in blocks of this size (its default,
 # 8 KiB, means 6,400 model writes for 50 MB).
 BLOCK_SIZE = 1024 * 1024
@@ -36,24 +35,6 @@ class AccessError(Fs360Error):
     """The server's address, password file or TLS files do not allow it to start."""
     code = "webdav_access"
     reason = "the WebDAV server's access settings are incomplete"
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (loopback) -> (host, port)."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise AccessError(f"--addr {text!r} is not HOST:PORT (e.g. 127.0.0.1:8360, [::1]:0)")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: whatever it resolves to, it is not known to be loopback
 
 
 def read_password_file(path: str) -> dict[str, str]:
@@ -90,7 +71,7 @@ def check_access(settings: Settings, host: str) -> dict[str, str] | None:
         if not Path(path).expanduser().is_file():
             raise AccessError(f"cannot read the TLS file {path}")
     users = read_password_file(settings.webdav_password_file) if settings.webdav_password_file else None
-    if not is_loopback(host) and not (users and all(tls)):
+    if not is_loopback_host(host) and not (users and all(tls)):
         raise AccessError(f"{host} is not a loopback address: serving it needs --password-file (Basic auth) "
                           f"and --tls-cert/--tls-key (TLS), so no password or file travels in clear text")
     return users
@@ -123,7 +104,10 @@ class WebDavServer:
 
     def __init__(self, model, settings: Settings, address: str):
         self.settings = settings
-        self.host, self.port = parse_address(address)
+        try:
+            self.host, self.port = parse_address(address)
+        except ValueError:
+            raise AccessError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:8360, [::1]:0)") from None
         self.users = check_access(settings, self.host)
         self.provider = Fs360Provider(model, settings.webdav_empty_put_grace)
         logging.getLogger("wsgidav").setLevel(logging.DEBUG if settings.log_level.lower() == "debug"

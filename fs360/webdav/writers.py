@@ -21,13 +21,6 @@ NEVER_CAME = "the WebDAV client created it empty and the server stopped before i
 BLOCK = 1024 * 1024
 
 
-def finish(model, fh: int, succeeded: bool, reason: str = "") -> None:
-    """Closes writer `fh`: succeeded, the file is final (queued); otherwise it is held,
-    never uploaded, with `reason` in status. Raises the model's refusal of a close (an
-    invalid .create, a rewrite of a server-held file that differs)."""
-    model.finish_writer(fh, succeeded, reason)
-
-
 def expected_length(environ: dict) -> int | None:
     """How many bytes the request's body must hold to be whole (None: only its framing says).
     Chunked bodies are cut short visibly (cheroot raises on a broken chunk); Finder's chunked
@@ -169,6 +162,6 @@ class HeldEmptyFiles:
 
     def _settle(self, held: Held, succeeded: bool, reason: str = "") -> None:
         try:
-            finish(self.model, held.fh, succeeded, reason)
+            self.model.finish_writer(held.fh, succeeded, reason)
         except Fs360Error as exc:  # nobody is waiting for the answer: it stays in status
             log.info("an empty file's close was refused: %s", exc)

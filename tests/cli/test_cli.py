@@ -89,10 +89,14 @@ def test_local_mount_status_and_unmount_wait(tmp_path):
         write_random(session / "b.las", 100_000)
         shown = run_fs360("status", str(mountpoint))
         assert shown.returncode == 0
-        assert "Survey" in shown.stdout and "a.jpg" in shown.stdout
+        assert "Survey" in shown.stdout
+        shown = run_fs360("status", "--files", str(mountpoint))
+        assert shown.returncode == 0
+        assert "Survey/a.jpg" in shown.stdout and "Survey/b.las" in shown.stdout
         waited = run_fs360("unmount", "--wait", str(mountpoint))
         assert waited.returncode == 0, waited.stderr
         assert "0 file(s) to go" in waited.stderr
+        assert "2/2 file(s) on the server" in waited.stderr
         assert not is_mounted(mountpoint)
     finally:
         if is_mounted(mountpoint):

@@ -147,31 +147,39 @@ def test_failing_programs_never_upload_their_files(tmp_path, profiled_emulator, 
     assert_uploaded(emulator, None, {"ok.jpg": sources["ok.jpg"]})
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
-def test_rsync_inplace_cut_off_is_never_uploaded_and_append_finishes_it(how, tmp_path, slow_source, emulator,
-                                                                         mount_factory):
+@pytest.mark.parametrize("mode", ["--inplace", "--append"])
+def test_rsync_cut_off_in_place_is_never_uploaded_and_append_finishes_it(mode, tmp_path, slow_source,
+                                                                         profiled_emulator, mount_factory):
+    """rsync writing the final name itself, its parent stopped by SIGINT, SIGTERM or SIGKILL (as
+    `kill` or a closed terminal would): its receiver closes the partial file and exits non-zero."""
     source, sha = slow_source
+    emulator = profiled_emulator
     mount = mount_factory(emulator, writeback_delay=WINDOW)
-    session = mount.mountpoint / "s"
-    session.mkdir()
-    marker = f"--log-file-format=cut-{how}"  # tells this test's rsync processes apart
-    rsync = subprocess.Popen(["rsync", "--inplace", "--bwlimit=3000", marker, str(source), str(session)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: state_of(mount, "s", "big.e57").get("size", 0) >= 2 * MiB, 60,
-               what="rsync to write 2 MiB")
-    rsync.send_signal(getattr(signal, how))  # the parent only, as `kill` or a closed terminal would
-    assert wait_exit(rsync) != 0
-    wait_until(lambda: not rsync_processes(marker), 30, what="rsync's children to end")
-    cut = wait_state(mount, "s", "big.e57")
-    assert cut["state"] in ("held", "interrupted"), cut
-    assert cut["size"] < 24 * MiB and "copy it again" in cut["error"]
+    sessions = {}
+    for how in ("SIGINT", "SIGTERM", "SIGKILL"):
+        session = mount.mountpoint / how
+        session.mkdir()
+        marker = f"--log-file-format=cut-{how}{mode}"  # tells this run's rsync processes apart
+        rsync = subprocess.Popen(["rsync", mode, "--bwlimit=3000", marker, str(source), str(session)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: state_of(mount, how, "big.e57").get("size", 0) >= 2 * MiB, 60,
+                   what="rsync to write 2 MiB")
+        rsync.send_signal(getattr(signal, how))  # the parent only
+        assert wait_exit(rsync) != 0
+        wait_until(lambda: not rsync_processes(marker), 30, what="rsync's children to end")
+        cut = wait_state(mount, how, "big.e57")
+        assert cut["state"] in ("held", "interrupted"), cut
+        assert cut["size"] < 24 * MiB and "copy it again" in cut["error"]
+        sessions[how] = session
     assert not remote_files(emulator), "a partial file reached the server"
 
-    # rsync --append sends the rest to the same file: it is whole and uploads.
-    done = subprocess.run(["rsync", "--append", str(source), str(session)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert wait_state(mount, "s", "big.e57")["state"] == "complete"
-    assert_uploaded(emulator, None, {"big.e57": sha})
+    # rsync --append sends the rest to the same files: they are whole and upload.
+    for how, session in sessions.items():
+        done = subprocess.run(["rsync", "--append", str(source), str(session)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    for how in sessions:
+        assert wait_state(mount, how, "big.e57")["state"] == "complete"
+        assert_uploaded(emulator, mount.status_json(how)["upload_id"], {"big.e57": sha})
 
 
 def test_a_file_moved_to_another_session_at_pick_up_goes_to_that_session(tmp_path, emulator, mount_factory):

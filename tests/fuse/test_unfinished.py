@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -16,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.ops.common import harness_runtime, run_fs360
-from tests.harness import (assert_uploaded, is_mounted, make_sources, pid_alive, wait_until, write_marker,
-                           write_random)
+from tests.harness import (assert_uploaded, build_pjdfstest, is_mounted, make_sources, pid_alive, wait_until,
+                           write_marker, write_random)
 
 MiB = 1024 * 1024
-PJDFSTEST_MIRROR = Path("/work/.mirror/pjd+pjdfstest/repo")
 
 
 def file_info(mount, session: str, name: str) -> dict:
@@ -174,23 +172,6 @@ def test_unlink_14_steps_on_a_mount(mount):
     wait_until(lambda: sorted(os.listdir(mount.mountpoint / "s")) == ["status", "status.json"], 10,
                what="the hidden name to go")
     os.rmdir(mount.mountpoint / "s")
-
-
-def build_pjdfstest(directory: Path) -> Path | None:
-    """pjdfstest built from its source (a git dir of pjd/pjdfstest), without autotools."""
-    source = Path(os.environ.get("PJDFSTEST_GIT_DIR", PJDFSTEST_MIRROR))
-    if not source.is_dir() or shutil.which("gcc") is None:
-        return None
-    directory.mkdir()
-    archive = subprocess.run(["git", "--git-dir", str(source), "archive", "HEAD"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
-    (directory / "config.h").touch()
-    have = ["FCHMODAT", "FCHOWNAT", "FSTATAT", "LINKAT", "MKDIRAT", "MKFIFOAT", "MKNODAT", "OPENAT",
-            "POSIX_FALLOCATE", "RENAMEAT", "SYMLINKAT", "UNLINKAT", "UTIMENSAT", "STRUCT_STAT_ST_ATIM",
-            "STRUCT_STAT_ST_MTIM", "STRUCT_STAT_ST_CTIM", "SYS_SYSMACROS_H"]
-    subprocess.run(["gcc", "-O1", "-I.", "-D_GNU_SOURCE", *(f"-DHAVE_{h}" for h in have), "-o", "pjdfstest",
-                    "pjdfstest.c"], cwd=directory, check=True, capture_output=True)
-    return directory
 
 
 def test_pjdfstest_unlink_14(tmp_path, emulator, mount_factory):

@@ -40,7 +40,7 @@ def queue_files(engine: Engine, session_name: str, files: dict[str, str | os.Pat
         size = _copy(source, spool_path)
         with engine.lock:
             engine.wrote_locked(record, size)
-        engine.content_sha256(record)  # as the path model's last close does: hashed off the lock
+        engine.content_digest(record)  # as the path model's last close does: hashed off the lock
         with engine.lock:
             engine.close_writer_locked(record, size)
     if project is not None:

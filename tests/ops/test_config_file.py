@@ -47,7 +47,7 @@ def test_mount_with_nothing_but_the_mountpoint(tmp_path, emulator):
     try:
         assert (cache / "lock").exists()
         shown = run_fs360(tmp_path, "status", str(mountpoint))
-        assert f"== {mountpoint} (bwlimit 9M)" in shown.stdout, shown.stdout
+        assert shown.stdout.splitlines()[0] == f"idle · 0/0 files · bwlimit 9M · {mountpoint}", shown.stdout
     finally:
         assert run_fs360(tmp_path, "unmount", str(mountpoint)).returncode == 0
     assert not is_mounted(mountpoint)

@@ -111,7 +111,7 @@ def test_a_transfer_under_bwlimit_arrives_whole(tmp_path, emulator, mount_factor
     (mount.mountpoint / "s").mkdir()
     sha = write_random(mount.mountpoint / "s" / "big.e57", MiB + 1)
     shown = run_fs360(tmp_path, "status", str(mount.mountpoint), env=harness_runtime())
-    assert f"== {mount.mountpoint} (bwlimit 2M)" in shown.stdout, shown.stdout + shown.stderr
+    assert "bwlimit 2M" in shown.stdout and str(mount.mountpoint) in shown.stdout, shown.stdout + shown.stderr
     assert mount.wait_settled("s", timeout=60) == {"big.e57": "complete"}
     assert_uploaded(emulator, None, {"big.e57": sha})
     assert request_count(emulator, "PUT ") == 5  # four chunks and a byte, each PUT gated once

@@ -1,11 +1,16 @@
-"""fstab and mount(8): a real `mount -t fuse.fs360` through the installed helper, and `umount`."""
+"""fstab and mount(8): a real `mount -t fuse.fs360` through the installed helper, and `umount`.
+
+libmount looks for helpers in /sbin only, and a test writes only inside its temporary dir: the
+helper is installed under a prefix there, and mount(8) runs in a mount namespace of its own
+whose /sbin is an overlay holding it. The test's dir is a shared mount, so the fuse mount made
+in that namespace shows in the test's own (the overlay does not: / is private)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,41 +22,31 @@ from .common import fs360_env, run_fs360
 
 pytestmark = pytest.mark.fuse
 
-HELPER = Path("/sbin/mount.fuse.fs360")  # libmount looks for helpers in /sbin only
+SBIN = os.path.realpath("/sbin")  # /usr/sbin where /sbin is a link to it
+WITH_PRIVATE_SBIN = ('mount -t overlay overlay -o lowerdir="$0",upperdir="$1",workdir="$2" "$0" && shift 2 '
+                     '&& exec "$@"')
 
 
 @pytest.fixture
-def sbin_held():
-    """The helper is one file in /sbin for the whole machine: a test that installs it holds a lock
-    on /sbin itself until it has put back what was there, so parallel tests (xdist workers, other
-    runs of the suite) take turns."""
-    fd = os.open(HELPER.parent, os.O_RDONLY | os.O_DIRECTORY)
+def helper(tmp_path):
+    if os.getuid() != 0 or not all(shutil.which(tool) for tool in ("mount", "umount", "unshare")):
+        pytest.skip("needs root, mount(8) and unshare(1)")
+    subprocess.run(["mount", "--bind", str(tmp_path), str(tmp_path)], check=True)
+    subprocess.run(["mount", "--make-shared", str(tmp_path)], check=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        result = run_fs360(tmp_path, "install-helper", "--prefix", str(tmp_path / "root"))
+        assert result.returncode == 0, result.stderr
+        (tmp_path / "overlay-work").mkdir()
+        yield tmp_path / "root" / "sbin" / "mount.fuse.fs360"
     finally:
-        os.close(fd)  # releases the lock
-
-
-@pytest.fixture
-def helper(tmp_path, sbin_held):
-    if os.getuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8)")
-    backup = None
-    if HELPER.exists():
-        backup = tmp_path / "helper.backup"
-        shutil.copy2(HELPER, backup)
-    result = run_fs360(tmp_path, "install-helper")
-    assert result.returncode == 0, result.stderr
-    yield HELPER
-    if backup:
-        shutil.copy2(backup, HELPER)
-    else:
-        HELPER.unlink(missing_ok=True)
+        subprocess.run(["umount", "-l", str(tmp_path)], capture_output=True)
 
 
 def mount8(tmp_path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], env=fs360_env(tmp_path), capture_output=True, text=True, timeout=60)
+    """mount(8) with the test's helper in /sbin, in a mount namespace of its own."""
+    command = ["unshare", "-m", "--propagation", "unchanged", "sh", "-c", WITH_PRIVATE_SBIN, SBIN,
+               str(tmp_path / "root" / "sbin"), str(tmp_path / "overlay-work"), "mount", *args]
+    return subprocess.run(command, env=fs360_env(tmp_path), capture_output=True, text=True, timeout=60)
 
 
 def key_file(tmp_path, key) -> Path:
@@ -104,6 +99,26 @@ def test_an_fstab_line(tmp_path, emulator, helper, monkeypatch):
         umounted = subprocess.run(["umount", str(mountpoint)], capture_output=True, text=True)
     assert umounted.returncode == 0, umounted.stderr
     assert not is_mounted(mountpoint)
+
+
+def test_install_helper_keeps_another_installations_helper_without_force(tmp_path):
+    prefix = tmp_path / "root"
+    assert run_fs360(tmp_path, "install-helper", "--prefix", str(prefix)).returncode == 0
+    helper = prefix / "sbin" / "mount.fuse.fs360"
+    ours = helper.read_text()
+    again = run_fs360(tmp_path, "install-helper", "--prefix", str(prefix))
+    assert again.returncode == 0 and helper.read_text() == ours  # the same installation: rewritten as it was
+    other = ours.replace(f"exec {sys.executable} ", "exec /opt/other/bin/python ")
+    helper.write_text(other)
+    refused = run_fs360(tmp_path, "install-helper", "--prefix", str(prefix))
+    assert refused.returncode == 2
+    assert "belongs to another fs360 installation (it runs /opt/other/bin/python); --force" in refused.stderr
+    assert helper.read_text() == other
+    helper.write_text("#!/bin/sh\nexec something-else\n")
+    assert "is not fs360's helper" in run_fs360(tmp_path, "install-helper", "--prefix", str(prefix)).stderr
+    forced = run_fs360(tmp_path, "install-helper", "--prefix", str(prefix), "--force")
+    assert forced.returncode == 0 and helper.read_text() == ours
+    assert os.access(helper, os.X_OK)
 
 
 def test_a_bad_option_fails_the_mount_with_a_message(tmp_path, helper):

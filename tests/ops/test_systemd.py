@@ -119,6 +119,32 @@ def test_unit_template_and_install_unit(tmp_path):
     assert missing.returncode == 0 and "systemctl is missing: not enabled" in missing.stdout
 
 
+def test_the_unit_clears_a_dead_mount_names_its_documentation_and_the_configured_key(tmp_path):
+    text = unit_text()
+    assert "After=network-online.target" not in text and "Wants=network" not in text  # no such user unit
+    assert "\nDocumentation=" in text and "loginctl enable-linger" in text
+    assert "ExecStartPre=-" in text and " recover %f" in text  # releases a dead mount (fs360 recover)
+    assert "LoadCredential=fs360-api-key:%E/fs360/api-key" in text
+    key = tmp_path / "keys" / "360.key"
+    key.parent.mkdir()
+    key.write_text("sk_test\n")
+    key.chmod(0o600)
+    (tmp_path / "config" / "fs360").mkdir(parents=True)
+    (tmp_path / "config" / "fs360" / "config.toml").write_text(f'api_key_file = "{key}"\n')
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "systemctl").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "loginctl").write_text("#!/bin/sh\necho Linger=no\n")
+    for tool in ("systemctl", "loginctl"):
+        (fake_bin / tool).chmod(0o755)
+    installed = run_fs360(tmp_path, "install-unit", "/mnt/360", env={"PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    assert installed.returncode == 0, installed.stderr
+    unit = (tmp_path / "config" / "systemd" / "user" / "fs360@.service").read_text()
+    assert f"LoadCredential=fs360-api-key:{key}\n" in unit
+    assert f"the key is read from {key}" in installed.stdout
+    assert "loginctl enable-linger $USER" in installed.stdout
+
+
 def test_the_shipped_unit_is_the_generated_one():
     from pathlib import Path
 

@@ -35,7 +35,7 @@ def test_a_huge_retry_after_is_shown_on_every_file_it_holds_and_resume_lifts_it(
         files = [f for f in status["files"] if f["state"] != "complete"]
         return files if len(files) >= FILES - WORKERS and all(f["state"] == "failed" and WAIT in (f["error"] or "")
                                                               for f in files) else None
-    held = wait_until(every_file_held, 30, 0.2, what="every file to show the server's wait")
+    held = wait_until(every_file_held, 120, 0.2, what="every file to show the server's wait")
     assert len({f["error"] for f in held}) == 1  # one reason, the same everywhere
     status = mount.status_json("s")
     assert [reason for reason in status["held_back"] if WAIT in reason]

@@ -13,7 +13,7 @@ values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allo
                                                                                   max_size=3), max_leaves=8)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.text(max_size=6), values, max_size=4), st.booleans())
 def test_every_prefix_of_a_json_object_is_accepted(obj, indent):
     text = json.dumps(obj, indent=2 if indent else None, ensure_ascii=False) + "\n"

@@ -11,12 +11,13 @@ import fs360
 
 ROOT = Path(fs360.__file__).parent
 # Lower layers first; a module may import from its own layer's package and from lower ones.
-LAYERS = ["stdlib-only", "errors", "config", "api", "engine", "fs", "daemon", "cli"]
+LAYERS = ["stdlib-only", "errors", "config", "api", "engine", "fs", "web", "daemon", "cli"]
 # Modules beside the layers, each in the lowest layer above everything it imports: systemd.py
 # and control.py use nothing of fs360, so any layer may use them.
 SIDE_MODULES = {"systemd": "stdlib-only", "control": "stdlib-only", "fuse_host": "stdlib-only",
                 "options": "config", "settings_file": "config",
-                "doctor": "cli", "demo": "cli", "completion": "cli",
+                "doctor": "cli", "demo": "cli", "completion": "cli", "status_view": "cli",
+                "notices": "daemon",
                 # The WebDAV server is a second adapter over the path model, beside fs/'s FUSE one.
                 "webdav": "fs"}
 

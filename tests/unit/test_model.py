@@ -75,6 +75,7 @@ Issue 11: never upload what the writer did not finish
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -82,6 +83,7 @@ import threading
 
 import mfusepy
 import pytest
+import xxhash
 
 from fs360.errors import Fs360Error
 from fs360.fs.fuse_ops import translated
@@ -556,7 +558,10 @@ def test_identical_rewrite_of_a_held_file_is_accepted_different_refused(model, e
     model.release(fh)
     assert request_count(emulator, "PUT") == puts
     assert read_all(model, "/s/status.json")  # still renders
-    assert [f["sha256"] for f in emulator.files()] == [model.engine.sessions["s"].files["scan.e57"].sha256]
+    # The server holds the first content, whose identity digest the journal keeps.
+    held = model.engine.sessions["s"].files["scan.e57"]
+    assert [f["sha256"] for f in emulator.files()] == [hashlib.sha256(b"abc" * 1000).hexdigest()]
+    assert held.sha256 == "xxh3-128:" + xxhash.xxh3_128(b"abc" * 1000).hexdigest()
 
 
 def test_rename_of_a_scratch_copy_onto_a_held_file(model, emulator):
@@ -569,10 +574,34 @@ def test_rename_of_a_scratch_copy_onto_a_held_file(model, emulator):
     model.rename("/s/.a.las.Xy12", "/s/a.las")
     assert names(model, "/s") == {"a.las", "status", "status.json"}
     assert model.file_state("s", "a.las") == "complete"
-    assert model.getattr("/s/a.las")["st_mode"] & 0o777 == 0o600  # takes the copy's mode
+    # Takes the copy's mode, shown without write permission: the server holds the file.
+    assert model.getattr("/s/a.las")["st_mode"] & 0o777 == 0o400
     write_file(model, "/s/.a.las.Zz34", b"diff")
     assert errno_of(model.rename, "/s/.a.las.Zz34", "/s/a.las") == errno.EACCES
     assert "different a.las" in model.getxattr("/s/a.las", "user.fs360.error").decode()
+    assert request_count(emulator, "PUT") == puts
+
+
+def test_a_sha256_journaled_by_an_earlier_build_still_compares_re_copies(model, emulator):
+    """Journals from before the identity hash hold a plain sha256: re-copies are compared by it."""
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.las", b"same" * 100)
+    wait_state(model, "s", "a.las", "complete")
+    held = model.engine.sessions["s"].files["a.las"]
+    with model.engine.lock:
+        model.engine.set_file_attrs_locked(held, sha256=hashlib.sha256(b"same" * 100).hexdigest())
+        model.engine.drop_spool_locked(held)  # so the rewrite is compared by its digest alone
+    puts = request_count(emulator, "PUT")
+    write_file(model, "/s/a.las", b"same" * 100)
+    write_file(model, "/s/.a.las.Xy12", b"same" * 100)
+    model.rename("/s/.a.las.Xy12", "/s/a.las")
+    assert model.file_state("s", "a.las") == "complete"
+    write_file(model, "/s/.a.las.Zz34", b"diff" * 100)
+    assert errno_of(model.rename, "/s/.a.las.Zz34", "/s/a.las") == errno.EACCES
+    fh = model.open("/s/a.las", os.O_WRONLY | os.O_TRUNC)
+    model.write(fh, b"diff" * 100, 0)
+    assert errno_of(model.flush, fh) == errno.EACCES
+    model.release(fh)
     assert request_count(emulator, "PUT") == puts
 
 

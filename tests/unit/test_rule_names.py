@@ -163,3 +163,14 @@ def test_each_file_gets_its_own_server_name_shown_in_status_and_xattr(server, ma
     upload_id = model.engine.sessions["Site A"].upload_id
     held = {f["name"]: f["total"] for f in server.files() if f["upload_id"] == upload_id}
     assert held == {expected: len(str(i)) for i, (_, expected) in enumerate(MAPPING)}
+
+
+def test_a_name_refused_at_create_says_why_in_status(idle):
+    """A file manager shows only "operation not permitted": status names the file and the reason."""
+    idle.engine.caps.allowed_extensions = ("jpg", "e57")
+    assert errno_of(idle.create, "/s/setup.exe", 0o644, os.O_WRONLY) == errno.EPERM
+    status = json.loads(read_all(idle, "/s/status.json"))
+    assert status["refused_names"] == [{"name": "setup.exe", "reason": "the server does not take .exe files; "
+                                        "allowed: jpg, e57: rename it to a type the server takes, or keep it "
+                                        "out of the session"}]
+    assert "refused   setup.exe: the server does not take .exe files" in read_all(idle, "/s/status").decode()

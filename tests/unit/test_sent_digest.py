@@ -1,4 +1,5 @@
-"""uploader.SentDigest: the sha256 of a file as the server holds it, followed through every
+"""uploader.SentDigest: the digest of a file as the server holds it (sha256 with nothing to check
+against, else of the kind journaled), followed through every
 way an upload moves (chunks hashed beside their PUT, a resume, a server that rolls back),
 over a real file read the way send_file reads it."""
 
@@ -9,6 +10,7 @@ import hashlib
 import os
 
 import pytest
+import xxhash
 
 from fs360.engine.uploader import SentDigest, read_exactly
 from fs360.errors import SentContentChanged
@@ -105,3 +107,23 @@ def test_the_check_holds_back_a_file_that_is_not_what_was_journaled(spool):
     with pytest.raises(SentContentChanged) as nothing_sent:
         digest.check(sha(b"other"), 0)
     assert "nothing of it was sent: copy it again" in str(nothing_sent.value)
+
+
+def identity(data: bytes) -> str:
+    return "xxh3-128:" + xxhash.xxh3_128(data).hexdigest()
+
+
+@pytest.mark.parametrize("kind", [identity, sha])
+def test_what_is_sent_is_hashed_like_the_journaled_digest(spool, kind):
+    """A file journaled by this build has an XXH3-128 identity digest, one journaled before it a
+    sha256: the sent data is hashed the same way, a resume included, and checked."""
+    reads, view = Reads(spool), memoryview(bytearray(CHUNK))
+    digest = SentDigest(reads, view, lambda: None, expected=kind(DATA))
+    offset = 3 * CHUNK + 5
+    digest.seek(offset)
+    while offset < len(DATA):
+        offset = send(digest, reads, view, offset, beside=offset + CHUNK < len(DATA))
+    assert digest.hexdigest() == kind(DATA)
+    digest.check(kind(DATA), 9 * CHUNK)
+    with pytest.raises(SentContentChanged):
+        digest.check(kind(DATA[:-1] + b"X"), 9 * CHUNK)

@@ -49,7 +49,8 @@ def test_a_password_file_others_can_read_is_refused(tmp_path, emulator):
 def test_a_bad_address_is_one_clear_line(tmp_path, emulator):
     refused = serve(tmp_path, emulator, "--addr", "localhost")
     assert refused.returncode == 2
-    assert refused.stderr.strip() == "fs360: --addr 'localhost' is not HOST:PORT (e.g. 127.0.0.1:8360, [::1]:0)"
+    assert refused.stderr.strip() == ("fs360: --addr localhost: not HOST:PORT; allowed: HOST:PORT, e.g. "
+                                      "127.0.0.1:8360 or [::1]:0 (port 0: a free one)")
 
 
 def test_basic_auth_over_tls_from_the_config_files_webdav_table(tmp_path, emulator):
