@@ -139,7 +139,9 @@ def test_bwlimit_changes_at_run_time(tmp_path, emulator, mount_factory):
 @pytest.mark.fuse
 def test_pause_stops_puts_keeps_the_mount_writable_and_resume_loses_nothing(tmp_path, emulator, mount_factory):
     chunk = 256 * KiB
-    mount = mount_factory(emulator, extra_args=["--chunk-size", "256k", "--bwlimit", "1M"], writeback_delay=0.1)
+    # A chunk a second: the pause (a CLI run, seconds on a loaded machine) lands well before the
+    # file's 16th chunk; the limit is lifted before the resume.
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "256k", "--bwlimit", "256k"], writeback_delay=0.1)
     session = mount.mountpoint / "s"
     session.mkdir()
     expected = {"a.e57": write_random(session / "a.e57", 4 * MiB)}
@@ -164,6 +166,9 @@ def test_pause_stops_puts_keeps_the_mount_writable_and_resume_loses_nothing(tmp_
     received = remote["a.e57"]["received"]
     assert received < 4 * MiB and received % chunk == 0
     assert request_count(emulator, "PUT ") == received // chunk
+    lifted = run_fs360(tmp_path, "set", str(mount.mountpoint), "bwlimit=off", env=harness_runtime())
+    assert lifted.returncode == 0, lifted.stderr
+    assert request_count(emulator, "PUT ") == received // chunk, "a PUT went out while paused"
     resumed = run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime())
     assert resumed.returncode == 0, resumed.stderr
     assert mount.wait_settled("s", timeout=60) == {name: "complete" for name in expected}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fs360 import control
 from tests.harness import remote_files, wait_until, write_random
 
 from .common import MiB, assert_accounted, pick, settle
@@ -21,6 +22,9 @@ def test_daemon_killed_three_times_resumes_from_the_server(tmp_path, emulator, m
     cache_dir = tmp_path / "kill-cache"
     args = ["--chunk-size", "1M", "--workers", "4"]
     mount = mount_factory(emulator, cache_dir=cache_dir, extra_args=args)
+    # Nothing goes up before every file is written: on a loaded machine the writing took longer
+    # than the uploads, and the kills found little or nothing left to interrupt.
+    control.request(str(mount.mountpoint), {"cmd": "pause"})
     session = "crashy"
     (mount.mountpoint / session).mkdir()
     written = {}
@@ -29,6 +33,8 @@ def test_daemon_killed_three_times_resumes_from_the_server(tmp_path, emulator, m
         written[name] = write_random(mount.mountpoint / session / name, size + 1000 * i, seed=f"kill{i}")
     # close() returns before the kernel's RELEASE reaches the daemon: wait until every file is queued.
     wait_until(lambda: "writing" not in mount.file_states(session).values(), 20, what="all files queued")
+    assert remote_files(emulator) == {}
+    control.request(str(mount.mountpoint), {"cmd": "resume"})
 
     interrupted_by = {name: 0 for name in written}   # kills that caught the file half-sent
     received_total = 0
