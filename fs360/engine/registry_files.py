@@ -175,10 +175,13 @@ class FileWriters(RegistryState):
         if record.in_tree:
             self.set_state_locked(record, IN_TREE, size=record.size, mtime_ns=record.mtime_ns, last_error="",
                                   attempts=0, unfinished="")
-            return
-        self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                              attempts=0, sha256=self.content_digest(record), unfinished="")
-        self._schedule(record, delay)
+        else:
+            self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
+                                  attempts=0, sha256=self.content_digest(record), unfinished="")
+            self._schedule(record, delay)
+        # Its digest is journaled (or goes in the archive's): the running hash's state (about 1 KiB
+        # with its lock) is not kept for every file; an append reopening it reads the spool instead.
+        record.digest = None
 
     # --- files: names and removal ----------------------------------------------------------------
 
