@@ -173,12 +173,15 @@ class FileWriters(RegistryState):
         if record.in_tree:
             self.set_state_locked(record, IN_TREE, size=record.size, mtime_ns=record.mtime_ns, last_error="",
                                   attempts=0, unfinished="")
-            return
-        # The sha256 of its running digest; unknown (not written front to back, no hash made at its
-        # close), the upload hashes it before its first PUT: never a read of the file under the lock.
-        self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                              attempts=0, sha256=self.known_digest(record), unfinished="")
-        self._schedule(record, delay)
+        else:
+            # The sha256 of its running digest; unknown (not written front to back, no hash made at
+            # its close), the upload hashes it before its first PUT: never a read under the lock.
+            self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
+                                  attempts=0, sha256=self.known_digest(record), unfinished="")
+            self._schedule(record, delay)
+        # Its digest is journaled (or goes in the archive's): the running hash's state (about 1 KiB
+        # with its lock) is not kept for every file; an append reopening it reads the spool instead.
+        record.digest = None
 
     # --- files: names and removal ----------------------------------------------------------------
 

@@ -69,6 +69,9 @@ class Fs360Operations(mfusepy.Operations):
             config.hard_remove = 0
         if conn_info is not None and hasattr(conn_info, "max_write"):
             conn_info.max_write = 1024 * 1024
+            # No FUSE_CAP_WRITEBACK_CACHE: measured, the copy returns a little sooner but completes
+            # no sooner, and write errors would reach the writer only at close(), which then sends
+            # no FLUSH (the commit point's pid) when a write-back failed (BENCHMARKS.md, issue 21).
             if conn_info.capable & FUSE_CAP_READDIRPLUS:
                 # Always READDIRPLUS, not only for the first page of a listing ("auto"): ls -l of
                 # a big folder then needs no lookup per file.

@@ -12,6 +12,7 @@ recorded digest. The operations themselves (fuse_ops.py) use only mfusepy's publ
 | `utimens_fuse_3` | read UTIME_NOW / UTIME_OMIT, which mfusepy folds into a bogus time |
 | `truncate_fuse_3` | pass the file handle of `ftruncate` on (mfusepy drops it), for files unlinked while open |
 | `getxattr` | answer foreign attribute names (asked before every write) before mfusepy decodes or logs |
+| `write` | hand the operation a view of libfuse's buffer, not a copy of each write into `bytes` |
 """
 
 from __future__ import annotations
@@ -125,6 +126,15 @@ class Fs360Fuse(mfusepy.FUSE):
         fh = fip.contents if fip else None
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         return self.operations.truncate(decoded, length, fh)
+
+    def write(self, path, buf, size, offset, fip):
+        # mfusepy copies every write into bytes (ctypes.string_at): a view of libfuse's buffer
+        # instead, valid for this call only. What takes it (the spool's pwrite, the digests, the
+        # comparison of a re-copy, .create's bytearray) reads it in place or copies it.
+        data = memoryview(ctypes.cast(buf, ctypes.POINTER(ctypes.c_ubyte * size)).contents).cast("B")
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.write(decoded, data, offset, fh)
 
     def getxattr(self, path, name, value, size, *args):
         # The kernel asks for security.capability before every write() (FUSE never marks an

@@ -1,4 +1,4 @@
-"""fs360 overrides five of mfusepy's internal methods (fs/mfusepy_overrides.py). If mfusepy's own
+"""fs360 overrides six of mfusepy's internal methods (fs/mfusepy_overrides.py). If mfusepy's own
 code of any of them changes, this fails: re-read the new upstream method, check the override
 still does what its row in the module's table says, then record the new digest here."""
 
@@ -20,6 +20,7 @@ UPSTREAM = {
     "utimens_fuse_3": "93951747f47f0085",
     "truncate_fuse_3": "b7735b794cbc81aa",
     "getxattr": "755693805d43840c",
+    "write": "c468142fe74149a5",
 }
 
 
