@@ -1,0 +1,51 @@
+"""The status files from a session's capture (fs/status.py): what the text shows of a large
+session, and that status.json keeps every file. The capture is plain data, copied under the
+state lock; these tests make it from real records without an engine."""
+
+from __future__ import annotations
+
+import json
+
+from fs360.engine.records import COMPLETE, FAILED, PENDING, FileRecord
+from fs360.fs import status
+
+
+def capture_of(records: list[FileRecord]) -> dict:
+    return {
+        "now": 1_700_000_000.0, "session": "scans", "id": 1, "upload_id": "u1", "expires_at": None,
+        "sealed": False, "files": [status._FILE_FIELDS(r) for r in records], "unlinked": [],
+        "refused_names": [], "tree_members": [], "archive_name": None, "tree_files": [], "project": None,
+        "notice": "", "marker_refused": "", "api_url": "http://127.0.0.1:1", "default_privacy": 2,
+        "paused": False, "held_back": [],
+    }
+
+
+def records(complete: int, pending: int = 0, failed: int = 0) -> list[FileRecord]:
+    made = []
+    for index, state in enumerate([COMPLETE] * complete + [PENDING] * pending + [FAILED] * failed):
+        record = FileRecord(id=index, session_id=1, name=f"scan_{index}.jpg", mode=0o644, mtime_ns=0, size=10,
+                            state=state, server_received=10 if state == COMPLETE else 0)
+        record.server_name = record.name
+        record.last_error = "the server did not answer; it is tried again" if state == FAILED else ""
+        made.append(record)
+    return made
+
+
+def test_a_large_session_lists_what_is_not_complete_and_counts_the_rest():
+    many = status.TEXT_LISTS_COMPLETE_UP_TO
+    snapshot = status.snapshot_of(capture_of(records(many, pending=2, failed=1)))
+    text = status.render_text(snapshot).decode()
+    assert f"({many:,} complete files not listed here: status.json lists every file)" in text
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("  scan_")]
+    assert listed == [f"scan_{many}.jpg", f"scan_{many + 1}.jpg", f"scan_{many + 2}.jpg"]
+    assert "the server did not answer" in text
+    assert f"files     {many}/{many + 3} complete" in text
+    assert len(json.loads(status.render_json(snapshot))["files"]) == many + 3
+
+
+def test_a_session_up_to_the_limit_lists_every_file_in_natural_order():
+    count = status.TEXT_LISTS_COMPLETE_UP_TO
+    text = status.render_text(status.snapshot_of(capture_of(records(count - 1, pending=1)))).decode()
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("  scan_")]
+    assert listed == [f"scan_{i}.jpg" for i in range(count)]
+    assert "not listed" not in text
