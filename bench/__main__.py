@@ -4,6 +4,9 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        return 0
     if argv and argv[0] == "emulator":
         from . import emulator_bench
         return emulator_bench.main(argv[1:])

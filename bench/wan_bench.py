@@ -79,8 +79,12 @@ def main(argv: list[str]) -> int:
     if delay_by not in DELAY_KINDS:
         print(f"--delay is one of {', '.join(DELAY_KINDS)}", file=sys.stderr)
         return 2
-    rate_mbit = float(argv[0]) if len(argv) > 0 else DEFAULT_RATE_MBIT
-    rtt_ms = float(argv[1]) if len(argv) > 1 else DEFAULT_RTT_MS
+    try:
+        rate_mbit = float(argv[0]) if len(argv) > 0 else DEFAULT_RATE_MBIT
+        rtt_ms = float(argv[1]) if len(argv) > 1 else DEFAULT_RTT_MS
+    except ValueError:
+        print(f"usage: {__doc__.splitlines()[2].strip()}", file=sys.stderr)
+        return 2
     if os.environ.get(IN_NETNS) != "1":
         return reexec_in_netns(original)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
