@@ -40,7 +40,8 @@ class RegistryState:
 
     def __init__(self, settings: Settings, journal: Journal, spool: Spool, lock: StateLock,
                  schedule: Callable[[FileRecord, float], None], nudge: Callable[[], None] = lambda: None,
-                 schedule_commit: Callable[[FileRecord, float], None] = lambda record, delay: None):
+                 schedule_commit: Callable[[FileRecord, float], None] = lambda record, delay: None,
+                 want_session: Callable[[SessionRecord], None] = lambda session: None):
         self.settings = settings
         self.journal = journal
         self.spool = spool
@@ -50,6 +51,8 @@ class RegistryState:
         self._schedule_commit = schedule_commit
         # Tells housekeeping that something a project waits for changed (it looks again now).
         self.nudge = nudge
+        # Asks for the session's server session to be opened now, before its first file is queued.
+        self._want_session = want_session
         self.sessions: dict[str, SessionRecord] = {}
         self._sessions_by_id: dict[int, SessionRecord] = {}
         self._files: dict[int, FileRecord] = {}

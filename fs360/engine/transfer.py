@@ -1,7 +1,8 @@
 """One upload attempt of one file, and how its outcome settles the file's state.
 
-An attempt opens the server session if needed (never sleeping on the pacer; one
-request per folder at a time, whose failure the folder's other files share), makes
+An attempt opens the server session if needed (usually `open_early` did, as the
+folder's first file was written; never sleeping on the pacer; one request per folder
+at a time, whose failure the folder's other files share), makes
 sure the file's server name holds no other file's bytes, hashes a file queued without
 its sha256, asks the server where the file stands before any retry (and holds the
 next PUT while an abandoned one may still be read: abandoned.py), claims the name,
@@ -275,6 +276,22 @@ class Transfer:
                 self.registry.session_opened_locked(session, opened.upload_id, opened.expires_in_seconds)
             self.listeners.emit("session_opened", session=session)
             return opened.upload_id
+
+    def open_early(self, session: SessionRecord) -> None:
+        """Opens the session's server session before any of its files is queued (its first
+        uploadable file is being written). Like a file's own opening: one per folder at a time,
+        never waiting on the pacer or a hold; whatever fails is left to its files' attempts."""
+        with self.lock:
+            if session.upload_id or not self.registry.holds_session_locked(session):
+                return
+        try:
+            self._remote_session(session)
+        except NotSent:
+            pass  # out of budget or held: the file's own attempt waits its turn, and says why
+        except Fs360Error as exc:  # held for the folder's files as their own failure would be
+            log.info("session %r: opening its upload session failed: %s", session.name, exc)
+        except Exception:  # a bug must not kill a worker: the files open it themselves
+            log.exception("session %r: opening its upload session failed", session.name)
 
     def _still_picked_locked(self, record: FileRecord, generation: int, session: SessionRecord) -> None:
         """Before a step that binds the file to `session` (its name there, the claim): a file
