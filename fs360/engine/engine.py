@@ -335,8 +335,7 @@ class Engine:
                         return
                     if isinstance(record, FileRecord):
                         generation = record.generation
-                        # Journaled with the upload_id just before the first PUT (see Transfer.attempt).
-                        record.state = UPLOADING
+                        self.registry.picked_locked(record)
                 if isinstance(record, SessionRecord):
                     self.transfer.open_early(record)
                     continue
@@ -366,5 +365,5 @@ class Engine:
             except Exception:
                 log.exception("cannot settle %r; retrying it from memory", record.name)
                 if self.registry.is_current_locked(record, generation):
-                    record.state, record.needs_resync = FAILED, True
+                    self.registry.failed_in_memory_locked(record)
                     self._schedule_locked(record, self.settings.backoff_cap)

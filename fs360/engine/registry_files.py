@@ -323,6 +323,5 @@ class FileWriters(RegistryState):
             changes["mode"] = mode
         if mtime_ns is not None:
             changes["mtime_ns"] = mtime_ns
-        self.set_file_attrs_locked(held, **changes)
-        held.ctime_ns = time.time_ns()
+        self.set_file_attrs_locked(held, ctime_ns=time.time_ns(), **changes)
 
