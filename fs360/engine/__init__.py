@@ -13,7 +13,9 @@ Threads
   FUSE threads (libfuse's)     call the path model, which calls the engine with the state lock
                                held for short steps: never network, never a wait on the disk
                                beyond one journal commit
-  fs360-upload-N (workers)     take a due file from the scheduler, run Transfer.attempt: the
+  fs360-upload-N (workers)     open a folder's server session as its first file is written
+                               (Transfer.open_early), take a due file from the scheduler, run
+                               Transfer.attempt: the
                                network I/O runs with no engine lock held; a hold on a kind of
                                request that ends (api/troubles.py) brings waiting files forward
                                from whichever thread saw it end (it holds no engine lock then)

@@ -13,6 +13,7 @@ import mmap
 import os
 import threading
 import time
+from collections import deque
 
 from ..api.client import ApiClient
 from ..api.retry import Backoff
@@ -61,8 +62,13 @@ class Engine:
         # its own, so that busy upload workers never delay a commit.
         self.commit_clock = Scheduler()
         self._commit_due = threading.Condition(self.lock)
+        # Server sessions a worker opens before any of their files is queued (want_session_locked),
+        # and the sessions asked for so once already (never twice: one POST /uploads per folder).
+        self._sessions_to_open: deque[SessionRecord] = deque()
+        self._opened_early: set[int] = set()
         self.registry = Registry(settings, self.journal, self.spool, self.lock, self._schedule_locked,
-                                 nudge=self._nudge_locked, schedule_commit=self._schedule_commit_locked)
+                                 nudge=self._nudge_locked, schedule_commit=self._schedule_commit_locked,
+                                 want_session=self._want_session_locked)
         self.tree = TreeArchive(settings, self.registry)
         self.projects = ProjectKeeper(settings, self.lock, self.registry, self.client, self.backoff,
                                       self.listeners, self.session_lost)
@@ -270,6 +276,15 @@ class Engine:
     def _nudge_locked(self) -> None:
         self.housekeeping.nudge_locked()
 
+    def _want_session_locked(self, session: SessionRecord) -> None:
+        """A folder's first uploadable file is being written: a worker opens its server session
+        now, so that the file's first PUT does not wait for that round trip after its close."""
+        if session.upload_id or session.id in self._opened_early:
+            return
+        self._opened_early.add(session.id)
+        self._sessions_to_open.append(session)
+        self._work_ready.notify()
+
     def _runnable_locked(self, file_id: int, generation: int) -> bool:
         record = self.registry.file_locked(file_id)
         return record is not None and record.generation == generation and record.state in QUEUED_STATES \
@@ -298,9 +313,11 @@ class Engine:
                 except Exception:  # a journal that cannot take it: it stays closed, held at the next mount
                     log.exception("cannot commit file %d", file_id)
 
-    def _next_job_locked(self) -> FileRecord | None:
-        """Waits for a due, still valid queue entry; None when stopping."""
+    def _next_job_locked(self) -> FileRecord | SessionRecord | None:
+        """Waits for a session to open early, or a due, still valid queue entry; None when stopping."""
         while not self._stopping:
+            if self._sessions_to_open:
+                return self._sessions_to_open.popleft()
             file_id, wait = self.scheduler.take_due_locked(time.monotonic(), self._runnable_locked)
             if file_id is not None:
                 return self.registry.file_locked(file_id)
@@ -316,9 +333,12 @@ class Engine:
                     record = self._next_job_locked()
                     if record is None:
                         return
-                    generation = record.generation
-                    # Journaled with the upload_id just before the first PUT (see Transfer.attempt).
-                    record.state = UPLOADING
+                    if isinstance(record, FileRecord):
+                        generation = record.generation
+                        self.registry.picked_locked(record)
+                if isinstance(record, SessionRecord):
+                    self.transfer.open_early(record)
+                    continue
                 self.listeners.emit("file_uploading", file=record)
                 try:
                     self.transfer.attempt(record, generation, buffer)
@@ -345,5 +365,5 @@ class Engine:
             except Exception:
                 log.exception("cannot settle %r; retrying it from memory", record.name)
                 if self.registry.is_current_locked(record, generation):
-                    record.state, record.needs_resync = FAILED, True
+                    self.registry.failed_in_memory_locked(record)
                     self._schedule_locked(record, self.settings.backoff_cap)

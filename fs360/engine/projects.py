@@ -119,7 +119,7 @@ class ProjectKeeper:
                 if project is None:
                     continue
                 if project.state == P_WAITING:
-                    session.notice = self.blocking_reason_locked(session)
+                    self.registry.project_notice_locked(session, self.blocking_reason_locked(session))
                     if not session.notice and project.next_attempt <= now:
                         due_create.append(session)
                 elif project.state == P_CREATED and project.name not in self._recent_polls \

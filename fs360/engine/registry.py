@@ -13,6 +13,7 @@ One object, split by job into parts that share its state (registry_base.py):
   registry_files.py     files: written, closed, truncated, queued, renamed, removed, re-copied
   registry_commits.py   the commit point: when a closed file is final
   registry_names.py     the names files go to the server under
+  registry_uploads.py   what transfers report: picked, progress, sent, where the server says a file is
 and here: the replay of the journal, and the spool's eviction candidates.
 """
 
@@ -32,13 +33,14 @@ from .registry_commits import CommitPoint
 from .registry_files import FileWriters
 from .registry_names import ServerNames
 from .registry_sessions import SessionsAndFolders
+from .registry_uploads import UploadOutcomes
 
 __all__ = ["Registry", "Caps", "project_may_use", "STOPPED_WHILE_WRITING", "STOPPED_BEFORE_COMMIT"]
 
 log = logging.getLogger(__name__)
 
 
-class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, RegistryState):
+class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, UploadOutcomes, RegistryState):
     # --- replay -------------------------------------------------------------------------------
 
     def replay_locked(self) -> None:

@@ -11,8 +11,7 @@ from typing import Callable
 from ..config import Settings
 from .journal import Journal
 from .locking import StateLock
-from .records import (CLOSED, LOST, P_CREATED, P_READY, PENDING, QUEUED_STATES, STOPPED_WHILE_WRITING, FileRecord,
-                      SessionRecord)
+from .records import CLOSED, P_CREATED, P_READY, QUEUED_STATES, STOPPED_WHILE_WRITING, FileRecord, SessionRecord
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,8 @@ class RegistryState:
 
     def __init__(self, settings: Settings, journal: Journal, spool: Spool, lock: StateLock,
                  schedule: Callable[[FileRecord, float], None], nudge: Callable[[], None] = lambda: None,
-                 schedule_commit: Callable[[FileRecord, float], None] = lambda record, delay: None):
+                 schedule_commit: Callable[[FileRecord, float], None] = lambda record, delay: None,
+                 want_session: Callable[[SessionRecord], None] = lambda session: None):
         self.settings = settings
         self.journal = journal
         self.spool = spool
@@ -50,6 +50,8 @@ class RegistryState:
         self._schedule_commit = schedule_commit
         # Tells housekeeping that something a project waits for changed (it looks again now).
         self.nudge = nudge
+        # Asks for the session's server session to be opened now, before its first file is queued.
+        self._want_session = want_session
         self.sessions: dict[str, SessionRecord] = {}
         self._sessions_by_id: dict[int, SessionRecord] = {}
         self._files: dict[int, FileRecord] = {}
@@ -139,14 +141,21 @@ class RegistryState:
         for session in self.sessions.values():
             session.listed_bytes = sum(f.size for f in session.files.values() if not f.local_only)
 
-    def set_file_attrs_locked(self, record: FileRecord, **attrs) -> None:
+    def set_file_attrs_locked(self, record: FileRecord, ctime_ns: int | None = None, **attrs) -> None:
+        """Journaled `attrs`; `ctime_ns` (memory only): a change of its metadata (chmod, rename)."""
+        if attrs:
+            self.journal.update_file(record.id, **attrs)
         for key, value in attrs.items():
             setattr(record, key, value)
-        self.journal.update_file(record.id, **attrs)
+        if ctime_ns is not None:
+            record.ctime_ns = ctime_ns
 
-    def requeue_locked(self, record: FileRecord, state: str, delay: float, **extra) -> None:
-        """Back to the queue in `state` (pending or failed), due in `delay` seconds."""
+    def requeue_locked(self, record: FileRecord, state: str, delay: float, resync: bool = False, **extra) -> None:
+        """Back to the queue in `state` (pending or failed), due in `delay` seconds. `resync`: the
+        server is asked where the file stands before its next PUT."""
         self.set_state_locked(record, state, **extra)
+        if resync:
+            record.needs_resync = True
         self._schedule(record, delay)
 
     def bring_forward_locked(self, own_turn: Callable[[FileRecord], float]) -> None:
@@ -165,24 +174,6 @@ class RegistryState:
             project = session.project
             if project is not None and project.last_error and project.next_attempt > now:
                 project.next_attempt = now
-
-    def resynced_locked(self, record: FileRecord, received: int) -> None:
-        """The server said where the file stands; nothing there: the file may change again."""
-        record.needs_resync = False
-        record.server_received = received
-        if received == 0 and record.upload_id is not None:
-            record.upload_id = None
-        self.journal.update_file(record.id, server_received=received, upload_id=record.upload_id)
-
-    def server_lacks_file_locked(self, record: FileRecord) -> None:
-        """The server says a file it should hold complete is not: it goes again from the spool,
-        or, when the spool no longer has it, it is lost."""
-        if record.evicted:
-            self.set_state_locked(record, LOST, last_error="the server does not have this file complete: "
-                                                           "copy it again")
-            return
-        record.needs_resync = True
-        self.requeue_locked(record, PENDING, 0.0, last_error="")
 
     def learn_locked(self, **changes) -> None:
         for key, value in changes.items():

@@ -112,6 +112,11 @@ class FileWriters(RegistryState):
         """Bytes up to `end` were written to its spool file (memory only until the last close).
         Returns the running digest for the caller to feed the data to, after the lock is released."""
         if end > record.size:
+            if not record.size and record.server_name:
+                # The first bytes of a file that goes up on its own (not scratch, not in the tree,
+                # its extension allowed): its folder's server session opens now, not after its
+                # close. Not at its creation: `touch`, vim's 4913 test file get no session.
+                self._want_session(self.session_of(record))
             self.resize_locked(record, end)
         record.mtime_ns = time.time_ns()
         return record.digest
@@ -318,6 +323,5 @@ class FileWriters(RegistryState):
             changes["mode"] = mode
         if mtime_ns is not None:
             changes["mtime_ns"] = mtime_ns
-        self.set_file_attrs_locked(held, **changes)
-        held.ctime_ns = time.time_ns()
+        self.set_file_attrs_locked(held, ctime_ns=time.time_ns(), **changes)
 

@@ -47,6 +47,17 @@ class ServerNames(RegistryState):
             return
         self.choose_server_name_locked(record, self.session_of(record))
 
+    @staticmethod
+    def server_listing_locked(session: SessionRecord, upload_id: str, listing) -> dict[str, FileRecord | None]:
+        """The server listed what `upload_id` holds (RemoteFile entries): the names it holds bytes
+        of, with the record each is ours for (None: not ours), kept while it is the session's."""
+        ours = {r.server_name.lower(): r for r in session.server_names.values()
+                if r.upload_id == upload_id and r.server_name}
+        held = {f.name.lower(): ours.get(f.name.lower()) for f in listing if f.received > 0}
+        if session.upload_id == upload_id:
+            session.remote_names = held
+        return held
+
     def claim_server_name_locked(self, record: FileRecord, session: SessionRecord, upload_id: str) -> None:
         """The first PUT of `record` is about to go: one write, and from here the server may hold
         bytes of it under its name."""

@@ -57,6 +57,7 @@ class SessionsAndFolders(RegistryState):
 
     def set_session_attrs_locked(self, session: SessionRecord, mode: int | None = None,
                                  mtime_ns: int | None = None, uid: int | None = None, gid: int | None = None) -> None:
+        """chmod, chown, utimens of the session's folder: its ctime is now."""
         if mode is not None:
             session.mode = mode
         if mtime_ns is not None:
@@ -68,10 +69,12 @@ class SessionsAndFolders(RegistryState):
             session.gid = gid
         self.journal.update_session(session.id, mode=session.mode, mtime_ns=session.mtime_ns, uid=session.uid,
                                     gid=session.gid)
+        session.ctime_ns = time.time_ns()
 
     def touch_session_locked(self, session: SessionRecord, now_ns: int) -> None:
-        """A name came or went at the session's top level: its mtime is now (journaled soon)."""
-        session.mtime_ns = now_ns
+        """A name came or went at the session's top level: its mtime and ctime are now (the mtime
+        journaled soon)."""
+        session.mtime_ns = session.ctime_ns = now_ns
         self._touch_locked(("sessions", session.id), now_ns)
 
     def touch_folder_locked(self, folder_id: int, now_ns: int) -> None:
@@ -149,6 +152,16 @@ class SessionsAndFolders(RegistryState):
         session.refused_names[name] = reason
         while len(session.refused_names) > 20:
             session.refused_names.pop(next(iter(session.refused_names)))
+
+    @staticmethod
+    def marker_refused_locked(session: SessionRecord, reason: str) -> None:
+        """Why the last .create was refused ('' once one is accepted): status shows it."""
+        session.marker_refused = reason
+
+    @staticmethod
+    def project_notice_locked(session: SessionRecord, notice: str) -> None:
+        """What stops the session's project now ('' when nothing does): status shows it."""
+        session.notice = notice
 
     def seal_locked(self, session: SessionRecord) -> None:
         session.sealed = True

@@ -1,7 +1,8 @@
 """One upload attempt of one file, and how its outcome settles the file's state.
 
-An attempt opens the server session if needed (never sleeping on the pacer; one
-request per folder at a time, whose failure the folder's other files share), makes
+An attempt opens the server session if needed (usually `open_early` did, as the
+folder's first file was written; never sleeping on the pacer; one request per folder
+at a time, whose failure the folder's other files share), makes
 sure the file's server name holds no other file's bytes, hashes a file queued without
 its sha256, asks the server where the file stands before any retry (and holds the
 next PUT while an abandoned one may still be read: abandoned.py), claims the name,
@@ -38,7 +39,7 @@ from .archive_plan import TreeArchive
 from .gate import TransferGate
 from .locking import StateLock
 from .progress import Listeners
-from .records import COMPLETE, FAILED, PENDING, REJECTED, UPLOADING, FileRecord, SessionRecord, duration_text
+from .records import FAILED, PENDING, REJECTED, UPLOADING, FileRecord, SessionRecord, duration_text
 from .registry import Registry
 from .spool import RunningDigest
 from .transfer_pool import TransferJob, TransferProcesses, run_job
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 
 # The server's answer to a chunk whose total differs from the file's it holds (api.md Part B).
 INVALID_CONTENT_RANGE = "invalid_content_range"
-# Seconds between journal commits of one file's upload progress.
-PROGRESS_JOURNAL_INTERVAL = 0.5
 # A file whose upload met an internal error (a bug: logged with its traceback) this many times
 # running is tried no more: it is rejected with the reason, and a copy again tries afresh.
 MAX_INTERNAL_ERRORS = 3
@@ -213,12 +212,8 @@ class Transfer:
                 # The session was lost while this file went to it: send it again to the new one.
                 self.registry.requeue_locked(record, PENDING, 0.0, server_received=0, upload_id=None)
                 return
-            record.server_received = received
-            if record.unlinked or record.generation != generation:
-                self.registry.journal.update_file(record.id, server_received=received)
+            if not self.registry.sent_locked(record, generation, received):
                 return
-            self.registry.set_state_locked(record, COMPLETE, server_received=received, completed_at=time.time(),
-                                           last_error="")
             self._forget_locked(record)
             self.registry.nudge()
         self.listeners.emit("file_complete", file=record)
@@ -276,6 +271,22 @@ class Transfer:
             self.listeners.emit("session_opened", session=session)
             return opened.upload_id
 
+    def open_early(self, session: SessionRecord) -> None:
+        """Opens the session's server session before any of its files is queued (its first
+        uploadable file is being written). Like a file's own opening: one per folder at a time,
+        never waiting on the pacer or a hold; whatever fails is left to its files' attempts."""
+        with self.lock:
+            if session.upload_id or not self.registry.holds_session_locked(session):
+                return
+        try:
+            self._remote_session(session)
+        except NotSent:
+            pass  # out of budget or held: the file's own attempt waits its turn, and says why
+        except Fs360Error as exc:  # held for the folder's files as their own failure would be
+            log.info("session %r: opening its upload session failed: %s", session.name, exc)
+        except Exception:  # a bug must not kill a worker: the files open it themselves
+            log.exception("session %r: opening its upload session failed", session.name)
+
     def _still_picked_locked(self, record: FileRecord, generation: int, session: SessionRecord) -> None:
         """Before a step that binds the file to `session` (its name there, the claim): a file
         written again, renamed or moved to another session since it was picked up goes again
@@ -294,11 +305,7 @@ class Transfer:
             # A session from the journal: ask once what it holds (one request per session).
             listing = self.client.session_status(upload_id)
             with self.lock:
-                ours = {r.server_name.lower(): r for r in session.server_names.values()
-                        if r.upload_id == upload_id and r.server_name}
-                held = {f.name.lower(): ours.get(f.name.lower()) for f in listing if f.received > 0}
-                if session.upload_id == upload_id:
-                    session.remote_names = held
+                held = self.registry.server_listing_locked(session, upload_id, listing)
         with self.lock:
             self._still_picked_locked(record, generation, session)
             owner = held.get(record.server_name.lower(), record) if record.server_name else None
@@ -341,22 +348,10 @@ class Transfer:
     # --- progress and outcomes ---------------------------------------------------------------
 
     def _progress(self, record: FileRecord, received: int) -> None:
-        commit = False
         with self.lock:
-            sent = received - record.server_received
-            record.server_received = received
-            if sent > 0:
-                record.rate.add(sent)
-                record.attempts = 0  # progress: the next error backs off from the start again
-            # A few commits a second at most, never one per chunk: the journal's offset is only a
-            # hint (every resume asks the server), and the last one goes with the completion.
-            now = time.monotonic()
-            if received < record.size and now - record.progress_journaled_at >= PROGRESS_JOURNAL_INTERVAL:
-                record.progress_journaled_at = now
-                commit = True
-        if commit:
-            # Outside the state lock: a commit may wait on the disk, and FUSE callbacks wait on the lock.
-            self.registry.journal.update_file(record.id, server_received=received)
+            journal_now = self.registry.progress_locked(record, received)
+        if journal_now:
+            self.registry.journal_progress(record, received)
         self.listeners.emit("bytes_sent", file=record, received=received)
 
     def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
@@ -428,8 +423,7 @@ class Transfer:
                 delay = held[1]  # the account's probe decides, not this file's backoff
             else:
                 delay = max(delay, held[1])
-        record.needs_resync = True
-        self.registry.requeue_locked(record, FAILED, delay, attempts=attempts, last_error=reason,
+        self.registry.requeue_locked(record, FAILED, delay, resync=True, attempts=attempts, last_error=reason,
                                      next_attempt=time.time() + delay)
         self.listeners.emit("file_failed", file=record, error=exc, retry_in=delay)
         log.info("%s: %s; retry %d in %.1f s", record.name, exc, attempts, delay)

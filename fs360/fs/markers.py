@@ -127,7 +127,7 @@ class Markers:
             handle.broken = True
             handle.refusal = f"invalid .create: {reason}; write a JSON object, e.g. {{\"title\": \"My project\"}}"
             with self.engine.lock:
-                handle.session.marker_refused = handle.refusal
+                self.engine.registry.marker_refused_locked(handle.session, handle.refusal)
             raise InvalidArgument(handle.refusal)
 
     @staticmethod
@@ -163,7 +163,7 @@ class Markers:
                 self._accept(handle)
         except InvalidArgument as exc:
             with self.engine.lock:
-                handle.session.marker_refused = str(exc)
+                self.engine.registry.marker_refused_locked(handle.session, str(exc))
             raise
 
     def _accept(self, handle: MarkerHandle) -> None:
@@ -175,7 +175,7 @@ class Markers:
             if project_created(session):
                 raise AccessDenied("the project is created already")
             self.engine.request_project_locked(session, options)
-            session.marker_refused = ""
+            self.engine.registry.marker_refused_locked(session, "")
             handle.dirty = False
 
     def release(self, handle: MarkerHandle) -> None:
@@ -186,7 +186,7 @@ class Markers:
                 self._accept(handle)  # `touch .create`, `> .create`: an empty request, at the last close
             except Fs360Error as exc:
                 with self.engine.lock:
-                    handle.session.marker_refused = str(exc)
+                    self.engine.registry.marker_refused_locked(handle.session, str(exc))
         with self.engine.lock:
             count = self._open_for_writing.get(handle.session.id, 1) - 1
             if count > 0:

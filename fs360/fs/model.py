@@ -386,7 +386,6 @@ class MountModel:
             now = time.time_ns()
             if node.kind == SESSION:
                 self.engine.set_session_attrs_locked(node.session, **attrs)
-                node.session.ctime_ns = now
             elif node.kind == DIR:
                 folder = node.folder
                 for key, value in attrs.items():
@@ -397,8 +396,7 @@ class MountModel:
                 self.root.update((key, value) for key, value in attrs.items() if key != "mtime_ns")
                 self.engine.journal.set_meta(ROOT_ATTRS_KEY, self.root)
             elif node.kind == FILE:
-                self.engine.set_file_attrs_locked(node.record, **attrs)
-                node.record.ctime_ns = now
+                self.engine.set_file_attrs_locked(node.record, ctime_ns=now, **attrs)
             elif node.kind == MISSING:
                 raise NotFound(path)
             # Status files and .create have no metadata of their own: accepted.

@@ -100,7 +100,7 @@ class Renames:
                 # A closed scratch file renamed to its final name: the renamer's exit decides too.
                 self.writers.joined_locked(renamer, record)
         self.engine.rename_file_locked(record, target, name, local_only)
-        record.ctime_ns = time.time_ns()
+        self.engine.set_file_attrs_locked(record, ctime_ns=time.time_ns())
         self.tree.touch_parent_locked(src, dst)
 
     def _rename_folder_locked(self, src: Node, dst: Node) -> None:
@@ -127,7 +127,7 @@ class Renames:
         the last release: for fs360 the unlink happens now (the server-held or not rules of
         `unlink`), and the open handles keep working on their spool file, reachable by that name."""
         self.engine.remove_file_locked(src.record)
-        src.record.ctime_ns = time.time_ns()
+        self.engine.set_file_attrs_locked(src.record, ctime_ns=time.time_ns())
         self.tree.hide_locked(src.session, dst.name, src.record)
         self.tree.touch_parent_locked(src)
 

@@ -169,7 +169,6 @@ class SessionTree:
                 self.engine.touch_folder_locked(folder.id, now)
             else:
                 self.engine.touch_session_locked(node.session, now)
-                node.session.ctime_ns = now
 
     def add_folder_locked(self, session: SessionRecord, path: str, mode: int, uid: int | None = None,
                           gid: int | None = None) -> None:

@@ -1,0 +1,74 @@
+"""The registry's side of uploads: what a transfer reports (picked, progress, sent, where the
+server says a file stands) applied to the file's record and journaled (see registry.py;
+transfer.py decides, the registry writes)."""
+
+from __future__ import annotations
+
+import time
+
+from .records import COMPLETE, FAILED, LOST, PENDING, UPLOADING, FileRecord
+from .registry_base import RegistryState
+
+# Seconds between journal commits of one file's upload progress.
+PROGRESS_JOURNAL_INTERVAL = 0.5
+
+
+class UploadOutcomes(RegistryState):
+    """A file's upload as its transfer reports it."""
+
+    def picked_locked(self, record: FileRecord) -> None:
+        """A worker took the file: `uploading` in memory (journaled with the upload_id at its claim,
+        just before the first PUT; a file deleted before that leaves no trace)."""
+        record.state = UPLOADING
+
+    def progress_locked(self, record: FileRecord, received: int) -> bool:
+        """The server holds `received` bytes of the file. Returns whether to journal that now
+        (journal_progress, after the lock is released): a few commits a second at most, never one
+        per chunk; the journal's offset is only a hint (every resume asks the server), and the
+        last one goes with the completion."""
+        sent = received - record.server_received
+        record.server_received = received
+        if sent > 0:
+            record.rate.add(sent)
+            record.attempts = 0  # progress: the next error backs off from the start again
+        now = time.monotonic()
+        if received < record.size and now - record.progress_journaled_at >= PROGRESS_JOURNAL_INTERVAL:
+            record.progress_journaled_at = now
+            return True
+        return False
+
+    def journal_progress(self, record: FileRecord, received: int) -> None:
+        """Outside the state lock: a commit may wait on the disk, and FUSE callbacks wait on the lock."""
+        self.journal.update_file(record.id, server_received=received)
+
+    def sent_locked(self, record: FileRecord, generation: int, received: int) -> bool:
+        """Every byte of the file is on the server. Returns whether that completed the file (not
+        when it was deleted or written again meanwhile: the server's copy is then kept as sent)."""
+        if record.unlinked or record.generation != generation:
+            self.journal.update_file(record.id, server_received=received)
+            record.server_received = received
+            return False
+        self.set_state_locked(record, COMPLETE, server_received=received, completed_at=time.time(), last_error="")
+        return True
+
+    def failed_in_memory_locked(self, record: FileRecord) -> None:
+        """Its upload ended in a bug that even settling it could not journal: tried again later
+        from memory, asking the server first where it stands."""
+        record.state, record.needs_resync = FAILED, True
+
+    def resynced_locked(self, record: FileRecord, received: int) -> None:
+        """The server said where the file stands; nothing there: the file may change again."""
+        record.needs_resync = False
+        record.server_received = received
+        if received == 0 and record.upload_id is not None:
+            record.upload_id = None
+        self.journal.update_file(record.id, server_received=received, upload_id=record.upload_id)
+
+    def server_lacks_file_locked(self, record: FileRecord) -> None:
+        """The server says a file it should hold complete is not: it goes again from the spool,
+        or, when the spool no longer has it, it is lost."""
+        if record.evicted:
+            self.set_state_locked(record, LOST, last_error="the server does not have this file complete: "
+                                                           "copy it again")
+            return
+        self.requeue_locked(record, PENDING, 0.0, resync=True, last_error="")
