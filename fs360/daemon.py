@@ -14,6 +14,16 @@ Why a child and not serving in place: the environment a process was started
 with stays readable in `/proc/PID/environ` whatever it unsets later, so a key
 given as `FS360_API_KEY` (e.g. `Environment=` in a unit) would stay there; and
 only the main process may notify systemd under the default NotifyAccess=main.
+
+Threads of the daemon beside the engine's (engine/__init__.py), the API client's
+(api/__init__.py) and the commit point's (fs/exits.py), each under its name in
+/proc/PID/task/*/comm (thread_names.py; the main thread and libfuse's keep the process's name):
+  fs360-control   the control socket (control.py): pause, resume, set, release, status, web
+  fs360-web       the dashboard's HTTP server (web/server.py), each request on a short-lived
+                  thread of its own (socketserver's, Thread-N)
+  fs360-status    foreground only: the status line to the supervisor every STATUS_INTERVAL
+  fs360-notices   short-lived: one desktop notice for a batch of refusals (notices.py)
+  fs360-webdav    `fs360 serve webdav` only: cheroot's server (its workers are cheroot's own)
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from .fuse_host import refusal_reason
 from .notices import DesktopNotices, UploadLog
 from .options import runtime_value
 from .systemd import Notifier
+from .thread_names import name_threads_for_the_kernel
 from .web.metrics import Counters
 from .web.server import Dashboard, parse_address
 
@@ -198,6 +209,7 @@ def child_main(argv: list[str]) -> int:
     parser.add_argument("--foreground", action="store_true")
     parser.add_argument("--webdav", metavar="ADDRESS", help="serve WebDAV at ADDRESS instead of mounting")
     args = parser.parse_args(argv)
+    name_threads_for_the_kernel()
     settings = Settings.from_json(sys.stdin.read())
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)

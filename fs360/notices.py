@@ -87,6 +87,7 @@ class DesktopNotices:
                 self._refused.append((details["file"].name, str(details["error"])))
                 if self._timer is None:
                     self._timer = threading.Timer(NOTICE_BATCH_SECONDS, self.flush)
+                    self._timer.name = "fs360-notices"
                     self._timer.daemon = True
                     self._timer.start()
 

@@ -1,3 +1,4 @@
+import fcntl
 import os
 import shutil
 import subprocess
@@ -7,7 +8,7 @@ import pytest
 
 from fs360.config import Settings
 from fs360.emulator.harness import EmulatorProcess
-from tests.harness import FAST_EMULATOR_ARGS, FAST_TIMINGS, Mount
+from tests.harness import FAST_EMULATOR_ARGS, FAST_TIMINGS, Mount, build_pjdfstest
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 
@@ -112,6 +113,21 @@ def tmpfs(tmp_path):
     yield make
     for target in made:
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def pjdfstest_built(tmp_path_factory) -> Path:
+    """pjdfstest built once per run: in the run's base temporary dir, which xdist's workers share
+    (each has its own dir inside it), by the first worker that asks, under a file lock the others
+    wait on; skips where its source or gcc is missing."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    built = shared / "pjdfstest"
+    with open(shared / "pjdfstest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.is_dir() and build_pjdfstest(built) is None:
+            pytest.skip("pjdfstest's source is not here (set PJDFSTEST_GIT_DIR to a git dir of pjd/pjdfstest)")
+    return built
 
 
 @pytest.fixture

@@ -261,17 +261,22 @@ def request_count(emulator: EmulatorProcess, prefix: str = "") -> int:
 
 
 def build_pjdfstest(directory: Path) -> Path | None:
-    """pjdfstest built from its source (a git dir of pjd/pjdfstest), without autotools."""
+    """pjdfstest built from its source (a git dir of pjd/pjdfstest), without autotools, in
+    `directory` (made here; None where the source or gcc is missing). Built under another name
+    and renamed, so that `directory` holds a whole build or nothing."""
     source = Path(os.environ.get("PJDFSTEST_GIT_DIR", PJDFSTEST_MIRROR))
     if not source.is_dir() or shutil.which("gcc") is None:
         return None
-    directory.mkdir()
+    work = directory.with_name(directory.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)  # a build cut short before
+    work.mkdir()
     archive = subprocess.run(["git", "--git-dir", str(source), "archive", "HEAD"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
-    (directory / "config.h").touch()
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive.stdout, check=True)
+    (work / "config.h").touch()
     have = ["FCHMODAT", "FCHOWNAT", "FSTATAT", "LINKAT", "MKDIRAT", "MKFIFOAT", "MKNODAT", "OPENAT",
             "POSIX_FALLOCATE", "RENAMEAT", "SYMLINKAT", "UNLINKAT", "UTIMENSAT", "STRUCT_STAT_ST_ATIM",
             "STRUCT_STAT_ST_MTIM", "STRUCT_STAT_ST_CTIM", "SYS_SYSMACROS_H"]
     subprocess.run(["gcc", "-O1", "-I.", "-D_GNU_SOURCE", *(f"-DHAVE_{h}" for h in have), "-o", "pjdfstest",
-                    "pjdfstest.c"], cwd=directory, check=True, capture_output=True)
+                    "pjdfstest.c"], cwd=work, check=True, capture_output=True)
+    work.rename(directory)
     return directory

@@ -1,4 +1,9 @@
-"""HTTP client of the 360-for-you upload API."""
+"""HTTP client of the 360-for-you upload API.
+
+Threads (each under its name in /proc/PID/task/*/comm: fs360/thread_names.py)
+  fs360-deadlines   the requests' overall deadlines (transport.py): ends a request whose time
+                    is up; started with the first request, one per process
+"""
 
 from .client import ApiClient, FileProgress, Project, RemoteFile, UploadSession
 from .pacing import Pacer

@@ -1,6 +1,7 @@
 """Local emulator of the 360-for-you upload API (see doc/EMULATOR.md).
 
-Standalone: stdlib only, imports nothing else from fs360.
+Standalone: imports nothing else from fs360, and only the stdlib, except the vendor profile
+(``--profile vendor``), which needs werkzeug: the extra ``fs360[vendor-emulator]``.
 
     python -m fs360.emulator --port 8360 --data-dir /tmp/emu
 
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .faults import FaultSpecError, parse_spec
-    from .profiles import PROFILES
+    from .profiles import PROFILES, ProfileUnavailable
     from .server import make_server
 
     parser = build_parser()
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         srv, emu = make_server(cfg)
-    except OSError as e:
+    except (OSError, ProfileUnavailable) as e:
         print(f"emulator: cannot start: {e}", file=sys.stderr)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -92,6 +92,10 @@ class Profile:
         return out
 
 
+class ProfileUnavailable(RuntimeError):
+    """A profile whose optional dependency is missing; the message says what to install."""
+
+
 class VendorProfile(Profile):
     """api.md Part C, every point at once."""
 
@@ -105,9 +109,13 @@ class VendorProfile(Profile):
     unknown_key_error = "invalid_api_key"
 
     def __init__(self):
-        # The same function the real server runs (a web framework's), not a copy of it.
-        from werkzeug.utils import secure_filename
-
+        # The same function the real server runs (a web framework's), not a copy of it: an
+        # extra of this profile alone (fs360[vendor-emulator]), everything else is stdlib.
+        try:
+            from werkzeug.utils import secure_filename
+        except ImportError:
+            raise ProfileUnavailable("the vendor profile flattens names with werkzeug's secure_filename, and "
+                                     "werkzeug is not installed: pip install 'fs360[vendor-emulator]'") from None
         self._secure = secure_filename
 
     def flatten(self, raw: str):

@@ -9,22 +9,29 @@ Modules, each behind a small API (`engine.py` only wires them):
   housekeeping.py  projects (projects.py), spool eviction, the journal's reserve and checkpoints
   archive_plan.py  a session's tree as its one archive (archive.py streams it)
 
-Threads
+Threads (each under its name in /proc/PID/task/*/comm, cut to 15 bytes: thread_names.py)
   FUSE threads (libfuse's)     call the path model, which calls the engine with the state lock
                                held for short steps: never network, never a wait on the disk
-                               beyond one journal commit
+                               beyond one journal commit; named as the process (libfuse's own)
   fs360-upload-N (workers)     open a folder's server session as its first file is written
                                (Transfer.open_early), take a due file from the scheduler, run
-                               Transfer.attempt: the
-                               network I/O runs with no engine lock held; a hold on a kind of
-                               request that ends (api/troubles.py) brings waiting files forward
-                               from whichever thread saw it end (it holds no engine lock then)
+                               Transfer.attempt: the network I/O runs with no engine lock held
+                               (the PUTs themselves in upload processes, transfer_pool.py); a
+                               hold on a kind of request that ends (api/troubles.py) brings
+                               waiting files forward from whichever thread saw it end (it holds
+                               no engine lock then)
   fs360-maintenance            Housekeeping.loop: projects, eviction, reserve, WAL checkpoints
   fs360-commits                the commit clock: commits closed files whose write-back delay passed
                                with a writer still running (Engine._commit_loop)
+  fs360-listeners              delivers progress events (progress.py); emitting only queues;
+                               started with the first event
   fs360-delete-session         short-lived: DELETE of a dead server session, with retries
-  fs360-listeners              delivers progress events (progress.py); emitting only queues
-  fs360-exits (fs/exits.py)    the writers' exits (pidfds or netlink): takes the state lock per file
+  fs360-sent-digest            short-lived: the digest of a chunk's bytes, taken beside its PUT
+                               (uploader.py)
+
+The daemon's other threads are listed where their code is: fs360-deadlines in api/__init__.py,
+fs360-exits in fs/exits.py; fs360-control, fs360-web, fs360-status, fs360-notices and
+fs360-webdav in daemon.py (tests/fuse/test_thread_names.py holds each list to a running mount).
 
 Lock order (take only rightwards; never leftwards while holding one on the right)
   Transfer's per-session open guard  ->  the state lock (`engine.lock`, locking.StateLock)

@@ -16,8 +16,12 @@ An unknown exit never commits a file early: it waits the write-back delay as a w
 keeps running does. A process that is already exiting at the close (killed mid-copy: its
 files close after its exit code is set) is told at once by /proc.
 
-Threads and locks: the FUSE threads call `closed` with no lock held (it takes the state lock,
-and inside it `Writers._lock`, a leaf), `joined_locked` with the state lock held. The watch's thread (`fs360-exits`) takes
+Threads (each under its name in /proc/PID/task/*/comm: fs360/thread_names.py)
+  fs360-exits   the watch: waits on the writers' pidfds (or netlink events) and settles their
+                files; started with the first written file's close
+
+Locks: the FUSE threads call `closed` with no lock held (it takes the state lock, and inside it
+`Writers._lock`, a leaf), `joined_locked` with the state lock held. The watch's thread takes
 `Writers._lock` alone, then the state lock per file: never both at once.
 """
 

@@ -4,20 +4,28 @@ chown, unlink, rename, open and truncate, run as root with pjdfstest switching u
 Every failure left is by design (doc/SEMANTICS.md, "What pjdfstest finds"): fs360 holds
 folders and regular files only, so fifos, sockets, device nodes, symlinks and hard links are
 EPERM; a test file that makes one then fails the checks it makes of it. Anything else fails
-this test."""
+this test.
+
+One test (a class: xdist's loadscope gives each to a worker of its own) per pjdfstest directory,
+each on a mount of its own, with pjdfstest built once per run (`pjdfstest_built`). Its time is
+pjdfstest's own `sleep 1`s (a ctime must move): 177 s of its 180 s run one file after another,
+with the daemon busy 2.8 s of it. So the files of a directory run at once (FILES_AT_ONCE), each in
+a session of its own (its checks of the folder's times see only its own steps): a directory
+takes as long as its longest file (chown/00.t, ~90 s of sleeps; the rest 20 s at most).
+prove -j would do the same, but this test reads each file's own TAP lines."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.harness import build_pjdfstest
 from tests.ops.common import harness_runtime, run_fs360
 
-SUITES = ("mkdir", "rmdir", "chmod", "chown", "unlink", "rename", "open", "truncate")
+SUITES = ("chown", "unlink", "chmod", "rename", "open", "rmdir", "mkdir", "truncate")  # the longest first
 # What fs360 refuses with EPERM: it holds folders and regular files only.
 BY_DESIGN = {"mkfifo", "mknod", "symlink", "link", "bind", "connect"}
 # The test files that make what fs360 refuses (and so fail the checks of it); every other passes whole.
@@ -63,37 +71,60 @@ def unexplained(output: str) -> list[str]:
     return left
 
 
-@pytest.mark.fuse
-@pytest.mark.slow
-def test_pjdfstest_on_a_shared_mount(tmp_path, emulator, mount_factory):
-    if os.getuid() != 0:
-        pytest.skip("pjdfstest switches users: it runs as root")
-    built = build_pjdfstest(tmp_path / "pjdfstest")
-    if built is None:
-        pytest.skip("pjdfstest's source is not here (set PJDFSTEST_GIT_DIR to a git dir of pjd/pjdfstest)")
-    mount = mount_factory(emulator, extra_args=["-o", "allow_other"])
-    # Its files are scratch: paused, nothing goes up (pjdfstest's names have no extension anyway).
-    assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
-    session = mount.mountpoint / "pjdfstest"
-    session.mkdir()
-    os.chmod(session, 0o777)  # any user may make names in it, as on a shared disk
-    failures, passed, by_design = {}, [], []
-    for suite in SUITES:
-        for test in sorted((built / "tests" / suite).glob("*.t")):
+FILES_AT_ONCE = 8
+
+
+def outcome(output: str, name: str) -> tuple[str, list[str]]:
+    """("passed" | "by design" | "failed", the failing lines to show) of one .t file's output."""
+    left = unexplained(output)
+    if left:
+        return "failed", left[:5]
+    failing = [line for line in output.splitlines() if line.startswith("not ok") and "# TODO" not in line]
+    if not failing:
+        return "passed", []
+    if name not in BY_DESIGN_FILES:  # a failure that only looks explained: show it
+        return "failed", failing[:5]
+    return "by design", []
+
+
+class PjdfstestDirectory:
+    directory = ""
+
+    @pytest.mark.fuse
+    @pytest.mark.slow
+    def test_pjdfstest_directory(self, tmp_path, emulator, mount_factory, pjdfstest_built):
+        if os.getuid() != 0:
+            pytest.skip("pjdfstest switches users: it runs as root")
+        tests = sorted((pjdfstest_built / "tests" / self.directory).glob("*.t"))
+        assert tests, f"pjdfstest has no {self.directory} tests"
+        mount = mount_factory(emulator, extra_args=["-o", "allow_other"])
+        # Its files are scratch: paused, nothing goes up (pjdfstest's names have no extension anyway).
+        assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
+
+        def run(test):
+            name = f"{self.directory}/{test.name}"
+            session = mount.mountpoint / f"pjdfstest-{test.stem}"
+            session.mkdir()
+            os.chmod(session, 0o777)  # any user may make names in it, as on a shared disk
             result = subprocess.run(["sh", str(test)], cwd=session, capture_output=True, text=True, timeout=600)
-            name = f"{suite}/{test.name}"
-            left = unexplained(result.stdout)
-            if left:
-                failures[name] = left[:5]
-            elif any(line.startswith("not ok") and "# TODO" not in line for line in result.stdout.splitlines()):
-                by_design.append(name)
-                if name not in BY_DESIGN_FILES:  # a failure that only looks explained: show it
-                    failures[name] = [line for line in result.stdout.splitlines() if line.startswith("not ok")][:5]
-            else:
-                passed.append(name)
-    assert failures == {}, "\n".join(f"{name}: {lines}" for name, lines in failures.items())
-    # Of pjdfstest's 135 files here (doc/SEMANTICS.md, "What pjdfstest finds"), 98 pass whole.
-    assert len(passed) >= 98 and set(by_design) <= BY_DESIGN_FILES
+            return name, *outcome(result.stdout, name)
+
+        with ThreadPoolExecutor(FILES_AT_ONCE) as pool:
+            outcomes = list(pool.map(run, tests))
+        failures = {name: lines for name, verdict, lines in outcomes if verdict == "failed"}
+        assert failures == {}, "\n".join(f"{name}: {lines}" for name, lines in failures.items())
+        # Of pjdfstest's 135 files of these directories (doc/SEMANTICS.md, "What pjdfstest finds"),
+        # 98 pass whole and 37 fail by design only.
+        passed = {name for name, verdict, _ in outcomes if verdict == "passed"}
+        expected_to_pass = {f"{self.directory}/{test.name}" for test in tests} - BY_DESIGN_FILES
+        assert expected_to_pass <= passed
+
+
+# One class per directory (TestChown, ...): loadscope's unit. The longest first: xdist hands
+# the classes out in this order.
+for _directory in SUITES:
+    globals()[f"Test{_directory.title()}"] = type(f"Test{_directory.title()}", (PjdfstestDirectory,),
+                                                   {"directory": _directory})
 
 
 def test_the_classifier_leaves_a_real_failure_in():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.ops.common import harness_runtime, run_fs360
-from tests.harness import (assert_uploaded, build_pjdfstest, is_mounted, make_sources, pid_alive, wait_until,
+from tests.harness import (assert_uploaded, is_mounted, make_sources, pid_alive, wait_until,
                            write_marker, write_random)
 
 MiB = 1024 * 1024
@@ -174,10 +174,8 @@ def test_unlink_14_steps_on_a_mount(mount):
     os.rmdir(mount.mountpoint / "s")
 
 
-def test_pjdfstest_unlink_14(tmp_path, emulator, mount_factory):
-    built = build_pjdfstest(tmp_path / "pjdfstest")
-    if built is None:
-        pytest.skip("pjdfstest's source is not here (set PJDFSTEST_GIT_DIR to a git dir of pjd/pjdfstest)")
+def test_pjdfstest_unlink_14(tmp_path, emulator, mount_factory, pjdfstest_built):
+    built = pjdfstest_built
     # The test re-creates a name it just closed, before any upload: uploads are paused for the run,
     # which makes that order certain (the test is about the window before the first PUT).
     mount = mount_factory(emulator)

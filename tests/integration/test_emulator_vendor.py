@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -289,3 +291,15 @@ def test_delete_discards_unready_projects(profiled_emulator):
     else:
         assert got == {"name": name, "status": got["status"]} and got["status"] < 100
         assert listed[name]["discarded"] is False
+
+
+def test_vendor_profile_without_werkzeug_says_what_to_install(tmp_path):
+    """werkzeug is the vendor profile's extra (fs360[vendor-emulator]), not a dependency of the
+    emulator: without it `--profile vendor` refuses to start in one line naming the extra."""
+    hide_werkzeug = ("import sys; sys.modules['werkzeug'] = None; from fs360.emulator import main; "
+                     f"sys.exit(main(['--port', '0', '--data-dir', {str(tmp_path / 'data')!r}, '--profile', 'vendor']))")
+    result = subprocess.run([sys.executable, "-c", hide_werkzeug], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "emulator: cannot start: the vendor profile flattens names with werkzeug's secure_filename, and "
+        "werkzeug is not installed: pip install 'fs360[vendor-emulator]'"]

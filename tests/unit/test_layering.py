@@ -15,6 +15,7 @@ LAYERS = ["stdlib-only", "errors", "config", "api", "engine", "fs", "web", "daem
 # Modules beside the layers, each in the lowest layer above everything it imports: systemd.py
 # and control.py use nothing of fs360, so any layer may use them.
 SIDE_MODULES = {"systemd": "stdlib-only", "control": "stdlib-only", "fuse_host": "stdlib-only",
+                "thread_names": "stdlib-only",
                 "options": "config", "settings_file": "config",
                 "doctor": "cli", "demo": "cli", "completion": "cli", "status_view": "cli",
                 "notices": "daemon",

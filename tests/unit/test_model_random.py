@@ -633,3 +633,27 @@ def test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed(emul
     crash(model)
     model = idle_model(emulator, tmp_path / "cache")
     assert model.getattr("/s/b.jpg")["st_size"] == 0
+
+
+def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulator, tmp_path, model_factory):
+    # doc/SEMANTICS.md "Identical re-copies": the spool copy of a file the server holds goes with its
+    # unlink, so the same content written again (a re-run that deletes first) is the server's file
+    # again with nothing local to read: EACCES, with the reason. Until then it reads.
+    model = model_factory(emulator, start=True)
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(fh, b"abc", 0)
+    model.release(fh)
+    assert model.engine.wait_idle(timeout=60, poll=0.02)
+    assert model.file_state("s", "a.jpg") == "complete"
+    fh = model.open("/s/a.jpg", os.O_RDONLY)
+    assert model.read(fh, 3, 0) == b"abc"
+    model.release(fh)
+    model.unlink("/s/a.jpg")
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(fh, b"abc", 0)
+    model.release(fh)
+    assert model.file_state("s", "a.jpg") == "complete"
+    with pytest.raises(Fs360Error, match="only the server holds") as refused:
+        model.open("/s/a.jpg", os.O_RDONLY)
+    assert refused.value.errno == errno.EACCES
