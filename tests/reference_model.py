@@ -299,7 +299,10 @@ class Reference:
 
     def died_after_close(self, f: File) -> None:
         """D "The commit point": the writer closed the file, then exited by a signal before the
-        commit: held, with the reason (only while listed)."""
+        commit: held, with the reason (only while listed). Not when a writer died holding it
+        (D "Unfinished files": interrupted, whatever the other writers did)."""
+        if f.unfinished and f.unfinished_state == INTERRUPTED and not f.completing:
+            return
         if f.held is None and f.hidden is None and self.listed(f):
             f.fail(HELD)
             f.unfinished_in_state_only = False

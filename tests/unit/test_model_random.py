@@ -633,3 +633,31 @@ def test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed(emul
     crash(model)
     model = idle_model(emulator, tmp_path / "cache")
     assert model.getattr("/s/b.jpg")["st_size"] == 0
+
+
+def two_writers_one_killed(model: MountModel, exit_before_release: bool) -> None:
+    """a.jpg open twice: the first writer is killed holding it, the second closes it and then dies
+    of SIGINT (GNU dd); its exit event may reach the mount before or after the release."""
+    fake_processes(model)
+    model.mkdir("/s", 0o755)
+    killed = model.create("/s/a.jpg", 0o644, O_CREATE)
+    other = model.open("/s/a.jpg", os.O_WRONLY)
+    model.write(killed, b"part", 0)
+    model.flush(killed, DYING_PID)
+    model.release(killed)
+    model.flush(other, DIED_AFTER_CLOSE_PID)
+    if exit_before_release:
+        model.writers.exited(DIED_AFTER_CLOSE_PID, signal.SIGINT)
+    model.release(other)
+    model.writers.exited(DIED_AFTER_CLOSE_PID, signal.SIGINT)
+
+
+@pytest.mark.parametrize("exit_before_release", [False, True])
+def test_a_file_whose_writer_was_killed_holding_it_stays_interrupted_whatever_the_others_do(
+        emulator, tmp_path, exit_before_release):
+    # doc/SEMANTICS.md "Unfinished files": a writer died holding it, so its data is surely partial:
+    # `interrupted` (never `held`, which `fs360 release` would upload), in whichever order the
+    # other writer's close and exit arrive.
+    model = idle_model(emulator, tmp_path / "cache")
+    two_writers_one_killed(model, exit_before_release)
+    assert model.file_state("s", "a.jpg") == "interrupted"
