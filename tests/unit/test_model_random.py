@@ -788,3 +788,34 @@ def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulato
     with pytest.raises(Fs360Error, match="only the server holds") as refused:
         model.open("/s/a.jpg", os.O_RDONLY)
     assert refused.value.errno == errno.EACCES
+
+
+def wait_for(predicate, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_file_deleted_while_open_stays_writable_through_its_handle_once_the_session_is_sealed(
+        emulator, make_model):
+    # doc/SEMANTICS.md "A file unlinked while open keeps working through its handles": it goes
+    # nowhere, so the project made meanwhile (the session sealed) does not concern it.
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    deleted = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(deleted, b"abc", 0)
+    model.rename("/s/a.jpg", "/s/.fuse_hidden0000000100000001")  # libfuse: unlink while open
+    fh = model.create("/s/b.jpg", 0o644, O_CREATE)
+    model.write(fh, b"b", 0)
+    model.release(fh)
+    wait_for(lambda: model.file_state("s", "b.jpg") == "complete", "b.jpg never complete")
+    fh = model.create("/s/.create", 0o644, O_CREATE)
+    model.write(fh, b"{}", 0)
+    model.flush(fh)
+    model.release(fh)
+    wait_for(lambda: model.engine.sessions["s"].sealed, "the project was never created")
+    model.truncate(None, 1, deleted)
+    model.write(deleted, b"xyz", 1)
+    model.release(deleted)
+    model.unlink("/s/.fuse_hidden0000000100000001")
