@@ -26,7 +26,10 @@ LOCAL_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-jo
 STATUS_NAMES = ("status", "status.json")
 
 WRITING, PENDING, COMPLETE, LOCAL, INTERRUPTED = "writing", "pending", "complete", "local", "interrupted"
-CLOSED, HELD = "closed", "held"
+CLOSED, HELD, LOST = "closed", "held", "lost"
+CREATE_MARKER = ".create"
+# A session's project (D "Decisions": .create): requested (waiting for its files), then created.
+WAITING, CREATED = "waiting", "created"
 
 
 def is_local_name(name: str) -> bool:
@@ -48,6 +51,11 @@ class File:
     held: bytes | None = None
     # The name the server holds it under, frozen when it was uploaded (D "Server names").
     server_name: str | None = None
+    # Its spool copy was dropped (D "Uploads": complete files' copies go when the disk passes 90%
+    # full or the project is created): it reads EACCES, a rewrite compares by digest only, and a
+    # lost session makes it `lost`.
+    evicted: bool = False
+    lost: bool = False
     # Its data may be partial (D "Unfinished files"): never uploaded until rewritten from 0, or
     # appended to by writers that exit 0. It rests as `unfinished_state` (interrupted or held).
     unfinished: bool = False
@@ -88,6 +96,8 @@ class File:
             return LOCAL
         if self.held is not None:
             return COMPLETE
+        if self.lost:
+            return LOST
         if self.writers:
             return WRITING
         if self.awaiting:
@@ -124,14 +134,22 @@ class Check:
     # created again, is listed again and compared by sha256 only (its spool copy is gone);
     # unless identical it is deleted again at the close.
     revival: bool = False
+    # Without the spool copy (a revival, or a file whose copy was evicted when the handle opened)
+    # only the size is compared at each write, and the content by its digest at close.
+    no_spool: bool = False
     written: bytearray = field(default_factory=bytearray)
+
+    def __post_init__(self):
+        self.no_spool = self.no_spool or self.revival
 
     def matches(self, held: bytes) -> bool:
         if self.differs or self.size != len(held):
             return False
-        if self.revival:
+        if not self.rewriting:
+            return True
+        if self.no_spool:
             return self.digest_valid and bytes(self.written[:self.size]) == held
-        return not self.rewriting or (self.digest_valid and self.digest_len == self.size)
+        return self.digest_valid and self.digest_len == self.size
 
 
 @dataclass(eq=False)
@@ -148,6 +166,19 @@ class Session:
     files: dict[str, File] = field(default_factory=dict)
     # S "unlink of a file the server holds bytes of": remembered; the name cannot be used again.
     gone: list[File] = field(default_factory=list)
+    # D "Decisions": .create accepted (WAITING), then the project made (CREATED: sealed).
+    project: str | None = None
+    marker_hidden: bool = False
+
+    @property
+    def sealed(self) -> bool:
+        return self.project == CREATED
+
+    def blocked(self) -> bool:
+        """projects.blocking_reason_locked: what holds the project back (D "What holds a project
+        back"): deleted files the server holds, no file, a file not complete."""
+        uploads = [f for f in self.files.values() if not f.local]
+        return bool(self.gone) or not uploads or any(f.state != COMPLETE for f in uploads)
 
     @property
     def gone_names(self) -> set[str]:
@@ -178,8 +209,14 @@ class Reference:
         if name in STATUS_NAMES:
             return errno.EACCES, None  # S "status": read-only
         if name in s.files:
-            # model.create of an existing name: "a create racing another: behave like open with O_TRUNC".
-            return self.open(s.files[name], truncate=True, append=append)
+            # model.create of an existing name: "a create racing another: behave like open with O_TRUNC";
+            # D "An identical re-copy into a session whose project exists (sealed) is a no-op too".
+            f = s.files[name]
+            if s.sealed and f.held is None:
+                return errno.EACCES, None
+            return self.open(f, truncate=True, append=append)
+        if s.sealed:
+            return errno.EACCES, None  # D "A sealed session refuses every new name, dot-files included"
         local = is_local_name(name)
         if not local and name in s.gone_names:
             # D: the server's file comes back when written again identical (tar -x twice).
@@ -192,9 +229,11 @@ class Reference:
         return self._handle(f, True, append)
 
     def open(self, f: File, truncate: bool, append: bool) -> tuple[int, Handle | None]:
+        if f.lost:
+            return errno.EACCES, None  # its spool copy is gone (open_files: nothing to write into)
         if f.held is not None:
             # D "Identical re-copies": a handle that only compares (with or without O_TRUNC).
-            check = Check(rewriting=truncate, size=0 if truncate else len(f.held))
+            check = Check(rewriting=truncate, size=0 if truncate else len(f.held), no_spool=f.evicted)
             return self._handle(f, True, append, check)
         # S "reopen for write while pending": fine, re-queued at the next close.
         # D interrupted: "Only a rewrite from byte 0 (O_TRUNC, or a truncate to 0) makes it
@@ -225,8 +264,8 @@ class Reference:
                 offset = c.size
             if not c.differs:
                 end = offset + len(data)
-                # Without the spool copy (a revival) only the size can be compared at once.
-                same = end <= len(f.held) and (c.revival or f.held[offset:end] == data)
+                # Without the spool copy only the size can be compared at once.
+                same = end <= len(f.held) and (c.no_spool or f.held[offset:end] == data)
                 if c.rewriting:
                     if c.digest_valid:
                         if offset == c.digest_len:
@@ -234,9 +273,9 @@ class Reference:
                         else:
                             c.digest_valid = False
                     c.size = max(c.size, end)
-                if c.revival:
+                if c.no_spool:
                     c.written[offset:end] = data
-                c.differs = not same or (c.revival and not (c.rewriting and c.digest_valid))
+                c.differs = not same or (c.no_spool and not (c.rewriting and c.digest_valid))
             return errno.EACCES if c.differs else 0
         if h.append:
             offset = len(f.data)
@@ -299,7 +338,10 @@ class Reference:
 
     def died_after_close(self, f: File) -> None:
         """D "The commit point": the writer closed the file, then exited by a signal before the
-        commit: held, with the reason (only while listed)."""
+        commit: held, with the reason (only while listed). Not when a writer died holding it
+        (D "Unfinished files": interrupted, whatever the other writers did)."""
+        if f.unfinished and f.unfinished_state == INTERRUPTED and not f.completing:
+            return
         if f.held is None and f.hidden is None and self.listed(f):
             f.fail(HELD)
             f.unfinished_in_state_only = False
@@ -319,6 +361,7 @@ class Reference:
         f = s.files.pop(name)
         f.hidden = hidden
         if f.held is not None:
+            f.evicted = True  # registry.remove_file_locked: the spool copy goes with the unlink
             s.gone.append(f)
 
     def rename(self, src: str, name: str, dst: str, new: str) -> int:
@@ -340,6 +383,8 @@ class Reference:
             return 0
         if f.held is not None or (target is not None and target.held is not None):
             return errno.EACCES  # S: the server cannot rename or replace a file
+        if t.sealed:
+            return errno.EACCES  # D: a sealed session takes no new name
         new_local = is_local_name(new)
         if not new_local and new in t.gone_names:
             return errno.EACCES  # the name of a deleted file the server holds
@@ -351,7 +396,7 @@ class Reference:
             f.unfinished = False  # the rename to a scratch name drops the `interrupted` state
         f.name, f.local = new, new_local
         t.files[new] = f
-        if was_local and not new_local and not f.writers:
+        if was_local and not new_local and not f.writers and not f.lost:
             # D: a closed scratch file renamed to its final name waits for the renamer's exit
             # (unknown here: the delay commits it); an unfinished one rests.
             if f.unfinished and not f.completing:
@@ -359,6 +404,70 @@ class Reference:
             else:
                 f.awaiting = f.unknown_writer = True
         return 0
+
+    def readable(self, f: File) -> bool:
+        """A read needs the spool copy (open_files: "only the server holds this file's data now")."""
+        return not f.evicted
+
+    def release(self, f: File) -> int:
+        """`fs360 release PATH`: a held file is queued (D "held"); anything else is EINVAL."""
+        if f.state != HELD:
+            return errno.EINVAL
+        f.unfinished, f.unfinished_state = False, INTERRUPTED
+        return 0
+
+    def write_marker(self, session: str) -> int:
+        """`echo '{...}' > .create` by a writer that exits 0: the project is requested (D
+        "Decisions": .create); read-only once the project exists."""
+        s = self.sessions[session]
+        if s.sealed:
+            return errno.EACCES
+        s.project, s.marker_hidden = WAITING, False
+        return 0
+
+    def unlink_marker(self, session: str) -> int:
+        """`rm .create`: cancels a request not yet made; once the project exists only hides it."""
+        s = self.sessions[session]
+        if s.project is None or s.marker_hidden:
+            return errno.ENOENT
+        if s.sealed:
+            s.marker_hidden = True
+        else:
+            s.project = None
+        return 0
+
+    def marker_listed(self, s: Session) -> bool:
+        return s.project is not None and not s.marker_hidden
+
+    def creatable(self) -> list[Session]:
+        """Sessions whose requested project the mount creates now (nothing holds it back)."""
+        return [s for s in self.sessions.values() if s.project == WAITING and not s.blocked()]
+
+    def project_created(self, s: Session) -> None:
+        """The project exists: the session is sealed, its files' spool copies go (D "After the
+        project exists")."""
+        s.project = CREATED
+        for f in s.files.values():
+            if f.held is not None:
+                f.evicted = True
+
+    def evict(self) -> None:
+        """The disk passed 90% full: every complete file's spool copy goes (never unsent data)."""
+        for s in self.sessions.values():
+            for f in s.files.values():
+                if f.held is not None:
+                    f.evicted = True
+
+    def lose_session(self, session: str) -> None:
+        """The server forgot the session (D "Uploads": session lost): every file it held goes
+        again from the spool into a new one, or is `lost` where the spool copy is gone; the
+        deleted files it held are forgotten (their names are free again)."""
+        s = self.sessions[session]
+        s.gone.clear()
+        for f in s.files.values():
+            if f.held is not None and not f.local:
+                f.held, f.server_name = None, None
+                f.lost = f.evicted
 
     def rename_session(self, old: str, new: str) -> None:
         s = self.sessions.pop(old)  # S rename of a session: local only

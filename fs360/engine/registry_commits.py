@@ -80,6 +80,9 @@ class CommitPoint(RegistryState):
 
     def writer_failed_locked(self, record: FileRecord, reason: str, state: str) -> None:
         """This writing of the file failed (`reason`): it rests in `state` once closed."""
+        if state == HELD and record.unfinished and record.unfinished_state == INTERRUPTED \
+                and not record.completing:
+            return  # a writer of it died holding it: surely partial, whatever the others did after
         record.completing = False
         record.unfinished_state = state
         record.writer_failure = reason

@@ -7,6 +7,7 @@ from ..engine.archive_plan import ARCHIVE_EXTENSIONS
 from ..engine.records import FileRecord, SessionRecord, in_scratch_folder
 from ..errors import AccessDenied, FileTooBig, NotPermitted, QuotaWouldPass, refusal_in_plain_words
 from .names import extension_of
+from .tree import is_listed_locked
 
 
 SEALED = "the project is created: the session is sealed"
@@ -36,8 +37,8 @@ def _tree_frozen_reason(session: SessionRecord, folder: str) -> str:
 
 def frozen_reason_locked(engine, record: FileRecord) -> str:
     """Why `record` can no longer change ('' when it can): its attributes show it read-only then."""
-    if record.local_only:
-        return ""
+    if record.local_only or not is_listed_locked(engine, record):
+        return ""  # scratch, or deleted while open: it goes nowhere
     session = engine.session_of(record)
     if session.sealed:
         return SEALED

@@ -25,6 +25,7 @@ their flags False, which makes the reference check the fixed behaviour.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -93,6 +94,7 @@ class MountMachine(RuleBasedStateMachine):
         self.hidden_in: dict = {}     # reference file unlinked while open -> its session
         self.broken = False           # a step failed: teardown only cleans up
         self.paused = False           # uploads picked up wait before their first PUT
+        self.dead_upload_ids: set = set()  # server sessions the test made the server forget
         self._start()
 
     # --- the mount --------------------------------------------------------------------------
@@ -369,17 +371,101 @@ class MountMachine(RuleBasedStateMachine):
         self.step(run)
 
     @precondition(lambda self: self.ref is not None)
-    @rule(data=st.data(), event=st.sampled_from(["remount", "faults", "rename a session"]))
+    @rule(data=st.data(), event=st.sampled_from(["remount", "faults", "rename a session", "release", "pause",
+                                                 "disk full", "session lost"]))
     def disturbance(self, data, event):
         """The rarer events share one rule, so the file operations get most of the steps."""
         if event == "remount":
             self.remount()
+        elif event == "release":
+            self.release_held(data)
+        elif event == "pause":
+            self.step(self.pause)
+        elif event == "disk full":
+            self.step(self.evict)
+        elif event == "session lost":
+            self.lose_session(data)
         elif event == "faults":
             self.inject_faults(data.draw(st.sampled_from([0.0, 0.3, 0.6]), label="cut_body"),
                         data.draw(st.sampled_from([0.0, 0.3]), label="error_503"),
                         data.draw(st.integers(1, 5), label="seed"))
         elif any(n not in self.ref.sessions for n in NEW_SESSION_NAMES):
             self.rename_session(data)
+
+    def release_held(self, data):
+        """`fs360 release PATH` (D "held"), most often of a held file."""
+        def run():
+            held = [(s, n) for s, n in self._files() if self.ref.sessions[s].files[n].state == "held"]
+            session, name = data.draw(st.sampled_from(held or self._files()), label="release")
+            f = self.ref.sessions[session].files[name]
+            got = errno_of(self.model.release_held, self._path(session, name))
+            want = self.ref.release(f)
+            assert got == want, f"release {session}/{name}: errno {got}, the reference says {want}"
+        if self._files():
+            self.step(run)
+
+    def pause(self) -> None:
+        """`fs360 pause`: workers may pick files up and wait before their first PUT; the next settle
+        resumes."""
+        self.engine.gate.set_paused(True)
+        self.paused = True
+
+    def evict(self) -> None:
+        """The spool's disk passed 90% full: housekeeping drops complete files' spool copies
+        (housekeeping.evict_if_needed with every candidate)."""
+        with self.engine.lock:
+            for record in self.engine.registry.eviction_candidates_locked():
+                self.engine.registry.drop_spool_locked(record)
+        self.ref.evict()
+
+    def lose_session(self, data):
+        """The server forgets a session (its expiry): found by the daily look (or a PUT's 404),
+        both of which call Engine.session_lost. Only with no file open and no upload picked up."""
+        def run():
+            session = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="session lost")
+            upload_id = self._status(session)["upload_id"]
+            if not upload_id or self.fhs or self.paused or self.ref.sessions[session].project is not None:
+                return
+            self.emulator.expire(upload_id)
+            self.dead_upload_ids.add(upload_id)
+            with self.engine.lock:
+                record = self.engine.sessions[session]
+            self.engine.session_lost(record, upload_id)
+            self.ref.lose_session(session)
+        self.step(run)
+
+    @precondition(lambda self: self.ref is not None)
+    @rule(data=st.data(), action=st.sampled_from(["write", "write", "unlink"]))
+    def marker(self, data, action):
+        """`echo '{"title": ...}' > .create` by a writer that exits 0, or `rm .create`."""
+        def run():
+            session = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="session")
+            path = self._path(session, ".create")
+            if action == "unlink":
+                got, want = errno_of(self.model.unlink, path), self.ref.unlink_marker(session)
+            else:
+                try:
+                    fh = self.model.create(path, 0o644, O_CREATE)
+                except Fs360Error as exc:
+                    got = exc.errno
+                else:
+                    got = errno_of(self.model.write, fh, b'{"title": "a survey"}\n', 0) or \
+                        errno_of(self.model.flush, fh, CLOSING_PID)
+                    self.model.release(fh)
+                want = self.ref.write_marker(session)
+            assert got == want, f"{action} {path}: errno {got}, the reference says {want}"
+            self.await_projects()
+        self.step(run)
+
+    def await_projects(self) -> None:
+        """A requested project that nothing holds back is created by the mount at once (its
+        housekeeping thread): wait until the session is sealed, then the reference seals it."""
+        for s in self.ref.creatable():
+            deadline = time.monotonic() + 60
+            while not self._status(s.name)["sealed"]:
+                assert time.monotonic() < deadline, f"{s.name}: the project was never created: {self._status(s.name)['project']}"
+                time.sleep(0.02)
+            self.ref.project_created(s)
 
     def rename_session(self, data):
         def run():
@@ -397,8 +483,14 @@ class MountMachine(RuleBasedStateMachine):
     def read(self, data):
         def run():
             session, name, f = self._pick_file(data)
-            fh = self.model.open(self._path(session, name), os.O_RDONLY)
             try:
+                fh = self.model.open(self._path(session, name), os.O_RDONLY)
+            except Fs360Error as exc:
+                assert not self.ref.readable(f), f"{session}/{name}: read refused ({exc}) with its spool copy there"
+                assert exc.errno == errno.EACCES, f"{session}/{name}: read refused with errno {exc.errno}"
+                return
+            try:
+                assert self.ref.readable(f), f"{session}/{name} opens for reading without its spool copy"
                 # The kernel reads up to st_size.
                 assert self.model.read(fh, f.size, 0) == bytes(f.data[:f.size]), f"{session}/{name} reads other bytes"
             finally:
@@ -441,6 +533,7 @@ class MountMachine(RuleBasedStateMachine):
                         self.engine.queue_upload_locked(record, delay=0.0)
         assert self.engine.wait_idle(timeout=120, poll=0.02), f"never idle: {self.engine.counts()}"
         self.ref.settle(self._server_name)
+        self.await_projects()
         self.check_listings()
         self.check_server()
 
@@ -500,6 +593,8 @@ class MountMachine(RuleBasedStateMachine):
     def check_server(self) -> None:
         remote: dict[str, dict[str, str]] = {}
         for f in self.emulator.files():
+            if f["upload_id"] in self.dead_upload_ids:
+                continue  # a session the server forgot (it purges it when next asked)
             assert f["complete"], f"incomplete on the server: {f}"
             assert f["name"] not in remote.setdefault(f["upload_id"], {}), f"{f['name']} twice on the server"
             remote[f["upload_id"]][f["name"]] = f["sha256"]
@@ -513,7 +608,8 @@ class MountMachine(RuleBasedStateMachine):
 
     @invariant()
     def listings_sizes_states_agree(self):
-        if self.ref is not None:
+        if self.ref is not None and not self.broken:
+            self.step(self.await_projects)
             self.step(self.check_listings)
 
     def check_listings(self) -> None:
@@ -521,8 +617,13 @@ class MountMachine(RuleBasedStateMachine):
         assert root == {"status"} | set(self.ref.sessions), f"root lists {root}"
         for s in self.ref.sessions.values():
             listed = {name for name, _ in self.model.readdir(f"/{s.name}")}
-            assert listed == {"status", "status.json"} | set(s.files), f"{s.name} lists {sorted(listed)}"
+            marker = {".create"} if self.ref.marker_listed(s) else set()
+            assert listed == {"status", "status.json"} | marker | set(s.files), f"{s.name} lists {sorted(listed)}"
             status = self._status(s.name)
+            project = status["project"]
+            assert (project["state"] if project and project["state"] != "ready" else project and "created") \
+                == (s.project or None), f"{s.name}: the project is {project}, the reference says {s.project}"
+            assert status["sealed"] == s.sealed, f"{s.name}: sealed {status['sealed']}, the reference {s.sealed}"
             # Paused, a worker may pick any pending file up (and another after a move): the same.
             picked = (lambda state: PENDING if state == "uploading" else state) if self.paused else (lambda state: state)
             got = {f["name"]: (picked(f["state"]), f["size"]) for f in status["files"]}
@@ -635,17 +736,47 @@ def test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed(emul
     assert model.getattr("/s/b.jpg")["st_size"] == 0
 
 
-def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulator, tmp_path, model_factory):
+def two_writers_one_killed(model: MountModel, exit_before_release: bool) -> None:
+    """a.jpg open twice: the first writer is killed holding it, the second closes it and then dies
+    of SIGINT (GNU dd); its exit event may reach the mount before or after the release."""
+    fake_processes(model)
+    model.mkdir("/s", 0o755)
+    killed = model.create("/s/a.jpg", 0o644, O_CREATE)
+    other = model.open("/s/a.jpg", os.O_WRONLY)
+    model.write(killed, b"part", 0)
+    model.flush(killed, DYING_PID)
+    model.release(killed)
+    model.flush(other, DIED_AFTER_CLOSE_PID)
+    if exit_before_release:
+        model.writers.exited(DIED_AFTER_CLOSE_PID, signal.SIGINT)
+    model.release(other)
+    model.writers.exited(DIED_AFTER_CLOSE_PID, signal.SIGINT)
+
+
+@pytest.mark.parametrize("exit_before_release", [False, True])
+def test_a_file_whose_writer_was_killed_holding_it_stays_interrupted_whatever_the_others_do(
+        emulator, tmp_path, exit_before_release):
+    # doc/SEMANTICS.md "Unfinished files": a writer died holding it, so its data is surely partial:
+    # `interrupted` (never `held`, which `fs360 release` would upload), in whichever order the
+    # other writer's close and exit arrive.
+    model = idle_model(emulator, tmp_path / "cache")
+    two_writers_one_killed(model, exit_before_release)
+    assert model.file_state("s", "a.jpg") == "interrupted"
+
+
+def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulator, make_model):
     # doc/SEMANTICS.md "Identical re-copies": the spool copy of a file the server holds goes with its
     # unlink, so the same content written again (a re-run that deletes first) is the server's file
     # again with nothing local to read: EACCES, with the reason. Until then it reads.
-    model = model_factory(emulator, start=True)
+    model = make_model(emulator)
     model.mkdir("/s", 0o755)
     fh = model.create("/s/a.jpg", 0o644, O_CREATE)
     model.write(fh, b"abc", 0)
     model.release(fh)
-    assert model.engine.wait_idle(timeout=60, poll=0.02)
-    assert model.file_state("s", "a.jpg") == "complete"
+    deadline = time.monotonic() + 60
+    while model.file_state("s", "a.jpg") != "complete":
+        assert time.monotonic() < deadline, model.file_state("s", "a.jpg")
+        time.sleep(0.02)
     fh = model.open("/s/a.jpg", os.O_RDONLY)
     assert model.read(fh, 3, 0) == b"abc"
     model.release(fh)
@@ -657,3 +788,34 @@ def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulato
     with pytest.raises(Fs360Error, match="only the server holds") as refused:
         model.open("/s/a.jpg", os.O_RDONLY)
     assert refused.value.errno == errno.EACCES
+
+
+def wait_for(predicate, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_file_deleted_while_open_stays_writable_through_its_handle_once_the_session_is_sealed(
+        emulator, make_model):
+    # doc/SEMANTICS.md "A file unlinked while open keeps working through its handles": it goes
+    # nowhere, so the project made meanwhile (the session sealed) does not concern it.
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    deleted = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(deleted, b"abc", 0)
+    model.rename("/s/a.jpg", "/s/.fuse_hidden0000000100000001")  # libfuse: unlink while open
+    fh = model.create("/s/b.jpg", 0o644, O_CREATE)
+    model.write(fh, b"b", 0)
+    model.release(fh)
+    wait_for(lambda: model.file_state("s", "b.jpg") == "complete", "b.jpg never complete")
+    fh = model.create("/s/.create", 0o644, O_CREATE)
+    model.write(fh, b"{}", 0)
+    model.flush(fh)
+    model.release(fh)
+    wait_for(lambda: model.engine.sessions["s"].sealed, "the project was never created")
+    model.truncate(None, 1, deleted)
+    model.write(deleted, b"xyz", 1)
+    model.release(deleted)
+    model.unlink("/s/.fuse_hidden0000000100000001")
