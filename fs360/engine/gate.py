@@ -21,6 +21,10 @@ from ..options import parse_bwlimit
 
 # How often a waiting worker looks at should_stop() and at a timetable's clock.
 POLL_SECONDS = 0.2
+NO_LIMIT = parse_bwlimit("off")
+# Pieces sent are told at most this often per attempt (summed): a progress event per piece
+# would cost more CPU than the piece itself at full speed (thousands a second).
+TELL_INTERVAL = 0.1
 
 
 def rate_at(table: list[tuple[int, float | None]], minute: int) -> float | None:
@@ -86,6 +90,8 @@ class TransferGate:
         """Blocks until the `nbytes` of a piece of a PUT under way may be sent. A pause does
         not hold it (the PUT's next one does); once should_stop() is true the rest of the body
         goes unpaced, so a stopping engine never waits out a slow limit."""
+        if self._table == NO_LIMIT:  # the usual case, for thousands of pieces a second: no lock
+            return
         self._turn(nbytes, should_stop, wait_out_pause=False)
 
     def _turn(self, nbytes: int, should_stop, wait_out_pause: bool) -> bool:
@@ -110,23 +116,40 @@ class TransferGate:
 
     def turns(self, should_stop, on_sent) -> "PutTurns":
         """One upload attempt's turns at the gate (see PutTurns)."""
-        return PutTurns(self, should_stop, on_sent)
+        return PutTurns(self, should_stop, on_sent, self._clock)
 
 
 class PutTurns:
     """One attempt's PUTs through the gate: `before_put(n)` (send_file's should_stop) waits
     out a pause and the turn of the first piece of a body of n bytes, and is true, without
     waiting, when `should_stop()` is; the body's pieces then ask `wait_turn` (the first
-    one's turn already taken) and tell `sent`, which goes to `on_sent(n)` (progress within
-    a chunk): this object is the body's `pace` (api/transport.PacedBody)."""
+    one's turn already taken) and tell `sent`, which goes on to `on_sent(n)` (progress within
+    a chunk) every TELL_INTERVAL at most, and at `flush`: this object is the body's `pace`
+    (api/transport.PacedBody)."""
 
-    def __init__(self, gate: TransferGate, should_stop, on_sent):
+    def __init__(self, gate: TransferGate, should_stop, on_sent, clock=time.monotonic):
         self._gate = gate
         self._should_stop = should_stop
-        self.sent = on_sent
+        self._on_sent = on_sent
+        self._clock = clock
         self._taken = 0  # bytes whose turn before_put took for the next piece
+        self._untold = 0  # bytes sent and not yet told
+        self._told_at = clock()
+
+    def sent(self, nbytes: int) -> None:
+        self._untold += nbytes
+        if self._clock() - self._told_at >= TELL_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        """Tells the bytes sent since the last time (after a PUT, before the next one)."""
+        if self._untold:
+            self._on_sent(self._untold)
+            self._untold = 0
+        self._told_at = self._clock()
 
     def before_put(self, nbytes: int) -> bool:
+        self.flush()  # the last PUT's bytes, before a wait
         first = min(nbytes, BODY_PIECE)
         if self._should_stop() or not self._gate.wait_turn(first, self._should_stop):
             return True

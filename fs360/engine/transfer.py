@@ -197,6 +197,7 @@ class Transfer:
                                  self.settings.chunk_size, lambda received: self._progress(record, received),
                                  should_stop, expected_sha256=sha256, pace=pace)
         finally:
+            pace.flush()
             if fd is not None:
                 os.close(fd)
 

@@ -98,10 +98,11 @@ class RateHistory:
 
     def add(self, wall: float, nbytes: int) -> None:
         key = int(wall // HISTORY_BUCKET)
+        if key not in self._buckets:  # a new bucket: the ones past the hour go
+            oldest = key - int(HISTORY_SPAN // HISTORY_BUCKET)
+            for old in [k for k in self._buckets if k < oldest]:
+                del self._buckets[old]
         self._buckets[key] = self._buckets.get(key, 0) + nbytes
-        oldest = key - int(HISTORY_SPAN // HISTORY_BUCKET)
-        for old in [k for k in self._buckets if k < oldest]:
-            del self._buckets[old]
 
     def points(self, wall: float) -> list[tuple[float, float]]:
         """(bucket start as Unix time, bytes per second) for each bucket of the last hour, empty

@@ -88,7 +88,10 @@ def piece_starts(gate: TransferGate, clock: FakeClock, size: int, chunk: int) ->
             starts.append(clock.now)
             turns.sent(length)
         offset += n
+    turns.flush()
     assert sum(sent) == size
+    if gate.bwlimit != "off":  # told as they went (every 0.1 s at most), not once at the end
+        assert len(sent) > 1
     return starts
 
 
