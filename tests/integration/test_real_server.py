@@ -87,7 +87,7 @@ def test_a_name_the_server_already_holds_is_a_conflict_not_a_resume(profiled_emu
         upload_id = engine.sessions["s"].upload_id
         # Forget that a.jpg was sent, as a journal that lost it would.
         record = engine.sessions["s"].files.pop("a.jpg")
-        engine.sessions["s"].server_names.pop("a.jpg")
+        engine.sessions["s"].names.pop("a.jpg")
         engine.journal.delete_file(record.id)
     engine.stop()
     again = start_engine(settings)
