@@ -29,8 +29,8 @@ def is_identical_copy(engine, copy: FileRecord, held: FileRecord) -> bool:
     if is_legacy_digest(held.sha256):
         # A journal of an earlier build holds a plain sha256, which no running digest makes: the
         # copy is read once (under the lock; only for files uploaded before the identity hash).
-        return engine.content_digest(copy, like=held.sha256) == held.sha256
-    return engine.known_digest(copy, like=held.sha256) == held.sha256
+        return engine.registry.content_digest(copy, like=held.sha256) == held.sha256
+    return engine.registry.known_digest(copy, like=held.sha256) == held.sha256
 
 
 @dataclass(eq=False)

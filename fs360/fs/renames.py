@@ -54,9 +54,9 @@ class Renames:
         with self.engine.lock:
             src = self.tree.resolve_locked(old)
             record = src.record if src.kind == FILE and src.record.local_only else None
-            if record is None or record.open_writers or self.engine.known_digest(record) is not None:
+            if record is None or record.open_writers or self.engine.registry.known_digest(record) is not None:
                 return  # (one still written to is hashed at its last close)
-        self.engine.content_digest(record)
+        self.engine.registry.content_digest(record)
 
     def _rename_file_with_reason_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
         """A move to another session that is refused leaves its reason on the file (its
@@ -65,7 +65,7 @@ class Renames:
             self._rename_file_locked(src, dst, renamer)
         except Fs360Error as exc:
             if dst.session is not None and dst.session is not src.session and not src.record.local_only:
-                self.engine.set_file_attrs_locked(src.record, last_error=f"not moved to {dst.session.name}: {exc}")
+                self.engine.registry.set_file_attrs_locked(src.record, last_error=f"not moved to {dst.session.name}: {exc}")
             raise
 
     def _rename_file_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
@@ -99,8 +99,8 @@ class Renames:
             if record.local_only and not record.open_writers:
                 # A closed scratch file renamed to its final name: the renamer's exit decides too.
                 self.writers.joined_locked(renamer, record)
-        self.engine.rename_file_locked(record, target, name, local_only)
-        self.engine.set_file_attrs_locked(record, ctime_ns=time.time_ns())
+        self.engine.registry.rename_file_locked(record, target, name, local_only)
+        self.engine.registry.set_file_attrs_locked(record, ctime_ns=time.time_ns())
         self.tree.touch_parent_locked(src, dst)
 
     def _rename_folder_locked(self, src: Node, dst: Node) -> None:
@@ -126,8 +126,8 @@ class Renames:
         """libfuse renames a file unlinked while open to `.fuse_hidden…` and unlinks that name at
         the last release: for fs360 the unlink happens now (the server-held or not rules of
         `unlink`), and the open handles keep working on their spool file, reachable by that name."""
-        self.engine.remove_file_locked(src.record)
-        self.engine.set_file_attrs_locked(src.record, ctime_ns=time.time_ns())
+        self.engine.registry.remove_file_locked(src.record)
+        self.engine.registry.set_file_attrs_locked(src.record, ctime_ns=time.time_ns())
         self.tree.hide_locked(src.session, dst.name, src.record)
         self.tree.touch_parent_locked(src)
 
@@ -137,8 +137,8 @@ class Renames:
         copy, held = src.record, dst.record
         # The copy may still be open: GIO renames its `.goutputstream-*` before closing it.
         if not is_identical_copy(self.engine, copy, held):
-            raise AccessDenied(self.engine.refuse_change_locked(held))
-        self.engine.keep_identical_locked(held, copy=copy)
+            raise AccessDenied(self.engine.registry.refuse_change_locked(held))
+        self.engine.registry.keep_identical_locked(held, copy=copy)
         self.tree.touch_parent_locked(src, dst)
 
     def _rename_session_locked(self, src: Node, dst: Node) -> None:
@@ -152,8 +152,8 @@ class Renames:
             return
         if dst.kind == ROOT_STATUS_FILE:
             raise NotPermitted("status is reserved")
-        other = self.engine.sessions.get(name)
+        other = self.engine.registry.sessions.get(name)
         if other is not None:
             # NotEmpty unless it is empty (POSIX)
             self.tree.discard_session_locked(other, self.markers.listed(other))
-        self.engine.rename_session_locked(session, name)
+        self.engine.registry.rename_session_locked(session, name)
