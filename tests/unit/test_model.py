@@ -86,6 +86,8 @@ import pytest
 import xxhash
 
 from fs360.errors import Fs360Error
+from fs360.engine.records import FileRecord
+from fs360.fs.content_check import LegacyDigest, content_stamp, is_identical_copy
 from fs360.fs.fuse_ops import translated
 from fs360.fs.model import MountModel
 from tests.harness import request_count, wait_until
@@ -605,6 +607,21 @@ def test_a_sha256_journaled_by_an_earlier_build_still_compares_re_copies(model, 
     assert errno_of(model.flush, fh) == errno.EACCES
     model.release(fh)
     assert request_count(emulator, "PUT") == puts
+
+
+def test_an_earlier_builds_sha256_of_a_copy_counts_only_for_the_bytes_it_read():
+    """The copy's sha256 is read off the lock before its rename: a write since (another size or
+    mtime) makes it stale, and the copy is then not identical."""
+    data = b"same" * 100
+    held = FileRecord(id=1, session_id=1, name="a.las", mode=0o644, mtime_ns=1, size=len(data),
+                      state="complete", upload_id="u1", sha256=hashlib.sha256(data).hexdigest())
+    copy = FileRecord(id=2, session_id=1, name=".a.las.Xy12", mode=0o600, mtime_ns=5, size=len(data),
+                      state="local", local_only=True)
+    read = LegacyDigest(hashlib.sha256(data).hexdigest(), content_stamp(copy))
+    assert is_identical_copy(None, copy, held, read)
+    assert not is_identical_copy(None, copy, held, None)
+    copy.mtime_ns = 6  # written again (the same size) after the read
+    assert not is_identical_copy(None, copy, held, read)
 
 
 def test_deleted_before_any_put_leaves_no_trace(emulator, make_model):
