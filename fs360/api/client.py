@@ -145,7 +145,7 @@ class ApiClient:
 
     Before each request its `admission` is asked (a failure shared by every request of its kind
     holds it back, then the pacer gives it its turn: api/troubles.py, api/pacing.py), and told
-    how it ended. An upload process passes one that asks the daemon's."""
+    how it ended."""
 
     def __init__(self, settings: Settings, pacer: Pacer | None = None, troubles: Troubles | None = None,
                  admission=None):

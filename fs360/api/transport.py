@@ -63,6 +63,10 @@ class Deadline:
         self._connection = None
         self.lock = threading.Lock()  # the watchdog shuts down under it; a handle is dropped under it
 
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
     def attach(self, connection) -> None:
         """Called from the calling thread by the connection the request uses (maybe before it connects)."""
         with self.lock:
@@ -134,6 +138,11 @@ class _Watchdog:
                 self._thread.start()
             self._wake.notify()
 
+    def running(self) -> list[Deadline]:
+        """The deadlines of the requests running now."""
+        with self._wake:
+            return [entry[2] for entry in self._heap if not entry[2].finished]
+
     def _next_expired(self) -> Deadline:
         with self._wake:
             while True:
@@ -159,6 +168,17 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
+def cut_running_request(longer_than: float) -> bool:
+    """Ends one running request whose deadline is longer than `longer_than` seconds (a PUT's
+    grows with its body) exactly as its deadline would: what a stalled link or a killed client
+    leaves behind, for the reliability tests. False when none runs."""
+    for deadline in _watchdog.running():
+        if deadline.seconds > longer_than and deadline.connected:
+            deadline.expire()
+            return True
+    return False
+
+
 class _ReportsToDeadline:
     """Mixed into urllib3's connections: tells the thread's current deadline which connection it uses.
 
@@ -177,8 +197,8 @@ class _ReportsToDeadline:
 
     def _new_conn(self):
         sock = super()._new_conn()
-        # From the start, not only when abandoned: a process that dies (an upload worker killed
-        # mid-PUT) closes its sockets without asking anybody.
+        # From the start, not only when abandoned: a process that dies (killed mid-PUT) closes
+        # its sockets without asking anybody.
         _abort_on_close(sock)
         self._drop_shutdown_handle()
         self.shutdown_handle = sock.dup()

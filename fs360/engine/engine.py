@@ -30,7 +30,6 @@ from .registry import Registry
 from .scheduler import Scheduler
 from .spool import Spool
 from .transfer import Transfer
-from .transfer_pool import TransferProcesses
 
 
 log = logging.getLogger(__name__)
@@ -69,12 +68,8 @@ class Engine:
                                       self.listeners, self.session_lost)
         self.housekeeping = Housekeeping(self.lock, self.registry, self.journal, self.spool, self.client,
                                          self.backoff, self.projects, lambda: self._stopping)
-        # The HTTP of uploads in worker processes, off this interpreter's GIL (or in the worker threads).
-        self.transfers = TransferProcesses(settings, self.client.admission, settings.workers) \
-            if settings.upload_processes else None
         self.transfer = Transfer(settings, self.lock, self.registry, self.tree, self.client, self.gate,
-                                 self.backoff, self.listeners, self.transfers, self.session_lost,
-                                 lambda: self._stopping)
+                                 self.backoff, self.listeners, self.session_lost, lambda: self._stopping)
         # A hold on a kind of request ends (api/troubles.py): what waited for it goes now.
         self.client.troubles.on_clear(self.bring_forward)
         with self.lock:
@@ -171,8 +166,6 @@ class Engine:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
-        if self.transfers is not None:
-            self.transfers.close()
         self.listeners.close()
         self.client.close()
         with self.lock:
@@ -252,8 +245,10 @@ class Engine:
         return None
 
     def _worker_loop(self) -> None:
-        # One reusable page-aligned buffer per worker: kernel copies into it are fast.
-        buffer = mmap.mmap(-1, max(self.settings.chunk_size, mmap.PAGESIZE))
+        # One reusable page-aligned buffer per worker: kernel copies into it are fast. Private, so
+        # that MADV_DONTNEED below really gives its pages back (a shared mapping keeps them).
+        buffer = mmap.mmap(-1, max(self.settings.chunk_size, mmap.PAGESIZE),
+                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             while True:
                 with self.lock:
@@ -273,6 +268,9 @@ class Engine:
                     log.exception("unexpected error while uploading %r", record.name)
                     self._retry_after_bug(record, generation, exc)
                 finally:
+                    # An idle worker holds no chunk: after a big file, a chunk of resident pages per
+                    # worker would stay for every small file that follows.
+                    buffer.madvise(mmap.MADV_DONTNEED)
                     with self.lock:
                         if self.scheduler.finish_locked(record.id) and self.registry.file_locked(record.id):
                             # It came up again while this upload ran: one PUT per file in flight.

@@ -2,8 +2,7 @@
 
 One gate per engine, shared by all workers, so the limit is for all uploads
 together. It waits inside the `should_stop()` that `send_file` asks before each
-PUT (see `gated`): that question is answered in the daemon whether the PUT goes
-out from a worker thread or from an upload process, so both are gated alike (as rsync's and rclone's `--bwlimit`). The limit is a pacing of PUT
+PUT (see `gated`), as rsync's and rclone's `--bwlimit`. The limit is a pacing of PUT
 starts: a PUT of n bytes may start once the previous ones' bytes have had their
 time at the current rate. Idle time earns no credit, so a transfer never
 bursts above the limit after a pause.

@@ -2,8 +2,7 @@
 
 Read off the mount's snapshot (files by state, sessions, the rate, the queue) and the
 daemon's counters (bytes acknowledged, progress events, requests by endpoint and status,
-pacing waits). Requests sent by the upload worker processes are not in
-fs360_requests_total: their chunks are counted in fs360_chunks_acknowledged_total.
+pacing waits).
 """
 
 from __future__ import annotations

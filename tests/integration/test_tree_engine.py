@@ -1,5 +1,5 @@
-"""Issue 14 in the engine, without FUSE: the tree's archive through both upload paths (worker
-processes and in-process), a session lost mid-archive, and `unlink .create` before any PUT."""
+"""Issue 14 in the engine, without FUSE: the tree's archive uploaded, a session lost mid-archive,
+and `unlink .create` before any PUT."""
 
 from __future__ import annotations
 
@@ -40,9 +40,8 @@ def project_ready(model: MountModel, session: str) -> dict:
     return wait_until(ready, 60, 0.05, what="the project")
 
 
-@pytest.mark.parametrize("upload_processes", [True, False], ids=["processes", "in-process"])
-def test_the_archive_goes_up_through_either_upload_path(emulator, make_model, upload_processes):
-    model = make_model(emulator, upload_processes=upload_processes, chunk_size=64 * KiB)
+def test_the_archive_goes_up_in_chunks_and_the_project_lists_its_files(emulator, make_model):
+    model = make_model(emulator, chunk_size=64 * KiB)
     make_tree(model, "s")
     write_file(model, "/s/.create", b"")
     record = project_ready(model, "s")

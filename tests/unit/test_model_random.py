@@ -14,7 +14,7 @@ what may be on the server is known at every step, without a timing assumption.
 
 The normal suite runs 25 derandomized examples of at most 30 steps (a few seconds);
 `scripts/chaos` runs 1000 of at most 50 steps (`FS360_RANDOM_EXAMPLES=N` to change it), with
-random seeds and the upload worker processes. A failure prints the shrunk sequence of steps and,
+random seeds. A failure prints the shrunk sequence of steps and,
 in the long run, a `@reproduce_failure` blob.
 
 Product bugs the machine found are regression tests at the end of this file, each a minimal
@@ -104,7 +104,7 @@ class MountMachine(RuleBasedStateMachine):
         self.engine = Engine(Settings(
             api_url=self.emulator.base_url, api_key=self.emulator.api_key, cache_dir=self.cache,
             writeback_delay=3600.0, backoff_base=0.02, backoff_cap=0.2, rate_limits_enabled=False,
-            project_poll_interval=0.2, workers=2, upload_processes=LONG, cache_min_free_fraction=0.0))
+            project_poll_interval=0.2, workers=2, cache_min_free_fraction=0.0))
         self.engine.start()
         self.model = MountModel(self.engine, self.engine.settings)
         fake_processes(self.model)
