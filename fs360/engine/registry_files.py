@@ -284,6 +284,7 @@ class FileWriters(RegistryState):
         the identity hash): from the running digest when the file was written front to back,
         else by reading the spool file once (None when it is gone). Never with the state lock
         held: it may read the whole file."""
+        self.lock.assert_not_held()
         digest = self.known_digest(record, like)
         if digest is not None:
             return digest

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.engine_helpers import state_counts, wait_idle
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -138,8 +139,8 @@ def run_in_netns(scenario: str) -> dict:
                 set_loopback_qdisc(shaped(rate))
                 time.sleep(2)
                 sockets_after_restore = connections_to(emulator.port)
-                idle = engine.wait_idle(timeout=240, poll=0.2)
-                counts = engine.counts()
+                idle = wait_idle(engine, timeout=240, poll=0.2)
+                counts = state_counts(engine)
             finally:
                 engine.stop()
             remote = {f["name"]: f for f in emulator.files()}
