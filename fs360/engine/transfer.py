@@ -101,20 +101,19 @@ class Transfer:
             with self.lock:
                 self._still_picked_locked(record, generation, session)
                 self.registry.claim_server_name_locked(record, session, upload_id)
-            # The gate (bwlimit, pause) waits inside should_stop, asked before every PUT.
-            on_progress, gated_stop = self.gate.gated(
-                record.size, start, self.settings.chunk_size,
-                lambda received: self._progress(record, received), cancelled)
+            # The gate (bwlimit, pause) waits before every PUT, and the bwlimit before each piece of it.
+            turns = self.gate.turns(cancelled, lambda nbytes: self.listeners.emit("bytes_sent", file=record,
+                                                                                  nbytes=nbytes))
 
-            def should_stop() -> bool:
+            def should_stop(nbytes: int) -> bool:
                 nonlocal puts_let_go
-                stop = gated_stop()
+                stop = turns.before_put(nbytes)
                 puts_let_go += not stop  # False lets a PUT go
                 return stop
             with self.lock:
                 members = tuple(self.tree.members_locked(session)) if record.archive else None
                 sha256 = None if record.archive else record.sha256  # journaled when queued: checked as sent
-            sent = self._send(record, upload_id, start, members, sha256, buffer, on_progress, should_stop)
+            sent = self._send(record, upload_id, start, members, sha256, buffer, should_stop, turns)
             if record.archive and not record.sha256:
                 self._record_archive_sha256(record, members, sent.sha256)
         except Cancelled:
@@ -188,14 +187,15 @@ class Transfer:
         return progress.total != record.size
 
     def _send(self, record: FileRecord, upload_id: str, start: int, members, sha256: str | None, buffer,
-              on_progress, should_stop):
+              should_stop, pace):
         # Opened once for the attempt, so a file unlinked meanwhile still reads whole; an archive
         # is read from its members' spool files (by path): no fd of its own.
         fd = None if record.archive else os.open(self.registry.spool.path(record.id), os.O_RDONLY)
         try:
             with file_reader(fd, members, record.size, self.settings.archive_zip64) as read:
                 return send_file(self.client, upload_id, record.server_name, read, record.size, start, buffer,
-                                 self.settings.chunk_size, on_progress, should_stop, expected_sha256=sha256)
+                                 self.settings.chunk_size, lambda received: self._progress(record, received),
+                                 should_stop, expected_sha256=sha256, pace=pace)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -344,7 +344,7 @@ class Transfer:
             journal_now = self.registry.progress_locked(record, received)
         if journal_now:
             self.registry.journal_progress(record, received)
-        self.listeners.emit("bytes_sent", file=record, received=received)
+        self.listeners.emit("chunk_acknowledged", file=record, received=received)
 
     def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
         if record.generation != generation:

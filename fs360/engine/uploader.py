@@ -146,36 +146,40 @@ class SentDigest:
 
 
 def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int,
-              buffer, chunk_size: int, on_progress, should_stop, expected_sha256: str | None = None) -> SentFile:
+              buffer, chunk_size: int, on_progress, should_stop, expected_sha256: str | None = None,
+              pace=None) -> SentFile:
     """Uploads bytes start..size-1 of a file; returns how it ended. `read_exactly(view, offset)`
     fills `view` with the file's bytes from `offset`: a spool file's
     (`functools.partial(read_exactly, fd)`) or an archive's (`ArchiveReader.read_exactly`).
+    `should_stop(n)` is asked before each PUT of n bytes (true: Cancelled, nothing sent; the
+    bandwidth limit and a pause wait in it), `on_progress(received)` told after each with the
+    server's word, and each body goes in pieces through `pace` (ApiClient.put).
     The PUT that completes the file goes only if the whole file as sent has the sha256
     `expected_sha256` (when given)."""
     view = memoryview(buffer)
     digest = SentDigest(read_exactly, view, expected_sha256)
     try:
         if start == 0 and size <= chunk_size:
-            if should_stop():  # ops: asked before every PUT, as before each chunk (bwlimit/pause wait in it)
+            if should_stop(size):
                 raise Cancelled()
             read_exactly(view[:size], 0)
             digest.add(view[:size], beside=False)
             digest.check(expected_sha256, 0)
-            progress = client.put(upload_id, name, view[:size], 0, size, whole=True)
+            progress = client.put(upload_id, name, view[:size], 0, size, whole=True, pace=pace)
             _check_total(progress, size, name)
             on_progress(progress.received)
             if not progress.complete:
                 raise MalformedResponse(f"{name}: a whole-file PUT left the file incomplete")
             return SentFile(progress, digest.hexdigest())
         return _send_chunks(client, upload_id, name, read_exactly, size, start, view, chunk_size, on_progress,
-                            should_stop, expected_sha256, digest)
+                            should_stop, expected_sha256, digest, pace)
     finally:
         digest.wait()  # never return while a thread still reads the buffer
 
 
 def _send_chunks(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int, view,
                  chunk_size: int, on_progress, should_stop, expected_sha256: str | None,
-                 digest: SentDigest) -> SentFile:
+                 digest: SentDigest, pace) -> SentFile:
     offset, stalls, puts, budget = start, 0, 0, put_budget(size, chunk_size)
     progress = FileProgress(start, size, start == size)
     while offset < size:
@@ -185,9 +189,9 @@ def _send_chunks(client: ApiClient, upload_id: str, name: str, read_exactly, siz
                 f"{name}: {puts} PUTs in one attempt and the server still holds only {offset} of {size} bytes "
                 f"(it keeps losing what it took); trying again later")
         digest.seek(offset)  # before the gate's turn: a resume may first hash what the server holds
-        if should_stop():
-            raise Cancelled()
         n = min(chunk_size, size - offset)
+        if should_stop(n):
+            raise Cancelled()
         read_exactly(view[:n], offset)
         last = offset + n == size
         digest.add(view[:n], beside=not last)
@@ -195,7 +199,7 @@ def _send_chunks(client: ApiClient, upload_id: str, name: str, read_exactly, siz
             digest.check(expected_sha256, offset)
         puts += 1
         try:
-            progress = client.put(upload_id, name, view[:n], offset, size)
+            progress = client.put(upload_id, name, view[:n], offset, size, pace=pace)
         except NonContiguousChunk as exc:
             new_offset = exc.received
             if not 0 <= new_offset <= size:
