@@ -296,21 +296,18 @@ class Transfer:
         (a resume would merge two files into one): such a name is a conflict, and the file
         takes the next free name instead."""
         with self.lock:
-            held = session.remote_names if session.upload_id == upload_id else None
-        if held is None:
+            listed = self.registry.listing_known_locked(session, upload_id)
+        if not listed:
             # A session from the journal: ask once what it holds (one request per session).
             listing = self.client.session_status(upload_id)
             with self.lock:
-                held = self.registry.server_listing_locked(session, upload_id, listing)
+                self.registry.server_listing_locked(session, upload_id, listing)
         with self.lock:
             self._still_picked_locked(record, generation, session)
-            owner = held.get(record.server_name.lower(), record) if record.server_name else None
-            if owner is not record:
-                taken_by = record.server_name
-                self.registry.choose_server_name_locked(record, session, avoid=set(held))
-                if taken_by:
-                    log.warning("%s: the server already holds another file named %s; sending it as %s",
-                                record.name, taken_by, record.server_name)
+            taken_by = self.registry.name_free_on_server_locked(record, session)
+            if taken_by:
+                log.warning("%s: the server already holds another file named %s; sending it as %s",
+                            record.name, taken_by, record.server_name)
 
     def _hash_if_unknown(self, record: FileRecord, generation: int, session: SessionRecord) -> None:
         """A file queued without its sha256 (not written front to back, and hashing it then would

@@ -14,7 +14,7 @@ import pytest
 from fs360 import control
 from tests.harness import write_random
 
-pytestmark = [pytest.mark.fuse, pytest.mark.slow]
+pytestmark = [pytest.mark.fuse, pytest.mark.slow(35)]
 
 MiB = 1024 * 1024
 LIMIT = 2 * MiB
