@@ -251,7 +251,9 @@ class ApiClient:
         error = self._transport_error_of(endpoint, exc, exchange)
         connected = exchange.expired or exc is None or not failure_reason(exc)[1]
         error.never_connected = not connected
-        if endpoint == "put_file" and connected and not (exc is not None and peer_ended(exc)):
+        # A reset or broken pipe after the deadline cut the socket is this end's own doing, not the peer's.
+        peer_gone = exc is not None and peer_ended(exc) and not exchange.expired
+        if endpoint == "put_file" and connected and not peer_gone:
             # The server may still be reading this PUT's body (its end went nowhere, or is lost on a
             # stalled link): the file's next PUT waits until that one is over (engine/transfer.py).
             error.gave_up_on_upload = True
