@@ -14,7 +14,7 @@ what may be on the server is known at every step, without a timing assumption.
 
 The normal suite runs 25 derandomized examples of at most 30 steps (a few seconds);
 `scripts/chaos` runs 1000 of at most 50 steps (`FS360_RANDOM_EXAMPLES=N` to change it), with
-random seeds and the upload worker processes. A failure prints the shrunk sequence of steps and,
+random seeds. A failure prints the shrunk sequence of steps and,
 in the long run, a `@reproduce_failure` blob.
 
 Product bugs the machine found are regression tests at the end of this file, each a minimal
@@ -47,6 +47,7 @@ from fs360.fs.exits import Closer
 from fs360.fs.model import MountModel
 from tests.fed_writers import feed_writers
 from tests.reference_model import DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, PENDING, Reference
+from tests.engine_helpers import file_state, state_counts, wait_idle
 
 EXAMPLES = int(os.environ.get("FS360_RANDOM_EXAMPLES", "0"))
 LONG = EXAMPLES > 0
@@ -103,7 +104,7 @@ class MountMachine(RuleBasedStateMachine):
         self.engine = Engine(Settings(
             api_url=self.emulator.base_url, api_key=self.emulator.api_key, cache_dir=self.cache,
             writeback_delay=3600.0, backoff_base=0.02, backoff_cap=0.2, rate_limits_enabled=False,
-            project_poll_interval=0.2, workers=2, upload_processes=LONG, cache_min_free_fraction=0.0))
+            project_poll_interval=0.2, workers=2, cache_min_free_fraction=0.0))
         self.engine.start()
         self.model = MountModel(self.engine, self.engine.settings)
         fake_processes(self.model)
@@ -429,7 +430,7 @@ class MountMachine(RuleBasedStateMachine):
             self.emulator.expire(upload_id)
             self.dead_upload_ids.add(upload_id)
             with self.engine.lock:
-                record = self.engine.sessions[session]
+                record = self.engine.registry.sessions[session]
             self.engine.session_lost(record, upload_id)
             self.ref.lose_session(session)
         self.step(run)
@@ -527,11 +528,11 @@ class MountMachine(RuleBasedStateMachine):
         self.engine.gate.set_paused(False)
         self.paused = False
         with self.engine.lock:
-            for session in self.engine.sessions.values():
+            for session in self.engine.registry.sessions.values():
                 for record in session.files.values():
                     if record.state == PENDING:
-                        self.engine.queue_upload_locked(record, delay=0.0)
-        assert self.engine.wait_idle(timeout=120, poll=0.02), f"never idle: {self.engine.counts()}"
+                        self.engine.registry.queue_upload_locked(record, delay=0.0)
+        assert wait_idle(self.engine, timeout=120, poll=0.02), f"never idle: {state_counts(self.engine)}"
         self.ref.settle(self._server_name)
         self.await_projects()
         self.check_listings()
@@ -570,7 +571,7 @@ class MountMachine(RuleBasedStateMachine):
                 assert time.monotonic() < deadline, "the paused workers never picked the files up"
                 time.sleep(0.01)
             with self.engine.lock:
-                held = sorted((self.engine.session_of(f).name, f.name)
+                held = sorted((self.engine.registry.session_of(f).name, f.name)
                               for f in self.engine.registry.files_locked() if f.state == "uploading")
             if move and held:
                 session, name = data.draw(st.sampled_from(held), label="picked file")
@@ -634,7 +635,7 @@ class MountMachine(RuleBasedStateMachine):
                 assert self.model.getattr(self._path(s.name, name))["st_size"] == f.size
             # The sum the session cap is checked against, kept as sizes change, is the sum.
             with self.engine.lock:
-                kept = self.engine.sessions[s.name]
+                kept = self.engine.registry.sessions[s.name]
                 assert kept.listed_bytes == sum(r.size for r in kept.files.values() if not r.local_only), s.name
             # D "Server names": flat, unique in the session, frozen once the server holds bytes.
             names = {f["name"]: f["server_name"] for f in status["files"] if not f["local_only"]}
@@ -692,7 +693,7 @@ def test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount(emulato
     model = idle_model(emulator, tmp_path / "cache")
     model.rename("/s/.a.jpg.Xy12", "/s/a.jpg")
     # Without the remount the same rename gives `interrupted` (doc/SEMANTICS.md "Unfinished files").
-    assert model.file_state("s", "a.jpg") == "interrupted"
+    assert file_state(model, "s", "a.jpg") == "interrupted"
 
 
 def test_an_interrupted_file_renamed_away_and_back_after_a_remount_stays_interrupted(emulator, tmp_path):
@@ -702,10 +703,10 @@ def test_an_interrupted_file_renamed_away_and_back_after_a_remount_stays_interru
     model.write(fh, b"part", 0)
     crash(model)  # the mount dies while a.jpg is being written
     model = idle_model(emulator, tmp_path / "cache")
-    assert model.file_state("s", "a.jpg") == "interrupted"
+    assert file_state(model, "s", "a.jpg") == "interrupted"
     model.rename("/s/a.jpg", "/s/.a.jpg.tmp")
     model.rename("/s/.a.jpg.tmp", "/s/a.jpg")
-    assert model.file_state("s", "a.jpg") == "interrupted"
+    assert file_state(model, "s", "a.jpg") == "interrupted"
 
 
 def test_a_file_open_at_a_crash_keeps_the_size_of_its_data(emulator, tmp_path):
@@ -715,7 +716,7 @@ def test_a_file_open_at_a_crash_keeps_the_size_of_its_data(emulator, tmp_path):
     model.write(fh, b"abc", 0)
     crash(model)  # the mount dies with the file open
     model = idle_model(emulator, tmp_path / "cache")
-    assert model.file_state("s", "a.jpg") == "interrupted"
+    assert file_state(model, "s", "a.jpg") == "interrupted"
     # The spool holds 3 bytes; S "mtime and size survive restarts".
     assert model.getattr("/s/a.jpg")["st_size"] == 3
 
@@ -761,7 +762,7 @@ def test_a_file_whose_writer_was_killed_holding_it_stays_interrupted_whatever_th
     # other writer's close and exit arrive.
     model = idle_model(emulator, tmp_path / "cache")
     two_writers_one_killed(model, exit_before_release)
-    assert model.file_state("s", "a.jpg") == "interrupted"
+    assert file_state(model, "s", "a.jpg") == "interrupted"
 
 
 def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulator, make_model):
@@ -774,8 +775,8 @@ def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulato
     model.write(fh, b"abc", 0)
     model.release(fh)
     deadline = time.monotonic() + 60
-    while model.file_state("s", "a.jpg") != "complete":
-        assert time.monotonic() < deadline, model.file_state("s", "a.jpg")
+    while file_state(model, "s", "a.jpg") != "complete":
+        assert time.monotonic() < deadline, file_state(model, "s", "a.jpg")
         time.sleep(0.02)
     fh = model.open("/s/a.jpg", os.O_RDONLY)
     assert model.read(fh, 3, 0) == b"abc"
@@ -784,7 +785,7 @@ def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulato
     fh = model.create("/s/a.jpg", 0o644, O_CREATE)
     model.write(fh, b"abc", 0)
     model.release(fh)
-    assert model.file_state("s", "a.jpg") == "complete"
+    assert file_state(model, "s", "a.jpg") == "complete"
     with pytest.raises(Fs360Error, match="only the server holds") as refused:
         model.open("/s/a.jpg", os.O_RDONLY)
     assert refused.value.errno == errno.EACCES
@@ -809,12 +810,12 @@ def test_a_file_deleted_while_open_stays_writable_through_its_handle_once_the_se
     fh = model.create("/s/b.jpg", 0o644, O_CREATE)
     model.write(fh, b"b", 0)
     model.release(fh)
-    wait_for(lambda: model.file_state("s", "b.jpg") == "complete", "b.jpg never complete")
+    wait_for(lambda: file_state(model, "s", "b.jpg") == "complete", "b.jpg never complete")
     fh = model.create("/s/.create", 0o644, O_CREATE)
     model.write(fh, b"{}", 0)
     model.flush(fh)
     model.release(fh)
-    wait_for(lambda: model.engine.sessions["s"].sealed, "the project was never created")
+    wait_for(lambda: model.engine.registry.sessions["s"].sealed, "the project was never created")
     model.truncate(None, 1, deleted)
     model.write(deleted, b"xyz", 1)
     model.release(deleted)
