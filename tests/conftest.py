@@ -37,12 +37,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hooks: a run with -p no:xdist has none
 def pytest_configure_node(node):
     """In xdist's controller, for each worker: where it leaves the estimates for the scheduler."""
     node.workerinput[scheduling.ESTIMATES_KEY] = str(scheduling.estimates_file(node.config))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own (registered after this file)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own (registered after this file)
 def pytest_xdist_make_scheduler(config, log):
     """The longest tests first, each on a worker of its own (tests/scheduling.py), where the run
     asks for `load` or `loadscope`; another --dist (each, loadfile, worksteal) gets xdist's."""

@@ -75,6 +75,7 @@ def test_the_key_file_option_is_read_and_not_passed_on(tmp_path, emulator):
     assert not is_mounted(mountpoint)
 
 
+@pytest.mark.slow(8)
 def test_local_mount_status_and_unmount_wait(tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
@@ -129,7 +130,7 @@ def test_a_second_mount_on_the_same_cache_dir_is_refused(tmp_path, emulator):
         run_fs360("unmount", str(first))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(10)
 def test_demo_runs_to_a_ready_project():
     result = run_fs360("demo", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -28,6 +28,7 @@ def status_doc(mountpoint) -> dict:
     return json.loads(shown.stdout)
 
 
+@pytest.mark.slow(10)
 def test_json_names_every_session_in_natural_order_and_a_non_mount_is_an_error(tmp_path, mount):
     for name in ("scan_10", "scan_2", "Office scan"):
         (mount.mountpoint / name).mkdir()

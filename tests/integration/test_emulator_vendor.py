@@ -124,7 +124,7 @@ def _session(emu, uid):
     return [s for s in emu.sessions() if s["upload_id"] == uid][0]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(6)
 @pytest.mark.parametrize("profile", ["default", "vendor"])
 def test_session_expiry_idle_or_from_creation(tmp_path, profile):
     lifetime = 3.0

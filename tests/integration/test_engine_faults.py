@@ -97,7 +97,7 @@ def test_drop_response_resumes_without_resending(emulator, settings_for, tmp_pat
     assert request_count(emulator, "GET get_file 200") >= 4
 
 
-@pytest.mark.slow
+@pytest.mark.slow(6)
 def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
     src = tmp_path / "src"
     expected = make_sources(src, {"a.jpg": 3 * CHUNK, "b.jpg": 100})
@@ -126,7 +126,7 @@ def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
 
 # --- session expiry ------------------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.slow(8)
 def test_session_expiry_resends_everything_and_project_completes(profiled_emulator, settings_for, tmp_path):
     emulator = profiled_emulator
     src = tmp_path / "src"
@@ -199,7 +199,7 @@ def test_project_request_survives_restart(emulator, settings_for, tmp_path):
 
 # --- pacing ----------------------------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.slow(16)
 def test_pacing_holds_1500_puts_under_the_limit(emulator_factory, settings_for, tmp_path):
     """1,500 small whole-file PUTs against the documented 1200/min with no 429.
 
@@ -293,7 +293,7 @@ TRANSIENT_PUT_FAULTS = ("error_500", "error_502", "error_503", "cut_body", "drop
                         "invalid_json", "missing_fields", "retry_after_none", "rate_limit_burst")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(12)
 def test_backoff_starts_over_once_a_file_makes_progress(emulator, settings_for, tmp_path):
     """About 3% of PUTs fail, with every transient kind of fault, on one file of 600 chunks:
     each error after progress costs the first step of the backoff again (its attempt count

@@ -36,7 +36,7 @@ def test_five_new_folders_open_at_once(emulator_factory, settings_for, tmp_path)
     assert_uploaded(emulator, None, sources)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(7)
 def test_a_folder_out_of_budget_waits_without_holding_a_worker(emulator_factory, settings_for, tmp_path):
     """29 new folders: 28 open at once (95% of 30 an hour); the 29th waits for the window, says so
     in its error, and meanwhile the one worker keeps uploading files of open folders."""

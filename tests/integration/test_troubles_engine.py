@@ -65,7 +65,7 @@ def sent(emulator, endpoint: str = "") -> int:
                if key.startswith(endpoint) and " fault:" not in key)
 
 
-@pytest.mark.slow(15)
+@pytest.mark.slow(18)
 def test_an_account_refusal_costs_one_probe_at_a_time_and_every_file_goes_once_fixed(profiled_emulator,
                                                                                     settings_for, tmp_path):
     emulator = profiled_emulator
@@ -113,7 +113,7 @@ def test_resume_checks_a_refused_account_at_once(emulator, settings_for, tmp_pat
     assert request_count(emulator, "PUT put_file 402") <= 4  # those under way when it was first refused
 
 
-@pytest.mark.slow(13)
+@pytest.mark.slow(12)
 def test_a_short_outage_of_new_sessions_costs_one_probe_at_a_time(profiled_emulator, settings_for, tmp_path):
     """A 503 on `POST /uploads` for 10 s while 30 files of a new folder wait."""
     emulator = profiled_emulator
@@ -139,7 +139,7 @@ def test_a_short_outage_of_new_sessions_costs_one_probe_at_a_time(profiled_emula
     assert request_count(emulator, "POST open_session 429") == 0
 
 
-@pytest.mark.slow(15)
+@pytest.mark.slow(10)
 def test_an_upload_outage_holds_every_file_and_its_end_brings_them_all_forward(emulator, settings_for, tmp_path):
     """PUTs fail (503) for a while: the files wait without spending requests, the probes back off,
     and the first success makes every waiting file due at once."""

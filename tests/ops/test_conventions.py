@@ -21,7 +21,7 @@ def test_version(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == f"fs360 {fs360.__version__}"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(20)
 def test_the_wheel_holds_every_module_and_the_script(tmp_path):
     result = subprocess.run([PYTHON, "-m", "pip", "wheel", str(ROOT), "-w", str(tmp_path), "--no-deps",
                              "-q"], capture_output=True, text=True, timeout=300)
@@ -36,6 +36,7 @@ def test_the_wheel_holds_every_module_and_the_script(tmp_path):
 
 
 @pytest.mark.fuse
+@pytest.mark.slow(8)
 def test_status_lists_every_mount(tmp_path, emulator, mount_factory):
     one = mount_factory(emulator, name="one")
     two = mount_factory(emulator, name="two")

@@ -99,6 +99,7 @@ def test_the_page_needs_its_token_and_names_the_sessions(busy_mount):
     assert (doc["paused"], doc["bwlimit"]) == (False, "2M")
 
 
+@pytest.mark.slow(8)
 def test_the_page_in_headless_chromium(tmp_path, busy_mount):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:

@@ -27,7 +27,7 @@ OTHER_FAULTS = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(10)
 def test_uploads_survive_a_faulty_server(tmp_path, emulator, mount_factory):
     small_files = pick(58, 297)
     big_files = pick(2, 3)

@@ -11,7 +11,7 @@ from tests.harness import pid_alive, remote_files, wait_until, write_random
 from .common import MiB, assert_accounted, pick, run_bounded, settle
 
 
-@pytest.mark.slow
+@pytest.mark.slow(8)
 def test_server_down_then_back_uploads_resume_mount_stays_responsive(tmp_path, emulator_factory, mount_factory):
     emulator = emulator_factory("--processing-seconds", "1", "--no-rate-limits")
     down_for = pick(3.0, 30.0)  # test mounts retry within a second (FAST_TIMINGS)

@@ -62,7 +62,7 @@ def _files_holding(root: Path, needle: bytes) -> list[str]:
     return hits
 
 
-@pytest.mark.slow
+@pytest.mark.slow(5)
 def test_key_never_leaks(tmp_path, mount_factory):
     emulator = EmulatorProcess(tmp_path / "emu", args=["--processing-seconds", "1", "--no-rate-limits", "--key", KEY],
                                key=KEY)
@@ -179,7 +179,7 @@ def _emulator_call(emulator: EmulatorProcess, cafile: str, path: str):
         return json.loads(r.read())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(6)
 def test_tls_is_verified(tmp_path, mount_factory):
     cert, key = self_signed_certificate(tmp_path)
     emulator = EmulatorProcess(tmp_path / "emu", args=["--processing-seconds", "1", "--no-rate-limits",

@@ -298,7 +298,7 @@ def test_forced_zip64_is_read_back_by_zipfile_and_unzip(tmp_path):
     assert bytes(buffer[:n]) == archive[-2000:]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(5)
 def test_a_sparse_file_over_4_gib_makes_a_zip64_archive_readable_around_the_boundary(tmp_path, tmpfs):
     """No real disk: the big file is a hole, on a tmpfs where one can be mounted (reading its
     4 GiB there is a copy of zeros: 0.1 s, where ext4 took 10 s). Only the bytes around 4 GiB

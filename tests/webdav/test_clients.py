@@ -119,6 +119,7 @@ def make_tree(folder: Path) -> dict[str, str]:
             for path, size in TREE.items()}
 
 
+@pytest.mark.slow(10)
 def test_davfs2_cp_rsync_and_tar_upload_the_tree(tmp_path, emulator, dav, davfs):
     """Three sessions written through davfs2 (cp -r, rsync -a, tar): their top-level files reach
     the server with equal sha256, and each tree goes up as the session's archive at .create."""
