@@ -15,7 +15,9 @@ line (and go again with the retry), as the bandwidth limit counts them.
   stalled upload's rate falls instead of staying at its last value.
 
 `RateBook` keeps one window per file, per session and for the whole mount, a history of the
-mount's rate over the last hour (the dashboard's plot), and counters for /metrics.
+mount's rate over the last hour (the dashboard's plot), counters for /metrics, and where each
+uploading file's PUT has got to (the server's last `received` plus the pieces sent since), so
+progress moves with the bytes, not in steps of a chunk.
 """
 
 from __future__ import annotations
@@ -125,6 +127,9 @@ class RateBook:
         self._sessions: dict[int, RateWindow] = {}
         self._mount = RateWindow()
         self._started: dict[int, float] = {}  # file id -> wall time its upload began
+        # file id -> bytes gone out: the server's last acknowledged `received` plus the pieces
+        # of the PUT under way; forgotten when the attempt ends (failed: the server says again).
+        self._gone_out: dict[int, int] = {}
         self.history = RateHistory()
         # For /metrics: bytes sent, and events by name (retries are file_failed).
         self.bytes_sent = 0
@@ -141,10 +146,16 @@ class RateBook:
                 return
             if event == "file_uploading":
                 self._started.setdefault(record.id, self._wall())
+                self._gone_out.pop(record.id, None)
             elif event == "bytes_sent":
                 self._sent_locked(record, details["nbytes"], at)
+            elif event == "chunk_acknowledged":
+                self._gone_out[record.id] = details["received"]
+            elif event == "file_failed":
+                self._gone_out.pop(record.id, None)
             elif event in ("file_complete", "file_rejected"):
                 self._files.pop(record.id, None)
+                self._gone_out.pop(record.id, None)
 
     def _sent_locked(self, record, nbytes: int, at: float) -> None:
         self._files.setdefault(record.id, RateWindow()).add(at, nbytes)
@@ -152,6 +163,14 @@ class RateBook:
         self._mount.add(at, nbytes)
         self.history.add(self._wall(), nbytes)
         self.bytes_sent += nbytes
+        # The first piece of an attempt goes on from what the server held when it began.
+        self._gone_out[record.id] = self._gone_out.get(record.id, record.server_received) + nbytes
+
+    def gone_out(self, file_id: int) -> int | None:
+        """Bytes of an uploading file that went out (the server's part and the PUT under way's
+        pieces), or None when no piece of its current attempt was counted."""
+        with self._lock:
+            return self._gone_out.get(file_id)
 
     def started_at(self, file_id: int) -> float | None:
         """Wall time the file's upload began (for the log line of an uploaded file)."""

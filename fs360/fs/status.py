@@ -148,6 +148,7 @@ def _totals(files: list[dict], rate: float | None) -> dict:
         "complete": by_state.get(COMPLETE, 0),
         "bytes": sum(f["size"] for f in files),
         "sent": sum(f["sent"] for f in files),
+        "on_server": sum(f["on_server"] for f in files),
         "rate": round(rate) if rate else None,
         "eta_seconds": eta_seconds(on_the_way, rate),
         "by_state": dict(sorted(by_state.items())),
@@ -161,14 +162,18 @@ def mount_totals(sessions: list[dict], rate: float | None) -> dict:
 
 
 def _file_entry(row: tuple, now: float, rates: RateBook | None) -> dict:
-    state, size, sent = row[_STATE], row[_SIZE], row[_SENT]
-    rate = rates.file_rate(row[_ID]) if rates is not None and state == UPLOADING else None
+    state, size, on_server = row[_STATE], row[_SIZE], row[_SENT]
+    uploading = rates is not None and state == UPLOADING
+    rate = rates.file_rate(row[_ID]) if uploading else None
+    # Progress moves as the PUT's pieces go out; the server's part moves per acknowledged chunk.
+    sent = min(size, max(on_server, (rates.gone_out(row[_ID]) or 0) if uploading else 0))
     entry = {
         "name": row[_NAME],
         "server_name": None if row[_LOCAL] else row[_SERVER_NAME],
         "state": state,
         "size": size,
         "sent": sent,
+        "on_server": on_server,
         "rate": round(rate) if rate else None,
         "eta_seconds": eta_seconds(size - sent, rate),
         "error": row[_ERROR] or None,

@@ -70,7 +70,7 @@ def render_metrics(snapshot: dict, counters: Counters) -> str:
                [({}, by_state["pending"] + by_state["failed"])])
     out.metric("sessions", "gauge", "Sessions (folders at the mount's root).", [({}, len(snapshot["sessions"]))])
     out.metric("bytes", "gauge", "Bytes of the mount's uploadable files, and of them the server holds.",
-               [({"of": "files"}, totals["bytes"]), ({"of": "server"}, totals["sent"])])
+               [({"of": "files"}, totals["bytes"]), ({"of": "server"}, totals["on_server"])])
     out.metric("upload_rate_bytes_per_second", "gauge", "Upload rate over the last 20 s (0 when idle).",
                [({}, totals["rate"] or 0)])
     out.metric("requests_total", "counter", "Requests the daemon sent, by endpoint and HTTP status ('error': no answer).",

@@ -39,10 +39,12 @@ def test_the_server_receives_the_limit_per_byte_and_status_shows_that_rate(mount
     session.mkdir()
     write_random(session / "big.jpg", SIZE)
     shown: list[tuple[float, float]] = []  # (epoch seconds, the rate status showed)
+    progress: list[tuple[int, int]] = []  # (sent, on_server) as status showed them
     while True:
         entry = control.mount_status(str(mount.mountpoint))["sessions"][0]["files"][0]
         if entry["rate"]:
             shown.append((time.time(), entry["rate"]))
+        progress.append((entry["sent"], entry["on_server"]))
         if entry["state"] == "complete" or entry["sent"] >= SIZE - 8 * MiB:
             break
         time.sleep(0.5)
@@ -69,6 +71,10 @@ def test_the_server_receives_the_limit_per_byte_and_status_shows_that_rate(mount
         assert received == pytest.approx(LIMIT, rel=0.10), f"the server received {received / MiB:.2f} MiB/s"
         assert rate == pytest.approx(received, rel=0.15), \
             f"status showed {rate / MiB:.2f} MiB/s, the server received {received / MiB:.2f} MiB/s"
+
+    # Progress moves with the pieces, not in steps of a chunk; the server's part never leads it.
+    within_chunks = {sent for sent, _ in progress if sent % (8 * MiB)}
+    assert len(within_chunks) >= 8 and all(on_server <= sent for sent, on_server in progress), progress
 
     mount.wait_settled("Survey", timeout=60)
     doc = control.mount_status(str(mount.mountpoint))

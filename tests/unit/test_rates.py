@@ -71,12 +71,33 @@ def test_pieces_sent_make_the_rates_and_a_finished_file_has_none():
         book.on_event("bytes_sent", at=clock[0], file=record, nbytes=MiB // 4)
     assert book.file_rate(1) == pytest.approx(MiB)
     assert book.session_rate(7) == pytest.approx(MiB) and book.mount_rate() == pytest.approx(MiB)
-    book.on_event("chunk_acknowledged", at=10.0, file=record, received=8 * MiB)  # counted for /metrics only
+    book.on_event("chunk_acknowledged", at=10.0, file=record, received=8 * MiB)
     assert book.counters() == (10 * MiB, {"file_uploading": 1, "bytes_sent": 40, "chunk_acknowledged": 1})
     book.on_event("file_complete", at=12.0, file=record)
     assert book.file_rate(1) is None  # a finished file has no rate
     points = book.history_points()
     assert len(points) == 3600 / HISTORY_BUCKET and sum(rate for _, rate in points) * HISTORY_BUCKET == 10 * MiB
+
+
+def test_progress_moves_with_the_pieces_and_goes_back_to_the_servers_word_after_a_failure():
+    book = RateBook(clock=lambda: 0.0, wall=lambda: 0.0)
+    record = SimpleNamespace(id=1, session_id=7, server_received=16 * MiB, size=100 * MiB)
+    book.on_event("file_uploading", at=0.0, file=record)
+    assert book.gone_out(1) is None  # nothing of this attempt went out yet: the server's word
+    book.on_event("bytes_sent", at=1.0, file=record, nbytes=MiB)  # goes on from what the server held
+    book.on_event("bytes_sent", at=2.0, file=record, nbytes=MiB)
+    assert book.gone_out(1) == 18 * MiB
+    book.on_event("chunk_acknowledged", at=3.0, file=record, received=24 * MiB)
+    assert book.gone_out(1) == 24 * MiB
+    book.on_event("bytes_sent", at=4.0, file=record, nbytes=MiB)
+    assert book.gone_out(1) == 25 * MiB
+    book.on_event("file_failed", at=5.0, file=record)  # the retry resumes where the server says
+    assert book.gone_out(1) is None
+    book.on_event("file_uploading", at=6.0, file=record)
+    book.on_event("bytes_sent", at=7.0, file=record, nbytes=MiB)
+    assert book.gone_out(1) == 17 * MiB  # record.server_received is still 16 MiB here
+    book.on_event("file_complete", at=8.0, file=record)
+    assert book.gone_out(1) is None
 
 
 def test_eta():
