@@ -262,7 +262,7 @@ class ApiClient:
     def _transport_error_of(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:
         if exchange.expired:
             return DeadlineExceeded(f"{endpoint}: the server at {self._host} did not answer within "
-                                    f"{exchange.deadline.seconds:g} s")
+                                    f"{exchange.deadline.seconds:.3g} s")  # a gate's waits extend it by a little
         if exc is None:
             return ResponseTooLarge(f"{endpoint}: the server at {self._host} sent an answer larger than "
                                     f"any API answer; dropped")
