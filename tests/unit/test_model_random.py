@@ -14,10 +14,11 @@ idle. So what may be on the server is known at every step, without a timing assu
 Uploads can also be held: paused, a worker waits with a file picked up (its session opened,
 its content hashed) before the first PUT, and the operations that follow run against it.
 
-The normal suite runs 40 derandomized examples of at most 30 steps (about 12 s). With the
+The normal suite runs 40 derandomized examples of at most 30 steps (6 to 12 s). With the
 moving-file fix taken out (issue 23: a file picked up, then moved to another session, went up
-into the session it left), the 11th example fails and shrinks to three steps in about 8 s;
-with random seeds about one example in ten finds it.
+into the session it left), the 6th example fails and shrinks to one step (pick up, move to a
+new session) in about 20 s in all; with random seeds one example in about ten finds it, so
+40 examples find it whatever the seed about 98 times in 100.
 `scripts/chaos` runs 1000 of at most 50 steps (`FS360_RANDOM_EXAMPLES=N` to change it), with
 random seeds and the upload worker processes. A failure prints the shrunk sequence of steps and,
 in the long run, a `@reproduce_failure` blob.
@@ -63,6 +64,9 @@ NEW_SESSION_NAMES = ["Renamed", "Ünïcode 3"]
 # (rsync's temp name of a.jpg), a *.part and a name the mount reserves.
 FILE_NAMES = ["a.jpg", "A.JPG", "scan 1.e57", "scan_1.e57", "Фото.jpg", ".a.jpg.Xy12", "b.part", "status"]
 UPLOADED_NAMES = FILE_NAMES[:5]
+# What happens to a file a paused worker holds (MountMachine.pick_up_while_paused): the move to
+# another session, which the moving-file bug needs, half of the time.
+PICKED_MOVES = ["to another session", "renamed", "to another session", "stays"]
 # pids handed to flush: the dying one is "killed by SIGKILL" (fs360 reads that in /proc/PID/stat
 # at the flush; here `Writers.identify` is replaced so no real process has to die); the closing
 # one is a writer that runs until a settle, where it exits 0 (the commit point); the last one
@@ -599,7 +603,7 @@ class MountMachine(RuleBasedStateMachine):
                 self.engine.registry.commit_locked(record, succeeded=False)
 
     PICK_UP = dict(data=st.data(), name=st.sampled_from(UPLOADED_NAMES), payload=st.binary(max_size=16),
-                   move=st.sampled_from(["to another session", "renamed", "stays"]), new=st.sampled_from(FILE_NAMES),
+                   move=st.sampled_from(PICKED_MOVES), new=st.sampled_from(FILE_NAMES),
                    resume=st.booleans())
 
     @precondition(lambda self: self.ref is not None and not self.paused)
@@ -619,8 +623,10 @@ class MountMachine(RuleBasedStateMachine):
         left or under the name it had (issue 19). `resume`: the uploads go on at once (a settle),
         before another operation touches the file (which makes the pick stale anyway)."""
         def run():
-            if not self._closed_files():
-                session = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="session")
+            session = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="session")
+            # Not a re-copy of a deleted file the server holds: listed again while it is compared,
+            # it lets the project be made (a race of its own, for the `create` rule to meet).
+            if not self._closed_files() and name not in self.ref.sessions[session].gone_names:
                 handle, fh = self._create(session, name, False)
                 if handle is not None:
                     self._write(handle, fh, 0, payload)
