@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from tests.engine_helpers import state_counts, wait_idle
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -53,24 +54,24 @@ def child(argv) -> int:
                         workers=args.workers, writeback_delay=0.0, rate_limits_enabled=False)
     engine = Engine(settings)
     with engine.lock:
-        session = engine.create_session_locked("bench", 0o755)
+        session = engine.registry.create_session_locked("bench", 0o755)
     for source in args.files:
         with engine.lock:
-            record = engine.create_file_locked(session, Path(source).name, 0o644, 0, 0, local_only=False)
-            engine.open_for_write_locked(record)
+            record = engine.registry.create_file_locked(session, Path(source).name, 0o644, 0, 0, local_only=False)
+            engine.registry.open_for_write_locked(record)
             spool = engine.spool.path(record.id)
         os.unlink(spool)
         os.link(source, spool)
         with engine.lock:
-            engine.close_writer_locked(record, os.path.getsize(source))
+            engine.registry.close_writer_locked(record, os.path.getsize(source))
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     engine.start()
-    ok = engine.wait_idle(timeout=600, poll=0.005)
+    ok = wait_idle(engine, timeout=600, poll=0.005)
     seconds = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    counts = engine.counts()
+    counts = state_counts(engine)
     engine.stop()
     print(json.dumps({"ok": ok and counts == {COMPLETE: len(args.files)}, "seconds": seconds, "cpu": cpu,
                       "counts": counts,

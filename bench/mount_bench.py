@@ -6,8 +6,8 @@ For each workload: the baseline (bench/baseline.py, sequential, straight from
 the source files), then `cp` (or `rsync -a`) into a real fs360 mount, timed when
 the copy returns and when the last file is complete on the server, and a plain
 local `cp` of the same data (the ceiling for "the copy returns"). The daemon's
-CPU seconds per workload (user+sys of the daemon and its upload worker
-processes), the peak RSS of the daemon plus its workers and the latency of
+CPU seconds per workload (user+sys of the daemon and every process it
+starts), the peak RSS of the daemon plus its children and the latency of
 reading `status` during uploads are sampled too.
 The emulator runs with --discard --no-rate-limits so that neither its disk nor
 the documented rate limits are what is measured.
@@ -109,7 +109,7 @@ class Daemon:
         return 0
 
     def processes(self) -> list[int]:
-        """The daemon and its children (the upload worker processes, see engine/transfer_pool.py)."""
+        """The daemon and its children (an emulator started by --local, say)."""
         pids = [self.pid]
         for task in Path(f"/proc/{self.pid}/task").iterdir():
             try:
@@ -132,7 +132,7 @@ class Daemon:
         return total / CLOCK_TICKS
 
     def memory_by_process(self) -> list[tuple[int, int]]:
-        """(RSS, PSS) of the daemon, then of each of its worker processes, now."""
+        """(RSS, PSS) of the daemon, then of each of its children, now."""
         each = []
         for pid in self.processes():
             try:
@@ -156,8 +156,8 @@ class Daemon:
 
 
 class RssSampler:
-    """Samples the daemon's RSS plus its workers' every `interval` s in a thread; keeps the peak.
-    (VmHWM alone would miss the worker processes, which come and go.)"""
+    """Samples the daemon's RSS plus its children's every `interval` s in a thread; keeps the peak.
+    (VmHWM alone would miss the children, which come and go.)"""
 
     def __init__(self, daemon: Daemon, interval: float = 0.25):
         self.daemon = daemon
@@ -385,7 +385,7 @@ def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_worker
     print()
     print(f"- daemon peak RSS (VmHWM): {peak_rss / MiB:.1f} MiB")
     peak_rss_sum, peak_pss_sum, (peak_workload, each) = peak_with_workers
-    print(f"- daemon + upload worker processes, peak of the summed RSS (sampled every 0.25 s): "
+    print(f"- daemon + its children, peak of the summed RSS (sampled every 0.25 s): "
           f"{peak_rss_sum / MiB:.1f} MiB (target <= {RSS_TARGET // MiB} MiB)"
           f"{' ok' if peak_rss_sum <= RSS_TARGET else ' MISSED'}; "
           f"summed PSS (shared pages split): {peak_pss_sum / MiB:.1f} MiB")

@@ -12,7 +12,7 @@ Then `ls -l` of that folder (cold: past the attribute timeout; warm), reads of i
 and `status.json` (time and size), the journal's size, and the daemon's memory.
 
 For each step: the time until the copy returns and until the emulator holds every file
-complete, the CPU seconds (user+sys) of the daemon and its upload worker processes, and the
+complete, the CPU seconds (user+sys) of the daemon and every process it starts, and the
 peak of their summed RSS (sampled every 0.25 s). The emulator runs with --discard
 --no-rate-limits, as in `scripts/bench quick`.
 """

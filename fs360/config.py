@@ -45,8 +45,6 @@ class Settings:
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     workers: int = 4
-    # Run the HTTP of uploads in one worker process per worker (off the daemon's GIL).
-    upload_processes: bool = True
     chunk_size: int = 8 * MiB
     writeback_delay: float = 1.5
     local_only_patterns: tuple[str, ...] = DEFAULT_LOCAL_ONLY_PATTERNS

@@ -80,7 +80,6 @@ def launch(settings: Settings, mountpoint: str, foreground: bool, webdav: str | 
     env = {k: v for k, v in os.environ.items() if k not in KEY_ENV_VARS + SUPERVISOR_ONLY_ENV}
     # glibc gives each thread that allocates an arena of its own; the daemon's FUSE threads then
     # keep ~12 MiB more resident (measured with 10,000 files) for no speed we could measure.
-    # Its upload worker processes inherit it.
     env.setdefault("MALLOC_ARENA_MAX", "2")
     command = [sys.executable, "-m", "fs360.cli", "_serve", mountpoint, "--report-fd", str(write_end)]
     if webdav is not None:

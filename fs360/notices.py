@@ -36,7 +36,7 @@ class UploadLog:
 
     def _session_name(self, record) -> str:
         try:
-            return self.engine.session_of(record).name
+            return self.engine.registry.session_of(record).name
         except KeyError:  # the session was removed meanwhile
             return "?"
 

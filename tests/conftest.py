@@ -8,6 +8,7 @@ import pytest
 
 from fs360.config import Settings
 from fs360.emulator.harness import EmulatorProcess
+from tests import scheduling
 from tests.harness import FAST_EMULATOR_ARGS, FAST_TIMINGS, Mount, build_pjdfstest
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
@@ -26,15 +27,28 @@ def private_xdg_dirs(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    # The long tests first: in a parallel run they then overlap the many short ones instead of
-    # running alone at the end (a stable sort: the order stays the same otherwise).
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    scheduling.longest_first(items)
+    scheduling.share_estimates(config, items)
     if FUSE_AVAILABLE:
         return
     skip = pytest.mark.skip(reason="needs /dev/fuse and fusermount3")
     for item in items:
         if "fuse" in item.keywords or any(d in str(item.fspath) for d in ("/fuse/", "/reliability/", "/cli/")):
             item.add_marker(skip)
+
+
+def pytest_configure_node(node):
+    """In xdist's controller, for each worker: where it leaves the estimates for the scheduler."""
+    node.workerinput[scheduling.ESTIMATES_KEY] = str(scheduling.estimates_file(node.config))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own (registered after this file)
+def pytest_xdist_make_scheduler(config, log):
+    """The longest tests first, each on a worker of its own (tests/scheduling.py), where the run
+    asks for `load` or `loadscope`; another --dist (each, loadfile, worksteal) gets xdist's."""
+    if config.getvalue("dist") in ("load", "loadscope"):
+        return scheduling.LongestFirstScheduling(config, log)
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +172,7 @@ def make_model(settings_for):
 
     yield make
     for engine in made:
-        if not engine.stopping:
-            engine.stop(5)
+        engine.stop(5)  # nothing when the test stopped it
 
 
 @pytest.hookimpl(hookwrapper=True)

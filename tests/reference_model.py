@@ -237,9 +237,9 @@ class Reference:
             return self._handle(f, True, append, check)
         # S "reopen for write while pending": fine, re-queued at the next close.
         # D interrupted: "Only a rewrite from byte 0 (O_TRUNC, or a truncate to 0) makes it
-        # uploadable again: appending keeps it interrupted"; engine.open_for_write_locked
+        # uploadable again: appending keeps it interrupted"; engine.registry.open_for_write_locked
         # also counts opening an empty file as a rewrite from 0.
-        f.unfinished_in_state_only = False  # engine.open_for_write_locked: from last_error
+        f.unfinished_in_state_only = False  # engine.registry.open_for_write_locked: from last_error
         if truncate or f.size == 0:
             f.unfinished = False
         if truncate and f.size:  # model._open_file_locked truncates the spool when the size is not 0

@@ -30,7 +30,7 @@ from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSE
 from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff
-from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange, failure_reason, peer_ended
+from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange, PacedBody, failure_reason, peer_ended
 from .troubles import Admission, Troubles
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class ApiClient:
 
     Before each request its `admission` is asked (a failure shared by every request of its kind
     holds it back, then the pacer gives it its turn: api/troubles.py, api/pacing.py), and told
-    how it ended. An upload process passes one that asks the daemon's."""
+    how it ended."""
 
     def __init__(self, settings: Settings, pacer: Pacer | None = None, troubles: Troubles | None = None,
                  admission=None):
@@ -337,9 +337,13 @@ class ApiClient:
             raise MalformedResponse("open_session: empty upload_id")
         return UploadSession(upload_id, _seconds(body.get("expires_in_seconds", 259200)))
 
-    def put(self, upload_id: str, name: str, data, start: int, total: int, whole: bool = False) -> FileProgress:
-        """Sends `data` (bytes-like) as bytes start..start+len-1 of a file of `total` bytes."""
+    def put(self, upload_id: str, name: str, data, start: int, total: int, whole: bool = False,
+            pace=None) -> FileProgress:
+        """Sends `data` (a memoryview) as bytes start..start+len-1 of a file of `total` bytes;
+        with a `pace`, in pieces that wait their turn and tell when sent (transport.PacedBody)."""
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
+        if pace is not None and len(data):  # (an empty body as it is: requests would chunk it)
+            data = PacedBody(data, pace)
         if not whole:
             headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{total}"
         body = self._request("put_file", "PUT", _file_path(upload_id, name), data=data, headers=headers)

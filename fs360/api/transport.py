@@ -63,6 +63,17 @@ class Deadline:
         self._connection = None
         self.lock = threading.Lock()  # the watchdog shuts down under it; a handle is dropped under it
 
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    def extend(self, seconds: float) -> None:
+        """Moves the deadline on by `seconds` the request spent waiting on fs360's own account
+        (a bandwidth limit's turn), not the server's."""
+        with self.lock:
+            self.at += seconds
+            self.seconds += seconds
+
     def attach(self, connection) -> None:
         """Called from the calling thread by the connection the request uses (maybe before it connects)."""
         with self.lock:
@@ -134,6 +145,11 @@ class _Watchdog:
                 self._thread.start()
             self._wake.notify()
 
+    def running(self) -> list[Deadline]:
+        """The deadlines of the requests running now."""
+        with self._wake:
+            return [entry[2] for entry in self._heap if not entry[2].finished]
+
     def _next_expired(self) -> Deadline:
         with self._wake:
             while True:
@@ -142,9 +158,14 @@ class _Watchdog:
                 if not self._heap:
                     self._wake.wait()
                     continue
-                wait = self._heap[0][0] - self._clock()
+                now = self._clock()
+                wait = self._heap[0][0] - now
                 if wait <= 0:
-                    return heapq.heappop(self._heap)[2]
+                    deadline = heapq.heappop(self._heap)[2]
+                    if deadline.at > now:  # extended since it was watched: watched again
+                        heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+                        continue
+                    return deadline
                 self._wake.wait(wait)
 
     def _run(self) -> None:
@@ -157,6 +178,17 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
+
+
+def cut_running_request(longer_than: float) -> bool:
+    """Ends one running request whose deadline is longer than `longer_than` seconds (a PUT's
+    grows with its body) exactly as its deadline would: what a stalled link or a killed client
+    leaves behind, for the reliability tests. False when none runs."""
+    for deadline in _watchdog.running():
+        if deadline.seconds > longer_than and deadline.connected:
+            deadline.expire()
+            return True
+    return False
 
 
 class _ReportsToDeadline:
@@ -177,8 +209,8 @@ class _ReportsToDeadline:
 
     def _new_conn(self):
         sock = super()._new_conn()
-        # From the start, not only when abandoned: a process that dies (an upload worker killed
-        # mid-PUT) closes its sockets without asking anybody.
+        # From the start, not only when abandoned: a process that dies (killed mid-PUT) closes
+        # its sockets without asking anybody.
         _abort_on_close(sock)
         self._drop_shutdown_handle()
         self.shutdown_handle = sock.dup()
@@ -238,6 +270,37 @@ class DeadlineAdapter(requests.adapters.HTTPAdapter):
         if not proxy.lower().startswith("socks"):
             manager.pool_classes_by_scheme = _POOL_CLASSES
         return manager
+
+
+# A PUT body passes a bandwidth limit this many bytes at a time.
+BODY_PIECE = 256 * 1024
+
+
+class PacedBody:
+    """A request body sent in pieces of BODY_PIECE bytes (requests and urllib3 send each one
+    with `sendall` as it comes), for a bandwidth limit and progress within a chunk: `pace`
+    has `wait_turn(n)`, which may hold the next piece back (the time held extends the
+    request's deadline: it is fs360's wait, not the server's slowness), and `sent(n)`,
+    told once a piece is in the socket's queue. A body cut midway tells nothing more."""
+
+    def __init__(self, data: memoryview, pace):
+        self._data = data
+        self._pace = pace
+
+    def __len__(self) -> int:  # the Content-Length (requests asks for it)
+        return len(self._data)
+
+    def __iter__(self):
+        data, pace = self._data, self._pace
+        for offset in range(0, len(data), BODY_PIECE):
+            piece = data[offset:offset + BODY_PIECE]
+            started = time.monotonic()
+            pace.wait_turn(len(piece))
+            deadline = getattr(_current, "deadline", None)
+            if deadline is not None:
+                deadline.extend(time.monotonic() - started)
+            yield piece
+            pace.sent(len(piece))
 
 
 class Exchange:

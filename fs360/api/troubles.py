@@ -50,7 +50,7 @@ CLASS_WORDS = {
 # probes (and the account's, which has no budget of its own to protect) start 10 times slower.
 HOURLY_CLASSES = ("open_session", "create_project")
 SLOW_PROBE_FACTOR = 10.0
-# A probe whose outcome never came back (its upload process died) is given up after this long.
+# A probe whose outcome never came back (a bug lost it) is given up after this long.
 PROBE_LEASE = 300.0
 # What every held reason ends with: how the hold ends.
 HOW_IT_ENDS = "one request checks now and then (fs360 resume: at once)"
@@ -328,8 +328,7 @@ class Passed:
 
 class Admission:
     """What a request asks before it goes and tells after it ended: the troubles (is its kind
-    held?), then the pacer (its turn). One object, so that an upload process can ask the
-    daemon's over its socket (engine/transfer_pool.py) exactly as a thread asks this one."""
+    held?), then the pacer (its turn), as one object shared by every thread's requests."""
 
     def __init__(self, pacer, troubles: Troubles):
         self.pacer = pacer

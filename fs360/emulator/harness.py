@@ -162,6 +162,10 @@ class EmulatorProcess:
         """{"files", "complete", "received"} of one session: counts only, cheap to poll."""
         return self._call("GET", f"/progress/{upload_id}")
 
+    def arrivals(self) -> list[tuple[float, int]]:
+        """(epoch seconds, bytes) of each segment of a PUT body as it arrived, oldest first."""
+        return [(at, nbytes) for at, nbytes in self._call("GET", "/arrivals")]
+
     def files(self) -> list[dict]:
         return self._call("GET", "/files")
 

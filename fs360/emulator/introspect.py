@@ -106,6 +106,9 @@ class Introspection:
             (upload_id,))
         self.respond(200, {"upload_id": upload_id, "files": row[0], "complete": row[1], "received": row[2]})
 
+    def _i_arrivals(self):
+        self.respond(200, [[at, nbytes] for at, nbytes in list(self.emu.arrivals)])
+
     def _i_stats(self):
         emu = self.emu
         with emu.stats_lock:
@@ -211,6 +214,7 @@ class Introspection:
         with emu.stats_lock:
             emu.stats.clear()
             emu.violations.clear()
+        emu.arrivals.clear()
         emu.rate.reset()
         emu.faults = FaultSet(None)
         with emu.account_lock:
@@ -233,6 +237,7 @@ class Introspection:
 ROUTES = {
     "/files": {"GET": "_i_files"},
     "/stats": {"GET": "_i_stats"},
+    "/arrivals": {"GET": "_i_arrivals"},
     "/violations": {"GET": "_i_violations"},
     "/projects": {"GET": "_i_projects"},
     "/sessions": {"GET": "_i_sessions"},

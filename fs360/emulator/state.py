@@ -32,6 +32,9 @@ RATE_LIMITS = {
 }
 ID_ALPHABET = string.ascii_letters + string.digits
 
+# Body arrivals kept for /_emulator/arrivals: the latest this many segments (1 MiB each at most).
+ARRIVALS_KEPT = 100_000
+
 
 class RateLimiter:
     def __init__(self):
@@ -90,6 +93,8 @@ class Emulator:
         self.stats_lock = threading.Lock()
         self.stats: dict[str, int] = {}
         self.violations: list[dict] = []
+        # (epoch seconds, bytes) of each segment of a PUT body as it arrived (see /_emulator/arrivals).
+        self.arrivals: deque[tuple[float, int]] = deque(maxlen=ARRIVALS_KEPT)
         self.file_locks: dict = {}
         self.file_locks_lock = threading.Lock()
         self.after409: dict = {}  # (upload_id, name) -> received given in the 409
@@ -115,6 +120,9 @@ class Emulator:
         k = f"{method} {endpoint} {status}"
         with self.stats_lock:
             self.stats[k] = self.stats.get(k, 0) + 1
+
+    def arrived(self, nbytes: int) -> None:
+        self.arrivals.append((time.time(), nbytes))
 
     def violation(self, kind, upload_id, name, detail):
         with self.stats_lock:

@@ -218,7 +218,9 @@ class UploadEndpoints:
                 buf.settle()
                 n = min(left, SEG)
                 mv = buf.mv[:n]
-                if self._read_into(mv) < n:
+                got = self._read_into(mv)
+                self.emu.arrived(got)
+                if got < n:
                     raise Abort(False)  # short body: nothing committed
                 if fd >= 0:
                     if worker is None:

@@ -5,7 +5,7 @@ Modules, each behind a small API (`engine.py` only wires them):
                    writer of record state, written through to the journal (journal.py)
   scheduler.py     the due-time queue: which file is sent next, one upload per file at a time
   transfer.py      one upload attempt of one file and how its outcome settles the file
-  transfer_pool.py the PUTs of an attempt in worker processes (upload_worker.py), off the GIL
+  uploader.py      the PUTs of an attempt, in the worker thread that runs it
   housekeeping.py  projects (projects.py), spool eviction, the journal's reserve and checkpoints
   archive_plan.py  a session's tree as its one archive (archive.py streams it)
 
@@ -15,8 +15,9 @@ Threads (each under its name in /proc/PID/task/*/comm, cut to 15 bytes: thread_n
                                beyond one journal commit; named as the process (libfuse's own)
   fs360-upload-N (workers)     open a folder's server session as its first file is written
                                (Transfer.open_early), take a due file from the scheduler, run
-                               Transfer.attempt: the network I/O runs with no engine lock held
-                               (the PUTs themselves in upload processes, transfer_pool.py); a
+                               Transfer.attempt: the network I/O (the PUTs too: sendall, file
+                               reads and hashing large buffers release the GIL) runs with no
+                               engine lock held; a
                                hold on a kind of request that ends (api/troubles.py) brings
                                waiting files forward from whichever thread saw it end (it holds
                                no engine lock then)
@@ -50,8 +51,7 @@ worker after releasing it), WAL checkpoints (on a connection of their own), the 
 sha256, rendering status files (the model renders from a snapshot).
 """
 
-# Loaded on first use: an upload worker process imports only transfer_pool and what it needs
-# (see upload_worker.py), never the journal, sqlite3 or the projects.
+# Loaded on first use: importing a submodule (fs360.engine.processes) loads only what it needs.
 _EXPORTS = {"Engine": ".engine", "FileRecord": ".records", "ProjectRequest": ".records",
             "SessionRecord": ".records", "project_page": ".projects"}
 __all__ = list(_EXPORTS)

@@ -1,7 +1,7 @@
 """One PUT per file, even after a stall: files whose last PUT fs360 abandoned.
 
-A PUT given up without an answer (a timeout, its deadline, a send that stalled, an
-upload process that died mid-PUT) may still be in the server's hands: over a stalled
+A PUT given up without an answer (a timeout, its deadline, a send that stalled, a
+PUT cut mid-body) may still be in the server's hands: over a stalled
 link the reset that ends it is lost too, and the server then waits for the rest of
 that body until its own idle timeout. A second PUT of the same file meanwhile would be
 two at once. So before a file's next PUT, once the server was asked where the file

@@ -16,7 +16,7 @@ from ..errors import InvalidArgument
 from .archive import ArchiveMember, ArchiveReader
 from .records import CLOSED, IN_TREE, WRITING, SessionRecord, in_scratch_folder
 from .registry import Registry
-from .server_names import deduplicated, server_name_for
+from .server_names import server_name_for
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,11 @@ class TreeArchive:
         members += [ArchiveMember(path + "/") for path in folders if path not in nonempty]
         return members
 
-    @staticmethod
-    def server_name_locked(session: SessionRecord) -> str:
+    def server_name_locked(self, session: SessionRecord) -> str:
         """The archive's server name: the session's name, de-duplicated against its top-level files."""
         if session.archive is not None:
             return session.archive.server_name
-        return deduplicated(server_name_for(session.name + ".zip"), session.server_names)
+        return self.registry.free_server_name_locked(session.name + ".zip", session)
 
     def refusal_locked(self, session: SessionRecord, archive_size: int | None = None) -> str:
         """Why the session's tree cannot go up as its archive ('' when it can, or has no tree)."""

@@ -1,9 +1,9 @@
 """The engine: wires the registry, the scheduler, transfers and housekeeping.
 
-The path model (fs/) talks to the engine only: the registry's state changes are
-the engine's doors below, and the few operations that need more than the registry
-(a discarded session's server delete, a `.create` that freezes the tree) are
-wired here. Threads and the lock order: see the package's docstring.
+The path model (fs/) makes the registry's state changes through `engine.registry`,
+and the few operations that need more than the registry (a discarded session's
+server delete, a `.create` that freezes the tree) through the engine's methods
+below. Threads and the lock order: see the package's docstring.
 """
 
 from __future__ import annotations
@@ -25,17 +25,11 @@ from .journal import Journal
 from .locking import StateLock
 from .progress import Listeners
 from .projects import ProjectKeeper
-from .records import CLOSED, FAILED, PENDING, QUEUED_STATES, UPLOADING, FileRecord, SessionRecord
+from .records import CLOSED, QUEUED_STATES, FileRecord, SessionRecord
 from .registry import Registry
 from .scheduler import Scheduler
 from .spool import Spool
 from .transfer import Transfer
-from .transfer_pool import TransferProcesses
-
-
-def _registry_door(name: str):
-    """The registry's method `name`, offered by the engine to the path model."""
-    return property(lambda self: getattr(self.registry, name))
 
 
 log = logging.getLogger(__name__)
@@ -74,64 +68,12 @@ class Engine:
                                       self.listeners, self.session_lost)
         self.housekeeping = Housekeeping(self.lock, self.registry, self.journal, self.spool, self.client,
                                          self.backoff, self.projects, lambda: self._stopping)
-        # The HTTP of uploads in worker processes, off this interpreter's GIL (or in the worker threads).
-        self.transfers = TransferProcesses(settings, self.client.admission, settings.workers) \
-            if settings.upload_processes else None
         self.transfer = Transfer(settings, self.lock, self.registry, self.tree, self.client, self.gate,
-                                 self.backoff, self.listeners, self.transfers, self.session_lost,
-                                 lambda: self._stopping)
+                                 self.backoff, self.listeners, self.session_lost, lambda: self._stopping)
         # A hold on a kind of request ends (api/troubles.py): what waited for it goes now.
         self.client.troubles.on_clear(self.bring_forward)
         with self.lock:
             self.registry.replay_locked()
-
-    # --- the path model's doors: the registry's state changes (see registry.py) -----------------
-
-    sessions = property(lambda self: self.registry.sessions)
-    caps = property(lambda self: self.registry.caps)
-    session_of = _registry_door("session_of")
-    create_session_locked = _registry_door("create_session_locked")
-    rename_session_locked = _registry_door("rename_session_locked")
-    set_session_attrs_locked = _registry_door("set_session_attrs_locked")
-    seal_locked = _registry_door("seal_locked")
-    name_refused_locked = _registry_door("name_refused_locked")
-    hide_marker_locked = _registry_door("hide_marker_locked")
-    folder_rows_locked = _registry_door("folder_rows_locked")
-    add_folder_locked = _registry_door("add_folder_locked")
-    update_folder_locked = _registry_door("update_folder_locked")
-    touch_session_locked = _registry_door("touch_session_locked")
-    touch_folder_locked = _registry_door("touch_folder_locked")
-    remove_folder_locked = _registry_door("remove_folder_locked")
-    remove_folders_of_locked = _registry_door("remove_folders_of_locked")
-    create_file_locked = _registry_door("create_file_locked")
-    open_for_write_locked = _registry_door("open_for_write_locked")
-    wrote_locked = _registry_door("wrote_locked")
-    allocated_locked = _registry_door("allocated_locked")
-    close_writer_locked = _registry_door("close_writer_locked")
-    truncated_locked = _registry_door("truncated_locked")
-    queue_upload_locked = _registry_door("queue_upload_locked")
-    rename_file_locked = _registry_door("rename_file_locked")
-    remove_file_locked = _registry_door("remove_file_locked")
-    revivable_locked = _registry_door("revivable_locked")
-    relist_locked = _registry_door("relist_locked")
-    set_file_attrs_locked = _registry_door("set_file_attrs_locked")
-    writer_exited_locked = _registry_door("writer_exited_locked")
-    writer_awaited_locked = _registry_door("writer_awaited_locked")
-    writer_unknown_locked = _registry_door("writer_unknown_locked")
-    closed_files_locked = _registry_door("closed_files_locked")
-    writer_failed_locked = _registry_door("writer_failed_locked")
-    await_commit_locked = _registry_door("await_commit_locked")
-    release_held_locked = _registry_door("release_held_locked")
-    server_lacks_file_locked = _registry_door("server_lacks_file_locked")
-    content_digest = _registry_door("content_digest")
-    known_digest = _registry_door("known_digest")
-    others_size_locked = _registry_door("others_size_locked")
-    refuse_change_locked = _registry_door("refuse_change_locked")
-    keep_identical_locked = _registry_door("keep_identical_locked")
-    drop_spool_locked = _registry_door("drop_spool_locked")
-    archive_members_locked = property(lambda self: self.tree.members_locked)
-    archive_server_name_locked = property(lambda self: self.tree.server_name_locked)
-    evict_if_needed = property(lambda self: self.housekeeping.evict_if_needed)
 
     # --- operations that need more than the registry -----------------------------------------
 
@@ -195,10 +137,6 @@ class Engine:
         """What holds uploads back for everyone now (the account, outages, the server's waits)."""
         return self.client.troubles.reasons()
 
-    def counts(self) -> dict[str, int]:
-        with self.lock:
-            return self.registry.counts_locked()
-
     # --- start-up and shut-down ---------------------------------------------------------
 
     def start(self) -> "Engine":
@@ -215,8 +153,11 @@ class Engine:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stops the workers after their current chunk; unfinished work stays in the journal, and
-        a file still waiting for its commit point is held at the next mount (see settle_commits)."""
+        a file still waiting for its commit point is held at the next mount (see settle_commits).
+        Stopping a stopped engine does nothing."""
         with self.lock:
+            if self._stopping:
+                return
             self._stopping = True
             self._work_ready.notify_all()
             self._commit_due.notify_all()
@@ -225,8 +166,6 @@ class Engine:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
-        if self.transfers is not None:
-            self.transfers.close()
         self.listeners.close()
         self.client.close()
         with self.lock:
@@ -246,25 +185,6 @@ class Engine:
                 if not any(f.state == CLOSED for f in closed):
                     return
             time.sleep(0.05)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def wait_idle(self, timeout: float | None = None, poll: float = 0.2, on_tick=None) -> bool:
-        """Waits until no file is waiting for its commit point, queued or uploading; returns
-        whether that happened."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self.lock:
-                busy = [f for f in self.registry.files_locked() if f.state in (CLOSED, PENDING, UPLOADING, FAILED)]
-            if on_tick is not None:
-                on_tick(busy)
-            if not busy:
-                return True
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(poll)
 
     # --- the queue and the workers ---------------------------------------------------------------
 
@@ -325,8 +245,10 @@ class Engine:
         return None
 
     def _worker_loop(self) -> None:
-        # One reusable page-aligned buffer per worker: kernel copies into it are fast.
-        buffer = mmap.mmap(-1, max(self.settings.chunk_size, mmap.PAGESIZE))
+        # One reusable page-aligned buffer per worker: kernel copies into it are fast. Private, so
+        # that MADV_DONTNEED below really gives its pages back (a shared mapping keeps them).
+        buffer = mmap.mmap(-1, max(self.settings.chunk_size, mmap.PAGESIZE),
+                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             while True:
                 with self.lock:
@@ -346,6 +268,9 @@ class Engine:
                     log.exception("unexpected error while uploading %r", record.name)
                     self._retry_after_bug(record, generation, exc)
                 finally:
+                    # An idle worker holds no chunk: after a big file, a chunk of resident pages per
+                    # worker would stay for every small file that follows.
+                    buffer.madvise(mmap.MADV_DONTNEED)
                     with self.lock:
                         if self.scheduler.finish_locked(record.id) and self.registry.file_locked(record.id):
                             # It came up again while this upload ran: one PUT per file in flight.

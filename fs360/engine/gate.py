@@ -1,12 +1,14 @@
-"""The gate every upload passes before each PUT: a bandwidth limit and a pause switch.
+"""The gate every upload byte passes: a bandwidth limit and a pause switch.
 
 One gate per engine, shared by all workers, so the limit is for all uploads
-together. It waits inside the `should_stop()` that `send_file` asks before each
-PUT (see `gated`): that question is answered in the daemon whether the PUT goes
-out from a worker thread or from an upload process, so both are gated alike (as rsync's and rclone's `--bwlimit`). The limit is a pacing of PUT
-starts: a PUT of n bytes may start once the previous ones' bytes have had their
-time at the current rate. Idle time earns no credit, so a transfer never
-bursts above the limit after a pause.
+together, and it holds for every byte (as rsync's and rclone's `--bwlimit`): a
+PUT body goes out in pieces (api/transport.PacedBody), and each piece may start
+once the bytes before it have had their time at the current rate. The first
+piece's turn is waited for before the PUT starts (`PutTurns.before_put`, send_file's
+`should_stop`), so a PUT waiting for its turn has not gone out yet and may still be
+cancelled; a pause, too, is waited out before a PUT, never inside one (the server
+would drop a body that stops for long). Idle time earns no credit, so a transfer
+never bursts above the limit after a pause.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 
+from ..api.transport import BODY_PIECE
 from ..options import parse_bwlimit
 
 # How often a waiting worker looks at should_stop() and at a timetable's clock.
@@ -39,7 +42,7 @@ class TransferGate:
         self._table = parse_bwlimit(bwlimit)
         self._spec = bwlimit
         self._paused = False
-        self._next_free = 0.0  # monotonic time from which the next PUT may start
+        self._next_free = 0.0  # monotonic time from which the next piece may start
 
     @property
     def paused(self) -> bool:
@@ -77,11 +80,20 @@ class TransferGate:
     def wait_turn(self, nbytes: int, should_stop) -> bool:
         """Blocks until `nbytes` may be sent and the gate is open; False if should_stop()
         became true first (the caller then stops without sending)."""
+        return self._turn(nbytes, should_stop, wait_out_pause=True)
+
+    def wait_piece(self, nbytes: int, should_stop) -> None:
+        """Blocks until the `nbytes` of a piece of a PUT under way may be sent. A pause does
+        not hold it (the PUT's next one does); once should_stop() is true the rest of the body
+        goes unpaced, so a stopping engine never waits out a slow limit."""
+        self._turn(nbytes, should_stop, wait_out_pause=False)
+
+    def _turn(self, nbytes: int, should_stop, wait_out_pause: bool) -> bool:
         with self._cond:
             while True:
                 if should_stop():
                     return False
-                if self._paused:
+                if self._paused and wait_out_pause:
                     self._wait(POLL_SECONDS)
                     continue
                 rate = self.rate_now()
@@ -89,22 +101,40 @@ class TransferGate:
                 if rate is None:
                     return True
                 if self._next_free <= now:
-                    self._next_free = now + nbytes / rate
+                    # A turn taken late by a waiter's wake-up is not idle time: the next one is
+                    # spaced from when this one was due, so the wake-ups do not slow the rate.
+                    due = self._next_free if now - self._next_free < POLL_SECONDS else now
+                    self._next_free = due + nbytes / rate
                     return True
                 self._wait(min(POLL_SECONDS, self._next_free - now))
 
-    def gated(self, size: int, start: int, chunk_size: int, on_progress, should_stop):
-        """(on_progress, should_stop) for send_file: the new should_stop() waits for the
-        turn of the PUT about to go (a chunk, or the whole file), knowing where the file
-        stands from on_progress; it is true, without waiting, when the old one is."""
-        sent = start
+    def turns(self, should_stop, on_sent) -> "PutTurns":
+        """One upload attempt's turns at the gate (see PutTurns)."""
+        return PutTurns(self, should_stop, on_sent)
 
-        def progress(received: int) -> None:
-            nonlocal sent
-            sent = received
-            on_progress(received)
 
-        def stop() -> bool:
-            return should_stop() or not self.wait_turn(min(chunk_size, size - sent), should_stop)
+class PutTurns:
+    """One attempt's PUTs through the gate: `before_put(n)` (send_file's should_stop) waits
+    out a pause and the turn of the first piece of a body of n bytes, and is true, without
+    waiting, when `should_stop()` is; the body's pieces then ask `wait_turn` (the first
+    one's turn already taken) and tell `sent`, which goes to `on_sent(n)` (progress within
+    a chunk): this object is the body's `pace` (api/transport.PacedBody)."""
 
-        return progress, stop
+    def __init__(self, gate: TransferGate, should_stop, on_sent):
+        self._gate = gate
+        self._should_stop = should_stop
+        self.sent = on_sent
+        self._taken = 0  # bytes whose turn before_put took for the next piece
+
+    def before_put(self, nbytes: int) -> bool:
+        first = min(nbytes, BODY_PIECE)
+        if self._should_stop() or not self._gate.wait_turn(first, self._should_stop):
+            return True
+        self._taken = first
+        return False
+
+    def wait_turn(self, nbytes: int) -> None:
+        if self._taken:
+            self._taken = max(0, self._taken - nbytes)
+            return
+        self._gate.wait_piece(nbytes, self._should_stop)

@@ -46,6 +46,11 @@ class StateLock:
         if self._owner != threading.get_ident():
             raise AssertionError("the engine's state lock must be held here")
 
+    def assert_not_held(self) -> None:
+        """For work that may be slow (reading a whole file): FUSE callbacks wait on the lock."""
+        if self._owner == threading.get_ident():
+            raise AssertionError("the engine's state lock must not be held here")
+
     # threading.Condition asks these of its lock (see Condition.__init__), so waits on a
     # condition of this lock keep the owner right.
     def _is_owned(self) -> bool:

@@ -330,8 +330,8 @@ class ProjectKeeper:
                 key = (session.id, session.upload_id)
                 if key not in self._next_session_check:
                     # Now for a session from the journal nothing has asked the server about yet
-                    # (remote_names unknown); a day on for one opened, or asked about, meanwhile.
-                    self._next_session_check[key] = now if session.remote_names is None \
+                    # (its listing unknown); a day on for one opened, or asked about, meanwhile.
+                    self._next_session_check[key] = now if not session.listing_known \
                         else now + SESSION_CHECK_SECONDS
                 if self._next_session_check[key] <= now:
                     due.append((session, session.upload_id))

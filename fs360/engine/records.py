@@ -154,6 +154,14 @@ class FileRecord:
         return self.server_received > 0 or self.state == COMPLETE or self.upload_id is not None
 
 
+@dataclass(slots=True)
+class NameEntry:
+    """One server name of a session: the file it is chosen for (None: not ours, the server holds
+    another file's bytes under it), and whether the server may hold bytes under it."""
+    record: FileRecord | None
+    on_server: bool = False
+
+
 @dataclass(eq=False)
 class ProjectRequest:
     options: dict
@@ -186,12 +194,13 @@ class SessionRecord:
     # The tree's archive, planned when .create was accepted: from then on the tree is frozen.
     archive: FileRecord | None = None
     notice: str = ""   # what stops the project, for status
-    # Memory only. Lower-cased server name -> the record it is chosen for (listed or unlinked).
-    server_names: dict[str, FileRecord] = field(default_factory=dict)
-    # Lower-cased names the server may hold bytes of in `upload_id`, with the record they are
-    # ours for (None: not ours); None: not known yet (a session from the journal), asked once
-    # before the first PUT of a file there.
-    remote_names: dict[str, FileRecord | None] | None = None
+    # Memory only: the session's server names, lower-cased (the server compares them so), each
+    # with the file it is chosen for and whether the server may hold bytes under it in
+    # `upload_id` (registry_names.py keeps it; rebuilt from the journal's server_name column).
+    names: dict[str, NameEntry] = field(default_factory=dict)
+    # Whether the server's listing of `upload_id` was read (a session opened by this mount holds
+    # nothing; one from the journal is asked once, before the first PUT of a file there).
+    listing_known: bool = False
     # Memory only: why the last .create was refused (shown in status until a valid one).
     marker_refused: str = ""
     # Memory only: names a create or a rename into the folder was refused for, with the reason

@@ -79,7 +79,7 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Upload
             else:
                 session.files[record.name] = record
             if record.server_name:
-                session.server_names[record.server_name.lower()] = record
+                self._take_name_locked(record, session)
             if record.state == WRITING or record.unfinished == STOPPED_WHILE_WRITING:
                 self._size_from_spool_locked(record)
             if record.state == CLOSED:

@@ -87,12 +87,6 @@ class RegistryState:
         """Files waiting for their commit point (after a restart: their writers still run)."""
         return [f for f in self._files.values() if f.state == CLOSED]
 
-    def counts_locked(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for record in self._files.values():
-            out[record.state] = out.get(record.state, 0) + 1
-        return out
-
     # --- files: states --------------------------------------------------------------------------
 
     def set_state_locked(self, record: FileRecord, state: str, **extra) -> None:

@@ -28,7 +28,7 @@ class FileWriters(RegistryState):
         now_ns = time.time_ns()
         state = LOCAL if local_only else WRITING
         uploaded_alone = not local_only and "/" not in name  # not scratch, not in the tree
-        server_name = self._free_server_name_locked(name, session) if uploaded_alone else None
+        server_name = self.free_server_name_locked(name, session) if uploaded_alone else None
         values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
                       state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
                       completed_at=0, evicted=0, unlinked=0, server_name=server_name, sha256=None, archive=0,
@@ -41,7 +41,7 @@ class FileWriters(RegistryState):
         self._files[file_id] = record
         session.files[name] = record
         if server_name:
-            session.server_names[server_name.lower()] = record
+            self._take_name_locked(record, session)
         return record
 
     def add_archive_locked(self, session: SessionRecord, size: int, server_name: str) -> FileRecord:
@@ -58,7 +58,7 @@ class FileWriters(RegistryState):
                             archive=True)
         self._files[file_id] = record
         session.archive = record
-        session.server_names[server_name.lower()] = record
+        self._take_name_locked(record, session)
         self._schedule(record, 0.0)
         return record
 
@@ -284,6 +284,7 @@ class FileWriters(RegistryState):
         the identity hash): from the running digest when the file was written front to back,
         else by reading the spool file once (None when it is gone). Never with the state lock
         held: it may read the whole file."""
+        self.lock.assert_not_held()
         digest = self.known_digest(record, like)
         if digest is not None:
             return digest

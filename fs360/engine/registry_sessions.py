@@ -106,7 +106,7 @@ class SessionsAndFolders(RegistryState):
 
     def session_opened_locked(self, session: SessionRecord, upload_id: str, expires_in: float) -> None:
         session.upload_id = upload_id
-        session.remote_names = {}  # a new session holds nothing
+        self._new_upload_id_locked(session, listing_known=True)  # a new session holds nothing
         session.expires_at = time.time() + expires_in
         self.journal.update_session(session.id, upload_id=upload_id, expires_at=session.expires_at)
 
@@ -118,7 +118,7 @@ class SessionsAndFolders(RegistryState):
         log.warning("session %r: the server no longer has upload session; sending its files again", session.name)
         session.upload_id = None
         session.expires_at = None
-        session.remote_names = None
+        self._new_upload_id_locked(session, listing_known=False)
         self.journal.update_session(session.id, upload_id=None, expires_at=None)
         for record in session.unlinked:
             self.release_server_name_locked(record)

@@ -6,7 +6,7 @@ at a time, whose failure the folder's other files share), makes
 sure the file's server name holds no other file's bytes, hashes a file queued without
 its sha256, asks the server where the file stands before any retry (and holds the
 next PUT while an abandoned one may still be read: abandoned.py), claims the name,
-then hands the PUTs to a transfer process (or runs them in this thread) and settles
+then sends the PUTs from this worker thread (uploader.py) and settles
 the outcome: complete, queued again (backoff, rate limit, a lost session, a failure
 shared by every upload: api/troubles.py), or refused with its reason.
 
@@ -42,7 +42,7 @@ from .progress import Listeners
 from .records import FAILED, PENDING, REJECTED, UPLOADING, FileRecord, SessionRecord, duration_text
 from .registry import Registry
 from .spool import RunningDigest
-from .transfer_pool import TransferJob, TransferProcesses, run_job
+from .uploader import file_reader, send_file
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ MIN_HELD_WAIT = 0.2
 class Transfer:
     def __init__(self, settings: Settings, lock: StateLock, registry: Registry, tree: TreeArchive,
                  client: ApiClient, gate: TransferGate, backoff: Backoff, listeners: Listeners,
-                 processes: TransferProcesses | None, session_lost: Callable[[SessionRecord, str], None],
-                 stopping: Callable[[], bool]):
+                 session_lost: Callable[[SessionRecord, str], None], stopping: Callable[[], bool]):
         self.settings = settings
         self.lock = lock
         self.registry = registry
@@ -68,7 +67,6 @@ class Transfer:
         self.gate = gate
         self.backoff = backoff
         self.listeners = listeners
-        self.processes = processes
         self.session_lost = session_lost
         self._stopping = stopping
         self.troubles = client.troubles
@@ -88,7 +86,7 @@ class Transfer:
         """Sends `record` once; whatever happens, its state is settled (nothing raises but bugs)."""
         session = self.registry.session_of(record)
         upload_id = None
-        puts_let_go = [0]
+        puts_let_go = 0  # none: the server holds nothing new of the file (forget_unsent_locked)
         try:
             upload_id = self._remote_session(session)
             self._ensure_name_free_on_server(record, generation, session, upload_id)
@@ -103,26 +101,24 @@ class Transfer:
             with self.lock:
                 self._still_picked_locked(record, generation, session)
                 self.registry.claim_server_name_locked(record, session, upload_id)
-            # The gate (bwlimit, pause) waits inside should_stop, asked before every PUT.
-            on_progress, gated_stop = self.gate.gated(
-                record.size, start, self.settings.chunk_size,
-                lambda received: self._progress(record, received), cancelled)
+            # The gate (bwlimit, pause) waits before every PUT, and the bwlimit before each piece of it.
+            turns = self.gate.turns(cancelled, lambda nbytes: self.listeners.emit("bytes_sent", file=record,
+                                                                                  nbytes=nbytes))
 
-            def should_stop() -> bool:
-                stop = gated_stop()
-                puts_let_go[0] += not stop  # False lets a PUT go: counted for forget_unsent_locked
+            def should_stop(nbytes: int) -> bool:
+                nonlocal puts_let_go
+                stop = turns.before_put(nbytes)
+                puts_let_go += not stop  # False lets a PUT go
                 return stop
             with self.lock:
                 members = tuple(self.tree.members_locked(session)) if record.archive else None
                 sha256 = None if record.archive else record.sha256  # journaled when queued: checked as sent
-            job = TransferJob(upload_id, record.server_name, record.size, start, self.settings.chunk_size,
-                              archive=members, zip64=self.settings.archive_zip64, sha256=sha256)
-            sent = self._send(record, job, buffer, on_progress, should_stop)
+            sent = self._send(record, upload_id, start, members, sha256, buffer, should_stop, turns)
             if record.archive and not record.sha256:
                 self._record_archive_sha256(record, members, sent.sha256)
         except Cancelled:
             with self.lock:
-                if not puts_let_go[0] and upload_id and record.upload_id == upload_id:
+                if not puts_let_go and upload_id and record.upload_id == upload_id:
                     self.registry.forget_unsent_locked(record, session)
                 if record.state == UPLOADING and record.generation == generation:
                     # Shutting down: the journal keeps it queued for the next mount.
@@ -149,10 +145,6 @@ class Transfer:
             return
         except ServerHoldsOtherFile as exc:
             self._name_taken(record, generation, session, upload_id, exc)
-            return
-        except InternalError as exc:  # a bug in the upload process, logged with its traceback there
-            with self.lock:
-                self.internal_error_locked(record, generation, exc)
             return
         except Fs360Error as exc:
             if exc.code == INVALID_CONTENT_RANGE and self._another_file_holds_the_name(record, upload_id):
@@ -194,13 +186,16 @@ class Transfer:
             return False
         return progress.total != record.size
 
-    def _send(self, record: FileRecord, job: TransferJob, buffer, on_progress, should_stop):
-        # An archive is read from its members' spool files (by path): no fd of its own.
+    def _send(self, record: FileRecord, upload_id: str, start: int, members, sha256: str | None, buffer,
+              should_stop, pace):
+        # Opened once for the attempt, so a file unlinked meanwhile still reads whole; an archive
+        # is read from its members' spool files (by path): no fd of its own.
         fd = None if record.archive else os.open(self.registry.spool.path(record.id), os.O_RDONLY)
         try:
-            if self.processes is not None:
-                return self.processes.send_file(job, fd, on_progress, should_stop)
-            return run_job(self.client, job, fd, buffer, on_progress, should_stop)
+            with file_reader(fd, members, record.size, self.settings.archive_zip64) as read:
+                return send_file(self.client, upload_id, record.server_name, read, record.size, start, buffer,
+                                 self.settings.chunk_size, lambda received: self._progress(record, received),
+                                 should_stop, expected_sha256=sha256, pace=pace)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -300,21 +295,18 @@ class Transfer:
         (a resume would merge two files into one): such a name is a conflict, and the file
         takes the next free name instead."""
         with self.lock:
-            held = session.remote_names if session.upload_id == upload_id else None
-        if held is None:
+            listed = self.registry.listing_known_locked(session, upload_id)
+        if not listed:
             # A session from the journal: ask once what it holds (one request per session).
             listing = self.client.session_status(upload_id)
             with self.lock:
-                held = self.registry.server_listing_locked(session, upload_id, listing)
+                self.registry.server_listing_locked(session, upload_id, listing)
         with self.lock:
             self._still_picked_locked(record, generation, session)
-            owner = held.get(record.server_name.lower(), record) if record.server_name else None
-            if owner is not record:
-                taken_by = record.server_name
-                self.registry.choose_server_name_locked(record, session, avoid=set(held))
-                if taken_by:
-                    log.warning("%s: the server already holds another file named %s; sending it as %s",
-                                record.name, taken_by, record.server_name)
+            taken_by = self.registry.name_free_on_server_locked(record, session)
+            if taken_by:
+                log.warning("%s: the server already holds another file named %s; sending it as %s",
+                            record.name, taken_by, record.server_name)
 
     def _hash_if_unknown(self, record: FileRecord, generation: int, session: SessionRecord) -> None:
         """A file queued without its sha256 (not written front to back, and hashing it then would
@@ -352,7 +344,7 @@ class Transfer:
             journal_now = self.registry.progress_locked(record, received)
         if journal_now:
             self.registry.journal_progress(record, received)
-        self.listeners.emit("bytes_sent", file=record, received=received)
+        self.listeners.emit("chunk_acknowledged", file=record, received=received)
 
     def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
         if record.generation != generation:

@@ -12,6 +12,8 @@ is never completed on the server (doc/SEMANTICS.md, "What is sent is checked").
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -44,6 +46,21 @@ def read_exactly(fd: int, view: memoryview, offset: int) -> None:
         done += n
 
 
+@contextlib.contextmanager
+def file_reader(spool_fd: int | None, archive=None, size: int = 0, zip64: bool = False):
+    """`read_exactly(view, offset)` of a file's bytes: its spool file's (open as `spool_fd`), or
+    for a session's tree its archive's, rebuilt from `archive` (its members; the archive is
+    deterministic, so the same members make the same bytes), which must still make `size` bytes."""
+    if archive is None:
+        yield functools.partial(read_exactly, spool_fd)
+        return
+    from .archive import ArchiveReader, ArchiveSourceChanged
+    with ArchiveReader(archive, force_zip64=zip64) as reader:
+        if reader.size != size:
+            raise ArchiveSourceChanged(f"the tree makes {reader.size} bytes now, not the {size} planned")
+        yield reader.read_exactly
+
+
 @dataclass(frozen=True)
 class SentFile:
     """How an upload ended: the server's last word, and the sha256 of the whole file as the
@@ -64,10 +81,9 @@ class SentDigest:
     rolls back to where the last chunk began costs nothing (the state before it is
     kept); a rollback further back hashes the local copy again from byte 0."""
 
-    def __init__(self, read_exactly, view: memoryview, on_reading, expected: str | None = None):
+    def __init__(self, read_exactly, view: memoryview, expected: str | None = None):
         self._read_exactly = read_exactly
         self._view = view           # the upload's buffer: also where local bytes are read to
-        self._on_reading = on_reading
         # Checked against a journaled content digest: that digest's hash (XXH3-128 from this
         # build on, content_digest.py); with none to check, sha256 (an archive's, for status).
         self._new_hash = (lambda: hash_like(expected)) if expected else hashlib.sha256
@@ -91,7 +107,6 @@ class SentDigest:
             self._read_exactly(part, self.position)
             self._hash.update(part)
             self.position += len(part)
-            self._on_reading()  # a long resume says it is alive (transfer_pool's silence limit)
 
     def add(self, data: memoryview, beside: bool) -> None:
         """`data` (the bytes from `position`) goes out: hashed now, or `beside` its PUT."""
@@ -132,37 +147,39 @@ class SentDigest:
 
 def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int,
               buffer, chunk_size: int, on_progress, should_stop, expected_sha256: str | None = None,
-              on_reading=lambda: None) -> SentFile:
+              pace=None) -> SentFile:
     """Uploads bytes start..size-1 of a file; returns how it ended. `read_exactly(view, offset)`
     fills `view` with the file's bytes from `offset`: a spool file's
     (`functools.partial(read_exactly, fd)`) or an archive's (`ArchiveReader.read_exactly`).
+    `should_stop(n)` is asked before each PUT of n bytes (true: Cancelled, nothing sent; the
+    bandwidth limit and a pause wait in it), `on_progress(received)` told after each with the
+    server's word, and each body goes in pieces through `pace` (ApiClient.put).
     The PUT that completes the file goes only if the whole file as sent has the sha256
-    `expected_sha256` (when given). `on_reading()` is told while bytes an earlier attempt sent
-    are hashed from the local copy."""
+    `expected_sha256` (when given)."""
     view = memoryview(buffer)
-    digest = SentDigest(read_exactly, view, on_reading, expected_sha256)
+    digest = SentDigest(read_exactly, view, expected_sha256)
     try:
         if start == 0 and size <= chunk_size:
-            if should_stop():  # ops: asked before every PUT, as before each chunk (bwlimit/pause wait in it)
+            if should_stop(size):
                 raise Cancelled()
             read_exactly(view[:size], 0)
             digest.add(view[:size], beside=False)
             digest.check(expected_sha256, 0)
-            progress = client.put(upload_id, name, view[:size], 0, size, whole=True)
+            progress = client.put(upload_id, name, view[:size], 0, size, whole=True, pace=pace)
             _check_total(progress, size, name)
             on_progress(progress.received)
             if not progress.complete:
                 raise MalformedResponse(f"{name}: a whole-file PUT left the file incomplete")
             return SentFile(progress, digest.hexdigest())
         return _send_chunks(client, upload_id, name, read_exactly, size, start, view, chunk_size, on_progress,
-                            should_stop, expected_sha256, digest)
+                            should_stop, expected_sha256, digest, pace)
     finally:
         digest.wait()  # never return while a thread still reads the buffer
 
 
 def _send_chunks(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int, view,
                  chunk_size: int, on_progress, should_stop, expected_sha256: str | None,
-                 digest: SentDigest) -> SentFile:
+                 digest: SentDigest, pace) -> SentFile:
     offset, stalls, puts, budget = start, 0, 0, put_budget(size, chunk_size)
     progress = FileProgress(start, size, start == size)
     while offset < size:
@@ -172,9 +189,9 @@ def _send_chunks(client: ApiClient, upload_id: str, name: str, read_exactly, siz
                 f"{name}: {puts} PUTs in one attempt and the server still holds only {offset} of {size} bytes "
                 f"(it keeps losing what it took); trying again later")
         digest.seek(offset)  # before the gate's turn: a resume may first hash what the server holds
-        if should_stop():
-            raise Cancelled()
         n = min(chunk_size, size - offset)
+        if should_stop(n):
+            raise Cancelled()
         read_exactly(view[:n], offset)
         last = offset + n == size
         digest.add(view[:n], beside=not last)
@@ -182,7 +199,7 @@ def _send_chunks(client: ApiClient, upload_id: str, name: str, read_exactly, siz
             digest.check(expected_sha256, offset)
         puts += 1
         try:
-            progress = client.put(upload_id, name, view[:n], offset, size)
+            progress = client.put(upload_id, name, view[:n], offset, size, pace=pace)
         except NonContiguousChunk as exc:
             new_offset = exc.received
             if not 0 <= new_offset <= size:

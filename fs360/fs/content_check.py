@@ -20,17 +20,28 @@ def held_with_known_content(record: FileRecord) -> bool:
     return not record.local_only and record.may_be_on_server and bool(record.sha256)
 
 
-def is_identical_copy(engine, copy: FileRecord, held: FileRecord) -> bool:
+@dataclass(frozen=True)
+class LegacyDigest:
+    """A copy's sha256, read off the lock for a held file whose journal has a plain sha256 (an
+    earlier build's), and the copy's size and mtime when it was read (a write since makes it stale)."""
+    value: str
+    stamp: tuple[int, int]
+
+
+def content_stamp(record: FileRecord) -> tuple[int, int]:
+    return record.size, record.mtime_ns
+
+
+def is_identical_copy(engine, copy: FileRecord, held: FileRecord, legacy: LegacyDigest | None = None) -> bool:
     """A finished local copy (rsync's `.name.XXXXXX`) with exactly the bytes the server holds.
     Asked with the state lock held: the copy's digest must be known (renames.py hashes it first,
-    off the lock); one that is not (written again since) does not count as identical."""
+    off the lock, and reads `legacy` for a held file of an earlier build); one that is not
+    (written again since) does not count as identical."""
     if copy.unfinished or copy.size != held.size:
         return False
     if is_legacy_digest(held.sha256):
-        # A journal of an earlier build holds a plain sha256, which no running digest makes: the
-        # copy is read once (under the lock; only for files uploaded before the identity hash).
-        return engine.content_digest(copy, like=held.sha256) == held.sha256
-    return engine.known_digest(copy, like=held.sha256) == held.sha256
+        return legacy is not None and legacy.stamp == content_stamp(copy) and legacy.value == held.sha256
+    return engine.registry.known_digest(copy, like=held.sha256) == held.sha256
 
 
 @dataclass(eq=False)

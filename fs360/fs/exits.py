@@ -148,7 +148,7 @@ def held_reason(name: str, failure: str) -> str:
 
 class Writers:
     """Which processes wrote each file, and what their exits say (see the module's docstring).
-    `engine`: the state lock and the registry's commit-point doors."""
+    `engine`: the state lock, and its registry's commit-point methods."""
 
     def __init__(self, engine, identify: Callable[[int], "Closer | None"] = None):
         self.engine = engine
@@ -180,12 +180,12 @@ class Writers:
     def _watch_again(self) -> None:
         """Files still closed from before a restart (their writers ran on): watched again."""
         with self.engine.lock:
-            for record in self.engine.closed_files_locked():
+            for record in self.engine.registry.closed_files_locked():
                 for tgid, start in list((record.writers or {}).items()):
                     task = _stat(tgid)
                     closer = Closer(tgid, task[0] if task else "the writer", None, start)
                     if not self._watch_locked(closer, record):
-                        self.engine.writer_unknown_locked(record)
+                        self.engine.registry.writer_unknown_locked(record)
 
     def dying(self, pid: int | None) -> str:
         """Why the process closing a file is ending abnormally ('' when it is not, or unknown)."""
@@ -205,7 +205,7 @@ class Writers:
         final name: its exit decides too (rsync --partial renames a partial file, then exits 20)."""
         reason = dying_reason(closer)
         if reason:
-            self.engine.writer_failed_locked(record, reason, "held")
+            self.engine.registry.writer_failed_locked(record, reason, "held")
         else:
             self._await_locked(closer, record)
 
@@ -217,9 +217,9 @@ class Writers:
         if closer is not None and closer.exiting_status == 0:
             return  # closed by its exit(0): this writer succeeded
         if closer is None or self.watch is None or not self._watch_locked(closer, record):
-            self.engine.writer_unknown_locked(record)
+            self.engine.registry.writer_unknown_locked(record)
             return
-        self.engine.writer_awaited_locked(record, closer.tgid, closer.start)
+        self.engine.registry.writer_awaited_locked(record, closer.tgid, closer.start)
 
     def _watch_locked(self, closer: Closer, record) -> bool:
         with self._lock:
@@ -249,8 +249,8 @@ class Writers:
             with self.engine.lock:
                 if status is None:
                     # Unknown: it no longer counts as a writer, and the delay decides.
-                    self.engine.writer_unknown_locked(record, tgid)
-                self.engine.writer_exited_locked(record, tgid, reason)
+                    self.engine.registry.writer_unknown_locked(record, tgid)
+                self.engine.registry.writer_exited_locked(record, tgid, reason)
 
 
 class ExitWatch:

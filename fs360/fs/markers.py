@@ -170,7 +170,7 @@ class Markers:
         options = project_options(bytes(handle.data))
         with self.engine.lock:
             session = handle.session
-            if self.engine.sessions.get(session.name) is not session:
+            if self.engine.registry.sessions.get(session.name) is not session:
                 raise NotFound("the session was removed")
             if project_created(session):
                 raise AccessDenied("the project is created already")
@@ -204,4 +204,4 @@ class Markers:
             self.engine.cancel_project_locked(session)
             return
         # The project exists and stays; the marker just leaves the listing so rm -r works.
-        self.engine.hide_marker_locked(session)
+        self.engine.registry.hide_marker_locked(session)

@@ -87,7 +87,7 @@ class MountModel:
         return attrs()  # a status file's size: rendered with the lock released
 
     def _root_attrs_locked(self) -> dict:
-        return self.attrs.dir(self.root["mode"], self.mounted_at_ns, 2 + len(self.engine.sessions),
+        return self.attrs.dir(self.root["mode"], self.mounted_at_ns, 2 + len(self.engine.registry.sessions),
                               self.root["uid"], self.root["gid"])
 
     def _root_status_attrs_locked(self):
@@ -110,7 +110,7 @@ class MountModel:
             if node.kind == ROOT:
                 virtual = [(ROOT_STATUS, self._root_status_attrs_locked())]
                 entries = [(name, self.attrs.session(s, self.tree.subfolder_count_locked(s, "")))
-                           for name, s in self.engine.sessions.items()]
+                           for name, s in self.engine.registry.sessions.items()]
             elif node.kind == SESSION:
                 session = node.session
                 names = list(STATUS_NAMES) + ([CREATE_MARKER] if self.markers.listed(session) else [])
@@ -147,7 +147,7 @@ class MountModel:
                 raise AlreadyExists(path)
             if node.session is None:
                 check_session_name(node.name)
-                self.engine.create_session_locked(node.name, mode & 0o7777, *owner)
+                self.engine.registry.create_session_locked(node.name, mode & 0o7777, *owner)
                 return
             check_file_name(node.basename)
             check_not_sealed(node.session)
@@ -198,15 +198,15 @@ class MountModel:
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)
             local_only = self.tree.local_only(node.name)
             if not local_only:
-                revivable = self.engine.revivable_locked(session, node.name)
+                revivable = self.engine.registry.revivable_locked(session, node.name)
                 if revivable is not None:
                     return self.files.open_revival_locked(revivable)
                 try:
                     check_uploadable_name_locked(self.engine, session, node.name)
                 except Fs360Error as exc:
-                    self.engine.name_refused_locked(session, node.name, str(exc))
+                    self.engine.registry.name_refused_locked(session, node.name, str(exc))
                     raise
-            record = self.engine.create_file_locked(session, node.name, mode & 0o7777,
+            record = self.engine.registry.create_file_locked(session, node.name, mode & 0o7777,
                                                     self.uid if uid is None else uid,
                                                     self.gid if gid is None else gid, local_only)
             self.tree.touch_parent_locked(node)
@@ -333,7 +333,7 @@ class MountModel:
             node = self.tree.resolve_locked(path)
             if node.kind != FILE:
                 raise NotFound(path) if node.kind == MISSING else InvalidArgument(f"{path} is not a file")
-            if not self.engine.release_held_locked(node.record):
+            if not self.engine.registry.release_held_locked(node.record):
                 raise InvalidArgument(f"{node.name} is not held (it is {node.record.state}): nothing to release")
             return f"{node.name}: released; it uploads now"
 
@@ -355,7 +355,7 @@ class MountModel:
                     return  # libfuse's last release of a file unlinked while open: gone already
                 if node.record.in_tree:
                     check_tree_open_locked(node.session, node.parent)
-                self.engine.remove_file_locked(node.record)
+                self.engine.registry.remove_file_locked(node.record)
                 self.tree.touch_parent_locked(node)
             elif node.kind == MISSING:
                 raise NotFound(path)
@@ -385,18 +385,18 @@ class MountModel:
             node = self.tree.resolve_locked(path)
             now = time.time_ns()
             if node.kind == SESSION:
-                self.engine.set_session_attrs_locked(node.session, **attrs)
+                self.engine.registry.set_session_attrs_locked(node.session, **attrs)
             elif node.kind == DIR:
                 folder = node.folder
                 for key, value in attrs.items():
                     setattr(folder, key, value)
                 folder.ctime_ns = now
-                self.engine.update_folder_locked(folder.id, **attrs)
+                self.engine.registry.update_folder_locked(folder.id, **attrs)
             elif node.kind == ROOT:
                 self.root.update((key, value) for key, value in attrs.items() if key != "mtime_ns")
                 self.engine.journal.set_meta(ROOT_ATTRS_KEY, self.root)
             elif node.kind == FILE:
-                self.engine.set_file_attrs_locked(node.record, ctime_ns=now, **attrs)
+                self.engine.registry.set_file_attrs_locked(node.record, ctime_ns=now, **attrs)
             elif node.kind == MISSING:
                 raise NotFound(path)
             # Status files and .create have no metadata of their own: accepted.
@@ -446,9 +446,3 @@ class MountModel:
 
     def removexattr(self, path: str, name: str) -> None:
         raise NotSupported("fs360's attributes are read-only")
-
-    # --- for tests and the CLI ---------------------------------------------------------------------
-
-    def file_state(self, session: str, name: str) -> str:
-        with self.engine.lock:
-            return self.tree.file(self.tree.session(session), name).state

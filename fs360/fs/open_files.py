@@ -76,14 +76,14 @@ class OpenFiles:
         if writing:
             if truncate and record.size:
                 os.ftruncate(fd, 0)
-            self.engine.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
+            self.engine.registry.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
         return self.handles.add(FileHandle(record, fd, writing, bool(flags & os.O_APPEND)))
 
     def open_revival_locked(self, record: FileRecord) -> int:
         """A re-run that deleted a file the server holds creates it again (tar -x, unzip -o,
         cp --remove-destination, install): it is listed again and what is written is compared;
         identical, it is the server's file again (no PUT); different, it is refused and deleted."""
-        self.engine.relist_locked(record)
+        self.engine.registry.relist_locked(record)
         fh = self._open_check_locked(record, truncate=True, append=False)
         self.handles.get(fh).revival = True
         return fh
@@ -125,7 +125,7 @@ class OpenFiles:
                 check_growth(self.engine, record, end)
             written = self._pwrite(handle.fd, data, offset)
         with self.engine.lock:
-            digest = self.engine.wrote_locked(record, offset + written)
+            digest = self.engine.registry.wrote_locked(record, offset + written)
         if digest is not None:  # hashed with the state lock released
             digest.add(offset, data if written == len(data) else memoryview(data)[:written])
         return written
@@ -134,7 +134,7 @@ class OpenFiles:
         """The rewrite of a file the server holds differs: refused, with the reason kept."""
         handle.check.differs = True
         with self.engine.lock:
-            raise AccessDenied(self.engine.refuse_change_locked(handle.record))
+            raise AccessDenied(self.engine.registry.refuse_change_locked(handle.record))
 
     def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
         try:
@@ -142,7 +142,7 @@ class OpenFiles:
                 return os.pwrite(fd, data, offset)
         except NoSpace:
             # The disk is full: drop uploaded data we still keep, then try once more.
-            if self.engine.evict_if_needed() <= 0:
+            if self.engine.housekeeping.evict_if_needed() <= 0:
                 raise
         with spool_limits():
             return os.pwrite(fd, data, offset)
@@ -165,7 +165,7 @@ class OpenFiles:
                     check_growth_locked(self.engine, record, length)
                 with spool_limits():
                     os.truncate(self.engine.spool.path(record.id), length)
-                self.engine.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
+                self.engine.registry.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
             return
         record = handle.record
         with self.engine.lock:
@@ -181,7 +181,7 @@ class OpenFiles:
             with spool_limits():
                 os.ftruncate(handle.fd, length)
         with self.engine.lock:
-            self.engine.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
+            self.engine.registry.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
 
     def _file_to_truncate_locked(self, path: str) -> FileRecord | None:
         """The record a truncate by path changes (None: nothing to do)."""
@@ -210,7 +210,7 @@ class OpenFiles:
             with spool_limits():
                 os.posix_fallocate(handle.fd, offset, length)
         with self.engine.lock:
-            self.engine.allocated_locked(handle.record, end)
+            self.engine.registry.allocated_locked(handle.record, end)
 
     @staticmethod
     def fsync(handle: FileHandle, datasync: bool) -> None:
@@ -258,14 +258,14 @@ class OpenFiles:
         unfinished = handle.failure or handle.writer_died
         if not handle.closed:
             with self.engine.lock:  # no flush said who wrote last: the delay commits it
-                self.engine.writer_unknown_locked(record)
+                self.engine.registry.writer_unknown_locked(record)
         if not unfinished and record.open_writers == 1 and not record.local_only and not record.in_tree \
                 and not record.unfinished:
             # The last writer of a file about to be queued on its own: one not written front to
             # back is hashed here, without the lock (a tree's file goes up inside the archive).
-            self.engine.content_digest(record)
+            self.engine.registry.content_digest(record)
         with self.engine.lock:
-            self.engine.close_writer_locked(record, record.size, unfinished)
+            self.engine.registry.close_writer_locked(record, record.size, unfinished)
 
     def _release_check(self, handle: FileHandle) -> None:
         """The end of a rewrite of a file the server holds: identical, it takes the new mtime; a
@@ -275,6 +275,6 @@ class OpenFiles:
             if not is_listed_locked(self.engine, handle.record):
                 return
             if identical:
-                self.engine.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
+                self.engine.registry.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
             elif handle.revival:
-                self.engine.remove_file_locked(handle.record)
+                self.engine.registry.remove_file_locked(handle.record)

@@ -1,9 +1,12 @@
 """Upload rates as the server receives them, from the engine's progress events.
 
-The engine tells of each chunk the server acknowledged (`bytes_sent`, with the file's new
-`received`); a chunk's bytes went out between the previous event and this one. So a rate
-is the bytes acknowledged over a sliding window that ends at the last event, never "the
-last chunk over the time since it ended" (that showed 5 MiB/s at a 2 MiB/s limit).
+The engine tells of each piece of a PUT body as it goes out (`bytes_sent`, with its
+`nbytes`: 256 KiB pieces, engine/gate.py and api/transport.PacedBody, so a rate is
+known within a chunk, not once per chunk); a piece's bytes went out between the
+previous event and this one. So a rate is the bytes sent over a sliding window that
+ends at the last event, never "the last chunk over the time since it ended" (that
+showed 5 MiB/s at a 2 MiB/s limit). Bytes a failed PUT sent count: they crossed the
+line (and go again with the retry), as the bandwidth limit counts them.
 
 - A file's rate exists only while it uploads; a finished, queued or paused file has none.
 - Until a window's worth of history exists, the first event's bytes are left out (they were
@@ -26,7 +29,7 @@ WINDOW = 20.0
 # A rate needs at least this many seconds between its first and last counted event.
 MIN_SPAN = 1.0
 # A window holds at least this many intervals between events when they are rarer than WINDOW
-# allows (a large chunk at a low --bwlimit): one chunk per 16 s at 500k.
+# allows (a very low --bwlimit: a 256 KiB piece per 16 s at 16k).
 MIN_INTERVALS = 3
 # Events kept at most this long (the longest window a slow upload may need).
 KEEP = 600.0
@@ -39,7 +42,7 @@ HISTORY_SPAN = 3600.0
 
 
 class RateWindow:
-    """Bytes acknowledged over time, as (monotonic time, bytes) events."""
+    """Bytes sent over time, as (monotonic time, bytes) events."""
     __slots__ = ("_events",)
 
     def __init__(self):
@@ -49,9 +52,6 @@ class RateWindow:
         self._events.append((at, nbytes))
         while self._events and self._events[0][0] < at - KEEP:
             self._events.popleft()
-
-    def reset(self) -> None:
-        self._events.clear()
 
     def last_at(self) -> float | None:
         return self._events[-1][0] if self._events else None
@@ -72,7 +72,7 @@ class RateWindow:
         if len(events) > MIN_INTERVALS:
             start = min(start, events[-1 - MIN_INTERVALS][0])
         if start >= first_at:
-            # History reaches before the window: the bytes acknowledged inside it, over its length;
+            # History reaches before the window: the bytes sent inside it, over its length;
             # of the event that straddles its start, the share sent after the start.
             counted, before = 0.0, first_at
             for t, n in events:
@@ -90,7 +90,7 @@ class RateWindow:
 
 
 class RateHistory:
-    """The mount's bytes acknowledged per HISTORY_BUCKET seconds over the last HISTORY_SPAN, by
+    """The mount's bytes sent per HISTORY_BUCKET seconds over the last HISTORY_SPAN, by
     wall-clock bucket, so the plot's time axis is real time."""
 
     def __init__(self):
@@ -123,10 +123,9 @@ class RateBook:
         self._files: dict[int, RateWindow] = {}
         self._sessions: dict[int, RateWindow] = {}
         self._mount = RateWindow()
-        self._received: dict[int, int] = {}
         self._started: dict[int, float] = {}  # file id -> wall time its upload began
         self.history = RateHistory()
-        # For /metrics: bytes acknowledged, and events by name (retries are file_failed).
+        # For /metrics: bytes sent, and events by name (retries are file_failed).
         self.bytes_sent = 0
         self.events: Counter[str] = Counter()
         if listeners is not None:
@@ -140,23 +139,14 @@ class RateBook:
             if record is None:
                 return
             if event == "file_uploading":
-                self._received.setdefault(record.id, record.server_received)
                 self._started.setdefault(record.id, self._wall())
             elif event == "bytes_sent":
-                self._sent_locked(record, details["received"], at)
+                self._sent_locked(record, details["nbytes"], at)
             elif event in ("file_complete", "file_rejected"):
                 self._files.pop(record.id, None)
-                self._received.pop(record.id, None)
 
-    def _sent_locked(self, record, received: int, at: float) -> None:
-        before = self._received.get(record.id, 0)
-        self._received[record.id] = received
-        window = self._files.setdefault(record.id, RateWindow())
-        if received < before:
-            window.reset()  # the server holds less than we thought: measure afresh
-            return
-        nbytes = received - before
-        window.add(at, nbytes)
+    def _sent_locked(self, record, nbytes: int, at: float) -> None:
+        self._files.setdefault(record.id, RateWindow()).add(at, nbytes)
         self._sessions.setdefault(record.session_id, RateWindow()).add(at, nbytes)
         self._mount.add(at, nbytes)
         self.history.add(self._wall(), nbytes)

@@ -7,7 +7,8 @@ import time
 
 from ..errors import (AccessDenied, Fs360Error, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound,
                       NotPermitted)
-from .content_check import held_with_known_content, is_identical_copy
+from ..engine.content_digest import is_legacy_digest
+from .content_check import LegacyDigest, content_stamp, held_with_known_content, is_identical_copy
 from .exits import Closer, Writers
 from .markers import Markers
 from .names import check_file_name, check_session_name
@@ -27,7 +28,7 @@ class Renames:
 
     def rename(self, old: str, new: str, renamer: Closer | None = None) -> None:
         """`renamer`: the process renaming (closer_of its task), when known."""
-        self._hash_scratch_file(old)
+        legacy = self._hash_scratch_file(old, new)
         with self.engine.lock:
             src, dst = self.tree.resolve_locked(old), self.tree.resolve_locked(new)
             if src.kind in (ROOT_STATUS_FILE, STATUS, MARKER) and dst.basename.startswith(HIDDEN_PREFIX) \
@@ -41,34 +42,48 @@ class Renames:
             elif src.kind == DIR:
                 self._rename_folder_locked(src, dst)
             elif src.kind == FILE:
-                self._rename_file_with_reason_locked(src, dst, renamer)
+                self._rename_file_with_reason_locked(src, dst, renamer, legacy)
             elif src.kind == MISSING:
                 raise NotFound(old)
             else:
                 raise NotPermitted(f"{src.name or 'the mount'} cannot be renamed")
 
-    def _hash_scratch_file(self, old: str) -> None:
+    def _hash_scratch_file(self, old: str, new: str) -> LegacyDigest | None:
         """A scratch file about to be renamed (to its final name, or onto a file the server holds)
-        whose sha256 its writes did not give is hashed now, without the state lock: the rename
-        itself then only compares, and its upload is queued with the sha256 known."""
+        whose digest its writes did not give is hashed now, without the state lock: the rename
+        itself then only compares, and its upload is queued with the digest known. Renamed onto
+        a held file whose journal has an earlier build's sha256, its sha256 is read too (returned)."""
         with self.engine.lock:
             src = self.tree.resolve_locked(old)
             record = src.record if src.kind == FILE and src.record.local_only else None
-            if record is None or record.open_writers or self.engine.known_digest(record) is not None:
-                return  # (one still written to is hashed at its last close)
-        self.engine.content_digest(record)
+            if record is None:
+                return None
+            dst = self.tree.resolve_locked(new)
+            held = dst.record if dst.kind == FILE and held_with_known_content(dst.record) else None
+            like = held.sha256 if held is not None and is_legacy_digest(held.sha256) else None
+            stamp = content_stamp(record)
+            # (one still written to is hashed at its last close)
+            unhashed = not record.open_writers and self.engine.registry.known_digest(record) is None
+        if unhashed:
+            self.engine.registry.content_digest(record)
+        if like is None:
+            return None
+        value = self.engine.registry.content_digest(record, like=like)
+        return LegacyDigest(value, stamp) if value is not None else None
 
-    def _rename_file_with_reason_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
+    def _rename_file_with_reason_locked(self, src: Node, dst: Node, renamer: Closer | None,
+                                        legacy: LegacyDigest | None) -> None:
         """A move to another session that is refused leaves its reason on the file (its
         user.fs360.error and status): a file manager only shows "permission denied"."""
         try:
-            self._rename_file_locked(src, dst, renamer)
+            self._rename_file_locked(src, dst, renamer, legacy)
         except Fs360Error as exc:
             if dst.session is not None and dst.session is not src.session and not src.record.local_only:
-                self.engine.set_file_attrs_locked(src.record, last_error=f"not moved to {dst.session.name}: {exc}")
+                self.engine.registry.set_file_attrs_locked(src.record, last_error=f"not moved to {dst.session.name}: {exc}")
             raise
 
-    def _rename_file_locked(self, src: Node, dst: Node, renamer: Closer | None) -> None:
+    def _rename_file_locked(self, src: Node, dst: Node, renamer: Closer | None,
+                            legacy: LegacyDigest | None) -> None:
         record, session = src.record, src.session
         if dst.session is None or dst.kind in (ROOT, ROOT_STATUS_FILE, SESSION):
             raise NotPermitted("files live inside session folders only")
@@ -85,7 +100,7 @@ class Renames:
             return
         replaced = target.files.get(name)
         if replaced is not None and record.local_only and held_with_known_content(replaced):
-            self._replace_held_locked(src, dst)
+            self._replace_held_locked(src, dst, legacy)
             return
         check_mutable_locked(self.engine, record)  # (a scratch file is always free to move)
         check_not_sealed(target)
@@ -99,8 +114,8 @@ class Renames:
             if record.local_only and not record.open_writers:
                 # A closed scratch file renamed to its final name: the renamer's exit decides too.
                 self.writers.joined_locked(renamer, record)
-        self.engine.rename_file_locked(record, target, name, local_only)
-        self.engine.set_file_attrs_locked(record, ctime_ns=time.time_ns())
+        self.engine.registry.rename_file_locked(record, target, name, local_only)
+        self.engine.registry.set_file_attrs_locked(record, ctime_ns=time.time_ns())
         self.tree.touch_parent_locked(src, dst)
 
     def _rename_folder_locked(self, src: Node, dst: Node) -> None:
@@ -126,19 +141,19 @@ class Renames:
         """libfuse renames a file unlinked while open to `.fuse_hidden…` and unlinks that name at
         the last release: for fs360 the unlink happens now (the server-held or not rules of
         `unlink`), and the open handles keep working on their spool file, reachable by that name."""
-        self.engine.remove_file_locked(src.record)
-        self.engine.set_file_attrs_locked(src.record, ctime_ns=time.time_ns())
+        self.engine.registry.remove_file_locked(src.record)
+        self.engine.registry.set_file_attrs_locked(src.record, ctime_ns=time.time_ns())
         self.tree.hide_locked(src.session, dst.name, src.record)
         self.tree.touch_parent_locked(src)
 
-    def _replace_held_locked(self, src: Node, dst: Node) -> None:
+    def _replace_held_locked(self, src: Node, dst: Node, legacy: LegacyDigest | None) -> None:
         """A local scratch file (rsync's `.name.XXXXXX`) renamed onto a name the server holds:
         a re-run of the same copy is accepted (the copy is dropped), anything else refused."""
         copy, held = src.record, dst.record
         # The copy may still be open: GIO renames its `.goutputstream-*` before closing it.
-        if not is_identical_copy(self.engine, copy, held):
-            raise AccessDenied(self.engine.refuse_change_locked(held))
-        self.engine.keep_identical_locked(held, copy=copy)
+        if not is_identical_copy(self.engine, copy, held, legacy):
+            raise AccessDenied(self.engine.registry.refuse_change_locked(held))
+        self.engine.registry.keep_identical_locked(held, copy=copy)
         self.tree.touch_parent_locked(src, dst)
 
     def _rename_session_locked(self, src: Node, dst: Node) -> None:
@@ -152,8 +167,8 @@ class Renames:
             return
         if dst.kind == ROOT_STATUS_FILE:
             raise NotPermitted("status is reserved")
-        other = self.engine.sessions.get(name)
+        other = self.engine.registry.sessions.get(name)
         if other is not None:
             # NotEmpty unless it is empty (POSIX)
             self.tree.discard_session_locked(other, self.markers.listed(other))
-        self.engine.rename_session_locked(session, name)
+        self.engine.registry.rename_session_locked(session, name)

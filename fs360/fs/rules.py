@@ -39,7 +39,7 @@ def frozen_reason_locked(engine, record: FileRecord) -> str:
     """Why `record` can no longer change ('' when it can): its attributes show it read-only then."""
     if record.local_only or not is_listed_locked(engine, record):
         return ""  # scratch, or deleted while open: it goes nowhere
-    session = engine.session_of(record)
+    session = engine.registry.session_of(record)
     if session.sealed:
         return SEALED
     if record.in_tree:
@@ -64,7 +64,7 @@ def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> N
     if session.archive is not None and "/" not in name and ext in ARCHIVE_EXTENSIONS:
         raise NotPermitted(f"this folder's tree goes up as {session.archive.server_name}; "
                            f"the server takes one archive per session")
-    caps = engine.caps
+    caps = engine.registry.caps
     if ext in caps.refused_extensions or (caps.allowed_extensions and ext not in caps.allowed_extensions):
         raise NotPermitted(refusal_in_plain_words("extension_not_allowed",
                                                   {"extension": ext, "allowed": list(caps.allowed_extensions)}))
@@ -74,7 +74,7 @@ def check_growth(engine, record: FileRecord, new_size: int) -> None:
     """Takes engine.lock itself (only for the session cap)."""
     if record.local_only:
         return
-    if engine.caps.session_cap:
+    if engine.registry.caps.session_cap:
         with engine.lock:
             check_growth_locked(engine, record, new_size)
     else:
@@ -86,9 +86,9 @@ def check_growth_locked(engine, record: FileRecord, new_size: int) -> None:
     when there is a session cap. The session's sum is kept as sizes change (never summed here)."""
     if record.local_only:
         return
-    caps = engine.caps
+    caps = engine.registry.caps
     if caps.file_cap and new_size > caps.file_cap:
         raise FileTooBig(f"the server takes files up to {caps.file_cap} bytes")
     if caps.session_cap:
-        if engine.others_size_locked(record) + new_size > caps.session_cap:
+        if engine.registry.others_size_locked(record) + new_size > caps.session_cap:
             raise QuotaWouldPass(f"the session would pass the server's cap of {caps.session_cap} bytes")

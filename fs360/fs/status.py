@@ -59,8 +59,8 @@ def capture_session_locked(session: SessionRecord, engine) -> dict:
         "expires_at": session.expires_at, "sealed": session.sealed, "files": files,
         "unlinked": [f.name for f in session.unlinked],
         "refused_names": list(session.refused_names.items()),
-        "tree_members": [(m.path, m.is_dir, m.size) for m in engine.archive_members_locked(session)],
-        "archive_name": engine.archive_server_name_locked(session),
+        "tree_members": [(m.path, m.is_dir, m.size) for m in engine.tree.members_locked(session)],
+        "archive_name": engine.tree.server_name_locked(session),
         "tree_files": [(f.name, f.state, f.size, f.last_error) for f in session.tree_files()],
         "project": None if project is None else {
             "state": project.state, "name": project.name, "status": project.status,
@@ -372,7 +372,7 @@ class RenderedStatus:
             def snapshot():
                 return snapshot_of(capture, self.rates)
             render = render_json if name == "status.json" else render_text
-        if len(self._cache) > 4 * len(self.engine.sessions) + 8:
+        if len(self._cache) > 4 * len(self.engine.registry.sessions) + 8:
             self._cache.clear()  # sessions were renamed or removed: drop the old keys
 
         def rendered() -> bytes:
@@ -382,7 +382,7 @@ class RenderedStatus:
         return rendered
 
     def _captures_locked(self) -> list[dict]:
-        sessions = sorted(self.engine.sessions.values(), key=lambda s: natural_key(s.name))
+        sessions = sorted(self.engine.registry.sessions.values(), key=lambda s: natural_key(s.name))
         return [capture_session_locked(s, self.engine) for s in sessions]
 
     def mount_snapshot(self, history: bool = False) -> dict:

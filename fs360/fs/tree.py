@@ -54,7 +54,7 @@ class Node:
 def is_listed_locked(engine, record: FileRecord) -> bool:
     """Whether the record still has a name in its folder (not unlinked, not discarded)."""
     try:
-        session = engine.session_of(record)
+        session = engine.registry.session_of(record)
     except KeyError:
         return False
     return session.files.get(record.name) is record
@@ -74,10 +74,10 @@ class SessionTree:
         self._load_folders_locked()
 
     def _load_folders_locked(self) -> None:
-        sessions = {s.id for s in self.engine.sessions.values()}
-        for row in self.engine.folder_rows_locked():
+        sessions = {s.id for s in self.engine.registry.sessions.values()}
+        for row in self.engine.registry.folder_rows_locked():
             if row["session_id"] not in sessions:
-                self.engine.remove_folder_locked(row["id"])  # its session was discarded
+                self.engine.registry.remove_folder_locked(row["id"])  # its session was discarded
                 continue
             self.folders.setdefault(row["session_id"], {})[row["path"]] = Folder(
                 row["id"], row["mode"], row["mtime_ns"], row["mtime_ns"], row["uid"], row["gid"])
@@ -85,7 +85,7 @@ class SessionTree:
     # --- resolving ------------------------------------------------------------------------------
 
     def session(self, name: str) -> SessionRecord:
-        session = self.engine.sessions.get(name)
+        session = self.engine.registry.sessions.get(name)
         if session is None:
             raise NotFound(f"no session {name!r}")
         return session
@@ -111,7 +111,7 @@ class SessionTree:
         if len(parts) == 1:
             if parts[0] == ROOT_STATUS:
                 return Node(ROOT_STATUS_FILE, name=ROOT_STATUS)
-            session = self.engine.sessions.get(parts[0])
+            session = self.engine.registry.sessions.get(parts[0])
             return Node(SESSION if session else MISSING, session, parts[0])
         session = self.session(parts[0])
         name = "/".join(parts[1:])
@@ -166,19 +166,19 @@ class SessionTree:
             if node.parent:
                 folder = self.folders[node.session.id][node.parent]
                 folder.mtime_ns = folder.ctime_ns = now
-                self.engine.touch_folder_locked(folder.id, now)
+                self.engine.registry.touch_folder_locked(folder.id, now)
             else:
-                self.engine.touch_session_locked(node.session, now)
+                self.engine.registry.touch_session_locked(node.session, now)
 
     def add_folder_locked(self, session: SessionRecord, path: str, mode: int, uid: int | None = None,
                           gid: int | None = None) -> None:
         now = time.time_ns()
-        folder_id = self.engine.add_folder_locked(session, path, mode, now, uid, gid)
+        folder_id = self.engine.registry.add_folder_locked(session, path, mode, now, uid, gid)
         self.folders.setdefault(session.id, {})[path] = Folder(folder_id, mode, now, now, uid, gid)
 
     def remove_folder_locked(self, session: SessionRecord, path: str) -> None:
         folders = self.folders[session.id]
-        self.engine.remove_folder_locked(folders[path].id)
+        self.engine.registry.remove_folder_locked(folders[path].id)
         del folders[path]
 
     def move_folder_locked(self, session: SessionRecord, old: str, new: str) -> None:
@@ -188,11 +188,11 @@ class SessionTree:
         for path in [p for p in folders if p == old or p.startswith(prefix)]:
             moved = new + path[len(old):]
             folders[moved] = folders.pop(path)
-            self.engine.update_folder_locked(folders[moved].id, path=moved)
+            self.engine.registry.update_folder_locked(folders[moved].id, path=moved)
         for name, record in [(n, r) for n, r in session.files.items() if n.startswith(prefix)]:
             moved = new + name[len(old):]
             # Between a dot-folder and the tree, its files change between local scratch and tree files.
-            self.engine.rename_file_locked(record, session, moved, self.local_only(moved))
+            self.engine.registry.rename_file_locked(record, session, moved, self.local_only(moved))
 
     def hide_locked(self, session: SessionRecord, name: str, record: FileRecord) -> None:
         """`record`, unlinked while open, stays reachable by the name libfuse hid it by."""
@@ -211,4 +211,4 @@ class SessionTree:
         for key in [key for key in self.hidden if key[0] == session.id]:
             del self.hidden[key]
         self.folders.pop(session.id, None)
-        self.engine.remove_folders_of_locked(session)
+        self.engine.registry.remove_folders_of_locked(session)

@@ -1,9 +1,8 @@
 """/metrics in the Prometheus text format (version 0.0.4), every name starting with `fs360_`.
 
 Read off the mount's snapshot (files by state, sessions, the rate, the queue) and the
-daemon's counters (bytes acknowledged, progress events, requests by endpoint and status,
-pacing waits). Requests sent by the upload worker processes are not in
-fs360_requests_total: their chunks are counted in fs360_chunks_acknowledged_total.
+daemon's counters (bytes sent, progress events, requests by endpoint and status,
+pacing waits).
 """
 
 from __future__ import annotations
@@ -55,10 +54,10 @@ def render_metrics(snapshot: dict, counters: Counters) -> str:
     for f in files + tree:
         by_state[f["state"]] = by_state.get(f["state"], 0) + 1
     out = _Writer()
-    out.metric("bytes_sent_total", "counter", "Bytes the server acknowledged since the daemon started.",
+    out.metric("bytes_sent_total", "counter", "Bytes of PUT bodies sent since the daemon started.",
                [({}, counters.bytes_sent)])
     out.metric("chunks_acknowledged_total", "counter", "PUTs whose bytes the server acknowledged.",
-               [({}, counters.events.get("bytes_sent", 0))])
+               [({}, counters.events.get("chunk_acknowledged", 0))])
     out.metric("files", "gauge", "Files of the mount by state (a folder tree's files as 'in tree').",
                [({"state": state}, count) for state, count in sorted(by_state.items())])
     out.metric("files_uploaded_total", "counter", "Files the server holds complete, since the daemon started.",

@@ -8,7 +8,7 @@ import os
 import subprocess
 import urllib.request
 
-from tests.harness import write_random
+from tests.harness import wait_until, write_random
 
 
 def server_project(emulator, name: str) -> dict:
@@ -71,7 +71,9 @@ def test_create_through_cp_touch_and_echo(tmp_path, mount_factory, profiled_emul
     assert late.returncode != 0 and "Permission denied" in late.stderr, late
     rewrite = sh('echo "{}" > "$1/.create"', plain)
     assert rewrite.returncode != 0 and "Permission denied" in rewrite.stderr, rewrite
-    assert os.stat(plain / ".create").st_mode & 0o777 == 0o444
+    # The kernel may answer from the attributes it cached at the `touch` (attr_timeout, 1 s).
+    wait_until(lambda: os.stat(plain / ".create").st_mode & 0o777 == 0o444, 10,
+               what=".create to show read-only once the project is created")
     removed = sh('rm -rf "$1"', plain)
     assert removed.returncode == 0, removed.stderr
     assert sorted(os.listdir(mount.mountpoint)) == ["again", "folder", "status"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from fs360.config import Settings
 from fs360.engine.engine import Engine
 from fs360.engine.records import SessionRecord
+from tests.engine_helpers import state_counts, wait_idle
 
 COPY_BLOCK = 8 << 20
 
@@ -31,18 +32,18 @@ def queue_files(engine: Engine, session_name: str, files: dict[str, str | os.Pat
                 project: dict | None = None) -> SessionRecord:
     """Creates the session (if new) and one file per entry, as mkdir/create/write/close would."""
     with engine.lock:
-        session = engine.sessions.get(session_name) or engine.create_session_locked(session_name, 0o755)
+        session = engine.registry.sessions.get(session_name) or engine.registry.create_session_locked(session_name, 0o755)
     for name, source in files.items():
         with engine.lock:
-            record = engine.create_file_locked(session, name, 0o644, os.getuid(), os.getgid(), local_only=False)
-            engine.open_for_write_locked(record)
+            record = engine.registry.create_file_locked(session, name, 0o644, os.getuid(), os.getgid(), local_only=False)
+            engine.registry.open_for_write_locked(record)
             spool_path = engine.spool.path(record.id)
         size = _copy(source, spool_path)
         with engine.lock:
-            engine.wrote_locked(record, size)
-        engine.content_digest(record)  # as the path model's last close does: hashed off the lock
+            engine.registry.wrote_locked(record, size)
+        engine.registry.content_digest(record)  # as the path model's last close does: hashed off the lock
         with engine.lock:
-            engine.close_writer_locked(record, size)
+            engine.registry.close_writer_locked(record, size)
     if project is not None:
         with engine.lock:
             engine.request_project_locked(session, project)
@@ -86,13 +87,13 @@ def main(argv=None) -> int:
                         chunk_size=args.chunk_size, workers=args.workers, writeback_delay=0.0,
                         backoff_base=0.05, backoff_cap=1.0, rate_limits_enabled=False)
     engine = Engine(settings)
-    if args.session not in engine.sessions:
+    if args.session not in engine.registry.sessions:
         src = Path(args.src)
         queue_files(engine, args.session, {f.name: f for f in sorted(src.iterdir()) if f.is_file()})
     print("QUEUED", flush=True)
     engine.start()
-    ok = engine.wait_idle(timeout=args.timeout, poll=0.05)
-    counts = engine.counts()
+    ok = wait_idle(engine, timeout=args.timeout, poll=0.05)
+    counts = state_counts(engine)
     engine.stop()
     print("DONE" if ok else "TIMEOUT", json.dumps(counts), flush=True)
     print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)

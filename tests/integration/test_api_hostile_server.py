@@ -23,8 +23,9 @@ import pytest
 
 from fs360 import errors as E
 from fs360.api.client import CREDENTIAL_CHECK_ATTEMPTS, MAX_RETRY_AFTER, ApiClient
-from fs360.api.transport import MAX_RESPONSE_BYTES
+from fs360.api.transport import BODY_PIECE, MAX_RESPONSE_BYTES
 from fs360.config import Settings
+from fs360.engine.gate import TransferGate
 from tests.harness import self_signed_certificate
 
 pytestmark = pytest.mark.timeout(60)
@@ -271,6 +272,59 @@ def test_a_put_whose_body_the_server_does_not_read_ends_at_the_deadline():
         with pytest.raises(E.DeadlineExceeded):
             client.put("u1", "big.las", data, 0, len(data), whole=True)
         assert connections_to(server.port) == 0
+
+
+class Pieces:
+    """A PUT body's pace through a real gate at `rate`: the pieces it let go, and the time it held them."""
+
+    def __init__(self, rate: str):
+        self.turns = TransferGate(rate).turns(lambda: False, self.sent)
+        self.sizes: list[int] = []
+
+    def wait_turn(self, nbytes: int) -> None:
+        self.turns.wait_turn(nbytes)
+
+    def sent(self, nbytes: int) -> None:
+        self.sizes.append(nbytes)
+
+
+@pytest.mark.timeout(DEADLINE_TEST_TIMEOUT)
+def test_a_paced_put_goes_in_pieces_and_its_turns_do_not_count_against_its_deadline():
+    """A 1 MiB body at 512 KiB/s waits about 1.5 s for its pieces' turns: past the 1 s deadline,
+    which those waits extend (they are fs360's, not the server's). It arrives whole, in the
+    gate's 256 KiB pieces, each told as sent."""
+    bodies = []
+
+    def respond(conn, request):
+        bodies.append(request.read_body())
+        conn.sendall(PROGRESS)
+        return True
+
+    with RawServer(respond) as server:
+        client = make_client(server, min_upload_rate=1e12)  # the deadline stays at its 1 s floor
+        data = os.urandom(1024 * 1024)
+        pace = Pieces("512k")
+        started = time.monotonic()
+        client.put("u1", "a.las", memoryview(data), 0, len(data), whole=True, pace=pace)
+        assert time.monotonic() - started > 1.0  # the scenario: the waits outlast the deadline's floor
+        assert bodies == [data] and server.requests[0].headers["content-length"] == str(len(data))
+        assert pace.sizes == [BODY_PIECE] * 4
+
+
+@pytest.mark.timeout(DEADLINE_TEST_TIMEOUT)
+def test_a_paced_put_whose_body_the_server_does_not_read_still_ends_at_the_deadline():
+    def respond(conn, request):
+        server.stopped.wait(SERVER_PATIENCE)  # never reads the body
+        return False
+
+    with RawServer(respond) as server:
+        client = make_client(server, min_upload_rate=1e12)
+        data = bytes(64 * 1024 * 1024)  # far more than the socket buffers hold
+        pace = Pieces("off")
+        with pytest.raises(E.DeadlineExceeded):
+            client.put("u1", "big.las", memoryview(data), 0, len(data), whole=True, pace=pace)
+        assert connections_to(server.port) == 0
+        assert 0 < sum(pace.sizes) < len(data)  # what went before the stall was told, nothing after
 
 
 def test_the_put_deadline_grows_with_its_body():

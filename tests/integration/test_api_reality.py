@@ -23,6 +23,7 @@ from fs360.engine.records import COMPLETE, P_CREATED, P_FAILED
 from tests.harness import assert_uploaded, make_sources, request_count, wait_until
 from tests.integration.engine_runner import queue_files
 from tests.integration.test_api_hostile_server import RawServer, answer, canned, make_client
+from tests.engine_helpers import state_counts, wait_idle
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,7 +34,7 @@ def api(emulator) -> ApiClient:
 
 def project_of(engine: Engine, session: str):
     with engine.lock:
-        return engine.sessions[session].project
+        return engine.registry.sessions[session].project
 
 
 def emulator_project(emulator, name: str) -> dict:
@@ -115,7 +116,7 @@ def project_through_a_fault(emulator, settings, tmp_path, kind: str) -> tuple[st
     try:
         emulator.set_faults([{"endpoint": "create_project", "kind": kind, "count": 1}])
         queue_files(engine, "office", {"a.jpg": tmp_path / "src" / "a.jpg"}, project={})
-        return created(engine, "office"), engine.sessions["office"].upload_id, sources
+        return created(engine, "office"), engine.registry.sessions["office"].upload_id, sources
     finally:
         engine.stop()
 
@@ -186,7 +187,7 @@ def test_a_project_the_server_deleted_is_no_longer_polled(emulator_factory, poll
     run = polling(emulator)
     first = run.project("gone", "a.jpg")
     wait_until(lambda: run.polls(first) >= 1, 30, 0.05, what="a first poll")
-    api(emulator).delete_session(run.engine.sessions["gone"].upload_id)
+    api(emulator).delete_session(run.engine.registry.sessions["gone"].upload_id)
     wait_until(lambda: project_of(run.engine, "gone").state == P_FAILED, 30, 0.05, what="the deletion seen")
     assert "deleted" in project_of(run.engine, "gone").last_error
     polls = run.polls(first)
@@ -212,7 +213,7 @@ def test_polling_slows_to_minutes_after_a_quarter_of_an_hour(emulator_factory, p
     first = run.project("old", "a.jpg")
     wait_until(lambda: run.polls(first) >= 2, 30, 0.05, what="fast polls")
     with run.engine.lock:  # its first poll, a quarter of an hour ago
-        run.engine.projects._polling_since[run.engine.sessions["old"].id] -= 15 * 60
+        run.engine.projects._polling_since[run.engine.registry.sessions["old"].id] -= 15 * 60
     wait_until(lambda: project_of(run.engine, "old").next_attempt > 0, 30, 0.05, what="a slow poll")
     polls = run.polls(first)
     run.another_polled_five_times()
@@ -230,8 +231,8 @@ def test_an_unfinished_session_is_looked_at_on_mount_and_kept_alive(emulator_fac
     settings = settings_for(emulator)
     engine = Engine(settings).start()
     queue_files(engine, "idle", {"a.jpg": tmp_path / "src" / "a.jpg"})
-    assert engine.wait_idle(timeout=60, poll=0.05)
-    upload_id = engine.sessions["idle"].upload_id
+    assert wait_idle(engine, timeout=60, poll=0.05)
+    upload_id = engine.registry.sessions["idle"].upload_id
     engine.stop()
     expires = next(s for s in emulator.sessions() if s["upload_id"] == upload_id)["expires_at"]
     looked_at = request_count(emulator, "GET get_session")
@@ -240,7 +241,7 @@ def test_an_unfinished_session_is_looked_at_on_mount_and_kept_alive(emulator_fac
         wait_until(lambda: request_count(emulator, "GET get_session 200") > looked_at, 30, 0.05,
                    what="the look at mount")
         assert next(s for s in emulator.sessions() if s["upload_id"] == upload_id)["expires_at"] > expires
-        assert again.sessions["idle"].upload_id == upload_id
+        assert again.registry.sessions["idle"].upload_id == upload_id
     finally:
         again.stop()
 
@@ -252,18 +253,18 @@ def test_a_session_the_server_lost_is_found_at_mount_not_at_create(profiled_emul
     settings = settings_for(emulator)
     engine = Engine(settings).start()
     queue_files(engine, "lost", {name: tmp_path / "src" / name for name in sources})
-    assert engine.wait_idle(timeout=60, poll=0.05)
-    upload_id = engine.sessions["lost"].upload_id
+    assert wait_idle(engine, timeout=60, poll=0.05)
+    upload_id = engine.registry.sessions["lost"].upload_id
     engine.stop()
     emulator.expire(upload_id)
     again = Engine(settings).start()
     try:
-        wait_until(lambda: again.sessions["lost"].upload_id not in (None, upload_id), 30, 0.05,
+        wait_until(lambda: again.registry.sessions["lost"].upload_id not in (None, upload_id), 30, 0.05,
                    what="a new session")
-        assert again.wait_idle(timeout=60, poll=0.05)
-        assert again.counts() == {COMPLETE: 2}
+        assert wait_idle(again, timeout=60, poll=0.05)
+        assert state_counts(again) == {COMPLETE: 2}
         assert project_of(again, "lost") is None
-        new_id = again.sessions["lost"].upload_id
+        new_id = again.registry.sessions["lost"].upload_id
     finally:
         again.stop()
     assert_uploaded(emulator, new_id, sources)

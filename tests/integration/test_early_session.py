@@ -14,12 +14,12 @@ from tests.harness import request_count, wait_until
 def write_open(engine: Engine, session, name: str, data: bytes, local_only: bool = False):
     """create + write, as the path model does, leaving the file open (its writer runs on)."""
     with engine.lock:
-        record = engine.create_file_locked(session, name, 0o644, os.getuid(), os.getgid(), local_only=local_only)
-        engine.open_for_write_locked(record)
+        record = engine.registry.create_file_locked(session, name, 0o644, os.getuid(), os.getgid(), local_only=local_only)
+        engine.registry.open_for_write_locked(record)
     with open(engine.spool.path(record.id), "r+b") as spool:
         spool.write(data)
     with engine.lock:
-        engine.wrote_locked(record, len(data))
+        engine.registry.wrote_locked(record, len(data))
     return record
 
 
@@ -27,15 +27,15 @@ def test_the_session_opens_while_the_first_file_is_written(emulator, settings_fo
     engine = Engine(settings_for(emulator)).start()
     try:
         with engine.lock:
-            session = engine.create_session_locked("s", 0o755)
+            session = engine.registry.create_session_locked("s", 0o755)
         first = write_open(engine, session, "a.jpg", b"first")
         wait_until(lambda: session.upload_id, 30, what="the session opened while a.jpg is open")
         assert first.state == WRITING
         second = write_open(engine, session, "b.jpg", b"second")
         for record, size in ((first, 5), (second, 6)):
-            engine.content_digest(record)
+            engine.registry.content_digest(record)
             with engine.lock:
-                engine.close_writer_locked(record, size)
+                engine.registry.close_writer_locked(record, size)
         wait_until(lambda: first.state == second.state == COMPLETE, 30, what="both files complete")
         assert {f["name"] for f in emulator.files() if f["upload_id"] == session.upload_id} == {"a.jpg", "b.jpg"}
     finally:
@@ -49,9 +49,9 @@ def test_scratch_tree_and_empty_files_open_no_session(emulator, settings_for):
     engine = Engine(settings_for(emulator, workers=1)).start()
     try:
         with engine.lock:
-            quiet = engine.create_session_locked("quiet", 0o755)
-            engine.add_folder_locked(quiet, "sub", 0o755, 0)
-            later = engine.create_session_locked("later", 0o755)
+            quiet = engine.registry.create_session_locked("quiet", 0o755)
+            engine.registry.add_folder_locked(quiet, "sub", 0o755, 0)
+            later = engine.registry.create_session_locked("later", 0o755)
         write_open(engine, quiet, ".a.jpg.part", b"scratch", local_only=True)
         write_open(engine, quiet, "sub/b.jpg", b"in the tree")
         write_open(engine, quiet, "4913", b"")

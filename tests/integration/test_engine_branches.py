@@ -15,6 +15,7 @@ from fs360.engine.uploader import MAX_STALLS, put_budget
 from fs360.errors import MalformedResponse
 from tests.harness import assert_uploaded, make_sources, request_count, sha256_of, wait_until
 from tests.integration.engine_runner import queue_files
+from tests.engine_helpers import state_counts, wait_idle
 
 KiB = 1024
 CHUNK = 64 * KiB
@@ -47,8 +48,8 @@ def send_scan(emulator, settings_for, src) -> list:
     engine.start()
     try:
         queue_files(engine, "s", {"scan.e57": src / "scan.e57"})
-        assert engine.wait_idle(timeout=60, poll=0.05)
-        assert engine.counts() == {COMPLETE: 1}
+        assert wait_idle(engine, timeout=60, poll=0.05)
+        assert state_counts(engine) == {COMPLETE: 1}
     finally:
         engine.stop()  # delivers the last events too
     return failures
@@ -104,11 +105,11 @@ def send_beside_their_files(emulator, settings_for, src, put_theirs) -> str:
     engine = Engine(settings_for(emulator, chunk_size=CHUNK)).start()
     try:
         session = queue_files(engine, "s", {"first.jpg": src / "first.jpg"})
-        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert wait_idle(engine, timeout=30, poll=0.05)
         put_theirs(session.upload_id)
         queue_files(engine, "s", {"a.jpg": src / "a.jpg", "b.las": src / "b.las"})
-        assert engine.wait_idle(timeout=30, poll=0.05)
-        assert engine.counts() == {COMPLETE: 3}
+        assert wait_idle(engine, timeout=30, poll=0.05)
+        assert state_counts(engine) == {COMPLETE: 3}
         assert {n: session.files[n].server_name for n in ("a.jpg", "b.las")} == {"a.jpg": "a_2.jpg",
                                                                                 "b.las": "b_2.las"}
         return session.upload_id
@@ -153,8 +154,8 @@ def test_a_resume_that_finds_another_file_under_the_name_sends_ours_under_the_ne
     other = put_other_file(emulator, settings_for, upload_id, "a.jpg", theirs / "a.jpg")
     engine = Engine(settings_for(emulator)).start()  # the journal's FAILED file is resynced at once
     try:
-        assert engine.wait_idle(timeout=30, poll=0.05)
-        record = engine.sessions["s"].files["a.jpg"]
+        assert wait_idle(engine, timeout=30, poll=0.05)
+        record = engine.registry.sessions["s"].files["a.jpg"]
         assert (record.state, record.server_name) == (COMPLETE, "a_2.jpg")
     finally:
         engine.stop()
@@ -195,14 +196,14 @@ def test_a_lost_session_after_the_spool_dropped_a_file_marks_it_lost(emulator, s
     engine = Engine(settings_for(emulator)).start()
     try:
         session = queue_files(engine, "s", {"old.jpg": src / "old.jpg"})
-        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert wait_idle(engine, timeout=30, poll=0.05)
         old = session.files["old.jpg"]
         with engine.lock:
-            engine.drop_spool_locked(old)  # as eviction does for a complete file
+            engine.registry.drop_spool_locked(old)  # as eviction does for a complete file
             first = session.upload_id
         emulator.expire(first)
         queue_files(engine, "s", {"new.jpg": src / "new.jpg"})  # meets the 404
-        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert wait_idle(engine, timeout=30, poll=0.05)
         assert old.state == LOST and "copy it again" in old.last_error
         assert session.files["new.jpg"].state == COMPLETE
         second = session.upload_id
@@ -230,7 +231,7 @@ def test_a_download_link_project_needs_no_files(emulator, settings_for):
     engine = Engine(settings_for(emulator)).start()
     try:
         with engine.lock:
-            session = engine.create_session_locked("from a link", 0o755)
+            session = engine.registry.create_session_locked("from a link", 0o755)
             engine.request_project_locked(session, {"download_link": "https://scans.example.org/site.zip"})
         wait_until(lambda: session.project.state == P_READY, 30, what="the project from a link")
     finally:
@@ -250,11 +251,11 @@ def test_eviction_drops_the_oldest_complete_copies_first_and_only_what_is_needed
     try:
         for name in names:  # one after the other: three completion times
             session = queue_files(engine, "s", {name: src / name})
-            assert engine.wait_idle(timeout=30, poll=0.05)
+            assert wait_idle(engine, timeout=30, poll=0.05)
         make_sources(src, {"pending.jpg": 1024 * KiB})
         with engine.lock:
-            record = engine.create_file_locked(session, "pending.jpg", 0o644, 0, 0, local_only=False)
-            engine.open_for_write_locked(record, rewrite=True)  # open: never a candidate
+            record = engine.registry.create_file_locked(session, "pending.jpg", 0o644, 0, 0, local_only=False)
+            engine.registry.open_for_write_locked(record, rewrite=True)  # open: never a candidate
         with open(engine.spool.path(record.id), "wb") as f:
             f.write((src / "pending.jpg").read_bytes())
         # Leave a little less than 10% of the disk free: about one file must go.
@@ -262,7 +263,7 @@ def test_eviction_drops_the_oldest_complete_copies_first_and_only_what_is_needed
         target_free = int(st.f_blocks * st.f_frsize * 0.10) - 1024 * KiB
         with open(disk / "filler", "wb") as f:
             f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - target_free))
-        engine.evict_if_needed()
+        engine.housekeeping.evict_if_needed()
         evicted = [name for name in names if session.files[name].evicted]
         assert evicted == ["first.jpg"], evicted
         assert not record.evicted and engine.spool.exists(record.id)
@@ -276,19 +277,19 @@ def test_a_deleted_files_id_is_never_given_to_a_new_file(emulator, settings_for)
     engine = Engine(settings_for(emulator))
     try:
         with engine.lock:
-            session = engine.create_session_locked("s", 0o755)
-            first = engine.create_file_locked(session, "a.jpg", 0o644, 0, 0, local_only=False)
-            engine.remove_file_locked(first)
-            second = engine.create_file_locked(session, "b.jpg", 0o644, 0, 0, local_only=False)
+            session = engine.registry.create_session_locked("s", 0o755)
+            first = engine.registry.create_file_locked(session, "a.jpg", 0o644, 0, 0, local_only=False)
+            engine.registry.remove_file_locked(first)
+            second = engine.registry.create_file_locked(session, "b.jpg", 0o644, 0, 0, local_only=False)
         assert second.id > first.id
     finally:
         engine.stop()
     again = Engine(settings_for(emulator))  # and across a restart, where only the journal remembers
     try:
         with again.lock:
-            session = again.sessions["s"]
-            again.remove_file_locked(session.files["b.jpg"])
-            third = again.create_file_locked(session, "c.jpg", 0o644, 0, 0, local_only=False)
+            session = again.registry.sessions["s"]
+            again.registry.remove_file_locked(session.files["b.jpg"])
+            third = again.registry.create_file_locked(session, "c.jpg", 0o644, 0, 0, local_only=False)
         assert third.id > second.id
     finally:
         again.stop()
@@ -313,9 +314,9 @@ def test_a_deterministic_bug_keeps_its_traceback_and_stops_after_a_few_tries(emu
     try:
         with caplog.at_level(logging.ERROR):
             queue_files(engine, "s", {name: src / name for name in sources})
-            assert engine.wait_idle(timeout=60, poll=0.05), engine.counts()
-        bad = engine.sessions["s"].files["bad.jpg"]
-        assert (bad.state, engine.sessions["s"].files["good.jpg"].state) == ("rejected", COMPLETE)
+            assert wait_idle(engine, timeout=60, poll=0.05), state_counts(engine)
+        bad = engine.registry.sessions["s"].files["bad.jpg"]
+        assert (bad.state, engine.registry.sessions["s"].files["good.jpg"].state) == ("rejected", COMPLETE)
         assert "failed 3 times on this file with an internal error" in bad.last_error
         assert "copy the file again" in bad.last_error
     finally:

@@ -20,6 +20,7 @@ from fs360.engine.records import COMPLETE, P_READY
 from fs360.errors import RateLimited
 from tests.harness import assert_uploaded, make_sources, request_count, wait_until
 from tests.integration.engine_runner import queue_files
+from tests.engine_helpers import state_counts, wait_idle
 
 KiB = 1024
 CHUNK = 64 * KiB
@@ -34,7 +35,7 @@ MIXED = {"a.jpg": 5 * CHUNK + 123, "b.las": 9 * CHUNK, "c.e57": 3 * CHUNK + 1, "
 def run_engine(settings, src: Path, expected: dict, session="s", project=None, timeout=60.0) -> Engine:
     engine = Engine(settings).start()
     queue_files(engine, session, {name: src / name for name in expected}, project=project)
-    assert engine.wait_idle(timeout=timeout, poll=0.05), engine.counts()
+    assert wait_idle(engine, timeout=timeout, poll=0.05), state_counts(engine)
     return engine
 
 
@@ -68,7 +69,7 @@ def test_resumes_after_faults(emulator, settings_for, tmp_path, rules):
     emulator.set_faults(rules, seed=7)
     engine = run_engine(settings_for(emulator, chunk_size=CHUNK, workers=3), src, expected)
     try:
-        assert engine.counts() == {COMPLETE: len(expected)}
+        assert state_counts(engine) == {COMPLETE: len(expected)}
     finally:
         engine.stop()
     assert sum(fired(emulator)) > 0, "no fault fired: the test proved nothing"
@@ -113,7 +114,7 @@ def test_rate_limited_honours_retry_after(emulator, settings_for, tmp_path):
     engine.listeners.add(on_event)
     engine.start()
     queue_files(engine, "s", {name: src / name for name in expected})
-    assert engine.wait_idle(timeout=60, poll=0.05)
+    assert wait_idle(engine, timeout=60, poll=0.05)
     engine.stop()
     assert request_count(emulator, "PUT put_file 429") == 3
     assert waits, "no 429 reached the engine"
@@ -149,7 +150,7 @@ def test_session_expiry_resends_everything_and_project_completes(profiled_emulat
         wait_until(lambda: session.project.state == P_READY, 60, what="the project to be ready")
         new_id = session.upload_id
         assert new_id and new_id != old_id
-        assert engine.counts() == {COMPLETE: len(expected)}
+        assert state_counts(engine) == {COMPLETE: len(expected)}
     finally:
         engine.stop()
     assert_uploaded(emulator, new_id, expected)
@@ -166,7 +167,7 @@ def test_project_is_posted_once_when_its_answer_is_lost(profiled_emulator, setti
                          {"endpoint": "get_project", "kind": "error_503", "count": 2}])
     settings = settings_for(emulator, chunk_size=CHUNK)
     engine = run_engine(settings, src, expected, session="proj", project={"title": "T"})
-    session = engine.sessions["proj"]
+    session = engine.registry.sessions["proj"]
     wait_until(lambda: session.project.state == P_READY, 30, what="the project to be ready")
     engine.stop()
     projects = emulator.projects()
@@ -185,7 +186,7 @@ def test_project_request_survives_restart(emulator, settings_for, tmp_path):
     engine.stop()
     engine = Engine(settings).start()
     try:
-        session = engine.sessions["later"]
+        session = engine.registry.sessions["later"]
         assert session.project is not None
         wait_until(lambda: session.project.state == P_READY, 30, what="the project to be ready")
         assert session.sealed
@@ -266,8 +267,8 @@ def test_restart_marks_writing_interrupted_and_resumes_queued_from_server(emulat
     engine = Engine(settings)
     session = queue_files(engine, "s", {"half.las": src / "half.las"})
     with engine.lock:
-        writing = engine.create_file_locked(session, "open.jpg", 0o644, 0, 0, local_only=False)
-        engine.open_for_write_locked(writing)
+        writing = engine.registry.create_file_locked(session, "open.jpg", 0o644, 0, 0, local_only=False)
+        engine.registry.open_for_write_locked(writing)
     # Half of the file reaches the server, then the engine stops without a word to the journal.
     emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.05}])
     engine.start()
@@ -276,10 +277,10 @@ def test_restart_marks_writing_interrupted_and_resumes_queued_from_server(emulat
     emulator.clear_faults()
     engine = Engine(settings).start()
     try:
-        assert engine.sessions["s"].files["open.jpg"].state == "interrupted"
-        assert engine.wait_idle(timeout=30, poll=0.05)
-        assert engine.sessions["s"].files["half.las"].state == COMPLETE
-        assert engine.sessions["s"].files["open.jpg"].state == "interrupted"
+        assert engine.registry.sessions["s"].files["open.jpg"].state == "interrupted"
+        assert wait_idle(engine, timeout=30, poll=0.05)
+        assert engine.registry.sessions["s"].files["half.las"].state == COMPLETE
+        assert engine.registry.sessions["s"].files["open.jpg"].state == "interrupted"
     finally:
         engine.stop()
     by_name = assert_uploaded(emulator, None, expected)
@@ -310,7 +311,7 @@ def test_backoff_starts_over_once_a_file_makes_progress(emulator, settings_for, 
                          if event == "file_failed" else None)
     engine.start()
     queue_files(engine, "s", {"scan.e57": src / "scan.e57"})
-    assert engine.wait_idle(timeout=240, poll=0.05), engine.counts()
+    assert wait_idle(engine, timeout=240, poll=0.05), state_counts(engine)
     engine.stop()
     fired_by_kind = fired(emulator)
     assert sum(fired_by_kind) >= 10 and sum(1 for n in fired_by_kind if n) >= 6, \

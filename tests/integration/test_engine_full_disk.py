@@ -10,6 +10,7 @@ from fs360.engine.engine import Engine
 from fs360.engine.records import COMPLETE
 from tests.harness import assert_uploaded, make_sources, request_count, wait_until
 from tests.integration.engine_runner import queue_files
+from tests.engine_helpers import state_counts, wait_idle
 
 KiB = 1024
 
@@ -54,11 +55,11 @@ def test_a_full_cache_disk_during_uploads(tmpfs, emulator, settings_for, tmp_pat
         assert all(t.is_alive() for t in engine._threads), "a worker died on the full disk"
         os.unlink(filler)
         os.unlink(disk / "cache" / "filler")
-        assert engine.wait_idle(timeout=90, poll=0.05), engine.counts()
-        assert engine.counts() == {COMPLETE: len(sources)}
+        assert wait_idle(engine, timeout=90, poll=0.05), state_counts(engine)
+        assert state_counts(engine) == {COMPLETE: len(sources)}
         wait_until(lambda: not engine.journal._behind, 30, what="the journal to catch up")
         with engine.lock:
-            upload_id = engine.sessions["s"].upload_id
+            upload_id = engine.registry.sessions["s"].upload_id
     finally:
         engine.stop()
     assert request_count(emulator, "POST open_session") == 1
@@ -66,6 +67,6 @@ def test_a_full_cache_disk_during_uploads(tmpfs, emulator, settings_for, tmp_pat
     # The journal has every file complete: a remount would not send anything again.
     again = Engine(settings_for(emulator, cache_dir=disk / "cache"))
     try:
-        assert again.counts() == {COMPLETE: len(sources)}
+        assert state_counts(again) == {COMPLETE: len(sources)}
     finally:
         again.stop()

@@ -10,6 +10,7 @@ from fs360.engine.engine import Engine
 from fs360.engine.records import COMPLETE
 from tests.harness import assert_uploaded, make_sources, request_count, wait_until
 from tests.integration.engine_runner import queue_files
+from tests.engine_helpers import state_counts, wait_idle
 
 # The hour windows become 5.4 s on both sides; the minute windows 0.09 s. The 28 folders that
 # open at once are done in about 0.3 s, well inside the window the 29th then waits out.
@@ -26,8 +27,8 @@ def test_five_new_folders_open_at_once(emulator_factory, settings_for, tmp_path)
     try:
         for i in range(5):
             queue_files(engine, f"folder {i}", {f"{i}.jpg": src / f"{i}.jpg"})
-        assert engine.wait_idle(timeout=60, poll=0.05), engine.counts()
-        assert engine.counts() == {COMPLETE: 5}
+        assert wait_idle(engine, timeout=60, poll=0.05), state_counts(engine)
+        assert state_counts(engine) == {COMPLETE: 5}
     finally:
         engine.stop()
     assert request_count(emulator, "POST open_session 201") == 5
@@ -50,18 +51,18 @@ def test_a_folder_out_of_budget_waits_without_holding_a_worker(emulator_factory,
 
         def the_last_one_waits():
             with engine.lock:
-                waiting = [r for s in engine.sessions.values() for r in s.files.values()
+                waiting = [r for s in engine.registry.sessions.values() for r in s.files.values()
                            if "rate limit" in r.last_error]
-                done = sum(1 for s in engine.sessions.values() for r in s.files.values() if r.state == COMPLETE)
+                done = sum(1 for s in engine.registry.sessions.values() for r in s.files.values() if r.state == COMPLETE)
             return waiting if len(waiting) == 1 and done == 28 else None
         (waiting,) = wait_until(the_last_one_waits, 30, what="28 folders done and one waiting for the limit")
         assert waiting.state == "pending" and waiting.attempts == 0
         # The worker is free: a file of a folder that is already open goes at once.
         queue_files(engine, "folder 00", {"late.jpg": src / "late.jpg"})
-        wait_until(lambda: engine.sessions["folder 00"].files["late.jpg"].state == COMPLETE, 20,
+        wait_until(lambda: engine.registry.sessions["folder 00"].files["late.jpg"].state == COMPLETE, 20,
                    what="a file of an open folder while another waits for the limit")
         assert waiting.state == "pending"
-        assert engine.wait_idle(timeout=90, poll=0.1), engine.counts()
+        assert wait_idle(engine, timeout=90, poll=0.1), state_counts(engine)
     finally:
         engine.stop()
     assert request_count(emulator, "POST open_session 429") == 0

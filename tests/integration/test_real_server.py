@@ -15,6 +15,7 @@ from fs360.engine.projects import project_page
 from fs360.engine.records import COMPLETE, P_READY
 from tests.harness import FAST_EMULATOR_ARGS, assert_uploaded, make_sources, request_count, wait_until
 from tests.integration.engine_runner import queue_files
+from tests.engine_helpers import state_counts, wait_idle
 
 
 def server_project(emulator, name: str) -> dict:
@@ -31,7 +32,7 @@ def start_engine(settings) -> Engine:
 
 def server_names(engine: Engine, session: str) -> dict[str, str]:
     with engine.lock:
-        return {r.name: r.server_name for r in engine.sessions[session].files.values()}
+        return {r.name: r.server_name for r in engine.registry.sessions[session].files.values()}
 
 
 def test_colliding_and_non_ascii_names_land_under_distinct_server_names(profiled_emulator, settings_for, tmp_path):
@@ -43,8 +44,8 @@ def test_colliding_and_non_ascii_names_land_under_distinct_server_names(profiled
     engine = start_engine(settings_for(emulator))
     try:
         queue_files(engine, "s", {name: src / f"f{i}" for i, name in enumerate(local)})
-        assert engine.wait_idle(timeout=60, poll=0.05)
-        assert engine.counts() == {COMPLETE: len(local)}
+        assert wait_idle(engine, timeout=60, poll=0.05)
+        assert state_counts(engine) == {COMPLETE: len(local)}
         names = server_names(engine, "s")
     finally:
         engine.stop()
@@ -62,7 +63,7 @@ def test_the_journal_keeps_the_mapping_across_restarts(profiled_emulator, settin
     settings = settings_for(emulator)
     engine = start_engine(settings)
     queue_files(engine, "s", {"x y.jpg": src / "one", "x_y.jpg": src / "two"})
-    assert engine.wait_idle(timeout=60, poll=0.05)
+    assert wait_idle(engine, timeout=60, poll=0.05)
     before = server_names(engine, "s")
     engine.stop()
     again = Engine(settings)
@@ -82,18 +83,18 @@ def test_a_name_the_server_already_holds_is_a_conflict_not_a_resume(profiled_emu
     settings = settings_for(emulator)
     engine = start_engine(settings)
     queue_files(engine, "s", {"a.jpg": src / "first"})
-    assert engine.wait_idle(timeout=60, poll=0.05)
+    assert wait_idle(engine, timeout=60, poll=0.05)
     with engine.lock:
-        upload_id = engine.sessions["s"].upload_id
+        upload_id = engine.registry.sessions["s"].upload_id
         # Forget that a.jpg was sent, as a journal that lost it would.
-        record = engine.sessions["s"].files.pop("a.jpg")
-        engine.sessions["s"].server_names.pop("a.jpg")
+        record = engine.registry.sessions["s"].files.pop("a.jpg")
+        engine.registry.sessions["s"].names.pop("a.jpg")
         engine.journal.delete_file(record.id)
     engine.stop()
     again = start_engine(settings)
     try:
         queue_files(again, "s", {"a.jpg": src / "second"})
-        assert again.wait_idle(timeout=60, poll=0.05)
+        assert wait_idle(again, timeout=60, poll=0.05)
         assert server_names(again, "s") == {"a.jpg": "a_2.jpg"}
     finally:
         again.stop()
@@ -111,17 +112,17 @@ def test_a_session_is_used_for_as_long_as_the_server_answers(emulator_factory, s
     try:
         for batch in ((0, 1, 2), (3, 4, 5)):
             queue_files(engine, "s", {f"{i}.jpg": src / f"{i}.jpg" for i in batch})
-            assert engine.wait_idle(timeout=60, poll=0.05)
+            assert wait_idle(engine, timeout=60, poll=0.05)
         assert request_count(emulator, "POST open_session") == 1
         with engine.lock:
-            first = engine.sessions["s"].upload_id
+            first = engine.registry.sessions["s"].upload_id
         assert_uploaded(emulator, first, sources)
         emulator.expire(first)
         sources.update(make_sources(src, {"late.jpg": 3000}))
         queue_files(engine, "s", {"late.jpg": src / "late.jpg"})
-        assert engine.wait_idle(timeout=60, poll=0.05)
+        assert wait_idle(engine, timeout=60, poll=0.05)
         with engine.lock:
-            second = engine.sessions["s"].upload_id
+            second = engine.registry.sessions["s"].upload_id
         assert second != first
         wait_until(lambda: request_count(emulator, "DELETE delete_session") >= 1, 20,
                    what="the dead session to be deleted")
@@ -140,11 +141,11 @@ def test_projects_are_private_unless_create_says_otherwise(profiled_emulator, se
         queue_files(engine, "private", {"a.jpg": src / "a.jpg"}, project={})
         queue_files(engine, "linked", {"b.jpg": src / "b.jpg"},
                     project={"privacy_mode": 1, "coordinate_system": "EPSG:25832"})
-        wait_until(lambda: all(s.project.state == P_READY for s in engine.sessions.values()), 60,
+        wait_until(lambda: all(s.project.state == P_READY for s in engine.registry.sessions.values()), 60,
                    what="both projects ready")
         with engine.lock:
             pages = {s.name: project_page(engine.settings.api_url, s.project.name)
-                     for s in engine.sessions.values()}
+                     for s in engine.registry.sessions.values()}
     finally:
         engine.stop()
     records = {p["title"]: server_project(emulator, p["name"]) for p in emulator.projects()}
@@ -165,11 +166,11 @@ def test_removing_a_session_with_a_project_sends_no_delete(profiled_emulator, se
     try:
         queue_files(engine, "done", {"a.jpg": src / "a.jpg"}, project={})
         queue_files(engine, "scratch", {"b.jpg": src / "b.jpg"})
-        wait_until(lambda: engine.sessions["done"].project.state == P_READY, 60, what="the project")
-        assert engine.wait_idle(timeout=60, poll=0.05)
+        wait_until(lambda: engine.registry.sessions["done"].project.state == P_READY, 60, what="the project")
+        assert wait_idle(engine, timeout=60, poll=0.05)
         with engine.lock:
-            engine.discard_session_locked(engine.sessions["done"])
-            engine.discard_session_locked(engine.sessions["scratch"])
+            engine.discard_session_locked(engine.registry.sessions["done"])
+            engine.discard_session_locked(engine.registry.sessions["scratch"])
         # The session without a project is deleted; waiting for it shows the other had its chance.
         wait_until(lambda: request_count(emulator, "DELETE delete_session") >= 1, 20,
                    what="the session without a project to be deleted")
@@ -204,17 +205,17 @@ def test_account_errors_leave_files_failed_never_rejected(profiled_emulator, set
 
         def all_failed():
             with engine.lock:
-                records = list(engine.sessions["s"].files.values())
+                records = list(engine.registry.sessions["s"].files.values())
                 return all(r.state == "failed" and r.last_error for r in records) and records
         records = wait_until(all_failed, 30, what="both files to fail on the account error")
         assert len({r.last_error for r in records}) == 1 and f"HTTP {status}" in records[0].last_error, \
             [r.last_error for r in records]
-        assert engine.counts().get("rejected", 0) == 0
+        assert state_counts(engine).get("rejected", 0) == 0
         emulator.clear_account()
-        assert engine.wait_idle(timeout=60, poll=0.05)
-        assert engine.counts() == {COMPLETE: 2}
+        assert wait_idle(engine, timeout=60, poll=0.05)
+        assert state_counts(engine) == {COMPLETE: 2}
         with engine.lock:
-            upload_id = engine.sessions["s"].upload_id
+            upload_id = engine.registry.sessions["s"].upload_id
     finally:
         engine.stop()
     assert_uploaded(emulator, upload_id, sources)
@@ -235,7 +236,7 @@ def test_a_file_deleted_before_its_first_put_leaves_no_trace(emulator, settings_
         record = session.files["a.jpg"]
         wait_until(lambda: record.upload_id is not None, 20, what="the worker to mark a.jpg before its PUT")
         with engine.lock:
-            engine.remove_file_locked(record)
+            engine.registry.remove_file_locked(record)
             assert session.unlinked == [record]  # held back while a PUT may have gone out...
         wait_until(lambda: not session.unlinked, 20, what="the tombstone to go")  # ...until it is sure none did
         engine.gate.set_bwlimit("off")
@@ -256,16 +257,16 @@ def test_a_scratch_file_renamed_to_its_final_name_uploads_without_the_delay(emul
     engine = Engine(settings_for(emulator, writeback_delay=3600.0)).start()
     try:
         with engine.lock:
-            session = engine.create_session_locked("s", 0o755)
-            record = engine.create_file_locked(session, ".scan.e57.Xa12Bc", 0o644, 0, 0, local_only=True)
-            engine.open_for_write_locked(record, rewrite=True)
+            session = engine.registry.create_session_locked("s", 0o755)
+            record = engine.registry.create_file_locked(session, ".scan.e57.Xa12Bc", 0o644, 0, 0, local_only=True)
+            engine.registry.open_for_write_locked(record, rewrite=True)
             spool_path = engine.spool.path(record.id)
         with open(src / "scan.e57", "rb") as f, open(spool_path, "r+b") as out:
             out.write(f.read())
         with engine.lock:
-            engine.close_writer_locked(record, 50_000)
-            engine.rename_file_locked(record, session, "scan.e57", local_only=False)
-        assert engine.wait_idle(timeout=30, poll=0.05)
+            engine.registry.close_writer_locked(record, 50_000)
+            engine.registry.rename_file_locked(record, session, "scan.e57", local_only=False)
+        assert wait_idle(engine, timeout=30, poll=0.05)
         assert record.state == COMPLETE
     finally:
         engine.stop()

@@ -17,6 +17,7 @@ from fs360.engine.engine import Engine
 from fs360.engine.records import COMPLETE, REJECTED
 from tests.harness import assert_uploaded, make_sources, wait_until
 from tests.integration.engine_runner import queue_files
+from tests.engine_helpers import state_counts, wait_idle
 
 KiB = 1024
 CHUNK = 64 * KiB
@@ -27,7 +28,7 @@ REASON = "no longer matches the file as it was written"
 def flip_byte(engine: Engine, session: str, name: str, offset: int) -> None:
     """Changes one byte of the file's spool copy, as a program outside fs360 would."""
     with engine.lock:
-        path = engine.spool.path(engine.sessions[session].files[name].id)
+        path = engine.spool.path(engine.registry.sessions[session].files[name].id)
     with open(path, "r+b") as f:
         f.seek(offset)
         byte = f.read(1)
@@ -41,7 +42,7 @@ def remote_file(emulator, name: str) -> dict | None:
 
 def record_of(engine: Engine, session: str, name: str):
     with engine.lock:
-        return engine.sessions[session].files[name]
+        return engine.registry.sessions[session].files[name]
 
 
 def sent_until(emulator, name: str, received: int):
@@ -66,7 +67,7 @@ def test_a_spool_changed_after_queueing_is_never_completed(profiled_emulator, se
         flip_byte(engine, "s", "scan.las", changed_at)
         with caplog.at_level(logging.ERROR, logger="fs360.engine.transfer"):
             engine.start()
-            assert engine.wait_idle(timeout=60, poll=0.05), engine.counts()
+            assert wait_idle(engine, timeout=60, poll=0.05), state_counts(engine)
         record = record_of(engine, "s", "scan.las")
         assert record.state == REJECTED, (record.state, record.last_error)
         assert REASON in record.last_error
@@ -82,7 +83,7 @@ def test_a_spool_changed_after_queueing_is_never_completed(profiled_emulator, se
             assert remote["received"] == 8 * CHUNK and not remote["complete"], remote
             assert f"keeps its first {8 * CHUNK} bytes" in record.last_error
         with engine.lock:
-            blocking = engine.projects.blocking_reason_locked(engine.sessions["s"])
+            blocking = engine.projects.blocking_reason_locked(engine.registry.sessions["s"])
         assert "scan.las" in blocking  # what holds the folder's project back names it (its reason: status)
     finally:
         engine.stop()
@@ -105,7 +106,7 @@ def test_a_spool_changed_while_it_uploads_is_never_completed(profiled_emulator, 
         engine.gate.set_bwlimit("off")
         engine.gate.set_paused(False)
         queue_files(engine, "s", {"ok.jpg": src / "ok.jpg"})
-        assert engine.wait_idle(timeout=60, poll=0.05), engine.counts()
+        assert wait_idle(engine, timeout=60, poll=0.05), state_counts(engine)
         record = record_of(engine, "s", "scan.las")
         assert record.state == REJECTED and REASON in record.last_error
         assert record_of(engine, "s", "ok.jpg").state == COMPLETE  # the others go on
@@ -138,7 +139,7 @@ def test_a_resume_hashes_what_the_server_holds_from_the_local_copy(emulator, set
 
     engine = Engine(settings).start()
     try:
-        assert engine.wait_idle(timeout=60, poll=0.05), engine.counts()
+        assert wait_idle(engine, timeout=60, poll=0.05), state_counts(engine)
         record = record_of(engine, "s", "scan.las")
         if changed:
             assert record.state == REJECTED and REASON in record.last_error
@@ -165,8 +166,8 @@ def test_a_server_that_loses_bytes_still_gets_the_right_file(emulator, settings_
     engine = Engine(settings_for(emulator, chunk_size=CHUNK, workers=2)).start()
     try:
         queue_files(engine, "s", {name: src / name for name in sources})
-        assert engine.wait_idle(timeout=60, poll=0.05), engine.counts()
-        assert engine.counts() == {COMPLETE: 2}
+        assert wait_idle(engine, timeout=60, poll=0.05), state_counts(engine)
+        assert state_counts(engine) == {COMPLETE: 2}
     finally:
         engine.stop()
     assert emulator.faults()["rules"][0]["fired"] > 0, "no rollback happened: the test proved nothing"

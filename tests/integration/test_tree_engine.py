@@ -1,5 +1,5 @@
-"""Issue 14 in the engine, without FUSE: the tree's archive through both upload paths (worker
-processes and in-process), a session lost mid-archive, and `unlink .create` before any PUT."""
+"""Issue 14 in the engine, without FUSE: the tree's archive uploaded, a session lost mid-archive,
+and `unlink .create` before any PUT."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fs360.errors import Fs360Error
 from fs360.fs.model import MountModel
 from tests.harness import wait_until
 from tests.unit.test_model import write_file
+from tests.engine_helpers import file_state
 
 KiB = 1024
 SLOW_PUTS = [{"endpoint": "put_file", "kind": "latency", "seconds": 0.2, "probability": 1}]
@@ -29,19 +30,18 @@ def make_tree(model: MountModel, session: str) -> None:
 
 
 def archive_of(model: MountModel, session: str):
-    return model.engine.sessions[session].archive
+    return model.engine.registry.sessions[session].archive
 
 
 def project_ready(model: MountModel, session: str) -> dict:
     def ready():
-        project = model.engine.sessions[session].project
+        project = model.engine.registry.sessions[session].project
         return project.record if project is not None and project.state == "ready" else None
     return wait_until(ready, 60, 0.05, what="the project")
 
 
-@pytest.mark.parametrize("upload_processes", [True, False], ids=["processes", "in-process"])
-def test_the_archive_goes_up_through_either_upload_path(emulator, make_model, upload_processes):
-    model = make_model(emulator, upload_processes=upload_processes, chunk_size=64 * KiB)
+def test_the_archive_goes_up_in_chunks_and_the_project_lists_its_files(emulator, make_model):
+    model = make_model(emulator, chunk_size=64 * KiB)
     make_tree(model, "s")
     write_file(model, "/s/.create", b"")
     record = project_ready(model, "s")
@@ -50,22 +50,22 @@ def test_the_archive_goes_up_through_either_upload_path(emulator, make_model, up
     (remote,) = [f for f in emulator.files() if f["name"] == "s.zip"]
     assert remote["complete"] and remote["sha256"] == archive.sha256 and remote["total"] == archive.size
     # The tree's spool files go with the project, as complete files' do.
-    assert all(not model.engine.spool.exists(f.id) for f in model.engine.sessions["s"].tree_files())
+    assert all(not model.engine.spool.exists(f.id) for f in model.engine.registry.sessions["s"].tree_files())
 
 
 def test_a_session_lost_mid_archive_sends_the_archive_again(emulator, make_model):
     model = make_model(emulator, chunk_size=64 * KiB)
     make_tree(model, "s")
-    wait_until(lambda: model.file_state("s", "top.jpg") == "complete", 30, 0.05, what="top.jpg")
+    wait_until(lambda: file_state(model, "s", "top.jpg") == "complete", 30, 0.05, what="top.jpg")
     emulator.set_faults(SLOW_PUTS)
     write_file(model, "/s/.create", b"")
     archive = archive_of(model, "s")
     wait_until(lambda: archive.server_received > 0, 30, 0.05, what="a chunk of the archive")
-    lost = model.engine.sessions["s"].upload_id
+    lost = model.engine.registry.sessions["s"].upload_id
     emulator.expire(lost)
     emulator.clear_faults()
     record = project_ready(model, "s")
-    assert model.engine.sessions["s"].upload_id != lost
+    assert model.engine.registry.sessions["s"].upload_id != lost
     assert sorted(record["files"]) == ["Scans/Raw/zero.bin", "Scans/scan_1.e57", "top.jpg"]
 
 
@@ -89,7 +89,7 @@ def test_the_archive_is_what_the_tree_makes(emulator, make_model):
     model = make_model(emulator)
     make_tree(model, "s")
     with model.engine.lock:
-        members = model.engine.archive_members_locked(model.engine.sessions["s"])
+        members = model.engine.tree.members_locked(model.engine.registry.sessions["s"])
     assert sorted(m.path for m in members) == ["Scans/Empty/", "Scans/Raw/zero.bin", "Scans/scan 1.e57"]
     with ArchiveReader(members) as reader:
         data = bytearray(reader.size)
@@ -109,7 +109,7 @@ def test_an_archive_the_server_refuses_says_how_to_go_on(emulator_factory, make_
     write_file(model, "/s/Scans/a.e57", os.urandom(150_000))
     write_file(model, "/s/Scans/b.e57", os.urandom(150_000))
     write_file(model, "/s/.create", b"")
-    session = model.engine.sessions["s"]
+    session = model.engine.registry.sessions["s"]
     wait_until(lambda: session.archive.state == "rejected", 30, 0.05, what="the archive to be refused")
     wait_until(lambda: "remove .create, change the tree" in session.notice, 30, 0.05, what="the reason")
     model.unlink("/s/.create")

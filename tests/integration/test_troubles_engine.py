@@ -21,6 +21,7 @@ from fs360.errors import TransportError
 from fs360.engine.records import COMPLETE, FAILED
 from tests.harness import assert_uploaded, make_sources, request_count, wait_until
 from tests.integration.engine_runner import queue_files
+from tests.engine_helpers import state_counts, wait_idle
 
 FILES = 30
 # Production retry timings: the point is how few requests they let through.
@@ -36,7 +37,7 @@ def thirty_files(tmp_path) -> tuple[dict[str, str], dict]:
 
 def records_of(engine: Engine, session: str) -> list:
     with engine.lock:
-        return list(engine.sessions[session].files.values())
+        return list(engine.registry.sessions[session].files.values())
 
 
 def all_held_with_one_reason(engine: Engine, session: str, words: str, count: int = FILES):
@@ -64,6 +65,7 @@ def sent(emulator, endpoint: str = "") -> int:
                if key.startswith(endpoint) and " fault:" not in key)
 
 
+@pytest.mark.slow(15)
 def test_an_account_refusal_costs_one_probe_at_a_time_and_every_file_goes_once_fixed(profiled_emulator,
                                                                                     settings_for, tmp_path):
     emulator = profiled_emulator
@@ -80,9 +82,9 @@ def test_an_account_refusal_costs_one_probe_at_a_time_and_every_file_goes_once_f
         sleep_until(started + 12)
         assert sent(emulator) <= 3, emulator.stats()["requests"]
         emulator.clear_account()
-        assert engine.wait_idle(timeout=90, poll=0.1), engine.counts()
-        assert engine.counts() == {COMPLETE: FILES}
-        upload_id = engine.sessions["new folder"].upload_id
+        assert wait_idle(engine, timeout=90, poll=0.1), state_counts(engine)
+        assert state_counts(engine) == {COMPLETE: FILES}
+        upload_id = engine.registry.sessions["new folder"].upload_id
     finally:
         engine.stop()
     assert_uploaded(emulator, upload_id, sources)
@@ -103,14 +105,15 @@ def test_resume_checks_a_refused_account_at_once(emulator, settings_for, tmp_pat
                    what="every file to show the account's reason")
         emulator.clear_account()
         engine.try_now()
-        assert engine.wait_idle(timeout=60, poll=0.1), engine.counts()
-        upload_id = engine.sessions["s"].upload_id
+        assert wait_idle(engine, timeout=60, poll=0.1), state_counts(engine)
+        upload_id = engine.registry.sessions["s"].upload_id
     finally:
         engine.stop()
     assert_uploaded(emulator, upload_id, sources)
     assert request_count(emulator, "PUT put_file 402") <= 4  # those under way when it was first refused
 
 
+@pytest.mark.slow(13)
 def test_a_short_outage_of_new_sessions_costs_one_probe_at_a_time(profiled_emulator, settings_for, tmp_path):
     """A 503 on `POST /uploads` for 10 s while 30 files of a new folder wait."""
     emulator = profiled_emulator
@@ -127,8 +130,8 @@ def test_a_short_outage_of_new_sessions_costs_one_probe_at_a_time(profiled_emula
         emulator.clear_faults()
         sleep_until(started + 12)
         assert sent(emulator, "POST open_session") <= 3, emulator.stats()["requests"]
-        assert engine.wait_idle(timeout=90, poll=0.1), engine.counts()
-        upload_id = engine.sessions["new folder"].upload_id
+        assert wait_idle(engine, timeout=90, poll=0.1), state_counts(engine)
+        upload_id = engine.registry.sessions["new folder"].upload_id
     finally:
         engine.stop()
     assert_uploaded(emulator, upload_id, sources)
@@ -136,6 +139,7 @@ def test_a_short_outage_of_new_sessions_costs_one_probe_at_a_time(profiled_emula
     assert request_count(emulator, "POST open_session 429") == 0
 
 
+@pytest.mark.slow(15)
 def test_an_upload_outage_holds_every_file_and_its_end_brings_them_all_forward(emulator, settings_for, tmp_path):
     """PUTs fail (503) for a while: the files wait without spending requests, the probes back off,
     and the first success makes every waiting file due at once."""
@@ -148,7 +152,7 @@ def test_an_upload_outage_holds_every_file_and_its_end_brings_them_all_forward(e
         return sorted(r.name for r in records_of(engine, "s") if r.state == FAILED and r.next_attempt > now + 0.5)
     try:
         queue_files(engine, "s", {"first.jpg": paths.pop("scan-00.jpg")})
-        assert engine.wait_idle(timeout=30, poll=0.05)  # the session is open
+        assert wait_idle(engine, timeout=30, poll=0.05)  # the session is open
         emulator.set_faults([{"endpoint": "put_file", "kind": "error_503"}])
         engine.client.troubles.on_clear(lambda: due_at_close.append(waiting_beyond_now()))
         queue_files(engine, "s", paths)
@@ -158,8 +162,8 @@ def test_an_upload_outage_holds_every_file_and_its_end_brings_them_all_forward(e
         time.sleep(6)
         failed_puts = sent(emulator, "PUT put_file") - 1  # the first file went before the outage
         emulator.clear_faults()
-        assert engine.wait_idle(timeout=60, poll=0.1), engine.counts()
-        upload_id = engine.sessions["s"].upload_id
+        assert wait_idle(engine, timeout=60, poll=0.1), state_counts(engine)
+        upload_id = engine.registry.sessions["s"].upload_id
     finally:
         engine.stop()
     # In flight when it opened (at most one per worker), then one probe per wait, doubling from
@@ -178,7 +182,7 @@ def test_a_huge_retry_after_holds_what_the_server_limited_and_says_until_when(em
     engine = engine_for(emulator, settings_for)
     try:
         queue_files(engine, "s", {"first.jpg": paths.pop("scan-00.jpg")})
-        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert wait_idle(engine, timeout=30, poll=0.05)
         emulator.set_faults([{"endpoint": "put_file", "kind": "retry_after_huge", "retry_after": 1e9,
                               "count": 1}])
         queue_files(engine, "s", paths)
@@ -191,8 +195,8 @@ def test_a_huge_retry_after_holds_what_the_server_limited_and_says_until_when(em
         queue_files(engine, "other", {})
         assert request_count(emulator, "PUT put_file 429") == 1
         engine.try_now()
-        assert engine.wait_idle(timeout=60, poll=0.1), engine.counts()
-        upload_id = engine.sessions["s"].upload_id
+        assert wait_idle(engine, timeout=60, poll=0.1), state_counts(engine)
+        upload_id = engine.registry.sessions["s"].upload_id
     finally:
         engine.stop()
     assert request_count(emulator, "PUT put_file 429") == 1
@@ -209,8 +213,8 @@ def test_a_folder_whose_opening_fails_asks_once_for_all_its_files(emulator, sett
     engine = engine_for(emulator, settings_for, backoff_base=0.05)
     try:
         queue_files(engine, "s", paths)
-        assert engine.wait_idle(timeout=60, poll=0.1), engine.counts()
-        upload_id = engine.sessions["s"].upload_id
+        assert wait_idle(engine, timeout=60, poll=0.1), state_counts(engine)
+        upload_id = engine.registry.sessions["s"].upload_id
     finally:
         engine.stop()
     assert_uploaded(emulator, upload_id, sources)
@@ -226,7 +230,7 @@ def test_a_stalled_endpoint_holds_one_worker_beyond_its_deadline(emulator, setti
                         abandoned_upload_quiet=0.5)
     try:
         queue_files(engine, "s", {"first.jpg": paths.pop("scan-00.jpg")})
-        assert engine.wait_idle(timeout=30, poll=0.05)
+        assert wait_idle(engine, timeout=30, poll=0.05)
         emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 30}])
         queue_files(engine, "s", paths)
 
@@ -237,10 +241,10 @@ def test_a_stalled_endpoint_holds_one_worker_beyond_its_deadline(emulator, setti
             return uploading <= 1 and uploading + waiting == FILES - 1
         wait_until(one_probe_at_most, 30, what="every file but one probe waiting on the stalled uploads")
         queue_files(engine, "other", {"another.jpg": paths["scan-01.jpg"]})
-        wait_until(lambda: engine.sessions["other"].upload_id, 30, what="a new session while uploads stall")
+        wait_until(lambda: engine.registry.sessions["other"].upload_id, 30, what="a new session while uploads stall")
         stalled_puts = sent(emulator, "PUT put_file") - 1
         emulator.clear_faults()
-        assert engine.wait_idle(timeout=60, poll=0.1), engine.counts()
+        assert wait_idle(engine, timeout=60, poll=0.1), state_counts(engine)
     finally:
         engine.stop()
     # One per worker in flight when the first deadline passed, then one probe at a time.

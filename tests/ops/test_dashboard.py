@@ -76,7 +76,8 @@ def test_the_page_needs_its_token_and_names_the_sessions(busy_mount):
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert samples and all(line.startswith("fs360_") for line in samples)
     assert 'fs360_files{state="complete"} 1' in samples and 'fs360_files{state="rejected"} 1' in samples
-    assert "fs360_bytes_sent_total 200000" in samples
+    # Bytes sent, as they went out: the refused .exe's 1,000 went too (the server refused them whole).
+    assert "fs360_bytes_sent_total 201000" in samples
     assert any(line.startswith('fs360_requests_total{endpoint="open_session",status="20') for line in samples), \
         [line for line in samples if "requests" in line]
     assert busy_mount.emulator.api_key not in text

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from fs360.api.transport import BODY_PIECE
 from fs360.engine.gate import TransferGate, rate_at
 from fs360.options import parse_bwlimit, parse_rate
 from tests.harness import assert_uploaded, remote_files, request_count, wait_until, write_random
@@ -71,36 +72,61 @@ class FakeClock:
         return False
 
 
-def put_starts(gate: TransferGate, clock: FakeClock, size: int, chunk: int) -> list[float]:
-    """Sends `size` bytes in PUTs of `chunk` through the gate as send_file does (should_stop()
-    before each PUT, progress after it); returns the clock at the start of each PUT."""
-    progress, should_stop = gate.gated(size, 0, chunk, lambda received: None, lambda: False)
-    starts, sent = [], 0
-    while sent < size:
-        assert not should_stop()
-        starts.append(clock.now)
-        sent = min(size, sent + chunk)
-        progress(sent)
+def piece_starts(gate: TransferGate, clock: FakeClock, size: int, chunk: int) -> list[float]:
+    """Sends `size` bytes in PUTs of `chunk` through the gate as send_file and the body do
+    (before_put before each PUT, wait_turn and sent for each 256 KiB piece of its body); returns
+    the clock at the start of each piece."""
+    sent = []
+    turns = gate.turns(lambda: False, sent.append)
+    starts, offset = [], 0
+    while offset < size:
+        n = min(chunk, size - offset)
+        assert not turns.before_put(n)
+        for piece in range(0, n, BODY_PIECE):
+            length = min(BODY_PIECE, n - piece)
+            turns.wait_turn(length)
+            starts.append(clock.now)
+            turns.sent(length)
+        offset += n
+    assert sum(sent) == size
     return starts
 
 
-def test_bwlimit_holds_a_transfer_to_its_rate():
+def test_bwlimit_holds_every_piece_of_a_transfer_to_its_rate():
     clock = FakeClock()
     gate = TransferGate("2M", clock=clock.time, wait=clock.wait)
-    chunk = 256 * KiB
-    # Each PUT of 256 KiB starts once the bytes before it had their time at 2 MiB/s: 1/8 s apart.
-    starts = put_starts(gate, clock, 8 * MiB, chunk)
+    chunk = MiB
+    # Each 256 KiB piece of each PUT's body starts once the bytes before it had their time at
+    # 2 MiB/s: 1/8 s apart, within a chunk as across chunks.
+    starts = piece_starts(gate, clock, 8 * MiB, chunk)
     assert starts == pytest.approx([i / 8 for i in range(32)])
-    # A limit set at run time paces the PUTs after the one under way (512 KiB/s: 1/2 s apart).
+    # A limit set at run time paces the pieces after the one under way (512 KiB/s: 1/2 s apart).
     gate.set_bwlimit("512k")
-    assert put_starts(gate, clock, MiB, chunk) == pytest.approx([4.0, 4.5, 5.0, 5.5])
+    assert piece_starts(gate, clock, MiB, chunk) == pytest.approx([4.0, 4.5, 5.0, 5.5])
     # Idle time earns no credit: after a minute of nothing, no burst above the limit.
     clock.now += 60
-    assert put_starts(gate, clock, MiB, chunk) == pytest.approx([65.5, 66.0, 66.5, 67.0])
+    assert piece_starts(gate, clock, MiB, chunk) == pytest.approx([65.5, 66.0, 66.5, 67.0])
     # Lifted, nothing waits.
     gate.set_bwlimit("off")
     clock.now += 1
-    assert put_starts(gate, clock, MiB, chunk) == [68.0] * 4
+    assert piece_starts(gate, clock, MiB, chunk) == [68.0] * 4
+    # A small file's one piece takes its own bytes' time, not a whole piece's.
+    gate.set_bwlimit("1M")
+    assert piece_starts(gate, clock, 3 * 64 * KiB, 64 * KiB) == pytest.approx([68.0, 68.0625, 68.125])
+
+
+def test_a_pause_holds_the_next_put_not_the_piece_under_way():
+    clock = FakeClock()
+    gate = TransferGate("2M", clock=clock.time, wait=clock.wait)
+    turns = gate.turns(lambda: False, lambda n: None)
+    assert not turns.before_put(MiB)
+    turns.wait_turn(BODY_PIECE)
+    gate.set_paused(True)
+    turns.wait_turn(BODY_PIECE)  # the body goes on (the server would drop a body that stops)
+    assert clock.now == pytest.approx(1 / 8)
+    stopping = threading.Event()
+    stopping.set()
+    assert gate.turns(stopping.is_set, lambda n: None).before_put(MiB)  # the next PUT waits: here, stopped
 
 
 @pytest.mark.fuse
@@ -114,7 +140,7 @@ def test_a_transfer_under_bwlimit_arrives_whole(tmp_path, emulator, mount_factor
     assert "bwlimit 2M" in shown.stdout and str(mount.mountpoint) in shown.stdout, shown.stdout + shown.stderr
     assert mount.wait_settled("s", timeout=60) == {"big.e57": "complete"}
     assert_uploaded(emulator, None, {"big.e57": sha})
-    assert request_count(emulator, "PUT ") == 5  # four chunks and a byte, each PUT gated once
+    assert request_count(emulator, "PUT ") == 5  # four chunks and a byte
 
 
 @pytest.mark.fuse

@@ -12,7 +12,7 @@ from .common import MiB, assert_accounted, pick, settle
 CHUNK = MiB
 
 
-@pytest.mark.slow
+@pytest.mark.slow(13)
 def test_daemon_killed_three_times_resumes_from_the_server(tmp_path, emulator, mount_factory):
     files = pick(8, 12)
     size = pick(10 * MiB, 48 * MiB)

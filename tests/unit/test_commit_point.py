@@ -14,6 +14,7 @@ import pytest
 from fs360.errors import InvalidArgument
 from fs360.fs.exits import Closer
 from tests.fed_writers import feed_writers
+from tests.engine_helpers import file_state, wait_idle
 
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 CP, CURL, SHELL, RSYNC = 4_000_001, 4_000_002, 4_000_003, 4_000_004
@@ -49,9 +50,9 @@ def error_of(model, path):
 def test_the_writers_exit_decides(idle, pid, status, state, reason):
     idle.mkdir("/s", 0o755)
     write_file(idle, "/s/a.e57", pid=pid)
-    assert idle.file_state("s", "a.e57") == "closed"
+    assert file_state(idle, "s", "a.e57") == "closed"
     idle.writers.exited(pid, status)
-    assert idle.file_state("s", "a.e57") == state
+    assert file_state(idle, "s", "a.e57") == state
     assert error_of(idle, "/s/a.e57").startswith(reason)
 
 
@@ -64,7 +65,7 @@ def test_an_exit_reported_before_the_release_still_decides(idle):
         idle.flush(fh, pid)
         idle.writers.exited(pid, status)
         idle.release(fh)
-        assert idle.file_state("s", name) == state
+        assert file_state(idle, "s", name) == state
 
 
 def test_every_writer_must_exit_0(idle):
@@ -75,18 +76,18 @@ def test_every_writer_must_exit_0(idle):
     idle.flush(fh1, CP)
     idle.release(fh1)
     idle.writers.exited(CP, 0)
-    assert idle.file_state("s", "a.jpg") == "writing"
+    assert file_state(idle, "s", "a.jpg") == "writing"
     idle.flush(fh2, SHELL)
     idle.release(fh2)
-    assert idle.file_state("s", "a.jpg") == "closed"
+    assert file_state(idle, "s", "a.jpg") == "closed"
     idle.writers.exited(SHELL, 0)
-    assert idle.file_state("s", "a.jpg") == "pending"
+    assert file_state(idle, "s", "a.jpg") == "pending"
 
 
 def test_a_writer_killed_with_the_file_open_interrupts_it(idle):
     idle.mkdir("/s", 0o755)
     write_file(idle, "/s/dd.las", pid=KILLED)
-    assert idle.file_state("s", "dd.las") == "interrupted"
+    assert file_state(idle, "s", "dd.las") == "interrupted"
     assert error_of(idle, "/s/dd.las").startswith("dd was killed by SIGKILL while writing it")
 
 
@@ -98,8 +99,8 @@ def test_an_unknown_writer_waits_for_the_delay(emulator, make_model):
     model.write(fh, b"data", 0)
     model.flush(fh, None)
     model.release(fh)
-    model.engine.wait_idle(30, poll=0.05)
-    assert model.file_state("s", "a.jpg") == "complete"
+    wait_idle(model.engine, 30, poll=0.05)
+    assert file_state(model, "s", "a.jpg") == "complete"
     assert {f["name"] for f in emulator.files() if f["complete"]} >= {"a.jpg"}
 
 
@@ -111,7 +112,7 @@ def test_release_uploads_a_held_file_and_refuses_anything_else(idle):
     with pytest.raises(InvalidArgument, match="not held"):
         idle.release_held("/s/c.jpg")
     assert "released" in idle.release_held("/s/b.jpg")
-    assert idle.file_state("s", "b.jpg") == "pending"
+    assert file_state(idle, "s", "b.jpg") == "pending"
 
 
 def test_a_held_or_interrupted_file_finished_by_a_successful_writer_is_whole(idle):
@@ -120,12 +121,12 @@ def test_a_held_or_interrupted_file_finished_by_a_successful_writer_is_whole(idl
     write_file(idle, "/s/held.e57", b"first half", pid=CURL)
     idle.writers.exited(CURL, 18 << 8)
     write_file(idle, "/s/cut.e57", b"first half", pid=KILLED)
-    assert (idle.file_state("s", "held.e57"), idle.file_state("s", "cut.e57")) == ("held", "interrupted")
+    assert (file_state(idle, "s", "held.e57"), file_state(idle, "s", "cut.e57")) == ("held", "interrupted")
     for name in ("held.e57", "cut.e57"):
         write_file(idle, f"/s/{name}", b" and the rest", pid=RSYNC, flags=os.O_WRONLY | os.O_APPEND)
-        assert idle.file_state("s", name) == "closed"
+        assert file_state(idle, "s", name) == "closed"
     idle.writers.exited(RSYNC, 0)
-    assert idle.file_state("s", "held.e57") == idle.file_state("s", "cut.e57") == "pending"
+    assert file_state(idle, "s", "held.e57") == file_state(idle, "s", "cut.e57") == "pending"
     assert idle.getattr("/s/held.e57")["st_size"] == len(b"first half and the rest")
 
 
@@ -135,7 +136,7 @@ def test_an_append_whose_writer_fails_again_stays_held(idle):
     idle.writers.exited(CURL, 18 << 8)
     write_file(idle, "/s/a.e57", b"more", pid=RSYNC, flags=os.O_WRONLY | os.O_APPEND)
     idle.writers.exited(RSYNC, 12 << 8)
-    assert idle.file_state("s", "a.e57") == "held"
+    assert file_state(idle, "s", "a.e57") == "held"
     assert error_of(idle, "/s/a.e57").startswith("rsync exited with status 12")
 
 
@@ -146,10 +147,10 @@ def test_a_scratch_file_renamed_to_its_final_name_waits_for_the_renamer(idle):
     write_file(idle, "/s/.b.e57.XyZ456", pid=CP)
     idle.rename("/s/.a.e57.XyZ123", "/s/a.e57", pid=RSYNC)
     idle.rename("/s/.b.e57.XyZ456", "/s/b.e57", pid=CP)
-    assert idle.file_state("s", "a.e57") == idle.file_state("s", "b.e57") == "closed"
+    assert file_state(idle, "s", "a.e57") == file_state(idle, "s", "b.e57") == "closed"
     idle.writers.exited(RSYNC, 20 << 8)
     idle.writers.exited(CP, 0)
-    assert (idle.file_state("s", "a.e57"), idle.file_state("s", "b.e57")) == ("held", "pending")
+    assert (file_state(idle, "s", "a.e57"), file_state(idle, "s", "b.e57")) == ("held", "pending")
 
 
 def test_a_scratch_file_whose_writer_failed_is_held_when_renamed(idle):
@@ -158,7 +159,7 @@ def test_a_scratch_file_whose_writer_failed_is_held_when_renamed(idle):
     write_file(idle, "/s/f.part", pid=CURL)
     idle.writers.exited(CURL, 18 << 8)
     idle.rename("/s/f.part", "/s/f.jpg", pid=SHELL)
-    assert idle.file_state("s", "f.jpg") == "held"
+    assert file_state(idle, "s", "f.jpg") == "held"
 
 
 def crashed_while_closed(emulator, make_model, cache, writer: Closer):
@@ -167,14 +168,14 @@ def crashed_while_closed(emulator, make_model, cache, writer: Closer):
     feed_writers(model, lambda pid: writer)
     model.mkdir("/s", 0o755)
     write_file(model, "/s/a.jpg")
-    assert model.file_state("s", "a.jpg") == "closed"
+    assert file_state(model, "s", "a.jpg") == "closed"
     model.engine.journal.close()  # a crash: nothing more reaches the journal
     return make_model(emulator, start=False, cache_dir=cache)
 
 
 def test_a_file_closed_at_a_crash_is_held_at_the_next_mount(emulator, make_model, tmp_path):
     again = crashed_while_closed(emulator, make_model, tmp_path / "c", Closer(CP, "cp", None))
-    assert again.file_state("s", "a.jpg") == "held"
+    assert file_state(again, "s", "a.jpg") == "held"
     assert "mount stopped before the program that wrote it had finished" in error_of(again, "/s/a.jpg")
 
 
@@ -184,8 +185,8 @@ def test_a_file_closed_at_a_crash_whose_writer_still_runs_waits_on(emulator, mak
     from fs360.engine.processes import started_at
     me = Closer(os.getpid(), "python", None, started_at(os.getpid()))
     again = crashed_while_closed(emulator, make_model, tmp_path / "c", me)
-    assert again.file_state("s", "a.jpg") == "closed"
+    assert file_state(again, "s", "a.jpg") == "closed"
     feed_writers(again, lambda pid: me)
     again.writers._watch_again()
     again.writers.exited(os.getpid(), 0)
-    assert again.file_state("s", "a.jpg") == "pending"
+    assert file_state(again, "s", "a.jpg") == "pending"

@@ -44,7 +44,7 @@ def test_a_folders_mtime_is_journaled_once_per_second_and_at_the_end(emulator, m
     clock = types.SimpleNamespace(monotonic=lambda: 1000.0, time=real.time, time_ns=real.time_ns)
     monkeypatch.setattr(registry_sessions, "time", clock)
     model.mkdir("/s", 0o755)
-    session = model.engine.sessions["s"]
+    session = model.engine.registry.sessions["s"]
     journaled = lambda: next(r["mtime_ns"] for r in model.engine.journal.sessions() if r["id"] == session.id)
     with model.engine.lock:
         for now_ns in range(1, 101):

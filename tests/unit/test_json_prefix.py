@@ -13,6 +13,7 @@ values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allo
                                                                                   max_size=3), max_leaves=8)
 
 
+@pytest.mark.slow(10)
 @settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.text(max_size=6), values, max_size=4), st.booleans())
 def test_every_prefix_of_a_json_object_is_accepted(obj, indent):

@@ -86,9 +86,12 @@ import pytest
 import xxhash
 
 from fs360.errors import Fs360Error
+from fs360.engine.records import FileRecord
+from fs360.fs.content_check import LegacyDigest, content_stamp, is_identical_copy
 from fs360.fs.fuse_ops import translated
 from fs360.fs.model import MountModel
 from tests.harness import request_count, wait_until
+from tests.engine_helpers import file_state
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -128,7 +131,7 @@ def names(model: MountModel, folder: str = "/") -> set[str]:
 
 
 def wait_state(model: MountModel, session: str, name: str, state: str, timeout: float = 30) -> None:
-    wait_until(lambda: model.file_state(session, name) == state, timeout, 0.02, what=f"{name} to be {state}")
+    wait_until(lambda: file_state(model, session, name) == state, timeout, 0.02, what=f"{name} to be {state}")
 
 
 @pytest.fixture
@@ -184,11 +187,11 @@ def test_tree_folders_behave_like_posix(idle):
     assert errno_of(idle.rename, "/s/Scans", "/s/Scans/Raw/inside") == errno.EINVAL
     idle.rename("/s/Scans", "/s/Photos")                       # the whole folder moves
     assert read_all(idle, "/s/Photos/Raw/a.e57") == b"a"
-    assert idle.file_state("s", "Photos/Raw/a.e57") == "in tree"
+    assert file_state(idle, "s", "Photos/Raw/a.e57") == "in tree"
     idle.rename("/s/Photos/Raw/a.e57", "/s/a.e57")             # out of the tree: a file of its own
-    assert idle.file_state("s", "a.e57") == "pending"
+    assert file_state(idle, "s", "a.e57") == "pending"
     idle.rename("/s/a.e57", "/s/Photos/a.e57")                 # back in: waits for the archive again
-    assert idle.file_state("s", "Photos/a.e57") == "in tree"
+    assert file_state(idle, "s", "Photos/a.e57") == "in tree"
     idle.rmdir("/s/Photos/Raw")
     assert names(idle, "/s/Photos") == {"a.e57"}
 
@@ -201,13 +204,13 @@ def test_tree_files_wait_in_tree_and_survive_a_restart(emulator, make_model):
     model.mkdir("/s/Scans/.partial", 0o755)
     fh = model.create("/s/Scans/open.las", 0o644, os.O_WRONLY)
     model.write(fh, b"part", 0)
-    assert model.file_state("s", "Scans/open.las") == "writing"
+    assert file_state(model, "s", "Scans/open.las") == "writing"
     write_file(model, "/s/Scans/a.jpg", b"jpg")
     write_file(model, "/s/Scans/.partial/b.jpg", b"partial")
     write_file(model, "/s/top.jpg", b"top")
     wait_state(model, "s", "top.jpg", "complete")
-    assert model.file_state("s", "Scans/a.jpg") == "in tree"
-    assert model.file_state("s", "Scans/.partial/b.jpg") == "local"
+    assert file_state(model, "s", "Scans/a.jpg") == "in tree"
+    assert file_state(model, "s", "Scans/.partial/b.jpg") == "local"
     assert [f["name"] for f in emulator.files()] == ["top.jpg"]   # nothing of the tree before .create
     status = read_all(model, "/s/status").decode()
     assert "    Scans/open.las  writing" in status and "Scans/a.jpg" not in status
@@ -216,8 +219,8 @@ def test_tree_files_wait_in_tree_and_survive_a_restart(emulator, make_model):
 
     again = make_model(emulator)  # the same cache dir: a remount
     assert names(again, "/s/Scans") == {"Empty", ".partial", "a.jpg", "open.las"}
-    assert again.file_state("s", "Scans/a.jpg") == "in tree"
-    assert again.file_state("s", "Scans/open.las") == "in tree"
+    assert file_state(again, "s", "Scans/a.jpg") == "in tree"
+    assert file_state(again, "s", "Scans/open.las") == "in tree"
     assert read_all(again, "/s/Scans/a.jpg") == b"jpg"
     status = json.loads(read_all(again, "/s/status.json"))
     assert status["tree"] == [{"entry": "Scans/", "files": 2, "size": 7, "archive": "s.zip"}]
@@ -240,13 +243,13 @@ def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
                        (model.open, ("/Office scan/Scans/Фото 1.JPG", os.O_WRONLY))):
         assert errno_of(call, *args) == errno.EACCES, call
     assert errno_of(model.create, "/Office scan/site.zip", 0o644, os.O_WRONLY) == errno.EPERM
-    wait_until(lambda: (model.engine.sessions["Office scan"].project.state == "ready"), 30, 0.05,
+    wait_until(lambda: (model.engine.registry.sessions["Office scan"].project.state == "ready"), 30, 0.05,
                what="the project")
     files = {f["name"]: f for f in emulator.files()}
     assert set(files) == {"top.jpg", "Office_scan.zip"}
-    archive = model.engine.sessions["Office scan"].archive
+    archive = model.engine.registry.sessions["Office scan"].archive
     assert files["Office_scan.zip"]["sha256"] == archive.sha256
-    record = model.engine.sessions["Office scan"].project.record
+    record = model.engine.registry.sessions["Office scan"].project.record
     assert sorted(record["files"]) == ["Scans/Foto_1.jpg", "top.jpg"]
 
 
@@ -269,17 +272,17 @@ def test_spool_serves_any_write_pattern(idle):
     idle.truncate("/s/f.las", 5)            # truncate -s, no writer open
     assert read_all(idle, "/s/f.las") == b"hello"
     # By an unknown process (no flush says who): only the write-back delay commits it.
-    assert idle.file_state("s", "f.las") == "closed"
+    assert file_state(idle, "s", "f.las") == "closed"
 
 
 def test_close_makes_pending_then_complete(model, emulator):
     model.mkdir("/s", 0o755)
     fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY)
     model.write(fh, b"data", 0)
-    assert model.file_state("s", "a.jpg") == "writing"
+    assert file_state(model, "s", "a.jpg") == "writing"
     model.release(fh)
     # No flush said who wrote it: the (short) write-back delay commits it.
-    assert model.file_state("s", "a.jpg") in ("closed", "pending", "uploading", "complete")
+    assert file_state(model, "s", "a.jpg") in ("closed", "pending", "uploading", "complete")
     wait_state(model, "s", "a.jpg", "complete")
     assert model.getxattr("/s/a.jpg", "user.fs360.received") == b"4"
 
@@ -288,9 +291,9 @@ def test_reopen_while_pending_cancels_and_requeues(emulator, make_model):
     model = make_model(emulator, start=False)  # nothing goes out before the reopen
     model.mkdir("/s", 0o755)
     write_file(model, "/s/a.jpg", b"first")
-    assert model.file_state("s", "a.jpg") == "pending"
+    assert file_state(model, "s", "a.jpg") == "pending"
     fh = model.open("/s/a.jpg", os.O_WRONLY | os.O_TRUNC)
-    assert model.file_state("s", "a.jpg") == "writing"
+    assert file_state(model, "s", "a.jpg") == "writing"
     model.write(fh, b"second version", 0)
     model.release(fh)
     model.engine.start()
@@ -329,7 +332,7 @@ def test_unlink_server_held_then_rmdir_discards(model, emulator):
     model.mkdir("/s", 0o755)
     write_file(model, "/s/a.jpg", b"held")
     wait_state(model, "s", "a.jpg", "complete")
-    upload_id = model.engine.sessions["s"].upload_id
+    upload_id = model.engine.registry.sessions["s"].upload_id
     model.unlink("/s/a.jpg")
     assert "a.jpg" not in names(model, "/s")
     # Another content under its name (the spool copy is gone: compared by sha256 at the close):
@@ -345,7 +348,7 @@ def test_unlink_server_held_then_rmdir_discards(model, emulator):
     assert "a.jpg" in text and "remove the folder" in text
     # .create is accepted but not acted on while the server holds the deleted file.
     write_file(model, "/s/.create", b"")
-    wait_until(lambda: "a.jpg" in (model.engine.sessions["s"].notice or ""), 10, 0.05, what="the notice")
+    wait_until(lambda: "a.jpg" in (model.engine.registry.sessions["s"].notice or ""), 10, 0.05, what="the notice")
     assert request_count(emulator, "POST create_project") == 0
     assert "a.jpg" in json.loads(read_all(model, "/s/status.json"))["project"]["waiting_for"]
     model.unlink("/s/.create")
@@ -369,10 +372,10 @@ def test_a_deleted_file_the_server_holds_comes_back_when_copied_again_identical(
     model.flush(fh)
     model.release(fh)
     assert names(model, "/s") == {"a.jpg", "status", "status.json"}
-    assert model.file_state("s", "a.jpg") == "complete"
+    assert file_state(model, "s", "a.jpg") == "complete"
     assert json.loads(read_all(model, "/s/status.json"))["deleted_but_held_by_server"] == []
     write_file(model, "/s/.create", b"")
-    wait_until(lambda: model.engine.sessions["s"].project.state in ("created", "ready"), 20, 0.05,
+    wait_until(lambda: model.engine.registry.sessions["s"].project.state in ("created", "ready"), 20, 0.05,
                what="the project")
     assert request_count(emulator, "PUT") == puts
 
@@ -399,7 +402,7 @@ def test_read_served_then_eacces_after_drop(model):
     wait_state(model, "s", "a.jpg", "complete")
     assert read_all(model, "/s/a.jpg") == b"spooled"
     with model.engine.lock:
-        model.engine.drop_spool_locked(model.engine.sessions["s"].files["a.jpg"])
+        model.engine.registry.drop_spool_locked(model.engine.registry.sessions["s"].files["a.jpg"])
     assert errno_of(model.open, "/s/a.jpg", os.O_RDONLY) == errno.EACCES
     assert model.getattr("/s/a.jpg")["st_size"] == 7  # still listed with its size
 
@@ -498,7 +501,7 @@ def test_failed_write_interrupts_until_rewritten_whole(emulator, make_model):
     assert errno_of(model.write, fh, b"x" * 60, 60) == errno.EFBIG
     model.flush(fh)
     model.release(fh)
-    assert model.file_state("s", "a.jpg") == "interrupted"
+    assert file_state(model, "s", "a.jpg") == "interrupted"
     assert "EFBIG" in model.getxattr("/s/a.jpg", "user.fs360.error").decode()
     # Appending does not make a partial file whole, unless its writer is known to exit 0 ...
     fh = model.open("/s/a.jpg", os.O_WRONLY | os.O_APPEND)
@@ -512,13 +515,13 @@ def test_failed_write_interrupts_until_rewritten_whole(emulator, make_model):
 
 
 def test_failed_truncate_through_the_handle_interrupts(idle):
-    idle.engine.caps.file_cap = 10
+    idle.engine.registry.caps.file_cap = 10
     idle.mkdir("/s", 0o755)
     fh = idle.create("/s/a.jpg", 0o644, os.O_WRONLY)
     idle.write(fh, b"abc", 0)
     assert errno_of(idle.truncate, None, 11, fh) == errno.EFBIG
     idle.release(fh)
-    assert idle.file_state("s", "a.jpg") == "interrupted"
+    assert file_state(idle, "s", "a.jpg") == "interrupted"
 
 
 def test_a_live_process_is_never_taken_for_a_dying_writer():
@@ -536,7 +539,7 @@ def test_identical_rewrite_of_a_held_file_is_accepted_different_refused(model, e
     puts = request_count(emulator, "PUT")
     # cp again: O_TRUNC + the same bytes + close.
     write_file(model, "/s/scan.e57", b"abc" * 1000)
-    assert model.file_state("s", "scan.e57") == "complete"
+    assert file_state(model, "s", "scan.e57") == "complete"
     # A different write is refused at once while the spool copy exists ...
     fh = model.open("/s/scan.e57", os.O_WRONLY | os.O_TRUNC)
     assert errno_of(model.write, fh, b"abd", 0) == errno.EACCES
@@ -551,7 +554,7 @@ def test_identical_rewrite_of_a_held_file_is_accepted_different_refused(model, e
     model.release(fh)
     # Once the spool copy is gone, the journal's sha256 still decides.
     with model.engine.lock:
-        model.engine.drop_spool_locked(model.engine.sessions["s"].files["scan.e57"])
+        model.engine.registry.drop_spool_locked(model.engine.registry.sessions["s"].files["scan.e57"])
     write_file(model, "/s/scan.e57", b"abc" * 1000)
     fh = model.open("/s/scan.e57", os.O_WRONLY | os.O_TRUNC)
     model.write(fh, b"abc" * 999 + b"abd", 0)
@@ -560,7 +563,7 @@ def test_identical_rewrite_of_a_held_file_is_accepted_different_refused(model, e
     assert request_count(emulator, "PUT") == puts
     assert read_all(model, "/s/status.json")  # still renders
     # The server holds the first content, whose identity digest the journal keeps.
-    held = model.engine.sessions["s"].files["scan.e57"]
+    held = model.engine.registry.sessions["s"].files["scan.e57"]
     assert [f["sha256"] for f in emulator.files()] == [hashlib.sha256(b"abc" * 1000).hexdigest()]
     assert held.sha256 == "xxh3-128:" + xxhash.xxh3_128(b"abc" * 1000).hexdigest()
 
@@ -574,7 +577,7 @@ def test_rename_of_a_scratch_copy_onto_a_held_file(model, emulator):
     write_file(model, "/s/.a.las.Xy12", b"same", mode=0o600)
     model.rename("/s/.a.las.Xy12", "/s/a.las")
     assert names(model, "/s") == {"a.las", "status", "status.json"}
-    assert model.file_state("s", "a.las") == "complete"
+    assert file_state(model, "s", "a.las") == "complete"
     # Takes the copy's mode, shown without write permission: the server holds the file.
     assert model.getattr("/s/a.las")["st_mode"] & 0o777 == 0o400
     write_file(model, "/s/.a.las.Zz34", b"diff")
@@ -588,15 +591,15 @@ def test_a_sha256_journaled_by_an_earlier_build_still_compares_re_copies(model, 
     model.mkdir("/s", 0o755)
     write_file(model, "/s/a.las", b"same" * 100)
     wait_state(model, "s", "a.las", "complete")
-    held = model.engine.sessions["s"].files["a.las"]
+    held = model.engine.registry.sessions["s"].files["a.las"]
     with model.engine.lock:
-        model.engine.set_file_attrs_locked(held, sha256=hashlib.sha256(b"same" * 100).hexdigest())
-        model.engine.drop_spool_locked(held)  # so the rewrite is compared by its digest alone
+        model.engine.registry.set_file_attrs_locked(held, sha256=hashlib.sha256(b"same" * 100).hexdigest())
+        model.engine.registry.drop_spool_locked(held)  # so the rewrite is compared by its digest alone
     puts = request_count(emulator, "PUT")
     write_file(model, "/s/a.las", b"same" * 100)
     write_file(model, "/s/.a.las.Xy12", b"same" * 100)
     model.rename("/s/.a.las.Xy12", "/s/a.las")
-    assert model.file_state("s", "a.las") == "complete"
+    assert file_state(model, "s", "a.las") == "complete"
     write_file(model, "/s/.a.las.Zz34", b"diff" * 100)
     assert errno_of(model.rename, "/s/.a.las.Zz34", "/s/a.las") == errno.EACCES
     fh = model.open("/s/a.las", os.O_WRONLY | os.O_TRUNC)
@@ -604,6 +607,21 @@ def test_a_sha256_journaled_by_an_earlier_build_still_compares_re_copies(model, 
     assert errno_of(model.flush, fh) == errno.EACCES
     model.release(fh)
     assert request_count(emulator, "PUT") == puts
+
+
+def test_an_earlier_builds_sha256_of_a_copy_counts_only_for_the_bytes_it_read():
+    """The copy's sha256 is read off the lock before its rename: a write since (another size or
+    mtime) makes it stale, and the copy is then not identical."""
+    data = b"same" * 100
+    held = FileRecord(id=1, session_id=1, name="a.las", mode=0o644, mtime_ns=1, size=len(data),
+                      state="complete", upload_id="u1", sha256=hashlib.sha256(data).hexdigest())
+    copy = FileRecord(id=2, session_id=1, name=".a.las.Xy12", mode=0o600, mtime_ns=5, size=len(data),
+                      state="local", local_only=True)
+    read = LegacyDigest(hashlib.sha256(data).hexdigest(), content_stamp(copy))
+    assert is_identical_copy(None, copy, held, read)
+    assert not is_identical_copy(None, copy, held, None)
+    copy.mtime_ns = 6  # written again (the same size) after the read
+    assert not is_identical_copy(None, copy, held, read)
 
 
 def test_deleted_before_any_put_leaves_no_trace(emulator, make_model):
@@ -614,7 +632,7 @@ def test_deleted_before_any_put_leaves_no_trace(emulator, make_model):
     write_file(model, "/s/a.jpg", b"x")
     wait_state(model, "s", "a.jpg", "uploading")
     model.unlink("/s/a.jpg")
-    session = model.engine.sessions["s"]
+    session = model.engine.registry.sessions["s"]
     assert session.unlinked == []
     write_file(model, "/s/a.jpg", b"again")  # the name is free
     wait_state(model, "s", "a.jpg", "complete")
@@ -676,7 +694,7 @@ def test_scratch_directories_are_local_and_survive_a_restart(emulator, make_mode
     assert names(model, "/s") == {".rsync-partial", "other.jpg", "status", "status.json"}
     assert names(model, "/s/.rsync-partial") == {"video.mp4", "deeper"}
     assert model.getattr("/s/.rsync-partial")["st_mode"] & 0o7777 == 0o700
-    assert model.file_state("s", ".rsync-partial/video.mp4") == "local"
+    assert file_state(model, "s", ".rsync-partial/video.mp4") == "local"
     assert errno_of(model.rmdir, "/s/.rsync-partial") == errno.ENOTEMPTY
     assert errno_of(model.rmdir, "/s") == errno.ENOTEMPTY
     # Out of the scratch dir to a visible name: uploaded; into it: local.
@@ -685,7 +703,7 @@ def test_scratch_directories_are_local_and_survive_a_restart(emulator, make_mode
     wait_state(model, "s", "other.jpg", "complete")
     write_file(model, "/s/late.jpg", b"l")
     model.rename("/s/late.jpg", "/s/.rsync-partial/late.jpg")
-    assert model.file_state("s", ".rsync-partial/late.jpg") == "local"
+    assert file_state(model, "s", ".rsync-partial/late.jpg") == "local"
     model.rename("/s/.rsync-partial", "/s/.kept")
     assert names(model, "/s/.kept/deeper") == {"x.las"}
     model.engine.stop(5)
@@ -702,16 +720,16 @@ def test_scratch_directories_are_local_and_survive_a_restart(emulator, make_mode
 
 
 def test_an_interrupted_file_is_not_made_whole_by_truncating_it(idle):
-    idle.engine.caps.file_cap = 10
+    idle.engine.registry.caps.file_cap = 10
     idle.mkdir("/s", 0o755)
     fh = idle.create("/s/a.jpg", 0o644, os.O_WRONLY)
     idle.write(fh, b"abcdef", 0)
     assert errno_of(idle.write, fh, b"x" * 10, 6) == errno.EFBIG
     idle.release(fh)
     idle.truncate("/s/a.jpg", 3)                 # truncate -s 3: still a part of what was meant
-    assert idle.file_state("s", "a.jpg") == "interrupted"
+    assert file_state(idle, "s", "a.jpg") == "interrupted"
     idle.truncate("/s/a.jpg", 0)                 # emptied: a new, whole (empty) content
-    assert idle.file_state("s", "a.jpg") == "closed"  # by an unknown process: the delay commits it
+    assert file_state(idle, "s", "a.jpg") == "closed"  # by an unknown process: the delay commits it
 
 
 def test_a_size_past_the_spool_disk_limit_is_efbig(idle):
@@ -721,7 +739,7 @@ def test_a_size_past_the_spool_disk_limit_is_efbig(idle):
     fh = idle.open("/s/a.las", os.O_WRONLY)
     assert errno_of(idle.write, fh, b"y", 999_999_999_999_999_999) == errno.EFBIG
     idle.release(fh)
-    assert idle.file_state("s", "a.las") == "interrupted"
+    assert file_state(idle, "s", "a.las") == "interrupted"
 
 
 def test_a_mount_ending_with_files_open_uploads_only_those_their_writers_closed(idle):
@@ -738,6 +756,6 @@ def test_a_mount_ending_with_files_open_uploads_only_those_their_writers_closed(
     idle.write(handles["reopened.jpg"], b"more", 4)  # the same descriptor, dup'd before the close
     idle.release_all()
     # closed.jpg's writer is unknown here (no pid): the write-back delay commits it.
-    assert {n: idle.file_state("s", n) for n in handles} == {
+    assert {n: file_state(idle, "s", n) for n in handles} == {
         "closed.jpg": "closed", "open.jpg": "interrupted", "reopened.jpg": "interrupted"}
     assert "mount stopped" in idle.getxattr("/s/open.jpg", "user.fs360.error").decode()

@@ -61,19 +61,18 @@ def test_a_stalled_upload_falls_instead_of_keeping_its_last_rate():
     assert window.rate(last + 700) is None  # long gone
 
 
-def test_a_resync_backwards_measures_afresh():
+def test_pieces_sent_make_the_rates_and_a_finished_file_has_none():
     book = RateBook(clock=lambda: clock[0], wall=lambda: 1000.0 + clock[0])
     clock = [0.0]
     record = SimpleNamespace(id=1, session_id=7, server_received=0, size=100 * MiB)
     book.on_event("file_uploading", at=0.0, file=record)
-    for second in range(1, 11):
-        clock[0] = float(second)
-        book.on_event("bytes_sent", at=clock[0], file=record, received=second * MiB)
+    for piece in range(1, 41):  # 256 KiB pieces, 4 a second: within chunks, not once per chunk
+        clock[0] = piece / 4
+        book.on_event("bytes_sent", at=clock[0], file=record, nbytes=MiB // 4)
     assert book.file_rate(1) == pytest.approx(MiB)
     assert book.session_rate(7) == pytest.approx(MiB) and book.mount_rate() == pytest.approx(MiB)
-    book.on_event("bytes_sent", at=11.0, file=record, received=2 * MiB)  # the server holds less
-    assert book.file_rate(1) is None
-    assert book.counters()[0] == 10 * MiB
+    book.on_event("chunk_acknowledged", at=10.0, file=record, received=8 * MiB)  # counted for /metrics only
+    assert book.counters() == (10 * MiB, {"file_uploading": 1, "bytes_sent": 40, "chunk_acknowledged": 1})
     book.on_event("file_complete", at=12.0, file=record)
     assert book.file_rate(1) is None  # a finished file has no rate
     points = book.history_points()

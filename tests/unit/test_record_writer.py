@@ -129,8 +129,8 @@ def test_the_scan_sees_every_kind_of_record_write():
     source = """
 record.state = "uploading"
 node.record.ctime_ns = 1
-session.remote_names[name] = None
-del session.server_names[name]
+session.names[name] = None
+del session.refused_names[name]
 rec.server_received += 1
 held.needs_resync = True
 record.state, record.needs_resync = "failed", True
@@ -140,6 +140,6 @@ self.state = "mine"
 handle.closed = True
 """
     found = [text for _, text in record_writes(ast.parse(source), shared, identifiers)]
-    assert found == ["record.state", "node.record.ctime_ns", "session.remote_names", "session.server_names",
+    assert found == ["record.state", "node.record.ctime_ns", "session.names", "session.refused_names",
                      "rec.server_received", "held.needs_resync", "record.needs_resync", "record.state",
                      "setattr(record, key, value)"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from fs360.api.client import RemoteFile
 from fs360.config import Settings
 from fs360.engine.journal import Journal
 from fs360.engine.locking import StateLock
@@ -278,3 +279,111 @@ def test_truncating_a_file_to_zero_while_it_is_open_keeps_the_journal_saying_so(
     with o.lock:
         o.registry.close_writer_locked(scratch, 0)
     assert o.journal.files()[0]["unfinished"] == ""
+
+
+def opened_session(o: Opened):
+    """Session "s", whose server session u1 this mount opened (it holds nothing yet)."""
+    session = o.registry.create_session_locked("s", 0o755)
+    o.registry.session_opened_locked(session, "u1", 3600)
+    return session
+
+
+def claimed(o: Opened, session, name: str, data: bytes):
+    """A file written and closed whose first PUT to u1 is about to go."""
+    record = write(o.registry, session, name, data)
+    o.registry.claim_server_name_locked(record, session, "u1")
+    return record
+
+
+def names_of(session) -> dict[str, tuple[str | None, bool]]:
+    """The session's name table as (the file's local name or None, on the server)."""
+    return {key: (entry.record.name if entry.record else None, entry.on_server)
+            for key, entry in session.names.items()}
+
+
+def test_the_name_table_is_rebuilt_from_the_journal(opened):
+    """After a restart each file's server name is its own again, and the server's listing is
+    not known until it is asked."""
+    o = opened()
+    with o.lock:
+        session = opened_session(o)
+        write(o.registry, session, "A.jpg", b"1")
+        sent = claimed(o, session, "a.jpg", b"2")
+        write(o.registry, session, "dir/in-tree.jpg", b"3")
+    assert names_of(session) == {"a.jpg": ("A.jpg", False), "a_2.jpg": ("a.jpg", True)}
+    assert session.listing_known
+    o.close()
+    again = opened()
+    replayed = again.registry.sessions["s"]
+    assert names_of(replayed) == {"a.jpg": ("A.jpg", False), "a_2.jpg": ("a.jpg", False)}
+    assert not replayed.listing_known and not again.registry.listing_known_locked(replayed, "u1")
+
+
+def test_a_name_the_server_holds_for_another_file_is_never_chosen(opened):
+    """The server's listing of a session from the journal: a name it holds bytes of that no file
+    of ours was sent under is taken from the file that had chosen it, and from every new file,
+    until the session's upload_id changes."""
+    o = opened()
+    with o.lock:
+        session = opened_session(o)
+        session.listing_known = False  # as a session from the journal: nothing asked yet
+        chosen = write(o.registry, session, "a.jpg", b"1")
+        o.registry.server_listing_locked(session, "u1", [RemoteFile("a.jpg", 5, 5, True),
+                                                         RemoteFile("empty.jpg", 0, 5, False)])
+        assert o.registry.listing_known_locked(session, "u1")
+        assert names_of(session)["a.jpg"] == (None, True) and "empty.jpg" not in session.names
+        assert o.registry.name_free_on_server_locked(chosen, session) == "a.jpg"
+        newcomer = write(o.registry, session, "A.JPG", b"2")
+        assert (chosen.server_name, newcomer.server_name) == ("a_2.jpg", "A_3.jpg")
+        assert o.registry.name_free_on_server_locked(chosen, session) is None
+        o.registry.session_lost_locked(session, "u1")
+        assert "a.jpg" not in session.names and not session.listing_known
+        assert o.registry.free_server_name_locked("a.jpg", session) == "a.jpg"
+    assert [r["server_name"] for r in o.journal.files()] == ["a_2.jpg", "A_3.jpg"]
+
+
+def test_a_name_the_server_holds_stays_taken_after_its_file_goes(opened):
+    """A name the server may hold bytes under is never free again in that upload_id, even when
+    its file leaves the session (a session that lost it forgets the file): a new file of the
+    same name takes another; a cancelled claim frees it."""
+    o = opened()
+    with o.lock:
+        session = opened_session(o)
+        sent = claimed(o, session, "a.jpg", b"1")
+        o.registry.release_server_name_locked(sent, session)
+        assert names_of(session) == {"a.jpg": (None, True)}
+        assert write(o.registry, session, "a.jpg", b"2").server_name == "a_2.jpg"
+        cancelled = claimed(o, session, "b.jpg", b"3")
+        o.registry.remove_file_locked(cancelled)
+        o.registry.forget_unsent_locked(cancelled, session)
+        assert "b.jpg" not in session.names
+        assert write(o.registry, session, "b.jpg", b"4").server_name == "b.jpg"
+
+
+def test_a_name_found_held_by_another_file_is_not_chosen_again(opened):
+    """The server refused a first PUT because another file's bytes are under the name: the file
+    takes the next free name and the taken one stays out of every later choice."""
+    o = opened()
+    with o.lock:
+        session = opened_session(o)
+        record = claimed(o, session, "a.jpg", b"1")
+        o.registry.name_held_by_another_locked(record, session, "u1")
+        assert record.server_name == "a_2.jpg" and record.upload_id is None
+        assert names_of(session) == {"a.jpg": (None, True), "a_2.jpg": ("a.jpg", False)}
+        assert write(o.registry, session, "a.jpg", b"2").server_name == "a_3.jpg"
+
+
+def test_the_content_digest_is_never_taken_with_the_state_lock_held(opened):
+    """It may read the whole spool file, and FUSE callbacks wait on the lock meanwhile: taken
+    with the lock held it raises, whether the digest is known already or not."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        record = write(o.registry, session, "a.jpg", b"data")
+        record.digest = None  # as after its queuing: only a read of the spool file knows it
+        with pytest.raises(AssertionError, match="must not be held"):
+            o.registry.content_digest(record)
+    expected = "xxh3-128:" + xxhash.xxh3_128(b"data").hexdigest()
+    assert o.registry.content_digest(record) == expected
+    with o.lock, pytest.raises(AssertionError, match="must not be held"):
+        o.registry.content_digest(record)

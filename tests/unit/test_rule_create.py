@@ -48,7 +48,7 @@ def write_marker(model: MountModel, session: str, text: bytes) -> int | None:
 
 
 def projects_of(server: EmulatorProcess, model: MountModel, session: str) -> list[dict]:
-    upload_id = model.engine.sessions[session].upload_id
+    upload_id = model.engine.registry.sessions[session].upload_id
     return [p for p in server.projects() if upload_id is not None and p["upload_id"] == upload_id]
 
 
@@ -82,7 +82,7 @@ def test_accepted_markers_request_the_project_with_their_fields(idle, text, opti
     """An empty .create or a JSON object (upload_id dropped, privacy_mode 0-2) is accepted at close()."""
     idle.mkdir("/s", 0o755)
     assert write_marker(idle, "s", text) is None
-    assert idle.engine.sessions["s"].project.options == options
+    assert idle.engine.registry.sessions["s"].project.options == options
     assert ".create" in names(idle, "/s")
     listed = read_all(idle, "/s/.create")
     assert (json.loads(listed) if listed else {}) == options
@@ -117,7 +117,7 @@ def test_invalid_markers_fail_close_with_einval_and_stay_refused_in_status(idle,
     idle.mkdir("/s", 0o755)
     write_file(idle, "/s/a.jpg", b"a")
     assert write_marker(idle, "s", text) == errno.EINVAL
-    assert idle.engine.sessions["s"].project is None
+    assert idle.engine.registry.sessions["s"].project is None
     project = json.loads(read_all(idle, "/s/status.json"))["project"]
     assert project["state"] == "refused" and reason in project["refused"], project
     assert f"project   refused: {project['refused']}" in read_all(idle, "/s/status").decode()
@@ -137,7 +137,7 @@ def test_a_refused_marker_is_never_requested_once_its_files_complete(model, serv
     wait_state(model, "s", "a.jpg", "complete")
     witness_a_project_step(model, server)                   # a project step ran after it was complete
     assert projects_of(server, model, "s") == []
-    assert model.engine.sessions["s"].project is None
+    assert model.engine.registry.sessions["s"].project is None
 
 
 # --- size -------------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def test_a_marker_past_64_kib_fails_the_write_with_efbig_and_close_with_einval(i
         assert errno_of(idle.write, fh, text[1024:], 1024) == errno.EFBIG   # ... the rest does not
         assert errno_of(idle.flush, fh) == errno.EINVAL
     idle.release(fh)
-    project = idle.engine.sessions["s"].project
+    project = idle.engine.registry.sessions["s"].project
     assert (project is not None and project.state == "waiting") == accepted
     if not accepted:
         assert "not written whole" in json.loads(read_all(idle, "/s/status.json"))["project"]["refused"]
@@ -171,7 +171,7 @@ def test_rewriting_the_marker_before_the_request_replaces_the_options(idle):
     idle.mkdir("/s", 0o755)
     assert write_marker(idle, "s", b'{"title": "first"}') is None
     assert write_marker(idle, "s", b'{"title": "second", "privacy_mode": 0}') is None
-    assert idle.engine.sessions["s"].project.options == {"title": "second", "privacy_mode": 0}
+    assert idle.engine.registry.sessions["s"].project.options == {"title": "second", "privacy_mode": 0}
 
 
 def test_a_refused_marker_can_be_written_again_by_open(idle):
@@ -183,7 +183,7 @@ def test_a_refused_marker_can_be_written_again_by_open(idle):
     idle.write(fh, b'{"title": "again"}', 0)
     idle.flush(fh)
     idle.release(fh)
-    assert idle.engine.sessions["s"].project.options == {"title": "again"}
+    assert idle.engine.registry.sessions["s"].project.options == {"title": "again"}
 
 
 def test_touch_after_a_refused_marker_requests_the_project(idle):
@@ -194,8 +194,8 @@ def test_touch_after_a_refused_marker_requests_the_project(idle):
     fh = idle.open("/s/.create", os.O_WRONLY)
     idle.flush(fh)
     idle.release(fh)
-    assert idle.engine.sessions["s"].project.options == {}
-    assert idle.engine.sessions["s"].marker_refused == ""
+    assert idle.engine.registry.sessions["s"].project.options == {}
+    assert idle.engine.registry.sessions["s"].marker_refused == ""
 
 
 def test_opening_a_requested_marker_without_writing_changes_nothing(idle):
@@ -205,7 +205,7 @@ def test_opening_a_requested_marker_without_writing_changes_nothing(idle):
     fh = idle.open("/s/.create", os.O_WRONLY)
     idle.flush(fh)
     idle.release(fh)
-    assert idle.engine.sessions["s"].project.options == {"title": "kept"}
+    assert idle.engine.registry.sessions["s"].project.options == {"title": "kept"}
 
 
 def test_a_marker_closed_by_a_dying_writer_is_not_a_request(idle, monkeypatch):
@@ -221,7 +221,7 @@ def test_a_marker_closed_by_a_dying_writer_is_not_a_request(idle, monkeypatch):
         assert errno_of(idle.flush, fh, dying) == errno.EINVAL
     finally:
         idle.release(fh)
-    session = idle.engine.sessions["s"]
+    session = idle.engine.registry.sessions["s"]
     assert session.project is None and "SIGKILL" in session.marker_refused
     fh = idle.create("/s/.create", 0o644, os.O_WRONLY)           # a living writer's is a request
     idle.flush(fh, os.getpid())
@@ -245,10 +245,10 @@ def tree_file_still_written(model):
 
 def archive_over_the_file_cap(model):
     write_file(model, "/s/Scans/a.jpg", b"a")
-    model.engine.caps.file_cap = 50                        # smaller than any archive's records
+    model.engine.registry.caps.file_cap = 50                        # smaller than any archive's records
 
     def lift():
-        model.engine.caps.file_cap = 0
+        model.engine.registry.caps.file_cap = 0
     return lift
 
 
@@ -269,10 +269,10 @@ def test_create_refuses_a_tree_it_cannot_send_with_einval(idle, setup, reason):
     with pytest.raises(Fs360Error) as info:
         write_file(idle, "/s/.create", b"")
     assert info.value.errno == errno.EINVAL and reason in str(info.value)
-    assert reason in idle.engine.sessions["s"].marker_refused
+    assert reason in idle.engine.registry.sessions["s"].marker_refused
     undo()
     write_file(idle, "/s/.create", b"")
-    assert idle.engine.sessions["s"].archive is not None
+    assert idle.engine.registry.sessions["s"].archive is not None
 
 
 # --- unlink before and after the request ------------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_unlink_before_the_request_cancels_it_for_good(model, server):
     assert json.loads(read_all(model, "/cancelled/status.json"))["project"]["state"] == "waiting"
     model.unlink("/cancelled/.create")
     assert ".create" not in names(model, "/cancelled")
-    assert model.engine.sessions["cancelled"].project is None
+    assert model.engine.registry.sessions["cancelled"].project is None
     model.release(fh)
     wait_state(model, "cancelled", "a.jpg", "complete")
     witness_a_project_step(model, server)                   # a project step ran after it was complete
@@ -302,7 +302,7 @@ def test_after_the_project_the_session_is_sealed_and_unlink_only_hides_the_marke
     model.mkdir("/s", 0o755)
     write_file(model, "/s/a.jpg", b"x")
     assert write_marker(model, "s", b'{"title": "kept"}') is None
-    wait_until(lambda: model.engine.sessions["s"].sealed, 30, 0.05, what="the project")
+    wait_until(lambda: model.engine.registry.sessions["s"].sealed, 30, 0.05, what="the project")
     assert errno_of(model.create, "/s/b.jpg", 0o644, os.O_WRONLY) == errno.EACCES
     assert errno_of(model.create, "/s/.dotfile", 0o644, os.O_WRONLY) == errno.EACCES
     assert errno_of(model.open, "/s/.create", os.O_WRONLY) == errno.EACCES
@@ -310,7 +310,7 @@ def test_after_the_project_the_session_is_sealed_and_unlink_only_hides_the_marke
     assert model.getattr("/s/.create")["st_mode"] & 0o777 == 0o444
     assert dict(model.readdir("/s"))[".create"]["st_mode"] & 0o777 == 0o444
     assert json.loads(read_all(model, "/s/.create")) == {"title": "kept"}
-    upload_id = model.engine.sessions["s"].upload_id
+    upload_id = model.engine.registry.sessions["s"].upload_id
     (project,) = projects_of(server, model, "s")
     assert project["title"] == "kept"
     model.unlink("/s/.create")
@@ -320,7 +320,7 @@ def test_after_the_project_the_session_is_sealed_and_unlink_only_hides_the_marke
 
     again = make_model(server, start=False)                 # the same cache dir: a remount
     assert ".create" not in names(again, "/s")
-    assert again.engine.sessions["s"].project.state in ("created", "ready")
+    assert again.engine.registry.sessions["s"].project.state in ("created", "ready")
     again.unlink("/s/a.jpg")
     again.rmdir("/s")
     assert "s" not in names(again)

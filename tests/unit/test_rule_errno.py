@@ -18,6 +18,7 @@ from fs360.errors import Fs360Error
 from fs360.fs.fuse_ops import Fs360Operations
 from fs360.fs.model import MountModel
 from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
+from tests.engine_helpers import file_state
 
 CAP = 100            # max_file_size of the table's mount
 SESSION_CAP = 1000   # max_session_size
@@ -138,13 +139,13 @@ def test_what_the_caps_and_checks_leave_alone(world):
     fh = created(world, "/s/full.jpg")
     world.write(fh, b"y" * CAP, 0)                          # exactly the cap
     world.finish_writer(fh, succeeded=True)
-    assert world.file_state("s", "full.jpg") == "pending"
+    assert file_state(world, "s", "full.jpg") == "pending"
     write_file(world, "/s/.scratch.exe", b"z" * (CAP + 1))  # local: no cap, no extension check
-    assert world.file_state("s", ".scratch.exe") == "local"
+    assert file_state(world, "s", ".scratch.exe") == "local"
     fh = opened(world, "/s/a.jpg")
     assert errno_of(world.write, fh, b"y", HUGE) == errno.EFBIG
     world.release(fh)
-    assert world.file_state("s", "a.jpg") == "interrupted"
+    assert file_state(world, "s", "a.jpg") == "interrupted"
     assert "EFBIG" in world.getxattr("/s/a.jpg", "user.fs360.error").decode()
     for name in ("a.jpg", "full.jpg", ".scratch.exe"):
         world.unlink(f"/s/{name}")
@@ -200,7 +201,7 @@ def test_the_session_cap_counts_every_listed_file_as_it_changes(server, make_mod
     model.release(b)
     engine = model.engine
     with engine.lock:
-        assert {s.name: s.listed_bytes for s in engine.sessions.values()} == {"s": 1000, "t": 1000}
+        assert {s.name: s.listed_bytes for s in engine.registry.sessions.values()} == {"s": 1000, "t": 1000}
 
 
 def test_links_and_device_nodes_are_eperm_through_the_adapter(world):
@@ -240,7 +241,7 @@ def test_a_file_the_server_holds_is_eacces_to_change(server, make_model, action)
     m.mkdir("/t", 0o755)
     write_file(m, "/s/a.jpg", b"abc")
     wait_state(m, "s", "a.jpg", "complete")
-    upload_id = m.engine.sessions["s"].upload_id
+    upload_id = m.engine.registry.sessions["s"].upload_id
 
     def held_a_jpg():
         # Only a.jpg's row: a file the action writes (new.jpg) may upload meanwhile, as it should.
@@ -267,7 +268,7 @@ def test_efbig_learned_from_413(emulator_factory, make_model):
     model.mkdir("/s", 0o755)
     write_file(model, "/s/huge.jpg", b"x" * 2000)
     wait_state(model, "s", "huge.jpg", "rejected")
-    assert model.engine.caps.file_cap == 1000
+    assert model.engine.registry.caps.file_cap == 1000
     assert model.getxattr("/s/huge.jpg", "user.fs360.error")  # the reason is shown
     fh = model.create("/s/next.jpg", 0o644, os.O_WRONLY)
     model.write(fh, b"y" * 1000, 0)  # up to the cap is fine
@@ -285,7 +286,7 @@ def test_eperm_extension_learned_from_415(server, make_model):
     model.mkdir("/s", 0o755)
     write_file(model, "/s/notes.docx", b"refused")
     wait_state(model, "s", "notes.docx", "rejected")
-    assert "docx" in model.engine.caps.refused_extensions
+    assert "docx" in model.engine.registry.caps.refused_extensions
     assert errno_of(model.create, "/s/other.docx", 0o644, os.O_WRONLY) == errno.EPERM
     assert errno_of(model.create, "/s/other.DOCX", 0o644, os.O_WRONLY) == errno.EPERM
     # The 415 also taught the allowed list: another unknown extension is refused too.

@@ -15,6 +15,7 @@ import os
 import pytest
 
 from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
+from tests.engine_helpers import file_state
 
 NON_UTF8 = [raw.decode("utf-8", "surrogateescape") for raw in (b"\xff\xfe.jpg", b"caf\xe9.jpg", b"\xc3(.jpg")]
 
@@ -82,7 +83,7 @@ def test_any_other_utf8_name_up_to_255_bytes_is_taken_as_written(idle, name):
     assert len(name.encode()) <= 255
     write_file(idle, f"/s/{name}", b"x")
     assert name in names(idle, "/s")
-    assert idle.file_state("s", name) == "pending"
+    assert file_state(idle, "s", name) == "pending"
     assert read_all(idle, f"/s/{name}") == b"x"
 
 
@@ -97,16 +98,16 @@ SCRATCH = [".rsync.jpg.AbC123", ".goutputstream-XYZ", ".~lock.a.jpg#", ".DS_Stor
 def test_scratch_names_are_local_readable_and_never_checked(idle, name):
     """Dot-files and the default patterns are `local`: readable, never capped or refused for their
     extension, and a rename to a visible name queues them."""
-    idle.engine.caps.allowed_extensions = ("jpg",)
-    idle.engine.caps.file_cap = 3
+    idle.engine.registry.caps.allowed_extensions = ("jpg",)
+    idle.engine.registry.caps.file_cap = 3
     write_file(idle, f"/s/{name}", b"scratch")
-    assert idle.file_state("s", name) == "local"
+    assert file_state(idle, "s", name) == "local"
     assert idle.getxattr(f"/s/{name}", "user.fs360.state") == b"local"
     assert read_all(idle, f"/s/{name}") == b"scratch"
-    idle.engine.caps.file_cap = 0
+    idle.engine.registry.caps.file_cap = 0
     idle.rename(f"/s/{name}", "/s/visible.jpg")
     # The renamer's exit is unknown here (no pid): the write-back delay commits it.
-    assert idle.file_state("s", "visible.jpg") == "closed"
+    assert file_state(idle, "s", "visible.jpg") == "closed"
 
 
 def test_only_visible_names_reach_the_server(server, make_model):
@@ -120,8 +121,8 @@ def test_only_visible_names_reach_the_server(server, make_model):
     model.rename("/mixed/.a.jpg.XyZ", "/mixed/a.jpg")         # rsync's rename: queued, uploaded
     wait_state(model, "mixed", "real.jpg", "complete")
     wait_state(model, "mixed", "a.jpg", "complete")
-    assert {name: model.file_state("mixed", name) for name in SCRATCH} == {name: "local" for name in SCRATCH}
-    upload_id = model.engine.sessions["mixed"].upload_id
+    assert {name: file_state(model, "mixed", name) for name in SCRATCH} == {name: "local" for name in SCRATCH}
+    upload_id = model.engine.registry.sessions["mixed"].upload_id
     held = {f["name"]: f["received"] for f in server.files() if f["upload_id"] == upload_id}
     assert held == {"real.jpg": 4, "a.jpg": 10}
 
@@ -160,14 +161,14 @@ def test_each_file_gets_its_own_server_name_shown_in_status_and_xattr(server, ma
     assert "Фото.JPG → Foto.jpg" in status and "scan_1.e57 → scan_1_2.e57" in status
     for local, _ in MAPPING:
         wait_state(model, "Site A", local, "complete")
-    upload_id = model.engine.sessions["Site A"].upload_id
+    upload_id = model.engine.registry.sessions["Site A"].upload_id
     held = {f["name"]: f["total"] for f in server.files() if f["upload_id"] == upload_id}
     assert held == {expected: len(str(i)) for i, (_, expected) in enumerate(MAPPING)}
 
 
 def test_a_name_refused_at_create_says_why_in_status(idle):
     """A file manager shows only "operation not permitted": status names the file and the reason."""
-    idle.engine.caps.allowed_extensions = ("jpg", "e57")
+    idle.engine.registry.caps.allowed_extensions = ("jpg", "e57")
     assert errno_of(idle.create, "/s/setup.exe", 0o644, os.O_WRONLY) == errno.EPERM
     status = json.loads(read_all(idle, "/s/status.json"))
     assert status["refused_names"] == [{"name": "setup.exe", "reason": "the server does not take .exe files; "

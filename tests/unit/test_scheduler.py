@@ -73,6 +73,29 @@ def test_the_state_lock_refuses_to_be_taken_twice_by_one_thread():
         lock.assert_held()
 
 
+def lock_held_here(lock: StateLock) -> bool:
+    try:
+        lock.assert_not_held()
+    except AssertionError:
+        return True
+    return False
+
+
+def test_the_state_lock_tells_slow_work_that_it_is_held():
+    """`assert_not_held` guards work that may read a whole file (the content digest)."""
+    lock = StateLock()
+    lock.assert_not_held()
+    with lock:
+        with pytest.raises(AssertionError, match="must not be held"):
+            lock.assert_not_held()
+        failed = []
+        other = threading.Thread(target=lambda: failed.append(lock_held_here(lock)))  # its work may go on
+        other.start()
+        other.join()
+        assert failed == [False]
+    lock.assert_not_held()
+
+
 def test_a_condition_wait_on_the_state_lock_keeps_its_owner_right():
     """Waiting on a condition releases the lock for other threads and takes it back after."""
     lock = StateLock()

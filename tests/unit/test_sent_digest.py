@@ -54,32 +54,32 @@ def send(digest: SentDigest, reads: Reads, view: memoryview, offset: int, beside
 
 
 def new_digest(spool):
-    reads, alive = Reads(spool), []
+    reads = Reads(spool)
     view = memoryview(bytearray(CHUNK))
-    return SentDigest(reads, view, lambda: alive.append(1)), reads, view, alive
+    return SentDigest(reads, view), reads, view
 
 
 def test_chunks_sent_in_order_hash_to_the_file(spool):
-    digest, reads, view, alive = new_digest(spool)
+    digest, reads, view = new_digest(spool)
     offset = 0
     while offset < len(DATA):
         offset = send(digest, reads, view, offset)
     assert digest.hexdigest() == sha(DATA)
-    assert reads.bytes == len(DATA) and not alive  # each byte read once: for its PUT
+    assert reads.bytes == len(DATA)  # each byte read once: for its PUT
 
 
 def test_a_resume_hashes_what_the_server_holds_from_the_local_copy(spool):
-    digest, reads, view, alive = new_digest(spool)
+    digest, reads, view = new_digest(spool)
     offset = 7 * CHUNK + 100  # the server's received, from an earlier attempt
     digest.seek(offset)
-    assert digest.position == offset and len(alive) == 8  # told it is alive while reading
+    assert digest.position == offset and reads.bytes == offset
     while offset < len(DATA):
         offset = send(digest, reads, view, offset)
     assert digest.hexdigest() == sha(DATA)
 
 
 def test_a_rollback_to_the_last_chunk_costs_no_read_and_further_back_starts_again(spool):
-    digest, reads, view, _ = new_digest(spool)
+    digest, reads, view = new_digest(spool)
     end = send(digest, reads, view, 0)
     end = send(digest, reads, view, end)
     before = reads.bytes
@@ -95,7 +95,7 @@ def test_a_rollback_to_the_last_chunk_costs_no_read_and_further_back_starts_agai
 
 
 def test_the_check_holds_back_a_file_that_is_not_what_was_journaled(spool):
-    digest, reads, view, _ = new_digest(spool)
+    digest, reads, view = new_digest(spool)
     offset = 0
     while offset < len(DATA):
         offset = send(digest, reads, view, offset, beside=False)
@@ -118,7 +118,7 @@ def test_what_is_sent_is_hashed_like_the_journaled_digest(spool, kind):
     """A file journaled by this build has an XXH3-128 identity digest, one journaled before it a
     sha256: the sent data is hashed the same way, a resume included, and checked."""
     reads, view = Reads(spool), memoryview(bytearray(CHUNK))
-    digest = SentDigest(reads, view, lambda: None, expected=kind(DATA))
+    digest = SentDigest(reads, view, expected=kind(DATA))
     offset = 3 * CHUNK + 5
     digest.seek(offset)
     while offset < len(DATA):
