@@ -1,12 +1,12 @@
 """Project requests: wait for every file, POST /projects once, poll to 100; and the
 daily look at each unfinished session.
 
-Runs on the engine's housekeeping thread. Polls are paced by the client's
-pacer and cached (cachetools) so that no project is asked more often than the
-poll interval, however many status reads there are. A project is polled at that
-interval for its first 15 minutes, then every few minutes (the vendor's client gives
-up after 15 minutes); a project the server deleted (`deleted: true`, or a 404) is
-no longer polled.
+Runs on the engine's housekeeping thread. Polls are paced by the client's pacer, and
+each poll sets when its project is asked next (`next_attempt`), so that no project is
+asked more often than the poll interval, however many status reads there are. A project
+is polled at that interval for its first 15 minutes, then every few minutes (the
+vendor's client gives up after 15 minutes); a project the server deleted (`deleted:
+true`, or a 404) is no longer polled.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import time
 from datetime import datetime
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
-
-from cachetools import TTLCache
 
 from ..api.client import ApiClient, Project
 from ..api.retry import Backoff
@@ -57,8 +55,7 @@ class ProjectKeeper:
         self.backoff = backoff
         self.listeners = listeners
         self.session_lost = session_lost
-        interval = max(settings.project_poll_interval, 0.01)
-        self._recent_polls: TTLCache = TTLCache(maxsize=4096, ttl=interval)
+        self._poll_interval = max(settings.project_poll_interval, 0.01)
         # Memory only, by session id: when its project was first polled (monotonic), when its POST
         # was last sent (wall clock) and the projects listed just before; by (session id, upload_id):
         # when that server session is looked at next (monotonic).
@@ -122,8 +119,7 @@ class ProjectKeeper:
                     self.registry.project_notice_locked(session, self.blocking_reason_locked(session))
                     if not session.notice and project.next_attempt <= now:
                         due_create.append(session)
-                elif project.state == P_CREATED and project.name not in self._recent_polls \
-                        and project.next_attempt <= now:
+                elif project.state == P_CREATED and project.next_attempt <= now:
                     due_poll.append(session)
         for session in due_create:
             self._create(session)
@@ -292,7 +288,6 @@ class ProjectKeeper:
             self._gone(session, project, f"the server deleted project {project.name} at {result.status}%, "
                                          f"before it was ready")
             return
-        self._recent_polls[project.name] = result.status
         # After the first quarter of an hour, a project still processing is asked every few minutes.
         slow = time.monotonic() - first_poll >= FAST_POLLING_SECONDS
         with self.lock:
@@ -302,8 +297,9 @@ class ProjectKeeper:
                 self.registry.update_project_locked(session, state=P_READY, status=100, record=result.record,
                                                     last_error="", attempts=0)
             else:
+                next_poll = SLOW_POLL_SECONDS if slow else self._poll_interval
                 self.registry.update_project_locked(session, status=result.status, last_error="", attempts=0,
-                                                    next_attempt=time.time() + SLOW_POLL_SECONDS if slow else 0.0)
+                                                    next_attempt=time.time() + next_poll)
         self.listeners.emit("project_status", session=session, status=result.status)
 
     def _gone(self, session: SessionRecord, project, reason: str) -> None:
