@@ -801,6 +801,23 @@ def test_a_file_open_at_a_crash_keeps_the_size_of_its_data(emulator, tmp_path):
     assert model.getattr("/s/a.jpg")["st_size"] == 3
 
 
+@pytest.mark.xfail(strict=True, reason="open: reference_model.LOCAL_UNFINISHED_CRASHED_SIZE_IS_THE_JOURNALS")
+def test_a_local_file_whose_writer_was_killed_keeps_the_size_of_its_data_at_a_crash(emulator, tmp_path):
+    model = idle_model(emulator, tmp_path / "cache")
+    fake_processes(model)
+    model.mkdir("/s", 0o755)
+    killed = model.create("/s/a.jpg", 0o644, O_CREATE)
+    other = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.flush(killed, DYING_PID)
+    model.release(killed)
+    model.write(other, b"x", 0)
+    model.rename("/s/a.jpg", "/s/.a.jpg.Xy12")  # local now, still open
+    crash(model)  # the mount dies with it open
+    model = idle_model(emulator, tmp_path / "cache")
+    # The spool holds 1 byte (as without the killed writer, or without the rename).
+    assert model.getattr("/s/.a.jpg.Xy12")["st_size"] == 1
+
+
 def test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed(emulator, tmp_path):
     model = idle_model(emulator, tmp_path / "cache")
     model.mkdir("/s", 0o755)
