@@ -25,8 +25,9 @@ in the long run, a `@reproduce_failure` blob.
 
 Product bugs the machine found are regression tests at the end of this file, each a minimal
 reproduction. While a bug was open, a flag in reference_model.py made the reference follow the
-product in that corner (so the machine kept looking for other bugs); all three are fixed and
-their flags False, which makes the reference check the fixed behaviour.
+product in that corner (so the machine kept looking for other bugs); three are fixed and their
+flags False, which makes the reference check the fixed behaviour. Two are open, their flags True
+and their regression tests `xfail(strict=True)`: fixing one fails its test until the flag goes.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ from fs360.fs.exits import Closer
 from fs360.fs.model import MountModel
 from tests.fed_writers import feed_writers
 from tests.engine_helpers import file_state, state_counts, wait_idle
-from tests.reference_model import DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, PENDING, Reference, Session
+from tests.reference_model import DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, PENDING, TRUNCATE_OF_A_LOST_FILE_RAISES, \
+    Reference, Session
 
 EXAMPLES = int(os.environ.get("FS360_RANDOM_EXAMPLES", "0"))
 LONG = EXAMPLES > 0
@@ -377,6 +379,8 @@ class MountMachine(RuleBasedStateMachine):
                 what = f"ftruncate {handle.file.name}"
             else:
                 session, name, f = self._pick_file(data)
+                if f.lost and TRUNCATE_OF_A_LOST_FILE_RAISES:
+                    return  # a known product bug; see reference_model
                 size = 0 if f.unsure else length
                 got = errno_of(self.model.truncate, self._path(session, name), size)
                 want = self.ref.truncate(f, size)
@@ -816,6 +820,29 @@ def test_a_local_file_whose_writer_was_killed_keeps_the_size_of_its_data_at_a_cr
     model = idle_model(emulator, tmp_path / "cache")
     # The spool holds 1 byte (as without the killed writer, or without the rename).
     assert model.getattr("/s/.a.jpg.Xy12")["st_size"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="open: reference_model.TRUNCATE_OF_A_LOST_FILE_RAISES")
+def test_a_lost_file_truncated_by_path_gets_an_errno(emulator, make_model):
+    # doc/SEMANTICS.md: a file whose spool copy is gone when its session is lost becomes `lost`
+    # ("copy it again"); a truncate of it is answered (an errno), never an exception of the path
+    # model's own (FileNotFoundError of its spool file).
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(fh, b"abc", 0)
+    model.release(fh)
+    wait_for(lambda: file_state(model, "s", "a.jpg") == "complete", "a.jpg never complete")
+    engine = model.engine
+    with engine.lock:
+        for record in engine.registry.eviction_candidates_locked():
+            engine.registry.drop_spool_locked(record)  # the disk passed 90% full
+        session = engine.registry.sessions["s"]
+        upload_id = session.upload_id
+    emulator.expire(upload_id)
+    engine.session_lost(session, upload_id)
+    assert file_state(model, "s", "a.jpg") == "lost"
+    errno_of(model.truncate, "/s/a.jpg", 36)
 
 
 def test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed(emulator, tmp_path):
