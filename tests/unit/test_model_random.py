@@ -822,17 +822,22 @@ def test_a_local_file_whose_writer_was_killed_keeps_the_size_of_its_data_at_a_cr
     assert model.getattr("/s/.a.jpg.Xy12")["st_size"] == 1
 
 
+def a_complete_file(model: MountModel) -> None:
+    """/s/a.jpg written ("abc"), closed and uploaded."""
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(fh, b"abc", 0)
+    model.release(fh)
+    wait_for(lambda: file_state(model, "s", "a.jpg") == "complete", "a.jpg never complete")
+
+
 @pytest.mark.xfail(strict=True, reason="open: reference_model.TRUNCATE_OF_A_LOST_FILE_RAISES")
 def test_a_lost_file_truncated_by_path_gets_an_errno(emulator, make_model):
     # doc/SEMANTICS.md: a file whose spool copy is gone when its session is lost becomes `lost`
     # ("copy it again"); a truncate of it is answered (an errno), never an exception of the path
     # model's own (FileNotFoundError of its spool file).
     model = make_model(emulator)
-    model.mkdir("/s", 0o755)
-    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
-    model.write(fh, b"abc", 0)
-    model.release(fh)
-    wait_for(lambda: file_state(model, "s", "a.jpg") == "complete", "a.jpg never complete")
+    a_complete_file(model)
     engine = model.engine
     with engine.lock:
         for record in engine.registry.eviction_candidates_locked():
@@ -894,14 +899,7 @@ def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulato
     # unlink, so the same content written again (a re-run that deletes first) is the server's file
     # again with nothing local to read: EACCES, with the reason. Until then it reads.
     model = make_model(emulator)
-    model.mkdir("/s", 0o755)
-    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
-    model.write(fh, b"abc", 0)
-    model.release(fh)
-    deadline = time.monotonic() + 60
-    while file_state(model, "s", "a.jpg") != "complete":
-        assert time.monotonic() < deadline, file_state(model, "s", "a.jpg")
-        time.sleep(0.02)
+    a_complete_file(model)
     fh = model.open("/s/a.jpg", os.O_RDONLY)
     assert model.read(fh, 3, 0) == b"abc"
     model.release(fh)
