@@ -193,15 +193,14 @@ SCRATCH_UNFINISHED_FORGOTTEN_AT_REMOUNT = False
 # crash came back with the size of its last close; the journal's replay now takes the spool's.
 # Kept as a switch for the reference's two code paths; False checks the fixed behaviour.
 CRASHED_SIZE_IS_THE_JOURNALS = False
-# Open (test_a_local_file_whose_writer_was_killed_keeps_the_size_of_its_data_at_a_crash, xfail):
-# a file whose writer was killed while another still writes it, renamed to a local name and open
-# at a crash, comes back with the size of its last close, not the spool's. True: the reference
-# follows the product there, so the machine looks for other bugs.
-LOCAL_UNFINISHED_CRASHED_SIZE_IS_THE_JOURNALS = True
-# Open (test_a_lost_file_truncated_by_path_gets_an_errno, xfail): truncate(2) of a `lost` file
-# (its spool copy evicted, then its session lost) raises FileNotFoundError in the path model
-# instead of answering with an errno. True: the random test does not truncate lost files.
-TRUNCATE_OF_A_LOST_FILE_RAISES = True
+# Fixed (test_a_local_file_whose_writer_was_killed_keeps_the_size_of_its_data_at_a_crash): a file
+# whose writer was killed while another still wrote it, renamed to a local name and open at a
+# crash, came back with the size of its last close; a scratch file's replay takes the spool's now.
+LOCAL_UNFINISHED_CRASHED_SIZE_IS_THE_JOURNALS = False
+# Fixed (test_a_lost_file_truncated_by_path_gets_an_errno): truncate(2) of a `lost` file (its
+# spool copy evicted, then its session lost) raised FileNotFoundError in the path model; it is
+# EACCES now. False: the random test truncates lost files.
+TRUNCATE_OF_A_LOST_FILE_RAISES = False
 # Fixed (journal file ids are never reused): a file deleted while open no longer writes its size
 # into a new file's row. False: the random test creates files while a deleted one is open.
 DELETED_OPEN_FILE_WRITES_A_REUSED_ROW = False
@@ -309,6 +308,8 @@ class Reference:
             return 0  # model.truncate: no change, no check (so `truncate -s` of a held file to its size works)
         if f.held is not None:
             return errno.EACCES  # S: truncate of a file the server holds bytes of
+        if f.lost and h is None:
+            return errno.EACCES  # its data is gone from here and from the server: copy it again
         if length < len(f.data):
             del f.data[length:]
         else:

@@ -80,7 +80,8 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Upload
                 session.files[record.name] = record
             if record.server_name:
                 self._take_name_locked(record, session)
-            if record.state == WRITING or record.unfinished == STOPPED_WHILE_WRITING:
+            if record.state == WRITING or record.unfinished == STOPPED_WHILE_WRITING or record.local_only:
+                # (a scratch file is never sent: its spool is its data, whoever wrote it last)
                 self._size_from_spool_locked(record)
             if record.state == CLOSED:
                 self._resume_commit_locked(record, writers_from_text(row["writers"]))

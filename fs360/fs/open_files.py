@@ -163,8 +163,12 @@ class OpenFiles:
                 # upload cannot start between the check and the truncate with the old size.
                 if length > record.size:
                     check_growth_locked(self.engine, record, length)
-                with spool_limits():
-                    os.truncate(self.engine.spool.path(record.id), length)
+                try:
+                    with spool_limits():
+                        os.truncate(self.engine.spool.path(record.id), length)
+                except FileNotFoundError:  # evicted, then its session lost: the file is `lost`
+                    raise AccessDenied(f"the data of {record.name!r} is gone from here and from the server: "
+                                       f"copy it again") from None
                 self.engine.registry.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
             return
         record = handle.record

@@ -806,7 +806,6 @@ def test_a_file_open_at_a_crash_keeps_the_size_of_its_data(emulator, tmp_path):
     assert model.getattr("/s/a.jpg")["st_size"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="open: reference_model.LOCAL_UNFINISHED_CRASHED_SIZE_IS_THE_JOURNALS")
 def test_a_local_file_whose_writer_was_killed_keeps_the_size_of_its_data_at_a_crash(emulator, tmp_path):
     model = idle_model(emulator, tmp_path / "cache")
     fake_processes(model)
@@ -832,7 +831,6 @@ def a_complete_file(model: MountModel) -> None:
     wait_for(lambda: file_state(model, "s", "a.jpg") == "complete", "a.jpg never complete")
 
 
-@pytest.mark.xfail(strict=True, reason="open: reference_model.TRUNCATE_OF_A_LOST_FILE_RAISES")
 def test_a_lost_file_truncated_by_path_gets_an_errno(emulator, make_model):
     # doc/SEMANTICS.md: a file whose spool copy is gone when its session is lost becomes `lost`
     # ("copy it again"); a truncate of it is answered (an errno), never an exception of the path
@@ -848,7 +846,7 @@ def test_a_lost_file_truncated_by_path_gets_an_errno(emulator, make_model):
     emulator.expire(upload_id)
     engine.session_lost(session, upload_id)
     assert file_state(model, "s", "a.jpg") == "lost"
-    errno_of(model.truncate, "/s/a.jpg", 36)
+    assert errno_of(model.truncate, "/s/a.jpg", 36) == errno.EACCES
 
 
 def test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed(emulator, tmp_path):
