@@ -25,7 +25,10 @@ import pytest
 
 from tests.ops.common import harness_runtime, run_fs360
 
-SUITES = ("chown", "unlink", "chmod", "rename", "open", "rmdir", "mkdir", "truncate")  # the longest first
+# Seconds each directory took in a parallel run here (chown/00.t alone is most of chown's): the
+# scheduler (tests/scheduling.py) starts the longest first.
+SUITES = {"chown": 100, "rename": 45, "unlink": 25, "chmod": 20, "open": 15, "rmdir": 10, "mkdir": 10,
+          "truncate": 10}
 # What fs360 refuses with EPERM: it holds folders and regular files only.
 BY_DESIGN = {"mkfifo", "mknod", "symlink", "link", "bind", "connect"}
 # The test files that make what fs360 refuses (and so fail the checks of it); every other passes whole.
@@ -91,7 +94,6 @@ class PjdfstestDirectory:
     directory = ""
 
     @pytest.mark.fuse
-    @pytest.mark.slow
     def test_pjdfstest_directory(self, tmp_path, emulator, mount_factory, pjdfstest_built):
         if os.getuid() != 0:
             pytest.skip("pjdfstest switches users: it runs as root")
@@ -120,11 +122,11 @@ class PjdfstestDirectory:
         assert expected_to_pass <= passed
 
 
-# One class per directory (TestChown, ...): loadscope's unit. The longest first: xdist hands
-# the classes out in this order.
-for _directory in SUITES:
+# One class per directory (TestChown, ...), each a work unit of its own with its estimate.
+for _directory, _seconds in SUITES.items():
     globals()[f"Test{_directory.title()}"] = type(f"Test{_directory.title()}", (PjdfstestDirectory,),
-                                                   {"directory": _directory})
+                                                   {"directory": _directory,
+                                                    "pytestmark": [pytest.mark.slow(_seconds)]})
 
 
 def test_the_classifier_leaves_a_real_failure_in():
