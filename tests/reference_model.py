@@ -204,6 +204,9 @@ class Session:
     # D "Decisions": .create accepted (WAITING), then the project made (CREATED: sealed).
     project: str | None = None
     marker_hidden: bool = False
+    # The last .create was refused (D "Trees": EINVAL, the reason in status, until one is
+    # accepted; memory only, so a remount forgets it).
+    marker_refused: bool = False
 
     @property
     def sealed(self) -> bool:
@@ -509,9 +512,10 @@ class Reference:
             members = s.tree_members()
             if members:
                 if any(f.state != IN_TREE for f in tree):
+                    s.marker_refused = True
                     return errno.EINVAL
                 s.archive = Archive(members)
-        s.project, s.marker_hidden = WAITING, False
+        s.project, s.marker_hidden, s.marker_refused = WAITING, False, False
         return 0
 
     def unlink_marker(self, session: str) -> int:
@@ -632,6 +636,7 @@ class Reference:
         same cache: D "the mount stopped while the file was open" -> interrupted; files unlinked
         while open are gone; pending uploads resume (S "The journal ... resumes every upload")."""
         for s in self.sessions.values():
+            s.marker_refused = False
             for f in list(s.files.values()) + s.gone:
                 if f.awaiting:
                     # D: closed but not committed when the mount stopped: held.

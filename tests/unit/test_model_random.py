@@ -802,7 +802,8 @@ class MountMachine(RuleBasedStateMachine):
             status = self._status(s.name)
             project = status["project"]
             assert (project["state"] if project and project["state"] != "ready" else project and "created") \
-                == (s.project or None), f"{s.name}: the project is {project}, the reference says {s.project}"
+                == (s.project or ("refused" if s.marker_refused else None)), \
+                f"{s.name}: the project is {project}, the reference says {s.project} (refused: {s.marker_refused})"
             assert status["sealed"] == s.sealed, f"{s.name}: sealed {status['sealed']}, the reference {s.sealed}"
             # Paused, a worker may pick any pending file up (and another after a move): the same.
             picked = (lambda state: PENDING if state == "uploading" else state) if self.paused else (lambda state: state)
