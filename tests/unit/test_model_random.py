@@ -563,13 +563,17 @@ class MountMachine(RuleBasedStateMachine):
                 got = errno_of(self.model.mkdir, self._path(session, path), 0o755)
                 want = self.ref.mkdir(session, path)
                 assert got == want, f"mkdir {session}/{path}: errno {got}, the reference says {want}"
-                return
-            folder = data.draw(st.sampled_from(folders), label="folder")
-            if action == "rmdir":
+                if got or folders:
+                    return
+                # A new tree: a file in it at once, so the budget reaches archives of files.
+                folder, todo = path, "write"
+            else:
+                folder, todo = data.draw(st.sampled_from(folders), label="folder"), action
+            if todo == "rmdir":
                 got = errno_of(self.model.rmdir, self._path(session, folder))
                 want = self.ref.rmdir(session, folder)
                 assert got == want, f"rmdir {session}/{folder}: errno {got}, the reference says {want}"
-            elif action == "move folder":
+            elif todo == "move folder":
                 parents = [""] + [d for d in folders if "/" not in d and d != folder and not is_below(d, folder)]
                 parent = data.draw(st.sampled_from(parents), label="into")
                 new = beside(parent + "/", data.draw(st.sampled_from(DIR_NAMES), label="as"))
@@ -580,7 +584,7 @@ class MountMachine(RuleBasedStateMachine):
                 assert got == want, f"move {session}/{folder} -> {new}: errno {got}, the reference says {want}"
             else:
                 path = beside(folder + "/", data.draw(st.sampled_from(TREE_FILE_NAMES), label="name"))
-                if action == "write":
+                if todo == "write":
                     handle, fh = self._create(session, path, False)
                     if handle is not None:
                         self._write(handle, fh, 0, payload)
@@ -588,7 +592,7 @@ class MountMachine(RuleBasedStateMachine):
                             self._close(handle, fh)
                     return
                 moving = sorted(n for n, f in s.files.items() if not f.unsure and
-                                ("/" in n if action == "move" else "/" not in n))
+                                ("/" in n if todo == "move" else "/" not in n))
                 if moving:
                     name = data.draw(st.sampled_from(moving), label="file")
                     if name != path:
