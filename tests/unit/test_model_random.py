@@ -323,7 +323,8 @@ class MountMachine(RuleBasedStateMachine):
                 fh, got = None, exc.errno
             want, handle = self.ref.open(f, truncate=mode == "truncate", append=mode == "append")
             assert got == want, f"open({mode}) {session}/{name}: errno {got}, the reference says {want}"
-            self.fhs[handle] = fh
+            if handle is not None:
+                self.fhs[handle] = fh
         self.step(run)
 
     @precondition(lambda self: self.fhs)
