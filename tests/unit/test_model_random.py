@@ -2,11 +2,13 @@
 
 A hypothesis state machine runs random sequences of operations (create, write at offsets,
 truncate, rename within and between sessions, unlink, close, a writer killed, remount,
-upload faults) on the real `MountModel` + `Engine` against a real emulator over HTTP, and on
-the small reference model of semantics.md in `tests/reference_model.py`. After every step
-the listings, sizes, states and server names must agree; whenever the uploads settle (and
-at the end) the server must hold exactly what the reference says, under each file's server
-name, with no protocol violation.
+upload faults, `.create`, and trees: folders made, moved and removed, files written in them and
+moved in, within and out) on the real `MountModel` + `Engine` against a real emulator over
+HTTP, and on the small reference model of semantics.md in `tests/reference_model.py`. After
+every step the listings (of every folder), sizes, states and server names must agree;
+whenever the uploads settle (and at the end) the server must hold exactly what the reference
+says, under each file's server name, with no protocol violation, and a session's one archive
+exactly the members (names, bytes) of its tree as `.create` froze it (read with zipfile).
 
 Time is a step of its own: the write-back delay is an hour, and `settle` plays "the delay
 passed" by committing every closed file (queued at once) and waiting for the engine to be
