@@ -26,6 +26,8 @@ LOCAL_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-jo
 STATUS_NAMES = ("status", "status.json")
 
 WRITING, PENDING, COMPLETE, LOCAL, INTERRUPTED = "writing", "pending", "complete", "local", "interrupted"
+# D "Trees": a closed, whole file in a folder of the session goes up only inside its archive.
+IN_TREE = "in tree"
 CLOSED, HELD, LOST = "closed", "held", "lost"
 CREATE_MARKER = ".create"
 # A session's project (D "Decisions": .create): requested (waiting for its files), then created.
@@ -33,7 +35,21 @@ WAITING, CREATED = "waiting", "created"
 
 
 def is_local_name(name: str) -> bool:
-    return name.startswith(".") or any(fnmatch.fnmatchcase(name, p) for p in LOCAL_PATTERNS)
+    """`name` is a path in the session: D "Trees": scratch names stay local in the tree too, and a
+    dot-folder is scratch with everything below it."""
+    if any(part.startswith(".") for part in name.split("/")):
+        return True
+    base = name.rpartition("/")[2]
+    return any(fnmatch.fnmatchcase(base, p) for p in LOCAL_PATTERNS)
+
+
+def folder_of(path: str) -> str:
+    """The folder a path in the session lies in ("" for the session's top level)."""
+    return path.rpartition("/")[0]
+
+
+def is_below(path: str, folder: str) -> bool:
+    return path.startswith(folder + "/")
 
 
 @dataclass(eq=False)
@@ -85,6 +101,10 @@ class File:
         return self.crashed_size is not None
 
     @property
+    def in_tree(self) -> bool:
+        return "/" in self.name and not self.local
+
+    @property
     def writers(self) -> int:
         return sum(1 for h in self.handles if h.writable and h.check is None)
 
@@ -102,7 +122,9 @@ class File:
             return WRITING
         if self.awaiting:
             return CLOSED
-        return self.unfinished_state if self.unfinished else PENDING
+        if self.unfinished:
+            return self.unfinished_state
+        return IN_TREE if self.in_tree else PENDING  # D "Trees": never queued on its own
 
     def rest_or_await(self, unknown_writer: bool = False) -> None:
         """The last writer closed it (or it took its final name): it rests unfinished, or its
@@ -161,24 +183,56 @@ class Handle:
 
 
 @dataclass(eq=False)
+class Archive:
+    """D "Trees": the session's tree planned as one archive when .create was accepted; the tree
+    is frozen from then on, so `members` ({path: bytes}, "folder/" for an empty folder) is what
+    the archive on the server holds once `held`."""
+    members: dict[str, bytes]
+    held: bool = False
+
+
+@dataclass(eq=False)
 class Session:
     name: str
+    # Keyed by the path in the session ("Scans/a.jpg" in the tree).
     files: dict[str, File] = field(default_factory=dict)
+    # The folders of its tree, by path in the session.
+    dirs: set[str] = field(default_factory=set)
+    archive: Archive | None = None
     # S "unlink of a file the server holds bytes of": remembered; the name cannot be used again.
     gone: list[File] = field(default_factory=list)
     # D "Decisions": .create accepted (WAITING), then the project made (CREATED: sealed).
     project: str | None = None
     marker_hidden: bool = False
+    # The last .create was refused (D "Trees": EINVAL, the reason in status, until one is
+    # accepted; memory only, so a remount forgets it).
+    marker_refused: bool = False
 
     @property
     def sealed(self) -> bool:
         return self.project == CREATED
 
+    @property
+    def tree_frozen(self) -> bool:
+        """D "Trees": from .create on (a project requested, or an archive planned) the tree
+        cannot change (records.SessionRecord.tree_frozen)."""
+        return self.sealed or self.project is not None or self.archive is not None
+
     def blocked(self) -> bool:
         """projects.blocking_reason_locked: what holds the project back (D "What holds a project
-        back"): deleted files the server holds, no file, a file not complete."""
-        uploads = [f for f in self.files.values() if not f.local]
-        return bool(self.gone) or not uploads or any(f.state != COMPLETE for f in uploads)
+        back"): deleted files the server holds, no file, a file not complete (the archive too)."""
+        uploads = [f for f in self.files.values() if not f.local and not f.in_tree]
+        archive_pending = self.archive is not None and not self.archive.held
+        return bool(self.gone) or (not uploads and self.archive is None) or archive_pending or \
+            any(f.state != COMPLETE for f in uploads)
+
+    def tree_members(self) -> dict[str, bytes]:
+        """archive_plan.members_locked: the tree's files, and its folders that hold nothing of
+        the tree at any depth (local scratch is not in it)."""
+        files = {f.name: bytes(f.data) for f in self.files.values() if f.in_tree}
+        holding = {"/".join(path.split("/")[:depth]) for path in list(files) + list(self.dirs)
+                   for depth in range(1, path.count("/") + 1)}
+        return files | {path + "/": b"" for path in self.dirs if path not in holding}
 
     @property
     def gone_names(self) -> set[str]:
@@ -216,6 +270,8 @@ class Reference:
         s = self.sessions[session]
         if name in STATUS_NAMES:
             return errno.EACCES, None  # S "status": read-only
+        if name not in s.files and s.tree_frozen and folder_of(name):
+            return errno.EACCES, None  # D "Trees": at .create the tree is frozen
         if name in s.files:
             # model.create of an existing name: "a create racing another: behave like open with O_TRUNC";
             # D "An identical re-copy into a session whose project exists (sealed) is a no-op too".
@@ -237,6 +293,8 @@ class Reference:
         return self._handle(f, True, append)
 
     def open(self, f: File, truncate: bool, append: bool) -> tuple[int, Handle | None]:
+        if self.frozen(f):
+            return errno.EACCES, None
         if f.lost:
             return errno.EACCES, None  # its spool copy is gone (open_files: nothing to write into)
         if f.held is not None:
@@ -306,8 +364,8 @@ class Reference:
             return 0
         if length == f.size:
             return 0  # model.truncate: no change, no check (so `truncate -s` of a held file to its size works)
-        if f.held is not None:
-            return errno.EACCES  # S: truncate of a file the server holds bytes of
+        if f.held is not None or self.frozen(f):
+            return errno.EACCES  # S: truncate of a file the server holds bytes of; D "Trees"
         if f.lost and h is None:
             return errno.EACCES  # its data is gone from here and from the server: copy it again
         if length < len(f.data):
@@ -358,21 +416,30 @@ class Reference:
             if not f.writers:
                 f.rest()
 
+    def frozen(self, f: File) -> bool:
+        """D "Trees": a listed tree file (not scratch) once .create froze the tree
+        (fs.rules.frozen_reason_locked)."""
+        return f.in_tree and self.listed(f) and self.session_of(f).tree_frozen
+
     def listed(self, f: File) -> bool:
         return any(s.files.get(f.name) is f for s in self.sessions.values())
 
     def session_of(self, f: File) -> Session:
         return next(s for s in self.sessions.values() if s.files.get(f.name) is f)
 
-    def unlink(self, session: str, name: str, hidden: str | None = None) -> None:
+    def unlink(self, session: str, name: str, hidden: str | None = None) -> int:
         """S unlink: a local-only file is gone; one the server holds is remembered. With handles
-        open, libfuse renames it to `hidden` instead: the same, for fs360."""
+        open, libfuse renames it to `hidden` (a path beside it) instead: the same, for fs360.
+        Returns the errno."""
         s = self.sessions[session]
+        if self.frozen(s.files[name]):
+            return errno.EACCES  # D "Trees"
         f = s.files.pop(name)
         f.hidden = hidden
         if f.held is not None:
             f.evicted = True  # registry.remove_file_locked: the spool copy goes with the unlink
             s.gone.append(f)
+        return 0
 
     def rename(self, src: str, name: str, dst: str, new: str) -> int:
         """Returns the errno. S rename; D "Identical re-copies" for a scratch copy
@@ -395,6 +462,8 @@ class Reference:
             return errno.EACCES  # S: the server cannot rename or replace a file
         if t.sealed:
             return errno.EACCES  # D: a sealed session takes no new name
+        if self.frozen(f) or (t.tree_frozen and folder_of(new)):
+            return errno.EACCES  # D "Trees": nothing moves into or out of a frozen tree
         new_local = is_local_name(new)
         if not new_local and new in t.gone_names:
             return errno.EACCES  # the name of a deleted file the server holds
@@ -428,11 +497,25 @@ class Reference:
 
     def write_marker(self, session: str) -> int:
         """`echo '{...}' > .create` by a writer that exits 0: the project is requested (D
-        "Decisions": .create); read-only once the project exists."""
+        "Decisions": .create); read-only once the project exists. D "Trees": a tree is planned
+        as one archive then (its closed files committed first, engine.request_project_locked),
+        or the marker is refused (EINVAL) while a tree file is written or unfinished."""
         s = self.sessions[session]
         if s.sealed:
             return errno.EACCES
-        s.project, s.marker_hidden = WAITING, False
+        if s.archive is None:
+            tree = [f for f in s.files.values() if f.in_tree]
+            for f in tree:
+                if f.awaiting and not f.writers:  # committed without its writers' exits
+                    f.completing = False
+                    f.rest()
+            members = s.tree_members()
+            if members:
+                if any(f.state != IN_TREE for f in tree):
+                    s.marker_refused = True
+                    return errno.EINVAL
+                s.archive = Archive(members)
+        s.project, s.marker_hidden, s.marker_refused = WAITING, False, False
         return 0
 
     def unlink_marker(self, session: str) -> int:
@@ -444,6 +527,40 @@ class Reference:
             s.marker_hidden = True
         else:
             s.project = None
+            if s.archive is not None and not s.archive.held:
+                s.archive = None  # nothing of it reached the server: the tree may change again
+        return 0
+
+    # --- the tree's folders (D "Trees") --------------------------------------------------------
+
+    def mkdir(self, session: str, path: str) -> int:
+        s = self.sessions[session]
+        if s.tree_frozen:
+            return errno.EACCES
+        s.dirs.add(path)
+        return 0
+
+    def rmdir(self, session: str, path: str) -> int:
+        s = self.sessions[session]
+        if any(is_below(p, path) for p in list(s.dirs) + list(s.files)):
+            return errno.ENOTEMPTY  # POSIX, before the frozen tree (model.rmdir)
+        if s.tree_frozen:
+            return errno.EACCES
+        s.dirs.remove(path)
+        return 0
+
+    def move_folder(self, session: str, old: str, new: str) -> int:
+        """A folder moves with all it holds, within its session (`new` is free, not below `old`)."""
+        s = self.sessions[session]
+        if s.tree_frozen:
+            return errno.EACCES
+        moved = lambda p: new + p[len(old):] if p == old or is_below(p, old) else p
+        s.dirs = {moved(d) for d in s.dirs}
+        files = {}
+        for name, f in s.files.items():
+            f.name = moved(name)
+            files[f.name] = f
+        s.files = files
         return 0
 
     def marker_listed(self, s: Session) -> bool:
@@ -458,7 +575,7 @@ class Reference:
         project exists")."""
         s.project = CREATED
         for f in s.files.values():
-            if f.held is not None:
+            if f.held is not None or f.in_tree:  # D "Trees": the tree's spool files go too
                 f.evicted = True
 
     def evict(self) -> None:
@@ -474,6 +591,8 @@ class Reference:
         deleted files it held are forgotten (their names are free again)."""
         s = self.sessions[session]
         s.gone.clear()
+        if s.archive is not None:
+            s.archive.held = False  # it goes again, from the tree's spool files
         for f in s.files.values():
             if f.held is not None and not f.local:
                 f.held, f.server_name = None, None
@@ -497,6 +616,9 @@ class Reference:
         for s, f in self.pending():
             f.held = bytes(f.data)
             f.server_name = server_name_of(s.name, f.name)
+        for s in self.sessions.values():
+            if s.archive is not None:
+                s.archive.held = True
 
     def commit(self) -> None:
         """The writers exited 0 and the write-back delay passed: every closed file is committed
@@ -514,6 +636,7 @@ class Reference:
         same cache: D "the mount stopped while the file was open" -> interrupted; files unlinked
         while open are gone; pending uploads resume (S "The journal ... resumes every upload")."""
         for s in self.sessions.values():
+            s.marker_refused = False
             for f in list(s.files.values()) + s.gone:
                 if f.awaiting:
                     # D: closed but not committed when the mount stopped: held.

@@ -2,11 +2,13 @@
 
 A hypothesis state machine runs random sequences of operations (create, write at offsets,
 truncate, rename within and between sessions, unlink, close, a writer killed, remount,
-upload faults) on the real `MountModel` + `Engine` against a real emulator over HTTP, and on
-the small reference model of semantics.md in `tests/reference_model.py`. After every step
-the listings, sizes, states and server names must agree; whenever the uploads settle (and
-at the end) the server must hold exactly what the reference says, under each file's server
-name, with no protocol violation.
+upload faults, `.create`, and trees: folders made, moved and removed, files written in them and
+moved in, within and out) on the real `MountModel` + `Engine` against a real emulator over
+HTTP, and on the small reference model of semantics.md in `tests/reference_model.py`. After
+every step the listings (of every folder), sizes, states and server names must agree;
+whenever the uploads settle (and at the end) the server must hold exactly what the reference
+says, under each file's server name, with no protocol violation, and a session's one archive
+exactly the members (names, bytes) of its tree as `.create` froze it (read with zipfile).
 
 Time is a step of its own: the write-back delay is an hour, and `settle` plays "the delay
 passed" by committing every closed file (queued at once) and waiting for the engine to be
@@ -34,12 +36,14 @@ and their regression tests `xfail(strict=True)`: fixing one fails its test until
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,8 +60,8 @@ from fs360.fs.exits import Closer
 from fs360.fs.model import MountModel
 from tests.fed_writers import feed_writers
 from tests.engine_helpers import file_state, state_counts, wait_idle
-from tests.reference_model import DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, PENDING, TRUNCATE_OF_A_LOST_FILE_RAISES, \
-    Reference, Session
+from tests.reference_model import COMPLETE, DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, PENDING, \
+    TRUNCATE_OF_A_LOST_FILE_RAISES, Reference, Session, folder_of, is_below
 
 EXAMPLES = int(os.environ.get("FS360_RANDOM_EXAMPLES", "0"))
 LONG = EXAMPLES > 0
@@ -68,6 +72,11 @@ NEW_SESSION_NAMES = ["Renamed", "Ünïcode 3"]
 # (rsync's temp name of a.jpg), a *.part and a name the mount reserves.
 FILE_NAMES = ["a.jpg", "A.JPG", "scan 1.e57", "scan_1.e57", "Фото.jpg", ".a.jpg.Xy12", "b.part", "status"]
 UPLOADED_NAMES = FILE_NAMES[:5]
+# Trees (D "Trees"): folders two deep, and names in them whose server names never meet, so the
+# archive's members are the tree's paths under the server's name rules, with no de-duplication.
+DIR_NAMES = ["D ir", "Фото"]
+TREE_FILE_NAMES = ["a.jpg", "scan 1.e57", "Фото.jpg", "b.part"]
+TREE_ACTIONS = ["mkdir", "mkdir", "write", "write", "move in", "move", "move folder", "rmdir"]
 # What happens to a file a paused worker holds (MountMachine.pick_up_while_paused): the move to
 # another session, which the moving-file bug needs, half of the time.
 PICKED_MOVES = ["to another session", "renamed", "to another session", "stays"]
@@ -126,6 +135,12 @@ def await_picked(engine: Engine, gate_waits: GateWaits) -> list[tuple[str, str]]
             return picked
         assert time.monotonic() < deadline, f"the paused workers never held the files: {picked}, {waiting} waiting"
         time.sleep(0.01)
+
+
+def beside(path: str, name: str) -> str:
+    """`name` in the folder of `path` (a path in a session; "folder/" stands for the folder)."""
+    folder = folder_of(path) if not path.endswith("/") else path[:-1]
+    return f"{folder}/{name}" if folder else name
 
 
 def errno_of(call, *args) -> int:
@@ -278,6 +293,8 @@ class MountMachine(RuleBasedStateMachine):
         got = errno_of(self.model.rename, self._path(session, name), self._path(target, new))
         want = self.ref.rename(session, name, target, new)
         assert got == want, f"rename {session}/{name} -> {target}/{new}: errno {got}, the reference says {want}"
+        if not self.paused and self.ref.pending():
+            self.settle()  # moved out of the tree, it is queued at once: let it go up
         return got
 
     # --- rules --------------------------------------------------------------------------------
@@ -308,7 +325,8 @@ class MountMachine(RuleBasedStateMachine):
                 fh, got = None, exc.errno
             want, handle = self.ref.open(f, truncate=mode == "truncate", append=mode == "append")
             assert got == want, f"open({mode}) {session}/{name}: errno {got}, the reference says {want}"
-            self.fhs[handle] = fh
+            if handle is not None:
+                self.fhs[handle] = fh
         self.step(run)
 
     @precondition(lambda self: self.fhs)
@@ -355,7 +373,7 @@ class MountMachine(RuleBasedStateMachine):
                     self._write(handle, fh, 0, content)
                     self._close(handle, fh)
                 return
-            temp = f".{name}.Xy12" if how == "rsync" else ".goutputstream-AB12"
+            temp = beside(name, f".{name.rpartition('/')[2]}.Xy12" if how == "rsync" else ".goutputstream-AB12")
             handle, fh = self._create(session, temp, False)
             if handle is None:
                 return
@@ -402,13 +420,14 @@ class MountMachine(RuleBasedStateMachine):
         if f.handles:
             # libfuse (no hard_remove) renames an open file it is asked to unlink.
             self.hidden_seq += 1
-            hidden = f".fuse_hidden{self.hidden_seq:08x}00000001"
+            hidden = beside(name, f".fuse_hidden{self.hidden_seq:08x}00000001")
             self.model.rename(self._path(session, name), self._path(session, hidden))
-            self.ref.unlink(session, name, hidden)
+            assert self.ref.unlink(session, name, hidden) == 0
             self.hidden_in[f] = session
         else:
-            self.model.unlink(self._path(session, name))
-            self.ref.unlink(session, name)
+            got = errno_of(self.model.unlink, self._path(session, name))
+            want = self.ref.unlink(session, name)
+            assert got == want, f"unlink {session}/{name}: errno {got}, the reference says {want}"
 
     @precondition(lambda self: self.ref and self._files())
     @rule(data=st.data())
@@ -518,7 +537,69 @@ class MountMachine(RuleBasedStateMachine):
                     self.model.release(fh)
                 want = self.ref.write_marker(session)
             assert got == want, f"{action} {path}: errno {got}, the reference says {want}"
+            archive = self.ref.sessions[session].archive
+            if archive is not None and not archive.held:
+                self.settle()  # the tree's archive is queued at once: let it go up
             self.await_projects()
+        self.step(run)
+
+    def _folders(self, session: str) -> list[str]:
+        """The session's folders, but not those holding a file unlinked while open (its hidden
+        name): a move would rename it under libfuse, an rmdir meets it."""
+        hidden = [f.hidden for f, s in self.hidden_in.items() if s == session]
+        return [d for d in sorted(self.ref.sessions[session].dirs) if not any(is_below(h, d) for h in hidden)]
+
+    @precondition(lambda self: self.ref is not None)
+    @rule(data=st.data(), action=st.sampled_from(TREE_ACTIONS), payload=st.binary(max_size=8), keep_open=st.booleans())
+    def tree(self, data, action, payload, keep_open):
+        """D "Trees": a folder made (two deep at most), removed or moved; a file written in it, moved in,
+        moved within or out of it (the `rename` rule moves tree files out too)."""
+        def run():
+            session = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="session")
+            s = self.ref.sessions[session]
+            folders = self._folders(session)
+            if action == "mkdir" or not folders:
+                parent = data.draw(st.sampled_from([""] + [d for d in folders if "/" not in d]), label="in folder")
+                path = beside(parent + "/", data.draw(st.sampled_from(DIR_NAMES), label="folder"))
+                if path in s.dirs:
+                    return
+                got = errno_of(self.model.mkdir, self._path(session, path), 0o755)
+                want = self.ref.mkdir(session, path)
+                assert got == want, f"mkdir {session}/{path}: errno {got}, the reference says {want}"
+                if got or folders:
+                    return
+                # A new tree: a file in it at once, so the budget reaches archives of files.
+                folder, todo = path, "write"
+            else:
+                folder, todo = data.draw(st.sampled_from(folders), label="folder"), action
+            if todo == "rmdir":
+                got = errno_of(self.model.rmdir, self._path(session, folder))
+                want = self.ref.rmdir(session, folder)
+                assert got == want, f"rmdir {session}/{folder}: errno {got}, the reference says {want}"
+            elif todo == "move folder":
+                parents = [""] + [d for d in folders if "/" not in d and d != folder and not is_below(d, folder)]
+                parent = data.draw(st.sampled_from(parents), label="into")
+                new = beside(parent + "/", data.draw(st.sampled_from(DIR_NAMES), label="as"))
+                if new in s.dirs or new in s.files or any(is_below(d, folder) for d in s.dirs) and "/" in new:
+                    return  # taken, or a folder three deep
+                got = errno_of(self.model.rename, self._path(session, folder), self._path(session, new))
+                want = self.ref.move_folder(session, folder, new)
+                assert got == want, f"move {session}/{folder} -> {new}: errno {got}, the reference says {want}"
+            else:
+                path = beside(folder + "/", data.draw(st.sampled_from(TREE_FILE_NAMES), label="name"))
+                if todo == "write":
+                    handle, fh = self._create(session, path, False)
+                    if handle is not None:
+                        self._write(handle, fh, 0, payload)
+                        if not keep_open:
+                            self._close(handle, fh)
+                    return
+                moving = sorted(n for n, f in s.files.items() if not f.unsure and
+                                ("/" in n if todo == "move" else "/" not in n))
+                if moving:
+                    name = data.draw(st.sampled_from(moving), label="file")
+                    if name != path:
+                        self._rename(session, name, session, path)
         self.step(run)
 
     def await_projects(self) -> None:
@@ -688,9 +769,26 @@ class MountMachine(RuleBasedStateMachine):
         for session, files in expected.items():
             upload_id = self._status(session)["upload_id"]
             got = remote.pop(upload_id, {}) if upload_id else {}
+            archive = self.ref.sessions[session].archive
+            if archive is not None and archive.held:
+                self.check_archive(session, got)
             assert got == files, f"session {session}: the server holds {got}, the reference says {files}"
         assert not remote, f"files of no session on the server: {remote}"
         assert self.emulator.violations() == [], self.emulator.violations()[:5]
+
+    def check_archive(self, session: str, remote: dict[str, str]) -> None:
+        """The session's one archive on the server (taken out of `remote`, {name: sha256}) holds
+        exactly the tree's files and empty folders, named by the server's rules, with their bytes."""
+        archives = [name for name in remote if name.endswith(".zip")]
+        assert len(archives) == 1, f"session {session}: archives on the server: {archives}"
+        sha256 = remote.pop(archives[0])
+        blob = next(p for p in Path(self.emulator.data_dir, "blobs").glob("*.bin")
+                    if hashlib.sha256(p.read_bytes()).hexdigest() == sha256)
+        with zipfile.ZipFile(blob) as z:
+            got = {info.filename: z.read(info) for info in z.infolist()}
+        want = {"/".join(server_name_for(part) if part else part for part in path.split("/")): data
+                for path, data in self.ref.sessions[session].archive.members.items()}
+        assert got == want, f"session {session}: the archive holds {got}, the reference says {want}"
 
     @invariant()
     def listings_sizes_states_agree(self):
@@ -702,19 +800,28 @@ class MountMachine(RuleBasedStateMachine):
         root = {name for name, _ in self.model.readdir("/")}
         assert root == {"status"} | set(self.ref.sessions), f"root lists {root}"
         for s in self.ref.sessions.values():
-            listed = {name for name, _ in self.model.readdir(f"/{s.name}")}
-            marker = {".create"} if self.ref.marker_listed(s) else set()
-            assert listed == {"status", "status.json"} | marker | set(s.files), f"{s.name} lists {sorted(listed)}"
+            for folder in [""] + sorted(s.dirs):
+                listed = {name for name, _ in self.model.readdir(self._path(s.name, folder).rstrip("/"))}
+                want = {p.rpartition("/")[2] for p in list(s.files) + list(s.dirs) if folder_of(p) == folder}
+                if not folder:
+                    want |= {"status", "status.json"} | ({".create"} if self.ref.marker_listed(s) else set())
+                assert listed == want, f"{s.name}/{folder} lists {sorted(listed)}, the reference {sorted(want)}"
             status = self._status(s.name)
             project = status["project"]
             assert (project["state"] if project and project["state"] != "ready" else project and "created") \
-                == (s.project or None), f"{s.name}: the project is {project}, the reference says {s.project}"
+                == (s.project or ("refused" if s.marker_refused else None)), \
+                f"{s.name}: the project is {project}, the reference says {s.project} (refused: {s.marker_refused})"
             assert status["sealed"] == s.sealed, f"{s.name}: sealed {status['sealed']}, the reference {s.sealed}"
             # Paused, a worker may pick any pending file up (and another after a move): the same.
             picked = (lambda state: PENDING if state == "uploading" else state) if self.paused else (lambda state: state)
-            got = {f["name"]: (picked(f["state"]), f["size"]) for f in status["files"]}
+            # D "Trees": the tree's files (not scratch) are under `tree_files`, its archive in `files`.
+            got = {f["name"]: (picked(f["state"]), f["size"]) for f in status["files"] + status["tree_files"]
+                   if not f.get("archive")}
             want = {name: (f.state, f.size) for name, f in s.files.items()}
             assert got == want, f"{s.name}: the mount says {got}, the reference {want}"
+            archive = [picked(f["state"]) for f in status["files"] if f.get("archive")]
+            want_archive = [] if s.archive is None else [COMPLETE if s.archive.held else PENDING]
+            assert archive == want_archive, f"{s.name}: the archive is {archive}, the reference says {want_archive}"
             assert status["deleted_but_held_by_server"] == sorted(s.gone_names)
             for name, f in s.files.items():
                 assert self.model.getattr(self._path(s.name, name))["st_size"] == f.size
