@@ -237,7 +237,7 @@ def settings_from_values(values: dict, fuse: list[str]) -> Settings:
     cache_dir = values["cache_dir"] or (default_cache_dir() / "local" if local else default_cache_dir())
     kwargs = dict(
         api_key=api_key, cache_dir=cache_dir.resolve(), workers=values["workers"], chunk_size=values["chunk_size"],
-        writeback_delay=values["writeback_delay"],
+        max_chunk_size=values["max_chunk_size"], writeback_delay=values["writeback_delay"],
         local_only_patterns=DEFAULT_LOCAL_ONLY_PATTERNS + tuple(values["local_only"]),
         ca_bundle=str(values["ca_bundle"]) if values["ca_bundle"] else None,
         rate_limits_enabled=not values["no_rate_limits"], rate_window_scale=values["rate_window_scale"],

@@ -46,6 +46,8 @@ class Settings:
 
     workers: int = 4
     chunk_size: int = 8 * MiB
+    # A file's chunks grow from chunk_size up to this while its PUTs are fast (engine/chunk_sizes.py).
+    max_chunk_size: int = 64 * MiB
     writeback_delay: float = 1.5
     local_only_patterns: tuple[str, ...] = DEFAULT_LOCAL_ONLY_PATTERNS
 

@@ -87,6 +87,14 @@ class ServerError(Fs360Error):
         self.status = status
 
 
+class BodyTooLarge(ServerError):
+    """413 to a PUT without the API's code: a proxy in front of the server refused the body's size
+    (api.md Part C). An answer about that body, not an outage: the file's next PUTs are smaller
+    (engine/chunk_sizes.py); at the smallest size, retried with backoff as any proxy error."""
+    code = "body_too_large"
+    reason = "a proxy in front of the server refused a PUT's size: sent again in smaller chunks"
+
+
 class Redirected(ServerError):
     """3xx: fs360 never follows a redirect (the key must not go elsewhere); retried slowly, never final."""
     code = "redirected"

@@ -25,7 +25,7 @@ import urllib3
 from .. import __version__
 from ..config import Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
-                      DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
+                      BodyTooLarge, DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
                       ServerError, SettingError, TlsError, TransportError, refusal_in_plain_words)
 from ..options import check_api_url
 from .pacing import Pacer
@@ -301,9 +301,11 @@ class ApiClient:
             # A failing server, or an answer without the API's error code: a proxy's HTML 413 or 502,
             # a gateway's JSON. Not the API's verdict on the file, so never a final refusal.
             kind = "an error code" if isinstance(body, dict) else "a JSON body"
-            raise _with_fields(ServerError(f"{endpoint}: HTTP {status}" + (f" {code}" if code else
-                                                                           f" without {kind}") + said,
-                                           status=status), fields)
+            # A 413 to a PUT: a proxy's limit on the body's size (the API's own caps have their codes).
+            cls = BodyTooLarge if status == 413 and endpoint == "put_file" else ServerError
+            raise _with_fields(cls(f"{endpoint}: HTTP {status}" + (f" {code}" if code else
+                                                                   f" without {kind}") + said,
+                                   status=status), fields)
         cls = API_ERROR_CLASSES.get(code, ApiError)
         if issubclass(cls, AccountError):
             raise _account_error(cls, status, code, said, fields)

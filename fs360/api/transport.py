@@ -283,7 +283,8 @@ class PacedBody:
     request's deadline: it is fs360's wait, not the server's slowness), and `sent(n)`,
     told once a piece is in the socket's queue. A body cut midway tells nothing more."""
 
-    def __init__(self, data: memoryview, pace):
+    def __init__(self, data, pace):
+        """`data`: a memoryview, or a body that yields its own pieces (of BODY_PIECE at most)."""
         self._data = data
         self._pace = pace
 
@@ -292,8 +293,9 @@ class PacedBody:
 
     def __iter__(self):
         data, pace = self._data, self._pace
-        for offset in range(0, len(data), BODY_PIECE):
-            piece = data[offset:offset + BODY_PIECE]
+        pieces = (data[offset:offset + BODY_PIECE] for offset in range(0, len(data), BODY_PIECE)) \
+            if isinstance(data, memoryview) else data
+        for piece in pieces:
             started = time.monotonic()
             pace.wait_turn(len(piece))
             deadline = getattr(_current, "deadline", None)

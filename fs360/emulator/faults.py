@@ -8,6 +8,7 @@ Format (the same for ``--fault JSON`` and ``POST /_emulator/faults``)::
          "probability": 0.1,            # default 1.0
          "count": 3,                    # optional: fires at most this many times
          "every": 2,                    # optional: only every 2nd request the rule matches may fire
+         "min_body": 1048576,           # optional: only requests whose body is at least this many bytes
          "seconds": 2.0,                # latency / trickle duration (default 1.0)
          "retry_after": 2,              # rate_limit_burst / retry_after_date: seconds (default 1;
                                         #   retry_after_huge: 86400)
@@ -26,6 +27,10 @@ A bare list of rules is accepted too (seed 1).
 ``probability`` and ``count`` apply as usual); the others pass it by without
 rolling its die, e.g. a ``rollback_received`` with ``every: 2`` loses bytes
 before every second PUT, so a client sees progress and loss alternate.
+
+``min_body: n`` makes a rule match only requests whose ``Content-Length`` is at
+least n: an ``html_error`` 413 with it is a proxy's body limit (nginx's
+``client_max_body_size``) in front of the API.
 
 Rules are evaluated in order for every API request (never for ``/_emulator``).
 ``latency``, ``trickle``, ``rollback_received`` and ``extra_fields`` are
@@ -124,8 +129,8 @@ TERMINAL_KINDS = (
 KINDS = MODIFIER_KINDS + TERMINAL_KINDS
 FILE_ONLY_KINDS = ("received_gt_total", "rollback_received")
 HTML_STATUSES = (413, 500, 502, 503, 504)
-RULE_FIELDS = {"endpoint", "kind", "probability", "count", "every", "seconds", "retry_after", "burst", "status",
-               "duration", "size", "location", "fraction"}
+RULE_FIELDS = {"endpoint", "kind", "probability", "count", "every", "min_body", "seconds", "retry_after", "burst",
+               "status", "duration", "size", "location", "fraction"}
 
 
 class FaultSpecError(ValueError):
@@ -207,6 +212,8 @@ def parse_spec(spec) -> dict:
         }
         if "every" in r:  # only when given: the rules without it read back exactly as before
             rule["every"] = _num(r, "every", 1, int, 1, 1_000_000)
+        if "min_body" in r:
+            rule["min_body"] = _num(r, "min_body", 0, int, 0)
         # Fields of the newer kinds appear in a rule only when it is of that kind, so
         # the rules of the older kinds read back exactly as before.
         if kind == "html_error":
@@ -253,7 +260,7 @@ class FaultSet:
                 rules.append(d)
             return {"seed": self.spec["seed"], "rules": rules}
 
-    def decide(self, endpoint: str) -> Decision:
+    def decide(self, endpoint: str, body_bytes: int = 0) -> Decision:
         d = Decision()
         with self.lock:
             b = self.bursts.get(endpoint)
@@ -268,6 +275,8 @@ class FaultSet:
                 if r["kind"] in FILE_ONLY_KINDS and endpoint not in ("put_file", "get_file"):
                     continue
                 if r["count"] is not None and self.fired[i] >= r["count"]:
+                    continue
+                if body_bytes < r.get("min_body", 0):
                     continue
                 if "every" in r:
                     self.matched[i] += 1

@@ -97,7 +97,7 @@ class Handler(UploadEndpoints, ProjectEndpoints, FaultReplies, Introspection, Fr
         if account is not None:
             return self.error(*account)
         # faults: the modifiers first, then a terminal one
-        d = emu.faults.decide(endpoint)
+        d = emu.faults.decide(endpoint, self._content_length or 0)
         if d.latency:
             time.sleep(d.latency)
         self._trickle = d.trickle

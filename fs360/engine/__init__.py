@@ -6,6 +6,7 @@ Modules, each behind a small API (`engine.py` only wires them):
   scheduler.py     the due-time queue: which file is sent next, one upload per file at a time
   transfer.py      one upload attempt of one file and how its outcome settles the file
   uploader.py      the PUTs of an attempt, in the worker thread that runs it
+  chunk_sizes.py   how large each PUT is: grown while PUTs are fast, within a proxy's limit
   housekeeping.py  projects (projects.py), spool eviction, the journal's reserve and checkpoints
   archive_plan.py  a session's tree as its one archive (archive.py streams it)
 
@@ -27,8 +28,6 @@ Threads (each under its name in /proc/PID/task/*/comm, cut to 15 bytes: thread_n
   fs360-listeners              delivers progress events (progress.py); emitting only queues;
                                started with the first event
   fs360-delete-session         short-lived: DELETE of a dead server session, with retries
-  fs360-sent-digest            short-lived: the digest of a chunk's bytes, taken beside its PUT
-                               (uploader.py)
 
 The daemon's other threads are listed where their code is: fs360-deadlines in api/__init__.py,
 fs360-exits in fs/exits.py; fs360-control, fs360-web, fs360-status, fs360-notices and
@@ -39,8 +38,9 @@ Lock order (take only rightwards; never leftwards while holding one on the right
       ->  Journal._lock  ->  Journal._behind_lock
   The path model's Writers._lock (fs/exits.py) is taken inside the state lock, never around it.
   Leaf locks, taken alone and never around another: Listeners._lock, TransferGate's
-  condition, the pacer's lock (api/pacing.py), the troubles' lock (api/troubles.py: its
-  listeners are told with it released), the transport's lock (api/transport.py).
+  condition, ChunkSizes._lock (chunk_sizes.py), the pacer's lock (api/pacing.py), the
+  troubles' lock (api/troubles.py: its listeners are told with it released), the
+  transport's lock (api/transport.py).
   The path model's `_handles_lock` and `_last_close_lock` are taken without the state lock
   held, or inside it (never the reverse).
 

@@ -36,6 +36,7 @@ from ..errors import (AccountError, Cancelled, ExtensionNotAllowed, FileTooLarge
                       SessionNotFound, SessionTooLarge, WaitForRateLimit)
 from .abandoned import AbandonedPuts
 from .archive_plan import TreeArchive
+from .chunk_sizes import ChunkSizes
 from .gate import TransferGate
 from .locking import StateLock
 from .progress import Listeners
@@ -71,6 +72,7 @@ class Transfer:
         self._stopping = stopping
         self.troubles = client.troubles
         self.abandoned = AbandonedPuts(settings.abandoned_upload_quiet)
+        self.chunk_sizes = ChunkSizes(settings.chunk_size, settings.max_chunk_size)
         self._session_guards: dict[int, threading.Lock] = {}
         # By session id: the last failure to open its server session, shared by its files until
         # its backoff passed: (the error's words, failures running, monotonic time of the next try).
@@ -194,7 +196,7 @@ class Transfer:
         try:
             with file_reader(fd, members, record.size, self.settings.archive_zip64) as read:
                 return send_file(self.client, upload_id, record.server_name, read, record.size, start, buffer,
-                                 self.settings.chunk_size, lambda received: self._progress(record, received),
+                                 self.chunk_sizes, lambda received: self._progress(record, received),
                                  should_stop, expected_sha256=sha256, pace=pace)
         finally:
             pace.flush()

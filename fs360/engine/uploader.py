@@ -2,10 +2,13 @@
 
 The caller says where to start (the server's `received`, asked for before any
 retry). On 409 we go on from the body's `received`. The file is never read whole
-into memory: each chunk is read into the worker's one page-aligned buffer.
+into memory: a chunk is streamed from the file, a piece at a time, through the
+worker's page-aligned buffer as the request sends it (chunks grow large:
+chunk_sizes.py); the chunk that completes the file, at most the buffer's size, is
+read into the buffer whole first.
 
 What is sent is hashed (`SentDigest`), and the chunk that completes the file is
-held back unless the sha256 of the whole file as sent equals the one journaled
+held back unless the digest of the whole file as sent equals the one journaled
 when the file was queued: a spool copy changed since (outside fs360, or a bug)
 is never completed on the server (doc/SEMANTICS.md, "What is sent is checked").
 """
@@ -15,13 +18,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
-import threading
 from dataclasses import dataclass
 
 from ..api.client import ApiClient, FileProgress
-from ..errors import Cancelled, MalformedResponse, NonContiguousChunk, SentContentChanged, ServerHoldsOtherFile
+from ..api.transport import BODY_PIECE
+from ..errors import (BodyTooLarge, Cancelled, MalformedResponse, NonContiguousChunk, SentContentChanged,
+                      ServerHoldsOtherFile)
+from .chunk_sizes import ChunkSizes
 from .content_digest import hash_like, tagged_hexdigest
+
+log = logging.getLogger(__name__)
 
 
 # A server that answers without moving forward this many times running is broken.
@@ -70,16 +78,16 @@ class SentFile:
 
 
 class SentDigest:
-    """The sha256 of the file's bytes [0, position) as the server holds them.
+    """The digest of the file's bytes [0, position) as the server holds them.
 
-    Bytes this attempt sends are hashed as they go: beside their PUT (in a thread of
-    its own; hashlib releases the GIL on large buffers, as the socket send does), and
-    before it for the chunk that completes the file, which `check` may then hold back.
-    Bytes the server holds from an earlier attempt (a resume after a restart or a
-    retry, a 409 that says it holds more) are hashed from the local copy: they are
-    the same, since a file never changes once a PUT of it went out. A server that
-    rolls back to where the last chunk began costs nothing (the state before it is
-    kept); a rollback further back hashes the local copy again from byte 0."""
+    Bytes this attempt sends are hashed as they are read for their PUT (a streamed
+    chunk piece by piece; the chunk that completes the file whole, before it goes, so
+    that `check` may hold it back). Bytes the server holds from an earlier attempt (a
+    resume after a restart or a retry, a 409 that says it holds more) are hashed from
+    the local copy: they are the same, since a file never changes once a PUT of it
+    went out. A server that rolls back to where the last chunk began costs nothing
+    (the state before it is kept); a rollback further back hashes the local copy again
+    from byte 0."""
 
     def __init__(self, read_exactly, view: memoryview, expected: str | None = None):
         self._read_exactly = read_exactly
@@ -90,11 +98,9 @@ class SentDigest:
         self._hash = self._new_hash()
         self.position = 0
         self._before_last = (0, self._hash.copy())
-        self._hashing: threading.Thread | None = None
 
     def seek(self, offset: int) -> None:
         """Makes the digest cover exactly [0, offset)."""
-        self.wait()
         if offset == self.position:
             return
         if offset == self._before_last[0]:
@@ -108,26 +114,16 @@ class SentDigest:
             self._hash.update(part)
             self.position += len(part)
 
-    def add(self, data: memoryview, beside: bool) -> None:
-        """`data` (the bytes from `position`) goes out: hashed now, or `beside` its PUT."""
-        self.wait()
+    def chunk_starts(self) -> None:
+        """A chunk from `position` goes out: a rollback to here will cost nothing."""
         self._before_last = (self.position, self._hash.copy())
-        self.position += len(data)
-        if beside:
-            self._hashing = threading.Thread(target=self._hash.update, args=(data,), name="fs360-sent-digest",
-                                             daemon=True)
-            self._hashing.start()
-        else:
-            self._hash.update(data)
 
-    def wait(self) -> None:
-        """Until the bytes handed to `add` are hashed (before the buffer is read into again)."""
-        if self._hashing is not None:
-            self._hashing.join()
-            self._hashing = None
+    def update(self, data: memoryview) -> None:
+        """`data`, the bytes from `position`, goes out."""
+        self._hash.update(data)
+        self.position += len(data)
 
     def hexdigest(self) -> str:
-        self.wait()
         return tagged_hexdigest(self._hash)
 
     def check(self, expected: str | None, held_by_server: int) -> None:
@@ -145,67 +141,102 @@ class SentDigest:
             f"report it); the last chunk was held back, so the server never completes it; {on_server}")
 
 
+class StreamedChunk:
+    """Bytes [offset, offset + n) of a file as a PUT body: each piece is read into the buffer's
+    first piece as the request asks for it, hashed, and sent before the next is read, so no
+    buffer of the chunk's size exists. A read that fails ends the request (SpoolUnreadable: not
+    an OSError, which the HTTP stack would take for the network's)."""
+
+    def __init__(self, read_exactly, piece: memoryview, offset: int, n: int, digest: SentDigest):
+        self._read_exactly = read_exactly
+        self._piece = piece
+        self._offset = offset
+        self._n = n
+        self._digest = digest
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self):
+        self._digest.seek(self._offset)  # where the chunk starts, should the body be asked for again
+        done = 0
+        while done < self._n:
+            view = self._piece[:min(len(self._piece), self._n - done)]
+            try:
+                self._read_exactly(view, self._offset + done)
+            except OSError as exc:
+                raise SpoolUnreadable(exc) from exc
+            self._digest.update(view)
+            done += len(view)
+            yield view
+
+
+class SpoolUnreadable(Exception):
+    """A streamed chunk's read failed (`args[0]`, the OSError) while its PUT was under way."""
+
+
 def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int,
-              buffer, chunk_size: int, on_progress, should_stop, expected_sha256: str | None = None,
+              buffer, sizes: ChunkSizes, on_progress, should_stop, expected_sha256: str | None = None,
               pace=None) -> SentFile:
     """Uploads bytes start..size-1 of a file; returns how it ended. `read_exactly(view, offset)`
     fills `view` with the file's bytes from `offset`: a spool file's
     (`functools.partial(read_exactly, fd)`) or an archive's (`ArchiveReader.read_exactly`).
-    `should_stop(n)` is asked before each PUT of n bytes (true: Cancelled, nothing sent; the
-    bandwidth limit and a pause wait in it), `on_progress(received)` told after each with the
-    server's word, and each body goes in pieces through `pace` (ApiClient.put).
-    The PUT that completes the file goes only if the whole file as sent has the sha256
-    `expected_sha256` (when given)."""
+    The chunks' sizes follow `sizes` (chunk_sizes.py); the PUT that completes the file is at
+    most the buffer's size. `should_stop(n)` is asked before each PUT of n bytes (true:
+    Cancelled, nothing sent; the bandwidth limit and a pause wait in it), `on_progress(received)`
+    told after each with the server's word, and each body goes in pieces through `pace`
+    (ApiClient.put). The PUT that completes the file goes only if the whole file as sent has
+    the digest `expected_sha256` (when given)."""
     view = memoryview(buffer)
     digest = SentDigest(read_exactly, view, expected_sha256)
-    try:
-        if start == 0 and size <= chunk_size:
-            if should_stop(size):
-                raise Cancelled()
-            read_exactly(view[:size], 0)
-            digest.add(view[:size], beside=False)
-            digest.check(expected_sha256, 0)
-            progress = client.put(upload_id, name, view[:size], 0, size, whole=True, pace=pace)
-            _check_total(progress, size, name)
-            on_progress(progress.received)
-            if not progress.complete:
-                raise MalformedResponse(f"{name}: a whole-file PUT left the file incomplete")
-            return SentFile(progress, digest.hexdigest())
-        return _send_chunks(client, upload_id, name, read_exactly, size, start, view, chunk_size, on_progress,
-                            should_stop, expected_sha256, digest, pace)
-    finally:
-        digest.wait()  # never return while a thread still reads the buffer
-
-
-def _send_chunks(client: ApiClient, upload_id: str, name: str, read_exactly, size: int, start: int, view,
-                 chunk_size: int, on_progress, should_stop, expected_sha256: str | None,
-                 digest: SentDigest, pace) -> SentFile:
-    offset, stalls, puts, budget = start, 0, 0, put_budget(size, chunk_size)
+    chunks = sizes.for_file()
+    offset, stalls, puts = start, 0, 0
     progress = FileProgress(start, size, start == size)
-    while offset < size:
-        if puts >= budget:
+    while offset < size or (size == 0 and not puts):  # an empty file is one PUT
+        if puts >= put_budget(size, chunks.smallest):
             # Retryable: the next attempt starts from what the server says it holds then.
             raise MalformedResponse(
                 f"{name}: {puts} PUTs in one attempt and the server still holds only {offset} of {size} bytes "
                 f"(it keeps losing what it took); trying again later")
         digest.seek(offset)  # before the gate's turn: a resume may first hash what the server holds
-        n = min(chunk_size, size - offset)
+        # The completing chunk is read into the buffer whole: it is what is left over the last
+        # multiple of the buffer (fixed-size chunks end as they always did).
+        left, last_limit = size - offset, min(len(view), chunks.limit)
+        last = left <= last_limit
+        n = left if last else min(chunks.size, left - ((left - 1) % last_limit + 1))
+        whole = last and offset == 0
         if should_stop(n):
             raise Cancelled()
-        read_exactly(view[:n], offset)
-        last = offset + n == size
-        digest.add(view[:n], beside=not last)
-        if last:
+        if last:  # read whole and checked before it goes: the server never completes a changed file
+            read_exactly(view[:n], offset)
+            digest.chunk_starts()
+            digest.update(view[:n])
             digest.check(expected_sha256, offset)
+            body = view[:n]
+        else:
+            digest.chunk_starts()
+            body = StreamedChunk(read_exactly, view[:min(len(view), BODY_PIECE)], offset, n, digest)
         puts += 1
+        chunks.put_starts()
         try:
-            progress = client.put(upload_id, name, view[:n], offset, size, pace=pace)
+            progress = client.put(upload_id, name, body, offset, size, whole=whole, pace=pace)
         except NonContiguousChunk as exc:
             new_offset = exc.received
             if not 0 <= new_offset <= size:
                 raise MalformedResponse(f"{name}: 409 with an impossible received {new_offset}") from None
+        except SpoolUnreadable as exc:
+            raise exc.args[0] from None
+        except BodyTooLarge as exc:
+            if not chunks.refused(n):
+                raise
+            log.info("%s: a PUT of %d bytes was refused as too large (%s); sending at most %d bytes a PUT",
+                     name, n, exc, chunks.size)
+            continue  # the same bytes again, in smaller chunks
         else:
             _check_total(progress, size, name)
+            if whole and not progress.complete:
+                raise MalformedResponse(f"{name}: a whole-file PUT left the file incomplete")
+            chunks.put_done(n)
             new_offset = progress.received
         stalls = stalls + 1 if new_offset <= offset else 0
         if stalls >= MAX_STALLS:

@@ -15,7 +15,7 @@ REASON = "no longer matches the file as it was written"
 
 
 def test_a_spool_file_changed_behind_the_mounts_back_is_never_completed(tmp_path, emulator, mount_factory):
-    mount = mount_factory(emulator, extra_args=["--chunk-size", "1M"])
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "1M", "--max-chunk-size", "1M"])
     mount.expected_errors.append(REASON)  # logged at ERROR: that is the point
     make_sources(tmp_path / "src", {"scan.e57": 3 * MiB + 5})
     (mount.mountpoint / "s").mkdir()

@@ -140,7 +140,7 @@ def test_rsync_a_of_a_tree_then_create(tmp_path, emulator, mount_factory, zip64)
 def test_a_killed_daemon_resumes_the_archive_with_at_most_one_chunk_again(tmp_path, emulator, mount_factory):
     cache = tmp_path / "cache"
     chunk = 1 * MiB
-    args = ["--chunk-size", "1M"]
+    args = ["--chunk-size", "1M", "--max-chunk-size", "1M"]
     first = mount_factory(emulator, cache_dir=cache, extra_args=args)
     source = make_tree(tmp_path / "src")
     subprocess.run(["cp", "-r", str(source), str(first.mountpoint)], check=True)

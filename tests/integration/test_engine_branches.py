@@ -42,8 +42,9 @@ def failures_of(engine: Engine) -> list:
 
 
 def send_scan(emulator, settings_for, src) -> list:
-    """Uploads src/scan.e57 with an engine until it is complete; the errors of its failed attempts."""
-    engine = Engine(settings_for(emulator, chunk_size=CHUNK))
+    """Uploads src/scan.e57 with an engine until it is complete, in chunks of CHUNK (a PUT each for
+    the server to lose bytes before); the errors of its failed attempts."""
+    engine = Engine(settings_for(emulator, chunk_size=CHUNK, max_chunk_size=CHUNK))
     failures = failures_of(engine)
     engine.start()
     try:

@@ -305,7 +305,7 @@ def test_backoff_starts_over_once_a_file_makes_progress(emulator, settings_for, 
     expected = make_sources(src, {"scan.e57": chunks * chunk})
     emulator.set_faults([{"endpoint": "put_file", "kind": kind, "probability": 0.003, "retry_after": 1}
                          for kind in TRANSIENT_PUT_FAULTS], seed=11)
-    engine = Engine(settings_for(emulator, chunk_size=chunk, workers=1))
+    engine = Engine(settings_for(emulator, chunk_size=chunk, max_chunk_size=chunk, workers=1))  # 600 PUTs
     attempts = []  # the attempt count each failure was retried with
     engine.listeners.add(lambda event, **details: attempts.append(details["file"].attempts)
                          if event == "file_failed" else None)

@@ -136,7 +136,7 @@ def test_a_pause_holds_the_next_put_not_the_piece_under_way():
 def test_a_transfer_under_bwlimit_arrives_whole(tmp_path, emulator, mount_factory):
     """The limit's pacing is the fake-clock test above; here a real mount's limit is the gate's,
     and the file it paces reaches the server whole."""
-    mount = mount_factory(emulator, extra_args=["--chunk-size", "256k", "--bwlimit", "2M"], writeback_delay=0.1)
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "256k", "--max-chunk-size", "256k", "--bwlimit", "2M"], writeback_delay=0.1)
     (mount.mountpoint / "s").mkdir()
     sha = write_random(mount.mountpoint / "s" / "big.e57", MiB + 1)
     shown = run_fs360(tmp_path, "status", str(mount.mountpoint), env=harness_runtime())
@@ -170,7 +170,7 @@ def test_pause_stops_puts_keeps_the_mount_writable_and_resume_loses_nothing(tmp_
     chunk = 256 * KiB
     # A chunk a second: the pause (a CLI run, seconds on a loaded machine) lands well before the
     # file's 16th chunk; the limit is lifted before the resume.
-    mount = mount_factory(emulator, extra_args=["--chunk-size", "256k", "--bwlimit", "256k"], writeback_delay=0.1)
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "256k", "--max-chunk-size", "256k", "--bwlimit", "256k"], writeback_delay=0.1)
     session = mount.mountpoint / "s"
     session.mkdir()
     expected = {"a.e57": write_random(session / "a.e57", 4 * MiB)}

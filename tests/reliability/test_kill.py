@@ -20,7 +20,7 @@ def test_daemon_killed_three_times_resumes_from_the_server(tmp_path, emulator, m
     # Slow every PUT a little so that each kill lands mid-upload.
     emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": pick(0.12, 0.05)}])
     cache_dir = tmp_path / "kill-cache"
-    args = ["--chunk-size", "1M", "--workers", "4"]
+    args = ["--chunk-size", "1M", "--max-chunk-size", "1M", "--workers", "4"]
     mount = mount_factory(emulator, cache_dir=cache_dir, extra_args=args)
     # Nothing goes up before every file is written: on a loaded machine the writing took longer
     # than the uploads, and the kills found little or nothing left to interrupt.

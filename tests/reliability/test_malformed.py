@@ -26,7 +26,7 @@ MALFORMED = [
 @pytest.mark.slow(10)
 def test_malformed_responses_neither_crash_nor_spin(tmp_path, emulator, mount_factory):
     emulator.set_faults(MALFORMED, seed=7)
-    mount = mount_factory(emulator, extra_args=["--chunk-size", "1M"])
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "1M", "--max-chunk-size", "1M"])
     session = "garbled"
     (mount.mountpoint / session).mkdir()
     written = {}

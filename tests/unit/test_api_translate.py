@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 from fs360.api.client import MAX_RETRY_AFTER, ApiClient, _file_progress, _retry_after, _seconds
+from fs360.api.troubles import is_outage
 from fs360.config import Settings
 from fs360 import errors as E
 
@@ -237,6 +238,18 @@ def test_error_without_the_apis_code_is_transient(client, status, raw):
     with pytest.raises(E.ServerError) as info:
         translate(client, response(status, raw=raw))
     assert info.value.retryable and info.value.status == status and not isinstance(info.value, E.ApiError)
+
+
+def test_a_413_to_a_put_without_the_apis_code_is_about_the_bodys_size_not_an_outage(client):
+    """A proxy's body limit (api.md Part C): the uploader sends smaller chunks; every other PUT
+    goes on meanwhile (no circuit opens). To another request it is a proxy's error as any."""
+    page = b"<html><body>413 Request Entity Too Large</body></html>"
+    with pytest.raises(E.BodyTooLarge) as info:
+        translate(client, response(413, raw=page))
+    assert info.value.status == 413 and not is_outage(info.value)
+    with pytest.raises(E.ServerError) as other:
+        translate(client, response(413, raw=page), endpoint="create_project")
+    assert type(other.value) is E.ServerError and is_outage(other.value)
 
 
 def test_settings_repr_hides_the_key(client):

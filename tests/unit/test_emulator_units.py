@@ -127,6 +127,16 @@ def test_new_fault_kinds_spec_and_decisions():
     assert (d.rollback, d.kind) == (None, None)
 
 
+def test_a_rule_with_min_body_matches_only_bodies_that_large():
+    """A proxy's body limit: an html_error 413 for bodies of min_body bytes or more."""
+    fs = FaultSet([{"endpoint": "put_file", "kind": "html_error", "status": 413, "min_body": 1000, "every": 2}])
+    assert [fs.decide("put_file", n).kind for n in (999, 1000, 0, 5000, 1000)] == \
+        [None, None, None, "html_error", None]  # `every` counts only the requests it matches
+    assert "min_body" not in parse_spec([{"kind": "error_503"}])["rules"][0]
+    with pytest.raises(FaultSpecError):
+        parse_spec([{"kind": "error_503", "min_body": -1}])
+
+
 def test_account_fault_spec():
     assert parse_account_fault({}) is None and parse_account_fault(None) is None
     assert parse_account_fault({"status": 403, "error": "email_not_verified", "endpoints": "*"}) == {

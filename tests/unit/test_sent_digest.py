@@ -1,6 +1,6 @@
 """uploader.SentDigest: the digest of a file as the server holds it (sha256 with nothing to check
 against, else of the kind journaled), followed through every
-way an upload moves (chunks hashed beside their PUT, a resume, a server that rolls back),
+way an upload moves (chunks hashed as read for their PUT, a resume, a server that rolls back),
 over a real file read the way send_file reads it."""
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def send(digest: SentDigest, reads: Reads, view: memoryview, offset: int, beside: bool = True) -> int:
-    """What send_file does for one chunk: position, read, hash beside the PUT. Returns its end."""
+def send(digest: SentDigest, reads: Reads, view: memoryview, offset: int) -> int:
+    """What send_file does for one chunk: position, read, hash as it goes. Returns its end."""
     digest.seek(offset)
     n = min(CHUNK, len(DATA) - offset)
+    digest.chunk_starts()
     reads(view[:n], offset)
-    digest.add(view[:n], beside=beside)
+    digest.update(view[:n])
     return offset + n
 
 
@@ -98,7 +99,7 @@ def test_the_check_holds_back_a_file_that_is_not_what_was_journaled(spool):
     digest, reads, view = new_digest(spool)
     offset = 0
     while offset < len(DATA):
-        offset = send(digest, reads, view, offset, beside=False)
+        offset = send(digest, reads, view, offset)
     digest.check(sha(DATA), 9 * CHUNK)  # the same: passes
     digest.check(None, 9 * CHUNK)       # nothing journaled: nothing to check against
     with pytest.raises(SentContentChanged) as held:
@@ -122,7 +123,7 @@ def test_what_is_sent_is_hashed_like_the_journaled_digest(spool, kind):
     offset = 3 * CHUNK + 5
     digest.seek(offset)
     while offset < len(DATA):
-        offset = send(digest, reads, view, offset, beside=offset + CHUNK < len(DATA))
+        offset = send(digest, reads, view, offset)
     assert digest.hexdigest() == kind(DATA)
     digest.check(kind(DATA), 9 * CHUNK)
     with pytest.raises(SentContentChanged):

@@ -1,0 +1,105 @@
+"""How large each PUT of a file is: adaptive chunk sizes (issue 21 item 1).
+
+A file's chunks start at the configured chunk size and double, up to the maximum,
+while each PUT completes in under FAST_PUT seconds: the round trip every PUT waits
+for (its answer, before the next chunk may go: one PUT per file in flight) is then a
+large share of its time. A PUT slower than SLOW_PUT halves the next one (never below
+the start): a failed large PUT costs its whole body again. A failed PUT ends the
+attempt, and the next attempt starts again at the configured size.
+
+A 413 that is not the API's (a proxy in front of the server refusing the body's
+size, api.md Part C) teaches the mount a limit: the larger of half the refused size
+and the largest body accepted below it; no PUT of this mount is larger from then on
+(kept in memory: a new mount finds it again at the cost of one refused PUT).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+# A full-size PUT that took less than this doubles the next one; more than SLOW_PUT halves it.
+# 2 s: 64 MiB at 200 Mbit/s takes 2.7 s, so a lone file reaches the maximum there; four files
+# sharing the link stop at 16 MiB, where another file's PUT fills each one's round trip anyway.
+FAST_PUT = 2.0
+SLOW_PUT = 8.0
+# The smallest body a proxy's 413 may shrink PUTs to (the --chunk-size floor): a 413 at this
+# size is not about the size, and is retried as any proxy error.
+MIN_BODY = 64 * 1024
+
+
+class ChunkSizes:
+    """The mount's chunk sizes: the settings, and the body limit a proxy taught. Shared by the
+    workers (its lock is a leaf lock)."""
+
+    def __init__(self, start: int, maximum: int, clock=time.monotonic):
+        self.start = start
+        self.maximum = max(start, maximum)  # growth never shrinks the start size
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._limit = 0  # the largest body a proxy lets through (0: none refused so far)
+        self._largest_accepted = 0
+
+    @property
+    def limit(self) -> int:
+        """The largest PUT body of this mount (the maximum, or what a proxy taught)."""
+        return self._limit or self.maximum
+
+    def accepted(self, nbytes: int) -> None:
+        if nbytes > self._largest_accepted:
+            with self._lock:
+                self._largest_accepted = max(self._largest_accepted, nbytes)
+
+    def refused(self, nbytes: int) -> bool:
+        """A proxy refused a body of `nbytes` (413): whether a smaller one may be tried."""
+        if nbytes <= MIN_BODY:
+            return False
+        with self._lock:
+            below = self._largest_accepted if self._largest_accepted < nbytes else 0
+            self._limit = min(self.limit, max(nbytes // 2, below, MIN_BODY))
+        return True
+
+    def for_file(self) -> "FileChunks":
+        return FileChunks(self)
+
+
+class FileChunks:
+    """One attempt's chunk sizes: `size` for the next PUT; `timed(n)` around each one that goes."""
+
+    def __init__(self, sizes: ChunkSizes):
+        self._sizes = sizes
+        self._size = sizes.start
+        self._started = 0.0
+
+    @property
+    def size(self) -> int:
+        return min(self._size, self._sizes.limit)
+
+    @property
+    def limit(self) -> int:
+        """The largest PUT body of this mount."""
+        return self._sizes.limit
+
+    @property
+    def smallest(self) -> int:
+        """The smallest size this attempt's PUTs may have (a proxy's limit may be below the start)."""
+        return min(self._sizes.start, self._sizes.limit)
+
+    def put_starts(self) -> None:
+        self._started = self._sizes.clock()
+
+    def put_done(self, nbytes: int) -> None:
+        """The PUT of `nbytes` started last was accepted: the next size follows from its time.
+        A shorter PUT than the size (the file's end) says nothing about larger ones."""
+        took = self._sizes.clock() - self._started
+        self._sizes.accepted(nbytes)
+        if nbytes < self.size:
+            return
+        if took < FAST_PUT:
+            self._size = min(self.size * 2, self._sizes.maximum)
+        elif took > SLOW_PUT:
+            self._size = max(self.size // 2, self.smallest)
+
+    def refused(self, nbytes: int) -> bool:
+        """A proxy's 413 for `nbytes`: whether a smaller PUT may be tried at once."""
+        return self._sizes.refused(nbytes)

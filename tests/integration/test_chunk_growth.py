@@ -1,0 +1,72 @@
+"""The adaptive chunk size against the emulator (engine/chunk_sizes.py): a large file goes up in
+growing chunks, and a proxy's 413 (an HTML page for bodies over its limit) shrinks them for the
+whole mount; the server holds the right bytes either way."""
+
+from __future__ import annotations
+
+import pytest
+
+from fs360.engine import chunk_sizes
+from fs360.engine.engine import Engine
+from fs360.engine.records import COMPLETE
+from tests.engine_helpers import state_counts, wait_idle
+from tests.harness import assert_uploaded, make_sources, request_count
+from tests.integration.engine_runner import queue_files
+
+KiB = 1024
+MiB = 1024 * KiB
+START, MAXIMUM = 256 * KiB, 4 * MiB
+
+
+@pytest.fixture(autouse=True)
+def every_put_is_fast(monkeypatch):
+    """Growth follows each PUT's time; on a loaded test machine a loopback PUT may take long:
+    here every PUT counts as fast, so the sizes do not depend on the machine's load."""
+    monkeypatch.setattr(chunk_sizes, "FAST_PUT", 3600.0)
+
+
+def upload(emulator, settings_for, files: dict) -> list[tuple[str, int]]:
+    """Sends `files` (name -> path) through an engine with one worker, one after the other;
+    the (name, bytes) of each chunk the server acknowledged, in order."""
+    engine = Engine(settings_for(emulator, chunk_size=START, max_chunk_size=MAXIMUM, workers=1))
+    acknowledged, held = [], {}
+
+    def listen(event, **details):
+        if event == "chunk_acknowledged":
+            name = details["file"].name
+            acknowledged.append((name, details["received"] - held.get(name, 0)))
+            held[name] = details["received"]
+    engine.listeners.add(listen)
+    engine.start()
+    try:
+        for name, path in files.items():
+            queue_files(engine, "s", {name: path})
+            assert wait_idle(engine, timeout=120, poll=0.05)
+        assert state_counts(engine) == {COMPLETE: len(files)}
+    finally:
+        engine.stop()  # delivers the last events too
+    return acknowledged
+
+
+def test_a_large_file_goes_up_in_growing_chunks(emulator, settings_for, tmp_path):
+    size = 24 * MiB + 5
+    sources = make_sources(tmp_path / "src", {"scan.e57": size})
+    chunks = [n for _, n in upload(emulator, settings_for, {"scan.e57": tmp_path / "src" / "scan.e57"})]
+    assert chunks[:5] == [START, 2 * START, 4 * START, 8 * START, MAXIMUM]
+    assert max(chunks) == MAXIMUM and chunks[-1] <= START and sum(chunks) == size
+    (remote,) = assert_uploaded(emulator, None, sources).values()
+    assert remote["put_count"] == len(chunks) < size // START // 4  # 96 PUTs at the fixed size
+
+
+def test_a_proxys_413_shrinks_the_chunks_of_the_whole_mount(emulator, settings_for, tmp_path):
+    """Bodies over 1 MiB get nginx's 413 page: the first file's 2 MiB PUT is refused and sent
+    again at once in 1 MiB chunks; the second file never tries more than that."""
+    emulator.set_faults([{"endpoint": "put_file", "kind": "html_error", "status": 413, "min_body": MiB + 1}])
+    names = {"a.e57": 12 * MiB + 3, "b.e57": 6 * MiB}
+    sources = make_sources(tmp_path / "src", names)
+    chunks = upload(emulator, settings_for, {name: tmp_path / "src" / name for name in names})
+    assert request_count(emulator, "PUT put_file 413") == 1
+    assert [n for name, n in chunks if name == "a.e57"][:4] == [START, 2 * START, 4 * START, MiB]
+    assert max(n for _, n in chunks) == MiB
+    assert [n for name, n in chunks if name == "b.e57"][:3] == [START, 2 * START, 4 * START]
+    assert_uploaded(emulator, None, sources)
