@@ -546,7 +546,7 @@ class MountMachine(RuleBasedStateMachine):
     def _folders(self, session: str) -> list[str]:
         """The session's folders, but not those holding a file unlinked while open (its hidden
         name): a move would rename it under libfuse, an rmdir meets it."""
-        hidden = [f.hidden for f, s in self.hidden_in.items() if s == session]
+        hidden = [f.hidden for f, s in self.hidden_in.items() if s == session and f.hidden is not None]
         return [d for d in sorted(self.ref.sessions[session].dirs) if not any(is_below(h, d) for h in hidden)]
 
     @precondition(lambda self: self.ref is not None)
