@@ -270,8 +270,10 @@ class Reference:
         s = self.sessions[session]
         if name in STATUS_NAMES:
             return errno.EACCES, None  # S "status": read-only
-        if name not in s.files and s.tree_frozen and folder_of(name):
-            return errno.EACCES, None  # D "Trees": at .create the tree is frozen
+        if s.tree_frozen and folder_of(name):
+            # D "Trees": at .create the tree is frozen: no create in it, of a new name or over a
+            # file (scratch too, though an open without O_CREAT may write that: model.create).
+            return errno.EACCES, None
         if name in s.files:
             # model.create of an existing name: "a create racing another: behave like open with O_TRUNC";
             # D "An identical re-copy into a session whose project exists (sealed) is a no-op too".
