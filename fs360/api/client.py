@@ -25,8 +25,8 @@ import urllib3
 from .. import __version__
 from ..config import Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
-                      BodyTooLarge, DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected, ResponseTooLarge,
-                      ServerError, SettingError, TlsError, TransportError, refusal_in_plain_words)
+                      BodyTooLarge, DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected,
+                      ResponseTooLarge, ServerError, SettingError, TlsError, TransportError, refusal_in_plain_words)
 from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff

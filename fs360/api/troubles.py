@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import (AccountError, BodyTooLarge, Fs360Error, HeldBack, NotSent, RateLimited, ServerError, TransportError,
-                      WaitForRateLimit)
+from ..errors import (AccountError, BodyTooLarge, Fs360Error, HeldBack, NotSent, RateLimited, ServerError,
+                      TransportError, WaitForRateLimit)
 from .pacing import PACED_WITH
 from .retry import Backoff
 
