@@ -114,8 +114,9 @@ def run_in_netns(scenario: str) -> dict:
             # engine resyncs while the abandoned requests' bytes may still be on their way (with the
             # defaults, 60 s per read, a stall shorter than a minute times nothing out).
             settings = Settings(api_url=emulator.base_url, api_key=emulator.api_key, cache_dir=work / "cache",
-                                chunk_size=2 * MiB, workers=4, writeback_delay=0.0, connect_timeout=1.0,
-                                read_timeout=3.0, request_deadline=8.0, backoff_base=0.2, backoff_cap=2.0,
+                                chunk_size=2 * MiB, max_chunk_size=2 * MiB,  # PUTs the same size throughout
+                                workers=4, writeback_delay=0.0, connect_timeout=1.0, read_timeout=3.0,
+                                request_deadline=8.0, backoff_base=0.2, backoff_cap=2.0,
                                 abandoned_upload_quiet=server_idle_timeout, rate_limits_enabled=False)
             engine = Engine(settings)
             queue_files(engine, "stall", {name: sources / name for name in expected})
