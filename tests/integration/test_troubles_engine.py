@@ -186,9 +186,10 @@ def test_a_huge_retry_after_holds_what_the_server_limited_and_says_until_when(em
         emulator.set_faults([{"endpoint": "put_file", "kind": "retry_after_huge", "retry_after": 1e9,
                               "count": 1}])
         queue_files(engine, "s", paths)
-        # (the PUTs under way when the 429 came, one per other worker, may have gone through)
+        # (the PUTs the other workers had begun before the 429 was seen may have gone through: a
+        # few files of 3 KB, more when this machine is slow; every file left must be held)
         reason = wait_until(lambda: all_held_with_one_reason(engine, "s", "the server asked to wait 31.7 years",
-                                                             FILES - 1 - 3), 30,
+                                                             FILES // 2), 30,
                             what="every file to show the server's wait")
         assert "before more uploads (HTTP 429): they wait until" in reason
         # What the server did not limit goes on: a new folder opens.
