@@ -20,6 +20,7 @@ import functools
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..api.client import ApiClient, FileProgress
@@ -141,32 +142,31 @@ class SentDigest:
             f"report it); the last chunk was held back, so the server never completes it; {on_server}")
 
 
+@dataclass
 class StreamedChunk:
-    """Bytes [offset, offset + n) of a file as a PUT body: each piece is read into the buffer's
-    first piece as the request asks for it, hashed, and sent before the next is read, so no
-    buffer of the chunk's size exists. A read that fails ends the request (SpoolUnreadable: not
-    an OSError, which the HTTP stack would take for the network's)."""
-
-    def __init__(self, read_exactly, piece: memoryview, offset: int, n: int, digest: SentDigest):
-        self._read_exactly = read_exactly
-        self._piece = piece
-        self._offset = offset
-        self._n = n
-        self._digest = digest
+    """Bytes [offset, offset + n) of a file as a PUT body: each piece is read into `piece` (the
+    buffer's first piece) as the request asks for it, hashed, and sent before the next is read,
+    so no buffer of the chunk's size exists. A read that fails ends the request (SpoolUnreadable:
+    not an OSError, which the HTTP stack would take for the network's)."""
+    read_exactly: Callable[[memoryview, int], None]
+    piece: memoryview
+    offset: int
+    n: int
+    digest: SentDigest
 
     def __len__(self) -> int:
-        return self._n
+        return self.n
 
     def __iter__(self):
-        self._digest.seek(self._offset)  # where the chunk starts, should the body be asked for again
+        self.digest.seek(self.offset)  # where the chunk starts, should the body be asked for again
         done = 0
-        while done < self._n:
-            view = self._piece[:min(len(self._piece), self._n - done)]
+        while done < self.n:
+            view = self.piece[:min(len(self.piece), self.n - done)]
             try:
-                self._read_exactly(view, self._offset + done)
+                self.read_exactly(view, self.offset + done)
             except OSError as exc:
                 raise SpoolUnreadable(exc) from exc
-            self._digest.update(view)
+            self.digest.update(view)
             done += len(view)
             yield view
 
