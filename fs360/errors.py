@@ -13,9 +13,12 @@ import errno as _errno
 
 
 class Fs360Error(Exception):
-    """Base class. `retryable` says whether trying again soon may succeed."""
+    """Base class. `retryable` says whether trying again soon may succeed; `outage` whether
+    the failure is of the server or the way to it, shared by every request of its kind
+    (api/troubles.py), not an answer about the one request."""
 
     retryable = False
+    outage = False
     errno = _errno.EIO
     code = "internal_error"
     reason = "unexpected internal error: logged with its cause"
@@ -59,6 +62,7 @@ class TransportError(Fs360Error):
     ends it is lost too): the server may still hold that file's upload until its own idle
     timeout, so the file's next PUT waits (Settings.abandoned_upload_quiet)."""
     retryable = True
+    outage = True
     code = "network_error"
     reason = "the server could not be reached or did not answer: retried with backoff"
     gave_up_on_upload = False
@@ -79,6 +83,7 @@ class ResponseTooLarge(TransportError):
 class ServerError(Fs360Error):
     """5xx, or an error page that is not the API's JSON (a proxy's 413 or 502): retried with backoff."""
     retryable = True
+    outage = True
     code = "server_error"
     reason = "the server (or a proxy in front of it) failed: retried with backoff"
 
@@ -91,6 +96,7 @@ class BodyTooLarge(ServerError):
     """413 to a PUT without the API's code: a proxy in front of the server refused the body's size
     (api.md Part C). An answer about that body, not an outage: the file's next PUTs are smaller
     (engine/chunk_sizes.py); at the smallest size, retried with backoff as any proxy error."""
+    outage = False
     code = "body_too_large"
     reason = "a proxy in front of the server refused a PUT's size: sent again in smaller chunks"
 

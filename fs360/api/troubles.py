@@ -31,8 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import (AccountError, BodyTooLarge, Fs360Error, HeldBack, NotSent, RateLimited, ServerError,
-                      TransportError, WaitForRateLimit)
+from ..errors import AccountError, Fs360Error, HeldBack, NotSent, RateLimited, WaitForRateLimit
 from .pacing import PACED_WITH
 from .retry import Backoff
 
@@ -91,7 +90,7 @@ def is_outage(error: BaseException) -> bool:
     redirect and a refused certificate too), no answer, or a 429 without a usable wait."""
     if isinstance(error, RateLimited):
         return error.retry_after is None
-    return isinstance(error, (ServerError, TransportError)) and not isinstance(error, BodyTooLarge)
+    return getattr(error, "outage", False)
 
 
 def shared_by_all(error: BaseException) -> bool:
