@@ -63,10 +63,6 @@ class Deadline:
         self._connection = None
         self.lock = threading.Lock()  # the watchdog shuts down under it; a handle is dropped under it
 
-    @property
-    def connected(self) -> bool:
-        return self._connection is not None
-
     def extend(self, seconds: float) -> None:
         """Moves the deadline on by `seconds` the request spent waiting on fs360's own account
         (a bandwidth limit's turn), not the server's."""
@@ -145,11 +141,6 @@ class _Watchdog:
                 self._thread.start()
             self._wake.notify()
 
-    def running(self) -> list[Deadline]:
-        """The deadlines of the requests running now."""
-        with self._wake:
-            return [entry[2] for entry in self._heap if not entry[2].finished]
-
     def _next_expired(self) -> Deadline:
         with self._wake:
             while True:
@@ -178,17 +169,6 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
-
-
-def cut_running_request(longer_than: float) -> bool:
-    """Ends one running request whose deadline is longer than `longer_than` seconds (a PUT's
-    grows with its body) exactly as its deadline would: what a stalled link or a killed client
-    leaves behind, for the reliability tests. False when none runs."""
-    for deadline in _watchdog.running():
-        if deadline.seconds > longer_than and deadline.connected:
-            deadline.expire()
-            return True
-    return False
 
 
 class _ReportsToDeadline:

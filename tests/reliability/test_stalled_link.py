@@ -168,8 +168,19 @@ def abandon_one_put(settings) -> bool:
     """Ends a PUT in the middle of its body, as a killed client would: its socket closed with a
     reset while its queue is full on the slow line (every worker is busy sending then). Its
     deadline is longer than any small request's (the floor plus its body's time)."""
-    from fs360.api.transport import cut_running_request
+    from fs360.api import transport
     from tests.harness import wait_until
+
+    def cut_running_request(longer_than: float) -> bool:
+        """Ends one connected request whose deadline is longer than `longer_than` s (a PUT's grows
+        with its body) exactly as its deadline would (the transport's watchdog holds them)."""
+        with transport._watchdog._wake:
+            running = [entry[2] for entry in transport._watchdog._heap if not entry[2].finished]
+        for deadline in running:
+            if deadline.seconds > longer_than and deadline._connection is not None:
+                deadline.expire()
+                return True
+        return False
     return wait_until(lambda: cut_running_request(longer_than=settings.request_deadline), 10, 0.01,
                       what="a PUT under way")
 
