@@ -64,7 +64,8 @@ class ChunkSizes:
 
 
 class FileChunks:
-    """One attempt's chunk sizes: `size` for the next PUT; `timed(n)` around each one that goes."""
+    """One attempt's chunk sizes: `size` for the next PUT; `put_starts()` and `put_done(n)` around
+    each one that the server accepted."""
 
     def __init__(self, sizes: ChunkSizes):
         self._sizes = sizes
