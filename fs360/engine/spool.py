@@ -6,9 +6,12 @@ Large aligned runs of bytes are written and read for upload with O_DIRECT, past 
 cache: a spooled byte is written once and read once, for its PUT, so caching it only pushes
 the user's own data out of memory, and where memory is lent by a hypervisor each page the
 cache touches anew costs a fault in the host (BENCHMARKS.md, "The spool past the page cache":
-about 3 CPU-seconds per GiB written, and as much read, against 0.14 direct). What is not
-aligned (the tail of a file, small or odd writes) goes through the cache, on a second
-descriptor; the kernel keeps the two coherent (a direct write first flushes and then drops
+about 3 CPU-seconds per GiB written, and as much read, against 0.14 direct). A file's first
+MiB, and what is not aligned (its tail, small or odd writes), go through the cache, on a
+second descriptor: a direct write waits for the device, and for a small file (100 KiB) that
+wait, and the block allocation it forces, cost more than the cache does (BENCHMARKS.md). A
+file none of whose bytes went direct is read through the cache too. The kernel keeps the two
+descriptors coherent (a direct write first flushes and then drops
 the cached pages of its range, a direct read flushes them first). A spool whose file system
 refuses O_DIRECT (tmpfs before Linux 6.6, some network file systems) is cached throughout.
 """
@@ -30,13 +33,15 @@ from .content_digest import hash_like, tagged_hexdigest
 DIRECT_ALIGN = 4096
 # Shorter runs are not worth a wait for the device: the cache takes them.
 DIRECT_MIN = 64 * 1024
+# Nor a file's first bytes: small files stay in the cache whole.
+DIRECT_FROM = 1024 * 1024
 # The aligned buffer a thread copies a write into (the kernel's largest FUSE write).
 DIRECT_BUFFER = 1024 * 1024
 
 
 def aligned_run(offset: int, length: int) -> int:
     """How many bytes from `offset` (of `length`) go direct: the aligned prefix, or none."""
-    if offset % DIRECT_ALIGN:
+    if offset % DIRECT_ALIGN or offset < DIRECT_FROM:
         return 0
     run = length - length % DIRECT_ALIGN
     return run if run >= DIRECT_MIN else 0
@@ -54,6 +59,8 @@ class Spool:
         os.chmod(directory, 0o700)
         self.direct = self._takes_direct_io()
         self._buffers = threading.local()
+        # The files some of whose bytes were written direct (this run): read direct for upload.
+        self._written_direct: set[int] = set()
 
     def _takes_direct_io(self) -> bool:
         probe = self.directory / ".direct-probe"
@@ -74,14 +81,19 @@ class Spool:
             probe.unlink(missing_ok=True)
 
     def open_direct(self, file_id: int, flags: int) -> int:
-        """A second descriptor of the spool file for its aligned runs (-1: the spool has none)."""
-        return os.open(self.path(file_id), flags | os.O_DIRECT) if self.direct else -1
+        """A second descriptor of the spool file for its aligned runs (-1: the spool has none;
+        for reading, none either when no byte of the file was written direct)."""
+        if not self.direct or (flags == os.O_RDONLY and file_id not in self._written_direct):
+            return -1
+        return os.open(self.path(file_id), flags | os.O_DIRECT)
 
-    def write(self, fd: int, direct_fd: int, data, offset: int) -> int:
-        """pwrite of `data` at `offset`: its aligned prefix direct when `direct_fd` is open."""
+    def write(self, file_id: int, fd: int, direct_fd: int, data, offset: int) -> int:
+        """pwrite of `data` at `offset` into file `file_id` (open as `fd`, and as `direct_fd`
+        O_DIRECT, -1 for none): its aligned prefix direct, when it has one."""
         run = aligned_run(offset, len(data)) if direct_fd >= 0 else 0
         if not run:
             return os.pwrite(fd, data, offset)
+        self._written_direct.add(file_id)
         done = self._write_direct(direct_fd, memoryview(data)[:run], offset)
         if done < run or run == len(data):
             return done
@@ -109,6 +121,7 @@ class Spool:
         os.close(fd)
 
     def remove(self, file_id: int) -> None:
+        self._written_direct.discard(file_id)
         try:
             os.unlink(self.path(file_id))
         except FileNotFoundError:

@@ -146,13 +146,13 @@ class OpenFiles:
         spool = self.engine.spool
         try:
             with spool_limits():
-                return spool.write(handle.fd, handle.direct_fd, data, offset)
+                return spool.write(handle.record.id, handle.fd, handle.direct_fd, data, offset)
         except NoSpace:
             # The disk is full: drop uploaded data we still keep, then try once more.
             if self.engine.housekeeping.evict_if_needed() <= 0:
                 raise
         with spool_limits():
-            return spool.write(handle.fd, handle.direct_fd, data, offset)
+            return spool.write(handle.record.id, handle.fd, handle.direct_fd, data, offset)
 
     def truncate(self, path: str | None, length: int, handle: FileHandle | None) -> None:
         """By open handle when there is one, else by path."""

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from fs360.engine.spool import DIRECT_ALIGN, DIRECT_MIN, Spool, SpoolReader, aligned_run, read_exactly
+from fs360.engine.spool import DIRECT_ALIGN, DIRECT_FROM, DIRECT_MIN, Spool, SpoolReader, aligned_run, read_exactly
 
 MiB = 1024 * 1024
 
@@ -36,11 +36,31 @@ def open_for_writing(spool: Spool, file_id: int) -> tuple[int, int]:
 
 
 def test_aligned_runs():
-    assert aligned_run(0, MiB) == MiB
-    assert aligned_run(MiB, MiB + 100) == MiB               # the tail goes through the cache
-    assert aligned_run(100, MiB) == 0                       # an unaligned offset: all cached
-    assert aligned_run(0, DIRECT_MIN - DIRECT_ALIGN) == 0   # too short to wait for the device
-    assert aligned_run(0, 100 * 1024) == 100 * 1024
+    assert aligned_run(DIRECT_FROM, MiB) == MiB
+    assert aligned_run(DIRECT_FROM, MiB + 100) == MiB                 # the tail goes through the cache
+    assert aligned_run(DIRECT_FROM + 100, MiB) == 0                   # an unaligned offset: all cached
+    assert aligned_run(DIRECT_FROM, DIRECT_MIN - DIRECT_ALIGN) == 0   # too short to wait for the device
+    assert aligned_run(2 * DIRECT_FROM, 100 * 1024) == 100 * 1024
+    assert aligned_run(0, MiB) == 0                                   # a file's first MiB: cached
+
+
+def test_a_small_file_stays_in_the_cache_and_is_read_through_it(spool):
+    fd, direct_fd = open_for_writing(spool, 3)
+    data = os.urandom(DIRECT_FROM)
+    try:
+        assert spool.write(3, fd, direct_fd, data, 0) == len(data)
+    finally:
+        os.close(fd)
+        os.close(direct_fd)
+    assert cached_pages(spool.path(3)) == DIRECT_FROM // mmap.PAGESIZE
+    assert spool.open_direct(3, os.O_RDONLY) == -1
+    reader = SpoolReader(spool, 3)
+    view = memoryview(mmap.mmap(-1, len(data)))
+    try:
+        reader.read_exactly(view, 0)
+    finally:
+        reader.close()
+    assert view == data
 
 
 def test_large_aligned_writes_stay_out_of_the_page_cache_and_read_back_exactly(spool):
@@ -49,12 +69,12 @@ def test_large_aligned_writes_stay_out_of_the_page_cache_and_read_back_exactly(s
     try:
         for offset in range(0, len(data), MiB):
             piece = memoryview(data)[offset:offset + MiB]
-            assert spool.write(fd, direct_fd, piece, offset) == len(piece)
+            assert spool.write(1, fd, direct_fd, piece, offset) == len(piece)
     finally:
         os.close(fd)
         os.close(direct_fd)
-    # Only the tail's page went through the cache.
-    assert cached_pages(spool.path(1)) <= 1
+    # Only the first MiB and the tail's page went through the cache.
+    assert cached_pages(spool.path(1)) <= DIRECT_FROM // mmap.PAGESIZE + 1
     reader = SpoolReader(spool, 1)
     view = memoryview(mmap.mmap(-1, len(data) + DIRECT_ALIGN))
     try:
@@ -75,7 +95,7 @@ def test_any_mix_of_writes_reads_back_as_written(spool):
     rng = random.Random(2112)
     size = 6 * MiB
     fd, direct_fd = open_for_writing(spool, 2)
-    read_direct_fd = spool.open_direct(2, os.O_RDONLY)
+    read_direct_fd = os.open(spool.path(2), os.O_RDONLY | os.O_DIRECT)
     expected = bytearray(size)
     try:
         os.ftruncate(fd, size)
@@ -88,7 +108,7 @@ def test_any_mix_of_writes_reads_back_as_written(spool):
                 length = rng.randrange(1, 300 * 1024)
             length = min(length, size - offset)
             data = rng.randbytes(length)
-            assert spool.write(fd, direct_fd, data, offset) == length
+            assert spool.write(2, fd, direct_fd, data, offset) == length
             expected[offset:offset + length] = data
             if rng.random() < 0.2:
                 at = rng.choice([0, DIRECT_ALIGN * rng.randrange(size // DIRECT_ALIGN), rng.randrange(size)])
