@@ -33,6 +33,8 @@ from .transfer import Transfer
 
 
 log = logging.getLogger(__name__)
+# What of its page-aligned buffer an upload worker keeps resident between files.
+BUFFER_KEPT_RESIDENT = 1024 * 1024
 
 
 class Engine:
@@ -268,9 +270,11 @@ class Engine:
                     log.exception("unexpected error while uploading %r", record.name)
                     self._retry_after_bug(record, generation, exc)
                 finally:
-                    # An idle worker holds no chunk: after a big file, a chunk of resident pages per
-                    # worker would stay for every small file that follows.
-                    buffer.madvise(mmap.MADV_DONTNEED)
+                    # After a big file a worker keeps no chunk's worth of resident pages, but it
+                    # keeps its first MiB: giving back and faulting in again the pages of every
+                    # small file cost more than the PUT itself on a VM.
+                    if record.size > BUFFER_KEPT_RESIDENT < len(buffer):
+                        buffer.madvise(mmap.MADV_DONTNEED, BUFFER_KEPT_RESIDENT, len(buffer) - BUFFER_KEPT_RESIDENT)
                     with self.lock:
                         if self.scheduler.finish_locked(record.id) and self.registry.file_locked(record.id):
                             # It came up again while this upload ran: one PUT per file in flight.
