@@ -1020,6 +1020,22 @@ def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulato
     assert refused.value.errno == errno.EACCES
 
 
+def test_a_deleted_file_created_again_for_appending_takes_the_appends_from_its_first_byte(emulator, make_model):
+    # doc/SEMANTICS.md "Identical re-copies", re-runs that delete first: the name is created again
+    # empty, so with O_APPEND each write goes after what this writer wrote, whatever offset the
+    # kernel sends (its size of the file is the listed one, the server's, after any stat).
+    model = make_model(emulator)
+    a_complete_file(model)
+    model.unlink("/s/a.jpg")
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE | os.O_APPEND)
+    assert model.write(fh, b"a", 0) == 1
+    assert model.write(fh, b"bc", 3) == 2
+    model.flush(fh)
+    model.release(fh)
+    assert file_state(model, "s", "a.jpg") == "complete"
+    assert [f["put_count"] for f in emulator.files()] == [1]
+
+
 def wait_for(predicate, what: str) -> None:
     deadline = time.monotonic() + 60
     while not predicate():
