@@ -277,6 +277,8 @@ class OpenFiles:
         revival that is not identical is deleted again (the server still holds the file)."""
         identical = handle.check.rewriting and handle.check.matches() and not handle.writer_died
         with self.engine.lock:
+            if handle.revival:
+                self.engine.registry.revival_closed_locked(handle.record)
             if not is_listed_locked(self.engine, handle.record):
                 return
             if identical:
