@@ -22,7 +22,6 @@ network I/O itself never runs under it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Callable
@@ -43,6 +42,7 @@ from .progress import Listeners
 from .records import FAILED, PENDING, REJECTED, UPLOADING, FileRecord, SessionRecord, duration_text
 from .registry import Registry
 from .spool import RunningDigest
+from .spool import SpoolReader
 from .uploader import file_reader, send_file
 
 log = logging.getLogger(__name__)
@@ -192,16 +192,16 @@ class Transfer:
               should_stop, pace):
         # Opened once for the attempt, so a file unlinked meanwhile still reads whole; an archive
         # is read from its members' spool files (by path): no fd of its own.
-        fd = None if record.archive else os.open(self.registry.spool.path(record.id), os.O_RDONLY)
+        spool = None if record.archive else SpoolReader(self.registry.spool, record.id)
         try:
-            with file_reader(fd, members, record.size, self.settings.archive_zip64) as read:
+            with file_reader(spool, members, record.size, self.settings.archive_zip64) as read:
                 return send_file(self.client, upload_id, record.server_name, read, record.size, start, buffer,
                                  self.chunk_sizes, lambda received: self._progress(record, received),
                                  should_stop, expected_sha256=sha256, pace=pace)
         finally:
             pace.flush()
-            if fd is not None:
-                os.close(fd)
+            if spool is not None:
+                spool.close()
 
     def _settle_sent(self, record: FileRecord, generation: int, session: SessionRecord, upload_id: str,
                      received: int) -> None:

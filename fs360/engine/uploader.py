@@ -16,10 +16,8 @@ is never completed on the server (doc/SEMANTICS.md, "What is sent is checked").
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +27,7 @@ from ..errors import (BodyTooLarge, Cancelled, MalformedResponse, NonContiguousC
                       ServerHoldsOtherFile)
 from .chunk_sizes import ChunkSizes
 from .content_digest import hash_like, tagged_hexdigest
+from .spool import SpoolReader
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +45,13 @@ def put_budget(size: int, chunk_size: int) -> int:
     return 2 * -(-size // chunk_size) + PUT_BUDGET_MARGIN
 
 
-def read_exactly(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            raise OSError(f"the spool file is shorter than expected (at byte {offset + done})")
-        done += n
-
-
 @contextlib.contextmanager
-def file_reader(spool_fd: int | None, archive=None, size: int = 0, zip64: bool = False):
-    """`read_exactly(view, offset)` of a file's bytes: its spool file's (open as `spool_fd`), or
+def file_reader(spool: SpoolReader | None, archive=None, size: int = 0, zip64: bool = False):
+    """`read_exactly(view, offset)` of a file's bytes: its spool file's (open as `spool`), or
     for a session's tree its archive's, rebuilt from `archive` (its members; the archive is
     deterministic, so the same members make the same bytes), which must still make `size` bytes."""
     if archive is None:
-        yield functools.partial(read_exactly, spool_fd)
+        yield spool.read_exactly
         return
     from .archive import ArchiveReader, ArchiveSourceChanged
     with ArchiveReader(archive, force_zip64=zip64) as reader:
@@ -180,7 +170,7 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
               pace=None) -> SentFile:
     """Uploads bytes start..size-1 of a file; returns how it ended. `read_exactly(view, offset)`
     fills `view` with the file's bytes from `offset`: a spool file's
-    (`functools.partial(read_exactly, fd)`) or an archive's (`ArchiveReader.read_exactly`).
+    (`SpoolReader.read_exactly`) or an archive's (`ArchiveReader.read_exactly`).
     The chunks' sizes follow `sizes` (chunk_sizes.py); the PUT that completes the file is at
     most the buffer's size. `should_stop(n)` is asked before each PUT of n bytes (true:
     Cancelled, nothing sent; the bandwidth limit and a pause wait in it), `on_progress(received)`

@@ -24,6 +24,8 @@ class FileHandle:
     # The process that closed it was dying (killed, or exiting non-zero).
     writer_died: str = ""
     check: ContentCheck | None = None
+    # The same spool file opened O_DIRECT for the aligned runs of writes (-1: none; spool.py).
+    direct_fd: int = -1
     # Its writer closed it (a FLUSH came) and has not written through it since: whole, as far as
     # this handle goes, even if its RELEASE never arrives (a lazy unmount).
     closed: bool = False

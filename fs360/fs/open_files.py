@@ -73,11 +73,17 @@ class OpenFiles:
             fd = os.open(self.engine.spool.path(record.id), os.O_RDWR if writing else os.O_RDONLY)
         except FileNotFoundError:
             raise AccessDenied("only the server holds this file's data now") from None
+        handle = FileHandle(record, fd, writing, bool(flags & os.O_APPEND))
         if writing:
+            try:
+                handle.direct_fd = self.engine.spool.open_direct(record.id, os.O_WRONLY)
+            except OSError:
+                os.close(fd)
+                raise
             if truncate and record.size:
                 os.ftruncate(fd, 0)
             self.engine.registry.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
-        return self.handles.add(FileHandle(record, fd, writing, bool(flags & os.O_APPEND)))
+        return self.handles.add(handle)
 
     def open_revival_locked(self, record: FileRecord, append: bool) -> int:
         """A re-run that deleted a file the server holds creates it again (tar -x, unzip -o,
@@ -124,7 +130,7 @@ class OpenFiles:
             end = offset + len(data)
             if end > record.size:
                 check_growth(self.engine, record, end)
-            written = self._pwrite(handle.fd, data, offset)
+            written = self._pwrite(handle, data, offset)
         with self.engine.lock:
             digest = self.engine.registry.wrote_locked(record, offset + written)
         if digest is not None:  # hashed with the state lock released
@@ -137,16 +143,17 @@ class OpenFiles:
         with self.engine.lock:
             raise AccessDenied(self.engine.registry.refuse_change_locked(handle.record))
 
-    def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
+    def _pwrite(self, handle: FileHandle, data: bytes, offset: int) -> int:
+        spool = self.engine.spool
         try:
             with spool_limits():
-                return os.pwrite(fd, data, offset)
+                return spool.write(handle.fd, handle.direct_fd, data, offset)
         except NoSpace:
             # The disk is full: drop uploaded data we still keep, then try once more.
             if self.engine.housekeeping.evict_if_needed() <= 0:
                 raise
         with spool_limits():
-            return os.pwrite(fd, data, offset)
+            return spool.write(handle.fd, handle.direct_fd, data, offset)
 
     def truncate(self, path: str | None, length: int, handle: FileHandle | None) -> None:
         """By open handle when there is one, else by path."""
@@ -242,8 +249,9 @@ class OpenFiles:
 
     def release(self, handle: FileHandle) -> None:
         try:
-            if handle.fd >= 0:
-                os.close(handle.fd)
+            for fd in (handle.fd, handle.direct_fd):
+                if fd >= 0:
+                    os.close(fd)
         finally:
             if handle.check is not None:
                 self._release_check(handle)

@@ -12,7 +12,8 @@ from fs360.api.client import FileProgress
 from fs360.api.transport import BODY_PIECE
 from fs360.engine.chunk_sizes import FAST_PUT, MIN_BODY, SLOW_PUT, ChunkSizes
 from fs360.engine.journal import Journal
-from fs360.engine.uploader import read_exactly, send_file
+from fs360.engine.spool import read_exactly
+from fs360.engine.uploader import send_file
 from fs360.errors import ApiError, BodyTooLarge, FileTooLarge, ServerError
 
 KiB = 1024

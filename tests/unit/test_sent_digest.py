@@ -12,7 +12,8 @@ import os
 import pytest
 import xxhash
 
-from fs360.engine.uploader import SentDigest, read_exactly
+from fs360.engine.spool import read_exactly
+from fs360.engine.uploader import SentDigest
 from fs360.errors import SentContentChanged
 
 CHUNK = 4096

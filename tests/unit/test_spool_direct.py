@@ -1,0 +1,103 @@
+"""The spool's aligned runs go past the page cache (O_DIRECT), the rest through it, and what
+is read back for upload is exactly what was written, whatever the mix (spool.py)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import subprocess
+
+import pytest
+
+from fs360.engine.spool import DIRECT_ALIGN, DIRECT_MIN, Spool, SpoolReader, aligned_run, read_exactly
+
+MiB = 1024 * 1024
+
+
+def cached_pages(path) -> int:
+    """Pages of `path` in the page cache, as util-linux's fincore counts them."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "PAGES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.fixture
+def spool(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    if not spool.direct:
+        pytest.fail(f"the spool's file system ({tmp_path}) refused O_DIRECT: these tests need one that takes it")
+    return spool
+
+
+def open_for_writing(spool: Spool, file_id: int) -> tuple[int, int]:
+    spool.create(file_id)
+    return os.open(spool.path(file_id), os.O_RDWR), spool.open_direct(file_id, os.O_WRONLY)
+
+
+def test_aligned_runs():
+    assert aligned_run(0, MiB) == MiB
+    assert aligned_run(MiB, MiB + 100) == MiB               # the tail goes through the cache
+    assert aligned_run(100, MiB) == 0                       # an unaligned offset: all cached
+    assert aligned_run(0, DIRECT_MIN - DIRECT_ALIGN) == 0   # too short to wait for the device
+    assert aligned_run(0, 100 * 1024) == 100 * 1024
+
+
+def test_large_aligned_writes_stay_out_of_the_page_cache_and_read_back_exactly(spool):
+    fd, direct_fd = open_for_writing(spool, 1)
+    data = os.urandom(8 * MiB + 1234)
+    try:
+        for offset in range(0, len(data), MiB):
+            piece = memoryview(data)[offset:offset + MiB]
+            assert spool.write(fd, direct_fd, piece, offset) == len(piece)
+    finally:
+        os.close(fd)
+        os.close(direct_fd)
+    # Only the tail's page went through the cache.
+    assert cached_pages(spool.path(1)) <= 1
+    reader = SpoolReader(spool, 1)
+    view = memoryview(mmap.mmap(-1, len(data) + DIRECT_ALIGN))
+    try:
+        reader.read_exactly(view[:len(data)], 0)
+        assert view[:len(data)] == data
+        # From an unaligned offset, and into an unaligned view: through the cache, still exact.
+        reader.read_exactly(view[1:1 + 3 * MiB], 12345)
+        assert view[1:1 + 3 * MiB] == data[12345:12345 + 3 * MiB]
+        with pytest.raises(OSError, match="shorter than expected"):
+            reader.read_exactly(view[:2 * MiB], len(data) - MiB)
+    finally:
+        reader.close()
+
+
+def test_any_mix_of_writes_reads_back_as_written(spool):
+    """Random writes, aligned or not, large and small, overwriting each other, through the
+    spool's two descriptors: the file and every read of it equal the same writes into memory."""
+    rng = random.Random(2112)
+    size = 6 * MiB
+    fd, direct_fd = open_for_writing(spool, 2)
+    read_direct_fd = spool.open_direct(2, os.O_RDONLY)
+    expected = bytearray(size)
+    try:
+        os.ftruncate(fd, size)
+        for _ in range(300):
+            if rng.random() < 0.5:
+                offset = rng.randrange(0, size // DIRECT_ALIGN) * DIRECT_ALIGN
+                length = rng.choice([DIRECT_MIN, 256 * 1024, MiB, MiB + 7])
+            else:
+                offset = rng.randrange(0, size)
+                length = rng.randrange(1, 300 * 1024)
+            length = min(length, size - offset)
+            data = rng.randbytes(length)
+            assert spool.write(fd, direct_fd, data, offset) == length
+            expected[offset:offset + length] = data
+            if rng.random() < 0.2:
+                at = rng.choice([0, DIRECT_ALIGN * rng.randrange(size // DIRECT_ALIGN), rng.randrange(size)])
+                n = min(rng.choice([DIRECT_MIN, MiB, 5000]), size - at)
+                view = memoryview(mmap.mmap(-1, n))
+                read_exactly(fd, view, at, read_direct_fd)
+                assert view == expected[at:at + n]
+    finally:
+        for each in (fd, direct_fd, read_direct_fd):
+            os.close(each)
+    with open(spool.path(2), "rb") as f:
+        assert f.read() == expected
