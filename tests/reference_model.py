@@ -105,6 +105,11 @@ class File:
         return "/" in self.name and not self.local
 
     @property
+    def revived(self) -> bool:
+        """Deleted while the server held it, created again: its re-copy is compared until closed."""
+        return any(h.check is not None and h.check.revival for h in self.handles)
+
+    @property
     def writers(self) -> int:
         return sum(1 for h in self.handles if h.writable and h.check is None)
 
@@ -220,11 +225,12 @@ class Session:
 
     def blocked(self) -> bool:
         """projects.blocking_reason_locked: what holds the project back (D "What holds a project
-        back"): deleted files the server holds, no file, a file not complete (the archive too)."""
+        back"): deleted files the server holds, no file, a file not complete (the archive too),
+        a deleted file created again whose writer has not closed it (D "Identical re-copies")."""
         uploads = [f for f in self.files.values() if not f.local and not f.in_tree]
         archive_pending = self.archive is not None and not self.archive.held
         return bool(self.gone) or (not uploads and self.archive is None) or archive_pending or \
-            any(f.state != COMPLETE for f in uploads)
+            any(f.state != COMPLETE or f.revived for f in uploads)
 
     def tree_members(self) -> dict[str, bytes]:
         """archive_plan.members_locked: the tree's files, and its folders that hold nothing of

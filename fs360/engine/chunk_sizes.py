@@ -9,14 +9,20 @@ attempt, and the next attempt starts again at the configured size.
 
 A 413 that is not the API's (a proxy in front of the server refusing the body's
 size, api.md Part C) teaches the mount a limit: the larger of half the refused size
-and the largest body accepted below it; no PUT of this mount is larger from then on
-(kept in memory: a new mount finds it again at the cost of one refused PUT).
+and the largest body accepted below it; no PUT is larger from then on. The limit is
+kept in the journal's meta table, with the API URL it was learned from: a remount
+against the same server starts within it instead of paying a refused PUT again.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+
+from ..errors import NoSpace
+
+log = logging.getLogger(__name__)
 
 # A full-size PUT that took less than this doubles the next one; more than SLOW_PUT halves it.
 # 2 s: 64 MiB at 200 Mbit/s takes 2.7 s, so a lone file reaches the maximum there; four files
@@ -26,6 +32,8 @@ SLOW_PUT = 8.0
 # The smallest body a proxy's 413 may shrink PUTs to (the --chunk-size floor): a 413 at this
 # size is not about the size, and is retried as any proxy error.
 MIN_BODY = 64 * 1024
+# The journal's meta key of the learned limit: {"api_url": ..., "limit": bytes}.
+PROXY_LIMIT_KEY = "proxy_body_limit"
 
 
 class ChunkSizes:
@@ -39,11 +47,26 @@ class ChunkSizes:
         self._lock = threading.Lock()
         self._limit = 0  # the largest body a proxy lets through (0: none refused so far)
         self._largest_accepted = 0
+        self._journal = None
+        self._api_url = ""
+
+    def remember_in(self, journal, api_url: str) -> None:
+        """Keeps what a proxy teaches in `journal`, and starts from what it kept for `api_url`
+        (a limit learned in front of another server says nothing of this one)."""
+        kept = journal.get_meta(PROXY_LIMIT_KEY) or {}
+        if kept.get("api_url") == api_url and int(kept.get("limit") or 0) >= MIN_BODY:
+            self._limit = int(kept["limit"])
+        self._journal, self._api_url = journal, api_url
 
     @property
     def limit(self) -> int:
         """The largest PUT body of this mount (the maximum, or what a proxy taught)."""
-        return self._limit or self.maximum
+        return min(self._limit or self.maximum, self.maximum)
+
+    @property
+    def learned_limit(self) -> int | None:
+        """The body limit a proxy taught (None: none refused a body so far)."""
+        return self._limit or None
 
     def accepted(self, nbytes: int) -> None:
         if nbytes > self._largest_accepted:
@@ -57,7 +80,23 @@ class ChunkSizes:
         with self._lock:
             below = self._largest_accepted if self._largest_accepted < nbytes else 0
             self._limit = min(self.limit, max(nbytes // 2, below, MIN_BODY))
+        self._keep()
         return True
+
+    def _keep(self) -> None:
+        """Journals the limit (off the leaf lock). The limit only shrinks: whichever worker
+        writes last, it writes again until what it wrote is the current one."""
+        if self._journal is None:
+            return
+        kept = None
+        while kept != self._limit:
+            kept = self._limit
+            try:
+                self._journal.set_meta(PROXY_LIMIT_KEY, {"api_url": self._api_url, "limit": kept})
+            except NoSpace:
+                log.warning("the cache disk is full: the proxy's body limit (%d bytes) is kept in memory only",
+                            kept)
+                return
 
     def for_file(self) -> "FileChunks":
         return FileChunks(self)

@@ -72,6 +72,7 @@ class Engine:
                                          self.backoff, self.projects, lambda: self._stopping)
         self.transfer = Transfer(settings, self.lock, self.registry, self.tree, self.client, self.gate,
                                  self.backoff, self.listeners, self.session_lost, lambda: self._stopping)
+        self.transfer.chunk_sizes.remember_in(self.journal, settings.api_url)  # a proxy's body limit
         # A hold on a kind of request ends (api/troubles.py): what waited for it goes now.
         self.client.troubles.on_clear(self.bring_forward)
         with self.lock:

@@ -102,6 +102,12 @@ class ProjectKeeper:
                     else "delete them (or copy them again) to go on")
             return (f"{len(blocked)} file(s) will not reach the server ({names}; the reasons: fs360 status "
                     f"--files): {todo}")
+        # A deleted file written again is listed as the server's while the writer's copy is compared:
+        # known good (or refused and deleted again) only at its close.
+        comparing = [f.name for f in files if self.registry.being_revived_locked(f)]
+        if comparing:
+            return (f"waiting for {', '.join(sorted(comparing))} (deleted, then created again) to be closed: "
+                    f"only then is it known to be the server's file")
         waiting = [f for f in files if f.state != COMPLETE]
         if waiting:
             return f"waiting for {len(waiting)} file(s) to finish uploading"

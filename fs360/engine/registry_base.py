@@ -62,6 +62,9 @@ class RegistryState:
         # each was last journaled (monotonic), and the ones memory has newer, not yet journaled.
         self._touch_journaled_at: dict[tuple[str, int], float] = {}
         self._touches_behind: dict[tuple[str, int], int] = {}
+        # By file id: the handles open on a deleted file the server holds, created again, whose
+        # content is being compared (memory only: the handles go with the mount).
+        self._revivals_open: dict[int, int] = {}
         self.caps = Caps()
 
     # --- lookups ------------------------------------------------------------------------------

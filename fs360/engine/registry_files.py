@@ -254,14 +254,27 @@ class FileWriters(RegistryState):
 
     def relist_locked(self, record: FileRecord) -> None:
         """An unlinked file the server holds is listed in its folder again (its identical re-copy
-        is being compared; a different one unlinks it again)."""
+        is being compared; a different one unlinks it again). Until the writer comparing it closes
+        it (revival_closed_locked), it holds the project back as any file being written."""
         session = self.session_of(record)
         session.unlinked.remove(record)
         record.unlinked = False
         session.files[record.name] = record
         self.count_locked(record)
         self.journal.update_file(record.id, unlinked=0)
+        self._revivals_open[record.id] = self._revivals_open.get(record.id, 0) + 1
         self.nudge()
+
+    def revival_closed_locked(self, record: FileRecord) -> None:
+        """A writer that created a deleted file again (relist_locked) closed it: its compare ended."""
+        left = self._revivals_open.pop(record.id, 0) - 1
+        if left > 0:
+            self._revivals_open[record.id] = left
+        self.nudge()
+
+    def being_revived_locked(self, record: FileRecord) -> bool:
+        """A deleted file the server holds, created again, whose re-copy is still being compared."""
+        return record.id in self._revivals_open
 
     def _forget_file_locked(self, record: FileRecord, session: SessionRecord) -> None:
         self.journal.delete_file(record.id)

@@ -200,7 +200,7 @@ class MountModel:
             if not local_only:
                 revivable = self.engine.registry.revivable_locked(session, node.name)
                 if revivable is not None:
-                    return self.files.open_revival_locked(revivable)
+                    return self.files.open_revival_locked(revivable, append=bool(flags & os.O_APPEND))
                 try:
                     check_uploadable_name_locked(self.engine, session, node.name)
                 except Fs360Error as exc:

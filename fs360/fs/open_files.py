@@ -85,12 +85,13 @@ class OpenFiles:
             self.engine.registry.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
         return self.handles.add(handle)
 
-    def open_revival_locked(self, record: FileRecord) -> int:
+    def open_revival_locked(self, record: FileRecord, append: bool) -> int:
         """A re-run that deleted a file the server holds creates it again (tar -x, unzip -o,
         cp --remove-destination, install): it is listed again and what is written is compared;
-        identical, it is the server's file again (no PUT); different, it is refused and deleted."""
+        identical, it is the server's file again (no PUT); different, it is refused and deleted.
+        The new file starts empty: with O_APPEND, writes go after what this writer wrote."""
         self.engine.registry.relist_locked(record)
-        fh = self._open_check_locked(record, truncate=True, append=False)
+        fh = self._open_check_locked(record, truncate=True, append=append)
         self.handles.get(fh).revival = True
         return fh
 
@@ -284,6 +285,8 @@ class OpenFiles:
         revival that is not identical is deleted again (the server still holds the file)."""
         identical = handle.check.rewriting and handle.check.matches() and not handle.writer_died
         with self.engine.lock:
+            if handle.revival:
+                self.engine.registry.revival_closed_locked(handle.record)
             if not is_listed_locked(self.engine, handle.record):
                 return
             if identical:

@@ -404,6 +404,7 @@ class RenderedStatus:
             "generated_at": _iso(time.time()),
             "paused": gate.paused,
             "bwlimit": gate.bwlimit,
+            "proxy_body_limit": self.engine.transfer.chunk_sizes.learned_limit,
             "totals": mount_totals(sessions, rate),
             "sessions": sessions,
         }

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
-from tests.harness import assert_uploaded, make_sources, request_count
+from tests.harness import assert_uploaded, make_sources, request_count, wait_until
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -70,3 +71,54 @@ def test_a_changed_file_is_refused_with_its_reason(tool, tmp_path, mount, emulat
     assert "different scan-1.e57" in (mount.mountpoint / "site" / "status").read_text()
     assert_uploaded(emulator, mount.status_json("site")["upload_id"], expected)
     assert not any(name.startswith(".") for name in os.listdir(dest)), "a scratch copy was left behind"
+
+
+def test_a_deleted_file_appended_to_again_with_the_same_bytes_is_the_servers_file(mount, emulator):
+    """A re-run that deletes first and appends (`rm f; … >> f`): the new file starts empty, so the
+    appends are compared from its first byte, whatever size the kernel took from the listing
+    (the server's file's)."""
+    dest = mount.mountpoint / "site"
+    dest.mkdir()
+    (dest / "notes.las").write_bytes(b"abc")
+    assert mount.wait_settled("site") == {"notes.las": "complete"}
+    puts = request_count(emulator, "PUT")
+    (dest / "notes.las").unlink()
+    with open(dest / "notes.las", "ab") as f:
+        f.write(b"a")
+        f.flush()
+        os.stat(dest / "notes.las")  # the kernel's size of it is the listed one again
+        f.write(b"bc")
+    assert mount.wait_settled("site") == {"notes.las": "complete"}
+    assert mount.status_json("site")["deleted_but_held_by_server"] == []
+    assert request_count(emulator, "PUT") == puts
+
+
+def test_a_project_waits_for_a_deleted_file_written_again_until_its_writer_is_done(mount, emulator):
+    """`tar -x` run again (it deletes each file, then writes it) while `.create` is dropped in: the
+    project waits until the re-copy is known to be the server's file, at the writer's close."""
+    dest = mount.mountpoint / "site"
+    dest.mkdir()
+    (dest / "notes.las").write_bytes(b"abc")
+    assert mount.wait_settled("site") == {"notes.las": "complete"}
+    (dest / "notes.las").unlink()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nwith open(sys.argv[1], 'wb') as f:\n"
+         "    f.write(b'ab'); f.flush(); print('half', flush=True); sys.stdin.readline(); f.write(b'c')",
+         str(dest / "notes.las")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "half\n"
+        (dest / ".create").write_text("{}")
+        def looked_at():
+            project = mount.status_json("site")["project"]
+            return project if project and (project["waiting_for"] or project["state"] != "waiting") else None
+        project = wait_until(looked_at, 30, 0.05, what="the project to be looked at")
+        assert project["state"] == "waiting" and "notes.las" in project["waiting_for"], project
+        assert request_count(emulator, "POST create_project") == 0
+        writer.stdin.write("\n")
+        writer.stdin.close()
+        assert writer.wait(30) == 0
+    finally:
+        writer.kill()
+        writer.wait()
+    assert mount.wait_project("site")["state"] == "ready"
+    assert mount.file_states("site") == {"notes.las": "complete"}

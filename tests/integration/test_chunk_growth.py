@@ -9,6 +9,7 @@ import pytest
 from fs360.engine import chunk_sizes
 from fs360.engine.engine import Engine
 from fs360.engine.records import COMPLETE
+from fs360.fs.status import RenderedStatus
 from tests.engine_helpers import state_counts, wait_idle
 from tests.harness import assert_uploaded, make_sources, request_count
 from tests.integration.engine_runner import queue_files
@@ -25,10 +26,11 @@ def every_put_is_fast(monkeypatch):
     monkeypatch.setattr(chunk_sizes, "FAST_PUT", 3600.0)
 
 
-def upload(emulator, settings_for, files: dict) -> list[tuple[str, int]]:
+def upload(emulator, settings_for, files: dict, start: int = START) -> list[tuple[str, int]]:
     """Sends `files` (name -> path) through an engine with one worker, one after the other;
-    the (name, bytes) of each chunk the server acknowledged, in order."""
-    engine = Engine(settings_for(emulator, chunk_size=START, max_chunk_size=MAXIMUM, workers=1))
+    the (name, bytes) of each chunk the server acknowledged, in order. Each call is a mount of
+    its own on the same cache (its journal)."""
+    engine = Engine(settings_for(emulator, chunk_size=start, max_chunk_size=MAXIMUM, workers=1))
     acknowledged, held = [], {}
 
     def listen(event, **details):
@@ -42,7 +44,7 @@ def upload(emulator, settings_for, files: dict) -> list[tuple[str, int]]:
         for name, path in files.items():
             queue_files(engine, "s", {name: path})
             assert wait_idle(engine, timeout=120, poll=0.05)
-        assert state_counts(engine) == {COMPLETE: len(files)}
+        assert state_counts(engine) == {COMPLETE: len(engine.registry.files_locked())}
     finally:
         engine.stop()  # delivers the last events too
     return acknowledged
@@ -70,3 +72,15 @@ def test_a_proxys_413_shrinks_the_chunks_of_the_whole_mount(emulator, settings_f
     assert max(n for _, n in chunks) == MiB
     assert [n for name, n in chunks if name == "b.e57"][:3] == [START, 2 * START, 4 * START]
     assert_uploaded(emulator, None, sources)
+    # The limit is journaled: a remount that would start above it starts at it, and no PUT is
+    # refused again.
+    sources |= make_sources(tmp_path / "src", {"c.e57": 3 * MiB})
+    chunks = upload(emulator, settings_for, {"c.e57": tmp_path / "src" / "c.e57"}, start=2 * MiB)
+    assert request_count(emulator, "PUT put_file 413") == 1
+    assert [n for _, n in chunks] == [MiB, MiB, MiB]
+    assert_uploaded(emulator, None, sources)
+    engine = Engine(settings_for(emulator))
+    try:
+        assert RenderedStatus(engine).mount_snapshot()["proxy_body_limit"] == MiB  # fs360 status --json
+    finally:
+        engine.stop()

@@ -11,6 +11,7 @@ import pytest
 from fs360.api.client import FileProgress
 from fs360.api.transport import BODY_PIECE
 from fs360.engine.chunk_sizes import FAST_PUT, MIN_BODY, SLOW_PUT, ChunkSizes
+from fs360.engine.journal import Journal
 from fs360.engine.spool import read_exactly
 from fs360.engine.uploader import send_file
 from fs360.errors import ApiError, BodyTooLarge, FileTooLarge, ServerError
@@ -106,6 +107,25 @@ def test_a_413_at_the_smallest_body_is_not_about_the_size():
         pass
     assert sizes.limit == MIN_BODY and chunks.size == chunks.smallest == MIN_BODY
     assert not chunks.refused(MIN_BODY)
+
+
+def test_the_limit_a_proxy_taught_is_journaled_for_its_server(tmp_path):
+    journal = Journal(tmp_path / "journal.db")
+    sizes = ChunkSizes(8 * MiB, 64 * MiB, FakeClock())
+    sizes.remember_in(journal, "https://a.example/api/v1")
+    assert sizes.learned_limit is None
+    assert sizes.for_file().refused(8 * MiB)
+    # The next mount on this journal starts within it, for the same server only.
+    again = ChunkSizes(8 * MiB, 64 * MiB, FakeClock())
+    again.remember_in(journal, "https://a.example/api/v1")
+    assert again.learned_limit == again.limit == again.for_file().size == 4 * MiB
+    elsewhere = ChunkSizes(8 * MiB, 64 * MiB, FakeClock())
+    elsewhere.remember_in(journal, "https://b.example/api/v1")
+    assert elsewhere.learned_limit is None and elsewhere.limit == 64 * MiB
+    # A maximum set below it since is the largest body.
+    lower = ChunkSizes(MiB, 2 * MiB, FakeClock())
+    lower.remember_in(journal, "https://a.example/api/v1")
+    assert lower.limit == 2 * MiB and lower.learned_limit == 4 * MiB
 
 
 class FakeLink:

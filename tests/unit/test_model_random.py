@@ -60,6 +60,7 @@ from fs360.errors import Fs360Error
 from fs360.fs.exits import Closer
 from fs360.fs.model import MountModel
 from tests.fed_writers import feed_writers
+from tests.harness import request_count
 from tests.engine_helpers import file_state, state_counts, wait_idle
 from tests.reference_model import COMPLETE, DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, PENDING, \
     TRUNCATE_OF_A_LOST_FILE_RAISES, Reference, Session, folder_of, is_below
@@ -712,9 +713,7 @@ class MountMachine(RuleBasedStateMachine):
         before another operation touches the file (which makes the pick stale anyway)."""
         def run():
             session = data.draw(st.sampled_from(sorted(self.ref.sessions)), label="session")
-            # Not a re-copy of a deleted file the server holds: listed again while it is compared,
-            # it lets the project be made (a race of its own, for the `create` rule to meet).
-            if not self._closed_files() and name not in self.ref.sessions[session].gone_names:
+            if not self._closed_files():
                 handle, fh = self._create(session, name, False)
                 if handle is not None:
                     self._write(handle, fh, 0, payload)
@@ -1018,6 +1017,47 @@ def test_a_file_reads_while_its_spool_copy_is_there_and_not_once_it_went(emulato
     with pytest.raises(Fs360Error, match="only the server holds") as refused:
         model.open("/s/a.jpg", os.O_RDONLY)
     assert refused.value.errno == errno.EACCES
+
+
+def test_a_deleted_file_created_again_for_appending_takes_the_appends_from_its_first_byte(emulator, make_model):
+    # doc/SEMANTICS.md "Identical re-copies", re-runs that delete first: the name is created again
+    # empty, so with O_APPEND each write goes after what this writer wrote, whatever offset the
+    # kernel sends (its size of the file is the listed one, the server's, after any stat).
+    model = make_model(emulator)
+    a_complete_file(model)
+    model.unlink("/s/a.jpg")
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE | os.O_APPEND)
+    assert model.write(fh, b"a", 0) == 1
+    assert model.write(fh, b"bc", 3) == 2
+    model.flush(fh)
+    model.release(fh)
+    assert file_state(model, "s", "a.jpg") == "complete"
+    assert [f["put_count"] for f in emulator.files()] == [1]
+
+
+def test_a_deleted_file_created_again_holds_the_project_back_until_its_writer_closes_it(emulator, make_model):
+    # doc/SEMANTICS.md "Identical re-copies": a deleted file the server holds is listed again
+    # while its re-copy is compared, and known good (or refused and deleted again) only at the
+    # close. Until then it holds `.create` back as any file being written.
+    model = make_model(emulator)
+    a_complete_file(model)
+    session = model.engine.registry.sessions["s"]
+    model.unlink("/s/a.jpg")
+    copy = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(copy, b"ab", 0)
+    marker = model.create("/s/.create", 0o644, O_CREATE)
+    model.write(marker, b"{}", 0)
+    model.flush(marker)
+    model.release(marker)
+    wait_for(lambda: session.notice or session.sealed, "the project was never looked at")
+    assert not session.sealed and "a.jpg" in session.notice
+    assert request_count(emulator, "POST create_project") == 0
+    model.write(copy, b"c", 2)
+    model.flush(copy)
+    model.release(copy)
+    wait_for(lambda: session.sealed, "the project was never created")
+    assert file_state(model, "s", "a.jpg") == "complete"
+    assert [f["put_count"] for f in emulator.files()] == [1]
 
 
 def wait_for(predicate, what: str) -> None:
