@@ -12,7 +12,7 @@ def test_unmount_mid_upload_then_remount_finishes(tmp_path, emulator):
     cache = tmp_path / "cache"
     sources = {"big.e57": 12 * MiB + 5, "small.jpg": 200_000}
     emulator.set_faults(SLOW_PUTS)
-    first = Mount(tmp_path, emulator, cache_dir=cache, extra_args=["--chunk-size", "1M"]).start()
+    first = Mount(tmp_path, emulator, cache_dir=cache, extra_args=["--chunk-size", "1M", "--max-chunk-size", "1M"]).start()
     try:
         (first.mountpoint / "s").mkdir()
         expected = {name: write_random(first.mountpoint / "s" / name, size) for name, size in sources.items()}
@@ -32,7 +32,7 @@ def test_unmount_mid_upload_then_remount_finishes(tmp_path, emulator):
 
 def test_unmount_wait_waits_for_the_queue(tmp_path, emulator):
     emulator.set_faults(SLOW_PUTS)
-    mount = Mount(tmp_path, emulator, extra_args=["--chunk-size", "1M"]).start()
+    mount = Mount(tmp_path, emulator, extra_args=["--chunk-size", "1M", "--max-chunk-size", "1M"]).start()
     try:
         (mount.mountpoint / "w").mkdir()
         sha = write_random(mount.mountpoint / "w" / "scan.las", 6 * MiB + 1)

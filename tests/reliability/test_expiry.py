@@ -11,7 +11,7 @@ def test_session_expiry_mid_upload_resends_everything_and_creates_the_project(tm
                                                                               mount_factory):
     emulator = profiled_emulator
     emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.1}])
-    mount = mount_factory(emulator, extra_args=["--chunk-size", "1M"])
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "1M", "--max-chunk-size", "1M"])
     session = "expiring"
     (mount.mountpoint / session).mkdir()
     written = {}

@@ -16,7 +16,7 @@ def test_server_down_then_back_uploads_resume_mount_stays_responsive(tmp_path, e
     emulator = emulator_factory("--processing-seconds", "1", "--no-rate-limits")
     down_for = pick(3.0, 30.0)  # test mounts retry within a second (FAST_TIMINGS)
     emulator.set_faults([{"endpoint": "put_file", "kind": "latency", "seconds": 0.1}])
-    mount = mount_factory(emulator, extra_args=["--chunk-size", "1M"])
+    mount = mount_factory(emulator, extra_args=["--chunk-size", "1M", "--max-chunk-size", "1M"])
     session = "outage"
     (mount.mountpoint / session).mkdir()
     written = {}
