@@ -388,6 +388,18 @@ class NoSpace(FsError):
     reason = "the spool disk is full: nothing can be staged"
 
 
+class EarlierWriteLost(FsError):
+    """A write done behind its writer (engine/spool.py) failed: bytes the writer was told were
+    written are not in the spool, so the file is not whole. It carries that write's errno, and
+    is never retried as the present call's own failure would be."""
+    code = "write_behind_failed"
+    reason = "an earlier write of the file to the spool failed: copy it again"
+
+    def __init__(self, message: str, errno: int):
+        super().__init__(message)
+        self.errno = errno
+
+
 class FileTooBig(FsError):
     errno = _errno.EFBIG
     code = "file_too_large"

@@ -27,6 +27,9 @@ Threads (each under its name in /proc/PID/task/*/comm, cut to 15 bytes: thread_n
                                with a writer still running (Engine._commit_loop)
   fs360-listeners              delivers progress events (progress.py); emitting only queues;
                                started with the first event
+  fs360-spool                  writes the spool's direct writes behind their writers, in order
+                               (spool.py, WritesBehind); started with the first; a full disk
+                               makes it take the state lock to evict
   fs360-delete-session         short-lived: DELETE of a dead server session, with retries
 
 The daemon's other threads are listed where their code is: fs360-deadlines in api/__init__.py,
@@ -37,6 +40,8 @@ Lock order (take only rightwards; never leftwards while holding one on the right
   Transfer's per-session open guard  ->  the state lock (`engine.lock`, locking.StateLock)
       ->  Journal._lock  ->  Journal._behind_lock
   The path model's Writers._lock (fs/exits.py) is taken inside the state lock, never around it.
+  The spool's WritesBehind condition is a leaf; waiting on it (`drain`, `settle`, a `submit`
+  that waits for a buffer) is never done with the state lock held (its thread may need it).
   Leaf locks, taken alone and never around another: Listeners._lock, TransferGate's
   condition, ChunkSizes._lock (chunk_sizes.py), the pacer's lock (api/pacing.py), the
   troubles' lock (api/troubles.py: its listeners are told with it released), the

@@ -70,6 +70,7 @@ class Engine:
                                       self.listeners, self.session_lost)
         self.housekeeping = Housekeeping(self.lock, self.registry, self.journal, self.spool, self.client,
                                          self.backoff, self.projects, lambda: self._stopping)
+        self.spool.behind.on_full = self.housekeeping.evict_if_needed
         self.transfer = Transfer(settings, self.lock, self.registry, self.tree, self.client, self.gate,
                                  self.backoff, self.listeners, self.session_lost, lambda: self._stopping)
         self.transfer.chunk_sizes.remember_in(self.journal, settings.api_url)  # a proxy's body limit

@@ -18,13 +18,16 @@ refuses O_DIRECT (tmpfs before Linux 6.6, some network file systems) is cached t
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
+import functools
 import mmap
 import threading
 import os
 from pathlib import Path
 
+from ..errors import EarlierWriteLost
 from .content_digest import hash_like, tagged_hexdigest
 
 
@@ -58,7 +61,7 @@ class Spool:
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         self.direct = self._takes_direct_io()
-        self._buffers = threading.local()
+        self.behind = WritesBehind()
         # The files some of whose bytes were written direct (this run): read direct for upload.
         self._written_direct: set[int] = set()
 
@@ -89,29 +92,28 @@ class Spool:
 
     def write(self, file_id: int, fd: int, direct_fd: int, data, offset: int) -> int:
         """pwrite of `data` at `offset` into file `file_id` (open as `fd`, and as `direct_fd`
-        O_DIRECT, -1 for none): its aligned prefix direct, when it has one."""
+        O_DIRECT, -1 for none). Its aligned prefix, when it has one, is handed to the direct
+        writer and written behind the caller: a failure of it is raised by a later `write` or
+        `drain` of the file. What goes through the cache waits for the file's direct writes
+        first, so that no older direct write lands over it."""
         run = aligned_run(offset, len(data)) if direct_fd >= 0 else 0
-        if not run:
-            return os.pwrite(fd, data, offset)
-        self._written_direct.add(file_id)
-        done = self._write_direct(direct_fd, memoryview(data)[:run], offset)
-        if done < run or run == len(data):
-            return done
-        return done + os.pwrite(fd, memoryview(data)[run:], offset + run)
+        if run:
+            self._written_direct.add(file_id)
+            self.behind.submit(file_id, direct_fd, memoryview(data)[:run], offset)
+            if run == len(data):
+                return run
+        self.behind.drain(file_id)
+        return run + os.pwrite(fd, memoryview(data)[run:] if run else data, offset + run)
 
-    def _write_direct(self, fd: int, data: memoryview, offset: int) -> int:
-        buffer = getattr(self._buffers, "buffer", None)
-        if buffer is None:
-            buffer = self._buffers.buffer = memoryview(mmap.mmap(-1, DIRECT_BUFFER))
-        done = 0
-        while done < len(data):
-            n = min(len(buffer), len(data) - done)
-            buffer[:n] = data[done:done + n]
-            written = os.pwrite(fd, buffer[:n], offset + done)
-            done += written
-            if written < n:
-                break
-        return done
+    def truncate(self, file_id: int, length: int, fd: int = -1) -> None:
+        """ftruncate of `fd`, or truncate of the spool file by path: after the file's writes
+        behind, if it has any (queued after them, without waiting: callable with the state lock)."""
+        if fd >= 0:
+            operation = functools.partial(os.ftruncate, fd, length)
+        else:
+            operation = functools.partial(os.truncate, self.path(file_id), length)
+        if not self.behind.queue_if_behind(file_id, operation):
+            operation()
 
     def path(self, file_id: int) -> Path:
         return self.directory / str(file_id)
@@ -139,6 +141,124 @@ class Spool:
         total = st.f_blocks * st.f_frsize
         free = st.f_bavail * st.f_frsize
         return max(0, int(total * self.min_free_fraction) - free)
+
+
+class WritesBehind:
+    """Direct writes done behind their writers, by one thread (fs360-spool), in the order given.
+
+    A FUSE write returns once its bytes are copied into one of a few aligned buffers, so the
+    next write crosses FUSE while the device takes this one (a sequential writer waits for
+    each write: cp's copy of a large file took twice as long with each direct write awaited).
+    The buffers bound how far the device may lag. A truncate of a file with writes behind is
+    queued after them, so that it lands in the order it was made. The first failure of a
+    file's operation is kept and raised (EarlierWriteLost) by its next `submit` or `drain`;
+    the file's later operations are dropped until then (it is not whole: its writer is told, at
+    the latest by its close, and it is never uploaded). A full disk first asks `on_full`
+    (eviction, set by the engine) to free room, as a write through the cache does. A daemon
+    killed with writes still behind loses them, as a file open at a crash is not whole anyway;
+    a closed file's writes were all drained by its close (flush).
+
+    Its condition is a leaf lock. `drain` and `settle` wait for the device, and the writer
+    thread's eviction takes the state lock: they are never called with the state lock held;
+    `submit` may wait for a buffer, likewise; `queue_if_behind` never waits.
+    """
+
+    BUFFERS = 8
+
+    def __init__(self):
+        self.on_full = lambda: 0
+        self._cond = threading.Condition()
+        self._queue: collections.deque = collections.deque()
+        self._free = [memoryview(mmap.mmap(-1, DIRECT_BUFFER)) for _ in range(self.BUFFERS)]
+        self._pending: dict[int, int] = {}
+        self._failed: dict[int, OSError] = {}
+        self._thread: threading.Thread | None = None
+
+    def submit(self, file_id: int, fd: int, data: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(data):
+            n = min(DIRECT_BUFFER, len(data) - done)
+            with self._cond:
+                self._raise_failure_locked(file_id)
+                while not self._free:
+                    self._cond.wait()
+                buffer = self._free.pop()
+            buffer[:n] = data[done:done + n]
+            with self._cond:
+                self._append_locked(file_id, functools.partial(self._write, fd, buffer[:n], offset + done), buffer)
+            done += n
+
+    def queue_if_behind(self, file_id: int, operation) -> bool:
+        """Queues `operation()` after the file's writes behind, if it has any (else False)."""
+        with self._cond:
+            if not self._pending.get(file_id):
+                return False
+            self._append_locked(file_id, operation, None)
+            return True
+
+    def drain(self, file_id: int) -> None:
+        """Waits for the file's operations behind; raises the first that failed (once)."""
+        with self._cond:
+            self._settle_locked(file_id)
+            self._raise_failure_locked(file_id)
+
+    def settle(self, file_id: int) -> None:
+        """Waits for the file's operations behind, leaving a failure to its writer."""
+        with self._cond:
+            self._settle_locked(file_id)
+
+    def _settle_locked(self, file_id: int) -> None:
+        while self._pending.get(file_id):
+            self._cond.wait()
+
+    def _append_locked(self, file_id: int, operation, buffer) -> None:
+        self._queue.append((file_id, operation, buffer))
+        self._pending[file_id] = self._pending.get(file_id, 0) + 1
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work_loop, name="fs360-spool", daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
+
+    def _raise_failure_locked(self, file_id: int) -> None:
+        failure = self._failed.pop(file_id, None)
+        if failure is not None:
+            raise EarlierWriteLost(f"an earlier write of this file to the spool failed ({failure.strerror})",
+                                   failure.errno)
+
+    def _work_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                file_id, operation, buffer = self._queue.popleft()
+                failed = file_id in self._failed
+            failure = None
+            if not failed:
+                try:
+                    operation()
+                except OSError as exc:
+                    failure = exc
+            with self._cond:
+                if failure is not None:
+                    self._failed.setdefault(file_id, failure)
+                if buffer is not None:
+                    self._free.append(buffer)
+                left = self._pending[file_id] - 1
+                if left:
+                    self._pending[file_id] = left
+                else:
+                    del self._pending[file_id]
+                self._cond.notify_all()
+
+    def _write(self, fd: int, data: memoryview, offset: int) -> None:
+        for attempt in range(2):
+            try:
+                if os.pwrite(fd, data, offset) < len(data):  # O_DIRECT writes whole or fails: a full disk
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or attempt or self.on_full() <= 0:
+                    raise
 
 
 class SpoolReader:

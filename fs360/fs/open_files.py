@@ -10,7 +10,7 @@ import time
 
 from ..engine.records import FileRecord
 from ..engine.registry import STOPPED_WHILE_WRITING
-from ..errors import (AccessDenied, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
+from ..errors import (AccessDenied, EarlierWriteLost, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
                       QuotaWouldPass)
 from .content_check import ContentCheck, held_with_known_content
 from .exits import Writers
@@ -45,7 +45,7 @@ def failures_marked(handle: FileHandle):
     meant: its handle is marked, and its close makes the file `interrupted`."""
     try:
         yield
-    except (NoSpace, FileTooBig, QuotaWouldPass, OSError) as exc:
+    except (NoSpace, FileTooBig, QuotaWouldPass, EarlierWriteLost, OSError) as exc:
         code = getattr(exc, "errno", None) or errno.EIO
         handle.failure = (f"a write failed ({errno.errorcode.get(code, code)}: "
                           f"{getattr(exc, 'strerror', None) or exc}); copy it again")
@@ -81,7 +81,7 @@ class OpenFiles:
                 os.close(fd)
                 raise
             if truncate and record.size:
-                os.ftruncate(fd, 0)
+                self.engine.spool.truncate(record.id, 0, fd)
             self.engine.registry.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
         return self.handles.add(handle)
 
@@ -109,11 +109,21 @@ class OpenFiles:
 
     # --- reading and writing --------------------------------------------------------------------
 
-    @staticmethod
-    def read(handle: FileHandle, size: int, offset: int) -> bytes:
+    def read(self, handle: FileHandle, size: int, offset: int) -> bytes:
         if handle.fd < 0:
             raise AccessDenied("only the server holds this file's data now")
+        self._drain(handle)
         return os.pread(handle.fd, size, offset)
+
+    def _drain(self, handle: FileHandle) -> None:
+        """The file's writes done behind its writers (spool.py) reach the spool file first; for a
+        handle that writes them, one that failed fails this call, and marks the handle."""
+        behind = self.engine.spool.behind
+        if handle.direct_fd < 0:
+            behind.settle(handle.record.id)
+            return
+        with failures_marked(handle):
+            behind.drain(handle.record.id)
 
     def write(self, handle: FileHandle, data: bytes, offset: int) -> int:
         if not handle.writable:
@@ -173,7 +183,7 @@ class OpenFiles:
                     check_growth_locked(self.engine, record, length)
                 try:
                     with spool_limits():
-                        os.truncate(self.engine.spool.path(record.id), length)
+                        self.engine.spool.truncate(record.id, length)
                 except FileNotFoundError:  # evicted, then its session lost: the file is `lost`
                     raise AccessDenied(f"the data of {record.name!r} is gone from here and from the server: "
                                        f"copy it again") from None
@@ -185,6 +195,7 @@ class OpenFiles:
                 return
             check_mutable_locked(self.engine, record)
         handle.closed = False
+        self._drain(handle)
         # Through the handle (its writer keeps the file from being queued meanwhile); it works on a
         # file unlinked while open too (its spool file is gone).
         with failures_marked(handle):
@@ -216,6 +227,7 @@ class OpenFiles:
             raise NotSupported("only plain fallocate is supported")
         end = offset + length
         handle.closed = False
+        self._drain(handle)
         with failures_marked(handle):
             if end > handle.record.size:
                 check_growth(self.engine, handle.record, end)
@@ -224,9 +236,9 @@ class OpenFiles:
         with self.engine.lock:
             self.engine.registry.allocated_locked(handle.record, end)
 
-    @staticmethod
-    def fsync(handle: FileHandle, datasync: bool) -> None:
+    def fsync(self, handle: FileHandle, datasync: bool) -> None:
         if handle.fd >= 0:
+            self._drain(handle)
             (os.fdatasync if datasync else os.fsync)(handle.fd)
 
     # --- closing ----------------------------------------------------------------------------------
@@ -238,6 +250,7 @@ class OpenFiles:
         if not handle.writable:
             return
         handle.closed = True
+        self._drain(handle)  # a write behind that failed fails the close, and the file is not whole
         if handle.check is not None:
             reason = self.writers.dying(pid)
         else:
@@ -249,6 +262,8 @@ class OpenFiles:
 
     def release(self, handle: FileHandle) -> None:
         try:
+            with contextlib.suppress(EarlierWriteLost):  # marked on the handle: the file is not whole
+                self._drain(handle)
             for fd in (handle.fd, handle.direct_fd):
                 if fd >= 0:
                     os.close(fd)

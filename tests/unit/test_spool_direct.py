@@ -3,6 +3,7 @@ is read back for upload is exactly what was written, whatever the mix (spool.py)
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import pytest
 
 from fs360.engine.spool import DIRECT_ALIGN, DIRECT_FROM, DIRECT_MIN, Spool, SpoolReader, aligned_run, read_exactly
+from fs360.errors import EarlierWriteLost
 
 MiB = 1024 * 1024
 
@@ -70,6 +72,7 @@ def test_large_aligned_writes_stay_out_of_the_page_cache_and_read_back_exactly(s
         for offset in range(0, len(data), MiB):
             piece = memoryview(data)[offset:offset + MiB]
             assert spool.write(1, fd, direct_fd, piece, offset) == len(piece)
+        spool.behind.drain(1)
     finally:
         os.close(fd)
         os.close(direct_fd)
@@ -114,10 +117,40 @@ def test_any_mix_of_writes_reads_back_as_written(spool):
                 at = rng.choice([0, DIRECT_ALIGN * rng.randrange(size // DIRECT_ALIGN), rng.randrange(size)])
                 n = min(rng.choice([DIRECT_MIN, MiB, 5000]), size - at)
                 view = memoryview(mmap.mmap(-1, n))
+                spool.behind.settle(2)  # as every read of the spool file does
                 read_exactly(fd, view, at, read_direct_fd)
                 assert view == expected[at:at + n]
+        spool.behind.drain(2)
     finally:
         for each in (fd, direct_fd, read_direct_fd):
             os.close(each)
     with open(spool.path(2), "rb") as f:
         assert f.read() == expected
+
+
+def test_a_truncate_lands_after_the_writes_behind_it(spool):
+    fd, direct_fd = open_for_writing(spool, 4)
+    try:
+        spool.write(4, fd, direct_fd, b"a" * DIRECT_FROM, 0)
+        for offset in range(DIRECT_FROM, 9 * MiB, MiB):
+            spool.write(4, fd, direct_fd, os.urandom(MiB), offset)
+        spool.truncate(4, 100)      # by path, queued behind the direct writes it follows
+        spool.behind.drain(4)
+    finally:
+        os.close(fd)
+        os.close(direct_fd)
+    assert spool.path(4).read_bytes() == b"a" * 100
+
+
+def test_a_failed_write_behind_fails_the_files_next_write_once(spool):
+    fd, direct_fd = open_for_writing(spool, 5)
+    os.close(direct_fd)  # the write behind gets EBADF
+    try:
+        spool.write(5, fd, direct_fd, os.urandom(MiB), DIRECT_FROM)
+        with pytest.raises(EarlierWriteLost) as failed:
+            spool.behind.drain(5)
+        assert failed.value.errno == errno.EBADF and "an earlier write of this file" in str(failed.value)
+        spool.behind.drain(5)  # told once; other files never hear of it
+        spool.behind.drain(6)
+    finally:
+        os.close(fd)
