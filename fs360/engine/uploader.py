@@ -32,6 +32,9 @@ from .spool import SpoolReader
 log = logging.getLogger(__name__)
 
 
+# A streamed chunk is read from the spool this much at a time and sent in BODY_PIECE pieces:
+# a read past the page cache is a round trip to the disk (spool.py), and each costs wake-ups.
+READ_AHEAD = 4 * BODY_PIECE
 # A server that answers without moving forward this many times running is broken.
 MAX_STALLS = 5
 # One attempt's PUTs, beyond twice the file's chunks: a server that loses bytes now and then
@@ -134,12 +137,13 @@ class SentDigest:
 
 @dataclass
 class StreamedChunk:
-    """Bytes [offset, offset + n) of a file as a PUT body: each piece is read into `piece` (the
-    buffer's first piece) as the request asks for it, hashed, and sent before the next is read,
-    so no buffer of the chunk's size exists. A read that fails ends the request (SpoolUnreadable:
-    not an OSError, which the HTTP stack would take for the network's)."""
+    """Bytes [offset, offset + n) of a file as a PUT body, in pieces of BODY_PIECE: read into
+    `window` (the buffer's first READ_AHEAD bytes) a window at a time as the request asks for
+    them, each piece hashed as it goes, so no buffer of the chunk's size exists. A read that
+    fails ends the request (SpoolUnreadable: not an OSError, which the HTTP stack would take for
+    the network's)."""
     read_exactly: Callable[[memoryview, int], None]
-    piece: memoryview
+    window: memoryview
     offset: int
     n: int
     digest: SentDigest
@@ -151,14 +155,16 @@ class StreamedChunk:
         self.digest.seek(self.offset)  # where the chunk starts, should the body be asked for again
         done = 0
         while done < self.n:
-            view = self.piece[:min(len(self.piece), self.n - done)]
+            block = self.window[:min(len(self.window), self.n - done)]
             try:
-                self.read_exactly(view, self.offset + done)
+                self.read_exactly(block, self.offset + done)
             except OSError as exc:
                 raise SpoolUnreadable(exc) from exc
-            self.digest.update(view)
-            done += len(view)
-            yield view
+            for at in range(0, len(block), BODY_PIECE):
+                piece = block[at:at + BODY_PIECE]
+                self.digest.update(piece)
+                done += len(piece)
+                yield piece
 
 
 class SpoolUnreadable(Exception):
@@ -205,7 +211,7 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
             body = view[:n]
         else:
             digest.chunk_starts()
-            body = StreamedChunk(read_exactly, view[:min(len(view), BODY_PIECE)], offset, n, digest)
+            body = StreamedChunk(read_exactly, view[:min(len(view), READ_AHEAD)], offset, n, digest)
         puts += 1
         chunks.put_starts()
         try:
