@@ -405,7 +405,11 @@ class MountModel:
 
     def getxattr(self, path: str, name: str) -> bytes:
         if name not in XATTRS + SESSION_XATTRS:
-            raise NoAttribute(name)
+            # Another user.* name does not exist; no other namespace is supported at all (no
+            # ACLs, SELinux labels or capabilities), and ls -l stops asking on ENOTSUP.
+            if name.startswith("user."):
+                raise NoAttribute(name)
+            raise NotSupported(f"no {name.partition('.')[0]}.* attributes")
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
             if node.kind == SESSION and name in SESSION_XATTRS:

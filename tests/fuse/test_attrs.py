@@ -53,8 +53,13 @@ def test_xattrs_through_the_kernel(tmp_path, mount):
         os.setxattr(target, "user.fs360.state", b"x")
     assert info.value.errno == errno.ENOTSUP
     with pytest.raises(OSError) as info:
-        os.getxattr(target, "security.capability")
+        os.getxattr(target, "user.other")
     assert info.value.errno == errno.ENODATA
+    # No other namespace is supported: on ENOTSUP `ls -l` stops asking for ACLs and labels.
+    for name in ("security.capability", "security.selinux", "system.posix_acl_access"):
+        with pytest.raises(OSError) as info:
+            os.getxattr(target, name)
+        assert info.value.errno == errno.ENOTSUP, name
     # After a refused setxattr the kernel still asks for the own attributes.
     assert os.getxattr(target, "user.fs360.state") == b"complete"
 
