@@ -8,6 +8,7 @@ progress events (rates.py), not from the records.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -34,9 +35,14 @@ NEEDS_YOU_STATES = ("rejected", "held", "interrupted", "lost")
 SCHEMA_VERSION = 1
 
 
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
 def natural_key(name: str) -> list:
-    """scan_2 before scan_10: digit runs compare as numbers (re.split alternates text, digits)."""
-    return [int(part) if index % 2 else part.casefold() for index, part in enumerate(re.split(r"(\d+)", name))]
+    """scan_2 before scan_10: digit runs compare as numbers (split alternates text, digits)."""
+    parts = _DIGIT_RUNS.split(name.casefold())
+    parts[1::2] = map(int, parts[1::2])
+    return parts
 
 
 # What a status needs of a file, copied in one C-level call per record under the lock: the
@@ -200,8 +206,17 @@ def _tree_entries(capture: dict) -> list[dict]:
     return [entries[top] for top in sorted(entries)]
 
 
+_ONE_LINE = json.JSONEncoder(ensure_ascii=False)
+
+
 def render_json(snapshot: dict) -> bytes:
-    return (json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+    """Indented, with one line per file: json's indenting encoder is pure Python (10,000 files:
+    80 ms), its one-line encoder C (25 ms with the lines joined)."""
+    text = json.dumps({**snapshot, "files": []}, indent=2, ensure_ascii=False)
+    if snapshot["files"]:
+        lines = ",\n    ".join(map(_ONE_LINE.encode, snapshot["files"]))
+        text = text.replace('\n  "files": [],', f'\n  "files": [\n    {lines}\n  ],', 1)
+    return (text + "\n").encode("utf-8", "surrogateescape")
 
 
 def render_text(snapshot: dict) -> bytes:
@@ -288,6 +303,9 @@ def render_root(snapshots: list[dict]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
+SESSION_RENDERERS = {"status": render_text, "status.json": render_json}
+
+
 def held_back_lines(snapshot: dict) -> list[str]:
     return [f"held back: {reason}" for reason in snapshot.get("held_back", ())]
 
@@ -348,8 +366,9 @@ class RenderedStatus:
     render each of them again; an open always renders.
 
     In two steps, so that FUSE callbacks never wait on a render: `prepare_locked` copies what
-    the status shows (with engine.lock held, one consistent state), and the returned callable
-    sorts, builds and renders it after the lock is released."""
+    the status shows (with engine.lock held, one consistent state), and the returned callables
+    sort, build and render it after the lock is released. The files of one call (a listing's
+    `status` and `status.json`) share that copy and the status built from it."""
 
     def __init__(self, engine):
         self.engine = engine
@@ -357,34 +376,36 @@ class RenderedStatus:
         # Rendered status files by (session name or "", file name): (monotonic time, content).
         self._cache: dict[tuple[str, str], tuple[float, bytes]] = {}
 
-    def prepare_locked(self, session: SessionRecord | None, name: str, fresh: bool = False):
-        """A callable giving the content of status file `name` of `session` (None: the root
-        one). Needs engine.lock held; call the result without it."""
-        key = (session.name if session is not None else "", name)
+    def prepare_locked(self, session: SessionRecord | None, names: tuple[str, ...], fresh: bool = False) -> list:
+        """Callables giving the content of each status file of `names` of `session` (None: the
+        root one). Needs engine.lock held; call the results without it."""
         now = time.monotonic()
-        cached = self._cache.get(key)
-        if not fresh and cached is not None and now - cached[0] < STATUS_SIZE_TTL:
-            return lambda: cached[1]
+        prefix = session.name if session is not None else ""
+        cached = {} if fresh else {name: self._cache.get((prefix, name)) for name in names}
+        cached = {name: c[1] for name, c in cached.items() if c is not None and now - c[0] < STATUS_SIZE_TTL}
+        if len(cached) == len(names):
+            return [lambda content=cached[name]: content for name in names]
         if session is None:
             captures = self._captures_locked()
 
             def snapshot():
                 return [snapshot_of(capture, self.rates) for capture in captures]
-            render = render_root
         else:
             capture = capture_session_locked(session, self.engine)
 
             def snapshot():
                 return snapshot_of(capture, self.rates)
-            render = render_json if name == "status.json" else render_text
+        snapshot = functools.cache(snapshot)  # built once, by the first render that needs it
         if len(self._cache) > 4 * len(self.engine.registry.sessions) + 8:
             self._cache.clear()  # sessions were renamed or removed: drop the old keys
 
-        def rendered() -> bytes:
-            content = render(snapshot())
-            self._cache[key] = (now, content)
+        def rendered(name: str) -> bytes:
+            if name in cached:
+                return cached[name]
+            content = (render_root if session is None else SESSION_RENDERERS[name])(snapshot())
+            self._cache[(prefix, name)] = (now, content)
             return content
-        return rendered
+        return [functools.partial(rendered, name) for name in names]
 
     def _captures_locked(self) -> list[dict]:
         sessions = sorted(self.engine.registry.sessions.values(), key=lambda s: natural_key(s.name))

@@ -664,6 +664,18 @@ def test_status_files_report_their_size(idle):
         assert idle.getattr(path)["st_size"] == len(read_all(idle, path)) > 0
 
 
+def test_a_listing_builds_one_status_for_both_status_files(idle, monkeypatch):
+    from fs360.fs import status
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"x")
+    built, snapshot_of = [], status.snapshot_of
+    monkeypatch.setattr(status, "snapshot_of", lambda *args: built.append(1) or snapshot_of(*args))
+    listed = dict(idle.readdir("/s"))
+    assert len(built) == 1
+    assert listed["status"]["st_size"] == len(read_all(idle, "/s/status"))
+    assert listed["status.json"]["st_size"] == len(read_all(idle, "/s/status.json"))
+
+
 def test_ctime_and_folder_times_follow_changes(idle):
     idle.mkdir("/s", 0o755)
     before = idle.getattr("/s")
