@@ -211,10 +211,11 @@ _ONE_LINE = json.JSONEncoder(ensure_ascii=False)
 
 def render_json(snapshot: dict) -> bytes:
     """Indented, with one line per file: json's indenting encoder is pure Python (10,000 files:
-    80 ms), its one-line encoder C (25 ms with the lines joined)."""
+    80 ms), its one-line encoder C (15 ms). The file list is one call of the C encoder, broken
+    before each `{"name": `: a `{"` never occurs inside an encoded string (its `"` is `\\"`)."""
     text = json.dumps({**snapshot, "files": []}, indent=2, ensure_ascii=False)
     if snapshot["files"]:
-        lines = ",\n    ".join(map(_ONE_LINE.encode, snapshot["files"]))
+        lines = _ONE_LINE.encode(snapshot["files"])[1:-1].replace('}, {"name": ', '},\n    {"name": ')
         text = text.replace('\n  "files": [],', f'\n  "files": [\n    {lines}\n  ],', 1)
     return (text + "\n").encode("utf-8", "surrogateescape")
 
