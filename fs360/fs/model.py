@@ -244,6 +244,10 @@ class MountModel:
     def is_snapshot(self, fh: int) -> bool:
         return isinstance(self._handles.get(fh), (SnapshotHandle, MarkerHandle))
 
+    def is_status_snapshot(self, fh: int) -> bool:
+        """A status file's content as rendered at open: its flush and release settle nothing."""
+        return isinstance(self._handles.get(fh), SnapshotHandle)
+
     # --- open handles: .create or a file ---------------------------------------------------------
 
     def read(self, fh: int, size: int, offset: int) -> bytes:

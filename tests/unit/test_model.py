@@ -88,7 +88,7 @@ import xxhash
 from fs360.errors import Fs360Error
 from fs360.engine.records import FileRecord
 from fs360.fs.content_check import LegacyDigest, content_stamp, is_identical_copy
-from fs360.fs.fuse_ops import translated
+from fs360.fs.fuse_ops import Fs360Operations, translated
 from fs360.fs.model import MountModel
 from tests.harness import request_count, wait_until
 from tests.engine_helpers import file_state
@@ -448,6 +448,19 @@ def test_status_files_read_only(idle):
 
 
 # --- the FUSE adapter ------------------------------------------------------------------------------------------
+
+
+def test_status_files_open_with_direct_io_and_without_flush(idle):
+    """A status file is read to EOF (direct_io) and its close sends no FLUSH (noflush: nothing
+    to settle, one round trip fewer per read); a file's close still reaches flush."""
+    ops = Fs360Operations(idle)
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"x")
+    for path, direct_io, noflush in (("/s/status", 1, 1), ("/status", 1, 1), ("/s/a.jpg", 0, 0)):
+        fi = mfusepy.fuse_file_info(flags=os.O_RDONLY)
+        ops.open(path, fi)
+        assert (fi.direct_io, fi.noflush) == (direct_io, noflush), path
+        ops.release(path, fi)
 
 
 def test_translated_wrapper_eio_and_errnos(caplog):
