@@ -15,7 +15,7 @@ import time
 from operator import attrgetter
 
 from ..engine.projects import project_page
-from ..engine.records import COMPLETE, IN_TREE, P_READY, UPLOADING, SessionRecord
+from ..engine.records import COMPLETE, FAILED, IN_TREE, P_READY, UPLOADING, SessionRecord
 from ..options import unknown_create_fields
 from .rates import RateBook, eta_seconds
 
@@ -76,6 +76,16 @@ def capture_session_locked(session: SessionRecord, engine) -> dict:
         "paused": engine.gate.paused,
         "held_back": engine.trouble_reasons(),
     }
+
+
+def settled_state(captures: list[dict]) -> list[dict] | None:
+    """What a status of `captures` shows apart from the moment it is rendered; None while a
+    file uploads (its progress and rate move) or waits to retry (its countdown moves). Two
+    renders of one settled state differ only in `generated_at`, which keeps its width: in size,
+    not at all."""
+    if any(row[_STATE] in (UPLOADING, FAILED) for capture in captures for row in capture["files"]):
+        return None
+    return [{key: value for key, value in capture.items() if key != "now"} for capture in captures]
 
 
 def snapshot_of(capture: dict, rates: RateBook | None = None) -> dict:
@@ -364,7 +374,9 @@ def summary_line(snapshot: dict) -> str:
 class RenderedStatus:
     """The content of the status files. A render younger than STATUS_SIZE_TTL is reused for
     getattr and listings, so their size is the real one and `ls -l` of many sessions does not
-    render each of them again; an open always renders.
+    render each of them again; an open always renders. An older one is reused too while its
+    session is settled and shows the same state (see `settled_state`): its size is still the
+    real one.
 
     In two steps, so that FUSE callbacks never wait on a render: `prepare_locked` copies what
     the status shows (with engine.lock held, one consistent state), and the returned callables
@@ -374,8 +386,9 @@ class RenderedStatus:
     def __init__(self, engine):
         self.engine = engine
         self.rates = RateBook(engine.listeners)
-        # Rendered status files by (session name or "", file name): (monotonic time, content).
-        self._cache: dict[tuple[str, str], tuple[float, bytes]] = {}
+        # Rendered status files by (session name or "", file name): (monotonic time, content, the
+        # settled state it shows or None).
+        self._cache: dict[tuple[str, str], tuple[float, bytes, list | None]] = {}
 
     def prepare_locked(self, session: SessionRecord | None, names: tuple[str, ...], fresh: bool = False) -> list:
         """Callables giving the content of each status file of `names` of `session` (None: the
@@ -383,28 +396,23 @@ class RenderedStatus:
         now = time.monotonic()
         prefix = session.name if session is not None else ""
         cached = {} if fresh else {name: self._cache.get((prefix, name)) for name in names}
-        cached = {name: c[1] for name, c in cached.items() if c is not None and now - c[0] < STATUS_SIZE_TTL}
-        if len(cached) == len(names):
-            return [lambda content=cached[name]: content for name in names]
-        if session is None:
-            captures = self._captures_locked()
-
-            def snapshot():
-                return [snapshot_of(capture, self.rates) for capture in captures]
-        else:
-            capture = capture_session_locked(session, self.engine)
-
-            def snapshot():
-                return snapshot_of(capture, self.rates)
-        snapshot = functools.cache(snapshot)  # built once, by the first render that needs it
+        cached = {name: c for name, c in cached.items() if c is not None}
+        if all(name in cached and now - cached[name][0] < STATUS_SIZE_TTL for name in names):
+            return [lambda content=cached[name][1]: content for name in names]
+        captures = self._captures_locked() if session is None else [capture_session_locked(session, self.engine)]
+        # Each built once, by the first render that needs it.
+        state = functools.cache(lambda: settled_state(captures))
+        snapshots = functools.cache(lambda: [snapshot_of(capture, self.rates) for capture in captures])
         if len(self._cache) > 4 * len(self.engine.registry.sessions) + 8:
             self._cache.clear()  # sessions were renamed or removed: drop the old keys
 
         def rendered(name: str) -> bytes:
-            if name in cached:
-                return cached[name]
-            content = (render_root if session is None else SESSION_RENDERERS[name])(snapshot())
-            self._cache[(prefix, name)] = (now, content)
+            old = cached.get(name)
+            if old is not None and (now - old[0] < STATUS_SIZE_TTL or (old[2] is not None and old[2] == state())):
+                self._cache[(prefix, name)] = (now, old[1], old[2])
+                return old[1]
+            content = render_root(snapshots()) if session is None else SESSION_RENDERERS[name](snapshots()[0])
+            self._cache[(prefix, name)] = (now, content, state())
             return content
         return [functools.partial(rendered, name) for name in names]
 

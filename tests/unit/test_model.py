@@ -689,6 +689,26 @@ def test_a_listing_builds_one_status_for_both_status_files(idle, monkeypatch):
     assert listed["status.json"]["st_size"] == len(read_all(idle, "/s/status.json"))
 
 
+def test_a_settled_status_keeps_its_render_until_its_state_changes(idle, monkeypatch):
+    """Past STATUS_SIZE_TTL a listing renders a session's status again only if what it shows
+    changed (its size is then still the real one); an open always renders."""
+    from fs360.fs import status
+    monkeypatch.setattr(status, "STATUS_SIZE_TTL", 0)
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"x")
+    built, snapshot_of = [], status.snapshot_of
+    monkeypatch.setattr(status, "snapshot_of", lambda *args: built.append(1) or snapshot_of(*args))
+    idle.readdir("/s")
+    idle.readdir("/s")
+    assert len(built) == 1  # pending, nothing moves: the same render
+    write_file(idle, "/s/b.jpg", b"yy")
+    listed = dict(idle.readdir("/s"))
+    assert len(built) == 2
+    assert listed["status.json"]["st_size"] == len(read_all(idle, "/s/status.json"))
+    assert listed["status"]["st_size"] == len(read_all(idle, "/s/status"))
+    assert len(built) == 4  # each open rendered
+
+
 def test_ctime_and_folder_times_follow_changes(idle):
     idle.mkdir("/s", 0o755)
     before = idle.getattr("/s")

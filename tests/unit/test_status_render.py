@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from fs360.engine.records import COMPLETE, FAILED, PENDING, FileRecord
+from fs360.engine.records import COMPLETE, FAILED, PENDING, UPLOADING, FileRecord
 from fs360.fs import status
 
 
@@ -67,3 +67,15 @@ def test_natural_order_compares_digit_runs_as_numbers():
     names = ["scan_10.jpg", "Scan_2.jpg", "scan_1.JPG", "a", "10", "9", "scan_2b.jpg", ""]
     assert sorted(names, key=status.natural_key) == ["", "9", "10", "a", "scan_1.JPG", "Scan_2.jpg",
                                                      "scan_2b.jpg", "scan_10.jpg"]
+
+
+def test_a_settled_state_is_the_capture_without_its_time_and_none_while_files_move():
+    settled = capture_of(records(3, pending=1))
+    later = dict(settled, now=settled["now"] + 60)
+    assert status.settled_state([settled]) == status.settled_state([later]) is not None
+    assert status.render_json(status.snapshot_of(settled)) != status.render_json(status.snapshot_of(later))
+    assert len(status.render_json(status.snapshot_of(settled))) == len(status.render_json(status.snapshot_of(later)))
+    assert status.settled_state([capture_of(records(3, failed=1))]) is None  # its retry countdown moves
+    uploading = records(3, pending=1)
+    uploading[-1].state = UPLOADING
+    assert status.settled_state([capture_of(uploading)]) is None  # its progress and rate move
