@@ -77,7 +77,7 @@ class MountModel:
             elif node.kind == SESSION:
                 return self.attrs.session(node.session, self.tree.subfolder_count_locked(node.session, ""))
             elif node.kind == STATUS or (node.kind == MARKER and self.markers.listed(node.session)):
-                attrs = self._virtual_entry_attrs_locked(node.session, node.name)
+                attrs, = self._virtual_entry_attrs_locked(node.session, (node.name,))
             elif node.kind == FILE:
                 return self.attrs.file(node.record)
             elif node.kind == DIR:
@@ -91,18 +91,24 @@ class MountModel:
                               self.root["uid"], self.root["gid"])
 
     def _root_status_attrs_locked(self):
-        content = self.status.prepare_locked(None, ROOT_STATUS)
+        content, = self.status.prepare_locked(None, (ROOT_STATUS,))
         return lambda: self.attrs.virtual(0o444, size=len(content()))
 
-    def _virtual_entry_attrs_locked(self, session, name: str):
-        """Attributes of a session's status file or .create, the same for getattr and a listing
-        (the kernel caches both), as a callable to call without engine.lock (see RenderedStatus)."""
+    def _virtual_entry_attrs_locked(self, session, names: tuple[str, ...]) -> list:
+        """Attributes of a session's status files or .create, the same for getattr and a listing
+        (the kernel caches both), as callables to call without engine.lock (see RenderedStatus):
+        the status files of one call are rendered from one snapshot."""
         mtime_ns = session.mtime_ns
-        if name == CREATE_MARKER:
-            attrs = self.attrs.virtual(self.markers.mode(session), mtime_ns, size=len(marker_text(session)))
-            return lambda: attrs
-        content = self.status.prepare_locked(session, name)
-        return lambda: self.attrs.virtual(0o444, mtime_ns, size=len(content()))
+        statuses = tuple(name for name in names if name != CREATE_MARKER)
+        contents = dict(zip(statuses, self.status.prepare_locked(session, statuses)))
+
+        def attrs_of(name: str):
+            if name == CREATE_MARKER:
+                attrs = self.attrs.virtual(self.markers.mode(session), mtime_ns, size=len(marker_text(session)))
+                return lambda: attrs
+            content = contents[name]
+            return lambda: self.attrs.virtual(0o444, mtime_ns, size=len(content()))
+        return [attrs_of(name) for name in names]
 
     def readdir(self, path: str) -> list[tuple[str, dict]]:
         with self.engine.lock:
@@ -113,8 +119,8 @@ class MountModel:
                            for name, s in self.engine.registry.sessions.items()]
             elif node.kind == SESSION:
                 session = node.session
-                names = list(STATUS_NAMES) + ([CREATE_MARKER] if self.markers.listed(session) else [])
-                virtual = [(name, self._virtual_entry_attrs_locked(session, name)) for name in names]
+                names = STATUS_NAMES + ((CREATE_MARKER,) if self.markers.listed(session) else ())
+                virtual = list(zip(names, self._virtual_entry_attrs_locked(session, names)))
                 entries = self._children_locked(session, "")
             elif node.kind == DIR:
                 return self._children_locked(node.session, node.name)
@@ -219,7 +225,7 @@ class MountModel:
             if node.kind in (STATUS, ROOT_STATUS_FILE):
                 if writing:
                     raise AccessDenied("status files are read-only")
-                content = self.status.prepare_locked(node.session, node.name, fresh=True)
+                content, = self.status.prepare_locked(node.session, (node.name,), fresh=True)
             elif node.kind == MARKER:
                 if not self.markers.listed(node.session) and not writing:
                     raise NotFound(path)
@@ -237,6 +243,10 @@ class MountModel:
 
     def is_snapshot(self, fh: int) -> bool:
         return isinstance(self._handles.get(fh), (SnapshotHandle, MarkerHandle))
+
+    def is_status_snapshot(self, fh: int) -> bool:
+        """A status file's content as rendered at open: its flush and release settle nothing."""
+        return isinstance(self._handles.get(fh), SnapshotHandle)
 
     # --- open handles: .create or a file ---------------------------------------------------------
 
@@ -405,7 +415,11 @@ class MountModel:
 
     def getxattr(self, path: str, name: str) -> bytes:
         if name not in XATTRS + SESSION_XATTRS:
-            raise NoAttribute(name)
+            # Another user.* name does not exist; no other namespace is supported at all (no
+            # ACLs, SELinux labels or capabilities), and ls -l stops asking on ENOTSUP.
+            if name.startswith("user."):
+                raise NoAttribute(name)
+            raise NotSupported(f"no {name.partition('.')[0]}.* attributes")
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
             if node.kind == SESSION and name in SESSION_XATTRS:

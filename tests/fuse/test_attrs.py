@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -53,8 +54,13 @@ def test_xattrs_through_the_kernel(tmp_path, mount):
         os.setxattr(target, "user.fs360.state", b"x")
     assert info.value.errno == errno.ENOTSUP
     with pytest.raises(OSError) as info:
-        os.getxattr(target, "security.capability")
+        os.getxattr(target, "user.other")
     assert info.value.errno == errno.ENODATA
+    # No other namespace is supported: on ENOTSUP `ls -l` stops asking for ACLs and labels.
+    for name in ("security.capability", "security.selinux", "system.posix_acl_access"):
+        with pytest.raises(OSError) as info:
+            os.getxattr(target, name)
+        assert info.value.errno == errno.ENOTSUP, name
     # After a refused setxattr the kernel still asks for the own attributes.
     assert os.getxattr(target, "user.fs360.state") == b"complete"
 
@@ -72,6 +78,21 @@ def test_listing_attributes_match_stat(tmp_path, mount):
     assert {"status", "status.json"} <= set(sizes)
     for entry in os.scandir(session):  # the attributes the listing handed over, not a fresh getattr
         assert entry.stat().st_size == sizes[entry.name]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_ls_l_asks_one_file_for_acls_and_labels_not_each(tmp_path, mount):
+    """ENOTSUP for security.* and system.*: `ls -l` then asks no other file of the listing."""
+    session = mount.mountpoint / "xattr-ls"
+    session.mkdir()
+    for i in range(50):
+        (session / f"f{i:02d}.part").write_bytes(b"x")
+    counts = tmp_path / "strace.txt"
+    subprocess.run(["strace", "-f", "-c", "-o", str(counts), "-e", "trace=getxattr,lgetxattr", "ls", "-l",
+                    str(session)], check=True, stdout=subprocess.DEVNULL)
+    calls = {line.split()[-1]: int(line.split()[3]) for line in counts.read_text().splitlines()
+             if line.split() and line.split()[-1] in ("getxattr", "lgetxattr")}
+    assert calls and max(calls.values()) <= 2, calls
 
 
 def test_status_files_copy_whole_and_ctime_follows_changes(tmp_path, mount):

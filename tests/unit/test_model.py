@@ -88,7 +88,7 @@ import xxhash
 from fs360.errors import Fs360Error
 from fs360.engine.records import FileRecord
 from fs360.fs.content_check import LegacyDigest, content_stamp, is_identical_copy
-from fs360.fs.fuse_ops import translated
+from fs360.fs.fuse_ops import Fs360Operations, translated
 from fs360.fs.model import MountModel
 from tests.harness import request_count, wait_until
 from tests.engine_helpers import file_state
@@ -450,6 +450,19 @@ def test_status_files_read_only(idle):
 # --- the FUSE adapter ------------------------------------------------------------------------------------------
 
 
+def test_status_files_open_with_direct_io_and_without_flush(idle):
+    """A status file is read to EOF (direct_io) and its close sends no FLUSH (noflush: nothing
+    to settle, one round trip fewer per read); a file's close still reaches flush."""
+    ops = Fs360Operations(idle)
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"x")
+    for path, direct_io, noflush in (("/s/status", 1, 1), ("/status", 1, 1), ("/s/a.jpg", 0, 0)):
+        fi = mfusepy.fuse_file_info(flags=os.O_RDONLY)
+        ops.open(path, fi)
+        assert (fi.direct_io, fi.noflush) == (direct_io, noflush), path
+        ops.release(path, fi)
+
+
 def test_translated_wrapper_eio_and_errnos(caplog):
     class Ops:
         @translated
@@ -662,6 +675,38 @@ def test_status_files_report_their_size(idle):
     write_file(idle, "/s/a.jpg", b"x")
     for path in ("/status", "/s/status", "/s/status.json"):
         assert idle.getattr(path)["st_size"] == len(read_all(idle, path)) > 0
+
+
+def test_a_listing_builds_one_status_for_both_status_files(idle, monkeypatch):
+    from fs360.fs import status
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"x")
+    built, snapshot_of = [], status.snapshot_of
+    monkeypatch.setattr(status, "snapshot_of", lambda *args: built.append(1) or snapshot_of(*args))
+    listed = dict(idle.readdir("/s"))
+    assert len(built) == 1
+    assert listed["status"]["st_size"] == len(read_all(idle, "/s/status"))
+    assert listed["status.json"]["st_size"] == len(read_all(idle, "/s/status.json"))
+
+
+def test_a_settled_status_keeps_its_render_until_its_state_changes(idle, monkeypatch):
+    """Past STATUS_SIZE_TTL a listing renders a session's status again only if what it shows
+    changed (its size is then still the real one); an open always renders."""
+    from fs360.fs import status
+    monkeypatch.setattr(status, "STATUS_SIZE_TTL", 0)
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"x")
+    built, snapshot_of = [], status.snapshot_of
+    monkeypatch.setattr(status, "snapshot_of", lambda *args: built.append(1) or snapshot_of(*args))
+    idle.readdir("/s")
+    idle.readdir("/s")
+    assert len(built) == 1  # pending, nothing moves: the same render
+    write_file(idle, "/s/b.jpg", b"yy")
+    listed = dict(idle.readdir("/s"))
+    assert len(built) == 2
+    assert listed["status.json"]["st_size"] == len(read_all(idle, "/s/status.json"))
+    assert listed["status"]["st_size"] == len(read_all(idle, "/s/status"))
+    assert len(built) == 4  # each open rendered
 
 
 def test_ctime_and_folder_times_follow_changes(idle):

@@ -112,9 +112,10 @@ TABLE = [
     ("rename a folder onto a file", lambda m: m.rename("/s/Scans", "/s/a.jpg"), errno.ENOTDIR),
     ("rename a folder into itself", lambda m: m.mkdir("/s/Scans/Raw", 0o755) or
      m.rename("/s/Scans", "/s/Scans/Raw/inside"), errno.EINVAL),
-    # ENODATA, ENOTSUP: only user.fs360.* exist, and they are read-only
+    # ENODATA, ENOTSUP: only user.fs360.* exist, and they are read-only; other namespaces are not supported
     ("getxattr of another name", lambda m: m.getxattr("/s/a.jpg", "user.other"), errno.ENODATA),
-    ("getxattr security.capability", lambda m: m.getxattr("/s/a.jpg", "security.capability"), errno.ENODATA),
+    ("getxattr security.capability", lambda m: m.getxattr("/s/a.jpg", "security.capability"), errno.ENOTSUP),
+    ("getxattr of an ACL", lambda m: m.getxattr("/s/a.jpg", "system.posix_acl_access"), errno.ENOTSUP),
     ("setxattr of fs360's", lambda m: m.setxattr("/s/a.jpg", "user.fs360.state", b"x", 0), errno.ENOTSUP),
     ("setxattr of another", lambda m: m.setxattr("/s/a.jpg", "user.mine", b"x", 0), errno.ENOTSUP),
     ("removexattr", lambda m: m.removexattr("/s/a.jpg", "user.fs360.state"), errno.ENOTSUP),

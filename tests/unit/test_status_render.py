@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from fs360.engine.records import COMPLETE, FAILED, PENDING, FileRecord
+from fs360.engine.records import COMPLETE, FAILED, PENDING, UPLOADING, FileRecord
 from fs360.fs import status
 
 
@@ -49,3 +49,33 @@ def test_a_session_up_to_the_limit_lists_every_file_in_natural_order():
     listed = [line.split()[0] for line in text.splitlines() if line.startswith("  scan_")]
     assert listed == [f"scan_{i}.jpg" for i in range(count)]
     assert "not listed" not in text
+
+
+def test_status_json_is_indented_with_one_line_per_file():
+    snapshot = status.snapshot_of(capture_of(records(3, pending=1)))
+    text = status.render_json(snapshot).decode()
+    assert json.loads(text) == json.loads(json.dumps(snapshot))
+    file_lines = [line for line in text.splitlines() if line.lstrip().startswith('{"name": ')]
+    assert [json.loads(line.strip().rstrip(","))["name"] for line in file_lines] == \
+        [f"scan_{i}.jpg" for i in range(4)]
+    assert '\n  "session": "scans",\n' in text
+    empty = status.snapshot_of(capture_of([]))
+    assert json.loads(status.render_json(empty))["files"] == []
+
+
+def test_natural_order_compares_digit_runs_as_numbers():
+    names = ["scan_10.jpg", "Scan_2.jpg", "scan_1.JPG", "a", "10", "9", "scan_2b.jpg", ""]
+    assert sorted(names, key=status.natural_key) == ["", "9", "10", "a", "scan_1.JPG", "Scan_2.jpg",
+                                                     "scan_2b.jpg", "scan_10.jpg"]
+
+
+def test_a_settled_state_is_the_capture_without_its_time_and_none_while_files_move():
+    settled = capture_of(records(3, pending=1))
+    later = dict(settled, now=settled["now"] + 60)
+    assert status.settled_state([settled]) == status.settled_state([later]) is not None
+    assert status.render_json(status.snapshot_of(settled)) != status.render_json(status.snapshot_of(later))
+    assert len(status.render_json(status.snapshot_of(settled))) == len(status.render_json(status.snapshot_of(later)))
+    assert status.settled_state([capture_of(records(3, failed=1))]) is None  # its retry countdown moves
+    uploading = records(3, pending=1)
+    uploading[-1].state = UPLOADING
+    assert status.settled_state([capture_of(uploading)]) is None  # its progress and rate move
