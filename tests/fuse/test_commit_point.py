@@ -191,8 +191,11 @@ def test_a_file_moved_to_another_session_at_pick_up_goes_to_that_session(tmp_pat
         (mount.mountpoint / name).mkdir()
     assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     subprocess.run(["cp", str(tmp_path / "src" / "a.jpg"), str(mount.mountpoint / "s1")], check=True)
-    wait_until(lambda: mount.status_json("s1")["upload_id"], 30, what="s1's server session to open at pick-up")
-    assert state_of(mount, "s1", "a.jpg")["state"] == "uploading"
+    # The session opens with the file's first write, before cp's exit: its upload_id alone does
+    # not say the file was picked up.
+    wait_until(lambda: state_of(mount, "s1", "a.jpg")["state"] == "uploading", 30,
+               what="a.jpg picked up by a paused worker")
+    assert mount.status_json("s1")["upload_id"]
     os.rename(mount.mountpoint / "s1" / "a.jpg", mount.mountpoint / "s2" / "a.jpg")
     assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     assert wait_state(mount, "s2", "a.jpg")["state"] == "complete"
