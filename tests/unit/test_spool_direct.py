@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from fs360.engine.spool import DIRECT_ALIGN, DIRECT_FROM, DIRECT_MIN, Spool, SpoolReader, aligned_run, read_exactly
+from fs360.engine.spool import DIRECT_ALIGN, DIRECT_FROM, DIRECT_MIN, Spool, SpoolReader, direct_span, read_exactly
 from fs360.errors import EarlierWriteLost
 
 MiB = 1024 * 1024
@@ -37,13 +37,13 @@ def open_for_writing(spool: Spool, file_id: int) -> tuple[int, int]:
     return os.open(spool.path(file_id), os.O_RDWR), spool.open_direct(file_id, os.O_WRONLY)
 
 
-def test_aligned_runs():
-    assert aligned_run(DIRECT_FROM, MiB) == MiB
-    assert aligned_run(DIRECT_FROM, MiB + 100) == MiB                 # the tail goes through the cache
-    assert aligned_run(DIRECT_FROM + 100, MiB) == 0                   # an unaligned offset: all cached
-    assert aligned_run(DIRECT_FROM, DIRECT_MIN - DIRECT_ALIGN) == 0   # too short to wait for the device
-    assert aligned_run(2 * DIRECT_FROM, 100 * 1024) == 100 * 1024
-    assert aligned_run(0, MiB) == 0                                   # a file's first MiB: cached
+def test_direct_spans():
+    assert direct_span(DIRECT_FROM, MiB) == (0, MiB)
+    assert direct_span(DIRECT_FROM, MiB + 100) == (0, MiB)              # the tail goes through the cache
+    assert direct_span(DIRECT_FROM + 100, MiB) == (DIRECT_ALIGN - 100, MiB - DIRECT_ALIGN)
+    assert direct_span(DIRECT_FROM, DIRECT_MIN - DIRECT_ALIGN) == (DIRECT_MIN - DIRECT_ALIGN, 0)  # too short
+    assert direct_span(0, MiB) == (DIRECT_FROM, MiB - DIRECT_FROM)      # a file's first bytes: cached
+    assert direct_span(0, DIRECT_FROM) == (DIRECT_FROM, 0)              # a small file: cached whole
 
 
 def test_a_small_file_stays_in_the_cache_and_is_read_through_it(spool):
