@@ -5,15 +5,14 @@ Naming by id (not by path) lets renames touch only the journal.
 Large aligned runs of bytes are written and read for upload with O_DIRECT, past the page
 cache: a spooled byte is written once and read once, for its PUT, so caching it only pushes
 the user's own data out of memory, and where memory is lent by a hypervisor each page the
-cache touches anew costs a fault in the host (BENCHMARKS.md, "The spool past the page cache":
-about 3 CPU-seconds per GiB written, and as much read, against 0.14 direct). A file's first
-MiB, and what is not aligned (its tail, small or odd writes), go through the cache, on a
-second descriptor: a direct write waits for the device, and for a small file (100 KiB) that
-wait, and the block allocation it forces, cost more than the cache does (BENCHMARKS.md). A
-file none of whose bytes went direct is read through the cache too. The kernel keeps the two
-descriptors coherent (a direct write first flushes and then drops
-the cached pages of its range, a direct read flushes them first). A spool whose file system
-refuses O_DIRECT (tmpfs before Linux 6.6, some network file systems) is cached throughout.
+cache touches anew costs a fault in the host (BENCHMARKS.md, "the spool past the page cache":
+1.4-1.7 CPU-s per 512 MiB written that way, 0.07 direct). The direct writes are done behind
+the writer (WritesBehind). A file's first 128 KiB, and what is not aligned (small or odd
+writes, tails), go through the cache, on a second descriptor: for files of 100 KiB the cache
+costs no more, and spares each a block allocation. A file none of whose bytes went direct is
+read through the cache too. The kernel keeps the two descriptors coherent (a direct write
+first flushes and then drops the cached pages of its range, a direct read flushes them
+first). A spool whose file system refuses O_DIRECT is cached throughout.
 """
 
 from __future__ import annotations
@@ -99,10 +98,10 @@ class Spool:
 
     def write(self, file_id: int, fd: int, direct_fd: int, data, offset: int) -> int:
         """pwrite of `data` at `offset` into file `file_id` (open as `fd`, and as `direct_fd`
-        O_DIRECT, -1 for none). Its aligned prefix, when it has one, is handed to the direct
-        writer and written behind the caller: a failure of it is raised by a later `write` or
-        `drain` of the file. What goes through the cache waits for the file's direct writes
-        first, so that no older direct write lands over it."""
+        O_DIRECT, -1 for none). Its direct run (`direct_span`), when it has one, is written
+        behind the caller: a failure of it is raised by a later `write` or `drain` of the file.
+        What goes through the cache waits for the file's writes behind first, so that no older
+        direct write lands over it."""
         head, run = direct_span(offset, len(data)) if direct_fd >= 0 else (len(data), 0)
         if not run:
             self.behind.drain(file_id)
@@ -279,9 +278,10 @@ class WritesBehind:
 
 class SpoolReader:
     """A spool file opened for its upload: `read_exactly(view, offset)` fills `view` with the
-    bytes from `offset`, reading aligned runs into an aligned `view` direct."""
+    bytes from `offset`, the runs written direct read direct."""
 
     def __init__(self, spool: Spool, file_id: int):
+        spool.behind.settle(file_id)  # none behind once its writers closed it: to be sure
         self.fd = os.open(spool.path(file_id), os.O_RDONLY)
         try:
             self.direct_fd = spool.open_direct(file_id, os.O_RDONLY)
