@@ -191,11 +191,10 @@ def test_a_file_moved_to_another_session_at_pick_up_goes_to_that_session(tmp_pat
         (mount.mountpoint / name).mkdir()
     assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     subprocess.run(["cp", str(tmp_path / "src" / "a.jpg"), str(mount.mountpoint / "s1")], check=True)
-    # The session opens with the file's first write, before cp's exit: its upload_id alone does
-    # not say the file was picked up.
-    wait_until(lambda: state_of(mount, "s1", "a.jpg")["state"] == "uploading", 30,
-               what="a.jpg picked up by a paused worker")
-    assert mount.status_json("s1")["upload_id"]
+    # The session opens with the file's first write, before cp's exit, and the worker picks the
+    # file up at the exit: either may come first.
+    wait_until(lambda: state_of(mount, "s1", "a.jpg")["state"] == "uploading" and mount.status_json("s1")["upload_id"],
+               30, what="a.jpg picked up by a paused worker, and s1's server session open")
     os.rename(mount.mountpoint / "s1" / "a.jpg", mount.mountpoint / "s2" / "a.jpg")
     assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     assert wait_state(mount, "s2", "a.jpg")["state"] == "complete"

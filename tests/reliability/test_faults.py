@@ -10,6 +10,9 @@ from .common import CHAOS, MiB, assert_accounted, pick, settle
 
 # About 15 % of requests to each endpoint meet a fault (the latency modifier aside).
 PUT_FAULTS = [
+    # Sure to fire (the dice below may miss them when chunks grow and PUTs are fewer).
+    {"endpoint": "put_file", "kind": "cut_body", "every": 15, "count": 2},
+    {"endpoint": "put_file", "kind": "drop_response", "every": 17, "count": 2},
     {"endpoint": "put_file", "kind": "error_500", "probability": 0.03},
     {"endpoint": "put_file", "kind": "error_503", "probability": 0.03},
     {"endpoint": "put_file", "kind": "cut_body", "probability": 0.04},
