@@ -27,6 +27,9 @@ DOCUMENTED_RATE_LIMITS: dict[str, tuple[int, float]] = {
 }
 
 DEFAULT_API_URL = "https://360-for-you.com/api/v1"
+# The smallest PUT body: the floor of --chunk-size, and of the chunks a proxy's 413 shrinks to. A
+# 413 to a body this small is not about its size: the proxy refuses every body, an outage.
+MIN_CHUNK_SIZE = 64 * 1024
 
 
 def default_cache_dir() -> Path:

@@ -95,7 +95,8 @@ class ServerError(Fs360Error):
 class BodyTooLarge(ServerError):
     """413 to a PUT without the API's code: a proxy in front of the server refused the body's size
     (api.md Part C). An answer about that body, not an outage: the file's next PUTs are smaller
-    (engine/chunk_sizes.py); at the smallest size, retried with backoff as any proxy error."""
+    (engine/chunk_sizes.py). At the smallest size (config.MIN_CHUNK_SIZE) the proxy refuses
+    every body: the client marks that one an outage, held behind one probe for every file."""
     outage = False
     code = "body_too_large"
     reason = "a proxy in front of the server refused a PUT's size: sent again in smaller chunks"

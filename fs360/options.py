@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .config import MIN_CHUNK_SIZE
 from .errors import SettingError
 
 KiB = 1024
@@ -305,9 +306,9 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
     Option("foreground", "bool", False, "stay in the foreground, log to stderr, speak sd_notify", short="-f",
            in_config=False),
     Option("workers", "int", 4, "parallel uploads (default 4)", low=1, high=64),
-    Option("chunk_size", "size", 8 * MiB, "bytes of a file's first PUT, e.g. 8M (default)", low=64 * KiB, high=GiB),
+    Option("chunk_size", "size", 8 * MiB, "bytes of a file's first PUT, e.g. 8M (default)", low=MIN_CHUNK_SIZE, high=GiB),
     Option("max_chunk_size", "size", 64 * MiB, "largest PUT: a file's chunks grow to it while its PUTs are fast "
-           "(default 64M)", low=64 * KiB, high=GiB),
+           "(default 64M)", low=MIN_CHUNK_SIZE, high=GiB),
     Option("writeback_delay", "seconds", 1.5, "seconds a closed file waits (default 1.5)", low=0, high=3600),
     Option("local_only", "list", (), "extra names never uploaded (fnmatch pattern, repeatable)",
            metavar="PATTERN"),

@@ -23,7 +23,7 @@ import requests
 import urllib3
 
 from .. import __version__
-from ..config import Settings
+from ..config import MIN_CHUNK_SIZE, Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
                       BodyTooLarge, DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected,
                       ResponseTooLarge, ServerError, SettingError, TlsError, TransportError, refusal_in_plain_words)
@@ -303,9 +303,11 @@ class ApiClient:
             kind = "an error code" if isinstance(body, dict) else "a JSON body"
             # A 413 to a PUT: a proxy's limit on the body's size (the API's own caps have their codes).
             cls = BodyTooLarge if status == 413 and endpoint == "put_file" else ServerError
-            raise _with_fields(cls(f"{endpoint}: HTTP {status}" + (f" {code}" if code else
-                                                                   f" without {kind}") + said,
-                                   status=status), fields)
+            failure = cls(f"{endpoint}: HTTP {status}" + (f" {code}" if code else f" without {kind}") + said,
+                          status=status)
+            if cls is BodyTooLarge and 0 < _body_length(response) <= MIN_CHUNK_SIZE:
+                failure.outage = True  # refused at the smallest size: every file would meet it
+            raise _with_fields(failure, fields)
         cls = API_ERROR_CLASSES.get(code, ApiError)
         if issubclass(cls, AccountError):
             raise _account_error(cls, status, code, said, fields)
@@ -458,6 +460,13 @@ class ApiClient:
 
 def _file_path(upload_id: str, name: str) -> str:
     return f"/uploads/{quote(upload_id, safe='')}/{quote(name, safe='')}"
+
+
+def _body_length(response: requests.Response) -> int:
+    """The Content-Length the request sent (0: unknown)."""
+    request = response.request
+    declared = request.headers.get("Content-Length", "") if request is not None else ""
+    return int(declared) if declared.isdigit() else 0
 
 
 def _with_fields(exc: Fs360Error, fields: dict) -> Fs360Error:

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 
+from ..config import MIN_CHUNK_SIZE
 from ..errors import NoSpace
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,9 @@ log = logging.getLogger(__name__)
 # sharing the link stop at 16 MiB, where another file's PUT fills each one's round trip anyway.
 FAST_PUT = 2.0
 SLOW_PUT = 8.0
-# The smallest body a proxy's 413 may shrink PUTs to (the --chunk-size floor): a 413 at this
-# size is not about the size, and is retried as any proxy error.
-MIN_BODY = 64 * 1024
+# The smallest body a proxy's 413 may shrink PUTs to: a 413 at this size is not about the size
+# (api/client.py makes it an outage, held behind one probe).
+MIN_BODY = MIN_CHUNK_SIZE
 # The journal's meta key of the learned limit: {"api_url": ..., "limit": bytes}.
 PROXY_LIMIT_KEY = "proxy_body_limit"
 

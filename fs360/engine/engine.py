@@ -275,7 +275,7 @@ class Engine:
                     # After a big file a worker keeps no chunk's worth of resident pages, but it
                     # keeps its first MiB: giving back and faulting in again the pages of every
                     # small file cost more than the PUT itself on a VM.
-                    if record.size > BUFFER_KEPT_RESIDENT < len(buffer):
+                    if record.size > BUFFER_KEPT_RESIDENT and len(buffer) > BUFFER_KEPT_RESIDENT:
                         buffer.madvise(mmap.MADV_DONTNEED, BUFFER_KEPT_RESIDENT, len(buffer) - BUFFER_KEPT_RESIDENT)
                     with self.lock:
                         if self.scheduler.finish_locked(record.id) and self.registry.file_locked(record.id):

@@ -104,21 +104,20 @@ class Spool:
         direct write lands over it."""
         head, run = direct_span(offset, len(data)) if direct_fd >= 0 else (len(data), 0)
         if not run:
-            self.behind.drain(file_id)
-            return os.pwrite(fd, data, offset)
+            return self._write_cached(file_id, fd, data, offset)
         view = memoryview(data)
         if head:
-            self.behind.drain(file_id)
-            written = os.pwrite(fd, view[:head], offset)
+            written = self._write_cached(file_id, fd, view[:head], offset)
             if written < head:
                 return written
         self._written_direct.add(file_id)
         self.behind.submit(file_id, direct_fd, view[head:head + run], offset + head)
         done = head + run
-        if done == len(data):
-            return done
-        self.behind.drain(file_id)
-        return done + os.pwrite(fd, view[done:], offset + done)
+        return done if done == len(data) else done + self._write_cached(file_id, fd, view[done:], offset + done)
+
+    def _write_cached(self, file_id: int, fd: int, data, offset: int) -> int:
+        self.behind.drain(file_id)  # no older direct write may land over these bytes
+        return os.pwrite(fd, data, offset)
 
     def truncate(self, file_id: int, length: int, fd: int = -1) -> None:
         """ftruncate of `fd`, or truncate of the spool file by path: after the file's writes

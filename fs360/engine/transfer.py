@@ -41,8 +41,7 @@ from .locking import StateLock
 from .progress import Listeners
 from .records import FAILED, PENDING, REJECTED, UPLOADING, FileRecord, SessionRecord, duration_text
 from .registry import Registry
-from .spool import RunningDigest
-from .spool import SpoolReader
+from .spool import RunningDigest, SpoolReader
 from .uploader import file_reader, send_file
 
 log = logging.getLogger(__name__)

@@ -249,8 +249,8 @@ class OpenFiles:
         holds that differs fails the close."""
         if not handle.writable:
             return
-        handle.closed = True
         self._drain(handle)  # a write behind that failed fails the close, and the file is not whole
+        handle.closed = True
         if handle.check is not None:
             reason = self.writers.dying(pid)
         else:

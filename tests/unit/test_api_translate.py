@@ -16,7 +16,7 @@ from email.utils import format_datetime
 
 from fs360.api.client import MAX_RETRY_AFTER, ApiClient, _file_progress, _retry_after, _seconds
 from fs360.api.troubles import is_outage
-from fs360.config import Settings
+from fs360.config import MIN_CHUNK_SIZE, Settings
 from fs360 import errors as E
 
 
@@ -250,6 +250,19 @@ def test_a_413_to_a_put_without_the_apis_code_is_about_the_bodys_size_not_an_out
     with pytest.raises(E.ServerError) as other:
         translate(client, response(413, raw=page), endpoint="create_project")
     assert type(other.value) is E.ServerError and is_outage(other.value)
+
+
+def test_a_413_to_the_smallest_put_is_an_outage_held_behind_one_probe(client):
+    """A proxy that refuses even a body of the smallest chunk size refuses every body: shared
+    by every file, so it opens the PUTs' circuit instead of costing a request per file."""
+    page = b"<html><body>413 Request Entity Too Large</body></html>"
+    for sent, outage in ((MIN_CHUNK_SIZE, True), (MIN_CHUNK_SIZE + 1, False)):
+        refused = response(413, raw=page)
+        refused.request = requests.Request("PUT", "http://127.0.0.1:9/x", headers={
+            "Content-Length": str(sent)}).prepare()
+        with pytest.raises(E.BodyTooLarge) as info:
+            translate(client, refused)
+        assert is_outage(info.value) is outage, sent
 
 
 def test_settings_repr_hides_the_key(client):
