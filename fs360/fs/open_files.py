@@ -90,9 +90,11 @@ class OpenFiles:
         cp --remove-destination, install): it is listed again and what is written is compared;
         identical, it is the server's file again (no PUT); different, it is refused and deleted.
         The new file starts empty: with O_APPEND, writes go after what this writer wrote."""
-        self.engine.registry.relist_locked(record)
+        # The handle first: relisting counts a compare that only its release ends, so an open
+        # that fails must not have relisted the file (it would hold the project back for good).
         fh = self._open_check_locked(record, truncate=True, append=append)
         self.handles.get(fh).revival = True
+        self.engine.registry.relist_locked(record)
         return fh
 
     def _open_check_locked(self, record: FileRecord, truncate: bool, append: bool) -> int:

@@ -1060,6 +1060,35 @@ def test_a_deleted_file_created_again_holds_the_project_back_until_its_writer_cl
     assert [f["put_count"] for f in emulator.files()] == [1]
 
 
+def test_a_revival_whose_open_fails_leaves_the_file_deleted_and_no_compare_counted(emulator, make_model,
+                                                                                   monkeypatch):
+    # Review finding: the re-created file was relisted (a compare counted as open, which only its
+    # handle's release ends) before its handle existed; an open that then failed (EMFILE) left the
+    # file listed and its project "waiting for a.jpg to be closed" for good.
+    model = make_model(emulator)
+    a_complete_file(model)
+    session = model.engine.registry.sessions["s"]
+    model.unlink("/s/a.jpg")
+    [record] = session.unlinked
+
+    def no_more_descriptors(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(model.files, "_open_check_locked", no_more_descriptors)
+    with pytest.raises(OSError):
+        model.create("/s/a.jpg", 0o644, O_CREATE)
+    monkeypatch.undo()
+    with model.engine.lock:
+        assert not model.engine.registry.being_revived_locked(record)
+    assert session.unlinked == [record] and "a.jpg" not in [name for name, _ in model.readdir("/s")]
+    marker = model.create("/s/.create", 0o644, O_CREATE)
+    model.write(marker, b"{}", 0)
+    model.flush(marker)
+    model.release(marker)
+    wait_for(lambda: session.notice, "the project was never looked at")
+    assert "created again" not in session.notice, session.notice
+
+
 def wait_for(predicate, what: str) -> None:
     deadline = time.monotonic() + 60
     while not predicate():
