@@ -24,11 +24,10 @@ import threading
 
 import mfusepy
 
-from .model import SESSION_XATTRS, XATTRS
+from .model import SESSION_XATTRS, XATTRS, foreign_xattr_errno
 
 # The extended attributes the model answers; any other is answered at once (getxattr below).
 OWN_XATTRS = frozenset(name.encode() for name in XATTRS + SESSION_XATTRS)
-USER_NAMESPACE = b"user."
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
 UTIME_NOW = (1 << 30) - 1
@@ -144,5 +143,5 @@ class Fs360Fuse(mfusepy.FUSE):
         # MountModel.getxattr: ENOTSUP outside the user namespace, and on that answer ls asks no
         # other file of its listing (10,000 files: 20,000 round trips fewer).
         if name not in OWN_XATTRS:
-            return -errno.ENODATA if name.startswith(USER_NAMESPACE) else -errno.ENOTSUP
+            return -foreign_xattr_errno(name.decode(errors="surrogateescape"))
         return super().getxattr(path, name, value, size, *args)

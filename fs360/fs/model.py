@@ -8,6 +8,7 @@ it is: .create (markers.py), open files (open_files.py), renames (renames.py).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -36,6 +37,13 @@ ROOT_ATTRS_KEY = "root_attrs"
 XATTRS = ("user.fs360.state", "user.fs360.received", "user.fs360.error", "user.fs360.server_name")
 # A session folder's: the server's upload session, and the project's page once it is ready.
 SESSION_XATTRS = ("user.fs360.upload_id", "user.fs360.project_url")
+
+
+def foreign_xattr_errno(name: str) -> int:
+    """The answer for an attribute fs360 does not have: ENODATA for another `user.` name (it
+    does not exist); ENOTSUP for any other namespace (no ACLs, SELinux labels or capabilities at
+    all), on which `ls -l` stops asking the rest of its listing."""
+    return errno.ENODATA if name.startswith("user.") else errno.ENOTSUP
 
 
 class MountModel:
@@ -415,9 +423,7 @@ class MountModel:
 
     def getxattr(self, path: str, name: str) -> bytes:
         if name not in XATTRS + SESSION_XATTRS:
-            # Another user.* name does not exist; no other namespace is supported at all (no
-            # ACLs, SELinux labels or capabilities), and ls -l stops asking on ENOTSUP.
-            if name.startswith("user."):
+            if foreign_xattr_errno(name) == errno.ENODATA:
                 raise NoAttribute(name)
             raise NotSupported(f"no {name.partition('.')[0]}.* attributes")
         with self.engine.lock:
