@@ -345,8 +345,9 @@ class ApiClient:
 
     def put(self, upload_id: str, name: str, data, start: int, total: int, whole: bool = False,
             pace=None) -> FileProgress:
-        """Sends `data` (a memoryview, or a body yielding its pieces: uploader.StreamedChunk) as bytes start..start+len-1 of a file of `total` bytes;
-        with a `pace`, in pieces that wait their turn and tell when sent (transport.PacedBody)."""
+        """Sends `data` (a memoryview, or a body yielding its own pieces: uploader.StreamedChunk)
+        as bytes start..start+len-1 of a file of `total` bytes; with a `pace`, in pieces that wait
+        their turn and tell when sent (transport.PacedBody)."""
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
         if pace is not None and len(data):  # (an empty body as it is: requests would chunk it)
             data = PacedBody(data, pace)
