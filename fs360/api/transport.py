@@ -135,11 +135,15 @@ class _Watchdog:
 
     def watch(self, deadline: Deadline) -> None:
         with self._wake:
+            first = self._heap[0][0] if self._heap else None
             heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fs360-deadlines", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if first is None or deadline.at < first:
+                # Only a new first deadline changes how long the thread sleeps: waking it for each
+                # request (one or more per file) cost a context switch each.
+                self._wake.notify()
 
     def _next_expired(self) -> Deadline:
         with self._wake:

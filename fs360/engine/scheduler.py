@@ -28,6 +28,11 @@ class Scheduler:
     def add_locked(self, file_id: int, generation: int, due: float) -> None:
         heapq.heappush(self._heap, (due, next(self._seq), file_id, generation))
 
+    def next_due_locked(self) -> float | None:
+        """When the first entry is due (None when none is queued); stale entries count too, which
+        only makes a waiter wake early and look again."""
+        return self._heap[0][0] if self._heap else None
+
     def take_due_locked(self, now: float, runnable: Callable[[int, int], bool]) -> tuple[int | None, float | None]:
         """Pops the first due entry that is still `runnable(file_id, generation)` and marks it
         busy: (file id, None). Nothing due: (None, seconds until the next entry, or None)."""

@@ -212,7 +212,8 @@ class Transfer:
             if not self.registry.sent_locked(record, generation, received):
                 return
             self._forget_locked(record)
-            self.registry.nudge()
+            if session.project is not None:
+                self.registry.nudge()  # its project may be due now (otherwise the next round will do)
         self.listeners.emit("file_complete", file=record)
 
     def _forget_locked(self, record: FileRecord) -> None:

@@ -15,6 +15,7 @@ from fs360.errors import InvalidArgument
 from fs360.fs.exits import Closer
 from tests.fed_writers import feed_writers
 from tests.engine_helpers import file_state, wait_idle
+from tests.harness import wait_until
 
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 CP, CURL, SHELL, RSYNC = 4_000_001, 4_000_002, 4_000_003, 4_000_004
@@ -190,3 +191,21 @@ def test_a_file_closed_at_a_crash_whose_writer_still_runs_waits_on(emulator, mak
     again.writers._watch_again()
     again.writers.exited(os.getpid(), 0)
     assert file_state(again, "s", "a.jpg") == "pending"
+
+
+def test_a_commit_due_sooner_than_every_other_wakes_the_commit_thread(emulator, make_model):
+    """The commit thread sleeps until the first due commit and is woken only by a sooner one:
+    a file due now, queued behind one due in an hour, is committed now."""
+    model = make_model(emulator, writeback_delay=3600.0)
+    model.mkdir("/s", 0o755)
+    for name in ("late.jpg", "soon.jpg"):
+        fh = model.create(f"/s/{name}", 0o644, O_CREATE)
+        model.write(fh, b"data", 0)
+        model.flush(fh, None)  # an unknown writer: only the write-back delay commits it
+        model.release(fh)
+    engine = model.engine
+    with engine.lock:
+        soon = next(f for f in engine.registry.files_locked() if f.name == "soon.jpg")
+        engine._schedule_commit_locked(soon, 0.0)
+    wait_until(lambda: file_state(model, "s", "soon.jpg") == "complete", 30, 0.05, what="soon.jpg uploaded")
+    assert file_state(model, "s", "late.jpg") == "closed"
