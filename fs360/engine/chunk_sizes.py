@@ -11,7 +11,10 @@ A 413 that is not the API's (a proxy in front of the server refusing the body's
 size, api.md Part C) teaches the mount a limit: the larger of half the refused size
 and the largest body accepted below it; no PUT is larger from then on. The limit is
 kept in the journal's meta table, with the API URL it was learned from: a remount
-against the same server starts within it instead of paying a refused PUT again.
+against the same server starts within it instead of paying a refused PUT again. It is
+kept for a day (LIMIT_KEPT_SECONDS), then PUTs may grow past it again: the proxy may have
+been set up anew, or the machine (a laptop) left the network whose proxy taught it; a
+proxy that still refuses costs one refused PUT a day.
 """
 
 from __future__ import annotations
@@ -35,18 +38,22 @@ SLOW_PUT = 8.0
 MIN_BODY = MIN_CHUNK_SIZE
 # The journal's meta key of the learned limit: {"api_url": ..., "limit": bytes}.
 PROXY_LIMIT_KEY = "proxy_body_limit"
+# How long a learned limit holds (wall-clock seconds, across remounts).
+LIMIT_KEPT_SECONDS = 24 * 3600
 
 
 class ChunkSizes:
     """The mount's chunk sizes: the settings, and the body limit a proxy taught. Shared by the
     workers (its lock is a leaf lock)."""
 
-    def __init__(self, start: int, maximum: int, clock=time.monotonic):
+    def __init__(self, start: int, maximum: int, clock=time.monotonic, wall_clock=time.time):
         self.start = start
         self.maximum = max(start, maximum)  # growth never shrinks the start size
         self.clock = clock
+        self.wall_clock = wall_clock
         self._lock = threading.Lock()
         self._limit = 0  # the largest body a proxy lets through (0: none refused so far)
+        self._learned_at = 0.0  # when (wall clock) the proxy taught it
         self._largest_accepted = 0
         self._journal = None
         self._api_url = ""
@@ -57,17 +64,28 @@ class ChunkSizes:
         kept = journal.get_meta(PROXY_LIMIT_KEY) or {}
         if kept.get("api_url") == api_url and int(kept.get("limit") or 0) >= MIN_BODY:
             self._limit = int(kept["limit"])
+            # One kept before the time was journaled counts from now.
+            self._learned_at = float(kept.get("learned_at") or self.wall_clock())
         self._journal, self._api_url = journal, api_url
 
     @property
     def limit(self) -> int:
         """The largest PUT body of this mount (the maximum, or what a proxy taught)."""
-        return min(self._limit or self.maximum, self.maximum)
+        return min(self.learned_limit or self.maximum, self.maximum)
 
     @property
     def learned_limit(self) -> int | None:
-        """The body limit a proxy taught (None: none refused a body so far)."""
+        """The body limit a proxy taught within the last day (None: none)."""
+        self._forget_if_old()
         return self._limit or None
+
+    def _forget_if_old(self) -> None:
+        if self._limit and self.wall_clock() - self._learned_at >= LIMIT_KEPT_SECONDS:
+            with self._lock:
+                if self._limit and self.wall_clock() - self._learned_at >= LIMIT_KEPT_SECONDS:
+                    log.info("the proxy's body limit of %d bytes was learned a day ago: PUTs may grow past it "
+                             "again", self._limit)
+                    self._limit = 0
 
     def accepted(self, nbytes: int) -> None:
         if nbytes > self._largest_accepted:
@@ -78,9 +96,12 @@ class ChunkSizes:
         """A proxy refused a body of `nbytes` (413): whether a smaller one may be tried."""
         if nbytes <= MIN_BODY:
             return False
+        self._forget_if_old()  # a new limit is learned from this refusal, not from a stale one
         with self._lock:
             below = self._largest_accepted if self._largest_accepted < nbytes else 0
-            self._limit = min(self.limit, max(nbytes // 2, below, MIN_BODY))
+            current = min(self._limit or self.maximum, self.maximum)
+            self._limit = min(current, max(nbytes // 2, below, MIN_BODY))
+            self._learned_at = self.wall_clock()
         self._keep()
         return True
 
@@ -91,9 +112,10 @@ class ChunkSizes:
             return
         kept = None
         while kept != self._limit:
-            kept = self._limit
+            kept, learned_at = self._limit, self._learned_at
             try:
-                self._journal.set_meta(PROXY_LIMIT_KEY, {"api_url": self._api_url, "limit": kept})
+                self._journal.set_meta(PROXY_LIMIT_KEY, {"api_url": self._api_url, "limit": kept,
+                                                         "learned_at": learned_at})
             except NoSpace:
                 log.warning("the cache disk is full: the proxy's body limit (%d bytes) is kept in memory only",
                             kept)

@@ -10,7 +10,7 @@ import pytest
 
 from fs360.api.client import FileProgress
 from fs360.api.transport import BODY_PIECE
-from fs360.engine.chunk_sizes import FAST_PUT, MIN_BODY, SLOW_PUT, ChunkSizes
+from fs360.engine.chunk_sizes import FAST_PUT, LIMIT_KEPT_SECONDS, MIN_BODY, SLOW_PUT, ChunkSizes
 from fs360.engine.journal import Journal
 from fs360.engine.spool import read_exactly
 from fs360.engine.uploader import send_file
@@ -217,3 +217,26 @@ def test_the_apis_own_refusals_are_not_about_the_chunk(spool, error):
     with pytest.raises(type(error)):
         send(Refusing(clock, 25e6, 0.04), fd, len(data), ChunkSizes(MiB, 64 * MiB, clock), buffer_size=MiB)
 
+
+
+def test_a_learned_limit_holds_for_a_day_then_puts_may_grow_past_it_again(tmp_path):
+    """The proxy may have been set up anew, or the laptop left the network whose proxy taught it."""
+    wall = FakeClock()
+    journal = Journal(tmp_path / "journal.db")
+    sizes = ChunkSizes(8 * MiB, 64 * MiB, FakeClock(), wall_clock=wall)
+    sizes.remember_in(journal, "https://a.example/api/v1")
+    assert sizes.for_file().refused(8 * MiB)
+    wall.now += LIMIT_KEPT_SECONDS - 1
+    assert sizes.limit == 4 * MiB
+    # A remount within the day starts within it; one after the day does not.
+    again = ChunkSizes(8 * MiB, 64 * MiB, FakeClock(), wall_clock=wall)
+    again.remember_in(journal, "https://a.example/api/v1")
+    assert again.learned_limit == 4 * MiB
+    wall.now += 1
+    assert sizes.learned_limit is None and sizes.limit == 64 * MiB
+    later = ChunkSizes(8 * MiB, 64 * MiB, FakeClock(), wall_clock=wall)
+    later.remember_in(journal, "https://a.example/api/v1")
+    assert later.learned_limit is None and later.limit == 64 * MiB
+    # A proxy that still refuses teaches it again, from the body it refused (not the old limit).
+    assert sizes.for_file().refused(32 * MiB)
+    assert sizes.limit == 16 * MiB
