@@ -227,6 +227,7 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
                 raise
             log.info("%s: a PUT of %d bytes was refused as too large (%s); sending at most %d bytes a PUT",
                      name, n, exc, chunks.size)
+            on_progress(offset)  # the refused body's pieces are not on the server: progress goes back
             continue  # the same bytes again, in smaller chunks
         else:
             _check_total(progress, size, name)

@@ -26,16 +26,22 @@ def every_put_is_fast(monkeypatch):
     monkeypatch.setattr(chunk_sizes, "FAST_PUT", 3600.0)
 
 
-def upload(emulator, settings_for, files: dict, start: int = START) -> list[tuple[str, int]]:
+def upload(emulator, settings_for, files: dict, start: int = START, refusals: list | None = None
+           ) -> list[tuple[str, int]]:
     """Sends `files` (name -> path) through an engine with one worker, one after the other;
-    the (name, bytes) of each chunk the server acknowledged, in order. Each call is a mount of
-    its own on the same cache (its journal)."""
+    the (name, bytes) of each chunk the server acknowledged, in order. A PUT refused (413) tells
+    progress the offset it had: its name goes to `refusals`. Each call is a mount of its own on
+    the same cache (its journal)."""
     engine = Engine(settings_for(emulator, chunk_size=start, max_chunk_size=MAXIMUM, workers=1))
     acknowledged, held = [], {}
 
     def listen(event, **details):
         if event == "chunk_acknowledged":
             name = details["file"].name
+            if details["received"] == held.get(name, 0):
+                assert refusals is not None, f"{name}: progress told no move"
+                refusals.append(name)
+                return
             acknowledged.append((name, details["received"] - held.get(name, 0)))
             held[name] = details["received"]
     engine.listeners.add(listen)
@@ -66,8 +72,11 @@ def test_a_proxys_413_shrinks_the_chunks_of_the_whole_mount(emulator, settings_f
     emulator.set_faults([{"endpoint": "put_file", "kind": "html_error", "status": 413, "min_body": MiB + 1}])
     names = {"a.e57": 12 * MiB + 3, "b.e57": 6 * MiB}
     sources = make_sources(tmp_path / "src", names)
-    chunks = upload(emulator, settings_for, {name: tmp_path / "src" / name for name in names})
+    refusals = []
+    chunks = upload(emulator, settings_for, {name: tmp_path / "src" / name for name in names}, refusals=refusals)
     assert request_count(emulator, "PUT put_file 413") == 1
+    # The refused body's pieces are not on the server: `sent` (status) goes back to its offset.
+    assert refusals == ["a.e57"]
     assert [n for name, n in chunks if name == "a.e57"][:4] == [START, 2 * START, 4 * START, MiB]
     assert max(n for _, n in chunks) == MiB
     assert [n for name, n in chunks if name == "b.e57"][:3] == [START, 2 * START, 4 * START]
