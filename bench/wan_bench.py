@@ -46,7 +46,8 @@ import sys
 
 from fs360.emulator.harness import EmulatorProcess
 
-from .mount_bench import EMULATOR_ARGS, MiB, Daemon, Row, make_work_dir, mbps, run_sourced_workload
+from .mount_bench import (EMULATOR_ARGS, MiB, Daemon, Row, file_create_cost, make_work_dir, mbps,
+                          run_sourced_workload)
 
 DEFAULT_RATE_MBIT = 200.0
 DEFAULT_RTT_MS = 40.0
@@ -155,7 +156,8 @@ def link_limit(nbytes: int, rate_mbit: float) -> float:
 def run(rate_mbit: float, rtt_ms: float, delay_by: str, mount_args: list[str]) -> int:
     work = make_work_dir()
     print(f"fs360 benchmark on a shaped link ({rate_mbit:g} Mbit/s, {rtt_ms:g} ms round trip by the {delay_by})"
-          f" in {work}; emulator {' '.join(EMULATOR_ARGS)}; mount {' '.join(mount_args) or 'defaults'}", flush=True)
+          f" in {work}; emulator {' '.join(EMULATOR_ARGS)}; mount {' '.join(mount_args) or 'defaults'}; one file's "
+          f"creation there takes {file_create_cost(work) * 1e6:.0f} us", flush=True)
     rows: list[Row] = []
     forwarder = None
     try:
