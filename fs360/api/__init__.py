@@ -2,7 +2,8 @@
 
 Threads (each under its name in /proc/PID/task/*/comm: fs360/thread_names.py)
   fs360-deadlines   the requests' overall deadlines (transport.py): ends a request whose time
-                    is up; started with the first request, one per process
+                    is up; started with the first request, one per process; it sleeps until
+                    the first deadline and is woken only by a request with a sooner one
 """
 
 from .client import ApiClient, FileProgress, Project, RemoteFile, UploadSession

@@ -22,11 +22,14 @@ Threads (each under its name in /proc/PID/task/*/comm, cut to 15 bytes: thread_n
                                hold on a kind of request that ends (api/troubles.py) brings
                                waiting files forward from whichever thread saw it end (it holds
                                no engine lock then)
-  fs360-maintenance            Housekeeping.loop: projects, eviction, reserve, WAL checkpoints
+  fs360-maintenance            Housekeeping.loop: projects, eviction, reserve, WAL checkpoints;
+                               every half second, or when a project may be due
   fs360-commits                the commit clock: commits closed files whose write-back delay passed
-                               with a writer still running (Engine._commit_loop)
-  fs360-listeners              delivers progress events (progress.py); emitting only queues;
-                               started with the first event
+                               with a writer still running (Engine._commit_loop); woken only by a
+                               sooner first entry, and takes entries due within 50 ms together
+  fs360-listeners              delivers progress events (progress.py), a batch at a time with a
+                               20 ms rest between batches; emitting only queues; started with the
+                               first event
   fs360-spool                  writes the spool's direct writes behind their writers, in order
                                (spool.py, WritesBehind); started with the first; a full disk
                                makes it take the state lock to evict
