@@ -58,6 +58,10 @@ class Store:
         self.blob_dir = os.path.join(data_dir, "blobs")
         os.makedirs(self.blob_dir, exist_ok=True)
         self.lock = threading.Lock()
+        # upload_id -> the sum of its files' totals (they never change once made), summed from the
+        # database once per session and kept up to date: a new file's check against the session's
+        # cap would otherwise read every file of the session (100,000 files: minutes).
+        self._session_bytes: dict[str, int] = {}
         self.db = sqlite3.connect(
             os.path.join(data_dir, "emulator.sqlite3"),
             check_same_thread=False,
@@ -117,12 +121,16 @@ class Store:
         """A new file's id, or None when the session's totals would pass session_cap.
         One lock hold, so two new files of one session cannot both slip under the cap."""
         with self.lock:
-            other = self.db.execute("SELECT COALESCE(SUM(total),0) FROM files WHERE upload_id=?",
-                                    (upload_id,)).fetchone()[0]
+            other = self._session_bytes.get(upload_id)
+            if other is None:
+                other = self.db.execute("SELECT COALESCE(SUM(total),0) FROM files WHERE upload_id=?",
+                                        (upload_id,)).fetchone()[0]
             if other + total > session_cap:
                 return None
-            return self.db.execute("INSERT INTO files (upload_id, name, total, created) VALUES (?,?,?,?)",
-                                   (upload_id, name, total, time.time())).lastrowid
+            file_id = self.db.execute("INSERT INTO files (upload_id, name, total, created) VALUES (?,?,?,?)",
+                                      (upload_id, name, total, time.time())).lastrowid
+            self._session_bytes[upload_id] = other + total
+            return file_id
 
     def purge_session(self, upload_id) -> list[int]:
         """Delete a session, its file rows and blobs. Returns the file ids."""
@@ -132,6 +140,7 @@ class Store:
             self.db.execute("DELETE FROM files WHERE upload_id=?", (upload_id,))
             self.db.execute("DELETE FROM sessions WHERE upload_id=?", (upload_id,))
             self.db.execute("COMMIT")
+            self._session_bytes.pop(upload_id, None)
         for i in ids:
             self.remove_blob(i)
         return ids
@@ -143,5 +152,6 @@ class Store:
             self.db.execute("DELETE FROM sessions")
             self.db.execute("DELETE FROM projects")
             self.db.execute("COMMIT")
+            self._session_bytes.clear()
         shutil.rmtree(self.blob_dir, ignore_errors=True)
         os.makedirs(self.blob_dir, exist_ok=True)
