@@ -54,7 +54,10 @@ connection stays usable):
 - ``invalid_json``: 200 with ``Content-Type: application/json`` and a body that
   is not JSON.
 - ``html_error``: ``status`` (default 502: 413, 500, 502, 503 or 504) with a
-  proxy's HTML page (``Content-Type: text/html``).
+  proxy's HTML page (``Content-Type: text/html``). With ``early: true`` the answer
+  goes as soon as the headers are read, and the connection is then reset without
+  reading the body (a proxy that refuses a body's size from its Content-Length and
+  closes hard); the client may be still sending.
 - ``received_gt_total``: only for ``put_file`` / ``get_file`` (ignored on other
   endpoints): 200 ``{"received": total + 1, "total": total, "complete": true}``;
   the work is NOT done (a PUT's bytes are discarded).
@@ -130,7 +133,7 @@ KINDS = MODIFIER_KINDS + TERMINAL_KINDS
 FILE_ONLY_KINDS = ("received_gt_total", "rollback_received")
 HTML_STATUSES = (413, 500, 502, 503, 504)
 RULE_FIELDS = {"endpoint", "kind", "probability", "count", "every", "min_body", "seconds", "retry_after", "burst",
-               "status", "duration", "size", "location", "fraction"}
+               "status", "duration", "size", "location", "fraction", "early"}
 
 
 class FaultSpecError(ValueError):
@@ -220,6 +223,10 @@ def parse_spec(spec) -> dict:
             rule["status"] = _num(r, "status", 502, int)
             if rule["status"] not in HTML_STATUSES:
                 raise FaultSpecError(f"html_error status must be one of {list(HTML_STATUSES)}")
+            if "early" in r:
+                if not isinstance(r["early"], bool):
+                    raise FaultSpecError("html_error early must be true or false")
+                rule["early"] = r["early"]
         if kind == "slow_loris":
             rule["duration"] = _num(r, "duration", 300.0, float, 0.0, 86400.0)
             if rule["seconds"] < 0.001:

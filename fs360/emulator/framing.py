@@ -363,6 +363,16 @@ class FramedHandler(BaseHTTPRequestHandler):
         if self.emu.log:
             self.log_message('"%s %s" %s', self.command, self.path.split("?")[0][:200], status)
 
+    def respond_then_reset(self, status, *, raw: bytes, ctype: str):
+        """The answer before any of the body is read, then a reset: what a proxy that refuses a
+        request from its headers alone and closes hard does (the client may still be sending)."""
+        if self._endpoint is not None:
+            self.emu.count(self.command, self._endpoint, status)
+        self.close_connection = True
+        self._write_response(status, raw, ctype, True)
+        self.wfile.flush()
+        raise Abort(True)
+
     def respond_stream(self, status, length, blocks, ctype="application/json"):
         """An answer of `length` bytes written block by block: never whole in memory."""
         self._before_response(status)

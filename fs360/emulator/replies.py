@@ -63,6 +63,8 @@ class FaultReplies:
             return self.respond(429, {"error": "rate_limited"}, headers=[("Retry-After", str(rule["retry_after"]))])
         if k == "html_error":
             status = rule["status"]
+            if rule.get("early"):
+                return self.respond_then_reset(status, raw=html_error_page(status), ctype="text/html; charset=utf-8")
             return self.respond(status, raw=html_error_page(status), ctype="text/html; charset=utf-8")
         if k == "slow_loris":
             answer = b'{"error":"internal_error"}'

@@ -93,3 +93,19 @@ def test_a_proxys_413_shrinks_the_chunks_of_the_whole_mount(emulator, settings_f
         assert RenderedStatus(engine).mount_snapshot()["proxy_body_limit"] == MiB  # fs360 status --json
     finally:
         engine.stop()
+
+
+def test_a_proxy_that_answers_413_early_and_resets_still_teaches_its_limit(emulator, settings_for, tmp_path):
+    """A proxy may answer from the Content-Length alone and reset the connection while the body
+    is still coming (16 MiB: more than the sockets hold, so the client is mid-body): the answer
+    is in the client's socket before the reset, and is read. Each refusal halves the body."""
+    emulator.set_faults([{"endpoint": "put_file", "kind": "html_error", "status": 413, "min_body": MiB + 1,
+                          "early": True}])
+    names = {"a.e57": 40 * MiB + 3}
+    sources = make_sources(tmp_path / "src", names)
+    refusals = []
+    chunks = upload(emulator, settings_for, {name: tmp_path / "src" / name for name in names}, start=16 * MiB,
+                    refusals=refusals)
+    assert request_count(emulator, "PUT put_file 413") == 4 and refusals == ["a.e57"] * 4  # 16, 8, 4, 2 MiB
+    assert max(n for _, n in chunks) == MiB
+    assert_uploaded(emulator, None, sources)

@@ -37,8 +37,11 @@ def test_extension_of():
 
 def test_fault_spec_validation():
     assert parse_spec([{"kind": "error_503"}])["rules"][0]["endpoint"] == "*"
+    assert parse_spec([{"kind": "html_error", "status": 413, "early": True}])["rules"][0]["early"] is True
+    assert "early" not in parse_spec([{"kind": "html_error", "status": 413}])["rules"][0]
     for bad in ({"rules": [{"kind": "boom"}]}, {"rules": [{"kind": "error_500", "endpoint": "x"}]},
                 {"rules": [{"kind": "error_500", "probability": 2}]}, {"rules": [{"kind": "latency", "oops": 1}]},
+                {"rules": [{"kind": "html_error", "status": 413, "early": "yes"}]},
                 {"seed": "x"}, "nope"):
         with pytest.raises(FaultSpecError):
             parse_spec(bad)
