@@ -62,11 +62,14 @@ class ChunkSizes:
         """Keeps what a proxy teaches in `journal`, and starts from what it kept for `api_url`
         (a limit learned in front of another server says nothing of this one)."""
         kept = journal.get_meta(PROXY_LIMIT_KEY) or {}
+        self._journal, self._api_url = journal, api_url
         if kept.get("api_url") == api_url and int(kept.get("limit") or 0) >= MIN_BODY:
             self._limit = int(kept["limit"])
-            # One kept before the time was journaled counts from now.
             self._learned_at = float(kept.get("learned_at") or self.wall_clock())
-        self._journal, self._api_url = journal, api_url
+            if not kept.get("learned_at"):
+                # Kept by a build that journaled no time: it counts from now, journaled as such
+                # (else every remount would count it from now again, and it would never expire).
+                self._keep()
 
     @property
     def limit(self) -> int:

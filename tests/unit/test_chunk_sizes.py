@@ -10,7 +10,8 @@ import pytest
 
 from fs360.api.client import FileProgress
 from fs360.api.transport import BODY_PIECE
-from fs360.engine.chunk_sizes import FAST_PUT, LIMIT_KEPT_SECONDS, MIN_BODY, SLOW_PUT, ChunkSizes
+from fs360.engine.chunk_sizes import (FAST_PUT, LIMIT_KEPT_SECONDS, MIN_BODY, PROXY_LIMIT_KEY, SLOW_PUT,
+                                     ChunkSizes)
 from fs360.engine.journal import Journal
 from fs360.engine.spool import read_exactly
 from fs360.engine.uploader import send_file
@@ -240,3 +241,18 @@ def test_a_learned_limit_holds_for_a_day_then_puts_may_grow_past_it_again(tmp_pa
     # A proxy that still refuses teaches it again, from the body it refused (not the old limit).
     assert sizes.for_file().refused(32 * MiB)
     assert sizes.limit == 16 * MiB
+
+
+def test_a_limit_kept_without_its_time_expires_a_day_after_the_first_mount_that_reads_it(tmp_path):
+    """A journal of an earlier build kept the limit with no time: it counts from the first mount
+    that reads it, not from every mount."""
+    wall = FakeClock()
+    journal = Journal(tmp_path / "journal.db")
+    journal.set_meta(PROXY_LIMIT_KEY, {"api_url": "https://a.example/api/v1", "limit": 4 * MiB})
+    first = ChunkSizes(8 * MiB, 64 * MiB, FakeClock(), wall_clock=wall)
+    first.remember_in(journal, "https://a.example/api/v1")
+    assert first.learned_limit == 4 * MiB
+    wall.now += LIMIT_KEPT_SECONDS
+    later = ChunkSizes(8 * MiB, 64 * MiB, FakeClock(), wall_clock=wall)
+    later.remember_in(journal, "https://a.example/api/v1")
+    assert later.learned_limit is None and later.limit == 64 * MiB
