@@ -54,6 +54,10 @@ class ChunkSizes:
         self._lock = threading.Lock()
         self._limit = 0  # the largest body a proxy lets through (0: none refused so far)
         self._learned_at = 0.0  # when (wall clock) the proxy taught it
+        # The limit a PUT of its size confirmed (or a remount read), with its time: what the
+        # journal keeps. The halvings on the way down are guesses until one is accepted: a
+        # proxy that refuses every body for a while (an outage) must not leave 64 KiB PUTs.
+        self._confirmed = (0, 0.0)
         self._largest_accepted = 0
         self._journal = None
         self._api_url = ""
@@ -66,6 +70,7 @@ class ChunkSizes:
         if kept.get("api_url") == api_url and int(kept.get("limit") or 0) >= MIN_BODY:
             self._limit = int(kept["limit"])
             self._learned_at = float(kept.get("learned_at") or self.wall_clock())
+            self._confirmed = (self._limit, self._learned_at)
             if not kept.get("learned_at"):
                 # Kept by a build that journaled no time: it counts from now, journaled as such
                 # (else every remount would count it from now again, and it would never expire).
@@ -75,6 +80,9 @@ class ChunkSizes:
     def limit(self) -> int:
         """The largest PUT body of this mount (the maximum, or what a proxy taught)."""
         return min(self.learned_limit or self.maximum, self.maximum)
+
+    def _limit_locked(self) -> int:
+        return min(self._limit or self.maximum, self.maximum)
 
     @property
     def learned_limit(self) -> int | None:
@@ -88,34 +96,41 @@ class ChunkSizes:
                 if self._limit and self.wall_clock() - self._learned_at >= LIMIT_KEPT_SECONDS:
                     log.info("the proxy's body limit of %d bytes was learned a day ago: PUTs may grow past it "
                              "again", self._limit)
-                    self._limit = 0
+                    self._limit, self._confirmed = 0, (0, 0.0)
 
     def accepted(self, nbytes: int) -> None:
-        if nbytes > self._largest_accepted:
+        """A PUT of `nbytes` was accepted; one of the limit's size confirms it (journaled)."""
+        confirms = self._limit and nbytes >= self._limit and self._confirmed[0] != self._limit
+        if nbytes > self._largest_accepted or confirms:
             with self._lock:
                 self._largest_accepted = max(self._largest_accepted, nbytes)
+                if self._limit and nbytes >= self._limit:
+                    self._confirmed = (self._limit, self._learned_at)
+            if confirms:
+                self._keep()
 
     def refused(self, nbytes: int) -> bool:
-        """A proxy refused a body of `nbytes` (413): whether a smaller one may be tried."""
-        if nbytes <= MIN_BODY:
-            return False
+        """A proxy refused a body of `nbytes` (413): whether a smaller one may be tried. At the
+        smallest body the proxy refuses every body (an outage, api/client.py): the halvings that
+        led there were not about the size, and the confirmed limit holds again."""
         self._forget_if_old()  # a new limit is learned from this refusal, not from a stale one
         with self._lock:
+            if nbytes <= MIN_BODY:
+                self._limit, self._learned_at = self._confirmed
+                return False
             below = self._largest_accepted if self._largest_accepted < nbytes else 0
-            current = min(self._limit or self.maximum, self.maximum)
-            self._limit = min(current, max(nbytes // 2, below, MIN_BODY))
+            self._limit = min(self._limit_locked(), max(nbytes // 2, below, MIN_BODY))
             self._learned_at = self.wall_clock()
-        self._keep()
         return True
 
     def _keep(self) -> None:
-        """Journals the limit (off the leaf lock). The limit only shrinks: whichever worker
+        """Journals the confirmed limit (off the leaf lock). It only shrinks: whichever worker
         writes last, it writes again until what it wrote is the current one."""
         if self._journal is None:
             return
         kept = None
-        while kept != self._limit:
-            kept, learned_at = self._limit, self._learned_at
+        while kept != self._confirmed[0]:
+            kept, learned_at = self._confirmed
             try:
                 self._journal.set_meta(PROXY_LIMIT_KEY, {"api_url": self._api_url, "limit": kept,
                                                          "learned_at": learned_at})

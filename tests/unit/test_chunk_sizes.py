@@ -102,12 +102,32 @@ def test_a_proxys_413_halves_the_mounts_limit_or_falls_back_to_the_largest_body_
 
 
 def test_a_413_at_the_smallest_body_is_not_about_the_size():
+    """A proxy that refuses every body (an outage) halves the PUTs down to the smallest, where
+    the refusal is no longer about the size: the guesses on the way down are dropped, and the
+    last confirmed limit (none here) holds again, in memory and in the journal."""
     sizes = ChunkSizes(MiB, 64 * MiB, FakeClock())
     chunks = sizes.for_file()
-    while chunks.refused(chunks.size):
-        pass
+    while chunks.size > MIN_BODY:
+        assert chunks.refused(chunks.size)
     assert sizes.limit == MIN_BODY and chunks.size == chunks.smallest == MIN_BODY
     assert not chunks.refused(MIN_BODY)
+    assert sizes.learned_limit is None and sizes.limit == 64 * MiB
+
+
+def test_an_outage_after_a_confirmed_limit_leaves_that_limit(tmp_path):
+    journal = Journal(tmp_path / "journal.db")
+    sizes = ChunkSizes(8 * MiB, 64 * MiB, FakeClock())
+    sizes.remember_in(journal, "https://a.example/api/v1")
+    assert sizes.for_file().refused(8 * MiB)
+    sizes.accepted(4 * MiB)  # a PUT of the limit's size confirms it: journaled from then on
+    sizes.accepted(4 * MiB)  # a PUT at the limit: confirmed, journaled
+    while sizes.limit > MIN_BODY:
+        assert sizes.refused(sizes.limit)
+    assert not sizes.refused(MIN_BODY)
+    assert sizes.limit == 4 * MiB
+    again = ChunkSizes(8 * MiB, 64 * MiB, FakeClock())
+    again.remember_in(journal, "https://a.example/api/v1")
+    assert again.learned_limit == 4 * MiB  # the guesses below it were never journaled
 
 
 def test_the_limit_a_proxy_taught_is_journaled_for_its_server(tmp_path):
@@ -116,6 +136,7 @@ def test_the_limit_a_proxy_taught_is_journaled_for_its_server(tmp_path):
     sizes.remember_in(journal, "https://a.example/api/v1")
     assert sizes.learned_limit is None
     assert sizes.for_file().refused(8 * MiB)
+    sizes.accepted(4 * MiB)  # a PUT of the limit's size confirms it: journaled from then on
     # The next mount on this journal starts within it, for the same server only.
     again = ChunkSizes(8 * MiB, 64 * MiB, FakeClock())
     again.remember_in(journal, "https://a.example/api/v1")
@@ -227,6 +248,7 @@ def test_a_learned_limit_holds_for_a_day_then_puts_may_grow_past_it_again(tmp_pa
     sizes = ChunkSizes(8 * MiB, 64 * MiB, FakeClock(), wall_clock=wall)
     sizes.remember_in(journal, "https://a.example/api/v1")
     assert sizes.for_file().refused(8 * MiB)
+    sizes.accepted(4 * MiB)  # a PUT of the limit's size confirms it: journaled from then on
     wall.now += LIMIT_KEPT_SECONDS - 1
     assert sizes.limit == 4 * MiB
     # A remount within the day starts within it; one after the day does not.
