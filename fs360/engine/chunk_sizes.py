@@ -14,7 +14,10 @@ kept in the journal's meta table, with the API URL it was learned from: a remoun
 against the same server starts within it instead of paying a refused PUT again. It is
 kept for a day (LIMIT_KEPT_SECONDS), then PUTs may grow past it again: the proxy may have
 been set up anew, or the machine (a laptop) left the network whose proxy taught it; a
-proxy that still refuses costs one refused PUT a day.
+proxy that still refuses costs a few refused PUTs a day, each halving the body. Only a
+limit confirmed by a PUT of its size is journaled: an outage of a proxy that refuses every
+body halves the PUTs down to the smallest (where api/client.py makes the 413 an outage, held
+behind one probe), and those guesses are dropped there.
 """
 
 from __future__ import annotations
