@@ -33,14 +33,13 @@ def upload(emulator, settings_for, files: dict, start: int = START, refusals: li
     progress the offset it had: its name goes to `refusals`. Each call is a mount of its own on
     the same cache (its journal)."""
     engine = Engine(settings_for(emulator, chunk_size=start, max_chunk_size=MAXIMUM, workers=1))
-    acknowledged, held = [], {}
+    acknowledged, held, no_moves = [], {}, []
 
-    def listen(event, **details):
+    def listen(event, **details):  # on the listeners' thread: what it raises is only logged
         if event == "chunk_acknowledged":
             name = details["file"].name
             if details["received"] == held.get(name, 0):
-                assert refusals is not None, f"{name}: progress told no move"
-                refusals.append(name)
+                no_moves.append(name)
                 return
             acknowledged.append((name, details["received"] - held.get(name, 0)))
             held[name] = details["received"]
@@ -53,6 +52,9 @@ def upload(emulator, settings_for, files: dict, start: int = START, refusals: li
         assert state_counts(engine) == {COMPLETE: len(engine.registry.files_locked())}
     finally:
         engine.stop()  # delivers the last events too
+    assert refusals is not None or not no_moves, f"progress told no move (a refused PUT): {no_moves}"
+    if refusals is not None:
+        refusals.extend(no_moves)
     return acknowledged
 
 
