@@ -38,11 +38,12 @@ SCHEMA_VERSION = 1
 _DIGIT_RUNS = re.compile(r"(\d+)")
 
 
-@functools.lru_cache(maxsize=1 << 17)
+@functools.lru_cache(maxsize=1 << 14)
 def natural_key(name: str) -> tuple:
     """scan_2 before scan_10: digit runs compare as numbers (split alternates text, digits).
-    Kept for the names of the last renders: each render sorts every file of a folder, and
-    splitting 100,000 names anew took half a second of each `status` read."""
+    Kept for the last 16,384 names (about 6 MB): each render sorts every file of a folder, and
+    splitting 30,000 names anew was a third of a render. Folders larger than that split anew
+    (keeping 131,072 names cost 48 MB for the daemon's life)."""
     parts = _DIGIT_RUNS.split(name.casefold())
     parts[1::2] = map(int, parts[1::2])
     return tuple(parts)
@@ -222,14 +223,24 @@ def _tree_entries(capture: dict) -> list[dict]:
 _ONE_LINE = json.JSONEncoder(ensure_ascii=False)
 
 
+# Where the file list goes in the indented document, whatever the place of its key: a value no
+# name holds (names have no NUL), replaced by the list made by the one-line encoder.
+_FILES_PLACE = "\0files\0"
+_FILES_PLACE_JSON = json.dumps(_FILES_PLACE)
+
+
 def render_json(snapshot: dict) -> bytes:
     """Indented, with one line per file: json's indenting encoder is pure Python (10,000 files:
     80 ms), its one-line encoder C (15 ms). The file list is one call of the C encoder, broken
     before each `{"name": `: a `{"` never occurs inside an encoded string (its `"` is `\\"`)."""
-    text = json.dumps({**snapshot, "files": []}, indent=2, ensure_ascii=False)
-    if snapshot["files"]:
+    text = json.dumps({**snapshot, "files": _FILES_PLACE}, indent=2, ensure_ascii=False)
+    if text.count(_FILES_PLACE_JSON) != 1:  # a field that holds the placeholder too: no shortcut
+        text = json.dumps(snapshot, indent=2, ensure_ascii=False)
+    elif snapshot["files"]:
         lines = _ONE_LINE.encode(snapshot["files"])[1:-1].replace('}, {"name": ', '},\n    {"name": ')
-        text = text.replace('\n  "files": [],', f'\n  "files": [\n    {lines}\n  ],', 1)
+        text = text.replace(_FILES_PLACE_JSON, f'[\n    {lines}\n  ]')
+    else:
+        text = text.replace(_FILES_PLACE_JSON, "[]")
     return (text + "\n").encode("utf-8", "surrogateescape")
 
 

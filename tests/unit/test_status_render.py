@@ -79,3 +79,13 @@ def test_a_settled_state_is_the_capture_without_its_time_and_none_while_files_mo
     uploading = records(3, pending=1)
     uploading[-1].state = UPLOADING
     assert status.settled_state([capture_of(uploading)]) is None  # its progress and rate move
+
+
+def test_status_json_is_the_snapshot_wherever_the_file_list_stands():
+    """render_json writes the file list with the one-line encoder into its place: the document
+    must read back as the snapshot with the list last, empty, or a field holding the placeholder."""
+    for snapshot in ({"a": 1, "files": [{"name": "x", "n": 1}, {"name": "}, {\"name\": "}], "z": "q"},
+                     {"a": 1, "files": []},
+                     {"a": 1, "files": [{"name": "x"}]},
+                     {"a": "\0files\0", "files": [{"name": "x"}]}):
+        assert json.loads(status.render_json(snapshot)) == snapshot
