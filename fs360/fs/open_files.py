@@ -176,6 +176,13 @@ class OpenFiles:
         if handle is None:
             with self.engine.lock:
                 record = self._file_to_truncate_locked(path)
+            if record is not None:
+                # Its writer's writes behind land first, so that this truncate runs now and what
+                # it meets (a file gone, a full disk) is told to this caller, not to that writer.
+                # (A write made between here and the lock below queues it after itself instead.)
+                self.engine.spool.behind.settle(record.id)
+            with self.engine.lock:
+                record = self._file_to_truncate_locked(path)
                 if record is None or length == record.size:
                     return
                 check_mutable_locked(self.engine, record)
@@ -268,7 +275,8 @@ class OpenFiles:
                 self._drain(handle)
             for fd in (handle.fd, handle.direct_fd):
                 if fd >= 0:
-                    os.close(fd)
+                    with contextlib.suppress(OSError):  # one that fails to close leaks no other
+                        os.close(fd)
         finally:
             if handle.check is not None:
                 self._release_check(handle)
