@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 import random
 import subprocess
 
@@ -128,13 +129,19 @@ def test_any_mix_of_writes_reads_back_as_written(spool):
         assert f.read() == expected
 
 
-def test_a_truncate_lands_after_the_writes_behind_it(spool):
+def test_a_truncate_lands_after_the_writes_behind_it(spool, monkeypatch):
+    # The writes behind are held until the truncate was made, so that they are still behind it
+    # whatever the machine's speed (fewer than the 8 buffers: submit never waits for one).
+    gate = threading.Event()
+    write = spool.behind._write
+    monkeypatch.setattr(spool.behind, "_write", lambda *args: (gate.wait(30), write(*args)))
     fd, direct_fd = open_for_writing(spool, 4)
     try:
         spool.write(4, fd, direct_fd, b"a" * DIRECT_FROM, 0)
-        for offset in range(DIRECT_FROM, 9 * MiB, MiB):
+        for offset in range(DIRECT_FROM, 6 * MiB, MiB):
             spool.write(4, fd, direct_fd, os.urandom(MiB), offset)
         spool.truncate(4, 100)      # by path, queued behind the direct writes it follows
+        gate.set()
         spool.behind.drain(4)
     finally:
         os.close(fd)
