@@ -9,6 +9,12 @@ local `cp` of the same data (the ceiling for "the copy returns"). The daemon's
 CPU seconds per workload (user+sys of the daemon and every process it
 starts), the peak RSS of the daemon plus its children and the latency of
 reading `status` during uploads are sampled too.
+The floor, in the same run: the same copy into bench/floor_fs.py, a Python FUSE with
+fs360's FUSE setup that drops the bytes (its time and its process's CPU), plus the least
+an upload costs (a loopback `sendfile` of a cached file per GiB, the direct client's CPU
+per small file, with requests as fs360 uses it). The floor stages nothing, journals nothing and
+starts no upload at a writer's exit: a target it misses by its FUSE and sendfile parts is out of
+reach for any fs360 on mfusepy here; what fs360 costs above it is its own.
 The emulator runs with --discard --no-rate-limits so that neither its disk nor
 the documented rate limits are what is measured.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +43,18 @@ GiB = 1024 * MiB
 EMULATOR_ARGS = ["--discard", "--no-rate-limits"]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK_SEND_SIZE = 512 * MiB
+# Accepts one connection on loopback, prints its port first, reads until EOF and drops the bytes.
+DISCARDING_RECEIVER = """
+import socket
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+connection, _ = server.accept()
+buffer = memoryview(bytearray(1 << 20))
+while connection.recv_into(buffer):
+    pass
+"""
 
 SIZES = {
     "quick": {"big": (1, 512 * MiB), "eight": (8, 64 * MiB), "small": (500, 100 * 1024), "rsync": (100, None),
@@ -68,6 +87,8 @@ class Row:
     baseline_cpu: float = 0.0  # the baseline client's user+sys (it runs in this process)
     daemon_cpu: float = 0.0  # the daemon's and its workers' user+sys while fs360 did the workload
     local_cp_cpu: float = 0.0  # the local cp's user+sys: one copy of the data into the page cache
+    floor_copy: float = 0.0  # the same copy into the floor (bench/floor_fs.py)
+    floor_cpu: float = 0.0  # the floor process's user+sys during that copy
 
 
 def make_sources(directory: Path, count: int, size: int | None, seed: int = 0) -> list[Path]:
@@ -88,6 +109,14 @@ def make_sources(directory: Path, count: int, size: int | None, seed: int = 0) -
         paths.append(path)
     subprocess.run(["sync"])
     return paths
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """user+sys of a process and of the children it has reaped; OSError once it has ended."""
+    # Fields after the ")" that ends the command name: utime is the 12th, then stime,
+    # cutime, cstime (reaped workers' time lands in their parent's cutime/cstime).
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
 
 
 class Daemon:
@@ -120,16 +149,13 @@ class Daemon:
 
     def cpu_seconds(self) -> float:
         """user+sys of the daemon, its live children and the children it has reaped."""
-        total = 0
+        total = 0.0
         for pid in self.processes():
             try:
-                # Fields after the ")" that ends the command name: utime is the 12th, then stime,
-                # cutime, cstime (reaped workers' time lands in the daemon's cutime/cstime).
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += process_cpu_seconds(pid)
             except OSError:
                 continue  # a worker that just ended: its time is in the daemon's cutime once reaped
-            total += sum(int(v) for v in fields[11:15])
-        return total / CLOCK_TICKS
+        return total
 
     def memory_by_process(self) -> list[tuple[int, int]]:
         """(RSS, PSS) of the daemon, then of each of its children, now."""
@@ -153,6 +179,45 @@ class Daemon:
 
     def close(self) -> None:
         subprocess.run([sys.executable, "-m", "fs360.cli", "unmount", str(self.mountpoint)], check=False)
+
+
+class FloorMount:
+    """bench/floor_fs.py mounted under the work dir, in the foreground in a child process."""
+
+    def __init__(self, work: Path, timeout: float = 30):
+        self.mountpoint = work / "floor"
+        self.mountpoint.mkdir(exist_ok=True)
+        self.stderr_path = work / "floor.stderr"  # a file, not a pipe: nobody reads it while it runs
+        with open(self.stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen([sys.executable, "-m", "bench.floor_fs", str(self.mountpoint)],
+                                            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=stderr)
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(self.mountpoint):
+            if time.monotonic() > deadline:
+                self.close(grace=0)
+                raise RuntimeError(f"floor_fs: not mounted within {timeout} s: {self.stderr()}")
+            try:
+                returncode = self.process.wait(timeout=0.02)  # the poll's pause, cut short if it exits
+            except subprocess.TimeoutExpired:
+                continue
+            raise RuntimeError(f"floor_fs exited with {returncode} before mounting: {self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace").strip()
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.process.pid)
+
+    def close(self, grace: float = 30) -> None:
+        """Unmounts; the process then exits. One that has not within `grace` s is killed, its mount detached."""
+        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], stderr=subprocess.DEVNULL, check=False)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
 
 
 class RssSampler:
@@ -200,6 +265,32 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def loopback_send_cpu_per_gib(work: Path, size: int = LOOPBACK_SEND_SIZE) -> float:
+    """CPU-s of this process per GiB sent with sendfile over loopback TCP from the page cache: the
+    least an upload of a large file costs its sender. The receiver is another process, not counted."""
+    directory = work / "loopback-send"
+    [path] = make_sources(directory, 1, size)
+    receiver = subprocess.Popen([sys.executable, "-c", DISCARDING_RECEIVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(receiver.stdout.readline())
+        with open(path, "rb", buffering=0) as f:  # read once: the file is in the page cache, as a copied one is
+            buffer = memoryview(bytearray(8 * MiB))
+            while f.readinto(buffer):
+                pass
+        cpu_before = own_cpu_seconds()
+        with socket.create_connection(("127.0.0.1", port)) as connection, open(path, "rb") as f:
+            connection.sendfile(f)
+        cpu = own_cpu_seconds() - cpu_before
+        receiver.wait(timeout=60)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+        receiver.wait()
+        receiver.stdout.close()
+        shutil.rmtree(directory)
+    return cpu / (size / GiB)
+
+
 def wait_complete(emulator: EmulatorProcess, daemon: Daemon, session: str, count: int, timeout: float = 900) -> float:
     deadline = time.monotonic() + timeout
     upload_id = None
@@ -212,8 +303,16 @@ def wait_complete(emulator: EmulatorProcess, daemon: Daemon, session: str, count
     raise RuntimeError(f"{session}: not complete within {timeout} s")
 
 
-def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, work: Path, use_rsync=False,
-                      status_samples: list[float] | None = None) -> Row:
+def copy_into(sources: list[Path], destination: Path, use_rsync: bool) -> None:
+    """`rsync -a` of the sources' folder, or one `cp` of all the files, into `destination`."""
+    if use_rsync:
+        subprocess.run(["rsync", "-a", f"{sources[0].parent}/", f"{destination}/"], check=True)
+    else:
+        subprocess.run(["cp", *[str(p) for p in sources], str(destination)], check=True)
+
+
+def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, floor: FloorMount, work: Path,
+                      use_rsync=False, status_samples: list[float] | None = None) -> Row:
     row = Row(name, len(sources), sum(p.stat().st_size for p in sources))
     src_dir = sources[0].parent
     # Baseline: the direct client.
@@ -229,6 +328,13 @@ def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, 
     row.local_cp = time.monotonic() - start
     row.local_cp_cpu = children_cpu_seconds() - children_cpu
     shutil.rmtree(local)
+    # The floor: the very copy fs360 gets below (same command, so the same syscalls), into a FUSE that drops it.
+    floor_target = floor.mountpoint / name
+    floor_target.mkdir()
+    floor_cpu_before, start = floor.cpu_seconds(), time.monotonic()
+    copy_into(sources, floor_target, use_rsync)
+    row.floor_copy = time.monotonic() - start
+    row.floor_cpu = floor.cpu_seconds() - floor_cpu_before
     # fs360.
     session = daemon.mountpoint / name
     session.mkdir()
@@ -240,10 +346,7 @@ def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, 
     start = time.monotonic()
     if sampler:
         sampler.start()
-    if use_rsync:
-        subprocess.run(["rsync", "-a", f"{src_dir}/", f"{session}/"], check=True)
-    else:
-        subprocess.run(["cp", *[str(p) for p in sources], str(session)], check=True)
+    copy_into(sources, session, use_rsync)
     row.copy_returns = time.monotonic() - start
     row.complete = wait_complete(emulator, daemon, name, len(sources)) - start
     row.daemon_cpu = daemon.cpu_seconds() - daemon_cpu_before
@@ -300,10 +403,18 @@ def main(argv: list[str]) -> int:
     ls_times = None
     peak_rss = 0
     peak_with_workers = (0, 0, ("", []))
+    send_cpu_per_gib = None
     try:
+        if "big" in chosen or "eight" in chosen:
+            # Before the emulator, the daemon and the sampling thread start: only the sender runs.
+            send_cpu_per_gib = loopback_send_cpu_per_gib(work)
+            print(f"  loopback sendfile of a cached {LOOPBACK_SEND_SIZE // MiB} MiB file: "
+                  f"{send_cpu_per_gib:.2f} CPU-s per GiB for the sender", flush=True)
         with EmulatorProcess(work / "emulator", args=EMULATOR_ARGS) as emulator:
             daemon = Daemon(work, emulator)
+            floor = None
             try:
+                floor = FloorMount(work)
                 with RssSampler(daemon) as rss:
                     for workload in chosen:
                         rss.workload = workload
@@ -314,15 +425,17 @@ def main(argv: list[str]) -> int:
                             continue
                         count, size = sizes[workload]
                         rows.append(run_sourced_workload(
-                            workload, count, size, emulator, daemon, work, use_rsync=(workload == "rsync"),
+                            workload, count, size, emulator, daemon, floor, work, use_rsync=(workload == "rsync"),
                             status_samples=status_samples if workload in ("eight", "big") else None))
                 peak_rss = daemon.peak_rss()
                 peak_with_workers = (rss.peak, rss.peak_pss, rss.at_peak)
             finally:
+                if floor is not None:
+                    floor.close()
                 daemon.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers)
+    print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers, send_cpu_per_gib)
     return 0
 
 
@@ -345,60 +458,86 @@ def file_create_cost(directory: Path, count: int = 200) -> float:
     return took
 
 
-def run_sourced_workload(workload: str, count: int, size: int | None, emulator, daemon: Daemon, work: Path,
-                         **options) -> Row:
+def run_sourced_workload(workload: str, count: int, size: int | None, emulator, daemon: Daemon, floor: FloorMount,
+                         work: Path, **options) -> Row:
     """Makes the workload's source files, runs the side by side, prints one line, removes the sources."""
     sources = make_sources(work / f"src-{workload}", count, size)
     try:
-        row = run_copy_workload(workload, sources, emulator, daemon, work, **options)
+        row = run_copy_workload(workload, sources, emulator, daemon, floor, work, **options)
     finally:
         shutil.rmtree(work / f"src-{workload}")
     print(f"  {workload}: baseline {row.baseline:.2f} s, copy returns {row.copy_returns:.2f} s, "
-          f"complete {row.complete:.2f} s, local cp {row.local_cp:.2f} s, daemon CPU {row.daemon_cpu:.2f} s; "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+          f"complete {row.complete:.2f} s, local cp {row.local_cp:.2f} s, floor copy {row.floor_copy:.2f} s "
+          f"(CPU {row.floor_cpu:.2f} s), daemon CPU {row.daemon_cpu:.2f} s; load {os.getloadavg()[0]:.1f}",
+          flush=True)
     return row
 
 
-def print_cpu_table(rows: list[Row]) -> None:
-    print("| workload | daemon + workers CPU | per file | per GiB | target | baseline client CPU (per file) |"
-          " local cp CPU per GiB |")
-    print("|---|---|---|---|---|---|---|")
+def cpu_verdict(cost: float, floor: float, target: float, unit: str, scale: float) -> str:
+    """The target with fs360's verdict, and whether the floor alone already costs more than it."""
+    text = f"<= {scale * target} {unit} {'ok' if cost <= target else 'MISSED'}"
+    if floor > target:
+        text += f"; the floor is {scale * (floor - target):.2f} {unit} above it"
+    return text
+
+
+def print_cpu_table(rows: list[Row], send_cpu_per_gib: float | None) -> None:
+    print("| workload | daemon + workers CPU | per file | per GiB | target | floor (FUSE + upload) |"
+          " baseline client CPU (per file) | local cp CPU per GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        per_file, per_gib = row.daemon_cpu / row.files, row.daemon_cpu / (row.total / GiB)
+        gib = row.total / GiB
+        per_file, per_gib = row.daemon_cpu / row.files, row.daemon_cpu / gib
+        client_per_file = row.baseline_cpu / row.files
         target = "-"
         if row.workload in ("big", "eight"):
-            target = f"<= {CPU_PER_GIB_TARGET} s/GiB{' ok' if per_gib <= CPU_PER_GIB_TARGET else ' MISSED'}"
-        elif row.workload == "small":
-            target = (f"<= {1000 * CPU_PER_SMALL_FILE_TARGET} ms/file"
-                      f"{' ok' if per_file <= CPU_PER_SMALL_FILE_TARGET else ' MISSED'}")
+            # Large files: the upload's least is the sender's CPU of a loopback sendfile per GiB.
+            floor_cost = row.floor_cpu / gib + send_cpu_per_gib
+            floor_text = f"{floor_cost:.2f} s/GiB ({row.floor_cpu / gib:.2f} + send {send_cpu_per_gib:.2f})"
+            target = cpu_verdict(per_gib, floor_cost, CPU_PER_GIB_TARGET, "s/GiB", 1)
+        else:
+            # Many files: the upload's least is the direct client's CPU per file (one request each).
+            floor_cost = row.floor_cpu / row.files + client_per_file
+            floor_text = (f"{1000 * floor_cost:.2f} ms/file ({1000 * row.floor_cpu / row.files:.2f}"
+                          f" + client {1000 * client_per_file:.2f})")
+            if row.workload == "small":
+                target = cpu_verdict(per_file, floor_cost, CPU_PER_SMALL_FILE_TARGET, "ms/file", 1000)
         print(f"| {row.workload} | {row.daemon_cpu:.2f} s | {1000 * per_file:.2f} ms |"
-              f" {per_gib:.2f} s | {target} | {row.baseline_cpu:.2f} s"
-              f" ({1000 * row.baseline_cpu / row.files:.2f} ms) | {row.local_cp_cpu / (row.total / GiB):.2f} s |")
+              f" {per_gib:.2f} s | {target} | {floor_text} | {row.baseline_cpu:.2f} s"
+              f" ({1000 * client_per_file:.2f} ms) | {row.local_cp_cpu / gib:.2f} s |")
 
 
-def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers) -> None:
+def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers, send_cpu_per_gib) -> None:
     print()
     print(f"## fs360 benchmark, {mode} run")
     print()
     print("| workload | data | baseline | fs360 copy returns | fs360 complete | ratio complete/baseline | target |"
-          " copy MB/s vs local cp |")
-    print("|---|---|---|---|---|---|---|---|")
+          " copy MB/s vs local cp | floor copy MB/s (a Python FUSE that drops the bytes) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         target = TARGETS.get(row.workload)
         ratio = row.complete / row.baseline if row.baseline else 0
         verdict = "" if target is None else (" ok" if ratio <= target else " MISSED")
         copy_pct = 100 * row.local_cp / row.copy_returns if row.copy_returns else 0
+        floor_pct = 100 * row.local_cp / row.floor_copy if row.floor_copy else 0
         copy_verdict = "" if row.workload != "big" else (
-            f"{' ok' if copy_pct >= 100 * COPY_SPEED_TARGET else ' MISSED'} (target >= {100 * COPY_SPEED_TARGET:.0f}%)")
+            f"{' ok' if copy_pct >= 100 * COPY_SPEED_TARGET else ' MISSED'} (target >= {100 * COPY_SPEED_TARGET:.0f}%"
+            f"; {'reachable' if floor_pct >= 100 * COPY_SPEED_TARGET else 'out of reach'}: the floor copies at"
+            f" {floor_pct:.0f}%)")
         print(f"| {row.workload} | {row.files} files, {row.total / MiB:.0f} MiB | {row.baseline:.2f} s "
               f"({mbps(row.total, row.baseline):.0f} MB/s) | {row.copy_returns:.2f} s "
               f"({mbps(row.total, row.copy_returns):.0f} MB/s) | {row.complete:.2f} s | {ratio:.2f} x |"
               f" {'<= ' + str(target) + ' x' + verdict if target else '-'} |"
               f" {mbps(row.total, row.copy_returns):.0f} vs {mbps(row.total, row.local_cp):.0f} = {copy_pct:.0f}%"
-              f"{copy_verdict} |")
+              f"{copy_verdict} | {mbps(row.total, row.floor_copy):.0f} = {floor_pct:.0f}% of local cp |")
     print()
-    print_cpu_table(rows)
+    print_cpu_table(rows, send_cpu_per_gib)
     print()
+    print("- floor: the same cp / rsync into bench/floor_fs.py, a Python FUSE with fs360's FUSE setup (mfusepy with"
+          " fs360's overrides, 1 MiB writes, 10 threads) that drops the bytes, plus the upload: a loopback sendfile"
+          " of a cached file per GiB (the least any sender pays), the direct client's CPU per file (requests, as"
+          " fs360 uses it: a leaner HTTP stack could go under that part). It neither stages the bytes, journals nor"
+          " waits for the writer's exit, all of which fs360 must.")
     print(f"- daemon peak RSS (VmHWM): {peak_rss / MiB:.1f} MiB")
     peak_rss_sum, peak_pss_sum, (peak_workload, each) = peak_with_workers
     print(f"- daemon + its children, peak of the summed RSS (sampled every 0.25 s): "

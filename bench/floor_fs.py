@@ -1,0 +1,165 @@
+"""The floor: the least any Python FUSE file system on this libfuse can cost, for the benchmarks.
+
+    python -m bench.floor_fs MOUNTPOINT [--keep DIR]
+
+A mount with fs360's own FUSE setup (mfusepy with fs360's overrides, 1 MiB writes and st_blksize, the same
+timeouts, threads and readdirplus) whose files hold nothing: each write is counted and dropped
+(with --keep, written with one pwrite into a file under DIR instead, as a spool would). No journal, no
+hash, no upload, no commit point. What `cp` into it costs, in time and in the CPU of this process,
+is what no design of fs360 on mfusepy could go under; `bench full` measures it beside fs360 in the
+same run, so that a missed target can be told apart from one out of reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import stat
+import threading
+import time
+
+import mfusepy
+
+from fs360.fs.attrs import IO_BLOCK_SIZE
+from fs360.fs.mfusepy_overrides import FUSE_CAP_READDIRPLUS, FUSE_CAP_READDIRPLUS_AUTO, Fs360Fuse
+
+
+class FloorOperations(mfusepy.Operations):
+    use_ns = True
+
+    def __init__(self, keep: str | None):
+        self.keep = keep
+        self._mutex = threading.Lock()
+        now = time.time_ns()
+        self.dirs = {"/": now}
+        self.sizes: dict[str, int] = {}  # path -> size
+        self.fds: dict[int, int] = {}  # handle -> the kept file's fd
+        self.handles = 0
+        self.uid, self.gid = os.getuid(), os.getgid()
+
+    def init_with_config(self, conn_info, config) -> None:
+        if config is not None:
+            config.attr_timeout = config.entry_timeout = config.negative_timeout = 1.0
+            config.hard_remove = 0
+        if conn_info is not None:
+            conn_info.max_write = 1024 * 1024
+            if conn_info.capable & FUSE_CAP_READDIRPLUS:
+                conn_info.want = (conn_info.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+
+    def _attrs(self, path: str) -> dict:
+        if path in self.dirs:
+            return dict(st_mode=stat.S_IFDIR | 0o755, st_nlink=2, st_uid=self.uid, st_gid=self.gid,
+                        st_mtime=self.dirs[path], st_ctime=self.dirs[path], st_atime=self.dirs[path])
+        size = self.sizes.get(path)
+        if size is None:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        # fs360's st_blksize: cp sizes its writes by it (1 MiB requests, not 128 KiB ones).
+        return dict(st_mode=stat.S_IFREG | 0o644, st_nlink=1, st_uid=self.uid, st_gid=self.gid, st_size=size,
+                    st_blocks=(size + 511) // 512, st_blksize=IO_BLOCK_SIZE)
+
+    def getattr(self, path, fh=None):
+        with self._mutex:
+            return self._attrs(path)
+
+    def access(self, path, amode):
+        with self._mutex:
+            self._attrs(path)
+        return 0
+
+    def readdir(self, path, fh):
+        prefix = path.rstrip("/") + "/"
+        with self._mutex:
+            names = [p[len(prefix):] for p in list(self.dirs) + list(self.sizes)
+                     if p.startswith(prefix) and "/" not in p[len(prefix):] and p != prefix]
+        return [".", ".."] + names
+
+    def mkdir(self, path, mode):
+        with self._mutex:
+            self.dirs[path] = time.time_ns()
+
+    def create(self, path, mode, fi):
+        with self._mutex:
+            self.sizes[path] = 0
+            self._new_handle(fi, writing=True)
+        return 0
+
+    def open(self, path, fi):
+        with self._mutex:
+            self._attrs(path)
+            self._new_handle(fi, writing=fi.flags & os.O_ACCMODE != os.O_RDONLY)
+        return 0
+
+    def _new_handle(self, fi, writing: bool) -> None:
+        """Under the mutex. A writer's bytes are kept too when it opens a file that exists (cp over it)."""
+        self.handles += 1
+        fi.fh = self.handles
+        fi.keep_cache = 0
+        if self.keep and writing:
+            self.fds[fi.fh] = os.open(os.path.join(self.keep, str(fi.fh)), os.O_WRONLY | os.O_CREAT, 0o600)
+
+    def write(self, path, data, offset, fh):
+        fd = self.fds.get(fh.fh)
+        written = os.pwrite(fd, data, offset) if fd is not None else len(data)
+        with self._mutex:
+            self.sizes[path] = max(self.sizes.get(path, 0), offset + written)
+        return written
+
+    def truncate(self, path, length, fh=None):
+        with self._mutex:
+            self.sizes[path] = length
+
+    def rename(self, old, new):
+        # rsync writes each file as `.name.XXXXXX`, then renames it; a folder moves with what it holds.
+        with self._mutex:
+            moved = [(table, path) for table in (self.dirs, self.sizes) for path in table
+                     if path == old or path.startswith(old + "/")]
+            if not moved:
+                raise mfusepy.FuseOSError(errno.ENOENT)
+            for table, path in moved:
+                table[new + path[len(old):]] = table.pop(path)
+        return 0
+
+    def unlink(self, path):
+        with self._mutex:
+            if self.sizes.pop(path, None) is None:
+                raise mfusepy.FuseOSError(errno.ENOENT)
+        return 0
+
+    def flush(self, path, fh):
+        return 0
+
+    def release(self, path, fh):
+        fd = self.fds.pop(fh.fh, None)
+        if fd is not None:
+            os.close(fd)
+        return 0
+
+    def utimens(self, path, times=None):
+        return 0
+
+    def chmod(self, path, mode):
+        return 0
+
+    def chown(self, path, uid, gid):
+        return 0
+
+    def statfs(self, path):
+        return dict(f_bsize=4096, f_frsize=4096, f_blocks=1 << 30, f_bfree=1 << 30, f_bavail=1 << 30,
+                    f_files=1 << 20, f_ffree=1 << 20, f_namemax=255)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mountpoint")
+    parser.add_argument("--keep", help="write each file's bytes into a file under this directory")
+    args = parser.parse_args()
+    # fs360.fs.fuse_ops.mount's options: default_permissions too (the kernel checks permissions, no ACCESS
+    # round trips), so that the floor answers the same requests fs360 does.
+    Fs360Fuse(FloorOperations(args.keep), args.mountpoint, raw_fi=True, foreground=True, nothreads=False,
+              fsname="fs360-floor", subtype="fs360-floor", default_permissions=True, max_threads=10,
+              max_idle_threads=10)
+
+
+if __name__ == "__main__":
+    main()
