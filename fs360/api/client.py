@@ -30,7 +30,8 @@ from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSE
 from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff
-from .transport import MAX_RESPONSE_BYTES, DeadlineAdapter, Exchange, PacedBody, failure_reason, peer_ended
+from .transport import (MAX_RESPONSE_BYTES, Answer, Channel, Exchange, PacedBody, failure_reason, is_tls_failure,
+                        peer_ended)
 from .troubles import Admission, Troubles
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,8 @@ _ACCOUNT_CHECK_PATH = "/uploads/fs360accountcheck"
 # The API's own list of projects may come bare or wrapped in an object under one of these.
 _PROJECT_LIST_KEYS = ("projects", "data", "items", "results")
 
-# Exceptions of an HTTP exchange that mean "no usable answer" (requests wraps most of them).
-_TRANSPORT_EXCEPTIONS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
-                         http.client.HTTPException, OSError)
+# Exceptions of an HTTP exchange that mean "no usable answer".
+_TRANSPORT_EXCEPTIONS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class RequestCounts:
 
 
 class ApiClient:
-    """Thread-safe: each thread gets its own keep-alive `requests.Session`.
+    """Thread-safe: each thread gets its own keep-alive connection (transport.Channel).
 
     Before each request its `admission` is asked (a failure shared by every request of its kind
     holds it back, then the pacer gives it its turn: api/troubles.py, api/pacing.py), and told
@@ -171,31 +171,21 @@ class ApiClient:
         self._proxies: dict = env["proxies"]
         self._verify: bool | str = env["verify"]
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers.update(self._auth)
-            session.headers["User-Agent"] = USER_AGENT
-            # The answers are tiny JSON: a compressed one could only be a bomb.
-            session.headers["Accept-Encoding"] = "identity"
-            session.verify = self._verify
-            # The environment (proxies, CA bundle variables) is read once, not on every request:
-            # requests would otherwise scan os.environ for each of thousands of PUTs.
-            session.trust_env = False
-            session.proxies = self._proxies
-            # Retries are ours (they re-read the server's offset first), never urllib3's.
-            adapter = DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=1)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._local.session = session
-        return session
+    def _channel(self) -> Channel:
+        channel = getattr(self._local, "channel", None)
+        if channel is None:
+            # The answers are tiny JSON: a compressed one could only be a bomb (identity).
+            headers = {**self._auth, "User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "*/*"}
+            # The environment (proxies, CA bundle variables) was read once, in __init__.
+            channel = Channel(self.base_url, headers, self._proxies, self._verify)
+            self._local.channel = channel
+        return channel
 
     def close(self) -> None:
-        session = getattr(self._local, "session", None)
-        if session is not None:
-            session.close()
-            self._local.session = None
+        channel = getattr(self._local, "channel", None)
+        if channel is not None:
+            channel.close()
+            self._local.channel = None
 
     def deadline_for(self, body_bytes: int) -> float:
         """The whole request's time limit by its kind: a small JSON request has the floor (30 s);
@@ -223,14 +213,16 @@ class ApiClient:
         finally:
             self.admission.report(passed, error, reached=not getattr(error, "never_connected", False))
 
-    def _exchange(self, endpoint: str, method: str, path: str, expect, deadline: float | None, **kwargs):
-        data = kwargs.get("data")
-        exchange = Exchange(deadline or self.deadline_for(len(data) if data is not None else 0))
+    def _exchange(self, endpoint: str, method: str, path: str, expect, deadline: float | None, *, data=None,
+                  json=None, headers: dict | None = None):
+        body_length = len(data) if data is not None else 0
+        exchange = Exchange(deadline or self.deadline_for(body_length))
+        url = self.base_url + path
         content = None
         try:
             with exchange:
-                response = exchange.send(self._session(), method, self.base_url + path,
-                                         timeout=self._timeout, **kwargs)
+                response = exchange.send(self._channel(), method, url, timeout=self._timeout, data=data,
+                                         json_body=json, headers=headers)
                 content = exchange.read(_RESPONSE_CAPS.get(endpoint, MAX_RESPONSE_BYTES))
         except Exception as exc:
             # Once the watchdog cut the socket, whatever the reader raised is the deadline's doing.
@@ -243,8 +235,8 @@ class ApiClient:
             self.close()
             self.requests.add(endpoint, "error")
             raise self._transport_error(endpoint, None, exchange)
-        self.requests.add(endpoint, str(response.status_code))
-        return self._translate(endpoint, response, content, expect)
+        self.requests.add(endpoint, str(response.status))
+        return self._translate(endpoint, Answer(response.status, response.headers, url, body_length), content, expect)
 
     def _transport_error(self, endpoint: str, exc: BaseException | None, exchange: Exchange) -> Fs360Error:
         """The error for an exchange without a usable answer: cut at its deadline, too large, or failed."""
@@ -267,15 +259,15 @@ class ApiClient:
             return ResponseTooLarge(f"{endpoint}: the server at {self._host} sent an answer larger than "
                                     f"any API answer; dropped")
         reason, connecting = failure_reason(exc)
-        if isinstance(exc, requests.exceptions.SSLError):
+        if is_tls_failure(exc):
             # Final at mount; while mounted retried slowly, so no file is refused for it.
             return TlsError(f"TLS verification failed for {self.base_url}: {reason}")
         if connecting:
             return TransportError(f"cannot reach {self._host}: {reason}")
         return TransportError(f"{endpoint} to {self._host}: {reason}")
 
-    def _translate(self, endpoint: str, response: requests.Response, content: bytes, expect=dict):
-        status = response.status_code
+    def _translate(self, endpoint: str, answer: Answer, content: bytes, expect=dict):
+        status = answer.status
         try:
             body = json.loads(content) if content else None
         except ValueError:
@@ -285,7 +277,7 @@ class ApiClient:
                 raise MalformedResponse(f"{endpoint}: HTTP {status} with a body that is not the expected JSON")
             return body
         if 300 <= status < 400:
-            target = _printable(urljoin(response.url or self.base_url + "/", response.headers.get("Location", "")))
+            target = _printable(urljoin(answer.url or self.base_url + "/", answer.headers.get("Location", "")))
             raise Redirected(f"{endpoint}: the server redirected to {target or '(nowhere)'}; fs360 does not "
                              f"follow redirects: check --api-url", status=status, location=target)
         error = body if isinstance(body, dict) else {}
@@ -296,7 +288,7 @@ class ApiClient:
             # About the account whatever the code: the status picks the class, the code the advice.
             raise _account_error(ACCOUNT_ERROR_BY_STATUS[status], status, code, said, fields)
         if status == 429:
-            raise self._rate_limited(endpoint, response.headers.get("Retry-After"), said)
+            raise self._rate_limited(endpoint, answer.headers.get("Retry-After"), said)
         if status >= 500 or not code:
             # A failing server, or an answer without the API's error code: a proxy's HTML 413 or 502,
             # a gateway's JSON. Not the API's verdict on the file, so never a final refusal.
@@ -305,7 +297,7 @@ class ApiClient:
             cls = BodyTooLarge if status == 413 and endpoint == "put_file" else ServerError
             failure = cls(f"{endpoint}: HTTP {status}" + (f" {code}" if code else f" without {kind}") + said,
                           status=status)
-            if cls is BodyTooLarge and 0 < _body_length(response) <= MIN_CHUNK_SIZE:
+            if cls is BodyTooLarge and 0 < answer.sent_length <= MIN_CHUNK_SIZE:
                 failure.outage = True  # refused at the smallest size: every file would meet it
             raise _with_fields(failure, fields)
         cls = API_ERROR_CLASSES.get(code, ApiError)
@@ -349,7 +341,7 @@ class ApiClient:
         as bytes start..start+len-1 of a file of `total` bytes; with a `pace`, in pieces that wait
         their turn and tell when sent (transport.PacedBody)."""
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
-        if pace is not None and len(data):  # (an empty body as it is: requests would chunk it)
+        if pace is not None and len(data):  # (an empty body as it is: nothing to pace)
             data = PacedBody(data, pace)
         if not whole:
             headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{total}"
@@ -461,13 +453,6 @@ class ApiClient:
 
 def _file_path(upload_id: str, name: str) -> str:
     return f"/uploads/{quote(upload_id, safe='')}/{quote(name, safe='')}"
-
-
-def _body_length(response: requests.Response) -> int:
-    """The Content-Length the request sent (0: unknown)."""
-    request = response.request
-    declared = request.headers.get("Content-Length", "") if request is not None else ""
-    return int(declared) if declared.isdigit() else 0
 
 
 def _with_fields(exc: Fs360Error, fields: dict) -> Fs360Error:

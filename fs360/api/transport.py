@@ -1,6 +1,6 @@
 """The HTTP exchange under an overall deadline, with a bounded answer.
 
-requests' timeouts bound each socket operation, not the request: a server that
+The socket timeouts bound each socket operation, not the request: a server that
 sends one byte every few seconds, or reads our body that slowly, holds a worker
 forever. Here every request gets a `Deadline`; one watchdog thread shuts down
 the socket of any request still running at its deadline, which wakes the worker
@@ -29,14 +29,19 @@ import errno
 import heapq
 import http.client
 import itertools
+import json
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
+from dataclasses import dataclass
+from typing import Mapping
 
 import requests
+import urllib3
 import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
@@ -239,7 +244,9 @@ _POOL_CLASSES = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
 
 
 class DeadlineAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter whose connections report to the current deadline.
+    """requests' adapter whose connections report to the current deadline. A Channel asks it
+    for its connection pool (TLS verification, proxies, proxy credentials, as requests sets
+    them up) and sends through that pool itself.
 
     Behind a SOCKS proxy urllib3 uses its own connection classes: there the
     deadline is still checked between pieces of the body, but cannot cut a stall.
@@ -261,7 +268,7 @@ BODY_PIECE = 256 * 1024
 
 
 class PacedBody:
-    """A request body sent in pieces of BODY_PIECE bytes (requests and urllib3 send each one
+    """A request body sent in pieces of BODY_PIECE bytes (urllib3 sends each one
     with `sendall` as it comes), for a bandwidth limit and progress within a chunk: `pace`
     has `wait_turn(n)`, which may hold the next piece back (the time held extends the
     request's deadline: it is fs360's wait, not the server's slowness), and `sent(n)`,
@@ -272,7 +279,7 @@ class PacedBody:
         self._data = data
         self._pace = pace
 
-    def __len__(self) -> int:  # the Content-Length (requests asks for it)
+    def __len__(self) -> int:  # the Content-Length
         return len(self._data)
 
     def __iter__(self):
@@ -289,13 +296,66 @@ class PacedBody:
             pace.sent(len(piece))
 
 
+class Channel:
+    """One thread's keep-alive connection to the API, sent through urllib3 directly.
+
+    requests' adapter builds the connection pool once (TLS verification, the proxy and its
+    credentials, from the environment read once by the client); each request then goes
+    straight to that pool. requests' own layers (preparing, merging settings, cookies, hooks,
+    wrapping the answer) cost 0.4-0.5 ms of CPU per 100 KiB PUT, about a fifth of a small file's
+    whole cost (BENCHMARKS.md, "the floor"). Never follows a redirect, never retries: both are
+    the client's decisions."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], proxies: dict, verify: bool | str):
+        self.base_url = base_url
+        self.headers = headers
+        self._proxies = proxies
+        self._verify = verify
+        self._adapter = DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=1)
+        self._pool = None
+        self._absolute = False  # an http:// URL through an HTTP proxy is sent whole, not as a path
+        origin = urllib3.util.parse_url(base_url)
+        self._origin_length = len(f"{origin.scheme}://{origin.netloc}")
+
+    def request(self, method: str, url: str, *, timeout: tuple[float, float], data=None, json_body=None,
+                headers: dict | None = None) -> urllib3.BaseHTTPResponse:
+        """`url` starts with the base URL. The answer is streamed: read it (Exchange.read)."""
+        if self._pool is None:
+            probe = requests.Request("GET", self.base_url).prepare()
+            self._pool = self._adapter.get_connection_with_tls_context(probe, self._verify, self._proxies)
+            self._absolute = self._adapter.request_url(probe, self._proxies) == probe.url
+        sent = dict(self.headers)
+        if json_body is not None:
+            data = json.dumps(json_body, allow_nan=False).encode()
+            sent["Content-Type"] = "application/json"
+        if headers:
+            sent.update(headers)
+        target = url if self._absolute else (url[self._origin_length:] or "/")
+        return self._pool.urlopen(method, target, body=data, headers=sent, redirect=False, assert_same_host=False,
+                                  preload_content=False, decode_content=False, retries=self._adapter.max_retries,
+                                  timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
+
+    def close(self) -> None:
+        self._adapter.close()
+        self._pool = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the translator reads of an HTTP answer besides its body."""
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    url: str  # the request's
+    sent_length: int  # the request body's Content-Length (0: none or unknown)
+
+
 class Exchange:
     """One request under a deadline, as a context manager: `send` it, `read` the body; leaving it
     closes the connection unless the answer was read whole in time."""
 
     def __init__(self, seconds: float):
         self.deadline = Deadline(seconds)
-        self.response: requests.Response | None = None
+        self.response: urllib3.BaseHTTPResponse | None = None
         self._complete = False
 
     def __enter__(self) -> "Exchange":
@@ -303,9 +363,9 @@ class Exchange:
         _watchdog.watch(self.deadline)
         return self
 
-    def send(self, session: requests.Session, method: str, url: str, **kwargs) -> requests.Response:
-        # stream=True: the body is ours to read, in pieces, up to a cap.
-        self.response = session.request(method, url, stream=True, allow_redirects=False, **kwargs)
+    def send(self, channel: Channel, method: str, url: str, **kwargs) -> urllib3.BaseHTTPResponse:
+        # Streamed: the body is ours to read, in pieces, up to a cap.
+        self.response = channel.request(method, url, **kwargs)
         return self.response
 
     def read(self, limit: int = MAX_RESPONSE_BYTES) -> bytes | None:
@@ -315,7 +375,9 @@ class Exchange:
         if declared.isdigit() and int(declared) > limit:
             return None
         pieces, size = [], 0
-        for piece in response.iter_content(READ_PIECE):
+        # Decoded: a server or proxy may compress though asked not to; urllib3 decodes a piece at
+        # a time, so a compressed bomb meets the cap, not memory.
+        for piece in response.stream(READ_PIECE, decode_content=True):
             size += len(piece)
             if size > limit or self.deadline.expired:
                 return None
@@ -390,6 +452,11 @@ def peer_ended(exc: BaseException) -> bool:
     return False
 
 
+def is_tls_failure(exc: BaseException) -> bool:
+    """Whether the exchange failed on TLS (a certificate that does not verify, say)."""
+    return any(isinstance(c, (urllib3.exceptions.SSLError, ssl.SSLError)) for c in _causes(exc))
+
+
 def failure_reason(exc: BaseException) -> tuple[str, bool]:
     """(what went wrong in words, whether it was before a connection existed). Nothing of it
     can carry headers, so never the key."""
@@ -405,7 +472,7 @@ def failure_reason(exc: BaseException) -> tuple[str, bool]:
     for needle, reason in _TEXT_REASONS:
         if needle in text:
             return reason, connecting
-    if isinstance(exc, requests.exceptions.Timeout):
+    if any(isinstance(c, (urllib3.exceptions.TimeoutError, TimeoutError)) for c in causes):
         return "timed out", connecting
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return first[:200], connecting

@@ -1,31 +1,38 @@
 """The client's one translator: every api.md error code becomes the right class with its fields.
 
-Real `requests.Response` objects are built and passed through `ApiClient._translate`
-(no network, nothing mocked).
+Answers as the transport hands them over (status, case-insensitive headers, the request's URL
+and body length) are passed through `ApiClient._translate` with their bodies (no network,
+nothing mocked).
 """
 
 import errno
 import json
 import math
+from dataclasses import dataclass
 
 import pytest
-import requests
+from urllib3 import HTTPHeaderDict
 
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
+from fs360.api.transport import Answer
 from fs360.api.client import MAX_RETRY_AFTER, ApiClient, _file_progress, _retry_after, _seconds
 from fs360.api.troubles import is_outage
 from fs360.config import MIN_CHUNK_SIZE, Settings
 from fs360 import errors as E
 
 
-def response(status: int, body=None, raw: bytes | None = None, headers=None) -> requests.Response:
-    r = requests.Response()
-    r.status_code = status
-    r._content = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
-    r.headers.update(headers or {})
-    return r
+@dataclass(frozen=True)
+class Reply:
+    answer: Answer
+    content: bytes
+
+
+def response(status: int, body=None, raw: bytes | None = None, headers=None, url: str = "",
+             sent_length: int = 0) -> Reply:
+    content = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+    return Reply(Answer(status, HTTPHeaderDict(headers or {}), url, sent_length), content)
 
 
 def client_for(pacer=None):
@@ -38,7 +45,7 @@ def client():
 
 
 def translate(client, resp, endpoint="put_file"):
-    return client._translate(endpoint, resp, resp.content)
+    return client._translate(endpoint, resp.answer, resp.content)
 
 
 # status, code, expected class, retryable
@@ -173,8 +180,8 @@ def test_redirect_is_never_followed_and_names_the_target(client, status):
 
 
 def test_relative_redirect_is_resolved_and_control_characters_dropped(client):
-    resp = response(302, raw=b"", headers={"Location": "/login?next=x\x1b[31m"})
-    resp.url = "http://127.0.0.1:9/api/v1/uploads"
+    resp = response(302, raw=b"", headers={"Location": "/login?next=x\x1b[31m"},
+                    url="http://127.0.0.1:9/api/v1/uploads")
     with pytest.raises(E.Redirected) as info:
         translate(client, resp)
     assert info.value.location.startswith("http://127.0.0.1:9/login?next=x") and "\x1b" not in str(info.value)
@@ -257,9 +264,7 @@ def test_a_413_to_the_smallest_put_is_an_outage_held_behind_one_probe(client):
     by every file, so it opens the PUTs' circuit instead of costing a request per file."""
     page = b"<html><body>413 Request Entity Too Large</body></html>"
     for sent, outage in ((MIN_CHUNK_SIZE, True), (MIN_CHUNK_SIZE + 1, False)):
-        refused = response(413, raw=page)
-        refused.request = requests.Request("PUT", "http://127.0.0.1:9/x", headers={
-            "Content-Length": str(sent)}).prepare()
+        refused = response(413, raw=page, sent_length=sent)
         with pytest.raises(E.BodyTooLarge) as info:
             translate(client, refused)
         assert is_outage(info.value) is outage, sent

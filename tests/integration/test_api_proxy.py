@@ -1,0 +1,126 @@
+"""Uploads through an HTTP proxy named by the environment (HTTP_PROXY, NO_PROXY), as behind an
+office's proxy: the client reads the environment once, sends every request through the proxy
+with its credentials, and the server gets each file whole."""
+
+import base64
+import hashlib
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+
+from fs360.api.client import ApiClient
+from fs360.config import Settings
+
+PROXY_USER, PROXY_PASSWORD = "office", "proxy-secret"
+
+
+class ForwardProxy(ThreadingHTTPServer):
+    """A plain HTTP forward proxy on loopback: takes absolute-URI requests, forwards each to its
+    host over a fresh connection, and records (method, URL, Proxy-Authorization) of each."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _ForwardHandler)
+        self.seen: list[tuple[str, str, str | None]] = []
+        self.url = f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+
+    def handle_error(self, request, client_address):
+        pass  # fs360 ends each connection with a reset (transport.py): expected, not worth a traceback
+
+
+class _ForwardHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _forward(self):
+        self.server.seen.append((self.command, self.path, self.headers.get("Proxy-Authorization")))
+        target = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-authorization", "connection")}
+        upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+        try:
+            upstream.request(self.command, target.path + (f"?{target.query}" if target.query else ""), body=body,
+                             headers=headers)
+            answer = upstream.getresponse()
+            content = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+def client_from_environment(emulator, monkeypatch, **env) -> ApiClient:
+    """A client made while the environment names the proxy; the environment is put back at once
+    (the client reads it once, when made)."""
+    with monkeypatch.context() as patched:
+        for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            patched.delenv(name, raising=False)
+        for name, value in env.items():
+            patched.setenv(name, value)
+        return ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False))
+
+
+WHOLE, HALVES = b"w" * 100_000, bytes(range(256)) * 1024
+
+
+def upload_two_files(client: ApiClient) -> str:
+    upload_id = client.open_session().upload_id
+    whole = memoryview(WHOLE)
+    client.put(upload_id, "whole.jpg", whole, 0, len(whole), whole=True)
+    halves = memoryview(HALVES)
+    half = len(halves) // 2
+    client.put(upload_id, "halves.jpg", halves[:half], 0, len(halves))
+    progress = client.put(upload_id, "halves.jpg", halves[half:], half, len(halves))
+    assert progress.complete and progress.received == len(halves)
+    return upload_id
+
+
+def test_every_request_goes_through_the_proxy_with_its_credentials(emulator, monkeypatch):
+    with ForwardProxy() as proxy:
+        client = client_from_environment(emulator, monkeypatch, HTTP_PROXY=proxy.url)
+        try:
+            upload_id = upload_two_files(client)
+        finally:
+            client.close()
+        assert emulator.progress(upload_id)["complete"] == 2
+        assert {(f["name"], f["sha256"]) for f in emulator.files() if f["upload_id"] == upload_id} == {
+            ("whole.jpg", hashlib.sha256(WHOLE).hexdigest()), ("halves.jpg", hashlib.sha256(HALVES).hexdigest())}
+        credentials = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+        assert [(method, url.split("/uploads")[-1].split("/")[-1]) for method, url, _ in proxy.seen] == [
+            ("POST", ""), ("PUT", "whole.jpg"), ("PUT", "halves.jpg"), ("PUT", "halves.jpg")]
+        assert all(url.startswith(emulator.base_url) for _, url, _ in proxy.seen)  # the absolute URI
+        assert all(auth == credentials for _, _, auth in proxy.seen)
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.1"])
+def test_no_proxy_sends_the_requests_straight_to_the_server(emulator, monkeypatch, no_proxy):
+    with ForwardProxy() as proxy:
+        client = client_from_environment(emulator, monkeypatch, HTTP_PROXY=proxy.url, NO_PROXY=no_proxy)
+        try:
+            upload_id = upload_two_files(client)
+        finally:
+            client.close()
+        assert emulator.progress(upload_id)["complete"] == 2
+        assert proxy.seen == []
