@@ -11,16 +11,18 @@ starts), the peak RSS of the daemon plus its children and the latency of
 reading `status` during uploads are sampled too.
 The floor, in the same run: the same copy into bench/floor_fs.py, a Python FUSE with
 fs360's FUSE setup that drops the bytes (its time and its process's CPU), plus the least
-an upload costs (a loopback `sendfile` of a cached file per GiB, the direct client's CPU
-per small file, with requests as fs360 uses it). The floor stages nothing, journals nothing and
-starts no upload at a writer's exit: a target it misses by its FUSE and sendfile parts is out of
-reach for any fs360 on mfusepy here; what fs360 costs above it is its own.
+an upload costs: per GiB, staging each byte past the page cache and reading it back (the
+commit point keeps every byte until the writer's exit) and a loopback `sendfile`; per small
+file, the direct client's CPU. The floor journals nothing and waits for no writer's exit: a
+target its FUSE, staging and sendfile parts miss is out of reach for any fs360 on mfusepy
+here; what fs360 costs above it is its own.
 The emulator runs with --discard --no-rate-limits so that neither its disk nor
 the documented rate limits are what is measured.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import resource
 import shutil
@@ -265,11 +267,60 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def loopback_send_cpu_per_gib(work: Path, size: int = LOOPBACK_SEND_SIZE) -> float:
-    """CPU-s of this process per GiB sent with sendfile over loopback TCP from the page cache: the
-    least an upload of a large file costs its sender. The receiver is another process, not counted."""
-    directory = work / "loopback-send"
+@dataclass(frozen=True)
+class UploadFloor:
+    """CPU-s per GiB of what any upload of a large file costs this process at the least."""
+    stage: float  # written to a spool file past the page cache and read back (O_DIRECT), as fs360 does
+    send: float  # sent with sendfile over loopback TCP from the page cache
+
+
+def measure_upload_floor(work: Path, size: int = LOOPBACK_SEND_SIZE) -> UploadFloor:
+    directory = work / "upload-floor"
     [path] = make_sources(directory, 1, size)
+    try:
+        return UploadFloor(stage=staging_cpu_per_gib(directory / "spool", size),
+                           send=loopback_send_cpu_per_gib(path))
+    finally:
+        shutil.rmtree(directory)
+
+
+def staging_cpu_per_gib(path: Path, size: int) -> float:
+    """CPU-s of this process per GiB written in 1 MiB pieces with O_DIRECT and read back in 8 MiB
+    pieces: the spool's own cost, which the commit point makes unavoidable (no byte may go before
+    the writer's exit, so every byte is kept until then). Buffered where O_DIRECT is refused."""
+    piece = mmap.mmap(-1, 8 * MiB)  # page-aligned, as O_DIRECT wants
+    view = memoryview(piece)
+    cpu_before = own_cpu_seconds()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for offset in range(0, size, MiB):
+            os.pwrite(fd, view[:MiB], offset)
+    finally:
+        os.close(fd)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in range(0, size, 8 * MiB):
+            os.preadv(fd, [view], offset)
+    finally:
+        os.close(fd)
+    cpu = own_cpu_seconds() - cpu_before
+    view.release()
+    piece.close()
+    path.unlink()
+    return cpu / (size / GiB)
+
+
+def loopback_send_cpu_per_gib(path: Path) -> float:
+    """CPU-s of this process per GiB of `path` sent with sendfile over loopback TCP from the page
+    cache: the least an upload of a large file costs its sender. The receiver is another
+    process, not counted."""
+    size = path.stat().st_size
     receiver = subprocess.Popen([sys.executable, "-c", DISCARDING_RECEIVER], stdout=subprocess.PIPE, text=True)
     try:
         port = int(receiver.stdout.readline())
@@ -287,7 +338,6 @@ def loopback_send_cpu_per_gib(work: Path, size: int = LOOPBACK_SEND_SIZE) -> flo
             receiver.kill()
         receiver.wait()
         receiver.stdout.close()
-        shutil.rmtree(directory)
     return cpu / (size / GiB)
 
 
@@ -403,13 +453,14 @@ def main(argv: list[str]) -> int:
     ls_times = None
     peak_rss = 0
     peak_with_workers = (0, 0, ("", []))
-    send_cpu_per_gib = None
+    upload_floor = None
     try:
         if "big" in chosen or "eight" in chosen:
             # Before the emulator, the daemon and the sampling thread start: only the sender runs.
-            send_cpu_per_gib = loopback_send_cpu_per_gib(work)
-            print(f"  loopback sendfile of a cached {LOOPBACK_SEND_SIZE // MiB} MiB file: "
-                  f"{send_cpu_per_gib:.2f} CPU-s per GiB for the sender", flush=True)
+            upload_floor = measure_upload_floor(work)
+            print(f"  a cached {LOOPBACK_SEND_SIZE // MiB} MiB file costs {upload_floor.stage:.2f} CPU-s per GiB "
+                  f"staged (O_DIRECT write and read back) and {upload_floor.send:.2f} sent (loopback sendfile)",
+                  flush=True)
         with EmulatorProcess(work / "emulator", args=EMULATOR_ARGS) as emulator:
             daemon = Daemon(work, emulator)
             floor = None
@@ -435,7 +486,7 @@ def main(argv: list[str]) -> int:
                 daemon.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers, send_cpu_per_gib)
+    print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers, upload_floor)
     return 0
 
 
@@ -481,7 +532,7 @@ def cpu_verdict(cost: float, floor: float, target: float, unit: str, scale: floa
     return text
 
 
-def print_cpu_table(rows: list[Row], send_cpu_per_gib: float | None) -> None:
+def print_cpu_table(rows: list[Row], upload_floor: UploadFloor | None) -> None:
     print("| workload | daemon + workers CPU | per file | per GiB | target | floor (FUSE + upload) |"
           " baseline client CPU (per file) | local cp CPU per GiB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -491,9 +542,10 @@ def print_cpu_table(rows: list[Row], send_cpu_per_gib: float | None) -> None:
         client_per_file = row.baseline_cpu / row.files
         target = "-"
         if row.workload in ("big", "eight"):
-            # Large files: the upload's least is the sender's CPU of a loopback sendfile per GiB.
-            floor_cost = row.floor_cpu / gib + send_cpu_per_gib
-            floor_text = f"{floor_cost:.2f} s/GiB ({row.floor_cpu / gib:.2f} + send {send_cpu_per_gib:.2f})"
+            # Large files: the least is staging each byte (the commit point) and a loopback sendfile of it.
+            floor_cost = row.floor_cpu / gib + upload_floor.stage + upload_floor.send
+            floor_text = (f"{floor_cost:.2f} s/GiB ({row.floor_cpu / gib:.2f} + stage {upload_floor.stage:.2f}"
+                          f" + send {upload_floor.send:.2f})")
             target = cpu_verdict(per_gib, floor_cost, CPU_PER_GIB_TARGET, "s/GiB", 1)
         else:
             # Many files: the upload's least is the direct client's CPU per file (one request each).
@@ -507,7 +559,7 @@ def print_cpu_table(rows: list[Row], send_cpu_per_gib: float | None) -> None:
               f" ({1000 * client_per_file:.2f} ms) | {row.local_cp_cpu / gib:.2f} s |")
 
 
-def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers, send_cpu_per_gib) -> None:
+def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_workers, upload_floor) -> None:
     print()
     print(f"## fs360 benchmark, {mode} run")
     print()
@@ -531,13 +583,14 @@ def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_worker
               f" {mbps(row.total, row.copy_returns):.0f} vs {mbps(row.total, row.local_cp):.0f} = {copy_pct:.0f}%"
               f"{copy_verdict} | {mbps(row.total, row.floor_copy):.0f} = {floor_pct:.0f}% of local cp |")
     print()
-    print_cpu_table(rows, send_cpu_per_gib)
+    print_cpu_table(rows, upload_floor)
     print()
     print("- floor: the same cp / rsync into bench/floor_fs.py, a Python FUSE with fs360's FUSE setup (mfusepy with"
-          " fs360's overrides, 1 MiB writes, 10 threads) that drops the bytes, plus the upload: a loopback sendfile"
-          " of a cached file per GiB (the least any sender pays), the direct client's CPU per file (requests, as"
-          " fs360 uses it: a leaner HTTP stack could go under that part). It neither stages the bytes, journals nor"
-          " waits for the writer's exit, all of which fs360 must.")
+          " fs360's overrides, 1 MiB writes, 10 threads) that drops the bytes; per GiB plus the least the upload"
+          " costs: each byte staged past the page cache and read back (no byte may go before the writer's exit) and"
+          " sent with a loopback sendfile; per file plus the direct client's CPU (requests' Session: fs360 sends"
+          " through urllib3's pool, leaner, so it can go under that part). The floor journals nothing and waits"
+          " for no writer's exit.")
     print(f"- daemon peak RSS (VmHWM): {peak_rss / MiB:.1f} MiB")
     peak_rss_sum, peak_pss_sum, (peak_workload, each) = peak_with_workers
     print(f"- daemon + its children, peak of the summed RSS (sampled every 0.25 s): "
