@@ -5,6 +5,8 @@ with its credentials, and the server gets each file whole."""
 import base64
 import hashlib
 import http.client
+import select
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -13,6 +15,10 @@ import pytest
 
 from fs360.api.client import ApiClient
 from fs360.config import Settings
+from fs360.errors import TlsError
+from fs360.emulator.harness import EmulatorProcess
+
+from tests.harness import self_signed_certificate
 
 PROXY_USER, PROXY_PASSWORD = "office", "proxy-secret"
 
@@ -67,19 +73,45 @@ class _ForwardHandler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = _forward
 
+    def do_CONNECT(self):
+        """A tunnel (for https): bytes both ways until either end closes."""
+        self.server.seen.append(("CONNECT", self.path, self.headers.get("Proxy-Authorization")))
+        host, port = self.path.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)), timeout=30)
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.close_connection = True
+        ends = [self.connection, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(ends, [], [], 30)
+                if not readable:
+                    return
+                for end in readable:
+                    data = end.recv(1 << 16)
+                    if not data:
+                        return
+                    (upstream if end is self.connection else self.connection).sendall(data)
+        except OSError:
+            return  # either end reset the tunnel: fs360 ends its connections with a reset
+        finally:
+            upstream.close()
+
     def log_message(self, *args):
         pass
 
 
-def client_from_environment(emulator, monkeypatch, **env) -> ApiClient:
+def client_from_environment(emulator, monkeypatch, ca_bundle: str | None = None, **env) -> ApiClient:
     """A client made while the environment names the proxy; the environment is put back at once
     (the client reads it once, when made)."""
     with monkeypatch.context() as patched:
-        for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy",
+                     "ALL_PROXY", "all_proxy"):
             patched.delenv(name, raising=False)
         for name, value in env.items():
             patched.setenv(name, value)
-        return ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False))
+        return ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False,
+                                  ca_bundle=ca_bundle))
 
 
 WHOLE, HALVES = b"w" * 100_000, bytes(range(256)) * 1024
@@ -124,3 +156,29 @@ def test_no_proxy_sends_the_requests_straight_to_the_server(emulator, monkeypatc
             client.close()
         assert emulator.progress(upload_id)["complete"] == 2
         assert proxy.seen == []
+
+
+def test_https_goes_through_the_proxys_tunnel_and_is_verified(tmp_path, monkeypatch):
+    """HTTPS_PROXY: a CONNECT tunnel with the proxy's credentials, and the server's certificate
+    checked against the CA bundle through it."""
+    cert, key = self_signed_certificate(tmp_path)
+    with EmulatorProcess(tmp_path / "emu", args=["--no-rate-limits", "--tls-cert", str(cert), "--tls-key", str(key)]
+                         ) as emulator, ForwardProxy() as proxy:
+        assert emulator.base_url.startswith("https://")
+        client = client_from_environment(emulator, monkeypatch, ca_bundle=str(cert), HTTPS_PROXY=proxy.url)
+        try:
+            upload_id = upload_two_files(client)
+            # (the harness's introspection does not speak TLS: the server is asked through the tunnel)
+            held = {(f.name, f.total) for f in client.session_status(upload_id) if f.complete}
+        finally:
+            client.close()
+        assert held == {("whole.jpg", len(WHOLE)), ("halves.jpg", len(HALVES))}
+        untrusting = client_from_environment(emulator, monkeypatch, HTTPS_PROXY=proxy.url)  # no CA bundle
+        try:
+            with pytest.raises(TlsError):
+                untrusting.open_session()
+        finally:
+            untrusting.close()
+        credentials = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+        server = emulator.base_url.split("//")[1].split("/")[0]
+        assert proxy.seen and all(seen == ("CONNECT", server, credentials) for seen in proxy.seen)
