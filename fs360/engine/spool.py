@@ -56,6 +56,17 @@ def direct_span(offset: int, length: int) -> tuple[int, int]:
     return start - offset, run
 
 
+def with_room_freed_once(operation, free_room):
+    """`operation()`; when the disk is full (ENOSPC), `free_room()` (eviction of uploaded data)
+    and, if it freed any, `operation()` once more. Writes through the cache and behind do this."""
+    try:
+        return operation()
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or free_room() <= 0:
+            raise
+    return operation()
+
+
 def is_aligned(view: memoryview) -> bool:
     return ctypes.addressof(ctypes.c_char.from_buffer(view)) % DIRECT_ALIGN == 0
 
@@ -265,14 +276,10 @@ class WritesBehind:
                 self._cond.notify_all()
 
     def _write(self, fd: int, data: memoryview, offset: int) -> None:
-        for attempt in range(2):
-            try:
-                if os.pwrite(fd, data, offset) < len(data):  # O_DIRECT writes whole or fails: a full disk
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                return
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC or attempt or self.on_full() <= 0:
-                    raise
+        def write_whole() -> None:
+            if os.pwrite(fd, data, offset) < len(data):  # O_DIRECT writes whole or fails: a full disk
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        with_room_freed_once(write_whole, self.on_full)
 
 
 class SpoolReader:

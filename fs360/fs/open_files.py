@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import time
 
 from ..engine.records import FileRecord
 from ..engine.registry import STOPPED_WHILE_WRITING
+from ..engine.spool import with_room_freed_once
 from ..errors import (AccessDenied, EarlierWriteLost, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
                       QuotaWouldPass)
 from .content_check import ContentCheck, held_with_known_content
@@ -156,16 +158,11 @@ class OpenFiles:
             raise AccessDenied(self.engine.registry.refuse_change_locked(handle.record))
 
     def _pwrite(self, handle: FileHandle, data: bytes, offset: int) -> int:
-        spool = self.engine.spool
-        try:
-            with spool_limits():
-                return spool.write(handle.record.id, handle.fd, handle.direct_fd, data, offset)
-        except NoSpace:
-            # The disk is full: drop uploaded data we still keep, then try once more.
-            if self.engine.housekeeping.evict_if_needed() <= 0:
-                raise
+        # A full disk first drops uploaded data the spool still keeps, then the write tries once more.
+        write = functools.partial(self.engine.spool.write, handle.record.id, handle.fd, handle.direct_fd, data,
+                                  offset)
         with spool_limits():
-            return spool.write(handle.record.id, handle.fd, handle.direct_fd, data, offset)
+            return with_room_freed_once(write, self.engine.housekeeping.evict_if_needed)
 
     def truncate(self, path: str | None, length: int, handle: FileHandle | None) -> None:
         """By open handle when there is one, else by path."""

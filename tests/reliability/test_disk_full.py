@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 
 
@@ -61,3 +62,42 @@ def test_spool_disk_full_gives_enospc_and_recovers(small_tmpfs, tmp_path, emulat
     assert states == {n: "complete" for n in written}, states
     assert_accounted(mount, emulator, {session: written})
     assert pid_alive(mount.pid)
+
+
+def write_in_odd_pieces(path, size: int, seed: str) -> str:
+    """Like write_random, in unaligned pieces of 4,000 bytes: every byte goes through the spool's
+    cache, none direct."""
+    digest = hashlib.sha256()
+    block = hashlib.sha256(seed.encode()).digest() * 125  # 4,000 bytes
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for offset in range(0, size, len(block)):
+            piece = block[:min(len(block), size - offset)]
+            assert os.write(fd, piece) == len(piece)
+            digest.update(piece)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def test_a_write_that_finds_the_disk_full_makes_room_from_uploaded_files(small_tmpfs, emulator, mount_factory):
+    """The spool copies of uploaded files are only kept while there is room: a write that finds the
+    disk full drops them (oldest first) and goes on, whether its bytes go behind the writer
+    (1 MiB writes, direct) or through the cache (odd pieces)."""
+    mount = mount_factory(emulator, cache_dir=small_tmpfs / "cache")
+    session = "room"
+    folder = mount.mountpoint / session
+    folder.mkdir()
+    written = {}
+    for i in range(2):  # 18 of the disk's 32 MiB held by uploaded files: more than half
+        written[f"done-{i}.jpg"] = write_random(folder / f"done-{i}.jpg", 9 * MiB, seed=f"done{i}")
+        wait_until(lambda: mount.file_states(session).get(f"done-{i}.jpg") == "complete", pick(60, 120), 0.1,
+                   what=f"done-{i}.jpg to complete")
+    # Each of these needs more than is free: without dropping an uploaded copy, ENOSPC.
+    written["behind.jpg"] = write_random(folder / "behind.jpg", 14 * MiB, seed="behind")
+    wait_until(lambda: mount.file_states(session).get("behind.jpg") == "complete", pick(60, 120), 0.1,
+               what="behind.jpg to complete")
+    written["cached.jpg"] = write_in_odd_pieces(folder / "cached.jpg", 14 * MiB, seed="cached")
+    states = settle(mount, session)
+    assert states == {name: "complete" for name in written}, states
+    assert_accounted(mount, emulator, {session: written})
