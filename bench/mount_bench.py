@@ -384,8 +384,21 @@ def copy_into(sources: list[Path], destination: Path, use_rsync: bool) -> None:
         subprocess.run(["cp", *[str(p) for p in sources], str(destination)], check=True)
 
 
-def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, floor: FloorMount, work: Path,
-                      use_rsync=False, status_samples: list[float] | None = None) -> Row:
+def measure_floor(row: Row, sources: list[Path], emulator, floor: FloorMount, use_rsync: bool) -> None:
+    """The very copy fs360 gets (same command, so the same syscalls) into a FUSE that drops it, and
+    for many files a lean PUT each: the row's floor figures."""
+    floor_target = floor.mountpoint / row.workload
+    floor_target.mkdir()
+    floor_cpu_before, start = floor.cpu_seconds(), time.monotonic()
+    copy_into(sources, floor_target, use_rsync)
+    row.floor_copy = time.monotonic() - start
+    row.floor_cpu = floor.cpu_seconds() - floor_cpu_before
+    if row.files > 1:  # many files: the least of their uploads is one lean PUT each
+        row.floor_put_cpu = put_cpu_per_file(emulator, row.total // row.files, count=min(300, row.files))
+
+
+def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, work: Path, use_rsync=False,
+                      status_samples: list[float] | None = None, floor: FloorMount | None = None) -> Row:
     row = Row(name, len(sources), sum(p.stat().st_size for p in sources))
     src_dir = sources[0].parent
     # Baseline: the direct client.
@@ -401,15 +414,8 @@ def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, 
     row.local_cp = time.monotonic() - start
     row.local_cp_cpu = children_cpu_seconds() - children_cpu
     shutil.rmtree(local)
-    # The floor: the very copy fs360 gets below (same command, so the same syscalls), into a FUSE that drops it.
-    floor_target = floor.mountpoint / name
-    floor_target.mkdir()
-    floor_cpu_before, start = floor.cpu_seconds(), time.monotonic()
-    copy_into(sources, floor_target, use_rsync)
-    row.floor_copy = time.monotonic() - start
-    row.floor_cpu = floor.cpu_seconds() - floor_cpu_before
-    if row.files > 1:  # many files: the least of their uploads is one lean PUT each
-        row.floor_put_cpu = put_cpu_per_file(emulator, row.total // row.files, count=min(300, row.files))
+    if floor is not None:
+        measure_floor(row, sources, emulator, floor, use_rsync)
     # fs360.
     session = daemon.mountpoint / name
     session.mkdir()
@@ -501,8 +507,8 @@ def main(argv: list[str]) -> int:
                             continue
                         count, size = sizes[workload]
                         rows.append(run_sourced_workload(
-                            workload, count, size, emulator, daemon, floor, work, use_rsync=(workload == "rsync"),
-                            status_samples=status_samples if workload in ("eight", "big") else None))
+                            workload, count, size, emulator, daemon, work, use_rsync=(workload == "rsync"),
+                            status_samples=status_samples if workload in ("eight", "big") else None, floor=floor))
                 peak_rss = daemon.peak_rss()
                 peak_with_workers = (rss.peak, rss.peak_pss, rss.at_peak)
             finally:
@@ -534,18 +540,18 @@ def file_create_cost(directory: Path, count: int = 200) -> float:
     return took
 
 
-def run_sourced_workload(workload: str, count: int, size: int | None, emulator, daemon: Daemon, floor: FloorMount,
-                         work: Path, **options) -> Row:
+def run_sourced_workload(workload: str, count: int, size: int | None, emulator, daemon: Daemon, work: Path,
+                         **options) -> Row:
     """Makes the workload's source files, runs the side by side, prints one line, removes the sources."""
     sources = make_sources(work / f"src-{workload}", count, size)
     try:
-        row = run_copy_workload(workload, sources, emulator, daemon, floor, work, **options)
+        row = run_copy_workload(workload, sources, emulator, daemon, work, **options)
     finally:
         shutil.rmtree(work / f"src-{workload}")
+    floor = f"floor copy {row.floor_copy:.2f} s (CPU {row.floor_cpu:.2f} s), " if row.floor_copy else ""
     print(f"  {workload}: baseline {row.baseline:.2f} s, copy returns {row.copy_returns:.2f} s, "
-          f"complete {row.complete:.2f} s, local cp {row.local_cp:.2f} s, floor copy {row.floor_copy:.2f} s "
-          f"(CPU {row.floor_cpu:.2f} s), daemon CPU {row.daemon_cpu:.2f} s; load {os.getloadavg()[0]:.1f}",
-          flush=True)
+          f"complete {row.complete:.2f} s, local cp {row.local_cp:.2f} s, {floor}daemon CPU {row.daemon_cpu:.2f} s; "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
     return row
 
 
