@@ -30,7 +30,8 @@ class Listeners:
     def add(self, callback) -> None:
         """`callback(event: str, **details)`; events: session_opened, file_uploading, bytes_sent
         (a piece of a PUT body went out: its nbytes), chunk_acknowledged (the server's received
-        after a PUT), file_complete, file_failed (with retry_in seconds), file_rejected, project_created, project_status.
+        after a PUT), chunk_refused (a proxy refused a PUT's body as too large: the server's
+        received, unchanged), file_complete, file_failed (with retry_in seconds), file_rejected, project_created, project_status.
         Every event also carries `at`, the monotonic time it was emitted (rates must not depend on
         when a listener got to it)."""
         with self._lock:

@@ -21,6 +21,7 @@ network I/O itself never runs under it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -195,7 +196,7 @@ class Transfer:
         try:
             with file_reader(spool, members, record.size, self.settings.archive_zip64) as read:
                 return send_file(self.client, upload_id, record.server_name, read, record.size, start, buffer,
-                                 self.chunk_sizes, lambda received: self._progress(record, received),
+                                 self.chunk_sizes, functools.partial(self._progress, record),
                                  should_stop, expected_sha256=sha256, pace=pace)
         finally:
             pace.flush()
@@ -342,12 +343,13 @@ class Transfer:
 
     # --- progress and outcomes ---------------------------------------------------------------
 
-    def _progress(self, record: FileRecord, received: int) -> None:
+    def _progress(self, record: FileRecord, received: int, acknowledged: bool) -> None:
         with self.lock:
             journal_now = self.registry.progress_locked(record, received)
         if journal_now:
             self.registry.journal_progress(record, received)
-        self.listeners.emit("chunk_acknowledged", file=record, received=received)
+        self.listeners.emit("chunk_acknowledged" if acknowledged else "chunk_refused", file=record,
+                            received=received)
 
     def _settle_error_locked(self, record: FileRecord, generation: int, exc: Fs360Error) -> None:
         if record.generation != generation:

@@ -179,8 +179,9 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
     (`SpoolReader.read_exactly`) or an archive's (`ArchiveReader.read_exactly`).
     The chunks' sizes follow `sizes` (chunk_sizes.py); the PUT that completes the file is at
     most the buffer's size. `should_stop(n)` is asked before each PUT of n bytes (true:
-    Cancelled, nothing sent; the bandwidth limit and a pause wait in it), `on_progress(received)`
-    told after each with the server's word, and each body goes in pieces through `pace`
+    Cancelled, nothing sent; the bandwidth limit and a pause wait in it), `on_progress(received,
+    acknowledged)` told after each with the server's word (acknowledged False: a proxy refused
+    the body, 413, so the server holds what it held), and each body goes in pieces through `pace`
     (ApiClient.put). The PUT that completes the file goes only if the whole file as sent has
     the digest `expected_sha256` (when given)."""
     view = memoryview(buffer)
@@ -227,7 +228,7 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
                 raise
             log.info("%s: a PUT of %d bytes was refused as too large (%s); sending at most %d bytes a PUT",
                      name, n, exc, chunks.size)
-            on_progress(offset)  # the refused body's pieces are not on the server: progress goes back
+            on_progress(offset, False)  # the refused body's pieces are not on the server: progress goes back
             continue  # the same bytes again, in smaller chunks
         else:
             _check_total(progress, size, name)
@@ -240,7 +241,7 @@ def send_file(client: ApiClient, upload_id: str, name: str, read_exactly, size: 
             raise MalformedResponse(f"{name}: {stalls} answers running did not move past byte {offset} "
                                     f"of {size}; trying again later")
         offset = new_offset
-        on_progress(offset)
+        on_progress(offset, True)
     if not progress.complete:
         # We got here through a 409 that said everything is there: confirm it.
         progress = client.file_status(upload_id, name)

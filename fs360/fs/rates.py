@@ -149,7 +149,7 @@ class RateBook:
                 self._gone_out.pop(record.id, None)
             elif event == "bytes_sent":
                 self._sent_locked(record, details["nbytes"], at)
-            elif event == "chunk_acknowledged":
+            elif event in ("chunk_acknowledged", "chunk_refused"):
                 self._gone_out[record.id] = details["received"]
             elif event == "file_failed":
                 self._gone_out.pop(record.id, None)

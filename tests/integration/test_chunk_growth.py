@@ -30,16 +30,18 @@ def upload(emulator, settings_for, files: dict, start: int = START, refusals: li
            ) -> list[tuple[str, int]]:
     """Sends `files` (name -> path) through an engine with one worker, one after the other;
     the (name, bytes) of each chunk the server acknowledged, in order. A PUT refused (413) tells
-    progress the offset it had: its name goes to `refusals`. Each call is a mount of its own on
-    the same cache (its journal)."""
+    progress the offset it had, as refused: its name goes to `refusals`. Each call is a mount of
+    its own on the same cache (its journal)."""
     engine = Engine(settings_for(emulator, chunk_size=start, max_chunk_size=MAXIMUM, workers=1))
-    acknowledged, held, no_moves = [], {}, []
+    acknowledged, held, no_moves, refused = [], {}, [], []
 
     def listen(event, **details):  # on the listeners' thread: what it raises is only logged
-        if event == "chunk_acknowledged":
-            name = details["file"].name
+        name = details["file"].name if "file" in details else None
+        if event == "chunk_refused":
+            refused.append(name)
+        elif event == "chunk_acknowledged":
             if details["received"] == held.get(name, 0):
-                no_moves.append(name)
+                no_moves.append(name)  # acknowledged, yet nothing moved
                 return
             acknowledged.append((name, details["received"] - held.get(name, 0)))
             held[name] = details["received"]
@@ -52,9 +54,10 @@ def upload(emulator, settings_for, files: dict, start: int = START, refusals: li
         assert state_counts(engine) == {COMPLETE: len(engine.registry.files_locked())}
     finally:
         engine.stop()  # delivers the last events too
-    assert refusals is not None or not no_moves, f"progress told no move (a refused PUT): {no_moves}"
+    assert not no_moves, f"a chunk was acknowledged without moving: {no_moves}"
+    assert refusals is not None or not refused, f"a PUT was refused: {refused}"
     if refusals is not None:
-        refusals.extend(no_moves)
+        refusals.extend(refused)
     return acknowledged
 
 

@@ -196,7 +196,7 @@ def spool(tmp_path):
 
 def send(link: FakeLink, fd: int, size: int, sizes: ChunkSizes, buffer_size: int):
     return send_file(link, "u1", "scan.e57", functools.partial(read_exactly, fd), size, 0, bytearray(buffer_size),
-                     sizes, lambda received: None, lambda n: False)
+                     sizes, lambda received, acknowledged: None, lambda n: False)
 
 
 def test_a_large_file_goes_in_growing_chunks_streamed_through_a_small_buffer(spool):

@@ -103,3 +103,15 @@ def test_progress_moves_with_the_pieces_and_goes_back_to_the_servers_word_after_
 def test_eta():
     assert eta_seconds(10 * MiB, 2 * MiB) == 5
     assert eta_seconds(10 * MiB, None) is None and eta_seconds(0, MiB) is None
+
+
+def test_a_refused_put_takes_progress_back_to_the_servers_word_and_is_not_counted_acknowledged():
+    """A proxy's 413: the refused body's pieces went out but are not on the server."""
+    book = RateBook(clock=lambda: 0.0, wall=lambda: 0.0)
+    record = SimpleNamespace(id=1, session_id=7, server_received=8 * MiB, size=100 * MiB)
+    book.on_event("file_uploading", at=0.0, file=record)
+    book.on_event("bytes_sent", at=1.0, file=record, nbytes=2 * MiB)
+    assert book.gone_out(1) == 10 * MiB
+    book.on_event("chunk_refused", at=2.0, file=record, received=8 * MiB)
+    assert book.gone_out(1) == 8 * MiB
+    assert book.counters()[1].get("chunk_acknowledged", 0) == 0
