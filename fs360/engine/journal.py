@@ -107,6 +107,8 @@ SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "seale
 DIR_COLUMNS = ("session_id", "path", "mode", "mtime_ns", "uid", "gid")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",
                    "posted_upload_id", "marker_hidden")
+_INSERT_FILE = (f"INSERT INTO files ({','.join(('id',) + FILE_COLUMNS)}) "
+                f"VALUES ({','.join('?' * (1 + len(FILE_COLUMNS)))})")
 
 
 class Journal:
@@ -121,6 +123,7 @@ class Journal:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self._last_file_id: int | None = None  # the highest file id ever handed out (insert_file)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -255,18 +258,19 @@ class Journal:
         """A new file row under an id never used before in this journal: a deleted file's id
         (which SQLite would hand out again) may still be known to an open handle or a worker,
         whose late writes must not land on a new file's row, nor its reads on a new spool file."""
-        columns = ("id",) + FILE_COLUMNS
         with self._lock:
             def insert() -> int:
                 self._db.execute("BEGIN")
-                last = self._db.execute("SELECT value FROM meta WHERE key='last_file_id'").fetchone()
-                highest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]
-                file_id = max(int(last[0]) if last else 0, highest) + 1
-                self._db.execute(f"INSERT INTO files ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})",
-                                 [file_id] + [values[c] for c in FILE_COLUMNS])
+                if self._last_file_id is None:  # read once: this journal has one writer, this one
+                    last = self._db.execute("SELECT value FROM meta WHERE key='last_file_id'").fetchone()
+                    highest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]
+                    self._last_file_id = max(int(last[0]) if last else 0, highest)
+                file_id = self._last_file_id + 1
+                self._db.execute(_INSERT_FILE, [file_id] + [values[c] for c in FILE_COLUMNS])
                 self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_file_id', ?)",
                                  (str(file_id),))
                 self._db.execute("COMMIT")
+                self._last_file_id = file_id  # only once committed: a rolled back insert used no id
                 return file_id
             return self._with_room_locked(insert)
 

@@ -72,7 +72,7 @@ def closer_of(pid: int) -> Closer | None:
     task = _stat(pid)
     if task is None:
         return None
-    name, ppid, flags, exit_code = task
+    name, ppid, flags, exit_code, start = task
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             tgid = int(f.read().split(b"\nTgid:", 1)[1].split()[0])
@@ -82,18 +82,20 @@ def closer_of(pid: int) -> Closer | None:
     program = _program_of(tgid, ppid)
     if program != tgid and status is not None and not status & 0x7F:
         status = None  # a helper's own exit status says nothing; its death by a signal does
-    return Closer(program, name, status, started_at(program) or 0)
+    if program != pid:
+        start = started_at(program) or 0
+    return Closer(program, name, status, start)
 
 
-def _stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(name, parent pid, flags, exit code) of task `pid`."""
+def _stat(pid: int) -> tuple[str, int, int, int, int] | None:
+    """(name, parent pid, flags, exit code, start time) of task `pid`."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
         name = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode(errors="replace")
         # Fields after the command name (which may hold spaces and parentheses); field 3 is index 0.
         fields = stat[stat.rindex(b")") + 2:].split()
-        return name, int(fields[4 - 3]), int(fields[9 - 3]), int(fields[52 - 3])
+        return name, int(fields[4 - 3]), int(fields[9 - 3]), int(fields[52 - 3]), int(fields[22 - 3])
     except (OSError, IndexError, ValueError):
         return None
 

@@ -34,7 +34,9 @@ def translated(method):
             raise
         except Exception as exc:
             if isinstance(exc, Fs360Error) or getattr(exc, "errno", None) == errno.ENOSPC:
-                log.debug("%s%r: %s", method.__name__, _printable(args), exc)
+                # An answer (ENOENT to each new name cp looks up): formatted only when logged.
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s%r: %s", method.__name__, _printable(args), exc)
             else:
                 log.exception("unexpected error in %s%r", method.__name__, _printable(args))
             raise mfusepy.FuseOSError(errno_of(exc)) from None
