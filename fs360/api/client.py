@@ -25,8 +25,9 @@ import urllib3
 from .. import __version__
 from ..config import MIN_CHUNK_SIZE, Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
-                      BodyTooLarge, DeadlineExceeded, Fs360Error, MalformedResponse, RateLimited, Redirected,
-                      ResponseTooLarge, ServerError, SettingError, TlsError, TransportError, refusal_in_plain_words)
+                      BodyTooLarge, DeadlineExceeded, Fs360Error, InternalError, MalformedResponse, RateLimited,
+                      Redirected, ResponseTooLarge, ServerError, SettingError, TlsError, TransportError,
+                      refusal_in_plain_words)
 from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff
@@ -175,7 +176,8 @@ class ApiClient:
         channel = getattr(self._local, "channel", None)
         if channel is None:
             # The answers are tiny JSON: a compressed one could only be a bomb (identity).
-            headers = {**self._auth, "User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "*/*"}
+            headers = {**self._auth, "User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "*/*",
+                       "Connection": "keep-alive"}
             # The environment (proxies, CA bundle variables) was read once, in __init__.
             channel = Channel(self.base_url, headers, self._proxies, self._verify)
             self._local.channel = channel
@@ -215,14 +217,16 @@ class ApiClient:
 
     def _exchange(self, endpoint: str, method: str, path: str, expect, deadline: float | None, *, data=None,
                   json=None, headers: dict | None = None):
+        if json is not None:
+            data, headers = _json_body(endpoint, json), {**(headers or {}), "Content-Type": "application/json"}
         body_length = len(data) if data is not None else 0
         exchange = Exchange(deadline or self.deadline_for(body_length))
         url = self.base_url + path
         content = None
         try:
             with exchange:
-                response = exchange.send(self._channel(), method, url, timeout=self._timeout, data=data,
-                                         json_body=json, headers=headers)
+                response = exchange.send(self._channel(), method, path, timeout=self._timeout, data=data,
+                                         headers=headers)
                 content = exchange.read(_RESPONSE_CAPS.get(endpoint, MAX_RESPONSE_BYTES))
         except Exception as exc:
             # Once the watchdog cut the socket, whatever the reader raised is the deadline's doing.
@@ -453,6 +457,15 @@ class ApiClient:
 
 def _file_path(upload_id: str, name: str) -> str:
     return f"/uploads/{quote(upload_id, safe='')}/{quote(name, safe='')}"
+
+
+def _json_body(endpoint: str, fields: dict) -> bytes:
+    """A request's JSON body. Fields JSON cannot carry (NaN, infinities: .create refuses them)
+    are fs360's bug here, never sent."""
+    try:
+        return json.dumps(fields, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InternalError(f"{endpoint}: a request body JSON cannot carry ({exc})") from None
 
 
 def _with_fields(exc: Fs360Error, fields: dict) -> Fs360Error:

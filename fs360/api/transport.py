@@ -29,7 +29,6 @@ import errno
 import heapq
 import http.client
 import itertools
-import json
 import logging
 import os
 import socket
@@ -299,12 +298,13 @@ class PacedBody:
 class Channel:
     """One thread's keep-alive connection to the API, sent through urllib3 directly.
 
-    requests' adapter builds the connection pool once (TLS verification, the proxy and its
-    credentials, from the environment read once by the client); each request then goes
-    straight to that pool. requests' own layers (preparing, merging settings, cookies, hooks,
-    wrapping the answer) cost 0.4-0.5 ms of CPU per 100 KiB PUT, about a fifth of a small file's
-    whole cost (BENCHMARKS.md, "the floor"). Never follows a redirect, never retries: both are
-    the client's decisions."""
+    requests' adapter sets the connection pool up once, as its own `send` would: TLS
+    verification (certifi's bundle unless a CA bundle is given), the proxy and its credentials
+    (from the environment the client read once), and the request target (a path, or the whole
+    URL through an HTTP proxy). Each request then goes straight to that pool. requests' own
+    layers (preparing, merging settings, cookies, hooks, wrapping the answer) cost 0.4-0.5 ms of
+    CPU per 100 KiB PUT, about a fifth of a small file's whole cost (BENCHMARKS.md, "the
+    floor"). Never follows a redirect, never retries: both are the client's decisions."""
 
     def __init__(self, base_url: str, headers: dict[str, str], proxies: dict, verify: bool | str):
         self.base_url = base_url
@@ -313,26 +313,28 @@ class Channel:
         self._verify = verify
         self._adapter = DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=1)
         self._pool = None
-        self._absolute = False  # an http:// URL through an HTTP proxy is sent whole, not as a path
-        origin = urllib3.util.parse_url(base_url)
-        self._origin_length = len(f"{origin.scheme}://{origin.netloc}")
+        probe = requests.Request("GET", base_url).prepare()
+        # What requests would send as the base URL's target ("/api/v1", or the URL without its
+        # credentials through an HTTP proxy); an API path goes after it.
+        self._target_prefix = self._adapter.request_url(probe, proxies).rstrip("/")
 
-    def request(self, method: str, url: str, *, timeout: tuple[float, float], data=None, json_body=None,
+    def target(self, path: str) -> str:
+        """The request target of API path `path` ("/uploads/...")."""
+        return self._target_prefix + path
+
+    def request(self, method: str, path: str, *, timeout: tuple[float, float], data=None,
                 headers: dict | None = None) -> urllib3.BaseHTTPResponse:
-        """`url` starts with the base URL. The answer is streamed: read it (Exchange.read)."""
+        """`path` is the API's ("/uploads"). The answer is streamed: read it (Exchange.read)."""
         if self._pool is None:
             probe = requests.Request("GET", self.base_url).prepare()
-            self._pool = self._adapter.get_connection_with_tls_context(probe, self._verify, self._proxies)
-            self._absolute = self._adapter.request_url(probe, self._proxies) == probe.url
-        sent = dict(self.headers)
-        if json_body is not None:
-            data = json.dumps(json_body, allow_nan=False).encode()
-            sent["Content-Type"] = "application/json"
-        if headers:
-            sent.update(headers)
-        target = url if self._absolute else (url[self._origin_length:] or "/")
-        return self._pool.urlopen(method, target, body=data, headers=sent, redirect=False, assert_same_host=False,
-                                  preload_content=False, decode_content=False, retries=self._adapter.max_retries,
+            pool = self._adapter.get_connection_with_tls_context(probe, self._verify, self._proxies)
+            # As HTTPAdapter.send: the CA bundle (certifi's for verify=True); a missing one is an OSError.
+            self._adapter.cert_verify(pool, probe.url, self._verify, None)
+            self._pool = pool
+        sent = {**self.headers, **headers} if headers else self.headers
+        return self._pool.urlopen(method, self.target(path), body=data, headers=sent, redirect=False,
+                                  assert_same_host=False, preload_content=False, decode_content=False,
+                                  retries=self._adapter.max_retries,
                                   timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
 
     def close(self) -> None:
@@ -363,9 +365,9 @@ class Exchange:
         _watchdog.watch(self.deadline)
         return self
 
-    def send(self, channel: Channel, method: str, url: str, **kwargs) -> urllib3.BaseHTTPResponse:
+    def send(self, channel: Channel, method: str, path: str, **kwargs) -> urllib3.BaseHTTPResponse:
         # Streamed: the body is ours to read, in pieces, up to a cap.
-        self.response = channel.request(method, url, **kwargs)
+        self.response = channel.request(method, path, **kwargs)
         return self.response
 
     def read(self, limit: int = MAX_RESPONSE_BYTES) -> bytes | None:
@@ -453,8 +455,11 @@ def peer_ended(exc: BaseException) -> bool:
 
 
 def is_tls_failure(exc: BaseException) -> bool:
-    """Whether the exchange failed on TLS (a certificate that does not verify, say)."""
-    return any(isinstance(c, (urllib3.exceptions.SSLError, ssl.SSLError)) for c in _causes(exc))
+    """Whether the exchange failed on the API server's TLS (a certificate that does not verify,
+    say); a proxy's own TLS failing is the way to the server failing, as any other proxy error."""
+    causes = _causes(exc)
+    return (any(isinstance(c, (urllib3.exceptions.SSLError, ssl.SSLError)) for c in causes)
+            and not any(isinstance(c, urllib3.exceptions.ProxyError) for c in causes))
 
 
 def failure_reason(exc: BaseException) -> tuple[str, bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 from dataclasses import dataclass, field
 
 from ..engine.records import P_CREATED, P_READY, P_WAITING, SessionRecord
@@ -41,12 +42,29 @@ def marker_text(session: SessionRecord) -> bytes:
     return (json.dumps(project.options) + "\n").encode() if project.options else b""
 
 
+class _NotFinite(Exception):
+    """A number JSON cannot carry to the server (NaN, Infinity, 1e999)."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def _no_constant(name: str):
+    raise _NotFinite(name)
+
+
 def project_options(data: bytes) -> dict:
     """The project fields a written `.create` holds; InvalidArgument when it holds none."""
     text = data.strip(b"\0 \t\r\n")
     if text:
         try:
-            options = json.loads(text.decode("utf-8"))
+            options = json.loads(text.decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
+        except _NotFinite as exc:
+            raise InvalidArgument(f"{exc} is not a number the server takes: write finite numbers") from None
         except json.JSONDecodeError as exc:
             raise InvalidArgument(f"invalid JSON at line {exc.lineno} column {exc.colno}") from None
         except UnicodeDecodeError:

@@ -107,6 +107,11 @@ REFUSED = [
     (b'{"a": ' + b"[" * 30000, "nested too deep"),
     (b'{"privacy_mode": 7}', "privacy_mode must be 0, 1 or 2"),
     (b'{"privacy_mode": "1"}', "privacy_mode must be 0, 1 or 2"),
+    # Numbers JSON cannot carry to the server (Python's json reads them): refused, never sent.
+    (b'{"scale": 1e999}', "1e999 is not a number the server takes"),
+    (b'{"scale": -1e999}', "-1e999 is not a number the server takes"),
+    (b'{"scale": NaN}', "'N' is not a JSON value"),  # refused at the write already
+    (b'{"a": [1, Infinity]}', "'I' is not a JSON value"),
 ]
 
 

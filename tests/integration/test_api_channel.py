@@ -1,0 +1,103 @@
+"""What the client's own path to urllib3's pool (api/transport.py, Channel) must keep of what
+requests did: the request target of every kind of base URL, TLS checked against certifi's bundle
+unless a CA bundle is given, a missing bundle named, a proxy's TLS failure not blamed on the
+server, and a JSON body that cannot be sent never sent."""
+
+import math
+
+import pytest
+import urllib3
+
+from fs360.api.client import ApiClient
+from fs360.api.transport import Channel, is_tls_failure
+from fs360.config import Settings
+from fs360.emulator.harness import EmulatorProcess
+from fs360.errors import InternalError, TlsError, TransportError
+
+from tests.harness import self_signed_certificate
+
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "http_proxy",
+                "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")
+
+
+@pytest.mark.parametrize("base_url, proxies, target", [
+    ("http://127.0.0.1:9/api/v1", {}, "/api/v1/uploads"),
+    ("http://127.0.0.1:9", {}, "/uploads"),
+    ("https://bücher.example/api/v1", {}, "/api/v1/uploads"),
+    ("http://user:pw@127.0.0.1:8080/api/v1", {}, "/api/v1/uploads"),
+    # Through an HTTP proxy an http URL is sent whole, without its credentials; https is tunnelled.
+    ("http://user:pw@127.0.0.1:8080/api/v1", {"http": "http://127.0.0.1:3128"},
+     "http://127.0.0.1:8080/api/v1/uploads"),
+    ("https://127.0.0.1:8443/api/v1", {"https": "http://127.0.0.1:3128"}, "/api/v1/uploads"),
+])
+def test_the_request_target_of_every_kind_of_base_url(base_url, proxies, target):
+    channel = Channel(base_url, {}, proxies, True)
+    try:
+        assert channel.target("/uploads") == target
+    finally:
+        channel.close()
+
+
+def tls_emulator(tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    return cert, EmulatorProcess(tmp_path / "emu", args=["--no-rate-limits", "--tls-cert", str(cert),
+                                                         "--tls-key", str(key)])
+
+
+def client_without_ca_variables(emulator, monkeypatch, **settings) -> ApiClient:
+    with monkeypatch.context() as patched:
+        for name in CA_VARIABLES:
+            patched.delenv(name, raising=False)
+        return ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False,
+                                  **settings))
+
+
+def test_tls_is_checked_against_certifis_bundle_unless_a_ca_bundle_is_given(tmp_path, monkeypatch):
+    """As requests did: without --ca-bundle, certifi's bundle decides, not OpenSSL's own store
+    (here SSL_CERT_FILE, which names the server's certificate and must not make it trusted)."""
+    cert, emulator = tls_emulator(tmp_path)
+    with emulator:
+        default = client_without_ca_variables(emulator, monkeypatch)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read by OpenSSL when the connection is made
+        try:
+            with pytest.raises(TlsError):
+                default.open_session()
+        finally:
+            default.close()
+        given = client_without_ca_variables(emulator, monkeypatch, ca_bundle=str(cert))
+        try:
+            assert given.open_session().upload_id
+        finally:
+            given.close()
+
+
+def test_a_missing_ca_bundle_is_named_not_taken_for_the_servers_certificate(tmp_path, monkeypatch):
+    _, emulator = tls_emulator(tmp_path)
+    missing = tmp_path / "no-such-bundle.pem"
+    with emulator:
+        client = client_without_ca_variables(emulator, monkeypatch, ca_bundle=str(missing))
+        try:
+            with pytest.raises(TransportError) as info:
+                client.open_session()
+        finally:
+            client.close()
+    assert not isinstance(info.value, TlsError) and str(missing) in str(info.value)
+
+
+def test_a_proxys_tls_failure_is_the_way_failing_not_the_servers_certificate():
+    certificate = urllib3.exceptions.SSLError("certificate verify failed")
+    of_server = urllib3.exceptions.MaxRetryError(None, "/uploads", reason=certificate)
+    of_proxy = urllib3.exceptions.MaxRetryError(
+        None, "/uploads", reason=urllib3.exceptions.ProxyError("Unable to connect to proxy", certificate))
+    assert is_tls_failure(of_server) and not is_tls_failure(of_proxy)
+
+
+def test_a_json_body_that_json_cannot_carry_is_never_sent(emulator):
+    client = ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False))
+    before = emulator.stats()["requests"]
+    try:
+        with pytest.raises(InternalError):
+            client.create_project({"title": "t", "scale": math.inf})
+    finally:
+        client.close()
+    assert emulator.stats()["requests"] == before
