@@ -22,7 +22,9 @@ import time
 import mfusepy
 
 from fs360.fs.attrs import IO_BLOCK_SIZE
-from fs360.fs.mfusepy_overrides import FUSE_CAP_READDIRPLUS, FUSE_CAP_READDIRPLUS_AUTO, Fs360Fuse
+from fs360.config import Settings
+from fs360.fs.fuse_ops import MOUNT_OPTIONS, configure_connection
+from fs360.fs.mfusepy_overrides import Fs360Fuse
 
 
 class FloorOperations(mfusepy.Operations):
@@ -39,13 +41,7 @@ class FloorOperations(mfusepy.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
 
     def init_with_config(self, conn_info, config) -> None:
-        if config is not None:
-            config.attr_timeout = config.entry_timeout = config.negative_timeout = 1.0
-            config.hard_remove = 0
-        if conn_info is not None:
-            conn_info.max_write = 1024 * 1024
-            if conn_info.capable & FUSE_CAP_READDIRPLUS:
-                conn_info.want = (conn_info.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+        configure_connection(conn_info, config, Settings.attr_timeout)  # fs360's default
 
     def _attrs(self, path: str) -> dict:
         if path in self.dirs:
@@ -154,12 +150,8 @@ def main() -> None:
     parser.add_argument("mountpoint")
     parser.add_argument("--keep", help="write each file's bytes into a file under this directory")
     args = parser.parse_args()
-    # fs360.fs.fuse_ops.mount's options: default_permissions too (the kernel checks permissions, no ACCESS
-    # round trips), so that the floor answers the same requests fs360 does.
-    Fs360Fuse(FloorOperations(args.keep), args.mountpoint, raw_fi=True, foreground=True, nothreads=False,
-              fsname="fs360-floor", subtype="fs360-floor", default_permissions=True, max_threads=10,
-              max_idle_threads=10)
-
+    Fs360Fuse(FloorOperations(args.keep), args.mountpoint, raw_fi=True, fsname="fs360-floor",
+              subtype="fs360-floor", **MOUNT_OPTIONS)
 
 if __name__ == "__main__":
     main()

@@ -47,6 +47,30 @@ def _printable(args) -> tuple:
     return tuple(a if isinstance(a, (str, int)) else type(a).__name__ for a in args)
 
 
+def configure_connection(conn_info, config, attr_timeout: float) -> None:
+    """fs360's FUSE connection (libfuse's init): timeouts, 1 MiB writes, readdirplus. Also what
+    bench/floor_fs.py mounts with, so that the floor answers the requests fs360 gets."""
+    if config is not None:
+        # Remembered metadata is stable for a second; ls -l of 10,000 files stays in cache.
+        config.attr_timeout = attr_timeout
+        config.entry_timeout = attr_timeout
+        # Every name change passes through here, so "no such file" may be cached too:
+        # cp, rsync and tar stat each target before creating it.
+        config.negative_timeout = attr_timeout
+        # No hard_remove: libfuse then renames a file unlinked while open to `.fuse_hidden…`
+        # and keeps a path for it, so fstat of it works (with hard_remove, ESTALE).
+        config.hard_remove = 0
+    if conn_info is not None and hasattr(conn_info, "max_write"):
+        conn_info.max_write = 1024 * 1024
+        # No FUSE_CAP_WRITEBACK_CACHE: measured, the copy returns a little sooner but completes
+        # no sooner, and write errors would reach the writer only at close(), which then sends
+        # no FLUSH (the commit point's pid) when a write-back failed (BENCHMARKS.md, issue 21).
+        if conn_info.capable & FUSE_CAP_READDIRPLUS:
+            # Always READDIRPLUS, not only for the first page of a listing ("auto"): ls -l of
+            # a big folder then needs no lookup per file.
+            conn_info.want = (conn_info.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+
+
 class Fs360Operations(mfusepy.Operations):
     use_ns = True
 
@@ -59,25 +83,7 @@ class Fs360Operations(mfusepy.Operations):
         self._on_destroy = on_destroy
 
     def init_with_config(self, conn_info, config) -> None:
-        if config is not None:
-            # Remembered metadata is stable for a second; ls -l of 10,000 files stays in cache.
-            config.attr_timeout = self.model.settings.attr_timeout
-            config.entry_timeout = self.model.settings.attr_timeout
-            # Every name change passes through here, so "no such file" may be cached too:
-            # cp, rsync and tar stat each target before creating it.
-            config.negative_timeout = self.model.settings.attr_timeout
-            # No hard_remove: libfuse then renames a file unlinked while open to `.fuse_hidden…`
-            # and keeps a path for it, so fstat of it works (with hard_remove, ESTALE).
-            config.hard_remove = 0
-        if conn_info is not None and hasattr(conn_info, "max_write"):
-            conn_info.max_write = 1024 * 1024
-            # No FUSE_CAP_WRITEBACK_CACHE: measured, the copy returns a little sooner but completes
-            # no sooner, and write errors would reach the writer only at close(), which then sends
-            # no FLUSH (the commit point's pid) when a write-back failed (BENCHMARKS.md, issue 21).
-            if conn_info.capable & FUSE_CAP_READDIRPLUS:
-                # Always READDIRPLUS, not only for the first page of a listing ("auto"): ls -l of
-                # a big folder then needs no lookup per file.
-                conn_info.want = (conn_info.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+        configure_connection(conn_info, config, self.model.settings.attr_timeout)
         self.model.watch_exits()
         if self._on_init:
             self._on_init()
@@ -240,12 +246,15 @@ class Fs360Operations(mfusepy.Operations):
         return 0
 
 
+# max_idle_threads given: libfuse 3.12-3.14 otherwise warns "Ignoring invalid max threads value
+# 4294967295" at every start; as many idle threads as threads keeps its default behaviour.
+# default_permissions: the kernel checks permissions (no ACCESS round trips).
+MOUNT_OPTIONS = dict(foreground=True, nothreads=False, default_permissions=True, max_threads=10, max_idle_threads=10)
+
+
 def mount(model: MountModel, mountpoint: str, allow_other: bool = False, on_init=None, on_destroy=None) -> None:
     """Runs the FUSE loop until unmounted (blocks)."""
-    # max_idle_threads given: libfuse 3.12-3.14 otherwise warns "Ignoring invalid max threads value
-    # 4294967295" at every start; as many idle threads as threads keeps its default behaviour.
-    options = dict(foreground=True, nothreads=False, fsname="fs360", subtype="fs360",
-                   default_permissions=True, max_threads=10, max_idle_threads=10)
+    options = dict(MOUNT_OPTIONS, fsname="fs360", subtype="fs360")
     if allow_other:
         options["allow_other"] = True
     Fs360Fuse(Fs360Operations(model, on_init, on_destroy), mountpoint, raw_fi=True, **options)
