@@ -313,10 +313,11 @@ class Channel:
         self._verify = verify
         self._adapter = DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=1)
         self._pool = None
-        probe = requests.Request("GET", base_url).prepare()
+        # The base URL as requests prepares it: its pool is made from it at the first request.
+        self._base = requests.Request("GET", base_url).prepare()
         # What requests would send as the base URL's target ("/api/v1", or the URL without its
         # credentials through an HTTP proxy); an API path goes after it.
-        self._target_prefix = self._adapter.request_url(probe, proxies).rstrip("/")
+        self._target_prefix = self._adapter.request_url(self._base, proxies).rstrip("/")
 
     def target(self, path: str) -> str:
         """The request target of API path `path` ("/uploads/...")."""
@@ -326,10 +327,9 @@ class Channel:
                 headers: dict | None = None) -> urllib3.BaseHTTPResponse:
         """`path` is the API's ("/uploads"). The answer is streamed: read it (Exchange.read)."""
         if self._pool is None:
-            probe = requests.Request("GET", self.base_url).prepare()
-            pool = self._adapter.get_connection_with_tls_context(probe, self._verify, self._proxies)
+            pool = self._adapter.get_connection_with_tls_context(self._base, self._verify, self._proxies)
             # As HTTPAdapter.send: the CA bundle (certifi's for verify=True); a missing one is an OSError.
-            self._adapter.cert_verify(pool, probe.url, self._verify, None)
+            self._adapter.cert_verify(pool, self._base.url, self._verify, None)
             self._pool = pool
         sent = {**self.headers, **headers} if headers else self.headers
         return self._pool.urlopen(method, self.target(path), body=data, headers=sent, redirect=False,
