@@ -197,12 +197,16 @@ class ApiClient:
     # --- the one translator ----------------------------------------------------
 
     def _request(self, endpoint: str, method: str, path: str, *, expect=dict, deadline: float | None = None,
-                 wait: bool = True, check: str = "", **kwargs):
+                 wait: bool = True, check: str = "", json=None, **kwargs):
         """One exchange. With wait=False an endpoint out of its rate budget raises WaitForRateLimit
         at once instead of sleeping: for callers that have other work to do meanwhile. A failure
         shared by every request of its kind raises HeldBack, unsent. `check`: "account" for the
         account's probe (let through while the account is held), "mount" for the key check at
-        mount (never held; its outcome decides nothing for later requests)."""
+        mount (never held; its outcome decides nothing for later requests). `json`: the body's
+        fields, encoded before the request takes its turn (a body that cannot be sent takes none)."""
+        if json is not None:
+            kwargs["data"] = _json_body(endpoint, json)
+            kwargs["headers"] = {**kwargs.get("headers", {}), "Content-Type": "application/json"}
         passed = self.admission.admit(endpoint, wait=wait, account_probe=check == "account",
                                       counted=check != "mount")
         error: BaseException | None = None
@@ -216,9 +220,7 @@ class ApiClient:
             self.admission.report(passed, error, reached=not getattr(error, "never_connected", False))
 
     def _exchange(self, endpoint: str, method: str, path: str, expect, deadline: float | None, *, data=None,
-                  json=None, headers: dict | None = None):
-        if json is not None:
-            data, headers = _json_body(endpoint, json), {**(headers or {}), "Content-Type": "application/json"}
+                  headers: dict | None = None):
         body_length = len(data) if data is not None else 0
         exchange = Exchange(deadline or self.deadline_for(body_length))
         url = self.base_url + path
@@ -465,7 +467,9 @@ def _json_body(endpoint: str, fields: dict) -> bytes:
     try:
         return json.dumps(fields, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
-        raise InternalError(f"{endpoint}: a request body JSON cannot carry ({exc})") from None
+        error = InternalError(f"{endpoint}: a request body JSON cannot carry ({exc})")
+        error.endpoint = endpoint
+        raise error from None
 
 
 def _with_fields(exc: Fs360Error, fields: dict) -> Fs360Error:
