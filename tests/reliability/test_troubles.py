@@ -21,7 +21,8 @@ WAIT = "the server asked to wait 31.7 years before more uploads (HTTP 429): they
 def test_a_huge_retry_after_is_shown_on_every_file_it_holds_and_resume_lifts_it(tmp_path, emulator,
                                                                                 mount_factory):
     sources = make_sources(tmp_path / "src", {f"photo-{i:02d}.jpg": 5000 + i for i in range(FILES)})
-    mount = mount_factory(emulator)
+    # One worker: no other PUT is under way when the 429 comes, so every file is held, none slips through.
+    mount = mount_factory(emulator, extra_args=["--workers", "1"])
     (mount.mountpoint / "s").mkdir()
     emulator.set_faults([{"endpoint": "put_file", "kind": "retry_after_huge", "retry_after": 10**9,
                           "count": 1}])
@@ -29,9 +30,7 @@ def test_a_huge_retry_after_is_shown_on_every_file_it_holds_and_resume_lifts_it(
                    check=True)
 
     def every_file_held():
-        """Every file not complete. Those under way when the 429 came may have gone through, and
-        how many is timing: a worker whose PUT ended while the 429 was still being read may start
-        another. At least the file that got the 429 is held."""
+        """Every file not complete: with one worker, every file, the one that met the 429 too."""
         status = mount.status_json("s")
         files = [f for f in status["files"] if f["state"] != "complete"]
         return files if files and all(f["state"] == "failed" and WAIT in (f["error"] or "") for f in files) else None
@@ -40,6 +39,7 @@ def test_a_huge_retry_after_is_shown_on_every_file_it_holds_and_resume_lifts_it(
     except AssertionError:
         print([(f["name"], f["state"], f["error"]) for f in mount.status_json("s")["files"]])
         raise
+    assert len(held) == FILES  # the wait holds every upload, not only the file that met it
     assert len({f["error"] for f in held}) == 1  # one reason, the same everywhere
     status = mount.status_json("s")
     assert [reason for reason in status["held_back"] if WAIT in reason]
