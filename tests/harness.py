@@ -46,15 +46,18 @@ def write_marker(path, text: bytes) -> None:
         os.close(fd)  # close() is where .create is accepted or refused
 
 
-def write_random(path, size: int, seed: int | None = None) -> str:
-    """Writes `size` pseudo-random bytes; returns their sha256."""
+def write_random(path, size: int, seed: int | None = None, piece: int = 1024 * 1024) -> str:
+    """Writes `size` pseudo-random bytes, one write() per `piece` bytes (odd sizes make unaligned
+    writes); returns their sha256."""
     digest = hashlib.sha256()
-    rng_block = hashlib.sha256(str(seed if seed is not None else path).encode()).digest() * 32768  # 1 MiB
-    with open(path, "wb") as f:
+    rng_block = hashlib.sha256(str(seed if seed is not None else path).encode()).digest() * (piece // 32 + 1)
+    with open(path, "wb", buffering=0) as f:
         remaining, counter = size, 0
         while remaining:
-            block = (counter.to_bytes(8, "little") + rng_block)[: min(remaining, len(rng_block))]
-            f.write(block)
+            block = (counter.to_bytes(8, "little") + rng_block)[: min(remaining, piece)]
+            view = memoryview(block)
+            while view:
+                view = view[f.write(view):]
             digest.update(block)
             remaining -= len(block)
             counter += 1
@@ -74,6 +77,35 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     if made.returncode != 0:
         pytest.skip(f"openssl cannot make a certificate: {made.stderr[-300:]}")
     return cert, key
+
+
+# What the API client reads of the environment once, when made: CA bundles and proxies.
+CLIENT_ENVIRONMENT = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY",
+                      "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")
+
+
+def api_client_made_with(emulator, monkeypatch, env: dict | None = None, **settings):
+    """An ApiClient of `emulator` made while the environment holds `env` and none of the machine's
+    own CA bundle or proxy variables; the environment is put back at once (the client reads it
+    when made)."""
+    from fs360.api.client import ApiClient
+    from fs360.config import Settings
+    with monkeypatch.context() as patched:
+        for name in CLIENT_ENVIRONMENT:
+            patched.delenv(name, raising=False)
+        for name, value in (env or {}).items():
+            patched.setenv(name, value)
+        return ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False,
+                                  **settings))
+
+
+def tls_emulator(folder: Path):
+    """(certificate, EmulatorProcess not started) of an emulator answering https with a
+    self-signed certificate for 127.0.0.1."""
+    from fs360.emulator.harness import EmulatorProcess
+    cert, key = self_signed_certificate(folder)
+    return cert, EmulatorProcess(folder / "emu", args=["--no-rate-limits", "--tls-cert", str(cert),
+                                                       "--tls-key", str(key)])
 
 
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):

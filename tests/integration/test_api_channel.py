@@ -8,17 +8,10 @@ import math
 import pytest
 import urllib3
 
-from fs360.api.client import ApiClient
 from fs360.api.transport import Channel, is_tls_failure
-from fs360.config import Settings
-from fs360.emulator.harness import EmulatorProcess
 from fs360.errors import InternalError, TlsError, TransportError
 
-from tests.harness import self_signed_certificate
-
-CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "http_proxy",
-                "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")
-
+from tests.harness import api_client_made_with, tls_emulator
 
 @pytest.mark.parametrize("base_url, proxies, target", [
     ("http://127.0.0.1:9/api/v1", {}, "/api/v1/uploads"),
@@ -38,33 +31,19 @@ def test_the_request_target_of_every_kind_of_base_url(base_url, proxies, target)
         channel.close()
 
 
-def tls_emulator(tmp_path):
-    cert, key = self_signed_certificate(tmp_path)
-    return cert, EmulatorProcess(tmp_path / "emu", args=["--no-rate-limits", "--tls-cert", str(cert),
-                                                         "--tls-key", str(key)])
-
-
-def client_without_ca_variables(emulator, monkeypatch, **settings) -> ApiClient:
-    with monkeypatch.context() as patched:
-        for name in CA_VARIABLES:
-            patched.delenv(name, raising=False)
-        return ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False,
-                                  **settings))
-
-
 def test_tls_is_checked_against_certifis_bundle_unless_a_ca_bundle_is_given(tmp_path, monkeypatch):
     """As requests did: without --ca-bundle, certifi's bundle decides, not OpenSSL's own store
     (here SSL_CERT_FILE, which names the server's certificate and must not make it trusted)."""
     cert, emulator = tls_emulator(tmp_path)
     with emulator:
-        default = client_without_ca_variables(emulator, monkeypatch)
+        default = api_client_made_with(emulator, monkeypatch)
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read by OpenSSL when the connection is made
         try:
             with pytest.raises(TlsError):
                 default.open_session()
         finally:
             default.close()
-        given = client_without_ca_variables(emulator, monkeypatch, ca_bundle=str(cert))
+        given = api_client_made_with(emulator, monkeypatch, ca_bundle=str(cert))
         try:
             assert given.open_session().upload_id
         finally:
@@ -75,7 +54,7 @@ def test_a_missing_ca_bundle_is_named_not_taken_for_the_servers_certificate(tmp_
     _, emulator = tls_emulator(tmp_path)
     missing = tmp_path / "no-such-bundle.pem"
     with emulator:
-        client = client_without_ca_variables(emulator, monkeypatch, ca_bundle=str(missing))
+        client = api_client_made_with(emulator, monkeypatch, ca_bundle=str(missing))
         try:
             with pytest.raises(TransportError) as info:
                 client.open_session()
@@ -92,8 +71,8 @@ def test_a_proxys_tls_failure_is_the_way_failing_not_the_servers_certificate():
     assert is_tls_failure(of_server) and not is_tls_failure(of_proxy)
 
 
-def test_a_json_body_that_json_cannot_carry_is_never_sent(emulator):
-    client = ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False))
+def test_a_json_body_that_json_cannot_carry_is_never_sent(emulator, monkeypatch):
+    client = api_client_made_with(emulator, monkeypatch)
     before = emulator.stats()["requests"]
     try:
         with pytest.raises(InternalError):

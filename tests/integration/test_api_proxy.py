@@ -14,13 +14,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from fs360.api.client import ApiClient
-from fs360.config import Settings
 from fs360.errors import TlsError
-from fs360.emulator.harness import EmulatorProcess
 
-from tests.harness import self_signed_certificate
+from tests.harness import api_client_made_with, tls_emulator
 
 PROXY_USER, PROXY_PASSWORD = "office", "proxy-secret"
+CREDENTIALS = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
 
 
 class ForwardProxy(ThreadingHTTPServer):
@@ -101,19 +100,6 @@ class _ForwardHandler(BaseHTTPRequestHandler):
         pass
 
 
-def client_from_environment(emulator, monkeypatch, ca_bundle: str | None = None, **env) -> ApiClient:
-    """A client made while the environment names the proxy; the environment is put back at once
-    (the client reads it once, when made)."""
-    with monkeypatch.context() as patched:
-        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy",
-                     "ALL_PROXY", "all_proxy"):
-            patched.delenv(name, raising=False)
-        for name, value in env.items():
-            patched.setenv(name, value)
-        return ApiClient(Settings(api_url=emulator.base_url, api_key=emulator.api_key, rate_limits_enabled=False,
-                                  ca_bundle=ca_bundle))
-
-
 WHOLE, HALVES = b"w" * 100_000, bytes(range(256)) * 1024
 
 
@@ -131,7 +117,7 @@ def upload_two_files(client: ApiClient) -> str:
 
 def test_every_request_goes_through_the_proxy_with_its_credentials(emulator, monkeypatch):
     with ForwardProxy() as proxy:
-        client = client_from_environment(emulator, monkeypatch, HTTP_PROXY=proxy.url)
+        client = api_client_made_with(emulator, monkeypatch, env=dict(HTTP_PROXY=proxy.url))
         try:
             upload_id = upload_two_files(client)
         finally:
@@ -139,17 +125,16 @@ def test_every_request_goes_through_the_proxy_with_its_credentials(emulator, mon
         assert emulator.progress(upload_id)["complete"] == 2
         assert {(f["name"], f["sha256"]) for f in emulator.files() if f["upload_id"] == upload_id} == {
             ("whole.jpg", hashlib.sha256(WHOLE).hexdigest()), ("halves.jpg", hashlib.sha256(HALVES).hexdigest())}
-        credentials = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
         assert [(method, url.split("/uploads")[-1].split("/")[-1]) for method, url, _ in proxy.seen] == [
             ("POST", ""), ("PUT", "whole.jpg"), ("PUT", "halves.jpg"), ("PUT", "halves.jpg")]
         assert all(url.startswith(emulator.base_url) for _, url, _ in proxy.seen)  # the absolute URI
-        assert all(auth == credentials for _, _, auth in proxy.seen)
+        assert all(auth == CREDENTIALS for _, _, auth in proxy.seen)
 
 
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.1"])
 def test_no_proxy_sends_the_requests_straight_to_the_server(emulator, monkeypatch, no_proxy):
     with ForwardProxy() as proxy:
-        client = client_from_environment(emulator, monkeypatch, HTTP_PROXY=proxy.url, NO_PROXY=no_proxy)
+        client = api_client_made_with(emulator, monkeypatch, env=dict(HTTP_PROXY=proxy.url, NO_PROXY=no_proxy))
         try:
             upload_id = upload_two_files(client)
         finally:
@@ -161,11 +146,10 @@ def test_no_proxy_sends_the_requests_straight_to_the_server(emulator, monkeypatc
 def test_https_goes_through_the_proxys_tunnel_and_is_verified(tmp_path, monkeypatch):
     """HTTPS_PROXY: a CONNECT tunnel with the proxy's credentials, and the server's certificate
     checked against the CA bundle through it."""
-    cert, key = self_signed_certificate(tmp_path)
-    with EmulatorProcess(tmp_path / "emu", args=["--no-rate-limits", "--tls-cert", str(cert), "--tls-key", str(key)]
-                         ) as emulator, ForwardProxy() as proxy:
+    cert, emulator = tls_emulator(tmp_path)
+    with emulator, ForwardProxy() as proxy:
         assert emulator.base_url.startswith("https://")
-        client = client_from_environment(emulator, monkeypatch, ca_bundle=str(cert), HTTPS_PROXY=proxy.url)
+        client = api_client_made_with(emulator, monkeypatch, env=dict(HTTPS_PROXY=proxy.url), ca_bundle=str(cert))
         try:
             upload_id = upload_two_files(client)
             # (the harness's introspection does not speak TLS: the server is asked through the tunnel)
@@ -173,12 +157,12 @@ def test_https_goes_through_the_proxys_tunnel_and_is_verified(tmp_path, monkeypa
         finally:
             client.close()
         assert held == {("whole.jpg", len(WHOLE)), ("halves.jpg", len(HALVES))}
-        untrusting = client_from_environment(emulator, monkeypatch, HTTPS_PROXY=proxy.url)  # no CA bundle
+        # No CA bundle: the server's certificate is not trusted through the tunnel either.
+        untrusting = api_client_made_with(emulator, monkeypatch, env=dict(HTTPS_PROXY=proxy.url))
         try:
             with pytest.raises(TlsError):
                 untrusting.open_session()
         finally:
             untrusting.close()
-        credentials = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
         server = emulator.base_url.split("//")[1].split("/")[0]
-        assert proxy.seen and all(seen == ("CONNECT", server, credentials) for seen in proxy.seen)
+        assert proxy.seen and all(seen == ("CONNECT", server, CREDENTIALS) for seen in proxy.seen)

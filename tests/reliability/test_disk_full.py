@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 
 
@@ -64,22 +63,6 @@ def test_spool_disk_full_gives_enospc_and_recovers(small_tmpfs, tmp_path, emulat
     assert pid_alive(mount.pid)
 
 
-def write_in_odd_pieces(path, size: int, seed: str) -> str:
-    """Like write_random, in unaligned pieces of 4,000 bytes: every byte goes through the spool's
-    cache, none direct."""
-    digest = hashlib.sha256()
-    block = hashlib.sha256(seed.encode()).digest() * 125  # 4,000 bytes
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for offset in range(0, size, len(block)):
-            piece = block[:min(len(block), size - offset)]
-            assert os.write(fd, piece) == len(piece)
-            digest.update(piece)
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
-
-
 def test_a_write_that_finds_the_disk_full_makes_room_from_uploaded_files(small_tmpfs, emulator, mount_factory):
     """The spool copies of uploaded files are only kept while there is room: a write that finds the
     disk full drops them (oldest first) and goes on, whether its bytes go behind the writer
@@ -97,7 +80,8 @@ def test_a_write_that_finds_the_disk_full_makes_room_from_uploaded_files(small_t
     written["behind.jpg"] = write_random(folder / "behind.jpg", 14 * MiB, seed="behind")
     wait_until(lambda: mount.file_states(session).get("behind.jpg") == "complete", pick(60, 120), 0.1,
                what="behind.jpg to complete")
-    written["cached.jpg"] = write_in_odd_pieces(folder / "cached.jpg", 14 * MiB, seed="cached")
+    # Unaligned writes of 4,000 bytes: every byte goes through the spool's cache, none direct.
+    written["cached.jpg"] = write_random(folder / "cached.jpg", 14 * MiB, seed="cached", piece=4000)
     states = settle(mount, session)
     assert states == {name: "complete" for name in written}, states
     assert_accounted(mount, emulator, {session: written})
