@@ -13,9 +13,9 @@ The floor, in the same run: the same copy into bench/floor_fs.py, a Python FUSE 
 fs360's FUSE setup that drops the bytes (its time and its process's CPU), plus the least
 an upload costs: per GiB, staging each byte past the page cache and reading it back (the
 commit point keeps every byte until the writer's exit) and a loopback `sendfile`; per small
-file, one PUT of it through urllib3's pool, the HTTP library fs360 sends through. The floor journals nothing and waits for no writer's exit: a
-target its FUSE, staging and sendfile parts miss is out of reach for any fs360 on mfusepy
-here; what fs360 costs above it is its own.
+file, one PUT of it through urllib3's pool, the HTTP library fs360 sends through. The floor
+journals nothing and waits for no writer's exit: a target its FUSE, staging and sendfile parts
+miss is out of reach for any fs360 on mfusepy here; what fs360 costs above it is its own.
 The emulator runs with --discard --no-rate-limits so that neither its disk nor
 the documented rate limits are what is measured.
 """
@@ -78,6 +78,8 @@ RSS_TARGET = 150 * MiB
 LS_TARGET = 0.5
 STATUS_READ_TARGET = 0.020
 WORKLOADS = ("big", "eight", "small", "rsync", "ls")
+# Judged per GiB (their floor's upload part is staging and a sendfile), the others per file.
+LARGE_FILE_WORKLOADS = ("big", "eight")
 
 
 @dataclass
@@ -393,7 +395,7 @@ def measure_floor(row: Row, sources: list[Path], emulator, floor: FloorMount, us
     copy_into(sources, floor_target, use_rsync)
     row.floor_copy = time.monotonic() - start
     row.floor_cpu = floor.cpu_seconds() - floor_cpu_before
-    if row.files > 1:  # many files: the least of their uploads is one lean PUT each
+    if row.workload not in LARGE_FILE_WORKLOADS:  # many files: the least of their uploads, a lean PUT each
         row.floor_put_cpu = put_cpu_per_file(emulator, row.total // row.files, count=min(300, row.files))
 
 
@@ -486,7 +488,7 @@ def main(argv: list[str]) -> int:
     peak_with_workers = (0, 0, ("", []))
     upload_floor = None
     try:
-        if "big" in chosen or "eight" in chosen:
+        if any(workload in LARGE_FILE_WORKLOADS for workload in chosen):
             # Before the emulator, the daemon and the sampling thread start: only the sender runs.
             upload_floor = measure_upload_floor(work)
             print(f"  a cached {LOOPBACK_SEND_SIZE // MiB} MiB file costs {upload_floor.stage:.2f} CPU-s per GiB "
@@ -572,7 +574,7 @@ def print_cpu_table(rows: list[Row], upload_floor: UploadFloor | None) -> None:
         per_file, per_gib = row.daemon_cpu / row.files, row.daemon_cpu / gib
         client_per_file = row.baseline_cpu / row.files
         target = "-"
-        if row.workload in ("big", "eight"):
+        if row.workload in LARGE_FILE_WORKLOADS:
             # Large files: the least is staging each byte (the commit point) and a loopback sendfile of it.
             floor_cost = row.floor_cpu / gib + upload_floor.stage + upload_floor.send
             floor_text = (f"{floor_cost:.2f} s/GiB ({row.floor_cpu / gib:.2f} + stage {upload_floor.stage:.2f}"
