@@ -7,6 +7,7 @@ the sha256 of its source, and the mount must log no error.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -209,3 +210,34 @@ def test_scratch_names_never_reach_the_server(tmp_path, mount, emulator, tool):
     assert {name: s for name, s in states.items() if name != "real.jpg"} == {
         ".hidden.jpg": "local", "partial.jpg.part": "local", "scratch.tmp": "local", "backup.jpg~": "local"}
     assert_uploaded(emulator, mount.status_json("mixed")["upload_id"], expected)
+
+
+def test_truncate_from_another_program_while_a_writer_has_writes_behind(tmp_path, mount_factory, emulator):
+    """`truncate -s` by path, from its own process, while the writer of the file holds it open
+    with direct writes still possibly behind it, then writes on past the cut: the server holds
+    what a local file system would (the data up to the cut, zeros, the later data), nothing else."""
+    mount = mount_factory(emulator)
+    (mount.mountpoint / "s").mkdir()
+    path = mount.mountpoint / "s" / "scan.e57"
+    first, later = os.urandom(8 * MiB), os.urandom(2 * MiB)
+    # Writes 8 MiB in 1 MiB writes (direct, behind the writer), says so, waits for a line, then
+    # writes 2 MiB more where it stands (8 MiB on), closes and exits 0.
+    writer = subprocess.Popen(
+        ["python3", "-c", "import os, sys\n"
+         "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+         "first = sys.stdin.buffer.read(8 << 20)\n"
+         "for at in range(0, len(first), 1 << 20): os.write(fd, first[at:at + (1 << 20)])\n"
+         "print('written', flush=True); sys.stdin.buffer.readline()\n"
+         "os.write(fd, sys.stdin.buffer.read(2 << 20)); os.close(fd)", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    writer.stdin.write(first)
+    writer.stdin.flush()
+    assert writer.stdout.readline().strip() == b"written"
+    subprocess.run(["truncate", "-s", str(3 * MiB), str(path)], check=True)
+    writer.stdin.write(b"go\n" + later)
+    writer.stdin.close()
+    assert writer.wait(60) == 0
+    expected = first[:3 * MiB] + bytes(5 * MiB) + later
+    assert path.read_bytes() == expected
+    assert mount.wait_settled("s") == {"scan.e57": "complete"}
+    assert_uploaded(emulator, mount.status_json("s")["upload_id"], {"scan.e57": hashlib.sha256(expected).hexdigest()})
