@@ -1,11 +1,10 @@
 """The floor: the least any Python FUSE file system on this libfuse can cost, for the benchmarks.
 
-    python -m bench.floor_fs MOUNTPOINT [--keep DIR]
+    python -m bench.floor_fs MOUNTPOINT
 
 A mount with fs360's own FUSE setup (mfusepy with fs360's overrides, 1 MiB writes and st_blksize, the same
-timeouts, threads and readdirplus) whose files hold nothing: each write is counted and dropped
-(with --keep, written with one pwrite into a file under DIR instead, as a spool would). No journal, no
-hash, no upload, no commit point. What `cp` into it costs, in time and in the CPU of this process,
+timeouts, threads and readdirplus) whose files hold nothing: each write is counted and dropped.
+No staging (bench/mount_bench.py measures that apart), no journal, no hash, no upload, no commit point. What `cp` into it costs, in time and in the CPU of this process,
 is what no design of fs360 on mfusepy could go under; `bench full` measures it beside fs360 in the
 same run, so that a missed target can be told apart from one out of reach.
 """
@@ -30,13 +29,11 @@ from fs360.fs.mfusepy_overrides import Fs360Fuse
 class FloorOperations(mfusepy.Operations):
     use_ns = True
 
-    def __init__(self, keep: str | None):
-        self.keep = keep
+    def __init__(self):
         self._mutex = threading.Lock()
         now = time.time_ns()
         self.dirs = {"/": now}
         self.sizes: dict[str, int] = {}  # path -> size
-        self.fds: dict[int, int] = {}  # handle -> the kept file's fd
         self.handles = 0
         self.uid, self.gid = os.getuid(), os.getgid()
 
@@ -77,29 +74,25 @@ class FloorOperations(mfusepy.Operations):
     def create(self, path, mode, fi):
         with self._mutex:
             self.sizes[path] = 0
-            self._new_handle(fi, writing=True)
+            self._new_handle(fi)
         return 0
 
     def open(self, path, fi):
         with self._mutex:
             self._attrs(path)
-            self._new_handle(fi, writing=fi.flags & os.O_ACCMODE != os.O_RDONLY)
+            self._new_handle(fi)
         return 0
 
-    def _new_handle(self, fi, writing: bool) -> None:
-        """Under the mutex. A writer's bytes are kept too when it opens a file that exists (cp over it)."""
+    def _new_handle(self, fi) -> None:
+        """Under the mutex."""
         self.handles += 1
         fi.fh = self.handles
         fi.keep_cache = 0
-        if self.keep and writing:
-            self.fds[fi.fh] = os.open(os.path.join(self.keep, str(fi.fh)), os.O_WRONLY | os.O_CREAT, 0o600)
 
     def write(self, path, data, offset, fh):
-        fd = self.fds.get(fh.fh)
-        written = os.pwrite(fd, data, offset) if fd is not None else len(data)
         with self._mutex:
-            self.sizes[path] = max(self.sizes.get(path, 0), offset + written)
-        return written
+            self.sizes[path] = max(self.sizes.get(path, 0), offset + len(data))
+        return len(data)
 
     def truncate(self, path, length, fh=None):
         with self._mutex:
@@ -126,9 +119,6 @@ class FloorOperations(mfusepy.Operations):
         return 0
 
     def release(self, path, fh):
-        fd = self.fds.pop(fh.fh, None)
-        if fd is not None:
-            os.close(fd)
         return 0
 
     def utimens(self, path, times=None):
@@ -148,9 +138,8 @@ class FloorOperations(mfusepy.Operations):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mountpoint")
-    parser.add_argument("--keep", help="write each file's bytes into a file under this directory")
     args = parser.parse_args()
-    Fs360Fuse(FloorOperations(args.keep), args.mountpoint, raw_fi=True, fsname="fs360-floor",
+    Fs360Fuse(FloorOperations(), args.mountpoint, raw_fi=True, fsname="fs360-floor",
               subtype="fs360-floor", **MOUNT_OPTIONS)
 
 if __name__ == "__main__":
