@@ -108,6 +108,30 @@ def tls_emulator(folder: Path):
                                                        "--tls-key", str(key)])
 
 
+class PausedWriter:
+    """A real program writing `path`: it writes `first` in 1 MiB writes and waits, the file open;
+    `finish(later)` has it write `later` where it stands, close the file and exit 0."""
+
+    SCRIPT = ("import os, sys\n"
+              "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+              "first = sys.stdin.buffer.read(int(sys.argv[2]))\n"
+              "for at in range(0, len(first), 1 << 20): os.write(fd, first[at:at + (1 << 20)])\n"
+              "print('written', flush=True); sys.stdin.buffer.readline()\n"
+              "os.write(fd, sys.stdin.buffer.read()); os.close(fd)")
+
+    def __init__(self, path, first: bytes):
+        self.process = subprocess.Popen([sys.executable, "-c", self.SCRIPT, str(path), str(len(first))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.process.stdin.write(first)
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == b"written"
+
+    def finish(self, later: bytes, timeout: float = 60) -> int:
+        self.process.stdin.write(b"go\n" + later)
+        self.process.stdin.close()
+        return self.process.wait(timeout)
+
+
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

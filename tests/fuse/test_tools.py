@@ -16,7 +16,8 @@ import zipfile
 
 import pytest
 
-from tests.harness import assert_uploaded, make_sources, request_count, sha256_of, wait_until, write_random
+from tests.harness import (PausedWriter, assert_uploaded, make_sources, request_count, sha256_of, wait_until,
+                           write_random)
 from tests.ops.common import harness_runtime, run_fs360
 
 KiB = 1024
@@ -220,23 +221,10 @@ def test_truncate_from_another_program_while_a_writer_has_writes_behind(tmp_path
     (mount.mountpoint / "s").mkdir()
     path = mount.mountpoint / "s" / "scan.e57"
     first, later = os.urandom(8 * MiB), os.urandom(2 * MiB)
-    # Writes 8 MiB in 1 MiB writes (direct, behind the writer), says so, waits for a line, then
-    # writes 2 MiB more where it stands (8 MiB on), closes and exits 0.
-    writer = subprocess.Popen(
-        ["python3", "-c", "import os, sys\n"
-         "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
-         "first = sys.stdin.buffer.read(8 << 20)\n"
-         "for at in range(0, len(first), 1 << 20): os.write(fd, first[at:at + (1 << 20)])\n"
-         "print('written', flush=True); sys.stdin.buffer.readline()\n"
-         "os.write(fd, sys.stdin.buffer.read(2 << 20)); os.close(fd)", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    writer.stdin.write(first)
-    writer.stdin.flush()
-    assert writer.stdout.readline().strip() == b"written"
+    # 8 MiB in 1 MiB writes (direct, behind the writer), then 2 MiB more where it stands (8 MiB on).
+    writer = PausedWriter(path, first)
     subprocess.run(["truncate", "-s", str(3 * MiB), str(path)], check=True)
-    writer.stdin.write(b"go\n" + later)
-    writer.stdin.close()
-    assert writer.wait(60) == 0
+    assert writer.finish(later) == 0
     expected = first[:3 * MiB] + bytes(5 * MiB) + later
     assert path.read_bytes() == expected
     assert mount.wait_settled("s") == {"scan.e57": "complete"}

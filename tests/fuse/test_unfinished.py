@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.ops.common import harness_runtime, run_fs360
-from tests.harness import (assert_uploaded, is_mounted, make_sources, pid_alive, wait_until,
+from tests.harness import (PausedWriter, assert_uploaded, is_mounted, make_sources, pid_alive, wait_until,
                            write_marker, write_random)
 
 MiB = 1024 * 1024
@@ -98,21 +98,11 @@ def test_lazy_unmount_while_writing_completes_after_the_next_mount(tmp_path, emu
     (mount.mountpoint / "s").mkdir()
     path = mount.mountpoint / "s" / "scan.e57"
     block = os.urandom(MiB)
-    # Writes one block, waits for a line, writes another, closes and exits 0.
-    writer = subprocess.Popen(
-        ["python3", "-c", "import sys\n"
-         "f = open(sys.argv[1], 'wb'); data = sys.stdin.buffer.read(1 << 20); f.write(data); f.flush()\n"
-         "print('written', flush=True); sys.stdin.readline(); f.write(data); f.close()", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    writer.stdin.write(block)
-    writer.stdin.flush()
-    assert writer.stdout.readline().strip() == b"written"
+    writer = PausedWriter(path, block)  # one block written, the file open; another at finish
     daemon = mount.pid
     subprocess.run(["fusermount3", "-u", "-z", str(mount.mountpoint)], check=True)
     assert not is_mounted(mount.mountpoint)
-    writer.stdin.write(b"go\n")
-    writer.stdin.close()
-    assert writer.wait(30) == 0
+    assert writer.finish(block) == 0
     wait_until(lambda: not pid_alive(daemon), 60, what="the daemon to end after the last close")
     again = mount_factory(emulator, cache_dir=cache)
     assert again.wait_settled("s") == {"scan.e57": "complete"}
