@@ -243,7 +243,7 @@ class Journal:
         with self._lock:
             def delete():
                 self._db.execute("BEGIN")
-                self._db.execute("DELETE FROM files WHERE session_id=?", (session_id,))
+                self._delete_files_locked("DELETE FROM files WHERE session_id=?", (session_id,))
                 self._db.execute("DELETE FROM projects WHERE session_id=?", (session_id,))
                 self._db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
                 self._db.execute("COMMIT")
@@ -257,28 +257,40 @@ class Journal:
     def insert_file(self, values: dict) -> int:
         """A new file row under an id never used before in this journal: a deleted file's id
         (which SQLite would hand out again) may still be known to an open handle or a worker,
-        whose late writes must not land on a new file's row, nor its reads on a new spool file."""
+        whose late writes must not land on a new file's row, nor its reads on a new spool file.
+        The highest id handed out is kept in memory, and in `meta` by each delete (the only
+        change that can take it out of the table): the insert itself is one statement."""
         with self._lock:
-            def insert() -> int:
-                self._db.execute("BEGIN")
-                if self._last_file_id is None:  # read once: this journal has one writer, this one
-                    last = self._db.execute("SELECT value FROM meta WHERE key='last_file_id'").fetchone()
-                    highest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]
-                    self._last_file_id = max(int(last[0]) if last else 0, highest)
-                file_id = self._last_file_id + 1
-                self._db.execute(_INSERT_FILE, [file_id] + [values[c] for c in FILE_COLUMNS])
-                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_file_id', ?)",
-                                 (str(file_id),))
-                self._db.execute("COMMIT")
-                self._last_file_id = file_id  # only once committed: a rolled back insert used no id
-                return file_id
-            return self._with_room_locked(insert)
+            file_id = self._highest_file_id_locked() + 1
+            row = [file_id] + [values[c] for c in FILE_COLUMNS]
+            self._with_room_locked(lambda: self._db.execute(_INSERT_FILE, row))
+            self._last_file_id = file_id  # only once written: a failed insert used no id
+            return file_id
+
+    def _highest_file_id_locked(self) -> int:
+        if self._last_file_id is None:  # read once: this journal has one writer, this one
+            last = self._db.execute("SELECT value FROM meta WHERE key='last_file_id'").fetchone()
+            highest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]
+            self._last_file_id = max(int(last[0]) if last else 0, highest)
+        return self._last_file_id
+
+    def _delete_files_locked(self, sql: str, args) -> None:
+        """Needs self._lock held and a transaction open: deletes file rows, keeping the highest id
+        ever handed out in `meta` in the same transaction (a restart must not hand it out again)."""
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_file_id', ?)",
+                         (str(self._highest_file_id_locked()),))
+        self._db.execute(sql, args)
 
     def update_file(self, file_id: int, **values) -> None:
         self._update("files", "id", file_id, FILE_COLUMNS, values)
 
     def delete_file(self, file_id: int) -> None:
-        self._write("DELETE FROM files WHERE id=?", (file_id,))
+        with self._lock:
+            def delete():
+                self._db.execute("BEGIN")
+                self._delete_files_locked("DELETE FROM files WHERE id=?", (file_id,))
+                self._db.execute("COMMIT")
+            self._with_room_locked(delete)
 
     def files(self) -> list[sqlite3.Row]:
         return self._read("SELECT * FROM files ORDER BY id")

@@ -17,8 +17,10 @@ from tests.integration.test_engine_full_disk import fill
 
 
 def new_file(journal: Journal) -> int:
-    session_id = journal.insert_session({"name": "s", "upload_id": None, "expires_at": None, "mode": 0o755,
-                                         "mtime_ns": 0, "sealed": 0})
+    """A file row, in the journal's one session (made by the first call)."""
+    sessions = journal.sessions()
+    session_id = sessions[0]["id"] if sessions else journal.insert_session(
+        {"name": "s", "upload_id": None, "expires_at": None, "mode": 0o755, "mtime_ns": 0, "sealed": 0})
     values = dict.fromkeys(FILE_COLUMNS, 0) | {"session_id": session_id, "name": "a.jpg", "mode": 0o644,
                                               "state": "writing", "upload_id": None, "last_error": "",
                                               "server_name": None, "sha256": None, "unfinished": "",
@@ -110,15 +112,46 @@ def test_a_project_written_whole_drops_an_older_change_that_waited(tmpfs):
 
 
 def test_a_failed_statement_inside_a_transaction_is_rolled_back(tmp_path):
-    """A constraint broken after BEGIN (insert_file): the transaction must not stay open, or every
-    later change joins it and is never committed (lost at the next crash)."""
+    """A statement refused after BEGIN (delete_file: the highest id kept, then the row deleted):
+    the transaction must not stay open, or every later change joins it and is never committed
+    (lost at the next crash)."""
     journal = Journal(tmp_path / "journal.db")
     file_id = new_file(journal)
-    with pytest.raises(sqlite3.IntegrityError):
-        journal.insert_file(dict.fromkeys(FILE_COLUMNS))  # NOT NULL columns left empty
+    journal._db.execute("CREATE TRIGGER refuse BEFORE DELETE ON files BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(sqlite3.IntegrityError, match="refused"):
+        journal.delete_file(file_id)
     journal.update_file(file_id, last_error="later change")
     assert committed(tmp_path / "journal.db", "SELECT last_error FROM files WHERE id=?", (file_id,)) == \
         [("later change",)]
+    journal.close()
+
+
+def test_a_refused_insert_uses_no_id_and_leaves_nothing_open(tmp_path):
+    journal = Journal(tmp_path / "journal.db")
+    first = new_file(journal)
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.insert_file(dict.fromkeys(FILE_COLUMNS))  # NOT NULL columns left empty
+    journal.update_file(first, last_error="later change")
+    assert new_file(journal) == first + 1
+    assert committed(tmp_path / "journal.db", "SELECT id, last_error FROM files ORDER BY id") == \
+        [(first, "later change"), (first + 1, "")]
+    journal.close()
+
+
+@pytest.mark.parametrize("delete", ["file", "session"])
+def test_the_id_of_a_deleted_file_is_never_handed_out_again_even_after_a_restart(tmp_path, delete):
+    """The newest file's row deleted (rm of it, or of its whole folder), then the journal opened
+    anew: the next file gets a new id, not the deleted one's (SQLite's own rowid would reuse it)."""
+    journal = Journal(tmp_path / "journal.db")
+    kept = new_file(journal)
+    newest = new_file(journal)
+    if delete == "file":
+        journal.delete_file(newest)
+    else:
+        journal.delete_session(journal.sessions()[-1]["id"])
+    journal.close()
+    journal = Journal(tmp_path / "journal.db")
+    assert new_file(journal) == newest + 1 > kept
     journal.close()
 
 
