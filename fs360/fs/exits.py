@@ -39,7 +39,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from ..engine.processes import started_at
+from ..engine.processes import read_proc, started_at
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +73,41 @@ def closer_of(pid: int) -> Closer | None:
     if task is None:
         return None
     name, ppid, flags, exit_code, start = task
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            tgid = int(f.read().split(b"\nTgid:", 1)[1].split()[0])
-    except (OSError, IndexError, ValueError):
+    tgid = _thread_group_of(pid, start)
+    if tgid is None:
         return None
     status = exit_code if flags & PF_EXITING else None
-    program = _program_of(tgid, ppid)
+    program, program_start = _program_of(tgid, ppid)
     if program != tgid and status is not None and not status & 0x7F:
         status = None  # a helper's own exit status says nothing; its death by a signal does
     if program != pid:
-        start = started_at(program) or 0
+        start = program_start or started_at(program) or 0
     return Closer(program, name, status, start)
+
+
+# (task id, its start time) -> its thread group: fixed for the task's life, and a task id used
+# again has another start time. A close asks it each time; a writer closes thousands of files.
+_thread_groups: dict[tuple[int, int], int] = {}
+_THREAD_GROUPS_KEPT = 4096
+
+
+def _thread_group_of(pid: int, start: int) -> int | None:
+    tgid = _thread_groups.get((pid, start))
+    if tgid is None:
+        try:
+            tgid = int(read_proc(f"/proc/{pid}/status").split(b"\nTgid:", 1)[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
+        if len(_thread_groups) >= _THREAD_GROUPS_KEPT:
+            _thread_groups.clear()
+        _thread_groups[(pid, start)] = tgid
+    return tgid
 
 
 def _stat(pid: int) -> tuple[str, int, int, int, int] | None:
     """(name, parent pid, flags, exit code, start time) of task `pid`."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = read_proc(f"/proc/{pid}/stat")
         name = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode(errors="replace")
         # Fields after the command name (which may hold spaces and parentheses); field 3 is index 0.
         fields = stat[stat.rindex(b")") + 2:].split()
@@ -100,26 +116,28 @@ def _stat(pid: int) -> tuple[str, int, int, int, int] | None:
         return None
 
 
-def _program_of(tgid: int, ppid: int) -> int:
+def _program_of(tgid: int, ppid: int) -> tuple[int, int | None]:
     """The first process of the program `tgid` is part of: up its parents while they have the
-    same command line (forked, never exec'd anew)."""
+    same command line (forked, never exec'd anew); with its start time when it was read."""
+    start = None
     try:
-        cmdline = _cmdline(tgid)
         for _ in range(MAX_HELPER_DEPTH):
-            if ppid <= 1 or _cmdline(ppid) != cmdline:
+            if ppid <= 1 or not _same_command_line(tgid, ppid):
                 break
             parent = _stat(ppid)
             if parent is None:
                 break
-            tgid, ppid = ppid, parent[1]
+            tgid, ppid, start = ppid, parent[1], parent[4]
     except OSError:
         pass
-    return tgid
+    return tgid, start
 
 
-def _cmdline(pid: int) -> bytes:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read()
+def _same_command_line(pid: int, parent: int) -> bool:
+    """Whether `pid` runs the command line of `parent`. The parent's (a shell's, usually short)
+    is read first, then no more of `pid`'s than that: `cp *.jpg` has thousands of arguments."""
+    expected = read_proc(f"/proc/{parent}/cmdline")
+    return read_proc(f"/proc/{pid}/cmdline", limit=len(expected) + 1) == expected
 
 
 def failure_of(status: int | None) -> str:

@@ -74,11 +74,15 @@ Issue 11: never upload what the writer did not finish
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 
 import mfusepy
@@ -87,6 +91,7 @@ import xxhash
 
 from fs360.errors import Fs360Error
 from fs360.engine.records import FileRecord
+from fs360.fs.exits import Closer
 from fs360.fs.content_check import LegacyDigest, content_stamp, is_identical_copy
 from fs360.fs.fuse_ops import Fs360Operations, translated
 from fs360.fs.model import MountModel
@@ -543,6 +548,45 @@ def test_a_live_process_is_never_taken_for_a_dying_writer():
     me = closer_of(threading.get_native_id())  # a thread's task belongs to its process
     assert (me.tgid, me.exiting_status, dying_reason(me)) == (os.getpid(), None, "")
     assert closer_of(2**22 + 12345) is None and dying_reason(None) == ""  # no such process
+
+
+# A program that forks a helper (no exec: rsync's receiver) and starts itself again with one more
+# argument (an exec: a program of its own), then prints their pids and waits.
+HELPER_AND_CHILD = """
+import os, subprocess, sys, time
+if sys.argv[1:]:
+    time.sleep(60)
+helper = os.fork()
+if helper == 0:
+    time.sleep(60)
+    os._exit(0)
+own_code = open("/proc/self/cmdline", "rb").read().split(b"\\0")[2]
+child = subprocess.Popen([sys.executable, "-c", own_code, "again"])
+print(helper, child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_forked_helper_is_its_parents_program_and_an_exec_with_one_more_argument_its_own():
+    """closer_of: the helper's exit is its parent's (with the parent's start time); a child whose
+    command line is the parent's plus one argument runs a program of its own, though no more of
+    its command line than the parent's is read."""
+    from fs360.fs.exits import closer_of
+    parent = subprocess.Popen([sys.executable, "-c", HELPER_AND_CHILD], stdout=subprocess.PIPE)
+    pids = [parent.pid]
+    try:
+        helper, child = map(int, parent.stdout.readline().split())
+        pids += [helper, child]
+        program = closer_of(parent.pid)
+        assert program.tgid == parent.pid and program.start > 0
+        assert closer_of(helper) == Closer(parent.pid, program.name, None, program.start)
+        assert closer_of(child).tgid == child
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait()
+        parent.stdout.close()
 
 
 def test_identical_rewrite_of_a_held_file_is_accepted_different_refused(model, emulator):
