@@ -49,8 +49,8 @@ Lock order (take only rightwards; never leftwards while holding one on the right
   condition, ChunkSizes._lock (chunk_sizes.py), the pacer's lock (api/pacing.py), the
   troubles' lock (api/troubles.py: its listeners are told with it released), the
   transport's lock (api/transport.py).
-  The path model's `_handles_lock` and `_last_close_lock` are taken without the state lock
-  held, or inside it (never the reverse).
+  The path model's HandleTable._lock (fs/handles.py) is a leaf, taken with or without the state
+  lock held; OpenFiles._direct_open_lock (fs/open_files.py) is a leaf taken without it.
 
 The state lock is a plain lock: taking it twice from one thread raises `LockReentered`
 instead of deadlocking. Helpers whose names end in `_locked` need it held. Work that may

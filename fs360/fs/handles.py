@@ -24,8 +24,10 @@ class FileHandle:
     # The process that closed it was dying (killed, or exiting non-zero).
     writer_died: str = ""
     check: ContentCheck | None = None
-    # The same spool file opened O_DIRECT for the aligned runs of writes (-1: none; spool.py).
+    # The same spool file opened O_DIRECT for the aligned runs of writes (-1: none; spool.py),
+    # at the first write that has one while `direct_pending` (open_files.OpenFiles._direct_fd).
     direct_fd: int = -1
+    direct_pending: bool = False
     # Its writer closed it (a FLUSH came) and has not written through it since: whole, as far as
     # this handle goes, even if its RELEASE never arrives (a lazy unmount).
     closed: bool = False

@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
+import threading
 import time
 
 from ..engine.records import FileRecord
 from ..engine.registry import STOPPED_WHILE_WRITING
-from ..engine.spool import with_room_freed_once
+from ..engine.spool import direct_span, with_room_freed_once
 from ..errors import (AccessDenied, EarlierWriteLost, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
                       QuotaWouldPass)
 from .content_check import ContentCheck, held_with_known_content
@@ -20,6 +22,8 @@ from .handles import FileHandle, HandleTable
 from .markers import Markers
 from .rules import check_growth, check_growth_locked, check_mutable_locked
 from .tree import FILE, MARKER, MISSING, ROOT_STATUS_FILE, STATUS, SessionTree, is_listed_locked
+
+log = logging.getLogger(__name__)
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
@@ -61,6 +65,7 @@ class OpenFiles:
         self.markers = markers
         self.handles = handles
         self.writers = writers
+        self._direct_open_lock = threading.Lock()  # a leaf: taken with no other lock held
 
     def open_locked(self, record: FileRecord, flags: int) -> int:
         writing = opens_for_writing(flags)
@@ -77,11 +82,9 @@ class OpenFiles:
             raise AccessDenied("only the server holds this file's data now") from None
         handle = FileHandle(record, fd, writing, bool(flags & os.O_APPEND))
         if writing:
-            try:
-                handle.direct_fd = self.engine.spool.open_direct(record.id, os.O_WRONLY)
-            except OSError:
-                os.close(fd)
-                raise
+            # Its O_DIRECT descriptor is opened at its first write with a run to go direct
+            # (_direct_fd): a small file never has one.
+            handle.direct_pending = self.engine.spool.direct
             if truncate and record.size:
                 self.engine.spool.truncate(record.id, 0, fd)
             self.engine.registry.open_for_write_locked(record, rewrite=truncate or record.size == 0, truncated=truncate)
@@ -151,6 +154,22 @@ class OpenFiles:
             digest.add(offset, data if written == len(data) else memoryview(data)[:written])
         return written
 
+    def _direct_fd(self, handle: FileHandle, offset: int, length: int) -> int:
+        """The handle's O_DIRECT descriptor of its spool file, opened by the first write that has a
+        run to go direct (-1: none). One that cannot be opened (the file was deleted meanwhile:
+        its path is gone) leaves the handle writing through the cache, as a local file would."""
+        if not handle.direct_pending or not direct_span(offset, length)[1]:
+            return handle.direct_fd
+        with self._direct_open_lock:  # two threads writing through one handle open it once
+            if handle.direct_pending:
+                try:
+                    handle.direct_fd = self.engine.spool.open_direct(handle.record.id, os.O_WRONLY)
+                except OSError as exc:
+                    log.debug("%s: no direct descriptor (%s); its writes go through the cache",
+                              handle.record.name, exc)
+                handle.direct_pending = False
+        return handle.direct_fd
+
     def _refuse_change(self, handle: FileHandle) -> None:
         """The rewrite of a file the server holds differs: refused, with the reason kept."""
         handle.check.differs = True
@@ -159,8 +178,8 @@ class OpenFiles:
 
     def _pwrite(self, handle: FileHandle, data: bytes, offset: int) -> int:
         # A full disk first drops uploaded data the spool still keeps, then the write tries once more.
-        write = functools.partial(self.engine.spool.write, handle.record.id, handle.fd, handle.direct_fd, data,
-                                  offset)
+        write = functools.partial(self.engine.spool.write, handle.record.id, handle.fd,
+                                  self._direct_fd(handle, offset, len(data)), data, offset)
         with spool_limits():
             return with_room_freed_once(write, self.engine.housekeeping.evict_if_needed)
 

@@ -280,6 +280,42 @@ def test_spool_serves_any_write_pattern(idle):
     assert file_state(idle, "s", "f.las") == "closed"
 
 
+def test_only_a_write_with_a_run_to_go_direct_opens_the_direct_descriptor(idle, monkeypatch):
+    """A small file never opens its spool file O_DIRECT (an open and a close per file); a large
+    one opens it once, at its first write past the cached head, whatever the writes after."""
+    spool = idle.engine.spool
+    if not spool.direct:
+        pytest.skip("this spool's file system refuses O_DIRECT")
+    opened = []
+    real = spool.open_direct
+    monkeypatch.setattr(spool, "open_direct", lambda *a: opened.append(a) or real(*a))
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/small.jpg", os.urandom(100 * 1024))
+    assert opened == []
+    data = os.urandom(4 * 1024 * 1024)
+    fh = idle.create("/s/large.e57", 0o644, os.O_WRONLY)
+    for offset in range(0, len(data), 1024 * 1024):
+        assert idle.write(fh, data[offset:offset + 1024 * 1024], offset) == 1024 * 1024
+    idle.release(fh)
+    assert len(opened) == 1
+    assert read_all(idle, "/s/large.e57") == data
+
+
+def test_a_file_deleted_before_its_first_large_write_takes_it_through_the_cache(idle, monkeypatch):
+    """Its spool path is gone when the direct descriptor would be opened: the writer's writes
+    still succeed, as they would on a local file deleted while open."""
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/large.e57", 0o644, os.O_RDWR)
+    idle.write(fh, b"x" * 1000, 0)
+    idle.unlink("/s/large.e57")
+    data = os.urandom(2 * 1024 * 1024)
+    for offset in range(0, len(data), 1024 * 1024):
+        assert idle.write(fh, data[offset:offset + 1024 * 1024], offset) == 1024 * 1024
+    assert idle.read(fh, len(data), 0) == data
+    idle.release(fh)
+    assert "large.e57" not in names(idle, "/s")
+
+
 def test_close_makes_pending_then_complete(model, emulator):
     model.mkdir("/s", 0o755)
     fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY)
