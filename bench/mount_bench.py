@@ -13,7 +13,8 @@ The floor, in the same run: the same copy into bench/floor_fs.py, a Python FUSE 
 fs360's FUSE setup that drops the bytes (its time and its process's CPU), plus the least
 an upload costs: per GiB, staging each byte past the page cache and reading it back (the
 commit point keeps every byte until the writer's exit) and a loopback `sendfile`; per small
-file, one PUT of it through urllib3's pool, the HTTP library fs360 sends through. The floor
+file, a spool file of its own (made, read back, deleted) and one PUT of it through urllib3's
+pool, the HTTP library fs360 sends through. The floor
 journals nothing and waits for no writer's exit: a target its FUSE, staging and sendfile parts
 miss is out of reach for any fs360 on mfusepy here; what fs360 costs above it is its own.
 The emulator runs with --discard --no-rate-limits so that neither its disk nor
@@ -97,6 +98,7 @@ class Row:
     floor_copy: float = 0.0  # the same copy into the floor (bench/floor_fs.py)
     floor_cpu: float = 0.0  # the floor process's user+sys during that copy
     floor_put_cpu: float = 0.0  # per file: a lean PUT of a file of the workload's mean size (put_cpu_per_file)
+    floor_spool_cpu: float = 0.0  # per file: a spool file of that size made, read back, deleted (spool_file_cpu)
 
 
 def make_sources(directory: Path, count: int, size: int | None, seed: int = 0) -> list[Path]:
@@ -277,6 +279,7 @@ def children_cpu_seconds() -> float:
 class UploadFloor:
     """CPU-s per GiB of what any upload of a large file costs this process at the least."""
     stage: float  # written to a spool file past the page cache and read back (O_DIRECT), as fs360 does
+    staged_direct: bool  # False: this file system refuses O_DIRECT, and the staging was buffered
     send: float  # sent with sendfile over loopback TCP from the page cache
 
 
@@ -284,32 +287,32 @@ def measure_upload_floor(work: Path, size: int = LOOPBACK_SEND_SIZE) -> UploadFl
     directory = work / "upload-floor"
     [path] = make_sources(directory, 1, size)
     try:
-        return UploadFloor(stage=staging_cpu_per_gib(directory / "spool", size),
-                           send=loopback_send_cpu_per_gib(path))
+        stage, staged_direct = staging_cpu_per_gib(directory / "spool", size)
+        return UploadFloor(stage=stage, staged_direct=staged_direct, send=loopback_send_cpu_per_gib(path))
     finally:
         shutil.rmtree(directory)
 
 
-def staging_cpu_per_gib(path: Path, size: int) -> float:
+def staging_cpu_per_gib(path: Path, size: int) -> tuple[float, bool]:
     """CPU-s of this process per GiB written in 1 MiB pieces with O_DIRECT and read back in 8 MiB
     pieces: the spool's own cost, which the commit point makes unavoidable (no byte may go before
-    the writer's exit, so every byte is kept until then). Buffered where O_DIRECT is refused."""
+    the writer's exit, so every byte is kept until then); and whether O_DIRECT was taken (where
+    it is refused, the spool too is buffered, and so is this)."""
     piece = mmap.mmap(-1, 8 * MiB)  # page-aligned, as O_DIRECT wants
     view = memoryview(piece)
     cpu_before = own_cpu_seconds()
+    direct = True
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
     except OSError:
+        direct = False
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         for offset in range(0, size, MiB):
             os.pwrite(fd, view[:MiB], offset)
     finally:
         os.close(fd)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    except OSError:
-        fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     try:
         for offset in range(0, size, 8 * MiB):
             os.preadv(fd, [view], offset)
@@ -319,7 +322,7 @@ def staging_cpu_per_gib(path: Path, size: int) -> float:
     view.release()
     piece.close()
     path.unlink()
-    return cpu / (size / GiB)
+    return cpu / (size / GiB), direct
 
 
 def loopback_send_cpu_per_gib(path: Path) -> float:
@@ -366,6 +369,34 @@ def put_cpu_per_file(emulator: EmulatorProcess, size: int, count: int = 300) -> 
         return (own_cpu_seconds() - cpu_before) / count
 
 
+def spool_file_cpu(work: Path, size: int, count: int = 300) -> float:
+    """CPU-s of this process per file of `size` bytes kept as a file of its own until it is sent:
+    created, written, closed, opened and read back, deleted (after eviction), in the work dir's
+    file system, where the daemon's spool is. The commit point keeps every byte until its writer
+    exits, and a crash must not lose them: fs360 keeps each file as a spool file."""
+    directory = work / "spool-floor"
+    directory.mkdir()
+    data = os.urandom(size)
+    try:
+        cpu_before = own_cpu_seconds()
+        for index in range(count):
+            path = directory / str(index)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.pwrite(fd, data, 0)
+            finally:
+                os.close(fd)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.pread(fd, size, 0)
+            finally:
+                os.close(fd)
+            os.unlink(path)
+        return (own_cpu_seconds() - cpu_before) / count
+    finally:
+        shutil.rmtree(directory)
+
+
 def wait_complete(emulator: EmulatorProcess, daemon: Daemon, session: str, count: int, timeout: float = 900) -> float:
     deadline = time.monotonic() + timeout
     upload_id = None
@@ -397,6 +428,8 @@ def measure_floor(row: Row, sources: list[Path], emulator, floor: FloorMount, us
     row.floor_cpu = floor.cpu_seconds() - floor_cpu_before
     if row.workload not in LARGE_FILE_WORKLOADS:  # many files: the least of their uploads, a lean PUT each
         row.floor_put_cpu = put_cpu_per_file(emulator, row.total // row.files, count=min(300, row.files))
+        row.floor_spool_cpu = spool_file_cpu(floor.mountpoint.parent, row.total // row.files,
+                                             count=min(300, row.files))
 
 
 def run_copy_workload(name: str, sources: list[Path], emulator, daemon: Daemon, work: Path, use_rsync=False,
@@ -491,8 +524,9 @@ def main(argv: list[str]) -> int:
         if any(workload in LARGE_FILE_WORKLOADS for workload in chosen):
             # Before the emulator, the daemon and the sampling thread start: only the sender runs.
             upload_floor = measure_upload_floor(work)
+            staged = "O_DIRECT" if upload_floor.staged_direct else "buffered: O_DIRECT refused here"
             print(f"  a cached {LOOPBACK_SEND_SIZE // MiB} MiB file costs {upload_floor.stage:.2f} CPU-s per GiB "
-                  f"staged (O_DIRECT write and read back) and {upload_floor.send:.2f} sent (loopback sendfile)",
+                  f"staged ({staged} write and read back) and {upload_floor.send:.2f} sent (loopback sendfile)",
                   flush=True)
         with EmulatorProcess(work / "emulator", args=EMULATOR_ARGS) as emulator:
             daemon = Daemon(work, emulator)
@@ -581,10 +615,10 @@ def print_cpu_table(rows: list[Row], upload_floor: UploadFloor | None) -> None:
                           f" + send {upload_floor.send:.2f})")
             target = cpu_verdict(per_gib, floor_cost, CPU_PER_GIB_TARGET, "s/GiB", 1)
         else:
-            # Many files: the least of their uploads is one lean PUT each.
-            floor_cost = row.floor_cpu / row.files + row.floor_put_cpu
+            # Many files: the least of their uploads is a spool file and one lean PUT each.
+            floor_cost = row.floor_cpu / row.files + row.floor_spool_cpu + row.floor_put_cpu
             floor_text = (f"{1000 * floor_cost:.2f} ms/file ({1000 * row.floor_cpu / row.files:.2f}"
-                          f" + PUT {1000 * row.floor_put_cpu:.2f})")
+                          f" + spool file {1000 * row.floor_spool_cpu:.2f} + PUT {1000 * row.floor_put_cpu:.2f})")
             if row.workload == "small":
                 target = cpu_verdict(per_file, floor_cost, CPU_PER_SMALL_FILE_TARGET, "ms/file", 1000)
         print(f"| {row.workload} | {row.daemon_cpu:.2f} s | {1000 * per_file:.2f} ms |"
@@ -621,9 +655,9 @@ def print_table(mode, rows, status_samples, ls_times, peak_rss, peak_with_worker
     print("- floor: the same cp / rsync into bench/floor_fs.py, a Python FUSE with fs360's FUSE setup (mfusepy with"
           " fs360's overrides, 1 MiB writes, 10 threads) that drops the bytes; per GiB plus the least the upload"
           " costs: each byte staged past the page cache and read back (no byte may go before the writer's exit) and"
-          " sent with a loopback sendfile; per file plus one PUT of a file of the workload's mean size through"
-          " urllib3's pool, as fs360 sends them (no deadline, pacing or progress). The floor journals nothing and"
-          " waits for no writer's exit.")
+          " sent with a loopback sendfile; per file plus a spool file of the workload's mean size (made, read"
+          " back, deleted) and one PUT of it through urllib3's pool, as fs360 sends them (no deadline, pacing or"
+          " progress). The floor journals nothing and waits for no writer's exit.")
     print(f"- daemon peak RSS (VmHWM): {peak_rss / MiB:.1f} MiB")
     peak_rss_sum, peak_pss_sum, (peak_workload, each) = peak_with_workers
     print(f"- daemon + its children, peak of the summed RSS (sampled every 0.25 s): "
