@@ -103,6 +103,8 @@ class Transfer:
             with self.lock:
                 self._still_picked_locked(record, generation, session)
                 self.registry.claim_server_name_locked(record, session, upload_id)
+                members = tuple(self.tree.members_locked(session)) if record.archive else None
+                sha256 = None if record.archive else record.sha256  # journaled when queued: checked as sent
             # The gate (bwlimit, pause) waits before every PUT, and the bwlimit before each piece of it.
             turns = self.gate.turns(cancelled, lambda nbytes: self.listeners.emit("bytes_sent", file=record,
                                                                                   nbytes=nbytes))
@@ -112,9 +114,6 @@ class Transfer:
                 stop = turns.before_put(nbytes)
                 puts_let_go += not stop  # False lets a PUT go
                 return stop
-            with self.lock:
-                members = tuple(self.tree.members_locked(session)) if record.archive else None
-                sha256 = None if record.archive else record.sha256  # journaled when queued: checked as sent
             sent = self._send(record, upload_id, start, members, sha256, buffer, should_stop, turns)
             if record.archive and not record.sha256:
                 self._record_archive_sha256(record, members, sent.sha256)
@@ -299,18 +298,21 @@ class Transfer:
         (a resume would merge two files into one): such a name is a conflict, and the file
         takes the next free name instead."""
         with self.lock:
-            listed = self.registry.listing_known_locked(session, upload_id)
-        if not listed:
-            # A session from the journal: ask once what it holds (one request per session).
-            listing = self.client.session_status(upload_id)
-            with self.lock:
-                self.registry.server_listing_locked(session, upload_id, listing)
+            if self.registry.listing_known_locked(session, upload_id):
+                self._name_free_on_server_locked(record, generation, session)
+                return
+        # A session from the journal: ask once what it holds (one request per session).
+        listing = self.client.session_status(upload_id)
         with self.lock:
-            self._still_picked_locked(record, generation, session)
-            taken_by = self.registry.name_free_on_server_locked(record, session)
-            if taken_by:
-                log.warning("%s: the server already holds another file named %s; sending it as %s",
-                            record.name, taken_by, record.server_name)
+            self.registry.server_listing_locked(session, upload_id, listing)
+            self._name_free_on_server_locked(record, generation, session)
+
+    def _name_free_on_server_locked(self, record: FileRecord, generation: int, session: SessionRecord) -> None:
+        self._still_picked_locked(record, generation, session)
+        taken_by = self.registry.name_free_on_server_locked(record, session)
+        if taken_by:
+            log.warning("%s: the server already holds another file named %s; sending it as %s",
+                        record.name, taken_by, record.server_name)
 
     def _hash_if_unknown(self, record: FileRecord, generation: int, session: SessionRecord) -> None:
         """A file queued without its sha256 (not written front to back, and hashing it then would
