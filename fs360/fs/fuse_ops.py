@@ -100,6 +100,11 @@ class Fs360Operations(mfusepy.Operations):
         return self.model.getattr(path, fh.fh if fh is not None and hasattr(fh, "fh") else None)
 
     @translated
+    def attributes(self, path, fh=None):
+        """getattr's, None for a missing name (Fs360Fuse.fgetattr answers ENOENT without raising)."""
+        return self.model.attributes(path, fh.fh if fh is not None and hasattr(fh, "fh") else None)
+
+    @translated
     def readdir(self, path, fh):
         return [".", ".."] + [(name, attrs, 0) for name, attrs in self.model.readdir(path)]
 

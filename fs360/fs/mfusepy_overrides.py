@@ -13,6 +13,7 @@ recorded digest. The operations themselves (fuse_ops.py) use only mfusepy's publ
 | `truncate_fuse_3` | pass the file handle of `ftruncate` on (mfusepy drops it), for files unlinked while open |
 | `getxattr` | answer foreign attribute names (asked before every write, and by `ls -l` of every file) before mfusepy decodes or logs |
 | `write` | hand the operation a view of libfuse's buffer, not a copy of each write into `bytes` |
+| `fgetattr` | answer a missing name ENOENT without an exception through mfusepy's layers (every new name is looked up first) |
 """
 
 from __future__ import annotations
@@ -135,6 +136,20 @@ class Fs360Fuse(mfusepy.FUSE):
         fh = fip.contents if self.raw_fi else fip.contents.fh
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         return self.operations.write(decoded, data, offset, fh)
+
+    def fgetattr(self, path, buf, fip):
+        # mfusepy's, but a missing name is answered ENOENT without an exception raised through
+        # three layers (operations with an `attributes` that returns None for it).
+        attributes = getattr(self.operations, "attributes", None)
+        if attributes is None:
+            return super().fgetattr(path, buf, fip)
+        fh = (fip.contents if self.raw_fi else fip.contents.fh) if fip else None
+        attrs = attributes(None if path is None else path.decode(self.encoding, self.errors), fh)
+        if attrs is None:
+            return -errno.ENOENT
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        mfusepy.set_st_attrs(buf.contents, attrs, use_ns=self.use_ns)
+        return 0
 
     def getxattr(self, path, name, value, size, *args):
         # The kernel asks for security.capability before every write() (FUSE never marks an

@@ -70,12 +70,21 @@ class MountModel:
     # --- attributes ---------------------------------------------------------------------------
 
     def getattr(self, path: str | None, fh: int | None = None) -> dict:
+        attrs = self.attributes(path, fh)
+        if attrs is None:
+            raise NotFound(path if path is not None else "no path and no open file")
+        return attrs
+
+    def attributes(self, path: str | None, fh: int | None = None) -> dict | None:
+        """getattr's answer, None for a name that is not there: the kernel looks up every name
+        before it is created (cp's stat and O_EXCL, twice per file), and an exception through
+        mfusepy's layers costs more than the rest of the answer."""
         handle = self._handles.get(fh) if fh is not None else None
         if isinstance(handle, FileHandle):
             with self.engine.lock:
                 return self.attrs.file(handle.record)
         if path is None:
-            raise NotFound("no path and no open file")
+            return None
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
             if node.kind == ROOT:
@@ -91,7 +100,7 @@ class MountModel:
             elif node.kind == DIR:
                 return self.attrs.folder(node.folder, self.tree.subfolder_count_locked(node.session, node.name))
             else:
-                raise NotFound(path)
+                return None
         return attrs()  # a status file's size: rendered with the lock released
 
     def _root_attrs_locked(self) -> dict:

@@ -21,6 +21,7 @@ UPSTREAM = {
     "truncate_fuse_3": "b7735b794cbc81aa",
     "getxattr": "755693805d43840c",
     "write": "c468142fe74149a5",
+    "fgetattr": "32b98ee1808139cf",
 }
 
 

@@ -75,12 +75,14 @@ Issue 11: never upload what the writer did not finish
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -502,6 +504,29 @@ def test_status_files_open_with_direct_io_and_without_flush(idle):
         ops.open(path, fi)
         assert (fi.direct_io, fi.noflush) == (direct_io, noflush), path
         ops.release(path, fi)
+
+
+def test_getattr_answers_a_missing_name_enoent_without_raising_and_fills_the_stat_of_others(idle, monkeypatch):
+    """Fs360Fuse.fgetattr, as libfuse calls it (a path, a struct stat to fill, no file info): a
+    missing name is -ENOENT with no exception made (every name cp creates is looked up twice
+    first); a file's stat is filled; a missing folder on the way is still an answer, not a bug."""
+    from fs360.fs.mfusepy_overrides import Fs360Fuse
+    fuse = object.__new__(Fs360Fuse)  # its libfuse side is not started: only the callback is driven
+    fuse.operations, fuse.raw_fi, fuse.encoding, fuse.errors, fuse.use_ns = \
+        Fs360Operations(idle), True, "utf-8", "surrogateescape", True
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.jpg", b"x" * 1234)
+    raised = []
+    real_init = mfusepy.FuseOSError.__init__
+    monkeypatch.setattr(mfusepy.FuseOSError, "__init__", lambda self, *a: raised.append(a) or real_init(self, *a))
+    buf = mfusepy.c_stat()
+    assert fuse.fgetattr(b"/s/new.jpg", ctypes.pointer(buf), None) == -errno.ENOENT
+    assert raised == []
+    assert fuse.fgetattr(b"/s/a.jpg", ctypes.pointer(buf), None) == 0
+    assert (buf.st_size, stat.S_ISREG(buf.st_mode)) == (1234, True)
+    with pytest.raises(mfusepy.FuseOSError) as missing_folder:
+        fuse.operations.attributes("/nowhere/a.jpg")
+    assert missing_folder.value.errno == errno.ENOENT
 
 
 def test_translated_wrapper_eio_and_errnos(caplog):
