@@ -22,6 +22,7 @@ from fs360.emulator.harness import EmulatorProcess
 
 PYTHON = sys.executable
 PJDFSTEST_MIRROR = Path("/work/.mirror/pjd+pjdfstest/repo")
+XFSTESTS_MIRROR = Path("/work/.mirror/kdave+xfstests/repo")
 FAST_EMULATOR_ARGS = ["--processing-seconds", "0.3", "--no-rate-limits"]
 # The retry timings of test mounts and engines (Settings fields; production: 0.5 s doubling up to
 # 60 s, and 60 s of quiet after an abandoned PUT). A test that needs others passes its own.
@@ -314,6 +315,31 @@ def make_sources(directory, sizes: dict[str, int]) -> dict[str, str]:
 def request_count(emulator: EmulatorProcess, prefix: str = "") -> int:
     """Requests the emulator counted whose "METHOD endpoint status" key starts with `prefix`."""
     return sum(n for key, n in emulator.stats()["requests"].items() if key.startswith(prefix))
+
+
+def build_fsx(directory: Path) -> Path | None:
+    """xfstests' fsx (ltp/fsx.c: random reads, writes, mapped reads and writes, truncates,
+    fallocate's modes and copy_file_range on one file, each read checked against its own model)
+    built from its source (a git dir of an xfstests tree) without autotools, in `directory`
+    (made here); the path of the binary, or None where the source or gcc is missing."""
+    source = Path(os.environ.get("XFSTESTS_GIT_DIR", XFSTESTS_MIRROR))
+    if not source.is_dir() or shutil.which("gcc") is None:
+        return None
+    work = directory.with_name(directory.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)  # a build cut short before
+    work.mkdir()
+    archive = subprocess.run(["git", "--git-dir", str(source), "archive", "HEAD", "ltp/fsx.c", "src/global.h",
+                              "src/statx.h"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive.stdout, check=True)
+    (work / "src" / "config.h").touch()  # what autoconf would find: the HAVE_ flags below
+    have = ["SYS_TYPES_H", "SYS_STAT_H", "SYS_STATVFS_H", "SYS_TIME_H", "SYS_IOCTL_H", "SYS_WAIT_H", "MALLOC_H",
+            "DIRENT_H", "STDLIB_H", "UNISTD_H", "ERRNO_H", "STRING_H", "SYS_FCNTL_H", "TIME_H", "ERR_H",
+            "LINUX_FALLOC_H", "COPY_FILE_RANGE"]
+    subprocess.run(["gcc", "-O1", "-D_GNU_SOURCE", "-include", "getopt.h", "-include", "assert.h", "-include",
+                    "sys/param.h", *(f"-DHAVE_{h}" for h in have), "-Isrc", "-o", "fsx", "ltp/fsx.c"],
+                   cwd=work, check=True, capture_output=True)
+    work.rename(directory)
+    return directory / "fsx"
 
 
 def build_pjdfstest(directory: Path) -> Path | None:
