@@ -124,9 +124,10 @@ class OpenFiles:
 
     def _drain(self, handle: FileHandle) -> None:
         """The file's writes done behind its writers (spool.py) reach the spool file first; for a
-        handle that writes them, one that failed fails this call, and marks the handle."""
+        handle that writes the file (whichever of its handles wrote them), one that failed fails
+        this call, and marks the handle."""
         behind = self.engine.spool.behind
-        if handle.direct_fd < 0:
+        if not handle.writable or handle.check is not None:
             behind.settle(handle.record.id)
             return
         with failures_marked(handle):

@@ -303,6 +303,32 @@ def test_only_a_write_with_a_run_to_go_direct_opens_the_direct_descriptor(idle, 
     assert read_all(idle, "/s/large.e57") == data
 
 
+def test_a_failed_write_behind_is_told_to_the_files_other_writer_too(idle, monkeypatch):
+    """Writer A's large write goes behind it and fails; writer B, which wrote nothing direct, has
+    the file open too: B's next fsync fails with that errno, as SEMANTICS says of the file's next
+    write, fsync, truncate or close (told once), and the file ends interrupted."""
+    spool = idle.engine.spool
+    if not spool.direct:
+        pytest.skip("this spool's file system refuses O_DIRECT")
+    real_write = spool.behind._write
+    failures = [OSError(errno.EIO, "injected")]
+
+    def failing_once(*args):
+        if failures:
+            raise failures.pop()
+        return real_write(*args)
+    monkeypatch.setattr(spool.behind, "_write", failing_once)
+    idle.mkdir("/s", 0o755)
+    a = idle.create("/s/f.e57", 0o644, os.O_WRONLY)
+    b = idle.open("/s/f.e57", os.O_RDWR)
+    # The cached head, then one run of one buffer behind: the write returns before it fails.
+    idle.write(a, os.urandom(128 * 1024 + 1024 * 1024), 0)
+    assert errno_of(idle.fsync, b, False) == errno.EIO
+    idle.release(b)
+    idle.release(a)
+    assert file_state(idle, "s", "f.e57") == "interrupted"
+
+
 def test_a_file_deleted_before_its_first_large_write_takes_it_through_the_cache(idle, monkeypatch):
     """Its spool path is gone when the direct descriptor would be opened: the writer's writes
     still succeed, as they would on a local file deleted while open."""
