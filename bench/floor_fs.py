@@ -34,6 +34,7 @@ class FloorOperations(mfusepy.Operations):
         now = time.time_ns()
         self.dirs = {"/": now}
         self.sizes: dict[str, int] = {}  # path -> size
+        self.inos: dict[str, int] = {"/": 1}  # path -> inode number
         self.handles = 0
         self.uid, self.gid = os.getuid(), os.getgid()
 
@@ -42,14 +43,18 @@ class FloorOperations(mfusepy.Operations):
 
     def _attrs(self, path: str) -> dict:
         if path in self.dirs:
-            return dict(st_mode=stat.S_IFDIR | 0o755, st_nlink=2, st_uid=self.uid, st_gid=self.gid,
-                        st_mtime=self.dirs[path], st_ctime=self.dirs[path], st_atime=self.dirs[path])
+            return dict(st_ino=self._ino(path), st_mode=stat.S_IFDIR | 0o755, st_nlink=2, st_uid=self.uid,
+                        st_gid=self.gid, st_mtime=self.dirs[path], st_ctime=self.dirs[path], st_atime=self.dirs[path])
         size = self.sizes.get(path)
         if size is None:
             raise mfusepy.FuseOSError(errno.ENOENT)
         # fs360's st_blksize: cp sizes its writes by it (1 MiB requests, not 128 KiB ones).
-        return dict(st_mode=stat.S_IFREG | 0o644, st_nlink=1, st_uid=self.uid, st_gid=self.gid, st_size=size,
-                    st_blocks=(size + 511) // 512, st_blksize=IO_BLOCK_SIZE)
+        return dict(st_ino=self._ino(path), st_mode=stat.S_IFREG | 0o644, st_nlink=1, st_uid=self.uid,
+                    st_gid=self.gid, st_size=size, st_blocks=(size + 511) // 512, st_blksize=IO_BLOCK_SIZE)
+
+    def _ino(self, path: str) -> int:
+        """Under the mutex. fs360's mount options leave inode numbers to the file system (use_ino)."""
+        return self.inos.setdefault(path, len(self.inos) + 1)
 
     def getattr(self, path, fh=None):
         with self._mutex:

@@ -254,7 +254,9 @@ class Fs360Operations(mfusepy.Operations):
 # max_idle_threads given: libfuse 3.12-3.14 otherwise warns "Ignoring invalid max threads value
 # 4294967295" at every start; as many idle threads as threads keeps its default behaviour.
 # default_permissions: the kernel checks permissions (no ACCESS round trips).
-MOUNT_OPTIONS = dict(foreground=True, nothreads=False, default_permissions=True, max_threads=10, max_idle_threads=10)
+# use_ino: the inode numbers are the model's (fs/attrs.py, inode_number), stable for an entry's life.
+MOUNT_OPTIONS = dict(foreground=True, nothreads=False, default_permissions=True, use_ino=True, max_threads=10,
+                     max_idle_threads=10)
 
 
 def mount(model: MountModel, mountpoint: str, allow_other: bool = False, on_init=None, on_destroy=None) -> None:

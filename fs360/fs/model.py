@@ -19,7 +19,7 @@ from ..engine.projects import project_page
 from ..engine.records import P_READY
 from ..errors import (AccessDenied, AlreadyExists, Fs360Error, InvalidArgument, IsADirectory, NoAttribute,
                       NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported)
-from .attrs import Attributes
+from .attrs import MARKER_FILE, ROOT_INO, STATUS_FILE, STATUS_JSON_FILE, Attributes, inode_number
 from .content_check import held_with_known_content
 from .exits import Writers
 from .handles import FileHandle, HandleTable, SnapshotHandle
@@ -104,12 +104,12 @@ class MountModel:
         return attrs()  # a status file's size: rendered with the lock released
 
     def _root_attrs_locked(self) -> dict:
-        return self.attrs.dir(self.root["mode"], self.mounted_at_ns, 2 + len(self.engine.registry.sessions),
+        return self.attrs.dir(ROOT_INO, self.root["mode"], self.mounted_at_ns, 2 + len(self.engine.registry.sessions),
                               self.root["uid"], self.root["gid"])
 
     def _root_status_attrs_locked(self):
         content, = self.status.prepare_locked(None, (ROOT_STATUS,))
-        return lambda: self.attrs.virtual(0o444, size=len(content()))
+        return lambda: self.attrs.virtual(inode_number(STATUS_FILE, 0), 0o444, size=len(content()))
 
     def _virtual_entry_attrs_locked(self, session, names: tuple[str, ...]) -> list:
         """Attributes of a session's status files or .create, the same for getattr and a listing
@@ -121,10 +121,12 @@ class MountModel:
 
         def attrs_of(name: str):
             if name == CREATE_MARKER:
-                attrs = self.attrs.virtual(self.markers.mode(session), mtime_ns, size=len(marker_text(session)))
+                attrs = self.attrs.virtual(inode_number(MARKER_FILE, session.id), self.markers.mode(session),
+                                           mtime_ns, size=len(marker_text(session)))
                 return lambda: attrs
             content = contents[name]
-            return lambda: self.attrs.virtual(0o444, mtime_ns, size=len(content()))
+            ino = inode_number(STATUS_JSON_FILE if name.endswith(".json") else STATUS_FILE, session.id)
+            return lambda: self.attrs.virtual(ino, 0o444, mtime_ns, size=len(content()))
         return [attrs_of(name) for name in names]
 
     def readdir(self, path: str) -> list[tuple[str, dict]]:

@@ -80,6 +80,31 @@ def test_listing_attributes_match_stat(tmp_path, mount):
         assert entry.stat().st_size == sizes[entry.name]
 
 
+def test_inode_numbers_are_distinct_and_follow_an_entry_through_renames(tmp_path, mount):
+    """Every entry has its own inode number, the same from stat and from a listing, kept when the
+    entry is renamed (within its folder, into a sub-folder and back, into another session): the
+    numbers are fs360's (use_ino), not libfuse's node ids, which change when it forgets a node."""
+    first, second = mount.mountpoint / "inodes", mount.mountpoint / "inodes2"
+    first.mkdir()
+    second.mkdir()
+    (first / "sub").mkdir()
+    for name in ("a.part", "b.part"):
+        (first / name).write_bytes(b"x")
+    paths = [mount.mountpoint, mount.mountpoint / "status", first, second, first / "sub", first / "status",
+             first / "status.json", second / "status", first / "a.part", first / "b.part"]
+    numbers = {path: os.stat(path).st_ino for path in paths}
+    assert len(set(numbers.values())) == len(paths) and 0 not in numbers.values()
+    listed = {entry.name: entry.inode() for entry in os.scandir(first)}
+    assert {name: listed[name] for name in ("sub", "status", "status.json", "a.part", "b.part")} == \
+        {path.name: number for path, number in numbers.items() if path.parent == first}
+    moves = [first / "a.part", first / "c.part", first / "sub" / "c.part", first / "a.part", second / "a.part"]
+    for old, new in zip(moves, moves[1:]):
+        os.rename(old, new)
+        assert os.stat(new).st_ino == numbers[first / "a.part"], new
+    os.rename(first / "sub", first / "sub2")
+    assert os.stat(first / "sub2").st_ino == numbers[first / "sub"]
+
+
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_ls_l_asks_one_file_for_acls_and_labels_not_each(tmp_path, mount):
     """ENOTSUP for security.* and system.*: `ls -l` then asks no other file of the listing."""

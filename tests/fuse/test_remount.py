@@ -1,6 +1,9 @@
-"""Unmount in the middle of uploads: the next mount on the same cache dir finishes them."""
+"""Unmount in the middle of uploads: the next mount on the same cache dir finishes them, and shows
+the same entries under the same inode numbers."""
 
 from __future__ import annotations
+
+import os
 
 from tests.harness import Mount, assert_uploaded, remote_files, wait_until, write_random
 
@@ -42,3 +45,24 @@ def test_unmount_wait_waits_for_the_queue(tmp_path, emulator):
     (remote,) = emulator.files()
     assert remote["name"] == "scan.las" and remote["complete"] and remote["sha256"] == sha
     assert_uploaded(emulator, remote["upload_id"], {"scan.las": sha})
+
+
+def test_inode_numbers_survive_a_remount(tmp_path, emulator):
+    """A file, a folder, a session and its status files keep their inode numbers across an
+    unmount and a mount on the same cache dir (they are fs360's, from the journal's ids): asked
+    for in the other order after the remount, where libfuse's own node numbers would follow the
+    order of the lookups."""
+    cache = tmp_path / "cache"
+    first = Mount(tmp_path, emulator, cache_dir=cache).start()
+    try:
+        session = first.mountpoint / "inodes"
+        session.mkdir()
+        (session / "tree").mkdir()
+        (session / "a.part").write_bytes(b"local")
+        names = ["inodes", "inodes/tree", "inodes/a.part", "inodes/status", "inodes/status.json", "status"]
+        before = {name: os.stat(first.mountpoint / name).st_ino for name in names}
+    finally:
+        first.unmount()
+    with Mount(tmp_path, emulator, cache_dir=cache) as second:
+        after = {name: os.stat(second.mountpoint / name).st_ino for name in reversed(names)}
+    assert after == before
