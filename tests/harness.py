@@ -317,20 +317,30 @@ def request_count(emulator: EmulatorProcess, prefix: str = "") -> int:
     return sum(n for key, n in emulator.stats()["requests"].items() if key.startswith(prefix))
 
 
-def build_fsx(directory: Path) -> Path | None:
-    """xfstests' fsx (ltp/fsx.c: random reads, writes, mapped reads and writes, truncates,
-    fallocate's modes and copy_file_range on one file, each read checked against its own model)
-    built from its source (a git dir of an xfstests tree) without autotools, in `directory`
-    (made here); the path of the binary, or None where the source or gcc is missing."""
-    source = Path(os.environ.get("XFSTESTS_GIT_DIR", XFSTESTS_MIRROR))
+def unpacked_for_build(source: Path, directory: Path, *paths: str) -> Path | None:
+    """`paths` (all when none) of the HEAD of git dir `source`, unpacked into a fresh
+    `directory`.building, where a build is made and then renamed to `directory` (which so holds
+    a whole build or nothing); None where the source or gcc is missing."""
     if not source.is_dir() or shutil.which("gcc") is None:
         return None
     work = directory.with_name(directory.name + ".building")
     shutil.rmtree(work, ignore_errors=True)  # a build cut short before
     work.mkdir()
-    archive = subprocess.run(["git", "--git-dir", str(source), "archive", "HEAD", "ltp/fsx.c", "src/global.h",
-                              "src/statx.h"], capture_output=True, check=True)
+    archive = subprocess.run(["git", "--git-dir", str(source), "archive", "HEAD", *paths], capture_output=True,
+                             check=True)
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive.stdout, check=True)
+    return work
+
+
+def build_fsx(directory: Path) -> Path | None:
+    """xfstests' fsx (ltp/fsx.c: random reads, writes, mapped reads and writes, truncates,
+    fallocate's modes and copy_file_range on one file, each read checked against its own model)
+    built from its source (a git dir of an xfstests tree) without autotools, in `directory`
+    (made here); the path of the binary, or None where the source or gcc is missing."""
+    work = unpacked_for_build(Path(os.environ.get("XFSTESTS_GIT_DIR", XFSTESTS_MIRROR)), directory,
+                              "ltp/fsx.c", "src/global.h", "src/statx.h")
+    if work is None:
+        return None
     (work / "src" / "config.h").touch()  # what autoconf would find: the HAVE_ flags below
     have = ["SYS_TYPES_H", "SYS_STAT_H", "SYS_STATVFS_H", "SYS_TIME_H", "SYS_IOCTL_H", "SYS_WAIT_H", "MALLOC_H",
             "DIRENT_H", "STDLIB_H", "UNISTD_H", "ERRNO_H", "STRING_H", "SYS_FCNTL_H", "TIME_H", "ERR_H",
@@ -344,16 +354,10 @@ def build_fsx(directory: Path) -> Path | None:
 
 def build_pjdfstest(directory: Path) -> Path | None:
     """pjdfstest built from its source (a git dir of pjd/pjdfstest), without autotools, in
-    `directory` (made here; None where the source or gcc is missing). Built under another name
-    and renamed, so that `directory` holds a whole build or nothing."""
-    source = Path(os.environ.get("PJDFSTEST_GIT_DIR", PJDFSTEST_MIRROR))
-    if not source.is_dir() or shutil.which("gcc") is None:
+    `directory` (made here; None where the source or gcc is missing)."""
+    work = unpacked_for_build(Path(os.environ.get("PJDFSTEST_GIT_DIR", PJDFSTEST_MIRROR)), directory)
+    if work is None:
         return None
-    work = directory.with_name(directory.name + ".building")
-    shutil.rmtree(work, ignore_errors=True)  # a build cut short before
-    work.mkdir()
-    archive = subprocess.run(["git", "--git-dir", str(source), "archive", "HEAD"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(work)], input=archive.stdout, check=True)
     (work / "config.h").touch()
     have = ["FCHMODAT", "FCHOWNAT", "FSTATAT", "LINKAT", "MKDIRAT", "MKFIFOAT", "MKNODAT", "OPENAT",
             "POSIX_FALLOCATE", "RENAMEAT", "SYMLINKAT", "UNLINKAT", "UTIMENSAT", "STRUCT_STAT_ST_ATIM",
