@@ -65,7 +65,9 @@ class OpenFiles:
         self.markers = markers
         self.handles = handles
         self.writers = writers
-        self._direct_open_lock = threading.Lock()  # a leaf: taken with no other lock held
+        # A leaf, taken with no other lock held: a handle's direct descriptor is opened once
+        # (_direct_fd), and never after its release has taken the handle's descriptors.
+        self._direct_open_lock = threading.Lock()
 
     def open_locked(self, record: FileRecord, flags: int) -> int:
         writing = opens_for_writing(flags)
@@ -290,7 +292,14 @@ class OpenFiles:
         try:
             with contextlib.suppress(EarlierWriteLost):  # marked on the handle: the file is not whole
                 self._drain(handle)
-            for fd in (handle.fd, handle.direct_fd):
+            # The handle forgets its descriptors before they are closed: a write racing its release
+            # (a WebDAV PUT still sending its body as the daemon stops; FUSE sends none after a
+            # RELEASE) fails on -1, instead of writing into whatever file takes the number next.
+            with self._direct_open_lock:
+                fds = (handle.fd, handle.direct_fd)
+                handle.fd = handle.direct_fd = -1
+                handle.direct_pending = False
+            for fd in fds:
                 if fd >= 0:
                     with contextlib.suppress(OSError):  # one that fails to close leaks no other
                         os.close(fd)

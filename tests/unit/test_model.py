@@ -329,6 +329,24 @@ def test_a_failed_write_behind_is_told_to_the_files_other_writer_too(idle, monke
     assert file_state(idle, "s", "f.e57") == "interrupted"
 
 
+def test_a_write_racing_its_handles_release_never_lands_in_another_file(idle):
+    """A WebDAV PUT thread still writing as the daemon stops (release_all): its handle was
+    released, and the descriptor numbers it held went to the next file opened. Its late write
+    fails instead of landing in that file (FUSE sends no write after a release)."""
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/late.jpg", 0o644, os.O_WRONLY)
+    late = idle._handles.get(fh)  # what the writing thread holds
+    idle.write(fh, b"first", 0)
+    idle.release(fh, at_unmount=True)
+    write_file(idle, "/s/next.jpg", b"n" * 10)
+    other = idle.create("/s/other.jpg", 0o644, os.O_WRONLY)  # likely the released number again
+    with pytest.raises(OSError):
+        idle.files.write(late, b"LATE" * 40_000, 0)
+    idle.release(other)
+    assert read_all(idle, "/s/next.jpg") == b"n" * 10
+    assert read_all(idle, "/s/other.jpg") == b""
+
+
 def test_a_file_deleted_before_its_first_large_write_takes_it_through_the_cache(idle, monkeypatch):
     """Its spool path is gone when the direct descriptor would be opened: the writer's writes
     still succeed, as they would on a local file deleted while open."""
