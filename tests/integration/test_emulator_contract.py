@@ -696,14 +696,17 @@ def test_tls(tmp_path):
     import subprocess
 
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
     with EmulatorProcess(tmp_path / "t", args=["--tls-cert", str(cert), "--tls-key", str(key)]) as emu:
         assert emu.base_url.startswith("https://")
         with pytest.raises(requests.exceptions.SSLError):
             requests.post(emu.base_url + "/uploads", headers={"Authorization": "Bearer sk_local_demo"})
-        r = requests.post(emu.base_url + "/uploads", headers={"Authorization": "Bearer sk_local_demo"}, verify=False)
+        # Trusted when its certificate is.
+        r = requests.post(emu.base_url + "/uploads", headers={"Authorization": "Bearer sk_local_demo"},
+                          verify=str(cert))
         assert r.status_code == 201
         uid = r.json()["upload_id"]
-        r = requests.put(f"{emu.base_url}/uploads/{uid}/a.jpg", data=os.urandom(300_000), verify=False,
+        r = requests.put(f"{emu.base_url}/uploads/{uid}/a.jpg", data=os.urandom(300_000), verify=str(cert),
                          headers={"Authorization": "Bearer sk_local_demo", "Content-Type": OCTET})
         assert r.json()["complete"] is True
