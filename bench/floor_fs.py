@@ -67,10 +67,13 @@ class FloorOperations(mfusepy.Operations):
 
     def readdir(self, path, fh):
         prefix = path.rstrip("/") + "/"
+        parent = path.rstrip("/").rpartition("/")[0] or "/"
         with self._mutex:
-            names = [p[len(prefix):] for p in list(self.dirs) + list(self.sizes)
-                     if p.startswith(prefix) and "/" not in p[len(prefix):] and p != prefix]
-        return [".", ".."] + names
+            # use_ino: each entry's number (libfuse passes mfusepy's zeroed one, ino 0, for a bare name)
+            paths = [(".", path), ("..", parent)] + [(p[len(prefix):], p) for p in list(self.dirs) + list(self.sizes)
+                                                      if p.startswith(prefix) and "/" not in p[len(prefix):]
+                                                      and p != prefix]
+            return [(name, self._attrs(p), 0) for name, p in paths]
 
     def mkdir(self, path, mode):
         with self._mutex:

@@ -50,7 +50,10 @@ Lock order (take only rightwards; never leftwards while holding one on the right
   troubles' lock (api/troubles.py: its listeners are told with it released), the
   transport's lock (api/transport.py).
   The path model's HandleTable._lock (fs/handles.py) is a leaf, taken with or without the state
-  lock held; OpenFiles._direct_open_lock (fs/open_files.py) is a leaf taken without it.
+  lock held. A FileHandle's `io` lock (held by a write through the handle from reading its
+  descriptors to the end of its pwrite or submit, and by its release while it takes them) is
+  taken before the state lock (a write's eviction on a full disk) and the WritesBehind
+  condition, never while either is held.
 
 The state lock is a plain lock: taking it twice from one thread raises `LockReentered`
 instead of deadlocking. Helpers whose names end in `_locked` need it held. Work that may

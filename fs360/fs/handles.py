@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..engine.records import FileRecord
 from ..errors import InvalidArgument
@@ -34,6 +34,9 @@ class FileHandle:
     # A check of a deleted file the server holds, listed again for a re-copy: unless the copy
     # is identical, the file is deleted again at the release.
     revival: bool = False
+    # Held from reading the descriptors to the end of their use by a write (its pwrite or its
+    # submit behind), and by release while it takes them: it closes none a write still uses.
+    io: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass(eq=False)

@@ -8,7 +8,6 @@ import errno
 import functools
 import logging
 import os
-import threading
 import time
 
 from ..engine.records import FileRecord
@@ -65,9 +64,6 @@ class OpenFiles:
         self.markers = markers
         self.handles = handles
         self.writers = writers
-        # A leaf, taken with no other lock held: a handle's direct descriptor is opened once
-        # (_direct_fd), and never after its release has taken the handle's descriptors.
-        self._direct_open_lock = threading.Lock()
 
     def open_locked(self, record: FileRecord, flags: int) -> int:
         writing = opens_for_writing(flags)
@@ -160,17 +156,15 @@ class OpenFiles:
     def _direct_fd(self, handle: FileHandle, offset: int, length: int) -> int:
         """The handle's O_DIRECT descriptor of its spool file, opened by the first write that has a
         run to go direct (-1: none). One that cannot be opened (the file was deleted meanwhile:
-        its path is gone) leaves the handle writing through the cache, as a local file would."""
+        its path is gone) leaves the handle writing through the cache, as a local file would.
+        Needs handle.io held: two threads writing through one handle open it once."""
         if not handle.direct_pending or not direct_span(offset, length)[1]:
             return handle.direct_fd
-        with self._direct_open_lock:  # two threads writing through one handle open it once
-            if handle.direct_pending:
-                try:
-                    handle.direct_fd = self.engine.spool.open_direct(handle.record.id, os.O_WRONLY)
-                except OSError as exc:
-                    log.debug("%s: no direct descriptor (%s); its writes go through the cache",
-                              handle.record.name, exc)
-                handle.direct_pending = False
+        try:
+            handle.direct_fd = self.engine.spool.open_direct(handle.record.id, os.O_WRONLY)
+        except OSError as exc:
+            log.debug("%s: no direct descriptor (%s); its writes go through the cache", handle.record.name, exc)
+        handle.direct_pending = False
         return handle.direct_fd
 
     def _refuse_change(self, handle: FileHandle) -> None:
@@ -181,10 +175,11 @@ class OpenFiles:
 
     def _pwrite(self, handle: FileHandle, data: bytes, offset: int) -> int:
         # A full disk first drops uploaded data the spool still keeps, then the write tries once more.
-        write = functools.partial(self.engine.spool.write, handle.record.id, handle.fd,
-                                  self._direct_fd(handle, offset, len(data)), data, offset)
-        with spool_limits():
-            return with_room_freed_once(write, self.engine.housekeeping.evict_if_needed)
+        with handle.io:  # release takes the descriptors between two writes, never inside one
+            write = functools.partial(self.engine.spool.write, handle.record.id, handle.fd,
+                                      self._direct_fd(handle, offset, len(data)), data, offset)
+            with spool_limits():
+                return with_room_freed_once(write, self.engine.housekeeping.evict_if_needed)
 
     def truncate(self, path: str | None, length: int, handle: FileHandle | None) -> None:
         """By open handle when there is one, else by path."""
@@ -290,15 +285,15 @@ class OpenFiles:
 
     def release(self, handle: FileHandle) -> None:
         try:
-            with contextlib.suppress(EarlierWriteLost):  # marked on the handle: the file is not whole
-                self._drain(handle)
             # The handle forgets its descriptors before they are closed: a write racing its release
             # (a WebDAV PUT still sending its body as the daemon stops; FUSE sends none after a
             # RELEASE) fails on -1, instead of writing into whatever file takes the number next.
-            with self._direct_open_lock:
+            with handle.io:  # a write already using them ends (or queues its run behind) first
                 fds = (handle.fd, handle.direct_fd)
                 handle.fd = handle.direct_fd = -1
                 handle.direct_pending = False
+            with contextlib.suppress(EarlierWriteLost):  # marked on the handle: the file is not whole
+                self._drain(handle)  # after the take: a run queued just before lands before its close
             for fd in fds:
                 if fd >= 0:
                     with contextlib.suppress(OSError):  # one that fails to close leaks no other

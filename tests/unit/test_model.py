@@ -347,6 +347,38 @@ def test_a_write_racing_its_handles_release_never_lands_in_another_file(idle):
     assert read_all(idle, "/s/other.jpg") == b""
 
 
+def test_a_release_waits_for_a_write_already_using_the_handles_descriptors(idle, monkeypatch):
+    """The same race one step later: the PUT thread's write has read the handle's descriptor and
+    waits inside the spool (behind the file's writes) when release_all comes. The release waits
+    for that write, so the descriptor is closed only once it is done, and the next file opened
+    never gets the late bytes."""
+    spool = idle.engine.spool
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/late.jpg", 0o644, os.O_WRONLY)
+    late = idle._handles.get(fh)
+    inside, go_on = threading.Event(), threading.Event()
+    real_write_cached = spool._write_cached
+
+    def paused(file_id, fd, data, offset):
+        if file_id == late.record.id and not inside.is_set():
+            inside.set()
+            go_on.wait(30)
+        return real_write_cached(file_id, fd, data, offset)
+    monkeypatch.setattr(spool, "_write_cached", paused)
+    writer = threading.Thread(target=idle.write, args=(fh, b"LATE", 0))
+    writer.start()
+    assert inside.wait(30)
+    releaser = threading.Thread(target=idle.release, args=(fh,), kwargs=dict(at_unmount=True))
+    releaser.start()
+    other = idle.create("/s/other.jpg", 0o644, os.O_WRONLY)
+    idle.write(other, b"o" * 10, 0)
+    go_on.set()
+    writer.join(30)
+    releaser.join(30)
+    idle.release(other)
+    assert read_all(idle, "/s/other.jpg") == b"o" * 10
+
+
 def test_a_file_deleted_before_its_first_large_write_takes_it_through_the_cache(idle, monkeypatch):
     """Its spool path is gone when the direct descriptor would be opened: the writer's writes
     still succeed, as they would on a local file deleted while open."""
