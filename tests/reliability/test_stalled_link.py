@@ -131,6 +131,11 @@ def run_in_netns(scenario: str) -> dict:
                            what="uploads under way")
                 at_stall = {f["name"]: f["received"] for f in emulator.files()}
                 drops_before = loopback_drops()
+                if abandon_put:
+                    # A PUT under way when everything starts being dropped, to cut during the stall
+                    # (under load, all workers were once between PUTs at that instant, and no new
+                    # PUT can connect during the stall).
+                    wait_until(lambda: running_puts(settings.request_deadline), 10, 0.01, what="a PUT under way")
                 set_loopback_qdisc(DROP_EVERYTHING)
                 if abandon_put:  # its reset is lost too: the server waits for the rest of its body
                     abandoned.append(abandon_one_put(settings))
@@ -164,25 +169,29 @@ def run_in_netns(scenario: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def running_puts(longer_than: float) -> list:
+    """The deadlines of the connected requests running whose deadline is longer than
+    `longer_than` s: PUTs, whose deadline grows with their body (the transport's watchdog holds
+    every running request's)."""
+    from fs360.api import transport
+    with transport._watchdog._wake:
+        running = [entry[2] for entry in transport._watchdog._heap if not entry[2].finished]
+    return [deadline for deadline in running if deadline.seconds > longer_than and deadline._connection is not None]
+
+
 def abandon_one_put(settings) -> bool:
     """Ends a PUT in the middle of its body, as a killed client would: its socket closed with a
     reset while its queue is full on the slow line (every worker is busy sending then). Its
     deadline is longer than any small request's (the floor plus its body's time)."""
-    from fs360.api import transport
     from tests.harness import wait_until
 
-    def cut_running_request(longer_than: float) -> bool:
-        """Ends one connected request whose deadline is longer than `longer_than` s (a PUT's grows
-        with its body) exactly as its deadline would (the transport's watchdog holds them)."""
-        with transport._watchdog._wake:
-            running = [entry[2] for entry in transport._watchdog._heap if not entry[2].finished]
-        for deadline in running:
-            if deadline.seconds > longer_than and deadline._connection is not None:
-                deadline.expire()
-                return True
+    def cut_running_put() -> bool:
+        """Ends one running PUT exactly as its deadline would."""
+        for deadline in running_puts(settings.request_deadline):
+            deadline.expire()
+            return True
         return False
-    return wait_until(lambda: cut_running_request(longer_than=settings.request_deadline), 10, 0.01,
-                      what="a PUT under way")
+    return wait_until(cut_running_put, 10, 0.01, what="a PUT under way")
 
 
 def netns_unavailable() -> str | None:
