@@ -50,9 +50,9 @@ Lock order (take only rightwards; never leftwards while holding one on the right
   troubles' lock (api/troubles.py: its listeners are told with it released), the
   transport's lock (api/transport.py).
   The path model's HandleTable._lock (fs/handles.py) is a leaf, taken with or without the state
-  lock held. A FileHandle's `io` lock (held by a write through the handle from reading its
-  descriptors to the end of its pwrite or submit, and by its release while it takes them) is
-  taken before the state lock (a write's eviction on a full disk) and the WritesBehind
+  lock held. A FileHandle's `io` lock (held by a write, truncate, fallocate or fsync through the
+  handle from reading its descriptors to the end of their use, and by its release while it takes
+  them) is taken before the state lock (a write's eviction on a full disk) and the WritesBehind
   condition, never while either is held.
 
 The state lock is a plain lock: taking it twice from one thread raises `LockReentered`

@@ -35,7 +35,8 @@ class FileHandle:
     # is identical, the file is deleted again at the release.
     revival: bool = False
     # Held from reading the descriptors to the end of their use by a write (its pwrite or its
-    # submit behind), and by release while it takes them: it closes none a write still uses.
+    # submit behind), a truncate, fallocate or fsync through the handle, and by release while it
+    # takes them: it closes none still in use.
     io: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 

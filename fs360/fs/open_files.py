@@ -224,7 +224,7 @@ class OpenFiles:
         with failures_marked(handle):
             if length > record.size:
                 check_growth(self.engine, record, length)
-            with spool_limits():
+            with spool_limits(), handle.io:  # not with a descriptor its release has taken (_pwrite)
                 os.ftruncate(handle.fd, length)
         with self.engine.lock:
             self.engine.registry.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
@@ -254,7 +254,7 @@ class OpenFiles:
         with failures_marked(handle):
             if end > handle.record.size:
                 check_growth(self.engine, handle.record, end)
-            with spool_limits():
+            with spool_limits(), handle.io:  # not with a descriptor its release has taken (_pwrite)
                 os.posix_fallocate(handle.fd, offset, length)
         with self.engine.lock:
             self.engine.registry.allocated_locked(handle.record, end)
@@ -262,7 +262,9 @@ class OpenFiles:
     def fsync(self, handle: FileHandle, datasync: bool) -> None:
         if handle.fd >= 0:
             self._drain(handle)
-            (os.fdatasync if datasync else os.fsync)(handle.fd)
+            with handle.io:  # not with a descriptor its release has taken (_pwrite)
+                if handle.fd >= 0:
+                    (os.fdatasync if datasync else os.fsync)(handle.fd)
 
     # --- closing ----------------------------------------------------------------------------------
 
