@@ -26,12 +26,18 @@ def file_info(mount, session: str, name: str) -> dict:
 
 
 def start_writer(tool: str, path: Path) -> subprocess.Popen:
-    """`tool` copying its stdin into `path`, the only holder of the file (no shell in between)."""
+    """`tool` copying its stdin into `path`, the only holder of the file (no shell in between).
+
+    It starts with SIGINT at its default, as a terminal's foreground job does: a suite started
+    in the background of a script ignores SIGINT, and children inherit that (GNU dd then
+    installs no handler of its own, cat ignores it, and neither would die of it). `env` execs
+    the tool itself."""
     if tool == "dd":
         cmd = ["dd", f"of={path}", "bs=64k", "status=none"]
     else:
         cmd = ["sh", "-c", 'exec cat > "$1"', "sh", str(path)]
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(["env", "--default-signal=INT", *cmd], stdin=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
@@ -182,15 +188,19 @@ def test_rsync_partial_dir_resumes_and_completes(tmp_path, mount, emulator):
     dest = f"{mount.mountpoint}/s/"
     rsync = ["rsync", "-r", "--partial-dir=.rsync-partial", str(tmp_path / "src" / "video.mp4"), dest]
     # Slowed down so that it is interrupted mid-file, as by Ctrl-C (SIGINT to its process group).
-    slow = subprocess.Popen(rsync[:1] + ["--bwlimit=2m"] + rsync[1:], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    said = tmp_path / "rsync-stderr"
+    with open(said, "wb") as stderr:
+        slow = subprocess.Popen(rsync[:1] + ["--bwlimit=2m"] + rsync[1:], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
 
     def partly_written():
         return [f for f in mount.status_json("s")["files"] if f["local_only"] and f["size"] >= 2 * MiB]
     wait_until(partly_written, 60, what="rsync to be half-way")
     os.killpg(slow.pid, signal.SIGINT)
     assert slow.wait(30) != 0
-    assert (mount.mountpoint / "s" / ".rsync-partial" / "video.mp4").exists()
+    # What rsync said, and what the folder held, if it kept no partial file.
+    assert (mount.mountpoint / "s" / ".rsync-partial" / "video.mp4").exists(), \
+        (said.read_text(errors="replace"), mount.status_json("s")["files"])
     assert emulator.files() == []
     resumed = subprocess.run(rsync, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
