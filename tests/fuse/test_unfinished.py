@@ -184,11 +184,35 @@ def test_pjdfstest_unlink_14(tmp_path, emulator, mount_factory, pjdfstest_built)
 
 def test_rsync_partial_dir_resumes_and_completes(tmp_path, mount, emulator):
     sources = make_sources(tmp_path / "src", {"video.mp4": 12 * MiB + 3})
-    (mount.mountpoint / "s").mkdir()
-    dest = f"{mount.mountpoint}/s/"
-    rsync = ["rsync", "-r", "--partial-dir=.rsync-partial", str(tmp_path / "src" / "video.mp4"), dest]
-    # Slowed down so that it is interrupted mid-file, as by Ctrl-C (SIGINT to its process group).
-    said = tmp_path / "rsync-stderr"
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    rsync = ["rsync", "-r", "--partial-dir=.rsync-partial", str(tmp_path / "src" / "video.mp4"), f"{session}/"]
+    kept = session / ".rsync-partial" / "video.mp4"
+    # rsync keeps the partial file only if its receiver gets to its own orderly shutdown before
+    # the client side ends it (rsync's sig_int): under load it may not, and leaves no partial
+    # file, or its temp file. That is rsync's race, so it is interrupted again (three tries at
+    # most); whatever fs360 refused would show in what rsync said, and fails the test.
+    for attempt in range(3):
+        said = tmp_path / f"rsync-stderr-{attempt}"
+        interrupt_rsync_midway(rsync, said, mount)
+        assert emulator.files() == [], "an interrupted rsync's file reached the server"
+        if kept.exists():
+            break
+        words = said.read_text(errors="replace")
+        assert not any(refused in words for refused in ("rename", "mkdir", "Permission denied", "No space")), words
+        for stray in session.glob(".video.mp4.*"):  # the temp file of a receiver that was ended
+            stray.unlink()
+    assert kept.exists(), (said.read_text(errors="replace"), mount.status_json("s")["files"])
+    resumed = subprocess.run(rsync, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert mount.wait_settled("s") == {"video.mp4": "complete"}
+    assert_uploaded(emulator, mount.status_json("s")["upload_id"], sources)
+    assert sorted(os.listdir(session)) == ["status", "status.json", "video.mp4"]
+
+
+def interrupt_rsync_midway(rsync: list[str], said: Path, mount) -> None:
+    """`rsync` slowed down, and interrupted mid-file as by Ctrl-C (SIGINT to its process group);
+    what it says goes to `said`."""
     with open(said, "wb") as stderr:
         slow = subprocess.Popen(rsync[:1] + ["--bwlimit=2m"] + rsync[1:], start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
@@ -198,15 +222,6 @@ def test_rsync_partial_dir_resumes_and_completes(tmp_path, mount, emulator):
     wait_until(partly_written, 60, what="rsync to be half-way")
     os.killpg(slow.pid, signal.SIGINT)
     assert slow.wait(30) != 0
-    # What rsync said, and what the folder held, if it kept no partial file.
-    assert (mount.mountpoint / "s" / ".rsync-partial" / "video.mp4").exists(), \
-        (said.read_text(errors="replace"), mount.status_json("s")["files"])
-    assert emulator.files() == []
-    resumed = subprocess.run(rsync, capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
-    assert mount.wait_settled("s") == {"video.mp4": "complete"}
-    assert_uploaded(emulator, mount.status_json("s")["upload_id"], sources)
-    assert sorted(os.listdir(mount.mountpoint / "s")) == ["status", "status.json", "video.mp4"]
 
 
 def test_file_deleted_while_its_session_opens_does_not_block_the_project(tmp_path, mount, emulator):
