@@ -9,7 +9,7 @@ import pytest
 from fs360.config import Settings
 from fs360.emulator.harness import EmulatorProcess
 from tests import scheduling
-from tests.harness import FAST_EMULATOR_ARGS, FAST_TIMINGS, Mount, build_pjdfstest
+from tests.harness import FAST_EMULATOR_ARGS, FAST_TIMINGS, Mount, build_pjdfstest, fuse_mounts_under
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 
@@ -182,6 +182,23 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def no_mount_left_behind(request):
+    """A test must unmount what it mounts: one that leaves a FUSE mount under its temporary dir
+    (a `fs360 mount` whose unmount failed, a daemon killed without one) fails, unless its body
+    already failed, and the mount is taken down lazily either way, so that it outlives neither
+    the test nor pytest's clean-up of its dir. Set up before the mount fixtures, so it looks
+    after they closed theirs."""
+    yield
+    tmp_path = request.node.funcargs.get("tmp_path")
+    left = fuse_mounts_under(tmp_path) if tmp_path is not None else []
+    for point in left:
+        subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True)
+    body = getattr(request.node, "report_call", None)
+    if left and not (body is not None and body.failed):
+        pytest.fail(f"the test left mounted: {', '.join(left)}")
 
 
 def close_mounts(request, mounts: list[Mount]) -> None:

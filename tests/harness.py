@@ -145,10 +145,20 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: st
         time.sleep(interval)
 
 
-def is_mounted(mountpoint) -> bool:
-    target = str(mountpoint)
+def mounts() -> list[tuple[str, str]]:
+    """(mount point, file system type) of every mount of this machine, from /proc/mounts."""
     with open("/proc/mounts") as f:
-        return any(line.split()[1] == target for line in f if len(line.split()) > 1)
+        return [(fields[1], fields[2]) for fields in (line.split() for line in f) if len(fields) > 2]
+
+
+def is_mounted(mountpoint) -> bool:
+    return any(point == str(mountpoint) for point, _ in mounts())
+
+
+def fuse_mounts_under(directory) -> list[str]:
+    """The FUSE mounts at or below `directory`."""
+    prefix = str(directory).rstrip("/") + "/"
+    return [point for point, kind in mounts() if kind.startswith("fuse") and (point + "/").startswith(prefix)]
 
 
 class Mount:
