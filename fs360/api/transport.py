@@ -17,6 +17,12 @@ it connects): after a FIN the kernel still delivers the queued rest of a body,
 once a stalled link comes back or after the process that sent it died, which
 would complete an abandoned PUT next to the one that replaces it.
 
+Without a proxy a request goes out through http.client on such a connection
+(`Channel._send_direct`), past urllib3's pool and its request and response layers:
+what the pool does that fs360 needs (no reuse of a connection the server closed, an
+early answer read after a broken send, a decoded body) is done there and in
+`_decoded_pieces`. Through a proxy, urllib3's pool sends.
+
 Only the mechanism lives here (and what a failed exchange's exception says, in
 words: `failure_reason`); the client decides what an expired deadline or an
 oversized answer means to fs360.
@@ -36,6 +42,7 @@ import ssl
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -195,6 +202,8 @@ class _ReportsToDeadline:
         if deadline is not None:
             deadline.attach(self)
 
+    report_to_deadline = _report
+
     def _new_conn(self):
         sock = super()._new_conn()
         # From the start, not only when abandoned: a process that dies (killed mid-PUT) closes
@@ -304,7 +313,13 @@ class Channel:
     URL through an HTTP proxy). Each request then goes straight to that pool. requests' own
     layers (preparing, merging settings, cookies, hooks, wrapping the answer) cost 0.4-0.5 ms of
     CPU per 100 KiB PUT, about a fifth of a small file's whole cost (BENCHMARKS.md, "the
-    floor"). Never follows a redirect, never retries: both are the client's decisions."""
+    floor"). Never follows a redirect, never retries: both are the client's decisions.
+
+    Without a proxy (the usual case) the pool only makes the connection, TLS settings included,
+    and the request goes out through http.client on it (`_send_direct`): urllib3's pool and its
+    request and response layers cost 150-200 us of CPU per 100 KiB PUT, about a tenth of a small
+    file's (BENCHMARKS.md, "the lean exchange"). Through a proxy (forwarding, tunnelling, SOCKS)
+    the pool sends it, as urllib3 knows how."""
 
     def __init__(self, base_url: str, headers: dict[str, str], proxies: dict, verify: bool | str):
         self.base_url = base_url
@@ -318,26 +333,61 @@ class Channel:
         # What requests would send as the base URL's target ("/api/v1", or the URL without its
         # credentials through an HTTP proxy); an API path goes after it.
         self._target_prefix = self._adapter.request_url(self._base, proxies).rstrip("/")
+        self._direct = requests.utils.select_proxy(base_url, proxies) is None
+        self._connection = None  # the direct path's one keep-alive connection
 
     def target(self, path: str) -> str:
         """The request target of API path `path` ("/uploads/...")."""
         return self._target_prefix + path
 
     def request(self, method: str, path: str, *, timeout: tuple[float, float], data=None,
-                headers: dict | None = None) -> urllib3.BaseHTTPResponse:
-        """`path` is the API's ("/uploads"). The answer is streamed: read it (Exchange.read)."""
+                headers: dict | None = None):
+        """`path` is the API's ("/uploads"). The answer is streamed: read it (Exchange.read). An
+        http.client answer on the direct path, urllib3's through a proxy."""
         if self._pool is None:
             pool = self._adapter.get_connection_with_tls_context(self._base, self._verify, self._proxies)
             # As HTTPAdapter.send: the CA bundle (certifi's for verify=True); a missing one is an OSError.
             self._adapter.cert_verify(pool, self._base.url, self._verify, None)
             self._pool = pool
         sent = {**self.headers, **headers} if headers else self.headers
+        if self._direct:
+            return self._send_direct(method, self.target(path), timeout, data, sent)
         return self._pool.urlopen(method, self.target(path), body=data, headers=sent, redirect=False,
                                   assert_same_host=False, preload_content=False, decode_content=False,
                                   retries=self._adapter.max_retries,
                                   timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
 
+    def _send_direct(self, method: str, target: str, timeout: tuple[float, float], data,
+                     headers: dict) -> http.client.HTTPResponse:
+        """One request on the channel's own connection, as urllib3's pool would send it: a kept-alive
+        connection the server has closed meanwhile is not reused; sending uses the connect timeout
+        and the answer the read timeout; a server that stops reading the body (EPIPE, a reset) may
+        still have answered (an early 413), so its answer is read."""
+        connection = self._connection
+        if connection is None:
+            # Made by the pool (its private maker: urllib3 is pinned): TLS verification and the CA
+            # bundle as requests set them on the pool.
+            connection = self._connection = self._pool._new_conn()
+        elif connection.sock is not None and not connection.is_connected:
+            connection.close()
+        connection.timeout = timeout[0]
+        connection.report_to_deadline()
+        if connection.sock is None:
+            connection.connect()
+        connection.sock.settimeout(timeout[0])
+        try:
+            http.client.HTTPConnection.request(connection, method, target, body=data, headers=headers)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                raise
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout[1])
+        return http.client.HTTPConnection.getresponse(connection)
+
     def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
         self._adapter.close()
         self._pool = None
 
@@ -377,9 +427,9 @@ class Exchange:
         if declared.isdigit() and int(declared) > limit:
             return None
         pieces, size = [], 0
-        # Decoded: a server or proxy may compress though asked not to; urllib3 decodes a piece at
-        # a time, so a compressed bomb meets the cap, not memory.
-        for piece in response.stream(READ_PIECE, decode_content=True):
+        # Decoded: a server or proxy may compress though asked not to; decoded a piece at a time,
+        # each to at most the cap, so a compressed bomb meets the cap, not memory.
+        for piece in _decoded_pieces(response, limit + 1):
             size += len(piece)
             if size > limit or self.deadline.expired:
                 return None
@@ -404,6 +454,31 @@ class Exchange:
                 self.response.close()
             if connection is not None:
                 connection.close()
+
+
+def _decoded_pieces(response, most: int):
+    """The answer's body in pieces, decoded (gzip, deflate), no piece longer than `most`."""
+    if isinstance(response, urllib3.BaseHTTPResponse):  # through a proxy: urllib3 decodes
+        yield from response.stream(READ_PIECE, decode_content=True)
+        return
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    # Another encoding (br, several) stays as it came: it cannot be the API's JSON, and is refused as such.
+    decoder = zlib.decompressobj({"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+                                  "deflate": zlib.MAX_WBITS}[encoding]) \
+        if encoding in ("gzip", "x-gzip", "deflate") else None
+    while piece := response.read(READ_PIECE):
+        if decoder is None:
+            yield piece
+            continue
+        while piece:
+            try:
+                out = decoder.decompress(piece, most)
+            except zlib.error as exc:
+                raise http.client.HTTPException(f"the answer's {encoding} body does not decode ({exc})") from None
+            yield out
+            piece = decoder.unconsumed_tail
+    if response.length:  # http.client ends a body cut short quietly: it is not the whole answer
+        raise http.client.IncompleteRead(b"", response.length)
 
 
 # --- what a failed exchange says -----------------------------------------------------------------
@@ -478,6 +553,7 @@ def failure_reason(exc: BaseException) -> tuple[str, bool]:
         if needle in text:
             return reason, connecting
     if any(isinstance(c, (urllib3.exceptions.TimeoutError, TimeoutError)) for c in causes):
-        return "timed out", connecting
+        # A socket's own timeout (the direct path's) after connecting: the server stopped reading or answering.
+        return ("timed out" if connecting else "timed out waiting for the server"), connecting
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return first[:200], connecting

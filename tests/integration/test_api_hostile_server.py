@@ -455,6 +455,84 @@ def test_answers_read_to_the_end_keep_the_connection_alive():
         assert server.connections == 1 and len(server.requests) == 3
 
 
+def test_a_connection_the_server_closed_while_idle_is_not_reused():
+    """A server (or a load balancer) closes a kept-alive connection between requests: the next
+    request goes out on a fresh connection instead of failing on the dead one."""
+    def respond(conn, request):
+        request.read_body()
+        conn.sendall(PROGRESS)
+        return False  # answered with keep-alive, then closed anyway
+
+    with RawServer(respond) as server:
+        client = make_client(server)
+        client.file_status("u1", "a.jpg")
+        deadline = time.monotonic() + 10
+        while not closed_by_peer(server.port) and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the server's close has reached this end
+        client.file_status("u1", "a.jpg")
+        assert server.connections == 2 and len(server.requests) == 2
+
+
+def closed_by_peer(port: int) -> bool:
+    """Whether a TCP socket of this process towards 127.0.0.1:`port` has its peer's FIN (CLOSE_WAIT)."""
+    with open("/proc/self/net/tcp") as table:
+        next(table)
+        return any(int(cols[2].rsplit(":", 1)[1], 16) == port and cols[3] == "08"
+                   for cols in (line.split() for line in table))
+
+
+@pytest.mark.parametrize("encoding,compress", [
+    ("gzip", lambda data: zlib.compress(data, wbits=31)),
+    ("deflate", zlib.compress),
+])
+def test_an_answer_compressed_though_not_asked_is_decoded(encoding, compress):
+    body = compress(json.dumps({"received": 3, "total": 3, "complete": True}).encode())
+    with RawServer(canned(answer(200, body, headers=[f"Content-Encoding: {encoding}"]))) as server:
+        progress = make_client(server).file_status("u1", "a.jpg")
+        assert (progress.received, progress.total, progress.complete) == (3, 3, True)
+        assert server.requests[0].headers["accept-encoding"] == "identity"
+
+
+def test_an_answer_that_does_not_decode_is_a_transport_error():
+    garbage = answer(200, b"\x1f\x8bnot gzip at all", headers=["Content-Encoding: gzip"])
+    with RawServer(canned(garbage)) as server:
+        with pytest.raises(E.TransportError, match="does not decode"):
+            make_client(server).file_status("u1", "a.jpg")
+
+
+def test_an_answer_cut_short_of_its_length_is_not_taken():
+    """`{"received": 3, ...}` declared 100 bytes long, and the connection closed after 60: a
+    truncated answer, whatever it parses to, is no answer."""
+    whole = json.dumps({"received": 3, "total": 3, "complete": True}).encode()
+
+    def respond(conn, request):
+        request.read_body()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + whole)
+        return False
+
+    with RawServer(respond) as server:
+        with pytest.raises(E.TransportError):
+            make_client(server).file_status("u1", "a.jpg")
+
+
+def test_an_answer_sent_before_the_body_was_read_is_the_answer():
+    """A server that refuses a PUT from its headers answers at once and closes without reading
+    the body: fs360 hits a reset or a broken pipe while sending, and must read the refusal."""
+    refusal = answer(413, {"error": "file_too_large", "limit": 1024})
+
+    def respond(conn, request):
+        conn.sendall(refusal)
+        conn.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)  # unread body: the close sends a reset
+        return False
+
+    with RawServer(respond) as server:
+        with pytest.raises(E.ApiError) as refused:
+            make_client(server, request_deadline=30.0).put("u1", "a.jpg", memoryview(bytes(32 * 1024 * 1024)),
+                                                           0, 32 * 1024 * 1024, whole=True)
+        assert refused.value.code == "file_too_large"
+
+
 # --- redirects ------------------------------------------------------------------------------------
 
 def test_a_redirect_is_not_followed_and_names_its_target():
