@@ -45,6 +45,8 @@ class UploadLog:
             record = details["file"]
             started = self.rates.started_at(record.id)
             self.rates.finished(record.id)
+            if not log.isEnabledFor(logging.INFO):
+                return  # (--log-level warning: a line per file nobody reads, not worth its formatting)
             took = ""
             if started is not None:
                 elapsed = max(time.time() - started, 0.001)
