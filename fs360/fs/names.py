@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
+import re
 
 from ..engine.server_names import MAX_NAME_BYTES, server_name_for, split_extension
 from ..errors import InvalidName, NameTooLong
@@ -45,7 +47,15 @@ def is_local_only(name: str, patterns: tuple[str, ...]) -> bool:
         return False
     if name.startswith("."):
         return True
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    matcher = _matcher_of(patterns)
+    return matcher is not None and matcher(name) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _matcher_of(patterns: tuple[str, ...]):
+    """The patterns as one compiled expression (fnmatchcase's, joined): asked several times per
+    file, eleven fnmatchcase calls cost ten times one match."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match if patterns else None
 
 
 def extension_of(name: str) -> str:
