@@ -6,8 +6,6 @@ writes each change through to the journal in the same step.
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from .spool import RunningDigest
@@ -53,32 +51,6 @@ def duration_text(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-class RateMeter:
-    """Bytes per second over the last few seconds. One per file record, so it is small until
-    the file sends something (10,000 records held 7 MiB of empty deques)."""
-    __slots__ = ("window", "_samples")
-
-    def __init__(self, window: float = 5.0):
-        self.window = window
-        self._samples: deque[tuple[float, int]] | None = None
-
-    def add(self, nbytes: int, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if self._samples is None:
-            self._samples = deque()
-        self._samples.append((now, nbytes))
-        while self._samples and self._samples[0][0] < now - self.window:
-            self._samples.popleft()
-
-    def rate(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        recent = [(t, n) for t, n in self._samples or () if t >= now - self.window]
-        if not recent:
-            return 0.0
-        span = max(now - recent[0][0], 0.5)
-        return sum(n for _, n in recent) / span
-
-
 @dataclass(eq=False, slots=True)
 class FileRecord:
     id: int
@@ -117,7 +89,6 @@ class FileRecord:
     # The journal's `unfinished` says STOPPED_WHILE_WRITING while it is open (memory keeps the
     # truth): written once per opening, not at every open.
     stop_journaled: bool = False
-    rate: RateMeter = field(default_factory=RateMeter)
     # Why the content is not whole (a failed write, a writer that died or failed): set, the
     # last close never queues the file as it is. Cleared by a rewrite from 0, or by a writer
     # that reopens it, finishes it and exits 0 (rsync --append, curl -C -).

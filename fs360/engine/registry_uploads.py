@@ -29,7 +29,6 @@ class UploadOutcomes(RegistryState):
         sent = received - record.server_received
         record.server_received = received
         if sent > 0:
-            record.rate.add(sent)
             record.attempts = 0  # progress: the next error backs off from the start again
         now = time.monotonic()
         if received < record.size and now - record.progress_journaled_at >= PROGRESS_JOURNAL_INTERVAL:
