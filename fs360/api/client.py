@@ -32,7 +32,7 @@ from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff
 from .transport import (MAX_RESPONSE_BYTES, Answer, Channel, Exchange, PacedBody, failure_reason, is_tls_failure,
-                        peer_ended)
+                        peer_ended, printable)
 from .troubles import Admission, Troubles
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ class ApiClient:
                 raise MalformedResponse(f"{endpoint}: HTTP {status} with a body that is not the expected JSON")
             return body
         if 300 <= status < 400:
-            target = _printable(urljoin(answer.url or self.base_url + "/", answer.headers.get("Location", "")))
+            target = printable(urljoin(answer.url or self.base_url + "/", answer.headers.get("Location", "")))
             raise Redirected(f"{endpoint}: the server redirected to {target or '(nowhere)'}; fs360 does not "
                              f"follow redirects: check --api-url", status=status, location=target)
         error = body if isinstance(body, dict) else {}
@@ -316,7 +316,7 @@ class ApiClient:
             if isinstance(fields.get("limit"), int):
                 detail += f" (limit {fields['limit']} bytes)"
             if isinstance(fields.get("extension"), str):
-                detail += f" (extension {_printable(fields['extension'])!r})"
+                detail += f" (extension {printable(fields['extension'])!r})"
         message = f"{plain} ({endpoint}: {detail}{said})" if plain else f"{endpoint}: {detail}{said}"
         raise _with_fields(cls(message, status=status, code=code), fields)
 
@@ -484,24 +484,18 @@ def _account_error(cls: type[AccountError], status: int, code: str, said: str, f
                             status=status, code=code, reason=reason), fields)
 
 
-def _printable(text: str, limit: int = 200) -> str:
-    """Server-supplied text made safe for one log line."""
-    cleaned = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
-    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "…"
-
-
 def _printable_field(value):
     """A field of the server's answer, its text (and a list's texts) made safe for one line."""
     if isinstance(value, str):
-        return _printable(value, 40)
+        return printable(value, 40)
     if isinstance(value, list):
-        return [_printable(v, 40) if isinstance(v, str) else v for v in value[:100]]
+        return [printable(v, 40) if isinstance(v, str) else v for v in value[:100]]
     return value
 
 
 def _server_says(fields: dict) -> str:
     """The server's own words (`message`, `detail`) to end an error message with, if it gave any."""
-    words = [_printable(fields[k]) for k in ("message", "detail") if isinstance(fields.get(k), str)]
+    words = [printable(fields[k]) for k in ("message", "detail") if isinstance(fields.get(k), str)]
     words = [w for w in words if w]
     return f": the server says {'; '.join(words)!r}" if words else ""
 

@@ -72,6 +72,9 @@ class Deadline:
         self.expired = False  # set once by the watchdog: nothing read on this request is trusted then
         self.finished = False
         self._connection = None
+        # The shutdown handle its connection let go of while this request still reads its answer
+        # from the socket (see adopt_locked): cut at the deadline, closed when the call is over.
+        self._adopted: socket.socket | None = None
         self.lock = threading.Lock()  # the watchdog shuts down under it; a handle is dropped under it
 
     def extend(self, seconds: float) -> None:
@@ -88,6 +91,16 @@ class Deadline:
             if self.expired:
                 _shutdown(connection)
 
+    def adopt_locked(self, connection, handle: socket.socket) -> bool:
+        """Called with `lock` held by `connection` as it closes: http.client closes the connection
+        of an answer that ends with the connection (`Connection: close`, HTTP/1.0, no length), and
+        the answer goes on reading from the socket. While this call lasts the deadline keeps the
+        handle, to cut that reading too. False when the call is over or on another connection."""
+        if self.finished or connection is not self._connection:
+            return False
+        self._adopted = handle
+        return True
+
     def expire(self) -> None:
         """Called from the watchdog thread at the deadline."""
         with self.lock:
@@ -96,13 +109,18 @@ class Deadline:
             self.expired = True
             if self._connection is not None:
                 _shutdown(self._connection)
+            if self._adopted is not None:
+                _cut(self._adopted)
 
     def finish(self):
         """The call is over: the watchdog leaves its connection alone from now on. Returns that connection."""
         with self.lock:
             self.finished = True
             connection, self._connection = self._connection, None
-            return connection
+            adopted, self._adopted = self._adopted, None
+        if adopted is not None:
+            adopted.close()
+        return connection
 
 
 # SO_LINGER on, 0 s: closing sends a reset and drops whatever is still queued to send.
@@ -122,11 +140,15 @@ def _abort_on_close(handle: socket.socket) -> None:
 def _shutdown(connection) -> None:
     handle = getattr(connection, "shutdown_handle", None)
     if handle is not None:
-        _abort_on_close(handle)
-        try:
-            handle.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed by its peer
+        _cut(handle)
+
+
+def _cut(handle: socket.socket) -> None:
+    _abort_on_close(handle)
+    try:
+        handle.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by its peer
 
 
 class _Watchdog:
@@ -186,6 +208,32 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
+class _CheckedResponse(http.client.HTTPResponse):
+    """http.client's answer, framed as urllib3 frames it where http.client is laxer: a
+    Transfer-Encoding list that ends in chunked is chunked (http.client takes only exactly
+    "chunked", and reads anything else to the connection's end); any other transfer coding, two
+    different Content-Lengths or a chunk of negative size (read to the end, past every cap) is
+    no answer."""
+
+    def begin(self) -> None:
+        super().begin()
+        codings = [c.strip().lower() for c in ",".join(self.headers.get_all("Transfer-Encoding") or ()).split(",")]
+        if codings != [""] and not self.chunked:
+            if codings[-1] != "chunked":
+                raise http.client.HTTPException("the answer's Transfer-Encoding is not one fs360 can read")
+            self.chunked, self.chunk_left, self.length = True, None, None
+            self.will_close = self._check_close()
+        lengths = {v.strip() for value in self.headers.get_all("Content-Length") or () for v in value.split(",")}
+        if len(lengths) > 1:
+            raise http.client.HTTPException("the answer gives two different lengths")
+
+    def _read_next_chunk_size(self) -> int:
+        size = super()._read_next_chunk_size()
+        if size < 0:
+            raise http.client.HTTPException("the answer has a chunk of negative size")
+        return size
+
+
 class _ReportsToDeadline:
     """Mixed into urllib3's connections: tells the thread's current deadline which connection it uses.
 
@@ -196,6 +244,7 @@ class _ReportsToDeadline:
     """
 
     shutdown_handle: socket.socket | None = None
+    response_class = _CheckedResponse
 
     def _report(self) -> None:
         deadline = getattr(_current, "deadline", None)
@@ -222,12 +271,15 @@ class _ReportsToDeadline:
         try:
             super().close()
         finally:
-            self._drop_shutdown_handle()
+            self._drop_shutdown_handle(answer_may_read_on=True)
 
-    def _drop_shutdown_handle(self) -> None:
+    def _drop_shutdown_handle(self, answer_may_read_on: bool = False) -> None:
         deadline = getattr(_current, "deadline", None)
         with deadline.lock if deadline is not None else contextlib.nullcontext():
             handle, self.shutdown_handle = self.shutdown_handle, None
+            if handle is not None and answer_may_read_on and deadline is not None \
+                    and deadline.adopt_locked(self, handle):
+                return
         if handle is not None:
             handle.close()
 
@@ -424,7 +476,7 @@ class Exchange:
         """The body, or None if it is longer than `limit` bytes (then nothing more is read)."""
         response = self.response
         declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
             return None
         pieces, size = [], 0
         # Decoded: a server or proxy may compress though asked not to; decoded a piece at a time,
@@ -463,22 +515,45 @@ def _decoded_pieces(response, most: int):
         return
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     # Another encoding (br, several) stays as it came: it cannot be the API's JSON, and is refused as such.
-    decoder = zlib.decompressobj({"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
-                                  "deflate": zlib.MAX_WBITS}[encoding]) \
-        if encoding in ("gzip", "x-gzip", "deflate") else None
+    decoder = _BodyDecoder(encoding) if encoding in _WBITS else None
     while piece := response.read(READ_PIECE):
         if decoder is None:
             yield piece
-            continue
-        while piece:
-            try:
-                out = decoder.decompress(piece, most)
-            except zlib.error as exc:
-                raise http.client.HTTPException(f"the answer's {encoding} body does not decode ({exc})") from None
-            yield out
-            piece = decoder.unconsumed_tail
+        else:
+            yield from decoder.decode(piece, most)
     if response.length:  # http.client ends a body cut short quietly: it is not the whole answer
         raise http.client.IncompleteRead(b"", response.length)
+
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class _BodyDecoder:
+    """A body compressed though not asked for, as urllib3 decodes one: gzip of one or more
+    members; deflate in zlib's wrapping or raw (servers send both)."""
+
+    def __init__(self, encoding: str):
+        self.encoding = encoding
+        self._zlib = zlib.decompressobj(_WBITS[encoding])
+        self._started = False
+
+    def decode(self, data: bytes, most: int):
+        """Pieces of at most `most` bytes."""
+        while data:
+            try:
+                out = self._zlib.decompress(data, most)
+            except zlib.error as exc:
+                if self.encoding == "deflate" and not self._started:
+                    self._zlib, self._started = zlib.decompressobj(-zlib.MAX_WBITS), True
+                    continue
+                raise http.client.HTTPException(f"the answer's {self.encoding} body does not decode ({exc})") from None
+            self._started = True
+            if out:
+                yield out
+            data = self._zlib.unconsumed_tail
+            if not data and self._zlib.eof and self._zlib.unused_data and self.encoding != "deflate":
+                data = self._zlib.unused_data  # the next gzip member
+                self._zlib = zlib.decompressobj(_WBITS[self.encoding])
 
 
 # --- what a failed exchange says -----------------------------------------------------------------
@@ -546,6 +621,8 @@ def failure_reason(exc: BaseException) -> tuple[str, bool]:
     for cause in causes:
         if isinstance(cause, http.client.RemoteDisconnected):
             return "the server closed the connection without an answer", False
+        if isinstance(cause, (http.client.BadStatusLine, http.client.UnknownProtocol)):
+            return "the server's answer is not HTTP", False
         if isinstance(cause, OSError) and cause.errno in _ERRNO_REASONS:
             return _ERRNO_REASONS[cause.errno], connecting
     text = " ".join(str(c) for c in causes).lower()
@@ -555,5 +632,11 @@ def failure_reason(exc: BaseException) -> tuple[str, bool]:
     if any(isinstance(c, (urllib3.exceptions.TimeoutError, TimeoutError)) for c in causes):
         # A socket's own timeout (the direct path's) after connecting: the server stopped reading or answering.
         return ("timed out" if connecting else "timed out waiting for the server"), connecting
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return first[:200], connecting
+    # Whatever else it says may carry the server's own bytes: one printable line.
+    return printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__), connecting
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text a server sent, made safe for one log line."""
+    cleaned = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "…"

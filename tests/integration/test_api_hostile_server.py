@@ -481,10 +481,17 @@ def closed_by_peer(port: int) -> bool:
                    for cols in (line.split() for line in table))
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
 @pytest.mark.parametrize("encoding,compress", [
     ("gzip", lambda data: zlib.compress(data, wbits=31)),
+    ("gzip", lambda data: zlib.compress(data[:9], wbits=31) + zlib.compress(data[9:], wbits=31)),  # two members
     ("deflate", zlib.compress),
-])
+    ("deflate", _raw_deflate),  # without zlib's wrapping
+], ids=["gzip", "gzip-two-members", "deflate", "raw-deflate"])
 def test_an_answer_compressed_though_not_asked_is_decoded(encoding, compress):
     body = compress(json.dumps({"received": 3, "total": 3, "complete": True}).encode())
     with RawServer(canned(answer(200, body, headers=[f"Content-Encoding: {encoding}"]))) as server:
@@ -513,6 +520,62 @@ def test_an_answer_cut_short_of_its_length_is_not_taken():
     with RawServer(respond) as server:
         with pytest.raises(E.TransportError):
             make_client(server).file_status("u1", "a.jpg")
+
+
+@pytest.mark.parametrize("head,said", [
+    (b"\x1b[2J\x1b[31mYOUR DISK IS FULL\x1b[0m\r\n\r\n", "the server's answer is not HTTP"),
+    (b"HTTP/\x1b]0;owned\x07 200 OK\r\nContent-Length: 2\r\n\r\n{}", "the server's answer is not HTTP"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 52\r\nContent-Length: 5\r\n\r\n", "two different lengths"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", "Transfer-Encoding"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n" + b"x" * 65536, "negative size"),
+], ids=["garbage", "escapes-in-the-version", "two-lengths", "unknown-coding", "negative-chunk"])
+def test_an_answer_that_cannot_be_framed_is_a_transport_error_in_plain_words(head, said):
+    """What the server sent never reaches the message as it is (terminal escapes in a log)."""
+    with RawServer(canned(head)) as server:
+        with pytest.raises(E.TransportError) as failed:
+            make_client(server).file_status("u1", "a.jpg")
+    assert said in str(failed.value) and "\x1b" not in str(failed.value) and "\x07" not in str(failed.value)
+
+
+@pytest.mark.parametrize("coding", ["chunked ", "identity, chunked", "Chunked"])
+def test_a_transfer_encoding_that_ends_in_chunked_is_read_as_chunked(coding):
+    body = json.dumps({"received": 3, "total": 3, "complete": True}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    head = f"HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n".encode()
+    with RawServer(canned(head + chunked)) as server:
+        client = make_client(server, read_timeout=30.0)
+        assert client.file_status("u1", "a.jpg").complete
+        client.file_status("u1", "a.jpg")  # and the connection stays fit for the next answer
+        assert server.connections == 1
+
+
+@pytest.mark.timeout(DEADLINE_TEST_TIMEOUT)
+def test_a_closing_answers_slow_body_ends_at_the_deadline():
+    """`Connection: close`: http.client closes the connection and the answer reads on from the
+    socket; the deadline must still cut that reading."""
+    stopped = threading.Event()
+
+    def respond(conn, request):
+        request.read_body()
+        trickle(conn, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 100000\r\n\r\n{", stopped)
+        return False
+
+    with RawServer(respond) as server:
+        try:
+            with pytest.raises(E.DeadlineExceeded):
+                make_client(server, request_deadline=1.0).file_status("u1", "a.jpg")
+        finally:
+            stopped.set()
+
+
+def test_a_content_length_that_is_not_a_number_is_no_traceback():
+    """`Content-Length: ²` (a digit to str.isdigit, not to int)."""
+    body = json.dumps({"received": 3, "total": 3, "complete": True}).encode()
+    with RawServer(canned(b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\nConnection: close\r\n\r\n" + body)) as server:
+        try:
+            make_client(server).file_status("u1", "a.jpg")
+        except E.Fs360Error:
+            pass  # refused is fine; escaping as a ValueError is not
 
 
 def test_an_answer_sent_before_the_body_was_read_is_the_answer():
