@@ -98,6 +98,8 @@ class Deadline:
         handle, to cut that reading too. False when the call is over or on another connection."""
         if self.finished or connection is not self._connection:
             return False
+        if self._adopted is not None:
+            self._adopted.close()  # (one request, one connection: never seen, but never leaked)
         self._adopted = handle
         return True
 
