@@ -211,14 +211,22 @@ _watchdog = _Watchdog()
 
 
 class _CheckedResponse(http.client.HTTPResponse):
-    """http.client's answer, framed as urllib3 frames it where http.client is laxer: a
-    Transfer-Encoding list that ends in chunked is chunked (http.client takes only exactly
+    """http.client's answer, framed as urllib3 frames it where http.client is laxer: interim
+    answers are skipped, a Transfer-Encoding list that ends in chunked is chunked (http.client takes only exactly
     "chunked", and reads anything else to the connection's end); any other transfer coding, two
     different Content-Lengths or a chunk of negative size (read to the end, past every cap) is
     no answer."""
 
     def begin(self) -> None:
         super().begin()
+        # http.client skips a 100 Continue only. Any other interim answer (102 Processing, 103 Early
+        # Hints from a proxy) would be taken for the answer, and the real one left in the socket
+        # for the next request on this connection to read as its own: skipped too, as RFC 9110 says.
+        while 100 <= self.status < 200:
+            if self.status == 101:
+                raise http.client.HTTPException("the server switched protocols, which fs360 never asks for")
+            self.headers = self.msg = None
+            super().begin()
         codings = [c.strip().lower() for c in ",".join(self.headers.get_all("Transfer-Encoding") or ()).split(",")]
         if codings != [""] and not self.chunked:
             if codings[-1] != "chunked":

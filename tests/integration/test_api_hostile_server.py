@@ -537,6 +537,25 @@ def test_an_answer_that_cannot_be_framed_is_a_transport_error_in_plain_words(hea
     assert said in str(failed.value) and "\x1b" not in str(failed.value) and "\x07" not in str(failed.value)
 
 
+def test_an_interim_answer_is_skipped_and_never_shifts_answers_onto_the_next_request():
+    """A proxy's 103 Early Hints (or a 102) before the real answer: were it taken for the answer,
+    the real one would be read by the next request on the connection, as another file's."""
+    def respond(conn, request):
+        request.read_body()
+        file_name = request.path.rsplit("/", 1)[1]
+        size = {"a.jpg": 3, "b.jpg": 7}[file_name]
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 102 Processing\r\n\r\n"
+                     + answer(200, {"received": size, "total": size, "complete": True}))
+        return True
+
+    with RawServer(respond) as server:
+        client = make_client(server)
+        assert client.file_status("u1", "a.jpg").total == 3
+        assert client.file_status("u1", "b.jpg").total == 7
+        assert server.connections == 1
+
+
 @pytest.mark.parametrize("coding", ["chunked ", "identity, chunked", "Chunked"])
 def test_a_transfer_encoding_that_ends_in_chunked_is_read_as_chunked(coding):
     body = json.dumps({"received": 3, "total": 3, "complete": True}).encode()
