@@ -111,13 +111,15 @@ def _cache_dir(cache_dir: Path) -> Check:
 
 
 def _key(settings: Settings) -> Check:
-    client = ApiClient(settings)
+    client = None
     try:
+        client = ApiClient(settings)  # (refuses a key no request can carry)
         client.check_credentials()
     except Fs360Error as exc:
         return Check("key", False, str(exc), "check --api-url and the key (api_key_file, $FS360_API_KEY)")
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return Check("key", True, f"accepted by {settings.api_url}")
 
 

@@ -154,6 +154,9 @@ class ApiClient:
         unsafe = check_api_url(self.base_url, settings.insecure_http)
         if unsafe:
             raise SettingError(f"api_url {self.base_url}: {unsafe}")
+        unsendable = unsendable_key(settings.api_key)
+        if unsendable:
+            raise SettingError(unsendable)
         self._auth = {"Authorization": f"Bearer {settings.api_key}"}
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._deadline_floor = settings.request_deadline
@@ -455,6 +458,25 @@ class ApiClient:
         except ApiError as exc:
             if isinstance(exc, AccountError):
                 raise
+
+
+def unsendable_key(key: str) -> str:
+    """Why `key` cannot be sent as a key (never the key itself, nor a character of it that could
+    be one), or '' when it can. A key is printable ASCII without spaces; anything else was copied
+    in by accident (a zero-width space from a web page, a line break inside), and HTTP either
+    cannot carry it or the server refuses the key for a reason the user cannot see."""
+    for position, char in enumerate(key, 1):
+        if char.isascii() and char.isprintable() and char != " ":
+            continue
+        if char == " ":
+            kind = "a space"
+        elif char.isascii():
+            kind = "a control character (a line break, a tab)"
+        else:
+            kind = f"a character that is not ASCII (U+{ord(char):04X})"
+        return (f"the API key has {kind} at position {position} of its {len(key)}: no key has one; copy "
+                f"the key again from your profile page")
+    return ""
 
 
 def _file_path(upload_id: str, name: str) -> str:

@@ -31,6 +31,26 @@ def test_a_wrong_key_is_reported_before_mount_returns(tmp_path, emulator):
     assert not is_mounted(mountpoint)
 
 
+@pytest.mark.parametrize("key,said", [
+    ("sk_copied\u200b", "not ASCII (U+200B) at position 10"),  # a zero-width space from a web page
+    ("sk_two\nlines", "a control character"),
+    ("sk_with space", "a space at position 8"),
+])
+def test_a_key_no_request_can_carry_is_named_before_mount_returns(tmp_path, emulator, key, said):
+    """Before, a non-ASCII character ended the daemon with a bare 'exited (1)', and a control
+    character got the key refused by the server for a reason the user could not see."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    before = sum(emulator.stats()["requests"].values())
+    result = run_fs360("mount", str(mountpoint), "--api-url", emulator.base_url, "--cache-dir",
+                       str(tmp_path / "cache"), env={"FS360_API_KEY": key})
+    assert result.returncode == 2
+    assert said in result.stderr and "copy the key again" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and key not in result.stderr
+    assert not is_mounted(mountpoint)
+    assert sum(emulator.stats()["requests"].values()) == before  # refused before any request carried it
+
+
 def test_a_wrong_url_is_reported_before_mount_returns(tmp_path, emulator):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()

@@ -83,6 +83,15 @@ def test_a_bad_key_and_an_unwritable_cache_dir(tmp_path, emulator):
     assert "sk_wrong" not in result.stdout
 
 
+def test_a_key_no_request_can_carry_is_a_failed_check_not_a_traceback(tmp_path, emulator):
+    result = run_fs360(tmp_path, "doctor", "--api-url", emulator.base_url, "--cache-dir", str(tmp_path / "cache"),
+                       env={"FS360_API_KEY": "sk_copied\u200b"})
+    assert result.returncode == 1
+    checks = lines_of(result)
+    assert checks["key"].startswith("FAIL") and "U+200B" in checks["key"] and "fix:" in checks["key"]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_a_wrong_url(tmp_path, emulator):
     result = run_fs360(tmp_path, "doctor", "--api-url", "http://127.0.0.1:9/api/v1", "--cache-dir",
                        str(tmp_path / "cache"), env={"FS360_API_KEY": emulator.api_key})
