@@ -9,9 +9,11 @@ retry policy (`retryable`); the engine decides from the class alone.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from ..options import check_api_url
 from .pacing import Pacer
 from .retry import Backoff
 from .transport import (MAX_RESPONSE_BYTES, Answer, Channel, Exchange, PacedBody, failure_reason, is_tls_failure,
-                        peer_ended, printable)
+                        peer_ended, printable, went_through_proxy_failing)
 from .troubles import Admission, Troubles
 
 log = logging.getLogger(__name__)
@@ -174,6 +176,7 @@ class ApiClient:
         env = requests.Session().merge_environment_settings(self.base_url, {}, None, settings.ca_bundle or True, None)
         self._proxies: dict = env["proxies"]
         self._verify: bool | str = env["verify"]
+        self._proxy = _proxy_in_use(self.base_url, self._proxies)
 
     def _channel(self) -> Channel:
         channel = getattr(self._local, "channel", None)
@@ -271,6 +274,8 @@ class ApiClient:
         if is_tls_failure(exc):
             # Final at mount; while mounted retried slowly, so no file is refused for it.
             return TlsError(f"TLS verification failed for {self.base_url}: {reason}")
+        if self._proxy and went_through_proxy_failing(exc):
+            return TransportError(f"cannot reach {self._host} through the proxy {self._proxy}: {reason}")
         if connecting:
             return TransportError(f"cannot reach {self._host}: {reason}")
         return TransportError(f"{endpoint} to {self._host}: {reason}")
@@ -458,6 +463,31 @@ class ApiClient:
         except ApiError as exc:
             if isinstance(exc, AccountError):
                 raise
+
+
+def _proxy_in_use(base_url: str, proxies: dict) -> str:
+    """The proxy the environment sets for the API, as it was set but without its credentials,
+    '' for none. One no request can go through is a SettingError at once, not a transport error
+    for every request."""
+    proxy = requests.utils.select_proxy(base_url, proxies)
+    if not proxy:
+        return ""
+    shown = re.sub(r"//[^@/]*@", "//", proxy)
+    try:
+        parts = urlsplit(requests.utils.prepend_scheme_if_needed(proxy, "http"))
+        usable = bool(parts.hostname) and parts.scheme.lower() in _PROXY_SCHEMES and parts.port != 0
+    except ValueError:  # (urllib3's LocationParseError is one: a port that is not a number)
+        usable = False
+    unset = "fix or unset it (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY), or exempt the server in NO_PROXY"
+    if not usable:
+        raise SettingError(f"the proxy the environment sets for {base_url} ({shown}) is not a proxy's URL (http://HOST:PORT): {unset}")
+    if parts.scheme.lower().startswith("socks") and importlib.util.find_spec("socks") is None:
+        raise SettingError(f"the proxy the environment sets for {base_url} is a SOCKS proxy ({shown}), and fs360 "
+                           f"needs the PySocks package for one, which is not installed: install it, or {unset}")
+    return shown
+
+
+_PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
 
 
 def unsendable_key(key: str) -> str:

@@ -622,6 +622,11 @@ def is_tls_failure(exc: BaseException) -> bool:
             and not any(isinstance(c, urllib3.exceptions.ProxyError) for c in causes))
 
 
+def went_through_proxy_failing(exc: BaseException) -> bool:
+    """Whether the exchange failed on the way to or through the proxy (urllib3's ProxyError)."""
+    return any(isinstance(c, urllib3.exceptions.ProxyError) for c in _causes(exc))
+
+
 def failure_reason(exc: BaseException) -> tuple[str, bool]:
     """(what went wrong in words, whether it was before a connection existed). Nothing of it
     can carry headers, so never the key."""

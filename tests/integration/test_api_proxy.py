@@ -5,6 +5,7 @@ with its credentials, and the server gets each file whole."""
 import base64
 import hashlib
 import http.client
+import importlib.util
 import select
 import socket
 import threading
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from fs360.api.client import ApiClient
-from fs360.errors import TlsError
+from fs360.errors import SettingError, TlsError, TransportError
 
 from tests.harness import api_client_made_with, tls_emulator
 
@@ -166,3 +167,41 @@ def test_https_goes_through_the_proxys_tunnel_and_is_verified(tmp_path, monkeypa
             untrusting.close()
         server = emulator.base_url.split("//")[1].split("/")[0]
         assert proxy.seen and all(seen == ("CONNECT", server, CREDENTIALS) for seen in proxy.seen)
+
+
+# --- proxies no request can go through --------------------------------------------------------
+
+@pytest.mark.parametrize("proxy", ["http://", "proxy:3128", "ftp://127.0.0.1:3128", "http://127.0.0.1:notaport",
+                                   "http://user:s3cret@:3128"])
+def test_a_proxy_setting_that_is_not_a_proxy_is_a_setting_error_at_once(emulator, monkeypatch, proxy):
+    """Before, each request failed on it (or a bare urllib3 error escaped): the files waited on a
+    transport error that said nothing of the proxy. `proxy:3128` is what requests makes
+    `proxy:///3128` of."""
+    with pytest.raises(SettingError) as refused:
+        api_client_made_with(emulator, monkeypatch, env=dict(HTTP_PROXY=proxy))
+    said = str(refused.value)
+    assert "is not a proxy's URL (http://HOST:PORT)" in said and "NO_PROXY" in said
+    assert "s3cret" not in said
+
+
+def test_a_socks_proxy_without_pysocks_is_a_setting_error_at_once(emulator, monkeypatch):
+    if importlib.util.find_spec("socks") is not None:
+        pytest.skip("PySocks is installed here: the SOCKS proxy is usable")
+    with pytest.raises(SettingError, match=r"SOCKS proxy \(socks5://127\.0\.0\.1:1080\).*PySocks"):
+        api_client_made_with(emulator, monkeypatch, env=dict(HTTP_PROXY="socks5://user:s3cret@127.0.0.1:1080"))
+
+
+def test_a_proxy_that_cannot_be_reached_is_named_as_the_proxy_without_its_credentials(emulator, monkeypatch):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: a closed loopback port while held
+        port = closed.getsockname()[1]
+        client = api_client_made_with(emulator, monkeypatch,
+                                      env=dict(HTTP_PROXY=f"http://user:s3cret@127.0.0.1:{port}"))
+        try:
+            with pytest.raises(TransportError) as failed:
+                client.open_session()
+        finally:
+            client.close()
+    said = str(failed.value)
+    assert f"through the proxy http://127.0.0.1:{port}: connection refused" in said, said
+    assert "s3cret" not in said
