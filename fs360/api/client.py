@@ -13,7 +13,9 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -177,6 +179,9 @@ class ApiClient:
         self._proxies: dict = env["proxies"]
         self._verify: bool | str = env["verify"]
         self._proxy = _proxy_in_use(self.base_url, self._proxies)
+        unreadable = _unreadable_ca_bundle(self._verify)
+        if unreadable:
+            raise SettingError(unreadable)
 
     def _channel(self) -> Channel:
         channel = getattr(self._local, "channel", None)
@@ -485,6 +490,21 @@ def _proxy_in_use(base_url: str, proxies: dict) -> str:
         raise SettingError(f"the proxy the environment sets for {base_url} is a SOCKS proxy ({shown}), and fs360 "
                            f"needs the PySocks package for one, which is not installed: install it, or {unset}")
     return shown
+
+
+def _unreadable_ca_bundle(verify: bool | str) -> str:
+    """Why a CA bundle file holds no certificate OpenSSL can read, or ''. Left to the first
+    connection, that failed as 'TLS verification failed for <the server>', which sends the user
+    after the server's certificate. A missing one is named at each request (it may yet appear),
+    and a directory of certificates is read by OpenSSL as it needs them."""
+    if not isinstance(verify, str) or not os.path.isfile(verify):
+        return ""
+    try:
+        ssl.create_default_context(cafile=verify)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return (f"the CA bundle {verify} holds no certificate fs360 can read ({getattr(exc, 'reason', None) or exc}): "
+                f"point --ca-bundle (or REQUESTS_CA_BUNDLE) at a PEM file of CA certificates")
+    return ""
 
 
 _PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")

@@ -9,7 +9,7 @@ import pytest
 import urllib3
 
 from fs360.api.transport import Channel, is_tls_failure
-from fs360.errors import InternalError, TlsError, TransportError
+from fs360.errors import InternalError, SettingError, TlsError, TransportError
 
 from tests.harness import api_client_made_with, tls_emulator
 
@@ -61,6 +61,20 @@ def test_a_missing_ca_bundle_is_named_not_taken_for_the_servers_certificate(tmp_
         finally:
             client.close()
     assert not isinstance(info.value, TlsError) and str(missing) in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a certificate\n", b"\x30\x82\x01\x0a" + bytes(266)],
+                         ids=["empty", "text", "der-bytes"])
+def test_a_ca_bundle_without_a_readable_certificate_is_a_setting_error_not_the_servers_fault(
+        tmp_path, monkeypatch, content):
+    """Before, it failed at the first connection as 'TLS verification failed for <the server>'."""
+    _, emulator = tls_emulator(tmp_path)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(content)
+    with emulator, pytest.raises(SettingError) as refused:
+        api_client_made_with(emulator, monkeypatch, ca_bundle=str(bundle))
+    assert f"the CA bundle {bundle} holds no certificate" in str(refused.value)
+    assert "PEM file of CA certificates" in str(refused.value)
 
 
 def test_a_proxys_tls_failure_is_the_way_failing_not_the_servers_certificate():
