@@ -19,7 +19,7 @@ from .completion import DIRECTORY, FILE, MOUNTS, SHELLS, Suggested, mark
 from .config import DEFAULT_LOCAL_ONLY_PATTERNS, Settings, default_cache_dir
 from .errors import SettingError
 from .options import (MOUNT_OPTIONS, OPTIONS, PRIVACY, WEBDAV_OPTIONS, Origin, check_api_url, runtime_value,
-                      timings)
+                      timings, without_credentials)
 
 BUSY_STATES = ("writing", "closed", "pending", "uploading", "failed")
 HELPER_PATH = "/sbin/mount.fuse.fs360"
@@ -219,7 +219,8 @@ def mount_values(args, webdav: bool = False) -> tuple[dict, list[str]]:
     if values["api_url"] and not values["local"]:
         why = check_api_url(values["api_url"], values["insecure_http"])
         if why:
-            raise SettingError(f"{origins['api_url'].show(OPTIONS['api_url'], values['api_url'])}: {why}")
+            shown = without_credentials(values["api_url"])
+            raise SettingError(f"{origins['api_url'].show(OPTIONS['api_url'], shown)}: {why}")
     return values, fuse
 
 

@@ -100,6 +100,11 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def without_credentials(url: str) -> str:
+    """`url` as it may be shown: a user name and password in it left out."""
+    return re.sub(r"//[^@/]*@", "//", url)
+
+
 def check_api_url(url: str, insecure_http: bool = False) -> str:
     """Why `url` is not a usable API base URL ('' when it is). `http://` would carry the key in
     clear text: only for loopback, or with insecure_http (a test server on another machine)."""
@@ -110,6 +115,14 @@ def check_api_url(url: str, insecure_http: bool = False) -> str:
         return "not a URL"
     if parts.scheme not in ("http", "https") or not host:
         return "not an http(s) URL with a host"
+    try:
+        parts.port
+    except ValueError:
+        return "its port is not a number from 1 to 65535"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return "an API URL has no query (?...) or fragment (#...): give the API's base, as https://HOST/api/v1"
+    if parts.username is not None or parts.password is not None:
+        return "a user name or password has no place in the API URL (fs360 sends the API key): remove it"
     if parts.scheme == "http" and not insecure_http and not is_loopback_host(host):
         return "http:// would send the API key in clear text: use https://, or --insecure-http for a test server"
     return ""

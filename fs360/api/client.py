@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 import ssl
 import threading
 import time
@@ -32,7 +31,7 @@ from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSE
                       BodyTooLarge, DeadlineExceeded, Fs360Error, InternalError, MalformedResponse, RateLimited,
                       Redirected, ResponseTooLarge, ServerError, SettingError, TlsError, TransportError,
                       refusal_in_plain_words)
-from ..options import check_api_url
+from ..options import check_api_url, without_credentials
 from .pacing import Pacer
 from .retry import Backoff
 from .transport import (MAX_RESPONSE_BYTES, Answer, Channel, Exchange, PacedBody, failure_reason, is_tls_failure,
@@ -157,7 +156,7 @@ class ApiClient:
         self.base_url = settings.api_url.rstrip("/")
         unsafe = check_api_url(self.base_url, settings.insecure_http)
         if unsafe:
-            raise SettingError(f"api_url {self.base_url}: {unsafe}")
+            raise SettingError(f"api_url {without_credentials(self.base_url)}: {unsafe}")
         unsendable = unsendable_key(settings.api_key)
         if unsendable:
             raise SettingError(unsendable)
@@ -477,7 +476,7 @@ def _proxy_in_use(base_url: str, proxies: dict) -> str:
     proxy = requests.utils.select_proxy(base_url, proxies)
     if not proxy:
         return ""
-    shown = re.sub(r"//[^@/]*@", "//", proxy)
+    shown = without_credentials(proxy)
     try:
         parts = urlsplit(requests.utils.prepend_scheme_if_needed(proxy, "http"))
         usable = bool(parts.hostname) and parts.scheme.lower() in _PROXY_SCHEMES and parts.port != 0

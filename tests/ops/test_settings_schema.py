@@ -62,6 +62,12 @@ BAD_SETTINGS = [
                  ["--api-url http://scans.example.org/api/v1: http:// would send the API key in clear text"],
                  id="http-not-loopback"),
     pytest.param("", ["--api-url", "ftp://x/api"], ["--api-url ftp://x/api: not an http(s) URL"], id="ftp-url"),
+    pytest.param("", ["--api-url", "https://x.org:99999/api/v1"],
+                 ["--api-url https://x.org:99999/api/v1: its port is not a number from 1 to 65535"], id="url-port"),
+    pytest.param("", ["--api-url", "https://x.org/api/v1?lang=de"],
+                 ["--api-url https://x.org/api/v1?lang=de: an API URL has no query"], id="url-query"),
+    pytest.param("", ["--api-url", "https://me:s3cret@x.org/api/v1"],  # (the password never shown)
+                 ["--api-url https://x.org/api/v1: a user name or password has no place"], id="url-user"),
     pytest.param("", ["-o", "workers=0"], ["-o workers=0: too small"], id="o-workers-0"),
     pytest.param("", ["-o", "no_notify=maybe"], ["-o no_notify=maybe: not true or false"], id="o-bool"),
     pytest.param("", ["-o", "colour=blue"], ["-o colour: unknown option"], id="o-unknown"),
@@ -84,6 +90,7 @@ def test_every_bad_setting_is_one_line_naming_its_source(tmp_path, config, flags
     for words in said:
         assert words in lines[0], lines[0]
     assert not (tmp_path / "cache").exists(), "a refused setting must stop before anything starts"
+    assert "s3cret" not in result.stderr
 
 
 def test_doctor_names_a_bad_setting_as_its_failure(tmp_path):
