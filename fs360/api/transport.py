@@ -546,24 +546,31 @@ class _BodyDecoder:
         self.encoding = encoding
         self._zlib = zlib.decompressobj(_WBITS[encoding])
         self._started = False
+        self._members = 0  # gzip members decoded whole
+        self._done = False  # what follows the last member that decodes is dropped
 
     def decode(self, data: bytes, most: int):
         """Pieces of at most `most` bytes."""
-        while data:
+        while data and not self._done:
             try:
                 out = self._zlib.decompress(data, most)
             except zlib.error as exc:
                 if self.encoding == "deflate" and not self._started:
                     self._zlib, self._started = zlib.decompressobj(-zlib.MAX_WBITS), True
                     continue
+                if self._members:  # junk after a whole member (a newline, say): urllib3 drops it too
+                    self._done = True
+                    return
                 raise http.client.HTTPException(f"the answer's {self.encoding} body does not decode ({exc})") from None
             self._started = True
             if out:
                 yield out
             data = self._zlib.unconsumed_tail
-            if not data and self._zlib.eof and self._zlib.unused_data and self.encoding != "deflate":
-                data = self._zlib.unused_data  # the next gzip member
-                self._zlib = zlib.decompressobj(_WBITS[self.encoding])
+            if not data and self._zlib.eof:
+                self._members += 1
+                if self._zlib.unused_data and self.encoding != "deflate":
+                    data = self._zlib.unused_data  # the next gzip member
+                    self._zlib = zlib.decompressobj(_WBITS[self.encoding])
 
 
 # --- what a failed exchange says -----------------------------------------------------------------

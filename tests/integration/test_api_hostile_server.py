@@ -489,9 +489,10 @@ def _raw_deflate(data: bytes) -> bytes:
 @pytest.mark.parametrize("encoding,compress", [
     ("gzip", lambda data: zlib.compress(data, wbits=31)),
     ("gzip", lambda data: zlib.compress(data[:9], wbits=31) + zlib.compress(data[9:], wbits=31)),  # two members
+    ("gzip", lambda data: zlib.compress(data, wbits=31) + b"\n"),  # a sloppy server's newline after it
     ("deflate", zlib.compress),
     ("deflate", _raw_deflate),  # without zlib's wrapping
-], ids=["gzip", "gzip-two-members", "deflate", "raw-deflate"])
+], ids=["gzip", "gzip-two-members", "gzip-and-a-newline", "deflate", "raw-deflate"])
 def test_an_answer_compressed_though_not_asked_is_decoded(encoding, compress):
     body = compress(json.dumps({"received": 3, "total": 3, "complete": True}).encode())
     with RawServer(canned(answer(200, body, headers=[f"Content-Encoding: {encoding}"]))) as server:
