@@ -321,9 +321,8 @@ def cmd_unmount(args) -> int:
     if pid:
         _wait_pid_gone(pid, 60)
     if final is not None:
-        from rich.console import Console
-        from .status_view import needs_you_lines, wait_summary
-        console = Console(stderr=True, highlight=False)
+        from .status_view import needs_you_lines, terminal_console, wait_summary
+        console = terminal_console(stderr=True)
         for line in wait_summary(final, time.monotonic() - started):
             console.print(line, overflow="fold")
         print(f"fs360: unmounted {mountpoint}")
@@ -369,8 +368,8 @@ def cmd_status(args) -> int:
         docs = [_mount_status(m) for m in mounts] if args.mountpoint else _every_status(mounts)
         print(json.dumps(docs[0] if args.mountpoint else {"mounts": docs}, indent=2, ensure_ascii=False))
         return 0
-    from rich.console import Console
-    console = Console(highlight=False)
+    from .status_view import terminal_console
+    console = terminal_console()
     if not console.is_terminal:
         # Piped or redirected: whole names rather than a terminal's width (a COLUMNS inherited
         # from the parent, as under a test runner, says nothing of where the text goes).

@@ -19,7 +19,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .fs.status import BUSY_STATES, NEEDS_YOU_STATES, human_bytes, human_duration, natural_key, shown_state
+from .fs.status import (BUSY_STATES, NEEDS_YOU_STATES, human_bytes, human_duration, natural_key, shown_state,
+                        terminal_safe)
 
 STATE_STYLES = {"complete": "green", "uploading": "cyan", "paused": "magenta", "failed": "yellow",
                 "pending": "", "writing": "dim", "closed": "dim", "local": "dim", "in tree": "dim",
@@ -277,14 +278,34 @@ def watch(console, fetch, render, gone, interval: float) -> list[str]:
 # --- unmount --wait --------------------------------------------------------------------------
 
 
+class _TerminalSafe:
+    """A text stream that writes what rich draws with names' terminal-unsafe characters escaped
+    (fs.status.terminal_safe): a folder or file name is the user's, or an archive's (unzip into
+    the mount), and must not act on the terminal. rich's own escape sequences are C0, untouched."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(terminal_safe(text))
+
+    def __getattr__(self, name):  # flush, isatty, fileno, encoding: the stream's own
+        return getattr(self._stream, name)
+
+
+def terminal_console(stderr: bool = False):
+    """The rich Console of the CLI's views: to stdout or stderr, names made terminal-safe."""
+    from rich.console import Console
+    return Console(file=_TerminalSafe(sys.stderr if stderr else sys.stdout), highlight=False)
+
+
 def wait_for_queue(fetch, timeout: float | None) -> dict | None:
     """Waits until no file is on its way (`fetch()` gives the mount's snapshot), drawing one line
     that fits the terminal (a line when it changes, at most every 2 s, when stderr is not one);
     returns the last snapshot, or None past `timeout`."""
-    from rich.console import Console
     from rich.live import Live
     deadline = None if timeout is None else time.monotonic() + timeout
-    console = Console(stderr=True, highlight=False)
+    console = terminal_console(stderr=True)
     interactive = console.is_terminal
     last_printed = ""
     with Live(console=console, auto_refresh=False, transient=True) if interactive else _Nothing() as live:
@@ -294,7 +315,7 @@ def wait_for_queue(fetch, timeout: float | None) -> dict | None:
             if live is not None:
                 live.update(line, refresh=True)
             elif line.plain != last_printed:
-                print(line.plain, file=sys.stderr, flush=True)
+                print(terminal_safe(line.plain), file=sys.stderr, flush=True)
                 last_printed = line.plain
             if not any(doc["totals"]["by_state"].get(state) for state in BUSY_STATES):
                 return doc

@@ -37,6 +37,17 @@ SCHEMA_VERSION = 1
 
 _DIGIT_RUNS = re.compile(r"(\d+)")
 
+# Characters a name may hold (the mount takes any but C0 controls) that a terminal acts on or that
+# change what a line seems to say: C1 controls (U+009B is a CSI to some terminals: a name could
+# move the cursor or recolour `fs360 status`), bidirectional overrides and isolates (a name that
+# reads "exe.jpg" backwards), zero-width characters. Text for people shows them escaped.
+_TERMINAL_UNSAFE = re.compile("[\x80-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every character of _TERMINAL_UNSAFE shown as its escape (U+202E as \\u202e)."""
+    return _TERMINAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
 
 @functools.lru_cache(maxsize=1 << 14)
 def natural_key(name: str) -> tuple:
@@ -309,7 +320,7 @@ def render_text(snapshot: dict) -> bytes:
         if f["error"]:
             retry = f", retry {f['attempts']} in {f['next_attempt_in']}s" if f["next_attempt_in"] is not None else ""
             lines.append(f"      {'why' if f['state'] in NEEDS_YOU_STATES else 'error'}: {f['error']}{retry}")
-    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+    return (terminal_safe("\n".join(lines)) + "\n").encode("utf-8", "surrogateescape")
 
 
 def render_root(snapshots: list[dict]) -> bytes:
@@ -325,7 +336,7 @@ def render_root(snapshots: list[dict]) -> bytes:
             what = f"  project {project['name'] or '(waiting)'} {project['status']}%"
         lines.append(f"{snap['session']}: {totals['complete']}/{totals['files']} files complete, "
                      f"{human_bytes(totals['sent'])}/{human_bytes(totals['bytes'])}{what}")
-    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+    return (terminal_safe("\n".join(lines)) + "\n").encode("utf-8", "surrogateescape")
 
 
 SESSION_RENDERERS = {"status": render_text, "status.json": render_json}

@@ -65,6 +65,25 @@ def test_unmount_wait_with_a_refused_exe_exits_3_and_names_it(mount):
     assert not is_mounted(mount.mountpoint)
 
 
+def test_names_that_would_act_on_a_terminal_are_escaped_in_every_view(mount):
+    """Names from an archive unzipped into the mount are not the user's to vet: a C1 CSI or a
+    right-to-left override in one must not reach the terminal through `fs360 status` or
+    `cat status` (status.json keeps the name as written)."""
+    session = mount.mountpoint / "Survey"
+    session.mkdir()
+    names = ("a\u009b2J.jpg", "b\u202egpj.exe.jpg")
+    for name in names:
+        write_random(session / name, 1000)
+    mount.wait_settled("Survey")
+    shown = run_fs360("status", "--files", str(mount.mountpoint))
+    assert shown.returncode == 0, shown.stderr
+    text = (session / "status").read_text()
+    for view in (shown.stdout, text):
+        assert "\u009b" not in view and "\u202e" not in view
+        assert "a\\u009b2J.jpg" in view and "b\\u202egpj.exe.jpg" in view, view
+    assert {f["name"] for f in status_doc(mount.mountpoint)["sessions"][0]["files"]} == set(names)
+
+
 # --- the --watch view in tmux -----------------------------------------------------------------
 
 

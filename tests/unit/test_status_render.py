@@ -89,3 +89,20 @@ def test_status_json_is_the_snapshot_wherever_the_file_list_stands():
                      {"a": 1, "files": [{"name": "x"}]},
                      {"a": "\0files\0", "files": [{"name": "x"}]}):
         assert json.loads(status.render_json(snapshot)) == snapshot
+
+
+def test_names_that_would_act_on_a_terminal_are_shown_escaped_and_status_json_keeps_them():
+    """A C1 control (U+009B is a CSI to some terminals), a right-to-left override (a name that
+    reads "exe.jpg" backwards), a zero-width space: escaped in the text; any other character as
+    it is; status.json as written (JSON escapes what it must)."""
+    made = records(3)
+    made[0].name = "a\u009b31mRED.jpg"
+    made[1].name = "b\u202egpj.exe.jpg"
+    made[2].name = "Фото\u200b 中 é.jpg"
+    snapshot = status.snapshot_of(capture_of(made))
+    text = status.render_text(snapshot).decode()
+    for raw, shown in (("\u009b", "\\u009b"), ("\u202e", "\\u202e"), ("\u200b", "\\u200b")):
+        assert raw not in text and shown in text
+    assert "Фото\\u200b 中 é.jpg" in text
+    assert {f["name"] for f in json.loads(status.render_json(snapshot))["files"]} == {f.name for f in made}
+    assert status.terminal_safe("plain, ß and 中文 ✓") == "plain, ß and 中文 ✓"
