@@ -241,6 +241,14 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class TerminalSafeFormatter(logging.Formatter):
+    """Log lines with names' terminal-unsafe characters escaped (fs.status.terminal_safe): the log
+    is read with `tail -f`, and a file's name goes into its lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return status_files.terminal_safe(super().format(record))
+
+
 def setup_logging(settings: Settings, level: str, to_stderr: bool) -> None:
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
@@ -254,7 +262,7 @@ def setup_logging(settings: Settings, level: str, to_stderr: bool) -> None:
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     secret_filter = SecretFilter(settings.api_key)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    formatter = TerminalSafeFormatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(secret_filter)

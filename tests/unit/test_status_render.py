@@ -106,3 +106,10 @@ def test_names_that_would_act_on_a_terminal_are_shown_escaped_and_status_json_ke
     assert "Фото\\u200b 中 é.jpg" in text
     assert {f["name"] for f in json.loads(status.render_json(snapshot))["files"]} == {f.name for f in made}
     assert status.terminal_safe("plain, ß and 中文 ✓") == "plain, ß and 中文 ✓"
+
+
+def test_log_lines_show_such_names_escaped():
+    import logging
+    from fs360.daemon import TerminalSafeFormatter
+    record = logging.LogRecord("fs360", logging.INFO, __file__, 1, "uploaded %s/%s", ("Survey", "a\u009b2J.jpg"), None)
+    assert TerminalSafeFormatter("%(message)s").format(record) == "uploaded Survey/a\\u009b2J.jpg"
