@@ -281,13 +281,14 @@ def watch(console, fetch, render, gone, interval: float) -> list[str]:
 class _TerminalSafe:
     """A text stream that writes what rich draws with names' terminal-unsafe characters escaped
     (fs.status.terminal_safe): a folder or file name is the user's, or an archive's (unzip into
-    the mount), and must not act on the terminal. rich's own escape sequences are C0, untouched."""
+    the mount), and must not act on the terminal. rich's own escape sequences are C0, untouched
+    (the daemon's snapshot already escaped the C0 controls a server's strings may hold)."""
 
     def __init__(self, stream):
         self._stream = stream
 
     def write(self, text: str) -> int:
-        return self._stream.write(terminal_safe(text))
+        return self._stream.write(terminal_safe(text, styled=True))
 
     def __getattr__(self, name):  # flush, isatty, fileno, encoding: the stream's own
         return getattr(self._stream, name)

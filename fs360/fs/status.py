@@ -37,16 +37,21 @@ SCHEMA_VERSION = 1
 
 _DIGIT_RUNS = re.compile(r"(\d+)")
 
-# Characters a name may hold (the mount takes any but C0 controls) that a terminal acts on or that
-# change what a line seems to say: C1 controls (U+009B is a CSI to some terminals: a name could
-# move the cursor or recolour `fs360 status`), bidirectional overrides and isolates (a name that
-# reads "exe.jpg" backwards), zero-width characters. Text for people shows them escaped.
-_TERMINAL_UNSAFE = re.compile("[\x80-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+# Characters that a terminal acts on or that change what a line seems to say. A name may hold
+# any but C0 controls: C1 controls (U+009B is a CSI to some terminals: a name could move the
+# cursor or recolour `fs360 status`), bidirectional overrides and isolates (a name that reads
+# "exe.jpg" backwards), zero-width characters. What a server sends (a project's name) may hold
+# C0 controls too. Text for people shows each escaped; a line break stays one.
+_DECEPTIVE = "\x80-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff"
+_UNSAFE_IN_TEXT = re.compile(f"[\x00-\x09\x0b-\x1f\x7f{_DECEPTIVE}]")
+# rich's own output: its styling is C0 (ESC sequences, carriage returns), what it draws of names is not.
+_UNSAFE_IN_STYLED = re.compile(f"[{_DECEPTIVE}]")
 
 
-def terminal_safe(text: str) -> str:
-    """`text` with every character of _TERMINAL_UNSAFE shown as its escape (U+202E as \\u202e)."""
-    return _TERMINAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+def terminal_safe(text: str, styled: bool = False) -> str:
+    """`text` with every such character shown as its escape (U+202E as \\u202e); `styled`: text
+    rich has styled, whose C0 controls are its own."""
+    return (_UNSAFE_IN_STYLED if styled else _UNSAFE_IN_TEXT).sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -118,7 +123,7 @@ def snapshot_of(capture: dict, rates: RateBook | None = None) -> dict:
     totals = _totals(uploadable, session_rate)
     return {
         "session": capture["session"],
-        "upload_id": capture["upload_id"],
+        "upload_id": terminal_safe(capture["upload_id"]) if capture["upload_id"] else capture["upload_id"],
         "expires_at": _iso(capture["expires_at"]) if capture["expires_at"] else None,
         "sealed": capture["sealed"],
         "files": files,
@@ -144,9 +149,10 @@ def _project_info(capture: dict) -> dict | None:
         errors = record.get("errors")
         project_info = {
             "state": project["state"],
-            "name": project["name"],
+            # The server's: shown, so made safe for a terminal (the registry keeps it as sent).
+            "name": terminal_safe(project["name"]) if project["name"] else project["name"],
             "status": project["status"],
-            "url": project_page(capture["api_url"], project["name"])
+            "url": terminal_safe(project_page(capture["api_url"], project["name"]))
             if project["name"] and project["state"] == P_READY else None,
             "error": project["error"] or None,
             "waiting_for": capture["notice"] or None,

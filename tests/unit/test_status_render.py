@@ -113,3 +113,17 @@ def test_log_lines_show_such_names_escaped():
     from fs360.daemon import TerminalSafeFormatter
     record = logging.LogRecord("fs360", logging.INFO, __file__, 1, "uploaded %s/%s", ("Survey", "a\u009b2J.jpg"), None)
     assert TerminalSafeFormatter("%(message)s").format(record) == "uploaded Survey/a\\u009b2J.jpg"
+
+
+def test_what_a_server_sent_is_shown_with_its_control_characters_escaped():
+    """A project's name and an upload id come from the server: a broken or hostile one holding an
+    ESC sequence must not reach a terminal through `cat status` or `fs360 status`."""
+    capture = capture_of(records(1))
+    capture["upload_id"] = "u1\x1b]0;owned\x07"
+    capture["project"] = {"state": "ready", "name": "p\x1b[2Jx", "status": 100, "error": "", "record": {},
+                          "options": {}}
+    snapshot = status.snapshot_of(capture)
+    text = status.render_text(snapshot).decode()
+    assert "\x1b" not in text and "\x07" not in text
+    assert "u1\\u001b]0;owned\\u0007" in text and "p\\u001b[2Jx" in text
+    assert "\x1b" not in status.render_json(snapshot).decode("unicode_escape")
