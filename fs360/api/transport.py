@@ -397,6 +397,7 @@ class Channel:
         self._target_prefix = self._adapter.request_url(self._base, proxies).rstrip("/")
         self._direct = requests.utils.select_proxy(base_url, proxies) is None
         self._connection = None  # the direct path's one keep-alive connection
+        self._send_broke = False  # the last request's body did not all go (see _send_direct)
 
     def target(self, path: str) -> str:
         """The request target of API path `path` ("/uploads/...")."""
@@ -430,21 +431,27 @@ class Channel:
             # Made by the pool (its private maker: urllib3 is pinned): TLS verification and the CA
             # bundle as requests set them on the pool.
             connection = self._connection = self._pool._new_conn()
-        elif connection.sock is not None and not connection.is_connected:
+        elif connection.sock is not None and (self._send_broke or not connection.is_connected):
             connection.close()
         connection.timeout = timeout[0]
         connection.report_to_deadline()
         if connection.sock is None:
             connection.connect()
         connection.sock.settimeout(timeout[0])
+        broken = False
         try:
             http.client.HTTPConnection.request(connection, method, target, body=data, headers=headers)
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                 raise
+            broken = True
         if connection.sock is not None:
             connection.sock.settimeout(timeout[1])
-        return http.client.HTTPConnection.getresponse(connection)
+        response = http.client.HTTPConnection.getresponse(connection)
+        # Part of this body never went: the connection carries no other request, whatever the
+        # answer says. Closed before the next one (closing it now would close this answer too).
+        self._send_broke = broken
+        return response
 
     def close(self) -> None:
         if self._connection is not None:
