@@ -316,7 +316,7 @@ def wait_for_queue(fetch, timeout: float | None) -> dict | None:
             if live is not None:
                 live.update(line, refresh=True)
             elif line.plain != last_printed:
-                print(terminal_safe(line.plain), file=sys.stderr, flush=True)
+                print(line.plain, file=console.file, flush=True)  # (its stream makes names safe)
                 last_printed = line.plain
             if not any(doc["totals"]["by_state"].get(state) for state in BUSY_STATES):
                 return doc

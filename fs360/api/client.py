@@ -157,7 +157,7 @@ class ApiClient:
         unsafe = check_api_url(self.base_url, settings.insecure_http)
         if unsafe:
             raise SettingError(f"api_url {without_credentials(self.base_url)}: {unsafe}")
-        unsendable = unsendable_key(settings.api_key)
+        unsendable = _unsendable_key(settings.api_key)
         if unsendable:
             raise SettingError(unsendable)
         self._auth = {"Authorization": f"Bearer {settings.api_key}"}
@@ -509,7 +509,7 @@ def _unreadable_ca_bundle(verify: bool | str) -> str:
 _PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
 
 
-def unsendable_key(key: str) -> str:
+def _unsendable_key(key: str) -> str:
     """Why `key` cannot be sent as a key (never the key itself, nor a character of it that could
     be one), or '' when it can. A key is printable ASCII without spaces; anything else was copied
     in by accident (a zero-width space from a web page, a line break inside), and HTTP either

@@ -66,7 +66,7 @@ class SessionTree:
 
     def __init__(self, engine, local_only_patterns: tuple[str, ...]):
         self.engine = engine
-        self.local_only_patterns = local_only_patterns
+        self.local_only_patterns = tuple(local_only_patterns)  # (names.py caches a matcher per tuple)
         # Files unlinked while open, under the name libfuse gave them: (session id, name) -> record.
         self.hidden: dict[tuple[int, str], FileRecord] = {}
         # Folders: session id -> path inside the session -> folder.
