@@ -26,7 +26,7 @@ from fs360.api.client import CREDENTIAL_CHECK_ATTEMPTS, MAX_RETRY_AFTER, ApiClie
 from fs360.api.transport import BODY_PIECE, MAX_RESPONSE_BYTES
 from fs360.config import Settings
 from fs360.engine.gate import TransferGate
-from tests.harness import self_signed_certificate
+from tests.harness import self_signed_certificate, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -466,9 +466,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused():
     with RawServer(respond) as server:
         client = make_client(server)
         client.file_status("u1", "a.jpg")
-        deadline = time.monotonic() + 10
-        while not closed_by_peer(server.port) and time.monotonic() < deadline:
-            time.sleep(0.01)  # until the server's close has reached this end
+        wait_until(lambda: closed_by_peer(server.port), 30, 0.01, what="the server's close to reach this end")
         client.file_status("u1", "a.jpg")
         assert server.connections == 2 and len(server.requests) == 2
 
