@@ -175,3 +175,22 @@ def test_a_name_refused_at_create_says_why_in_status(idle):
                                         "allowed: jpg, e57: rename it to a type the server takes, or keep it "
                                         "out of the session"}]
     assert "refused   setup.exe: the server does not take .exe files" in read_all(idle, "/s/status").decode()
+
+
+def test_the_scratch_patterns_joined_into_one_expression_answer_as_fnmatchcase_each():
+    """names.is_local_only matches every pattern at once: it must say what fnmatchcase of each
+    would say, for the defaults and for patterns a user writes (classes, ?, regex characters)."""
+    import fnmatch
+    import itertools
+    from fs360.config import DEFAULT_LOCAL_ONLY_PATTERNS
+    from fs360.fs.names import is_local_only
+    patterns = DEFAULT_LOCAL_ONLY_PATTERNS + ("[!a]?.bak", "a|b.jpg", "(x).*", "*.[Jj][Pp][Gg].old", "+plus*")
+    stems = ["a", "b", "x", "(x)", "a|b", "+plus", "~$doc", "Thumbs", "data", "ab", "é", "a\nb", "$", ""]
+    ends = ["", ".jpg", ".part", ".tmp", "~", ".swp", ".db", "-journal", ".bak", ".JPG.old", ".db-wal", ".ini"]
+    for stem, end in itertools.product(stems, ends):
+        name = stem + end
+        if not name or name.startswith(".") or name == ".create":
+            continue
+        expected = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        assert is_local_only(name, patterns) == expected, name
+        assert is_local_only(name, ()) is False
