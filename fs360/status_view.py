@@ -39,6 +39,19 @@ FIXED_WIDTHS = {"Files": 7, "State": 11, "Sent": 13, "Rate": 8, "ETA": 6, "Proje
 FILE_BARS_FROM = 120
 
 
+def displayable(doc):
+    """A snapshot with every string made terminal-safe (fs.status.terminal_safe) before any view
+    lays it out: a name's escapes (a right-to-left override shown as \\u202e) then count in the
+    widths rich measures, and its row keeps to its columns."""
+    if isinstance(doc, str):
+        return terminal_safe(doc)
+    if isinstance(doc, dict):
+        return {key: displayable(value) for key, value in doc.items()}
+    if isinstance(doc, list):
+        return [displayable(value) for value in doc]
+    return doc
+
+
 def _table(columns: list[str], rows: list[list], width: int) -> Table:
     """A table exactly as wide as `width` allows: the fixed columns keep their width, the others
     (names, reasons) share the rest, each up to what its longest cell needs, the first one (the
@@ -127,7 +140,7 @@ def mount_header(doc: dict) -> Text:
 def summary_view(docs: list[dict], width: int = 200) -> Table:
     """`fs360 status`: one row per mount."""
     rows = []
-    for doc in sorted(docs, key=lambda d: natural_key(d["mountpoint"])):
+    for doc in sorted(map(displayable, docs), key=lambda d: natural_key(d["mountpoint"])):
         if "error" in doc:
             rows.append([doc["mountpoint"], "", "", "", "", "", Text("not answering", style="bold red")])
             continue
@@ -168,6 +181,7 @@ def _fit(rows: list, height: int | None, key=None) -> tuple[list, int]:
 
 def sessions_view(doc: dict, height: int | None = None, width: int = 200) -> Group:
     """`fs360 status MOUNTPOINT`: the mount's line, one row per session, then what needs the user."""
+    doc = displayable(doc)
     problems = needs_you_lines(doc)
     links = [Text.assemble("  ", (s["session"], "bold"), " → ", s["project"]["url"])
              for s in doc["sessions"] if s["project"] and s["project"].get("url")]
@@ -221,6 +235,7 @@ def needs_you_lines(doc: dict) -> list[Text]:
 
 def files_view(doc: dict, height: int | None = None, width: int = 200) -> Group:
     """`fs360 status --files MOUNTPOINT`: one row per file, sessions in turn."""
+    doc = displayable(doc)
     wide = width >= FILE_BARS_FROM
     below = [] if wide else retrying_lines(doc) + needs_you_lines(doc)
     entries = [(s, f) for s in doc["sessions"] for f in s["files"]]
@@ -281,8 +296,9 @@ def watch(console, fetch, render, gone, interval: float) -> list[str]:
 class _TerminalSafe:
     """A text stream that writes what rich draws with names' terminal-unsafe characters escaped
     (fs.status.terminal_safe): a folder or file name is the user's, or an archive's (unzip into
-    the mount), and must not act on the terminal. rich's own escape sequences are C0, untouched
-    (the daemon's snapshot already escaped the C0 controls a server's strings may hold)."""
+    the mount), and must not act on the terminal. The views escape their snapshots before the
+    layout (`displayable`); this catches any other text printed through the console. rich's own
+    escape sequences are C0, untouched."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -303,7 +319,7 @@ def terminal_console(stderr: bool = False):
 def wait_for_queue(fetch, timeout: float | None) -> dict | None:
     """Waits until no file is on its way (`fetch()` gives the mount's snapshot), drawing one line
     that fits the terminal (a line when it changes, at most every 2 s, when stderr is not one);
-    returns the last snapshot, or None past `timeout`."""
+    returns the last snapshot (displayable), or None past `timeout`."""
     from rich.live import Live
     deadline = None if timeout is None else time.monotonic() + timeout
     console = terminal_console(stderr=True)
@@ -311,7 +327,7 @@ def wait_for_queue(fetch, timeout: float | None) -> dict | None:
     last_printed = ""
     with Live(console=console, auto_refresh=False, transient=True) if interactive else _Nothing() as live:
         while True:
-            doc = fetch()
+            doc = displayable(fetch())
             line = wait_line(doc, console.width)
             if live is not None:
                 live.update(line, refresh=True)

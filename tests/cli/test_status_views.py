@@ -71,7 +71,7 @@ def test_names_that_would_act_on_a_terminal_are_escaped_in_every_view(mount):
     `cat status` (status.json keeps the name as written)."""
     session = mount.mountpoint / "Survey"
     session.mkdir()
-    names = ("a\u009b2J.jpg", "b\u202egpj.exe.jpg")
+    names = ("a\u009b2J.jpg", "b\u202egpj.exe.jpg", "c.jpg")
     for name in names:
         write_random(session / name, 1000)
     mount.wait_settled("Survey")
@@ -81,6 +81,9 @@ def test_names_that_would_act_on_a_terminal_are_escaped_in_every_view(mount):
     for view in (shown.stdout, text):
         assert "\u009b" not in view and "\u202e" not in view
         assert "a\\u009b2J.jpg" in view and "b\\u202egpj.exe.jpg" in view, view
+    # The escapes are laid out as the names' text: every row's state starts in one column.
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("Survey/")]
+    assert len(rows) == 3 and len({row.index(" complete") for row in rows}) == 1, shown.stdout
     assert {f["name"] for f in status_doc(mount.mountpoint)["sessions"][0]["files"]} == set(names)
 
 
