@@ -167,6 +167,16 @@ class _Watchdog:
         self._heap: list[tuple[float, int, Deadline]] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ends the thread (a test's own watchdog; the process's one lives as long as it)."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
     def watch(self, deadline: Deadline) -> None:
         with self._wake:
@@ -180,9 +190,10 @@ class _Watchdog:
                 # request (one or more per file) cost a context switch each.
                 self._wake.notify()
 
-    def _next_expired(self) -> Deadline:
+    def _next_expired(self) -> Deadline | None:
+        """The next deadline to cut; None once stopped."""
         with self._wake:
-            while True:
+            while not self._stopping:
                 while self._heap and self._heap[0][2].finished:
                     heapq.heappop(self._heap)
                 if not self._heap:
@@ -197,10 +208,10 @@ class _Watchdog:
                         continue
                     return deadline
                 self._wake.wait(wait)
+            return None
 
     def _run(self) -> None:
-        while True:
-            deadline = self._next_expired()
+        while (deadline := self._next_expired()) is not None:
             try:
                 deadline.expire()
             except Exception:  # the one watchdog must outlive any surprise
