@@ -78,10 +78,16 @@ class File:
     unfinished_state: str = INTERRUPTED
     # D "The commit point": closed, its writers' exits awaited (`closed`); `unknown_writer`: one of
     # them is unknown (a rename or a truncate by path), so only the delay commits it, and an
-    # append does not make an unfinished file whole; `completing`: this writing began unfinished.
+    # append does not make an unfinished file whole; `completing`: this writing, at its last
+    # close, wrote the file to its end in one run from byte 0 or from the size at its first open
+    # (`run`: that run as (from, to), None before its first write, False once it is not one run),
+    # and no writer of it failed (`writing_failed`).
     awaiting: bool = False
     unknown_writer: bool = False
     completing: bool = False
+    run: object = None
+    opened_size: int = 0
+    writing_failed: bool = False
     handles: set = field(default_factory=set)
     # Unlinked while open: libfuse renamed it to this .fuse_hidden name (D "A file unlinked
     # while open"); the name goes at its last close.
@@ -146,6 +152,25 @@ class File:
     def fail(self, state: str) -> None:
         """This writing failed (registry.writer_failed_locked)."""
         self.unfinished, self.unfinished_state, self.completing = True, state, False
+        self.writing_failed = True
+
+    def wrote(self, offset: int, end: int) -> None:
+        """D "Unfinished files": the writing's run goes on while each write starts within it."""
+        if self.run is False:
+            return
+        if self.run is None:
+            self.run = (offset, end) if offset in (0, self.opened_size) else False
+        elif self.run[0] <= offset <= self.run[1]:
+            self.run = (self.run[0], max(self.run[1], end))
+        else:
+            self.run = False
+
+    def cut(self, length: int) -> None:
+        """A truncate to `length` during a writing: the run still ends the file only if the cut falls in it."""
+        if length == 0:
+            self.run = (0, 0)
+        elif self.writers and self.run is not False:
+            self.run = (self.run[0], length) if self.run and self.run[0] <= length <= self.run[1] else False
 
 
 @dataclass(eq=False)
@@ -319,7 +344,9 @@ class Reference:
         if truncate and f.size:  # model._open_file_locked truncates the spool when the size is not 0
             f.data, f.crashed_size = bytearray(), None
         if not f.writers:
-            f.completing = f.unfinished  # D: writers that append and exit 0 make it whole
+            # D: a writing that writes it to its end in one run from byte 0 or from its end, by
+            # writers that exit 0, makes it whole (known at its last close: `wrote`, `cut`).
+            f.completing, f.run, f.opened_size, f.writing_failed = False, None, len(f.data), False
             f.unknown_writer = False     # this writing's writers decide
         return self._handle(f, True, append)
 
@@ -354,6 +381,7 @@ class Reference:
         if h.append:
             offset = len(f.data)
         end = offset + len(data)
+        f.wrote(offset, end)
         if end > len(f.data):
             f.data.extend(b"\0" * (end - len(f.data)))
         f.data[offset:end] = data
@@ -380,6 +408,7 @@ class Reference:
             del f.data[length:]
         else:
             f.data.extend(b"\0" * (length - len(f.data)))
+        f.cut(length)
         f.journaled, f.crashed_size = length, None
         f.unfinished_in_state_only = False  # model.truncate: "still partial", from last_error
         if length == 0:
@@ -404,6 +433,8 @@ class Reference:
                 c.differs = True
                 return errno.EACCES  # D: "at close, a rewrite from byte 0 must have the same size and sha256"
             return 0
+        if h.writable and not f.writers:
+            f.completing = not f.writing_failed and bool(f.run) and f.run[1] >= len(f.data)
         if writer_died and h.writable:
             f.fail(INTERRUPTED)  # D "Unfinished files": killed by a signal with the file open
         if h.writable:

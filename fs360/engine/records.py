@@ -32,6 +32,9 @@ STOPPED_BEFORE_COMMIT = ("the mount stopped before the program that wrote it had
                          "copy it again, or run `fs360 release` on it if you know it is whole")
 # Not whole, or not known to be: never uploaded as they are (their reason is `unfinished`).
 UNFINISHED_STATES = (INTERRUPTED, HELD)
+# FileRecord.written_from of a writing whose writes were not one run from its start (a touch
+# with no write is not one either: it has none).
+WRITES_SPOILED = -2
 
 # Project request states.
 P_WAITING, P_CREATED, P_READY, P_FAILED = "waiting", "created", "ready", "failed"
@@ -103,12 +106,29 @@ class FileRecord:
     writer_unknown: bool = False
     closed_at: float = 0.0
     writer_failure: str = ""
-    # The file was unfinished when this writing began (an append to a partial file).
+    # Whether this writing, once closed, makes the file whole whatever came before: its writes ran
+    # front to back, without a gap, from byte 0 or from the size at its first open (an append)
+    # to the file's end (see registry_files.note_written_locked). Known at its last close.
     completing: bool = False
+    # This writing's run of writes: from `written_from` (-1: none yet, WRITES_SPOILED: not one
+    # run) to `written_to`; `opened_size`, the size at its first open.
+    written_from: int = -1
+    written_to: int = 0
+    opened_size: int = 0
+    # The writers of an earlier writing whose exits were still awaited when this one began, as
+    # `writers`; `earlier_failure`: why one of them failed. An earlier writer that fails leaves the
+    # file `held` unless this writing makes it whole (a touch never does).
+    earlier_writers: dict | None = None
+    earlier_failure: str = ""
     # The content digest of the spool content while it was written front to back (spool.RunningDigest).
     digest: "RunningDigest | None" = None
     # Last change of metadata or content (chmod, chown, rename, write); not journaled.
     ctime_ns: int = 0
+
+    def awaits(self, tgid: int) -> bool:
+        """Whether the exit of process `tgid` is awaited for this file (a writer of this writing or
+        of an earlier one)."""
+        return bool(self.writers and tgid in self.writers or self.earlier_writers and tgid in self.earlier_writers)
 
     @property
     def in_tree(self) -> bool:

@@ -182,8 +182,9 @@ class RegistryState:
     def _rest_unfinished_locked(self, record: FileRecord) -> None:
         """Not whole (interrupted) or not known to be (held): never uploaded as it is."""
         record.generation += 1
-        record.writers = None
+        record.writers = record.earlier_writers = None
         record.writer_unknown = False
+        record.earlier_failure = ""
         self.set_state_locked(record, record.unfinished_state, size=record.size, mtime_ns=record.mtime_ns,
                               last_error=record.unfinished)
         log.warning("%s: not uploaded: %s", record.name, record.unfinished)

@@ -25,12 +25,14 @@ class CommitPoint(RegistryState):
         """Closed by its last writer (or a closed scratch file renamed to its final name): it is
         committed once its writers (`record.writers`, filled by the path model) have exited 0,
         or when the write-back delay has passed."""
-        if record.writers or record.writer_unknown:
+        if record.writers or record.earlier_writers or record.writer_unknown:
             record.generation += 1
-            # The writers go to the journal in their text form (memory keeps them as a dict).
+            # The writers go to the journal in their text form (memory keeps them as a dict). After
+            # a restart an earlier writer counts as this writing's: its failure holds the file.
             self.journal.update_file(record.id, state=CLOSED, size=record.size, mtime_ns=record.mtime_ns,
                                      last_error="", attempts=0, unfinished=record.unfinished,
-                                     writers=writers_text(record.writers))
+                                     writers=writers_text({**(record.earlier_writers or {}),
+                                                           **(record.writers or {})}))
             record.state, record.last_error, record.attempts = CLOSED, "", 0
             self._schedule_commit(record, self.settings.writeback_delay)
         else:
@@ -39,8 +41,9 @@ class CommitPoint(RegistryState):
     def commit_locked(self, record: FileRecord, succeeded: bool) -> None:
         """The commit point is reached: `succeeded`, every writer exited 0 (which also makes an
         unfinished file it appended to whole); otherwise the write-back delay passed."""
-        record.writers = None
+        record.writers = record.earlier_writers = None
         record.writer_unknown = False
+        record.earlier_failure = ""
         if record.unfinished and not succeeded:
             self._rest_unfinished_locked(record)
             return
@@ -58,7 +61,7 @@ class CommitPoint(RegistryState):
     def writer_unknown_locked(record: FileRecord, tgid: int | None = None) -> None:
         """A writer of `record` cannot be watched (no pid, no watch), or process `tgid` ended with
         an unknown status: only the write-back delay commits the file."""
-        if tgid is None or (record.writers and tgid in record.writers):
+        if tgid is None or record.awaits(tgid):
             record.writer_unknown = True
 
     def writer_exited_locked(self, record: FileRecord, tgid: int, failure: str) -> None:
@@ -67,15 +70,27 @@ class CommitPoint(RegistryState):
         was_writer = record.writers is not None and tgid in record.writers
         if was_writer:
             del record.writers[tgid]
-        if not was_writer or record.id not in self._files or record.unlinked:
+        was_earlier = record.earlier_writers is not None and tgid in record.earlier_writers
+        if was_earlier:
+            del record.earlier_writers[tgid]
+        if not (was_writer or was_earlier) or record.id not in self._files or record.unlinked:
             return
         if failure:
             if record.local_only and time.monotonic() - record.closed_at > self.settings.writeback_delay:
                 return  # a scratch file closed long before: a later failure says nothing of it
+            if not was_writer:
+                # What came before this writing may be partial: held, unless this writing wrote
+                # the file whole (known at its last close, see close_writer_locked).
+                if record.open_writers:
+                    record.earlier_failure = record.earlier_failure or failure
+                    return
+                if record.completing:
+                    return
             self.writer_failed_locked(record, failure, HELD)
             if record.state == CLOSED:
                 self._rest_unfinished_locked(record)
-        elif record.state == CLOSED and not record.writers and not record.writer_unknown:
+        elif record.state == CLOSED and not record.writers and not record.earlier_writers \
+                and not record.writer_unknown:
             self.commit_locked(record, succeeded=True)
 
     def writer_failed_locked(self, record: FileRecord, reason: str, state: str) -> None:

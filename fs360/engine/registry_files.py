@@ -7,8 +7,9 @@ import logging
 import os
 import time
 
-from .records import (COMPLETE, INTERRUPTED, IN_TREE, LOCAL, PENDING, QUEUED_STATES,
-                      STOPPED_WHILE_WRITING, UNFINISHED_STATES, UPLOADING, WRITING, FileRecord, SessionRecord)
+from .records import (COMPLETE, HELD, INTERRUPTED, IN_TREE, LOCAL, PENDING, QUEUED_STATES,
+                      STOPPED_WHILE_WRITING, UNFINISHED_STATES, UPLOADING, WRITES_SPOILED, WRITING, FileRecord,
+                      SessionRecord)
 from .registry_base import RegistryState
 from .content_digest import is_legacy_digest
 from .spool import RunningDigest
@@ -89,11 +90,20 @@ class FileWriters(RegistryState):
         elif record.state in UNFINISHED_STATES and not record.unfinished:
             self.set_unfinished_locked(record, record.last_error or "an earlier write of this file did not finish")
         if first_writer:
-            # Appending to an unfinished file may finish it: a writer that then exits 0 makes it whole.
-            record.completing = bool(record.unfinished)
+            # A writing makes an unfinished file whole only if it writes it to its end in one run
+            # from byte 0 or from its end now (rsync resuming in place, rsync --append, curl -C -,
+            # cat rest >> f) and its writers exit 0: a touch, an open with no write, a write in
+            # place or a truncate leaves it as it was (note_written_locked).
+            record.completing = False
+            record.written_from, record.written_to, record.opened_size = -1, 0, record.size
             record.writer_failure = ""
-            # The writers of this new writing decide: earlier ones' late exits no longer do (a
-            # resumed rsync --partial-dir finishes the file while the cut-off run's helpers exit).
+            if rewrite:
+                # Its content starts again: earlier writers' exits no longer say anything of it.
+                record.earlier_writers, record.earlier_failure = None, ""
+            elif record.writers:
+                # Their exits still decide what came before this writing (a touch while the
+                # program that wrote the file runs on must not stand in for its exit).
+                record.earlier_writers = {**(record.earlier_writers or {}), **record.writers}
             record.writers = None
             record.writer_unknown = False
         if record.open_writers == 1 and not record.unfinished and not record.stop_journaled:
@@ -108,9 +118,11 @@ class FileWriters(RegistryState):
         if record.state != WRITING:
             self.set_state_locked(record, WRITING, last_error="", attempts=0)
 
-    def wrote_locked(self, record: FileRecord, end: int) -> RunningDigest | None:
-        """Bytes up to `end` were written to its spool file (memory only until the last close).
-        Returns the running digest for the caller to feed the data to, after the lock is released."""
+    def wrote_locked(self, record: FileRecord, offset: int, end: int) -> RunningDigest | None:
+        """Bytes from `offset` up to `end` were written to its spool file (memory only until the
+        last close). Returns the running digest for the caller to feed the data to, after the lock
+        is released."""
+        self.note_written_locked(record, offset, end)
         if end > record.size:
             if not record.size and record.server_name:
                 # The first bytes of a file that goes up on its own (not scratch, not in the tree,
@@ -121,9 +133,42 @@ class FileWriters(RegistryState):
         record.mtime_ns = time.time_ns()
         return record.digest
 
+    @staticmethod
+    def note_written_locked(record: FileRecord, offset: int, end: int) -> None:
+        """This writing's run of writes (FileRecord.written_from): it goes on while each write
+        starts within it; its first write must start at byte 0 or at the size the file had when
+        the writing began."""
+        if record.written_from == WRITES_SPOILED:
+            return
+        if record.written_from < 0:
+            if offset in (0, record.opened_size):
+                record.written_from, record.written_to = offset, end
+            else:
+                record.written_from = WRITES_SPOILED
+        elif record.written_from <= offset <= record.written_to:
+            record.written_to = max(record.written_to, end)
+        else:
+            record.written_from = WRITES_SPOILED
+
+    @staticmethod
+    def _note_cut_locked(record: FileRecord, length: int) -> None:
+        """A truncate to `length` (not 0) during a writing: its run still reaches the end only if
+        the cut falls within it (rsync resuming in place cuts the file to its new size)."""
+        if record.open_writers and record.written_from != WRITES_SPOILED:
+            if record.written_from < 0 or not record.written_from <= length <= record.written_to:
+                record.written_from = WRITES_SPOILED
+            else:
+                record.written_to = length
+
+    @staticmethod
+    def _writes_make_it_whole(record: FileRecord) -> bool:
+        """At the last close: this writing wrote the file from its start or its old end to its end."""
+        return record.written_from >= 0 and record.written_to >= record.size
+
     def allocated_locked(self, record: FileRecord, end: int) -> None:
         """fallocate grew its spool file to `end` with zeros."""
         if end > record.size:
+            record.written_from = WRITES_SPOILED  # zeros nobody wrote
             self.resize_locked(record, end)
             if record.digest is not None:
                 record.digest.invalidate()
@@ -134,6 +179,11 @@ class FileWriters(RegistryState):
         close of a whole file starts its commit point (await_commit_locked)."""
         record.open_writers = max(0, record.open_writers - 1)
         self.resize_locked(record, size)
+        if not record.open_writers:
+            # (Not when a writer of this writing already failed: an exit may come before the release.)
+            record.completing = not record.writer_failure and self._writes_make_it_whole(record)
+            if record.earlier_failure and not record.completing:
+                self.writer_failed_locked(record, record.earlier_failure, HELD)
         if unfinished:
             self.writer_failed_locked(record, unfinished, INTERRUPTED)
         last_close = not record.open_writers and record.id in self._files
@@ -159,7 +209,10 @@ class FileWriters(RegistryState):
             # Rewritten from 0: whatever was unfinished before is gone with its bytes.
             self.set_unfinished_locked(record, "")
             record.digest = RunningDigest()
+            record.earlier_writers, record.earlier_failure = None, ""
+            record.written_from, record.written_to = 0, 0
         else:
+            self._note_cut_locked(record, length)
             if record.digest is not None:
                 record.digest.cut(length)
             if record.state in UNFINISHED_STATES and not record.unfinished:

@@ -251,7 +251,7 @@ class Writers:
                 self._names[closer.tgid] = closer.name
             elif len(records) >= 64 and len(records) & (len(records) - 1) == 0:
                 # A long-running writer (a file manager): forget files committed meanwhile.
-                for file_id in [i for i, r in records.items() if not (r.writers and closer.tgid in r.writers)]:
+                for file_id in [i for i, r in records.items() if not r.awaits(closer.tgid)]:
                     del records[file_id]
             records.setdefault(record.id, record)
         return True

@@ -148,7 +148,7 @@ class OpenFiles:
                 check_growth(self.engine, record, end)
             written = self._pwrite(handle, data, offset)
         with self.engine.lock:
-            digest = self.engine.registry.wrote_locked(record, offset + written)
+            digest = self.engine.registry.wrote_locked(record, offset, offset + written)
         if digest is not None:  # hashed with the state lock released
             digest.add(offset, data if written == len(data) else memoryview(data)[:written])
         return written

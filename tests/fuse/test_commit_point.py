@@ -9,6 +9,7 @@ Nothing of theirs may ever be complete on the server, on either emulator profile
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
 import shutil
@@ -256,3 +257,70 @@ def test_reruns_that_unlink_first_bring_the_servers_files_back(tmp_path, profile
     (session / ".create").write_text('{"title": "re-run"}')
     assert mount.wait_project("s")["state"] == "ready"
     assert_uploaded(emulator, None, sources)
+
+
+def test_a_touch_or_a_write_in_place_never_makes_a_partial_file_whole(tmp_path, profiled_emulator, mount_factory):
+    """A held file (curl cut off) and an interrupted one (a writer killed holding it) stay so
+    whatever opens them for writing and exits 0 without writing them to their end: touch, an
+    append of nothing, truncate to the same size, fallocate, a write in place. An append of the
+    rest by a program that exits 0 still makes the held one whole."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    body = os.urandom(2 * MiB)
+    server = CutOffServer(body, cut=MiB // 2)
+    try:
+        curl = subprocess.run(["curl", "-sS", "-o", str(session / "scan.e57"), server.url], capture_output=True)
+        assert curl.returncode == 18, curl.stderr
+    finally:
+        server.shutdown()
+    killed = session / "photo.jpg"
+    script = (f"import os; f = open({str(killed)!r}, 'wb'); f.write(os.urandom(300_000)); f.flush(); "
+              f"os.kill(os.getpid(), 9)")
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
+    assert wait_state(mount, "s", "scan.e57")["state"] == "held"
+    assert wait_state(mount, "s", "photo.jpg")["state"] == "interrupted"
+
+    pokes = [["touch", "{}"], ["sh", "-c", ': >> "$0"', "{}"], ["truncate", "-s", "+0", "{}"],
+             [sys.executable, "-c", "import sys; open(sys.argv[1], 'r+b').close()", "{}"]]
+    if shutil.which("fallocate"):
+        pokes.append(["fallocate", "-l", "{size}", "{}"])
+    in_place = [["dd", "if=/dev/zero", "of={}", "bs=100", "count=1", "conv=notrunc", "status=none"]]
+    for name, state, commands in (("scan.e57", "held", pokes), ("photo.jpg", "interrupted", pokes + in_place)):
+        for argv in commands:
+            path = session / name
+            argv = [a.format(path, size=path.stat().st_size) for a in argv]
+            assert subprocess.run(argv, capture_output=True).returncode == 0, argv
+            after = wait_state(mount, "s", name)
+            assert after["state"] == state, (argv, after)
+    assert not remote_files(emulator), "a partial file reached the server"
+
+    subprocess.run(["sh", "-c", 'cat >> "$0"', str(session / "scan.e57")], input=body[MiB // 2:], check=True)
+    assert wait_state(mount, "s", "scan.e57")["state"] == "complete"
+    assert_uploaded(emulator, None, {"scan.e57": hashlib.sha256(body).hexdigest()})
+
+
+def test_a_touch_while_the_writer_runs_on_does_not_stand_in_for_its_exit(tmp_path, profiled_emulator,
+                                                                        mount_factory):
+    """A program closes its file, works on, then fails: a touch of the file meanwhile (another
+    process, exit 0) must not commit it; the file is held at the program's failure."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    script = ("import sys; open(sys.argv[1], 'wb').write(b'x' * 100_000); open(sys.argv[2]).read(); "
+              "raise SystemExit(1)")
+    writer = subprocess.Popen([sys.executable, "-c", script, str(session / "half.jpg"), str(go)])
+    try:
+        assert wait_state(mount, "s", "half.jpg", ("closed",))["state"] == "closed"
+        subprocess.run(["touch", str(session / "half.jpg")], check=True)
+    finally:
+        with open(go, "w"):  # lets the writer go on, to its failure
+            pass
+    assert wait_exit(writer) == 1
+    held = wait_state(mount, "s", "half.jpg")
+    assert held["state"] == "held" and "exited with status 1 right after writing it" in held["error"], held
+    assert not remote_files(emulator), "the file reached the server before its writer failed"

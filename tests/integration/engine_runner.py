@@ -40,7 +40,7 @@ def queue_files(engine: Engine, session_name: str, files: dict[str, str | os.Pat
             spool_path = engine.spool.path(record.id)
         size = _copy(source, spool_path)
         with engine.lock:
-            engine.registry.wrote_locked(record, size)
+            engine.registry.wrote_locked(record, 0, size)
         engine.registry.content_digest(record)  # as the path model's last close does: hashed off the lock
         with engine.lock:
             engine.registry.close_writer_locked(record, size)

@@ -19,7 +19,7 @@ def write_open(engine: Engine, session, name: str, data: bytes, local_only: bool
     with open(engine.spool.path(record.id), "r+b") as spool:
         spool.write(data)
     with engine.lock:
-        engine.registry.wrote_locked(record, len(data))
+        engine.registry.wrote_locked(record, 0, len(data))
     return record
 
 

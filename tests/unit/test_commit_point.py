@@ -131,6 +131,71 @@ def test_a_held_or_interrupted_file_finished_by_a_successful_writer_is_whole(idl
     assert idle.getattr("/s/held.e57")["st_size"] == len(b"first half and the rest")
 
 
+def test_opening_a_partial_file_without_writing_it_to_its_end_leaves_it_partial(idle):
+    """touch, an append of nothing, a write in place, a write past a hole, fallocate or a
+    truncate, by a process that exits 0: the file stays held (or interrupted) with its reason."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.e57", b"first half", pid=CURL)
+    idle.writers.exited(CURL, 18 << 8)
+    reason = error_of(idle, "/s/a.e57")
+
+    def writing(*steps):
+        fh = idle.open("/s/a.e57", os.O_WRONLY)
+        for step in steps:
+            step(fh)
+        idle.flush(fh, CP)
+        idle.release(fh)
+        idle.writers.exited(CP, 0)
+        return file_state(idle, "s", "a.e57")
+    size = len(b"first half")
+    for steps in ((), (lambda fh: idle.write(fh, b"F", 0),), (lambda fh: idle.write(fh, b"!", size + 5),),
+                  (lambda fh: idle.truncate("/s/a.e57", size + 100, fh),),
+                  (lambda fh: idle.write(fh, b"rest", size), lambda fh: idle.write(fh, b"X", 2))):
+        assert writing(*steps) == "held"
+        assert error_of(idle, "/s/a.e57") == reason
+    # A rewrite from byte 0 in one run, without O_TRUNC (rsync resuming in place), makes it whole.
+    assert writing(lambda fh: idle.write(fh, b"whole file", 0),
+                   lambda fh: idle.truncate("/s/a.e57", len(b"whole file"), fh)) == "pending"
+
+
+@pytest.mark.parametrize("order", ["earlier writer fails first", "touch exits first",
+                                   "earlier writer fails while the touch holds it"])
+def test_a_touch_of_a_closed_file_waits_for_its_writers_exit_too(idle, order):
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.e57", b"first half", pid=CURL)
+    assert file_state(idle, "s", "a.e57") == "closed"
+    fh = idle.open("/s/a.e57", os.O_WRONLY)
+    if order == "earlier writer fails while the touch holds it":
+        idle.writers.exited(CURL, 18 << 8)
+    idle.flush(fh, SHELL)
+    idle.release(fh)
+    if order == "earlier writer fails first":
+        idle.writers.exited(CURL, 18 << 8)
+        idle.writers.exited(SHELL, 0)
+    elif order == "touch exits first":
+        idle.writers.exited(SHELL, 0)
+        assert file_state(idle, "s", "a.e57") == "closed"  # still waits for curl
+        idle.writers.exited(CURL, 18 << 8)
+    else:
+        idle.writers.exited(SHELL, 0)
+    assert file_state(idle, "s", "a.e57") == "held"
+    assert error_of(idle, "/s/a.e57").startswith("curl exited with status 18")
+
+
+def test_a_closed_file_rewritten_in_one_run_is_whole_whatever_its_earlier_writer_did(idle):
+    """rsync resuming its partial file in place while the cut-off run's last process exits."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.e57", b"first half", pid=CURL)
+    fh = idle.open("/s/a.e57", os.O_WRONLY)
+    idle.write(fh, b"the whole file", 0)
+    idle.flush(fh, RSYNC)
+    idle.release(fh)
+    idle.writers.exited(CURL, 18 << 8)
+    assert file_state(idle, "s", "a.e57") == "closed"
+    idle.writers.exited(RSYNC, 0)
+    assert file_state(idle, "s", "a.e57") == "pending"
+
+
 def test_an_append_whose_writer_fails_again_stays_held(idle):
     idle.mkdir("/s", 0o755)
     write_file(idle, "/s/a.e57", b"part", pid=CURL)

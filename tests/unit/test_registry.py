@@ -56,7 +56,7 @@ def write(registry: Registry, session, name: str, data: bytes, close: bool = Tru
     record = registry.create_file_locked(session, name, 0o644, 0, 0, local_only=name.startswith("."))
     registry.open_for_write_locked(record, rewrite=True)
     registry.spool.path(record.id).write_bytes(data)
-    registry.wrote_locked(record, len(data)).add(0, data)
+    registry.wrote_locked(record, 0, len(data)).add(0, data)
     if close:
         registry.close_writer_locked(record, len(data))
     return record
