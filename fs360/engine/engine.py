@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 BUFFER_KEPT_RESIDENT = 1024 * 1024
 # The commit thread wakes at most this often for write-back delays that fall due.
 COMMIT_BATCH_SECONDS = 0.05
+# How often a .create waiting for its tree's files to be committed looks again (await_tree_commits).
+TREE_COMMIT_POLL = 0.02
 
 
 class Engine:
@@ -96,28 +98,51 @@ class Engine:
         if doomed:
             self.housekeeping.delete_remote_session_later(doomed)
 
-    def request_project_locked(self, session: SessionRecord, options: dict) -> None:
+    def request_project_locked(self, session: SessionRecord, options: dict,
+                               requester: frozenset[int] = frozenset()) -> None:
         """.create accepted. A session with a tree plans its archive now, or raises
         InvalidArgument with the reason it cannot (nothing changes then). Writing .create says
-        the tree is done: its closed files are committed first (a script that writes its files
-        and then .create, in one process that runs on)."""
+        the tree is done for its writer: the closed files whose awaited writers are all the
+        `requester` (the process that wrote .create and its ancestors) are committed first (a
+        script that writes its files and then .create, in one process that runs on)."""
         if session.archive is None and "download_link" not in options:
-            self._commit_tree_locked(session)
+            self._commit_tree_locked(session, requester)
             self.tree.plan_locked(session)
         self.projects.request_locked(session, options)
         self._nudge_locked()
 
-    def check_project_request_locked(self, session: SessionRecord) -> None:
+    def check_project_request_locked(self, session: SessionRecord, requester: frozenset[int] = frozenset()) -> None:
         """Raises InvalidArgument with the reason a .create without options would be refused now
         (the close of an empty marker, which requests the project only at its last close)."""
         if session.archive is None:
-            self._commit_tree_locked(session)
+            self._commit_tree_locked(session, requester)
             self.tree.check_locked(session)
 
-    def _commit_tree_locked(self, session: SessionRecord) -> None:
+    def _commit_tree_locked(self, session: SessionRecord, requester: frozenset[int]) -> None:
         for record in session.tree_files():
-            if record.state == CLOSED and not record.open_writers:
+            if record.state == CLOSED and not record.open_writers and record.awaited_writers() <= requester:
                 self.registry.commit_locked(record, succeeded=False)
+
+    @staticmethod
+    def _tree_files_awaiting_locked(session: SessionRecord, requester: frozenset[int]) -> list[FileRecord]:
+        """The closed tree files of `session` that still wait for a writer other than `requester`."""
+        return [f for f in session.tree_files() if f.state == CLOSED and not f.open_writers
+                and not f.awaited_writers() <= requester]
+
+    def await_tree_commits(self, session: SessionRecord, requester: frozenset[int], timeout: float) -> None:
+        """Before a .create by `requester`: waits (no lock held) up to `timeout` for each closed tree
+        file of the session whose writers are other processes to reach its commit point as any file
+        does (their exits, or the write-back delay). A program that fails after closing its file
+        must leave it held, not have it frozen into the archive by someone else's .create (`cp -r
+        tree s/ && echo {} > s/.create` finds cp's exit on its way here)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if not self._tree_files_awaiting_locked(session, requester):
+                    return
+            if time.monotonic() >= deadline:
+                return  # those left are "still being written": the plan says so
+            time.sleep(TREE_COMMIT_POLL)
 
     def cancel_project_locked(self, session: SessionRecord) -> bool:
         cancelled = self.projects.cancel_locked(session)

@@ -125,6 +125,10 @@ class FileRecord:
     # Last change of metadata or content (chmod, chown, rename, write); not journaled.
     ctime_ns: int = 0
 
+    def awaited_writers(self) -> frozenset[int]:
+        """The processes whose exits this file still waits for (its writers, earlier ones too)."""
+        return frozenset(self.writers or ()) | frozenset(self.earlier_writers or ())
+
     def awaits(self, tgid: int) -> bool:
         """Whether the exit of process `tgid` is awaited for this file (a writer of this writing or
         of an earlier one)."""

@@ -50,6 +50,8 @@ MAX_WATCHED_PROCESSES = 4096
 
 # How far up a program's own forked helpers are followed (rsync: client, generator, receiver).
 MAX_HELPER_DEPTH = 8
+# How far up a .create writer's ancestors are followed (Writers.family).
+MAX_ANCESTORS = 64
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,22 @@ class Writers:
     def dying(self, pid: int | None) -> str:
         """Why the process closing a file is ending abnormally ('' when it is not, or unknown)."""
         return dying_reason(self.identify(pid)) if pid else ""
+
+    def family(self, pid: int | None) -> frozenset[int]:
+        """The program task `pid` works for, its own process and every process above them (from
+        /proc, as far as it can be read): who a .create speaks for."""
+        if not pid:
+            return frozenset()
+        closer = self.identify(pid)
+        members = {pid} | ({closer.tgid} if closer else set())
+        ancestor = pid
+        for _ in range(MAX_ANCESTORS):
+            task = _stat(ancestor)
+            if task is None or task[1] <= 1:
+                break
+            ancestor = task[1]
+            members.add(ancestor)
+        return frozenset(members)
 
     def closed(self, pid: int | None, record) -> str:
         """Process `pid` closed `record` written (a flush). Returns why the file is not whole when

@@ -14,6 +14,11 @@ from .handles import HandleTable
 from .json_prefix import json_object_prefix_error
 from .names import CREATE_MARKER
 
+# The longest a .create waits for its tree's files written by other processes to reach their
+# commit point (their exit comes within milliseconds; a program that runs on is committed by the
+# write-back delay): past it they are "still being written" and the .create is refused.
+TREE_COMMIT_WAIT_MAX = 5.0
+
 # .create holds a JSON object of project fields: anything bigger is not one.
 MAX_CREATE_BYTES = 64 * 1024
 
@@ -28,6 +33,9 @@ class MarkerHandle:
     # A write failed: the marker is not whole, so close() must not accept it (and why, when known).
     broken: bool = False
     refusal: str = ""
+    # The process that closed it written and its ancestors (Writers.family): the tree files only
+    # they wrote are done when it requests the project.
+    requester: frozenset = frozenset()
 
     @property
     def content(self) -> bytes:
@@ -159,10 +167,16 @@ class Markers:
         if session.sealed:
             raise AccessDenied(".create is read-only once the project exists")
 
-    def flush(self, handle: MarkerHandle, writer_dying: str = "") -> None:
+    def flush(self, handle: MarkerHandle, writer_dying: str = "", requester: frozenset = frozenset()) -> None:
         """close(): a written .create is accepted here, so an invalid one fails the close
         (and its reason shows in status until a valid one is written). `writer_dying`: why the
-        closing process is ending abnormally; what it wrote is not taken as a request."""
+        closing process is ending abnormally; what it wrote is not taken as a request.
+        `requester`: that process and its ancestors (Writers.family)."""
+        if handle.dirty and not writer_dying:
+            handle.requester = requester
+            # The tree's files written by other processes reach their commit point first.
+            wait = min(self.engine.settings.writeback_delay + 0.5, TREE_COMMIT_WAIT_MAX)
+            self.engine.await_tree_commits(handle.session, requester, wait)
         try:
             if writer_dying and handle.dirty:
                 handle.broken = True
@@ -175,7 +189,7 @@ class Markers:
                 # requests the project at the last close (release), never with defaults too early.
                 with self.engine.lock:
                     if not project_created(handle.session):
-                        self.engine.check_project_request_locked(handle.session)
+                        self.engine.check_project_request_locked(handle.session, handle.requester)
                 return
             if handle.dirty:
                 self._accept(handle)
@@ -192,7 +206,7 @@ class Markers:
                 raise NotFound("the session was removed")
             if project_created(session):
                 raise AccessDenied("the project is created already")
-            self.engine.request_project_locked(session, options)
+            self.engine.request_project_locked(session, options, handle.requester)
             self.engine.registry.marker_refused_locked(session, "")
             handle.dirty = False
 

@@ -303,7 +303,10 @@ class MountModel:
         the close; a file closed by a dying writer is remembered as unfinished."""
         handle = self._handles.get(fh)
         if isinstance(handle, MarkerHandle):
-            self.markers.flush(handle, self.writers.dying(pid) if handle.writable else "")
+            if handle.writable:
+                self.markers.flush(handle, self.writers.dying(pid), self.writers.family(pid))
+            else:
+                self.markers.flush(handle)
         elif isinstance(handle, FileHandle):
             self.files.flush(handle, pid)
 

@@ -33,7 +33,9 @@ SETTLED = ("complete", "held", "interrupted", "rejected", "local")
 
 
 def state_of(mount, session: str, name: str) -> dict:
-    return next((f for f in mount.status_json(session)["files"] if f["name"] == name), {})
+    """The file's entry in status.json (a file of the session's tree by its path, `d/a.jpg`)."""
+    doc = mount.status_json(session)
+    return next((f for f in doc["files"] + doc.get("tree_files", []) if f["name"] == name), {})
 
 
 def wait_state(mount, session: str, name: str, states=SETTLED, timeout: float = 60) -> dict:
@@ -324,3 +326,33 @@ def test_a_touch_while_the_writer_runs_on_does_not_stand_in_for_its_exit(tmp_pat
     held = wait_state(mount, "s", "half.jpg")
     assert held["state"] == "held" and "exited with status 1 right after writing it" in held["error"], held
     assert not remote_files(emulator), "the file reached the server before its writer failed"
+
+
+def test_a_create_by_another_process_never_freezes_a_tree_file_whose_writer_runs_on(tmp_path, profiled_emulator,
+                                                                                   mount_factory):
+    """A program writes a file into the session's tree, closes it and works on; another process
+    writes .create meanwhile. The file is not the .create writer's to declare done: the .create
+    is refused ("still being written"), and the program's failure then holds the file. Nothing
+    of it reaches the server, in an archive or otherwise."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    (session / "d").mkdir(parents=True)
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    script = ("import sys; open(sys.argv[1], 'wb').write(b'x' * 100_000); open(sys.argv[2]).read(); "
+              "raise SystemExit(1)")
+    writer = subprocess.Popen([sys.executable, "-c", script, str(session / "d" / "half.jpg"), str(go)])
+    try:
+        assert wait_state(mount, "s", "d/half.jpg", ("closed",))["state"] == "closed"
+        create = subprocess.run([sys.executable, "-c", "import sys\nwith open(sys.argv[1], 'w') as f: f.write('{}')",
+                                 str(session / ".create")], capture_output=True, text=True)
+    finally:
+        with open(go, "w"):  # lets the writer go on, to its failure
+            pass
+    assert wait_exit(writer) == 1
+    assert create.returncode != 0 and "Invalid argument" in create.stderr, create.stderr
+    assert "d/half.jpg: still being written" in mount.status_json("s")["project"]["refused"]
+    held = wait_state(mount, "s", "d/half.jpg")
+    assert held["state"] == "held" and "exited with status 1 right after writing it" in held["error"], held
+    assert not remote_files(emulator) and not emulator.projects(), "the tree went up"
