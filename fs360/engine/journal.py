@@ -97,16 +97,19 @@ FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", 
 # `writers`: a closed file's awaited writers (engine/processes.py), to resume its commit point.
 # `uid`, `gid` of sessions and dirs: who made the folder (on a shared mount, allow_other);
 # NULL: the mount's owner.
+# `posted_at`, `listed_before` of projects: when the POST was sent and the names listed just
+# before it (JSON), so that after a restart a lost answer's project is told from older ones.
 ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"),
                  ("files", "archive", "INTEGER NOT NULL DEFAULT 0"),
                  ("files", "unfinished", "TEXT NOT NULL DEFAULT ''"),
                  ("files", "writers", "TEXT NOT NULL DEFAULT ''"),
                  ("sessions", "uid", "INTEGER"), ("sessions", "gid", "INTEGER"),
-                 ("dirs", "uid", "INTEGER"), ("dirs", "gid", "INTEGER"))
+                 ("dirs", "uid", "INTEGER"), ("dirs", "gid", "INTEGER"),
+                 ("projects", "posted_at", "REAL"), ("projects", "listed_before", "TEXT"))
 SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed", "uid", "gid")
 DIR_COLUMNS = ("session_id", "path", "mode", "mtime_ns", "uid", "gid")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",
-                   "posted_upload_id", "marker_hidden")
+                   "posted_upload_id", "marker_hidden", "posted_at", "listed_before")
 _INSERT_FILE = (f"INSERT INTO files ({','.join(('id',) + FILE_COLUMNS)}) "
                 f"VALUES ({','.join('?' * (1 + len(FILE_COLUMNS)))})")
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..api.client import ApiClient, Project
 from ..api.retry import Backoff
 from ..config import Settings
-from ..errors import (AccountError, ApiError, Fs360Error, MalformedResponse, NotSent, ProjectCreationFailed,
+from ..errors import (AccountError, ApiError, Fs360Error, NotSent, ProjectCreationFailed,
                       SessionNotFound, WaitForRateLimit)
 from .locking import StateLock
 from .progress import Listeners
@@ -40,8 +40,9 @@ SLOW_POLL_SECONDS = 5 * 60.0
 # session alive (its expiry may count from the last request) and finds one the server lost.
 SESSION_CHECK_SECONDS = 24 * 3600.0
 SESSION_CHECK_RETRY_SECONDS = 5 * 60.0
-# After a restart (the list from before the POST is gone), a project listed with our title counts
-# as the one a lost POST made only if it was created after that POST, less this for the two clocks.
+# When the list from before the POST is not known (the server gave none then), a project listed
+# with our title counts as the one a lost POST made only if it was created after that POST, less
+# this for the two clocks.
 CLOCK_SLACK_SECONDS = 300.0
 
 
@@ -56,12 +57,9 @@ class ProjectKeeper:
         self.listeners = listeners
         self.session_lost = session_lost
         self._poll_interval = max(settings.project_poll_interval, 0.01)
-        # Memory only, by session id: when its project was first polled (monotonic), when its POST
-        # was last sent (wall clock) and the projects listed just before; by (session id, upload_id):
-        # when that server session is looked at next (monotonic).
+        # Memory only, by session id: when its project was first polled (monotonic); by (session
+        # id, upload_id): when that server session is looked at next (monotonic).
         self._polling_since: dict[int, float] = {}
-        self._posted_at: dict[int, float] = {}
-        self._listed_before: dict[int, set[str] | None] = {}
         self._next_session_check: dict[tuple[int, str], float] = {}
         # After a look that got no answer, none is tried before this (monotonic): a server that
         # does not answer must not hold housekeeping for one request deadline per session.
@@ -72,11 +70,13 @@ class ProjectKeeper:
         self.registry.set_project_locked(session, ProjectRequest(options=options))
 
     def cancel_locked(self, session: SessionRecord) -> bool:
-        """unlink .create: possible until the POST is sent."""
+        """unlink .create: possible until the POST is sent (or after the server refused it). Once
+        it may have been sent, the request stays: the project may exist already, and a new
+        request or a DELETE of the session would make a second one or discard it."""
         project = session.project
         if project is None:
             return True
-        if project.state in (P_CREATED, P_READY):
+        if project.state in (P_CREATED, P_READY) or session.project_posted:
             return False
         self.registry.set_project_locked(session, None)
         return True
@@ -152,16 +152,17 @@ class ProjectKeeper:
             return
         try:
             if created is None:
+                # What is listed now is not ours: a lost answer's project will be a new one.
+                listed_before = self._listed_names() if upload_id else None
                 with self.lock:
                     if session.project is not project:
                         return
-                    if upload_id and not posted_before:
-                        # Journaled before sending, so the project is created once whatever happens next.
-                        self.registry.update_project_locked(session, posted_upload_id=upload_id)
-                if upload_id:
-                    # What is listed now is not ours: a lost answer's project will be the new one.
-                    self._listed_before[session.id] = self._listed_names()
-                self._posted_at[session.id] = time.time()
+                    if upload_id:
+                        # Journaled before sending, so the project is created once whatever happens
+                        # next, and after a restart an older project of this title is never taken.
+                        self.registry.update_project_locked(
+                            session, posted_upload_id=upload_id, posted_at=time.time(),
+                            listed_before=None if listed_before is None else sorted(listed_before))
                 created = self.client.create_project(body, wait=False)
         except SessionNotFound:
             if upload_id:
@@ -206,7 +207,9 @@ class ProjectKeeper:
         listed = None
         try:
             listed = None if self._no_project_list else self.client.list_projects()
-        except (ApiError, MalformedResponse) as exc:
+        except ApiError as exc:
+            # Only a refusal of the request says the server has no list (404, 405); an answer that
+            # could not be read (MalformedResponse, raised on) says nothing yet: asked again later.
             if isinstance(exc, AccountError):
                 raise
             self._no_project_list = True
@@ -235,14 +238,20 @@ class ProjectKeeper:
         log.info("session %r: the project of the lost POST is %s", session.name, found["name"])
         return Project(found["name"], int(status) if whole else 0, {})
 
-    def _new_since_post(self, session: SessionRecord, entry: dict) -> bool:
+    @staticmethod
+    def _new_since_post(session: SessionRecord, entry: dict) -> bool:
         """Whether a listed project may be the one this session's last POST made: not listed just
-        before it (or, after a restart, not created before it)."""
-        before = self._listed_before.get(session.id)
-        if before is not None:
-            return entry["name"] not in before
-        posted_at, created_at = self._posted_at.get(session.id), _created_at(entry)
-        return posted_at is None or created_at is None or created_at >= posted_at - CLOCK_SLACK_SECONDS
+        before it; or, when that list is not known, created since it (the journal keeps both). A
+        project that cannot be shown to be new is never taken: it may be an older one of the
+        same title, and the folder would be sealed into it."""
+        project = session.project
+        if project is None:
+            return False
+        if project.listed_before is not None:
+            return entry["name"] not in project.listed_before
+        created_at = _created_at(entry)
+        return project.posted_at is not None and created_at is not None and \
+            created_at >= project.posted_at - CLOCK_SLACK_SECONDS
 
     def _listed_names(self) -> set[str] | None:
         """The names of the key's projects now; None on a server without the list, or no answer."""
@@ -250,10 +259,10 @@ class ProjectKeeper:
             return None
         try:
             listed = self.client.list_projects()
-        except (ApiError, MalformedResponse) as exc:
+        except ApiError as exc:
             self._no_project_list = not isinstance(exc, AccountError)
             return None
-        except Fs360Error:
+        except Fs360Error:  # no answer, or one that could not be read: unknown this time
             return None
         return {p["name"] for p in listed if isinstance(p, dict) and isinstance(p.get("name"), str)}
 

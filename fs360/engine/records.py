@@ -170,6 +170,10 @@ class ProjectRequest:
     # The upload_id a POST /projects was sent for (journaled before sending): after a lost
     # answer or a restart, the engine asks whether the project exists before POSTing again.
     posted_upload_id: str | None = None
+    # When that POST was sent (wall clock), and the names of the key's projects listed just
+    # before it (None: not known): a project listed with this title since is the lost answer's.
+    posted_at: float | None = None
+    listed_before: list | None = None
     # `unlink .create` after the project exists: the project stays, the marker leaves the listing.
     marker_hidden: bool = False
 
@@ -208,6 +212,14 @@ class SessionRecord:
     # Memory only: the sizes of its listed files that are not local scratch, kept as they change
     # (registry_base.resize_locked), so that a write checks the session cap without a sum.
     listed_bytes: int = 0
+
+    @property
+    def project_posted(self) -> bool:
+        """A POST /projects for this server session was (or may have been) sent, with no answer
+        yet or a lost one: the project may be made from what the session holds now."""
+        project = self.project
+        return (project is not None and project.state == P_WAITING and project.posted_upload_id is not None
+                and project.posted_upload_id == self.upload_id)
 
     @property
     def tree_frozen(self) -> bool:

@@ -110,7 +110,8 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Upload
                     options=json.loads(row["options"]), state=row["state"], name=row["name"],
                     status=row["status"], record=json.loads(row["record"]), last_error=row["last_error"],
                     attempts=row["attempts"], next_attempt=0.0, posted_upload_id=row["posted_upload_id"],
-                    marker_hidden=bool(row["marker_hidden"]))
+                    marker_hidden=bool(row["marker_hidden"]), posted_at=row["posted_at"],
+                    listed_before=None if row["listed_before"] is None else json.loads(row["listed_before"]))
 
     def _resume_commit_locked(self, record: FileRecord, writers: dict[int, int]) -> None:
         """A file closed but not committed when the mount stopped: while every writer it waited

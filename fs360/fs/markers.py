@@ -18,6 +18,8 @@ from .names import CREATE_MARKER
 # commit point (their exit comes within milliseconds; a program that runs on is committed by the
 # write-back delay): past it they are "still being written" and the .create is refused.
 TREE_COMMIT_WAIT_MAX = 5.0
+POSTED_REFUSAL = ("the project was requested from the server already and may exist: .create cannot change "
+                  "or request it again; status shows when it is made")
 
 # .create holds a JSON object of project fields: anything bigger is not one.
 MAX_CREATE_BYTES = 64 * 1024
@@ -109,11 +111,13 @@ class Markers:
             or self._open_for_writing.get(session.id, 0) > 0
 
     def mode(self, session: SessionRecord) -> int:
-        return 0o444 if session.sealed else 0o644
+        return 0o444 if session.sealed or session.project_posted else 0o644
 
     def open_locked(self, session: SessionRecord, writable: bool, truncate: bool) -> int:
         if writable and project_created(session):
             raise AccessDenied("the project is created: .create is read-only")
+        if writable and session.project_posted:
+            raise AccessDenied(POSTED_REFUSAL)
         handle = MarkerHandle(session, writable)
         if not truncate:
             handle.data.extend(marker_text(session))
@@ -206,6 +210,8 @@ class Markers:
                 raise NotFound("the session was removed")
             if project_created(session):
                 raise AccessDenied("the project is created already")
+            if session.project_posted:
+                raise AccessDenied(POSTED_REFUSAL)
             self.engine.request_project_locked(session, options, handle.requester)
             self.engine.registry.marker_refused_locked(session, "")
             handle.dirty = False
@@ -232,8 +238,8 @@ class Markers:
         project = session.project
         if project is None:
             return
-        if project.state in (P_WAITING, "failed"):
-            self.engine.cancel_project_locked(session)
+        if project.state in (P_WAITING, "failed") and self.engine.cancel_project_locked(session):
             return
-        # The project exists and stays; the marker just leaves the listing so rm -r works.
+        # The project exists (or was requested from the server, and may) and stays; the marker
+        # just leaves the listing so rm -r works.
         self.engine.registry.hide_marker_locked(session)

@@ -11,11 +11,19 @@ from .tree import is_listed_locked
 
 
 SEALED = "the project is created: the session is sealed"
+POSTED = ("the project is being made from this folder (requested from the server): nothing can join "
+          "or change it now; put new files in a new folder")
+
+
+def sealed_reason(session: SessionRecord) -> str:
+    """Why nothing in the session may change ('' when it may): its project exists, or may."""
+    return SEALED if session.sealed else POSTED if session.project_posted else ""
 
 
 def check_not_sealed(session: SessionRecord) -> None:
-    if session.sealed:
-        raise AccessDenied(SEALED)
+    reason = sealed_reason(session)
+    if reason:
+        raise AccessDenied(reason)
 
 
 def check_tree_open_locked(session: SessionRecord, folder: str) -> None:
@@ -40,8 +48,9 @@ def frozen_reason_locked(engine, record: FileRecord) -> str:
     if record.local_only or not is_listed_locked(engine, record):
         return ""  # scratch, or deleted while open: it goes nowhere
     session = engine.registry.session_of(record)
-    if session.sealed:
-        return SEALED
+    reason = sealed_reason(session)
+    if reason:
+        return reason
     if record.in_tree:
         reason = _tree_frozen_reason(session, record.name.rpartition("/")[0])
         if reason:

@@ -78,3 +78,34 @@ def test_create_through_cp_touch_and_echo(tmp_path, mount_factory, profiled_emul
     assert removed.returncode == 0, removed.stderr
     assert sorted(os.listdir(mount.mountpoint)) == ["again", "folder", "status"]
     assert len(emulator.projects()) == 3
+
+
+def test_a_create_whose_post_may_have_gone_cannot_be_taken_back(tmp_path, mount_factory, profiled_emulator):
+    """The POST's answer is lost and the server cannot say for a while whether it made the project.
+    Meanwhile `rm .create` only hides the marker (the project may exist), a new file or a new
+    .create is refused, and `rm -r` sends no DELETE: the project is made once, of a.jpg, and kept."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "S"
+    session.mkdir()
+    write_random(session / "a.jpg", 5000)
+    assert mount.wait_settled("S") == {"a.jpg": "complete"}
+    unanswered = [{"endpoint": "create_project", "kind": "drop_response", "count": 1}] + [
+        {"endpoint": endpoint, "kind": "error_503"} for endpoint in ("list_projects", "get_project")]
+    emulator.set_faults(unanswered)
+    assert sh('echo "{}" > "$1/.create"', session).returncode == 0
+    wait_until(lambda: emulator.faults()["rules"][0].get("fired"), 30, what="the POST to go out")
+    assert sh('rm "$1/.create"', session).returncode == 0
+    assert ".create" not in os.listdir(session)
+    for script in ('echo late > "$1/b.jpg"', 'echo "{}" > "$1/.create"'):
+        refused = sh(script, session)
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr, (script, refused)
+    assert mount.status_json("S")["project"]["state"] == "waiting"  # still requested: never forgotten
+    emulator.clear_faults()
+    project = mount.wait_project("S")
+    assert project["state"] == "ready", project
+    assert [(p["name"], p["create_count"]) for p in emulator.projects()] == [(project["name"], 1)]
+    assert [f["name"] for f in emulator.files()] == ["a.jpg"]
+    removed = sh('rm -rf "$1"', session)
+    assert removed.returncode == 0, removed.stderr
+    assert not [key for key in emulator.stats()["requests"] if key.startswith("DELETE")]

@@ -321,3 +321,54 @@ def test_backoff_starts_over_once_a_file_makes_progress(emulator, settings_for, 
     # Faults that hit a file in a row (no progress between them) step the backoff up; any
     # progress starts it over. Without the reset the count would climb with every fault.
     assert len(attempts) >= 10 and max(attempts) <= 3, attempts
+
+
+def test_a_malformed_project_list_never_leads_to_a_second_post(emulator_factory, settings_for, tmp_path):
+    """The POST's answer is lost, the one list asked then cannot be read, and the project is named
+    apart from its upload_id (a collision): fs360 asks again, finds it, and never POSTs twice."""
+    emulator = emulator_factory("--profile", "vendor", "--project-name-collision", "--processing-seconds", "1")
+    src = tmp_path / "src"
+    expected = make_sources(src, {"a.jpg": 5000})
+    emulator.set_faults([{"endpoint": "create_project", "kind": "drop_response", "count": 1},
+                         {"endpoint": "list_projects", "kind": "invalid_json", "count": 1}])
+    engine = run_engine(settings_for(emulator), src, expected, session="s", project={"title": "once"})
+    try:
+        session = engine.registry.sessions["s"]
+        wait_until(lambda: session.project.state == P_READY, 60, what="the project to be ready")
+    finally:
+        engine.stop()
+    assert [p["create_count"] for p in emulator.projects()] == [1]
+    assert request_count(emulator, "POST create_project") == 1
+
+
+def test_after_a_restart_an_older_project_of_the_same_title_is_never_taken(profiled_emulator, settings_for,
+                                                                           tmp_path):
+    """Last week's "Office" project exists. Today's "Office" folder requests its own; that POST fails
+    without making one (503), and the daemon restarts: its project is a new one holding new.jpg,
+    never last week's."""
+    emulator = profiled_emulator
+    src = tmp_path / "src"
+    old = make_sources(src / "old", {"old.jpg": 5000})
+    new = make_sources(src / "new", {"new.jpg": 9000})
+    settings = settings_for(emulator)
+    engine = run_engine(settings, src / "old", old, session="Office", project={})
+    try:
+        session = engine.registry.sessions["Office"]
+        wait_until(lambda: session.project.state == P_READY, 60, what="last week's project to be ready")
+        old_project = session.project.name
+        with engine.lock:
+            engine.discard_session_locked(session)
+        emulator.set_faults([{"endpoint": "create_project", "kind": "error_503", "count": 1}])
+        queue_files(engine, "Office", {"new.jpg": src / "new" / "new.jpg"}, project={})
+        wait_until(lambda: fired(emulator) == [1], 60, what="today's POST to fail")
+    finally:
+        engine.stop()
+    engine = Engine(settings).start()  # nothing of the last run's memory
+    try:
+        session = engine.registry.sessions["Office"]
+        wait_until(lambda: session.project.state == P_READY, 60, what="today's project to be ready")
+        assert session.project.name != old_project
+        mine = next(p for p in emulator.projects() if p["name"] == session.project.name)
+        assert mine["upload_id"] == session.upload_id
+    finally:
+        engine.stop()
