@@ -94,6 +94,13 @@ class ProjectKeeper:
         if not files:
             return "no files to make a project of yet"
         blocked = [f for f in files if f.state in (REJECTED, LOST, INTERRUPTED, HELD)]
+        stuck = [f for f in blocked if f.state == REJECTED and f.server_received > 0]
+        if stuck:
+            # The server keeps part of a file it will not finish, and cannot drop one file: a
+            # project of this session would be refused whatever happens here.
+            names = ", ".join(f.name for f in stuck[:3]) + (", …" if len(stuck) > 3 else "")
+            return (f"the server holds part of {names}, refused before it was whole, and cannot drop it: no "
+                    f"project can be made from this folder; copy the other files into a new folder")
         if blocked:
             # One short line (each file's own reason is in status): which files, and what undoes them.
             # The archive is no file of the folder: what undoes it is `rm .create` (it unfreezes the tree).
@@ -385,7 +392,8 @@ class ProjectKeeper:
             project = session.project
             if project is None:
                 return
-            self.registry.update_project_locked(session, state=P_FAILED, last_error=str(exc))
+            self.registry.update_project_locked(session, state=P_FAILED,
+                                                last_error=f"the server refused to make the project: {exc}")
         log.warning("session %r: project creation refused: %s", session.name, exc)
 
 

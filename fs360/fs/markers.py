@@ -86,8 +86,15 @@ def project_options(data: bytes) -> dict:
     else:
         options = {}
     options.pop("upload_id", None)  # the mount names the session itself
-    if "privacy_mode" in options and options["privacy_mode"] not in (0, 1, 2):
-        raise InvalidArgument("privacy_mode must be 0, 1 or 2")
+    # What the server would refuse with a bare code after the files went up: refused here, in words.
+    # (true == 1 and 1.0 == 1 in Python: the JSON types are checked too.)
+    if "privacy_mode" in options and not (type(options["privacy_mode"]) is int and options["privacy_mode"] in (0, 1, 2)):
+        raise InvalidArgument("privacy_mode must be 0, 1 or 2 (2 private, 1 anyone with the link, 0 public)")
+    if "title" in options and not (isinstance(options["title"], str) and options["title"].strip()):
+        raise InvalidArgument('title must be text, e.g. {"title": "Office, 3rd floor"}')
+    link = options.get("download_link")
+    if "download_link" in options and not (isinstance(link, str) and link.lower().startswith(("http://", "https://"))):
+        raise InvalidArgument("download_link must be an http:// or https:// address the server can download from")
     return options
 
 

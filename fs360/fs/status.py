@@ -280,7 +280,11 @@ def render_text(snapshot: dict) -> bytes:
         if project["state"] == "waiting":
             lines.append(f"project   requested; {project['waiting_for'] or 'creating'}")
         elif project["state"] == "failed":
-            lines.append(f"project   FAILED: {project['error']} (remove .create and drop a new one)")
+            # A project the server made and then lost leaves the folder sealed: only a new one can
+            # make another. One it refused to make: .create can be written again.
+            todo = ("copy the files into a new folder to make a new project" if snapshot["sealed"] or project["name"]
+                    else "remove .create and write a corrected one")
+            lines.append(f"project   FAILED: {project['error']} ({todo})")
         else:
             lines.append(f"project   {project['name']}: {'ready' if project['status'] >= 100 else 'processing'} "
                          f"{bar(project['status'], 100)} {project['status']}%"

@@ -387,3 +387,20 @@ def test_the_content_digest_is_never_taken_with_the_state_lock_held(opened):
     assert o.registry.content_digest(record) == expected
     with o.lock, pytest.raises(AssertionError, match="must not be held"):
         o.registry.content_digest(record)
+
+
+def test_a_file_the_server_refused_part_way_blocks_the_project_with_what_still_helps(opened):
+    """A 413 after some of a file went up (the server's cap changed): deleting the file cannot help
+    (the server keeps its part and cannot drop one file), so the project's reason says: a new folder."""
+    from fs360.engine.projects import ProjectKeeper
+    from fs360.engine.records import REJECTED
+    o = opened()
+    keeper = ProjectKeeper(o.settings, o.lock, o.registry, None, None, None, None)
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        done = write(o.registry, session, "a.jpg", b"a")
+        cut = write(o.registry, session, "big.e57", b"b" * 100)
+        for record, state, received in ((done, COMPLETE, 1), (cut, REJECTED, 60)):
+            o.registry.set_state_locked(record, state, server_received=received)
+        reason = keeper.blocking_reason_locked(session)
+    assert "the server holds part of big.e57" in reason and "copy the other files into a new folder" in reason

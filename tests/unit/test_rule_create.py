@@ -107,6 +107,12 @@ REFUSED = [
     (b'{"a": ' + b"[" * 30000, "nested too deep"),
     (b'{"privacy_mode": 7}', "privacy_mode must be 0, 1 or 2"),
     (b'{"privacy_mode": "1"}', "privacy_mode must be 0, 1 or 2"),
+    (b'{"privacy_mode": true}', "privacy_mode must be 0, 1 or 2"),   # true == 1 in Python
+    (b'{"privacy_mode": 1.0}', "privacy_mode must be 0, 1 or 2"),
+    (b'{"title": 5}', "title must be text"),
+    (b'{"title": "  "}', "title must be text"),
+    (b'{"download_link": "ftp://example.com/a.zip"}', "download_link must be an http:// or https:// address"),
+    (b'{"download_link": 5}', "download_link must be an http:// or https:// address"),
     # Numbers JSON cannot carry to the server (Python's json reads them): refused, never sent.
     (b'{"scale": 1e999}', "1e999 is not a number the server takes"),
     (b'{"scale": -1e999}', "-1e999 is not a number the server takes"),

@@ -127,3 +127,16 @@ def test_what_a_server_sent_is_shown_with_its_control_characters_escaped():
     assert "\x1b" not in text and "\x07" not in text
     assert "u1\\u001b]0;owned\\u0007" in text and "p\\u001b[2Jx" in text
     assert "\x1b" not in status.render_json(snapshot).decode("unicode_escape")
+
+
+def test_a_failed_project_says_what_can_still_make_one():
+    """Refused by the server, .create can be written again; made and then lost by the server, the
+    folder is sealed, and only a new folder makes another project."""
+    for name, sealed, todo in ((None, False, "remove .create and write a corrected one"),
+                               ("p1", True, "copy the files into a new folder to make a new project")):
+        capture = capture_of(records(1))
+        capture["sealed"] = sealed
+        capture["project"] = {"state": "failed", "name": name, "status": 0, "error": "the server said no",
+                              "record": {}, "options": {}}
+        text = status.render_text(status.snapshot_of(capture)).decode()
+        assert f"project   FAILED: the server said no ({todo})" in text, text
