@@ -38,13 +38,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from . import control
 from .api.client import ApiClient
 from .config import Settings
 from .engine.engine import Engine
-from .errors import Fs360Error, SettingError
+from .errors import Fs360Error, JournalUnwritable, SettingError
 from .fs import status as status_files
 from .fs.fuse_ops import mount as fuse_mount
 from .fs.model import MountModel
@@ -64,6 +65,8 @@ KEY_ENV_VARS = ("FS360_API_KEY", "API_KEY")
 SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY", "WATCHDOG_USEC", "WATCHDOG_PID")
 STATUS_INTERVAL = 3.0
 PR_SET_PDEATHSIG = 1
+# How often a journal that refuses writes is said in the log (JournalTroubleFilter).
+JOURNAL_TROUBLE_LOG_SECONDS = 60.0
 
 
 class LaunchError(Exception):
@@ -262,13 +265,38 @@ def setup_logging(settings: Settings, level: str, to_stderr: bool) -> None:
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     secret_filter = SecretFilter(settings.api_key)
+    journal_filter = JournalTroubleFilter()
     formatter = TerminalSafeFormatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(secret_filter)
+        handler.addFilter(journal_filter)
         root.addHandler(handler)
+    # A log file on a disk that fails must not print a traceback to stderr for every line.
+    logging.raiseExceptions = False
     # urllib3 would log URLs at debug level only, but keep it quiet in any case.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+class JournalTroubleFilter(logging.Filter):
+    """A journal that refuses writes (a read-only or failing cache disk) fails nearly every
+    operation: what is logged with it is said once a minute, with the reason and no traceback."""
+
+    def __init__(self):
+        super().__init__()
+        self._said_at = -JOURNAL_TROUBLE_LOG_SECONDS
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, JournalUnwritable):
+            return True
+        now = time.monotonic()
+        if now < self._said_at + JOURNAL_TROUBLE_LOG_SECONDS:
+            return False
+        self._said_at = now
+        record.msg, record.args = f"{record.getMessage()}: {exc}", ()
+        record.exc_info = record.exc_text = None
+        return True
 
 
 class EmbeddedEmulator:

@@ -389,6 +389,14 @@ class NoSpace(FsError):
     reason = "the spool disk is full: nothing can be staged"
 
 
+class JournalUnwritable(FsError):
+    """The journal (SQLite, in the cache dir) refused a write that is not about a full disk: a
+    read-only or failing disk. Nothing that must be journaled can change until it takes writes."""
+    errno = _errno.EIO
+    code = "journal_unwritable"
+    reason = "the cache dir's journal cannot be written: its disk is read-only or failing"
+
+
 class EarlierWriteLost(FsError):
     """A write done behind its writer (engine/spool.py) failed: bytes the writer was told were
     written are not in the spool, so the file is not whole. It carries that write's errno, and

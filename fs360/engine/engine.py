@@ -18,6 +18,7 @@ from collections import deque
 from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..config import Settings
+from ..errors import JournalUnwritable
 from .archive_plan import TreeArchive
 from .gate import TransferGate  # ops: bwlimit/pause
 from .housekeeping import Housekeeping
@@ -330,5 +331,7 @@ class Engine:
             except Exception:
                 log.exception("cannot settle %r; retrying it from memory", record.name)
                 if self.registry.is_current_locked(record, generation):
-                    self.registry.failed_in_memory_locked(record)
+                    # Status says why the file waits when it is the journal (the reason is in words).
+                    self.registry.failed_in_memory_locked(record, str(exc) if isinstance(exc, JournalUnwritable)
+                                                          else "")
                     self._schedule_locked(record, self.settings.backoff_cap)

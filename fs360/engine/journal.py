@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from ..errors import NoSpace
+from ..errors import JournalUnwritable, NoSpace
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,14 @@ class Journal:
         try:
             return self._rolled_back_on_error_locked(operation)
         except sqlite3.OperationalError as exc:
+            if _disk_failing(exc):
+                raise self._unwritable(exc) from None
             if not _disk_full(exc):
                 raise
+        except sqlite3.DatabaseError as exc:
+            if _disk_failing(exc):
+                raise self._unwritable(exc) from None
+            raise
         if not self._release_reserve():
             raise NoSpace("the cache disk is full: the journal cannot record the change")
         log.warning("the cache disk is full: the journal uses its reserve")
@@ -187,6 +193,11 @@ class Journal:
                 raise
         raise NoSpace("the cache disk is full even without the journal's reserve: the journal cannot record "
                       "the change")
+
+    def _unwritable(self, exc: sqlite3.Error) -> JournalUnwritable:
+        return JournalUnwritable(f"fs360 cannot write its journal in {self._path.parent} ({exc}): the disk of the "
+                                 f"cache dir is read-only or failing; the files wait, nothing is lost from "
+                                 f"memory; fix the disk (then unmount and mount again)")
 
     def _rolled_back_on_error_locked(self, operation):
         try:
@@ -390,6 +401,14 @@ class Journal:
 
 def _disk_full(exc: sqlite3.OperationalError) -> bool:
     return "full" in str(exc).lower()
+
+
+# SQLite's result codes that say the disk (not the statement, not a busy lock) refuses writes.
+DISK_FAILING_CODES = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CORRUPT", "SQLITE_CANTOPEN", "SQLITE_NOTADB")
+
+
+def _disk_failing(exc: sqlite3.DatabaseError) -> bool:
+    return str(getattr(exc, "sqlite_errorname", "")).startswith(DISK_FAILING_CODES)
 
 
 def _column_value(value):

@@ -50,10 +50,12 @@ class UploadOutcomes(RegistryState):
         self.set_state_locked(record, COMPLETE, server_received=received, completed_at=time.time(), last_error="")
         return True
 
-    def failed_in_memory_locked(self, record: FileRecord) -> None:
+    def failed_in_memory_locked(self, record: FileRecord, reason: str = "") -> None:
         """Its upload ended in a bug that even settling it could not journal: tried again later
-        from memory, asking the server first where it stands."""
+        from memory, asking the server first where it stands. `reason`: why, for status."""
         record.state, record.needs_resync = FAILED, True
+        if reason:
+            record.last_error = reason
 
     def resynced_locked(self, record: FileRecord, received: int) -> None:
         """The server said where the file stands; nothing there: the file may change again."""

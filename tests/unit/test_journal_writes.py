@@ -61,3 +61,40 @@ def test_a_folders_mtime_is_journaled_once_per_second_and_at_the_end(emulator, m
     reopened = Journal(model.engine.journal._path)
     assert [r["mtime_ns"] for r in reopened.sessions() if r["id"] == session.id] == [300]
     reopened.close()
+
+
+def test_a_journal_that_refuses_writes_says_so_in_words_and_the_log_says_it_once(tmp_path):
+    """A read-only or failing cache disk: every write fails. The error names the journal and what
+    to do (no sqlite3 traceback per file), and the daemon's log says it once a minute."""
+    import logging
+    import sqlite3
+
+    import pytest
+
+    from fs360.daemon import JournalTroubleFilter
+    from fs360.errors import JournalUnwritable
+    journal = Journal(tmp_path / "journal.db")
+    session_id = journal.insert_session({"name": "s", "upload_id": None, "expires_at": None, "mode": 0o755,
+                                         "mtime_ns": 0, "sealed": 0})
+    journal._db.close()
+    journal._db = sqlite3.connect(f"file:{tmp_path / 'journal.db'}?mode=ro", uri=True, check_same_thread=False)
+    with pytest.raises(JournalUnwritable) as refused:
+        journal.update_session(session_id, mode=0o700)
+    assert f"cannot write its journal in {tmp_path}" in str(refused.value) and "read-only" in str(refused.value)
+
+    said = []
+    handler = logging.Handler()
+    handler.emit = said.append
+    handler.addFilter(JournalTroubleFilter())
+    log = logging.getLogger("test.journal.trouble")
+    log.addHandler(handler)
+    try:
+        for _ in range(3):
+            try:
+                raise refused.value
+            except JournalUnwritable:
+                log.exception("cannot settle %r", "a.jpg")
+    finally:
+        log.removeHandler(handler)
+    assert len(said) == 1 and said[0].exc_info is None
+    assert said[0].getMessage().startswith("cannot settle 'a.jpg': fs360 cannot write its journal")
