@@ -54,7 +54,8 @@ class TransferGate:
 
     @property
     def bwlimit(self) -> str:
-        return self._spec
+        """The limit as given ("5M", a timetable), or "off" for any spelling of none ("0" too)."""
+        return "off" if self._table == NO_LIMIT else self._spec
 
     def set_bwlimit(self, spec: str) -> None:
         table = parse_bwlimit(spec)  # raises ValueError before anything changes

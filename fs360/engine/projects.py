@@ -181,7 +181,13 @@ class ProjectKeeper:
                 if session.project is project and upload_id and project.posted_upload_id == upload_id:
                     self.registry.update_project_locked(session, posted_upload_id=None)
             if isinstance(exc, ProjectCreationFailed):
-                self._recheck_files(session, upload_id)
+                strangers = self._recheck_files(session, upload_id)
+                if strangers:
+                    exc = ProjectCreationFailed(
+                        f"the server refuses the project: it holds an unfinished file this mount does not know "
+                        f"({', '.join(strangers[:3])}{', …' if len(strangers) > 3 else ''}), left by another client "
+                        f"or a cache disk that failed, and cannot drop one file: copy the files into a new folder",
+                        status=400, code=exc.code)
             # An account error (a plan's project limit, a quota, a key) can be fixed without a new
             # .create: retried slowly, like the files; a rate-limit wait comes back when it ends.
             self._retry_later(session, exc)
@@ -273,21 +279,25 @@ class ProjectKeeper:
             return None
         return {p["name"] for p in listed if isinstance(p, dict) and isinstance(p.get("name"), str)}
 
-    def _recheck_files(self, session: SessionRecord, upload_id: str | None) -> None:
-        """The server says a file is incomplete: believe it and send that file again."""
+    def _recheck_files(self, session: SessionRecord, upload_id: str | None) -> list[str]:
+        """The server says a file is incomplete: believe it and send that file again. Returns the
+        names of the unfinished files it holds that no file here is sent as."""
         if not upload_id:
-            return
+            return []
         try:
             remote = {f.name.lower(): f for f in self.client.session_status(upload_id)}
         except Fs360Error:
-            return
+            return []
         with self.lock:
+            ours = set()
             for record in session.uploads():
+                ours.add((record.server_name or "").lower())
                 if record.state != COMPLETE:
                     continue
                 held = remote.get((record.server_name or "").lower())
                 if held is None or not held.complete:
                     self.registry.server_lacks_file_locked(record)
+        return sorted(f.name for key, f in remote.items() if not f.complete and key not in ours)
 
     def _poll(self, session: SessionRecord) -> None:
         project = session.project

@@ -364,7 +364,8 @@ class MountModel:
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
             if node.kind != FILE:
-                raise NotFound(path) if node.kind == MISSING else InvalidArgument(f"{path} is not a file")
+                raise NotFound("no such file in the mount: check the path") if node.kind == MISSING \
+                    else InvalidArgument(f"{path} is not a file")
             if not self.engine.registry.release_held_locked(node.record):
                 raise InvalidArgument(f"{node.name} is not held (it is {node.record.state}): nothing to release")
             return f"{node.name}: released; it uploads now"

@@ -228,6 +228,9 @@ def test_fs360_release_uploads_a_held_file_the_user_knows_is_whole(tmp_path, emu
     assert_uploaded(emulator, None, sources)
     outside = run_fs360(tmp_path, "release", str(tmp_path / "src" / "a.jpg"), env=harness_runtime())
     assert outside.returncode != 0 and "not inside an fs360 mount" in outside.stderr
+    missing = run_fs360(tmp_path, "release", str(session / "nothere.jpg"), env=harness_runtime())
+    assert missing.returncode != 0
+    assert missing.stderr.strip() == "fs360: s/nothere.jpg: no such file in the mount: check the path", missing.stderr
 
 
 def test_reruns_that_unlink_first_bring_the_servers_files_back(tmp_path, profiled_emulator, mount_factory):

@@ -372,3 +372,28 @@ def test_after_a_restart_an_older_project_of_the_same_title_is_never_taken(profi
         assert mine["upload_id"] == session.upload_id
     finally:
         engine.stop()
+
+
+def test_a_project_refused_for_a_server_file_fs360_does_not_know_says_which_and_what_to_do(emulator, settings_for,
+                                                                                           tmp_path):
+    """The server holds part of a file no file here is sent as (another client, or a journal lost
+    with a failed cache disk): it refuses the project, and the reason names that file and the way
+    out, not a bare code."""
+    import urllib.request
+    src = tmp_path / "src"
+    expected = make_sources(src, {"a.jpg": 5000})
+    engine = run_engine(settings_for(emulator), src, expected, session="s")
+    try:
+        session = engine.registry.sessions["s"]
+        stray = urllib.request.Request(f"{emulator.base_url}/uploads/{session.upload_id}/stray.e57", data=b"x" * 10,
+                                       method="PUT", headers={"Authorization": f"Bearer {emulator.api_key}",
+                                                              "Content-Type": "application/octet-stream",
+                                                              "Content-Range": "bytes 0-9/100"})
+        urllib.request.urlopen(stray, timeout=10).close()
+        with engine.lock:
+            engine.request_project_locked(session, {})
+        wait_until(lambda: "stray.e57" in (session.project.last_error or ""), 60,
+                   what="the refusal to name the stray file")
+        assert "copy the files into a new folder" in session.project.last_error
+    finally:
+        engine.stop()

@@ -134,3 +134,13 @@ def test_list_projects_draws_on_the_get_project_bucket():
     before = clock.now
     pacer.acquire("list_projects")
     assert clock.now - before >= 60.0
+
+
+def test_a_bwlimit_of_0_is_shown_as_off():
+    """`fs360 set bwlimit=0` means no limit: the mount says "off", not "bwlimit 0"."""
+    from fs360.engine.gate import TransferGate
+    gate = TransferGate("5M")
+    assert gate.bwlimit == "5M"
+    for none in ("0", "off", "0k"):
+        gate.set_bwlimit(none)
+        assert gate.bwlimit == "off"
