@@ -226,6 +226,9 @@ def needs_you_lines(doc: dict) -> list[Text]:
         if project and project.get("refused"):
             lines.append(Text.assemble(("  ✗ ", "bold red"), (f"{s['session']}/.create", "bold"),
                                        f": {project['refused']}"))
+        elif project and project["state"] == "failed":
+            lines.append(Text.assemble(("  ✗ ", "bold red"), (f"{s['session']}/.create", "bold"),
+                                       f" project failed: {project['error']}"))
         for f in s["files"]:
             if f["state"] in NEEDS_YOU_STATES:
                 lines.append(Text.assemble(("  ✗ ", "bold red"), (f"{s['session']}/{f['name']}", "bold"),

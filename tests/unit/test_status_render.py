@@ -140,3 +140,10 @@ def test_a_failed_project_says_what_can_still_make_one():
                               "record": {}, "options": {}}
         text = status.render_text(status.snapshot_of(capture)).decode()
         assert f"project   FAILED: the server said no ({todo})" in text, text
+
+
+def test_a_failed_project_needs_the_user_in_unmount_wait():
+    """`fs360 unmount --wait` exits 3 and names what needs the user: a project that failed too."""
+    from fs360.status_view import needs_you_lines
+    doc = {"sessions": [{"session": "S", "files": [], "project": {"state": "failed", "error": "the server lost it"}}]}
+    assert [line.plain for line in needs_you_lines(doc)] == ["  ✗ S/.create project failed: the server lost it"]
