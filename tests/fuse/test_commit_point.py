@@ -359,3 +359,26 @@ def test_a_create_by_another_process_never_freezes_a_tree_file_whose_writer_runs
     held = wait_state(mount, "s", "d/half.jpg")
     assert held["state"] == "held" and "exited with status 1 right after writing it" in held["error"], held
     assert not remote_files(emulator) and not emulator.projects(), "the tree went up"
+
+
+def test_a_create_by_the_tree_writer_or_its_child_freezes_the_tree_at_once(tmp_path, profiled_emulator,
+                                                                          mount_factory):
+    """A shell writes its tree files with a builtin and runs on; it (or a child of it) writing
+    .create says the tree is done: the project is made from the tree at once, a minute before
+    the write-back delay would have committed the files."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    for name, create in (("own", 'echo "{}" > "$1/.create"'),
+                         ("child", f'{sys.executable} -c "import sys; open(sys.argv[1], \'w\').write(\'{{}}\')" '
+                                   f'"$1/.create"')):
+        session = mount.mountpoint / name
+        (session / "d").mkdir(parents=True)
+        script = f'echo scan > "$1/d/a.jpg"; {create}; sleep 30'  # the shell runs on past the test
+        shell = subprocess.Popen(["bash", "-c", script, "sh", str(session)], start_new_session=True)
+        try:
+            project = mount.wait_project(name, timeout=25)
+            assert project["state"] == "ready", project
+        finally:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait()
+    assert sorted(f["name"] for f in emulator.files()) == ["child.zip", "own.zip"]
