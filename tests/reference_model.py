@@ -88,6 +88,8 @@ class File:
     run: object = None
     opened_size: int = 0
     writing_failed: bool = False
+    # Every byte was written front to back by its writings so far: only then does an append finish it.
+    prefix_whole: bool = True
     handles: set = field(default_factory=set)
     # Unlinked while open: libfuse renamed it to this .fuse_hidden name (D "A file unlinked
     # while open"); the name goes at its last close.
@@ -164,13 +166,26 @@ class File:
             self.run = (self.run[0], max(self.run[1], end))
         else:
             self.run = False
+        if self.run is False:
+            self.prefix_whole = False
 
     def cut(self, length: int) -> None:
         """A truncate to `length` during a writing: the run still ends the file only if the cut falls in it."""
         if length == 0:
-            self.run = (0, 0)
+            self.run, self.prefix_whole = (0, 0), True
         elif self.writers and self.run is not False:
             self.run = (self.run[0], length) if self.run and self.run[0] <= length <= self.run[1] else False
+            if self.run is False:
+                self.prefix_whole = False
+
+    def writes_make_it_whole(self) -> bool:
+        """At the last close: one run to the end, from byte 0, or from the old end onto a clean part."""
+        if not self.run or self.run[1] < len(self.data):
+            return False
+        if self.run[0] == 0:
+            self.prefix_whole = True
+            return True
+        return self.prefix_whole
 
 
 @dataclass(eq=False)
@@ -341,6 +356,8 @@ class Reference:
         f.unfinished_in_state_only = False  # engine.registry.open_for_write_locked: from last_error
         if truncate or f.size == 0:
             f.unfinished = False
+            if not f.writers:
+                f.prefix_whole = True
         if truncate and f.size:  # model._open_file_locked truncates the spool when the size is not 0
             f.data, f.crashed_size = bytearray(), None
         if not f.writers:
@@ -434,7 +451,7 @@ class Reference:
                 return errno.EACCES  # D: "at close, a rewrite from byte 0 must have the same size and sha256"
             return 0
         if h.writable and not f.writers:
-            f.completing = not f.writing_failed and bool(f.run) and f.run[1] >= len(f.data)
+            f.completing = f.writes_make_it_whole() and not f.writing_failed
         if writer_died and h.writable:
             f.fail(INTERRUPTED)  # D "Unfinished files": killed by a signal with the file open
         if h.writable:

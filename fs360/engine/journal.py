@@ -89,12 +89,13 @@ CREATE TABLE IF NOT EXISTS dirs (
 
 FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", "state", "server_received",
                 "upload_id", "last_error", "attempts", "next_attempt", "completed_at", "evicted", "unlinked",
-                "server_name", "sha256", "archive", "unfinished", "writers")
+                "server_name", "sha256", "archive", "unfinished", "writers", "prefix_whole")
 # Columns added after the first release: (table, column, SQL type). A journal of an
 # older build gets them at open, so its sessions resume instead of failing.
 # `archive`: the row is the session's tree as one .zip (records.FileRecord.archive).
 # `unfinished`: why the content is not whole (records.FileRecord.unfinished).
 # `writers`: a closed file's awaited writers (engine/processes.py), to resume its commit point.
+# `prefix_whole`: every byte of the file was written, front to back (records.FileRecord).
 # `uid`, `gid` of sessions and dirs: who made the folder (on a shared mount, allow_other);
 # NULL: the mount's owner.
 # `posted_at`, `listed_before` of projects: when the POST was sent and the names listed just
@@ -105,7 +106,8 @@ ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"),
                  ("files", "writers", "TEXT NOT NULL DEFAULT ''"),
                  ("sessions", "uid", "INTEGER"), ("sessions", "gid", "INTEGER"),
                  ("dirs", "uid", "INTEGER"), ("dirs", "gid", "INTEGER"),
-                 ("projects", "posted_at", "REAL"), ("projects", "listed_before", "TEXT"))
+                 ("projects", "posted_at", "REAL"), ("projects", "listed_before", "TEXT"),
+                 ("files", "prefix_whole", "INTEGER NOT NULL DEFAULT 1"))
 SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed", "uid", "gid")
 DIR_COLUMNS = ("session_id", "path", "mode", "mtime_ns", "uid", "gid")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",

@@ -115,6 +115,10 @@ class FileRecord:
     written_from: int = -1
     written_to: int = 0
     opened_size: int = 0
+    # Every byte of it was written front to back, without a hole (by its writings so far;
+    # journaled): only then can an append of the rest make it whole (a segmented downloader
+    # killed mid-way leaves holes that `curl -C -` would not fill).
+    prefix_whole: bool = True
     # The writers of an earlier writing whose exits were still awaited when this one began, as
     # `writers`; `earlier_failure`: why one of them failed. An earlier writer that fails leaves the
     # file `held` unless this writing makes it whole (a touch never does).

@@ -69,7 +69,8 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Upload
                 server_received=row["server_received"], upload_id=row["upload_id"], last_error=row["last_error"],
                 attempts=row["attempts"], next_attempt=row["next_attempt"], completed_at=row["completed_at"],
                 evicted=bool(row["evicted"]), unlinked=bool(row["unlinked"]), server_name=row["server_name"],
-                sha256=row["sha256"], archive=bool(row["archive"]), unfinished=row["unfinished"])
+                sha256=row["sha256"], archive=bool(row["archive"]), unfinished=row["unfinished"],
+                prefix_whole=bool(row["prefix_whole"]))
             record.local_only = record.state == LOCAL
             self._files[record.id] = record
             if record.archive:

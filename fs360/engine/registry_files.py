@@ -33,7 +33,7 @@ class FileWriters(RegistryState):
         values = dict(session_id=session.id, name=name, size=0, mode=mode, uid=uid, gid=gid, mtime_ns=now_ns,
                       state=state, server_received=0, upload_id=None, last_error="", attempts=0, next_attempt=0,
                       completed_at=0, evicted=0, unlinked=0, server_name=server_name, sha256=None, archive=0,
-                      unfinished=STOPPED_WHILE_WRITING, writers="")
+                      unfinished=STOPPED_WHILE_WRITING, writers="", prefix_whole=1)
         file_id = self.journal.insert_file(values)
         self.spool.create(file_id)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=mode, mtime_ns=now_ns, uid=uid,
@@ -52,7 +52,7 @@ class FileWriters(RegistryState):
         values = dict(session_id=session.id, name=name, size=size, mode=0o644, uid=os.getuid(), gid=os.getgid(),
                       mtime_ns=now_ns, state=PENDING, server_received=0, upload_id=None, last_error="",
                       attempts=0, next_attempt=0, completed_at=0, evicted=0, unlinked=0, server_name=server_name,
-                      sha256=None, archive=1, unfinished="", writers="")
+                      sha256=None, archive=1, unfinished="", writers="", prefix_whole=1)
         file_id = self.journal.insert_file(values)
         record = FileRecord(id=file_id, session_id=session.id, name=name, mode=0o644, mtime_ns=now_ns, size=size,
                             uid=values["uid"], gid=values["gid"], state=PENDING, server_name=server_name,
@@ -98,6 +98,7 @@ class FileWriters(RegistryState):
             record.written_from, record.written_to, record.opened_size = -1, 0, record.size
             record.writer_failure = ""
             if rewrite:
+                self._prefix_whole_locked(record, True)
                 # Its content starts again: earlier writers' exits no longer say anything of it.
                 record.earlier_writers, record.earlier_failure = None, ""
             elif record.writers:
@@ -133,8 +134,7 @@ class FileWriters(RegistryState):
         record.mtime_ns = time.time_ns()
         return record.digest
 
-    @staticmethod
-    def note_written_locked(record: FileRecord, offset: int, end: int) -> None:
+    def note_written_locked(self, record: FileRecord, offset: int, end: int) -> None:
         """This writing's run of writes (FileRecord.written_from): it goes on while each write
         starts within it; its first write must start at byte 0 or at the size the file had when
         the writing began."""
@@ -144,31 +144,46 @@ class FileWriters(RegistryState):
             if offset in (0, record.opened_size):
                 record.written_from, record.written_to = offset, end
             else:
-                record.written_from = WRITES_SPOILED
+                self._spoil_locked(record)
         elif record.written_from <= offset <= record.written_to:
             record.written_to = max(record.written_to, end)
         else:
-            record.written_from = WRITES_SPOILED
+            self._spoil_locked(record)
 
-    @staticmethod
-    def _note_cut_locked(record: FileRecord, length: int) -> None:
+    def _note_cut_locked(self, record: FileRecord, length: int) -> None:
         """A truncate to `length` (not 0) during a writing: its run still reaches the end only if
         the cut falls within it (rsync resuming in place cuts the file to its new size)."""
         if record.open_writers and record.written_from != WRITES_SPOILED:
             if record.written_from < 0 or not record.written_from <= length <= record.written_to:
-                record.written_from = WRITES_SPOILED
+                self._spoil_locked(record)
             else:
                 record.written_to = length
 
-    @staticmethod
-    def _writes_make_it_whole(record: FileRecord) -> bool:
-        """At the last close: this writing wrote the file from its start or its old end to its end."""
-        return record.written_from >= 0 and record.written_to >= record.size
+    def _spoil_locked(self, record: FileRecord) -> None:
+        """This writing's writes are not one run: the file may hold a hole or bytes nobody wrote
+        in order, so no append can make it whole later (journaled now: a crash must not forget it)."""
+        record.written_from = WRITES_SPOILED
+        self._prefix_whole_locked(record, False)
+
+    def _prefix_whole_locked(self, record: FileRecord, whole: bool) -> None:
+        if record.prefix_whole != whole:
+            record.prefix_whole = whole
+            self.journal.update_file(record.id, prefix_whole=whole)
+
+    def _writes_make_it_whole_locked(self, record: FileRecord) -> bool:
+        """At the last close: this writing wrote the file to its end in one run, from byte 0, or
+        from its old end onto bytes all written front to back before (an append to a clean part)."""
+        if record.written_from < 0 or record.written_to < record.size:
+            return False
+        if record.written_from == 0:
+            self._prefix_whole_locked(record, True)
+            return True
+        return record.prefix_whole
 
     def allocated_locked(self, record: FileRecord, end: int) -> None:
         """fallocate grew its spool file to `end` with zeros."""
         if end > record.size:
-            record.written_from = WRITES_SPOILED  # zeros nobody wrote
+            self._spoil_locked(record)  # zeros nobody wrote
             self.resize_locked(record, end)
             if record.digest is not None:
                 record.digest.invalidate()
@@ -181,7 +196,7 @@ class FileWriters(RegistryState):
         self.resize_locked(record, size)
         if not record.open_writers:
             # (Not when a writer of this writing already failed: an exit may come before the release.)
-            record.completing = not record.writer_failure and self._writes_make_it_whole(record)
+            record.completing = self._writes_make_it_whole_locked(record) and not record.writer_failure
             if record.earlier_failure and not record.completing:
                 self.writer_failed_locked(record, record.earlier_failure, HELD)
         if unfinished:
@@ -211,6 +226,7 @@ class FileWriters(RegistryState):
             record.digest = RunningDigest()
             record.earlier_writers, record.earlier_failure = None, ""
             record.written_from, record.written_to = 0, 0
+            self._prefix_whole_locked(record, True)
         else:
             self._note_cut_locked(record, length)
             if record.digest is not None:

@@ -382,3 +382,26 @@ def test_a_create_by_the_tree_writer_or_its_child_freezes_the_tree_at_once(tmp_p
             os.killpg(shell.pid, signal.SIGKILL)
             shell.wait()
     assert sorted(f["name"] for f in emulator.files()) == ["child.zip", "own.zip"]
+
+
+def test_an_append_never_finishes_a_file_whose_earlier_writer_left_a_hole(tmp_path, profiled_emulator,
+                                                                          mount_factory):
+    """A segmented downloader wrote two parts with a gap between and was killed: `curl -C -` or
+    `cat rest >> f` appending the tail leaves the gap as zeros, so the file stays interrupted (a
+    front-to-back writer's part is finished by the same append: the first test above)."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    body = os.urandom(4 * MiB)
+    script = ("import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\n"
+              "data = sys.stdin.buffer.read()\n"
+              "os.pwrite(fd, data[:1 << 20], 0); os.pwrite(fd, data[2 << 20:3 << 20], 2 << 20)\n"
+              "os.kill(os.getpid(), 9)")
+    killed = subprocess.run([sys.executable, "-c", script, str(session / "cut.e57")], input=body)
+    assert killed.returncode == -signal.SIGKILL
+    assert wait_state(mount, "s", "cut.e57")["state"] == "interrupted"
+    subprocess.run(["sh", "-c", 'cat >> "$0"', str(session / "cut.e57")], input=body[3 * MiB:], check=True)
+    after = wait_state(mount, "s", "cut.e57")
+    assert after["state"] == "interrupted" and after["size"] == 4 * MiB, after
+    assert not remote_files(emulator), "a file with a hole reached the server"
