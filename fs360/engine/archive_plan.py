@@ -59,7 +59,8 @@ class TreeArchive:
                         f"remove one of them")
         unfinished = [f for f in tree if f.open_writers or f.state != IN_TREE]
         if unfinished:
-            return "; ".join(f"{f.name}: still being written" if f.open_writers or f.state in (WRITING, CLOSED)
+            return "; ".join(f"{f.name}: still being written (by a program that has not exited)"
+                             if f.open_writers or f.state in (WRITING, CLOSED)
                              else f"{f.name}: {f.state} ({f.last_error}); delete it or copy it again"
                              for f in sorted(unfinished, key=lambda f: f.name))
         cap = self.registry.caps.file_cap

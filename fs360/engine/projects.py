@@ -129,7 +129,10 @@ class ProjectKeeper:
                 if project is None:
                     continue
                 if project.state == P_WAITING:
-                    self.registry.project_notice_locked(session, self.blocking_reason_locked(session))
+                    # A POST that may have gone is looked up whatever changed here since: the
+                    # project may exist, and nothing here can change it now.
+                    posted = session.project_posted
+                    self.registry.project_notice_locked(session, "" if posted else self.blocking_reason_locked(session))
                     if not session.notice and project.next_attempt <= now:
                         due_create.append(session)
                 elif project.state == P_CREATED and project.next_attempt <= now:

@@ -275,7 +275,7 @@ def render_text(snapshot: dict) -> bytes:
                  + (f", eta {human_duration(totals['eta_seconds'])}" if totals.get("eta_seconds") else ""))
     project = snapshot["project"]
     if project is not None and project.get("refused"):
-        lines.append(f"project   refused: {project['refused']} (write a valid .create: empty or a JSON object)")
+        lines.append(f"project   refused: {project['refused']} (write .create again once that is put right)")
     if project is not None and project["state"] != "refused":
         if project["state"] == "waiting":
             lines.append(f"project   requested; {project['waiting_for'] or 'creating'}")

@@ -397,3 +397,25 @@ def test_a_project_refused_for_a_server_file_fs360_does_not_know_says_which_and_
         assert "copy the files into a new folder" in session.project.last_error
     finally:
         engine.stop()
+
+
+def test_a_lost_post_is_still_looked_up_after_a_file_is_deleted(profiled_emulator, settings_for, tmp_path):
+    """The POST's answer is lost and the first lookups fail; the user deletes a file meanwhile (the
+    server holds it). The project may exist, so it is still looked up and found: ready, once."""
+    emulator = profiled_emulator
+    src = tmp_path / "src"
+    expected = make_sources(src, {"a.jpg": 1000, "b.jpg": 2000})
+    engine = run_engine(settings_for(emulator), src, expected, session="s")
+    try:
+        session = engine.registry.sessions["s"]
+        emulator.set_faults([{"endpoint": "create_project", "kind": "drop_response", "count": 1}] + [
+            {"endpoint": endpoint, "kind": "error_503", "count": 2} for endpoint in ("list_projects", "get_project")])
+        with engine.lock:
+            engine.request_project_locked(session, {})
+        wait_until(lambda: fired(emulator)[0] == 1, 30, what="the POST's answer to be lost")
+        with engine.lock:
+            engine.registry.remove_file_locked(session.files["b.jpg"])
+        wait_until(lambda: session.project.state == P_READY, 60, what="the lost POST's project to be found")
+    finally:
+        engine.stop()
+    assert [p["create_count"] for p in emulator.projects()] == [1]

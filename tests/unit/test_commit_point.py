@@ -274,3 +274,21 @@ def test_a_commit_due_sooner_than_every_other_wakes_the_commit_thread(emulator, 
         engine._schedule_commit_locked(soon, 0.0)
     wait_until(lambda: file_state(model, "s", "soon.jpg") == "complete", 30, 0.05, what="soon.jpg uploaded")
     assert file_state(model, "s", "late.jpg") == "closed"
+
+
+def test_a_writer_seen_to_exit_0_leaves_the_journaled_writers(idle):
+    """A touch during the commit wait exits 0 while the program that wrote the file runs on: the
+    journal keeps only the program, so a restart watches it again instead of holding the file for
+    a writer that 'ended unseen'."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.e57", b"data", pid=CURL)
+    fh = idle.open("/s/a.e57", os.O_WRONLY)
+    idle.flush(fh, SHELL)
+    idle.release(fh)
+
+    def journaled() -> str:
+        return next(row["writers"] for row in idle.engine.journal.files() if row["name"] == "a.e57")
+    assert str(SHELL) in journaled() and str(CURL) in journaled()
+    idle.writers.exited(SHELL, 0)
+    assert file_state(idle, "s", "a.e57") == "closed"
+    assert str(SHELL) not in journaled() and str(CURL) in journaled()
