@@ -31,6 +31,10 @@ class FileHandle:
     # Its writer closed it (a FLUSH came) and has not written through it since: whole, as far as
     # this handle goes, even if its RELEASE never arrives (a lazy unmount).
     closed: bool = False
+    # Something of the file's content came through it: its opening (O_TRUNC, or an empty file),
+    # a write, truncate or fallocate. A close before that (a shell's child closing its
+    # redirection before the exec of `cat rest >> f`, a touch) is no writer's close.
+    changed: bool = False
     # A check of a deleted file the server holds, listed again for a re-copy: unless the copy
     # is identical, the file is deleted again at the release.
     revival: bool = False

@@ -79,6 +79,7 @@ class OpenFiles:
         except FileNotFoundError:
             raise AccessDenied("only the server holds this file's data now") from None
         handle = FileHandle(record, fd, writing, bool(flags & os.O_APPEND))
+        handle.changed = writing and (truncate or record.size == 0)
         if writing:
             # Its O_DIRECT descriptor is opened at its first write with a run to go direct
             # (_direct_fd): a small file never has one.
@@ -140,6 +141,7 @@ class OpenFiles:
             return len(data)
         record = handle.record
         handle.closed = False
+        handle.changed = True
         if handle.append:
             offset = record.size
         with failures_marked(handle):
@@ -218,6 +220,7 @@ class OpenFiles:
                 return
             check_mutable_locked(self.engine, record)
         handle.closed = False
+        handle.changed = True
         self._drain(handle)
         # Through the handle (its writer keeps the file from being queued meanwhile); it works on a
         # file unlinked while open too (its spool file is gone).
@@ -250,6 +253,7 @@ class OpenFiles:
             raise NotSupported("only plain fallocate is supported")
         end = offset + length
         handle.closed = False
+        handle.changed = True
         self._drain(handle)
         with failures_marked(handle):
             if end > handle.record.size:
@@ -276,7 +280,9 @@ class OpenFiles:
             return
         self._drain(handle)  # a write behind that failed fails the close, and the file is not whole
         handle.closed = True
-        if handle.check is not None:
+        if handle.check is not None or not handle.changed:
+            # Nothing came through it: its closer's exit says nothing of the content (unless the
+            # closer is dying now: `false > f` closes the file as it exits 1).
             reason = self.writers.dying(pid)
         else:
             reason = self.writers.closed(pid, handle.record)

@@ -405,3 +405,31 @@ def test_an_append_never_finishes_a_file_whose_earlier_writer_left_a_hole(tmp_pa
     after = wait_state(mount, "s", "cut.e57")
     assert after["state"] == "interrupted" and after["size"] == 4 * MiB, after
     assert not remote_files(emulator), "a file with a hole reached the server"
+
+
+def test_cat_rest_appended_from_a_shell_that_runs_on_finishes_a_held_file(tmp_path, profiled_emulator,
+                                                                         mount_factory):
+    """`cat rest >> f` typed in a shell: the shell's child opens the redirection and closes its
+    first descriptor before it runs cat, and that shell never exits. Only cat wrote: its exit 0
+    decides, and the held file is complete a minute before the write-back delay would say."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    body = os.urandom(2 * MiB)
+    server = CutOffServer(body, cut=MiB // 2)
+    try:
+        curl = subprocess.run(["curl", "-sS", "-o", str(session / "scan.e57"), server.url], capture_output=True)
+        assert curl.returncode == 18, curl.stderr
+    finally:
+        server.shutdown()
+    assert wait_state(mount, "s", "scan.e57")["state"] == "held"
+    (tmp_path / "rest").write_bytes(body[MiB // 2:])
+    shell = subprocess.Popen(["bash", "-c", 'cat "$1" >> "$2"; sleep 60', "sh", str(tmp_path / "rest"),
+                              str(session / "scan.e57")], start_new_session=True)
+    try:
+        assert wait_state(mount, "s", "scan.e57", ("complete",), timeout=40)["state"] == "complete"
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
+    assert_uploaded(emulator, None, {"scan.e57": hashlib.sha256(body).hexdigest()})

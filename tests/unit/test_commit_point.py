@@ -282,7 +282,8 @@ def test_a_writer_seen_to_exit_0_leaves_the_journaled_writers(idle):
     a writer that 'ended unseen'."""
     idle.mkdir("/s", 0o755)
     write_file(idle, "/s/a.e57", b"data", pid=CURL)
-    fh = idle.open("/s/a.e57", os.O_WRONLY)
+    fh = idle.open("/s/a.e57", os.O_WRONLY | os.O_APPEND)
+    idle.write(fh, b" more", 4)
     idle.flush(fh, SHELL)
     idle.release(fh)
 
