@@ -103,6 +103,19 @@ def damaged_zip(folder: Path) -> Path:
     return archive
 
 
+def held_by_a_cut_off_curl(path: Path) -> bytes:
+    """`curl -o path` of 2 MiB from a server that drops the connection after 0.5 MiB (exit 18):
+    the file is held. Returns the whole body curl was sent."""
+    body = os.urandom(2 * MiB)
+    server = CutOffServer(body, cut=MiB // 2)
+    try:
+        curl = subprocess.run(["curl", "-sS", "-o", str(path), server.url], capture_output=True)
+        assert curl.returncode == 18, curl.stderr
+    finally:
+        server.shutdown()
+    return body
+
+
 @pytest.fixture
 def slow_source(tmp_path) -> tuple[Path, str]:
     sources = make_sources(tmp_path / "src", {"big.e57": 24 * MiB})
@@ -273,13 +286,7 @@ def test_a_touch_or_a_write_in_place_never_makes_a_partial_file_whole(tmp_path, 
     mount = mount_factory(emulator, writeback_delay=WINDOW)
     session = mount.mountpoint / "s"
     session.mkdir()
-    body = os.urandom(2 * MiB)
-    server = CutOffServer(body, cut=MiB // 2)
-    try:
-        curl = subprocess.run(["curl", "-sS", "-o", str(session / "scan.e57"), server.url], capture_output=True)
-        assert curl.returncode == 18, curl.stderr
-    finally:
-        server.shutdown()
+    body = held_by_a_cut_off_curl(session / "scan.e57")
     killed = session / "photo.jpg"
     script = (f"import os; f = open({str(killed)!r}, 'wb'); f.write(os.urandom(300_000)); f.flush(); "
               f"os.kill(os.getpid(), 9)")
@@ -416,13 +423,7 @@ def test_cat_rest_appended_from_a_shell_that_runs_on_finishes_a_held_file(tmp_pa
     mount = mount_factory(emulator, writeback_delay=WINDOW)
     session = mount.mountpoint / "s"
     session.mkdir()
-    body = os.urandom(2 * MiB)
-    server = CutOffServer(body, cut=MiB // 2)
-    try:
-        curl = subprocess.run(["curl", "-sS", "-o", str(session / "scan.e57"), server.url], capture_output=True)
-        assert curl.returncode == 18, curl.stderr
-    finally:
-        server.shutdown()
+    body = held_by_a_cut_off_curl(session / "scan.e57")
     assert wait_state(mount, "s", "scan.e57")["state"] == "held"
     (tmp_path / "rest").write_bytes(body[MiB // 2:])
     shell = subprocess.Popen(["bash", "-c", 'cat "$1" >> "$2"; sleep 60', "sh", str(tmp_path / "rest"),
