@@ -434,3 +434,32 @@ def test_cat_rest_appended_from_a_shell_that_runs_on_finishes_a_held_file(tmp_pa
         os.killpg(shell.pid, signal.SIGKILL)
         shell.wait()
     assert_uploaded(emulator, None, {"scan.e57": hashlib.sha256(body).hexdigest()})
+
+
+
+def test_a_file_written_through_a_mapping_after_its_close_waits_for_its_writers_exit(tmp_path, profiled_emulator,
+                                                                                   mount_factory):
+    """A program opens a file, maps it, closes the descriptor before writing, writes through the
+    mapping and exits 1: nothing came through the file at its close, but its writes came later
+    through the same open file, so its exit still decides: held, never uploaded."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
+    path = session / "mapped.e57"
+    subprocess.run(["sh", "-c", 'head -c 65536 /dev/zero > "$0"', str(path)], check=True)
+    # Committed at sh's exit; a paused worker may pick it up, and waits before its claim and PUT.
+    assert wait_state(mount, "s", "mapped.e57", ("pending", "uploading"))["state"] in ("pending", "uploading")
+    script = ("import mmap, os, sys\n"
+              "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+              "m = mmap.mmap(fd, 65536)\n"
+              "os.close(fd)\n"
+              "m[:5] = b'fresh'\n"
+              "m.flush()\n"
+              "raise SystemExit(1)")
+    assert subprocess.run([sys.executable, "-c", script, str(path)]).returncode == 1
+    assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
+    held = wait_state(mount, "s", "mapped.e57")
+    assert held["state"] == "held" and "exited with status 1" in held["error"], held
+    assert not remote_files(emulator)
