@@ -120,15 +120,14 @@ class Engine:
             self.tree.check_locked(session)
 
     def _commit_tree_locked(self, session: SessionRecord, requester: frozenset[int]) -> None:
-        for record in session.tree_files():
-            if record.state == CLOSED and not record.open_writers and record.awaited_writers() <= requester:
+        for record in _closed_tree_files(session):
+            if record.awaited_writers() <= requester:
                 self.registry.commit_locked(record, succeeded=False)
 
     @staticmethod
     def _tree_files_awaiting_locked(session: SessionRecord, requester: frozenset[int]) -> list[FileRecord]:
         """The closed tree files of `session` that still wait for a writer other than `requester`."""
-        return [f for f in session.tree_files() if f.state == CLOSED and not f.open_writers
-                and not f.awaited_writers() <= requester]
+        return [f for f in _closed_tree_files(session) if not f.awaited_writers() <= requester]
 
     def await_tree_commits(self, session: SessionRecord, requester: frozenset[int], timeout: float) -> None:
         """Before a .create by `requester`: waits (no lock held) up to `timeout` for each closed tree
@@ -335,3 +334,8 @@ class Engine:
                     self.registry.failed_in_memory_locked(record, str(exc) if isinstance(exc, JournalUnwritable)
                                                           else "")
                     self._schedule_locked(record, self.settings.backoff_cap)
+
+
+def _closed_tree_files(session: SessionRecord) -> list[FileRecord]:
+    """The session's tree files closed by every writer, waiting for their commit point."""
+    return [f for f in session.tree_files() if f.state == CLOSED and not f.open_writers]
