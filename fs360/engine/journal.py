@@ -177,14 +177,8 @@ class Journal:
         try:
             return self._rolled_back_on_error_locked(operation)
         except sqlite3.OperationalError as exc:
-            if _disk_failing(exc):
-                raise self._unwritable(exc) from None
             if not _disk_full(exc):
                 raise
-        except sqlite3.DatabaseError as exc:
-            if _disk_failing(exc):
-                raise self._unwritable(exc) from None
-            raise
         if not self._release_reserve():
             raise NoSpace("the cache disk is full: the journal cannot record the change")
         log.warning("the cache disk is full: the journal uses its reserve")
@@ -202,11 +196,18 @@ class Journal:
                                  f"memory; fix the disk (then unmount and mount again)")
 
     def _rolled_back_on_error_locked(self, operation):
+        """`operation()`, its transaction rolled back if it fails; a disk that refuses writes (read-only,
+        failing) is said as JournalUnwritable, whichever write met it."""
         try:
-            return operation()
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            try:
+                return operation()
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            if _disk_failing(exc):
+                raise self._unwritable(exc) from None
             raise
 
     def _release_reserve(self) -> bool:
