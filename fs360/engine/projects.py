@@ -155,15 +155,18 @@ class ProjectKeeper:
             upload_id = session.upload_id
             posted_before = upload_id is not None and project.posted_upload_id == upload_id
         try:
-            created = self._find_existing(session, upload_id, body.get("title")) if posted_before else None
+            created, listed_now = self._find_existing(session, upload_id, body.get("title")) if posted_before \
+                else (None, None)
         except Fs360Error as exc:
             # Whether the lost POST made a project is not known yet: nothing is sent until it is.
             self._retry_later(session, exc)
             return
         try:
             if created is None:
-                # What is listed now is not ours: a lost answer's project will be a new one.
-                listed_before = self._listed_names() if upload_id else None
+                # What is listed now is not ours: a lost answer's project will be a new one (the
+                # lookup just made has the list: not asked twice).
+                listed_before = listed_now if listed_now is not None else \
+                    self._listed_names() if upload_id else None
                 with self.lock:
                     if session.project is not project:
                         return
@@ -214,12 +217,13 @@ class ProjectKeeper:
         self.listeners.emit("project_created", session=session)
         log.info("session %r: project %s created", session.name, created.name)
 
-    def _find_existing(self, session: SessionRecord, upload_id: str, title) -> Project | None:
+    def _find_existing(self, session: SessionRecord, upload_id: str, title) -> tuple[Project | None, set | None]:
         """After a POST whose answer was lost, the project it made, if any: never a second POST for
         one that exists. The key's list of projects (api.md Part C) decides: the entry of this
         session, else the one named after it, else the newest of this title made since the POST
         (a renamed project). A server without the list is asked for the project named after the
-        session, its usual name. A failure to ask is raised: no POST while it is not known."""
+        session, its usual name. A failure to ask is raised: no POST while it is not known. Also
+        returns the names the list holds now (None without one)."""
         listed = None
         try:
             listed = None if self._no_project_list else self.client.list_projects()
@@ -231,11 +235,12 @@ class ProjectKeeper:
             self._no_project_list = True
         if listed is None:
             try:  # no list on this server (405, 404): the usual name
-                return self.client.project_status(upload_id)
+                return self.client.project_status(upload_id), None
             except ApiError as missing:
                 if isinstance(missing, AccountError):
                     raise
-                return None
+                return None, None
+        names = _names_of(listed)
         with self.lock:
             claimed = {s.project.name for s in self.registry.sessions.values()
                        if s is not session and s.project is not None and s.project.name}
@@ -247,12 +252,12 @@ class ProjectKeeper:
             mine = sorted((p for p in entries if p.get("title") == title and self._new_since_post(session, p)),
                           key=lambda p: _created_at(p) or 0.0)
         if not mine:
-            return None
+            return None, names
         found = mine[-1]
         status = found.get("status")
         whole = isinstance(status, (int, float)) and not isinstance(status, bool) and 0 <= status <= 100
         log.info("session %r: the project of the lost POST is %s", session.name, found["name"])
-        return Project(found["name"], int(status) if whole else 0, {})
+        return Project(found["name"], int(status) if whole else 0, {}), names
 
     @staticmethod
     def _new_since_post(session: SessionRecord, entry: dict) -> bool:
@@ -280,7 +285,7 @@ class ProjectKeeper:
             return None
         except Fs360Error:  # no answer, or one that could not be read: unknown this time
             return None
-        return {p["name"] for p in listed if isinstance(p, dict) and isinstance(p.get("name"), str)}
+        return _names_of(listed)
 
     def _recheck_files(self, session: SessionRecord, upload_id: str | None) -> list[str]:
         """The server says a file is incomplete: believe it and send that file again. Returns the
@@ -408,6 +413,11 @@ class ProjectKeeper:
             self.registry.update_project_locked(session, state=P_FAILED,
                                                 last_error=f"the server refused to make the project: {exc}")
         log.warning("session %r: project creation refused: %s", session.name, exc)
+
+
+def _names_of(listed: list) -> set[str]:
+    """The names in an answer to GET /projects (entries that are not objects with a name: none)."""
+    return {p["name"] for p in listed if isinstance(p, dict) and isinstance(p.get("name"), str)}
 
 
 def _created_at(entry: dict) -> float | None:
