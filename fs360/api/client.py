@@ -313,10 +313,12 @@ class ApiClient:
             kind = "an error code" if isinstance(body, dict) else "a JSON body"
             # A 413 to a PUT: a proxy's limit on the body's size (the API's own caps have their codes).
             cls = BodyTooLarge if status == 413 and endpoint == "put_file" else ServerError
-            failure = cls(f"{endpoint}: HTTP {status}" + (f" {code}" if code else f" without {kind}") + said,
+            at_smallest = cls is BodyTooLarge and 0 < answer.sent_length <= MIN_CHUNK_SIZE
+            detail = f"{endpoint}: HTTP {status}" + (f" {code}" if code else f" without {kind}") + said
+            failure = cls(f"{_failure_in_plain_words(status, code, answer.sent_length, cls, at_smallest)} ({detail})",
                           status=status)
-            if cls is BodyTooLarge and 0 < answer.sent_length <= MIN_CHUNK_SIZE:
-                failure.outage = True  # refused at the smallest size: every file would meet it
+            if at_smallest:
+                failure.outage = True  # every file would meet it
             raise _with_fields(failure, fields)
         cls = API_ERROR_CLASSES.get(code, ApiError)
         if issubclass(cls, AccountError):
@@ -562,6 +564,19 @@ def _printable_field(value):
     if isinstance(value, list):
         return [printable(v, 40) if isinstance(v, str) else v for v in value[:100]]
     return value
+
+
+def _failure_in_plain_words(status: int, code: str, sent_length: int, cls: type, at_smallest: bool) -> str:
+    """What a failure without the API's verdict means to a user: a server or a proxy that failed,
+    or a proxy's limit on a request's size."""
+    if cls is BodyTooLarge:
+        if at_smallest:
+            return (f"a proxy in front of the server refuses even requests of {sent_length} bytes: nothing can be "
+                    f"uploaded through it; ask whoever runs it to allow requests of a few MiB")
+        return f"a proxy in front of the server refused a request of {sent_length} bytes as too large"
+    if status >= 500:
+        return "the server failed to answer" if code else "the server, or a proxy in front of it, failed to answer"
+    return "the server, or a proxy in front of it, refused the request without saying why"
 
 
 def _server_says(fields: dict) -> str:

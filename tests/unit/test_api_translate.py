@@ -230,6 +230,12 @@ def test_impossible_file_states_are_malformed(body):
         _file_progress(body)
 
 
+def test_a_failing_server_is_said_in_words_with_its_code_after(client):
+    with pytest.raises(E.ServerError) as info:
+        translate(client, response(503, {"error": "internal_error"}))
+    assert str(info.value) == "the server failed to answer (put_file: HTTP 503 internal_error)"
+
+
 def test_unknown_coded_4xx_is_a_final_api_error(client):
     with pytest.raises(E.ApiError) as info:
         translate(client, response(418, {"error": "teapot"}))
@@ -243,8 +249,14 @@ def test_unknown_coded_4xx_is_a_final_api_error(client):
 def test_error_without_the_apis_code_is_transient(client, status, raw):
     """A proxy's page or a gateway's JSON is not the API's verdict: a file is never refused for it."""
     with pytest.raises(E.ServerError) as info:
-        translate(client, response(status, raw=raw))
+        translate(client, response(status, raw=raw, sent_length=8 << 20))
     assert info.value.retryable and info.value.status == status and not isinstance(info.value, E.ApiError)
+    # In words first, the code after: status shows this text as the reason files wait.
+    said = str(info.value)
+    assert said.startswith(("a proxy in front of the server refused a request of 8388608 bytes as too large (",
+                            "the server, or a proxy in front of it, failed to answer (",
+                            "the server, or a proxy in front of it, refused the request without saying why (")), said
+    assert f"(put_file: HTTP {status} without " in said
 
 
 def test_a_413_to_a_put_without_the_apis_code_is_about_the_bodys_size_not_an_outage(client):
@@ -268,6 +280,8 @@ def test_a_413_to_the_smallest_put_is_an_outage_held_behind_one_probe(client):
         with pytest.raises(E.BodyTooLarge) as info:
             translate(client, refused)
         assert is_outage(info.value) is outage, sent
+        # The outage is every file's reason to wait: it says what to do, not only the code.
+        assert ("nothing can be uploaded through it; ask whoever runs it" in str(info.value)) is outage, sent
 
 
 def test_settings_repr_hides_the_key(client):
