@@ -234,6 +234,8 @@ class Archive:
     the archive on the server holds once `held`."""
     members: dict[str, bytes]
     held: bool = False
+    # The server lost its session after a tree file was deleted here: never made again as planned.
+    lost: bool = False
 
 
 @dataclass(eq=False)
@@ -256,6 +258,12 @@ class Session:
     @property
     def sealed(self) -> bool:
         return self.project == CREATED
+
+    @property
+    def archive_complete(self) -> bool:
+        """D "Trees": the server holds the whole archive (records.SessionRecord.archive_complete):
+        a tree file may then be deleted, as any file the server holds, and an emptied folder too."""
+        return self.archive is not None and self.archive.held
 
     @property
     def tree_frozen(self) -> bool:
@@ -488,11 +496,11 @@ class Reference:
         open, libfuse renames it to `hidden` (a path beside it) instead: the same, for fs360.
         Returns the errno."""
         s = self.sessions[session]
-        if self.frozen(s.files[name]):
+        if self.frozen(s.files[name]) and not s.archive_complete:
             return errno.EACCES  # D "Trees"
         f = s.files.pop(name)
         f.hidden = hidden
-        if f.held is not None:
+        if f.held is not None or (f.in_tree and s.archive_complete):  # D "Trees": the server holds it
             f.evicted = True  # registry.remove_file_locked: the spool copy goes with the unlink
             s.gone.append(f)
         return 0
@@ -600,7 +608,7 @@ class Reference:
         s = self.sessions[session]
         if any(is_below(p, path) for p in list(s.dirs) + list(s.files)):
             return errno.ENOTEMPTY  # POSIX, before the frozen tree (model.rmdir)
-        if s.tree_frozen:
+        if s.tree_frozen and not s.archive_complete:
             return errno.EACCES
         s.dirs.remove(path)
         return 0
@@ -646,9 +654,11 @@ class Reference:
         again from the spool into a new one, or is `lost` where the spool copy is gone; the
         deleted files it held are forgotten (their names are free again)."""
         s = self.sessions[session]
-        s.gone.clear()
         if s.archive is not None:
             s.archive.held = False  # it goes again, from the tree's spool files
+            # ... unless a tree file was deleted since: then it is `lost`, with the reason.
+            s.archive.lost = s.archive.lost or any(g.in_tree for g in s.gone)
+        s.gone.clear()
         for f in s.files.values():
             if f.held is not None and not f.local:
                 f.held, f.server_name = None, None
@@ -673,7 +683,7 @@ class Reference:
             f.held = bytes(f.data)
             f.server_name = server_name_of(s.name, f.name)
         for s in self.sessions.values():
-            if s.archive is not None:
+            if s.archive is not None and not s.archive.lost:
                 s.archive.held = True
 
     def commit(self) -> None:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..api.client import ApiClient
 from ..api.retry import Backoff
-from ..errors import Fs360Error
+from ..errors import Fs360Error, HeldBack
 from .journal import Journal
 from .locking import StateLock
 from .projects import ProjectKeeper
@@ -31,6 +31,8 @@ ROUND_SECONDS = 0.5
 # Seconds between WAL checkpoints (sqlite's own, at commit time, would run under the state lock).
 CHECKPOINT_SECONDS = 5.0
 DELETE_SESSION_ATTEMPTS = 5
+# Seconds between looks at a hold that keeps a discarded session's DELETE from being sent (bounds).
+HELD_DELETE_RECHECK = (0.5, 30.0)
 
 
 class Housekeeping:
@@ -105,13 +107,22 @@ class Housekeeping:
                          name="fs360-delete-session").start()
 
     def _delete_remote_session(self, upload_id: str) -> None:
-        for attempt in range(1, DELETE_SESSION_ATTEMPTS + 1):
+        attempt = 0
+        while attempt < DELETE_SESSION_ATTEMPTS and not self._stopping():
             try:
                 self.client.delete_session(upload_id)
                 return
+            except HeldBack as exc:
+                # Not sent (an account refusal holds every request, say): no attempt spent; the
+                # DELETE goes once the hold ends, for as long as the mount runs.
+                time.sleep(min(max(exc.retry_after, HELD_DELETE_RECHECK[0]), HELD_DELETE_RECHECK[1]))
             except Fs360Error as exc:
                 if not exc.retryable:
                     log.warning("could not delete server session: %s", exc)
                     return
+                attempt += 1
                 time.sleep(self.backoff.delay(attempt, exc))
-        log.warning("gave up deleting a server session; it expires by itself")
+        if attempt >= DELETE_SESSION_ATTEMPTS:
+            log.warning("gave up deleting a server session; it expires by itself")
+        else:
+            log.info("unmounted before a discarded folder's server session could be deleted; it expires by itself")

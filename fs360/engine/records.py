@@ -231,6 +231,13 @@ class SessionRecord:
         plan): it can no longer change, since the server cannot replace the archive."""
         return self.sealed or self.project is not None or self.archive is not None
 
+    @property
+    def archive_complete(self) -> bool:
+        """The server holds the tree's whole archive: nothing more is read of the tree's files, which
+        are then the server's as much as a top-level file it holds (deleted here, they are
+        remembered: remove_file_locked). Before, a change would change the archive being sent."""
+        return self.archive is not None and self.archive.state == COMPLETE
+
     def uploads(self) -> list[FileRecord]:
         """What goes to the server as files of their own: the listed top-level files that are
         not local scratch, and the tree's archive once planned."""

@@ -305,7 +305,8 @@ class FileWriters(RegistryState):
         self.uncount_locked(record)
         # The spool file goes first: on a full disk, that is what makes room for the journal.
         self.spool.remove(record.id)
-        if record.may_be_on_server and not record.local_only:
+        held = record.may_be_on_server or (record.in_tree and session.archive_complete)
+        if held and not record.local_only:
             self.journal.update_file(record.id, unlinked=1, evicted=1)
             record.unlinked = record.evicted = True
             session.unlinked.append(record)

@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 TOUCH_JOURNAL_SECONDS = 1.0
 
 
+ARCHIVE_LOST_AFTER_DELETION = ("the server lost this folder's upload session, and a file of its tree was deleted here "
+                               "since: the archive cannot be made again as planned; remove .create to plan it anew "
+                               "from the tree as it is now, or copy the tree into a new folder")
+
 class SessionsAndFolders(RegistryState):
     """Sessions, the projects requested for them, and the folders of their trees."""
 
@@ -120,6 +124,8 @@ class SessionsAndFolders(RegistryState):
         session.expires_at = None
         self._new_upload_id_locked(session, listing_known=False)
         self.journal.update_session(session.id, upload_id=None, expires_at=None)
+        # A tree file deleted here once the archive was up: the archive cannot be made again as planned.
+        tree_changed = any(record.in_tree for record in session.unlinked)
         for record in session.unlinked:
             self.release_server_name_locked(record)
             self._files.pop(record.id, None)
@@ -138,6 +144,9 @@ class SessionsAndFolders(RegistryState):
             if record.evicted:
                 self.set_state_locked(record, LOST, last_error="the server lost this file and the local copy "
                                                                "was already dropped: copy it again")
+                continue
+            if record.archive and tree_changed:
+                self.set_state_locked(record, LOST, last_error=ARCHIVE_LOST_AFTER_DELETION)
                 continue
             self.set_state_locked(record, PENDING, last_error="", attempts=0)
             self._schedule(record, 0.0)

@@ -188,7 +188,8 @@ class MountModel:
             elif node.kind == DIR:
                 if not self.tree.is_empty_locked(node.session, node.name):
                     raise NotEmpty(f"{node.name} is not empty")
-                check_tree_open_locked(node.session, node.name)
+                if not node.session.archive_complete:  # then an empty folder holds nothing to lose
+                    check_tree_open_locked(node.session, node.name)
                 self.tree.remove_folder_locked(node.session, node.name)
                 self.tree.touch_parent_locked(node)
             elif node.kind == MISSING:
@@ -386,7 +387,9 @@ class MountModel:
             elif node.kind == FILE:
                 if self.tree.unhide_locked(node.session, node.name):
                     return  # libfuse's last release of a file unlinked while open: gone already
-                if node.record.in_tree:
+                if node.record.in_tree and not node.session.archive_complete:
+                    # Once the server holds the archive, a tree file goes as any file the server
+                    # holds: remembered, so that rm -r can discard the session (spec: rmdir).
                     check_tree_open_locked(node.session, node.parent)
                 self.engine.registry.remove_file_locked(node.record)
                 self.tree.touch_parent_locked(node)

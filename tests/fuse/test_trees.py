@@ -19,7 +19,7 @@ import pytest
 
 from fs360.engine.archive import ArchiveMember, ArchiveReader, archive_names
 from fs360.engine.journal import RESERVE_BYTES
-from tests.harness import make_sources, remote_files, wait_until, write_marker
+from tests.harness import make_sources, remote_files, request_count, wait_until, write_marker
 
 MiB = 1024 * 1024
 SESSION = "Office scan"
@@ -179,3 +179,48 @@ def test_a_tree_next_to_an_archive_refuses_create_with_the_reason(tmp_path, emul
     assert sorted(os.listdir(session)) == ["site.zip", "status", "status.json"]
     write_marker(session / ".create", b"")
     assert mount.wait_project("site")["state"] == "ready"
+
+
+def test_rm_r_discards_a_session_whose_archive_the_server_holds(tmp_path, profiled_emulator, mount_factory):
+    """The archive went up, then the account refused the project (a plan's limit). A tree file
+    deleted then is the server's as any file it holds: remembered, and the project waits for
+    good. `rm -r` of the folder discards the session (spec: rmdir), as it would without a tree;
+    before, each tree file was EACCES and the folder could not be removed at all."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "Plan limit"
+    make_sources(session / "d", {"a.jpg": 50_000, "b.jpg": 20_000})
+    wait_until(lambda: {f["state"] for f in mount.status_json("Plan limit")["tree_files"]} == {"in tree"},
+               what="the tree's files whole")
+    emulator.set_account(403, "project_limit_reached", endpoints=["create_project"])
+    write_marker(session / ".create", b"")
+    wait_until(lambda: request_count(emulator, "POST create_project 403") >= 1, what="the project refused")
+    assert archive_entry(mount, "Plan limit")["state"] == "complete"
+
+    subprocess.run(["rm", str(session / "d" / "a.jpg")], check=True)
+    status = (session / "status").read_text()
+    assert "deleted here but held by the server" in status and "d/a.jpg" in status
+
+    subprocess.run(["rm", "-r", str(session)], check=True)
+    assert not session.exists()
+    emulator.clear_account()
+    wait_until(lambda: request_count(emulator, "DELETE delete_session 2") == 1,
+               what="the server session deleted")
+    assert request_count(emulator, "POST create_project 2") == 0
+    assert emulator.violations() == []
+
+
+def test_rm_r_of_a_made_projects_folder_with_a_tree(tmp_path, emulator, mount_factory):
+    """Tidying up after the project is made: `rm -r` of its folder works with a tree in it too,
+    and sends no DELETE (the project's input is the server session)."""
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "Done"
+    make_sources(session / "d" / "e", {"a.jpg": 30_000})
+    make_sources(session, {"top.jpg": 10_000})
+    wait_until(lambda: {f["state"] for f in mount.status_json("Done")["tree_files"]} == {"in tree"},
+               what="the tree's file whole")
+    write_marker(session / ".create", b"")
+    assert mount.wait_project("Done")["state"] == "ready"
+    subprocess.run(["rm", "-r", str(session)], check=True)
+    assert not session.exists()
+    assert request_count(emulator, "DELETE") == 0

@@ -116,3 +116,31 @@ def test_an_archive_the_server_refuses_says_how_to_go_on(emulator_factory, make_
     model.unlink("/s/Scans/b.e57")
     write_file(model, "/s/.create", b"")        # the cap is known now; the smaller tree fits
     assert sorted(project_ready(model, "s")["files"]) == ["Scans/a.e57"]
+
+
+def test_a_session_lost_after_a_tree_file_was_deleted_never_sends_another_archive(emulator, make_model):
+    """Once the server holds the archive, a tree file may be deleted (it is remembered, as any
+    file the server holds). If the server then loses the session, the archive cannot be made again
+    as .create planned it: it is `lost` with the way out, never sent without the file (another
+    archive under the folder's archive name). `unlink .create` then plans it anew."""
+    model = make_model(emulator, chunk_size=64 * KiB)
+    make_tree(model, "s")
+    still_open = model.create("/s/open.jpg", 0o644, os.O_WRONLY | os.O_CREAT)  # holds the project back
+    write_file(model, "/s/.create", b"")
+    archive = archive_of(model, "s")
+    wait_until(lambda: archive.state == "complete", 30, 0.05, what="the archive on the server")
+    model.unlink("/s/Scans/scan 1.e57")
+    session = model.engine.registry.sessions["s"]
+    assert [f.name for f in session.unlinked] == ["Scans/scan 1.e57"]
+    lost = session.upload_id
+    emulator.expire(lost)
+    model.engine.session_lost(session, lost)
+    assert archive.state == "lost" and "remove .create to plan it anew" in archive.last_error
+    model.write(still_open, b"open", 0)
+    model.finish_writer(still_open, True)
+    model.unlink("/s/.create")
+    assert archive_of(model, "s") is None
+    model.mkdir("/s/Scans/more", 0o755)  # the tree may change again
+    write_file(model, "/s/.create", b"")
+    record = project_ready(model, "s")
+    assert sorted(record["files"]) == ["Scans/Raw/zero.bin", "open.jpg", "top.jpg"]

@@ -62,7 +62,7 @@ from fs360.fs.model import MountModel
 from tests.fed_writers import feed_writers
 from tests.harness import request_count
 from tests.engine_helpers import file_state, state_counts, wait_idle
-from tests.reference_model import COMPLETE, DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, PENDING, \
+from tests.reference_model import COMPLETE, DELETED_OPEN_FILE_WRITES_A_REUSED_ROW, LOST, PENDING, \
     TRUNCATE_OF_A_LOST_FILE_RAISES, Reference, Session, folder_of, is_below
 
 EXAMPLES = int(os.environ.get("FS360_RANDOM_EXAMPLES", "0"))
@@ -820,7 +820,8 @@ class MountMachine(RuleBasedStateMachine):
             want = {name: (f.state, f.size) for name, f in s.files.items()}
             assert got == want, f"{s.name}: the mount says {got}, the reference {want}"
             archive = [picked(f["state"]) for f in status["files"] if f.get("archive")]
-            want_archive = [] if s.archive is None else [COMPLETE if s.archive.held else PENDING]
+            want_archive = [] if s.archive is None else \
+                [LOST if s.archive.lost else COMPLETE if s.archive.held else PENDING]
             assert archive == want_archive, f"{s.name}: the archive is {archive}, the reference says {want_archive}"
             assert status["deleted_but_held_by_server"] == sorted(s.gone_names)
             for name, f in s.files.items():
@@ -831,7 +832,8 @@ class MountMachine(RuleBasedStateMachine):
                 assert kept.listed_bytes == sum(r.size for r in kept.files.values() if not r.local_only), s.name
             # D "Server names": flat, unique in the session, frozen once the server holds bytes.
             names = {f["name"]: f["server_name"] for f in status["files"] if not f["local_only"]}
-            names.update({g.name + " (deleted)": g.server_name for g in s.gone})
+            # A tree file deleted once the server holds its archive has no server name of its own.
+            names.update({g.name + " (deleted)": g.server_name for g in s.gone if not g.in_tree})
             lowered = [n.lower() for n in names.values()]
             assert len(set(lowered)) == len(lowered), f"{s.name}: two files share a server name: {names}"
             for local, server in names.items():
