@@ -390,13 +390,25 @@ class MountModel:
                 if node.record.in_tree and not node.session.archive_complete:
                     # Once the server holds the archive, a tree file goes as any file the server
                     # holds: remembered, so that rm -r can discard the session (spec: rmdir).
-                    check_tree_open_locked(node.session, node.parent)
+                    self._check_tree_file_removable_locked(node)
                 self.engine.registry.remove_file_locked(node.record)
                 self.tree.touch_parent_locked(node)
             elif node.kind == MISSING:
                 raise NotFound(path)
             else:
                 raise IsADirectory(path)
+
+    def _check_tree_file_removable_locked(self, node) -> None:
+        """rm (-r) meets a frozen tree whose archive is not up yet: refused, and status says why
+        and when it can go (rm only prints "Permission denied")."""
+        try:
+            check_tree_open_locked(node.session, node.parent)
+        except AccessDenied as exc:
+            archive = node.session.archive
+            when = (f"; once {archive.server_name} is up, its files can be deleted and the folder removed"
+                    if archive is not None else "")
+            self.engine.registry.name_refused_locked(node.session, node.name, f"not deleted: {exc}{when}")
+            raise
 
     # --- metadata -----------------------------------------------------------------------------------
 

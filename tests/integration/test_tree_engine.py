@@ -12,7 +12,7 @@ import pytest
 from fs360.errors import Fs360Error
 from fs360.fs.model import MountModel
 from tests.harness import wait_until
-from tests.unit.test_model import write_file
+from tests.unit.test_model import read_all, write_file
 from tests.engine_helpers import file_state
 
 KiB = 1024
@@ -144,3 +144,17 @@ def test_a_session_lost_after_a_tree_file_was_deleted_never_sends_another_archiv
     write_file(model, "/s/.create", b"")
     record = project_ready(model, "s")
     assert sorted(record["files"]) == ["Scans/Raw/zero.bin", "open.jpg", "top.jpg"]
+
+
+def test_rm_of_a_tree_file_while_the_archive_is_not_up_says_why_in_status(emulator, make_model):
+    """`rm` prints only "Permission denied": status says why, and when the file can go."""
+    model = make_model(emulator, start=False)  # nothing is sent: the archive stays planned only
+    make_tree(model, "s")
+    write_file(model, "/s/.create", b"")
+    with pytest.raises(Fs360Error) as info:
+        model.unlink("/s/Scans/scan 1.e57")
+    assert info.value.errno == errno.EACCES
+    status = read_all(model, "/s/status").decode()
+    assert ("refused   Scans/scan 1.e57: not deleted: the tree goes up as s.zip, planned when .create was "
+            "accepted: it cannot change now; once s.zip is up, its files can be deleted and the folder removed") \
+        in status, status
