@@ -135,7 +135,13 @@ def run_in_netns(scenario: str) -> dict:
                     # A PUT under way when everything starts being dropped, to cut during the stall
                     # (under load, all workers were once between PUTs at that instant, and no new
                     # PUT can connect during the stall).
-                    wait_until(lambda: running_puts(settings.request_deadline), 10, 0.01, what="a PUT under way")
+                    # 60 s, not 10: a CI run under load once found none for 10 s (cause unknown; a hold
+                    # of every PUT behind one probe after the first cut would explain it), so a
+                    # timeout says what each file was doing.
+                    try:
+                        wait_until(lambda: running_puts(settings.request_deadline), 60, 0.01, what="a PUT under way")
+                    except AssertionError as exc:
+                        raise AssertionError(f"{exc}; the files then: {files_now(engine)}") from None
                 set_loopback_qdisc(DROP_EVERYTHING)
                 if abandon_put:  # its reset is lost too: the server waits for the rest of its body
                     abandoned.append(abandon_one_put(settings))
@@ -167,6 +173,12 @@ def run_in_netns(scenario: str) -> dict:
             }
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def files_now(engine) -> list[tuple]:
+    """(name, state, bytes the server took, last error) of every file: what a failed wait shows."""
+    with engine.lock:
+        return [(r.name, r.state, r.server_received, r.last_error) for r in engine.registry.files_locked()]
 
 
 def running_puts(longer_than: float) -> list:
