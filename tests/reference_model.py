@@ -84,6 +84,9 @@ class File:
     # and no writer of it failed (`writing_failed`).
     awaiting: bool = False
     unknown_writer: bool = False
+    # A handle of this writing that changed it was closed: its closer's exit is awaited at the
+    # writing's last close (registry: record.writers), whatever the last handle did.
+    closer_awaited: bool = False
     completing: bool = False
     run: object = None
     opened_size: int = 0
@@ -142,6 +145,7 @@ class File:
     def rest_or_await(self, unknown_writer: bool = False) -> None:
         """The last writer closed it (or it took its final name): it rests unfinished, or its
         commit is awaited (registry.close_writer_locked / await_commit_locked)."""
+        self.closer_awaited = False
         if self.unfinished and not self.completing:
             self.rest()
         else:
@@ -225,6 +229,9 @@ class Handle:
     writable: bool
     append: bool
     check: Check | None = None
+    # Something of the content came through it (O_TRUNC, a write, a truncate, opened empty): its
+    # closer's exit is awaited (open_files.flush); through an unchanged one, nobody's is.
+    changed: bool = True
 
 
 @dataclass(eq=False)
@@ -368,12 +375,15 @@ class Reference:
                 f.prefix_whole = True
         if truncate and f.size:  # model._open_file_locked truncates the spool when the size is not 0
             f.data, f.crashed_size = bytearray(), None
+        changed = truncate or f.size == 0  # open_files.open_locked, before the truncation
         if not f.writers:
             # D: a writing that writes it to its end in one run from byte 0 or from its end, by
             # writers that exit 0, makes it whole (known at its last close: `wrote`, `cut`).
             f.completing, f.run, f.opened_size, f.writing_failed = False, None, len(f.data), False
             f.unknown_writer = False     # this writing's writers decide
-        return self._handle(f, True, append)
+        err, h = self._handle(f, True, append)
+        h.changed = changed
+        return err, h
 
     @staticmethod
     def _handle(f: File, writable: bool, append: bool, check: Check | None = None) -> tuple[int, Handle]:
@@ -403,6 +413,7 @@ class Reference:
                     c.written[offset:end] = data
                 c.differs = not same or (c.no_spool and not (c.rewriting and c.digest_valid))
             return errno.EACCES if c.differs else 0
+        h.changed = True
         if h.append:
             offset = len(f.data)
         end = offset + len(data)
@@ -425,6 +436,8 @@ class Reference:
             return 0
         if length == f.size:
             return 0  # model.truncate: no change, no check (so `truncate -s` of a held file to its size works)
+        if h is not None:
+            h.changed = True
         if f.held is not None or self.frozen(f):
             return errno.EACCES  # S: truncate of a file the server holds bytes of; D "Trees"
         if f.lost and h is None:
@@ -464,7 +477,11 @@ class Reference:
             f.fail(INTERRUPTED)  # D "Unfinished files": killed by a signal with the file open
         if h.writable:
             f.journaled = f.size
-            if not f.writers and not f.local and self.listed(f):
+            # Through an unchanged handle a close awaits nobody's exit: a file that waited for none
+            # (committed before) stays as it was (registry.await_commit_locked commits it at once).
+            f.closer_awaited = f.closer_awaited or h.changed
+            awaits = f.closer_awaited or writer_died or f.awaiting or f.unfinished
+            if not f.writers and not f.local and self.listed(f) and awaits:
                 f.rest_or_await()
         return 0
 

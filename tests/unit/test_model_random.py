@@ -279,8 +279,8 @@ class MountMachine(RuleBasedStateMachine):
         if how == "died after close":
             self.model.writers.exited(DIED_AFTER_CLOSE_PID, signal.SIGINT)
         want = self.ref.close(handle, writer_died=how == "killed")
-        if how == "died after close" and handle.check is None and handle.writable:
-            self.ref.died_after_close(f)
+        if how == "died after close" and handle.check is None and handle.writable and handle.changed:
+            self.ref.died_after_close(f)  # nobody awaited the exit of an unchanged handle's closer
         assert got == want, f"close ({how}) of {f.name}: errno {got}, the reference says {want}"
         if f.hidden is not None and not f.handles:
             # libfuse unlinks the hidden name at the last release.
