@@ -129,9 +129,13 @@ class FileRecord:
     # Last change of metadata or content (chmod, chown, rename, write); not journaled.
     ctime_ns: int = 0
 
+    def awaited_writer_starts(self) -> dict[int, int]:
+        """The processes whose exits this file still waits for (its writers, earlier ones too),
+        each with its start time: what the journal keeps of them."""
+        return {**(self.earlier_writers or {}), **(self.writers or {})}
+
     def awaited_writers(self) -> frozenset[int]:
-        """The processes whose exits this file still waits for (its writers, earlier ones too)."""
-        return frozenset(self.writers or ()) | frozenset(self.earlier_writers or ())
+        return frozenset(self.awaited_writer_starts())
 
     def awaits(self, tgid: int) -> bool:
         """Whether the exit of process `tgid` is awaited for this file (a writer of this writing or

@@ -31,8 +31,7 @@ class CommitPoint(RegistryState):
             # a restart an earlier writer counts as this writing's: its failure holds the file.
             self.journal.update_file(record.id, state=CLOSED, size=record.size, mtime_ns=record.mtime_ns,
                                      last_error="", attempts=0, unfinished=record.unfinished,
-                                     writers=writers_text({**(record.earlier_writers or {}),
-                                                           **(record.writers or {})}))
+                                     writers=writers_text(record.awaited_writer_starts()))
             record.state, record.last_error, record.attempts = CLOSED, "", 0
             self._schedule_commit(record, self.settings.writeback_delay)
         else:
@@ -95,8 +94,7 @@ class CommitPoint(RegistryState):
         elif record.state == CLOSED:
             # The others still run: after a crash the journal must not name this one, whose exit
             # was seen (a restart would take it for a writer that ended unseen, and hold the file).
-            self.journal.update_file(record.id, writers=writers_text({**(record.earlier_writers or {}),
-                                                                      **(record.writers or {})}))
+            self.journal.update_file(record.id, writers=writers_text(record.awaited_writer_starts()))
 
     def writer_failed_locked(self, record: FileRecord, reason: str, state: str) -> None:
         """This writing of the file failed (`reason`): it rests in `state` once closed."""

@@ -27,7 +27,8 @@ from .markers import MarkerHandle, Markers, marker_text
 from .names import CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, check_file_name, check_session_name
 from .open_files import OpenFiles, opens_for_writing
 from .renames import Renames
-from .rules import check_not_sealed, check_tree_open_locked, check_uploadable_name_locked
+from .rules import (check_not_sealed, check_tree_open_locked, check_tree_removal_locked,
+                    check_uploadable_name_locked)
 from .status import RenderedStatus
 from .tree import DIR, FILE, MARKER, MISSING, ROOT, ROOT_STATUS_FILE, SESSION, STATUS, SessionTree
 
@@ -188,8 +189,7 @@ class MountModel:
             elif node.kind == DIR:
                 if not self.tree.is_empty_locked(node.session, node.name):
                     raise NotEmpty(f"{node.name} is not empty")
-                if not node.session.archive_complete:  # then an empty folder holds nothing to lose
-                    check_tree_open_locked(node.session, node.name)
+                self._check_tree_removal_locked(node, node.name, "not removed")
                 self.tree.remove_folder_locked(node.session, node.name)
                 self.tree.touch_parent_locked(node)
             elif node.kind == MISSING:
@@ -387,10 +387,8 @@ class MountModel:
             elif node.kind == FILE:
                 if self.tree.unhide_locked(node.session, node.name):
                     return  # libfuse's last release of a file unlinked while open: gone already
-                if node.record.in_tree and not node.session.archive_complete:
-                    # Once the server holds the archive, a tree file goes as any file the server
-                    # holds: remembered, so that rm -r can discard the session (spec: rmdir).
-                    self._check_tree_file_removable_locked(node)
+                if node.record.in_tree:
+                    self._check_tree_removal_locked(node, node.parent, "not deleted")
                 self.engine.registry.remove_file_locked(node.record)
                 self.tree.touch_parent_locked(node)
             elif node.kind == MISSING:
@@ -398,16 +396,13 @@ class MountModel:
             else:
                 raise IsADirectory(path)
 
-    def _check_tree_file_removable_locked(self, node) -> None:
-        """rm (-r) meets a frozen tree whose archive is not up yet: refused, and status says why
-        and when it can go (rm only prints "Permission denied")."""
+    def _check_tree_removal_locked(self, node, folder: str, what: str) -> None:
+        """rm (-r) in a frozen tree (rules.check_tree_removal_locked): a refusal is listed in status,
+        since rm prints only "Permission denied"."""
         try:
-            check_tree_open_locked(node.session, node.parent)
+            check_tree_removal_locked(node.session, folder)
         except AccessDenied as exc:
-            archive = node.session.archive
-            when = (f"; once {archive.server_name} is up, its files can be deleted and the folder removed"
-                    if archive is not None else "")
-            self.engine.registry.name_refused_locked(node.session, node.name, f"not deleted: {exc}{when}")
+            self.engine.registry.name_refused_locked(node.session, node.name, f"{what}: {exc}")
             raise
 
     # --- metadata -----------------------------------------------------------------------------------

@@ -34,6 +34,20 @@ def check_tree_open_locked(session: SessionRecord, folder: str) -> None:
         raise AccessDenied(reason)
 
 
+def check_tree_removal_locked(session: SessionRecord, folder: str) -> None:
+    """unlink of a tree file, rmdir of an emptied tree folder in `folder`: refused while the tree is
+    frozen and its archive not wholly on the server. Once it is, nothing more is read of the tree:
+    a file goes as any file the server holds (remembered), an empty folder holds nothing to lose."""
+    if session.archive_complete:
+        return
+    reason = _tree_frozen_reason(session, folder)
+    if reason:
+        if session.archive is not None:
+            reason += (f"; once {session.archive.server_name} is up, its files can be deleted and the "
+                       f"folder removed")
+        raise AccessDenied(reason)
+
+
 def _tree_frozen_reason(session: SessionRecord, folder: str) -> str:
     if not folder or in_scratch_folder(folder) or not session.tree_frozen:
         return ""
