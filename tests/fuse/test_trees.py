@@ -221,6 +221,14 @@ def test_rm_r_of_a_made_projects_folder_with_a_tree(tmp_path, emulator, mount_fa
                what="the tree's file whole")
     write_marker(session / ".create", b"")
     assert mount.wait_project("Done")["state"] == "ready"
+    kept = mount.status_json("Done")["upload_id"]
     subprocess.run(["rm", "-r", str(session)], check=True)
     assert not session.exists()
-    assert request_count(emulator, "DELETE") == 0
+    # A folder discarded after it, without a project, gets its DELETE: once that one is served, the
+    # made project's server session must still hold its files (its DELETE would have gone first).
+    other = mount.mountpoint / "Discarded"
+    make_sources(other, {"c.jpg": 10_000})
+    wait_until(lambda: mount.file_states("Discarded").get("c.jpg") == "complete", what="c.jpg")
+    subprocess.run(["rm", "-r", str(other)], check=True)
+    wait_until(lambda: request_count(emulator, "DELETE delete_session 2") == 1, what="the other folder's DELETE")
+    assert set(remote_files(emulator, kept)) == {"top.jpg", "Done.zip"}
