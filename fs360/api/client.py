@@ -443,22 +443,40 @@ class ApiClient:
             try:
                 self.list_projects(deadline=deadline(), check="mount")
                 return
-            except (ApiError, ServerError) as exc:
-                if isinstance(exc, _FINAL_AT_MOUNT) or getattr(exc, "status", 0) >= 500:
+            except (ApiError, ServerError, RateLimited) as exc:
+                if isinstance(exc, _FINAL_AT_MOUNT):
+                    raise
+                if _server_failing(exc):
+                    # GET /projects is not in the API's guide (api.md Part C): its failing, or its
+                    # pacing, must not keep the mount down while the documented probe can prove
+                    # the key. If that proves nothing, the listing's failure is the one said.
+                    if self._made_up_session_refused(deadline()) is None:
+                        return
                     raise
             # Any other 4xx: a server without GET /projects. The older probe decides: it asks for a
             # session that does not exist; a working key gets the API's own refusal of that session,
             # a bad one a 401, and a wrong URL something else (a 404 page, the site's own JSON).
-            try:
-                self._request("get_session", "GET", _CREDENTIAL_CHECK_PATH, deadline=deadline(), check="mount")
-            except (ApiError, ServerError) as exc:
-                if isinstance(exc, _FINAL_AT_MOUNT) or exc.status >= 500:
-                    raise
-                if exc.code not in _NO_SUCH_SESSION_CODES:
-                    raise ApiError(f"{not_the_api} ({exc})", status=exc.status, code="not_the_api") from None
+            other = self._made_up_session_refused(deadline())
+            if _server_failing(other) or isinstance(other, MalformedResponse):
+                raise other
+            if other is not None:
+                raise ApiError(f"{not_the_api} ({other})", status=other.status, code="not_the_api") from None
         except MalformedResponse:
             raise ApiError(not_the_api, code="not_the_api") from None
 
+    def _made_up_session_refused(self, deadline: float) -> Fs360Error | None:
+        """The key check's probe: asks for a session that does not exist. None when the key works
+        (the API's own refusal of that session); an account error is raised; anything else (a
+        failing server, another refusal) is returned for the caller to weigh."""
+        try:
+            self._request("get_session", "GET", _CREDENTIAL_CHECK_PATH, deadline=deadline, check="mount")
+        except _FINAL_AT_MOUNT:
+            raise
+        except (ApiError, ServerError, RateLimited, MalformedResponse) as exc:
+            if isinstance(exc, ApiError) and exc.code in _NO_SUCH_SESSION_CODES:
+                return None
+            return exc
+        return None
 
     def check_account(self) -> None:
         """The account's probe while it is refused (api/troubles.py): one cheap request, for a
@@ -469,6 +487,11 @@ class ApiClient:
         except ApiError as exc:
             if isinstance(exc, AccountError):
                 raise
+
+
+def _server_failing(exc: Fs360Error | None) -> bool:
+    """A 5xx or a 429: the server (or its pacing) fails now; not a sign of a wrong URL."""
+    return isinstance(exc, RateLimited) or isinstance(exc, (ApiError, ServerError)) and exc.status >= 500
 
 
 def _proxy_in_use(base_url: str, proxies: dict) -> str:

@@ -66,3 +66,29 @@ def test_inode_numbers_survive_a_remount(tmp_path, emulator):
     with Mount(tmp_path, emulator, cache_dir=cache) as second:
         after = {name: os.stat(second.mountpoint / name).st_ino for name in reversed(names)}
     assert after == before
+
+
+def test_a_remount_while_get_projects_fails_is_let_in_by_the_session_probe(tmp_path, profiled_emulator):
+    """GET /projects is not in the API's guide (api.md Part C); the vendor's server answers it, and
+    the key check at mount asks it first. While it fails with 503s, the probe the API documents (a
+    made-up session, refused by the API) proves the key: the remount comes up and finishes what
+    the first mount left, instead of failing after its three tries while uploads wait."""
+    emulator = profiled_emulator
+    cache = tmp_path / "cache"
+    emulator.set_faults(SLOW_PUTS)
+    first = Mount(tmp_path, emulator, cache_dir=cache, extra_args=["--chunk-size", "1M", "--max-chunk-size", "1M"]).start()
+    try:
+        (first.mountpoint / "s").mkdir()
+        expected = {"scan.las": write_random(first.mountpoint / "s" / "scan.las", 3 * MiB + 1)}
+        wait_until(lambda: remote_files(emulator).get("scan.las", {}).get("received", 0) > 0, 30,
+                   what="the first chunk of scan.las")
+    finally:
+        first.unmount()
+    first.assert_no_logged_errors()
+    emulator.set_faults([{"endpoint": "list_projects", "kind": "error_503", "probability": 1}])
+    with Mount(tmp_path, emulator, cache_dir=cache) as second:
+        assert second.wait_settled("s") == {"scan.las": "complete"}
+        assert_uploaded(emulator, second.status_json("s")["upload_id"], expected)
+    second.assert_no_logged_errors()
+    fired = emulator.faults()["rules"][0]["fired"]
+    assert fired >= 1 if emulator.profile == "vendor" else fired == 0  # the default serves no GET /projects

@@ -762,18 +762,40 @@ def test_check_account_error_on_the_probe():
 
 
 def test_check_retries_a_failing_server_then_says_so():
+    """GET /projects fails, and the probe after it proves nothing (a 404 page): the listing's
+    failure is the one said, after every try."""
     with RawServer(routes({PROJECTS: answer(503, b"<html>Service Unavailable</html>")})) as server:
         with pytest.raises(E.TransportError) as info:
             make_client(server).check_credentials()
-        assert server.paths() == [PROJECTS] * CREDENTIAL_CHECK_ATTEMPTS
+        assert server.paths() == [PROJECTS, PROBE] * CREDENTIAL_CHECK_ATTEMPTS
         message = str(info.value)
         assert f"the server at 127.0.0.1:{server.port} did not answer" in message and "HTTP 503" in message
+
+
+@pytest.mark.parametrize("listing", [answer(503, {"error": "internal_error"}), answer(502, b"<html>Bad Gateway</html>"),
+                                     answer(429, {"error": "rate_limited"}, headers=["Retry-After: 60"])],
+                         ids=["json-503", "html-502", "429"])
+def test_check_passes_on_the_probe_while_get_projects_fails(listing):
+    """GET /projects is not in the API's guide (api.md Part C): while it fails, or is paced, the
+    documented probe proves the key at once (a remount is not kept down by it)."""
+    with RawServer(routes({PROJECTS: listing, PROBE: NO_SUCH_SESSION})) as server:
+        make_client(server).check_credentials()
+        assert server.paths() == [PROJECTS, PROBE]
+
+
+def test_check_raises_the_probes_account_error_while_get_projects_fails():
+    with RawServer(routes({PROJECTS: answer(503, {"error": "internal_error"}),
+                           PROBE: answer(401, {"error": "invalid_api_key"})})) as server:
+        with pytest.raises(E.Unauthorized):
+            make_client(server).check_credentials()
+        assert server.paths() == [PROJECTS, PROBE]
 
 
 def test_check_recovers_when_the_server_does():
     with RawServer(canned(answer(502, b"<html>Bad Gateway</html>"), answer(200, b"[]"))) as server:
         make_client(server).check_credentials()
-        assert len(server.requests) == 2
+        # The probe after the 502 got the listing's answer, which proves nothing: tried again.
+        assert server.paths() == [PROJECTS, PROBE, PROJECTS]
 
 
 @pytest.mark.timeout(DEADLINE_TEST_TIMEOUT)
