@@ -319,7 +319,7 @@ def cmd_unmount(args) -> int:
     if result.returncode != 0:
         raise CliError(f"unmount failed: {result.stderr.strip()}")
     if pid:
-        _wait_pid_gone(pid, 60)
+        _wait_for_daemon(pid, mountpoint)
     if final is not None:
         from .status_view import needs_you_lines, terminal_console, wait_summary
         console = terminal_console(stderr=True)
@@ -331,10 +331,37 @@ def cmd_unmount(args) -> int:
     return 0
 
 
-def _wait_pid_gone(pid: int, timeout: float) -> None:
+# The daemon normally ends at once after its mount is gone; one that does not within this is
+# ending uploads in flight (each stops after the piece it is sending, or at its deadline), which
+# the user is told instead of waiting in silence.
+DAEMON_QUIET_SECONDS = 1.0
+DAEMON_END_SECONDS = 60.0
+
+
+def _wait_for_daemon(pid: int, mountpoint: str, quiet: float = DAEMON_QUIET_SECONDS,
+                     timeout: float = DAEMON_END_SECONDS) -> bool:
+    """Waits for the unmounted mount's daemon to end, saying why when it takes a while. Returns
+    whether it ended."""
+    if _wait_pid_gone(pid, quiet):
+        return True
+    print(f"fs360: {mountpoint} is unmounted; its uploads in flight are ending (each stops after the "
+          f"piece it is sending, within about half a minute); what is not sent waits for the next mount",
+          file=sys.stderr, flush=True)
+    if _wait_pid_gone(pid, timeout - quiet):
+        return True
+    print(f"fs360: the daemon (pid {pid}) has not ended after {timeout:.0f} s; nothing is lost: every "
+          f"unfinished upload waits in its journal for the next mount; `kill {pid}` ends it",
+          file=sys.stderr, flush=True)
+    return False
+
+
+def _wait_pid_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and control.pid_running(pid):
+    while control.pid_running(pid):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
+    return True
 
 
 # --- status, pause, resume, set ------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 import os
 import subprocess
+import threading
+import time
 
 import pytest
 
+from fs360 import cli
 from tests.harness import PYTHON, is_mounted, write_random
 
 pytestmark = pytest.mark.fuse
@@ -156,3 +159,49 @@ def test_demo_runs_to_a_ready_project():
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "demo complete: the project is ready" in result.stdout
     assert "the tree went up as one archive" in result.stdout
+
+
+# --- unmount: a daemon that takes a while to end ------------------------------------------------
+
+def test_unmount_says_why_it_waits_for_a_daemon_ending_its_uploads(capsys):
+    """A stalled PUT keeps the unmounted daemon up to its deadline: the user is told so at once,
+    not left with a silent prompt for half a minute. Here the daemon is a real process that ends
+    when the test lets it."""
+    daemon = subprocess.Popen(["sleep", "600"])
+    said = []
+    try:
+        waiter = threading.Thread(target=lambda: said.append(cli._wait_for_daemon(daemon.pid, "/mnt/x", quiet=0.05)))
+        waiter.start()
+        out = ""
+        while "uploads in flight are ending" not in out:
+            assert waiter.is_alive(), "it stopped waiting for a daemon that still runs"
+            out += capsys.readouterr().err
+            time.sleep(0.02)
+    finally:
+        daemon.kill()
+        daemon.wait()
+    waiter.join(30)
+    assert said == [True]
+    err = out + capsys.readouterr().err
+    assert err.splitlines() == ["fs360: /mnt/x is unmounted; its uploads in flight are ending (each stops after "
+                                "the piece it is sending, within about half a minute); what is not sent waits "
+                                "for the next mount"]
+
+
+def test_unmount_says_what_to_do_about_a_daemon_that_does_not_end(capsys):
+    daemon = subprocess.Popen(["sleep", "600"])
+    try:
+        assert cli._wait_for_daemon(daemon.pid, "/mnt/x", quiet=0.05, timeout=1.0) is False
+    finally:
+        daemon.kill()
+        daemon.wait()
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == (f"fs360: the daemon (pid {daemon.pid}) has not ended after 1 s; nothing is lost: every "
+                    f"unfinished upload waits in its journal for the next mount; `kill {daemon.pid}` ends it")
+
+
+def test_unmount_says_nothing_more_of_a_daemon_that_ended(capsys):
+    daemon = subprocess.Popen(["true"])
+    daemon.wait()
+    assert cli._wait_for_daemon(daemon.pid, "/mnt/x") is True
+    assert capsys.readouterr().err == ""

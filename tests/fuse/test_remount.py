@@ -76,7 +76,8 @@ def test_a_remount_while_get_projects_fails_is_let_in_by_the_session_probe(tmp_p
     emulator = profiled_emulator
     cache = tmp_path / "cache"
     emulator.set_faults(SLOW_PUTS)
-    first = Mount(tmp_path, emulator, cache_dir=cache, extra_args=["--chunk-size", "1M", "--max-chunk-size", "1M"]).start()
+    first = Mount(tmp_path, emulator, cache_dir=cache,
+                  extra_args=["--chunk-size", "1M", "--max-chunk-size", "1M"]).start()
     try:
         (first.mountpoint / "s").mkdir()
         expected = {"scan.las": write_random(first.mountpoint / "s" / "scan.las", 3 * MiB + 1)}
