@@ -142,8 +142,34 @@ def _same_command_line(pid: int, parent: int) -> bool:
     return read_proc(f"/proc/{pid}/cmdline", limit=len(expected) + 1) == expected
 
 
-def failure_of(status: int | None) -> str:
-    """What a wait status says went wrong ('' for exit 0 or unknown): 'exited with status 18'."""
+# What the exit statuses of the programs users copy with mean, from their manuals: a held file's
+# reason says it in words, not only as a number.
+EXIT_MEANINGS = {
+    "rsync": {1: "a syntax or usage error", 2: "protocol incompatibility", 3: "it could not select the files",
+              5: "it could not start talking to the other side", 10: "a network error",
+              11: "a file read or write error", 12: "an error in its data stream",
+              13: "an error in its diagnostics", 14: "an error between its processes",
+              19: "it was stopped by its other process: the copy was cut off", 20: "it was interrupted",
+              21: "an error waiting for its processes", 22: "it ran out of memory",
+              23: "some files were not transferred", 24: "some source files vanished meanwhile",
+              25: "its --max-delete limit stopped deletions", 30: "a network timeout",
+              35: "a timeout waiting for the daemon"},
+    "curl": {6: "it could not resolve the host", 7: "it could not connect", 18: "the transfer ended early",
+             22: "the server answered with an error", 23: "it could not write the file", 26: "a read error",
+             28: "a timeout", 35: "a TLS handshake error", 52: "the server sent nothing",
+             55: "a network error while sending", 56: "a network error while receiving"},
+    "wget": {1: "an error", 2: "a parse error", 3: "a file read or write error", 4: "a network failure",
+             5: "a TLS verification failure", 6: "the login was refused", 7: "a protocol error",
+             8: "the server answered with an error"},
+    "unzip": {1: "some files may have been skipped", 2: "the archive is damaged", 3: "the archive is damaged",
+              9: "the archive was not found", 50: "the disk was full", 51: "the archive ended early",
+              80: "it was interrupted", 81: "an unsupported compression or encryption", 82: "a wrong password"},
+}
+
+
+def failure_of(status: int | None, program: str = "") -> str:
+    """What a wait status says went wrong ('' for exit 0 or unknown): 'exited with status 18', with
+    what that status means for `program` where its manual says (EXIT_MEANINGS)."""
     if status is None:
         return ""
     if status & 0x7F:
@@ -153,13 +179,14 @@ def failure_of(status: int | None) -> str:
             name = f"signal {status & 0x7F}"
         return f"was killed by {name}"
     if status >> 8:
-        return f"exited with status {status >> 8}"
+        meaning = EXIT_MEANINGS.get(program, {}).get(status >> 8)
+        return f"exited with status {status >> 8}" + (f" ({meaning})" if meaning else "")
     return ""
 
 
 def dying_reason(closer: Closer | None) -> str:
     """Why a file closed by a process that is exiting abnormally is not whole ('' otherwise)."""
-    failure = failure_of(closer.exiting_status) if closer is not None else ""
+    failure = failure_of(closer.exiting_status, closer.name) if closer is not None else ""
     return f"{closer.name} {failure} while writing it; copy it again" if failure else ""
 
 
@@ -281,7 +308,7 @@ class Writers:
             name = self._names.pop(tgid, "the writer")
         if records is None:
             return
-        failure = failure_of(status)
+        failure = failure_of(status, name)
         reason = held_reason(name, failure) if failure else ""
         for record in records.values():
             with self.engine.lock:

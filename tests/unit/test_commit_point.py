@@ -44,10 +44,15 @@ def error_of(model, path):
 
 @pytest.mark.parametrize("pid, status, state, reason", [
     (CP, 0, "pending", ""),
-    (CURL, 18 << 8, "held", "curl exited with status 18 right after writing it: it is probably incomplete; "
-                            "copy it again, or run `fs360 release` on it if you know it is whole"),
+    (CURL, 18 << 8, "held", "curl exited with status 18 (the transfer ended early) right after writing it: it "
+                            "is probably incomplete; copy it again, or run `fs360 release` on it if you know it "
+                            "is whole"),
     (RSYNC, signal.SIGINT, "held", "rsync was killed by SIGINT right after writing it"),
-], ids=["exit 0: queued at once", "exit 18: held", "SIGINT: held"])
+    # rsync's receiver, stopped by its generator once the rest of rsync was cut off.
+    (RSYNC, 19 << 8, "held", "rsync exited with status 19 (it was stopped by its other process: the copy was "
+                             "cut off) right after writing it"),
+    (CP, 1 << 8, "held", "cp exited with status 1 right after writing it"),  # no meaning known: the number
+], ids=["exit 0: queued at once", "exit 18: held", "SIGINT: held", "rsync 19: in words", "cp 1: the number"])
 def test_the_writers_exit_decides(idle, pid, status, state, reason):
     idle.mkdir("/s", 0o755)
     write_file(idle, "/s/a.e57", pid=pid)
