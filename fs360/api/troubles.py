@@ -13,7 +13,8 @@ raises `HeldBack` with the one reason every held file shows, until one probe req
   circuits      one per endpoint class (the pacer's endpoints): a 5xx, no answer, or a
                 429 that does not say how long opens it; while it is open nothing of
                 that class is sent; once its wait is over one request goes (the probe);
-                the first answer closes it, a failure opens it again for longer.
+                the first answer closes it, a failure opens it again for longer; so does
+                a request whose answer was lost, found done later (`done_unanswered`).
   server waits  a 429 with `Retry-After` holds that class until then (capped at an hour
                 by the client), then one probe, as for a circuit.
 
@@ -155,6 +156,22 @@ class Troubles:
         with self._lock:
             cleared = self._report_locked(ticket, error, self._clock())
             self._ended += cleared
+        if cleared:
+            self._tell_listeners()
+
+    def done_unanswered(self, endpoint: str) -> None:
+        """A request to `endpoint` whose answer was lost turned out done (the server holds what it
+        sent): the server works for its kind of request, as if it had answered. Ends an outage's
+        hold of that kind, which nothing else might end (when that was the last upload, no other
+        PUT comes to probe it, and status would say uploads fail for good); a wait the server
+        asked for stays."""
+        cls = endpoint_class(endpoint)
+        with self._lock:
+            hold = self._holds.get(cls)
+            cleared = hold is not None and not hold.server_wait
+            if cleared:
+                del self._holds[cls]
+                self._ended += 1
         if cleared:
             self._tell_listeners()
 

@@ -338,6 +338,8 @@ class Transfer:
                 raise ServerHoldsOtherFile(
                     f"the server already holds a different file named {record.server_name!r}", status=409)
             received = progress.received
+        if received > record.server_received:
+            self.troubles.done_unanswered("put_file")  # a PUT of it went through, unanswered
         with self.lock:
             self.abandoned.check_locked(record.id, received)
             self.registry.resynced_locked(record, received)

@@ -175,6 +175,29 @@ def test_an_upload_outage_holds_every_file_and_its_end_brings_them_all_forward(e
         name: sha for name, sha in sources.items() if name != "scan-00.jpg"}})
 
 
+def test_the_lost_answer_of_the_last_put_leaves_nothing_held_back(profiled_emulator, settings_for, tmp_path):
+    """The last file's PUT is done but its answer is lost: an outage of uploads, until a request
+    checks. The file's retry asks the server where it stands and finds it whole, so no PUT comes
+    to check: the hold must end with that answer, or status says "held back: uploads fail" for
+    good, with every file complete."""
+    emulator = profiled_emulator
+    sources, paths = thirty_files(tmp_path)
+    engine = engine_for(emulator, settings_for, backoff_base=0.25)
+    try:
+        queue_files(engine, "s", {"first.jpg": paths.pop("scan-00.jpg")})
+        assert wait_idle(engine, timeout=30, poll=0.05)  # the session is open
+        emulator.set_faults([{"endpoint": "put_file", "kind": "drop_response", "count": 1}])
+        queue_files(engine, "s", {"last.jpg": paths.pop("scan-01.jpg")})
+        assert wait_idle(engine, timeout=60, poll=0.1), state_counts(engine)
+        assert state_counts(engine) == {COMPLETE: 2}
+        assert request_count(emulator, "PUT put_file dropped") == 1
+        assert engine.trouble_reasons() == []
+        upload_id = engine.registry.sessions["s"].upload_id
+    finally:
+        engine.stop()
+    assert_uploaded(emulator, upload_id, {"first.jpg": sources["scan-00.jpg"], "last.jpg": sources["scan-01.jpg"]})
+
+
 def test_a_huge_retry_after_holds_what_the_server_limited_and_says_until_when(emulator, settings_for, tmp_path):
     """A `Retry-After: 1e9` on one PUT holds every upload (capped at an hour), each file says
     so, nothing else is held, and resume lifts it."""
