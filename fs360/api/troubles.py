@@ -74,6 +74,9 @@ class Hold:
     until: float = 0.0         # monotonic: nothing is sent before this, then one probe
     probe_until: float = 0.0   # monotonic: a probe is out (its lease) until then
     server_wait: bool = False  # a wait the server asked for (429 with Retry-After)
+    # The account's probe passed; the class refused first sends one request of its own before the
+    # others go. It holds nothing back but while that request is out, and is said only then.
+    trial: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,11 @@ class Troubles:
         if cleared:
             self._tell_listeners()
 
+    def is_past(self, reason: str) -> bool:
+        """Whether `reason` is one a hold gave (it ends with how holds end) that no hold gives now:
+        what still shows it is stale."""
+        return reason.endswith(HOW_IT_ENDS) and reason not in self.reasons()
+
     def ended_since(self, held: HeldBack) -> bool:
         """Whether a hold ended after `held` was raised (its wait is then over already)."""
         return getattr(held, "ended_count", self._ended) != self._ended
@@ -237,7 +245,7 @@ class Troubles:
         if account is None:
             return False
         if self._trial_class is not None:
-            trial = self._holds.setdefault(self._trial_class, Hold(reason=account.reason))
+            trial = self._holds.setdefault(self._trial_class, Hold(reason=account.reason, trial=True))
             trial.until = trial.probe_until = 0.0
         return True
 
@@ -246,7 +254,7 @@ class Troubles:
         words = CLASS_WORDS.get(cls, cls)
         if hold is None or ticket.probe:
             hold = self._holds.setdefault(cls, Hold(reason=""))
-            hold.level, hold.server_wait = hold.level + 1, False
+            hold.level, hold.server_wait, hold.trial = hold.level + 1, False, False
             hold.until = now + self._delay(cls, hold.level)
             hold.probe_until = 0.0
         if isinstance(error, RateLimited):
@@ -261,7 +269,7 @@ class Troubles:
         wall = self._wall()
         hold = self._holds.setdefault(cls, Hold(reason=""))
         hold.until = max(hold.until, now + seconds)
-        hold.probe_until, hold.server_wait = 0.0, True
+        hold.probe_until, hold.server_wait, hold.trial = 0.0, True, False
         ends = clock_text(wall + (hold.until - now), wall)
         if isinstance(asked, (int, float)) and asked > seconds:
             hold.reason = (f"the server asked to wait {_long_duration(asked)} before more {words} (HTTP 429): "
@@ -298,7 +306,9 @@ class Troubles:
     def reasons(self) -> list[str]:
         """Every reason held now, for status: the account's first."""
         with self._lock:
-            holds = ([self._account] if self._account is not None else []) + list(self._holds.values())
+            now = self._clock()
+            holds = ([self._account] if self._account is not None else []) + \
+                [hold for hold in self._holds.values() if not hold.trial or hold.probe_until > now]
             return list(dict.fromkeys(hold.reason for hold in holds))
 
     # --- inside ---------------------------------------------------------------------------------

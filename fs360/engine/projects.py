@@ -18,6 +18,7 @@ from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from ..api.client import ApiClient, Project
+from ..api.troubles import shared_by_all
 from ..api.retry import Backoff
 from ..config import Settings
 from ..errors import (AccountError, ApiError, Fs360Error, NotSent, ProjectCreationFailed,
@@ -128,6 +129,11 @@ class ProjectKeeper:
                 project = session.project
                 if project is None:
                     continue
+                if project.last_error and project.state != P_FAILED and \
+                        self.client.troubles.is_past(project.last_error):
+                    # The account fixed, an outage over: its reason is no longer why the project
+                    # waits (a file deleted meanwhile may keep it waiting, with a reason of its own).
+                    self.registry.update_project_locked(session, last_error="")
                 if project.state == P_WAITING:
                     # A POST that may have gone is looked up whatever changed here since: the
                     # project may exist, and nothing here can change it now.
@@ -402,6 +408,9 @@ class ProjectKeeper:
                 attempts += 1
                 delay = self.backoff.delay(attempts, exc)
                 last_error = str(exc)
+            held = self.client.troubles.held_reason(exc.endpoint) if exc.endpoint and shared_by_all(exc) else None
+            if held is not None:
+                last_error = held[0]  # the one reason of the hold, as its files show it (step() clears it)
             self.registry.update_project_locked(session, attempts=attempts, last_error=last_error,
                                                 next_attempt=time.time() + delay)
 

@@ -8,7 +8,8 @@ import os
 import subprocess
 import urllib.request
 
-from tests.harness import wait_until, write_random
+from tests.harness import make_sources, request_count, wait_until, write_marker, write_random
+from tests.ops.common import harness_runtime, run_fs360
 
 
 def server_project(emulator, name: str) -> dict:
@@ -109,3 +110,33 @@ def test_a_create_whose_post_may_have_gone_cannot_be_taken_back(tmp_path, mount_
     removed = sh('rm -rf "$1"', session)
     assert removed.returncode == 0, removed.stderr
     assert not [key for key in emulator.stats()["requests"] if key.startswith("DELETE")]
+
+
+def test_a_project_refused_for_the_account_then_kept_waiting_by_a_deletion_says_only_why_it_waits(
+        tmp_path, mount_factory, profiled_emulator):
+    """The plan's project limit refuses the POST; the user deletes a file the server holds, which
+    keeps the project waiting for good; then the account is fixed (`fs360 resume` checks it at
+    once). Status must then give the deletion as the one reason: neither "held back" nor the
+    project's "last error" may still say that the account refuses it."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "Limit"
+    make_sources(session, {"a.jpg": 20_000, "b.jpg": 10_000})
+    wait_until(lambda: mount.file_states("Limit") == {"a.jpg": "complete", "b.jpg": "complete"}, what="both up")
+    emulator.set_account(403, "project_limit_reached", endpoints=["create_project"])
+    write_marker(session / ".create", b"")
+    wait_until(lambda: (mount.status_json("Limit")["project"] or {}).get("error"), what="the refusal in status")
+    subprocess.run(["rm", str(session / "a.jpg")], check=True)
+    emulator.clear_account()
+    assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
+
+    def settled():
+        status = mount.status_json("Limit")
+        return status if status["project"]["error"] is None and not status["held_back"] else None
+    try:
+        status = wait_until(settled, 30, what="the account's refusal gone from status")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; status:\n{(session / 'status').read_text()}") from None
+    assert status["project"]["state"] == "waiting" and "a.jpg" in status["project"]["waiting_for"]
+    assert "last error" not in (session / "status").read_text()
+    assert request_count(emulator, "POST create_project 2") == 0

@@ -95,10 +95,14 @@ def test_the_account_holds_everything_and_its_own_probe_decides(troubles, clock)
     troubles.report(troubles.admit("get_session", account_probe=True),
                     E.SessionNotFound("get_session: HTTP 404 upload_session_not_found", status=404))
     assert cleared == [True]
+    # Nothing is held back until the trial goes: status says nothing (the project limit may be
+    # lifted; only the next request of that kind can tell), then it says why others wait.
+    assert troubles.reasons() == []
     assert not troubles.admit("put_file").probe
     trial = troubles.admit("open_session")
     assert trial.probe
     held(troubles, "open_session")
+    assert len(troubles.reasons()) == 1 and "your plan does not allow" in troubles.reasons()[0]
     # That one is refused again (a refusal of this kind only): held again, for longer than before.
     troubles.report(trial, refusal)
     clock.now += 9.9
