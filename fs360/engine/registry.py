@@ -86,6 +86,8 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Upload
                 self._size_from_spool_locked(record)
             if record.state == CLOSED:
                 self._resume_commit_locked(record, writers_from_text(row["writers"]))
+            elif record.local_only and row["writers"]:
+                self._resume_scratch_writers_locked(record, writers_from_text(row["writers"]))
             elif record.state == HELD:
                 record.unfinished_state = HELD
             elif record.state == WRITING:
@@ -113,6 +115,16 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Upload
                     attempts=row["attempts"], next_attempt=0.0, posted_upload_id=row["posted_upload_id"],
                     marker_hidden=bool(row["marker_hidden"]), posted_at=row["posted_at"],
                     listed_before=None if row["listed_before"] is None else json.loads(row["listed_before"]))
+
+    def _resume_scratch_writers_locked(self, record: FileRecord, writers: dict[int, int]) -> None:
+        """A closed scratch file whose writers had not all exited when the mount stopped: those
+        still running are awaited again; if one ended unseen, the file is unfinished, and held
+        should it be renamed to its final name (as a `closed` file would be)."""
+        if all_still_running(writers):
+            record.writers = writers
+        elif not record.unfinished:
+            record.unfinished_state = HELD
+            self.set_unfinished_locked(record, STOPPED_BEFORE_COMMIT)
 
     def _resume_commit_locked(self, record: FileRecord, writers: dict[int, int]) -> None:
         """A file closed but not committed when the mount stopped: while every writer it waited

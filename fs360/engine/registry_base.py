@@ -90,6 +90,11 @@ class RegistryState:
         """Files waiting for their commit point (after a restart: their writers still run)."""
         return [f for f in self._files.values() if f.state == CLOSED]
 
+    def awaiting_writers_locked(self) -> list[FileRecord]:
+        """Files whose writers' exits are awaited: closed ones, and closed scratch files (after a
+        restart: their writers still run)."""
+        return [f for f in self._files.values() if f.state == CLOSED or (f.local_only and f.writers)]
+
     # --- files: states --------------------------------------------------------------------------
 
     def set_state_locked(self, record: FileRecord, state: str, **extra) -> None:

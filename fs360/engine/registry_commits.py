@@ -91,9 +91,10 @@ class CommitPoint(RegistryState):
         elif record.state == CLOSED and not record.writers and not record.earlier_writers \
                 and not record.writer_unknown:
             self.commit_locked(record, succeeded=True)
-        elif record.state == CLOSED:
-            # The others still run: after a crash the journal must not name this one, whose exit
-            # was seen (a restart would take it for a writer that ended unseen, and hold the file).
+        elif record.state == CLOSED or record.local_only:
+            # The others still run (or a scratch file waits for its final name): after a crash the
+            # journal must not name this one, whose exit was seen (a restart would take it for a
+            # writer that ended unseen, and hold the file).
             self.journal.update_file(record.id, writers=writers_text(record.awaited_writer_starts()))
 
     def writer_failed_locked(self, record: FileRecord, reason: str, state: str) -> None:

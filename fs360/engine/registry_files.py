@@ -10,6 +10,7 @@ import time
 from .records import (COMPLETE, HELD, INTERRUPTED, IN_TREE, LOCAL, PENDING, QUEUED_STATES,
                       STOPPED_WHILE_WRITING, UNFINISHED_STATES, UPLOADING, WRITES_SPOILED, WRITING, FileRecord,
                       SessionRecord)
+from .processes import writers_text
 from .registry_base import RegistryState
 from .content_digest import is_legacy_digest
 from .spool import RunningDigest
@@ -209,6 +210,10 @@ class FileWriters(RegistryState):
             record.closed_at = time.monotonic()
         if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
             as_is = {"unfinished": record.unfinished} if last_close else {}
+            if last_close and record.local_only:
+                # A scratch file may get its final name after a restart: its writers' exits decide
+                # then too, and one that ended while no daemon watched holds it (registry.py).
+                as_is["writers"] = writers_text(record.awaited_writer_starts())
             self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns, **as_is)
         elif record.unfinished and not record.completing:
             self._rest_unfinished_locked(record)

@@ -229,7 +229,7 @@ class Writers:
     def _watch_again(self) -> None:
         """Files still closed from before a restart (their writers ran on): watched again."""
         with self.engine.lock:
-            for record in self.engine.registry.closed_files_locked():
+            for record in self.engine.registry.awaiting_writers_locked():
                 for tgid, start in list((record.writers or {}).items()):
                     task = _stat(tgid)
                     closer = Closer(tgid, task[0] if task else "the writer", None, start)

@@ -263,6 +263,50 @@ def test_a_file_closed_at_a_crash_whose_writer_still_runs_waits_on(emulator, mak
     assert file_state(again, "s", "a.jpg") == "pending"
 
 
+def crashed_with_scratch(emulator, make_model, cache, writer: Closer, renamed_first: bool):
+    """A model whose `writer` closed a file, renamed to a scratch name (`renamed_first`: it was
+    written under its final name, then renamed; else written as scratch), then crashed; the model
+    that comes back on the same cache dir."""
+    model = make_model(emulator, start=False, writeback_delay=86400.0, cache_dir=cache)
+    feed_writers(model, lambda pid: writer)
+    model.mkdir("/s", 0o755)
+    if renamed_first:
+        write_file(model, "/s/a.jpg")
+        assert file_state(model, "s", "a.jpg") == "closed"
+        model.rename("/s/a.jpg", "/s/.a.jpg.part")
+    else:
+        write_file(model, "/s/.a.jpg.part")
+    model.engine.journal.close()  # a crash: nothing more reaches the journal
+    model.engine._stopping = True  # nor does the stop at the test's end (the process is gone)
+    return make_model(emulator, start=False, writeback_delay=86400.0, cache_dir=cache)
+
+
+@pytest.mark.parametrize("renamed_first", [True, False], ids=["closed, then renamed to scratch", "written as scratch"])
+def test_a_scratch_file_whose_writer_ended_unseen_is_held_when_it_gets_its_final_name(emulator, make_model, tmp_path,
+                                                                                      renamed_first):
+    """The long random test's find: a closed file renamed to a scratch name when the mount
+    crashed, then renamed back after the restart, was committed by the renamer's exit alone,
+    although the program that wrote it ended while no daemon watched (it may have failed)."""
+    again = crashed_with_scratch(emulator, make_model, tmp_path / "c", Closer(CP, "cp", None), renamed_first)
+    feed_writers(again, lambda pid: Closer(pid, NAMES[pid], None))
+    again.rename("/s/.a.jpg.part", "/s/a.jpg", pid=SHELL)
+    assert file_state(again, "s", "a.jpg") == "held"
+    assert "mount stopped before the program that wrote it had finished" in error_of(again, "/s/a.jpg")
+
+
+def test_a_scratch_file_whose_writer_still_runs_after_a_crash_waits_for_it(emulator, make_model, tmp_path):
+    from fs360.engine.processes import started_at
+    me = Closer(os.getpid(), "python", None, started_at(os.getpid()))
+    again = crashed_with_scratch(emulator, make_model, tmp_path / "c", me, renamed_first=True)
+    feed_writers(again, lambda pid: me if pid == os.getpid() else Closer(pid, NAMES[pid], None))
+    again.writers._watch_again()
+    again.rename("/s/.a.jpg.part", "/s/a.jpg", pid=SHELL)
+    again.writers.exited(SHELL, 0)
+    assert file_state(again, "s", "a.jpg") == "closed"  # the writer from before the crash still runs
+    again.writers.exited(os.getpid(), 0)
+    assert file_state(again, "s", "a.jpg") == "pending"
+
+
 def test_a_commit_due_sooner_than_every_other_wakes_the_commit_thread(emulator, make_model):
     """The commit thread sleeps until the first due commit and is woken only by a sooner one:
     a file due now, queued behind one due in an hour, is committed now."""
