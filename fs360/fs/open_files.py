@@ -347,3 +347,12 @@ class OpenFiles:
                 self.engine.registry.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
             elif handle.revival:
                 self.engine.registry.remove_file_locked(handle.record)
+                if handle.check.differs:
+                    # Deleted, then written anew (`unzip -o`, or `rm f; cp new f`): its name
+                    # leaves the folder again, and its line with it; the folder's refused list
+                    # says what became of the new content (the user deleted nothing).
+                    record = handle.record
+                    self.engine.registry.name_refused_locked(
+                        self.engine.registry.session_of(record), record.name,
+                        f"not kept: {record.last_error}; copy the new content under another name, "
+                        f"or into a new folder")

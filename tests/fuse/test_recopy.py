@@ -7,15 +7,21 @@ reason in status.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.harness import assert_uploaded, make_sources, request_count, wait_until
+from tests.harness import assert_uploaded, make_sources, remote_files, request_count, wait_until
 
 KiB = 1024
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
 MiB = 1024 * 1024
 SIZES = {"scan-1.e57": 2 * MiB + 11, "photo.jpg": 300 * KiB, "notes.las": 5}
 
@@ -71,6 +77,30 @@ def test_a_changed_file_is_refused_with_its_reason(tool, tmp_path, mount, emulat
     assert "different scan-1.e57" in (mount.mountpoint / "site" / "status").read_text()
     assert_uploaded(emulator, mount.status_json("site")["upload_id"], expected)
     assert not any(name.startswith(".") for name in os.listdir(dest)), "a scratch copy was left behind"
+
+
+def test_unzip_o_of_a_changed_archive_says_which_file_was_not_kept(tmp_path, mount, emulator):
+    """`unzip -o` deletes each file before it writes it again: a file whose new content differs
+    from the server's is not kept, and its name leaves the folder. Status must say why under
+    `refused`, not only list it as deleted here (the user deleted nothing)."""
+    import zipfile
+    dest = mount.mountpoint / "site"
+    dest.mkdir()
+    for archive, changed in (("a.zip", b"first"), ("b.zip", b"other")):
+        with zipfile.ZipFile(tmp_path / archive, "w") as z:
+            z.writestr("same.jpg", b"s" * 5000)
+            z.writestr("f3.jpg", changed * 1000)
+    subprocess.run(["unzip", "-q", str(tmp_path / "a.zip"), "-d", str(dest)], check=True, timeout=60)
+    assert mount.wait_settled("site") == {"same.jpg": "complete", "f3.jpg": "complete"}
+    upload_id = mount.status_json("site")["upload_id"]
+    subprocess.run(["unzip", "-q", "-o", str(tmp_path / "b.zip"), "-d", str(dest)], timeout=60)
+    refused = {r["name"]: r["reason"] for r in mount.status_json("site")["refused_names"]}
+    assert refused == {"f3.jpg": "not kept: the server already holds a different f3.jpg; it cannot be replaced; "
+                                 "copy the new content under another name, or into a new folder"}
+    assert "refused   f3.jpg: not kept" in (dest / "status").read_text()
+    remote = remote_files(emulator, upload_id)
+    assert set(remote) == {"same.jpg", "f3.jpg"}
+    assert_uploaded(emulator, upload_id, {"same.jpg": sha256_of(b"s" * 5000), "f3.jpg": sha256_of(b"first" * 1000)})
 
 
 def test_a_deleted_file_appended_to_again_with_the_same_bytes_is_the_servers_file(mount, emulator):
