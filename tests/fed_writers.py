@@ -23,4 +23,5 @@ class FedWatch:
 def feed_writers(model, identify: Callable[[int], Closer | None]) -> None:
     """`identify(pid)` says who each closing task is; exits are fed with model.writers.exited."""
     model.writers.identify = identify
+    model.writers.still_there = lambda pid, start: True  # any process whose exit is not fed yet
     model.writers.watch = FedWatch()

@@ -63,6 +63,10 @@ class Closer:
     exiting_status: int | None
     # When the program started (see engine/processes.py): journaled with a closed file.
     start: int = 0
+    # The forked helper of the program that did the closing (0: the program itself), and when it
+    # started: its exit is awaited too, and decides should the program end first (Writers.exited).
+    helper: int = 0
+    helper_start: int = 0
 
 
 def closer_of(pid: int) -> Closer | None:
@@ -70,7 +74,8 @@ def closer_of(pid: int) -> Closer | None:
 
     A program's forked helpers (rsync's receiver and generator: the same command line, no exec
     of their own) exit with statuses of their own (rsync's receiver 19, on the SIGUSR1 of a
-    normal end): the program's first process decides, so its thread group is the one awaited."""
+    normal end): the program's first process decides, so its thread group is the one awaited,
+    and the helper's with it (`helper`), whose own status counts only if it outlives the program."""
     task = _stat(pid)
     if task is None:
         return None
@@ -80,11 +85,14 @@ def closer_of(pid: int) -> Closer | None:
         return None
     status = exit_code if flags & PF_EXITING else None
     program, program_start = _program_of(tgid, ppid)
-    if program != tgid and status is not None and not status & 0x7F:
-        status = None  # a helper's own exit status says nothing; its death by a signal does
+    helper = helper_start = 0
+    if program != tgid:
+        helper, helper_start = tgid, start if pid == tgid else started_at(tgid) or 0
+        if status is not None and not status & 0x7F:
+            status = None  # a helper's own exit status says nothing here; its death by a signal does
     if program != pid:
         start = program_start or started_at(program) or 0
-    return Closer(program, name, status, start)
+    return Closer(program, name, status, start, helper, helper_start)
 
 
 # (task id, its start time) -> its thread group: fixed for the task's life, and a task id used
@@ -184,6 +192,12 @@ def failure_of(status: int | None, program: str = "") -> str:
     return ""
 
 
+def _still_there(pid: int, start: int) -> bool:
+    """Process `pid` (started at `start`) is in /proc: running, or dead and not reaped yet."""
+    task = _stat(pid)
+    return task is not None and bool(start) and task[4] == start
+
+
 def dying_reason(closer: Closer | None) -> str:
     """Why a file closed by a process that is exiting abnormally is not whole ('' otherwise)."""
     failure = failure_of(closer.exiting_status, closer.name) if closer is not None else ""
@@ -201,13 +215,19 @@ class Writers:
 
     def __init__(self, engine, identify: Callable[[int], "Closer | None"] = None):
         self.engine = engine
-        # Who a task is (closer_of; tests pass their own, so no real process has to die).
+        # Who a task is (closer_of; tests pass their own, so no real process has to die), and
+        # whether a process is still there, running or dead and not reaped (tests: any not ended).
         self.identify = identify or closer_of
+        self.still_there = _still_there
         self.watch: ExitWatch | None = None
         # tgid -> the records it closed written, by id, exit awaited (a dict: cp -r of 100,000
         # files closes them all before it exits, and each close asks whether its record is there)
         self._records: dict[int, dict[int, object]] = {}
         self._names: dict[int, str] = {}      # tgid -> its command name, for the reasons
+        # A forked helper's tgid -> (its program's tgid, its own start) (closer_of); the helpers
+        # whose program ended before them, unreaped: their own exit statuses decide too.
+        self._helpers: dict[int, tuple[int, int]] = {}
+        self._outlived: set[int] = set()
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -285,6 +305,23 @@ class Writers:
             self.engine.registry.writer_unknown_locked(record)
             return
         self.engine.registry.writer_awaited_locked(record, closer.tgid, closer.start)
+        if closer.helper:
+            # The helper that wrote it: a program that exits 0 before it did not wait for its
+            # work, so its exit 0 says nothing of it (a half file, then the helper's exit 1).
+            helper = Closer(closer.helper, closer.name, None, closer.helper_start)
+            if self._watch_locked(helper, record):
+                with self._lock:
+                    self._helpers[closer.helper] = (closer.tgid, closer.helper_start)
+                self.engine.registry.writer_awaited_locked(record, closer.helper, closer.helper_start)
+
+    def _note_outliving_helpers_locked(self, program: int, name: str) -> None:
+        """Needs self._lock. `program` ended: its helpers still there (running, or dead and not
+        reaped by it) were not judged by its exit, so theirs decide (rsync reaps its helpers)."""
+        for helper, (of, start) in self._helpers.items():
+            if of == program and self.still_there(helper, start):
+                self._outlived.add(helper)
+                log.debug("%s (%d) ended before its helper %d: the helper's exit decides its files too",
+                          name, program, helper)
 
     def _watch_locked(self, closer: Closer, record) -> bool:
         with self._lock:
@@ -306,6 +343,13 @@ class Writers:
         with self._lock:
             records = self._records.pop(tgid, None)
             name = self._names.pop(tgid, "the writer")
+            if tgid in self._helpers:
+                del self._helpers[tgid]
+                if tgid not in self._outlived and status is not None and not status & 0x7F:
+                    status = 0  # its program reaped it, and its own exit then decided
+                self._outlived.discard(tgid)
+            else:
+                self._note_outliving_helpers_locked(tgid, name)
         if records is None:
             return
         failure = failure_of(status, name)

@@ -163,6 +163,46 @@ def test_failing_programs_never_upload_their_files(tmp_path, profiled_emulator, 
     assert_uploaded(emulator, None, {"ok.jpg": sources["ok.jpg"]})
 
 
+# A program whose forked helper (no exec: the same command line) writes half its file and closes
+# it; the program exits 0 once the helper has closed it, and the helper exits 1 when the test says.
+HALF_BY_A_HELPER = """
+import os, sys
+closed_r, closed_w = os.pipe()
+if os.fork() == 0:
+    os.close(closed_r)
+    with open(sys.argv[2], "wb") as f:
+        f.write(open(sys.argv[1], "rb").read()[:1000])
+    os.write(closed_w, b"x")
+    open(sys.argv[3], "rb").read()  # a FIFO: end of file once the test lets it go
+    os._exit(1)
+os.close(closed_w)
+os.read(closed_r, 1)
+"""
+
+
+def test_a_file_a_forked_helper_left_half_written_is_held_though_its_program_exited_0(tmp_path, emulator,
+                                                                                     mount_factory):
+    """The hostile run's find: the program exited 0 while its helper had not finished (it exited
+    1 after), and the program's exit alone committed the half file."""
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    make_sources(tmp_path / "src", {"whole.jpg": 2000})
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    program = subprocess.run([sys.executable, "-c", HALF_BY_A_HELPER, str(tmp_path / "src" / "whole.jpg"),
+                              str(session / "half.jpg"), str(go)], timeout=60)
+    assert program.returncode == 0
+    # The mount has seen the program end before its helper (its log says so at debug level).
+    wait_until(lambda: "ended before its helper" in mount.log_path.read_text(), 30, 0.05,
+               what="the program's exit seen")
+    with open(go, "wb"):
+        pass  # the helper reads end of file, and exits 1
+    held = wait_state(mount, "s", "half.jpg")
+    assert held["state"] == "held" and "exited with status 1 right after writing it" in held["error"], held
+    assert remote_files(emulator) == {}
+
+
 @pytest.mark.parametrize("mode", ["--inplace", "--append"])
 def test_rsync_cut_off_in_place_is_never_uploaded_and_append_finishes_it(mode, tmp_path, slow_source,
                                                                          profiled_emulator, mount_factory):

@@ -62,6 +62,31 @@ def test_the_writers_exit_decides(idle, pid, status, state, reason):
     assert error_of(idle, "/s/a.e57").startswith(reason)
 
 
+PROGRAM, HELPER = 4_000_020, 4_000_021  # a program, and a helper it forked (no exec) that writes
+
+
+@pytest.mark.parametrize("exits, state", [
+    ([(PROGRAM, 0), (HELPER, 1 << 8)], "held"),     # the program did not wait for its helper's work
+    ([(HELPER, 19 << 8), (PROGRAM, 0)], "pending"),  # rsync: the receiver ends first, its status says nothing
+    ([(PROGRAM, 0), (HELPER, 0)], "pending"),
+    ([(HELPER, 0), (PROGRAM, 1 << 8)], "held"),      # the program's failure decides, as ever
+], ids=["program 0, then helper 1", "helper 19, then program 0", "program 0, then helper 0",
+        "helper 0, then program 1"])
+def test_a_file_closed_by_a_forked_helper_waits_for_the_helper_too(idle, exits, state):
+    """The hostile run's find: a helper wrote half a file, its program exited 0, then the helper
+    exited 1; the file was uploaded on the program's exit."""
+    feed_writers(idle, lambda pid: Closer(PROGRAM, "python3", None, 7, helper=HELPER, helper_start=8)
+                 if pid == HELPER else Closer(pid, NAMES.get(pid, "sh"), None))
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.e57", pid=HELPER)
+    for pid, status in exits:
+        assert file_state(idle, "s", "a.e57") == "closed"
+        idle.writers.exited(pid, status)
+    assert file_state(idle, "s", "a.e57") == state
+    if state == "held":
+        assert error_of(idle, "/s/a.e57").startswith("python3 exited with status 1 right after writing it")
+
+
 def test_an_exit_reported_before_the_release_still_decides(idle):
     """The kernel's RELEASE is asynchronous: a writer may have exited before it arrives."""
     idle.mkdir("/s", 0o755)

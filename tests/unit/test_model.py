@@ -716,7 +716,8 @@ def test_a_forked_helper_is_its_parents_program_and_an_exec_with_one_more_argume
         pids += [helper, child]
         program = closer_of(parent.pid)
         assert program.tgid == parent.pid and program.start > 0
-        assert closer_of(helper) == Closer(parent.pid, program.name, None, program.start)
+        from fs360.engine.processes import started_at
+        assert closer_of(helper) == Closer(parent.pid, program.name, None, program.start, helper, started_at(helper))
         assert closer_of(child).tgid == child
     finally:
         for pid in pids:
