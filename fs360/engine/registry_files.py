@@ -102,12 +102,14 @@ class FileWriters(RegistryState):
                 self._prefix_whole_locked(record, True)
                 # Its content starts again: earlier writers' exits no longer say anything of it.
                 record.earlier_writers, record.earlier_failure = None, ""
+                record.writer_unknown = False
             elif record.writers:
                 # Their exits still decide what came before this writing (a touch while the
                 # program that wrote the file runs on must not stand in for its exit).
                 record.earlier_writers = {**(record.earlier_writers or {}), **record.writers}
+            # (An earlier writer that cannot be watched, a truncate by path, still has only the
+            # write-back delay to stand in for its exit: writer_unknown stays unless rewritten.)
             record.writers = None
-            record.writer_unknown = False
         if record.open_writers == 1 and not record.unfinished and not record.stop_journaled:
             # Journal only (memory keeps the truth while it is open): should the mount stop before
             # the last close, the file comes back unfinished. A scratch file has no `writing` state

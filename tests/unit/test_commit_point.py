@@ -62,6 +62,23 @@ def test_the_writers_exit_decides(idle, pid, status, state, reason):
     assert error_of(idle, "/s/a.e57").startswith(reason)
 
 
+def test_an_unchanged_reopen_does_not_end_the_wait_for_an_unknown_writer(idle):
+    """truncate(1) by path: no process to watch, so the write-back delay stands in for its exit.
+    A program that opens the file for writing and closes it unchanged meanwhile (a file manager)
+    does not end that wait (the long random test's reading: it was queued at once)."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.e57", b"whole content")
+    idle.writers.exited(CP, 0)
+    assert file_state(idle, "s", "a.e57") == "pending"
+    idle.truncate("/s/a.e57", 5)
+    assert file_state(idle, "s", "a.e57") == "closed"
+    fh = idle.open("/s/a.e57", os.O_WRONLY)
+    idle.flush(fh, SHELL)
+    idle.release(fh)
+    idle.writers.exited(SHELL, 0)
+    assert file_state(idle, "s", "a.e57") == "closed"  # the delay still decides
+
+
 PROGRAM, HELPER = 4_000_020, 4_000_021  # a program, and a helper it forked (no exec) that writes
 
 
