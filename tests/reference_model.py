@@ -713,12 +713,13 @@ class Reference:
                         f.unfinished = False
                     f.completing = False
                     f.rest()
-                elif f.awaiting and not f.unknown_writer:
-                    # Open again meanwhile: the exits it awaited came, so what came before this
-                    # writing is final (the mount's earlier writers); a close through an unchanged
-                    # handle then awaits nobody. The delay stands in for an unknown writer's exit
-                    # only at a close (the commit clock passes over an open file).
-                    f.awaiting = False
+                elif f.writers and not f.unknown_writer:
+                    # Open for writing now: the exits awaited so far came (what came before this
+                    # writing, the mount's earlier writers, and this writing's closers of changed
+                    # handles), so a close through an unchanged handle then awaits nobody. The
+                    # delay stands in for an unknown writer's exit only at a close (the commit
+                    # clock passes over an open file).
+                    f.awaiting = f.closer_awaited = False
 
     def remount(self) -> None:
         """The mount stopped (its handles are gone without a close) and a new one started on the

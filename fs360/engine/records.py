@@ -124,6 +124,9 @@ class FileRecord:
     # file `held` unless this writing makes it whole (a touch never does).
     earlier_writers: dict | None = None
     earlier_failure: str = ""
+    # This writing's programs that changed it each through a handle of its own, {tgid: name}:
+    # two at once leave a mix of both (registry_commits.changed_through_locked).
+    writing_programs: dict | None = None
     # The content digest of the spool content while it was written front to back (spool.RunningDigest).
     digest: "RunningDigest | None" = None
     # Last change of metadata or content (chmod, chown, rename, write); not journaled.

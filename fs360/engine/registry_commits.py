@@ -97,6 +97,20 @@ class CommitPoint(RegistryState):
             # writer that ended unseen, and hold the file).
             self.journal.update_file(record.id, writers=writers_text(record.awaited_writer_starts()))
 
+    def changed_through_locked(self, record: FileRecord, tgid: int, name: str) -> None:
+        """Program `tgid` (`name`) changed the file through a handle it opened (the first close of
+        that handle said who): two programs doing so in one writing, each through its own handle
+        (`cat a > f & cat b > f`, two copies to one name at once), leave a mix of both, which
+        no exit status tells: held. One handle shared (a shell's redirection) is one writer."""
+        programs = record.writing_programs = record.writing_programs or {}
+        programs[tgid] = name
+        if len(programs) == 2:
+            first, second = programs.values()
+            both = f"{first} and {second}" if first != second else f"two {first} processes"
+            self.writer_failed_locked(record, f"{both} wrote it at the same time: it may hold a mix of "
+                                              f"both; copy it again, or run `fs360 release` on it if you "
+                                              f"know it is whole", HELD)
+
     def writer_failed_locked(self, record: FileRecord, reason: str, state: str) -> None:
         """This writing of the file failed (`reason`): it rests in `state` once closed."""
         if state == HELD and record.unfinished and record.unfinished_state == INTERRUPTED \

@@ -98,6 +98,7 @@ class FileWriters(RegistryState):
             record.completing = False
             record.written_from, record.written_to, record.opened_size = -1, 0, record.size
             record.writer_failure = ""
+            record.writing_programs = None
             if rewrite:
                 self._prefix_whole_locked(record, True)
                 # Its content starts again: earlier writers' exits no longer say anything of it.

@@ -276,14 +276,15 @@ class Writers:
             members.add(ancestor)
         return frozenset(members)
 
-    def closed(self, pid: int | None, record) -> str:
+    def closed(self, pid: int | None, record) -> tuple[str, Closer | None]:
         """Process `pid` closed `record` written (a flush). Returns why the file is not whole when
-        that process is dying abnormally; otherwise its exit is awaited by the commit point."""
+        that process is dying abnormally ('' otherwise: its exit is awaited by the commit point),
+        and who it works for (None: not known)."""
         closer = self.identify(pid) if pid else None
         reason = dying_reason(closer)
         if not reason:
             self._await(closer, record)
-        return reason
+        return reason, closer
 
     def joined_locked(self, closer: Closer | None, record) -> None:
         """`closer` (closer_of the renaming task) renamed the closed scratch file `record` to its

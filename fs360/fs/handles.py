@@ -38,6 +38,10 @@ class FileHandle:
     # A check of a deleted file the server holds, listed again for a re-copy: unless the copy
     # is identical, the file is deleted again at the release.
     revival: bool = False
+    # Data was written through it (not only cut, allocated, or opened on an empty file), and the
+    # program whose task first closed it so (0: none yet, or not known).
+    altered: bool = False
+    program: int = 0
     # Held from reading the descriptors to the end of their use by a write (its pwrite or its
     # submit behind), a truncate, fallocate or fsync through the handle, and by release while it
     # takes them: it closes none still in use.

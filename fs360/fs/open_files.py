@@ -141,7 +141,7 @@ class OpenFiles:
             return len(data)
         record = handle.record
         handle.closed = False
-        handle.changed = True
+        handle.changed = handle.altered = True
         if handle.append:
             offset = record.size
         with failures_marked(handle):
@@ -285,7 +285,11 @@ class OpenFiles:
             # closer is dying now: `false > f` closes the file as it exits 1).
             reason = self.writers.dying(pid)
         else:
-            reason = self.writers.closed(pid, handle.record)
+            reason, closer = self.writers.closed(pid, handle.record)
+            if closer is not None and not reason and handle.altered and not handle.program:
+                handle.program = closer.tgid  # the handle's own program: its first closer's
+                with self.engine.lock:
+                    self.engine.registry.changed_through_locked(handle.record, closer.tgid, closer.name)
         if reason:
             handle.writer_died = handle.writer_died or reason
         if handle.check is not None and not handle.writer_died and not handle.check.matches():

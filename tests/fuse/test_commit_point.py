@@ -203,6 +203,45 @@ def test_a_file_a_forked_helper_left_half_written_is_held_though_its_program_exi
     assert remote_files(emulator) == {}
 
 
+# A writer that writes the first half of its source, waits for the test, then writes the rest.
+IN_TWO_HALVES = """
+import sys
+data = open(sys.argv[1], "rb").read()
+with open(sys.argv[2], "wb") as f:
+    f.write(data[:len(data) // 2]); f.flush()
+    open(sys.argv[3], "rb").read()  # a FIFO: end of file once the test lets it go on
+    f.write(data[len(data) // 2:])
+"""
+
+
+def test_two_copies_to_one_name_at_once_are_held_not_uploaded_as_a_mix(tmp_path, profiled_emulator,
+                                                                      mount_factory):
+    """The hostile run's find: a slow writer of A and a `cp B` to the same name, both exiting 0,
+    left a mix of A and B, which was uploaded as complete."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    make_sources(tmp_path / "src", {"a.jpg": 40_000, "b.jpg": 30_000})
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    slow = subprocess.Popen([sys.executable, "-c", IN_TWO_HALVES, str(tmp_path / "src" / "a.jpg"),
+                             str(session / "t.jpg"), str(go)])
+    try:
+        wait_until(lambda: (session / "t.jpg").exists() and (session / "t.jpg").stat().st_size == 20_000, 30,
+                   what="the first half written")
+        subprocess.run(["cp", str(tmp_path / "src" / "b.jpg"), str(session / "t.jpg")], check=True, timeout=60)
+        with open(go, "wb"):
+            pass
+        assert wait_exit(slow) == 0
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+    held = wait_state(mount, "s", "t.jpg")
+    assert held["state"] == "held" and "wrote it at the same time" in held["error"], held
+    assert remote_files(emulator) == {}
+
+
 @pytest.mark.parametrize("mode", ["--inplace", "--append"])
 def test_rsync_cut_off_in_place_is_never_uploaded_and_append_finishes_it(mode, tmp_path, slow_source,
                                                                          profiled_emulator, mount_factory):

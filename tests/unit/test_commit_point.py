@@ -132,6 +132,43 @@ def test_every_writer_must_exit_0(idle):
     assert file_state(idle, "s", "a.jpg") == "pending"
 
 
+def test_two_programs_writing_one_file_at_once_leave_it_held(idle):
+    """Two copies to one name at once (the hostile run's `slowwrite A & cp B`): what the file holds
+    is a mix of both, though both exit 0."""
+    idle.mkdir("/s", 0o755)
+    fh1 = idle.create("/s/a.jpg", 0o644, O_CREATE)
+    idle.write(fh1, b"A" * 100, 0)
+    fh2 = idle.open("/s/a.jpg", os.O_WRONLY | os.O_TRUNC)
+    idle.write(fh2, b"B" * 50, 0)
+    idle.flush(fh2, CP)
+    idle.release(fh2)
+    idle.write(fh1, b"A" * 100, 100)
+    idle.flush(fh1, CURL)
+    idle.release(fh1)
+    idle.writers.exited(CP, 0)
+    idle.writers.exited(CURL, 0)
+    assert file_state(idle, "s", "a.jpg") == "held"
+    assert error_of(idle, "/s/a.jpg").startswith("cp and curl wrote it at the same time: it may hold a mix of both")
+
+
+def test_one_handle_closed_by_two_programs_is_one_writer(idle):
+    """A shell's redirection (`exec 3>f; cat a >&3; exec 3>&-`): one open, closed by cat and by
+    the shell; and a later writing by another program (an append once the first closed it)."""
+    idle.mkdir("/s", 0o755)
+    fh = idle.create("/s/a.jpg", 0o644, O_CREATE)
+    idle.write(fh, b"data", 0)
+    idle.flush(fh, CP)
+    idle.write(fh, b"more", 4)
+    idle.flush(fh, SHELL)
+    idle.release(fh)
+    idle.writers.exited(CP, 0)
+    idle.writers.exited(SHELL, 0)
+    assert file_state(idle, "s", "a.jpg") == "pending"
+    write_file(idle, "/s/a.jpg", b"tail", pid=CURL, flags=os.O_WRONLY | os.O_APPEND)
+    idle.writers.exited(CURL, 0)
+    assert file_state(idle, "s", "a.jpg") == "pending"
+
+
 def test_a_writer_killed_with_the_file_open_interrupts_it(idle):
     idle.mkdir("/s", 0o755)
     write_file(idle, "/s/dd.las", pid=KILLED)

@@ -852,6 +852,10 @@ def run_machine(emulator, tmp_path, examples: int, steps: int, derandomize: bool
         phases=[p for p in Phase if p != Phase.explain]))
 
 
+# A long run that finds a mismatch shrinks it, at 0.1-0.4 s a replay and up to a thousand
+# replays: the suite's 300 s would cut it off mid-shrink. Its report (the steps, the blob) is
+# printed above the captured log: run it with `--show-capture=no`, or search "Falsifying".
+@pytest.mark.timeout(600 + 3 * EXAMPLES if LONG else 300)
 @pytest.mark.slow(12)
 def test_random_operations_agree_with_the_reference(emulator, tmp_path):
     if LONG:
