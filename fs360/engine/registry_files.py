@@ -211,6 +211,7 @@ class FileWriters(RegistryState):
             # reason; '' goes with the row's next write below, or with the queuing).
             record.stop_journaled = False
             record.closed_at = time.monotonic()
+            record.writing_programs = None  # the writing is over (a dict each: 100,000 files)
         if record.open_writers or record.unlinked or record.local_only or record.id not in self._files:
             as_is = {"unfinished": record.unfinished} if last_close else {}
             if last_close and record.local_only:
