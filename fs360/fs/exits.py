@@ -224,9 +224,11 @@ class Writers:
         # files closes them all before it exits, and each close asks whether its record is there)
         self._records: dict[int, dict[int, object]] = {}
         self._names: dict[int, str] = {}      # tgid -> its command name, for the reasons
-        # A forked helper's tgid -> (its program's tgid, its own start) (closer_of); the helpers
-        # whose program ended before them, unreaped: their own exit statuses decide too.
-        self._helpers: dict[int, tuple[int, int]] = {}
+        # Forked helpers that closed files (closer_of): a program's tgid -> {helper tgid: its
+        # start}; a helper's -> its program's; the helpers whose program ended before them,
+        # unreaped: their own exit statuses decide too.
+        self._helpers_of: dict[int, dict[int, int]] = {}
+        self._program_of: dict[int, int] = {}
         self._outlived: set[int] = set()
         self._lock = threading.Lock()
 
@@ -312,14 +314,15 @@ class Writers:
             helper = Closer(closer.helper, closer.name, None, closer.helper_start)
             if self._watch_locked(helper, record):
                 with self._lock:
-                    self._helpers[closer.helper] = (closer.tgid, closer.helper_start)
+                    self._helpers_of.setdefault(closer.tgid, {})[closer.helper] = closer.helper_start
+                    self._program_of[closer.helper] = closer.tgid
                 self.engine.registry.writer_awaited_locked(record, closer.helper, closer.helper_start)
 
     def _note_outliving_helpers_locked(self, program: int, name: str) -> None:
         """Needs self._lock. `program` ended: its helpers still there (running, or dead and not
         reaped by it) were not judged by its exit, so theirs decide (rsync reaps its helpers)."""
-        for helper, (of, start) in self._helpers.items():
-            if of == program and self.still_there(helper, start):
+        for helper, start in self._helpers_of.pop(program, {}).items():
+            if self.still_there(helper, start):
                 self._outlived.add(helper)
                 log.debug("%s (%d) ended before its helper %d: the helper's exit decides its files too",
                           name, program, helper)
@@ -344,8 +347,9 @@ class Writers:
         with self._lock:
             records = self._records.pop(tgid, None)
             name = self._names.pop(tgid, "the writer")
-            if tgid in self._helpers:
-                del self._helpers[tgid]
+            program = self._program_of.pop(tgid, None)
+            if program is not None:
+                self._helpers_of.get(program, {}).pop(tgid, None)
                 if tgid not in self._outlived and status is not None and not status & 0x7F:
                     status = 0  # its program reaped it, and its own exit then decided
                 self._outlived.discard(tgid)
