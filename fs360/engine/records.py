@@ -27,9 +27,11 @@ QUEUED_STATES = (PENDING, FAILED)
 
 # Why a file open for writing when the mount stopped is not whole (journaled at its first open).
 STOPPED_WHILE_WRITING = "the mount stopped while this file was being written; copy it again"
+# What a user can do about a held file (it ends every reason that holds one).
+HELD_WAY_OUT = "copy it again, or run `fs360 release` on it if you know it is whole"
 # Why a file closed but not yet committed when the mount stopped is held (its writer's exit is unknown).
 STOPPED_BEFORE_COMMIT = ("the mount stopped before the program that wrote it had finished: it may be incomplete; "
-                         "copy it again, or run `fs360 release` on it if you know it is whole")
+                         + HELD_WAY_OUT)
 # Not whole, or not known to be: never uploaded as they are (their reason is `unfinished`).
 UNFINISHED_STATES = (INTERRUPTED, HELD)
 # FileRecord.written_from of a writing whose writes were not one run from its start (a touch

@@ -7,7 +7,7 @@ import logging
 import time
 
 from .processes import writers_text
-from .records import CLOSED, HELD, INTERRUPTED, FileRecord
+from .records import CLOSED, HELD, HELD_WAY_OUT, INTERRUPTED, FileRecord
 from .registry_base import RegistryState
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,8 @@ class CommitPoint(RegistryState):
         if len(programs) == 2:
             first, second = programs.values()
             both = f"{first} and {second}" if first != second else f"two {first} processes"
-            self.writer_failed_locked(record, f"{both} wrote it at the same time: it may hold a mix of "
-                                              f"both; copy it again, or run `fs360 release` on it if you "
-                                              f"know it is whole", HELD)
+            self.writer_failed_locked(record, f"{both} wrote it at the same time: it may hold a mix of both; "
+                                              f"{HELD_WAY_OUT}", HELD)
 
     def writer_failed_locked(self, record: FileRecord, reason: str, state: str) -> None:
         """This writing of the file failed (`reason`): it rests in `state` once closed."""

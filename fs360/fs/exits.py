@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..engine.processes import read_proc, started_at
+from ..engine.records import HELD_WAY_OUT
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +206,7 @@ def dying_reason(closer: Closer | None) -> str:
 
 
 def held_reason(name: str, failure: str) -> str:
-    return (f"{name} {failure} right after writing it: it is probably incomplete; copy it again, "
-            f"or run `fs360 release` on it if you know it is whole")
+    return f"{name} {failure} right after writing it: it is probably incomplete; {HELD_WAY_OUT}"
 
 
 class Writers:
