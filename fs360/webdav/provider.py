@@ -19,7 +19,8 @@ from wsgidav import util
 from wsgidav.dav_error import HTTP_FORBIDDEN, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 
-from ..errors import NoAttribute, NotADirectory, NotFound
+from ..engine.records import UNFINISHED_STATES
+from ..errors import AccessDenied, NoAttribute, NotADirectory, NotFound
 from .errors import answered
 from .writers import BLOCK, CUT_SHORT, BodyWriter, ContentReader, HeldEmptyFiles, expected_length
 
@@ -302,6 +303,11 @@ def copy_file(provider: Fs360Provider, source: str, dest: str) -> None:
     """COPY of one file: `cp source dest` through the model, one writer that succeeds only whole."""
     model = provider.model
     with answered():
+        state = model.getxattr(source, "user.fs360.state").decode()
+        if state in UNFINISHED_STATES:
+            # Its data is not known whole: a copy would go up complete with whatever half it holds.
+            reason = model.getxattr(source, "user.fs360.error").decode()
+            raise AccessDenied(f"not copied: {source.rsplit('/', 1)[-1]} is {state}: {reason}")
         reader = model.open(source, os.O_RDONLY)
         try:
             writer = BodyWriter(model, provider.open_writer(dest))

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from fs360.errors import NotFound
 from fs360.webdav.server import WebDavServer
 from fs360.webdav.writers import NEVER_CAME
 from tests.harness import remote_files, wait_until
@@ -103,6 +104,25 @@ def test_copy_is_one_writer_and_cannot_replace_what_the_server_holds(served, emu
     assert requests.get(url + "S/a.jpg", headers={"If-Match": '"nope"'}).status_code == 412
     assert requests.get(url + "S/status").status_code == 200
     assert model._handles.numbers() == []
+
+
+def test_a_copy_of_a_file_cut_short_is_refused_with_its_reason(served, emulator):
+    """The hostile run's find: COPY of an `interrupted` file (its PUT cut short) made a new file
+    of its half, which went up complete (201, and the server held the half)."""
+    model, _, url = served()
+    requests.request("MKCOL", url + "S").raise_for_status()
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(b"PUT /S/short.jpg HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"s" * 40_000)
+        sock.shutdown(socket.SHUT_WR)  # the body ends early
+        sock.recv(65536)
+    wait_until(lambda: state(model, "/S/short.jpg") == "interrupted", 30)
+    copied = requests.request("COPY", url + "S/short.jpg", headers={"Destination": url + "S/copied.jpg"})
+    assert copied.status_code == 403, copied.text
+    assert "not copied: short.jpg is interrupted: " in copied.text
+    with pytest.raises(NotFound):
+        model.getattr("/S/copied.jpg")
+    assert remote_files(emulator) == {}
 
 
 def test_a_put_in_flight_when_the_server_stops_is_never_uploaded(served, emulator):
