@@ -88,6 +88,8 @@ def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> N
         raise NotPermitted(f"this folder's tree goes up as {session.archive.server_name}; "
                            f"the server takes one archive per session")
     caps = engine.registry.caps
+    if "/" in name:
+        return  # a file of the tree goes up inside its archive, never under a name of its own
     if ext in caps.refused_extensions or (caps.allowed_extensions and ext not in caps.allowed_extensions):
         raise NotPermitted(refusal_in_plain_words("extension_not_allowed",
                                                   {"extension": ext, "allowed": list(caps.allowed_extensions)}))

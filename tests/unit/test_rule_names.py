@@ -177,6 +177,18 @@ def test_a_name_refused_at_create_says_why_in_status(idle):
     assert "refused   setup.exe: the server does not take .exe files" in read_all(idle, "/s/status").decode()
 
 
+def test_a_tree_takes_files_of_any_extension_once_the_allowed_list_is_known(idle):
+    """A tree's files go up inside its archive, never under names of their own: the extensions
+    learned from a 415 do not apply to them (a hostile run's find: after a 415, `cp -r` of a
+    folder with a README or a Makefile failed, and its other files were held)."""
+    idle.engine.registry.caps.allowed_extensions = ("jpg", "e57", "zip")
+    idle.mkdir("/s/h", 0o755)
+    idle.mkdir("/s/h/sub", 0o755)
+    for name in ("README", "notes.txt", "Makefile"):
+        write_file(idle, f"/s/h/sub/{name}", b"text")
+    assert errno_of(idle.create, "/s/setup.exe", 0o644, os.O_WRONLY) == errno.EPERM  # a file of its own
+
+
 def test_the_scratch_patterns_joined_into_one_expression_answer_as_fnmatchcase_each():
     """names.is_local_only matches every pattern at once: it must say what fnmatchcase of each
     would say, for the defaults and for patterns a user writes (classes, ?, regex characters)."""
