@@ -11,9 +11,10 @@ MiB = 1024 * 1024
 
 # Scratch files of everyday programs, which the server would refuse anyway: partial downloads
 # (*.part, *.crdownload), editors' swap and lock files (*.swp, ~$name of Office), a database's
-# journal beside it (SQLite's *-journal, *-wal, *-shm), system thumbnails.
+# journal beside it (SQLite's *-journal, *-wal, *-shm), system thumbnails, and `sed -i`'s copy
+# (sedXXXXXX, no extension: once a 415 taught the allowed list, its create was refused).
 DEFAULT_LOCAL_ONLY_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal",
-                               "*-shm", "Thumbs.db", "desktop.ini")
+                               "*-shm", "Thumbs.db", "desktop.ini", "sed??????")
 
 # The documented limits: endpoint -> (requests, window seconds).
 DOCUMENTED_RATE_LIMITS: dict[str, tuple[int, float]] = {

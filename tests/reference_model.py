@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 # S "Names that are never uploaded": dot-files and these default patterns.
 LOCAL_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal", "*-shm",
-                  "Thumbs.db", "desktop.ini")
+                  "Thumbs.db", "desktop.ini", "sed??????")
 STATUS_NAMES = ("status", "status.json")
 
 WRITING, PENDING, COMPLETE, LOCAL, INTERRUPTED = "writing", "pending", "complete", "local", "interrupted"

@@ -229,3 +229,23 @@ def test_truncate_from_another_program_while_a_writer_has_writes_behind(tmp_path
     assert path.read_bytes() == expected
     assert mount.wait_settled("s") == {"scan.e57": "complete"}
     assert_uploaded(emulator, mount.status_json("s")["upload_id"], {"scan.e57": hashlib.sha256(expected).hexdigest()})
+
+
+def test_sed_i_works_once_the_server_taught_its_extensions(tmp_path, mount_factory, emulator):
+    """`sed -i` writes its copy as sedXXXXXX (no extension) beside the file, then renames it over
+    the file. Once a 415 taught the mount the allowed extensions, that create was refused (EPERM,
+    "couldn't open temporary file"), and a 'refused sedXXXXXX' line stayed in status."""
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    (session / "bad.foo").write_bytes(b"not a type the server takes")
+    wait_until(lambda: mount.file_states("s").get("bad.foo") == "rejected", what="the 415")
+    assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
+    (session / "pts.xyz").write_bytes(b"1 2 5\n3 4 5\n")
+    sed = subprocess.run(["sed", "-i", "s/5/FIVE/", str(session / "pts.xyz")], capture_output=True, text=True)
+    assert sed.returncode == 0, sed.stderr
+    assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
+    wait_until(lambda: mount.file_states("s").get("pts.xyz") == "complete", what="pts.xyz up")
+    assert mount.status_json("s")["refused_names"] == []
+    assert_uploaded(emulator, mount.status_json("s")["upload_id"],
+                    {"pts.xyz": hashlib.sha256(b"1 2 FIVE\n3 4 FIVE\n").hexdigest()})

@@ -91,7 +91,7 @@ def test_any_other_utf8_name_up_to_255_bytes_is_taken_as_written(idle, name):
 
 SCRATCH = [".rsync.jpg.AbC123", ".goutputstream-XYZ", ".~lock.a.jpg#", ".DS_Store", "a.part", "b.tmp", "c.jpg~",
            "d.swp", "Thumbs.db", "desktop.ini", ".hidden.jpg", "e.jpg.crdownload", "~$report.docx", "data.db-journal",
-           "data.db-wal", "data.db-shm"]
+           "data.db-wal", "data.db-shm", "sedAb12Cd"]
 
 
 @pytest.mark.parametrize("name", SCRATCH)
