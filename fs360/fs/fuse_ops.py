@@ -235,15 +235,15 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def symlink(self, target, source):
-        raise mfusepy.FuseOSError(errno.EPERM)
+        self.model.refuse_special(target, "symbolic links")
 
     @translated
     def link(self, target, source):
-        raise mfusepy.FuseOSError(errno.EPERM)
+        self.model.refuse_special(target, "hard links")
 
     @translated
     def mknod(self, path, mode, dev):
-        raise mfusepy.FuseOSError(errno.EPERM)
+        self.model.refuse_special(path, "device files, FIFOs or sockets")
 
     @translated
     def access(self, path, amode):

@@ -201,6 +201,18 @@ class MountModel:
 
     # --- creating and opening -------------------------------------------------------------------
 
+    def refuse_special(self, path: str, what: str) -> None:
+        """symlink, link, mknod: the server takes regular files only. Refused (EPERM), and said in
+        the folder's status: `cp -a` of a tree holding a link prints only "Operation not
+        permitted", and its failure holds every file it copied."""
+        reason = (f"not made: the server takes regular files only, not {what}; copy the folder without "
+                  f"them, or with `cp -rL` / `rsync -rL`, which copy what the links point to")
+        with self.engine.lock:
+            node = self.tree.resolve_locked(path)
+            if node.session is not None and node.kind not in (SESSION, STATUS, MARKER):
+                self.engine.registry.name_refused_locked(node.session, node.name, reason)
+        raise NotPermitted(reason)
+
     def create(self, path: str, mode: int, flags: int, uid: int | None = None, gid: int | None = None) -> int:
         with self.engine.lock:
             node = self.tree.resolve_locked(path)

@@ -249,3 +249,24 @@ def test_sed_i_works_once_the_server_taught_its_extensions(tmp_path, mount_facto
     assert mount.status_json("s")["refused_names"] == []
     assert_uploaded(emulator, mount.status_json("s")["upload_id"],
                     {"pts.xyz": hashlib.sha256(b"1 2 FIVE\n3 4 FIVE\n").hexdigest()})
+
+
+def test_a_link_cp_a_cannot_make_is_named_in_status(tmp_path, mount_factory, emulator):
+    """The server takes regular files only: a symbolic link is refused (EPERM), and `cp -a` of a
+    folder holding one fails, which holds every file it copied. Status names the link and says
+    how to copy without it (a hostile run found only cp's "Operation not permitted")."""
+    mount = mount_factory(emulator)
+    src = tmp_path / "src"
+    make_sources(src, {"a.jpg": 5000})
+    (src / "latest.jpg").symlink_to("a.jpg")
+    (mount.mountpoint / "s").mkdir()
+    cp = subprocess.run(["cp", "-a", f"{src}/.", str(mount.mountpoint / "s")], capture_output=True, text=True)
+    assert cp.returncode == 1 and "Operation not permitted" in cp.stderr
+    refused = {r["name"]: r["reason"] for r in mount.status_json("s")["refused_names"]}
+    assert refused == {"latest.jpg": "not made: the server takes regular files only, not symbolic links; copy the "
+                                     "folder without them, or with `cp -rL` / `rsync -rL`, which copy what the links "
+                                     "point to"}
+    assert mount.wait_settled("s") == {"a.jpg": "held"}  # cp failed: its files wait for the user
+    cp_l = subprocess.run(["cp", "-rL", f"{src}/.", str(mount.mountpoint / "t")], capture_output=True, text=True)
+    assert cp_l.returncode == 0, cp_l.stderr
+    assert mount.wait_settled("t") == {"a.jpg": "complete", "latest.jpg": "complete"}
