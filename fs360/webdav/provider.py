@@ -303,7 +303,10 @@ def copy_file(provider: Fs360Provider, source: str, dest: str) -> None:
     """COPY of one file: `cp source dest` through the model, one writer that succeeds only whole."""
     model = provider.model
     with answered():
-        state = model.getxattr(source, "user.fs360.state").decode()
+        try:
+            state = model.getxattr(source, "user.fs360.state").decode()
+        except NoAttribute:
+            state = ""  # a status file: it has no upload state
         if state in UNFINISHED_STATES:
             # Its data is not known whole: a copy would go up complete with whatever half it holds.
             reason = model.getxattr(source, "user.fs360.error").decode()
