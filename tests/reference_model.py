@@ -720,6 +720,8 @@ class Reference:
                     # delay stands in for an unknown writer's exit only at a close (the commit
                     # clock passes over an open file).
                     f.awaiting = f.closer_awaited = False
+                elif f.local:
+                    f.closer_awaited = False  # its closers exited 0 (journaled: registry_commits)
 
     def remount(self) -> None:
         """The mount stopped (its handles are gone without a close) and a new one started on the
@@ -732,6 +734,10 @@ class Reference:
                     # D: closed but not committed when the mount stopped: held.
                     f.unfinished, f.unfinished_state = True, HELD
                     f.rest()
+                elif f.local and f.closer_awaited and not f.unfinished and not f.writers:
+                    # A scratch file closed by a writer whose exit had not come: that exit is
+                    # unknown now, so should it get its final name it is held (registry.py).
+                    f.unfinished, f.unfinished_state = True, HELD
                 if f.writers:
                     journals = CRASHED_SIZE_IS_THE_JOURNALS or \
                         (LOCAL_UNFINISHED_CRASHED_SIZE_IS_THE_JOURNALS and f.local and f.unfinished)
