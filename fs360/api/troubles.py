@@ -168,15 +168,8 @@ class Troubles:
         hold of that kind, which nothing else might end (when that was the last upload, no other
         PUT comes to probe it, and status would say uploads fail for good); a wait the server
         asked for stays."""
-        cls = endpoint_class(endpoint)
-        with self._lock:
-            hold = self._holds.get(cls)
-            cleared = hold is not None and not hold.server_wait
-            if cleared:
-                del self._holds[cls]
-                self._ended += 1
-        if cleared:
-            self._tell_listeners()
+        # What an answer to a request of that kind, not its probe, would say (`_report_locked`).
+        self.report(Ticket(endpoint_class(endpoint)), None)
 
     def is_past(self, reason: str) -> bool:
         """Whether `reason` is one a hold gave (it ends with how holds end) that no hold gives now:
