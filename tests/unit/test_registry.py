@@ -55,7 +55,7 @@ def opened(tmp_path):
 def write(registry: Registry, session, name: str, data: bytes, close: bool = True):
     record = registry.create_file_locked(session, name, 0o644, 0, 0, local_only=name.startswith("."))
     registry.open_for_write_locked(record, rewrite=True)
-    registry.spool.path(record.id).write_bytes(data)
+    Path(registry.spool.path(record.id)).write_bytes(data)
     registry.wrote_locked(record, 0, len(data)).add(0, data)
     if close:
         registry.close_writer_locked(record, len(data))
@@ -234,7 +234,7 @@ def test_files_open_at_a_stop_come_back_with_the_size_their_spool_holds(opened):
         visible = write(o.registry, session, "a.jpg", b"abc", close=False)
         scratch = write(o.registry, session, ".a.jpg.part", b"abcdef")     # closed at 6 bytes...
         o.registry.open_for_write_locked(scratch)                          # ...then appended to
-        o.registry.spool.path(scratch.id).write_bytes(b"abcdefgh")
+        Path(o.registry.spool.path(scratch.id)).write_bytes(b"abcdefgh")
     assert [r["size"] for r in o.journal.files()] == [0, 6]
     o.close()
     again = opened()

@@ -4,6 +4,7 @@ is read back for upload is exactly what was written, whatever the mix (spool.py)
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 import mmap
 import os
 import threading
@@ -146,7 +147,7 @@ def test_a_truncate_lands_after_the_writes_behind_it(spool, monkeypatch):
     finally:
         os.close(fd)
         os.close(direct_fd)
-    assert spool.path(4).read_bytes() == b"a" * 100
+    assert Path(spool.path(4)).read_bytes() == b"a" * 100
 
 
 def test_a_failed_write_behind_fails_the_files_next_write_once(spool):
