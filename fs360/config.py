@@ -13,8 +13,24 @@ MiB = 1024 * 1024
 # (*.part, *.crdownload), editors' swap and lock files (*.swp, ~$name of Office), a database's
 # journal beside it (SQLite's *-journal, *-wal, *-shm), system thumbnails, and `sed -i`'s copy
 # (sedXXXXXX, no extension: once a 415 taught the allowed list, its create was refused).
+
+def _random_name(prefix: str, length: int, characters: str = "A-Za-z0-9") -> str:
+    """The pattern of a temporary name `prefix` + `length` random characters, no extension (mkstemp's)."""
+    return prefix + f"[{characters}]" * length
+
+
+# Programs that edit a file in place write their copy under such a name beside it, then rename it
+# over the file: the copy must not be refused for its lack of an extension (once a 415 taught the
+# mount the allowed ones), and a user's own name ("sedan.jpg") must not look like one.
+TEMPORARY_NAMES = (
+    _random_name("sed", 6),  # sed -i
+    _random_name("zi", 6),  # zip, writing a new archive
+    _random_name("", 8),  # perl -i
+    _random_name("tmp", 8, "a-z0-9_"),  # Python's tempfile in the file's folder (atomic writes)
+    _random_name("tmp.", 10),  # mktemp -p DIR
+)
 DEFAULT_LOCAL_ONLY_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal",
-                               "*-shm", "Thumbs.db", "desktop.ini", "sed??????")
+                               "*-shm", "Thumbs.db", "desktop.ini") + TEMPORARY_NAMES
 
 # The documented limits: endpoint -> (requests, window seconds).
 DOCUMENTED_RATE_LIMITS: dict[str, tuple[int, float]] = {

@@ -21,8 +21,11 @@ import fnmatch
 from dataclasses import dataclass, field
 
 # S "Names that are never uploaded": dot-files and these default patterns.
+_ALNUM = "[A-Za-z0-9]"
 LOCAL_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal", "*-shm",
-                  "Thumbs.db", "desktop.ini", "sed??????")
+                  "Thumbs.db", "desktop.ini",
+                  # temporary copies of sed -i, zip, perl -i, Python's tempfile, mktemp -p
+                  "sed" + _ALNUM * 6, "zi" + _ALNUM * 6, _ALNUM * 8, "tmp" + "[a-z0-9_]" * 8, "tmp." + _ALNUM * 10)
 STATUS_NAMES = ("status", "status.json")
 
 WRITING, PENDING, COMPLETE, LOCAL, INTERRUPTED = "writing", "pending", "complete", "local", "interrupted"

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 
@@ -249,6 +250,41 @@ def test_sed_i_works_once_the_server_taught_its_extensions(tmp_path, mount_facto
     assert mount.status_json("s")["refused_names"] == []
     assert_uploaded(emulator, mount.status_json("s")["upload_id"],
                     {"pts.xyz": hashlib.sha256(b"1 2 FIVE\n3 4 FIVE\n").hexdigest()})
+
+
+@pytest.mark.skipif(not shutil.which("zip") or not shutil.which("perl"), reason="needs zip and perl")
+def test_in_place_editors_work_once_the_server_taught_its_extensions(tmp_path, mount_factory, emulator):
+    """zip, perl -i and Python's tempfile write beside the target under a random name with no
+    extension (ziXXXXXX, XXXXXXXX, tmpXXXXXXXX), then rename it to the target's name. Once a 415
+    taught the mount the allowed extensions, that create was refused (EPERM) and each tool failed
+    (a hostile run). A user's file whose name merely looks like one (sedan.jpg) still goes up."""
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    (session / "bad.foo").write_bytes(b"not a type the server takes")
+    wait_until(lambda: mount.file_states("s").get("bad.foo") == "rejected", what="the 415")
+    src = tmp_path / "src"
+    sources = make_sources(src, {"a.jpg": 3000, "sedan.jpg": 2000})
+    (session / "pts.xyz").write_bytes(b"1 2 5\n")
+    perl = subprocess.run(["perl", "-pi", "-e", "s/5/FIVE/", str(session / "pts.xyz")], capture_output=True, text=True)
+    assert perl.returncode == 0, perl.stderr
+    zipped = subprocess.run(["zip", "-q", "-j", str(session / "a.zip"), str(src / "a.jpg")],
+                            capture_output=True, text=True)
+    assert zipped.returncode == 0, zipped.stdout + zipped.stderr
+    atomic = subprocess.run([sys.executable, "-c", """if True:
+        import os, sys, tempfile
+        with tempfile.NamedTemporaryFile(dir=sys.argv[1], delete=False) as f:
+            f.write(b"written then renamed")
+        os.replace(f.name, os.path.join(sys.argv[1], "atomic.xyz"))""", str(session)], capture_output=True, text=True)
+    assert atomic.returncode == 0, atomic.stderr
+    shutil.copy(src / "sedan.jpg", session / "sedan.jpg")
+    expected = {"pts.xyz": hashlib.sha256(b"1 2 FIVE\n").hexdigest(),
+                "a.zip": sha256_of(session / "a.zip"),
+                "atomic.xyz": hashlib.sha256(b"written then renamed").hexdigest(),
+                "sedan.jpg": sources["sedan.jpg"]}
+    wait_until(lambda: all(mount.file_states("s").get(name) == "complete" for name in expected), what="all up")
+    assert mount.status_json("s")["refused_names"] == []
+    assert_uploaded(emulator, mount.status_json("s")["upload_id"], expected)
 
 
 def test_a_link_cp_a_cannot_make_is_named_in_status(tmp_path, mount_factory, emulator):

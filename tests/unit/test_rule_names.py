@@ -206,3 +206,15 @@ def test_the_scratch_patterns_joined_into_one_expression_answer_as_fnmatchcase_e
         expected = any(fnmatch.fnmatchcase(name, p) for p in patterns)
         assert is_local_only(name, patterns) == expected, name
         assert is_local_only(name, ()) is False
+
+
+@pytest.mark.parametrize("name, scratch", [
+    ("sedAb12Cd", True), ("zi97naXE", True), ("XXzl0JsR", True), ("tmpk8clc_mt", True), ("tmp.AbCdEf1234", True),
+    # a user's own names, even of the same length and start: 9f9ed7b's sed?????? took "sedan.jpg" for sed's copy
+    ("sedan.jpg", False), ("sed12.jpg", False), ("zip1.jpg", False), ("scan.e57", False), ("tmp_a.jpg", False),
+    ("IMG_0001.jpg", False), ("sedAb12Cde", False), ("tmp.AbCdE.jpg", False),
+])
+def test_the_temporary_copies_of_in_place_editors_are_scratch_and_a_users_names_are_not(name, scratch):
+    from fs360.config import DEFAULT_LOCAL_ONLY_PATTERNS
+    from fs360.fs.names import is_local_only
+    assert is_local_only(name, DEFAULT_LOCAL_ONLY_PATTERNS) is scratch
