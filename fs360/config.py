@@ -21,7 +21,8 @@ def _random_name(prefix: str, length: int, characters: str = "A-Za-z0-9") -> str
 
 # Programs that edit a file in place write their copy under such a name beside it, then rename it
 # over the file: the copy must not be refused for its lack of an extension (once a 415 taught the
-# mount the allowed ones), and a user's own name ("sedan.jpg") must not look like one.
+# mount the allowed ones), and a user's own name ("sedan.jpg") must not look like one. Scratch at a
+# session's top level only: a tree's files take any name, and its `Makefile` goes up in the archive.
 TEMPORARY_NAMES = (
     _random_name("sed", 6),  # sed -i
     _random_name("zi", 6),  # zip, writing a new archive
@@ -30,7 +31,7 @@ TEMPORARY_NAMES = (
     _random_name("tmp.", 10),  # mktemp -p DIR
 )
 DEFAULT_LOCAL_ONLY_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal",
-                               "*-shm", "Thumbs.db", "desktop.ini") + TEMPORARY_NAMES
+                               "*-shm", "Thumbs.db", "desktop.ini")
 
 # The documented limits: endpoint -> (requests, window seconds).
 DOCUMENTED_RATE_LIMITS: dict[str, tuple[int, float]] = {

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 # S "Names that are never uploaded": dot-files and these default patterns.
 _ALNUM = "[A-Za-z0-9]"
 LOCAL_PATTERNS = ("*.part", "*.crdownload", "*.tmp", "*~", "*.swp", "~$*", "*-journal", "*-wal", "*-shm",
-                  "Thumbs.db", "desktop.ini",
-                  # temporary copies of sed -i, zip, perl -i, Python's tempfile, mktemp -p
-                  "sed" + _ALNUM * 6, "zi" + _ALNUM * 6, _ALNUM * 8, "tmp" + "[a-z0-9_]" * 8, "tmp." + _ALNUM * 10)
+                  "Thumbs.db", "desktop.ini")
+# At a session's top level only: the temporary copies of sed -i, zip, perl -i, Python's tempfile, mktemp -p.
+TOP_LEVEL_PATTERNS = ("sed" + _ALNUM * 6, "zi" + _ALNUM * 6, _ALNUM * 8, "tmp" + "[a-z0-9_]" * 8, "tmp." + _ALNUM * 10)
 STATUS_NAMES = ("status", "status.json")
 
 WRITING, PENDING, COMPLETE, LOCAL, INTERRUPTED = "writing", "pending", "complete", "local", "interrupted"
@@ -42,8 +42,9 @@ def is_local_name(name: str) -> bool:
     dot-folder is scratch with everything below it."""
     if any(part.startswith(".") for part in name.split("/")):
         return True
-    base = name.rpartition("/")[2]
-    return any(fnmatch.fnmatchcase(base, p) for p in LOCAL_PATTERNS)
+    folder, _, base = name.rpartition("/")
+    patterns = LOCAL_PATTERNS if folder else LOCAL_PATTERNS + TOP_LEVEL_PATTERNS
+    return any(fnmatch.fnmatchcase(base, p) for p in patterns)
 
 
 def folder_of(path: str) -> str:

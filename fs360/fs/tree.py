@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..config import TEMPORARY_NAMES
 from ..engine.records import FileRecord, SessionRecord, in_scratch_folder
 from ..errors import NameTooLong, NotADirectory, NotEmpty, NotFound
 from .names import CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, is_local_only
@@ -67,6 +68,7 @@ class SessionTree:
     def __init__(self, engine, local_only_patterns: tuple[str, ...]):
         self.engine = engine
         self.local_only_patterns = tuple(local_only_patterns)  # (names.py caches a matcher per tuple)
+        self._top_level_patterns = self.local_only_patterns + TEMPORARY_NAMES
         # Files unlinked while open, under the name libfuse gave them: (session id, name) -> record.
         self.hidden: dict[tuple[int, str], FileRecord] = {}
         # Folders: session id -> path inside the session -> folder.
@@ -155,7 +157,7 @@ class SessionTree:
         folder, _, basename = name.rpartition("/")
         if folder and (in_scratch_folder(folder) or basename == CREATE_MARKER):
             return True  # .create means something at the session's top level only
-        return is_local_only(basename, self.local_only_patterns)
+        return is_local_only(basename, self.local_only_patterns if folder else self._top_level_patterns)
 
     # --- changing ---------------------------------------------------------------------------------
 

@@ -216,5 +216,11 @@ def test_the_scratch_patterns_joined_into_one_expression_answer_as_fnmatchcase_e
 ])
 def test_the_temporary_copies_of_in_place_editors_are_scratch_and_a_users_names_are_not(name, scratch):
     from fs360.config import DEFAULT_LOCAL_ONLY_PATTERNS
-    from fs360.fs.names import is_local_only
-    assert is_local_only(name, DEFAULT_LOCAL_ONLY_PATTERNS) is scratch
+    from types import SimpleNamespace
+    from fs360.fs.tree import SessionTree
+    no_sessions = SimpleNamespace(registry=SimpleNamespace(sessions={}, folder_rows_locked=lambda: []))
+    tree = SessionTree(no_sessions, DEFAULT_LOCAL_ONLY_PATTERNS)
+    assert tree.local_only(name) is scratch
+    # In a tree's folder every name but the scratch ones goes up in the archive: Makefile too.
+    assert tree.local_only(f"Docs/{name}") is False
+    assert tree.local_only("Docs/Makefile") is False
