@@ -209,7 +209,9 @@ class MountModel:
                   f"them, or with `cp -rL` / `rsync -rL`, which copy what the links point to")
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
-            if node.session is not None and node.kind not in (SESSION, STATUS, MARKER):
+            # Not said of a scratch name: git init tries a symbolic link in .git, and gets on without.
+            if node.session is not None and node.kind not in (SESSION, STATUS, MARKER) \
+                    and not self.tree.local_only(node.name):
                 self.engine.registry.name_refused_locked(node.session, node.name, reason)
         raise NotPermitted(reason)
 

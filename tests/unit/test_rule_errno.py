@@ -214,6 +214,13 @@ def test_links_and_device_nodes_are_eperm_through_the_adapter(world):
         with pytest.raises(mfusepy.FuseOSError) as info:
             call(*args)
         assert info.value.errno == errno.EPERM, (call, args)
+    world.mkdir("/s/.git", 0o755)
+    with pytest.raises(mfusepy.FuseOSError) as info:
+        ops.symlink("/s/.git/probe", "target")  # git init's check, in a scratch folder
+    assert info.value.errno == errno.EPERM
+    with world.engine.lock:
+        refused = world.engine.registry.sessions["s"].refused_names
+    assert "link.jpg" in str(refused) and ".git/probe" not in str(refused)
 
 
 # --- held files: once a PUT may have gone out ------------------------------------------------------------
