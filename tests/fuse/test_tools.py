@@ -265,6 +265,8 @@ def test_in_place_editors_work_once_the_server_taught_its_extensions(tmp_path, m
     wait_until(lambda: mount.file_states("s").get("bad.foo") == "rejected", what="the 415")
     src = tmp_path / "src"
     sources = make_sources(src, {"a.jpg": 3000, "sedan.jpg": 2000})
+    # Paused: pts.xyz must still be the mount's to change when perl renames its copy over it.
+    assert run_fs360(tmp_path, "pause", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     (session / "pts.xyz").write_bytes(b"1 2 5\n")
     perl = subprocess.run(["perl", "-pi", "-e", "s/5/FIVE/", str(session / "pts.xyz")], capture_output=True, text=True)
     assert perl.returncode == 0, perl.stderr
@@ -278,6 +280,7 @@ def test_in_place_editors_work_once_the_server_taught_its_extensions(tmp_path, m
         os.replace(f.name, os.path.join(sys.argv[1], "atomic.xyz"))""", str(session)], capture_output=True, text=True)
     assert atomic.returncode == 0, atomic.stderr
     shutil.copy(src / "sedan.jpg", session / "sedan.jpg")
+    assert run_fs360(tmp_path, "resume", str(mount.mountpoint), env=harness_runtime()).returncode == 0
     expected = {"pts.xyz": hashlib.sha256(b"1 2 FIVE\n").hexdigest(),
                 "a.zip": sha256_of(session / "a.zip"),
                 "atomic.xyz": hashlib.sha256(b"written then renamed").hexdigest(),
