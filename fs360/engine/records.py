@@ -29,6 +29,11 @@ QUEUED_STATES = (PENDING, FAILED)
 STOPPED_WHILE_WRITING = "the mount stopped while this file was being written; copy it again"
 # What a user can do about a held file (it ends every reason that holds one).
 HELD_WAY_OUT = "copy it again, or run `fs360 release` on it if you know it is whole"
+# A writing that changed parts of an unfinished file (rsync --inplace --no-whole-file sends
+# only the blocks that differ): what now holds it. Kept held: its writer's exit 0 says nothing of
+# the parts it did not write (a program that patches some bytes exits 0 too).
+REWRITTEN_IN_PART = ("{who} changed parts of it in place after an earlier writing of it did not finish: the mount "
+                     "cannot tell that it is whole now; {way_out} (`rsync -I --whole-file` copies it whole)")
 # Why a file closed but not yet committed when the mount stopped is held (its writer's exit is unknown).
 STOPPED_BEFORE_COMMIT = ("the mount stopped before the program that wrote it had finished: it may be incomplete; "
                          + HELD_WAY_OUT)
@@ -40,6 +45,12 @@ WRITES_SPOILED = -2
 
 # Project request states.
 P_WAITING, P_CREATED, P_READY, P_FAILED = "waiting", "created", "ready", "failed"
+
+
+def rewritten_in_part(state: str, programs: dict | None) -> str:
+    """REWRITTEN_IN_PART for a file resting in `state`, changed by `programs` ({tgid: name})."""
+    who = " and ".join(sorted(set(programs.values()))) if programs else "a program"
+    return REWRITTEN_IN_PART.format(who=who, way_out=HELD_WAY_OUT if state == HELD else "copy it again")
 
 
 def in_scratch_folder(folder: str) -> bool:

@@ -9,7 +9,7 @@ import time
 
 from .records import (COMPLETE, HELD, INTERRUPTED, IN_TREE, LOCAL, PENDING, QUEUED_STATES,
                       STOPPED_WHILE_WRITING, UNFINISHED_STATES, UPLOADING, WRITES_SPOILED, WRITING, FileRecord,
-                      SessionRecord)
+                      SessionRecord, rewritten_in_part)
 from .processes import writers_text
 from .registry_base import RegistryState
 from .content_digest import is_legacy_digest
@@ -198,6 +198,8 @@ class FileWriters(RegistryState):
         close of a whole file starts its commit point (await_commit_locked)."""
         record.open_writers = max(0, record.open_writers - 1)
         self.resize_locked(record, size)
+        # This writing's own failure (not an earlier writer's), and who changed it.
+        own_failure, programs = unfinished or record.writer_failure, record.writing_programs
         if not record.open_writers:
             # (Not when a writer of this writing already failed: an exit may come before the release.)
             record.completing = self._writes_make_it_whole_locked(record) and not record.writer_failure
@@ -220,6 +222,8 @@ class FileWriters(RegistryState):
                 as_is["writers"] = writers_text(record.awaited_writer_starts())
             self.journal.update_file(record.id, size=size, mtime_ns=record.mtime_ns, **as_is)
         elif record.unfinished and not record.completing:
+            if not own_failure and record.written_from != -1:
+                self.set_unfinished_locked(record, rewritten_in_part(record.unfinished_state, programs))
             self._rest_unfinished_locked(record)
         else:
             self.await_commit_locked(record)

@@ -120,11 +120,16 @@ class Markers:
     def mode(self, session: SessionRecord) -> int:
         return 0o444 if session.sealed or session.project_posted else 0o644
 
-    def open_locked(self, session: SessionRecord, writable: bool, truncate: bool) -> int:
-        if writable and project_created(session):
+    @staticmethod
+    def _check_writable(session: SessionRecord) -> None:
+        if project_created(session):
             raise AccessDenied("the project is created: .create is read-only")
-        if writable and session.project_posted:
+        if session.project_posted:
             raise AccessDenied(POSTED_REFUSAL)
+
+    def open_locked(self, session: SessionRecord, writable: bool, truncate: bool) -> int:
+        if writable:
+            self._check_writable(session)
         handle = MarkerHandle(session, writable)
         if not truncate:
             handle.data.extend(marker_text(session))
@@ -208,6 +213,28 @@ class Markers:
             with self.engine.lock:
                 self.engine.registry.marker_refused_locked(handle.session, str(exc))
             raise
+
+    def take_renamed(self, session: SessionRecord, data: bytes, requester: frozenset = frozenset()) -> None:
+        """A scratch file renamed onto .create (rsync writes `.create.XXXXXX`, then renames it):
+        taken as .create written with `data` and closed by the renamer, `requester` its family
+        (Writers.family): the same checks, refusals and wait for the tree's writers as flush()."""
+        self._check_writable(session)
+        handle = MarkerHandle(session, writable=True)
+        try:
+            self.write(handle, data, 0)
+        except FileTooBig as exc:
+            with self.engine.lock:
+                self.engine.registry.marker_refused_locked(session, str(exc))
+            raise
+        self.flush(handle, requester=requester)
+        if handle.dirty:
+            # Empty: flush() only checked it (see there); a rename has no later release to wait for.
+            try:
+                self._accept(handle)
+            except Fs360Error as exc:
+                with self.engine.lock:
+                    self.engine.registry.marker_refused_locked(session, str(exc))
+                raise
 
     def _accept(self, handle: MarkerHandle) -> None:
         options = project_options(bytes(handle.data))

@@ -389,7 +389,7 @@ class MountModel:
 
     def rename(self, old: str, new: str, pid: int | None = None) -> None:
         """rename(2) by process `pid` (it may commit a scratch file under its final name)."""
-        self.renames.rename(old, new, self.writers.identify(pid) if pid else None)
+        self.renames.rename(old, new, pid)
 
     def unlink(self, path: str) -> None:
         with self.engine.lock:

@@ -7,7 +7,7 @@ import functools
 import re
 
 from ..engine.server_names import MAX_NAME_BYTES, server_name_for, split_extension
-from ..errors import InvalidName, NameTooLong
+from ..errors import InvalidName, NameTooLong, NotPermitted
 
 CREATE_MARKER = ".create"
 STATUS_NAMES = ("status", "status.json")
@@ -30,6 +30,12 @@ def check_file_name(name: str) -> None:
         raise InvalidName("not a file name")
 
 
+def is_trash_folder(name: str) -> bool:
+    """The names a desktop's trash (GIO, Nautilus, KDE: the freedesktop.org spec) makes at a
+    mount's root, `.Trash` and `.Trash-$uid`."""
+    return name == ".Trash" or name.startswith(".Trash-")
+
+
 def check_session_name(name: str) -> None:
     try:
         encoded = name.encode("utf-8")
@@ -39,6 +45,11 @@ def check_session_name(name: str) -> None:
         raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidName("folder name has control characters")
+    if is_trash_folder(name):
+        # It would be an upload session, and a file the server holds cannot move into another:
+        # refused, a file manager offers to delete for good instead (GIO: no trash here).
+        raise NotPermitted(f"{name}: no trash folder on this mount (it would be an upload folder of its own); "
+                           f"delete files for good instead")
 
 
 def is_local_only(name: str, patterns: tuple[str, ...]) -> bool:

@@ -10,7 +10,7 @@ from ..errors import (AccessDenied, Fs360Error, InvalidArgument, IsADirectory, N
 from ..engine.content_digest import is_legacy_digest
 from .content_check import LegacyDigest, content_stamp, held_with_known_content, is_identical_copy
 from .exits import Closer, Writers
-from .markers import Markers
+from .markers import MAX_CREATE_BYTES, Markers
 from .names import check_file_name, check_session_name
 from .rules import check_mutable_locked, check_not_sealed, check_tree_open_locked, check_uploadable_name_locked
 from .tree import DIR, FILE, MARKER, MISSING, ROOT, ROOT_STATUS_FILE, SESSION, STATUS, Node, SessionTree
@@ -26,8 +26,11 @@ class Renames:
         self.markers = markers
         self.writers = writers
 
-    def rename(self, old: str, new: str, renamer: Closer | None = None) -> None:
-        """`renamer`: the process renaming (closer_of its task), when known."""
+    def rename(self, old: str, new: str, pid: int | None = None) -> None:
+        """`pid`: the task renaming, when known (its program may commit a scratch file)."""
+        if self._onto_marker(old, new, pid):
+            return
+        renamer = self.writers.identify(pid) if pid else None
         legacy = self._hash_scratch_file(old, new)
         with self.engine.lock:
             src, dst = self.tree.resolve_locked(old), self.tree.resolve_locked(new)
@@ -47,6 +50,31 @@ class Renames:
                 raise NotFound(old)
             else:
                 raise NotPermitted(f"{src.name or 'the mount'} cannot be renamed")
+
+    def _onto_marker(self, old: str, new: str, pid: int | None) -> bool:
+        """A scratch file renamed onto its session's .create (rsync -a of a folder holding one
+        writes `.create.XXXXXX`, then renames it) is .create written with its content, by the
+        renamer: requested, or refused with the same reason (Markers.take_renamed). Read and
+        checked without the state lock: the request waits for the tree's other writers."""
+        with self.engine.lock:
+            src, dst = self.tree.resolve_locked(old), self.tree.resolve_locked(new)
+            if not (dst.kind == MARKER and src.kind == FILE and src.record.local_only and dst.session is src.session):
+                return False
+            record, too_big = src.record, src.record.size > MAX_CREATE_BYTES
+        # Too big is refused for its size, unread (as a write past it is).
+        data = b"\0" * (MAX_CREATE_BYTES + 1) if too_big else self._spooled(record)
+        self.markers.take_renamed(src.session, data, self.writers.family(pid))
+        with self.engine.lock:
+            if src.session.files.get(record.name) is record:
+                self.engine.registry.remove_file_locked(record)
+                self.tree.touch_parent_locked(src)
+        return True
+
+    def _spooled(self, record) -> bytes:
+        """A small file's content, its writes done behind its writers included."""
+        self.engine.spool.behind.settle(record.id)
+        with open(self.engine.spool.path(record.id), "rb") as spooled:
+            return spooled.read(MAX_CREATE_BYTES + 1)
 
     def _hash_scratch_file(self, old: str, new: str) -> LegacyDigest | None:
         """A scratch file about to be renamed (to its final name, or onto a file the server holds)

@@ -212,7 +212,7 @@ class FileResource(_Fs360Resource, DAVNonCollection):
     # --- writing: one PUT, one writer --------------------------------------------------------------
 
     def begin_write(self, *, content_type=None):
-        self._writer = BodyWriter(self.model, self.provider.open_writer(self.path))
+        self._writer = BodyWriter(self.model, self.provider.open_writer(self.path), self.path)
         return self._writer
 
     def end_write(self, *, with_errors):
@@ -313,7 +313,7 @@ def copy_file(provider: Fs360Provider, source: str, dest: str) -> None:
             raise AccessDenied(f"not copied: {source.rsplit('/', 1)[-1]} is {state}: {reason}")
         reader = model.open(source, os.O_RDONLY)
         try:
-            writer = BodyWriter(model, provider.open_writer(dest))
+            writer = BodyWriter(model, provider.open_writer(dest), dest)
             try:
                 while data := model.read(reader, BLOCK, writer.written):
                     writer.write(data)

@@ -10,6 +10,8 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from wsgidav.dav_error import DAVError
+
 from ..errors import Fs360Error
 from .errors import answered
 
@@ -36,10 +38,30 @@ def expected_length(environ: dict) -> int | None:
 class BodyWriter:
     """The file object WsgiDAV streams a PUT body into: each block goes to the model's write."""
 
-    def __init__(self, model, fh: int):
+    def __init__(self, model, fh: int, path: str):
         self.model = model
         self.fh = fh
+        self.path = path
         self.written = 0
+
+    def writelines(self, body) -> None:
+        """WsgiDAV hands the body as a stream of blocks. One the HTTP server cannot read (a
+        malformed chunk size, a chunked body that ends without its last chunk: cheroot raises
+        ValueError; a connection that fails) is the client's fault: a 400 with the reason and
+        one log line, not WsgiDAV's 500. The file is then left interrupted (end_write)."""
+        blocks = iter(body)
+        while True:
+            try:
+                data = next(blocks)
+            except StopIteration:
+                return
+            except (ValueError, OSError) as exc:
+                what = ("its chunked body is malformed or ends without its last chunk" if isinstance(exc, ValueError)
+                        else f"the connection failed while its body came ({exc.strerror or exc})")
+                reason = f"{what}: the file is not taken; send it again"
+                log.warning("PUT %s: %s (%s)", self.path, reason, exc)
+                raise DAVError(400, context_info=reason) from None
+            self.write(data)
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)

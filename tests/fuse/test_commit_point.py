@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from fs360.engine.records import HELD_WAY_OUT
 from tests.harness import assert_uploaded, make_sources, remote_files, request_count, wait_until
 from tests.ops.common import harness_runtime, run_fs360
 
@@ -388,6 +389,36 @@ def test_a_touch_or_a_write_in_place_never_makes_a_partial_file_whole(tmp_path, 
     assert not remote_files(emulator), "a partial file reached the server"
 
     subprocess.run(["sh", "-c", 'cat >> "$0"', str(session / "scan.e57")], input=body[MiB // 2:], check=True)
+    assert wait_state(mount, "s", "scan.e57")["state"] == "complete"
+    assert_uploaded(emulator, None, {"scan.e57": hashlib.sha256(body).hexdigest()})
+
+
+def test_a_delta_rerun_of_rsync_in_place_leaves_a_held_file_held_and_says_why_now(tmp_path, emulator, mount_factory):
+    """rsync --inplace --no-whole-file over a held file writes only the blocks that differ, and
+    exits 0: its exit says nothing of the parts it did not write, so the file stays held, but the
+    reason says what happened last and the way out (not the first writer's stale failure). A
+    copy that writes it whole (`rsync -I --whole-file`) makes it whole."""
+    mount = mount_factory(emulator, writeback_delay=WINDOW)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    body = held_by_a_cut_off_curl(session / "scan.e57")
+    assert "curl exited with status 18" in wait_state(mount, "s", "scan.e57")["error"]
+    source = tmp_path / "scan.e57"
+    source.write_bytes(body)
+    # Blocks of 1000 bytes: the first differing one starts before the held file's end (no append).
+    delta = subprocess.run(["rsync", "--inplace", "--no-whole-file", "--block-size=1000", str(source), str(session)],
+                           capture_output=True, text=True, timeout=60)
+    assert delta.returncode == 0, delta.stderr
+    held = wait_state(mount, "s", "scan.e57")
+    assert held["state"] == "held" and held["size"] == len(body), held
+    assert held["error"].startswith("rsync changed parts of it in place after an earlier writing of it did not "
+                                    "finish"), held
+    assert held["error"].endswith(f"{HELD_WAY_OUT} (`rsync -I --whole-file` copies it whole)"), held
+    assert not remote_files(emulator), "a file not known whole reached the server"
+
+    whole = subprocess.run(["rsync", "--inplace", "-I", "--whole-file", str(source), str(session)],
+                           capture_output=True, text=True, timeout=60)
+    assert whole.returncode == 0, whole.stderr
     assert wait_state(mount, "s", "scan.e57")["state"] == "complete"
     assert_uploaded(emulator, None, {"scan.e57": hashlib.sha256(body).hexdigest()})
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import urllib.request
 
-from tests.harness import make_sources, request_count, wait_until, write_marker, write_random
+from tests.harness import make_sources, remote_files, request_count, wait_until, write_marker, write_random
 from tests.ops.common import harness_runtime, run_fs360
 
 
@@ -140,3 +140,36 @@ def test_a_project_refused_for_the_account_then_kept_waiting_by_a_deletion_says_
     assert status["project"]["state"] == "waiting" and "a.jpg" in status["project"]["waiting_for"]
     assert "last error" not in (session / "status").read_text()
     assert request_count(emulator, "POST create_project 2") == 0
+
+
+def test_rsync_a_of_a_prepared_folder_holding_create(tmp_path, mount_factory, profiled_emulator):
+    """`rsync -a` of a folder that holds its .create: rsync writes `.create.XXXXXX` and renames
+    it onto .create, which requests the project with its fields as writing .create does, so
+    rsync exits 0 and its files are not held by its failure. An invalid one fails that rename
+    with the reason in status, as a written one fails its close."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    prepared, invalid = tmp_path / "prepared", tmp_path / "invalid"
+    sources = make_sources(prepared, {"a.jpg": 300_000, "b.jpg": 20_000})
+    (prepared / ".create").write_text('{"title": "Prepared", "privacy_mode": 1}\n')
+    make_sources(invalid, {"c.jpg": 1000})
+    (invalid / ".create").write_text('{"title": "Prepared",}\n')
+
+    copied = subprocess.run(["rsync", "-a", f"{prepared}/", f"{mount.mountpoint}/P/"],
+                            capture_output=True, text=True, timeout=120)
+    assert copied.returncode == 0, copied.stderr
+    project = mount.wait_project("P")
+    assert project["state"] == "ready", project
+    assert sorted(os.listdir(mount.mountpoint / "P")) == [".create", "a.jpg", "b.jpg", "status", "status.json"]
+    assert mount.file_states("P") == {"a.jpg": "complete", "b.jpg": "complete"}
+    record = server_project(emulator, project["name"])
+    assert (record["title"], record["privacy_mode"]) == ("Prepared", 1)
+    uploaded = remote_files(emulator, mount.status_json("P")["upload_id"])
+    assert {name: f["sha256"] for name, f in uploaded.items()} == sources
+
+    refused = subprocess.run(["rsync", "-a", f"{invalid}/", f"{mount.mountpoint}/I/"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 23 and "Invalid argument" in refused.stderr, refused
+    status = mount.status_json("I")
+    assert status["project"]["state"] == "refused" and "invalid .create" in status["project"]["refused"], status
+    assert ".create" not in os.listdir(mount.mountpoint / "I")

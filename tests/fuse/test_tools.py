@@ -140,6 +140,31 @@ def test_gio_copy_new_file(tmp_path, mount, emulator):
     settle_and_check(mount, emulator, "gio", {"g.jpg": sha})
 
 
+@pytest.mark.skipif(shutil.which("gio") is None, reason="gio is not installed (package libglib2.0-bin)")
+def test_gio_trash_finds_no_trash_folder_and_makes_no_session(tmp_path, mount, emulator):
+    """`gio trash` (Nautilus' Delete) makes `.Trash-$uid` at the mount's root: it would be an
+    upload session, and moving a file the server holds into it fails with EACCES. The mkdir is
+    refused, so GIO reports no trash here (Nautilus then offers to delete for good) and the
+    file stays where it was, untouched; `gio remove` deletes it."""
+    src = tmp_path / "t.jpg"
+    sha = write_random(src, 200 * KiB)
+    (mount.mountpoint / "trash").mkdir()
+    run("cp", str(src), str(mount.mountpoint / "trash") + "/")
+    upload_id = settle_and_check(mount, emulator, "trash", {"t.jpg": sha})
+    env = dict(os.environ, GIO_USE_VFS="local")
+    trashed = subprocess.run(["gio", "trash", str(mount.mountpoint / "trash" / "t.jpg")],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert trashed.returncode != 0 and "trash" in trashed.stderr.lower(), trashed
+    assert sorted(os.listdir(mount.mountpoint)) == ["status", "trash"]
+    for name in (".Trash", ".Trash-0", f".Trash-{os.getuid()}", ".Trash-1000"):
+        made = subprocess.run(["mkdir", str(mount.mountpoint / name)], capture_output=True, text=True, timeout=60)
+        assert made.returncode != 0 and "Operation not permitted" in made.stderr, (name, made)
+    assert mount.file_states("trash") == {"t.jpg": "complete"}
+    run("gio", "remove", str(mount.mountpoint / "trash" / "t.jpg"), env=env)
+    assert mount.file_states("trash") == {}
+    assert_uploaded(emulator, upload_id, {"t.jpg": sha})
+
+
 def test_gio_copy_replaces_a_queued_file(tmp_path, mount_factory, emulator):
     """gio opens the target and writes it again (or renames .goutputstream-XXXXXX over it):
     a file queued but not sent yet is replaced, and only the last version goes out. Uploads

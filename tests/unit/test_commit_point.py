@@ -217,7 +217,9 @@ def test_a_held_or_interrupted_file_finished_by_a_successful_writer_is_whole(idl
 
 def test_opening_a_partial_file_without_writing_it_to_its_end_leaves_it_partial(idle):
     """touch, an append of nothing, a write in place, a write past a hole, fallocate or a
-    truncate, by a process that exits 0: the file stays held (or interrupted) with its reason."""
+    truncate, by a process that exits 0: the file stays held (or interrupted). An open that
+    changes nothing keeps its reason; one that changed parts says so now, with the way out (the
+    earlier reason no longer says what happened last: rsync --inplace --no-whole-file re-run)."""
     idle.mkdir("/s", 0o755)
     write_file(idle, "/s/a.e57", b"first half", pid=CURL)
     idle.writers.exited(CURL, 18 << 8)
@@ -232,11 +234,18 @@ def test_opening_a_partial_file_without_writing_it_to_its_end_leaves_it_partial(
         idle.writers.exited(CP, 0)
         return file_state(idle, "s", "a.e57")
     size = len(b"first half")
-    for steps in ((), (lambda fh: idle.write(fh, b"F", 0),), (lambda fh: idle.write(fh, b"!", size + 5),),
-                  (lambda fh: idle.truncate("/s/a.e57", size + 100, fh),),
-                  (lambda fh: idle.write(fh, b"rest", size), lambda fh: idle.write(fh, b"X", 2))):
+    assert writing() == "held"
+    assert error_of(idle, "/s/a.e57") == reason
+    # (A truncate writes no data: its program is not named.)
+    for who, steps in (("cp", (lambda fh: idle.write(fh, b"F", 0),)),
+                       ("cp", (lambda fh: idle.write(fh, b"!", size + 5),)),
+                       ("a program", (lambda fh: idle.truncate("/s/a.e57", size + 100, fh),)),
+                       ("cp", (lambda fh: idle.write(fh, b"rest", size), lambda fh: idle.write(fh, b"X", 2)))):
         assert writing(*steps) == "held"
-        assert error_of(idle, "/s/a.e57") == reason
+        assert error_of(idle, "/s/a.e57") == (
+            f"{who} changed parts of it in place after an earlier writing of it did not finish: the mount cannot "
+            "tell that it is whole now; copy it again, or run `fs360 release` on it if you know it is whole "
+            "(`rsync -I --whole-file` copies it whole)")
     # A rewrite from byte 0 in one run, without O_TRUNC (rsync resuming in place), makes it whole.
     assert writing(lambda fh: idle.write(fh, b"whole file", 0),
                    lambda fh: idle.truncate("/s/a.e57", len(b"whole file"), fh)) == "pending"

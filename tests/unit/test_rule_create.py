@@ -240,6 +240,58 @@ def test_a_marker_closed_by_a_dying_writer_is_not_a_request(idle, monkeypatch):
     assert session.project is not None and session.marker_refused == ""
 
 
+# --- a scratch file renamed onto .create (rsync -a of a folder holding one) -----------------------------
+
+def rename_onto_marker(model: MountModel, session: str, text: bytes, temp: str = ".create.Xy12ab") -> int | None:
+    """rsync's way: writes `.create.XXXXXX`, closes it, renames it onto .create; the rename's
+    errno (None: accepted)."""
+    write_file(model, f"/{session}/{temp}", text)
+    try:
+        model.rename(f"/{session}/{temp}", f"/{session}/.create")
+        return None
+    except Fs360Error as exc:
+        return exc.errno
+
+
+@pytest.mark.parametrize("text, options", ACCEPTED, ids=[repr(t)[:40] for t, _ in ACCEPTED])
+def test_a_scratch_file_renamed_onto_the_marker_requests_the_project_as_writing_it_does(idle, text, options):
+    """The rename is .create written with the scratch file's content: the same options, and the
+    scratch file is gone (rsync, tar, cp -r of one prepared folder all make its project)."""
+    idle.mkdir("/s", 0o755)
+    assert rename_onto_marker(idle, "s", text) is None
+    assert idle.engine.registry.sessions["s"].project.options == options
+    assert names(idle, "/s") == {".create", "status", "status.json"}
+
+
+RENAMED_REFUSALS = REFUSED[:4] + REFUSED[-5:]
+
+
+@pytest.mark.parametrize("text, reason", RENAMED_REFUSALS, ids=[repr(t)[:30] for t, _ in RENAMED_REFUSALS])
+def test_a_scratch_file_renamed_onto_the_marker_is_refused_as_writing_it_is(idle, text, reason):
+    """An invalid content fails the rename with EINVAL and the reason a written one gets in status;
+    the scratch file stays (rsync removes its own), and nothing is requested."""
+    idle.mkdir("/s", 0o755)
+    assert rename_onto_marker(idle, "s", text) == errno.EINVAL
+    session = idle.engine.registry.sessions["s"]
+    assert session.project is None and reason in session.marker_refused, session.marker_refused
+    assert ".create" not in names(idle, "/s") and ".create.Xy12ab" in names(idle, "/s")
+
+
+def test_a_scratch_file_past_64_kib_renamed_onto_the_marker_is_efbig(idle):
+    idle.mkdir("/s", 0o755)
+    assert rename_onto_marker(idle, "s", b'{"title": "' + b"x" * MAX_CREATE_BYTES + b'"}') == errno.EFBIG
+    session = idle.engine.registry.sessions["s"]
+    assert session.project is None and "at most" in session.marker_refused
+
+
+def test_an_uploadable_file_renamed_onto_the_marker_stays_refused(idle):
+    """Only a scratch file becomes the marker: a file that goes to the server is the session's."""
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/opts.json", b"{}")
+    assert errno_of(idle.rename, "/s/opts.json", "/s/.create") == errno.EPERM
+    assert idle.engine.registry.sessions["s"].project is None
+
+
 # --- refusals at .create (trees) --------------------------------------------------------------------------
 
 def tree_next_to_an_archive(model):
@@ -270,19 +322,28 @@ TREE_REFUSALS = [
 ]
 
 
+def renamed_marker(model):
+    """rsync's way (rename_onto_marker), raising the refusal."""
+    write_file(model, "/s/.create.Xy12ab", b"")
+    model.rename("/s/.create.Xy12ab", "/s/.create")
+
+
+@pytest.mark.parametrize("made_by", ["written", "renamed"])
 @pytest.mark.parametrize("setup, reason", TREE_REFUSALS, ids=[s.__name__ for s, _ in TREE_REFUSALS])
-def test_create_refuses_a_tree_it_cannot_send_with_einval(idle, setup, reason):
+def test_create_refuses_a_tree_it_cannot_send_with_einval(idle, setup, reason, made_by):
     """A tree next to a top-level archive, with a file still open, or larger than the cap: EINVAL
-    with the reason in status; once the cause is gone the same marker is accepted."""
+    with the reason in status; once the cause is gone the same marker is accepted. A scratch file
+    renamed onto .create (rsync) is refused and accepted alike."""
+    make = (lambda: write_file(idle, "/s/.create", b"")) if made_by == "written" else (lambda: renamed_marker(idle))
     idle.mkdir("/s", 0o755)
     idle.mkdir("/s/Scans", 0o755)
     undo = setup(idle)
     with pytest.raises(Fs360Error) as info:
-        write_file(idle, "/s/.create", b"")
+        make()
     assert info.value.errno == errno.EINVAL and reason in str(info.value)
     assert reason in idle.engine.registry.sessions["s"].marker_refused
     undo()
-    write_file(idle, "/s/.create", b"")
+    make()
     assert idle.engine.registry.sessions["s"].archive is not None
 
 

@@ -8,6 +8,7 @@ PUT then a full one uploads once; a body cut short never uploads) and the rules 
 
 from __future__ import annotations
 
+import html
 import json
 import socket
 from urllib.parse import urlsplit
@@ -134,6 +135,25 @@ def test_a_put_cut_off_mid_body_is_never_uploaded(tmp_path, emulator, dav, frami
     assert "cut.jpg" not in remote_files(emulator)
     error = dav.properties("S/")["/S/cut.jpg"][f"{FS360}error"]
     assert "cut short" in error and "copy it again" in error
+
+
+@pytest.mark.parametrize("body", ["malformed chunk size", "no last chunk"])
+def test_a_put_whose_chunked_body_cannot_be_read_gets_400_with_its_reason(tmp_path, emulator, dav, body):
+    """cheroot cannot read the body (a chunk size that is not hex, or the connection's end where
+    the next chunk's size should be): WsgiDAV answered 500 and fs360 logged nothing. Now: a 400
+    that says why, one log line, and the file interrupted, never uploaded."""
+    dav.curl("-X", "MKCOL", path="S", check_status=201)
+    data = b"y" * 100_000
+    sent = f"{len(data):x}\r\n".encode() + data + b"\r\n" + (b"zz\r\nxx\r\n" if body == "malformed chunk size" else b"")
+    answer = raw_request(dav, "PUT /S/bad.jpg HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n", sent)
+    head, _, page = answer.decode("utf-8", "replace").partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400 "), answer[:300]
+    assert ("its chunked body is malformed or ends without its last chunk: the file is not taken; send it again"
+            in html.unescape(page)), page
+    dav.wait_state("S/bad.jpg", "interrupted")
+    logged = [line for line in (dav.cache_dir / "fs360.log").read_text().splitlines() if "PUT /S/bad.jpg" in line]
+    assert len(logged) == 1 and " WARNING " in logged[0], logged
+    assert "bad.jpg" not in remote_files(emulator)
 
 
 def test_a_finder_style_chunked_put_with_its_expected_length_uploads(tmp_path, emulator, dav):
