@@ -1,18 +1,24 @@
 """The floor: the least any Python FUSE file system on this libfuse can cost, for the benchmarks.
 
-    python -m bench.floor_fs MOUNTPOINT
+    python -m bench.floor_fs MOUNTPOINT [--stage DIR [--direct]]
 
 A mount with fs360's own FUSE setup (mfusepy with fs360's overrides, 1 MiB writes and st_blksize, the same
 timeouts, threads and readdirplus) whose files hold nothing: each write is counted and dropped.
 No staging (bench/mount_bench.py measures that apart), no journal, no hash, no upload, no commit point. What `cp` into it costs, in time and in the CPU of this process,
 is what no design of fs360 on mfusepy could go under; `bench full` measures it beside fs360 in the
 same run, so that a missed target can be told apart from one out of reach.
+
+With `--stage DIR` each file's bytes are also kept, in a file of DIR written in the write call (through
+the page cache, or with `--direct` past it from an aligned copy, as fs360's spool writes large runs):
+the least a file system that must keep every byte until its writer's exit (the commit point) can
+cost, for the copy-time bounds of the shaped links (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import mmap
 import os
 import stat
 import threading
@@ -29,8 +35,11 @@ from fs360.fs.mfusepy_overrides import Fs360Fuse
 class FloorOperations(mfusepy.Operations):
     use_ns = True
 
-    def __init__(self):
+    def __init__(self, stage: str | None = None, direct: bool = False):
         self._mutex = threading.Lock()
+        self.stage, self.direct = stage, direct
+        self.staged: dict[str, int] = {}  # path -> descriptor of its staged copy
+        self._aligned = threading.local()  # each FUSE thread's aligned buffer for O_DIRECT
         now = time.time_ns()
         self.dirs = {"/": now}
         self.sizes: dict[str, int] = {}  # path -> size
@@ -83,6 +92,11 @@ class FloorOperations(mfusepy.Operations):
         with self._mutex:
             self.sizes[path] = 0
             self._new_handle(fi)
+            if self.stage is not None:
+                name = os.path.join(self.stage, str(fi.fh))
+                self.staged[path] = os.open(name, os.O_RDWR | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if self.direct else 0),
+                                            0o600)
+                os.unlink(name)  # kept open: gone with the mount
         return 0
 
     def open(self, path, fi):
@@ -100,7 +114,24 @@ class FloorOperations(mfusepy.Operations):
     def write(self, path, data, offset, fh):
         with self._mutex:
             self.sizes[path] = max(self.sizes.get(path, 0), offset + len(data))
+            fd = self.staged.get(path)
+        if fd is not None:
+            self._stage(fd, data, offset)
         return len(data)
+
+    def _stage(self, fd: int, data, offset: int) -> None:
+        if not self.direct:
+            os.pwrite(fd, data, offset)
+            return
+        size = len(data)
+        if offset % 4096 or size % 4096:
+            raise mfusepy.FuseOSError(errno.EINVAL)  # cp's 1 MiB writes are aligned but the last
+        buffer = getattr(self._aligned, "buffer", None)
+        if buffer is None or len(buffer) < size:
+            buffer = self._aligned.buffer = mmap.mmap(-1, max(size, 1 << 20))
+        view = memoryview(buffer)[:size]
+        view[:] = data
+        os.pwrite(fd, view, offset)
 
     def truncate(self, path, length, fh=None):
         with self._mutex:
@@ -146,8 +177,10 @@ class FloorOperations(mfusepy.Operations):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mountpoint")
+    parser.add_argument("--stage", metavar="DIR", help="keep each file's bytes in a file of DIR")
+    parser.add_argument("--direct", action="store_true", help="stage with O_DIRECT (whole 4 KiB blocks only)")
     args = parser.parse_args()
-    Fs360Fuse(FloorOperations(), args.mountpoint, raw_fi=True, fsname="fs360-floor",
+    Fs360Fuse(FloorOperations(args.stage, args.direct), args.mountpoint, raw_fi=True, fsname="fs360-floor",
               subtype="fs360-floor", **MOUNT_OPTIONS)
 
 if __name__ == "__main__":

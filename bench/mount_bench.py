@@ -202,12 +202,13 @@ class Daemon:
 class FloorMount:
     """bench/floor_fs.py mounted under the work dir, in the foreground in a child process."""
 
-    def __init__(self, work: Path, timeout: float = 30):
+    def __init__(self, work: Path, timeout: float = 30, args: tuple[str, ...] = ()):
+        """`args`: floor_fs's options (--stage DIR, --direct)."""
         self.mountpoint = work / "floor"
         self.mountpoint.mkdir(exist_ok=True)
         self.stderr_path = work / "floor.stderr"  # a file, not a pipe: nobody reads it while it runs
         with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen([sys.executable, "-m", "bench.floor_fs", str(self.mountpoint)],
+            self.process = subprocess.Popen([sys.executable, "-m", "bench.floor_fs", str(self.mountpoint), *args],
                                             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=stderr)
         deadline = time.monotonic() + timeout
