@@ -243,6 +243,8 @@ class Archive:
     held: bool = False
     # The server lost its session after a tree file was deleted here: never made again as planned.
     lost: bool = False
+    # A tree folder was removed once the server held it (D "Trees"): the tree no longer makes it.
+    folder_removed: bool = False
 
 
 @dataclass(eq=False)
@@ -628,6 +630,8 @@ class Reference:
         if s.tree_frozen and not s.archive_complete:
             return errno.EACCES
         s.dirs.remove(path)
+        if s.archive_complete:
+            s.archive.folder_removed = True
         return 0
 
     def move_folder(self, session: str, old: str, new: str) -> int:
@@ -673,8 +677,9 @@ class Reference:
         s = self.sessions[session]
         if s.archive is not None:
             s.archive.held = False  # it goes again, from the tree's spool files
-            # ... unless a tree file was deleted since: then it is `lost`, with the reason.
-            s.archive.lost = s.archive.lost or any(g.in_tree for g in s.gone)
+            # ... unless a tree file was deleted or a tree folder removed since: then it is `lost`,
+            # with the reason (D "Trees": "the archive cannot be made again as planned").
+            s.archive.lost = s.archive.lost or s.archive.folder_removed or any(g.in_tree for g in s.gone)
         s.gone.clear()
         for f in s.files.values():
             if f.held is not None and not f.local:
