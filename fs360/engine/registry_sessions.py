@@ -138,20 +138,22 @@ class SessionsAndFolders(RegistryState):
         for record in session.uploads():
             if record.state in (WRITING, CLOSED) + UNFINISHED_STATES:
                 continue
-            record.server_received = 0
-            record.upload_id = None
+            # The server holds nothing of it now, journaled too: after a remount it is not taken for a
+            # file the server may hold (which can never change, nor be replaced).
+            on_no_server = dict(server_received=0, upload_id=None)
             if record.state == UPLOADING:
                 # Its worker meets the 404 itself and puts it back in the queue.
-                self.journal.update_file(record.id, server_received=0, upload_id=None)
+                self.journal.update_file(record.id, **on_no_server)
+                record.server_received, record.upload_id = 0, None
                 continue
             if record.archive and tree_changed:
-                self.set_state_locked(record, LOST, last_error=ARCHIVE_LOST_AFTER_DELETION)
+                self.set_state_locked(record, LOST, last_error=ARCHIVE_LOST_AFTER_DELETION, **on_no_server)
                 continue
             if record.evicted:
                 self.set_state_locked(record, LOST, last_error="the server lost this file and the local copy "
-                                                               "was already dropped: copy it again")
+                                                               "was already dropped: copy it again", **on_no_server)
                 continue
-            self.set_state_locked(record, PENDING, last_error="", attempts=0)
+            self.set_state_locked(record, PENDING, last_error="", attempts=0, **on_no_server)
             self._schedule(record, 0.0)
         self.nudge()
         # Idempotent: if the server still has it somewhere, it stops using the account's quota.
