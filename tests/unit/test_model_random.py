@@ -982,6 +982,25 @@ def test_a_lost_file_is_replaced_by_a_copy_renamed_onto_it_after_a_remount_too(e
     assert model.getattr("/s/a.jpg")["st_size"] == 4
 
 
+def test_a_lost_file_is_no_file_the_server_holds_after_a_remount(emulator, make_model, tmp_path):
+    # The same dead session's id made a `cp` onto a lost file, after a remount, open a handle that
+    # only compares with what the server held: an identical copy would have been taken for the
+    # server's file. Its data is gone from here and from the server: the open is refused, saying
+    # what to do, and that works.
+    model = make_model(emulator)
+    a_lost_file(emulator, model)
+    model.engine.stop(5)
+    model = idle_model(emulator, tmp_path / "cache")
+    with pytest.raises(Fs360Error, match="delete it, then copy it again") as refused:
+        model.create("/s/a.jpg", 0o644, O_CREATE)
+    assert refused.value.errno == errno.EACCES
+    model.unlink("/s/a.jpg")
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(fh, b"abc", 0)
+    model.release(fh)
+    assert file_state(model, "s", "a.jpg") == "closed"
+
+
 def test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed(emulator, tmp_path):
     model = idle_model(emulator, tmp_path / "cache")
     model.mkdir("/s", 0o755)
