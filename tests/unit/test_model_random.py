@@ -894,6 +894,26 @@ def test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount(emulato
     assert file_state(model, "s", "a.jpg") == "interrupted"
 
 
+def test_a_committed_file_renamed_to_a_scratch_name_is_not_held_after_a_remount(emulator, tmp_path):
+    # Its writer exited 0 (the commit point) before the rename: nothing ended unseen, so renamed
+    # back to its final name after a remount it waits for its commit as before, never `held`.
+    # The journal still named the writer, and the remount took it for one that ended unseen.
+    model = idle_model(emulator, tmp_path / "cache")
+    fake_processes(model)
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(fh, b"abc", 0)
+    model.flush(fh, CLOSING_PID)
+    model.release(fh)
+    model.writers.exited(CLOSING_PID, 0)
+    assert file_state(model, "s", "a.jpg") == PENDING
+    model.rename("/s/a.jpg", "/s/.a.jpg.Xy12")
+    crash(model)
+    model = idle_model(emulator, tmp_path / "cache")
+    model.rename("/s/.a.jpg.Xy12", "/s/a.jpg")
+    assert file_state(model, "s", "a.jpg") == "closed"
+
+
 def test_an_interrupted_file_renamed_away_and_back_after_a_remount_stays_interrupted(emulator, tmp_path):
     model = idle_model(emulator, tmp_path / "cache")
     model.mkdir("/s", 0o755)
