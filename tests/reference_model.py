@@ -735,6 +735,9 @@ class Reference:
         for s in self.sessions.values():
             s.marker_refused = False
             for f in list(s.files.values()) + s.gone:
+                # Whether its last writing made it whole waited for that writing's exits, which the
+                # new mount never sees (registry: `completing` is memory only).
+                f.completing = False
                 if f.awaiting:
                     # D: closed but not committed when the mount stopped: held.
                     f.unfinished, f.unfinished_state = True, HELD
