@@ -247,6 +247,8 @@ class Archive:
     held: bool = False
     # The server lost its session after a tree file was deleted here: never made again as planned.
     lost: bool = False
+    # A tree folder was removed once the server held it (D "Trees"): the tree no longer makes it.
+    folder_removed: bool = False
 
 
 @dataclass(eq=False)
@@ -632,6 +634,8 @@ class Reference:
         if s.tree_frozen and not s.archive_complete:
             return errno.EACCES
         s.dirs.remove(path)
+        if s.archive_complete:
+            s.archive.folder_removed = True
         return 0
 
     def move_folder(self, session: str, old: str, new: str) -> int:
@@ -677,8 +681,9 @@ class Reference:
         s = self.sessions[session]
         if s.archive is not None:
             s.archive.held = False  # it goes again, from the tree's spool files
-            # ... unless a tree file was deleted since: then it is `lost`, with the reason.
-            s.archive.lost = s.archive.lost or any(g.in_tree for g in s.gone)
+            # ... unless a tree file was deleted or a tree folder removed since: then it is `lost`,
+            # with the reason (D "Trees": "the archive cannot be made again as planned").
+            s.archive.lost = s.archive.lost or s.archive.folder_removed or any(g.in_tree for g in s.gone)
         s.gone.clear()
         for f in s.files.values():
             if f.held is not None and not f.local:
@@ -734,6 +739,9 @@ class Reference:
         for s in self.sessions.values():
             s.marker_refused = False
             for f in list(s.files.values()) + s.gone:
+                # Whether its last writing made it whole waited for that writing's exits, which the
+                # new mount never sees (registry: `completing` is memory only).
+                f.completing = False
                 if f.awaiting:
                     # D: closed but not committed when the mount stopped: held.
                     f.unfinished, f.unfinished_state = True, HELD

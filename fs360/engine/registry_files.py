@@ -282,7 +282,10 @@ class FileWriters(RegistryState):
         record.name = new_name
         record.session_id = target.id
         target.files[new_name] = record
-        self.journal.update_file(record.id, name=new_name, session_id=target.id)
+        # With the writers it still awaits: a committed file's journal named those it had awaited,
+        # which a remount took for writers that ended unseen once it had a scratch name (held).
+        self.journal.update_file(record.id, name=new_name, session_id=target.id,
+                                 writers=writers_text(record.awaited_writer_starts()))
         was_local = record.local_only
         record.local_only = local_only
         self.count_locked(record)

@@ -7,7 +7,8 @@ import logging
 import time
 
 from .journal import PROJECT_COLUMNS
-from .records import CLOSED, LOST, PENDING, UNFINISHED_STATES, UPLOADING, WRITING, ProjectRequest, SessionRecord
+from .records import CLOSED, LOST, PENDING, UNFINISHED_STATES, UPLOADING, WRITING, ProjectRequest, SessionRecord, \
+    in_scratch_folder
 from .registry_base import RegistryState, project_may_use
 
 log = logging.getLogger(__name__)
@@ -19,9 +20,9 @@ log = logging.getLogger(__name__)
 TOUCH_JOURNAL_SECONDS = 1.0
 
 
-ARCHIVE_LOST_AFTER_DELETION = ("the server lost this folder's upload session, and a file of its tree was deleted here "
-                               "since: the archive cannot be made again as planned; remove .create to plan it anew "
-                               "from the tree as it is now, or copy the tree into a new folder")
+ARCHIVE_LOST_AFTER_DELETION = ("the server lost this folder's upload session, and a file or folder of its tree was "
+                               "deleted here since: the archive cannot be made again as planned; remove .create to "
+                               "plan it anew from the tree as it is now, or copy the tree into a new folder")
 
 class SessionsAndFolders(RegistryState):
     """Sessions, the projects requested for them, and the folders of their trees."""
@@ -124,8 +125,10 @@ class SessionsAndFolders(RegistryState):
         session.expires_at = None
         self._new_upload_id_locked(session, listing_known=False)
         self.journal.update_session(session.id, upload_id=None, expires_at=None)
-        # A tree file deleted here once the archive was up: the archive cannot be made again as planned.
-        tree_changed = any(record.in_tree for record in session.unlinked)
+        # A tree file deleted here once the archive was up (remembered in `unlinked`), or a tree folder
+        # removed (the archive marked evicted: remove_folder_locked): it cannot be made again as planned.
+        tree_changed = any(record.in_tree for record in session.unlinked) or \
+            (session.archive is not None and session.archive.evicted)
         for record in session.unlinked:
             self.release_server_name_locked(record)
             self._files.pop(record.id, None)
@@ -135,20 +138,22 @@ class SessionsAndFolders(RegistryState):
         for record in session.uploads():
             if record.state in (WRITING, CLOSED) + UNFINISHED_STATES:
                 continue
-            record.server_received = 0
-            record.upload_id = None
+            # The server holds nothing of it now, journaled too: after a remount it is not taken for a
+            # file the server may hold (which can never change, nor be replaced).
+            on_no_server = dict(server_received=0, upload_id=None)
             if record.state == UPLOADING:
                 # Its worker meets the 404 itself and puts it back in the queue.
-                self.journal.update_file(record.id, server_received=0, upload_id=None)
+                self.journal.update_file(record.id, **on_no_server)
+                record.server_received, record.upload_id = 0, None
+                continue
+            if record.archive and tree_changed:
+                self.set_state_locked(record, LOST, last_error=ARCHIVE_LOST_AFTER_DELETION, **on_no_server)
                 continue
             if record.evicted:
                 self.set_state_locked(record, LOST, last_error="the server lost this file and the local copy "
-                                                               "was already dropped: copy it again")
+                                                               "was already dropped: copy it again", **on_no_server)
                 continue
-            if record.archive and tree_changed:
-                self.set_state_locked(record, LOST, last_error=ARCHIVE_LOST_AFTER_DELETION)
-                continue
-            self.set_state_locked(record, PENDING, last_error="", attempts=0)
+            self.set_state_locked(record, PENDING, last_error="", attempts=0, **on_no_server)
             self._schedule(record, 0.0)
         self.nudge()
         # Idempotent: if the server still has it somewhere, it stops using the account's quota.
@@ -221,7 +226,12 @@ class SessionsAndFolders(RegistryState):
 
     def remove_folder_locked(self, folder_id: int) -> None:
         self.journal.delete_dir(folder_id)
-        self._folders.pop(folder_id, None)
+        session_id, path = self._folders.pop(folder_id, (None, ""))
+        session = self._sessions_by_id.get(session_id)
+        if session is not None and session.archive_complete and not in_scratch_folder(path):
+            # The server holds the archive with this folder in it: part of what it was made of is gone.
+            session.archive.evicted = True
+            self.journal.update_file(session.archive.id, evicted=1)
 
     def remove_folders_of_locked(self, session: SessionRecord) -> None:
         self.journal.delete_dirs_of(session.id)

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 
-from ..engine.records import FileRecord
+from ..engine.records import LOST, FileRecord
 from ..engine.registry import STOPPED_WHILE_WRITING
 from ..engine.spool import direct_span, with_room_freed_once
 from ..errors import (AccessDenied, EarlierWriteLost, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
@@ -29,6 +29,14 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 def opens_for_writing(flags: int) -> bool:
     return bool(flags & WRITE_FLAGS) or bool(flags & os.O_TRUNC)
+
+
+def no_data_reason(record: FileRecord) -> str:
+    """Why a file without its spool copy cannot be opened or truncated: the server holds it, or
+    (`lost`: its copy was dropped, then the server lost its session) nobody does."""
+    if record.state == LOST:
+        return f"the data of {record.name!r} is gone from here and from the server: delete it, then copy it again"
+    return "only the server holds this file's data now"
 
 
 @contextlib.contextmanager
@@ -73,11 +81,11 @@ class OpenFiles:
         if writing:
             check_mutable_locked(self.engine, record)
         elif record.evicted or not self.engine.spool.exists(record.id):
-            raise AccessDenied("only the server holds this file's data now")
+            raise AccessDenied(no_data_reason(record))
         try:
             fd = os.open(self.engine.spool.path(record.id), os.O_RDWR if writing else os.O_RDONLY)
         except FileNotFoundError:
-            raise AccessDenied("only the server holds this file's data now") from None
+            raise AccessDenied(no_data_reason(record)) from None
         handle = FileHandle(record, fd, writing, bool(flags & os.O_APPEND))
         handle.changed = writing and (truncate or record.size == 0)
         if writing:
@@ -210,8 +218,7 @@ class OpenFiles:
                     with spool_limits():
                         self.engine.spool.truncate(record.id, length)
                 except FileNotFoundError:  # evicted, then its session lost: the file is `lost`
-                    raise AccessDenied(f"the data of {record.name!r} is gone from here and from the server: "
-                                       f"copy it again") from None
+                    raise AccessDenied(no_data_reason(record)) from None
                 self.engine.registry.truncated_locked(record, length, listed=is_listed_locked(self.engine, record))
             return
         record = handle.record

@@ -151,10 +151,10 @@ class Renames:
         session = src.session
         if dst.session is not session:
             raise NotPermitted("folders stay in their session")
-        if dst.kind == DIR and dst.name != src.name:
+        replaces = dst.kind == DIR and dst.name != src.name
+        if replaces:
             if not self.tree.is_empty_locked(session, dst.name):
                 raise NotEmpty(dst.name)
-            self.tree.remove_folder_locked(session, dst.name)
         elif dst.kind != MISSING:
             raise NotADirectory(dst.name) if dst.kind == FILE else NotPermitted(f"{dst.name} is reserved")
         if (dst.name + "/").startswith(src.name + "/"):
@@ -162,6 +162,9 @@ class Renames:
         check_file_name(dst.basename)
         check_tree_open_locked(session, src.name)
         check_tree_open_locked(session, dst.name)
+        if replaces:
+            # The empty folder goes (POSIX) only once the move is sure to be made.
+            self.tree.remove_folder_locked(session, dst.name)
         self.tree.move_folder_locked(session, src.name, dst.name)
         self.tree.touch_parent_locked(src, dst)
 

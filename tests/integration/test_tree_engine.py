@@ -146,6 +146,25 @@ def test_a_session_lost_after_a_tree_file_was_deleted_never_sends_another_archiv
     assert sorted(record["files"]) == ["Scans/Raw/zero.bin", "open.jpg", "top.jpg"]
 
 
+def test_a_session_lost_after_a_tree_folder_was_removed_never_sends_another_archive(emulator, make_model):
+    """The same for an emptied folder removed once the server holds the archive: the archive as
+    planned holds it, so it is `lost` with the way out, not `rejected` with "the tree makes N bytes
+    now" (found by the model-based random test)."""
+    model = make_model(emulator)
+    make_tree(model, "s")
+    still_open = model.create("/s/open.jpg", 0o644, os.O_WRONLY | os.O_CREAT)  # holds the project back
+    write_file(model, "/s/.create", b"")
+    archive = archive_of(model, "s")
+    wait_until(lambda: archive.state == "complete", 30, 0.05, what="the archive on the server")
+    model.rmdir("/s/Scans/Empty")
+    session = model.engine.registry.sessions["s"]
+    lost = session.upload_id
+    emulator.expire(lost)
+    model.engine.session_lost(session, lost)
+    assert archive.state == "lost" and "remove .create to plan it anew" in archive.last_error
+    model.release(still_open)
+
+
 def test_rm_of_a_tree_file_while_the_archive_is_not_up_says_why_in_status(emulator, make_model):
     """`rm` prints only "Permission denied": status says why, and when the file can go."""
     model = make_model(emulator, start=False)  # nothing is sent: the archive stays planned only

@@ -203,6 +203,19 @@ def test_tree_folders_behave_like_posix(idle):
     assert names(idle, "/s/Photos") == {"a.e57"}
 
 
+def test_a_refused_folder_move_leaves_the_empty_folder_it_would_replace(idle):
+    # rename(2) onto an empty folder replaces it (POSIX), but only a move that is made: one refused
+    # (into itself, in a frozen tree) removed the folder before its checks.
+    idle.mkdir("/s", 0o755)
+    for folder in ("A", "A/In", "B"):
+        idle.mkdir(f"/s/{folder}", 0o755)
+    assert errno_of(idle.rename, "/s/A", "/s/A/In") == errno.EINVAL
+    write_file(idle, "/s/.create", b"")  # the tree is planned as the archive, with A/In/ and B/ in it
+    assert errno_of(idle.rename, "/s/A", "/s/B") == errno.EACCES
+    assert names(idle, "/s") == {"A", "B", ".create", "status", "status.json"}
+    assert names(idle, "/s/A") == {"In"}
+
+
 def test_tree_files_wait_in_tree_and_survive_a_restart(emulator, make_model):
     model = make_model(emulator)
     model.mkdir("/s", 0o755)

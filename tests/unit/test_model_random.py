@@ -894,6 +894,26 @@ def test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount(emulato
     assert file_state(model, "s", "a.jpg") == "interrupted"
 
 
+def test_a_committed_file_renamed_to_a_scratch_name_is_not_held_after_a_remount(emulator, tmp_path):
+    # Its writer exited 0 (the commit point) before the rename: nothing ended unseen, so renamed
+    # back to its final name after a remount it waits for its commit as before, never `held`.
+    # The journal still named the writer, and the remount took it for one that ended unseen.
+    model = idle_model(emulator, tmp_path / "cache")
+    fake_processes(model)
+    model.mkdir("/s", 0o755)
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(fh, b"abc", 0)
+    model.flush(fh, CLOSING_PID)
+    model.release(fh)
+    model.writers.exited(CLOSING_PID, 0)
+    assert file_state(model, "s", "a.jpg") == PENDING
+    model.rename("/s/a.jpg", "/s/.a.jpg.Xy12")
+    crash(model)
+    model = idle_model(emulator, tmp_path / "cache")
+    model.rename("/s/.a.jpg.Xy12", "/s/a.jpg")
+    assert file_state(model, "s", "a.jpg") == "closed"
+
+
 def test_an_interrupted_file_renamed_away_and_back_after_a_remount_stays_interrupted(emulator, tmp_path):
     model = idle_model(emulator, tmp_path / "cache")
     model.mkdir("/s", 0o755)
@@ -944,11 +964,8 @@ def a_complete_file(model: MountModel) -> None:
     wait_for(lambda: file_state(model, "s", "a.jpg") == "complete", "a.jpg never complete")
 
 
-def test_a_lost_file_truncated_by_path_gets_an_errno(emulator, make_model):
-    # doc/SEMANTICS.md: a file whose spool copy is gone when its session is lost becomes `lost`
-    # ("copy it again"); a truncate of it is answered (an errno), never an exception of the path
-    # model's own (FileNotFoundError of its spool file).
-    model = make_model(emulator)
+def a_lost_file(emulator, model: MountModel) -> None:
+    """/s/a.jpg uploaded, its spool copy dropped, then its session lost by the server: `lost`."""
     a_complete_file(model)
     engine = model.engine
     with engine.lock:
@@ -959,7 +976,49 @@ def test_a_lost_file_truncated_by_path_gets_an_errno(emulator, make_model):
     emulator.expire(upload_id)
     engine.session_lost(session, upload_id)
     assert file_state(model, "s", "a.jpg") == "lost"
+
+
+def test_a_lost_file_truncated_by_path_gets_an_errno(emulator, make_model):
+    # doc/SEMANTICS.md: a file whose spool copy is gone when its session is lost becomes `lost`
+    # ("copy it again"); a truncate of it is answered (an errno), never an exception of the path
+    # model's own (FileNotFoundError of its spool file).
+    model = make_model(emulator)
+    a_lost_file(emulator, model)
     assert errno_of(model.truncate, "/s/a.jpg", 36) == errno.EACCES
+
+
+def test_a_lost_file_is_replaced_by_a_copy_renamed_onto_it_after_a_remount_too(emulator, make_model, tmp_path):
+    # The server holds nothing of a `lost` file, so a new copy renamed onto it replaces it (S "rename
+    # ... replaces a local-only target"). After a remount the journal still had the dead session's
+    # id on it, which made it a file the server may hold: "the server holds bytes of 'a.jpg'".
+    model = make_model(emulator)
+    a_lost_file(emulator, model)
+    model.engine.stop(5)
+    model = idle_model(emulator, tmp_path / "cache")
+    fh = model.create("/s/.a.jpg.Xy12", 0o644, O_CREATE)  # rsync's copy
+    model.write(fh, b"abcd", 0)
+    model.release(fh)
+    model.rename("/s/.a.jpg.Xy12", "/s/a.jpg")
+    assert model.getattr("/s/a.jpg")["st_size"] == 4
+
+
+def test_a_lost_file_is_no_file_the_server_holds_after_a_remount(emulator, make_model, tmp_path):
+    # The same dead session's id made a `cp` onto a lost file, after a remount, open a handle that
+    # only compares with what the server held: an identical copy would have been taken for the
+    # server's file. Its data is gone from here and from the server: the open is refused, saying
+    # what to do, and that works.
+    model = make_model(emulator)
+    a_lost_file(emulator, model)
+    model.engine.stop(5)
+    model = idle_model(emulator, tmp_path / "cache")
+    with pytest.raises(Fs360Error, match="delete it, then copy it again") as refused:
+        model.create("/s/a.jpg", 0o644, O_CREATE)
+    assert refused.value.errno == errno.EACCES
+    model.unlink("/s/a.jpg")
+    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
+    model.write(fh, b"abc", 0)
+    model.release(fh)
+    assert file_state(model, "s", "a.jpg") == "closed"
 
 
 def test_a_new_file_keeps_its_size_when_a_file_deleted_while_open_is_closed(emulator, tmp_path):
