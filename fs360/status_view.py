@@ -160,6 +160,8 @@ def _project_cell(project: dict | None) -> Text:
         return Text("no .create", style="dim")
     if project.get("refused"):
         return Text("refused", style="bold red")
+    if project["state"] == "pending":
+        return Text(".create pending")
     if project["state"] == "waiting":
         return Text("requested")
     if project["state"] == "failed":

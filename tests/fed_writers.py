@@ -12,6 +12,7 @@ class FedWatch:
     """Stands in for the pidfd / netlink watch: every process may be watched; the test feeds the
     exits through `Writers.exited`."""
     kind = "fed by the test"
+    statuses_known = True
 
     def watch(self, tgid: int) -> bool:
         return True

@@ -19,6 +19,8 @@ files close after its exit code is set) is told at once by /proc.
 Threads (each under its name in /proc/PID/task/*/comm: fs360/thread_names.py)
   fs360-exits   the watch: waits on the writers' pidfds (or netlink events) and settles their
                 files; started with the first written file's close
+  fs360-at-exit short-lived: what waits for a program's exit besides its files (a `.create`
+                renamed into place by rsync: Writers.at_exit), run off the watch's thread
 
 Locks: the FUSE threads call `closed` with no lock held (it takes the state lock, and inside it
 `Writers._lock`, a leaf), `joined_locked` with the state lock held. The watch's thread takes
@@ -230,6 +232,8 @@ class Writers:
         self._helpers_of: dict[int, dict[int, int]] = {}
         self._program_of: dict[int, int] = {}
         self._outlived: set[int] = set()
+        # tgid -> what runs at its exit (at_exit), given what the exit says went wrong.
+        self._at_exit: dict[int, list[Callable[[str], None]]] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -327,14 +331,35 @@ class Writers:
                 log.debug("%s (%d) ended before its helper %d: the helper's exit decides its files too",
                           name, program, helper)
 
+    def at_exit(self, closer: Closer | None, action: Callable[[str], None]) -> bool:
+        """Runs `action(failure)` once the program `closer` works for has exited, on a thread of
+        its own (it may wait for other exits): `failure` is '' for exit 0, else what went wrong in
+        words ('exited with status 23 (...)'). False, and nothing runs, when that exit cannot be
+        told: no process, no watch, or a watch that may miss exit statuses."""
+        if closer is None or self.watch is None or not getattr(self.watch, "statuses_known", False):
+            return False
+        with self._lock:
+            if not self._watched(closer):
+                return False
+            self._at_exit.setdefault(closer.tgid, []).append(action)
+        return True
+
+    def _watched(self, closer: Closer) -> bool:
+        """Needs self._lock. Whether the exit of `closer` is watched, asking the watch once per process."""
+        if closer.tgid in self._records or closer.tgid in self._at_exit:
+            return True
+        if not self.watch.watch(closer.tgid):
+            return False
+        self._names[closer.tgid] = closer.name
+        return True
+
     def _watch_locked(self, closer: Closer, record) -> bool:
         with self._lock:
             records = self._records.get(closer.tgid)
             if records is None:
-                if not self.watch.watch(closer.tgid):
+                if not self._watched(closer):
                     return False
                 records = self._records[closer.tgid] = {}
-                self._names[closer.tgid] = closer.name
             elif len(records) >= 64 and len(records) & (len(records) - 1) == 0:
                 # A long-running writer (a file manager): forget files committed meanwhile.
                 for file_id in [i for i, r in records.items() if not r.awaits(closer.tgid)]:
@@ -346,6 +371,7 @@ class Writers:
         """From the watch's thread: process `tgid` ended with wait status `status` (None: unknown)."""
         with self._lock:
             records = self._records.pop(tgid, None)
+            actions = self._at_exit.pop(tgid, ())
             name = self._names.pop(tgid, "the writer")
             program = self._program_of.pop(tgid, None)
             if program is not None:
@@ -355,22 +381,26 @@ class Writers:
                 self._outlived.discard(tgid)
             else:
                 self._note_outliving_helpers_locked(tgid, name)
-        if records is None:
-            return
         failure = failure_of(status, name)
         reason = held_reason(name, failure) if failure else ""
-        for record in records.values():
+        for record in (records or {}).values():
             with self.engine.lock:
                 if status is None:
                     # Unknown: it no longer counts as a writer, and the delay decides.
                     self.engine.registry.writer_unknown_locked(record, tgid)
                 self.engine.registry.writer_exited_locked(record, tgid, reason)
+        # After its files are settled (an action may wait for them); an unknown exit is no success.
+        outcome = failure if status is not None else "ended without the mount learning its exit status"
+        for action in actions:
+            threading.Thread(target=action, args=(outcome,), name="fs360-at-exit", daemon=True).start()
 
 
 class ExitWatch:
     """Calls `on_exit(tgid, wait status or None)` from a thread of its own when a watched
     process ends."""
     kind = ""
+    # Whether every exit comes with its status (Writers.at_exit needs it).
+    statuses_known = True
 
     def __init__(self, on_exit: Callable[[int, int | None], None]):
         self._on_exit = on_exit
@@ -421,6 +451,7 @@ class PidfdWatch(ExitWatch):
     def __init__(self, on_exit, exit_info: bool):
         super().__init__(on_exit)
         self.exit_info = exit_info
+        self.statuses_known = exit_info
         self.kind = "pidfds and PIDFD_GET_INFO" if exit_info else "pidfds and /proc (exit statuses may be missed)"
         self._fds: dict[int, int] = {}   # pidfd -> tgid
         self._lock = threading.Lock()

@@ -1,15 +1,19 @@
 """`.create`, the marker that requests a session's project: written into memory, its JSON
-checked and accepted (or refused) at close, listed while it is written or the project exists."""
+checked and accepted (or refused) at close, listed while it is written or the project exists.
+One renamed into place by a program (rsync) is checked at the rename and taken at that
+program's exit: pending meanwhile, and listed."""
 
 from __future__ import annotations
 
 import codecs
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 
 from ..engine.records import P_CREATED, P_READY, P_WAITING, SessionRecord
 from ..errors import AccessDenied, FileTooBig, Fs360Error, InvalidArgument, NotFound
+from .exits import Closer, Writers
 from .handles import HandleTable
 from .json_prefix import json_object_prefix_error
 from .names import CREATE_MARKER
@@ -23,6 +27,19 @@ POSTED_REFUSAL = ("the project was requested from the server already and may exi
 
 # .create holds a JSON object of project fields: anything bigger is not one.
 MAX_CREATE_BYTES = 64 * 1024
+# The journal's note of the .create files awaiting their renamer's exit ({session id: program}):
+# a mount that stops meanwhile never learns that exit, so the next one says the marker was not taken.
+PENDING_KEY = "pending_markers"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class PendingMarker:
+    """A .create a program renamed into place (rsync), checked: taken at that program's exit."""
+    data: bytes
+    requester: frozenset
+    program: str
 
 
 @dataclass(eq=False)
@@ -38,6 +55,8 @@ class MarkerHandle:
     # The process that closed it written and its ancestors (Writers.family): the tree files only
     # they wrote are done when it requests the project.
     requester: frozenset = frozenset()
+    # The renamed .create this handle takes at its renamer's exit (None: one written).
+    pending: PendingMarker | None = None
 
     @property
     def content(self) -> bytes:
@@ -106,16 +125,40 @@ def project_created(session: SessionRecord) -> bool:
 class Markers:
     """The sessions' `.create` files, over the engine's project requests."""
 
-    def __init__(self, engine, handles: HandleTable):
+    def __init__(self, engine, handles: HandleTable, writers: Writers):
         self.engine = engine
         self.handles = handles
+        self.writers = writers
         # Sessions with a .create being written but not yet accepted: it must be listed meanwhile.
         self._open_for_writing: dict[int, int] = {}
+        # Session id -> its .create renamed into place, awaiting its renamer's exit (listed).
+        self._pending: dict[int, PendingMarker] = {}
+        with engine.lock:
+            self._forget_pending_of_a_stopped_mount_locked()
+
+    def _forget_pending_of_a_stopped_mount_locked(self) -> None:
+        """A .create whose renamer's exit the last mount awaited when it stopped: that exit is
+        unknown, so the marker is not taken (the folder may be incomplete), and status says so."""
+        noted = self.engine.journal.get_meta(PENDING_KEY) or {}
+        for session in self.engine.registry.sessions.values():
+            program = noted.get(str(session.id))
+            if program:
+                self.engine.registry.marker_refused_locked(
+                    session, f"the mount stopped while it waited for {program} to end after {program} put .create "
+                             f"here, so .create was not taken: copy the folder again, or write .create yourself "
+                             f"once it is whole")
+        if noted:
+            self.engine.journal.set_meta(PENDING_KEY, {})
 
     def listed(self, session: SessionRecord) -> bool:
         project = session.project
         return (project is not None and not project.marker_hidden) \
-            or self._open_for_writing.get(session.id, 0) > 0
+            or self._open_for_writing.get(session.id, 0) > 0 or session.id in self._pending
+
+    def text(self, session: SessionRecord) -> bytes:
+        """What `.create` reads: a pending one's content, else the project's fields."""
+        pending = self._pending.get(session.id)
+        return pending.data if pending is not None else marker_text(session)
 
     def mode(self, session: SessionRecord) -> int:
         return 0o444 if session.sealed or session.project_posted else 0o644
@@ -132,7 +175,7 @@ class Markers:
             self._check_writable(session)
         handle = MarkerHandle(session, writable)
         if not truncate:
-            handle.data.extend(marker_text(session))
+            handle.data.extend(self.text(session))
         if writable:
             # Opened for writing while it is not listed, it is created (the kernel may still hold
             # the entry of a refused one, so `touch` opens it without O_CREAT's create): an empty
@@ -188,6 +231,10 @@ class Markers:
         (and its reason shows in status until a valid one is written). `writer_dying`: why the
         closing process is ending abnormally; what it wrote is not taken as a request.
         `requester`: that process and its ancestors (Writers.family)."""
+        if handle.dirty and handle.pending is None:
+            # Written here and closed: it replaces a renamed one still awaiting its renamer.
+            with self.engine.lock:
+                self._drop_pending_locked(handle.session)
         if handle.dirty and not writer_dying:
             handle.requester = requester
             # The tree's files written by other processes reach their commit point first.
@@ -214,18 +261,80 @@ class Markers:
                 self.engine.registry.marker_refused_locked(handle.session, str(exc))
             raise
 
-    def take_renamed(self, session: SessionRecord, data: bytes, requester: frozenset = frozenset()) -> None:
+    def take_renamed(self, session: SessionRecord, data: bytes, requester: frozenset = frozenset(),
+                     renamer: Closer | None = None) -> None:
         """A scratch file renamed onto .create (rsync writes `.create.XXXXXX`, then renames it):
-        taken as .create written with `data` and closed by the renamer, `requester` its family
-        (Writers.family): the same checks, refusals and wait for the tree's writers as flush()."""
+        .create written with `data` by the renamer, `requester` its family (Writers.family).
+        Its content is checked now (a refusal fails the rename); it is taken as a written one at
+        its close is, but at the exit of the renaming program (rsync sends .create before the
+        tree's files, and freezing the tree now would refuse them): pending until then. A
+        renamer whose exit cannot be told (None, or no watch): taken now."""
         self._check_writable(session)
         handle = MarkerHandle(session, writable=True)
         try:
             self.write(handle, data, 0)
-        except FileTooBig as exc:
+            project_options(data)
+        except (FileTooBig, InvalidArgument) as exc:
             with self.engine.lock:
                 self.engine.registry.marker_refused_locked(session, str(exc))
             raise
+        if renamer is not None:
+            pending = PendingMarker(bytes(data), requester, renamer.name)
+            with self.engine.lock:
+                # Both under the state lock: the exit's action waits for it, so it finds this pending.
+                if self.writers.at_exit(renamer, lambda failure: self._settle(session, pending, failure)):
+                    self._hold_locked(session, pending)
+                    return
+        self._take(handle, requester)
+
+    def _hold_locked(self, session: SessionRecord, pending: PendingMarker) -> None:
+        self._drop_pending_locked(session)
+        self._pending[session.id] = pending
+        registry = self.engine.registry
+        registry.marker_refused_locked(session, "")
+        registry.marker_pending_locked(
+            session, f".create put here by {pending.program} is taken when {pending.program} exits successfully "
+                     f"(the folder may still change until then)")
+        noted = self.engine.journal.get_meta(PENDING_KEY) or {}
+        self.engine.journal.set_meta(PENDING_KEY, {**noted, str(session.id): pending.program})
+
+    def _drop_pending_locked(self, session: SessionRecord, pending: PendingMarker | None = None) -> bool:
+        """Forgets the session's pending .create (only `pending`, when given): whether one was."""
+        current = self._pending.get(session.id)
+        if current is None or (pending is not None and current is not pending):
+            return False
+        del self._pending[session.id]
+        self.engine.registry.marker_pending_locked(session, "")
+        noted = self.engine.journal.get_meta(PENDING_KEY) or {}
+        noted.pop(str(session.id), None)
+        self.engine.journal.set_meta(PENDING_KEY, noted)
+        return True
+
+    def _settle(self, session: SessionRecord, pending: PendingMarker, failure: str) -> None:
+        """The renamer of a pending .create exited (Writers.at_exit): with 0 the marker is taken
+        as a written one at its close; otherwise it is refused, the folder maybe incomplete."""
+        with self.engine.lock:
+            if self._pending.get(session.id) is not pending:
+                return  # unlinked, or replaced by another .create meanwhile
+            if failure:
+                self._drop_pending_locked(session, pending)
+                self.engine.registry.marker_refused_locked(
+                    session, f"{pending.program} {failure} after it put .create here, so .create was not taken: "
+                             f"the folder may be incomplete; copy it again, or write .create yourself once it "
+                             f"is whole")
+                return
+        handle = MarkerHandle(session, writable=True, data=bytearray(pending.data), dirty=True, pending=pending)
+        try:
+            self._take(handle, pending.requester)
+        except Fs360Error as exc:
+            log.info("%s/.create from %s not taken: %s", session.name, pending.program, exc)
+        finally:
+            with self.engine.lock:
+                self._drop_pending_locked(session, pending)
+
+    def _take(self, handle: MarkerHandle, requester: frozenset) -> None:
+        """A whole .create not written through an open file: flush()'s checks and wait for the
+        tree's writers, and an empty one accepted at once (there is no later release)."""
         self.flush(handle, requester=requester)
         if handle.dirty:
             # Empty: flush() only checked it (see there); a rename has no later release to wait for.
@@ -233,7 +342,7 @@ class Markers:
                 self._accept(handle)
             except Fs360Error as exc:
                 with self.engine.lock:
-                    self.engine.registry.marker_refused_locked(session, str(exc))
+                    self.engine.registry.marker_refused_locked(handle.session, str(exc))
                 raise
 
     def _accept(self, handle: MarkerHandle) -> None:
@@ -269,6 +378,7 @@ class Markers:
     def unlink_locked(self, session: SessionRecord) -> None:
         if not self.listed(session):
             raise NotFound(CREATE_MARKER)
+        self._drop_pending_locked(session)  # never taken, then
         project = session.project
         if project is None:
             return

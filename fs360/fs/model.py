@@ -23,7 +23,7 @@ from .attrs import MARKER_FILE, ROOT_INO, STATUS_FILE, STATUS_JSON_FILE, Attribu
 from .content_check import held_with_known_content
 from .exits import Writers
 from .handles import FileHandle, HandleTable, SnapshotHandle
-from .markers import MarkerHandle, Markers, marker_text
+from .markers import MarkerHandle, Markers
 from .names import CREATE_MARKER, ROOT_STATUS, STATUS_NAMES, check_file_name, check_session_name
 from .open_files import OpenFiles, opens_for_writing
 from .renames import Renames
@@ -62,7 +62,7 @@ class MountModel:
         self.attrs = Attributes(engine, self.uid, self.gid)
         self.status = RenderedStatus(engine)
         self.writers = Writers(engine)
-        self.markers = Markers(engine, self._handles)
+        self.markers = Markers(engine, self._handles, self.writers)
         with engine.lock:
             self.tree = SessionTree(engine, settings.local_only_patterns)
         self.files = OpenFiles(engine, self.tree, self.markers, self._handles, self.writers)
@@ -123,7 +123,7 @@ class MountModel:
         def attrs_of(name: str):
             if name == CREATE_MARKER:
                 attrs = self.attrs.virtual(inode_number(MARKER_FILE, session.id), self.markers.mode(session),
-                                           mtime_ns, size=len(marker_text(session)))
+                                           mtime_ns, size=len(self.markers.text(session)))
                 return lambda: attrs
             content = contents[name]
             ino = inode_number(STATUS_JSON_FILE if name.endswith(".json") else STATUS_FILE, session.id)

@@ -54,8 +54,9 @@ class Renames:
     def _onto_marker(self, old: str, new: str, pid: int | None) -> bool:
         """A scratch file renamed onto its session's .create (rsync -a of a folder holding one
         writes `.create.XXXXXX`, then renames it) is .create written with its content, by the
-        renamer: requested, or refused with the same reason (Markers.take_renamed). Read and
-        checked without the state lock: the request waits for the tree's other writers."""
+        renamer: refused now with the same reason, or taken at the renamer's exit
+        (Markers.take_renamed). Read and checked without the state lock: taking it at once
+        waits for the tree's other writers."""
         with self.engine.lock:
             src, dst = self.tree.resolve_locked(old), self.tree.resolve_locked(new)
             if not (dst.kind == MARKER and src.kind == FILE and src.record.local_only and dst.session is src.session):
@@ -63,7 +64,8 @@ class Renames:
             record, too_big = src.record, src.record.size > MAX_CREATE_BYTES
         # Too big is refused for its size, unread (as a write past it is).
         data = b"\0" * (MAX_CREATE_BYTES + 1) if too_big else self._spooled(record)
-        self.markers.take_renamed(src.session, data, self.writers.family(pid))
+        renamer = self.writers.identify(pid) if pid else None
+        self.markers.take_renamed(src.session, data, self.writers.family(pid), renamer)
         with self.engine.lock:
             if src.session.files.get(record.name) is record:
                 self.engine.registry.remove_file_locked(record)

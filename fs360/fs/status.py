@@ -91,7 +91,7 @@ def capture_session_locked(session: SessionRecord, engine) -> dict:
         "project": None if project is None else {
             "state": project.state, "name": project.name, "status": project.status,
             "error": project.last_error, "record": dict(project.record or {}), "options": dict(project.options)},
-        "notice": session.notice, "marker_refused": session.marker_refused,
+        "notice": session.notice, "marker_refused": session.marker_refused, "marker_pending": session.marker_pending,
         "api_url": engine.settings.api_url, "default_privacy": engine.settings.default_privacy,
         "paused": engine.gate.paused,
         "held_back": engine.trouble_reasons(),
@@ -171,6 +171,12 @@ def _project_info(capture: dict) -> dict | None:
             project_info = {"state": "refused", "name": None, "status": 0, "url": None, "waiting_for": None,
                             "title": None, "error": capture["marker_refused"]}
         project_info["refused"] = capture["marker_refused"]
+    if capture.get("marker_pending"):
+        # A .create renamed into place (rsync), taken at its renamer's exit: say what it waits for.
+        if project_info is None:
+            project_info = {"state": "pending", "name": None, "status": 0, "url": None, "waiting_for": None,
+                            "title": None, "error": None}
+        project_info["pending"] = capture["marker_pending"]
     return project_info
 
 
@@ -276,7 +282,9 @@ def render_text(snapshot: dict) -> bytes:
     project = snapshot["project"]
     if project is not None and project.get("refused"):
         lines.append(f"project   refused: {project['refused']} (write .create again once that is put right)")
-    if project is not None and project["state"] != "refused":
+    if project is not None and project.get("pending"):
+        lines.append(f"project   pending: {project['pending']}")
+    if project is not None and project["state"] not in ("refused", "pending"):
         if project["state"] == "waiting":
             lines.append(f"project   requested; {project['waiting_for'] or 'creating'}")
         elif project["state"] == "failed":
@@ -342,7 +350,9 @@ def render_root(snapshots: list[dict]) -> bytes:
         totals = snap["totals"]
         project = snap["project"]
         what = ""
-        if project is not None:
+        if project is not None and project["state"] == "pending":
+            what = "  .create pending"
+        elif project is not None:
             what = f"  project {project['name'] or '(waiting)'} {project['status']}%"
         lines.append(f"{snap['session']}: {totals['complete']}/{totals['files']} files complete, "
                      f"{human_bytes(totals['sent'])}/{human_bytes(totals['bytes'])}{what}")

@@ -173,3 +173,55 @@ def test_rsync_a_of_a_prepared_folder_holding_create(tmp_path, mount_factory, pr
     status = mount.status_json("I")
     assert status["project"]["state"] == "refused" and "invalid .create" in status["project"]["refused"], status
     assert ".create" not in os.listdir(mount.mountpoint / "I")
+
+
+def test_rsync_a_of_a_prepared_folder_with_a_tree_holding_create(tmp_path, mount_factory, profiled_emulator):
+    """rsync sends dot-names first: its `.create` comes before the tree's files. Renamed into place,
+    it is taken at rsync's exit, not at the rename, so the tree is frozen whole: rsync exits 0 and
+    the project's archive holds every file of the tree, next to the complete top-level files."""
+    from tests.fuse.test_trees import SESSION, archive_entry, archive_of, check_project, make_tree
+
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    source = make_tree(tmp_path / "src")
+    (source / ".create").write_text('{"title": "Prepared scan"}\n')
+    copied = subprocess.run(["rsync", "-a", f"{source}/", f"{mount.mountpoint / SESSION}/"],
+                            capture_output=True, text=True, timeout=120)
+    assert copied.returncode == 0, copied.stderr
+    check_project(mount, emulator)
+    assert archive_entry(mount)["sha256"] == archive_of(source, zip64=False)
+    assert mount.file_states(SESSION) == {"top.jpg": "complete", f"{SESSION}.zip": "complete"}
+    assert server_project(emulator, mount.status_json(SESSION)["project"]["name"])["title"] == "Prepared scan"
+
+
+RENAME_THEN_FAIL = """
+import os, sys
+folder = sys.argv[1]
+with open(os.path.join(folder, ".create.Xy12ab"), "w") as f:
+    f.write('{"title": "Half"}')
+os.rename(os.path.join(folder, ".create.Xy12ab"), os.path.join(folder, ".create"))
+print(sorted(os.listdir(folder)), flush=True)
+sys.exit(1)
+"""
+
+
+def test_a_create_renamed_into_place_by_a_program_that_then_fails_is_not_taken(tmp_path, mount_factory,
+                                                                              profiled_emulator):
+    """A program renames its scratch file onto .create and exits 1: the folder may be incomplete,
+    so no project is requested, .create leaves the listing and status says why in words."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "Half"
+    session.mkdir()
+    write_random(session / "a.jpg", 20_000)
+    run = subprocess.run(["python3", "-c", RENAME_THEN_FAIL, str(session)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1 and "'.create'" in run.stdout, run  # renamed, listed while pending
+    project = wait_until(lambda: (mount.status_json("Half")["project"] or {}).get("refused"), 30,
+                         what="the refusal of .create")
+    assert project.startswith("python3 exited with status 1 after it put .create here, so .create was not "
+                              "taken: the folder may be incomplete"), project
+    assert mount.status_json("Half")["project"]["state"] == "refused"
+    assert ".create" not in os.listdir(session)
+    assert "project   refused: python3 exited with status 1" in (session / "status").read_text()
+    assert request_count(emulator, "POST create_project") == 0

@@ -10,13 +10,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import threading
 
 import pytest
 
 from fs360.errors import Fs360Error
+from fs360.fs.exits import Closer
 from fs360.fs.markers import MAX_CREATE_BYTES
 from fs360.fs.model import MountModel
 from fs360.emulator.harness import EmulatorProcess
+from tests.fed_writers import feed_writers
 from tests.harness import wait_until
 from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
 
@@ -290,6 +294,145 @@ def test_an_uploadable_file_renamed_onto_the_marker_stays_refused(idle):
     write_file(idle, "/s/opts.json", b"{}")
     assert errno_of(idle.rename, "/s/opts.json", "/s/.create") == errno.EPERM
     assert idle.engine.registry.sessions["s"].project is None
+
+
+# --- a .create renamed into place: taken at its renamer's exit --------------------------------------------
+
+RSYNC = 4_000_004
+
+
+@pytest.fixture
+def fed(idle):
+    """`idle` with a renamer whose exit the test feeds (Writers.exited): rsync, as /proc tells it."""
+    feed_writers(idle, lambda pid: Closer(pid, "rsync", None))
+    return idle
+
+
+def project_status(model: MountModel, session: str) -> dict | None:
+    return json.loads(read_all(model, f"/{session}/status.json"))["project"]
+
+
+def renamed_by_rsync_with_a_tree(model: MountModel) -> None:
+    """rsync -a of a prepared folder: .create comes first (dot-names), renamed by rsync, then the
+    tree's files and a top-level one."""
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/.create.Xy12ab", b'{"title": "T"}')
+    model.rename("/s/.create.Xy12ab", "/s/.create", RSYNC)
+    model.mkdir("/s/Scans", 0o755)
+    write_file(model, "/s/Scans/scan.e57", b"scan")
+    write_file(model, "/s/top.jpg", b"top")
+
+
+def test_a_create_renamed_by_a_program_is_pending_until_its_exit_0(fed):
+    """Checked at the rename, taken at rsync's exit 0: meanwhile it is listed and readable, status
+    says what it waits for, nothing is requested and the tree still takes files."""
+    renamed_by_rsync_with_a_tree(fed)
+    session = fed.engine.registry.sessions["s"]
+    assert session.project is None and session.archive is None
+    assert ".create" in names(fed, "/s") and read_all(fed, "/s/.create") == b'{"title": "T"}'
+    pending = project_status(fed, "s")
+    assert pending["state"] == "pending" and pending["pending"].startswith(
+        ".create put here by rsync is taken when rsync exits successfully"), pending
+    assert "project   pending: .create put here by rsync" in read_all(fed, "/s/status").decode()
+    fed.writers.exited(RSYNC, 0)
+    wait_until(lambda: session.project is not None and not session.marker_pending, 10, 0.02, what="the project")
+    assert session.project.options == {"title": "T"}
+    assert [m.path for m in fed.engine.tree.members_locked(session)] == ["Scans/scan.e57"]
+    assert errno_of(write_file, fed, "/s/Scans/late.e57", b"late") == errno.EACCES  # frozen now
+
+
+@pytest.mark.parametrize("status, reason", [
+    (23 << 8, "rsync exited with status 23 (some files were not transferred) after it put .create here, so "
+              ".create was not taken: the folder may be incomplete; copy it again, or write .create yourself "
+              "once it is whole"),
+    (signal.SIGINT, "rsync was killed by SIGINT after it put .create here"),
+    (None, "rsync ended without the mount learning its exit status after it put .create here"),
+], ids=["exit 23", "SIGINT", "unknown"])
+def test_a_create_renamed_by_a_program_that_fails_is_not_taken(fed, status, reason):
+    renamed_by_rsync_with_a_tree(fed)
+    session = fed.engine.registry.sessions["s"]
+    fed.writers.exited(RSYNC, status)
+    wait_until(lambda: session.marker_refused, 10, 0.02, what="the refusal")
+    assert session.marker_refused.startswith(reason), session.marker_refused
+    assert session.project is None and session.archive is None and not session.marker_pending
+    assert ".create" not in names(fed, "/s")
+    assert project_status(fed, "s")["state"] == "refused"
+    write_file(fed, "/s/Scans/again.e57", b"again")  # the tree is not frozen
+
+
+def test_an_invalid_create_renamed_by_a_program_fails_the_rename_at_once(fed):
+    fed.mkdir("/s", 0o755)
+    write_file(fed, "/s/.create.Xy12ab", b'{"title": 3}')
+    assert errno_of(fed.rename, "/s/.create.Xy12ab", "/s/.create", RSYNC) == errno.EINVAL
+    session = fed.engine.registry.sessions["s"]
+    assert "title must be text" in session.marker_refused and not session.marker_pending
+    assert ".create" not in names(fed, "/s")
+
+
+def test_unlink_of_a_pending_create_means_it_is_never_taken(fed):
+    renamed_by_rsync_with_a_tree(fed)
+    fed.unlink("/s/.create")
+    session = fed.engine.registry.sessions["s"]
+    assert ".create" not in names(fed, "/s") and project_status(fed, "s") is None
+    fed.writers.exited(RSYNC, 0)
+    witness_an_exit(fed)
+    assert session.project is None
+
+
+def test_a_create_written_meanwhile_replaces_a_pending_one(fed):
+    """The one written (acted on at its close, as ever) is the user's latest word: the renamer's
+    exit then takes nothing."""
+    renamed_by_rsync_with_a_tree(fed)
+    assert write_marker(fed, "s", b'{"title": "Mine"}') is None
+    session = fed.engine.registry.sessions["s"]
+    assert session.project.options == {"title": "Mine"} and not session.marker_pending
+    fed.unlink("/s/.create")  # cancels the request: a late take would make it again
+    fed.writers.exited(RSYNC, 0)
+    witness_an_exit(fed)
+    assert session.project is None
+
+
+def test_a_second_rename_onto_a_pending_create_replaces_it(fed):
+    renamed_by_rsync_with_a_tree(fed)
+    write_file(fed, "/s/.create.Zz99zz", b'{"title": "Second"}')
+    fed.rename("/s/.create.Zz99zz", "/s/.create", RSYNC)
+    session = fed.engine.registry.sessions["s"]
+    fed.writers.exited(RSYNC, 0)
+    wait_until(lambda: session.project is not None and not session.marker_pending, 10, 0.02, what="the project")
+    assert session.project.options == {"title": "Second"}
+
+
+def test_a_pending_create_is_not_taken_after_a_restart(fed, server, make_model):
+    """The mount stopped while rsync's exit was awaited: that exit is unknown, so the next mount
+    does not take the marker (never act on an unknown outcome) and says why."""
+    renamed_by_rsync_with_a_tree(fed)
+    fed.engine.stop(5)
+    again = make_model(server, start=False)
+    session = again.engine.registry.sessions["s"]
+    assert session.project is None and ".create" not in names(again, "/s")
+    assert session.marker_refused.startswith("the mount stopped while it waited for rsync to end after rsync put "
+                                             ".create here, so .create was not taken"), session.marker_refused
+    assert project_status(again, "s")["state"] == "refused"
+    assert again.engine.journal.get_meta("pending_markers") == {}
+
+
+def test_a_renamer_whose_exit_cannot_be_told_takes_it_at_the_rename(fed):
+    """No watch that reports exit statuses (old kernels' pidfd and /proc): taken at the rename, as
+    it was before (a tree copied after it is then refused)."""
+    fed.writers.watch.statuses_known = False
+    fed.mkdir("/s", 0o755)
+    write_file(fed, "/s/.create.Xy12ab", b"")
+    fed.rename("/s/.create.Xy12ab", "/s/.create", RSYNC)
+    assert fed.engine.registry.sessions["s"].project is not None
+
+
+def witness_an_exit(model: MountModel) -> None:
+    """Waits until the exit watch ran every action of the exits fed before (one more is fed after them)."""
+    done = threading.Event()
+    witness = Closer(4_000_999, "witness", None)
+    assert model.writers.at_exit(witness, lambda failure: done.set())
+    model.writers.exited(witness.tgid, 0)
+    assert done.wait(10)
 
 
 # --- refusals at .create (trees) --------------------------------------------------------------------------
