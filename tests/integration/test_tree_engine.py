@@ -118,23 +118,33 @@ def test_an_archive_the_server_refuses_says_how_to_go_on(emulator_factory, make_
     assert sorted(project_ready(model, "s")["files"]) == ["Scans/a.e57"]
 
 
+def archive_on_the_server_with_the_project_held_back(model):
+    """Session s's tree (make_tree) up as its archive, the project held back by a file still open."""
+    make_tree(model, "s")
+    still_open = model.create("/s/open.jpg", 0o644, os.O_WRONLY | os.O_CREAT)
+    write_file(model, "/s/.create", b"")
+    archive = archive_of(model, "s")
+    wait_until(lambda: archive.state == "complete", 30, 0.05, what="the archive on the server")
+    return archive, still_open
+
+
+def lose_the_session(emulator, model) -> None:
+    session = model.engine.registry.sessions["s"]
+    lost = session.upload_id
+    emulator.expire(lost)
+    model.engine.session_lost(session, lost)
+
+
 def test_a_session_lost_after_a_tree_file_was_deleted_never_sends_another_archive(emulator, make_model):
     """Once the server holds the archive, a tree file may be deleted (it is remembered, as any
     file the server holds). If the server then loses the session, the archive cannot be made again
     as .create planned it: it is `lost` with the way out, never sent without the file (another
     archive under the folder's archive name). `unlink .create` then plans it anew."""
     model = make_model(emulator, chunk_size=64 * KiB)
-    make_tree(model, "s")
-    still_open = model.create("/s/open.jpg", 0o644, os.O_WRONLY | os.O_CREAT)  # holds the project back
-    write_file(model, "/s/.create", b"")
-    archive = archive_of(model, "s")
-    wait_until(lambda: archive.state == "complete", 30, 0.05, what="the archive on the server")
+    archive, still_open = archive_on_the_server_with_the_project_held_back(model)
     model.unlink("/s/Scans/scan 1.e57")
-    session = model.engine.registry.sessions["s"]
-    assert [f.name for f in session.unlinked] == ["Scans/scan 1.e57"]
-    lost = session.upload_id
-    emulator.expire(lost)
-    model.engine.session_lost(session, lost)
+    assert [f.name for f in model.engine.registry.sessions["s"].unlinked] == ["Scans/scan 1.e57"]
+    lose_the_session(emulator, model)
     assert archive.state == "lost" and "remove .create to plan it anew" in archive.last_error
     model.write(still_open, b"open", 0)
     model.finish_writer(still_open, True)
@@ -151,16 +161,9 @@ def test_a_session_lost_after_a_tree_folder_was_removed_never_sends_another_arch
     planned holds it, so it is `lost` with the way out, not `rejected` with "the tree makes N bytes
     now" (found by the model-based random test)."""
     model = make_model(emulator)
-    make_tree(model, "s")
-    still_open = model.create("/s/open.jpg", 0o644, os.O_WRONLY | os.O_CREAT)  # holds the project back
-    write_file(model, "/s/.create", b"")
-    archive = archive_of(model, "s")
-    wait_until(lambda: archive.state == "complete", 30, 0.05, what="the archive on the server")
+    archive, still_open = archive_on_the_server_with_the_project_held_back(model)
     model.rmdir("/s/Scans/Empty")
-    session = model.engine.registry.sessions["s"]
-    lost = session.upload_id
-    emulator.expire(lost)
-    model.engine.session_lost(session, lost)
+    lose_the_session(emulator, model)
     assert archive.state == "lost" and "remove .create to plan it anew" in archive.last_error
     model.release(still_open)
 

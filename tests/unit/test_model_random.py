@@ -879,14 +879,19 @@ def crash(model: MountModel) -> None:
     model.engine.stop(5)
 
 
+def written_by(model: MountModel, path: str, data: bytes, pid: int) -> None:
+    """`path` (in a new session) written with `data` and closed by the (fake) process `pid`."""
+    fake_processes(model)
+    model.mkdir(path.rsplit("/", 1)[0], 0o755)
+    fh = model.create(path, 0o644, O_CREATE)
+    model.write(fh, data, 0)
+    model.flush(fh, pid)
+    model.release(fh)
+
+
 def test_a_scratch_file_left_unfinished_stays_unfinished_after_a_remount(emulator, tmp_path):
     model = idle_model(emulator, tmp_path / "cache")
-    fake_processes(model)
-    model.mkdir("/s", 0o755)
-    fh = model.create("/s/.a.jpg.Xy12", 0o644, O_CREATE)
-    model.write(fh, b"part", 0)
-    model.flush(fh, DYING_PID)  # its writer was killed with the file open
-    model.release(fh)
+    written_by(model, "/s/.a.jpg.Xy12", b"part", DYING_PID)  # its writer was killed with the file open
     crash(model)
     model = idle_model(emulator, tmp_path / "cache")
     model.rename("/s/.a.jpg.Xy12", "/s/a.jpg")
@@ -899,12 +904,7 @@ def test_a_committed_file_renamed_to_a_scratch_name_is_not_held_after_a_remount(
     # back to its final name after a remount it waits for its commit as before, never `held`.
     # The journal still named the writer, and the remount took it for one that ended unseen.
     model = idle_model(emulator, tmp_path / "cache")
-    fake_processes(model)
-    model.mkdir("/s", 0o755)
-    fh = model.create("/s/a.jpg", 0o644, O_CREATE)
-    model.write(fh, b"abc", 0)
-    model.flush(fh, CLOSING_PID)
-    model.release(fh)
+    written_by(model, "/s/a.jpg", b"abc", CLOSING_PID)
     model.writers.exited(CLOSING_PID, 0)
     assert file_state(model, "s", "a.jpg") == PENDING
     model.rename("/s/a.jpg", "/s/.a.jpg.Xy12")
