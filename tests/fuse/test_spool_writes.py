@@ -28,7 +28,7 @@ def test_mixed_writes_read_back_at_once_and_upload_exactly(mount, emulator):
                 expected.extend(bytes(offset - len(expected)))
             expected[offset:offset + len(data)] = data
 
-        for offset in range(0, 24 * MiB, MiB):             # cp-like: 1 MiB aligned, direct past 128 KiB
+        for offset in range(0, 24 * MiB, MiB):             # cp-like: 1 MiB aligned, direct past the first MiB
             write(offset, rng.randbytes(MiB))
         for _ in range(40):                                  # rewrites, aligned or not, large and small
             offset = rng.randrange(0, 24 * MiB)
