@@ -20,6 +20,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from ..config import Settings
 from ..errors import Fs360Error
 from ..options import is_loopback_host, parse_address
+from . import chunked
 from .provider import Fs360Provider
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class WebDavServer:
         logging.getLogger("wsgidav").setLevel(logging.DEBUG if settings.log_level.lower() == "debug"
                                                else logging.WARNING)
         app = WsgiDAVApp(wsgidav_config(self.provider, self.users, settings.log_level))
+        chunked.install()  # chunk sizes read as HTTP allows them (a `-5` was an empty body)
         self.server = wsgi.Server((self.host, self.port), app, numthreads=THREADS, server_name="fs360")
         if settings.webdav_tls_cert:
             self.server.ssl_adapter = BuiltinSSLAdapter(str(Path(settings.webdav_tls_cert).expanduser()),

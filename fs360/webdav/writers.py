@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from wsgidav.dav_error import DAVError
 
 from ..errors import Fs360Error
+from .chunked import MalformedChunk
 from .errors import answered
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,12 @@ class BodyWriter:
             except StopIteration:
                 return
             except (ValueError, OSError) as exc:
-                what = ("its chunked body is malformed or ends without its last chunk" if isinstance(exc, ValueError)
-                        else f"the connection failed while its body came ({exc.strerror or exc})")
+                if isinstance(exc, MalformedChunk):
+                    what = f"its chunked body is malformed: {exc}"
+                elif isinstance(exc, ValueError):
+                    what = "its chunked body is malformed or ends without its last chunk"
+                else:
+                    what = f"the connection failed while its body came ({exc.strerror or exc})"
                 reason = f"{what}: the file is not taken; send it again"
                 log.warning("PUT %s: %s (%s)", self.path, reason, exc)
                 raise DAVError(400, context_info=reason) from None

@@ -137,19 +137,35 @@ def test_a_put_cut_off_mid_body_is_never_uploaded(tmp_path, emulator, dav, frami
     assert "cut short" in error and "copy it again" in error
 
 
-@pytest.mark.parametrize("body", ["malformed chunk size", "no last chunk"])
-def test_a_put_whose_chunked_body_cannot_be_read_gets_400_with_its_reason(tmp_path, emulator, dav, body):
+MALFORMED = {
+    "not hex": (b"zz\r\nxx\r\n", "is not a hexadecimal size"),
+    # int("-5", 16) is -5, which cheroot took for the last chunk: an empty file went up (a hostile run).
+    "negative": (b"-5\r\nhello\r\n0\r\n\r\n", "is not a hexadecimal size"),
+    "python's own notation": (b"0x5\r\nhello\r\n0\r\n\r\n", "is not a hexadecimal size"),
+    # Past any socket read: cheroot's OverflowError was answered 500.
+    "too large": (b"ffffffffffffffffffff\r\n" + b"z" * 1000, "is not a hexadecimal size"),
+    "larger than fs360 reads at once": (b"7fffffffffff\r\n" + b"z" * 1000, "more than fs360 takes at once"),
+    "no last chunk": (b"", "malformed or ends without its last chunk"),
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED)
+@pytest.mark.parametrize("first", [True, False], ids=["first chunk", "after a good one"])
+def test_a_put_whose_chunked_body_cannot_be_read_gets_400_with_its_reason(tmp_path, emulator, dav, body, first):
     """cheroot cannot read the body (a chunk size that is not hex, or the connection's end where
-    the next chunk's size should be): WsgiDAV answered 500 and fs360 logged nothing. Now: a 400
-    that says why, one log line, and the file interrupted, never uploaded."""
+    the next chunk's size should be): WsgiDAV answered 500 and fs360 logged nothing; a negative
+    size ended the body, so the file went up empty. Now: a 400 that says why, one log line, and
+    the file interrupted, never uploaded."""
+    if body == "no last chunk" and first:
+        pytest.skip("an empty chunked body without its last chunk is one that never began")
     dav.curl("-X", "MKCOL", path="S", check_status=201)
     data = b"y" * 100_000
-    sent = f"{len(data):x}\r\n".encode() + data + b"\r\n" + (b"zz\r\nxx\r\n" if body == "malformed chunk size" else b"")
+    bad, words = MALFORMED[body]
+    sent = bad if first else f"{len(data):x}\r\n".encode() + data + b"\r\n" + bad
     answer = raw_request(dav, "PUT /S/bad.jpg HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n", sent)
     head, _, page = answer.decode("utf-8", "replace").partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 400 "), answer[:300]
-    assert ("its chunked body is malformed or ends without its last chunk: the file is not taken; send it again"
-            in html.unescape(page)), page
+    assert words in html.unescape(page) and "the file is not taken; send it again" in html.unescape(page), page
     dav.wait_state("S/bad.jpg", "interrupted")
     logged = [line for line in (dav.cache_dir / "fs360.log").read_text().splitlines() if "PUT /S/bad.jpg" in line]
     assert len(logged) == 1 and " WARNING " in logged[0], logged
