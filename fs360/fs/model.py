@@ -231,12 +231,17 @@ class MountModel:
             if node.kind == FILE and held_with_known_content(node.record):
                 # A re-copy of a file the server holds only compares: fine even once sealed.
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)
-            check_not_sealed(session)
-            check_tree_open_locked(session, node.parent)
+            local_only = self.tree.local_only(node.name)
+            try:
+                check_not_sealed(session)
+                check_tree_open_locked(session, node.parent)
+            except Fs360Error as exc:
+                if not local_only:  # cp -a into a frozen tree says only "Permission denied"
+                    self.engine.registry.name_refused_locked(session, node.name, str(exc))
+                raise
             if node.kind == FILE:
                 # A create racing another: behave like open with O_TRUNC.
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)
-            local_only = self.tree.local_only(node.name)
             if not local_only:
                 revivable = self.engine.registry.revivable_locked(session, node.name)
                 if revivable is not None:

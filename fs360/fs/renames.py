@@ -110,6 +110,11 @@ class Renames:
         except Fs360Error as exc:
             if dst.session is not None and dst.session is not src.session and not src.record.local_only:
                 self.engine.registry.set_file_attrs_locked(src.record, last_error=f"not moved to {dst.session.name}: {exc}")
+            elif dst.session is not None and src.record.local_only and dst.kind in (FILE, MISSING) \
+                    and not self.tree.local_only(dst.name):
+                # A program's copy put in place under its final name (rsync, zip, perl -i): the
+                # program only says "permission denied", and the copy's name means nothing to the user.
+                self.engine.registry.name_refused_locked(dst.session, dst.name, f"not put in place: {exc}")
             raise
 
     def _rename_file_locked(self, src: Node, dst: Node, renamer: Closer | None,

@@ -266,6 +266,18 @@ def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
                        (model.open, ("/Office scan/Scans/Фото 1.JPG", os.O_WRONLY))):
         assert errno_of(call, *args) == errno.EACCES, call
     assert errno_of(model.create, "/Office scan/site.zip", 0o644, os.O_WRONLY) == errno.EPERM
+    # rsync's way in: its scratch copy is refused as well (not listed: its name means nothing),
+    # then the rename onto the final name; status names the final names (a hostile run found only
+    # rsync's "Permission denied").
+    assert errno_of(model.create, "/Office scan/Scans/.b.jpg.Xy12", 0o644, os.O_WRONLY) == errno.EACCES
+    write_file(model, "/Office scan/.c.jpg.Xy12", b"c")
+    assert errno_of(model.rename, "/Office scan/.c.jpg.Xy12", "/Office scan/Scans/c.jpg") == errno.EACCES
+    with model.engine.lock:
+        refused = dict(model.engine.registry.sessions["Office scan"].refused_names)
+    assert {"Scans/new.jpg", "site.zip", "Scans/c.jpg"} <= set(refused), refused
+    assert not any(".Xy12" in name for name in refused), refused
+    assert "planned when .create was accepted" in refused["Scans/new.jpg"]
+    assert refused["Scans/c.jpg"].startswith("not put in place: the tree goes up as Office_scan.zip")
     model.engine.gate.set_paused(False)
     wait_until(lambda: (model.engine.registry.sessions["Office scan"].project.state == "ready"), 30, 0.05,
                what="the project")
