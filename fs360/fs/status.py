@@ -325,7 +325,7 @@ def render_text(snapshot: dict) -> bytes:
                      f"status.json lists every file)")
     for f in files:
         if f["local_only"]:
-            lines.append(f"  {f['name']}  local only ({human_bytes(f['size'])}), never uploaded")
+            lines.append(f"  {f['name']}  local only ({human_bytes(f['size'])}), never uploaded: {local_only_why(f['name'])}")
             continue
         shown = f["name"] if f["server_name"] in (None, f["name"]) else f"{f['name']} → {f['server_name']}"
         line = (f"  {shown}  {shown_state(f, snapshot.get('paused')):<11} {bar(f['sent'], f['size'])} "
@@ -388,6 +388,17 @@ def human_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def local_only_why(name: str) -> str:
+    """Why a scratch file stays here, in words: a top-level `Makefile` or `20240101` looks like an
+    editor's temporary copy, and the server would refuse it anyway."""
+    *folders, basename = name.split("/")
+    if any(part.startswith(".") for part in folders):
+        return "in a dot-folder, which stays local"
+    if "." not in basename:
+        return "a scratch name, and the server takes no file without an extension"
+    return "a scratch name (dot-files, *.part, *.tmp, ...); rename it to upload it"
 
 
 def shown_state(entry: dict, paused: bool | None) -> str:

@@ -147,3 +147,13 @@ def test_a_failed_project_needs_the_user_in_unmount_wait():
     from fs360.status_view import needs_you_lines
     doc = {"sessions": [{"session": "S", "files": [], "project": {"state": "failed", "error": "the server lost it"}}]}
     assert [line.plain for line in needs_you_lines(doc)] == ["  ✗ S/.create project failed: the server lost it"]
+
+
+def test_a_scratch_file_says_why_it_stays_here():
+    """A top-level Makefile or 20240101 is taken for an editor's temporary copy (a hostile run saw
+    'local only, never uploaded' and nothing more)."""
+    from fs360.fs.status import local_only_why
+    assert "no file without an extension" in local_only_why("Makefile")
+    assert "in a dot-folder" in local_only_why(".git/config")
+    assert "in a dot-folder" in local_only_why("Scans/.rsync-partial/a.jpg")
+    assert "rename it to upload it" in local_only_why("scan.e57.part")
