@@ -208,7 +208,11 @@ def dying_reason(closer: Closer | None) -> str:
 
 
 def held_reason(name: str, failure: str) -> str:
-    return f"{name} {failure} right after writing it: it is probably incomplete; {HELD_WAY_OUT}"
+    reason = f"{name} {failure} right after writing it: it is probably incomplete; {HELD_WAY_OUT}"
+    if name == "rsync":
+        # rsync gives the file the source's size and time, so a plain re-run takes it for done.
+        reason += " (a re-run of rsync skips it as unchanged: add -I, --ignore-times)"
+    return reason
 
 
 class Writers:

@@ -60,6 +60,8 @@ def test_the_writers_exit_decides(idle, pid, status, state, reason):
     idle.writers.exited(pid, status)
     assert file_state(idle, "s", "a.e57") == state
     assert error_of(idle, "/s/a.e57").startswith(reason)
+    # rsync gave it the source's size and time: a plain re-run would skip it (a hostile run).
+    assert ("add -I, --ignore-times" in error_of(idle, "/s/a.e57")) == (pid == RSYNC)
 
 
 def test_an_unchanged_reopen_does_not_end_the_wait_for_an_unknown_writer(idle):
