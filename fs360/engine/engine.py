@@ -99,17 +99,18 @@ class Engine:
         if doomed:
             self.housekeeping.delete_remote_session_later(doomed)
 
-    def request_project_locked(self, session: SessionRecord, options: dict,
-                               requester: frozenset[int] = frozenset()) -> None:
+    def request_project_locked(self, session: SessionRecord, options: dict, requester: frozenset[int] = frozenset(),
+                               marker: bytes | None = None, marker_mtime_ns: int | None = None) -> None:
         """.create accepted. A session with a tree plans its archive now, or raises
         InvalidArgument with the reason it cannot (nothing changes then). Writing .create says
         the tree is done for its writer: the closed files whose awaited writers are all the
         `requester` (the process that wrote .create and its ancestors) are committed first (a
-        script that writes its files and then .create, in one process that runs on)."""
+        script that writes its files and then .create, in one process that runs on). `marker`,
+        `marker_mtime_ns`: the .create as accepted and its mtime (ProjectRequest)."""
         if session.archive is None and "download_link" not in options:
             self._commit_tree_locked(session, requester)
             self.tree.plan_locked(session)
-        self.projects.request_locked(session, options)
+        self.projects.request_locked(session, options, marker, marker_mtime_ns)
         self._nudge_locked()
 
     def check_project_request_locked(self, session: SessionRecord, requester: frozenset[int] = frozenset()) -> None:

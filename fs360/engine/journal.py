@@ -100,6 +100,8 @@ FILE_COLUMNS = ("session_id", "name", "size", "mode", "uid", "gid", "mtime_ns", 
 # NULL: the mount's owner.
 # `posted_at`, `listed_before` of projects: when the POST was sent and the names listed just
 # before it (JSON), so that after a restart a lost answer's project is told from older ones.
+# `marker`, `marker_mtime_ns` of projects: the .create as accepted and its mtime (NULL: an older
+# build's request, whose .create reads back rendered).
 ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"),
                  ("files", "archive", "INTEGER NOT NULL DEFAULT 0"),
                  ("files", "unfinished", "TEXT NOT NULL DEFAULT ''"),
@@ -107,11 +109,12 @@ ADDED_COLUMNS = (("files", "server_name", "TEXT"), ("files", "sha256", "TEXT"),
                  ("sessions", "uid", "INTEGER"), ("sessions", "gid", "INTEGER"),
                  ("dirs", "uid", "INTEGER"), ("dirs", "gid", "INTEGER"),
                  ("projects", "posted_at", "REAL"), ("projects", "listed_before", "TEXT"),
-                 ("files", "prefix_whole", "INTEGER NOT NULL DEFAULT 1"))
+                 ("files", "prefix_whole", "INTEGER NOT NULL DEFAULT 1"),
+                 ("projects", "marker", "BLOB"), ("projects", "marker_mtime_ns", "INTEGER"))
 SESSION_COLUMNS = ("name", "upload_id", "expires_at", "mode", "mtime_ns", "sealed", "uid", "gid")
 DIR_COLUMNS = ("session_id", "path", "mode", "mtime_ns", "uid", "gid")
 PROJECT_COLUMNS = ("options", "state", "name", "status", "record", "last_error", "attempts", "next_attempt",
-                   "posted_upload_id", "marker_hidden", "posted_at", "listed_before")
+                   "posted_upload_id", "marker_hidden", "posted_at", "listed_before", "marker", "marker_mtime_ns")
 _INSERT_FILE = (f"INSERT INTO files ({','.join(('id',) + FILE_COLUMNS)}) "
                 f"VALUES ({','.join('?' * (1 + len(FILE_COLUMNS)))})")
 

@@ -67,8 +67,10 @@ class ProjectKeeper:
         self._sessions_checkable_at = 0.0
         self._no_project_list = False  # the server answered GET /projects with a 4xx: it has none
 
-    def request_locked(self, session: SessionRecord, options: dict) -> None:
-        self.registry.set_project_locked(session, ProjectRequest(options=options))
+    def request_locked(self, session: SessionRecord, options: dict, marker: bytes | None = None,
+                       marker_mtime_ns: int | None = None) -> None:
+        self.registry.set_project_locked(session, ProjectRequest(options=options, marker=marker,
+                                                                 marker_mtime_ns=marker_mtime_ns))
 
     def cancel_locked(self, session: SessionRecord) -> bool:
         """unlink .create: possible until the POST is sent (or after the server refused it). Once

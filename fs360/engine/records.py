@@ -98,6 +98,9 @@ class FileRecord:
     archive: bool = False
     # Memory only.
     local_only: bool = False
+    # A time was set on it (utimens) since a re-copy of it was opened: cp -a sets the source's
+    # before its close, so the identical re-copy keeps that time, not the time of its release.
+    times_given: bool = False
     open_writers: int = 0
     generation: int = 0
     needs_resync: bool = False
@@ -200,6 +203,11 @@ class ProjectRequest:
     listed_before: list | None = None
     # `unlink .create` after the project exists: the project stays, the marker leaves the listing.
     marker_hidden: bool = False
+    # The .create it was requested by, as accepted, and that file's mtime (its writer's, or its
+    # utimens): read back as they were, so a re-run of the same copy finds nothing to do. None:
+    # requested by an fs360 that did not keep them (its fields read back rendered).
+    marker: bytes | None = None
+    marker_mtime_ns: int | None = None
 
 
 @dataclass(eq=False)

@@ -114,7 +114,8 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Upload
                     status=row["status"], record=json.loads(row["record"]), last_error=row["last_error"],
                     attempts=row["attempts"], next_attempt=0.0, posted_upload_id=row["posted_upload_id"],
                     marker_hidden=bool(row["marker_hidden"]), posted_at=row["posted_at"],
-                    listed_before=None if row["listed_before"] is None else json.loads(row["listed_before"]))
+                    listed_before=None if row["listed_before"] is None else json.loads(row["listed_before"]),
+                    marker=row["marker"], marker_mtime_ns=row["marker_mtime_ns"])
 
     def _resume_scratch_writers_locked(self, record: FileRecord, writers: dict[int, int]) -> None:
         """A closed scratch file whose writers had not all exited when the mount stopped: those

@@ -151,6 +151,13 @@ class RegistryState:
             setattr(record, key, value)
         if ctime_ns is not None:
             record.ctime_ns = ctime_ns
+        if "mtime_ns" in attrs:
+            record.times_given = True
+
+    @staticmethod
+    def recopy_opened_locked(record: FileRecord) -> None:
+        """A re-copy of a held file opened: what time it ends with is its writer's to set from now."""
+        record.times_given = False
 
     def requeue_locked(self, record: FileRecord, state: str, delay: float, resync: bool = False, **extra) -> None:
         """Back to the queue in `state` (pending or failed), due in `delay` seconds. `resync`: the

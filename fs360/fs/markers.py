@@ -9,6 +9,7 @@ import codecs
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 from ..engine.records import P_CREATED, P_READY, P_WAITING, SessionRecord
@@ -24,6 +25,8 @@ from .names import CREATE_MARKER
 TREE_COMMIT_WAIT_MAX = 5.0
 POSTED_REFUSAL = ("the project was requested from the server already and may exist: .create cannot change "
                   "or request it again; status shows when it is made")
+REWRITE_REFUSAL = ("the project is requested with the .create it was made from: only the same bytes can be "
+                   "written to .create again (a re-run of the same copy)")
 
 # .create holds a JSON object of project fields: anything bigger is not one.
 MAX_CREATE_BYTES = 64 * 1024
@@ -40,6 +43,7 @@ class PendingMarker:
     data: bytes
     requester: frozenset
     program: str
+    mtime_ns: int  # the scratch file's (rsync sets it before the rename), or a utimens since
 
 
 @dataclass(eq=False)
@@ -57,6 +61,11 @@ class MarkerHandle:
     requester: frozenset = frozenset()
     # The renamed .create this handle takes at its renamer's exit (None: one written).
     pending: PendingMarker | None = None
+    # Opened for writing once the project is requested: the bytes .create was accepted with,
+    # which only an identical re-copy may write (None: a new .create).
+    accepted: bytes | None = None
+    # A renamed one's mtime: its scratch file's (None: the time it is accepted).
+    mtime_ns: int | None = None
 
     @property
     def content(self) -> bytes:
@@ -64,10 +73,13 @@ class MarkerHandle:
 
 
 def marker_text(session: SessionRecord) -> bytes:
-    """What `.create` reads: the project's fields as accepted."""
+    """What `.create` reads: the bytes it was accepted with; for a project an older fs360
+    requested (which kept only the fields), its fields rendered."""
     project = session.project
     if project is None:
         return b""
+    if project.marker is not None:
+        return project.marker
     return (json.dumps(project.options) + "\n").encode() if project.options else b""
 
 
@@ -133,6 +145,9 @@ class Markers:
         self._open_for_writing: dict[int, int] = {}
         # Session id -> its .create renamed into place, awaiting its renamer's exit (listed).
         self._pending: dict[int, PendingMarker] = {}
+        # Session id -> the mtime set on its .create while open for writing (cp -a sets it on the
+        # open file, before close): it is that writing's, kept once the writing is settled.
+        self._times: dict[int, int] = {}
         with engine.lock:
             self._forget_pending_of_a_stopped_mount_locked()
 
@@ -156,9 +171,40 @@ class Markers:
             or self._open_for_writing.get(session.id, 0) > 0 or session.id in self._pending
 
     def text(self, session: SessionRecord) -> bytes:
-        """What `.create` reads: a pending one's content, else the project's fields."""
+        """What `.create` reads: a pending one's content, else the accepted one's."""
         pending = self._pending.get(session.id)
         return pending.data if pending is not None else marker_text(session)
+
+    def mtime_ns(self, session: SessionRecord) -> int:
+        """A pending one's, else the accepted one's; the folder's for an older fs360's request."""
+        pending = self._pending.get(session.id)
+        if pending is not None:
+            return pending.mtime_ns
+        project = session.project
+        if project is not None and project.marker_mtime_ns is not None:
+            return project.marker_mtime_ns
+        return session.mtime_ns
+
+    def set_mtime_locked(self, session: SessionRecord, mtime_ns: int) -> None:
+        """utimens on .create (cp -a, tar, rsync --inplace set the source's time after writing),
+        also once it is read-only (POSIX lets the owner set times on a read-only file). While it is
+        open for writing, the time waits for that writing to be settled: a re-copy refused for
+        different bytes must not leave the source's time on the accepted one."""
+        if not self.listed(session):
+            raise NotFound(CREATE_MARKER)
+        if self._open_for_writing.get(session.id, 0) > 0:
+            self._times[session.id] = mtime_ns
+        else:
+            self._keep_mtime_locked(session, mtime_ns)
+
+    def _keep_mtime_locked(self, session: SessionRecord, mtime_ns: int | None) -> None:
+        pending = self._pending.get(session.id)
+        if mtime_ns is None:
+            return
+        if pending is not None:
+            pending.mtime_ns = mtime_ns
+        elif session.project is not None and not session.project.marker_hidden:
+            self.engine.registry.update_project_locked(session, marker_mtime_ns=mtime_ns)
 
     def mode(self, session: SessionRecord) -> int:
         return 0o444 if session.sealed or session.project_posted else 0o644
@@ -170,10 +216,20 @@ class Markers:
         if session.project_posted:
             raise AccessDenied(POSTED_REFUSAL)
 
+    def _rewritable(self, session: SessionRecord) -> bool:
+        """Listed once the project is requested: only an identical re-copy may write it."""
+        project = session.project
+        return (project_created(session) or session.project_posted) \
+            and project is not None and not project.marker_hidden
+
     def open_locked(self, session: SessionRecord, writable: bool, truncate: bool) -> int:
+        accepted = None
         if writable:
-            self._check_writable(session)
-        handle = MarkerHandle(session, writable)
+            if self._rewritable(session):
+                accepted = self.text(session)
+            else:
+                self._check_writable(session)
+        handle = MarkerHandle(session, writable, accepted=accepted)
         if not truncate:
             handle.data.extend(self.text(session))
         if writable:
@@ -188,6 +244,8 @@ class Markers:
         if not handle.writable:
             raise AccessDenied(".create is read-only")
         end = offset + len(data)
+        if handle.accepted is not None:
+            return self._write_same(handle, data, offset)
         if end > MAX_CREATE_BYTES:
             handle.broken = True
             raise FileTooBig(f".create holds a JSON object of at most {MAX_CREATE_BYTES} bytes")
@@ -197,6 +255,24 @@ class Markers:
         handle.dirty = True
         self._check_prefix(handle)
         return len(data)
+
+    def _write_same(self, handle: MarkerHandle, data: bytes, offset: int) -> int:
+        """A write into a .create its project was requested with: the same bytes at the same place
+        pass (cp -a, tar -x re-runs), the first different one fails (a shell ignores close's error)."""
+        if handle.broken or bytes(data) != handle.accepted[offset:offset + len(data)]:
+            self._refuse_rewrite(handle)
+        if len(handle.data) < offset:
+            handle.data.extend(b"\0" * (offset - len(handle.data)))
+        handle.data[offset:offset + len(data)] = data
+        handle.dirty = True
+        return len(data)
+
+    def _refuse_rewrite(self, handle: MarkerHandle) -> None:
+        handle.broken = True
+        with self.engine.lock:
+            self._times.pop(handle.session.id, None)
+            self.engine.registry.name_refused_locked(handle.session, CREATE_MARKER, REWRITE_REFUSAL)
+        raise AccessDenied(REWRITE_REFUSAL)
 
     def _check_prefix(self, handle: MarkerHandle) -> None:
         """Refuses the write after which no ending could make .create a JSON object: a shell's
@@ -231,6 +307,9 @@ class Markers:
         (and its reason shows in status until a valid one is written). `writer_dying`: why the
         closing process is ending abnormally; what it wrote is not taken as a request.
         `requester`: that process and its ancestors (Writers.family)."""
+        if handle.accepted is not None:
+            self._flush_same(handle)
+            return
         if handle.dirty and handle.pending is None:
             # Written here and closed: it replaces a renamed one still awaiting its renamer.
             with self.engine.lock:
@@ -261,16 +340,26 @@ class Markers:
                 self.engine.registry.marker_refused_locked(handle.session, str(exc))
             raise
 
-    def take_renamed(self, session: SessionRecord, data: bytes, requester: frozenset = frozenset(),
+    def _flush_same(self, handle: MarkerHandle) -> None:
+        """The close of a .create written once its project was requested: the bytes it was accepted
+        with change nothing (a time set meanwhile is kept); any others are refused."""
+        if handle.broken or bytes(handle.data) != handle.accepted:
+            self._refuse_rewrite(handle)
+        handle.dirty = False
+        with self.engine.lock:
+            self._keep_mtime_locked(handle.session, self._times.pop(handle.session.id, None))
+
+    def take_renamed(self, session: SessionRecord, data: bytes, mtime_ns: int, requester: frozenset = frozenset(),
                      renamer: Closer | None = None) -> None:
         """A scratch file renamed onto .create (rsync writes `.create.XXXXXX`, then renames it):
-        .create written with `data` by the renamer, `requester` its family (Writers.family).
+        .create written with `data` by the renamer, `requester` its family (Writers.family),
+        `mtime_ns` the scratch file's (what .create then reads back).
         Its content is checked now (a refusal fails the rename); it is taken as a written one at
         its close is, but at the exit of the renaming program (rsync sends .create before the
         tree's files, and freezing the tree now would refuse them): pending until then. A
         renamer whose exit cannot be told (None, or no watch): taken now."""
         self._check_writable(session)
-        handle = MarkerHandle(session, writable=True)
+        handle = MarkerHandle(session, writable=True, mtime_ns=mtime_ns)
         try:
             self.write(handle, data, 0)
             project_options(data)
@@ -279,7 +368,7 @@ class Markers:
                 self.engine.registry.marker_refused_locked(session, str(exc))
             raise
         if renamer is not None:
-            pending = PendingMarker(bytes(data), requester, renamer.name)
+            pending = PendingMarker(bytes(data), requester, renamer.name, mtime_ns)
             with self.engine.lock:
                 # Both under the state lock: the exit's action waits for it, so it finds this pending.
                 if self.writers.at_exit(renamer, lambda failure: self._settle(session, pending, failure)):
@@ -323,7 +412,8 @@ class Markers:
                              f"the folder may be incomplete; copy it again, or write .create yourself once it "
                              f"is whole")
                 return
-        handle = MarkerHandle(session, writable=True, data=bytearray(pending.data), dirty=True, pending=pending)
+        handle = MarkerHandle(session, writable=True, data=bytearray(pending.data), dirty=True, pending=pending,
+                              mtime_ns=pending.mtime_ns)
         try:
             self._take(handle, pending.requester)
         except Fs360Error as exc:
@@ -355,14 +445,16 @@ class Markers:
                 raise AccessDenied("the project is created already")
             if session.project_posted:
                 raise AccessDenied(POSTED_REFUSAL)
-            self.engine.request_project_locked(session, options, handle.requester)
+            # Its mtime: one set while it was written, else the renamed scratch file's, else now.
+            mtime_ns = self._times.pop(session.id, None) or handle.mtime_ns or time.time_ns()
+            self.engine.request_project_locked(session, options, handle.requester, bytes(handle.data), mtime_ns)
             self.engine.registry.marker_refused_locked(session, "")
             handle.dirty = False
 
     def release(self, handle: MarkerHandle) -> None:
         if not handle.writable:
             return
-        if handle.dirty and not handle.data and not handle.broken:
+        if handle.dirty and not handle.data and not handle.broken and handle.accepted is None:
             try:
                 self._accept(handle)  # `touch .create`, `> .create`: an empty request, at the last close
             except Fs360Error as exc:
@@ -374,6 +466,8 @@ class Markers:
                 self._open_for_writing[handle.session.id] = count
             else:
                 self._open_for_writing.pop(handle.session.id, None)
+                # A time set after the close (tar sets it by name, and the release may come later).
+                self._keep_mtime_locked(handle.session, self._times.pop(handle.session.id, None))
 
     def unlink_locked(self, session: SessionRecord) -> None:
         if not self.listed(session):

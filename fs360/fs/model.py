@@ -123,7 +123,7 @@ class MountModel:
         def attrs_of(name: str):
             if name == CREATE_MARKER:
                 attrs = self.attrs.virtual(inode_number(MARKER_FILE, session.id), self.markers.mode(session),
-                                           mtime_ns, size=len(self.markers.text(session)))
+                                           self.markers.mtime_ns(session), size=len(self.markers.text(session)))
                 return lambda: attrs
             content = contents[name]
             ino = inode_number(STATUS_JSON_FILE if name.endswith(".json") else STATUS_FILE, session.id)
@@ -438,7 +438,14 @@ class MountModel:
         self._set_attrs(path, **attrs)
 
     def utimens(self, path: str, mtime_ns: int | None) -> None:
-        self._set_attrs(path, mtime_ns=time.time_ns() if mtime_ns is None else mtime_ns)
+        mtime_ns = time.time_ns() if mtime_ns is None else mtime_ns
+        with self.engine.lock:
+            node = self.tree.resolve_locked(path)
+            if node.kind == MARKER:
+                # The time a re-run of the copy compares (rsync's quick check): kept.
+                self.markers.set_mtime_locked(node.session, mtime_ns)
+                return
+        self._set_attrs(path, mtime_ns=mtime_ns)
 
     def _set_attrs(self, path: str, **attrs) -> None:
         if not attrs:
@@ -461,7 +468,7 @@ class MountModel:
                 self.engine.registry.set_file_attrs_locked(node.record, ctime_ns=now, **attrs)
             elif node.kind == MISSING:
                 raise NotFound(path)
-            # Status files and .create have no metadata of their own: accepted.
+            # Status files have no metadata of their own, nor has .create but its mtime: accepted.
 
     # --- extended attributes -----------------------------------------------------------------------
 

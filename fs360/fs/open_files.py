@@ -119,6 +119,7 @@ class OpenFiles:
             except FileNotFoundError:
                 pass
         check = ContentCheck(record.size, record.sha256, rewriting=truncate)
+        self.engine.registry.recopy_opened_locked(record)
         return self.handles.add(FileHandle(record, fd, writable=True, append=append, check=check))
 
     # --- reading and writing --------------------------------------------------------------------
@@ -346,7 +347,8 @@ class OpenFiles:
             self.engine.registry.close_writer_locked(record, record.size, unfinished)
 
     def _release_check(self, handle: FileHandle) -> None:
-        """The end of a rewrite of a file the server holds: identical, it takes the new mtime; a
+        """The end of a rewrite of a file the server holds: identical, it takes the time its writer
+        set (cp -a), else now; a
         revival that is not identical is deleted again (the server still holds the file)."""
         identical = handle.check.rewriting and handle.check.matches() and not handle.writer_died
         with self.engine.lock:
@@ -355,7 +357,9 @@ class OpenFiles:
             if not is_listed_locked(self.engine, handle.record):
                 return
             if identical:
-                self.engine.registry.keep_identical_locked(handle.record, mtime_ns=time.time_ns())
+                record = handle.record
+                self.engine.registry.keep_identical_locked(record, mtime_ns=None if record.times_given
+                                                           else time.time_ns())
             elif handle.revival:
                 self.engine.registry.remove_file_locked(handle.record)
                 if handle.check.differs:

@@ -61,11 +61,11 @@ class Renames:
             src, dst = self.tree.resolve_locked(old), self.tree.resolve_locked(new)
             if not (dst.kind == MARKER and src.kind == FILE and src.record.local_only and dst.session is src.session):
                 return False
-            record, too_big = src.record, src.record.size > MAX_CREATE_BYTES
+            record, too_big, mtime_ns = src.record, src.record.size > MAX_CREATE_BYTES, src.record.mtime_ns
         # Too big is refused for its size, unread (as a write past it is).
         data = b"\0" * (MAX_CREATE_BYTES + 1) if too_big else self._spooled(record)
         renamer = self.writers.identify(pid) if pid else None
-        self.markers.take_renamed(src.session, data, self.writers.family(pid), renamer)
+        self.markers.take_renamed(src.session, data, mtime_ns, self.writers.family(pid), renamer)
         with self.engine.lock:
             if src.session.files.get(record.name) is record:
                 self.engine.registry.remove_file_locked(record)

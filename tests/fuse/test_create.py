@@ -225,3 +225,53 @@ def test_a_create_renamed_into_place_by_a_program_that_then_fails_is_not_taken(t
     assert ".create" not in os.listdir(session)
     assert "project   refused: python3 exited with status 1" in (session / "status").read_text()
     assert request_count(emulator, "POST create_project") == 0
+
+
+def non_get_requests(emulator) -> dict:
+    """What a re-run could have sent (polling a project GETs on its own)."""
+    return {key: n for key, n in emulator.stats()["requests"].items() if not key.startswith("GET")}
+
+
+def test_a_re_run_of_the_same_copy_of_a_prepared_folder_is_a_no_op(tmp_path, mount_factory, profiled_emulator):
+    """rsync -a of a folder holding .create and a tree made the project; the same rsync again, its
+    -c (checksum) for .create, and cp -a of .create and the top-level files find nothing to do: exit
+    0, nothing sent, nothing requested. .create reads back the source's bytes, size and mtime (not
+    the fields rendered anew, which rsync took for a change it could not write), also after a
+    remount."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    prepared, session = tmp_path / "prepared", mount.mountpoint / "S"
+    make_sources(prepared, {"a.jpg": 200_000, "b.jpg": 20_000})
+    make_sources(prepared / "sub" / "deep", {"c.e57": 30_000})
+    marker = prepared / ".create"
+    marker.write_bytes(b'{"title":"T"}\n')                          # compact: fs360 renders it with a blank
+    os.utime(marker, ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    rsync = ["rsync", "-a", "-i", f"{prepared}/", f"{session}/"]
+    copied = subprocess.run(rsync, capture_output=True, text=True, timeout=120)
+    assert copied.returncode == 0, copied.stderr
+    project = mount.wait_project("S")
+    assert project["state"] == "ready" and project["title"] == "T", project
+    sent = non_get_requests(emulator)
+
+    def check_marker():
+        st = os.stat(session / ".create")
+        assert (session / ".create").read_bytes() == marker.read_bytes()
+        assert (st.st_size, st.st_mtime_ns) == (14, marker.stat().st_mtime_ns)
+
+    def check_no_op(command):
+        again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, (command, again.stderr)
+        assert not [line for line in again.stdout.splitlines() if line.startswith((">", "c"))], again.stdout
+
+    check_marker()
+    check_no_op(rsync)
+    check_no_op(["rsync", "-a", "-i", "-c", str(marker), f"{session}/"])
+    check_no_op(["cp", "-a", str(marker), str(prepared / "a.jpg"), str(prepared / "b.jpg"), f"{session}/"])
+    check_marker()
+    mount.unmount()
+    mount.start()
+    check_marker()
+    check_no_op(rsync)
+    check_no_op(["cp", "-a", str(marker), f"{session}/"])
+    assert non_get_requests(emulator) == sent
+    assert mount.status_json("S")["refused_names"] == []

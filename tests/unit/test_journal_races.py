@@ -100,7 +100,7 @@ def test_a_project_written_whole_drops_an_older_change_that_waited(tmpfs):
                                          "mtime_ns": 0, "sealed": 0})
     project = {"options": {}, "state": "waiting", "name": None, "status": 0, "record": {}, "last_error": "",
                "attempts": 0, "next_attempt": 0, "posted_upload_id": None, "marker_hidden": 0,
-               "posted_at": None, "listed_before": None}
+               "posted_at": None, "listed_before": None, "marker": b"", "marker_mtime_ns": 0}
     journal.upsert_project(session_id, project)
     filler = defer(journal, disk, lambda attempt: journal.update_project(
         session_id, state="failed", last_error="refused", attempts=attempt))

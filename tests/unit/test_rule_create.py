@@ -7,17 +7,19 @@ The same rule through a real mount with real programs: tests/fuse/test_create.py
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import signal
+import sqlite3
 import threading
 
 import pytest
 
 from fs360.errors import Fs360Error
 from fs360.fs.exits import Closer
-from fs360.fs.markers import MAX_CREATE_BYTES
+from fs360.fs.markers import MAX_CREATE_BYTES, REWRITE_REFUSAL
 from fs360.fs.model import MountModel
 from fs360.emulator.harness import EmulatorProcess
 from tests.fed_writers import feed_writers
@@ -88,8 +90,7 @@ def test_accepted_markers_request_the_project_with_their_fields(idle, text, opti
     assert write_marker(idle, "s", text) is None
     assert idle.engine.registry.sessions["s"].project.options == options
     assert ".create" in names(idle, "/s")
-    listed = read_all(idle, "/s/.create")
-    assert (json.loads(listed) if listed else {}) == options
+    assert read_all(idle, "/s/.create") == text  # as written: a re-run of the copy finds it done
     assert json.loads(read_all(idle, "/s/status.json"))["project"]["state"] == "waiting"
 
 
@@ -490,6 +491,130 @@ def test_create_refuses_a_tree_it_cannot_send_with_einval(idle, setup, reason, m
     assert idle.engine.registry.sessions["s"].archive is not None
 
 
+# --- a re-run of the same copy: .create reads back as written, and takes the same bytes again ------------
+
+SOURCE_MTIME = 1_600_000_000_123_456_789   # the source's mtime, as cp -a, tar and rsync set it
+
+
+def rewrite_marker(model: MountModel, session: str, text: bytes, mtime_ns: int | None = None,
+                   times_after_close: bool = False) -> int | None:
+    """cp -a (times set on the open file) or tar -x (by name, after close) over an existing
+    .create: open(O_WRONLY|O_TRUNC), write, set the time; the errno of the first step refused."""
+    path = f"/{session}/.create"
+    try:
+        fh = model.open(path, os.O_WRONLY | os.O_TRUNC)
+    except Fs360Error as exc:
+        return exc.errno
+    try:
+        if text:
+            model.write(fh, text, 0)
+        if mtime_ns is not None and not times_after_close:
+            model.utimens(path, mtime_ns)
+        model.flush(fh)
+    except Fs360Error as exc:
+        return exc.errno
+    finally:
+        model.release(fh)
+    if mtime_ns is not None and times_after_close:
+        model.utimens(path, mtime_ns)
+    return None
+
+
+def created_project(model: MountModel, text: bytes) -> None:
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"a")
+    assert write_marker(model, "s", text) is None
+    wait_until(lambda: model.engine.registry.sessions["s"].sealed, 30, 0.05, what="the project")
+
+
+def test_create_reads_back_its_bytes_with_the_time_it_was_written_or_given(idle):
+    """Its size and bytes are the ones written, its mtime the write's, or the one a utimens gave it."""
+    idle.mkdir("/s", 0o755)
+    before = idle.getattr("/s")["st_mtime"]
+    assert write_marker(idle, "s", b'{"title":"T"}\n') is None
+    attrs = idle.getattr("/s/.create")
+    assert read_all(idle, "/s/.create") == b'{"title":"T"}\n' and attrs["st_size"] == 14
+    assert attrs["st_mtime"] >= before
+    idle.utimens("/s/.create", SOURCE_MTIME)
+    assert idle.getattr("/s/.create")["st_mtime"] == SOURCE_MTIME
+
+
+@pytest.mark.parametrize("times_after_close", [False, True], ids=["cp -a", "tar -x"])
+def test_the_same_bytes_written_again_after_the_project_change_nothing(model, server, times_after_close):
+    """cp -a, tar -x of the same folder again: .create opened with O_TRUNC, the same bytes
+    written, the source's time set: accepted once the project is created (sealed, 0444), the
+    project untouched, the time kept. Different bytes: EACCES at the first different write (a
+    shell ignores close's error) or, shorter, at close; the reason in status; nothing kept."""
+    text = b'{"title": "kept"}\n'
+    created_project(model, text)
+    session = model.engine.registry.sessions["s"]
+    project = session.project
+    assert rewrite_marker(model, "s", text, SOURCE_MTIME, times_after_close) is None
+    assert session.project is project and project.options == {"title": "kept"}
+    attrs = model.getattr("/s/.create")
+    assert (attrs["st_size"], attrs["st_mtime"], attrs["st_mode"] & 0o777) == (len(text), SOURCE_MTIME, 0o444)
+    assert ".create" not in dict(session.refused_names)
+    assert rewrite_marker(model, "s", text) is None                     # without a time: it keeps the one it had
+    assert model.getattr("/s/.create")["st_mtime"] == SOURCE_MTIME
+
+    assert rewrite_marker(model, "s", b'{"title": "else"}\n', SOURCE_MTIME + 10**9) == errno.EACCES
+    assert rewrite_marker(model, "s", text[:5], SOURCE_MTIME + 10**9) == errno.EACCES   # refused at close
+    assert rewrite_marker(model, "s", text + b" ") == errno.EACCES
+    assert read_all(model, "/s/.create") == text
+    assert model.getattr("/s/.create")["st_mtime"] == SOURCE_MTIME
+    refused = json.loads(read_all(model, "/s/status.json"))["refused_names"]
+    assert {"name": ".create", "reason": REWRITE_REFUSAL} in refused, refused
+    assert "refused   .create: " + REWRITE_REFUSAL in read_all(model, "/s/status").decode()
+    assert session.project is project and len(projects_of(server, model, "s")) == 1
+
+
+def test_a_read_only_create_takes_a_time_and_keeps_it(model):
+    """touch, or rsync's time fix of a skipped file: utimens on the read-only .create is kept."""
+    created_project(model, b"")
+    model.utimens("/s/.create", SOURCE_MTIME)
+    assert model.getattr("/s/.create")["st_mtime"] == SOURCE_MTIME
+    assert rewrite_marker(model, "s", b"") is None  # `touch`: open O_WRONLY, nothing written
+
+
+def test_a_renamed_create_reads_back_the_scratch_files_bytes_and_time(fed):
+    """rsync sets the time of its `.create.XXXXXX` before the rename: pending and taken, .create
+    reads back those bytes with that time (so rsync's next quick check skips it)."""
+    fed.mkdir("/s", 0o755)
+    write_file(fed, "/s/.create.Xy12ab", b'{"title":"T"}\n')
+    fed.utimens("/s/.create.Xy12ab", SOURCE_MTIME)
+    fed.rename("/s/.create.Xy12ab", "/s/.create", RSYNC)
+    for _ in ("pending", "taken"):
+        attrs = fed.getattr("/s/.create")
+        assert (attrs["st_size"], attrs["st_mtime"]) == (14, SOURCE_MTIME)
+        assert read_all(fed, "/s/.create") == b'{"title":"T"}\n'
+        fed.writers.exited(RSYNC, 0)
+        session = fed.engine.registry.sessions["s"]
+        wait_until(lambda: session.project is not None and not session.marker_pending, 10, 0.02, what="the project")
+
+
+def test_the_bytes_and_time_of_create_survive_a_restart_and_an_older_journal_reads_back_its_fields(
+        model, server, make_model):
+    """The journal keeps them (projects.marker, marker_mtime_ns); a project an older fs360 requested
+    (those columns added empty) reads back its fields rendered, with the folder's time, as then."""
+    text = b'{"title":"kept"}'
+    created_project(model, text)
+    model.utimens("/s/.create", SOURCE_MTIME)
+    model.engine.stop(5)
+    again = make_model(server, start=False)
+    attrs = again.getattr("/s/.create")
+    assert read_all(again, "/s/.create") == text and (attrs["st_size"], attrs["st_mtime"]) == (16, SOURCE_MTIME)
+    assert rewrite_marker(again, "s", text) is None
+    journal_path = again.engine.settings.journal_path
+    again.engine.stop(5)
+    with contextlib.closing(sqlite3.connect(str(journal_path))) as db:
+        db.execute("ALTER TABLE projects DROP COLUMN marker")
+        db.execute("ALTER TABLE projects DROP COLUMN marker_mtime_ns")
+        db.commit()
+    older = make_model(server, start=False)
+    assert read_all(older, "/s/.create") == b'{"title": "kept"}\n'
+    assert older.getattr("/s/.create")["st_mtime"] == older.getattr("/s")["st_mtime"]
+
+
 # --- unlink before and after the request ------------------------------------------------------------------
 
 def test_unlink_before_the_request_cancels_it_for_good(model, server):
@@ -520,11 +645,11 @@ def test_after_the_project_the_session_is_sealed_and_unlink_only_hides_the_marke
     wait_until(lambda: model.engine.registry.sessions["s"].sealed, 30, 0.05, what="the project")
     assert errno_of(model.create, "/s/b.jpg", 0o644, os.O_WRONLY) == errno.EACCES
     assert errno_of(model.create, "/s/.dotfile", 0o644, os.O_WRONLY) == errno.EACCES
-    assert errno_of(model.open, "/s/.create", os.O_WRONLY) == errno.EACCES
+    assert rewrite_marker(model, "s", b'{"title": "other"}') == errno.EACCES
     assert errno_of(model.rename, "/s/a.jpg", "/s/c.jpg") == errno.EACCES
     assert model.getattr("/s/.create")["st_mode"] & 0o777 == 0o444
     assert dict(model.readdir("/s"))[".create"]["st_mode"] & 0o777 == 0o444
-    assert json.loads(read_all(model, "/s/.create")) == {"title": "kept"}
+    assert read_all(model, "/s/.create") == b'{"title": "kept"}'
     upload_id = model.engine.registry.sessions["s"].upload_id
     (project,) = projects_of(server, model, "s")
     assert project["title"] == "kept"
