@@ -64,7 +64,7 @@ class BodyWriter:
                 else:
                     what = f"the connection failed while its body came ({exc.strerror or exc})"
                 reason = f"{what}: the file is not taken; send it again"
-                log.warning("PUT %s: %s (%s)", self.path, reason, exc)
+                log.warning("PUT %s: %s", self.path, reason if str(exc) in reason else f"{reason} ({exc})")
                 raise DAVError(400, context_info=reason) from None
             self.write(data)
 
