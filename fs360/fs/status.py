@@ -281,7 +281,10 @@ def render_text(snapshot: dict) -> bytes:
                  + (f", eta {human_duration(totals['eta_seconds'])}" if totals.get("eta_seconds") else ""))
     project = snapshot["project"]
     if project is not None and project.get("refused"):
-        lines.append(f"project   refused: {project['refused']} (write .create again once that is put right)")
+        refused = project["refused"]
+        # (A reason that already says what to do with .create is not told it twice.)
+        lines.append(f"project   refused: {refused}" + ("" if "write .create" in refused
+                                                           else " (write .create again once that is put right)"))
     if project is not None and project.get("pending"):
         lines.append(f"project   pending: {project['pending']}")
     if project is not None and project["state"] not in ("refused", "pending"):

@@ -157,3 +157,15 @@ def test_a_scratch_file_says_why_it_stays_here():
     assert "in a dot-folder" in local_only_why(".git/config")
     assert "in a dot-folder" in local_only_why("Scans/.rsync-partial/a.jpg")
     assert "rename it to upload it" in local_only_why("scan.e57.part")
+
+
+def test_a_refused_create_says_what_to_do_once():
+    """A refusal that already says to write .create is not told it again (a hostile run read
+    '... or write .create yourself once it is whole (write .create again once that is put right)')."""
+    for reason, told in (("invalid JSON at line 1 column 17", " (write .create again once that is put right)"),
+                         ("rsync exited with status 20 after it put .create here, so .create was not taken: "
+                          "copy it again, or write .create yourself once it is whole", "")):
+        capture = capture_of(records(1))
+        capture["marker_refused"] = reason
+        text = status.render_text(status.snapshot_of(capture)).decode()
+        assert f"project   refused: {reason}{told}\n" in text, text
