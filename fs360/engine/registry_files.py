@@ -258,8 +258,9 @@ class FileWriters(RegistryState):
         record.generation += 1
         # Whole (it is queued): `unfinished` '' goes in the same journal write.
         if record.in_tree:
+            # Its digest (when known) lets an identical re-copy of the frozen tree be compared.
             self.set_state_locked(record, IN_TREE, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                                  attempts=0, unfinished="")
+                                  attempts=0, sha256=self.known_digest(record), unfinished="")
         else:
             # The sha256 of its running digest; unknown (not written front to back, no hash made at
             # its close), the upload hashes it before its first PUT: never a read under the lock.
@@ -402,14 +403,15 @@ class FileWriters(RegistryState):
         if sha256 is not None:
             self.set_file_attrs_locked(record, sha256=sha256)
 
-    def refuse_change_locked(self, record: FileRecord) -> str:
-        """A different content for a name the server holds: say why, in status and the log."""
-        reason = f"the server already holds a different {record.name}; it cannot be replaced"
-        if record.last_error != reason:
-            self.journal.update_file(record.id, last_error=reason)
-            record.last_error = reason
-        log.warning("%s", reason)
-        return reason
+    def refuse_change_locked(self, record: FileRecord, reason: str = "") -> str:
+        """A different content for a name the server holds (or a frozen tree's file, with its
+        `reason`): say why, in status and the log."""
+        said = reason or f"the server already holds a different {record.name}; it cannot be replaced"
+        if record.last_error != said:
+            self.journal.update_file(record.id, last_error=said)
+            record.last_error = said
+        log.warning("%s", f"{record.name}: {said}" if reason else said)
+        return said
 
     def keep_identical_locked(self, held: FileRecord, copy: FileRecord | None = None, mode: int | None = None,
                               mtime_ns: int | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Whether a re-copy of a file the server holds is identical: compared, never stored.
+"""Whether a re-copy of a file the server holds (or of a frozen tree's file) is identical:
+compared, never stored.
 
 Re-running a copy rewrites every file with the same bytes; that is accepted (the server
 already holds them). The first byte that differs is refused: the server cannot replace it.
@@ -10,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ..engine.content_digest import is_legacy_digest
-from ..engine.records import FileRecord
+from ..engine.records import IN_TREE, FileRecord
 from ..engine.spool import RunningDigest
 
 
@@ -18,6 +19,14 @@ def held_with_known_content(record: FileRecord) -> bool:
     """The server may hold it and the journal knows its content digest (kept in the `sha256`
     field, see content_digest.py): a rewrite can be compared."""
     return not record.local_only and record.may_be_on_server and bool(record.sha256)
+
+
+def compared_on_rewrite_locked(engine, record: FileRecord) -> bool:
+    """A rewrite of `record` is only compared with what it holds: the server holds it, or it is a
+    file of a frozen tree (it goes, or went, up inside the archive as it is), and its digest is known."""
+    if held_with_known_content(record):
+        return True
+    return record.state == IN_TREE and bool(record.sha256) and engine.registry.session_of(record).tree_frozen
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ..engine.records import P_READY
 from ..errors import (AccessDenied, AlreadyExists, Fs360Error, InvalidArgument, IsADirectory, NoAttribute,
                       NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported)
 from .attrs import MARKER_FILE, ROOT_INO, STATUS_FILE, STATUS_JSON_FILE, Attributes, inode_number
-from .content_check import held_with_known_content
+from .content_check import compared_on_rewrite_locked
 from .exits import Writers
 from .handles import FileHandle, HandleTable, SnapshotHandle
 from .markers import MarkerHandle, Markers
@@ -228,8 +228,8 @@ class MountModel:
             if node.kind == DIR:
                 raise IsADirectory(path)
             check_file_name(node.basename)
-            if node.kind == FILE and held_with_known_content(node.record):
-                # A re-copy of a file the server holds only compares: fine even once sealed.
+            if node.kind == FILE and compared_on_rewrite_locked(self.engine, node.record):
+                # A re-copy of a file the server holds (or of a frozen tree's) only compares: fine even once sealed.
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)
             local_only = self.tree.local_only(node.name)
             try:

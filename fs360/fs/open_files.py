@@ -15,11 +15,11 @@ from ..engine.registry import STOPPED_WHILE_WRITING
 from ..engine.spool import direct_span, with_room_freed_once
 from ..errors import (AccessDenied, EarlierWriteLost, FileTooBig, IsADirectory, NoSpace, NotFound, NotSupported,
                       QuotaWouldPass)
-from .content_check import ContentCheck, held_with_known_content
+from .content_check import ContentCheck, compared_on_rewrite_locked
 from .exits import Writers
 from .handles import FileHandle, HandleTable
 from .markers import Markers
-from .rules import check_growth, check_growth_locked, check_mutable_locked
+from .rules import check_growth, check_growth_locked, check_mutable_locked, refuse_change_locked
 from .tree import FILE, MARKER, MISSING, ROOT_STATUS_FILE, STATUS, SessionTree, is_listed_locked
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class OpenFiles:
     def open_locked(self, record: FileRecord, flags: int) -> int:
         writing = opens_for_writing(flags)
         truncate = bool(flags & os.O_TRUNC)
-        if writing and held_with_known_content(record):
+        if writing and compared_on_rewrite_locked(self.engine, record):
             return self._open_check_locked(record, truncate, bool(flags & os.O_APPEND))
         if writing:
             check_mutable_locked(self.engine, record)
@@ -110,8 +110,9 @@ class OpenFiles:
         return fh
 
     def _open_check_locked(self, record: FileRecord, truncate: bool, append: bool) -> int:
-        """A file the server holds, opened for writing: the handle only compares what is written
-        (against the spool copy while it exists, and by its content digest at close)."""
+        """A file the server holds (or a frozen tree's), opened for writing: the handle only compares
+        what is written (against the spool copy while it exists, and by its content digest at close);
+        the spool copy is opened read-only, so the archive it goes into is never touched."""
         fd = -1
         if not record.evicted:
             try:
@@ -182,7 +183,7 @@ class OpenFiles:
         """The rewrite of a file the server holds differs: refused, with the reason kept."""
         handle.check.differs = True
         with self.engine.lock:
-            raise AccessDenied(self.engine.registry.refuse_change_locked(handle.record))
+            raise AccessDenied(refuse_change_locked(self.engine, handle.record))
 
     def _pwrite(self, handle: FileHandle, data: bytes, offset: int) -> int:
         # A full disk first drops uploaded data the spool still keeps, then the write tries once more.
@@ -338,10 +339,9 @@ class OpenFiles:
         if not handle.closed:
             with self.engine.lock:  # no flush said who wrote last: the delay commits it
                 self.engine.registry.writer_unknown_locked(record)
-        if not unfinished and record.open_writers == 1 and not record.local_only and not record.in_tree \
-                and not record.unfinished:
-            # The last writer of a file about to be queued on its own: one not written front to
-            # back is hashed here, without the lock (a tree's file goes up inside the archive).
+        if not unfinished and record.open_writers == 1 and not record.local_only and not record.unfinished:
+            # The last writer of a file about to be queued: one not written front to back is
+            # hashed here, without the lock (a tree's file too: a re-copy of the frozen tree compares it).
             self.engine.registry.content_digest(record)
         with self.engine.lock:
             self.engine.registry.close_writer_locked(record, record.size, unfinished)

@@ -8,11 +8,12 @@ import time
 from ..errors import (AccessDenied, Fs360Error, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound,
                       NotPermitted)
 from ..engine.content_digest import is_legacy_digest
-from .content_check import LegacyDigest, content_stamp, held_with_known_content, is_identical_copy
+from .content_check import LegacyDigest, compared_on_rewrite_locked, content_stamp, is_identical_copy
 from .exits import Closer, Writers
 from .markers import MAX_CREATE_BYTES, Markers
 from .names import check_file_name, check_session_name
-from .rules import check_mutable_locked, check_not_sealed, check_tree_open_locked, check_uploadable_name_locked
+from .rules import (check_mutable_locked, check_not_sealed, check_tree_open_locked, check_uploadable_name_locked,
+                    refuse_change_locked)
 from .tree import DIR, FILE, MARKER, MISSING, ROOT, ROOT_STATUS_FILE, SESSION, STATUS, Node, SessionTree
 
 # libfuse renames a file unlinked while open to this prefix and unlinks it at its last release.
@@ -89,7 +90,7 @@ class Renames:
             if record is None:
                 return None
             dst = self.tree.resolve_locked(new)
-            held = dst.record if dst.kind == FILE and held_with_known_content(dst.record) else None
+            held = dst.record if dst.kind == FILE and compared_on_rewrite_locked(self.engine, dst.record) else None
             like = held.sha256 if held is not None and is_legacy_digest(held.sha256) else None
             stamp = content_stamp(record)
             # (one still written to is hashed at its last close)
@@ -134,7 +135,7 @@ class Renames:
             self._hide_locked(src, dst)
             return
         replaced = target.files.get(name)
-        if replaced is not None and record.local_only and held_with_known_content(replaced):
+        if replaced is not None and record.local_only and compared_on_rewrite_locked(self.engine, replaced):
             self._replace_held_locked(src, dst, legacy)
             return
         check_mutable_locked(self.engine, record)  # (a scratch file is always free to move)
@@ -185,12 +186,13 @@ class Renames:
         self.tree.touch_parent_locked(src)
 
     def _replace_held_locked(self, src: Node, dst: Node, legacy: LegacyDigest | None) -> None:
-        """A local scratch file (rsync's `.name.XXXXXX`) renamed onto a name the server holds:
+        """A local scratch file (rsync's `.name.XXXXXX`) renamed onto a name the server holds (or a
+        frozen tree's file, see content_check.py):
         a re-run of the same copy is accepted (the copy is dropped), anything else refused."""
         copy, held = src.record, dst.record
         # The copy may still be open: GIO renames its `.goutputstream-*` before closing it.
         if not is_identical_copy(self.engine, copy, held, legacy):
-            raise AccessDenied(self.engine.registry.refuse_change_locked(held))
+            raise AccessDenied(refuse_change_locked(self.engine, held))
         self.engine.registry.keep_identical_locked(held, copy=copy)
         self.tree.touch_parent_locked(src, dst)
 

@@ -74,6 +74,16 @@ def frozen_reason_locked(engine, record: FileRecord) -> str:
     return ""
 
 
+def refuse_change_locked(engine, record: FileRecord) -> str:
+    """A re-copy that differs from what is held (content_check.py): the reason, kept for status.
+    A frozen tree's file says why its tree cannot change, and is listed as refused in status."""
+    if not record.in_tree:
+        return engine.registry.refuse_change_locked(record)
+    reason = f"not changed: {frozen_reason_locked(engine, record)}"
+    engine.registry.name_refused_locked(engine.registry.session_of(record), record.name, reason)
+    return engine.registry.refuse_change_locked(record, reason)
+
+
 def check_mutable_locked(engine, record: FileRecord) -> None:
     reason = frozen_reason_locked(engine, record)
     if reason:

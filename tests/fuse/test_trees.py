@@ -232,3 +232,37 @@ def test_rm_r_of_a_made_projects_folder_with_a_tree(tmp_path, emulator, mount_fa
     subprocess.run(["rm", "-r", str(other)], check=True)
     wait_until(lambda: request_count(emulator, "DELETE delete_session 2") == 1, what="the other folder's DELETE")
     assert set(remote_files(emulator, kept)) == {"top.jpg", "Done.zip"}
+
+
+def test_the_same_cp_a_again_after_the_project_is_a_no_op_and_a_change_in_the_tree_refused(
+        tmp_path, profiled_emulator, mount_factory):
+    """Hostile run h1b g: `cp -a` of a prepared folder (a tree and .create) made the project; the
+    same `cp -a` again failed on every tree file (frozen, sealed) though nothing had changed. Its
+    files are compared with their journaled digests now (their spool copies are gone by then)."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    prepared, session = tmp_path / "prepared", mount.mountpoint / "S"
+    make_sources(prepared, {"top.jpg": 20_000})
+    make_sources(prepared / "sub" / "deep", {"a.e57": 300_000, "b.jpg": 0})
+    (prepared / ".create").write_bytes(b"")
+    copy = ["cp", "-a", f"{prepared}/.", f"{session}/"]
+    subprocess.run(copy, check=True, timeout=120)
+    assert mount.wait_project("S")["state"] == "ready"
+    assert set(remote_files(emulator)) == {"top.jpg", "S.zip"}
+    sent = {method: request_count(emulator, method) for method in ("PUT", "POST")}
+
+    again = subprocess.run(copy, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert {method: request_count(emulator, method) for method in sent} == sent
+    assert (session / "sub/deep/a.e57").stat().st_mtime_ns == (prepared / "sub/deep/a.e57").stat().st_mtime_ns
+
+    (prepared / "sub/deep/a.e57").write_bytes(b"changed")
+    changed = subprocess.run(copy, capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 1 and "sub/deep/a.e57" in changed.stderr, changed.stderr
+    assert "Permission denied" in changed.stderr and changed.stderr.count("\n") == 1, changed.stderr
+    why = os.getxattr(session / "sub/deep/a.e57", "user.fs360.error").decode()
+    assert why.startswith("not changed: the project is created"), why
+    assert "refused   sub/deep/a.e57: not changed: the project is created" in (session / "status").read_text()
+    assert {method: request_count(emulator, method) for method in sent} == sent
+    assert (session / "sub/deep/a.e57").stat().st_size == 300_000
+    assert emulator.violations() == []

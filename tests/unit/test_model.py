@@ -263,7 +263,7 @@ def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
                        (model.unlink, ("/Office scan/Scans/Фото 1.JPG",)),
                        (model.rmdir, ("/Office scan/Scans/Empty",)),
                        (model.rename, ("/Office scan/Scans", "/Office scan/Other")),
-                       (model.open, ("/Office scan/Scans/Фото 1.JPG", os.O_WRONLY))):
+                       (model.truncate, ("/Office scan/Scans/Фото 1.JPG", 1, None))):
         assert errno_of(call, *args) == errno.EACCES, call
     assert errno_of(model.create, "/Office scan/site.zip", 0o644, os.O_WRONLY) == errno.EPERM
     # rsync's way in: its scratch copy is refused as well (not listed: its name means nothing),
@@ -287,6 +287,66 @@ def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
     assert files["Office_scan.zip"]["sha256"] == archive.sha256
     record = model.engine.registry.sessions["Office scan"].project.record
     assert sorted(record["files"]) == ["Scans/Foto_1.jpg", "top.jpg"]
+
+
+def test_an_identical_re_copy_of_a_frozen_trees_file_is_a_no_op_and_a_different_one_refused(model, emulator):
+    """cp -a, tar -x (create onto the name) and a scratch copy renamed onto it (rsync) of the same
+    content again: compared with the journaled digest, accepted, nothing changes; while the archive
+    is planned but not up yet, and once the project is made (the spool copies dropped)."""
+    model.mkdir("/s", 0o755)
+    model.mkdir("/s/sub", 0o755)
+    write_file(model, "/s/sub/a.jpg", b"tree file")
+    write_file(model, "/s/top.jpg", b"top")
+    model.engine.gate.set_paused(True)
+    write_file(model, "/s/.create", b"")
+    session = model.engine.registry.sessions["s"]
+    record = session.files["sub/a.jpg"]
+
+    def rewrite(data: bytes, fh: int) -> None:
+        try:
+            model.write(fh, data, 0)
+            model.flush(fh)
+        finally:
+            model.release(fh)
+
+    def recopies(sealed: bool = False):
+        rewrite(b"tree file", model.open("/s/sub/a.jpg", os.O_WRONLY | os.O_TRUNC))  # cp -a
+        rewrite(b"tree file", model.create("/s/sub/a.jpg", 0o644, os.O_WRONLY | os.O_CREAT))  # tar -x
+        model.utimens("/s/sub/a.jpg", 1_000_000_000)  # cp -a sets the source's time: kept
+        assert record.mtime_ns == 1_000_000_000
+        if not sealed:  # (a sealed session takes no scratch copy, as for the files the server holds)
+            write_file(model, "/s/.a.jpg.Xy12", b"tree file")  # rsync's scratch copy
+            model.rename("/s/.a.jpg.Xy12", "/s/sub/a.jpg")
+
+    def refused(frozen_why: str, sealed: bool = False) -> None:
+        fh = model.open("/s/sub/a.jpg", os.O_WRONLY | os.O_TRUNC)
+        with pytest.raises(Fs360Error) as info:
+            model.write(fh, b"tree fill", 0)  # refused at once while the spool copy is there to compare
+            model.flush(fh)  # else by its digest, at close
+        assert info.value.errno == errno.EACCES
+        model.release(fh)
+        if not sealed:
+            write_file(model, "/s/.a.jpg.Xy12", b"other")
+            assert errno_of(model.rename, "/s/.a.jpg.Xy12", "/s/sub/a.jpg") == errno.EACCES
+            model.unlink("/s/.a.jpg.Xy12")
+        assert frozen_why in record.last_error and "server already holds" not in record.last_error
+        assert frozen_why in json.loads(read_all(model, "/s/status.json"))["refused_names"][-1]["reason"]
+        assert record.size == len(b"tree file") and record.state == "in tree"
+
+    recopies()
+    assert session.files["sub/a.jpg"] is record and record.state == "in tree" and session.tree_frozen
+    assert read_all(model, "/s/sub/a.jpg") == b"tree file"
+    refused("the tree goes up as s.zip")
+    model.engine.gate.set_paused(False)
+    wait_until(lambda: session.project.state == "ready", 30, 0.05, what="the project")
+    archived = {f["name"]: f["sha256"] for f in emulator.files()}
+    assert set(archived) == {"top.jpg", "s.zip"} and archived["s.zip"] == session.archive.sha256
+    wait_until(lambda: not model.engine.spool.exists(record.id), 30, 0.05, what="the spool copy dropped")
+    sent = request_count(emulator, "PUT") + request_count(emulator, "POST")
+    recopies(sealed=True)
+    assert model.getattr("/s/sub/a.jpg")["st_size"] == len(b"tree file")
+    refused("the project is created", sealed=True)
+    assert request_count(emulator, "PUT") + request_count(emulator, "POST") == sent
 
 
 # --- files ---------------------------------------------------------------------------------------------
