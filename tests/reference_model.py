@@ -119,6 +119,10 @@ class File:
     def in_tree(self) -> bool:
         return "/" in self.name and not self.local
 
+    def compared_bytes(self) -> bytes:
+        """What a re-copy is compared with: the server's bytes, or a frozen tree file's own."""
+        return self.held if self.held is not None else bytes(self.data)
+
     @property
     def revived(self) -> bool:
         """Deleted while the server held it, created again: its re-copy is compared until closed."""
@@ -337,6 +341,9 @@ class Reference:
         s = self.sessions[session]
         if name in STATUS_NAMES:
             return errno.EACCES, None  # S "status": read-only
+        if name in s.files and self.compared_on_rewrite(s.files[name]) and s.files[name].held is None:
+            # D "Trees": a whole file of the frozen tree takes an identical re-copy (cp -a again).
+            return self.open(s.files[name], truncate=True, append=append)
         if s.tree_frozen and folder_of(name):
             # D "Trees": at .create the tree is frozen: no create in it, of a new name or over a
             # file (scratch too, though an open without O_CREAT may write that: model.create).
@@ -362,13 +369,14 @@ class Reference:
         return self._handle(f, True, append)
 
     def open(self, f: File, truncate: bool, append: bool) -> tuple[int, Handle | None]:
-        if self.frozen(f):
+        if self.frozen(f) and not self.compared_on_rewrite(f):
             return errno.EACCES, None
         if f.lost:
             return errno.EACCES, None  # its spool copy is gone (open_files: nothing to write into)
-        if f.held is not None:
-            # D "Identical re-copies": a handle that only compares (with or without O_TRUNC).
-            check = Check(rewriting=truncate, size=0 if truncate else len(f.held), no_spool=f.evicted)
+        if self.compared_on_rewrite(f):
+            # D "Identical re-copies" (and a frozen tree's whole file, D "Trees"): a handle that
+            # only compares (with or without O_TRUNC).
+            check = Check(rewriting=truncate, size=0 if truncate else len(f.compared_bytes()), no_spool=f.evicted)
             return self._handle(f, True, append, check)
         # S "reopen for write while pending": fine, re-queued at the next close.
         # D interrupted: "Only a rewrite from byte 0 (O_TRUNC, or a truncate to 0) makes it
@@ -407,7 +415,8 @@ class Reference:
             if not c.differs:
                 end = offset + len(data)
                 # Without the spool copy only the size can be compared at once.
-                same = end <= len(f.held) and (c.no_spool or f.held[offset:end] == data)
+                held = f.compared_bytes()
+                same = end <= len(held) and (c.no_spool or held[offset:end] == data)
                 if c.rewriting:
                     if c.digest_valid:
                         if offset == c.digest_len:
@@ -466,7 +475,7 @@ class Reference:
         f, c = h.file, h.check
         f.handles.discard(h)
         if c is not None:
-            identical = not writer_died and c.matches(f.held)
+            identical = not writer_died and c.matches(f.compared_bytes())
             if c.revival and not identical and self.listed(f):
                 s = self.session_of(f)
                 del s.files[f.name]  # deleted again: the server still holds it
@@ -507,6 +516,11 @@ class Reference:
         """D "Trees": a listed tree file (not scratch) once .create froze the tree
         (fs.rules.frozen_reason_locked)."""
         return f.in_tree and self.listed(f) and self.session_of(f).tree_frozen
+
+    def compared_on_rewrite(self, f: File) -> bool:
+        """A rewrite only compares: the server holds it, or it is a whole file of a frozen tree
+        (fs.content_check.compared_on_rewrite_locked)."""
+        return f.held is not None or (self.frozen(f) and f.state == IN_TREE)
 
     def listed(self, f: File) -> bool:
         return any(s.files.get(f.name) is f for s in self.sessions.values())
@@ -584,12 +598,14 @@ class Reference:
 
     def write_marker(self, session: str) -> int:
         """`echo '{...}' > .create` by a writer that exits 0: the project is requested (D
-        "Decisions": .create); read-only once the project exists. D "Trees": a tree is planned
+        "Decisions": .create); once the project exists only its same bytes may be written again. D "Trees": a tree is planned
         as one archive then (its closed files committed first, engine.request_project_locked),
         or the marker is refused (EINVAL) while a tree file is written or unfinished."""
         s = self.sessions[session]
         if s.sealed:
-            return errno.EACCES
+            # The same bytes again (the machine always writes the same .create: a re-run of the
+            # copy) are taken and change nothing; removed after the project, it is a new one: refused.
+            return errno.EACCES if s.marker_hidden else 0
         if s.archive is None:
             tree = [f for f in s.files.values() if f.in_tree]
             for f in tree:
