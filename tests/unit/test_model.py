@@ -247,16 +247,21 @@ def test_tree_files_wait_in_tree_and_survive_a_restart(emulator, make_model):
     assert "  Scans/ 2 files, 7 B → in s.zip" in read_all(again, "/s/status").decode()
 
 
-def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
-    model.mkdir("/Office scan", 0o755)
-    model.mkdir("/Office scan/Scans", 0o755)
-    model.mkdir("/Office scan/Scans/Empty", 0o755)
-    write_file(model, "/Office scan/Scans/Фото 1.JPG", b"photo")
-    write_file(model, "/Office scan/top.jpg", b"top")
-    # Paused, so the archive is not up yet while the freeze is checked (once the server holds the
-    # whole archive, its files may be deleted: test_rm_r_... in tests/fuse/test_trees.py).
+def planned_with_uploads_paused(model, folders: tuple[str, ...], files: dict[str, bytes]) -> None:
+    """`folders` made and `files` written, then .create with uploads paused: the tree is frozen and
+    its archive planned, not up yet (once the server holds the whole archive, its files may be
+    deleted: test_rm_r_... in tests/fuse/test_trees.py)."""
+    for folder in folders:
+        model.mkdir(folder, 0o755)
+    for path, data in files.items():
+        write_file(model, path, data)
     model.engine.gate.set_paused(True)
-    write_file(model, "/Office scan/.create", b"")
+    write_file(model, folders[0] + "/.create", b"")
+
+
+def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
+    planned_with_uploads_paused(model, ("/Office scan", "/Office scan/Scans", "/Office scan/Scans/Empty"),
+                                {"/Office scan/Scans/Фото 1.JPG": b"photo", "/Office scan/top.jpg": b"top"})
     # Frozen: the tree cannot change once it is planned as the archive.
     for call, args in ((model.mkdir, ("/Office scan/Scans/new", 0o755)),
                        (model.create, ("/Office scan/Scans/new.jpg", 0o644, os.O_WRONLY)),
@@ -293,12 +298,7 @@ def test_an_identical_re_copy_of_a_frozen_trees_file_is_a_no_op_and_a_different_
     """cp -a, tar -x (create onto the name) and a scratch copy renamed onto it (rsync) of the same
     content again: compared with the journaled digest, accepted, nothing changes; while the archive
     is planned but not up yet, and once the project is made (the spool copies dropped)."""
-    model.mkdir("/s", 0o755)
-    model.mkdir("/s/sub", 0o755)
-    write_file(model, "/s/sub/a.jpg", b"tree file")
-    write_file(model, "/s/top.jpg", b"top")
-    model.engine.gate.set_paused(True)
-    write_file(model, "/s/.create", b"")
+    planned_with_uploads_paused(model, ("/s", "/s/sub"), {"/s/sub/a.jpg": b"tree file", "/s/top.jpg": b"top"})
     session = model.engine.registry.sessions["s"]
     record = session.files["sub/a.jpg"]
 
