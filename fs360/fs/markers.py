@@ -384,8 +384,11 @@ class Markers:
         registry.marker_pending_locked(
             session, f".create put here by {pending.program} is taken when {pending.program} exits successfully "
                      f"(the folder may still change until then)")
-        noted = self.engine.journal.get_meta(PENDING_KEY) or {}
-        self.engine.journal.set_meta(PENDING_KEY, {**noted, str(session.id): pending.program})
+        self._note_pending_locked()
+
+    def _note_pending_locked(self) -> None:
+        """The journal's note of the pending ones: what `_pending` holds, by session id."""
+        self.engine.journal.set_meta(PENDING_KEY, {str(sid): p.program for sid, p in self._pending.items()})
 
     def _drop_pending_locked(self, session: SessionRecord, pending: PendingMarker | None = None) -> bool:
         """Forgets the session's pending .create (only `pending`, when given): whether one was."""
@@ -394,9 +397,7 @@ class Markers:
             return False
         del self._pending[session.id]
         self.engine.registry.marker_pending_locked(session, "")
-        noted = self.engine.journal.get_meta(PENDING_KEY) or {}
-        noted.pop(str(session.id), None)
-        self.engine.journal.set_meta(PENDING_KEY, noted)
+        self._note_pending_locked()
         return True
 
     def _settle(self, session: SessionRecord, pending: PendingMarker, failure: str) -> None:

@@ -351,22 +351,21 @@ class OpenFiles:
         set (cp -a), else now; a
         revival that is not identical is deleted again (the server still holds the file)."""
         identical = handle.check.rewriting and handle.check.matches() and not handle.writer_died
+        record = handle.record
         with self.engine.lock:
             if handle.revival:
-                self.engine.registry.revival_closed_locked(handle.record)
-            if not is_listed_locked(self.engine, handle.record):
+                self.engine.registry.revival_closed_locked(record)
+            if not is_listed_locked(self.engine, record):
                 return
             if identical:
-                record = handle.record
                 self.engine.registry.keep_identical_locked(record, mtime_ns=None if record.times_given
                                                            else time.time_ns())
             elif handle.revival:
-                self.engine.registry.remove_file_locked(handle.record)
+                self.engine.registry.remove_file_locked(record)
                 if handle.check.differs:
                     # Deleted, then written anew (`unzip -o`, or `rm f; cp new f`): its name
                     # leaves the folder again, and its line with it; the folder's refused list
                     # says what became of the new content (the user deleted nothing).
-                    record = handle.record
                     self.engine.registry.name_refused_locked(
                         self.engine.registry.session_of(record), record.name,
                         f"not kept: {record.last_error}; copy the new content under another name, "

@@ -11,7 +11,7 @@ from ..engine.content_digest import is_legacy_digest
 from .content_check import LegacyDigest, compared_on_rewrite_locked, content_stamp, is_identical_copy
 from .exits import Closer, Writers
 from .markers import MAX_CREATE_BYTES, Markers
-from .names import check_file_name, check_session_name
+from .names import CREATE_MARKER, check_file_name, check_session_name
 from .rules import (check_mutable_locked, check_not_sealed, check_tree_open_locked, check_uploadable_name_locked,
                     refuse_change_locked)
 from .tree import DIR, FILE, MARKER, MISSING, ROOT, ROOT_STATUS_FILE, SESSION, STATUS, Node, SessionTree
@@ -29,7 +29,8 @@ class Renames:
 
     def rename(self, old: str, new: str, pid: int | None = None) -> None:
         """`pid`: the task renaming, when known (its program may commit a scratch file)."""
-        if self._onto_marker(old, new, pid):
+        # (The name first: every rename of an rsync or a cp -r would otherwise resolve both paths twice.)
+        if new.rpartition("/")[2] == CREATE_MARKER and self._onto_marker(old, new, pid):
             return
         renamer = self.writers.identify(pid) if pid else None
         legacy = self._hash_scratch_file(old, new)
@@ -62,9 +63,9 @@ class Renames:
             src, dst = self.tree.resolve_locked(old), self.tree.resolve_locked(new)
             if not (dst.kind == MARKER and src.kind == FILE and src.record.local_only and dst.session is src.session):
                 return False
-            record, too_big, mtime_ns = src.record, src.record.size > MAX_CREATE_BYTES, src.record.mtime_ns
-        # Too big is refused for its size, unread (as a write past it is).
-        data = b"\0" * (MAX_CREATE_BYTES + 1) if too_big else self._spooled(record)
+            record, mtime_ns = src.record, src.record.mtime_ns
+        # At most one byte past the limit is read: a larger one is refused for its size, as a write past it is.
+        data = self._spooled(record)
         renamer = self.writers.identify(pid) if pid else None
         self.markers.take_renamed(src.session, data, mtime_ns, self.writers.family(pid), renamer)
         with self.engine.lock:
