@@ -357,7 +357,9 @@ class Markers:
         Its content is checked now (a refusal fails the rename); it is taken as a written one at
         its close is, but at the exit of the renaming program (rsync sends .create before the
         tree's files, and freezing the tree now would refuse them): pending until then. A
-        renamer whose exit cannot be told (None, or no watch): taken now."""
+        renamer whose exit cannot be told (None, or no watch): taken now, as written by nobody: the
+        rename says nothing of the renamer's own files being done (rsync renames .create first), so
+        they reach their commit point as any file does, or the rename is refused meanwhile."""
         self._check_writable(session)
         handle = MarkerHandle(session, writable=True, mtime_ns=mtime_ns)
         try:
@@ -374,7 +376,7 @@ class Markers:
                 if self.writers.at_exit(renamer, lambda failure: self._settle(session, pending, failure)):
                     self._hold_locked(session, pending)
                     return
-        self._take(handle, requester)
+        self._take(handle, frozenset())
 
     def _hold_locked(self, session: SessionRecord, pending: PendingMarker) -> None:
         self._drop_pending_locked(session)

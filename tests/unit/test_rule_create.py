@@ -427,6 +427,24 @@ def test_a_renamer_whose_exit_cannot_be_told_takes_it_at_the_rename(fed):
     assert fed.engine.registry.sessions["s"].project is not None
 
 
+def test_a_renamer_whose_exit_cannot_be_told_declares_none_of_its_files_done(fed):
+    """Taken at the rename, the .create must not commit the tree files rsync itself closed: they
+    wait for rsync's exit (or the write-back delay) as any file does, and rsync may still fail.
+    Meanwhile the rename is refused with the reason (a review found them committed, and queued,
+    before rsync had ended)."""
+    fed.writers.watch.statuses_known = False
+    fed.mkdir("/s", 0o755)
+    fed.mkdir("/s/Scans", 0o755)
+    fh = fed.create("/s/Scans/scan.e57", 0o644, os.O_WRONLY | os.O_CREAT)
+    fed.write(fh, b"scan", 0)
+    fed.flush(fh, RSYNC)
+    fed.release(fh)
+    write_file(fed, "/s/.create.Xy12ab", b"")
+    assert errno_of(fed.rename, "/s/.create.Xy12ab", "/s/.create", RSYNC) == errno.EINVAL
+    assert fed.getxattr("/s/Scans/scan.e57", "user.fs360.state") == b"closed"
+    assert fed.engine.registry.sessions["s"].project is None
+
+
 def witness_an_exit(model: MountModel) -> None:
     """Waits until the exit watch ran every action of the exits fed before (one more is fed after them)."""
     done = threading.Event()
