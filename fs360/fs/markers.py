@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 class PendingMarker:
     """A .create a program renamed into place (rsync), checked: taken at that program's exit."""
     data: bytes
-    requester: frozenset
     program: str
     mtime_ns: int  # the scratch file's (rsync sets it before the rename), or a utimens since
 
@@ -349,11 +348,9 @@ class Markers:
         with self.engine.lock:
             self._keep_mtime_locked(handle.session, self._times.pop(handle.session.id, None))
 
-    def take_renamed(self, session: SessionRecord, data: bytes, mtime_ns: int, requester: frozenset = frozenset(),
-                     renamer: Closer | None = None) -> None:
+    def take_renamed(self, session: SessionRecord, data: bytes, mtime_ns: int, renamer: Closer | None = None) -> None:
         """A scratch file renamed onto .create (rsync writes `.create.XXXXXX`, then renames it):
-        .create written with `data` by the renamer, `requester` its family (Writers.family),
-        `mtime_ns` the scratch file's (what .create then reads back).
+        .create written with `data` by the renamer, `mtime_ns` the scratch file's (what .create then reads back).
         Its content is checked now (a refusal fails the rename); it is taken as a written one at
         its close is, but at the exit of the renaming program (rsync sends .create before the
         tree's files, and freezing the tree now would refuse them): pending until then. A
@@ -370,13 +367,13 @@ class Markers:
                 self.engine.registry.marker_refused_locked(session, str(exc))
             raise
         if renamer is not None:
-            pending = PendingMarker(bytes(data), requester, renamer.name, mtime_ns)
+            pending = PendingMarker(bytes(data), renamer.name, mtime_ns)
             with self.engine.lock:
                 # Both under the state lock: the exit's action waits for it, so it finds this pending.
                 if self.writers.at_exit(renamer, lambda failure: self._settle(session, pending, failure)):
                     self._hold_locked(session, pending)
                     return
-        self._take(handle, frozenset())
+        self._take(handle)
 
     def _hold_locked(self, session: SessionRecord, pending: PendingMarker) -> None:
         self._drop_pending_locked(session)
@@ -418,17 +415,19 @@ class Markers:
         handle = MarkerHandle(session, writable=True, data=bytearray(pending.data), dirty=True, pending=pending,
                               mtime_ns=pending.mtime_ns)
         try:
-            self._take(handle, pending.requester)
+            self._take(handle)
         except Fs360Error as exc:
             log.info("%s/.create from %s not taken: %s", session.name, pending.program, exc)
         finally:
             with self.engine.lock:
                 self._drop_pending_locked(session, pending)
 
-    def _take(self, handle: MarkerHandle, requester: frozenset) -> None:
+    def _take(self, handle: MarkerHandle) -> None:
         """A whole .create not written through an open file: flush()'s checks and wait for the
         tree's writers, and an empty one accepted at once (there is no later release)."""
-        self.flush(handle, requester=requester)
+        # Declaring nobody's files done: at the renamer's exit its own files were settled by that
+        # exit, and one of a helper it left running waits for the helper's (rsync's receiver renames).
+        self.flush(handle)
         if handle.dirty:
             # Empty: flush() only checked it (see there); a rename has no later release to wait for.
             try:

@@ -67,7 +67,7 @@ class Renames:
         # At most one byte past the limit is read: a larger one is refused for its size, as a write past it is.
         data = self._spooled(record)
         renamer = self.writers.identify(pid) if pid else None
-        self.markers.take_renamed(src.session, data, mtime_ns, self.writers.family(pid), renamer)
+        self.markers.take_renamed(src.session, data, mtime_ns, renamer)
         with self.engine.lock:
             if src.session.files.get(record.name) is record:
                 self.engine.registry.remove_file_locked(record)

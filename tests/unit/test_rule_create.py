@@ -445,6 +445,34 @@ def test_a_renamer_whose_exit_cannot_be_told_declares_none_of_its_files_done(fed
     assert fed.engine.registry.sessions["s"].project is None
 
 
+PROGRAM, HELPER = 4_000_020, 4_000_021  # a program, and a helper it forked (no exec) that writes and renames
+
+
+def test_a_pending_create_taken_at_its_program_exit_leaves_a_running_helpers_files_waiting(idle):
+    """The helper wrote a tree file and renamed .create into place; its program exits 0 while the
+    helper still runs. Taking .create then must not declare the helper's file done: its exit
+    decides too (the forked-helper rule). A review found .create's requester, the helper's
+    family, committing it at the program's exit."""
+    feed_writers(idle, lambda pid: Closer(PROGRAM, "python3", None, 7, helper=HELPER, helper_start=8)
+                 if pid == HELPER else Closer(pid, "sh", None))
+    idle.mkdir("/s", 0o755)
+    idle.mkdir("/s/Scans", 0o755)
+    fh = idle.create("/s/Scans/scan.e57", 0o644, os.O_WRONLY | os.O_CREAT)
+    idle.write(fh, b"scan", 0)
+    idle.flush(fh, HELPER)
+    idle.release(fh)
+    fh = idle.create("/s/.create.Xy12ab", 0o644, os.O_WRONLY | os.O_CREAT)
+    idle.flush(fh, HELPER)
+    idle.release(fh)
+    idle.rename("/s/.create.Xy12ab", "/s/.create", HELPER)
+    session = idle.engine.registry.sessions["s"]
+    assert session.marker_pending
+    idle.writers.exited(PROGRAM, 0)
+    wait_until(lambda: not session.marker_pending, 30, 0.02, what="the pending .create settled")
+    assert idle.getxattr("/s/Scans/scan.e57", "user.fs360.state") == b"closed"
+    assert session.project is None
+
+
 def witness_an_exit(model: MountModel) -> None:
     """Waits until the exit watch ran every action of the exits fed before (one more is fed after them)."""
     done = threading.Event()
