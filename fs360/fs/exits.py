@@ -196,9 +196,10 @@ def failure_of(status: int | None, program: str = "") -> str:
 
 
 def _still_there(pid: int, start: int) -> bool:
-    """Process `pid` (started at `start`) is in /proc: running, or dead and not reaped yet."""
-    task = _stat(pid)
-    return task is not None and bool(start) and task[4] == start
+    """Process `pid` (started at `start`) is in /proc: running, or dead and not reaped yet. A start
+    that could not be read counts any process of that pid: unsure, its own exit decides too."""
+    now = started_at(pid)
+    return now is not None and (not start or now == start)
 
 
 def dying_reason(closer: Closer | None) -> str:

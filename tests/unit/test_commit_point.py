@@ -7,6 +7,7 @@ the same with real programs.
 """
 
 import os
+import subprocess
 import signal
 
 import pytest
@@ -432,3 +433,18 @@ def test_a_writer_seen_to_exit_0_leaves_the_journaled_writers(idle):
     idle.writers.exited(SHELL, 0)
     assert file_state(idle, "s", "a.e57") == "closed"
     assert str(SHELL) not in journaled() and str(CURL) in journaled()
+
+
+def test_a_helper_whose_start_could_not_be_read_counts_as_still_there():
+    """Unsure whether a helper outlived its program (its start time was not read), the mount lets
+    the helper's own exit decide too: before, such a helper counted as gone and its failure was
+    ignored (a review found it failing open)."""
+    from fs360.engine.processes import started_at
+    from fs360.fs.exits import _still_there
+    me = os.getpid()
+    assert _still_there(me, 0)
+    assert _still_there(me, started_at(me))
+    assert not _still_there(me, started_at(me) + 1)  # the pid of another, later process
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: gone from /proc
+    assert not _still_there(dead.pid, 0)
