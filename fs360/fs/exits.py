@@ -327,14 +327,18 @@ class Writers:
                     self._program_of[closer.helper] = closer.tgid
                 self.engine.registry.writer_awaited_locked(record, closer.helper, closer.helper_start)
 
-    def _note_outliving_helpers_locked(self, program: int, name: str) -> None:
-        """Needs self._lock. `program` ended: its helpers still there (running, or dead and not
-        reaped by it) were not judged by its exit, so theirs decide (rsync reaps its helpers)."""
-        for helper, start in self._helpers_of.pop(program, {}).items():
-            if self.still_there(helper, start):
-                self._outlived.add(helper)
-                log.debug("%s (%d) ended before its helper %d: the helper's exit decides its files too",
-                          name, program, helper)
+    def _note_outliving_helpers(self, program: int, name: str, helpers: dict[int, int]) -> None:
+        """`program` ended: its helpers still there (running, or dead and not reaped by it) were not
+        judged by its exit, so theirs decide (rsync reaps its helpers). /proc is read without
+        self._lock (FUSE closes take it under the state lock); the one watch thread calls this
+        before it handles any later exit, so a helper's own exit cannot come in between."""
+        outlived = {helper for helper, start in helpers.items() if self.still_there(helper, start)}
+        for helper in outlived:
+            log.debug("%s (%d) ended before its helper %d: the helper's exit decides its files too",
+                      name, program, helper)
+        if outlived:
+            with self._lock:
+                self._outlived |= outlived
 
     def at_exit(self, closer: Closer | None, action: Callable[[str], None]) -> bool:
         """Runs `action(failure)` once the program `closer` works for has exited, on a thread of
@@ -379,13 +383,15 @@ class Writers:
             actions = self._at_exit.pop(tgid, ())
             name = self._names.pop(tgid, "the writer")
             program = self._program_of.pop(tgid, None)
+            helpers = {}
             if program is not None:
                 self._helpers_of.get(program, {}).pop(tgid, None)
                 if tgid not in self._outlived and status is not None and not status & 0x7F:
                     status = 0  # its program reaped it, and its own exit then decided
                 self._outlived.discard(tgid)
             else:
-                self._note_outliving_helpers_locked(tgid, name)
+                helpers = self._helpers_of.pop(tgid, {})
+        self._note_outliving_helpers(tgid, name, helpers)
         failure = failure_of(status, name)
         reason = held_reason(name, failure) if failure else ""
         for record in (records or {}).values():
