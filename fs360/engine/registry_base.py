@@ -151,6 +151,11 @@ class RegistryState:
             setattr(record, key, value)
         if ctime_ns is not None:
             record.ctime_ns = ctime_ns
+
+    def attrs_given_locked(self, record: FileRecord, ctime_ns: int, **attrs) -> None:
+        """chmod, chown, utimens of a file: as set_file_attrs_locked, and a time its writer gave is
+        the one an identical re-copy keeps (cp -a sets it before the close)."""
+        self.set_file_attrs_locked(record, ctime_ns=ctime_ns, **attrs)
         if "mtime_ns" in attrs:
             record.times_given = True
 

@@ -465,7 +465,7 @@ class MountModel:
                 self.root.update((key, value) for key, value in attrs.items() if key != "mtime_ns")
                 self.engine.journal.set_meta(ROOT_ATTRS_KEY, self.root)
             elif node.kind == FILE:
-                self.engine.registry.set_file_attrs_locked(node.record, ctime_ns=now, **attrs)
+                self.engine.registry.attrs_given_locked(node.record, ctime_ns=now, **attrs)
             elif node.kind == MISSING:
                 raise NotFound(path)
             # Status files have no metadata of their own, nor has .create but its mtime: accepted.
