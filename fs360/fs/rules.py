@@ -93,13 +93,13 @@ def check_mutable_locked(engine, record: FileRecord) -> None:
 def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> None:
     if any(f.name == name for f in session.unlinked):
         raise AccessDenied(f"the server holds a deleted file named {name!r}: the name cannot be used again")
+    if "/" in name:
+        return  # a file of the tree goes up inside its archive, never under a name of its own
     ext = extension_of(name)
-    if session.archive is not None and "/" not in name and ext in ARCHIVE_EXTENSIONS:
+    if session.archive is not None and ext in ARCHIVE_EXTENSIONS:
         raise NotPermitted(f"this folder's tree goes up as {session.archive.server_name}; "
                            f"the server takes one archive per session")
     caps = engine.registry.caps
-    if "/" in name:
-        return  # a file of the tree goes up inside its archive, never under a name of its own
     if ext in caps.refused_extensions or (caps.allowed_extensions and ext not in caps.allowed_extensions):
         raise NotPermitted(refusal_in_plain_words("extension_not_allowed",
                                                   {"extension": ext, "allowed": list(caps.allowed_extensions)}))
