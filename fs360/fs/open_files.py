@@ -19,7 +19,7 @@ from .content_check import ContentCheck, compared_on_rewrite_locked
 from .exits import Writers
 from .handles import FileHandle, HandleTable
 from .markers import Markers
-from .rules import check_growth, check_growth_locked, check_mutable_locked, refuse_change_locked
+from .rules import check_growth, check_growth_locked, check_mutable_locked, refused_recopy_reason_locked
 from .tree import FILE, MARKER, MISSING, ROOT_STATUS_FILE, STATUS, SessionTree, is_listed_locked
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class OpenFiles:
         """The rewrite of a file the server holds differs: refused, with the reason kept."""
         handle.check.differs = True
         with self.engine.lock:
-            raise AccessDenied(refuse_change_locked(self.engine, handle.record))
+            raise AccessDenied(refused_recopy_reason_locked(self.engine, handle.record))
 
     def _pwrite(self, handle: FileHandle, data: bytes, offset: int) -> int:
         # A full disk first drops uploaded data the spool still keeps, then the write tries once more.

@@ -13,7 +13,7 @@ from .exits import Closer, Writers
 from .markers import MAX_CREATE_BYTES, Markers
 from .names import CREATE_MARKER, check_file_name, check_session_name
 from .rules import (check_mutable_locked, check_not_sealed, check_tree_open_locked, check_uploadable_name_locked,
-                    refuse_change_locked)
+                    refused_recopy_reason_locked)
 from .tree import DIR, FILE, MARKER, MISSING, ROOT, ROOT_STATUS_FILE, SESSION, STATUS, Node, SessionTree
 
 # libfuse renames a file unlinked while open to this prefix and unlinks it at its last release.
@@ -193,7 +193,7 @@ class Renames:
         copy, held = src.record, dst.record
         # The copy may still be open: GIO renames its `.goutputstream-*` before closing it.
         if not is_identical_copy(self.engine, copy, held, legacy):
-            raise AccessDenied(refuse_change_locked(self.engine, held))
+            raise AccessDenied(refused_recopy_reason_locked(self.engine, held))
         self.engine.registry.keep_identical_locked(held, copy=copy)
         self.tree.touch_parent_locked(src, dst)
 

@@ -74,7 +74,7 @@ def frozen_reason_locked(engine, record: FileRecord) -> str:
     return ""
 
 
-def refuse_change_locked(engine, record: FileRecord) -> str:
+def refused_recopy_reason_locked(engine, record: FileRecord) -> str:
     """A re-copy that differs from what is held (content_check.py): the reason, kept for status.
     A frozen tree's file says why its tree cannot change, and is listed as refused in status."""
     if not record.in_tree:
