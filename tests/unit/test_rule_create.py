@@ -427,18 +427,23 @@ def test_a_renamer_whose_exit_cannot_be_told_takes_it_at_the_rename(fed):
     assert fed.engine.registry.sessions["s"].project is not None
 
 
+def tree_file_closed_by(model: MountModel, pid: int) -> None:
+    """/s/Scans/scan.e57 written and closed by (fake) process `pid`: its exit awaited."""
+    model.mkdir("/s", 0o755)
+    model.mkdir("/s/Scans", 0o755)
+    fh = model.create("/s/Scans/scan.e57", 0o644, os.O_WRONLY | os.O_CREAT)
+    model.write(fh, b"scan", 0)
+    model.flush(fh, pid)
+    model.release(fh)
+
+
 def test_a_renamer_whose_exit_cannot_be_told_declares_none_of_its_files_done(fed):
     """Taken at the rename, the .create must not commit the tree files rsync itself closed: they
     wait for rsync's exit (or the write-back delay) as any file does, and rsync may still fail.
     Meanwhile the rename is refused with the reason (a review found them committed, and queued,
     before rsync had ended)."""
     fed.writers.watch.statuses_known = False
-    fed.mkdir("/s", 0o755)
-    fed.mkdir("/s/Scans", 0o755)
-    fh = fed.create("/s/Scans/scan.e57", 0o644, os.O_WRONLY | os.O_CREAT)
-    fed.write(fh, b"scan", 0)
-    fed.flush(fh, RSYNC)
-    fed.release(fh)
+    tree_file_closed_by(fed, RSYNC)
     write_file(fed, "/s/.create.Xy12ab", b"")
     assert errno_of(fed.rename, "/s/.create.Xy12ab", "/s/.create", RSYNC) == errno.EINVAL
     assert fed.getxattr("/s/Scans/scan.e57", "user.fs360.state") == b"closed"
@@ -455,12 +460,7 @@ def test_a_pending_create_taken_at_its_program_exit_leaves_a_running_helpers_fil
     family, committing it at the program's exit."""
     feed_writers(idle, lambda pid: Closer(PROGRAM, "python3", None, 7, helper=HELPER, helper_start=8)
                  if pid == HELPER else Closer(pid, "sh", None))
-    idle.mkdir("/s", 0o755)
-    idle.mkdir("/s/Scans", 0o755)
-    fh = idle.create("/s/Scans/scan.e57", 0o644, os.O_WRONLY | os.O_CREAT)
-    idle.write(fh, b"scan", 0)
-    idle.flush(fh, HELPER)
-    idle.release(fh)
+    tree_file_closed_by(idle, HELPER)
     fh = idle.create("/s/.create.Xy12ab", 0o644, os.O_WRONLY | os.O_CREAT)
     idle.flush(fh, HELPER)
     idle.release(fh)
