@@ -234,8 +234,6 @@ class SessionRecord:
     listing_known: bool = False
     # Memory only: why the last .create was refused (shown in status until a valid one).
     marker_refused: str = ""
-    # Memory only: what a .create renamed into place waits for (its renamer's exit), for status.
-    marker_pending: str = ""
     # Memory only: names a create or a rename into the folder was refused for, with the reason
     # (a server that refuses .exe files): a file manager shows only "operation not permitted".
     refused_names: dict[str, str] = field(default_factory=dict)

@@ -173,11 +173,6 @@ class SessionsAndFolders(RegistryState):
         session.marker_refused = reason
 
     @staticmethod
-    def marker_pending_locked(session: SessionRecord, note: str) -> None:
-        """What a .create awaiting its renamer's exit waits for ('' once it is settled): status shows it."""
-        session.marker_pending = note
-
-    @staticmethod
     def project_notice_locked(session: SessionRecord, notice: str) -> None:
         """What stops the session's project now ('' when nothing does): status shows it."""
         session.notice = notice

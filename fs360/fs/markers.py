@@ -378,12 +378,16 @@ class Markers:
     def _hold_locked(self, session: SessionRecord, pending: PendingMarker) -> None:
         self._drop_pending_locked(session)
         self._pending[session.id] = pending
-        registry = self.engine.registry
-        registry.marker_refused_locked(session, "")
-        registry.marker_pending_locked(
-            session, f".create put here by {pending.program} is taken when {pending.program} exits successfully "
-                     f"(the folder may still change until then)")
+        self.engine.registry.marker_refused_locked(session, "")
         self._note_pending_locked()
+
+    def pending_note_locked(self, session: SessionRecord) -> str:
+        """What the session's pending .create waits for, for status ('' when none is pending)."""
+        pending = self._pending.get(session.id)
+        if pending is None:
+            return ""
+        return (f".create put here by {pending.program} is taken when {pending.program} exits successfully "
+                f"(the folder may still change until then)")
 
     def _note_pending_locked(self) -> None:
         """The journal's note of the pending ones: what `_pending` holds, by session id."""
@@ -395,7 +399,6 @@ class Markers:
         if current is None or (pending is not None and current is not pending):
             return False
         del self._pending[session.id]
-        self.engine.registry.marker_pending_locked(session, "")
         self._note_pending_locked()
         return True
 

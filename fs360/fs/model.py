@@ -60,9 +60,9 @@ class MountModel:
         self.root = {"mode": 0o755, "uid": self.uid, "gid": self.gid, **(engine.journal.get_meta(ROOT_ATTRS_KEY) or {})}
         self._handles = HandleTable()
         self.attrs = Attributes(engine, self.uid, self.gid)
-        self.status = RenderedStatus(engine)
         self.writers = Writers(engine)
         self.markers = Markers(engine, self._handles, self.writers)
+        self.status = RenderedStatus(engine, self.markers.pending_note_locked)
         with engine.lock:
             self.tree = SessionTree(engine, settings.local_only_patterns)
         self.files = OpenFiles(engine, self.tree, self.markers, self._handles, self.writers)

@@ -72,9 +72,10 @@ _FILE_FIELDS = attrgetter("id", "name", "server_name", "state", "size", "server_
 (_ID, _NAME, _SERVER_NAME, _STATE, _SIZE, _SENT, _ERROR, _ATTEMPTS, _NEXT, _LOCAL, _ARCHIVE, _SHA256) = range(12)
 
 
-def capture_session_locked(session: SessionRecord, engine) -> dict:
+def capture_session_locked(session: SessionRecord, engine, pending_note=lambda session: "") -> dict:
     """Needs engine.lock held: one consistent copy of what a session's status shows, as plain
-    values (nothing that a later change of a record could alter); snapshot_of makes it a status."""
+    values (nothing that a later change of a record could alter); snapshot_of makes it a status.
+    `pending_note(session)`: what its pending .create waits for (Markers.pending_note_locked)."""
     files = [_FILE_FIELDS(f) for f in session.files.values() if not f.in_tree]
     if session.archive:
         files.append(_FILE_FIELDS(session.archive))
@@ -91,7 +92,7 @@ def capture_session_locked(session: SessionRecord, engine) -> dict:
         "project": None if project is None else {
             "state": project.state, "name": project.name, "status": project.status,
             "error": project.last_error, "record": dict(project.record or {}), "options": dict(project.options)},
-        "notice": session.notice, "marker_refused": session.marker_refused, "marker_pending": session.marker_pending,
+        "notice": session.notice, "marker_refused": session.marker_refused, "marker_pending": pending_note(session),
         "api_url": engine.settings.api_url, "default_privacy": engine.settings.default_privacy,
         "paused": engine.gate.paused,
         "held_back": engine.trouble_reasons(),
@@ -442,8 +443,10 @@ class RenderedStatus:
     sort, build and render it after the lock is released. The files of one call (a listing's
     `status` and `status.json`) share that copy and the status built from it."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, pending_note=lambda session: ""):
+        """`pending_note(session)`, with engine.lock held: what its pending .create waits for."""
         self.engine = engine
+        self._pending_note = pending_note
         self.rates = RateBook(engine.listeners)
         # Rendered status files by (session name or "", file name): (monotonic time, content, the
         # settled state it shows or None).
@@ -458,7 +461,7 @@ class RenderedStatus:
         cached = {name: c for name, c in cached.items() if c is not None}
         if all(name in cached and now - cached[name][0] < STATUS_SIZE_TTL for name in names):
             return [lambda content=cached[name][1]: content for name in names]
-        captures = self._captures_locked() if session is None else [capture_session_locked(session, self.engine)]
+        captures = self._captures_locked() if session is None else [capture_session_locked(session, self.engine, self._pending_note)]
         # Each built once, by the first render that needs it.
         state = functools.cache(lambda: settled_state(captures))
         snapshots = functools.cache(lambda: [snapshot_of(capture, self.rates) for capture in captures])
@@ -477,7 +480,7 @@ class RenderedStatus:
 
     def _captures_locked(self) -> list[dict]:
         sessions = sorted(self.engine.registry.sessions.values(), key=lambda s: natural_key(s.name))
-        return [capture_session_locked(s, self.engine) for s in sessions]
+        return [capture_session_locked(s, self.engine, self._pending_note) for s in sessions]
 
     def mount_snapshot(self, history: bool = False) -> dict:
         """The whole mount as one document (doc/STATUS-JSON.md); takes engine.lock itself.

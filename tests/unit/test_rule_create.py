@@ -324,6 +324,12 @@ def renamed_by_rsync_with_a_tree(model: MountModel) -> None:
     write_file(model, "/s/top.jpg", b"top")
 
 
+def pending_note(model, session) -> str:
+    """What status says the session's pending .create waits for ('' when none is pending)."""
+    with model.engine.lock:
+        return model.markers.pending_note_locked(session)
+
+
 def test_a_create_renamed_by_a_program_is_pending_until_its_exit_0(fed):
     """Checked at the rename, taken at rsync's exit 0: meanwhile it is listed and readable, status
     says what it waits for, nothing is requested and the tree still takes files."""
@@ -336,7 +342,7 @@ def test_a_create_renamed_by_a_program_is_pending_until_its_exit_0(fed):
         ".create put here by rsync is taken when rsync exits successfully"), pending
     assert "project   pending: .create put here by rsync" in read_all(fed, "/s/status").decode()
     fed.writers.exited(RSYNC, 0)
-    wait_until(lambda: session.project is not None and not session.marker_pending, 10, 0.02, what="the project")
+    wait_until(lambda: session.project is not None and not pending_note(fed, session), 10, 0.02, what="the project")
     assert session.project.options == {"title": "T"}
     assert [m.path for m in fed.engine.tree.members_locked(session)] == ["Scans/scan.e57"]
     assert errno_of(write_file, fed, "/s/Scans/late.e57", b"late") == errno.EACCES  # frozen now
@@ -355,7 +361,7 @@ def test_a_create_renamed_by_a_program_that_fails_is_not_taken(fed, status, reas
     fed.writers.exited(RSYNC, status)
     wait_until(lambda: session.marker_refused, 10, 0.02, what="the refusal")
     assert session.marker_refused.startswith(reason), session.marker_refused
-    assert session.project is None and session.archive is None and not session.marker_pending
+    assert session.project is None and session.archive is None and not pending_note(fed, session)
     assert ".create" not in names(fed, "/s")
     assert project_status(fed, "s")["state"] == "refused"
     write_file(fed, "/s/Scans/again.e57", b"again")  # the tree is not frozen
@@ -366,7 +372,7 @@ def test_an_invalid_create_renamed_by_a_program_fails_the_rename_at_once(fed):
     write_file(fed, "/s/.create.Xy12ab", b'{"title": 3}')
     assert errno_of(fed.rename, "/s/.create.Xy12ab", "/s/.create", RSYNC) == errno.EINVAL
     session = fed.engine.registry.sessions["s"]
-    assert "title must be text" in session.marker_refused and not session.marker_pending
+    assert "title must be text" in session.marker_refused and not pending_note(fed, session)
     assert ".create" not in names(fed, "/s")
 
 
@@ -386,7 +392,7 @@ def test_a_create_written_meanwhile_replaces_a_pending_one(fed):
     renamed_by_rsync_with_a_tree(fed)
     assert write_marker(fed, "s", b'{"title": "Mine"}') is None
     session = fed.engine.registry.sessions["s"]
-    assert session.project.options == {"title": "Mine"} and not session.marker_pending
+    assert session.project.options == {"title": "Mine"} and not pending_note(fed, session)
     fed.unlink("/s/.create")  # cancels the request: a late take would make it again
     fed.writers.exited(RSYNC, 0)
     witness_an_exit(fed)
@@ -399,7 +405,7 @@ def test_a_second_rename_onto_a_pending_create_replaces_it(fed):
     fed.rename("/s/.create.Zz99zz", "/s/.create", RSYNC)
     session = fed.engine.registry.sessions["s"]
     fed.writers.exited(RSYNC, 0)
-    wait_until(lambda: session.project is not None and not session.marker_pending, 10, 0.02, what="the project")
+    wait_until(lambda: session.project is not None and not pending_note(fed, session), 10, 0.02, what="the project")
     assert session.project.options == {"title": "Second"}
 
 
@@ -466,9 +472,9 @@ def test_a_pending_create_taken_at_its_program_exit_leaves_a_running_helpers_fil
     idle.release(fh)
     idle.rename("/s/.create.Xy12ab", "/s/.create", HELPER)
     session = idle.engine.registry.sessions["s"]
-    assert session.marker_pending
+    assert pending_note(idle, session)
     idle.writers.exited(PROGRAM, 0)
-    wait_until(lambda: not session.marker_pending, 30, 0.02, what="the pending .create settled")
+    wait_until(lambda: not pending_note(idle, session), 30, 0.02, what="the pending .create settled")
     assert idle.getxattr("/s/Scans/scan.e57", "user.fs360.state") == b"closed"
     assert session.project is None
 
@@ -635,7 +641,7 @@ def test_a_renamed_create_reads_back_the_scratch_files_bytes_and_time(fed):
         assert read_all(fed, "/s/.create") == b'{"title":"T"}\n'
         fed.writers.exited(RSYNC, 0)
         session = fed.engine.registry.sessions["s"]
-        wait_until(lambda: session.project is not None and not session.marker_pending, 10, 0.02, what="the project")
+        wait_until(lambda: session.project is not None and not pending_note(fed, session), 10, 0.02, what="the project")
 
 
 def test_the_bytes_and_time_of_create_survive_a_restart_and_an_older_journal_reads_back_its_fields(
