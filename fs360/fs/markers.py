@@ -450,6 +450,11 @@ class Markers:
                 raise AccessDenied("the project is created already")
             if session.project_posted:
                 raise AccessDenied(POSTED_REFUSAL)
+            if handle.pending is not None and self._pending.get(session.id) is not handle.pending:
+                # Unlinked or replaced while its renamer's exit waited for the tree's writers
+                # (without the lock): that later word stands.
+                handle.dirty = False
+                return
             # Its mtime: one set while it was written, else the renamed scratch file's, else now.
             mtime_ns = self._times.pop(session.id, None) or handle.mtime_ns or time.time_ns()
             self.engine.request_project_locked(session, options, handle.requester, bytes(handle.data), mtime_ns)

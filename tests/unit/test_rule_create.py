@@ -399,6 +399,39 @@ def test_a_create_written_meanwhile_replaces_a_pending_one(fed):
     assert session.project is None
 
 
+@pytest.mark.parametrize("meanwhile", ["unlinked", "replaced"])
+def test_a_pending_create_unlinked_or_replaced_while_its_exit_takes_it_is_not_requested(fed, monkeypatch, meanwhile):
+    """The renamer's exit takes .create without the state lock while it waits for the tree's writers:
+    a .create unlinked or written by hand in that moment is the user's latest word. Before, the
+    pending one was requested after all (a review's find)."""
+    renamed_by_rsync_with_a_tree(fed)
+    session = fed.engine.registry.sessions["s"]
+    taking, go_on = threading.Event(), threading.Event()
+    wait_for_tree = fed.engine.await_tree_commits
+
+    def held_while_taking(*args):
+        if threading.current_thread().name == "fs360-at-exit":
+            taking.set()
+            assert go_on.wait(10)
+        wait_for_tree(*args)
+    monkeypatch.setattr(fed.engine, "await_tree_commits", held_while_taking)
+    fed.writers.exited(RSYNC, 0)
+    assert taking.wait(10)
+    if meanwhile == "unlinked":
+        fed.unlink("/s/.create")
+    else:
+        assert write_marker(fed, "s", b'{"title": "Mine"}') is None
+    go_on.set()
+    for thread in threading.enumerate():
+        if thread.name == "fs360-at-exit":
+            thread.join(10)
+    if meanwhile == "unlinked":
+        assert session.project is None
+    else:
+        assert session.project.options == {"title": "Mine"}
+    assert not pending_note(fed, session)
+
+
 def test_a_second_rename_onto_a_pending_create_replaces_it(fed):
     renamed_by_rsync_with_a_tree(fed)
     write_file(fed, "/s/.create.Zz99zz", b'{"title": "Second"}')
