@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 BLOCK_SIZE = 1024 * 1024
 # Requests served at once (cheroot's worker threads): a client's parallel PUTs and PROPFINDs.
 THREADS = 16
+# A request's head (its line and headers): cheroot's default is no limit, so a client could grow
+# the server's memory without end with one endless header. WebDAV clients send a few KiB.
+MAX_REQUEST_HEAD = 64 * 1024
 
 
 class AccessError(Fs360Error):
@@ -116,6 +119,7 @@ class WebDavServer:
         app = WsgiDAVApp(wsgidav_config(self.provider, self.users, settings.log_level))
         chunked.install()  # chunk sizes read as HTTP allows them (a `-5` was an empty body)
         self.server = wsgi.Server((self.host, self.port), app, numthreads=THREADS, server_name="fs360")
+        self.server.max_request_header_size = MAX_REQUEST_HEAD
         if settings.webdav_tls_cert:
             self.server.ssl_adapter = BuiltinSSLAdapter(str(Path(settings.webdav_tls_cert).expanduser()),
                                                         str(Path(settings.webdav_tls_key).expanduser()))

@@ -175,6 +175,18 @@ def test_a_put_whose_chunked_body_cannot_be_read_gets_400_with_its_reason(tmp_pa
     assert "bad.jpg" not in remote_files(emulator)
 
 
+def test_an_endless_request_head_is_refused_and_the_server_serves_on(tmp_path, emulator, dav):
+    """cheroot takes a request head of any size by default: one endless header line grew the
+    server's memory for as long as the client sent it."""
+    dav.curl("-X", "MKCOL", path="S", check_status=201)
+    answer = raw_request(dav, "PUT /S/big-head.jpg HTTP/1.1\nHost: x\nX-Pad: " + "p" * 200_000 + "\nContent-Length: 1\n",
+                         b"z")
+    assert answer.startswith(b"HTTP/1.1 413 ") or answer.startswith(b"HTTP/1.1 414 "), answer[:200]
+    assert "big-head.jpg" not in remote_files(emulator)
+    (tmp_path / "after.jpg").write_bytes(b"after")
+    put(dav, "S/after.jpg", tmp_path / "after.jpg", 201)
+
+
 def test_a_finder_style_chunked_put_with_its_expected_length_uploads(tmp_path, emulator, dav):
     dav.curl("-X", "MKCOL", path="S", check_status=201)
     sha = write_random(tmp_path / "clip.mp4", 3 * MiB + 5)
