@@ -6,6 +6,7 @@ program's exit: pending meanwhile, and listed."""
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import logging
 import math
@@ -63,6 +64,8 @@ class MarkerHandle:
     # Opened for writing once the project is requested: the bytes .create was accepted with,
     # which only an identical re-copy may write (None: a new .create).
     accepted: bytes | None = None
+    # Written through since it was opened (a shell closes its first descriptor before writing).
+    wrote: bool = False
     # A renamed one's mtime: its scratch file's (None: the time it is accepted).
     mtime_ns: int | None = None
 
@@ -258,6 +261,7 @@ class Markers:
     def _write_same(self, handle: MarkerHandle, data: bytes, offset: int) -> int:
         """A write into a .create its project was requested with: the same bytes at the same place
         pass (cp -a, tar -x re-runs), the first different one fails (a shell ignores close's error)."""
+        handle.wrote = True
         if handle.broken or bytes(data) != handle.accepted[offset:offset + len(data)]:
             self._refuse_rewrite(handle)
         if len(handle.data) < offset:
@@ -339,11 +343,17 @@ class Markers:
                 self.engine.registry.marker_refused_locked(handle.session, str(exc))
             raise
 
-    def _flush_same(self, handle: MarkerHandle) -> None:
+    def _flush_same(self, handle: MarkerHandle, last: bool = False) -> None:
         """The close of a .create written once its project was requested: the bytes it was accepted
-        with change nothing (a time set meanwhile is kept); any others are refused."""
-        if handle.broken or bytes(handle.data) != handle.accepted:
+        with change nothing (a time set meanwhile is kept); any others are refused. A close before
+        anything was written, but the last (`last`), decides nothing: a shell's `echo '{}' >
+        .create` closes its first descriptor before echo writes through the second."""
+        written = bytes(handle.data)
+        undecided = not last and not handle.wrote
+        if handle.broken or (written != handle.accepted and not undecided):
             self._refuse_rewrite(handle)
+        if written != handle.accepted:
+            return
         handle.dirty = False
         with self.engine.lock:
             self._keep_mtime_locked(handle.session, self._times.pop(handle.session.id, None))
@@ -464,6 +474,10 @@ class Markers:
     def release(self, handle: MarkerHandle) -> None:
         if not handle.writable:
             return
+        if handle.accepted is not None and handle.dirty and not handle.broken:
+            # Truncated by a shell and never written: refused now, in status (a release has no error).
+            with contextlib.suppress(AccessDenied):
+                self._flush_same(handle, last=True)
         if handle.dirty and not handle.data and not handle.broken and handle.accepted is None:
             try:
                 self._accept(handle)  # `touch .create`, `> .create`: an empty request, at the last close

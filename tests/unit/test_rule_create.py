@@ -653,6 +653,46 @@ def test_the_same_bytes_written_again_after_the_project_change_nothing(model, se
     assert session.project is project and len(projects_of(server, model, "s")) == 1
 
 
+def shell_redirect_marker(model: MountModel, session: str, text: bytes) -> int | None:
+    """`echo ... > .create`: the shell opens with O_TRUNC, dup()s the descriptor and closes the
+    first (a close before any write), then echo writes and the second closes; the errno of the
+    first step refused (a release has none)."""
+    path = f"/{session}/.create"
+    try:
+        fh = model.open(path, os.O_WRONLY | os.O_TRUNC)
+    except Fs360Error as exc:
+        return exc.errno
+    try:
+        model.flush(fh)
+        if text:
+            model.write(fh, text, 0)
+        model.flush(fh)
+    except Fs360Error as exc:
+        return exc.errno
+    finally:
+        model.release(fh)
+    return None
+
+
+def test_the_same_bytes_echoed_again_by_a_shell_after_the_project_change_nothing(model, server):
+    """`echo '{}' > S/.create` again (a script re-run): the shell's first close comes before echo
+    writes, with nothing written yet. Before, that close was taken for a .create cut short: echo
+    then failed with EACCES although its bytes were the same (a hostile round's find)."""
+    text = b'{"title": "kept"}\n'
+    created_project(model, text)
+    session = model.engine.registry.sessions["s"]
+    project = session.project
+    assert shell_redirect_marker(model, "s", text) is None
+    assert ".create" not in dict(session.refused_names) and read_all(model, "/s/.create") == text
+    # Truncated and never written (`: > .create`): nothing changes, the refusal is in status.
+    assert shell_redirect_marker(model, "s", b"") is None
+    assert {"name": ".create", "reason": REWRITE_REFUSAL} in \
+        json.loads(read_all(model, "/s/status.json"))["refused_names"]
+    assert shell_redirect_marker(model, "s", b'{"title": "else"}\n') == errno.EACCES
+    assert read_all(model, "/s/.create") == text
+    assert session.project is project and len(projects_of(server, model, "s")) == 1
+
+
 def test_a_read_only_create_takes_a_time_and_keeps_it(model):
     """touch, or rsync's time fix of a skipped file: utimens on the read-only .create is kept."""
     created_project(model, b"")
