@@ -217,6 +217,9 @@ class Check:
     # only the size is compared at each write, and the content by its digest at close.
     no_spool: bool = False
     written: bytearray = field(default_factory=bytearray)
+    # D "Identical re-copies": written or truncated through since opened; a close before that
+    # (a shell's first descriptor) decides nothing but the last.
+    touched: bool = False
 
     def __post_init__(self):
         self.no_spool = self.no_spool or self.revival
@@ -410,6 +413,7 @@ class Reference:
         if c is not None:
             # D "Identical re-copies": "each write is compared with it and the first differing
             # byte is refused at once (EACCES)"; a refusal sticks to the handle.
+            c.touched = True
             if h.append:
                 offset = c.size
             if not c.differs:
@@ -441,6 +445,7 @@ class Reference:
     def truncate(self, f: File, length: int, h: Handle | None = None) -> int:
         if h is not None and h.check is not None:
             c = h.check
+            c.touched = True
             if length == 0:  # GIO truncates to 0: a rewrite from the first byte begins
                 c.rewriting, c.size, c.digest_len, c.digest_valid = True, 0, 0, True
                 c.written = bytearray()
@@ -484,7 +489,9 @@ class Reference:
                 return 0  # the rewrite was not finished: nothing to compare, nothing kept
             if not identical:
                 c.differs = True
-                return errno.EACCES  # D: "at close, a rewrite from byte 0 must have the same size and sha256"
+                # D: "at close, a rewrite from byte 0 must have the same size and sha256"; one
+                # never written through says so in status only (its last close has no errno).
+                return errno.EACCES if c.touched else 0
             return 0
         if h.writable and not f.writers:
             f.completing = f.writes_make_it_whole() and not f.writing_failed

@@ -64,6 +64,9 @@ class ContentCheck:
     digest: RunningDigest | None = None
     size: int = 0
     differs: bool = False
+    # Written or truncated through since it was opened: a close before that decides nothing (a
+    # shell's `cat x > f` and dd close a first descriptor of the file before writing).
+    touched: bool = False
 
     def __post_init__(self):
         self.digest = RunningDigest(like=self.expected_digest)
@@ -77,6 +80,7 @@ class ContentCheck:
     def compare_write(self, spool_fd: int, data: bytes, offset: int) -> bool:
         """Takes a write at `offset` (`spool_fd` is the spool copy, -1 when it is gone);
         whether the content still matches."""
+        self.touched = True
         if not self.differs:
             end = offset + len(data)
             same = end <= self.expected_size
@@ -91,6 +95,7 @@ class ContentCheck:
 
     def compare_truncate(self, length: int) -> bool:
         """Takes a truncate to `length`; whether the content still matches."""
+        self.touched = True
         if length == 0:
             self.restart()
         elif length != self.size:

@@ -301,7 +301,8 @@ class OpenFiles:
                     self.engine.registry.changed_through_locked(handle.record, closer.tgid, closer.name)
         if reason:
             handle.writer_died = handle.writer_died or reason
-        if handle.check is not None and not handle.writer_died and not handle.check.matches():
+        if handle.check is not None and handle.check.touched and not handle.writer_died \
+                and not handle.check.matches():
             self._refuse_change(handle)
 
     def release(self, handle: FileHandle) -> None:
@@ -360,6 +361,11 @@ class OpenFiles:
             if identical:
                 self.engine.registry.keep_identical_locked(record, mtime_ns=None if record.times_given
                                                            else time.time_ns())
+            elif handle.check.rewriting and not handle.check.differs and not handle.writer_died \
+                    and not handle.revival:
+                # Cut and never written again (`: > f`), its refusal left to this last close: the
+                # file is the server's as before; status says why it did not change.
+                refused_recopy_reason_locked(self.engine, record)
             elif handle.revival:
                 self.engine.registry.remove_file_locked(record)
                 if handle.check.differs:

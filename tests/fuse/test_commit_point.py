@@ -357,6 +357,34 @@ def test_reruns_that_unlink_first_bring_the_servers_files_back(tmp_path, profile
     assert_uploaded(emulator, None, sources)
 
 
+def test_identical_rewrites_by_shell_redirection_and_dd_are_accepted(tmp_path, profiled_emulator, mount_factory):
+    """`cat x > f`, `dd if=x of=f` and `rm f; cat x > f` again over files the server holds: the
+    shell and dd close a first descriptor of the file before writing. Each failed with EACCES
+    ("the server already holds a different ...") though the bytes were the same (hostile round 5)."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    session = mount.mountpoint / "s"
+    session.mkdir()
+    src = tmp_path / "src"
+    sources = make_sources(src, {"a.jpg": 300_000, "b.jpg": 5000, "c.jpg": 7000})
+    for name in sources:
+        shutil.copyfile(src / name, session / name)
+    assert mount.wait_settled("s") == {name: "complete" for name in sources}
+    puts = request_count(emulator, "PUT")
+    runs = [["sh", "-c", 'cat "$0" > "$1"', str(src / "a.jpg"), str(session / "a.jpg")],
+            ["dd", f"if={src / 'b.jpg'}", f"of={session / 'b.jpg'}", "status=none"],
+            ["sh", "-c", 'rm "$1" && cat "$0" > "$1"', str(src / "c.jpg"), str(session / "c.jpg")]]
+    for argv in runs:
+        again = subprocess.run(argv, capture_output=True, text=True)
+        assert again.returncode == 0, (argv, again.stderr)
+    assert mount.wait_settled("s") == {name: "complete" for name in sources}
+    assert mount.status_json("s")["deleted_but_held_by_server"] == []
+    assert request_count(emulator, "PUT") == puts
+    different = subprocess.run(["sh", "-c", 'echo other > "$0"', str(session / "b.jpg")], capture_output=True)
+    assert different.returncode != 0
+    assert_uploaded(emulator, None, sources)
+
+
 def test_a_touch_or_a_write_in_place_never_makes_a_partial_file_whole(tmp_path, profiled_emulator, mount_factory):
     """A held file (curl cut off) and an interrupted one (a writer killed holding it) stay so
     whatever opens them for writing and exits 0 without writing them to their end: touch, an

@@ -852,6 +852,52 @@ def test_identical_rewrite_of_a_held_file_is_accepted_different_refused(model, e
     assert held.sha256 == "xxh3-128:" + xxhash.xxh3_128(b"abc" * 1000).hexdigest()
 
 
+def shell_redirect(model: MountModel, path: str, data: bytes, create: bool = False) -> int | None:
+    """`cat x > f` (or dd of=f): the shell opens f with O_TRUNC, dup()s the descriptor and closes
+    the first before cat writes through the second, which closes last; the errno of the first
+    step refused."""
+    try:
+        fh = (model.create(path, 0o644, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) if create
+              else model.open(path, os.O_WRONLY | os.O_TRUNC))
+    except Fs360Error as exc:
+        return exc.errno
+    try:
+        model.flush(fh)
+        if data:
+            model.write(fh, data, 0)
+        model.flush(fh)
+    except Fs360Error as exc:
+        return exc.errno
+    finally:
+        model.release(fh)
+    return None
+
+
+def test_an_identical_rewrite_by_shell_redirection_is_accepted(model, emulator):
+    """`cat x > f`, `dd if=x of=f` again over a file the server holds, or after `rm f`: the first
+    close comes before any write. It was taken for a rewrite cut short, so the write got EACCES
+    and status said the server holds a different file (a hostile round's find)."""
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"held" * 100)
+    wait_state(model, "s", "a.jpg", "complete")
+    puts = request_count(emulator, "PUT")
+    assert shell_redirect(model, "/s/a.jpg", b"held" * 100) is None
+    assert file_state(model, "s", "a.jpg") == "complete"
+    assert model.getxattr("/s/a.jpg", "user.fs360.error") == b""
+    assert shell_redirect(model, "/s/a.jpg", b"else" * 100) == errno.EACCES
+    # Cut and never written again (`: > f`): the server's file stays, status says why.
+    model.unlink("/s/a.jpg")
+    assert shell_redirect(model, "/s/a.jpg", b"held" * 100, create=True) is None   # rm f; cat x > f
+    assert file_state(model, "s", "a.jpg") == "complete"
+    assert json.loads(read_all(model, "/s/status.json"))["deleted_but_held_by_server"] == []
+    write_file(model, "/s/b.jpg", b"other")
+    wait_state(model, "s", "b.jpg", "complete")
+    assert shell_redirect(model, "/s/b.jpg", b"") is None
+    assert read_all(model, "/s/b.jpg") == b"other" and file_state(model, "s", "b.jpg") == "complete"
+    assert "different b.jpg" in model.getxattr("/s/b.jpg", "user.fs360.error").decode()
+    assert request_count(emulator, "PUT") == puts + 1
+
+
 def test_rename_of_a_scratch_copy_onto_a_held_file(model, emulator):
     """rsync -r (no -t) again: a `.name.XXXXXX` copy renamed onto the name the server holds."""
     model.mkdir("/s", 0o755)
