@@ -60,6 +60,9 @@ Issue 11: never upload what the writer did not finish
   identical re-copy of a held file: no PUT; different EACCES .. test_identical_rewrite_of_a_held_file_is_accepted_different_refused,
                                                                 test_rename_of_a_scratch_copy_onto_a_held_file,
                                                                 fuse:test_recopy.py
+  tar -x / unzip -o again over a frozen tree (delete first) .. test_a_re_run_that_deletes_a_frozen_trees_file_first_brings_it_back_or_refuses_it,
+                                                                test_a_frozen_trees_file_deleted_before_a_remount_comes_back_when_created_again,
+                                                                fuse:test_trees.py::test_the_same_tar_x_or_unzip_o_again_into_a_frozen_tree_*
   deleted before any PUT: no tombstone ....................... test_deleted_before_any_put_leaves_no_trace
   open-but-unlinked file through its handle .................. test_open_unlinked_file_works_through_its_handle,
                                                                 fuse:test_unfinished.py::test_pjdfstest_unlink_14
