@@ -317,10 +317,10 @@ def render_text(snapshot: dict) -> bytes:
         lines.append("held      deleted here but held by the server (it cannot drop one file; "
                      "remove the folder to discard the session): " + ", ".join(gone_top))
     if gone_tree:
-        lines.append("held      deleted here, kept in the tree's archive on the server (planned at .create, it "
-                     "cannot change; the project waits: create them again with the same content, as a re-run "
-                     "of the same tar -x or unzip -o does, or remove the folder to discard the session): "
-                     + ", ".join(gone_tree))
+        lines.append("held      deleted here but held by the server in the tree's archive (as planned at .create, "
+                     "sent or not yet: it cannot change, and the project waits; create them again with the same "
+                     "content, as a re-run of the same tar -x or unzip -o does, or remove the folder to discard "
+                     "the session): " + ", ".join(gone_tree))
     lines.append("")
     # .get: `fs360 status` also renders what mounts of an older fs360 publish.
     for entry in snapshot.get("tree", ()):

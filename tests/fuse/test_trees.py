@@ -327,7 +327,7 @@ def test_the_same_tar_x_or_unzip_o_again_into_a_frozen_tree_is_a_no_op_and_a_cha
         assert status["deleted_but_held_by_server"] == ["sub/deep/a.e57"], changed.stderr
         refused = {r["name"]: r["reason"] for r in status["refused_names"]}
         assert refused["sub/deep/a.e57"].startswith(f"not kept: not changed: {why}"), refused
-        assert "deleted here, kept in the tree's archive on the server" in (session / "status").read_text()
+        assert "deleted here but held by the server in the tree's archive" in (session / "status").read_text()
         # The name left the folder at the release: the kernel's entry of it lasts its attr_timeout
         # (1 s), and an unzip -o meanwhile fails to delete it ("cannot delete old").
         wait_until(lambda: not os.path.lexists(session / "sub/deep/a.e57"), 10, what="the kernel to forget it")

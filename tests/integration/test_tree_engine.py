@@ -177,9 +177,10 @@ def test_rm_of_a_tree_file_while_the_archive_is_not_up_says_why_in_status(emulat
     write_file(model, "/s/.create", b"")
     model.unlink("/s/Scans/scan 1.e57")
     status = read_all(model, "/s/status").decode()
-    assert ("held      deleted here, kept in the tree's archive on the server (planned at .create, it cannot "
-            "change; the project waits: create them again with the same content, as a re-run of the same "
-            "tar -x or unzip -o does, or remove the folder to discard the session): Scans/scan 1.e57") \
+    assert ("held      deleted here but held by the server in the tree's archive (as planned at .create, sent "
+            "or not yet: it cannot change, and the project waits; create them again with the same content, as a "
+            "re-run of the same tar -x or unzip -o does, or remove the folder to discard the session): "
+            "Scans/scan 1.e57") \
         in status, status
     assert "  Scans/ 2 files, " in status, status  # still in the archive
     session = model.engine.registry.sessions["s"]

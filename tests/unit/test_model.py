@@ -401,7 +401,7 @@ def test_a_re_run_that_deletes_a_frozen_trees_file_first_brings_it_back_or_refus
     assert names(model, "/s/sub") == {"b.jpg"} and [f.name for f in session.unlinked] == ["sub/a.jpg"]
     assert planned_archive(model, "s") == (members, sha256) and model.engine.spool.exists(record.id)
     assert json.loads(read_all(model, "/s/status.json"))["deleted_but_held_by_server"] == ["sub/a.jpg"]
-    assert "deleted here, kept in the tree's archive on the server" in read_all(model, "/s/status").decode()
+    assert "deleted here but held by the server in the tree's archive" in read_all(model, "/s/status").decode()
     recreated(model, "/s/sub/a.jpg", b"tree file")
     assert session.files["sub/a.jpg"] is record and record.state == "in tree" and not session.unlinked
     assert read_all(model, "/s/sub/a.jpg") == b"tree file"
