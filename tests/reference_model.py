@@ -213,16 +213,14 @@ class Check:
     # created again, is listed again and compared by sha256 only (its spool copy is gone);
     # unless identical it is deleted again at the close.
     revival: bool = False
-    # Without the spool copy (a revival, or a file whose copy was evicted when the handle opened)
-    # only the size is compared at each write, and the content by its digest at close.
+    # Without the spool copy (a revival of a file the server holds, or a file whose copy was
+    # evicted when the handle opened) only the size is compared at each write, and the content by
+    # its digest at close. (A frozen tree's file deleted before its archive is up keeps its copy.)
     no_spool: bool = False
     written: bytearray = field(default_factory=bytearray)
     # D "Identical re-copies": written or truncated through since opened; a close before that
     # (a shell's first descriptor) decides nothing but the last.
     touched: bool = False
-
-    def __post_init__(self):
-        self.no_spool = self.no_spool or self.revival
 
     def matches(self, held: bytes) -> bool:
         if self.differs or self.size != len(held):
@@ -297,8 +295,9 @@ class Session:
         a deleted file created again whose writer has not closed it (D "Identical re-copies")."""
         uploads = [f for f in self.files.values() if not f.local and not f.in_tree]
         archive_pending = self.archive is not None and not self.archive.held
+        tree = [f for f in self.files.values() if f.in_tree]
         return bool(self.gone) or (not uploads and self.archive is None) or archive_pending or \
-            any(f.state != COMPLETE or f.revived for f in uploads)
+            any(f.state != COMPLETE or f.revived for f in uploads) or any(f.revived for f in tree)
 
     def tree_members(self) -> dict[str, bytes]:
         """archive_plan.members_locked: the tree's files, and its folders that hold nothing of
@@ -347,6 +346,13 @@ class Reference:
         if name in s.files and self.compared_on_rewrite(s.files[name]) and s.files[name].held is None:
             # D "Trees": a whole file of the frozen tree takes an identical re-copy (cp -a again).
             return self.open(s.files[name], truncate=True, append=append)
+        if name not in s.files and not is_local_name(name) and name in s.gone_names:
+            # D: the server's file (or the frozen tree's, kept in its archive) comes back when written
+            # again identical (tar -x twice); compared only, so in a sealed session or a frozen tree too.
+            gone = next(g for g in s.gone if g.name == name)
+            s.gone.remove(gone)
+            s.files[name] = gone
+            return self._handle(gone, True, append, Check(rewriting=True, size=0, revival=True, no_spool=gone.evicted))
         if s.tree_frozen and folder_of(name):
             # D "Trees": at .create the tree is frozen: no create in it, of a new name or over a
             # file (scratch too, though an open without O_CREAT may write that: model.create).
@@ -361,12 +367,6 @@ class Reference:
         if s.sealed:
             return errno.EACCES, None  # D "A sealed session refuses every new name, dot-files included"
         local = is_local_name(name)
-        if not local and name in s.gone_names:
-            # D: the server's file comes back when written again identical (tar -x twice).
-            gone = next(g for g in s.gone if g.name == name)
-            s.gone.remove(gone)
-            s.files[name] = gone
-            return self._handle(gone, True, append, Check(rewriting=True, size=0, revival=True))
         f = File(name, local)
         s.files[name] = f
         return self._handle(f, True, append)
@@ -540,13 +540,15 @@ class Reference:
         open, libfuse renames it to `hidden` (a path beside it) instead: the same, for fs360.
         Returns the errno."""
         s = self.sessions[session]
-        if self.frozen(s.files[name]) and not s.archive_complete:
+        if self.frozen(s.files[name]) and not s.archive_complete and not self.compared_on_rewrite(s.files[name]):
             return errno.EACCES  # D "Trees"
         f = s.files.pop(name)
         f.hidden = hidden
         if f.held is not None or (f.in_tree and s.archive_complete):  # D "Trees": the server holds it
             f.evicted = True  # registry.remove_file_locked: the spool copy goes with the unlink
             s.gone.append(f)
+        elif f.in_tree and s.archive is not None:
+            s.gone.append(f)  # D "Trees": the archive not up yet keeps it, and reads its spool copy
         return 0
 
     def rename(self, src: str, name: str, dst: str, new: str) -> int:
@@ -639,6 +641,7 @@ class Reference:
             s.project = None
             if s.archive is not None and not s.archive.held:
                 s.archive = None  # nothing of it reached the server: the tree may change again
+                s.gone = [g for g in s.gone if not g.in_tree]  # kept only for that archive
         return 0
 
     # --- the tree's folders (D "Trees") --------------------------------------------------------

@@ -33,7 +33,7 @@ class TreeArchive:
         """The session's tree as archive members: its files, with their spool files as sources,
         and its empty folders; nothing of dot-folders. The same tree gives the same members,
         after a restart too (the journal keeps both the files and the folders)."""
-        files = session.tree_files()
+        files = session.archived_files()  # a file deleted after .create is still in it
         folders = [path for path in self.registry.folder_paths_locked(session) if not in_scratch_folder(path)]
         held = {f.name.rpartition("/")[0] for f in files} | {p.rpartition("/")[0] for p in folders}
         # A folder holding nothing of the tree at any depth is an entry of its own.

@@ -114,7 +114,7 @@ class ProjectKeeper:
                     f"--files): {todo}")
         # A deleted file written again is listed as the server's while the writer's copy is compared:
         # known good (or refused and deleted again) only at its close.
-        comparing = [f.name for f in files if self.registry.being_revived_locked(f)]
+        comparing = [f.name for f in files + session.tree_files() if self.registry.being_revived_locked(f)]
         if comparing:
             return (f"waiting for {', '.join(sorted(comparing))} (deleted, then created again) to be closed: "
                     f"only then is it known to be the server's file")

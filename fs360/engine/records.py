@@ -274,3 +274,8 @@ class SessionRecord:
 
     def tree_files(self) -> list[FileRecord]:
         return [f for f in self.files.values() if f.in_tree]
+
+    def archived_files(self) -> list[FileRecord]:
+        """The tree's files its archive is made of: those listed, and those deleted here after
+        .create whose spool copy it still reads (registry_files.remove_file_locked keeps it)."""
+        return self.tree_files() + [f for f in self.unlinked if f.in_tree and not f.evicted]

@@ -68,6 +68,11 @@ class FileWriters(RegistryState):
         """The archive was planned but nothing of it reached the server: the tree may change again."""
         archive = session.archive
         archive.generation += 1
+        for record in [f for f in session.unlinked if f.in_tree]:
+            # Deleted from the frozen tree, kept only for this archive: gone for good now.
+            session.unlinked.remove(record)
+            self.spool.remove(record.id)
+            self._forget_file_locked(record, session)
         self._files.pop(archive.id, None)
         self.release_server_name_locked(archive, session)
         self.journal.delete_file(archive.id)
@@ -317,15 +322,19 @@ class FileWriters(RegistryState):
         self._rechoose_server_name_locked(record, source)
 
     def remove_file_locked(self, record: FileRecord) -> None:
-        """unlink: a file the server may hold is remembered (the session cannot drop it)."""
+        """unlink: a file the server may hold is remembered (the session cannot drop it), and so is
+        a file of a frozen tree whose archive is not up yet: the archive still holds it, and reads
+        its spool copy (a re-run of tar -x or unzip -o creates it again: revivable_locked)."""
         session = self.session_of(record)
         self.uncount_locked(record)
-        # The spool file goes first: on a full disk, that is what makes room for the journal.
-        self.spool.remove(record.id)
-        held = record.may_be_on_server or (record.in_tree and session.archive_complete)
+        in_archive = record.in_tree and session.archive is not None and not session.archive_complete
+        if not in_archive:
+            # The spool file goes first: on a full disk, that is what makes room for the journal.
+            self.spool.remove(record.id)
+        held = record.may_be_on_server or (record.in_tree and session.archive_complete) or in_archive
         if held and not record.local_only:
-            self.journal.update_file(record.id, unlinked=1, evicted=1)
-            record.unlinked = record.evicted = True
+            self.journal.update_file(record.id, unlinked=1, evicted=int(not in_archive))
+            record.unlinked, record.evicted = True, not in_archive
             session.unlinked.append(record)
         else:
             self._forget_file_locked(record, session)
@@ -334,10 +343,12 @@ class FileWriters(RegistryState):
         self.nudge()
 
     def revivable_locked(self, session: SessionRecord, name: str) -> FileRecord | None:
-        """The file of `name` deleted from the folder that the server holds complete, with its
-        sha256 known: a re-run that unlinks first (tar -x, cp --remove-destination) may bring it
-        back by writing the same content again (see relist_locked)."""
-        return next((f for f in session.unlinked if f.name == name and f.state == COMPLETE and f.sha256), None)
+        """The file of `name` deleted from the folder that the server holds complete (or that the
+        frozen tree's archive holds), with its digest known: a re-run that unlinks first (tar -x,
+        unzip -o, cp --remove-destination) may bring it back by writing the same content again
+        (see relist_locked)."""
+        return next((f for f in session.unlinked if f.name == name and f.state in (COMPLETE, IN_TREE)
+                     and f.sha256), None)
 
     def relist_locked(self, record: FileRecord) -> None:
         """An unlinked file the server holds is listed in its folder again (its identical re-copy

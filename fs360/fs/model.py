@@ -232,6 +232,11 @@ class MountModel:
                 # A re-copy of a file the server holds (or of a frozen tree's) only compares: fine even once sealed.
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)
             local_only = self.tree.local_only(node.name)
+            revivable = None if local_only else self.engine.registry.revivable_locked(session, node.name)
+            if node.kind == MISSING and revivable is not None:
+                # A re-run that deleted it first (tar -x, unzip -o): only compared, so fine in a sealed
+                # session or a frozen tree too (it names no new file).
+                return self.files.open_revival_locked(revivable, append=bool(flags & os.O_APPEND))
             try:
                 check_not_sealed(session)
                 check_tree_open_locked(session, node.parent)
@@ -243,9 +248,6 @@ class MountModel:
                 # A create racing another: behave like open with O_TRUNC.
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)
             if not local_only:
-                revivable = self.engine.registry.revivable_locked(session, node.name)
-                if revivable is not None:
-                    return self.files.open_revival_locked(revivable, append=bool(flags & os.O_APPEND))
                 try:
                     check_uploadable_name_locked(self.engine, session, node.name)
                 except Fs360Error as exc:
@@ -406,7 +408,9 @@ class MountModel:
             elif node.kind == FILE:
                 if self.tree.unhide_locked(node.session, node.name):
                     return  # libfuse's last release of a file unlinked while open: gone already
-                if node.record.in_tree:
+                if node.record.in_tree and not compared_on_rewrite_locked(self.engine, node.record):
+                    # (A frozen tree's whole file may go: its archive keeps it, and tar -x or
+                    # unzip -o creating it again identical brings it back: revivable_locked.)
                     self._check_tree_removal_locked(node, node.parent, "not deleted")
                 self.engine.registry.remove_file_locked(node.record)
                 self.tree.touch_parent_locked(node)

@@ -311,9 +311,16 @@ def render_text(snapshot: dict) -> bytes:
             lines.append(f"          last error: {project['error']}")
     for refused in snapshot.get("refused_names", ()):
         lines.append(f"refused   {refused['name']}: {refused['reason']}")
-    if snapshot["deleted_but_held_by_server"]:
+    gone = snapshot["deleted_but_held_by_server"]
+    gone_top, gone_tree = [n for n in gone if "/" not in n], [n for n in gone if "/" in n]
+    if gone_top:
         lines.append("held      deleted here but held by the server (it cannot drop one file; "
-                     "remove the folder to discard the session): " + ", ".join(snapshot["deleted_but_held_by_server"]))
+                     "remove the folder to discard the session): " + ", ".join(gone_top))
+    if gone_tree:
+        lines.append("held      deleted here but held by the server in the tree's archive (as planned at .create, "
+                     "sent or not yet: it cannot change, and the project waits; create them again with the same "
+                     "content, as a re-run of the same tar -x or unzip -o does, or remove the folder to discard "
+                     "the session): " + ", ".join(gone_tree))
     lines.append("")
     # .get: `fs360 status` also renders what mounts of an older fs360 publish.
     for entry in snapshot.get("tree", ()):

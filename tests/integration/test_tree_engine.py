@@ -169,14 +169,19 @@ def test_a_session_lost_after_a_tree_folder_was_removed_never_sends_another_arch
 
 
 def test_rm_of_a_tree_file_while_the_archive_is_not_up_says_why_in_status(emulator, make_model):
-    """`rm` prints only "Permission denied": status says why, and when the file can go."""
+    """`rm` of a frozen tree's file succeeds (tar -x and unzip -o unlink before they create), but
+    the archive planned at .create keeps it: status says so, and that the project waits for it
+    to be created again (or the folder to be removed)."""
     model = make_model(emulator, start=False)  # nothing is sent: the archive stays planned only
     make_tree(model, "s")
     write_file(model, "/s/.create", b"")
-    with pytest.raises(Fs360Error) as info:
-        model.unlink("/s/Scans/scan 1.e57")
-    assert info.value.errno == errno.EACCES
+    model.unlink("/s/Scans/scan 1.e57")
     status = read_all(model, "/s/status").decode()
-    assert ("refused   Scans/scan 1.e57: not deleted: the tree goes up as s.zip, planned when .create was "
-            "accepted: it cannot change now; once s.zip is up, its files can be deleted and the folder removed") \
+    assert ("held      deleted here but held by the server in the tree's archive (as planned at .create, sent "
+            "or not yet: it cannot change, and the project waits; create them again with the same content, as a "
+            "re-run of the same tar -x or unzip -o does, or remove the folder to discard the session): "
+            "Scans/scan 1.e57") \
         in status, status
+    assert "  Scans/ 2 files, " in status, status  # still in the archive
+    session = model.engine.registry.sessions["s"]
+    assert "Scans/scan 1.e57" in model.engine.projects.blocking_reason_locked(session)

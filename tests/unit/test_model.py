@@ -60,6 +60,9 @@ Issue 11: never upload what the writer did not finish
   identical re-copy of a held file: no PUT; different EACCES .. test_identical_rewrite_of_a_held_file_is_accepted_different_refused,
                                                                 test_rename_of_a_scratch_copy_onto_a_held_file,
                                                                 fuse:test_recopy.py
+  tar -x / unzip -o again over a frozen tree (delete first) .. test_a_re_run_that_deletes_a_frozen_trees_file_first_brings_it_back_or_refuses_it,
+                                                                test_a_frozen_trees_file_deleted_before_a_remount_comes_back_when_created_again,
+                                                                fuse:test_trees.py::test_the_same_tar_x_or_unzip_o_again_into_a_frozen_tree_*
   deleted before any PUT: no tombstone ....................... test_deleted_before_any_put_leaves_no_trace
   open-but-unlinked file through its handle .................. test_open_unlinked_file_works_through_its_handle,
                                                                 fuse:test_unfinished.py::test_pjdfstest_unlink_14
@@ -265,11 +268,14 @@ def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
     # Frozen: the tree cannot change once it is planned as the archive.
     for call, args in ((model.mkdir, ("/Office scan/Scans/new", 0o755)),
                        (model.create, ("/Office scan/Scans/new.jpg", 0o644, os.O_WRONLY)),
-                       (model.unlink, ("/Office scan/Scans/Фото 1.JPG",)),
                        (model.rmdir, ("/Office scan/Scans/Empty",)),
                        (model.rename, ("/Office scan/Scans", "/Office scan/Other")),
                        (model.truncate, ("/Office scan/Scans/Фото 1.JPG", 1, None))):
         assert errno_of(call, *args) == errno.EACCES, call
+    # An unlink is not a change of the archive: it keeps the file, which the same content created
+    # again brings back (tar -x again: test_a_re_run_that_deletes_a_frozen_trees_file_first_...).
+    model.unlink("/Office scan/Scans/Фото 1.JPG")
+    recreated(model, "/Office scan/Scans/Фото 1.JPG", b"photo")
     assert errno_of(model.create, "/Office scan/site.zip", 0o644, os.O_WRONLY) == errno.EPERM
     # rsync's way in: its scratch copy is refused as well (not listed: its name means nothing),
     # then the rename onto the final name; status names the final names (a hostile run found only
@@ -347,6 +353,111 @@ def test_an_identical_re_copy_of_a_frozen_trees_file_is_a_no_op_and_a_different_
     assert model.getattr("/s/sub/a.jpg")["st_size"] == len(b"tree file")
     refused("the project is created", sealed=True)
     assert request_count(emulator, "PUT") + request_count(emulator, "POST") == sent
+
+
+def recreated(model: MountModel, path: str, data: bytes) -> None:
+    """tar -x or unzip -o of a name they deleted just before: created anew, written, closed."""
+    fh = model.create(path, 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        model.write(fh, data, 0)
+        model.flush(fh)
+    finally:
+        model.release(fh)
+
+
+def recreated_different(model: MountModel, path: str, data: bytes, at_once: bool) -> None:
+    """The same with another content: refused at its first write while the spool copy is there to
+    compare (`at_once`), else at its close (by the digest); the name is deleted again."""
+    fh = model.create(path, 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        if at_once:
+            assert errno_of(model.write, fh, data, 0) == errno.EACCES
+        else:
+            model.write(fh, data, 0)
+        assert errno_of(model.flush, fh) == errno.EACCES
+    finally:
+        model.release(fh)
+    assert path.rpartition("/")[2] not in names(model, path.rpartition("/")[0])
+
+
+def planned_archive(model: MountModel, session: str) -> tuple[list, str]:
+    """The tree's archive as planned: its members, and the sha256 of the bytes it will send."""
+    with model.engine.lock:
+        members = model.engine.tree.members_locked(model.engine.registry.sessions[session])
+    return sorted(members, key=lambda m: m.path), model.engine.tree.sha256(tuple(members))
+
+
+def test_a_re_run_that_deletes_a_frozen_trees_file_first_brings_it_back_or_refuses_it(model, emulator):
+    """tar -x and unzip -o unlink a name they find, then create it. In a frozen tree the unlink
+    succeeds and the archive keeps the file (and reads its spool copy); the same content created
+    again is the tree's file again (no PUT), a different one is refused and the name deleted again,
+    the archive untouched; while the archive is planned, and once the project is made."""
+    planned_with_uploads_paused(model, ("/s", "/s/sub"),
+                                {"/s/sub/a.jpg": b"tree file", "/s/sub/b.jpg": b"bee", "/s/top.jpg": b"top"})
+    session = model.engine.registry.sessions["s"]
+    record = session.files["sub/a.jpg"]
+    members, sha256 = planned_archive(model, "s")
+    model.unlink("/s/sub/a.jpg")
+    assert names(model, "/s/sub") == {"b.jpg"} and [f.name for f in session.unlinked] == ["sub/a.jpg"]
+    assert planned_archive(model, "s") == (members, sha256) and model.engine.spool.exists(record.id)
+    assert json.loads(read_all(model, "/s/status.json"))["deleted_but_held_by_server"] == ["sub/a.jpg"]
+    assert "deleted here but held by the server in the tree's archive" in read_all(model, "/s/status").decode()
+    recreated(model, "/s/sub/a.jpg", b"tree file")
+    assert session.files["sub/a.jpg"] is record and record.state == "in tree" and not session.unlinked
+    assert read_all(model, "/s/sub/a.jpg") == b"tree file"
+    model.unlink("/s/sub/b.jpg")
+    recreated_different(model, "/s/sub/b.jpg", b"bex", at_once=True)
+    assert [f.name for f in session.unlinked] == ["sub/b.jpg"]
+    assert "not kept: not changed: the tree goes up as s.zip" in session.refused_names["sub/b.jpg"]
+    assert planned_archive(model, "s") == (members, sha256)
+    recreated(model, "/s/sub/b.jpg", b"bee")
+    assert not session.unlinked
+    model.engine.gate.set_paused(False)
+    record_of_project = wait_until(lambda: session.project.state == "ready" and session.project.record, 30, 0.05,
+                                   what="the project")
+    assert sorted(record_of_project["files"]) == ["sub/a.jpg", "sub/b.jpg", "top.jpg"]
+    archived = {f["name"]: f["sha256"] for f in emulator.files()}
+    assert set(archived) == {"top.jpg", "s.zip"} and archived["s.zip"] == sha256
+    wait_until(lambda: not model.engine.spool.exists(record.id), 30, 0.05, what="the spool copy dropped")
+    sent = request_count(emulator, "PUT") + request_count(emulator, "POST")
+    model.unlink("/s/sub/a.jpg")  # sealed: compared by the digest only, at the close
+    recreated(model, "/s/sub/a.jpg", b"tree file")
+    assert session.files["sub/a.jpg"] is record and not session.unlinked
+    model.unlink("/s/sub/b.jpg")
+    recreated_different(model, "/s/sub/b.jpg", b"bex", at_once=False)
+    assert [f.name for f in session.unlinked] == ["sub/b.jpg"]
+    assert request_count(emulator, "PUT") + request_count(emulator, "POST") == sent
+    assert {f["name"]: f["sha256"] for f in emulator.files()} == archived
+
+
+def test_a_frozen_trees_file_deleted_before_a_remount_comes_back_when_created_again(emulator, make_model):
+    """tar -x cut off between its unlink and its create, and the mount restarted: the file is still
+    deleted here and still in the archive (its spool copy kept), the project waits for it; created
+    again identical it is back, different it is refused; the archive sent is the one planned."""
+    model = make_model(emulator)
+    planned_with_uploads_paused(model, ("/s", "/s/sub"),
+                                {"/s/sub/a.jpg": b"tree file", "/s/sub/b.jpg": b"bee", "/s/top.jpg": b"top"})
+    members, sha256 = planned_archive(model, "s")
+    model.unlink("/s/sub/a.jpg")
+    model.unlink("/s/sub/b.jpg")
+    model.engine.stop(5)
+
+    again = make_model(emulator, start=False)  # the same cache dir: a remount; nothing is sent yet
+    session = again.engine.registry.sessions["s"]
+    assert sorted(f.name for f in session.unlinked) == ["sub/a.jpg", "sub/b.jpg"] and names(again, "/s/sub") == set()
+    assert planned_archive(again, "s") == (members, sha256)
+    assert json.loads(read_all(again, "/s/status.json"))["deleted_but_held_by_server"] == ["sub/a.jpg", "sub/b.jpg"]
+    recreated(again, "/s/sub/a.jpg", b"tree file")
+    recreated_different(again, "/s/sub/b.jpg", b"bex", at_once=True)
+    assert file_state(again, "s", "sub/a.jpg") == "in tree" and [f.name for f in session.unlinked] == ["sub/b.jpg"]
+    again.engine.start()
+    wait_until(lambda: session.archive.state == "complete", 30, 0.05, what="the archive on the server")
+    assert session.project.state == "waiting" and "sub/b.jpg" in again.engine.projects.blocking_reason_locked(session)
+    recreated(again, "/s/sub/b.jpg", b"bee")
+    record = wait_until(lambda: session.project.state == "ready" and session.project.record, 30, 0.05,
+                        what="the project")
+    assert sorted(record["files"]) == ["sub/a.jpg", "sub/b.jpg", "top.jpg"]
+    assert {f["name"]: f["sha256"] for f in emulator.files()}["s.zip"] == sha256
 
 
 # --- files ---------------------------------------------------------------------------------------------

@@ -604,6 +604,27 @@ class MountMachine(RuleBasedStateMachine):
                         self._rename(session, name, session, path)
         self.step(run)
 
+    def _frozen_tree_files(self):
+        return [(s.name, n) for s in sorted(self.ref.sessions.values(), key=lambda s: s.name) if s.tree_frozen
+                for n, f in sorted(s.files.items()) if f.in_tree and not f.handles and not f.unsure]
+
+    @precondition(lambda self: self.ref is not None and self._frozen_tree_files())
+    @rule(data=st.data(), same=st.booleans(), at_once=st.booleans())
+    def extract_again(self, data, same, at_once):
+        """D "Trees": tar -x or unzip -o again over a frozen tree's file: unlinked, then created anew
+        with the same bytes or others (or not yet: `at_once` False leaves it deleted for a while)."""
+        def run():
+            session, name = data.draw(st.sampled_from(self._frozen_tree_files()), label="tree file")
+            f = self.ref.sessions[session].files[name]
+            content = bytes(f.compared_bytes()) if same else bytes(f.compared_bytes()) + b"!"
+            self._unlink(session, name)
+            if at_once:
+                handle, fh = self._create(session, name, False)
+                if handle is not None:
+                    self._write(handle, fh, 0, content)
+                    self._close(handle, fh)
+        self.step(run)
+
     def await_projects(self) -> None:
         """A requested project that nothing holds back is created by the mount at once (its
         housekeeping thread): wait until the session is sealed, then the reference seals it."""
