@@ -97,6 +97,9 @@ class File:
     writing_failed: bool = False
     # Every byte was written front to back by its writings so far: only then does an append finish it.
     prefix_whole: bool = True
+    # D "Trees": its content digest is known (a writer's last close hashes what the writes did not
+    # say; a truncate by path to a new length leaves it unknown), so a frozen tree compares a re-copy.
+    digest_known: bool = True
     handles: set = field(default_factory=set)
     # Unlinked while open: libfuse renamed it to this .fuse_hidden name (D "A file unlinked
     # while open"); the name goes at its last close.
@@ -473,6 +476,8 @@ class Reference:
             f.unfinished = False  # D: a truncate to 0 makes an interrupted file uploadable again
         if h is None and not f.writers and not f.local and not f.unfinished and self.listed(f):
             f.awaiting = f.unknown_writer = True  # truncate(1) by path: the delay commits it
+        if h is None:
+            f.digest_known = length == 0  # nobody's close hashes it (open_files._release_writer)
         return 0
 
     def close(self, h: Handle, writer_died: bool = False) -> int:
@@ -495,6 +500,8 @@ class Reference:
             return 0
         if h.writable and not f.writers:
             f.completing = f.writes_make_it_whole() and not f.writing_failed
+            if not writer_died and not f.local and not f.unfinished:
+                f.digest_known = True  # its last writer's close hashes it (open_files._release_writer)
         if writer_died and h.writable:
             f.fail(INTERRUPTED)  # D "Unfinished files": killed by a signal with the file open
         if h.writable:
@@ -527,7 +534,7 @@ class Reference:
     def compared_on_rewrite(self, f: File) -> bool:
         """A rewrite only compares: the server holds it, or it is a whole file of a frozen tree
         (fs.content_check.compared_on_rewrite_locked)."""
-        return f.held is not None or (self.frozen(f) and f.state == IN_TREE)
+        return f.held is not None or (self.frozen(f) and f.state == IN_TREE and f.digest_known)
 
     def listed(self, f: File) -> bool:
         return any(s.files.get(f.name) is f for s in self.sessions.values())
@@ -592,6 +599,9 @@ class Reference:
                 f.rest()
             else:
                 f.awaiting = f.unknown_writer = True
+            # Its writing's closers are the awaited writers now (registry_commits: a commit clears
+            # them), so a later close through an unchanged handle awaits nobody.
+            f.closer_awaited = False
         return 0
 
     def readable(self, f: File) -> bool:
