@@ -326,6 +326,18 @@ def test_fs360_release_uploads_a_held_file_the_user_knows_is_whole(tmp_path, emu
     assert missing.stderr.strip() == "fs360: s/nothere.jpg: no such file in the mount: check the path", missing.stderr
 
 
+def run_again_changing_nothing(mount, emulator, runs: list[list[str]], sources: dict) -> None:
+    """Each command of `runs` run again over the session `s` holding `sources` complete: each exits
+    0, and nothing changes (every file complete, none deleted, no PUT)."""
+    puts = request_count(emulator, "PUT")
+    for argv in runs:
+        again = subprocess.run(argv, capture_output=True, text=True)
+        assert again.returncode == 0, (argv, again.stderr)
+    assert mount.wait_settled("s") == {name: "complete" for name in sources}
+    assert mount.status_json("s")["deleted_but_held_by_server"] == []
+    assert request_count(emulator, "PUT") == puts
+
+
 def test_reruns_that_unlink_first_bring_the_servers_files_back(tmp_path, profiled_emulator, mount_factory):
     """tar -x, unzip -o, cp --remove-destination and install run twice: the second run deletes each
     complete file and writes it again. Identical, it is the server's file again: exit 0, no PUT,
@@ -345,13 +357,7 @@ def test_reruns_that_unlink_first_bring_the_servers_files_back(tmp_path, profile
     for argv in runs:
         subprocess.run(argv, check=True)
     assert mount.wait_settled("s") == {name: "complete" for name in sources}
-    puts = request_count(emulator, "PUT")
-    for argv in runs:
-        again = subprocess.run(argv, capture_output=True, text=True)
-        assert again.returncode == 0, (argv, again.stderr)
-    assert mount.wait_settled("s") == {name: "complete" for name in sources}
-    assert mount.status_json("s")["deleted_but_held_by_server"] == []
-    assert request_count(emulator, "PUT") == puts
+    run_again_changing_nothing(mount, emulator, runs, sources)
     (session / ".create").write_text('{"title": "re-run"}')
     assert mount.wait_project("s")["state"] == "ready"
     assert_uploaded(emulator, None, sources)
@@ -370,16 +376,10 @@ def test_identical_rewrites_by_shell_redirection_and_dd_are_accepted(tmp_path, p
     for name in sources:
         shutil.copyfile(src / name, session / name)
     assert mount.wait_settled("s") == {name: "complete" for name in sources}
-    puts = request_count(emulator, "PUT")
     runs = [["sh", "-c", 'cat "$0" > "$1"', str(src / "a.jpg"), str(session / "a.jpg")],
             ["dd", f"if={src / 'b.jpg'}", f"of={session / 'b.jpg'}", "status=none"],
             ["sh", "-c", 'rm "$1" && cat "$0" > "$1"', str(src / "c.jpg"), str(session / "c.jpg")]]
-    for argv in runs:
-        again = subprocess.run(argv, capture_output=True, text=True)
-        assert again.returncode == 0, (argv, again.stderr)
-    assert mount.wait_settled("s") == {name: "complete" for name in sources}
-    assert mount.status_json("s")["deleted_but_held_by_server"] == []
-    assert request_count(emulator, "PUT") == puts
+    run_again_changing_nothing(mount, emulator, runs, sources)
     different = subprocess.run(["sh", "-c", 'echo other > "$0"', str(session / "b.jpg")], capture_output=True)
     assert different.returncode != 0
     assert_uploaded(emulator, None, sources)

@@ -24,7 +24,7 @@ from fs360.fs.model import MountModel
 from fs360.emulator.harness import EmulatorProcess
 from tests.fed_writers import feed_writers
 from tests.harness import wait_until
-from tests.unit.test_model import errno_of, names, read_all, wait_state, write_file
+from tests.unit.test_model import errno_of, names, read_all, shell_redirect, wait_state, write_file
 
 
 @pytest.fixture
@@ -653,27 +653,6 @@ def test_the_same_bytes_written_again_after_the_project_change_nothing(model, se
     assert session.project is project and len(projects_of(server, model, "s")) == 1
 
 
-def shell_redirect_marker(model: MountModel, session: str, text: bytes) -> int | None:
-    """`echo ... > .create`: the shell opens with O_TRUNC, dup()s the descriptor and closes the
-    first (a close before any write), then echo writes and the second closes; the errno of the
-    first step refused (a release has none)."""
-    path = f"/{session}/.create"
-    try:
-        fh = model.open(path, os.O_WRONLY | os.O_TRUNC)
-    except Fs360Error as exc:
-        return exc.errno
-    try:
-        model.flush(fh)
-        if text:
-            model.write(fh, text, 0)
-        model.flush(fh)
-    except Fs360Error as exc:
-        return exc.errno
-    finally:
-        model.release(fh)
-    return None
-
-
 def test_the_same_bytes_echoed_again_by_a_shell_after_the_project_change_nothing(model, server):
     """`echo '{}' > S/.create` again (a script re-run): the shell's first close comes before echo
     writes, with nothing written yet. Before, that close was taken for a .create cut short: echo
@@ -682,13 +661,13 @@ def test_the_same_bytes_echoed_again_by_a_shell_after_the_project_change_nothing
     created_project(model, text)
     session = model.engine.registry.sessions["s"]
     project = session.project
-    assert shell_redirect_marker(model, "s", text) is None
+    assert shell_redirect(model, "/s/.create", text) is None
     assert ".create" not in dict(session.refused_names) and read_all(model, "/s/.create") == text
     # Truncated and never written (`: > .create`): nothing changes, the refusal is in status.
-    assert shell_redirect_marker(model, "s", b"") is None
+    assert shell_redirect(model, "/s/.create", b"") is None
     assert {"name": ".create", "reason": REWRITE_REFUSAL} in \
         json.loads(read_all(model, "/s/status.json"))["refused_names"]
-    assert shell_redirect_marker(model, "s", b'{"title": "else"}\n') == errno.EACCES
+    assert shell_redirect(model, "/s/.create", b'{"title": "else"}\n') == errno.EACCES
     assert read_all(model, "/s/.create") == text
     assert session.project is project and len(projects_of(server, model, "s")) == 1
 
