@@ -706,9 +706,17 @@ def server_file(emulator, name: str) -> dict | None:
     return next((f for f in emulator.files() if f["name"] == name), None)
 
 
-def deleted_record(model: MountModel, session: str, name: str) -> FileRecord:
+def deleted_while_sent(model: MountModel, emulator, data: bytes, trickle: float, key: str) -> FileRecord:
+    """/s/a.jpg written, then deleted once the server's `key` of it is set ("complete": the whole
+    file; "received": its first chunk) while the PUT's answer still trickles in: its record."""
+    model.mkdir("/s", 0o755)
+    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": trickle}])
+    write_file(model, "/s/a.jpg", data)
+    wait_until(lambda: (server_file(emulator, "a.jpg") or {}).get(key), 20, 0.02,
+               what=f"the server's {key} of a.jpg, its answer still on the way")
+    model.unlink("/s/a.jpg")
     with model.engine.lock:
-        return next(f for f in model.engine.registry.sessions[session].unlinked if f.name == name)
+        return next(f for f in model.engine.registry.sessions["s"].unlinked if f.name == "a.jpg")
 
 
 def test_a_file_deleted_while_its_last_put_was_under_way_comes_back_once_that_put_completed_it(model, emulator):
@@ -718,18 +726,12 @@ def test_a_file_deleted_while_its_last_put_was_under_way_comes_back_once_that_pu
     the deleted file is complete, so the same content created again is the server's file again
     (no PUT), and .create goes on. Before the answer the name is refused, with why."""
     data = os.urandom(300_000)
-    model.mkdir("/s", 0o755)
-    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": 3.0}])
-    write_file(model, "/s/a.jpg", data)
-    wait_until(lambda: (server_file(emulator, "a.jpg") or {}).get("complete"), 20, 0.02,
-               what="the server to hold a.jpg whole, its answer still on the way")
-    model.unlink("/s/a.jpg")
+    record = deleted_while_sent(model, emulator, data, 3.0, "complete")
     # The answer has not come yet: the server may hold only part of it, as far as fs360 knows.
     fh_error = errno_of(model.create, "/s/a.jpg", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     assert fh_error == errno.EACCES
     refused = json.loads(read_all(model, "/s/status.json"))["refused_names"]
     assert any("part of 'a.jpg'" in r["reason"] and "remove the folder" in r["reason"] for r in refused)
-    record = deleted_record(model, "s", "a.jpg")
     wait_until(lambda: record.state == "complete", 20, 0.05, what="the PUT's answer to complete the deleted file")
     assert record.unlinked and record.server_received == len(data)
     assert "a.jpg" not in names(model, "/s")
@@ -753,14 +755,7 @@ def test_a_file_deleted_midway_through_its_chunks_keeps_its_name_refused(make_mo
     neither finish nor drop. Its name stays refused, and the refusal says why and what to do."""
     chunk = 64 * 1024
     model = make_model(emulator, chunk_size=chunk, max_chunk_size=chunk, workers=1)
-    data = os.urandom(4 * chunk)
-    model.mkdir("/s", 0o755)
-    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": 1.0}])
-    write_file(model, "/s/a.jpg", data)
-    wait_until(lambda: (server_file(emulator, "a.jpg") or {}).get("received"), 20, 0.02,
-               what="the first chunk on the server")
-    model.unlink("/s/a.jpg")
-    record = deleted_record(model, "s", "a.jpg")
+    record = deleted_while_sent(model, emulator, os.urandom(4 * chunk), 1.0, "received")
     wait_until(lambda: record.server_received == (server_file(emulator, "a.jpg") or {}).get("received"), 20, 0.05,
                what="the chunk under way to be answered")
     assert not server_file(emulator, "a.jpg")["complete"] and record.state != "complete"
