@@ -103,6 +103,9 @@ class FileRecord:
     times_given: bool = False
     open_writers: int = 0
     generation: int = 0
+    # The generation it had when it was deleted from its folder while the server may hold it (-1:
+    # never): a PUT of that very content under way at the deletion may still complete it.
+    deleted_generation: int = -1
     needs_resync: bool = False
     progress_journaled_at: float = 0.0  # monotonic time of the last journaled progress
     # The journal's `unfinished` says STOPPED_WHILE_WRITING while it is open (memory keeps the

@@ -335,6 +335,7 @@ class FileWriters(RegistryState):
         if held and not record.local_only:
             self.journal.update_file(record.id, unlinked=1, evicted=int(not in_archive))
             record.unlinked, record.evicted = True, not in_archive
+            record.deleted_generation = record.generation  # its PUT under way may complete it
             session.unlinked.append(record)
         else:
             self._forget_file_locked(record, session)
@@ -358,6 +359,7 @@ class FileWriters(RegistryState):
         session.unlinked.remove(record)
         record.unlinked = False
         session.files[record.name] = record
+        session.refused_names.pop(record.name, None)  # refused while deleted; a different copy says so again
         self.count_locked(record)
         self.journal.update_file(record.id, unlinked=0)
         self._revivals_open[record.id] = self._revivals_open.get(record.id, 0) + 1

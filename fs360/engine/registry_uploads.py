@@ -50,6 +50,24 @@ class UploadOutcomes(RegistryState):
         self.set_state_locked(record, COMPLETE, server_received=received, completed_at=time.time(), last_error="")
         return True
 
+    def sent_after_deletion_locked(self, record: FileRecord, generation: int, upload_id: str, received: int,
+                                   sent_digest: str | None) -> bool:
+        """The PUT under way when the file was deleted completed it on the server (unzip -o and
+        tar -x unlink a file before writing it again). Complete, still deleted, only when that
+        attempt was of the content the file had at its deletion (its generation then, nothing
+        written since it was picked), to the session it went to, every byte of its size on the
+        server, and the digest of the whole file as sent is the one journaled when it was queued:
+        then an identical re-creation revives it (revivable_locked). Returns whether it did."""
+        if not (record.unlinked and record.id in self._files and record.deleted_generation == generation
+                and record.state == UPLOADING
+                and not record.archive and record.upload_id == upload_id and received == record.size
+                and record.sha256 and sent_digest == record.sha256):
+            return False
+        self.set_state_locked(record, COMPLETE, server_received=received, completed_at=time.time(), last_error="")
+        # A re-creation refused meanwhile (the server held part of it then) may be tried again now.
+        self.session_of(record).refused_names.pop(record.name, None)
+        return True
+
     def failed_in_memory_locked(self, record: FileRecord, reason: str = "") -> None:
         """Its upload ended in a bug that even settling it could not journal: tried again later
         from memory, asking the server first where it stands. `reason`: why, for status."""

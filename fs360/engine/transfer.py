@@ -43,7 +43,7 @@ from .progress import Listeners
 from .records import FAILED, PENDING, REJECTED, UPLOADING, FileRecord, SessionRecord, duration_text
 from .registry import Registry
 from .spool import RunningDigest, SpoolReader
-from .uploader import file_reader, send_file
+from .uploader import SentFile, file_reader, send_file
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Transfer:
                 if record.generation == generation:
                     self.registry.set_state_locked(record, REJECTED, last_error=f"cannot read the spooled data: {exc}")
             return
-        self._settle_sent(record, generation, session, upload_id, sent.progress.received)
+        self._settle_sent(record, generation, session, upload_id, sent)
 
     def _name_taken(self, record: FileRecord, generation: int, session: SessionRecord, upload_id: str | None,
                     exc: ServerHoldsOtherFile) -> None:
@@ -203,11 +203,21 @@ class Transfer:
                 spool.close()
 
     def _settle_sent(self, record: FileRecord, generation: int, session: SessionRecord, upload_id: str,
-                     received: int) -> None:
+                     sent: SentFile) -> None:
+        received = sent.progress.received
         with self.lock:
             if session.upload_id != upload_id and record.generation == generation and not record.unlinked:
                 # The session was lost while this file went to it: send it again to the new one.
                 self.registry.requeue_locked(record, PENDING, 0.0, server_received=0, upload_id=None)
+                return
+            if (record.unlinked and session.upload_id == upload_id
+                    and self.registry.sent_after_deletion_locked(record, generation, upload_id, received,
+                                                                 sent.sha256)):
+                # Deleted while its last PUT was under way, which completed it with the content
+                # journaled for it: the server holds it whole, so the same file may be created again.
+                self._forget_locked(record)
+                log.info("%s: deleted while its upload was under way, which completed it: the server holds it "
+                         "whole; creating it again with the same content brings it back", record.name)
                 return
             if not self.registry.sent_locked(record, generation, received):
                 return

@@ -4,7 +4,7 @@ server holds, and the server's caps and extensions. Each check raises the refusa
 from __future__ import annotations
 
 from ..engine.archive_plan import ARCHIVE_EXTENSIONS
-from ..engine.records import FileRecord, SessionRecord, in_scratch_folder
+from ..engine.records import COMPLETE, IN_TREE, FileRecord, SessionRecord, in_scratch_folder
 from ..errors import AccessDenied, FileTooBig, NotPermitted, QuotaWouldPass, refusal_in_plain_words
 from .names import extension_of
 from .tree import is_listed_locked
@@ -91,7 +91,14 @@ def check_mutable_locked(engine, record: FileRecord) -> None:
 
 
 def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> None:
-    if any(f.name == name for f in session.unlinked):
+    deleted = next((f for f in session.unlinked if f.name == name), None)
+    if deleted is not None and deleted.state not in (COMPLETE, IN_TREE):
+        raise AccessDenied(
+            f"the server holds part of {name!r} (deleted here while it was being uploaded) and can neither finish, "
+            f"replace nor drop it: the name cannot be used again in this folder; remove the folder to discard the "
+            f"session and copy the files into a new one (should the PUT under way at the deletion still complete "
+            f"it, the same file is taken again)")
+    if deleted is not None:
         raise AccessDenied(f"the server holds a deleted file named {name!r}: the name cannot be used again")
     if "/" in name:
         return  # a file of the tree goes up inside its archive, never under a name of its own

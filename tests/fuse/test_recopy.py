@@ -152,3 +152,45 @@ def test_a_project_waits_for_a_deleted_file_written_again_until_its_writer_is_do
         writer.wait()
     assert mount.wait_project("site")["state"] == "ready"
     assert mount.file_states("site") == {"notes.las": "complete"}
+
+
+@pytest.mark.parametrize("tool", ["unzip", "tar"])
+def test_unzip_or_tar_again_while_the_files_put_is_under_way(tool, tmp_path, profiled_emulator, mount_factory):
+    """`unzip -o` or GNU `tar -x` run again while the file's one whole-file PUT is under way (its
+    answer trickles, so it comes after the re-run deleted the file): that re-run is refused, as
+    the server may hold only part of it then. Once the PUT's answer says complete, the same
+    re-run is the server's file again: exit 0, no PUT, and `.create` makes the project."""
+    import tarfile
+    import zipfile
+    emulator = profiled_emulator
+    data = os.urandom(300 * KiB)
+    (tmp_path / "top.jpg").write_bytes(data)
+    with zipfile.ZipFile(tmp_path / "t.zip", "w") as z:
+        z.write(tmp_path / "top.jpg", "top.jpg")
+    with tarfile.open(tmp_path / "t.tar", "w") as t:
+        t.add(tmp_path / "top.jpg", "top.jpg")
+    mount = mount_factory(emulator)
+    dest = mount.mountpoint / "site"
+    dest.mkdir()
+    cmd = (["unzip", "-o", "-q", str(tmp_path / "t.zip"), "-d", str(dest)] if tool == "unzip"
+           else ["tar", "-C", str(dest), "-xf", str(tmp_path / "t.tar")])
+    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": 4.0}])
+    assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
+
+    def on_server():
+        return next((f for f in emulator.files() if f["name"] == "top.jpg" and f["complete"]), None)
+    wait_until(on_server, 30, 0.02, what="the server to hold top.jpg whole, its answer still on the way")
+    during = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert during.returncode != 0 and "Permission denied" in during.stderr, during
+    wait_until(lambda: not mount.status_json("site")["refused_names"], 30, 0.1,
+               what="the PUT's answer to complete the deleted file")
+    emulator.clear_faults()
+    puts = request_count(emulator, "PUT")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert mount.wait_settled("site") == {"top.jpg": "complete"}
+    assert mount.status_json("site")["deleted_but_held_by_server"] == []
+    (dest / ".create").write_text("{}")
+    assert mount.wait_project("site")["state"] == "ready"
+    assert request_count(emulator, "PUT") == puts
+    assert_uploaded(emulator, mount.status_json("site")["upload_id"], {"top.jpg": sha256_of(data)})

@@ -64,6 +64,9 @@ Issue 11: never upload what the writer did not finish
                                                                 test_a_frozen_trees_file_deleted_before_a_remount_comes_back_when_created_again,
                                                                 fuse:test_trees.py::test_the_same_tar_x_or_unzip_o_again_into_a_frozen_tree_*
   deleted before any PUT: no tombstone ....................... test_deleted_before_any_put_leaves_no_trace
+  deleted while its last PUT was under way: back once it ..... test_a_file_deleted_while_its_last_put_was_under_way_comes_back_once_that_put_completed_it,
+    completed; cut midway, refused with why ................... test_a_file_deleted_midway_through_its_chunks_keeps_its_name_refused,
+                                                                fuse:test_recopy.py::test_unzip_or_tar_again_while_the_files_put_is_under_way
   open-but-unlinked file through its handle .................. test_open_unlinked_file_works_through_its_handle,
                                                                 fuse:test_unfinished.py::test_pjdfstest_unlink_14
   invalid .create stays visible in status ..................... test_rule_create.py
@@ -697,6 +700,68 @@ def test_a_deleted_file_the_server_holds_comes_back_when_copied_again_identical(
     wait_until(lambda: model.engine.registry.sessions["s"].project.state in ("created", "ready"), 20, 0.05,
                what="the project")
     assert request_count(emulator, "PUT") == puts
+
+
+def server_file(emulator, name: str) -> dict | None:
+    return next((f for f in emulator.files() if f["name"] == name), None)
+
+
+def deleted_while_sent(model: MountModel, emulator, data: bytes, trickle: float, key: str) -> FileRecord:
+    """/s/a.jpg written, then deleted once the server's `key` of it is set ("complete": the whole
+    file; "received": its first chunk) while the PUT's answer still trickles in: its record."""
+    model.mkdir("/s", 0o755)
+    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": trickle}])
+    write_file(model, "/s/a.jpg", data)
+    wait_until(lambda: (server_file(emulator, "a.jpg") or {}).get(key), 20, 0.02,
+               what=f"the server's {key} of a.jpg, its answer still on the way")
+    model.unlink("/s/a.jpg")
+    with model.engine.lock:
+        return next(f for f in model.engine.registry.sessions["s"].unlinked if f.name == "a.jpg")
+
+
+def test_a_file_deleted_while_its_last_put_was_under_way_comes_back_once_that_put_completed_it(model, emulator):
+    """unzip -o, tar -x again while the file's one whole-file PUT is under way: the unlink stops
+    its upload, but that PUT goes on and completes it. Its answer (trickled, so it comes after the
+    unlink) says complete, and what it sent was the file's spool copy with its journaled digest:
+    the deleted file is complete, so the same content created again is the server's file again
+    (no PUT), and .create goes on. Before the answer the name is refused, with why."""
+    data = os.urandom(300_000)
+    record = deleted_while_sent(model, emulator, data, 3.0, "complete")
+    # The answer has not come yet: the server may hold only part of it, as far as fs360 knows.
+    fh_error = errno_of(model.create, "/s/a.jpg", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    assert fh_error == errno.EACCES
+    refused = json.loads(read_all(model, "/s/status.json"))["refused_names"]
+    assert any("part of 'a.jpg'" in r["reason"] and "remove the folder" in r["reason"] for r in refused)
+    wait_until(lambda: record.state == "complete", 20, 0.05, what="the PUT's answer to complete the deleted file")
+    assert record.unlinked and record.server_received == len(data)
+    assert "a.jpg" not in names(model, "/s")
+    emulator.clear_faults()
+    puts = request_count(emulator, "PUT")
+    # A different content is never taken for it (first law); the same content is.
+    recreated_different(model, "/s/a.jpg", os.urandom(len(data)), at_once=False)
+    recreated(model, "/s/a.jpg", data)
+    assert file_state(model, "s", "a.jpg") == "complete"
+    status = json.loads(read_all(model, "/s/status.json"))
+    assert status["deleted_but_held_by_server"] == []
+    write_file(model, "/s/.create", b"")
+    wait_until(lambda: model.engine.registry.sessions["s"].project.state in ("created", "ready"), 20, 0.05,
+               what="the project")
+    assert request_count(emulator, "PUT") == puts
+    assert server_file(emulator, "a.jpg")["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_deleted_midway_through_its_chunks_keeps_its_name_refused(make_model, emulator):
+    """A chunked upload stopped by the unlink: the server holds part of the file, which it can
+    neither finish nor drop. Its name stays refused, and the refusal says why and what to do."""
+    chunk = 64 * 1024
+    model = make_model(emulator, chunk_size=chunk, max_chunk_size=chunk, workers=1)
+    record = deleted_while_sent(model, emulator, os.urandom(4 * chunk), 1.0, "received")
+    wait_until(lambda: record.server_received == (server_file(emulator, "a.jpg") or {}).get("received"), 20, 0.05,
+               what="the chunk under way to be answered")
+    assert not server_file(emulator, "a.jpg")["complete"] and record.state != "complete"
+    assert errno_of(model.create, "/s/a.jpg", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL) == errno.EACCES
+    text = read_all(model, "/s/status").decode()
+    assert "the server holds part of 'a.jpg'" in text and "remove the folder" in text
 
 
 def test_metadata_survives_restart(emulator, make_model):

@@ -404,3 +404,31 @@ def test_a_file_the_server_refused_part_way_blocks_the_project_with_what_still_h
             o.registry.set_state_locked(record, state, server_received=received)
         reason = keeper.blocking_reason_locked(session)
     assert "the server holds part of big.e57" in reason and "copy the other files into a new folder" in reason
+
+
+def test_a_put_under_way_at_the_deletion_completes_the_deleted_file_only_as_it_was_sent(opened):
+    """The answer of a PUT sent before the unlink says complete: the deleted file is complete (an
+    identical re-creation may revive it) only for that attempt's content (its generation, the
+    upload_id it claimed, its whole size) and only when the digest of what was sent is the one
+    journaled; anything else leaves it as the server's partial file (first law)."""
+    o = opened()
+    with o.lock:
+        session = o.registry.create_session_locked("s", 0o755)
+        session.upload_id = "u1"
+        record = write(o.registry, session, "a.jpg", b"held")
+        digest = record.sha256
+        assert digest
+        picked = record.generation
+        o.registry.claim_server_name_locked(record, session, "u1")
+        o.registry.remove_file_locked(record)
+        sent = o.registry.sent_after_deletion_locked
+        assert not sent(record, picked, "u1", 4, "xxh3:" + "0" * 32)   # other bytes were sent
+        assert not sent(record, picked, "u1", 4, None)                 # not known what was sent
+        assert not sent(record, picked - 1, "u1", 4, digest)           # an earlier content's attempt
+        assert not sent(record, picked, "u0", 4, digest)               # another server session
+        assert not sent(record, picked, "u1", 3, digest)               # not whole
+        assert record.state != COMPLETE and o.registry.revivable_locked(session, "a.jpg") is None
+        assert sent(record, picked, "u1", 4, digest)
+        assert record.state == COMPLETE and record.unlinked
+        assert o.registry.revivable_locked(session, "a.jpg") is record
+    assert {r["name"]: r["state"] for r in o.journal.files()} == {"a.jpg": COMPLETE}
