@@ -162,6 +162,8 @@ def _project_cell(project: dict | None) -> Text:
         return Text("refused", style="bold red")
     if project["state"] == "pending":
         return Text(".create pending")
+    if project["state"] == "cancelled":
+        return Text("cancelled", style="yellow")
     if project["state"] == "waiting":
         return Text("requested")
     if project["state"] == "failed":

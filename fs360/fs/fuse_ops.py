@@ -201,7 +201,7 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def unlink(self, path):
-        self.model.unlink(path)
+        self.model.unlink(path, mfusepy.fuse_get_context()[2])
 
     @translated
     def chmod(self, path, mode):

@@ -398,13 +398,15 @@ class MountModel:
         """rename(2) by process `pid` (it may commit a scratch file under its final name)."""
         self.renames.rename(old, new, pid)
 
-    def unlink(self, path: str) -> None:
+    def unlink(self, path: str, pid: int | None = None) -> None:
+        """`pid`: the task unlinking, when known (status names the program that removed .create)."""
+        remover = self.writers.identify(pid) if pid and path.endswith("/" + CREATE_MARKER) else None
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
             if node.kind in (ROOT_STATUS_FILE, STATUS):
                 return  # a no-op that succeeds, so rm -r of a session or of the mount works
             if node.kind == MARKER:
-                self.markers.unlink_locked(node.session)
+                self.markers.unlink_locked(node.session, remover.name if remover else "")
             elif node.kind == FILE:
                 if self.tree.unhide_locked(node.session, node.name):
                     return  # libfuse's last release of a file unlinked while open: gone already

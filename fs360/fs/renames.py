@@ -40,7 +40,7 @@ class Renames:
                     and dst.session is src.session:
                 # libfuse hides an open file it is asked to unlink: for these, the unlink is now.
                 if src.kind == MARKER:
-                    self.markers.unlink_locked(src.session)
+                    self.markers.unlink_locked(src.session, renamer.name if renamer else "")
                 return
             if src.kind == SESSION:
                 self._rename_session_locked(src, dst)

@@ -92,7 +92,8 @@ def capture_session_locked(session: SessionRecord, engine, pending_note=lambda s
         "project": None if project is None else {
             "state": project.state, "name": project.name, "status": project.status,
             "error": project.last_error, "record": dict(project.record or {}), "options": dict(project.options)},
-        "notice": session.notice, "marker_refused": session.marker_refused, "marker_pending": pending_note(session),
+        "notice": session.notice, "marker_refused": session.marker_refused,
+        "marker_cancelled": session.marker_cancelled, "marker_pending": pending_note(session),
         "api_url": engine.settings.api_url, "default_privacy": engine.settings.default_privacy,
         "paused": engine.gate.paused,
         "held_back": engine.trouble_reasons(),
@@ -187,6 +188,10 @@ def _project_info(capture: dict) -> dict | None:
             project_info = {"state": "pending", "name": None, "status": 0, "url": None, "waiting_for": None,
                             "title": None, "error": None}
         project_info["pending"] = capture["marker_pending"]
+    if project_info is None and capture.get("marker_cancelled"):
+        # The request was cancelled by removing .create (rsync --delete does): say so, and what to do.
+        project_info = {"state": "cancelled", "name": None, "status": 0, "url": None, "waiting_for": None,
+                        "title": None, "error": None, "cancelled": capture["marker_cancelled"]}
     return project_info
 
 
@@ -299,7 +304,9 @@ def render_text(snapshot: dict) -> bytes:
                                                            else " (write .create again once that is put right)"))
     if project is not None and project.get("pending"):
         lines.append(f"project   pending: {project['pending']}")
-    if project is not None and project["state"] not in ("refused", "pending"):
+    if project is not None and project.get("cancelled"):
+        lines.append(f"project   cancelled: {project['cancelled']}")
+    if project is not None and project["state"] not in ("refused", "pending", "cancelled"):
         if project["state"] == "waiting":
             lines.append(f"project   requested; {project['waiting_for'] or 'creating'}")
         elif project["state"] == "failed":
@@ -374,6 +381,8 @@ def render_root(snapshots: list[dict]) -> bytes:
         what = ""
         if project is not None and project["state"] == "pending":
             what = "  .create pending"
+        elif project is not None and project["state"] == "cancelled":
+            what = "  project request cancelled (.create removed)"
         elif project is not None:
             what = f"  project {project['name'] or '(waiting)'} {project['status']}%"
         lines.append(f"{snap['session']}: {totals['complete']}/{totals['files']} files complete, "
