@@ -106,3 +106,26 @@ def test_rendered_wait_lines_come_first_and_no_eta_while_paced():
     assert snapshot["rate_limit_waits"][0]["until"] == "2023-11-14T22:13:50Z"
     assert status.render_text(snapshot).decode().startswith("waiting for the server's rate limit: words\n")
     assert os.linesep == "\n"
+
+
+# --- 3. a tree's folder moved to another session: EXDEV (mv copies), or a refusal in status -----------
+
+def test_a_tree_folder_moved_to_another_session_is_exdev_and_a_frozen_one_is_refused_in_status(make_model, emulator):
+    import errno
+
+    from tests.unit.test_model import errno_of
+    model = make_model(emulator)
+    for folder in ("/s", "/s/t", "/x"):
+        model.mkdir(folder, 0o755)
+    write_file(model, "/s/t/a.jpg", b"a" * 100)
+    write_file(model, "/s/top.jpg", b"b" * 100)
+    assert errno_of(model.rename, "/s/t", "/x/t") == errno.EXDEV
+    assert {name for name, _ in model.readdir("/s/t")} == {"a.jpg"}  # nothing moved: mv copies
+    model.engine.gate.set_paused(True)  # the archive waits: the tree stays frozen
+    fh = model.create("/s/.create", 0o644, os.O_WRONLY)
+    model.write(fh, b"{}", 0)
+    model.finish_writer(fh, True)
+    assert errno_of(model.rename, "/s/t", "/x/t") == errno.EACCES
+    refused = json.loads(b"".join(part() for part in _status(model, "status.json")))["refused_names"]
+    assert refused[-1]["name"] == "t" and refused[-1]["reason"].startswith("not moved to x: ")
+    model.engine.gate.set_paused(False)
