@@ -398,6 +398,11 @@ class MountModel:
         """rename(2) by process `pid` (it may commit a scratch file under its final name)."""
         self.renames.rename(old, new, pid)
 
+    def refused_to(self, pid: int, path: str, error: int) -> None:
+        """The mount refused task `pid` an operation on `path` (errno `error`): should its program
+        then fail, the files it wrote say that refusal came first (exits.Writers.note_refusal)."""
+        self.writers.note_refusal(pid, path.lstrip("/"), error)
+
     def unlink(self, path: str, pid: int | None = None) -> None:
         """`pid`: the task unlinking, when known (status names the program that removed .create)."""
         remover = self.writers.identify(pid) if pid and path.endswith("/" + CREATE_MARKER) else None

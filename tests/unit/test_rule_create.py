@@ -349,7 +349,8 @@ def test_a_create_renamed_by_a_program_is_pending_until_its_exit_0(fed):
 
 
 @pytest.mark.parametrize("status, reason", [
-    (23 << 8, "rsync exited with status 23 (some files were not transferred) after it put .create here, so "
+    (23 << 8, "rsync exited with status 23 (in rsync's manual: some files were not transferred) after it put "
+              ".create here, so "
               ".create was not taken: the folder may be incomplete; copy it again, or write .create yourself "
               "once it is whole"),
     (signal.SIGINT, "rsync was killed by SIGINT after it put .create here"),
