@@ -175,7 +175,7 @@ class MountModel:
                 check_session_name(node.name)
                 self.engine.registry.create_session_locked(node.name, mode & 0o7777, *owner)
                 return
-            check_file_name(node.basename)
+            self._check_name_locked(node)
             check_not_sealed(node.session)
             check_tree_open_locked(node.session, node.name)
             self.tree.add_folder_locked(node.session, node.name, mode & 0o7777, *owner)
@@ -215,6 +215,16 @@ class MountModel:
                 self.engine.registry.name_refused_locked(node.session, node.name, reason)
         raise NotPermitted(reason)
 
+    def _check_name_locked(self, node) -> None:
+        """A name the mount takes in no session (control characters, past 255 bytes): refused, and
+        listed in the folder's status (`cp -a` of a folder holding one says only "Invalid argument",
+        exits 1, and every file it copied is held)."""
+        try:
+            check_file_name(node.basename)
+        except Fs360Error as exc:
+            self.engine.registry.name_refused_locked(node.session, node.name, f"not made: {exc}")
+            raise
+
     def create(self, path: str, mode: int, flags: int, uid: int | None = None, gid: int | None = None) -> int:
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
@@ -227,7 +237,7 @@ class MountModel:
                 return self.markers.open_locked(session, writable=True, truncate=True)
             if node.kind == DIR:
                 raise IsADirectory(path)
-            check_file_name(node.basename)
+            self._check_name_locked(node)
             if node.kind == FILE and compared_on_rewrite_locked(self.engine, node.record):
                 # A re-copy of a file the server holds (or of a frozen tree's) only compares: fine even once sealed.
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)

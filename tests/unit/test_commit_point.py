@@ -456,9 +456,11 @@ def test_a_helper_whose_start_could_not_be_read_counts_as_still_there():
                 "in its folder's status) and 1 more, right after writing this file: it may well be whole (the program failed "
                 "over what the mount refused), but the mount cannot tell; copy it again, or run `fs360 release` on "
                 "it if you know it is whole"),
+    ("tab", "cp exited with status 1 after the mount refused a\tb.jpg (invalid argument; see \"refused\" in its "
+            "folder's status) and 1 more, right after writing this file"),
     ("other session", "cp exited with status 1 after the mount refused t/link.jpg (operation not permitted; see "
                       "\"refused\" in its folder's status)"),
-], ids=["a link cp -a made", "a refusal in another folder"])
+], ids=["a link cp -a made", "a name with a tab", "a refusal in another folder"])
 def test_a_held_files_reason_says_the_mount_refused_its_program_first(idle, refused_how, reason):
     """`cp -a` of a folder holding a link (EPERM) or a name with a tab (EINVAL) exits 1; unzip whose
     create got EACCES exits 50 ("the disk was full", says its manual): the files they wrote are
