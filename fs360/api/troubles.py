@@ -327,6 +327,11 @@ class Troubles:
             listener()
 
 
+def _wait_words(seconds: float) -> str:
+    """'52 s' for a wait of a minute's window, '57 min' and longer ones as _long_duration says."""
+    return f"{max(0, round(seconds))} s" if seconds < 120 else _long_duration(seconds)
+
+
 def _long_duration(seconds: float) -> str:
     """'2 h', '3 days', '31.7 years': a wait far longer than fs360 waits."""
     if seconds < 2 * 3600:
@@ -360,21 +365,11 @@ def pacing_waits(pacer, wall=time.time) -> list[dict]:
                   f"{_per_window(window)}" if limit else "the documented budget")
         who = "1 request waits its" if count == 1 else f"{count} requests wait their"
         reason = (f"{PACING_WAIT_PREFIX}: fs360 keeps to {budget} and it is used up for now, so {who} turn until "
-                  f"{time.strftime('%H:%M:%S', time.localtime(until))} (in {_short_duration(last)}), and what "
+                  f"{time.strftime('%H:%M:%S', time.localtime(until))} (in {_wait_words(last)}), and what "
                   f"is queued after them follows as the budget allows; nothing to do, they go on by themselves")
         waits.append({"endpoint": endpoint, "waiting": count, "next_in_seconds": round(first, 1),
                       "until_seconds": round(last, 1), "until": until, "reason": reason})
     return waits
-
-
-def _short_duration(seconds: float) -> str:
-    """'52 s', '3 min 20 s', '2 h 05 min'."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 @dataclass(frozen=True)
