@@ -377,6 +377,15 @@ class IsADirectory(FsError):
     reason = "a file operation on a session folder"
 
 
+class CrossDevice(FsError):
+    """A folder of a session's tree moved to another session: not a rename the mount makes (a
+    tree is its session's archive), so `mv` copies it and deletes the original, as it does
+    between file systems."""
+    errno = _errno.EXDEV
+    code = "cross_session"
+    reason = "a folder moves only within its session: mv copies it instead, as between file systems"
+
+
 class NotADirectory(FsError):
     errno = _errno.ENOTDIR
     code = "not_a_directory"

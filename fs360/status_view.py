@@ -162,6 +162,8 @@ def _project_cell(project: dict | None) -> Text:
         return Text("refused", style="bold red")
     if project["state"] == "pending":
         return Text(".create pending")
+    if project["state"] == "cancelled":
+        return Text("cancelled", style="yellow")
     if project["state"] == "waiting":
         return Text("requested")
     if project["state"] == "failed":
@@ -187,13 +189,16 @@ def sessions_view(doc: dict, height: int | None = None, width: int = 200) -> Gro
     problems = needs_you_lines(doc)
     links = [Text.assemble("  ", (s["session"], "bold"), " → ", s["project"]["url"])
              for s in doc["sessions"] if s["project"] and s["project"].get("url")]
-    budget = None if height is None else max(height - CHROME_LINES - min(len(problems), 3) - min(len(links), 2), 1)
+    budget = None if height is None else max(height - CHROME_LINES - min(len(problems), 3) - min(len(links), 2)
+                                             - len(doc.get("rate_limit_waits", ())), 1)
     sessions, more = _fit(doc["sessions"], budget, key=lambda s: 0 if s["totals"]["need_you"] or s["totals"]["rate"] else 1)
     rows = [[s["session"], f"{s['totals']['complete']}/{s['totals']['files']}",
              _bar(s["totals"]["sent"], s["totals"]["bytes"]), _sent(s["totals"]["sent"], s["totals"]["bytes"]),
              _rate(s["totals"]["rate"]), _eta(s["totals"]["eta_seconds"]), _project_cell(s["project"])]
             for s in sessions]
     parts = [mount_header(doc)]
+    # fs360's own pacing within the server's documented budgets: what waits, and until when.
+    parts += [_one_line(wait["reason"]) for wait in doc.get("rate_limit_waits", ())]
     if rows:
         parts.append(_table(["Session", "Files", "Progress", "Sent", "Rate", "ETA", "Project"], rows, width))
     if more:

@@ -275,6 +275,9 @@ class Session:
     # The last .create was refused (D "Trees": EINVAL, the reason in status, until one is
     # accepted; memory only, so a remount forgets it).
     marker_refused: bool = False
+    # A request cancelled by unlinking .create (status: project `cancelled`, with what to do) until
+    # a .create is accepted; memory only, so a remount forgets it.
+    marker_cancelled: bool = False
 
     @property
     def sealed(self) -> bool:
@@ -637,7 +640,7 @@ class Reference:
                     s.marker_refused = True
                     return errno.EINVAL
                 s.archive = Archive(members)
-        s.project, s.marker_hidden, s.marker_refused = WAITING, False, False
+        s.project, s.marker_hidden, s.marker_refused, s.marker_cancelled = WAITING, False, False, False
         return 0
 
     def unlink_marker(self, session: str) -> int:
@@ -648,7 +651,7 @@ class Reference:
         if s.sealed:
             s.marker_hidden = True
         else:
-            s.project = None
+            s.project, s.marker_cancelled = None, True
             if s.archive is not None and not s.archive.held:
                 s.archive = None  # nothing of it reached the server: the tree may change again
                 s.gone = [g for g in s.gone if not g.in_tree]  # kept only for that archive
@@ -773,7 +776,7 @@ class Reference:
         same cache: D "the mount stopped while the file was open" -> interrupted; files unlinked
         while open are gone; pending uploads resume (S "The journal ... resumes every upload")."""
         for s in self.sessions.values():
-            s.marker_refused = False
+            s.marker_refused = s.marker_cancelled = False
             for f in list(s.files.values()) + s.gone:
                 # Whether its last writing made it whole waited for that writing's exits, which the
                 # new mount never sees (registry: `completing` is memory only).

@@ -94,7 +94,12 @@ class Pacer:
                  sleep=time.sleep, clock=time.monotonic):
         self.enabled = enabled
         self._sleep = sleep
+        self._clock = clock
+        self.limits = dict(limits)
         self._windows = {name: SlidingWindow(n, w * window_scale, clock=clock) for name, (n, w) in limits.items()}
+        # The requests sleeping for their turn now: a token -> (endpoint, its booked time), for
+        # status (`waiting`): a worker asleep here shows a file "uploading" with nothing moving.
+        self._waiting: dict[object, tuple[str, float]] = {}
         # For /metrics: how often, and how long in all, a request waited for its budget.
         self.waits = 0
         self.waited_seconds = 0.0
@@ -115,11 +120,29 @@ class Pacer:
             return 0.0, None
         wait, at = window.book()
         if wait > 0:
+            token = object()
             with self._counts_lock:
                 self.waits += 1
                 self.waited_seconds += wait
-            self._sleep(wait)
+                self._waiting[token] = (PACED_WITH.get(endpoint, endpoint), at)
+            try:
+                self._sleep(wait)
+            finally:
+                with self._counts_lock:
+                    del self._waiting[token]
         return wait, (window, at)
+
+    def waiting(self) -> dict[str, tuple[int, float, float]]:
+        """The endpoints whose requests sleep for their turn now: endpoint -> (how many, seconds
+        until the first of them goes, seconds until the last of them goes)."""
+        with self._counts_lock:
+            booked = list(self._waiting.values())
+        now = self._clock()
+        out: dict[str, tuple[int, float, float]] = {}
+        for endpoint, at in booked:
+            count, first, last = out.get(endpoint, (0, at - now, at - now))
+            out[endpoint] = (count + 1, max(0.0, min(first, at - now)), max(0.0, last, at - now))
+        return out
 
     def try_acquire(self, endpoint: str) -> float:
         """0 when a request to `endpoint` may go now (and it is counted); else the seconds until

@@ -327,6 +327,11 @@ class Troubles:
             listener()
 
 
+def _wait_words(seconds: float) -> str:
+    """'52 s' for a wait of a minute's window, '57 min' and longer ones as _long_duration says."""
+    return f"{max(0, round(seconds))} s" if seconds < 120 else _long_duration(seconds)
+
+
 def _long_duration(seconds: float) -> str:
     """'2 h', '3 days', '31.7 years': a wait far longer than fs360 waits."""
     if seconds < 2 * 3600:
@@ -336,6 +341,35 @@ def _long_duration(seconds: float) -> str:
     if seconds < 2 * 365 * 86400:
         return f"{seconds / 86400:.0f} days"
     return f"{seconds / (365.25 * 86400):.1f} years"
+
+
+# What each endpoint's documented budget counts, in words ("1,200 upload requests (PUTs) a minute").
+BUDGET_WORDS = {**CLASS_WORDS, "put_file": "upload requests (PUTs)"}
+PACING_WAIT_PREFIX = "waiting for the server's rate limit"
+
+
+def _per_window(seconds: float) -> str:
+    return {60.0: "a minute", 3600.0: "an hour"}.get(float(seconds), f"per {seconds:g} s")
+
+
+def pacing_waits(pacer, wall=time.time) -> list[dict]:
+    """What fs360's own pacing holds back now (requests asleep for their turn within an
+    endpoint's documented budget), one entry per endpoint: its words, with when the wait ends.
+    Nothing to do for anyone: the requests go by themselves."""
+    waits = []
+    now = wall()
+    for endpoint, (count, first, last) in sorted(pacer.waiting().items()):
+        limit, window = pacer.limits.get(endpoint, (0, 0.0))
+        until = now + last
+        budget = (f"the documented budget of {limit:,} {BUDGET_WORDS.get(endpoint, endpoint)} "
+                  f"{_per_window(window)}" if limit else "the documented budget")
+        who = "1 request waits its" if count == 1 else f"{count} requests wait their"
+        reason = (f"{PACING_WAIT_PREFIX}: fs360 keeps to {budget} and it is used up for now, so {who} turn until "
+                  f"{time.strftime('%H:%M:%S', time.localtime(until))} (in {_wait_words(last)}), and what "
+                  f"is queued after them follows as the budget allows; nothing to do, they go on by themselves")
+        waits.append({"endpoint": endpoint, "waiting": count, "next_in_seconds": round(first, 1),
+                      "until_seconds": round(last, 1), "until": until, "reason": reason})
+    return waits
 
 
 @dataclass(frozen=True)

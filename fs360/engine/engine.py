@@ -17,6 +17,7 @@ from collections import deque
 
 from ..api.client import ApiClient
 from ..api.retry import Backoff
+from ..api.troubles import pacing_waits
 from ..config import Settings
 from ..errors import JournalUnwritable
 from .archive_plan import TreeArchive
@@ -168,6 +169,10 @@ class Engine:
     def trouble_reasons(self) -> list[str]:
         """What holds uploads back for everyone now (the account, outages, the server's waits)."""
         return self.client.troubles.reasons()
+
+    def pacing_waits(self) -> list[dict]:
+        """What fs360's own pacing holds back now, with when it ends (api/troubles.pacing_waits)."""
+        return pacing_waits(self.client.pacer)
 
     # --- start-up and shut-down ---------------------------------------------------------
 

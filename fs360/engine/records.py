@@ -237,6 +237,9 @@ class SessionRecord:
     listing_known: bool = False
     # Memory only: why the last .create was refused (shown in status until a valid one).
     marker_refused: str = ""
+    # Memory only: why a requested project was cancelled (its .create removed before the request
+    # was sent), shown in status until a .create is accepted again.
+    marker_cancelled: str = ""
     # Memory only: names a create or a rename into the folder was refused for, with the reason
     # (a server that refuses .exe files): a file manager shows only "operation not permitted".
     refused_names: dict[str, str] = field(default_factory=dict)

@@ -173,6 +173,11 @@ class SessionsAndFolders(RegistryState):
         session.marker_refused = reason
 
     @staticmethod
+    def marker_cancelled_locked(session: SessionRecord, reason: str) -> None:
+        """Why the session's project request was cancelled ('' once a .create is accepted): status shows it."""
+        session.marker_cancelled = reason
+
+    @staticmethod
     def project_notice_locked(session: SessionRecord, notice: str) -> None:
         """What stops the session's project now ('' when nothing does): status shows it."""
         session.notice = notice

@@ -178,9 +178,12 @@ EXIT_MEANINGS = {
 }
 
 
-def failure_of(status: int | None, program: str = "") -> str:
+def failure_of(status: int | None, program: str = "", after: str = "") -> str:
     """What a wait status says went wrong ('' for exit 0 or unknown): 'exited with status 18', with
-    what that status means for `program` where its manual says (EXIT_MEANINGS)."""
+    what that status means for `program` where its manual says (EXIT_MEANINGS), as its manual's
+    word. `after`: the mount's refusal that came first ("the mount refused top.jpg (...)"), said
+    instead: the manual's meaning of a status is the program's guess at the cause (unzip says
+    "the disk was full" of any failed create), and the refusal is the cause the mount knows."""
     if status is None:
         return ""
     if status & 0x7F:
@@ -190,8 +193,10 @@ def failure_of(status: int | None, program: str = "") -> str:
             name = f"signal {status & 0x7F}"
         return f"was killed by {name}"
     if status >> 8:
+        if after:
+            return f"exited with status {status >> 8} after {after}"
         meaning = EXIT_MEANINGS.get(program, {}).get(status >> 8)
-        return f"exited with status {status >> 8}" + (f" ({meaning})" if meaning else "")
+        return f"exited with status {status >> 8}" + (f" (in {program}'s manual: {meaning})" if meaning else "")
     return ""
 
 
@@ -208,7 +213,11 @@ def dying_reason(closer: Closer | None) -> str:
     return f"{closer.name} {failure} while writing it; copy it again" if failure else ""
 
 
-def held_reason(name: str, failure: str) -> str:
+def held_reason(name: str, failure: str, after_refusal: bool = False) -> str:
+    """`after_refusal`: the failure came after the mount refused that program something else."""
+    if after_refusal:
+        return (f"{name} {failure}, right after writing this file: it may well be whole (the program failed "
+                f"over what the mount refused), but the mount cannot tell; {HELD_WAY_OUT}")
     reason = f"{name} {failure} right after writing it: it is probably incomplete; {HELD_WAY_OUT}"
     if name == "rsync":
         # rsync gives the file the source's size and time, so a plain re-run takes it for done.
@@ -239,6 +248,9 @@ class Writers:
         self._outlived: set[int] = set()
         # tgid -> what runs at its exit (at_exit), given what the exit says went wrong.
         self._at_exit: dict[int, list[Callable[[str], None]]] = {}
+        # A program's tgid -> the first path (from the mount's root) the mount refused it, with the
+        # errno and how many refusals in all (note_refusal): its exit's words name it.
+        self._refusals: dict[int, list] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -340,6 +352,36 @@ class Writers:
             with self._lock:
                 self._outlived |= outlived
 
+    def note_refusal(self, pid: int, path: str, error: int) -> None:
+        """The mount refused task `pid` an operation on `path` (`session/name`) with `error`: if its
+        program then exits non-zero, the reason of the files it wrote says so (`exited`)."""
+        closer = self.identify(pid)
+        if closer is None:
+            return
+        with self._lock:
+            noted = self._refusals.get(closer.tgid)
+            if noted is not None:
+                noted[2] += 1
+                return
+            if len(self._refusals) >= MAX_WATCHED_PROCESSES:  # programs that never exit watched
+                self._refusals.pop(next(iter(self._refusals)))
+            self._refusals[closer.tgid] = [path, error, 1]
+
+    def _refusal_words(self, refusal: list | None, record) -> tuple[str, bool]:
+        """What the mount refused the exiting program, as seen from `record`'s folder: ("the mount
+        refused top.jpg (permission denied; see "refused" in status)", True), or ("", False)."""
+        if refusal is None:
+            return "", False
+        path, error, count = refusal
+        session_name, _, name = path.partition("/")
+        session = self.engine.registry.sessions.get(session_name)
+        listed = session is not None and name in session.refused_names
+        here = session is not None and self.engine.registry.session_of(record) is session
+        shown = name if here and name else path
+        why = os.strerror(error).lower() + ("; see \"refused\" in its folder's status" if listed else "")
+        more = f" and {count - 1} more" if count > 1 else ""
+        return f"the mount refused {shown} ({why}){more}", True
+
     def at_exit(self, closer: Closer | None, action: Callable[[str], None]) -> bool:
         """Runs `action(failure)` once the program `closer` works for has exited, on a thread of
         its own (it may wait for other exits): `failure` is '' for exit 0, else what went wrong in
@@ -391,6 +433,9 @@ class Writers:
                 self._outlived.discard(tgid)
             else:
                 helpers = self._helpers_of.pop(tgid, {})
+            refusal = self._refusals.pop(tgid, None)
+            if program is not None and refusal is None:
+                refusal = self._refusals.get(program)  # (its program's, dropped at the program's own exit)
         self._note_outliving_helpers(tgid, name, helpers)
         failure = failure_of(status, name)
         reason = held_reason(name, failure) if failure else ""
@@ -399,7 +444,9 @@ class Writers:
                 if status is None:
                     # Unknown: it no longer counts as a writer, and the delay decides.
                     self.engine.registry.writer_unknown_locked(record, tgid)
-                self.engine.registry.writer_exited_locked(record, tgid, reason)
+                after, known = self._refusal_words(refusal, record) if failure else ("", False)
+                self.engine.registry.writer_exited_locked(
+                    record, tgid, held_reason(name, failure_of(status, name, after), known) if known else reason)
         # After its files are settled (an action may wait for them); an unknown exit is no success.
         outcome = failure if status is not None else "ended without the mount learning its exit status"
         for action in actions:

@@ -37,10 +37,31 @@ def translated(method):
                 # An answer (ENOENT to each new name cp looks up): formatted only when logged.
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s%r: %s", method.__name__, _printable(args), exc)
+                if method.__name__ in REFUSABLE and errno_of(exc) in REFUSALS and args and isinstance(args[0], str):
+                    _tell_refusal(self, args[0], errno_of(exc))
             else:
                 log.exception("unexpected error in %s%r", method.__name__, _printable(args))
             raise mfusepy.FuseOSError(errno_of(exc)) from None
     return wrapper
+
+
+# The operations whose refusal may make a program fail (and exit non-zero), and the refusals that
+# count: the mount's own "no" to a name or a change (not ENOENT, which cp meets at each new name,
+# nor EXDEV, after which mv copies). A held file's reason then says the mount refused it first.
+REFUSABLE = frozenset({"create", "mkdir", "rename", "unlink", "rmdir", "symlink", "link", "mknod", "open",
+                       "truncate", "write", "fallocate", "flush"})
+REFUSALS = frozenset({errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENAMETOOLONG, errno.EFBIG, errno.EDQUOT,
+                      errno.ENOSPC})
+
+
+def _tell_refusal(ops, path: str, error: int) -> None:
+    """The model learns which program got the mount's refusal of `path` (never fails the answer)."""
+    try:
+        pid = mfusepy.fuse_get_context()[2]
+        if pid:
+            ops.model.refused_to(pid, path, error)
+    except Exception:  # (a test's object without a model, no FUSE context): the refusal itself stands
+        log.debug("the refusal of %r was not noted", path, exc_info=True)
 
 
 def _printable(args) -> tuple:
@@ -201,7 +222,7 @@ class Fs360Operations(mfusepy.Operations):
 
     @translated
     def unlink(self, path):
-        self.model.unlink(path)
+        self.model.unlink(path, mfusepy.fuse_get_context()[2])
 
     @translated
     def chmod(self, path, mode):

@@ -131,6 +131,19 @@ def project_options(data: bytes) -> dict:
     return options
 
 
+def cancelled_reason(remover: str | None, renamer: str = "") -> str:
+    """Why a session has no project request any more, once its .create was removed before the
+    request was sent (as SEMANTICS says: unlink .create cancels): what happened and what to do.
+    `renamer`: the program whose renamed .create still awaited its exit (it was never taken)."""
+    by = f" by {remover}" if remover else ""
+    what = (f"the .create {renamer} put here was removed{by} before {renamer} exited, so it was not taken"
+            if renamer else f"the project request was cancelled because .create was removed{by} before the "
+                            f"request was sent")
+    hint = (" (rsync --delete removes it when the source has no .create: add --exclude .create, or "
+            "--filter 'P .create')" if remover == "rsync" else "")
+    return f"{what}; write .create again to request the project{hint}"
+
+
 def project_created(session: SessionRecord) -> bool:
     project = session.project
     return session.sealed or (project is not None and project.state in (P_CREATED, P_READY))
@@ -469,6 +482,7 @@ class Markers:
             mtime_ns = self._times.pop(session.id, None) or handle.mtime_ns or time.time_ns()
             self.engine.request_project_locked(session, options, handle.requester, bytes(handle.data), mtime_ns)
             self.engine.registry.marker_refused_locked(session, "")
+            self.engine.registry.marker_cancelled_locked(session, "")
             handle.dirty = False
 
     def release(self, handle: MarkerHandle) -> None:
@@ -493,14 +507,18 @@ class Markers:
                 # A time set after the close (tar sets it by name, and the release may come later).
                 self._keep_mtime_locked(handle.session, self._times.pop(handle.session.id, None))
 
-    def unlink_locked(self, session: SessionRecord) -> None:
+    def unlink_locked(self, session: SessionRecord, remover: str = "") -> None:
+        """`remover`: the name of the program that removed it, when known (for status's words)."""
         if not self.listed(session):
             raise NotFound(CREATE_MARKER)
-        self._drop_pending_locked(session)  # never taken, then
+        pending = self._pending.get(session.id)
+        if self._drop_pending_locked(session):  # never taken, then
+            self.engine.registry.marker_cancelled_locked(session, cancelled_reason(remover or "", pending.program))
         project = session.project
         if project is None:
             return
         if project.state in (P_WAITING, "failed") and self.engine.cancel_project_locked(session):
+            self.engine.registry.marker_cancelled_locked(session, cancelled_reason(remover))
             return
         # The project exists (or was requested from the server, and may) and stays; the marker
         # just leaves the listing so rm -r works.

@@ -175,7 +175,7 @@ class MountModel:
                 check_session_name(node.name)
                 self.engine.registry.create_session_locked(node.name, mode & 0o7777, *owner)
                 return
-            check_file_name(node.basename)
+            self._check_name_locked(node)
             check_not_sealed(node.session)
             check_tree_open_locked(node.session, node.name)
             self.tree.add_folder_locked(node.session, node.name, mode & 0o7777, *owner)
@@ -215,6 +215,16 @@ class MountModel:
                 self.engine.registry.name_refused_locked(node.session, node.name, reason)
         raise NotPermitted(reason)
 
+    def _check_name_locked(self, node) -> None:
+        """A name the mount takes in no session (control characters, past 255 bytes): refused, and
+        listed in the folder's status (`cp -a` of a folder holding one says only "Invalid argument",
+        exits 1, and every file it copied is held)."""
+        try:
+            check_file_name(node.basename)
+        except Fs360Error as exc:
+            self.engine.registry.name_refused_locked(node.session, node.name, f"not made: {exc}")
+            raise
+
     def create(self, path: str, mode: int, flags: int, uid: int | None = None, gid: int | None = None) -> int:
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
@@ -227,7 +237,7 @@ class MountModel:
                 return self.markers.open_locked(session, writable=True, truncate=True)
             if node.kind == DIR:
                 raise IsADirectory(path)
-            check_file_name(node.basename)
+            self._check_name_locked(node)
             if node.kind == FILE and compared_on_rewrite_locked(self.engine, node.record):
                 # A re-copy of a file the server holds (or of a frozen tree's) only compares: fine even once sealed.
                 return self.files.open_locked(node.record, flags | os.O_TRUNC)
@@ -398,13 +408,20 @@ class MountModel:
         """rename(2) by process `pid` (it may commit a scratch file under its final name)."""
         self.renames.rename(old, new, pid)
 
-    def unlink(self, path: str) -> None:
+    def refused_to(self, pid: int, path: str, error: int) -> None:
+        """The mount refused task `pid` an operation on `path` (errno `error`): should its program
+        then fail, the files it wrote say that refusal came first (exits.Writers.note_refusal)."""
+        self.writers.note_refusal(pid, path.lstrip("/"), error)
+
+    def unlink(self, path: str, pid: int | None = None) -> None:
+        """`pid`: the task unlinking, when known (status names the program that removed .create)."""
+        remover = self.writers.identify(pid) if pid and path.endswith("/" + CREATE_MARKER) else None
         with self.engine.lock:
             node = self.tree.resolve_locked(path)
             if node.kind in (ROOT_STATUS_FILE, STATUS):
                 return  # a no-op that succeeds, so rm -r of a session or of the mount works
             if node.kind == MARKER:
-                self.markers.unlink_locked(node.session)
+                self.markers.unlink_locked(node.session, remover.name if remover else "")
             elif node.kind == FILE:
                 if self.tree.unhide_locked(node.session, node.name):
                     return  # libfuse's last release of a file unlinked while open: gone already

@@ -25,9 +25,19 @@ def check_file_name(name: str) -> None:
         raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
     # Any other character is fine: the file goes to the server under a safe name of its own.
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidName("name has control characters")
+        raise InvalidName(control_characters_reason(name))
     if name in ("", ".", ".."):
         raise InvalidName("not a file name")
+
+
+CONTROL_WORDS = {"\t": "a tab", "\n": "a line break", "\r": "a carriage return"}
+
+
+def control_characters_reason(name: str) -> str:
+    """Why a name with control characters is refused, saying which ones and what to do."""
+    found = dict.fromkeys(CONTROL_WORDS.get(c, f"U+{ord(c):04X}") for c in name if ord(c) < 32 or ord(c) == 127)
+    return (f"name has control characters ({', '.join(found)}), which no name on this mount may hold: "
+            f"rename the source without them and copy it again")
 
 
 def is_trash_folder(name: str) -> bool:
@@ -44,7 +54,7 @@ def check_session_name(name: str) -> None:
     if len(encoded) > MAX_NAME_BYTES:
         raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidName("folder name has control characters")
+        raise InvalidName("folder " + control_characters_reason(name))
     if is_trash_folder(name):
         # It would be an upload session, and a file the server holds cannot move into another:
         # refused, a file manager offers to delete for good instead (GIO: no trash here).

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import time
 
-from ..errors import (AccessDenied, Fs360Error, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound,
-                      NotPermitted)
+from ..errors import (AccessDenied, CrossDevice, Fs360Error, InvalidArgument, IsADirectory, NotADirectory, NotEmpty,
+                      NotFound, NotPermitted)
 from ..engine.content_digest import is_legacy_digest
 from .content_check import LegacyDigest, compared_on_rewrite_locked, content_stamp, is_identical_copy
 from .exits import Closer, Writers
 from .markers import MAX_CREATE_BYTES, Markers
 from .names import CREATE_MARKER, check_file_name, check_session_name
-from .rules import (check_mutable_locked, check_not_sealed, check_tree_open_locked, check_uploadable_name_locked,
-                    refused_recopy_reason_locked)
+from .rules import (check_mutable_locked, check_not_sealed, check_tree_open_locked, check_tree_removal_locked,
+                    check_uploadable_name_locked, refused_recopy_reason_locked)
 from .tree import DIR, FILE, MARKER, MISSING, ROOT, ROOT_STATUS_FILE, SESSION, STATUS, Node, SessionTree
 
 # libfuse renames a file unlinked while open to this prefix and unlinks it at its last release.
@@ -40,7 +40,7 @@ class Renames:
                     and dst.session is src.session:
                 # libfuse hides an open file it is asked to unlink: for these, the unlink is now.
                 if src.kind == MARKER:
-                    self.markers.unlink_locked(src.session)
+                    self.markers.unlink_locked(src.session, renamer.name if renamer else "")
                 return
             if src.kind == SESSION:
                 self._rename_session_locked(src, dst)
@@ -159,7 +159,7 @@ class Renames:
         """A folder moves, with everything in it, within its session."""
         session = src.session
         if dst.session is not session:
-            raise NotPermitted("folders stay in their session")
+            self._folder_out_of_its_session_locked(src, dst)
         replaces = dst.kind == DIR and dst.name != src.name
         if replaces:
             if not self.tree.is_empty_locked(session, dst.name):
@@ -176,6 +176,22 @@ class Renames:
             self.tree.remove_folder_locked(session, dst.name)
         self.tree.move_folder_locked(session, src.name, dst.name)
         self.tree.touch_parent_locked(src, dst)
+
+    def _folder_out_of_its_session_locked(self, src: Node, dst: Node) -> None:
+        """A tree's folder moved to another session (or to the root, a new session): a tree is its
+        session's archive, so it is not renamed there. EXDEV: `mv` (and file managers) then copy it
+        and delete the original, as between file systems, and each step follows the rules of its
+        own (the copies are new files of the target; the deletions those of the source's tree).
+        A folder whose tree is frozen cannot be deleted either: refused at once, with the reason in
+        the source session's status (mv prints only the errno)."""
+        where = dst.session.name if dst.session is not None else "the mount's root"
+        try:
+            check_tree_removal_locked(src.session, src.name)
+        except Fs360Error as exc:
+            self.engine.registry.name_refused_locked(src.session, src.name, f"not moved to {where}: {exc}")
+            raise
+        raise CrossDevice(f"{src.name}: a folder moves only within its session; moved to {where}, it is "
+                          f"copied and then deleted here (mv does that by itself)")
 
     def _hide_locked(self, src: Node, dst: Node) -> None:
         """libfuse renames a file unlinked while open to `.fuse_hidden…` and unlinks that name at

@@ -92,10 +92,12 @@ def capture_session_locked(session: SessionRecord, engine, pending_note=lambda s
         "project": None if project is None else {
             "state": project.state, "name": project.name, "status": project.status,
             "error": project.last_error, "record": dict(project.record or {}), "options": dict(project.options)},
-        "notice": session.notice, "marker_refused": session.marker_refused, "marker_pending": pending_note(session),
+        "notice": session.notice, "marker_refused": session.marker_refused,
+        "marker_cancelled": session.marker_cancelled, "marker_pending": pending_note(session),
         "api_url": engine.settings.api_url, "default_privacy": engine.settings.default_privacy,
         "paused": engine.gate.paused,
         "held_back": engine.trouble_reasons(),
+        "rate_limit_waits": engine.pacing_waits(),
     }
 
 
@@ -121,7 +123,8 @@ def snapshot_of(capture: dict, rates: RateBook | None = None) -> dict:
     session_rate = rates.session_rate(capture["id"]) if rates is not None else None
     if not any(f["state"] == UPLOADING for f in uploadable):
         session_rate = None  # nothing is being sent: no rate (the last one would linger)
-    totals = _totals(uploadable, session_rate)
+    waits = _rate_limit_waits(capture.get("rate_limit_waits", ()))
+    totals = _totals(uploadable, session_rate, paced=any(w["endpoint"] == "put_file" for w in waits))
     return {
         "session": capture["session"],
         "upload_id": terminal_safe(capture["upload_id"]) if capture["upload_id"] else capture["upload_id"],
@@ -138,8 +141,15 @@ def snapshot_of(capture: dict, rates: RateBook | None = None) -> dict:
         "paused": capture["paused"],  # ops: fs360 pause
         # What holds every upload back now (the account, an outage, a wait the server asked for).
         "held_back": capture["held_back"],
+        # What fs360's own pacing within the server's documented budgets holds back now, and until when.
+        "rate_limit_waits": waits,
         "generated_at": _iso(now),
     }
+
+
+def _rate_limit_waits(waits) -> list[dict]:
+    return [{"endpoint": w["endpoint"], "waiting": w["waiting"], "until": _iso(w["until"]),
+             "until_seconds": w["until_seconds"], "reason": w["reason"]} for w in waits]
 
 
 def _project_info(capture: dict) -> dict | None:
@@ -178,11 +188,17 @@ def _project_info(capture: dict) -> dict | None:
             project_info = {"state": "pending", "name": None, "status": 0, "url": None, "waiting_for": None,
                             "title": None, "error": None}
         project_info["pending"] = capture["marker_pending"]
+    if project_info is None and capture.get("marker_cancelled"):
+        # The request was cancelled by removing .create (rsync --delete does): say so, and what to do.
+        project_info = {"state": "cancelled", "name": None, "status": 0, "url": None, "waiting_for": None,
+                        "title": None, "error": None, "cancelled": capture["marker_cancelled"]}
     return project_info
 
 
-def _totals(files: list[dict], rate: float | None) -> dict:
-    """Counts and bytes of uploadable file entries; the ETA is of the bytes still on their way."""
+def _totals(files: list[dict], rate: float | None, paced: bool = False) -> dict:
+    """Counts and bytes of uploadable file entries; the ETA is of the bytes still on their way,
+    none while uploads wait for the PUT budget (`paced`: the rate then says nothing of when the
+    rest goes; the wait's line says when it ends)."""
     by_state: dict[str, int] = {}
     for f in files:
         by_state[f["state"]] = by_state.get(f["state"], 0) + 1
@@ -194,15 +210,15 @@ def _totals(files: list[dict], rate: float | None) -> dict:
         "sent": sum(f["sent"] for f in files),
         "on_server": sum(f["on_server"] for f in files),
         "rate": round(rate) if rate else None,
-        "eta_seconds": eta_seconds(on_the_way, rate),
+        "eta_seconds": None if paced else eta_seconds(on_the_way, rate),
         "by_state": dict(sorted(by_state.items())),
         "need_you": sum(by_state.get(state, 0) for state in NEEDS_YOU_STATES),
     }
 
 
-def mount_totals(sessions: list[dict], rate: float | None) -> dict:
+def mount_totals(sessions: list[dict], rate: float | None, paced: bool = False) -> dict:
     """The whole mount's totals, from its sessions' file entries."""
-    return _totals([f for s in sessions for f in s["files"] if not f["local_only"]], rate)
+    return _totals([f for s in sessions for f in s["files"] if not f["local_only"]], rate, paced)
 
 
 def _file_entry(row: tuple, now: float, rates: RateBook | None) -> dict:
@@ -288,7 +304,9 @@ def render_text(snapshot: dict) -> bytes:
                                                            else " (write .create again once that is put right)"))
     if project is not None and project.get("pending"):
         lines.append(f"project   pending: {project['pending']}")
-    if project is not None and project["state"] not in ("refused", "pending"):
+    if project is not None and project.get("cancelled"):
+        lines.append(f"project   cancelled: {project['cancelled']}")
+    if project is not None and project["state"] not in ("refused", "pending", "cancelled"):
         if project["state"] == "waiting":
             lines.append(f"project   requested; {project['waiting_for'] or 'creating'}")
         elif project["state"] == "failed":
@@ -363,6 +381,8 @@ def render_root(snapshots: list[dict]) -> bytes:
         what = ""
         if project is not None and project["state"] == "pending":
             what = "  .create pending"
+        elif project is not None and project["state"] == "cancelled":
+            what = "  project request cancelled (.create removed)"
         elif project is not None:
             what = f"  project {project['name'] or '(waiting)'} {project['status']}%"
         lines.append(f"{snap['session']}: {totals['complete']}/{totals['files']} files complete, "
@@ -374,7 +394,9 @@ SESSION_RENDERERS = {"status": render_text, "status.json": render_json}
 
 
 def held_back_lines(snapshot: dict) -> list[str]:
-    return [f"held back: {reason}" for reason in snapshot.get("held_back", ())]
+    """The mount's waits, at the top: what holds uploads back, and fs360's own pacing."""
+    return [f"held back: {reason}" for reason in snapshot.get("held_back", ())] + \
+        [wait["reason"] for wait in snapshot.get("rate_limit_waits", ())]
 
 
 def bar(done: int, total: int) -> str:
@@ -498,13 +520,16 @@ class RenderedStatus:
         gate = self.engine.gate
         uploading = any(f["state"] == UPLOADING for s in sessions for f in s["files"])
         rate = self.rates.mount_rate() if uploading else None
+        waits = sessions[0]["rate_limit_waits"] if sessions else \
+            _rate_limit_waits(self.engine.pacing_waits())
         snapshot = {
             "schema": SCHEMA_VERSION,
             "generated_at": _iso(time.time()),
             "paused": gate.paused,
             "bwlimit": gate.bwlimit,
             "proxy_body_limit": self.engine.transfer.chunk_sizes.learned_limit,
-            "totals": mount_totals(sessions, rate),
+            "totals": mount_totals(sessions, rate, paced=any(w["endpoint"] == "put_file" for w in waits)),
+            "rate_limit_waits": waits,
             "sessions": sessions,
         }
         if history:

@@ -24,6 +24,7 @@ HTTP_STATUS_BY_ERRNO = {
     errno.ENOTEMPTY: 409,     # a session or folder that still lists files
     errno.EISDIR: 409,
     errno.ENOTDIR: 409,
+    errno.EXDEV: 502,         # a folder moved to another session: the client copies it (RFC 4918 9.9.4)
     errno.ENOSPC: 507,        # Insufficient Storage: the spool disk is full
     errno.EDQUOT: 507,        # the account's or the session's cap
     errno.EFBIG: 413,         # the server's per-file cap

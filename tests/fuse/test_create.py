@@ -275,3 +275,27 @@ def test_a_re_run_of_the_same_copy_of_a_prepared_folder_is_a_no_op(tmp_path, mou
     check_no_op(["cp", "-a", str(marker), f"{session}/"])
     assert non_get_requests(emulator) == sent
     assert mount.status_json("S")["refused_names"] == []
+
+
+def test_rsync_delete_that_removes_create_says_the_request_was_cancelled(tmp_path, mount_factory, profiled_emulator):
+    """`rsync -a --delete` of a source without .create removes the session's .create: the waiting
+    request is cancelled (SEMANTICS: unlink .create cancels), and status says so, who removed it
+    and what to do, instead of showing no project at all."""
+    mount = mount_factory(profiled_emulator)
+    session = mount.mountpoint / "s"
+    src = tmp_path / "src"
+    make_sources(src, {"a.jpg": 2000})
+    session.mkdir()
+    with open(session / "open.jpg", "wb") as held_open:  # still written: the request waits for it
+        held_open.write(b"x" * 100)
+        held_open.flush()
+        assert sh('echo "{}" > "$1/.create"', session).returncode == 0
+        assert mount.status_json("s")["project"]["state"] == "waiting"
+        synced = sh('rsync -a --delete --exclude "status*" --exclude open.jpg "$1/" "$2/"', src, session)
+        assert synced.returncode == 0, synced
+        assert ".create" not in os.listdir(session)
+        project = mount.status_json("s")["project"]
+        assert project["state"] == "cancelled", project
+        assert "cancelled because .create was removed by rsync" in project["cancelled"], project
+        assert "write .create again" in project["cancelled"] and "--exclude .create" in project["cancelled"]
+        assert f"project   cancelled: {project['cancelled']}" in (session / "status").read_text()

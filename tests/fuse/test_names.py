@@ -67,3 +67,26 @@ def test_renaming_a_session_onto_an_empty_one_replaces_it(emulator, mount_factor
     except OSError as exc:
         assert exc.errno == errno.ENOTEMPTY
     assert_uploaded(emulator, mount.status_json("Site B")["upload_id"], sources)
+
+
+def test_cp_a_of_a_folder_with_a_tab_in_a_name_lists_it_as_refused(profiled_emulator, mount_factory, tmp_path):
+    """`cp -a` of a folder holding a name with a tab: that create is EINVAL, cp exits 1 and every
+    file it copied is held. The refused name is in status's "refused" list with why and what to do,
+    and the held files' reason points there (it was only "cp exited with status 1")."""
+    from tests.harness import wait_until
+    mount = mount_factory(profiled_emulator)
+    src = tmp_path / "src"
+    make_sources(src, {"a.jpg": 1000, "b.jpg": 2000, "tab\there.jpg": 300})
+    copied = subprocess.run(["cp", "-a", f"{src}/.", str(mount.mountpoint / "s")], capture_output=True, text=True)
+    assert copied.returncode == 1 and "Invalid argument" in copied.stderr, copied
+    doc = mount.status_json("s")
+    assert {"name": "tab\there.jpg", "reason": "not made: name has control characters (a tab), which no name on "
+            "this mount may hold: rename the source without them and copy it again"} in doc["refused_names"], doc
+    text = (mount.mountpoint / "s" / "status").read_text()
+    assert "refused   tab\\u0009here.jpg: not made: name has control characters (a tab)" in text, text
+    held = wait_until(lambda: [f for f in mount.status_json("s")["files"] if f["state"] == "held"] or None, 20,
+                      what="the held files")
+    for f in held:
+        assert f["error"].startswith("cp exited with status 1 after the mount refused tab\there.jpg (invalid "
+                                     "argument; see \"refused\" in its folder's status), right after writing this "
+                                     "file: it may well be whole"), f

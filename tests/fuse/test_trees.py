@@ -367,3 +367,30 @@ def test_the_same_tar_x_or_unzip_o_again_into_a_frozen_tree_is_a_no_op_and_a_cha
     assert {method: request_count(emulator, method) for method in sent} == sent
     assert remote_files(emulator) == remote
     assert emulator.violations() == []
+
+
+def test_mv_of_a_tree_folder_to_another_session_copies_it_there(tmp_path, profiled_emulator, mount_factory):
+    """`mv S/t X/t` of a tree's folder: EXDEV, so mv copies it into X and deletes it from S, as
+    between file systems (it was EPERM, "Operation not permitted", the reason only in the log). The
+    copies are X's tree, uploaded in X's archive at its .create; nothing of them goes to S."""
+    emulator = profiled_emulator
+    mount = mount_factory(emulator)
+    source = make_tree(tmp_path / "src")
+    subprocess.run(["cp", "-r", str(source), str(mount.mountpoint)], check=True)
+    session, other = mount.mountpoint / SESSION, mount.mountpoint / "X"
+    other.mkdir()
+    moved = subprocess.run(["mv", str(session / "Scans"), str(other / "Scans")], capture_output=True, text=True)
+    assert moved.returncode == 0 and moved.stderr == "", moved
+    assert not (session / "Scans").exists()
+    for path in TREE:
+        if path.startswith("Scans/"):
+            assert (other / path).read_bytes() == (source / path).read_bytes(), path
+    assert {f["name"] for f in mount.status_json("X")["tree_files"]} == {p for p in TREE if p.startswith("Scans/")}
+    assert {f["name"] for f in mount.status_json(SESSION)["tree_files"]} == {p for p in TREE if p.startswith("Panoramas/")}
+    assert mount.status_json(SESSION)["refused_names"] == []
+    write_marker(other / ".create", b"")
+    project = mount.wait_project("X")
+    assert project["state"] == "ready", project
+    assert sorted(project["record"]["files"]) == sorted(
+        name for path, name in archive_names([p for p in TREE if p.startswith("Scans/")]).items())
+    assert "X.zip" in remote_files(emulator) and emulator.violations() == []

@@ -45,13 +45,14 @@ def error_of(model, path):
 
 @pytest.mark.parametrize("pid, status, state, reason", [
     (CP, 0, "pending", ""),
-    (CURL, 18 << 8, "held", "curl exited with status 18 (the transfer ended early) right after writing it: it "
+    (CURL, 18 << 8, "held", "curl exited with status 18 (in curl's manual: the transfer ended early) right after "
+                            "writing it: it "
                             "is probably incomplete; copy it again, or run `fs360 release` on it if you know it "
                             "is whole"),
     (RSYNC, signal.SIGINT, "held", "rsync was killed by SIGINT right after writing it"),
     # rsync's receiver, stopped by its generator once the rest of rsync was cut off.
-    (RSYNC, 19 << 8, "held", "rsync exited with status 19 (it was stopped by its other process: the copy was "
-                             "cut off) right after writing it"),
+    (RSYNC, 19 << 8, "held", "rsync exited with status 19 (in rsync's manual: it was stopped by its other "
+                             "process: the copy was cut off) right after writing it"),
     (CP, 1 << 8, "held", "cp exited with status 1 right after writing it"),  # no meaning known: the number
 ], ids=["exit 0: queued at once", "exit 18: held", "SIGINT: held", "rsync 19: in words", "cp 1: the number"])
 def test_the_writers_exit_decides(idle, pid, status, state, reason):
@@ -448,3 +449,44 @@ def test_a_helper_whose_start_could_not_be_read_counts_as_still_there():
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: gone from /proc
     assert not _still_there(dead.pid, 0)
+
+
+@pytest.mark.parametrize("refused_how, reason", [
+    ("symlink", "cp exited with status 1 after the mount refused link.jpg (operation not permitted; see \"refused\" "
+                "in its folder's status) and 1 more, right after writing this file: it may well be whole (the program failed "
+                "over what the mount refused), but the mount cannot tell; copy it again, or run `fs360 release` on "
+                "it if you know it is whole"),
+    ("tab", "cp exited with status 1 after the mount refused a\tb.jpg (invalid argument; see \"refused\" in its "
+            "folder's status) and 1 more, right after writing this file"),
+    ("other session", "cp exited with status 1 after the mount refused t/link.jpg (operation not permitted; see "
+                      "\"refused\" in its folder's status)"),
+], ids=["a link cp -a made", "a name with a tab", "a refusal in another folder"])
+def test_a_held_files_reason_says_the_mount_refused_its_program_first(idle, refused_how, reason):
+    """`cp -a` of a folder holding a link (EPERM) or a name with a tab (EINVAL) exits 1; unzip whose
+    create got EACCES exits 50 ("the disk was full", says its manual): the files they wrote are
+    held, and the reason says the mount's refusal came first instead of quoting the manual."""
+    from fs360.errors import Fs360Error
+    idle.mkdir("/s", 0o755)
+    idle.mkdir("/t", 0o755)
+    write_file(idle, "/s/a.e57", pid=CP)
+    refused = {"symlink": "/s/link.jpg", "tab": "/s/a\tb.jpg", "other session": "/t/link.jpg"}[refused_how]
+    with pytest.raises(Fs360Error) as info:
+        if refused_how == "tab":
+            idle.create(refused, 0o644, O_CREATE)
+        else:
+            idle.refuse_special(refused, "symbolic links")
+    idle.refused_to(CP, refused, info.value.errno)   # what the FUSE adapter tells of each refusal
+    idle.refused_to(CP, "/s/second.jpg", info.value.errno)
+    idle.writers.exited(CP, 1 << 8)
+    assert file_state(idle, "s", "a.e57") == "held"
+    assert error_of(idle, "/s/a.e57").startswith(reason), error_of(idle, "/s/a.e57")
+
+
+def test_without_a_refusal_the_manuals_meaning_is_said_as_the_manuals(idle):
+    """unzip exits 50 "the disk was full" in its manual for any failed create: said as its manual's word."""
+    idle.writers.identify = lambda pid: Closer(pid, "unzip", None)
+    idle.mkdir("/s", 0o755)
+    write_file(idle, "/s/a.e57", pid=CP)
+    idle.writers.exited(CP, 50 << 8)
+    assert error_of(idle, "/s/a.e57").startswith("unzip exited with status 50 (in unzip's manual: the disk was "
+                                                 "full) right after writing it")

@@ -830,8 +830,9 @@ class MountMachine(RuleBasedStateMachine):
             status = self._status(s.name)
             project = status["project"]
             assert (project["state"] if project and project["state"] != "ready" else project and "created") \
-                == (s.project or ("refused" if s.marker_refused else None)), \
-                f"{s.name}: the project is {project}, the reference says {s.project} (refused: {s.marker_refused})"
+                == (s.project or ("refused" if s.marker_refused else "cancelled" if s.marker_cancelled else None)), \
+                f"{s.name}: the project is {project}, the reference says {s.project} (refused: {s.marker_refused}, " \
+                f"cancelled: {s.marker_cancelled})"
             assert status["sealed"] == s.sealed, f"{s.name}: sealed {status['sealed']}, the reference {s.sealed}"
             # Paused, a worker may pick any pending file up (and another after a move): the same.
             picked = (lambda state: PENDING if state == "uploading" else state) if self.paused else (lambda state: state)

@@ -349,7 +349,8 @@ def test_a_create_renamed_by_a_program_is_pending_until_its_exit_0(fed):
 
 
 @pytest.mark.parametrize("status, reason", [
-    (23 << 8, "rsync exited with status 23 (some files were not transferred) after it put .create here, so "
+    (23 << 8, "rsync exited with status 23 (in rsync's manual: some files were not transferred) after it put "
+              ".create here, so "
               ".create was not taken: the folder may be incomplete; copy it again, or write .create yourself "
               "once it is whole"),
     (signal.SIGINT, "rsync was killed by SIGINT after it put .create here"),
@@ -380,7 +381,10 @@ def test_unlink_of_a_pending_create_means_it_is_never_taken(fed):
     renamed_by_rsync_with_a_tree(fed)
     fed.unlink("/s/.create")
     session = fed.engine.registry.sessions["s"]
-    assert ".create" not in names(fed, "/s") and project_status(fed, "s") is None
+    assert ".create" not in names(fed, "/s")
+    cancelled = project_status(fed, "s")
+    assert cancelled["state"] == "cancelled" and "was removed before rsync exited, so it was not taken; write " \
+        ".create again to request the project" in cancelled["cancelled"], cancelled
     fed.writers.exited(RSYNC, 0)
     witness_an_exit(fed)
     assert session.project is None
@@ -728,15 +732,26 @@ def test_unlink_before_the_request_cancels_it_for_good(model, server):
     model.write(fh, b"a" * 5000, 0)
     assert write_marker(model, "cancelled", b"") is None
     assert json.loads(read_all(model, "/cancelled/status.json"))["project"]["state"] == "waiting"
-    model.unlink("/cancelled/.create")
+    # rsync -a --delete of a source without .create removes it: status says so, and what to do.
+    model.writers.identify = lambda pid: Closer(pid, "rsync", None)
+    model.unlink("/cancelled/.create", 4242)
     assert ".create" not in names(model, "/cancelled")
     assert model.engine.registry.sessions["cancelled"].project is None
     model.release(fh)
     wait_state(model, "cancelled", "a.jpg", "complete")
     witness_a_project_step(model, server)                   # a project step ran after it was complete
     assert projects_of(server, model, "cancelled") == []
-    assert json.loads(read_all(model, "/cancelled/status.json"))["project"] is None
+    project = json.loads(read_all(model, "/cancelled/status.json"))["project"]
+    assert project["state"] == "cancelled" and project["name"] is None
+    assert project["cancelled"].startswith("the project request was cancelled because .create was removed by "
+                                           "rsync before the request was sent; write .create again to request "
+                                           "the project (rsync --delete removes it")
+    assert f"project   cancelled: {project['cancelled']}\n" in read_all(model, "/cancelled/status").decode()
+    assert "project request cancelled (.create removed)" in read_all(model, "/status").decode()
     write_file(model, "/cancelled/c.jpg", b"more")           # not sealed
+    assert write_marker(model, "cancelled", b"") is None     # written again: requested, the note gone
+    assert json.loads(read_all(model, "/cancelled/status.json"))["project"]["state"] in ("waiting", "created", "ready")
+    assert "project   cancelled" not in read_all(model, "/cancelled/status").decode()
 
 
 def test_after_the_project_the_session_is_sealed_and_unlink_only_hides_the_marker(server, make_model):

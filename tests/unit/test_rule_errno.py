@@ -65,7 +65,6 @@ TABLE = [
     ("rename a file onto .create", lambda m: m.rename("/s/a.jpg", "/s/.create"), errno.EPERM),
     ("rename a session into a session", lambda m: m.rename("/empty", "/s/empty"), errno.EPERM),
     ("rename a session onto status", lambda m: m.rename("/empty", "/status"), errno.EPERM),
-    ("rename a folder to another session", lambda m: m.rename("/s/Scans", "/other/Scans"), errno.EPERM),
     ("rename status", lambda m: m.rename("/s/status", "/s/x.jpg"), errno.EPERM),
     ("mkdir of a trash folder at the root", lambda m: m.mkdir("/.Trash-1000", 0o700), errno.EPERM),
     ("mkdir of .Trash at the root", lambda m: m.mkdir("/.Trash", 0o1777), errno.EPERM),
@@ -76,6 +75,9 @@ TABLE = [
     ("rename to a refused extension", lambda m: m.rename("/s/a.jpg", "/s/a.exe"), errno.EPERM),
     ("rename scratch to a refused extension", lambda m: write_file(m, "/s/.n.exe", b"") or
      m.rename("/s/.n.exe", "/s/n.exe"), errno.EPERM),
+    # EXDEV: a tree's folder moved out of its session is copied and deleted by mv, as between file systems
+    ("rename a folder to another session", lambda m: m.rename("/s/Scans", "/other/Scans"), errno.EXDEV),
+    ("rename a folder to the root", lambda m: m.rename("/s/Scans", "/Scans"), errno.EXDEV),
     # EACCES: status files are read-only
     ("open status for writing", lambda m: opened(m, "/s/status"), errno.EACCES),
     ("open status.json O_RDWR|O_TRUNC", lambda m: opened(m, "/s/status.json", os.O_RDWR | os.O_TRUNC),

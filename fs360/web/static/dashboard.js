@@ -63,6 +63,7 @@ function fileRow(file, mountPaused) {
 
 function projectLine(project) {
   if (!project) return el("div", {class: "project"}, el("span", {}, "project"), el("span", {class: "more"}, "drop a .create to make the project"), "");
+  if (project.cancelled) return el("div", {class: "project"}, el("span", {}, "project cancelled"), el("span", {class: "more"}, project.cancelled), "");
   if (project.refused) return el("div", {class: "project"}, el("span", {}, ".create refused"), el("span", {class: "state-rejected"}, project.refused), "");
   if (project.state === "failed") return el("div", {class: "project"}, el("span", {}, "project failed"), el("span", {class: "state-rejected"}, project.error || ""), "");
   if (project.state === "waiting") return el("div", {class: "project"}, el("span", {}, "project requested"), el("span", {class: "more"}, project.waiting_for || "creating"), "");
