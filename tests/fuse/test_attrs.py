@@ -161,5 +161,5 @@ def test_unlink_of_open_status_files_and_marker(tmp_path, mount):
         pass
     with open(session / ".create", "rb"):
         os.unlink(session / ".create")           # cancels the request
-    assert mount.status_json("open")["project"] is None
+    assert mount.status_json("open")["project"]["state"] == "cancelled"
     assert sorted(os.listdir(session)) == ["a.jpg", "status", "status.json"]
