@@ -72,10 +72,18 @@ _FILE_FIELDS = attrgetter("id", "name", "server_name", "state", "size", "server_
 (_ID, _NAME, _SERVER_NAME, _STATE, _SIZE, _SENT, _ERROR, _ATTEMPTS, _NEXT, _LOCAL, _ARCHIVE, _SHA256) = range(12)
 
 
-def capture_session_locked(session: SessionRecord, engine, pending_note=lambda session: "") -> dict:
+def mount_waits_locked(engine) -> dict:
+    """What holds every session's uploads back now (the account, outages, fs360's own pacing):
+    read once for all the sessions of one status."""
+    return {"held_back": engine.trouble_reasons(), "rate_limit_waits": engine.pacing_waits()}
+
+
+def capture_session_locked(session: SessionRecord, engine, pending_note=lambda session: "",
+                           waits: dict | None = None) -> dict:
     """Needs engine.lock held: one consistent copy of what a session's status shows, as plain
     values (nothing that a later change of a record could alter); snapshot_of makes it a status.
-    `pending_note(session)`: what its pending .create waits for (Markers.pending_note_locked)."""
+    `pending_note(session)`: what its pending .create waits for (Markers.pending_note_locked);
+    `waits`: mount_waits_locked's, when several sessions are captured at once."""
     files = [_FILE_FIELDS(f) for f in session.files.values() if not f.in_tree]
     if session.archive:
         files.append(_FILE_FIELDS(session.archive))
@@ -96,8 +104,7 @@ def capture_session_locked(session: SessionRecord, engine, pending_note=lambda s
         "marker_cancelled": session.marker_cancelled, "marker_pending": pending_note(session),
         "api_url": engine.settings.api_url, "default_privacy": engine.settings.default_privacy,
         "paused": engine.gate.paused,
-        "held_back": engine.trouble_reasons(),
-        "rate_limit_waits": engine.pacing_waits(),
+        **(waits if waits is not None else mount_waits_locked(engine)),
     }
 
 
@@ -490,7 +497,8 @@ class RenderedStatus:
         cached = {name: c for name, c in cached.items() if c is not None}
         if all(name in cached and now - cached[name][0] < STATUS_SIZE_TTL for name in names):
             return [lambda content=cached[name][1]: content for name in names]
-        captures = self._captures_locked() if session is None else [capture_session_locked(session, self.engine, self._pending_note)]
+        captures = self._captures_locked(mount_waits_locked(self.engine)) if session is None \
+            else [capture_session_locked(session, self.engine, self._pending_note)]
         # Each built once, by the first render that needs it.
         state = functools.cache(lambda: settled_state(captures))
         snapshots = functools.cache(lambda: [snapshot_of(capture, self.rates) for capture in captures])
@@ -507,21 +515,21 @@ class RenderedStatus:
             return content
         return [functools.partial(rendered, name) for name in names]
 
-    def _captures_locked(self) -> list[dict]:
+    def _captures_locked(self, waits: dict) -> list[dict]:
         sessions = sorted(self.engine.registry.sessions.values(), key=lambda s: natural_key(s.name))
-        return [capture_session_locked(s, self.engine, self._pending_note) for s in sessions]
+        return [capture_session_locked(s, self.engine, self._pending_note, waits) for s in sessions]
 
     def mount_snapshot(self, history: bool = False) -> dict:
         """The whole mount as one document (doc/STATUS-JSON.md); takes engine.lock itself.
         `history`: with the rate of each HISTORY_BUCKET of the last hour (the dashboard's plot)."""
         with self.engine.lock:
-            captures = self._captures_locked()
+            mount_waits = mount_waits_locked(self.engine)
+            captures = self._captures_locked(mount_waits)
         sessions = [snapshot_of(capture, self.rates) for capture in captures]
         gate = self.engine.gate
         uploading = any(f["state"] == UPLOADING for s in sessions for f in s["files"])
         rate = self.rates.mount_rate() if uploading else None
-        waits = sessions[0]["rate_limit_waits"] if sessions else \
-            _rate_limit_waits(self.engine.pacing_waits())
+        waits = _rate_limit_waits(mount_waits["rate_limit_waits"])
         snapshot = {
             "schema": SCHEMA_VERSION,
             "generated_at": _iso(time.time()),
