@@ -367,11 +367,11 @@ class Writers:
                 self._refusals.pop(next(iter(self._refusals)))
             self._refusals[closer.tgid] = [path, error, 1]
 
-    def _refusal_words(self, refusal: list | None, record) -> tuple[str, bool]:
-        """What the mount refused the exiting program, as seen from `record`'s folder: ("the mount
-        refused top.jpg (permission denied; see "refused" in status)", True), or ("", False)."""
+    def _refusal_words(self, refusal: list | None, record) -> str:
+        """What the mount refused the exiting program, as seen from `record`'s folder ("the mount
+        refused top.jpg (permission denied; see "refused" in status)"), or ''."""
         if refusal is None:
-            return "", False
+            return ""
         path, error, count = refusal
         session_name, _, name = path.partition("/")
         session = self.engine.registry.sessions.get(session_name)
@@ -380,7 +380,7 @@ class Writers:
         shown = name if here and name else path
         why = os.strerror(error).lower() + ("; see \"refused\" in its folder's status" if listed else "")
         more = f" and {count - 1} more" if count > 1 else ""
-        return f"the mount refused {shown} ({why}){more}", True
+        return f"the mount refused {shown} ({why}){more}"
 
     def at_exit(self, closer: Closer | None, action: Callable[[str], None]) -> bool:
         """Runs `action(failure)` once the program `closer` works for has exited, on a thread of
@@ -444,9 +444,9 @@ class Writers:
                 if status is None:
                     # Unknown: it no longer counts as a writer, and the delay decides.
                     self.engine.registry.writer_unknown_locked(record, tgid)
-                after, known = self._refusal_words(refusal, record) if failure else ("", False)
+                after = self._refusal_words(refusal, record) if failure else ""
                 self.engine.registry.writer_exited_locked(
-                    record, tgid, held_reason(name, failure_of(status, name, after), known) if known else reason)
+                    record, tgid, held_reason(name, failure_of(status, name, after), True) if after else reason)
         # After its files are settled (an action may wait for them); an unknown exit is no success.
         outcome = failure if status is not None else "ended without the mount learning its exit status"
         for action in actions:
