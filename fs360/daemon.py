@@ -51,11 +51,11 @@ from .fs.fuse_ops import mount as fuse_mount
 from .fs.model import MountModel
 from .fuse_host import refusal_reason
 from .notices import DesktopNotices, UploadLog
-from .options import runtime_value
+from .options import parse_loopback_address, runtime_value
 from .systemd import Notifier
 from .thread_names import name_threads_for_the_kernel
 from .web.metrics import Counters
-from .web.server import Dashboard, parse_address
+from .web.server import Dashboard
 
 log = logging.getLogger("fs360")
 
@@ -405,7 +405,7 @@ def start_dashboard(settings: Settings, engine: Engine, model: MountModel, mount
                     handle) -> Dashboard | None:
     """The dashboard on its loopback address, or None (off, or the address is taken: the mount
     works without it)."""
-    address = parse_address(settings.web_address)
+    address = parse_loopback_address(settings.web_address)  # checked with the settings
     if address is None:
         return None
 
@@ -474,7 +474,21 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
     stop_reports = threading.Event()
     registered = []
 
+    failed_init = []
+
     def on_init():
+        try:
+            start_mount()
+        except Exception as exc:
+            # mfusepy logs an init's exception and mounts all the same: the launcher would wait
+            # for a ready that never comes. Told, then unmounted as SIGTERM does (libfuse's own
+            # handler wakes its loop).
+            log.exception("the mount could not start")
+            failed_init.append(exc)
+            reporter.ready(f"the mount of {mountpoint} could not start ({exc}); see the log, then mount again")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def start_mount():
         engine.start()
         dashboard = start_dashboard(settings, engine, model, mountpoint, handle)
         if dashboard is not None:
@@ -519,6 +533,8 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         reporter.ready(f"mounting {mountpoint} failed: {exc}")
         code = 1
     finally:
+        if failed_init:
+            code = 1
         stop_reports.set()
         for dashboard in dashboards:
             dashboard.close()
@@ -548,7 +564,7 @@ def serve_webdav(settings: Settings, address: str, reporter: Reporter | None = N
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda signum, frame: stop.set())
-    webdav = None
+    webdav = notices = None
     try:
         webdav = WebDavServer(model, settings, address)
         url = webdav.start()
@@ -560,11 +576,11 @@ def serve_webdav(settings: Settings, address: str, reporter: Reporter | None = N
     else:
         engine.start()
         if settings.desktop_notify:
-            DesktopNotices(engine, url)
+            notices = DesktopNotices(engine.listeners, url)
         log.info("serving WebDAV at %s (api %s, cache %s)", url, settings.api_url, settings.cache_dir)
         reporter.ready(None, url)
         if reporter.wants_status:
-            threading.Thread(target=_report_status, args=(engine, reporter, stop),
+            threading.Thread(target=_report_status, args=(model, reporter, stop),
                              name="fs360-status", daemon=True).start()
     try:
         while not stop.wait(1.0):
@@ -577,6 +593,8 @@ def serve_webdav(settings: Settings, address: str, reporter: Reporter | None = N
         model.release_all()  # PUTs still receiving their body: unfinished, never uploaded
         control_server.close()
         engine.stop()
+        if notices is not None:
+            notices.close()  # the last batch of refusals, told
         if embedded:
             embedded.stop()
         lock.close()

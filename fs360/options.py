@@ -100,6 +100,28 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def parse_loopback_address(text: str) -> tuple[str, int] | None:
+    """(host, port) of the dashboard's `HOST:PORT`, None for "off"; ValueError otherwise. Only
+    a loopback IP or `localhost`: a `*.localhost` name (loopback by `is_loopback_host`) is
+    resolved only where the resolver knows RFC 6761, so the dashboard could not bind it."""
+    text = text.strip()
+    if text.lower() == "off":
+        return None
+    try:
+        host, port = parse_address(text)
+    except ValueError:
+        raise ValueError(f"not HOST:PORT: {text!r} (e.g. 127.0.0.1:8360, or off)") from None
+    if host.lower() == "localhost":
+        return "localhost", port
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the dashboard listens on loopback only (127.0.0.1, ::1, localhost), not {host!r}")
+    return host, port
+
+
 def without_credentials(url: str) -> str:
     """`url` as it may be shown: a user name and password in it left out."""
     return re.sub(r"//[^@/]*@", "//", url)
@@ -261,8 +283,7 @@ class Option:
             parse_bwlimit(text)
             return text
         if kind == "loopback_address":
-            if text.lower() != "off" and not is_loopback_host(parse_address(text)[0]):
-                raise ValueError("not a loopback address")
+            parse_loopback_address(text)
             return text
         if kind == "address":
             parse_address(text)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -384,3 +385,47 @@ def build_pjdfstest(directory: Path) -> Path | None:
                     "pjdfstest.c"], cwd=work, check=True, capture_output=True)
     work.rename(directory)
     return directory
+
+
+# --- what a daemon tells its surroundings: systemd and the desktop ---------------------------------
+
+class FakeManager:
+    """The manager's end of $NOTIFY_SOCKET: records each datagram, and whether the mount
+    was up when READY=1 came (`mountpoint` None: a WebDAV server, nothing mounted)."""
+
+    def __init__(self, address: str, mountpoint):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.mountpoint = mountpoint
+        self.messages: list[str] = []
+        self.mounted_at_ready = None
+
+    def receive_until(self, predicate, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                message = self.sock.recv(4096).decode()
+            except socket.timeout:
+                break
+            self.messages.append(message)
+            if "READY=1" in message.split("\n") and self.mounted_at_ready is None and self.mountpoint is not None:
+                self.mounted_at_ready = is_mounted(self.mountpoint) and os.listdir(self.mountpoint) is not None
+            if predicate(message):
+                return message
+        raise AssertionError(f"no such notification; got {self.messages}")
+
+
+def fake_notify_send(tmp_path):
+    """(env, log): a notify-send on PATH that appends its arguments to `log`, and a session bus."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "notices.log"
+    script = bin_dir / "notify-send"
+    script.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {log}\necho >> {log}\n')
+    script.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"}, log
+
+
+def notices(log) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []

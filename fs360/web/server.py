@@ -1,6 +1,6 @@
 """The dashboard's HTTP server: one page, its two static files, a JSON API and /metrics.
 
-- Loopback only: the address must be 127.0.0.0/8, ::1 or localhost (`parse_address`), and a
+- Loopback only: the address must be 127.0.0.0/8, ::1 or localhost (`options.parse_loopback_address`), and a
   request whose Host header names anything else is refused (a DNS-rebinding page cannot
   reach it under its own name).
 - Every request carries the token, as `?token=` (the URL `fs360 web` opens) or as
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hmac
 import html
-import ipaddress
 import json
 import logging
 import os
@@ -45,25 +44,6 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "X-Frame-Options": "DENY",
 }
-
-
-def parse_address(text: str) -> tuple[str, int] | None:
-    """(host, port) of "HOST:PORT" on loopback, None for "off"; ValueError otherwise."""
-    text = text.strip()
-    if text.lower() == "off":
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"not HOST:PORT: {text!r} (e.g. 127.0.0.1:8360, or off)")
-    host = host.strip("[]")
-    if host != "localhost":
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(f"the dashboard listens on loopback only (127.0.0.1, ::1, localhost), not {host!r}")
-    return host, int(port)
 
 
 def load_token(cache_dir: Path) -> str:

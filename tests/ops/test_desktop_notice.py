@@ -3,27 +3,11 @@ session bus, never with --no-notify."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.harness import write_marker, write_random, wait_until
+from tests.harness import fake_notify_send, notices, wait_until, write_marker, write_random
 
 pytestmark = pytest.mark.fuse
-
-
-def fake_notify_send(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    log = tmp_path / "notices.log"
-    script = bin_dir / "notify-send"
-    script.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {log}\necho >> {log}\n')
-    script.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"}, log
-
-
-def notices(log) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
 
 
 def test_ready_project_and_rejected_file_are_announced(tmp_path, emulator, mount_factory):

@@ -69,6 +69,11 @@ BAD_SETTINGS = [
     pytest.param("", ["--api-url", "https://me:s3cret@x.org/api/v1"],  # (the password never shown)
                  ["--api-url https://x.org/api/v1: a user name or password has no place"], id="url-user"),
     pytest.param("", ["-o", "workers=0"], ["-o workers=0: too small"], id="o-workers-0"),
+    # The dashboard binds only what every resolver maps to loopback; *.localhost passed this
+    # check before and then failed in the mount's init, which hung a background `fs360 mount`.
+    pytest.param("", ["-o", "web_address=scans.localhost:0"],
+                 ["-o web_address=scans.localhost:0: the dashboard listens on loopback only"], id="o-web-localhost-name"),
+    pytest.param("", ["-o", "web_address=0.0.0.0:80"], ["the dashboard listens on loopback only"], id="o-web-not-loopback"),
     pytest.param("", ["-o", "no_notify=maybe"], ["-o no_notify=maybe: not true or false"], id="o-bool"),
     pytest.param("", ["-o", "colour=blue"], ["-o colour: unknown option"], id="o-unknown"),
     pytest.param('options = "workers=zero"\n', [], ["config.toml: -o workers=zero: not a number"], id="file-o"),

@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 
 from fs360.systemd import Notifier, escape_path, unit_text
-from tests.harness import PYTHON, is_mounted, write_random
+from tests.harness import PYTHON, FakeManager, is_mounted, write_random
 
 from .common import fs360_env, run_fs360
 
 pytestmark = pytest.mark.fuse
-
-
-class FakeManager:
-    """The manager's end of $NOTIFY_SOCKET: records each datagram, and whether the mount
-    was up when READY=1 came."""
-
-    def __init__(self, address: str, mountpoint):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.mountpoint = mountpoint
-        self.messages: list[str] = []
-        self.mounted_at_ready = None
-
-    def receive_until(self, predicate, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                message = self.sock.recv(4096).decode()
-            except socket.timeout:
-                break
-            self.messages.append(message)
-            if "READY=1" in message.split("\n") and self.mounted_at_ready is None:
-                self.mounted_at_ready = is_mounted(self.mountpoint) and os.listdir(self.mountpoint) is not None
-            if predicate(message):
-                return message
-        raise AssertionError(f"no such notification; got {self.messages}")
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])

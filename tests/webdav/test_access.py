@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.harness import PYTHON, Mount, self_signed_certificate
+from tests.harness import PYTHON, FakeManager, Mount, fake_notify_send, notices, self_signed_certificate, wait_until
 from tests.webdav.conftest import DavServer
 
 
@@ -127,4 +127,35 @@ def test_in_the_foreground_it_prints_its_url_first_and_a_sigterm_stops_it(tmp_pa
     stderr = process.stderr.read()
     assert f"fs360: serving WebDAV at {url}" in stderr and "stopping the WebDAV server" in stderr
     assert "Traceback" not in stderr
+    assert dav.logged_errors() == []
+
+
+def test_under_systemd_it_reports_its_status_and_tells_the_desktop(tmp_path, emulator):
+    """`serve webdav -f` as a systemd unit on a desktop: READY=1, a STATUS= line every few seconds,
+    and a notice for a file the server refused. (The notices were set up with the engine in place of
+    its listeners, and the status lines read the engine in place of the path model: both raised.)"""
+    notify_env, notice_log = fake_notify_send(tmp_path)
+    manager = FakeManager(str(tmp_path / "notify"), None)
+    dav = DavServer(tmp_path, emulator, env={**notify_env, "NOTIFY_SOCKET": str(tmp_path / "notify")})
+    process = subprocess.Popen([*(arg for arg in dav.command() if arg != "--no-notify"), "-f"], env=dav.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        manager.receive_until(lambda m: "READY=1" in m.split("\n"))  # (bounded, where readline is not)
+        dav.url = process.stdout.readline().strip()
+        dav.curl("-X", "MKCOL", path="Bad/", check_status=201)
+        (tmp_path / "bad.bin").write_bytes(b"x" * 1000)
+        dav.curl("-T", str(tmp_path / "bad.bin"), path="Bad/bad.bin", check_status=201)  # the server: 415, for good
+        wait_until(lambda: any("bad.bin was not uploaded" in n for n in notices(notice_log)), 60,
+                   what="the refusal's desktop notice")
+        manager.receive_until(lambda m: m.startswith("STATUS=") and "failed" in m)
+        process.send_signal(signal.SIGTERM)
+        manager.receive_until(lambda m: m == "STOPPING=1")
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        manager.sock.close()
+    stderr = process.stderr.read()
+    assert "Traceback" not in stderr, stderr
     assert dav.logged_errors() == []
