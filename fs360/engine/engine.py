@@ -243,9 +243,11 @@ class Engine:
         self._work_ready.notify()
 
     def _runnable_locked(self, file_id: int, generation: int) -> bool:
+        """Whether a queue entry may go now. A deleted file created again never goes while its re-copy
+        is compared (revived_locked queues it once identical)."""
         record = self.registry.file_locked(file_id)
         return record is not None and record.generation == generation and record.state in QUEUED_STATES \
-            and not record.unlinked and not record.open_writers
+            and not record.unlinked and not record.open_writers and not self.registry.being_revived_locked(record)
 
     def _schedule_commit_locked(self, record: FileRecord, delay: float) -> None:
         due = time.monotonic() + delay
@@ -318,6 +320,7 @@ class Engine:
                     if record.size > BUFFER_KEPT_RESIDENT and len(buffer) > BUFFER_KEPT_RESIDENT:
                         buffer.madvise(mmap.MADV_DONTNEED, BUFFER_KEPT_RESIDENT, len(buffer) - BUFFER_KEPT_RESIDENT)
                     with self.lock:
+                        self.registry.attempt_over_locked(record, generation)
                         if self.scheduler.finish_locked(record.id) and self.registry.file_locked(record.id):
                             # It came up again while this upload ran: one PUT per file in flight.
                             self._schedule_locked(record, 0.0)

@@ -103,8 +103,10 @@ class FileRecord:
     times_given: bool = False
     open_writers: int = 0
     generation: int = 0
-    # The generation it had when it was deleted from its folder while the server may hold it (-1:
-    # never): a PUT of that very content under way at the deletion may still complete it.
+    # The generation of the attempt whose PUT was under way when the file was deleted from its folder
+    # (-1: none, or that attempt is over; memory only: no attempt outlives the mount). That PUT may
+    # still complete it, and an identical re-creation meanwhile undoes the deletion (its spool copy
+    # is kept until the attempt is over: registry_files.remove_file_locked).
     deleted_generation: int = -1
     needs_resync: bool = False
     progress_journaled_at: float = 0.0  # monotonic time of the last journaled progress

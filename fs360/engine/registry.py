@@ -77,6 +77,9 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Upload
                 session.archive = record
             elif record.unlinked:
                 session.unlinked.append(record)
+                if not record.evicted and not record.in_tree:
+                    # Kept for the PUT under way at its deletion (remove_file_locked): none outlives the mount.
+                    self.drop_spool_locked(record)
             else:
                 session.files[record.name] = record
             if record.server_name:

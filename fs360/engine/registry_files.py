@@ -324,18 +324,24 @@ class FileWriters(RegistryState):
     def remove_file_locked(self, record: FileRecord) -> None:
         """unlink: a file the server may hold is remembered (the session cannot drop it), and so is
         a file of a frozen tree whose archive is not up yet: the archive still holds it, and reads
-        its spool copy (a re-run of tar -x or unzip -o creates it again: revivable_locked)."""
+        its spool copy (a re-run of tar -x or unzip -o creates it again: revivable_locked). A file
+        whose PUT is under way keeps its spool copy until that attempt is over (attempt_over_locked):
+        an identical re-creation meanwhile undoes the deletion, and its upload may have to go on."""
         session = self.session_of(record)
         self.uncount_locked(record)
         in_archive = record.in_tree and session.archive is not None and not session.archive_complete
-        if not in_archive:
+        in_flight = record.state == UPLOADING and record.may_be_on_server
+        kept = in_archive or in_flight
+        if not kept:
             # The spool file goes first: on a full disk, that is what makes room for the journal.
             self.spool.remove(record.id)
         held = record.may_be_on_server or (record.in_tree and session.archive_complete) or in_archive
         if held and not record.local_only:
-            self.journal.update_file(record.id, unlinked=1, evicted=int(not in_archive))
-            record.unlinked, record.evicted = True, not in_archive
-            record.deleted_generation = record.generation  # its PUT under way may complete it
+            self.journal.update_file(record.id, unlinked=1, evicted=int(not kept))
+            record.unlinked, record.evicted = True, not kept
+            if in_flight and record.deleted_generation < 0:
+                # (Already set: created again while that PUT was under way, and deleted once more.)
+                record.deleted_generation = record.generation  # its PUT under way may complete it
             session.unlinked.append(record)
         else:
             self._forget_file_locked(record, session)
@@ -345,25 +351,35 @@ class FileWriters(RegistryState):
 
     def revivable_locked(self, session: SessionRecord, name: str) -> FileRecord | None:
         """The file of `name` deleted from the folder that the server holds complete (or that the
-        frozen tree's archive holds), with its digest known: a re-run that unlinks first (tar -x,
-        unzip -o, cp --remove-destination) may bring it back by writing the same content again
-        (see relist_locked)."""
-        return next((f for f in session.unlinked if f.name == name and f.state in (COMPLETE, IN_TREE)
-                     and f.sha256), None)
+        frozen tree's archive holds, or whose PUT under way at the deletion may still complete it),
+        with its digest known: a re-run that unlinks first (tar -x, unzip -o, cp
+        --remove-destination) may bring it back by writing the same content again (see relist_locked)."""
+        return next((f for f in session.unlinked if f.name == name and f.sha256
+                     and (f.state in (COMPLETE, IN_TREE) or f.deleted_generation >= 0)), None)
 
     def relist_locked(self, record: FileRecord) -> None:
         """An unlinked file the server holds is listed in its folder again (its identical re-copy
         is being compared; a different one unlinks it again). Until the writer comparing it closes
-        it (revival_closed_locked), it holds the project back as any file being written."""
+        it (revival_closed_locked), it holds the project back as any file being written, and it is
+        never sent. The journal keeps it deleted until then (revived_locked): a remount meanwhile
+        finds it deleted, as no compare outlives the mount."""
         session = self.session_of(record)
         session.unlinked.remove(record)
         record.unlinked = False
         session.files[record.name] = record
         session.refused_names.pop(record.name, None)  # refused while deleted; a different copy says so again
         self.count_locked(record)
-        self.journal.update_file(record.id, unlinked=0)
         self._revivals_open[record.id] = self._revivals_open.get(record.id, 0) + 1
         self.nudge()
+
+    def revived_locked(self, record: FileRecord) -> None:
+        """The re-copy of a deleted file created again (relist_locked) was identical: the deletion is
+        undone. One whose PUT under way at the deletion ended meanwhile without completing it (queued
+        again by attempt_over_locked, but never sent while compared) goes on from where the server
+        stands."""
+        self.journal.update_file(record.id, unlinked=0)
+        if record.state in QUEUED_STATES:
+            self._schedule(record, 0.0)
 
     def revival_closed_locked(self, record: FileRecord) -> None:
         """A writer that created a deleted file again (relist_locked) closed it: its compare ended."""

@@ -143,6 +143,7 @@ class ServerNames(RegistryState):
             entry.on_server = False
         if record.unlinked and record in session.unlinked:
             session.unlinked.remove(record)
+            self.spool.remove(record.id)  # kept for this very attempt (remove_file_locked)
             self._forget_file_locked(record, session)
             self.nudge()
         elif record.id in self._files:

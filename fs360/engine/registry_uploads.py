@@ -53,20 +53,36 @@ class UploadOutcomes(RegistryState):
     def sent_after_deletion_locked(self, record: FileRecord, generation: int, upload_id: str, received: int,
                                    sent_digest: str | None) -> bool:
         """The PUT under way when the file was deleted completed it on the server (unzip -o and
-        tar -x unlink a file before writing it again). Complete, still deleted, only when that
-        attempt was of the content the file had at its deletion (its generation then, nothing
-        written since it was picked), to the session it went to, every byte of its size on the
-        server, and the digest of the whole file as sent is the one journaled when it was queued:
-        then an identical re-creation revives it (revivable_locked). Returns whether it did."""
-        if not (record.unlinked and record.id in self._files and record.deleted_generation == generation
+        tar -x unlink a file before writing it again). Complete only when that attempt was of the
+        content the file had at its deletion (its generation then, nothing written since it was
+        picked), to the session it went to, every byte of its size on the server, and the digest of
+        the whole file as sent is the one journaled when it was queued. Still deleted, an identical
+        re-creation revives it (revivable_locked); created again identical meanwhile (or being
+        compared), it is complete as if never deleted. Returns whether it did."""
+        if not (record.deleted_generation == generation and self._files.get(record.id) is record
                 and record.state == UPLOADING
                 and not record.archive and record.upload_id == upload_id and received == record.size
                 and record.sha256 and sent_digest == record.sha256):
             return False
         self.set_state_locked(record, COMPLETE, server_received=received, completed_at=time.time(), last_error="")
-        # A re-creation refused meanwhile (the server held part of it then) may be tried again now.
-        self.session_of(record).refused_names.pop(record.name, None)
         return True
+
+    def attempt_over_locked(self, record: FileRecord, generation: int) -> None:
+        """A worker is done with the attempt of `generation`, however it ended. If the file was deleted
+        while that attempt's PUT was under way, nothing can complete it any more: still deleted, its
+        spool copy goes (the server holds it whole, or part of it, as that PUT's answer said); created
+        again identical meanwhile (or being compared), an upload it did not complete goes on from the
+        server's word, as if never deleted (never while compared: Engine._runnable_locked)."""
+        if record.deleted_generation != generation:
+            return
+        record.deleted_generation = -1
+        if self._files.get(record.id) is not record:
+            return  # its session was lost or discarded: gone with it
+        if record.unlinked:
+            if not record.evicted:
+                self.drop_spool_locked(record)
+        elif record.state == UPLOADING:
+            self.requeue_locked(record, PENDING, 0.0, resync=True)
 
     def failed_in_memory_locked(self, record: FileRecord, reason: str = "") -> None:
         """Its upload ended in a bug that even settling it could not journal: tried again later

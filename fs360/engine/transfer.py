@@ -210,16 +210,16 @@ class Transfer:
                 # The session was lost while this file went to it: send it again to the new one.
                 self.registry.requeue_locked(record, PENDING, 0.0, server_received=0, upload_id=None)
                 return
-            if (record.unlinked and session.upload_id == upload_id
-                    and self.registry.sent_after_deletion_locked(record, generation, upload_id, received,
-                                                                 sent.sha256)):
-                # Deleted while its last PUT was under way, which completed it with the content
-                # journaled for it: the server holds it whole, so the same file may be created again.
+            # Deleted while its last PUT was under way (and maybe created again identical since), which
+            # completed it with the content journaled for it: the server holds it whole.
+            after_deletion = session.upload_id == upload_id and self.registry.sent_after_deletion_locked(
+                record, generation, upload_id, received, sent.sha256)
+            if after_deletion and record.unlinked:
                 self._forget_locked(record)
                 log.info("%s: deleted while its upload was under way, which completed it: the server holds it "
                          "whole; creating it again with the same content brings it back", record.name)
                 return
-            if not self.registry.sent_locked(record, generation, received):
+            if not (after_deletion or self.registry.sent_locked(record, generation, received)):
                 return
             self._forget_locked(record)
             if session.project is not None:

@@ -361,6 +361,8 @@ class OpenFiles:
             if identical:
                 self.engine.registry.keep_identical_locked(record, mtime_ns=None if record.times_given
                                                            else time.time_ns())
+                if handle.revival:
+                    self.engine.registry.revived_locked(record)
             elif handle.check.rewriting and not handle.check.differs and not handle.writer_died \
                     and not handle.revival:
                 # Cut and never written again (`: > f`), its refusal left to this last close: the

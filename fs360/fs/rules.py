@@ -96,8 +96,7 @@ def check_uploadable_name_locked(engine, session: SessionRecord, name: str) -> N
         raise AccessDenied(
             f"the server holds part of {name!r} (deleted here while it was being uploaded) and can neither finish, "
             f"replace nor drop it: the name cannot be used again in this folder; remove the folder to discard the "
-            f"session and copy the files into a new one (should the PUT under way at the deletion still complete "
-            f"it, the same file is taken again)")
+            f"session and copy the files into a new one")
     if deleted is not None:
         raise AccessDenied(f"the server holds a deleted file named {name!r}: the name cannot be used again")
     if "/" in name:

@@ -157,9 +157,10 @@ def test_a_project_waits_for_a_deleted_file_written_again_until_its_writer_is_do
 @pytest.mark.parametrize("tool", ["unzip", "tar"])
 def test_unzip_or_tar_again_while_the_files_put_is_under_way(tool, tmp_path, profiled_emulator, mount_factory):
     """`unzip -o` or GNU `tar -x` run again while the file's one whole-file PUT is under way (its
-    answer trickles, so it comes after the re-run deleted the file): that re-run is refused, as
-    the server may hold only part of it then. Once the PUT's answer says complete, the same
-    re-run is the server's file again: exit 0, no PUT, and `.create` makes the project."""
+    answer trickles, so it comes after the re-run deleted the file and created it again): the same
+    file coming back undoes the deletion, so the re-run exits 0 and that PUT's answer completes the
+    file; the same re-run once more is a no-op, and `.create` makes the project with no other PUT.
+    (Every ordering of the answer, the re-creation's close and a failed PUT: tests/unit/test_model.py.)"""
     import tarfile
     import zipfile
     emulator = profiled_emulator
@@ -174,23 +175,22 @@ def test_unzip_or_tar_again_while_the_files_put_is_under_way(tool, tmp_path, pro
     dest.mkdir()
     cmd = (["unzip", "-o", "-q", str(tmp_path / "t.zip"), "-d", str(dest)] if tool == "unzip"
            else ["tar", "-C", str(dest), "-xf", str(tmp_path / "t.tar")])
-    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": 4.0}])
+    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": 6.0}])
     assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
 
     def on_server():
         return next((f for f in emulator.files() if f["name"] == "top.jpg" and f["complete"]), None)
     wait_until(on_server, 30, 0.02, what="the server to hold top.jpg whole, its answer still on the way")
     during = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert during.returncode != 0 and "Permission denied" in during.stderr, during
-    wait_until(lambda: not mount.status_json("site")["refused_names"], 30, 0.1,
-               what="the PUT's answer to complete the deleted file")
+    assert during.returncode == 0, during.stderr
+    assert mount.wait_settled("site") == {"top.jpg": "complete"}
     emulator.clear_faults()
-    puts = request_count(emulator, "PUT")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert mount.wait_settled("site") == {"top.jpg": "complete"}
-    assert mount.status_json("site")["deleted_but_held_by_server"] == []
+    status = mount.status_json("site")
+    assert status["deleted_but_held_by_server"] == [] and status["refused_names"] == []
     (dest / ".create").write_text("{}")
     assert mount.wait_project("site")["state"] == "ready"
-    assert request_count(emulator, "PUT") == puts
+    assert request_count(emulator, "PUT") == 1
     assert_uploaded(emulator, mount.status_json("site")["upload_id"], {"top.jpg": sha256_of(data)})

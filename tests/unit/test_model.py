@@ -66,6 +66,8 @@ Issue 11: never upload what the writer did not finish
   deleted before any PUT: no tombstone ....................... test_deleted_before_any_put_leaves_no_trace
   deleted while its last PUT was under way: back once it ..... test_a_file_deleted_while_its_last_put_was_under_way_comes_back_once_that_put_completed_it,
     completed; cut midway, refused with why ................... test_a_file_deleted_midway_through_its_chunks_keeps_its_name_refused,
+    created again identical before its answer: undone ........ test_a_re_run_before_the_answer_of_the_put_under_way_is_that_file_again,
+                                                                test_a_put_under_way_that_fails_after_a_re_run_created_the_file_again_goes_on,
                                                                 fuse:test_recopy.py::test_unzip_or_tar_again_while_the_files_put_is_under_way
   open-but-unlinked file through its handle .................. test_open_unlinked_file_works_through_its_handle,
                                                                 fuse:test_unfinished.py::test_pjdfstest_unlink_14
@@ -97,7 +99,7 @@ import mfusepy
 import pytest
 import xxhash
 
-from fs360.errors import Fs360Error
+from fs360.errors import Fs360Error, TransportError
 from fs360.engine.records import FileRecord
 from fs360.fs.exits import Closer
 from fs360.fs.content_check import LegacyDigest, content_stamp, is_identical_copy
@@ -724,14 +726,9 @@ def test_a_file_deleted_while_its_last_put_was_under_way_comes_back_once_that_pu
     its upload, but that PUT goes on and completes it. Its answer (trickled, so it comes after the
     unlink) says complete, and what it sent was the file's spool copy with its journaled digest:
     the deleted file is complete, so the same content created again is the server's file again
-    (no PUT), and .create goes on. Before the answer the name is refused, with why."""
+    (no PUT), and .create goes on. (Created again before that answer: see HeldPut's tests.)"""
     data = os.urandom(300_000)
     record = deleted_while_sent(model, emulator, data, 3.0, "complete")
-    # The answer has not come yet: the server may hold only part of it, as far as fs360 knows.
-    fh_error = errno_of(model.create, "/s/a.jpg", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    assert fh_error == errno.EACCES
-    refused = json.loads(read_all(model, "/s/status.json"))["refused_names"]
-    assert any("part of 'a.jpg'" in r["reason"] and "remove the folder" in r["reason"] for r in refused)
     wait_until(lambda: record.state == "complete", 20, 0.05, what="the PUT's answer to complete the deleted file")
     assert record.unlinked and record.server_received == len(data)
     assert "a.jpg" not in names(model, "/s")
@@ -748,6 +745,108 @@ def test_a_file_deleted_while_its_last_put_was_under_way_comes_back_once_that_pu
                what="the project")
     assert request_count(emulator, "PUT") == puts
     assert server_file(emulator, "a.jpg")["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+class HeldPut:
+    """The engine's first PUT, held in flight until `end()`: it reaches the server and its answer
+    is held ("answer"), or the server does the work and the answer never comes ("lost": the
+    connection is reset), or the server never gets it ("cut"). `reached` is set once it is on its
+    way (for "answer" and "lost": once the server holds what it sent)."""
+
+    def __init__(self, model: MountModel, outcome: str):
+        client = model.engine.transfer.client
+        self._real, self._outcome = client.put, outcome
+        self.reached, self._ended, self._taken = threading.Event(), threading.Event(), False
+        client.put = self
+
+    def __call__(self, *args, **kwargs):
+        if self._taken:
+            return self._real(*args, **kwargs)
+        self._taken = True
+        progress = None if self._outcome == "cut" else self._real(*args, **kwargs)
+        self.reached.set()
+        self._ended.wait(60)
+        if self._outcome != "answer":
+            raise TransportError("the connection was reset")
+        return progress
+
+    def end(self) -> None:
+        self._ended.set()
+
+
+def deleted_while_held(model: MountModel, data: bytes, outcome: str) -> tuple[HeldPut, FileRecord]:
+    """/s/a.jpg written, then deleted while its one whole-file PUT is held in flight: the held PUT
+    and the file's record."""
+    model.mkdir("/s", 0o755)
+    held = HeldPut(model, outcome)
+    write_file(model, "/s/a.jpg", data)
+    wait_until(held.reached.is_set, 20, 0.02, what="the PUT of a.jpg to be under way")
+    model.unlink("/s/a.jpg")
+    with model.engine.lock:
+        return held, next(f for f in model.engine.registry.sessions["s"].unlinked if f.name == "a.jpg")
+
+
+def project_made_of_that_one_put(model: MountModel, emulator, data: bytes) -> None:
+    """`.create` makes the project, and the server holds a.jpg as written, sent by one PUT."""
+    write_file(model, "/s/.create", b"")
+    wait_until(lambda: model.engine.registry.sessions["s"].project.state in ("created", "ready"), 20, 0.05,
+               what="the project")
+    assert request_count(emulator, "PUT") == 1
+    assert server_file(emulator, "a.jpg")["sha256"] == hashlib.sha256(data).hexdigest()
+    assert [f["name"] for f in emulator.files()] == ["a.jpg"]
+
+
+@pytest.mark.parametrize("answer_first", [False, True], ids=["answer-after-the-close", "answer-before-the-close"])
+def test_a_re_run_before_the_answer_of_the_put_under_way_is_that_file_again(model, emulator, answer_first):
+    """unzip -o, tar -x run again while the file's one PUT is under way: they delete it and create it
+    again before that PUT's answer. The same content is the same file coming back: the deletion is
+    undone, and the PUT's answer (before or after the re-creation's close) completes it, listed, no
+    other PUT. A different content is refused at its first write (the spool copy is kept for that
+    PUT), a re-creation cut short is not taken for it either (its writer killed): both leave it
+    deleted, still awaiting that answer."""
+    data = os.urandom(300_000)
+    held, record = deleted_while_held(model, data, "answer")
+    recreated_different(model, "/s/a.jpg", os.urandom(len(data)), at_once=True)
+    fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    model.write(fh, data[:1000], 0)
+    model.release(fh)                            # no flush: its writer died mid-write
+    assert "a.jpg" not in names(model, "/s") and record.unlinked and record.state == "uploading"
+    fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    model.write(fh, data, 0)
+    assert file_state(model, "s", "a.jpg") == "uploading"
+    if answer_first:
+        held.end()
+        wait_state(model, "s", "a.jpg", "complete")
+    model.flush(fh)
+    model.release(fh)
+    held.end()
+    wait_state(model, "s", "a.jpg", "complete")
+    assert not record.unlinked and json.loads(read_all(model, "/s/status.json"))["deleted_but_held_by_server"] == []
+    project_made_of_that_one_put(model, emulator, data)
+
+
+@pytest.mark.parametrize("outcome", ["lost", "cut"])
+@pytest.mark.parametrize("ends_before_the_close", [False, True], ids=["ends-after-the-close", "ends-before-the-close"])
+def test_a_put_under_way_that_fails_after_a_re_run_created_the_file_again_goes_on(model, emulator, outcome,
+                                                                                   ends_before_the_close):
+    """The PUT under way at the deletion ends without completing the file (its answer lost, or cut
+    before the server took it) once the same content was created again: the upload goes on from
+    where the server stands, as if never deleted (the spool copy was kept for it), never while the
+    re-creation is still compared; in the end the server holds the file once, as written."""
+    data = os.urandom(300_000)
+    held, record = deleted_while_held(model, data, outcome)
+    fh = model.create("/s/a.jpg", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    model.write(fh, data, 0)
+    if ends_before_the_close:
+        held.end()
+        # That attempt is over: queued again, but not sent while the re-creation is compared.
+        wait_until(lambda: record.state == "pending", 20, 0.02, what="the failed PUT's attempt to end")
+        assert request_count(emulator, "PUT") == (0 if outcome == "cut" else 1)
+    model.flush(fh)
+    model.release(fh)
+    held.end()
+    wait_state(model, "s", "a.jpg", "complete")
+    project_made_of_that_one_put(model, emulator, data)
 
 
 def test_a_file_deleted_midway_through_its_chunks_keeps_its_name_refused(make_model, emulator):

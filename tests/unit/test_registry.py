@@ -4,6 +4,7 @@ No engine, no network, no threads: a real journal and spool in a temporary
 directory, and a list that stands in for the scheduler.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from fs360.api.client import RemoteFile
 from fs360.config import Settings
 from fs360.engine.journal import Journal
 from fs360.engine.locking import StateLock
-from fs360.engine.records import CLOSED, COMPLETE, HELD, INTERRUPTED, LOCAL, P_CREATED, PENDING, WRITING
+from fs360.engine.records import (CLOSED, COMPLETE, HELD, INTERRUPTED, LOCAL, P_CREATED, PENDING, UPLOADING,
+                                  WRITING)
 from fs360.engine.registry import STOPPED_WHILE_WRITING, Registry
 from fs360.engine.spool import Spool
 
@@ -427,8 +429,102 @@ def test_a_put_under_way_at_the_deletion_completes_the_deleted_file_only_as_it_w
         assert not sent(record, picked - 1, "u1", 4, digest)           # an earlier content's attempt
         assert not sent(record, picked, "u0", 4, digest)               # another server session
         assert not sent(record, picked, "u1", 3, digest)               # not whole
-        assert record.state != COMPLETE and o.registry.revivable_locked(session, "a.jpg") is None
+        assert record.state != COMPLETE
         assert sent(record, picked, "u1", 4, digest)
         assert record.state == COMPLETE and record.unlinked
         assert o.registry.revivable_locked(session, "a.jpg") is record
     assert {r["name"]: r["state"] for r in o.journal.files()} == {"a.jpg": COMPLETE}
+
+
+def test_a_file_deleted_while_its_put_is_under_way_and_created_again_identical_is_that_file_again(opened):
+    """unzip -o or tar -x again before the answer of the PUT under way at the deletion: the file
+    keeps its spool copy for that attempt and may be created again (revivable). A re-creation being
+    compared is listed, but the journal keeps it deleted until it is found identical (a remount
+    meanwhile finds it deleted); deleted again (a different content), it still awaits that PUT. Once
+    identical, the PUT's answer completes it as a listed file, as if it had never been deleted."""
+    o = opened()
+    with o.lock:
+        session = opened_session(o)
+        record = claimed(o, session, "a.jpg", b"held")
+        picked, digest = record.generation, record.sha256
+        o.scheduled.clear()
+        o.registry.remove_file_locked(record)
+        assert record.unlinked and record.deleted_generation == picked
+        assert os.path.exists(o.registry.spool.path(record.id)) and not record.evicted  # kept for the PUT
+        assert o.registry.revivable_locked(session, "a.jpg") is record
+        for identical in (False, True):
+            o.registry.relist_locked(record)   # created again: listed while compared
+            assert session.files["a.jpg"] is record and not record.unlinked
+            assert o.journal.files()[0]["unlinked"] == 1
+            o.registry.revival_closed_locked(record)
+            if not identical:
+                o.registry.remove_file_locked(record)
+                assert record.unlinked and record.deleted_generation == picked  # still that attempt's
+                assert os.path.exists(o.registry.spool.path(record.id))
+        o.registry.revived_locked(record)
+        assert o.journal.files()[0]["unlinked"] == 0
+        assert o.scheduled == []  # the attempt under way goes on: nothing queued
+        assert o.registry.sent_after_deletion_locked(record, picked, "u1", 4, digest)
+        assert record.state == COMPLETE and session.files["a.jpg"] is record and not session.unlinked
+        o.registry.attempt_over_locked(record, picked)
+        assert record.state == COMPLETE and record.deleted_generation == -1
+
+
+@pytest.mark.parametrize("created_again", [False, True])
+def test_the_attempt_under_way_at_a_deletion_ending_without_its_answer(opened, created_again):
+    """The PUT under way at the deletion ends without completing the file (an error, a cut, a lost
+    answer). Created again identical meanwhile: its upload goes on from where the server stands
+    (queued, to be resynced). Still deleted: its spool copy goes, and its name is refused as
+    the server holds part of it; a remount finds the same."""
+    from fs360.fs.rules import check_uploadable_name_locked
+    from fs360.errors import AccessDenied
+    o = opened()
+    with o.lock:
+        session = opened_session(o)
+        record = claimed(o, session, "a.jpg", b"held")
+        picked = record.generation
+        o.registry.remove_file_locked(record)
+        if created_again:
+            o.registry.relist_locked(record)
+            o.registry.revival_closed_locked(record)
+            o.registry.revived_locked(record)
+        o.scheduled.clear()
+        o.registry.attempt_over_locked(record, picked)
+        assert record.deleted_generation == -1
+        if created_again:
+            assert record.state == PENDING and record.needs_resync and o.scheduled == [(record.id, 0.0)]
+            assert os.path.exists(o.registry.spool.path(record.id))
+            return
+        assert record.state == UPLOADING and record.evicted and not os.path.exists(o.registry.spool.path(record.id))
+        assert o.registry.revivable_locked(session, "a.jpg") is None and o.scheduled == []
+        with pytest.raises(AccessDenied, match="the server holds part of 'a.jpg'"):
+            check_uploadable_name_locked(None, session, "a.jpg")
+
+
+def test_a_remount_while_the_put_under_way_at_a_deletion_has_no_answer(opened):
+    """No attempt outlives the mount, nor does a compare: a file still deleted (or whose re-creation
+    was still being compared) is one the server holds part of, its kept copy dropped at the replay,
+    not revivable; one created again identical goes on uploading from its spool copy."""
+    o = opened()
+    with o.lock:
+        session = opened_session(o)
+        for name in ("deleted.jpg", "compared.jpg", "revived.jpg"):
+            record = claimed(o, session, name, name.encode())
+            o.registry.remove_file_locked(record)
+            assert os.path.exists(o.registry.spool.path(record.id))
+            if name != "deleted.jpg":
+                o.registry.relist_locked(record)
+            if name == "revived.jpg":
+                o.registry.revival_closed_locked(record)
+                o.registry.revived_locked(record)
+    o.close()
+    again = opened()
+    with again.lock:
+        session = again.registry.sessions["s"]
+        assert sorted(f.name for f in session.unlinked) == ["compared.jpg", "deleted.jpg"]
+        for deleted in session.unlinked:
+            assert deleted.evicted and not os.path.exists(again.registry.spool.path(deleted.id))
+            assert again.registry.revivable_locked(session, deleted.name) is None
+        revived = session.files["revived.jpg"]
+        assert revived.state == PENDING and revived.needs_resync and not revived.evicted
+        assert os.path.exists(again.registry.spool.path(revived.id)) and (revived.id, 0.0) in again.scheduled
