@@ -1,12 +1,13 @@
 """The `fs360` command: argument parsing and dispatch, nothing else.
 
-The daemon's life is in daemon.py, status rendering in fs/status.py, the config
-file and mount(8) options in settings_file.py, the demo in demo.py.
+The daemon's life is in daemon.py, the status files in fs/status.py and their terminal view in
+status_view.py, the config file and mount(8) options in settings_file.py, the demo in demo.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -21,12 +22,23 @@ from .errors import SettingError
 from .options import (MOUNT_OPTIONS, OPTIONS, PRIVACY, WEBDAV_OPTIONS, Origin, check_api_url, runtime_value,
                       timings, without_credentials)
 
-BUSY_STATES = ("writing", "closed", "pending", "uploading", "failed")
-HELPER_PATH = "/sbin/mount.fuse.fs360"
 
 
 class CliError(Exception):
     pass
+
+
+def seconds_from(minimum: float):
+    """An argparse type: a finite number of seconds, at least `minimum`."""
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} seconds: give a number of seconds from {minimum:g} up")
+        return value
+    return seconds
 
 
 class Parser(argparse.ArgumentParser):
@@ -81,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     mark(u.add_argument("mountpoint", help="the fs360 mount to unmount"), MOUNTS)
     u.add_argument("--wait", action="store_true",
                    help="first wait until no file is on its way (one progress line), then sum up")
-    u.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    u.add_argument("--timeout", type=seconds_from(0), default=None, metavar="SECONDS",
                    help="with --wait: give up after this many seconds (exit 4, still mounted)")
     u.set_defaults(func=cmd_unmount)
 
@@ -92,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true",
                    help="the whole mount as one JSON document (schema: doc/STATUS-JSON.md)")
     s.add_argument("--watch", action="store_true", help="redraw in place every --interval seconds (Ctrl-C ends)")
-    s.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+    s.add_argument("--interval", type=seconds_from(0.1), default=1.0, metavar="SECONDS",
                    help="seconds between redraws with --watch (default 1)")
     s.set_defaults(func=cmd_status)
 
@@ -229,7 +241,8 @@ def settings_from_values(values: dict, fuse: list[str]) -> Settings:
     from .settings_file import read_api_key
     local = values["local"]
     if local:
-        api_key = os.environ.get("FS360_API_KEY") or "sk_local_demo"
+        # The embedded emulator's own key: a real one exported for other mounts is never sent to it.
+        api_key = "sk_local_demo"
     else:
         try:
             api_key = read_api_key(values["api_key_file"], KEY_ENV_VARS)
@@ -551,7 +564,11 @@ def cmd_install_unit(args) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     key_files = [value for option, value, _ in load_config(mountpoint) if option.name == "api_key_file"]
     key_file = key_files[-1] if key_files else None
-    print(install_unit(mountpoint, args.print, str(key_file) if key_file else None))
+    try:
+        print(install_unit(mountpoint, args.print, str(key_file) if key_file else None))
+    except OSError as exc:
+        raise CliError(f"cannot write {exc.filename}: {exc.strerror} (is XDG_CONFIG_HOME or ~/.config writable?)") \
+            from None
     return 0
 
 

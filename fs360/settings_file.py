@@ -45,7 +45,9 @@ def load_config(mountpoint: str, path: Path | None = None, webdav: bool = False)
             data = tomllib.load(f)
     except FileNotFoundError:
         return []
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise SettingError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
         raise SettingError(f"{path}: {exc}") from None
     tables = data.pop("mount", {})
     if not isinstance(tables, dict):

@@ -121,8 +121,14 @@ class WebDavServer:
         self.server = wsgi.Server((self.host, self.port), app, numthreads=THREADS, server_name="fs360")
         self.server.max_request_header_size = MAX_REQUEST_HEAD
         if settings.webdav_tls_cert:
-            self.server.ssl_adapter = BuiltinSSLAdapter(str(Path(settings.webdav_tls_cert).expanduser()),
-                                                        str(Path(settings.webdav_tls_key).expanduser()))
+            cert, key = (str(Path(path).expanduser()) for path in (settings.webdav_tls_cert, settings.webdav_tls_key))
+            try:  # (the adapter loads the chain here)
+                self.server.ssl_adapter = BuiltinSSLAdapter(cert, key)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                why = ("the key does not belong to the certificate" if getattr(exc, "reason", "") == "KEY_VALUES_MISMATCH"
+                       else getattr(exc, "strerror", None) or str(exc))
+                raise AccessError(f"cannot load the TLS certificate {cert} with its key {key} ({why}): give a PEM "
+                                  f"certificate and the PEM key that belongs to it") from None
         self._thread: threading.Thread | None = None
 
     def start(self) -> str:

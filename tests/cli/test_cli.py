@@ -103,8 +103,9 @@ def test_local_mount_status_and_unmount_wait(tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     cache = tmp_path / "cache"
+    # A real key exported for other mounts is not the embedded emulator's (it was sent, and refused).
     result = run_fs360("mount", "--local", str(mountpoint), "--cache-dir", str(cache), "--writeback-delay", "0.2",
-                       "--emulator-arg=--processing-seconds=1")
+                       "--emulator-arg=--processing-seconds=1", env={"FS360_API_KEY": "sk_live_someone_real"})
     assert result.returncode == 0, result.stderr
     try:
         session = mountpoint / "Survey"
@@ -134,6 +135,18 @@ def test_local_mount_status_and_unmount_wait(tmp_path):
         assert {f["name"]: f["state"] for f in snap["files"]} == {"a.jpg": "complete", "b.las": "complete"}
     finally:
         assert run_fs360("unmount", str(mountpoint)).returncode == 0
+
+
+@pytest.mark.parametrize("args, said", [
+    (["status", "--watch", "--interval", "-1"], "argument --interval: -1 seconds: give a number of seconds from 0.1 up"),
+    (["status", "--watch", "--interval", "0"], "argument --interval: 0 seconds: give a number of seconds from 0.1 up"),
+    (["unmount", "--wait", "--timeout", "nan", "/mnt"], "argument --timeout: nan seconds: give a number of seconds "
+                                                        "from 0 up"),
+])
+def test_a_number_of_seconds_out_of_range_is_one_line(args, said):
+    result = run_fs360(*args)
+    assert result.returncode == 2 and result.stderr.startswith(f"fs360: {said}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_a_second_mount_on_the_same_cache_dir_is_refused(tmp_path, emulator):

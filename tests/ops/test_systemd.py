@@ -89,6 +89,15 @@ def test_unit_template_and_install_unit(tmp_path):
     assert "--user enable fs360@mnt-360.service" in log.read_text()
     missing = run_fs360(tmp_path, "install-unit", "/mnt/360", env={"PATH": str(tmp_path / "empty")})
     assert missing.returncode == 0 and "systemctl is missing: not enabled" in missing.stdout
+    config = tmp_path / "other-config"
+    config.mkdir()
+    (config / "systemd").write_text("")  # a unit dir that cannot be made, even by root
+    unwritable = run_fs360(tmp_path, "install-unit", "/mnt/360", env={"XDG_CONFIG_HOME": str(config)})
+    assert unwritable.returncode != 0 and "Traceback" not in unwritable.stderr, unwritable.stderr
+    assert unwritable.stderr.startswith(f"fs360: cannot write {config / 'systemd' / 'user'}: Not a directory")
+    (config / "fs360").write_text("")  # nor can the config file be read
+    unreadable = run_fs360(tmp_path, "install-unit", "/mnt/360", env={"XDG_CONFIG_HOME": str(config)})
+    assert unreadable.stderr == f"fs360: cannot read the config file {config / 'fs360' / 'config.toml'}: Not a directory\n"
 
 
 def test_the_unit_clears_a_dead_mount_names_its_documentation_and_the_configured_key(tmp_path):

@@ -46,6 +46,22 @@ def test_a_password_file_others_can_read_is_refused(tmp_path, emulator):
     assert f"the password file {users} is readable by others (mode 644); fix it with: chmod 600" in refused.stderr
 
 
+@pytest.mark.parametrize("broken", ["not-pem", "key-of-another"])
+def test_a_certificate_that_cannot_be_loaded_is_one_clear_line(tmp_path, emulator, broken):
+    cert, key = self_signed_certificate(tmp_path)
+    if broken == "not-pem":
+        cert.write_text("this is no certificate\n")
+    else:
+        other = tmp_path / "other"
+        other.mkdir()
+        key = self_signed_certificate(other)[1]
+    refused = serve(tmp_path, emulator, "--addr", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "Traceback" not in refused.stderr, refused.stderr
+    assert f"cannot load the TLS certificate {cert} with its key {key}" in refused.stderr
+    assert "give a PEM certificate and the PEM key that belongs to it" in refused.stderr
+
+
 def test_a_bad_address_is_one_clear_line(tmp_path, emulator):
     refused = serve(tmp_path, emulator, "--addr", "localhost")
     assert refused.returncode == 2
