@@ -239,8 +239,13 @@ class SecretFilter(logging.Filter):
             message = record.getMessage()
             if self.secret in message:
                 record.msg, record.args = message.replace(self.secret, "***"), ()
+            if record.exc_info and not record.exc_text:
+                # Formatted here, before any handler's formatter does (which caches it unmasked).
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
             if record.exc_text and self.secret in record.exc_text:
                 record.exc_text = record.exc_text.replace(self.secret, "***")
+            if record.stack_info and self.secret in record.stack_info:
+                record.stack_info = record.stack_info.replace(self.secret, "***")
         return True
 
 

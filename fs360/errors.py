@@ -463,7 +463,25 @@ def refusal_in_plain_words(code: str, fields: dict) -> str | None:
                 f"the files in another session folder")
     if code == "invalid_filename":
         return "the server refused the file's name: rename it (letters, digits, '-', '_' and '.' are safe)"
+    if code == "upload_session_not_found":
+        return ("the server no longer has this upload session (it expired or was deleted): fs360 opens a new one "
+                "and sends the files not yet complete again")
+    if code == "file_not_found":
+        return "the server has no such file yet: fs360 sends it from its start"
+    if code == "project_creation_failed":
+        return ("the server refused to make the project, saying a file of the session is not complete there: fs360 "
+                "checks the session's files and tries again")
+    if code in MALFORMED_REQUEST_CODES:
+        return ("the server found fs360's request malformed (a fault of fs360, not of your files): report it with "
+                "fs360.log from the cache dir")
     return None
+
+
+# A request of fs360's the server could not take as built: never the file's fault.
+MALFORMED_REQUEST_CODES = ("chunk_length_mismatch", "invalid_content_range", "length_required", "invalid_upload_id",
+                           "upload_id_or_download_link_required", "provide_either_upload_id_or_download_link")
+UNKNOWN_REFUSAL = ("the server refused it with a reason fs360 has no advice for: if it stays, report it with "
+                   "fs360.log from the cache dir")
 
 
 def _classes_under(base: type[Fs360Error]) -> list[type[Fs360Error]]:

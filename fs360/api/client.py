@@ -30,7 +30,7 @@ from ..config import MIN_CHUNK_SIZE, Settings
 from ..errors import (ACCOUNT_ERROR_BY_STATUS, ACCOUNT_REASONS, API_ERROR_CLASSES, AccountError, ApiError,
                       BodyTooLarge, DeadlineExceeded, Fs360Error, InternalError, MalformedResponse, RateLimited,
                       Redirected, ResponseTooLarge, ServerError, SettingError, TlsError, TransportError,
-                      refusal_in_plain_words)
+                      UNKNOWN_REFUSAL, refusal_in_plain_words)
 from ..options import check_api_url, without_credentials
 from .pacing import Pacer
 from .retry import Backoff
@@ -325,6 +325,8 @@ class ApiClient:
             raise _account_error(cls, status, code, said, fields)
         # Plain words first (what happened, what to do); the exchange's particulars after them.
         plain = refusal_in_plain_words(code, {k: _printable_field(v) for k, v in fields.items()})
+        if plain is None and cls is ApiError:  # a code fs360 does not know: still words first
+            plain = UNKNOWN_REFUSAL
         detail = f"HTTP {status} {code}"
         if plain is None:
             if isinstance(fields.get("limit"), int):

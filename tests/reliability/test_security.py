@@ -110,6 +110,36 @@ def test_key_never_leaks(tmp_path, mount_factory):
         emulator.stop()
 
 
+def test_the_log_masks_the_key_in_tracebacks_too(tmp_path):
+    """Defence in depth: no path puts the key into an exception, but should one, the log file
+    masks it in the traceback (formatted after the handlers' filters ran: it went out unmasked)."""
+    import logging
+
+    from fs360.config import Settings
+    from fs360.daemon import setup_logging
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    settings = Settings(api_url="https://127.0.0.1:9/api/v1", api_key=KEY, cache_dir=tmp_path / "cache")
+    try:
+        setup_logging(settings, "info", to_stderr=False)
+        try:
+            raise ValueError(f"a header carried Bearer {KEY}")
+        except ValueError:
+            logging.getLogger("fs360.test").exception("something failed")
+        for handler in root.handlers:
+            handler.flush()
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    text = settings.log_path.read_text()
+    assert "something failed" in text and "a header carried Bearer ***" in text
+    assert KEY not in text
+
+
 def test_key_not_on_command_lines_with_the_embedded_emulator(tmp_path):
     mountpoint = tmp_path / "local"
     mountpoint.mkdir()

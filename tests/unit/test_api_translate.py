@@ -71,6 +71,8 @@ def test_documented_codes(client, status, code, cls, retryable):
     assert type(exc) is cls
     assert exc.code == code and exc.status == status
     assert exc.retryable is retryable
+    # Words first, whatever the code: what happened and what to do, the exchange's particulars after.
+    assert not str(exc).startswith("put_file: HTTP") and str(exc).endswith(f"(put_file: HTTP {status} {code})"), exc
 
 
 # status, code (None: an HTML page), class, words of the advice
@@ -240,6 +242,8 @@ def test_unknown_coded_4xx_is_a_final_api_error(client):
     with pytest.raises(E.ApiError) as info:
         translate(client, response(418, {"error": "teapot"}))
     assert type(info.value) is E.ApiError and info.value.code == "teapot" and not info.value.retryable
+    assert str(info.value) == ("the server refused it with a reason fs360 has no advice for: if it stays, report it "
+                               "with fs360.log from the cache dir (put_file: HTTP 418 teapot)")
 
 
 @pytest.mark.parametrize("status,raw", [(413, b"<html><body>413 Request Entity Too Large</body></html>"),
