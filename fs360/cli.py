@@ -390,11 +390,16 @@ def _my_mount(path: str) -> str:
     return mountpoint
 
 
+def unreachable(mountpoint: str, exc: OSError) -> CliError:
+    return CliError(f"cannot reach the daemon of {mountpoint} ({exc.strerror or exc}): is it still running? "
+                    f"`fs360 doctor {mountpoint}` checks the mount")
+
+
 def _mount_status(mountpoint: str) -> dict:
     try:
         return control.mount_status(mountpoint)
     except OSError as exc:
-        raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+        raise unreachable(mountpoint, exc) from None
 
 
 def cmd_status(args) -> int:
@@ -436,7 +441,8 @@ def _every_status(mounts: list[str]) -> list[dict]:
         try:
             docs.append(control.mount_status(mountpoint, timeout=3))
         except OSError as exc:
-            docs.append({"mountpoint": mountpoint, "error": f"its daemon does not answer ({exc}): fs360 doctor"})
+            docs.append({"mountpoint": mountpoint, "error": f"its daemon does not answer ({exc.strerror or exc}): "
+                                                            f"fs360 doctor {mountpoint}"})
     return docs
 
 
@@ -452,7 +458,7 @@ def cmd_web(args) -> int:
     try:
         answer = control.request(mountpoint, {"cmd": "web"})
     except OSError as exc:
-        raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+        raise unreachable(mountpoint, exc) from None
     if not answer.get("ok"):
         raise CliError(answer.get("error", "the daemon has no dashboard"))
     if args.print_url:
@@ -465,7 +471,7 @@ def cmd_web(args) -> int:
 
 
 def cmd_control(args) -> int:
-    mountpoint = os.path.abspath(args.mountpoint)
+    mountpoint = _my_mount(args.mountpoint)
     message: dict = {"cmd": args.control}
     if args.control == "set":
         values = {}
@@ -479,7 +485,7 @@ def cmd_control(args) -> int:
     try:
         answer = control.request(mountpoint, message)
     except OSError as exc:
-        raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+        raise unreachable(mountpoint, exc) from None
     if not answer.get("ok"):
         raise CliError(answer.get("error", "refused"))
     state = "paused" if answer["paused"] else "uploading"
@@ -502,7 +508,7 @@ def cmd_release(args) -> int:
         try:
             answer = control.request(mountpoint, {"cmd": "release", "paths": paths})
         except OSError as exc:
-            raise CliError(f"cannot reach the daemon of {mountpoint}: {exc}") from None
+            raise unreachable(mountpoint, exc) from None
         for line in answer.get("released", []):
             print(f"fs360: {line}")
         if not answer.get("ok"):

@@ -16,14 +16,16 @@ given as `FS360_API_KEY` (e.g. `Environment=` in a unit) would stay there; and
 only the main process may notify systemd under the default NotifyAccess=main.
 
 Threads of the daemon beside the engine's (engine/__init__.py), the API client's
-(api/__init__.py) and the commit point's (fs/exits.py), each under its name in
+(api/__init__.py), the commit point's (fs/exits.py) and WebDAV's (webdav/__init__.py), each under its name in
 /proc/PID/task/*/comm (thread_names.py; the main thread and libfuse's keep the process's name):
   fs360-control   the control socket (control.py): pause, resume, set, release, status, web
   fs360-web       the dashboard's HTTP server (web/server.py), each request on a short-lived
                   thread of its own (socketserver's, Thread-N)
   fs360-status    foreground only: the status line to the supervisor every STATUS_INTERVAL
   fs360-notices   short-lived: one desktop notice for a batch of refusals (notices.py)
-  fs360-webdav    `fs360 serve webdav` only: cheroot's server (its workers are cheroot's own)
+`fs360 serve webdav` runs the threads of webdav/__init__.py instead of libfuse's.
+
+Locks: Reporter's lock (the report pipe) and DesktopNotices' (notices.py) are leaves.
 """
 
 from __future__ import annotations

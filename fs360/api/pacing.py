@@ -72,10 +72,6 @@ class SlidingWindow:
                 return 0.0, now
             return wait, None
 
-    def try_reserve(self) -> float:
-        """Books a send now if one may go now (returns 0); else books nothing and returns the wait."""
-        return self.try_book()[0]
-
     def unbook(self, at: float) -> None:
         """The send booked at `at` never reached the server: its place is free again."""
         with self._lock:

@@ -42,13 +42,16 @@ fs360-webdav in daemon.py (tests/fuse/test_thread_names.py holds each list to a 
 Lock order (take only rightwards; never leftwards while holding one on the right)
   Transfer's per-session open guard  ->  the state lock (`engine.lock`, locking.StateLock)
       ->  Journal._lock  ->  Journal._behind_lock
-  The path model's Writers._lock (fs/exits.py) is taken inside the state lock, never around it.
+  The path model's Writers._lock (fs/exits.py) is taken inside the state lock, never around it,
+  and takes the exit watch's PidfdWatch._lock inside it (fs/exits.py).
   The spool's WritesBehind condition is a leaf; waiting on it (`drain`, `settle`, a `submit`
   that waits for a buffer) is never done with the state lock held (its thread may need it).
   Leaf locks, taken alone and never around another: Listeners._lock, TransferGate's
   condition, ChunkSizes._lock (chunk_sizes.py), the pacer's lock (api/pacing.py), the
   troubles' lock (api/troubles.py: its listeners are told with it released), the
-  transport's lock (api/transport.py).
+  transport's lock and its deadlines' condition (api/transport.py), the pacer's counts
+  (api/pacing.py), RequestCounts' (api/client.py), a RunningDigest's (spool.py), the
+  RateBook's (fs/rates.py), the FUSE adapter's listings (fs/fuse_ops.py).
   The path model's HandleTable._lock (fs/handles.py) is a leaf, taken with or without the state
   lock held. A FileHandle's `io` lock (held by a write, truncate, fallocate or fsync through the
   handle from reading its descriptors to the end of their use, and by its release while it takes

@@ -147,7 +147,7 @@ class Journal:
         # Row updates the full disk refused even with the reserve gone: (table, key column,
         # key) -> the columns to set. Kept in memory, written once there is room again.
         self._behind: dict[tuple[str, str, object], dict] = {}
-        self._behind_lock = threading.Lock()  # taken alone, never around _lock
+        self._behind_lock = threading.Lock()  # taken alone or inside _lock, never around it
         self.restore_reserve()
 
     def _add_missing_columns_locked(self) -> None:

@@ -23,8 +23,10 @@ Threads (each under its name in /proc/PID/task/*/comm: fs360/thread_names.py)
                 renamed into place by rsync: Writers.at_exit), run off the watch's thread
 
 Locks: the FUSE threads call `closed` with no lock held (it takes the state lock, and inside it
-`Writers._lock`, a leaf), `joined_locked` with the state lock held. The watch's thread takes
-`Writers._lock` alone, then the state lock per file: never both at once.
+`Writers._lock`), `joined_locked` with the state lock held. Inside `Writers._lock`, a new process
+is watched under `PidfdWatch._lock`, a leaf (its thread takes it alone, and lets it go before
+telling an exit). The watch's thread takes `Writers._lock` alone, then the state lock per file:
+never both at once. Order: state lock -> Writers._lock -> PidfdWatch._lock.
 """
 
 from __future__ import annotations
@@ -554,7 +556,7 @@ class PidfdWatch(ExitWatch):
                 return False
             self._fds[fd] = tgid
             self._poll.register(fd, select.POLLIN)
-        os.write(self._wake_w, b"x")
+            self._wake_locked()
         return True
 
     def stop(self) -> None:
@@ -562,7 +564,15 @@ class PidfdWatch(ExitWatch):
             if not self._running:
                 return
             self._running = False
-        os.write(self._wake_w, b"x")
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        """Under the lock the loop closes the pipe under, so the byte never goes to a closed (or
+        reused) descriptor."""
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # full: the loop is woken already
 
     def _loop(self) -> None:
         try:

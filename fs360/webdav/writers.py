@@ -131,6 +131,7 @@ class HeldEmptyFiles:
 
     def _arm(self, path: str, held: Held) -> None:
         held.timer = threading.Timer(self.grace, self._expire, (path, held))
+        held.timer.name = "fs360-webdav-held"
         held.timer.daemon = True
         held.timer.start()
 

@@ -47,10 +47,11 @@ def test_json_names_every_session_in_natural_order_and_a_non_mount_is_an_error(t
     assert [line.split()[0] for line in files.stdout.splitlines() if "a.jpg" in line] == \
         ["Office", "scan_2/a.jpg", "scan_10/a.jpg"]
     for not_a_mount in (tmp_path, tmp_path / "missing"):
-        result = run_fs360("status", str(not_a_mount))
-        assert result.returncode == 2
-        assert f"{not_a_mount} is not an fs360 mount" in result.stderr
-        assert "Traceback" not in result.stderr
+        for command in ("status", "pause", "resume"):
+            result = run_fs360(command, str(not_a_mount))
+            assert result.returncode == 2
+            assert f"{not_a_mount} is not an fs360 mount" in result.stderr
+            assert "Traceback" not in result.stderr
 
 
 def test_unmount_wait_with_a_refused_exe_exits_3_and_names_it(mount):

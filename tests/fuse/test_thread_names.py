@@ -13,11 +13,12 @@ import fs360.api
 import fs360.daemon
 import fs360.engine
 import fs360.fs.exits
+import fs360.webdav
 from fs360.thread_names import kernel_name
 from tests.harness import write_random
 
 # Where each package documents its threads, in a "Threads" block: "  fs360-NAME  what it does".
-DOCUMENTED_IN = (fs360.engine, fs360.api, fs360.fs.exits, fs360.daemon)
+DOCUMENTED_IN = (fs360.engine, fs360.api, fs360.fs.exits, fs360.daemon, fs360.webdav)
 # Running for a mount's whole life once a file went up (the others are short-lived, or not
 # started by a background mount: fs360-status is the foreground's, fs360-webdav serve webdav's).
 ALWAYS = {"fs360-maintenance", "fs360-commits", "fs360-listeners", "fs360-deadlines", "fs360-exits",

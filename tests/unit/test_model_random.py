@@ -1202,9 +1202,11 @@ def test_a_file_deleted_while_open_stays_writable_through_its_handle_once_the_se
     model.release(fh)
     wait_for(lambda: model.engine.registry.sessions["s"].sealed, "the project was never created")
     model.truncate(None, 1, deleted)
-    model.write(deleted, b"xyz", 1)
+    assert model.write(deleted, b"xyz", 1) == 3
     model.release(deleted)
     model.unlink("/s/.fuse_hidden0000000100000001")
+    assert [f["name"] for f in emulator.files()] == ["b.jpg"]  # the deleted one went nowhere
+    assert "a.jpg" not in [name for name, _ in model.readdir("/s")]
 
 
 def test_a_file_picked_by_a_paused_worker_and_moved_to_another_session_goes_up_there(emulator, make_model):
