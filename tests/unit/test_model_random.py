@@ -1229,6 +1229,28 @@ def test_a_file_picked_by_a_paused_worker_and_moved_to_another_session_goes_up_t
     assert [(f["upload_id"], f["name"]) for f in emulator.files()] == [(model.engine.registry.sessions["t"].upload_id, "b.jpg")]
 
 
+def test_a_deleted_tree_file_last_truncated_by_path_is_not_created_again_in_the_frozen_tree(emulator, make_model):
+    # The reference's mismatch (the long run, seed 1): a tree file last changed by a truncate by
+    # path has no known digest (no writer's close hashes it), so once deleted after its archive
+    # went up it is not revivable (nothing to compare a re-copy with): a create of its name is a
+    # new name in the frozen tree, EACCES (doc/SEMANTICS.md "Trees": "stays refused"). The
+    # reference revived it as a file whose digest it knew.
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    model.mkdir("/s/Фото", 0o755)
+    fh = model.create("/s/Фото/a.jpg", 0o644, O_CREATE)
+    model.release(fh)
+    model.truncate("/s/Фото/a.jpg", 1)
+    fh = model.create("/s/.create", 0o644, O_CREATE)
+    model.write(fh, b"{}", 0)
+    model.flush(fh)
+    model.release(fh)
+    session = model.engine.registry.sessions["s"]
+    wait_for(lambda: session.sealed, "the project was never created")
+    model.unlink("/s/Фото/a.jpg")
+    assert errno_of(model.create, "/s/Фото/a.jpg", 0o644, O_CREATE) == errno.EACCES
+
+
 def scratch_file_held(model: MountModel, how: str) -> None:
     """/s/b.part closed written and held should it get its final name: its writer died of SIGINT
     right after closing it (GNU dd), or the mount stopped before its writer's exit came."""
