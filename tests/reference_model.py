@@ -352,10 +352,15 @@ class Reference:
         if name in s.files and self.compared_on_rewrite(s.files[name]) and s.files[name].held is None:
             # D "Trees": a whole file of the frozen tree takes an identical re-copy (cp -a again).
             return self.open(s.files[name], truncate=True, append=append)
-        if name not in s.files and not is_local_name(name) and name in s.gone_names:
+        gone = next((g for g in s.gone if g.name == name), None)
+        # A deleted tree file whose digest is unknown (last changed by a truncate by path) has
+        # nothing to compare a re-copy with: not revived (registry.revivable_locked wants its
+        # sha256), so its name is a new one in the frozen tree, EACCES below (D "Trees": "stays
+        # refused"). A file the server holds on its own always has its digest.
+        if name not in s.files and not is_local_name(name) and gone is not None and \
+                (gone.held is not None or gone.digest_known):
             # D: the server's file (or the frozen tree's, kept in its archive) comes back when written
             # again identical (tar -x twice); compared only, so in a sealed session or a frozen tree too.
-            gone = next(g for g in s.gone if g.name == name)
             s.gone.remove(gone)
             s.files[name] = gone
             return self._handle(gone, True, append, Check(rewriting=True, size=0, revival=True, no_spool=gone.evicted))

@@ -47,6 +47,15 @@ WRITES_SPOILED = -2
 P_WAITING, P_CREATED, P_READY, P_FAILED = "waiting", "created", "ready", "failed"
 
 
+def unfinished_state_of(reason: str) -> str:
+    """The state an unfinished file with this journaled reason rests in: held when the reason offers
+    `fs360 release`, else interrupted. HELD_WAY_OUT is in no reason that interrupts a file, and in
+    every one that holds it but a renamer's dying at its rename (Writers.joined_locked), which then
+    reads back as interrupted: the safe side. For a scratch file, whose journal row says `local`,
+    the reason is the only record of which it is."""
+    return HELD if HELD_WAY_OUT in reason else INTERRUPTED
+
+
 def rewritten_in_part(state: str, programs: dict | None) -> str:
     """REWRITTEN_IN_PART for a file resting in `state`, changed by `programs` ({tgid: name})."""
     who = " and ".join(sorted(set(programs.values()))) if programs else "a program"

@@ -27,7 +27,7 @@ import time
 from .processes import all_still_running, writers_from_text
 from .records import (CLOSED, FAILED, HELD, INTERRUPTED, LOCAL, PENDING, STOPPED_BEFORE_COMMIT,
                       STOPPED_WHILE_WRITING, UPLOADING, WRITING, COMPLETE, FileRecord, ProjectRequest,
-                      SessionRecord)
+                      SessionRecord, unfinished_state_of)
 from .registry_base import Caps, RegistryState, project_may_use
 from .registry_commits import CommitPoint
 from .registry_files import FileWriters
@@ -72,6 +72,14 @@ class Registry(SessionsAndFolders, FileWriters, CommitPoint, ServerNames, Upload
                 sha256=row["sha256"], archive=bool(row["archive"]), unfinished=row["unfinished"],
                 prefix_whole=bool(row["prefix_whole"]))
             record.local_only = record.state == LOCAL
+            if record.local_only and record.unfinished:
+                # Held or interrupted is in memory only for a scratch file (its row says `local`),
+                # and a rename to its final name rests it in that state: its reason says which.
+                # Without this, one held at a remount (or by its writer's failure after closing
+                # it) came back `interrupted` from the next one, its reason still offering
+                # `fs360 release`, which then refused it. (Open for writing at the stop, its row
+                # says STOPPED_WHILE_WRITING: interrupted, see open_for_write_locked.)
+                record.unfinished_state = unfinished_state_of(record.unfinished)
             self._files[record.id] = record
             if record.archive:
                 session.archive = record

@@ -214,7 +214,11 @@ class RegistryState:
             record.unfinished = reason
             # Whole again while a writer still has it open: the journal goes on saying "being
             # written" until the last close, should the mount stop before it.
-            journaled = reason or (STOPPED_WHILE_WRITING if record.open_writers else "")
+            # A scratch file's row has no `writing` state: while open, a reason that would hold it
+            # (a writer's failure after closing it while another still writes) must not stand in
+            # the journal for "being written" (registry.replay_locked reads held from a reason).
+            journaled = STOPPED_WHILE_WRITING if record.open_writers and (record.local_only or not reason) \
+                else reason
             self.journal.update_file(record.id, unfinished=journaled)
             record.stop_journaled = journaled == STOPPED_WHILE_WRITING
 

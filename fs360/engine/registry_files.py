@@ -116,17 +116,24 @@ class FileWriters(RegistryState):
             # (An earlier writer that cannot be watched, a truncate by path, still has only the
             # write-back delay to stand in for its exit: writer_unknown stays unless rewritten.)
             record.writers = None
-        if record.open_writers == 1 and not record.unfinished and not record.stop_journaled:
+        if record.open_writers == 1 and (not record.unfinished or record.local_only):
             # Journal only (memory keeps the truth while it is open): should the mount stop before
             # the last close, the file comes back unfinished. A scratch file has no `writing` state
-            # to say so, and a rename to its final name must never upload it then.
-            self.journal.update_file(record.id, unfinished=STOPPED_WHILE_WRITING)
-            record.stop_journaled = True
+            # to say so, and a rename to its final name must never upload it then. An unfinished
+            # scratch file too: the next mount takes held or interrupted from its row's reason
+            # (registry.replay_locked), and cut mid-write it is interrupted, never held.
+            self._journal_stop_locked(record)
         if record.local_only:
             return
         record.generation += 1
         if record.state != WRITING:
             self.set_state_locked(record, WRITING, last_error="", attempts=0)
+
+    def _journal_stop_locked(self, record: FileRecord) -> None:
+        """The journal says STOPPED_WHILE_WRITING while the file is open (once per opening)."""
+        if not record.stop_journaled:
+            self.journal.update_file(record.id, unfinished=STOPPED_WHILE_WRITING)
+            record.stop_journaled = True
 
     def wrote_locked(self, record: FileRecord, offset: int, end: int) -> RunningDigest | None:
         """Bytes from `offset` up to `end` were written to its spool file (memory only until the
@@ -309,6 +316,10 @@ class FileWriters(RegistryState):
         elif not was_local and local_only:
             record.generation += 1
             self.set_state_locked(record, LOCAL, last_error="")
+            if record.open_writers:
+                # Its row no longer says `writing`: should the mount stop before the last close,
+                # its reason must say so (see open_for_write_locked).
+                self._journal_stop_locked(record)
         elif (record.state == IN_TREE) != record.in_tree and record.state in QUEUED_STATES + (IN_TREE, UPLOADING):
             # A closed file moved into the tree (its upload, not begun, stops), or out of it.
             self.queue_upload_locked(record)

@@ -1229,3 +1229,69 @@ def test_a_file_picked_by_a_paused_worker_and_moved_to_another_session_goes_up_t
     model.engine.gate.set_paused(False)
     wait_for(lambda: file_state(model, "t", "b.jpg") == "complete", "b.jpg never complete")
     assert [(f["upload_id"], f["name"]) for f in emulator.files()] == [(model.engine.registry.sessions["t"].upload_id, "b.jpg")]
+
+
+def test_a_deleted_tree_file_last_truncated_by_path_is_not_created_again_in_the_frozen_tree(emulator, make_model):
+    # The reference's mismatch (the long run, seed 1): a tree file last changed by a truncate by
+    # path has no known digest (no writer's close hashes it), so once deleted after its archive
+    # went up it is not revivable (nothing to compare a re-copy with): a create of its name is a
+    # new name in the frozen tree, EACCES (doc/SEMANTICS.md "Trees": "stays refused"). The
+    # reference revived it as a file whose digest it knew.
+    model = make_model(emulator)
+    model.mkdir("/s", 0o755)
+    model.mkdir("/s/Фото", 0o755)
+    fh = model.create("/s/Фото/a.jpg", 0o644, O_CREATE)
+    model.release(fh)
+    model.truncate("/s/Фото/a.jpg", 1)
+    fh = model.create("/s/.create", 0o644, O_CREATE)
+    model.write(fh, b"{}", 0)
+    model.flush(fh)
+    model.release(fh)
+    session = model.engine.registry.sessions["s"]
+    wait_for(lambda: session.sealed, "the project was never created")
+    model.unlink("/s/Фото/a.jpg")
+    assert errno_of(model.create, "/s/Фото/a.jpg", 0o644, O_CREATE) == errno.EACCES
+
+
+def scratch_file_held(model: MountModel, how: str) -> None:
+    """/s/b.part closed written and held should it get its final name: its writer died of SIGINT
+    right after closing it (GNU dd), or the mount stopped before its writer's exit came."""
+    if how == "died after close":
+        written_by(model, "/s/b.part", b"part", DIED_AFTER_CLOSE_PID)
+        model.writers.exited(DIED_AFTER_CLOSE_PID, signal.SIGINT)
+    else:
+        written_by(model, "/s/b.part", b"part", CLOSING_PID)  # its exit never comes
+
+
+@pytest.mark.parametrize("how, remounts", [("died after close", 1), ("died after close", 2),
+                                           ("stopped before its exit", 1), ("stopped before its exit", 2)])
+def test_a_held_scratch_file_is_held_under_its_final_name_after_any_number_of_remounts(
+        emulator, tmp_path, how, remounts):
+    # The long random run's mismatch (seed 9): a scratch file whose writer failed after closing it,
+    # or whose writer's exit the mount stopped before seeing, is held once renamed to its final
+    # name (doc/SEMANTICS.md "The commit point", "Unfinished files"). A scratch file's journal row
+    # says `local`, not `held`, and its held-or-interrupted was in memory only: the next mount's
+    # replay made it `interrupted` (its reason still saying "run fs360 release", which then refused).
+    model = idle_model(emulator, tmp_path / "cache")
+    scratch_file_held(model, how)
+    for _ in range(remounts):
+        crash(model)
+        model = idle_model(emulator, tmp_path / "cache")
+    model.rename("/s/b.part", "/s/a.jpg")
+    assert file_state(model, "s", "a.jpg") == "held"
+    assert errno_of(model.release_held, "/s/a.jpg") == 0  # as its reason says, `fs360 release` takes it
+
+
+def test_a_held_scratch_file_being_written_again_when_the_mount_stops_comes_back_interrupted(emulator, tmp_path):
+    # The other side of the test above: held is read back from a scratch file's reason, so while
+    # it is open again (an append, which finishes it only at its writers' exit 0) its journal says
+    # "being written": cut off by the stop, it is interrupted, never held (`fs360 release` would
+    # upload a partial file).
+    model = idle_model(emulator, tmp_path / "cache")
+    scratch_file_held(model, "died after close")
+    fh = model.open("/s/b.part", os.O_WRONLY | os.O_APPEND)
+    model.write(fh, b"more", 4)
+    crash(model)
+    model = idle_model(emulator, tmp_path / "cache")
+    model.rename("/s/b.part", "/s/a.jpg")
+    assert file_state(model, "s", "a.jpg") == "interrupted"
