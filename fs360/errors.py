@@ -398,6 +398,15 @@ class NoSpace(FsError):
     reason = "the spool disk is full: nothing can be staged"
 
 
+class JournalClosed(FsError):
+    """A change came after the engine stopped and closed its journal: an upload attempt that
+    outlived the stop's wait (a large chunk on a slow link). Not recorded: the next mount finds
+    the file as it was journaled last, and asks the server where it stands."""
+    errno = _errno.EIO
+    code = "journal_closed"
+    reason = "the mount has stopped: nothing more is recorded"
+
+
 class JournalUnwritable(FsError):
     """The journal (SQLite, in the cache dir) refused a write that is not about a full disk: a
     read-only or failing disk. Nothing that must be journaled can change until it takes writes."""

@@ -19,7 +19,7 @@ from ..api.client import ApiClient
 from ..api.retry import Backoff
 from ..api.troubles import pacing_waits
 from ..config import Settings
-from ..errors import JournalUnwritable
+from ..errors import JournalClosed, JournalUnwritable
 from .archive_plan import TreeArchive
 from .gate import TransferGate  # ops: bwlimit/pause
 from .housekeeping import Housekeeping
@@ -310,6 +310,13 @@ class Engine:
                 self.listeners.emit("file_uploading", file=record)
                 try:
                     self.transfer.attempt(record, generation, buffer)
+                except JournalClosed:
+                    # stop() waited for this attempt no longer (a large chunk on a slow link) and
+                    # closed the journal: what it did is not recorded, and the next mount asks
+                    # the server where the file stands.
+                    log.info("the mount stopped during the upload of %r: it goes on from where the server "
+                             "stands at the next mount", record.name)
+                    return
                 except Exception as exc:  # a bug must not kill a worker; the file goes on later
                     log.exception("unexpected error while uploading %r", record.name)
                     self._retry_after_bug(record, generation, exc)
@@ -319,11 +326,12 @@ class Engine:
                     # small file cost more than the PUT itself on a VM.
                     if record.size > BUFFER_KEPT_RESIDENT and len(buffer) > BUFFER_KEPT_RESIDENT:
                         buffer.madvise(mmap.MADV_DONTNEED, BUFFER_KEPT_RESIDENT, len(buffer) - BUFFER_KEPT_RESIDENT)
-                    with self.lock:
-                        self.registry.attempt_over_locked(record, generation)
-                        if self.scheduler.finish_locked(record.id) and self.registry.file_locked(record.id):
-                            # It came up again while this upload ran: one PUT per file in flight.
-                            self._schedule_locked(record, 0.0)
+                    if not self.journal.closed:  # (closed: stopped, as above; nothing to settle)
+                        with self.lock:
+                            self.registry.attempt_over_locked(record, generation)
+                            if self.scheduler.finish_locked(record.id) and self.registry.file_locked(record.id):
+                                # It came up again while this upload ran: one PUT per file in flight.
+                                self._schedule_locked(record, 0.0)
         finally:
             try:
                 buffer.close()

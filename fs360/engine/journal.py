@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from ..errors import JournalUnwritable, NoSpace
+from ..errors import JournalClosed, JournalUnwritable, NoSpace
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class Journal:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self._closed = False
         self._last_file_id: int | None = None  # the highest file id ever handed out (insert_file)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -167,7 +168,12 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _write(self, sql: str, args=()) -> int:
         with self._lock:
@@ -177,6 +183,9 @@ class Journal:
         """Needs self._lock held. Runs `operation`; on a full disk, frees the reserve and runs it
         again. Whatever fails, no transaction is left open (a later write would join it, and
         never be committed)."""
+        if self._closed:
+            raise JournalClosed("the mount has stopped: this change is not recorded (the next mount asks the "
+                                "server where the file stands)")
         try:
             return self._rolled_back_on_error_locked(operation)
         except sqlite3.OperationalError as exc:

@@ -258,6 +258,37 @@ def test_sigkill_mid_upload_then_restart_resends_at_most_one_chunk(emulator, tmp
         assert f["overwritten_bytes"] <= CHUNK, (name, f)
 
 
+def test_a_put_that_outlives_the_stop_leaves_no_error_and_goes_on_at_the_next_start(emulator, settings_for,
+                                                                                      tmp_path, caplog):
+    """stop() waits for a worker's current chunk only so long (a large chunk on a slow link), then
+    closes the journal: the attempt that ends later records nothing, says so without a traceback
+    (it raised on the closed database), and the next start finds the file where the server has it."""
+    src = tmp_path / "src"
+    expected = make_sources(src, {"slow.jpg": 3 * CHUNK})
+    settings = settings_for(emulator, chunk_size=CHUNK, max_chunk_size=CHUNK, workers=1)
+    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": 2.0, "count": 1}])
+    engine = Engine(settings).start()
+    queue_files(engine, "s", {"slow.jpg": src / "slow.jpg"})
+    wait_until(lambda: emulator.files() and emulator.files()[0]["received"] > 0, 30, 0.02,
+               what="the first chunk on the server, its answer still trickling")
+    workers = [thread for thread in engine._threads if thread.name.startswith("fs360-upload")]
+    with caplog.at_level("INFO"):
+        engine.stop(timeout=0.1)
+        for thread in workers:
+            thread.join(30)
+    assert not any(thread.is_alive() for thread in workers)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 40] == []
+    assert any("the mount stopped during the upload of 'slow.jpg'" in r.getMessage() for r in caplog.records)
+    emulator.clear_faults()
+    engine = Engine(settings).start()
+    try:
+        assert wait_idle(engine, timeout=60, poll=0.05), state_counts(engine)
+        assert state_counts(engine) == {COMPLETE: 1}
+        assert_uploaded(emulator, None, expected)
+    finally:
+        engine.stop()
+
+
 def test_restart_marks_writing_interrupted_and_resumes_queued_from_server(emulator, settings_for, tmp_path):
     """Journal replay: a file open for writing at the stop is `interrupted`, never uploaded; a queued
     file half on the server goes on from the server's received (nothing sent twice)."""
