@@ -117,6 +117,9 @@ class FileRecord:
     # still complete it, and an identical re-creation meanwhile undoes the deletion (its spool copy
     # is kept until the attempt is over: registry_files.remove_file_locked).
     deleted_generation: int = -1
+    # How many times it was listed again after a deletion (relist_locked; memory only): a revival
+    # handle decides the file only while its own re-creation is the last one.
+    revivals: int = 0
     needs_resync: bool = False
     progress_journaled_at: float = 0.0  # monotonic time of the last journaled progress
     # The journal's `unfinished` says STOPPED_WHILE_WRITING while it is open (memory keeps the

@@ -377,6 +377,7 @@ class FileWriters(RegistryState):
         session = self.session_of(record)
         session.unlinked.remove(record)
         record.unlinked = False
+        record.revivals += 1
         session.files[record.name] = record
         session.refused_names.pop(record.name, None)  # refused while deleted; a different copy says so again
         self.count_locked(record)

@@ -38,6 +38,7 @@ class FileHandle:
     # A check of a deleted file the server holds, listed again for a re-copy: unless the copy
     # is identical, the file is deleted again at the release.
     revival: bool = False
+    revival_number: int = 0  # the record's `revivals` its re-creation made (see OpenFiles._outrevived_locked)
     # Data was written through it (not only cut, allocated, or opened on an empty file), and the
     # program whose task first closed it so (0: none yet, or not known).
     altered: bool = False

@@ -105,9 +105,18 @@ class OpenFiles:
         # The handle first: relisting counts a compare that only its release ends, so an open
         # that fails must not have relisted the file (it would hold the project back for good).
         fh = self._open_check_locked(record, truncate=True, append=append)
-        self.handles.get(fh).revival = True
+        handle = self.handles.get(fh)
+        handle.revival = True
         self.engine.registry.relist_locked(record)
+        handle.revival_number = record.revivals
         return fh
+
+    @staticmethod
+    def _outrevived_locked(handle: FileHandle) -> bool:
+        """Another program deleted and created the file again since this handle's re-creation
+        (two re-runs overlapping): what this one writes concerns a file that is gone, and decides
+        nothing of the one listed now."""
+        return handle.revival and handle.revival_number != handle.record.revivals
 
     def _open_check_locked(self, record: FileRecord, truncate: bool, append: bool) -> int:
         """A file the server holds (or a frozen tree's), opened for writing: the handle only compares
@@ -183,6 +192,9 @@ class OpenFiles:
         """The rewrite of a file the server holds differs: refused, with the reason kept."""
         handle.check.differs = True
         with self.engine.lock:
+            if self._outrevived_locked(handle):
+                raise AccessDenied(f"{handle.record.name} was deleted and created again by another program since this "
+                                   f"one created it: what this one writes is not kept")
             raise AccessDenied(refused_recopy_reason_locked(self.engine, handle.record))
 
     def _pwrite(self, handle: FileHandle, data: bytes, offset: int) -> int:
@@ -356,7 +368,7 @@ class OpenFiles:
         with self.engine.lock:
             if handle.revival:
                 self.engine.registry.revival_closed_locked(record)
-            if not is_listed_locked(self.engine, record):
+            if not is_listed_locked(self.engine, record) or self._outrevived_locked(handle):
                 return
             if identical:
                 self.engine.registry.keep_identical_locked(record, mtime_ns=None if record.times_given

@@ -704,6 +704,29 @@ def test_a_deleted_file_the_server_holds_comes_back_when_copied_again_identical(
     assert request_count(emulator, "PUT") == puts
 
 
+@pytest.mark.parametrize("first_ends", ["different", "cut-short"])
+def test_an_overlapping_re_creation_decides_nothing_of_the_file_a_later_one_revived(model, emulator, first_ends):
+    """Two re-runs overlap: A unlinks a.jpg and creates it again (a revival compare), then B
+    unlinks A's a.jpg and creates it again identical (cp --remove-destination), and is done. A's
+    later differing write, or its close cut short (killed), concerns the file B deleted: B's a.jpg stays listed and
+    the server's, with nothing refused (A's close deleted it again, a hostile round found)."""
+    model.mkdir("/s", 0o755)
+    write_file(model, "/s/a.jpg", b"held content")
+    wait_state(model, "s", "a.jpg", "complete")
+    model.unlink("/s/a.jpg")
+    first = model.create("/s/a.jpg", 0o644, os.O_WRONLY | os.O_TRUNC)
+    model.write(first, b"held", 0)
+    model.unlink("/s/a.jpg")
+    recreated(model, "/s/a.jpg", b"held content")
+    assert file_state(model, "s", "a.jpg") == "complete"
+    if first_ends == "different":
+        model.write(first, b"!", 4)  # (no spool copy left to compare with: known different at the close)
+    model.release(first)
+    assert "a.jpg" in names(model, "/s") and file_state(model, "s", "a.jpg") == "complete"
+    status = json.loads(read_all(model, "/s/status.json"))
+    assert status["refused_names"] == [] and status["deleted_but_held_by_server"] == []
+
+
 def server_file(emulator, name: str) -> dict | None:
     return next((f for f in emulator.files() if f["name"] == name), None)
 
