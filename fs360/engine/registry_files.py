@@ -264,20 +264,23 @@ class FileWriters(RegistryState):
         else:
             self.journal.update_file(record.id, size=length, mtime_ns=record.mtime_ns)
 
-    def queue_upload_locked(self, record: FileRecord, delay: float = 0.0) -> None:
+    def queue_upload_locked(self, record: FileRecord, delay: float = 0.0, unchanged: bool = False) -> None:
         """The file is committed (see commit_locked) and its name final: upload it after `delay`.
-        A file of the tree is whole now, and waits for the archive instead."""
+        A file of the tree is whole now, and waits for the archive instead. `unchanged`: queued
+        again with the very content it was queued with (moved into the tree or out of it), so the
+        digest journaled then stands (its running digest is no longer kept)."""
         record.generation += 1
+        digest = record.sha256 if unchanged and record.sha256 else self.known_digest(record)
         # Whole (it is queued): `unfinished` '' goes in the same journal write.
         if record.in_tree:
             # Its digest (when known) lets an identical re-copy of the frozen tree be compared.
             self.set_state_locked(record, IN_TREE, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                                  attempts=0, sha256=self.known_digest(record), unfinished="")
+                                  attempts=0, sha256=digest, unfinished="")
         else:
             # The sha256 of its running digest; unknown (not written front to back, no hash made at
             # its close), the upload hashes it before its first PUT: never a read under the lock.
             self.set_state_locked(record, PENDING, size=record.size, mtime_ns=record.mtime_ns, last_error="",
-                                  attempts=0, sha256=self.known_digest(record), unfinished="")
+                                  attempts=0, sha256=digest, unfinished="")
             self._schedule(record, delay)
         # Its digest is journaled (or goes in the archive's): the running hash's state (about 1 KiB
         # with its lock) is not kept for every file; an append reopening it reads the spool instead.
@@ -321,8 +324,9 @@ class FileWriters(RegistryState):
                 # its reason must say so (see open_for_write_locked).
                 self._journal_stop_locked(record)
         elif (record.state == IN_TREE) != record.in_tree and record.state in QUEUED_STATES + (IN_TREE, UPLOADING):
-            # A closed file moved into the tree (its upload, not begun, stops), or out of it.
-            self.queue_upload_locked(record)
+            # A closed file moved into the tree (its upload, not begun, stops), or out of it. (Any
+            # change of its content since it was queued would have taken it out of these states.)
+            self.queue_upload_locked(record, unchanged=True)
         elif record.state in QUEUED_STATES or (record.state == UPLOADING and not record.may_be_on_server):
             # Committed, not sent: an attempt already picked up stops at its claim (it may have
             # opened the old session, or checked the old name), and the file goes again from here.

@@ -267,6 +267,27 @@ def planned_with_uploads_paused(model, folders: tuple[str, ...], files: dict[str
     write_file(model, folders[0] + "/.create", b"")
 
 
+def test_a_queued_file_moved_into_the_tree_takes_an_identical_re_copy_once_the_tree_is_frozen(model, emulator):
+    """Its digest came with it: a pending top-level file moved into a folder of the tree, then
+    .create; cp -a of the same folder again compares it and takes it (it was refused, EACCES, as a
+    file of unknown content: its digest was dropped on the move, a long random run found)."""
+    model.mkdir("/s", 0o755)
+    model.mkdir("/s/sub", 0o755)
+    model.engine.gate.set_paused(True)
+    write_file(model, "/s/a.jpg", b"moved in")
+    wait_state(model, "s", "a.jpg", "pending")
+    model.rename("/s/a.jpg", "/s/sub/a.jpg")
+    write_file(model, "/s/.create", b"")
+    fh = model.open("/s/sub/a.jpg", os.O_WRONLY | os.O_TRUNC)
+    model.write(fh, b"moved in", 0)
+    model.flush(fh)
+    model.release(fh)
+    with model.engine.lock:
+        assert model.engine.registry.sessions["s"].refused_names == {}
+    model.engine.gate.set_paused(False)
+    wait_until(lambda: model.engine.registry.sessions["s"].project.state == "ready", 30, 0.05, what="the project")
+
+
 def test_create_freezes_the_tree_and_uploads_one_archive(model, emulator):
     planned_with_uploads_paused(model, ("/Office scan", "/Office scan/Scans", "/Office scan/Scans/Empty"),
                                 {"/Office scan/Scans/Фото 1.JPG": b"photo", "/Office scan/top.jpg": b"top"})
