@@ -471,7 +471,6 @@ def cmd_web(args) -> int:
 
 
 def cmd_control(args) -> int:
-    mountpoint = _my_mount(args.mountpoint)
     message: dict = {"cmd": args.control}
     if args.control == "set":
         values = {}
@@ -482,6 +481,7 @@ def cmd_control(args) -> int:
             key, checked = runtime_value(key, value.strip())
             values[key] = checked
         message["values"] = values
+    mountpoint = _my_mount(args.mountpoint)  # (after the values: a bad one is said without a daemon)
     try:
         answer = control.request(mountpoint, message)
     except OSError as exc:
