@@ -272,13 +272,14 @@ def settings_from_args(args) -> Settings:
 
 def cmd_mount(args) -> int:
     from .daemon import LaunchError, launch
-    from .fuse_host import prepare_mountpoint
+    from .fuse_host import cache_dir_problem, prepare_mountpoint
     values, fuse = mount_values(args)
     settings = settings_from_values(values, fuse)
     mountpoint = os.path.abspath(args.mountpoint)
     problem, note = prepare_mountpoint(mountpoint, values["allow_non_empty"])
     if note:
         print(f"fs360: {note}", file=sys.stderr)
+    problem = problem or cache_dir_problem(settings.cache_dir, mountpoint)
     if problem:
         raise CliError(problem)
     try:
@@ -289,12 +290,16 @@ def cmd_mount(args) -> int:
 
 def cmd_serve_webdav(args) -> int:
     from .daemon import LaunchError, launch
+    from .fuse_host import cache_dir_problem
     values, fuse = mount_values(args, webdav=True)
     settings = settings_from_values(values, fuse).with_(
         webdav_password_file=str(values["password_file"]) if values["password_file"] else None,
         webdav_tls_cert=str(values["tls_cert"]) if values["tls_cert"] else None,
         webdav_tls_key=str(values["tls_key"]) if values["tls_key"] else None,
         webdav_empty_put_grace=values["empty_put_grace"])
+    problem = cache_dir_problem(settings.cache_dir)
+    if problem:
+        raise CliError(problem)
     try:
         return launch(settings, "", values["foreground"], webdav=values["addr"])
     except LaunchError as exc:

@@ -322,7 +322,8 @@ class EmbeddedEmulator:
         for attempt_port in (port, "0"):
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fs360.emulator", "--host", "127.0.0.1", "--port", attempt_port,
-                 "--data-dir", str(self.data_dir), "--quiet", *self.extra_args],
+                 "--data-dir", str(self.data_dir), "--quiet", "--exit-with-parent", str(os.getpid()),
+                 *self.extra_args],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                 start_new_session=True)
             line = self.process.stdout.readline().decode().strip()

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import control
+
 # Layers of dead mounts released at most (each `fs360 mount` after a kill adds none, but be sure).
 MAX_DEAD_LAYERS = 4
 # What a FUSE mount whose daemon is gone answers: ECONNABORTED to a call the end caught, ENOTCONN after.
@@ -168,3 +170,23 @@ def prepare_mountpoint(mountpoint: str, allow_non_empty: bool) -> tuple[str, str
             return (f"{mountpoint} is not empty ({len(entries)} entries): the mount would hide them; "
                     f"use an empty folder, or --allow-non-empty"), note
     return "", note
+
+
+def cache_dir_problem(cache_dir, mountpoint: str = "") -> str:
+    """Why the cache dir cannot be used with a mount at `mountpoint` ('' when it can): inside the
+    mount itself (the daemon would write its journal through its own mount and wait on itself
+    for ever), or inside any fs360 mount (that mount would take the files for uploads)."""
+    def inside(path: str, top: str) -> bool:
+        return path == top or path.startswith(top.rstrip("/") + "/")
+    try:
+        cache = os.path.realpath(os.path.expanduser(str(cache_dir)))
+    except OSError as exc:
+        return f"cannot use the cache dir {cache_dir}: {exc.strerror or exc}"
+    if mountpoint and inside(cache, os.path.realpath(mountpoint)):
+        return (f"the cache dir {cache} is inside the mountpoint {mountpoint}: fs360 would keep its own files in "
+                f"its own mount; give a cache dir elsewhere (--cache-dir, default ~/.cache/fs360)")
+    for other in control.fs360_mounts():
+        if inside(cache, other):
+            return (f"the cache dir {cache} is inside the fs360 mount {other}, which would take its files for "
+                    f"uploads; give a cache dir elsewhere (--cache-dir, default ~/.cache/fs360)")
+    return ""

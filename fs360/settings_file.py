@@ -42,11 +42,22 @@ def load_config(mountpoint: str, path: Path | None = None, webdav: bool = False)
     path = path or config_path()
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SettingError(f"the config file {path} is not a regular file: make it a TOML text file")
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise SettingError(f"the config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: is it the "
+                               f"right file?")
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
+        if os.path.islink(path):  # a dangling link is no "no config": the user meant one
+            raise SettingError(f"the config file {path} is a link to {os.readlink(path)}, which does not exist") \
+                from None
         return []
     except OSError as exc:
         raise SettingError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SettingError(f"the config file {path} is not text (UTF-8): write it as TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingError(f"{path}: {exc}") from None
     tables = data.pop("mount", {})
@@ -95,6 +106,10 @@ def mount_option_values(items: list[str], origin: Origin) -> tuple[list[tuple[Op
     return values, fuse
 
 
+# A config file is a few lines; far more is not one (a link to /dev/zero read whole ran out of memory).
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def check_key_file(path: Path) -> None:
     try:
         mode = path.stat().st_mode
@@ -111,9 +126,12 @@ def read_api_key(key_file: str | None, env_names: tuple[str, ...]) -> str:
         path = Path(key_file).expanduser()
         check_key_file(path)
         try:
-            key = path.read_text().strip()
+            key = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SettingError(f"cannot read the key file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingError(f"the key file {path} is not text (UTF-8): put the API key in it, on one line") \
+                from None
         if not key:
             raise SettingError(f"the key file {path} is empty")
         return key

@@ -87,7 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     p.add_argument("--quiet", action="store_true", help="print only the base URL")
     p.add_argument("--log", action="store_true", help="log each request to stderr (never the key)")
+    p.add_argument("--exit-with-parent", type=int, metavar="PID", default=0,
+                   help="end when process PID (the one that started it: an fs360 daemon) ends, killed too")
     return p
+
+
+def _exit_with_parent(pid: int) -> None:
+    """The embedded emulator of `fs360 mount --local` ends with its daemon, even one killed with
+    SIGKILL (it was left running, and the next mount started a second one on the same data)."""
+    import ctypes
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != pid:  # it died before the prctl: no signal will come
+        sys.exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        _exit_with_parent(args.exit_with_parent)
     # Many short requests on threads: hand the GIL over quickly, as a real server's
     # independent workers would not wait on each other.
     sys.setswitchinterval(0.0005)
@@ -106,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rate-window-scale must be > 0")
     if args.idle_timeout is not None and args.idle_timeout <= 0:
         parser.error("--idle-timeout must be > 0")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: a port is a number from 0 (a free one) to 65535")
     faults = None
     if args.fault:
         try:
@@ -120,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir
     if not data_dir:
         tmp = data_dir = tempfile.mkdtemp(prefix="fs360-emulator-")
-    os.makedirs(data_dir, exist_ok=True)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--data-dir {data_dir}: cannot make it ({e.strerror or e})")
     keys = dict(args.key) if args.key else {"sk_local_demo": {"projects:write", "projects:read"}}
 
     cfg = argparse.Namespace(

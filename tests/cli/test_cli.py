@@ -8,7 +8,10 @@ import time
 import pytest
 
 from fs360 import cli
-from tests.harness import PYTHON, is_mounted, write_random
+import signal
+from pathlib import Path
+
+from tests.harness import PYTHON, is_mounted, pid_alive, wait_until, write_random
 
 pytestmark = pytest.mark.fuse
 
@@ -147,6 +150,56 @@ def test_a_number_of_seconds_out_of_range_is_one_line(args, said):
     result = run_fs360(*args)
     assert result.returncode == 2 and result.stderr.startswith(f"fs360: {said}"), result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_cache_dir_inside_a_mount_is_refused_in_words(tmp_path):
+    """Inside its own mountpoint the daemon would wait on its own mount for ever (a hang that only
+    kill -9 ended); inside another fs360 mount that mount took its files for uploads."""
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    refused = run_fs360("mount", "--local", str(first), "--cache-dir", str(first / "cache"), timeout=60)
+    assert refused.returncode == 2 and not is_mounted(first)
+    assert refused.stderr.startswith(f"fs360: the cache dir {first / 'cache'} is inside the mountpoint {first}"), \
+        refused.stderr
+    assert run_fs360("mount", "--local", str(first), "--cache-dir", str(tmp_path / "cache")).returncode == 0
+    try:
+        (first / "Survey").mkdir()
+        refused = run_fs360("mount", "--local", str(second), "--cache-dir", str(first / "Survey" / "cache"),
+                            timeout=60)
+        assert refused.returncode == 2 and not is_mounted(second)
+        assert f"is inside the fs360 mount {first}, which would take its files for uploads" in refused.stderr
+    finally:
+        assert run_fs360("unmount", str(first)).returncode == 0
+
+
+def test_the_embedded_emulator_ends_with_its_daemon_killed(tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    cache = tmp_path / "cache"
+    assert run_fs360("mount", "--local", str(mountpoint), "--cache-dir", str(cache)).returncode == 0
+    daemon = int((cache / "lock").read_text().strip())
+    emulators = [pid for pid in children_of(daemon) if b"fs360.emulator" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(emulators) == 1
+    try:
+        os.kill(daemon, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(emulators[0]), 30, what="the embedded emulator to end with its daemon")
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+        for pid in emulators:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_second_mount_on_the_same_cache_dir_is_refused(tmp_path, emulator):

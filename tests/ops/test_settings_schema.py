@@ -98,6 +98,45 @@ def test_every_bad_setting_is_one_line_naming_its_source(tmp_path, config, flags
     assert "s3cret" not in result.stderr
 
 
+@pytest.mark.parametrize("kind, said", [
+    ("not-utf8", "the config file {path} is not text (UTF-8): write it as TOML"),
+    ("dev-zero", "the config file {path} is not a regular file: make it a TOML text file"),
+    ("dangling", "the config file {path} is a link to {target}, which does not exist"),
+    ("key-not-utf8", "the key file {key} is not text (UTF-8): put the API key in it, on one line"),
+])
+def test_a_config_or_key_file_that_is_no_text_is_one_line(tmp_path, kind, said):
+    """Each was a traceback (UnicodeDecodeError, a MemoryError reading /dev/zero whole), or, for a
+    dangling link, silently no config at all."""
+    path = write_config(tmp_path, "")
+    target, key = tmp_path / "gone.toml", tmp_path / "key"
+    flags = []
+    if kind == "not-utf8":
+        path.write_bytes(b"\xff\xfe garbage\n")
+    elif kind in ("dev-zero", "dangling"):
+        path.unlink()
+        path.symlink_to("/dev/zero" if kind == "dev-zero" else target)
+    else:
+        key.write_bytes(b"\xff\xfe\x00\x01")
+        key.chmod(0o600)
+        flags = ["--api-key-file", str(key)]
+    (tmp_path / "mnt").mkdir()
+    result = run_fs360(tmp_path, "mount", str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "cache"), *flags,
+                       env={"FS360_API_KEY": "sk_never_used"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == f"fs360: {said.format(path=path, target=target, key=key)}\n"
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--port", "99999"], "--port 99999: a port is a number from 0 (a free one) to 65535"),
+    (["--port", "-1"], "--port -1: a port is a number from 0 (a free one) to 65535"),
+    (["--data-dir", "/proc/no-such-dir"], "--data-dir /proc/no-such-dir: cannot make it (No such file or directory)"),
+])
+def test_the_emulators_bad_arguments_are_one_line(tmp_path, args, said):
+    result = run_fs360(tmp_path, "emulator", *args, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].endswith(said), result.stderr
+
+
 def test_doctor_names_a_bad_setting_as_its_failure(tmp_path):
     write_config(tmp_path, 'log_level = "verbose"\n')
     result = run_fs360(tmp_path, "doctor", env={"FS360_API_KEY": "sk_x"})
