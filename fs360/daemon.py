@@ -105,7 +105,14 @@ def launch(settings: Settings, mountpoint: str, foreground: bool, webdav: str | 
     if foreground:
         _relay_signals(process, notifier)
     with os.fdopen(read_end, encoding="utf-8", errors="replace") as reports:
-        first, _, url = reports.readline().strip().partition(" ")
+        try:
+            first, _, url = reports.readline().strip().partition(" ")
+        except KeyboardInterrupt:
+            # Ctrl-C while it starts (a slow server): the user wants no mount, so the daemon, in a
+            # session of its own that the terminal's SIGINT never reaches, is ended too.
+            _end_started(process)
+            print(f"fs360: interrupted: {mountpoint or 'the WebDAV server'} was not started", file=sys.stderr)
+            raise
         if first != "ok":
             process.wait(60)
             raise LaunchError(url if first == "error" else f"the fs360 process exited ({process.returncode})")
@@ -135,6 +142,17 @@ def launch(settings: Settings, mountpoint: str, foreground: bool, webdav: str | 
             elif kind == "stopping":
                 notifier.send("STOPPING=1")
     return process.wait()
+
+
+def _end_started(process: subprocess.Popen) -> None:
+    """Ends a daemon that has not reported yet: SIGTERM (before its mount, Python's default ends
+    it; once mounted, libfuse's handler unmounts), then SIGKILL should it not end."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _end_with_parent() -> None:
@@ -574,23 +592,25 @@ def serve_webdav(settings: Settings, address: str, reporter: Reporter | None = N
         signal.signal(signum, lambda signum, frame: stop.set())
     webdav = notices = None
     try:
-        webdav = WebDavServer(model, settings, address)
-        url = webdav.start()
-    except Fs360Error as exc:
-        log.error("cannot serve WebDAV: %s", exc)
-        reporter.ready(str(exc))
-        webdav = None
-        stop.set()
-    else:
-        engine.start()
-        if settings.desktop_notify:
-            notices = DesktopNotices(engine.listeners, url)
-        log.info("serving WebDAV at %s (api %s, cache %s)", url, settings.api_url, settings.cache_dir)
-        reporter.ready(None, url)
-        if reporter.wants_status:
-            threading.Thread(target=_report_status, args=(model, reporter, stop),
-                             name="fs360-status", daemon=True).start()
-    try:
+        try:
+            webdav = WebDavServer(model, settings, address)
+            url = webdav.start()
+        except Fs360Error as exc:
+            log.error("cannot serve WebDAV: %s", exc)
+            reporter.ready(str(exc))
+            webdav = None
+            stop.set()
+        else:
+            # Inside the outer try: whatever fails here still stops the server's threads below (left
+            # serving, they kept the process alive with no main thread to take SIGTERM).
+            engine.start()
+            if settings.desktop_notify:
+                notices = DesktopNotices(engine.listeners, url)
+            log.info("serving WebDAV at %s (api %s, cache %s)", url, settings.api_url, settings.cache_dir)
+            reporter.ready(None, url)
+            if reporter.wants_status:
+                threading.Thread(target=_report_status, args=(model, reporter, stop),
+                                 name="fs360-status", daemon=True).start()
         while not stop.wait(1.0):
             pass
     finally:

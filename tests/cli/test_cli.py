@@ -202,6 +202,34 @@ def test_the_embedded_emulator_ends_with_its_daemon_killed(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_ctrl_c_while_the_mount_starts_leaves_no_mount_behind(tmp_path, emulator):
+    """Ctrl-C on `fs360 mount` while it waits on a slow server: the daemon (in a session of its
+    own, which the terminal's SIGINT does not reach) went on and mounted ten seconds later."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    cache = tmp_path / "cache"
+    emulator.set_faults([{"endpoint": "*", "kind": "latency", "seconds": 6.0}])
+    env = dict(os.environ, FS360_API_KEY=emulator.api_key)
+    mount = subprocess.Popen([PYTHON, "-m", "fs360.cli", "mount", str(mountpoint), "--api-url", emulator.base_url,
+                              "--cache-dir", str(cache)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        wait_until(lambda: (cache / "lock").exists() and (cache / "lock").read_text().strip(), 30, 0.05,
+                   what="the daemon to start")
+        daemon = int((cache / "lock").read_text().strip())
+        mount.send_signal(signal.SIGINT)
+        assert mount.wait(60) == 130
+        assert f"fs360: interrupted: {mountpoint} was not started" in mount.stderr.read()
+        wait_until(lambda: not pid_alive(daemon), 30, what="the daemon to end")
+        emulator.clear_faults()
+        assert not is_mounted(mountpoint)
+    finally:
+        if mount.poll() is None:
+            mount.kill()
+        if is_mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
 def test_a_second_mount_on_the_same_cache_dir_is_refused(tmp_path, emulator):
     first, second = tmp_path / "one", tmp_path / "two"
     first.mkdir()
