@@ -27,18 +27,42 @@ LOCK_NAME = "lock"
 MAX_SOCKET_PATH = 100
 
 
+# The runtime dir of a process started without XDG_RUNTIME_DIR (mount(8) at boot, cron, su).
+FALLBACK_RUNTIME_DIR = "/tmp/fs360-{uid}"
+
+
 def runtime_dir() -> Path:
     base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "fs360" if base else Path(f"/tmp/fs360-{os.getuid()}")
+    path = Path(base) / "fs360" if base else Path(FALLBACK_RUNTIME_DIR.format(uid=os.getuid()))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.stat().st_uid != os.getuid():
         raise OSError(f"{path} belongs to another user")
     return path
 
 
+def _entry_name(mountpoint: str) -> str:
+    return hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:32] + ".json"
+
+
 def _entry_path(mountpoint: str) -> Path:
-    digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:32]
-    return runtime_dir() / "mounts" / f"{digest}.json"
+    return runtime_dir() / "mounts" / _entry_name(mountpoint)
+
+
+def _entry_paths(mountpoint: str) -> list[Path]:
+    """Where a daemon of this user may have registered `mountpoint`: its runtime dir depends on
+    the environment it was started in (mount(8) at boot has no XDG_RUNTIME_DIR, a login shell
+    has), so the registration is looked for in each."""
+    bases = [os.environ.get("XDG_RUNTIME_DIR"), f"/run/user/{os.getuid()}"]
+    dirs = [Path(base) / "fs360" for base in bases if base] + [Path(FALLBACK_RUNTIME_DIR.format(uid=os.getuid()))]
+    found = []
+    for folder in dict.fromkeys(dirs):
+        entry = folder / "mounts" / _entry_name(mountpoint)
+        try:
+            if folder.stat().st_uid == os.getuid():  # (another user's dir is never read)
+                found.append(entry)
+        except OSError:
+            continue
+    return found
 
 
 def register(mountpoint: str, cache_dir: Path) -> Path:
@@ -51,10 +75,15 @@ def register(mountpoint: str, cache_dir: Path) -> Path:
 
 
 def cache_dir_of(mountpoint: str) -> Path | None:
-    try:
-        return Path(json.loads(_entry_path(mountpoint).read_text())["cache_dir"])
-    except (OSError, ValueError, KeyError):
-        return None
+    """The cache dir `mountpoint`'s daemon registered (one whose control socket is there first:
+    a registration in another runtime dir may be a killed daemon's)."""
+    found = []
+    for entry in _entry_paths(mountpoint):
+        try:
+            found.append(Path(json.loads(entry.read_text())["cache_dir"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return next((cache for cache in found if (cache / SOCKET_NAME).exists()), found[0] if found else None)
 
 
 def daemon_pid(mountpoint: str) -> int | None:
