@@ -361,6 +361,26 @@ class EmbeddedEmulator:
                 self.process.kill()
 
 
+def hold_mountpoint(mountpoint: str):
+    """The folder to mount on, locked for the daemon's life (its descriptor is returned): two `fs360 mount` at once on one
+    mountpoint (each with its own cache dir) both found it free and stacked two mounts. The lock
+    is on the folder itself, the one a mount covers; one made meanwhile is refused too."""
+    try:
+        fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Fs360Error(f"cannot use {mountpoint}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Fs360Error(f"another fs360 mount is being made at {mountpoint}: use that one, or unmount it first") \
+            from None
+    if os.path.ismount(mountpoint):
+        os.close(fd)
+        raise Fs360Error(f"{mountpoint} was mounted meanwhile (unmount it first: fs360 unmount or umount)")
+    return fd
+
+
 def lock_cache_dir(settings: Settings):
     """One mount per cache dir: two engines on one journal would send files twice.
     Opened without O_TRUNC and rewritten only once the lock is ours, so a refused
@@ -491,9 +511,15 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
     # FUSE callbacks are short and a program waits on each one; with upload workers
     # busy in Python, the default 5 ms GIL switch interval would queue every callback.
     sys.setswitchinterval(0.0005)
+    try:
+        place = hold_mountpoint(mountpoint)
+    except Fs360Error as exc:
+        reporter.ready(str(exc))
+        return 2
     dashboards: list[Dashboard] = []
     started = start_engine(settings, reporter, mountpoint, dashboards)
     if started is None:
+        os.close(place)
         return 2
     settings, lock, embedded, engine, model, server, handle = started
     notices = DesktopNotices(engine.listeners, mountpoint) if settings.desktop_notify else None
@@ -573,6 +599,7 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
         if embedded:
             embedded.stop()
         lock.close()
+        os.close(place)
         reporter.close()
     return code
 

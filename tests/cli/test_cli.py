@@ -230,6 +230,30 @@ def test_ctrl_c_while_the_mount_starts_leaves_no_mount_behind(tmp_path, emulator
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
+def test_two_mounts_at_once_on_one_mountpoint_make_one(tmp_path):
+    """Each with its own cache dir, both found the folder free and stacked two mounts: unmounting
+    the top one then showed the other's sessions, with no daemon answering for them."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("FS360_API_KEY", "API_KEY")}
+    both = [subprocess.Popen([PYTHON, "-m", "fs360.cli", "mount", "--local", str(mountpoint), "--cache-dir",
+                              str(tmp_path / f"cache{n}")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for n in (1, 2)]
+    try:
+        codes = [process.wait(120) for process in both]
+        outputs = [process.stderr.read() for process in both]
+        assert sorted(codes) == [0, 2], outputs
+        refused = outputs[codes.index(2)]
+        assert ("another fs360 mount is being made at" in refused or "mounted meanwhile" in refused
+                or "is already a mount point" in refused), refused
+        assert sum(1 for line in Path("/proc/mounts").read_text().splitlines()
+                   if line.split()[1] == str(mountpoint)) == 1
+    finally:
+        for _ in range(3):  # (two, stacked, before)
+            if is_mounted(mountpoint):
+                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
 def test_a_second_mount_on_the_same_cache_dir_is_refused(tmp_path, emulator):
     first, second = tmp_path / "one", tmp_path / "two"
     first.mkdir()
