@@ -335,6 +335,11 @@ def cmd_unmount(args) -> int:
     pid = control.daemon_pid(mountpoint)
     result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if result.returncode != 0:
+        from .fuse_host import is_dead_mount
+        if is_dead_mount(mountpoint):
+            raise CliError(f"the daemon of {mountpoint} is gone (killed?) and a program still has a file open there "
+                           f"({result.stderr.strip()}): run fs360 recover {mountpoint}; unfinished uploads resume at "
+                           f"the next mount")
         raise CliError(f"unmount failed: {result.stderr.strip()}")
     if pid:
         _wait_for_daemon(pid, mountpoint)

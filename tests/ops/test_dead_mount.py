@@ -70,6 +70,28 @@ def test_recover_releases_a_dead_mount_and_leaves_a_live_one(tmp_path, emulator,
     assert not is_mounted(mount.mountpoint) and not dead(mount.mountpoint)
 
 
+def test_unmount_of_a_dead_mount_a_program_holds_says_what_to_do(tmp_path, emulator, mount_factory):
+    """It said only fusermount3's "Device or resource busy"."""
+    mount = mount_factory(emulator)
+    (mount.mountpoint / "s").mkdir()
+    holder = subprocess.Popen(["sh", "-c", 'exec 3>"$1"; echo open; read line', "sh",
+                               str(mount.mountpoint / "s" / "open.jpg")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        kill_daemon(mount)
+        refused = run_fs360(tmp_path, "unmount", str(mount.mountpoint), env=harness_runtime())
+        assert refused.returncode == 2
+        assert refused.stderr.startswith(f"fs360: the daemon of {mount.mountpoint} is gone (killed?) and a program "
+                                         f"still has a file open there"), refused.stderr
+        assert f"run fs360 recover {mount.mountpoint}" in refused.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_fs360(tmp_path, "recover", str(mount.mountpoint)).returncode == 0
+    assert not is_mounted(mount.mountpoint)
+
+
 def test_a_non_empty_mountpoint_is_refused_unless_asked(tmp_path, emulator):
     mountpoint = tmp_path / "full"
     mountpoint.mkdir()
