@@ -55,7 +55,9 @@ def run_checks(settings: Settings | None, settings_error: str | None, config: tu
 
 def _config(path: Path, error: str | None) -> Check:
     if error:
-        return Check("config", False, f"{path}: {error}", "fix that key in the config file")
+        # (The error names the file already, and says what to do when it is not about one key.)
+        return Check("config", False, error if str(path) in error else f"{path}: {error}",
+                     "fix that key in the config file" if "=" in error else "fix the file where it says (it is TOML)")
     if not path.exists():
         return Check("config", True, f"no config file at {path} (optional: any mount option as a key)")
     return Check("config", True, f"read {path}")
