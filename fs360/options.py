@@ -83,6 +83,8 @@ def parse_size(text: str) -> int:
 
 def parse_address(text: str) -> tuple[str, int]:
     """`HOST:PORT` or `[IPv6]:PORT` -> (host, port)."""
+    if "://" in text:  # (http://127.0.0.1:8360 read as the host "http://127.0.0.1")
+        raise ValueError("HOST:PORT, not a URL")
     host, sep, port = text.strip().rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or int(port) > 65535:

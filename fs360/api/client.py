@@ -277,6 +277,9 @@ class ApiClient:
         reason, connecting = failure_reason(exc)
         if is_tls_failure(exc):
             # Final at mount; while mounted retried slowly, so no file is refused for it.
+            if "WRONG_VERSION_NUMBER" in str(reason):  # nothing was verified: no TLS answered at all
+                return TlsError(f"the server at {self._host} does not speak TLS (https) on that port ({reason}): "
+                                f"check --api-url")
             return TlsError(f"TLS verification failed for {self.base_url}: {reason}")
         if self._proxy and went_through_proxy_failing(exc):
             return TransportError(f"cannot reach {self._host} through the proxy {self._proxy}: {reason}")

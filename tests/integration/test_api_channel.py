@@ -94,3 +94,20 @@ def test_a_json_body_that_json_cannot_carry_is_never_sent(emulator, monkeypatch)
     finally:
         client.close()
     assert emulator.stats()["requests"] == before
+
+
+def test_https_to_a_server_without_tls_says_so_not_that_verification_failed(emulator):
+    """Nothing was verified: the server answered in plain HTTP. It read 'TLS verification failed
+    ... WRONG_VERSION_NUMBER', which sends the user after a certificate."""
+    from fs360.api.client import ApiClient
+    from fs360.config import Settings
+    https = emulator.base_url.replace("http://", "https://")
+    client = ApiClient(Settings(api_url=https, api_key=emulator.api_key, rate_limits_enabled=False))
+    try:
+        with pytest.raises(TlsError) as info:
+            client.open_session()
+    finally:
+        client.close()
+    host = https.split("//")[1].split("/")[0]
+    assert str(info.value).startswith(f"the server at {host} does not speak TLS (https) on that port"), info.value
+    assert str(info.value).endswith("check --api-url")

@@ -67,6 +67,9 @@ def test_a_bad_address_is_one_clear_line(tmp_path, emulator):
     assert refused.returncode == 2
     assert refused.stderr.strip() == ("fs360: --addr localhost: not HOST:PORT; allowed: HOST:PORT, e.g. "
                                       "127.0.0.1:8360 or [::1]:0 (port 0: a free one)")
+    refused = serve(tmp_path, emulator, "--addr", "http://127.0.0.1:8360")  # a URL: it read as the host "http://..."
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("fs360: --addr http://127.0.0.1:8360: HOST:PORT, not a URL; allowed: HOST:PORT")
 
 
 def test_basic_auth_over_tls_from_the_config_files_webdav_table(tmp_path, emulator):
