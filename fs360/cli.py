@@ -555,6 +555,8 @@ def cmd_recover(args) -> int:
     from .fuse_host import is_dead_mount, release_dead_mount
     mountpoint = os.path.abspath(args.mountpoint)
     if not is_dead_mount(mountpoint):
+        if not os.path.lexists(mountpoint):  # (a typo said "nothing to do" and exit 0)
+            raise CliError(f"{mountpoint} does not exist")
         print(f"fs360: {mountpoint} is not a dead mount: nothing to do")
         return 0
     problem = release_dead_mount(mountpoint)

@@ -282,6 +282,8 @@ class Option:
                 raise ValueError(f"unknown value{_did_you_mean(text, self.choices)}")
             return text
         if kind == "bwlimit":
+            if not text:  # (`fs360 set M bwlimit=` turned the limit off without a word)
+                raise ValueError("empty: give a rate (10M, 500k) or off")
             parse_bwlimit(text)
             return text
         if kind == "loopback_address":

@@ -8,6 +8,7 @@ the account.
 
 from __future__ import annotations
 
+import errno
 import logging
 import stat
 import threading
@@ -136,6 +137,9 @@ class WebDavServer:
         try:
             self.server.prepare()
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE or "Address already in use" in str(exc):  # (cheroot's own words)
+                raise AccessError(f"cannot listen on {self.host}:{self.port}: another program uses that port; give "
+                                  f"another --addr port (0: a free one)") from None
             raise AccessError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self.port = self.server.bind_addr[1]
         self._thread = threading.Thread(target=self.server.serve, name="fs360-webdav", daemon=True)

@@ -62,6 +62,8 @@ def test_recover_releases_a_dead_mount_and_leaves_a_live_one(tmp_path, emulator,
     mount = mount_factory(emulator)
     live = run_fs360(tmp_path, "recover", str(mount.mountpoint))
     assert live.returncode == 0 and "not a dead mount" in live.stdout
+    typo = run_fs360(tmp_path, "recover", str(tmp_path / "no-such-mount"))
+    assert typo.returncode == 2 and typo.stderr == f"fs360: {tmp_path / 'no-such-mount'} does not exist\n"
     assert is_mounted(mount.mountpoint) and not dead(mount.mountpoint)
     kill_daemon(mount)
     released = run_fs360(tmp_path, "recover", str(mount.mountpoint))

@@ -62,6 +62,18 @@ def test_a_certificate_that_cannot_be_loaded_is_one_clear_line(tmp_path, emulato
     assert "give a PEM certificate and the PEM key that belongs to it" in refused.stderr
 
 
+def test_a_taken_port_is_said_in_words(tmp_path, emulator):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = serve(tmp_path, emulator, "--addr", f"127.0.0.1:{port}")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (f"fs360: cannot listen on 127.0.0.1:{port}: another program uses that port; "
+                                      f"give another --addr port (0: a free one)")
+
+
 def test_a_bad_address_is_one_clear_line(tmp_path, emulator):
     refused = serve(tmp_path, emulator, "--addr", "localhost")
     assert refused.returncode == 2
