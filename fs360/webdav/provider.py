@@ -22,7 +22,7 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 from ..engine.records import UNFINISHED_STATES
 from ..errors import AccessDenied, NoAttribute, NotADirectory, NotFound
 from .errors import answered
-from .writers import BLOCK, CUT_SHORT, BodyWriter, ContentReader, HeldEmptyFiles, expected_length
+from .writers import BLOCK, CUT_SHORT, SERVER_STOPPING, BodyWriter, ContentReader, HeldEmptyFiles, expected_length
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class Fs360Provider(DAVProvider):
         self.held = HeldEmptyFiles(model, empty_put_grace, self._locked)
         self._writing: set[str] = set()  # paths a PUT or COPY is writing
         self._writing_lock = threading.Lock()
+        self.stopping = False  # set by the server's stop: a PUT cut then is answered 503, not 400
 
     def is_readonly(self) -> bool:
         return False
@@ -212,7 +213,8 @@ class FileResource(_Fs360Resource, DAVNonCollection):
     # --- writing: one PUT, one writer --------------------------------------------------------------
 
     def begin_write(self, *, content_type=None):
-        self._writer = BodyWriter(self.model, self.provider.open_writer(self.path), self.path)
+        self._writer = BodyWriter(self.model, self.provider.open_writer(self.path), self.path,
+                                  lambda: self.provider.stopping)
         return self._writer
 
     def end_write(self, *, with_errors):
@@ -237,6 +239,8 @@ class FileResource(_Fs360Resource, DAVNonCollection):
         if expected is not None and writer.written != expected:
             with answered():
                 self.model.finish_writer(writer.fh, False, CUT_SHORT)
+            if self.provider.stopping:  # not the client's fault: "try again later"
+                raise DAVError(503, context_info=SERVER_STOPPING)
             raise DAVError(400, context_info=f"the request's body ended after {writer.written} of its "
                                              f"{expected} bytes: the file is not taken; send it again")
         if writer.written == 0:
@@ -313,7 +317,7 @@ def copy_file(provider: Fs360Provider, source: str, dest: str) -> None:
             raise AccessDenied(f"not copied: {source.rsplit('/', 1)[-1]} is {state}: {reason}")
         reader = model.open(source, os.O_RDONLY)
         try:
-            writer = BodyWriter(model, provider.open_writer(dest), dest)
+            writer = BodyWriter(model, provider.open_writer(dest), dest, lambda: provider.stopping)
             try:
                 while data := model.read(reader, BLOCK, writer.written):
                     writer.write(data)

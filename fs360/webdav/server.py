@@ -153,6 +153,7 @@ class WebDavServer:
 
     def stop(self) -> None:
         """No new requests; files whose content never came are left unfinished."""
+        self.provider.stopping = True
         self.server.stop()
         if self._thread is not None:
             self._thread.join(30)

@@ -36,14 +36,18 @@ def expected_length(environ: dict) -> int | None:
         return None
 
 
+SERVER_STOPPING = "the WebDAV server is stopping: the file is not taken; send it again once the server is back"
+
+
 class BodyWriter:
     """The file object WsgiDAV streams a PUT body into: each block goes to the model's write."""
 
-    def __init__(self, model, fh: int, path: str):
+    def __init__(self, model, fh: int, path: str, stopping=lambda: False):
         self.model = model
         self.fh = fh
         self.path = path
         self.written = 0
+        self.stopping = stopping  # whether the server is stopping: then a body cut short is its doing
 
     def writelines(self, body) -> None:
         """WsgiDAV hands the body as a stream of blocks. One the HTTP server cannot read (a
@@ -63,6 +67,8 @@ class BodyWriter:
                     what = "its chunked body is malformed or ends without its last chunk"
                 else:
                     what = f"the connection failed while its body came ({exc.strerror or exc})"
+                if self.stopping():  # not the client's fault: "try again later"
+                    raise DAVError(503, context_info=SERVER_STOPPING) from None
                 reason = f"{what}: the file is not taken; send it again"
                 log.warning("PUT %s: %s", self.path, reason if str(exc) in reason else f"{reason} ({exc})")
                 raise DAVError(400, context_info=reason) from None

@@ -134,10 +134,15 @@ def test_a_put_in_flight_when_the_server_stops_is_never_uploaded(served, emulato
         sock.sendall(b"PUT /S/half.jpg HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"h" * 300_000)
         wait_until(lambda: "/S/half.jpg" in server.provider._writing, 30)  # its writer is open (see below)
         server.stop()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
     finally:
         sock.close()
     assert state(model, "/S/half.jpg") == "interrupted"
     assert remote_files(emulator) == {}
+    # The client is told to try again later, not that its request was wrong (it got an HTML 400).
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
 
 
 def test_a_second_put_of_a_file_still_receiving_its_body_is_refused(served, emulator):
