@@ -7,6 +7,7 @@ status_view.py, the config file and mount(8) options in settings_file.py, the de
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import subprocess
@@ -597,7 +598,8 @@ def cmd_install_helper(args) -> int:
     except HelperExists as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
-        raise CliError(f"cannot write {exc.filename}: {exc.strerror} (run it as root)") from None
+        as_root = " (run it as root)" if os.geteuid() != 0 and exc.errno in (errno.EACCES, errno.EPERM) else ""
+        raise CliError(f"cannot write {exc.filename}: {exc.strerror}{as_root}") from None
     print(f"fs360: wrote {path}; fstab line: none /mnt/360 fuse.fs360 "
           "api_url=URL,api_key_file=/root/.config/fs360/api-key,_netdev,nofail 0 0")
     return 0
