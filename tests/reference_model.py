@@ -782,6 +782,13 @@ class Reference:
         while open are gone; pending uploads resume (S "The journal ... resumes every upload")."""
         for s in self.sessions.values():
             s.marker_refused = s.marker_cancelled = False
+            for name, f in list(s.files.items()):
+                if f.revived:
+                    # D "Identical re-copies": until its writer closes it the compare has not ended,
+                    # "and the journal keeps the file deleted: a restart during the compare finds it
+                    # deleted" (registry.revived_locked journals unlinked=0 only at an identical close).
+                    del s.files[name]
+                    s.gone.append(f)
             for f in list(s.files.values()) + s.gone:
                 # Whether its last writing made it whole waited for that writing's exits, which the
                 # new mount never sees (registry: `completing` is memory only).
