@@ -408,7 +408,13 @@ class Reference:
             # D: a writing that writes it to its end in one run from byte 0 or from its end, by
             # writers that exit 0, makes it whole (known at its last close: `wrote`, `cut`).
             f.completing, f.run, f.opened_size, f.writing_failed = False, None, len(f.data), False
-            f.unknown_writer = False     # this writing's writers decide
+            if changed:
+                # A rewrite from byte 0: this writing's writers decide. Otherwise an earlier
+                # unknown writer (a truncate by path) keeps only the delay from a close to stand in
+                # for its exit (registry.open_for_write_locked: writer_unknown stays unless
+                # rewritten), so a settle while this writing is open does not commit it either
+                # (`commit`: the clock passes over an open file; D "The commit point").
+                f.unknown_writer = False
         err, h = self._handle(f, True, append)
         h.changed = changed
         return err, h
