@@ -287,6 +287,10 @@ class MountMachine(RuleBasedStateMachine):
             session = self.hidden_in.pop(f)
             self.model.unlink(self._path(session, f.hidden))
             f.hidden = None
+        if not self.paused and self.ref.pending():
+            # Closed through a handle that changed nothing after its commit, it is queued at once
+            # (registry.await_commit_locked): let it go up, or the listings race the upload.
+            self.settle()
 
     def _rename(self, session: str, name: str, target: str, new: str) -> int:
         replaced = self.ref.sessions[target].files.get(new)
