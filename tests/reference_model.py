@@ -97,6 +97,9 @@ class File:
     writing_failed: bool = False
     # Every byte was written front to back by its writings so far: only then does an append finish it.
     prefix_whole: bool = True
+    # The programs that closed a handle they wrote data through, in this writing (from its first
+    # open): two of them wrote it at the same time, a mix (registry.changed_through_locked).
+    programs: set = field(default_factory=set)
     # D "Trees": its content digest is known (a writer's last close hashes what the writes did not
     # say; a truncate by path to a new length leaves it unknown), so a frozen tree compares a re-copy.
     digest_known: bool = True
@@ -244,6 +247,9 @@ class Handle:
     # Something of the content came through it (O_TRUNC, a write, a truncate, opened empty): its
     # closer's exit is awaited (open_files.flush); through an unchanged one, nobody's is.
     changed: bool = True
+    # Data was written through it (handles.FileHandle.altered): its closer is one of the writing's
+    # programs (see `programs`).
+    altered: bool = False
 
 
 @dataclass(eq=False)
@@ -408,7 +414,14 @@ class Reference:
             # D: a writing that writes it to its end in one run from byte 0 or from its end, by
             # writers that exit 0, makes it whole (known at its last close: `wrote`, `cut`).
             f.completing, f.run, f.opened_size, f.writing_failed = False, None, len(f.data), False
-            f.unknown_writer = False     # this writing's writers decide
+            f.programs = set()
+            if changed:
+                # A rewrite from byte 0: this writing's writers decide. Otherwise an earlier
+                # unknown writer (a truncate by path) keeps only the delay from a close to stand in
+                # for its exit (registry.open_for_write_locked: writer_unknown stays unless
+                # rewritten), so a settle while this writing is open does not commit it either
+                # (`commit`: the clock passes over an open file; D "The commit point").
+                f.unknown_writer = False
         err, h = self._handle(f, True, append)
         h.changed = changed
         return err, h
@@ -443,7 +456,7 @@ class Reference:
                     c.written[offset:end] = data
                 c.differs = not same or (c.no_spool and not (c.rewriting and c.digest_valid))
             return errno.EACCES if c.differs else 0
-        h.changed = True
+        h.changed = h.altered = True
         if h.append:
             offset = len(f.data)
         end = offset + len(data)
@@ -488,10 +501,18 @@ class Reference:
             f.digest_known = length == 0  # nobody's close hashes it (open_files._release_writer)
         return 0
 
-    def close(self, h: Handle, writer_died: bool = False) -> int:
-        """close(): the FUSE flush, then the release. The errno is the flush's."""
+    def close(self, h: Handle, writer_died: bool = False, program: str = "writer") -> int:
+        """close(): the FUSE flush, then the release. The errno is the flush's. `program`: who
+        closed it (one process, or another)."""
         f, c = h.file, h.check
         f.handles.discard(h)
+        if c is None and h.altered and not writer_died:
+            f.programs.add(program)
+            if len(f.programs) == 2 and not (f.unfinished and f.unfinished_state == INTERRUPTED and not f.completing):
+                # D "The commit point": "Two programs that write one file at the same time, each
+                # through an open of its own ... the file is held", whatever the writing does after
+                # (a rewrite from byte 0 in the same writing too: registry.writer_failed_locked).
+                f.fail(HELD)
         if c is not None:
             identical = not writer_died and c.matches(f.compared_bytes())
             if c.revival and not identical and self.listed(f):
@@ -782,6 +803,13 @@ class Reference:
         while open are gone; pending uploads resume (S "The journal ... resumes every upload")."""
         for s in self.sessions.values():
             s.marker_refused = s.marker_cancelled = False
+            for name, f in list(s.files.items()):
+                if f.revived:
+                    # D "Identical re-copies": until its writer closes it the compare has not ended,
+                    # "and the journal keeps the file deleted: a restart during the compare finds it
+                    # deleted" (registry.revived_locked journals unlinked=0 only at an identical close).
+                    del s.files[name]
+                    s.gone.append(f)
             for f in list(s.files.values()) + s.gone:
                 # Whether its last writing made it whole waited for that writing's exits, which the
                 # new mount never sees (registry: `completing` is memory only).
