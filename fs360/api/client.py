@@ -555,7 +555,14 @@ def _unsendable_key(key: str) -> str:
             kind = f"a character that is not ASCII (U+{ord(char):04X})"
         return (f"the API key has {kind} at position {position} of its {len(key)}: no key has one; copy "
                 f"the key again from your profile page")
+    if len(key) > MAX_KEY_LENGTH:  # (a wrong file given as the key file: the server answered 431)
+        return (f"the API key is {len(key):,} characters long: no key is; is the key file the right file? copy "
+                f"the key again from your profile page")
     return ""
+
+
+# Far longer than any API key; the request head that would carry more is refused by servers.
+MAX_KEY_LENGTH = 1024
 
 
 def _file_path(upload_id: str, name: str) -> str:

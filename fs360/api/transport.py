@@ -689,8 +689,11 @@ def is_tls_failure(exc: BaseException) -> bool:
     """Whether the exchange failed on the API server's TLS (a certificate that does not verify,
     say); a proxy's own TLS failing is the way to the server failing, as any other proxy error."""
     causes = _causes(exc)
+    # A connection closed during the handshake (SSLEOFError) verified nothing: a network or a
+    # loaded server's failure, tried again as any other, not a final "TLS verification failed".
     return (any(isinstance(c, (urllib3.exceptions.SSLError, ssl.SSLError)) for c in causes)
-            and not any(isinstance(c, urllib3.exceptions.ProxyError) for c in causes))
+            and not any(isinstance(c, (urllib3.exceptions.ProxyError, ssl.SSLEOFError, ssl.SSLZeroReturnError))
+                        for c in causes))
 
 
 def went_through_proxy_failing(exc: BaseException) -> bool:

@@ -41,6 +41,7 @@ def test_a_wrong_key_is_reported_before_mount_returns(tmp_path, emulator):
     ("sk_copied\u200b", "not ASCII (U+200B) at position 10"),  # a zero-width space from a web page
     ("sk_two\nlines", "a control character"),
     ("sk_with space", "a space at position 8"),
+    ("sk_" + "x" * 50_000, "the API key is 50,003 characters long: no key is"),  # a wrong file as the key file
 ])
 def test_a_key_no_request_can_carry_is_named_before_mount_returns(tmp_path, emulator, key, said):
     """Before, a non-ASCII character ended the daemon with a bare 'exited (1)', and a control

@@ -85,6 +85,38 @@ def test_a_proxys_tls_failure_is_the_way_failing_not_the_servers_certificate():
     assert is_tls_failure(of_server) and not is_tls_failure(of_proxy)
 
 
+def test_a_connection_closed_during_the_tls_handshake_is_a_network_failure_not_a_certificate(tmp_path):
+    """It read 'TLS verification failed' (final at mount) where nothing was verified: a loaded
+    server or a tunnel that closed during the handshake (seen once in the suite, through a proxy)."""
+    import socket
+    import threading
+
+    from fs360.api.client import ApiClient
+    from fs360.config import Settings
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def close_each_at_once():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(1024)  # its ClientHello, then the connection ends
+            conn.close()
+    threading.Thread(target=close_each_at_once, daemon=True).start()
+    client = ApiClient(Settings(api_url=f"https://127.0.0.1:{listener.getsockname()[1]}/api/v1", api_key="sk_test",
+                                rate_limits_enabled=False, cache_dir=tmp_path / "cache"))
+    try:
+        with pytest.raises(TransportError) as info:
+            client.open_session()
+    finally:
+        client.close()
+        stop.set()
+        listener.close()
+    assert not isinstance(info.value, TlsError) and info.value.retryable, info.value
+
+
 def test_a_json_body_that_json_cannot_carry_is_never_sent(emulator, monkeypatch):
     client = api_client_made_with(emulator, monkeypatch)
     before = emulator.stats()["requests"]
