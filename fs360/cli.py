@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true",
                    help="the whole mount as one JSON document (schema: doc/STATUS-JSON.md)")
     s.add_argument("--watch", action="store_true", help="redraw in place every --interval seconds (Ctrl-C ends)")
-    s.add_argument("--interval", type=seconds_from(0.1), default=1.0, metavar="SECONDS",
+    s.add_argument("--interval", type=seconds_from(0.1), default=None, metavar="SECONDS",
                    help="seconds between redraws with --watch (default 1)")
     s.set_defaults(func=cmd_status)
 
@@ -323,6 +323,8 @@ EXIT_GAVE_UP = 4
 
 
 def cmd_unmount(args) -> int:
+    if args.timeout is not None and not args.wait:  # (it was ignored without a word)
+        raise CliError("--timeout goes with --wait (how long to wait for the uploads)")
     mountpoint = _my_mount(args.mountpoint)
     final = None
     if args.wait:
@@ -417,6 +419,10 @@ def cmd_status(args) -> int:
     import json
     if args.json and args.watch:
         raise CliError("--json and --watch do not go together (--json prints one document)")
+    if args.interval is not None and not args.watch:  # (it was ignored without a word)
+        raise CliError("--interval goes with --watch (the seconds between redraws)")
+    if args.files and not args.mountpoint:
+        raise CliError("--files goes with a MOUNTPOINT (a row per file of that mount)")
     mounts = [_my_mount(args.mountpoint)] if args.mountpoint else control.fs360_mounts(mine_only=True)
     if not mounts:
         raise CliError("none of your fs360 mounts is up (fs360 mount MOUNTPOINT)")
@@ -439,7 +445,7 @@ def cmd_status(args) -> int:
     def fetch() -> list[dict]:
         return [control.mount_status(mounts[0])] if args.mountpoint else _every_status(mounts)
     gone = watch(console, fetch, lambda docs: _status_view(args, docs, console.height, console.width),
-                 lambda: [m for m in mounts if m not in control.fs360_mounts()], args.interval)
+                 lambda: [m for m in mounts if m not in control.fs360_mounts()], args.interval or 1.0)
     print(f"fs360: no longer mounted: {', '.join(gone)}")
     return 0
 
@@ -512,6 +518,9 @@ def cmd_release(args) -> int:
         absolute = os.path.abspath(path)
         mountpoint = next((m for m in mounts if absolute.startswith(m.rstrip("/") + "/")), None)
         if mountpoint is None:
+            if absolute in mounts:
+                raise CliError(f"{path} is an fs360 mount itself: release takes the held files inside it "
+                               f"(fs360 status --files {path} lists them)")
             raise CliError(f"{path} is not inside an fs360 mount")
         by_mount.setdefault(mountpoint, []).append(absolute[len(mountpoint.rstrip("/")):])
     failed = False

@@ -142,6 +142,17 @@ def test_local_mount_status_and_unmount_wait(tmp_path):
 
 
 @pytest.mark.parametrize("args, said", [
+    (["status", "--interval", "2"], "--interval goes with --watch"),
+    (["status", "--files"], "--files goes with a MOUNTPOINT"),
+    (["unmount", "--timeout", "5", "/mnt"], "--timeout goes with --wait"),
+])
+def test_an_option_without_the_one_it_goes_with_is_refused(args, said):
+    """Each was ignored without a word."""
+    result = run_fs360(*args)
+    assert result.returncode == 2 and result.stderr.startswith(f"fs360: {said}"), result.stderr
+
+
+@pytest.mark.parametrize("args, said", [
     (["status", "--watch", "--interval", "-1"], "argument --interval: -1 seconds: give a number of seconds from 0.1 up"),
     (["status", "--watch", "--interval", "0"], "argument --interval: 0 seconds: give a number of seconds from 0.1 up"),
     (["unmount", "--wait", "--timeout", "nan", "/mnt"], "argument --timeout: nan seconds: give a number of seconds "

@@ -46,6 +46,9 @@ def test_json_names_every_session_in_natural_order_and_a_non_mount_is_an_error(t
     assert files.returncode == 0
     assert [line.split()[0] for line in files.stdout.splitlines() if "a.jpg" in line] == \
         ["Office", "scan_2/a.jpg", "scan_10/a.jpg"]
+    root = run_fs360("release", str(mount.mountpoint))  # (it said "not inside an fs360 mount")
+    assert root.returncode == 2 and f"{mount.mountpoint} is an fs360 mount itself: release takes the held files" \
+        in root.stderr, root.stderr
     for not_a_mount in (tmp_path, tmp_path / "missing"):
         for command in ("status", "pause", "resume"):
             result = run_fs360(command, str(not_a_mount))
