@@ -107,6 +107,9 @@ def launch(settings: Settings, mountpoint: str, foreground: bool, webdav: str | 
     with os.fdopen(read_end, encoding="utf-8", errors="replace") as reports:
         try:
             first, _, url = reports.readline().strip().partition(" ")
+            while first == "note":
+                print(f"fs360: {url}", file=sys.stderr)
+                first, _, url = reports.readline().strip().partition(" ")
         except KeyboardInterrupt:
             # Ctrl-C while it starts (a slow server): the user wants no mount, so the daemon, in a
             # session of its own that the terminal's SIGINT never reaches, is ended too.
@@ -202,6 +205,12 @@ class Reporter:
         self._send(f"ok {detail}".strip() if error is None else f"error {error}")
         if not self.keep_open or error is not None:
             self.close()
+
+    def note(self, text: str) -> None:
+        """`note TEXT` before the verdict: something the user should hear though the mount works."""
+        if self.pipe is None:
+            print(f"fs360: {text}", file=sys.stderr)
+        self._send(f"note {text}")
 
     def status(self, line: str) -> None:
         self._send(f"status {line}")
@@ -448,9 +457,9 @@ def release_held(model: MountModel, paths) -> dict:
 
 
 def start_dashboard(settings: Settings, engine: Engine, model: MountModel, mountpoint: str,
-                    handle) -> Dashboard | None:
+                    handle, tell=lambda text: None) -> Dashboard | None:
     """The dashboard on its loopback address, or None (off, or the address is taken: the mount
-    works without it)."""
+    works without it, and `tell` says why)."""
     address = parse_loopback_address(settings.web_address)  # checked with the settings
     if address is None:
         return None
@@ -464,7 +473,10 @@ def start_dashboard(settings: Settings, engine: Engine, model: MountModel, mount
         return Dashboard(address, settings.cache_dir, mountpoint, lambda: model.status.mount_snapshot(history=True),
                          handle, counters)
     except OSError as exc:
-        log.warning("no dashboard: cannot listen on %s: %s", settings.web_address, exc.strerror or exc)
+        said = f"no dashboard: cannot listen on {settings.web_address} ({exc.strerror or exc}); the mount works " \
+               f"without it (give another --web-address, or 127.0.0.1:0 for a free port)"
+        log.warning("%s", said)
+        tell(said)
         return None
 
 
@@ -542,7 +554,7 @@ def serve(settings: Settings, mountpoint: str, reporter: Reporter | None = None)
 
     def start_mount():
         engine.start()
-        dashboard = start_dashboard(settings, engine, model, mountpoint, handle)
+        dashboard = start_dashboard(settings, engine, model, mountpoint, handle, reporter.note)
         if dashboard is not None:
             dashboards.append(dashboard)
         try:

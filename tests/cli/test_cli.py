@@ -242,6 +242,25 @@ def test_ctrl_c_while_the_mount_starts_leaves_no_mount_behind(tmp_path, emulator
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
+def test_a_dashboard_port_taken_is_said_when_the_mount_is_made(tmp_path):
+    """The mount works without its dashboard; that was said only in the log, and `fs360 web` later."""
+    import socket
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_fs360("mount", "--local", str(mountpoint), "--cache-dir", str(tmp_path / "cache"),
+                           "--web-address", f"127.0.0.1:{port}")
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"fs360: no dashboard: cannot listen on 127.0.0.1:{port} (Address already in use); the mount works " \
+               f"without it" in result.stderr
+    finally:
+        assert run_fs360("unmount", str(mountpoint)).returncode == 0
+
+
 def test_two_mounts_at_once_on_one_mountpoint_make_one(tmp_path):
     """Each with its own cache dir, both found the folder free and stacked two mounts: unmounting
     the top one then showed the other's sessions, with no daemon answering for them."""
