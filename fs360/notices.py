@@ -64,6 +64,10 @@ class UploadLog:
                      human_bytes(sum(f.size for f in files)), project_page(self.engine.settings.api_url, project.name))
 
 
+# How long the last notices' notify-sends may take once the mount ends.
+NOTICE_WAIT_SECONDS = 5.0
+
+
 class DesktopNotices:
     """notify-send when a project is ready, and once per batch of refused files (not once per
     file); silent without a session bus or notify-send."""
@@ -75,6 +79,7 @@ class DesktopNotices:
         self._lock = threading.Lock()
         self._refused: list[tuple[str, str]] = []
         self._timer: threading.Timer | None = None
+        self._shown: list[subprocess.Popen] = []  # notify-sends that may still run (reaped at close)
         if self.command:
             listeners.add(self.on_event)
 
@@ -114,10 +119,25 @@ class DesktopNotices:
         if timer is not None:
             timer.cancel()
             self.flush()
+        # A notify-send that hangs (a desktop's notification service that never answers) would
+        # outlive the mount: each gets a few seconds to show its notice, then is ended.
+        deadline = time.monotonic() + NOTICE_WAIT_SECONDS
+        with self._lock:
+            shown, self._shown = self._shown, []
+        for process in shown:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.info("notify-send did not end within %g s: ended", NOTICE_WAIT_SECONDS)
+                process.kill()
+                process.wait()
 
     def show(self, title: str, body: str, urgency: str = "normal") -> None:
         try:
-            subprocess.Popen([self.command, "--app-name=fs360", f"--urgency={urgency}", title, body],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen([self.command, "--app-name=fs360", f"--urgency={urgency}", title, body],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except OSError as exc:
             log.warning("notify-send failed: %s", exc)
+            return
+        with self._lock:
+            self._shown = [p for p in self._shown if p.poll() is None] + [process]

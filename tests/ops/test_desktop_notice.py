@@ -72,3 +72,33 @@ def test_refusals_share_a_notice_and_each_upload_has_its_log_line(tmp_path, emul
     lines = mount.log_path.read_text().splitlines()
     uploaded = [line for line in lines if " INFO " in line and "uploaded Bad/a.jpg: 97.7 KiB" in line]
     assert len(uploaded) == 1 and uploaded[0].endswith("/s"), uploaded
+
+
+def test_a_notify_send_that_hangs_does_not_outlive_the_mount(tmp_path, emulator, mount_factory):
+    """A notification service that never answers: the daemon is not held up, and at unmount the
+    hung notify-send gets a few seconds, then is ended (it stayed for good)."""
+    from pathlib import Path
+
+    from tests.harness import pid_alive
+    env, _ = fake_notify_send(tmp_path)
+    script = tmp_path / "bin" / "notify-send"
+    script.write_text("#!/bin/sh\nexec sleep 600\n")
+    mount = mount_factory(emulator, env=env)
+    (mount.mountpoint / "Bad").mkdir()
+    write_random(mount.mountpoint / "Bad" / "bad.bin", 1000)  # the emulator refuses .bin for good (415)
+    daemon = mount.pid
+
+    def hung() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == daemon \
+                        and b"sleep" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+    wait_until(hung, 60, what="the refusal's notify-send, hanging")
+    pids = hung()
+    mount.unmount()
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids), 30, what="the hung notify-send to be ended")
