@@ -275,7 +275,8 @@ def test_a_queued_file_moved_into_the_tree_takes_an_identical_re_copy_once_the_t
     model.mkdir("/s/sub", 0o755)
     model.engine.gate.set_paused(True)
     write_file(model, "/s/a.jpg", b"moved in")
-    wait_state(model, "s", "a.jpg", "pending")
+    # Queued (a worker may have picked it and wait at the paused gate: uploading, nothing sent).
+    wait_until(lambda: file_state(model, "s", "a.jpg") in ("pending", "uploading"), 30, 0.02, what="a.jpg queued")
     model.rename("/s/a.jpg", "/s/sub/a.jpg")
     write_file(model, "/s/.create", b"")
     fh = model.open("/s/sub/a.jpg", os.O_WRONLY | os.O_TRUNC)
