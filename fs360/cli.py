@@ -493,7 +493,7 @@ def cmd_control(args) -> int:
         values = {}
         for assignment in args.assignments:
             key, sep, value = assignment.partition("=")
-            if not sep:
+            if not sep or not key.strip():
                 raise CliError(f"{assignment!r} is not KEY=VALUE (e.g. bwlimit=5M)")
             key, checked = runtime_value(key, value.strip())
             values[key] = checked

@@ -150,6 +150,7 @@ def test_doctor_names_a_bad_setting_as_its_failure(tmp_path):
     ("bwlimit=08:00,2M 08:00,off", "set bwlimit=08:00,2M 08:00,off: 08:00 is in the timetable twice"),
     ("bwlimit=lots", "set bwlimit=lots: not a rate"),
     ("bwlimit=", "set bwlimit=: empty: give a rate (10M, 500k) or off"),
+    ("=5", "'=5' is not KEY=VALUE (e.g. bwlimit=5M)"),
     ("workers=3", "set workers: cannot change while mounted"),
     ("colour=blue", "set colour: unknown option"),
 ])
