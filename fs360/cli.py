@@ -24,7 +24,6 @@ from .options import (MOUNT_OPTIONS, OPTIONS, PRIVACY, WEBDAV_OPTIONS, Origin, c
                       timings, without_credentials)
 
 
-
 class CliError(Exception):
     pass
 

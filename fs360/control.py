@@ -31,9 +31,13 @@ MAX_SOCKET_PATH = 100
 FALLBACK_RUNTIME_DIR = "/tmp/fs360-{uid}"
 
 
+def _runtime_dir_of(base: str | None) -> Path:
+    """fs360's runtime dir under XDG_RUNTIME_DIR `base`, or the fallback without one."""
+    return Path(base) / "fs360" if base else Path(FALLBACK_RUNTIME_DIR.format(uid=os.getuid()))
+
+
 def runtime_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "fs360" if base else Path(FALLBACK_RUNTIME_DIR.format(uid=os.getuid()))
+    path = _runtime_dir_of(os.environ.get("XDG_RUNTIME_DIR"))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.stat().st_uid != os.getuid():
         raise OSError(f"{path} belongs to another user")
@@ -52,10 +56,9 @@ def _entry_paths(mountpoint: str) -> list[Path]:
     """Where a daemon of this user may have registered `mountpoint`: its runtime dir depends on
     the environment it was started in (mount(8) at boot has no XDG_RUNTIME_DIR, a login shell
     has), so the registration is looked for in each."""
-    bases = [os.environ.get("XDG_RUNTIME_DIR"), f"/run/user/{os.getuid()}"]
-    dirs = [Path(base) / "fs360" for base in bases if base] + [Path(FALLBACK_RUNTIME_DIR.format(uid=os.getuid()))]
+    bases = (os.environ.get("XDG_RUNTIME_DIR"), f"/run/user/{os.getuid()}", None)  # (None: the fallback)
     found = []
-    for folder in dict.fromkeys(dirs):
+    for folder in dict.fromkeys(map(_runtime_dir_of, bases)):
         entry = folder / "mounts" / _entry_name(mountpoint)
         try:
             if folder.stat().st_uid == os.getuid():  # (another user's dir is never read)

@@ -113,7 +113,8 @@ def launch(settings: Settings, mountpoint: str, foreground: bool, webdav: str | 
         except KeyboardInterrupt:
             # Ctrl-C while it starts (a slow server): the user wants no mount, so the daemon, in a
             # session of its own that the terminal's SIGINT never reaches, is ended too.
-            _end_started(process)
+            # (SIGTERM: before its mount, Python's default ends it; once mounted, libfuse's handler unmounts.)
+            end_process(process, 30)
             print(f"fs360: interrupted: {mountpoint or 'the WebDAV server'} was not started", file=sys.stderr)
             raise
         if first != "ok":
@@ -147,12 +148,13 @@ def launch(settings: Settings, mountpoint: str, foreground: bool, webdav: str | 
     return process.wait()
 
 
-def _end_started(process: subprocess.Popen) -> None:
-    """Ends a daemon that has not reported yet: SIGTERM (before its mount, Python's default ends
-    it; once mounted, libfuse's handler unmounts), then SIGKILL should it not end."""
+def end_process(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, then SIGKILL should it not end within `grace` seconds."""
+    if process.poll() is not None:
+        return
     process.terminate()
     try:
-        process.wait(30)
+        process.wait(grace)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -362,12 +364,8 @@ class EmbeddedEmulator:
         raise Fs360Error("the embedded emulator did not start")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process:
+            end_process(self.process, 10)
 
 
 def hold_mountpoint(mountpoint: str):

@@ -113,15 +113,9 @@ def parse_loopback_address(text: str) -> tuple[str, int] | None:
         host, port = parse_address(text)
     except ValueError:
         raise ValueError(f"not HOST:PORT: {text!r} (e.g. 127.0.0.1:8360, or off)") from None
-    if host.lower() == "localhost":
-        return "localhost", port
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback_host(host) or host.lower().endswith(".localhost"):
         raise ValueError(f"the dashboard listens on loopback only (127.0.0.1, ::1, localhost), not {host!r}")
-    return host, port
+    return ("localhost" if host.lower() == "localhost" else host), port
 
 
 def without_credentials(url: str) -> str:
