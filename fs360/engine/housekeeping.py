@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..api.client import ApiClient
 from ..api.retry import Backoff
-from ..errors import Fs360Error, HeldBack
+from ..errors import Fs360Error, HeldBack, JournalClosed
 from .journal import Journal
 from .locking import StateLock
 from .projects import ProjectKeeper
@@ -62,6 +62,11 @@ class Housekeeping:
                     return
             try:
                 self.round()
+            except JournalClosed:
+                # stop() waited for this round no longer (a slow server) and closed the journal: the
+                # next mount asks the server where each session stands, as the upload workers do.
+                log.info("the mount stopped during a housekeeping round: the next mount takes it up")
+                return
             except Exception:
                 log.exception("unexpected error in housekeeping")
 

@@ -266,7 +266,8 @@ def test_a_put_that_outlives_the_stop_leaves_no_error_and_goes_on_at_the_next_st
     src = tmp_path / "src"
     expected = make_sources(src, {"slow.jpg": 3 * CHUNK})
     settings = settings_for(emulator, chunk_size=CHUNK, max_chunk_size=CHUNK, workers=1)
-    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": 2.0, "count": 1}])
+    # (5 s: the stop must come while the answer still trickles, however loaded the machine)
+    emulator.set_faults([{"endpoint": "put_file", "kind": "trickle", "seconds": 5.0, "count": 1}])
     engine = Engine(settings).start()
     queue_files(engine, "s", {"slow.jpg": src / "slow.jpg"})
     wait_until(lambda: emulator.files() and emulator.files()[0]["received"] > 0, 30, 0.02,
@@ -285,6 +286,36 @@ def test_a_put_that_outlives_the_stop_leaves_no_error_and_goes_on_at_the_next_st
         assert wait_idle(engine, timeout=60, poll=0.05), state_counts(engine)
         assert state_counts(engine) == {COMPLETE: 1}
         assert_uploaded(emulator, None, expected)
+    finally:
+        engine.stop()
+
+
+def test_a_project_request_that_outlives_the_stop_leaves_no_error_and_is_made_once(emulator, settings_for, tmp_path,
+                                                                                   caplog):
+    """The same for housekeeping: the POST of a project still on its way when stop() closes the
+    journal ended in 'unexpected error in housekeeping'; the next start asks before posting again."""
+    src = tmp_path / "src"
+    make_sources(src, {"a.jpg": 1000})
+    settings = settings_for(emulator)
+    engine = Engine(settings).start()
+    session = queue_files(engine, "s", {"a.jpg": src / "a.jpg"})
+    assert wait_idle(engine, timeout=60, poll=0.05), state_counts(engine)
+    emulator.set_faults([{"endpoint": "create_project", "kind": "latency", "seconds": 5.0, "count": 1}])
+    with engine.lock:
+        engine.request_project_locked(session, {})
+    wait_until(lambda: session.project.posted_upload_id, 30, 0.02, what="the project's POST on its way")
+    keeper = [thread for thread in engine._threads if thread.name == "fs360-maintenance"]
+    with caplog.at_level("INFO"):
+        engine.stop(timeout=0.1)
+        for thread in keeper:
+            thread.join(30)
+    assert keeper and not any(thread.is_alive() for thread in keeper)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 40] == []
+    emulator.clear_faults()
+    engine = Engine(settings).start()
+    try:
+        wait_until(lambda: engine.registry.sessions["s"].project.state == P_READY, 60, 0.05, what="the project")
+        assert request_count(emulator, "POST create_project") == 1
     finally:
         engine.stop()
 
