@@ -220,7 +220,7 @@ def test_ctrl_c_while_the_mount_starts_leaves_no_mount_behind(tmp_path, emulator
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     cache = tmp_path / "cache"
-    emulator.set_faults([{"endpoint": "*", "kind": "latency", "seconds": 6.0}])
+    emulator.set_faults([{"endpoint": "*", "kind": "latency", "seconds": 20.0}])  # (the SIGINT comes well within it)
     env = dict(os.environ, FS360_API_KEY=emulator.api_key)
     mount = subprocess.Popen([PYTHON, "-m", "fs360.cli", "mount", str(mountpoint), "--api-url", emulator.base_url,
                               "--cache-dir", str(cache)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

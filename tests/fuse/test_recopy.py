@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.harness import assert_uploaded, make_sources, remote_files, request_count, wait_until
+from tests.harness import PausedWriter, assert_uploaded, make_sources, remote_files, request_count, wait_until
 
 KiB = 1024
 
@@ -194,3 +194,31 @@ def test_unzip_or_tar_again_while_the_files_put_is_under_way(tool, tmp_path, pro
     assert mount.wait_project("site")["state"] == "ready"
     assert request_count(emulator, "PUT") == 1
     assert_uploaded(emulator, mount.status_json("site")["upload_id"], {"top.jpg": sha256_of(data)})
+
+
+@pytest.mark.parametrize("first_ends", ["differs", "killed"])
+def test_an_overlapping_re_run_leaves_the_file_the_later_one_brought_back(first_ends, tmp_path, mount, emulator):
+    """Writer A deletes f and creates it again (a re-run, still writing), then cp --remove-destination
+    deletes A's f and creates it again with the same content, exit 0. A's differing bytes (EACCES
+    to A), or A killed, concern the f cp deleted: cp's f stays, the server's, and nothing is refused
+    (A's close deleted it again; a hostile round found it with a real cp)."""
+    data = os.urandom(300 * KiB)
+    (tmp_path / "f.jpg").write_bytes(data)
+    session = mount.mountpoint / "site"
+    session.mkdir()
+    subprocess.run(["cp", str(tmp_path / "f.jpg"), str(session / "f.jpg")], check=True)
+    assert mount.wait_settled("site") == {"f.jpg": "complete"}
+    (session / "f.jpg").unlink()
+    first = PausedWriter(session / "f.jpg", data[:100 * KiB])  # A: created again, writing, paused
+    copied = subprocess.run(["cp", "--remove-destination", str(tmp_path / "f.jpg"), str(session / "f.jpg")],
+                            capture_output=True, text=True, timeout=60)
+    assert copied.returncode == 0, copied.stderr
+    if first_ends == "differs":
+        assert first.finish(b"\0" + data[100 * KiB + 1:]) != 0  # refused: EACCES at its differing write
+    else:
+        first.process.kill()
+        first.process.wait(60)
+    assert mount.wait_settled("site") == {"f.jpg": "complete"}
+    status = mount.status_json("site")
+    assert status["refused_names"] == [] and status["deleted_but_held_by_server"] == []
+    assert_uploaded(emulator, status["upload_id"], {"f.jpg": sha256_of(data)})
